@@ -1,0 +1,1 @@
+"""The ``hwsearch`` command line: one module per command group, found at start-up."""

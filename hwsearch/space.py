@@ -1,0 +1,670 @@
+"""Search spaces and subnet configurations: the types every other layer builds on.
+
+An :class:`ArchConfig` describes one subnet of a supernet.  It is canonical by
+construction: it stores the per-block choices of the *active* blocks only, so
+two configurations that build the same network are equal, hash the same and
+have the same :meth:`ArchConfig.key`.  (OFA's native dicts and DyNAS-T's
+vectors both carry values for switched-off blocks, so equal networks get
+different encodings there.)
+
+A :class:`SearchSpace` says which choices a supernet family offers and knows
+how to validate, sample, encode (to the integer vectors pymoo searches over)
+and decode configurations, and how to read and write OFA's native form.
+
+This module depends on the standard library and numpy only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import numpy as np
+
+Number = Union[int, float]
+
+__all__ = [
+    "ArchConfig",
+    "ArchValidationError",
+    "MBv3Layout",
+    "ResNetLayout",
+    "SearchSpace",
+    "StageSpec",
+    "make_divisible",
+    "ofa_mbv3_space",
+    "ofa_resnet50_space",
+]
+
+
+class ArchValidationError(ValueError):
+    """A configuration does not belong to a search space; the message names the field."""
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round a channel count to a multiple of ``divisor`` the way OFA does.
+
+    Kept here (not in the torch code) because analytic cost models need the
+    exact channel counts of a subnet without importing torch.
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+@dataclass(frozen=True)
+class MBv3Layout:
+    """The fixed macro-architecture of an OFA MobileNetV3 supernet.
+
+    Widths are the *final* channel counts (width multiplier already applied).
+    ``stage_*`` tuples have one entry per elastic stage.
+    """
+
+    stem: int
+    first_block: int
+    stage_widths: tuple[int, ...]
+    stage_strides: tuple[int, ...]
+    stage_acts: tuple[str, ...]
+    stage_se: tuple[bool, ...]
+    final_expand: int
+    feature: int
+    n_classes: int
+    in_channels: int = 3
+    stem_stride: int = 2
+    family: Literal["mbv3"] = "mbv3"
+
+
+@dataclass(frozen=True)
+class ResNetLayout:
+    """The fixed macro-architecture of an OFA ResNet supernet (widths before multipliers)."""
+
+    stem: int
+    stage_widths: tuple[int, ...]
+    stage_strides: tuple[int, ...]
+    n_classes: int
+    in_channels: int = 3
+    family: Literal["resnet"] = "resnet"
+
+
+Layout = Union[MBv3Layout, ResNetLayout]
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def _format_number(value: Number) -> str:
+    return format(value, "g")
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """One subnet: resolution, per-stage depths, per-active-block choices, widths.
+
+    ``kernel`` and ``expand`` list the choices of the active blocks only, stage
+    after stage, so their length is the number of active elastic blocks.  A
+    knob the space does not have is an empty tuple.  ``width`` holds width
+    multipliers per width slot (empty when the space has no elastic width).
+
+    Build configurations through :meth:`SearchSpace.arch`, :meth:`SearchSpace.decode`
+    or :meth:`SearchSpace.from_dict`, which check them against the space.
+    """
+
+    resolution: int
+    depths: tuple[int, ...]
+    kernel: tuple[int, ...] = ()
+    expand: tuple[Number, ...] = ()
+    width: tuple[Number, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("depths", "kernel", "expand", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        if isinstance(self.resolution, bool) or not isinstance(self.resolution, (int, np.integer)):
+            raise ArchValidationError(f"resolution must be an int, got {self.resolution!r}")
+        object.__setattr__(self, "resolution", int(self.resolution))
+        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        object.__setattr__(self, "kernel", tuple(int(k) for k in self.kernel))
+
+    def key(self) -> str:
+        """A stable, readable identifier, e.g. ``r224-d2,3,4,4,2-k3,5,...-e4,6,...``."""
+        parts = [f"r{self.resolution}", "d" + ",".join(map(str, self.depths))]
+        if self.kernel:
+            parts.append("k" + ",".join(map(str, self.kernel)))
+        if self.expand:
+            parts.append("e" + ",".join(map(_format_number, self.expand)))
+        if self.width:
+            parts.append("w" + ",".join(map(_format_number, self.width)))
+        return "-".join(parts)
+
+    def digest(self, length: int = 16) -> str:
+        """A short hex digest of :meth:`key`, safe for file names."""
+        return hashlib.sha256(self.key().encode()).hexdigest()[:length]
+
+    def to_dict(self) -> dict[str, Any]:
+        """hwsearch's JSON form (the inverse of :meth:`SearchSpace.from_dict`)."""
+        out: dict[str, Any] = {"resolution": self.resolution, "depths": list(self.depths)}
+        if self.kernel:
+            out["kernel"] = list(self.kernel)
+        if self.expand:
+            out["expand"] = list(self.expand)
+        if self.width:
+            out["width"] = list(self.width)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+# --------------------------------------------------------------------------- spaces
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage: its allowed depths and whether its blocks carry per-block knobs.
+
+    The number of blocks the supernet holds for the stage is ``max(depths)``.
+    ``elastic=False`` marks a stage whose blocks are fixed apart from being
+    switched on or off (OFA ResNet's input-stem residual block).
+    """
+
+    depths: tuple[int, ...]
+    elastic: bool = True
+
+    @property
+    def max_depth(self) -> int:
+        return max(self.depths)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The choices one supernet family offers.
+
+    Integer encoding (for pymoo): one gene per resolution, per stage depth,
+    per supernet block slot for each per-block knob (kernel genes, then expand
+    genes), and per width slot.  Each gene is an index into its choices.
+    Genes of switched-off blocks are ignored by :meth:`decode` and written as
+    0 by :meth:`encode`.
+    """
+
+    name: str
+    resolutions: tuple[int, ...]
+    stages: tuple[StageSpec, ...]
+    kernels: tuple[int, ...] = ()
+    expands: tuple[Number, ...] = ()
+    widths: tuple[Number, ...] = ()
+    n_width_slots: int = 0
+    layout: Layout | None = field(default=None, compare=False)
+    native: Literal["ofa_mbv3", "ofa_resnet", "none"] = "none"
+
+    def __post_init__(self) -> None:
+        if not self.resolutions:
+            raise ValueError("a search space needs at least one resolution")
+        if not self.stages:
+            raise ValueError("a search space needs at least one stage")
+        if bool(self.widths) != bool(self.n_width_slots):
+            raise ValueError("widths and n_width_slots must be given together")
+        for values in (self.resolutions, self.kernels, self.expands, self.widths):
+            if len(set(values)) != len(values):
+                raise ValueError(f"duplicate choices in {values}")
+
+    # ------------------------------------------------------------------ shape
+
+    @property
+    def n_blocks(self) -> int:
+        """Block slots carrying per-block knobs (elastic stages, at max depth)."""
+        return sum(stage.max_depth for stage in self.stages if stage.elastic)
+
+    @property
+    def block_knobs(self) -> tuple[str, ...]:
+        return tuple(name for name in ("kernel", "expand") if getattr(self, name + "s"))
+
+    def _gene_choices(self) -> list[tuple[Any, ...]]:
+        genes: list[tuple[Any, ...]] = [self.resolutions]
+        genes += [stage.depths for stage in self.stages]
+        for knob in self.block_knobs:
+            genes += [getattr(self, knob + "s")] * self.n_blocks
+        genes += [self.widths] * self.n_width_slots
+        return genes
+
+    @property
+    def n_var(self) -> int:
+        return len(self._gene_choices())
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Inclusive integer bounds ``(xl, xu)`` of the encoding."""
+        upper = np.array([len(c) - 1 for c in self._gene_choices()], dtype=np.int64)
+        return np.zeros_like(upper), upper
+
+    def size(self) -> int:
+        """The number of distinct subnets (canonical configurations) in the space."""
+        per_block = math.prod(len(getattr(self, k + "s")) for k in self.block_knobs)
+        total = len(self.resolutions) * len(self.widths) ** self.n_width_slots
+        for stage in self.stages:
+            factor = per_block if stage.elastic else 1
+            total *= sum(factor**d for d in stage.depths)
+        return total
+
+    def block_ranges(self, depths: Sequence[int]) -> list[range]:
+        """For each elastic stage, the indices of its active blocks in ``kernel``/``expand``."""
+        ranges, start = [], 0
+        for stage, depth in zip(self.stages, depths):
+            if stage.elastic:
+                ranges.append(range(start, start + depth))
+                start += depth
+        return ranges
+
+    # ------------------------------------------------------------------ validation
+
+    def arch(
+        self,
+        *,
+        resolution: int,
+        depths: Sequence[int],
+        kernel: Sequence[int] = (),
+        expand: Sequence[Number] = (),
+        width: Sequence[Number] = (),
+    ) -> ArchConfig:
+        """Build a validated configuration; raises :class:`ArchValidationError` naming the field."""
+        return self.validate(
+            ArchConfig(resolution, tuple(depths), tuple(kernel), tuple(expand), tuple(width))
+        )
+
+    def validate(self, arch: ArchConfig) -> ArchConfig:
+        """Check ``arch`` against this space; return it with values in the space's types."""
+        if arch.resolution not in self.resolutions:
+            raise ArchValidationError(
+                f"resolution={arch.resolution} is not allowed; choose from {list(self.resolutions)}"
+            )
+        if len(arch.depths) != len(self.stages):
+            raise ArchValidationError(
+                f"depths has {len(arch.depths)} entries; {self.name} has {len(self.stages)} stages"
+            )
+        for i, (depth, stage) in enumerate(zip(arch.depths, self.stages)):
+            if depth not in stage.depths:
+                raise ArchValidationError(
+                    f"depths[{i}]={depth} is not allowed; choose from {list(stage.depths)}"
+                )
+        n_active = sum(d for d, s in zip(arch.depths, self.stages) if s.elastic)
+        values: dict[str, tuple[Any, ...]] = {}
+        for knob in ("kernel", "expand"):
+            choices = getattr(self, knob + "s")
+            expected = n_active if choices else 0
+            values[knob] = self._check_values(knob, getattr(arch, knob), choices, expected,
+                                              "one per active block")
+        values["width"] = self._check_values(
+            "width", arch.width, self.widths, self.n_width_slots, "one per width slot"
+        )
+        return ArchConfig(arch.resolution, arch.depths, values["kernel"], values["expand"],
+                          values["width"])
+
+    @staticmethod
+    def _check_values(
+        name: str, given: tuple[Any, ...], choices: tuple[Any, ...], expected: int, what: str
+    ) -> tuple[Any, ...]:
+        if len(given) != expected:
+            raise ArchValidationError(
+                f"{name} has {len(given)} entries; expected {expected} ({what})"
+            )
+        out = []
+        for i, value in enumerate(given):
+            match = [c for c in choices if not isinstance(value, bool) and c == value]
+            if not match:
+                raise ArchValidationError(
+                    f"{name}[{i}]={value!r} is not allowed; choose from {list(choices)}"
+                )
+            out.append(match[0])
+        return tuple(out)
+
+    def contains(self, arch: ArchConfig) -> bool:
+        try:
+            self.validate(arch)
+        except ArchValidationError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample(self, rng: np.random.Generator | int | None, n: int) -> list[ArchConfig]:
+        """``n`` configurations: each gene uniform over its choices, then decoded.
+
+        Depth is drawn per stage first, so small and large subnets are both common
+        (the canonical distribution, not uniform over distinct subnets).
+        """
+        rng = np.random.default_rng(rng)
+        xl, xu = self.bounds()
+        genes = rng.integers(xl, xu + 1, size=(n, self.n_var))
+        return [self.decode(row) for row in genes]
+
+    def enumerate(self, limit: int = 5_000_000) -> Iterator[ArchConfig]:
+        """Every subnet of a small space, in a fixed order; refuses spaces larger than ``limit``."""
+        if self.size() > limit:
+            raise ValueError(f"{self.name} has {self.size()} subnets, more than limit={limit}")
+        knob_choices = [getattr(self, k + "s") for k in self.block_knobs]
+        per_block = list(itertools.product(*knob_choices))
+        for resolution, depths, width in itertools.product(
+            self.resolutions,
+            itertools.product(*(s.depths for s in self.stages)),
+            itertools.product(self.widths, repeat=self.n_width_slots),
+        ):
+            n_active = sum(d for d, s in zip(depths, self.stages) if s.elastic)
+            for blocks in itertools.product(per_block, repeat=n_active):
+                columns = list(zip(*blocks)) if blocks else [()] * len(self.block_knobs)
+                knobs = dict(zip(self.block_knobs, columns))
+                yield ArchConfig(resolution, depths, tuple(knobs.get("kernel", ())),
+                                 tuple(knobs.get("expand", ())), width)
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, arch: ArchConfig) -> np.ndarray:
+        """The integer gene vector of ``arch`` (inactive block genes are 0)."""
+        arch = self.validate(arch)
+        genes = [self.resolutions.index(arch.resolution)]
+        genes += [s.depths.index(d) for s, d in zip(self.stages, arch.depths)]
+        for knob in self.block_knobs:
+            choices = getattr(self, knob + "s")
+            values = getattr(arch, knob)
+            slots = [0] * self.n_blocks
+            slot_start, active_start = 0, 0
+            for stage, depth in zip(self.stages, arch.depths):
+                if not stage.elastic:
+                    continue
+                for j in range(depth):
+                    slots[slot_start + j] = choices.index(values[active_start + j])
+                slot_start += stage.max_depth
+                active_start += depth
+            genes += slots
+        genes += [self.widths.index(w) for w in arch.width]
+        return np.asarray(genes, dtype=np.int64)
+
+    def encode_many(self, archs: Sequence[ArchConfig]) -> np.ndarray:
+        if not archs:
+            return np.zeros((0, self.n_var), dtype=np.int64)
+        return np.stack([self.encode(a) for a in archs])
+
+    def decode(self, genes: Sequence[int] | np.ndarray) -> ArchConfig:
+        """The configuration a gene vector describes; genes of inactive blocks are ignored."""
+        x = np.asarray(genes)
+        if x.shape != (self.n_var,):
+            raise ArchValidationError(f"gene vector has shape {x.shape}; expected ({self.n_var},)")
+        xl, xu = self.bounds()
+        bad = np.flatnonzero((x < xl) | (x > xu))
+        if bad.size:
+            raise ArchValidationError(
+                f"gene {int(bad[0])}={int(x[bad[0]])} is outside 0..{int(xu[bad[0]])}"
+            )
+        x = x.astype(np.int64)
+        pos = 0
+        resolution = self.resolutions[x[pos]]
+        pos += 1
+        depths = tuple(s.depths[x[pos + i]] for i, s in enumerate(self.stages))
+        pos += len(self.stages)
+        knobs: dict[str, tuple[Any, ...]] = {}
+        for knob in self.block_knobs:
+            choices = getattr(self, knob + "s")
+            values, slot = [], pos
+            for stage, depth in zip(self.stages, depths):
+                if not stage.elastic:
+                    continue
+                values += [choices[x[slot + j]] for j in range(depth)]
+                slot += stage.max_depth
+            knobs[knob] = tuple(values)
+            pos += self.n_blocks
+        width = tuple(self.widths[i] for i in x[pos:pos + self.n_width_slots])
+        return ArchConfig(resolution, depths, knobs.get("kernel", ()), knobs.get("expand", ()),
+                          width)
+
+    def canonical_genes(self, X: np.ndarray) -> np.ndarray:
+        """Zero the genes of inactive blocks, row by row, vectorised.
+
+        Two rows describe the same subnet exactly when their canonical genes are
+        equal, which is what duplicate elimination in a search needs.
+        """
+        X = np.array(X, dtype=np.int64, copy=True)
+        active = self.active_block_mask(X)
+        start = 1 + len(self.stages)
+        for k in range(len(self.block_knobs)):
+            cols = slice(start + k * self.n_blocks, start + (k + 1) * self.n_blocks)
+            X[:, cols] = np.where(active, X[:, cols], 0)
+        return X
+
+    def active_block_mask(self, X: np.ndarray) -> np.ndarray:
+        """Boolean ``(n, n_blocks)``: which supernet block slots each encoded row uses."""
+        X = np.atleast_2d(np.asarray(X))
+        masks = []
+        for i, stage in enumerate(self.stages):
+            if not stage.elastic:
+                continue
+            depth = np.asarray(stage.depths)[X[:, 1 + i]]
+            masks.append(np.arange(stage.max_depth)[None, :] < depth[:, None])
+        return np.concatenate(masks, axis=1)
+
+    # ------------------------------------------------------------------ JSON
+
+    def from_dict(self, data: Mapping[str, Any]) -> ArchConfig:
+        """Read hwsearch's JSON form or OFA's native form, whichever ``data`` is."""
+        if not isinstance(data, Mapping):
+            raise ArchValidationError(f"an architecture must be a JSON object, got {type(data).__name__}")
+        if "resolution" in data or "depths" in data:
+            allowed = {"resolution", "depths", "kernel", "expand", "width"}
+            unknown = sorted(set(data) - allowed)
+            if unknown:
+                raise ArchValidationError(f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+            for required in ("resolution", "depths"):
+                if required not in data:
+                    raise ArchValidationError(f"missing field {required!r}")
+            return self.arch(
+                resolution=data["resolution"],
+                depths=data["depths"],
+                kernel=data.get("kernel", ()),
+                expand=data.get("expand", ()),
+                width=data.get("width", ()),
+            )
+        return self.from_ofa(data)
+
+    def from_json(self, text: str) -> ArchConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ArchValidationError(f"not valid JSON: {exc}") from exc
+        return self.from_dict(data)
+
+    # ------------------------------------------------------------------ OFA native form
+
+    def to_ofa(self, arch: ArchConfig) -> dict[str, Any]:
+        """OFA's native dict (``ks``/``e``/``d``/``r`` or ``d``/``e``/``w``/``r``).
+
+        Switched-off blocks are written with the smallest choice; OFA ignores them.
+        """
+        arch = self.validate(arch)
+        if self.native == "ofa_mbv3":
+            return {
+                "ks": self._pad_blocks(arch, "kernel"),
+                "e": self._pad_blocks(arch, "expand"),
+                "d": list(arch.depths),
+                "r": [arch.resolution],
+            }
+        if self.native == "ofa_resnet":
+            stem, *stage_depths = arch.depths
+            max_d = max(self._resnet_depth_offsets())
+            return {
+                "d": [max_d if stem else 0]
+                + [d - (s.max_depth - max_d) for d, s in zip(stage_depths, self.stages[1:])],
+                "e": self._pad_blocks(arch, "expand"),
+                "w": [self.widths.index(w) for w in arch.width],
+                "r": [arch.resolution],
+            }
+        raise ArchValidationError(f"{self.name} has no native OFA form")
+
+    def from_ofa(self, data: Mapping[str, Any]) -> ArchConfig:
+        """Read OFA's native dict, dropping the values of switched-off blocks."""
+        if self.native == "none":
+            raise ArchValidationError(f"{self.name} has no native OFA form")
+        expected = {"ofa_mbv3": {"ks", "e", "d"}, "ofa_resnet": {"d", "e", "w"}}[self.native]
+        missing = sorted(expected - set(data))
+        if missing:
+            raise ArchValidationError(
+                f"missing field(s) {missing} for {self.name}; expected hwsearch form "
+                f"(resolution, depths, ...) or OFA form ({sorted(expected | {'r'})})"
+            )
+        unknown = sorted(set(data) - expected - {"r"})
+        if unknown:
+            raise ArchValidationError(f"unknown field(s) {unknown} in OFA form")
+        resolution = self._native_resolution(data.get("r", max(self.resolutions)))
+        if self.native == "ofa_mbv3":
+            depths = self._native_list(data["d"], "d", len(self.stages))
+            kernel = self._unpad_blocks(self._native_list(data["ks"], "ks", self.n_blocks), depths)
+            expand = self._unpad_blocks(self._native_list(data["e"], "e", self.n_blocks), depths)
+            return self.arch(resolution=resolution, depths=depths, kernel=kernel, expand=expand)
+        native_d = self._native_list(data["d"], "d", len(self.stages))
+        offsets = self._resnet_depth_offsets()
+        max_d = max(offsets)
+        if native_d[0] not in offsets:
+            raise ArchValidationError(f"d[0]={native_d[0]} is not allowed; choose from {offsets}")
+        depths = [1 if native_d[0] == max_d else 0]
+        for i, (d, stage) in enumerate(zip(native_d[1:], self.stages[1:]), start=1):
+            if d not in offsets:
+                raise ArchValidationError(f"d[{i}]={d} is not allowed; choose from {offsets}")
+            depths.append(stage.max_depth - max_d + d)
+        expand = self._unpad_blocks(self._native_list(data["e"], "e", self.n_blocks), depths)
+        w_idx = self._native_list(data["w"], "w", self.n_width_slots)
+        for i, w in enumerate(w_idx):
+            if not isinstance(w, int) or not 0 <= w < len(self.widths):
+                raise ArchValidationError(
+                    f"w[{i}]={w!r} must be an index 0..{len(self.widths) - 1} into {list(self.widths)}"
+                )
+        return self.arch(resolution=resolution, depths=depths, expand=expand,
+                         width=[self.widths[i] for i in w_idx])
+
+    def _resnet_depth_offsets(self) -> list[int]:
+        """OFA ResNet's depth choices (``d`` values), from the first elastic stage."""
+        stage = self.stages[1]
+        return [d - min(stage.depths) for d in stage.depths]
+
+    def _native_resolution(self, r: Any) -> int:
+        if isinstance(r, (list, tuple)):
+            if len(r) != 1:
+                raise ArchValidationError(f"r must hold one resolution, got {r!r}")
+            r = r[0]
+        return r
+
+    @staticmethod
+    def _native_list(value: Any, name: str, length: int) -> list[Any]:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return [value] * length  # OFA broadcasts scalars (val2list)
+        if not isinstance(value, (list, tuple)) or len(value) != length:
+            raise ArchValidationError(f"{name} must be a list of {length} values, got {value!r}")
+        return list(value)
+
+    def _unpad_blocks(self, values: list[Any], depths: Sequence[int]) -> list[Any]:
+        out, slot = [], 0
+        for stage, depth in zip(self.stages, depths):
+            if stage.elastic:
+                out += values[slot:slot + depth]
+                slot += stage.max_depth
+        return out
+
+    def _pad_blocks(self, arch: ArchConfig, knob: str) -> list[Any]:
+        values, smallest = getattr(arch, knob), min(getattr(self, knob + "s"))
+        out, start = [], 0
+        for stage, depth in zip(self.stages, arch.depths):
+            if stage.elastic:
+                out += list(values[start:start + depth]) + [smallest] * (stage.max_depth - depth)
+                start += depth
+        return out
+
+    # ------------------------------------------------------------------ extremes
+
+    def smallest(self, resolution: int | None = None) -> ArchConfig:
+        """The subnet with every choice at its minimum."""
+        return self._extreme(min, resolution)
+
+    def largest(self, resolution: int | None = None) -> ArchConfig:
+        """The subnet with every choice at its maximum."""
+        return self._extreme(max, resolution)
+
+    def _extreme(self, pick: Any, resolution: int | None) -> ArchConfig:
+        depths = [pick(s.depths) for s in self.stages]
+        n_active = sum(d for d, s in zip(depths, self.stages) if s.elastic)
+        return self.arch(
+            resolution=pick(self.resolutions) if resolution is None else resolution,
+            depths=depths,
+            kernel=[pick(self.kernels)] * n_active if self.kernels else (),
+            expand=[pick(self.expands)] * n_active if self.expands else (),
+            width=[pick(self.widths)] * self.n_width_slots if self.widths else (),
+        )
+
+
+# --------------------------------------------------------------------------- OFA families
+
+
+def ofa_mbv3_space(
+    width_mult: float = 1.0,
+    resolutions: Sequence[int] = tuple(range(128, 225, 4)),
+    n_classes: int = 1000,
+) -> SearchSpace:
+    """OFA MobileNetV3: kernel {3,5,7}, expand {3,4,6}, depth {2,3,4} in 5 stages.
+
+    Resolutions default to 128..224 in steps of 4, the sizes OFA trains with.
+    """
+    base = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
+    widths = [make_divisible(w * width_mult, 8) for w in base]
+    layout = MBv3Layout(
+        stem=widths[0],
+        first_block=widths[1],
+        stage_widths=tuple(widths[2:7]),
+        stage_strides=(2, 2, 2, 1, 2),
+        stage_acts=("relu", "relu", "h_swish", "h_swish", "h_swish"),
+        stage_se=(False, True, False, True, True),
+        final_expand=widths[7],
+        feature=widths[8],
+        n_classes=n_classes,
+    )
+    return SearchSpace(
+        name=f"ofa_mbv3_d234_e346_k357_w{width_mult}",
+        resolutions=tuple(resolutions),
+        stages=tuple(StageSpec((2, 3, 4)) for _ in range(5)),
+        kernels=(3, 5, 7),
+        expands=(3, 4, 6),
+        layout=layout,
+        native="ofa_mbv3",
+    )
+
+
+def ofa_resnet50_space(
+    resolutions: Sequence[int] = tuple(range(128, 225, 4)), n_classes: int = 1000
+) -> SearchSpace:
+    """OFA ResNet50: depth {0,1,2} extra blocks, expand {0.2,0.25,0.35}, width {0.65,0.8,1.0}.
+
+    Stage 0 is the input stem's skippable residual block (depth 0 or 1);
+    stages 1-4 hold 2-4, 2-4, 4-6 and 2-4 bottlenecks.  Six width slots:
+    two for the stem, one per stage.
+    """
+    return SearchSpace(
+        name="ofa_resnet50",
+        resolutions=tuple(resolutions),
+        stages=(
+            StageSpec((0, 1), elastic=False),
+            StageSpec((2, 3, 4)),
+            StageSpec((2, 3, 4)),
+            StageSpec((4, 5, 6)),
+            StageSpec((2, 3, 4)),
+        ),
+        expands=(0.2, 0.25, 0.35),
+        widths=(0.65, 0.8, 1.0),
+        n_width_slots=6,
+        layout=ResNetLayout(
+            stem=64, stage_widths=(256, 512, 1024, 2048), stage_strides=(1, 2, 2, 2),
+            n_classes=n_classes,
+        ),
+        native="ofa_resnet",
+    )
