@@ -1,0 +1,156 @@
+"""Search space and configuration: canonical form, encodings, validation, native OFA forms."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+
+import numpy as np
+import pytest
+
+from hwsearch.space import (
+    ArchConfig,
+    ArchValidationError,
+    SearchSpace,
+    StageSpec,
+    ofa_mbv3_space,
+    ofa_resnet50_space,
+)
+
+SPACES = [ofa_mbv3_space(), ofa_mbv3_space(1.2), ofa_resnet50_space()]
+
+
+@pytest.fixture(params=SPACES, ids=lambda s: s.name)
+def space(request: pytest.FixtureRequest) -> SearchSpace:
+    return request.param
+
+
+def test_round_trips_through_every_form(space: SearchSpace) -> None:
+    for arch in space.sample(np.random.default_rng(1), 300):
+        assert space.decode(space.encode(arch)) == arch
+        assert space.from_dict(arch.to_dict()) == arch
+        assert space.from_json(arch.to_json()) == arch
+        assert space.from_ofa(space.to_ofa(arch)) == arch
+        assert space.from_dict(json.loads(json.dumps(space.to_ofa(arch)))) == arch
+
+
+def test_inactive_block_genes_do_not_change_the_subnet(space: SearchSpace) -> None:
+    """Two gene vectors differing only in switched-off blocks decode to one config and key."""
+    rng = np.random.default_rng(2)
+    xl, xu = space.bounds()
+    X = rng.integers(xl, xu + 1, size=(400, space.n_var))
+    active = space.active_block_mask(X)
+    assert not active.all(), "sample must contain shallow subnets"
+    noisy = X.copy()
+    start = 1 + len(space.stages)
+    for k in range(len(space.block_knobs)):
+        cols = slice(start + k * space.n_blocks, start + (k + 1) * space.n_blocks)
+        random_genes = rng.integers(xl[cols], xu[cols] + 1, size=noisy[:, cols].shape)
+        noisy[:, cols] = np.where(active, noisy[:, cols], random_genes)
+    for a, b in zip(X, noisy):
+        assert space.decode(a) == space.decode(b)
+        assert space.decode(a).key() == space.decode(b).key()
+        assert hash(space.decode(a)) == hash(space.decode(b))
+    np.testing.assert_array_equal(space.canonical_genes(X), space.canonical_genes(noisy))
+
+
+def test_native_ofa_form_with_different_inactive_values_is_one_subnet() -> None:
+    space = ofa_mbv3_space()
+    native = {"ks": [7] * 20, "e": [6] * 20, "d": [2, 2, 2, 2, 2], "r": 224}
+    other = dict(native, ks=[7, 7, 3, 5] * 5)  # differs only in blocks 3-4 of each stage
+    assert space.from_dict(native) == space.from_dict(other)
+    assert space.from_dict(native).kernel == (7,) * 10
+
+
+def test_resnet_stem_depth_values_that_build_the_same_network_are_equal() -> None:
+    """OFA ResNet skips the stem block for d[0] in {0, 1}: those are one network."""
+    space = ofa_resnet50_space()
+    base = {"d": [0, 2, 2, 2, 2], "e": 0.25, "w": [2] * 6, "r": [160]}
+    assert space.from_ofa(base) == space.from_ofa(dict(base, d=[1, 2, 2, 2, 2]))
+    assert space.from_ofa(base) != space.from_ofa(dict(base, d=[2, 2, 2, 2, 2]))
+
+
+def test_key_is_stable_and_readable() -> None:
+    space = ofa_mbv3_space()
+    arch = space.arch(resolution=160, depths=[2] * 5, kernel=[3, 5] * 5, expand=[3, 6] * 5)
+    assert arch.key() == (
+        "r160-d2,2,2,2,2-k3,5,3,5,3,5,3,5,3,5-e3,6,3,6,3,6,3,6,3,6"
+    )
+    assert len(arch.digest()) == 16
+    assert pickle.loads(pickle.dumps(arch)) == arch
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"resolution": 225}, "resolution"),
+        ({"depths": [2, 2, 2, 2, 5]}, "depths[4]"),
+        ({"depths": [2, 2, 2, 2]}, "depths"),
+        ({"kernel": [3] * 9}, "kernel"),
+        ({"kernel": [3] * 9 + [4]}, "kernel[9]"),
+        ({"expand": [3] * 9 + [5]}, "expand[9]"),
+    ],
+)
+def test_validation_names_the_bad_field(change: dict, field: str) -> None:
+    space = ofa_mbv3_space()
+    good = {"resolution": 224, "depths": [2] * 5, "kernel": [3] * 10, "expand": [3] * 10}
+    with pytest.raises(ArchValidationError, match="^" + re.escape(field)):
+        space.from_dict({**good, **change})
+
+
+def test_unknown_and_missing_fields_are_reported() -> None:
+    space = ofa_mbv3_space()
+    with pytest.raises(ArchValidationError, match="unknown field"):
+        space.from_dict({"resolution": 224, "depths": [2] * 5, "kernels": []})
+    with pytest.raises(ArchValidationError, match="missing field"):
+        space.from_dict({"ks": [3] * 20, "d": [2] * 5})
+    with pytest.raises(ArchValidationError, match="not valid JSON"):
+        space.from_json("{")
+    with pytest.raises(ArchValidationError, match=r"w\[0\]"):
+        ofa_resnet50_space().from_ofa({"d": 2, "e": 0.25, "w": [3] * 6})
+
+
+def test_decode_rejects_genes_outside_bounds(space: SearchSpace) -> None:
+    _, xu = space.bounds()
+    with pytest.raises(ArchValidationError, match="outside"):
+        space.decode(xu + 1)
+    with pytest.raises(ArchValidationError, match="shape"):
+        space.decode(np.zeros(space.n_var + 1, dtype=int))
+
+
+def test_enumeration_matches_size_and_is_canonical() -> None:
+    tiny = SearchSpace(
+        name="tiny", resolutions=(32, 48), stages=(StageSpec((1, 2)), StageSpec((0, 1), elastic=False),
+                                                   StageSpec((1, 2, 3))),
+        kernels=(3, 5), expands=(2, 4),
+    )
+    archs = list(tiny.enumerate())
+    assert len(archs) == tiny.size() == len(set(archs))
+    assert {tiny.decode(tiny.encode(a)) for a in archs} == set(archs)
+    rng = np.random.default_rng(0)
+    xl, xu = tiny.bounds()
+    decoded = {tiny.decode(x) for x in rng.integers(xl, xu + 1, size=(5000, tiny.n_var))}
+    assert decoded <= set(archs)
+
+
+def test_sampling_is_seeded_and_covers_depths(space: SearchSpace) -> None:
+    a = space.sample(7, 50)
+    assert a == space.sample(7, 50)
+    assert a != space.sample(8, 50)
+    depths = {d for arch in space.sample(0, 200) for d in arch.depths}
+    assert depths == {d for stage in space.stages for d in stage.depths}
+
+
+def test_extremes_and_space_sizes() -> None:
+    mbv3 = ofa_mbv3_space()
+    assert mbv3.largest().kernel == (7,) * 20 and mbv3.smallest().depths == (2,) * 5
+    # OFA paper: ~10^19 subnets per resolution for MobileNetV3 (2.19e19 with canonical counting).
+    per_resolution = mbv3.size() // len(mbv3.resolutions)
+    assert per_resolution == ((9**2 + 9**3 + 9**4) ** 5)
+    assert ofa_resnet50_space().largest().depths == (1, 4, 4, 6, 4)
+
+
+def test_arch_config_rejects_non_integer_resolution() -> None:
+    with pytest.raises(ArchValidationError, match="resolution"):
+        ArchConfig(resolution="224", depths=(2,))  # type: ignore[arg-type]
