@@ -1,0 +1,34 @@
+"""Device profiles and trustworthy latency measurement of ONNX models.
+
+Works on ONNX files alone and imports nothing from ``hwsearch`` or
+``predictors``, so it can run by itself on an edge box (see
+``python -m devices.agent``).  Start with :func:`open_profiler`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+from devices.measure import Measurement
+from devices.profile import DeviceProfile, ProfileError
+
+__all__ = ["DeviceProfile", "Measurement", "ProfileError", "open_profiler"]
+
+ProfileLike = Union[DeviceProfile, str, Path]
+
+
+def open_profiler(profile: ProfileLike):  # -> LocalProfiler | AgentClient
+    """A profiler for the profile's ``where``: in this process, or an HTTP agent.
+
+    Both offer ``measure_many(onnx_paths, *, progress=None)`` and ``describe()``.
+    """
+    if not isinstance(profile, DeviceProfile):
+        profile = DeviceProfile.load(profile)
+    if profile.where.kind == "agent":
+        from devices.client import AgentClient
+
+        return AgentClient(profile)
+    from devices.local import LocalProfiler
+
+    return LocalProfiler(profile)

@@ -37,10 +37,25 @@ _CLASSES = 1000
 @functools.lru_cache(maxsize=1)
 def reference_model_bytes() -> bytes:
     """Serialized reference ONNX model (deterministic, cached per process)."""
+    return mobilenet_like_onnx(_BLOCKS, seed=_SEED, input_shape=REFERENCE_INPUT_SHAPE, name=REFERENCE_VERSION)
+
+
+def mobilenet_like_onnx(
+    blocks: tuple[tuple[int, int, int, int], ...],
+    *,
+    seed: int,
+    input_shape: tuple[int, int, int, int] = REFERENCE_INPUT_SHAPE,
+    name: str = "mobilenet-like",
+) -> bytes:
+    """A MobileNetV3-style ONNX graph from (expanded, out, kernel, stride) blocks.
+
+    Deterministic for a given argument set; also useful to generate models of
+    known relative cost when checking a device.
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(_SEED)
+    rng = np.random.default_rng(seed)
     initializers: list[onnx.TensorProto] = []
     nodes: list[onnx.NodeProto] = []
 
@@ -65,9 +80,9 @@ def reference_model_bytes() -> bytes:
         nodes.append(helper.make_node("HardSwish", [out], [f"{name}.act"], name=f"{name}.hswish"))
         return f"{name}.act"
 
-    x = conv("input", "stem", 3, _STEM_CHANNELS, 3, 2, 1, relu=True)
+    x = conv("input", "stem", input_shape[1], _STEM_CHANNELS, 3, 2, 1, relu=True)
     c_in = _STEM_CHANNELS
-    for i, (c_mid, c_out, k, stride) in enumerate(_BLOCKS):
+    for i, (c_mid, c_out, k, stride) in enumerate(blocks):
         h = conv(x, f"b{i}.expand", c_in, c_mid, 1, 1, 1, relu=True)
         h = conv(h, f"b{i}.dw", c_mid, c_mid, k, stride, c_mid, relu=True)
         h = conv(h, f"b{i}.project", c_mid, c_out, 1, 1, 1, relu=False)
@@ -82,9 +97,9 @@ def reference_model_bytes() -> bytes:
 
     graph = helper.make_graph(
         nodes,
-        REFERENCE_VERSION,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(REFERENCE_INPUT_SHAPE))],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [REFERENCE_INPUT_SHAPE[0], _CLASSES])],
+        name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [input_shape[0], _CLASSES])],
         initializer=initializers,
     )
     model = helper.make_model(

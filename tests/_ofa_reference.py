@@ -1,10 +1,17 @@
-"""Import the reference Once-for-All implementation (PyPI package ``ofa``) for tests.
+"""Test helpers: the reference Once-for-All implementation, and realistic random weights.
+
+:func:`load_ofa` imports the PyPI package ``ofa``.
 
 ``ofa.utils`` imports ``torchvision`` for its data-loading helpers, and
 torchvision cannot be loaded beside the CPU build of torch this project pins.
 The network code never touches those helpers, so a stand-in module holding
 the few names ``ofa`` reads at import time is enough.  The stand-in is only
 installed when torchvision is not importable, so a real one is never shadowed.
+
+:func:`randomize_weights` gives a supernet weights under which equality
+checks mean something: torch's default initialisation makes logits tiny,
+and fresh batch-norm statistics (0, 1) and identity kernel transforms would
+hide slicing mistakes.
 """
 
 from __future__ import annotations
@@ -15,10 +22,10 @@ import sys
 import types
 from typing import Any
 
-__all__ = ["load_ofa"]
+import torch
+from torch import nn
 
-_STUB_FLAG = "_hwsearch_stand_in"
-
+__all__ = ["load_ofa", "randomize_weights"]
 
 class _Unavailable:
     """Base for stand-in transform classes: ofa subclasses them but tests never call them."""
@@ -42,7 +49,6 @@ def _install_torchvision_stand_in() -> None:
     transforms.functional = functional
     torchvision.transforms = transforms
     torchvision.datasets = datasets
-    setattr(torchvision, _STUB_FLAG, True)
     sys.modules.update(
         {
             "torchvision": torchvision,
@@ -62,3 +68,23 @@ def load_ofa() -> types.SimpleNamespace | None:
     return types.SimpleNamespace(
         OFAMobileNetV3=networks.OFAMobileNetV3, OFAResNets=networks.OFAResNets
     )
+
+
+def randomize_weights(module: nn.Module, seed: int) -> nn.Module:
+    """Fill every parameter and BN statistic of ``module`` with varied, well-scaled values."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            if name.endswith("_matrix"):
+                noise = torch.randn(tensor.shape, generator=generator)
+                tensor.copy_(torch.eye(tensor.shape[0]) + 0.1 * noise)
+            elif name.endswith("running_var") or (name.endswith("weight") and tensor.dim() == 1):
+                tensor.copy_(0.75 + 0.5 * torch.rand(tensor.shape, generator=generator))
+            elif tensor.dim() == 1:
+                tensor.copy_(0.1 * torch.randn(tensor.shape, generator=generator))
+            else:
+                fan_in = tensor[0].numel()
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) / fan_in**0.5)
+    return module

@@ -20,7 +20,7 @@ DEMO_DEVICES_DIR = DEMO_DIR / "devices"
 
 
 def demo_space() -> SearchSpace:
-    """Four elastic stages over 1-channel digits upscaled to 16-32 px.
+    """Four elastic stages over digits (grey replicated to RGB, as the data loader does) at 16-32 px.
 
     The resolutions span a factor of four in MACs, and depths, kernels and
     expand ratios keep OFA's per-block choices, so subnets differ in both
@@ -29,14 +29,13 @@ def demo_space() -> SearchSpace:
     layout = MBv3Layout(
         stem=16,
         first_block=16,
-        stage_widths=(24, 40, 64, 96),
+        stage_widths=(16, 24, 40, 64),
         stage_strides=(2, 2, 2, 1),
         stage_acts=("relu", "relu", "h_swish", "h_swish"),
         stage_se=(False, True, False, True),
-        final_expand=384,
-        feature=512,
+        final_expand=256,
+        feature=256,
         n_classes=10,
-        in_channels=1,
     )
     return SearchSpace(
         name=DEMO_SUPERNET,

@@ -1,0 +1,139 @@
+"""Client for the edge agent, with time limits and safe retries.
+
+A measurement can take minutes and the network to an edge box is not
+reliable.  Each :meth:`AgentClient.measure_many` call picks one request id and
+keeps it across retries; the agent measures a request id at most once, so a
+connection dropped mid-measurement is simply retried and still yields exactly
+one set of results.  Uploads are content-addressed (``PUT /models/<sha256>``)
+and therefore idempotent too; when the agent lost them (a restart with a
+fresh state directory) it answers 404 with the missing hashes and the client
+uploads those again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from devices.measure import Measurement
+from devices.profile import DeviceProfile
+from devices.protocol import ProgressFn
+
+_CONNECT_TIMEOUT_S = 10.0
+_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+class AgentError(RuntimeError):
+    """The agent refused the request, or stayed unreachable through every retry."""
+
+
+class AgentClient:
+    """Profiler that runs measurements on a remote agent (``where.kind: agent``)."""
+
+    def __init__(self, profile: DeviceProfile, *, token: str | None = None) -> None:
+        if profile.where.kind != "agent" or profile.where.url is None:
+            raise ValueError(f"profile '{profile.name}' does not describe an agent (where.kind is {profile.where.kind})")
+        self.profile = profile
+        self.base_url = profile.where.url.rstrip("/")
+        self.token = token if token is not None else _token_from_env(profile)
+
+    def describe(self) -> dict[str, Any]:
+        """The agent's health answer: device facts and counters."""
+        return self._request_with_retries("GET", "/health", timeout_s=_CONNECT_TIMEOUT_S * 3)
+
+    def measure_many(self, onnx_paths: list[Path], *, progress: ProgressFn | None = None) -> list[Measurement]:
+        """Upload the models and the reference, measure them in one interleaved session.
+
+        ``progress`` is called once when the agent answers; the agent does
+        not stream intermediate rounds.
+        """
+        contents = [Path(p).read_bytes() for p in onnx_paths]
+        model_shas = [hashlib.sha256(c).hexdigest() for c in contents]
+        reference = self.profile.reference_bytes()
+        reference_sha = hashlib.sha256(reference).hexdigest()
+        blobs = {**dict(zip(model_shas, contents)), reference_sha: reference}
+        for sha in dict.fromkeys([reference_sha, *model_shas]):
+            self._upload(sha, blobs[sha])
+        request = {
+            "request_id": uuid.uuid4().hex,
+            "profile": self.profile.to_dict(),
+            "reference_sha256": reference_sha,
+            "model_sha256s": model_shas,
+        }
+        answer = self._measure(request, blobs)
+        if progress is not None:
+            progress({"round": None, "active": 0, "models": len(model_shas), "elapsed_s": None})
+        return [Measurement.from_dict(m) for m in answer["measurements"]]
+
+    def _measure(self, request: dict[str, Any], blobs: dict[str, bytes]) -> dict[str, Any]:
+        for _ in range(self.profile.where.retries + 1):
+            try:
+                return self._request_with_retries(
+                    "POST", "/measure", json=request, timeout_s=self.profile.where.timeout_s
+                )
+            except _MissingModels as missing:
+                for sha in missing.shas:
+                    self._upload(sha, blobs[sha])
+        raise AgentError(f"agent {self.base_url} kept losing uploaded models")
+
+    def _upload(self, sha256: str, body: bytes) -> None:
+        self._request_with_retries(
+            "PUT", f"/models/{sha256}", content=body, timeout_s=_CONNECT_TIMEOUT_S * 6,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+
+    def _request_with_retries(self, method: str, path: str, *, timeout_s: float, **kwargs: Any) -> dict[str, Any]:
+        """Send, retrying transport failures and 5xx answers with back-off.
+
+        4xx answers are the caller's fault and are raised at once (except the
+        404 that lists missing models, which the caller repairs).
+        """
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
+        timeout = httpx.Timeout(timeout_s, connect=_CONNECT_TIMEOUT_S)
+        last_problem = ""
+        attempts = self.profile.where.retries + 1
+        for attempt in range(attempts):
+            try:
+                response = httpx.request(method, self.base_url + path, headers=headers, timeout=timeout, **kwargs)
+            except httpx.TransportError as error:
+                last_problem = f"{type(error).__name__}: {error}"
+            else:
+                if response.status_code < 500:
+                    return _answer(response, method, path)
+                last_problem = f"HTTP {response.status_code}: {response.text[:300]}"
+            if attempt + 1 < attempts:
+                time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+        raise AgentError(f"{method} {self.base_url}{path} failed after {attempts} attempts; last: {last_problem}")
+
+
+class _MissingModels(Exception):
+    def __init__(self, shas: list[str]) -> None:
+        super().__init__(f"agent is missing {len(shas)} models")
+        self.shas = shas
+
+
+def _answer(response, method: str, path: str) -> dict[str, Any]:  # response: httpx.Response
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = {"detail": response.text[:300]}
+    if response.status_code < 400:
+        return payload
+    detail = payload.get("detail") if isinstance(payload, dict) else payload
+    if response.status_code == 404 and isinstance(detail, dict) and "missing_models" in detail:
+        raise _MissingModels(detail["missing_models"])
+    raise AgentError(f"{method} {path} answered HTTP {response.status_code}: {detail}")
+
+
+def _token_from_env(profile: DeviceProfile) -> str:
+    name = profile.where.token_env or ""
+    token = os.environ.get(name)
+    if not token:
+        raise AgentError(f"profile '{profile.name}': environment variable {name} (where.token_env) holds no token")
+    return token

@@ -1,0 +1,137 @@
+"""onnxruntime sessions built exactly as a device profile says.
+
+Every knob that changes latency (threads, spinning, affinity, graph
+optimisation, providers) comes from the profile, so a measurement is
+reproducible from the profile alone.  A runner owns one session and one
+pre-built input, and :meth:`OrtRunner.run_ms` times a single inference with the
+monotonic high-resolution clock; the protocol decides how often to call it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from devices.profile import DeviceProfile
+
+_GRAPH_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(bool)": np.bool_,
+}
+
+
+class ModelInputError(ValueError):
+    """The model's inputs cannot be built from the profile (shape or dtype)."""
+
+
+def session_options(profile: DeviceProfile):  # -> onnxruntime.SessionOptions
+    """SessionOptions carrying every latency-relevant setting of the profile."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = profile.intra_op_threads
+    options.inter_op_num_threads = profile.inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_LEVELS[profile.graph_optimization])
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if profile.allow_spinning else "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "1" if profile.allow_spinning else "0")
+    if profile.thread_affinity:
+        options.add_session_config_entry("session.intra_op_thread_affinities", profile.thread_affinity)
+    options.log_severity_level = 3
+    return options
+
+
+def build_inputs(
+    inputs: list[tuple[str, list[int | str | None], str]], profile: DeviceProfile, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Random inputs from the model's declared (name, shape, type) triples.
+
+    A symbolic leading dimension becomes the profile's batch; any other
+    symbolic dimension is an error because guessing it would time a
+    different workload than the one deployed.
+    """
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for name, shape, type_name in inputs:
+        dtype = _ORT_DTYPES.get(type_name)
+        if dtype is None:
+            raise ModelInputError(f"input '{name}' has unsupported type {type_name}")
+        if np.issubdtype(dtype, np.floating) and np.dtype(dtype).name != profile.input_dtype:
+            raise ModelInputError(
+                f"input '{name}' is {np.dtype(dtype).name} but the profile's input_dtype is {profile.input_dtype}"
+            )
+        concrete = [_concrete_dim(d, i, name, profile.batch) for i, d in enumerate(shape)]
+        if np.issubdtype(dtype, np.floating):
+            feeds[name] = rng.standard_normal(concrete).astype(dtype)
+        else:
+            feeds[name] = np.zeros(concrete, dtype=dtype)
+    return feeds
+
+
+def _concrete_dim(dim: int | str | None, index: int, input_name: str, batch: int) -> int:
+    if isinstance(dim, int) and dim > 0:
+        return dim
+    if index == 0:
+        return batch
+    raise ModelInputError(f"input '{input_name}' has a symbolic dimension {dim!r} at axis {index}")
+
+
+class OrtRunner:
+    """One onnxruntime session with a fixed input, timed one run at a time."""
+
+    def __init__(self, model_bytes: bytes, profile: DeviceProfile) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(
+            model_bytes, sess_options=session_options(profile), providers=list(profile.providers)
+        )
+        declared = [(i.name, list(i.shape), i.type) for i in self.session.get_inputs()]
+        self.feeds = build_inputs(declared, profile)
+        self.provider = self.session.get_providers()[0]
+
+    def run_ms(self) -> float:
+        """Wall time of one inference in milliseconds (monotonic clock)."""
+        start = time.perf_counter_ns()
+        self.session.run(None, self.feeds)
+        return (time.perf_counter_ns() - start) / 1e6
+
+
+def ort_facts() -> dict[str, object]:
+    """What onnxruntime reports about itself on this machine."""
+    import onnxruntime as ort
+
+    return {
+        "onnxruntime": ort.__version__,
+        "available_providers": ort.get_available_providers(),
+        "device": ort.get_device(),
+    }
+
+
+def validate_onnx_bytes(model_bytes: bytes) -> None:
+    """Raise ValueError unless onnxruntime can load the bytes as a model.
+
+    Parsing with onnxruntime itself (rather than the ``onnx`` package) keeps
+    an agent free of extra dependencies and checks exactly what will run.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises several unrelated exception types
+        raise ValueError(f"not a valid ONNX model: {str(error).splitlines()[0][:300]}") from None

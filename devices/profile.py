@@ -1,0 +1,307 @@
+"""Declarative device profiles: which device, and exactly how to measure on it.
+
+A profile is the identity of a latency number.  Two measurements are only
+comparable when they were taken with the same runtime, threads, graph
+optimisation, batch, input dtype and reference model, so :meth:`DeviceProfile.hash`
+covers exactly those fields and predictors/stores key their data by it.
+Settings that change how *long* or how *precisely* we measure (warm-up,
+round caps, confidence target) or *how we reach* the device (agent URL, token)
+do not change what is measured and stay out of the hash.
+
+Profiles are read from YAML or JSON and validated strictly: an unknown field,
+an impossible value or an unknown execution provider raises
+:class:`ProfileError` naming the offending field, because a typo that silently
+falls back to a default would produce plausible but wrong latencies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+RUNTIMES = ("onnxruntime", "openvino")
+KNOWN_ORT_PROVIDERS = (
+    "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
+    "OpenVINOExecutionProvider", "DnnlExecutionProvider", "CoreMLExecutionProvider",
+    "DmlExecutionProvider", "ROCMExecutionProvider", "MIGraphXExecutionProvider",
+    "QNNExecutionProvider", "NnapiExecutionProvider", "XnnpackExecutionProvider",
+    "ACLExecutionProvider", "ArmNNExecutionProvider", "WebGpuExecutionProvider",
+    "VitisAIExecutionProvider", "CANNExecutionProvider", "AzureExecutionProvider",
+)
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+INPUT_DTYPES = ("float32", "float16")
+
+
+class ProfileError(ValueError):
+    """A device profile is malformed; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """Warm-up before timing: both limits apply, whichever is reached last."""
+
+    runs: int = 10
+    seconds: float = 0.5
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Stopping rules of the interleaved, reference-normalised protocol.
+
+    Rounds continue until every model's ratio CI half-width is at most
+    ``ci_target`` (relative) after at least ``min_rounds``, or a cap is hit.
+    Samples whose pair reference is above the model's
+    ``reference_ceiling_percentile`` were taken while the machine was in its
+    slow state and can be dropped; the default 100 keeps them, because ratios
+    proved state-invariant here and dropping half the samples cost precision.
+    ``low_percentile`` is the session's robust reference latency (and the
+    ``ratio_low`` reported beside the median).
+    """
+
+    min_rounds: int = 15
+    max_rounds: int = 300
+    max_seconds: float = 600.0
+    ci_target: float = 0.01
+    reference_jump_mads: float = 5.0
+    reference_ceiling_percentile: float = 100.0
+    low_percentile: float = 25.0
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where the device is: this process, or an agent reached over HTTP.
+
+    ``token_env`` names the environment variable holding the agent's token so
+    a profile file never contains a secret.
+    """
+
+    kind: Literal["local", "agent"] = "local"
+    url: str | None = None
+    token_env: str | None = None
+    timeout_s: float = 900.0
+    retries: int = 3
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One device and the exact measurement settings used on it."""
+
+    name: str
+    runtime: str = "onnxruntime"
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    thread_affinity: str | None = None
+    allow_spinning: bool = True
+    graph_optimization: str = "all"
+    batch: int = 1
+    input_dtype: str = "float32"
+    reference_model: str | None = None
+    reference_ms: float | None = None
+    warmup: Warmup = field(default_factory=Warmup)
+    protocol: Protocol = field(default_factory=Protocol)
+    where: Where = field(default_factory=Where)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DeviceProfile:
+        """Read a YAML (``.yaml``/``.yml``) or JSON profile file."""
+        path = Path(path)
+        text = path.read_text()
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ProfileError(f"{path}: a profile must be a mapping of fields, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except ProfileError as error:
+            raise ProfileError(f"{path}: {error}") from None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceProfile:
+        """Build a profile from plain data, rejecting unknown fields."""
+        return _build(cls, data, prefix="")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data; ``from_dict(to_dict())`` round-trips."""
+        data = dataclasses.asdict(self)
+        data["providers"] = list(self.providers)
+        return data
+
+    def hash(self) -> str:
+        """Stable hash of everything that changes the measured latency."""
+        return self.hash_with_reference(self.reference_sha256())
+
+    def hash_with_reference(self, reference_sha256: str) -> str:
+        """The hash given the reference's content hash.
+
+        The reference enters by content, not by path, so an agent that received
+        the reference as bytes computes the same hash as the client.
+        """
+        data = self.to_dict()
+        for ignored in ("warmup", "protocol", "where"):
+            data.pop(ignored)
+        data["reference_model"] = reference_sha256
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def reference_sha256(self) -> str:
+        """Content hash of the reference model this profile calibrates against."""
+        if self.reference_model is None:
+            from devices.reference import reference_sha256
+
+            return reference_sha256()
+        return hashlib.sha256(Path(self.reference_model).read_bytes()).hexdigest()
+
+    def reference_bytes(self) -> bytes:
+        """The reference model's serialized bytes."""
+        if self.reference_model is None:
+            from devices.reference import reference_model_bytes
+
+            return reference_model_bytes()
+        return Path(self.reference_model).read_bytes()
+
+
+_Section = TypeVar("_Section")
+_SECTIONS = {"warmup": Warmup, "protocol": Protocol, "where": Where}
+
+
+def _build(cls: type[_Section], data: dict[str, Any], prefix: str) -> _Section:
+    if not isinstance(data, dict):
+        raise ProfileError(f"field '{prefix.rstrip('.')}' must be a mapping, got {data!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ProfileError(
+            f"unknown field '{prefix}{unknown[0]}' (known fields: {', '.join(sorted(known))})"
+        )
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in _SECTIONS:
+            values[name] = _build(_SECTIONS[name], value, prefix=f"{prefix}{name}.")
+        elif name == "providers":
+            values[name] = _as_providers(value)
+        else:
+            values[name] = value
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise ProfileError(f"{prefix or 'profile'}: {error}") from None
+
+
+def _as_providers(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ProfileError(f"field 'providers' must be a list of provider names, got {value!r}")
+    return tuple(value)
+
+
+def _require(condition: bool, field_name: str, message: str, value: Any) -> None:
+    if not condition:
+        raise ProfileError(f"field '{field_name}' {message}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _validate(p: DeviceProfile) -> None:
+    _require(isinstance(p.name, str) and p.name.strip() != "", "name", "must be a non-empty string", p.name)
+    _require(p.runtime in RUNTIMES, "runtime", f"must be one of {RUNTIMES}", p.runtime)
+    _require(len(p.providers) > 0, "providers", "must name at least one execution provider", p.providers)
+    for provider in p.providers:
+        _require(
+            provider in KNOWN_ORT_PROVIDERS, "providers",
+            f"contains unknown execution provider '{provider}' (known: {', '.join(KNOWN_ORT_PROVIDERS)})",
+            list(p.providers),
+        )
+    for name in ("intra_op_threads", "inter_op_threads", "batch"):
+        value = getattr(p, name)
+        _require(_is_int(value) and value >= 1, name, "must be an integer >= 1", value)
+    _require(
+        p.thread_affinity is None
+        or (isinstance(p.thread_affinity, str) and len(p.thread_affinity.split(";")) == p.intra_op_threads - 1),
+        "thread_affinity",
+        "must be null or an onnxruntime affinity string with one entry per intra-op thread after the first "
+        "(e.g. '2' for 2 threads, '1;2' for 3; onnxruntime does not pin the calling thread)",
+        p.thread_affinity,
+    )
+    _require(isinstance(p.allow_spinning, bool), "allow_spinning", "must be true or false", p.allow_spinning)
+    _require(
+        p.graph_optimization in GRAPH_OPTIMIZATION_LEVELS, "graph_optimization",
+        f"must be one of {GRAPH_OPTIMIZATION_LEVELS}", p.graph_optimization,
+    )
+    _require(p.input_dtype in INPUT_DTYPES, "input_dtype", f"must be one of {INPUT_DTYPES}", p.input_dtype)
+    _require(
+        p.reference_model is None or isinstance(p.reference_model, str), "reference_model",
+        "must be null (built-in reference) or a path to an ONNX file", p.reference_model,
+    )
+    _require(
+        p.reference_ms is None or (_is_number(p.reference_ms) and p.reference_ms > 0), "reference_ms",
+        "must be null (calibrate on first use) or the reference's latency in ms (> 0)", p.reference_ms,
+    )
+    _validate_warmup(p.warmup)
+    _validate_protocol(p.protocol)
+    _validate_where(p.where)
+
+
+def _validate_warmup(w: Warmup) -> None:
+    _require(_is_int(w.runs) and w.runs >= 0, "warmup.runs", "must be an integer >= 0", w.runs)
+    _require(_is_number(w.seconds) and w.seconds >= 0, "warmup.seconds", "must be a number >= 0", w.seconds)
+
+
+def _validate_protocol(r: Protocol) -> None:
+    _require(_is_int(r.min_rounds) and r.min_rounds >= 5, "protocol.min_rounds", "must be an integer >= 5", r.min_rounds)
+    _require(
+        _is_int(r.max_rounds) and r.max_rounds >= r.min_rounds,
+        "protocol.max_rounds", "must be an integer >= protocol.min_rounds", r.max_rounds,
+    )
+    _require(_is_number(r.max_seconds) and r.max_seconds > 0, "protocol.max_seconds", "must be a number > 0", r.max_seconds)
+    _require(
+        _is_number(r.ci_target) and 0 < r.ci_target < 1, "protocol.ci_target",
+        "must be a relative half-width between 0 and 1 (e.g. 0.01 for 1%)", r.ci_target,
+    )
+    _require(
+        _is_number(r.reference_jump_mads) and r.reference_jump_mads > 0, "protocol.reference_jump_mads",
+        "must be a number > 0", r.reference_jump_mads,
+    )
+    _require(
+        _is_number(r.reference_ceiling_percentile) and 10 <= r.reference_ceiling_percentile <= 100,
+        "protocol.reference_ceiling_percentile", "must be a percentile in [10, 100]", r.reference_ceiling_percentile,
+    )
+    _require(
+        _is_number(r.low_percentile) and 0 < r.low_percentile <= 50, "protocol.low_percentile",
+        "must be a percentile in (0, 50]", r.low_percentile,
+    )
+
+
+def _validate_where(w: Where) -> None:
+    _require(w.kind in ("local", "agent"), "where.kind", "must be 'local' or 'agent'", w.kind)
+    if w.kind == "agent":
+        _require(
+            isinstance(w.url, str) and w.url.startswith(("http://", "https://")), "where.url",
+            "must be an http(s) URL when where.kind is 'agent'", w.url,
+        )
+        _require(
+            isinstance(w.token_env, str) and w.token_env != "", "where.token_env",
+            "must name the environment variable holding the agent token", w.token_env,
+        )
+    else:
+        _require(w.url is None, "where.url", "must be empty when where.kind is 'local'", w.url)
+    _require(_is_number(w.timeout_s) and w.timeout_s > 0, "where.timeout_s", "must be a number > 0", w.timeout_s)
+    _require(_is_int(w.retries) and w.retries >= 0, "where.retries", "must be an integer >= 0", w.retries)

@@ -1,0 +1,208 @@
+"""The interleaved, reference-normalised measurement protocol.
+
+This machine (and any shared edge box) switches between a fast and a slow
+state every second or two; timing one model after another therefore measures
+the machine as much as the model.  The protocol defends against that:
+
+* every round runs each still-active model once, in a fresh random order,
+  with the reference model run before and after it (``R M R M R ...``), so a
+  model's time is always compared with references taken milliseconds away;
+* a sample's ratio is the model time over the geometric mean of its two
+  neighbouring references;
+* samples are dropped when a neighbouring reference jumped away from its
+  rolling median or when the two neighbours disagree (the state flipped in
+  between); optionally also when the reference shows the machine in its slow
+  state (above ``reference_ceiling_percentile`` of the model's pair references);
+* rounds repeat until the median ratio's 95% CI is within ``ci_target`` for
+  every model (models that converge leave the rotation) or a cap is hit;
+  whatever stays wider is reported with ``stable=False``.
+
+``latency_ms = ratio × reference_ms``, where ``reference_ms`` is the device's
+calibrated reference latency (:mod:`devices.calibration`); the session's own
+robust reference latency (``SessionResult.reference_ms``, a low percentile of
+the non-jumping reference runs) seeds that calibration and is recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol as TypingProtocol
+
+import numpy as np
+
+from devices.measure import median_ci_halfwidth, reference_jumps, time_summary
+from devices.profile import DeviceProfile
+
+ProgressFn = Callable[[dict[str, Any]], None]
+_CHECK_EVERY_ROUNDS = 3
+_DISAGREEMENT_MADS = 4.0
+_MAD_TO_SIGMA = 1.4826
+
+
+class Runner(TypingProtocol):
+    """Anything that can time one inference of a loaded model."""
+
+    provider: str
+
+    def run_ms(self) -> float: ...
+
+
+@dataclass
+class _Samples:
+    """Timed runs of one model, each with the indices of its neighbouring references."""
+
+    model_ms: list[float] = field(default_factory=list)
+    ref_before: list[int] = field(default_factory=list)
+    ref_after: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """What the protocol found for one model, before it becomes a Measurement."""
+
+    ratio: float
+    ratio_low: float
+    ratio_ci: float
+    n_kept: int
+    times: dict[str, float]
+    n_runs: int
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    """All models of one session plus the session-wide reference scale."""
+
+    models: list[ModelResult]
+    reference_ms: float
+    reference_summary: dict[str, float]
+    rounds: int
+    reference_runs: int
+    dropped_reference_jumps: int
+    seconds: float
+
+
+def make_runner(model_bytes: bytes, profile: DeviceProfile) -> Runner:
+    """A runner for the profile's runtime."""
+    if profile.runtime == "openvino":
+        from devices.ov import OpenVinoRunner
+
+        return OpenVinoRunner(model_bytes, profile)
+    from devices.ort import OrtRunner
+
+    return OrtRunner(model_bytes, profile)
+
+
+def warm_up(runners: list[Runner], profile: DeviceProfile) -> None:
+    """Run each model ``warmup.runs`` times, then all round-robin until ``warmup.seconds``.
+
+    The round-robin part warms caches, the allocator and the CPU governor
+    under the same alternating load the timed rounds will produce.
+    """
+    for runner in runners:
+        for _ in range(profile.warmup.runs):
+            runner.run_ms()
+    deadline = time.monotonic() + profile.warmup.seconds
+    while time.monotonic() < deadline:
+        for runner in runners:
+            runner.run_ms()
+
+
+def run_protocol(
+    reference: Runner,
+    models: list[Runner],
+    profile: DeviceProfile,
+    *,
+    progress: ProgressFn | None = None,
+    seed: int = 0,
+) -> SessionResult:
+    """Measure all models interleaved with the reference; see the module docstring."""
+    settings = profile.protocol
+    rng = np.random.default_rng(seed)
+    warm_up([reference, *models], profile)
+    references: list[float] = []
+    samples = [_Samples() for _ in models]
+    active = list(range(len(models)))
+    started = time.monotonic()
+    rounds = 0
+    while active:
+        _run_round(reference, models, [int(i) for i in rng.permutation(active)], references, samples)
+        rounds += 1
+        elapsed = time.monotonic() - started
+        out_of_budget = rounds >= settings.max_rounds or elapsed >= settings.max_seconds
+        if rounds >= settings.min_rounds and (rounds % _CHECK_EVERY_ROUNDS == 0 or out_of_budget):
+            results = _evaluate(references, samples, profile)
+            active = [i for i in active if results[i].ratio_ci > settings.ci_target]
+            if progress is not None:
+                progress({"round": rounds, "active": len(active), "models": len(models), "elapsed_s": elapsed})
+            if out_of_budget:
+                break
+    return _finish(references, samples, profile, rounds, time.monotonic() - started)
+
+
+def _run_round(
+    reference: Runner, models: list[Runner], order: list[int], references: list[float], samples: list[_Samples]
+) -> None:
+    references.append(reference.run_ms())
+    for index in order:
+        model_ms = models[index].run_ms()
+        references.append(reference.run_ms())
+        record = samples[index]
+        record.model_ms.append(model_ms)
+        record.ref_before.append(len(references) - 2)
+        record.ref_after.append(len(references) - 1)
+
+
+def _kept_ratios(ref: np.ndarray, usable: np.ndarray, record: _Samples, profile: DeviceProfile) -> np.ndarray:
+    """Ratios of one model's samples that survive the reference filters.
+
+    The slow-state ceiling is taken over this model's own pair references:
+    a large model slows the reference run right after it a little (caches,
+    clocks), so a session-wide ceiling would drop its samples more often
+    than a small model's.
+    """
+    before, after = np.asarray(record.ref_before), np.asarray(record.ref_after)
+    pair_ref = np.sqrt(ref[before] * ref[after])
+    disagreement = np.abs(np.log(ref[before] / ref[after]))
+    scale = max(_MAD_TO_SIGMA * float(np.median(disagreement)), 1e-3)
+    keep = usable[before] & usable[after] & (disagreement <= _DISAGREEMENT_MADS * scale)
+    if keep.any():
+        keep &= pair_ref <= np.percentile(pair_ref[keep], profile.protocol.reference_ceiling_percentile)
+    return np.asarray(record.model_ms)[keep] / pair_ref[keep]
+
+
+def _evaluate(references: list[float], samples: list[_Samples], profile: DeviceProfile) -> list[ModelResult]:
+    ref = np.asarray(references)
+    usable = ~reference_jumps(ref, profile.protocol.reference_jump_mads)
+    results = []
+    for record in samples:
+        ratios = _kept_ratios(ref, usable, record, profile)
+        enough = ratios.size >= 3
+        results.append(
+            ModelResult(
+                ratio=float(np.median(ratios)) if enough else math.nan,
+                ratio_low=float(np.percentile(ratios, profile.protocol.low_percentile)) if enough else math.nan,
+                ratio_ci=median_ci_halfwidth(ratios),
+                n_kept=int(ratios.size),
+                times=time_summary(np.asarray(record.model_ms)),
+                n_runs=len(record.model_ms),
+            )
+        )
+    return results
+
+
+def _finish(
+    references: list[float], samples: list[_Samples], profile: DeviceProfile, rounds: int, seconds: float
+) -> SessionResult:
+    ref = np.asarray(references)
+    jumps = reference_jumps(ref, profile.protocol.reference_jump_mads)
+    return SessionResult(
+        models=_evaluate(references, samples, profile),
+        reference_ms=float(np.percentile(ref[~jumps], profile.protocol.low_percentile)),
+        reference_summary=time_summary(ref),
+        rounds=rounds,
+        reference_runs=int(ref.size),
+        dropped_reference_jumps=int(jumps.sum()),
+        seconds=seconds,
+    )

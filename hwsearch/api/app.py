@@ -1,0 +1,140 @@
+"""The FastAPI application: routers, auth, request size limits, error shapes, start-up recovery.
+
+:func:`create_app` is a factory over an already opened store, so the server
+(``hwsearch serve``), ``uvicorn --factory`` and tests build the same app.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+import hwsearch
+from hwsearch.api.catalog import Catalog
+from hwsearch.api.routes import api_router, public_router
+from hwsearch.api.service import ServiceError
+from hwsearch.jobs import recover_jobs
+from hwsearch.store import Store, open_store
+
+__all__ = ["create_app", "create_app_from_env"]
+
+MiB = 1024 * 1024
+_UPLOAD_PATHS = ("/supernets/upload",)
+
+
+class BodyLimit:
+    """Refuse request bodies over a size limit with 413, before reading them whole.
+
+    A declared ``Content-Length`` over the limit is refused at once; a body
+    sent without one (chunked) is counted as it streams in.  Checkpoint
+    uploads get their own, larger limit.
+    """
+
+    def __init__(self, app: Any, *, max_body_bytes: int, max_upload_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict]],
+                       send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_upload_bytes if scope["path"] in _UPLOAD_PATHS else self.max_body_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(limit)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise HTTPException(413, f"request body is larger than {limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse({"detail": f"request body is larger than {limit} bytes"}, status_code=413)
+
+
+async def _service_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ServiceError)
+    if error.status == 422:
+        detail: Any = [{"loc": list(error.field), "msg": error.message, "type": "value_error"}]
+    else:
+        detail = error.message
+    return JSONResponse({"detail": detail}, status_code=error.status)
+
+
+def create_app(
+    store: Store,
+    *,
+    token: str,
+    data_dir: str | os.PathLike[str],
+    max_body_bytes: int = 1 * MiB,
+    max_upload_bytes: int = 512 * MiB,
+    ray_address: str | None = None,
+    resume: bool = False,
+) -> FastAPI:
+    """The hwsearch service over ``store``, with registrations and exports under ``data_dir``.
+
+    On start-up, jobs a previous process left ``queued`` or ``running`` are
+    marked ``interrupted`` (or, with ``resume``, started again); their
+    measurements are in the store either way.
+    """
+    if not token:
+        raise ValueError("the service needs a non-empty token")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        recover_jobs(store=store, resume=resume, ray_address=ray_address)
+        yield
+
+    app = FastAPI(
+        title="hwsearch",
+        version=hwsearch.__version__,
+        description="Pareto-optimal subnets of once-for-all supernets for your devices. "
+                    "Every endpoint but /health and the OpenAPI schema needs "
+                    "`Authorization: Bearer <token>`.",
+        lifespan=lifespan,
+    )
+    app.state.store = store
+    app.state.catalog = Catalog(data_dir)
+    app.state.token = token
+    app.state.ray_address = ray_address
+    app.include_router(public_router)
+    app.include_router(api_router)
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory hwsearch.api.app:create_app_from_env``.
+
+    Reads ``HWSEARCH_STORE`` (SQLite path), ``HWSEARCH_TOKEN``, and optionally
+    ``HWSEARCH_DATA`` (defaults to ``<store>.data``), ``HWSEARCH_MAX_BODY``,
+    ``HWSEARCH_MAX_UPLOAD``, ``HWSEARCH_RAY_ADDRESS`` and ``HWSEARCH_RESUME``.
+    """
+    store_path = Path(os.environ["HWSEARCH_STORE"])
+    return create_app(
+        open_store(store_path),
+        token=os.environ["HWSEARCH_TOKEN"],
+        data_dir=os.environ.get("HWSEARCH_DATA", f"{store_path}.data"),
+        max_body_bytes=int(os.environ.get("HWSEARCH_MAX_BODY", 1 * MiB)),
+        max_upload_bytes=int(os.environ.get("HWSEARCH_MAX_UPLOAD", 512 * MiB)),
+        ray_address=os.environ.get("HWSEARCH_RAY_ADDRESS") or None,
+        resume=json.loads(os.environ.get("HWSEARCH_RESUME", "false")),
+    )

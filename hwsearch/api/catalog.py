@@ -1,0 +1,95 @@
+"""The service's registrations: supernets and device profiles, kept as JSON files.
+
+The job store holds jobs and measurements; what a team registers with the
+service (which supernets exist under which names, which devices to profile
+on) lives here, in a data directory beside it, so it survives a restart and
+can be read and edited by hand.  Uploaded checkpoints and exported ONNX files
+live in the same directory.  Every write goes through a temporary file and an
+atomic rename, so a crash never leaves half a registration behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hwsearch.jobs import SupernetRef
+
+__all__ = ["Catalog", "NAME_PATTERN", "valid_name"]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+_NAME = re.compile(NAME_PATTERN)
+
+
+def valid_name(name: str) -> bool:
+    """Registered names become file names, so they are restricted to a safe alphabet."""
+    return bool(_NAME.match(name))
+
+
+class Catalog:
+    """Registered supernets and device profiles under one data directory; thread-safe."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        for sub in ("supernets", "devices", "checkpoints", "exports"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "exports"
+
+    # ------------------------------------------------------------------ supernets
+
+    def put_supernet(self, ref: SupernetRef) -> None:
+        self._write(self.root / "supernets" / f"{ref.name}.json", ref.to_dict())
+
+    def get_supernet(self, name: str) -> SupernetRef | None:
+        data = self._read(self.root / "supernets", name)
+        return None if data is None else SupernetRef.from_dict(data)
+
+    def list_supernets(self) -> list[SupernetRef]:
+        return [SupernetRef.from_dict(d) for d in self._read_all(self.root / "supernets")]
+
+    # ------------------------------------------------------------------ devices
+
+    def put_device(self, name: str, profile: dict[str, Any]) -> None:
+        """Store a device profile (already validated by the devices layer) under its name."""
+        self._write(self.root / "devices" / f"{name}.json", profile)
+
+    def get_device(self, name: str) -> dict[str, Any] | None:
+        return self._read(self.root / "devices", name)
+
+    def list_devices(self) -> list[dict[str, Any]]:
+        return list(self._read_all(self.root / "devices"))
+
+    # ------------------------------------------------------------------ files
+
+    def _write(self, path: Path, data: dict[str, Any]) -> None:
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        with self._lock:
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+            os.replace(tmp, path)
+
+    @staticmethod
+    def _read(folder: Path, name: str) -> dict[str, Any] | None:
+        if not valid_name(name):
+            return None
+        path = folder / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    @staticmethod
+    def _read_all(folder: Path) -> Iterator[dict[str, Any]]:
+        for path in sorted(folder.glob("*.json")):
+            yield json.loads(path.read_text())

@@ -1,0 +1,227 @@
+"""HTTP routes: parse the request, call :mod:`hwsearch.api.service`, shape the response.
+
+Routes are plain ``def`` functions, so FastAPI runs them in its thread pool:
+building a supernet or exporting a subnet never blocks the event loop, and
+whole jobs run on Ray.  Errors come from the service as ``ServiceError`` and
+are turned into responses in one place (:mod:`hwsearch.api.app`).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
+
+import hwsearch
+from hwsearch.api import service
+from hwsearch.api.catalog import Catalog
+from hwsearch.api.schemas import (
+    DeviceCreate,
+    DeviceRead,
+    ExportCreate,
+    ExportRead,
+    FrontRead,
+    FrontsRead,
+    HealthRead,
+    JobAccepted,
+    JobCreate,
+    JobList,
+    JobRead,
+    ProfileCreate,
+    RegistryRead,
+    SupernetCreate,
+    SupernetOptions,
+    SupernetRead,
+)
+from hwsearch.store import Store
+
+__all__ = ["api_router", "public_router"]
+
+_bearer = HTTPBearer(auto_error=False, description="the token given to `hwsearch serve --token`")
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def _catalog(request: Request) -> Catalog:
+    return request.app.state.catalog
+
+
+def _ray_address(request: Request) -> str | None:
+    return request.app.state.ray_address
+
+
+def _require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    expected: str = request.app.state.token
+    if credentials is None or not secrets.compare_digest(credentials.credentials.encode(),
+                                                         expected.encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+StoreDep = Annotated[Store, Depends(_store)]
+CatalogDep = Annotated[Catalog, Depends(_catalog)]
+RayAddress = Annotated[str | None, Depends(_ray_address)]
+
+public_router = APIRouter()
+api_router = APIRouter(dependencies=[Depends(_require_token)])
+
+
+def _accepted(request: Request, job: dict[str, Any]) -> JobAccepted:
+    return JobAccepted(id=job["id"], state=job["state"],
+                       status_url=str(request.url_for("read_job", job_id=job["id"])))
+
+
+# --------------------------------------------------------------------------- health
+
+
+@public_router.get("/health", response_model=HealthRead, tags=["service"])
+def health() -> HealthRead:
+    """Liveness: no token needed."""
+    return HealthRead(status="ok", version=hwsearch.__version__)
+
+
+# --------------------------------------------------------------------------- supernets
+
+
+@api_router.get("/supernets/registry", response_model=RegistryRead, tags=["supernets"])
+def read_registry() -> RegistryRead:
+    """The builders a supernet can be registered with."""
+    return RegistryRead(builders=service.registry_names())
+
+
+@api_router.post("/supernets", response_model=SupernetRead, status_code=201, tags=["supernets"])
+def create_supernet(body: SupernetCreate, catalog: CatalogDep) -> SupernetRead:
+    """Register a supernet: a builder, a checkpoint path on the server, and options."""
+    return SupernetRead(**service.register_supernet(
+        catalog=catalog, name=body.name, registry=body.registry, checkpoint=body.checkpoint,
+        options=body.options.model_dump()))
+
+
+@api_router.post("/supernets/upload", response_model=SupernetRead, status_code=201,
+                 tags=["supernets"])
+def upload_supernet(
+    catalog: CatalogDep,
+    name: Annotated[str, Form()],
+    registry: Annotated[str, Form()],
+    checkpoint: Annotated[UploadFile, File(description="a state_dict saved with torch.save")],
+    options: Annotated[str, Form(description="SupernetOptions as JSON")] = "{}",
+) -> SupernetRead:
+    """Register a supernet whose checkpoint is uploaded (multipart form)."""
+    try:
+        parsed = SupernetOptions.model_validate(json.loads(options))
+    except (ValueError, ValidationError) as error:
+        raise service.Invalid(f"options: {error}", field=("body", "options")) from error
+    return SupernetRead(**service.upload_supernet(
+        catalog=catalog, name=name, registry=registry, options=parsed.model_dump(),
+        content=checkpoint.file))
+
+
+@api_router.get("/supernets", response_model=list[SupernetRead], tags=["supernets"])
+def read_supernets(catalog: CatalogDep) -> list[SupernetRead]:
+    return [SupernetRead(**s) for s in service.list_supernets(catalog=catalog)]
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@api_router.post("/devices", response_model=DeviceRead, status_code=201, tags=["devices"])
+def create_device(body: DeviceCreate, catalog: CatalogDep) -> DeviceRead:
+    """Register (or replace) a device profile; it is validated by the devices layer."""
+    return DeviceRead(**service.register_device(catalog=catalog, profile=body.profile))
+
+
+@api_router.get("/devices", response_model=list[DeviceRead], tags=["devices"])
+def read_devices(catalog: CatalogDep) -> list[DeviceRead]:
+    return [DeviceRead(**d) for d in service.list_devices(catalog=catalog)]
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+@api_router.post("/jobs", response_model=JobAccepted, status_code=202, tags=["jobs"])
+def create_job(body: JobCreate, request: Request, store: StoreDep, catalog: CatalogDep,
+               ray_address: RayAddress) -> JobAccepted:
+    """Queue a search job; poll ``status_url`` for its progress."""
+    job = service.submit_search(
+        store=store, catalog=catalog, supernet=body.supernet, devices=body.devices,
+        dataset=body.dataset,
+        limits=[lim.model_dump(exclude_none=True) for lim in body.limits], budget=body.budget,
+        seed=body.seed, n_profile=body.n_profile, ray_address=ray_address)
+    return _accepted(request, job)
+
+
+@api_router.get("/jobs", response_model=JobList, tags=["jobs"])
+def read_jobs(store: StoreDep) -> JobList:
+    return JobList(jobs=[JobRead(**j) for j in service.list_jobs(store=store)])
+
+
+@api_router.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"])
+def read_job(job_id: str, store: StoreDep) -> JobRead:
+    return JobRead(**service.job_view(service.get_job(store=store, job_id=job_id)))
+
+
+@api_router.post("/jobs/{job_id}/cancel", response_model=JobRead, tags=["jobs"])
+def cancel_job(job_id: str, store: StoreDep) -> JobRead:
+    """Ask a job to stop; it stops at its next step and keeps what it measured."""
+    return JobRead(**service.cancel(store=store, job_id=job_id))
+
+
+@api_router.post("/jobs/{job_id}/resume", response_model=JobAccepted, status_code=202,
+                 tags=["jobs"])
+def resume_job(job_id: str, request: Request, store: StoreDep,
+               ray_address: RayAddress) -> JobAccepted:
+    """Run an interrupted, failed or cancelled job again from its stored measurements."""
+    return _accepted(request, service.resume(store=store, job_id=job_id, ray_address=ray_address))
+
+
+@api_router.get("/jobs/{job_id}/fronts", response_model=FrontsRead, tags=["fronts"])
+def read_fronts(job_id: str, store: StoreDep) -> FrontsRead:
+    fronts = service.job_fronts(store=store, job_id=job_id)
+    return FrontsRead(job_id=job_id, fronts={
+        device: FrontRead(**service.front_view(front)) for device, front in fronts.items()})
+
+
+@api_router.get("/jobs/{job_id}/fronts/{device}", response_model=FrontRead, tags=["fronts"])
+def read_front(job_id: str, device: str, store: StoreDep) -> FrontRead:
+    fronts = service.job_fronts(store=store, job_id=job_id)
+    if device not in fronts:
+        raise service.NotFound(f"job {job_id!r} has no front for device {device!r}; "
+                               f"it has {sorted(fronts)}")
+    return FrontRead(**service.front_view(fronts[device]))
+
+
+# --------------------------------------------------------------------------- subnets
+
+
+@api_router.post("/exports", response_model=ExportRead, status_code=201, tags=["subnets"])
+def create_export(body: ExportCreate, request: Request, store: StoreDep,
+                  catalog: CatalogDep) -> ExportRead:
+    """Export a subnet (an arch, or a point of a front) to ONNX; download it from ``download_url``."""
+    info = service.export_subnet(store=store, catalog=catalog, **body.model_dump())
+    return ExportRead(**info, download_url=str(request.url_for("download_export",
+                                                               export_id=info["id"])))
+
+
+@api_router.get("/exports/{export_id}", response_class=FileResponse, tags=["subnets"])
+def download_export(export_id: str, catalog: CatalogDep) -> FileResponse:
+    path = service.export_file(catalog=catalog, export_id=export_id)
+    return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+
+
+@api_router.post("/profiles", response_model=JobAccepted, status_code=202, tags=["subnets"])
+def create_profile(body: ProfileCreate, request: Request, store: StoreDep, catalog: CatalogDep,
+                   ray_address: RayAddress) -> JobAccepted:
+    """Measure a subnet on a registered device; the result is the job's ``result``."""
+    job = service.submit_profile(store=store, catalog=catalog, ray_address=ray_address,
+                                 **body.model_dump())
+    return _accepted(request, job)

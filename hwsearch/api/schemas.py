@@ -1,0 +1,205 @@
+"""Request and response bodies of the HTTP API, one family per resource.
+
+These are the only pydantic models of the service; the service functions
+take and return plain values, so the same logic serves the CLI and tests.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hwsearch.api.catalog import NAME_PATTERN
+
+Name = Field(pattern=NAME_PATTERN, description="letters, digits, '.', '_' and '-'")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- supernets
+
+
+class SupernetOptions(_Strict):
+    """Builder options beyond the checkpoint: a reduced variant of a registered family."""
+
+    n_classes: int | None = Field(default=None, ge=1, le=100_000)
+    resolutions: list[Annotated[int, Field(ge=32, le=1024)]] | None = Field(
+        default=None, min_length=1, max_length=64, description="narrow the space's input sizes")
+
+
+class SupernetCreate(_Strict):
+    name: str = Name
+    registry: str = Field(description="a builder from GET /supernets/registry")
+    checkpoint: str | None = Field(default=None, description="a path on the server")
+    options: SupernetOptions = SupernetOptions()
+
+
+class SupernetRead(BaseModel):
+    name: str
+    registry: str
+    checkpoint: str | None
+    options: dict[str, Any]
+    space_name: str
+    n_var: int
+    size: int
+
+
+class RegistryRead(BaseModel):
+    builders: list[str]
+
+
+# --------------------------------------------------------------------------- devices
+
+
+class DeviceCreate(_Strict):
+    profile: dict[str, Any] = Field(description="a device profile, as in a profile YAML file")
+
+
+class DeviceRead(BaseModel):
+    name: str
+    hash: str
+    profile: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class LimitCreate(_Strict):
+    metric: Literal["accuracy", "latency_ms", "params", "macs"]
+    upper: float | None = None
+    lower: float | None = None
+
+    @model_validator(mode="after")
+    def _one_side(self) -> LimitCreate:
+        if self.upper is None and self.lower is None:
+            raise ValueError("a limit needs 'upper' or 'lower'")
+        return self
+
+
+class JobCreate(_Strict):
+    supernet: str = Field(description="a registered supernet name")
+    devices: list[str] = Field(min_length=1, max_length=16, description="registered device names")
+    dataset: str | None = Field(default=None, description="validation data path on the server")
+    limits: list[LimitCreate] = Field(
+        default=[], max_length=8,
+        description="constraints; the objectives are accuracy (max) and latency per device (min)")
+    budget: int = Field(default=0, ge=0, le=10_000,
+                        description="extra measured subnets per device for refinement")
+    seed: int = Field(default=0, ge=0)
+    n_profile: int = Field(default=40, ge=4, le=10_000,
+                           description="subnets profiled per device to train predictors")
+
+
+class Progress(BaseModel):
+    step: str = ""
+    fraction: float = 0.0
+    message: str = ""
+
+
+class JobRead(BaseModel):
+    id: str
+    kind: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+    progress: Progress | None
+    error: str | None
+    result: dict[str, Any] | None = Field(
+        default=None, description="fronts are served separately; this is the summary")
+
+
+class JobAccepted(BaseModel):
+    id: str
+    state: str
+    status_url: str
+
+
+class JobList(BaseModel):
+    jobs: list[JobRead]
+
+
+# --------------------------------------------------------------------------- fronts
+
+
+class PointRead(BaseModel):
+    index: int
+    arch: dict[str, Any]
+    arch_key: str
+    measured: dict[str, float]
+    predicted: dict[str, float]
+    spread: dict[str, float]
+    macs: int | None
+    params: int | None
+
+
+class ObjectiveRead(BaseModel):
+    metric: str
+    sense: Literal["min", "max"]
+
+
+class FrontRead(BaseModel):
+    device: str
+    space_name: str
+    objectives: list[ObjectiveRead]
+    reference_point: list[float]
+    hypervolume: float
+    seed: int
+    settings: dict[str, Any]
+    points: list[PointRead]
+
+
+class FrontsRead(BaseModel):
+    job_id: str
+    fronts: dict[str, FrontRead]
+
+
+# --------------------------------------------------------------------------- subnets
+
+
+class SubnetRef(_Strict):
+    """A subnet: an arch (hwsearch or OFA native form), or a point of a job's front."""
+
+    supernet: str | None = Field(default=None, description="needed with 'arch'")
+    arch: dict[str, Any] | None = None
+    job_id: str | None = None
+    device: str | None = Field(default=None, description="the front's device, with 'job_id'")
+    point: int | None = Field(default=None, ge=0, description="index into that front")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SubnetRef:
+        by_arch = self.arch is not None
+        by_point = self.job_id is not None
+        if by_arch == by_point:
+            raise ValueError("give either 'supernet' + 'arch', or 'job_id' + 'device' + 'point'")
+        if by_arch and self.supernet is None:
+            raise ValueError("'arch' needs 'supernet'")
+        if by_point and (self.device is None or self.point is None):
+            raise ValueError("'job_id' needs 'device' and 'point'")
+        return self
+
+
+class ExportCreate(SubnetRef):
+    batch: int = Field(default=1, ge=1, le=256)
+
+
+class ExportRead(BaseModel):
+    id: str
+    supernet: str
+    arch: dict[str, Any]
+    arch_key: str
+    bytes: int
+    macs: int
+    params: int
+    input_shape: list[int]
+    max_abs_diff: float | None
+    download_url: str
+
+
+class ProfileCreate(SubnetRef):
+    on: str = Field(description="the registered device to profile on")
+
+
+class HealthRead(BaseModel):
+    status: Literal["ok"]
+    version: str

@@ -1,0 +1,65 @@
+"""Batch-norm recalibration: re-estimate BN running statistics of a (sub)network from data.
+
+Weights shared in a supernet are trained for many subnets, so the running
+statistics a subnet inherits were accumulated over other subnets' activations.
+Re-estimating them on a few batches of training data (OFA's
+``set_running_statistics``) restores most of the subnet's accuracy.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["recalibrate_bn"]
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def recalibrate_bn(module: M, batches: Iterable[Any]) -> M:
+    """Replace every BN layer's running mean/variance with their average over ``batches``.
+
+    Each batch is an input tensor, or an ``(inputs, targets, ...)`` tuple as a
+    DataLoader yields.  BN layers normalise with batch statistics while the
+    estimate is accumulated (a cumulative average, ``momentum=None``); every
+    other layer runs in eval mode (no dropout).  ``module`` is updated in place
+    and returned with its own train/eval mode and BN momenta restored.
+    """
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("recalibrate_bn needs at least one calibration batch; got none")
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training = module.training
+    momenta = [bn.momentum for bn in norms]
+    try:
+        module.eval()
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        _run(module, itertools.chain([first], batches))
+    finally:
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
+        module.train(was_training)
+    return module
+
+
+def _inputs(batch: Any) -> Tensor:
+    inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(inputs, Tensor):
+        raise TypeError("a calibration batch must be a tensor or (tensor, ...), "
+                        f"got {type(batch).__name__}")
+    return inputs
+
+
+def _run(module: nn.Module, batches: Iterable[Any]) -> None:
+    device = next(module.parameters()).device
+    with torch.no_grad():
+        for batch in batches:
+            module(_inputs(batch).to(device))

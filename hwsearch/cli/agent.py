@@ -1,0 +1,31 @@
+"""``hwsearch agent --port ... --token ...``: run the edge agent (same as ``python -m devices.agent``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+__all__ = ["register"]
+
+
+def agent(
+    token: Annotated[str, typer.Option(help="Shared secret clients send as a Bearer token.", envvar="DEVICES_AGENT_TOKEN")],
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
+    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 to accept remote clients.")] = "127.0.0.1",
+    state_dir: Annotated[Optional[Path], typer.Option(help="Where uploads and results persist across restarts.")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest ONNX upload.")] = 64.0,
+) -> None:
+    """Serve this machine as a measurement device over HTTP.
+
+    Needs only onnxruntime and numpy; on a box without hwsearch run
+    `python -m devices.agent` with the same options.
+    """
+    from devices.agent import serve
+
+    serve(host, port, token, state_dir, max_upload_mb)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("agent")(agent)

@@ -1,0 +1,62 @@
+"""``hwsearch demo``: the whole job on the built-in MNIST supernet, offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the store, ONNX files and report.")] = Path("runs/demo"),
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help="Your own checkpoint of the demo family (default: the shipped one).")] = None,
+    device: Annotated[Optional[list[Path]], typer.Option(
+        help="Device profile (YAML/JSON); repeat for several. Default: this CPU with 1 and 2 threads.")] = None,
+    n_profile: Annotated[int, typer.Option(help="Subnets profiled per device to train predictors.")] = 40,
+    budget: Annotated[int, typer.Option(help="Extra real measurements per device for refinement.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed for sampling and search.")] = 0,
+    ray_address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting one.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of tables.")] = False,
+) -> None:
+    """Profile, measure accuracy, train predictors, search on Ray, export and re-profile the knees, report."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hwsearch.cli._fronts import front_table
+    from hwsearch.demo.run import DemoSettings, run_demo, summarise
+
+    defaults = DemoSettings()
+    settings = DemoSettings(
+        out=out, checkpoint=checkpoint or defaults.checkpoint,
+        devices=tuple(device) if device else defaults.devices,
+        n_profile=n_profile, budget=budget, seed=seed, ray_address=ray_address,
+    )
+    console = Console(stderr=as_json)
+    with Progress(TextColumn("[bold]{task.fields[step]}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), TextColumn("{task.description}"), console=console) as bar:
+        task = bar.add_task("starting", total=1.0, step="demo")
+
+        def show(step: str, fraction: float, message: str) -> None:
+            bar.update(task, completed=fraction, step=step, description=message)
+
+        result = run_demo(settings, progress=show)
+        bar.update(task, completed=1.0, step="done", description="")
+    if as_json:
+        typer.echo(json.dumps({
+            "job_id": result.job_id, "seconds": round(result.seconds, 1),
+            "fronts": {d: f.to_dict() for d, f in result.fronts.items()},
+            "knees": [{**vars(k), "onnx_path": str(k.onnx_path)} for k in result.knees],
+            "report": str(result.report["html"]),
+        }, indent=2))
+        return
+    for device_name, front in result.fronts.items():
+        console.print(front_table(device_name, front))
+    for line in summarise(result):
+        console.print(line)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

@@ -1,0 +1,46 @@
+"""``hwsearch measure --device P.yaml MODEL.onnx...``: profile ONNX files on one device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["register"]
+
+
+def measure(
+    models: Annotated[list[Path], typer.Argument(help="ONNX files, measured together in one session.", exists=True, dir_okay=False)],
+    device: Annotated[Path, typer.Option(help="Device profile (YAML or JSON).", exists=True, dir_okay=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the Measurements as JSON.")] = False,
+) -> None:
+    """Measure MODELS interleaved with the device's reference model.
+
+    All files share one session, so their latencies share one reference scale;
+    rows marked unstable did not reach the profile's confidence target.
+    """
+    from devices import open_profiler
+    from devices.profile import DeviceProfile, ProfileError
+
+    try:
+        profile = DeviceProfile.load(device)
+    except ProfileError as error:
+        typer.echo(f"invalid profile: {error}", err=True)
+        raise typer.Exit(code=2) from None
+    measurements = open_profiler(profile).measure_many(models)
+    if as_json:
+        typer.echo(json.dumps([m.to_dict() for m in measurements], indent=2))
+        return
+    typer.echo(f"device {profile.name} ({measurements[0].device_hash})")
+    typer.echo(f"{'model':40s} {'latency_ms':>10s} {'ratio':>7s} {'±ci':>6s} {'median_ms':>9s} {'p90_ms':>8s}  stable")
+    for path, m in zip(models, measurements):
+        typer.echo(
+            f"{path.name[:40]:40s} {m.latency_ms:10.3f} {m.ratio:7.3f} {m.ratio_ci:6.1%} "
+            f"{m.median_ms:9.3f} {m.p90_ms:8.3f}  {'yes' if m.stable else 'NO'}"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("measure")(measure)

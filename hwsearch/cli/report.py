@@ -1,0 +1,51 @@
+"""``hwsearch report``: Pareto plots per device and one self-contained HTML page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+__all__ = ["register"]
+
+
+def report(
+    job: Annotated[str, typer.Argument(
+        help="A job id in --store, or a directory of front JSON files (as `hwsearch search` "
+             "writes them).")],
+    out: Annotated[Path, typer.Option(help="Directory for the PNGs and report.html.")] = Path(
+        "hwsearch-report"),
+    store: Annotated[Optional[Path], typer.Option(
+        help="SQLite store holding the job (needed for a job id).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the written paths as JSON.")] = False,
+) -> None:
+    """Write a Pareto plot per device (PNG) and one self-contained report.html.
+
+    The page shows the fronts across devices, the predictors' quality on
+    held-out subnets and the measurements behind them.
+    """
+    from hwsearch.report import build_report, from_dir, from_store
+    from hwsearch.store import open_store
+
+    if Path(job).is_dir():
+        data = from_dir(job)
+    elif store is None:
+        raise typer.BadParameter(f"{job!r} is not a directory; give --store to read a job id",
+                                 param_hint="JOB")
+    else:
+        try:
+            data = from_store(open_store(store), job)
+        except (KeyError, ValueError) as error:
+            raise typer.BadParameter(str(error), param_hint="JOB") from error
+    written = build_report(data, out)
+    if as_json:
+        typer.echo(json.dumps({name: str(path) for name, path in written.items()}))
+    else:
+        for name, path in written.items():
+            typer.echo(f"{name:>12}  {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)

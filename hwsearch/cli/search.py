@@ -1,0 +1,116 @@
+"""``hwsearch search``: Pareto fronts of one supernet on several devices, on Ray.
+
+The command runs the same job a service submission runs
+(:func:`hwsearch.jobs.run_job`): profile subnets on each device, measure
+their accuracy once for all devices, fit predictors, then refine one front
+per device in parallel Ray tasks.  Everything measured lands in a SQLite
+store under ``--out``, so a second run resumes instead of re-measuring.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+__all__ = ["register"]
+
+
+def search(
+    supernet: Annotated[str, typer.Option(help="Supernet name (see `hwsearch supernets list`).")],
+    device: Annotated[list[Path], typer.Option(
+        help="Device profile (YAML/JSON); repeat for several devices.", exists=True, dir_okay=False)],
+    data: Annotated[Path, typer.Option(
+        help="Validation data for accuracy: a folder of class sub-folders of images, "
+             "or an array/tensor file.", exists=True)],
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help="Supernet weights (state_dict); default: the registry's.", exists=True)] = None,
+    budget_ms: Annotated[Optional[float], typer.Option(
+        help="Latency limit in ms: every subnet of a front is at most this fast.")] = None,
+    params_limit: Annotated[Optional[float], typer.Option(help="Parameter-count limit.")] = None,
+    accuracy_floor: Annotated[Optional[float], typer.Option(
+        help="Accuracy floor, a fraction in [0, 1].")] = None,
+    n_profile: Annotated[int, typer.Option(
+        help="Subnets profiled per device (and evaluated once) to train predictors.")] = 40,
+    budget: Annotated[int, typer.Option(
+        help="Extra real measurements per device that refinement may spend.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed for subnet selection, predictors and search.")] = 0,
+    ray_address: Annotated[Optional[str], typer.Option(
+        help="Join this Ray cluster instead of starting a local one.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the store and the fronts' JSON.")] = Path(
+        "runs/search"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the fronts as JSON.")] = False,
+) -> None:
+    """Find each device's accuracy/latency Pareto front of measured subnets."""
+    from rich.console import Console
+
+    from devices.profile import DeviceProfile
+    from hwsearch.cli._fronts import front_table
+    from hwsearch.jobs import JobSpec, SupernetRef
+    from hwsearch.results import ParetoFront
+    from hwsearch.store import SQLiteStore
+
+    out.mkdir(parents=True, exist_ok=True)
+    store = SQLiteStore(out / "store.db")
+    limits = [lim for lim in (
+        {"metric": "latency_ms", "upper": budget_ms} if budget_ms is not None else None,
+        {"metric": "params", "upper": params_limit} if params_limit is not None else None,
+        {"metric": "accuracy", "lower": accuracy_floor} if accuracy_floor is not None else None,
+    ) if lim is not None]
+    spec = JobSpec(
+        supernet=SupernetRef(name=supernet, registry=supernet,
+                             checkpoint=str(checkpoint.resolve()) if checkpoint else None),
+        devices=tuple(DeviceProfile.load(path).to_dict() for path in device),
+        dataset=str(data.resolve()), limits=tuple(limits), budget=budget, seed=seed,
+        n_profile=n_profile,
+    )
+    console = Console(stderr=as_json)
+    job_id = store.create_job(spec.to_dict())
+    result = _run_with_progress(spec, store, job_id, ray_address, console)
+    fronts = {name: ParetoFront.from_dict(front) for name, front in result["fronts"].items()}
+    paths = {name: str(front.save(out / "fronts" / f"{name}.json")) for name, front in fronts.items()}
+    if as_json:
+        typer.echo(json.dumps({"job_id": job_id, "store": str(out / "store.db"), "files": paths,
+                               "fronts": {n: f.to_dict() for n, f in fronts.items()}}, indent=2))
+        return
+    for name, front in fronts.items():
+        console.print(front_table(name, front))
+        console.print(f"written to {paths[name]}")
+
+
+def _run_with_progress(spec: Any, store: Any, job_id: str, ray_address: str | None,
+                       console: Any) -> dict[str, Any]:
+    """Run the job in a thread; show the progress it records in the store as a bar."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hwsearch.jobs import run_job
+
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = run_job(spec, store=store, job_id=job_id, ray_address=ray_address)
+        except BaseException as error:  # re-raised in the caller's thread below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=target, name="hwsearch-search-job", daemon=True)
+    with Progress(TextColumn("[bold]{task.fields[step]}"), BarColumn(),
+                  TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=console) as bar:
+        task = bar.add_task("starting", total=1.0, step="search")
+        worker.start()
+        while worker.is_alive():
+            worker.join(timeout=0.5)
+            progress = store.get_job(job_id).progress or {}
+            bar.update(task, completed=float(progress.get("fraction", 0.0)),
+                       step=progress.get("step", "start"), description=progress.get("message", ""))
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)

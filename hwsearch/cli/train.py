@@ -1,0 +1,74 @@
+"""``hwsearch train``: fit a latency or accuracy predictor from the store, report, save."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+__all__ = ["register"]
+
+
+def train(
+    out: Annotated[Path, typer.Option(help="Directory the predictor is saved to.")],
+    target: Annotated[str, typer.Option(help="'latency' or 'accuracy'.")] = "latency",
+    supernet: Annotated[str, typer.Option(help="Supernet whose space the rows belong to.")]
+    = "ofa_mbv3_d234_e346_k357_w1.0",
+    device: Annotated[Optional[Path], typer.Option(
+        help="Device profile (latency): selects the rows by its hash.", exists=True,
+        dir_okay=False)] = None,
+    dataset_id: Annotated[Optional[str], typer.Option(help="Dataset id (accuracy).")] = None,
+    store: Annotated[Path, typer.Option(help="SQLite store with the rows.", exists=True,
+                                        dir_okay=False)] = Path("runs/hwsearch.db"),
+    test_fraction: Annotated[float, typer.Option(
+        help="Share of subnets held out (by key) and scored after fitting.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Split and model seed.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
+) -> None:
+    """Fit a predictor on stored rows; print held-out and cross-validated quality; save it."""
+    from rich.console import Console
+
+    from hwsearch.store import SQLiteStore
+    from hwsearch.supernets import create_supernet
+    from predictors.accuracy import AccuracyPredictor
+    from predictors.dataset import MeasurementSet
+    from predictors.latency import LatencyPredictor
+
+    space = create_supernet(supernet).space
+    rows = SQLiteStore(store)
+    if target == "latency":
+        if device is None:
+            raise typer.BadParameter("latency predictors need --device", param_hint="--device")
+        from devices.profile import DeviceProfile
+
+        device_hash = DeviceProfile.load(device).hash()
+        data = MeasurementSet.from_latencies(space, rows.get_latencies(device_hash, space.name))
+        model = LatencyPredictor(space, device_hash=device_hash, seed=seed)
+    elif target == "accuracy":
+        if dataset_id is None:
+            raise typer.BadParameter("accuracy predictors need --dataset-id",
+                                     param_hint="--dataset-id")
+        data = MeasurementSet.from_accuracies(space, rows.get_accuracies(supernet, dataset_id))
+        model = AccuracyPredictor(space, seed=seed)
+    else:
+        raise typer.BadParameter("choose 'latency' or 'accuracy'", param_hint="--target")
+    if len(data) < 10:
+        typer.echo(f"only {len(data)} labelled subnets in {store}; profile at least 10 first",
+                   err=True)
+        raise typer.Exit(code=1)
+    train_set, test_set = data.split(test_fraction, seed=seed)
+    with Console(stderr=True).status(f"fitting on {len(train_set)} subnets", spinner="dots"):
+        model.fit(train_set.X, train_set.y, X_test=test_set.X if len(test_set) >= 2 else None,
+                  y_test=test_set.y if len(test_set) >= 2 else None)
+    model.save(out)
+    if as_json:
+        typer.echo(json.dumps(model.meta.to_dict() | {"saved_to": str(out)}, indent=2))
+        return
+    typer.echo(model.report())
+    typer.echo(f"saved to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

@@ -1,0 +1,152 @@
+"""The user's labelled images, read from disk; nothing is ever downloaded.
+
+Accepted forms:
+
+* a folder of class sub-folders of images (``root/<class>/<image>``), classes
+  numbered in sorted order of their folder names, like torchvision's
+  ``ImageFolder``;
+* a ``.npz`` or ``.pt`` file holding arrays ``x`` (``N,H,W,C`` uint8 images or
+  ``N,C,H,W`` floats) and ``y`` (``N`` integer labels).
+
+Images are normalised with ImageNet statistics (what OFA supernets were
+trained with) and kept at one stored size; :func:`batches` resizes them to each
+subnet's resolution on the fly, because every subnet sees a different input size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+__all__ = ["LabelledImages", "batches", "load_images"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Normalised images ``x`` (N, 3, S, S) float32 and labels ``y`` (N,) int64."""
+
+    x: Tensor
+    y: Tensor
+    classes: tuple[str, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def split(self, n_first: int, seed: int = 0) -> tuple["LabelledImages", "LabelledImages"]:
+        """A fixed random split: ``n_first`` images (e.g. BN calibration) and the rest."""
+        if not 0 < n_first < len(self):
+            raise ValueError(f"cannot take {n_first} of {len(self)} images for the first split")
+        order = torch.from_numpy(np.random.default_rng(seed).permutation(len(self)))
+        a, b = order[:n_first], order[n_first:]
+        return (LabelledImages(self.x[a], self.y[a], self.classes, self.source),
+                LabelledImages(self.x[b], self.y[b], self.classes, self.source))
+
+
+def load_images(path: str | Path, *, size: int = 224) -> LabelledImages:
+    """Read a class-folder tree or an ``x``/``y`` array file; see the module docstring."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_folder(path, size)
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            _require_keys(path, set(data.files))
+            x, y = data["x"], data["y"]
+    elif path.suffix == ".pt":
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a dict with 'x' and 'y', got {type(data).__name__}")
+        _require_keys(path, set(data))
+        x, y = np.asarray(data["x"]), np.asarray(data["y"])
+    else:
+        raise ValueError(f"{path}: expected a folder of class sub-folders, a .npz or a .pt file")
+    images = _to_nchw_float(x, path)
+    labels = torch.as_tensor(np.asarray(y).astype(np.int64).ravel())
+    if len(labels) != len(images):
+        raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
+    n_classes = int(labels.max()) + 1 if len(labels) else 0
+    images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
+                           align_corners=False) if images.shape[-1] != size else images
+    return LabelledImages(_normalise(images), labels, tuple(map(str, range(n_classes))), str(path))
+
+
+def _require_keys(path: Path, keys: set[str]) -> None:
+    missing = {"x", "y"} - keys
+    if missing:
+        raise ValueError(f"{path} lacks array(s) {sorted(missing)}; found {sorted(keys)}")
+
+
+def _to_nchw_float(x: np.ndarray, path: Path) -> Tensor:
+    """uint8 NHWC / NCHW or float NCHW -> float32 NCHW in [0, 1]."""
+    if x.ndim != 4:
+        raise ValueError(f"{path}: x must be 4-D (N,H,W,C or N,C,H,W), got shape {x.shape}")
+    t = torch.as_tensor(np.ascontiguousarray(x))
+    if t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
+        t = t.permute(0, 3, 1, 2)
+    t = t.float() / 255.0 if x.dtype == np.uint8 else t.float()
+    if t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1)
+    if t.shape[1] != 3:
+        raise ValueError(f"{path}: images need 1 or 3 channels, got shape {tuple(x.shape)}")
+    return t.contiguous()
+
+
+def _normalise(x: Tensor) -> Tensor:
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _load_folder(root: Path, size: int) -> LabelledImages:
+    from PIL import Image
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"{root} has no class sub-folders")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((root / name).iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            with Image.open(file) as img:
+                images.append(_center_crop(img.convert("RGB"), size))
+            labels.append(label)
+    if not images:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+    return LabelledImages(_normalise(x), torch.tensor(labels), tuple(classes), str(root))
+
+
+def _center_crop(img, size: int) -> np.ndarray:  # img: PIL.Image.Image
+    """Resize the short side to ``size / 0.875`` and take the central square (ImageNet eval)."""
+    from PIL import Image
+
+    short = round(size / 0.875)
+    w, h = img.size
+    scale = short / min(w, h)
+    img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))),
+                     Image.Resampling.BILINEAR)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def batches(data: LabelledImages, resolution: int, batch_size: int = 64
+            ) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(images, labels)`` batches resized to ``resolution`` (stored size is left as is)."""
+    for i in range(0, len(data), batch_size):
+        x = data.x[i:i + batch_size]
+        if x.shape[-1] != resolution:
+            x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True,
+                              align_corners=False)
+        yield x, data.y[i:i + batch_size]

@@ -1,0 +1,596 @@
+"""Whole jobs: from a supernet and device profiles to Pareto fronts in the store.
+
+The CLI and the HTTP service run the same job: :func:`run_job` is a plain
+function over a framework-free :class:`JobSpec` and a :class:`~hwsearch.store.Store`.
+Every step leaves its measurements in the store before the next begins, so
+a job that is stopped (cancelled, or its process killed) and run again picks
+up where it was: nothing measured is measured twice.
+
+Cancellation is cooperative: the runner reads the job's state from the store
+between steps (and between measurements) and stops when it is no longer
+``running``.  :func:`submit_job` starts a job in a Ray task and returns at
+once, which is what the service's 202 responses need; a small watcher thread
+only waits on Ray and records a crash the task could not record itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hwsearch.store import MemoryStore, Store
+
+__all__ = [
+    "ACTIVE_STATES",
+    "JobCancelled",
+    "JobSpec",
+    "ProfileSpec",
+    "SupernetRef",
+    "TERMINAL_STATES",
+    "build_supernet",
+    "cancel_job",
+    "content_id",
+    "execute",
+    "init_ray",
+    "recover_jobs",
+    "resume_job",
+    "run_job",
+    "run_profile",
+    "spec_from_dict",
+    "submit_job",
+]
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = ("queued", "running")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
+
+
+class JobCancelled(Exception):
+    """The job's state changed under the runner (cancelled, or marked interrupted)."""
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class SupernetRef:
+    """Which supernet a job uses: a registry builder, its weights and its options.
+
+    ``name`` is what users call it (several names may share one builder with
+    different checkpoints or reduced spaces); ``options`` are builder keyword
+    arguments beyond the checkpoint, e.g. ``n_classes`` or ``resolutions``.
+    """
+
+    name: str
+    registry: str
+    checkpoint: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "registry": self.registry, "checkpoint": self.checkpoint,
+                "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SupernetRef:
+        return cls(name=data["name"], registry=data["registry"], checkpoint=data.get("checkpoint"),
+                   options=dict(data.get("options") or {}))
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A search job, complete in itself so that it can be re-run after a crash.
+
+    Device profiles are stored whole (not by name) so that re-registering a
+    device under the same name never changes what an existing job measured.
+    The objectives are accuracy (maximised) and latency on each device
+    (minimised); ``limits`` bound metrics (``accuracy``, ``latency_ms``,
+    ``params``, ``macs``), each ``{"metric", "upper", "lower"}``.
+    ``budget`` is the number of extra real measurements per device that
+    refinement may spend on top of the ``n_profile`` initial ones.
+    """
+
+    supernet: SupernetRef
+    devices: tuple[Mapping[str, Any], ...]
+    dataset: str | None = None
+    limits: tuple[Mapping[str, Any], ...] = ()
+    budget: int = 0
+    seed: int = 0
+    n_profile: int = 40
+    kind: Literal["search"] = "search"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["supernet"] = self.supernet.to_dict()
+        out["devices"] = [dict(d) for d in self.devices]
+        out["limits"] = [dict(lim) for lim in self.limits]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
+        return cls(
+            supernet=SupernetRef.from_dict(data["supernet"]),
+            devices=tuple(dict(d) for d in data["devices"]),
+            dataset=data.get("dataset"),
+            limits=tuple(dict(lim) for lim in data.get("limits", ())),
+            budget=int(data.get("budget", 0)),
+            seed=int(data.get("seed", 0)),
+            n_profile=int(data.get("n_profile", 40)),
+        )
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """Profile one subnet on one device (local or through its agent)."""
+
+    supernet: SupernetRef
+    device: Mapping[str, Any]
+    arch: Mapping[str, Any]
+    kind: Literal["profile"] = "profile"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "supernet": self.supernet.to_dict(),
+                "device": dict(self.device), "arch": dict(self.arch)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProfileSpec:
+        return cls(supernet=SupernetRef.from_dict(data["supernet"]), device=dict(data["device"]),
+                   arch=dict(data["arch"]))
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> JobSpec | ProfileSpec:
+    """The spec a stored job record holds, by its ``kind``."""
+    return ProfileSpec.from_dict(data) if data.get("kind") == "profile" else JobSpec.from_dict(data)
+
+
+# --------------------------------------------------------------------------- control
+
+
+class _Control:
+    """Progress reports and cancellation checks for one running job."""
+
+    def __init__(self, store: Store, job_id: str) -> None:
+        self.store = store
+        self.job_id = job_id
+
+    def check(self) -> None:
+        """Stop the job (raise :class:`JobCancelled`) if it is no longer ``running``."""
+        state = self.store.get_job(self.job_id).state
+        if state != "running":
+            raise JobCancelled(f"job {self.job_id} is {state}")
+
+    def step(self, step: str, fraction: float, message: str = "") -> None:
+        """Record progress, after making sure the job should go on."""
+        self.check()
+        self.store.update_job(self.job_id, progress={
+            "step": step, "fraction": round(min(max(fraction, 0.0), 1.0), 4),
+            "message": message, "at": time.time(),
+        })
+
+
+def _start(store: Store, job_id: str) -> _Control:
+    record = store.get_job(job_id)
+    if record.state not in ACTIVE_STATES:
+        raise JobCancelled(f"job {job_id} is {record.state}")
+    store.update_job(job_id, state="running", error=None)
+    return _Control(store, job_id)
+
+
+def _finish(control: _Control, result: dict[str, Any]) -> dict[str, Any]:
+    control.check()
+    control.store.update_job(control.job_id, state="succeeded", result=result,
+                             progress={"step": "done", "fraction": 1.0, "message": "",
+                                       "at": time.time()})
+    return result
+
+
+def _fail(store: Store, job_id: str, error: BaseException) -> None:
+    if store.get_job(job_id).state in ACTIVE_STATES:
+        store.update_job(job_id, state="failed", error=f"{type(error).__name__}: {error}")
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def build_supernet(ref: SupernetRef) -> Any:
+    """The :class:`~hwsearch.supernets.Supernet` a reference names, weights loaded.
+
+    ``options["resolutions"]`` narrows the input sizes of the registered
+    space; the weights do not depend on the input size, so the family's
+    checkpoints still load.  It makes small, fast variants for trials and tests.
+    """
+    from hwsearch.supernets import build_supernet as build, create_supernet
+
+    options = dict(ref.options)
+    resolutions = options.pop("resolutions", None)
+    n_classes = options.pop("n_classes", None)
+    if options:
+        raise ValueError(f"unknown supernet option(s) {sorted(options)}; "
+                         "allowed: n_classes, resolutions")
+    net = create_supernet(ref.registry, n_classes=n_classes)
+    if resolutions is not None:
+        net = build(dataclasses.replace(net.space, resolutions=tuple(int(r) for r in resolutions)),
+                    name=net.name)
+    if ref.checkpoint is not None:
+        net.load_checkpoint(ref.checkpoint)
+    return net
+
+
+def init_ray(address: str | None = None) -> None:
+    """Start Ray locally (or join ``address``) once per process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False,
+                 log_to_driver=False, object_store_memory=512 * 1024 * 1024)
+
+
+# --------------------------------------------------------------------------- one subnet on one device
+
+
+def run_profile(spec: ProfileSpec, *, store: Store, job_id: str) -> dict[str, Any]:
+    """Export one subnet and measure it on one device; the measurement goes into the store."""
+    from devices import open_profiler
+    from devices.profile import DeviceProfile
+    from hwsearch.export import export_subnet
+
+    control = _start(store, job_id)
+    net = build_supernet(spec.supernet)
+    arch = net.space.from_dict(spec.arch)
+    profile = DeviceProfile.from_dict(dict(spec.device))
+    control.step("export", 0.1, arch.key())
+    with tempfile.TemporaryDirectory(prefix="hwsearch-profile-") as tmp:
+        report = export_subnet(net, arch, Path(tmp) / f"{arch.digest()}.onnx", batch=profile.batch)
+        control.step("measure", 0.3, profile.name)
+        [measurement] = open_profiler(profile).measure_many([report.path])
+    data = measurement.to_dict()
+    store.put_latency(profile.hash(), net.space.name, arch.key(), data)
+    costs = net.count(arch)
+    return _finish(control, {
+        "device": profile.name, "device_hash": profile.hash(), "space_name": net.space.name,
+        "arch": arch.to_dict(), "arch_key": arch.key(), "measurement": data,
+        "macs": costs.macs, "params": costs.params,
+    })
+
+
+# --------------------------------------------------------------------------- a whole search job
+
+
+def content_id(*paths: str | None, extra: Mapping[str, Any] | None = None) -> str:
+    """A short digest of files' (or folders') contents plus settings.
+
+    Accuracies depend on the weights and the data, so they are stored under
+    an id of both: re-registering other weights under the same supernet name
+    never reuses accuracies measured with the old ones.
+    """
+    digest = hashlib.sha256(json.dumps(dict(extra or {}), sort_keys=True).encode())
+    for path in paths:
+        digest.update(b"\0")
+        if path is None:
+            continue
+        root = Path(path)
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for file in files:
+            digest.update(str(file.relative_to(root) if root.is_dir() else file.name).encode())
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _flat_metrics(predictor: Any) -> dict[str, Any]:
+    """A fitted predictor's held-out quality (cross-validated) as one flat dict."""
+    meta = predictor.meta
+    return {"n_train": meta.n_train, **meta.metrics.get("cv", {})}
+
+
+class _StoreMeasurer:
+    """Real measurements for refinement, through the pipeline and into the store.
+
+    Latency: export and profile on the device; accuracy: BN-recalibrated
+    evaluation on the job's data.  Both skip what the store already holds,
+    so a resumed job and the other devices of a job reuse every measurement.
+    """
+
+    def __init__(self, *, net: Any, profile: Any, data: Any, store: Store, dataset_id: str,
+                 control: _Control) -> None:
+        from devices import open_profiler
+
+        self.net, self.profile, self.data = net, profile, data
+        self.store, self.dataset_id, self.control = store, dataset_id, control
+        self.profiler = open_profiler(profile)
+
+    def measure_latency(self, archs: Sequence[Any]) -> list[float]:
+        from hwsearch.pipeline import profile_subnets
+
+        self.control.check()
+        profile_subnets(self.net, archs, self.profiler, self.profile.hash(), self.store)
+        rows = self.store.get_latencies(self.profile.hash(), self.net.space.name)
+        return [_latency(rows[a.key()]) for a in archs]
+
+    def measure_accuracy(self, archs: Sequence[Any]) -> list[float]:
+        from hwsearch.accuracy_eval import evaluate_subnets
+
+        self.control.check()
+        found = evaluate_subnets(self.net, archs, self.data, store=self.store,
+                                 dataset_id=self.dataset_id)
+        return [found[a.key()] for a in archs]
+
+
+def _latency(row: Mapping[str, Any]) -> float:
+    """A stored measurement's latency for search and training.
+
+    When the device's protocol could not produce a reference-normalised value
+    (too few clean rounds: ``latency_ms`` is NaN and the row is marked
+    unstable), its raw median stands in rather than dropping a subnet that
+    refinement asked for.
+    """
+    value = float(row["latency_ms"])
+    return value if math.isfinite(value) else float(row["median_ms"])
+
+
+def _known(store: Store, net: Any, device_hash: str, dataset_id: str) -> list[Any]:
+    """Every subnet measured on the device whose accuracy is known too (never measured again)."""
+    from hwsearch.refine import Observation
+
+    latencies = store.get_latencies(device_hash, net.space.name)
+    accuracies = store.get_accuracies(net.name, dataset_id)
+    return [Observation(arch=net.space.from_dict(latencies[key]["arch"]),
+                        accuracy=float(accuracies[key]), latency_ms=_latency(latencies[key]))
+            for key in sorted(set(latencies) & set(accuracies))]
+
+
+def _refine_device(*, net: Any, data: Any, profile_dict: Mapping[str, Any], store: Store,
+                   job_id: str, spec: JobSpec, dataset_id: str, accuracy: Any,
+                   latency: Any) -> dict[str, Any]:
+    """One device's refinement (a Ray task): measured front plus final predictor quality."""
+    from devices.profile import DeviceProfile
+    from hwsearch.problem import Limit
+    from hwsearch.refine import RefineSettings, refine
+
+    profile = DeviceProfile.from_dict(dict(profile_dict))
+    control = _Control(store, job_id)
+    measurer = _StoreMeasurer(net=net, profile=profile, data=data, store=store,
+                              dataset_id=dataset_id, control=control)
+
+    def on_round(round_: int, observations: Sequence[Any]) -> None:
+        control.check()
+        store.update_job(job_id, progress={"step": "search", "fraction": 0.6,
+                                           "message": f"{profile.name}: refinement round {round_}",
+                                           "at": time.time()})
+
+    settings = RefineSettings(max_measurements=spec.budget, per_round=max(1, min(8, spec.budget)),
+                              initial=2, seed=spec.seed)
+    result = refine(net.space, accuracy, latency, measurer, device=profile.name, settings=settings,
+                    known=_known(store, net, profile.hash(), dataset_id),
+                    limits=[Limit(**dict(lim)) for lim in spec.limits], on_round=on_round)
+    return {"front": result.front.to_dict(), "rounds": result.rounds,
+            "accuracy": _flat_metrics(accuracy), "latency": _flat_metrics(latency)}
+
+
+def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None = None
+            ) -> dict[str, Any]:
+    """Run a whole search job; its result (fronts per device) goes into the store.
+
+    Steps: profile ``n_profile`` subnets on each device (the pipeline's
+    space-filling selection), measure their accuracy once for all devices,
+    fit the predictors and record their held-out quality, then refine each
+    device's front on Ray with up to ``budget`` more real measurements.
+    Each step skips what the store already holds, so a re-run resumes.
+    """
+    import ray
+
+    from devices import open_profiler
+    from devices.profile import DeviceProfile
+    from hwsearch.accuracy_eval import evaluate_subnets
+    from hwsearch.data import load_images
+    from hwsearch.pipeline import profile_subnets, select_subnets
+    from predictors.accuracy import AccuracyPredictor
+    from predictors.latency import LatencyPredictor
+
+    control = _start(store, job_id)
+    init_ray(ray_address)
+    control.step("prepare", 0.0, f"building {spec.supernet.name}")
+    net = build_supernet(spec.supernet)
+    space = net.space
+    profiles = [DeviceProfile.from_dict(dict(d)) for d in spec.devices]
+    if spec.dataset is None:
+        raise ValueError("a search job needs validation data (dataset) to measure accuracy")
+    data = load_images(spec.dataset, size=max(space.resolutions))
+    dataset_id = content_id(spec.dataset, spec.supernet.checkpoint,
+                            extra={"options": dict(spec.supernet.options)})
+    archs = select_subnets(space, spec.n_profile, seed=spec.seed)
+
+    reports = {}
+    for i, profile in enumerate(profiles):
+        def on_chunk(info: Mapping[str, Any], i: int = i, name: str = profile.name) -> None:
+            share = info["done"] / max(info["total"], 1)
+            control.step("profile", 0.4 * (i + share) / len(profiles),
+                         f"{name}: {info['done']}/{info['total']} subnets measured")
+
+        reports[profile.name] = profile_subnets(net, archs, open_profiler(profile), profile.hash(),
+                                                store, progress=on_chunk).to_dict()
+
+    control.step("accuracy", 0.4, f"{len(archs)} subnets")
+    accuracies = evaluate_subnets(
+        net, archs, data, store=store, dataset_id=dataset_id,
+        progress=lambda done, total: control.step("accuracy", 0.4 + 0.15 * done / total,
+                                                  f"{done}/{total} subnets evaluated"))
+
+    control.step("train", 0.55, "fitting predictors")
+    accuracy = AccuracyPredictor(space, seed=spec.seed).fit(*_xy(space, archs, accuracies))
+    quality = {"accuracy": _flat_metrics(accuracy)}
+    latency = {}
+    for profile in profiles:
+        rows = store.get_latencies(profile.hash(), space.name)
+        latency[profile.name] = LatencyPredictor(space, device_hash=profile.hash(), seed=spec.seed).fit(
+            *_xy(space, archs, {a.key(): _latency(rows[a.key()]) for a in archs}))
+        quality[f"latency@{profile.name}"] = _flat_metrics(latency[profile.name])
+
+    control.step("search", 0.6, f"refining {len(profiles)} fronts on Ray")
+    task = ray.remote(num_cpus=1, max_retries=2)(_refine_device)
+    net_ref, data_ref, acc_ref = ray.put(net), ray.put(data), ray.put(accuracy)
+    refs = {p.name: task.remote(net=net_ref, data=data_ref, profile_dict=p.to_dict(), store=store,
+                                job_id=job_id, spec=spec, dataset_id=dataset_id,
+                                accuracy=acc_ref, latency=latency[p.name])
+            for p in profiles}
+    try:
+        outcomes = {name: ray.get(ref) for name, ref in refs.items()}
+    except Exception:
+        control.check()  # a cancellation inside a device task surfaces as its error
+        raise
+    for name, outcome in outcomes.items():
+        if outcome["rounds"]:
+            quality[f"latency@{name}, refined"] = outcome["latency"]
+            quality[f"accuracy, refined for {name}"] = outcome["accuracy"]
+    return _finish(control, {
+        "space_name": space.name, "supernet_id": net.name, "dataset_id": dataset_id,
+        "devices": {p.name: {"hash": p.hash(), "profiling": reports[p.name],
+                             "rounds": outcomes[p.name]["rounds"]} for p in profiles},
+        "predictors": quality,
+        "fronts": {name: outcome["front"] for name, outcome in outcomes.items()},
+    })
+
+
+def _xy(space: Any, archs: Sequence[Any], targets: Mapping[str, float]) -> tuple[Any, Any]:
+    """Encoded genes and targets of ``archs``, in order."""
+    import numpy as np
+
+    return space.encode_many(list(archs)), np.array([float(targets[a.key()]) for a in archs])
+
+
+# --------------------------------------------------------------------------- running jobs
+
+
+def execute(spec: Mapping[str, Any], store: Store, job_id: str) -> dict[str, Any] | None:
+    """Run a stored job by its spec's kind; record failures in the store.
+
+    Returns the result, or None when the job was cancelled or interrupted
+    (its state then already says so).
+    """
+    parsed = spec_from_dict(spec)
+    try:
+        if isinstance(parsed, ProfileSpec):
+            return run_profile(parsed, store=store, job_id=job_id)
+        return run_job(parsed, store=store, job_id=job_id)
+    except JobCancelled as stop:
+        log.info("%s", stop)
+        return None
+    except Exception as error:
+        _fail(store, job_id, error)
+        raise
+
+
+def submit_job(
+    spec: JobSpec | ProfileSpec,
+    *,
+    store: Store,
+    job_id: str | None = None,
+    ray_address: str | None = None,
+) -> str:
+    """Queue a job and start it on Ray; returns its id at once.
+
+    The job runs in a Ray task that reopens the store in the worker (a
+    :class:`~hwsearch.store.SQLiteStore` reconnects when unpickled).  An
+    in-memory store cannot be shared with another process, so its jobs run
+    in a thread of this process instead; their searches still run on Ray.
+    A daemon thread waits on the task and records a crash (a worker that
+    died past its retries) the task itself could not record.
+    """
+    job_id = job_id or store.create_job(spec.to_dict())
+    spec_dict = spec.to_dict()
+    if isinstance(store, MemoryStore):
+        target, args = _run_in_thread, (spec_dict, store, job_id)
+    else:
+        init_ray(ray_address)
+        target, args = _wait_on_ray, (_remote_execute().remote(spec_dict, store, job_id), store, job_id)
+    threading.Thread(target=target, args=args, name=f"hwsearch-job-{job_id}", daemon=True).start()
+    return job_id
+
+
+def _run_in_thread(spec: Mapping[str, Any], store: Store, job_id: str) -> None:
+    try:
+        execute(spec, store, job_id)
+    except Exception:
+        log.exception("job %s failed", job_id)
+
+
+def _wait_on_ray(ref: Any, store: Store, job_id: str) -> None:
+    import ray
+
+    try:
+        ray.get(ref)
+    except Exception as error:  # the task recorded ordinary failures; this catches crashes
+        log.warning("job %s ended with %s", job_id, error)
+        _fail(store, job_id, error)
+
+
+_REMOTE: Any = None
+
+
+def _remote_execute() -> Any:
+    """The Ray task wrapping :func:`execute`, made once per process.
+
+    It asks for no CPU: it orchestrates, and the profiling, accuracy and
+    search tasks it starts need the CPUs.  A crashed worker is retried, and
+    the retry resumes from the store.
+    """
+    global _REMOTE
+    if _REMOTE is None:
+        import ray
+
+        _REMOTE = ray.remote(num_cpus=0, max_retries=2)(execute)
+    return _REMOTE
+
+
+def cancel_job(*, store: Store, job_id: str) -> Any:
+    """Mark an active job cancelled; its runner stops at its next check."""
+    record = store.get_job(job_id)
+    if record.state in ACTIVE_STATES:
+        store.update_job(job_id, state="cancelled")
+    return store.get_job(job_id)
+
+
+def recover_jobs(*, store: Store, resume: bool = False, ray_address: str | None = None) -> list[str]:
+    """After a restart: jobs a dead process left active are marked ``interrupted``.
+
+    With ``resume`` they are started again instead; they continue from the
+    measurements already in the store.  Returns the ids that were touched.
+    """
+    touched = []
+    for record in store.list_jobs():
+        if record.state not in ACTIVE_STATES:
+            continue
+        store.update_job(record.job_id, state="interrupted",
+                         error="the service stopped while this job was active; "
+                               "its measurements are kept and a resume continues from them")
+        if resume:
+            resume_job(store=store, job_id=record.job_id, ray_address=ray_address)
+        touched.append(record.job_id)
+    return touched
+
+
+def resume_job(*, store: Store, job_id: str, ray_address: str | None = None) -> Any:
+    """Start an interrupted, failed or cancelled job again from its stored spec."""
+    record = store.get_job(job_id)
+    if record.state in ACTIVE_STATES:
+        return record
+    store.update_job(job_id, state="queued", error=None)
+    submit_job(spec_from_dict(record.spec), store=store, job_id=job_id, ray_address=ray_address)
+    return store.get_job(job_id)

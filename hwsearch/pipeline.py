@@ -1,0 +1,160 @@
+"""The profiling pipeline: choose subnets, export them to ONNX, measure, store.
+
+Predictors learn from these rows, so the choice of subnets matters as much as
+the model: uniform sampling of genes concentrates around mid-sized subnets
+(a sum of many independent choices), leaving the small and large ends that a
+latency-constrained search cares about thinly covered.
+:func:`select_subnets` therefore spreads picks evenly over *log MACs*.
+
+Runs are resumable: rows go into the store chunk by chunk, and a second run
+with the same selection skips every arch key already stored for the device,
+so nothing is measured twice.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwsearch.space import ArchConfig, SearchSpace
+from hwsearch.store import Store
+from predictors.features import ArchFeaturizer
+
+__all__ = ["ProfileReport", "profile_subnets", "select_subnets"]
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def select_subnets(
+    space: SearchSpace,
+    n: int,
+    *,
+    seed: int = 0,
+    resolution: int | None = None,
+    exclude: Sequence[str] = (),
+    pool_factor: int = 40,
+) -> list[ArchConfig]:
+    """``n`` distinct subnets spread evenly over log MACs, with varied depth and resolution.
+
+    A pool of ``pool_factor * n`` candidates is drawn (genes uniform, so every
+    depth and resolution is common), bucketed into ``n`` equal-width bins of
+    log MACs, and the bins are visited round-robin, taking a random unused
+    candidate each time; the smallest and largest subnets are always included.
+    ``resolution`` pins the input size; ``exclude`` lists arch keys to avoid
+    (e.g. a training set, when drawing a test set).  Deterministic for a seed.
+    """
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    rng = np.random.default_rng(seed)
+    xl, xu = space.bounds()
+    genes = space.canonical_genes(rng.integers(xl, xu + 1, size=(pool_factor * n, space.n_var)))
+    extremes = [space.smallest(resolution), space.largest(resolution)]
+    genes = np.vstack([space.encode_many(extremes), genes])
+    if resolution is not None:
+        genes[:, 0] = space.resolutions.index(resolution)
+    genes = _unique_rows(genes)
+    excluded = set(exclude)
+    log_macs = np.log(ArchFeaturizer(space).macs(genes))
+    edges = np.linspace(log_macs.min(), log_macs.max(), n + 1)
+    bins = np.clip(np.searchsorted(edges, log_macs, side="right") - 1, 0, n - 1)
+    members = [list(rng.permutation(np.flatnonzero(bins == b))) for b in range(n)]
+    picked: list[ArchConfig] = []
+    seen: set[str] = set()
+    for arch in extremes:
+        _take(arch, picked, seen, excluded)
+    while len(picked) < n and any(members):
+        for bucket in members:
+            while bucket and len(picked) < n:
+                if _take(space.decode(genes[bucket.pop()]), picked, seen, excluded):
+                    break
+    return picked
+
+
+def _take(arch: ArchConfig, picked: list[ArchConfig], seen: set[str], excluded: set[str]) -> bool:
+    key = arch.key()
+    if key in seen or key in excluded:
+        return False
+    seen.add(key)
+    picked.append(arch)
+    return True
+
+
+def _unique_rows(genes: np.ndarray) -> np.ndarray:
+    """Distinct rows in first-seen order (keeps the extremes at the front)."""
+    _, first = np.unique(genes, axis=0, return_index=True)
+    return genes[np.sort(first)]
+
+
+@dataclass(frozen=True)
+class ProfileReport:
+    """What one :func:`profile_subnets` call did."""
+
+    device_hash: str
+    space_name: str
+    selected: int
+    skipped: int
+    measured: int
+    unstable: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def profile_subnets(
+    supernet: Any,
+    archs: Sequence[ArchConfig],
+    profiler: Any,
+    device_hash: str,
+    store: Store,
+    *,
+    chunk: int = 16,
+    workdir: str | Path | None = None,
+    progress: ProgressFn | None = None,
+) -> ProfileReport:
+    """Export and measure every subnet in ``archs`` not yet stored for ``device_hash``.
+
+    ``profiler`` is what ``devices.open_profiler(profile)`` returns.  Subnets
+    are measured ``chunk`` at a time in one interleaved session each (so rows
+    of a chunk share a reference scale) and stored as soon as the chunk ends;
+    an interrupted run loses at most one chunk.  Rows hold the measurement,
+    the arch (``arch`` dict), analytic ``macs``/``params`` and the export time.
+    """
+    from hwsearch.export import export_subnet
+
+    start = time.perf_counter()
+    space = supernet.space
+    done = store.measured_keys(device_hash, space.name)
+    todo = [a for a in archs if a.key() not in done]
+    report = {"done": len(archs) - len(todo), "total": len(archs)}
+    if progress:
+        progress(dict(report, stage="start"))
+    measured = unstable = 0
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        for i in range(0, len(todo), chunk):
+            batch = todo[i:i + chunk]
+            paths, exports = [], []
+            for arch in batch:
+                path = Path(tmp) / f"{arch.digest()}.onnx"
+                exports.append(export_subnet(supernet, arch, path, check=False))
+                paths.append(path)
+            results = profiler.measure_many(paths)
+            for arch, export, result, path in zip(batch, exports, results, paths):
+                row = result.to_dict() | {
+                    "arch": arch.to_dict(), "macs": int(export.macs), "params": int(export.params),
+                    "export_seconds": float(export.seconds), "onnx_bytes": int(export.bytes),
+                }
+                store.put_latency(device_hash, space.name, arch.key(), row)
+                unstable += not result.stable
+                path.unlink()
+            measured += len(batch)
+            if progress:
+                progress(dict(report, done=report["done"] + measured, stage="measure"))
+    return ProfileReport(device_hash, space.name, len(archs), len(archs) - len(todo), measured,
+                         unstable, time.perf_counter() - start)

@@ -1,0 +1,380 @@
+"""Predictor-guided refinement: search on predictions, measure the most promising, refit, repeat.
+
+DyNAS-T's LINAS alternates predictor-driven search with real measurements.
+This loop keeps the idea and fixes what makes its front untrustworthy:
+
+* Candidates come from the *predicted* front of an NSGA-II run in which each
+  objective is shifted by ``kappa`` predicted standard deviations toward
+  optimism (accuracy ``mean + kappa*std``, latency ``mean - kappa*std``), so
+  uncertain regions are explored rather than ignored.
+* A round's batch is chosen greedily by hypervolume improvement over the
+  front measured so far, each pick entering the front at its predicted mean
+  before the next pick is scored, so a batch spreads along the front instead
+  of piling up in one spot.
+* A subnet already measured (by this run or before it) is never measured again.
+* The returned front holds only measured subnets, ranked by measured values,
+  with the prediction made *before* each measurement beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import numpy as np
+
+from hwsearch.problem import (
+    Limit,
+    Objective,
+    Predictor,
+    SubnetProblem,
+    accuracy_latency,
+    analytic_costs,
+)
+from hwsearch.results import Candidate, ParetoFront, hypervolume, non_dominated
+from hwsearch.search import SearchSettings, search
+from hwsearch.space import ArchConfig, SearchSpace
+from predictors.features import ArchFeaturizer
+
+__all__ = [
+    "Measurer",
+    "Observation",
+    "Optimistic",
+    "RefineResult",
+    "RefineSettings",
+    "TrainablePredictor",
+    "refine",
+]
+
+ACCURACY, LATENCY = "accuracy", "latency_ms"
+
+
+class Measurer(Protocol):
+    """Real measurements of subnets: latency on the device, accuracy on the validation data."""
+
+    def measure_latency(self, archs: Sequence[ArchConfig]) -> list[float]: ...
+
+    def measure_accuracy(self, archs: Sequence[ArchConfig]) -> list[float]: ...
+
+
+class TrainablePredictor(Predictor, Protocol):
+    """A predictor the loop can refit on everything measured so far."""
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> object: ...
+
+
+class Optimistic:
+    """A predictor's optimistic bound: ``mean + kappa*std`` for maximised metrics, ``-`` otherwise."""
+
+    def __init__(self, predictor: Predictor, kappa: float, sense: str) -> None:
+        self.predictor = predictor
+        self.sign = kappa if sense == "max" else -kappa
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        mean, std = self.predictor.predict_dist(X)
+        return np.asarray(mean, dtype=np.float64) + self.sign * np.asarray(std, dtype=np.float64)
+
+    def predict_dist(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mean, std = self.predictor.predict_dist(X)
+        return self.predict(X), np.asarray(std, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """Budget and exploration settings; recorded in the returned front."""
+
+    max_measurements: int = 100
+    per_round: int = 10
+    initial: int = 20
+    max_seconds: float | None = None
+    kappa: float = 1.0
+    seed: int = 0
+    search: SearchSettings = field(default_factory=lambda: SearchSettings(pop_size=64, n_gen=40))
+
+    def __post_init__(self) -> None:
+        if self.initial < 2:
+            raise ValueError("initial must be at least 2: predictors need data before the first fit")
+        if self.per_round < 1 or self.max_measurements < 0:
+            raise ValueError("per_round must be ≥ 1 and max_measurements ≥ 0")
+
+    def to_dict(self) -> dict[str, object]:
+        out = {k: v for k, v in self.__dict__.items() if k != "search"}
+        return out | {"search": self.search.to_dict()}
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One measured subnet, with what the predictors said before it was measured."""
+
+    arch: ArchConfig
+    accuracy: float
+    latency_ms: float
+    predicted: dict[str, float] = field(default_factory=dict)
+    spread: dict[str, float] = field(default_factory=dict)
+    round: int = 0
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    """The measured front plus every observation in measurement order (the audit trail)."""
+
+    front: ParetoFront
+    observations: tuple[Observation, ...]
+    rounds: int
+    seconds: float
+
+
+def refine(
+    space: SearchSpace,
+    accuracy: TrainablePredictor,
+    latency: TrainablePredictor,
+    measurer: Measurer,
+    *,
+    device: str,
+    settings: RefineSettings = RefineSettings(),
+    known: Sequence[Observation] = (),
+    limits: Sequence[Limit] = (),
+    reference_point: Sequence[float] | None = None,
+    on_round: Callable[[int, Sequence[Observation]], None] | None = None,
+) -> RefineResult:
+    """Refine a front with real measurements until ``settings`` runs out of budget.
+
+    ``known`` are measurements made earlier (another run, another device's
+    accuracy): they train the predictors and are never measured again, and
+    they belong to the returned front.  ``max_measurements`` counts only new
+    measurements.  ``accuracy`` and ``latency`` are refitted in place.
+    """
+    start = time.perf_counter()
+    loop = _Loop(space, accuracy, latency, measurer, settings, limits, known)
+    loop.initial_design()
+    while loop.budget_left() and not loop.timed_out(start):
+        if not loop.step():
+            break
+        if on_round is not None:
+            on_round(loop.round, loop.new_observations())
+    front = loop.front(device, reference_point)
+    return RefineResult(front=front, observations=tuple(loop.observations), rounds=loop.round,
+                        seconds=time.perf_counter() - start)
+
+
+class _Loop:
+    """State of one refinement run; each method is one step of :func:`refine`."""
+
+    def __init__(self, space: SearchSpace, accuracy: TrainablePredictor,
+                 latency: TrainablePredictor, measurer: Measurer, settings: RefineSettings,
+                 limits: Sequence[Limit], known: Sequence[Observation]) -> None:
+        self.space, self.measurer, self.settings = space, measurer, settings
+        self.predictors = {ACCURACY: accuracy, LATENCY: latency}
+        self.objectives = accuracy_latency(LATENCY)
+        self.limits = tuple(limits)
+        self.observations: list[Observation] = []
+        self.keys: set[str] = set()
+        for obs in known:
+            self._add(obs)
+        self.n_known = len(self.observations)
+        self.round = 0
+        self.rng = np.random.default_rng(settings.seed)
+        self.reference: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ budget
+
+    def n_new(self) -> int:
+        return len(self.observations) - self.n_known
+
+    def budget_left(self) -> int:
+        return self.settings.max_measurements - self.n_new()
+
+    def timed_out(self, start: float) -> bool:
+        limit = self.settings.max_seconds
+        return limit is not None and time.perf_counter() - start >= limit
+
+    def new_observations(self) -> list[Observation]:
+        return [o for o in self.observations[self.n_known:] if o.round == self.round]
+
+    # ------------------------------------------------------------------ steps
+
+    def initial_design(self) -> None:
+        """Measure random unmeasured subnets until ``initial`` observations exist (cold start)."""
+        want = min(self.settings.initial - len(self.observations), self.budget_left())
+        if want > 0:
+            self._measure(self._random_unmeasured(want), predicted=None)
+
+    def step(self) -> bool:
+        """One round: refit, search optimistically, pick a batch, measure it.  False when stuck."""
+        self.round += 1
+        self._fit()
+        pool, F_opt = self._pool()
+        k = min(self.settings.per_round, self.budget_left())
+        if len(pool) < k:
+            pool = np.vstack([pool, self.space.encode_many(self._random_unmeasured(k - len(pool)))])
+            F_opt = self._optimistic_F(pool)
+        if len(pool) == 0:
+            return False
+        mean, std = self._predict_dist(pool)
+        picks = self._greedy_hvi(F_opt, mean, k)
+        chosen = pool[picks]
+        self._measure([self.space.decode(x) for x in chosen],
+                      predicted=({m: v[picks] for m, v in mean.items()},
+                                 {m: v[picks] for m, v in std.items()}))
+        return True
+
+    def front(self, device: str, reference_point: Sequence[float] | None) -> ParetoFront:
+        """The measured subnets that satisfy the limits by their measured values, non-dominated."""
+        candidates = self._candidates()
+        feasible = [c for c in candidates if self._within_limits(c)]
+        ref = reference_point if reference_point is not None else self._reference()
+        return ParetoFront.build(
+            device=device, space_name=self.space.name, candidates=feasible,
+            objectives=self.objectives, reference_point=ref, seed=self.settings.seed,
+            settings={"refine": self.settings.to_dict(), "n_measured": len(self.observations),
+                      "n_new": self.n_new(), "rounds": self.round,
+                      "limits": [lim.__dict__ for lim in self.limits]},
+        )
+
+    # ------------------------------------------------------------------ pieces
+
+    def _fit(self) -> None:
+        X = self._X()
+        self.predictors[ACCURACY].fit(X, np.array([o.accuracy for o in self.observations]))
+        self.predictors[LATENCY].fit(X, np.array([o.latency_ms for o in self.observations]))
+
+    def _pool(self) -> tuple[np.ndarray, np.ndarray]:
+        """Unmeasured subnets on the optimistic predicted front, with their optimistic ``F``."""
+        metrics: dict[str, Predictor] = {
+            name: Optimistic(pred, self.settings.kappa, _sense(self.objectives, name))
+            for name, pred in self.predictors.items()
+        }
+        problem = SubnetProblem(self.space, self._with_costs(metrics), self.objectives, self.limits)
+        seed = self.settings.seed * 1000 + self.round
+        result = search(problem, replace(self.settings.search, seed=seed))
+        fresh = [i for i, x in enumerate(result.X) if self.space.decode(x).key() not in self.keys]
+        X = result.X[fresh]
+        F = np.column_stack([o.to_min(result.values[o.metric][fresh]) for o in self.objectives])
+        return X, F
+
+    def _with_costs(self, metrics: dict[str, Predictor]) -> dict[str, Predictor]:
+        """Limits on ``params``/``macs`` are checked with the exact analytic counts.
+
+        Limits on accuracy or latency see the optimistic values, so the search
+        still explores subnets whose predicted value sits just past a limit.
+        """
+        if any(lim.metric in ("params", "macs") for lim in self.limits):
+            return {**analytic_costs(self.space), **metrics}
+        return metrics
+
+    def _optimistic_F(self, X: np.ndarray) -> np.ndarray:
+        columns = []
+        for o in self.objectives:
+            opt = Optimistic(self.predictors[o.metric], self.settings.kappa, o.sense)
+            columns.append(o.to_min(opt.predict(X)))
+        return np.column_stack(columns)
+
+    def _predict_dist(self, X: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        mean, std = {}, {}
+        for name, pred in self.predictors.items():
+            m, s = pred.predict_dist(X)
+            mean[name], std[name] = np.asarray(m, np.float64), np.asarray(s, np.float64)
+        return mean, std
+
+    def _greedy_hvi(self, F_opt: np.ndarray, mean: dict[str, np.ndarray], k: int) -> list[int]:
+        """Pick ``k`` rows, each maximising optimistic hypervolume gain; believe its mean after.
+
+        When no row improves the front any more, the rest of the batch goes to the
+        rows whose predictions are most uncertain relative to the front's span.
+        """
+        front = self._measured_F()
+        ref = self._reference()
+        F_mean = np.column_stack([o.to_min(mean[o.metric]) for o in self.objectives])
+        picks: list[int] = []
+        base = hypervolume(front, ref)
+        for _ in range(min(k, len(F_opt))):
+            gains = np.array([
+                -np.inf if i in picks else hypervolume(np.vstack([front, F_opt[i]]), ref) - base
+                for i in range(len(F_opt))
+            ])
+            best = int(np.argmax(gains))
+            if gains[best] <= 0:
+                break
+            picks.append(best)
+            front = np.vstack([front, F_mean[best]])
+            front = front[non_dominated(front)]
+            base = hypervolume(front, ref)
+        spread = np.abs(F_opt - F_mean).sum(axis=1) / np.maximum(np.ptp(self._measured_F(), axis=0).sum(), 1e-12)
+        for i in np.argsort(-spread, kind="stable"):
+            if len(picks) >= min(k, len(F_opt)):
+                break
+            if int(i) not in picks:
+                picks.append(int(i))
+        return picks
+
+    def _measure(self, archs: list[ArchConfig],
+                 predicted: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None) -> None:
+        latencies = self.measurer.measure_latency(archs)
+        accuracies = self.measurer.measure_accuracy(archs)
+        for i, (arch, lat, acc) in enumerate(zip(archs, latencies, accuracies)):
+            pred = {m: float(v[i]) for m, v in predicted[0].items()} if predicted else {}
+            spread = {m: float(v[i]) for m, v in predicted[1].items()} if predicted else {}
+            self._add(Observation(arch, float(acc), float(lat), pred, spread, self.round))
+
+    def _add(self, obs: Observation) -> None:
+        key = obs.arch.key()
+        if key in self.keys:
+            raise ValueError(f"{key} was measured twice; refinement never re-measures a subnet")
+        self.keys.add(key)
+        self.observations.append(obs)
+
+    def _random_unmeasured(self, n: int) -> list[ArchConfig]:
+        """Up to ``n`` distinct random subnets not measured yet (fewer if the space runs out)."""
+        out: dict[str, ArchConfig] = {}
+        for _ in range(100):
+            for arch in self.space.sample(self.rng, 4 * n):
+                if arch.key() not in self.keys and len(out) < n:
+                    out.setdefault(arch.key(), arch)
+            if len(out) >= n:
+                break
+        return list(out.values())
+
+    def _X(self) -> np.ndarray:
+        return self.space.encode_many([o.arch for o in self.observations])
+
+    def _measured_F(self) -> np.ndarray:
+        F = np.array([[-o.accuracy, o.latency_ms] for o in self.observations], dtype=np.float64)
+        return F[non_dominated(F)] if len(F) else np.zeros((0, 2))
+
+    def _reference(self) -> np.ndarray:
+        """Fixed after first use: worst measured values plus 10% of their range."""
+        if self.reference is None:
+            F = np.array([[-o.accuracy, o.latency_ms] for o in self.observations])
+            self.reference = F.max(axis=0) + 0.1 * np.maximum(np.ptp(F, axis=0), 1e-9)
+        return self.reference
+
+    def _candidates(self) -> list[Candidate]:
+        """Every observation as a :class:`Candidate`, with analytic MACs/params when the space has a layout."""
+        n = len(self.observations)
+        macs: list[int | None] = [None] * n
+        params: list[int | None] = [None] * n
+        if self.space.layout is not None and n:
+            table = ArchFeaturizer(self.space).costs(self._X())
+            macs, params = table.macs.astype(int).tolist(), table.params.astype(int).tolist()
+        return [
+            Candidate(arch=o.arch, measured={ACCURACY: o.accuracy, LATENCY: o.latency_ms},
+                      predicted=dict(o.predicted), spread=dict(o.spread), macs=macs[i],
+                      params=params[i])
+            for i, o in enumerate(self.observations)
+        ]
+
+    def _within_limits(self, c: Candidate) -> bool:
+        values = {**c.measured, "macs": c.macs, "params": c.params}
+        for lim in self.limits:
+            v = values.get(lim.metric)
+            if v is None:
+                continue
+            if (lim.upper is not None and v > lim.upper) or (lim.lower is not None and v < lim.lower):
+                return False
+        return True
+
+
+def _sense(objectives: Sequence[Objective], metric: str) -> str:
+    return next(o.sense for o in objectives if o.metric == metric)

@@ -1,0 +1,304 @@
+"""Job reports: a Pareto plot per device (PNG) and one self-contained HTML page.
+
+A report shows the fronts across devices, how good the predictors were on
+held-out subnets, and the measurements behind both, so a reader can judge
+the result without the store.  The page inlines its images (base64) and its
+style, so it can be mailed or attached to a ticket as one file.
+
+The data come from a finished job in a store (:func:`from_store`) or from a
+job directory written by :func:`write_job_dir` (:func:`from_dir`).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hwsearch.results import Candidate, ParetoFront
+from hwsearch.store import Store
+
+__all__ = ["ReportData", "build_report", "from_dir", "from_store", "write_job_dir"]
+
+_JOB_FILE = "job.json"
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything a report shows.
+
+    ``predictors`` maps a predictor's name (``accuracy``, ``latency@<device>``)
+    to its held-out quality metrics; ``measurements`` maps a device to rows
+    ``{arch_key, latency_ms, accuracy, ...}`` of every subnet measured on it.
+    """
+
+    title: str
+    fronts: Mapping[str, ParetoFront]
+    predictors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    measurements: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _measurements(store: Store, result: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Every latency measured for the job's devices, joined with the accuracies of the job."""
+    accuracies = store.get_accuracies(result["supernet_id"], result["dataset_id"])
+    out = {}
+    for device, info in result["devices"].items():
+        rows = []
+        for key, m in sorted(store.get_latencies(info["hash"], result["space_name"]).items()):
+            rows.append({"arch_key": key, "latency_ms": m.get("latency_ms"),
+                         "ratio_ci": m.get("ratio_ci"), "stable": m.get("stable"),
+                         "accuracy": accuracies.get(key)})
+        out[device] = rows
+    return out
+
+
+def from_store(store: Store, job_id: str) -> ReportData:
+    """The report data of a finished search job."""
+    record = store.get_job(job_id)
+    if record.state != "succeeded" or not record.result:
+        raise ValueError(f"job {job_id} is {record.state}; a report needs a succeeded search job")
+    result = record.result
+    return ReportData(
+        title=f"hwsearch job {job_id}",
+        fronts={d: ParetoFront.from_dict(f) for d, f in result["fronts"].items()},
+        predictors=result.get("predictors", {}),
+        measurements=_measurements(store, result),
+        settings=record.spec,
+    )
+
+
+def write_job_dir(out: str | Path, *, store: Store, job_id: str) -> Path:
+    """Write a finished job as files: one front JSON per device plus ``job.json``.
+
+    ``job.json`` carries the spec, the result summary and the measurements,
+    so :func:`from_dir` rebuilds the full report without the store.
+    """
+    data = from_store(store, job_id)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for device, front in data.fronts.items():
+        front.save(out / f"front-{device}.json")
+    (out / _JOB_FILE).write_text(json.dumps({
+        "title": data.title, "spec": dict(data.settings), "predictors": dict(data.predictors),
+        "measurements": {d: list(rows) for d, rows in data.measurements.items()},
+    }, indent=2, default=str))
+    return out
+
+
+def from_dir(path: str | Path) -> ReportData:
+    """Report data from a directory of front JSON files (and ``job.json`` when present)."""
+    path = Path(path)
+    fronts = {}
+    for file in sorted(path.glob("*.json")):
+        if file.name == _JOB_FILE:
+            continue
+        data = json.loads(file.read_text())
+        if isinstance(data, dict) and {"device", "points", "objectives"} <= set(data):
+            front = ParetoFront.from_dict(data)
+            fronts[front.device] = front
+    if not fronts:
+        raise ValueError(f"{path} holds no Pareto front JSON files")
+    job = json.loads((path / _JOB_FILE).read_text()) if (path / _JOB_FILE).is_file() else {}
+    return ReportData(title=job.get("title", f"hwsearch fronts in {path.name}"), fronts=fronts,
+                      predictors=job.get("predictors", {}),
+                      measurements=job.get("measurements", {}), settings=job.get("spec", {}))
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _axes_metrics(front: ParetoFront) -> tuple[str, str]:
+    """(x, y) metrics of a front's plot: latency-like cost across, accuracy up."""
+    names = [o.metric for o in front.objectives]
+    y = "accuracy" if "accuracy" in names else names[0]
+    x = next((n for n in names if n != y), y)
+    return x, y
+
+
+def _values(points: Sequence[Candidate], metric: str, source: str) -> list[float]:
+    return [float(p.measured[metric] if source == "measured" else p.predicted[metric])
+            for p in points if metric in (p.measured if source == "measured" else p.predicted)]
+
+
+def _plot_front(ax: Any, front: ParetoFront, rows: Sequence[Mapping[str, Any]],
+                color: str, *, label: str, background: bool) -> None:
+    x, y = _axes_metrics(front)
+    if background:
+        both = [r for r in rows if r.get(x) is not None and r.get(y) is not None]
+        ax.scatter([r[x] for r in both], [r[y] for r in both], s=10, c="#bbbbbb",
+                   label="measured subnets", zorder=1)
+    points = [p for p in front.points if x in p.measured and y in p.measured]
+    ax.plot(_values(points, x, "measured"), _values(points, y, "measured"), "-o", color=color,
+            ms=5, label=label, zorder=3)
+    predicted = [p for p in points if x in p.predicted and y in p.predicted]
+    if background and predicted:
+        ax.scatter(_values(predicted, x, "predicted"), _values(predicted, y, "predicted"),
+                   marker="x", c=color, alpha=0.6, label="predicted (same subnets)", zorder=2)
+    knee = front.knee()
+    if background and knee is not None and x in knee.measured and y in knee.measured:
+        ax.annotate("knee", (knee.measured[x], knee.measured[y]), xytext=(8, -12),
+                    textcoords="offset points", fontsize=8)
+
+
+def _figure_png(draw: Any, xlabel: str, ylabel: str, title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    try:
+        draw(ax)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        buffer = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buffer, format="png")
+        return buffer.getvalue()
+    finally:
+        plt.close(fig)
+
+
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
+
+
+def _device_plot(device: str, front: ParetoFront, rows: Sequence[Mapping[str, Any]]) -> bytes:
+    x, y = _axes_metrics(front)
+    return _figure_png(lambda ax: _plot_front(ax, front, rows, _COLORS[0], label="Pareto front",
+                                              background=True),
+                       x, y, f"{device}: {len(front.points)} Pareto-optimal subnets")
+
+
+def _overview_plot(fronts: Mapping[str, ParetoFront]) -> bytes:
+    first = next(iter(fronts.values()))
+    x, y = _axes_metrics(first)
+
+    def draw(ax: Any) -> None:
+        for i, (device, front) in enumerate(sorted(fronts.items())):
+            _plot_front(ax, front, (), _COLORS[i % len(_COLORS)], label=device, background=False)
+
+    return _figure_png(draw, x, y, "Pareto fronts across devices")
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(png: bytes, alt: str) -> str:
+    return (f'<img alt="{html.escape(alt)}" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+
+
+def _front_table(front: ParetoFront) -> str:
+    metrics = [o.metric for o in front.objectives]
+    header = ["#", "arch"] + [f"{m} measured" for m in metrics] + \
+             [f"{m} predicted ± sd" for m in metrics] + ["MACs", "params"]
+    rows = []
+    for i, p in enumerate(front.points):
+        predicted = [f"{p.predicted[m]:.4g} ± {p.spread.get(m, 0.0):.2g}" if m in p.predicted
+                     else None for m in metrics]
+        rows.append([i, p.arch.key(), *[p.measured.get(m) for m in metrics], *predicted,
+                     p.macs, p.params])
+    return _table(header, rows)
+
+
+def _summary_table(fronts: Mapping[str, ParetoFront]) -> str:
+    rows = []
+    for device, front in sorted(fronts.items()):
+        knee = front.knee()
+        rows.append([device, len(front.points), front.hypervolume,
+                     ", ".join(f"{r:.4g}" for r in front.reference_point),
+                     knee.arch.key() if knee else None])
+    return _table(["device", "points", "hypervolume", "reference point", "knee subnet"], rows)
+
+
+def _predictor_table(predictors: Mapping[str, Mapping[str, Any]]) -> str:
+    columns = ["n_train", "tau", "rho", "mape", "rmse", "within_5", "within_10"]
+    rows = [[name, *[metrics.get(c) for c in columns]] for name, metrics in sorted(predictors.items())]
+    return _table(["predictor", *columns], rows)
+
+
+def _measurement_tables(measurements: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    parts = []
+    for device, rows in sorted(measurements.items()):
+        table = _table(["arch", "latency_ms", "±CI (ratio)", "stable", "accuracy"],
+                       [[r.get("arch_key"), r.get("latency_ms"), r.get("ratio_ci"),
+                         r.get("stable"), r.get("accuracy")] for r in rows])
+        parts.append(f"<details><summary>{html.escape(device)}: {len(rows)} measured subnets"
+                     f"</summary>{table}</details>")
+    return "".join(parts) or "<p>No measurements were recorded with these fronts.</p>"
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}
+th{background:#f3f3f3} td:nth-child(2){text-align:left;font-family:monospace}
+img{max-width:100%} details{margin:0.3em 0} pre{background:#f7f7f7;padding:0.6em;overflow:auto}
+"""
+
+
+def _html(data: ReportData, device_pngs: Mapping[str, bytes], overview: bytes) -> str:
+    sections = [
+        f"<h1>{html.escape(data.title)}</h1>",
+        f"<p>Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}. Front values are "
+        "measured; predicted values are what the predictors said before measuring.</p>",
+        "<h2>Fronts across devices</h2>", _summary_table(data.fronts),
+        _img(overview, "Pareto fronts across devices"),
+    ]
+    for device, front in sorted(data.fronts.items()):
+        sections += [f"<h2>Device {html.escape(device)}</h2>",
+                     _img(device_pngs[device], f"Pareto front on {device}"), _front_table(front)]
+    sections += ["<h2>Predictor quality (held-out subnets)</h2>",
+                 _predictor_table(data.predictors) if data.predictors
+                 else "<p>No predictor metrics were recorded with these fronts.</p>",
+                 "<h2>Measurements</h2>", _measurement_tables(data.measurements)]
+    if data.settings:
+        sections += ["<h2>Settings</h2>",
+                     f"<pre>{html.escape(json.dumps(data.settings, indent=2, default=str))}</pre>"]
+    body = "\n".join(sections)
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(data.title)}"
+            f"</title><style>{_STYLE}</style></head><body>{body}</body></html>")
+
+
+def build_report(data: ReportData, out: str | Path) -> dict[str, Path]:
+    """Write ``<device>.png`` per device and ``report.html``; returns what was written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    pngs = {}
+    for device, front in data.fronts.items():
+        pngs[device] = _device_plot(device, front, data.measurements.get(device, ()))
+        path = out / f"pareto-{device}.png"
+        path.write_bytes(pngs[device])
+        written[device] = path
+    page = out / "report.html"
+    page.write_text(_html(data, pngs, _overview_plot(data.fronts)))
+    written["html"] = page
+    return written

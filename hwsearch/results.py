@@ -1,0 +1,235 @@
+"""Search results: candidates with measured and predicted values, and per-device Pareto fronts.
+
+A :class:`ParetoFront` is what a job hands back for one device.  Its points
+carry the values that were really measured next to what the predictors said
+before the measurement, so a reader sees how far to trust the predictions.
+The hypervolume is stored with its reference point: a hypervolume without one
+cannot be compared with anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pymoo.indicators.hv import HV
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+from hwsearch.problem import Objective
+from hwsearch.space import ArchConfig, SearchSpace
+
+__all__ = ["Candidate", "ParetoFront", "hypervolume", "non_dominated"]
+
+Source = Literal["measured", "predicted"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One subnet of a front.
+
+    ``measured`` and ``predicted`` map metric names (``accuracy``, ``latency_ms``)
+    to values; ``spread`` holds the predictors' standard deviation per metric.
+    ``predicted`` is empty for subnets no predictor was asked about before
+    they were measured.
+    """
+
+    arch: ArchConfig
+    measured: dict[str, float] = field(default_factory=dict)
+    predicted: dict[str, float] = field(default_factory=dict)
+    spread: dict[str, float] = field(default_factory=dict)
+    macs: int | None = None
+    params: int | None = None
+
+    def value(self, metric: str, source: Source = "measured") -> float:
+        """A metric's measured value, or its predicted one when asked (or when never measured)."""
+        if source == "measured" and metric in self.measured:
+            return self.measured[metric]
+        return self.predicted[metric]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch.to_dict(),
+            "arch_key": self.arch.key(),
+            "measured": dict(self.measured),
+            "predicted": dict(self.predicted),
+            "spread": dict(self.spread),
+            "macs": self.macs,
+            "params": self.params,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], space: SearchSpace | None = None) -> Candidate:
+        """Inverse of :meth:`to_dict`; with ``space`` the arch is validated against it."""
+        arch_data = data["arch"]
+        arch = space.from_dict(arch_data) if space is not None else ArchConfig(
+            arch_data["resolution"], tuple(arch_data["depths"]), tuple(arch_data.get("kernel", ())),
+            tuple(arch_data.get("expand", ())), tuple(arch_data.get("width", ())))
+        return cls(arch=arch, measured=dict(data.get("measured", {})),
+                   predicted=dict(data.get("predicted", {})), spread=dict(data.get("spread", {})),
+                   macs=data.get("macs"), params=data.get("params"))
+
+
+def non_dominated(F: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of the non-dominated rows of a minimisation matrix.
+
+    Two objectives take an ``O(n log n)`` sweep, so exhaustive fronts of
+    10^5-10^6 subnets are cheap; more objectives use pymoo's sorting.
+    """
+    F = np.asarray(F, dtype=np.float64)
+    if len(F) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if F.shape[1] != 2:
+        keep = NonDominatedSorting().do(F, only_non_dominated_front=True)
+        return np.sort(np.asarray(keep, dtype=np.int64))
+    unique, inverse = np.unique(F, axis=0, return_inverse=True)  # sorted by f0, then f1
+    best_before = np.minimum.accumulate(np.concatenate([[np.inf], unique[:-1, 1]]))
+    kept = unique[:, 1] < best_before
+    return np.flatnonzero(kept[inverse.reshape(-1)])
+
+
+def hypervolume(F: np.ndarray, reference_point: Sequence[float]) -> float:
+    """pymoo's hypervolume of minimisation values ``F``; points beyond the reference add nothing."""
+    F = np.asarray(F, dtype=np.float64)
+    ref = np.asarray(reference_point, dtype=np.float64)
+    F = F[np.all(F < ref, axis=1)] if len(F) else F
+    if len(F) == 0:
+        return 0.0
+    return float(HV(ref_point=ref)(F))
+
+
+@dataclass(frozen=True)
+class ParetoFront:
+    """The non-dominated subnets found for one device, sorted by the first objective.
+
+    ``reference_point`` is in pymoo's minimisation form (maximised metrics
+    negated), the form ``hypervolume`` was computed in.
+    """
+
+    device: str
+    space_name: str
+    points: tuple[Candidate, ...]
+    objectives: tuple[Objective, ...]
+    reference_point: tuple[float, ...]
+    hypervolume: float
+    seed: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        device: str,
+        space_name: str,
+        candidates: Sequence[Candidate],
+        objectives: Sequence[Objective],
+        reference_point: Sequence[float],
+        seed: int,
+        settings: Mapping[str, Any] | None = None,
+        source: Source = "measured",
+    ) -> ParetoFront:
+        """Keep the non-dominated candidates (by ``source`` values) and compute the hypervolume."""
+        objectives = tuple(objectives)
+        F = _objective_matrix(candidates, objectives, source)
+        keep = non_dominated(F)
+        keep = keep[np.lexsort(F[keep].T[::-1])] if len(keep) else keep
+        points = tuple(candidates[i] for i in keep)
+        return cls(device=device, space_name=space_name, points=points, objectives=objectives,
+                   reference_point=tuple(float(r) for r in reference_point),
+                   hypervolume=hypervolume(F[keep], reference_point), seed=seed,
+                   settings=dict(settings or {}))
+
+    # ------------------------------------------------------------------ queries
+
+    def knee(self, source: Source = "measured") -> Candidate | None:
+        """The point farthest below the line joining the front's two extremes (normalised).
+
+        Computed on the first two objectives (accuracy and latency in practice):
+        the subnet where giving up more accuracy stops buying much speed.
+        """
+        if len(self.points) <= 2:
+            return self.points[len(self.points) // 2] if self.points else None
+        F = _objective_matrix(self.points, self.objectives[:2], source)
+        lo, hi = F.min(axis=0), F.max(axis=0)
+        Z = (F - lo) / np.where(hi > lo, hi - lo, 1.0)
+        a, b = Z[np.argmin(Z[:, 0])], Z[np.argmin(Z[:, 1])]
+        direction = (b - a) / max(np.linalg.norm(b - a), 1e-12)
+        # Signed distance to the chord, made positive on the side of the ideal point (0, 0).
+        side = np.sign(_cross(direction, -a)) or 1.0
+        distance = side * _cross(direction, Z - a)
+        return self.points[int(np.argmax(distance))]
+
+    def best_under(self, latency_ms: float, *, latency: str = "latency_ms",
+                   source: Source = "measured") -> Candidate | None:
+        """The most accurate point whose latency is at most ``latency_ms``."""
+        fits = [p for p in self.points if p.value(latency, source) <= latency_ms]
+        return max(fits, key=lambda p: p.value("accuracy", source), default=None)
+
+    def fastest_above(self, accuracy: float, *, latency: str = "latency_ms",
+                      source: Source = "measured") -> Candidate | None:
+        """The fastest point whose accuracy is at least ``accuracy``."""
+        fits = [p for p in self.points if p.value("accuracy", source) >= accuracy]
+        return min(fits, key=lambda p: p.value(latency, source), default=None)
+
+    # ------------------------------------------------------------------ JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "space_name": self.space_name,
+            "objectives": [{"metric": o.metric, "sense": o.sense} for o in self.objectives],
+            "reference_point": list(self.reference_point),
+            "hypervolume": self.hypervolume,
+            "seed": self.seed,
+            "settings": self.settings,
+            "points": [p.to_dict() for p in self.points],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], space: SearchSpace | None = None) -> ParetoFront:
+        if space is not None and space.name != data["space_name"]:
+            raise ValueError(f"front is for space {data['space_name']!r}, not {space.name!r}")
+        return cls(
+            device=data["device"],
+            space_name=data["space_name"],
+            points=tuple(Candidate.from_dict(p, space) for p in data["points"]),
+            objectives=tuple(Objective(o["metric"], o["sense"]) for o in data["objectives"]),
+            reference_point=tuple(data["reference_point"]),
+            hypervolume=float(data["hypervolume"]),
+            seed=int(data["seed"]),
+            settings=dict(data.get("settings", {})),
+        )
+
+    @classmethod
+    def from_json(cls, text: str, space: SearchSpace | None = None) -> ParetoFront:
+        return cls.from_dict(json.loads(text), space)
+
+    @classmethod
+    def load(cls, path: str | Path, space: SearchSpace | None = None) -> ParetoFront:
+        return cls.from_json(Path(path).read_text(), space)
+
+
+def _objective_matrix(candidates: Sequence[Candidate], objectives: Sequence[Objective],
+                      source: Source) -> np.ndarray:
+    """Minimisation matrix ``(n, n_obj)`` of the candidates' values."""
+    if not candidates:
+        return np.zeros((0, len(objectives)))
+    return np.array([[o.to_min(np.float64(c.value(o.metric, source))) for o in objectives]
+                     for c in candidates], dtype=np.float64)
+
+
+def _cross(direction: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """2-D cross product: signed distance of ``rel`` from a line along unit ``direction``."""
+    return direction[0] * rel[..., 1] - direction[1] * rel[..., 0]

@@ -1,0 +1,374 @@
+"""Where measurements, accuracies and jobs live: one contract, two backends.
+
+:class:`Store` states the contract; :class:`MemoryStore` (tests, one-off CLI
+runs) and :class:`SQLiteStore` (the service, Ray workers, resumable
+profiling) implement it, and one test suite covers both.  Use
+:func:`open_store` to turn ``None``, a path or a store into a store.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+__all__ = [
+    "JOB_STATES",
+    "JobRecord",
+    "MemoryStore",
+    "SQLiteStore",
+    "Store",
+    "open_store",
+]
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+_UNSET: Any = object()  # "argument not given", so that ``error=None`` can clear an error
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A snapshot of one job; later updates never change it."""
+
+    job_id: str
+    spec: dict[str, Any]
+    state: str
+    progress: dict[str, Any]
+    result: Any
+    error: str | None
+    created: float
+    updated: float
+
+
+def _check_state(state: str) -> None:
+    if state not in JOB_STATES:
+        raise ValueError(f"unknown job state {state!r}; expected one of {list(JOB_STATES)}")
+
+
+def _json_copy(value: Any) -> Any:
+    """A deep, JSON-only copy: what a SQLite round trip would give, so backends agree."""
+    return json.loads(json.dumps(value))
+
+
+class Store(abc.ABC):
+    """Persistent state of hwsearch.
+
+    Contract, for every backend:
+
+    * **Thread-safe.** Any method may be called from any thread at any time.
+    * **Snapshots.** Returned dicts and :class:`JobRecord` objects are copies;
+      later writes never change them, and changing them never changes the store.
+    * **Upserts.** ``put_*`` replaces the row with the same key (a re-measurement
+      wins).  Latencies are keyed by ``(device_hash, space_name, arch_key)``,
+      accuracies by ``(supernet_id, dataset_id, arch_key)``.
+    * **JSON values.** Measurements, specs, progress and results must be
+      JSON-serialisable; they come back as plain JSON types.
+    * **Jobs.** ``update_job`` changes only the fields it is given (``error=None``
+      clears the error; ``progress`` replaces the whole progress dict); an
+      unknown id raises :class:`KeyError`; states are :data:`JOB_STATES`.
+    * **Picklable.** A pickled store reopens its backing storage in the new
+      process, so it can be handed to Ray workers.
+    """
+
+    @abc.abstractmethod
+    def put_latency(self, device_hash: str, space_name: str, arch_key: str,
+                    measurement: Mapping[str, Any]) -> None:
+        """Store one subnet's measurement (a ``Measurement.to_dict()`` plus context)."""
+
+    @abc.abstractmethod
+    def get_latencies(self, device_hash: str, space_name: str) -> dict[str, dict[str, Any]]:
+        """All measurements of one space on one device, by arch key."""
+
+    @abc.abstractmethod
+    def put_accuracy(self, supernet_id: str, dataset_id: str, arch_key: str,
+                     accuracy: float) -> None:
+        """Store one subnet's accuracy (a fraction in ``[0, 1]``)."""
+
+    @abc.abstractmethod
+    def get_accuracies(self, supernet_id: str, dataset_id: str) -> dict[str, float]:
+        """All accuracies of one supernet on one dataset, by arch key."""
+
+    @abc.abstractmethod
+    def create_job(self, spec: Mapping[str, Any]) -> str:
+        """Record a new ``queued`` job; return its id."""
+
+    @abc.abstractmethod
+    def update_job(self, job_id: str, *, state: str | None = None,
+                   progress: Mapping[str, Any] | None = None, result: Any = _UNSET,
+                   error: str | None = _UNSET) -> None:
+        """Change the given fields of a job (see the class docstring)."""
+
+    @abc.abstractmethod
+    def get_job(self, job_id: str) -> JobRecord:
+        """A snapshot of one job; :class:`KeyError` if there is none."""
+
+    @abc.abstractmethod
+    def list_jobs(self) -> list[JobRecord]:
+        """Snapshots of all jobs, oldest first."""
+
+    # ------------------------------------------------------------------ derived helpers
+
+    def mark_interrupted_running(self, reason: str = "the service stopped while it ran") -> list[str]:
+        """After a restart: mark jobs left ``running`` as ``interrupted``; return their ids."""
+        touched = []
+        for record in self.list_jobs():
+            if record.state == "running":
+                self.update_job(record.job_id, state="interrupted", error=reason)
+                touched.append(record.job_id)
+        return touched
+
+    def measured_keys(self, device_hash: str, space_name: str) -> set[str]:
+        """Arch keys already measured for this device and space (what a resumed run skips)."""
+        return set(self.get_latencies(device_hash, space_name))
+
+
+# --------------------------------------------------------------------------- memory
+
+
+class MemoryStore(Store):
+    """Dicts behind one lock.  Pickling copies the contents (there is no shared file)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._latencies: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self._accuracies: dict[tuple[str, str], dict[str, float]] = {}
+        self._jobs: dict[str, JobRecord] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        with self._lock:
+            state = self.__dict__.copy()
+            del state["_lock"]
+            return copy.deepcopy(state)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def put_latency(self, device_hash: str, space_name: str, arch_key: str,
+                    measurement: Mapping[str, Any]) -> None:
+        value = _json_copy(dict(measurement))
+        with self._lock:
+            self._latencies.setdefault((device_hash, space_name), {})[arch_key] = value
+
+    def get_latencies(self, device_hash: str, space_name: str) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self._latencies.get((device_hash, space_name), {}))
+
+    def put_accuracy(self, supernet_id: str, dataset_id: str, arch_key: str,
+                     accuracy: float) -> None:
+        with self._lock:
+            self._accuracies.setdefault((supernet_id, dataset_id), {})[arch_key] = float(accuracy)
+
+    def get_accuracies(self, supernet_id: str, dataset_id: str) -> dict[str, float]:
+        with self._lock:
+            return dict(self._accuracies.get((supernet_id, dataset_id), {}))
+
+    def create_job(self, spec: Mapping[str, Any]) -> str:
+        job_id = uuid.uuid4().hex
+        now = time.time()
+        record = JobRecord(job_id, _json_copy(dict(spec)), "queued", {}, None, None, now, now)
+        with self._lock:
+            self._jobs[job_id] = record
+        return job_id
+
+    def update_job(self, job_id: str, *, state: str | None = None,
+                   progress: Mapping[str, Any] | None = None, result: Any = _UNSET,
+                   error: str | None = _UNSET) -> None:
+        if state is not None:
+            _check_state(state)
+        changes: dict[str, Any] = {"updated": time.time()}
+        if state is not None:
+            changes["state"] = state
+        if progress is not None:
+            changes["progress"] = _json_copy(dict(progress))
+        if result is not _UNSET:
+            changes["result"] = _json_copy(result)
+        if error is not _UNSET:
+            changes["error"] = error
+        with self._lock:
+            if job_id not in self._jobs:
+                raise KeyError(job_id)
+            old = self._jobs[job_id]
+            self._jobs[job_id] = JobRecord(**{**old.__dict__, **changes})
+
+    def get_job(self, job_id: str) -> JobRecord:
+        with self._lock:
+            if job_id not in self._jobs:
+                raise KeyError(job_id)
+            return copy.deepcopy(self._jobs[job_id])
+
+    def list_jobs(self) -> list[JobRecord]:
+        with self._lock:
+            records = copy.deepcopy(list(self._jobs.values()))
+        return sorted(records, key=lambda r: r.created)
+
+
+# --------------------------------------------------------------------------- sqlite
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS latencies (
+    device_hash TEXT NOT NULL, space_name TEXT NOT NULL, arch_key TEXT NOT NULL,
+    data TEXT NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (device_hash, space_name, arch_key));
+CREATE TABLE IF NOT EXISTS accuracies (
+    supernet_id TEXT NOT NULL, dataset_id TEXT NOT NULL, arch_key TEXT NOT NULL,
+    accuracy REAL NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (supernet_id, dataset_id, arch_key));
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL, progress TEXT NOT NULL,
+    result TEXT, error TEXT, created REAL NOT NULL, updated REAL NOT NULL);
+"""
+
+_JOB_COLUMNS = "job_id, spec, state, progress, result, error, created, updated"
+
+
+class SQLiteStore(Store):
+    """A SQLite file in WAL mode with one connection per thread.
+
+    WAL lets readers proceed while one writer commits, so a Ray worker can
+    write measurements while the service reads job progress.  Connections are
+    thread-local and dropped on pickling; each process and thread reconnects
+    on first use.
+    """
+
+    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self._local = threading.local()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn().executescript(_SCHEMA)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "timeout": self.timeout}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path, self.timeout = state["path"], state["timeout"]
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit mode; writes go through :meth:`_write`)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    def _write(self) -> "_Transaction":
+        return _Transaction(self._conn())
+
+    def put_latency(self, device_hash: str, space_name: str, arch_key: str,
+                    measurement: Mapping[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO latencies VALUES (?, ?, ?, ?, ?)",
+                         (device_hash, space_name, arch_key, json.dumps(dict(measurement)),
+                          time.time()))
+
+    def get_latencies(self, device_hash: str, space_name: str) -> dict[str, dict[str, Any]]:
+        rows = self._conn().execute("SELECT arch_key, data FROM latencies WHERE device_hash = ? "
+                                    "AND space_name = ?", (device_hash, space_name)).fetchall()
+        return {key: json.loads(data) for key, data in rows}
+
+    def put_accuracy(self, supernet_id: str, dataset_id: str, arch_key: str,
+                     accuracy: float) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO accuracies VALUES (?, ?, ?, ?, ?)",
+                         (supernet_id, dataset_id, arch_key, float(accuracy), time.time()))
+
+    def get_accuracies(self, supernet_id: str, dataset_id: str) -> dict[str, float]:
+        rows = self._conn().execute("SELECT arch_key, accuracy FROM accuracies WHERE "
+                                    "supernet_id = ? AND dataset_id = ?",
+                                    (supernet_id, dataset_id)).fetchall()
+        return dict(rows)
+
+    def create_job(self, spec: Mapping[str, Any]) -> str:
+        job_id = uuid.uuid4().hex
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (job_id, json.dumps(dict(spec)), "queued", "{}", "null", None, now, now))
+        return job_id
+
+    def update_job(self, job_id: str, *, state: str | None = None,
+                   progress: Mapping[str, Any] | None = None, result: Any = _UNSET,
+                   error: str | None = _UNSET) -> None:
+        sets, values = ["updated = ?"], [time.time()]
+        if state is not None:
+            _check_state(state)
+            sets.append("state = ?")
+            values.append(state)
+        if progress is not None:
+            sets.append("progress = ?")
+            values.append(json.dumps(dict(progress)))
+        if result is not _UNSET:
+            sets.append("result = ?")
+            values.append(json.dumps(result))
+        if error is not _UNSET:
+            sets.append("error = ?")
+            values.append(error)
+        with self._write() as conn:
+            cursor = conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ?",
+                                  (*values, job_id))
+            if cursor.rowcount == 0:
+                raise KeyError(job_id)
+
+    def get_job(self, job_id: str) -> JobRecord:
+        row = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?",
+                                   (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(job_id)
+        return _job_from_row(row)
+
+    def list_jobs(self) -> list[JobRecord]:
+        rows = self._conn().execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created, rowid").fetchall()
+        return [_job_from_row(row) for row in rows]
+
+
+class _Transaction:
+    """``with`` wrapper: BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection.
+
+    Taking the write lock up front avoids the deadlock-prone upgrade from a
+    read to a write transaction when several threads write at once.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _job_from_row(row: tuple[Any, ...]) -> JobRecord:
+    job_id, spec, state, progress, result, error, created, updated = row
+    return JobRecord(job_id, json.loads(spec), state, json.loads(progress),
+                     json.loads(result) if result is not None else None, error, created, updated)
+
+
+StoreLike = Union[Store, str, Path, None]
+
+
+def open_store(store: StoreLike = None) -> Store:
+    """``None`` -> a new :class:`MemoryStore`; a path -> :class:`SQLiteStore`; a store -> itself."""
+    if store is None:
+        return MemoryStore()
+    if isinstance(store, Store):
+        return store
+    if isinstance(store, (str, Path)):
+        return SQLiteStore(store)
+    raise TypeError(f"expected None, a path or a Store, got {type(store).__name__}")

@@ -1,0 +1,166 @@
+"""The :class:`Supernet` handle every supernet family is used through, and checkpoint loading.
+
+A family provides an *elastic network*: an ``nn.Module`` with a ``space``
+and pure ``forward(x, arch)``, ``extract(arch)`` and ``count(arch)``.
+:class:`Supernet` adds a name, accepts architectures in any form the space
+reads (``ArchConfig``, hwsearch JSON dicts, OFA's native dicts) and loads
+checkpoints safely (``weights_only=True``, strict key and shape checks).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, Union, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from hwsearch.space import ArchConfig, SearchSpace
+from hwsearch.supernets.counting import Costs
+
+__all__ = [
+    "ArchLike",
+    "CheckpointError",
+    "ElasticNetwork",
+    "Supernet",
+    "load_state",
+    "read_checkpoint",
+]
+
+ArchLike = Union[ArchConfig, Mapping[str, Any]]
+
+# Keys renamed by OFA since its checkpoints were published; OFA's own
+# ``load_state_dict`` maps them the same way.
+_LEGACY_KEY_PARTS = ((".mobile_inverted_conv.", ".conv."),)
+_MAX_LISTED = 10
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the supernet; the message names the offending keys."""
+
+
+@runtime_checkable
+class ElasticNetwork(Protocol):
+    """What a supernet family's ``nn.Module`` offers (see :class:`OFAMobileNetV3`)."""
+
+    space: SearchSpace
+
+    def forward(self, x: Tensor, arch: ArchConfig) -> Tensor: ...
+
+    def extract(self, arch: ArchConfig) -> nn.Module: ...
+
+    def count(self, arch: ArchConfig) -> Costs: ...
+
+
+class Supernet:
+    """A named elastic network: extract, count and run subnets; load checkpoints.
+
+    ``extract``, ``count`` and ``forward`` never change the supernet and may
+    run concurrently; ``load_checkpoint`` writes the weights and must not
+    overlap with them.
+    """
+
+    def __init__(self, name: str, module: nn.Module) -> None:
+        if not isinstance(module, ElasticNetwork):
+            raise TypeError(f"{type(module).__name__} is not an elastic network "
+                            "(needs space, forward(x, arch), extract(arch), count(arch))")
+        self.name = name
+        self.module = module.eval()
+
+    def __repr__(self) -> str:
+        return f"Supernet({self.name!r}, {type(self.module).__name__})"
+
+    @property
+    def space(self) -> SearchSpace:
+        return self.module.space
+
+    def arch(self, arch: ArchLike) -> ArchConfig:
+        """``arch`` validated against the space; dicts may be hwsearch JSON or OFA's native form."""
+        if isinstance(arch, ArchConfig):
+            return self.space.validate(arch)
+        return self.space.from_dict(arch)
+
+    def extract(self, arch: ArchLike) -> nn.Module:
+        """The subnet as a static module of ordinary layers with copied weights, in eval mode."""
+        return self.module.extract(self.arch(arch))
+
+    def count(self, arch: ArchLike) -> Costs:
+        """Exact MACs (batch 1) and parameters of the extracted subnet, computed analytically."""
+        return self.module.count(self.arch(arch))
+
+    def forward(self, x: Tensor, arch: ArchLike) -> Tensor:
+        """The subnet's output computed on the supernet's shared weights."""
+        return self.module(x, self.arch(arch))
+
+    def input_shape(self, arch: ArchLike, batch: int = 1) -> tuple[int, int, int, int]:
+        resolution = self.arch(arch).resolution
+        return (batch, self.space.layout.in_channels, resolution, resolution)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Load weights from a bare state_dict or OFA's ``{"state_dict": ...}`` file.
+
+        Only tensors and plain containers are unpickled (``weights_only=True``);
+        nothing is ever downloaded.
+        """
+        load_state(self.module, read_checkpoint(path), source=str(path))
+
+
+def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
+    """The state dict stored in ``path`` (bare, or under a ``"state_dict"`` key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist (hwsearch never downloads weights)")
+    try:
+        data = torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(
+            f"{path}: cannot be read as a weights-only torch checkpoint: {exc}"
+        ) from exc
+    if isinstance(data, Mapping) and "state_dict" in data:
+        data = data["state_dict"]
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{path}: expected a state_dict (a mapping of tensors), "
+                              f"got {type(data).__name__}")
+    return data
+
+
+def load_state(module: nn.Module, state: Mapping[str, Any], *, source: str = "checkpoint") -> None:
+    """Copy ``state`` into ``module`` after checking keys and shapes; raise naming every problem."""
+    expected = module.state_dict()
+    state = _rename_legacy(state, expected)
+    problems = []
+    not_tensors = sorted(k for k, v in state.items() if not isinstance(v, Tensor))
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    mismatched = sorted(
+        f"{key} (checkpoint {tuple(state[key].shape)}, supernet {tuple(expected[key].shape)})"
+        for key in expected.keys() & state.keys()
+        if isinstance(state[key], Tensor) and state[key].shape != expected[key].shape
+    )
+    for label, keys in (("values that are not tensors", not_tensors), ("missing keys", missing),
+                        ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if keys:
+            listed = ", ".join(keys[:_MAX_LISTED])
+            more = f" and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
+            problems.append(f"{len(keys)} {label}: {listed}{more}")
+    if problems:
+        raise CheckpointError(
+            f"{source} does not fit {type(module).__name__}: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+def _rename_legacy(state: Mapping[str, Any], expected: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Map keys of older OFA releases to current names, only where that yields a known key."""
+    renamed: dict[str, Any] = {}
+    for key, value in state.items():
+        new_key = key
+        if key not in expected:
+            for old, new in _LEGACY_KEY_PARTS:
+                candidate = key.replace(old, new)
+                if candidate in expected and candidate not in state:
+                    new_key = candidate
+        renamed[new_key] = value
+    return renamed

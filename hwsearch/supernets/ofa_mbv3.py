@@ -1,0 +1,193 @@
+"""OFA MobileNetV3 supernets, built from a :class:`~hwsearch.space.MBv3Layout`.
+
+The module tree (and so the ``state_dict``) mirrors OFA's ``OFAMobileNetV3``
+exactly, kernel-transform matrices and SE layers included, so the checkpoints
+the Once-for-All project publishes load without conversion.  Any
+:class:`~hwsearch.space.SearchSpace` whose layout is an ``MBv3Layout`` works:
+other widths, strides, input channels, class counts and smaller choice sets
+(a small demo supernet on 28x28 digits is one of them).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hwsearch.space import ArchConfig, MBv3Layout, SearchSpace, ofa_mbv3_space
+from hwsearch.supernets.base import Supernet
+from hwsearch.supernets.counting import Costs, conv_costs, linear_costs
+from hwsearch.supernets.elastic import ElasticMBConv, ElasticResidual
+from hwsearch.supernets.layers import MBConv, ResidualBlock, build_act, conv_bn_act
+from hwsearch.supernets.registry import register_supernet
+
+__all__ = ["MobileNetV3Subnet", "OFAMobileNetV3"]
+
+_FIRST_BLOCK_ACT = "relu"
+_FIRST_BLOCK_KERNEL = 3
+
+
+class MobileNetV3Subnet(nn.Module):
+    """A static MobileNetV3 subnet; module names follow OFA's ``MobileNetV3``."""
+
+    def __init__(
+        self,
+        first_conv: nn.Sequential,
+        blocks: list[nn.Module],
+        final_expand_layer: nn.Sequential,
+        feature_mix_layer: nn.Sequential,
+        classifier: nn.Sequential,
+    ) -> None:
+        super().__init__()
+        self.first_conv = first_conv
+        self.blocks = nn.ModuleList(blocks)
+        self.final_expand_layer = final_expand_layer
+        self.global_avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.feature_mix_layer = feature_mix_layer
+        self.flatten = nn.Flatten()
+        self.classifier = classifier
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.first_conv(x)
+        for block in self.blocks:
+            x = block(x)
+        x = self.feature_mix_layer(self.global_avg_pool(self.final_expand_layer(x)))
+        return self.classifier(self.flatten(x))
+
+
+def _layout(space: SearchSpace) -> MBv3Layout:
+    layout = space.layout
+    if not isinstance(layout, MBv3Layout):
+        raise ValueError(f"{space.name}: an OFA MobileNetV3 supernet needs an MBv3Layout, "
+                         f"got {type(layout).__name__}")
+    n_stages = len(space.stages)
+    for field in ("stage_widths", "stage_strides", "stage_acts", "stage_se"):
+        if len(getattr(layout, field)) != n_stages:
+            raise ValueError(f"{space.name}: layout.{field} has {len(getattr(layout, field))} "
+                             f"entries; the space has {n_stages} stages")
+    if not space.kernels or not space.expands or not all(s.elastic for s in space.stages):
+        raise ValueError(f"{space.name}: MobileNetV3 spaces need kernel and expand choices "
+                         "and elastic stages only")
+    return layout
+
+
+class OFAMobileNetV3(nn.Module):
+    """The elastic MobileNetV3 supernet of ``space`` (layout, depths, kernels, expand ratios).
+
+    ``forward(x, arch)`` runs a subnet by slicing the shared weights;
+    ``extract(arch)`` copies it out as a :class:`MobileNetV3Subnet`.  Neither
+    changes the supernet, so both are safe to call from several threads.
+    """
+
+    def __init__(self, space: SearchSpace, dropout_rate: float = 0.0) -> None:
+        super().__init__()
+        layout = _layout(space)
+        self.space = space
+        self.layout = layout
+        self.dropout_rate = dropout_rate
+        stem = layout.stem
+        self.first_conv = conv_bn_act(
+            nn.Conv2d(layout.in_channels, stem, 3, layout.stem_stride, 1, bias=False),
+            nn.BatchNorm2d(stem), build_act("h_swish"))
+        blocks: list[nn.Module] = [self._first_block(stem, layout.first_block)]
+        self.block_group_info: list[list[int]] = []
+        channels = layout.first_block
+        for stage, width, stride, act, use_se in zip(
+            space.stages, layout.stage_widths, layout.stage_strides, layout.stage_acts,
+            layout.stage_se,
+        ):
+            self.block_group_info.append(list(range(len(blocks), len(blocks) + stage.max_depth)))
+            for i in range(stage.max_depth):
+                block_stride = stride if i == 0 else 1
+                body = ElasticMBConv(channels, width, space.kernels, space.expands, block_stride,
+                                     act, use_se)
+                blocks.append(ElasticResidual(body, block_stride == 1 and channels == width))
+                channels = width
+        self.blocks = nn.ModuleList(blocks)
+        self.final_expand_layer = conv_bn_act(
+            nn.Conv2d(channels, layout.final_expand, 1, bias=False),
+            nn.BatchNorm2d(layout.final_expand), build_act("h_swish"))
+        self.feature_mix_layer = conv_bn_act(
+            nn.Conv2d(layout.final_expand, layout.feature, 1, bias=False), None,
+            build_act("h_swish"))
+        self.classifier = nn.Sequential(OrderedDict(
+            [("linear", nn.Linear(layout.feature, layout.n_classes))]))
+
+    @staticmethod
+    def _first_block(stem: int, out_channels: int) -> ResidualBlock:
+        """OFA's fixed first block: 3x3 depthwise + 1x1 projection, expand ratio 1."""
+        depthwise = conv_bn_act(
+            nn.Conv2d(stem, stem, _FIRST_BLOCK_KERNEL, 1, _FIRST_BLOCK_KERNEL // 2, groups=stem,
+                      bias=False),
+            nn.BatchNorm2d(stem), build_act(_FIRST_BLOCK_ACT))
+        projection = conv_bn_act(nn.Conv2d(stem, out_channels, 1, bias=False),
+                                 nn.BatchNorm2d(out_channels), None)
+        return ResidualBlock(MBConv(None, depthwise, projection), stem == out_channels)
+
+    def _active_blocks(self, arch: ArchConfig) -> Iterator[tuple[ElasticResidual, int, float]]:
+        """The active elastic blocks of ``arch`` with their kernel size and expand ratio."""
+        for group, active in zip(self.block_group_info, self.space.block_ranges(arch.depths)):
+            for block_index, i in zip(group, active):
+                yield self.blocks[block_index], arch.kernel[i], arch.expand[i]
+
+    def forward(self, x: Tensor, arch: ArchConfig) -> Tensor:
+        arch = self.space.validate(arch)
+        x = self.blocks[0](self.first_conv(x))
+        for block, kernel, expand in self._active_blocks(arch):
+            x = block(x, kernel, expand)
+        x = self.final_expand_layer(x).mean((2, 3), keepdim=True)
+        x = self.feature_mix_layer(x).flatten(1)
+        x = F.dropout(x, self.dropout_rate, self.training)
+        return self.classifier(x)
+
+    @torch.no_grad()
+    def extract(self, arch: ArchConfig) -> MobileNetV3Subnet:
+        arch = self.space.validate(arch)
+        # The stem, first block and head are not elastic: a deep copy is their extraction.
+        fixed = copy.deepcopy(nn.ModuleList([self.first_conv, self.blocks[0],
+                                             self.final_expand_layer, self.feature_mix_layer,
+                                             self.classifier]))
+        first_conv, first_block, final_expand_layer, feature_mix_layer, classifier = fixed
+        blocks = [first_block] + [block.extract(kernel, expand)
+                                  for block, kernel, expand in self._active_blocks(arch)]
+        subnet = MobileNetV3Subnet(first_conv, blocks, final_expand_layer, feature_mix_layer,
+                                   classifier)
+        return subnet.eval()
+
+    def count(self, arch: ArchConfig) -> Costs:
+        arch = self.space.validate(arch)
+        layout = self.layout
+        stem = layout.stem
+        total, size = conv_costs(arch.resolution, layout.in_channels, stem, 3, layout.stem_stride)
+        total += conv_costs(size, stem, stem, _FIRST_BLOCK_KERNEL, groups=stem)[0]
+        total += conv_costs(size, stem, layout.first_block, 1)[0]
+        for block, kernel, expand in self._active_blocks(arch):
+            block_costs, size = block.conv.costs(size, kernel, expand)
+            total += block_costs
+        total += conv_costs(size, layout.stage_widths[-1], layout.final_expand, 1)[0]
+        total += conv_costs(1, layout.final_expand, layout.feature, 1, bn=False)[0]
+        return total + linear_costs(layout.feature, layout.n_classes)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _ofa_mbv3(width_mult: float, n_classes: int | None) -> Supernet:
+    space = ofa_mbv3_space(width_mult, n_classes=1000 if n_classes is None else n_classes)
+    return Supernet(space.name, OFAMobileNetV3(space))
+
+
+@register_supernet("ofa_mbv3_d234_e346_k357_w1.0")
+def ofa_mbv3_w10(n_classes: int | None = None) -> Supernet:
+    """OFA MobileNetV3, width 1.0: kernel {3,5,7}, expand {3,4,6}, depth {2,3,4}, 128-224 px."""
+    return _ofa_mbv3(1.0, n_classes)
+
+
+@register_supernet("ofa_mbv3_d234_e346_k357_w1.2")
+def ofa_mbv3_w12(n_classes: int | None = None) -> Supernet:
+    """OFA MobileNetV3, width 1.2: kernel {3,5,7}, expand {3,4,6}, depth {2,3,4}, 128-224 px."""
+    return _ofa_mbv3(1.2, n_classes)

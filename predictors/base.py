@@ -1,0 +1,353 @@
+"""Shared machinery of the latency and accuracy predictors.
+
+Each predictor is a small **linear base model** on the analytic features plus
+an **XGBoost model of the base's residual**.  The linear part carries what is
+additive (latency is close to a sum of per-layer costs; accuracy moves
+smoothly with capacity), so it generalises from a few dozen subnets; the
+trees only learn the interactions the base misses.  Plain one-hot XGBoost
+needs hundreds of samples to match an additive model (issue 4 has numbers).
+
+Uncertainty comes from a bootstrap ensemble: members refit on resamples of the
+training rows, and the spread of their predictions says where more
+measurements would help.  Quality is measured on every fit by K-fold
+cross-validation (out-of-fold predictions scored with
+:func:`predictors.metrics.regression_report`) and saved with the model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import xgboost as xgb
+from scipy.optimize import nnls
+from sklearn.linear_model import RidgeCV
+
+from hwsearch.space import SearchSpace
+from predictors.features import FEATURE_VERSION, ArchFeaturizer
+from predictors.metrics import format_report, regression_report
+
+__all__ = ["PredictorMeta", "PredictorMismatchError", "ResidualPredictor"]
+
+META_FILE = "meta.json"
+BASE_FILE = "base.json"
+
+
+class PredictorMismatchError(ValueError):
+    """A saved predictor was made for another space, device, target or feature version."""
+
+
+@dataclass(frozen=True)
+class PredictorMeta:
+    """What a saved predictor is for and how good it was when fitted."""
+
+    space_name: str
+    target: str
+    device_hash: str | None
+    feature_version: str
+    metrics: dict[str, Any]
+    n_train: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    created: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PredictorMeta":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+# --------------------------------------------------------------------------- linear bases
+
+
+@dataclass
+class _LinearBase:
+    """``y ~ intercept + ((F - mean) / scale) @ coef`` with plain-numpy prediction.
+
+    ``columns`` selects the feature columns it uses.  Stored as JSON next to
+    the XGBoost models, so loading needs neither pickle nor scikit-learn.
+    """
+
+    columns: list[int]
+    mean: list[float]
+    scale: list[float]
+    coef: list[float]
+    intercept: float
+    floor: float = -np.inf
+
+    def predict(self, F: np.ndarray) -> np.ndarray:
+        Z = (F[:, self.columns] - np.asarray(self.mean, np.float32)) / np.asarray(
+            self.scale, np.float32)
+        return np.maximum(Z @ np.asarray(self.coef, np.float32) + self.intercept, self.floor)
+
+
+def _standardise(F: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean = F.mean(axis=0)
+    scale = F.std(axis=0)
+    scale[scale == 0] = 1.0
+    return (F - mean) / scale, mean, scale
+
+
+def fit_nnls_base(F: np.ndarray, y: np.ndarray, columns: list[int]) -> _LinearBase:
+    """Non-negative additive cost model, fitted for *relative* error.
+
+    Every cost component (MACs of a layer kind, activation bytes, block count)
+    can only add time, so non-negative weights are physically right and keep a
+    50-row fit from cancelling terms against each other.  Rows are weighted by
+    ``1 / y`` because latency noise is multiplicative.  Columns are scaled but
+    not centred, so non-negativity keeps its meaning.
+    """
+    C = F[:, columns].astype(np.float64)
+    scale = C.max(axis=0)
+    scale[scale == 0] = 1.0
+    A = np.column_stack([C / scale, np.ones(len(C))]) / y[:, None]
+    coef, _ = nnls(A, np.ones(len(y)))
+    return _LinearBase(columns, [0.0] * len(columns), scale.tolist(), coef[:-1].tolist(),
+                       float(coef[-1]), floor=float(0.05 * y.min()))
+
+
+def fit_ridge_base(F: np.ndarray, y: np.ndarray, columns: list[int]) -> _LinearBase:
+    """Ridge regression with the penalty chosen by leave-one-out CV (cheap, closed form)."""
+    Z, mean, scale = _standardise(F[:, columns].astype(np.float64))
+    model = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(Z, y)
+    return _LinearBase(columns, mean.tolist(), scale.tolist(), model.coef_.tolist(),
+                       float(model.intercept_))
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+class ResidualPredictor:
+    """Linear base + XGBoost residual + bootstrap ensemble; subclasses set the target.
+
+    Subclasses define ``target`` (name stored in metadata), ``log_link``
+    (residuals in log space, for positive multiplicative targets) and
+    :meth:`_fit_base`.
+    """
+
+    target: ClassVar[str] = ""
+    log_link: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        device_hash: str | None = None,
+        n_estimators: int = 300,
+        max_depth: int = 3,
+        learning_rate: float = 0.05,
+        n_members: int = 5,
+        cv_folds: int = 5,
+        seed: int = 0,
+    ) -> None:
+        self.space = space
+        self.device_hash = device_hash
+        self.featurizer = ArchFeaturizer(space)
+        self.settings = {
+            "n_estimators": n_estimators, "max_depth": max_depth,
+            "learning_rate": learning_rate, "n_members": n_members, "cv_folds": cv_folds,
+            "seed": seed,
+        }
+        self._base: _LinearBase | None = None
+        self._booster: xgb.Booster | None = None
+        self._members: list[tuple[_LinearBase, xgb.Booster]] = []
+        self.meta: PredictorMeta | None = None
+
+    # ------------------------------------------------------------------ fitting
+
+    def _fit_base(self, F: np.ndarray, y: np.ndarray) -> _LinearBase:
+        raise NotImplementedError
+
+    def _cost_columns(self) -> list[int]:
+        """Indices of the additive cost components inside the feature matrix."""
+        start = len(self.featurizer.names) - len(self.featurizer.cost_names) - 2
+        return list(range(start, start + len(self.featurizer.cost_names)))
+
+    def _residual(self, base_pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.log(y) - np.log(base_pred) if self.log_link else y - base_pred
+
+    def _combine(self, base_pred: np.ndarray, resid: np.ndarray) -> np.ndarray:
+        return base_pred * np.exp(resid) if self.log_link else base_pred + resid
+
+    def _fit_one(self, F: np.ndarray, y: np.ndarray, seed: int) -> tuple[_LinearBase, xgb.Booster]:
+        base = self._fit_base(F, y)
+        resid = self._residual(base.predict(F).astype(np.float64), y)
+        params = {
+            "objective": "reg:squarederror", "max_depth": self.settings["max_depth"],
+            "eta": self.settings["learning_rate"], "subsample": 0.8, "colsample_bytree": 0.6,
+            "min_child_weight": 2.0, "lambda": 5.0, "nthread": 1, "tree_method": "hist",
+            "seed": seed, "base_score": 0.0,
+        }
+        booster = xgb.train(params, xgb.DMatrix(F, label=resid, nthread=1),
+                            num_boost_round=self.settings["n_estimators"])
+        return base, booster
+
+    def _predict_one(self, model: tuple[_LinearBase, xgb.Booster], F: np.ndarray) -> np.ndarray:
+        base, booster = model
+        resid = booster.inplace_predict(F)
+        return self._combine(base.predict(F).astype(np.float64), resid.astype(np.float64))
+
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        X_test: np.ndarray | None = None,
+        y_test: np.ndarray | None = None,
+    ) -> "ResidualPredictor":
+        """Fit on encoded genes ``X`` and labels ``y``; score by CV (and on a test set if given).
+
+        ``meta.metrics["cv"]`` holds the K-fold out-of-fold report;
+        ``meta.metrics["test"]`` the report on ``(X_test, y_test)``.
+        """
+        X, y = self._check_xy(X, y)
+        F = self.featurizer.transform(X)
+        seed = self.settings["seed"]
+        metrics: dict[str, Any] = {}
+        folds = min(self.settings["cv_folds"], len(y))
+        if folds >= 2 and len(y) >= 10:
+            metrics["cv"] = regression_report(y, self._oof_predictions(F, y, folds, seed))
+        self._base, self._booster = self._fit_one(F, y, seed)
+        rng = np.random.default_rng(seed)
+        self._members = []
+        for m in range(self.settings["n_members"]):
+            idx = rng.integers(0, len(y), len(y))
+            self._members.append(self._fit_one(F[idx], y[idx], seed + 1 + m))
+        if X_test is not None and y_test is not None:
+            X_test, y_test = self._check_xy(X_test, y_test)
+            metrics["test"] = regression_report(y_test, self.predict(X_test))
+        self.meta = PredictorMeta(
+            space_name=self.space.name, target=self.target, device_hash=self.device_hash,
+            feature_version=FEATURE_VERSION, metrics=metrics, n_train=int(len(y)),
+            settings=dict(self.settings), created=time.time(),
+        )
+        return self
+
+    def _oof_predictions(self, F: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+        order = np.random.default_rng(seed).permutation(len(y))
+        out = np.empty(len(y))
+        for k in range(folds):
+            test = order[k::folds]
+            train = np.setdiff1d(order, test)
+            out[test] = self._predict_one(self._fit_one(F[train], y[train], seed), F[test])
+        return out
+
+    def _check_xy(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        X = np.atleast_2d(np.asarray(X, dtype=np.int64))
+        y = np.asarray(y, dtype=np.float64).ravel()
+        if len(X) != len(y):
+            raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
+        if len(y) < 2:
+            raise ValueError("need at least 2 labelled subnets to fit")
+        if not np.all(np.isfinite(y)):
+            raise ValueError("labels contain NaN or infinity")
+        if self.log_link and np.any(y <= 0):
+            raise ValueError(f"{self.target} labels must be positive")
+        return X, y
+
+    # ------------------------------------------------------------------ prediction
+
+    def _require_fitted(self) -> None:
+        if self._booster is None or self._base is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() or load()")
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted targets for encoded genes ``X`` (float64, one per row)."""
+        self._require_fitted()
+        F = self.featurizer.transform(X)
+        return self._predict_one((self._base, self._booster), F)
+
+    def predict_dist(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std)``: the full-data model's prediction and the bootstrap members' spread."""
+        self._require_fitted()
+        F = self.featurizer.transform(X)
+        mean = self._predict_one((self._base, self._booster), F)
+        if not self._members:
+            return mean, np.zeros_like(mean)
+        preds = np.stack([self._predict_one(m, F) for m in self._members])
+        return mean, preds.std(axis=0, ddof=1) if len(self._members) > 1 else np.zeros_like(mean)
+
+    def report(self) -> str:
+        """Human-readable quality lines (one per evaluation) for logs and the CLI."""
+        if self.meta is None:
+            return f"{type(self).__name__}: not fitted"
+        lines = [f"{self.target} predictor for {self.meta.space_name} "
+                 f"(n_train={self.meta.n_train}, device={self.meta.device_hash})"]
+        for name, rep in self.meta.metrics.items():
+            lines.append(f"  {name:>5}: {format_report(rep)}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``meta.json``, ``base.json`` and one XGBoost JSON per model into ``directory``."""
+        self._require_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._booster.save_model(directory / "model.json")
+        bases = [asdict(self._base)]
+        for i, (base, booster) in enumerate(self._members):
+            booster.save_model(directory / f"member_{i}.json")
+            bases.append(asdict(base))
+        (directory / BASE_FILE).write_text(json.dumps(bases, allow_nan=True))
+        meta = self.meta.to_dict() | {"n_members": len(self._members), "class": type(self).__name__}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        return directory
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, *, space: SearchSpace, device_hash: str | None = None
+    ) -> "ResidualPredictor":
+        """Load a saved predictor, refusing one made for another space/device/target/features.
+
+        ``device_hash=None`` skips the device check (accuracy predictors have none).
+        """
+        directory = Path(directory)
+        meta_path = directory / META_FILE
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{directory} holds no saved predictor ({META_FILE} missing)")
+        raw = json.loads(meta_path.read_text())
+        meta = PredictorMeta.from_dict(raw)
+        _check_compatible(meta, cls.target, space, device_hash, directory)
+        settings = meta.settings
+        predictor = cls(space, device_hash=meta.device_hash, **settings)
+        bases = [_LinearBase(**b) for b in json.loads((directory / BASE_FILE).read_text())]
+        predictor._base = bases[0]
+        predictor._booster = _load_booster(directory / "model.json")
+        predictor._members = [
+            (bases[1 + i], _load_booster(directory / f"member_{i}.json"))
+            for i in range(int(raw.get("n_members", 0)))
+        ]
+        predictor.meta = meta
+        return predictor
+
+
+def _load_booster(path: Path) -> xgb.Booster:
+    booster = xgb.Booster(params={"nthread": 1})
+    booster.load_model(path)
+    return booster
+
+
+def _check_compatible(
+    meta: PredictorMeta, target: str, space: SearchSpace, device_hash: str | None, where: Path
+) -> None:
+    problems = []
+    if meta.target != target:
+        problems.append(f"it predicts {meta.target!r}, not {target!r}")
+    if meta.space_name != space.name:
+        problems.append(f"it was trained for space {meta.space_name!r}, not {space.name!r}")
+    if device_hash is not None and meta.device_hash != device_hash:
+        problems.append(f"it was trained for device {meta.device_hash!r}, not {device_hash!r}")
+    if meta.feature_version != FEATURE_VERSION:
+        problems.append(
+            f"it uses feature version {meta.feature_version!r}; this hwsearch computes "
+            f"version {FEATURE_VERSION!r} - retrain it (`hwsearch train`)"
+        )
+    if problems:
+        raise PredictorMismatchError(f"refusing to load the predictor in {where}: "
+                                     + "; ".join(problems))

@@ -1,0 +1,40 @@
+"""Small real jobs for the service, jobs and report tests.
+
+The supernet is OFA MobileNetV3 w1.0 with random weights, narrowed to 32 px
+inputs and 10 classes, so a subnet exports and profiles in seconds.  The
+validation data are random images with random labels: accuracies are real
+measurements of these subnets on these data (about chance level), which is
+all the plumbing under test needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwsearch.jobs import JobSpec, SupernetRef
+
+SUPERNET = {"name": "tiny-mbv3", "registry": "ofa_mbv3_d234_e346_k357_w1.0",
+            "options": {"n_classes": 10, "resolutions": [32]}}
+
+
+def fast_device(name: str, threads: int = 1) -> dict[str, Any]:
+    """A device profile with a short measurement protocol (tests need plumbing, not precision)."""
+    return {"name": name, "intra_op_threads": threads, "warmup": {"runs": 2, "seconds": 0.0},
+            "protocol": {"min_rounds": 8, "max_rounds": 10, "max_seconds": 5.0, "ci_target": 0.1,
+                         "reference_ceiling_percentile": 100}}
+
+
+def random_dataset(path: Path, n: int = 96, size: int = 32, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    np.savez(path, x=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+             y=rng.integers(0, 10, n))
+    return path
+
+
+def tiny_spec(dataset: Path, devices: list[dict[str, Any]], *, n_profile: int = 4,
+              budget: int = 0, seed: int = 0) -> JobSpec:
+    return JobSpec(supernet=SupernetRef(**SUPERNET), devices=tuple(devices), dataset=str(dataset),
+                   n_profile=n_profile, budget=budget, seed=seed)

@@ -1,0 +1,76 @@
+"""A real ``hwsearch serve`` process on 127.0.0.1 for the API tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+TOKEN = "test-token-123"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``hwsearch serve`` in its own process group, so a test can kill it (and its Ray) at once."""
+
+    def __init__(self, store: Path, *, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.store = store
+        self.port = port or free_port()
+        self.extra = extra
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = store.with_suffix(f".{self.port}.log")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> Server:
+        env = {**os.environ, "HWSEARCH_TOKEN": TOKEN, "RAY_AUTH_MODE": "disabled",
+               "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "hwsearch.cli.main", "serve", "--store", str(self.store),
+                 "--port", str(self.port), *self.extra],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise TimeoutError(f"server did not start: {self.log.read_text()[-3000:]}")
+
+    def client(self, token: str | None = TOKEN) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120.0)
+
+    def kill(self) -> None:
+        """Kill the server and everything it started (Ray included), as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGTERM), then kill what is left of the process group."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)

@@ -1,0 +1,151 @@
+"""A whole job through the HTTP service, and a service crash in the middle of one.
+
+Real ``hwsearch serve`` processes on 127.0.0.1 over one SQLite store, real
+Ray, real exports and onnxruntime measurements.  The supernet is a small
+variant of OFA MobileNetV3 with random weights (see ``tests/_jobs.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from hwsearch.store import SQLiteStore
+from tests._jobs import SUPERNET, fast_device, random_dataset
+from tests._server import Server
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(client: httpx.Client, job_id: str, states: tuple[str, ...], timeout: float = 600,
+             seen: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if seen is not None:
+            seen.append(job)
+        if job["state"] in states:
+            return job
+        time.sleep(0.5)
+    raise TimeoutError(f"job {job_id} still {job['state']}: {job}")
+
+
+def register(client: httpx.Client, devices: list[dict[str, Any]]) -> dict[str, str]:
+    """Register the test supernet and devices; return the devices' hashes by name."""
+    created = client.post("/supernets", json=SUPERNET)
+    assert created.status_code == 201, created.text
+    hashes = {}
+    for profile in devices:
+        response = client.post("/devices", json={"profile": profile})
+        assert response.status_code == 201, response.text
+        hashes[profile["name"]] = response.json()["hash"]
+    return hashes
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path / "store.sqlite").start()
+    yield srv
+    srv.stop()
+
+
+def test_submit_poll_fronts_export_and_profile(server: Server, tmp_path: Path) -> None:
+    dataset = random_dataset(tmp_path / "val.npz")
+    with server.client() as client:
+        register(client, [fast_device("cpu-a"), fast_device("cpu-b", 2)])
+        accepted = client.post("/jobs", json={"supernet": "tiny-mbv3", "devices": ["cpu-a", "cpu-b"],
+                                              "dataset": str(dataset), "n_profile": 4, "budget": 1})
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.json()["id"]
+        assert accepted.json()["status_url"].endswith(f"/jobs/{job_id}")
+        seen: list[dict[str, Any]] = []
+        job = wait_for(client, job_id, ("succeeded", "failed"), seen=seen)
+        assert job["state"] == "succeeded", job
+        assert {"profile", "accuracy", "search"} <= {s["progress"]["step"] for s in seen if s["progress"]}
+        assert set(job["result"]["predictors"]) >= {"accuracy", "latency@cpu-a", "latency@cpu-b"}
+
+        fronts = client.get(f"/jobs/{job_id}/fronts").json()["fronts"]
+        assert set(fronts) == {"cpu-a", "cpu-b"}
+        point = fronts["cpu-a"]["points"][0]
+        assert point["index"] == 0 and {"accuracy", "latency_ms"} <= set(point["measured"])
+        assert client.get(f"/jobs/{job_id}/fronts/cpu-b").json()["device"] == "cpu-b"
+
+        export = client.post("/exports", json={"job_id": job_id, "device": "cpu-a", "point": 0})
+        assert export.status_code == 201, export.text
+        info = export.json()
+        assert info["arch_key"] == point["arch_key"] and info["max_abs_diff"] < 1e-3
+        onnx_bytes = client.get(info["download_url"]).content
+        assert len(onnx_bytes) == info["bytes"]
+        session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).standard_normal(info["input_shape"]).astype(np.float32)
+        [logits] = session.run(None, {session.get_inputs()[0].name: x})
+        assert logits.shape == (1, 10)
+
+        native = {"ks": [3] * 20, "e": [4] * 20, "d": [2, 3, 4, 2, 3], "r": [32]}
+        by_arch = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": native})
+        assert by_arch.status_code == 201, by_arch.text
+        assert by_arch.json()["arch"]["depths"] == [2, 3, 4, 2, 3]
+
+        outside = client.post("/exports", json={"supernet": "tiny-mbv3",
+                                                "arch": {**native, "r": [224]}})
+        assert outside.status_code == 422
+        [error] = outside.json()["detail"]
+        assert error["loc"] == ["body", "arch"] and "resolution=224" in error["msg"]
+
+        profiled = client.post("/profiles", json={"job_id": job_id, "device": "cpu-a", "point": 0,
+                                                  "on": "cpu-b"})
+        assert profiled.status_code == 202, profiled.text
+        done = wait_for(client, profiled.json()["id"], ("succeeded", "failed"))
+        assert done["state"] == "succeeded", done
+        assert done["kind"] == "profile" and done["result"]["measurement"]["median_ms"] > 0
+        assert done["result"]["arch_key"] == point["arch_key"]
+
+        assert {j["id"] for j in client.get("/jobs").json()["jobs"]} == {job_id, done["id"]}
+        assert client.get(f"/jobs/{done['id']}/fronts").status_code == 409
+
+
+def test_a_restart_in_the_middle_of_a_job_keeps_its_measurements(tmp_path: Path) -> None:
+    dataset = random_dataset(tmp_path / "val.npz")
+    store_path = tmp_path / "store.sqlite"
+    first = Server(store_path).start()
+    try:
+        with first.client() as client:
+            hashes = register(client, [fast_device("cpu-a"), fast_device("cpu-b", 2)])
+            job_id = client.post("/jobs", json={
+                "supernet": "tiny-mbv3", "devices": ["cpu-a", "cpu-b"], "dataset": str(dataset),
+                "n_profile": 5}).json()["id"]
+            store = SQLiteStore(store_path)
+            deadline = time.monotonic() + 600
+            while not store.get_latencies(hashes["cpu-a"], "ofa_mbv3_d234_e346_k357_w1.0"):
+                assert time.monotonic() < deadline, client.get(f"/jobs/{job_id}").json()
+                time.sleep(0.2)
+            assert client.get(f"/jobs/{job_id}").json()["state"] == "running"
+    finally:
+        first.kill()  # the whole process group, Ray included: a crash, not a shutdown
+    measured = store.get_latencies(hashes["cpu-a"], "ofa_mbv3_d234_e346_k357_w1.0")
+    assert len(measured) == 5
+
+    second = Server(store_path).start()
+    try:
+        with second.client() as client:
+            job = client.get(f"/jobs/{job_id}").json()
+            assert job["state"] == "interrupted" and "measurements are kept" in job["error"]
+            assert store.get_latencies(hashes["cpu-a"], "ofa_mbv3_d234_e346_k357_w1.0") == measured
+
+            resumed = client.post(f"/jobs/{job_id}/resume")
+            assert resumed.status_code == 202, resumed.text
+            job = wait_for(client, job_id, ("succeeded", "failed"))
+            assert job["state"] == "succeeded", job
+            profiling = job["result"]["devices"]["cpu-a"]["profiling"]
+            assert profiling["measured"] == 0 and profiling["skipped"] == 5
+            after = store.get_latencies(hashes["cpu-a"], "ofa_mbv3_d234_e346_k357_w1.0")
+            assert {k: after[k] for k in measured} == measured, "nothing was measured twice"
+    finally:
+        second.stop()

@@ -1,0 +1,131 @@
+"""ONNX export: real files, checked with onnx.checker and compared with onnxruntime here again."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import hwsearch
+from _ofa_reference import randomize_weights
+from hwsearch.cli.main import app
+from hwsearch.export import ExportCheckError, export_onnx, export_subnet
+from hwsearch.supernets import Supernet, create_supernet
+
+MBV3 = "ofa_mbv3_d234_e346_k357_w1.0"
+
+
+@pytest.fixture(scope="module")
+def mbv3() -> Supernet:
+    net = create_supernet(MBV3)
+    randomize_weights(net.module, seed=3)
+    return net
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    return session.run(None, {"input": x.numpy()})[0]
+
+
+def test_export_subnet_writes_a_verified_model_with_metadata(mbv3: Supernet,
+                                                             tmp_path: Path) -> None:
+    arch = dataclasses.replace(mbv3.space.sample(np.random.default_rng(0), 1)[0], resolution=224)
+    path = tmp_path / "sub" / "mbv3.onnx"
+
+    report = export_subnet(mbv3, arch, path)
+
+    assert report.path == path and report.bytes == path.stat().st_size
+    assert report.input_shape == (1, 3, 224, 224)
+    assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
+    assert (report.macs, report.params) == (mbv3.count(arch).macs, mbv3.count(arch).params)
+    assert report.seconds > 0 and report.check_seconds > 0
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert {o.domain: o.version for o in model.opset_import}[""] == 17
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["supernet"] == MBV3 and props["arch_key"] == arch.key()
+    assert props["hwsearch_version"] == hwsearch.__version__
+    assert mbv3.space.from_json(props["arch_json"]) == arch
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected = mbv3.forward(x, arch).numpy()
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(_run_onnx(path, x), expected, rtol=0, atol=1e-4)
+
+
+def test_export_resnet50_with_odd_feature_maps(tmp_path: Path) -> None:
+    """132 px gives 33x33 and 17x17 maps: ceil-mode average pooling must survive the export."""
+    net = create_supernet("ofa_resnet50")
+    randomize_weights(net.module, seed=4)
+    arch = net.space.smallest(132)
+    report = export_subnet(net, arch, tmp_path / "resnet.onnx", batch=2)
+    assert report.input_shape == (2, 3, 132, 132) and report.max_abs_diff <= 1e-4
+    x = torch.randn(2, 3, 132, 132)
+    with torch.no_grad():
+        expected = net.forward(x, arch).numpy()
+    np.testing.assert_allclose(_run_onnx(tmp_path / "resnet.onnx", x), expected, rtol=0, atol=1e-4)
+
+
+def test_export_onnx_generic_module_and_failed_check(tmp_path: Path) -> None:
+    module = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Hardswish(), nn.AdaptiveAvgPool2d(1),
+                           nn.Flatten(), nn.Linear(4, 2)).train()
+    report = export_onnx(module, tmp_path / "m.onnx", input_shape=(1, 3, 8, 8),
+                         metadata={"purpose": "test"}, check=False)
+    assert report.max_abs_diff is None and module.training
+    assert report.macs == 8 * 8 * 4 * 3 * 9 + 4 * 2
+    assert report.params == sum(p.numel() for p in module.parameters())
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert props == {"purpose": "test", "hwsearch_version": hwsearch.__version__}
+    with pytest.raises(ExportCheckError, match="more than the tolerance"):
+        export_onnx(module, tmp_path / "bad.onnx", input_shape=(1, 3, 8, 8), tolerance=-1.0)
+    assert not (tmp_path / "bad.onnx").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_export_sampled_and_ofa_native_arch(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", "--supernet", MBV3, "--seed", "3",
+                                 "--out", str(tmp_path / "a.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "MACs" in result.output and "check    passed" in result.output
+    native = {"ks": [3, 5, 7, 3] * 5, "e": [3, 4, 6, 4] * 5, "d": [2, 3, 4, 2, 3], "r": [128]}
+    (tmp_path / "arch.json").write_text(json.dumps(native))
+    result = runner.invoke(app, ["export", "--supernet", MBV3,
+                                 "--arch", str(tmp_path / "arch.json"),
+                                 "--out", str(tmp_path / "b.onnx"), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    net = create_supernet(MBV3)
+    arch = net.space.from_dict(native)
+    assert data["arch_key"] == arch.key() and data["check"] == "passed"
+    assert data["macs"] == net.count(arch).macs and data["input_shape"] == [1, 3, 128, 128]
+    assert Path(data["path"]).stat().st_size == data["bytes"]
+
+
+def test_cli_export_reports_bad_input(tmp_path: Path) -> None:
+    (tmp_path / "arch.json").write_text(json.dumps({"resolution": 100, "depths": [2, 2, 2, 2, 2]}))
+    result = CliRunner().invoke(app, ["export", "--supernet", MBV3,
+                                      "--arch", str(tmp_path / "arch.json"),
+                                      "--out", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 2 and "resolution=100 is not allowed" in result.output
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_supernets_list() -> None:
+    result = CliRunner().invoke(app, ["supernets", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    names = [row["name"] for row in json.loads(result.output)]
+    assert {MBV3, "ofa_mbv3_d234_e346_k357_w1.2", "ofa_resnet50"} <= set(names)

@@ -1,0 +1,130 @@
+"""Whole jobs with real supernet exports, real onnxruntime profiling, real predictors and Ray.
+
+A job is run in this process (``run_job``) on a SQLite store; then run again
+to show that nothing measured is measured twice, stopped mid-way to show that
+cancellation is cooperative, and recovered after a simulated crash.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hwsearch.jobs import (
+    JobSpec,
+    ProfileSpec,
+    SupernetRef,
+    cancel_job,
+    execute,
+    recover_jobs,
+    run_job,
+    run_profile,
+)
+from hwsearch.store import SQLiteStore
+from tests._jobs import SUPERNET, fast_device, random_dataset, tiny_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_runtime() -> Iterator[None]:
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_dataset(tmp_path_factory.mktemp("data") / "val.npz")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> tuple[SQLiteStore, str, JobSpec]:
+    store = SQLiteStore(tmp_path_factory.mktemp("store") / "jobs.sqlite")
+    spec = tiny_spec(dataset, [fast_device("cpu-1t")], n_profile=4, budget=2)
+    job_id = store.create_job(spec.to_dict())
+    run_job(spec, store=store, job_id=job_id)
+    return store, job_id, spec
+
+
+def test_a_job_ends_with_measured_fronts_in_the_store(finished: tuple[SQLiteStore, str, JobSpec]) -> None:
+    store, job_id, spec = finished
+    record = store.get_job(job_id)
+    assert record.state == "succeeded" and record.progress["fraction"] == 1.0
+    result = record.result
+    front = result["fronts"]["cpu-1t"]
+    assert front["points"], "a front has at least one subnet"
+    latencies = store.get_latencies(result["devices"]["cpu-1t"]["hash"], result["space_name"])
+    accuracies = store.get_accuracies(result["supernet_id"], result["dataset_id"])
+    assert len(latencies) == spec.n_profile + spec.budget
+    for point in front["points"]:  # every point was really measured, and is in the store
+        row = latencies[point["arch_key"]]
+        stored = row["latency_ms"] if math.isfinite(row["latency_ms"]) else row["median_ms"]
+        assert point["measured"]["latency_ms"] == stored
+        assert point["measured"]["accuracy"] == accuracies[point["arch_key"]]
+    assert result["predictors"]["accuracy"]["n_train"] == spec.n_profile
+    assert result["devices"]["cpu-1t"]["rounds"] >= 1
+
+
+def test_a_second_run_measures_nothing_twice(finished: tuple[SQLiteStore, str, JobSpec]) -> None:
+    store, job_id, spec = finished
+    result = store.get_job(job_id).result
+    device_hash = result["devices"]["cpu-1t"]["hash"]
+    before = store.get_latencies(device_hash, result["space_name"])
+    again = store.create_job(JobSpec.from_dict({**spec.to_dict(), "budget": 0}).to_dict())
+    rerun = run_job(JobSpec.from_dict(store.get_job(again).spec), store=store, job_id=again)
+    assert rerun["devices"]["cpu-1t"]["profiling"]["measured"] == 0
+    assert rerun["devices"]["cpu-1t"]["profiling"]["skipped"] == spec.n_profile
+    assert store.get_latencies(device_hash, result["space_name"]) == before
+    n_known = sum(1 for _ in rerun["fronts"]["cpu-1t"]["points"])
+    assert 1 <= n_known <= len(before)
+
+
+def test_profiling_one_subnet_stores_its_measurement(finished: tuple[SQLiteStore, str, JobSpec]) -> None:
+    store, _, _ = finished
+    arch = {"resolution": 32, "depths": [2] * 5, "kernel": [3] * 10, "expand": [3] * 10}
+    spec = ProfileSpec(supernet=SupernetRef(**SUPERNET), device=fast_device("cpu-1t"), arch=arch)
+    job_id = store.create_job(spec.to_dict())
+    result = run_profile(spec, store=store, job_id=job_id)
+    assert result["measurement"]["latency_ms"] > 0 and result["params"] > 0
+    stored = store.get_latencies(result["device_hash"], result["space_name"])[result["arch_key"]]
+    assert stored == result["measurement"]
+    assert store.get_job(job_id).state == "succeeded"
+
+
+def test_cancel_stops_a_running_job_between_steps(tmp_path: Path, dataset: Path) -> None:
+    store = SQLiteStore(tmp_path / "jobs.sqlite")
+    spec = tiny_spec(dataset, [fast_device("cpu-a"), fast_device("cpu-b", 2)], n_profile=3, seed=7)
+    job_id = store.create_job(spec.to_dict())
+    outcome: list[object] = []
+    runner = threading.Thread(target=lambda: outcome.append(execute(spec.to_dict(), store, job_id)))
+    runner.start()
+    deadline = time.monotonic() + 300
+    while store.get_job(job_id).progress.get("step") != "profile" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    cancel_job(store=store, job_id=job_id)
+    runner.join(timeout=600)
+    assert outcome == [None], "a cancelled job returns no result"
+    record = store.get_job(job_id)
+    assert record.state == "cancelled" and record.result is None
+    assert record.progress["step"] == "profile", "it stopped before measuring accuracies"
+
+
+def test_jobs_left_active_by_a_dead_process_are_marked_interrupted(tmp_path: Path, dataset: Path) -> None:
+    store = SQLiteStore(tmp_path / "jobs.sqlite")
+    spec = tiny_spec(dataset, [fast_device("cpu-1t")])
+    running, queued, done = (store.create_job(spec.to_dict()) for _ in range(3))
+    store.update_job(running, state="running", progress={"step": "profile", "fraction": 0.2})
+    store.update_job(done, state="succeeded", result={"fronts": {}})
+    assert sorted(recover_jobs(store=SQLiteStore(store.path))) == sorted([running, queued])
+    for job_id in (running, queued):
+        record = store.get_job(job_id)
+        assert record.state == "interrupted" and "measurements are kept" in record.error
+        assert record.spec == spec.to_dict(), "the spec survives, so the job can be resumed"
+    assert store.get_job(done).state == "succeeded"

@@ -1,0 +1,150 @@
+"""Profiling pipeline on real exported subnets measured with real onnxruntime (small N).
+
+One module-scoped run profiles a couple of dozen OFA-MobileNetV3 subnets at
+128 px into a SQLite store; the tests then check the rows, resumption, a
+predictor trained on those real latencies, and the ``profile``/``train`` CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hwsearch.pipeline import profile_subnets, select_subnets
+from hwsearch.space import ofa_mbv3_space, ofa_resnet50_space
+from hwsearch.store import SQLiteStore
+from predictors.dataset import MeasurementSet
+from predictors.features import ArchFeaturizer
+from predictors.latency import LatencyPredictor
+from predictors.metrics import regression_report
+
+pytestmark = pytest.mark.slow
+N_SUBNETS = 24
+RESOLUTION = 128
+
+
+# --------------------------------------------------------------------------- selection
+
+
+@pytest.mark.parametrize("space", [ofa_mbv3_space(), ofa_resnet50_space()], ids=lambda s: s.name)
+def test_selection_covers_small_and_large_subnets(space) -> None:
+    picked = select_subnets(space, 60, seed=3)
+    assert len(picked) == 60 and len({a.key() for a in picked}) == 60
+    assert space.smallest() in picked and space.largest() in picked
+    featurizer = ArchFeaturizer(space)
+    ours = np.log(featurizer.macs(space.encode_many(picked)))
+    uniform = np.log(featurizer.macs(space.encode_many(space.sample(3, 600))))
+    assert ours.std() > uniform.std()  # more spread than uniform gene sampling
+    assert len({a.resolution for a in picked}) > 5
+    assert select_subnets(space, 60, seed=3) == picked  # deterministic: runs can resume
+
+
+def test_selection_pins_resolution_and_excludes_keys() -> None:
+    space = ofa_mbv3_space()
+    first = select_subnets(space, 30, seed=1, resolution=160)
+    second = select_subnets(space, 30, seed=2, resolution=160, exclude=[a.key() for a in first])
+    assert {a.resolution for a in first + second} == {160}
+    assert not {a.key() for a in first} & {a.key() for a in second}
+
+
+# --------------------------------------------------------------------------- real profiling
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory: pytest.TempPathFactory):
+    supernets = pytest.importorskip("hwsearch.supernets")
+    from devices import open_profiler
+    from devices.profile import DeviceProfile, Protocol, Warmup
+
+    root = tmp_path_factory.mktemp("pipeline")
+    profile = DeviceProfile(
+        name="test-cpu-1thread", intra_op_threads=1, warmup=Warmup(runs=3, seconds=0.1),
+        protocol=Protocol(min_rounds=6, max_rounds=40, max_seconds=20.0, ci_target=0.03))
+    (root / "device.json").write_text(json.dumps(profile.to_dict()))
+    net = supernets.create_supernet("ofa_mbv3_d234_e346_k357_w1.0")
+    archs = select_subnets(net.space, N_SUBNETS, seed=5, resolution=RESOLUTION)
+    store = SQLiteStore(root / "store.db")
+    events: list[dict] = []
+    report = profile_subnets(net, archs[:-4], open_profiler(profile), profile.hash(), store,
+                             chunk=10, progress=events.append)
+    return net, archs, profile, store, report, events, root
+
+
+def test_rows_hold_measurement_arch_and_costs(profiled) -> None:
+    net, archs, profile, store, report, events, _ = profiled
+    assert report.measured == N_SUBNETS - 4 and report.skipped == 0
+    assert events[-1]["done"] == N_SUBNETS - 4
+    rows = store.get_latencies(profile.hash(), net.space.name)
+    assert set(rows) == {a.key() for a in archs[:-4]}
+    featurizer = ArchFeaturizer(net.space)
+    for arch in archs[:-4]:
+        row = rows[arch.key()]
+        assert row["latency_ms"] > 0 and row["ratio"] > 0 and row["device_hash"] == profile.hash()
+        assert net.space.from_dict(row["arch"]) == arch
+        assert row["macs"] == int(featurizer.macs(net.space.encode_many([arch]))[0])
+        assert row["env"]["reference_ms"] > 0
+
+
+def test_second_run_measures_only_what_is_missing(profiled) -> None:
+    from devices import open_profiler
+
+    net, archs, profile, store, _, _, _ = profiled
+    report = profile_subnets(net, archs, open_profiler(profile), profile.hash(), store, chunk=10)
+    assert report.skipped == N_SUBNETS - 4 and report.measured == 4
+    again = profile_subnets(net, archs, open_profiler(profile), profile.hash(), store)
+    assert again.measured == 0 and again.skipped == N_SUBNETS
+
+
+def test_predictor_ranks_real_latencies(profiled) -> None:
+    net, archs, profile, store, _, _, _ = profiled
+    data = MeasurementSet.from_latencies(net.space, store.get_latencies(profile.hash(),
+                                                                        net.space.name))
+    macs = ArchFeaturizer(net.space).macs(data.X)
+    order = np.argsort(macs)
+    test_idx, train_idx = order[1::3], np.setdiff1d(order, order[1::3])
+    model = LatencyPredictor(net.space, device_hash=profile.hash(), n_members=3).fit(
+        data.X[train_idx], data.y[train_idx], X_test=data.X[test_idx], y_test=data.y[test_idx])
+    report = model.meta.metrics["test"]
+    assert report["tau"] > 0.6 and report["mape"] < 25
+    assert "cv" in model.meta.metrics
+    mean, std = model.predict_dist(data.X[test_idx])
+    assert np.all(mean > 0) and np.all(std >= 0)
+    assert regression_report(data.y[test_idx], mean)["n"] == len(test_idx)
+
+
+def test_train_cli_fits_saves_and_reports(profiled) -> None:
+    from typer.testing import CliRunner
+
+    from hwsearch.cli.main import app
+
+    net, _, profile, store, _, _, root = profiled
+    out = root / "predictor"
+    result = CliRunner().invoke(app, ["train", "--target", "latency", "--device",
+                                      str(root / "device.json"), "--store", str(store.path),
+                                      "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads(result.stdout)
+    assert meta["device_hash"] == profile.hash() and meta["space_name"] == net.space.name
+    assert {"cv"} <= set(meta["metrics"])
+    loaded = LatencyPredictor.load(out, space=net.space, device_hash=profile.hash())
+    assert loaded.meta.n_train == meta["n_train"]
+
+
+def test_profile_cli_resumes_from_the_store(profiled) -> None:
+    from typer.testing import CliRunner
+
+    from hwsearch.cli.main import app
+
+    _, _, _, store, _, _, root = profiled
+    args = ["profile", "--device", str(root / "device.json"), "--n", "3", "--resolution",
+            str(RESOLUTION), "--store", str(store.path), "--seed", "9", "--json"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["selected"] == 3
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert json.loads(second.stdout)["measured"] == 0
+    assert json.loads(second.stdout)["skipped"] == 3

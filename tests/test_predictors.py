@@ -1,0 +1,267 @@
+"""Predictors on targets from the analytic cost model: features, metrics, fit, save/load, few-shot.
+
+The latency targets here are a per-layer-kind cost model with a memory-bound
+term (max of compute and traffic per stage) and multiplicative noise, i.e.
+additive but not linear in any single feature; accuracy targets saturate in
+capacity.  Real measured latencies are covered in ``test_predictors_real.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hwsearch.space import SearchSpace, ofa_mbv3_space, ofa_resnet50_space
+from hwsearch.store import MemoryStore
+from predictors.accuracy import AccuracyPredictor
+from predictors.base import PredictorMismatchError
+from predictors.dataset import MeasurementSet, parse_key
+from predictors.features import FEATURE_VERSION, ArchFeaturizer
+from predictors.fewshot import FewShotLatencyPredictor
+from predictors.latency import LatencyPredictor
+from predictors.metrics import format_report, regression_report
+
+MBV3 = ofa_mbv3_space()
+RESNET = ofa_resnet50_space()
+
+
+def _genes(space: SearchSpace, n: int, seed: int) -> np.ndarray:
+    xl, xu = space.bounds()
+    return np.random.default_rng(seed).integers(xl, xu + 1, size=(n, space.n_var))
+
+
+def _device_latency(space: SearchSpace, X: np.ndarray, *, dw_rate: float, pw_rate: float,
+                    seed: int, noise: float = 0.02) -> np.ndarray:
+    """A device whose depthwise convs are memory-bound: per stage max(compute, traffic)."""
+    table = ArchFeaturizer(space).costs(X).columns
+    ms = np.full(len(X), 0.4)
+    for name, value in table.items():
+        if "_macs_dw" in name:
+            kernel = int(name.rsplit("k", 1)[1])
+            act = table[name.split("_macs")[0] + "_act"]
+            ms += np.maximum(dw_rate * value / kernel**1.5, 0.02 * act / 1e3) / 1e6
+        elif "_macs" in name:
+            ms += pw_rate * value / 1e6
+        elif name.endswith("_blocks"):
+            ms += 0.05 * value
+    return ms * np.exp(np.random.default_rng(seed).normal(0.0, noise, len(X)))
+
+
+# --------------------------------------------------------------------------- features
+
+
+@pytest.mark.parametrize("space", [MBV3, RESNET], ids=lambda s: s.name)
+def test_switched_off_blocks_contribute_nothing(space: SearchSpace) -> None:
+    X = _genes(space, 200, 1)
+    featurizer = ArchFeaturizer(space)
+    scrambled = X.copy()
+    inactive = ~space.active_block_mask(X)
+    start = 1 + len(space.stages)
+    for k in range(len(space.block_knobs)):
+        cols = scrambled[:, start + k * space.n_blocks:start + (k + 1) * space.n_blocks]
+        cols[inactive] = np.random.default_rng(k).integers(0, 2, size=int(inactive.sum()))
+    np.testing.assert_array_equal(featurizer.transform(X), featurizer.transform(scrambled))
+    np.testing.assert_array_equal(featurizer.transform(X),
+                                  featurizer.transform(space.canonical_genes(X)))
+
+
+@pytest.mark.parametrize("space", [MBV3, RESNET], ids=lambda s: s.name)
+def test_costs_grow_with_every_choice(space: SearchSpace) -> None:
+    """Raising any gene (bigger resolution, depth, kernel, expand, width) never lowers MACs."""
+    featurizer = ArchFeaturizer(space)
+    X = space.canonical_genes(_genes(space, 100, 2))
+    base = featurizer.costs(X)
+    _, xu = space.bounds()
+    for gene in range(space.n_var):
+        up = X.copy()
+        up[:, gene] = np.minimum(up[:, gene] + 1, xu[gene])
+        grown = featurizer.costs(up)
+        assert np.all(grown.macs >= base.macs), gene
+        assert np.all(grown.params >= base.params), gene
+    assert np.all(featurizer.macs(space.encode_many([space.largest()]))
+                  > featurizer.macs(space.encode_many([space.smallest()])))
+
+
+def test_feature_layout_is_stable_and_named() -> None:
+    featurizer = ArchFeaturizer(MBV3)
+    F = featurizer.transform(_genes(MBV3, 7, 3))
+    assert F.dtype == np.float32 and F.shape == (7, len(featurizer.names))
+    assert len(set(featurizer.names)) == len(featurizer.names)
+    with pytest.raises(ValueError, match="encoded genes of shape"):
+        featurizer.transform(np.zeros((3, MBV3.n_var + 1), dtype=np.int64))
+
+
+def test_analytic_macs_match_the_torch_supernets() -> None:
+    supernets = pytest.importorskip("hwsearch.supernets")
+    for name in ["ofa_mbv3_d234_e346_k357_w1.0", "ofa_mbv3_d234_e346_k357_w1.2", "ofa_resnet50"]:
+        net = supernets.create_supernet(name)
+        space = net.space
+        archs = space.sample(np.random.default_rng(4), 25) + [space.smallest(), space.largest()]
+        ours = ArchFeaturizer(net.space).costs(net.space.encode_many(archs))
+        theirs = [net.count(a) for a in archs]
+        np.testing.assert_array_equal(ours.macs, [c.macs for c in theirs])
+        np.testing.assert_array_equal(ours.params, [c.params for c in theirs])
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_regression_report() -> None:
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    perfect = regression_report(y, y)
+    assert perfect["tau"] == pytest.approx(1.0) and perfect["mape"] == 0.0
+    assert perfect["within_5"] == 1.0 and perfect["rmse"] == 0.0
+    off = regression_report(y, np.array([1.04, 2.0, 3.3, 3.0]))
+    assert off["within_5"] == 0.5 and off["within_10"] == 0.75
+    assert off["mape"] == pytest.approx(100 * (0.04 + 0 + 0.1 + 0.25) / 4)
+    assert off["rmse"] == pytest.approx(np.sqrt((0.04**2 + 0.3**2 + 1.0) / 4))
+    assert "tau=" in format_report(off)
+    with pytest.raises(ValueError):
+        regression_report(y, y[:3])
+
+
+# --------------------------------------------------------------------------- latency
+
+
+@pytest.fixture(scope="module")
+def latency_data() -> tuple[np.ndarray, np.ndarray]:
+    X = MBV3.canonical_genes(_genes(MBV3, 500, 5))
+    return X, _device_latency(MBV3, X, dw_rate=3.0, pw_rate=1.0, seed=6)
+
+
+@pytest.fixture(scope="module")
+def latency_model(latency_data: tuple[np.ndarray, np.ndarray]) -> LatencyPredictor:
+    X, y = latency_data
+    return LatencyPredictor(MBV3, device_hash="dev-a", n_members=4).fit(
+        X[:200], y[:200], X_test=X[200:], y_test=y[200:])
+
+
+def test_latency_predictor_quality_on_held_out(latency_model: LatencyPredictor) -> None:
+    test, cv = latency_model.meta.metrics["test"], latency_model.meta.metrics["cv"]
+    assert test["n"] == 300 and cv["n"] == 200
+    assert test["tau"] > 0.85 and test["within_10"] > 0.95 and test["mape"] < 5
+    assert cv["within_10"] > 0.9
+    assert "test" in latency_model.report() and "within10" in latency_model.report()
+
+
+def test_latency_predictor_beats_macs_only_at_fifty_samples(
+    latency_data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    X, y = latency_data
+    model = LatencyPredictor(MBV3, n_members=0, cv_folds=0).fit(X[:50], y[:50])
+    ours = regression_report(y[50:], model.predict(X[50:]))
+    macs = ArchFeaturizer(MBV3).macs(X)
+    slope = np.polyfit(macs[:50], y[:50], 1)
+    flops_only = regression_report(y[50:], np.polyval(slope, macs[50:]))
+    assert ours["mape"] < flops_only["mape"] and ours["tau"] > flops_only["tau"]
+
+
+def test_predict_dist_spread(latency_model: LatencyPredictor,
+                             latency_data: tuple[np.ndarray, np.ndarray]) -> None:
+    X, _ = latency_data
+    mean, std = latency_model.predict_dist(X[200:260])
+    np.testing.assert_allclose(mean, latency_model.predict(X[200:260]))
+    assert np.all(std >= 0) and np.all(std > 0)
+    assert np.median(std / mean) < 0.1
+
+
+def test_save_load_round_trip_and_refusals(latency_model: LatencyPredictor, tmp_path: Path,
+                                           latency_data: tuple[np.ndarray, np.ndarray]) -> None:
+    X, _ = latency_data
+    latency_model.save(tmp_path / "p")
+    files = {p.name for p in (tmp_path / "p").iterdir()}
+    assert {"meta.json", "base.json", "model.json", "member_0.json"} <= files
+    json.loads((tmp_path / "p" / "model.json").read_text())  # XGBoost JSON
+    loaded = LatencyPredictor.load(tmp_path / "p", space=MBV3, device_hash="dev-a")
+    np.testing.assert_allclose(loaded.predict(X), latency_model.predict(X), rtol=1e-6)
+    np.testing.assert_allclose(loaded.predict_dist(X)[1], latency_model.predict_dist(X)[1],
+                               rtol=1e-5)
+    assert loaded.meta.metrics == latency_model.meta.metrics
+    assert loaded.meta.n_train == 200 and loaded.meta.feature_version == FEATURE_VERSION
+    with pytest.raises(PredictorMismatchError, match="device 'dev-a', not 'dev-b'"):
+        LatencyPredictor.load(tmp_path / "p", space=MBV3, device_hash="dev-b")
+    with pytest.raises(PredictorMismatchError, match="trained for space"):
+        LatencyPredictor.load(tmp_path / "p", space=ofa_mbv3_space(1.2), device_hash="dev-a")
+    with pytest.raises(PredictorMismatchError, match="predicts 'latency_ms'"):
+        AccuracyPredictor.load(tmp_path / "p", space=MBV3)
+    meta = json.loads((tmp_path / "p" / "meta.json").read_text())
+    (tmp_path / "p" / "meta.json").write_text(json.dumps(meta | {"feature_version": "0"}))
+    with pytest.raises(PredictorMismatchError, match="feature version '0'.*retrain"):
+        LatencyPredictor.load(tmp_path / "p", space=MBV3, device_hash="dev-a")
+
+
+def test_fit_rejects_bad_labels() -> None:
+    X = _genes(MBV3, 5, 7)
+    with pytest.raises(ValueError, match="positive"):
+        LatencyPredictor(MBV3).fit(X, [1.0, 2.0, -1.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match="rows"):
+        LatencyPredictor(MBV3).fit(X, [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        AccuracyPredictor(MBV3).fit(X, [71.0, 72.0, 73.0, 74.0, 75.0])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        LatencyPredictor(MBV3).predict(X)
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def test_accuracy_predictor_ranks_held_out_subnets() -> None:
+    X = RESNET.canonical_genes(_genes(RESNET, 400, 8))
+    log_macs = np.log(ArchFeaturizer(RESNET).macs(X))
+    y = 0.80 - 0.25 * np.exp(-(log_macs - log_macs.min()))
+    y = y + np.random.default_rng(9).normal(0, 0.003, len(y))
+    model = AccuracyPredictor(RESNET, n_members=2).fit(X[:150], y[:150], X_test=X[150:],
+                                                       y_test=y[150:])
+    assert model.meta.metrics["test"]["tau"] > 0.75
+    assert model.meta.device_hash is None and model.meta.target == "accuracy"
+    pred = model.predict(X[150:])
+    assert np.all((pred >= 0) & (pred <= 1))
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+@pytest.mark.parametrize("space", [MBV3, RESNET], ids=lambda s: s.name)
+def test_parse_key_round_trips(space: SearchSpace) -> None:
+    for arch in space.sample(np.random.default_rng(10), 50):
+        assert parse_key(space, arch.key()) == arch
+    with pytest.raises(ValueError):
+        parse_key(space, "q3-d2")
+
+
+def test_measurement_set_from_store_and_stable_split() -> None:
+    store = MemoryStore()
+    archs = MBV3.sample(np.random.default_rng(11), 60)
+    for i, arch in enumerate(archs):
+        store.put_latency("d", MBV3.name, arch.key(), {"latency_ms": 1.0 + i})
+    data = MeasurementSet.from_latencies(MBV3, store.get_latencies("d", MBV3.name))
+    assert len(data) == len({a.key() for a in archs})
+    train, test = data.split(0.25, seed=3)
+    assert not set(train.keys) & set(test.keys) and len(train) + len(test) == len(data)
+    bigger = MeasurementSet.from_archs(MBV3, archs + MBV3.sample(np.random.default_rng(12), 20),
+                                       np.ones(80))
+    _, test2 = bigger.split(0.25, seed=3)
+    assert set(test.keys) <= set(test2.keys)  # adding rows never moves old ones across
+    for key, genes in zip(data.keys, data.X):
+        assert MBV3.decode(genes).key() == key
+
+
+# --------------------------------------------------------------------------- few-shot
+
+
+def test_few_shot_beats_scratch_with_twenty_measurements(
+    latency_model: LatencyPredictor, latency_data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    X, _ = latency_data
+    y_new = _device_latency(MBV3, X, dw_rate=8.0, pw_rate=0.6, seed=13)
+    shot = FewShotLatencyPredictor([latency_model]).fit(X[:20], y_new[:20])
+    few = regression_report(y_new[200:], shot.predict(X[200:]))
+    scratch = LatencyPredictor(MBV3, n_members=0, cv_folds=0).fit(X[:20], y_new[:20])
+    base = regression_report(y_new[200:], scratch.predict(X[200:]))
+    assert few["tau"] > base["tau"] and few["within_10"] >= base["within_10"]
+    assert few["tau"] > 0.8
+    with pytest.raises(ValueError, match="at least 3"):
+        FewShotLatencyPredictor([latency_model]).fit(X[:2], y_new[:2])

@@ -1,0 +1,79 @@
+"""Pareto fronts: construction, hypervolume, JSON round-trip and the three queries users ask."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hwsearch.problem import accuracy_latency
+from hwsearch.results import Candidate, ParetoFront, hypervolume
+from hwsearch.space import ofa_mbv3_space
+
+SPACE = ofa_mbv3_space()
+
+# (accuracy, latency_ms): a convex front plus one dominated point.
+POINTS = [(0.70, 1.0), (0.74, 1.5), (0.76, 3.0), (0.77, 6.0), (0.72, 4.0)]
+
+
+def _front(points=POINTS, reference=(-0.6, 10.0)) -> ParetoFront:
+    archs = SPACE.sample(0, len(points))
+    candidates = [
+        Candidate(arch=a, measured={"accuracy": acc, "latency_ms": lat},
+                  predicted={"accuracy": acc + 0.01, "latency_ms": lat * 1.1},
+                  spread={"accuracy": 0.005, "latency_ms": 0.1}, macs=200_000_000 + i,
+                  params=5_000_000 + i)
+        for i, (a, (acc, lat)) in enumerate(zip(archs, points))
+    ]
+    return ParetoFront.build(device="pixel", space_name=SPACE.name, candidates=candidates,
+                             objectives=accuracy_latency(), reference_point=reference, seed=7,
+                             settings={"pop_size": 10})
+
+
+def test_build_keeps_only_non_dominated_points_sorted_by_accuracy():
+    front = _front()
+    assert [p.measured["accuracy"] for p in front.points] == [0.77, 0.76, 0.74, 0.70]
+
+
+def test_hypervolume_is_the_area_dominated_up_to_the_reference_point():
+    # Staircase area in (-accuracy, latency) up to (-0.6, 10), computed by hand.
+    expected = (0.70 - 0.6) * (10 - 1.0) + (0.74 - 0.70) * (10 - 1.5) \
+        + (0.76 - 0.74) * (10 - 3.0) + (0.77 - 0.76) * (10 - 6.0)
+    assert _front().hypervolume == pytest.approx(expected)
+    assert hypervolume([[0.0, 20.0]], [-0.6, 10.0]) == 0.0
+
+
+def test_json_round_trip_is_exact_and_validates_against_the_space(tmp_path):
+    front = _front()
+    path = front.save(tmp_path / "pixel.json")
+    assert ParetoFront.load(path, SPACE) == front
+    assert ParetoFront.from_json(front.to_json()) == front
+    data = json.loads(front.to_json())
+    assert data["points"][0]["arch_key"] == front.points[0].arch.key()
+    assert data["reference_point"] == [-0.6, 10.0]
+    data["points"][0]["arch"]["resolution"] = 999
+    with pytest.raises(ValueError, match="resolution"):
+        ParetoFront.from_dict(data, SPACE)
+
+
+def test_a_front_for_another_space_is_refused():
+    from hwsearch.space import ofa_resnet50_space
+
+    with pytest.raises(ValueError, match="space"):
+        ParetoFront.from_json(_front().to_json(), ofa_resnet50_space())
+
+
+def test_best_under_and_fastest_above():
+    front = _front()
+    assert front.best_under(3.0).measured["accuracy"] == 0.76
+    assert front.best_under(0.5) is None
+    assert front.fastest_above(0.75).measured["latency_ms"] == 3.0
+    assert front.fastest_above(0.9) is None
+    assert front.best_under(3.0, source="predicted").predicted["latency_ms"] <= 3.0
+
+
+def test_knee_is_where_the_trade_off_bends():
+    # Normalised, (0.74, 1.5) sits farthest inside the chord from (0.70, 1.0) to (0.77, 6.0).
+    assert _front().knee().measured == {"accuracy": 0.74, "latency_ms": 1.5}
+    assert _front(points=[(0.7, 1.0)]).knee().measured["accuracy"] == 0.7
+    assert _front(points=[]).knee() is None

@@ -1,0 +1,139 @@
+"""The store contract, run against every backend."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from pathlib import Path
+
+import pytest
+
+from hwsearch.store import JOB_STATES, MemoryStore, SQLiteStore, Store, open_store
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "s.db")
+
+
+MEAS = {"latency_ms": 12.5, "ratio": 1.1, "stable": True, "env": {"cpu": "x"}}
+
+
+def test_latencies_are_keyed_by_device_space_and_arch(store: Store) -> None:
+    store.put_latency("dev1", "space", "a", MEAS)
+    store.put_latency("dev1", "space", "b", MEAS | {"latency_ms": 3.0})
+    store.put_latency("dev2", "space", "a", MEAS | {"latency_ms": 99.0})
+    store.put_latency("dev1", "other", "a", MEAS | {"latency_ms": 7.0})
+    got = store.get_latencies("dev1", "space")
+    assert set(got) == {"a", "b"} and got["a"] == MEAS and got["b"]["latency_ms"] == 3.0
+    assert store.get_latencies("dev2", "space")["a"]["latency_ms"] == 99.0
+    assert store.get_latencies("nope", "space") == {}
+    assert store.measured_keys("dev1", "other") == {"a"}
+
+
+def test_put_replaces_and_results_are_snapshots(store: Store) -> None:
+    store.put_latency("d", "s", "a", MEAS)
+    snap = store.get_latencies("d", "s")
+    snap["a"]["latency_ms"] = -1.0
+    store.put_latency("d", "s", "a", MEAS | {"latency_ms": 1.0})
+    assert store.get_latencies("d", "s")["a"]["latency_ms"] == 1.0
+    assert snap["a"]["latency_ms"] == -1.0
+
+
+def test_accuracies(store: Store) -> None:
+    store.put_accuracy("net", "data", "a", 0.75)
+    store.put_accuracy("net", "data", "a", 0.8)
+    store.put_accuracy("net", "other", "a", 0.1)
+    assert store.get_accuracies("net", "data") == {"a": 0.8}
+    assert store.get_accuracies("x", "data") == {}
+
+
+def test_job_lifecycle(store: Store) -> None:
+    job = store.create_job({"kind": "search", "n": 3})
+    first = store.get_job(job)
+    assert first.state == "queued" and first.spec == {"kind": "search", "n": 3}
+    assert first.progress == {} and first.result is None and first.error is None
+    store.update_job(job, state="running", progress={"step": 1, "of": 3})
+    store.update_job(job, error="transient")
+    store.update_job(job, state="succeeded", result={"fronts": [1, 2]}, error=None)
+    last = store.get_job(job)
+    assert last.state == "succeeded" and last.progress == {"step": 1, "of": 3}
+    assert last.result == {"fronts": [1, 2]} and last.error is None
+    assert last.updated >= first.updated
+    assert first.state == "queued"  # the earlier snapshot did not change
+    with pytest.raises(ValueError, match="unknown job state"):
+        store.update_job(job, state="exploded")
+    with pytest.raises(KeyError):
+        store.get_job("missing")
+    with pytest.raises(KeyError):
+        store.update_job("missing", state="failed")
+
+
+def test_list_jobs_in_creation_order_and_restart_recovery(store: Store) -> None:
+    ids = [store.create_job({"i": i}) for i in range(4)]
+    store.update_job(ids[1], state="running")
+    store.update_job(ids[2], state="succeeded")
+    assert [r.job_id for r in store.list_jobs()] == ids
+    assert store.mark_interrupted_running() == [ids[1]]
+    states = {r.job_id: r.state for r in store.list_jobs()}
+    assert states == {ids[0]: "queued", ids[1]: "interrupted", ids[2]: "succeeded",
+                      ids[3]: "queued"}
+    assert store.get_job(ids[1]).error
+    assert set(JOB_STATES) >= set(states.values())
+
+
+def test_concurrent_writes_from_threads(store: Store) -> None:
+    n_threads, per_thread = 8, 40
+    job = store.create_job({"kind": "x"})
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(per_thread):
+                store.put_latency("d", "s", f"t{t}-{i}", {"latency_ms": float(i)})
+                store.put_accuracy("n", "ds", f"t{t}-{i}", i / per_thread)
+                store.update_job(job, progress={"thread": t, "i": i})
+                store.get_latencies("d", "s")
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(store.get_latencies("d", "s")) == n_threads * per_thread
+    assert len(store.get_accuracies("n", "ds")) == n_threads * per_thread
+    assert store.get_job(job).progress["i"] == per_thread - 1
+
+
+def test_pickling_keeps_contents(store: Store) -> None:
+    store.put_latency("d", "s", "a", MEAS)
+    job = store.create_job({"kind": "x"})
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.get_latencies("d", "s") == {"a": MEAS}
+    assert clone.get_job(job).spec == {"kind": "x"}
+    clone.put_accuracy("n", "d", "a", 0.5)
+    clone.get_accuracies("n", "d")
+
+
+def test_sqlite_clone_shares_the_file_and_survives_reopen(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    store.get_latencies("d", "s")  # open a connection before pickling
+    clone = pickle.loads(pickle.dumps(store))
+    clone.put_latency("d", "s", "from-clone", MEAS)
+    assert "from-clone" in store.get_latencies("d", "s")
+    reopened = open_store(tmp_path / "s.db")
+    assert isinstance(reopened, SQLiteStore) and "from-clone" in reopened.measured_keys("d", "s")
+    con = reopened._conn()
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_open_store_normalises_its_argument(tmp_path: Path) -> None:
+    assert isinstance(open_store(None), MemoryStore)
+    assert isinstance(open_store(str(tmp_path / "x.db")), SQLiteStore)
+    same = MemoryStore()
+    assert open_store(same) is same
+    with pytest.raises(TypeError):
+        open_store(3)  # type: ignore[arg-type]
