@@ -46,10 +46,10 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _profiles(ci_target: float) -> tuple[Any, Any]:
+def _profiles(ci_target: float, max_rounds: int) -> tuple[Any, Any]:
     from devices.profile import DeviceProfile, Protocol
 
-    protocol = Protocol(ci_target=ci_target, max_rounds=120, max_seconds=240.0)
+    protocol = Protocol(ci_target=ci_target, max_rounds=max_rounds, max_seconds=240.0)
     main = DeviceProfile(name="ort-cpu-1thread", intra_op_threads=1, protocol=protocol)
     other = DeviceProfile(name="ort-cpu-1thread-noopt", intra_op_threads=1,
                           graph_optimization="disable", protocol=protocol)
@@ -57,13 +57,18 @@ def _profiles(ci_target: float) -> tuple[Any, Any]:
 
 
 def _measure(net: Any, archs: list, profile: Any, device_key: str, store: Any, what: str,
-             chunk: int) -> dict[str, dict[str, Any]]:
+             chunk: int, stored_only: bool) -> dict[str, dict[str, Any]]:
+    """Measure what is missing (or, with ``stored_only``, just read what is stored)."""
     from devices import open_profiler
     from hwsearch.pipeline import profile_subnets
 
     def progress(event: dict[str, Any]) -> None:
         _log(f"{what}: {event['done']}/{event['total']} measured")
 
+    if stored_only:
+        rows = store.get_latencies(device_key, net.space.name)
+        _log(f"{what}: {sum(a.key() in rows for a in archs)}/{len(archs)} stored")
+        return rows
     report = profile_subnets(net, archs, open_profiler(profile), device_key, store, chunk=chunk,
                              progress=progress)
     _log(f"{what}: {report.measured} new, {report.skipped} already stored, "
@@ -71,13 +76,21 @@ def _measure(net: Any, archs: list, profile: Any, device_key: str, store: Any, w
     return store.get_latencies(device_key, net.space.name)
 
 
-def _labels(rows: dict[str, dict[str, Any]], archs: list, scale: float) -> np.ndarray:
-    """Reference ratios on one per-device ms scale (see ``calibrated_latencies``)."""
-    return np.array([float(rows[a.key()]["ratio"]) * scale for a in archs])
+def _labelled(rows: dict[str, dict[str, Any]], archs: list, scale: float
+              ) -> tuple[list, np.ndarray]:
+    """Stored archs with a finite reference ratio, and their ratios on one per-device ms scale."""
+    kept = [a for a in archs if a.key() in rows and np.isfinite(float(rows[a.key()]["ratio"]))]
+    if len(kept) < len(archs):
+        _log(f"{len(archs) - len(kept)} subnets unmeasured or without a reference ratio left out")
+    return kept, np.array([float(rows[a.key()]["ratio"]) * scale for a in kept])
 
 
 def _scale(rows: dict[str, dict[str, Any]]) -> float:
     return float(np.median([r["env"]["reference_ms"] for r in rows.values()]))
+
+
+def _available_sizes(requested: list[int], available: int) -> list[int]:
+    return sorted({min(n, available) for n in requested})
 
 
 def _spread_subset(X: np.ndarray, macs: np.ndarray, n: int) -> np.ndarray:
@@ -175,28 +188,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     store = SQLiteStore(args.store)
     net = create_supernet(SUPERNET)
     space = net.space
-    main_profile, other_profile = _profiles(args.ci_target)
-    device = main_profile.hash()
+    main_profile, other_profile = _profiles(args.ci_target, args.max_rounds)
+    device = args.device_key or main_profile.hash()
     n_pool = max(args.n_train)
     train_archs = select_subnets(space, n_pool, seed=1, resolution=args.resolution)
     test_archs = select_subnets(space, args.n_test, seed=2, resolution=args.resolution,
                                 exclude=[a.key() for a in train_archs])
     _log(f"device {main_profile.name} {device}: {len(train_archs)} train, {len(test_archs)} test")
-    train_lat = _measure(net, train_archs, main_profile, device, store, "train pool", args.chunk)
-    test_lat = _measure(net, test_archs, main_profile, device, store, "test", args.chunk)
+    train_lat = _measure(net, train_archs, main_profile, device, store, "train pool", args.chunk,
+                         args.evaluate_only)
+    test_lat = _measure(net, test_archs, main_profile, device, store, "test", args.chunk,
+                        args.evaluate_only)
 
     scale = _scale(train_lat)
+    selected_train, selected_test = train_archs, test_archs
+    train_archs, y_pool = _labelled(train_lat, selected_train, scale)
+    test_archs, y_test = _labelled(test_lat, selected_test, scale)
     X_pool = space.encode_many(train_archs)
-    y_pool = _labels(train_lat, train_archs, scale)
     X_test = space.encode_many(test_archs)
-    y_test = _labels(test_lat, test_archs, scale)
     macs_pool = ArchFeaturizer(space).macs(X_pool)
     results: dict[str, Any] = {
         "supernet": SUPERNET, "resolution": args.resolution, "device": main_profile.name,
         "device_hash": device, "n_test": len(test_archs), "rows": [], "scale_ms": scale,
         "latency_range_ms": [float(y_test.min()), float(y_test.max())],
     }
-    for n in sorted(args.n_train):
+    for n in _available_sizes(args.n_train, len(train_archs)):
         idx = _spread_subset(X_pool, macs_pool, n)
         for name, fit in _methods(space, device).items():
             start = time.perf_counter()
@@ -208,35 +224,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.remeasure:
         again = _measure(net, test_archs, main_profile, f"{device}/remeasure", store,
-                         "test re-measurement", args.chunk)
-        y_again = _labels(again, test_archs, scale)
-        best_idx = _spread_subset(X_pool, macs_pool, n_pool)
-        best = LatencyPredictor(space, device_hash=device, cv_folds=0).fit(X_pool[best_idx],
-                                                                           y_pool[best_idx])
+                         "test re-measurement", args.chunk, args.evaluate_only)
+        again_archs, y_again = _labelled(again, test_archs, scale)
+        kept = [i for i, a in enumerate(test_archs) if a in set(again_archs)]
+        best = LatencyPredictor(space, device_hash=device, cv_folds=0).fit(X_pool, y_pool)
         results["remeasure"] = {
-            "first_vs_second_pass": regression_report(y_again, y_test),
-            f"hwsearch_n{n_pool}_vs_second_pass": regression_report(y_again, best.predict(X_test)),
+            "first_vs_second_pass": regression_report(y_again, y_test[kept]),
+            f"hwsearch_n{len(y_pool)}_vs_second_pass": regression_report(
+                y_again, best.predict(X_test[kept])),
         }
 
     if args.fewshot:
-        other = other_profile.hash()
-        shot_idx = _spread_subset(X_pool, macs_pool, 20)
-        shot_archs = [train_archs[i] for i in shot_idx]
-        fs_test = test_archs[:args.fewshot_test]
-        shot_lat = _measure(net, shot_archs, other_profile, other, store, "few-shot 20", args.chunk)
-        fs_lat = _measure(net, fs_test, other_profile, other, store, "few-shot test", args.chunk)
+        other = args.other_key or other_profile.hash()
+        X_selected = space.encode_many(selected_train)
+        shot_idx = _spread_subset(X_selected, ArchFeaturizer(space).macs(X_selected), 20)
+        shot_archs = [selected_train[i] for i in shot_idx]
+        fs_test = selected_test[:args.fewshot_test]
+        shot_lat = _measure(net, shot_archs, other_profile, other, store, "few-shot 20",
+                            args.chunk, args.evaluate_only)
+        fs_lat = _measure(net, fs_test, other_profile, other, store, "few-shot test", args.chunk,
+                          args.evaluate_only)
         other_scale = _scale(shot_lat)
+        shot_archs, y_shot = _labelled(shot_lat, shot_archs, other_scale)
+        fs_test, y_fs = _labelled(fs_lat, fs_test, other_scale)
         X_shot = space.encode_many(shot_archs)
-        y_shot = _labels(shot_lat, shot_archs, other_scale)
         X_fs = space.encode_many(fs_test)
-        y_fs = _labels(fs_lat, fs_test, other_scale)
         source = LatencyPredictor(space, device_hash=device, cv_folds=0).fit(X_pool, y_pool)
         few = FewShotLatencyPredictor([source]).fit(X_shot, y_shot)
         scratch = LatencyPredictor(space, device_hash=other, cv_folds=0).fit(X_shot, y_shot)
         coef = np.polyfit(ArchFeaturizer(space).macs(X_shot), y_shot, 1)
         flops = np.polyval(coef, ArchFeaturizer(space).macs(X_fs))
         results["fewshot"] = {
-            "new_device": other_profile.name, "n_shots": 20, "n_test": len(fs_test),
+            "new_device": other_profile.name, "n_shots": len(shot_archs), "n_test": len(fs_test),
             "fewshot (source predictor + fitted correction)": regression_report(y_fs,
                                                                                  few.predict(X_fs)),
             "hwsearch from scratch on the 20": regression_report(y_fs, scratch.predict(X_fs)),
@@ -272,9 +291,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk", type=int, default=16, help="subnets per measurement session")
     parser.add_argument("--ci-target", type=float, default=0.02,
                         help="relative 95%% CI half-width at which a subnet stops being timed")
+    parser.add_argument("--max-rounds", type=int, default=120,
+                        help="cap on interleaved rounds per measurement session")
     parser.add_argument("--fewshot", action="store_true")
     parser.add_argument("--fewshot-test", type=int, default=100)
     parser.add_argument("--remeasure", action="store_true")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="measure nothing; score on the selected subnets already stored")
+    parser.add_argument("--device-key", help="store key of the main device's rows (default: "
+                        "its profile hash; set it to score rows taken under an older reference)")
+    parser.add_argument("--other-key", help="the same for the few-shot device")
     parser.add_argument("--store", type=Path, default=Path("runs/bench_predictors.db"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench_predictors.json"))
     args = parser.parse_args(argv)

@@ -3,8 +3,10 @@
 Measures the same random OFA-MobileNetV3 subnets in two separate passes within
 one run on one device, with two protocols:
 
-* naive: per model, 10 warm-up + 30 timed runs, median; one model after another;
-* hwsearch: ``devices`` interleaved, reference-normalised protocol (``latency_ms``).
+* naive: per model, 10 warm-up + 30 timed runs on the wall clock, median; one
+  model after another;
+* hwsearch: ``devices`` interleaved, reference-normalised protocol
+  (``latency_ms``), by default with one thread on the thread's CPU clock.
 
 For each protocol it prints, over subnets, the median, p90 and worst
 ``|pass2 / pass1 − 1|`` and the share of subnets within ±10% and ±5%, plus
@@ -19,18 +21,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from devices.calibration import CALIBRATION_DIR_ENV
 from devices.local import LocalProfiler
 from devices.ort import OrtRunner
 from devices.profile import DeviceProfile
 
 SUPERNET = "ofa_mbv3_d234_e346_k357_w1.0"
 NAIVE_WARMUP, NAIVE_RUNS = 10, 30
+# One thread on the thread's CPU clock (see DeviceProfile); per-pass caps keep the bench under ~20 min on 2 busy cores.
+DEFAULT_PROFILE = {
+    "name": "local-cpu-1t",
+    "clock": "thread_cpu",
+    "protocol": {"min_rounds": 15, "max_rounds": 300, "max_seconds": 240, "ci_target": 0.015},
+}
 
 
 def export_subnets(n: int, resolution: int, seed: int, folder: Path) -> tuple[list[Path], float]:
@@ -50,10 +60,11 @@ def export_subnets(n: int, resolution: int, seed: int, folder: Path) -> tuple[li
 
 
 def naive_pass(paths: list[Path], profile: DeviceProfile) -> list[float]:
-    """One model after another: warm up, time, take the median."""
+    """One model after another: warm up, time on the wall clock, take the median."""
+    wall_clock = dataclasses.replace(profile, clock="wall")
     medians = []
     for path in paths:
-        runner = OrtRunner(path.read_bytes(), profile)
+        runner = OrtRunner(path.read_bytes(), wall_clock)
         for _ in range(NAIVE_WARMUP):
             runner.run_ms()
         medians.append(float(np.median([runner.run_ms() for _ in range(NAIVE_RUNS)])))
@@ -65,10 +76,11 @@ def hwsearch_pass(paths: list[Path], profile: DeviceProfile) -> tuple[list[float
     measurements = LocalProfiler(profile).measure_many(paths)
     env = measurements[0].env
     facts = {
-        "reference_ms": env["reference_ms"],
+        "reference_ms": round(env["reference_ms"], 3),
+        "session_reference_ms": round(env["session_reference_ms"], 3),
         "rounds": env["rounds"],
         "unstable": sum(not m.stable for m in measurements),
-        "worst_ci": max(m.ratio_ci for m in measurements),
+        "worst_ci": round(max(m.ratio_ci for m in measurements), 4),
     }
     return [m.latency_ms for m in measurements], facts
 
@@ -100,11 +112,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write all numbers here")
     args = parser.parse_args()
 
-    profile = DeviceProfile.load(args.profile) if args.profile else DeviceProfile.from_dict({"name": "local-cpu-1t"})
+    profile = DeviceProfile.load(args.profile) if args.profile else DeviceProfile.from_dict(DEFAULT_PROFILE)
     with tempfile.TemporaryDirectory(prefix="repeatability-") as folder:
+        # A fresh, uncalibrated device: pass 1 calibrates its reference, pass 2 reuses it.
+        os.environ[CALIBRATION_DIR_ENV] = str(Path(folder) / "calibration")
         paths, export_s = export_subnets(args.subnets, args.resolution, args.seed, Path(folder))
         print(f"exported {len(paths)} subnets of {SUPERNET} at {args.resolution}px in {export_s:.1f}s; "
-              f"device {profile.name} ({profile.hash()}), {profile.intra_op_threads} thread(s)", flush=True)
+              f"device {profile.name} ({profile.hash()}), {profile.intra_op_threads} thread(s), clock {profile.clock}, "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
         naive, hws, seconds = [], [], {"naive": [], "hwsearch": []}
         for number in (1, 2):
             latencies, spent = timed(naive_pass, paths, profile)

@@ -96,6 +96,7 @@ def _environment(
         "runtime": profile.runtime,
         "onnxruntime": ort_facts()["onnxruntime"],
         "provider": provider,
+        "clock": profile.clock,
         "intra_op_threads": profile.intra_op_threads,
         "inter_op_threads": profile.inter_op_threads,
         "cpu": cpu_model(),

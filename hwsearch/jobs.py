@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import tempfile
 import threading
 import time
@@ -42,13 +41,13 @@ __all__ = [
     "cancel_job",
     "content_id",
     "execute",
-    "init_ray",
     "recover_jobs",
     "resume_job",
     "run_job",
     "run_profile",
     "spec_from_dict",
     "submit_job",
+    "supernet_builders",
 ]
 
 log = logging.getLogger(__name__)
@@ -203,6 +202,19 @@ def _fail(store: Store, job_id: str, error: BaseException) -> None:
 # --------------------------------------------------------------------------- building blocks
 
 
+def supernet_builders() -> list[str]:
+    """Every registered supernet builder, the built-in demo's included.
+
+    The demo supernet registers itself when :mod:`hwsearch.demo.supernet` is
+    imported; the service process and fresh Ray workers import nothing else
+    that would load it, so this is the one place that does.
+    """
+    import hwsearch.demo.supernet  # noqa: F401  (registers the demo supernet)
+    from hwsearch.supernets import list_supernets
+
+    return list_supernets()
+
+
 def build_supernet(ref: SupernetRef) -> Any:
     """The :class:`~hwsearch.supernets.Supernet` a reference names, weights loaded.
 
@@ -212,6 +224,7 @@ def build_supernet(ref: SupernetRef) -> Any:
     """
     from hwsearch.supernets import build_supernet as build, create_supernet
 
+    supernet_builders()
     options = dict(ref.options)
     resolutions = options.pop("resolutions", None)
     n_classes = options.pop("n_classes", None)
@@ -227,21 +240,7 @@ def build_supernet(ref: SupernetRef) -> Any:
     return net
 
 
-def init_ray(address: str | None = None) -> None:
-    """Start Ray locally (or join ``address``) once per process."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False,
-                 log_to_driver=False, object_store_memory=512 * 1024 * 1024)
-
-
-# --------------------------------------------------------------------------- one subnet on one device
+# --------------------------------------------------------------------------- one subnet, one device
 
 
 def run_profile(spec: ProfileSpec, *, store: Store, job_id: str) -> dict[str, Any]:
@@ -259,13 +258,13 @@ def run_profile(spec: ProfileSpec, *, store: Store, job_id: str) -> dict[str, An
         report = export_subnet(net, arch, Path(tmp) / f"{arch.digest()}.onnx", batch=profile.batch)
         control.step("measure", 0.3, profile.name)
         [measurement] = open_profiler(profile).measure_many([report.path])
-    data = measurement.to_dict()
-    store.put_latency(profile.hash(), net.space.name, arch.key(), data)
-    costs = net.count(arch)
+    row = measurement.to_dict() | {"arch": arch.to_dict(), "macs": report.macs,
+                                   "params": report.params}
+    store.put_latency(profile.hash(), net.space.name, arch.key(), row)
     return _finish(control, {
         "device": profile.name, "device_hash": profile.hash(), "space_name": net.space.name,
-        "arch": arch.to_dict(), "arch_key": arch.key(), "measurement": data,
-        "macs": costs.macs, "params": costs.params,
+        "arch": arch.to_dict(), "arch_key": arch.key(), "measurement": measurement.to_dict(),
+        "macs": report.macs, "params": report.params,
     })
 
 
@@ -273,11 +272,13 @@ def run_profile(spec: ProfileSpec, *, store: Store, job_id: str) -> dict[str, An
 
 
 def content_id(*paths: str | None, extra: Mapping[str, Any] | None = None) -> str:
-    """A short digest of files' (or folders') contents plus settings.
+    """A short digest of files' contents (folders: names, sizes, times) plus settings.
 
     Accuracies depend on the weights and the data, so they are stored under
     an id of both: re-registering other weights under the same supernet name
-    never reuses accuracies measured with the old ones.
+    never reuses accuracies measured with the old ones.  An image folder is
+    identified by its listing rather than its bytes, which keeps this fast
+    on large validation sets.
     """
     digest = hashlib.sha256(json.dumps(dict(extra or {}), sort_keys=True).encode())
     for path in paths:
@@ -285,12 +286,14 @@ def content_id(*paths: str | None, extra: Mapping[str, Any] | None = None) -> st
         if path is None:
             continue
         root = Path(path)
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-        for file in files:
-            digest.update(str(file.relative_to(root) if root.is_dir() else file.name).encode())
-            with open(file, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+        if root.is_dir():
+            for file in sorted(p for p in root.rglob("*") if p.is_file()):
+                stat = file.stat()
+                digest.update(f"{file.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            continue
+        with open(root, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]
 
 
@@ -300,88 +303,58 @@ def _flat_metrics(predictor: Any) -> dict[str, Any]:
     return {"n_train": meta.n_train, **meta.metrics.get("cv", {})}
 
 
-class _StoreMeasurer:
-    """Real measurements for refinement, through the pipeline and into the store.
+class _DeviceMeasurer:
+    """Real measurements on one device during refinement, through the pipeline into the store.
 
-    Latency: export and profile on the device; accuracy: BN-recalibrated
-    evaluation on the job's data.  Both skip what the store already holds,
-    so a resumed job and the other devices of a job reuse every measurement.
+    Latency: export and profile with the device's profiler (the pipeline
+    stores the full measurement row); accuracy: BN-recalibrated evaluation on
+    the job's data.  It travels to the device's Ray task, where it also
+    checks for cancellation and reports progress before each batch.
     """
 
     def __init__(self, *, net: Any, profile: Any, data: Any, store: Store, dataset_id: str,
-                 control: _Control) -> None:
-        from devices import open_profiler
-
+                 job_id: str) -> None:
         self.net, self.profile, self.data = net, profile, data
-        self.store, self.dataset_id, self.control = store, dataset_id, control
-        self.profiler = open_profiler(profile)
+        self.store, self.dataset_id, self.job_id = store, dataset_id, job_id
+
+    def _before(self, what: str, n: int) -> None:
+        _Control(self.store, self.job_id).step("search", 0.6,
+                                               f"{self.profile.name}: {what} {n} new subnet(s)")
 
     def measure_latency(self, archs: Sequence[Any]) -> list[float]:
+        from devices import open_profiler
         from hwsearch.pipeline import profile_subnets
 
-        self.control.check()
-        profile_subnets(self.net, archs, self.profiler, self.profile.hash(), self.store)
-        rows = self.store.get_latencies(self.profile.hash(), self.net.space.name)
-        return [_latency(rows[a.key()]) for a in archs]
+        self._before("profiling", len(archs))
+        profile_subnets(self.net, archs, open_profiler(self.profile), self.profile.hash(),
+                        self.store)
+        rows = _finite_latencies(self.store, self.profile.hash(), self.net.space.name)
+        return [float(rows[a.key()]["latency_ms"]) for a in archs]
 
     def measure_accuracy(self, archs: Sequence[Any]) -> list[float]:
         from hwsearch.accuracy_eval import evaluate_subnets
 
-        self.control.check()
+        self._before("evaluating", len(archs))
         found = evaluate_subnets(self.net, archs, self.data, store=self.store,
                                  dataset_id=self.dataset_id)
         return [found[a.key()] for a in archs]
 
 
-def _latency(row: Mapping[str, Any]) -> float:
-    """A stored measurement's latency for search and training.
+def _finite_latencies(store: Store, device_hash: str, space_name: str) -> dict[str, dict[str, Any]]:
+    """The device's stored rows, each with a finite ``latency_ms`` (repaired in the store).
 
     When the device's protocol could not produce a reference-normalised value
     (too few clean rounds: ``latency_ms`` is NaN and the row is marked
-    unstable), its raw median stands in rather than dropping a subnet that
-    refinement asked for.
+    unstable), its raw median stands in, and the row says so in
+    ``latency_source``; predictors and fronts cannot use NaN, and dropping a
+    subnet that refinement asked for is not an option.
     """
-    value = float(row["latency_ms"])
-    return value if math.isfinite(value) else float(row["median_ms"])
-
-
-def _known(store: Store, net: Any, device_hash: str, dataset_id: str) -> list[Any]:
-    """Every subnet measured on the device whose accuracy is known too (never measured again)."""
-    from hwsearch.refine import Observation
-
-    latencies = store.get_latencies(device_hash, net.space.name)
-    accuracies = store.get_accuracies(net.name, dataset_id)
-    return [Observation(arch=net.space.from_dict(latencies[key]["arch"]),
-                        accuracy=float(accuracies[key]), latency_ms=_latency(latencies[key]))
-            for key in sorted(set(latencies) & set(accuracies))]
-
-
-def _refine_device(*, net: Any, data: Any, profile_dict: Mapping[str, Any], store: Store,
-                   job_id: str, spec: JobSpec, dataset_id: str, accuracy: Any,
-                   latency: Any) -> dict[str, Any]:
-    """One device's refinement (a Ray task): measured front plus final predictor quality."""
-    from devices.profile import DeviceProfile
-    from hwsearch.problem import Limit
-    from hwsearch.refine import RefineSettings, refine
-
-    profile = DeviceProfile.from_dict(dict(profile_dict))
-    control = _Control(store, job_id)
-    measurer = _StoreMeasurer(net=net, profile=profile, data=data, store=store,
-                              dataset_id=dataset_id, control=control)
-
-    def on_round(round_: int, observations: Sequence[Any]) -> None:
-        control.check()
-        store.update_job(job_id, progress={"step": "search", "fraction": 0.6,
-                                           "message": f"{profile.name}: refinement round {round_}",
-                                           "at": time.time()})
-
-    settings = RefineSettings(max_measurements=spec.budget, per_round=max(1, min(8, spec.budget)),
-                              initial=2, seed=spec.seed)
-    result = refine(net.space, accuracy, latency, measurer, device=profile.name, settings=settings,
-                    known=_known(store, net, profile.hash(), dataset_id),
-                    limits=[Limit(**dict(lim)) for lim in spec.limits], on_round=on_round)
-    return {"front": result.front.to_dict(), "rounds": result.rounds,
-            "accuracy": _flat_metrics(accuracy), "latency": _flat_metrics(latency)}
+    rows = store.get_latencies(device_hash, space_name)
+    for key, row in rows.items():
+        if not math.isfinite(float(row["latency_ms"])):
+            row.update(latency_ms=float(row["median_ms"]), latency_source="median_ms")
+            store.put_latency(device_hash, space_name, key, row)
+    return rows
 
 
 def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None = None
@@ -390,28 +363,30 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
 
     Steps: profile ``n_profile`` subnets on each device (the pipeline's
     space-filling selection), measure their accuracy once for all devices,
-    fit the predictors and record their held-out quality, then refine each
-    device's front on Ray with up to ``budget`` more real measurements.
-    Each step skips what the store already holds, so a re-run resumes.
+    fit the predictors and record their held-out quality, then refine every
+    device's front in parallel Ray tasks with up to ``budget`` more real
+    measurements each.  Each step skips what the store already holds, so a
+    re-run resumes.
     """
-    import ray
-
     from devices import open_profiler
     from devices.profile import DeviceProfile
     from hwsearch.accuracy_eval import evaluate_subnets
     from hwsearch.data import load_images
+    from hwsearch.parallel import DeviceSearch, init_ray, search_devices
     from hwsearch.pipeline import profile_subnets, select_subnets
+    from hwsearch.problem import Limit
+    from hwsearch.refine import RefineSettings
     from predictors.accuracy import AccuracyPredictor
     from predictors.latency import LatencyPredictor
 
     control = _start(store, job_id)
-    init_ray(ray_address)
+    init_ray(ray_address)  # before any step that uses Ray, so all of them join ``ray_address``
     control.step("prepare", 0.0, f"building {spec.supernet.name}")
+    if spec.dataset is None:
+        raise ValueError("a search job needs validation data (dataset) to measure accuracy")
     net = build_supernet(spec.supernet)
     space = net.space
     profiles = [DeviceProfile.from_dict(dict(d)) for d in spec.devices]
-    if spec.dataset is None:
-        raise ValueError("a search job needs validation data (dataset) to measure accuracy")
     data = load_images(spec.dataset, size=max(space.resolutions))
     dataset_id = content_id(spec.dataset, spec.supernet.checkpoint,
                             extra={"options": dict(spec.supernet.options)})
@@ -436,35 +411,34 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
     control.step("train", 0.55, "fitting predictors")
     accuracy = AccuracyPredictor(space, seed=spec.seed).fit(*_xy(space, archs, accuracies))
     quality = {"accuracy": _flat_metrics(accuracy)}
-    latency = {}
+    searches = []
     for profile in profiles:
-        rows = store.get_latencies(profile.hash(), space.name)
-        latency[profile.name] = LatencyPredictor(space, device_hash=profile.hash(), seed=spec.seed).fit(
-            *_xy(space, archs, {a.key(): _latency(rows[a.key()]) for a in archs}))
-        quality[f"latency@{profile.name}"] = _flat_metrics(latency[profile.name])
+        rows = _finite_latencies(store, profile.hash(), space.name)
+        latency = LatencyPredictor(space, device_hash=profile.hash(), seed=spec.seed).fit(
+            *_xy(space, archs, {a.key(): rows[a.key()]["latency_ms"] for a in archs}))
+        quality[f"latency@{profile.name}"] = _flat_metrics(latency)
+        searches.append(DeviceSearch(
+            name=profile.name, device_hash=profile.hash(), latency=latency,
+            measurer=_DeviceMeasurer(net=net, profile=profile, data=data, store=store,
+                                     dataset_id=dataset_id, job_id=job_id),
+            limits=tuple(Limit(**dict(lim)) for lim in spec.limits)))
 
     control.step("search", 0.6, f"refining {len(profiles)} fronts on Ray")
-    task = ray.remote(num_cpus=1, max_retries=2)(_refine_device)
-    net_ref, data_ref, acc_ref = ray.put(net), ray.put(data), ray.put(accuracy)
-    refs = {p.name: task.remote(net=net_ref, data=data_ref, profile_dict=p.to_dict(), store=store,
-                                job_id=job_id, spec=spec, dataset_id=dataset_id,
-                                accuracy=acc_ref, latency=latency[p.name])
-            for p in profiles}
+    settings = RefineSettings(max_measurements=spec.budget, per_round=max(1, min(8, spec.budget)),
+                              initial=2, seed=spec.seed)
     try:
-        outcomes = {name: ray.get(ref) for name, ref in refs.items()}
+        runs = search_devices(space, accuracy, searches, store=store, supernet_id=net.name,
+                              dataset_id=dataset_id, settings=settings, address=ray_address)
     except Exception:
-        control.check()  # a cancellation inside a device task surfaces as its error
+        control.check()  # a cancellation inside a device task surfaces as that task's error
         raise
-    for name, outcome in outcomes.items():
-        if outcome["rounds"]:
-            quality[f"latency@{name}, refined"] = outcome["latency"]
-            quality[f"accuracy, refined for {name}"] = outcome["accuracy"]
     return _finish(control, {
         "space_name": space.name, "supernet_id": net.name, "dataset_id": dataset_id,
         "devices": {p.name: {"hash": p.hash(), "profiling": reports[p.name],
-                             "rounds": outcomes[p.name]["rounds"]} for p in profiles},
+                             "rounds": runs[p.name].result.rounds,
+                             "reused": runs[p.name].reused} for p in profiles},
         "predictors": quality,
-        "fronts": {name: outcome["front"] for name, outcome in outcomes.items()},
+        "fronts": {name: run.result.front.to_dict() for name, run in runs.items()},
     })
 
 
@@ -518,8 +492,11 @@ def submit_job(
     if isinstance(store, MemoryStore):
         target, args = _run_in_thread, (spec_dict, store, job_id)
     else:
+        from hwsearch.parallel import init_ray
+
         init_ray(ray_address)
-        target, args = _wait_on_ray, (_remote_execute().remote(spec_dict, store, job_id), store, job_id)
+        ref = _remote_execute().remote(spec_dict, store, job_id)
+        target, args = _wait_on_ray, (ref, store, job_id)
     threading.Thread(target=target, args=args, name=f"hwsearch-job-{job_id}", daemon=True).start()
     return job_id
 
@@ -567,7 +544,8 @@ def cancel_job(*, store: Store, job_id: str) -> Any:
     return store.get_job(job_id)
 
 
-def recover_jobs(*, store: Store, resume: bool = False, ray_address: str | None = None) -> list[str]:
+def recover_jobs(*, store: Store, resume: bool = False,
+                 ray_address: str | None = None) -> list[str]:
     """After a restart: jobs a dead process left active are marked ``interrupted``.
 
     With ``resume`` they are started again instead; they continue from the

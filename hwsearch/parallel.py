@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -50,7 +50,11 @@ def device_resource(name: str) -> str:
 
 @dataclass(frozen=True)
 class DeviceSearch:
-    """What one device's task needs besides the shared space and accuracy predictor."""
+    """What one device's task needs besides the shared space and accuracy predictor.
+
+    ``on_round`` (picklable) runs in the task after every refinement round:
+    the place for progress reports and cancellation checks.
+    """
 
     name: str
     device_hash: str
@@ -58,6 +62,7 @@ class DeviceSearch:
     measurer: Measurer
     limits: tuple[Limit, ...] = ()
     reference_point: tuple[float, ...] | None = None
+    on_round: Callable[[int, Sequence[Observation]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,7 @@ def search_devices(
     max_retries: int = 2,
     num_cpus: float = 1.0,
 ) -> dict[str, DeviceRun]:
-    """Run every device's refinement as one Ray task and wait for all; fronts by device name.
+    """Run every device's refinement as one Ray task and wait for all; runs by device name.
 
     ``store`` must be shareable between processes (``SQLiteStore``) when tasks
     run outside this process, which they do on Ray.
@@ -204,7 +209,8 @@ def _device_task(shared: Mapping[str, Any], device: DeviceSearch, store: Store,
     budget = max(settings.max_measurements - (len(known) - baseline), 0)
     result = refine(space, shared["accuracy"], device.latency, measurer, device=device.name,
                     settings=replace(settings, max_measurements=budget), known=known,
-                    limits=device.limits, reference_point=device.reference_point)
+                    limits=device.limits, reference_point=device.reference_point,
+                    on_round=device.on_round)
     return DeviceRun(device=device.name, result=result,
                      node_id=ray.get_runtime_context().get_node_id(), attempt_pid=os.getpid(),
                      seconds=time.perf_counter() - start, reused=len(known))

@@ -48,6 +48,8 @@ def select_subnets(
     candidate each time; the smallest and largest subnets are always included.
     ``resolution`` pins the input size; ``exclude`` lists arch keys to avoid
     (e.g. a training set, when drawing a test set).  Deterministic for a seed.
+    The result is shuffled, so any prefix of it (a run cut short, measured in
+    order) is still spread over the whole range rather than only its low end.
     """
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
@@ -73,7 +75,7 @@ def select_subnets(
             while bucket and len(picked) < n:
                 if _take(space.decode(genes[bucket.pop()]), picked, seen, excluded):
                     break
-    return picked
+    return [picked[i] for i in rng.permutation(len(picked))]
 
 
 def _take(arch: ArchConfig, picked: list[ArchConfig], seen: set[str], excluded: set[str]) -> bool:

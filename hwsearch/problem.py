@@ -67,7 +67,7 @@ def _cost_total(featurizer: ArchFeaturizer, metric: str, X: np.ndarray) -> np.nd
 
 
 def analytic_costs(space: SearchSpace) -> dict[str, Cost]:
-    """``macs`` and ``params`` of encoded rows from the space's layout (Supernet.count's convention).
+    """``macs`` and ``params`` of encoded rows, from the layout (``Supernet.count``'s convention).
 
     Exact and cheap, so they serve as objectives or limits without a learned model.
     """

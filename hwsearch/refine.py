@@ -66,7 +66,7 @@ class TrainablePredictor(Predictor, Protocol):
 
 
 class Optimistic:
-    """A predictor's optimistic bound: ``mean + kappa*std`` for maximised metrics, ``-`` otherwise."""
+    """A predictor's optimistic bound: ``mean ± kappa*std``, toward better (+ when maximised)."""
 
     def __init__(self, predictor: Predictor, kappa: float, sense: str) -> None:
         self.predictor = predictor
@@ -95,7 +95,7 @@ class RefineSettings:
 
     def __post_init__(self) -> None:
         if self.initial < 2:
-            raise ValueError("initial must be at least 2: predictors need data before the first fit")
+            raise ValueError("initial must be at least 2: predictors need data to fit")
         if self.per_round < 1 or self.max_measurements < 0:
             raise ValueError("per_round must be ≥ 1 and max_measurements ≥ 0")
 
@@ -147,14 +147,14 @@ def refine(
     measurements.  ``accuracy`` and ``latency`` are refitted in place.
     """
     start = time.perf_counter()
-    loop = _Loop(space, accuracy, latency, measurer, settings, limits, known)
+    loop = _Loop(space, accuracy, latency, measurer, settings, limits, known, reference_point)
     loop.initial_design()
     while loop.budget_left() and not loop.timed_out(start):
         if not loop.step():
             break
         if on_round is not None:
             on_round(loop.round, loop.new_observations())
-    front = loop.front(device, reference_point)
+    front = loop.front(device)
     return RefineResult(front=front, observations=tuple(loop.observations), rounds=loop.round,
                         seconds=time.perf_counter() - start)
 
@@ -164,7 +164,8 @@ class _Loop:
 
     def __init__(self, space: SearchSpace, accuracy: TrainablePredictor,
                  latency: TrainablePredictor, measurer: Measurer, settings: RefineSettings,
-                 limits: Sequence[Limit], known: Sequence[Observation]) -> None:
+                 limits: Sequence[Limit], known: Sequence[Observation],
+                 reference_point: Sequence[float] | None) -> None:
         self.space, self.measurer, self.settings = space, measurer, settings
         self.predictors = {ACCURACY: accuracy, LATENCY: latency}
         self.objectives = accuracy_latency(LATENCY)
@@ -176,7 +177,7 @@ class _Loop:
         self.n_known = len(self.observations)
         self.round = 0
         self.rng = np.random.default_rng(settings.seed)
-        self.reference: np.ndarray | None = None
+        self.reference = None if reference_point is None else np.asarray(reference_point, float)
 
     # ------------------------------------------------------------------ budget
 
@@ -220,14 +221,13 @@ class _Loop:
                                  {m: v[picks] for m, v in std.items()}))
         return True
 
-    def front(self, device: str, reference_point: Sequence[float] | None) -> ParetoFront:
+    def front(self, device: str) -> ParetoFront:
         """The measured subnets that satisfy the limits by their measured values, non-dominated."""
         candidates = self._candidates()
         feasible = [c for c in candidates if self._within_limits(c)]
-        ref = reference_point if reference_point is not None else self._reference()
         return ParetoFront.build(
             device=device, space_name=self.space.name, candidates=feasible,
-            objectives=self.objectives, reference_point=ref, seed=self.settings.seed,
+            objectives=self.objectives, reference_point=self._reference(), seed=self.settings.seed,
             settings={"refine": self.settings.to_dict(), "n_measured": len(self.observations),
                       "n_new": self.n_new(), "rounds": self.round,
                       "limits": [lim.__dict__ for lim in self.limits]},
@@ -301,7 +301,8 @@ class _Loop:
             front = np.vstack([front, F_mean[best]])
             front = front[non_dominated(front)]
             base = hypervolume(front, ref)
-        spread = np.abs(F_opt - F_mean).sum(axis=1) / np.maximum(np.ptp(self._measured_F(), axis=0).sum(), 1e-12)
+        span = np.maximum(np.ptp(self._measured_F(), axis=0), 1e-12)
+        spread = (np.abs(F_opt - F_mean) / span).sum(axis=1)
         for i in np.argsort(-spread, kind="stable"):
             if len(picks) >= min(k, len(F_opt)):
                 break
@@ -344,14 +345,16 @@ class _Loop:
         return F[non_dominated(F)] if len(F) else np.zeros((0, 2))
 
     def _reference(self) -> np.ndarray:
-        """Fixed after first use: worst measured values plus 10% of their range."""
+        """The given reference point, else (fixed at first use) the worst measured values + 10%."""
+        if self.reference is None and not self.observations:
+            return np.zeros(len(self.objectives))
         if self.reference is None:
             F = np.array([[-o.accuracy, o.latency_ms] for o in self.observations])
             self.reference = F.max(axis=0) + 0.1 * np.maximum(np.ptp(F, axis=0), 1e-9)
         return self.reference
 
     def _candidates(self) -> list[Candidate]:
-        """Every observation as a :class:`Candidate`, with analytic MACs/params when the space has a layout."""
+        """Every observation as a :class:`Candidate`; MACs/params are analytic (needs a layout)."""
         n = len(self.observations)
         macs: list[int | None] = [None] * n
         params: list[int | None] = [None] * n
@@ -371,7 +374,7 @@ class _Loop:
             v = values.get(lim.metric)
             if v is None:
                 continue
-            if (lim.upper is not None and v > lim.upper) or (lim.lower is not None and v < lim.lower):
+            if any(g > 0 for g in lim.violations(np.float64(v))):
                 return False
         return True
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hwsearch.results import Candidate, ParetoFront
-from hwsearch.store import Store
+from hwsearch.store import SQLiteStore, Store
 
 __all__ = ["ReportData", "build_report", "from_dir", "from_store", "write_job_dir"]
 
@@ -95,19 +95,33 @@ def write_job_dir(out: str | Path, *, store: Store, job_id: str) -> Path:
     return out
 
 
+# Stores that `hwsearch search` (store.db) and `hwsearch demo` (hwsearch.db) leave in their folders.
+_STORE_FILES = ("store.db", "hwsearch.db")
+
+
 def from_dir(path: str | Path) -> ReportData:
-    """Report data from a directory of front JSON files (and ``job.json`` when present)."""
+    """Report data from the folder of `hwsearch search`, `hwsearch demo` or :func:`write_job_dir`.
+
+    A folder holding a job store reports its latest succeeded search job in
+    full; otherwise the front JSON files in it (or in its ``fronts/``) are
+    read, with ``job.json`` supplying predictor quality and measurements.
+    """
     path = Path(path)
+    for name in _STORE_FILES:
+        if (path / name).is_file():
+            store = SQLiteStore(path / name)
+            done = [r for r in store.list_jobs()
+                    if r.state == "succeeded" and r.spec.get("kind", "search") == "search"]
+            if done:
+                return from_store(store, done[-1].job_id)
     fronts = {}
-    for file in sorted(path.glob("*.json")):
-        if file.name == _JOB_FILE:
-            continue
-        data = json.loads(file.read_text())
+    for file in sorted([*path.glob("*.json"), *path.glob("fronts/*.json")]):
+        data = json.loads(file.read_text()) if file.name != _JOB_FILE else None
         if isinstance(data, dict) and {"device", "points", "objectives"} <= set(data):
             front = ParetoFront.from_dict(data)
             fronts[front.device] = front
     if not fronts:
-        raise ValueError(f"{path} holds no Pareto front JSON files")
+        raise ValueError(f"{path} holds no job store and no Pareto front JSON files")
     job = json.loads((path / _JOB_FILE).read_text()) if (path / _JOB_FILE).is_file() else {}
     return ReportData(title=job.get("title", f"hwsearch fronts in {path.name}"), fronts=fronts,
                       predictors=job.get("predictors", {}),
@@ -132,22 +146,33 @@ def _values(points: Sequence[Candidate], metric: str, source: str) -> list[float
 
 def _plot_front(ax: Any, front: ParetoFront, rows: Sequence[Mapping[str, Any]],
                 color: str, *, label: str, background: bool) -> None:
+    """The measured front as a staircase (what each latency buys), optionally over all measurements.
+
+    With ``background``, every measured subnet is drawn in grey and the
+    predictions made before measuring front points are drawn as crosses, so
+    the gap between prediction and measurement is visible.
+    """
     x, y = _axes_metrics(front)
     if background:
         both = [r for r in rows if r.get(x) is not None and r.get(y) is not None]
         ax.scatter([r[x] for r in both], [r[y] for r in both], s=10, c="#bbbbbb",
                    label="measured subnets", zorder=1)
-    points = [p for p in front.points if x in p.measured and y in p.measured]
-    ax.plot(_values(points, x, "measured"), _values(points, y, "measured"), "-o", color=color,
-            ms=5, label=label, zorder=3)
+    points = sorted((p for p in front.points if x in p.measured and y in p.measured),
+                    key=lambda p: p.measured[x])
+    ax.step(_values(points, x, "measured"), _values(points, y, "measured"), where="post",
+            marker="o", color=color, ms=5, label=label, zorder=3)
     predicted = [p for p in points if x in p.predicted and y in p.predicted]
     if background and predicted:
         ax.scatter(_values(predicted, x, "predicted"), _values(predicted, y, "predicted"),
-                   marker="x", c=color, alpha=0.6, label="predicted (same subnets)", zorder=2)
+                   marker="x", c=color, alpha=0.6, label="predicted before measuring", zorder=2)
     knee = front.knee()
     if background and knee is not None and x in knee.measured and y in knee.measured:
         ax.annotate("knee", (knee.measured[x], knee.measured[y]), xytext=(8, -12),
                     textcoords="offset points", fontsize=8)
+
+
+_LABELS = {"latency_ms": "latency (ms)", "accuracy": "top-1 accuracy", "params": "parameters",
+           "macs": "MACs"}
 
 
 def _figure_png(draw: Any, xlabel: str, ylabel: str, title: str) -> bytes:
@@ -159,8 +184,8 @@ def _figure_png(draw: Any, xlabel: str, ylabel: str, title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     try:
         draw(ax)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        ax.set_xlabel(_LABELS.get(xlabel, xlabel))
+        ax.set_ylabel(_LABELS.get(ylabel, ylabel))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
@@ -240,7 +265,8 @@ def _summary_table(fronts: Mapping[str, ParetoFront]) -> str:
 
 def _predictor_table(predictors: Mapping[str, Mapping[str, Any]]) -> str:
     columns = ["n_train", "tau", "rho", "mape", "rmse", "within_5", "within_10"]
-    rows = [[name, *[metrics.get(c) for c in columns]] for name, metrics in sorted(predictors.items())]
+    rows = [[name, *[metrics.get(c) for c in columns]]
+            for name, metrics in sorted(predictors.items())]
     return _table(["predictor", *columns], rows)
 
 

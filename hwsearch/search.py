@@ -1,7 +1,7 @@
 """NSGA-II over a :class:`~hwsearch.problem.SubnetProblem`: a thin, seeded ``minimize`` wrapper.
 
 The operators follow pymoo's recipe for integer spaces: integer random
-sampling, SBX and polynomial mutation on real values rounded back to
+sampling (anchored by the extreme subnets), SBX and polynomial mutation on real values rounded back to
 integers.  Duplicates are judged on *canonical* genes, because two gene
 vectors that differ only in switched-off blocks are the same subnet and would
 otherwise crowd the population with copies.
@@ -20,6 +20,7 @@ import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.core.callback import Callback
 from pymoo.core.duplicate import DuplicateElimination
+from pymoo.core.population import Population
 from pymoo.operators.crossover.sbx import SBX
 from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
@@ -30,7 +31,7 @@ from hwsearch.problem import SubnetProblem
 from hwsearch.results import non_dominated
 from hwsearch.space import SearchSpace
 
-__all__ = ["CanonicalDuplicates", "SearchResult", "SearchSettings", "build_nsga2", "search"]
+__all__ = ["AnchoredSampling", "CanonicalDuplicates", "SearchResult", "SearchSettings", "build_nsga2", "search"]
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,12 @@ class CanonicalDuplicates(DuplicateElimination):
         super().__init__()
         self.space = space
 
-    def _keys(self, pop: object) -> list[bytes]:
-        X = self.space.canonical_genes(np.rint(pop.get("X")).astype(np.int64))  # type: ignore[attr-defined]
+    def _keys(self, pop: Population | None) -> list[bytes]:
+        X = self.space.canonical_genes(np.rint(pop.get("X")).astype(np.int64))
         return [row.tobytes() for row in X]
 
-    def _do(self, pop: object, other: object, is_duplicate: np.ndarray) -> np.ndarray:
+    def _do(self, pop: Population, other: Population | None,
+            is_duplicate: np.ndarray) -> np.ndarray:
         seen = set(self._keys(other)) if other is not None else set()
         for i, key in enumerate(self._keys(pop)):
             if key in seen:
@@ -82,6 +84,28 @@ class CanonicalDuplicates(DuplicateElimination):
             else:
                 seen.add(key)
         return is_duplicate
+
+
+class AnchoredSampling(IntegerRandomSampling):
+    """Random integer genes, plus the smallest and largest subnet at every resolution.
+
+    The extremes anchor both ends of the accuracy/latency front; without them
+    a run can lose a whole end of it (e.g. every low-resolution subnet) to an
+    unlucky first population and never find its way back.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        super().__init__()
+        self.space = space
+
+    def _do(self, problem: SubnetProblem, n_samples: int, *args: object,
+            **kwargs: object) -> np.ndarray:
+        X = super()._do(problem, n_samples, *args, **kwargs)
+        anchors = [self.space.encode(extreme(r)) for r in self.space.resolutions
+                   for extreme in (self.space.smallest, self.space.largest)]
+        n = min(len(anchors), n_samples // 2)
+        X[:n] = np.stack(anchors[:n])
+        return X
 
 
 class _FrontArchive(Callback):
@@ -128,7 +152,7 @@ def build_nsga2(space: SearchSpace, settings: SearchSettings) -> NSGA2:
     """NSGA-II with integer sampling, rounded SBX/PM and canonical duplicate elimination."""
     return NSGA2(
         pop_size=settings.pop_size,
-        sampling=IntegerRandomSampling(),
+        sampling=AnchoredSampling(space),
         crossover=SBX(prob=settings.crossover_prob, eta=settings.crossover_eta, vtype=float,
                       repair=RoundingRepair()),
         mutation=PM(eta=settings.mutation_eta, vtype=float, repair=RoundingRepair()),

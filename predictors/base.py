@@ -67,22 +67,30 @@ class PredictorMeta:
 
 @dataclass
 class _LinearBase:
-    """``y ~ intercept + ((F - mean) / scale) @ coef`` with plain-numpy prediction.
+    """``y ~ intercept + ((Z - mean) / scale) @ coef`` with plain-numpy prediction.
 
-    ``columns`` selects the feature columns it uses.  Stored as JSON next to
+    ``Z[:, j]`` is the sum of the feature columns in ``groups[j]`` (a group of
+    one is just that column), so an additive model can pool, say, the
+    depthwise MACs of every stage into one regressor.  Stored as JSON next to
     the XGBoost models, so loading needs neither pickle nor scikit-learn.
     """
 
-    columns: list[int]
+    groups: list[list[int]]
     mean: list[float]
     scale: list[float]
     coef: list[float]
     intercept: float
     floor: float = -np.inf
+    name: str = ""
+
+    def design(self, F: np.ndarray) -> np.ndarray:
+        if all(len(g) == 1 for g in self.groups):
+            return F[:, [g[0] for g in self.groups]]
+        return np.column_stack([F[:, g].sum(axis=1) for g in self.groups])
 
     def predict(self, F: np.ndarray) -> np.ndarray:
-        Z = (F[:, self.columns] - np.asarray(self.mean, np.float32)) / np.asarray(
-            self.scale, np.float32)
+        Z = (self.design(F) - np.asarray(self.mean, np.float32)) / np.asarray(self.scale,
+                                                                              np.float32)
         return np.maximum(Z @ np.asarray(self.coef, np.float32) + self.intercept, self.floor)
 
 
@@ -93,30 +101,57 @@ def _standardise(F: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (F - mean) / scale, mean, scale
 
 
-def fit_nnls_base(F: np.ndarray, y: np.ndarray, columns: list[int]) -> _LinearBase:
-    """Non-negative additive cost model, fitted for *relative* error.
-
-    Every cost component (MACs of a layer kind, activation bytes, block count)
-    can only add time, so non-negative weights are physically right and keep a
-    50-row fit from cancelling terms against each other.  Rows are weighted by
-    ``1 / y`` because latency noise is multiplicative.  Columns are scaled but
-    not centred, so non-negativity keeps its meaning.
-    """
-    C = F[:, columns].astype(np.float64)
+def _nnls_fit(F: np.ndarray, y: np.ndarray, groups: list[list[int]], name: str) -> _LinearBase:
+    base = _LinearBase(groups, [], [], [], 0.0, name=name)
+    C = base.design(F).astype(np.float64)
     scale = C.max(axis=0)
     scale[scale == 0] = 1.0
     A = np.column_stack([C / scale, np.ones(len(C))]) / y[:, None]
     coef, _ = nnls(A, np.ones(len(y)))
-    return _LinearBase(columns, [0.0] * len(columns), scale.tolist(), coef[:-1].tolist(),
-                       float(coef[-1]), floor=float(0.05 * y.min()))
+    return _LinearBase(groups, [0.0] * len(groups), scale.tolist(), coef[:-1].tolist(),
+                       float(coef[-1]), floor=float(0.05 * y.min()), name=name)
+
+
+def fit_nnls_base(F: np.ndarray, y: np.ndarray, options: dict[str, list[list[int]]],
+                  folds: int = 5) -> _LinearBase:
+    """Non-negative additive cost model, fitted for *relative* error, complexity chosen by CV.
+
+    Every cost component (MACs of a layer kind, activation bytes, block count)
+    can only add time, so non-negative weights are physically right and keep a
+    small fit from cancelling terms against each other.  Rows are weighted by
+    ``1 / y`` because latency noise is multiplicative.  Columns are scaled but
+    not centred, so non-negativity keeps its meaning.
+
+    ``options`` maps a name to a grouping of cost columns, from coarse (total
+    MACs) to fine (every stage's components apart).  Fine groupings win on
+    clean labels; on noisy ones (a shared CPU) they fit the noise and a coarse
+    one predicts better, so the grouping with the lowest ``folds``-fold
+    relative error is refitted on all rows.  The first option is the fallback
+    for very few rows.
+    """
+    names = list(options)
+    if len(y) < 2 * folds or len(names) == 1:
+        return _nnls_fit(F, y, options[names[0]], names[0])
+    order = np.random.default_rng(0).permutation(len(y))
+    errors = {}
+    for name in names:
+        rel = np.empty(len(y))
+        for k in range(folds):
+            test = order[k::folds]
+            train = np.setdiff1d(order, test)
+            pred = _nnls_fit(F[train], y[train], options[name], name).predict(F[test])
+            rel[test] = (pred - y[test]) / y[test]
+        errors[name] = float(np.mean(rel**2))
+    best = min(names, key=errors.__getitem__)
+    return _nnls_fit(F, y, options[best], best)
 
 
 def fit_ridge_base(F: np.ndarray, y: np.ndarray, columns: list[int]) -> _LinearBase:
     """Ridge regression with the penalty chosen by leave-one-out CV (cheap, closed form)."""
     Z, mean, scale = _standardise(F[:, columns].astype(np.float64))
     model = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(Z, y)
-    return _LinearBase(columns, mean.tolist(), scale.tolist(), model.coef_.tolist(),
-                       float(model.intercept_))
+    return _LinearBase([[c] for c in columns], mean.tolist(), scale.tolist(),
+                       model.coef_.tolist(), float(model.intercept_), name="ridge")
 
 
 # --------------------------------------------------------------------------- predictor
@@ -163,18 +198,15 @@ class ResidualPredictor:
     def _fit_base(self, F: np.ndarray, y: np.ndarray) -> _LinearBase:
         raise NotImplementedError
 
-    def _cost_columns(self) -> list[int]:
-        """Indices of the additive cost components inside the feature matrix."""
-        start = len(self.featurizer.names) - len(self.featurizer.cost_names) - 2
-        return list(range(start, start + len(self.featurizer.cost_names)))
-
     def _residual(self, base_pred: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.log(y) - np.log(base_pred) if self.log_link else y - base_pred
 
     def _combine(self, base_pred: np.ndarray, resid: np.ndarray) -> np.ndarray:
         return base_pred * np.exp(resid) if self.log_link else base_pred + resid
 
-    def _fit_one(self, F: np.ndarray, y: np.ndarray, seed: int) -> tuple[_LinearBase, xgb.Booster]:
+    def _fit_one(self, F: np.ndarray, y: np.ndarray, seed: int,
+                 rounds: int | None = None) -> tuple[_LinearBase, xgb.Booster]:
+        """Base, then XGBoost on its residual; ``rounds=None`` picks the tree count by CV."""
         base = self._fit_base(F, y)
         resid = self._residual(base.predict(F).astype(np.float64), y)
         params = {
@@ -183,9 +215,24 @@ class ResidualPredictor:
             "min_child_weight": 2.0, "lambda": 5.0, "nthread": 1, "tree_method": "hist",
             "seed": seed, "base_score": 0.0,
         }
-        booster = xgb.train(params, xgb.DMatrix(F, label=resid, nthread=1),
-                            num_boost_round=self.settings["n_estimators"])
-        return base, booster
+        data = xgb.DMatrix(F, label=resid, nthread=1)
+        if rounds is None:
+            rounds = self._residual_rounds(params, data, seed)
+        return base, xgb.train(params, data, num_boost_round=rounds)
+
+    def _residual_rounds(self, params: dict[str, Any], data: xgb.DMatrix, seed: int) -> int:
+        """How many trees the residual deserves, by K-fold CV with early stopping.
+
+        On noisy labels (a busy shared CPU) the residual is mostly noise and
+        CV stops after a handful of trees; on clean labels it runs to
+        ``n_estimators``.  Too few rows for CV: no residual model at all.
+        """
+        n_max, n_rows = self.settings["n_estimators"], data.num_row()
+        if n_max == 0 or n_rows < 20:
+            return 0
+        history = xgb.cv(params, data, num_boost_round=n_max, nfold=5, seed=seed,
+                         early_stopping_rounds=max(10, n_max // 10), shuffle=True)
+        return int(len(history))
 
     def _predict_one(self, model: tuple[_LinearBase, xgb.Booster], F: np.ndarray) -> np.ndarray:
         base, booster = model
@@ -213,11 +260,14 @@ class ResidualPredictor:
         if folds >= 2 and len(y) >= 10:
             metrics["cv"] = regression_report(y, self._oof_predictions(F, y, folds, seed))
         self._base, self._booster = self._fit_one(F, y, seed)
+        rounds = self._booster.num_boosted_rounds()
+        metrics["residual_trees"] = rounds
+        metrics["base"] = self._base.name
         rng = np.random.default_rng(seed)
         self._members = []
         for m in range(self.settings["n_members"]):
             idx = rng.integers(0, len(y), len(y))
-            self._members.append(self._fit_one(F[idx], y[idx], seed + 1 + m))
+            self._members.append(self._fit_one(F[idx], y[idx], seed + 1 + m, rounds))
         if X_test is not None and y_test is not None:
             X_test, y_test = self._check_xy(X_test, y_test)
             metrics["test"] = regression_report(y_test, self.predict(X_test))
@@ -278,8 +328,11 @@ class ResidualPredictor:
             return f"{type(self).__name__}: not fitted"
         lines = [f"{self.target} predictor for {self.meta.space_name} "
                  f"(n_train={self.meta.n_train}, device={self.meta.device_hash})"]
-        for name, rep in self.meta.metrics.items():
-            lines.append(f"  {name:>5}: {format_report(rep)}")
+        metrics = self.meta.metrics
+        lines[0] += f"; base={metrics.get('base')}, residual trees={metrics.get('residual_trees')}"
+        for name in ("cv", "test"):
+            if name in metrics:
+                lines.append(f"  {name:>5}: {format_report(metrics[name])}")
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ persistence

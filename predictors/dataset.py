@@ -27,15 +27,19 @@ def calibrated_latencies(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, flo
     (3.4 ms in a quiet session vs 8.9 ms under load, same reference, same
     day).  Ratios are stable across sessions, so predictors learn the ratio
     scaled by one per-device constant: the median session reference time
-    over all rows.  Rows without a ratio keep their ``latency_ms``.
+    over all rows.  Rows without a finite ratio (the protocol found too few
+    clean rounds) are left out rather than guessed; rows from a profiler that
+    reports no ratio keep their ``latency_ms``.
     """
     refs = [float(r["env"]["reference_ms"]) for r in rows.values()
             if "ratio" in r and "reference_ms" in r.get("env", {})]
     if not refs:
-        return {k: float(r["latency_ms"]) for k, r in rows.items()}
-    scale = float(np.median(refs))
-    return {k: float(r["ratio"]) * scale if "ratio" in r else float(r["latency_ms"])
-            for k, r in rows.items()}
+        values = {k: float(r["latency_ms"]) for k, r in rows.items()}
+    else:
+        scale = float(np.median(refs))
+        values = {k: float(r["ratio"]) * scale if "ratio" in r else float(r["latency_ms"])
+                  for k, r in rows.items()}
+    return {k: v for k, v in values.items() if np.isfinite(v) and v > 0}
 
 
 def _number(text: str) -> int | float:
@@ -104,9 +108,3 @@ class MeasurementSet:
                       for k in self.keys])
         return self.subset(np.flatnonzero(u >= test_fraction)), self.subset(
             np.flatnonzero(u < test_fraction))
-
-    def join(self, other: Mapping[str, float]) -> tuple["MeasurementSet", np.ndarray]:
-        """Rows whose key ``other`` also labels, and ``other``'s values for them (same order)."""
-        index = [i for i, k in enumerate(self.keys) if k in other]
-        kept = self.subset(index)
-        return kept, np.array([other[k] for k in kept.keys], dtype=np.float64)

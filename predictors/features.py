@@ -51,9 +51,6 @@ class CostTable:
     def params(self) -> np.ndarray:
         return sum(v for k, v in self.columns.items() if k.endswith("_params"))
 
-    def matrix(self) -> np.ndarray:
-        return np.column_stack(list(self.columns.values()))
-
 
 def _ceil_div(h: np.ndarray, stride: int) -> np.ndarray:
     """Spatial size after a 'same'-padded strided conv/pool: ``ceil(h / stride)``."""
@@ -257,13 +254,6 @@ class ArchFeaturizer:
             col += 1
         out[:, col] = table.macs / 1e6
         out[:, col + 1] = table.params / 1e6
-        return out
-
-    def codes(self, X: np.ndarray) -> np.ndarray:
-        """Depth-masked one-hot codes, active mask, width one-hots and resolution."""
-        X = self._check(X)
-        out = np.empty((len(X), len(self.names) - len(self.cost_names) - 2), dtype=np.float32)
-        self._write_codes(X, out)
         return out
 
     def _write_codes(self, X: np.ndarray, out: np.ndarray) -> int:

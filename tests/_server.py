@@ -25,17 +25,19 @@ def free_port() -> int:
 class Server:
     """``hwsearch serve`` in its own process group, so a test can kill it (and its Ray) at once."""
 
-    def __init__(self, store: Path, *, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, store: Path, *, extra: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.store = store
-        self.port = port or free_port()
+        self.port = free_port()
         self.extra = extra
+        self.env = env or {}
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = store.with_suffix(f".{self.port}.log")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> Server:
         env = {**os.environ, "HWSEARCH_TOKEN": TOKEN, "RAY_AUTH_MODE": "disabled",
-               "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+               "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", **self.env}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "hwsearch.cli.main", "serve", "--store", str(self.store),
@@ -74,3 +76,33 @@ class Server:
                 pass
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
+
+
+class Agent:
+    """A real edge agent (``python -m devices.agent``) on 127.0.0.1."""
+
+    def __init__(self, state_dir: Path, token: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = state_dir / "agent.log"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "devices.agent", "--port", str(self.port), "--token", token,
+                 "--state-dir", str(state_dir)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{self.url}/health", timeout=1.0)
+                return
+            except httpx.HTTPError:
+                assert self.process.poll() is None, self.log.read_text()
+                time.sleep(0.2)
+        raise TimeoutError(self.log.read_text())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()

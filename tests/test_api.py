@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests._jobs import SUPERNET
 from tests._server import Server
 
 GOOD_PROFILE = {"name": "cpu-1t", "intra_op_threads": 1}
@@ -20,7 +21,8 @@ GOOD_PROFILE = {"name": "cpu-1t", "intra_op_threads": 1}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("api")
-    srv = Server(root / "store.sqlite", extra=("--max-body-mb", "0.05")).start()
+    srv = Server(root / "store.sqlite",
+                 extra=("--max-body-mb", "0.05", "--max-upload-mb", "5")).start()
     yield srv
     srv.stop()
 
@@ -35,7 +37,8 @@ def test_health_and_openapi_need_no_token(server: Server) -> None:
     with server.client(token=None) as anonymous:
         assert anonymous.get("/health").json()["status"] == "ok"
         schema = anonymous.get("/openapi.json").json()
-    assert {"/jobs", "/jobs/{job_id}/fronts", "/exports", "/profiles", "/devices"} <= set(schema["paths"])
+    paths = {"/jobs", "/jobs/{job_id}/fronts", "/exports", "/profiles", "/devices"}
+    assert paths <= set(schema["paths"])
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token"])
@@ -74,7 +77,8 @@ def test_unknown_references_are_refused_with_the_field(client: httpx.Client) -> 
     assert client.get("/exports/nothing-here").status_code == 404
 
     malformed = client.post("/jobs", json={"supernet": "x", "devices": []})
-    assert malformed.status_code == 422 and malformed.json()["detail"][0]["loc"] == ["body", "devices"]
+    assert malformed.status_code == 422
+    assert malformed.json()["detail"][0]["loc"] == ["body", "devices"]
 
 
 def test_oversize_bodies_get_413(server: Server, client: httpx.Client) -> None:
@@ -87,6 +91,99 @@ def test_oversize_bodies_get_413(server: Server, client: httpx.Client) -> None:
             yield b"x" * 10_000
         yield b'"}}'
 
-    streamed = client.post("/devices", content=chunks(), headers={"content-type": "application/json"})
+    streamed = client.post("/devices", content=chunks(),
+                           headers={"content-type": "application/json"})
     assert streamed.status_code == 413
     assert client.get("/health").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def registered(server: Server) -> str:
+    with server.client() as c:
+        response = c.post("/supernets", json=SUPERNET)
+    assert response.status_code == 201, response.text
+    return response.json()["name"]
+
+
+def test_supernets_are_registered_listed_and_checked(client: httpx.Client, registered: str) -> None:
+    [listed] = [s for s in client.get("/supernets").json() if s["name"] == registered]
+    assert listed["options"] == {"n_classes": 10, "resolutions": [32]} and listed["size"] > 1
+    builders = client.get("/supernets/registry").json()["builders"]
+    assert SUPERNET["registry"] in builders
+
+    unknown = client.post("/supernets", json={**SUPERNET, "registry": "resnet9000"})
+    assert unknown.status_code == 422
+    assert unknown.json()["detail"][0]["loc"] == ["body", "registry"]
+    assert SUPERNET["registry"] in unknown.json()["detail"][0]["msg"], "it lists the choices"
+
+    missing = client.post("/supernets", json={**SUPERNET, "name": "x", "checkpoint": "/no/such.pt"})
+    assert missing.status_code == 422
+    assert missing.json()["detail"][0]["loc"] == ["body", "checkpoint"]
+
+    bad_name = client.post("/supernets", json={**SUPERNET, "name": "../etc"})
+    assert bad_name.status_code == 422
+
+
+def test_checkpoint_uploads_are_loaded_and_limited(client: httpx.Client, tmp_path: Path) -> None:
+    import io
+
+    import torch
+
+    from hwsearch.jobs import SupernetRef, build_supernet
+
+    net = build_supernet(SupernetRef(name="d", registry="demo_mbv3_mnist"))
+    buffer = io.BytesIO()
+    torch.save(net.module.state_dict(), buffer)
+    form = {"name": "demo-upload", "registry": "demo_mbv3_mnist"}
+    uploaded = client.post("/supernets/upload", data=form,
+                           files={"checkpoint": ("demo.pt", buffer.getvalue())})
+    assert uploaded.status_code == 201, uploaded.text
+    assert Path(uploaded.json()["checkpoint"]).read_bytes() == buffer.getvalue()
+
+    garbage = client.post("/supernets/upload", data={**form, "name": "garbage"},
+                          files={"checkpoint": ("x.pt", b"not a checkpoint")})
+    assert garbage.status_code == 422 and "checkpoint" in garbage.json()["detail"][0]["msg"]
+
+    too_big = client.post("/supernets/upload", data={**form, "name": "big"},
+                          files={"checkpoint": ("big.pt", bytes(6 * 1024 * 1024))})
+    assert too_big.status_code == 413
+
+
+def test_archs_outside_the_space_are_refused_naming_the_field(client: httpx.Client,
+                                                              registered: str) -> None:
+    arch = {"resolution": 32, "depths": [2, 2, 2, 2, 2], "kernel": [3] * 10, "expand": [3] * 10}
+    cases = [
+        ({**arch, "resolution": 224}, "resolution=224"),
+        ({**arch, "depths": [2, 2, 2, 2, 9]}, "depths[4]=9"),
+        ({**arch, "kernel": [3] * 9 + [4]}, "kernel[9]=4"),
+        ({**arch, "kernels": [3]}, "unknown field"),
+        ({"ks": [3] * 20, "e": [3] * 20}, "missing field"),
+    ]
+    client.post("/devices", json={"profile": GOOD_PROFILE})
+    for bad, says in cases:
+        for path, extra in (("/exports", {}), ("/profiles", {"on": "cpu-1t"})):
+            response = client.post(path, json={"supernet": registered, "arch": bad, **extra})
+            assert response.status_code == 422, (path, bad, response.text)
+            [error] = response.json()["detail"]
+            assert error["loc"] == ["body", "arch"] and says in error["msg"], error
+
+
+def test_job_references_are_checked_before_anything_runs(client: httpx.Client, registered: str,
+                                                         tmp_path: Path) -> None:
+    client.post("/devices", json={"profile": GOOD_PROFILE})
+    base = {"supernet": registered, "devices": ["cpu-1t"], "dataset": str(tmp_path)}
+    cases = [
+        ({**base, "devices": ["cpu-1t", "nope"]}, ["body", "devices", 1]),
+        ({**base, "devices": ["cpu-1t", "cpu-1t"]}, ["body", "devices"]),
+        ({**base, "dataset": "/no/such/data.npz"}, ["body", "dataset"]),
+        ({**base, "limits": [{"metric": "latency_ms"}]}, ["body", "limits", 0]),
+        ({**base, "budget": -1}, ["body", "budget"]),
+    ]
+    for body, loc in cases:
+        response = client.post("/jobs", json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert response.json()["detail"][0]["loc"] == loc, response.json()
+    assert client.get("/jobs").json()["jobs"] == [], "no refused job was queued"
+    profile = client.post("/profiles", json={"supernet": registered, "on": "nope",
+                                             "arch": {"resolution": 32, "depths": [2] * 5}})
+    assert profile.status_code == 422 and profile.json()["detail"][0]["loc"] == ["body", "on"]

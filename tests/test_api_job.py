@@ -19,7 +19,7 @@ import pytest
 
 from hwsearch.store import SQLiteStore
 from tests._jobs import SUPERNET, fast_device, random_dataset
-from tests._server import Server
+from tests._server import Agent, Server
 
 pytestmark = pytest.mark.slow
 
@@ -49,26 +49,41 @@ def register(client: httpx.Client, devices: list[dict[str, Any]]) -> dict[str, s
     return hashes
 
 
+AGENT_TOKEN = "agent-secret"
+
+
+@pytest.fixture()
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    edge = Agent(tmp_path / "agent", AGENT_TOKEN)
+    yield edge
+    edge.stop()
+
+
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "store.sqlite").start()
+    srv = Server(tmp_path / "store.sqlite", env={"TEST_AGENT_TOKEN": AGENT_TOKEN}).start()
     yield srv
     srv.stop()
 
 
-def test_submit_poll_fronts_export_and_profile(server: Server, tmp_path: Path) -> None:
+def test_submit_poll_fronts_export_and_profile(server: Server, agent: Agent,
+                                               tmp_path: Path) -> None:
     dataset = random_dataset(tmp_path / "val.npz")
+    edge = {**fast_device("edge"), "where": {"kind": "agent", "url": agent.url,
+                                             "token_env": "TEST_AGENT_TOKEN"}}
     with server.client() as client:
-        register(client, [fast_device("cpu-a"), fast_device("cpu-b", 2)])
-        accepted = client.post("/jobs", json={"supernet": "tiny-mbv3", "devices": ["cpu-a", "cpu-b"],
-                                              "dataset": str(dataset), "n_profile": 4, "budget": 1})
+        register(client, [fast_device("cpu-a"), fast_device("cpu-b", 2), edge])
+        accepted = client.post("/jobs", json={
+            "supernet": "tiny-mbv3", "devices": ["cpu-a", "cpu-b"], "dataset": str(dataset),
+            "n_profile": 4, "budget": 1})
         assert accepted.status_code == 202, accepted.text
         job_id = accepted.json()["id"]
         assert accepted.json()["status_url"].endswith(f"/jobs/{job_id}")
         seen: list[dict[str, Any]] = []
         job = wait_for(client, job_id, ("succeeded", "failed"), seen=seen)
         assert job["state"] == "succeeded", job
-        assert {"profile", "accuracy", "search"} <= {s["progress"]["step"] for s in seen if s["progress"]}
+        steps = {s["progress"]["step"] for s in seen if s["progress"]}
+        assert {"profile", "accuracy", "search"} <= steps
         assert set(job["result"]["predictors"]) >= {"accuracy", "latency@cpu-a", "latency@cpu-b"}
 
         fronts = client.get(f"/jobs/{job_id}/fronts").json()["fronts"]
@@ -107,7 +122,16 @@ def test_submit_poll_fronts_export_and_profile(server: Server, tmp_path: Path) -
         assert done["kind"] == "profile" and done["result"]["measurement"]["median_ms"] > 0
         assert done["result"]["arch_key"] == point["arch_key"]
 
-        assert {j["id"] for j in client.get("/jobs").json()["jobs"]} == {job_id, done["id"]}
+        on_agent = client.post("/profiles", json={"job_id": job_id, "device": "cpu-a", "point": 0,
+                                                  "on": "edge"})
+        assert on_agent.status_code == 202, on_agent.text
+        remote = wait_for(client, on_agent.json()["id"], ("succeeded", "failed"))
+        assert remote["state"] == "succeeded", remote
+        assert remote["result"]["device"] == "edge"
+        assert remote["result"]["measurement"]["n_runs"] > 0
+
+        jobs = {j["id"] for j in client.get("/jobs").json()["jobs"]}
+        assert jobs == {job_id, done["id"], remote["id"]}
         assert client.get(f"/jobs/{done['id']}/fronts").status_code == 409
 
 

@@ -109,6 +109,13 @@ def test_a_pinned_reference_latency_sets_the_scale(models: list[Path]) -> None:
     assert measurement.latency_ms == pytest.approx(measurement.ratio * 5.0)
 
 
+def test_thread_cpu_clock_measures_the_same_models(models: list[Path]) -> None:
+    profile = DeviceProfile.from_dict({"name": "cpu-clock", "clock": "thread_cpu", **QUICK})
+    small, large = LocalProfiler(profile).measure_many(models)
+    assert small.env["clock"] == "thread_cpu" and 0 < small.min_ms <= small.median_ms
+    assert large.ratio > 3 * small.ratio
+
+
 def test_caps_stop_rounds_and_flag_instability(models: list[Path]) -> None:
     profile = DeviceProfile.from_dict(
         {"name": "strict", "warmup": {"runs": 1, "seconds": 0}, "protocol": {"min_rounds": 6, "max_rounds": 6, "ci_target": 1e-9}}

@@ -51,6 +51,9 @@ def test_json_profile_file(tmp_path: Path) -> None:
         ({"name": ""}, "name"),
         ({"name": "x", "intra_op_threads": 2, "thread_affinity": "1;2"}, "thread_affinity"),
         ({"name": "x", "reference_ms": -1}, "reference_ms"),
+        ({"name": "x", "clock": "tsc"}, "clock"),
+        ({"name": "x", "clock": "thread_cpu", "intra_op_threads": 2}, "clock"),
+        ({"name": "x", "clock": "thread_cpu", "runtime": "openvino"}, "clock"),
     ],
 )
 def test_bad_profiles_name_the_field(data: dict, field_name: str) -> None:
@@ -82,7 +85,7 @@ def test_hash_covers_what_changes_latency_only() -> None:
     )
     assert same.hash() == base.hash()
     for change in ({"intra_op_threads": 2}, {"batch": 4}, {"graph_optimization": "basic"}, {"name": "other"},
-                   {"allow_spinning": False}, {"runtime": "openvino"}):
+                   {"allow_spinning": False}, {"runtime": "openvino"}, {"clock": "thread_cpu"}):
         assert DeviceProfile.from_dict({"name": "box", **change}).hash() != base.hash(), change
 
 

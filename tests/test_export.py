@@ -115,6 +115,28 @@ def test_cli_export_sampled_and_ofa_native_arch(tmp_path: Path) -> None:
     assert Path(data["path"]).stat().st_size == data["bytes"]
 
 
+def test_cli_export_uses_the_checkpoint(mbv3: Supernet, tmp_path: Path) -> None:
+    torch.save({"state_dict": mbv3.module.state_dict()}, tmp_path / "weights.pth")
+    arch = mbv3.space.smallest(128)
+    (tmp_path / "arch.json").write_text(arch.to_json())
+    result = CliRunner().invoke(app, ["export", "--supernet", MBV3,
+                                      "--checkpoint", str(tmp_path / "weights.pth"),
+                                      "--arch", str(tmp_path / "arch.json"),
+                                      "--out", str(tmp_path / "s.onnx")])
+    assert result.exit_code == 0, result.output
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        expected = mbv3.forward(x, arch).numpy()
+    np.testing.assert_allclose(_run_onnx(tmp_path / "s.onnx", x), expected, rtol=0, atol=1e-4)
+    state = mbv3.module.state_dict()
+    del state["classifier.linear.bias"]
+    torch.save(state, tmp_path / "broken.pth")
+    result = CliRunner().invoke(app, ["export", "--supernet", MBV3,
+                                      "--checkpoint", str(tmp_path / "broken.pth"),
+                                      "--out", str(tmp_path / "t.onnx")])
+    assert result.exit_code == 2 and "missing keys: classifier.linear.bias" in result.output
+
+
 def test_cli_export_reports_bad_input(tmp_path: Path) -> None:
     (tmp_path / "arch.json").write_text(json.dumps({"resolution": 100, "depths": [2, 2, 2, 2, 2]}))
     result = CliRunner().invoke(app, ["export", "--supernet", MBV3,

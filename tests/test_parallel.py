@@ -1,4 +1,4 @@
-"""Per-device searches fanned out on real Ray: placement, shared accuracies, surviving a dead worker.
+"""Per-device searches on real Ray: placement, shared accuracies, surviving a dead worker.
 
 Measurements come from the analytic oracle of ``tests/_search_oracle.py`` (a
 deterministic roofline cost model and capacity-based accuracy proxy, not a
@@ -65,10 +65,22 @@ class LoggingMeasurer(OracleMeasurer):
         return super().measure_latency(archs)
 
 
+class RoundLog:
+    """An ``on_round`` callback that leaves one line per round in a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, round_: int, observations) -> None:
+        with self.path.open("a") as f:
+            f.write(f"{round_} {len(observations)}\n")
+
+
 def _devices(space, predictors, tmp_path, names, die_after=None):
     _, latency = predictors
     return [DeviceSearch(name=n, device_hash=f"hash-{n}", latency=latency,
-                         measurer=LoggingMeasurer(space, tmp_path / f"{n}.log", die_after))
+                         measurer=LoggingMeasurer(space, tmp_path / f"{n}.log", die_after),
+                         on_round=RoundLog(tmp_path / f"{n}.rounds"))
             for n in names]
 
 
@@ -95,6 +107,7 @@ def test_each_device_gets_a_measured_front_from_its_own_task(space, predictors, 
         assert set(store.get_latencies(f"hash-{name}", space.name)) == set(logged)
         assert run.result.front.points and run.result.front.device == name
         assert {p.arch.key() for p in run.result.front.points} <= set(logged)
+        assert (tmp_path / f"{name}.rounds").read_text().splitlines() == ["1 10"]
     assert runs["a"].attempt_pid != os.getpid()
 
 

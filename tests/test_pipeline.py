@@ -148,3 +148,76 @@ def test_profile_cli_resumes_from_the_store(profiled) -> None:
     assert second.exit_code == 0, second.output
     assert json.loads(second.stdout)["measured"] == 0
     assert json.loads(second.stdout)["skipped"] == 3
+
+
+# --------------------------------------------------------------------------- accuracy data
+
+
+def _write_class_folders(root: Path, n_per_class: int) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(["cat", "dog"]):
+        (root / name).mkdir(parents=True)
+        for i in range(n_per_class):
+            pixels = rng.integers(0, 256, size=(40 + 7 * i, 50, 3), dtype=np.uint8)
+            pixels[..., label] = 255  # class shows in one colour channel
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+        (root / name / "notes.txt").write_text("not an image")
+
+
+def test_data_loader_reads_folders_and_array_files(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from hwsearch.data import batches, load_images
+
+    _write_class_folders(tmp_path / "imgs", 3)
+    folder = load_images(tmp_path / "imgs", size=64)
+    assert folder.x.shape == (6, 3, 64, 64) and folder.y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert folder.classes == ("cat", "dog")
+    x = np.random.default_rng(1).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(5) % 2)
+    torch.save({"x": torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255,
+                "y": torch.arange(5) % 2}, tmp_path / "d.pt")
+    from_npz = load_images(tmp_path / "d.npz", size=32)
+    from_pt = load_images(tmp_path / "d.pt", size=32)
+    torch.testing.assert_close(from_npz.x, from_pt.x)
+    assert [b[0].shape for b in batches(from_npz, 24, batch_size=4)] == [(4, 3, 24, 24),
+                                                                         (1, 3, 24, 24)]
+    calib, val = from_npz.split(2)
+    assert len(calib) == 2 and len(val) == 3
+    with pytest.raises(ValueError, match="lacks array"):
+        np.savez(tmp_path / "bad.npz", images=x)
+        load_images(tmp_path / "bad.npz")
+
+
+def test_accuracy_evaluation_on_ray_matches_in_process(tmp_path: Path) -> None:
+    supernets = pytest.importorskip("hwsearch.supernets")
+    ray = pytest.importorskip("ray")
+    from hwsearch.accuracy_eval import EvalSettings, evaluate_subnets, subnet_accuracy
+    from hwsearch.data import load_images
+    from hwsearch.store import MemoryStore
+
+    _write_class_folders(tmp_path / "imgs", 12)
+    data = load_images(tmp_path / "imgs", size=128)
+    net = supernets.create_supernet("ofa_mbv3_d234_e346_k357_w1.0", n_classes=2)
+    n_active = 3 + 2 * 4
+    archs = [net.space.smallest(128),
+             net.space.arch(resolution=128, depths=(3, 2, 2, 2, 2), kernel=[7] * n_active,
+                            expand=[6] * n_active)]
+    settings = EvalSettings(n_calibration=8, batch_size=8, chunk=1)
+    store = MemoryStore()
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        found = evaluate_subnets(net, archs, data, store=store, dataset_id="colours",
+                                 settings=settings)
+    finally:
+        ray.shutdown()
+    assert set(found) == {a.key() for a in archs}
+    assert store.get_accuracies(net.name, "colours") == found
+    calib, val = data.split(8, seed=settings.seed)
+    for arch in archs:
+        assert found[arch.key()] == subnet_accuracy(net, arch, calib, val, settings)
+        assert 0.0 <= found[arch.key()] <= 1.0
+    # Stored accuracies are not evaluated again (no Ray runtime needed now).
+    assert evaluate_subnets(net, archs, data, store=store, dataset_id="colours") == found
+

@@ -1,4 +1,4 @@
-"""NSGA-II search through real predictors: vectorised evaluation, reproducibility, limits, duplicates.
+"""NSGA-II through real predictors: vectorised evaluation, reproducibility, limits, duplicates.
 
 Ground truth: the predictors are hwsearch's real XGBoost predictors
 (``predictors.latency``/``predictors.accuracy``) trained on an analytic,

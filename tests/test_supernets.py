@@ -150,12 +150,14 @@ def test_mbv3_supernet_forward_equals_extracted_subnet(mbv3: Supernet) -> None:
 def test_resnet_supernet_forward_equals_extracted_subnet(resnet: Supernet) -> None:
     space = resnet.space
     archs = space.sample(np.random.default_rng(1), 2) + [space.smallest(), space.largest()]
+    before = _snapshot(resnet.module)
     for arch in (_at(a, 132) for a in archs):  # 132: odd feature maps exercise ceil-mode pooling
         x = torch.randn(1, 3, 132, 132)
         with torch.no_grad():
             expected = resnet.forward(x, arch)
             actual = resnet.extract(arch)(x)
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    _assert_same_state(resnet.module, before)
 
 
 def test_arch_forms_are_interchangeable(mbv3: Supernet, resnet: Supernet) -> None:

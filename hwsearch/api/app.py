@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -101,6 +102,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         recover_jobs(store=store, resume=resume, ray_address=ray_address)
         yield
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()  # Ray was started by a job; leave nothing running
 
     app = FastAPI(
         title="hwsearch",

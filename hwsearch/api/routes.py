@@ -206,7 +206,7 @@ def read_front(job_id: str, device: str, store: StoreDep) -> FrontRead:
 @api_router.post("/exports", response_model=ExportRead, status_code=201, tags=["subnets"])
 def create_export(body: ExportCreate, request: Request, store: StoreDep,
                   catalog: CatalogDep) -> ExportRead:
-    """Export a subnet (an arch, or a point of a front) to ONNX; download it from ``download_url``."""
+    """Export a subnet (an arch, or a point of a front) to ONNX; fetch it from ``download_url``."""
     info = service.export_subnet(store=store, catalog=catalog, **body.model_dump())
     return ExportRead(**info, download_url=str(request.url_for("download_export",
                                                                export_id=info["id"])))

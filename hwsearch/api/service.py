@@ -26,6 +26,7 @@ from hwsearch.jobs import (
     cancel_job,
     resume_job,
     submit_job,
+    supernet_builders,
 )
 from hwsearch.space import ArchConfig, ArchValidationError
 from hwsearch.store import Store
@@ -87,19 +88,19 @@ class Conflict(ServiceError):
 
 def registry_names() -> list[str]:
     """The supernet builders this installation offers."""
-    from hwsearch.supernets import list_supernets as builders
-
-    return sorted(builders())
+    return sorted(supernet_builders())
 
 
 @functools.lru_cache(maxsize=4)
-def _load(ref_json: str) -> Any:
+def _load(ref_json: str, checkpoint_version: int) -> Any:
     """Supernets are costly to build and pure to use, so each is built once per process."""
     return build_supernet(SupernetRef.from_dict(json.loads(ref_json)))
 
 
 def _supernet(ref: SupernetRef) -> Any:
-    return _load(json.dumps(ref.to_dict(), sort_keys=True))
+    """The built supernet; a checkpoint replaced on disk (a new upload) is loaded anew."""
+    version = Path(ref.checkpoint).stat().st_mtime_ns if ref.checkpoint else 0
+    return _load(json.dumps(ref.to_dict(), sort_keys=True), version)
 
 
 def _describe(ref: SupernetRef) -> dict[str, Any]:
@@ -143,7 +144,8 @@ def upload_supernet(
 ) -> dict[str, Any]:
     """Register a supernet whose checkpoint comes in the request; it is kept in the catalog."""
     if not valid_name(name):
-        raise Invalid(f"name {name!r} must be letters, digits, '.', '_' or '-'", field=("body", "name"))
+        raise Invalid(f"name {name!r} must be letters, digits, '.', '_' or '-'",
+                      field=("body", "name"))
     path = catalog.checkpoints / f"{name}.pt"
     with tempfile.NamedTemporaryFile(dir=catalog.checkpoints, suffix=".part", delete=False) as tmp:
         shutil.copyfileobj(content, tmp)
@@ -241,9 +243,11 @@ def submit_search(
     ref = get_supernet(catalog=catalog, name=supernet, field=("body", "supernet"))
     if len(set(devices)) != len(devices):
         raise Invalid("a device is listed twice", field=("body", "devices"))
-    profiles = tuple(_device(catalog, name, ("body", "devices", i)) for i, name in enumerate(devices))
+    profiles = tuple(_device(catalog, name, ("body", "devices", i))
+                     for i, name in enumerate(devices))
     if dataset is not None and not Path(dataset).exists():
-        raise Invalid(f"dataset {dataset!r} does not exist on the server", field=("body", "dataset"))
+        raise Invalid(f"dataset {dataset!r} does not exist on the server",
+                      field=("body", "dataset"))
     spec = JobSpec(supernet=ref, devices=profiles, dataset=dataset,
                    limits=tuple(dict(lim) for lim in limits), budget=budget, seed=seed,
                    n_profile=n_profile)

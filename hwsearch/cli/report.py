@@ -13,13 +13,14 @@ __all__ = ["register"]
 
 def report(
     job: Annotated[str, typer.Argument(
-        help="A job id in --store, or a directory of front JSON files (as `hwsearch search` "
-             "writes them).")],
+        help="A job id in --store, or the --out folder of `hwsearch search` or `hwsearch demo` "
+             "(or any folder of front JSON files).")],
     out: Annotated[Path, typer.Option(help="Directory for the PNGs and report.html.")] = Path(
         "hwsearch-report"),
     store: Annotated[Optional[Path], typer.Option(
         help="SQLite store holding the job (needed for a job id).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the written paths as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the written paths as JSON.")] = False,
 ) -> None:
     """Write a Pareto plot per device (PNG) and one self-contained report.html.
 

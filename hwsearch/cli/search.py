@@ -22,7 +22,8 @@ __all__ = ["register"]
 def search(
     supernet: Annotated[str, typer.Option(help="Supernet name (see `hwsearch supernets list`).")],
     device: Annotated[list[Path], typer.Option(
-        help="Device profile (YAML/JSON); repeat for several devices.", exists=True, dir_okay=False)],
+        help="Device profile (YAML/JSON); repeat for several devices.", exists=True,
+        dir_okay=False)],
     data: Annotated[Path, typer.Option(
         help="Validation data for accuracy: a folder of class sub-folders of images, "
              "or an array/tensor file.", exists=True)],
@@ -37,7 +38,7 @@ def search(
         help="Subnets profiled per device (and evaluated once) to train predictors.")] = 40,
     budget: Annotated[int, typer.Option(
         help="Extra real measurements per device that refinement may spend.")] = 20,
-    seed: Annotated[int, typer.Option(help="Seed for subnet selection, predictors and search.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for selection, predictors and search.")] = 0,
     ray_address: Annotated[Optional[str], typer.Option(
         help="Join this Ray cluster instead of starting a local one.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the store and the fronts' JSON.")] = Path(
@@ -71,7 +72,8 @@ def search(
     job_id = store.create_job(spec.to_dict())
     result = _run_with_progress(spec, store, job_id, ray_address, console)
     fronts = {name: ParetoFront.from_dict(front) for name, front in result["fronts"].items()}
-    paths = {name: str(front.save(out / "fronts" / f"{name}.json")) for name, front in fronts.items()}
+    paths = {name: str(front.save(out / "fronts" / f"{name}.json"))
+             for name, front in fronts.items()}
     if as_json:
         typer.echo(json.dumps({"job_id": job_id, "store": str(out / "store.db"), "files": paths,
                                "fronts": {n: f.to_dict() for n, f in fronts.items()}}, indent=2))

@@ -20,13 +20,14 @@ def serve(
         help="Bearer token clients must send; defaults to $HWSEARCH_TOKEN.",
         envvar="HWSEARCH_TOKEN", show_envvar=True)] = None,
     data_dir: Annotated[Optional[Path], typer.Option(
-        help="Registered supernets/devices, uploads and exports [default: STORE.data].")] = None,
+        help="Registered supernets/devices, uploads and exports (default: STORE.data).")] = None,
     max_body_mb: Annotated[float, typer.Option(help="Largest JSON request body.")] = 1.0,
     max_upload_mb: Annotated[float, typer.Option(help="Largest checkpoint upload.")] = 512.0,
     ray_address: Annotated[Optional[str], typer.Option(
         help="Join this Ray cluster instead of starting Ray locally.")] = None,
     resume: Annotated[bool, typer.Option(
-        help="Restart jobs a previous run left active, instead of marking them interrupted.")] = False,
+        help="Restart jobs a previous run left active instead of marking them "
+             "interrupted.")] = False,
 ) -> None:
     """Serve the hwsearch HTTP API (OpenAPI schema at /docs).
 

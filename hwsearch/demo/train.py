@@ -47,16 +47,17 @@ class Recipe:
     """Everything that decides the trained weights."""
 
     seed: int = 0
-    batch_size: int = 128
+    batch_size: int = 64
     weight_decay: float = 3e-5
     kd_weight: float = 1.0
     max_shift: int = 2
     torch_threads: int = 2
+    subnets_per_step: int = 2  # shrinking phases: gradients of this many sampled subnets per step
     phases: tuple[Phase, ...] = field(default_factory=lambda: (
-        Phase("largest", 6, (), 3e-3),
-        Phase("elastic_kernel", 2, ("kernel",), 1e-3),
-        Phase("elastic_depth", 3, ("kernel", "depth"), 1e-3),
-        Phase("elastic_expand", 4, ("kernel", "depth", "expand"), 1e-3),
+        Phase("largest", 8, (), 4e-3),
+        Phase("elastic_kernel", 2, ("kernel",), 2e-3),
+        Phase("elastic_depth", 3, ("kernel", "depth"), 2e-3),
+        Phase("elastic_expand", 4, ("kernel", "depth", "expand"), 2e-3),
     ))
 
 
@@ -124,16 +125,20 @@ def train_supernet(supernet: torch.nn.Module, space: SearchSpace, data: Labelled
                 idx = order[i:i + recipe.batch_size]
                 resolution = int(rng.choice(space.resolutions))
                 x = _resize(_augment(data.x[idx], rng, recipe.max_shift), resolution)
-                arch = _sample_arch(space, rng, phase.elastic, resolution)
-                logits = supernet(x, arch)
-                loss = F.cross_entropy(logits, data.y[idx])
+                soft = None
                 if teacher is not None:
                     with torch.no_grad():
                         soft = F.softmax(teacher(x, space.largest(resolution)), dim=1)
-                    loss = loss + recipe.kd_weight * F.kl_div(
-                        F.log_softmax(logits, dim=1), soft, reduction="batchmean")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                n_subnets = 1 if teacher is None else recipe.subnets_per_step
+                for _ in range(n_subnets):
+                    arch = _sample_arch(space, rng, phase.elastic, resolution)
+                    logits = supernet(x, arch)
+                    loss = F.cross_entropy(logits, data.y[idx])
+                    if soft is not None:
+                        loss = loss + recipe.kd_weight * F.kl_div(
+                            F.log_softmax(logits, dim=1), soft, reduction="batchmean")
+                    (loss / n_subnets).backward()
                 optimizer.step()
                 schedule.step()
                 total += float(loss.detach()) * len(idx)

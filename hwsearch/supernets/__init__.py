@@ -56,3 +56,7 @@ def build_supernet(space: SearchSpace, *, name: str | None = None,
         raise ValueError(f"{space.name}: no supernet family for layout "
                          f"{type(space.layout).__name__}; expected MBv3Layout or ResNetLayout")
     return Supernet(name or space.name, module)
+
+
+# The built-in demo supernet registers itself; imported last because it uses the names above.
+from hwsearch.demo import supernet as _demo_supernet  # noqa: E402,F401

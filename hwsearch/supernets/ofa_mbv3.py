@@ -27,6 +27,7 @@ from hwsearch.supernets.registry import register_supernet
 
 __all__ = ["MobileNetV3Subnet", "OFAMobileNetV3"]
 
+_STEM_KERNEL = 3
 _FIRST_BLOCK_ACT = "relu"
 _FIRST_BLOCK_KERNEL = 3
 
@@ -91,7 +92,8 @@ class OFAMobileNetV3(nn.Module):
         self.dropout_rate = dropout_rate
         stem = layout.stem
         self.first_conv = conv_bn_act(
-            nn.Conv2d(layout.in_channels, stem, 3, layout.stem_stride, 1, bias=False),
+            nn.Conv2d(layout.in_channels, stem, _STEM_KERNEL, layout.stem_stride,
+                      _STEM_KERNEL // 2, bias=False),
             nn.BatchNorm2d(stem), build_act("h_swish"))
         blocks: list[nn.Module] = [self._first_block(stem, layout.first_block)]
         self.block_group_info: list[list[int]] = []
@@ -162,7 +164,8 @@ class OFAMobileNetV3(nn.Module):
         arch = self.space.validate(arch)
         layout = self.layout
         stem = layout.stem
-        total, size = conv_costs(arch.resolution, layout.in_channels, stem, 3, layout.stem_stride)
+        total, size = conv_costs(arch.resolution, layout.in_channels, stem, _STEM_KERNEL,
+                                 layout.stem_stride)
         total += conv_costs(size, stem, stem, _FIRST_BLOCK_KERNEL, groups=stem)[0]
         total += conv_costs(size, stem, layout.first_block, 1)[0]
         for block, kernel, expand in self._active_blocks(arch):
