@@ -80,13 +80,14 @@ def evaluate_subnets(
     """
     import ray
 
+    from hwsearch.ray_session import init_ray
+
     done = store.get_accuracies(supernet.name, dataset_id)
     todo = [a for a in archs if a.key() not in done]
     if todo:
         calibration, validation = data.split(min(settings.n_calibration, len(data) // 2),
                                              seed=settings.seed)
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, log_to_driver=False)
+        init_ray()
         remote = ray.remote(num_cpus=settings.torch_threads)(_evaluate_chunk)
         net_ref, calib_ref, val_ref = (ray.put(supernet), ray.put(calibration),
                                        ray.put(validation))

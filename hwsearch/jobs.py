@@ -16,6 +16,7 @@ only waits on Ray and records a crash the task could not record itself.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -309,13 +310,23 @@ class _DeviceMeasurer:
     Latency: export and profile with the device's profiler (the pipeline
     stores the full measurement row); accuracy: BN-recalibrated evaluation on
     the job's data.  It travels to the device's Ray task, where it also
-    checks for cancellation and reports progress before each batch.
+    checks for cancellation and reports progress before each batch.  The
+    supernet and the data are large and the same for every device, so it
+    carries only a reference to them (``ray.put`` once per job) and fetches
+    them in the worker on first use.
     """
 
-    def __init__(self, *, net: Any, profile: Any, data: Any, store: Store, dataset_id: str,
+    def __init__(self, *, shared: Any, profile: Any, store: Store, dataset_id: str,
                  job_id: str) -> None:
-        self.net, self.profile, self.data = net, profile, data
+        self.shared, self.profile = shared, profile
         self.store, self.dataset_id, self.job_id = store, dataset_id, job_id
+
+    @functools.cached_property
+    def _net_and_data(self) -> tuple[Any, Any]:
+        import ray
+
+        resolved = ray.get(self.shared)
+        return resolved["net"], resolved["data"]
 
     def _before(self, what: str, n: int) -> None:
         _Control(self.store, self.job_id).step("search", 0.6,
@@ -325,18 +336,18 @@ class _DeviceMeasurer:
         from devices import open_profiler
         from hwsearch.pipeline import profile_subnets
 
+        net, _ = self._net_and_data
         self._before("profiling", len(archs))
-        profile_subnets(self.net, archs, open_profiler(self.profile), self.profile.hash(),
-                        self.store)
-        rows = _finite_latencies(self.store, self.profile.hash(), self.net.space.name)
+        profile_subnets(net, archs, open_profiler(self.profile), self.profile.hash(), self.store)
+        rows = _finite_latencies(self.store, self.profile.hash(), net.space.name)
         return [float(rows[a.key()]["latency_ms"]) for a in archs]
 
     def measure_accuracy(self, archs: Sequence[Any]) -> list[float]:
         from hwsearch.accuracy_eval import evaluate_subnets
 
+        net, data = self._net_and_data
         self._before("evaluating", len(archs))
-        found = evaluate_subnets(self.net, archs, self.data, store=self.store,
-                                 dataset_id=self.dataset_id)
+        found = evaluate_subnets(net, archs, data, store=self.store, dataset_id=self.dataset_id)
         return [found[a.key()] for a in archs]
 
 
@@ -411,6 +422,9 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
     control.step("train", 0.55, "fitting predictors")
     accuracy = AccuracyPredictor(space, seed=spec.seed).fit(*_xy(space, archs, accuracies))
     quality = {"accuracy": _flat_metrics(accuracy)}
+    import ray
+
+    shared = ray.put({"net": net, "data": data})  # once per job, not once per device task
     searches = []
     for profile in profiles:
         rows = _finite_latencies(store, profile.hash(), space.name)
@@ -419,7 +433,7 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
         quality[f"latency@{profile.name}"] = _flat_metrics(latency)
         searches.append(DeviceSearch(
             name=profile.name, device_hash=profile.hash(), latency=latency,
-            measurer=_DeviceMeasurer(net=net, profile=profile, data=data, store=store,
+            measurer=_DeviceMeasurer(shared=shared, profile=profile, store=store,
                                      dataset_id=dataset_id, job_id=job_id),
             limits=tuple(Limit(**dict(lim)) for lim in spec.limits)))
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from hwsearch.problem import Limit
+from hwsearch.ray_session import init_ray
 from hwsearch.refine import (
     Measurer,
     Observation,
@@ -123,20 +124,6 @@ class StoreMeasurer:
                 continue
             out.append(Observation(arch, float(accuracies[key]), float(row["latency_ms"])))
         return out
-
-
-def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Join ``address`` or start a local Ray, once per process; an existing session is kept."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                 log_to_driver=False)
 
 
 def search_devices(

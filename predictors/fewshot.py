@@ -3,11 +3,15 @@
 Devices disagree on *how much* each layer kind costs, but far less on which
 subnets are slow: a subnet slow on one CPU is usually slow on another.  So a
 new device is fitted as a correction of predictors already trained on other
-devices: ``log(latency_new) ~ a + sum_i b_i * log(pred_i)`` plus a few
-analytic cost terms, with ridge shrinkage chosen by leave-one-out CV.  With
-one source device this is a power-law rescaling of its predictions; with
-several, a blend.  Twenty measurements pin down these few coefficients,
-where a from-scratch model has hundreds of features to fit.
+devices: ``log(latency_new) ~ a + sum_i b_i * log(pred_i)`` plus three
+analytic cost groups (depthwise MACs, dense MACs, activation volume), with
+ridge shrinkage chosen by leave-one-out CV.  The cost groups are where
+devices differ most: one runtime fuses batch norm and activations into the
+convolutions and another does not (then activation traffic dominates), one
+CPU has fast depthwise kernels and another slow ones.  With one source
+device this is a rescaling of its predictions; with several, a blend.
+Twenty measurements pin down these few coefficients, where a from-scratch
+model has hundreds of features to fit.
 """
 
 from __future__ import annotations
@@ -37,8 +41,15 @@ class FewShotLatencyPredictor:
 
     def _design(self, X: np.ndarray) -> np.ndarray:
         logs = [np.log(p.predict(X)) for p in self.sources]
-        macs = self.sources[0].featurizer.macs(X)
-        return np.column_stack(logs + [np.log(macs)])
+        return np.column_stack(logs + [np.log(group) for group in self._cost_groups(X)])
+
+    def _cost_groups(self, X: np.ndarray) -> list[np.ndarray]:
+        """Depthwise MACs, other (dense) MACs and activation volume of each row."""
+        columns = self.sources[0].featurizer.costs(X).columns
+        depthwise = sum(v for k, v in columns.items() if "_macs_dw" in k)
+        dense = sum(v for k, v in columns.items() if "_macs" in k and "_macs_dw" not in k)
+        activations = sum(v for k, v in columns.items() if k.endswith("_act"))
+        return [np.asarray(g, dtype=np.float64) + 1.0 for g in (depthwise, dense, activations)]
 
     def fit(self, X: np.ndarray, latency_ms: np.ndarray) -> "FewShotLatencyPredictor":
         """Fit on the new device's measured subnets (3 or more; 10-20 is the intended use)."""

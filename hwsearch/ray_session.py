@@ -1,0 +1,68 @@
+"""One Ray session per process, started so that it lives as long as the process.
+
+Every part of hwsearch that uses Ray (accuracy evaluation, per-device
+searches, service jobs) calls :func:`init_ray` first: it joins a cluster by
+address or starts a local one, and does nothing when a session exists.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+__all__ = ["init_ray"]
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Join ``address`` or start a local Ray, once per process; an existing session is kept.
+
+    Ray starts its local daemons (GCS, raylet) with ``PR_SET_PDEATHSIG``, which
+    kills them when the *thread* that started them exits.  Jobs run in
+    threads (the CLI's progress loop, the service's workers), so a session
+    started from such a thread would die with it and take the process down a
+    minute later.  Off the main thread, Ray is therefore started from a keeper
+    thread that lives as long as the process.
+    """
+    import ray
+
+    with _RAY_START_LOCK:
+        if ray.is_initialized():
+            return
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        if threading.current_thread() is threading.main_thread():
+            _start_ray(address, num_cpus)
+        else:
+            _start_ray_in_keeper_thread(address, num_cpus)
+
+
+_RAY_START_LOCK = threading.Lock()
+
+
+def _start_ray(address: str | None, num_cpus: int | None) -> None:
+    import ray
+
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                 log_to_driver=False)
+
+
+def _start_ray_in_keeper_thread(address: str | None, num_cpus: int | None) -> None:
+    """Start Ray from a daemon thread that then waits forever; re-raise its start-up error here."""
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def keep() -> None:
+        try:
+            _start_ray(address, num_cpus)
+        except BaseException as error:  # handed to the caller below
+            failure.append(error)
+        started.set()
+        if not failure:
+            threading.Event().wait()  # never set: this thread must outlive the Ray daemons' use
+
+    threading.Thread(target=keep, name="hwsearch-ray-keeper", daemon=True).start()
+    started.wait()
+    if failure:
+        raise failure[0]
