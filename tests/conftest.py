@@ -1,19 +1,32 @@
-"""Settings every test process shares.
+"""Settings and clean-up every test process shares.
 
-Ray must not write tokens into the home directory, and OpenMP threads must not
-spin on this 2-core machine while other tests (or latency measurements) run.
+Ray must not write tokens into the home directory, OpenMP threads must not
+spin on this 2-core machine while other tests (or latency measurements) run,
+and device calibrations go to a per-run folder, never the user's ~/.cache.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
+import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("DEVICES_CALIBRATION_DIR", tempfile.mkdtemp(prefix="hwsearch-calib-"))
 
-# Device calibrations go to a per-run folder, never the user's ~/.cache.
-if "DEVICES_CALIBRATION_DIR" not in os.environ:
-    import tempfile
 
-    os.environ["DEVICES_CALIBRATION_DIR"] = tempfile.mkdtemp(prefix="hwsearch-calib-")
+@pytest.fixture(autouse=True, scope="module")
+def _ray_session_ends_with_its_module() -> Iterator[None]:
+    """Each test module starts without a Ray session.
+
+    A session left by a job run in-process would clash with a later module's
+    own ``ray.init`` (other custom resources, or a simulated cluster).
+    """
+    yield
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
