@@ -30,6 +30,11 @@ class AccuracyPredictor(ResidualPredictor):
         """Predicted accuracy, clipped to ``[0, 1]``."""
         return np.clip(super().predict(X), 0.0, 1.0)
 
+    def predict_dist(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std)``, the mean clipped to ``[0, 1]`` as in :meth:`predict`."""
+        mean, std = super().predict_dist(X)
+        return np.clip(mean, 0.0, 1.0), std
+
     def _check_xy(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         X, y = super()._check_xy(X, y)
         if np.any((y < 0) | (y > 1)):

@@ -98,6 +98,38 @@ def test_second_run_measures_only_what_is_missing(profiled) -> None:
     assert again.measured == 0 and again.skipped == N_SUBNETS
 
 
+class _CountingProfiler:
+    """A real profiler that also records every session it runs (what was measured, and the results)."""
+
+    def __init__(self, profiler) -> None:
+        self.profiler, self.sessions = profiler, []
+
+    def measure_many(self, paths):
+        results = self.profiler.measure_many(paths)
+        self.sessions.append([m.ratio_ci for m in results])
+        return results
+
+
+def test_unstable_measurements_are_retried_and_the_tighter_one_kept(profiled, tmp_path) -> None:
+    from devices import open_profiler
+    from devices.profile import DeviceProfile, Protocol, Warmup
+
+    net, archs, _, _, _, _, _ = profiled
+    # A CI target no session can meet: every measurement comes back unstable.
+    strict = DeviceProfile(name="strict", intra_op_threads=1, warmup=Warmup(runs=1, seconds=0.0),
+                           protocol=Protocol(min_rounds=6, max_rounds=6, ci_target=1e-9))
+    for retries, sessions in ((0, 1), (2, 3)):
+        store = SQLiteStore(tmp_path / f"strict-{retries}.db")
+        spy = _CountingProfiler(open_profiler(strict))
+        report = profile_subnets(net, archs[:3], spy, strict.hash(), store, retries=retries)
+        assert len(spy.sessions) == sessions and all(len(s) == 3 for s in spy.sessions)
+        assert report.unstable == 3
+        rows = store.get_latencies(strict.hash(), net.space.name)
+        for i, arch in enumerate(archs[:3]):
+            tried = [s[i] for s in spy.sessions]
+            assert rows[arch.key()]["ratio_ci"] == min(tried)
+
+
 def test_predictor_ranks_real_latencies(profiled) -> None:
     net, archs, profile, store, _, _, _ = profiled
     data = MeasurementSet.from_latencies(net.space, store.get_latencies(profile.hash(),

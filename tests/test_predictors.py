@@ -221,6 +221,19 @@ def test_accuracy_predictor_ranks_held_out_subnets() -> None:
     assert np.all((pred >= 0) & (pred <= 1))
 
 
+def test_accuracy_means_stay_in_range_when_extrapolating() -> None:
+    X = RESNET.canonical_genes(_genes(RESNET, 300, 12))
+    log_macs = np.log(ArchFeaturizer(RESNET).macs(X))
+    order = np.argsort(log_macs)
+    small, large = order[:150], order[-50:]
+    # Steeply rising accuracy on the small subnets: a linear base extrapolates past 1.
+    y = np.clip(0.5 + 0.6 * (log_macs - log_macs.min()) / np.ptp(log_macs[small]), 0, 1)
+    model = AccuracyPredictor(RESNET, n_members=2).fit(X[small], np.minimum(y[small], 0.99))
+    mean, std = model.predict_dist(X[large])
+    assert np.all((mean >= 0) & (mean <= 1)) and np.all(std >= 0)
+    assert np.array_equal(mean, model.predict(X[large]))
+
+
 # --------------------------------------------------------------------------- dataset
 
 
