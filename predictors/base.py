@@ -109,7 +109,7 @@ def _nnls_fit(F: np.ndarray, y: np.ndarray, groups: list[list[int]], name: str) 
     A = np.column_stack([C / scale, np.ones(len(C))]) / y[:, None]
     coef, _ = nnls(A, np.ones(len(y)))
     return _LinearBase(groups, [0.0] * len(groups), scale.tolist(), coef[:-1].tolist(),
-                       float(coef[-1]), floor=float(0.05 * y.min()), name=name)
+                       float(coef[-1]), floor=float(0.05 * y.min()), name=f"nnls by {name}")
 
 
 def fit_nnls_base(F: np.ndarray, y: np.ndarray, options: dict[str, list[list[int]]],

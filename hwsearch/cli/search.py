@@ -89,7 +89,9 @@ def _run_with_progress(spec: Any, store: Any, job_id: str, ray_address: str | No
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hwsearch.jobs import run_job
+    from hwsearch.ray_session import init_ray
 
+    init_ray(ray_address)  # here, on the main thread, where Ray can install its signal handlers
     outcome: dict[str, Any] = {}
 
     def target() -> None:

@@ -87,7 +87,9 @@ def _run_with_progress(spec: Any, store: Any, job_id: str, ray_address: str | No
                        progress: ProgressFn | None) -> None:
     """Run the job in a thread and relay the progress it records in the store."""
     from hwsearch.jobs import run_job
+    from hwsearch.ray_session import init_ray
 
+    init_ray(ray_address)  # here, on the main thread, where Ray can install its signal handlers
     failure: list[BaseException] = []
 
     def target() -> None:
