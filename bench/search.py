@@ -176,11 +176,11 @@ class DemoDevice:
         self.store = SQLiteStore(workdir / "bench_search_real.db")
 
     def measure_latency(self, archs):
-        from hwsearch.pipeline import profile_subnets
+        from hwsearch.pipeline import finite_latencies, profile_subnets
 
         profile_subnets(self.net, archs, self.profiler, self.profile.hash(), self.store)
-        rows = self.store.get_latencies(self.profile.hash(), self.space.name)
-        return [_finite_ms(rows[a.key()]) for a in archs]
+        rows = finite_latencies(self.store, self.profile.hash(), self.space.name)
+        return [float(rows[a.key()]["latency_ms"]) for a in archs]
 
     def measure_accuracy(self, archs):
         from hwsearch.accuracy_eval import evaluate_subnets
@@ -188,12 +188,6 @@ class DemoDevice:
         found = evaluate_subnets(self.net, archs, self.data, store=self.store,
                                  dataset_id="digits-heldout")
         return [found[a.key()] for a in archs]
-
-
-def _finite_ms(row: dict) -> float:
-    """The reference-calibrated latency, or the raw median where the reference was unusable."""
-    value = float(row["latency_ms"])
-    return value if np.isfinite(value) else float(row["median_ms"])
 
 
 def bench_refinement_real(seeds: int, workdir: Path) -> None:

@@ -20,11 +20,10 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +34,7 @@ __all__ = [
     "ACTIVE_STATES",
     "JobCancelled",
     "JobSpec",
+    "ProgressFn",
     "ProfileSpec",
     "SupernetRef",
     "TERMINAL_STATES",
@@ -45,6 +45,7 @@ __all__ = [
     "recover_jobs",
     "resume_job",
     "run_job",
+    "run_job_watched",
     "run_profile",
     "spec_from_dict",
     "submit_job",
@@ -52,6 +53,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# How a watched job reports progress: ``progress(step, fraction, message)``.
+ProgressFn = Callable[[str, float, str], None]
 
 ACTIVE_STATES = ("queued", "running")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
@@ -334,12 +338,12 @@ class _DeviceMeasurer:
 
     def measure_latency(self, archs: Sequence[Any]) -> list[float]:
         from devices import open_profiler
-        from hwsearch.pipeline import profile_subnets
+        from hwsearch.pipeline import finite_latencies, profile_subnets
 
         net, _ = self._net_and_data
         self._before("profiling", len(archs))
         profile_subnets(net, archs, open_profiler(self.profile), self.profile.hash(), self.store)
-        rows = _finite_latencies(self.store, self.profile.hash(), net.space.name)
+        rows = finite_latencies(self.store, self.profile.hash(), net.space.name)
         return [float(rows[a.key()]["latency_ms"]) for a in archs]
 
     def measure_accuracy(self, archs: Sequence[Any]) -> list[float]:
@@ -349,23 +353,6 @@ class _DeviceMeasurer:
         self._before("evaluating", len(archs))
         found = evaluate_subnets(net, archs, data, store=self.store, dataset_id=self.dataset_id)
         return [found[a.key()] for a in archs]
-
-
-def _finite_latencies(store: Store, device_hash: str, space_name: str) -> dict[str, dict[str, Any]]:
-    """The device's stored rows, each with a finite ``latency_ms`` (repaired in the store).
-
-    When the device's protocol could not produce a reference-normalised value
-    (too few clean rounds: ``latency_ms`` is NaN and the row is marked
-    unstable), its raw median stands in, and the row says so in
-    ``latency_source``; predictors and fronts cannot use NaN, and dropping a
-    subnet that refinement asked for is not an option.
-    """
-    rows = store.get_latencies(device_hash, space_name)
-    for key, row in rows.items():
-        if not math.isfinite(float(row["latency_ms"])):
-            row.update(latency_ms=float(row["median_ms"]), latency_source="median_ms")
-            store.put_latency(device_hash, space_name, key, row)
-    return rows
 
 
 def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None = None
@@ -379,13 +366,16 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
     measurements each.  Each step skips what the store already holds, so a
     re-run resumes.
     """
+    import ray
+
     from devices import open_profiler
     from devices.profile import DeviceProfile
     from hwsearch.accuracy_eval import evaluate_subnets
     from hwsearch.data import load_images
-    from hwsearch.parallel import DeviceSearch, init_ray, search_devices
-    from hwsearch.pipeline import profile_subnets, select_subnets
+    from hwsearch.parallel import DeviceSearch, search_devices
+    from hwsearch.pipeline import finite_latencies, profile_subnets, select_subnets
     from hwsearch.problem import Limit
+    from hwsearch.ray_session import init_ray
     from hwsearch.refine import RefineSettings
     from predictors.accuracy import AccuracyPredictor
     from predictors.latency import LatencyPredictor
@@ -422,12 +412,10 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
     control.step("train", 0.55, "fitting predictors")
     accuracy = AccuracyPredictor(space, seed=spec.seed).fit(*_xy(space, archs, accuracies))
     quality = {"accuracy": _flat_metrics(accuracy)}
-    import ray
-
     shared = ray.put({"net": net, "data": data})  # once per job, not once per device task
     searches = []
     for profile in profiles:
-        rows = _finite_latencies(store, profile.hash(), space.name)
+        rows = finite_latencies(store, profile.hash(), space.name)
         latency = LatencyPredictor(space, device_hash=profile.hash(), seed=spec.seed).fit(
             *_xy(space, archs, {a.key(): rows[a.key()]["latency_ms"] for a in archs}))
         quality[f"latency@{profile.name}"] = _flat_metrics(latency)
@@ -464,6 +452,41 @@ def _xy(space: Any, archs: Sequence[Any], targets: Mapping[str, float]) -> tuple
 
 
 # --------------------------------------------------------------------------- running jobs
+
+
+def run_job_watched(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None = None,
+                    progress: ProgressFn | None = None, poll_seconds: float = 0.5
+                    ) -> dict[str, Any]:
+    """:func:`run_job` in a worker thread, relaying the progress it records to ``progress``.
+
+    What the CLI's ``search`` and ``demo`` use: the calling thread stays free
+    to draw progress (``progress(step, fraction, message)``, every
+    ``poll_seconds``) while the job runs.  Ray is started here first, on the
+    caller's (main) thread, where it can install its signal handlers.  The
+    job's exception, if any, is re-raised in the caller's thread.
+    """
+    from hwsearch.ray_session import init_ray
+
+    init_ray(ray_address)
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = run_job(spec, store=store, job_id=job_id, ray_address=ray_address)
+        except BaseException as error:  # re-raised in the caller's thread below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=target, name=f"hwsearch-job-{job_id}", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(timeout=poll_seconds)
+        if progress is not None:
+            record = store.get_job(job_id).progress or {}
+            progress(record.get("step", "start"), float(record.get("fraction", 0.0)),
+                     record.get("message", ""))
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def execute(spec: Mapping[str, Any], store: Store, job_id: str) -> dict[str, Any] | None:
@@ -506,7 +529,7 @@ def submit_job(
     if isinstance(store, MemoryStore):
         target, args = _run_in_thread, (spec_dict, store, job_id)
     else:
-        from hwsearch.parallel import init_ray
+        from hwsearch.ray_session import init_ray
 
         init_ray(ray_address)
         ref = _remote_execute().remote(spec_dict, store, job_id)

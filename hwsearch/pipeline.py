@@ -27,7 +27,7 @@ from hwsearch.space import ArchConfig, SearchSpace
 from hwsearch.store import Store
 from predictors.features import ArchFeaturizer
 
-__all__ = ["ProfileReport", "profile_subnets", "select_subnets"]
+__all__ = ["ProfileReport", "finite_latencies", "profile_subnets", "select_subnets"]
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -188,3 +188,22 @@ def _measure_until_stable(profiler: Any, paths: Sequence[Path], retries: int) ->
 def _spread(result: Any) -> float:
     """A measurement's relative CI half-width; unusable (NaN) counts as infinitely wide."""
     return result.ratio_ci if math.isfinite(result.ratio_ci) else math.inf
+
+
+def finite_latencies(store: Store, device_hash: str, space_name: str) -> dict[str, dict[str, Any]]:
+    """The device's stored rows, each with a finite ``latency_ms`` (repaired in the store).
+
+    When the device's protocol could not produce a reference-normalised value
+    (too few clean rounds: ``latency_ms`` is NaN and the row is marked
+    unstable), its raw median stands in, and the row says so in
+    ``latency_source``.  For consumers that must keep every subnet (a job's
+    predictors and fronts cannot use NaN, and dropping a subnet that
+    refinement asked for is not an option); a training set may instead drop
+    such rows, so :func:`profile_subnets` stores them as measured.
+    """
+    rows = store.get_latencies(device_hash, space_name)
+    for key, row in rows.items():
+        if not math.isfinite(float(row["latency_ms"])):
+            row.update(latency_ms=float(row["median_ms"]), latency_source="median_ms")
+            store.put_latency(device_hash, space_name, key, row)
+    return rows

@@ -12,13 +12,15 @@ import threading
 
 __all__ = ["init_ray"]
 
+_RAY_START_LOCK = threading.Lock()  # two threads starting Ray at once would start two sessions
+
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
     """Join ``address`` or start a local Ray, once per process; an existing session is kept.
 
     Ray starts its local daemons (GCS, raylet) with ``PR_SET_PDEATHSIG``, which
     kills them when the *thread* that started them exits.  Jobs run in
-    threads (the CLI's progress loop, the service's workers), so a session
+    threads (the CLI's and demo's job threads, the service's workers), so a session
     started from such a thread would die with it and take the process down a
     minute later.  Off the main thread, Ray is therefore started from a keeper
     thread that lives as long as the process.
@@ -33,9 +35,6 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
             _start_ray(address, num_cpus)
         else:
             _start_ray_in_keeper_thread(address, num_cpus)
-
-
-_RAY_START_LOCK = threading.Lock()
 
 
 def _start_ray(address: str | None, num_cpus: int | None) -> None:

@@ -1,10 +1,10 @@
 """NSGA-II over a :class:`~hwsearch.problem.SubnetProblem`: a thin, seeded ``minimize`` wrapper.
 
 The operators follow pymoo's recipe for integer spaces: integer random
-sampling (anchored by the extreme subnets), SBX and polynomial mutation on real values rounded back to
-integers.  Duplicates are judged on *canonical* genes, because two gene
-vectors that differ only in switched-off blocks are the same subnet and would
-otherwise crowd the population with copies.
+sampling (anchored by the extreme subnets), SBX and polynomial mutation on
+real values rounded back to integers.  Duplicates are judged on *canonical*
+genes, because two gene vectors that differ only in switched-off blocks are
+the same subnet and would otherwise crowd the population with copies.
 
 Besides the final population, every individual evaluated is offered to an
 archive of non-dominated feasible points: NSGA-II's last population can lose
@@ -31,7 +31,8 @@ from hwsearch.problem import SubnetProblem
 from hwsearch.results import non_dominated
 from hwsearch.space import SearchSpace
 
-__all__ = ["AnchoredSampling", "CanonicalDuplicates", "SearchResult", "SearchSettings", "build_nsga2", "search"]
+__all__ = ["AnchoredSampling", "CanonicalDuplicates", "SearchResult", "SearchSettings",
+           "build_nsga2", "search"]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ store under ``--out``, so a second run resumes instead of re-measuring.
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -85,35 +84,19 @@ def search(
 
 def _run_with_progress(spec: Any, store: Any, job_id: str, ray_address: str | None,
                        console: Any) -> dict[str, Any]:
-    """Run the job in a thread; show the progress it records in the store as a bar."""
+    """Run the job; show the progress it records in the store as a bar."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from hwsearch.jobs import run_job
-    from hwsearch.ray_session import init_ray
+    from hwsearch.jobs import run_job_watched
 
-    init_ray(ray_address)  # here, on the main thread, where Ray can install its signal handlers
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["result"] = run_job(spec, store=store, job_id=job_id, ray_address=ray_address)
-        except BaseException as error:  # re-raised in the caller's thread below
-            outcome["error"] = error
-
-    worker = threading.Thread(target=target, name="hwsearch-search-job", daemon=True)
     with Progress(TextColumn("[bold]{task.fields[step]}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console) as bar:
         task = bar.add_task("starting", total=1.0, step="search")
-        worker.start()
-        while worker.is_alive():
-            worker.join(timeout=0.5)
-            progress = store.get_job(job_id).progress or {}
-            bar.update(task, completed=float(progress.get("fraction", 0.0)),
-                       step=progress.get("step", "start"), description=progress.get("message", ""))
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+        return run_job_watched(
+            spec, store=store, job_id=job_id, ray_address=ray_address,
+            progress=lambda step, fraction, message: bar.update(
+                task, completed=fraction, step=step, description=message))
 
 
 def register(app: typer.Typer) -> None:

@@ -11,18 +11,15 @@ re-measuring.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hwsearch.demo import DEMO_CHECKPOINT, DEMO_DEVICES_DIR, DEMO_SUPERNET
+from hwsearch.jobs import ProgressFn
 
 __all__ = ["DemoResult", "DemoSettings", "KneeCheck", "default_devices", "run_demo"]
-
-ProgressFn = Callable[[str, float, str], None]
 
 
 def default_devices() -> list[Path]:
@@ -83,33 +80,6 @@ def _job_spec(settings: DemoSettings, dataset: Path) -> Any:
     )
 
 
-def _run_with_progress(spec: Any, store: Any, job_id: str, ray_address: str | None,
-                       progress: ProgressFn | None) -> None:
-    """Run the job in a thread and relay the progress it records in the store."""
-    from hwsearch.jobs import run_job
-    from hwsearch.ray_session import init_ray
-
-    init_ray(ray_address)  # here, on the main thread, where Ray can install its signal handlers
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            run_job(spec, store=store, job_id=job_id, ray_address=ray_address)
-        except BaseException as error:  # re-raised in the caller's thread below
-            failure.append(error)
-
-    worker = threading.Thread(target=target, name="hwsearch-demo-job", daemon=True)
-    worker.start()
-    while worker.is_alive():
-        worker.join(timeout=0.5)
-        if progress is not None:
-            record = store.get_job(job_id).progress or {}
-            progress(record.get("step", "start"), float(record.get("fraction", 0.0)),
-                     record.get("message", ""))
-    if failure:
-        raise failure[0]
-
-
 def _check_knee(net: Any, front: Any, profile_path: Path, out: Path) -> KneeCheck | None:
     """Export the knee subnet, verify the file, and measure it once more on its device."""
     from devices import open_profiler
@@ -139,7 +109,7 @@ def run_demo(settings: DemoSettings = DemoSettings(), *,
     from devices.profile import DeviceProfile
     from hwsearch import report as reporting
     from hwsearch.demo.data import write_digits
-    from hwsearch.jobs import build_supernet
+    from hwsearch.jobs import build_supernet, run_job_watched
     from hwsearch.store import SQLiteStore
 
     started = time.perf_counter()
@@ -149,7 +119,8 @@ def run_demo(settings: DemoSettings = DemoSettings(), *,
     spec = _job_spec(settings, heldout)
     store = SQLiteStore(out / "hwsearch.db")
     job_id = store.create_job(spec.to_dict())
-    _run_with_progress(spec, store, job_id, settings.ray_address, progress)
+    run_job_watched(spec, store=store, job_id=job_id, ray_address=settings.ray_address,
+                    progress=progress)
 
     record = store.get_job(job_id)
     if record.state != "succeeded":
