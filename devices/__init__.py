@@ -18,17 +18,19 @@ __all__ = ["DeviceProfile", "Measurement", "ProfileError", "open_profiler"]
 ProfileLike = Union[DeviceProfile, str, Path]
 
 
-def open_profiler(profile: ProfileLike):  # -> LocalProfiler | AgentClient
+def open_profiler(profile: ProfileLike, *, token: str | None = None):  # -> LocalProfiler | AgentClient
     """A profiler for the profile's ``where``: in this process, or an HTTP agent.
 
     Both offer ``measure_many(onnx_paths, *, progress=None)`` and ``describe()``.
+    ``token`` is an agent's token handed over by whoever declared the agent
+    (the service's operator); without it the profile's ``where.token_env`` is read.
     """
     if not isinstance(profile, DeviceProfile):
         profile = DeviceProfile.load(profile)
     if profile.where.kind == "agent":
         from devices.client import AgentClient
 
-        return AgentClient(profile)
+        return AgentClient(profile, token=token)
     from devices.local import LocalProfiler
 
     return LocalProfiler(profile)

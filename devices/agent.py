@@ -4,17 +4,19 @@ It needs only onnxruntime, numpy and the standard library (``http.server``),
 so it installs on an edge device without torch, ray or hwsearch.  Start it
 with ``python -m devices.agent --port 8765 --token SECRET``.
 
-API (every endpoint needs ``Authorization: Bearer <token>``):
+API (every endpoint needs ``Authorization: Bearer <token>``; every answer,
+errors included, is JSON, errors as ``{"detail": ...}``):
 
-* ``GET /health`` – device facts and counters.
+* ``GET /health`` – device facts, counters, the limits below and the size of
+  the model and result stores.
 * ``PUT /models/<sha256>`` – upload one ONNX file (raw body).  Content
   addressed, so re-uploading is harmless; rejected with 413 above the size
   limit and 400 when the bytes are not a loadable ONNX model or do not match
   the hash.
 * ``POST /measure`` – JSON ``{request_id, profile, reference_sha256,
   model_sha256s}``; runs the interleaved protocol and returns the
-  Measurements.  404 lists models the agent does not have (upload them and
-  retry).
+  Measurements.  404 ``{"detail": {"missing_models": [...]}}`` lists models
+  the agent does not have (upload them and retry).
 
 Design choices that make retries safe: a request id is measured at most
 once.  A retry that arrives while the first attempt still runs waits for that
@@ -22,6 +24,36 @@ attempt; a retry after it finished gets the stored result, which is written to
 ``state_dir`` so it even survives a restart of the agent.  Measurements are
 serialised by one device lock, so two requests never profile at the same time
 on this device.
+
+Limits (the agent may face the internet, so every client input is bounded in
+bytes and seconds; each has a command-line flag):
+
+* Body framing is checked before a byte of the body is read: no
+  ``Content-Length`` on a PUT/POST answers 411, ``Transfer-Encoding``
+  (chunked) 411, a non-numeric, negative or repeated ``Content-Length`` 400,
+  and one above the limit (``--max-upload-mb``, 64 MiB; 1 MiB for
+  ``/measure``) 413.  A body shorter than its ``Content-Length`` answers 400
+  once the read timeout passes.
+* Requests are authenticated from their headers alone; a wrong token answers
+  401 without reading the body.  Any answer sent while a body is still unread
+  closes the connection after draining at most 256 KiB for at most 1 s, so
+  the client sees the answer and a client that keeps streaming is cut off.
+* ``--read-timeout-s`` (30 s) bounds every read, and also the request line
+  plus headers as a whole, so idle or trickling (slowloris) connections are
+  closed; a body may take that long plus 1 s per 64 KiB.
+* ``--max-connections`` (16) bounds open connections, each served by one
+  thread; beyond it the agent answers 503 with ``Retry-After`` and closes,
+  without starting a thread.  A ``/measure`` waiting for its measurement
+  holds its connection, including one whose client already gave up.
+* ``--max-models`` (256) and ``--max-model-mb`` (2048) bound the model
+  store and ``--max-results`` (1024) the stored results.  Least recently used
+  models (uploaded, re-uploaded or measured) and the oldest results are pruned
+  after each upload and each measurement; models pinned by a measurement in
+  progress, and the model just uploaded, are never pruned, so the store can
+  exceed its bounds by those until the next prune.  A pruned model is simply
+  uploaded again by the client on the 404 above; a pruned result means a very
+  old request id would be measured again.  A measurement that needs more
+  distinct models than ``--max-models`` is refused with 400.
 """
 
 from __future__ import annotations
@@ -29,25 +61,58 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import io
 import json
 import os
 import re
+import socket
+import sys
 import tempfile
 import threading
-from dataclasses import dataclass, field
+import time
+from collections import Counter, OrderedDict
+from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from devices.local import describe_machine, measure_model_bytes
-from devices.ort import validate_onnx_bytes
+from devices.ort import ModelInputError, validate_onnx_bytes
 from devices.profile import DeviceProfile, ProfileError
 
+MiB = 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-_MAX_JSON_BYTES = 1 << 20
-_DRAIN_CHUNK = 1 << 16
+_DIGITS = re.compile(r"[0-9]+")
+_MAX_LENGTH_DIGITS = 18  # more digits than this is far beyond any limit (and int() of huge strings is slow)
+_MAX_JSON_BYTES = 1 * MiB
+_MIN_BODY_BYTES_PER_S = 64 * 1024
+_READ_BUFFER_BYTES = 64 * 1024
+_LINGER_BYTES = 256 * 1024
+_LINGER_S = 1.0
+_BUSY_RETRY_AFTER_S = 1
+
+
+@dataclass(frozen=True)
+class AgentLimits:
+    """Every bound the agent enforces (see the module docstring); each has a command-line flag."""
+
+    max_upload_bytes: int = 64 * MiB
+    max_models: int = 256
+    max_model_bytes: int = 2048 * MiB
+    max_results: int = 1024
+    max_connections: int = 16
+    read_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not value > 0:
+                raise ValueError(f"agent limit {name} must be positive, got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for /health."""
+        return asdict(self)
 
 
 class ApiError(Exception):
@@ -69,16 +134,154 @@ class _Job:
     error: ApiError | None = None
 
 
-class AgentState:
-    """Everything the handlers share: config, stored models and results, the device lock."""
+class ModelStore:
+    """Content-addressed ONNX files, pruned least recently used first by count and by bytes.
 
-    def __init__(self, token: str, state_dir: Path, max_upload_bytes: int) -> None:
+    The recency order lives in memory, because several uploads can share one
+    file-system timestamp tick; mtimes are touched on every use only so the
+    order survives a restart.  Pinned models (a measurement in progress needs
+    them) are never pruned, nor is the model just stored: its uploader is about
+    to measure it.
+    """
+
+    def __init__(self, folder: Path, max_models: int, max_bytes: int) -> None:
+        self.folder = folder
+        self.max_models = max_models
+        self.max_bytes = max_bytes
+        self.pruned = 0
+        self._lock = threading.Lock()
+        self._pins: Counter[str] = Counter()
+        self._sizes: OrderedDict[str, int] = OrderedDict()  # least recently used first
+        folder.mkdir(parents=True, exist_ok=True)
+        for stray in folder.glob(".tmp-*"):  # left by a crash mid-upload
+            stray.unlink(missing_ok=True)
+        stored = [(path.stat(), path.stem) for path in folder.glob("*.onnx") if _SHA256.match(path.stem)]
+        for stat, sha256 in sorted(stored, key=lambda item: (item[0].st_mtime_ns, item[1])):
+            self._sizes[sha256] = stat.st_size
+        with self._lock:
+            self._prune(keep=None)
+
+    def touch(self, sha256: str) -> bool:
+        """Mark a stored model as used; False when it is not stored."""
+        with self._lock:
+            if not self._stored(sha256):
+                return False
+            self._use(sha256)
+            return True
+
+    def add(self, sha256: str, body: bytes) -> None:
+        """Store a validated model, then prune the least recently used others."""
+        temp = _write_temp(self.folder, body)
+        with self._lock:
+            os.replace(temp, self._path(sha256))
+            self._sizes[sha256] = len(body)
+            self._sizes.move_to_end(sha256)
+            self._prune(keep=sha256)
+
+    def pin(self, shas: list[str]) -> list[str]:
+        """Pin every model of a measurement, or none: returns the missing ones (pinned nothing then)."""
+        with self._lock:
+            missing = [sha for sha in dict.fromkeys(shas) if not self._stored(sha)]
+            if not missing:
+                for sha in shas:
+                    self._pins[sha] += 1
+                    self._use(sha)
+            return missing
+
+    def unpin(self, shas: list[str]) -> None:
+        """Release a measurement's pins and prune what they held back."""
+        with self._lock:
+            self._pins.subtract(shas)
+            self._pins = +self._pins  # drop the zero counts
+            self._prune(keep=None)
+
+    def read(self, sha256: str) -> bytes:
+        """The bytes of a stored (pinned) model."""
+        return self._path(sha256).read_bytes()
+
+    def stats(self) -> dict[str, int]:
+        """Store size for /health."""
+        with self._lock:
+            return {
+                "models_stored": len(self._sizes),
+                "model_bytes": sum(self._sizes.values()),
+                "models_pinned": len(self._pins),
+                "models_pruned": self.pruned,
+            }
+
+    def _path(self, sha256: str) -> Path:
+        return self.folder / f"{sha256}.onnx"
+
+    def _stored(self, sha256: str) -> bool:
+        """Whether a model is stored; forgets one whose file an operator deleted, so it is uploaded again."""
+        if sha256 in self._sizes and not self._path(sha256).exists():
+            del self._sizes[sha256]
+        return sha256 in self._sizes
+
+    def _use(self, sha256: str) -> None:
+        self._sizes.move_to_end(sha256)
+        os.utime(self._path(sha256))
+
+    def _prune(self, keep: str | None) -> None:
+        total = sum(self._sizes.values())
+        for sha256 in list(self._sizes):
+            if len(self._sizes) <= self.max_models and total <= self.max_bytes:
+                return
+            if sha256 == keep or self._pins[sha256]:
+                continue
+            total -= self._sizes.pop(sha256)
+            self._path(sha256).unlink(missing_ok=True)
+            self.pruned += 1
+
+
+class ResultStore:
+    """Measurement results by request id, so a retry (even after a restart) is not measured twice.
+
+    Only the newest ``max_results`` are kept; each is a small JSON file.
+    """
+
+    def __init__(self, folder: Path, max_results: int) -> None:
+        self.folder = folder
+        self.max_results = max_results
+        self.pruned = 0
+        self._lock = threading.Lock()
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def read(self, request_id: str, fingerprint: str) -> dict[str, Any] | None:
+        """The stored result, None when there is none; 409 when the id was used for another request."""
+        path = self.folder / f"{request_id}.json"
+        if not path.exists():
+            return None
+        result = json.loads(path.read_text())
+        if result["fingerprint"] != fingerprint:
+            raise ApiError(HTTPStatus.CONFLICT, f"request id {request_id} was used for a different request")
+        return result
+
+    def write(self, request_id: str, result: dict[str, Any]) -> None:
+        """Store a result, then prune the oldest beyond the limit."""
+        temp = _write_temp(self.folder, json.dumps(result).encode())
+        with self._lock:
+            os.replace(temp, self.folder / f"{request_id}.json")
+            stored = [(path.stat().st_mtime_ns, path.name, path) for path in self.folder.glob("*.json")]
+            newest_first = sorted(stored, reverse=True)
+            for _, name, path in newest_first[self.max_results:]:
+                if name != f"{request_id}.json":
+                    path.unlink(missing_ok=True)
+                    self.pruned += 1
+
+    def count(self) -> int:
+        """How many results are stored."""
+        return sum(1 for _ in self.folder.glob("*.json"))
+
+
+class AgentState:
+    """Everything the handlers share: limits, token, the model and result stores, the device lock."""
+
+    def __init__(self, token: str, state_dir: Path, limits: AgentLimits) -> None:
         self.token = token
-        self.max_upload_bytes = max_upload_bytes
-        self.models_dir = state_dir / "models"
-        self.results_dir = state_dir / "requests"
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.limits = limits
+        self.models = ModelStore(state_dir / "models", limits.max_models, limits.max_model_bytes)
+        self.results = ResultStore(state_dir / "requests", limits.max_results)
         self.device_lock = threading.Lock()
         self.jobs_lock = threading.Lock()
         self.jobs: dict[str, _Job] = {}
@@ -88,27 +291,41 @@ class AgentState:
         """Validate and store an upload; returns False when it was already stored."""
         if hashlib.sha256(body).hexdigest() != sha256:
             raise ApiError(HTTPStatus.BAD_REQUEST, "body does not match the sha256 in the URL")
-        path = self.models_dir / f"{sha256}.onnx"
-        if path.exists():
+        if self.models.touch(sha256):
             return False
         try:
             validate_onnx_bytes(body)
         except ValueError as error:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(error)) from None
-        _atomic_write(path, body)
+        self.models.add(sha256, body)
         return True
 
-    def measure(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Measure a request once per request id; see the module docstring."""
+    def measure(self, request: Any) -> dict[str, Any]:
+        """Measure a request once per request id; see the module docstring.
+
+        The stored result is looked up again under ``jobs_lock`` because the
+        job that wrote it leaves ``jobs`` right after; a retry therefore finds
+        either the running job or its result, never neither.
+        """
         request_id, profile, shas = _parse_measure_request(request)
+        distinct = len(set(shas))
+        if distinct > self.limits.max_models:
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST,
+                f"the request needs {distinct} distinct models; this agent keeps at most "
+                f"{self.limits.max_models} (--max-models)",
+            )
         fingerprint = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-        stored = self._stored_result(request_id, fingerprint)
-        if stored is not None:
-            return stored
         with self.jobs_lock:
+            stored = self.results.read(request_id, fingerprint)
+            if stored is not None:
+                return stored
             job = self.jobs.get(request_id)
             owner = job is None
             if owner:
+                missing = self.models.pin(shas)
+                if missing:
+                    raise ApiError(HTTPStatus.NOT_FOUND, {"missing_models": missing})
                 job = self.jobs[request_id] = _Job(fingerprint)
         if job.fingerprint != fingerprint:
             raise ApiError(HTTPStatus.CONFLICT, f"request id {request_id} was used for a different request")
@@ -120,8 +337,9 @@ class AgentState:
         return job.result
 
     def _run_job(self, job: _Job, request_id: str, profile: DeviceProfile, shas: list[str]) -> None:
+        """Measure with the models pinned; store the result before the job leaves ``jobs``."""
         try:
-            models = [self._load_model(sha) for sha in shas]
+            models = [self.models.read(sha) for sha in shas]
             with self.device_lock:
                 measurements = measure_model_bytes(profile, models[1:], models[0])
                 self.sessions_run += 1
@@ -130,47 +348,35 @@ class AgentState:
                 "fingerprint": job.fingerprint,
                 "measurements": [m.to_dict() for m in measurements],
             }
-            _atomic_write(self.results_dir / f"{request_id}.json", json.dumps(job.result).encode())
+            self.results.write(request_id, job.result)
         except ApiError as error:
             job.error = error
+        except ModelInputError as error:  # the client's model does not fit its profile: retrying cannot help
+            job.error = ApiError(HTTPStatus.BAD_REQUEST, str(error))
         except Exception as error:  # report any measurement failure to the waiting clients
             job.error = ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, f"measurement failed: {error}")
         finally:
+            self.models.unpin(shas)
             job.done.set()
-            if job.error is not None:
-                with self.jobs_lock:
-                    self.jobs.pop(request_id, None)
-
-    def _stored_result(self, request_id: str, fingerprint: str) -> dict[str, Any] | None:
-        path = self.results_dir / f"{request_id}.json"
-        if not path.exists():
-            return None
-        result = json.loads(path.read_text())
-        if result["fingerprint"] != fingerprint:
-            raise ApiError(HTTPStatus.CONFLICT, f"request id {request_id} was used for a different request")
-        return result
-
-    def _load_model(self, sha256: str) -> bytes:
-        return (self.models_dir / f"{sha256}.onnx").read_bytes()
-
-    def missing_models(self, shas: list[str]) -> list[str]:
-        """Hashes this agent has no stored model for."""
-        return [sha for sha in shas if not (self.models_dir / f"{sha}.onnx").exists()]
+            with self.jobs_lock:
+                self.jobs.pop(request_id, None)
 
     def health(self) -> dict[str, Any]:
-        """Device facts plus counters a client (or test) can check."""
-        stored = sorted(self.results_dir.glob("*.json"))
+        """Device facts, counters, limits and store size, for clients, operators and tests."""
+        results_stored = self.results.count()
         return {
             "status": "ok",
             "busy": self.device_lock.locked(),
             "device": describe_machine(),
             "sessions_run": self.sessions_run,
-            "results_stored": len(stored),
-            "max_upload_bytes": self.max_upload_bytes,
+            "results_stored": results_stored,
+            "max_upload_bytes": self.limits.max_upload_bytes,
+            "limits": self.limits.to_dict(),
+            "store": {**self.models.stats(), "results_stored": results_stored, "results_pruned": self.results.pruned},
         }
 
 
-def _parse_measure_request(request: dict[str, Any]) -> tuple[str, DeviceProfile, list[str]]:
+def _parse_measure_request(request: Any) -> tuple[str, DeviceProfile, list[str]]:
     """Validate a /measure body; returns (request id, profile, [reference sha, model shas...])."""
     expected = {"request_id", "profile", "reference_sha256", "model_sha256s"}
     if not isinstance(request, dict) or set(request) != expected:
@@ -178,30 +384,102 @@ def _parse_measure_request(request: dict[str, Any]) -> tuple[str, DeviceProfile,
     request_id = request["request_id"]
     if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
         raise ApiError(HTTPStatus.BAD_REQUEST, "request_id must be 1-128 characters of [A-Za-z0-9_.-]")
-    shas = [request["reference_sha256"], *request["model_sha256s"]]
-    if not request["model_sha256s"] or not all(isinstance(s, str) and _SHA256.match(s) for s in shas):
+    model_shas = request["model_sha256s"]
+    if not isinstance(model_shas, list) or not model_shas:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "model_sha256s must be a non-empty list")
+    shas = [request["reference_sha256"], *model_shas]
+    if not all(isinstance(s, str) and _SHA256.match(s) for s in shas):
         raise ApiError(HTTPStatus.BAD_REQUEST, "reference_sha256 and model_sha256s must be lowercase sha256 hex")
+    if not isinstance(request["profile"], dict):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "profile must be a JSON object")
     try:
         profile_data = {k: v for k, v in request["profile"].items() if k not in ("where", "reference_model")}
         profile = DeviceProfile.from_dict(profile_data)
-    except (ProfileError, AttributeError) as error:
+    except ProfileError as error:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"invalid profile: {error}") from None
     return request_id, profile, shas
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+def _write_temp(folder: Path, data: bytes) -> Path:
+    """Write to a temporary file in ``folder``; renaming it into place makes the write atomic."""
+    handle, temp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     with os.fdopen(handle, "wb") as f:
         f.write(data)
-    os.replace(temp, path)
+    return Path(temp)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads bounded per read (``idle_s``) and in total (``deadline``, a monotonic time).
+
+    The socket timeout alone bounds each ``recv``, so a client sending one byte
+    every few seconds could hold a connection (and its thread) forever; the
+    deadline caps a request line plus headers, or a whole body.
+    """
+
+    def __init__(self, sock: socket.socket, idle_s: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self.idle_s = idle_s
+        self.deadline = time.monotonic() + idle_s
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        wait = min(self.idle_s, self.deadline - time.monotonic())
+        if wait <= 0:
+            raise TimeoutError("read deadline passed")
+        self._sock.settimeout(wait)
+        return self._sock.recv_into(buffer)
+
+
+def _linger_close(sock: socket.socket) -> None:
+    """Half-close, then drop a bounded tail of an unread body before the socket is closed.
+
+    Closing with unread bytes makes the kernel send a reset, which can destroy
+    the answer just sent before the client reads it; draining a little lets a
+    well-behaved client see the answer, while one that keeps streaming is cut
+    off after ``_LINGER_BYTES`` or ``_LINGER_S``.
+    """
+    deadline = time.monotonic() + _LINGER_S
+    drained = 0
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while drained < _LINGER_BYTES and (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            chunk = sock.recv(min(_READ_BUFFER_BYTES, _LINGER_BYTES - drained))
+            if not chunk:
+                return
+            drained += len(chunk)
+    except OSError:  # the client went away or stalled: nothing left to protect
+        return
 
 
 class AgentHandler(BaseHTTPRequestHandler):
-    """Thin HTTP layer: authenticate, parse, call AgentState, answer JSON."""
+    """Thin HTTP layer: bound the reads, authenticate, parse, call AgentState, answer JSON."""
 
     server: AgentServer
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        """Swap the stdlib's socket reader for one with a total deadline."""
+        self.timeout = self.server.state.limits.read_timeout_s
+        super().setup()
+        self.rfile.close()
+        self._reader = _DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reader, _READ_BUFFER_BYTES)
+        self._body_unread = False
+
+    def handle_one_request(self) -> None:
+        """Give each request line plus headers ``read_timeout_s`` in total (idle keep-alive included)."""
+        self._reader.deadline = time.monotonic() + self.timeout
+        self._body_unread = False
+        super().handle_one_request()
+
+    def finish(self) -> None:
+        super().finish()
+        if self._body_unread:
+            _linger_close(self.connection)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
         self._dispatch(self._get)
@@ -215,80 +493,119 @@ class AgentHandler(BaseHTTPRequestHandler):
     def _get(self) -> tuple[HTTPStatus, Any]:
         if self.path != "/health":
             raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {self.path}")
-        return HTTPStatus.OK, self.server.state.health()
+        return HTTPStatus.OK, {**self.server.state.health(), "connections_refused": self.server.refused}
 
     def _put(self) -> tuple[HTTPStatus, Any]:
         match = re.fullmatch(r"/models/([0-9a-f]{64})", self.path)
         if match is None:
             raise ApiError(HTTPStatus.NOT_FOUND, "upload to /models/<sha256>")
-        body = self._read_body(self.server.state.max_upload_bytes)
+        body = self._read_body(self.server.state.limits.max_upload_bytes)
         created = self.server.state.store_model(match.group(1), body)
         return (HTTPStatus.CREATED if created else HTTPStatus.OK), {"sha256": match.group(1)}
 
     def _post(self) -> tuple[HTTPStatus, Any]:
         if self.path != "/measure":
             raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {self.path}")
+        body = self._read_body(_MAX_JSON_BYTES)
         try:
-            request = json.loads(self._read_body(_MAX_JSON_BYTES))
-        except json.JSONDecodeError:
+            request = json.loads(body)
+        except (ValueError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting
             raise ApiError(HTTPStatus.BAD_REQUEST, "body must be JSON") from None
-        _, _, shas = _parse_measure_request(request)
-        missing = self.server.state.missing_models(shas)
-        if missing:
-            raise ApiError(HTTPStatus.NOT_FOUND, {"missing_models": missing})
         return HTTPStatus.OK, self.server.state.measure(request)
 
     def handle_expect_100(self) -> bool:
-        """Refuse an oversize upload before the client sends its body."""
-        length = int(self.headers.get("Content-Length") or 0)
-        if self.command == "PUT" and length > self.server.state.max_upload_bytes:
-            self.close_connection = True
-            self._send_json(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                {"detail": f"body of {length} bytes exceeds the limit of {self.server.state.max_upload_bytes}"},
-            )
+        """Refuse before the client sends its body: wrong token, bad framing or oversize."""
+        self._body_unread = self._declares_body()
+        try:
+            self._authenticate()
+            if self.command in ("PUT", "POST"):
+                self._declared_length(self._body_limit())
+        except ApiError as error:
+            self._send_json(error.status, {"detail": error.detail})
             return False
         return super().handle_expect_100()
 
-    def _dispatch(self, handler) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's own refusals (malformed request line, oversize headers) answer JSON too."""
+        self.close_connection = True
+        self._send_json(HTTPStatus(code), {"detail": message or HTTPStatus(code).phrase})
+
+    def _dispatch(self, route: Callable[[], tuple[HTTPStatus, Any]]) -> None:
+        self._body_unread = self._declares_body()
         try:
             self._authenticate()
-            status, payload = handler()
+            status, payload = route()
         except ApiError as error:
             status, payload = error.status, {"detail": error.detail}
         self._send_json(status, payload)
 
     def _authenticate(self) -> None:
+        """Check the token from the headers alone, so a stranger's body is never read."""
         header = self.headers.get("Authorization", "")
         supplied = header[len("Bearer "):] if header.startswith("Bearer ") else ""
         if not hmac.compare_digest(supplied.encode(), self.server.state.token.encode()):
-            self._discard_body()
-            raise ApiError(HTTPStatus.UNAUTHORIZED, "missing or wrong token")
+            raise ApiError(HTTPStatus.UNAUTHORIZED, "missing or wrong token in the Authorization header")
+
+    def _declares_body(self) -> bool:
+        """Whether body bytes may follow the headers; until they are read the connection cannot be reused."""
+        length = self.headers.get("Content-Length")
+        if "Transfer-Encoding" in self.headers or (length is None and self.command in ("PUT", "POST")):
+            return True
+        return length not in (None, "0")
+
+    def _body_limit(self) -> int:
+        return self.server.state.limits.max_upload_bytes if self.command == "PUT" else _MAX_JSON_BYTES
+
+    def _declared_length(self, limit: int) -> int:
+        """The body length the headers declare, checked before a byte of the body is read."""
+        if "Transfer-Encoding" in self.headers:
+            raise ApiError(
+                HTTPStatus.LENGTH_REQUIRED,
+                "Transfer-Encoding is not supported (no chunked bodies); send the body with a Content-Length header",
+            )
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "the Content-Length header is required")
+        if len(values) > 1:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "send exactly one Content-Length header")
+        value = values[0].strip()
+        if not _DIGITS.fullmatch(value):
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST, f"the Content-Length header must be a non-negative integer, got {value[:40]!r}"
+            )
+        if len(value) > _MAX_LENGTH_DIGITS or int(value) > limit:
+            raise ApiError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"the Content-Length header declares {value[:40]} bytes; the limit is {limit}",
+            )
+        return int(value)
 
     def _read_body(self, limit: int) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > limit:
-            self._discard_body()
-            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes exceeds the limit of {limit}")
-        return self.rfile.read(length)
-
-    def _discard_body(self) -> None:
-        """Read and drop the body so the client sees our answer instead of a reset.
-
-        Bodies far beyond the limit are not drained; the connection is closed instead.
-        """
-        remaining = int(self.headers.get("Content-Length") or 0)
-        if remaining > 16 * self.server.state.max_upload_bytes:
-            self.close_connection = True
-            return
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, _DRAIN_CHUNK))
-            if not chunk:
-                break
-            remaining -= len(chunk)
+        """Read exactly the declared body, within the read timeout plus time for its size."""
+        length = self._declared_length(limit)
+        self._reader.deadline = time.monotonic() + self.timeout + length / _MIN_BODY_BYTES_PER_S
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST,
+                f"body shorter than Content-Length: {length} bytes did not arrive in time "
+                f"(read timeout {self.timeout:g} s)",
+            ) from None
+        if len(body) < length:
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST,
+                f"body shorter than Content-Length: the client closed after {len(body)} of {length} bytes",
+            )
+        self._body_unread = False
+        return body
 
     def _send_json(self, status: HTTPStatus, payload: Any) -> None:
+        """Answer; an unread body means the connection cannot carry another request, so close it."""
+        if self._body_unread:
+            self.close_connection = True
         body = json.dumps(payload).encode()
+        self.connection.settimeout(self.timeout)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -303,21 +620,86 @@ class AgentHandler(BaseHTTPRequestHandler):
 
 
 class AgentServer(ThreadingHTTPServer):
-    """Threaded server so health checks and retries are answered during a measurement."""
+    """Threaded server so health checks and retries are answered during a measurement.
+
+    One thread per connection, at most ``max_connections`` of them: beyond
+    that the accepting thread itself answers 503 (never blocking) and closes.
+    """
 
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], state: AgentState) -> None:
         super().__init__(address, AgentHandler)
         self.state = state
+        self.refused = 0
+        self._slots = threading.BoundedSemaphore(state.limits.max_connections)
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            _answer_busy(request, self.state.limits.max_connections)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up or stalls is routine; only real faults get a traceback."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
-def serve(host: str, port: int, token: str, state_dir: Path | None = None, max_upload_mb: float = 64.0) -> None:
+def _answer_busy(sock: socket.socket, max_connections: int) -> None:
+    """503 without blocking the accepting thread; drain what already arrived so close sends no reset."""
+    body = json.dumps(
+        {"detail": f"the agent already serves its limit of {max_connections} connections (--max-connections)"}
+    ).encode()
+    head = (
+        f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Retry-After: {_BUSY_RETRY_AFTER_S}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    try:
+        sock.setblocking(False)
+        sock.send(head + body)
+        sock.recv(_READ_BUFFER_BYTES)
+    except OSError:  # nothing to drain yet (BlockingIOError), or the client is gone
+        pass
+
+
+def serve(
+    host: str,
+    port: int,
+    token: str,
+    state_dir: Path | None = None,
+    max_upload_mb: float = 64.0,
+    *,
+    max_models: int = AgentLimits.max_models,
+    max_model_mb: float = AgentLimits.max_model_bytes / MiB,
+    max_results: int = AgentLimits.max_results,
+    max_connections: int = AgentLimits.max_connections,
+    read_timeout_s: float = AgentLimits.read_timeout_s,
+) -> None:
     """Run the agent until interrupted."""
     if not token:
         raise SystemExit("an agent needs a token (--token or DEVICES_AGENT_TOKEN)")
+    try:
+        limits = AgentLimits(
+            max_upload_bytes=int(max_upload_mb * MiB), max_models=max_models, max_model_bytes=int(max_model_mb * MiB),
+            max_results=max_results, max_connections=max_connections, read_timeout_s=read_timeout_s,
+        )
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     state_path = state_dir or Path(tempfile.mkdtemp(prefix="devices-agent-"))
-    state = AgentState(token, state_path, int(max_upload_mb * 1024 * 1024))
+    state = AgentState(token, state_path, limits)
     server = AgentServer((host, port), state)
     print(f"devices agent listening on http://{host}:{server.server_address[1]} (state in {state_path})", flush=True)
     try:
@@ -330,14 +712,30 @@ def serve(host: str, port: int, token: str, state_dir: Path | None = None, max_u
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m devices.agent --port 8765 --token SECRET``."""
+    defaults = AgentLimits()
     parser = argparse.ArgumentParser(prog="python -m devices.agent", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--token", default=os.environ.get("DEVICES_AGENT_TOKEN", ""), help="shared secret")
     parser.add_argument("--state-dir", type=Path, default=None, help="where uploads and results persist")
-    parser.add_argument("--max-upload-mb", type=float, default=64.0)
+    parser.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / MiB,
+                        help="largest ONNX upload")
+    parser.add_argument("--max-models", type=int, default=defaults.max_models,
+                        help="models kept; least recently used are pruned")
+    parser.add_argument("--max-model-mb", type=float, default=defaults.max_model_bytes / MiB,
+                        help="total size of the models kept")
+    parser.add_argument("--max-results", type=int, default=defaults.max_results,
+                        help="measurement results kept; oldest are pruned")
+    parser.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                        help="open connections served at once; more are answered 503")
+    parser.add_argument("--read-timeout-s", type=float, default=defaults.read_timeout_s,
+                        help="longest wait for a client's request headers, and for each read of its body")
     args = parser.parse_args(argv)
-    serve(args.host, args.port, args.token, args.state_dir, args.max_upload_mb)
+    serve(
+        args.host, args.port, args.token, args.state_dir, args.max_upload_mb,
+        max_models=args.max_models, max_model_mb=args.max_model_mb, max_results=args.max_results,
+        max_connections=args.max_connections, read_timeout_s=args.read_timeout_s,
+    )
 
 
 if __name__ == "__main__":

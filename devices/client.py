@@ -132,7 +132,9 @@ def _answer(response, method: str, path: str) -> dict[str, Any]:  # response: ht
 
 
 def _token_from_env(profile: DeviceProfile) -> str:
-    name = profile.where.token_env or ""
+    name = profile.where.token_env
+    if name is None:
+        raise AgentError(f"profile '{profile.name}': no token given and no where.token_env to read one from")
     token = os.environ.get(name)
     if not token:
         raise AgentError(f"profile '{profile.name}': environment variable {name} (where.token_env) holds no token")

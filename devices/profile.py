@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -77,7 +78,9 @@ class Where:
     """Where the device is: this process, or an agent reached over HTTP.
 
     ``token_env`` names the environment variable holding the agent's token so
-    a profile file never contains a secret.
+    a profile file never contains a secret.  It may be left out when whoever
+    opens the profiler hands the token over directly (the service does: its
+    operator declares agents and their tokens, clients only name them).
     """
 
     kind: Literal["local", "agent"] = "local"
@@ -227,11 +230,36 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float: NaN and infinity would defeat every bound below."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return _is_int(value) and low <= value <= high
+
+
+def _number_in(value: Any, low: float, high: float) -> bool:
+    return _is_number(value) and low <= value <= high
+
+
+# Upper bounds on every setting: a profile is also what a service client sends, and an
+# unbounded warm-up or round cap pins a core for as long as the client likes.
+MAX_NAME_CHARS = 100
+MAX_THREADS = 256
+MAX_BATCH = 1024
+MAX_WARMUP_RUNS = 10_000
+MAX_WARMUP_SECONDS = 60.0
+MAX_ROUNDS = 100_000
+MAX_SESSION_SECONDS = 3600.0
+MAX_AGENT_TIMEOUT_S = 86_400.0
+MAX_RETRIES = 10
 
 
 def _validate(p: DeviceProfile) -> None:
-    _require(isinstance(p.name, str) and p.name.strip() != "", "name", "must be a non-empty string", p.name)
+    _require(
+        isinstance(p.name, str) and p.name.strip() != "" and len(p.name) <= MAX_NAME_CHARS, "name",
+        f"must be a non-empty string of at most {MAX_NAME_CHARS} characters", p.name,
+    )
     _require(p.runtime in RUNTIMES, "runtime", f"must be one of {RUNTIMES}", p.runtime)
     _require(len(p.providers) > 0, "providers", "must name at least one execution provider", p.providers)
     for provider in p.providers:
@@ -240,12 +268,13 @@ def _validate(p: DeviceProfile) -> None:
             f"contains unknown execution provider '{provider}' (known: {', '.join(KNOWN_ORT_PROVIDERS)})",
             list(p.providers),
         )
-    for name in ("intra_op_threads", "inter_op_threads", "batch"):
+    for name, high in (("intra_op_threads", MAX_THREADS), ("inter_op_threads", MAX_THREADS), ("batch", MAX_BATCH)):
         value = getattr(p, name)
-        _require(_is_int(value) and value >= 1, name, "must be an integer >= 1", value)
+        _require(_int_in(value, 1, high), name, f"must be an integer in [1, {high}]", value)
     _require(
         p.thread_affinity is None
-        or (isinstance(p.thread_affinity, str) and len(p.thread_affinity.split(";")) == p.intra_op_threads - 1),
+        or (isinstance(p.thread_affinity, str) and len(p.thread_affinity) <= 16 * MAX_THREADS
+            and len(p.thread_affinity.split(";")) == p.intra_op_threads - 1),
         "thread_affinity",
         "must be null or an onnxruntime affinity string with one entry per intra-op thread after the first "
         "(e.g. '2' for 2 threads, '1;2' for 3; onnxruntime does not pin the calling thread)",
@@ -269,8 +298,8 @@ def _validate(p: DeviceProfile) -> None:
         "must be null (built-in reference) or a path to an ONNX file", p.reference_model,
     )
     _require(
-        p.reference_ms is None or (_is_number(p.reference_ms) and p.reference_ms > 0), "reference_ms",
-        "must be null (calibrate on first use) or the reference's latency in ms (> 0)", p.reference_ms,
+        p.reference_ms is None or (_number_in(p.reference_ms, 1e-6, 1e6)), "reference_ms",
+        "must be null (calibrate on first use) or the reference's latency in ms, in (0, 1e6]", p.reference_ms,
     )
     _validate_warmup(p.warmup)
     _validate_protocol(p.protocol)
@@ -278,24 +307,33 @@ def _validate(p: DeviceProfile) -> None:
 
 
 def _validate_warmup(w: Warmup) -> None:
-    _require(_is_int(w.runs) and w.runs >= 0, "warmup.runs", "must be an integer >= 0", w.runs)
-    _require(_is_number(w.seconds) and w.seconds >= 0, "warmup.seconds", "must be a number >= 0", w.seconds)
+    _require(_int_in(w.runs, 0, MAX_WARMUP_RUNS), "warmup.runs", f"must be an integer in [0, {MAX_WARMUP_RUNS}]", w.runs)
+    _require(
+        _number_in(w.seconds, 0, MAX_WARMUP_SECONDS), "warmup.seconds",
+        f"must be a number in [0, {MAX_WARMUP_SECONDS:g}]", w.seconds,
+    )
 
 
 def _validate_protocol(r: Protocol) -> None:
-    _require(_is_int(r.min_rounds) and r.min_rounds >= 5, "protocol.min_rounds", "must be an integer >= 5", r.min_rounds)
     _require(
-        _is_int(r.max_rounds) and r.max_rounds >= r.min_rounds,
-        "protocol.max_rounds", "must be an integer >= protocol.min_rounds", r.max_rounds,
+        _int_in(r.min_rounds, 5, MAX_ROUNDS), "protocol.min_rounds", f"must be an integer in [5, {MAX_ROUNDS}]",
+        r.min_rounds,
     )
-    _require(_is_number(r.max_seconds) and r.max_seconds > 0, "protocol.max_seconds", "must be a number > 0", r.max_seconds)
+    _require(
+        _is_int(r.min_rounds) and _int_in(r.max_rounds, r.min_rounds, MAX_ROUNDS),
+        "protocol.max_rounds", f"must be an integer in [protocol.min_rounds, {MAX_ROUNDS}]", r.max_rounds,
+    )
+    _require(
+        _number_in(r.max_seconds, 1e-3, MAX_SESSION_SECONDS), "protocol.max_seconds",
+        f"must be a number in (0, {MAX_SESSION_SECONDS:g}]", r.max_seconds,
+    )
     _require(
         _is_number(r.ci_target) and 0 < r.ci_target < 1, "protocol.ci_target",
         "must be a relative half-width between 0 and 1 (e.g. 0.01 for 1%)", r.ci_target,
     )
     _require(
-        _is_number(r.reference_jump_mads) and r.reference_jump_mads > 0, "protocol.reference_jump_mads",
-        "must be a number > 0", r.reference_jump_mads,
+        _number_in(r.reference_jump_mads, 1e-3, 1e3), "protocol.reference_jump_mads",
+        "must be a number in (0, 1000]", r.reference_jump_mads,
     )
     _require(
         _is_number(r.reference_ceiling_percentile) and 10 <= r.reference_ceiling_percentile <= 100,
@@ -315,10 +353,14 @@ def _validate_where(w: Where) -> None:
             "must be an http(s) URL when where.kind is 'agent'", w.url,
         )
         _require(
-            isinstance(w.token_env, str) and w.token_env != "", "where.token_env",
+            w.token_env is None or (isinstance(w.token_env, str) and w.token_env != ""), "where.token_env",
             "must name the environment variable holding the agent token", w.token_env,
         )
     else:
         _require(w.url is None, "where.url", "must be empty when where.kind is 'local'", w.url)
-    _require(_is_number(w.timeout_s) and w.timeout_s > 0, "where.timeout_s", "must be a number > 0", w.timeout_s)
-    _require(_is_int(w.retries) and w.retries >= 0, "where.retries", "must be an integer >= 0", w.retries)
+        _require(w.token_env is None, "where.token_env", "must be empty when where.kind is 'local'", w.token_env)
+    _require(
+        _number_in(w.timeout_s, 1e-3, MAX_AGENT_TIMEOUT_S), "where.timeout_s",
+        f"must be a number in (0, {MAX_AGENT_TIMEOUT_S:g}]", w.timeout_s,
+    )
+    _require(_int_in(w.retries, 0, MAX_RETRIES), "where.retries", f"must be an integer in [0, {MAX_RETRIES}]", w.retries)

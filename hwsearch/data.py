@@ -15,6 +15,7 @@ subnet's resolution on the fly, because every subnet sees a different input size
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +60,9 @@ def load_images(path: str | Path, *, size: int = 224) -> LabelledImages:
     if path.is_dir():
         return _load_folder(path, size)
     if path.suffix == ".npz":
-        with np.load(path) as data:
-            _require_keys(path, set(data.files))
-            x, y = data["x"], data["y"]
+        x, y = _read_npz(path)
     elif path.suffix == ".pt":
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = _read_pt(path)
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a dict with 'x' and 'y', got {type(data).__name__}")
         _require_keys(path, set(data))
@@ -78,6 +77,44 @@ def load_images(path: str | Path, *, size: int = 224) -> LabelledImages:
     images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
                            align_corners=False) if images.shape[-1] != size else images
     return LabelledImages(_normalise(images), labels, tuple(map(str, range(n_classes))), str(path))
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays ``x`` and ``y`` of an ``.npz`` file; anything else is a ValueError naming the file."""
+    problem = "is not a readable .npz of numeric arrays x and y"
+    with path.open("rb") as file:  # opened here so only unreadable *content* is caught below
+        if not zipfile.is_zipfile(file):
+            raise ValueError(f"{path} {problem} (it is not a zip archive, which an .npz is)")
+        file.seek(0)
+        try:
+            with np.load(file) as data:
+                keys = set(data.files)
+                arrays = {key: data[key] for key in ("x", "y") if key in keys}
+        except Exception as error:  # corrupt members raise BadZipFile, EOFError, ValueError, ...
+            raise ValueError(f"{path} {problem} ({_npz_reason(error)})") from error
+    _require_keys(path, keys)
+    return arrays["x"], arrays["y"]
+
+
+def _read_pt(path: Path) -> object:
+    """The object in a ``.pt`` file, read weights-only; failing is a ValueError naming the file."""
+    from hwsearch.supernets.base import load_failure_reason
+
+    with path.open("rb") as file:
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as error:  # a hostile or corrupt file makes the unpickler raise anything
+            raise ValueError(f"{path} is not a loadable weights-only torch file "
+                             f"({load_failure_reason(error)})") from error
+
+
+def _npz_reason(error: Exception) -> str:
+    """numpy's reason, without its advice to load with ``allow_pickle``, which would run code."""
+    text = str(error)
+    if "pickle" in text:
+        return "it holds Python objects, which hwsearch never unpickles"
+    first_line = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
 
 
 def _require_keys(path: Path, keys: set[str]) -> None:

@@ -6,11 +6,15 @@ Every step leaves its measurements in the store before the next begins, so
 a job that is stopped (cancelled, or its process killed) and run again picks
 up where it was: nothing measured is measured twice.
 
-Cancellation is cooperative: the runner reads the job's state from the store
-between steps (and between measurements) and stops when it is no longer
-``running``.  :func:`submit_job` starts a job in a Ray task and returns at
-once, which is what the service's 202 responses need; a small watcher thread
-only waits on Ray and records a crash the task could not record itself.
+Cancellation is cooperative here: the runner reads the job's state from the
+store between steps (and between measurements) and stops when it is no
+longer ``running``.  The service adds a hard stop on top
+(:mod:`hwsearch.dispatch` cancels the job's Ray task).  :func:`submit_job`
+runs a job in a thread of this process; the service queues its jobs on Ray
+through :class:`hwsearch.dispatch.JobDispatcher` instead.
+
+A job's ``error`` is one line without paths or traceback (:func:`describe_error`);
+the full trace goes to the log of the process that saw it.
 """
 
 from __future__ import annotations
@@ -20,15 +24,18 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hwsearch.store import MemoryStore, Store
+from hwsearch.agents import AgentEndpoint, resolve_profile
+from hwsearch.store import Store
 
 __all__ = [
     "ACTIVE_STATES",
@@ -41,9 +48,10 @@ __all__ = [
     "build_supernet",
     "cancel_job",
     "content_id",
+    "describe_error",
     "execute",
+    "record_failure",
     "recover_jobs",
-    "resume_job",
     "run_job",
     "run_job_watched",
     "run_profile",
@@ -162,17 +170,26 @@ def spec_from_dict(data: Mapping[str, Any]) -> JobSpec | ProfileSpec:
 
 
 class _Control:
-    """Progress reports and cancellation checks for one running job."""
+    """Progress reports and cancellation checks for one runner of one job.
 
-    def __init__(self, store: Store, job_id: str) -> None:
+    ``runner`` is the token this runner wrote when it started.  A job has one
+    runner at a time: when another one starts (a resume right after a
+    cancel, a retried task), the store holds the newer token and this runner
+    stops at its next check instead of working beside it.
+    """
+
+    def __init__(self, store: Store, job_id: str, runner: str) -> None:
         self.store = store
         self.job_id = job_id
+        self.runner = runner
 
     def check(self) -> None:
-        """Stop the job (raise :class:`JobCancelled`) if it is no longer ``running``."""
-        state = self.store.get_job(self.job_id).state
-        if state != "running":
-            raise JobCancelled(f"job {self.job_id} is {state}")
+        """Stop (raise :class:`JobCancelled`) if the job is no longer ``running`` by this runner."""
+        record = self.store.get_job(self.job_id)
+        if record.state != "running":
+            raise JobCancelled(f"job {self.job_id} is {record.state}")
+        if record.runner != self.runner:
+            raise JobCancelled(f"job {self.job_id} was taken over by another runner")
 
     def step(self, step: str, fraction: float, message: str = "") -> None:
         """Record progress, after making sure the job should go on."""
@@ -187,8 +204,9 @@ def _start(store: Store, job_id: str) -> _Control:
     record = store.get_job(job_id)
     if record.state not in ACTIVE_STATES:
         raise JobCancelled(f"job {job_id} is {record.state}")
-    store.update_job(job_id, state="running", error=None)
-    return _Control(store, job_id)
+    runner = uuid.uuid4().hex
+    store.update_job(job_id, state="running", error=None, runner=runner)
+    return _Control(store, job_id, runner)
 
 
 def _finish(control: _Control, result: dict[str, Any]) -> dict[str, Any]:
@@ -199,9 +217,31 @@ def _finish(control: _Control, result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _fail(store: Store, job_id: str, error: BaseException) -> None:
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^/\s'\":,()\[\]]+){2,}/?|/[^/\s'\":,()\[\]]+/")
+MAX_ERROR_CHARS = 300
+
+
+def describe_error(error: BaseException) -> str:
+    """A failure as one line a client may see: type and first line, no paths, no traceback.
+
+    A job's error is shown to every client of the service, so it must not
+    leak the server's file layout or a stack; Ray's wrapper errors are
+    unwrapped to the exception the job raised.
+    """
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        error = cause
+    text = _ANSI.sub("", str(error)).strip().splitlines()
+    first = _PATH.sub("<path>", text[0] if text else "")
+    line = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS - 3] + "..."
+
+
+def record_failure(store: Store, job_id: str, error: BaseException) -> None:
+    """Mark an active job failed with :func:`describe_error`'s line (a stopped job stays stopped)."""
     if store.get_job(job_id).state in ACTIVE_STATES:
-        store.update_job(job_id, state="failed", error=f"{type(error).__name__}: {error}")
+        store.update_job(job_id, state="failed", error=describe_error(error))
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -248,21 +288,24 @@ def build_supernet(ref: SupernetRef) -> Any:
 # --------------------------------------------------------------------------- one subnet, one device
 
 
-def run_profile(spec: ProfileSpec, *, store: Store, job_id: str) -> dict[str, Any]:
-    """Export one subnet and measure it on one device; the measurement goes into the store."""
+def run_profile(spec: ProfileSpec, *, store: Store, job_id: str,
+                agents: Mapping[str, AgentEndpoint] | None = None) -> dict[str, Any]:
+    """Export one subnet and measure it on one device; the measurement goes into the store.
+
+    ``agents`` are the operator's declared agents, for a device that names one.
+    """
     from devices import open_profiler
-    from devices.profile import DeviceProfile
     from hwsearch.export import export_subnet
 
     control = _start(store, job_id)
     net = build_supernet(spec.supernet)
     arch = net.space.from_dict(spec.arch)
-    profile = DeviceProfile.from_dict(dict(spec.device))
+    profile, token = resolve_profile(spec.device, agents or {})
     control.step("export", 0.1, arch.key())
     with tempfile.TemporaryDirectory(prefix="hwsearch-profile-") as tmp:
         report = export_subnet(net, arch, Path(tmp) / f"{arch.digest()}.onnx", batch=profile.batch)
         control.step("measure", 0.3, profile.name)
-        [measurement] = open_profiler(profile).measure_many([report.path])
+        [measurement] = open_profiler(profile, token=token).measure_many([report.path])
     row = measurement.to_dict() | {"arch": arch.to_dict(), "macs": report.macs,
                                    "params": report.params}
     store.put_latency(profile.hash(), net.space.name, arch.key(), row)
@@ -320,10 +363,11 @@ class _DeviceMeasurer:
     them in the worker on first use.
     """
 
-    def __init__(self, *, shared: Any, profile: Any, store: Store, dataset_id: str,
-                 job_id: str) -> None:
-        self.shared, self.profile = shared, profile
+    def __init__(self, *, shared: Any, profile: Any, token: str | None, store: Store,
+                 dataset_id: str, job_id: str, runner: str) -> None:
+        self.shared, self.profile, self.token = shared, profile, token
         self.store, self.dataset_id, self.job_id = store, dataset_id, job_id
+        self.runner = runner
 
     @functools.cached_property
     def _net_and_data(self) -> tuple[Any, Any]:
@@ -333,7 +377,7 @@ class _DeviceMeasurer:
         return resolved["net"], resolved["data"]
 
     def _before(self, what: str, n: int) -> None:
-        _Control(self.store, self.job_id).step("search", 0.6,
+        _Control(self.store, self.job_id, self.runner).step("search", 0.6,
                                                f"{self.profile.name}: {what} {n} new subnet(s)")
 
     def measure_latency(self, archs: Sequence[Any]) -> list[float]:
@@ -342,7 +386,8 @@ class _DeviceMeasurer:
 
         net, _ = self._net_and_data
         self._before("profiling", len(archs))
-        profile_subnets(net, archs, open_profiler(self.profile), self.profile.hash(), self.store)
+        profile_subnets(net, archs, open_profiler(self.profile, token=self.token),
+                        self.profile.hash(), self.store)
         rows = finite_latencies(self.store, self.profile.hash(), net.space.name)
         return [float(rows[a.key()]["latency_ms"]) for a in archs]
 
@@ -355,8 +400,8 @@ class _DeviceMeasurer:
         return [found[a.key()] for a in archs]
 
 
-def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None = None
-            ) -> dict[str, Any]:
+def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None = None,
+            agents: Mapping[str, AgentEndpoint] | None = None) -> dict[str, Any]:
     """Run a whole search job; its result (fronts per device) goes into the store.
 
     Steps: profile ``n_profile`` subnets on each device (the pipeline's
@@ -364,12 +409,12 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
     fit the predictors and record their held-out quality, then refine every
     device's front in parallel Ray tasks with up to ``budget`` more real
     measurements each.  Each step skips what the store already holds, so a
-    re-run resumes.
+    re-run resumes.  ``agents`` are the operator's declared agents, for
+    devices that name one.
     """
     import ray
 
     from devices import open_profiler
-    from devices.profile import DeviceProfile
     from hwsearch.accuracy_eval import evaluate_subnets
     from hwsearch.data import load_images
     from hwsearch.parallel import DeviceSearch, search_devices
@@ -387,7 +432,9 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
         raise ValueError("a search job needs validation data (dataset) to measure accuracy")
     net = build_supernet(spec.supernet)
     space = net.space
-    profiles = [DeviceProfile.from_dict(dict(d)) for d in spec.devices]
+    resolved = [resolve_profile(d, agents or {}) for d in spec.devices]
+    profiles = [profile for profile, _ in resolved]
+    tokens = {profile.name: token for profile, token in resolved}
     data = load_images(spec.dataset, size=max(space.resolutions))
     dataset_id = content_id(spec.dataset, spec.supernet.checkpoint,
                             extra={"options": dict(spec.supernet.options)})
@@ -400,7 +447,8 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
             control.step("profile", 0.4 * (i + share) / len(profiles),
                          f"{name}: {info['done']}/{info['total']} subnets measured")
 
-        reports[profile.name] = profile_subnets(net, archs, open_profiler(profile), profile.hash(),
+        profiler = open_profiler(profile, token=tokens[profile.name])
+        reports[profile.name] = profile_subnets(net, archs, profiler, profile.hash(),
                                                 store, progress=on_chunk).to_dict()
 
     control.step("accuracy", 0.4, f"{len(archs)} subnets")
@@ -421,7 +469,8 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
         quality[f"latency@{profile.name}"] = _flat_metrics(latency)
         searches.append(DeviceSearch(
             name=profile.name, device_hash=profile.hash(), latency=latency,
-            measurer=_DeviceMeasurer(shared=shared, profile=profile, store=store,
+            measurer=_DeviceMeasurer(shared=shared, profile=profile, token=tokens[profile.name],
+                                     store=store, runner=control.runner,
                                      dataset_id=dataset_id, job_id=job_id),
             limits=tuple(Limit(**dict(lim)) for lim in spec.limits)))
 
@@ -455,15 +504,17 @@ def _xy(space: Any, archs: Sequence[Any], targets: Mapping[str, float]) -> tuple
 
 
 def run_job_watched(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None = None,
-                    progress: ProgressFn | None = None, poll_seconds: float = 0.5
+                    progress: ProgressFn | None = None, poll_seconds: float = 0.2
                     ) -> dict[str, Any]:
-    """:func:`run_job` in a worker thread, relaying the progress it records to ``progress``.
+    """:func:`run_job` in a worker thread, relaying every progress event to ``progress``.
 
     What the CLI's ``search`` and ``demo`` use: the calling thread stays free
-    to draw progress (``progress(step, fraction, message)``, every
-    ``poll_seconds``) while the job runs.  Ray is started here first, on the
-    caller's (main) thread, where it can install its signal handlers.  The
-    job's exception, if any, is re-raised in the caller's thread.
+    to draw progress while the job runs.  Events come from the store's event
+    log (:meth:`~hwsearch.store.Store.job_events`), so every step reaches
+    ``progress(step, fraction, message)`` once and in order, however short it
+    was.  Ray is started here first, on the caller's (main) thread, where it
+    can install its signal handlers.  The job's exception, if any, is
+    re-raised in the caller's thread.
     """
     from hwsearch.ray_session import init_ray
 
@@ -478,63 +529,54 @@ def run_job_watched(spec: JobSpec, *, store: Store, job_id: str, ray_address: st
 
     worker = threading.Thread(target=target, name=f"hwsearch-job-{job_id}", daemon=True)
     worker.start()
-    while worker.is_alive():
+    seen = 0
+    while True:
         worker.join(timeout=poll_seconds)
-        if progress is not None:
-            record = store.get_job(job_id).progress or {}
-            progress(record.get("step", "start"), float(record.get("fraction", 0.0)),
-                     record.get("message", ""))
+        finished = not worker.is_alive()
+        for event in store.job_events(job_id, after=seen):
+            seen = event["seq"]
+            if progress is not None:
+                progress(event.get("step", "start"), float(event.get("fraction", 0.0)),
+                         event.get("message", ""))
+        if finished:
+            break
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
 
 
-def execute(spec: Mapping[str, Any], store: Store, job_id: str) -> dict[str, Any] | None:
+def execute(spec: Mapping[str, Any], store: Store, job_id: str,
+            agents: Mapping[str, AgentEndpoint] | None = None) -> dict[str, Any] | None:
     """Run a stored job by its spec's kind; record failures in the store.
 
     Returns the result, or None when the job was cancelled or interrupted
-    (its state then already says so).
+    (its state then already says so).  The failure's trace is logged here,
+    in the process that saw it; the store gets :func:`describe_error`'s line.
     """
     parsed = spec_from_dict(spec)
     try:
         if isinstance(parsed, ProfileSpec):
-            return run_profile(parsed, store=store, job_id=job_id)
-        return run_job(parsed, store=store, job_id=job_id)
+            return run_profile(parsed, store=store, job_id=job_id, agents=agents)
+        return run_job(parsed, store=store, job_id=job_id, agents=agents)
     except JobCancelled as stop:
         log.info("%s", stop)
         return None
     except Exception as error:
-        _fail(store, job_id, error)
+        log.exception("job %s failed", job_id)
+        record_failure(store, job_id, error)
         raise
 
 
-def submit_job(
-    spec: JobSpec | ProfileSpec,
-    *,
-    store: Store,
-    job_id: str | None = None,
-    ray_address: str | None = None,
-) -> str:
-    """Queue a job and start it on Ray; returns its id at once.
+def submit_job(spec: JobSpec | ProfileSpec, *, store: Store, job_id: str | None = None) -> str:
+    """Queue a job and run it in a thread of this process; returns its id at once.
 
-    The job runs in a Ray task that reopens the store in the worker (a
-    :class:`~hwsearch.store.SQLiteStore` reconnects when unpickled).  An
-    in-memory store cannot be shared with another process, so its jobs run
-    in a thread of this process instead; their searches still run on Ray.
-    A daemon thread waits on the task and records a crash (a worker that
-    died past its retries) the task itself could not record.
+    For one-off runs and scripts (a job's searches still use Ray).  The
+    service queues jobs through :class:`hwsearch.dispatch.JobDispatcher`,
+    which bounds how many run and can stop one at once.
     """
     job_id = job_id or store.create_job(spec.to_dict())
-    spec_dict = spec.to_dict()
-    if isinstance(store, MemoryStore):
-        target, args = _run_in_thread, (spec_dict, store, job_id)
-    else:
-        from hwsearch.ray_session import init_ray
-
-        init_ray(ray_address)
-        ref = _remote_execute().remote(spec_dict, store, job_id)
-        target, args = _wait_on_ray, (ref, store, job_id)
-    threading.Thread(target=target, args=args, name=f"hwsearch-job-{job_id}", daemon=True).start()
+    threading.Thread(target=_run_in_thread, args=(spec.to_dict(), store, job_id),
+                     name=f"hwsearch-job-{job_id}", daemon=True).start()
     return job_id
 
 
@@ -542,35 +584,7 @@ def _run_in_thread(spec: Mapping[str, Any], store: Store, job_id: str) -> None:
     try:
         execute(spec, store, job_id)
     except Exception:
-        log.exception("job %s failed", job_id)
-
-
-def _wait_on_ray(ref: Any, store: Store, job_id: str) -> None:
-    import ray
-
-    try:
-        ray.get(ref)
-    except Exception as error:  # the task recorded ordinary failures; this catches crashes
-        log.warning("job %s ended with %s", job_id, error)
-        _fail(store, job_id, error)
-
-
-_REMOTE: Any = None
-
-
-def _remote_execute() -> Any:
-    """The Ray task wrapping :func:`execute`, made once per process.
-
-    It asks for no CPU: it orchestrates, and the profiling, accuracy and
-    search tasks it starts need the CPUs.  A crashed worker is retried, and
-    the retry resumes from the store.
-    """
-    global _REMOTE
-    if _REMOTE is None:
-        import ray
-
-        _REMOTE = ray.remote(num_cpus=0, max_retries=2)(execute)
-    return _REMOTE
+        pass  # execute logged it and recorded it in the store
 
 
 def cancel_job(*, store: Store, job_id: str) -> Any:
@@ -581,12 +595,11 @@ def cancel_job(*, store: Store, job_id: str) -> Any:
     return store.get_job(job_id)
 
 
-def recover_jobs(*, store: Store, resume: bool = False,
-                 ray_address: str | None = None) -> list[str]:
+def recover_jobs(*, store: Store) -> list[str]:
     """After a restart: jobs a dead process left active are marked ``interrupted``.
 
-    With ``resume`` they are started again instead; they continue from the
-    measurements already in the store.  Returns the ids that were touched.
+    Their measurements are in the store, so a resume continues from them.
+    Returns the ids that were touched.
     """
     touched = []
     for record in store.list_jobs():
@@ -595,17 +608,5 @@ def recover_jobs(*, store: Store, resume: bool = False,
         store.update_job(record.job_id, state="interrupted",
                          error="the service stopped while this job was active; "
                                "its measurements are kept and a resume continues from them")
-        if resume:
-            resume_job(store=store, job_id=record.job_id, ray_address=ray_address)
         touched.append(record.job_id)
     return touched
-
-
-def resume_job(*, store: Store, job_id: str, ray_address: str | None = None) -> Any:
-    """Start an interrupted, failed or cancelled job again from its stored spec."""
-    record = store.get_job(job_id)
-    if record.state in ACTIVE_STATES:
-        return record
-    store.update_job(job_id, state="queued", error=None)
-    submit_job(spec_from_dict(record.spec), store=store, job_id=job_id, ray_address=ray_address)
-    return store.get_job(job_id)

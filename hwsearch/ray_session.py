@@ -7,10 +7,14 @@ address or starts a local one, and does nothing when a session exists.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import signal
+import tempfile
 import threading
+from pathlib import Path
 
-__all__ = ["init_ray"]
+__all__ = ["init_ray", "kill_leftovers", "private_temp_dir"]
 
 _RAY_START_LOCK = threading.Lock()  # two threads starting Ray at once would start two sessions
 
@@ -65,3 +69,44 @@ def _start_ray_in_keeper_thread(address: str | None, num_cpus: int | None) -> No
     started.wait()
     if failure:
         raise failure[0]
+
+
+def private_temp_dir(owner: str) -> Path:
+    """A short Ray temp dir of one owner (a service's data directory), e.g. /tmp/hwsearch-ray-1a2b3c4d.
+
+    Every process Ray starts for that owner carries it (command line or
+    ``RAY_TMPDIR`` in its environment), which is how :func:`kill_leftovers`
+    finds them after the owner was killed.  Short, because Ray's socket
+    paths live below it and Unix socket paths are limited to 107 bytes.
+    """
+    digest = hashlib.sha256(str(Path(owner).resolve()).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"hwsearch-ray-{digest}"
+
+
+def kill_leftovers(temp_dir: Path) -> list[str]:
+    """SIGKILL processes left by a previous Ray session under ``temp_dir``; describe each.
+
+    Call it only while holding the owner's lock (no live process can be using
+    that session).  Ray's GCS and raylet die with the process that started
+    them, but its agents and workers can outlive a ``kill -9`` and ignore
+    SIGTERM, holding hundreds of MB.
+    """
+    marker = str(temp_dir).encode()
+    killed = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name)
+        if pid == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except OSError:  # gone already, or not ours to read
+            continue
+        if marker in cmdline or b"RAY_TMPDIR=" + marker + b"\0" in environ + b"\0":
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                continue
+            program = cmdline.split(b"\0")[0].decode(errors="replace")[:80]
+            killed.append(f"{pid} {program}")
+    return killed

@@ -105,6 +105,31 @@ def _format_number(value: Number) -> str:
     return format(value, "g")
 
 
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: Any) -> bool:
+    """A finite int or float; bools, strings, NaN and infinity are not knob values."""
+    return (_is_integer(value) or isinstance(value, (float, np.floating))) and bool(np.isfinite(value))
+
+
+def _number_tuple(name: str, value: Any, *, integer: bool) -> tuple[Any, ...]:
+    """``value`` as a tuple of ints (or finite numbers), refusing anything looser.
+
+    Architectures arrive from clients as JSON: a string ("3322"), a mapping or
+    nested lists must be refused by name, not coerced into some other subnet.
+    """
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise ArchValidationError(f"{name} must be a list of numbers, got {type(value).__name__}")
+    check = _is_integer if integer else _is_real
+    for i, item in enumerate(value):
+        if not check(item):
+            kind = "an int" if integer else "a number"
+            raise ArchValidationError(f"{name}[{i}]={item!r} must be {kind}")
+    return tuple(int(v) for v in value) if integer else tuple(value)
+
+
 @dataclass(frozen=True)
 class ArchConfig:
     """One subnet: resolution, per-stage depths, per-active-block choices, widths.
@@ -125,15 +150,11 @@ class ArchConfig:
     width: tuple[Number, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("depths", "kernel", "expand", "width"):
-            value = getattr(self, name)
-            if not isinstance(value, tuple):
-                object.__setattr__(self, name, tuple(value))
-        if isinstance(self.resolution, bool) or not isinstance(self.resolution, (int, np.integer)):
+        if not _is_integer(self.resolution):
             raise ArchValidationError(f"resolution must be an int, got {self.resolution!r}")
         object.__setattr__(self, "resolution", int(self.resolution))
-        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
-        object.__setattr__(self, "kernel", tuple(int(k) for k in self.kernel))
+        for name, integer in (("depths", True), ("kernel", True), ("expand", False), ("width", False)):
+            object.__setattr__(self, name, _number_tuple(name, getattr(self, name), integer=integer))
 
     def key(self) -> str:
         """A stable, readable identifier, e.g. ``r224-d2,3,4,4,2-k3,5,...-e4,6,...``."""
@@ -276,7 +297,7 @@ class SearchSpace:
     ) -> ArchConfig:
         """Build a validated configuration; raises :class:`ArchValidationError` naming the field."""
         return self.validate(
-            ArchConfig(resolution, tuple(depths), tuple(kernel), tuple(expand), tuple(width))
+            ArchConfig(resolution, depths, kernel, expand, width)
         )
 
     def validate(self, arch: ArchConfig) -> ArchConfig:
@@ -563,7 +584,7 @@ class SearchSpace:
             return [value] * length  # OFA broadcasts scalars (val2list)
         if not isinstance(value, (list, tuple)) or len(value) != length:
             raise ArchValidationError(f"{name} must be a list of {length} values, got {value!r}")
-        return list(value)
+        return list(_number_tuple(name, value, integer=False))
 
     def _unpad_blocks(self, values: list[Any], depths: Sequence[int]) -> list[Any]:
         out, slot = [], 0

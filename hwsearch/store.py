@@ -45,6 +45,7 @@ class JobRecord:
     error: str | None
     created: float
     updated: float
+    runner: str | None = None
 
 
 def _check_state(state: str) -> None:
@@ -73,6 +74,11 @@ class Store(abc.ABC):
     * **Jobs.** ``update_job`` changes only the fields it is given (``error=None``
       clears the error; ``progress`` replaces the whole progress dict); an
       unknown id raises :class:`KeyError`; states are :data:`JOB_STATES`.
+      ``runner`` is the token of the one runner allowed to work on the job.
+    * **Progress events.** Every ``progress`` given to ``update_job`` is also
+      appended to the job's event log with the next sequence number (1, 2, ...),
+      in the same write; ``job_events(job_id, after=n)`` returns the events
+      after ``n`` in order, so a listener that polls misses none.
     * **Picklable.** A pickled store reopens its backing storage in the new
       process, so it can be handed to Ray workers.
     """
@@ -102,8 +108,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def update_job(self, job_id: str, *, state: str | None = None,
                    progress: Mapping[str, Any] | None = None, result: Any = _UNSET,
-                   error: str | None = _UNSET) -> None:
+                   error: str | None = _UNSET, runner: str | None = _UNSET) -> None:
         """Change the given fields of a job (see the class docstring)."""
+
+    @abc.abstractmethod
+    def job_events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
+        """The job's progress events with ``seq > after``, oldest first, each with its ``seq``."""
 
     @abc.abstractmethod
     def get_job(self, job_id: str) -> JobRecord:
@@ -140,6 +150,7 @@ class MemoryStore(Store):
         self._latencies: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self._accuracies: dict[tuple[str, str], dict[str, float]] = {}
         self._jobs: dict[str, JobRecord] = {}
+        self._events: dict[str, list[dict[str, Any]]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         with self._lock:
@@ -176,11 +187,12 @@ class MemoryStore(Store):
         record = JobRecord(job_id, _json_copy(dict(spec)), "queued", {}, None, None, now, now)
         with self._lock:
             self._jobs[job_id] = record
+            self._events[job_id] = []
         return job_id
 
     def update_job(self, job_id: str, *, state: str | None = None,
                    progress: Mapping[str, Any] | None = None, result: Any = _UNSET,
-                   error: str | None = _UNSET) -> None:
+                   error: str | None = _UNSET, runner: str | None = _UNSET) -> None:
         if state is not None:
             _check_state(state)
         changes: dict[str, Any] = {"updated": time.time()}
@@ -192,11 +204,22 @@ class MemoryStore(Store):
             changes["result"] = _json_copy(result)
         if error is not _UNSET:
             changes["error"] = error
+        if runner is not _UNSET:
+            changes["runner"] = runner
         with self._lock:
             if job_id not in self._jobs:
                 raise KeyError(job_id)
             old = self._jobs[job_id]
             self._jobs[job_id] = JobRecord(**{**old.__dict__, **changes})
+            if progress is not None:
+                events = self._events[job_id]
+                events.append({**changes["progress"], "seq": len(events) + 1})
+
+    def job_events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
+        with self._lock:
+            if job_id not in self._jobs:
+                raise KeyError(job_id)
+            return copy.deepcopy(self._events[job_id][max(after, 0):])
 
     def get_job(self, job_id: str) -> JobRecord:
         with self._lock:
@@ -223,10 +246,13 @@ CREATE TABLE IF NOT EXISTS accuracies (
     PRIMARY KEY (supernet_id, dataset_id, arch_key));
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT NOT NULL, progress TEXT NOT NULL,
-    result TEXT, error TEXT, created REAL NOT NULL, updated REAL NOT NULL);
+    result TEXT, error TEXT, created REAL NOT NULL, updated REAL NOT NULL, runner TEXT);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq));
 """
 
-_JOB_COLUMNS = "job_id, spec, state, progress, result, error, created, updated"
+_JOB_COLUMNS = "job_id, spec, state, progress, result, error, created, updated, runner"
 
 
 class SQLiteStore(Store):
@@ -244,6 +270,7 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn().executescript(_SCHEMA)
+        self._add_runner_column()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "timeout": self.timeout}
@@ -264,6 +291,12 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn
+
+    def _add_runner_column(self) -> None:
+        """Stores written before runner tokens existed get the column (NULL: no runner)."""
+        columns = {row[1] for row in self._conn().execute("PRAGMA table_info(jobs)")}
+        if "runner" not in columns:
+            self._conn().execute("ALTER TABLE jobs ADD COLUMN runner TEXT")
 
     def _write(self) -> "_Transaction":
         return _Transaction(self._conn())
@@ -296,13 +329,14 @@ class SQLiteStore(Store):
         job_id = uuid.uuid4().hex
         now = time.time()
         with self._write() as conn:
-            conn.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (job_id, json.dumps(dict(spec)), "queued", "{}", "null", None, now, now))
+            conn.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (job_id, json.dumps(dict(spec)), "queued", "{}", "null", None, now, now,
+                          None))
         return job_id
 
     def update_job(self, job_id: str, *, state: str | None = None,
                    progress: Mapping[str, Any] | None = None, result: Any = _UNSET,
-                   error: str | None = _UNSET) -> None:
+                   error: str | None = _UNSET, runner: str | None = _UNSET) -> None:
         sets, values = ["updated = ?"], [time.time()]
         if state is not None:
             _check_state(state)
@@ -317,11 +351,24 @@ class SQLiteStore(Store):
         if error is not _UNSET:
             sets.append("error = ?")
             values.append(error)
+        if runner is not _UNSET:
+            sets.append("runner = ?")
+            values.append(runner)
         with self._write() as conn:
             cursor = conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ?",
                                   (*values, job_id))
             if cursor.rowcount == 0:
                 raise KeyError(job_id)
+            if progress is not None:
+                conn.execute("INSERT INTO job_events SELECT ?, COALESCE(MAX(seq), 0) + 1, ? "
+                             "FROM job_events WHERE job_id = ?",
+                             (job_id, json.dumps(dict(progress)), job_id))
+
+    def job_events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
+        self.get_job(job_id)  # KeyError for an unknown job, as the contract says
+        rows = self._conn().execute("SELECT seq, data FROM job_events WHERE job_id = ? "
+                                    "AND seq > ? ORDER BY seq", (job_id, after)).fetchall()
+        return [{**json.loads(data), "seq": seq} for seq, data in rows]
 
     def get_job(self, job_id: str) -> JobRecord:
         row = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?",
@@ -355,9 +402,10 @@ class _Transaction:
 
 
 def _job_from_row(row: tuple[Any, ...]) -> JobRecord:
-    job_id, spec, state, progress, result, error, created, updated = row
+    job_id, spec, state, progress, result, error, created, updated, runner = row
     return JobRecord(job_id, json.loads(spec), state, json.loads(progress),
-                     json.loads(result) if result is not None else None, error, created, updated)
+                     json.loads(result) if result is not None else None, error, created, updated,
+                     runner)
 
 
 StoreLike = Union[Store, str, Path, None]

@@ -23,7 +23,11 @@ def free_port() -> int:
 
 
 class Server:
-    """``hwsearch serve`` in its own process group, so a test can kill it (and its Ray) at once."""
+    """``hwsearch serve`` in its own process group, so a test can kill it (and its Ray) at once.
+
+    Unless ``extra`` says otherwise, the store's folder is the service's data root, so
+    files a test writes beside the store can be named in requests.
+    """
 
     def __init__(self, store: Path, *, extra: tuple[str, ...] = (),
                  env: dict[str, str] | None = None) -> None:
@@ -38,10 +42,11 @@ class Server:
     def start(self, timeout: float = 60.0) -> Server:
         env = {**os.environ, "HWSEARCH_TOKEN": TOKEN, "RAY_AUTH_MODE": "disabled",
                "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", **self.env}
+        roots = () if "--data-root" in self.extra else ("--data-root", str(self.store.parent))
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "hwsearch.cli.main", "serve", "--store", str(self.store),
-                 "--port", str(self.port), *self.extra],
+                 "--port", str(self.port), *roots, *self.extra],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

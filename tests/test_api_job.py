@@ -60,8 +60,10 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
 
 
 @pytest.fixture()
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "store.sqlite", env={"TEST_AGENT_TOKEN": AGENT_TOKEN}).start()
+def server(tmp_path: Path, agent: Agent) -> Iterator[Server]:
+    """A service whose operator declared the agent ``edge`` (token from the environment)."""
+    srv = Server(tmp_path / "store.sqlite", extra=("--agent", f"edge={agent.url}"),
+                 env={"HWSEARCH_AGENT_TOKEN_EDGE": AGENT_TOKEN}).start()
     yield srv
     srv.stop()
 
@@ -69,8 +71,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def test_submit_poll_fronts_export_and_profile(server: Server, agent: Agent,
                                                tmp_path: Path) -> None:
     dataset = random_dataset(tmp_path / "val.npz")
-    edge = {**fast_device("edge"), "where": {"kind": "agent", "url": agent.url,
-                                             "token_env": "TEST_AGENT_TOKEN"}}
+    edge = {**fast_device("edge"), "where": {"kind": "agent", "name": "edge"}}
     with server.client() as client:
         register(client, [fast_device("cpu-a"), fast_device("cpu-b", 2), edge])
         accepted = client.post("/jobs", json={
@@ -85,6 +86,12 @@ def test_submit_poll_fronts_export_and_profile(server: Server, agent: Agent,
         steps = {s["progress"]["step"] for s in seen if s["progress"]}
         assert {"profile", "accuracy", "search"} <= steps
         assert set(job["result"]["predictors"]) >= {"accuracy", "latency@cpu-a", "latency@cpu-b"}
+        events = client.get(f"/jobs/{job_id}/events").json()["events"]
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        ordered = list(dict.fromkeys(e["step"] for e in events))
+        assert ordered == ["prepare", "profile", "accuracy", "train", "search", "done"], ordered
+        later = client.get(f"/jobs/{job_id}/events", params={"after": 3}).json()["events"]
+        assert later == events[3:]
 
         fronts = client.get(f"/jobs/{job_id}/fronts").json()["fronts"]
         assert set(fronts) == {"cpu-a", "cpu-b"}

@@ -179,7 +179,7 @@ def test_retry_after_client_timeout_joins_the_running_measurement(
     agent: Agent, model_files: list[Path], monkeypatch
 ) -> None:
     monkeypatch.setenv("EDGE_TOKEN", TOKEN)
-    slow = agent_profile(agent, timeout_s=1.0, retries=30).to_dict()
+    slow = agent_profile(agent, timeout_s=1.0, retries=10).to_dict()
     slow["warmup"] = {"runs": 2, "seconds": 4.0}
     measurements = AgentClient(DeviceProfile.from_dict(slow)).measure_many(model_files)
     assert len(measurements) == 2

@@ -69,6 +69,59 @@ def test_job_lifecycle(store: Store) -> None:
         store.update_job("missing", state="failed")
 
 
+def test_progress_events_are_kept_in_order_and_runner_tokens_stored(store: Store) -> None:
+    job = store.create_job({"kind": "search"})
+    assert store.job_events(job) == []
+    for step in ("prepare", "train", "profile", "train"):
+        store.update_job(job, progress={"step": step})
+    store.update_job(job, state="running", runner="token-1")
+    events = store.job_events(job)
+    assert [e["step"] for e in events] == ["prepare", "train", "profile", "train"]
+    assert [e["seq"] for e in events] == [1, 2, 3, 4]
+    assert [e["step"] for e in store.job_events(job, after=2)] == ["profile", "train"]
+    assert store.get_job(job).runner == "token-1"
+    store.update_job(job, runner=None)
+    assert store.get_job(job).runner is None and store.get_job(job).progress == {"step": "train"}
+    other = store.create_job({"kind": "search"})
+    store.update_job(other, progress={"step": "x"})
+    assert [e["seq"] for e in store.job_events(other)] == [1], "each job counts its own events"
+    with pytest.raises(KeyError):
+        store.job_events("missing")
+
+
+def test_events_from_many_threads_get_distinct_sequence_numbers(store: Store) -> None:
+    job = store.create_job({"kind": "search"})
+
+    def report(worker: int) -> None:
+        for i in range(20):
+            store.update_job(job, progress={"worker": worker, "i": i})
+
+    threads = [threading.Thread(target=report, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    events = store.job_events(job)
+    assert [e["seq"] for e in events] == list(range(1, 81))
+    for worker in range(4):
+        assert [e["i"] for e in events if e["worker"] == worker] == list(range(20))
+
+
+def test_a_store_from_before_runner_tokens_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE jobs (job_id TEXT PRIMARY KEY, spec TEXT NOT NULL, state TEXT "
+                     "NOT NULL, progress TEXT NOT NULL, result TEXT, error TEXT, created REAL "
+                     "NOT NULL, updated REAL NOT NULL)")
+        conn.execute("INSERT INTO jobs VALUES ('j', '{}', 'succeeded', '{}', 'null', NULL, 1, 1)")
+    store = SQLiteStore(path)
+    assert store.get_job("j").runner is None and store.get_job("j").state == "succeeded"
+    store.update_job("j", runner="t", progress={"step": "done"})
+    assert store.get_job("j").runner == "t" and store.job_events("j")[0]["seq"] == 1
+
+
 def test_list_jobs_in_creation_order_and_restart_recovery(store: Store) -> None:
     ids = [store.create_job({"i": i}) for i in range(4)]
     store.update_job(ids[1], state="running")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,16 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import hwsearch
+from hwsearch.agents import AgentEndpoint
 from hwsearch.api.catalog import Catalog
+from hwsearch.api.files import DataRoots
 from hwsearch.api.routes import api_router, public_router
-from hwsearch.api.service import ServiceError
-from hwsearch.jobs import recover_jobs
+from hwsearch.api.service import Busy, ServiceError
+from hwsearch.dispatch import Admission, JobDispatcher
 from hwsearch.store import Store, open_store
 
 __all__ = ["create_app", "create_app_from_env"]
+
+log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 _UPLOAD_PATHS = ("/supernets/upload",)
@@ -76,7 +82,27 @@ async def _service_error(request: Request, error: Exception) -> JSONResponse:
         detail: Any = [{"loc": list(error.field), "msg": error.message, "type": "value_error"}]
     else:
         detail = error.message
-    return JSONResponse({"detail": detail}, status_code=error.status)
+    headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, Busy) else None
+    return JSONResponse({"detail": detail}, status_code=error.status, headers=headers)
+
+
+async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
+    """FastAPI's 422, without echoing the input back.
+
+    The default answer repeats each bad value: a 100,000-character path comes
+    back whole, and a NaN (which Python's JSON parser accepts) cannot be
+    written as JSON at all, which turned a bad request into a 500.
+    """
+    assert isinstance(error, RequestValidationError)
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    """A bug, not a bad request: the trace goes to the server log, the client gets one line."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return JSONResponse({"detail": "internal error; the operator can find it in the server log"},
+                        status_code=500)
 
 
 def create_app(
@@ -84,6 +110,9 @@ def create_app(
     *,
     token: str,
     data_dir: str | os.PathLike[str],
+    data_roots: list[str | os.PathLike[str]] | None = None,
+    agents: dict[str, AgentEndpoint] | None = None,
+    admission: Admission = Admission(),
     max_body_bytes: int = 1 * MiB,
     max_upload_bytes: int = 512 * MiB,
     ray_address: str | None = None,
@@ -91,17 +120,23 @@ def create_app(
 ) -> FastAPI:
     """The hwsearch service over ``store``, with registrations and exports under ``data_dir``.
 
-    On start-up, jobs a previous process left ``queued`` or ``running`` are
-    marked ``interrupted`` (or, with ``resume``, started again); their
-    measurements are in the store either way.
+    Clients may name checkpoints and datasets only inside ``data_roots``
+    (default: ``data_dir/files``) and reach only the operator's ``agents``;
+    ``admission`` bounds the jobs it accepts.  On start-up, jobs a previous
+    process left ``queued`` or ``running`` are marked ``interrupted`` (or,
+    with ``resume``, queued again); their measurements are in the store
+    either way.
     """
     if not token:
         raise ValueError("the service needs a non-empty token")
+    dispatcher = JobDispatcher(store, admission=admission, agents=agents,
+                               ray_address=ray_address)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        recover_jobs(store=store, resume=resume, ray_address=ray_address)
+        dispatcher.start(resume=resume)
         yield
+        dispatcher.stop()
         if "ray" in sys.modules and sys.modules["ray"].is_initialized():
             sys.modules["ray"].shutdown()  # Ray was started by a job; leave nothing running
 
@@ -115,11 +150,15 @@ def create_app(
     )
     app.state.store = store
     app.state.catalog = Catalog(data_dir)
+    app.state.roots = DataRoots(data_roots or [Path(data_dir) / "files"],
+                                max_file_bytes=max_upload_bytes)
     app.state.token = token
-    app.state.ray_address = ray_address
+    app.state.dispatcher = dispatcher
     app.include_router(public_router)
     app.include_router(api_router)
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes)
     return app
 
@@ -128,14 +167,25 @@ def create_app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory hwsearch.api.app:create_app_from_env``.
 
     Reads ``HWSEARCH_STORE`` (SQLite path), ``HWSEARCH_TOKEN``, and optionally
-    ``HWSEARCH_DATA`` (defaults to ``<store>.data``), ``HWSEARCH_MAX_BODY``,
-    ``HWSEARCH_MAX_UPLOAD``, ``HWSEARCH_RAY_ADDRESS`` and ``HWSEARCH_RESUME``.
+    ``HWSEARCH_DATA`` (defaults to ``<store>.data``), ``HWSEARCH_DATA_ROOTS``
+    (``os.pathsep``-separated), ``HWSEARCH_AGENTS`` (comma-separated
+    ``NAME=URL``, tokens as :func:`hwsearch.agents.load_agents` finds them),
+    ``HWSEARCH_AGENT_SECRETS``, ``HWSEARCH_MAX_BODY``, ``HWSEARCH_MAX_UPLOAD``,
+    ``HWSEARCH_RAY_ADDRESS`` and ``HWSEARCH_RESUME``.
     """
+    from hwsearch.agents import load_agents
+
     store_path = Path(os.environ["HWSEARCH_STORE"])
+    roots = os.environ.get("HWSEARCH_DATA_ROOTS", "")
+    declared = os.environ.get("HWSEARCH_AGENTS", "")
+    secrets = os.environ.get("HWSEARCH_AGENT_SECRETS")
     return create_app(
         open_store(store_path),
         token=os.environ["HWSEARCH_TOKEN"],
         data_dir=os.environ.get("HWSEARCH_DATA", f"{store_path}.data"),
+        data_roots=[r for r in roots.split(os.pathsep) if r] or None,
+        agents=load_agents([a for a in declared.split(",") if a],
+                           secrets_file=Path(secrets) if secrets else None),
         max_body_bytes=int(os.environ.get("HWSEARCH_MAX_BODY", 1 * MiB)),
         max_upload_bytes=int(os.environ.get("HWSEARCH_MAX_UPLOAD", 512 * MiB)),
         ray_address=os.environ.get("HWSEARCH_RAY_ADDRESS") or None,

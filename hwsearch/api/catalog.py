@@ -26,9 +26,12 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 _NAME = re.compile(NAME_PATTERN)
 
 
-def valid_name(name: str) -> bool:
-    """Registered names become file names, so they are restricted to a safe alphabet."""
-    return bool(_NAME.match(name))
+def valid_name(name: object) -> bool:
+    """Registered names become file names, so they are restricted to a safe alphabet.
+
+    ``fullmatch``: with ``match``, ``$`` would also accept a trailing newline.
+    """
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
 
 
 class Catalog:
@@ -52,21 +55,28 @@ class Catalog:
 
     # ------------------------------------------------------------------ supernets
 
-    def put_supernet(self, ref: SupernetRef) -> None:
-        self._write(self.root / "supernets" / f"{ref.name}.json", ref.to_dict())
+    def put_supernet(self, ref: SupernetRef, description: dict[str, Any]) -> None:
+        """Store a built-and-checked supernet with its description (space name, size).
+
+        Listing then reads only these JSON files; it never builds a supernet
+        or opens a checkpoint again.
+        """
+        self._write(self.root / "supernets" / f"{ref.name}.json",
+                    {**description, **ref.to_dict()})
 
     def get_supernet(self, name: str) -> SupernetRef | None:
         data = self._read(self.root / "supernets", name)
         return None if data is None else SupernetRef.from_dict(data)
 
-    def list_supernets(self) -> list[SupernetRef]:
-        return [SupernetRef.from_dict(d) for d in self._read_all(self.root / "supernets")]
+    def list_supernets(self) -> list[dict[str, Any]]:
+        """Every registered supernet's reference and description, as stored."""
+        return list(self._read_all(self.root / "supernets"))
 
     # ------------------------------------------------------------------ devices
 
-    def put_device(self, name: str, profile: dict[str, Any]) -> None:
-        """Store a device profile (already validated by the devices layer) under its name."""
-        self._write(self.root / "devices" / f"{name}.json", profile)
+    def put_device(self, name: str, record: dict[str, Any]) -> None:
+        """Store a validated device record (``name``, ``hash``, ``profile``) under its name."""
+        self._write(self.root / "devices" / f"{name}.json", record)
 
     def get_device(self, name: str) -> dict[str, Any] | None:
         return self._read(self.root / "devices", name)

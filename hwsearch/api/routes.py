@@ -8,11 +8,10 @@ are turned into responses in one place (:mod:`hwsearch.api.app`).
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile, status
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
@@ -20,7 +19,10 @@ from pydantic import ValidationError
 import hwsearch
 from hwsearch.api import service
 from hwsearch.api.catalog import Catalog
+from hwsearch.api.files import DataRoots
 from hwsearch.api.schemas import (
+    AgentsRead,
+    DataRootsRead,
     DeviceCreate,
     DeviceRead,
     ExportCreate,
@@ -30,14 +32,17 @@ from hwsearch.api.schemas import (
     HealthRead,
     JobAccepted,
     JobCreate,
+    JobEvents,
     JobList,
     JobRead,
+    LimitsRead,
     ProfileCreate,
     RegistryRead,
     SupernetCreate,
     SupernetOptions,
     SupernetRead,
 )
+from hwsearch.dispatch import JobDispatcher
 from hwsearch.store import Store
 
 __all__ = ["api_router", "public_router"]
@@ -53,8 +58,12 @@ def _catalog(request: Request) -> Catalog:
     return request.app.state.catalog
 
 
-def _ray_address(request: Request) -> str | None:
-    return request.app.state.ray_address
+def _dispatcher(request: Request) -> JobDispatcher:
+    return request.app.state.dispatcher
+
+
+def _roots(request: Request) -> DataRoots:
+    return request.app.state.roots
 
 
 def _require_token(
@@ -70,7 +79,8 @@ def _require_token(
 
 StoreDep = Annotated[Store, Depends(_store)]
 CatalogDep = Annotated[Catalog, Depends(_catalog)]
-RayAddress = Annotated[str | None, Depends(_ray_address)]
+DispatcherDep = Annotated[JobDispatcher, Depends(_dispatcher)]
+RootsDep = Annotated[DataRoots, Depends(_roots)]
 
 public_router = APIRouter()
 api_router = APIRouter(dependencies=[Depends(_require_token)])
@@ -93,6 +103,32 @@ def health() -> HealthRead:
 # --------------------------------------------------------------------------- supernets
 
 
+# --------------------------------------------------------------------------- what the operator allows
+
+
+@api_router.get("/data-roots", response_model=DataRootsRead, tags=["service"])
+def read_data_roots(roots: RootsDep) -> DataRootsRead:
+    """The server directories checkpoints and datasets may be named in."""
+    return DataRootsRead(roots=[str(r) for r in roots.roots], max_file_bytes=roots.max_file_bytes)
+
+
+@api_router.get("/agents", response_model=AgentsRead, tags=["service"])
+def read_agents(dispatcher: DispatcherDep) -> AgentsRead:
+    """The edge agents the operator declared; a device profile names one in `where.name`."""
+    return AgentsRead(agents=sorted(dispatcher.agents))
+
+
+@api_router.get("/limits", response_model=LimitsRead, tags=["service"])
+def read_limits(dispatcher: DispatcherDep) -> LimitsRead:
+    """Jobs running and queued now, and the bounds the service keeps."""
+    admission = dispatcher.admission
+    return LimitsRead(**dispatcher.counts(), max_n_profile=admission.max_n_profile,
+                      max_budget=admission.max_budget)
+
+
+# --------------------------------------------------------------------------- supernets
+
+
 @api_router.get("/supernets/registry", response_model=RegistryRead, tags=["supernets"])
 def read_registry() -> RegistryRead:
     """The builders a supernet can be registered with."""
@@ -100,10 +136,10 @@ def read_registry() -> RegistryRead:
 
 
 @api_router.post("/supernets", response_model=SupernetRead, status_code=201, tags=["supernets"])
-def create_supernet(body: SupernetCreate, catalog: CatalogDep) -> SupernetRead:
-    """Register a supernet: a builder, a checkpoint path on the server, and options."""
+def create_supernet(body: SupernetCreate, catalog: CatalogDep, roots: RootsDep) -> SupernetRead:
+    """Register a supernet: a builder, a checkpoint inside a data root, and options."""
     return SupernetRead(**service.register_supernet(
-        catalog=catalog, name=body.name, registry=body.registry, checkpoint=body.checkpoint,
+        catalog=catalog, roots=roots, name=body.name, registry=body.registry, checkpoint=body.checkpoint,
         options=body.options.model_dump()))
 
 
@@ -118,9 +154,11 @@ def upload_supernet(
 ) -> SupernetRead:
     """Register a supernet whose checkpoint is uploaded (multipart form)."""
     try:
-        parsed = SupernetOptions.model_validate(json.loads(options))
-    except (ValueError, ValidationError) as error:
-        raise service.Invalid(f"options: {error}", field=("body", "options")) from error
+        parsed = SupernetOptions.model_validate_json(options)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}"
+                             for e in error.errors())
+        raise service.Invalid(f"options: {problems}", field=("body", "options")) from None
     return SupernetRead(**service.upload_supernet(
         catalog=catalog, name=name, registry=registry, options=parsed.model_dump(),
         content=checkpoint.file))
@@ -135,9 +173,11 @@ def read_supernets(catalog: CatalogDep) -> list[SupernetRead]:
 
 
 @api_router.post("/devices", response_model=DeviceRead, status_code=201, tags=["devices"])
-def create_device(body: DeviceCreate, catalog: CatalogDep) -> DeviceRead:
-    """Register (or replace) a device profile; it is validated by the devices layer."""
-    return DeviceRead(**service.register_device(catalog=catalog, profile=body.profile))
+def create_device(body: DeviceCreate, catalog: CatalogDep,
+                  dispatcher: DispatcherDep) -> DeviceRead:
+    """Register (or replace) a device profile; it is validated fully before it is stored."""
+    return DeviceRead(**service.register_device(catalog=catalog, agents=dispatcher.agents,
+                                                profile=body.profile))
 
 
 @api_router.get("/devices", response_model=list[DeviceRead], tags=["devices"])
@@ -149,14 +189,14 @@ def read_devices(catalog: CatalogDep) -> list[DeviceRead]:
 
 
 @api_router.post("/jobs", response_model=JobAccepted, status_code=202, tags=["jobs"])
-def create_job(body: JobCreate, request: Request, store: StoreDep, catalog: CatalogDep,
-               ray_address: RayAddress) -> JobAccepted:
-    """Queue a search job; poll ``status_url`` for its progress."""
+def create_job(body: JobCreate, request: Request, catalog: CatalogDep, roots: RootsDep,
+               dispatcher: DispatcherDep) -> JobAccepted:
+    """Queue a search job; poll ``status_url`` for its progress.  429 when the queue is full."""
     job = service.submit_search(
-        store=store, catalog=catalog, supernet=body.supernet, devices=body.devices,
-        dataset=body.dataset,
+        dispatcher=dispatcher, catalog=catalog, roots=roots, supernet=body.supernet,
+        devices=body.devices, dataset=body.dataset,
         limits=[lim.model_dump(exclude_none=True) for lim in body.limits], budget=body.budget,
-        seed=body.seed, n_profile=body.n_profile, ray_address=ray_address)
+        seed=body.seed, n_profile=body.n_profile)
     return _accepted(request, job)
 
 
@@ -170,18 +210,25 @@ def read_job(job_id: str, store: StoreDep) -> JobRead:
     return JobRead(**service.job_view(service.get_job(store=store, job_id=job_id)))
 
 
+@api_router.get("/jobs/{job_id}/events", response_model=JobEvents, tags=["jobs"])
+def read_job_events(job_id: str, store: StoreDep,
+                    after: Annotated[int, Query(ge=0, le=2**62)] = 0) -> JobEvents:
+    """Every progress event after ``after``, in order: poll with the last ``seq`` to miss none."""
+    return JobEvents(job_id=job_id, events=service.job_events(store=store, job_id=job_id,
+                                                               after=after))
+
+
 @api_router.post("/jobs/{job_id}/cancel", response_model=JobRead, tags=["jobs"])
-def cancel_job(job_id: str, store: StoreDep) -> JobRead:
-    """Ask a job to stop; it stops at its next step and keeps what it measured."""
-    return JobRead(**service.cancel(store=store, job_id=job_id))
+def cancel_job(job_id: str, dispatcher: DispatcherDep) -> JobRead:
+    """Stop a job now (its measurement and compute end within seconds); it keeps what it measured."""
+    return JobRead(**service.cancel(dispatcher=dispatcher, job_id=job_id))
 
 
 @api_router.post("/jobs/{job_id}/resume", response_model=JobAccepted, status_code=202,
                  tags=["jobs"])
-def resume_job(job_id: str, request: Request, store: StoreDep,
-               ray_address: RayAddress) -> JobAccepted:
-    """Run an interrupted, failed or cancelled job again from its stored measurements."""
-    return _accepted(request, service.resume(store=store, job_id=job_id, ray_address=ray_address))
+def resume_job(job_id: str, request: Request, dispatcher: DispatcherDep) -> JobAccepted:
+    """Queue an interrupted, failed or cancelled job again; it continues from its measurements."""
+    return _accepted(request, service.resume(dispatcher=dispatcher, job_id=job_id))
 
 
 @api_router.get("/jobs/{job_id}/fronts", response_model=FrontsRead, tags=["fronts"])
@@ -219,9 +266,8 @@ def download_export(export_id: str, catalog: CatalogDep) -> FileResponse:
 
 
 @api_router.post("/profiles", response_model=JobAccepted, status_code=202, tags=["subnets"])
-def create_profile(body: ProfileCreate, request: Request, store: StoreDep, catalog: CatalogDep,
-                   ray_address: RayAddress) -> JobAccepted:
+def create_profile(body: ProfileCreate, request: Request, catalog: CatalogDep,
+                   dispatcher: DispatcherDep) -> JobAccepted:
     """Measure a subnet on a registered device; the result is the job's ``result``."""
-    job = service.submit_profile(store=store, catalog=catalog, ray_address=ray_address,
-                                 **body.model_dump())
+    job = service.submit_profile(dispatcher=dispatcher, catalog=catalog, **body.model_dump())
     return _accepted(request, job)

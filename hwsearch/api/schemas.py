@@ -16,7 +16,15 @@ Name = Field(pattern=NAME_PATTERN, description="letters, digits, '.', '_' and '-
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Request bodies: no unknown fields, no coercion ("16" is not 16, true is not 1), finite floats."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+RefName = Field(pattern=NAME_PATTERN, max_length=100, description="a registered name")
+ServerPath = Field(default=None, max_length=1024,
+                   description="a path inside one of the server's data roots (GET /data-roots); "
+                               "relative to the first")
 
 
 # --------------------------------------------------------------------------- supernets
@@ -32,8 +40,8 @@ class SupernetOptions(_Strict):
 
 class SupernetCreate(_Strict):
     name: str = Name
-    registry: str = Field(description="a builder from GET /supernets/registry")
-    checkpoint: str | None = Field(default=None, description="a path on the server")
+    registry: str = Field(max_length=100, description="a builder from GET /supernets/registry")
+    checkpoint: str | None = ServerPath
     options: SupernetOptions = SupernetOptions()
 
 
@@ -55,7 +63,10 @@ class RegistryRead(BaseModel):
 
 
 class DeviceCreate(_Strict):
-    profile: dict[str, Any] = Field(description="a device profile, as in a profile YAML file")
+    profile: dict[str, Any] = Field(
+        description="a device profile, as in a profile YAML file, except: `where` is "
+                    "`{kind: local}` or `{kind: agent, name: NAME}` for an agent the operator "
+                    "declared (GET /agents), and `reference_model` is not allowed")
 
 
 class DeviceRead(BaseModel):
@@ -80,15 +91,16 @@ class LimitCreate(_Strict):
 
 
 class JobCreate(_Strict):
-    supernet: str = Field(description="a registered supernet name")
-    devices: list[str] = Field(min_length=1, max_length=16, description="registered device names")
-    dataset: str | None = Field(default=None, description="validation data path on the server")
+    supernet: str = RefName
+    devices: list[Annotated[str, RefName]] = Field(min_length=1, max_length=16,
+                                                   description="registered device names")
+    dataset: str | None = ServerPath
     limits: list[LimitCreate] = Field(
         default=[], max_length=8,
         description="constraints; the objectives are accuracy (max) and latency per device (min)")
     budget: int = Field(default=0, ge=0, le=10_000,
                         description="extra measured subnets per device for refinement")
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
     n_profile: int = Field(default=40, ge=4, le=10_000,
                            description="subnets profiled per device to train predictors")
 
@@ -107,6 +119,19 @@ class JobRead(BaseModel):
     error: str | None
     result: dict[str, Any] | None = Field(
         default=None, description="fronts are served separately; this is the summary")
+
+
+class JobEvent(BaseModel):
+    seq: int
+    step: str = ""
+    fraction: float = 0.0
+    message: str = ""
+    at: float | None = None
+
+
+class JobEvents(BaseModel):
+    job_id: str
+    events: list[JobEvent] = Field(description="in order; pass the last seq as `after` next time")
 
 
 class JobAccepted(BaseModel):
@@ -160,11 +185,13 @@ class FrontsRead(BaseModel):
 class SubnetRef(_Strict):
     """A subnet: an arch (hwsearch or OFA native form), or a point of a job's front."""
 
-    supernet: str | None = Field(default=None, description="needed with 'arch'")
+    supernet: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=100,
+                                 description="needed with 'arch'")
     arch: dict[str, Any] | None = None
-    job_id: str | None = None
-    device: str | None = Field(default=None, description="the front's device, with 'job_id'")
-    point: int | None = Field(default=None, ge=0, description="index into that front")
+    job_id: str | None = Field(default=None, max_length=64)
+    device: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=100,
+                               description="the front's device, with 'job_id'")
+    point: int | None = Field(default=None, ge=0, le=100_000, description="index into that front")
 
     @model_validator(mode="after")
     def _one_source(self) -> SubnetRef:
@@ -197,9 +224,28 @@ class ExportRead(BaseModel):
 
 
 class ProfileCreate(SubnetRef):
-    on: str = Field(description="the registered device to profile on")
+    on: str = Field(pattern=NAME_PATTERN, max_length=100,
+                    description="the registered device to profile on")
 
 
 class HealthRead(BaseModel):
     status: Literal["ok"]
     version: str
+
+
+class DataRootsRead(BaseModel):
+    roots: list[str]
+    max_file_bytes: int
+
+
+class AgentsRead(BaseModel):
+    agents: list[str] = Field(description="agent names a device profile may use in `where.name`")
+
+
+class LimitsRead(BaseModel):
+    running: int
+    queued: int
+    max_running: int
+    max_queued: int
+    max_n_profile: int
+    max_budget: int

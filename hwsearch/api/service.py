@@ -10,28 +10,34 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from hwsearch.agents import AgentEndpoint, UnknownAgent, resolve_profile
 from hwsearch.api.catalog import Catalog, valid_name
+from hwsearch.api.files import DataRoots, PathRefused
+from hwsearch.dispatch import JobDispatcher, StillStopping
 from hwsearch.jobs import (
     JobSpec,
     ProfileSpec,
     SupernetRef,
     build_supernet,
-    cancel_job,
-    resume_job,
-    submit_job,
+    describe_error,
     supernet_builders,
 )
 from hwsearch.space import ArchConfig, ArchValidationError
 from hwsearch.store import Store
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "Busy",
     "Conflict",
     "Invalid",
     "NotFound",
@@ -41,6 +47,7 @@ __all__ = [
     "export_subnet",
     "front_view",
     "get_job",
+    "job_events",
     "job_fronts",
     "job_view",
     "list_devices",
@@ -83,6 +90,16 @@ class Conflict(ServiceError):
     status = 409
 
 
+class Busy(ServiceError):
+    """The service is at a bound it keeps (queued jobs, exports at once); try again later."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 # --------------------------------------------------------------------------- supernets
 
 
@@ -99,38 +116,65 @@ def _load(ref_json: str, checkpoint_version: int) -> Any:
 
 def _supernet(ref: SupernetRef) -> Any:
     """The built supernet; a checkpoint replaced on disk (a new upload) is loaded anew."""
-    version = Path(ref.checkpoint).stat().st_mtime_ns if ref.checkpoint else 0
+    try:
+        version = Path(ref.checkpoint).stat().st_mtime_ns if ref.checkpoint else 0
+    except OSError as error:
+        raise Conflict(f"supernet {ref.name!r}: its checkpoint is no longer readable on the "
+                       "server; register it again") from error
     return _load(json.dumps(ref.to_dict(), sort_keys=True), version)
 
 
-def _describe(ref: SupernetRef) -> dict[str, Any]:
-    space = _supernet(ref).space
-    return {**ref.to_dict(), "space_name": space.name, "n_var": space.n_var, "size": space.size()}
+def _build_checked(ref: SupernetRef, field: Sequence[str]) -> dict[str, Any]:
+    """Build ``ref`` once (so a bad checkpoint fails at registration) and describe its space.
+
+    Anything that goes wrong while loading client-chosen weights is the
+    client's input being wrong: a 422 with one line, the trace in the log.
+    """
+    try:
+        space = _supernet(ref).space
+    except ServiceError:
+        raise
+    except Exception as error:
+        log.info("supernet %r did not build", ref.name, exc_info=error)
+        raise Invalid(f"cannot build {ref.registry!r} from this checkpoint and options: "
+                      f"{describe_error(error)}", field=field) from None
+    return {"space_name": space.name, "n_var": space.n_var, "size": space.size()}
+
+
+def _check_registry(registry: object) -> None:
+    if registry not in registry_names():
+        raise Invalid(f"unknown supernet builder {registry!r}; choose from {registry_names()}",
+                      field=("body", "registry"))
 
 
 def register_supernet(
     *,
     catalog: Catalog,
+    roots: DataRoots,
     name: str,
     registry: str,
     checkpoint: str | None,
     options: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Register a supernet under ``name``; it is built once here, so a bad checkpoint fails now."""
-    if registry not in registry_names():
-        raise Invalid(f"unknown supernet builder {registry!r}; choose from {registry_names()}",
-                      field=("body", "registry"))
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise Invalid(f"checkpoint {checkpoint!r} is not a file on the server",
-                      field=("body", "checkpoint"))
-    ref = SupernetRef(name=name, registry=registry, checkpoint=checkpoint,
-                      options={k: v for k, v in options.items() if v is not None})
-    try:
-        described = _describe(ref)
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as error:
-        raise Invalid(f"cannot build {registry!r} from this checkpoint/options: {error}",
-                      field=("body", "checkpoint")) from error
-    catalog.put_supernet(ref)
+    """Register a supernet whose checkpoint is a file inside a data root (or none: random weights)."""
+    _check_registry(registry)
+    path = None
+    if checkpoint is not None:
+        try:
+            path = str(roots.checkpoint(checkpoint))
+        except PathRefused as error:
+            raise Invalid(f"checkpoint {error}", field=("body", "checkpoint")) from None
+    return _register(catalog, SupernetRef(name=name, registry=registry, checkpoint=path,
+                                          options=_options(options)))
+
+
+def _options(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _register(catalog: Catalog, ref: SupernetRef) -> dict[str, Any]:
+    described = {**_build_checked(ref, ("body", "checkpoint")), **ref.to_dict()}
+    catalog.put_supernet(ref, described)
     return described
 
 
@@ -142,35 +186,39 @@ def upload_supernet(
     options: Mapping[str, Any],
     content: IO[bytes],
 ) -> dict[str, Any]:
-    """Register a supernet whose checkpoint comes in the request; it is kept in the catalog."""
+    """Register a supernet whose checkpoint comes in the request; it is kept in the catalog.
+
+    The upload is checked (built once) before it replaces anything, and the
+    temporary file is removed whatever happens.
+    """
     if not valid_name(name):
         raise Invalid(f"name {name!r} must be letters, digits, '.', '_' or '-'",
                       field=("body", "name"))
+    _check_registry(registry)
     path = catalog.checkpoints / f"{name}.pt"
     with tempfile.NamedTemporaryFile(dir=catalog.checkpoints, suffix=".part", delete=False) as tmp:
         shutil.copyfileobj(content, tmp)
     try:
-        described = register_supernet(catalog=catalog, name=name, registry=registry,
-                                      checkpoint=tmp.name, options=options)
-    except ServiceError:
-        os.unlink(tmp.name)
-        raise
-    os.replace(tmp.name, path)
-    ref = SupernetRef(name=name, registry=registry, checkpoint=str(path),
-                      options=described["options"])
-    catalog.put_supernet(ref)
-    return {**described, "checkpoint": str(path)}
+        _build_checked(SupernetRef(name=name, registry=registry, checkpoint=tmp.name,
+                                   options=_options(options)), ("body", "checkpoint"))
+        os.replace(tmp.name, path)
+    finally:
+        if os.path.exists(tmp.name):
+            os.unlink(tmp.name)
+    return _register(catalog, SupernetRef(name=name, registry=registry, checkpoint=str(path),
+                                          options=_options(options)))
 
 
 def list_supernets(*, catalog: Catalog) -> list[dict[str, Any]]:
-    return [_describe(ref) for ref in catalog.list_supernets()]
+    """Registered supernets as stored at registration; nothing is built or read again."""
+    return catalog.list_supernets()
 
 
 def get_supernet(*, catalog: Catalog, name: str, field: Sequence[str] = ()) -> SupernetRef:
     """A registered supernet; 404 for a path parameter, 422 (with ``field``) for a body field."""
     ref = catalog.get_supernet(name)
     if ref is None:
-        known = [r.name for r in catalog.list_supernets()]
+        known = [r["name"] for r in catalog.list_supernets()]
         message = f"supernet {name!r} is not registered; registered: {known}"
         raise Invalid(message, field=field) if field else NotFound(message)
     return ref
@@ -178,40 +226,72 @@ def get_supernet(*, catalog: Catalog, name: str, field: Sequence[str] = ()) -> S
 
 # --------------------------------------------------------------------------- devices
 
+_CLIENT_WHERE_FIELDS = {"kind", "name", "timeout_s", "retries"}
 
-def _profile(data: Mapping[str, Any], field: Sequence[str]) -> Any:
-    from devices.profile import DeviceProfile
 
+def _client_where(where: object) -> dict[str, Any]:
+    """A client's ``where``: local, or an operator-declared agent by name; never a URL or secret."""
+    field = ("body", "profile", "where")
+    if where is None:
+        return {}
+    if not isinstance(where, dict):
+        raise Invalid("where must be an object", field=field)
+    for forbidden in ("url", "token_env"):
+        if forbidden in where:
+            raise Invalid(f"where.{forbidden} is not accepted over the API: name an agent the "
+                          "operator declared with where.name (GET /agents)",
+                          field=(*field, forbidden))
+    unknown = sorted(set(where) - _CLIENT_WHERE_FIELDS)
+    if unknown:
+        raise Invalid(f"unknown field where.{unknown[0]}; allowed: {sorted(_CLIENT_WHERE_FIELDS)}",
+                      field=(*field, unknown[0]))
+    if where.get("kind", "local") == "agent" and not isinstance(where.get("name"), str):
+        raise Invalid("where.kind agent needs where.name, an agent the operator declared",
+                      field=(*field, "name"))
+    if where.get("kind", "local") not in ("local", "agent"):
+        raise Invalid("where.kind must be 'local' or 'agent'", field=(*field, "kind"))
+    if where.get("kind", "local") == "local" and "name" in where:
+        raise Invalid("where.name needs where.kind agent", field=(*field, "name"))
+    return dict(where)
+
+
+def register_device(*, catalog: Catalog, agents: Mapping[str, AgentEndpoint],
+                    profile: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a client's device profile fully, then register it under its own name.
+
+    The profile may not name a reference model file or an agent URL or
+    token variable: what the server reads and whom it talks to is the
+    operator's decision (see :mod:`hwsearch.agents`).
+    """
+    if not valid_name(profile.get("name")):
+        raise Invalid("name must be 1-100 of letters, digits, '.', '_' or '-', starting with a "
+                      "letter or digit", field=("body", "profile", "name"))
+    if profile.get("reference_model") is not None:
+        raise Invalid("reference_model is not accepted over the API; profiles registered here "
+                      "use the built-in reference", field=("body", "profile", "reference_model"))
+    data = {**profile, "where": _client_where(profile.get("where"))}
     try:
-        return DeviceProfile.from_dict(dict(data))
+        parsed, _ = resolve_profile(data, agents)
+    except UnknownAgent as error:
+        raise Invalid(str(error), field=("body", "profile", "where", "name")) from None
     except ValueError as error:  # ProfileError names the field in its message
-        raise Invalid(f"bad device profile: {error}", field=field) from error
-
-
-def register_device(*, catalog: Catalog, profile: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate a device profile and register it under its own name."""
-    parsed = _profile(profile, ("body", "profile"))
-    if not valid_name(parsed.name):
-        raise Invalid(f"device name {parsed.name!r} must be letters, digits, '.', '_' or '-'",
-                      field=("body", "profile", "name"))
-    catalog.put_device(parsed.name, parsed.to_dict())
-    return {"name": parsed.name, "hash": parsed.hash(), "profile": parsed.to_dict()}
+        raise Invalid(f"bad device profile: {error}", field=("body", "profile")) from None
+    record = {"name": parsed.name, "hash": parsed.hash(), "profile": data}
+    catalog.put_device(parsed.name, record)
+    return record
 
 
 def list_devices(*, catalog: Catalog) -> list[dict[str, Any]]:
-    out = []
-    for data in catalog.list_devices():
-        parsed = _profile(data, ("catalog",))
-        out.append({"name": parsed.name, "hash": parsed.hash(), "profile": parsed.to_dict()})
-    return out
+    """Registered devices as stored at registration; no profile or file is read again."""
+    return catalog.list_devices()
 
 
 def _device(catalog: Catalog, name: str, field: Sequence[str | int]) -> dict[str, Any]:
-    data = catalog.get_device(name)
-    if data is None:
+    record = catalog.get_device(name)
+    if record is None:
         known = [d["name"] for d in catalog.list_devices()]
         raise Invalid(f"device {name!r} is not registered; registered: {known}", field=field)
-    return data
+    return record["profile"]
 
 
 # --------------------------------------------------------------------------- jobs
@@ -226,10 +306,27 @@ def job_view(record: Any) -> dict[str, Any]:
             "progress": record.progress, "error": record.error, "result": result}
 
 
+def _queue(dispatcher: JobDispatcher, spec: JobSpec | ProfileSpec) -> dict[str, Any]:
+    from hwsearch.dispatch import QueueFull
+
+    try:
+        job_id = dispatcher.submit(spec)
+    except QueueFull as full:
+        raise Busy(str(full), retry_after_s=full.retry_after_s) from None
+    return job_view(dispatcher.store.get_job(job_id))
+
+
+def _at_most(value: int, cap: int, name: str) -> None:
+    if value > cap:
+        raise Invalid(f"{name}={value} is above this service's limit of {cap}",
+                      field=("body", name))
+
+
 def submit_search(
     *,
-    store: Store,
+    dispatcher: JobDispatcher,
     catalog: Catalog,
+    roots: DataRoots,
     supernet: str,
     devices: Sequence[str],
     dataset: str | None,
@@ -237,22 +334,26 @@ def submit_search(
     budget: int,
     seed: int,
     n_profile: int,
-    ray_address: str | None = None,
 ) -> dict[str, Any]:
-    """Check every reference of a search job, then queue it on Ray."""
+    """Check every field and reference of a search job, then queue it (or 429 when full)."""
+    _at_most(n_profile, dispatcher.admission.max_n_profile, "n_profile")
+    _at_most(budget, dispatcher.admission.max_budget, "budget")
     ref = get_supernet(catalog=catalog, name=supernet, field=("body", "supernet"))
     if len(set(devices)) != len(devices):
         raise Invalid("a device is listed twice", field=("body", "devices"))
     profiles = tuple(_device(catalog, name, ("body", "devices", i))
                      for i, name in enumerate(devices))
-    if dataset is not None and not Path(dataset).exists():
-        raise Invalid(f"dataset {dataset!r} does not exist on the server",
+    if dataset is None:
+        raise Invalid("a search job needs validation data to measure accuracy",
                       field=("body", "dataset"))
-    spec = JobSpec(supernet=ref, devices=profiles, dataset=dataset,
+    try:
+        dataset_path = str(roots.dataset(dataset))
+    except PathRefused as error:
+        raise Invalid(f"dataset {error}", field=("body", "dataset")) from None
+    spec = JobSpec(supernet=ref, devices=profiles, dataset=dataset_path,
                    limits=tuple(dict(lim) for lim in limits), budget=budget, seed=seed,
                    n_profile=n_profile)
-    job_id = submit_job(spec, store=store, ray_address=ray_address)
-    return job_view(store.get_job(job_id))
+    return _queue(dispatcher, spec)
 
 
 def get_job(*, store: Store, job_id: str) -> Any:
@@ -262,21 +363,37 @@ def get_job(*, store: Store, job_id: str) -> Any:
         raise NotFound(f"job {job_id!r} does not exist") from error
 
 
+def job_events(*, store: Store, job_id: str, after: int) -> list[dict[str, Any]]:
+    """The job's progress events after ``after``, in order (none is ever skipped)."""
+    get_job(store=store, job_id=job_id)
+    return store.job_events(job_id, after=after)
+
+
 def list_jobs(*, store: Store) -> list[dict[str, Any]]:
     return [job_view(record) for record in store.list_jobs()]
 
 
-def cancel(*, store: Store, job_id: str) -> dict[str, Any]:
-    get_job(store=store, job_id=job_id)
-    return job_view(cancel_job(store=store, job_id=job_id))
+def cancel(*, dispatcher: JobDispatcher, job_id: str) -> dict[str, Any]:
+    """Stop a job now: its task and everything it started end; its measurements stay."""
+    get_job(store=dispatcher.store, job_id=job_id)
+    dispatcher.cancel(job_id)
+    return job_view(dispatcher.store.get_job(job_id))
 
 
-def resume(*, store: Store, job_id: str, ray_address: str | None = None) -> dict[str, Any]:
-    """Run a stopped job again; it continues from the measurements in the store."""
-    record = get_job(store=store, job_id=job_id)
+def resume(*, dispatcher: JobDispatcher, job_id: str) -> dict[str, Any]:
+    """Queue a stopped job again; it continues from the measurements in the store."""
+    from hwsearch.dispatch import QueueFull
+
+    record = get_job(store=dispatcher.store, job_id=job_id)
     if record.state == "succeeded":
         raise Conflict(f"job {job_id!r} already succeeded")
-    return job_view(resume_job(store=store, job_id=job_id, ray_address=ray_address))
+    try:
+        dispatcher.resume(job_id)
+    except StillStopping as error:
+        raise Conflict(str(error)) from None
+    except QueueFull as full:
+        raise Busy(str(full), retry_after_s=full.retry_after_s) from None
+    return job_view(dispatcher.store.get_job(job_id))
 
 
 def job_fronts(*, store: Store, job_id: str) -> dict[str, dict[str, Any]]:
@@ -331,6 +448,12 @@ def _arch(ref: SupernetRef, data: Mapping[str, Any]) -> ArchConfig:
                       field=("body", "arch")) from error
 
 
+# Exports run in the request's thread: bound how many build ONNX files at once, so a burst
+# of export requests cannot occupy every core (and every worker thread) of the service.
+_EXPORT_SLOTS = threading.BoundedSemaphore(2)
+_EXPORT_WAIT_S = 60.0
+
+
 def export_subnet(
     *,
     store: Store,
@@ -346,9 +469,15 @@ def export_subnet(
     path = catalog.exports / f"{export_id}.onnx"
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
-        tmp = catalog.exports / f"{export_id}.{os.getpid()}.{id(arch)}.part.onnx"
-        report = export(_supernet(ref), arch, tmp, batch=batch)
-        os.replace(tmp, path)
+        tmp = catalog.exports / f"{export_id}.{os.getpid()}.{threading.get_ident()}.part.onnx"
+        if not _EXPORT_SLOTS.acquire(timeout=_EXPORT_WAIT_S):
+            raise Busy("the service is busy exporting other subnets", retry_after_s=30)
+        try:
+            report = export(_supernet(ref), arch, tmp, batch=batch)
+            os.replace(tmp, path)
+        finally:
+            _EXPORT_SLOTS.release()
+            tmp.unlink(missing_ok=True)
         info = {
             "id": export_id, "supernet": ref.name, "arch": arch.to_dict(), "arch_key": arch.key(),
             "bytes": path.stat().st_size, "macs": report.macs, "params": report.params,
@@ -367,15 +496,12 @@ def export_file(*, catalog: Catalog, export_id: str) -> Path:
 
 def submit_profile(
     *,
-    store: Store,
+    dispatcher: JobDispatcher,
     catalog: Catalog,
     on: str,
-    ray_address: str | None = None,
     **subnet: Any,
 ) -> dict[str, Any]:
     """Queue a measurement of one subnet on one registered device (local or through its agent)."""
     profile = _device(catalog, on, ("body", "on"))
-    ref, arch = _resolve(store=store, catalog=catalog, **subnet)
-    spec = ProfileSpec(supernet=ref, device=profile, arch=arch.to_dict())
-    job_id = submit_job(spec, store=store, ray_address=ray_address)
-    return job_view(store.get_job(job_id))
+    ref, arch = _resolve(store=dispatcher.store, catalog=catalog, **subnet)
+    return _queue(dispatcher, ProfileSpec(supernet=ref, device=profile, arch=arch.to_dict()))

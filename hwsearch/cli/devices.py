@@ -23,13 +23,9 @@ def check(
     and token work.
     """
     from devices import open_profiler
-    from devices.profile import DeviceProfile, ProfileError
+    from hwsearch.cli._inputs import load_profile
 
-    try:
-        loaded = DeviceProfile.load(profile)
-    except ProfileError as error:
-        typer.echo(f"invalid profile: {error}", err=True)
-        raise typer.Exit(code=2) from None
+    loaded = load_profile(profile, "PROFILE")
     facts = open_profiler(loaded).describe()
     typer.echo(json.dumps({"profile": loaded.to_dict(), "hash": loaded.hash(), "device": facts}, indent=2))
 

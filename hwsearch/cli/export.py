@@ -31,18 +31,18 @@ def export(
     Prints the subnet's MACs (what OFA calls FLOPs), parameters, export time
     and the check result.  The file is written only if the check passes.
     """
-    from hwsearch.export import ExportCheckError, export_subnet
-    from hwsearch.space import ArchValidationError
-    from hwsearch.supernets import CheckpointError, create_supernet
+    from hwsearch.cli._errors import reading
+    from hwsearch.cli._inputs import load_supernet, prepare_folder
+    from hwsearch.export import export_subnet
 
-    try:
-        net = create_supernet(supernet, checkpoint=checkpoint)
-        chosen = (net.space.from_json(arch.read_text()) if arch
-                  else net.space.sample(seed, 1)[0])
-        report = export_subnet(net, chosen, out, batch=batch)
-    except (ArchValidationError, CheckpointError, ExportCheckError, ValueError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=2) from None
+    net = load_supernet(supernet, checkpoint)
+    if arch is None:
+        chosen = net.space.sample(seed, 1)[0]
+    else:
+        with reading("--arch"):
+            chosen = net.space.from_json(arch.read_text())
+    prepare_folder(out.parent, "--out")
+    report = export_subnet(net, chosen, out, batch=batch)
     result = {"supernet": net.name, "arch": chosen.to_dict(), "arch_key": chosen.key(),
               **report.to_dict(), "check": "passed"}
     typer.echo(json.dumps(result, indent=2) if as_json else _summary(result))

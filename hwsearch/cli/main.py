@@ -4,19 +4,51 @@ Each module in :mod:`hwsearch.cli` that defines ``register(app)`` adds its
 commands, so adding a command never means editing this file.  Command modules
 import their heavy dependencies (torch, ray, onnxruntime) inside the command
 functions, which keeps ``hwsearch --help`` fast.
+
+Errors are reported here, once for all commands: a known error (bad profile,
+unreadable checkpoint, unreachable agent, ...) becomes one ``error: ...`` line
+on stderr and an exit code (2 bad input, 1 failed work, 130 interrupted; see
+:mod:`hwsearch.cli._errors`), anything else keeps its traceback because it is a
+bug.  ``--debug`` or ``HWSEARCH_DEBUG=1`` shows the traceback for every error.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 import hwsearch.cli as cli_package
+from hwsearch.cli._errors import describe
+
+
+class _ReportingGroup(TyperGroup):
+    """The root command group; turns known errors of any subcommand into one line.
+
+    Wrapping ``invoke`` (rather than the ``app()`` call) catches Ctrl-C before
+    typer turns it into a silent exit, and leaves click's usage errors, which
+    are raised earlier while parsing, to click's own formatting.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (Exception, KeyboardInterrupt) as error:
+            report = None if ctx.params.get("debug") else describe(error)
+            if report is None:
+                raise
+            line, code = report
+            typer.echo(line, err=True)
+            raise typer.Exit(code) from None
+
 
 app = typer.Typer(
     name="hwsearch",
+    cls=_ReportingGroup,
     help=(
         "Find subnets of a once-for-all supernet that are accurate and fast on your devices.\n\n"
         "Start with `hwsearch demo`: it profiles, trains predictors, searches and reports "
@@ -26,6 +58,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[bool, typer.Option(
+        "--debug", envvar="HWSEARCH_DEBUG",
+        help="On an error, show the full traceback instead of one line.")] = False,
+) -> None:
+    """Options of every command; ``debug`` is read by :class:`_ReportingGroup`."""
 
 
 def _register_commands() -> None:

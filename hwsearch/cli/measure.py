@@ -22,13 +22,10 @@ def measure(
     rows marked unstable did not reach the profile's confidence target.
     """
     from devices import open_profiler
-    from devices.profile import DeviceProfile, ProfileError
+    from hwsearch.cli._inputs import check_onnx_files, load_profile
 
-    try:
-        profile = DeviceProfile.load(device)
-    except ProfileError as error:
-        typer.echo(f"invalid profile: {error}", err=True)
-        raise typer.Exit(code=2) from None
+    profile = load_profile(device)
+    check_onnx_files(models)
     measurements = open_profiler(profile).measure_many(models)
     if as_json:
         typer.echo(json.dumps([m.to_dict() for m in measurements], indent=2))

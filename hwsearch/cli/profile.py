@@ -44,17 +44,12 @@ def profile(
 ) -> None:
     """Select N subnets spread over MACs, export them to ONNX and measure them on DEVICE."""
     from devices import open_profiler
-    from devices.profile import DeviceProfile, ProfileError
+    from hwsearch.cli._inputs import load_profile, load_supernet
     from hwsearch.pipeline import profile_subnets, select_subnets
     from hwsearch.store import SQLiteStore
-    from hwsearch.supernets import create_supernet
 
-    try:
-        device_profile = DeviceProfile.load(device)
-    except ProfileError as error:
-        typer.echo(f"invalid profile: {error}", err=True)
-        raise typer.Exit(code=2) from None
-    net = create_supernet(supernet, checkpoint=checkpoint)
+    device_profile = load_profile(device)
+    net = load_supernet(supernet, checkpoint)
     archs = select_subnets(net.space, n, seed=seed, resolution=resolution)
     with _progress_bar(f"profiling on {device_profile.name}", not as_json) as bar:
         task = bar.add_task(f"profiling on {device_profile.name}", total=len(archs))
@@ -84,13 +79,15 @@ def profile_accuracy(
 ) -> None:
     """Evaluate N subnets on DATA (BN recalibrated first) over Ray workers; store accuracies."""
     from hwsearch.accuracy_eval import EvalSettings, evaluate_subnets
+    from hwsearch.cli._errors import reading
+    from hwsearch.cli._inputs import load_supernet
     from hwsearch.data import load_images
     from hwsearch.pipeline import select_subnets
     from hwsearch.store import SQLiteStore
-    from hwsearch.supernets import create_supernet
 
-    net = create_supernet(supernet, checkpoint=checkpoint)
-    images = load_images(data, size=max(net.space.resolutions))
+    net = load_supernet(supernet, checkpoint)
+    with reading("--data"):
+        images = load_images(data, size=max(net.space.resolutions))
     archs = select_subnets(net.space, n, seed=seed)
     with _progress_bar("evaluating subnets", not as_json) as bar:
         task = bar.add_task("evaluating subnets", total=len(archs))

@@ -27,7 +27,8 @@ def search(
         help="Validation data for accuracy: a folder of class sub-folders of images, "
              "or an array/tensor file.", exists=True)],
     checkpoint: Annotated[Optional[Path], typer.Option(
-        help="Supernet weights (state_dict); default: the registry's.", exists=True)] = None,
+        help="Supernet weights (state_dict); default: the registry's.", exists=True,
+        dir_okay=False)] = None,
     budget_ms: Annotated[Optional[float], typer.Option(
         help="Latency limit in ms: every subnet of a front is at most this fast.")] = None,
     params_limit: Annotated[Optional[float], typer.Option(help="Parameter-count limit.")] = None,
@@ -47,13 +48,14 @@ def search(
     """Find each device's accuracy/latency Pareto front of measured subnets."""
     from rich.console import Console
 
-    from devices.profile import DeviceProfile
     from hwsearch.cli._fronts import front_table
+    from hwsearch.cli._inputs import prepare_folder
     from hwsearch.jobs import JobSpec, SupernetRef
     from hwsearch.results import ParetoFront
     from hwsearch.store import SQLiteStore
 
-    out.mkdir(parents=True, exist_ok=True)
+    profiles = _check_inputs(supernet, checkpoint, device, data)
+    prepare_folder(out, "--out")
     store = SQLiteStore(out / "store.db")
     limits = [lim for lim in (
         {"metric": "latency_ms", "upper": budget_ms} if budget_ms is not None else None,
@@ -63,7 +65,7 @@ def search(
     spec = JobSpec(
         supernet=SupernetRef(name=supernet, registry=supernet,
                              checkpoint=str(checkpoint.resolve()) if checkpoint else None),
-        devices=tuple(DeviceProfile.load(path).to_dict() for path in device),
+        devices=tuple(profile.to_dict() for profile in profiles),
         dataset=str(data.resolve()), limits=tuple(limits), budget=budget, seed=seed,
         n_profile=n_profile,
     )
@@ -80,6 +82,24 @@ def search(
     for name, front in fronts.items():
         console.print(front_table(name, front))
         console.print(f"written to {paths[name]}")
+
+
+def _check_inputs(supernet: str, checkpoint: Path | None, devices: list[Path],
+                  data: Path) -> list[Any]:  # -> list[devices.profile.DeviceProfile]
+    """Read every input once before Ray starts, so a bad one fails in seconds, naming its option.
+
+    The job reads them again in its worker; loading the supernet and the
+    data here costs seconds, a search minutes.
+    """
+    from hwsearch.cli._errors import reading
+    from hwsearch.cli._inputs import load_profile, load_supernet
+    from hwsearch.data import load_images
+
+    profiles = [load_profile(path) for path in devices]
+    net = load_supernet(supernet, checkpoint)
+    with reading("--data"):
+        load_images(data, size=max(net.space.resolutions))
+    return profiles
 
 
 def _run_with_progress(spec: Any, store: Any, job_id: str, ray_address: str | None,

@@ -1,10 +1,19 @@
-"""``hwsearch serve``: the HTTP service over a SQLite job store."""
+"""``hwsearch serve``: the HTTP service over a SQLite job store.
+
+The operator decides here what clients can make the server do: which
+directories they may name files in (``--data-root``), which edge agents exist
+(``--agent NAME=URL``, tokens from a secrets file or the environment), and
+how much work is admitted.  One service owns its data directory (a lock file
+says so); on start it ends whatever Ray processes a killed predecessor on the
+same directory left behind, and says so.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import IO, Annotated, Optional
 
 import typer
 
@@ -21,8 +30,22 @@ def serve(
         envvar="HWSEARCH_TOKEN", show_envvar=True)] = None,
     data_dir: Annotated[Optional[Path], typer.Option(
         help="Registered supernets/devices, uploads and exports (default: STORE.data).")] = None,
+    data_root: Annotated[Optional[list[Path]], typer.Option(
+        help="A directory clients may name checkpoints and datasets in (repeatable; "
+             "default: DATA_DIR/files). Nothing outside these is ever read for a client.")] = None,
+    agent: Annotated[Optional[list[str]], typer.Option(
+        help="An edge agent clients may measure on, as NAME=URL (repeatable). Its token comes "
+             "from --agent-secrets or $HWSEARCH_AGENT_TOKEN_<NAME>.")] = None,
+    agent_secrets: Annotated[Optional[Path], typer.Option(
+        help="JSON file {\"NAME\": \"TOKEN\"} with the agents' tokens.")] = None,
+    max_running_jobs: Annotated[int, typer.Option(min=1, help="Jobs running at once.")] = 2,
+    max_queued_jobs: Annotated[int, typer.Option(
+        min=1, help="Jobs waiting; beyond it submissions get 429 with Retry-After.")] = 16,
+    max_n_profile: Annotated[int, typer.Option(min=4, help="Largest n_profile a job may ask.")] = 500,
+    max_budget: Annotated[int, typer.Option(min=1, help="Largest budget a job may ask.")] = 200,
     max_body_mb: Annotated[float, typer.Option(help="Largest JSON request body.")] = 1.0,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest checkpoint upload.")] = 512.0,
+    max_upload_mb: Annotated[float, typer.Option(
+        help="Largest checkpoint upload, and largest checkpoint or dataset file read.")] = 512.0,
     ray_address: Annotated[Optional[str], typer.Option(
         help="Join this Ray cluster instead of starting Ray locally.")] = None,
     resume: Annotated[bool, typer.Option(
@@ -37,18 +60,60 @@ def serve(
     """
     import uvicorn
 
+    from hwsearch.agents import load_agents
     from hwsearch.api.app import MiB, create_app
+    from hwsearch.dispatch import Admission
     from hwsearch.store import open_store
 
     if not token:
         raise typer.BadParameter("give --token or set HWSEARCH_TOKEN", param_hint="--token")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        agents = load_agents(agent or [], secrets_file=agent_secrets)
+    except (OSError, ValueError) as error:
+        raise typer.BadParameter(str(error), param_hint="--agent") from None
+    data_dir = data_dir or Path(f"{store}.data")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = _own(data_dir)  # held (open) until the process ends
+    _prepare_ray(data_dir, local=ray_address is None)
     app = create_app(
-        open_store(store), token=token, data_dir=data_dir or Path(f"{store}.data"),
+        open_store(store), token=token, data_dir=data_dir, data_roots=data_root or None,
+        agents=agents,
+        admission=Admission(max_running=max_running_jobs, max_queued=max_queued_jobs,
+                            max_n_profile=max_n_profile, max_budget=max_budget),
         max_body_bytes=int(max_body_mb * MiB), max_upload_bytes=int(max_upload_mb * MiB),
         ray_address=ray_address, resume=resume,
     )
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        lock.close()
+
+
+def _own(data_dir: Path) -> IO[str]:
+    """Take the data directory's lock, or stop: two services on one directory would clash."""
+    handle = open(data_dir / "serve.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise typer.BadParameter(f"another hwsearch serve is using {data_dir}",
+                                 param_hint="--data-dir") from None
+    return handle
+
+
+def _prepare_ray(data_dir: Path, *, local: bool) -> None:
+    """Give this service's Ray a temp dir of its own, and clear what a killed predecessor left."""
+    from hwsearch.ray_session import kill_leftovers, private_temp_dir
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not local:
+        return
+    temp_dir = private_temp_dir(str(data_dir))
+    killed = kill_leftovers(temp_dir)
+    if killed:
+        typer.echo(f"hwsearch serve: ended {len(killed)} process(es) a previous run on "
+                   f"{data_dir} left behind: {'; '.join(killed)}", err=True)
+    os.environ["RAY_TMPDIR"] = str(temp_dir)
 
 
 def register(app: typer.Typer) -> None:

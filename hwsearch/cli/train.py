@@ -30,20 +30,18 @@ def train(
     """Fit a predictor on stored rows; print held-out and cross-validated quality; save it."""
     from rich.console import Console
 
+    from hwsearch.cli._inputs import load_profile, load_supernet
     from hwsearch.store import SQLiteStore
-    from hwsearch.supernets import create_supernet
     from predictors.accuracy import AccuracyPredictor
     from predictors.dataset import MeasurementSet
     from predictors.latency import LatencyPredictor
 
-    space = create_supernet(supernet).space
+    space = load_supernet(supernet).space
     rows = SQLiteStore(store)
     if target == "latency":
         if device is None:
             raise typer.BadParameter("latency predictors need --device", param_hint="--device")
-        from devices.profile import DeviceProfile
-
-        device_hash = DeviceProfile.load(device).hash()
+        device_hash = load_profile(device).hash()
         data = MeasurementSet.from_latencies(space, rows.get_latencies(device_hash, space.name))
         model = LatencyPredictor(space, device_hash=device_hash, seed=seed)
     elif target == "accuracy":

@@ -9,7 +9,7 @@ checkpoints safely (``weights_only=True``, strict key and shape checks).
 
 from __future__ import annotations
 
-import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, Union, runtime_checkable
@@ -25,6 +25,7 @@ __all__ = [
     "CheckpointError",
     "ElasticNetwork",
     "Supernet",
+    "load_failure_reason",
     "load_state",
     "read_checkpoint",
 ]
@@ -35,6 +36,7 @@ ArchLike = Union[ArchConfig, Mapping[str, Any]]
 # ``load_state_dict`` maps them the same way.
 _LEGACY_KEY_PARTS = ((".mobile_inverted_conv.", ".conv."),)
 _MAX_LISTED = 10
+_MAX_REASON_CHARS = 200
 
 
 class CheckpointError(ValueError):
@@ -113,18 +115,38 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist (hwsearch never downloads weights)")
-    try:
-        data = torch.load(path, weights_only=True, map_location="cpu")
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise CheckpointError(
-            f"{path}: cannot be read as a weights-only torch checkpoint: {exc}"
-        ) from exc
+    with path.open("rb") as file:  # opened here so only unreadable *content* is caught below
+        try:
+            data = torch.load(file, weights_only=True, map_location="cpu")
+        except Exception as exc:  # a hostile or corrupt file makes the unpickler raise anything
+            raise CheckpointError(
+                f"{path} is not a loadable weights-only checkpoint ({load_failure_reason(exc)}); "
+                "hwsearch reads only tensors and plain containers from checkpoints"
+            ) from exc
     if isinstance(data, Mapping) and "state_dict" in data:
         data = data["state_dict"]
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{path}: expected a state_dict (a mapping of tensors), "
                               f"got {type(data).__name__}")
     return data
+
+
+def load_failure_reason(error: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, in one short line.
+
+    torch's own message for a rejected pickle advises retrying with
+    ``weights_only=False``, which runs arbitrary code from the file; only the
+    unpickler's diagnosis (e.g. ``Unsupported global: GLOBAL x.Y ...``) is kept.
+    """
+    text = str(error)
+    diagnosis = re.search(r"WeightsUnpickler error:\s*(.*)", text, re.DOTALL)
+    if diagnosis is not None:
+        text = diagnosis.group(1)
+    first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first_line = first_line.split(" Please use ")[0][:_MAX_REASON_CHARS]
+    if "weights_only" in first_line:  # an unforeseen wording of the unsafe advice: drop it all
+        first_line = ""
+    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
 
 
 def load_state(module: nn.Module, state: Mapping[str, Any], *, source: str = "checkpoint") -> None:

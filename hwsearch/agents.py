@@ -1,0 +1,104 @@
+"""Edge agents the operator declared, and device profiles that refer to them by name.
+
+A profile file on the operator's own disk may say where an agent is
+(``where: {kind: agent, url: ..., token_env: ...}``): the operator wrote it.
+A profile a service client registers may not: a client that chose the URL
+could make the server upload models, and the token, to any listener.  So the
+service keeps a table of agents its operator declared (``hwsearch serve
+--agent NAME=URL``), and client profiles say only ``where: {kind: agent,
+name: NAME}``.  :func:`resolve_profile` turns such a profile into a
+measurable :class:`~devices.profile.DeviceProfile` plus the agent's token at
+the moment of measuring; the token never enters a stored job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AgentEndpoint", "UnknownAgent", "load_agents", "resolve_profile"]
+
+_AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class UnknownAgent(ValueError):
+    """A profile names an agent the operator did not declare."""
+
+
+@dataclass(frozen=True)
+class AgentEndpoint:
+    """One declared agent: where it listens and the token it expects (never printed)."""
+
+    name: str
+    url: str
+    token: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not _AGENT_NAME.fullmatch(self.name):
+            raise ValueError(f"agent name {self.name!r} must be 1-64 of [A-Za-z0-9._-]")
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"agent {self.name}: url {self.url!r} must be http(s)")
+        if not self.token:
+            raise ValueError(f"agent {self.name}: no token")
+
+
+def token_variable(name: str) -> str:
+    """The environment variable that holds a declared agent's token, e.g. HWSEARCH_AGENT_TOKEN_EDGE_1."""
+    return "HWSEARCH_AGENT_TOKEN_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+def load_agents(declared: list[str], *, secrets_file: Path | None = None,
+                environ: Mapping[str, str] = os.environ) -> dict[str, AgentEndpoint]:
+    """Agents from ``NAME=URL`` declarations; tokens from a secrets file or the environment.
+
+    The secrets file is JSON ``{"NAME": "TOKEN", ...}`` (readable by the
+    operator only, ideally); a name missing there is looked up in
+    :func:`token_variable`.  Every declared agent must have a token, so a
+    typo fails at start-up rather than at the first measurement.
+    """
+    import json
+
+    secrets: dict[str, Any] = {}
+    if secrets_file is not None:
+        secrets = json.loads(Path(secrets_file).read_text())
+        if not isinstance(secrets, dict) or not all(isinstance(v, str) for v in secrets.values()):
+            raise ValueError(f"{secrets_file}: expected a JSON object of agent name -> token")
+    agents: dict[str, AgentEndpoint] = {}
+    for item in declared:
+        name, sep, url = item.partition("=")
+        if not sep:
+            raise ValueError(f"--agent {item!r}: expected NAME=URL")
+        if name in agents:
+            raise ValueError(f"--agent {name!r} is declared twice")
+        token = secrets.get(name) or environ.get(token_variable(name), "")
+        if not token:
+            raise ValueError(f"agent {name!r} has no token: put it in the secrets file or in "
+                             f"${token_variable(name)}")
+        agents[name] = AgentEndpoint(name=name, url=url.rstrip("/"), token=token)
+    return agents
+
+
+def resolve_profile(data: Mapping[str, Any], agents: Mapping[str, AgentEndpoint]
+                    ) -> tuple[Any, str | None]:
+    """A measurable profile and the token to measure with, from stored profile data.
+
+    ``where: {kind: agent, name: NAME}`` is replaced by the declared agent's
+    URL; any other profile (a local one, or an operator's own file that
+    carries its URL) is used as it is, with no token handed over.
+    """
+    from devices.profile import DeviceProfile
+
+    where = dict(data.get("where") or {})
+    if "name" not in where:
+        return DeviceProfile.from_dict(dict(data)), None
+    name = where.pop("name")
+    agent = agents.get(name) if isinstance(name, str) else None
+    if agent is None:
+        raise UnknownAgent(f"agent {name!r} is not declared by the operator; "
+                           f"declared: {sorted(agents)}")
+    resolved = {**data, "where": {**where, "kind": "agent", "url": agent.url}}
+    return DeviceProfile.from_dict(resolved), agent.token

@@ -1,0 +1,94 @@
+"""Which server files a client may name: paths inside the operator's data roots, bounded.
+
+A client that could name any path would make the server load ``/etc``,
+``/proc/self/environ`` or ``/dev/zero`` as a checkpoint or a dataset, and
+learn from the answers which files exist.  So a request may name a file only
+by a path inside one of the directories the operator declared
+(``hwsearch serve --data-root DIR``), resolved with symlinks followed; every
+refusal before that point reads the same whether or not the path exists, and
+only regular files (or, for datasets, directories) of bounded size pass.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["DataRoots", "PathRefused"]
+
+MAX_PATH_CHARS = 1024
+DATASET_SUFFIXES = (".npz", ".pt")
+
+
+class PathRefused(ValueError):
+    """A client-named path is outside the data roots, missing, or not the right kind of file."""
+
+
+class DataRoots:
+    """The directories clients may name files in; relative paths start at the first one."""
+
+    def __init__(self, roots: Sequence[str | os.PathLike[str]], *, max_file_bytes: int,
+                 max_dataset_files: int = 200_000) -> None:
+        if not roots:
+            raise ValueError("at least one data root is needed")
+        self.roots = tuple(Path(r).resolve() for r in roots)
+        for root in self.roots:
+            root.mkdir(parents=True, exist_ok=True)
+        self.max_file_bytes = max_file_bytes
+        self.max_dataset_files = max_dataset_files
+
+    def checkpoint(self, value: object) -> Path:
+        """A regular file inside a root, at most ``max_file_bytes`` long."""
+        path = self._inside(value)
+        self._check_file(path)
+        return path
+
+    def dataset(self, value: object) -> Path:
+        """An ``.npz``/``.pt`` file or an image folder inside a root, both bounded."""
+        path = self._inside(value)
+        if path.is_dir():
+            self._check_folder(path)
+        else:
+            self._check_file(path)
+            if path.suffix.lower() not in DATASET_SUFFIXES:
+                raise PathRefused(f"a dataset file must be one of {list(DATASET_SUFFIXES)} "
+                                  "(or a folder of class sub-folders of images)")
+        return path
+
+    def _inside(self, value: object) -> Path:
+        """The resolved path if it lies inside a root and exists; one message for every other case."""
+        refused = PathRefused("must name an existing file inside a data root the operator "
+                              "allowed (see GET /data-roots), as a path relative to the first "
+                              "root or an absolute path inside one")
+        if not isinstance(value, str) or not value or len(value) > MAX_PATH_CHARS or "\0" in value:
+            raise refused
+        candidate = Path(value)
+        if not candidate.is_absolute():
+            candidate = self.roots[0] / candidate
+        try:
+            resolved = candidate.resolve()
+            exists = resolved.exists()
+        except (OSError, RuntimeError):  # too long, a symlink loop: refused like a missing file
+            raise refused from None
+        if not exists or not any(resolved.is_relative_to(root) for root in self.roots):
+            raise refused
+        return resolved
+
+    def _check_file(self, path: Path) -> None:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise PathRefused("must be a regular file (not a device, pipe or folder)")
+        if info.st_size > self.max_file_bytes:
+            raise PathRefused(f"is {info.st_size} bytes; the limit is {self.max_file_bytes}")
+
+    def _check_folder(self, path: Path) -> None:
+        """Count the folder's files, stopping at the bound rather than walking a huge tree."""
+        count = 0
+        for _, _, files in os.walk(path):
+            count += len(files)
+            if count > self.max_dataset_files:
+                raise PathRefused(f"holds more than {self.max_dataset_files} files")
+        if count == 0:
+            raise PathRefused("is an empty folder")

@@ -1,0 +1,95 @@
+"""Errors a user can fix, told in one line instead of a traceback.
+
+Commands let errors propagate; the ``hwsearch`` group (see
+:mod:`hwsearch.cli.main`) turns the known ones into ``error: ...`` on stderr
+and an exit code, in one place.  Where the message alone would not say which
+input was wrong, a command reads that input inside :func:`reading`, which
+attaches the option's name.  Unknown exceptions are bugs and keep their
+traceback, as does everything under ``--debug`` / ``HWSEARCH_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["BAD_INPUT", "FAILED", "INTERRUPTED", "OptionError", "describe", "reading"]
+
+BAD_INPUT = 2  # the user's input is wrong; same code click uses for usage errors
+FAILED = 1  # the input was fine but the work failed (agent unreachable, disk full)
+INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+_MAX_MESSAGE_CHARS = 1000
+
+# Known error types as (module, class, exit code).  They are looked up only in
+# modules already imported: an exception cannot be an instance of a class that
+# was never loaded, and importing torch just to run ``isinstance`` would cost
+# every failing command a second.
+_KNOWN_ERRORS: tuple[tuple[str, str, int], ...] = (
+    ("devices.profile", "ProfileError", BAD_INPUT),
+    ("devices.ort", "ModelInputError", BAD_INPUT),
+    ("hwsearch.space", "ArchValidationError", BAD_INPUT),
+    ("hwsearch.supernets.base", "CheckpointError", BAD_INPUT),
+    ("devices.client", "AgentError", FAILED),
+    ("hwsearch.export", "ExportCheckError", FAILED),
+)
+
+
+class OptionError(Exception):
+    """The input given to one command-line option is unusable.
+
+    ``option`` is how the user wrote it (``--device``, ``MODELS``), so the
+    one-line message points at the argument to fix.
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+@contextmanager
+def reading(option: str) -> Iterator[None]:
+    """Report ``ValueError`` / ``OSError`` raised while reading ``option``'s input as its error.
+
+    Loaders of profiles, checkpoints, datasets and models raise these for
+    malformed or unreadable files; tagging them here, right where the input
+    is read, is what lets the single handler name the option.
+    """
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        raise OptionError(option, _os_error_text(error) if isinstance(error, OSError)
+                          else str(error)) from error
+
+
+def describe(error: BaseException) -> tuple[str, int] | None:
+    """``(one line for stderr, exit code)`` for a known error; None for a bug to show in full."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted", INTERRUPTED
+    if isinstance(error, OptionError):
+        return _one_line(f"error: {error} ({error.option})"), BAD_INPUT
+    for module_name, class_name, code in _KNOWN_ERRORS:
+        known = getattr(sys.modules.get(module_name), class_name, None)
+        if known is not None and isinstance(error, known):
+            return _one_line(f"error: {error}"), code
+    if isinstance(error, BrokenPipeError):  # `hwsearch ... | head`: click exits quietly on it
+        return None
+    if isinstance(error, OSError):
+        return _one_line(f"error: {_os_error_text(error)}"), FAILED
+    return None
+
+
+def _os_error_text(error: OSError) -> str:
+    """``strerror: filename`` for OS errors (``str()`` adds ``[Errno N]`` and quotes)."""
+    if error.strerror and error.filename is not None:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
+
+
+def _one_line(text: str) -> str:
+    """Collapse line breaks (agents and libraries send multi-line details) and bound the length."""
+    flat = " ".join(text.split())
+    if len(flat) > _MAX_MESSAGE_CHARS:
+        flat = flat[:_MAX_MESSAGE_CHARS - 3] + "..."
+    return flat

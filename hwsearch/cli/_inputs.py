@@ -1,0 +1,94 @@
+"""Readers of command-line inputs that fail early and name the option at fault.
+
+Commands read every input through these before any slow work (exporting,
+profiling, starting Ray), so a wrong file costs a second, not a run, and the
+error says which option to fix (see :mod:`hwsearch.cli._errors`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hwsearch.cli._errors import OptionError, reading
+
+__all__ = ["check_onnx_files", "load_profile", "load_supernet", "prepare_folder"]
+
+
+def load_profile(path: Path, option: str = "--device") -> Any:  # -> devices.profile.DeviceProfile
+    """The device profile in ``path``; a malformed one is ``option``'s error.
+
+    ``DeviceProfile.load`` names the file for a wrong field but lets the YAML,
+    JSON and text decoders' errors through; those get the file's name here.
+    """
+    import json
+
+    import yaml
+
+    from devices.profile import DeviceProfile
+
+    with reading(option):
+        try:
+            return DeviceProfile.load(path)
+        except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is not a readable YAML/JSON profile "
+                             f"({_parser_problem(error)})") from error
+
+
+def _parser_problem(error: Exception) -> str:
+    """A YAML error's problem and position (its ``str`` spans several lines), else ``str``."""
+    import yaml
+
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(error)
+
+
+def load_supernet(name: str, checkpoint: Path | None = None) -> Any:  # -> supernets.Supernet
+    """The registered supernet ``name``, with ``checkpoint``'s weights if given.
+
+    Built and loaded in two steps so an unknown name blames ``--supernet``
+    and an unreadable or ill-fitting file blames ``--checkpoint``.
+    """
+    from hwsearch.supernets import create_supernet
+
+    with reading("--supernet"):
+        net = create_supernet(name)
+    if checkpoint is not None:
+        with reading("--checkpoint"):
+            net.load_checkpoint(checkpoint)
+    return net
+
+
+def check_onnx_files(paths: Sequence[Path], option: str = "MODELS") -> None:
+    """Fail unless onnxruntime can load every file, naming the first that it cannot.
+
+    The profiler would fail on it too, but only after measuring the others
+    (or uploading them to an agent) and without saying which file it was.
+    """
+    from devices.ort import validate_onnx_bytes
+
+    for path in paths:
+        with reading(option):
+            try:
+                validate_onnx_bytes(path.read_bytes())
+            except ValueError as error:
+                raise ValueError(f"{path}: {error}") from None
+
+
+def prepare_folder(folder: Path, option: str) -> None:
+    """Create ``folder`` (and its parents) now, so an unusable output path fails before the work.
+
+    A parent that is a file (``/etc/passwd/x``) and a folder without write
+    permission are reported as such rather than as a bare ``FileExistsError``.
+    """
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise OptionError(option, f"cannot write under {folder}: {blocker} is a file, not a folder")
+    with reading(option):
+        folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OptionError(option, f"cannot write under {folder}: permission denied")

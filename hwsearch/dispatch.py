@@ -1,0 +1,221 @@
+"""The service's job queue: bounded admission, at most N jobs at once, hard cancellation.
+
+A shared service must not start every submitted job at once (each one
+exports, evaluates and measures on the same cores) nor queue without limit.
+:class:`JobDispatcher` admits a job into a bounded queue (or refuses it with
+:class:`QueueFull`, which the API answers with 429 and ``Retry-After``),
+starts queued jobs as Ray tasks while fewer than ``max_running`` run, and
+stops a cancelled job's task *and its child tasks* at once, so a cancelled
+job stops measuring and computing within seconds rather than at its next
+cooperative check.
+
+There is at most one runner per job: a job is started only from the queue,
+a job whose previous task is still being torn down cannot be resumed
+(:class:`StillStopping`), and the task is not retried after a cancel.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hwsearch.agents import AgentEndpoint
+from hwsearch.jobs import (
+    ACTIVE_STATES,
+    JobSpec,
+    ProfileSpec,
+    cancel_job,
+    execute,
+    record_failure,
+    recover_jobs,
+)
+from hwsearch.store import Store
+
+__all__ = ["Admission", "JobDispatcher", "QueueFull", "StillStopping"]
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class Admission:
+    """How much work the service accepts: running jobs, queued jobs, and per-job sizes."""
+
+    max_running: int = 2
+    max_queued: int = 16
+    max_n_profile: int = 500
+    max_budget: int = 200
+    retry_after_s: int = 30
+
+    def __post_init__(self) -> None:
+        for name in ("max_running", "max_queued", "max_n_profile", "max_budget", "retry_after_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+class QueueFull(Exception):
+    """The queue holds ``max_queued`` jobs already; try again after ``retry_after_s``."""
+
+    def __init__(self, queued: int, retry_after_s: int) -> None:
+        super().__init__(f"the job queue is full ({queued} jobs waiting); "
+                         f"try again in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class StillStopping(Exception):
+    """The job's previous runner is still being stopped; resuming now would make two."""
+
+
+class JobDispatcher:
+    """Runs the service's jobs on Ray, ``max_running`` at a time, from a bounded queue.
+
+    Thread-safe.  ``agents`` (the operator's declared agents, tokens included)
+    travel to each job's task as an argument and are never stored.
+    """
+
+    def __init__(self, store: Store, *, admission: Admission = Admission(),
+                 agents: Mapping[str, AgentEndpoint] | None = None,
+                 ray_address: str | None = None) -> None:
+        self.store = store
+        self.admission = admission
+        self.agents = dict(agents or {})
+        self.ray_address = ray_address
+        self._queue: collections.deque[str] = collections.deque()
+        self._running: dict[str, Any] = {}  # job id -> Ray ObjectRef of its task
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="hwsearch-dispatcher", daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, *, resume: bool = False) -> list[str]:
+        """Mark jobs a dead process left active ``interrupted`` (or queue them again); start."""
+        touched = recover_jobs(store=self.store)
+        if resume:
+            for job_id in touched:
+                self.resume(job_id)
+        self._thread.start()
+        return touched
+
+    def stop(self) -> None:
+        """Stop starting jobs and cancel the running ones (their measurements stay stored)."""
+        with self._cond:
+            self._stopped = True
+            running = list(self._running)
+            self._cond.notify_all()
+        for job_id in running:
+            self.cancel(job_id)
+
+    # ------------------------------------------------------------------ requests
+
+    def submit(self, spec: JobSpec | ProfileSpec) -> str:
+        """Queue a new job; :class:`QueueFull` when the queue is at its bound."""
+        with self._cond:
+            self._check_room()
+            job_id = self.store.create_job(spec.to_dict())
+            self._queue.append(job_id)
+            self._cond.notify_all()
+        return job_id
+
+    def resume(self, job_id: str) -> None:
+        """Queue a stopped job again; it continues from its stored measurements."""
+        with self._cond:
+            if job_id in self._running:
+                raise StillStopping(f"job {job_id} is still stopping; resume it in a few seconds")
+            if self.store.get_job(job_id).state in ACTIVE_STATES:
+                return
+            self._check_room()
+            self.store.update_job(job_id, state="queued", error=None)
+            self._queue.append(job_id)
+            self._cond.notify_all()
+
+    def cancel(self, job_id: str) -> None:
+        """Mark the job cancelled and stop its task and every task it started, now."""
+        with self._cond:
+            cancel_job(store=self.store, job_id=job_id)
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+            ref = self._running.get(job_id)
+        if ref is not None:
+            import ray
+
+            ray.cancel(ref, force=True, recursive=True)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs running and waiting now, with the bounds (for /health and tests)."""
+        with self._cond:
+            return {"running": len(self._running), "queued": len(self._queue),
+                    "max_running": self.admission.max_running,
+                    "max_queued": self.admission.max_queued}
+
+    def _check_room(self) -> None:
+        if len(self._queue) >= self.admission.max_queued:
+            raise QueueFull(len(self._queue), self.admission.retry_after_s)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopped:
+                    return
+                self._start_queued()
+                refs = dict(self._running)
+                if not refs:
+                    self._cond.wait(timeout=_POLL_S * 4)
+                    continue
+            self._reap(refs)
+
+    def _start_queued(self) -> None:
+        """Start queued jobs while there is room; called with the lock held."""
+        while self._queue and len(self._running) < self.admission.max_running:
+            job_id = self._queue.popleft()
+            record = self.store.get_job(job_id)
+            if record.state != "queued":
+                continue  # cancelled while it waited
+            try:
+                self._running[job_id] = self._task().remote(record.spec, self.store, job_id,
+                                                            self.agents)
+            except Exception as error:  # Ray itself would not start: the job cannot run
+                log.exception("could not start job %s", job_id)
+                record_failure(self.store, job_id, error)
+
+    def _reap(self, refs: Mapping[str, Any]) -> None:
+        """Wait briefly for running tasks; record how each finished one ended."""
+        import ray
+
+        by_ref = {ref: job_id for job_id, ref in refs.items()}
+        done, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=_POLL_S)
+        for ref in done:
+            job_id = by_ref[ref]
+            try:
+                ray.get(ref)
+            except Exception as error:  # the task logged its own failure; this catches crashes
+                log.warning("job %s ended with %s", job_id, type(error).__name__, exc_info=error)
+                record_failure(self.store, job_id, error)
+            with self._cond:
+                self._running.pop(job_id, None)
+
+    _remote: Any = None
+
+    def _task(self) -> Any:
+        """The Ray task wrapping :func:`~hwsearch.jobs.execute`, made once per process.
+
+        It asks for no CPU: it orchestrates, and the profiling, accuracy and
+        search tasks it starts need the CPUs; admission bounds how many run.
+        A crashed worker is retried once (the retry resumes from the store);
+        a cancelled task is never retried.
+        """
+        if JobDispatcher._remote is None:
+            import ray
+
+            from hwsearch.ray_session import init_ray
+
+            init_ray(self.ray_address)
+            JobDispatcher._remote = ray.remote(num_cpus=0, max_retries=1)(execute)
+        return JobDispatcher._remote

@@ -1,0 +1,423 @@
+"""The edge agent under hostile or broken clients: framing, timeouts, connection bound, pruning.
+
+Every test runs a real ``python -m devices.agent`` process on 127.0.0.1 and
+talks to it through raw sockets (for requests no HTTP library would send),
+httpx, or the real AgentClient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+
+from devices.client import AgentClient
+from devices.profile import DeviceProfile
+from devices.reference import mobilenet_like_onnx, reference_model_bytes
+
+TOKEN = "hardening-token"
+UPLOAD_LIMIT = 1024 * 1024  # --max-upload-mb 1
+MEASURING = ("--max-upload-mb", "8")  # room for the 5.7 MB reference model
+READ_TIMEOUT_S = 1.0
+SHA = "ab" * 32
+
+
+class RunningAgent:
+    """One agent process started with extra flags (later flags win); exposes its RSS and thread count from /proc."""
+
+    def __init__(self, state_dir: Path, flags: tuple[str, ...]) -> None:
+        self.state_dir = state_dir
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "DEVICES_CALIBRATION_DIR": str(state_dir / "calibration"),
+            "DEVICES_LOCK_DIR": str(state_dir / "locks"),  # not queued behind other suites' measurements
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "devices.agent", "--port", str(self.port), "--token", TOKEN,
+             "--state-dir", str(state_dir), "--max-upload-mb", "1", "--read-timeout-s", str(READ_TIMEOUT_S), *flags],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.process.stdout.read().decode()
+            try:
+                if self.health_answer().status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError("agent did not start")
+
+    def health_answer(self) -> httpx.Response:
+        return httpx.get(f"{self.url}/health", headers=AUTH, timeout=10)
+
+    def health(self) -> dict[str, Any]:
+        answer = self.health_answer()
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def proc_status(self, key: str) -> int:
+        """A number from /proc/<pid>/status, e.g. VmRSS (kB) or Threads."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
+        raise KeyError(key)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def start_agent(tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
+    started: list[RunningAgent] = []
+
+    def start(*flags: str) -> RunningAgent:
+        agent = RunningAgent(tmp_path / f"agent-{len(started)}", flags)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()
+
+
+@dataclass
+class RawAnswer:
+    status: int
+    headers: http.client.HTTPMessage
+    detail: Any
+    seconds: float
+    closed: bool
+
+
+def raw_request(port: int, head: list[str], body: bytes = b"", *, stream_bytes: int = 0,
+                half_close: bool = False, wait_s: float = 10.0) -> RawAnswer:
+    """Send a hand-written request (optionally followed by a stream of junk) and read one answer.
+
+    ``closed`` says whether the agent closed the connection after answering.
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=wait_s)
+    try:
+        started = time.monotonic()
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        if stream_bytes:
+            threading.Thread(target=_push_junk, args=(sock, stream_bytes), daemon=True).start()
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        detail = json.loads(response.read())["detail"]
+        seconds = time.monotonic() - started
+        return RawAnswer(response.status, response.headers, detail, seconds, _closed_by_peer(sock))
+    finally:
+        sock.close()
+
+
+def _push_junk(sock: socket.socket, total: int) -> None:
+    chunk = b"\0" * 65536
+    try:
+        for _ in range(total // len(chunk)):
+            sock.sendall(chunk)
+    except OSError:  # the agent closed: exactly what it should do
+        pass
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def head(method: str, path: str, *headers: str, token: str | None = TOKEN) -> list[str]:
+    auth = [f"Authorization: Bearer {token}"] if token else []
+    return [f"{method} {path} HTTP/1.1", "Host: agent", *auth, *headers]
+
+
+FRAMING_CASES = {
+    "negative": (["Content-Length: -1"], 400, "Content-Length"),
+    "non-numeric": (["Content-Length: abc"], 400, "Content-Length"),
+    "python-int-syntax": (["Content-Length: 1_000"], 400, "Content-Length"),
+    "repeated": (["Content-Length: 5", "Content-Length: 6"], 400, "Content-Length"),
+    "oversize": ([f"Content-Length: {UPLOAD_LIMIT + 1}"], 413, "Content-Length"),
+    "absurd": (["Content-Length: " + "9" * 80], 413, "Content-Length"),
+    "missing": ([], 411, "Content-Length"),
+    "chunked": (["Transfer-Encoding: chunked"], 411, "Transfer-Encoding"),
+}
+
+
+def test_bad_body_framing_is_refused_before_reading_and_memory_stays_flat(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    agent = start_agent()
+    rss_before_kb = agent.proc_status("VmRSS")
+    streamed = 16 * 1024 * 1024
+    for name, (headers, status, header_name) in FRAMING_CASES.items():
+        answer = raw_request(agent.port, head("PUT", f"/models/{SHA}", *headers), stream_bytes=streamed)
+        assert answer.status == status, (name, answer.detail)
+        assert header_name in answer.detail, (name, answer.detail)
+        assert answer.seconds < 2.0 and answer.closed, (name, answer)
+    rss_growth_mb = (agent.proc_status("VmRSS") - rss_before_kb) / 1024
+    assert rss_growth_mb < 16, f"agent RSS grew {rss_growth_mb:.1f} MiB after {len(FRAMING_CASES)} x 16 MiB pushed"
+    assert agent.health()["status"] == "ok"
+
+
+def test_measure_bodies_are_bounded_and_parsed_defensively(start_agent: Callable[..., RunningAgent]) -> None:
+    agent = start_agent()
+    over_json_limit = raw_request(agent.port, head("POST", "/measure", "Content-Length: 2000000"))
+    assert over_json_limit.status == 413 and "Content-Length" in over_json_limit.detail
+    for body in (b"\xff\xfe not utf-8", b"[" * 200_000, json.dumps({"request_id": "a", "profile": {},
+                 "reference_sha256": SHA, "model_sha256s": 7}).encode()):
+        answer = httpx.post(f"{agent.url}/measure", content=body, headers=AUTH, timeout=10)
+        assert answer.status_code == 400, answer.text
+
+
+def test_short_body_is_answered_within_the_read_timeout(start_agent: Callable[..., RunningAgent]) -> None:
+    agent = start_agent()
+    declared = head("PUT", f"/models/{SHA}", "Content-Length: 1000")
+    stalled = raw_request(agent.port, declared, b"x" * 10)
+    assert stalled.status == 400 and "shorter than Content-Length" in stalled.detail
+    assert READ_TIMEOUT_S * 0.8 < stalled.seconds < READ_TIMEOUT_S + 2 and stalled.closed
+    hung_up = raw_request(agent.port, declared, b"x" * 10, half_close=True)
+    assert hung_up.status == 400 and "10 of 1000" in hung_up.detail and hung_up.seconds < READ_TIMEOUT_S
+    stranger = raw_request(agent.port, head("PUT", f"/models/{SHA}", "Content-Length: 1000", token=None), b"x" * 10)
+    assert stranger.status == 401 and stranger.seconds < READ_TIMEOUT_S / 2 and stranger.closed
+    post = raw_request(agent.port, head("POST", "/measure", "Content-Length: 500"), b"{")
+    assert post.status == 400 and "shorter than Content-Length" in post.detail
+
+
+def test_strangers_get_401_without_their_body_being_read(start_agent: Callable[..., RunningAgent]) -> None:
+    agent = start_agent()
+    answer = raw_request(agent.port, head("PUT", f"/models/{SHA}", f"Content-Length: {UPLOAD_LIMIT}", token="wrong"),
+                         stream_bytes=UPLOAD_LIMIT)
+    assert answer.status == 401 and answer.closed and answer.seconds < READ_TIMEOUT_S / 2
+
+
+def test_requests_the_stdlib_refuses_are_answered_in_json(start_agent: Callable[..., RunningAgent]) -> None:
+    agent = start_agent()
+    unknown_method = raw_request(agent.port, head("BREW", "/pot"))
+    assert unknown_method.status == 501 and "BREW" in unknown_method.detail and unknown_method.closed
+    too_many_headers = raw_request(agent.port, head("GET", "/health", *(f"X-{i}: {i}" for i in range(200))))
+    assert too_many_headers.status == 431 and too_many_headers.closed
+
+
+def test_expect_continue_is_refused_before_the_body(start_agent: Callable[..., RunningAgent]) -> None:
+    agent = start_agent()
+    for headers, token, status in ((["Content-Length: 1000"], "wrong", "401"), (["Content-Length: abc"], TOKEN, "400"),
+                                   ([f"Content-Length: {UPLOAD_LIMIT + 1}"], TOKEN, "413")):
+        with socket.create_connection(("127.0.0.1", agent.port), timeout=5) as sock:
+            request = head("PUT", f"/models/{SHA}", "Expect: 100-continue", *headers, token=token)
+            sock.sendall(("\r\n".join(request) + "\r\n\r\n").encode())
+            first_line = sock.makefile("rb").readline().decode()
+            assert first_line.split()[1] == status, (headers, first_line)
+    model = mobilenet_like_onnx(((8, 8, 3, 2),), seed=3, input_shape=(1, 3, 32, 32))
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=5) as sock:
+        request = head("PUT", f"/models/{hashlib.sha256(model).hexdigest()}", "Expect: 100-continue",
+                       f"Content-Length: {len(model)}")
+        sock.sendall(("\r\n".join(request) + "\r\n\r\n").encode())
+        reader = sock.makefile("rb")
+        assert reader.readline().split()[1] == b"100"
+        while reader.readline() not in (b"\r\n", b""):
+            pass
+        sock.sendall(model)
+        assert reader.readline().split()[1] == b"201"
+
+
+def test_idle_and_trickling_connections_are_closed(start_agent: Callable[..., RunningAgent]) -> None:
+    agent = start_agent()
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as idle:
+        started = time.monotonic()
+        assert idle.recv(1) == b""
+        assert READ_TIMEOUT_S * 0.8 < time.monotonic() - started < READ_TIMEOUT_S + 2
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as trickle:
+        started = time.monotonic()
+        trickle.sendall(b"GET /health HTTP/1.1\r\nX-Slow: ")
+        closed = False
+        while not closed and time.monotonic() - started < READ_TIMEOUT_S * 5:
+            time.sleep(READ_TIMEOUT_S / 4)  # each gap well under the per-read timeout
+            try:
+                trickle.sendall(b"a")
+            except OSError:
+                closed = True
+        assert closed and time.monotonic() - started < READ_TIMEOUT_S + 2
+
+
+def test_connections_beyond_the_bound_get_503_without_a_thread(start_agent: Callable[..., RunningAgent]) -> None:
+    agent = start_agent("--max-connections", "2")
+    time.sleep(0.3)  # let the start-up health check's thread end
+    idle = [socket.create_connection(("127.0.0.1", agent.port), timeout=10) for _ in range(2)]
+    time.sleep(0.3)
+    threads_with_idle = agent.proc_status("Threads")
+    refusals = [raw_request(agent.port, head("GET", "/health")) for _ in range(10)]
+    assert all(r.status == 503 and r.headers["Retry-After"] and r.closed for r in refusals), refusals[0]
+    assert "--max-connections" in refusals[0].detail
+    assert agent.proc_status("Threads") <= threads_with_idle
+    assert all(sock.recv(1) == b"" for sock in idle)  # the agent drops them after the read timeout
+    for sock in idle:
+        sock.close()
+    deadline = time.monotonic() + 10
+    while agent.health_answer().status_code != 200:
+        assert time.monotonic() < deadline, "the agent stayed busy after its idle connections were dropped"
+        time.sleep(0.1)
+    health = agent.health()
+    assert health["connections_refused"] >= 10 and health["limits"]["max_connections"] == 2
+
+
+def tiny_model(seed: int) -> bytes:
+    return mobilenet_like_onnx(((8, 8, 3, 2),), seed=seed, input_shape=(1, 3, 32, 32))
+
+
+def upload(agent: RunningAgent, body: bytes) -> None:
+    answer = httpx.put(f"{agent.url}/models/{hashlib.sha256(body).hexdigest()}", content=body, headers=AUTH, timeout=60)
+    assert answer.status_code in (200, 201), answer.text
+
+
+def profile_for(url: str, warmup_s: float = 0.2) -> DeviceProfile:
+    return DeviceProfile.from_dict({
+        "name": "edge",
+        "warmup": {"runs": 2, "seconds": warmup_s},
+        "protocol": {"min_rounds": 5, "max_rounds": 10, "max_seconds": 10},
+        "where": {"kind": "agent", "url": url, "token_env": "EDGE_TOKEN", "retries": 3},
+    })
+
+
+class PruningProxy(ThreadingHTTPServer):
+    """Forwards to the agent, recording (method, path, status); before the first /measure it
+    uploads filler models straight to the agent, which pushes the client's models out of the store."""
+
+    daemon_threads = True
+
+    def __init__(self, agent: RunningAgent, fillers: list[bytes]) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.agent = agent
+        self.fillers = fillers
+        self.log: list[tuple[str, str, int]] = []
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    server: PruningProxy
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._forward()
+
+    do_PUT = do_POST = do_GET
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.command == "POST" and self.server.fillers:
+            for filler in self.server.fillers:
+                upload(self.server.agent, filler)
+            self.server.fillers = []
+        answer = httpx.request(self.command, self.server.agent.url + self.path, content=body, timeout=120,
+                               headers={"Authorization": self.headers["Authorization"]})
+        self.server.log.append((self.command, self.path, answer.status_code))
+        self.send_response(answer.status_code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+def test_pruned_models_are_reuploaded_by_the_client(start_agent: Callable[..., RunningAgent], tmp_path: Path) -> None:
+    agent = start_agent("--max-models", "2", *MEASURING)
+    model_path = tmp_path / "model.onnx"
+    model_path.write_bytes(tiny_model(seed=11))
+    proxy = PruningProxy(agent, [tiny_model(seed=21), tiny_model(seed=22)])
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        profile = profile_for(f"http://127.0.0.1:{proxy.server_address[1]}")
+        measurements = AgentClient(profile, token=TOKEN).measure_many([model_path])
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert [m.model_sha256 for m in measurements] == [hashlib.sha256(model_path.read_bytes()).hexdigest()]
+    assert measurements[0].latency_ms > 0
+    reference_put = f"/models/{hashlib.sha256(reference_model_bytes()).hexdigest()}"
+    assert [entry for entry in proxy.log if entry[0] == "POST"] == [("POST", "/measure", 404), ("POST", "/measure", 200)]
+    assert [entry[2] for entry in proxy.log if entry[1] == reference_put] == [201, 201]  # uploaded, pruned, re-uploaded
+    store = agent.health()["store"]
+    assert store["models_stored"] == 2 and store["models_pruned"] == 4
+    assert len(list((agent.state_dir / "models").glob("*.onnx"))) == 2
+
+
+def _measure_request(models: list[bytes], warmup_s: float) -> dict[str, Any]:
+    return {
+        "request_id": uuid.uuid4().hex,
+        "profile": profile_for("http://unused", warmup_s).to_dict(),
+        "reference_sha256": hashlib.sha256(reference_model_bytes()).hexdigest(),
+        "model_sha256s": [hashlib.sha256(m).hexdigest() for m in models],
+    }
+
+
+def test_pruning_spares_a_measurement_in_progress_and_keeps_the_newest_results(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    agent = start_agent("--max-models", "2", "--max-results", "1", *MEASURING)
+    model = tiny_model(seed=31)
+    upload(agent, reference_model_bytes())
+    upload(agent, model)
+    first = _measure_request([model], warmup_s=2.0)
+    outcome: dict[str, httpx.Response] = {}
+    runner = threading.Thread(target=lambda: outcome.update(
+        answer=httpx.post(f"{agent.url}/measure", json=first, headers=AUTH, timeout=120)))
+    runner.start()
+    deadline = time.monotonic() + 30
+    while not agent.health()["busy"]:
+        assert time.monotonic() < deadline, "the measurement never started"
+        time.sleep(0.05)
+    for seed in (41, 42, 43):
+        upload(agent, tiny_model(seed))
+    during = agent.health()["store"]
+    pinned_present = [(agent.state_dir / "models" / f"{sha}.onnx").exists()
+                      for sha in (first["reference_sha256"], *first["model_sha256s"])]
+    runner.join(timeout=120)
+    assert outcome["answer"].status_code == 200, outcome["answer"].text
+    assert pinned_present == [True, True]
+    assert during["models_pinned"] == 2 and during["models_stored"] == 3  # the pinned two plus the newest upload
+    assert agent.health()["store"]["models_stored"] == 2  # pruned back once the pins were released
+
+    too_many = _measure_request([model, tiny_model(seed=44)], warmup_s=0.2)
+    refused = httpx.post(f"{agent.url}/measure", json=too_many, headers=AUTH, timeout=30)
+    assert refused.status_code == 400 and "--max-models" in refused.json()["detail"]
+
+    upload(agent, reference_model_bytes())
+    upload(agent, model)
+    second = _measure_request([model], warmup_s=0.2)
+    assert httpx.post(f"{agent.url}/measure", json=second, headers=AUTH, timeout=120).status_code == 200
+    stored = sorted(p.stem for p in (agent.state_dir / "requests").glob("*.json"))
+    assert stored == [second["request_id"]]
+    health = agent.health()
+    assert health["store"]["results_pruned"] == 1 and health["results_stored"] == 1
+    assert health["limits"]["max_results"] == 1 and health["limits"]["max_models"] == 2
+    assert health["limits"]["read_timeout_s"] == READ_TIMEOUT_S and health["max_upload_bytes"] == 8 * UPLOAD_LIMIT

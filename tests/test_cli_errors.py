@@ -1,0 +1,241 @@
+"""The ``hwsearch`` CLI reports bad input and failed work in one line, not a traceback.
+
+Every case runs the real command in a subprocess and checks what a user
+sees: a non-zero exit code (2 bad input, 1 failed work, 130 interrupted), a
+single ``error: ...`` line on stderr naming the option or the file, no
+traceback unless ``--debug`` or ``HWSEARCH_DEBUG=1`` asks for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from devices.reference import mobilenet_like_onnx
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CHECKPOINT = REPO / "hwsearch" / "demo" / "demo_mbv3_mnist.pt"
+LOCAL_PROFILE = REPO / "examples" / "devices" / "local-1thread.yaml"
+TIMEOUT_S = 120
+
+
+def run_cli(*args: str, cwd: Path, extra_env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """``hwsearch ARGS`` as a user runs it, in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-m", "hwsearch.cli.main", *args], cwd=cwd,
+                          env=_cli_env(cwd, extra_env), capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+
+
+def _cli_env(cwd: Path, extra_env: dict[str, str] | None) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "HWSEARCH_DEBUG"}
+    env.update(RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1",
+               DEVICES_CALIBRATION_DIR=str(cwd / "calibration"), **(extra_env or {}))
+    return env
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], exit_code: int,
+                          *mentions: str) -> str:
+    """The command failed with ``exit_code`` and one ``error:`` line containing ``mentions``."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == exit_code, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    for mention in mentions:
+        assert mention in lines[0], lines[0]
+    return lines[0]
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound once, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_agent_profile(path: Path, port: int) -> Path:
+    path.write_text(
+        "name: edge\n"
+        f"where: {{kind: agent, url: 'http://127.0.0.1:{port}', token_env: HWSEARCH_TEST_TOKEN,"
+        " retries: 0, timeout_s: 60}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "m.onnx"
+    path.write_bytes(mobilenet_like_onnx(((16, 8, 3, 2),), seed=1, input_shape=(1, 3, 32, 32)))
+    return path
+
+
+def search_args(out: Path, *, data: Path, device: Path = LOCAL_PROFILE) -> list[str]:
+    return ["search", "--supernet", "demo_mbv3_mnist", "--checkpoint", str(DEMO_CHECKPOINT),
+            "--data", str(data), "--device", str(device), "--n-profile", "4", "--budget", "1",
+            "--out", str(out)]
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_export_with_a_file_that_is_not_a_checkpoint(tmp_path: Path) -> None:
+    result = run_cli("export", "--supernet", "demo_mbv3_mnist", "--checkpoint", "/etc/passwd",
+                     "--out", str(tmp_path / "x.onnx"), cwd=tmp_path)
+    line = assert_one_line_error(result, 2, "/etc/passwd", "--checkpoint")
+    assert "not a loadable weights-only checkpoint" in line
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_refuses_a_pickled_object_without_advising_unsafe_loading(tmp_path: Path) -> None:
+    """torch's own message says to retry with weights_only=False, which runs the file's code."""
+    pickled = tmp_path / "objects.pt"
+    torch.save({"state_dict": {}, "hook": np.random.default_rng(0)}, pickled)
+    result = run_cli("export", "--supernet", "demo_mbv3_mnist", "--checkpoint", str(pickled),
+                     "--out", str(tmp_path / "x.onnx"), cwd=tmp_path)
+    line = assert_one_line_error(result, 2, str(pickled), "--checkpoint")
+    assert "not a loadable weights-only checkpoint" in line
+    assert "weights_only" not in result.stderr and "False" not in result.stderr
+
+
+def test_export_into_a_path_under_a_regular_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_cli("export", "--supernet", "demo_mbv3_mnist", "--checkpoint",
+                     str(DEMO_CHECKPOINT), "--out", str(blocker / "sub" / "x.onnx"), cwd=tmp_path)
+    assert_one_line_error(result, 2, str(blocker), "--out")
+    assert blocker.read_text() == "not a folder"
+
+
+# --------------------------------------------------------------------------- search
+
+
+def test_search_with_a_text_file_as_data(tmp_path: Path) -> None:
+    text = tmp_path / "labels.txt"
+    text.write_text("0 1 2\n")
+    out = tmp_path / "run"
+    result = run_cli(*search_args(out, data=text), cwd=tmp_path)
+    assert_one_line_error(result, 2, str(text), "--data")
+    assert not out.exists(), "the search started work before validating its inputs"
+
+
+def test_search_with_an_npz_lacking_x_and_y(tmp_path: Path) -> None:
+    arrays = tmp_path / "other.npz"
+    np.savez(arrays, images=np.zeros((2, 8, 8, 3), np.uint8), labels=np.zeros(2))
+    out = tmp_path / "run"
+    result = run_cli(*search_args(out, data=arrays), cwd=tmp_path)
+    assert_one_line_error(result, 2, str(arrays), "--data", "'x', 'y'")
+    assert not out.exists()
+
+
+def test_search_with_an_npz_that_is_not_an_archive(tmp_path: Path) -> None:
+    fake = tmp_path / "fake.npz"
+    fake.write_text("x,y\n1,2\n")
+    result = run_cli(*search_args(tmp_path / "run", data=fake), cwd=tmp_path)
+    line = assert_one_line_error(result, 2, str(fake), "--data")
+    assert "allow_pickle" not in line
+
+
+def test_search_with_a_bad_device_field(tmp_path: Path) -> None:
+    profile = tmp_path / "bad.yaml"
+    profile.write_text("name: x\nintra_op_threads: many\n")
+    data = tmp_path / "digits.npz"
+    np.savez(data, x=np.zeros((4, 28, 28, 1), np.uint8), y=np.arange(4))
+    out = tmp_path / "run"
+    result = run_cli(*search_args(out, data=data, device=profile), cwd=tmp_path)
+    assert_one_line_error(result, 2, "bad.yaml", "intra_op_threads", "--device")
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- measure
+
+
+def test_measure_a_file_that_is_not_onnx(tmp_path: Path, model: Path) -> None:
+    bogus = tmp_path / "notes.onnx"
+    bogus.write_text("not a model")
+    result = run_cli("measure", "--device", str(LOCAL_PROFILE), str(model), str(bogus),
+                     cwd=tmp_path)
+    assert_one_line_error(result, 2, str(bogus), "not a valid ONNX model")
+
+
+def test_measure_on_an_unreachable_agent(tmp_path: Path, model: Path) -> None:
+    port = closed_port()
+    profile = write_agent_profile(tmp_path / "edge.yaml", port)
+    result = run_cli("measure", "--device", str(profile), str(model), cwd=tmp_path,
+                     extra_env={"HWSEARCH_TEST_TOKEN": "secret"})
+    line = assert_one_line_error(result, 1, f"127.0.0.1:{port}")
+    assert "secret" not in line
+
+
+# --------------------------------------------------------------------------- debug, Ctrl-C
+
+
+@pytest.mark.parametrize("how", ["--debug", "HWSEARCH_DEBUG=1"])
+def test_debug_shows_the_traceback(tmp_path: Path, how: str) -> None:
+    flag = ["--debug"] if how == "--debug" else []
+    env = {"HWSEARCH_DEBUG": "1"} if how != "--debug" else {}
+    result = run_cli(*flag, "export", "--supernet", "demo_mbv3_mnist", "--checkpoint",
+                     "/etc/passwd", "--out", str(tmp_path / "x.onnx"), cwd=tmp_path,
+                     extra_env=env)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "CheckpointError" in result.stderr
+
+
+def test_usage_errors_keep_click_formatting(tmp_path: Path) -> None:
+    result = run_cli("export", "--supernet", "demo_mbv3_mnist", "--out", "x.onnx",
+                     "--checkpoint", str(tmp_path / "absent.pt"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Usage:" in result.stderr and "absent.pt" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def silent_agent() -> Iterator[socket.socket]:
+    """A 127.0.0.1 socket that accepts connections and never answers."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(TIMEOUT_S)
+        yield server
+
+
+def test_ctrl_c_exits_130_with_one_line(tmp_path: Path, model: Path,
+                                        silent_agent: socket.socket) -> None:
+    profile = write_agent_profile(tmp_path / "edge.yaml", silent_agent.getsockname()[1])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hwsearch.cli.main", "measure", "--device", str(profile),
+         str(model)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_cli_env(tmp_path, {"HWSEARCH_TEST_TOKEN": "secret"}))
+    try:
+        connection, _ = silent_agent.accept()  # the CLI is now waiting for the agent's answer
+        with connection:
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == ["interrupted"]
+    assert "Traceback" not in stderr + stdout
+
+
+def test_valid_input_still_works(tmp_path: Path) -> None:
+    """The error handling leaves a successful command's output and exit code alone."""
+    result = run_cli("supernets", "list", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "demo_mbv3_mnist" in [row["name"] for row in json.loads(result.stdout)]
+
+
+def test_devices_check_with_malformed_yaml(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    result = run_cli("devices", "check", str(broken), cwd=tmp_path)
+    assert_one_line_error(result, 2, str(broken), "PROFILE", "line 2")

@@ -1,0 +1,352 @@
+"""A hostile but authenticated client against a real ``hwsearch serve`` on 127.0.0.1.
+
+Each case is one a colleague, a CI bot or a leaked token could send: the
+service must reach only what its operator allowed, answer 4xx naming the
+field (never 500), store nothing it refused, and stay healthy afterwards.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests._jobs import SUPERNET, fast_device, random_dataset
+from tests._server import Server
+
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "hwsearch" / "demo" / "demo_mbv3_mnist.pt"
+
+
+class Listener:
+    """A TCP listener on 127.0.0.1 that records every connection: it must receive nothing."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.received: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1.0)
+                try:
+                    self.received.append(conn.recv(65536))
+                except OSError:
+                    self.received.append(b"")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("safety")
+
+
+@pytest.fixture(scope="module")
+def data_root(root: Path) -> Path:
+    folder = root / "allowed"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a checkpoint\n")
+    random_dataset(folder / "val.npz")
+    np.savez(folder / "broken.npz", x=np.zeros((4, 5), np.uint8), y=np.zeros(4, np.int64))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(root: Path, data_root: Path) -> Iterator[Server]:
+    srv = Server(root / "store.sqlite",
+                 extra=("--data-root", str(data_root), "--max-running-jobs", "1",
+                        "--max-queued-jobs", "1", "--max-n-profile", "50", "--max-budget", "5",
+                        "--max-upload-mb", "20")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def client(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def refused(response: httpx.Response, loc: list[Any]) -> str:
+    """Assert a 422 naming ``loc``; return its message."""
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"][:len(loc)] == loc, error
+    return str(error["msg"])
+
+
+def test_profiles_cannot_make_the_server_send_files_or_secrets(server: Server,
+                                                               client: httpx.Client) -> None:
+    listener = Listener()
+    try:
+        attempts = [
+            ({"where": {"kind": "agent", "url": listener.url, "token_env": "HWSEARCH_TOKEN"}},
+             ["body", "profile", "where", "url"]),
+            ({"where": {"kind": "agent", "name": "edge", "token_env": "HOME"}},
+             ["body", "profile", "where", "token_env"]),
+            ({"where": {"kind": "agent", "name": "not-declared"}},
+             ["body", "profile", "where", "name"]),
+            ({"reference_model": "/etc/passwd"}, ["body", "profile", "reference_model"]),
+            ({"reference_model": "/dev/zero"}, ["body", "profile", "reference_model"]),
+            ({"reference_model": "/no/such/dir/"}, ["body", "profile", "reference_model"]),
+        ]
+        rss_before = rss_kib(server.process.pid)
+        for extra, loc in attempts:
+            started = time.monotonic()
+            response = client.post("/devices", json={"profile": {"name": "evil", **extra}})
+            assert time.monotonic() - started < 5
+            refused(response, loc)
+            assert client.get("/devices").status_code == 200, "listing stays healthy"
+        assert rss_kib(server.process.pid) < rss_before + 50_000, "nothing large was read"
+        assert "evil" not in [d["name"] for d in client.get("/devices").json()]
+        assert client.get("/agents").json() == {"agents": []}
+        profile = client.post("/profiles", json={"supernet": "x", "on": "evil",
+                                                 "arch": {"resolution": 32, "depths": [2] * 5}})
+        assert profile.status_code == 422
+        time.sleep(0.5)
+    finally:
+        listener.close()
+    assert listener.received == [], "the server connected to a client-chosen URL"
+
+
+def test_only_paths_inside_a_data_root_are_read_and_outside_looks_like_missing(
+        client: httpx.Client, data_root: Path, root: Path) -> None:
+    (root / "secret.pt").write_bytes(b"outside the root")
+    outside = ["/", "/etc", "/etc/passwd", "/proc/self/environ", "/dev/zero", str(root / "secret.pt"),
+               str(data_root / ".." / "secret.pt"), "../secret.pt", "x" * 100_001,
+               str(data_root / "missing.pt")]
+    messages = set()
+    for path in outside:
+        response = client.post("/supernets", json={**SUPERNET, "name": "probe", "checkpoint": path})
+        if len(path) > 1024:
+            refused(response, ["body", "checkpoint"])
+            continue
+        messages.add(refused(response, ["body", "checkpoint"]))
+    assert len(messages) == 1, f"answers differ, so they tell which paths exist: {messages}"
+
+    link = data_root / "escape"
+    link.symlink_to("/etc")
+    refused(client.post("/jobs", json={"supernet": "probe", "devices": ["x"],
+                                       "dataset": "escape/passwd"}), ["body"])
+    assert "probe" not in [s["name"] for s in client.get("/supernets").json()]
+
+
+def test_bad_checkpoints_get_one_clear_422_and_leave_nothing_behind(client: httpx.Client,
+                                                                     root: Path) -> None:
+    text = refused(client.post("/supernets", json={**SUPERNET, "name": "notes",
+                                                   "checkpoint": "notes.txt"}),
+                   ["body", "checkpoint"])
+    assert "weights_only=False" not in text and "Traceback" not in text and "/" not in text
+
+    form = {"name": "garbage", "registry": SUPERNET["registry"],
+            "options": '{"n_classes": 10, "resolutions": [32]}'}
+    upload = client.post("/supernets/upload", data=form,
+                         files={"checkpoint": ("x.pt", b"plain text, not a checkpoint\n")})
+    refused(upload, ["body", "checkpoint"])
+    checkpoints = root / "store.sqlite.data" / "checkpoints"
+    assert list(checkpoints.iterdir()) == [], "no .part file or half registration is left"
+
+    for options in ('{"n_classes": "10"}', "[", '{"resolutions": [1e999]}'):
+        bad = client.post("/supernets/upload", data={**form, "options": options},
+                          files={"checkpoint": ("x.pt", b"x")})
+        refused(bad, ["body", "options"])
+    assert client.get("/supernets").status_code == 200
+
+
+def test_loose_types_and_odd_names_are_refused(client: httpx.Client) -> None:
+    assert client.post("/devices", json={"profile": fast_device("cpu-1t")}).status_code == 201
+    registered = client.post("/supernets", json=SUPERNET)
+    assert registered.status_code == 201, registered.text
+    base = {"supernet": "tiny-mbv3", "devices": ["cpu-1t"], "dataset": "val.npz"}
+    cases = [
+        ({**base, "n_profile": "16"}, ["body", "n_profile"]),
+        ({**base, "budget": True}, ["body", "budget"]),
+        ({**base, "seed": 1.5}, ["body", "seed"]),
+        ({**base, "supernet": "tiny-mbv3\n"}, ["body", "supernet"]),
+        ({**base, "n_profile": 51}, ["body", "n_profile"]),
+        ({**base, "budget": 6}, ["body", "budget"]),
+        ({**base, "dataset": "notes.txt"}, ["body", "dataset"]),
+    ]
+    for body, loc in cases:
+        refused(client.post("/jobs", json=body), loc)
+    nan = client.post("/jobs", content=b'{"supernet": "tiny-mbv3", "devices": ["cpu-1t"], '
+                                        b'"limits": [{"metric": "accuracy", "lower": NaN}]}',
+                      headers={"content-type": "application/json"})
+    refused(nan, ["body", "limits", 0, "lower"])
+
+    profiles = [
+        ({"name": "x\n"}, ["body", "profile", "name"]),
+        ({"name": "../x"}, ["body", "profile", "name"]),
+        ({"name": "x", "warmup": {"seconds": 1e12}}, ["body", "profile"]),
+        ({"name": "x", "warmup": {"runs": 10**9}}, ["body", "profile"]),
+        ({"name": "x", "intra_op_threads": 100_000}, ["body", "profile"]),
+        ({"name": "x", "batch": 10**6}, ["body", "profile"]),
+        ({"name": "x", "protocol": {"max_rounds": 10**9}}, ["body", "profile"]),
+        ({"name": "x", "where": "local"}, ["body", "profile", "where"]),
+    ]
+    for profile, loc in profiles:
+        refused(client.post("/devices", json={"profile": profile}), loc)
+    infinite = client.post("/devices", content=b'{"profile": {"name": "x", "protocol": '
+                                               b'{"max_seconds": 1e999}}}',
+                           headers={"content-type": "application/json"})
+    assert "protocol.max_seconds" in refused(infinite, ["body", "profile"])
+    assert [d["name"] for d in client.get("/devices").json()] == ["cpu-1t"]
+
+
+@pytest.mark.parametrize("arch", [
+    {"resolution": 32, "depths": {"a": 1}},
+    {"resolution": 32, "depths": None},
+    {"resolution": 32, "depths": "22222"},
+    {"resolution": 32, "depths": [2] * 5, "kernel": [[3]] * 10},
+    {"resolution": "32", "depths": [2] * 5},
+    {"ks": [[3]] * 20, "e": [3] * 20, "d": [2] * 5},
+    {"ks": [3] * 20, "e": [3] * 20, "d": [[2]] * 5},
+])
+def test_malformed_archs_are_422_not_500(client: httpx.Client, arch: dict[str, Any]) -> None:
+    client.post("/supernets", json=SUPERNET)
+    response = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": arch})
+    refused(response, ["body", "arch"])
+    assert client.get("/health").status_code == 200
+
+
+def wait_state(client: httpx.Client, job_id: str, states: tuple[str, ...],
+               timeout: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise TimeoutError(job)
+
+
+def busy_ray_workers() -> list[str]:
+    """Ray worker processes now running a job's task (their title is ``ray::execute``)."""
+    titles = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::execute"):
+            titles.append(title)
+    return titles
+
+
+@pytest.mark.slow
+def test_admission_queue_cancel_and_one_line_errors(client: httpx.Client) -> None:
+    client.post("/supernets", json=SUPERNET)
+    slow = {**fast_device("slow"), "protocol": {"min_rounds": 300, "max_rounds": 300,
+                                                "max_seconds": 600, "ci_target": 0.001}}
+    assert client.post("/devices", json={"profile": slow}).status_code == 201
+    job = {"supernet": "tiny-mbv3", "devices": ["slow"], "dataset": "val.npz", "n_profile": 8}
+    running = client.post("/jobs", json=job).json()["id"]
+    wait_state(client, running, ("running",))
+    queued = client.post("/jobs", json=job)
+    assert queued.status_code == 202
+    full = client.post("/jobs", json=job)
+    assert full.status_code == 429 and int(full.headers["retry-after"]) > 0
+    assert client.get("/limits").json()["queued"] == 1
+
+    deadline = time.monotonic() + 120
+    while client.get(f"/jobs/{running}").json()["progress"].get("step") != "profile":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert busy_ray_workers(), "the running job has a Ray task"
+    waiting = queued.json()["id"]
+    assert client.post(f"/jobs/{waiting}/cancel").json()["state"] == "cancelled"
+    assert client.post(f"/jobs/{running}/cancel").json()["state"] == "cancelled"
+    deadline = time.monotonic() + 30
+    while busy_ray_workers():
+        assert time.monotonic() < deadline, f"still running after cancel: {busy_ray_workers()}"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert [client.get(f"/jobs/{j}").json()["state"] for j in (running, waiting)] == [
+        "cancelled", "cancelled"]
+
+    broken = client.post("/jobs", json={**job, "dataset": "broken.npz", "n_profile": 4})
+    assert broken.status_code == 202, broken.text
+    failed = wait_state(client, broken.json()["id"], ("failed", "succeeded"))
+    assert failed["state"] == "failed"
+    error = failed["error"]
+    assert "\n" not in error and "Traceback" not in error and "\x1b" not in error
+    assert "/" not in error and len(error) <= 300, error
+
+
+def processes_marked(marker: str) -> set[int]:
+    """Processes whose command line or environment names ``marker`` (a Ray temp dir)."""
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker.encode() in (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes():
+                found.add(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_nothing_the_service_started_outlives_a_kill_9(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from hwsearch.ray_session import private_temp_dir
+
+    random_dataset(tmp_path / "val.npz")
+    store = tmp_path / "store.sqlite"
+    marker = str(private_temp_dir(str(Path(f"{store}.data"))))
+    first = Server(store).start()
+    try:
+        with first.client() as c:
+            c.post("/supernets", json=SUPERNET)
+            c.post("/devices", json={"profile": fast_device("a")})
+            job = c.post("/jobs", json={"supernet": "tiny-mbv3", "devices": ["a"],
+                                        "dataset": "val.npz", "n_profile": 4}).json()["id"]
+            wait_state(c, job, ("running",))
+        deadline = time.monotonic() + 60
+        while not processes_marked(marker) - {first.process.pid}:
+            assert time.monotonic() < deadline, "Ray never started under the service's temp dir"
+            time.sleep(0.5)
+        started = processes_marked(marker) - {first.process.pid}
+        os.kill(first.process.pid, signal.SIGKILL)  # the server alone, as a crash would
+        first.process.wait(timeout=30)
+        second = Server(store).start()
+        try:
+            alive = {pid for pid in started if Path(f"/proc/{pid}").exists()
+                     and b"zombie" not in Path(f"/proc/{pid}/status").read_bytes().lower()}
+            assert alive == set(), f"left behind: {alive}"
+            with second.client() as c:
+                assert c.get(f"/jobs/{job}").json()["state"] == "interrupted"
+        finally:
+            second.stop()
+    finally:
+        first.kill()
