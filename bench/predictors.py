@@ -69,14 +69,14 @@ def _measure(net: Any, archs: list, profile: Any, device_key: str, store: Any, w
         _log(f"{what}: {event['done']}/{event['total']} measured")
 
     if stored_only:
-        rows = store.get_latencies(device_key, net.space.name)
+        rows = store.get_latencies(device_key, net.space.network_id)
         _log(f"{what}: {sum(a.key() in rows for a in archs)}/{len(archs)} stored")
         return rows
     report = profile_subnets(net, archs, open_profiler(profile), device_key, store, chunk=chunk,
                              progress=progress)
     _log(f"{what}: {report.measured} new, {report.skipped} already stored, "
          f"{report.unstable} above the CI target, {report.seconds:.0f} s")
-    return store.get_latencies(device_key, net.space.name)
+    return store.get_latencies(device_key, net.space.network_id)
 
 
 def _labelled(rows: dict[str, dict[str, Any]], archs: list, scale: float

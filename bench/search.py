@@ -178,8 +178,9 @@ class DemoDevice:
     def measure_latency(self, archs):
         from hwsearch.pipeline import finite_latencies, profile_subnets
 
-        profile_subnets(self.net, archs, self.profiler, self.profile.hash(), self.store)
-        rows = finite_latencies(self.store, self.profile.hash(), self.space.name)
+        key = self.profiler.device_key()
+        profile_subnets(self.net, archs, self.profiler, key, self.store)
+        rows = finite_latencies(self.store, key, self.space.network_id)
         return [float(rows[a.key()]["latency_ms"]) for a in archs]
 
     def measure_accuracy(self, archs):

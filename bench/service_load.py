@@ -171,7 +171,7 @@ def rows_lost(client: httpx.Client, store_path: Path, accepted: list[str]) -> li
             continue
         result = store.get_job(job).result
         for device, info in result["devices"].items():
-            rows = store.get_latencies(info["hash"], result["space_name"])
+            rows = store.get_latencies(info["hash"], result["network_id"])
             for point in result["fronts"][device]["points"]:
                 if point["arch_key"] not in rows:
                     lost.append(f"job {job} {device} {point['arch_key']}")

@@ -10,15 +10,25 @@ reference latency: pinned in the profile (``reference_ms``), or else the
 first session's robust reference time, stored per device hash and reused by
 every later session.  Each Measurement's env still records the session's own
 reference time, so the machine's state stays visible.
+
+A stored ruler belongs to the host it was taken on as well as to the
+device: the same profile on another machine, or after an onnxruntime
+upgrade, runs the reference at another speed.  So the device's file holds
+one calibration per host fingerprint (``devices.local.host_fingerprint``),
+and a new host starts its own instead of borrowing the old one's.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from devices.profile import DeviceProfile
 
@@ -31,31 +41,89 @@ def calibration_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "hwsearch-devices"
 
 
-def device_reference_ms(profile: DeviceProfile, device_hash: str, session_reference_ms: float) -> tuple[float, str]:
+def device_reference_ms(
+    profile: DeviceProfile, device_hash: str, host_fingerprint: str, session_reference_ms: float
+) -> tuple[float, str]:
     """The reference latency to scale this session by, and where it came from.
 
     Returns ``(ms, source)`` with source ``"profile"`` (pinned), ``"stored"``
-    (an earlier session's calibration) or ``"this-session"`` (first session
-    on this device, now stored for the next ones).
+    (an earlier session's calibration of this device on this host) or
+    ``"this-session"`` (first session of this device on this host, now
+    stored for the next ones).
     """
     if profile.reference_ms is not None:
         return float(profile.reference_ms), "profile"
     path = calibration_dir() / f"{device_hash}.json"
-    if not path.exists():
-        _store_once(path, {"reference_ms": session_reference_ms, "device": profile.name, "created": time.time()})
-    stored = float(json.loads(path.read_text())["reference_ms"])
+    record = {"reference_ms": session_reference_ms, "device": profile.name, "created": time.time()}
+    stored = float(_calibration_for_host(path, host_fingerprint, record)["reference_ms"])
     return stored, ("this-session" if stored == session_reference_ms else "stored")
 
 
-def _store_once(path: Path, record: dict[str, object]) -> None:
-    """Create ``path`` atomically unless it exists; when two sessions race, the first one wins."""
+def _calibration_for_host(path: Path, host: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The host's stored calibration in ``path``; ``record`` is stored first when it has none.
+
+    When two sessions race, the first one wins: the file is read and
+    rewritten under its own flock.
+    """
+    known = _read(path).get("hosts", {}).get(host)
+    if known is not None:
+        return known
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(handle, "w") as f:
-        json.dump(record, f)
+    with _locked(path):
+        data = _read(path)
+        hosts = data.setdefault("hosts", {})
+        if host not in hosts:
+            hosts[host] = record
+            _replace(path, data)
+        return hosts[host]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The file's calibrations; empty when it is missing or was just created empty.
+
+    A file from before per-host calibrations (a bare ``reference_ms``) keeps
+    its content but lends it to no host: nothing records where it was taken.
+    """
     try:
-        os.link(temp, path)
-    except FileExistsError:
-        pass
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    return json.loads(text) if text.strip() else {}
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an flock on ``path`` itself (no extra file beside the calibrations).
+
+    Writers replace the file, so after waiting for the lock the holder checks
+    it still locks the file the path names, and tries again otherwise.
+    """
+    while True:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        if _locks_current_file(fd, path):
+            break
+        os.close(fd)
+    try:
+        yield
     finally:
+        os.close(fd)
+
+
+def _locks_current_file(fd: int, path: Path) -> bool:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False  # replaced and gone between our open and stat: take the new file
+
+
+def _replace(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` atomically: a crash leaves the old file or the new one, never half of one."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "w") as f:
+            json.dump(data, f)
+        os.replace(temp, path)
+    except BaseException:
         os.unlink(temp)
+        raise

@@ -40,10 +40,22 @@ class AgentClient:
         self.profile = profile
         self.base_url = profile.where.url.rstrip("/")
         self.token = token if token is not None else _token_from_env(profile)
+        self._host: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """The agent's health answer: device facts and counters."""
         return self._request_with_retries("GET", "/health", timeout_s=_CONNECT_TIMEOUT_S * 3)
+
+    def device_key(self) -> str:
+        """What this device's measurements are filed under: the profile on the agent's host.
+
+        Asks the agent once for its host fingerprint (unless the profile pins
+        one), so a profile pointed at other hardware is another device.
+        """
+        if self._host is None:
+            self._host = self.profile.host_fingerprint or str(
+                self.describe()["device"]["host_fingerprint"])
+        return self.profile.identity(self._host)
 
     def measure_many(self, onnx_paths: list[Path], *, progress: ProgressFn | None = None) -> list[Measurement]:
         """Upload the models and the reference, measure them in one interleaved session.

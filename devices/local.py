@@ -6,21 +6,30 @@ from different sessions on one device share one scale.
 
 :func:`measure_model_bytes` is the one place that turns a profile plus model
 bytes into Measurements; the local profiler and the edge agent both call it,
-so a number means the same thing wherever it was taken.
+so a number means the same thing wherever it was taken.  It is also where
+the host lock is taken (:mod:`devices.hostlock`): a session runs only when
+no other session and no compute unit runs on this host, whichever process,
+job or device asked for it, and every row records the conditions it was
+taken under (host fingerprint, runtime, threads, clock, batch, input shape,
+session interval and how long it waited for the host).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from devices.calibration import device_reference_ms
+from devices.hostlock import Hold, measurement_session
 from devices.measure import Measurement
+from devices.ort import ModelInputError
 from devices.profile import DeviceProfile
-from devices.protocol import ProgressFn, SessionResult, make_runner, run_protocol
+from devices.protocol import ProgressFn, Runner, SessionResult, make_runner, run_protocol
 
 
 def cpu_model() -> str:
@@ -42,6 +51,30 @@ def load_average() -> list[float]:
         return []
 
 
+def runtime_version(runtime: str) -> str | None:
+    """The installed version of the profile's runtime (onnxruntime or OpenVINO)."""
+    if runtime == "openvino":
+        from devices.ov import openvino_facts
+
+        return openvino_facts()["openvino"]
+    from devices.ort import ort_facts
+
+    return str(ort_facts()["onnxruntime"])
+
+
+@functools.lru_cache(maxsize=1)
+def host_fingerprint() -> str:
+    """A stable short hash of what makes this host's latencies this host's.
+
+    Hostname, CPU model, logical cores, OS and kernel, and the onnxruntime
+    version: a device profile measured on another machine, or after an
+    onnxruntime upgrade, is a different ruler, and calibrations are keyed by
+    this so they never carry over.
+    """
+    facts = [platform.node(), cpu_model(), str(os.cpu_count()), platform.platform(), runtime_version("onnxruntime")]
+    return hashlib.sha256("\0".join(str(f) for f in facts).encode()).hexdigest()[:16]
+
+
 def describe_machine() -> dict[str, Any]:
     """What this machine reports about itself: runtimes, providers, CPU, cores."""
     from devices.ort import ort_facts
@@ -49,6 +82,7 @@ def describe_machine() -> dict[str, Any]:
 
     return {
         "hostname": platform.node(),
+        "host_fingerprint": host_fingerprint(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": cpu_model(),
@@ -60,6 +94,18 @@ def describe_machine() -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Session:
+    """One locked session: the protocol's result and the conditions it ran under."""
+
+    result: SessionResult
+    provider: str
+    input_shapes: list[dict[str, list[int]]]
+    load_before: list[float]
+    load_after: list[float]
+    hold: Hold
+
+
 def measure_model_bytes(
     profile: DeviceProfile,
     models: list[bytes],
@@ -67,62 +113,112 @@ def measure_model_bytes(
     *,
     progress: ProgressFn | None = None,
 ) -> list[Measurement]:
-    """Run the interleaved protocol over ``models`` and return one Measurement each."""
-    load_before = load_average()
-    reference_runner = make_runner(reference, profile)
-    runners = [make_runner(model, profile) for model in models]
-    session = run_protocol(reference_runner, runners, profile, progress=progress)
+    """Run the interleaved protocol over ``models`` and return one Measurement each.
+
+    The session holds the host exclusively (waiting is reported through
+    ``progress`` as ``{"event": "waiting", ...}`` about once a second).
+    Raises :class:`~devices.ort.ModelInputError` when a model's batch is not
+    the profile's: its row would be filed under a batch it was not measured at.
+    """
+    session = _locked_session(profile, models, reference, progress)
     device_hash = profile.hash_with_reference(hashlib.sha256(reference).hexdigest())
-    scale = device_reference_ms(profile, device_hash, session.reference_ms)
-    env = _environment(profile, session, reference, reference_runner.provider, load_before, device_hash, scale)
+    host = profile.host_fingerprint or host_fingerprint()
+    scale = device_reference_ms(profile, device_hash, host, session.result.reference_ms)
+    env = _environment(profile, session, reference, device_hash, host, scale)
     return [
         _to_measurement(hashlib.sha256(model).hexdigest(), index, session, profile, env)
         for index, model in enumerate(models)
     ]
 
 
+def _locked_session(
+    profile: DeviceProfile, models: list[bytes], reference: bytes, progress: ProgressFn | None
+) -> _Session:
+    """Load the models and run the protocol while holding the host.
+
+    Loading is inside the hold: building sessions is heavy compute that would
+    disturb another session's timing just as much as an export.
+    """
+    with measurement_session(on_wait=progress) as hold:
+        load_before = load_average()
+        reference_runner = make_runner(reference, profile)
+        runners = [make_runner(model, profile) for model in models]
+        shapes = [_input_shapes(runner) for runner in runners]
+        _check_batch(shapes, profile.batch)
+        result = run_protocol(reference_runner, runners, profile, progress=progress)
+        return _Session(result, reference_runner.provider, shapes, load_before, load_average(), hold)
+
+
+def _input_shapes(runner: Runner) -> dict[str, list[int]]:
+    """The concrete input shapes a runner feeds (onnxruntime names them; OpenVINO lists them)."""
+    feeds = getattr(runner, "feeds", None)
+    if feeds is not None:
+        return {name: list(array.shape) for name, array in feeds.items()}
+    return {f"input{i}": list(array.shape) for i, array in enumerate(runner.inputs)}
+
+
+def _check_batch(shapes: list[dict[str, list[int]]], batch: int) -> None:
+    """Refuse a model whose batch is not the profile's: the profile's hash covers the batch and would mislabel it."""
+    for index, model_shapes in enumerate(shapes):
+        for name, shape in model_shapes.items():
+            if shape and shape[0] != batch:
+                raise ModelInputError(
+                    f"model {index}: input '{name}' has batch {shape[0]} (shape {shape}) but the profile's batch "
+                    f"is {batch}; export the model at the profile's batch"
+                )
+
+
 def _environment(
     profile: DeviceProfile,
-    session: SessionResult,
+    session: _Session,
     reference: bytes,
-    provider: str,
-    load_before: list[float],
     device_hash: str,
+    host: str,
     scale: tuple[float, str],
 ) -> dict[str, Any]:
     from devices.ort import ort_facts
 
+    result, hold = session.result, session.hold
     return {
+        "host_fingerprint": host,
         "runtime": profile.runtime,
+        "runtime_version": runtime_version(profile.runtime),
         "onnxruntime": ort_facts()["onnxruntime"],
-        "provider": provider,
+        "provider": session.provider,
+        "providers": list(profile.providers),
         "clock": profile.clock,
         "intra_op_threads": profile.intra_op_threads,
         "inter_op_threads": profile.inter_op_threads,
+        "batch": profile.batch,
         "cpu": cpu_model(),
         "hostname": platform.node(),
-        "load_average_before": load_before,
-        "load_average_after": load_average(),
+        "load_average_before": session.load_before,
+        "load_average_after": session.load_after,
+        "session_start": hold.started_at,
+        "session_end": hold.ended_at,
+        "lock_wait_s": round(hold.waited_s, 3),
         "profile_name": profile.name,
         "profile_hash": device_hash,
         "reference_sha256": hashlib.sha256(reference).hexdigest(),
         "reference_ms": scale[0],
         "reference_source": scale[1],
-        "session_reference_ms": session.reference_ms,
-        "reference_drift": session.reference_ms / scale[0] - 1.0,
-        "reference_median_ms": session.reference_summary["median_ms"],
-        "reference_runs": session.reference_runs,
-        "reference_jumps_dropped": session.dropped_reference_jumps,
-        "rounds": session.rounds,
-        "session_models": len(session.models),
-        "session_seconds": round(session.seconds, 3),
+        "session_reference_ms": result.reference_ms,
+        "reference_drift": result.reference_ms / scale[0] - 1.0,
+        "reference_median_ms": result.reference_summary["median_ms"],
+        "reference_runs": result.reference_runs,
+        "reference_jumps_dropped": result.dropped_reference_jumps,
+        "rounds": result.rounds,
+        "session_models": len(result.models),
+        "session_seconds": round(result.seconds, 3),
     }
 
 
 def _to_measurement(
-    sha256: str, index: int, session: SessionResult, profile: DeviceProfile, env: dict[str, Any]
+    sha256: str, index: int, session: _Session, profile: DeviceProfile, env: dict[str, Any]
 ) -> Measurement:
-    result = session.models[index]
+    result = session.result.models[index]
+    per_model = {"ratio_low": result.ratio_low, "ratio_samples_kept": result.n_kept,
+                 "input_shape": session.input_shapes[index]}
     return Measurement(
         model_sha256=sha256,
         latency_ms=result.ratio * env["reference_ms"],
@@ -131,7 +227,7 @@ def _to_measurement(
         n_runs=result.n_runs,
         stable=result.ratio_ci <= profile.protocol.ci_target,
         device_hash=env["profile_hash"],
-        env={**env, "ratio_low": result.ratio_low, "ratio_samples_kept": result.n_kept},
+        env={**env, **per_model},
         **result.times,
     )
 
@@ -143,10 +239,19 @@ class LocalProfiler:
         self.profile = profile
 
     def measure_many(self, onnx_paths: list[Path], *, progress: ProgressFn | None = None) -> list[Measurement]:
-        """Interleaved, reference-normalised measurement of all files in one session."""
+        """Interleaved, reference-normalised measurement of all files in one session.
+
+        The session waits for the host (see :func:`measure_model_bytes`);
+        ``progress`` sees the waiting as well as the rounds.
+        """
         models = [Path(p).read_bytes() for p in onnx_paths]
         return measure_model_bytes(self.profile, models, self.profile.reference_bytes(), progress=progress)
 
     def describe(self) -> dict[str, Any]:
-        """Machine facts plus the profile's name and hash."""
-        return {"profile": self.profile.name, "profile_hash": self.profile.hash(), **describe_machine()}
+        """Machine facts plus the profile's name, hash and device identity."""
+        return {"profile": self.profile.name, "profile_hash": self.profile.hash(),
+                "device_key": self.device_key(), **describe_machine()}
+
+    def device_key(self) -> str:
+        """What this device's measurements are filed under: the profile on this host."""
+        return self.profile.identity(host_fingerprint())

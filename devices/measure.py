@@ -29,6 +29,13 @@ class Measurement:
     the reference, times the reference's robust latency over the session, so
     every model of one session shares one scale and machine drift cancels.
     The absolute ``*_ms`` fields describe the raw timed runs.
+
+    ``env`` records the conditions the number was taken under, so a row can
+    be checked before it is trusted or reused: ``host_fingerprint``,
+    ``runtime``/``runtime_version``, ``providers``, threads, ``clock``,
+    ``batch``, the model's ``input_shape``, the session's wall-clock
+    interval (``session_start``/``session_end``, epoch seconds, during which
+    it held the host alone) and ``lock_wait_s``, the time it waited for the host.
     """
 
     model_sha256: str

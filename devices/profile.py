@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -115,6 +116,7 @@ class DeviceProfile:
     clock: str = "wall"
     reference_model: str | None = None
     reference_ms: float | None = None
+    host_fingerprint: str | None = None
     warmup: Warmup = field(default_factory=Warmup)
     protocol: Protocol = field(default_factory=Protocol)
     where: Where = field(default_factory=Where)
@@ -126,13 +128,7 @@ class DeviceProfile:
     def load(cls, path: str | Path) -> DeviceProfile:
         """Read a YAML (``.yaml``/``.yml``) or JSON profile file."""
         path = Path(path)
-        text = path.read_text()
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+        data = _read_mapping_file(path)
         if not isinstance(data, dict):
             raise ProfileError(f"{path}: a profile must be a mapping of fields, got {type(data).__name__}")
         try:
@@ -151,8 +147,19 @@ class DeviceProfile:
         data["providers"] = list(self.providers)
         return data
 
+    def identity(self, host_fingerprint: str) -> str:
+        """The device's identity: these settings on one host (its hardware and runtime version).
+
+        Stores file latencies under it, so the same profile used on another
+        machine, or after an onnxruntime upgrade, is another device.  An
+        operator who knows two hosts are the same hardware pins
+        ``host_fingerprint`` in the profile, and that value is used instead.
+        """
+        host = self.host_fingerprint or host_fingerprint
+        return hashlib.sha256(f"{self.hash()}:{host}".encode()).hexdigest()[:16]
+
     def hash(self) -> str:
-        """Stable hash of everything that changes the measured latency."""
+        """Stable hash of everything that changes the measured latency on a given host."""
         return self.hash_with_reference(self.reference_sha256())
 
     def hash_with_reference(self, reference_sha256: str) -> str:
@@ -162,7 +169,7 @@ class DeviceProfile:
         the reference as bytes computes the same hash as the client.
         """
         data = self.to_dict()
-        for ignored in ("warmup", "protocol", "where"):
+        for ignored in ("warmup", "protocol", "where", "host_fingerprint"):
             data.pop(ignored)
         data["reference_model"] = reference_sha256
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
@@ -183,6 +190,27 @@ class DeviceProfile:
 
             return reference_model_bytes()
         return Path(self.reference_model).read_bytes()
+
+
+def _read_mapping_file(path: Path) -> Any:
+    """The parsed YAML/JSON of ``path``; any read or syntax problem is a :class:`ProfileError`."""
+    import yaml
+
+    try:
+        text = path.read_text()
+        return yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
+        raise ProfileError(f"{path} is not a readable YAML/JSON profile ({_problem(error)})") from None
+
+
+def _problem(error: Exception) -> str:
+    """A YAML error's problem and position on one line (its ``str`` spans several), else ``str``."""
+    import yaml
+
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(error)
 
 
 _Section = TypeVar("_Section")
@@ -300,6 +328,11 @@ def _validate(p: DeviceProfile) -> None:
     _require(
         p.reference_ms is None or (_number_in(p.reference_ms, 1e-6, 1e6)), "reference_ms",
         "must be null (calibrate on first use) or the reference's latency in ms, in (0, 1e6]", p.reference_ms,
+    )
+    _require(
+        p.host_fingerprint is None
+        or (isinstance(p.host_fingerprint, str) and re.fullmatch(r"[0-9a-f]{16}", p.host_fingerprint)),
+        "host_fingerprint", "must be null (this host's) or 16 lowercase hex digits", p.host_fingerprint,
     )
     _validate_warmup(p.warmup)
     _validate_protocol(p.protocol)

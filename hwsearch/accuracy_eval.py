@@ -9,6 +9,11 @@ statistics only) and a validation part (accuracy only), so the two never mix.
 The supernet and the data are put into Ray's object store once; each task
 evaluates a chunk of subnets and every accuracy is written to the store as
 soon as its chunk returns, so a long evaluation can be resumed.
+
+Each subnet's evaluation is one unit of compute on the host lock
+(:func:`devices.hostlock.compute_unit`): it waits while a latency
+measurement session runs on this host, and a waiting session keeps the next
+subnet from starting, so measurements see a quiet machine.
 """
 
 from __future__ import annotations
@@ -36,7 +41,18 @@ class EvalSettings:
 
 def subnet_accuracy(supernet: Any, arch: ArchConfig, calibration: Any, validation: Any,
                     settings: EvalSettings) -> float:
-    """Extract ``arch``, recalibrate its BN on ``calibration``, return top-1 on ``validation``."""
+    """Extract ``arch``, recalibrate its BN on ``calibration``, return top-1 on ``validation``.
+
+    Runs as one compute unit on the host lock (see the module docstring).
+    """
+    from devices.hostlock import compute_unit
+
+    with compute_unit():
+        return _accuracy(supernet, arch, calibration, validation, settings)
+
+
+def _accuracy(supernet: Any, arch: ArchConfig, calibration: Any, validation: Any,
+              settings: EvalSettings) -> float:
     import torch
 
     from hwsearch.bn import recalibrate_bn

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -78,8 +79,21 @@ def export_onnx(
     check: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ExportReport:
-    """Export ``module`` (in eval mode) to ``path`` and verify it; see the module docstring."""
-    path = Path(path)
+    """Export ``module`` (in eval mode) to ``path`` and verify it; see the module docstring.
+
+    Exporting and verifying are CPU work, so they hold the host's compute lock
+    (:func:`devices.hostlock.compute_unit`): they wait while a latency
+    measurement session has the host, and a session waits for them to end.
+    """
+    from devices.hostlock import compute_unit
+
+    with compute_unit():
+        return _export_and_verify(Path(path), module, input_shape, metadata, opset, check, tolerance)
+
+
+def _export_and_verify(path: Path, module: nn.Module, input_shape: tuple[int, ...],
+                       metadata: Mapping[str, str] | None, opset: int, check: bool,
+                       tolerance: float) -> ExportReport:
     was_training = module.training
     module.eval()
     try:
@@ -117,9 +131,15 @@ def export_subnet(
                        metadata=metadata, check=check)
 
 
+# torch's TorchScript exporter keeps process-wide state (``GLOBALS.in_onnx_export``) and
+# ``warnings.catch_warnings`` swaps a global too: two threads exporting at once (two jobs in
+# one process, or the service's export requests) fail with "in_onnx_export must be False".
+_EXPORTER_LOCK = threading.Lock()
+
+
 def _to_onnx(module: nn.Module, x: Tensor, opset: int) -> onnx.ModelProto:
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with _EXPORTER_LOCK, warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter is deprecated but exports a static CNN in a
         # fraction of the dynamo exporter's time; its notices are not news to users.
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -40,6 +40,7 @@ from hwsearch.store import Store
 __all__ = [
     "ACTIVE_STATES",
     "JobCancelled",
+    "JobDevice",
     "JobSpec",
     "ProgressFn",
     "ProfileSpec",
@@ -50,6 +51,7 @@ __all__ = [
     "content_id",
     "describe_error",
     "execute",
+    "job_device",
     "record_failure",
     "recover_jobs",
     "run_job",
@@ -164,6 +166,44 @@ class ProfileSpec:
 def spec_from_dict(data: Mapping[str, Any]) -> JobSpec | ProfileSpec:
     """The spec a stored job record holds, by its ``kind``."""
     return ProfileSpec.from_dict(data) if data.get("kind") == "profile" else JobSpec.from_dict(data)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@dataclass(frozen=True)
+class JobDevice:
+    """One device as a job measures on it: the profile, how to reach it, what its rows are filed under.
+
+    ``key`` is the device's identity (:meth:`DeviceProfile.identity`: these
+    settings on the host that measures, whose fingerprint the profiler
+    reports), so a profile pointed at other hardware never reuses rows.
+    ``token`` is a declared agent's token; it travels with the job's tasks,
+    never into the store.
+    """
+
+    profile: Any  # devices.profile.DeviceProfile
+    token: str | None = field(repr=False)
+    key: str
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    def profiler(self) -> Any:
+        """A profiler for this device (local, or a client of its agent)."""
+        from devices import open_profiler
+
+        return open_profiler(self.profile, token=self.token)
+
+
+def job_device(data: Mapping[str, Any], agents: Mapping[str, AgentEndpoint]) -> JobDevice:
+    """Resolve stored profile data (maybe naming a declared agent) into a :class:`JobDevice`."""
+    from devices import open_profiler
+
+    profile, token = resolve_profile(data, agents)
+    return JobDevice(profile=profile, token=token,
+                     key=open_profiler(profile, token=token).device_key())
 
 
 # --------------------------------------------------------------------------- control
@@ -294,23 +334,24 @@ def run_profile(spec: ProfileSpec, *, store: Store, job_id: str,
 
     ``agents`` are the operator's declared agents, for a device that names one.
     """
-    from devices import open_profiler
     from hwsearch.export import export_subnet
 
     control = _start(store, job_id)
     net = build_supernet(spec.supernet)
     arch = net.space.from_dict(spec.arch)
-    profile, token = resolve_profile(spec.device, agents or {})
+    device = job_device(spec.device, agents or {})
     control.step("export", 0.1, arch.key())
     with tempfile.TemporaryDirectory(prefix="hwsearch-profile-") as tmp:
-        report = export_subnet(net, arch, Path(tmp) / f"{arch.digest()}.onnx", batch=profile.batch)
-        control.step("measure", 0.3, profile.name)
-        [measurement] = open_profiler(profile, token=token).measure_many([report.path])
+        report = export_subnet(net, arch, Path(tmp) / f"{arch.digest()}.onnx",
+                               batch=device.profile.batch)
+        control.step("measure", 0.3, device.name)
+        [measurement] = device.profiler().measure_many([report.path])
     row = measurement.to_dict() | {"arch": arch.to_dict(), "macs": report.macs,
                                    "params": report.params}
-    store.put_latency(profile.hash(), net.space.name, arch.key(), row)
+    store.put_latency(device.key, net.space.network_id, arch.key(), row)
     return _finish(control, {
-        "device": profile.name, "device_hash": profile.hash(), "space_name": net.space.name,
+        "device": device.name, "device_hash": device.key, "space_name": net.space.name,
+        "network_id": net.space.network_id,
         "arch": arch.to_dict(), "arch_key": arch.key(), "measurement": measurement.to_dict(),
         "macs": report.macs, "params": report.params,
     })
@@ -363,9 +404,9 @@ class _DeviceMeasurer:
     them in the worker on first use.
     """
 
-    def __init__(self, *, shared: Any, profile: Any, token: str | None, store: Store,
-                 dataset_id: str, job_id: str, runner: str) -> None:
-        self.shared, self.profile, self.token = shared, profile, token
+    def __init__(self, *, shared: Any, device: JobDevice, store: Store, dataset_id: str,
+                 job_id: str, runner: str) -> None:
+        self.shared, self.device = shared, device
         self.store, self.dataset_id, self.job_id = store, dataset_id, job_id
         self.runner = runner
 
@@ -377,18 +418,25 @@ class _DeviceMeasurer:
         return resolved["net"], resolved["data"]
 
     def _before(self, what: str, n: int) -> None:
+        self._say(f"{what} {n} new subnet(s)")
+
+    def _say(self, message: str) -> None:
         _Control(self.store, self.job_id, self.runner).step("search", 0.6,
-                                               f"{self.profile.name}: {what} {n} new subnet(s)")
+                                                            f"{self.device.name}: {message}")
+
+    def _waiting(self, info: Mapping[str, Any]) -> None:
+        """Relay the pipeline's waits for the host ("waiting for local host: 2 sessions ahead")."""
+        if info.get("stage") == "waiting":
+            self._say(str(info["message"]))
 
     def measure_latency(self, archs: Sequence[Any]) -> list[float]:
-        from devices import open_profiler
         from hwsearch.pipeline import finite_latencies, profile_subnets
 
         net, _ = self._net_and_data
         self._before("profiling", len(archs))
-        profile_subnets(net, archs, open_profiler(self.profile, token=self.token),
-                        self.profile.hash(), self.store)
-        rows = finite_latencies(self.store, self.profile.hash(), net.space.name)
+        profile_subnets(net, archs, self.device.profiler(), self.device.key, self.store,
+                        progress=self._waiting)
+        rows = finite_latencies(self.store, self.device.key, net.space.network_id)
         return [float(rows[a.key()]["latency_ms"]) for a in archs]
 
     def measure_accuracy(self, archs: Sequence[Any]) -> list[float]:
@@ -414,11 +462,10 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
     """
     import ray
 
-    from devices import open_profiler
     from hwsearch.accuracy_eval import evaluate_subnets
     from hwsearch.data import load_images
     from hwsearch.parallel import DeviceSearch, search_devices
-    from hwsearch.pipeline import finite_latencies, profile_subnets, select_subnets
+    from hwsearch.pipeline import finite_latencies, select_subnets
     from hwsearch.problem import Limit
     from hwsearch.ray_session import init_ray
     from hwsearch.refine import RefineSettings
@@ -432,24 +479,13 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
         raise ValueError("a search job needs validation data (dataset) to measure accuracy")
     net = build_supernet(spec.supernet)
     space = net.space
-    resolved = [resolve_profile(d, agents or {}) for d in spec.devices]
-    profiles = [profile for profile, _ in resolved]
-    tokens = {profile.name: token for profile, token in resolved}
+    devices = [job_device(d, agents or {}) for d in spec.devices]
     data = load_images(spec.dataset, size=max(space.resolutions))
     dataset_id = content_id(spec.dataset, spec.supernet.checkpoint,
                             extra={"options": dict(spec.supernet.options)})
     archs = select_subnets(space, spec.n_profile, seed=spec.seed)
 
-    reports = {}
-    for i, profile in enumerate(profiles):
-        def on_chunk(info: Mapping[str, Any], i: int = i, name: str = profile.name) -> None:
-            share = info["done"] / max(info["total"], 1)
-            control.step("profile", 0.4 * (i + share) / len(profiles),
-                         f"{name}: {info['done']}/{info['total']} subnets measured")
-
-        profiler = open_profiler(profile, token=tokens[profile.name])
-        reports[profile.name] = profile_subnets(net, archs, profiler, profile.hash(),
-                                                store, progress=on_chunk).to_dict()
+    reports = _profile_devices(control, net, archs, devices, store)
 
     control.step("accuracy", 0.4, f"{len(archs)} subnets")
     accuracies = evaluate_subnets(
@@ -462,19 +498,18 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
     quality = {"accuracy": _flat_metrics(accuracy)}
     shared = ray.put({"net": net, "data": data})  # once per job, not once per device task
     searches = []
-    for profile in profiles:
-        rows = finite_latencies(store, profile.hash(), space.name)
-        latency = LatencyPredictor(space, device_hash=profile.hash(), seed=spec.seed).fit(
+    for device in devices:
+        rows = finite_latencies(store, device.key, space.network_id)
+        latency = LatencyPredictor(space, device_hash=device.key, seed=spec.seed).fit(
             *_xy(space, archs, {a.key(): rows[a.key()]["latency_ms"] for a in archs}))
-        quality[f"latency@{profile.name}"] = _flat_metrics(latency)
+        quality[f"latency@{device.name}"] = _flat_metrics(latency)
         searches.append(DeviceSearch(
-            name=profile.name, device_hash=profile.hash(), latency=latency,
-            measurer=_DeviceMeasurer(shared=shared, profile=profile, token=tokens[profile.name],
-                                     store=store, runner=control.runner,
-                                     dataset_id=dataset_id, job_id=job_id),
+            name=device.name, device_hash=device.key, latency=latency,
+            measurer=_DeviceMeasurer(shared=shared, device=device, store=store,
+                                     runner=control.runner, dataset_id=dataset_id, job_id=job_id),
             limits=tuple(Limit(**dict(lim)) for lim in spec.limits)))
 
-    control.step("search", 0.6, f"refining {len(profiles)} fronts on Ray")
+    control.step("search", 0.6, f"refining {len(devices)} fronts on Ray")
     settings = RefineSettings(max_measurements=spec.budget, per_round=max(1, min(8, spec.budget)),
                               initial=2, seed=spec.seed)
     try:
@@ -484,13 +519,75 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
         control.check()  # a cancellation inside a device task surfaces as that task's error
         raise
     return _finish(control, {
-        "space_name": space.name, "supernet_id": net.name, "dataset_id": dataset_id,
-        "devices": {p.name: {"hash": p.hash(), "profiling": reports[p.name],
-                             "rounds": runs[p.name].result.rounds,
-                             "reused": runs[p.name].reused} for p in profiles},
+        "space_name": space.name, "network_id": space.network_id, "supernet_id": net.name,
+        "dataset_id": dataset_id,
+        "devices": {d.name: {"hash": d.key, "settings_hash": d.profile.hash(),
+                             "profiling": reports[d.name], "rounds": runs[d.name].result.rounds,
+                             "reused": runs[d.name].reused} for d in devices},
         "predictors": quality,
-        "fronts": {name: run.result.front.to_dict() for name, run in runs.items()},
+        "fronts": {d.name: _with_conditions(runs[d.name].result.front.to_dict(),
+                                            finite_latencies(store, d.key, space.network_id))
+                   for d in devices},
     })
+
+
+def _profile_devices(control: _Control, net: Any, archs: Sequence[Any],
+                     devices: Sequence[JobDevice], store: Store) -> dict[str, dict[str, Any]]:
+    """Profile ``archs`` on every device at once, one thread per device; reports by device.
+
+    Devices that are separate hardware (agents) measure concurrently; local
+    devices of this host queue for its measurement lock inside their
+    profilers, so running them side by side never overlaps two sessions.
+    A cancellation raised in any thread stops the step.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hwsearch.pipeline import profile_subnets
+
+    shares = dict.fromkeys((d.name for d in devices), 0.0)
+    lock = threading.Lock()
+
+    def report(name: str, info: Mapping[str, Any]) -> None:
+        with lock:
+            if "total" in info:
+                shares[name] = info["done"] / max(info["total"], 1)
+            fraction = 0.4 * sum(shares.values()) / len(shares)
+        message = info.get("message") or f"{info['done']}/{info['total']} subnets measured"
+        control.step("profile", fraction, f"{name}: {message}")
+
+    def profile_one(device: JobDevice) -> dict[str, Any]:
+        return profile_subnets(net, archs, device.profiler(), device.key, store,
+                               progress=lambda info: report(device.name, info)).to_dict()
+
+    with ThreadPoolExecutor(max_workers=len(devices), thread_name_prefix="hwsearch-profile") as pool:
+        futures = {d.name: pool.submit(profile_one, d) for d in devices}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def latency_conditions(row: Mapping[str, Any]) -> dict[str, Any]:
+    """How a stored latency was measured, as a front point shows it.
+
+    ``latency_source`` is ``calibrated`` for a reference-normalised latency
+    and ``median_ms`` where the raw median had to stand in (see
+    :func:`~hwsearch.pipeline.finite_latencies`); ``clock`` ``thread_cpu``
+    means CPU time of the inference thread, not wall time.  A point whose
+    latency is not ``stable`` and ``calibrated`` is shown as such rather than
+    passed off as precise.
+    """
+    env = row.get("env", {})
+    return {"stable": bool(row.get("stable", False)), "clock": env.get("clock", "wall"),
+            "latency_source": row.get("latency_source", "calibrated"),
+            "ratio_ci": row.get("ratio_ci"), "reference_ms": env.get("reference_ms"),
+            "reference_source": env.get("reference_source")}
+
+
+def _with_conditions(front: dict[str, Any], rows: Mapping[str, Mapping[str, Any]]
+                     ) -> dict[str, Any]:
+    """A front's JSON with each point's measurement conditions (from its stored row)."""
+    for point in front["points"]:
+        row = rows.get(point["arch_key"])
+        point["latency_conditions"] = latency_conditions(row) if row is not None else None
+    return front
 
 
 def _xy(space: Any, archs: Sequence[Any], targets: Mapping[str, float]) -> tuple[Any, Any]:

@@ -176,7 +176,7 @@ def _placement(name: str) -> Any:
 def _store_measurer(device: DeviceSearch, store: Store, space: SearchSpace, supernet_id: str,
                     dataset_id: str) -> StoreMeasurer:
     return StoreMeasurer(device.measurer, store, device_hash=device.device_hash,
-                         space_name=space.name, supernet_id=supernet_id, dataset_id=dataset_id)
+                         space_name=space.network_id, supernet_id=supernet_id, dataset_id=dataset_id)
 
 
 def _device_task(shared: Mapping[str, Any], device: DeviceSearch, store: Store,

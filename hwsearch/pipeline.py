@@ -13,6 +13,7 @@ so nothing is measured twice.
 
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 import time
@@ -137,13 +138,24 @@ def profile_subnets(
     a value is a trap: a front favours whichever subnets were measured too
     fast, so its knee was often an unstable row (seen: 0.58 ms on the front,
     0.67-0.70 ms in three later sessions).
+
+    Subnets are exported at the batch of the profiler's profile: the rows
+    are filed under that profile's hash, which covers the batch, so a
+    batch-4 device's rows must have been measured at batch 4 (the device
+    refuses a model of another batch).  Each export holds the host's
+    compute lock (:func:`devices.hostlock.compute_unit`), so it never runs
+    during another process's measurement session; while an export or a
+    session waits for the host, ``progress`` gets ``stage="waiting"`` events
+    saying what for.
     """
+    from devices.hostlock import compute_unit
     from hwsearch.export import export_subnet
 
     start = time.perf_counter()
     space = supernet.space
-    done = store.measured_keys(device_hash, space.name)
+    done = store.measured_keys(device_hash, space.network_id)
     todo = [a for a in archs if a.key() not in done]
+    model_batch = _profile_batch(profiler)
     report = {"done": len(archs) - len(todo), "total": len(archs)}
     if progress:
         progress(dict(report, stage="start"))
@@ -152,34 +164,67 @@ def profile_subnets(
         for i in range(0, len(todo), chunk):
             batch = todo[i:i + chunk]
             paths, exports = [], []
+            waiting = _relay_waiting(progress, dict(report, done=report["done"] + measured))
             for arch in batch:
                 path = Path(tmp) / f"{arch.digest()}.onnx"
-                exports.append(export_subnet(supernet, arch, path, check=False))
+                with compute_unit(on_wait=waiting):  # export_onnx's own hold nests inside it
+                    exports.append(export_subnet(supernet, arch, path, batch=model_batch,
+                                                 check=False))
                 paths.append(path)
-            results = _measure_until_stable(profiler, paths, retries)
+            results = _measure_until_stable(profiler, paths, retries, waiting)
             for arch, export, result, path in zip(batch, exports, results, paths):
                 row = result.to_dict() | {
                     "arch": arch.to_dict(), "macs": int(export.macs), "params": int(export.params),
                     "export_seconds": float(export.seconds), "onnx_bytes": int(export.bytes),
                 }
-                store.put_latency(device_hash, space.name, arch.key(), row)
+                store.put_latency(device_hash, space.network_id, arch.key(), row)
                 unstable += not result.stable
                 path.unlink()
             measured += len(batch)
             if progress:
                 progress(dict(report, done=report["done"] + measured, stage="measure"))
-    return ProfileReport(device_hash, space.name, len(archs), len(archs) - len(todo), measured,
+    return ProfileReport(device_hash, space.network_id, len(archs), len(archs) - len(todo), measured,
                          unstable, time.perf_counter() - start)
 
 
-def _measure_until_stable(profiler: Any, paths: Sequence[Path], retries: int) -> list[Any]:
+def _profile_batch(profiler: Any) -> int:
+    """The batch the profiler's device measures at.
+
+    Both of ``devices.open_profiler``'s profilers carry their profile; a
+    wrapper without one (a test double, a custom measurer) measures at batch 1.
+    """
+    profile = getattr(profiler, "profile", None)
+    return int(profile.batch) if profile is not None else 1
+
+
+def _relay_waiting(progress: ProgressFn | None, state: dict[str, Any]) -> ProgressFn | None:
+    """Pass the device's waits for the host on as pipeline events (``stage="waiting"``).
+
+    A session can wait minutes for other jobs' sessions on the same host;
+    without this a job's progress would look stuck.  The events keep
+    ``done``/``total``, so every consumer of the pipeline's progress reads them.
+    """
+    if progress is None:
+        return None
+
+    def relay(event: dict[str, Any]) -> None:
+        if event.get("event") == "waiting":
+            progress(dict(state, stage="waiting", message=event["message"], waited_s=event["waited_s"]))
+
+    return relay
+
+
+def _measure_until_stable(profiler: Any, paths: Sequence[Path], retries: int,
+                          waiting: ProgressFn | None) -> list[Any]:
     """Measure ``paths`` in one session; re-measure the unstable ones, keeping the tighter result."""
-    results = list(profiler.measure_many(list(paths)))
+    measure = profiler.measure_many if waiting is None else functools.partial(profiler.measure_many,
+                                                                               progress=waiting)
+    results = list(measure(list(paths)))
     for _ in range(retries):
         again = [i for i, result in enumerate(results) if not result.stable]
         if not again:
             break
-        for i, retried in zip(again, profiler.measure_many([paths[i] for i in again])):
+        for i, retried in zip(again, measure([paths[i] for i in again])):
             if _spread(retried) < _spread(results[i]):
                 results[i] = retried
     return results

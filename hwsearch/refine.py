@@ -19,7 +19,7 @@ This loop keeps the idea and fixes what makes its front untrustworthy:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 

@@ -54,7 +54,7 @@ def _measurements(store: Store, result: Mapping[str, Any]) -> dict[str, list[dic
     out = {}
     for device, info in result["devices"].items():
         rows = []
-        for key, m in sorted(store.get_latencies(info["hash"], result["space_name"]).items()):
+        for key, m in sorted(store.get_latencies(info["hash"], result.get("network_id", result["space_name"])).items()):
             rows.append({"arch_key": key, "latency_ms": m.get("latency_ms"),
                          "ratio_ci": m.get("ratio_ci"), "stable": m.get("stable"),
                          "accuracy": accuracies.get(key)})

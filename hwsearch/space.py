@@ -258,6 +258,19 @@ class SearchSpace:
         return genes
 
     @property
+    def network_id(self) -> str:
+        """The name plus a digest of the fixed layout around the knobs (the head included).
+
+        What a measured latency is filed under: two supernets of one family
+        with other class counts share the name and the arch keys but are not
+        the same networks, and must not share latency rows.
+        """
+        if self.layout is None:
+            return self.name
+        digest = hashlib.sha256(repr(self.layout).encode()).hexdigest()[:8]
+        return f"{self.name}@{digest}"
+
+    @property
     def n_var(self) -> int:
         return len(self._gene_choices())
 

@@ -67,7 +67,9 @@ class Store(abc.ABC):
     * **Snapshots.** Returned dicts and :class:`JobRecord` objects are copies;
       later writes never change them, and changing them never changes the store.
     * **Upserts.** ``put_*`` replaces the row with the same key (a re-measurement
-      wins).  Latencies are keyed by ``(device_hash, space_name, arch_key)``,
+      wins).  Latencies are keyed by ``(device_hash, space_name, arch_key)``, where
+      hwsearch passes a device's identity (``DeviceProfile.identity``: settings on
+      one host) and the space's ``network_id`` (its name and fixed layout, head included);
       accuracies by ``(supernet_id, dataset_id, arch_key)``.
     * **JSON values.** Measurements, specs, progress and results must be
       JSON-serialisable; they come back as plain JSON types.

@@ -86,7 +86,7 @@ class Server:
 class Agent:
     """A real edge agent (``python -m devices.agent``) on 127.0.0.1."""
 
-    def __init__(self, state_dir: Path, token: str) -> None:
+    def __init__(self, state_dir: Path, token: str, *, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = state_dir / "agent.log"
@@ -94,7 +94,8 @@ class Agent:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "devices.agent", "--port", str(self.port), "--token", token,
-                 "--state-dir", str(state_dir)], stdout=log, stderr=subprocess.STDOUT)
+                 "--state-dir", str(state_dir)], stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

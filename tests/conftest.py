@@ -2,7 +2,8 @@
 
 Ray must not write tokens into the home directory, OpenMP threads must not
 spin on this 2-core machine while other tests (or latency measurements) run,
-and device calibrations go to a per-run folder, never the user's ~/.cache.
+device calibrations go to a per-run folder, never the user's ~/.cache, and the
+host's measurement lock is the run's own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("DEVICES_CALIBRATION_DIR", tempfile.mkdtemp(prefix="hwsearch-calib-"))
+# The run's own host lock: its measurements still never overlap one another, and they do not
+# queue behind a benchmark or a service someone runs on the same machine.
+os.environ.setdefault("DEVICES_LOCK_DIR", tempfile.mkdtemp(prefix="hwsearch-locks-"))
 
 
 @pytest.fixture(autouse=True, scope="module")

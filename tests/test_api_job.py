@@ -97,6 +97,10 @@ def test_submit_poll_fronts_export_and_profile(server: Server, agent: Agent,
         assert set(fronts) == {"cpu-a", "cpu-b"}
         point = fronts["cpu-a"]["points"][0]
         assert point["index"] == 0 and {"accuracy", "latency_ms"} <= set(point["measured"])
+        conditions = point["latency_conditions"]
+        assert conditions["clock"] == "wall" and isinstance(conditions["stable"], bool)
+        assert conditions["latency_source"] in ("calibrated", "median_ms")
+        assert conditions["reference_ms"] > 0
         assert client.get(f"/jobs/{job_id}/fronts/cpu-b").json()["device"] == "cpu-b"
 
         export = client.post("/exports", json={"job_id": job_id, "device": "cpu-a", "point": 0})
@@ -142,25 +146,36 @@ def test_submit_poll_fronts_export_and_profile(server: Server, agent: Agent,
         assert client.get(f"/jobs/{done['id']}/fronts").status_code == 409
 
 
+def local_rows(store: SQLiteStore, profile: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The test supernet's rows of a local device: filed under the profile on this host."""
+    from devices import open_profiler
+    from devices.profile import DeviceProfile
+    from hwsearch.jobs import SupernetRef, build_supernet
+
+    key = open_profiler(DeviceProfile.from_dict(profile)).device_key()
+    return store.get_latencies(key, build_supernet(SupernetRef(**SUPERNET)).space.network_id)
+
+
 def test_a_restart_in_the_middle_of_a_job_keeps_its_measurements(tmp_path: Path) -> None:
     dataset = random_dataset(tmp_path / "val.npz")
     store_path = tmp_path / "store.sqlite"
+    cpu_a = fast_device("cpu-a")
     first = Server(store_path).start()
     try:
         with first.client() as client:
-            hashes = register(client, [fast_device("cpu-a"), fast_device("cpu-b", 2)])
+            register(client, [cpu_a, fast_device("cpu-b", 2)])
             job_id = client.post("/jobs", json={
                 "supernet": "tiny-mbv3", "devices": ["cpu-a", "cpu-b"], "dataset": str(dataset),
                 "n_profile": 5}).json()["id"]
             store = SQLiteStore(store_path)
             deadline = time.monotonic() + 600
-            while not store.get_latencies(hashes["cpu-a"], "ofa_mbv3_d234_e346_k357_w1.0"):
+            while not local_rows(store, cpu_a):
                 assert time.monotonic() < deadline, client.get(f"/jobs/{job_id}").json()
                 time.sleep(0.2)
             assert client.get(f"/jobs/{job_id}").json()["state"] == "running"
     finally:
         first.kill()  # the whole process group, Ray included: a crash, not a shutdown
-    measured = store.get_latencies(hashes["cpu-a"], "ofa_mbv3_d234_e346_k357_w1.0")
+    measured = local_rows(store, cpu_a)
     assert len(measured) == 5
 
     second = Server(store_path).start()
@@ -168,7 +183,7 @@ def test_a_restart_in_the_middle_of_a_job_keeps_its_measurements(tmp_path: Path)
         with second.client() as client:
             job = client.get(f"/jobs/{job_id}").json()
             assert job["state"] == "interrupted" and "measurements are kept" in job["error"]
-            assert store.get_latencies(hashes["cpu-a"], "ofa_mbv3_d234_e346_k357_w1.0") == measured
+            assert local_rows(store, cpu_a) == measured
 
             resumed = client.post(f"/jobs/{job_id}/resume")
             assert resumed.status_code == 202, resumed.text
@@ -176,7 +191,7 @@ def test_a_restart_in_the_middle_of_a_job_keeps_its_measurements(tmp_path: Path)
             assert job["state"] == "succeeded", job
             profiling = job["result"]["devices"]["cpu-a"]["profiling"]
             assert profiling["measured"] == 0 and profiling["skipped"] == 5
-            after = store.get_latencies(hashes["cpu-a"], "ofa_mbv3_d234_e346_k357_w1.0")
+            after = local_rows(store, cpu_a)
             assert {k: after[k] for k in measured} == measured, "nothing was measured twice"
     finally:
         second.stop()

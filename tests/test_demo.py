@@ -77,12 +77,14 @@ def test_shortened_demo_runs_end_to_end_with_a_users_checkpoint(tmp_path: Path) 
     from hwsearch.store import SQLiteStore
 
     store = SQLiteStore(result.store_path)
-    stored = {d: len(store.get_latencies(h, space.name)) for d, h in _device_hashes().items()}
+    stored = {d: len(store.get_latencies(key, space.network_id)) for d, key in _device_keys().items()}
     assert all(n >= 12 for n in stored.values())
 
 
-def _device_hashes() -> dict[str, str]:
+def _device_keys() -> dict[str, str]:
+    """What the demo's devices' rows are filed under: each profile on this host."""
+    from devices import open_profiler
     from devices.profile import DeviceProfile
     from hwsearch.demo.run import default_devices
 
-    return {DeviceProfile.load(p).name: DeviceProfile.load(p).hash() for p in default_devices()}
+    return {DeviceProfile.load(p).name: open_profiler(p).device_key() for p in default_devices()}

@@ -62,7 +62,7 @@ def test_a_job_ends_with_measured_fronts_in_the_store(finished: Finished) -> Non
     result = record.result
     front = result["fronts"]["cpu-1t"]
     assert front["points"], "a front has at least one subnet"
-    latencies = store.get_latencies(result["devices"]["cpu-1t"]["hash"], result["space_name"])
+    latencies = store.get_latencies(result["devices"]["cpu-1t"]["hash"], result["network_id"])
     accuracies = store.get_accuracies(result["supernet_id"], result["dataset_id"])
     assert len(latencies) == spec.n_profile + spec.budget
     for point in front["points"]:  # every point was really measured, and is in the store
@@ -76,12 +76,12 @@ def test_a_second_run_measures_nothing_twice(finished: Finished) -> None:
     store, job_id, spec = finished
     result = store.get_job(job_id).result
     device_hash = result["devices"]["cpu-1t"]["hash"]
-    before = store.get_latencies(device_hash, result["space_name"])
+    before = store.get_latencies(device_hash, result["network_id"])
     again = store.create_job(JobSpec.from_dict({**spec.to_dict(), "budget": 0}).to_dict())
     rerun = run_job(JobSpec.from_dict(store.get_job(again).spec), store=store, job_id=again)
     assert rerun["devices"]["cpu-1t"]["profiling"]["measured"] == 0
     assert rerun["devices"]["cpu-1t"]["profiling"]["skipped"] == spec.n_profile
-    assert store.get_latencies(device_hash, result["space_name"]) == before
+    assert store.get_latencies(device_hash, result["network_id"]) == before
     n_known = sum(1 for _ in rerun["fronts"]["cpu-1t"]["points"])
     assert 1 <= n_known <= len(before)
 
@@ -93,7 +93,7 @@ def test_profiling_one_subnet_stores_its_measurement(finished: Finished) -> None
     job_id = store.create_job(spec.to_dict())
     result = run_profile(spec, store=store, job_id=job_id)
     assert result["measurement"]["latency_ms"] > 0 and result["params"] > 0
-    stored = store.get_latencies(result["device_hash"], result["space_name"])[result["arch_key"]]
+    stored = store.get_latencies(result["device_hash"], result["network_id"])[result["arch_key"]]
     assert stored == result["measurement"] | {"arch": arch, "macs": result["macs"],
                                               "params": result["params"]}
     assert store.get_job(job_id).state == "succeeded"
@@ -143,3 +143,31 @@ def test_jobs_left_active_by_a_dead_process_are_marked_interrupted(tmp_path: Pat
         assert record.state == "interrupted" and "measurements are kept" in record.error
         assert record.spec == spec.to_dict(), "the spec survives, so the job can be resumed"
     assert store.get_job(done).state == "succeeded"
+
+
+def test_a_quick_cancel_then_resume_leaves_one_runner(tmp_path: Path, dataset: Path) -> None:
+    """The first runner sees a newer runner token and stops, though the job is ``running`` again."""
+    store = SQLiteStore(tmp_path / "jobs.sqlite")
+    spec = tiny_spec(dataset, [fast_device("cpu-a"), fast_device("cpu-b", 2)], n_profile=3, seed=9)
+    job_id = store.create_job(spec.to_dict())
+    outcomes: dict[str, object] = {}
+
+    def run(name: str) -> None:
+        outcomes[name] = execute(spec.to_dict(), store, job_id)
+
+    first = threading.Thread(target=run, args=("first",))
+    first.start()
+    deadline = time.monotonic() + 300
+    while store.get_job(job_id).progress.get("step") != "profile" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first_runner = store.get_job(job_id).runner
+    cancel_job(store=store, job_id=job_id)
+    store.update_job(job_id, state="queued")  # resumed before the first runner noticed
+    second = threading.Thread(target=run, args=("second",))
+    second.start()
+    first.join(timeout=600)
+    second.join(timeout=600)
+    assert outcomes["first"] is None, "the first runner stopped"
+    assert isinstance(outcomes["second"], dict), "the second runner finished the job"
+    record = store.get_job(job_id)
+    assert record.state == "succeeded" and record.runner not in (None, first_runner)

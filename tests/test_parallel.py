@@ -104,7 +104,7 @@ def test_each_device_gets_a_measured_front_from_its_own_task(space, predictors, 
     for name, run in runs.items():
         logged = _logged(tmp_path, name)
         assert len(logged) == len(set(logged)) == 20
-        assert set(store.get_latencies(f"hash-{name}", space.name)) == set(logged)
+        assert set(store.get_latencies(f"hash-{name}", space.network_id)) == set(logged)
         assert run.result.front.points and run.result.front.device == name
         assert {p.arch.key() for p in run.result.front.points} <= set(logged)
         assert (tmp_path / f"{name}.rounds").read_text().splitlines() == ["1 10"]

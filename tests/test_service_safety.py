@@ -7,7 +7,6 @@ field (never 500), store nothing it refused, and stay healthy afterwards.
 
 from __future__ import annotations
 
-import io
 import socket
 import threading
 import time

@@ -156,6 +156,10 @@ class PointRead(BaseModel):
     spread: dict[str, float]
     macs: int | None
     params: int | None
+    latency_conditions: dict[str, Any] | None = Field(
+        default=None, description="how the latency was measured: stable, clock "
+                                  "(wall or thread_cpu), latency_source (calibrated or "
+                                  "median_ms), ratio_ci, reference_ms and its source")
 
 
 class ObjectiveRead(BaseModel):

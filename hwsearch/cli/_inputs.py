@@ -18,33 +18,11 @@ __all__ = ["check_onnx_files", "load_profile", "load_supernet", "prepare_folder"
 
 
 def load_profile(path: Path, option: str = "--device") -> Any:  # -> devices.profile.DeviceProfile
-    """The device profile in ``path``; a malformed one is ``option``'s error.
-
-    ``DeviceProfile.load`` names the file for a wrong field but lets the YAML,
-    JSON and text decoders' errors through; those get the file's name here.
-    """
-    import json
-
-    import yaml
-
+    """The device profile in ``path``; a malformed or unreadable one is ``option``'s error."""
     from devices.profile import DeviceProfile
 
     with reading(option):
-        try:
-            return DeviceProfile.load(path)
-        except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path} is not a readable YAML/JSON profile "
-                             f"({_parser_problem(error)})") from error
-
-
-def _parser_problem(error: Exception) -> str:
-    """A YAML error's problem and position (its ``str`` spans several lines), else ``str``."""
-    import yaml
-
-    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
-        mark = error.problem_mark
-        return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return str(error)
+        return DeviceProfile.load(path)
 
 
 def load_supernet(name: str, checkpoint: Path | None = None) -> Any:  # -> supernets.Supernet

@@ -16,6 +16,14 @@ def agent(
     host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 to accept remote clients.")] = "127.0.0.1",
     state_dir: Annotated[Optional[Path], typer.Option(help="Where uploads and results persist across restarts.")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest ONNX upload.")] = 64.0,
+    max_models: Annotated[int, typer.Option(
+        min=2, help="Stored models kept; least recently used are pruned first.")] = 256,
+    max_model_mb: Annotated[float, typer.Option(help="Stored models' total size kept.")] = 2048.0,
+    max_results: Annotated[int, typer.Option(min=1, help="Stored measurement results kept.")] = 1024,
+    max_connections: Annotated[int, typer.Option(
+        min=1, help="Connections served at once; more get 503 with Retry-After.")] = 16,
+    read_timeout_s: Annotated[float, typer.Option(
+        help="Seconds a client may take to send a request before it is closed.")] = 30.0,
 ) -> None:
     """Serve this machine as a measurement device over HTTP.
 
@@ -24,7 +32,9 @@ def agent(
     """
     from devices.agent import serve
 
-    serve(host, port, token, state_dir, max_upload_mb)
+    serve(host, port, token, state_dir, max_upload_mb, max_models=max_models,
+          max_model_mb=max_model_mb, max_results=max_results, max_connections=max_connections,
+          read_timeout_s=read_timeout_s)
 
 
 def register(app: typer.Typer) -> None:

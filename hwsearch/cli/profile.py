@@ -51,10 +51,11 @@ def profile(
     device_profile = load_profile(device)
     net = load_supernet(supernet, checkpoint)
     archs = select_subnets(net.space, n, seed=seed, resolution=resolution)
+    profiler = open_profiler(device_profile)
     with _progress_bar(f"profiling on {device_profile.name}", not as_json) as bar:
         task = bar.add_task(f"profiling on {device_profile.name}", total=len(archs))
         report = profile_subnets(
-            net, archs, open_profiler(device_profile), device_profile.hash(), SQLiteStore(store),
+            net, archs, profiler, profiler.device_key(), SQLiteStore(store),
             chunk=chunk, progress=lambda event: bar.update(task, completed=event["done"]))
     if as_json:
         typer.echo(json.dumps(report.to_dict() | {"store": str(store)}, indent=2))

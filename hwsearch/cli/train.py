@@ -41,8 +41,11 @@ def train(
     if target == "latency":
         if device is None:
             raise typer.BadParameter("latency predictors need --device", param_hint="--device")
-        device_hash = load_profile(device).hash()
-        data = MeasurementSet.from_latencies(space, rows.get_latencies(device_hash, space.name))
+        from devices import open_profiler
+
+        device_hash = open_profiler(load_profile(device)).device_key()  # the profile on its host
+        data = MeasurementSet.from_latencies(space, rows.get_latencies(device_hash,
+                                                                       space.network_id))
         model = LatencyPredictor(space, device_hash=device_hash, seed=seed)
     elif target == "accuracy":
         if dataset_id is None:

@@ -1,0 +1,356 @@
+"""One measurement at a time per host: a cross-process lock on ``fcntl.flock``.
+
+Latencies on a small shared machine are only trustworthy when one
+measurement has the cores to itself: three jobs measuring at once on one
+1-thread device turned a 2.45 ms reference into 5.69 ms and left no row
+stable.  Every process that measures or computes on this host therefore
+goes through this lock:
+
+* ``exclusive`` – a local measurement session.  Every local device of the
+  machine, whatever its threads, shares the one host lock, because they
+  share the cores.
+* ``shared`` – a unit of compute (one ONNX export, one subnet's accuracy
+  evaluation).  Compute units run alongside each other but never during a
+  session, so a session starts on a quiet host and compute pauses while it
+  runs.
+
+Sessions take turns in arrival order, and a waiting session keeps *new*
+compute units out (it is not starved by a stream of compute); it still
+waits for the units already running, which are short.
+
+The kernel releases an ``flock`` when its holder dies, even by SIGKILL, so a
+killed process never blocks the host.  Order and observability come from a
+queue of ticket files, each kept flocked by its owner for as long as it
+waits or holds: a ticket whose flock can be taken belongs to a dead process
+and is removed by whoever notices.  Waiters poll (every ``poll_s``) and
+report what they wait for about once a second.
+
+A thread that already holds the host may run compute inside its hold (it
+is covered) but may not open a session there: it would wait for itself, so
+that raises :class:`HostLockError` instead of hanging.
+
+The directory is ``$DEVICES_LOCK_DIR`` or ``<tmp>/hwsearch-devices-locks``,
+created owner-only, so by default it orders one user's processes; on a host
+shared by several users, point all of them at one directory (with its
+``queue`` folder) that their group can write (files are created 0660 before
+the umask).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+LOCK_DIR_ENV = "DEVICES_LOCK_DIR"
+Mode = Literal["exclusive", "shared"]
+WaitFn = Callable[[dict[str, Any]], None]
+
+_HOST_FILE = "host.lock"
+_COUNTER_FILE = "tickets.counter"
+_QUEUE_DIR = "queue"
+_FILE_MODE = 0o660
+_STALE_TEMP_S = 30.0
+_HELD = threading.local()
+
+
+class HostLockError(RuntimeError):
+    """The lock directory is unsafe or unusable, or a lock was nested in a way that would deadlock."""
+
+
+def lock_dir() -> Path:
+    """Where the host's lock files live: ``$DEVICES_LOCK_DIR`` or ``<tmp>/hwsearch-devices-locks``."""
+    configured = os.environ.get(LOCK_DIR_ENV)
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / "hwsearch-devices-locks"
+
+
+@dataclass
+class Hold:
+    """One pass through the lock: what was held, how long it was waited for, and when it was held.
+
+    ``started_at`` and ``ended_at`` are wall-clock epoch seconds, taken right
+    after the lock was obtained and right before it is released, so holds of
+    the same host never overlap; measurements record them to prove it.
+    """
+
+    mode: Mode
+    waited_s: float
+    started_at: float
+    ended_at: float | None = None
+    nested: bool = False
+
+
+@dataclass(frozen=True)
+class _Ticket:
+    """A queue entry, parsed from its file name ``<seq>-<mode>-<state>-<pid>.ticket``."""
+
+    seq: int
+    mode: str
+    state: str
+    pid: int
+    path: Path
+
+    @classmethod
+    def parse(cls, path: Path) -> _Ticket | None:
+        parts = path.name.removesuffix(".ticket").split("-")
+        if not path.name.endswith(".ticket") or len(parts) != 4 or not (parts[0].isdigit() and parts[3].isdigit()):
+            return None
+        return cls(int(parts[0]), parts[1], parts[2], int(parts[3]), path)
+
+
+def _ticket_name(seq: int, mode: str, state: str) -> str:
+    return f"{seq:012d}-{mode}-{state}-{os.getpid()}.ticket"
+
+
+class HostLock:
+    """The host's measurement lock in ``directory`` (default: :func:`lock_dir`)."""
+
+    def __init__(self, directory: Path | None = None, *, poll_s: float = 0.1, report_every_s: float = 1.0) -> None:
+        """``poll_s``: how often a waiter looks again; each look wakes a process that would otherwise
+        sleep beside a running session, so it is kept well below the sessions' own noise."""
+        self.directory = Path(directory) if directory is not None else lock_dir()
+        self.poll_s = poll_s
+        self.report_every_s = report_every_s
+
+    def exclusive(self, *, on_wait: WaitFn | None = None) -> AbstractContextManager[Hold]:
+        """Hold the host for one measurement session."""
+        return self._hold("exclusive", on_wait)
+
+    def shared(self, *, on_wait: WaitFn | None = None) -> AbstractContextManager[Hold]:
+        """Hold the host for one unit of compute, alongside other compute but no session."""
+        return self._hold("shared", on_wait)
+
+    @contextmanager
+    def _hold(self, mode: Mode, on_wait: WaitFn | None) -> Iterator[Hold]:
+        outer = self._held_by_this_thread()
+        if outer is not None:
+            nested = self._nested(mode, outer)
+            try:
+                yield nested
+            finally:
+                nested.ended_at = time.time()
+            return
+        queue = self._prepare()
+        host_fd = _open_lockable(self.directory / _HOST_FILE)
+        try:
+            ticket_fd, ticket_path, seq = self._enqueue(queue, mode)
+            try:
+                waited = self._wait_for_turn(queue, host_fd, mode, seq, on_wait)
+                ticket_path = _rename(ticket_path, queue / _ticket_name(seq, mode, "holding"))
+                with self._registered(Hold(mode=mode, waited_s=waited, started_at=time.time())) as hold:
+                    yield hold
+            finally:
+                _unlink_quietly(ticket_path)
+                os.close(ticket_fd)
+        finally:
+            os.close(host_fd)  # releases the host flock, after the hold's end time was taken
+
+    @contextmanager
+    def _registered(self, hold: Hold) -> Iterator[Hold]:
+        """Mark ``hold`` as this thread's for the duration (nesting checks) and stamp its end."""
+        key = str(self.directory)
+        _held_map()[key] = hold
+        try:
+            yield hold
+        finally:
+            del _held_map()[key]
+            hold.ended_at = time.time()
+
+    def status(self) -> dict[str, int]:
+        """How many sessions and compute units hold the host or wait for it (live processes only)."""
+        tickets = _live_tickets(self._prepare())
+        return {
+            f"{kind}_{state}": sum(t.mode == mode and t.state == state for t in tickets)
+            for kind, mode in (("sessions", "exclusive"), ("compute", "shared"))
+            for state in ("holding", "waiting")
+        }
+
+    def _held_by_this_thread(self) -> Hold | None:
+        return _held_map().get(str(self.directory))
+
+    @staticmethod
+    def _nested(mode: Mode, outer: Hold) -> Hold:
+        """Compute inside a hold this thread already has is covered by it; a nested session would deadlock."""
+        if mode == "exclusive":
+            raise HostLockError(
+                f"this thread already holds the host lock ({outer.mode}); a measurement session inside it "
+                "would wait for itself"
+            )
+        return Hold(mode=mode, waited_s=0.0, started_at=time.time(), nested=True)
+
+    def _prepare(self) -> Path:
+        """Create the lock directory and its queue owner-only; return the queue."""
+        _safe_directory(self.directory)
+        return _safe_directory(self.directory / _QUEUE_DIR)
+
+    def _enqueue(self, queue: Path, mode: Mode) -> tuple[int, Path, int]:
+        """Take the next ticket; its file appears in the queue already flocked, so it is never taken for stale."""
+        seq = self._next_seq(queue)
+        temp = queue / f".{uuid.uuid4().hex}.tmp"
+        fd = os.open(temp, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return fd, _rename(temp, queue / _ticket_name(seq, mode, "waiting")), seq
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(temp)
+            raise
+
+    def _next_seq(self, queue: Path) -> int:
+        """The next ticket number from a counter file guarded by its own flock."""
+        fd = os.open(self.directory / _COUNTER_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = os.pread(fd, 32, 0).strip()
+            last = int(raw) if raw.isdigit() else max((t.seq for t in _live_tickets(queue)), default=0)
+            encoded = str(last + 1).encode()
+            os.pwrite(fd, encoded, 0)
+            os.ftruncate(fd, len(encoded))
+            return last + 1
+        finally:
+            os.close(fd)
+
+    def _wait_for_turn(self, queue: Path, host_fd: int, mode: Mode, seq: int, on_wait: WaitFn | None) -> float:
+        """Poll until no ticket has precedence and the host flock is ours; return seconds waited."""
+        flag = fcntl.LOCK_EX if mode == "exclusive" else fcntl.LOCK_SH
+        started = time.monotonic()
+        next_report = started
+        reported = False
+        while True:
+            ahead = _precedence(mode, seq, _live_tickets(queue))
+            if ahead["sessions"] == 0 and _try_flock(host_fd, flag):
+                waited = time.monotonic() - started
+                if reported and on_wait is not None:
+                    on_wait({"event": "lock-acquired", "mode": mode, "waited_s": round(waited, 3)})
+                return waited
+            now = time.monotonic()
+            if on_wait is not None and now >= next_report:
+                on_wait(_waiting_event(mode, ahead, now - started))
+                reported, next_report = True, now + self.report_every_s
+            time.sleep(self.poll_s)
+
+
+def _safe_directory(path: Path) -> Path:
+    """Create ``path`` owner-only if missing, and refuse one an attacker could have planted or can rewrite."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise HostLockError(f"{path} must be a directory, not a link or a file (set {LOCK_DIR_ENV})")
+    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        raise HostLockError(f"{path} is world-writable without the sticky bit (set {LOCK_DIR_ENV})")
+    return path
+
+
+def _precedence(mode: Mode, seq: int, tickets: list[_Ticket]) -> dict[str, int]:
+    """Who goes before a ticket: earlier sessions for a session, every session for compute.
+
+    Compute waiting behind *any* session (even a later one) is what keeps a
+    stream of compute from starving measurement.
+    """
+    sessions = [t for t in tickets if t.mode == "exclusive" and (mode == "shared" or t.seq < seq)]
+    compute = [t for t in tickets if t.mode == "shared" and t.state == "holding"]
+    return {"sessions": len(sessions), "compute": len(compute)}
+
+
+def _waiting_event(mode: Mode, ahead: dict[str, int], waited_s: float) -> dict[str, Any]:
+    sessions = f"{ahead['sessions']} session{'s' if ahead['sessions'] != 1 else ''}"
+    if mode == "exclusive":
+        message = f"waiting for local host: {sessions} ahead, {ahead['compute']} compute unit(s) running"
+    else:
+        message = f"compute waiting for local host: {sessions} running or queued"
+    return {"event": "waiting", "mode": mode, "sessions_ahead": ahead["sessions"],
+            "compute_running": ahead["compute"], "waited_s": round(waited_s, 3), "message": message}
+
+
+def _live_tickets(queue: Path) -> list[_Ticket]:
+    """Tickets whose owners are alive; removes those of dead processes on the way."""
+    live = []
+    for path in queue.iterdir():
+        if path.name.endswith(".tmp"):
+            _remove_stale_temp(path)
+            continue
+        ticket = _Ticket.parse(path)
+        if ticket is not None and _owner_alive(path):
+            live.append(ticket)
+    return live
+
+
+def _owner_alive(path: Path) -> bool:
+    """Whether the ticket's flock is held (its owner lives); a ticket nobody holds is deleted."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False  # released or renamed just now, or not a ticket file (a link, no permission)
+    try:
+        if not _try_flock(fd, fcntl.LOCK_SH):
+            return True
+        _unlink_quietly(path)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temp(path: Path) -> None:
+    """A ticket half-made by a process killed before it took the ticket's flock."""
+    try:
+        if time.time() - path.stat().st_mtime > _STALE_TEMP_S:
+            _owner_alive(path)  # deletes it when nobody holds it
+    except FileNotFoundError:
+        pass
+
+
+def _try_flock(fd: int, flag: int) -> bool:
+    try:
+        fcntl.flock(fd, flag | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _open_lockable(path: Path) -> int:
+    """A read-only descriptor to flock (flock needs no write access, so other users' files work too)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
+    except OSError as error:
+        raise HostLockError(f"cannot open {path}: {error.strerror} (set {LOCK_DIR_ENV})") from None
+
+
+def _rename(source: Path, target: Path) -> Path:
+    os.rename(source, target)
+    return target
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _held_map() -> dict[str, Hold]:
+    """This thread's current holds, by lock directory (to detect nesting)."""
+    if not hasattr(_HELD, "holds"):
+        _HELD.holds = {}
+    return _HELD.holds
+
+
+def measurement_session(*, on_wait: WaitFn | None = None) -> AbstractContextManager[Hold]:
+    """The exclusive host hold for one local measurement session."""
+    return HostLock().exclusive(on_wait=on_wait)
+
+
+def compute_unit(*, on_wait: WaitFn | None = None) -> AbstractContextManager[Hold]:
+    """The shared host hold for one unit of compute (an export, one subnet's evaluation)."""
+    return HostLock().shared(on_wait=on_wait)

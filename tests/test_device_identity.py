@@ -1,0 +1,55 @@
+"""What a latency row is filed under: the device on its host, and the network with its head.
+
+A row is reused by every later job that asks for the same key, so the key must
+change whenever the latency could: another host or runtime version, another
+batch, another classifier head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from devices import open_profiler
+from devices.local import host_fingerprint
+from devices.profile import DeviceProfile
+from hwsearch.jobs import SupernetRef, build_supernet
+from hwsearch.pipeline import profile_subnets
+from hwsearch.space import ofa_mbv3_space
+from hwsearch.store import MemoryStore
+from tests._jobs import SUPERNET, fast_device
+
+
+def test_the_same_profile_on_another_host_is_another_device() -> None:
+    profile = DeviceProfile.from_dict(fast_device("box"))
+    here = open_profiler(profile).device_key()
+    assert here == profile.identity(host_fingerprint())
+    assert profile.identity("0123456789abcdef") != here, "another host, another device"
+    assert profile.identity(host_fingerprint()) != profile.hash(), "the host is part of it"
+    pinned = DeviceProfile.from_dict({**fast_device("box"), "host_fingerprint": "0123456789abcdef"})
+    assert open_profiler(pinned).device_key() == pinned.identity("fedcba9876543210"), \
+        "an operator who pins the host makes the profile one device everywhere"
+    assert pinned.hash() == profile.hash(), "pinning does not change the settings"
+
+
+def test_another_head_is_another_network() -> None:
+    assert ofa_mbv3_space(n_classes=10).network_id != ofa_mbv3_space(n_classes=1000).network_id
+    assert ofa_mbv3_space(n_classes=10).name == ofa_mbv3_space(n_classes=1000).name
+    narrowed = ofa_mbv3_space(resolutions=(32,), n_classes=10)
+    assert narrowed.network_id == ofa_mbv3_space(n_classes=10).network_id, \
+        "the resolution is in the arch key already"
+
+
+def test_rows_measured_at_batch_2_never_serve_a_batch_1_query(tmp_path: Path) -> None:
+    net = build_supernet(SupernetRef(**SUPERNET))
+    archs = net.space.sample(0, 2)
+    store = MemoryStore()
+    batch2 = open_profiler(DeviceProfile.from_dict({**fast_device("box"), "batch": 2}))
+    batch1 = open_profiler(DeviceProfile.from_dict(fast_device("box")))
+    profile_subnets(net, archs, batch2, batch2.device_key(), store, workdir=tmp_path)
+    rows = store.get_latencies(batch2.device_key(), net.space.network_id)
+    assert set(rows) == {a.key() for a in archs}
+    for row in rows.values():
+        assert row["env"]["batch"] == 2
+        assert [shape[0] for shape in row["env"]["input_shape"].values()] == [2]
+    assert batch1.device_key() != batch2.device_key()
+    assert store.get_latencies(batch1.device_key(), net.space.network_id) == {}

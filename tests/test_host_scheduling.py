@@ -1,0 +1,471 @@
+"""One measurement at a time per host: real processes, real onnxruntime sessions, one flock.
+
+Every test gets its own lock directory (``DEVICES_LOCK_DIR``) and calibration
+folder, so it neither waits for nor disturbs measurements other people run
+on this machine.  Worker processes are started with :mod:`subprocess` and
+report through files: measurements and progress events as JSON lines, and
+marker files saying when they hold the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devices.calibration import device_reference_ms
+from devices.hostlock import Hold, HostLock, HostLockError
+from devices.local import LocalProfiler, host_fingerprint
+from devices.ort import ModelInputError
+from devices.profile import DeviceProfile
+from devices.reference import mobilenet_like_onnx
+
+TINY_BLOCKS = ((32, 16, 3, 2), (48, 24, 5, 1))
+QUICK = {"name": "host-test", "warmup": {"runs": 2, "seconds": 0.0},
+         "protocol": {"min_rounds": 6, "max_rounds": 12, "max_seconds": 5.0, "ci_target": 0.5}}
+# A session that never converges: it holds the host until it is killed (or 60 s pass).
+ENDLESS = {"name": "host-test", "warmup": {"runs": 1, "seconds": 0.0},
+           "protocol": {"min_rounds": 6, "max_rounds": 100_000, "max_seconds": 60.0, "ci_target": 1e-9}}
+DEADLINE_S = 60.0
+
+WORKER = r'''
+import json, sys, time
+from pathlib import Path
+
+task = json.loads(sys.argv[1])
+out = Path(task["out"])
+
+def log(record):
+    with open(out, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+def wait_for(path):
+    while not Path(path).exists():
+        time.sleep(0.01)
+
+if task["kind"] == "measure":
+    from devices.local import LocalProfiler
+    from devices.profile import DeviceProfile
+
+    profiler = LocalProfiler(DeviceProfile.from_dict(task["profile"]))
+    rows = profiler.measure_many([Path(p) for p in task["models"]],
+                                 progress=lambda event: log({"progress": event}))
+    log({"rows": [m.to_dict() for m in rows]})
+else:
+    from devices.hostlock import HostLock
+
+    lock = HostLock()
+    with (lock.shared() if task["kind"] == "shared" else lock.exclusive()) as hold:
+        log({"holding": True, "started_at": hold.started_at})
+        wait_for(task["release"])
+    log({"released": True, "ended_at": hold.ended_at})
+'''
+
+
+@pytest.fixture(autouse=True)
+def private_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own lock directory and calibrations (inherited by its worker processes)."""
+    monkeypatch.setenv("DEVICES_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setenv("DEVICES_CALIBRATION_DIR", str(tmp_path / "calibration"))
+    return tmp_path / "locks"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two tiny MobileNet-like graphs (32 px), a fraction of a millisecond each."""
+    folder = tmp_path_factory.mktemp("tiny-models")
+    paths = []
+    for seed in (1, 2):
+        path = folder / f"tiny{seed}.onnx"
+        path.write_bytes(mobilenet_like_onnx(TINY_BLOCKS, seed=seed, input_shape=(1, 3, 32, 32)))
+        paths.append(path)
+    return paths
+
+
+class Worker:
+    """A worker process and the JSON lines it writes."""
+
+    def __init__(self, tmp_path: Path, name: str, task: dict[str, Any]) -> None:
+        self.out = tmp_path / f"{name}.jsonl"
+        self.release_file = tmp_path / f"{name}.release"
+        task = {**task, "out": str(self.out), "release": str(self.release_file)}
+        self.process = subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(task)])
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.out.read_text().splitlines()] if self.out.exists() else []
+
+    def first(self, key: str) -> dict[str, Any] | None:
+        return next((r for r in self.records() if key in r), None)
+
+    def wait_for(self, condition: Callable[[], Any], what: str) -> Any:
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            found = condition()
+            if found:
+                return found
+            assert self.process.poll() is None, f"worker exited with {self.process.returncode} before {what}"
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def finish(self) -> list[dict[str, Any]]:
+        assert self.process.wait(timeout=DEADLINE_S) == 0
+        return self.records()
+
+    def release(self) -> None:
+        self.release_file.touch()
+
+    def waiting_events(self) -> list[dict[str, Any]]:
+        return [r["progress"] for r in self.records() if r.get("progress", {}).get("event") == "waiting"]
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[[str, dict[str, Any]], Worker]]:
+    """Start workers; whatever is still running at the end is killed."""
+    started: list[Worker] = []
+
+    def start(name: str, task: dict[str, Any]) -> Worker:
+        started.append(Worker(tmp_path, name, task))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        if worker.process.poll() is None:
+            worker.process.kill()
+            worker.process.wait()
+
+
+def measure_task(models: list[Path], profile: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "measure", "models": [str(p) for p in models], "profile": profile}
+
+
+def blocked(mode: str) -> bool:
+    """Whether a new ``mode`` hold would have to wait right now (it is taken and released if not)."""
+
+    class Blocked(Exception):
+        pass
+
+    def refuse(event: dict[str, Any]) -> None:
+        raise Blocked(event["message"])
+
+    lock = HostLock()
+    try:
+        with (lock.shared if mode == "shared" else lock.exclusive)(on_wait=refuse):
+            return False
+    except Blocked:
+        return True
+
+
+def session_of(rows: list[dict[str, Any]]) -> tuple[float, float]:
+    env = rows[0]["env"]
+    assert all(r["env"]["session_start"] == env["session_start"] for r in rows)
+    return env["session_start"], env["session_end"]
+
+
+# --------------------------------------------------------------------------- sessions take turns
+
+
+def test_concurrent_measurers_take_turns_in_arrival_order_and_report_waiting(models: list[Path], workers) -> None:
+    holder = workers("holder", {"kind": "exclusive"})
+    holder.wait_for(lambda: holder.first("holding"), "the first session to start")
+    measurers = [workers(f"m{i}", measure_task(models, QUICK)) for i in range(3)]
+    holder.wait_for(lambda: HostLock().status()["sessions_waiting"] == 3, "three sessions to queue")
+    holder.release()
+    ended = holder.finish()[-1]["ended_at"]
+    runs = [(w.waiting_events(), w.finish()[-1]["rows"]) for w in measurers]
+
+    # Each one's first report says where it joined the queue; they run in that order, one at a time.
+    runs.sort(key=lambda run: run[0][0]["sessions_ahead"])
+    assert [events[0]["sessions_ahead"] for events, _ in runs] == [1, 2, 3]
+    assert all(e["message"].startswith("waiting for local host: ") for events, _ in runs for e in events)
+    sessions = [session_of(rows) for _, rows in runs]
+    assert all(start < end for start, end in sessions)
+    assert ended <= sessions[0][0] and all(a[1] <= b[0] for a, b in zip(sessions, sessions[1:])), sessions
+    waits = [rows[0]["env"]["lock_wait_s"] for _, rows in runs]
+    assert 0 < waits[0] < waits[1] < waits[2]
+
+
+def test_rows_record_host_batch_input_shape_and_session(tmp_path: Path, models: list[Path]) -> None:
+    events: list[dict[str, Any]] = []
+    before = time.time()
+    rows = LocalProfiler(DeviceProfile.from_dict(QUICK)).measure_many(models, progress=events.append)
+    after = time.time()
+    for row in rows:
+        env = row.env
+        assert env["host_fingerprint"] == host_fingerprint() and len(env["host_fingerprint"]) == 16
+        assert env["batch"] == 1 and env["input_shape"] == {"input": [1, 3, 32, 32]}
+        assert env["runtime"] == "onnxruntime" and env["runtime_version"] == env["onnxruntime"]
+        assert env["providers"] == ["CPUExecutionProvider"] and env["intra_op_threads"] == 1
+        assert before <= env["session_start"] < env["session_end"] <= after
+        assert 0 <= env["lock_wait_s"] < 1.0
+    assert not [e for e in events if e.get("event") == "waiting"]  # nobody else held this host
+
+    batched = tmp_path / "batch2.onnx"
+    batched.write_bytes(mobilenet_like_onnx(TINY_BLOCKS, seed=3, input_shape=(2, 3, 32, 32)))
+    profile = DeviceProfile.from_dict({**QUICK, "batch": 2})
+    [row] = LocalProfiler(profile).measure_many([batched])
+    assert row.env["batch"] == 2 and row.env["input_shape"] == {"input": [2, 3, 32, 32]}
+    with pytest.raises(ModelInputError, match="batch 1 .* profile's batch is 2"):
+        LocalProfiler(profile).measure_many(models[:1])
+
+
+# --------------------------------------------------------------------------- dead processes
+
+
+def test_a_holder_killed_with_sigkill_does_not_block_the_next_session(models: list[Path], workers) -> None:
+    victim = workers("victim", measure_task(models, ENDLESS))
+    victim.wait_for(lambda: any("round" in r.get("progress", {}) for r in victim.records()), "the victim to measure")
+    assert blocked("exclusive") and blocked("shared")
+
+    os.kill(victim.process.pid, signal.SIGKILL)
+    assert victim.process.wait(timeout=DEADLINE_S) == -signal.SIGKILL
+    events: list[dict[str, Any]] = []
+    rows = LocalProfiler(DeviceProfile.from_dict(QUICK)).measure_many(models, progress=events.append)
+    assert rows[0].env["lock_wait_s"] < 1.0
+    assert not [e for e in events if e.get("event") == "waiting"]
+
+
+def test_a_waiter_killed_with_sigkill_leaves_no_ticket_that_blocks_compute(models: list[Path], workers) -> None:
+    compute = workers("compute", {"kind": "shared"})
+    compute.wait_for(lambda: compute.first("holding"), "the compute unit to start")
+    waiter = workers("waiter", measure_task(models, QUICK))
+    waiter.wait_for(waiter.waiting_events, "the session to queue behind the compute unit")
+    assert blocked("shared")  # the queued session keeps new compute out
+
+    os.kill(waiter.process.pid, signal.SIGKILL)
+    waiter.process.wait(timeout=DEADLINE_S)
+    assert not blocked("shared")  # its ticket died with it
+    assert blocked("exclusive")  # the compute unit still runs
+    compute.release()
+    compute.finish()
+    assert not blocked("exclusive")
+
+
+# --------------------------------------------------------------------------- compute and sessions
+
+
+def test_compute_blocks_a_session_until_it_ends(models: list[Path], workers) -> None:
+    compute = workers("compute", {"kind": "shared"})
+    compute.wait_for(lambda: compute.first("holding"), "the compute unit to start")
+    session = workers("session", measure_task(models, QUICK))
+    [first_wait] = session.wait_for(lambda: session.waiting_events()[:1], "the session to wait")
+    assert first_wait["compute_running"] == 1 and first_wait["sessions_ahead"] == 0
+    time.sleep(1.5)  # the session keeps waiting (and saying so) while compute runs
+    assert len(session.waiting_events()) >= 2 and not session.first("rows")
+
+    compute.release()
+    ended = compute.finish()[-1]["ended_at"]
+    rows = session.finish()[-1]["rows"]
+    start, _ = session_of(rows)
+    assert start >= ended
+    assert rows[0]["env"]["lock_wait_s"] >= 1.5
+
+
+def test_a_waiting_session_keeps_new_compute_out(models: list[Path], workers) -> None:
+    running = workers("running", {"kind": "shared"})
+    running.wait_for(lambda: running.first("holding"), "the first compute unit to start")
+    assert not blocked("shared")  # compute alone runs alongside compute
+    session = workers("session", measure_task(models, QUICK))
+    session.wait_for(session.waiting_events, "the session to queue")
+
+    late: dict[str, Hold] = {}
+    late_events: list[dict[str, Any]] = []
+
+    def late_compute() -> None:
+        with HostLock().shared(on_wait=late_events.append) as hold:
+            late["hold"] = hold
+
+    thread = threading.Thread(target=late_compute)
+    thread.start()
+    session.wait_for(lambda: late_events, "the late compute unit to wait")
+    assert late_events[0]["mode"] == "shared" and late_events[0]["sessions_ahead"] == 1
+    running.release()
+    rows = session.finish()[-1]["rows"]
+    thread.join(timeout=DEADLINE_S)
+    _, session_end = session_of(rows)
+    assert late["hold"].started_at >= session_end
+
+
+def test_a_session_inside_a_hold_of_the_same_thread_is_refused() -> None:
+    lock = HostLock()
+    with lock.shared() as outer:
+        with lock.shared() as inner:  # compute inside compute is covered by the outer hold
+            assert inner.nested and not outer.nested
+            assert HostLock().status()["compute_holding"] == 1
+        assert inner.ended_at is not None and outer.ended_at is None
+        with pytest.raises(HostLockError, match="would wait for itself"):
+            with lock.exclusive():
+                pass
+    with lock.exclusive() as hold:
+        assert not hold.nested and hold.waited_s < 1.0
+    assert hold.ended_at is not None and hold.ended_at >= hold.started_at
+
+
+def test_an_unsafe_lock_directory_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(HostLockError, match="not a link"):
+        with HostLock(tmp_path / "link").exclusive():
+            pass
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(HostLockError, match="world-writable"):
+        with HostLock(open_dir).shared():
+            pass
+
+
+# --------------------------------------------------------------------------- calibration per host
+
+
+def test_calibration_is_kept_per_host_fingerprint(tmp_path: Path) -> None:
+    profile = DeviceProfile.from_dict(QUICK)
+    device = profile.hash()
+    assert device_reference_ms(profile, device, "host-a", 2.0) == (2.0, "this-session")
+    assert device_reference_ms(profile, device, "host-a", 3.0) == (2.0, "stored")
+    assert device_reference_ms(profile, device, "host-b", 3.0) == (3.0, "this-session")
+    assert device_reference_ms(profile, device, "host-a", 5.0) == (2.0, "stored")
+    stored = json.loads((tmp_path / "calibration" / f"{device}.json").read_text())
+    assert {h: r["reference_ms"] for h, r in stored["hosts"].items()} == {"host-a": 2.0, "host-b": 3.0}
+
+
+def test_a_session_never_borrows_another_hosts_ruler(tmp_path: Path, models: list[Path]) -> None:
+    profile = DeviceProfile.from_dict(QUICK)
+    path = tmp_path / "calibration" / f"{profile.hash()}.json"
+    path.parent.mkdir()
+    # A ruler taken elsewhere, and one from before calibrations named their host.
+    path.write_text(json.dumps({"reference_ms": 99.0, "hosts": {"another-host": {"reference_ms": 77.0}}}))
+    first = LocalProfiler(profile).measure_many(models[:1])[0]
+    assert first.env["reference_source"] == "this-session"
+    assert first.env["reference_ms"] == first.env["session_reference_ms"] not in (77.0, 99.0)
+    second = LocalProfiler(profile).measure_many(models[:1])[0]
+    assert second.env["reference_source"] == "stored" and second.env["reference_ms"] == first.env["reference_ms"]
+    stored = json.loads(path.read_text())
+    assert stored["reference_ms"] == 99.0 and stored["hosts"]["another-host"]["reference_ms"] == 77.0
+    assert stored["hosts"][host_fingerprint()]["reference_ms"] == first.env["reference_ms"]
+
+
+def test_racing_first_sessions_agree_on_one_calibration(tmp_path: Path) -> None:
+    code = ("import sys; from devices.calibration import device_reference_ms as d; "
+            "from devices.profile import DeviceProfile as P; p = P.from_dict({'name': 'race'}); "
+            "print(d(p, p.hash(), 'host-r', float(sys.argv[1]))[0])")
+    racers = [subprocess.Popen([sys.executable, "-c", code, str(1.0 + i)], stdout=subprocess.PIPE, text=True)
+              for i in range(4)]
+    answers = {float(r.communicate(timeout=DEADLINE_S)[0]) for r in racers}
+    assert len(answers) == 1 and answers <= {1.0, 2.0, 3.0, 4.0}
+    assert [p.name for p in (tmp_path / "calibration").iterdir()] == [
+        f"{DeviceProfile.from_dict({'name': 'race'}).hash()}.json"]
+
+
+# --------------------------------------------------------------------------- the pipeline's compute
+
+
+@pytest.fixture(scope="module")
+def tiny_supernet() -> Any:
+    """OFA MobileNetV3 narrowed to 32 px (random weights): exports in about a second."""
+    pytest.importorskip("torch")
+    from hwsearch.jobs import SupernetRef, build_supernet
+    from tests._jobs import SUPERNET
+
+    return build_supernet(SupernetRef(**SUPERNET))
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_pipeline_exports_wait_for_a_session_and_use_the_profile_batch(
+        tmp_path: Path, tiny_supernet: Any, workers) -> None:
+    from devices import open_profiler
+    from hwsearch.pipeline import profile_subnets
+    from hwsearch.store import MemoryStore
+
+    profile = DeviceProfile.from_dict({**QUICK, "batch": 2})
+    archs = tiny_supernet.space.sample(0, 2)
+    store, workdir = MemoryStore(), tmp_path / "work"
+    workdir.mkdir()
+    session = workers("session", {"kind": "exclusive"})
+    session.wait_for(lambda: session.first("holding"), "the session to start")
+
+    run = threading.Thread(target=profile_subnets, args=(tiny_supernet, archs, open_profiler(profile),
+                                                          profile.hash(), store), kwargs={"workdir": workdir})
+    run.start()
+    wait_until(lambda: HostLock().status()["compute_waiting"] == 1, "the first export to queue")
+    time.sleep(0.5)
+    assert not list(workdir.rglob("*.onnx"))  # nothing exported while the session runs
+    session.release()
+    ended = session.finish()[-1]["ended_at"]
+    run.join(timeout=DEADLINE_S)
+
+    rows = store.get_latencies(profile.hash(), tiny_supernet.space.network_id)
+    assert set(rows) == {a.key() for a in archs}
+    for row in rows.values():
+        assert row["env"]["batch"] == 2 and row["env"]["input_shape"] == {"input": [2, 3, 32, 32]}
+        assert row["env"]["session_start"] >= ended
+
+
+def test_pipeline_progress_says_when_its_session_waits_for_the_host(tiny_supernet: Any, workers) -> None:
+    from devices import open_profiler
+    from hwsearch.pipeline import profile_subnets
+    from hwsearch.store import MemoryStore
+
+    profile = DeviceProfile.from_dict(QUICK)
+    archs = tiny_supernet.space.sample(2, 1)
+    compute = workers("compute", {"kind": "shared"})
+    compute.wait_for(lambda: compute.first("holding"), "the compute unit to start")
+    events: list[dict[str, Any]] = []
+    store = MemoryStore()
+    run = threading.Thread(target=profile_subnets, args=(tiny_supernet, archs, open_profiler(profile),
+                                                          profile.hash(), store), kwargs={"progress": events.append})
+    run.start()  # its export runs beside the compute unit; its session has to wait for it
+    wait_until(lambda: any(e["stage"] == "waiting" for e in events), "the session to report waiting")
+    compute.release()
+    ended = compute.finish()[-1]["ended_at"]
+    run.join(timeout=DEADLINE_S)
+
+    waiting = [e for e in events if e["stage"] == "waiting"]
+    assert waiting[0]["done"] == 0 and waiting[0]["total"] == 1
+    assert waiting[0]["message"].startswith("waiting for local host: 0 sessions ahead, 1 compute unit")
+    assert events[-1] == {"done": 1, "total": 1, "stage": "measure"}
+    [row] = store.get_latencies(profile.hash(), tiny_supernet.space.network_id).values()
+    assert row["env"]["session_start"] >= ended
+
+
+def test_accuracy_evaluation_waits_for_a_session(tmp_path: Path, tiny_supernet: Any, workers) -> None:
+    from hwsearch.accuracy_eval import EvalSettings, subnet_accuracy
+    from hwsearch.data import load_images
+    from tests._jobs import random_dataset
+
+    data = load_images(random_dataset(tmp_path / "data.npz", n=24), size=32)
+    calibration, validation = data.split(8)
+    arch = tiny_supernet.space.sample(1, 1)[0]
+    session = workers("session", {"kind": "exclusive"})
+    session.wait_for(lambda: session.first("holding"), "the session to start")
+
+    finished: dict[str, float] = {}
+
+    def evaluate() -> None:
+        accuracy = subnet_accuracy(tiny_supernet, arch, calibration, validation, EvalSettings(batch_size=8))
+        finished.update(accuracy=accuracy, at=time.time())
+
+    thread = threading.Thread(target=evaluate)
+    thread.start()
+    wait_until(lambda: HostLock().status()["compute_waiting"] == 1, "the evaluation to queue")
+    session.release()
+    ended = session.finish()[-1]["ended_at"]
+    thread.join(timeout=DEADLINE_S)
+    assert finished["at"] >= ended and 0.0 <= finished["accuracy"] <= 1.0
+    assert HostLock().status() == {"sessions_holding": 0, "sessions_waiting": 0,
+                                   "compute_holding": 0, "compute_waiting": 0}
