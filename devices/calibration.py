@@ -51,12 +51,51 @@ def device_reference_ms(
     ``"this-session"`` (first session of this device on this host, now
     stored for the next ones).
     """
+    path = calibration_dir() / f"{device_hash}.json"
+    _record_session(path, host_fingerprint, session_reference_ms)
     if profile.reference_ms is not None:
         return float(profile.reference_ms), "profile"
-    path = calibration_dir() / f"{device_hash}.json"
     record = {"reference_ms": session_reference_ms, "device": profile.name, "created": time.time()}
     stored = float(_calibration_for_host(path, host_fingerprint, record)["reference_ms"])
     return stored, ("this-session" if stored == session_reference_ms else "stored")
+
+
+RECENT_SESSIONS = 20
+
+
+def calibration(device_hash: str, host_fingerprint: str) -> dict[str, Any]:
+    """What is kept for the device on this host: the ruler (if any) and recent sessions.
+
+    ``{"reference_ms", "created", "device"}`` when a ruler is stored, plus
+    ``"recent": [{"at", "session_ms"}, ...]`` (newest last, at most
+    :data:`RECENT_SESSIONS`) whenever sessions ran; empty when nothing is kept.
+    """
+    return dict(_read(calibration_dir() / f"{device_hash}.json").get("hosts", {})
+                .get(host_fingerprint, {}))
+
+
+def reset_calibration(device_hash: str, host_fingerprint: str) -> bool:
+    """Forget the device's ruler on this host; the next session sets a new one.  True if one existed."""
+    path = calibration_dir() / f"{device_hash}.json"
+    if not path.exists():
+        return False
+    with _locked(path):
+        data = _read(path)
+        existed = data.get("hosts", {}).pop(host_fingerprint, None) is not None
+        if existed:
+            _replace(path, data)
+    return existed
+
+
+def _record_session(path: Path, host: str, session_ms: float) -> None:
+    """Keep the last sessions' reference times, so drift of the machine against the ruler shows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        data = _read(path)
+        entry = data.setdefault("hosts", {}).setdefault(host, {})
+        recent = entry.get("recent", []) + [{"at": time.time(), "session_ms": session_ms}]
+        entry["recent"] = recent[-RECENT_SESSIONS:]
+        _replace(path, data)
 
 
 def _calibration_for_host(path: Path, host: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -65,17 +104,17 @@ def _calibration_for_host(path: Path, host: str, record: dict[str, Any]) -> dict
     When two sessions race, the first one wins: the file is read and
     rewritten under its own flock.
     """
-    known = _read(path).get("hosts", {}).get(host)
-    if known is not None:
+    known = _read(path).get("hosts", {}).get(host, {})
+    if "reference_ms" in known:
         return known
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         data = _read(path)
-        hosts = data.setdefault("hosts", {})
-        if host not in hosts:
-            hosts[host] = record
+        entry = data.setdefault("hosts", {}).setdefault(host, {})
+        if "reference_ms" not in entry:
+            entry.update(record)
             _replace(path, data)
-        return hosts[host]
+        return entry
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -131,6 +131,23 @@ def measure_model_bytes(
     ]
 
 
+def plain_median_ms(profile: DeviceProfile, model: bytes, *, runs: int = 50) -> float:
+    """What plain onnxruntime timing says: the median of ``runs`` back-to-back runs after warm-up.
+
+    No reference, no interleaving: the number a user would get with a timing
+    loop of their own, shown beside the calibrated ruler so they can see how
+    reported milliseconds relate to it.  It still takes the host lock, so it
+    is not disturbed by (and does not disturb) another measurement.
+    """
+    import numpy as np
+
+    with measurement_session():
+        runner = make_runner(model, profile)
+        for _ in range(max(profile.warmup.runs, 5)):
+            runner.run_ms()
+        return float(np.median([runner.run_ms() for _ in range(runs)]))
+
+
 def _locked_session(
     profile: DeviceProfile, models: list[bytes], reference: bytes, progress: ProgressFn | None
 ) -> _Session:
@@ -141,12 +158,27 @@ def _locked_session(
     """
     with measurement_session(on_wait=progress) as hold:
         load_before = load_average()
-        reference_runner = make_runner(reference, profile)
+        reference_runner = make_runner(reference, _as_reference(profile))
         runners = [make_runner(model, profile) for model in models]
         shapes = [_input_shapes(runner) for runner in runners]
         _check_batch(shapes, profile.batch)
         result = run_protocol(reference_runner, runners, profile, progress=progress)
         return _Session(result, reference_runner.provider, shapes, load_before, load_average(), hold)
+
+
+def _as_reference(profile: DeviceProfile) -> DeviceProfile:
+    """The profile the reference runs under: the device's settings with float32 input.
+
+    The built-in reference is a float32 graph whatever the device's
+    ``input_dtype``; the dtype check is for the models under test, and a
+    float16 device still needs the same float32 ruler.  A reference of the
+    profile's own (``reference_model``) is taken to match its input dtype.
+    """
+    import dataclasses
+
+    if profile.reference_model is not None:
+        return profile
+    return dataclasses.replace(profile, input_dtype="float32")
 
 
 def _input_shapes(runner: Runner) -> dict[str, list[int]]:

@@ -155,7 +155,7 @@ def profile_subnets(
     space = supernet.space
     done = store.measured_keys(device_hash, space.network_id)
     todo = [a for a in archs if a.key() not in done]
-    model_batch = _profile_batch(profiler)
+    model_batch, input_dtype = _profile_input(profiler)
     report = {"done": len(archs) - len(todo), "total": len(archs)}
     if progress:
         progress(dict(report, stage="start"))
@@ -169,7 +169,7 @@ def profile_subnets(
                 path = Path(tmp) / f"{arch.digest()}.onnx"
                 with compute_unit(on_wait=waiting):  # export_onnx's own hold nests inside it
                     exports.append(export_subnet(supernet, arch, path, batch=model_batch,
-                                                 check=False))
+                                                 input_dtype=input_dtype, check=False))
                 paths.append(path)
             results = _measure_until_stable(profiler, paths, retries, waiting)
             for arch, export, result, path in zip(batch, exports, results, paths):
@@ -187,14 +187,16 @@ def profile_subnets(
                          unstable, time.perf_counter() - start)
 
 
-def _profile_batch(profiler: Any) -> int:
-    """The batch the profiler's device measures at.
+def _profile_input(profiler: Any) -> tuple[int, str]:
+    """The batch and input dtype the profiler's device measures at.
 
     Both of ``devices.open_profiler``'s profilers carry their profile; a
-    wrapper without one (a test double, a custom measurer) measures at batch 1.
+    wrapper without one (a custom measurer) measures float32 at batch 1.
     """
     profile = getattr(profiler, "profile", None)
-    return int(profile.batch) if profile is not None else 1
+    if profile is None:
+        return 1, "float32"
+    return int(profile.batch), str(profile.input_dtype)
 
 
 def _relay_waiting(progress: ProgressFn | None, state: dict[str, Any]) -> ProgressFn | None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hwsearch.results import Candidate, ParetoFront
+from hwsearch.results import Candidate, ParetoFront, measurement_label
 from hwsearch.store import SQLiteStore, Store
 
 __all__ = ["ReportData", "build_report", "from_dir", "from_store", "write_job_dir"]
@@ -242,14 +242,14 @@ def _img(png: bytes, alt: str) -> str:
 
 def _front_table(front: ParetoFront) -> str:
     metrics = [o.metric for o in front.objectives]
-    header = ["#", "arch"] + [f"{m} measured" for m in metrics] + \
+    header = ["#", "arch"] + [f"{m} measured" for m in metrics] + ["latency measured how"] + \
              [f"{m} predicted ± sd" for m in metrics] + ["MACs", "params"]
     rows = []
     for i, p in enumerate(front.points):
         predicted = [f"{p.predicted[m]:.4g} ± {p.spread.get(m, 0.0):.2g}" if m in p.predicted
                      else None for m in metrics]
-        rows.append([i, p.arch.key(), *[p.measured.get(m) for m in metrics], *predicted,
-                     p.macs, p.params])
+        rows.append([i, p.arch.key(), *[p.measured.get(m) for m in metrics],
+                     measurement_label(p.latency_conditions), *predicted, p.macs, p.params])
     return _table(header, rows)
 
 

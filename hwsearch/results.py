@@ -34,7 +34,10 @@ class Candidate:
     ``measured`` and ``predicted`` map metric names (``accuracy``, ``latency_ms``)
     to values; ``spread`` holds the predictors' standard deviation per metric.
     ``predicted`` is empty for subnets no predictor was asked about before
-    they were measured.
+    they were measured.  ``latency_conditions`` says how the measured latency
+    was taken (``stable``, ``clock``, ``latency_source``, ...; see
+    :func:`hwsearch.jobs.latency_conditions`), so a point whose latency is not
+    a stable, calibrated measurement is shown as such; empty when unknown.
     """
 
     arch: ArchConfig
@@ -43,6 +46,7 @@ class Candidate:
     spread: dict[str, float] = field(default_factory=dict)
     macs: int | None = None
     params: int | None = None
+    latency_conditions: dict[str, Any] = field(default_factory=dict)
 
     def value(self, metric: str, source: Source = "measured") -> float:
         """A metric's measured value, or its predicted one when asked (or when never measured)."""
@@ -59,6 +63,7 @@ class Candidate:
             "spread": dict(self.spread),
             "macs": self.macs,
             "params": self.params,
+            "latency_conditions": dict(self.latency_conditions) or None,
         }
 
     @classmethod
@@ -70,7 +75,25 @@ class Candidate:
             tuple(arch_data.get("expand", ())), tuple(arch_data.get("width", ())))
         return cls(arch=arch, measured=dict(data.get("measured", {})),
                    predicted=dict(data.get("predicted", {})), spread=dict(data.get("spread", {})),
-                   macs=data.get("macs"), params=data.get("params"))
+                   macs=data.get("macs"), params=data.get("params"),
+                   latency_conditions=dict(data.get("latency_conditions") or {}))
+
+
+def measurement_label(conditions: Mapping[str, Any]) -> str:
+    """How a point's latency was measured, in a few words: 'stable', 'UNSTABLE ±5.4%', 'raw median'.
+
+    'cpu' marks thread-CPU-clock rows (CPU time of the inference thread, not wall time).
+    """
+    if not conditions:
+        return ""
+    if conditions.get("latency_source") == "median_ms":
+        label = "raw median"
+    elif conditions.get("stable"):
+        label = "stable"
+    else:
+        ci = conditions.get("ratio_ci")
+        label = "UNSTABLE" + (f" ±{ci:.1%}" if isinstance(ci, (int, float)) else "")
+    return label + (", cpu" if conditions.get("clock") == "thread_cpu" else "")
 
 
 def non_dominated(F: np.ndarray) -> np.ndarray:

@@ -53,3 +53,16 @@ def test_rows_measured_at_batch_2_never_serve_a_batch_1_query(tmp_path: Path) ->
         assert [shape[0] for shape in row["env"]["input_shape"].values()] == [2]
     assert batch1.device_key() != batch2.device_key()
     assert store.get_latencies(batch1.device_key(), net.space.network_id) == {}
+
+
+def test_a_float16_device_measures_float16_exports(tmp_path: Path) -> None:
+    net = build_supernet(SupernetRef(**SUPERNET))
+    archs = net.space.sample(1, 2)
+    store = MemoryStore()
+    half = open_profiler(DeviceProfile.from_dict({**fast_device("half"), "input_dtype": "float16"}))
+    report = profile_subnets(net, archs, half, half.device_key(), store, workdir=tmp_path)
+    assert report.measured == 2
+    rows = store.get_latencies(half.device_key(), net.space.network_id)
+    assert all(row["latency_ms"] > 0 for row in rows.values())
+    full = open_profiler(DeviceProfile.from_dict(fast_device("half")))
+    assert full.device_key() != half.device_key(), "the input dtype is part of the device"

@@ -58,3 +58,41 @@ def test_measure_json(tmp_path: Path) -> None:
 def test_agent_command_is_registered() -> None:
     result = CliRunner().invoke(app, ["agent", "--help"])
     assert result.exit_code == 0 and "--token" in result.output and "--port" in result.output
+
+
+def test_the_ruler_is_shown_calibrated_and_reset(tmp_path: Path) -> None:
+    profile = tmp_path / "quick.json"
+    profile.write_text(json.dumps({"name": "quick-1t", "warmup": {"runs": 2, "seconds": 0.0},
+                                   "protocol": {"min_rounds": 8, "max_rounds": 12,
+                                                "max_seconds": 5.0, "ci_target": 0.1}}))
+    runner = CliRunner()
+
+    def show() -> dict:
+        result = runner.invoke(app, ["devices", "show", str(profile), "--json", "--plain-runs", "5"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    before = show()
+    assert before["reference_ms"] is None and before["plain_onnxruntime_ms"] > 0
+    calibrated = runner.invoke(app, ["devices", "calibrate", str(profile), "--json"])
+    assert calibrated.exit_code == 0, calibrated.output
+    ruler = json.loads(calibrated.output)["reference_ms"]
+    assert ruler > 0 and json.loads(calibrated.output)["session"]["env"]["reference_ms"] == ruler
+    after = show()
+    assert after["reference_ms"] == ruler and after["reference_source"].startswith("first session")
+    assert after["session_drift"]["sessions"] == 1 and after["session_drift"]["median"] == 0.0
+    assert after["device_key"] == before["device_key"] != after["settings_hash"]
+    assert after["plain_over_ruler"] == pytest.approx(after["plain_onnxruntime_ms"] / ruler)
+    reset = runner.invoke(app, ["devices", "reset", str(profile)])
+    assert reset.exit_code == 0 and "forgotten" in reset.output
+    assert show()["reference_ms"] is None
+
+
+def test_an_agent_devices_ruler_is_not_managed_here() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "hwsearch.cli.main", "devices", "show",
+                             str(EXAMPLES / "agent-edge.yaml")], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error:") and "agent" in result.stderr

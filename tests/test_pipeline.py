@@ -21,6 +21,13 @@ from predictors.features import ArchFeaturizer
 from predictors.latency import LatencyPredictor
 from predictors.metrics import regression_report
 
+
+def device_key(profile) -> str:
+    """What a local device's rows are filed under: the profile on this host."""
+    from devices import open_profiler
+
+    return open_profiler(profile).device_key()
+
 pytestmark = pytest.mark.slow
 N_SUBNETS = 24
 RESOLUTION = 128
@@ -68,7 +75,7 @@ def profiled(tmp_path_factory: pytest.TempPathFactory):
     archs = select_subnets(net.space, N_SUBNETS, seed=5, resolution=RESOLUTION)
     store = SQLiteStore(root / "store.db")
     events: list[dict] = []
-    report = profile_subnets(net, archs[:-4], open_profiler(profile), profile.hash(), store,
+    report = profile_subnets(net, archs[:-4], open_profiler(profile), device_key(profile), store,
                              chunk=10, progress=events.append)
     return net, archs, profile, store, report, events, root
 
@@ -77,7 +84,7 @@ def test_rows_hold_measurement_arch_and_costs(profiled) -> None:
     net, archs, profile, store, report, events, _ = profiled
     assert report.measured == N_SUBNETS - 4 and report.skipped == 0
     assert events[-1]["done"] == N_SUBNETS - 4
-    rows = store.get_latencies(profile.hash(), net.space.name)
+    rows = store.get_latencies(device_key(profile), net.space.network_id)
     assert set(rows) == {a.key() for a in archs[:-4]}
     featurizer = ArchFeaturizer(net.space)
     for arch in archs[:-4]:
@@ -92,9 +99,10 @@ def test_second_run_measures_only_what_is_missing(profiled) -> None:
     from devices import open_profiler
 
     net, archs, profile, store, _, _, _ = profiled
-    report = profile_subnets(net, archs, open_profiler(profile), profile.hash(), store, chunk=10)
+    report = profile_subnets(net, archs, open_profiler(profile), device_key(profile), store,
+                             chunk=10)
     assert report.skipped == N_SUBNETS - 4 and report.measured == 4
-    again = profile_subnets(net, archs, open_profiler(profile), profile.hash(), store)
+    again = profile_subnets(net, archs, open_profiler(profile), device_key(profile), store)
     assert again.measured == 0 and again.skipped == N_SUBNETS
 
 
@@ -124,7 +132,7 @@ def test_unstable_measurements_are_retried_and_the_tighter_one_kept(profiled, tm
         report = profile_subnets(net, archs[:3], spy, strict.hash(), store, retries=retries)
         assert len(spy.sessions) == sessions and all(len(s) == 3 for s in spy.sessions)
         assert report.unstable == 3
-        rows = store.get_latencies(strict.hash(), net.space.name)
+        rows = store.get_latencies(strict.hash(), net.space.network_id)
         for i, arch in enumerate(archs[:3]):
             tried = [s[i] for s in spy.sessions]
             assert rows[arch.key()]["ratio_ci"] == min(tried)
@@ -132,8 +140,8 @@ def test_unstable_measurements_are_retried_and_the_tighter_one_kept(profiled, tm
 
 def test_predictor_ranks_real_latencies(profiled) -> None:
     net, archs, profile, store, _, _, _ = profiled
-    data = MeasurementSet.from_latencies(net.space, store.get_latencies(profile.hash(),
-                                                                        net.space.name))
+    data = MeasurementSet.from_latencies(net.space, store.get_latencies(device_key(profile),
+                                                                        net.space.network_id))
     macs = ArchFeaturizer(net.space).macs(data.X)
     order = np.argsort(macs)
     test_idx, train_idx = order[1::3], np.setdiff1d(order, order[1::3])
@@ -159,9 +167,9 @@ def test_train_cli_fits_saves_and_reports(profiled) -> None:
                                       "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     meta = json.loads(result.stdout)
-    assert meta["device_hash"] == profile.hash() and meta["space_name"] == net.space.name
+    assert meta["device_hash"] == device_key(profile) and meta["space_name"] == net.space.name
     assert {"cv"} <= set(meta["metrics"])
-    loaded = LatencyPredictor.load(out, space=net.space, device_hash=profile.hash())
+    loaded = LatencyPredictor.load(out, space=net.space, device_hash=device_key(profile))
     assert loaded.meta.n_train == meta["n_train"]
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hwsearch.problem import accuracy_latency
-from hwsearch.results import Candidate, ParetoFront, hypervolume
+from hwsearch.results import Candidate, ParetoFront, hypervolume, measurement_label
 from hwsearch.space import ofa_mbv3_space
 
 SPACE = ofa_mbv3_space()
@@ -77,3 +77,19 @@ def test_knee_is_where_the_trade_off_bends():
     assert _front().knee().measured == {"accuracy": 0.74, "latency_ms": 1.5}
     assert _front(points=[(0.7, 1.0)]).knee().measured["accuracy"] == 0.7
     assert _front(points=[]).knee() is None
+
+
+def test_points_keep_how_their_latency_was_measured() -> None:
+    space = ofa_mbv3_space(resolutions=(160,))
+    arch = space.sample(0, 1)[0]
+    shaky = {"stable": False, "clock": "thread_cpu", "latency_source": "calibrated",
+             "ratio_ci": 0.054}
+    point = Candidate(arch=arch, measured={"accuracy": 0.9, "latency_ms": 3.0},
+                      latency_conditions=shaky)
+    again = Candidate.from_dict(json.loads(json.dumps(point.to_dict())), space)
+    assert again.latency_conditions == shaky
+    assert measurement_label(shaky) == "UNSTABLE ±5.4%, cpu"
+    assert measurement_label({"stable": True, "clock": "wall"}) == "stable"
+    assert measurement_label({"stable": False, "latency_source": "median_ms"}) == "raw median"
+    assert measurement_label({}) == ""
+    assert Candidate(arch=arch).to_dict()["latency_conditions"] is None

@@ -6,11 +6,13 @@ from typing import Any
 
 from rich.table import Table
 
+from hwsearch.results import measurement_label
+
 
 def front_table(device: str, front: Any) -> Table:
     """One row per subnet of ``front`` (a :class:`hwsearch.results.ParetoFront`), fastest first."""
     table = Table(title=f"Pareto front on {device} (hypervolume {front.hypervolume:.4g})")
-    for column in ("latency ms (measured)", "predicted", "accuracy (measured)", "predicted",
+    for column in ("latency ms (measured)", "how", "predicted", "accuracy (measured)", "predicted",
                    "MMACs", "params M", "subnet"):
         table.add_column(column, overflow="fold")
     knee = front.knee()
@@ -19,6 +21,7 @@ def front_table(device: str, front: Any) -> Table:
         predicted_accuracy = point.predicted.get("accuracy")
         table.add_row(
             f"{point.measured['latency_ms']:.3f}",
+            measurement_label(point.latency_conditions),
             "" if predicted_latency is None else f"{predicted_latency:.3f}",
             f"{point.measured['accuracy']:.4f}",
             "" if predicted_accuracy is None else f"{predicted_accuracy:.4f}",

@@ -1,16 +1,28 @@
-"""``hwsearch devices check PROFILE``: validate a device profile and ask the device about itself."""
+"""``hwsearch devices check|show|calibrate|reset PROFILE``: a device profile and its ruler.
+
+Every latency hwsearch reports is a ratio to a reference model times the
+device's *ruler*, the reference's latency kept from the device's first
+session on this host (or pinned in the profile as ``reference_ms``).
+``show`` makes that visible: the ruler, its source and age, how recent
+sessions drifted against it, and what plain onnxruntime timing of the
+reference gives right now.  ``calibrate`` takes a new ruler now; ``reset``
+forgets it so the next session sets one.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 __all__ = ["register"]
 
-devices_app = typer.Typer(help="Device profiles: validate them and see what a device reports.", no_args_is_help=True)
+devices_app = typer.Typer(help="Device profiles: validate them, see what a device reports, manage its ruler.",
+                          no_args_is_help=True)
+
+ProfileArg = Annotated[Path, typer.Argument(help="Device profile (YAML or JSON).", exists=True, dir_okay=False)]
 
 
 @devices_app.command("check")
@@ -28,6 +40,118 @@ def check(
     loaded = load_profile(profile, "PROFILE")
     facts = open_profiler(loaded).describe()
     typer.echo(json.dumps({"profile": loaded.to_dict(), "hash": loaded.hash(), "device": facts}, indent=2))
+
+
+def _local(profile: Path):  # -> devices.profile.DeviceProfile
+    from hwsearch.cli._errors import OptionError
+    from hwsearch.cli._inputs import load_profile
+
+    loaded = load_profile(profile, "PROFILE")
+    if loaded.where.kind != "local":
+        raise OptionError("PROFILE", f"{loaded.name} is measured by an agent, whose ruler lives on the agent's "
+                                     "host: run this command there with a local copy of the profile")
+    return loaded
+
+
+def ruler_report(loaded: Any, *, plain_runs: int) -> dict[str, Any]:
+    """The device's ruler on this host, its recent drift and plain onnxruntime's figure now."""
+    import time
+
+    import numpy as np
+
+    from devices.calibration import calibration
+    from devices.local import host_fingerprint, plain_median_ms
+
+    host = loaded.host_fingerprint or host_fingerprint()
+    kept = calibration(loaded.hash(), host)
+    if loaded.reference_ms is not None:
+        ruler, source, age = float(loaded.reference_ms), "profile (reference_ms)", None
+    elif "reference_ms" in kept:
+        ruler, source, age = float(kept["reference_ms"]), "first session on this host", time.time() - kept["created"]
+    else:
+        ruler, source, age = None, "none yet: the next session sets it", None
+    sessions = [r["session_ms"] for r in kept.get("recent", [])]
+    drift = ({"sessions": len(sessions), "median": float(np.median(sessions)) / ruler - 1,
+              "min": min(sessions) / ruler - 1, "max": max(sessions) / ruler - 1}
+             if ruler and sessions else {"sessions": len(sessions)})
+    plain = plain_median_ms(loaded, loaded.reference_bytes(), runs=plain_runs)
+    return {"device": loaded.name, "settings_hash": loaded.hash(), "host_fingerprint": host,
+            "device_key": loaded.identity(host), "clock": loaded.clock, "reference_ms": ruler,
+            "reference_source": source, "reference_age_s": age, "session_drift": drift,
+            "plain_onnxruntime_ms": plain, "plain_over_ruler": plain / ruler if ruler else None}
+
+
+def _print_ruler(report: dict[str, Any]) -> None:
+    ruler = report["reference_ms"]
+    typer.echo(f"{report['device']}  (device {report['device_key']} = settings {report['settings_hash']} "
+               f"on host {report['host_fingerprint']}, clock {report['clock']})")
+    if ruler is None:
+        typer.echo(f"  ruler: {report['reference_source']}")
+    else:
+        age = report["reference_age_s"]
+        typer.echo(f"  ruler: reference = {ruler:.3f} ms, from {report['reference_source']}"
+                   + (f", {age / 3600:.1f} h old" if age is not None else ""))
+    drift = report["session_drift"]
+    if "median" in drift:
+        typer.echo(f"  last {drift['sessions']} sessions' reference vs ruler: median {drift['median']:+.1%}, "
+                   f"range {drift['min']:+.1%} .. {drift['max']:+.1%}")
+    typer.echo(f"  plain onnxruntime now (median of back-to-back runs, no reference): "
+               f"{report['plain_onnxruntime_ms']:.3f} ms"
+               + (f" = {report['plain_over_ruler']:.2f} x the ruler" if ruler else ""))
+    typer.echo("  reported latency_ms = the model's ratio to the reference x the ruler")
+
+
+@devices_app.command("show")
+def show(
+    profile: ProfileArg,
+    plain_runs: Annotated[int, typer.Option(min=5, max=10_000, help="Runs of the plain timing.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Show the device's ruler on this host: reference ms, its source and age, drift, plain timing."""
+    report = ruler_report(_local(profile), plain_runs=plain_runs)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    _print_ruler(report)
+
+
+@devices_app.command("calibrate")
+def calibrate(
+    profile: ProfileArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Take a new ruler now: forget the old one and run a session that sets it.
+
+    Rows measured under the old ruler keep their numbers; measure again
+    what you want on the new scale.
+    """
+    from devices.calibration import reset_calibration
+    from devices.local import host_fingerprint, measure_model_bytes
+
+    loaded = _local(profile)
+    if loaded.reference_ms is not None:
+        from hwsearch.cli._errors import OptionError
+
+        raise OptionError("PROFILE", f"{loaded.name} pins reference_ms; remove it to calibrate")
+    reset_calibration(loaded.hash(), loaded.host_fingerprint or host_fingerprint())
+    reference = loaded.reference_bytes()
+    [measurement] = measure_model_bytes(loaded, [reference], reference)
+    report = ruler_report(loaded, plain_runs=20)
+    if as_json:
+        typer.echo(json.dumps(report | {"session": measurement.to_dict()}, indent=2))
+        return
+    _print_ruler(report)
+
+
+@devices_app.command("reset")
+def reset(profile: ProfileArg) -> None:
+    """Forget the device's ruler on this host; the next session sets a new one."""
+    from devices.calibration import reset_calibration
+    from devices.local import host_fingerprint
+
+    loaded = _local(profile)
+    existed = reset_calibration(loaded.hash(), loaded.host_fingerprint or host_fingerprint())
+    typer.echo(f"{loaded.name}: ruler {'forgotten' if existed else 'was not set'} on this host")
 
 
 def register(app: typer.Typer) -> None:

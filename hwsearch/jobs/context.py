@@ -1,0 +1,108 @@
+"""The objects a running job hands around: its devices, and where its measurements go.
+
+:class:`JobDevice` is one device as the job measures on it (profile, how to
+reach it, the identity its rows are filed under); :class:`JobContext` holds
+everything the stages share (store, supernet, data, names the rows are filed
+under), so a stage takes one object instead of five fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hwsearch.agents import AgentEndpoint, resolve_profile
+from hwsearch.store import Store
+
+__all__ = ["JobContext", "JobDevice", "job_device", "latency_conditions", "with_conditions"]
+
+
+@dataclass(frozen=True)
+class JobDevice:
+    """One device as a job measures on it: the profile, how to reach it, what its rows are filed under.
+
+    ``key`` is the device's identity (:meth:`DeviceProfile.identity`: these
+    settings on the host that measures, whose fingerprint the profiler
+    reports), so a profile pointed at other hardware never reuses rows.
+    ``token`` is a declared agent's token; it travels with the job's tasks,
+    never into the store.
+    """
+
+    profile: Any  # devices.profile.DeviceProfile
+    token: str | None = field(repr=False)
+    key: str
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    def profiler(self) -> Any:
+        """A profiler for this device (local, or a client of its agent)."""
+        from devices import open_profiler
+
+        return open_profiler(self.profile, token=self.token)
+
+
+def job_device(data: Mapping[str, Any], agents: Mapping[str, AgentEndpoint]) -> JobDevice:
+    """Resolve stored profile data (maybe naming a declared agent) into a :class:`JobDevice`."""
+    from devices import open_profiler
+
+    profile, token = resolve_profile(data, agents)
+    return JobDevice(profile=profile, token=token,
+                     key=open_profiler(profile, token=token).device_key())
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What every stage of one search job shares.
+
+    ``dataset_id`` names the data *and* the weights (accuracies depend on
+    both); ``network_id`` is what latency rows are filed under with each
+    device's key.  ``data`` and ``net`` are in-process objects; device tasks
+    on Ray get them once through ``ray.put``.
+    """
+
+    store: Store
+    job_id: str
+    net: Any  # hwsearch.supernets.Supernet
+    devices: Sequence[JobDevice]
+    data: Any  # hwsearch.data.LabelledImages
+    dataset_id: str
+    archs: Sequence[Any]  # the initial, space-filling selection
+
+    @property
+    def space(self) -> Any:
+        return self.net.space
+
+    def latencies(self, device: JobDevice) -> dict[str, dict[str, Any]]:
+        """The device's rows for this network, each with a finite ``latency_ms``."""
+        from hwsearch.pipeline import finite_latencies
+
+        return finite_latencies(self.store, device.key, self.space.network_id)
+
+
+def latency_conditions(row: Mapping[str, Any]) -> dict[str, Any]:
+    """How a stored latency was measured, as a front point shows it.
+
+    ``latency_source`` is ``calibrated`` for a reference-normalised latency
+    and ``median_ms`` where the raw median had to stand in (see
+    :func:`~hwsearch.pipeline.finite_latencies`); ``clock`` ``thread_cpu``
+    means CPU time of the inference thread, not wall time.  A point whose
+    latency is not ``stable`` and ``calibrated`` is shown as such rather than
+    passed off as precise.
+    """
+    env = row.get("env", {})
+    return {"stable": bool(row.get("stable", False)), "clock": env.get("clock", "wall"),
+            "latency_source": row.get("latency_source", "calibrated"),
+            "ratio_ci": row.get("ratio_ci"), "reference_ms": env.get("reference_ms"),
+            "reference_source": env.get("reference_source")}
+
+
+def with_conditions(front: dict[str, Any], rows: Mapping[str, Mapping[str, Any]]
+                     ) -> dict[str, Any]:
+    """A front's JSON with each point's measurement conditions (from its stored row)."""
+    for point in front["points"]:
+        row = rows.get(point["arch_key"])
+        point["latency_conditions"] = latency_conditions(row) if row is not None else None
+    return front

@@ -1,0 +1,198 @@
+"""Running jobs: a whole search (:func:`run_job`), one subnet on one device (:func:`run_profile`).
+
+The CLI and the HTTP service run the same job: :func:`run_job` is a plain
+function over a framework-free :class:`~hwsearch.jobs.spec.JobSpec` and a
+:class:`~hwsearch.store.Store`, composed of the stages in
+:mod:`hwsearch.jobs.stages`.  Every stage leaves its measurements in the
+store before the next begins, so a job that is stopped (cancelled, or its
+process killed) and run again picks up where it was: nothing measured is
+measured twice.  :func:`submit_job` runs a job in a thread of this process;
+the service queues its jobs on Ray through
+:class:`hwsearch.dispatch.JobDispatcher` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hwsearch.agents import AgentEndpoint
+from hwsearch.jobs.context import JobContext, job_device
+from hwsearch.jobs.control import (
+    JobCancelled,
+    ProgressFn,
+    finish_job,
+    record_failure,
+    start_job,
+)
+from hwsearch.jobs.spec import JobSpec, ProfileSpec, build_supernet, content_id, spec_from_dict
+from hwsearch.jobs.stages import (
+    evaluate_accuracy,
+    fit_predictors,
+    profile_devices,
+    refine_fronts,
+    summarize,
+)
+from hwsearch.store import Store
+
+__all__ = ["execute", "run_job", "run_job_watched", "run_profile", "submit_job"]
+
+log = logging.getLogger(__name__)
+
+
+def run_profile(spec: ProfileSpec, *, store: Store, job_id: str,
+                agents: Mapping[str, AgentEndpoint] | None = None) -> dict[str, Any]:
+    """Export one subnet and measure it on one device; the measurement goes into the store.
+
+    ``agents`` are the operator's declared agents, for a device that names one.
+    """
+    from hwsearch.export import export_subnet
+
+    control = start_job(store, job_id)
+    net = build_supernet(spec.supernet)
+    arch = net.space.from_dict(spec.arch)
+    device = job_device(spec.device, agents or {})
+    control.step("export", 0.1, arch.key())
+    with tempfile.TemporaryDirectory(prefix="hwsearch-profile-") as tmp:
+        report = export_subnet(net, arch, Path(tmp) / f"{arch.digest()}.onnx",
+                               batch=device.profile.batch, input_dtype=device.profile.input_dtype)
+        control.step("measure", 0.3, device.name)
+        [measurement] = device.profiler().measure_many([report.path])
+    row = measurement.to_dict() | {"arch": arch.to_dict(), "macs": report.macs,
+                                   "params": report.params}
+    store.put_latency(device.key, net.space.network_id, arch.key(), row)
+    return finish_job(control, {
+        "device": device.name, "device_hash": device.key, "space_name": net.space.name,
+        "network_id": net.space.network_id,
+        "arch": arch.to_dict(), "arch_key": arch.key(), "measurement": measurement.to_dict(),
+        "macs": report.macs, "params": report.params,
+    })
+
+
+def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None = None,
+            agents: Mapping[str, AgentEndpoint] | None = None) -> dict[str, Any]:
+    """Run a whole search job; its result (fronts per device) goes into the store.
+
+    Stages: profile ``n_profile`` space-filling subnets on every device,
+    measure their accuracy once for all devices, fit the predictors and
+    record their held-out quality, then refine every device's front in
+    parallel Ray tasks with up to ``budget`` more real measurements each.
+    ``agents`` are the operator's declared agents, for devices that name one.
+    """
+    from hwsearch.ray_session import init_ray
+
+    control = start_job(store, job_id)
+    init_ray(ray_address)  # before any stage that uses Ray, so all of them join ``ray_address``
+    control.step("prepare", 0.0, f"building {spec.supernet.name}")
+    job = _prepare(spec, store=store, job_id=job_id, agents=agents or {})
+    reports = profile_devices(control, job)
+    accuracies = evaluate_accuracy(control, job)
+    accuracy, searches, quality = fit_predictors(control, job, spec, accuracies)
+    runs = refine_fronts(control, job, spec, accuracy, searches, ray_address)
+    return finish_job(control, summarize(job, reports, runs, quality))
+
+
+def _prepare(spec: JobSpec, *, store: Store, job_id: str,
+             agents: Mapping[str, AgentEndpoint]) -> JobContext:
+    """Build the supernet, resolve the devices, load the data and pick the initial subnets."""
+    from hwsearch.data import load_images
+    from hwsearch.pipeline import select_subnets
+
+    if spec.dataset is None:
+        raise ValueError("a search job needs validation data (dataset) to measure accuracy")
+    net = build_supernet(spec.supernet)
+    return JobContext(
+        store=store, job_id=job_id, net=net,
+        devices=[job_device(d, agents) for d in spec.devices],
+        data=load_images(spec.dataset, size=max(net.space.resolutions)),
+        dataset_id=content_id(spec.dataset, spec.supernet.checkpoint,
+                              extra={"options": dict(spec.supernet.options)}),
+        archs=select_subnets(net.space, spec.n_profile, seed=spec.seed))
+
+
+def run_job_watched(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None = None,
+                    progress: ProgressFn | None = None, poll_seconds: float = 0.2
+                    ) -> dict[str, Any]:
+    """:func:`run_job` in a worker thread, relaying every progress event to ``progress``.
+
+    What the CLI's ``search`` and ``demo`` use: the calling thread stays free
+    to draw progress while the job runs.  Events come from the store's event
+    log (:meth:`~hwsearch.store.Store.job_events`), so every step reaches
+    ``progress(step, fraction, message)`` once and in order, however short it
+    was.  Ray is started here first, on the caller's (main) thread, where it
+    can install its signal handlers.  The job's exception, if any, is
+    re-raised in the caller's thread.
+    """
+    from hwsearch.ray_session import init_ray
+
+    init_ray(ray_address)
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = run_job(spec, store=store, job_id=job_id, ray_address=ray_address)
+        except BaseException as error:  # re-raised in the caller's thread below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=target, name=f"hwsearch-job-{job_id}", daemon=True)
+    worker.start()
+    seen = 0
+    while True:
+        worker.join(timeout=poll_seconds)
+        finished = not worker.is_alive()
+        for event in store.job_events(job_id, after=seen):
+            seen = event["seq"]
+            if progress is not None:
+                progress(event.get("step", "start"), float(event.get("fraction", 0.0)),
+                         event.get("message", ""))
+        if finished:
+            break
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def execute(spec: Mapping[str, Any], store: Store, job_id: str,
+            agents: Mapping[str, AgentEndpoint] | None = None) -> dict[str, Any] | None:
+    """Run a stored job by its spec's kind; record failures in the store.
+
+    Returns the result, or None when the job was cancelled or interrupted
+    (its state then already says so).  The failure's trace is logged here,
+    in the process that saw it; the store gets :func:`describe_error`'s line.
+    """
+    parsed = spec_from_dict(spec)
+    try:
+        if isinstance(parsed, ProfileSpec):
+            return run_profile(parsed, store=store, job_id=job_id, agents=agents)
+        return run_job(parsed, store=store, job_id=job_id, agents=agents)
+    except JobCancelled as stop:
+        log.info("%s", stop)
+        return None
+    except Exception as error:
+        log.exception("job %s failed", job_id)
+        record_failure(store, job_id, error)
+        raise
+
+
+def submit_job(spec: JobSpec | ProfileSpec, *, store: Store, job_id: str | None = None) -> str:
+    """Queue a job and run it in a thread of this process; returns its id at once.
+
+    For one-off runs and scripts (a job's searches still use Ray).  The
+    service queues jobs through :class:`hwsearch.dispatch.JobDispatcher`,
+    which bounds how many run and can stop one at once.
+    """
+    job_id = job_id or store.create_job(spec.to_dict())
+    threading.Thread(target=_run_in_thread, args=(spec.to_dict(), store, job_id),
+                     name=f"hwsearch-job-{job_id}", daemon=True).start()
+    return job_id
+
+
+def _run_in_thread(spec: Mapping[str, Any], store: Store, job_id: str) -> None:
+    try:
+        execute(spec, store, job_id)
+    except Exception:
+        pass  # execute logged it and recorded it in the store

@@ -1,0 +1,172 @@
+"""What a job is: the supernet it uses, the devices, the data and the budget, as plain data.
+
+A spec is complete in itself (device profiles are stored whole), so a job
+can be re-run after a crash from its stored record alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["JobSpec", "ProfileSpec", "SupernetRef", "build_supernet", "content_id",
+           "spec_from_dict", "supernet_builders"]
+
+
+@dataclass(frozen=True)
+class SupernetRef:
+    """Which supernet a job uses: a registry builder, its weights and its options.
+
+    ``name`` is what users call it (several names may share one builder with
+    different checkpoints or reduced spaces); ``options`` are builder keyword
+    arguments beyond the checkpoint, e.g. ``n_classes`` or ``resolutions``.
+    """
+
+    name: str
+    registry: str
+    checkpoint: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "registry": self.registry, "checkpoint": self.checkpoint,
+                "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SupernetRef:
+        return cls(name=data["name"], registry=data["registry"], checkpoint=data.get("checkpoint"),
+                   options=dict(data.get("options") or {}))
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A search job, complete in itself so that it can be re-run after a crash.
+
+    Device profiles are stored whole (not by name) so that re-registering a
+    device under the same name never changes what an existing job measured.
+    The objectives are accuracy (maximised) and latency on each device
+    (minimised); ``limits`` bound metrics (``accuracy``, ``latency_ms``,
+    ``params``, ``macs``), each ``{"metric", "upper", "lower"}``.
+    ``budget`` is the number of extra real measurements per device that
+    refinement may spend on top of the ``n_profile`` initial ones.
+    """
+
+    supernet: SupernetRef
+    devices: tuple[Mapping[str, Any], ...]
+    dataset: str | None = None
+    limits: tuple[Mapping[str, Any], ...] = ()
+    budget: int = 0
+    seed: int = 0
+    n_profile: int = 40
+    kind: Literal["search"] = "search"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["supernet"] = self.supernet.to_dict()
+        out["devices"] = [dict(d) for d in self.devices]
+        out["limits"] = [dict(lim) for lim in self.limits]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
+        return cls(
+            supernet=SupernetRef.from_dict(data["supernet"]),
+            devices=tuple(dict(d) for d in data["devices"]),
+            dataset=data.get("dataset"),
+            limits=tuple(dict(lim) for lim in data.get("limits", ())),
+            budget=int(data.get("budget", 0)),
+            seed=int(data.get("seed", 0)),
+            n_profile=int(data.get("n_profile", 40)),
+        )
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """Profile one subnet on one device (local or through its agent)."""
+
+    supernet: SupernetRef
+    device: Mapping[str, Any]
+    arch: Mapping[str, Any]
+    kind: Literal["profile"] = "profile"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "supernet": self.supernet.to_dict(),
+                "device": dict(self.device), "arch": dict(self.arch)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProfileSpec:
+        return cls(supernet=SupernetRef.from_dict(data["supernet"]), device=dict(data["device"]),
+                   arch=dict(data["arch"]))
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> JobSpec | ProfileSpec:
+    """The spec a stored job record holds, by its ``kind``."""
+    return ProfileSpec.from_dict(data) if data.get("kind") == "profile" else JobSpec.from_dict(data)
+
+
+def supernet_builders() -> list[str]:
+    """Every registered supernet builder, the built-in demo's included.
+
+    The demo supernet registers itself when :mod:`hwsearch.demo.supernet` is
+    imported; the service process and fresh Ray workers import nothing else
+    that would load it, so this is the one place that does.
+    """
+    import hwsearch.demo.supernet  # noqa: F401  (registers the demo supernet)
+    from hwsearch.supernets import list_supernets
+
+    return list_supernets()
+
+
+def build_supernet(ref: SupernetRef) -> Any:
+    """The :class:`~hwsearch.supernets.Supernet` a reference names, weights loaded.
+
+    ``options["resolutions"]`` narrows the input sizes of the registered
+    space; the weights do not depend on the input size, so the family's
+    checkpoints still load.  It makes small, fast variants for trials and tests.
+    """
+    from hwsearch.supernets import build_supernet as build, create_supernet
+
+    supernet_builders()
+    options = dict(ref.options)
+    resolutions = options.pop("resolutions", None)
+    n_classes = options.pop("n_classes", None)
+    if options:
+        raise ValueError(f"unknown supernet option(s) {sorted(options)}; "
+                         "allowed: n_classes, resolutions")
+    net = create_supernet(ref.registry, n_classes=n_classes)
+    if resolutions is not None:
+        net = build(dataclasses.replace(net.space, resolutions=tuple(int(r) for r in resolutions)),
+                    name=net.name)
+    if ref.checkpoint is not None:
+        net.load_checkpoint(ref.checkpoint)
+    return net
+
+
+def content_id(*paths: str | None, extra: Mapping[str, Any] | None = None) -> str:
+    """A short digest of files' contents (folders: names, sizes, times) plus settings.
+
+    Accuracies depend on the weights and the data, so they are stored under
+    an id of both: re-registering other weights under the same supernet name
+    never reuses accuracies measured with the old ones.  An image folder is
+    identified by its listing rather than its bytes, which keeps this fast
+    on large validation sets.
+    """
+    digest = hashlib.sha256(json.dumps(dict(extra or {}), sort_keys=True).encode())
+    for path in paths:
+        digest.update(b"\0")
+        if path is None:
+            continue
+        root = Path(path)
+        if root.is_dir():
+            for file in sorted(p for p in root.rglob("*") if p.is_file()):
+                stat = file.stat()
+                digest.update(f"{file.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            continue
+        with open(root, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
