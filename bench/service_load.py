@@ -74,20 +74,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of the server and every process it started (Ray included)."""
-    total = 0
+def rss_mib(pid: int) -> tuple[float, float]:
+    """Resident memory of the server process, and of it plus every process below it (Ray's too)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             status = (proc / "status").read_text()
-            if int(proc.name) != pid and f"\nPPid:\t{pid}\n" not in status:
-                continue
         except OSError:
             continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total / 1024
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        parents[int(proc.name)] = int(fields["PPid"])
+        rss[int(proc.name)] = int(fields.get("VmRSS", "0 kB").split()[0])
+
+    def below(candidate: int) -> bool:
+        while candidate > 1:
+            if candidate == pid:
+                return True
+            candidate = parents.get(candidate, 0)
+        return False
+
+    tree = sum(kib for p, kib in rss.items() if below(p))
+    return rss.get(pid, 0) / 1024, tree / 1024
 
 
 class Tally:
@@ -140,12 +148,13 @@ def hostile_client(base: str, deadline: float, tally: Tally, seed: int) -> None:
 
 
 def poller(base: str, deadline: float, tally: Tally) -> None:
-    """Poll the newest accepted job's state, as a client waiting for it would."""
+    """Follow accepted jobs one after the other, polling each as a client waiting for it would."""
+    following = 0
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
                       timeout=60) as client:
         while time.monotonic() < deadline:
             with tally.lock:
-                job = tally.accepted[-1] if tally.accepted else None
+                job = tally.accepted[following] if following < len(tally.accepted) else None
             if job is None:
                 time.sleep(0.2)
                 continue
@@ -153,9 +162,12 @@ def poller(base: str, deadline: float, tally: Tally) -> None:
             response = client.get(f"/jobs/{job}")
             elapsed = (time.perf_counter() - started) * 1000
             tally.record("GET /jobs/ID", response)
-            if response.status_code == 200 and response.json()["state"] == "running":
+            state = response.json().get("state") if response.status_code == 200 else None
+            if state == "running":
                 with tally.lock:
                     tally.poll_ms.append(elapsed)
+            elif state not in ("queued", None):
+                following += 1
             time.sleep(0.1)
 
 
@@ -244,7 +256,9 @@ def main() -> None:
     print(f"5xx: {len(tally.five_xx)}" + "".join(f"\n  {line}" for line in tally.five_xx[:10]))
     print(f"GET /jobs/ID while a job ran: n={len(tally.poll_ms)}, "
           f"p50 {np.percentile(polls, 50):.1f} ms, p99 {np.percentile(polls, 99):.1f} ms")
-    print(f"server RSS (with its children): start {rss_start:.0f} MiB, end {rss_end:.0f} MiB")
+    print(f"server RSS: start {rss_start[0]:.0f} MiB, end {rss_end[0]:.0f} MiB; with every process "
+          f"below it (Ray's raylet, GCS and workers): start {rss_start[1]:.0f} MiB, "
+          f"end {rss_end[1]:.0f} MiB")
     print(f"jobs accepted {len(tally.accepted)}; final states {dict(states)}")
     print(f"rows lost: {len(lost)}" + "".join(f"\n  {line}" for line in lost[:10]))
 
