@@ -349,3 +349,38 @@ def test_nothing_the_service_started_outlives_a_kill_9(tmp_path: Path) -> None:
             second.stop()
     finally:
         first.kill()
+
+
+def test_registrations_from_an_earlier_version_are_checked_again_at_start(tmp_path: Path) -> None:
+    import json
+
+    store = tmp_path / "store.sqlite"
+    catalog = Path(f"{store}.data")
+    for kind in ("devices", "supernets"):
+        (catalog / kind).mkdir(parents=True)
+    legacy = {  # what v0.1 stored: profiles as sent, supernets without a description
+        "devices/plain.json": {"name": "plain", "intra_op_threads": 1},
+        "devices/leaky.json": {"name": "leaky", "where": {"kind": "agent",
+                                                          "url": "http://127.0.0.1:9",
+                                                          "token_env": "HWSEARCH_TOKEN"}},
+        "devices/zero.json": {"name": "zero", "reference_model": "/dev/zero"},
+        "supernets/tiny-mbv3.json": {**SUPERNET, "checkpoint": None},
+        "supernets/passwd.json": {**SUPERNET, "name": "passwd", "checkpoint": "/etc/passwd"},
+    }
+    for path, record in legacy.items():
+        (catalog / path).write_text(json.dumps(record))
+    server = Server(store).start()
+    try:
+        with server.client() as c:
+            devices = c.get("/devices")
+            supernets = c.get("/supernets")
+        assert devices.status_code == 200 and supernets.status_code == 200
+        assert [d["name"] for d in devices.json()] == ["plain"] and devices.json()[0]["hash"]
+        assert [s["name"] for s in supernets.json()] == ["tiny-mbv3"]
+        assert supernets.json()[0]["space_name"] == "ofa_mbv3_d234_e346_k357_w1.0"
+    finally:
+        server.stop()
+    assert sorted(p.name for p in catalog.glob("*/*.rejected")) == [
+        "leaky.json.rejected", "passwd.json.rejected", "zero.json.rejected"]
+    log = server.log.read_text()
+    assert "device 'leaky' set aside" in log and "supernet 'tiny-mbv3' upgraded" in log

@@ -24,7 +24,7 @@ from hwsearch.agents import AgentEndpoint
 from hwsearch.api.catalog import Catalog
 from hwsearch.api.files import DataRoots
 from hwsearch.api.routes import api_router, public_router
-from hwsearch.api.service import Busy, ServiceError
+from hwsearch.api.service import Busy, ServiceError, upgrade_catalog
 from hwsearch.dispatch import Admission, JobDispatcher
 from hwsearch.store import Store, open_store
 
@@ -152,6 +152,9 @@ def create_app(
     app.state.catalog = Catalog(data_dir)
     app.state.roots = DataRoots(data_roots or [Path(data_dir) / "files"],
                                 max_file_bytes=max_upload_bytes)
+    for change in upgrade_catalog(catalog=app.state.catalog, roots=app.state.roots,
+                                  agents=agents or {}):
+        log.warning("catalog upgrade: %s", change)
     app.state.token = token
     app.state.dispatcher = dispatcher
     app.include_router(public_router)

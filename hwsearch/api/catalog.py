@@ -84,6 +84,14 @@ class Catalog:
     def list_devices(self) -> list[dict[str, Any]]:
         return list(self._read_all(self.root / "devices"))
 
+    def set_aside(self, kind: str, name: str) -> Path:
+        """Move a registration out of the listing (``<kind>/<name>.json.rejected``), keeping it for the operator."""
+        path = self.root / kind / f"{name}.json"
+        target = path.with_name(path.name + ".rejected")
+        with self._lock:
+            os.replace(path, target)
+        return target
+
     # ------------------------------------------------------------------ files
 
     def _write(self, path: Path, data: dict[str, Any]) -> None:

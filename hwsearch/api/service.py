@@ -59,6 +59,7 @@ __all__ = [
     "resume",
     "submit_profile",
     "submit_search",
+    "upgrade_catalog",
     "upload_supernet",
 ]
 
@@ -292,6 +293,53 @@ def _device(catalog: Catalog, name: str, field: Sequence[str | int]) -> dict[str
         known = [d["name"] for d in catalog.list_devices()]
         raise Invalid(f"device {name!r} is not registered; registered: {known}", field=field)
     return record["profile"]
+
+
+# --------------------------------------------------------------------------- upgrades
+
+
+def upgrade_catalog(*, catalog: Catalog, roots: DataRoots,
+                    agents: Mapping[str, AgentEndpoint]) -> list[str]:
+    """Bring registrations an earlier version wrote to today's checked form, once, at start-up.
+
+    Earlier versions stored a device profile as it came (an agent URL, a
+    token variable or a reference model path included) and described a
+    supernet by building it on every listing.  Each such record is checked
+    now as if it were registered today: kept (in the new form) when it
+    passes, set aside as ``*.json.rejected`` when it does not, so listing
+    never fails on it and nothing it names is reached.  Returns one line per
+    record touched.
+    """
+    changes = []
+    for record in catalog.list_devices():
+        if "profile" not in record:
+            changes.append(_upgrade_device(catalog, agents, record))
+    for record in catalog.list_supernets():
+        if "space_name" not in record:
+            changes.append(_upgrade_supernet(catalog, roots, record))
+    return changes
+
+
+def _upgrade_device(catalog: Catalog, agents: Mapping[str, AgentEndpoint],
+                    record: Mapping[str, Any]) -> str:
+    name = str(record.get("name"))
+    try:
+        register_device(catalog=catalog, agents=agents, profile=record)
+    except ServiceError as error:
+        catalog.set_aside("devices", name)
+        return f"device {name!r} set aside: {error.message}"
+    return f"device {name!r} upgraded"
+
+
+def _upgrade_supernet(catalog: Catalog, roots: DataRoots, record: Mapping[str, Any]) -> str:
+    ref = SupernetRef.from_dict(record)
+    try:
+        register_supernet(catalog=catalog, roots=roots, name=ref.name, registry=ref.registry,
+                          checkpoint=ref.checkpoint, options=ref.options)
+    except ServiceError as error:
+        catalog.set_aside("supernets", ref.name)
+        return f"supernet {ref.name!r} set aside: {error.message}"
+    return f"supernet {ref.name!r} upgraded"
 
 
 # --------------------------------------------------------------------------- jobs
