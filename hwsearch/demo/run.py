@@ -91,7 +91,8 @@ def _check_knee(net: Any, front: Any, profile_path: Path, out: Path) -> KneeChec
         return None
     profile = DeviceProfile.load(profile_path)
     path = out / f"knee-{profile.name}.onnx"
-    report = export_subnet(net, knee.arch, path, batch=profile.batch)
+    report = export_subnet(net, knee.arch, path, batch=profile.batch,
+                           input_dtype=profile.input_dtype)
     [measurement] = open_profiler(profile).measure_many([report.path])
     return KneeCheck(
         device=profile.name, arch_key=knee.arch.key(), onnx_path=report.path,
