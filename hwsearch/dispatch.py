@@ -94,11 +94,18 @@ class JobDispatcher:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, *, resume: bool = False) -> list[str]:
-        """Mark jobs a dead process left active ``interrupted`` (or queue them again); start."""
+        """Mark jobs a dead process left active ``interrupted`` (or queue them again); start.
+
+        With ``resume``, as many as the queue holds are queued again, oldest
+        first; the rest stay ``interrupted`` for a client to resume later.
+        """
         touched = recover_jobs(store=self.store)
         if resume:
             for job_id in touched:
-                self.resume(job_id)
+                try:
+                    self.resume(job_id)
+                except QueueFull:
+                    log.warning("job %s stays interrupted: the queue is full", job_id)
         self._thread.start()
         return touched
 

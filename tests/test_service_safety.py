@@ -384,3 +384,25 @@ def test_registrations_from_an_earlier_version_are_checked_again_at_start(tmp_pa
         "leaky.json.rejected", "passwd.json.rejected", "zero.json.rejected"]
     log = server.log.read_text()
     assert "device 'leaky' set aside" in log and "supernet 'tiny-mbv3' upgraded" in log
+
+
+def test_resume_at_start_queues_what_fits_and_leaves_the_rest_interrupted(tmp_path: Path
+                                                                          ) -> None:
+    from hwsearch.store import SQLiteStore
+    from tests._jobs import tiny_spec
+
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    spec = tiny_spec(random_dataset(tmp_path / "val.npz"), [fast_device("cpu-1t")], n_profile=4)
+    left_running = [store.create_job(spec.to_dict()) for _ in range(3)]
+    for job_id in left_running:  # what a killed service leaves behind
+        store.update_job(job_id, state="running", progress={"step": "profile"})
+    server = Server(store.path, extra=("--resume", "--max-running-jobs", "1",
+                                       "--max-queued-jobs", "1")).start()
+    try:
+        with server.client() as c:
+            states = [c.get(f"/jobs/{j}").json()["state"] for j in left_running]
+        assert states[0] in ("queued", "running", "succeeded"), states
+        assert states[1:] == ["interrupted", "interrupted"], "the queue holds one job"
+    finally:
+        server.stop()
+    assert "stays interrupted: the queue is full" in server.log.read_text()
