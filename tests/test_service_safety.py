@@ -219,6 +219,11 @@ def test_loose_types_and_odd_names_are_refused(client: httpx.Client) -> None:
                            headers={"content-type": "application/json"})
     assert "protocol.max_seconds" in refused(infinite, ["body", "profile"])
     assert [d["name"] for d in client.get("/devices").json()] == ["cpu-1t"]
+    for after in ("-1", "abc", str(2**63)):
+        response = client.get("/jobs/none/events", params={"after": after})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["query", "after"]
+    assert client.get("/jobs/none/events", params={"after": 0}).status_code == 404
 
 
 @pytest.mark.parametrize("arch", [
