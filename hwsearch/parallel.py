@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -54,7 +55,9 @@ class DeviceSearch:
     """What one device's task needs besides the shared space and accuracy predictor.
 
     ``on_round`` (picklable) runs in the task after every refinement round:
-    the place for progress reports and cancellation checks.
+    the place for progress reports and cancellation checks.  ``compute``
+    (picklable) is the context each round's fitting and searching run in,
+    e.g. the host's compute lock, so they pause while a session measures.
     """
 
     name: str
@@ -64,6 +67,7 @@ class DeviceSearch:
     limits: tuple[Limit, ...] = ()
     reference_point: tuple[float, ...] | None = None
     on_round: Callable[[int, Sequence[Observation]], None] | None = None
+    compute: Callable[[], AbstractContextManager[Any]] = nullcontext
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,7 @@ def _device_task(shared: Mapping[str, Any], device: DeviceSearch, store: Store,
     result = refine(space, shared["accuracy"], device.latency, measurer, device=device.name,
                     settings=replace(settings, max_measurements=budget), known=known,
                     limits=device.limits, reference_point=device.reference_point,
-                    on_round=device.on_round)
+                    on_round=device.on_round, compute=device.compute)
     return DeviceRun(device=device.name, result=result,
                      node_id=ray.get_runtime_context().get_node_id(), attempt_pid=os.getpid(),
                      seconds=time.perf_counter() - start, reused=len(known))

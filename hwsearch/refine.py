@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -138,6 +139,7 @@ def refine(
     limits: Sequence[Limit] = (),
     reference_point: Sequence[float] | None = None,
     on_round: Callable[[int, Sequence[Observation]], None] | None = None,
+    compute: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> RefineResult:
     """Refine a front with real measurements until ``settings`` runs out of budget.
 
@@ -145,9 +147,13 @@ def refine(
     accuracy): they train the predictors and are never measured again, and
     they belong to the returned front.  ``max_measurements`` counts only new
     measurements.  ``accuracy`` and ``latency`` are refitted in place.
+    Each round's fitting and searching run inside ``compute()`` (a job
+    passes the host's compute lock, so this CPU work pauses while another
+    device's session measures); measuring runs outside it.
     """
     start = time.perf_counter()
-    loop = _Loop(space, accuracy, latency, measurer, settings, limits, known, reference_point)
+    loop = _Loop(space, accuracy, latency, measurer, settings, limits, known, reference_point,
+                 compute)
     loop.initial_design()
     while loop.budget_left() and not loop.timed_out(start):
         if not loop.step():
@@ -165,8 +171,10 @@ class _Loop:
     def __init__(self, space: SearchSpace, accuracy: TrainablePredictor,
                  latency: TrainablePredictor, measurer: Measurer, settings: RefineSettings,
                  limits: Sequence[Limit], known: Sequence[Observation],
-                 reference_point: Sequence[float] | None) -> None:
+                 reference_point: Sequence[float] | None,
+                 compute: Callable[[], AbstractContextManager[Any]]) -> None:
         self.space, self.measurer, self.settings = space, measurer, settings
+        self.compute = compute
         self.predictors = {ACCURACY: accuracy, LATENCY: latency}
         self.objectives = accuracy_latency(LATENCY)
         self.limits = tuple(limits)
@@ -205,6 +213,16 @@ class _Loop:
     def step(self) -> bool:
         """One round: refit, search optimistically, pick a batch, measure it.  False when stuck."""
         self.round += 1
+        with self.compute():
+            batch = self._choose_batch()
+        if batch is None:
+            return False
+        archs, predicted = batch
+        self._measure(archs, predicted=predicted)
+        return True
+
+    def _choose_batch(self) -> tuple[list[ArchConfig], tuple[dict, dict]] | None:
+        """Refit, search optimistically and pick this round's batch (None when none is left)."""
         self._fit()
         pool, F_opt = self._pool()
         k = min(self.settings.per_round, self.budget_left())
@@ -212,14 +230,12 @@ class _Loop:
             pool = np.vstack([pool, self.space.encode_many(self._random_unmeasured(k - len(pool)))])
             F_opt = self._optimistic_F(pool)
         if len(pool) == 0:
-            return False
+            return None
         mean, std = self._predict_dist(pool)
         picks = self._greedy_hvi(F_opt, mean, k)
         chosen = pool[picks]
-        self._measure([self.space.decode(x) for x in chosen],
-                      predicted=({m: v[picks] for m, v in mean.items()},
-                                 {m: v[picks] for m, v in std.items()}))
-        return True
+        return ([self.space.decode(x) for x in chosen],
+                ({m: v[picks] for m, v in mean.items()}, {m: v[picks] for m, v in std.items()}))
 
     def front(self, device: str) -> ParetoFront:
         """The measured subnets that satisfy the limits by their measured values, non-dominated."""

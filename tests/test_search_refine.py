@@ -98,3 +98,34 @@ def test_same_seed_same_measurements(space):
     again = _run(space, OracleMeasurer(space))
     assert [o.arch for o in first.observations] == [o.arch for o in again.observations]
     assert first.front.to_dict()["points"] == again.front.to_dict()["points"]
+
+
+class _MeasuresUnderTheHostLock(OracleMeasurer):
+    """Takes the host's measurement session as a local device does: refused inside a compute hold."""
+
+    def measure_latency(self, archs: list) -> list[float]:
+        from devices.hostlock import measurement_session
+
+        with measurement_session():
+            return super().measure_latency(archs)
+
+
+def test_fitting_and_searching_hold_the_compute_lock_and_measuring_does_not(space, tmp_path,
+                                                                              monkeypatch):
+    from contextlib import contextmanager
+
+    from devices.hostlock import compute_unit
+
+    monkeypatch.setenv("DEVICES_LOCK_DIR", str(tmp_path / "locks"))
+    rounds_in_compute = []
+
+    @contextmanager
+    def counted_compute_unit():
+        with compute_unit() as hold:
+            rounds_in_compute.append(hold)
+            yield hold
+
+    measurer = _MeasuresUnderTheHostLock(space)
+    result = _run(space, measurer, compute=counted_compute_unit)
+    assert len(rounds_in_compute) == result.rounds == 2
+    assert len(measurer.calls) == 30, "every batch was measured, outside the compute hold"

@@ -83,6 +83,7 @@ def fit_predictors(control: Control, job: JobContext, spec: JobSpec,
     """
     import ray
 
+    from devices.hostlock import compute_unit
     from hwsearch.parallel import DeviceSearch
     from hwsearch.problem import Limit
     from predictors.accuracy import AccuracyPredictor
@@ -104,7 +105,7 @@ def fit_predictors(control: Control, job: JobContext, spec: JobSpec,
             measurer=DeviceMeasurer(shared=shared, device=device, store=job.store,
                                     runner=control.runner, dataset_id=job.dataset_id,
                                     job_id=job.job_id),
-            limits=tuple(Limit(**dict(lim)) for lim in spec.limits)))
+            limits=tuple(Limit(**dict(lim)) for lim in spec.limits), compute=compute_unit))
     return accuracy, searches, quality
 
 
