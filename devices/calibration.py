@@ -52,13 +52,13 @@ def device_reference_ms(
     stored for the next ones).
     """
     path = calibration_dir() / f"{device_hash}.json"
-    _record_session(path, host_fingerprint, session_reference_ms)
+    ruler = None if profile.reference_ms is not None else {
+        "reference_ms": session_reference_ms, "device": profile.name, "created": time.time()}
+    entry = _record_session(path, host_fingerprint, session_reference_ms, ruler)
     if profile.reference_ms is not None:
         return float(profile.reference_ms), "profile"
-    record = {"reference_ms": session_reference_ms, "device": profile.name, "created": time.time()}
-    stored = float(_calibration_for_host(path, host_fingerprint, record)["reference_ms"])
+    stored = float(entry["reference_ms"])
     return stored, ("this-session" if stored == session_reference_ms else "stored")
-
 
 RECENT_SESSIONS = 20
 
@@ -87,33 +87,23 @@ def reset_calibration(device_hash: str, host_fingerprint: str) -> bool:
     return existed
 
 
-def _record_session(path: Path, host: str, session_ms: float) -> None:
-    """Keep the last sessions' reference times, so drift of the machine against the ruler shows."""
+def _record_session(path: Path, host: str, session_ms: float,
+                    ruler: dict[str, Any] | None) -> dict[str, Any]:
+    """One locked read-modify-write of the host's entry; returns the entry as stored.
+
+    The session joins the host's recent ones (so drift of the machine against
+    the ruler shows), and ``ruler`` is stored when the host has none yet.
+    When two first sessions race, the first one to take the flock wins.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         data = _read(path)
         entry = data.setdefault("hosts", {}).setdefault(host, {})
         recent = entry.get("recent", []) + [{"at": time.time(), "session_ms": session_ms}]
         entry["recent"] = recent[-RECENT_SESSIONS:]
+        if ruler is not None and "reference_ms" not in entry:
+            entry.update(ruler)
         _replace(path, data)
-
-
-def _calibration_for_host(path: Path, host: str, record: dict[str, Any]) -> dict[str, Any]:
-    """The host's stored calibration in ``path``; ``record`` is stored first when it has none.
-
-    When two sessions race, the first one wins: the file is read and
-    rewritten under its own flock.
-    """
-    known = _read(path).get("hosts", {}).get(host, {})
-    if "reference_ms" in known:
-        return known
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
-        data = _read(path)
-        entry = data.setdefault("hosts", {}).setdefault(host, {})
-        if "reference_ms" not in entry:
-            entry.update(record)
-            _replace(path, data)
         return entry
 
 

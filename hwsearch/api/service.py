@@ -22,7 +22,7 @@ from typing import IO, Any
 from hwsearch.agents import AgentEndpoint, UnknownAgent, resolve_profile
 from hwsearch.api.catalog import Catalog, valid_name
 from hwsearch.api.files import DataRoots, PathRefused
-from hwsearch.dispatch import JobDispatcher, StillStopping
+from hwsearch.dispatch import JobDispatcher, QueueFull, StillStopping
 from hwsearch.jobs import (
     JobSpec,
     ProfileSpec,
@@ -355,8 +355,6 @@ def job_view(record: Any) -> dict[str, Any]:
 
 
 def _queue(dispatcher: JobDispatcher, spec: JobSpec | ProfileSpec) -> dict[str, Any]:
-    from hwsearch.dispatch import QueueFull
-
     try:
         job_id = dispatcher.submit(spec)
     except QueueFull as full:
@@ -430,8 +428,6 @@ def cancel(*, dispatcher: JobDispatcher, job_id: str) -> dict[str, Any]:
 
 def resume(*, dispatcher: JobDispatcher, job_id: str) -> dict[str, Any]:
     """Queue a stopped job again; it continues from the measurements in the store."""
-    from hwsearch.dispatch import QueueFull
-
     record = get_job(store=dispatcher.store, job_id=job_id)
     if record.state == "succeeded":
         raise Conflict(f"job {job_id!r} already succeeded")

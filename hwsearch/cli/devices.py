@@ -17,6 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
+from hwsearch.cli._errors import OptionError
+
 __all__ = ["register"]
 
 devices_app = typer.Typer(help="Device profiles: validate them, see what a device reports, manage its ruler.",
@@ -43,7 +45,6 @@ def check(
 
 
 def _local(profile: Path):  # -> devices.profile.DeviceProfile
-    from hwsearch.cli._errors import OptionError
     from hwsearch.cli._inputs import load_profile
 
     loaded = load_profile(profile, "PROFILE")
@@ -130,8 +131,6 @@ def calibrate(
 
     loaded = _local(profile)
     if loaded.reference_ms is not None:
-        from hwsearch.cli._errors import OptionError
-
         raise OptionError("PROFILE", f"{loaded.name} pins reference_ms; remove it to calibrate")
     reset_calibration(loaded.hash(), loaded.host_fingerprint or host_fingerprint())
     reference = loaded.reference_bytes()
