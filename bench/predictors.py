@@ -1,27 +1,35 @@
-"""Latency-predictor benchmark on real onnxruntime measurements (issue 4).
+"""Predictor benchmark on real measurements: latency in two regimes, few-shot, accuracy (issue 13).
 
-OFA MobileNetV3 w1.0 subnets at one resolution are exported to ONNX and
-measured with onnxruntime on the CPU, one thread, through the devices layer.
-Three measurement passes, all kept in a SQLite store so the script resumes
-where it stopped:
+Everything is measured on this machine through the devices layer (each
+session interleaves the device's reference model and stores the ratio), and
+kept in one SQLite store, so every step resumes where it stopped.
 
-1. **train pool** - ``max(--n-train)`` subnets picked by :func:`select_subnets`;
-2. **test** - ``--n-test`` *other* subnets, measured in their own sessions;
-3. **few-shot** (``--fewshot``) - a second "device" (same CPU, onnxruntime
-   with graph optimisations disabled: no conv/BN/activation fusion, so per-layer
-   costs change shape) measured on 20 train-pool subnets and on the test subnets;
-4. **re-measurement** (``--remeasure``) - the test subnets measured again,
-   which bounds the best score any predictor can reach on this machine.
+Devices (``DEVICES``):
 
-Each training size ``n`` takes ``n`` train-pool subnets evenly spread over
-their MACs order, and every method is scored on the same test set:
-the hwsearch predictor, its NNLS base alone, XGBoost on plain one-hot genes,
-ridge on plain one-hot genes, and latency linear in MACs (FLOPs-only).
+* ``demo-1t`` - the demo supernet (MNIST digits, 16-32 px, ~0.2-0.6 ms) on
+  onnxruntime, one thread: **overhead-bound**, latency follows how many
+  operators run more than MACs;
+* ``demo-1t-noopt`` - the same with graph optimisation disabled (no
+  conv/BN/activation fusion: more, smaller operators);
+* ``demo-1t-b8`` - batch 8: eight times the compute per operator launch;
+* ``demo-2t`` - two intra-op threads (thread hand-off per operator);
+* ``ofa224-1t`` - OFA MobileNetV3 w1.0 at 224 px, one thread: **compute-bound**.
+
+Steps (subcommands):
+
+``measure``   train pool and test subnets per device, and a re-measurement of
+              the test subnets in separate sessions (the noise floor);
+``accuracy``  real top-1 of demo subnets on held-out digits (trained checkpoint);
+``report``    the tables: latency per device and training size for hwsearch,
+              FLOPs-only and ridge on one-hot, scored against the
+              re-measurement; few-shot over source->target pairs at 5/10/20
+              shots; accuracy at 40/100/200 training subnets.
 
 Usage::
 
-    python bench/predictors.py --n-train 50 100 200 300 --n-test 200 --resolution 224 \
-        --fewshot --remeasure --store runs/bench_predictors.db --out runs/bench_predictors.json
+    python bench/predictors.py measure --devices demo-1t demo-1t-noopt --n-train 300 --n-test 100
+    python bench/predictors.py accuracy --n-train 200 --n-test 100
+    python bench/predictors.py report --out runs/bench_predictors.json
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,64 +49,199 @@ import numpy as np
 # would shadow the ``predictors`` package it benchmarks.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-SUPERNET = "ofa_mbv3_d234_e346_k357_w1.0"
+DEMO = "demo_mbv3_mnist"
+OFA = "ofa_mbv3_d234_e346_k357_w1.0"
+ACCURACY_DATASET = "demo-digits-heldout"
+TEST_POOL = 100
+
+
+@dataclass(frozen=True)
+class BenchDevice:
+    """One measured device: a supernet (at a pinned resolution or all) and profile settings."""
+
+    name: str
+    supernet: str
+    settings: dict[str, Any]
+    resolution: int | None = None
+    regime: str = "overhead"
+    note: str = ""
+    protocol: dict[str, Any] = field(default_factory=lambda: {"ci_target": 0.02,
+                                                              "max_rounds": 150,
+                                                              "max_seconds": 240.0})
+
+    def profile(self) -> Any:
+        from devices.profile import DeviceProfile, Protocol
+
+        return DeviceProfile(name=f"bench-{self.name}", protocol=Protocol(**self.protocol),
+                             **self.settings)
+
+    def key(self) -> str:
+        return self.profile().hash()
+
+
+_ONE_THREAD = {"intra_op_threads": 1, "clock": "thread_cpu"}
+DEVICES: dict[str, BenchDevice] = {d.name: d for d in [
+    BenchDevice("demo-1t", DEMO, dict(_ONE_THREAD), note="demo, ORT 1 thread, batch 1"),
+    BenchDevice("demo-1t-noopt", DEMO, dict(_ONE_THREAD, graph_optimization="disable"),
+                note="demo, ORT 1 thread, graph optimisation off"),
+    BenchDevice("demo-1t-b8", DEMO, dict(_ONE_THREAD, batch=8), regime="mixed",
+                note="demo, ORT 1 thread, batch 8"),
+    BenchDevice("demo-2t", DEMO, {"intra_op_threads": 2, "allow_spinning": False},
+                note="demo, ORT 2 threads, batch 1 (wall clock)"),
+    BenchDevice("ofa224-1t", OFA, dict(_ONE_THREAD), resolution=224, regime="compute",
+                note="OFA-MBv3 w1.0 224 px, ORT 1 thread"),
+    BenchDevice("ofa224-1t-noopt", OFA, dict(_ONE_THREAD, graph_optimization="disable"),
+                resolution=224, regime="compute",
+                note="OFA-MBv3 w1.0 224 px, ORT 1 thread, graph optimisation off"),
+]}
+
+# (source(s), target, kind): kind says whether the regimes differ.
+FEWSHOT_PAIRS: list[tuple[tuple[str, ...], str, str]] = [
+    (("demo-1t",), "demo-1t-noopt", "same regime (ORT opt on -> off)"),
+    (("demo-1t-noopt",), "demo-1t", "same regime (ORT opt off -> on)"),
+    (("demo-1t-b8",), "demo-1t", "cross-regime (batch 8 -> 1)"),
+    (("demo-2t",), "demo-1t", "cross-regime (2 threads -> 1)"),
+    (("ofa224-1t",), "ofa224-1t-noopt", "same regime, compute-bound (opt on -> off)"),
+    (("demo-1t-b8", "demo-2t", "demo-1t-noopt"), "demo-1t", "three sources -> batch 1"),
+]
 
 
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _profiles(ci_target: float, max_rounds: int) -> tuple[Any, Any]:
-    from devices.profile import DeviceProfile, Protocol
-
-    # One onnxruntime thread runs on the timed thread, so its CPU clock is exact and does not
-    # count time the scheduler gave to other work on this shared machine.
-    protocol = Protocol(ci_target=ci_target, max_rounds=max_rounds, max_seconds=240.0)
-    main = DeviceProfile(name="ort-cpu-1thread", intra_op_threads=1, clock="thread_cpu",
-                         protocol=protocol)
-    other = DeviceProfile(name="ort-cpu-1thread-noopt", intra_op_threads=1, clock="thread_cpu",
-                          graph_optimization="disable", protocol=protocol)
-    return main, other
+# --------------------------------------------------------------------------- subnets and store
 
 
-def _measure(net: Any, archs: list, profile: Any, device_key: str, store: Any, what: str,
-             chunk: int, stored_only: bool) -> dict[str, dict[str, Any]]:
-    """Measure what is missing (or, with ``stored_only``, just read what is stored)."""
+def _supernet(name: str, checkpoint: str | None = None) -> Any:
+    import hwsearch.demo.supernet  # noqa: F401  (registers the demo supernet)
+    from hwsearch.supernets import create_supernet
+
+    return create_supernet(name, checkpoint=checkpoint)
+
+
+def _pools(space: Any, device: BenchDevice, n_train: int, n_test: int) -> tuple[list, list]:
+    """Train pool and the first ``n_test`` of :data:`TEST_POOL` test subnets.
+
+    Both are the same for every device of one space and resolution.
+
+    ``select_subnets`` shuffles its result, so a prefix of the train pool is
+    still spread over the whole MACs range (a smaller pool for a source device).
+    """
+    from hwsearch.pipeline import select_subnets
+
+    train = select_subnets(space, n_train, seed=1, resolution=device.resolution)
+    test = select_subnets(space, TEST_POOL, seed=2, resolution=device.resolution,
+                          exclude=[a.key() for a in train])[:n_test]
+    return train, test
+
+
+def _measure(net: Any, archs: list, device: BenchDevice, key: str, store: Any, what: str,
+             chunk: int) -> None:
     from devices import open_profiler
     from hwsearch.pipeline import profile_subnets
 
     def progress(event: dict[str, Any]) -> None:
-        _log(f"{what}: {event['done']}/{event['total']} measured")
+        if event.get("stage") == "measure":
+            _log(f"{device.name} {what}: {event['done']}/{event['total']}")
 
-    if stored_only:
-        rows = store.get_latencies(device_key, net.space.network_id)
-        _log(f"{what}: {sum(a.key() in rows for a in archs)}/{len(archs)} stored")
-        return rows
-    report = profile_subnets(net, archs, open_profiler(profile), device_key, store, chunk=chunk,
-                             progress=progress)
-    _log(f"{what}: {report.measured} new, {report.skipped} already stored, "
-         f"{report.unstable} above the CI target, {report.seconds:.0f} s")
-    return store.get_latencies(device_key, net.space.network_id)
+    report = profile_subnets(net, archs, open_profiler(device.profile()), key, store,
+                             chunk=chunk, progress=progress)
+    _log(f"{device.name} {what}: {report.measured} new, {report.skipped} stored, "
+         f"{report.unstable} unstable, {report.seconds:.0f} s")
 
 
-def _labelled(rows: dict[str, dict[str, Any]], archs: list, scale: float
-              ) -> tuple[list, np.ndarray]:
-    """Stored archs with a finite reference ratio, and their ratios on one per-device ms scale."""
-    kept = [a for a in archs if a.key() in rows and np.isfinite(float(rows[a.key()]["ratio"]))]
-    if len(kept) < len(archs):
-        _log(f"{len(archs) - len(kept)} subnets unmeasured or without a reference ratio left out")
-    return kept, np.array([float(rows[a.key()]["ratio"]) * scale for a in kept])
+def measure(args: argparse.Namespace) -> None:
+    """Train pool, test set and the test set's re-measurement for each named device."""
+    import torch
+
+    from hwsearch.store import SQLiteStore
+
+    torch.set_num_threads(1)
+    store = SQLiteStore(args.store)
+    for name in args.devices:
+        device = DEVICES[name]
+        net = _supernet(device.supernet)
+        train, test = _pools(net.space, device, args.pool, args.n_test)
+        key = device.key()
+        if args.n_test:
+            _measure(net, test, device, key, store, "test", args.chunk)
+        _measure(net, train[:args.n_train], device, key, store, "train", args.chunk)
+        if args.remeasure and args.n_test:
+            _measure(net, test, device, f"{key}/remeasure", store, "re-measure", args.chunk)
 
 
-def _scale(rows: dict[str, dict[str, Any]]) -> float:
-    return float(np.median([r["env"]["reference_ms"] for r in rows.values()]))
+def measure_accuracy(args: argparse.Namespace) -> None:
+    """Top-1 of demo subnets on held-out digits (BN recalibrated), stored as a job would."""
+    import torch
+
+    from hwsearch.accuracy_eval import EvalSettings, subnet_accuracy
+    from hwsearch.demo import DEMO_CHECKPOINT
+    from hwsearch.demo.data import load_digits
+    from hwsearch.pipeline import select_subnets
+    from hwsearch.store import SQLiteStore
+
+    torch.set_num_threads(1)
+    store = SQLiteStore(args.store)
+    net = _supernet(DEMO, checkpoint=str(DEMO_CHECKPOINT))
+    _, heldout = load_digits(args.data)
+    settings = EvalSettings()
+    calibration, validation = heldout.split(settings.n_calibration, seed=settings.seed)
+    train = select_subnets(net.space, args.n_train, seed=11)
+    test = select_subnets(net.space, args.n_test, seed=12, exclude=[a.key() for a in train])
+    done = store.get_accuracies(net.name, ACCURACY_DATASET)
+    todo = [a for a in test + train if a.key() not in done]
+    start = time.perf_counter()
+    for i, arch in enumerate(todo):
+        store.put_accuracy(net.name, ACCURACY_DATASET, arch.key(),
+                           subnet_accuracy(net, arch, calibration, validation, settings))
+        if (i + 1) % 20 == 0:
+            _log(f"accuracy: {i + 1}/{len(todo)} evaluated, {time.perf_counter() - start:.0f} s")
 
 
-def _available_sizes(requested: list[int], available: int) -> list[int]:
-    return sorted({min(n, available) for n in requested})
+# --------------------------------------------------------------------------- loading rows
 
 
-def _spread_subset(X: np.ndarray, macs: np.ndarray, n: int) -> np.ndarray:
+@dataclass
+class Labelled:
+    """One device's measured train pool and test set (ms on one per-device scale)."""
+
+    device: BenchDevice
+    space: Any
+    X_pool: np.ndarray
+    y_pool: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    y_again: np.ndarray | None  # the test set re-measured in other sessions (NaN: missing)
+
+
+def _load(store: Any, name: str, n_pool: int, n_test: int) -> Labelled | None:
+    """Rows stored for a device (``None`` if too few); pools as :func:`measure` drew them."""
+    from predictors.dataset import calibrated_latencies
+
+    device = DEVICES[name]
+    space = _supernet(device.supernet).space
+    rows = store.get_latencies(device.key(), space.network_id)
+    again_rows = store.get_latencies(f"{device.key()}/remeasure", space.network_id)
+    if not rows:
+        return None
+    scale = calibrated_latencies(rows)
+    # The re-measurement goes on the first pass's scale: the ruler is per device.
+    ruler = float(np.median([r["env"]["reference_ms"] for r in rows.values()]))
+    again = {k: float(r["ratio"]) * ruler for k, r in again_rows.items()
+             if np.isfinite(float(r["ratio"]))}
+    train, test = _pools(space, device, n_pool, n_test)
+    train = [a for a in train if a.key() in scale]
+    test = [a for a in test if a.key() in scale]
+    if len(train) < 20:
+        return None
+    y_again = np.array([again.get(a.key(), np.nan) for a in test]) if again else None
+    return Labelled(device, space, space.encode_many(train),
+                    np.array([scale[a.key()] for a in train]), space.encode_many(test),
+                    np.array([scale[a.key()] for a in test]), y_again)
+
+
+def _spread_subset(macs: np.ndarray, n: int) -> np.ndarray:
     """``n`` row indices evenly spaced along the MACs order (the pipeline's coverage idea)."""
     order = np.argsort(macs, kind="stable")
     return order[np.unique(np.linspace(0, len(order) - 1, n).round().astype(int))]
@@ -108,28 +253,32 @@ def _plain_onehot(space: Any, X: np.ndarray) -> np.ndarray:
     return np.hstack([np.eye(int(u) + 1)[X[:, i]] for i, u in enumerate(xu)])
 
 
-def _methods(space: Any, device_hash: str) -> dict[str, Any]:
+# --------------------------------------------------------------------------- latency table
+
+
+def _latency_methods(space: Any) -> dict[str, Callable[[np.ndarray, np.ndarray], Any]]:
     """name -> fit(X, y) returning predict(X)."""
-    import xgboost as xgb
     from sklearn.linear_model import RidgeCV
 
     from predictors.features import ArchFeaturizer
-    from predictors.latency import LatencyPredictor
+    from predictors.latency import LatencyPredictor, latency_groupings
 
     featurizer = ArchFeaturizer(space)
 
     def hwsearch(X: np.ndarray, y: np.ndarray) -> Any:
-        return LatencyPredictor(space, device_hash=device_hash, cv_folds=0).fit(X, y).predict
+        model = LatencyPredictor(space, cv_folds=0, n_members=0).fit(X, y)
+        hwsearch.chosen = model.meta.metrics["base"]  # type: ignore[attr-defined]
+        return model.predict
 
-    def nnls_base(X: np.ndarray, y: np.ndarray) -> Any:
-        model = LatencyPredictor(space, n_members=0, cv_folds=0).fit(X, y)
-        return lambda Z: model._base.predict(model.featurizer.transform(Z)).astype(np.float64)
+    class ComputeOnly(LatencyPredictor):
+        """The base before issue 13: only the compute groupings (no operator or traffic terms)."""
 
-    def xgb_onehot(X: np.ndarray, y: np.ndarray) -> Any:
-        model = xgb.XGBRegressor(n_estimators=500, max_depth=4, learning_rate=0.05,
-                                 subsample=0.8, colsample_bytree=0.6, n_jobs=1)
-        model.fit(_plain_onehot(space, X), y)
-        return lambda Z: model.predict(_plain_onehot(space, Z)).astype(np.float64)
+        def _groupings(self) -> dict[str, list[list[int]]]:
+            options = latency_groupings(self.featurizer)
+            return {k: options[k] for k in ("macs", "kind", "stage")}
+
+    def compute_only(X: np.ndarray, y: np.ndarray) -> Any:
+        return ComputeOnly(space, cv_folds=0, n_members=0).fit(X, y).predict
 
     def ridge_onehot(X: np.ndarray, y: np.ndarray) -> Any:
         model = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(_plain_onehot(space, X), y)
@@ -139,178 +288,282 @@ def _methods(space: Any, device_hash: str) -> dict[str, Any]:
         coef = np.polyfit(featurizer.macs(X), y, 1)
         return lambda Z: np.polyval(coef, featurizer.macs(Z))
 
-    return {"hwsearch (NNLS base + XGB residual)": hwsearch, "hwsearch NNLS base only": nnls_base,
-            "XGBoost plain one-hot": xgb_onehot, "ridge plain one-hot": ridge_onehot,
-            "FLOPs-only (linear in MACs)": flops_only}
+    return {"hwsearch": hwsearch, "hwsearch, compute terms only (before)": compute_only,
+            "FLOPs-only": flops_only, "ridge one-hot": ridge_onehot}
 
 
-def _row(method: str, n: int, report: dict[str, float], seconds: float) -> dict[str, Any]:
-    return {"method": method, "n_train": n, "within_10": report["within_10"],
-            "within_5": report["within_5"], "tau": report["tau"], "mape": report["mape"],
-            "fit_s": seconds}
+def _what_dominates(data: Labelled) -> dict[str, float]:
+    """Kendall tau of the test latencies with total MACs, operator count and memory traffic."""
+    from scipy.stats import kendalltau
 
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| n_train | method | within ±10% | within ±5% | Kendall τ | MAPE % | fit s |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['n_train']} | {r['method']} | {100 * r['within_10']:.1f} | "
-                     f"{100 * r['within_5']:.1f} | {r['tau']:.3f} | {r['mape']:.2f} | "
-                     f"{r['fit_s']:.1f} |")
-    return "\n".join(lines)
-
-
-def _throughput(space: Any, X: np.ndarray, y: np.ndarray, device_hash: str) -> float:
-    """Archs/s of ``LatencyPredictor.predict`` on 100k random encoded subnets (one thread)."""
-    from predictors.latency import LatencyPredictor
-
-    model = LatencyPredictor(space, device_hash=device_hash, cv_folds=0, n_members=0).fit(X, y)
-    xl, xu = space.bounds()
-    Z = np.random.default_rng(0).integers(xl, xu + 1, size=(100_000, space.n_var))
-    model.predict(Z[:1000])
-    best = np.inf
-    for _ in range(3):
-        start = time.perf_counter()
-        model.predict(Z)
-        best = min(best, time.perf_counter() - start)
-    return len(Z) / best
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from hwsearch.pipeline import select_subnets
-    from hwsearch.store import SQLiteStore
-    from hwsearch.supernets import create_supernet
     from predictors.features import ArchFeaturizer
+
+    columns = ArchFeaturizer(data.space).costs(data.X_test).columns
+    totals = {"macs": sum(v for k, v in columns.items() if "_macs" in k),
+              "operators": sum(v for k, v in columns.items() if "_ops_" in k),
+              "memory traffic": sum(v for k, v in columns.items() if "_mem_" in k)}
+    return {k: float(kendalltau(v, data.y_test).statistic) for k, v in totals.items()}
+
+
+def _truth(data: Labelled) -> tuple[np.ndarray, str]:
+    """The test labels to score against: the independent re-measurement where there is one.
+
+    It is taken in other sessions than the first pass, so a predictor is not
+    credited for matching one session's state of the machine.
+    """
+    if data.y_again is not None and np.isfinite(data.y_again).sum() >= 20:
+        return data.y_again, "re-measurement"
+    return data.y_test, "first pass"
+
+
+def latency_table(data: Labelled, sizes: list[int]) -> dict[str, Any]:
+    """Every method at every training size, scored against the re-measured test set."""
+    from predictors.features import ArchFeaturizer
+    from predictors.metrics import regression_report
+
+    truth, label = _truth(data)
+    kept = np.isfinite(truth)
+    out: dict[str, Any] = {"device": data.device.name, "note": data.device.note,
+                           "regime": data.device.regime, "scored_against": label,
+                           "n_test": int(kept.sum()), "rows": [],
+                           "latency_range_ms": [float(truth[kept].min()), float(truth[kept].max())],
+                           "tau_with_test_latency": _what_dominates(data)}
+    if label == "re-measurement":
+        out["noise_floor"] = regression_report(truth[kept], data.y_test[kept])
+    macs = ArchFeaturizer(data.space).macs(data.X_pool)
+    for n in sorted({min(n, len(data.y_pool)) for n in sizes}):
+        idx = _spread_subset(macs, n)
+        for name, fit in _latency_methods(data.space).items():
+            start = time.perf_counter()
+            predict = fit(data.X_pool[idx], data.y_pool[idx])
+            seconds = time.perf_counter() - start
+            report = regression_report(truth[kept], predict(data.X_test[kept]))
+            row = {"method": name, "n_train": len(idx), "fit_s": seconds, **report}
+            if name == "hwsearch":
+                row["base"] = fit.chosen  # type: ignore[attr-defined]
+            out["rows"].append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- few-shot table
+
+
+def fewshot_table(loaded: dict[str, Labelled], shots: list[int], repeats: int) -> list[dict]:
+    """Per pair and shot count: transfer, from scratch and the CV choice, averaged over draws."""
     from predictors.fewshot import FewShotLatencyPredictor
     from predictors.latency import LatencyPredictor
     from predictors.metrics import regression_report
 
-    torch.set_num_threads(1)
-    store = SQLiteStore(args.store)
-    net = create_supernet(SUPERNET)
+    sources: dict[str, Any] = {}
+    out = []
+    for names, target, kind in FEWSHOT_PAIRS:
+        if (target not in loaded or len(loaded[target].y_test) < 20
+                or any(n not in loaded for n in names)):
+            _log(f"few-shot {'+'.join(names)} -> {target}: not measured, skipped")
+            continue
+        for name in names:
+            if name not in sources:
+                src = loaded[name]
+                sources[name] = LatencyPredictor(src.space, cv_folds=0, n_members=0).fit(
+                    src.X_pool, src.y_pool)
+        tgt = loaded[target]
+        truth, label = _truth(tgt)
+        kept = np.isfinite(truth)
+        for n in shots:
+            scores: dict[str, list[dict[str, float]]] = {"transfer": [], "scratch": [],
+                                                         "chosen": []}
+            chosen, cv_rmse = [], []
+            for r in range(repeats):
+                idx = np.random.default_rng(1000 * n + r).choice(len(tgt.y_pool), n,
+                                                                 replace=False)
+                few = FewShotLatencyPredictor([sources[s] for s in names]).fit(
+                    tgt.X_pool[idx], tgt.y_pool[idx])
+                for method, reports in scores.items():
+                    reports.append(regression_report(
+                        truth[kept], few.predict(tgt.X_test[kept], method=method)))
+                chosen.append(few.choice.method)
+                cv_rmse.append(few.choice.quality["rmse_log"])
+            row = {"sources": list(names), "target": target, "kind": kind, "shots": n,
+                   "repeats": repeats, "scored_against": label,
+                   "choices": {m: chosen.count(m) for m in sorted(set(chosen))},
+                   "chosen_cv_rmse_log": float(np.mean(cv_rmse))}
+            for method, reports in scores.items():
+                row[method] = {k: float(np.mean([rep[k] for rep in reports]))
+                               for k in ("tau", "within_10", "mape")}
+            out.append(row)
+            _log(f"few-shot {'+'.join(names)} -> {target} at {n}: "
+                 + ", ".join(f"{m} tau={row[m]['tau']:.3f}" for m in scores))
+    return out
+
+
+# --------------------------------------------------------------------------- accuracy table
+
+
+def _identity_link_predictor() -> type:
+    """The accuracy predictor before issue 13: ridge + XGBoost in accuracy space, clipped."""
+    from predictors.accuracy import AccuracyPredictor
+
+    class LinearAccuracy(AccuracyPredictor):
+        def _fit_base(self, F: np.ndarray, y: np.ndarray) -> Any:
+            from predictors.base import fit_ridge_base
+
+            return fit_ridge_base(F, y, list(range(F.shape[1])))
+
+        def _residual(self, base_pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+            return y - base_pred
+
+        def _combine(self, base_pred: np.ndarray, resid: np.ndarray) -> np.ndarray:
+            return np.clip(base_pred + resid, 0.0, 1.0)
+
+        def _calibrate_spread(self, F: np.ndarray, y: np.ndarray,
+                              oof: np.ndarray | None) -> dict[str, Any]:
+            return {}
+
+    return LinearAccuracy
+
+
+def accuracy_table(store: Any, sizes: list[int], n_pool: int, n_test: int) -> dict[str, Any]:
+    """Held-out accuracy prediction at each training size: new (saturating) vs old (linear)."""
+    from hwsearch.pipeline import select_subnets
+    from predictors.accuracy import AccuracyPredictor, interval_coverage
+    from predictors.metrics import regression_report
+
+    net = _supernet(DEMO)
     space = net.space
-    main_profile, other_profile = _profiles(args.ci_target, args.max_rounds)
-    device = args.device_key or main_profile.hash()
-    n_pool = max(args.n_train)
-    train_archs = select_subnets(space, n_pool, seed=1, resolution=args.resolution)
-    test_archs = select_subnets(space, args.n_test, seed=2, resolution=args.resolution,
-                                exclude=[a.key() for a in train_archs])
-    _log(f"device {main_profile.name} {device}: {len(train_archs)} train, {len(test_archs)} test")
-    train_lat = _measure(net, train_archs, main_profile, device, store, "train pool", args.chunk,
-                         args.evaluate_only)
-    test_lat = _measure(net, test_archs, main_profile, device, store, "test", args.chunk,
-                        args.evaluate_only)
-
-    scale = _scale(train_lat)
-    selected_train, selected_test = train_archs, test_archs
-    train_archs, y_pool = _labelled(train_lat, selected_train, scale)
-    test_archs, y_test = _labelled(test_lat, selected_test, scale)
-    X_pool = space.encode_many(train_archs)
-    X_test = space.encode_many(test_archs)
-    macs_pool = ArchFeaturizer(space).macs(X_pool)
-    results: dict[str, Any] = {
-        "supernet": SUPERNET, "resolution": args.resolution, "device": main_profile.name,
-        "device_hash": device, "n_test": len(test_archs), "rows": [], "scale_ms": scale,
-        "latency_range_ms": [float(y_test.min()), float(y_test.max())],
-    }
-    for n in _available_sizes(args.n_train, len(train_archs)):
-        idx = _spread_subset(X_pool, macs_pool, n)
-        for name, fit in _methods(space, device).items():
-            start = time.perf_counter()
-            predict = fit(X_pool[idx], y_pool[idx])
-            seconds = time.perf_counter() - start
-            results["rows"].append(_row(name, len(idx), regression_report(y_test, predict(X_test)),
-                                        seconds))
-    results["predict_archs_per_s"] = _throughput(space, X_pool, y_pool, device)
-
-    if args.remeasure:
-        again = _measure(net, test_archs, main_profile, f"{device}/remeasure", store,
-                         "test re-measurement", args.chunk, args.evaluate_only)
-        again_archs, y_again = _labelled(again, test_archs, scale)
-        kept = [i for i, a in enumerate(test_archs) if a in set(again_archs)]
-        best = LatencyPredictor(space, device_hash=device, cv_folds=0).fit(X_pool, y_pool)
-        results["remeasure"] = {
-            "first_vs_second_pass": regression_report(y_again, y_test[kept]),
-            f"hwsearch_n{len(y_pool)}_vs_second_pass": regression_report(
-                y_again, best.predict(X_test[kept])),
-        }
-
-    if args.fewshot:
-        other = args.other_key or other_profile.hash()
-        X_selected = space.encode_many(selected_train)
-        shot_idx = _spread_subset(X_selected, ArchFeaturizer(space).macs(X_selected), 20)
-        shot_archs = [selected_train[i] for i in shot_idx]
-        fs_test = selected_test[:args.fewshot_test]
-        shot_lat = _measure(net, shot_archs, other_profile, other, store, "few-shot 20",
-                            args.chunk, args.evaluate_only)
-        fs_lat = _measure(net, fs_test, other_profile, other, store, "few-shot test", args.chunk,
-                          args.evaluate_only)
-        other_scale = _scale(shot_lat)
-        shot_archs, y_shot = _labelled(shot_lat, shot_archs, other_scale)
-        fs_test, y_fs = _labelled(fs_lat, fs_test, other_scale)
-        X_shot = space.encode_many(shot_archs)
-        X_fs = space.encode_many(fs_test)
-        source = LatencyPredictor(space, device_hash=device, cv_folds=0).fit(X_pool, y_pool)
-        few = FewShotLatencyPredictor([source]).fit(X_shot, y_shot)
-        scratch = LatencyPredictor(space, device_hash=other, cv_folds=0).fit(X_shot, y_shot)
-        coef = np.polyfit(ArchFeaturizer(space).macs(X_shot), y_shot, 1)
-        flops = np.polyval(coef, ArchFeaturizer(space).macs(X_fs))
-        results["fewshot"] = {
-            "new_device": other_profile.name, "n_shots": len(shot_archs), "n_test": len(fs_test),
-            "fewshot (source predictor + fitted correction)": regression_report(y_fs,
-                                                                                 few.predict(X_fs)),
-            "hwsearch from scratch on the 20": regression_report(y_fs, scratch.predict(X_fs)),
-            "FLOPs-only on the 20": regression_report(y_fs, flops),
-            "source predictor unchanged": regression_report(y_fs, source.predict(X_fs)),
-        }
-    return results
+    acc = store.get_accuracies(net.name, ACCURACY_DATASET)
+    train = [a for a in select_subnets(space, n_pool, seed=11) if a.key() in acc]
+    test = [a for a in select_subnets(space, n_test, seed=12,
+                                      exclude=[a.key() for a in select_subnets(space, n_pool,
+                                                                               seed=11)])
+            if a.key() in acc]
+    if len(train) < 20 or len(test) < 20:
+        return {}
+    X_tr, y_tr = space.encode_many(train), np.array([acc[a.key()] for a in train])
+    X_te, y_te = space.encode_many(test), np.array([acc[a.key()] for a in test])
+    xl, xu = space.bounds()
+    X_wide = space.canonical_genes(np.random.default_rng(5).integers(xl, xu + 1,
+                                                                    size=(20_000, space.n_var)))
+    out: dict[str, Any] = {"n_test": len(test), "best_measured": float(max(y_tr.max(),
+                                                                           y_te.max())),
+                           "test_range": [float(y_te.min()), float(y_te.max())], "rows": []}
+    for n in sorted({min(n, len(train)) for n in sizes}):
+        for name, cls in (("hwsearch (soft ceiling, calibrated sd)", AccuracyPredictor),
+                          ("before (linear, bootstrap sd)", _identity_link_predictor())):
+            model = cls(space).fit(X_tr[:n], y_tr[:n])
+            mean, sd = model.predict_dist(X_te)
+            rep = regression_report(y_te, mean)
+            out["rows"].append({
+                "method": name, "n_train": n, "mae_points": float(100 * np.mean(np.abs(mean - y_te))),
+                "tau": rep["tau"], "cover_1sd": interval_coverage(y_te, mean, sd, 1.0),
+                "cover_2sd": interval_coverage(y_te, mean, sd, 2.0),
+                "max_pred_test": float(mean.max()), "max_pred_20k": float(model.predict(X_wide).max()),
+                "best_train": float(y_tr[:n].max()), "mean_sd_points": float(100 * sd.mean()),
+            })
+    return out
 
 
-def _print(results: dict[str, Any]) -> None:
-    print(f"\n{results['supernet']} at {results['resolution']} px on {results['device']} "
-          f"({results['device_hash']}); test n={results['n_test']}, latencies "
-          f"{results['latency_range_ms'][0]:.1f}-{results['latency_range_ms'][1]:.1f} ms\n")
-    print(_table(results["rows"]))
-    print(f"\nhwsearch predict throughput: {results['predict_archs_per_s']:,.0f} archs/s (1 thread)")
-    for section in ("remeasure", "fewshot"):
-        if section in results:
-            print(f"\n{section}:")
-            for name, rep in results[section].items():
-                if isinstance(rep, dict):
-                    print(f"  {name}: within10={100 * rep['within_10']:.1f}% "
-                          f"within5={100 * rep['within_5']:.1f}% tau={rep['tau']:.3f} "
-                          f"MAPE={rep['mape']:.2f}%")
-                else:
-                    print(f"  {name}: {rep}")
+# --------------------------------------------------------------------------- printing
+
+
+def _print_latency(table: dict[str, Any]) -> None:
+    lo, hi = table["latency_range_ms"]
+    dominance = ", ".join(f"{k} {v:.3f}" for k, v in table["tau_with_test_latency"].items())
+    print(f"\n### {table['device']} ({table['note']}; {table['regime']}-bound)\n")
+    print(f"test n={table['n_test']}, {lo:.3f}-{hi:.3f} ms, scored against the "
+          f"{table['scored_against']}; Kendall tau of latency with {dominance}\n")
+    print("| n_train | method | within ±10% | within ±5% | τ | MAPE % | base chosen by CV |")
+    print("|---:|---|---:|---:|---:|---:|---|")
+    if "noise_floor" in table:
+        nf = table["noise_floor"]
+        print(f"| - | first pass vs re-measurement (noise floor) | {100 * nf['within_10']:.1f} | "
+              f"{100 * nf['within_5']:.1f} | {nf['tau']:.3f} | {nf['mape']:.2f} | |")
+    for r in table["rows"]:
+        print(f"| {r['n_train']} | {r['method']} | {100 * r['within_10']:.1f} | "
+              f"{100 * r['within_5']:.1f} | {r['tau']:.3f} | {r['mape']:.2f} | "
+              f"{r.get('base', '')} |")
+
+
+def _print_fewshot(rows: list[dict[str, Any]]) -> None:
+    print("\n### Few-shot (mean over random shot draws; test = the target's test set)\n")
+    print("| source -> target | kind | shots | transfer τ / ±10% / MAPE | scratch τ / ±10% / MAPE "
+          "| chosen τ / ±10% / MAPE | chosen (count) |")
+    print("|---|---|---:|---|---|---|---|")
+    for r in rows:
+        cells = [f"{r[m]['tau']:.3f} / {100 * r[m]['within_10']:.0f}% / {r[m]['mape']:.1f}"
+                 for m in ("transfer", "scratch", "chosen")]
+        chosen = ", ".join(f"{k} {v}" for k, v in r["choices"].items())
+        print(f"| {'+'.join(r['sources'])} -> {r['target']} | {r['kind']} | {r['shots']} | "
+              + " | ".join(cells) + f" | {chosen} |")
+
+
+def _print_accuracy(table: dict[str, Any]) -> None:
+    print(f"\n### Accuracy, demo supernet (held-out n={table['n_test']}, measured "
+          f"{table['test_range'][0]:.3f}-{table['test_range'][1]:.3f}, best measured "
+          f"{table['best_measured']:.3f})\n")
+    print("| n_train | method | MAE pts | τ | ±1sd cover | ±2sd cover | mean sd pts | best train "
+          "| max pred (test) | max pred (20k random) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in table["rows"]:
+        print(f"| {r['n_train']} | {r['method']} | {r['mae_points']:.2f} | {r['tau']:.3f} | "
+              f"{100 * r['cover_1sd']:.0f}% | {100 * r['cover_2sd']:.0f}% | "
+              f"{r['mean_sd_points']:.2f} | {r['best_train']:.3f} | {r['max_pred_test']:.3f} | "
+              f"{r['max_pred_20k']:.3f} |")
+
+
+def report(args: argparse.Namespace) -> None:
+    """All tables from what the store holds; JSON to ``--out``, markdown to stdout."""
+    from hwsearch.store import SQLiteStore
+
+    store = SQLiteStore(args.store)
+    loaded = {name: data for name in DEVICES
+              if (data := _load(store, name, args.pool, args.n_test)) is not None}
+    _log(f"measured devices: {', '.join(f'{k} ({len(v.y_pool)} train)' for k, v in loaded.items())}")
+    results: dict[str, Any] = {"latency": [], "fewshot": [], "accuracy": {}}
+    for name in args.latency_devices:
+        if name in loaded and len(loaded[name].y_test) >= 20:
+            results["latency"].append(latency_table(loaded[name], args.n_train))
+    results["fewshot"] = fewshot_table(loaded, args.shots, args.repeats)
+    results["accuracy"] = accuracy_table(store, args.accuracy_sizes, args.accuracy_pool,
+                                         args.accuracy_test)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    for table in results["latency"]:
+        _print_latency(table)
+    _print_fewshot(results["fewshot"])
+    if results["accuracy"]:
+        _print_accuracy(results["accuracy"])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n-train", type=int, nargs="+", default=[50, 100, 200, 300])
-    parser.add_argument("--n-test", type=int, default=200)
-    parser.add_argument("--resolution", type=int, default=224)
-    parser.add_argument("--chunk", type=int, default=16, help="subnets per measurement session")
-    parser.add_argument("--ci-target", type=float, default=0.02,
-                        help="relative 95%% CI half-width at which a subnet stops being timed")
-    parser.add_argument("--max-rounds", type=int, default=120,
-                        help="cap on interleaved rounds per measurement session")
-    parser.add_argument("--fewshot", action="store_true")
-    parser.add_argument("--fewshot-test", type=int, default=100)
-    parser.add_argument("--remeasure", action="store_true")
-    parser.add_argument("--evaluate-only", action="store_true",
-                        help="measure nothing; score on the selected subnets already stored")
-    parser.add_argument("--device-key", help="store key of the main device's rows (default: "
-                        "its profile hash; set it to score rows taken under an older reference)")
-    parser.add_argument("--other-key", help="the same for the few-shot device")
     parser.add_argument("--store", type=Path, default=Path("runs/bench_predictors.db"))
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_predictors.json"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("measure", help="measure train pool, test set and re-measurement")
+    m.add_argument("--devices", nargs="+", choices=sorted(DEVICES), default=["demo-1t"])
+    m.add_argument("--pool", type=int, default=300, help="size of the train pool drawn")
+    m.add_argument("--n-train", type=int, default=300, help="how much of the pool to measure")
+    m.add_argument("--n-test", type=int, default=100)
+    m.add_argument("--remeasure", action="store_true")
+    m.add_argument("--chunk", type=int, default=16, help="subnets per measurement session")
+    a = sub.add_parser("accuracy", help="evaluate demo subnets on held-out digits")
+    a.add_argument("--n-train", type=int, default=200)
+    a.add_argument("--n-test", type=int, default=100)
+    a.add_argument("--data", type=Path, default=Path("runs/digits"))
+    r = sub.add_parser("report", help="fit and score every predictor; print the tables")
+    r.add_argument("--latency-devices", nargs="+", choices=sorted(DEVICES),
+                   default=["demo-1t", "demo-1t-noopt", "ofa224-1t"])
+    r.add_argument("--pool", type=int, default=300)
+    r.add_argument("--n-test", type=int, default=100)
+    r.add_argument("--n-train", type=int, nargs="+", default=[50, 100, 300])
+    r.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20])
+    r.add_argument("--repeats", type=int, default=10, help="random shot draws per cell")
+    r.add_argument("--accuracy-sizes", type=int, nargs="+", default=[40, 100, 200])
+    r.add_argument("--accuracy-pool", type=int, default=200)
+    r.add_argument("--accuracy-test", type=int, default=100)
+    r.add_argument("--out", type=Path, default=Path("runs/bench_predictors.json"))
     args = parser.parse_args(argv)
-    results = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    _print(results)
+    args.store.parent.mkdir(parents=True, exist_ok=True)
+    {"measure": measure, "accuracy": measure_accuracy, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":

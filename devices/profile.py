@@ -37,6 +37,8 @@ KNOWN_ORT_PROVIDERS = (
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 CLOCKS = ("wall", "thread_cpu")
 INPUT_DTYPES = ("float32", "float16")
+# Model precisions a device can run; hwsearch.quantize.PRECISIONS names the same ones.
+PRECISIONS = ("fp32", "int8")
 
 
 class ProfileError(ValueError):
@@ -117,6 +119,7 @@ class DeviceProfile:
     reference_model: str | None = None
     reference_ms: float | None = None
     host_fingerprint: str | None = None
+    precisions: tuple[str, ...] = ("fp32",)
     warmup: Warmup = field(default_factory=Warmup)
     protocol: Protocol = field(default_factory=Protocol)
     where: Where = field(default_factory=Where)
@@ -145,6 +148,7 @@ class DeviceProfile:
         """Plain JSON-able data; ``from_dict(to_dict())`` round-trips."""
         data = dataclasses.asdict(self)
         data["providers"] = list(self.providers)
+        data["precisions"] = list(self.precisions)
         return data
 
     def identity(self, host_fingerprint: str) -> str:
@@ -169,7 +173,7 @@ class DeviceProfile:
         the reference as bytes computes the same hash as the client.
         """
         data = self.to_dict()
-        for ignored in ("warmup", "protocol", "where", "host_fingerprint"):
+        for ignored in ("warmup", "protocol", "where", "host_fingerprint", "precisions"):
             data.pop(ignored)
         data["reference_model"] = reference_sha256
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
@@ -232,6 +236,8 @@ def _build(cls: type[_Section], data: dict[str, Any], prefix: str) -> _Section:
             values[name] = _build(_SECTIONS[name], value, prefix=f"{prefix}{name}.")
         elif name == "providers":
             values[name] = _as_providers(value)
+        elif name == "precisions":
+            values[name] = _as_precisions(value)
         else:
             values[name] = value
     try:
@@ -245,6 +251,13 @@ def _as_providers(value: Any) -> tuple[str, ...]:
         return (value,)
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ProfileError(f"field 'providers' must be a list of provider names, got {value!r}")
+    return tuple(value)
+
+
+def _as_precisions(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ProfileError(f"field 'precisions' must be a list of precisions {list(PRECISIONS)}, "
+                           f"got {value!r}")
     return tuple(value)
 
 
@@ -321,6 +334,7 @@ def _validate(p: DeviceProfile) -> None:
             "(only then does the inference run on the timed thread)", p.clock,
         )
     _require(p.input_dtype in INPUT_DTYPES, "input_dtype", f"must be one of {INPUT_DTYPES}", p.input_dtype)
+    _validate_precisions(p)
     _require(
         p.reference_model is None or isinstance(p.reference_model, str), "reference_model",
         "must be null (built-in reference) or a path to an ONNX file", p.reference_model,
@@ -337,6 +351,22 @@ def _validate(p: DeviceProfile) -> None:
     _validate_warmup(p.warmup)
     _validate_protocol(p.protocol)
     _validate_where(p.where)
+
+
+def _validate_precisions(p: DeviceProfile) -> None:
+    precisions = p.precisions
+    _require(
+        isinstance(precisions, tuple) and 0 < len(precisions) <= len(PRECISIONS)
+        and all(isinstance(v, str) and v in PRECISIONS for v in precisions)
+        and len(set(precisions)) == len(precisions),
+        "precisions", f"must list each of {list(PRECISIONS)} at most once, and at least one",
+        list(precisions) if isinstance(precisions, tuple) else precisions,
+    )
+    _require(
+        "int8" not in precisions or p.input_dtype == "float32", "precisions",
+        "may include 'int8' only with input_dtype float32 (INT8 models are quantized from FP32)",
+        list(precisions),
+    )
 
 
 def _validate_warmup(w: Warmup) -> None:

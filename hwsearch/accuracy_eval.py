@@ -14,69 +14,148 @@ Each subnet's evaluation is one unit of compute on the host lock
 (:func:`devices.hostlock.compute_unit`): it waits while a latency
 measurement session runs on this host, and a waiting session keeps the next
 subnet from starting, so measurements see a quiet machine.
+
+Evaluation runs on a GPU when the Ray cluster has one (:func:`choose_placement`:
+each task asks Ray for ``num_gpus``, scores with a larger batch and decodes a
+streamed folder with several threads) and on CPU otherwise; a task given a GPU
+that torch cannot use falls back to the CPU and says so in its report.  BN is
+always recalibrated at ``batch_size``, whatever the device: its statistics are
+averages of per-batch variances, so a larger calibration batch would change
+the accuracy, while scoring in eval mode does not depend on the batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from hwsearch.space import ArchConfig
 from hwsearch.store import Store
 
-__all__ = ["EvalSettings", "evaluate_subnets", "subnet_accuracy"]
+__all__ = ["EvalSettings", "Placement", "choose_placement", "cpu_placement", "evaluate_subnets",
+           "subnet_accuracy", "torch_device"]
+
+log = logging.getLogger(__name__)
+
+ReportFn = Callable[[Mapping[str, Any]], None]
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How many images calibrate BN, batch sizes, and how work is split."""
+    """How many images calibrate BN, batch sizes, where evaluation runs and how work is split.
+
+    ``n_calibration`` and ``seed`` split plain data (an :class:`EvalSplit`
+    comes split already).  ``device``: ``auto`` uses a GPU when the Ray
+    cluster has one, ``cpu`` never does, ``cuda`` insists on one.  On a GPU,
+    validation batches are ``gpu_batch_size`` images and a streamed folder
+    is decoded by ``gpu_loader_threads`` threads (the task reserves as many
+    CPUs, at most the cluster's).
+    """
 
     n_calibration: int = 500
     batch_size: int = 64
     chunk: int = 4
     seed: int = 0
     torch_threads: int = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpu_batch_size: int = 256
+    gpu_loader_threads: int = 4
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What each evaluation task asks Ray for, and how it feeds its device."""
+
+    use_gpu: bool
+    num_cpus: int
+    num_gpus: float
+    batch_size: int
+    loader_threads: int
+
+
+def choose_placement(settings: EvalSettings, cluster: Mapping[str, float]) -> Placement:
+    """GPU tasks when the cluster (``ray.cluster_resources()``) has a GPU and settings allow, else CPU."""
+    has_gpu = cluster.get("GPU", 0.0) >= 1.0
+    if settings.device == "cuda" and not has_gpu:
+        raise ValueError("device 'cuda' was asked for, but the Ray cluster has no GPU")
+    if settings.device == "cpu" or not has_gpu:
+        return cpu_placement(settings)
+    threads = max(1, min(settings.gpu_loader_threads, int(cluster.get("CPU", 1.0))))
+    return Placement(True, threads, 1.0, settings.gpu_batch_size, threads)
+
+
+def cpu_placement(settings: EvalSettings) -> Placement:
+    """A CPU task of ``torch_threads``, scoring at ``batch_size``, decoding on one thread."""
+    return Placement(False, settings.torch_threads, 0.0, settings.batch_size, 1)
+
+
+def torch_device(placement: Placement) -> str:
+    """``cuda`` when the task was given a GPU and torch can use it; ``cpu`` otherwise.
+
+    A GPU node whose torch lacks CUDA still evaluates (slowly, on its CPU)
+    rather than failing the job; the chunk's report names the device used.
+    """
+    import torch
+
+    return "cuda" if placement.use_gpu and torch.cuda.is_available() else "cpu"
 
 
 def subnet_accuracy(supernet: Any, arch: ArchConfig, calibration: Any, validation: Any,
-                    settings: EvalSettings) -> float:
+                    settings: EvalSettings, *, device: str = "cpu",
+                    placement: Placement | None = None) -> float:
     """Extract ``arch``, recalibrate its BN on ``calibration``, return top-1 on ``validation``.
 
-    Runs as one compute unit on the host lock (see the module docstring).
+    ``device`` is a torch device; ``placement`` (default: CPU, ``settings``'
+    batch) sets the scoring batch and decoding threads.  Runs as one compute
+    unit on the host lock (see the module docstring).
     """
     from devices.hostlock import compute_unit
 
+    placement = placement or cpu_placement(settings)
     with compute_unit():
-        return _accuracy(supernet, arch, calibration, validation, settings)
+        return _accuracy(supernet, arch, calibration, validation, settings, device, placement)
 
 
 def _accuracy(supernet: Any, arch: ArchConfig, calibration: Any, validation: Any,
-              settings: EvalSettings) -> float:
+              settings: EvalSettings, device: str, placement: Placement) -> float:
     import torch
 
     from hwsearch.bn import recalibrate_bn
     from hwsearch.data import batches
 
-    module = supernet.extract(arch)
-    calib = (x for x, _ in batches(calibration, arch.resolution, settings.batch_size))
+    threads = placement.loader_threads
+    module = supernet.extract(arch).to(device)
+    calib = (x for x, _ in batches(calibration, arch.resolution, settings.batch_size,
+                                   threads=threads))
     module = recalibrate_bn(module, calib)
     module.eval()
     correct = 0
     with torch.inference_mode():
-        for x, y in batches(validation, arch.resolution, settings.batch_size):
-            correct += int((module(x).argmax(dim=1) == y).sum())
+        for x, y in batches(validation, arch.resolution, placement.batch_size, threads=threads):
+            predicted = module(x.to(device, non_blocking=True)).argmax(dim=1)
+            correct += int((predicted.cpu() == y).sum())
     return correct / len(validation)
 
 
 def _evaluate_chunk(supernet: Any, calibration: Any, validation: Any,
-                    arch_dicts: list[dict[str, Any]], settings: EvalSettings) -> list[float]:
+                    arch_dicts: list[dict[str, Any]], settings: EvalSettings,
+                    placement: Placement) -> dict[str, Any]:
+    """One Ray task: the chunk's accuracies, and where and how fast they were computed."""
     import torch
 
     torch.set_num_threads(settings.torch_threads)
+    device = torch_device(placement)
     space = supernet.space
-    return [subnet_accuracy(supernet, space.from_dict(d), calibration, validation, settings)
-            for d in arch_dicts]
+    start = time.perf_counter()
+    accuracies = [subnet_accuracy(supernet, space.from_dict(d), calibration, validation, settings,
+                                  device=device, placement=placement) for d in arch_dicts]
+    seconds = time.perf_counter() - start
+    images = len(arch_dicts) * (len(calibration) + len(validation))
+    return {"accuracies": accuracies, "device": device, "gpu_requested": placement.use_gpu,
+            "seconds": seconds, "images": images, "images_per_s": images / max(seconds, 1e-9)}
 
 
 def evaluate_subnets(
@@ -88,36 +167,64 @@ def evaluate_subnets(
     dataset_id: str,
     settings: EvalSettings = EvalSettings(),
     progress: Callable[[int, int], None] | None = None,
+    report: ReportFn | None = None,
 ) -> dict[str, float]:
-    """Accuracies of ``archs`` (by key) on ``data`` (a :class:`hwsearch.data.LabelledImages`).
+    """Accuracies of ``archs`` (by key) on ``data``; see the module docstring.
 
+    ``data`` is an :class:`~hwsearch.evaldata.EvalSplit` (calibration and
+    validation drawn already; its identity belongs in ``dataset_id``) or
+    one dataset (:class:`~hwsearch.data.LabelledImages` or a streamed
+    :class:`~hwsearch.imagefolder.ImageFolder`), split here by ``settings``.
     Keys already stored for ``(supernet.name, dataset_id)`` are not evaluated
     again.  Starts a local Ray runtime unless one is already initialised.
+    ``report`` gets each chunk's device and images per second.
     """
+    done = store.get_accuracies(supernet.name, dataset_id)
+    todo = [a for a in archs if a.key() not in done]
+    if todo:
+        _evaluate_on_ray(supernet, todo, _split(data, settings), store=store,
+                         dataset_id=dataset_id, settings=settings, progress=progress,
+                         report=report)
+    stored = store.get_accuracies(supernet.name, dataset_id)
+    return {a.key(): stored[a.key()] for a in archs}
+
+
+def _split(data: Any, settings: EvalSettings) -> tuple[Any, Any]:
+    """``(calibration, validation)``: an EvalSplit's parts, or plain data split by ``settings``."""
+    from hwsearch.evaldata import EvalSplit
+
+    if isinstance(data, EvalSplit):
+        return data.calibration, data.validation
+    return data.split(min(settings.n_calibration, len(data) // 2), seed=settings.seed)
+
+
+def _evaluate_on_ray(supernet: Any, todo: Sequence[ArchConfig], parts: tuple[Any, Any], *,
+                     store: Store, dataset_id: str, settings: EvalSettings,
+                     progress: Callable[[int, int], None] | None, report: ReportFn | None) -> None:
+    """Chunks of ``todo`` as Ray tasks; each chunk's accuracies are stored as it returns."""
     import ray
 
     from hwsearch.ray_session import init_ray
 
-    done = store.get_accuracies(supernet.name, dataset_id)
-    todo = [a for a in archs if a.key() not in done]
-    if todo:
-        calibration, validation = data.split(min(settings.n_calibration, len(data) // 2),
-                                             seed=settings.seed)
-        init_ray()
-        remote = ray.remote(num_cpus=settings.torch_threads)(_evaluate_chunk)
-        net_ref, calib_ref, val_ref = (ray.put(supernet), ray.put(calibration),
-                                       ray.put(validation))
-        chunks = [todo[i:i + settings.chunk] for i in range(0, len(todo), settings.chunk)]
-        pending = {remote.remote(net_ref, calib_ref, val_ref, [a.to_dict() for a in chunk],
-                                 settings): chunk for chunk in chunks}
-        finished = 0
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            chunk = pending.pop(ready[0])
-            for arch, accuracy in zip(chunk, ray.get(ready[0])):
-                store.put_accuracy(supernet.name, dataset_id, arch.key(), accuracy)
-            finished += len(chunk)
-            if progress:
-                progress(finished, len(todo))
-    stored = store.get_accuracies(supernet.name, dataset_id)
-    return {a.key(): stored[a.key()] for a in archs}
+    init_ray()
+    placement = choose_placement(settings, ray.cluster_resources())
+    remote = ray.remote(_evaluate_chunk).options(num_cpus=placement.num_cpus,
+                                                 num_gpus=placement.num_gpus)
+    net_ref, calib_ref, val_ref = (ray.put(supernet), ray.put(parts[0]), ray.put(parts[1]))
+    chunks = [todo[i:i + settings.chunk] for i in range(0, len(todo), settings.chunk)]
+    pending = {remote.remote(net_ref, calib_ref, val_ref, [a.to_dict() for a in chunk],
+                             settings, placement): chunk for chunk in chunks}
+    finished = 0
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        chunk = pending.pop(ready[0])
+        outcome = ray.get(ready[0])
+        for arch, accuracy in zip(chunk, outcome["accuracies"]):
+            store.put_accuracy(supernet.name, dataset_id, arch.key(), accuracy)
+        if outcome["gpu_requested"] and outcome["device"] == "cpu":
+            log.warning("a GPU was assigned but torch cannot use CUDA there; evaluated on CPU")
+        if report:
+            report({k: v for k, v in outcome.items() if k != "accuracies"})
+        finished += len(chunk)
+        if progress:
+            progress(finished, len(todo))

@@ -6,6 +6,10 @@ and onnxruntime's output on a random input must match torch's within
 written, so a file at ``path`` is always a verified one.  Graphs have static
 shapes, one input named ``input`` and one output named ``logits``, and carry
 their provenance in ``metadata_props``.
+
+``precision="int8"`` exports the verified FP32 graph and then quantizes it
+statically with onnxruntime (:mod:`hwsearch.quantize`): what ships at INT8
+is the quantized file, checked against its FP32 source on calibration images.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -31,7 +35,11 @@ import hwsearch
 from hwsearch.supernets import ArchLike, Supernet
 from hwsearch.supernets.counting import measure
 
-__all__ = ["ExportCheckError", "ExportReport", "export_onnx", "export_subnet"]
+if TYPE_CHECKING:
+    from hwsearch.data import Images
+    from hwsearch.quantize import QuantizeSettings
+
+__all__ = ["ExportCheckError", "ExportReport", "export_onnx", "export_subnet", "write_atomically"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -63,9 +71,12 @@ class ExportReport:
     params: int
     input_shape: tuple[int, ...]
     check_seconds: float = 0.0
+    precision: str = "fp32"
+    quantization: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["quantization"] = None if self.quantization is None else dict(self.quantization)
         data["path"] = str(self.path)
         data["input_shape"] = list(self.input_shape)
         return data
@@ -114,7 +125,7 @@ def _export_and_verify(path: Path, module: nn.Module, input_shape: tuple[int, ..
     start = time.perf_counter()
     diff = _verify(model, data, x, expected, tolerance) if check else None
     check_seconds = time.perf_counter() - start
-    _write_atomically(path, data)
+    write_atomically(path, data)
     return ExportReport(path, seconds, len(data), diff, costs.macs, costs.params,
                         tuple(input_shape), check_seconds)
 
@@ -127,21 +138,70 @@ def export_subnet(
     batch: int = 1,
     input_dtype: str = "float32",
     check: bool = True,
+    precision: str = "fp32",
+    calibration: Images | None = None,
+    bn_data: Images | None = None,
+    quantize: QuantizeSettings | None = None,
 ) -> ExportReport:
     """Extract ``arch`` from ``supernet`` and export it; the file records supernet and arch.
 
     ``input_dtype`` ``float16`` exports the subnet in half precision (weights,
     activations and input), which is what a device profile with that input
     dtype measures; the check then allows 1% of the outputs' scale.
+
+    ``precision="int8"`` quantizes the (checked) FP32 export statically,
+    calibrating on ``calibration`` images (required: the user's data, see
+    :mod:`hwsearch.quantize`); ``quantize`` picks the calibration method and
+    image count.  ``bn_data``, when given, re-estimates batch-norm statistics
+    first (:func:`hwsearch.bn.recalibrate_bn`), as accuracy evaluation does,
+    so the shipped file is the network whose accuracy was measured.
     """
+    from hwsearch.quantize import check_precision
+
     if input_dtype not in INPUT_DTYPES:
         raise ValueError(f"input_dtype {input_dtype!r} is not one of {sorted(INPUT_DTYPES)}")
+    check_precision(precision)
+    if precision == "int8" and (input_dtype != "float32" or calibration is None):
+        raise ValueError("an int8 export needs input_dtype float32 and calibration images "
+                         "(a few hundred of the user's data)")
     arch = supernet.arch(arch)
     metadata = {"supernet": supernet.name, "arch_key": arch.key(), "arch_json": arch.to_json(),
-                "input_dtype": input_dtype}
-    module = supernet.extract(arch).to(INPUT_DTYPES[input_dtype])  # extract returns a fresh copy
-    return export_onnx(module, path, input_shape=supernet.input_shape(arch, batch),
-                       metadata=metadata, check=check)
+                "input_dtype": input_dtype, "precision": precision}
+    module = supernet.extract(arch)  # extract returns a fresh copy
+    if bn_data is not None:
+        module = _recalibrated(module, bn_data, arch.resolution)
+    module = module.to(INPUT_DTYPES[input_dtype])
+    shape = supernet.input_shape(arch, batch)
+    if precision == "fp32":
+        return export_onnx(module, path, input_shape=shape, metadata=metadata, check=check)
+    return _export_int8(module, Path(path), shape, metadata, check, calibration, arch.resolution,
+                        quantize)
+
+
+def _recalibrated(module: nn.Module, data: Images, resolution: int) -> nn.Module:
+    """``module`` with its batch-norm statistics re-estimated on ``data`` at ``resolution``."""
+    from hwsearch.bn import recalibrate_bn
+    from hwsearch.data import batches
+
+    return recalibrate_bn(module, (x for x, _ in batches(data, resolution)))
+
+
+def _export_int8(module: nn.Module, path: Path, shape: tuple[int, ...],
+                 metadata: Mapping[str, str], check: bool, calibration: Images,
+                 resolution: int, settings: QuantizeSettings | None) -> ExportReport:
+    """Export FP32 beside ``path`` (checked unless ``check=False``), then quantize into ``path``."""
+    from hwsearch.quantize import QuantizeSettings, images_at, quantize_onnx
+
+    settings = settings or QuantizeSettings()
+    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None,
+                                     prefix=".hwsearch-fp32-") as tmp:
+        fp32 = export_onnx(module, Path(tmp) / "fp32.onnx", input_shape=shape, metadata=metadata,
+                           check=check)
+        images = images_at(calibration, resolution, settings.n_images)
+        quantized = quantize_onnx(fp32.path, path, images, settings)
+    return replace(fp32, path=path, bytes=quantized.bytes, precision="int8",
+                   seconds=fp32.seconds + quantized.seconds,
+                   quantization=quantized.to_dict() | {"path": str(path)})
 
 
 # torch's TorchScript exporter keeps process-wide state (``GLOBALS.in_onnx_export``) and
@@ -183,7 +243,7 @@ def _verify(model: onnx.ModelProto, data: bytes, x: Tensor, expected: Tensor,
     return diff
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     """Write via a temporary file so readers never see a partial model."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

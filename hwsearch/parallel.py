@@ -28,6 +28,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
+from hwsearch.acquisition import LatencyTargets
 from hwsearch.problem import Limit
 from hwsearch.ray_session import init_ray
 from hwsearch.refine import (
@@ -58,6 +59,7 @@ class DeviceSearch:
     the place for progress reports and cancellation checks.  ``compute``
     (picklable) is the context each round's fitting and searching run in,
     e.g. the host's compute lock, so they pause while a session measures.
+    ``targets`` are the latencies the user will pick from on this device.
     """
 
     name: str
@@ -68,6 +70,7 @@ class DeviceSearch:
     reference_point: tuple[float, ...] | None = None
     on_round: Callable[[int, Sequence[Observation]], None] | None = None
     compute: Callable[[], AbstractContextManager[Any]] = nullcontext
+    targets: LatencyTargets = LatencyTargets()
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,7 @@ def _device_task(shared: Mapping[str, Any], device: DeviceSearch, store: Store,
     result = refine(space, shared["accuracy"], device.latency, measurer, device=device.name,
                     settings=replace(settings, max_measurements=budget), known=known,
                     limits=device.limits, reference_point=device.reference_point,
-                    on_round=device.on_round, compute=device.compute)
+                    on_round=device.on_round, compute=device.compute, targets=device.targets)
     return DeviceRun(device=device.name, result=result,
                      node_id=ray.get_runtime_context().get_node_id(), attempt_pid=os.getpid(),
                      seconds=time.perf_counter() - start, reused=len(known))

@@ -13,12 +13,16 @@ so nothing is measured twice.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,10 +151,15 @@ def profile_subnets(
     during another process's measurement session; while an export or a
     session waits for the host, ``progress`` gets ``stage="waiting"`` events
     saying what for.
-    """
-    from devices.hostlock import compute_unit
-    from hwsearch.export import export_subnet
 
+    For a device measured on another host (an agent), the next chunk is
+    exported while the current one is measured: this host is idle while
+    the agent measures, so the overlap costs the measurement nothing and
+    hides the export time.  A local device's exports and sessions share
+    this host's cores, so they stay one after the other (the host lock
+    would serialise them anyway).  Rows record each export's wall-clock
+    ``export_start``/``export_end`` beside the session's, which shows it.
+    """
     start = time.perf_counter()
     space = supernet.space
     done = store.measured_keys(device_hash, space.network_id)
@@ -160,31 +169,156 @@ def profile_subnets(
     if progress:
         progress(dict(report, stage="start"))
     measured = unstable = 0
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        for i in range(0, len(todo), chunk):
-            batch = todo[i:i + chunk]
-            paths, exports = [], []
-            waiting = _relay_waiting(progress, dict(report, done=report["done"] + measured))
-            for arch in batch:
-                path = Path(tmp) / f"{arch.digest()}.onnx"
-                with compute_unit(on_wait=waiting):  # export_onnx's own hold nests inside it
-                    exports.append(export_subnet(supernet, arch, path, batch=model_batch,
-                                                 input_dtype=input_dtype, check=False))
-                paths.append(path)
+    current = dict(report)  # what waiting events report, kept up to date as chunks finish
+    waiting = _relay_waiting(progress, current)
+    chunks = [list(todo[i:i + chunk]) for i in range(0, len(todo), chunk)]
+    run = object()  # this call's identity as the owner of exports it shares
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp, _SHARED_EXPORTS.owned_by(run):
+        export = functools.partial(_export_chunk, supernet, Path(tmp), model_batch, input_dtype,
+                                   waiting, run)
+        for batch, exports in _exported_chunks(chunks, export, _measures_elsewhere(profiler)):
+            paths = [e.path for e in exports]
             results = _measure_until_stable(profiler, paths, retries, waiting)
-            for arch, export, result, path in zip(batch, exports, results, paths):
+            for arch, export_run, result in zip(batch, exports, results):
                 row = result.to_dict() | {
-                    "arch": arch.to_dict(), "macs": int(export.macs), "params": int(export.params),
-                    "export_seconds": float(export.seconds), "onnx_bytes": int(export.bytes),
+                    "arch": arch.to_dict(), "macs": int(export_run.report.macs),
+                    "params": int(export_run.report.params),
+                    "export_seconds": float(export_run.report.seconds),
+                    "onnx_bytes": int(export_run.report.bytes),
+                    "export_start": export_run.started_at, "export_end": export_run.ended_at,
                 }
                 store.put_latency(device_hash, space.network_id, arch.key(), row)
                 unstable += not result.stable
-                path.unlink()
+                export_run.path.unlink()
             measured += len(batch)
+            current["done"] = report["done"] + measured
             if progress:
-                progress(dict(report, done=report["done"] + measured, stage="measure"))
+                progress(dict(current, stage="measure"))
     return ProfileReport(device_hash, space.network_id, len(archs), len(archs) - len(todo), measured,
                          unstable, time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class _Exported:
+    """One subnet's ONNX file, its export report, and when (wall clock) the export ran."""
+
+    path: Path
+    report: Any  # hwsearch.export.ExportReport
+    started_at: float
+    ended_at: float
+
+
+def _export_chunk(supernet: Any, folder: Path, model_batch: int, input_dtype: str,
+                  waiting: ProgressFn | None, run: object, batch: Sequence[ArchConfig]
+                  ) -> list[_Exported]:
+    """Export ``batch`` to ``folder``, each subnet one compute unit on the host lock.
+
+    The one place the pipeline exports, whichever thread runs it.  A subnet
+    another run of this process is exporting (or has exported and not yet
+    deleted) with the same settings is linked from it instead
+    (:class:`_SharedExports`).
+    """
+    from devices.hostlock import compute_unit
+    from hwsearch.export import export_subnet
+
+    def export_one(arch: ArchConfig, path: Path) -> _Exported:
+        with compute_unit(on_wait=waiting):  # export_onnx's own hold nests inside it
+            started_at = time.time()
+            report = export_subnet(supernet, arch, path, batch=model_batch,
+                                   input_dtype=input_dtype, check=False)
+            return _Exported(path, report, started_at, time.time())
+
+    # The key holds every setting the file depends on; one added to export_subnet goes here too.
+    return [_SHARED_EXPORTS.export((id(supernet), arch.key(), model_batch, input_dtype), run,
+                                   folder / f"{arch.digest()}.onnx",
+                                   functools.partial(export_one, arch))
+            for arch in batch]
+
+
+class _SharedExports:
+    """Exports shared by the profiling runs of one process that need the same file at once.
+
+    A job profiles the same subnets on every device, one thread per device,
+    in the same order (:func:`hwsearch.jobs.stages.profile_devices`), and
+    devices measured at the same batch and input dtype need identical ONNX
+    files.  Exporting each once for all of them halves a two-device job's
+    export work (a process's exports run one at a time under the exporter
+    lock anyway).  A run that finds a subnet exported, or being exported,
+    by another run hard-links the file into its own folder, so each run
+    still deletes only its own files; when the link fails (the owner has
+    already measured and deleted it, or another filesystem) it exports the
+    subnet itself.  An owner's entries end with its run (:meth:`owned_by`),
+    so a key holding ``id(supernet)`` never outlives the supernet it names.
+    Waiting for another run's export happens outside the host lock: a unit
+    of compute waiting on one that cannot start (a session is queued) would
+    deadlock the host.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[Any, ...], tuple[object, Future[_Exported]]] = {}
+
+    def export(self, key: tuple[Any, ...], run: object, path: Path,
+               export: Callable[[Path], _Exported]) -> _Exported:
+        """``export(path)``, or a link to the same export by another run."""
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                future: Future[_Exported] = Future()
+                self._entries[key] = (run, future)
+        if found is None:
+            try:
+                exported = export(path)
+            except BaseException as error:
+                future.set_exception(error)
+                raise
+            future.set_result(exported)
+            return exported
+        shared = found[1].result()  # the owner's error, if its export failed
+        try:
+            os.link(shared.path, path)
+        except OSError:
+            return export(path)
+        return replace(shared, path=path)
+
+    @contextlib.contextmanager
+    def owned_by(self, run: object) -> Iterator[None]:
+        """Forget the entries ``run`` owns when it ends, however it ends."""
+        try:
+            yield
+        finally:
+            with self._lock:
+                for key in [k for k, (owner, _) in self._entries.items() if owner is run]:
+                    del self._entries[key]
+
+
+_SHARED_EXPORTS = _SharedExports()
+
+
+def _exported_chunks(chunks: Sequence[list[ArchConfig]],
+                     export: Callable[[Sequence[ArchConfig]], list[_Exported]], overlap: bool
+                     ) -> Iterator[tuple[list[ArchConfig], list[_Exported]]]:
+    """Each chunk with its exports; with ``overlap``, the next chunk exports while this one is used.
+
+    One export thread at most, and at most one chunk exported ahead, so the
+    ONNX files on disk stay within two chunks.
+    """
+    if not overlap:
+        for batch in chunks:
+            yield batch, export(batch)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hwsearch-export") as pool:
+        ahead = pool.submit(export, chunks[0]) if chunks else None
+        for index, batch in enumerate(chunks):
+            exports = ahead.result()
+            ahead = pool.submit(export, chunks[index + 1]) if index + 1 < len(chunks) else None
+            yield batch, exports
+
+
+def _measures_elsewhere(profiler: Any) -> bool:
+    """Whether the profiler's device measures on another host (an agent), leaving this one idle."""
+    where = getattr(getattr(profiler, "profile", None), "where", None)
+    return getattr(where, "kind", "local") == "agent"
 
 
 def _profile_input(profiler: Any) -> tuple[int, str]:

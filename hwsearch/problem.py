@@ -9,6 +9,17 @@ inner search in predictor overhead).
 Metrics are named (``accuracy``, ``latency_ms``, ``params``, ``latency_ms@phone``,
 ...).  Each objective and each limit refers to a metric by name, so a second
 device's latency or a parameter count is added without a new class.
+
+A metric is either
+
+* a **predictor** - anything with ``predict(X) -> (n,)`` over canonical gene
+  rows (hwsearch's fitted predictors, :class:`Cost`); a predictor that knows
+  its ``space`` and was fitted on a larger space (the one a sub-space came
+  from) gets the rows re-encoded for that space; or
+* a **plain vectorised function** ``fn(batch) -> (n,)`` of an
+  :class:`~hwsearch.batch.ArchBatch`: the population decoded once, as
+  per-knob arrays (``batch.resolution``, ``batch.kernel``, ...) or OFA dicts
+  (``batch.ofa()``), shared by every function metric of the population.
 """
 
 from __future__ import annotations
@@ -21,15 +32,18 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 from pymoo.core.problem import Problem
 
+from hwsearch.batch import ArchBatch
 from hwsearch.space import SearchSpace
 from predictors.features import ArchFeaturizer
 
 __all__ = [
     "Cost",
     "Limit",
+    "Metric",
     "Objective",
     "Predictor",
     "SubnetProblem",
+    "UncertainPredictor",
     "accuracy_latency",
     "analytic_costs",
 ]
@@ -37,22 +51,38 @@ __all__ = [
 
 @runtime_checkable
 class Predictor(Protocol):
-    """What the search needs from a predictor: batched predictions over encoded genes."""
+    """What the search needs from a predictor: batched predictions over canonical genes."""
 
     def predict(self, X: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class UncertainPredictor(Predictor, Protocol):
+    """A predictor that also reports its spread; only uncertainty-aware steps need it
+    (refinement's optimistic bounds), a plain search never calls ``predict_dist``."""
 
     def predict_dist(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-class Cost:
-    """A deterministic, vectorised metric (parameters, MACs) dressed as a predictor.
+Metric = Predictor | Callable[[ArchBatch], np.ndarray]
+"""A predictor over genes, or a vectorised function of a decoded :class:`ArchBatch`."""
 
-    Analytic costs have no uncertainty, so their spread is zero; wrapping them
-    lets objectives and limits treat costs and learned predictors alike.
+
+class Cost:
+    """Any deterministic, vectorised function of canonical gene rows, dressed as a predictor.
+
+    Analytic costs (MACs, parameters) are the built-in use; a lookup table
+    indexed by genes is another.  With no uncertainty the spread is zero, so
+    objectives and limits treat costs and learned predictors alike.  Pass
+    ``space`` when the genes are read with a particular layout: the problem
+    then re-encodes a sub-space's rows for it (or refuses a space it cannot
+    map), like it does for fitted predictors.
     """
 
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray],
+                 space: SearchSpace | None = None) -> None:
         self.fn = fn
+        self.space = space
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(self.fn(X), dtype=np.float64)
@@ -72,7 +102,8 @@ def analytic_costs(space: SearchSpace) -> dict[str, Cost]:
     Exact and cheap, so they serve as objectives or limits without a learned model.
     """
     featurizer = ArchFeaturizer(space)
-    return {metric: Cost(partial(_cost_total, featurizer, metric)) for metric in ("macs", "params")}
+    return {metric: Cost(partial(_cost_total, featurizer, metric), space)
+            for metric in ("macs", "params")}
 
 
 @dataclass(frozen=True)
@@ -118,17 +149,19 @@ def accuracy_latency(latency_metric: str = "latency_ms") -> tuple[Objective, Obj
 
 
 class SubnetProblem(Problem):
-    """Subnets of ``space`` as pymoo integer vectors, scored by named predictors.
+    """Subnets of ``space`` as pymoo integer vectors, scored by named metrics.
 
-    ``metrics`` maps a name to a predictor; ``objectives`` and ``limits`` refer
-    to those names.  Rows are canonicalised (genes of switched-off blocks set
-    to 0) before prediction, so two encodings of one subnet always score the same.
+    ``metrics`` maps a name to a :data:`Metric`; ``objectives`` and ``limits``
+    refer to those names.  Rows are canonicalised (genes of switched-off
+    blocks set to 0) before scoring, so two encodings of one subnet always
+    score the same, and decoded at most once per call however many function
+    metrics read them.
     """
 
     def __init__(
         self,
         space: SearchSpace,
-        metrics: Mapping[str, Predictor],
+        metrics: Mapping[str, Metric],
         objectives: Sequence[Objective] = accuracy_latency(),
         limits: Sequence[Limit] = (),
     ) -> None:
@@ -138,10 +171,16 @@ class SubnetProblem(Problem):
             raise ValueError(f"no predictor for metric(s) {missing}; have {sorted(metrics)}")
         if len(objectives) < 1:
             raise ValueError("a search needs at least one objective")
+        for name, metric in metrics.items():
+            if not (hasattr(metric, "predict") or callable(metric)):
+                raise TypeError(f"metric {name!r} is neither a predictor (predict(X)) nor a "
+                                f"function of an ArchBatch")
         self.space = space
         self.metrics = dict(metrics)
         self.objectives = tuple(objectives)
         self.limits = tuple(limits)
+        self._metric_spaces = {name: _predictor_space(name, self.metrics[name], space)
+                               for name in self.metric_names}
         xl, xu = space.bounds()
         super().__init__(
             n_var=space.n_var,
@@ -155,11 +194,41 @@ class SubnetProblem(Problem):
     def predict(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """Every metric an objective or limit needs, for every row, one batched call each."""
         X = np.rint(np.asarray(X, dtype=np.float64).reshape(-1, self.n_var)).astype(np.int64)
-        if len(X) == 0:
+        return self._predict_canonical(self.space.canonical_genes(X))
+
+    def _predict_canonical(self, Xc: np.ndarray) -> dict[str, np.ndarray]:
+        if len(Xc) == 0:
             return {name: np.zeros(0) for name in self.metric_names}
-        Xc = self.space.canonical_genes(X)
-        return {name: np.asarray(self.metrics[name].predict(Xc), dtype=np.float64)
-                for name in self.metric_names}
+        batch: ArchBatch | None = None
+        genes_for: dict[str, np.ndarray] = {}
+        values = {}
+        for name in self.metric_names:
+            metric, target = self.metrics[name], self._metric_spaces[name]
+            if hasattr(metric, "predict"):
+                key = target.name if target is not None else ""
+                if key not in genes_for:
+                    genes_for[key] = Xc if target is None else self.space.genes_in(target, Xc)
+                out = metric.predict(genes_for[key])
+            else:
+                batch = batch if batch is not None else ArchBatch.decode(self.space, Xc)
+                out = metric(batch)
+            values[name] = _checked(name, out, len(Xc))
+        return values
+
+    def score(self, Xc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+        """``(F, G, values)`` of *canonical* integer gene rows: pymoo's form and the raw metrics.
+
+        The search loop keeps its rows canonical already, so it skips
+        :meth:`predict`'s rounding and canonicalisation.
+        """
+        values = self._predict_canonical(Xc)
+        F = np.column_stack([o.to_min(values[o.metric]) for o in self.objectives])
+        G = None
+        if self.limits:
+            G = np.column_stack(
+                [g for lim in self.limits for g in lim.violations(values[lim.metric])]
+            )
+        return F, G, values
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -168,9 +237,36 @@ class SubnetProblem(Problem):
         return tuple(dict.fromkeys(names))
 
     def _evaluate(self, X: np.ndarray, out: dict, *args: object, **kwargs: object) -> None:
-        values = self.predict(X)
-        out["F"] = np.column_stack([o.to_min(values[o.metric]) for o in self.objectives])
-        if self.limits:
-            out["G"] = np.column_stack(
-                [g for lim in self.limits for g in lim.violations(values[lim.metric])]
-            )
+        X = np.rint(np.asarray(X, dtype=np.float64).reshape(-1, self.n_var)).astype(np.int64)
+        F, G, _ = self.score(self.space.canonical_genes(X))
+        out["F"] = F
+        if G is not None:
+            out["G"] = G
+
+
+def _predictor_space(name: str, metric: Metric, space: SearchSpace) -> SearchSpace | None:
+    """The space whose genes a predictor reads, when it is not ``space`` itself.
+
+    A predictor fitted on the full space scores a sub-space's rows after they
+    are re-encoded for it; one fitted on a space the rows cannot be mapped to
+    is refused here, before any search, instead of reading genes wrongly.
+    """
+    own = getattr(metric, "space", None) if hasattr(metric, "predict") else None
+    if not isinstance(own, SearchSpace) or own == space:
+        return None
+    xu = space.bounds()[1]
+    probe = np.minimum(np.arange(int(xu.max()) + 1)[:, None], xu[None, :])
+    try:
+        space.genes_in(own, probe)
+    except ValueError as exc:
+        raise ValueError(f"metric {name!r} was made for space {own.name!r}, which cannot score "
+                         f"{space.name!r}: {exc}") from exc
+    return own
+
+
+def _checked(name: str, out: object, n: int) -> np.ndarray:
+    """A metric's output as ``(n,)`` float64, or an error naming the metric."""
+    values = np.asarray(out, dtype=np.float64).reshape(-1)
+    if values.shape != (n,):
+        raise ValueError(f"metric {name!r} returned {values.shape[0]} values for {n} rows")
+    return values

@@ -11,7 +11,12 @@ This loop keeps the idea and fixes what makes its front untrustworthy:
   front measured so far, each pick entering the front at its predicted mean
   before the next pick is scored, so a batch spreads along the front instead
   of piling up in one spot.
-* A subnet already measured (by this run or before it) is never measured again.
+* Given :class:`~hwsearch.acquisition.LatencyTargets` (budgets or a band), the
+  search is confined to the latencies that matter and the batch goes where the
+  best measured subnet under each budget (or the front inside the band) is
+  expected to improve most; see :mod:`hwsearch.acquisition`.
+* The cold-start sample is spread over log MACs, not uniform in genes, and a
+  subnet already measured (by this run or before it) is never measured again.
 * The returned front holds only measured subnets, ranked by measured values,
   with the prediction made *before* each measurement beside it.
 """
@@ -26,14 +31,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from hwsearch.acquisition import LatencyTargets, pick_for_band, pick_for_budgets
 from hwsearch.problem import (
     Limit,
     Objective,
     Predictor,
     SubnetProblem,
+    UncertainPredictor,
     accuracy_latency,
     analytic_costs,
 )
+from hwsearch.pipeline import select_subnets
 from hwsearch.results import Candidate, ParetoFront, hypervolume, non_dominated
 from hwsearch.search import SearchSettings, search
 from hwsearch.space import ArchConfig, SearchSpace
@@ -60,8 +68,8 @@ class Measurer(Protocol):
     def measure_accuracy(self, archs: Sequence[ArchConfig]) -> list[float]: ...
 
 
-class TrainablePredictor(Predictor, Protocol):
-    """A predictor the loop can refit on everything measured so far."""
+class TrainablePredictor(UncertainPredictor, Protocol):
+    """A predictor the loop can refit on everything measured so far, with its uncertainty."""
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> object: ...
 
@@ -69,7 +77,7 @@ class TrainablePredictor(Predictor, Protocol):
 class Optimistic:
     """A predictor's optimistic bound: ``mean ± kappa*std``, toward better (+ when maximised)."""
 
-    def __init__(self, predictor: Predictor, kappa: float, sense: str) -> None:
+    def __init__(self, predictor: UncertainPredictor, kappa: float, sense: str) -> None:
         self.predictor = predictor
         self.sign = kappa if sense == "max" else -kappa
 
@@ -140,6 +148,7 @@ def refine(
     reference_point: Sequence[float] | None = None,
     on_round: Callable[[int, Sequence[Observation]], None] | None = None,
     compute: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    targets: LatencyTargets = LatencyTargets(),
 ) -> RefineResult:
     """Refine a front with real measurements until ``settings`` runs out of budget.
 
@@ -150,10 +159,12 @@ def refine(
     Each round's fitting and searching run inside ``compute()`` (a job
     passes the host's compute lock, so this CPU work pauses while another
     device's session measures); measuring runs outside it.
+    ``targets`` aims the measurements at the latencies the user will pick
+    from; the returned front records them and answers for each budget.
     """
     start = time.perf_counter()
     loop = _Loop(space, accuracy, latency, measurer, settings, limits, known, reference_point,
-                 compute)
+                 compute, targets)
     loop.initial_design()
     while loop.budget_left() and not loop.timed_out(start):
         if not loop.step():
@@ -172,9 +183,10 @@ class _Loop:
                  latency: TrainablePredictor, measurer: Measurer, settings: RefineSettings,
                  limits: Sequence[Limit], known: Sequence[Observation],
                  reference_point: Sequence[float] | None,
-                 compute: Callable[[], AbstractContextManager[Any]]) -> None:
+                 compute: Callable[[], AbstractContextManager[Any]],
+                 targets: LatencyTargets = LatencyTargets()) -> None:
         self.space, self.measurer, self.settings = space, measurer, settings
-        self.compute = compute
+        self.compute, self.targets = compute, targets
         self.predictors = {ACCURACY: accuracy, LATENCY: latency}
         self.objectives = accuracy_latency(LATENCY)
         self.limits = tuple(limits)
@@ -205,10 +217,14 @@ class _Loop:
     # ------------------------------------------------------------------ steps
 
     def initial_design(self) -> None:
-        """Measure random unmeasured subnets until ``initial`` observations exist (cold start)."""
+        """Measure unmeasured subnets until ``initial`` observations exist (cold start).
+
+        The sample is spread over log MACs (as the profiling pipeline does), so
+        the first fit sees the small and large ends, not only mid-sized subnets.
+        """
         want = min(self.settings.initial - len(self.observations), self.budget_left())
         if want > 0:
-            self._measure(self._random_unmeasured(want), predicted=None)
+            self._measure(self._spread_unmeasured(want), predicted=None)
 
     def step(self) -> bool:
         """One round: refit, search optimistically, pick a batch, measure it.  False when stuck."""
@@ -232,7 +248,7 @@ class _Loop:
         if len(pool) == 0:
             return None
         mean, std = self._predict_dist(pool)
-        picks = self._greedy_hvi(F_opt, mean, k)
+        picks = self._pick(F_opt, mean, std, k)
         chosen = pool[picks]
         return ([self.space.decode(x) for x in chosen],
                 ({m: v[picks] for m, v in mean.items()}, {m: v[picks] for m, v in std.items()}))
@@ -246,7 +262,8 @@ class _Loop:
             objectives=self.objectives, reference_point=self._reference(), seed=self.settings.seed,
             settings={"refine": self.settings.to_dict(), "n_measured": len(self.observations),
                       "n_new": self.n_new(), "rounds": self.round,
-                      "limits": [lim.__dict__ for lim in self.limits]},
+                      "limits": [lim.__dict__ for lim in self.limits],
+                      "targets": self.targets.to_dict()},
         )
 
     # ------------------------------------------------------------------ pieces
@@ -262,13 +279,24 @@ class _Loop:
             name: Optimistic(pred, self.settings.kappa, _sense(self.objectives, name))
             for name, pred in self.predictors.items()
         }
-        problem = SubnetProblem(self.space, self._with_costs(metrics), self.objectives, self.limits)
+        problem = SubnetProblem(self.space, self._with_costs(metrics), self.objectives,
+                                self.limits + self._target_limits())
         seed = self.settings.seed * 1000 + self.round
         result = search(problem, replace(self.settings.search, seed=seed))
         fresh = [i for i, x in enumerate(result.X) if self.space.decode(x).key() not in self.keys]
         X = result.X[fresh]
         F = np.column_stack([o.to_min(result.values[o.metric][fresh]) for o in self.objectives])
         return X, F
+
+    def _target_limits(self) -> tuple[Limit, ...]:
+        """With targets, the search looks only up to the slowest target (+10% slack).
+
+        The limit applies to the optimistic latency, so a subnet predicted just
+        past the slowest budget but plausibly under it still competes.
+        """
+        if not self.targets:
+            return ()
+        return (Limit(LATENCY, upper=1.1 * self.targets.ceiling_ms),)
 
     def _with_costs(self, metrics: dict[str, Predictor]) -> dict[str, Predictor]:
         """Limits on ``params``/``macs`` are checked with the exact analytic counts.
@@ -294,18 +322,57 @@ class _Loop:
             mean[name], std[name] = np.asarray(m, np.float64), np.asarray(s, np.float64)
         return mean, std
 
-    def _greedy_hvi(self, F_opt: np.ndarray, mean: dict[str, np.ndarray], k: int) -> list[int]:
-        """Pick ``k`` rows, each maximising optimistic hypervolume gain; believe its mean after.
+    def _pick(self, F_opt: np.ndarray, mean: dict[str, np.ndarray],
+              std: dict[str, np.ndarray], k: int) -> list[int]:
+        """This round's rows: by the targets' rules when targets are set, else the whole front.
 
-        When no row improves the front any more, the rest of the batch goes to the
-        rows whose predictions are most uncertain relative to the front's span.
+        Budgets come first (expected improvement under each), the band fills
+        what they leave, and when nothing is expected to improve any more the
+        rest of the batch goes to the rows whose predictions are most uncertain.
         """
+        F_mean = np.column_stack([o.to_min(mean[o.metric]) for o in self.objectives])
+        k = min(k, len(F_opt))
+        if not self.targets:
+            picks = self._greedy_hvi(F_opt, F_mean, k)
+        else:
+            picks = self._targeted(F_opt, F_mean, mean, std, k)
+        return self._fill_uncertain(picks, F_opt, F_mean, k)
+
+    def _targeted(self, F_opt: np.ndarray, F_mean: np.ndarray, mean: dict[str, np.ndarray],
+                  std: dict[str, np.ndarray], k: int) -> list[int]:
+        acc = np.array([o.accuracy for o in self.observations])
+        lat = np.array([o.latency_ms for o in self.observations])
+        picks: list[int] = []
+        if self.targets.budgets_ms:
+            picks = pick_for_budgets(mean[ACCURACY], std[ACCURACY], mean[LATENCY], std[LATENCY],
+                                     acc, lat, self.targets.budgets_ms, k)
+        if self.targets.band_ms is not None and len(picks) < k:
+            rest = np.array([i for i in range(len(F_opt)) if i not in picks], dtype=np.int64)
+            believed = np.vstack([self._measured_F(), F_mean[picks]])
+            more = pick_for_band(F_opt[rest], F_mean[rest], believed, self.targets.band_ms,
+                                 float(self._reference()[0]), k - len(picks))
+            picks += [int(rest[i]) for i in more]
+        return picks
+
+    def _fill_uncertain(self, picks: list[int], F_opt: np.ndarray, F_mean: np.ndarray,
+                        k: int) -> list[int]:
+        """Complete the batch with the rows whose predictions are most uncertain."""
+        span = np.maximum(np.ptp(self._measured_F(), axis=0), 1e-12)
+        spread = (np.abs(F_opt - F_mean) / span).sum(axis=1)
+        for i in np.argsort(-spread, kind="stable"):
+            if len(picks) >= k:
+                break
+            if int(i) not in picks:
+                picks.append(int(i))
+        return picks
+
+    def _greedy_hvi(self, F_opt: np.ndarray, F_mean: np.ndarray, k: int) -> list[int]:
+        """Pick up to ``k`` rows, each maximising optimistic hypervolume gain; believe its mean."""
         front = self._measured_F()
         ref = self._reference()
-        F_mean = np.column_stack([o.to_min(mean[o.metric]) for o in self.objectives])
         picks: list[int] = []
         base = hypervolume(front, ref)
-        for _ in range(min(k, len(F_opt))):
+        for _ in range(k):
             gains = np.array([
                 -np.inf if i in picks else hypervolume(np.vstack([front, F_opt[i]]), ref) - base
                 for i in range(len(F_opt))
@@ -317,13 +384,6 @@ class _Loop:
             front = np.vstack([front, F_mean[best]])
             front = front[non_dominated(front)]
             base = hypervolume(front, ref)
-        span = np.maximum(np.ptp(self._measured_F(), axis=0), 1e-12)
-        spread = (np.abs(F_opt - F_mean) / span).sum(axis=1)
-        for i in np.argsort(-spread, kind="stable"):
-            if len(picks) >= min(k, len(F_opt)):
-                break
-            if int(i) not in picks:
-                picks.append(int(i))
         return picks
 
     def _measure(self, archs: list[ArchConfig],
@@ -341,6 +401,13 @@ class _Loop:
             raise ValueError(f"{key} was measured twice; refinement never re-measures a subnet")
         self.keys.add(key)
         self.observations.append(obs)
+
+    def _spread_unmeasured(self, n: int) -> list[ArchConfig]:
+        """``n`` unmeasured subnets spread over log MACs (random without a layout to count)."""
+        if self.space.layout is None:
+            return self._random_unmeasured(n)
+        seed = int(self.rng.integers(2**31))
+        return select_subnets(self.space, n, seed=seed, exclude=sorted(self.keys))
 
     def _random_unmeasured(self, n: int) -> list[ArchConfig]:
         """Up to ``n`` distinct random subnets not measured yet (fewer if the space runs out)."""

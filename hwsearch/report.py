@@ -16,15 +16,20 @@ import datetime as dt
 import html
 import io
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from hwsearch.quantize import precision_key
 from hwsearch.results import Candidate, ParetoFront, measurement_label
 from hwsearch.store import SQLiteStore, Store
 
-__all__ = ["ReportData", "build_report", "from_dir", "from_store", "write_job_dir"]
+__all__ = ["ReportData", "build_report", "from_dir", "from_store", "precision_comparison",
+           "write_job_dir"]
 
 _JOB_FILE = "job.json"
 
@@ -49,17 +54,63 @@ class ReportData:
 
 
 def _measurements(store: Store, result: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Every latency measured for the job's devices, joined with the accuracies of the job."""
-    accuracies = store.get_accuracies(result["supernet_id"], result["dataset_id"])
+    """Every latency measured for the job's devices, at every precision, with the job's accuracies.
+
+    A job from before precisions existed has one (FP32) entry per device.
+    """
+    network = result.get("network_id", result["space_name"])
     out = {}
     for device, info in result["devices"].items():
         rows = []
-        for key, m in sorted(store.get_latencies(info["hash"], result.get("network_id", result["space_name"])).items()):
-            rows.append({"arch_key": key, "latency_ms": m.get("latency_ms"),
-                         "ratio_ci": m.get("ratio_ci"), "stable": m.get("stable"),
-                         "accuracy": accuracies.get(key)})
+        for precision, entry in info.get("precisions", {"fp32": {"hash": info["hash"]}}).items():
+            dataset = precision_key(result["dataset_id"], precision)
+            accuracies = store.get_accuracies(result["supernet_id"], dataset)
+            for key, m in sorted(store.get_latencies(entry["hash"], network).items()):
+                rows.append({"arch_key": key, "precision": precision,
+                             "latency_ms": m.get("latency_ms"), "ratio_ci": m.get("ratio_ci"),
+                             "stable": m.get("stable"), "accuracy": accuracies.get(key)})
         out[device] = rows
     return out
+
+
+def precision_comparison(measurements: Mapping[str, Sequence[Mapping[str, Any]]],
+                         fronts: Mapping[str, ParetoFront]) -> dict[str, dict[str, Any]]:
+    """Per device searched at INT8: how INT8 compares with FP32 on the subnets measured at both.
+
+    ``latency_ratio`` (INT8/FP32: min, median, max) and ``accuracy_change``
+    (INT8 minus FP32, in accuracy points: min, median, max) over the subnets
+    measured at both precisions, and how many of the front's points are INT8:
+    the front is where INT8 wins, the ratios say by how much and where not.
+    """
+    out = {}
+    for device, rows in measurements.items():
+        by_precision: dict[str, dict[str, Mapping[str, Any]]] = {}
+        for row in rows:
+            by_precision.setdefault(row.get("precision", "fp32"), {})[row["arch_key"]] = row
+        fp32, int8 = by_precision.get("fp32", {}), by_precision.get("int8", {})
+        both = sorted(set(fp32) & set(int8))
+        if not both:
+            continue
+        ratios = np.array([int8[k]["latency_ms"] / fp32[k]["latency_ms"] for k in both])
+        changes = np.array([100 * (int8[k]["accuracy"] - fp32[k]["accuracy"]) for k in both
+                            if int8[k].get("accuracy") is not None
+                            and fp32[k].get("accuracy") is not None])
+        front = fronts.get(device)
+        out[device] = {
+            "n_subnets": len(both),
+            "latency_ratio": _spread3(ratios),
+            "accuracy_change_points": _spread3(changes),
+            "int8_front_points": sum(p.precision == "int8" for p in front.points) if front else 0,
+            "front_points": len(front.points) if front else 0,
+        }
+    return out
+
+
+def _spread3(values: Any) -> dict[str, float] | None:
+    if len(values) == 0:
+        return None
+    return {"min": float(values.min()), "median": float(np.median(values)),
+            "max": float(values.max())}
 
 
 def from_store(store: Store, job_id: str) -> ReportData:
@@ -165,6 +216,11 @@ def _plot_front(ax: Any, front: ParetoFront, rows: Sequence[Mapping[str, Any]],
     if background and predicted:
         ax.scatter(_values(predicted, x, "predicted"), _values(predicted, y, "predicted"),
                    marker="x", c=color, alpha=0.6, label="predicted before measuring", zorder=2)
+    quantized = [p for p in points if p.precision != "fp32"]
+    if quantized:
+        ax.scatter(_values(quantized, x, "measured"), _values(quantized, y, "measured"), marker="s",
+                   s=60, facecolors="none", edgecolors=color, label="quantized (int8) points",
+                   zorder=4)
     knee = front.knee()
     if background and knee is not None and x in knee.measured and y in knee.measured:
         ax.annotate("knee", (knee.measured[x], knee.measured[y]), xytext=(8, -12),
@@ -242,13 +298,13 @@ def _img(png: bytes, alt: str) -> str:
 
 def _front_table(front: ParetoFront) -> str:
     metrics = [o.metric for o in front.objectives]
-    header = ["#", "arch"] + [f"{m} measured" for m in metrics] + ["latency measured how"] + \
-             [f"{m} predicted ± sd" for m in metrics] + ["MACs", "params"]
+    header = ["#", "arch", "precision"] + [f"{m} measured" for m in metrics] + \
+             ["latency measured how"] + [f"{m} predicted ± sd" for m in metrics] + ["MACs", "params"]
     rows = []
     for i, p in enumerate(front.points):
         predicted = [f"{p.predicted[m]:.4g} ± {p.spread.get(m, 0.0):.2g}" if m in p.predicted
                      else None for m in metrics]
-        rows.append([i, p.arch.key(), *[p.measured.get(m) for m in metrics],
+        rows.append([i, p.arch.key(), p.precision, *[p.measured.get(m) for m in metrics],
                      measurement_label(p.latency_conditions), *predicted, p.macs, p.params])
     return _table(header, rows)
 
@@ -257,10 +313,27 @@ def _summary_table(fronts: Mapping[str, ParetoFront]) -> str:
     rows = []
     for device, front in sorted(fronts.items()):
         knee = front.knee()
-        rows.append([device, len(front.points), front.hypervolume,
-                     ", ".join(f"{r:.4g}" for r in front.reference_point),
-                     knee.arch.key() if knee else None])
-    return _table(["device", "points", "hypervolume", "reference point", "knee subnet"], rows)
+        by_precision = Counter(p.precision for p in front.points)
+        rows.append([device, len(front.points),
+                     ", ".join(f"{k} {n}" for k, n in sorted(by_precision.items())),
+                     front.hypervolume, ", ".join(f"{r:.4g}" for r in front.reference_point),
+                     f"{knee.arch.key()} ({knee.precision})" if knee else None])
+    return _table(["device", "points", "points by precision", "hypervolume", "reference point",
+                   "knee subnet"], rows)
+
+
+def _precision_table(comparison: Mapping[str, Mapping[str, Any]]) -> str:
+    def span(values: Mapping[str, float] | None) -> str | None:
+        if values is None:
+            return None
+        return f"{values['min']:.3g} / {values['median']:.3g} / {values['max']:.3g}"
+
+    rows = [[device, c["n_subnets"], span(c["latency_ratio"]), span(c["accuracy_change_points"]),
+             f"{c['int8_front_points']} of {c['front_points']}"]
+            for device, c in sorted(comparison.items())]
+    return _table(["device", "subnets at both", "INT8/FP32 latency (min / median / max)",
+                   "accuracy change, points (min / median / max)", "INT8 points on the front"],
+                  rows)
 
 
 def _predictor_table(predictors: Mapping[str, Mapping[str, Any]]) -> str:
@@ -273,9 +346,9 @@ def _predictor_table(predictors: Mapping[str, Mapping[str, Any]]) -> str:
 def _measurement_tables(measurements: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     parts = []
     for device, rows in sorted(measurements.items()):
-        table = _table(["arch", "latency_ms", "±CI (ratio)", "stable", "accuracy"],
-                       [[r.get("arch_key"), r.get("latency_ms"), r.get("ratio_ci"),
-                         r.get("stable"), r.get("accuracy")] for r in rows])
+        table = _table(["arch", "precision", "latency_ms", "±CI (ratio)", "stable", "accuracy"],
+                       [[r.get("arch_key"), r.get("precision", "fp32"), r.get("latency_ms"),
+                         r.get("ratio_ci"), r.get("stable"), r.get("accuracy")] for r in rows])
         parts.append(f"<details><summary>{html.escape(device)}: {len(rows)} measured subnets"
                      f"</summary>{table}</details>")
     return "".join(parts) or "<p>No measurements were recorded with these fronts.</p>"
@@ -301,6 +374,12 @@ def _html(data: ReportData, device_pngs: Mapping[str, bytes], overview: bytes) -
     for device, front in sorted(data.fronts.items()):
         sections += [f"<h2>Device {html.escape(device)}</h2>",
                      _img(device_pngs[device], f"Pareto front on {device}"), _front_table(front)]
+    comparison = precision_comparison(data.measurements, data.fronts)
+    if comparison:
+        sections += ["<h2>INT8 against FP32</h2>",
+                     "<p>Subnets measured at both precisions on each device: INT8 latency as a "
+                     "fraction of FP32, and INT8 accuracy (quantized model in onnxruntime) minus "
+                     "FP32 accuracy, in points.</p>", _precision_table(comparison)]
     sections += ["<h2>Predictor quality (held-out subnets)</h2>",
                  _predictor_table(data.predictors) if data.predictors
                  else "<p>No predictor metrics were recorded with these fronts.</p>",

@@ -22,7 +22,8 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from hwsearch.problem import Objective
 from hwsearch.space import ArchConfig, SearchSpace
 
-__all__ = ["Candidate", "ParetoFront", "hypervolume", "non_dominated"]
+__all__ = ["Candidate", "ParetoFront", "best_under", "fastest_above", "hypervolume", "knee",
+           "non_dominated"]
 
 Source = Literal["measured", "predicted"]
 
@@ -38,6 +39,9 @@ class Candidate:
     was taken (``stable``, ``clock``, ``latency_source``, ...; see
     :func:`hwsearch.jobs.latency_conditions`), so a point whose latency is not
     a stable, calibrated measurement is shown as such; empty when unknown.
+    ``precision`` is the precision the subnet was measured and evaluated at
+    (``fp32``, ``int8``): a front may hold one subnet at two precisions, as
+    two points; fronts saved before precision existed load as ``fp32``.
     """
 
     arch: ArchConfig
@@ -47,6 +51,7 @@ class Candidate:
     macs: int | None = None
     params: int | None = None
     latency_conditions: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
 
     def value(self, metric: str, source: Source = "measured") -> float:
         """A metric's measured value, or its predicted one when asked (or when never measured)."""
@@ -64,6 +69,7 @@ class Candidate:
             "macs": self.macs,
             "params": self.params,
             "latency_conditions": dict(self.latency_conditions) or None,
+            "precision": self.precision,
         }
 
     @classmethod
@@ -76,7 +82,8 @@ class Candidate:
         return cls(arch=arch, measured=dict(data.get("measured", {})),
                    predicted=dict(data.get("predicted", {})), spread=dict(data.get("spread", {})),
                    macs=data.get("macs"), params=data.get("params"),
-                   latency_conditions=dict(data.get("latency_conditions") or {}))
+                   latency_conditions=dict(data.get("latency_conditions") or {}),
+                   precision=str(data.get("precision", "fp32")))
 
 
 def measurement_label(conditions: Mapping[str, Any]) -> str:
@@ -168,34 +175,38 @@ class ParetoFront:
     # ------------------------------------------------------------------ queries
 
     def knee(self, source: Source = "measured") -> Candidate | None:
-        """The point farthest below the line joining the front's two extremes (normalised).
-
-        Computed on the first two objectives (accuracy and latency in practice):
-        the subnet where giving up more accuracy stops buying much speed.
-        """
-        if len(self.points) <= 2:
-            return self.points[len(self.points) // 2] if self.points else None
-        F = _objective_matrix(self.points, self.objectives[:2], source)
-        lo, hi = F.min(axis=0), F.max(axis=0)
-        Z = (F - lo) / np.where(hi > lo, hi - lo, 1.0)
-        a, b = Z[np.argmin(Z[:, 0])], Z[np.argmin(Z[:, 1])]
-        direction = (b - a) / max(np.linalg.norm(b - a), 1e-12)
-        # Signed distance to the chord, made positive on the side of the ideal point (0, 0).
-        side = np.sign(_cross(direction, -a)) or 1.0
-        distance = side * _cross(direction, Z - a)
-        return self.points[int(np.argmax(distance))]
+        """The point farthest below the line joining the front's two extremes (see :func:`knee`)."""
+        return knee(self.points, self.objectives, source)
 
     def best_under(self, latency_ms: float, *, latency: str = "latency_ms",
                    source: Source = "measured") -> Candidate | None:
         """The most accurate point whose latency is at most ``latency_ms``."""
-        fits = [p for p in self.points if p.value(latency, source) <= latency_ms]
-        return max(fits, key=lambda p: p.value("accuracy", source), default=None)
+        return best_under(self.points, latency_ms, latency, source)
 
     def fastest_above(self, accuracy: float, *, latency: str = "latency_ms",
                       source: Source = "measured") -> Candidate | None:
         """The fastest point whose accuracy is at least ``accuracy``."""
-        fits = [p for p in self.points if p.value("accuracy", source) >= accuracy]
-        return min(fits, key=lambda p: p.value(latency, source), default=None)
+        return fastest_above(self.points, accuracy, latency, source)
+
+    @property
+    def budgets_ms(self) -> tuple[float, ...]:
+        """The latency budgets the run was aimed at (``settings["targets"]``), if any."""
+        targets = self.settings.get("targets") or {}
+        return tuple(float(b) for b in targets.get("budgets_ms") or ())
+
+    def target_picks(self, source: Source = "measured") -> list[dict[str, Any]]:
+        """For each budget the run was aimed at: the index of the best point under it.
+
+        ``index`` is ``None`` when no point fits the budget.  This is the
+        answer a user asked for ("the most accurate subnet under 25 ms"), so
+        reports list it first and exports can name a budget instead of an index.
+        """
+        picks = []
+        for budget in self.budgets_ms:
+            best = self.best_under(budget, source=source)
+            picks.append({"budget_ms": budget,
+                          "index": None if best is None else self.points.index(best)})
+        return picks
 
     # ------------------------------------------------------------------ JSON
 
@@ -242,6 +253,44 @@ class ParetoFront:
     @classmethod
     def load(cls, path: str | Path, space: SearchSpace | None = None) -> ParetoFront:
         return cls.from_json(Path(path).read_text(), space)
+
+
+# --------------------------------------------------------------------------- queries
+# Shared by measured fronts (ParetoFront) and predicted ones (hwsearch.search.SearchResult).
+
+
+def knee(points: Sequence[Candidate], objectives: Sequence[Objective],
+         source: Source = "measured") -> Candidate | None:
+    """The point farthest below the line joining the front's two extremes (normalised).
+
+    Computed on the first two objectives (accuracy and latency in practice):
+    the subnet where giving up more accuracy stops buying much speed.
+    """
+    if len(points) <= 2:
+        return points[len(points) // 2] if points else None
+    F = _objective_matrix(points, tuple(objectives)[:2], source)
+    lo, hi = F.min(axis=0), F.max(axis=0)
+    Z = (F - lo) / np.where(hi > lo, hi - lo, 1.0)
+    a, b = Z[np.argmin(Z[:, 0])], Z[np.argmin(Z[:, 1])]
+    direction = (b - a) / max(np.linalg.norm(b - a), 1e-12)
+    # Signed distance to the chord, made positive on the side of the ideal point (0, 0).
+    side = np.sign(_cross(direction, -a)) or 1.0
+    distance = side * _cross(direction, Z - a)
+    return points[int(np.argmax(distance))]
+
+
+def best_under(points: Sequence[Candidate], latency_ms: float, latency: str = "latency_ms",
+               source: Source = "measured") -> Candidate | None:
+    """The most accurate point whose latency is at most ``latency_ms``."""
+    fits = [p for p in points if p.value(latency, source) <= latency_ms]
+    return max(fits, key=lambda p: p.value("accuracy", source), default=None)
+
+
+def fastest_above(points: Sequence[Candidate], accuracy: float, latency: str = "latency_ms",
+                  source: Source = "measured") -> Candidate | None:
+    """The fastest point whose accuracy is at least ``accuracy``."""
+    fits = [p for p in points if p.value("accuracy", source) >= accuracy]
+    return min(fits, key=lambda p: p.value(latency, source), default=None)
 
 
 def _objective_matrix(candidates: Sequence[Candidate], objectives: Sequence[Objective],

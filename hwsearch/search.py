@@ -1,53 +1,129 @@
-"""NSGA-II over a :class:`~hwsearch.problem.SubnetProblem`: a thin, seeded ``minimize`` wrapper.
+"""NSGA-II over a :class:`~hwsearch.problem.SubnetProblem`: seeded, stoppable, warm-startable.
 
-The operators follow pymoo's recipe for integer spaces: integer random
-sampling (anchored by the extreme subnets), SBX and polynomial mutation on
-real values rounded back to integers.  Duplicates are judged on *canonical*
-genes, because two gene vectors that differ only in switched-off blocks are
-the same subnet and would otherwise crowd the population with copies.
+:func:`search` runs NSGA-II's generational loop on plain arrays.  The parts
+are pymoo's - the problem definition, compiled non-dominated sorting,
+crowding distance, SBX - but the population is kept as ``(n, n_var)``
+arrays instead of pymoo ``Individual`` objects: with vectorised objectives,
+pymoo's per-individual bookkeeping (``Population.get``/``set``, a duplicate
+check re-hashing the population each mating round, the archive's
+``np.unique``) cost about 67 µs per individual, far more than the objectives.
+Here each individual is canonicalised and hashed once, when it is born; the
+hash goes into a run-wide set, so no subnet is ever evaluated twice (also
+across generations, not only within one).
 
-Besides the final population, every individual evaluated is offered to an
-archive of non-dominated feasible points: NSGA-II's last population can lose
-front points to crowding, the archive does not.
+Stopping: after ``n_gen`` generations (the first is the initial population),
+or at ``max_evals`` evaluations (exactly: the last generation is cut to fit),
+or once ``max_seconds`` have passed (checked after each generation), or when
+the per-generation ``callback`` returns true.  ``initial`` warm-starts the
+run from subnets, gene rows or a previous front; they are all evaluated.
+
+Besides the final population, every feasible individual evaluated is offered
+to an archive of non-dominated points: NSGA-II's last population can lose
+front points to crowding, the archive does not.  The archive keeps the values
+each point was scored with, so the result needs no re-scoring batch and
+``n_evals`` is every evaluation the run made.
+
+:func:`build_nsga2` still assembles the same operators as a pymoo ``NSGA2``
+object for code that drives pymoo's ``minimize`` itself.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
 
 import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
-from pymoo.core.callback import Callback
 from pymoo.core.duplicate import DuplicateElimination
 from pymoo.core.population import Population
-from pymoo.operators.crossover.sbx import SBX
-from pymoo.operators.mutation.pm import PM
-from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.operators.sampling.rnd import IntegerRandomSampling
-from pymoo.optimize import minimize
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from hwsearch.problem import SubnetProblem
-from hwsearch.results import non_dominated
-from hwsearch.space import SearchSpace
+from hwsearch.operators import (
+    CrossoverKind,
+    GeneCrossover,
+    GeneMutation,
+    canonical,
+    crossover,
+    mutate,
+    tournament,
+)
+from hwsearch.problem import Objective, SubnetProblem
+from hwsearch.results import (
+    Candidate,
+    ParetoFront,
+    best_under,
+    fastest_above,
+    knee,
+    non_dominated,
+)
+from hwsearch.space import ArchConfig, SearchSpace
 
-__all__ = ["AnchoredSampling", "CanonicalDuplicates", "SearchResult", "SearchSettings",
-           "build_nsga2", "search"]
+__all__ = ["AnchoredSampling", "CanonicalDuplicates", "SearchProgress", "SearchResult",
+           "SearchSettings", "StopReason", "build_nsga2", "search"]
+
+StopReason = Literal["n_gen", "max_evals", "max_seconds", "callback", "exhausted"]
+_SORTING = NonDominatedSorting()
+_MAX_MATING_ROUNDS = 20
 
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """NSGA-II settings; recorded with every front so a run can be repeated."""
+    """NSGA-II settings; recorded with every front so a run can be repeated.
+
+    ``crossover`` is ``uniform`` (default; each gene from either parent),
+    ``two_point`` or ``sbx`` (pymoo's, on gene indices, with
+    ``crossover_eta``).  ``mutation_rate`` is the per-gene probability of
+    :func:`hwsearch.operators.mutate` (``None``: ``1/n_var``); every
+    offspring gets at least one effective gene changed.  ``max_evals`` and
+    ``max_seconds`` stop a run early (``None``: no such limit).
+    """
 
     pop_size: int = 100
     n_gen: int = 100
     seed: int = 0
+    crossover: CrossoverKind = "uniform"
     crossover_prob: float = 0.9
     crossover_eta: float = 15.0
-    mutation_eta: float = 20.0
+    mutation_rate: float | None = None
+    max_evals: int | None = None
+    max_seconds: float | None = None
 
-    def to_dict(self) -> dict[str, float]:
+    def __post_init__(self) -> None:
+        if self.pop_size < 2 or self.n_gen < 1:
+            raise ValueError("pop_size must be ≥ 2 and n_gen ≥ 1")
+        if self.mutation_rate is not None and not 0.0 < self.mutation_rate <= 1.0:
+            raise ValueError(f"mutation_rate must be in (0, 1], got {self.mutation_rate}")
+        if self.max_evals is not None and self.max_evals < 1:
+            raise ValueError(f"max_evals must be ≥ 1, got {self.max_evals}")
+
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class SearchProgress:
+    """What a per-generation callback sees; return true from the callback to stop the run.
+
+    ``X``/``F``/``CV`` are the surviving population (canonical genes,
+    pymoo's minimisation form, constraint violation); ``front_X``/``front_F``
+    the archive of non-dominated feasible points found so far.
+    """
+
+    n_gen: int
+    n_evals: int
+    seconds: float
+    X: np.ndarray
+    F: np.ndarray
+    CV: np.ndarray
+    front_X: np.ndarray
+    front_F: np.ndarray
+
+
+Callback = Callable[[SearchProgress], bool | None]
 
 
 @dataclass(frozen=True)
@@ -55,7 +131,9 @@ class SearchResult:
     """The predicted non-dominated set: canonical genes and values in the metrics' own units.
 
     Rows are unique subnets sorted by the first minimised objective.
-    ``values`` holds each objective and limit metric, un-negated.
+    ``values`` holds each objective and limit metric, un-negated.  The query
+    helpers (:meth:`knee`, :meth:`best_under`, :meth:`fastest_above`) answer
+    like a measured :class:`~hwsearch.results.ParetoFront`'s, on predictions.
     """
 
     X: np.ndarray
@@ -63,18 +141,45 @@ class SearchResult:
     n_evals: int
     seconds: float
     settings: SearchSettings = field(default_factory=SearchSettings)
+    objectives: tuple[Objective, ...] = ()
+    space: SearchSpace | None = field(default=None, repr=False)
+    n_gen: int = 0
+    stopped_by: StopReason | None = None
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def candidates(self) -> list[Candidate]:
+        """Each row as a :class:`Candidate` with its predicted values."""
+        if self.space is None:
+            raise ValueError("this result does not know its space; build it with search()")
+        return [Candidate(arch=self.space.decode(x),
+                          predicted={m: float(v[i]) for m, v in self.values.items()})
+                for i, x in enumerate(self.X)]
+
+    def knee(self) -> Candidate | None:
+        """The front's knee on the first two objectives (see :meth:`ParetoFront.knee`)."""
+        return knee(self.candidates(), self.objectives, "predicted")
+
+    def best_under(self, latency_ms: float, *, latency: str = "latency_ms") -> Candidate | None:
+        """The most accurate point predicted at most ``latency_ms``."""
+        return best_under(self.candidates(), latency_ms, latency, "predicted")
+
+    def fastest_above(self, accuracy: float, *, latency: str = "latency_ms") -> Candidate | None:
+        """The fastest point predicted at least ``accuracy``."""
+        return fastest_above(self.candidates(), accuracy, latency, "predicted")
 
 
 class CanonicalDuplicates(DuplicateElimination):
-    """Duplicate elimination on canonical genes, by hashing rows (``O(n)`` per check)."""
+    """pymoo duplicate elimination on canonical genes, by hashing rows (``O(n)`` per check)."""
 
     def __init__(self, space: SearchSpace) -> None:
         super().__init__()
         self.space = space
 
     def _keys(self, pop: Population | None) -> list[bytes]:
-        X = self.space.canonical_genes(np.rint(pop.get("X")).astype(np.int64))
-        return [row.tobytes() for row in X]
+        return _keys(self.space.canonical_genes(np.rint(pop.get("X")).astype(np.int64)),
+                     _key_dtype(self.space))
 
     def _do(self, pop: Population, other: Population | None,
             is_duplicate: np.ndarray) -> np.ndarray:
@@ -87,13 +192,20 @@ class CanonicalDuplicates(DuplicateElimination):
         return is_duplicate
 
 
-class AnchoredSampling(IntegerRandomSampling):
-    """Random integer genes, plus the smallest and largest subnet at every resolution.
+@lru_cache(maxsize=64)
+def _anchors(space: SearchSpace) -> np.ndarray:
+    """The smallest and largest subnet at every resolution.
 
-    The extremes anchor both ends of the accuracy/latency front; without them
-    a run can lose a whole end of it (e.g. every low-resolution subnet) to an
+    They anchor both ends of the accuracy/latency front; without them a run
+    can lose a whole end of it (e.g. every low-resolution subnet) to an
     unlucky first population and never find its way back.
     """
+    return np.stack([space.encode(extreme(r)) for r in space.resolutions
+                     for extreme in (space.smallest, space.largest)])
+
+
+class AnchoredSampling(IntegerRandomSampling):
+    """pymoo sampling: random integer genes, plus the extreme subnets at every resolution."""
 
     def __init__(self, space: SearchSpace) -> None:
         super().__init__()
@@ -102,80 +214,288 @@ class AnchoredSampling(IntegerRandomSampling):
     def _do(self, problem: SubnetProblem, n_samples: int, *args: object,
             **kwargs: object) -> np.ndarray:
         X = super()._do(problem, n_samples, *args, **kwargs)
-        anchors = [self.space.encode(extreme(r)) for r in self.space.resolutions
-                   for extreme in (self.space.smallest, self.space.largest)]
+        anchors = _anchors(self.space).copy()
         n = min(len(anchors), n_samples // 2)
-        X[:n] = np.stack(anchors[:n])
+        X[:n] = anchors[:n]
         return X
 
 
-class _FrontArchive(Callback):
-    """Keeps the non-dominated feasible individuals among everything evaluated."""
-
-    def __init__(self, space: SearchSpace) -> None:
-        super().__init__()
-        self.space = space
-        self.X = np.zeros((0, space.n_var), dtype=np.int64)
-        self.F: np.ndarray | None = None
-
-    def notify(self, algorithm: NSGA2) -> None:
-        batch = algorithm.off
-        feasible = batch.get("CV")[:, 0] <= 0
-        if not feasible.any():
-            return
-        X = self.space.canonical_genes(np.rint(batch.get("X")[feasible]).astype(np.int64))
-        F = batch.get("F")[feasible]
-        if self.F is not None:
-            X, F = np.vstack([self.X, X]), np.vstack([self.F, F])
-        X, first = np.unique(X, axis=0, return_index=True)
-        F = F[first]
-        front = non_dominated(F)
-        self.X, self.F = X[front], F[front]
-
-
-def _rescore(problem: SubnetProblem, X: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Score the archive in one batch, keep its non-dominated rows, sort them.
-
-    Predictions of one row can differ in the last float32 bits between batch
-    sizes, which can flip dominance between subnets that tie on a metric;
-    filtering again on the values returned keeps the result self-consistent.
-    """
-    values = problem.predict(X)
-    if len(X) == 0:
-        return X, values
-    F = np.column_stack([o.to_min(values[o.metric]) for o in problem.objectives])
-    keep = non_dominated(F)
-    keep = keep[np.lexsort(F[keep].T[::-1])]
-    return X[keep], {name: v[keep] for name, v in values.items()}
-
-
 def build_nsga2(space: SearchSpace, settings: SearchSettings) -> NSGA2:
-    """NSGA-II with integer sampling, rounded SBX/PM and canonical duplicate elimination."""
+    """pymoo's NSGA-II with hwsearch's sampling, operators and canonical duplicate elimination."""
     return NSGA2(
         pop_size=settings.pop_size,
         sampling=AnchoredSampling(space),
-        crossover=SBX(prob=settings.crossover_prob, eta=settings.crossover_eta, vtype=float,
-                      repair=RoundingRepair()),
-        mutation=PM(eta=settings.mutation_eta, vtype=float, repair=RoundingRepair()),
+        crossover=GeneCrossover(settings.crossover, settings.crossover_prob,
+                                settings.crossover_eta),
+        mutation=GeneMutation(space, settings.mutation_rate),
         eliminate_duplicates=CanonicalDuplicates(space),
     )
 
 
-def search(problem: SubnetProblem, settings: SearchSettings = SearchSettings()) -> SearchResult:
+# --------------------------------------------------------------------------- the loop
+
+
+def _key_dtype(space: SearchSpace) -> type[np.integer]:
+    """The narrowest integer type holding every gene: keys are short and compare fast."""
+    return np.uint8 if space.bounds()[1].max(initial=0) < 256 else np.int64
+
+
+def _keys(Xc: np.ndarray, dtype: type[np.integer]) -> list[bytes]:
+    """One hashable key per canonical row, from the row's bytes (one C call for all rows)."""
+    rows = np.ascontiguousarray(Xc, dtype=dtype)
+    return rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel().tolist()
+
+
+Initial = np.ndarray | Sequence[ArchConfig] | SearchResult | ParetoFront | None
+
+
+def _initial_genes(space: SearchSpace, initial: Initial) -> np.ndarray:
+    """Warm-start rows as genes of ``space``; subnets outside the space are refused by name."""
+    if initial is None:
+        return np.zeros((0, space.n_var), dtype=np.int64)
+    if isinstance(initial, SearchResult):
+        X = np.asarray(initial.X, dtype=np.int64)
+        if initial.space is not None and initial.space != space:
+            return initial.space.genes_in(space, X)  # e.g. a sub-space's front, in full
+        return X.reshape(-1, space.n_var)
+    if isinstance(initial, ParetoFront):
+        initial = [p.arch for p in initial.points]
+    if isinstance(initial, np.ndarray):
+        X = np.asarray(initial, dtype=np.int64).reshape(-1, space.n_var)
+        return space.decode_batch(X).genes
+    return space.encode_many(list(initial))
+
+
+class _Archive:
+    """Non-dominated feasible points seen so far, with the values they were scored with.
+
+    Offered rows wait in a buffer and are filtered in one non-dominated pass
+    when the buffer is large or the front is read, instead of re-sorting the
+    archive every generation.
+    """
+
+    def __init__(self, n_var: int, names: Sequence[str], n_obj: int, buffer: int) -> None:
+        self.buffer = buffer
+        self._X = [np.zeros((0, n_var), dtype=np.int64)]
+        self._F = [np.zeros((0, n_obj))]
+        self._values: dict[str, list[np.ndarray]] = {name: [np.zeros(0)] for name in names}
+        self._pending = 0
+
+    def offer(self, X: np.ndarray, F: np.ndarray, CV: np.ndarray,
+              values: dict[str, np.ndarray]) -> None:
+        feasible = CV <= 0
+        if not feasible.any():
+            return
+        self._X.append(X[feasible]), self._F.append(F[feasible])
+        for name, column in self._values.items():
+            column.append(values[name][feasible])
+        self._pending += int(feasible.sum())
+        if self._pending >= self.buffer:
+            self.front()
+
+    def front(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """``(X, F, values)`` of the non-dominated rows offered so far."""
+        if len(self._X) > 1:
+            F = np.vstack(self._F)
+            keep = non_dominated(F)
+            self._X, self._F = [np.vstack(self._X)[keep]], [F[keep]]
+            self._values = {k: [np.concatenate(v)[keep]] for k, v in self._values.items()}
+            self._pending = 0
+        return self._X[0], self._F[0], {k: v[0] for k, v in self._values.items()}
+
+
+def _crowding(F: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """NSGA-II crowding distance of every row within its front, all fronts in one pass.
+
+    pymoo's definition (per-objective neighbour gaps normalised by the
+    front's range, boundary points infinite, fronts of one or two points
+    infinite), vectorised over fronts instead of called once per front.
+    """
+    n, n_obj = F.shape
+    cd = np.zeros(n)
+    for j in range(n_obj):
+        order = np.lexsort((F[:, j], rank))
+        f, r = F[order, j], rank[order]
+        same = r[1:] == r[:-1]
+        same_prev, same_next = np.insert(same, 0, False), np.append(same, False)
+        gap = f[1:] - f[:-1]
+        starts = np.flatnonzero(~same_prev)
+        sizes = np.diff(np.append(starts, n))
+        span = np.repeat(f[starts + sizes - 1] - f[starts], sizes)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            near = (np.where(same_prev, np.insert(gap, 0, 0.0), np.inf)
+                    + np.where(same_next, np.append(gap, 0.0), np.inf)) / span
+        cd[order] += np.where(span > 0, near, 0.0)
+    cd /= n_obj
+    small = np.bincount(rank, minlength=rank.max(initial=0) + 1)[rank] <= 2
+    cd[small] = np.inf
+    return cd
+
+
+def _rank_and_crowd(F: np.ndarray, CV: np.ndarray, n_survive: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NSGA-II survival with constraint domination: ``(survivors, rank, crowding)``.
+
+    Feasible rows first, front by front (pymoo's compiled sorting), the split
+    front cut by crowding distance; infeasible rows after them by violation.
+    """
+    feasible = np.flatnonzero(CV <= 0)
+    infeasible = np.flatnonzero(CV > 0)
+    parts, ranks, crowds = [], [], []
+    n_fronts = 0
+    if len(feasible):
+        fronts = _SORTING.do(F[feasible], n_stop_if_ranked=n_survive)
+        n_fronts = len(fronts)
+        ranked = feasible[np.concatenate(fronts)]
+        rank = np.repeat(np.arange(n_fronts), [len(f) for f in fronts])
+        crowd = _crowding(F[ranked], rank)
+        best = np.lexsort((-crowd, rank))[:n_survive]
+        parts.append(ranked[best]), ranks.append(rank[best]), crowds.append(crowd[best])
+    n_left = n_survive - sum(len(p) for p in parts)
+    if n_left > 0 and len(infeasible):
+        by_cv = infeasible[np.argsort(CV[infeasible], kind="stable")][:n_left]
+        parts.append(by_cv), ranks.append(n_fronts + np.arange(len(by_cv)))
+        crowds.append(np.zeros(len(by_cv)))
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+    return np.concatenate(parts), np.concatenate(ranks), np.concatenate(crowds)
+
+
+class _Run:
+    """One search: population arrays, the run-wide set of evaluated subnets, the archive."""
+
+    def __init__(self, problem: SubnetProblem, settings: SearchSettings,
+                 callback: Callback | None) -> None:
+        self.problem, self.space, self.settings = problem, problem.space, settings
+        self.callback = callback
+        self.rng = np.random.default_rng(settings.seed)
+        self.rate = settings.mutation_rate or 1.0 / self.space.n_var
+        self.xu = self.space.bounds()[1]
+        self.seen: set[bytes] = set()
+        self.key_dtype = _key_dtype(self.space)
+        self.archive = _Archive(self.space.n_var, problem.metric_names, problem.n_obj,
+                                buffer=max(2048, 10 * settings.pop_size))
+        self.n_evals, self.n_gen = 0, 0
+        self.start = time.perf_counter()
+
+    def budget(self) -> int:
+        """Evaluations still allowed by ``max_evals`` (a population's worth at most)."""
+        if self.settings.max_evals is None:
+            return self.settings.pop_size
+        return min(self.settings.pop_size, self.settings.max_evals - self.n_evals)
+
+    def fresh(self, X: np.ndarray, limit: int) -> np.ndarray:
+        """Up to ``limit`` rows of canonical ``X`` never evaluated before (nor twice in ``X``)."""
+        keys = _keys(X, self.key_dtype)
+        row_of = {key: i for i, key in enumerate(keys)}
+        new = [key for key in dict.fromkeys(keys) if key not in self.seen][:limit]
+        self.seen.update(new)
+        return X[[row_of[key] for key in new]].reshape(-1, X.shape[1])
+
+    def evaluate(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        F, G, values = self.problem.score(X)
+        CV = np.maximum(G, 0.0).sum(axis=1) if G is not None else np.zeros(len(X))
+        self.n_evals += len(X)
+        self.archive.offer(X, F, CV, values)
+        return F, CV, values
+
+    def first_population(self, initial: np.ndarray) -> None:
+        """Every given subnet (within ``max_evals``), then anchors and random subnets up to a
+        population; all evaluated in one batch."""
+        s = self.settings
+        parts = [self.fresh(initial, len(initial) if s.max_evals is None else s.max_evals)]
+        size = max(self.budget(), len(parts[0]))
+        parts.append(self.fresh(_anchors(self.space), min(size - len(parts[0]), s.pop_size // 2)))
+        for _ in range(_MAX_MATING_ROUNDS):
+            missing = size - sum(len(p) for p in parts)
+            if missing <= 0:
+                break
+            rows = self.rng.integers(0, self.xu + 1, size=(2 * missing, self.space.n_var))
+            parts.append(self.fresh(canonical(self.space, rows), missing))
+        self.X = np.vstack(parts)
+        self.F, self.CV, _ = self.evaluate(self.X)
+        self.survive(self.X, self.F, self.CV)
+
+    def survive(self, X: np.ndarray, F: np.ndarray, CV: np.ndarray) -> None:
+        keep, self.rank, self.crowd = _rank_and_crowd(F, CV, self.settings.pop_size)
+        self.X, self.F, self.CV = X[keep], F[keep], CV[keep]
+        self.n_gen += 1
+
+    def offspring(self, n: int) -> np.ndarray:
+        """``n`` (or fewer, in a nearly exhausted space) new subnets, bred from the population."""
+        s = self.settings
+        parts, found = [], 0
+        for attempt in range(_MAX_MATING_ROUNDS):
+            want = n - found
+            # Later rounds breed twice what is missing: a converged population breeds
+            # many subnets seen before, and each round costs a fixed overhead.
+            m = want if attempt == 0 else 2 * want
+            parents = tournament(self.rank, self.crowd, 2 * m, self.rng).reshape(2, m)
+            child = crossover(s.crossover, self.X[parents[0]], self.X[parents[1]], self.xu,
+                              s.crossover_prob, s.crossover_eta, self.rng)
+            child = canonical(self.space, mutate(self.space, child, self.rate, self.rng))
+            parts.append(self.fresh(child, want))
+            found += len(parts[-1])
+            if found == n:
+                break
+        return np.vstack(parts)
+
+    def generation(self) -> bool:
+        """Breed, evaluate and select once; false when no new subnet could be bred."""
+        off = self.offspring(self.budget())
+        if len(off) == 0:
+            return False
+        F, CV, _ = self.evaluate(off)
+        self.survive(np.vstack([self.X, off]), np.vstack([self.F, F]),
+                     np.concatenate([self.CV, CV]))
+        return True
+
+    def stop_reason(self) -> StopReason | None:
+        s = self.settings
+        if self.callback is not None and self.callback(self.progress()):
+            return "callback"
+        if s.max_evals is not None and self.n_evals >= s.max_evals:
+            return "max_evals"
+        if s.max_seconds is not None and time.perf_counter() - self.start >= s.max_seconds:
+            return "max_seconds"
+        if self.n_gen >= s.n_gen:
+            return "n_gen"
+        return None
+
+    def progress(self) -> SearchProgress:
+        front_X, front_F, _ = self.archive.front()
+        return SearchProgress(n_gen=self.n_gen, n_evals=self.n_evals,
+                              seconds=time.perf_counter() - self.start, X=self.X, F=self.F,
+                              CV=self.CV, front_X=front_X, front_F=front_F)
+
+    def result(self, stopped_by: StopReason) -> SearchResult:
+        X, F, values = self.archive.front()
+        order = np.lexsort(F.T[::-1]) if len(F) else np.zeros(0, dtype=np.int64)
+        return SearchResult(X=X[order], values={k: v[order] for k, v in values.items()},
+                            n_evals=self.n_evals, seconds=time.perf_counter() - self.start,
+                            settings=self.settings, objectives=self.problem.objectives,
+                            space=self.space, n_gen=self.n_gen, stopped_by=stopped_by)
+
+
+def search(problem: SubnetProblem, settings: SearchSettings = SearchSettings(), *,
+           initial: Initial = None, callback: Callback | None = None) -> SearchResult:
     """Run NSGA-II and return the predicted non-dominated set; same seed, same result.
+
+    ``initial`` warm-starts the run: subnets (:class:`ArchConfig`), gene rows,
+    a previous :class:`SearchResult` (also of a sub-space of this space) or a
+    measured :class:`ParetoFront`; every one of them is evaluated (duplicates
+    once) and competes for the first population, which random and extreme
+    subnets fill up to ``pop_size``.
+    ``callback`` is called after every generation with a
+    :class:`SearchProgress` and stops the run by returning true.  Runs cut
+    by ``max_seconds`` are not reproducible beyond the generation they stop at.
 
     When no evaluated subnet satisfies the limits, the result is empty.
     """
-    start = time.perf_counter()
-    archive = _FrontArchive(problem.space)
-    res = minimize(
-        problem,
-        build_nsga2(problem.space, settings),
-        ("n_gen", settings.n_gen),
-        seed=settings.seed,
-        callback=archive,
-        verbose=False,
-    )
-    X, values = _rescore(problem, archive.X)
-    return SearchResult(X=X, values=values, n_evals=int(res.algorithm.evaluator.n_eval),
-                        seconds=time.perf_counter() - start, settings=settings)
+    run = _Run(problem, settings, callback)
+    run.first_population(_initial_genes(problem.space, initial))
+    while (reason := run.stop_reason()) is None:
+        if not run.generation():
+            reason = "exhausted"
+            break
+    return run.result(reason)

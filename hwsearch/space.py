@@ -21,10 +21,12 @@ import itertools
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Union
 
 import numpy as np
+
+from hwsearch.batch import ArchBatch
 
 Number = Union[int, float]
 
@@ -481,6 +483,141 @@ class SearchSpace:
             depth = np.asarray(stage.depths)[X[:, 1 + i]]
             masks.append(np.arange(stage.max_depth)[None, :] < depth[:, None])
         return np.concatenate(masks, axis=1)
+
+    def decode_batch(self, X: np.ndarray) -> ArchBatch:
+        """Decode a whole ``(n, n_var)`` gene matrix at once into per-knob arrays.
+
+        What objectives of a search share: one decode per population instead
+        of one :meth:`decode` per row and per objective.  Genes are checked
+        against the bounds and canonicalised (inactive block genes zeroed).
+        """
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_var:
+            raise ArchValidationError(f"genes have shape {X.shape}; expected (n, {self.n_var})")
+        xl, xu = self.bounds()
+        bad = np.argwhere((X < xl) | (X > xu))
+        if bad.size:
+            row, col = (int(v) for v in bad[0])
+            raise ArchValidationError(f"row {row}: gene {col}={X[row, col]} is outside "
+                                      f"0..{int(xu[col])}")
+        return ArchBatch.decode(self, self.canonical_genes(X))
+
+    # ------------------------------------------------------------------ sub-spaces
+
+    def restrict(
+        self,
+        *,
+        resolutions: Sequence[int] | None = None,
+        depths: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        kernels: Sequence[int] | None = None,
+        expands: Sequence[Number] | None = None,
+        widths: Sequence[Number] | None = None,
+    ) -> SearchSpace:
+        """A sub-space offering only the given choices, named after what it keeps.
+
+        Genes index a space's own choices, so gene 0 of a space restricted to
+        160 px means 160 px while in the full space it means 128 px.  The
+        sub-space therefore gets its own name (``<name>~r160.176``), and with
+        it its own :attr:`network_id` and hash: anything filed or saved under
+        a name (predictors, fronts) refuses the other space instead of
+        silently reading its genes wrongly.  :meth:`genes_in` maps genes of
+        the sub-space into the full space.  ``depths`` is one tuple for every
+        elastic stage or one per stage; each stage must keep its largest
+        depth, because the supernet's block slots follow it.
+        """
+        changes: dict[str, Any] = {}
+        parts: list[str] = []
+        for knob, values, tag in (("resolutions", resolutions, "r"), ("kernels", kernels, "k"),
+                                  ("expands", expands, "e"), ("widths", widths, "w")):
+            if values is None:
+                continue
+            kept = self._subset(knob, values, getattr(self, knob))
+            if kept != getattr(self, knob):
+                changes[knob] = kept
+                parts.append(tag + ".".join(map(_format_number, kept)))
+        if depths is not None:
+            stages = self._restricted_stages(depths)
+            if stages != self.stages:
+                changes["stages"] = stages
+                parts.append("d" + ".".join("".join(map(str, s.depths)) for s in stages))
+        if not changes:
+            return self
+        suffix = "_".join(parts)
+        if len(suffix) > 64:
+            suffix = "sub" + hashlib.sha256(suffix.encode()).hexdigest()[:10]
+        return replace(self, name=f"{self.name}~{suffix}", **changes)
+
+    @staticmethod
+    def _subset(knob: str, values: Sequence[Any], choices: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``values`` as a non-empty subset of ``choices``, kept in the choices' order."""
+        values = list(values)
+        if not values:
+            raise ValueError(f"{knob}: a sub-space needs at least one choice")
+        unknown = [v for v in values if v not in choices]
+        if unknown:
+            raise ValueError(f"{knob}: {unknown} not in this space's {list(choices)}")
+        return tuple(c for c in choices if c in values)
+
+    def _restricted_stages(
+        self, depths: Sequence[int] | Sequence[Sequence[int]]
+    ) -> tuple[StageSpec, ...]:
+        if self.native == "ofa_resnet":
+            raise ValueError("depths: OFA ResNet's native form counts depths from each stage's "
+                             "full choices, so its depths cannot be restricted; use a Limit")
+        per_stage = (list(depths) if depths and isinstance(depths[0], (list, tuple))
+                     else [depths if s.elastic else s.depths for s in self.stages])
+        if len(per_stage) != len(self.stages):
+            raise ValueError(f"depths: {len(per_stage)} stages given; the space has "
+                             f"{len(self.stages)}")
+        stages = []
+        for i, (stage, wanted) in enumerate(zip(self.stages, per_stage)):
+            kept = self._subset(f"depths[{i}]", wanted, stage.depths)
+            if max(kept) != stage.max_depth:
+                raise ValueError(f"depths[{i}]: a sub-space must keep the largest depth "
+                                 f"{stage.max_depth} (the supernet's block slots follow it); "
+                                 f"use a Limit to exclude deep subnets instead")
+            stages.append(replace(stage, depths=kept))
+        return tuple(stages)
+
+    def genes_in(self, other: SearchSpace, X: np.ndarray) -> np.ndarray:
+        """Genes of ``self`` re-encoded for ``other`` (e.g. the space a sub-space came from).
+
+        Every choice the rows use must exist in ``other`` with the same stage
+        structure; raises ``ValueError`` otherwise.  Vectorised, for scoring
+        a sub-space's population with predictors fitted on the full space.
+        """
+        if other == self:
+            return np.asarray(X, dtype=np.int64)
+        if (len(other.stages) != len(self.stages) or other.block_knobs != self.block_knobs
+                or other.n_width_slots != self.n_width_slots
+                or any(a.max_depth != b.max_depth for a, b in zip(self.stages, other.stages))):
+            raise ValueError(f"{self.name} and {other.name} differ in structure; genes do not map")
+        X = self.canonical_genes(np.asarray(X, dtype=np.int64))
+        out = np.zeros((len(X), other.n_var), dtype=np.int64)
+        columns = [(self.resolutions, other.resolutions, 0, 0, 1)]
+        columns += [(a.depths, b.depths, 1 + i, 1 + i, 1)
+                    for i, (a, b) in enumerate(zip(self.stages, other.stages))]
+        start = 1 + len(self.stages)
+        for k, knob in enumerate(self.block_knobs):
+            pos = start + k * self.n_blocks
+            columns.append((getattr(self, knob + "s"), getattr(other, knob + "s"), pos, pos,
+                            self.n_blocks))
+        pos = start + len(self.block_knobs) * self.n_blocks
+        columns.append((self.widths, other.widths, pos, pos, self.n_width_slots))
+        active = self.active_block_mask(X) if len(X) else None
+        for mine, theirs, src, dst, width in columns:
+            if width == 0:
+                continue
+            lookup = np.array([theirs.index(c) if c in theirs else -1 for c in mine])
+            mapped = lookup[X[:, src:src + width]]
+            if start <= src < pos and active is not None:
+                mapped = np.where(active, mapped, 0)
+            if (mapped < 0).any():
+                row, col = (int(v) for v in np.argwhere(mapped < 0)[0])
+                raise ValueError(f"row {row} uses {mine[X[row, src + col]]!r}, which "
+                                 f"{other.name} does not offer")
+            out[:, dst:dst + width] = mapped
+        return out
 
     # ------------------------------------------------------------------ JSON
 

@@ -53,6 +53,7 @@ class PredictorMeta:
     n_train: int
     settings: dict[str, Any] = field(default_factory=dict)
     created: float = 0.0
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,12 +127,16 @@ def fit_nnls_base(F: np.ndarray, y: np.ndarray, options: dict[str, list[list[int
     MACs) to fine (every stage's components apart).  Fine groupings win on
     clean labels; on noisy ones (a shared CPU) they fit the noise and a coarse
     one predicts better, so the grouping with the lowest ``folds``-fold
-    relative error is refitted on all rows.  The first option is the fallback
-    for very few rows.
+    relative error is refitted on all rows.  Below ``2 * folds`` rows the
+    folds become leave-one-out (a few-shot fit of a new device still has to
+    choose between an overhead-bound and a compute-bound model); below 4 rows
+    the first option is taken.
     """
     names = list(options)
-    if len(y) < 2 * folds or len(names) == 1:
+    if len(y) < 4 or len(names) == 1:
         return _nnls_fit(F, y, options[names[0]], names[0])
+    if len(y) < 2 * folds:
+        folds = len(y)
     order = np.random.default_rng(0).permutation(len(y))
     errors = {}
     for name in names:
@@ -192,11 +197,25 @@ class ResidualPredictor:
         self._booster: xgb.Booster | None = None
         self._members: list[tuple[_LinearBase, xgb.Booster]] = []
         self.meta: PredictorMeta | None = None
+        self.calibration: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ fitting
 
     def _fit_base(self, F: np.ndarray, y: np.ndarray) -> _LinearBase:
         raise NotImplementedError
+
+    def _calibrate_link(self, F: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """Parameters of the target's link, fixed from all labels before any model is fitted."""
+        return {}
+
+    def _calibrate_spread(self, F: np.ndarray, y: np.ndarray,
+                          oof: np.ndarray | None) -> dict[str, Any]:
+        """Parameters of :meth:`predict_dist`'s spread, once the members are fitted.
+
+        ``oof`` holds the out-of-fold predictions of the training rows
+        (``None`` when there were too few rows for CV).
+        """
+        return {}
 
     def _residual(self, base_pred: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.log(y) - np.log(base_pred) if self.log_link else y - base_pred
@@ -256,9 +275,12 @@ class ResidualPredictor:
         F = self.featurizer.transform(X)
         seed = self.settings["seed"]
         metrics: dict[str, Any] = {}
+        self.calibration = self._calibrate_link(F, y)
         folds = min(self.settings["cv_folds"], len(y))
+        oof = None
         if folds >= 2 and len(y) >= 10:
-            metrics["cv"] = regression_report(y, self._oof_predictions(F, y, folds, seed))
+            oof = self._oof_predictions(F, y, folds, seed)
+            metrics["cv"] = regression_report(y, oof)
         self._base, self._booster = self._fit_one(F, y, seed)
         rounds = self._booster.num_boosted_rounds()
         metrics["residual_trees"] = rounds
@@ -268,13 +290,14 @@ class ResidualPredictor:
         for m in range(self.settings["n_members"]):
             idx = rng.integers(0, len(y), len(y))
             self._members.append(self._fit_one(F[idx], y[idx], seed + 1 + m, rounds))
+        self.calibration |= self._calibrate_spread(F, y, oof)
         if X_test is not None and y_test is not None:
             X_test, y_test = self._check_xy(X_test, y_test)
             metrics["test"] = regression_report(y_test, self.predict(X_test))
         self.meta = PredictorMeta(
             space_name=self.space.name, target=self.target, device_hash=self.device_hash,
             feature_version=FEATURE_VERSION, metrics=metrics, n_train=int(len(y)),
-            settings=dict(self.settings), created=time.time(),
+            settings=dict(self.settings), created=time.time(), calibration=dict(self.calibration),
         )
         return self
 
@@ -316,11 +339,13 @@ class ResidualPredictor:
         """``(mean, std)``: the full-data model's prediction and the bootstrap members' spread."""
         self._require_fitted()
         F = self.featurizer.transform(X)
-        mean = self._predict_one((self._base, self._booster), F)
-        if not self._members:
-            return mean, np.zeros_like(mean)
-        preds = np.stack([self._predict_one(m, F) for m in self._members])
-        return mean, preds.std(axis=0, ddof=1) if len(self._members) > 1 else np.zeros_like(mean)
+        return self._predict_one((self._base, self._booster), F), self._member_spread(F)
+
+    def _member_spread(self, F: np.ndarray) -> np.ndarray:
+        """Standard deviation of the bootstrap members' predictions (zeros with fewer than 2)."""
+        if len(self._members) < 2:
+            return np.zeros(len(F))
+        return np.stack([self._predict_one(m, F) for m in self._members]).std(axis=0, ddof=1)
 
     def report(self) -> str:
         """Human-readable quality lines (one per evaluation) for logs and the CLI."""
@@ -377,6 +402,7 @@ class ResidualPredictor:
             for i in range(int(raw.get("n_members", 0)))
         ]
         predictor.meta = meta
+        predictor.calibration = dict(meta.calibration)
         return predictor
 
 

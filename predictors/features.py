@@ -9,10 +9,13 @@ Two feature groups are produced:
   slot's active mask (a switched-off block contributes nothing, whatever its
   stale genes say), the active mask itself, width choices and resolution.
 * **Costs** - additive per-stage cost components (multiply-accumulates split by
-  layer kind, parameters, activation elements, active block counts) computed
-  from ``space.layout`` with the exact channel rounding the supernets use.
-  Latency is close to additive over layers, so these columns also serve as the
-  regressors of the linear base model in :mod:`predictors.base`.
+  layer kind, parameters, activation elements, active block counts, operator
+  counts by kind and memory traffic by kind, see :data:`OVERHEAD_KINDS`)
+  computed from ``space.layout`` with the exact channel rounding the supernets
+  use.  Latency is close to additive over layers, so these columns also serve
+  as the regressors of the linear base model in :mod:`predictors.base`: MAC
+  columns carry compute-bound devices, operator counts and traffic carry
+  overhead-bound ones (batch 1, small inputs, fast cores).
 
 Counting convention (shared with ``Supernet.count``): MACs count the
 multiply-accumulates of convolutions and linear layers at batch 1; parameters
@@ -29,7 +32,7 @@ from hwsearch.space import MBv3Layout, ResNetLayout, SearchSpace, make_divisible
 
 __all__ = ["FEATURE_VERSION", "ArchFeaturizer", "CostTable"]
 
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"
 
 
 @dataclass
@@ -77,6 +80,50 @@ class _Accumulator:
             self.add(name, 0.0)
 
 
+OVERHEAD_KINDS = ("ops_dw", "ops_pw", "ops_dense", "ops_se", "ops_elem", "ops_pool",
+                  "mem_conv", "mem_elem")
+"""Per-stage overhead components: operator counts by kind and memory traffic by kind.
+
+On an overhead-bound device (batch 1, small inputs, a fast core) each
+operator costs a fixed launch/scheduling/allocation time whatever its MACs,
+and elementwise operators cost their memory traffic, so latency follows
+these counts far more than MACs.  ``ops_*`` count the operators an exported
+subnet runs (depthwise and pointwise convs, dense 3x3 convs, squeeze-excite
+modules, elementwise ops: batch norm, activations, residual adds, SE scaling;
+pooling); ``mem_*`` count the elements read and written by convolutions and
+by elementwise ops.  A runtime that fuses batch norm and activations into
+convs makes ``ops_elem``/``mem_elem`` cheap, one that does not makes them
+dominate; the fit decides.
+"""
+
+
+def _overhead_names(stage: int) -> list[str]:
+    return [f"s{stage}_{kind}" for kind in OVERHEAD_KINDS]
+
+
+def _mbconv_overheads(acc: _Accumulator, stage: int, on: np.ndarray, has_expand: np.ndarray,
+                      se: bool, *, residual: bool, conv_io: np.ndarray, tensors: np.ndarray,
+                      se_io: np.ndarray, res_io: np.ndarray) -> None:
+    """Operator counts and memory traffic of one MBConv slot (zero where it is switched off).
+
+    ``tensors`` is the element count of the expand and depthwise outputs, each
+    passed through a batch norm and an activation (read and written twice)
+    when the runtime does not fuse them.
+    """
+    n_pw = has_expand.astype(np.float64) + 1.0
+    elementwise = 2.0 * n_pw + 1.0 + (1.0 if residual else 0.0)  # BN+act per conv, BN, add
+    acc.add(f"s{stage}_ops_dw", on)
+    acc.add(f"s{stage}_ops_pw", on * n_pw)
+    acc.add(f"s{stage}_ops_elem", on * (elementwise + (4.0 if se else 0.0)))
+    acc.add(f"s{stage}_mem_conv", on * conv_io)
+    mem_elem = 4.0 * tensors + (3.0 * res_io if residual else 0.0)
+    if se:
+        acc.add(f"s{stage}_ops_se", on)
+        acc.add(f"s{stage}_ops_pool", on)
+        mem_elem = mem_elem + 3.0 * se_io  # pool read, scale read and write
+    acc.add(f"s{stage}_mem_elem", on * mem_elem)
+
+
 def _mbv3_costs(space: SearchSpace, layout: MBv3Layout, X: np.ndarray) -> CostTable:
     """OFA MobileNetV3: stem, first block, elastic MBConv stages, final expand, head."""
     n = X.shape[0]
@@ -101,7 +148,7 @@ def _mbv3_costs(space: SearchSpace, layout: MBv3Layout, X: np.ndarray) -> CostTa
     slot, in_ch = 0, fb
     for s, (stage, out_ch) in enumerate(zip(space.stages, layout.stage_widths)):
         acc.declare(f"s{s}_macs_pw", f"s{s}_macs_se", f"s{s}_params", f"s{s}_act", f"s{s}_blocks",
-                    *(f"s{s}_macs_dw_k{k}" for k in space.kernels))
+                    *(f"s{s}_macs_dw_k{k}" for k in space.kernels), *_overhead_names(s))
         for j in range(stage.max_depth):
             on = active[:, slot].astype(np.float64)
             stride = layout.stage_strides[s] if j == 0 else 1
@@ -127,6 +174,11 @@ def _mbv3_costs(space: SearchSpace, layout: MBv3Layout, X: np.ndarray) -> CostTa
             acc.add(f"s{s}_params", on * params)
             acc.add(f"s{s}_act", on * act)
             acc.add(f"s{s}_blocks", on)
+            _mbconv_overheads(acc, s, on, has_expand, layout.stage_se[s], residual=j > 0,
+                              conv_io=np.where(has_expand, hw_in * (in_ch + mid), 0.0)
+                              + hw_in * mid + hw_out * mid + hw_out * (mid + out_ch),
+                              tensors=np.where(has_expand, hw_in * mid, 0.0) + hw_out * mid,
+                              se_io=hw_out * mid, res_io=hw_out * out_ch)
             # Spatial size and width advance only through the first (always active) block.
             if j == 0:
                 h, in_ch = h_out, out_ch
@@ -139,6 +191,20 @@ def _mbv3_costs(space: SearchSpace, layout: MBv3Layout, X: np.ndarray) -> CostTa
     acc.add("head_params", in_ch * fe + 2 * fe + fe * feat + feat * layout.n_classes
             + layout.n_classes)
     return CostTable(acc.columns)
+
+
+def _bottleneck_overheads(acc: _Accumulator, stage: int, on: np.ndarray, down: np.ndarray | None,
+                          *, hw_in: np.ndarray, hw_out: np.ndarray, in_ch: np.ndarray | int,
+                          mid: np.ndarray, out_ch: np.ndarray) -> None:
+    """Operator counts and memory traffic of one bottleneck slot (``down``: has a shortcut conv)."""
+    has_down = np.zeros_like(on) if down is None else np.asarray(down, dtype=np.float64)
+    acc.add(f"s{stage}_ops_pw", on * (2.0 + has_down))
+    acc.add(f"s{stage}_ops_dense", on)
+    acc.add(f"s{stage}_ops_elem", on * (7.0 + has_down))  # BN per conv, 3 ReLU, residual add
+    conv_io = hw_in * (in_ch + mid) + hw_out * mid * 2 + hw_out * (mid + out_ch)
+    acc.add(f"s{stage}_mem_conv", on * (conv_io + has_down * (hw_in * in_ch + hw_out * out_ch)))
+    tensors = hw_in * mid + hw_out * mid + hw_out * out_ch * (1.0 + has_down)
+    acc.add(f"s{stage}_mem_elem", on * (4.0 * tensors + 3.0 * hw_out * out_ch))
 
 
 def _resnet_costs(space: SearchSpace, layout: ResNetLayout, X: np.ndarray) -> CostTable:
@@ -177,7 +243,7 @@ def _resnet_costs(space: SearchSpace, layout: ResNetLayout, X: np.ndarray) -> Co
         mid_table = np.array([[make_divisible(round(o * e), 8) for e in space.expands]
                               for o in out_choices], dtype=np.float64)
         acc.declare(f"s{s}_macs_pw", f"s{s}_macs_conv3", f"s{s}_macs_down", f"s{s}_params",
-                    f"s{s}_act", f"s{s}_blocks")
+                    f"s{s}_act", f"s{s}_blocks", *_overhead_names(s))
         for j in range(stage.max_depth):
             on = active[:, slot].astype(np.float64)
             stride = layout.stage_strides[s] if j == 0 else 1
@@ -196,6 +262,8 @@ def _resnet_costs(space: SearchSpace, layout: ResNetLayout, X: np.ndarray) -> Co
             acc.add(f"s{s}_params", on * params)
             acc.add(f"s{s}_act", on * act)
             acc.add(f"s{s}_blocks", on)
+            _bottleneck_overheads(acc, s, on, down if j == 0 else None, hw_in=hw_in,
+                                  hw_out=hw_out, in_ch=in_ch, mid=mid, out_ch=out_ch)
             if j == 0:
                 h, in_ch = h_out, out_ch
             slot += 1

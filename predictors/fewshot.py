@@ -1,35 +1,90 @@
-"""Latency predictors for a new device from a handful of measurements.
+"""Latency predictors for a new device from a handful of measurements, chosen by CV on the shots.
 
-Devices disagree on *how much* each layer kind costs, but far less on which
-subnets are slow: a subnet slow on one CPU is usually slow on another.  So a
-new device is fitted as a correction of predictors already trained on other
-devices: ``log(latency_new) ~ a + sum_i b_i * log(pred_i)`` plus three
-analytic cost groups (depthwise MACs, dense MACs, activation volume), with
-ridge shrinkage chosen by leave-one-out CV.  The cost groups are where
-devices differ most: one runtime fuses batch norm and activations into the
-convolutions and another does not (then activation traffic dominates), one
-CPU has fast depthwise kernels and another slow ones.  With one source
-device this is a rescaling of its predictions; with several, a blend.
-Twenty measurements pin down these few coefficients, where a from-scratch
-model has hundreds of features to fit.
+Devices disagree on *how much* each layer kind costs, but often agree on
+which subnets are slow, so a new device can be fitted as a correction of
+predictors already trained on other devices (**transfer**).  That holds
+within one regime and breaks across regimes: a batch-8 device's order of
+subnets is set by MACs, a batch-1 device's by operator count, and the
+correction of one into the other can come out anti-correlated.  A model
+fitted **from scratch** on the shots (the additive cost model, whose
+grouping is chosen by leave-one-out CV among compute-bound and
+overhead-bound forms) has no such bias but more variance.
+
+So every candidate is scored by leave-one-out CV on the shots (K-fold above
+:data:`LOO_MAX` shots) and the one with the lowest out-of-fold error in log
+space wins:
+
+* ``rescale:<i>`` - source ``i``'s prediction times a constant (one parameter);
+* ``affine:<i>`` - ``log y = a + b log pred_i`` (the dynamic range may differ);
+* ``transfer`` - ridge on every source's log prediction plus three analytic cost
+  groups (depthwise MACs, dense MACs, activation volume), where devices differ most;
+* ``scratch`` - the NNLS cost model on the shots alone;
+* ``blend:<w>`` - the best transfer-family candidate and ``scratch`` averaged in
+  log space with weight ``w`` on transfer (their out-of-fold predictions blend
+  exactly, so blends cost no refits).
+
+With several sources each one's rescale/affine competes, and ``transfer``
+weighs them jointly.  The choice and every candidate's CV quality are kept
+in :attr:`FewShotLatencyPredictor.choice` and printed by ``report()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import stats
 from sklearn.linear_model import RidgeCV
 
-from predictors.latency import LatencyPredictor
+from predictors.base import fit_nnls_base
+from predictors.latency import LatencyPredictor, latency_groupings
 
-__all__ = ["FewShotLatencyPredictor"]
+__all__ = ["LOO_MAX", "FewShotChoice", "FewShotLatencyPredictor"]
+
+LOO_MAX = 30
+"""Up to this many shots the CV is leave-one-out; above it, 10-fold."""
+
+BLEND_WEIGHTS = (0.25, 0.5, 0.75)
+
+
+@dataclass(frozen=True)
+class FewShotChoice:
+    """What the few-shot fit chose and how every candidate did in CV on the shots.
+
+    ``cv[name]`` holds ``rmse_log`` (the selection criterion: root mean squared
+    out-of-fold error of log latency), ``mape`` (%), ``within_10`` (share)
+    and ``tau`` (Kendall, of the out-of-fold predictions).
+    """
+
+    method: str
+    n_shots: int
+    folds: int
+    cv: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def quality(self) -> dict[str, float]:
+        """The chosen candidate's CV quality."""
+        return self.cv[self.method]
+
+
+@dataclass
+class _Design:
+    """Everything candidates need about a set of rows, computed once per ``X``."""
+
+    source_logs: np.ndarray  # (n, n_sources) log predictions of the sources
+    cost_logs: np.ndarray  # (n, 3) log of depthwise MACs, dense MACs, activations
+    features: np.ndarray  # (n, n_features) the featurizer's columns, for scratch
+
+    def rows(self, index: np.ndarray) -> _Design:
+        return _Design(self.source_logs[index], self.cost_logs[index], self.features[index])
 
 
 class FewShotLatencyPredictor:
-    """Fits a new device's latency as a correction of other devices' predictors."""
+    """A new device's latency from a few shots: transfer, from scratch or a blend, by CV."""
 
-    def __init__(self, sources: Sequence[LatencyPredictor]) -> None:
+    def __init__(self, sources: Sequence[LatencyPredictor], *,
+                 blend_weights: Sequence[float] = BLEND_WEIGHTS) -> None:
         if not sources:
             raise ValueError("few-shot prediction needs at least one source predictor")
         spaces = {p.space.name for p in sources}
@@ -37,32 +92,162 @@ class FewShotLatencyPredictor:
             raise ValueError(f"source predictors cover different spaces: {sorted(spaces)}")
         self.sources = list(sources)
         self.space = self.sources[0].space
-        self._model: RidgeCV | None = None
+        self.featurizer = self.sources[0].featurizer
+        self.blend_weights = tuple(float(w) for w in blend_weights)
+        self._groupings = latency_groupings(self.featurizer)
+        self._fitted: dict[str, Callable[[_Design], np.ndarray]] = {}
+        self.choice: FewShotChoice | None = None
 
-    def _design(self, X: np.ndarray) -> np.ndarray:
-        logs = [np.log(p.predict(X)) for p in self.sources]
-        return np.column_stack(logs + [np.log(group) for group in self._cost_groups(X)])
+    # ------------------------------------------------------------------ design
 
-    def _cost_groups(self, X: np.ndarray) -> list[np.ndarray]:
-        """Depthwise MACs, other (dense) MACs and activation volume of each row."""
-        columns = self.sources[0].featurizer.costs(X).columns
+    def _design(self, X: np.ndarray) -> _Design:
+        X = np.atleast_2d(np.asarray(X, dtype=np.int64))
+        logs = np.column_stack([np.log(p.predict(X)) for p in self.sources])
+        columns = self.featurizer.costs(X).columns
         depthwise = sum(v for k, v in columns.items() if "_macs_dw" in k)
         dense = sum(v for k, v in columns.items() if "_macs" in k and "_macs_dw" not in k)
         activations = sum(v for k, v in columns.items() if k.endswith("_act"))
-        return [np.asarray(g, dtype=np.float64) + 1.0 for g in (depthwise, dense, activations)]
+        costs = np.column_stack([np.log(np.asarray(g, dtype=np.float64) + 1.0)
+                                 for g in (depthwise, dense, activations)])
+        return _Design(logs, costs, self.featurizer.transform(X))
 
-    def fit(self, X: np.ndarray, latency_ms: np.ndarray) -> "FewShotLatencyPredictor":
-        """Fit on the new device's measured subnets (3 or more; 10-20 is the intended use)."""
+    # ------------------------------------------------------------------ candidates
+
+    def _candidates(self) -> dict[str, Callable[[_Design, np.ndarray], Callable[[_Design],
+                                                                              np.ndarray]]]:
+        """name -> fit(design, log y) returning predict(design) of log latency."""
+        out: dict[str, Callable[[_Design, np.ndarray], Callable[[_Design], np.ndarray]]] = {}
+        for i in range(len(self.sources)):
+            out[f"rescale:{i}"] = lambda d, t, i=i: _fit_rescale(d, t, i)
+            out[f"affine:{i}"] = lambda d, t, i=i: _fit_affine(d, t, i)
+        out["transfer"] = _fit_transfer
+        out["scratch"] = self._fit_scratch
+        return out
+
+    def _fit_scratch(self, design: _Design, log_y: np.ndarray) -> Callable[[_Design], np.ndarray]:
+        base = fit_nnls_base(design.features, np.exp(log_y), self._groupings)
+        return lambda d: np.log(np.maximum(base.predict(d.features).astype(np.float64), 1e-12))
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, X: np.ndarray, latency_ms: np.ndarray) -> FewShotLatencyPredictor:
+        """Fit on the new device's measured subnets (3 or more; 5-20 is the intended use)."""
         y = np.asarray(latency_ms, dtype=np.float64).ravel()
         if len(y) < 3:
             raise ValueError(f"need at least 3 measurements on the new device, got {len(y)}")
-        if np.any(y <= 0):
-            raise ValueError("latencies must be positive")
-        self._model = RidgeCV(alphas=np.logspace(-4, 2, 13)).fit(self._design(X), np.log(y))
+        if len(y) != len(np.atleast_2d(X)):
+            raise ValueError(f"X has {len(np.atleast_2d(X))} rows but latency_ms has {len(y)}")
+        if not np.all(np.isfinite(y)) or np.any(y <= 0):
+            raise ValueError("latencies must be positive and finite")
+        design, log_y = self._design(X), np.log(y)
+        folds = _folds(len(y))
+        candidates = self._candidates()
+        oof = {name: _out_of_fold(fit, design, log_y, folds) for name, fit in candidates.items()}
+        transfer_family = [n for n in oof if n != "scratch"]
+        best_transfer = min(transfer_family, key=lambda n: _rmse(oof[n], log_y))
+        for w in self.blend_weights:
+            oof[f"blend:{w:g}"] = w * oof[best_transfer] + (1 - w) * oof["scratch"]
+        cv = {name: _cv_quality(log_y, pred) for name, pred in oof.items()}
+        method = min(cv, key=lambda n: (cv[n]["rmse_log"], _complexity(n)))
+        self.choice = FewShotChoice(method=method, n_shots=len(y), folds=len(folds), cv=cv)
+        self._fitted = {"best_transfer": candidates[best_transfer](design, log_y),
+                        "scratch": candidates["scratch"](design, log_y)}
+        if method in candidates:
+            self._fitted["chosen"] = candidates[method](design, log_y)
+        else:
+            w = float(method.split(":")[1])
+            transfer, scratch = self._fitted["best_transfer"], self._fitted["scratch"]
+            self._fitted["chosen"] = lambda d: w * transfer(d) + (1 - w) * scratch(d)
+        self._fitted["transfer"] = candidates["transfer"](design, log_y)
         return self
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predicted latency (ms) on the new device."""
-        if self._model is None:
+    # ------------------------------------------------------------------ prediction
+
+    def predict(self, X: np.ndarray, method: str = "chosen") -> np.ndarray:
+        """Predicted latency (ms) on the new device.
+
+        ``method`` is ``"chosen"`` (what CV picked), or for comparisons
+        ``"transfer"`` (the joint ridge correction), ``"scratch"`` or
+        ``"best_transfer"`` (the transfer-family candidate with the lowest CV error).
+        """
+        if self.choice is None:
             raise RuntimeError("FewShotLatencyPredictor is not fitted")
-        return np.exp(self._model.predict(self._design(np.atleast_2d(X))))
+        if method not in self._fitted:
+            raise ValueError(f"unknown method {method!r}; one of {sorted(self._fitted)}")
+        return np.exp(self._fitted[method](self._design(X)))
+
+    def report(self) -> str:
+        """What was chosen and the CV quality of every candidate, best first."""
+        if self.choice is None:
+            return "FewShotLatencyPredictor: not fitted"
+        c = self.choice
+        cv = "leave-one-out" if c.folds == c.n_shots else f"{c.folds}-fold"
+        lines = [(f"few-shot latency for {self.space.name} from {len(self.sources)} source(s), "
+                  f"{c.n_shots} shots, {cv} CV: chose {c.method}")]
+        for name, q in sorted(c.cv.items(), key=lambda kv: kv[1]["rmse_log"]):
+            lines.append(f"  {name:>12}: rmse_log={q['rmse_log']:.4f} MAPE={q['mape']:.2f}% "
+                         f"within10={100 * q['within_10']:.1f}% tau={q['tau']:.3f}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- candidate fits
+
+
+def _fit_rescale(design: _Design, log_y: np.ndarray, i: int) -> Callable[[_Design], np.ndarray]:
+    shift = float(np.mean(log_y - design.source_logs[:, i]))
+    return lambda d: d.source_logs[:, i] + shift
+
+
+def _fit_affine(design: _Design, log_y: np.ndarray, i: int) -> Callable[[_Design], np.ndarray]:
+    """``log y = a + b log pred_i``; the slope is kept in ``[0, 2]``: a source is never inverted."""
+    x = design.source_logs[:, i]
+    spread = float(np.var(x))
+    slope = float(np.cov(x, log_y, bias=True)[0, 1] / spread) if spread > 0 else 1.0
+    slope = min(max(slope, 0.0), 2.0)
+    shift = float(np.mean(log_y) - slope * np.mean(x))
+    return lambda d: shift + slope * d.source_logs[:, i]
+
+
+def _fit_transfer(design: _Design, log_y: np.ndarray) -> Callable[[_Design], np.ndarray]:
+    """Ridge on all sources' log predictions and the cost groups (penalty by LOO)."""
+    model = RidgeCV(alphas=np.logspace(-4, 2, 13)).fit(
+        np.column_stack([design.source_logs, design.cost_logs]), log_y)
+    return lambda d: model.predict(np.column_stack([d.source_logs, d.cost_logs]))
+
+
+# --------------------------------------------------------------------------- cross-validation
+
+
+def _folds(n: int) -> list[np.ndarray]:
+    """Leave-one-out up to :data:`LOO_MAX` rows, else 10 interleaved folds (deterministic)."""
+    if n <= LOO_MAX:
+        return [np.array([i]) for i in range(n)]
+    order = np.random.default_rng(0).permutation(n)
+    return [order[k::10] for k in range(10)]
+
+
+def _out_of_fold(fit: Callable[[_Design, np.ndarray], Callable[[_Design], np.ndarray]],
+                 design: _Design, log_y: np.ndarray, folds: list[np.ndarray]) -> np.ndarray:
+    out = np.empty(len(log_y))
+    everything = np.arange(len(log_y))
+    for test in folds:
+        train = np.setdiff1d(everything, test)
+        out[test] = fit(design.rows(train), log_y[train])(design.rows(test))
+    return out
+
+
+def _rmse(pred: np.ndarray, log_y: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((pred - log_y) ** 2)))
+
+
+def _cv_quality(log_y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    rel = np.abs(np.exp(pred - log_y) - 1.0)
+    tau = stats.kendalltau(log_y, pred).statistic
+    return {"rmse_log": _rmse(pred, log_y), "mape": float(100 * rel.mean()),
+            "within_10": float(np.mean(rel <= 0.10)), "tau": float(np.nan_to_num(tau))}
+
+
+def _complexity(name: str) -> int:
+    """Tie-break between equal CV errors: fewer fitted parameters first."""
+    order = ("rescale", "affine", "blend", "transfer", "scratch")
+    return order.index(name.split(":")[0])

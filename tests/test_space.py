@@ -154,3 +154,90 @@ def test_extremes_and_space_sizes() -> None:
 def test_arch_config_rejects_non_integer_resolution() -> None:
     with pytest.raises(ArchValidationError, match="resolution"):
         ArchConfig(resolution="224", depths=(2,))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- batch decode
+
+
+def test_batch_decode_matches_row_by_row_decode(space: SearchSpace) -> None:
+    rng = np.random.default_rng(5)
+    xl, xu = space.bounds()
+    X = rng.integers(xl, xu + 1, size=(300, space.n_var))
+    batch = space.decode_batch(X)
+    archs = [space.decode(x) for x in X]
+    assert batch.archs() == archs
+    assert batch.ofa() == [space.to_ofa(a) for a in archs]
+    np.testing.assert_array_equal(batch.genes, space.canonical_genes(X))
+    np.testing.assert_array_equal(batch.resolution, [a.resolution for a in archs])
+    np.testing.assert_array_equal(batch.depths, [a.depths for a in archs])
+    np.testing.assert_array_equal(batch.n_active, [len(a.kernel or a.expand) for a in archs])
+    for knob in space.block_knobs:
+        per_row = getattr(batch, knob)
+        for row, active, arch in zip(per_row, batch.active, archs):
+            assert tuple(row[active]) == getattr(arch, knob)
+            assert (row[~active] == 0).all()
+
+
+def test_batch_decode_names_the_row_and_gene_out_of_bounds() -> None:
+    space = ofa_mbv3_space()
+    X = space.encode_many(space.sample(0, 3))
+    X[2, 0] = len(space.resolutions)
+    with pytest.raises(ArchValidationError, match=r"row 2: gene 0="):
+        space.decode_batch(X)
+    with pytest.raises(ArchValidationError, match="shape"):
+        space.decode_batch(X[:, :-1])
+
+
+# --------------------------------------------------------------------------- sub-spaces
+
+
+def test_restricted_space_is_named_after_what_it_keeps_and_maps_its_genes() -> None:
+    full = ofa_mbv3_space()
+    sub = full.restrict(resolutions=(224, 160, 192), kernels=(3, 5))
+    assert sub.resolutions == (160, 192, 224)  # the full space's order, whatever was given
+    assert sub.kernels == (3, 5)
+    assert sub.name == f"{full.name}~r160.192.224_k3.5"
+    assert sub.network_id != full.network_id and hash(sub) != hash(full) and sub != full
+    assert sub.decode(np.zeros(sub.n_var, dtype=int)).resolution == 160
+    assert full.decode(np.zeros(full.n_var, dtype=int)).resolution == 128
+    archs = sub.sample(3, 300)
+    mapped = sub.genes_in(full, sub.encode_many(archs))
+    assert [full.decode(x) for x in mapped] == archs
+    np.testing.assert_array_equal(mapped, full.encode_many(archs))
+    assert full.restrict(resolutions=full.resolutions) is full
+
+
+def test_genes_of_a_larger_space_are_refused_by_a_sub_space() -> None:
+    full = ofa_mbv3_space()
+    sub = full.restrict(resolutions=(160, 224))
+    X = full.encode_many([full.largest(128)])
+    with pytest.raises(ValueError, match="128"):
+        full.genes_in(sub, X)
+    with pytest.raises(ValueError, match="structure"):
+        full.genes_in(ofa_resnet50_space(), X)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"resolutions": (161,)}, "resolutions"),
+    ({"kernels": ()}, "at least one"),
+    ({"depths": (2, 3)}, "largest depth"),
+    ({"depths": [(2, 4)] * 3}, "stages"),
+])
+def test_restrict_refuses_what_is_not_a_sub_space(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ofa_mbv3_space().restrict(**kwargs)
+
+
+def test_restricted_depths_and_widths_keep_native_forms_working() -> None:
+    mbv3 = ofa_mbv3_space().restrict(depths=(3, 4))
+    assert all(s.depths == (3, 4) for s in mbv3.stages)
+    for arch in mbv3.sample(1, 100):
+        assert min(arch.depths) >= 3
+        assert mbv3.from_ofa(mbv3.to_ofa(arch)) == arch
+    resnet = ofa_resnet50_space()
+    sub = resnet.restrict(widths=(0.8, 1.0), expands=(0.35,))
+    for arch in sub.sample(2, 50):
+        assert sub.from_ofa(sub.to_ofa(arch)) == arch == resnet.decode(
+            sub.genes_in(resnet, sub.encode(arch)[None])[0])
+    with pytest.raises(ValueError, match="ResNet"):
+        resnet.restrict(depths=[(0, 1), (4,), (4,), (6,), (4,)])

@@ -252,9 +252,12 @@ def read_front(job_id: str, device: str, store: StoreDep) -> FrontRead:
 
 @api_router.post("/exports", response_model=ExportRead, status_code=201, tags=["subnets"])
 def create_export(body: ExportCreate, request: Request, store: StoreDep,
-                  catalog: CatalogDep) -> ExportRead:
-    """Export a subnet (an arch, or a point of a front) to ONNX; fetch it from ``download_url``."""
-    info = service.export_subnet(store=store, catalog=catalog, **body.model_dump())
+                  catalog: CatalogDep, roots: RootsDep) -> ExportRead:
+    """Export a subnet (an arch, or a point of a front) to ONNX; fetch it from ``download_url``.
+
+    ``precision: int8`` returns the onnxruntime-quantized file, calibrated on the data.
+    """
+    info = service.export_subnet(store=store, catalog=catalog, roots=roots, **body.model_dump())
     return ExportRead(**info, download_url=str(request.url_for("download_export",
                                                                export_id=info["id"])))
 

@@ -160,6 +160,8 @@ class PointRead(BaseModel):
         default=None, description="how the latency was measured: stable, clock "
                                   "(wall or thread_cpu), latency_source (calibrated or "
                                   "median_ms), ratio_ci, reference_ms and its source")
+    precision: str = Field(default="fp32", description="the precision this point was measured "
+                                                       "and evaluated at (fp32 or int8)")
 
 
 class ObjectiveRead(BaseModel):
@@ -212,6 +214,14 @@ class SubnetRef(_Strict):
 
 class ExportCreate(SubnetRef):
     batch: int = Field(default=1, ge=1, le=256)
+    precision: Literal["fp32", "int8"] | None = Field(
+        default=None, description="fp32, or int8 (onnxruntime static QDQ quantization, "
+                                  "calibrated on 'dataset'); default: the front point's own "
+                                  "precision, or fp32 for an arch")
+    dataset: str | None = Field(
+        default=None, max_length=1024,
+        description="images inside a data root whose BN-calibration part re-estimates batch "
+                    "norm and calibrates int8; default for a front point: its job's dataset")
 
 
 class ExportRead(BaseModel):
@@ -224,6 +234,10 @@ class ExportRead(BaseModel):
     params: int
     input_shape: list[int]
     max_abs_diff: float | None
+    precision: Literal["fp32", "int8"] = "fp32"
+    quantization: dict[str, Any] | None = Field(
+        default=None, description="int8: calibration method and images, sizes, top-1 agreement "
+                                  "and max logit difference against the FP32 model")
     download_url: str
 
 

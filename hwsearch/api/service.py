@@ -28,6 +28,7 @@ from hwsearch.jobs import (
     ProfileSpec,
     SupernetRef,
     build_supernet,
+    content_id,
     describe_error,
     supernet_builders,
 )
@@ -502,33 +503,111 @@ def export_subnet(
     *,
     store: Store,
     catalog: Catalog,
+    roots: DataRoots | None = None,
     batch: int = 1,
+    precision: str | None = None,
+    dataset: str | None = None,
     **subnet: Any,
 ) -> dict[str, Any]:
-    """Export a subnet to ONNX (checked against torch) in the catalog; exports are cached."""
-    from hwsearch.export import export_subnet as export
+    """Export a subnet to ONNX (checked against torch) in the catalog; exports are cached.
 
+    ``precision`` defaults to the front point's own (a mixed front's INT8
+    point exports as INT8) or ``fp32``.  With data (``dataset``, or a front
+    point's job's), the subnet's batch norm is re-estimated on the data's
+    calibration part first, as the job did before measuring accuracy, and
+    INT8 calibrates on the same images; an INT8 export needs data.  The
+    file's id covers the precision and the data, so they never share a cache entry.
+    """
     ref, arch = _resolve(store=store, catalog=catalog, **subnet)
+    point_precision, plan = _export_defaults(store, roots, dataset, subnet)
+    precision = precision or point_precision
+    if precision == "int8" and plan is None:
+        raise Invalid("an int8 export calibrates on your images: give 'dataset' (a path inside "
+                      "a data root)", field=("body", "dataset"))
     export_id = f"{ref.name}-{arch.digest()}-b{batch}"
+    if plan is not None:
+        export_id += f"-{precision}-{_plan_digest(plan, ref)}"
     path = catalog.exports / f"{export_id}.onnx"
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
-        tmp = catalog.exports / f"{export_id}.{os.getpid()}.{threading.get_ident()}.part.onnx"
-        if not _EXPORT_SLOTS.acquire(timeout=_EXPORT_WAIT_S):
-            raise Busy("the service is busy exporting other subnets", retry_after_s=30)
-        try:
-            report = export(_supernet(ref), arch, tmp, batch=batch)
-            os.replace(tmp, path)
-        finally:
-            _EXPORT_SLOTS.release()
-            tmp.unlink(missing_ok=True)
+        report = _export_file(ref, arch, path, export_id, catalog, batch, precision, plan)
         info = {
             "id": export_id, "supernet": ref.name, "arch": arch.to_dict(), "arch_key": arch.key(),
             "bytes": path.stat().st_size, "macs": report.macs, "params": report.params,
             "input_shape": list(report.input_shape), "max_abs_diff": report.max_abs_diff,
+            "precision": precision,
+            "quantization": None if report.quantization is None else {
+                k: v for k, v in report.quantization.items() if k != "path"},
         }
         sidecar.write_text(json.dumps(info))
     return json.loads(sidecar.read_text())
+
+
+def _export_defaults(store: Store, roots: DataRoots | None, dataset: str | None,
+                     subnet: Mapping[str, Any]) -> tuple[str, Any]:
+    """``(precision, data plan or None)`` an export falls back to: the front point's, or fp32.
+
+    A front point's plan is its job's (same images, same calibration part);
+    a ``dataset`` given in the request replaces it and must lie in a data root.
+    """
+    from hwsearch.evaldata import DataPlan
+
+    precision, plan = "fp32", None
+    if subnet.get("job_id") is not None:
+        record = get_job(store=store, job_id=str(subnet["job_id"]))
+        point = job_fronts(store=store, job_id=record.job_id)[subnet["device"]]["points"][
+            int(subnet["point"])]
+        precision = str(point.get("precision", "fp32"))
+        spec = record.spec
+        if spec.get("dataset") is not None:
+            plan = DataPlan(_data_path(roots, spec["dataset"]), calibration=spec.get("calibration"),
+                            n_calibration=int(spec.get("n_calibration", 500)),
+                            subset=spec.get("subset"))
+    if dataset is not None:
+        plan = DataPlan(_data_path(roots, dataset))
+    return precision, plan
+
+
+def _data_path(roots: DataRoots | None, dataset: str) -> str:
+    """``dataset`` checked against the operator's data roots (a 422 naming ``dataset`` if refused)."""
+    if roots is None:
+        raise Invalid("this service has no data roots, so it cannot read calibration images",
+                      field=("body", "dataset"))
+    try:
+        return str(roots.dataset(dataset))
+    except PathRefused as error:
+        raise Invalid(f"dataset {error}", field=("body", "dataset")) from None
+
+
+def _plan_digest(plan: Any, ref: SupernetRef) -> str:
+    """A short id of the data an export calibrates on (files and choices), for its cache key."""
+    return content_id(plan.dataset, plan.calibration,
+                      extra={"n_calibration": plan.n_calibration, "checkpoint": ref.checkpoint})[:12]
+
+
+def _export_file(ref: SupernetRef, arch: ArchConfig, path: Path, export_id: str, catalog: Catalog,
+                 batch: int, precision: str, plan: Any) -> Any:
+    """Build the file under a bounded number of concurrent exports; returns the export report."""
+    from hwsearch.export import export_subnet as export
+
+    tmp = catalog.exports / f"{export_id}.{os.getpid()}.{threading.get_ident()}.part.onnx"
+    if not _EXPORT_SLOTS.acquire(timeout=_EXPORT_WAIT_S):
+        raise Busy("the service is busy exporting other subnets", retry_after_s=30)
+    try:
+        net = _supernet(ref)
+        data = None
+        if plan is not None:
+            try:
+                data = plan.open(size=max(net.space.resolutions)).calibration
+            except ValueError as error:
+                raise Invalid(f"dataset cannot be read: {error}", field=("body", "dataset")) from None
+        report = export(net, arch, tmp, batch=batch, precision=precision, calibration=data,
+                        bn_data=data)
+        os.replace(tmp, path)
+        return report
+    finally:
+        _EXPORT_SLOTS.release()
+        tmp.unlink(missing_ok=True)
 
 
 def export_file(*, catalog: Catalog, export_id: str) -> Path:

@@ -10,10 +10,15 @@ from hwsearch.results import measurement_label
 
 
 def front_table(device: str, front: Any) -> Table:
-    """One row per subnet of ``front`` (a :class:`hwsearch.results.ParetoFront`), fastest first."""
-    table = Table(title=f"Pareto front on {device} (hypervolume {front.hypervolume:.4g})")
+    """One row per subnet of ``front`` (a :class:`hwsearch.results.ParetoFront`), fastest first.
+
+    Each row names its precision; when the front mixes precisions the title
+    counts how many points each holds, i.e. where the quantized subnets win.
+    """
+    table = Table(title=f"Pareto front on {device} (hypervolume {front.hypervolume:.4g})"
+                        f"{precision_summary(front)}")
     for column in ("latency ms (measured)", "how", "predicted", "accuracy (measured)", "predicted",
-                   "MMACs", "params M", "subnet"):
+                   "precision", "MMACs", "params M", "subnet"):
         table.add_column(column, overflow="fold")
     knee = front.knee()
     for point in sorted(front.points, key=lambda p: p.value("latency_ms")):
@@ -25,8 +30,27 @@ def front_table(device: str, front: Any) -> Table:
             "" if predicted_latency is None else f"{predicted_latency:.3f}",
             f"{point.measured['accuracy']:.4f}",
             "" if predicted_accuracy is None else f"{predicted_accuracy:.4f}",
+            point.precision,
             "" if point.macs is None else f"{point.macs / 1e6:.2f}",
             "" if point.params is None else f"{point.params / 1e6:.3f}",
-            point.arch.key() + ("  ← knee" if knee is not None and point.arch == knee.arch else ""),
+            point.arch.key() + ("  ← knee" if knee is not None and point is knee else ""),
         )
     return table
+
+
+def precision_summary(front: Any) -> str:
+    """``"; points by precision: fp32 4 (0.2-0.6 ms), int8 3 (0.7-1.1 ms) of 7"``, or ``""``.
+
+    Only for a front searched at several precisions (a job records each in
+    its settings).  A precision wins where its points are on the front; the
+    latency span says where along the front that is, and 0 says it won nowhere.
+    """
+    settings = front.settings.get("precisions", {})
+    if len(settings) < 2:
+        return ""
+    parts = []
+    for precision in sorted(settings):
+        won = [p.measured["latency_ms"] for p in front.points if p.precision == precision]
+        span = f" ({min(won):.3g}-{max(won):.3g} ms)" if won else ""
+        parts.append(f"{precision} {len(won)}{span}")
+    return f"; points by precision: {', '.join(parts)} of {len(front.points)}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -15,37 +15,74 @@ def export(
     supernet: Annotated[str, typer.Option(
         help="Registered supernet name (see `hwsearch supernets list`).")],
     out: Annotated[Path, typer.Option(help="Where to write the ONNX file.", dir_okay=False)],
-    checkpoint: Annotated[Optional[Path], typer.Option(
+    checkpoint: Annotated[Path | None, typer.Option(
         help="Local weights: a bare state_dict or OFA's {'state_dict': ...} file.",
         exists=True, dir_okay=False)] = None,
-    arch: Annotated[Optional[Path], typer.Option(
+    arch: Annotated[Path | None, typer.Option(
         help="Subnet as JSON: hwsearch's form or OFA's native {ks, e, d, r} / {d, e, w, r}.",
         exists=True, dir_okay=False)] = None,
     seed: Annotated[int, typer.Option(
         help="Without --arch: sample the subnet with this seed.")] = 0,
     batch: Annotated[int, typer.Option(min=1, help="Batch size of the static input shape.")] = 1,
+    precision: Annotated[str, typer.Option(
+        help="fp32, or int8: quantized statically by onnxruntime (QDQ, per-channel weights), "
+             "calibrated on --data.")] = "fp32",
+    data: Annotated[Path | None, typer.Option(
+        help="Your labelled images (class folders or an x/y array file): their batch-norm "
+             "calibration part re-estimates BN statistics (as search jobs do before measuring "
+             "accuracy) and, for int8, calibrates the quantizer. Required for int8.",
+        exists=True)] = None,
+    calibration_method: Annotated[str, typer.Option(
+        help="int8 calibration: minmax (observed ranges) or percentile (99.999th, clips "
+             "outliers).")] = "minmax",
+    calibration_images: Annotated[int, typer.Option(
+        min=1, max=4096, help="int8: how many calibration images to use.")] = 256,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Extract a subnet, export it to ONNX (opset 17) and check it against torch with onnxruntime.
 
     Prints the subnet's MACs (what OFA calls FLOPs), parameters, export time
     and the check result.  The file is written only if the check passes.
+    With ``--precision int8`` it also prints the quantized file's size and how
+    often it agrees with the FP32 model on the calibration images.
     """
-    from hwsearch.cli._errors import reading
+    from hwsearch.cli._errors import OptionError, reading
     from hwsearch.cli._inputs import load_supernet, prepare_folder
     from hwsearch.export import export_subnet
+    from hwsearch.quantize import QuantizeSettings, check_precision
 
+    with reading("--precision"):
+        check_precision(precision)
+    with reading("--calibration-method"):
+        quantize = QuantizeSettings(method=calibration_method, n_images=calibration_images)
+    if precision == "int8" and data is None:
+        raise OptionError("--data", "an int8 export calibrates on your images: give --data")
     net = load_supernet(supernet, checkpoint)
+    calibration = None if data is None else _calibration_part(data, max(net.space.resolutions))
     if arch is None:
         chosen = net.space.sample(seed, 1)[0]
     else:
         with reading("--arch"):
             chosen = net.space.from_json(arch.read_text())
     prepare_folder(out.parent, "--out")
-    report = export_subnet(net, chosen, out, batch=batch)
+    report = export_subnet(net, chosen, out, batch=batch, precision=precision,
+                           calibration=calibration, bn_data=calibration, quantize=quantize)
     result = {"supernet": net.name, "arch": chosen.to_dict(), "arch_key": chosen.key(),
               **report.to_dict(), "check": "passed"}
     typer.echo(json.dumps(result, indent=2) if as_json else _summary(result))
+
+
+def _calibration_part(data: Path, size: int) -> Any:  # -> hwsearch.data.Images
+    """The images a search job with default data settings recalibrates BN on (and nothing else).
+
+    Using the same part makes the exported file the network whose accuracy a
+    job on this data measured, and keeps validation images out of calibration.
+    """
+    from hwsearch.cli._errors import reading
+    from hwsearch.evaldata import DataPlan
+
+    with reading("--data"):
+        return DataPlan(str(data)).open(size=size).calibration
 
 
 def _summary(result: dict[str, Any]) -> str:
@@ -57,7 +94,21 @@ def _summary(result: dict[str, Any]) -> str:
         f"({result['bytes'] / 2**20:.1f} MiB)",
         f"check    passed: onnx.checker ok, onnxruntime vs torch max abs diff "
         f"{result['max_abs_diff']:.2g} ({result['check_seconds']:.2f} s)",
+        *_quantization_lines(result.get("quantization")),
     ])
+
+
+def _quantization_lines(quantization: dict[str, Any] | None) -> list[str]:
+    if not quantization:
+        return []
+    q = quantization
+    return [
+        f"int8     QDQ, per-channel weights, {q['method']} calibration on {q['n_images']} "
+        f"images: {q['bytes'] / 2**20:.2f} MiB ({q['bytes'] / q['fp32_bytes']:.2f}x FP32), "
+        f"{q['seconds']:.2f} s",
+        f"agrees   with FP32 on {100 * q['top1_agreement']:.1f}% of top-1 predictions; "
+        f"max logit diff {q['max_logit_diff']:.3g} (calibration images)",
+    ]
 
 
 def register(app: typer.Typer) -> None:

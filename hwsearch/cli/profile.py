@@ -66,14 +66,23 @@ def profile(
 
 
 def profile_accuracy(
-    data: Annotated[Path, typer.Option(help="Folder of class sub-folders of images, or a "
-                                            ".npz/.pt file with arrays x and y.", exists=True)],
+    data: Annotated[Path, typer.Option(help="Folder of class sub-folders of images (streamed), or "
+                                            "a .npz/.pt file with arrays x and y.", exists=True)],
     supernet: SupernetOpt = "ofa_mbv3_d234_e346_k357_w1.0",
     checkpoint: CheckpointOpt = None,
     dataset_id: Annotated[Optional[str], typer.Option(
-        help="Name the accuracies are stored under (default: the data path's name).")] = None,
+        help="Name the accuracies are stored under, before the digest of the data, weights and "
+             "choices below (default: the data path's name).")] = None,
     n: Annotated[int, typer.Option("--n", help="How many subnets to evaluate.")] = 50,
     n_calibration: Annotated[int, typer.Option(help="Images used only to recalibrate BN.")] = 500,
+    calibration: Annotated[Optional[Path], typer.Option(
+        help="Separate images for BN recalibration (e.g. a slice of the training set); "
+             "default: split off DATA.", exists=True)] = None,
+    subset: Annotated[Optional[int], typer.Option(
+        help="Score this many validation images (seeded random sample; default: all).",
+        min=1)] = None,
+    device: Annotated[str, typer.Option(
+        help="auto: a GPU when the Ray cluster has one; cpu; cuda.")] = "auto",
     store: StoreOpt = Path("runs/hwsearch.db"),
     seed: Annotated[int, typer.Option(help="Selection seed.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print accuracies as JSON.")] = False,
@@ -82,26 +91,38 @@ def profile_accuracy(
     from hwsearch.accuracy_eval import EvalSettings, evaluate_subnets
     from hwsearch.cli._errors import reading
     from hwsearch.cli._inputs import load_supernet
-    from hwsearch.data import load_images
+    from hwsearch.evaldata import DataPlan
     from hwsearch.pipeline import select_subnets
     from hwsearch.store import SQLiteStore
 
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter("expected auto, cpu or cuda", param_hint="--device")
     net = load_supernet(supernet, checkpoint)
+    plan = DataPlan(str(data), calibration=None if calibration is None else str(calibration),
+                    n_calibration=n_calibration, subset=subset)
     with reading("--data"):
-        images = load_images(data, size=max(net.space.resolutions))
+        split = plan.open(size=max(net.space.resolutions))
+    stored_as = f"{dataset_id or data.name}-" + plan.dataset_id(
+        split, checkpoint=None if checkpoint is None else str(checkpoint))
     archs = select_subnets(net.space, n, seed=seed)
     with _progress_bar("evaluating subnets", not as_json) as bar:
         task = bar.add_task("evaluating subnets", total=len(archs))
         accuracies = evaluate_subnets(
-            net, archs, images, store=SQLiteStore(store), dataset_id=dataset_id or data.name,
-            settings=EvalSettings(n_calibration=n_calibration, seed=seed),
+            net, archs, split, store=SQLiteStore(store), dataset_id=stored_as,
+            settings=EvalSettings(device=device),  # type: ignore[arg-type]  (checked above)
             progress=lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:
-        typer.echo(json.dumps(accuracies, indent=2))
+        typer.echo(json.dumps({"dataset_id": stored_as, "data": dict(split.identity),
+                               "accuracies": {key: {"accuracy": value,
+                                                    "ci95": list(split.interval(value))}
+                                              for key, value in accuracies.items()}}, indent=2))
         return
     values = list(accuracies.values())
-    typer.echo(f"{len(values)} subnets on {len(images)} images: accuracy "
-               f"{min(values):.3f}..{max(values):.3f} (stored in {store})")
+    low, high = split.interval(min(values))[0], split.interval(max(values))[1]
+    typer.echo(f"{len(values)} subnets on {len(split.validation)} validation images "
+               f"(BN on {len(split.calibration)}): accuracy {min(values):.3f}..{max(values):.3f}, "
+               f"95% Wilson bounds {low:.3f}..{high:.3f}; stored in {store} as dataset id "
+               f"{stored_as}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,9 @@
 """``hwsearch search``: Pareto fronts of one supernet on several devices, on Ray.
 
+A device whose profile lists several precisions (``precisions: [fp32,
+int8]``, or ``--precision`` for all) gets one front mixing them, each point
+labelled with its precision.
+
 The command runs the same job a service submission runs
 (:func:`hwsearch.jobs.run_job`): profile subnets on each device, measure
 their accuracy once for all devices, fit predictors, then refine one front
@@ -39,6 +43,10 @@ def search(
     budget: Annotated[int, typer.Option(
         help="Extra real measurements per device that refinement may spend.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed for selection, predictors and search.")] = 0,
+    precision: Annotated[Optional[list[str]], typer.Option(
+        help="Search at this precision on every device (fp32, int8; repeat for both), instead "
+             "of the precisions each profile lists. int8 subnets are quantized by onnxruntime "
+             "and their accuracy measured on the quantized model.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(
         help="Join this Ray cluster instead of starting a local one.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the store and the fronts' JSON.")] = Path(
@@ -54,7 +62,7 @@ def search(
     from hwsearch.results import ParetoFront
     from hwsearch.store import SQLiteStore
 
-    profiles = _check_inputs(supernet, checkpoint, device, data)
+    profiles = _with_precisions(_check_inputs(supernet, checkpoint, device, data), precision)
     prepare_folder(out, "--out")
     store = SQLiteStore(out / "store.db")
     limits = [lim for lim in (
@@ -100,6 +108,18 @@ def _check_inputs(supernet: str, checkpoint: Path | None, devices: list[Path],
     with reading("--data"):
         load_images(data, size=max(net.space.resolutions))
     return profiles
+
+
+def _with_precisions(profiles: list[Any], precisions: list[str] | None) -> list[Any]:
+    """The profiles, each set to search ``precisions`` when given (checked like a profile field)."""
+    import dataclasses
+
+    from hwsearch.cli._errors import reading
+
+    if not precisions:
+        return profiles
+    with reading("--precision"):
+        return [dataclasses.replace(p, precisions=tuple(precisions)) for p in profiles]
 
 
 def _run_with_progress(spec: Any, store: Any, job_id: str, ray_address: str | None,

@@ -15,7 +15,7 @@ from typing import Any
 from hwsearch.agents import AgentEndpoint, resolve_profile
 from hwsearch.store import Store
 
-__all__ = ["JobContext", "JobDevice", "job_device", "latency_conditions", "with_conditions"]
+__all__ = ["JobContext", "JobDevice", "job_device", "latency_conditions"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class JobContext:
     job_id: str
     net: Any  # hwsearch.supernets.Supernet
     devices: Sequence[JobDevice]
-    data: Any  # hwsearch.data.LabelledImages
+    data: Any  # hwsearch.evaldata.EvalSplit: BN calibration and validation images
     dataset_id: str
     archs: Sequence[Any]  # the initial, space-filling selection
 
@@ -97,12 +97,3 @@ def latency_conditions(row: Mapping[str, Any]) -> dict[str, Any]:
             "latency_source": row.get("latency_source", "calibrated"),
             "ratio_ci": row.get("ratio_ci"), "reference_ms": env.get("reference_ms"),
             "reference_source": env.get("reference_source")}
-
-
-def with_conditions(front: dict[str, Any], rows: Mapping[str, Mapping[str, Any]]
-                     ) -> dict[str, Any]:
-    """A front's JSON with each point's measurement conditions (from its stored row)."""
-    for point in front["points"]:
-        row = rows.get(point["arch_key"])
-        point["latency_conditions"] = latency_conditions(row) if row is not None else None
-    return front

@@ -29,7 +29,7 @@ from hwsearch.jobs.control import (
     record_failure,
     start_job,
 )
-from hwsearch.jobs.spec import JobSpec, ProfileSpec, build_supernet, content_id, spec_from_dict
+from hwsearch.jobs.spec import JobSpec, ProfileSpec, build_supernet, spec_from_dict
 from hwsearch.jobs.stages import (
     evaluate_accuracy,
     fit_predictors,
@@ -98,19 +98,26 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
 
 def _prepare(spec: JobSpec, *, store: Store, job_id: str,
              agents: Mapping[str, AgentEndpoint]) -> JobContext:
-    """Build the supernet, resolve the devices, load the data and pick the initial subnets."""
-    from hwsearch.data import load_images
+    """Build the supernet, resolve the devices, open the data and pick the initial subnets.
+
+    A folder is streamed, not loaded; the accuracy store key covers the
+    files, the weights, the preprocessing and the calibration/subset choice.
+    """
+    from hwsearch.evaldata import DataPlan
     from hwsearch.pipeline import select_subnets
 
     if spec.dataset is None:
         raise ValueError("a search job needs validation data (dataset) to measure accuracy")
     net = build_supernet(spec.supernet)
+    plan = DataPlan(spec.dataset, calibration=spec.calibration,
+                    n_calibration=spec.n_calibration, subset=spec.subset)
+    data = plan.open(size=max(net.space.resolutions))
     return JobContext(
         store=store, job_id=job_id, net=net,
         devices=[job_device(d, agents) for d in spec.devices],
-        data=load_images(spec.dataset, size=max(net.space.resolutions)),
-        dataset_id=content_id(spec.dataset, spec.supernet.checkpoint,
-                              extra={"options": dict(spec.supernet.options)}),
+        data=data,
+        dataset_id=plan.dataset_id(data, checkpoint=spec.supernet.checkpoint,
+                                   extra={"options": dict(spec.supernet.options)}),
         archs=select_subnets(net.space, spec.n_profile, seed=spec.seed))
 
 

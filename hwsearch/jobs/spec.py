@@ -53,11 +53,17 @@ class JobSpec:
     ``params``, ``macs``), each ``{"metric", "upper", "lower"}``.
     ``budget`` is the number of extra real measurements per device that
     refinement may spend on top of the ``n_profile`` initial ones.
+    ``calibration``, ``n_calibration`` and ``subset`` choose the images that
+    recalibrate BN and the validation images scored
+    (:class:`hwsearch.evaldata.DataPlan`).
     """
 
     supernet: SupernetRef
     devices: tuple[Mapping[str, Any], ...]
     dataset: str | None = None
+    calibration: str | None = None
+    n_calibration: int = 500
+    subset: int | None = None
     limits: tuple[Mapping[str, Any], ...] = ()
     budget: int = 0
     seed: int = 0
@@ -77,6 +83,9 @@ class JobSpec:
             supernet=SupernetRef.from_dict(data["supernet"]),
             devices=tuple(dict(d) for d in data["devices"]),
             dataset=data.get("dataset"),
+            calibration=data.get("calibration"),
+            n_calibration=int(data.get("n_calibration", 500)),
+            subset=None if data.get("subset") is None else int(data["subset"]),
             limits=tuple(dict(lim) for lim in data.get("limits", ())),
             budget=int(data.get("budget", 0)),
             seed=int(data.get("seed", 0)),

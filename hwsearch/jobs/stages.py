@@ -1,12 +1,18 @@
 """The stages of a search job, each resuming from what the store already holds.
 
 1. :func:`profile_devices`: the initial space-filling subnets on every
-   device at once (local devices take turns at the host's measurement lock).
-2. :func:`evaluate_accuracy`: their accuracy, once for all devices.
-3. :func:`fit_predictors`: an accuracy predictor and one latency predictor
-   per device, with their held-out quality.
-4. :func:`refine_fronts`: every device's front refined on Ray with real
-   measurements (:class:`DeviceMeasurer`), up to the job's budget.
+   device at every precision it runs, at once (local devices take turns at
+   the host's measurement lock).
+2. :func:`evaluate_accuracy`: their accuracy at each precision, once for all devices.
+3. :func:`fit_predictors`: an accuracy predictor per precision and one
+   latency predictor per (device, precision), with their held-out quality.
+4. :func:`refine_fronts`: every (device, precision) front refined on Ray with
+   real measurements (:class:`DeviceMeasurer`), up to the job's budget, and
+   each device's precisions merged into one front of labelled points.
+
+Precision is a job axis (:mod:`hwsearch.jobs.precision`): a device whose
+profile lists only ``fp32`` is measured, stored and reported exactly as
+before precisions existed.
 
 Each stage reads and writes through one :class:`~hwsearch.jobs.context.JobContext`
 and reports through the job's :class:`~hwsearch.jobs.control.Control`.
@@ -21,9 +27,11 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hwsearch.jobs.context import JobContext, JobDevice, with_conditions
+from hwsearch.jobs.context import JobContext, JobDevice
 from hwsearch.jobs.control import Control
+from hwsearch.jobs.precision import Target, job_precisions, merge_fronts, targets
 from hwsearch.jobs.spec import JobSpec
+from hwsearch.quantize import DEFAULT_PRECISION, precision_key
 from hwsearch.store import Store
 
 __all__ = ["DeviceMeasurer", "evaluate_accuracy", "fit_predictors", "profile_devices",
@@ -31,18 +39,20 @@ __all__ = ["DeviceMeasurer", "evaluate_accuracy", "fit_predictors", "profile_dev
 
 
 def profile_devices(control: Control, job: JobContext) -> dict[str, dict[str, Any]]:
-    """Profile ``archs`` on every device at once, one thread per device; reports by device.
+    """Profile ``archs`` on every device at every precision it runs, one thread per pair.
 
     Devices that are separate hardware (agents) measure concurrently; local
     devices of this host queue for its measurement lock inside their
     profilers, so running them side by side never overlaps two sessions.
-    A cancellation raised in any thread stops the step.
+    Reports are by target label (``device``, ``device@int8``).  A
+    cancellation raised in any thread stops the step.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from hwsearch.pipeline import profile_subnets
 
-    shares = dict.fromkeys((d.name for d in job.devices), 0.0)
+    pairs = targets(job.devices)
+    shares = dict.fromkeys((t.label for t in pairs), 0.0)
     lock = threading.Lock()
 
     def report(name: str, info: Mapping[str, Any]) -> None:
@@ -53,33 +63,47 @@ def profile_devices(control: Control, job: JobContext) -> dict[str, dict[str, An
         message = info.get("message") or f"{info['done']}/{info['total']} subnets measured"
         control.step("profile", fraction, f"{name}: {message}")
 
-    def profile_one(device: JobDevice) -> dict[str, Any]:
-        return profile_subnets(job.net, job.archs, device.profiler(), device.key, job.store,
-                               progress=lambda info: report(device.name, info)).to_dict()
+    def profile_one(target: Target) -> dict[str, Any]:
+        return profile_subnets(job.net, job.archs, target.profiler(job.data), target.key, job.store,
+                               progress=lambda info: report(target.label, info)).to_dict()
 
-    with ThreadPoolExecutor(max_workers=len(job.devices),
-                            thread_name_prefix="hwsearch-profile") as pool:
-        futures = {d.name: pool.submit(profile_one, d) for d in job.devices}
-        return {name: future.result() for name, future in futures.items()}
+    with ThreadPoolExecutor(max_workers=len(pairs), thread_name_prefix="hwsearch-profile") as pool:
+        futures = {t.label: pool.submit(profile_one, t) for t in pairs}
+        return {label: future.result() for label, future in futures.items()}
 
 
-def evaluate_accuracy(control: Control, job: JobContext) -> dict[str, float]:
-    """Stage 2: the initial subnets' accuracy (BN recalibrated), on Ray; stored ones are reused."""
-    from hwsearch.accuracy_eval import evaluate_subnets
+def evaluate_accuracy(control: Control, job: JobContext) -> dict[str, dict[str, float]]:
+    """Stage 2: the initial subnets' accuracy at every precision of the job; by precision, then key.
 
-    control.step("accuracy", 0.4, f"{len(job.archs)} subnets")
-    return evaluate_subnets(
-        job.net, job.archs, job.data, store=job.store, dataset_id=job.dataset_id,
-        progress=lambda done, total: control.step("accuracy", 0.4 + 0.15 * done / total,
-                                                  f"{done}/{total} subnets evaluated"))
+    FP32 is evaluated in torch, INT8 on the quantized ONNX model in
+    onnxruntime (:mod:`hwsearch.onnx_accuracy`), both after BN recalibration;
+    stored accuracies are reused.
+    """
+    from hwsearch.onnx_accuracy import evaluate_precision
+
+    precisions = job_precisions(job.devices)
+    share = 0.15 / len(precisions)
+    out = {}
+    for i, precision in enumerate(precisions):
+        control.step("accuracy", 0.4 + i * share, f"{len(job.archs)} subnets at {precision}")
+        out[precision] = evaluate_precision(
+            job.net, job.archs, job.data, store=job.store, dataset_id=job.dataset_id,
+            precision=precision,
+            progress=lambda done, total, i=i, p=precision: control.step(
+                "accuracy", 0.4 + (i + done / total) * share,
+                f"{done}/{total} subnets evaluated at {p}"))
+    return out
 
 
 def fit_predictors(control: Control, job: JobContext, spec: JobSpec,
-                   accuracies: Mapping[str, float]) -> tuple[Any, list[Any], dict[str, Any]]:
-    """Stage 3: the accuracy predictor, and per device a latency predictor and its search.
+                   accuracies: Mapping[str, Mapping[str, float]]
+                   ) -> tuple[dict[str, Any], dict[str, list[Any]], dict[str, Any]]:
+    """Stage 3: per precision an accuracy predictor, per (device, precision) a latency predictor.
 
-    Returns ``(accuracy predictor, [DeviceSearch], quality)``, where quality
-    holds every predictor's cross-validated metrics.
+    Returns ``({precision: accuracy predictor}, {precision: [DeviceSearch]},
+    quality)``, where quality holds every predictor's cross-validated
+    metrics under ``accuracy`` / ``latency@<device>`` (FP32) and
+    ``accuracy@int8`` / ``latency@<device>@int8``.
     """
     import ray
 
@@ -91,75 +115,128 @@ def fit_predictors(control: Control, job: JobContext, spec: JobSpec,
 
     control.step("train", 0.55, "fitting predictors")
     space = job.space
-    accuracy = AccuracyPredictor(space, seed=spec.seed).fit(*_xy(space, job.archs, accuracies))
-    quality = {"accuracy": _flat_metrics(accuracy)}
+    predictors, quality = {}, {}
+    for precision, found in accuracies.items():
+        predictors[precision] = AccuracyPredictor(space, seed=spec.seed).fit(
+            *_xy(space, job.archs, found))
+        quality[precision_key("accuracy", precision)] = _flat_metrics(predictors[precision])
     shared = ray.put({"net": job.net, "data": job.data})  # once per job, not once per device task
-    searches = []
-    for device in job.devices:
-        rows = job.latencies(device)
-        latency = LatencyPredictor(space, device_hash=device.key, seed=spec.seed).fit(
+    searches: dict[str, list[Any]] = {p: [] for p in accuracies}
+    for target in targets(job.devices):
+        rows = _rows(job, target)
+        latency = LatencyPredictor(space, device_hash=target.key, seed=spec.seed).fit(
             *_xy(space, job.archs, {a.key(): rows[a.key()]["latency_ms"] for a in job.archs}))
-        quality[f"latency@{device.name}"] = _flat_metrics(latency)
-        searches.append(DeviceSearch(
-            name=device.name, device_hash=device.key, latency=latency,
-            measurer=DeviceMeasurer(shared=shared, device=device, store=job.store,
+        quality[f"latency@{target.label}"] = _flat_metrics(latency)
+        searches[target.precision].append(DeviceSearch(
+            name=target.device.name, device_hash=target.key, latency=latency,
+            measurer=DeviceMeasurer(shared=shared, device=target.device, store=job.store,
                                     runner=control.runner, dataset_id=job.dataset_id,
-                                    job_id=job.job_id),
+                                    job_id=job.job_id, precision=target.precision),
             limits=tuple(Limit(**dict(lim)) for lim in spec.limits), compute=compute_unit))
-    return accuracy, searches, quality
+    return predictors, searches, quality
 
 
-def refine_fronts(control: Control, job: JobContext, spec: JobSpec, accuracy: Any,
-                  searches: Sequence[Any], ray_address: str | None) -> dict[str, Any]:
-    """Stage 4: every device's front refined in its own Ray task; runs by device name."""
+def _rows(job: JobContext, target: Target) -> dict[str, dict[str, Any]]:
+    """The target's latency rows for this network, each with a finite ``latency_ms``."""
+    from hwsearch.pipeline import finite_latencies
+
+    return finite_latencies(job.store, target.key, job.space.network_id)
+
+
+def refine_fronts(control: Control, job: JobContext, spec: JobSpec, accuracy: Mapping[str, Any],
+                  searches: Mapping[str, Sequence[Any]], ray_address: str | None
+                  ) -> dict[str, dict[str, Any]]:
+    """Stage 4: every (device, precision) front refined in its own Ray task; runs by precision, device.
+
+    Each precision's devices go out as one :func:`~hwsearch.parallel.search_devices`
+    call (with that precision's accuracy predictor and accuracy key), the
+    precisions side by side in threads, so an INT8 run never waits for the
+    FP32 runs to finish.  ``budget`` applies to each (device, precision).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from hwsearch.parallel import search_devices
     from hwsearch.refine import RefineSettings
 
-    control.step("search", 0.6, f"refining {len(searches)} fronts on Ray")
+    n_runs = sum(len(s) for s in searches.values())
+    control.step("search", 0.6, f"refining {n_runs} fronts on Ray")
     settings = RefineSettings(max_measurements=spec.budget, per_round=max(1, min(8, spec.budget)),
                               initial=2, seed=spec.seed)
-    try:
-        return search_devices(job.space, accuracy, searches, store=job.store,
-                              supernet_id=job.net.name, dataset_id=job.dataset_id,
+
+    def run(precision: str) -> dict[str, Any]:
+        return search_devices(job.space, accuracy[precision], searches[precision], store=job.store,
+                              supernet_id=job.net.name,
+                              dataset_id=precision_key(job.dataset_id, precision),
                               settings=settings, address=ray_address)
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(searches),
+                                thread_name_prefix="hwsearch-refine") as pool:
+            futures = {p: pool.submit(run, p) for p, s in searches.items() if s}
+            return {p: future.result() for p, future in futures.items()}
     except Exception:
         control.check()  # a cancellation inside a device task surfaces as that task's error
         raise
 
 
-def summarize(job: JobContext, reports: Mapping[str, Any], runs: Mapping[str, Any],
+def summarize(job: JobContext, reports: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]],
               quality: Mapping[str, Any]) -> dict[str, Any]:
-    """The job's result: names its rows are filed under, per-device summaries, predictor quality, fronts."""
+    """The job's result: names its rows are filed under, per-device summaries, predictor quality, fronts.
+
+    A device's summary keeps its FP32 (or only) precision's profiling,
+    rounds and reuse at the top, as before precision existed, and every
+    precision's under ``precisions``; its front mixes the precisions' points,
+    each labelled (:func:`~hwsearch.jobs.precision.merge_fronts`).
+    """
     space = job.space
+    by_device: dict[str, dict[str, Any]] = {d.name: {} for d in job.devices}
+    for target in targets(job.devices):
+        run = runs[target.precision][target.device.name]
+        by_device[target.device.name][target.precision] = {
+            "hash": target.key, "profiling": reports[target.label],
+            "rounds": run.result.rounds, "reused": run.reused}
+    devices = {}
+    for d in job.devices:
+        first = next(iter(by_device[d.name].values()))
+        devices[d.name] = {"hash": d.key, "settings_hash": d.profile.hash(),
+                           "profiling": first["profiling"], "rounds": first["rounds"],
+                           "reused": first["reused"], "precisions": by_device[d.name]}
     return {
         "space_name": space.name, "network_id": space.network_id, "supernet_id": job.net.name,
-        "dataset_id": job.dataset_id,
-        "devices": {d.name: {"hash": d.key, "settings_hash": d.profile.hash(),
-                             "profiling": reports[d.name], "rounds": runs[d.name].result.rounds,
-                             "reused": runs[d.name].reused} for d in job.devices},
+        "dataset_id": job.dataset_id, "precisions": job_precisions(job.devices),
+        "devices": devices,
         "predictors": dict(quality),
-        "fronts": {d.name: with_conditions(runs[d.name].result.front.to_dict(), job.latencies(d))
-                   for d in job.devices},
+        "fronts": {d.name: _device_front(job, d, runs) for d in job.devices},
     }
 
 
-class DeviceMeasurer:
-    """Real measurements on one device during refinement, through the pipeline into the store.
+def _device_front(job: JobContext, device: JobDevice, runs: Mapping[str, Mapping[str, Any]]
+                  ) -> dict[str, Any]:
+    """One device's front over its precisions, in JSON form, each point with its conditions."""
+    pairs = targets([device])
+    fronts = {t.precision: runs[t.precision][device.name].result.front for t in pairs}
+    rows = {t.precision: _rows(job, t) for t in pairs}
+    return merge_fronts(device.name, fronts, rows).to_dict()
 
-    Latency: export and profile with the device's profiler (the pipeline
-    stores the full measurement row); accuracy: BN-recalibrated evaluation on
-    the job's data.  It travels to the device's Ray task, where it also
-    checks for cancellation and reports progress before each batch.  The
-    supernet and the data are large and the same for every device, so it
-    carries only a reference to them (``ray.put`` once per job) and fetches
-    them in the worker on first use.
+
+class DeviceMeasurer:
+    """Real measurements on one device at one precision during refinement, into the store.
+
+    Latency: export and profile with the device's profiler (INT8: the
+    export quantized first; the pipeline stores the full measurement row);
+    accuracy: BN-recalibrated evaluation on the job's data (INT8: of the
+    quantized model in onnxruntime).  It travels to the device's Ray task,
+    where it also checks for cancellation and reports progress before each
+    batch.  The supernet and the data are large and the same for every
+    device, so it carries only a reference to them (``ray.put`` once per
+    job) and fetches them in the worker on first use.
     """
 
     def __init__(self, *, shared: Any, device: JobDevice, store: Store, dataset_id: str,
-                 job_id: str, runner: str) -> None:
+                 job_id: str, runner: str, precision: str = DEFAULT_PRECISION) -> None:
         self.shared, self.device = shared, device
         self.store, self.dataset_id, self.job_id = store, dataset_id, job_id
-        self.runner = runner
+        self.runner, self.precision = runner, precision
 
     @functools.cached_property
     def _net_and_data(self) -> tuple[Any, Any]:
@@ -168,12 +245,16 @@ class DeviceMeasurer:
         resolved = ray.get(self.shared)
         return resolved["net"], resolved["data"]
 
+    @property
+    def _target(self) -> Target:
+        return Target(self.device, self.precision)
+
     def _before(self, what: str, n: int) -> None:
         self._say(f"{what} {n} new subnet(s)")
 
     def _say(self, message: str) -> None:
         Control(self.store, self.job_id, self.runner).step("search", 0.6,
-                                                            f"{self.device.name}: {message}")
+                                                            f"{self._target.label}: {message}")
 
     def _waiting(self, info: Mapping[str, Any]) -> None:
         """Relay the pipeline's waits for the host ("waiting for local host: 2 sessions ahead")."""
@@ -183,19 +264,21 @@ class DeviceMeasurer:
     def measure_latency(self, archs: Sequence[Any]) -> list[float]:
         from hwsearch.pipeline import finite_latencies, profile_subnets
 
-        net, _ = self._net_and_data
+        net, data = self._net_and_data
+        target = self._target
         self._before("profiling", len(archs))
-        profile_subnets(net, archs, self.device.profiler(), self.device.key, self.store,
+        profile_subnets(net, archs, target.profiler(data), target.key, self.store,
                         progress=self._waiting)
-        rows = finite_latencies(self.store, self.device.key, net.space.network_id)
+        rows = finite_latencies(self.store, target.key, net.space.network_id)
         return [float(rows[a.key()]["latency_ms"]) for a in archs]
 
     def measure_accuracy(self, archs: Sequence[Any]) -> list[float]:
-        from hwsearch.accuracy_eval import evaluate_subnets
+        from hwsearch.onnx_accuracy import evaluate_precision
 
         net, data = self._net_and_data
         self._before("evaluating", len(archs))
-        found = evaluate_subnets(net, archs, data, store=self.store, dataset_id=self.dataset_id)
+        found = evaluate_precision(net, archs, data, store=self.store, dataset_id=self.dataset_id,
+                                   precision=self.precision)
         return [found[a.key()] for a in archs]
 
 

@@ -1,0 +1,107 @@
+"""OFA's ImageNet evaluation preprocessing, on PIL and numpy.
+
+OFA evaluates every subnet with torchvision's ``Resize(ceil(r / 0.875))``,
+``CenterCrop(r)``, ``ToTensor()`` and ``Normalize(mean, std)`` at the subnet's
+own resolution ``r``.  torchvision is not installed here, so this module
+re-implements those four steps with the same arithmetic (the shorter side
+scaled with PIL's bilinear filter, the long side truncated, the crop offset
+rounded half to even), so that accuracies match what OFA's own evaluation
+reports for the same weights and images.
+
+Preprocessing at each subnet's resolution from the decoded file (rather
+than once at the largest size and interpolating down) is what OFA does, and
+what keeps an image folder streamable: nothing is stored between subnets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CROP_FRACTION", "IMAGENET_MEAN", "IMAGENET_STD", "PREPROCESSING_ID",
+           "center_crop_box", "preprocess_file", "preprocess_files", "preprocess_image",
+           "resize_shorter_size"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_FRACTION = 0.875
+#: Names this preprocessing in accuracy store keys; change it whenever the arithmetic changes,
+#: so accuracies computed the old way are never reused for the new one.
+PREPROCESSING_ID = "ofa-eval-v1:short=ceil(r/0.875),bilinear;center-crop=r;imagenet-mean-std"
+
+_MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
+_STD = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
+
+
+def resize_shorter_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """``(width, height)`` after scaling the shorter side to ``ceil(resolution / 0.875)``.
+
+    The long side is truncated, as torchvision's ``Resize(int)`` does.
+    """
+    short = math.ceil(resolution / CROP_FRACTION)
+    if width <= height:
+        return short, int(short * height / width)
+    return int(short * width / height), short
+
+
+def center_crop_box(width: int, height: int, resolution: int) -> tuple[int, int, int, int]:
+    """The ``(left, top, right, bottom)`` box of torchvision's ``CenterCrop(resolution)``.
+
+    Offsets are rounded half to even (Python's ``round``), as torchvision rounds them.
+    """
+    left = round((width - resolution) / 2.0)
+    top = round((height - resolution) / 2.0)
+    return left, top, left + resolution, top + resolution
+
+
+def preprocess_image(img, resolution: int) -> np.ndarray:  # img: PIL.Image.Image
+    """One decoded image as a normalised ``(3, r, r)`` float32 array."""
+    from PIL import Image
+
+    rgb = img.convert("RGB")
+    size = resize_shorter_size(*rgb.size, resolution)
+    if size != rgb.size:
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+    crop = rgb.crop(center_crop_box(*rgb.size, resolution))
+    chw = np.asarray(crop, dtype=np.float32).transpose(2, 0, 1)  # in place below: one array
+    chw /= np.float32(255.0)
+    chw -= _MEAN
+    chw /= _STD
+    return chw
+
+
+def preprocess_file(path: str | Path, resolution: int) -> np.ndarray:
+    """Decode one image file and preprocess it; a file PIL cannot read is a ValueError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return preprocess_image(img, resolution)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{path}: not a readable image ({type(error).__name__}: {error})") from error
+
+
+def preprocess_files(paths: Sequence[str | Path], resolution: int, *, threads: int = 1
+                     ) -> np.ndarray:
+    """A ``(len(paths), 3, r, r)`` float32 batch, decoded into one preallocated array.
+
+    PIL releases the GIL while it decodes and resizes, so ``threads > 1``
+    decodes in parallel (what keeps a GPU fed); the batch is the only
+    image memory held either way.
+    """
+    out = np.empty((len(paths), 3, resolution, resolution), dtype=np.float32)
+
+    def fill(index: int) -> None:
+        out[index] = preprocess_file(paths[index], resolution)
+
+    if threads <= 1 or len(paths) <= 1:
+        for index in range(len(paths)):
+            fill(index)
+    else:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hwsearch-decode") as pool:
+            list(pool.map(fill, range(len(paths))))
+    return out

@@ -1,0 +1,89 @@
+"""Accuracy evaluation: where it runs (GPU or CPU), streamed data on Ray, and reuse by store key.
+
+This machine has no GPU, so the GPU path is tested as far as a CPU host
+allows, honestly: the placement rule on its own, and a real Ray cluster that
+*declares* a GPU (``num_gpus=1``), whose tasks are scheduled as GPU tasks
+and, finding no CUDA in torch, evaluate on the CPU and say so.  On a host
+with CUDA the same test checks that the GPU result matches the CPU one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hwsearch.accuracy_eval import (
+    EvalSettings,
+    Placement,
+    choose_placement,
+    evaluate_subnets,
+    subnet_accuracy,
+    torch_device,
+)
+from hwsearch.evaldata import DataPlan
+from hwsearch.jobs.spec import SupernetRef, build_supernet
+from hwsearch.store import MemoryStore
+from tests._jobs import SUPERNET
+
+
+def test_placement_uses_a_gpu_only_when_the_cluster_has_one() -> None:
+    settings = EvalSettings(batch_size=32, gpu_batch_size=512, gpu_loader_threads=6)
+    assert choose_placement(settings, {"CPU": 16.0}) == Placement(False, 1, 0.0, 32, 1)
+    assert choose_placement(settings, {"CPU": 16.0, "GPU": 2.0}) == Placement(True, 6, 1.0, 512, 6)
+    assert choose_placement(settings, {"CPU": 2.0, "GPU": 1.0}).num_cpus == 2  # never unschedulable
+    assert not choose_placement(EvalSettings(device="cpu"), {"CPU": 8.0, "GPU": 1.0}).use_gpu
+    with pytest.raises(ValueError, match="no GPU"):
+        choose_placement(EvalSettings(device="cuda"), {"CPU": 8.0})
+
+
+def test_a_cpu_placement_never_asks_torch_for_cuda() -> None:
+    assert torch_device(Placement(False, 1, 0.0, 64, 1)) == "cpu"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 JPEGs in 4 classes; each class is brighter in its own channel, so accuracy is not a constant."""
+    root = tmp_path_factory.mktemp("val")
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        label = i % 4
+        pixels = rng.integers(0, 120, size=(48 + i, 40, 3), dtype=np.uint8)
+        pixels[..., label % 3] += 100
+        (root / f"class{label}").mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(root / f"class{label}" / f"{i}.jpg")
+    return root
+
+
+def test_streamed_evaluation_on_a_gpu_declaring_cluster_and_reuse_by_key(folder: Path) -> None:
+    import ray
+    import torch
+
+    net = build_supernet(SupernetRef(**SUPERNET))
+    archs = [net.space.smallest(), net.space.largest()]
+    plan = DataPlan(str(folder), n_calibration=8, subset=24)
+    split = plan.open(size=32)
+    dataset_id = plan.dataset_id(split)
+    settings = EvalSettings(batch_size=8, gpu_batch_size=16, gpu_loader_threads=2, chunk=1)
+    store, reports = MemoryStore(), []
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        found = evaluate_subnets(net, archs, split, store=store, dataset_id=dataset_id,
+                                 settings=settings, report=reports.append)
+    finally:
+        ray.shutdown()
+    expected_device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert [r["gpu_requested"] for r in reports] == [True, True]
+    assert {r["device"] for r in reports} == {expected_device}
+    assert all(r["images"] == 32 and r["images_per_s"] > 0 for r in reports)
+    on_cpu = [subnet_accuracy(net, a, split.calibration, split.validation, settings) for a in archs]
+    assert [found[a.key()] for a in archs] == pytest.approx(on_cpu, abs=1 / 24 + 1e-9)
+    assert all(round(found[a.key()] * 24) == found[a.key()] * 24 for a in archs)
+    # The same plan names the same key: stored accuracies are reused, no Ray needed.
+    again = DataPlan(str(folder), n_calibration=8, subset=24)
+    assert again.dataset_id(again.open(size=32)) == dataset_id
+    assert evaluate_subnets(net, archs, split, store=store, dataset_id=dataset_id,
+                            report=reports.append) == found
+    assert len(reports) == 2

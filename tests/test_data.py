@@ -1,0 +1,232 @@
+"""Streamed validation data: OFA preprocessing, memory, subsets and their intervals, store identity.
+
+Images are real files written with PIL; the reference preprocessing is
+written here independently (the torchvision recipe done by hand), and the
+intervals are checked against textbook values and by simulation.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hwsearch.data import batches, load_images, open_images
+from hwsearch.evaldata import DataPlan, wilson_interval
+from hwsearch.imagefolder import ImageFolder
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+def _reference(path: Path, r: int) -> torch.Tensor:
+    """torchvision's Resize(ceil(r/0.875)) + CenterCrop(r) + ToTensor + Normalize, by hand."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        w, h = img.size
+        short = math.ceil(r / 0.875)
+        size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        img = img.resize(size, Image.Resampling.BILINEAR)
+        pixels = np.array(img)
+    top = round((pixels.shape[0] - r) / 2.0)
+    left = round((pixels.shape[1] - r) / 2.0)
+    crop = torch.from_numpy(pixels[top:top + r, left:left + r].copy()).permute(2, 0, 1)
+    return (crop.float().div(255) - MEAN) / STD
+
+
+def _picture(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """A smooth gradient plus noise: JPEG keeps it recognisable, and every pixel differs."""
+    rng = np.random.default_rng(seed)
+    h, w = shape[:2]
+    ramp = np.add.outer(np.linspace(0, 180, h), np.linspace(0, 60, w))
+    noise = rng.integers(0, 15, size=shape)
+    base = ramp[..., None] if len(shape) == 3 else ramp
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two classes of varied images: landscape JPEG, portrait PNG, grey, RGBA, smaller than the crop."""
+    root = tmp_path_factory.mktemp("folder")
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    Image.fromarray(_picture((375, 500, 3), 0)).save(root / "a" / "land.jpg", quality=90)
+    Image.fromarray(_picture((451, 300, 3), 1)).save(root / "a" / "port.png")
+    Image.fromarray(_picture((240, 320), 2), mode="L").save(root / "b" / "grey.png")
+    Image.fromarray(_picture((200, 260, 4), 3), mode="RGBA").save(root / "b" / "alpha.png")
+    Image.fromarray(_picture((80, 100, 3), 4)).save(root / "b" / "small.jpg")
+    (root / "b" / "readme.txt").write_text("not an image")
+    return root
+
+
+def test_known_torchvision_geometry_for_a_500x375_image() -> None:
+    from hwsearch.preprocess import center_crop_box, resize_shorter_size
+
+    # torchvision: Resize(256) on 500x375 gives 341x256; CenterCrop(224) starts at round(58.5)=58, 16.
+    assert resize_shorter_size(500, 375, 224) == (341, 256)
+    assert center_crop_box(341, 256, 224) == (58, 16, 282, 240)
+    assert resize_shorter_size(300, 451, 160) == (183, 275)  # ceil(160/0.875) = 183
+
+
+@pytest.mark.parametrize("resolution", [224, 160, 57])
+def test_streamed_preprocessing_matches_the_reference(folder: Path, resolution: int) -> None:
+    data = open_images(folder)
+    assert isinstance(data, ImageFolder) and data.classes == ("a", "b")
+    assert data.files == ("a/land.jpg", "a/port.png", "b/alpha.png", "b/grey.png", "b/small.jpg")
+    got = torch.cat([x for x, _ in batches(data, resolution, batch_size=2)])
+    labels = torch.cat([y for _, y in batches(data, resolution, batch_size=2)])
+    expected = torch.stack([_reference(folder / name, resolution) for name in data.files])
+    assert got.shape == (5, 3, resolution, resolution) and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert labels.tolist() == [0, 0, 1, 1, 1]
+
+
+def test_threaded_decoding_gives_the_same_batch(folder: Path) -> None:
+    data = open_images(folder)
+    one = next(iter(batches(data, 96, batch_size=5)))[0]
+    four = next(iter(batches(data, 96, batch_size=5, threads=4)))[0]
+    assert torch.equal(one, four)
+
+
+def test_in_memory_folder_loading_uses_the_same_preprocessing(folder: Path) -> None:
+    loaded = load_images(folder, size=128)
+    streamed = torch.cat([x for x, _ in batches(open_images(folder), 128, batch_size=8)])
+    torch.testing.assert_close(loaded.x, streamed)
+
+
+def test_an_unreadable_image_is_named(tmp_path: Path) -> None:
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        next(iter(batches(open_images(tmp_path), 32)))
+
+
+def _write_folder(root: Path, n: int) -> Path:
+    for i in range(n):
+        (root / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_picture((90, 120, 3), i)).save(root / f"c{i % 3}" / f"{i}.jpg")
+    return root
+
+
+def _peak_while_streaming(data: ImageFolder, resolution: int, batch_size: int) -> int:
+    """Peak Python-visible allocation (numpy arrays included) while every batch is consumed in turn."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        for x, _ in batches(data, resolution, batch_size):
+            assert x.shape[0] <= batch_size
+            del x
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_streaming_holds_one_batch_whatever_the_folder_size(tmp_path: Path) -> None:
+    small = open_images(_write_folder(tmp_path / "small", 12))
+    large = open_images(_write_folder(tmp_path / "large", 72))
+    one_batch = 4 * 3 * 64 * 64 * 4
+    peaks = [_peak_while_streaming(data, 64, 4) for data in (small, large)]
+    # One batch plus one image's temporaries; a second batch held anywhere would pass 2x.
+    assert all(peak < 1.75 * one_batch for peak in peaks), (peaks, one_batch)
+    assert peaks[1] < 1.5 * peaks[0] + 64 * 1024, peaks
+    # What travels to Ray workers is the list of names, not pixels.
+    assert len(pickle.dumps(large)) < 100 * len(large)
+
+
+def test_a_plan_splits_calibration_from_a_seeded_validation_subset(tmp_path: Path) -> None:
+    root = _write_folder(tmp_path / "val", 30)
+    split = DataPlan(str(root), n_calibration=6, subset=10).open(size=64)
+    assert (len(split.calibration), len(split.validation)) == (6, 10)
+    assert not set(split.calibration.files) & set(split.validation.files)
+    again = DataPlan(str(root), n_calibration=6, subset=10).open(size=64)
+    assert again.validation.files == split.validation.files
+    other_seed = DataPlan(str(root), n_calibration=6, subset=10, seed=1).open(size=64)
+    assert other_seed.validation.files != split.validation.files
+    everything = DataPlan(str(root), n_calibration=6).open(size=64)
+    assert len(everything.validation) == 24
+    assert set(split.validation.files) < set(everything.validation.files)
+    separate = DataPlan(str(root), calibration=str(_write_folder(tmp_path / "train", 9)),
+                        n_calibration=6).open(size=64)
+    assert len(separate.validation) == 30 and len(separate.calibration) == 6
+    assert all(Path(separate.calibration.root, f).is_file() for f in separate.calibration.files)
+    assert separate.calibration.root != separate.validation.root
+
+
+def test_arrays_split_and_subset_like_folders(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "v.npz", x=rng.integers(0, 256, (40, 24, 24, 3), dtype=np.uint8),
+             y=np.arange(40) % 4)
+    split = DataPlan(str(tmp_path / "v.npz"), n_calibration=8, subset=12).open(size=24)
+    assert (len(split.calibration), len(split.validation)) == (8, 12)
+    assert split.validation.x.shape == (12, 3, 24, 24)
+    assert split.identity["preprocessing"].startswith("arrays")
+
+
+def test_store_key_changes_with_every_choice_and_only_then(tmp_path: Path, folder: Path) -> None:
+    root = _write_folder(tmp_path / "val", 30)
+
+    def key(plan: DataPlan, **kwargs) -> str:
+        return plan.dataset_id(plan.open(size=64), **kwargs)
+
+    base = DataPlan(str(root), n_calibration=6, subset=10)
+    same = key(base)
+    assert key(DataPlan(str(root), n_calibration=6, subset=10)) == same
+    assert DataPlan(str(root), n_calibration=6, subset=24).dataset_id(
+        DataPlan(str(root), n_calibration=6, subset=24).open(size=64)) == key(
+        DataPlan(str(root), n_calibration=6))  # a subset of everything is everything
+    different = {
+        "subset": key(DataPlan(str(root), n_calibration=6, subset=12)),
+        "calibration size": key(DataPlan(str(root), n_calibration=7, subset=10)),
+        "seed": key(DataPlan(str(root), n_calibration=6, subset=10, seed=3)),
+        "separate calibration": key(DataPlan(str(root), calibration=str(folder), n_calibration=5,
+                                             subset=10)),
+        "weights": key(base, checkpoint=str(folder / "a" / "land.jpg")),
+        "options": key(base, extra={"options": {"n_classes": 10}}),
+    }
+    assert same not in different.values() and len(set(different.values())) == len(different)
+    Image.fromarray(_picture((90, 120, 3), 99)).save(root / "c0" / "new.jpg")
+    assert key(base) != same  # the folder's content changed
+
+
+def test_array_preprocessing_size_is_part_of_the_key(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "v.npz", x=rng.integers(0, 256, (20, 24, 24, 3), dtype=np.uint8),
+             y=np.arange(20) % 4)
+    plan = DataPlan(str(tmp_path / "v.npz"), n_calibration=4)
+    assert plan.dataset_id(plan.open(size=24)) != plan.dataset_id(plan.open(size=32))
+    assert plan.dataset_id(plan.open(size=24)) == plan.dataset_id(plan.open(size=24))
+
+
+def test_wilson_interval_textbook_values() -> None:
+    low, high = wilson_interval(50, 100)
+    assert (round(low, 4), round(high, 4)) == (0.4038, 0.5962)
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and round(high, 4) == 0.2775
+    low, high = wilson_interval(10, 10)
+    assert round(low, 4) == 0.7225 and high == 1.0
+    with pytest.raises(ValueError, match="at least one"):
+        wilson_interval(0, 0)
+
+
+def test_wilson_interval_covers_the_true_accuracy_about_95_percent() -> None:
+    rng = np.random.default_rng(0)
+    for p, n in ((0.75, 200), (0.95, 120), (0.3, 1000)):
+        hits = rng.binomial(n, p, size=4000)
+        covered = np.mean([lo <= p <= hi for lo, hi in (wilson_interval(int(k), n) for k in hits)])
+        assert 0.93 <= covered <= 0.97, (p, n, covered)
+
+
+def test_a_split_reports_its_interval_over_its_validation_images(tmp_path: Path) -> None:
+    root = _write_folder(tmp_path / "val", 30)
+    split = DataPlan(str(root), n_calibration=5, subset=20).open(size=32)
+    assert split.interval(0.75) == wilson_interval(15, 20)
+    narrower = DataPlan(str(root), n_calibration=5).open(size=32)
+    assert narrower.interval(0.76)[1] - narrower.interval(0.76)[0] < \
+        split.interval(0.75)[1] - split.interval(0.75)[0]

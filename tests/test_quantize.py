@@ -1,0 +1,139 @@
+"""INT8 export: onnxruntime static quantization of the demo supernet's subnets, run for real.
+
+The demo supernet is trained on MNIST digits and ships with its weights, so
+agreement with FP32 and accuracy are measured on real predictions; every
+model here is run by onnxruntime, the FP32 one beside the INT8 one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from hwsearch.demo import DEMO_CHECKPOINT, DEMO_RECIPE, DEMO_SUPERNET
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The demo supernet with its weights, its held-out digits, and their calibration/validation parts."""
+    from hwsearch.demo.data import write_digits
+    from hwsearch.evaldata import DataPlan
+    from hwsearch.supernets import create_supernet
+
+    _, heldout = write_digits(tmp_path_factory.mktemp("digits"))
+    net = create_supernet(DEMO_SUPERNET, checkpoint=DEMO_CHECKPOINT)
+    split = DataPlan(str(heldout)).open(size=max(net.space.resolutions))
+    middle = json.loads(DEMO_RECIPE.read_text())["accuracies"]["middle"]["arch"]
+    return {"net": net, "heldout": heldout, "split": split, "arch": net.space.from_dict(middle)}
+
+
+def _logits(path: Path, images: np.ndarray) -> np.ndarray:
+    from hwsearch.quantize import run_logits, session
+
+    return run_logits(session(path), images, batch=1)
+
+
+def test_cli_int8_export_runs_in_onnxruntime_and_agrees_with_fp32(demo: dict[str, Any],
+                                                                  tmp_path: Path) -> None:
+    """``hwsearch export --precision int8``: a checked QDQ file that predicts like its FP32 source.
+
+    Agreement is measured here, independently of the export's own check, on
+    validation digits the quantizer never saw.
+    """
+    from hwsearch.export import export_subnet
+    from hwsearch.quantize import images_at
+
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(demo["arch"].to_json())
+    out = tmp_path / "int8.onnx"
+    run = subprocess.run(
+        [sys.executable, "-m", "hwsearch.cli.main", "export", "--supernet", DEMO_SUPERNET,
+         "--checkpoint", str(DEMO_CHECKPOINT), "--arch", str(arch_file), "--out", str(out),
+         "--precision", "int8", "--data", str(demo["heldout"]), "--json"],
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    printed = json.loads(run.stdout)
+    assert printed["precision"] == "int8" and printed["quantization"]["method"] == "minmax"
+    assert printed["quantization"]["top1_agreement"] >= 0.95
+
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    ops = {node.op_type for node in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert {p.key: p.value for p in model.metadata_props}["precision"] == "int8"
+
+    # The FP32 file of the same subnet, BN re-estimated on the same images, as the CLI does.
+    calibration = demo["split"].calibration
+    fp32 = export_subnet(demo["net"], demo["arch"], tmp_path / "fp32.onnx", bn_data=calibration)
+    assert out.stat().st_size < 0.5 * fp32.bytes
+    images = images_at(demo["split"].validation, demo["arch"].resolution, 300)
+    int8_logits, fp32_logits = _logits(out, images), _logits(fp32.path, images)
+    assert int8_logits.shape == fp32_logits.shape == (300, 10)
+    agreement = float((int8_logits.argmax(1) == fp32_logits.argmax(1)).mean())
+    assert agreement >= 0.95, agreement
+
+
+def test_int8_accuracy_is_measured_on_the_quantized_model_after_bn_recalibration(
+        demo: dict[str, Any]) -> None:
+    """INT8 accuracy (onnxruntime) sits within two points of FP32 (torch), both after the same BN step."""
+    from hwsearch.accuracy_eval import EvalSettings, subnet_accuracy
+    from hwsearch.onnx_accuracy import quantized_accuracy
+
+    split = demo["split"]
+    fp32 = subnet_accuracy(demo["net"], demo["arch"], split.calibration, split.validation,
+                           EvalSettings())
+    int8 = quantized_accuracy(demo["net"], demo["arch"], split.calibration, split.validation)
+    assert fp32 > 0.9  # the recorded accuracy of this subnet is 0.945
+    assert abs(int8 - fp32) <= 0.02, (int8, fp32)
+
+
+def test_percentile_calibration_is_the_documented_alternative(demo: dict[str, Any],
+                                                              tmp_path: Path) -> None:
+    from hwsearch.export import export_subnet
+    from hwsearch.quantize import QuantizeSettings
+
+    report = export_subnet(demo["net"], demo["arch"], tmp_path / "p.onnx", precision="int8",
+                           calibration=demo["split"].calibration,
+                           quantize=QuantizeSettings(method="percentile", n_images=64))
+    assert report.quantization["method"] == "percentile"
+    assert report.quantization["n_images"] == 64
+    assert report.quantization["top1_agreement"] >= 0.9
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "int4"], "error: precision 'int4' is not one of ['fp32', 'int8'] (--precision)"),
+    (["--precision", "int8"], "give --data (--data)"),
+    (["--precision", "int8", "--data", "{data}", "--calibration-method", "entropy"],
+     "calibration method 'entropy' is not one of ['minmax', 'percentile'] (--calibration-method)"),
+])
+def test_bad_precision_settings_are_one_line_errors(demo: dict[str, Any], tmp_path: Path,
+                                                    args: list[str], message: str) -> None:
+    args = [a.replace("{data}", str(demo["heldout"])) for a in args]
+    run = subprocess.run([sys.executable, "-m", "hwsearch.cli.main", "export", "--supernet",
+                          DEMO_SUPERNET, "--out", str(tmp_path / "x.onnx"), *args],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert message in run.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_subnet_refuses_what_it_cannot_quantize(demo: dict[str, Any], tmp_path: Path) -> None:
+    from hwsearch.export import export_subnet
+    from hwsearch.quantize import PrecisionError
+
+    with pytest.raises(PrecisionError, match="precision 'fp8' is not one of"):
+        export_subnet(demo["net"], demo["arch"], tmp_path / "a.onnx", precision="fp8")
+    with pytest.raises(ValueError, match="needs input_dtype float32 and calibration images"):
+        export_subnet(demo["net"], demo["arch"], tmp_path / "b.onnx", precision="int8")
+    with pytest.raises(ValueError, match="needs input_dtype float32"):
+        export_subnet(demo["net"], demo["arch"], tmp_path / "c.onnx", precision="int8",
+                      input_dtype="float16", calibration=demo["split"].calibration)
+    assert not list(tmp_path.glob("*.onnx"))

@@ -1,0 +1,290 @@
+"""hwsearch as a search library: own objectives, sub-spaces, stopping rules, warm starts, operators.
+
+Objectives are the analytic oracle of ``tests/_search_oracle.py`` (exact
+per-stage MACs and activation sizes, not a device measurement) called as
+plain functions, plus hwsearch's real fitted predictors where a test is
+about predictors.  Every search here is a real run of the engine.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from _search_oracle import AnalyticOracle, small_space, trained_predictors
+from pymoo.optimize import minimize
+
+from hwsearch.batch import ArchBatch
+from hwsearch.operators import effective_genes, mutate
+from hwsearch.problem import Cost, Limit, Objective, SubnetProblem
+from hwsearch.results import Candidate, ParetoFront, non_dominated
+from hwsearch.search import SearchSettings, build_nsga2, search
+from hwsearch.space import ofa_mbv3_space
+from predictors.latency import LatencyPredictor
+
+
+class Recorder:
+    """A vectorised objective that remembers every subnet and batch it was asked about."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.batches: list[ArchBatch] = []
+
+    def __call__(self, batch: ArchBatch) -> np.ndarray:
+        self.batches.append(batch)
+        return self.fn(batch.genes)
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.vstack([b.genes for b in self.batches])
+
+
+@pytest.fixture(scope="module")
+def space():
+    return small_space(n_stages=2, resolutions=(160, 224), depths=(2, 3))
+
+
+def oracle_problem(space, limits=(), recorder_for=("latency_ms",)):
+    oracle = AnalyticOracle(space)
+    fns = {"accuracy": oracle.accuracy, "latency_ms": oracle.latency_ms}
+    metrics = {name: Recorder(fn) if name in recorder_for else (lambda b, fn=fn: fn(b.genes))
+               for name, fn in fns.items()}
+    objectives = (Objective("accuracy", "max"), Objective("latency_ms"))
+    return SubnetProblem(space, metrics, objectives, limits), metrics
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+def test_function_objectives_share_one_decoded_batch_per_population(space):
+    seen: list[tuple[int, int]] = []
+
+    def params_like(batch: ArchBatch) -> np.ndarray:
+        seen.append((id(batch), id(batch.archs())))
+        return (batch.kernel ** 2 * batch.expand).sum(axis=1) * batch.resolution
+
+    def blocks(batch: ArchBatch) -> np.ndarray:
+        seen.append((id(batch), id(batch.archs())))
+        return batch.n_active.astype(float)
+
+    problem = SubnetProblem(space, {"cost": params_like, "blocks": blocks},
+                            (Objective("cost"), Objective("blocks")))
+    result = search(problem, SearchSettings(pop_size=20, n_gen=4, seed=0))
+    assert len(seen) == 2 * result.n_gen
+    assert all(a == b for a, b in zip(seen[::2], seen[1::2])), "both objectives got one batch"
+    archs = [space.decode(x) for x in result.X]
+    expected = [sum(k * k * e for k, e in zip(a.kernel, a.expand)) * a.resolution for a in archs]
+    np.testing.assert_allclose(result.values["cost"], expected)
+
+
+def test_a_predictor_needs_only_predict(space):
+    oracle = AnalyticOracle(space)
+
+    class OnlyPredict:
+        def predict(self, X: np.ndarray) -> np.ndarray:
+            return oracle.latency_ms(X)
+
+    problem = SubnetProblem(space, {"accuracy": Cost(oracle.accuracy),
+                                    "latency_ms": OnlyPredict()})
+    result = search(problem, SearchSettings(pop_size=20, n_gen=5, seed=1))
+    np.testing.assert_allclose(result.values["latency_ms"], oracle.latency_ms(result.X))
+
+
+def test_a_metric_returning_the_wrong_length_is_named(space):
+    problem = SubnetProblem(space, {"accuracy": lambda b: np.zeros(1), "latency_ms": lambda b:
+                                    np.zeros(len(b))})
+    with pytest.raises(ValueError, match="'accuracy' returned 1 values"):
+        search(problem, SearchSettings(pop_size=10, n_gen=2))
+
+
+# --------------------------------------------------------------------------- sub-spaces
+
+
+def test_full_space_predictor_scores_a_sub_space_through_mapped_genes(space, tmp_path):
+    _, latency = trained_predictors(space, n=120)
+    sub = space.restrict(resolutions=(224,), kernels=(7,))
+    oracle = AnalyticOracle(space)
+    problem = SubnetProblem(sub, {"accuracy": lambda b: oracle.accuracy(sub.genes_in(space, b.genes)),
+                                  "latency_ms": latency})
+    result = search(problem, SearchSettings(pop_size=20, n_gen=6, seed=2))
+    archs = [sub.decode(x) for x in result.X]
+    assert {a.resolution for a in archs} == {224} and {k for a in archs for k in a.kernel} == {7}
+    np.testing.assert_allclose(result.values["latency_ms"],
+                               latency.predict(space.encode_many(archs)), rtol=1e-6)
+
+
+def test_a_saved_predictor_refuses_a_sub_space_and_a_sub_space_predictor_the_full_space(
+        space, tmp_path):
+    sub = space.restrict(resolutions=(224,))
+    oracle = AnalyticOracle(space)
+    X = sub.encode_many(sub.sample(0, 80))
+    fitted = LatencyPredictor(sub, n_estimators=20, n_members=2, cv_folds=1, seed=0).fit(
+        X, oracle.latency_ms(sub.genes_in(space, X)))
+    fitted.save(tmp_path / "sub")
+    assert LatencyPredictor.load(tmp_path / "sub", space=sub).predict(X).shape == (80,)
+    with pytest.raises(ValueError, match="space"):
+        LatencyPredictor.load(tmp_path / "sub", space=space)
+    with pytest.raises(ValueError, match="cannot score"):
+        SubnetProblem(space, {"accuracy": Cost(oracle.accuracy), "latency_ms": fitted})
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+def test_max_evals_is_exact_and_counts_every_evaluation(space):
+    problem, metrics = oracle_problem(space)
+    result = search(problem, SearchSettings(pop_size=40, n_gen=1000, max_evals=250, seed=0))
+    assert result.n_evals == 250 == len(metrics["latency_ms"].rows)
+    assert result.stopped_by == "max_evals"
+
+
+def test_max_seconds_stops_a_long_run():
+    space = ofa_mbv3_space()  # 10^19 subnets: only the clock can end this run
+    problem = SubnetProblem(space, {"macs": lambda b: (b.kernel ** 2 * b.expand).sum(axis=1),
+                                    "res": lambda b: -b.resolution.astype(float)},
+                            (Objective("macs"), Objective("res")))
+    result = search(problem, SearchSettings(pop_size=20, n_gen=10**6, max_seconds=0.3))
+    assert result.stopped_by == "max_seconds"
+    assert 0.3 <= result.seconds < 5.0 and result.n_evals > 20
+
+
+def test_callback_sees_progress_and_stops_the_run(space):
+    problem, _ = oracle_problem(space)
+    calls = []
+
+    def stop_at_three(progress) -> bool:
+        calls.append((progress.n_gen, progress.n_evals, len(progress.front_X)))
+        return progress.n_gen == 3
+
+    result = search(problem, SearchSettings(pop_size=20, n_gen=50, seed=0), callback=stop_at_three)
+    assert result.stopped_by == "callback" and result.n_gen == 3
+    assert [c[0] for c in calls] == [1, 2, 3]
+    assert [c[1] for c in calls] == [20, 40, 60]
+    assert all(c[2] > 0 for c in calls)
+
+
+def test_a_small_space_is_searched_without_evaluating_any_subnet_twice():
+    space = small_space(n_stages=1)
+    problem, metrics = oracle_problem(space)
+    result = search(problem, SearchSettings(pop_size=40, n_gen=200, seed=0))
+    keys = [row.tobytes() for row in metrics["latency_ms"].rows]
+    assert len(keys) == len(set(keys)) == result.n_evals
+    assert result.n_evals <= space.size() == 672
+    every = space.encode_many(list(space.enumerate()))
+    values = problem.predict(every)
+    F = np.column_stack([-values["accuracy"], values["latency_ms"]])
+    assert len(result.X) >= 0.9 * len(non_dominated(F))
+
+
+# --------------------------------------------------------------------------- warm start
+
+
+def test_warm_start_evaluates_every_given_subnet_first(space):
+    problem, metrics = oracle_problem(space)
+    given = space.sample(42, 60)  # more than a population
+    result = search(problem, SearchSettings(pop_size=20, n_gen=3, seed=0), initial=given)
+    first = {row.tobytes() for row in metrics["latency_ms"].batches[0].genes}
+    assert {x.tobytes() for x in space.encode_many(given)} <= first
+    assert result.n_evals == len(first) + 2 * 20
+
+
+def test_warm_start_from_a_previous_result_and_a_measured_front(space):
+    problem, _ = oracle_problem(space)
+    first = search(problem, SearchSettings(pop_size=20, n_gen=5, seed=0))
+    again, metrics = oracle_problem(space)
+    search(again, SearchSettings(pop_size=20, n_gen=2, seed=1), initial=first)
+    batch = {row.tobytes() for row in metrics["latency_ms"].batches[0].genes}
+    assert {x.tobytes() for x in first.X} <= batch
+    front = ParetoFront.build(device="x", space_name=space.name, candidates=first.candidates(),
+                              objectives=first.objectives, reference_point=(0.0, 100.0),
+                              seed=0, source="predicted")
+    third, metrics = oracle_problem(space)
+    search(third, SearchSettings(pop_size=20, n_gen=2, seed=1), initial=front)
+    batch = {row.tobytes() for row in metrics["latency_ms"].batches[0].genes}
+    assert {x.tobytes() for x in space.encode_many([p.arch for p in front.points])} <= batch
+
+
+def test_a_sub_space_front_warm_starts_the_full_space(space):
+    sub = space.restrict(resolutions=(224,))
+    narrow, _ = oracle_problem(sub)
+    first = search(narrow, SearchSettings(pop_size=20, n_gen=4, seed=0))
+    wide, metrics = oracle_problem(space)
+    search(wide, SearchSettings(pop_size=20, n_gen=2, seed=0), initial=first)
+    batch = [space.decode(x) for x in metrics["latency_ms"].batches[0].genes]
+    assert {a.key() for a in batch} >= {sub.decode(x).key() for x in first.X}
+
+
+def test_warm_start_refuses_subnets_outside_the_space(space):
+    problem, _ = oracle_problem(space.restrict(resolutions=(224,)))
+    with pytest.raises(ValueError, match="160"):
+        search(problem, SearchSettings(pop_size=10, n_gen=2), initial=[space.largest(160)])
+
+
+# --------------------------------------------------------------------------- operators
+
+
+def test_mutation_always_changes_the_subnet_and_only_through_effective_genes():
+    rng = np.random.default_rng(0)
+    for space in (ofa_mbv3_space(), ofa_mbv3_space().restrict(kernels=(5,), resolutions=(224,))):
+        xl, xu = space.bounds()
+        X = space.canonical_genes(rng.integers(xl, xu + 1, size=(3000, space.n_var)))
+        Y = mutate(space, X, 1.0 / space.n_var, rng)
+        changed = Y != X
+        assert (space.canonical_genes(Y) != X).any(axis=1).all()
+        assert not (changed & ~effective_genes(space, X)).any()
+        assert (Y >= xl).all() and (Y <= xu).all()
+        assert 1.0 <= changed.sum(axis=1).mean() <= 2.0
+
+
+@pytest.mark.parametrize("kind", ["uniform", "two_point", "sbx"])
+def test_every_crossover_gives_a_valid_front(space, kind):
+    problem, _ = oracle_problem(space, limits=[Limit("latency_ms", upper=5.0)])
+    result = search(problem, SearchSettings(pop_size=24, n_gen=8, crossover=kind, seed=0))
+    assert len(result.X) > 0 and result.values["latency_ms"].max() <= 5.0
+    F = np.column_stack([-result.values["accuracy"], result.values["latency_ms"]])
+    assert len(non_dominated(F)) == len(F)
+
+
+def test_unknown_crossover_is_refused(space):
+    problem, _ = oracle_problem(space)
+    with pytest.raises(ValueError, match="crossover"):
+        search(problem, SearchSettings(pop_size=10, n_gen=2, crossover="one_point"))
+
+
+def test_pymoo_minimize_still_runs_the_same_operators(space):
+    problem, _ = oracle_problem(space)
+    res = minimize(problem, build_nsga2(space, SearchSettings(pop_size=20)), ("n_gen", 5), seed=0)
+    assert res.F.shape[1] == 2 and len(res.F) > 0
+
+
+# --------------------------------------------------------------------------- results
+
+
+def test_predicted_front_answers_like_a_measured_one(space):
+    problem, _ = oracle_problem(space)
+    result = search(problem, SearchSettings(pop_size=30, n_gen=10, seed=0))
+    lat, acc = result.values["latency_ms"], result.values["accuracy"]
+    budget = float(np.median(lat))
+    best = result.best_under(budget)
+    assert isinstance(best, Candidate)
+    assert best.predicted["accuracy"] == acc[lat <= budget].max()
+    fastest = result.fastest_above(float(np.median(acc)))
+    assert fastest.predicted["latency_ms"] == lat[acc >= np.median(acc)].min()
+    knee = result.knee()
+    assert knee.arch in [space.decode(x) for x in result.X]
+    assert result.best_under(lat.min() / 2) is None
+
+
+def test_search_and_space_import_without_torch():
+    code = ("import sys, numpy as np\n"
+            "import hwsearch.search, hwsearch.problem, hwsearch.batch\n"
+            "from hwsearch.space import ofa_mbv3_space\n"
+            "s = ofa_mbv3_space().restrict(resolutions=(160, 224))\n"
+            "s.decode_batch(s.encode_many(s.sample(0, 4))).ofa()\n"
+            "heavy = [m for m in ('torch', 'onnxruntime', 'ray') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
