@@ -178,12 +178,21 @@ def test_job_references_are_checked_before_anything_runs(client: httpx.Client, r
         ({**base, "dataset": "/no/such/data.npz"}, ["body", "dataset"]),
         ({**base, "limits": [{"metric": "latency_ms"}]}, ["body", "limits", 0]),
         ({**base, "budget": -1}, ["body", "budget"]),
+        ({**base, "targets": {"nope": {"budgets_ms": [5.0]}}}, ["body", "targets", "nope"]),
+        ({**base, "targets": {"cpu-1t": {"band_ms": [9.0, 3.0]}}}, ["body", "targets", "cpu-1t"]),
+        ({**base, "targets": {"cpu-1t": {"budgets_ms": [-1.0]}}},
+         ["body", "targets", "cpu-1t", "budgets_ms", 0]),
+        ({**base, "targets": {"cpu-1t": {"budgets_ms": ["5"]}}},
+         ["body", "targets", "cpu-1t", "budgets_ms", 0]),
     ]
     for body, loc in cases:
         response = client.post("/jobs", json=body)
         assert response.status_code == 422, (body, response.text)
         assert response.json()["detail"][0]["loc"] == loc, response.json()
     assert client.get("/jobs").json()["jobs"] == [], "no refused job was queued"
+    both = client.post("/exports", json={"job_id": "x", "device": "cpu-1t", "point": 0,
+                                          "budget_ms": 5.0})
+    assert both.status_code == 422 and "budget_ms" in both.text
     profile = client.post("/profiles", json={"supernet": registered, "on": "nope",
                                              "arch": {"resolution": 32, "depths": [2] * 5}})
     assert profile.status_code == 422 and profile.json()["detail"][0]["loc"] == ["body", "on"]

@@ -76,7 +76,7 @@ def test_submit_poll_fronts_export_and_profile(server: Server, agent: Agent,
         register(client, [fast_device("cpu-a"), fast_device("cpu-b", 2), edge])
         accepted = client.post("/jobs", json={
             "supernet": "tiny-mbv3", "devices": ["cpu-a", "cpu-b"], "dataset": str(dataset),
-            "n_profile": 4, "budget": 1})
+            "n_profile": 4, "budget": 1, "targets": {"cpu-a": {"budgets_ms": [1000.0]}}})
         assert accepted.status_code == 202, accepted.text
         job_id = accepted.json()["id"]
         assert accepted.json()["status_url"].endswith(f"/jobs/{job_id}")
@@ -86,6 +86,8 @@ def test_submit_poll_fronts_export_and_profile(server: Server, agent: Agent,
         steps = {s["progress"]["step"] for s in seen if s["progress"]}
         assert {"profile", "accuracy", "search"} <= steps
         assert set(job["result"]["predictors"]) >= {"accuracy", "latency@cpu-a", "latency@cpu-b"}
+        data = job["result"]["accuracy_data"]
+        assert data["n_validation"] > 0 and 0 < data["ci95_halfwidth_max"] < 0.5
         events = client.get(f"/jobs/{job_id}/events").json()["events"]
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
         ordered = list(dict.fromkeys(e["step"] for e in events))
@@ -102,6 +104,18 @@ def test_submit_poll_fronts_export_and_profile(server: Server, agent: Agent,
         assert conditions["latency_source"] in ("calibrated", "median_ms")
         assert conditions["reference_ms"] > 0
         assert client.get(f"/jobs/{job_id}/fronts/cpu-b").json()["device"] == "cpu-b"
+        assert fronts["cpu-a"]["settings"]["targets"]["budgets_ms"] == [1000.0]
+
+        # A budget instead of an index: the most accurate measured point within it.
+        best = max(fronts["cpu-a"]["points"], key=lambda p: p["measured"]["accuracy"])
+        by_budget = client.post("/exports", json={"job_id": job_id, "device": "cpu-a",
+                                                  "budget_ms": 1000.0})
+        assert by_budget.status_code == 201, by_budget.text
+        assert by_budget.json()["arch_key"] == best["arch_key"]
+        too_tight = client.post("/exports", json={"job_id": job_id, "device": "cpu-a",
+                                                  "budget_ms": 1e-6})
+        assert too_tight.status_code == 422
+        assert too_tight.json()["detail"][0]["loc"] == ["body", "budget_ms"]
 
         export = client.post("/exports", json={"job_id": job_id, "device": "cpu-a", "point": 0})
         assert export.status_code == 201, export.text

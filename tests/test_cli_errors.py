@@ -156,6 +156,21 @@ def test_search_with_a_bad_device_field(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.parametrize("option, value, says", [
+    ("--targets-ms", "15,fast", "comma-separated numbers"),
+    ("--targets-ms", "elsewhere=15", "'elsewhere' is not one of the devices"),
+    ("--band-ms", "40:15", "below high"),
+])
+def test_search_with_bad_latency_targets(tmp_path: Path, option: str, value: str,
+                                         says: str) -> None:
+    data = tmp_path / "digits.npz"
+    np.savez(data, x=np.zeros((4, 28, 28, 1), np.uint8), y=np.arange(4))
+    out = tmp_path / "run"
+    result = run_cli(*search_args(out, data=data), option, value, cwd=tmp_path)
+    assert_one_line_error(result, 2, option, says)
+    assert not out.exists(), "the search started work before validating its targets"
+
+
 # --------------------------------------------------------------------------- measure
 
 

@@ -196,7 +196,8 @@ def create_job(body: JobCreate, request: Request, catalog: CatalogDep, roots: Ro
         dispatcher=dispatcher, catalog=catalog, roots=roots, supernet=body.supernet,
         devices=body.devices, dataset=body.dataset,
         limits=[lim.model_dump(exclude_none=True) for lim in body.limits], budget=body.budget,
-        seed=body.seed, n_profile=body.n_profile)
+        seed=body.seed, n_profile=body.n_profile,
+        targets={name: t.model_dump() for name, t in body.targets.items()})
     return _accepted(request, job)
 
 

@@ -90,6 +90,22 @@ class LimitCreate(_Strict):
         return self
 
 
+class TargetsCreate(_Strict):
+    """The latencies a user will pick from on one device: budgets, a band, or both (ms)."""
+
+    budgets_ms: list[Annotated[float, Field(gt=0, le=1e6)]] = Field(
+        default=[], max_length=32, description="latency budgets: the best subnet under each")
+    band_ms: list[Annotated[float, Field(gt=0, le=1e6)]] | None = Field(
+        default=None, min_length=2, max_length=2,
+        description="[low, high]: the latency range the front matters in")
+
+    @model_validator(mode="after")
+    def _ordered_band(self) -> TargetsCreate:
+        if self.band_ms is not None and self.band_ms[0] >= self.band_ms[1]:
+            raise ValueError("band_ms must be [low, high] with low < high")
+        return self
+
+
 class JobCreate(_Strict):
     supernet: str = RefName
     devices: list[Annotated[str, RefName]] = Field(min_length=1, max_length=16,
@@ -103,6 +119,10 @@ class JobCreate(_Strict):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     n_profile: int = Field(default=40, ge=4, le=10_000,
                            description="subnets profiled per device to train predictors")
+    targets: dict[Annotated[str, RefName], TargetsCreate] = Field(
+        default={}, max_length=16,
+        description="per device name: latency budgets and/or a band; refinement spends its "
+                    "measurements on the best subnet under each budget (docs/refinement.md)")
 
 
 class Progress(BaseModel):
@@ -198,17 +218,21 @@ class SubnetRef(_Strict):
     device: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=100,
                                description="the front's device, with 'job_id'")
     point: int | None = Field(default=None, ge=0, le=100_000, description="index into that front")
+    budget_ms: float | None = Field(default=None, gt=0, le=1e6,
+                                    description="instead of 'point': the front's most accurate "
+                                                "measured subnet within this latency")
 
     @model_validator(mode="after")
     def _one_source(self) -> SubnetRef:
         by_arch = self.arch is not None
         by_point = self.job_id is not None
         if by_arch == by_point:
-            raise ValueError("give either 'supernet' + 'arch', or 'job_id' + 'device' + 'point'")
+            raise ValueError("give either 'supernet' + 'arch', or 'job_id' + 'device' + "
+                             "'point' (or 'budget_ms')")
         if by_arch and self.supernet is None:
             raise ValueError("'arch' needs 'supernet'")
-        if by_point and (self.device is None or self.point is None):
-            raise ValueError("'job_id' needs 'device' and 'point'")
+        if by_point and (self.device is None or (self.point is None) == (self.budget_ms is None)):
+            raise ValueError("'job_id' needs 'device' and one of 'point' or 'budget_ms'")
         return self
 
 

@@ -381,6 +381,7 @@ def submit_search(
     budget: int,
     seed: int,
     n_profile: int,
+    targets: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Check every field and reference of a search job, then queue it (or 429 when full)."""
     _at_most(n_profile, dispatcher.admission.max_n_profile, "n_profile")
@@ -390,6 +391,7 @@ def submit_search(
         raise Invalid("a device is listed twice", field=("body", "devices"))
     profiles = tuple(_device(catalog, name, ("body", "devices", i))
                      for i, name in enumerate(devices))
+    aims = _targets(targets or {}, devices)
     if dataset is None:
         raise Invalid("a search job needs validation data to measure accuracy",
                       field=("body", "dataset"))
@@ -399,8 +401,25 @@ def submit_search(
         raise Invalid(f"dataset {error}", field=("body", "dataset")) from None
     spec = JobSpec(supernet=ref, devices=profiles, dataset=dataset_path,
                    limits=tuple(dict(lim) for lim in limits), budget=budget, seed=seed,
-                   n_profile=n_profile)
+                   n_profile=n_profile, targets=aims)
     return _queue(dispatcher, spec)
+
+
+def _targets(targets: Mapping[str, Mapping[str, Any]],
+             devices: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each device's latency targets, checked; a name that is not one of the job's devices is a 422."""
+    from hwsearch.acquisition import LatencyTargets
+
+    out = {}
+    for name, value in targets.items():
+        if name not in devices:
+            raise Invalid(f"targets name device {name!r}, which is not one of the job's devices "
+                          f"{list(devices)}", field=("body", "targets", name))
+        try:
+            out[name] = LatencyTargets.from_dict(value).to_dict()
+        except ValueError as error:
+            raise Invalid(str(error), field=("body", "targets", name)) from None
+    return out
 
 
 def get_job(*, store: Store, job_id: str) -> Any:
@@ -469,7 +488,10 @@ def _resolve(
     device: str | None,
     point: int | None,
 ) -> tuple[SupernetRef, ArchConfig]:
-    """The supernet and validated arch a request means: given directly, or a front's point."""
+    """The supernet and validated arch a request means: given directly, or a front's point.
+
+    A ``budget_ms`` in the request has already become its ``point`` (:func:`_by_budget`).
+    """
     if arch is not None:
         ref = get_supernet(catalog=catalog, name=str(supernet), field=("body", "supernet"))
         return ref, _arch(ref, arch)
@@ -483,6 +505,32 @@ def _resolve(
                       field=("body", "point"))
     ref = SupernetRef.from_dict(get_job(store=store, job_id=str(job_id)).spec["supernet"])
     return ref, _arch(ref, points[int(point or 0)]["arch"])
+
+
+def _by_budget(store: Store, subnet: Mapping[str, Any]) -> dict[str, Any]:
+    """``subnet`` with a ``budget_ms`` replaced by the index of the front's best point under it.
+
+    The answer is the most accurate *measured* point within the budget; for a
+    budget the job was aimed at, that is its per-target pick.  No point
+    under the budget is a 422 naming ``budget_ms`` and the fastest point.
+    """
+    from hwsearch.results import ParetoFront
+
+    subnet = dict(subnet)
+    budget = subnet.pop("budget_ms", None)
+    if budget is None:
+        return subnet
+    fronts = job_fronts(store=store, job_id=str(subnet["job_id"]))
+    if subnet["device"] not in fronts:
+        return subnet  # _resolve names the unknown device
+    front = ParetoFront.from_dict(fronts[subnet["device"]])
+    best = front.best_under(float(budget))
+    if best is None:
+        fastest = min((p.measured["latency_ms"] for p in front.points), default=float("nan"))
+        raise Invalid(f"no measured point of this front runs within {budget:g} ms; the fastest "
+                      f"takes {fastest:.3g} ms", field=("body", "budget_ms"))
+    subnet["point"] = front.points.index(best)
+    return subnet
 
 
 def _arch(ref: SupernetRef, data: Mapping[str, Any]) -> ArchConfig:
@@ -518,6 +566,7 @@ def export_subnet(
     INT8 calibrates on the same images; an INT8 export needs data.  The
     file's id covers the precision and the data, so they never share a cache entry.
     """
+    subnet = _by_budget(store, subnet)
     ref, arch = _resolve(store=store, catalog=catalog, **subnet)
     point_precision, plan = _export_defaults(store, roots, dataset, subnet)
     precision = precision or point_precision
@@ -626,5 +675,6 @@ def submit_profile(
 ) -> dict[str, Any]:
     """Queue a measurement of one subnet on one registered device (local or through its agent)."""
     profile = _device(catalog, on, ("body", "on"))
+    subnet = _by_budget(dispatcher.store, subnet)
     ref, arch = _resolve(store=dispatcher.store, catalog=catalog, **subnet)
     return _queue(dispatcher, ProfileSpec(supernet=ref, device=profile, arch=arch.to_dict()))

@@ -33,6 +33,7 @@ _KNOWN_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("hwsearch.supernets.base", "CheckpointError", BAD_INPUT),
     ("devices.client", "AgentError", FAILED),
     ("hwsearch.export", "ExportCheckError", FAILED),
+    ("hwsearch.quantize", "PrecisionError", BAD_INPUT),
 )
 
 

@@ -38,6 +38,32 @@ def front_table(device: str, front: Any) -> Table:
     return table
 
 
+def target_table(device: str, front: Any) -> Table | None:
+    """The answer to each latency budget the run was aimed at, or None without budgets.
+
+    One row per budget: the most accurate measured subnet within it, with
+    what was predicted before measuring it, so the user's question comes first.
+    """
+    picks = front.target_picks()
+    if not picks:
+        return None
+    table = Table(title=f"Best measured subnet under each budget on {device}")
+    for column in ("budget ms", "latency ms (measured)", "accuracy (measured)", "predicted",
+                   "precision", "subnet"):
+        table.add_column(column, overflow="fold")
+    for pick in picks:
+        if pick["index"] is None:
+            table.add_row(f"{pick['budget_ms']:g}", "none measured within it", "", "", "", "")
+            continue
+        point = front.points[pick["index"]]
+        predicted = point.predicted.get("accuracy")
+        table.add_row(f"{pick['budget_ms']:g}", f"{point.measured['latency_ms']:.3f}",
+                      f"{point.measured['accuracy']:.4f}",
+                      "" if predicted is None else f"{predicted:.4f}", point.precision,
+                      f"{point.arch.key()}  (point {pick['index']})")
+    return table
+
+
 def precision_summary(front: Any) -> str:
     """``"; points by precision: fp32 4 (0.2-0.6 ms), int8 3 (0.7-1.1 ms) of 7"``, or ``""``.
 

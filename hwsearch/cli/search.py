@@ -43,6 +43,13 @@ def search(
     budget: Annotated[int, typer.Option(
         help="Extra real measurements per device that refinement may spend.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed for selection, predictors and search.")] = 0,
+    targets_ms: Annotated[Optional[list[str]], typer.Option(
+        help="Latency budgets in ms, e.g. 15,20,25: refinement spends its measurements on the "
+             "best subnet under each, printed first. NAME=15,20 sets one device's; repeat "
+             "for several.")] = None,
+    band_ms: Annotated[Optional[list[str]], typer.Option(
+        help="Latency band LOW:HIGH in ms the front matters in (refinement aims inside it); "
+             "NAME=LOW:HIGH for one device.")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(
         help="Search at this precision on every device (fp32, int8; repeat for both), instead "
              "of the precisions each profile lists. int8 subnets are quantized by onnxruntime "
@@ -56,13 +63,14 @@ def search(
     """Find each device's accuracy/latency Pareto front of measured subnets."""
     from rich.console import Console
 
-    from hwsearch.cli._fronts import front_table
+    from hwsearch.cli._fronts import front_table, target_table
     from hwsearch.cli._inputs import prepare_folder
     from hwsearch.jobs import JobSpec, SupernetRef
     from hwsearch.results import ParetoFront
     from hwsearch.store import SQLiteStore
 
     profiles = _with_precisions(_check_inputs(supernet, checkpoint, device, data), precision)
+    aims = _latency_targets([p.name for p in profiles], targets_ms or [], band_ms or [])
     prepare_folder(out, "--out")
     store = SQLiteStore(out / "store.db")
     limits = [lim for lim in (
@@ -76,6 +84,7 @@ def search(
         devices=tuple(profile.to_dict() for profile in profiles),
         dataset=str(data.resolve()), limits=tuple(limits), budget=budget, seed=seed,
         n_profile=n_profile,
+        targets=aims,
     )
     console = Console(stderr=as_json)
     job_id = store.create_job(spec.to_dict())
@@ -88,6 +97,9 @@ def search(
                                "fronts": {n: f.to_dict() for n, f in fronts.items()}}, indent=2))
         return
     for name, front in fronts.items():
+        picks = target_table(name, front)
+        if picks is not None:
+            console.print(picks)
         console.print(front_table(name, front))
         console.print(f"written to {paths[name]}")
 
@@ -101,13 +113,38 @@ def _check_inputs(supernet: str, checkpoint: Path | None, devices: list[Path],
     """
     from hwsearch.cli._errors import reading
     from hwsearch.cli._inputs import load_profile, load_supernet
-    from hwsearch.data import load_images
+    from hwsearch.data import open_images
 
     profiles = [load_profile(path) for path in devices]
     net = load_supernet(supernet, checkpoint)
-    with reading("--data"):
-        load_images(data, size=max(net.space.resolutions))
+    with reading("--data"):  # a folder is only listed here: memory stays flat in its size
+        open_images(data, size=max(net.space.resolutions))
     return profiles
+
+
+def _latency_targets(devices: list[str], budgets: list[str],
+                     bands: list[str]) -> dict[str, dict[str, Any]]:
+    """Each device's targets from ``--targets-ms``/``--band-ms`` (``[NAME=]VALUE``), checked."""
+    from hwsearch.acquisition import LatencyTargets
+    from hwsearch.cli._errors import OptionError, reading
+
+    chosen: dict[str, dict[str, str]] = {name: {} for name in devices}
+    for option, kind, values in (("--targets-ms", "budgets", budgets), ("--band-ms", "band", bands)):
+        for value in sorted(values, key=lambda v: "=" in v):  # a device's own value wins
+            name, _, text = value.rpartition("=")
+            if name and name not in chosen:
+                raise OptionError(option, f"{name!r} is not one of the devices {devices}")
+            for device in [name] if name else devices:
+                chosen[device][kind] = text
+    out = {}
+    for device, given in chosen.items():
+        with reading("--targets-ms"):
+            budgets_ms = LatencyTargets.parse(given.get("budgets")).budgets_ms
+        with reading("--band-ms"):
+            band = LatencyTargets.parse(band=given.get("band")).band_ms
+        if budgets_ms or band:
+            out[device] = LatencyTargets(budgets_ms, band).to_dict()
+    return out
 
 
 def _with_precisions(profiles: list[Any], precisions: list[str] | None) -> list[Any]:

@@ -8,6 +8,8 @@
   what its stages share (:class:`JobContext`).
 - :mod:`~hwsearch.jobs.stages`: profile, accuracy, fit, refine; each resumes
   from the store.
+- :mod:`~hwsearch.jobs.precision`: precision as a job axis: each (device,
+  precision) pair measured, predicted and refined, fronts merged and labelled.
 - :mod:`~hwsearch.jobs.executor`: :func:`run_job`, :func:`run_profile`,
   :func:`execute`, :func:`submit_job`, :func:`run_job_watched`.
 """

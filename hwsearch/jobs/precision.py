@@ -166,7 +166,8 @@ def merge_fronts(device: str, fronts: Mapping[str, Any],
     points = [c for p, front in fronts.items() for c in label_front(front, p, rows[p])]
     reference = [max(values) for values in zip(*(f.reference_point for f in fronts.values()))]
     settings = (dict(first.settings) if len(fronts) == 1
-                else {"precisions": {p: dict(f.settings) for p, f in fronts.items()}})
+                else {"precisions": {p: dict(f.settings) for p, f in fronts.items()},
+                      "targets": first.settings.get("targets")})
     return ParetoFront.build(device=device, space_name=first.space_name, candidates=points,
                              objectives=first.objectives, reference_point=reference,
                              seed=first.seed, settings=settings)

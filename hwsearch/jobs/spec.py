@@ -53,6 +53,10 @@ class JobSpec:
     ``params``, ``macs``), each ``{"metric", "upper", "lower"}``.
     ``budget`` is the number of extra real measurements per device that
     refinement may spend on top of the ``n_profile`` initial ones.
+    ``targets`` maps a device name to its latency targets
+    (``{"budgets_ms": [...], "band_ms": [low, high] | None}``, see
+    :class:`hwsearch.acquisition.LatencyTargets`); refinement aims that
+    device's measurements at them.
     ``calibration``, ``n_calibration`` and ``subset`` choose the images that
     recalibrate BN and the validation images scored
     (:class:`hwsearch.evaldata.DataPlan`).
@@ -68,6 +72,7 @@ class JobSpec:
     budget: int = 0
     seed: int = 0
     n_profile: int = 40
+    targets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     kind: Literal["search"] = "search"
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,6 +80,7 @@ class JobSpec:
         out["supernet"] = self.supernet.to_dict()
         out["devices"] = [dict(d) for d in self.devices]
         out["limits"] = [dict(lim) for lim in self.limits]
+        out["targets"] = {name: dict(t) for name, t in self.targets.items()}
         return out
 
     @classmethod
@@ -90,6 +96,7 @@ class JobSpec:
             budget=int(data.get("budget", 0)),
             seed=int(data.get("seed", 0)),
             n_profile=int(data.get("n_profile", 40)),
+            targets={str(k): dict(v) for k, v in (data.get("targets") or {}).items()},
         )
 
 

@@ -108,6 +108,7 @@ def fit_predictors(control: Control, job: JobContext, spec: JobSpec,
     import ray
 
     from devices.hostlock import compute_unit
+    from hwsearch.acquisition import LatencyTargets
     from hwsearch.parallel import DeviceSearch
     from hwsearch.problem import Limit
     from predictors.accuracy import AccuracyPredictor
@@ -132,7 +133,8 @@ def fit_predictors(control: Control, job: JobContext, spec: JobSpec,
             measurer=DeviceMeasurer(shared=shared, device=target.device, store=job.store,
                                     runner=control.runner, dataset_id=job.dataset_id,
                                     job_id=job.job_id, precision=target.precision),
-            limits=tuple(Limit(**dict(lim)) for lim in spec.limits), compute=compute_unit))
+            limits=tuple(Limit(**dict(lim)) for lim in spec.limits), compute=compute_unit,
+            targets=LatencyTargets.from_dict(spec.targets.get(target.device.name))))
     return predictors, searches, quality
 
 
@@ -204,10 +206,23 @@ def summarize(job: JobContext, reports: Mapping[str, Any], runs: Mapping[str, Ma
     return {
         "space_name": space.name, "network_id": space.network_id, "supernet_id": job.net.name,
         "dataset_id": job.dataset_id, "precisions": job_precisions(job.devices),
+        "accuracy_data": _accuracy_data(job.data),
         "devices": devices,
         "predictors": dict(quality),
         "fronts": {d.name: _device_front(job, d, runs) for d in job.devices},
     }
+
+
+def _accuracy_data(data: Any) -> dict[str, Any]:
+    """What accuracies were measured on: image counts, identity, and the 95% interval's width.
+
+    The half-width is at 50% accuracy (the widest a Wilson interval gets for
+    this many validation images), so a reader knows how far apart two
+    accuracies must be before the difference means something.
+    """
+    low, high = data.interval(0.5)
+    return {"n_calibration": len(data.calibration), "n_validation": len(data.validation),
+            "ci95_halfwidth_max": (high - low) / 2, **dict(data.identity)}
 
 
 def _device_front(job: JobContext, device: JobDevice, runs: Mapping[str, Mapping[str, Any]]
