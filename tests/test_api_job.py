@@ -155,8 +155,23 @@ def test_submit_poll_fronts_export_and_profile(server: Server, agent: Agent,
         assert remote["result"]["device"] == "edge"
         assert remote["result"]["measurement"]["n_runs"] > 0
 
+        quantized = client.post("/profiles", json={"job_id": job_id, "device": "cpu-a",
+                                                   "point": 0, "on": "cpu-b", "precision": "int8"})
+        assert quantized.status_code == 202, quantized.text
+        int8 = wait_for(client, quantized.json()["id"], ("succeeded", "failed"))
+        assert int8["state"] == "succeeded", int8
+        assert int8["result"]["precision"] == "int8"
+        assert int8["result"]["device_hash"].endswith("@int8")
+        assert int8["result"]["measurement"]["median_ms"] > 0
+        for body, loc in [({"precision": "int8"}, ["body", "dataset"]),
+                          ({"precision": "int4"}, ["body", "precision"])]:
+            refused = client.post("/profiles", json={"supernet": "tiny-mbv3", "arch": native,
+                                                     "on": "cpu-b", **body})
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["detail"][0]["loc"] == loc, refused.json()
+
         jobs = {j["id"] for j in client.get("/jobs").json()["jobs"]}
-        assert jobs == {job_id, done["id"], remote["id"]}
+        assert jobs == {job_id, done["id"], remote["id"], int8["id"]}
         assert client.get(f"/jobs/{done['id']}/fronts").status_code == 409
 
 

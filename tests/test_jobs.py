@@ -95,7 +95,7 @@ def test_profiling_one_subnet_stores_its_measurement(finished: Finished) -> None
     assert result["measurement"]["latency_ms"] > 0 and result["params"] > 0
     stored = store.get_latencies(result["device_hash"], result["network_id"])[result["arch_key"]]
     assert stored == result["measurement"] | {"arch": arch, "macs": result["macs"],
-                                              "params": result["params"]}
+                                              "params": result["params"], "precision": "fp32"}
     assert store.get_job(job_id).state == "succeeded"
 
 

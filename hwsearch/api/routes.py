@@ -270,8 +270,12 @@ def download_export(export_id: str, catalog: CatalogDep) -> FileResponse:
 
 
 @api_router.post("/profiles", response_model=JobAccepted, status_code=202, tags=["subnets"])
-def create_profile(body: ProfileCreate, request: Request, catalog: CatalogDep,
+def create_profile(body: ProfileCreate, request: Request, catalog: CatalogDep, roots: RootsDep,
                    dispatcher: DispatcherDep) -> JobAccepted:
-    """Measure a subnet on a registered device; the result is the job's ``result``."""
-    job = service.submit_profile(dispatcher=dispatcher, catalog=catalog, **body.model_dump())
+    """Measure a subnet on a registered device; the result is the job's ``result``.
+
+    ``precision: int8`` measures the onnxruntime-quantized file, calibrated on the data.
+    """
+    job = service.submit_profile(dispatcher=dispatcher, catalog=catalog, roots=roots,
+                                 **body.model_dump())
     return _accepted(request, job)

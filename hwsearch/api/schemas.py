@@ -236,16 +236,22 @@ class SubnetRef(_Strict):
         return self
 
 
-class ExportCreate(SubnetRef):
-    batch: int = Field(default=1, ge=1, le=256)
+class SubnetAtPrecision(SubnetRef):
+    """A subnet at a precision: INT8 files are quantized, calibrated on the data's images."""
+
     precision: Literal["fp32", "int8"] | None = Field(
         default=None, description="fp32, or int8 (onnxruntime static QDQ quantization, "
                                   "calibrated on 'dataset'); default: the front point's own "
                                   "precision, or fp32 for an arch")
     dataset: str | None = Field(
         default=None, max_length=1024,
-        description="images inside a data root whose BN-calibration part re-estimates batch "
-                    "norm and calibrates int8; default for a front point: its job's dataset")
+        description="images inside a data root whose calibration part calibrates int8 (and, "
+                    "for exports, re-estimates batch norm); default for a front point: its "
+                    "job's dataset")
+
+
+class ExportCreate(SubnetAtPrecision):
+    batch: int = Field(default=1, ge=1, le=256)
 
 
 class ExportRead(BaseModel):
@@ -265,7 +271,7 @@ class ExportRead(BaseModel):
     download_url: str
 
 
-class ProfileCreate(SubnetRef):
+class ProfileCreate(SubnetAtPrecision):
     on: str = Field(pattern=NAME_PATTERN, max_length=100,
                     description="the registered device to profile on")
 

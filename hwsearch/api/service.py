@@ -671,10 +671,24 @@ def submit_profile(
     dispatcher: JobDispatcher,
     catalog: Catalog,
     on: str,
+    roots: DataRoots | None = None,
+    precision: str | None = None,
+    dataset: str | None = None,
     **subnet: Any,
 ) -> dict[str, Any]:
-    """Queue a measurement of one subnet on one registered device (local or through its agent)."""
+    """Queue a measurement of one subnet on one registered device (local or through its agent).
+
+    ``precision`` defaults to the front point's own, or ``fp32``; an int8
+    measurement quantizes the export on ``dataset`` (or the point's job's data).
+    """
     profile = _device(catalog, on, ("body", "on"))
     subnet = _by_budget(dispatcher.store, subnet)
     ref, arch = _resolve(store=dispatcher.store, catalog=catalog, **subnet)
-    return _queue(dispatcher, ProfileSpec(supernet=ref, device=profile, arch=arch.to_dict()))
+    point_precision, plan = _export_defaults(dispatcher.store, roots, dataset, subnet)
+    precision = precision or point_precision
+    if precision == "int8" and plan is None:
+        raise Invalid("an int8 profile calibrates on your images: give 'dataset' (a path inside "
+                      "a data root)", field=("body", "dataset"))
+    return _queue(dispatcher, ProfileSpec(
+        supernet=ref, device=profile, arch=arch.to_dict(), precision=precision,
+        dataset=None if precision == "fp32" or plan is None else plan.dataset))

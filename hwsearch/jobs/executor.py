@@ -56,21 +56,44 @@ def run_profile(spec: ProfileSpec, *, store: Store, job_id: str,
     net = build_supernet(spec.supernet)
     arch = net.space.from_dict(spec.arch)
     device = job_device(spec.device, agents or {})
+    profiler, key = _profiler_at(device, spec, net)
     control.step("export", 0.1, arch.key())
     with tempfile.TemporaryDirectory(prefix="hwsearch-profile-") as tmp:
         report = export_subnet(net, arch, Path(tmp) / f"{arch.digest()}.onnx",
                                batch=device.profile.batch, input_dtype=device.profile.input_dtype)
-        control.step("measure", 0.3, device.name)
-        [measurement] = device.profiler().measure_many([report.path])
+        control.step("measure", 0.3, f"{device.name} at {spec.precision}")
+        [measurement] = profiler.measure_many([report.path])
     row = measurement.to_dict() | {"arch": arch.to_dict(), "macs": report.macs,
-                                   "params": report.params}
-    store.put_latency(device.key, net.space.network_id, arch.key(), row)
+                                   "params": report.params, "precision": spec.precision}
+    store.put_latency(key, net.space.network_id, arch.key(), row)
     return finish_job(control, {
-        "device": device.name, "device_hash": device.key, "space_name": net.space.name,
+        "device": device.name, "device_hash": key, "precision": spec.precision,
+        "space_name": net.space.name,
         "network_id": net.space.network_id,
         "arch": arch.to_dict(), "arch_key": arch.key(), "measurement": measurement.to_dict(),
         "macs": report.macs, "params": report.params,
     })
+
+
+def _profiler_at(device: Any, spec: ProfileSpec, net: Any) -> tuple[Any, str]:
+    """The profiler for ``spec.precision`` and the key its rows are filed under.
+
+    INT8 wraps the device's profiler so each export is quantized (calibrated
+    on the dataset's calibration part) before it is measured; its rows go
+    under the device key's ``@int8`` suffix, as a search job files them.
+    """
+    from hwsearch.evaldata import DataPlan
+    from hwsearch.jobs.precision import QuantizingProfiler
+    from hwsearch.quantize import check_precision, precision_key
+
+    precision = check_precision(spec.precision)
+    if precision == "fp32":
+        return device.profiler(), device.key
+    if spec.dataset is None:
+        raise ValueError("an int8 profile calibrates on images: it needs a dataset")
+    split = DataPlan(spec.dataset).open(size=max(net.space.resolutions))
+    return (QuantizingProfiler(device.profiler(), split.calibration),
+            precision_key(device.key, precision))
 
 
 def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None = None,

@@ -102,21 +102,29 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class ProfileSpec:
-    """Profile one subnet on one device (local or through its agent)."""
+    """Profile one subnet on one device (local or through its agent), at one precision.
+
+    An ``int8`` profile quantizes the export first, calibrating on the
+    calibration part of ``dataset`` (the same part a search job uses).
+    """
 
     supernet: SupernetRef
     device: Mapping[str, Any]
     arch: Mapping[str, Any]
+    precision: str = "fp32"
+    dataset: str | None = None
     kind: Literal["profile"] = "profile"
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "supernet": self.supernet.to_dict(),
-                "device": dict(self.device), "arch": dict(self.arch)}
+                "device": dict(self.device), "arch": dict(self.arch),
+                "precision": self.precision, "dataset": self.dataset}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProfileSpec:
         return cls(supernet=SupernetRef.from_dict(data["supernet"]), device=dict(data["device"]),
-                   arch=dict(data["arch"]))
+                   arch=dict(data["arch"]), precision=str(data.get("precision", "fp32")),
+                   dataset=data.get("dataset"))
 
 
 def spec_from_dict(data: Mapping[str, Any]) -> JobSpec | ProfileSpec:
