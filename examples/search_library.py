@@ -15,11 +15,12 @@ What it shows (see docs/library.md):
 * a time limit, a per-generation callback and a warm start from known subnets;
 * the query helpers on the predicted front (``knee``, ``best_under``).
 
-Run: ``python examples/search_library.py``
+Run: ``python examples/search_library.py [SECONDS]`` (default 15 s of search).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -142,9 +143,13 @@ def main(max_seconds: float = 15.0) -> None:
                             limits=[Limit("latency_ms", upper=5.0)])
     known = [space.largest(r) for r in TABLE_RESOLUTIONS] + space.sample(7, 20)
 
+    shown = [0.0]
+
     def report(progress: SearchProgress) -> None:
-        if progress.n_gen % 25 == 0:
-            print(f"  gen {progress.n_gen:4d}: {progress.n_evals:7,d} evaluations, "
+        """About once a second: how far the search has got (a callback may also stop it)."""
+        if progress.seconds >= shown[0] + 1.0:
+            shown[0] = progress.seconds
+            print(f"  gen {progress.n_gen:4d}: {progress.n_evals:9,d} evaluations, "
                   f"front of {len(progress.front_X)} after {progress.seconds:.1f} s")
 
     settings = SearchSettings(pop_size=200, n_gen=10**6, max_seconds=max_seconds, seed=0)
@@ -161,4 +166,4 @@ def main(max_seconds: float = 15.0) -> None:
 if __name__ == "__main__":
     # A population's matrices are small: BLAS threads cost more than they save.
     with threadpool_limits(1):
-        main()
+        main(float(sys.argv[1]) if len(sys.argv) > 1 else 15.0)
