@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -34,3 +35,10 @@ def _ray_session_ends_with_its_module() -> Iterator[None]:
     yield
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         sys.modules["ray"].shutdown()
+
+
+@pytest.fixture()
+def client(server: Any) -> Iterator[Any]:
+    """An authenticated HTTP client of the test module's own ``server`` fixture (a real service)."""
+    with server.client() as c:
+        yield c

@@ -27,12 +27,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv.stop()
 
 
-@pytest.fixture()
-def client(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as c:
-        yield c
-
-
 def test_health_and_openapi_need_no_token(server: Server) -> None:
     with server.client(token=None) as anonymous:
         assert anonymous.get("/health").json()["status"] == "ok"

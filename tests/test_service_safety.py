@@ -82,12 +82,6 @@ def server(root: Path, data_root: Path) -> Iterator[Server]:
     srv.stop()
 
 
-@pytest.fixture()
-def client(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as c:
-        yield c
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

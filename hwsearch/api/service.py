@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -462,7 +463,12 @@ def resume(*, dispatcher: JobDispatcher, job_id: str) -> dict[str, Any]:
 
 def job_fronts(*, store: Store, job_id: str) -> dict[str, dict[str, Any]]:
     """The Pareto front of every device of a finished search job, in JSON form."""
-    record = get_job(store=store, job_id=job_id)
+    return _fronts_of(get_job(store=store, job_id=job_id))
+
+
+def _fronts_of(record: Any) -> dict[str, dict[str, Any]]:
+    """A job record's fronts; a 409 for a job that has none (yet)."""
+    job_id = record.job_id
     if record.spec.get("kind", "search") != "search":
         raise Conflict(f"job {job_id!r} is a {record.spec.get('kind')} job; it has no fronts")
     if record.state != "succeeded":
@@ -478,6 +484,20 @@ def front_view(front: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- subnets
 
 
+@dataclass(frozen=True)
+class _Subnet:
+    """What a request's subnet reference means, read once from the catalog or the job record.
+
+    For a front's point: its own ``precision`` and the ``job`` spec it was
+    measured under (whose data exports and profiles fall back to).
+    """
+
+    ref: SupernetRef
+    arch: ArchConfig
+    precision: str = "fp32"
+    job: JobSpec | None = None
+
+
 def _resolve(
     *,
     store: Store,
@@ -487,50 +507,50 @@ def _resolve(
     job_id: str | None,
     device: str | None,
     point: int | None,
-) -> tuple[SupernetRef, ArchConfig]:
-    """The supernet and validated arch a request means: given directly, or a front's point.
+    budget_ms: float | None = None,
+) -> _Subnet:
+    """The subnet a request means: an arch given directly, or a point of a job's front.
 
-    A ``budget_ms`` in the request has already become its ``point`` (:func:`_by_budget`).
+    The point is named by its index or by a latency budget (``budget_ms``):
+    the most accurate *measured* point within it, which for a budget the job
+    was aimed at is its per-target pick.
     """
     if arch is not None:
         ref = get_supernet(catalog=catalog, name=str(supernet), field=("body", "supernet"))
-        return ref, _arch(ref, arch)
-    fronts = job_fronts(store=store, job_id=str(job_id))
+        return _Subnet(ref, _arch(ref, arch))
+    record = get_job(store=store, job_id=str(job_id))
+    fronts = _fronts_of(record)
     if device not in fronts:
         raise Invalid(f"job {job_id!r} has no front for device {device!r}; it has {sorted(fronts)}",
                       field=("body", "device"))
     points = fronts[device]["points"]
-    if not 0 <= int(point or 0) < len(points):
-        raise Invalid(f"point {point} is outside the front (0..{len(points) - 1})",
-                      field=("body", "point"))
-    ref = SupernetRef.from_dict(get_job(store=store, job_id=str(job_id)).spec["supernet"])
-    return ref, _arch(ref, points[int(point or 0)]["arch"])
+    index = _point_index(fronts[device], point, budget_ms)
+    chosen = points[index]
+    job = JobSpec.from_dict(record.spec)
+    return _Subnet(job.supernet, _arch(job.supernet, chosen["arch"]),
+                   str(chosen.get("precision", "fp32")), job)
 
 
-def _by_budget(store: Store, subnet: Mapping[str, Any]) -> dict[str, Any]:
-    """``subnet`` with a ``budget_ms`` replaced by the index of the front's best point under it.
+def _point_index(front: Mapping[str, Any], point: int | None, budget_ms: float | None) -> int:
+    """The index a request names: ``point`` itself (checked), or the best point within ``budget_ms``.
 
-    The answer is the most accurate *measured* point within the budget; for a
-    budget the job was aimed at, that is its per-target pick.  No point
-    under the budget is a 422 naming ``budget_ms`` and the fastest point.
+    No point under the budget is a 422 naming ``budget_ms`` and the fastest point.
     """
     from hwsearch.results import ParetoFront
 
-    subnet = dict(subnet)
-    budget = subnet.pop("budget_ms", None)
-    if budget is None:
-        return subnet
-    fronts = job_fronts(store=store, job_id=str(subnet["job_id"]))
-    if subnet["device"] not in fronts:
-        return subnet  # _resolve names the unknown device
-    front = ParetoFront.from_dict(fronts[subnet["device"]])
-    best = front.best_under(float(budget))
+    if budget_ms is None:
+        n = len(front["points"])
+        if not 0 <= int(point or 0) < n:
+            raise Invalid(f"point {point} is outside the front (0..{n - 1})",
+                          field=("body", "point"))
+        return int(point or 0)
+    parsed = ParetoFront.from_dict(front)
+    best = parsed.best_under(float(budget_ms))
     if best is None:
-        fastest = min((p.measured["latency_ms"] for p in front.points), default=float("nan"))
-        raise Invalid(f"no measured point of this front runs within {budget:g} ms; the fastest "
+        fastest = min((p.measured["latency_ms"] for p in parsed.points), default=float("nan"))
+        raise Invalid(f"no measured point of this front runs within {budget_ms:g} ms; the fastest "
                       f"takes {fastest:.3g} ms", field=("body", "budget_ms"))
-    subnet["point"] = front.points.index(best)
-    return subnet
+    return parsed.points.index(best)
 
 
 def _arch(ref: SupernetRef, data: Mapping[str, Any]) -> ArchConfig:
@@ -566,13 +586,9 @@ def export_subnet(
     INT8 calibrates on the same images; an INT8 export needs data.  The
     file's id covers the precision and the data, so they never share a cache entry.
     """
-    subnet = _by_budget(store, subnet)
-    ref, arch = _resolve(store=store, catalog=catalog, **subnet)
-    point_precision, plan = _export_defaults(store, roots, dataset, subnet)
-    precision = precision or point_precision
-    if precision == "int8" and plan is None:
-        raise Invalid("an int8 export calibrates on your images: give 'dataset' (a path inside "
-                      "a data root)", field=("body", "dataset"))
+    resolved = _resolve(store=store, catalog=catalog, **subnet)
+    ref, arch = resolved.ref, resolved.arch
+    precision, plan = _precision_and_data(resolved, roots, precision, dataset, "export")
     export_id = f"{ref.name}-{arch.digest()}-b{batch}"
     if plan is not None:
         export_id += f"-{precision}-{_plan_digest(plan, ref)}"
@@ -592,28 +608,26 @@ def export_subnet(
     return json.loads(sidecar.read_text())
 
 
-def _export_defaults(store: Store, roots: DataRoots | None, dataset: str | None,
-                     subnet: Mapping[str, Any]) -> tuple[str, Any]:
-    """``(precision, data plan or None)`` an export falls back to: the front point's, or fp32.
+def _precision_and_data(resolved: _Subnet, roots: DataRoots | None, precision: str | None,
+                        dataset: str | None, what: str) -> tuple[str, Any]:
+    """``(precision, data plan or None)`` of an export or profile; an int8 one needs data.
 
-    A front point's plan is its job's (same images, same calibration part);
-    a ``dataset`` given in the request replaces it and must lie in a data root.
+    ``precision`` defaults to the front point's own (fp32 for an arch).  A
+    front point's plan is its job's (same images, same calibration part); a
+    ``dataset`` given in the request replaces it and must lie in a data root.
     """
     from hwsearch.evaldata import DataPlan
 
-    precision, plan = "fp32", None
-    if subnet.get("job_id") is not None:
-        record = get_job(store=store, job_id=str(subnet["job_id"]))
-        point = job_fronts(store=store, job_id=record.job_id)[subnet["device"]]["points"][
-            int(subnet["point"])]
-        precision = str(point.get("precision", "fp32"))
-        spec = record.spec
-        if spec.get("dataset") is not None:
-            plan = DataPlan(_data_path(roots, spec["dataset"]), calibration=spec.get("calibration"),
-                            n_calibration=int(spec.get("n_calibration", 500)),
-                            subset=spec.get("subset"))
+    plan = None
+    if resolved.job is not None and resolved.job.dataset is not None:
+        job_plan = resolved.job.data_plan()
+        plan = replace(job_plan, dataset=_data_path(roots, job_plan.dataset))
     if dataset is not None:
         plan = DataPlan(_data_path(roots, dataset))
+    precision = precision or resolved.precision
+    if precision == "int8" and plan is None:
+        raise Invalid(f"an int8 {what} calibrates on your images: give 'dataset' (a path inside "
+                      "a data root)", field=("body", "dataset"))
     return precision, plan
 
 
@@ -682,13 +696,8 @@ def submit_profile(
     measurement quantizes the export on ``dataset`` (or the point's job's data).
     """
     profile = _device(catalog, on, ("body", "on"))
-    subnet = _by_budget(dispatcher.store, subnet)
-    ref, arch = _resolve(store=dispatcher.store, catalog=catalog, **subnet)
-    point_precision, plan = _export_defaults(dispatcher.store, roots, dataset, subnet)
-    precision = precision or point_precision
-    if precision == "int8" and plan is None:
-        raise Invalid("an int8 profile calibrates on your images: give 'dataset' (a path inside "
-                      "a data root)", field=("body", "dataset"))
+    resolved = _resolve(store=dispatcher.store, catalog=catalog, **subnet)
+    precision, plan = _precision_and_data(resolved, roots, precision, dataset, "profile")
     return _queue(dispatcher, ProfileSpec(
-        supernet=ref, device=profile, arch=arch.to_dict(), precision=precision,
+        supernet=resolved.ref, device=profile, arch=resolved.arch.to_dict(), precision=precision,
         dataset=None if precision == "fp32" or plan is None else plan.dataset))

@@ -161,11 +161,7 @@ def run_demo(settings: DemoSettings = DemoSettings(), *,
 
 def _calibration_images(spec: Any, net: Any) -> Any:
     """The job's BN-calibration images (the same part its accuracy evaluation used)."""
-    from hwsearch.evaldata import DataPlan
-
-    plan = DataPlan(spec.dataset, calibration=spec.calibration, n_calibration=spec.n_calibration,
-                    subset=spec.subset)
-    return plan.open(size=max(net.space.resolutions)).calibration
+    return spec.data_plan().open(size=max(net.space.resolutions)).calibration
 
 
 def summarise(result: DemoResult) -> list[str]:

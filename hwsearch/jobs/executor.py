@@ -126,14 +126,10 @@ def _prepare(spec: JobSpec, *, store: Store, job_id: str,
     A folder is streamed, not loaded; the accuracy store key covers the
     files, the weights, the preprocessing and the calibration/subset choice.
     """
-    from hwsearch.evaldata import DataPlan
     from hwsearch.pipeline import select_subnets
 
-    if spec.dataset is None:
-        raise ValueError("a search job needs validation data (dataset) to measure accuracy")
+    plan = spec.data_plan()
     net = build_supernet(spec.supernet)
-    plan = DataPlan(spec.dataset, calibration=spec.calibration,
-                    n_calibration=spec.n_calibration, subset=spec.subset)
     data = plan.open(size=max(net.space.resolutions))
     return JobContext(
         store=store, job_id=job_id, net=net,

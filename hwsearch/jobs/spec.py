@@ -83,6 +83,15 @@ class JobSpec:
         out["targets"] = {name: dict(t) for name, t in self.targets.items()}
         return out
 
+    def data_plan(self) -> Any:  # -> hwsearch.evaldata.DataPlan
+        """The images this job measures accuracy on: its dataset, calibration part and subset."""
+        from hwsearch.evaldata import DataPlan
+
+        if self.dataset is None:
+            raise ValueError("a search job needs validation data (dataset) to measure accuracy")
+        return DataPlan(self.dataset, calibration=self.calibration,
+                        n_calibration=self.n_calibration, subset=self.subset)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
         return cls(
