@@ -65,11 +65,12 @@ from pymoo.operators.sampling.rnd import IntegerRandomSampling
 from pymoo.optimize import minimize
 from threadpoolctl import threadpool_limits
 
+from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
 from hwsearch.problem import Cost, Limit, Objective, SubnetProblem
 from hwsearch.refine import RefineSettings, refine
 from hwsearch.results import hypervolume, non_dominated
 from hwsearch.search import SearchSettings, build_nsga2, search
-from hwsearch.space import SearchSpace, ofa_mbv3_space
+from hwsearch.space import SearchSpace
 from predictors.accuracy import AccuracyPredictor
 from predictors.latency import LatencyPredictor
 

@@ -39,9 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _search_oracle import ORACLE_NOTE, AnalyticOracle  # noqa: E402
 
 from hwsearch.acquisition import LatencyTargets, band_hypervolume, best_under  # noqa: E402
+from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space  # noqa: E402
 from hwsearch.refine import RefineSettings, refine  # noqa: E402
 from hwsearch.search import SearchSettings  # noqa: E402
-from hwsearch.space import ArchConfig, ofa_mbv3_space  # noqa: E402
+from hwsearch.space import ArchConfig  # noqa: E402
 from predictors.accuracy import AccuracyPredictor  # noqa: E402
 from predictors.latency import LatencyPredictor  # noqa: E402
 

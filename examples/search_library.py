@@ -27,9 +27,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from hwsearch.batch import ArchBatch
+from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
 from hwsearch.problem import Limit, Objective, SubnetProblem
 from hwsearch.search import SearchProgress, SearchSettings, search
-from hwsearch.space import SearchSpace, ofa_mbv3_space
+from hwsearch.space import SearchSpace
 
 TABLE_RESOLUTIONS = (160, 176, 192, 208, 224)
 

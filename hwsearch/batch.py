@@ -1,11 +1,11 @@
 """A population of subnets decoded once, as per-knob arrays every objective shares.
 
 A search scores every population with several objectives.  Decoding each row
-to an :class:`~hwsearch.space.ArchConfig` (and on to OFA's dict form) once per
+to an :class:`~hwsearch.space.ArchConfig` (and on to the family's native form) once per
 objective and per row costs far more than a vectorised objective itself, so
 :meth:`SearchSpace.decode_batch <hwsearch.space.SearchSpace.decode_batch>`
 decodes a whole ``(n, n_var)`` gene matrix into numpy arrays in a few
-vectorised steps, and the row-wise forms (``archs()``, ``ofa()``) are built
+vectorised steps, and the row-wise forms (``archs()``, ``native()``) are built
 only when an objective asks for them, then cached for the next objective.
 
 Block arrays are laid out per supernet block *slot* (``n_blocks`` columns,
@@ -91,17 +91,12 @@ class ArchBatch:
         return self._archs
 
     @cached_property
-    def _ofa(self) -> list[dict[str, Any]]:
-        if self.space.native != "ofa_mbv3":
-            return [self.space.to_ofa(arch) for arch in self.archs()]
-        ks = np.where(self.active, self.kernel, min(self.space.kernels)).tolist()
-        e = np.where(self.active, self.expand, min(self.space.expands)).tolist()
-        d, r = self.depths.tolist(), self.resolution.tolist()
-        return [{"ks": ks[i], "e": e[i], "d": d[i], "r": [r[i]]} for i in range(len(self))]
+    def _native(self) -> list[dict[str, Any]]:
+        return self.space.layout.native_batch(self)
 
-    def ofa(self) -> list[dict[str, Any]]:
-        """Each row in OFA's native dict form (as :meth:`SearchSpace.to_ofa`), built once."""
-        return self._ofa
+    def native(self) -> list[dict[str, Any]]:
+        """Each row in the family's native form (as :meth:`SearchSpace.to_native`), built once."""
+        return self._native
 
     def keys(self) -> list[str]:
         """Each row's :meth:`ArchConfig.key`."""

@@ -19,7 +19,7 @@ A metric is either
 * a **plain vectorised function** ``fn(batch) -> (n,)`` of an
   :class:`~hwsearch.batch.ArchBatch`: the population decoded once, as
   per-knob arrays (``batch.resolution``, ``batch.kernel``, ...) or OFA dicts
-  (``batch.ofa()``), shared by every function metric of the population.
+  (``batch.native()``), shared by every function metric of the population.
 """
 
 from __future__ import annotations

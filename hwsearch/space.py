@@ -7,9 +7,12 @@ have the same :meth:`ArchConfig.key`.  (OFA's native dicts and DyNAS-T's
 vectors both carry values for switched-off blocks, so equal networks get
 different encodings there.)
 
-A :class:`SearchSpace` says which choices a supernet family offers and knows
-how to validate, sample, encode (to the integer vectors pymoo searches over)
-and decode configurations, and how to read and write OFA's native form.
+A :class:`SearchSpace` says which choices a supernet offers and knows how to
+validate, sample, encode (to the integer vectors pymoo searches over) and
+decode configurations.  It is family-free: everything one supernet family
+knows (its macro-architecture, its native arch form, its cost model) lives
+in that family's :class:`Layout` subclass, beside its supernet in
+``hwsearch/families/<family>/``.
 
 This module depends on the standard library and numpy only.
 """
@@ -22,24 +25,26 @@ import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 import numpy as np
 
 from hwsearch.batch import ArchBatch
+
+if TYPE_CHECKING:
+    from hwsearch.costs import CostTable
 
 Number = Union[int, float]
 
 __all__ = [
     "ArchConfig",
     "ArchValidationError",
-    "MBv3Layout",
-    "ResNetLayout",
+    "Layout",
     "SearchSpace",
     "StageSpec",
     "make_divisible",
-    "ofa_mbv3_space",
-    "ofa_resnet50_space",
+    "native_list",
+    "native_resolution",
 ]
 
 
@@ -60,44 +65,76 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return rounded
 
 
+def native_resolution(r: Any) -> Any:
+    """A resolution given as ``224`` or ``[224]`` (OFA writes a one-element list)."""
+    if isinstance(r, (list, tuple)):
+        if len(r) != 1:
+            raise ArchValidationError(f"r must hold one resolution, got {r!r}")
+        r = r[0]
+    return r
+
+
+def native_list(value: Any, name: str, length: int) -> list[Any]:
+    """A per-slot list of a native form; a scalar is broadcast (as OFA's ``val2list`` does)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value] * length
+    if not isinstance(value, (list, tuple)) or len(value) != length:
+        raise ArchValidationError(f"{name} must be a list of {length} values, got {value!r}")
+    return list(_number_tuple(name, value, integer=False))
+
+
 # --------------------------------------------------------------------------- layouts
 
 
-@dataclass(frozen=True)
-class MBv3Layout:
-    """The fixed macro-architecture of an OFA MobileNetV3 supernet.
+class Layout:
+    """The fixed macro-architecture of one supernet family, and all the family knows.
 
-    Widths are the *final* channel counts (width multiplier already applied).
-    ``stage_*`` tuples have one entry per elastic stage.
+    A family subclasses this as a frozen dataclass beside its supernet
+    (``hwsearch/families/<family>/layout.py``) and states there, once:
+
+    * its fixed widths, strides and head (the dataclass fields, which must
+      include ``in_channels`` and ``n_classes``; :attr:`SearchSpace.network_id`
+      digests them);
+    * :meth:`costs`, its cost model, the single source of MACs and parameter
+      counts (``Supernet.count``), predictor features and analytic objectives;
+    * :meth:`to_native`/:meth:`from_native`, the arch form its original project
+      uses (OFA's ``ks/e/d/r``, AutoFormer's ``layer_num/num_heads/...``), so
+      users can paste configurations from there;
+    * :meth:`check_space`/:meth:`check_restriction`, the spaces it can build.
+
+    ``family`` names the family (and selects the supernet builder);
+    ``native_fields`` are the keys its native form must have and
+    ``native_optional`` those it may have.
     """
 
-    stem: int
-    first_block: int
-    stage_widths: tuple[int, ...]
-    stage_strides: tuple[int, ...]
-    stage_acts: tuple[str, ...]
-    stage_se: tuple[bool, ...]
-    final_expand: int
-    feature: int
+    family: ClassVar[str] = ""
+    native_fields: ClassVar[frozenset[str]] = frozenset()
+    native_optional: ClassVar[frozenset[str]] = frozenset()
+    in_channels: int
     n_classes: int
-    in_channels: int = 3
-    stem_stride: int = 2
-    family: Literal["mbv3"] = "mbv3"
 
+    def check_space(self, space: SearchSpace) -> None:
+        """Raise ``ValueError`` if ``space`` has knobs or stages this family cannot build."""
 
-@dataclass(frozen=True)
-class ResNetLayout:
-    """The fixed macro-architecture of an OFA ResNet supernet (widths before multipliers)."""
+    def costs(self, space: SearchSpace, X: np.ndarray) -> CostTable:
+        """Additive cost components (:class:`hwsearch.costs.CostTable`) of encoded rows ``X``."""
+        raise NotImplementedError(f"{type(self).__name__} has no cost model")
 
-    stem: int
-    stage_widths: tuple[int, ...]
-    stage_strides: tuple[int, ...]
-    n_classes: int
-    in_channels: int = 3
-    family: Literal["resnet"] = "resnet"
+    def to_native(self, space: SearchSpace, arch: ArchConfig) -> dict[str, Any]:
+        """``arch`` in the family's native form."""
+        raise ArchValidationError(f"{space.name} has no native arch form")
 
+    def from_native(self, space: SearchSpace, data: Mapping[str, Any]) -> ArchConfig:
+        """Read the family's native form (keys :attr:`native_fields`) into a validated arch."""
+        raise ArchValidationError(
+            f"{space.name} reads only hwsearch's form (resolution, depths, ...)")
 
-Layout = Union[MBv3Layout, ResNetLayout]
+    def native_batch(self, batch: ArchBatch) -> list[dict[str, Any]]:
+        """Every row of ``batch`` in native form; families override this with a vectorised path."""
+        return [self.to_native(batch.space, arch) for arch in batch.archs()]
+
+    def check_restriction(self, space: SearchSpace, stages: tuple[StageSpec, ...]) -> None:
+        """Raise ``ValueError`` if the native form cannot express a sub-space with ``stages``."""
 
 
 # --------------------------------------------------------------------------- configs
@@ -227,7 +264,6 @@ class SearchSpace:
     widths: tuple[Number, ...] = ()
     n_width_slots: int = 0
     layout: Layout | None = field(default=None, compare=False)
-    native: Literal["ofa_mbv3", "ofa_resnet", "none"] = "none"
 
     def __post_init__(self) -> None:
         if not self.resolutions:
@@ -239,6 +275,8 @@ class SearchSpace:
         for values in (self.resolutions, self.kernels, self.expands, self.widths):
             if len(set(values)) != len(values):
                 raise ValueError(f"duplicate choices in {values}")
+        if self.layout is not None:
+            self.layout.check_space(self)
 
     # ------------------------------------------------------------------ shape
 
@@ -561,9 +599,6 @@ class SearchSpace:
     def _restricted_stages(
         self, depths: Sequence[int] | Sequence[Sequence[int]]
     ) -> tuple[StageSpec, ...]:
-        if self.native == "ofa_resnet":
-            raise ValueError("depths: OFA ResNet's native form counts depths from each stage's "
-                             "full choices, so its depths cannot be restricted; use a Limit")
         per_stage = (list(depths) if depths and isinstance(depths[0], (list, tuple))
                      else [depths if s.elastic else s.depths for s in self.stages])
         if len(per_stage) != len(self.stages):
@@ -577,6 +612,8 @@ class SearchSpace:
                                  f"{stage.max_depth} (the supernet's block slots follow it); "
                                  f"use a Limit to exclude deep subnets instead")
             stages.append(replace(stage, depths=kept))
+        if self.layout is not None:
+            self.layout.check_restriction(self, tuple(stages))
         return tuple(stages)
 
     def genes_in(self, other: SearchSpace, X: np.ndarray) -> np.ndarray:
@@ -622,7 +659,7 @@ class SearchSpace:
     # ------------------------------------------------------------------ JSON
 
     def from_dict(self, data: Mapping[str, Any]) -> ArchConfig:
-        """Read hwsearch's JSON form or OFA's native form, whichever ``data`` is."""
+        """Read hwsearch's JSON form or the family's native form, whichever ``data`` is."""
         if not isinstance(data, Mapping):
             raise ArchValidationError(f"an architecture must be a JSON object, got {type(data).__name__}")
         if "resolution" in data or "depths" in data:
@@ -640,7 +677,7 @@ class SearchSpace:
                 expand=data.get("expand", ()),
                 width=data.get("width", ()),
             )
-        return self.from_ofa(data)
+        return self.from_native(data)
 
     def from_json(self, text: str) -> ArchConfig:
         try:
@@ -649,94 +686,32 @@ class SearchSpace:
             raise ArchValidationError(f"not valid JSON: {exc}") from exc
         return self.from_dict(data)
 
-    # ------------------------------------------------------------------ OFA native form
+    # ------------------------------------------------------------------ native forms
 
-    def to_ofa(self, arch: ArchConfig) -> dict[str, Any]:
-        """OFA's native dict (``ks``/``e``/``d``/``r`` or ``d``/``e``/``w``/``r``).
+    def to_native(self, arch: ArchConfig) -> dict[str, Any]:
+        """``arch`` in the family's native form (OFA's ``ks/e/d/r`` dict, ...)."""
+        if self.layout is None:
+            raise ArchValidationError(f"{self.name} has no native arch form")
+        return self.layout.to_native(self, self.validate(arch))
 
-        Switched-off blocks are written with the smallest choice; OFA ignores them.
-        """
-        arch = self.validate(arch)
-        if self.native == "ofa_mbv3":
-            return {
-                "ks": self._pad_blocks(arch, "kernel"),
-                "e": self._pad_blocks(arch, "expand"),
-                "d": list(arch.depths),
-                "r": [arch.resolution],
-            }
-        if self.native == "ofa_resnet":
-            stem, *stage_depths = arch.depths
-            max_d = max(self._resnet_depth_offsets())
-            return {
-                "d": [max_d if stem else 0]
-                + [d - (s.max_depth - max_d) for d, s in zip(stage_depths, self.stages[1:])],
-                "e": self._pad_blocks(arch, "expand"),
-                "w": [self.widths.index(w) for w in arch.width],
-                "r": [arch.resolution],
-            }
-        raise ArchValidationError(f"{self.name} has no native OFA form")
-
-    def from_ofa(self, data: Mapping[str, Any]) -> ArchConfig:
-        """Read OFA's native dict, dropping the values of switched-off blocks."""
-        if self.native == "none":
-            raise ArchValidationError(f"{self.name} has no native OFA form")
-        expected = {"ofa_mbv3": {"ks", "e", "d"}, "ofa_resnet": {"d", "e", "w"}}[self.native]
-        missing = sorted(expected - set(data))
+    def from_native(self, data: Mapping[str, Any]) -> ArchConfig:
+        """Read the family's native form; the message names what is missing or wrong."""
+        if self.layout is None:
+            raise ArchValidationError(f"{self.name} reads only hwsearch's form "
+                                      "(resolution, depths, ...)")
+        fields = self.layout.native_fields
+        missing = sorted(fields - set(data))
         if missing:
             raise ArchValidationError(
                 f"missing field(s) {missing} for {self.name}; expected hwsearch form "
-                f"(resolution, depths, ...) or OFA form ({sorted(expected | {'r'})})"
-            )
-        unknown = sorted(set(data) - expected - {"r"})
+                f"(resolution, depths, ...) or its native form ({sorted(fields)})")
+        unknown = sorted(set(data) - fields - self.layout.native_optional)
         if unknown:
-            raise ArchValidationError(f"unknown field(s) {unknown} in OFA form")
-        resolution = self._native_resolution(data.get("r", max(self.resolutions)))
-        if self.native == "ofa_mbv3":
-            depths = self._native_list(data["d"], "d", len(self.stages))
-            kernel = self._unpad_blocks(self._native_list(data["ks"], "ks", self.n_blocks), depths)
-            expand = self._unpad_blocks(self._native_list(data["e"], "e", self.n_blocks), depths)
-            return self.arch(resolution=resolution, depths=depths, kernel=kernel, expand=expand)
-        native_d = self._native_list(data["d"], "d", len(self.stages))
-        offsets = self._resnet_depth_offsets()
-        max_d = max(offsets)
-        if native_d[0] not in offsets:
-            raise ArchValidationError(f"d[0]={native_d[0]} is not allowed; choose from {offsets}")
-        depths = [1 if native_d[0] == max_d else 0]
-        for i, (d, stage) in enumerate(zip(native_d[1:], self.stages[1:]), start=1):
-            if d not in offsets:
-                raise ArchValidationError(f"d[{i}]={d} is not allowed; choose from {offsets}")
-            depths.append(stage.max_depth - max_d + d)
-        expand = self._unpad_blocks(self._native_list(data["e"], "e", self.n_blocks), depths)
-        w_idx = self._native_list(data["w"], "w", self.n_width_slots)
-        for i, w in enumerate(w_idx):
-            if not isinstance(w, int) or not 0 <= w < len(self.widths):
-                raise ArchValidationError(
-                    f"w[{i}]={w!r} must be an index 0..{len(self.widths) - 1} into {list(self.widths)}"
-                )
-        return self.arch(resolution=resolution, depths=depths, expand=expand,
-                         width=[self.widths[i] for i in w_idx])
+            raise ArchValidationError(f"unknown field(s) {unknown} in {self.name}'s native form")
+        return self.layout.from_native(self, data)
 
-    def _resnet_depth_offsets(self) -> list[int]:
-        """OFA ResNet's depth choices (``d`` values), from the first elastic stage."""
-        stage = self.stages[1]
-        return [d - min(stage.depths) for d in stage.depths]
-
-    def _native_resolution(self, r: Any) -> int:
-        if isinstance(r, (list, tuple)):
-            if len(r) != 1:
-                raise ArchValidationError(f"r must hold one resolution, got {r!r}")
-            r = r[0]
-        return r
-
-    @staticmethod
-    def _native_list(value: Any, name: str, length: int) -> list[Any]:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return [value] * length  # OFA broadcasts scalars (val2list)
-        if not isinstance(value, (list, tuple)) or len(value) != length:
-            raise ArchValidationError(f"{name} must be a list of {length} values, got {value!r}")
-        return list(_number_tuple(name, value, integer=False))
-
-    def _unpad_blocks(self, values: list[Any], depths: Sequence[int]) -> list[Any]:
+    def unpad_blocks(self, values: Sequence[Any], depths: Sequence[int]) -> list[Any]:
+        """Per-slot values (``max(depth)`` per elastic stage) cut to the active blocks."""
         out, slot = [], 0
         for stage, depth in zip(self.stages, depths):
             if stage.elastic:
@@ -744,7 +719,12 @@ class SearchSpace:
                 slot += stage.max_depth
         return out
 
-    def _pad_blocks(self, arch: ArchConfig, knob: str) -> list[Any]:
+    def pad_blocks(self, arch: ArchConfig, knob: str) -> list[Any]:
+        """``arch``'s per-active-block values of ``knob`` padded with the smallest choice per slot.
+
+        Native forms of weight-sharing projects carry a value for every block
+        slot, switched on or not; they ignore the values of switched-off ones.
+        """
         values, smallest = getattr(arch, knob), min(getattr(self, knob + "s"))
         out, start = [], 0
         for stage, depth in zip(self.stages, arch.depths):
@@ -773,69 +753,3 @@ class SearchSpace:
             expand=[pick(self.expands)] * n_active if self.expands else (),
             width=[pick(self.widths)] * self.n_width_slots if self.widths else (),
         )
-
-
-# --------------------------------------------------------------------------- OFA families
-
-
-def ofa_mbv3_space(
-    width_mult: float = 1.0,
-    resolutions: Sequence[int] = tuple(range(128, 225, 4)),
-    n_classes: int = 1000,
-) -> SearchSpace:
-    """OFA MobileNetV3: kernel {3,5,7}, expand {3,4,6}, depth {2,3,4} in 5 stages.
-
-    Resolutions default to 128..224 in steps of 4, the sizes OFA trains with.
-    """
-    base = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
-    widths = [make_divisible(w * width_mult, 8) for w in base]
-    layout = MBv3Layout(
-        stem=widths[0],
-        first_block=widths[1],
-        stage_widths=tuple(widths[2:7]),
-        stage_strides=(2, 2, 2, 1, 2),
-        stage_acts=("relu", "relu", "h_swish", "h_swish", "h_swish"),
-        stage_se=(False, True, False, True, True),
-        final_expand=widths[7],
-        feature=widths[8],
-        n_classes=n_classes,
-    )
-    return SearchSpace(
-        name=f"ofa_mbv3_d234_e346_k357_w{width_mult}",
-        resolutions=tuple(resolutions),
-        stages=tuple(StageSpec((2, 3, 4)) for _ in range(5)),
-        kernels=(3, 5, 7),
-        expands=(3, 4, 6),
-        layout=layout,
-        native="ofa_mbv3",
-    )
-
-
-def ofa_resnet50_space(
-    resolutions: Sequence[int] = tuple(range(128, 225, 4)), n_classes: int = 1000
-) -> SearchSpace:
-    """OFA ResNet50: depth {0,1,2} extra blocks, expand {0.2,0.25,0.35}, width {0.65,0.8,1.0}.
-
-    Stage 0 is the input stem's skippable residual block (depth 0 or 1);
-    stages 1-4 hold 2-4, 2-4, 4-6 and 2-4 bottlenecks.  Six width slots:
-    two for the stem, one per stage.
-    """
-    return SearchSpace(
-        name="ofa_resnet50",
-        resolutions=tuple(resolutions),
-        stages=(
-            StageSpec((0, 1), elastic=False),
-            StageSpec((2, 3, 4)),
-            StageSpec((2, 3, 4)),
-            StageSpec((4, 5, 6)),
-            StageSpec((2, 3, 4)),
-        ),
-        expands=(0.2, 0.25, 0.35),
-        widths=(0.65, 0.8, 1.0),
-        n_width_slots=6,
-        layout=ResNetLayout(
-            stem=64, stage_widths=(256, 512, 1024, 2048), stage_strides=(1, 2, 2, 2),
-            n_classes=n_classes,
-        ),
-        native="ofa_resnet",
-    )

@@ -20,8 +20,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from hwsearch.costs import is_overhead
 from predictors.base import ResidualPredictor, _LinearBase, fit_nnls_base
-from predictors.features import OVERHEAD_KINDS, ArchFeaturizer
+from predictors.features import ArchFeaturizer
 
 __all__ = ["LatencyPredictor", "latency_groupings"]
 
@@ -54,8 +55,7 @@ def latency_groupings(featurizer: ArchFeaturizer) -> dict[str, list[list[int]]]:
     position = {name: i for i, name in enumerate(featurizer.names)}
     compute, overhead = [], []
     for name in featurizer.cost_names:
-        kind = re.sub(r"^s\d+_", "", name)
-        (overhead if kind in OVERHEAD_KINDS else compute).append(name)
+        (overhead if is_overhead(name) else compute).append(name)
     kind_groups = _pooled(compute, position)
     overhead_groups = _pooled(overhead, position)
     return {

@@ -22,7 +22,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from hwsearch.space import SearchSpace, StageSpec, ofa_mbv3_space
+from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
+from hwsearch.space import SearchSpace, StageSpec
 from predictors.accuracy import AccuracyPredictor
 from predictors.features import ArchFeaturizer
 from predictors.latency import LatencyPredictor

@@ -12,9 +12,9 @@ from pathlib import Path
 from devices import open_profiler
 from devices.local import host_fingerprint
 from devices.profile import DeviceProfile
+from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
 from hwsearch.jobs import SupernetRef, build_supernet
 from hwsearch.pipeline import profile_subnets
-from hwsearch.space import ofa_mbv3_space
 from hwsearch.store import MemoryStore
 from tests._jobs import SUPERNET, fast_device
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from hwsearch.costs import OVERHEAD_KINDS
 from hwsearch.demo import demo_space
 from hwsearch.space import SearchSpace
-from predictors.features import OVERHEAD_KINDS, ArchFeaturizer
+from predictors.features import ArchFeaturizer
 from predictors.fewshot import FewShotLatencyPredictor
 from predictors.latency import LatencyPredictor
 

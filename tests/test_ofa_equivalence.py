@@ -3,7 +3,7 @@
 The same random weights go into OFA's ``OFAMobileNetV3`` / ``OFAResNets`` and
 into ours, by copying our ``state_dict`` into OFA's with ``strict=True``
 (which proves the checkpoint layout is identical: every key, every shape).
-Then, for sampled subnets, OFA's ``set_active_subnet(**space.to_ofa(arch))``
+Then, for sampled subnets, OFA's ``set_active_subnet(**space.to_native(arch))``
 + ``get_active_subnet()`` must give the same network as our pure
 ``extract(arch)``: the same state_dict, bit for bit, and the same outputs.
 """
@@ -59,7 +59,7 @@ def resnet() -> SimpleNamespace:
 
 def _assert_matches_reference(pair: SimpleNamespace, arch: ArchConfig, batch: int = 2) -> None:
     ours: Supernet = pair.ours
-    pair.reference.set_active_subnet(**ours.space.to_ofa(arch))
+    pair.reference.set_active_subnet(**ours.space.to_native(arch))
     reference_subnet = pair.reference.get_active_subnet().eval()
     subnet = ours.extract(arch)
 

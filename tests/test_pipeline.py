@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
+from hwsearch.families.ofa_resnet.layout import ofa_resnet50_space
 from hwsearch.pipeline import profile_subnets, select_subnets
-from hwsearch.space import ofa_mbv3_space, ofa_resnet50_space
 from hwsearch.store import SQLiteStore
 from predictors.dataset import MeasurementSet
 from predictors.features import ArchFeaturizer

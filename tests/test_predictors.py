@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hwsearch.space import SearchSpace, ofa_mbv3_space, ofa_resnet50_space
+from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
+from hwsearch.families.ofa_resnet.layout import ofa_resnet50_space
+from hwsearch.space import SearchSpace
 from hwsearch.store import MemoryStore
 from predictors.accuracy import AccuracyPredictor
 from predictors.base import PredictorMismatchError

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
 from hwsearch.problem import accuracy_latency
 from hwsearch.results import Candidate, ParetoFront, hypervolume, measurement_label
-from hwsearch.space import ofa_mbv3_space
 
 SPACE = ofa_mbv3_space()
 
@@ -57,7 +57,7 @@ def test_json_round_trip_is_exact_and_validates_against_the_space(tmp_path):
 
 
 def test_a_front_for_another_space_is_refused():
-    from hwsearch.space import ofa_resnet50_space
+    from hwsearch.families.ofa_resnet.layout import ofa_resnet50_space
 
     with pytest.raises(ValueError, match="space"):
         ParetoFront.from_json(_front().to_json(), ofa_resnet50_space())

@@ -17,11 +17,11 @@ from _search_oracle import AnalyticOracle, small_space, trained_predictors
 from pymoo.optimize import minimize
 
 from hwsearch.batch import ArchBatch
+from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
 from hwsearch.operators import effective_genes, mutate
 from hwsearch.problem import Cost, Limit, Objective, SubnetProblem
 from hwsearch.results import Candidate, ParetoFront, non_dominated
 from hwsearch.search import SearchSettings, build_nsga2, search
-from hwsearch.space import ofa_mbv3_space
 from predictors.latency import LatencyPredictor
 
 
@@ -280,9 +280,9 @@ def test_predicted_front_answers_like_a_measured_one(space):
 def test_search_and_space_import_without_torch():
     code = ("import sys, numpy as np\n"
             "import hwsearch.search, hwsearch.problem, hwsearch.batch\n"
-            "from hwsearch.space import ofa_mbv3_space\n"
+            "from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space\n"
             "s = ofa_mbv3_space().restrict(resolutions=(160, 224))\n"
-            "s.decode_batch(s.encode_many(s.sample(0, 4))).ofa()\n"
+            "s.decode_batch(s.encode_many(s.sample(0, 4))).native()\n"
             "heavy = [m for m in ('torch', 'onnxruntime', 'ray') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,

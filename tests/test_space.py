@@ -9,14 +9,9 @@ import re
 import numpy as np
 import pytest
 
-from hwsearch.space import (
-    ArchConfig,
-    ArchValidationError,
-    SearchSpace,
-    StageSpec,
-    ofa_mbv3_space,
-    ofa_resnet50_space,
-)
+from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
+from hwsearch.families.ofa_resnet.layout import ofa_resnet50_space
+from hwsearch.space import ArchConfig, ArchValidationError, SearchSpace, StageSpec
 
 SPACES = [ofa_mbv3_space(), ofa_mbv3_space(1.2), ofa_resnet50_space()]
 
@@ -31,8 +26,8 @@ def test_round_trips_through_every_form(space: SearchSpace) -> None:
         assert space.decode(space.encode(arch)) == arch
         assert space.from_dict(arch.to_dict()) == arch
         assert space.from_json(arch.to_json()) == arch
-        assert space.from_ofa(space.to_ofa(arch)) == arch
-        assert space.from_dict(json.loads(json.dumps(space.to_ofa(arch)))) == arch
+        assert space.from_native(space.to_native(arch)) == arch
+        assert space.from_dict(json.loads(json.dumps(space.to_native(arch)))) == arch
 
 
 def test_inactive_block_genes_do_not_change_the_subnet(space: SearchSpace) -> None:
@@ -67,8 +62,8 @@ def test_resnet_stem_depth_values_that_build_the_same_network_are_equal() -> Non
     """OFA ResNet skips the stem block for d[0] in {0, 1}: those are one network."""
     space = ofa_resnet50_space()
     base = {"d": [0, 2, 2, 2, 2], "e": 0.25, "w": [2] * 6, "r": [160]}
-    assert space.from_ofa(base) == space.from_ofa(dict(base, d=[1, 2, 2, 2, 2]))
-    assert space.from_ofa(base) != space.from_ofa(dict(base, d=[2, 2, 2, 2, 2]))
+    assert space.from_native(base) == space.from_native(dict(base, d=[1, 2, 2, 2, 2]))
+    assert space.from_native(base) != space.from_native(dict(base, d=[2, 2, 2, 2, 2]))
 
 
 def test_key_is_stable_and_readable() -> None:
@@ -108,7 +103,7 @@ def test_unknown_and_missing_fields_are_reported() -> None:
     with pytest.raises(ArchValidationError, match="not valid JSON"):
         space.from_json("{")
     with pytest.raises(ArchValidationError, match=r"w\[0\]"):
-        ofa_resnet50_space().from_ofa({"d": 2, "e": 0.25, "w": [3] * 6})
+        ofa_resnet50_space().from_native({"d": 2, "e": 0.25, "w": [3] * 6})
 
 
 def test_decode_rejects_genes_outside_bounds(space: SearchSpace) -> None:
@@ -166,7 +161,7 @@ def test_batch_decode_matches_row_by_row_decode(space: SearchSpace) -> None:
     batch = space.decode_batch(X)
     archs = [space.decode(x) for x in X]
     assert batch.archs() == archs
-    assert batch.ofa() == [space.to_ofa(a) for a in archs]
+    assert batch.native() == [space.to_native(a) for a in archs]
     np.testing.assert_array_equal(batch.genes, space.canonical_genes(X))
     np.testing.assert_array_equal(batch.resolution, [a.resolution for a in archs])
     np.testing.assert_array_equal(batch.depths, [a.depths for a in archs])
@@ -233,11 +228,11 @@ def test_restricted_depths_and_widths_keep_native_forms_working() -> None:
     assert all(s.depths == (3, 4) for s in mbv3.stages)
     for arch in mbv3.sample(1, 100):
         assert min(arch.depths) >= 3
-        assert mbv3.from_ofa(mbv3.to_ofa(arch)) == arch
+        assert mbv3.from_native(mbv3.to_native(arch)) == arch
     resnet = ofa_resnet50_space()
     sub = resnet.restrict(widths=(0.8, 1.0), expands=(0.35,))
     for arch in sub.sample(2, 50):
-        assert sub.from_ofa(sub.to_ofa(arch)) == arch == resnet.decode(
+        assert sub.from_native(sub.to_native(arch)) == arch == resnet.decode(
             sub.genes_in(resnet, sub.encode(arch)[None])[0])
     with pytest.raises(ValueError, match="ResNet"):
         resnet.restrict(depths=[(0, 1), (4,), (4,), (6,), (4,)])

@@ -16,15 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _ofa_reference import randomize_weights
 from torch import nn
 
-from _ofa_reference import randomize_weights
 from hwsearch.bn import recalibrate_bn
-from hwsearch.space import ArchConfig, MBv3Layout, SearchSpace, StageSpec, ofa_mbv3_space
+from hwsearch.families.ofa_mbv3.layout import MBv3Layout, ofa_mbv3_space
+from hwsearch.families.ofa_mbv3.supernet import OFAMobileNetV3
+from hwsearch.space import ArchConfig, SearchSpace, StageSpec
 from hwsearch.supernets import (
     CheckpointError,
     Costs,
-    OFAMobileNetV3,
     Supernet,
     build_supernet,
     create_supernet,
@@ -166,10 +167,10 @@ def test_arch_forms_are_interchangeable(mbv3: Supernet, resnet: Supernet) -> Non
         x = torch.randn(1, 3, 128, 128)
         with torch.no_grad():
             outputs = [net.extract(form)(x) for form in
-                       (arch, arch.to_dict(), net.space.to_ofa(arch))]
+                       (arch, arch.to_dict(), net.space.to_native(arch))]
         for output in outputs[1:]:
             torch.testing.assert_close(output, outputs[0], rtol=0, atol=0)
-        assert net.input_shape(net.space.to_ofa(arch), batch=4) == (4, 3, 128, 128)
+        assert net.input_shape(net.space.to_native(arch), batch=4) == (4, 3, 128, 128)
 
 
 def test_extract_and_forward_are_pure_and_thread_safe(mbv3: Supernet) -> None:
@@ -290,7 +291,7 @@ def _tiny_space() -> SearchSpace:
                         n_classes=10, in_channels=1, stem_stride=1)
     return SearchSpace(name="tiny_digits", resolutions=(28,),
                        stages=tuple(StageSpec((1, 2)) for _ in range(3)),
-                       kernels=(3, 5), expands=(2, 3), layout=layout, native="ofa_mbv3")
+                       kernels=(3, 5), expands=(2, 3), layout=layout)
 
 
 def test_custom_mbv3_space_builds_extracts_and_trains() -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hwsearch.space import MBv3Layout, SearchSpace, StageSpec
+from hwsearch.families.ofa_mbv3.layout import MBv3Layout
+from hwsearch.space import SearchSpace, StageSpec
 
 DEMO_SUPERNET = "demo_mbv3_mnist"
 DEMO_DIR = Path(__file__).resolve().parent
@@ -44,5 +45,4 @@ def demo_space() -> SearchSpace:
         kernels=(3, 5, 7),
         expands=(3, 4, 6),
         layout=layout,
-        native="ofa_mbv3",
     )

@@ -1,4 +1,4 @@
-"""Once-for-all supernets: a registry, elastic networks, and pure subnet extraction.
+"""Once-for-all supernets: a registry, elastic layers, and pure subnet extraction.
 
 ::
 
@@ -8,22 +8,23 @@
     subnet = net.extract(arch)          # static nn.Module, eval mode
     costs = net.count(arch)             # Costs(macs=..., params=...)
 
-A supernet for a custom space (one with an ``MBv3Layout`` or ``ResNetLayout``)
-is ``build_supernet(space)``; register it with :func:`register_supernet` to
-make it available by name.
+This package is family-free: each family (its layout, cost model, native
+arch form and elastic network) lives in ``hwsearch/families/<family>/`` and
+registers itself here.  A supernet for a custom space of a known layout is
+``build_supernet(space)``; register it with :func:`register_supernet` to make
+it available by name.
 """
 
 from __future__ import annotations
 
-from hwsearch.space import MBv3Layout, ResNetLayout, SearchSpace
 from hwsearch.supernets.base import ArchLike, CheckpointError, ElasticNetwork, Supernet
 from hwsearch.supernets.counting import Costs
-from hwsearch.supernets.ofa_mbv3 import MobileNetV3Subnet, OFAMobileNetV3
-from hwsearch.supernets.ofa_resnet import OFAResNets, ResNetSubnet
 from hwsearch.supernets.registry import (
+    build_supernet,
     create_supernet,
     describe_supernet,
     list_supernets,
+    register_builder,
     register_supernet,
 )
 
@@ -32,31 +33,11 @@ __all__ = [
     "CheckpointError",
     "Costs",
     "ElasticNetwork",
-    "MobileNetV3Subnet",
-    "OFAMobileNetV3",
-    "OFAResNets",
-    "ResNetSubnet",
     "Supernet",
     "build_supernet",
     "create_supernet",
     "describe_supernet",
     "list_supernets",
+    "register_builder",
     "register_supernet",
 ]
-
-
-def build_supernet(space: SearchSpace, *, name: str | None = None,
-                   dropout_rate: float = 0.0) -> Supernet:
-    """A freshly initialised supernet for ``space``, chosen by the type of ``space.layout``."""
-    if isinstance(space.layout, MBv3Layout):
-        module: OFAMobileNetV3 | OFAResNets = OFAMobileNetV3(space, dropout_rate)
-    elif isinstance(space.layout, ResNetLayout):
-        module = OFAResNets(space, dropout_rate)
-    else:
-        raise ValueError(f"{space.name}: no supernet family for layout "
-                         f"{type(space.layout).__name__}; expected MBv3Layout or ResNetLayout")
-    return Supernet(name or space.name, module)
-
-
-# The built-in demo supernet registers itself; imported last because it uses the names above.
-from hwsearch.demo import supernet as _demo_supernet  # noqa: E402,F401

@@ -1,10 +1,11 @@
 """The :class:`Supernet` handle every supernet family is used through, and checkpoint loading.
 
 A family provides an *elastic network*: an ``nn.Module`` with a ``space``
-and pure ``forward(x, arch)``, ``extract(arch)`` and ``count(arch)``.
-:class:`Supernet` adds a name, accepts architectures in any form the space
-reads (``ArchConfig``, hwsearch JSON dicts, OFA's native dicts) and loads
-checkpoints safely (``weights_only=True``, strict key and shape checks).
+and pure ``forward(x, arch)`` and ``extract(arch)``.  :class:`Supernet` adds
+a name, counts subnets with the family's cost model, accepts architectures
+in any form the space reads (``ArchConfig``, hwsearch JSON dicts, the
+family's native dicts) and loads checkpoints safely (``weights_only=True``,
+strict key and shape checks).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from hwsearch.space import ArchConfig, SearchSpace
-from hwsearch.supernets.counting import Costs
+from hwsearch.supernets.counting import Costs, count_arch
 
 __all__ = [
     "ArchLike",
@@ -53,8 +54,6 @@ class ElasticNetwork(Protocol):
 
     def extract(self, arch: ArchConfig) -> nn.Module: ...
 
-    def count(self, arch: ArchConfig) -> Costs: ...
-
 
 class Supernet:
     """A named elastic network: extract, count and run subnets; load checkpoints.
@@ -67,7 +66,7 @@ class Supernet:
     def __init__(self, name: str, module: nn.Module) -> None:
         if not isinstance(module, ElasticNetwork):
             raise TypeError(f"{type(module).__name__} is not an elastic network "
-                            "(needs space, forward(x, arch), extract(arch), count(arch))")
+                            "(needs space, forward(x, arch), extract(arch))")
         self.name = name
         self.module = module.eval()
 
@@ -79,7 +78,7 @@ class Supernet:
         return self.module.space
 
     def arch(self, arch: ArchLike) -> ArchConfig:
-        """``arch`` validated against the space; dicts may be hwsearch JSON or OFA's native form."""
+        """``arch`` validated against the space; dicts may be hwsearch JSON or the native form."""
         if isinstance(arch, ArchConfig):
             return self.space.validate(arch)
         return self.space.from_dict(arch)
@@ -89,14 +88,15 @@ class Supernet:
         return self.module.extract(self.arch(arch))
 
     def count(self, arch: ArchLike) -> Costs:
-        """Exact MACs (batch 1) and parameters of the extracted subnet, computed analytically."""
-        return self.module.count(self.arch(arch))
+        """Exact MACs (batch 1) and parameters of the extracted subnet, from the cost model."""
+        return count_arch(self.space, self.arch(arch))
 
     def forward(self, x: Tensor, arch: ArchLike) -> Tensor:
         """The subnet's output computed on the supernet's shared weights."""
         return self.module(x, self.arch(arch))
 
     def input_shape(self, arch: ArchLike, batch: int = 1) -> tuple[int, int, int, int]:
+        """The NCHW shape of a batch of images for ``arch``."""
         resolution = self.arch(arch).resolution
         return (batch, self.space.layout.in_channels, resolution, resolution)
 

@@ -1,14 +1,16 @@
-"""MACs and parameter counts: analytic formulas and a hook-based counter.
+"""MACs and parameter counts: the family's analytic cost model, and a hook-based counter.
 
 Convention (the one OFA's ``count_net_flops`` uses, which OFA papers call
-"FLOPs"): multiply-accumulates of ``Conv2d`` and ``Linear`` layers only, for
-one input sample; batch norm, activations, pooling and additions are free.
-Parameters are every trainable tensor of the subnet, batch-norm affine
+"FLOPs", extended to attention): multiply-accumulates of ``Conv2d`` and
+``Linear`` layers and of attention's two matrix products, for one input
+sample; normalisation, activations, pooling, softmax and additions are free.
+Parameters are every trainable tensor of the subnet, normalisation affine
 weights included (running statistics are buffers, not parameters).
 
-Supernets count analytically (cheap enough to call for every candidate of a
-search); :func:`measure` counts a real module with forward hooks, which is
-what the tests compare the formulas against and what export reports.
+Supernets count with their family's cost model (:func:`count_arch`, the one
+predictors use too, cheap enough for every candidate of a search);
+:func:`measure` counts a real module with forward hooks, which is what the
+tests compare the cost models against and what export reports.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Costs", "conv_costs", "conv_out", "linear_costs", "measure"]
+from hwsearch.space import ArchConfig, SearchSpace
+
+__all__ = ["Costs", "count_arch", "measure"]
 
 
 @dataclass(frozen=True)
@@ -35,33 +39,10 @@ class Costs:
         return {"macs": self.macs, "params": self.params}
 
 
-
-def conv_out(size: int, kernel: int, stride: int) -> int:
-    """Output side length of a 'same'-padded conv (padding ``kernel // 2``)."""
-    return (size + 2 * (kernel // 2) - kernel) // stride + 1
-
-
-def conv_costs(
-    size: int,
-    in_channels: int,
-    out_channels: int,
-    kernel: int,
-    stride: int = 1,
-    *,
-    groups: int = 1,
-    bias: bool = False,
-    bn: bool = True,
-) -> tuple[Costs, int]:
-    """Costs of a square 'same' conv (+ BN) on a ``size`` x ``size`` input; and its output size."""
-    out = conv_out(size, kernel, stride)
-    weights = out_channels * (in_channels // groups) * kernel * kernel
-    params = weights + (out_channels if bias else 0) + (2 * out_channels if bn else 0)
-    return Costs(out * out * weights, params), out
-
-
-def linear_costs(in_features: int, out_features: int, *, bias: bool = True) -> Costs:
-    weights = in_features * out_features
-    return Costs(weights, weights + (out_features if bias else 0))
+def count_arch(space: SearchSpace, arch: ArchConfig) -> Costs:
+    """Exact MACs (batch 1) and parameters of ``arch`` from the family's cost model."""
+    table = space.layout.costs(space, space.encode(arch)[None, :])
+    return Costs(int(round(float(table.macs[0]))), int(round(float(table.params[0]))))
 
 
 def measure(module: nn.Module, x: Tensor) -> tuple[Tensor, Costs]:

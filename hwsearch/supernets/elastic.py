@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hwsearch.space import make_divisible
-from hwsearch.supernets.counting import Costs, conv_costs
 from hwsearch.supernets.layers import (
     Bottleneck,
     MBConv,
@@ -244,9 +243,6 @@ class ElasticConvLayer(nn.Module):
         return conv_bn_act(self.conv.extract(in_channels, out_channels),
                            self.bn.extract(out_channels), build_act(self.act_name))
 
-    def costs(self, size: int, in_channels: int, out_channels: int) -> tuple[Costs, int]:
-        return conv_costs(size, in_channels, out_channels, self.kernel, self.stride)
-
 
 class ElasticMBConv(nn.Module):
     """MobileNetV3 inverted residual body with elastic kernel size and expand ratio.
@@ -315,20 +311,6 @@ class ElasticMBConv(nn.Module):
         projection = conv_bn_act(pl.conv.extract(mid, self.out_channels),
                                  pl.bn.extract(self.out_channels), None)
         return MBConv(expansion, depthwise, projection)
-
-    def costs(self, size: int, kernel: int, expand: float) -> tuple[Costs, int]:
-        mid = self.mid_channels(expand)
-        total = Costs(0, 0)
-        if self.inverted_bottleneck is not None:
-            total += conv_costs(size, self.in_channels, mid, 1)[0]
-        depthwise, size = conv_costs(size, mid, mid, kernel, self.stride, groups=mid)
-        total += depthwise
-        if self.use_se:
-            hidden = se_channels(mid)
-            total += conv_costs(1, mid, hidden, 1, bias=True, bn=False)[0]
-            total += conv_costs(1, hidden, mid, 1, bias=True, bn=False)[0]
-        total += conv_costs(size, mid, self.out_channels, 1)[0]
-        return total, size
 
 
 class ElasticBottleneck(nn.Module):
@@ -408,14 +390,3 @@ class ElasticBottleneck(nn.Module):
                                                         *downsample.named_children()]))
         return Bottleneck(static(self.conv1, in_channels, mid), static(self.conv2, mid, mid),
                           static(self.conv3, mid, out_channels), downsample)
-
-    def costs(
-        self, size: int, in_channels: int, out_channels: int, expand: float
-    ) -> tuple[Costs, int]:
-        mid = self.mid_channels(out_channels, expand)
-        total, _ = conv_costs(size, in_channels, mid, 1)
-        conv2, out_size = conv_costs(size, mid, mid, 3, self.stride)
-        total += conv2 + conv_costs(out_size, mid, out_channels, 1)[0]
-        if self.downsample is not None:
-            total += conv_costs(out_size, in_channels, out_channels, 1)[0]
-        return total, out_size

@@ -1,7 +1,7 @@
-"""The supernet registry: a name for each supernet, so commands and configs can refer to it.
+"""The supernet registry: a name for each supernet, and a builder for each family's layout.
 
-Adding a supernet means decorating one factory function anywhere; no central
-list changes::
+Adding a supernet means decorating one factory function in a family's
+``supernet.py`` (``hwsearch/families/<family>/``); no central list changes::
 
     @register_supernet("my_mbv3")
     def my_mbv3(n_classes: int | None = None) -> Supernet:
@@ -10,24 +10,41 @@ list changes::
 Factories take ``n_classes`` (``None`` for the supernet's own head) and
 return a :class:`Supernet` with freshly initialised weights;
 :func:`create_supernet` then loads a checkpoint if one is given.
+:func:`build_supernet` builds the elastic network of any space whose
+layout's family registered a builder with :func:`register_builder`.
+
+The families and the built-in demo register themselves when first needed
+(:func:`_load_plugins`), so importing this package loads none of them and
+no family imports back into a half-initialised package.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from torch import nn
+
+from hwsearch.space import SearchSpace
 from hwsearch.supernets.base import Supernet
 
-__all__ = ["create_supernet", "describe_supernet", "list_supernets", "register_supernet"]
+__all__ = ["build_supernet", "create_supernet", "describe_supernet", "list_supernets",
+           "register_builder", "register_supernet"]
 
 Factory = Callable[..., Supernet]
+Builder = Callable[[SearchSpace, float], nn.Module]
 F = TypeVar("F", bound=Factory)
+B = TypeVar("B", bound=Builder)
 
 _REGISTRY: dict[str, Factory] = {}
+_BUILDERS: dict[str, Builder] = {}
 _LOCK = threading.Lock()
+_LOAD_LOCK = threading.RLock()
+_loaded = False
+_PLUGIN_MODULES = ("hwsearch.families", "hwsearch.demo.supernet")
 
 
 def register_supernet(name: str, *, overwrite: bool = False) -> Callable[[F], F]:
@@ -44,13 +61,56 @@ def register_supernet(name: str, *, overwrite: bool = False) -> Callable[[F], F]
     return decorate
 
 
+def register_builder(family: str) -> Callable[[B], B]:
+    """Register the decorated ``(space, dropout_rate) -> elastic module`` for a layout family."""
+
+    def decorate(builder: B) -> B:
+        with _LOCK:
+            _BUILDERS[family] = builder
+        return builder
+
+    return decorate
+
+
+def _load_plugins() -> None:
+    """Import every family's supernet module and the demo's, once, so their decorators run."""
+    global _loaded
+    with _LOAD_LOCK:
+        if _loaded:
+            return
+        _loaded = True  # first, so a plug-in that lists supernets while importing does not recurse
+        try:
+            importlib.import_module(_PLUGIN_MODULES[0]).load_supernet_modules()
+            for module in _PLUGIN_MODULES[1:]:
+                importlib.import_module(module)
+        except BaseException:
+            _loaded = False
+            raise
+
+
+def build_supernet(space: SearchSpace, *, name: str | None = None,
+                   dropout_rate: float = 0.0) -> Supernet:
+    """A freshly initialised supernet for ``space``, built by its layout family's builder."""
+    _load_plugins()
+    family = getattr(space.layout, "family", None)
+    with _LOCK:
+        builder = _BUILDERS.get(family) if family else None
+        known = sorted(_BUILDERS)
+    if builder is None:
+        raise ValueError(f"{space.name}: no supernet family builds layout "
+                         f"{type(space.layout).__name__}; families: {', '.join(known)}")
+    return Supernet(name or space.name, builder(space, dropout_rate))
+
+
 def list_supernets() -> list[str]:
     """Registered supernet names, sorted."""
+    _load_plugins()
     with _LOCK:
         return sorted(_REGISTRY)
 
 
 def _factory(name: str) -> Factory:
+    _load_plugins()
     with _LOCK:
         factory = _REGISTRY.get(name)
     if factory is None:

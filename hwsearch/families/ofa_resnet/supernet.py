@@ -1,4 +1,4 @@
-"""The OFA ResNet50 supernet, built from a :class:`~hwsearch.space.ResNetLayout`.
+"""The OFA ResNet50 supernet, built from a :class:`~hwsearch.families.ofa_resnet.layout.ResNetLayout`.
 
 The module tree (and so the ``state_dict``) mirrors OFA's ``OFAResNets`` with
 ``depth_list=[0, 1, 2]``, ``expand_ratio_list=[0.2, 0.25, 0.35]`` and
@@ -19,16 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hwsearch.space import ArchConfig, ResNetLayout, SearchSpace, make_divisible, ofa_resnet50_space
+from hwsearch.families.ofa_resnet.layout import ResNetLayout, ofa_resnet50_space
+from hwsearch.space import ArchConfig, SearchSpace, make_divisible
 from hwsearch.supernets.base import Supernet
-from hwsearch.supernets.counting import Costs, linear_costs
 from hwsearch.supernets.elastic import (
     ElasticBottleneck,
     ElasticConvLayer,
     ElasticLinear,
     ElasticResidual,
 )
-from hwsearch.supernets.registry import register_supernet
+from hwsearch.supernets.registry import register_builder, register_supernet
 
 __all__ = ["OFAResNets", "ResNetSubnet"]
 
@@ -58,20 +58,10 @@ class ResNetSubnet(nn.Module):
 
 
 def _layout(space: SearchSpace) -> ResNetLayout:
-    layout = space.layout
-    if not isinstance(layout, ResNetLayout):
+    if not isinstance(space.layout, ResNetLayout):
         raise ValueError(f"{space.name}: an OFA ResNet supernet needs a ResNetLayout, "
-                         f"got {type(layout).__name__}")
-    n_stages = len(layout.stage_widths)
-    stem_stage, *stages = space.stages
-    if (stem_stage.elastic or stem_stage.depths != (0, 1) or len(stages) != n_stages
-            or not all(s.elastic for s in stages)):
-        raise ValueError(f"{space.name}: expected a stem stage with depths (0, 1) and "
-                         f"{n_stages} elastic stages")
-    if not space.expands or space.kernels or space.n_width_slots != 2 + n_stages:
-        raise ValueError(f"{space.name}: expected expand choices, no kernel choices and "
-                         f"{2 + n_stages} width slots")
-    return layout
+                         f"got {type(space.layout).__name__}")
+    return space.layout
 
 
 class OFAResNets(nn.Module):
@@ -157,22 +147,11 @@ class OFAResNets(nn.Module):
             [("linear", self.classifier.linear.extract(channels))]))
         return ResNetSubnet(input_stem, static_blocks, classifier).eval()
 
-    def count(self, arch: ArchConfig) -> Costs:
-        arch = self.space.validate(arch)
-        mid, stem, blocks = self._plan(arch)
-        first, residual, last = self.input_stem
-        total, size = first.costs(arch.resolution, self.layout.in_channels, mid)
-        if arch.depths[0]:
-            total += residual.conv.costs(size, mid, mid)[0]
-        stem_costs, size = last.costs(size, mid, stem)
-        total += stem_costs
-        size = (size - 1) // 2 + 1  # max pooling, kernel 3, stride 2, padding 1
-        channels = stem
-        for block, out, expand in blocks:
-            block_costs, size = block.costs(size, channels, out, expand)
-            total += block_costs
-            channels = out
-        return total + linear_costs(channels, self.layout.n_classes)
+
+@register_builder(ResNetLayout.family)
+def build(space: SearchSpace, dropout_rate: float = 0.0) -> OFAResNets:
+    """The elastic network of any space with a ``ResNetLayout``."""
+    return OFAResNets(space, dropout_rate)
 
 
 @register_supernet("ofa_resnet50")

@@ -1,4 +1,4 @@
-"""OFA MobileNetV3 supernets, built from a :class:`~hwsearch.space.MBv3Layout`.
+"""OFA MobileNetV3 supernets, built from an :class:`~hwsearch.families.ofa_mbv3.layout.MBv3Layout`.
 
 The module tree (and so the ``state_dict``) mirrors OFA's ``OFAMobileNetV3``
 exactly, kernel-transform matrices and SE layers included, so the checkpoints
@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hwsearch.space import ArchConfig, MBv3Layout, SearchSpace, ofa_mbv3_space
+from hwsearch.families.ofa_mbv3.layout import MBv3Layout, ofa_mbv3_space
+from hwsearch.space import ArchConfig, SearchSpace
 from hwsearch.supernets.base import Supernet
-from hwsearch.supernets.counting import Costs, conv_costs, linear_costs
 from hwsearch.supernets.elastic import ElasticMBConv, ElasticResidual
 from hwsearch.supernets.layers import MBConv, ResidualBlock, build_act, conv_bn_act
-from hwsearch.supernets.registry import register_supernet
+from hwsearch.supernets.registry import register_builder, register_supernet
 
 __all__ = ["MobileNetV3Subnet", "OFAMobileNetV3"]
 
@@ -61,19 +61,10 @@ class MobileNetV3Subnet(nn.Module):
 
 
 def _layout(space: SearchSpace) -> MBv3Layout:
-    layout = space.layout
-    if not isinstance(layout, MBv3Layout):
+    if not isinstance(space.layout, MBv3Layout):
         raise ValueError(f"{space.name}: an OFA MobileNetV3 supernet needs an MBv3Layout, "
-                         f"got {type(layout).__name__}")
-    n_stages = len(space.stages)
-    for field in ("stage_widths", "stage_strides", "stage_acts", "stage_se"):
-        if len(getattr(layout, field)) != n_stages:
-            raise ValueError(f"{space.name}: layout.{field} has {len(getattr(layout, field))} "
-                             f"entries; the space has {n_stages} stages")
-    if not space.kernels or not space.expands or not all(s.elastic for s in space.stages):
-        raise ValueError(f"{space.name}: MobileNetV3 spaces need kernel and expand choices "
-                         "and elastic stages only")
-    return layout
+                         f"got {type(space.layout).__name__}")
+    return space.layout
 
 
 class OFAMobileNetV3(nn.Module):
@@ -160,23 +151,14 @@ class OFAMobileNetV3(nn.Module):
                                    classifier)
         return subnet.eval()
 
-    def count(self, arch: ArchConfig) -> Costs:
-        arch = self.space.validate(arch)
-        layout = self.layout
-        stem = layout.stem
-        total, size = conv_costs(arch.resolution, layout.in_channels, stem, _STEM_KERNEL,
-                                 layout.stem_stride)
-        total += conv_costs(size, stem, stem, _FIRST_BLOCK_KERNEL, groups=stem)[0]
-        total += conv_costs(size, stem, layout.first_block, 1)[0]
-        for block, kernel, expand in self._active_blocks(arch):
-            block_costs, size = block.conv.costs(size, kernel, expand)
-            total += block_costs
-        total += conv_costs(size, layout.stage_widths[-1], layout.final_expand, 1)[0]
-        total += conv_costs(1, layout.final_expand, layout.feature, 1, bn=False)[0]
-        return total + linear_costs(layout.feature, layout.n_classes)
-
 
 # --------------------------------------------------------------------------- registry
+
+
+@register_builder(MBv3Layout.family)
+def build(space: SearchSpace, dropout_rate: float = 0.0) -> OFAMobileNetV3:
+    """The elastic network of any space with an ``MBv3Layout``."""
+    return OFAMobileNetV3(space, dropout_rate)
 
 
 def _ofa_mbv3(width_mult: float, n_classes: int | None) -> Supernet:

@@ -1,0 +1,1 @@
+"""OFA ResNet50: bottleneck stages with elastic depth, expand ratio and width."""
