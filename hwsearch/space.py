@@ -600,7 +600,8 @@ class SearchSpace:
         self, depths: Sequence[int] | Sequence[Sequence[int]]
     ) -> tuple[StageSpec, ...]:
         per_stage = (list(depths) if depths and isinstance(depths[0], (list, tuple))
-                     else [depths if s.elastic else s.depths for s in self.stages])
+                     else [depths if s.elastic and len(s.depths) > 1 else s.depths
+                           for s in self.stages])
         if len(per_stage) != len(self.stages):
             raise ValueError(f"depths: {len(per_stage)} stages given; the space has "
                              f"{len(self.stages)}")

@@ -60,13 +60,17 @@ def _install_torchvision_stand_in() -> None:
 
 
 def load_ofa() -> types.SimpleNamespace | None:
-    """The reference classes ``OFAMobileNetV3`` and ``OFAResNets``, or None without ``ofa``."""
+    """The reference classes ``OFAMobileNetV3``, ``OFAResNets`` and ``OFAProxylessNASNets``.
+
+    None when the package ``ofa`` is not installed.
+    """
     if importlib.util.find_spec("ofa") is None:
         return None
     _install_torchvision_stand_in()
     networks = importlib.import_module("ofa.imagenet_classification.elastic_nn.networks")
     return types.SimpleNamespace(
-        OFAMobileNetV3=networks.OFAMobileNetV3, OFAResNets=networks.OFAResNets
+        OFAMobileNetV3=networks.OFAMobileNetV3, OFAResNets=networks.OFAResNets,
+        OFAProxylessNASNets=networks.OFAProxylessNASNets,
     )
 
 

@@ -18,6 +18,7 @@ registry in :mod:`hwsearch.supernets`) know no family.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 
 __all__ = ["family_packages", "load_supernet_modules"]
@@ -30,6 +31,11 @@ def family_packages() -> list[str]:
 
 
 def load_supernet_modules() -> None:
-    """Import every family's ``supernet`` module, which registers its builders and supernets."""
+    """Import every family's ``supernet`` module, which registers its builders and supernets.
+
+    A folder without one (a family whose torch side is not written yet) has
+    nothing to register and is passed over.
+    """
     for package in family_packages():
-        importlib.import_module(f"{package}.supernet")
+        if importlib.util.find_spec(f"{package}.supernet") is not None:
+            importlib.import_module(f"{package}.supernet")

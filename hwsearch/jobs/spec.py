@@ -142,13 +142,11 @@ def spec_from_dict(data: Mapping[str, Any]) -> JobSpec | ProfileSpec:
 
 
 def supernet_builders() -> list[str]:
-    """Every registered supernet builder, the built-in demo's included.
+    """Every registered supernet, each family's and the built-in demos' included.
 
-    The demo supernet registers itself when :mod:`hwsearch.demo.supernet` is
-    imported; the service process and fresh Ray workers import nothing else
-    that would load it, so this is the one place that does.
+    The registry imports the family and demo plug-ins on first use, so a
+    fresh service process or Ray worker sees them all.
     """
-    import hwsearch.demo.supernet  # noqa: F401  (registers the demo supernet)
     from hwsearch.supernets import list_supernets
 
     return list_supernets()

@@ -17,13 +17,13 @@ slices.  In eval mode the two give the same output.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hwsearch.space import make_divisible
+from hwsearch.space import ArchConfig, SearchSpace, make_divisible
 from hwsearch.supernets.layers import (
     Bottleneck,
     MBConv,
@@ -38,6 +38,8 @@ from hwsearch.supernets.layers import (
 )
 
 __all__ = [
+    "active_mbconv_blocks",
+    "elastic_mbconv_stages",
     "ElasticBatchNorm2d",
     "ElasticBottleneck",
     "ElasticConv2d",
@@ -390,3 +392,41 @@ class ElasticBottleneck(nn.Module):
                                                         *downsample.named_children()]))
         return Bottleneck(static(self.conv1, in_channels, mid), static(self.conv2, mid, mid),
                           static(self.conv3, mid, out_channels), downsample)
+
+
+# --------------------------------------------------------------------------- MBConv stages
+
+
+def elastic_mbconv_stages(
+    space: SearchSpace, in_channels: int, widths: Sequence[int], strides: Sequence[int],
+    acts: Sequence[str], use_se: Sequence[bool], first_index: int,
+) -> tuple[list[ElasticResidual], list[list[int]], int]:
+    """The elastic MBConv blocks of every stage of ``space``, as MobileNet-like OFA nets hold them.
+
+    Returns the blocks (``max(depth)`` per stage, a shortcut where stride is 1
+    and width is kept), each stage's block indices counted from
+    ``first_index`` (OFA's ``block_group_info``, which checkpoints' flat
+    ``blocks.N`` keys follow), and the width after the last stage.
+    """
+    blocks: list[ElasticResidual] = []
+    groups: list[list[int]] = []
+    channels = in_channels
+    for stage, width, stride, act, se in zip(space.stages, widths, strides, acts, use_se):
+        start = first_index + len(blocks)
+        groups.append(list(range(start, start + stage.max_depth)))
+        for i in range(stage.max_depth):
+            block_stride = stride if i == 0 else 1
+            body = ElasticMBConv(channels, width, space.kernels, space.expands, block_stride,
+                                 act, se)
+            blocks.append(ElasticResidual(body, block_stride == 1 and channels == width))
+            channels = width
+    return blocks, groups, channels
+
+
+def active_mbconv_blocks(
+    blocks: nn.ModuleList, groups: Sequence[Sequence[int]], space: SearchSpace, arch: ArchConfig,
+) -> Iterator[tuple[ElasticResidual, int, float]]:
+    """The active elastic blocks of ``arch`` with their kernel size and expand ratio."""
+    for group, active in zip(groups, space.block_ranges(arch.depths)):
+        for block_index, i in zip(group, active):
+            yield blocks[block_index], arch.kernel[i], arch.expand[i]

@@ -21,7 +21,11 @@ from torch import Tensor, nn
 from hwsearch.families.ofa_mbv3.layout import MBv3Layout, ofa_mbv3_space
 from hwsearch.space import ArchConfig, SearchSpace
 from hwsearch.supernets.base import Supernet
-from hwsearch.supernets.elastic import ElasticMBConv, ElasticResidual
+from hwsearch.supernets.elastic import (
+    ElasticResidual,
+    active_mbconv_blocks,
+    elastic_mbconv_stages,
+)
 from hwsearch.supernets.layers import MBConv, ResidualBlock, build_act, conv_bn_act
 from hwsearch.supernets.registry import register_builder, register_supernet
 
@@ -86,21 +90,10 @@ class OFAMobileNetV3(nn.Module):
             nn.Conv2d(layout.in_channels, stem, _STEM_KERNEL, layout.stem_stride,
                       _STEM_KERNEL // 2, bias=False),
             nn.BatchNorm2d(stem), build_act("h_swish"))
-        blocks: list[nn.Module] = [self._first_block(stem, layout.first_block)]
-        self.block_group_info: list[list[int]] = []
-        channels = layout.first_block
-        for stage, width, stride, act, use_se in zip(
-            space.stages, layout.stage_widths, layout.stage_strides, layout.stage_acts,
-            layout.stage_se,
-        ):
-            self.block_group_info.append(list(range(len(blocks), len(blocks) + stage.max_depth)))
-            for i in range(stage.max_depth):
-                block_stride = stride if i == 0 else 1
-                body = ElasticMBConv(channels, width, space.kernels, space.expands, block_stride,
-                                     act, use_se)
-                blocks.append(ElasticResidual(body, block_stride == 1 and channels == width))
-                channels = width
-        self.blocks = nn.ModuleList(blocks)
+        stages, self.block_group_info, channels = elastic_mbconv_stages(
+            space, layout.first_block, layout.stage_widths, layout.stage_strides,
+            layout.stage_acts, layout.stage_se, first_index=1)
+        self.blocks = nn.ModuleList([self._first_block(stem, layout.first_block), *stages])
         self.final_expand_layer = conv_bn_act(
             nn.Conv2d(channels, layout.final_expand, 1, bias=False),
             nn.BatchNorm2d(layout.final_expand), build_act("h_swish"))
@@ -122,10 +115,7 @@ class OFAMobileNetV3(nn.Module):
         return ResidualBlock(MBConv(None, depthwise, projection), stem == out_channels)
 
     def _active_blocks(self, arch: ArchConfig) -> Iterator[tuple[ElasticResidual, int, float]]:
-        """The active elastic blocks of ``arch`` with their kernel size and expand ratio."""
-        for group, active in zip(self.block_group_info, self.space.block_ranges(arch.depths)):
-            for block_index, i in zip(group, active):
-                yield self.blocks[block_index], arch.kernel[i], arch.expand[i]
+        return active_mbconv_blocks(self.blocks, self.block_group_info, self.space, arch)
 
     def forward(self, x: Tensor, arch: ArchConfig) -> Tensor:
         arch = self.space.validate(arch)

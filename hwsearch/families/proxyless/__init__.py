@@ -1,0 +1,1 @@
+"""OFA ProxylessNAS (w1.3) and spaces of its layout."""

@@ -1,0 +1,157 @@
+"""OFA ProxylessNAS's layout, native ``ks/e/d/r`` form and cost model (numpy only).
+
+ProxylessNAS shares MobileNetV3's elastic MBConv stages, so their arithmetic
+and the ``ks/e`` codec are :mod:`hwsearch.families.ofa_mbv3.layout`'s.  What
+differs is fixed: ReLU6 everywhere and no squeeze-excite, a first block with
+no shortcut, a last stage of a single (elastic kernel and expand) block, and
+a 1x1 feature-mix conv with batch norm *before* pooling instead of
+MobileNetV3's final expand and post-pooling feature conv.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from hwsearch.batch import ArchBatch
+from hwsearch.costs import CostAccumulator, CostTable, ceil_div
+from hwsearch.families.ofa_mbv3.layout import (
+    add_mbconv_stages,
+    mbconv_native,
+    mbconv_native_batch,
+    read_mbconv_native,
+)
+from hwsearch.space import (
+    ArchConfig,
+    Layout,
+    SearchSpace,
+    StageSpec,
+    make_divisible,
+    native_list,
+)
+
+__all__ = ["ProxylessLayout", "ofa_proxyless_space"]
+
+_STEM_KERNEL = 3
+_FIRST_BLOCK_KERNEL = 3
+
+
+@dataclass(frozen=True)
+class ProxylessLayout(Layout):
+    """The fixed macro-architecture of an OFA ProxylessNAS supernet.
+
+    Widths are the *final* channel counts (width multiplier already applied).
+    ``stage_*`` tuples have one entry per stage of the space; OFA's last stage
+    is a stage whose only depth is 1.  ``feature`` is the width of the 1x1
+    feature-mix conv the classifier reads.
+    """
+
+    family: ClassVar[str] = "proxyless"
+    native_fields: ClassVar[frozenset[str]] = frozenset({"ks", "e", "d"})
+    native_optional: ClassVar[frozenset[str]] = frozenset({"r"})
+
+    stem: int
+    first_block: int
+    stage_widths: tuple[int, ...]
+    stage_strides: tuple[int, ...]
+    feature: int
+    n_classes: int
+    in_channels: int = 3
+    stem_stride: int = 2
+
+    def check_space(self, space: SearchSpace) -> None:
+        for name in ("stage_widths", "stage_strides"):
+            if len(getattr(self, name)) != len(space.stages):
+                raise ValueError(f"{space.name}: layout.{name} has {len(getattr(self, name))} "
+                                 f"entries; the space has {len(space.stages)} stages")
+        if not space.kernels or not space.expands or not all(s.elastic for s in space.stages):
+            raise ValueError(f"{space.name}: ProxylessNAS spaces need kernel and expand choices "
+                             "and elastic stages only")
+
+    def costs(self, space: SearchSpace, X: np.ndarray) -> CostTable:
+        """Stem, first block, elastic MBConv stages, feature-mix conv, classifier."""
+        n = X.shape[0]
+        acc = CostAccumulator(n)
+        res = np.asarray(space.resolutions, dtype=np.int64)[X[:, 0]]
+        h = ceil_div(res, self.stem_stride)
+        hw = (h * h).astype(np.float64)
+        c_in, stem, fb = self.in_channels, self.stem, self.first_block
+        stem_k2, fb_k2 = _STEM_KERNEL ** 2, _FIRST_BLOCK_KERNEL ** 2
+        acc.add("stem_macs", hw * stem * c_in * stem_k2)
+        acc.add("stem_params", stem * c_in * stem_k2 + 2 * stem)
+        # First block: MBConv with expand 1 (depthwise + project); OFA gives it no shortcut.
+        acc.add("stem_macs", hw * stem * fb_k2 + hw * stem * fb)
+        acc.add("stem_params", stem * fb_k2 + 2 * stem + stem * fb + 2 * fb)
+        acc.add("stem_act", hw * (stem + stem + fb))
+        no_se = (False,) * len(space.stages)
+        h, in_ch = add_mbconv_stages(acc, space, X, h, fb, self.stage_widths, self.stage_strides,
+                                     no_se)
+        hw = (h * h).astype(np.float64)
+        feat = self.feature
+        acc.add("head_macs_conv", hw * in_ch * feat)
+        acc.add("head_act", hw * feat)
+        acc.add("head_macs_fc", np.full(n, feat * self.n_classes, dtype=np.float64))
+        acc.add("head_params", in_ch * feat + 2 * feat + feat * self.n_classes + self.n_classes)
+        return acc.table()
+
+    def to_native(self, space: SearchSpace, arch: ArchConfig) -> dict[str, Any]:
+        return mbconv_native(space, arch)
+
+    def from_native(self, space: SearchSpace, data: Mapping[str, Any]) -> ArchConfig:
+        return read_mbconv_native(space, data, _native_depths(space, data["d"]))
+
+    def native_batch(self, batch: ArchBatch) -> list[dict[str, Any]]:
+        return mbconv_native_batch(batch)
+
+
+def _native_depths(space: SearchSpace, value: Any) -> list[Any]:
+    """OFA's ``d`` (one depth per stage, or one for all) as the per-stage depths OFA runs.
+
+    OFA's ``set_active_subnet`` runs ``min(d, blocks in the stage)`` blocks, and
+    its own tools write any depth for the single-block last stage (its
+    ``sample_active_subnet`` writes 1, its arch encoder's "mbv2" dicts 2..4,
+    a scalar ``d`` repeats one value).  So a stage with one depth choice
+    reads any whole number at least that depth as that depth.  Elastic stages
+    are read strictly: there a depth outside the choices is a mistake to
+    name, not to clamp.
+    """
+    depths = native_list(value, "d", len(space.stages))
+    for i, (stage, depth) in enumerate(zip(space.stages, depths)):
+        whole = isinstance(depth, (int, np.integer)) and not isinstance(depth, (bool, np.bool_))
+        if len(stage.depths) == 1 and whole and depth >= stage.max_depth:
+            depths[i] = stage.max_depth
+    return depths
+
+
+def ofa_proxyless_space(
+    width_mult: float = 1.3,
+    resolutions: Sequence[int] = tuple(range(128, 225, 4)),
+    n_classes: int = 1000,
+) -> SearchSpace:
+    """OFA ProxylessNAS: kernel {3,5,7}, expand {3,4,6}, depth {2,3,4} in 5 stages, then 1 block.
+
+    Widths are ProxylessNAS's (not MobileNetV2's "google" ones) times
+    ``width_mult``, rounded as OFA rounds them; resolutions default to
+    128..224 in steps of 4, the sizes OFA trains with.
+    """
+    base = (32, 16, 24, 40, 80, 96, 192, 320, 1280)
+    widths = [make_divisible(w * width_mult, 8) for w in base]
+    layout = ProxylessLayout(
+        stem=widths[0],
+        first_block=widths[1],
+        stage_widths=tuple(widths[2:8]),
+        stage_strides=(2, 2, 2, 1, 2, 1),
+        feature=widths[8],
+        n_classes=n_classes,
+    )
+    return SearchSpace(
+        name=f"ofa_proxyless_d234_e346_k357_w{width_mult}",
+        resolutions=tuple(resolutions),
+        stages=tuple(StageSpec((2, 3, 4)) for _ in range(5)) + (StageSpec((1,)),),
+        kernels=(3, 5, 7),
+        expands=(3, 4, 6),
+        layout=layout,
+    )

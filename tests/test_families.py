@@ -1,0 +1,90 @@
+"""The family plug-in design: families are found at run time and import in any order.
+
+Each family lives in ``hwsearch/families/<family>/``; the generic layers
+(``hwsearch.space``, ``hwsearch.costs``, ``hwsearch.supernets``) know none of
+them.  These tests run fresh interpreters, because what is checked is what a
+process imports, and in which order.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hwsearch.families import family_packages
+from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
+from hwsearch.families.ofa_resnet.layout import ofa_resnet50_space
+from hwsearch.space import ArchValidationError, SearchSpace, StageSpec
+from hwsearch.supernets import build_supernet, create_supernet, list_supernets
+
+
+def _run(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, timeout=180)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_importing_the_supernet_package_loads_no_family_and_no_demo() -> None:
+    out = _run("import sys, hwsearch.supernets\n"
+               "print(sorted(m for m in sys.modules if m.startswith(('hwsearch.families.',"
+               " 'hwsearch.demo'))))")
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("first", ["hwsearch.demo.supernet", "hwsearch.supernets",
+                                   "hwsearch.families.ofa_mbv3.supernet"])
+def test_import_order_does_not_matter(first: str) -> None:
+    out = _run(f"import {first}\n"
+               "from hwsearch.supernets import list_supernets\n"
+               "print(' '.join(list_supernets()))")
+    assert {"demo_mbv3_mnist", "ofa_mbv3_d234_e346_k357_w1.0", "ofa_resnet50"} <= set(out.split())
+
+
+def test_every_family_folder_registers_a_builder_and_its_supernets() -> None:
+    names = list_supernets()
+    for package in family_packages():
+        registered = [n for n in names
+                      if create_supernet(n).space.layout.__class__.__module__.startswith(package)]
+        assert registered, f"{package} registers no supernet"
+
+
+def test_a_family_layout_and_its_features_need_no_torch() -> None:
+    out = _run("import sys\n"
+               "from hwsearch.families.ofa_resnet.layout import ofa_resnet50_space\n"
+               "from predictors.features import ArchFeaturizer\n"
+               "s = ofa_resnet50_space()\n"
+               "print(ArchFeaturizer(s).macs(s.encode_many(s.sample(0, 3))).shape,"
+               " 'torch' in sys.modules)")
+    assert out.split()[-1] == "False"
+
+
+def test_count_and_features_share_the_family_cost_model() -> None:
+    for space in (ofa_mbv3_space(resolutions=(160,)), ofa_resnet50_space(resolutions=(160,))):
+        net = build_supernet(space)
+        archs = space.sample(4, 3)
+        table = space.layout.costs(space, space.encode_many(archs))
+        assert [net.count(a).macs for a in archs] == [int(v) for v in np.round(table.macs)]
+        assert [net.count(a).params for a in archs] == [int(v) for v in np.round(table.params)]
+
+
+def test_a_space_without_a_layout_has_no_native_form_and_no_supernet() -> None:
+    bare = SearchSpace(name="bare", resolutions=(32,), stages=(StageSpec((1, 2)),),
+                       kernels=(3, 5))
+    arch = bare.sample(0, 1)[0]
+    with pytest.raises(ArchValidationError, match="native"):
+        bare.to_native(arch)
+    with pytest.raises(ArchValidationError, match="hwsearch's form"):
+        bare.from_dict({"ks": [3, 3]})
+    with pytest.raises(ValueError, match="no supernet family builds"):
+        build_supernet(bare)
+
+
+def test_a_layout_refuses_a_space_it_cannot_build() -> None:
+    space = ofa_mbv3_space()
+    with pytest.raises(ValueError, match="stage_widths"):
+        SearchSpace(name="short", resolutions=(160,), stages=space.stages[:3],
+                    kernels=space.kernels, expands=space.expands, layout=space.layout)
