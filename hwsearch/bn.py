@@ -27,13 +27,16 @@ def recalibrate_bn(module: M, batches: Iterable[Any]) -> M:
     DataLoader yields.  BN layers normalise with batch statistics while the
     estimate is accumulated (a cumulative average, ``momentum=None``); every
     other layer runs in eval mode (no dropout).  ``module`` is updated in place
-    and returned with its own train/eval mode and BN momenta restored.
+    and returned with its own train/eval mode and BN momenta restored.  A
+    module without batch norm is returned untouched, without running a batch.
     """
     batches = iter(batches)
     first = next(batches, None)
     if first is None:
         raise ValueError("recalibrate_bn needs at least one calibration batch; got none")
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:  # layer-normalised networks (ViTs) have no running statistics to refresh
+        return module
     was_training = module.training
     momenta = [bn.momentum for bn in norms]
     try:

@@ -9,7 +9,8 @@ columns as features, and searches read ``macs``/``params`` as cheap
 objectives.
 
 Counting convention: MACs count the multiply-accumulates of convolutions,
-linear layers and attention's two matrix products at batch 1; parameters
+linear layers and attention's matrix products (QK^T, attention x V, and
+relative-position terms where a family has them) at batch 1; parameters
 count every trainable tensor of the extracted subnet (batch-norm and
 layer-norm affine weights included, running statistics not).
 

@@ -10,6 +10,7 @@ strict key and shape checks).
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +37,7 @@ ArchLike = Union[ArchConfig, Mapping[str, Any]]
 # Keys renamed by OFA since its checkpoints were published; OFA's own
 # ``load_state_dict`` maps them the same way.
 _LEGACY_KEY_PARTS = ((".mobile_inverted_conv.", ".conv."),)
+_WRAPPER_KEYS = ("state_dict", "model")  # OFA's and AutoFormer's checkpoint dicts
 _MAX_LISTED = 10
 _MAX_REASON_CHARS = 200
 
@@ -101,7 +103,7 @@ class Supernet:
         return (batch, self.space.layout.in_channels, resolution, resolution)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Load weights from a bare state_dict or OFA's ``{"state_dict": ...}`` file.
+        """Load weights from a bare state_dict, OFA's ``{"state_dict": ...}`` or AutoFormer's file.
 
         Only tensors and plain containers are unpickled (``weights_only=True``);
         nothing is ever downloaded.
@@ -110,21 +112,30 @@ class Supernet:
 
 
 def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
-    """The state dict stored in ``path`` (bare, or under a ``"state_dict"`` key)."""
+    """The state dict stored in ``path``: bare, under ``"state_dict"`` (OFA) or ``"model"``.
+
+    AutoFormer's training checkpoints keep the weights under ``"model"`` beside
+    an ``argparse.Namespace`` of the run's arguments; a Namespace is a plain
+    attribute bag, so it is the one class allowed through the weights-only
+    unpickler besides tensors and containers.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist (hwsearch never downloads weights)")
     with path.open("rb") as file:  # opened here so only unreadable *content* is caught below
         try:
-            data = torch.load(file, weights_only=True, map_location="cpu")
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                data = torch.load(file, weights_only=True, map_location="cpu")
         except Exception as exc:  # a hostile or corrupt file makes the unpickler raise anything
             raise CheckpointError(
                 f"{path} is not a loadable weights-only checkpoint ({load_failure_reason(exc)}); "
                 "hwsearch reads only tensors and plain containers from checkpoints"
             ) from exc
-    if isinstance(data, Mapping) and "state_dict" in data:
-        data = data["state_dict"]
+    for key in _WRAPPER_KEYS:
+        if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
+            data = data[key]
+            break
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{path}: expected a state_dict (a mapping of tensors), "
                               f"got {type(data).__name__}")

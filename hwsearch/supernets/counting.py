@@ -46,7 +46,15 @@ def count_arch(space: SearchSpace, arch: ArchConfig) -> Costs:
 
 
 def measure(module: nn.Module, x: Tensor) -> tuple[Tensor, Costs]:
-    """Run ``module(x)`` without gradients and count its MACs (per sample) with forward hooks."""
+    """Run ``module(x)`` without gradients and count its MACs (per sample) with forward hooks.
+
+    ``Conv2d`` and ``Linear`` layers are counted from their shapes.  A module
+    doing multiply-accumulates of its own, outside such layers (attention's
+    products between activations), declares them with a method
+    ``extra_macs(inputs, output) -> int`` (for the whole batch), which is
+    added on top of its child layers' counts; this keeps the counter free of
+    any family's modules.
+    """
     macs = [0]
 
     def on_conv(layer: nn.Conv2d, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -56,12 +64,17 @@ def measure(module: nn.Module, x: Tensor) -> tuple[Tensor, Costs]:
     def on_linear(layer: nn.Linear, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         macs[0] += output.numel() * layer.in_features
 
+    def on_extra(layer: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        macs[0] += int(layer.extra_macs(inputs, output))
+
     handles = []
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d):
             handles.append(layer.register_forward_hook(on_conv))
         elif isinstance(layer, nn.Linear):
             handles.append(layer.register_forward_hook(on_linear))
+        if callable(getattr(layer, "extra_macs", None)):
+            handles.append(layer.register_forward_hook(on_extra))
     try:
         with torch.no_grad():
             output = module(x)

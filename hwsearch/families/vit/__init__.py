@@ -1,0 +1,1 @@
+"""AutoFormer-style vision transformers (tiny, small, base) and spaces of their layout."""
