@@ -478,3 +478,29 @@ def test_bn_recalibration_leaves_a_layer_normalised_subnet_alone(small: Supernet
     before = {k: v.clone() for k, v in subnet.state_dict().items()}
     assert recalibrate_bn(subnet, [torch.zeros(1, 1, 3, 3)]) is subnet
     assert all(torch.equal(before[k], v) for k, v in subnet.state_dict().items())
+
+
+def test_cli_exports_an_autoformer_subnet_given_in_autoformer_form(tmp_path: Path) -> None:
+    """The generic CLI serves the new family unchanged: an AutoFormer config in, checked ONNX out."""
+    import json
+    import subprocess
+    import sys
+
+    import onnx
+
+    config = {"layer_num": 12, "embed_dim": [192] * 12, "num_heads": [3, 4] * 6,
+              "mlp_ratio": [3.5] * 6 + [4.0] * 6}
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(config))
+    out = tmp_path / "vit.onnx"
+    run = subprocess.run(
+        [sys.executable, "-m", "hwsearch.cli.main", "export", "--supernet", "autoformer_tiny",
+         "--arch", str(arch_file), "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    printed = json.loads(run.stdout)
+    space = autoformer_space("tiny")
+    arch = space.from_dict(config)
+    assert printed["macs"] == create_supernet("autoformer_tiny").count(arch).macs
+    assert printed["max_abs_diff"] <= 1e-4 * 10
+    onnx.checker.check_model(onnx.load(str(out)))

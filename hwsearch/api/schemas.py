@@ -209,7 +209,7 @@ class FrontsRead(BaseModel):
 
 
 class SubnetRef(_Strict):
-    """A subnet: an arch (hwsearch or OFA native form), or a point of a job's front."""
+    """A subnet: an arch (hwsearch form or the family's native form), or a point of a job's front."""
 
     supernet: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=100,
                                  description="needed with 'arch'")

@@ -16,10 +16,12 @@ def export(
         help="Registered supernet name (see `hwsearch supernets list`).")],
     out: Annotated[Path, typer.Option(help="Where to write the ONNX file.", dir_okay=False)],
     checkpoint: Annotated[Path | None, typer.Option(
-        help="Local weights: a bare state_dict or OFA's {'state_dict': ...} file.",
+        help="Local weights: a bare state_dict, OFA's {'state_dict': ...} or AutoFormer's "
+             "{'model': ...} file.",
         exists=True, dir_okay=False)] = None,
     arch: Annotated[Path | None, typer.Option(
-        help="Subnet as JSON: hwsearch's form or OFA's native {ks, e, d, r} / {d, e, w, r}.",
+        help="Subnet as JSON: hwsearch's form or the family's native form (OFA's {ks, e, d, r} "
+             "/ {d, e, w, r}, AutoFormer's {layer_num, embed_dim, num_heads, mlp_ratio}).",
         exists=True, dir_okay=False)] = None,
     seed: Annotated[int, typer.Option(
         help="Without --arch: sample the subnet with this seed.")] = 0,
