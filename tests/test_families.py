@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import numpy as np
+import onnx
 import pytest
 
 from hwsearch.families import family_packages
@@ -19,6 +23,7 @@ from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
 from hwsearch.families.ofa_resnet.layout import ofa_resnet50_space
 from hwsearch.space import ArchValidationError, SearchSpace, StageSpec
 from hwsearch.supernets import build_supernet, create_supernet, list_supernets
+from tests._server import Server
 
 
 def _run(code: str) -> str:
@@ -88,3 +93,41 @@ def test_a_layout_refuses_a_space_it_cannot_build() -> None:
     with pytest.raises(ValueError, match="stage_widths"):
         SearchSpace(name="short", resolutions=(160,), stages=space.stages[:3],
                     kernels=space.kernels, expands=space.expands, layout=space.layout)
+
+
+# --------------------------------------------------------------------------- the service
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("families") / "store.sqlite").start()
+    yield srv
+    srv.stop()
+
+
+_AUTOFORMER_CONFIG = {"layer_num": 12, "embed_dim": [192] * 12, "num_heads": [4] * 12,
+                      "mlp_ratio": [3.5] * 12}
+_PROXYLESS_CONFIG = {"ks": [3] * 21, "e": [3] * 21, "d": [2, 2, 2, 2, 2, 1], "r": [128]}
+
+
+@pytest.mark.parametrize(("registry", "options", "native"), [
+    ("autoformer_tiny", {}, _AUTOFORMER_CONFIG),
+    ("ofa_proxyless_d234_e346_k357_w1.3", {"resolutions": [128]}, _PROXYLESS_CONFIG),
+])
+def test_the_service_registers_and_exports_every_family(client: httpx.Client, registry: str,
+                                                        options: dict[str, Any],
+                                                        native: dict[str, Any]) -> None:
+    """A new family needs no change in the service: register it, export an arch in its native form."""
+    name = registry.replace("_", "-")[:40]
+    registered = client.post("/supernets", json={"name": name, "registry": registry,
+                                                 "options": options})
+    assert registered.status_code == 201, registered.text
+    export = client.post("/exports", json={"supernet": name, "arch": native})
+    assert export.status_code == 201, export.text
+    info = export.json()
+    space = create_supernet(registry).space
+    assert info["arch_key"] == space.from_dict(native).key()
+    onnx.checker.check_model(onnx.load_from_string(client.get(info["download_url"]).content))
+    wrong = dict(native, **{next(iter(native)): "x"})
+    refused = client.post("/exports", json={"supernet": name, "arch": wrong})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "arch"]
