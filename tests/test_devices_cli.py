@@ -96,3 +96,32 @@ def test_an_agent_devices_ruler_is_not_managed_here() -> None:
                              str(EXAMPLES / "agent-edge.yaml")], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("error:") and "agent" in result.stderr
+
+
+def test_a_device_registered_with_the_service_is_named_with_store(tmp_path: Path) -> None:
+    """`devices show NAME --store S` reads the service's own registration: one profile, one ruler."""
+    from tests._server import Server
+
+    quick = {"name": "served-1t", "warmup": {"runs": 2, "seconds": 0.0},
+             "protocol": {"min_rounds": 8, "max_rounds": 12, "max_seconds": 5.0,
+                          "ci_target": 0.1}}
+    store = tmp_path / "service.sqlite"
+    server = Server(store).start()
+    try:
+        with server.client() as client:
+            registered = client.post("/devices", json={"profile": quick})
+            assert registered.status_code == 201, registered.text
+    finally:
+        server.stop()
+    runner = CliRunner()
+    shown = runner.invoke(app, ["devices", "show", "served-1t", "--store", str(store), "--json",
+                                "--plain-runs", "5"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["settings_hash"] == registered.json()["hash"]
+    calibrated = runner.invoke(app, ["devices", "calibrate", "served-1t", "--store", str(store),
+                                     "--json"])
+    assert calibrated.exit_code == 0 and json.loads(calibrated.output)["reference_ms"] > 0
+    unknown = runner.invoke(app, ["devices", "show", "nope", "--store", str(store)])
+    assert unknown.exit_code == 2 and "served-1t" in unknown.output
+    no_file = runner.invoke(app, ["devices", "reset", "served-1t"])
+    assert no_file.exit_code == 2 and "--store" in no_file.output

@@ -1,5 +1,9 @@
 """``hwsearch devices check|show|calibrate|reset PROFILE``: a device profile and its ruler.
 
+PROFILE is a profile file, or, with ``--store``, the name of a device
+registered with ``hwsearch serve`` on that store (the service's catalog is
+read, never written).
+
 Every latency hwsearch reports is a ratio to a reference model times the
 device's *ruler*, the reference's latency kept from the device's first
 session on this host (or pinned in the profile as ``reference_ms``).
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -24,7 +28,10 @@ __all__ = ["register"]
 devices_app = typer.Typer(help="Device profiles: validate them, see what a device reports, manage its ruler.",
                           no_args_is_help=True)
 
-ProfileArg = Annotated[Path, typer.Argument(help="Device profile (YAML or JSON).", exists=True, dir_okay=False)]
+ProfileArg = Annotated[str, typer.Argument(
+    help="Device profile file (YAML or JSON), or with --store a device registered with the service.")]
+StoreOption = Annotated[Optional[Path], typer.Option(
+    help="The store of a `hwsearch serve`: PROFILE names one of its registered devices.")]
 
 
 @devices_app.command("check")
@@ -44,10 +51,33 @@ def check(
     typer.echo(json.dumps({"profile": loaded.to_dict(), "hash": loaded.hash(), "device": facts}, indent=2))
 
 
-def _local(profile: Path):  # -> devices.profile.DeviceProfile
+def _registered(name: str, store: Path):  # -> devices.profile.DeviceProfile
+    """The profile the service registered as ``name`` (its catalog is ``STORE.data``)."""
+    from devices.profile import DeviceProfile
+    from hwsearch.cli._errors import reading
+
+    devices_dir = Path(f"{store}.data") / "devices"
+    if not devices_dir.is_dir():
+        raise OptionError("--store", f"{store} has no service catalog ({devices_dir} is missing)")
+    registered = sorted(p.stem for p in devices_dir.glob("*.json"))
+    if name not in registered:
+        raise OptionError("PROFILE", f"no device {name!r} is registered with the service at "
+                                     f"{store}; registered: {', '.join(registered) or 'none'}")
+    with reading("PROFILE"):
+        record = json.loads((devices_dir / f"{name}.json").read_text())
+        return DeviceProfile.from_dict(record["profile"])
+
+
+def _local(profile: str, store: Path | None = None):  # -> devices.profile.DeviceProfile
     from hwsearch.cli._inputs import load_profile
 
-    loaded = load_profile(profile, "PROFILE")
+    if store is not None:
+        loaded = _registered(profile, store)
+    elif not Path(profile).is_file():
+        raise OptionError("PROFILE", f"{profile} is not a file (to name a device registered "
+                                     "with the service, also give --store)")
+    else:
+        loaded = load_profile(Path(profile), "PROFILE")
     if loaded.where.kind != "local":
         raise OptionError("PROFILE", f"{loaded.name} is measured by an agent, whose ruler lives on the agent's "
                                      "host: run this command there with a local copy of the profile")
@@ -107,9 +137,10 @@ def show(
     profile: ProfileArg,
     plain_runs: Annotated[int, typer.Option(min=5, max=10_000, help="Runs of the plain timing.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    store: StoreOption = None,
 ) -> None:
     """Show the device's ruler on this host: reference ms, its source and age, drift, plain timing."""
-    report = ruler_report(_local(profile), plain_runs=plain_runs)
+    report = ruler_report(_local(profile, store), plain_runs=plain_runs)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -120,6 +151,7 @@ def show(
 def calibrate(
     profile: ProfileArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    store: StoreOption = None,
 ) -> None:
     """Take a new ruler now: forget the old one and run a session that sets it.
 
@@ -129,7 +161,7 @@ def calibrate(
     from devices.calibration import reset_calibration
     from devices.local import host_fingerprint, measure_model_bytes
 
-    loaded = _local(profile)
+    loaded = _local(profile, store)
     if loaded.reference_ms is not None:
         raise OptionError("PROFILE", f"{loaded.name} pins reference_ms; remove it to calibrate")
     reset_calibration(loaded.hash(), loaded.host_fingerprint or host_fingerprint())
@@ -143,12 +175,12 @@ def calibrate(
 
 
 @devices_app.command("reset")
-def reset(profile: ProfileArg) -> None:
+def reset(profile: ProfileArg, store: StoreOption = None) -> None:
     """Forget the device's ruler on this host; the next session sets a new one."""
     from devices.calibration import reset_calibration
     from devices.local import host_fingerprint
 
-    loaded = _local(profile)
+    loaded = _local(profile, store)
     existed = reset_calibration(loaded.hash(), loaded.host_fingerprint or host_fingerprint())
     typer.echo(f"{loaded.name}: ruler {'forgotten' if existed else 'was not set'} on this host")
 
