@@ -20,6 +20,8 @@ Steps (subcommands):
 ``measure``   train pool and test subnets per device, and a re-measurement of
               the test subnets in separate sessions (the noise floor);
 ``accuracy``  real top-1 of demo subnets on held-out digits (trained checkpoint);
+``accuracy-noise``  per-image correctness of held-out subnets under two BN
+              calibrations: how noisy one accuracy label is (the MAE floor);
 ``report``    the tables: latency per device and training size for hwsearch,
               FLOPs-only and ridge on one-hot, scored against the
               re-measurement; few-shot over source->target pairs at 5/10/20
@@ -29,6 +31,7 @@ Usage::
 
     python bench/predictors.py measure --devices demo-1t demo-1t-noopt --n-train 300 --n-test 100
     python bench/predictors.py accuracy --n-train 200 --n-test 100
+    python bench/predictors.py accuracy-noise --n 60
     python bench/predictors.py report --out runs/bench_predictors.json
 """
 
@@ -114,7 +117,6 @@ def _log(message: str) -> None:
 
 
 def _supernet(name: str, checkpoint: str | None = None) -> Any:
-    import hwsearch.demo.supernet  # noqa: F401  (registers the demo supernet)
     from hwsearch.supernets import create_supernet
 
     return create_supernet(name, checkpoint=checkpoint)
@@ -197,6 +199,103 @@ def measure_accuracy(args: argparse.Namespace) -> None:
                            subnet_accuracy(net, arch, calibration, validation, settings))
         if (i + 1) % 20 == 0:
             _log(f"accuracy: {i + 1}/{len(todo)} evaluated, {time.perf_counter() - start:.0f} s")
+
+
+def _correct_per_image(net: Any, arch: Any, calibration: Any, validation: Any,
+                       settings: Any) -> np.ndarray:
+    """Per validation image, whether ``arch`` (BN recalibrated on ``calibration``) gets it right.
+
+    The same steps as :func:`hwsearch.accuracy_eval.subnet_accuracy`, kept per
+    image so the label's noise can be taken apart (see :func:`accuracy_noise`).
+    """
+    import torch
+
+    from hwsearch.bn import recalibrate_bn
+    from hwsearch.data import batches
+
+    module = recalibrate_bn(net.extract(arch),
+                            (x for x, _ in batches(calibration, arch.resolution,
+                                                   settings.batch_size)))
+    module.eval()
+    with torch.inference_mode():
+        hits = [(module(x).argmax(dim=1) == y).numpy()
+                for x, y in batches(validation, arch.resolution, settings.batch_size)]
+    return np.concatenate(hits)
+
+
+def measure_accuracy_noise(args: argparse.Namespace) -> None:
+    """Per-image correctness of the first ``--n`` held-out accuracy subnets, two BN calibrations.
+
+    ``official``: BN recalibrated on the same 500 held-out images as the
+    stored labels (so its mean must equal the stored label);
+    ``other``: on 500 training images instead (the supernet trained on them,
+    but BN statistics only need inputs).  Written to ``--out`` (npz).
+    """
+    import torch
+
+    from hwsearch.accuracy_eval import EvalSettings
+    from hwsearch.demo import DEMO_CHECKPOINT
+    from hwsearch.demo.data import load_digits
+    from hwsearch.pipeline import select_subnets
+
+    torch.set_num_threads(1)
+    net = _supernet(DEMO, checkpoint=str(DEMO_CHECKPOINT))
+    train_images, heldout = load_digits(args.data)
+    settings = EvalSettings()
+    calibration, validation = heldout.split(settings.n_calibration, seed=settings.seed)
+    other = train_images.take(np.random.default_rng(7).permutation(len(train_images))
+                              [:settings.n_calibration])
+    pool = select_subnets(net.space, args.pool, seed=11)
+    test = select_subnets(net.space, TEST_POOL, seed=12,
+                          exclude=[a.key() for a in pool])[:args.n]  # as ``accuracy`` drew them
+    official, recal = [], []
+    for i, arch in enumerate(test):
+        official.append(_correct_per_image(net, arch, calibration, validation, settings))
+        recal.append(_correct_per_image(net, arch, other, validation, settings))
+        if (i + 1) % 10 == 0:
+            _log(f"accuracy noise: {i + 1}/{len(test)}")
+    np.savez_compressed(args.out, keys=np.array([a.key() for a in test]),
+                        official=np.array(official), other=np.array(recal))
+
+
+def accuracy_noise(path: Path, store: Any) -> dict[str, Any]:
+    """How noisy one accuracy label is, and hence the best MAE any predictor can reach on them.
+
+    * ``binomial``: ``sqrt(p (1 - p) / n)`` per label, ``n`` validation images;
+    * ``validation``: the part of that which differs between subnets: per
+      image, correctness minus its mean over the measured subnets (an image
+      every subnet gets wrong only shifts all labels alike, which any
+      predictor's intercept absorbs), its variance over images ``/ n``;
+    * ``calibration``: the label's change when BN is recalibrated on other
+      images, ``sd(difference) / sqrt(2)`` (both calibrations are draws).
+
+    A predictor that knew each subnet's expected accuracy exactly would still
+    miss the label by ``sqrt(2 / pi) * sd`` on average (normal errors): the floor.
+    """
+    data = np.load(path)
+    official, other = data["official"].astype(np.float64), data["other"].astype(np.float64)
+    stored = store.get_accuracies(DEMO, ACCURACY_DATASET)
+    labels = np.array([stored.get(str(k), np.nan) for k in data["keys"]])
+    n_images = official.shape[1]
+    p = official.mean(axis=1)
+    binomial = np.sqrt(p * (1 - p) / n_images)
+    m = len(official)  # the image means include the subnet itself: scale by m / (m - 1)
+    idio = np.sqrt((official - official.mean(axis=0)).var(axis=1, ddof=1) / n_images
+                   * m / (m - 1))
+    shift = other.mean(axis=1) - p
+    calibration = float(np.std(shift - shift.mean(), ddof=1) / np.sqrt(2))
+    total = np.sqrt(idio**2 + calibration**2)
+    floor = np.sqrt(2 / np.pi)
+    return {"n_subnets": len(p), "n_images": n_images,
+            "matches_stored_labels": bool(np.allclose(p, labels)),
+            "accuracy_range": [float(p.min()), float(p.max())],
+            "binomial_sd_points": float(100 * np.sqrt(np.mean(binomial**2))),
+            "validation_sd_points": float(100 * np.sqrt(np.mean(idio**2))),
+            "calibration_sd_points": float(100 * calibration),
+            "calibration_mean_shift_points": float(100 * shift.mean()),
+            "total_sd_points": float(100 * np.sqrt(np.mean(total**2))),
+            "mae_floor_binomial_points": float(100 * floor * np.mean(binomial)),
+            "mae_floor_points": float(100 * floor * np.mean(total))}
 
 
 # --------------------------------------------------------------------------- loading rows
@@ -348,8 +447,33 @@ def latency_table(data: Labelled, sizes: list[int]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- few-shot table
 
 
+def _shortfall_se(truth: np.ndarray, chosen: list[np.ndarray], better: list[np.ndarray],
+                  n_boot: int = 200) -> float:
+    """Bootstrap SE (over test rows) of mean-over-draws τ(chosen) - τ(better method).
+
+    The draws of one cell can coincide (a target pool no larger than the
+    shots), so the spread over draws alone would understate the noise; the
+    test rows are the other source of it.
+    """
+    from scipy.stats import kendalltau
+
+    rng = np.random.default_rng(0)
+    diffs = []
+    for _ in range(n_boot):
+        rows = rng.integers(0, len(truth), len(truth))
+        diffs.append(np.mean([kendalltau(c[rows], truth[rows]).statistic
+                              - kendalltau(b[rows], truth[rows]).statistic
+                              for c, b in zip(chosen, better)]))
+    return float(np.std(diffs, ddof=1))
+
+
 def fewshot_table(loaded: dict[str, Labelled], shots: list[int], repeats: int) -> list[dict]:
-    """Per pair and shot count: transfer, from scratch and the CV choice, averaged over draws."""
+    """Per pair and shot count: transfer, from scratch and the CV choice, averaged over draws.
+
+    ``weights`` is the mean weight each candidate got in the chosen average;
+    ``shortfall`` the chosen τ minus the better of transfer and scratch, with
+    its bootstrap SE over the test rows (:func:`_shortfall_se`).
+    """
     from predictors.fewshot import FewShotLatencyPredictor
     from predictors.latency import LatencyPredictor
     from predictors.metrics import regression_report
@@ -370,26 +494,34 @@ def fewshot_table(loaded: dict[str, Labelled], shots: list[int], repeats: int) -
         truth, label = _truth(tgt)
         kept = np.isfinite(truth)
         for n in shots:
-            scores: dict[str, list[dict[str, float]]] = {"transfer": [], "scratch": [],
-                                                         "chosen": []}
-            chosen, cv_rmse = [], []
+            methods = ("transfer", "scratch", "chosen")
+            scores: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
+            preds: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+            chosen, cv_rmse, weights = [], [], []
             for r in range(repeats):
                 idx = np.random.default_rng(1000 * n + r).choice(len(tgt.y_pool), n,
                                                                  replace=False)
                 few = FewShotLatencyPredictor([sources[s] for s in names]).fit(
                     tgt.X_pool[idx], tgt.y_pool[idx])
-                for method, reports in scores.items():
-                    reports.append(regression_report(
-                        truth[kept], few.predict(tgt.X_test[kept], method=method)))
+                for method in methods:
+                    preds[method].append(few.predict(tgt.X_test[kept], method=method))
+                    scores[method].append(regression_report(truth[kept], preds[method][-1]))
                 chosen.append(few.choice.method)
                 cv_rmse.append(few.choice.quality["rmse_log"])
+                weights.append(few.choice.weights)
             row = {"sources": list(names), "target": target, "kind": kind, "shots": n,
                    "repeats": repeats, "scored_against": label,
                    "choices": {m: chosen.count(m) for m in sorted(set(chosen))},
+                   "weights": {k: float(np.mean([w.get(k, 0.0) for w in weights]))
+                               for k in sorted({k for w in weights for k in w})},
                    "chosen_cv_rmse_log": float(np.mean(cv_rmse))}
             for method, reports in scores.items():
                 row[method] = {k: float(np.mean([rep[k] for rep in reports]))
                                for k in ("tau", "within_10", "mape")}
+            better = max(("transfer", "scratch"), key=lambda m: row[m]["tau"])
+            row["shortfall"] = {"vs": better,
+                                "tau": row["chosen"]["tau"] - row[better]["tau"],
+                                "se": _shortfall_se(truth[kept], preds["chosen"], preds[better])}
             out.append(row)
             _log(f"few-shot {'+'.join(names)} -> {target} at {n}: "
                  + ", ".join(f"{m} tau={row[m]['tau']:.3f}" for m in scores))
@@ -400,30 +532,28 @@ def fewshot_table(loaded: dict[str, Labelled], shots: list[int], repeats: int) -
 
 
 def _identity_link_predictor() -> type:
-    """The accuracy predictor before issue 13: ridge + XGBoost in accuracy space, clipped."""
-    from predictors.accuracy import AccuracyPredictor
+    """The accuracy predictor before issue 13: ridge + XGBoost residual on the plain features,
+    clipped to [0, 1], bootstrap sd."""
+    from predictors.base import ResidualPredictor, fit_ridge_base
 
-    class LinearAccuracy(AccuracyPredictor):
+    class LinearAccuracy(ResidualPredictor):
+        target = "accuracy"
+
         def _fit_base(self, F: np.ndarray, y: np.ndarray) -> Any:
-            from predictors.base import fit_ridge_base
-
             return fit_ridge_base(F, y, list(range(F.shape[1])))
-
-        def _residual(self, base_pred: np.ndarray, y: np.ndarray) -> np.ndarray:
-            return y - base_pred
 
         def _combine(self, base_pred: np.ndarray, resid: np.ndarray) -> np.ndarray:
             return np.clip(base_pred + resid, 0.0, 1.0)
 
-        def _calibrate_spread(self, F: np.ndarray, y: np.ndarray,
-                              oof: np.ndarray | None) -> dict[str, Any]:
-            return {}
-
     return LinearAccuracy
 
 
-def accuracy_table(store: Any, sizes: list[int], n_pool: int, n_test: int) -> dict[str, Any]:
-    """Held-out accuracy prediction at each training size: new (saturating) vs old (linear)."""
+def accuracy_table(store: Any, sizes: list[int], n_pool: int, n_test: int,
+                   noise_path: Path | None = None) -> dict[str, Any]:
+    """Held-out accuracy prediction at each training size: new vs old (linear); the noise floor.
+
+    ``noise_path``: the per-image correctness ``accuracy-noise`` wrote, if any.
+    """
     from hwsearch.pipeline import select_subnets
     from predictors.accuracy import AccuracyPredictor, interval_coverage
     from predictors.metrics import regression_report
@@ -446,13 +576,16 @@ def accuracy_table(store: Any, sizes: list[int], n_pool: int, n_test: int) -> di
     out: dict[str, Any] = {"n_test": len(test), "best_measured": float(max(y_tr.max(),
                                                                            y_te.max())),
                            "test_range": [float(y_te.min()), float(y_te.max())], "rows": []}
+    if noise_path is not None and noise_path.exists():
+        out["noise"] = accuracy_noise(noise_path, store)
     for n in sorted({min(n, len(train)) for n in sizes}):
-        for name, cls in (("hwsearch (soft ceiling, calibrated sd)", AccuracyPredictor),
+        for name, cls in (("hwsearch (resolution-aware blend, soft ceiling)", AccuracyPredictor),
                           ("before (linear, bootstrap sd)", _identity_link_predictor())):
             model = cls(space).fit(X_tr[:n], y_tr[:n])
             mean, sd = model.predict_dist(X_te)
             rep = regression_report(y_te, mean)
             out["rows"].append({
+                "weights": model.calibration.get("weights", {}),
                 "method": name, "n_train": n, "mae_points": float(100 * np.mean(np.abs(mean - y_te))),
                 "tau": rep["tau"], "cover_1sd": interval_coverage(y_te, mean, sd, 1.0),
                 "cover_2sd": interval_coverage(y_te, mean, sd, 2.0),
@@ -486,14 +619,16 @@ def _print_latency(table: dict[str, Any]) -> None:
 def _print_fewshot(rows: list[dict[str, Any]]) -> None:
     print("\n### Few-shot (mean over random shot draws; test = the target's test set)\n")
     print("| source -> target | kind | shots | transfer τ / ±10% / MAPE | scratch τ / ±10% / MAPE "
-          "| chosen τ / ±10% / MAPE | chosen (count) |")
-    print("|---|---|---:|---|---|---|---|")
+          "| chosen τ / ±10% / MAPE | chosen - better τ (± SE) | mean weights |")
+    print("|---|---|---:|---|---|---|---|---|")
     for r in rows:
         cells = [f"{r[m]['tau']:.3f} / {100 * r[m]['within_10']:.0f}% / {r[m]['mape']:.1f}"
                  for m in ("transfer", "scratch", "chosen")]
-        chosen = ", ".join(f"{k} {v}" for k, v in r["choices"].items())
+        top = sorted(r["weights"].items(), key=lambda kv: -kv[1])[:3]
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in top)
+        gap = r["shortfall"]
         print(f"| {'+'.join(r['sources'])} -> {r['target']} | {r['kind']} | {r['shots']} | "
-              + " | ".join(cells) + f" | {chosen} |")
+              + " | ".join(cells) + f" | {gap['tau']:+.3f} ± {gap['se']:.3f} | {weights} |")
 
 
 def _print_accuracy(table: dict[str, Any]) -> None:
@@ -501,13 +636,23 @@ def _print_accuracy(table: dict[str, Any]) -> None:
           f"{table['test_range'][0]:.3f}-{table['test_range'][1]:.3f}, best measured "
           f"{table['best_measured']:.3f})\n")
     print("| n_train | method | MAE pts | τ | ±1sd cover | ±2sd cover | mean sd pts | best train "
-          "| max pred (test) | max pred (20k random) |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| max pred (test) | max pred (20k random) | blend weights (CV) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in table["rows"]:
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in r.get("weights", {}).items() if v)
         print(f"| {r['n_train']} | {r['method']} | {r['mae_points']:.2f} | {r['tau']:.3f} | "
               f"{100 * r['cover_1sd']:.0f}% | {100 * r['cover_2sd']:.0f}% | "
               f"{r['mean_sd_points']:.2f} | {r['best_train']:.3f} | {r['max_pred_test']:.3f} | "
-              f"{r['max_pred_20k']:.3f} |")
+              f"{r['max_pred_20k']:.3f} | {weights} |")
+    if "noise" in table:
+        nz = table["noise"]
+        print(f"\nLabel noise ({nz['n_subnets']} held-out subnets, {nz['n_images']} validation "
+              f"images, labels reproduced: {nz['matches_stored_labels']}): binomial sd "
+              f"{nz['binomial_sd_points']:.2f} pts; subnet-specific validation sd "
+              f"{nz['validation_sd_points']:.2f}; BN-calibration sd "
+              f"{nz['calibration_sd_points']:.2f}; together {nz['total_sd_points']:.2f}.  "
+              f"Best MAE any predictor can reach: {nz['mae_floor_points']:.2f} pts "
+              f"({nz['mae_floor_binomial_points']:.2f} from the binomial sd alone).")
 
 
 def report(args: argparse.Namespace) -> None:
@@ -519,17 +664,20 @@ def report(args: argparse.Namespace) -> None:
               if (data := _load(store, name, args.pool, args.n_test)) is not None}
     _log(f"measured devices: {', '.join(f'{k} ({len(v.y_pool)} train)' for k, v in loaded.items())}")
     results: dict[str, Any] = {"latency": [], "fewshot": [], "accuracy": {}}
-    for name in args.latency_devices:
+    for name in args.latency_devices if "latency" not in args.skip else []:
         if name in loaded and len(loaded[name].y_test) >= 20:
             results["latency"].append(latency_table(loaded[name], args.n_train))
-    results["fewshot"] = fewshot_table(loaded, args.shots, args.repeats)
-    results["accuracy"] = accuracy_table(store, args.accuracy_sizes, args.accuracy_pool,
-                                         args.accuracy_test)
+    if "fewshot" not in args.skip:
+        results["fewshot"] = fewshot_table(loaded, args.shots, args.repeats)
+    if "accuracy" not in args.skip:
+        results["accuracy"] = accuracy_table(store, args.accuracy_sizes, args.accuracy_pool,
+                                         args.accuracy_test, args.accuracy_noise)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     for table in results["latency"]:
         _print_latency(table)
-    _print_fewshot(results["fewshot"])
+    if results["fewshot"]:
+        _print_fewshot(results["fewshot"])
     if results["accuracy"]:
         _print_accuracy(results["accuracy"])
 
@@ -549,6 +697,12 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--n-train", type=int, default=200)
     a.add_argument("--n-test", type=int, default=100)
     a.add_argument("--data", type=Path, default=Path("runs/digits"))
+    z = sub.add_parser("accuracy-noise",
+                       help="per-image correctness of held-out subnets (label noise floor)")
+    z.add_argument("--n", type=int, default=60, help="how many held-out subnets")
+    z.add_argument("--pool", type=int, default=200, help="the accuracy train pool's size")
+    z.add_argument("--data", type=Path, default=Path("runs/digits"))
+    z.add_argument("--out", type=Path, default=Path("runs/bench_accuracy_noise.npz"))
     r = sub.add_parser("report", help="fit and score every predictor; print the tables")
     r.add_argument("--latency-devices", nargs="+", choices=sorted(DEVICES),
                    default=["demo-1t", "demo-1t-noopt", "ofa224-1t"])
@@ -560,10 +714,15 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--accuracy-sizes", type=int, nargs="+", default=[40, 100, 200])
     r.add_argument("--accuracy-pool", type=int, default=200)
     r.add_argument("--accuracy-test", type=int, default=100)
+    r.add_argument("--accuracy-noise", type=Path, default=Path("runs/bench_accuracy_noise.npz"),
+                   help="what `accuracy-noise` wrote (the labels' noise floor), if present")
+    r.add_argument("--skip", nargs="*", default=[], choices=["latency", "fewshot", "accuracy"],
+                   help="tables not to compute")
     r.add_argument("--out", type=Path, default=Path("runs/bench_predictors.json"))
     args = parser.parse_args(argv)
     args.store.parent.mkdir(parents=True, exist_ok=True)
-    {"measure": measure, "accuracy": measure_accuracy, "report": report}[args.command](args)
+    {"measure": measure, "accuracy": measure_accuracy, "accuracy-noise": measure_accuracy_noise,
+     "report": report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,15 @@ class Layout:
     in_channels: int
     n_classes: int
 
+    def fingerprint(self) -> str:
+        """The layout's fields and family as text: what :attr:`SearchSpace.network_id` digests.
+
+        The form is ``repr`` with ``family=...`` as the last field, which is
+        what layouts printed when the family was a dataclass field, so the
+        latency rows stores filed under those ids stay found.
+        """
+        return f"{repr(self)[:-1]}, family={self.family!r})"
+
     def check_space(self, space: SearchSpace) -> None:
         """Raise ``ValueError`` if ``space`` has knobs or stages this family cannot build."""
 
@@ -307,7 +316,7 @@ class SearchSpace:
         """
         if self.layout is None:
             return self.name
-        digest = hashlib.sha256(repr(self.layout).encode()).hexdigest()[:8]
+        digest = hashlib.sha256(self.layout.fingerprint().encode()).hexdigest()[:8]
         return f"{self.name}@{digest}"
 
     @property

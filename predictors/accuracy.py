@@ -1,49 +1,86 @@
-"""Accuracy predictor for one supernet on one dataset: a saturating link and a calibrated spread.
+"""Accuracy predictor for one supernet and dataset: resolution-aware blend, soft top, calibrated sd.
 
-Accuracy has no additive structure to exploit, but it moves smoothly with
-capacity, so the base is ridge regression on all features (masked one-hot
-codes and per-stage costs) and XGBoost fits what remains.  Labels are
-accuracies in ``[0, 1]``.
+Labels are accuracies in ``[0, 1]``.  Three models are fitted and blended
+with weights chosen by K-fold CV on the training rows (mean absolute error):
 
-**Saturating link.**  Accuracy flattens as capacity grows, so a model linear
-in capacity overshoots at the top: the demo's refinement candidates were all
-predicted at 0.998-1.000 and measured at 0.915-0.939, a linear extrapolation
-hidden by a clip at 1.0.  Predictions here go through a soft ceiling
-(:func:`_soft_ceiling`): the identity below a knee just under the best
-accuracy observed, then bending smoothly to a ceiling a small margin above
-it (at most :data:`MAX_MARGIN`, 1 point; the margin is chosen by K-fold CV
-of the linear base among :data:`MARGINS`).  A prediction can approach the
-ceiling but never pass it; the map is strictly increasing, so the order of
-subnets (what a search needs) is kept; and the bulk of the range, where the
-linear model is right, is untouched.  A logit link on ``accuracy / ceiling``
-bounded the top as well but, fitted by least squares in logit space, let the
-few subnets nearest the ceiling dominate the fit: held-out MAE on the demo
-rose from 2.2 to 3.6 points at 100 training subnets (``docs/predictors.md``).
+* **interaction ridge** - ridge regression on the features, capacity
+  summaries (log MACs, log parameters, log parameters per stage), a one-hot
+  of the resolution group and every feature times that one-hot, so each
+  resolution group gets its own slopes, shrunk together by one penalty;
+* **per-resolution ridge** - a ridge per resolution group with its own
+  penalty (leave-one-out), so a group whose labels are mostly noise is
+  shrunk to its mean while a group with real structure keeps its slopes
+  (groups with too few rows take the interaction ridge);
+* **trees** - XGBoost on the features, summaries and the group one-hot,
+  fitted to the labels directly (not to a residual: averaging two
+  different models cut CV error more than boosting one's residual).
+
+Why: on the demo supernet, resolution sets the level (16 px: 0.60-0.82, 20-32
+px: 0.87-0.95) *and* the sign of capacity's effect (at 16 px more parameters
+mean lower accuracy, Kendall tau -0.42; at 28-32 px higher), so a model with
+one slope per feature missed both; and at 20-28 px the labels' spread
+across subnets (~1 point) is barely above a 1,000-image validation set's
+binomial noise (~0.85 point), which only a per-group penalty can recognise.
+The two ridges are linear in the same columns, so their blend is stored as
+one linear model.  Monotone constraints (accuracy non-decreasing in depth,
+expand, kernel) were not used: the demo's 16 px subnets contradict them.
+
+**Saturating link.**  Accuracy flattens as capacity grows, so a model
+linear in capacity overshoots at the top: the demo's refinement candidates
+were all predicted at 0.998-1.000 and measured at 0.915-0.939.  The blend
+goes through a soft ceiling (:func:`_soft_ceiling`): the identity below a
+knee just under the best accuracy observed, then bending smoothly to a
+ceiling a small margin above it (at most :data:`MAX_MARGIN`, 1 point; the
+margin is chosen by the same K-fold CV as the weights among
+:data:`MARGINS`).  A prediction can approach the ceiling but never pass it;
+the map is strictly increasing, so the order of subnets is kept.  A logit
+link on ``accuracy / ceiling`` bounded the top as well but let the few
+subnets nearest the ceiling dominate a least-squares fit (held-out MAE on
+the demo rose from 2.2 to 3.6 points at 100 training subnets).
 
 **Calibrated spread.**  The bootstrap members' spread measures how much the
-model would move with other training rows, not the label noise (a
-validation set of 1,000 images alone gives top-1 a standard error of ~0.8
-points near 93%), so it understated the error several-fold.  The stated sd is
-``noise`` (the 68th percentile of the absolute out-of-fold errors, scaled by
-``sqrt((k - 1) / k)`` for the rows the fold models did not see, so
-``mean +- sd`` covers about 68% of held-out errors), widened
-by the members' spread beyond its typical value where the model extrapolates.
+model would move with other training rows, not the label noise, so it
+understated the error several-fold.  The stated sd is ``noise`` (the larger
+of the absolute out-of-fold errors' 68th percentile and half their 95th,
+scaled by ``sqrt((k - 1) / k)`` for the rows the fold models did not see, so
+``mean +- sd`` covers about 68% of held-out errors and ``+- 2 sd`` about
+95%), widened by the members' spread beyond its typical value where the
+model extrapolates.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
 from typing import Any, ClassVar
 
 import numpy as np
+import xgboost as xgb
+from sklearn.linear_model import RidgeCV
 
+from hwsearch.space import SearchSpace
 from predictors.base import ResidualPredictor, _LinearBase, fit_ridge_base
+from predictors.features import FEATURE_VERSION, ArchFeaturizer
 
-__all__ = ["MARGINS", "MAX_MARGIN", "AccuracyPredictor", "interval_coverage"]
+__all__ = ["MARGINS", "MAX_MARGIN", "AccuracyFeaturizer", "AccuracyPredictor",
+           "interval_coverage"]
 
 MARGINS = (0.0025, 0.005, 0.01)
 """Candidate gaps (absolute accuracy) between the best observed label and the link's ceiling."""
 MAX_MARGIN = max(MARGINS)
-_EPS = 1e-4
+MAX_GROUPS = 5
+"""Resolutions are pooled into at most this many contiguous groups (OFA has 25 resolutions)."""
+MIN_GROUP_ROWS = 6
+"""A resolution group needs this many training rows for a ridge of its own."""
+GROUP_ALPHAS = np.logspace(0, 5, 11)
+PARTS = ("shared", "interaction", "per_group", "trees")
+WEIGHT_GRID = tuple(w for w in itertools.product((0.0, 0.25, 0.5, 0.75, 1.0), repeat=len(PARTS))
+                    if abs(sum(w) - 1.0) < 1e-9)
+"""Blend weights tried by CV: every split of 1 into quarters over :data:`PARTS`."""
+LINEAR_PARTS = PARTS[:-1]
+DEFAULT_WEIGHTS = {"shared": 0.0, "interaction": 0.25, "per_group": 0.25, "trees": 0.5}
+"""Without CV (``cv_folds < 2``): the blend that won CV on the demo at 100-200 rows."""
+_ONLY_SHARED = {"shared": 1.0, "interaction": 0.0, "per_group": 0.0, "trees": 0.0}
 
 
 def interval_coverage(y_true: np.ndarray, mean: np.ndarray, sd: np.ndarray,
@@ -59,21 +96,102 @@ def _ceiling(y: np.ndarray, margin: float) -> float:
     return float(min(1.0, np.max(y) + margin))
 
 
-def _soft_ceiling(p: np.ndarray, best: float, ceiling: float) -> np.ndarray:
+def _soft_ceiling(p: np.ndarray, best: float | np.ndarray,
+                  ceiling: float | np.ndarray) -> np.ndarray:
     """Identity up to a knee below the best label, then bending smoothly up to ``ceiling``.
 
     ``g(p) = p`` for ``p <= knee`` and ``knee + w * (1 - exp(-(p - knee) / w))``
     above it, with ``knee = best - (ceiling - best)`` and ``w = ceiling - knee``:
     continuous with slope 1 at the knee, strictly increasing (the order of
-    subnets is kept), and below ``ceiling`` everywhere.
+    subnets is kept), and below ``ceiling`` everywhere.  ``best`` and
+    ``ceiling`` may be per-row arrays (each CV fold has its own).
     """
     p = np.asarray(p, dtype=np.float64)
+    best, ceiling = np.asarray(best, dtype=np.float64), np.asarray(ceiling, dtype=np.float64)
     knee = best - (ceiling - best)
     width = ceiling - knee
-    if width <= 0:
-        return np.minimum(p, ceiling)
-    above = knee + width * -np.expm1(-np.maximum(p - knee, 0.0) / width)
-    return np.maximum(np.where(p > knee, above, p), 0.0)
+    safe = np.where(width > 0, width, 1.0)
+    above = knee + safe * -np.expm1(-np.maximum(p - knee, 0.0) / safe)
+    bent = np.where(width > 0, np.where(p > knee, above, p), np.minimum(p, ceiling))
+    return np.maximum(bent, 0.0)
+
+
+class AccuracyFeaturizer:
+    """:class:`ArchFeaturizer`'s columns plus capacity summaries, resolution groups and products.
+
+    Column order: the plain columns (:attr:`base_names`: the cost model's
+    features and the summaries), one indicator per resolution group, then
+    every plain column times each indicator.  The trees see the first two
+    blocks only (:attr:`n_tree`); the ridges see all.  Stateless apart from
+    the space, like :class:`ArchFeaturizer`.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        self.arch = ArchFeaturizer(space)
+        names = self.arch.names
+        self._stage_params = [names.index(n) for n in self.arch.cost_names
+                              if re.fullmatch(r"s\d+_params", n)]
+        self._totals = [names.index("total_macs"), names.index("total_params")]
+        self.base_names = names + ["log_macs", "log_params"] + [
+            f"log_{names[i]}" for i in self._stage_params]
+        n_res = len(space.resolutions)
+        self.groups = np.array_split(np.arange(n_res), min(MAX_GROUPS, n_res))
+        self._group_of = np.empty(n_res, dtype=np.int64)
+        for g, chunk in enumerate(self.groups):
+            self._group_of[chunk] = g
+        group_names = [f"res_group_{g}" for g in range(len(self.groups))]
+        self.n_plain = len(self.base_names)
+        self.n_tree = self.n_plain + len(group_names)
+        self.names = self.base_names + group_names + [
+            f"{n}*{g}" for g in group_names for n in self.base_names]
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """``(n, len(self.names))`` float32, in the column order above."""
+        plain = self.arch.transform(X)
+        logs = np.log(plain[:, self._totals + self._stage_params].astype(np.float64) + 1e-3)
+        base = np.hstack([plain, logs.astype(np.float32)])
+        genes = np.atleast_2d(np.asarray(X, dtype=np.int64))
+        onehot = np.eye(len(self.groups), dtype=np.float32)[self._group_of[genes[:, 0]]]
+        return np.hstack([base, onehot] + [base * onehot[:, [g]]
+                                           for g in range(len(self.groups))])
+
+
+def _raw(base: _LinearBase, n_columns: int) -> tuple[np.ndarray, float]:
+    """A fitted ridge as plain coefficients on all ``n_columns`` columns plus an intercept."""
+    coef = np.zeros(n_columns)
+    columns = [g[0] for g in base.groups]
+    scaled = np.asarray(base.coef) / np.asarray(base.scale)
+    coef[columns] = scaled
+    return coef, float(base.intercept - scaled @ np.asarray(base.mean))
+
+
+def _per_group(F: np.ndarray, y: np.ndarray, groups: np.ndarray, featurizer: AccuracyFeaturizer,
+               fallback: tuple[np.ndarray, float]) -> tuple[np.ndarray, float]:
+    """One ridge per resolution group (own penalty by leave-one-out) as coefficients on ``F``.
+
+    Group ``g``'s model lives on its indicator and product columns, which are
+    zero for other groups' rows.  A group with fewer than
+    :data:`MIN_GROUP_ROWS` rows takes the interaction ridge's own coefficients.
+    """
+    n_plain, n_groups = featurizer.n_plain, len(featurizer.groups)
+    coef = np.zeros(F.shape[1])
+    fb_coef, fb_intercept = fallback
+    for g in range(n_groups):
+        products = slice(featurizer.n_tree + g * n_plain, featurizer.n_tree + (g + 1) * n_plain)
+        indicator = n_plain + g
+        rows = groups == g
+        if rows.sum() < MIN_GROUP_ROWS:
+            coef[products] = fb_coef[:n_plain] + fb_coef[products]
+            coef[indicator] = fb_intercept + fb_coef[indicator]
+            continue
+        B = F[rows, :n_plain].astype(np.float64)
+        mean, scale = B.mean(axis=0), B.std(axis=0)
+        scale[scale == 0] = 1.0
+        ridge = RidgeCV(alphas=GROUP_ALPHAS).fit((B - mean) / scale, y[rows])
+        coef[products] = ridge.coef_ / scale
+        coef[indicator] = float(ridge.intercept_ - coef[products] @ mean)
+    return coef, 0.0
 
 
 class AccuracyPredictor(ResidualPredictor):
@@ -81,6 +199,11 @@ class AccuracyPredictor(ResidualPredictor):
 
     target: ClassVar[str] = "accuracy"
     log_link: ClassVar[bool] = False
+    feature_version: ClassVar[str] = f"{FEATURE_VERSION}+acc2"
+
+    def __init__(self, space: SearchSpace, **settings: Any) -> None:
+        super().__init__(space, **settings)
+        self.featurizer: AccuracyFeaturizer = AccuracyFeaturizer(space)
 
     # ------------------------------------------------------------------ link
 
@@ -89,53 +212,139 @@ class AccuracyPredictor(ResidualPredictor):
         """The link's upper bound: no prediction reaches it (1.0 before fitting)."""
         return float(self.calibration.get("ceiling", 1.0))
 
+    @property
+    def weights(self) -> dict[str, float]:
+        """The blend's weights over :data:`PARTS` (chosen by CV when fitted)."""
+        return dict(self.calibration.get("weights", _ONLY_SHARED))
+
+    def _tree_features(self, F: np.ndarray) -> np.ndarray:
+        return F[:, :self.featurizer.n_tree]
+
+    def _linear_parts(self, F: np.ndarray, y: np.ndarray
+                      ) -> dict[str, tuple[np.ndarray, float]]:
+        """Each linear part as plain coefficients on all columns of ``F`` and an intercept."""
+        n_plain, n_tree = self.featurizer.n_plain, self.featurizer.n_tree
+        shared = _raw(fit_ridge_base(F, y, list(range(n_plain))), F.shape[1])
+        interaction = _raw(fit_ridge_base(F, y, list(range(F.shape[1]))), F.shape[1])
+        groups = np.argmax(F[:, n_plain:n_tree], axis=1)
+        return {"shared": shared, "interaction": interaction,
+                "per_group": _per_group(F, y, groups, self.featurizer, interaction)}
+
     def _fit_base(self, F: np.ndarray, y: np.ndarray) -> _LinearBase:
-        return fit_ridge_base(F, y, list(range(F.shape[1])))
+        """The ridges blended with their CV weights, stored as one linear model."""
+        weights = {p: w for p, w in self.weights.items() if p in LINEAR_PARTS and w > 0}
+        weights = weights or {"shared": 1.0}
+        total = sum(weights.values())
+        parts = self._linear_parts(F, y)
+        coef = sum(w / total * parts[p][0] for p, w in weights.items())
+        intercept = sum(w / total * parts[p][1] for p, w in weights.items())
+        n = F.shape[1]
+        name = "ridge blend " + ", ".join(f"{p} {w / total:.2f}" for p, w in weights.items())
+        return _LinearBase([[c] for c in range(n)], [0.0] * n, [1.0] * n, coef.tolist(),
+                           float(intercept), name=name)
+
+    def _residual(self, base_pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The trees model the labels themselves (about their mean), not the base's residual."""
+        return y - float(self.calibration.get("tree_offset", 0.0))
+
+    def _residual_rounds(self, params: dict[str, Any], data: xgb.DMatrix, seed: int) -> int:
+        """The tree count CV chose on all rows in :meth:`_calibrate_link` (none if unweighted).
+
+        Choosing it again inside every fold and member cost ten XGBoost CV
+        runs per fit for a count that barely moves.
+        """
+        if self.weights["trees"] == 0:
+            return 0
+        return int(self.calibration.get("tree_rounds", 0))
 
     def _combine(self, base_pred: np.ndarray, resid: np.ndarray) -> np.ndarray:
+        weights = self.weights
+        trees = float(self.calibration.get("tree_offset", 0.0)) + resid
+        blend = sum(weights[p] for p in LINEAR_PARTS) * base_pred + weights["trees"] * trees
         best = float(self.calibration.get("best_observed", 1.0))
-        return _soft_ceiling(base_pred + resid, best, self.ceiling)
+        return _soft_ceiling(blend, best, self.ceiling)
 
     def _calibrate_link(self, F: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-        """The ceiling's margin with the lowest K-fold squared error of the linear base.
+        """Blend weights and the ceiling's margin with the lowest K-fold mean absolute error.
 
-        Too small a margin squeezes the best subnets against the ceiling, too
-        large one lets the top run on as the linear model would; the labels
-        say which.  Each fold's ceiling comes from that fold's own labels.
+        Each fold fits the four parts once; every weight split of
+        :data:`WEIGHT_GRID` and every margin is then scored on the same
+        out-of-fold predictions.  Too small a margin squeezes the best subnets
+        against the ceiling, too large one lets the top run on as the linear
+        model would; each fold's ceiling comes from that fold's own labels.
+        Without CV the defaults hold.  The tree count is chosen once on all
+        rows (none below 20 rows, too few to split, or with ``n_estimators=0``).
         """
+        calibration: dict[str, Any] = {"best_observed": float(np.max(y)),
+                                       "tree_offset": float(np.mean(y)),
+                                       "tree_rounds": self._tree_rounds(F, y)}
         folds = min(self.settings["cv_folds"], len(y))
         if folds < 2 or len(y) < 10:
-            margin = MAX_MARGIN
-        else:
-            order = np.random.default_rng(self.settings["seed"]).permutation(len(y))
-            errors = dict.fromkeys(MARGINS, 0.0)
-            for k in range(folds):
-                test = order[k::folds]
-                train = np.setdiff1d(order, test)
-                best = float(np.max(y[train]))
-                raw = fit_ridge_base(F[train], y[train], list(range(F.shape[1]))).predict(F[test])
-                for m in MARGINS:
-                    pred = _soft_ceiling(raw, best, _ceiling(y[train], m))
-                    errors[m] += float(np.sum((pred - y[test]) ** 2))
-            margin = min(MARGINS, key=errors.__getitem__)
-        return {"ceiling": _ceiling(y, margin), "margin": margin,
-                "best_observed": float(np.max(y))}
+            weights = dict(DEFAULT_WEIGHTS if calibration["tree_rounds"] else _ONLY_SHARED)
+            return calibration | {"weights": weights, "margin": MAX_MARGIN,
+                                  "ceiling": _ceiling(y, MAX_MARGIN)}
+        oof, best = self._oof_parts(F, y, folds, calibration["tree_rounds"])
+        grid = [w for w in WEIGHT_GRID if calibration["tree_rounds"] or w[-1] == 0.0]
+        scores = {}
+        for w, m in itertools.product(grid, MARGINS):
+            blend = sum(wi * oof[p] for wi, p in zip(w, PARTS))
+            pred = _soft_ceiling(blend, best, np.minimum(best + m, 1.0))
+            scores[w, m] = float(np.mean(np.abs(pred - y)))
+        w, margin = min(scores, key=scores.__getitem__)
+        return calibration | {"weights": dict(zip(PARTS, w)), "margin": margin,
+                              "ceiling": _ceiling(y, margin), "cv_blend_mae": scores[w, margin]}
+
+    def _tree_rounds(self, F: np.ndarray, y: np.ndarray) -> int:
+        """How many trees the labels deserve: K-fold CV with early stopping on all rows."""
+        params = self._tree_params(self.settings["seed"])
+        data = xgb.DMatrix(self._tree_features(F), label=y - np.mean(y), nthread=1)
+        return ResidualPredictor._residual_rounds(self, params, data, self.settings["seed"])
+
+    def _oof_parts(self, F: np.ndarray, y: np.ndarray, folds: int, rounds: int
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Out-of-fold predictions of each part, and the best label each row's fold model saw."""
+        seed = self.settings["seed"]
+        order = np.random.default_rng(seed).permutation(len(y))
+        oof = {p: np.empty(len(y)) for p in PARTS}
+        best = np.empty(len(y))
+        offset = float(np.mean(y))
+        for k in range(folds):
+            test = order[k::folds]
+            train = np.setdiff1d(order, test)
+            for name, (coef, intercept) in self._linear_parts(F[train], y[train]).items():
+                oof[name][test] = F[test].astype(np.float64) @ coef + intercept
+            oof["trees"][test] = offset
+            if rounds:
+                oof["trees"][test] += self._fold_trees(F[train], y[train] - offset, F[test],
+                                                       seed, rounds)
+            best[test] = np.max(y[train])
+        return oof, best
+
+    def _fold_trees(self, F: np.ndarray, target: np.ndarray, F_test: np.ndarray,
+                    seed: int, rounds: int) -> np.ndarray:
+        data = xgb.DMatrix(self._tree_features(F), label=target, nthread=1)
+        booster = xgb.train(self._tree_params(seed), data, num_boost_round=rounds)
+        return booster.inplace_predict(self._tree_features(F_test)).astype(np.float64)
 
     def _calibrate_spread(self, F: np.ndarray, y: np.ndarray,
                           oof: np.ndarray | None) -> dict[str, Any]:
         """Noise level from out-of-fold errors; the members' typical spread on training rows.
 
-        Each out-of-fold model saw ``(k - 1) / k`` of the rows; where error
-        variance falls like one over the rows, the full model's error is
-        ``sqrt((k - 1) / k)`` of theirs, so the 68th percentile is scaled by that.
+        The sd is the larger of the errors' 68th percentile and half their
+        95th, so that neither ``+-1 sd`` nor ``+-2 sd`` under-covers when the
+        errors have heavier tails than a normal's (they do: a few subnets far
+        off the trend).  Each out-of-fold model saw ``(k - 1) / k`` of the
+        rows; where error variance falls like one over the rows, the full
+        model's error is ``sqrt((k - 1) / k)`` of theirs, so the sd is scaled by that.
         """
         if oof is None:
             return {}
         errors = np.abs(np.asarray(oof) - y)
         folds = min(self.settings["cv_folds"], len(y))
         shrink = np.sqrt((folds - 1) / folds)
-        return {"noise_sd": float(shrink * np.quantile(errors, 0.68)),
-                "cv_abs_error_p95": float(np.quantile(errors, 0.95)),
+        q68, q95 = np.quantile(errors, [0.68, 0.95])
+        return {"noise_sd": float(shrink * max(q68, q95 / 2)),
+                "cv_abs_error_p95": float(q95),
                 "typical_spread": float(np.median(self._member_spread(F)))}
 
     # ------------------------------------------------------------------ prediction

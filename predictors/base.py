@@ -172,6 +172,8 @@ class ResidualPredictor:
 
     target: ClassVar[str] = ""
     log_link: ClassVar[bool] = False
+    feature_version: ClassVar[str] = FEATURE_VERSION
+    """What a saved model's inputs depend on; a subclass with its own features extends it."""
 
     def __init__(
         self,
@@ -223,18 +225,26 @@ class ResidualPredictor:
     def _combine(self, base_pred: np.ndarray, resid: np.ndarray) -> np.ndarray:
         return base_pred * np.exp(resid) if self.log_link else base_pred + resid
 
-    def _fit_one(self, F: np.ndarray, y: np.ndarray, seed: int,
-                 rounds: int | None = None) -> tuple[_LinearBase, xgb.Booster]:
-        """Base, then XGBoost on its residual; ``rounds=None`` picks the tree count by CV."""
-        base = self._fit_base(F, y)
-        resid = self._residual(base.predict(F).astype(np.float64), y)
-        params = {
+    def _tree_features(self, F: np.ndarray) -> np.ndarray:
+        """The columns the trees see (all of them here; a subclass may leave derived ones out)."""
+        return F
+
+    def _tree_params(self, seed: int) -> dict[str, Any]:
+        """XGBoost settings shared by every tree fit (one place, so subclasses fit alike)."""
+        return {
             "objective": "reg:squarederror", "max_depth": self.settings["max_depth"],
             "eta": self.settings["learning_rate"], "subsample": 0.8, "colsample_bytree": 0.6,
             "min_child_weight": 2.0, "lambda": 5.0, "nthread": 1, "tree_method": "hist",
             "seed": seed, "base_score": 0.0,
         }
-        data = xgb.DMatrix(F, label=resid, nthread=1)
+
+    def _fit_one(self, F: np.ndarray, y: np.ndarray, seed: int,
+                 rounds: int | None = None) -> tuple[_LinearBase, xgb.Booster]:
+        """Base, then XGBoost on its residual; ``rounds=None`` picks the tree count by CV."""
+        base = self._fit_base(F, y)
+        resid = self._residual(base.predict(F).astype(np.float64), y)
+        params = self._tree_params(seed)
+        data = xgb.DMatrix(self._tree_features(F), label=resid, nthread=1)
         if rounds is None:
             rounds = self._residual_rounds(params, data, seed)
         return base, xgb.train(params, data, num_boost_round=rounds)
@@ -255,7 +265,7 @@ class ResidualPredictor:
 
     def _predict_one(self, model: tuple[_LinearBase, xgb.Booster], F: np.ndarray) -> np.ndarray:
         base, booster = model
-        resid = booster.inplace_predict(F)
+        resid = booster.inplace_predict(self._tree_features(F))
         return self._combine(base.predict(F).astype(np.float64), resid.astype(np.float64))
 
     def fit(
@@ -296,7 +306,7 @@ class ResidualPredictor:
             metrics["test"] = regression_report(y_test, self.predict(X_test))
         self.meta = PredictorMeta(
             space_name=self.space.name, target=self.target, device_hash=self.device_hash,
-            feature_version=FEATURE_VERSION, metrics=metrics, n_train=int(len(y)),
+            feature_version=self.feature_version, metrics=metrics, n_train=int(len(y)),
             settings=dict(self.settings), created=time.time(), calibration=dict(self.calibration),
         )
         return self
@@ -391,7 +401,7 @@ class ResidualPredictor:
             raise FileNotFoundError(f"{directory} holds no saved predictor ({META_FILE} missing)")
         raw = json.loads(meta_path.read_text())
         meta = PredictorMeta.from_dict(raw)
-        _check_compatible(meta, cls.target, space, device_hash, directory)
+        _check_compatible(meta, cls, space, device_hash, directory)
         settings = meta.settings
         predictor = cls(space, device_hash=meta.device_hash, **settings)
         bases = [_LinearBase(**b) for b in json.loads((directory / BASE_FILE).read_text())]
@@ -413,8 +423,10 @@ def _load_booster(path: Path) -> xgb.Booster:
 
 
 def _check_compatible(
-    meta: PredictorMeta, target: str, space: SearchSpace, device_hash: str | None, where: Path
+    meta: PredictorMeta, cls: type[ResidualPredictor], space: SearchSpace,
+    device_hash: str | None, where: Path
 ) -> None:
+    target, version = cls.target, cls.feature_version
     problems = []
     if meta.target != target:
         problems.append(f"it predicts {meta.target!r}, not {target!r}")
@@ -422,10 +434,10 @@ def _check_compatible(
         problems.append(f"it was trained for space {meta.space_name!r}, not {space.name!r}")
     if device_hash is not None and meta.device_hash != device_hash:
         problems.append(f"it was trained for device {meta.device_hash!r}, not {device_hash!r}")
-    if meta.feature_version != FEATURE_VERSION:
+    if meta.feature_version != version:
         problems.append(
             f"it uses feature version {meta.feature_version!r}; this hwsearch computes "
-            f"version {FEATURE_VERSION!r} - retrain it (`hwsearch train`)"
+            f"version {version!r} - retrain it (`hwsearch train`)"
         )
     if problems:
         raise PredictorMismatchError(f"refusing to load the predictor in {where}: "

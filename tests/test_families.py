@@ -131,3 +131,17 @@ def test_the_service_registers_and_exports_every_family(client: httpx.Client, re
     wrong = dict(native, **{next(iter(native)): "x"})
     refused = client.post("/exports", json={"supernet": name, "arch": wrong})
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "arch"]
+
+
+def test_network_ids_are_those_stores_already_hold() -> None:
+    """Latency rows are filed under ``network_id``; moving layouts into families must not orphan them.
+
+    The digests are the ones every store written since device identities
+    were introduced holds (computed by the code before the plug-in refactor).
+    """
+    from hwsearch.demo import demo_space
+
+    assert demo_space().network_id == "demo_mbv3_mnist@714bf0f7"
+    assert ofa_mbv3_space().network_id == "ofa_mbv3_d234_e346_k357_w1.0@f20ed1e6"
+    assert ofa_mbv3_space(1.2).network_id == "ofa_mbv3_d234_e346_k357_w1.2@e73070c2"
+    assert ofa_resnet50_space().network_id == "ofa_resnet50@9bce4e7b"
