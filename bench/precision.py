@@ -1,6 +1,6 @@
 """Precision benchmark: what INT8 buys and costs, per subnet, and what it adds to a front.
 
-Three parts, each printed and written to ``--out`` (JSON):
+Four parts (``--parts``, all by default), each printed and written to ``--out`` (JSON):
 
 1. **Latency** on OFA-MobileNetV3 w1.0 (random weights: latency does not
    depend on them) at ``--resolution`` px: ``--n`` subnets spread over MACs
@@ -20,10 +20,18 @@ Three parts, each printed and written to ``--out`` (JSON):
    mixed-precision front half as many subnets measured at both precisions;
    hypervolumes (common reference point) are averaged over ``--draws`` random
    draws, beside the hypervolume of all ``--n`` subnets at one and at both precisions.
+4. **Sessions** on the demo supernet and the demo's 2-thread device (wall
+   clock, ``hwsearch/demo/devices/cpu-2threads.yaml``): the INT8/FP32
+   ratio of ``--n`` subnets as the product stores it (a job's profiling,
+   :func:`hwsearch.pipeline.profile_precisions`: a subnet's precisions in
+   one session, 16 subnets a session), beside part 3's way (every file in
+   one session) and the way jobs measured before (each precision in
+   sessions of its own).
 
 Usage::
 
     OMP_NUM_THREADS=1 python bench/precision.py --n 30 --out bench-precision.json
+    python bench/precision.py --n 30 --parts sessions --out bench-sessions.json
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import numpy as np
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # bench/predictors.py would shadow predictors
 
 OFA = "ofa_mbv3_d234_e346_k357_w1.0"
+PARTS = ("latency", "accuracy", "fronts", "sessions")
 
 
 def _parse() -> argparse.Namespace:
@@ -51,6 +60,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=20, help="measurements per front (part 3)")
     parser.add_argument("--draws", type=int, default=200, help="random draws per front (part 3)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="which parts to run")
     parser.add_argument("--out", type=Path, default=Path("bench-precision.json"))
     return parser.parse_args()
 
@@ -240,15 +251,69 @@ def part_fronts(args: argparse.Namespace, net: Any, split: Any, archs: list[Any]
     return out
 
 
+def _stored_ratios(net: Any, archs: list[Any], profile: Any, calibration: Any,
+                   together: bool) -> tuple[list[float], int]:
+    """INT8/FP32 ratios as a job stores them, and how many sessions measured them.
+
+    ``together``: the product's way, a subnet's precisions in one session;
+    otherwise each precision in sessions of its own (how jobs measured before).
+    """
+    from devices import open_profiler
+    from hwsearch.pipeline import finite_latencies, profile_precisions
+    from hwsearch.store import MemoryStore
+
+    store, key = MemoryStore(), open_profiler(profile).device_key()
+    keys = {"fp32": key, "int8": f"{key}@int8"}
+    runs = [keys] if together else [{p: k} for p, k in keys.items()]
+    for run in runs:
+        profile_precisions(net, archs, open_profiler(profile), run, store, calibration=calibration)
+    rows = {p: finite_latencies(store, k, net.space.network_id) for p, k in keys.items()}
+    sessions = {r["session_id"] for by_key in rows.values() for r in by_key.values()}
+    return ([rows["int8"][a.key()]["latency_ms"] / rows["fp32"][a.key()]["latency_ms"]
+             for a in archs], len(sessions))
+
+
+def part_sessions(net: Any, split: Any, archs: list[Any]) -> dict[str, Any]:
+    """Part 4: the product's stored INT8/FP32 ratio against one session's, on the 2-thread device."""
+    from devices.profile import DeviceProfile
+    from hwsearch.demo import DEMO_DEVICES_DIR
+
+    profile = DeviceProfile.load(DEMO_DEVICES_DIR / "cpu-2threads.yaml")
+    with tempfile.TemporaryDirectory(prefix="hwsearch-bench-precision-") as tmp:
+        m = _measure_pairs(net, archs, profile, split.calibration, Path(tmp))
+    one = [q / f for q, f in zip(m["int8_ms"], m["fp32_ms"])]
+    ways = {"bench, one session": (one, 1)}
+    ways["product, pairs together"] = _stored_ratios(
+        net, archs, profile, split.calibration, together=True)
+    ways["before, precisions apart"] = _stored_ratios(
+        net, archs, profile, split.calibration, together=False)
+    print(f"\n[4] demo supernet on {profile.name} (2 threads, wall clock), {len(archs)} subnets")
+    out = {"device": profile.name, "n": len(archs), "ways": {}}
+    for label, (ratios, sessions) in ways.items():
+        gaps = [abs(r / b - 1) for r, b in zip(ratios, one)]
+        out["ways"][label] = {"latency_ratio": _spread(ratios), "sessions": sessions,
+                              "int8_faster": int(sum(r < 1 for r in ratios)),
+                              "gap_to_bench": _spread(gaps), "ratios": ratios}
+        print(_line(f"INT8/FP32, {label}", ratios)
+              + f"  INT8 faster {out['ways'][label]['int8_faster']}, {sessions} session(s), "
+              f"per-subnet gap to bench median {statistics.median(gaps):.3f}")
+    return out
+
+
 def main() -> None:
     args = _parse()
     started = time.perf_counter()
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
-    results["latency"] = part_latency(args)
+    if "latency" in args.parts:
+        results["latency"] = part_latency(args)
     with tempfile.TemporaryDirectory(prefix="hwsearch-bench-digits-") as tmp:
         net, split, archs = _demo(args, Path(tmp))
-        results["accuracy"] = part_accuracy(net, split, archs)
-        results["fronts"] = part_fronts(args, net, split, archs, results["accuracy"])
+        if {"accuracy", "fronts"} & set(args.parts):
+            results["accuracy"] = part_accuracy(net, split, archs)
+        if "fronts" in args.parts:
+            results["fronts"] = part_fronts(args, net, split, archs, results["accuracy"])
+        if "sessions" in args.parts:
+            results["sessions"] = part_sessions(net, split, archs)
     results["seconds"] = time.perf_counter() - started
     args.out.write_text(json.dumps(results, indent=2, default=float))
     print(f"\n{time.perf_counter() - started:.0f} s; written to {args.out}")

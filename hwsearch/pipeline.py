@@ -9,6 +9,10 @@ latency-constrained search cares about thinly covered.
 Runs are resumable: rows go into the store chunk by chunk, and a second run
 with the same selection skips every arch key already stored for the device,
 so nothing is measured twice.
+
+A device that runs several precisions (:func:`profile_precisions`) gets
+every precision of a subnet measured in the same session, so the rows that
+compare them share one reference scale and one state of the machine.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,11 +33,20 @@ from typing import Any
 
 import numpy as np
 
+from hwsearch.quantize import (
+    DEFAULT_PRECISION,
+    PRECISIONS,
+    PROFILE_QUANTIZE,
+    PrecisionError,
+    QuantizeSettings,
+    check_precision,
+)
 from hwsearch.space import ArchConfig, SearchSpace
 from hwsearch.store import Store
 from predictors.features import ArchFeaturizer
 
-__all__ = ["ProfileReport", "finite_latencies", "profile_subnets", "select_subnets"]
+__all__ = ["ProfileReport", "finite_latencies", "profile_precisions", "profile_subnets",
+           "select_subnets"]
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -101,7 +115,7 @@ def _unique_rows(genes: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ProfileReport:
-    """What one :func:`profile_subnets` call did."""
+    """What one :func:`profile_subnets` call did (for :func:`profile_precisions`, at one precision)."""
 
     device_hash: str
     space_name: str
@@ -127,13 +141,14 @@ def profile_subnets(
     progress: ProgressFn | None = None,
     retries: int = 1,
 ) -> ProfileReport:
-    """Export and measure every subnet in ``archs`` not yet stored for ``device_hash``.
+    """Export and measure every subnet in ``archs`` not yet stored for ``device_hash``, at FP32.
 
     ``profiler`` is what ``devices.open_profiler(profile)`` returns.  Subnets
     are measured ``chunk`` at a time in one interleaved session each (so rows
     of a chunk share a reference scale) and stored as soon as the chunk ends;
     an interrupted run loses at most one chunk.  Rows hold the measurement,
-    the arch (``arch`` dict), analytic ``macs``/``params`` and the export time.
+    the arch (``arch`` dict), analytic ``macs``/``params``, the export time
+    and file size, and the ``session_id`` of the session that measured them.
 
     A subnet whose measurement the device flags unstable (its ratio's
     confidence interval stayed wide, usually because the machine changed
@@ -160,42 +175,105 @@ def profile_subnets(
     would serialise them anyway).  Rows record each export's wall-clock
     ``export_start``/``export_end`` beside the session's, which shows it.
     """
+    return profile_precisions(supernet, archs, profiler, {DEFAULT_PRECISION: device_hash}, store,
+                              chunk=chunk, workdir=workdir, progress=progress,
+                              retries=retries)[DEFAULT_PRECISION]
+
+
+def profile_precisions(
+    supernet: Any,
+    archs: Sequence[ArchConfig],
+    profiler: Any,
+    keys: Mapping[str, str],
+    store: Store,
+    *,
+    calibration: Any = None,
+    quantize: QuantizeSettings = PROFILE_QUANTIZE,
+    chunk: int = 16,
+    workdir: str | Path | None = None,
+    progress: ProgressFn | None = None,
+    retries: int = 1,
+) -> dict[str, ProfileReport]:
+    """:func:`profile_subnets` at several precisions of one device: a subnet's files in one session.
+
+    ``keys`` maps each precision to the key its rows are filed under (see
+    :func:`hwsearch.quantize.precision_key`).  Every subnet is exported at
+    FP32 and, for INT8, quantized from that export (static QDQ, calibrated
+    on ``calibration``, which INT8 needs; ``quantize`` says how); then all
+    files of a chunk, every precision of every subnet, are measured in one
+    interleaved session against one reference.  Why: a subnet's INT8/FP32
+    ratio from two sessions is only as good as each session's reference
+    normalisation; on a wall-clock device of a shared machine, separate
+    sessions put INT8 slower on 14 of 30 subnets where one session found it
+    faster on all 30 (docs/precision.md).  So a
+    subnet's rows at all precisions share a ``session_id`` (and the
+    session's ``env.session_start``/``session_end``), an unstable one is
+    re-measured with its sibling files, and the pair kept is the tighter one.
+
+    A subnet counts as done only when every precision has its row; one
+    stored at only some (a store from before, a precision added to the
+    profile) is measured again at all of them and its rows replaced, so a
+    comparison never spans two sessions.  Each row holds its own file's
+    ``onnx_bytes`` and ``export_seconds`` (INT8: FP32 export plus
+    quantization, also given alone as ``quantize_seconds``, with the
+    quantized model's agreement with FP32 on the calibration images).
+    Returns a report per precision.
+    """
+    if not keys:
+        raise PrecisionError("profile at least one precision")
+    for precision in keys:
+        check_precision(precision, "keys")
+    precisions = [p for p in PRECISIONS if p in keys]
+    if any(p != DEFAULT_PRECISION for p in precisions) and calibration is None:
+        raise PrecisionError("profiling at int8 calibrates the quantizer: give calibration images")
     start = time.perf_counter()
     space = supernet.space
-    done = store.measured_keys(device_hash, space.network_id)
+    done = set.intersection(*(store.measured_keys(keys[p], space.network_id) for p in precisions))
     todo = [a for a in archs if a.key() not in done]
     model_batch, input_dtype = _profile_input(profiler)
     report = {"done": len(archs) - len(todo), "total": len(archs)}
     if progress:
         progress(dict(report, stage="start"))
-    measured = unstable = 0
+    measured, unstable = 0, dict.fromkeys(precisions, 0)
     current = dict(report)  # what waiting events report, kept up to date as chunks finish
     waiting = _relay_waiting(progress, current)
     chunks = [list(todo[i:i + chunk]) for i in range(0, len(todo), chunk)]
     run = object()  # this call's identity as the owner of exports it shares
     with tempfile.TemporaryDirectory(dir=workdir) as tmp, _SHARED_EXPORTS.owned_by(run):
         export = functools.partial(_export_chunk, supernet, Path(tmp), model_batch, input_dtype,
-                                   waiting, run)
+                                   waiting, run, _Derivation(tuple(precisions), calibration, quantize))
         for batch, exports in _exported_chunks(chunks, export, _measures_elsewhere(profiler)):
-            paths = [e.path for e in exports]
-            results = _measure_until_stable(profiler, paths, retries, waiting)
-            for arch, export_run, result in zip(batch, exports, results):
-                row = result.to_dict() | {
-                    "arch": arch.to_dict(), "macs": int(export_run.report.macs),
-                    "params": int(export_run.report.params),
-                    "export_seconds": float(export_run.report.seconds),
-                    "onnx_bytes": int(export_run.report.bytes),
-                    "export_start": export_run.started_at, "export_end": export_run.ended_at,
-                }
-                store.put_latency(device_hash, space.network_id, arch.key(), row)
-                unstable += not result.stable
-                export_run.path.unlink()
+            groups = [[files[p].path for p in precisions] for files in exports]
+            sessions = _measure_until_stable(profiler, groups, retries, waiting)
+            for arch, files, measured_group in zip(batch, exports, sessions):
+                for precision, result in zip(precisions, measured_group.results):
+                    row = _row(arch, files[precision], result, precision, measured_group.session_id)
+                    store.put_latency(keys[precision], space.network_id, arch.key(), row)
+                    unstable[precision] += not result.stable
+                for exported in files.values():
+                    exported.path.unlink()
             measured += len(batch)
             current["done"] = report["done"] + measured
             if progress:
                 progress(dict(current, stage="measure"))
-    return ProfileReport(device_hash, space.network_id, len(archs), len(archs) - len(todo), measured,
-                         unstable, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return {p: ProfileReport(keys[p], space.network_id, len(archs), len(archs) - len(todo),
+                             measured, unstable[p], seconds) for p in precisions}
+
+
+def _row(arch: ArchConfig, exported: _Exported, result: Any, precision: str,
+         session_id: str) -> dict[str, Any]:
+    """The stored row of one file's measurement: the measurement, the subnet, its file's figures."""
+    report = exported.report
+    row = result.to_dict() | {
+        "arch": arch.to_dict(), "macs": int(report.macs), "params": int(report.params),
+        "precision": precision, "session_id": session_id,
+        "export_seconds": float(report.seconds), "onnx_bytes": int(report.bytes),
+        "export_start": exported.started_at, "export_end": exported.ended_at,
+    }
+    if report.quantization is not None:
+        row["quantization"] = dict(report.quantization)
+    return row
 
 
 @dataclass(frozen=True)
@@ -208,15 +286,56 @@ class _Exported:
     ended_at: float
 
 
-def _export_chunk(supernet: Any, folder: Path, model_batch: int, input_dtype: str,
-                  waiting: ProgressFn | None, run: object, batch: Sequence[ArchConfig]
-                  ) -> list[_Exported]:
-    """Export ``batch`` to ``folder``, each subnet one compute unit on the host lock.
+@dataclass(frozen=True)
+class _Derivation:
+    """Which precisions' files a run derives from each FP32 export, and how INT8 is calibrated."""
 
-    The one place the pipeline exports, whichever thread runs it.  A subnet
-    another run of this process is exporting (or has exported and not yet
-    deleted) with the same settings is linked from it instead
-    (:class:`_SharedExports`).
+    precisions: tuple[str, ...]
+    calibration: Any
+    quantize: QuantizeSettings
+
+    def key(self, precision: str) -> tuple[Any, ...]:
+        """What a derived file depends on beyond its FP32 source (for sharing it between runs)."""
+        if precision == DEFAULT_PRECISION:
+            return ()
+        return (precision, id(self.calibration), self.quantize)
+
+    def derive(self, source: _Exported, precision: str, path: Path) -> _Exported:
+        """``source`` at ``precision`` in ``path``; its report holds the new file's own figures.
+
+        INT8's ``seconds`` are the FP32 export's plus the quantization's: what
+        producing the measured file cost.
+        """
+        from hwsearch.quantize import images_at, model_input_shape, quantize_onnx
+
+        batch, *_, resolution = model_input_shape(source.path)
+        n = max(self.quantize.n_images, batch)
+        started_at = time.time()
+        quantized = quantize_onnx(source.path, path, images_at(self.calibration, resolution, n),
+                                  replace(self.quantize, n_images=n))
+        report = replace(source.report, path=path, bytes=quantized.bytes, precision=precision,
+                         seconds=source.report.seconds + quantized.seconds,
+                         quantization={"quantize_seconds": quantized.seconds,
+                                       "fp32_bytes": quantized.fp32_bytes,
+                                       "method": quantized.method, "n_images": quantized.n_images,
+                                       "top1_agreement": quantized.top1_agreement,
+                                       "max_logit_diff": quantized.max_logit_diff})
+        return _Exported(path, report, started_at, time.time())
+
+
+def _export_chunk(supernet: Any, folder: Path, model_batch: int, input_dtype: str,
+                  waiting: ProgressFn | None, run: object, derivation: _Derivation,
+                  batch: Sequence[ArchConfig]) -> list[dict[str, _Exported]]:
+    """Export ``batch`` to ``folder`` at every precision of ``derivation``, one dict per subnet.
+
+    The one place the pipeline exports, whichever thread runs it.  Each
+    export is one compute unit on the host lock (quantization takes its own).
+    A subnet another run of this process is exporting (or has exported and
+    not yet deleted) with the same settings is linked from it instead
+    (:class:`_SharedExports`); so is a derived (INT8) file of the same
+    export with the same calibration.  The FP32 file is always made, since
+    every other precision derives from it; it is measured only when FP32 is
+    one of the run's precisions.
     """
     from devices.hostlock import compute_unit
     from hwsearch.export import export_subnet
@@ -228,11 +347,21 @@ def _export_chunk(supernet: Any, folder: Path, model_batch: int, input_dtype: st
                                    input_dtype=input_dtype, check=False)
             return _Exported(path, report, started_at, time.time())
 
-    # The key holds every setting the file depends on; one added to export_subnet goes here too.
-    return [_SHARED_EXPORTS.export((id(supernet), arch.key(), model_batch, input_dtype), run,
-                                   folder / f"{arch.digest()}.onnx",
-                                   functools.partial(export_one, arch))
-            for arch in batch]
+    out = []
+    for arch in batch:
+        # The key holds every setting the file depends on; one added to export_subnet goes here too.
+        key = (id(supernet), arch.key(), model_batch, input_dtype)
+        fp32 = _SHARED_EXPORTS.export(key, run, folder / f"{arch.digest()}.onnx",
+                                      functools.partial(export_one, arch))
+        files = {DEFAULT_PRECISION: fp32}
+        for precision in derivation.precisions:
+            if precision != DEFAULT_PRECISION:
+                files[precision] = _SHARED_EXPORTS.export(
+                    key + derivation.key(precision), run,
+                    folder / f"{arch.digest()}.{precision}.onnx",
+                    functools.partial(derivation.derive, fp32, precision))
+        out.append(files)
+    return out
 
 
 class _SharedExports:
@@ -350,20 +479,46 @@ def _relay_waiting(progress: ProgressFn | None, state: dict[str, Any]) -> Progre
     return relay
 
 
-def _measure_until_stable(profiler: Any, paths: Sequence[Path], retries: int,
-                          waiting: ProgressFn | None) -> list[Any]:
-    """Measure ``paths`` in one session; re-measure the unstable ones, keeping the tighter result."""
+@dataclass(frozen=True)
+class _Session:
+    """One group's results (a subnet's files, in precision order) and the session they came from."""
+
+    session_id: str
+    results: list[Any]
+
+    @property
+    def spread(self) -> float:
+        """The widest relative CI of the group: a pair is only as good as its worse half."""
+        return max(_spread(r) for r in self.results)
+
+
+def _measure_until_stable(profiler: Any, groups: Sequence[Sequence[Path]], retries: int,
+                          waiting: ProgressFn | None) -> list[_Session]:
+    """Measure every group's files in one session; re-measure groups holding an unstable result.
+
+    A group (one subnet's files at each precision) is always measured whole,
+    in one session, so its results stay comparable; of two measurements of a
+    group the one with the tighter worst CI is kept.
+    """
     measure = profiler.measure_many if waiting is None else functools.partial(profiler.measure_many,
                                                                                progress=waiting)
-    results = list(measure(list(paths)))
+    sessions = _session(measure, groups)
     for _ in range(retries):
-        again = [i for i, result in enumerate(results) if not result.stable]
+        again = [i for i, s in enumerate(sessions) if not all(r.stable for r in s.results)]
         if not again:
             break
-        for i, retried in zip(again, measure([paths[i] for i in again])):
-            if _spread(retried) < _spread(results[i]):
-                results[i] = retried
-    return results
+        for i, retried in zip(again, _session(measure, [groups[i] for i in again])):
+            if retried.spread < sessions[i].spread:
+                sessions[i] = retried
+    return sessions
+
+
+def _session(measure: Callable[[list[Path]], Sequence[Any]],
+             groups: Sequence[Sequence[Path]]) -> list[_Session]:
+    """All files of ``groups`` measured in one session (one ``measure_many`` call), split back by group."""
+    session_id = uuid.uuid4().hex
+    results = iter(list(measure([path for group in groups for path in group])))
+    return [_Session(session_id, [next(results) for _ in group]) for group in groups]
 
 
 def _spread(result: Any) -> float:

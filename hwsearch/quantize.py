@@ -47,7 +47,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CALIBRATION_METHODS", "DEFAULT_PRECISION", "PRECISIONS", "PrecisionError",
+__all__ = ["CALIBRATION_METHODS", "DEFAULT_PRECISION", "PRECISIONS", "PROFILE_CALIBRATION_IMAGES",
+           "PROFILE_QUANTIZE", "PrecisionError",
            "QuantizationReport", "QuantizeSettings", "check_precision", "images_at",
            "model_input_shape", "precision_key", "quantize_onnx", "run_logits", "session"]
 
@@ -99,6 +100,12 @@ class QuantizeSettings:
         if not (isinstance(self.n_images, int) and 1 <= self.n_images <= MAX_CALIBRATION_IMAGES):
             raise PrecisionError(f"n_images must be an integer in [1, {MAX_CALIBRATION_IMAGES}], "
                                  f"got {self.n_images!r}")
+
+
+# Latency depends on the quantized graph, not on its ranges, so profiling calibrates on
+# fewer images than a shipped export does (what keeps quantizing cheap).
+PROFILE_CALIBRATION_IMAGES = 32
+PROFILE_QUANTIZE = QuantizeSettings(n_images=PROFILE_CALIBRATION_IMAGES)
 
 
 @dataclass(frozen=True)

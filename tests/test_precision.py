@@ -58,29 +58,32 @@ def test_precision_changes_the_store_key() -> None:
 
 def test_int8_latencies_are_measured_on_quantized_files_and_filed_under_their_own_key(
         tmp_path: Path) -> None:
-    """A real profiling run at INT8: rows go under the device key's ``@int8``, never the bare key."""
+    """A real profiling run at INT8 only: rows go under the device key's ``@int8``, never the bare key."""
     from devices import open_profiler
     from hwsearch.data import load_images
     from hwsearch.jobs.context import JobDevice
-    from hwsearch.jobs.precision import QuantizingProfiler, Target
+    from hwsearch.jobs.precision import Target
     from hwsearch.jobs.spec import SupernetRef, build_supernet
-    from hwsearch.pipeline import profile_subnets, select_subnets
+    from hwsearch.pipeline import profile_precisions, select_subnets
     from hwsearch.store import MemoryStore
 
     net = build_supernet(SupernetRef(**SUPERNET))
     profile = DeviceProfile.from_dict(fast_device("cpu-1t") | {"precisions": ["fp32", "int8"]})
     device = JobDevice(profile=profile, token=None, key=open_profiler(profile).device_key())
     target = Target(device, "int8")
+    assert target.label == "cpu-1t@int8" and target.key == f"{device.key}@int8"
     images = load_images(random_dataset(tmp_path / "d.npz", n=40), size=32)
-    profiler = target.profiler(images)
-    assert isinstance(profiler, QuantizingProfiler) and target.label == "cpu-1t@int8"
     store = MemoryStore()
     archs = select_subnets(net.space, 2, seed=3)
-    report = profile_subnets(net, archs, profiler, target.key, store)
+    with pytest.raises(PrecisionError, match="give calibration images"):
+        profile_precisions(net, archs, device.profiler(), {"int8": target.key}, store)
+    report = profile_precisions(net, archs, device.profiler(), {"int8": target.key}, store,
+                                calibration=images)["int8"]
     assert report.measured == 2
     rows = store.get_latencies(target.key, net.space.network_id)
     assert set(rows) == {a.key() for a in archs}
-    assert all(row["latency_ms"] > 0 for row in rows.values())
+    assert all(row["latency_ms"] > 0 and row["precision"] == "int8" for row in rows.values())
+    assert all(row["quantization"]["n_images"] == 32 for row in rows.values())
     assert store.get_latencies(device.key, net.space.network_id) == {}
 
 
@@ -212,9 +215,21 @@ def test_an_int8_job_on_the_demo_yields_one_front_with_labelled_points(tmp_path:
     fp32_rows = store.get_latencies(hashes["fp32"], network)
     int8_rows = store.get_latencies(hashes["int8"], network)
     assert len(fp32_rows) >= 4 and len(int8_rows) >= 4
+    # Initial and refined subnets alike: each measured at both precisions, in one session.
+    assert set(fp32_rows) == set(int8_rows)
+    for key, fp32 in fp32_rows.items():
+        int8 = int8_rows[key]
+        assert fp32["session_id"] == int8["session_id"]
+        assert fp32["env"]["session_start"] == int8["env"]["session_start"]
+        assert int8["quantization"]["fp32_bytes"] == fp32["onnx_bytes"] > int8["onnx_bytes"]
     fp32_acc = store.get_accuracies(DEMO_SUPERNET, result["dataset_id"])
     int8_acc = store.get_accuracies(DEMO_SUPERNET, f"{result['dataset_id']}@int8")
-    assert set(int8_rows) <= set(int8_acc) and set(fp32_rows) <= set(fp32_acc)
+    initial = set(int8_acc) & set(fp32_acc)
+    assert len(initial) >= 4
+    # A candidate one precision's refinement picked has the other's latency row (same session)
+    # but only the accuracy of the precision that picked it.
+    assert set(int8_rows) - set(int8_acc) <= set(fp32_acc) - initial
+    assert set(fp32_rows) - set(fp32_acc) <= set(int8_acc) - initial
     assert {"accuracy", "accuracy@int8", "latency@demo-q", "latency@demo-q@int8"} <= set(
         result["predictors"])
 

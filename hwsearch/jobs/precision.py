@@ -18,14 +18,21 @@ each with the same number of training rows a single-precision job has, and
 they need nothing from :mod:`predictors`.  Each device's front then merges
 the measured points of all its precisions, each labelled with its own.
 
-The profiling pipeline exports FP32 files; :class:`QuantizingProfiler` puts
-quantization between export and measurement, so INT8 rows go through the
-same chunking, retries and host locking as FP32 rows.
+A device's precisions are targets of their own for predictors and
+refinement, but never for measurement: :func:`profile_device` measures a
+subnet's FP32 and INT8 files in one session (the pipeline quantizes each
+FP32 export, :func:`hwsearch.pipeline.profile_precisions`), so the rows
+that compare the precisions share one reference scale and one state of the
+machine.  Measured in separate sessions on a wall-clock device of a shared
+machine, INT8 came out slower than FP32 on 14 of 30 demo subnets where one
+session found it faster on all 30 (docs/precision.md).
+:class:`QuantizingProfiler` remains for measuring one file at one precision
+(``POST /profiles``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,16 +41,14 @@ from hwsearch.jobs.context import JobDevice, latency_conditions
 from hwsearch.quantize import (
     DEFAULT_PRECISION,
     PRECISIONS,
+    PROFILE_QUANTIZE,
     QuantizeSettings,
     precision_key,
 )
+from hwsearch.store import Store
 
-__all__ = ["PROFILE_CALIBRATION_IMAGES", "QuantizingProfiler", "Target", "calibration_part",
-           "job_precisions", "label_front", "merge_fronts", "targets"]
-
-# Latency does not depend on the quantizer's ranges, only on the graph, so profiling
-# calibrates on fewer images than a shipped export does (what keeps quantizing cheap).
-PROFILE_CALIBRATION_IMAGES = 32
+__all__ = ["QuantizingProfiler", "Target", "calibration_part", "device_keys", "job_precisions",
+           "label_front", "merge_fronts", "profile_device", "targets"]
 
 
 @dataclass(frozen=True)
@@ -63,16 +68,26 @@ class Target:
         """``device`` for FP32 (as before precision existed), ``device@int8`` otherwise."""
         return precision_key(self.device.name, self.precision)
 
-    def profiler(self, data: Any) -> Any:
-        """The device's profiler; at INT8 one that quantizes each export before measuring it.
 
-        ``data`` is the job's data; INT8 calibrates on its BN-calibration part
-        (:func:`calibration_part`), FP32 never reads it.
-        """
-        inner = self.device.profiler()
-        if self.precision == DEFAULT_PRECISION:
-            return inner
-        return QuantizingProfiler(inner, calibration_part(data))
+def device_keys(device: JobDevice) -> dict[str, str]:
+    """Where each of the device's precisions files its latency rows, in :data:`PRECISIONS` order."""
+    return {t.precision: t.key for t in targets([device])}
+
+
+def profile_device(net: Any, archs: Sequence[Any], device: JobDevice, data: Any, store: Store,
+                   progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Profile ``archs`` at every precision of ``device``, a subnet's files in one session.
+
+    Returns :class:`~hwsearch.pipeline.ProfileReport` by precision.  INT8
+    calibrates on the BN-calibration part of ``data`` (the job's data,
+    :func:`calibration_part`); a device running only FP32 never reads it.
+    """
+    from hwsearch.pipeline import profile_precisions
+
+    keys = device_keys(device)
+    calibration = None if list(keys) == [DEFAULT_PRECISION] else calibration_part(data)
+    return profile_precisions(net, archs, device.profiler(), keys, store,
+                              calibration=calibration, progress=progress)
 
 
 def targets(devices: Sequence[JobDevice]) -> list[Target]:
@@ -108,13 +123,14 @@ def calibration_part(data: Any) -> Any:
 class QuantizingProfiler:
     """A device's profiler that measures the INT8 quantization of each FP32 file it is given.
 
+    For one file at one precision (``POST /profiles``); a job measures all
+    of a device's precisions together instead (:func:`profile_device`).
     The quantized file sits beside its source (``<name>.int8.onnx``) and is
-    reused when a measurement is repeated (an unstable row's retry), so each
-    subnet is quantized once per profiling run.
+    reused when a measurement is repeated, so each file is quantized once.
     """
 
     def __init__(self, inner: Any, calibration: Any,
-                 settings: QuantizeSettings = QuantizeSettings(n_images=PROFILE_CALIBRATION_IMAGES)
+                 settings: QuantizeSettings = PROFILE_QUANTIZE
                  ) -> None:
         self.inner, self.calibration, self.settings = inner, calibration, settings
 

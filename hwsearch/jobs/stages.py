@@ -2,12 +2,13 @@
 
 1. :func:`profile_devices`: the initial space-filling subnets on every
    device at every precision it runs, at once (local devices take turns at
-   the host's measurement lock).
+   the host's measurement lock; a subnet's precisions share a session).
 2. :func:`evaluate_accuracy`: their accuracy at each precision, once for all devices.
 3. :func:`fit_predictors`: an accuracy predictor per precision and one
    latency predictor per (device, precision), with their held-out quality.
 4. :func:`refine_fronts`: every (device, precision) front refined on Ray with
-   real measurements (:class:`DeviceMeasurer`), up to the job's budget, and
+   real measurements (:class:`DeviceMeasurer`, which measures a candidate at
+   all its device's precisions in one session), up to the job's budget, and
    each device's precisions merged into one front of labelled points.
 
 Precision is a job axis (:mod:`hwsearch.jobs.precision`): a device whose
@@ -29,7 +30,13 @@ from typing import Any
 
 from hwsearch.jobs.context import JobContext, JobDevice
 from hwsearch.jobs.control import Control
-from hwsearch.jobs.precision import Target, job_precisions, merge_fronts, targets
+from hwsearch.jobs.precision import (
+    Target,
+    job_precisions,
+    merge_fronts,
+    profile_device,
+    targets,
+)
 from hwsearch.jobs.spec import JobSpec
 from hwsearch.quantize import DEFAULT_PRECISION, precision_key
 from hwsearch.store import Store
@@ -39,20 +46,20 @@ __all__ = ["DeviceMeasurer", "evaluate_accuracy", "fit_predictors", "profile_dev
 
 
 def profile_devices(control: Control, job: JobContext) -> dict[str, dict[str, Any]]:
-    """Profile ``archs`` on every device at every precision it runs, one thread per pair.
+    """Profile ``archs`` on every device at every precision it runs, one thread per device.
 
-    Devices that are separate hardware (agents) measure concurrently; local
-    devices of this host queue for its measurement lock inside their
-    profilers, so running them side by side never overlaps two sessions.
-    Reports are by target label (``device``, ``device@int8``).  A
-    cancellation raised in any thread stops the step.
+    A device's precisions are measured together: each subnet's FP32 and
+    INT8 files in the same session (:func:`~hwsearch.jobs.precision.profile_device`),
+    so their rows compare within one reference scale.  Devices that are
+    separate hardware (agents) measure concurrently; local devices of this
+    host queue for its measurement lock inside their profilers, so running
+    them side by side never overlaps two sessions.  Reports are by target
+    label (``device``, ``device@int8``).  A cancellation raised in any
+    thread stops the step.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from hwsearch.pipeline import profile_subnets
-
-    pairs = targets(job.devices)
-    shares = dict.fromkeys((t.label for t in pairs), 0.0)
+    shares = dict.fromkeys((d.name for d in job.devices), 0.0)
     lock = threading.Lock()
 
     def report(name: str, info: Mapping[str, Any]) -> None:
@@ -63,13 +70,15 @@ def profile_devices(control: Control, job: JobContext) -> dict[str, dict[str, An
         message = info.get("message") or f"{info['done']}/{info['total']} subnets measured"
         control.step("profile", fraction, f"{name}: {message}")
 
-    def profile_one(target: Target) -> dict[str, Any]:
-        return profile_subnets(job.net, job.archs, target.profiler(job.data), target.key, job.store,
-                               progress=lambda info: report(target.label, info)).to_dict()
+    def profile_one(device: JobDevice) -> dict[str, dict[str, Any]]:
+        found = profile_device(job.net, job.archs, device, job.data, job.store,
+                               progress=lambda info: report(device.name, info))
+        return {Target(device, p).label: r.to_dict() for p, r in found.items()}
 
-    with ThreadPoolExecutor(max_workers=len(pairs), thread_name_prefix="hwsearch-profile") as pool:
-        futures = {t.label: pool.submit(profile_one, t) for t in pairs}
-        return {label: future.result() for label, future in futures.items()}
+    with ThreadPoolExecutor(max_workers=len(job.devices),
+                            thread_name_prefix="hwsearch-profile") as pool:
+        futures = [pool.submit(profile_one, d) for d in job.devices]
+        return {label: r for future in futures for label, r in future.result().items()}
 
 
 def evaluate_accuracy(control: Control, job: JobContext) -> dict[str, dict[str, float]]:
@@ -237,8 +246,9 @@ def _device_front(job: JobContext, device: JobDevice, runs: Mapping[str, Mapping
 class DeviceMeasurer:
     """Real measurements on one device at one precision during refinement, into the store.
 
-    Latency: export and profile with the device's profiler (INT8: the
-    export quantized first; the pipeline stores the full measurement row);
+    Latency: export and profile with the device's profiler, at every
+    precision the device runs in one session (the pipeline quantizes the
+    export for INT8 and stores each precision's full measurement row);
     accuracy: BN-recalibrated evaluation on the job's data (INT8: of the
     quantized model in onnxruntime).  It travels to the device's Ray task,
     where it also checks for cancellation and reports progress before each
@@ -277,13 +287,20 @@ class DeviceMeasurer:
             self._say(str(info["message"]))
 
     def measure_latency(self, archs: Sequence[Any]) -> list[float]:
-        from hwsearch.pipeline import finite_latencies, profile_subnets
+        """``archs``' latencies at this precision, measured with their other precisions' files.
+
+        Every precision of the device is measured in the same session and
+        stored under its own key, so a subnet refinement picks at FP32 has
+        its INT8 row too (and the reverse): the other precision's refinement
+        reuses it instead of measuring the subnet in a session of its own,
+        and the two rows compare within one reference scale.
+        """
+        from hwsearch.pipeline import finite_latencies
 
         net, data = self._net_and_data
         target = self._target
         self._before("profiling", len(archs))
-        profile_subnets(net, archs, target.profiler(data), target.key, self.store,
-                        progress=self._waiting)
+        profile_device(net, archs, self.device, data, self.store, progress=self._waiting)
         rows = finite_latencies(self.store, target.key, net.space.network_id)
         return [float(rows[a.key()]["latency_ms"]) for a in archs]
 
