@@ -27,9 +27,14 @@ from tests._jobs import SUPERNET, fast_device
 from tests._server import Agent
 
 TOKEN = "streaming-hosts"
-#: Sessions of a few seconds, with a wide CI target so that rows are rarely measured again (a row
-#: keeps the tighter of its measurements, so a retry can hide the session that came first).
+#: Sessions of a second or more (these 32 px subnets run in well under a millisecond), so that
+#: sessions meant to run at once overlap even on a loaded host; a wide CI target, so that rows
+#: are rarely measured again (a row keeps the tighter of its measurements, so a retry can hide
+#: the session that came first).
 SLOW = {"protocol": {"min_rounds": 60, "max_rounds": 60, "max_seconds": 30, "ci_target": 0.5}}
+#: Sessions long enough (about a second: these 32 px subnets run in well under a millisecond)
+#: that two sessions started together still overlap when the loaded host delays one of them.
+LONG = {"protocol": {**SLOW["protocol"], "min_rounds": 600, "max_rounds": 600}}
 
 Interval = tuple[float, float]
 
@@ -50,8 +55,8 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Agent]]:
         agent.stop()
 
 
-def agent_device(name: str, agent: Agent) -> dict[str, Any]:
-    return {**fast_device(name), **SLOW,
+def agent_device(name: str, agent: Agent, protocol: dict[str, Any] = SLOW) -> dict[str, Any]:
+    return {**fast_device(name), **protocol,
             "where": {"kind": "agent", "url": agent.url, "token_env": "STREAMING_TOKEN"}}
 
 
@@ -99,7 +104,8 @@ def test_two_agent_devices_measure_at_the_same_time_in_one_job(net: Any, agents:
     monkeypatch.setenv("STREAMING_TOKEN", TOKEN)
     store = MemoryStore()
     job_id = store.create_job({"kind": "search"})
-    devices = [job_device(agent_device(f"edge-{i}", agent), {}) for i, agent in enumerate(agents)]
+    devices = [job_device(agent_device(f"edge-{i}", agent, LONG), {})
+               for i, agent in enumerate(agents)]
     job = JobContext(store=store, job_id=job_id, net=net, devices=devices, data=None,
                      dataset_id="unused", archs=select_subnets(net.space, 2, seed=7))
     reports = profile_devices(start_job(store, job_id), job)
