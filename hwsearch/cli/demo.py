@@ -1,4 +1,4 @@
-"""``hwsearch demo``: the whole job on the built-in MNIST supernet, offline."""
+"""``hwsearch demo``: the whole job on a built-in MNIST supernet (OFA-MobileNetV3 or ViT), offline."""
 
 from __future__ import annotations
 
@@ -8,11 +8,22 @@ from typing import Annotated, Optional
 
 import typer
 
+from hwsearch.demo import DEMO_SUPERNET, DEMO_SUPERNETS
+
+
+def _demo_supernet(name: str) -> str:
+    if name not in DEMO_SUPERNETS:
+        raise typer.BadParameter(f"{name!r} is not a demo supernet; choose from {', '.join(DEMO_SUPERNETS)}")
+    return name
+
 
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the store, ONNX files and report.")] = Path("runs/demo"),
+    supernet: Annotated[str, typer.Option(
+        callback=_demo_supernet,
+        help=f"Which demo: {' or '.join(DEMO_SUPERNETS)} (an elastic ViT).")] = DEMO_SUPERNET,
     checkpoint: Annotated[Optional[Path], typer.Option(
-        help="Your own checkpoint of the demo family (default: the shipped one).")] = None,
+        help="Your own checkpoint of the chosen demo supernet (default: the shipped one).")] = None,
     device: Annotated[Optional[list[Path]], typer.Option(
         help="Device profile (YAML/JSON); repeat for several. Default: this CPU with 1 and 2 threads.")] = None,
     n_profile: Annotated[int, typer.Option(help="Subnets profiled per device to train predictors.")] = 40,
@@ -30,7 +41,7 @@ def demo(
 
     defaults = DemoSettings()
     settings = DemoSettings(
-        out=out, checkpoint=checkpoint or defaults.checkpoint,
+        out=out, supernet=supernet, checkpoint=checkpoint,
         devices=tuple(device) if device else defaults.devices,
         n_profile=n_profile, budget=budget, seed=seed, ray_address=ray_address,
     )

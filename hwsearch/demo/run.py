@@ -1,4 +1,4 @@
-"""The whole hwsearch flow on the built-in demo supernet, as one function.
+"""The whole hwsearch flow on a built-in demo supernet, as one function.
 
 ``run_demo`` is what ``hwsearch demo`` calls: it profiles subnets on each
 device, measures their accuracy, trains predictors, searches and refines on
@@ -6,13 +6,19 @@ Ray (all through :func:`hwsearch.jobs.run_job`, the same code a service job
 runs), then exports the knee subnet of every device's front to ONNX, profiles
 that file on its device, and writes the report.  Everything lands in one
 folder, with a SQLite store that makes a second run resume instead of
-re-measuring.
+re-measuring.  ``DemoSettings.supernet`` picks the demo: the OFA-MobileNetV3
+(``demo_mbv3_mnist``, the default) or the elastic ViT (``demo_vit_mnist``).
 
 The demo devices run FP32 and INT8 (``precisions: [fp32, int8]``), so each
-front mixes both and the summary says, per device, how many front points
-INT8 holds and what it costs or saves in latency and accuracy.  On this
-project's CPU, INT8's Q/DQ overhead makes the 16-32 px demo subnets slower
-than FP32 when both are measured in one session (docs/precision.md).
+front of the MobileNetV3 demo mixes both and the summary says, per device,
+how many front points INT8 holds and what it costs or saves in latency and
+accuracy.  On this project's CPU, INT8's Q/DQ overhead makes the 16-32 px
+demo subnets slower than FP32 when both are measured in one session
+(docs/precision.md).  The ViT demo searches FP32 only by default
+(:data:`DEMO_PRECISIONS`): its INT8 exports quantize and run, but take
+1.3-1.5x the FP32 latency here (docs/demo_vit.md), so INT8 would double the
+measurements for points that never win on speed; ``DemoSettings.precisions``
+turns it back on.
 """
 
 from __future__ import annotations
@@ -22,10 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hwsearch.demo import DEMO_CHECKPOINT, DEMO_DEVICES_DIR, DEMO_SUPERNET
+from hwsearch.demo import DEMO_DEVICES_DIR, DEMO_SUPERNET, DEMO_VIT_SUPERNET, demo_files
 from hwsearch.jobs import ProgressFn
 
-__all__ = ["DemoResult", "DemoSettings", "KneeCheck", "default_devices", "run_demo"]
+__all__ = ["DEMO_PRECISIONS", "DemoResult", "DemoSettings", "KneeCheck", "default_devices",
+           "run_demo"]
+
+# Precisions a demo searches on every device when DemoSettings.precisions is None; a demo
+# not listed searches what each device profile says.
+DEMO_PRECISIONS: dict[str, tuple[str, ...]] = {DEMO_VIT_SUPERNET: ("fp32",)}
 
 
 def default_devices() -> list[Path]:
@@ -35,15 +46,31 @@ def default_devices() -> list[Path]:
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What to run; the defaults finish in a few minutes on a 2-core laptop."""
+    """What to run; the defaults finish in a few minutes on a 2-core laptop.
+
+    ``supernet`` names a built-in demo; ``checkpoint`` (default: the one it
+    ships with) may be the user's own weights for it.  ``precisions``, when
+    given, replaces every device profile's precisions (default: the demo's
+    entry in :data:`DEMO_PRECISIONS`, else the profiles' own).
+    """
 
     out: Path = Path("runs/demo")
-    checkpoint: Path = DEMO_CHECKPOINT
+    checkpoint: Path | None = None
     devices: tuple[Path, ...] = field(default_factory=lambda: tuple(default_devices()))
     n_profile: int = 40
     budget: int = 20
     seed: int = 0
     ray_address: str | None = None
+    supernet: str = DEMO_SUPERNET
+    precisions: tuple[str, ...] | None = None
+
+    def weights(self) -> Path:
+        """The checkpoint the demo loads: the given one, or the one shipped for ``supernet``."""
+        return Path(self.checkpoint) if self.checkpoint is not None else demo_files(self.supernet)[0]
+
+    def forced_precisions(self) -> tuple[str, ...] | None:
+        """The precisions every device searches, or None to keep each profile's own."""
+        return self.precisions if self.precisions is not None else DEMO_PRECISIONS.get(self.supernet)
 
 
 @dataclass(frozen=True)
@@ -72,6 +99,7 @@ class DemoResult:
     report: dict[str, Path]
     seconds: float
     precisions: dict[str, Any] = field(default_factory=dict)  # device -> INT8 vs FP32 figures
+    searched_precisions: tuple[str, ...] | None = None  # forced on every device; None: profiles'
 
 
 def _job_spec(settings: DemoSettings, dataset: Path) -> Any:
@@ -81,9 +109,11 @@ def _job_spec(settings: DemoSettings, dataset: Path) -> Any:
     if not settings.devices:
         raise ValueError("the demo needs at least one device profile")
     profiles = [DeviceProfile.load(path).to_dict() for path in settings.devices]
+    if (precisions := settings.forced_precisions()) is not None:
+        profiles = [{**profile, "precisions": list(precisions)} for profile in profiles]
     return JobSpec(
-        supernet=SupernetRef(name=DEMO_SUPERNET, registry=DEMO_SUPERNET,
-                             checkpoint=str(Path(settings.checkpoint).resolve())),
+        supernet=SupernetRef(name=settings.supernet, registry=settings.supernet,
+                             checkpoint=str(settings.weights().resolve())),
         devices=tuple(profiles), dataset=str(dataset.resolve()), budget=settings.budget,
         seed=settings.seed, n_profile=settings.n_profile,
     )
@@ -156,7 +186,8 @@ def run_demo(settings: DemoSettings = DemoSettings(), *,
     written = reporting.build_report(data, out / "report")
     return DemoResult(job_id=job_id, store_path=out / "hwsearch.db", fronts=dict(data.fronts),
                       knees=knees, report=written, seconds=time.perf_counter() - started,
-                      precisions=reporting.precision_comparison(data.measurements, data.fronts))
+                      precisions=reporting.precision_comparison(data.measurements, data.fronts),
+                      searched_precisions=settings.forced_precisions())
 
 
 def _calibration_images(spec: Any, net: Any) -> Any:
@@ -178,6 +209,10 @@ def summarise(result: DemoResult) -> list[str]:
             f"latency predicted {predicted}, on the front {knee.front_latency_ms:.3f} ms, "
             f"re-measured {knee.remeasured_latency_ms:.3f} ms (±{100 * knee.remeasured_ratio_ci:.1f}%)")
     lines += [_precision_line(device, c) for device, c in sorted(result.precisions.items())]
+    if result.searched_precisions is not None:
+        lines.append(f"precisions searched on every device: {', '.join(result.searched_precisions)}"
+                     + ("" if "int8" in result.searched_precisions else
+                        " (INT8 off for this demo: slower than FP32 on this CPU, docs/demo_vit.md)"))
     lines.append(f"report: {result.report['html']}")
     return lines
 
