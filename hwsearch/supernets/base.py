@@ -14,7 +14,7 @@ import argparse
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, Union, runtime_checkable
+from typing import Any, Protocol, TypeVar, Union, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -30,9 +30,11 @@ __all__ = [
     "load_failure_reason",
     "load_state",
     "read_checkpoint",
+    "require_layout",
 ]
 
 ArchLike = Union[ArchConfig, Mapping[str, Any]]
+L = TypeVar("L")
 
 # Keys renamed by OFA since its checkpoints were published; OFA's own
 # ``load_state_dict`` maps them the same way.
@@ -55,6 +57,15 @@ class ElasticNetwork(Protocol):
     def forward(self, x: Tensor, arch: ArchConfig) -> Tensor: ...
 
     def extract(self, arch: ArchConfig) -> nn.Module: ...
+
+
+def require_layout(space: SearchSpace, layout_type: type[L], network: str) -> L:
+    """``space.layout`` if it is a ``layout_type``; a family's network is built from no other."""
+    if not isinstance(space.layout, layout_type):
+        article = "an" if layout_type.__name__[0] in "AEIMOU" else "a"
+        raise ValueError(f"{space.name}: {network} needs {article} {layout_type.__name__}, "
+                         f"got {type(space.layout).__name__}")
+    return space.layout
 
 
 class Supernet:

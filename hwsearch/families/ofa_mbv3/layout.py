@@ -25,7 +25,8 @@ from hwsearch.space import (
     native_resolution,
 )
 
-__all__ = ["MBv3Layout", "add_mbconv_stages", "mbconv_native", "mbconv_native_batch",
+__all__ = ["MBv3Layout", "add_mbconv_stages", "check_mbconv_space", "mbconv_native",
+           "mbconv_native_batch",
            "ofa_mbv3_space", "read_mbconv_native"]
 
 
@@ -54,13 +55,8 @@ class MBv3Layout(Layout):
     stem_stride: int = 2
 
     def check_space(self, space: SearchSpace) -> None:
-        for name in ("stage_widths", "stage_strides", "stage_acts", "stage_se"):
-            if len(getattr(self, name)) != len(space.stages):
-                raise ValueError(f"{space.name}: layout.{name} has {len(getattr(self, name))} "
-                                 f"entries; the space has {len(space.stages)} stages")
-        if not space.kernels or not space.expands or not all(s.elastic for s in space.stages):
-            raise ValueError(f"{space.name}: MobileNetV3 spaces need kernel and expand choices "
-                             "and elastic stages only")
+        check_mbconv_space(space, self, ("stage_widths", "stage_strides", "stage_acts", "stage_se"),
+                           "MobileNetV3")
 
     def costs(self, space: SearchSpace, X: np.ndarray) -> CostTable:
         """Stem, first block, elastic MBConv stages, final expand, head."""
@@ -97,6 +93,18 @@ class MBv3Layout(Layout):
 
     def native_batch(self, batch: ArchBatch) -> list[dict[str, Any]]:
         return mbconv_native_batch(batch)
+
+
+def check_mbconv_space(space: SearchSpace, layout: Layout, per_stage: Sequence[str],
+                       family: str) -> None:
+    """Refuse a space whose stages do not match the layout's per-stage fields, or lack MBConv knobs."""
+    for name in per_stage:
+        if len(getattr(layout, name)) != len(space.stages):
+            raise ValueError(f"{space.name}: layout.{name} has {len(getattr(layout, name))} "
+                             f"entries; the space has {len(space.stages)} stages")
+    if not space.kernels or not space.expands or not all(s.elastic for s in space.stages):
+        raise ValueError(f"{space.name}: {family} spaces need kernel and expand choices "
+                         "and elastic stages only")
 
 
 def mbconv_native(space: SearchSpace, arch: ArchConfig) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from hwsearch.families.ofa_mbv3.layout import MBv3Layout, ofa_mbv3_space
 from hwsearch.space import ArchConfig, SearchSpace
-from hwsearch.supernets.base import Supernet
+from hwsearch.supernets.base import Supernet, require_layout
 from hwsearch.supernets.elastic import (
     ElasticResidual,
     active_mbconv_blocks,
@@ -64,13 +64,6 @@ class MobileNetV3Subnet(nn.Module):
         return self.classifier(self.flatten(x))
 
 
-def _layout(space: SearchSpace) -> MBv3Layout:
-    if not isinstance(space.layout, MBv3Layout):
-        raise ValueError(f"{space.name}: an OFA MobileNetV3 supernet needs an MBv3Layout, "
-                         f"got {type(space.layout).__name__}")
-    return space.layout
-
-
 class OFAMobileNetV3(nn.Module):
     """The elastic MobileNetV3 supernet of ``space`` (layout, depths, kernels, expand ratios).
 
@@ -81,7 +74,7 @@ class OFAMobileNetV3(nn.Module):
 
     def __init__(self, space: SearchSpace, dropout_rate: float = 0.0) -> None:
         super().__init__()
-        layout = _layout(space)
+        layout = require_layout(space, MBv3Layout, "an OFA MobileNetV3 supernet")
         self.space = space
         self.layout = layout
         self.dropout_rate = dropout_rate

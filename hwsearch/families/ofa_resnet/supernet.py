@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from hwsearch.families.ofa_resnet.layout import ResNetLayout, ofa_resnet50_space
 from hwsearch.space import ArchConfig, SearchSpace, make_divisible
-from hwsearch.supernets.base import Supernet
+from hwsearch.supernets.base import Supernet, require_layout
 from hwsearch.supernets.elastic import (
     ElasticBottleneck,
     ElasticConvLayer,
@@ -57,13 +57,6 @@ class ResNetSubnet(nn.Module):
         return self.classifier(self.flatten(self.global_avg_pool(x)))
 
 
-def _layout(space: SearchSpace) -> ResNetLayout:
-    if not isinstance(space.layout, ResNetLayout):
-        raise ValueError(f"{space.name}: an OFA ResNet supernet needs a ResNetLayout, "
-                         f"got {type(space.layout).__name__}")
-    return space.layout
-
-
 class OFAResNets(nn.Module):
     """The elastic ResNet supernet of ``space`` (depth, expand ratio and width per slot).
 
@@ -73,7 +66,7 @@ class OFAResNets(nn.Module):
 
     def __init__(self, space: SearchSpace, dropout_rate: float = 0.0) -> None:
         super().__init__()
-        layout = _layout(space)
+        layout = require_layout(space, ResNetLayout, "an OFA ResNet supernet")
         self.space = space
         self.layout = layout
         self.dropout_rate = dropout_rate

@@ -20,6 +20,7 @@ from hwsearch.batch import ArchBatch
 from hwsearch.costs import CostAccumulator, CostTable, ceil_div
 from hwsearch.families.ofa_mbv3.layout import (
     add_mbconv_stages,
+    check_mbconv_space,
     mbconv_native,
     mbconv_native_batch,
     read_mbconv_native,
@@ -63,13 +64,7 @@ class ProxylessLayout(Layout):
     stem_stride: int = 2
 
     def check_space(self, space: SearchSpace) -> None:
-        for name in ("stage_widths", "stage_strides"):
-            if len(getattr(self, name)) != len(space.stages):
-                raise ValueError(f"{space.name}: layout.{name} has {len(getattr(self, name))} "
-                                 f"entries; the space has {len(space.stages)} stages")
-        if not space.kernels or not space.expands or not all(s.elastic for s in space.stages):
-            raise ValueError(f"{space.name}: ProxylessNAS spaces need kernel and expand choices "
-                             "and elastic stages only")
+        check_mbconv_space(space, self, ("stage_widths", "stage_strides"), "ProxylessNAS")
 
     def costs(self, space: SearchSpace, X: np.ndarray) -> CostTable:
         """Stem, first block, elastic MBConv stages, feature-mix conv, classifier."""

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from hwsearch.families.proxyless.layout import ProxylessLayout, ofa_proxyless_space
 from hwsearch.space import ArchConfig, SearchSpace
-from hwsearch.supernets.base import Supernet
+from hwsearch.supernets.base import Supernet, require_layout
 from hwsearch.supernets.elastic import (
     ElasticResidual,
     active_mbconv_blocks,
@@ -67,13 +67,6 @@ class ProxylessNASSubnet(nn.Module):
         return self.classifier(self.flatten(x))
 
 
-def _layout(space: SearchSpace) -> ProxylessLayout:
-    if not isinstance(space.layout, ProxylessLayout):
-        raise ValueError(f"{space.name}: an OFA ProxylessNAS supernet needs a ProxylessLayout, "
-                         f"got {type(space.layout).__name__}")
-    return space.layout
-
-
 class OFAProxylessNASNets(nn.Module):
     """The elastic ProxylessNAS supernet of ``space`` (layout, depths, kernels, expand ratios).
 
@@ -84,7 +77,7 @@ class OFAProxylessNASNets(nn.Module):
 
     def __init__(self, space: SearchSpace, dropout_rate: float = 0.0) -> None:
         super().__init__()
-        layout = _layout(space)
+        layout = require_layout(space, ProxylessLayout, "an OFA ProxylessNAS supernet")
         self.space = space
         self.layout = layout
         self.dropout_rate = dropout_rate

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from hwsearch.families.vit.layout import ViTLayout, autoformer_space, mlp_hidden
 from hwsearch.space import ArchConfig, SearchSpace
-from hwsearch.supernets.base import Supernet
+from hwsearch.supernets.base import Supernet, require_layout
 from hwsearch.supernets.layers import linear_from
 from hwsearch.supernets.registry import register_builder, register_supernet
 
@@ -337,13 +337,6 @@ class ViTSubnet(nn.Module):
         return self.head(x[:, 1:].mean(dim=1) if self.global_pool else x[:, 0])
 
 
-def _layout(space: SearchSpace) -> ViTLayout:
-    if not isinstance(space.layout, ViTLayout):
-        raise ValueError(f"{space.name}: a ViT supernet needs a ViTLayout, "
-                         f"got {type(space.layout).__name__}")
-    return space.layout
-
-
 class ElasticViT(nn.Module):
     """The elastic ViT supernet of ``space`` (AutoFormer's parameter names and shapes).
 
@@ -354,7 +347,7 @@ class ElasticViT(nn.Module):
 
     def __init__(self, space: SearchSpace, dropout_rate: float = 0.0) -> None:
         super().__init__()
-        layout = _layout(space)
+        layout = require_layout(space, ViTLayout, "a ViT supernet")
         self.space = space
         self.layout = layout
         self.dropout_rate = dropout_rate
