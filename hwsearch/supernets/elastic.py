@@ -16,6 +16,7 @@ slices.  In eval mode the two give the same output.
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
@@ -38,6 +39,7 @@ from hwsearch.supernets.layers import (
 )
 
 __all__ = [
+    "ElasticMobileNetBody",
     "active_mbconv_blocks",
     "elastic_mbconv_stages",
     "ElasticBatchNorm2d",
@@ -430,3 +432,60 @@ def active_mbconv_blocks(
     for group, active in zip(groups, space.block_ranges(arch.depths)):
         for block_index, i in zip(group, active):
             yield blocks[block_index], arch.kernel[i], arch.expand[i]
+
+
+_STEM_KERNEL = 3
+_FIRST_BLOCK_KERNEL = 3
+
+
+class ElasticMobileNetBody(nn.Module):
+    """The stem conv, OFA's fixed first block and the elastic MBConv stages of a MobileNet.
+
+    OFA's MobileNetV3 and ProxylessNAS supernets share this body and differ
+    in their activations, squeeze-excite and head; a family subclasses it,
+    calls :meth:`_build_body` first (so ``first_conv`` and ``blocks`` lead the
+    ``state_dict`` as in OFA's checkpoints) and adds its head.
+    """
+
+    space: SearchSpace
+    block_group_info: list[list[int]]
+
+    def _build_body(self, space: SearchSpace, in_channels: int, stem: int, stem_stride: int,
+                    stem_act: str, first_block: int, first_block_act: str,
+                    first_block_residual: bool, stage_widths: Sequence[int],
+                    stage_strides: Sequence[int], stage_acts: Sequence[str],
+                    stage_se: Sequence[bool]) -> int:
+        """Create ``first_conv`` and ``blocks``; return the width after the last stage."""
+        self.first_conv = conv_bn_act(
+            nn.Conv2d(in_channels, stem, _STEM_KERNEL, stem_stride, _STEM_KERNEL // 2,
+                      bias=False),
+            nn.BatchNorm2d(stem), build_act(stem_act))
+        depthwise = conv_bn_act(
+            nn.Conv2d(stem, stem, _FIRST_BLOCK_KERNEL, 1, _FIRST_BLOCK_KERNEL // 2, groups=stem,
+                      bias=False),
+            nn.BatchNorm2d(stem), build_act(first_block_act))
+        projection = conv_bn_act(nn.Conv2d(stem, first_block, 1, bias=False),
+                                 nn.BatchNorm2d(first_block), None)
+        first = ResidualBlock(MBConv(None, depthwise, projection), first_block_residual)
+        stages, self.block_group_info, channels = elastic_mbconv_stages(
+            space, first_block, stage_widths, stage_strides, stage_acts, stage_se, first_index=1)
+        self.blocks = nn.ModuleList([first, *stages])
+        return channels
+
+    def _active_blocks(self, arch: ArchConfig) -> Iterator[tuple[ElasticResidual, int, float]]:
+        return active_mbconv_blocks(self.blocks, self.block_group_info, self.space, arch)
+
+    def _body(self, x: Tensor, arch: ArchConfig) -> Tensor:
+        """The body's output for ``arch`` (already validated), on the shared weights."""
+        x = self.blocks[0](self.first_conv(x))
+        for block, kernel, expand in self._active_blocks(arch):
+            x = block(x, kernel, expand)
+        return x
+
+    @torch.no_grad()
+    def _extract_body(self, arch: ArchConfig) -> tuple[nn.Sequential, list[nn.Module]]:
+        """The stem (a copy: it is not elastic) and ``arch``'s blocks as static modules."""
+        first_conv, first_block = copy.deepcopy(nn.ModuleList([self.first_conv, self.blocks[0]]))
+        blocks = [first_block] + [block.extract(kernel, expand)
+                                  for block, kernel, expand in self._active_blocks(arch)]
+        return first_conv, blocks

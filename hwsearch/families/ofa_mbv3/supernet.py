@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -21,19 +20,13 @@ from torch import Tensor, nn
 from hwsearch.families.ofa_mbv3.layout import MBv3Layout, ofa_mbv3_space
 from hwsearch.space import ArchConfig, SearchSpace
 from hwsearch.supernets.base import Supernet, require_layout
-from hwsearch.supernets.elastic import (
-    ElasticResidual,
-    active_mbconv_blocks,
-    elastic_mbconv_stages,
-)
-from hwsearch.supernets.layers import MBConv, ResidualBlock, build_act, conv_bn_act
+from hwsearch.supernets.elastic import ElasticMobileNetBody
+from hwsearch.supernets.layers import build_act, conv_bn_act
 from hwsearch.supernets.registry import register_builder, register_supernet
 
 __all__ = ["MobileNetV3Subnet", "OFAMobileNetV3"]
 
-_STEM_KERNEL = 3
 _FIRST_BLOCK_ACT = "relu"
-_FIRST_BLOCK_KERNEL = 3
 
 
 class MobileNetV3Subnet(nn.Module):
@@ -64,7 +57,7 @@ class MobileNetV3Subnet(nn.Module):
         return self.classifier(self.flatten(x))
 
 
-class OFAMobileNetV3(nn.Module):
+class OFAMobileNetV3(ElasticMobileNetBody):
     """The elastic MobileNetV3 supernet of ``space`` (layout, depths, kernels, expand ratios).
 
     ``forward(x, arch)`` runs a subnet by slicing the shared weights;
@@ -78,15 +71,10 @@ class OFAMobileNetV3(nn.Module):
         self.space = space
         self.layout = layout
         self.dropout_rate = dropout_rate
-        stem = layout.stem
-        self.first_conv = conv_bn_act(
-            nn.Conv2d(layout.in_channels, stem, _STEM_KERNEL, layout.stem_stride,
-                      _STEM_KERNEL // 2, bias=False),
-            nn.BatchNorm2d(stem), build_act("h_swish"))
-        stages, self.block_group_info, channels = elastic_mbconv_stages(
-            space, layout.first_block, layout.stage_widths, layout.stage_strides,
-            layout.stage_acts, layout.stage_se, first_index=1)
-        self.blocks = nn.ModuleList([self._first_block(stem, layout.first_block), *stages])
+        channels = self._build_body(
+            space, layout.in_channels, layout.stem, layout.stem_stride, "h_swish",
+            layout.first_block, _FIRST_BLOCK_ACT, layout.stem == layout.first_block,
+            layout.stage_widths, layout.stage_strides, layout.stage_acts, layout.stage_se)
         self.final_expand_layer = conv_bn_act(
             nn.Conv2d(channels, layout.final_expand, 1, bias=False),
             nn.BatchNorm2d(layout.final_expand), build_act("h_swish"))
@@ -96,25 +84,8 @@ class OFAMobileNetV3(nn.Module):
         self.classifier = nn.Sequential(OrderedDict(
             [("linear", nn.Linear(layout.feature, layout.n_classes))]))
 
-    @staticmethod
-    def _first_block(stem: int, out_channels: int) -> ResidualBlock:
-        """OFA's fixed first block: 3x3 depthwise + 1x1 projection, expand ratio 1."""
-        depthwise = conv_bn_act(
-            nn.Conv2d(stem, stem, _FIRST_BLOCK_KERNEL, 1, _FIRST_BLOCK_KERNEL // 2, groups=stem,
-                      bias=False),
-            nn.BatchNorm2d(stem), build_act(_FIRST_BLOCK_ACT))
-        projection = conv_bn_act(nn.Conv2d(stem, out_channels, 1, bias=False),
-                                 nn.BatchNorm2d(out_channels), None)
-        return ResidualBlock(MBConv(None, depthwise, projection), stem == out_channels)
-
-    def _active_blocks(self, arch: ArchConfig) -> Iterator[tuple[ElasticResidual, int, float]]:
-        return active_mbconv_blocks(self.blocks, self.block_group_info, self.space, arch)
-
     def forward(self, x: Tensor, arch: ArchConfig) -> Tensor:
-        arch = self.space.validate(arch)
-        x = self.blocks[0](self.first_conv(x))
-        for block, kernel, expand in self._active_blocks(arch):
-            x = block(x, kernel, expand)
+        x = self._body(x, self.space.validate(arch))
         x = self.final_expand_layer(x).mean((2, 3), keepdim=True)
         x = self.feature_mix_layer(x).flatten(1)
         x = F.dropout(x, self.dropout_rate, self.training)
@@ -122,17 +93,11 @@ class OFAMobileNetV3(nn.Module):
 
     @torch.no_grad()
     def extract(self, arch: ArchConfig) -> MobileNetV3Subnet:
-        arch = self.space.validate(arch)
-        # The stem, first block and head are not elastic: a deep copy is their extraction.
-        fixed = copy.deepcopy(nn.ModuleList([self.first_conv, self.blocks[0],
-                                             self.final_expand_layer, self.feature_mix_layer,
-                                             self.classifier]))
-        first_conv, first_block, final_expand_layer, feature_mix_layer, classifier = fixed
-        blocks = [first_block] + [block.extract(kernel, expand)
-                                  for block, kernel, expand in self._active_blocks(arch)]
-        subnet = MobileNetV3Subnet(first_conv, blocks, final_expand_layer, feature_mix_layer,
-                                   classifier)
-        return subnet.eval()
+        first_conv, blocks = self._extract_body(self.space.validate(arch))
+        # The head is not elastic: a deep copy is its extraction.
+        head = copy.deepcopy(nn.ModuleList([self.final_expand_layer, self.feature_mix_layer,
+                                            self.classifier]))
+        return MobileNetV3Subnet(first_conv, blocks, *head).eval()
 
 
 # --------------------------------------------------------------------------- registry

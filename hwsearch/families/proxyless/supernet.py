@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,19 +22,13 @@ from torch import Tensor, nn
 from hwsearch.families.proxyless.layout import ProxylessLayout, ofa_proxyless_space
 from hwsearch.space import ArchConfig, SearchSpace
 from hwsearch.supernets.base import Supernet, require_layout
-from hwsearch.supernets.elastic import (
-    ElasticResidual,
-    active_mbconv_blocks,
-    elastic_mbconv_stages,
-)
-from hwsearch.supernets.layers import MBConv, ResidualBlock, build_act, conv_bn_act
+from hwsearch.supernets.elastic import ElasticMobileNetBody
+from hwsearch.supernets.layers import build_act, conv_bn_act
 from hwsearch.supernets.registry import register_builder, register_supernet
 
 __all__ = ["OFAProxylessNASNets", "ProxylessNASSubnet"]
 
 _ACT = "relu6"
-_STEM_KERNEL = 3
-_FIRST_BLOCK_KERNEL = 3
 # OFA builds ProxylessNAS with bn_param=(0.1, 1e-3): an epsilon 100x torch's default.  It is
 # not in the state_dict, so a checkpoint cannot carry it; outputs depend on it.
 _BN_EPS = 1e-3
@@ -67,7 +60,7 @@ class ProxylessNASSubnet(nn.Module):
         return self.classifier(self.flatten(x))
 
 
-class OFAProxylessNASNets(nn.Module):
+class OFAProxylessNASNets(ElasticMobileNetBody):
     """The elastic ProxylessNAS supernet of ``space`` (layout, depths, kernels, expand ratios).
 
     ``forward(x, arch)`` runs a subnet by slicing the shared weights;
@@ -81,16 +74,12 @@ class OFAProxylessNASNets(nn.Module):
         self.space = space
         self.layout = layout
         self.dropout_rate = dropout_rate
-        stem = layout.stem
-        self.first_conv = conv_bn_act(
-            nn.Conv2d(layout.in_channels, stem, _STEM_KERNEL, layout.stem_stride,
-                      _STEM_KERNEL // 2, bias=False),
-            nn.BatchNorm2d(stem), build_act(_ACT))
         n_stages = len(space.stages)
-        stages, self.block_group_info, channels = elastic_mbconv_stages(
-            space, layout.first_block, layout.stage_widths, layout.stage_strides,
-            [_ACT] * n_stages, [False] * n_stages, first_index=1)
-        self.blocks = nn.ModuleList([self._first_block(stem, layout.first_block), *stages])
+        # OFA's first ProxylessNAS block has no shortcut, whatever its widths.
+        channels = self._build_body(
+            space, layout.in_channels, layout.stem, layout.stem_stride, _ACT,
+            layout.first_block, _ACT, False, layout.stage_widths, layout.stage_strides,
+            [_ACT] * n_stages, [False] * n_stages)
         self.feature_mix_layer = conv_bn_act(
             nn.Conv2d(channels, layout.feature, 1, bias=False),
             nn.BatchNorm2d(layout.feature), build_act(_ACT))
@@ -100,39 +89,18 @@ class OFAProxylessNASNets(nn.Module):
             if isinstance(module, nn.BatchNorm2d):
                 module.eps = _BN_EPS
 
-    @staticmethod
-    def _first_block(stem: int, out_channels: int) -> ResidualBlock:
-        """OFA's fixed first block: 3x3 depthwise + 1x1 projection, expand ratio 1, no shortcut."""
-        depthwise = conv_bn_act(
-            nn.Conv2d(stem, stem, _FIRST_BLOCK_KERNEL, 1, _FIRST_BLOCK_KERNEL // 2, groups=stem,
-                      bias=False),
-            nn.BatchNorm2d(stem), build_act(_ACT))
-        projection = conv_bn_act(nn.Conv2d(stem, out_channels, 1, bias=False),
-                                 nn.BatchNorm2d(out_channels), None)
-        return ResidualBlock(MBConv(None, depthwise, projection), residual=False)
-
-    def _active_blocks(self, arch: ArchConfig) -> Iterator[tuple[ElasticResidual, int, float]]:
-        return active_mbconv_blocks(self.blocks, self.block_group_info, self.space, arch)
-
     def forward(self, x: Tensor, arch: ArchConfig) -> Tensor:
-        arch = self.space.validate(arch)
-        x = self.blocks[0](self.first_conv(x))
-        for block, kernel, expand in self._active_blocks(arch):
-            x = block(x, kernel, expand)
+        x = self._body(x, self.space.validate(arch))
         x = self.feature_mix_layer(x).mean((2, 3))
         x = F.dropout(x, self.dropout_rate, self.training)
         return self.classifier(x)
 
     @torch.no_grad()
     def extract(self, arch: ArchConfig) -> ProxylessNASSubnet:
-        arch = self.space.validate(arch)
-        # The stem, first block and head are not elastic: a deep copy is their extraction.
-        fixed = copy.deepcopy(nn.ModuleList([self.first_conv, self.blocks[0],
-                                             self.feature_mix_layer, self.classifier]))
-        first_conv, first_block, feature_mix_layer, classifier = fixed
-        blocks = [first_block] + [block.extract(kernel, expand)
-                                  for block, kernel, expand in self._active_blocks(arch)]
-        return ProxylessNASSubnet(first_conv, blocks, feature_mix_layer, classifier).eval()
+        first_conv, blocks = self._extract_body(self.space.validate(arch))
+        # The head is not elastic: a deep copy is its extraction.
+        head = copy.deepcopy(nn.ModuleList([self.feature_mix_layer, self.classifier]))
+        return ProxylessNASSubnet(first_conv, blocks, *head).eval()
 
 
 # --------------------------------------------------------------------------- registry
