@@ -7,6 +7,9 @@ the machine as much as the model.  The protocol defends against that:
 * every round runs each still-active model once, in a fresh random order,
   with the reference model run before and after it (``R M R M R ...``), so a
   model's time is always compared with references taken milliseconds away;
+  with ``timing: hot`` each timed model run follows an untimed run of the
+  same model (``R m M R m M R ...``), so what is timed is the model with its
+  own data in the caches, whatever else the session measures;
 * a sample's ratio is the model time over the geometric mean of its two
   neighbouring references;
 * samples are dropped when a neighbouring reference jumped away from its
@@ -126,8 +129,10 @@ def run_protocol(
     active = list(range(len(models)))
     started = time.monotonic()
     rounds = 0
+    hot = profile.timing == "hot"
     while active:
-        _run_round(reference, models, [int(i) for i in rng.permutation(active)], references, samples)
+        _run_round(reference, models, [int(i) for i in rng.permutation(active)], references, samples,
+                   hot=hot)
         rounds += 1
         elapsed = time.monotonic() - started
         out_of_budget = rounds >= settings.max_rounds or elapsed >= settings.max_seconds
@@ -142,10 +147,13 @@ def run_protocol(
 
 
 def _run_round(
-    reference: Runner, models: list[Runner], order: list[int], references: list[float], samples: list[_Samples]
+    reference: Runner, models: list[Runner], order: list[int], references: list[float], samples: list[_Samples],
+    *, hot: bool,
 ) -> None:
     references.append(reference.run_ms())
     for index in order:
+        if hot:
+            models[index].run_ms()  # untimed: the timed run below finds this model's data cached
         model_ms = models[index].run_ms()
         references.append(reference.run_ms())
         record = samples[index]
