@@ -25,7 +25,8 @@ from hwsearch.space import (
     native_resolution,
 )
 
-__all__ = ["MBv3Layout", "add_mbconv_stages", "check_mbconv_space", "mbconv_native",
+__all__ = ["MBv3Layout", "add_mbconv_stages", "add_mobilenet_stem", "check_mbconv_space",
+           "mbconv_native",
            "mbconv_native_batch",
            "ofa_mbv3_space", "read_mbconv_native"]
 
@@ -62,19 +63,10 @@ class MBv3Layout(Layout):
         """Stem, first block, elastic MBConv stages, final expand, head."""
         n = X.shape[0]
         acc = CostAccumulator(n)
-        res = np.asarray(space.resolutions, dtype=np.int64)[X[:, 0]]
-        h = ceil_div(res, self.stem_stride)
-        hw = (h * h).astype(np.float64)
-        c_in, stem = self.in_channels, self.stem
-        acc.add("stem_macs", hw * stem * c_in * 9)
-        acc.add("stem_params", stem * c_in * 9 + 2 * stem)
-        # First block: MBConv with expand 1 (depthwise 3x3 + project), residual.
-        fb = self.first_block
-        acc.add("stem_macs", hw * stem * 9 + hw * stem * fb)
-        acc.add("stem_params", stem * 9 + 2 * stem + stem * fb + 2 * fb)
-        acc.add("stem_act", hw * (stem + stem + fb))
-        h, in_ch = add_mbconv_stages(acc, space, X, h, fb, self.stage_widths, self.stage_strides,
-                                     self.stage_se)
+        h = add_mobilenet_stem(acc, space, X, self.in_channels, self.stem, self.stem_stride,
+                               self.first_block)
+        h, in_ch = add_mbconv_stages(acc, space, X, h, self.first_block, self.stage_widths,
+                                     self.stage_strides, self.stage_se)
         hw = (h * h).astype(np.float64)
         fe, feat = self.final_expand, self.feature
         acc.add("head_macs_conv", hw * in_ch * fe)
@@ -129,6 +121,27 @@ def read_mbconv_native(space: SearchSpace, data: Mapping[str, Any],
     kernel = space.unpad_blocks(native_list(data["ks"], "ks", space.n_blocks), depths)
     expand = space.unpad_blocks(native_list(data["e"], "e", space.n_blocks), depths)
     return space.arch(resolution=resolution, depths=depths, kernel=kernel, expand=expand)
+
+
+def add_mobilenet_stem(acc: CostAccumulator, space: SearchSpace, X: np.ndarray,
+                       in_channels: int, stem: int, stem_stride: int, first_block: int
+                       ) -> np.ndarray:
+    """Add the stem conv and OFA's fixed first block; return the spatial size after them.
+
+    The cost side of :class:`hwsearch.supernets.elastic.ElasticMobileNetBody`'s
+    fixed part: a 3x3 conv + BN, then a 3x3 depthwise + BN and a 1x1
+    projection + BN (expand ratio 1).  Its shortcut, where there is one, is free.
+    """
+    res = np.asarray(space.resolutions, dtype=np.int64)[X[:, 0]]
+    h = ceil_div(res, stem_stride)
+    hw = (h * h).astype(np.float64)
+    k2 = 9  # both 3x3 kernels
+    acc.add("stem_macs", hw * stem * in_channels * k2)
+    acc.add("stem_params", stem * in_channels * k2 + 2 * stem)
+    acc.add("stem_macs", hw * stem * k2 + hw * stem * first_block)
+    acc.add("stem_params", stem * k2 + 2 * stem + stem * first_block + 2 * first_block)
+    acc.add("stem_act", hw * (stem + stem + first_block))
+    return h
 
 
 def _mbconv_overheads(acc: CostAccumulator, stage: int, on: np.ndarray, has_expand: np.ndarray,

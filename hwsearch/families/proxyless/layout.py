@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hwsearch.batch import ArchBatch
-from hwsearch.costs import CostAccumulator, CostTable, ceil_div
+from hwsearch.costs import CostAccumulator, CostTable
 from hwsearch.families.ofa_mbv3.layout import (
     add_mbconv_stages,
+    add_mobilenet_stem,
     check_mbconv_space,
     mbconv_native,
     mbconv_native_batch,
@@ -35,10 +36,6 @@ from hwsearch.space import (
 )
 
 __all__ = ["ProxylessLayout", "ofa_proxyless_space"]
-
-_STEM_KERNEL = 3
-_FIRST_BLOCK_KERNEL = 3
-
 
 @dataclass(frozen=True)
 class ProxylessLayout(Layout):
@@ -70,20 +67,11 @@ class ProxylessLayout(Layout):
         """Stem, first block, elastic MBConv stages, feature-mix conv, classifier."""
         n = X.shape[0]
         acc = CostAccumulator(n)
-        res = np.asarray(space.resolutions, dtype=np.int64)[X[:, 0]]
-        h = ceil_div(res, self.stem_stride)
-        hw = (h * h).astype(np.float64)
-        c_in, stem, fb = self.in_channels, self.stem, self.first_block
-        stem_k2, fb_k2 = _STEM_KERNEL ** 2, _FIRST_BLOCK_KERNEL ** 2
-        acc.add("stem_macs", hw * stem * c_in * stem_k2)
-        acc.add("stem_params", stem * c_in * stem_k2 + 2 * stem)
-        # First block: MBConv with expand 1 (depthwise + project); OFA gives it no shortcut.
-        acc.add("stem_macs", hw * stem * fb_k2 + hw * stem * fb)
-        acc.add("stem_params", stem * fb_k2 + 2 * stem + stem * fb + 2 * fb)
-        acc.add("stem_act", hw * (stem + stem + fb))
+        h = add_mobilenet_stem(acc, space, X, self.in_channels, self.stem, self.stem_stride,
+                               self.first_block)
         no_se = (False,) * len(space.stages)
-        h, in_ch = add_mbconv_stages(acc, space, X, h, fb, self.stage_widths, self.stage_strides,
-                                     no_se)
+        h, in_ch = add_mbconv_stages(acc, space, X, h, self.first_block, self.stage_widths,
+                                     self.stage_strides, no_se)
         hw = (h * h).astype(np.float64)
         feat = self.feature
         acc.add("head_macs_conv", hw * in_ch * feat)
