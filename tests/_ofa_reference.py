@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["load_ofa", "randomize_weights"]
+__all__ = ["assert_matches_reference", "load_ofa", "randomize_weights", "reference_subnet"]
 
 class _Unavailable:
     """Base for stand-in transform classes: ofa subclasses them but tests never call them."""
@@ -92,3 +92,35 @@ def randomize_weights(module: nn.Module, seed: int) -> nn.Module:
                 fan_in = tensor[0].numel()
                 tensor.copy_(torch.randn(tensor.shape, generator=generator) / fan_in**0.5)
     return module
+
+
+def reference_subnet(pair: types.SimpleNamespace, arch: Any) -> nn.Module:
+    """OFA's own subnet for ``arch``: ``set_active_subnet`` on our native form, then extraction."""
+    pair.reference.set_active_subnet(**pair.ours.space.to_native(arch))
+    return pair.reference.get_active_subnet().eval()
+
+
+def assert_matches_reference(pair: types.SimpleNamespace, arch: Any, batch: int) -> None:
+    """Our extraction equals OFA's subnet (every tensor, outputs), and both forwards agree.
+
+    ``pair`` holds ``ours`` (a :class:`~hwsearch.supernets.Supernet`) and
+    ``reference`` (OFA's supernet with the same weights).
+    """
+    ours = pair.ours
+    expected_subnet = reference_subnet(pair, arch)
+    subnet = ours.extract(arch)
+
+    expected_state, state = expected_subnet.state_dict(), subnet.state_dict()
+    assert list(state) == list(expected_state)
+    different = [k for k in state if not torch.equal(state[k], expected_state[k])]
+    assert not different, f"{arch.key()}: tensors differ from OFA's subnet: {different[:5]}"
+
+    x = torch.randn(batch, 3, arch.resolution, arch.resolution)
+    with torch.no_grad():
+        expected = expected_subnet(x)
+        scale = float(expected.abs().max())
+        tolerance = {"rtol": 1e-4, "atol": 1e-5 * max(scale, 1.0)}
+        torch.testing.assert_close(subnet(x), expected, **tolerance)
+        torch.testing.assert_close(ours.forward(x, arch), pair.reference(x), **tolerance)
+        torch.testing.assert_close(ours.forward(x, arch), subnet(x), **tolerance)
+    assert scale > 0.1, "weights too small for a meaningful comparison"

@@ -17,11 +17,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from _ofa_reference import assert_matches_reference, load_ofa, randomize_weights
 from torch import nn
 
-from _ofa_reference import load_ofa, randomize_weights
 from hwsearch.space import ArchConfig
-from hwsearch.supernets import Supernet, create_supernet
+from hwsearch.supernets import create_supernet
 
 OFA = load_ofa()
 pytestmark = pytest.mark.skipif(OFA is None, reason="the reference package `ofa` is not installed")
@@ -58,24 +58,7 @@ def resnet() -> SimpleNamespace:
 
 
 def _assert_matches_reference(pair: SimpleNamespace, arch: ArchConfig, batch: int = 2) -> None:
-    ours: Supernet = pair.ours
-    pair.reference.set_active_subnet(**ours.space.to_native(arch))
-    reference_subnet = pair.reference.get_active_subnet().eval()
-    subnet = ours.extract(arch)
-
-    expected_state, state = reference_subnet.state_dict(), subnet.state_dict()
-    assert list(state) == list(expected_state)
-    different = [k for k in state if not torch.equal(state[k], expected_state[k])]
-    assert not different, f"{arch.key()}: tensors differ from OFA's subnet: {different[:5]}"
-
-    x = torch.randn(batch, 3, arch.resolution, arch.resolution)
-    with torch.no_grad():
-        expected = reference_subnet(x)
-        scale = float(expected.abs().max())
-        tolerance = dict(rtol=1e-4, atol=1e-5 * max(scale, 1.0))
-        torch.testing.assert_close(subnet(x), expected, **tolerance)
-        torch.testing.assert_close(ours.forward(x, arch), pair.reference(x), **tolerance)
-    assert scale > 0.1, "weights too small for a meaningful comparison"
+    assert_matches_reference(pair, arch, batch)
 
 
 @pytest.mark.parametrize("name", ["ofa_mbv3_d234_e346_k357_w1.0", "ofa_mbv3_d234_e346_k357_w1.2",

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from _ofa_reference import load_ofa, randomize_weights
+from _ofa_reference import assert_matches_reference, load_ofa, randomize_weights, reference_subnet
 from torch import nn
 
 from hwsearch.export import export_subnet
@@ -61,30 +61,8 @@ def _archs(space: SearchSpace, seed: int, n: int, resolution: int) -> list[ArchC
     return [_at(a, resolution) for a in sampled + [space.smallest(), space.largest()]]
 
 
-def _reference_subnet(pair: SimpleNamespace, arch: ArchConfig) -> nn.Module:
-    pair.reference.set_active_subnet(**pair.ours.space.to_native(arch))
-    return pair.reference.get_active_subnet().eval()
-
-
 def _assert_matches_reference(pair: SimpleNamespace, arch: ArchConfig, batch: int = 1) -> None:
-    ours: Supernet = pair.ours
-    reference_subnet = _reference_subnet(pair, arch)
-    subnet = ours.extract(arch)
-
-    expected_state, state = reference_subnet.state_dict(), subnet.state_dict()
-    assert list(state) == list(expected_state)
-    different = [k for k in state if not torch.equal(state[k], expected_state[k])]
-    assert not different, f"{arch.key()}: tensors differ from OFA's subnet: {different[:5]}"
-
-    x = torch.randn(batch, 3, arch.resolution, arch.resolution)
-    with torch.no_grad():
-        expected = reference_subnet(x)
-        scale = float(expected.abs().max())
-        tolerance = {"rtol": 1e-4, "atol": 1e-5 * max(scale, 1.0)}
-        torch.testing.assert_close(subnet(x), expected, **tolerance)
-        torch.testing.assert_close(ours.forward(x, arch), pair.reference(x), **tolerance)
-        torch.testing.assert_close(ours.forward(x, arch), subnet(x), **tolerance)
-    assert scale > 0.1, "weights too small for a meaningful comparison"
+    assert_matches_reference(pair, arch, batch)
 
 
 # --------------------------------------------------------------------------- layout
@@ -151,7 +129,7 @@ def test_count_matches_hooks_and_ofas_flop_counter(pair: SimpleNamespace) -> Non
         counted = net.count(arch)
         assert counted == hooked
         assert hooked.params == sum(p.numel() for p in subnet.parameters())
-        ofa_flops = count_net_flops(_reference_subnet(pair, arch), net.input_shape(arch))
+        ofa_flops = count_net_flops(reference_subnet(pair, arch), net.input_shape(arch))
         assert counted.macs == pytest.approx(ofa_flops, rel=1e-6)
     largest, smallest = (net.count(net.space.largest(224)), net.count(net.space.smallest(224)))
     assert smallest.macs < largest.macs / 3 and smallest.params < largest.params / 2
