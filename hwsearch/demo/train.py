@@ -45,6 +45,7 @@ from hwsearch.space import ArchConfig, Number, SearchSpace
 
 __all__ = ["RECIPES", "Phase", "Recipe", "reference_subnets", "train_supernet", "vit_recipe"]
 
+
 @dataclass(frozen=True)
 class Phase:
     """One stage of training: which choices are elastic, for how long, and how steps distil."""

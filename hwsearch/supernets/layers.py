@@ -27,7 +27,9 @@ __all__ = [
     "build_act",
     "conv2d_from",
     "conv_bn_act",
+    "layer_norm_from",
     "linear_from",
+    "parameter_from",
     "same_padding",
 ]
 
@@ -55,7 +57,8 @@ def same_padding(kernel: int) -> int:
     return kernel // 2
 
 
-def _detached(tensor: Tensor) -> nn.Parameter:
+def parameter_from(tensor: Tensor) -> nn.Parameter:
+    """A parameter holding a copy of ``tensor`` (a slice of a supernet's weight, detached)."""
     return nn.Parameter(tensor.detach().clone())
 
 
@@ -66,30 +69,38 @@ def conv2d_from(
     out_channels, in_per_group, kernel, _ = weight.shape
     conv = nn.Conv2d(in_per_group * groups, out_channels, kernel, stride, same_padding(kernel),
                      groups=groups, bias=bias is not None, device="meta")
-    conv.weight = _detached(weight)
+    conv.weight = parameter_from(weight)
     if bias is not None:
-        conv.bias = _detached(bias)
+        conv.bias = parameter_from(bias)
     return conv
 
 
 def batchnorm_from(source: nn.BatchNorm2d, channels: int) -> nn.BatchNorm2d:
     """A ``BatchNorm2d`` over the first ``channels`` channels of ``source`` (affine and stats)."""
     bn = nn.BatchNorm2d(channels, eps=source.eps, momentum=source.momentum, device="meta")
-    bn.weight = _detached(source.weight[:channels])
-    bn.bias = _detached(source.bias[:channels])
+    bn.weight = parameter_from(source.weight[:channels])
+    bn.bias = parameter_from(source.bias[:channels])
     bn.running_mean = source.running_mean[:channels].clone()
     bn.running_var = source.running_var[:channels].clone()
     bn.num_batches_tracked = source.num_batches_tracked.clone()
     return bn
 
 
+def layer_norm_from(source: nn.LayerNorm, channels: int) -> nn.LayerNorm:
+    """A ``LayerNorm`` over the first ``channels`` channels of ``source``."""
+    norm = nn.LayerNorm(channels, eps=source.eps, device="meta")
+    norm.weight = parameter_from(source.weight[:channels])
+    norm.bias = parameter_from(source.bias[:channels])
+    return norm
+
+
 def linear_from(weight: Tensor, bias: Tensor | None) -> nn.Linear:
     """A ``Linear`` holding a copy of ``weight`` (and ``bias``)."""
     out_features, in_features = weight.shape
     linear = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
-    linear.weight = _detached(weight)
+    linear.weight = parameter_from(weight)
     if bias is not None:
-        linear.bias = _detached(bias)
+        linear.bias = parameter_from(bias)
     return linear
 
 

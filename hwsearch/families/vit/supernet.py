@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from hwsearch.families.vit.layout import ViTLayout, autoformer_space, mlp_hidden
 from hwsearch.space import ArchConfig, SearchSpace
 from hwsearch.supernets.base import Supernet, require_layout
-from hwsearch.supernets.layers import linear_from
+from hwsearch.supernets.layers import layer_norm_from, linear_from, parameter_from
 from hwsearch.supernets.registry import register_builder, register_supernet
 
 __all__ = ["Attention", "ElasticAttention", "ElasticEncoderLayer", "ElasticViT", "EncoderLayer",
@@ -40,18 +40,6 @@ __all__ = ["Attention", "ElasticAttention", "ElasticEncoderLayer", "ElasticViT",
            "relative_indices"]
 
 _INIT_STD = 0.02  # AutoFormer's (and timm's) truncated-normal init for ViT weights
-
-
-def _detached(tensor: Tensor) -> nn.Parameter:
-    return nn.Parameter(tensor.detach().clone())
-
-
-def _layer_norm_from(source: nn.LayerNorm, channels: int) -> nn.LayerNorm:
-    """A ``LayerNorm`` over the first ``channels`` of ``source`` (built on meta, no init)."""
-    norm = nn.LayerNorm(channels, eps=source.eps, device="meta")
-    norm.weight = _detached(source.weight[:channels])
-    norm.bias = _detached(source.bias[:channels])
-    return norm
 
 
 def _sliced_layer_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
@@ -283,8 +271,8 @@ class ElasticEncoderLayer(nn.Module):
         hidden = mlp_hidden(embed, mlp_ratio)
         return EncoderLayer(
             self.attn.extract(embed, heads),
-            _layer_norm_from(self.attn_layer_norm, embed),
-            _layer_norm_from(self.ffn_layer_norm, embed),
+            layer_norm_from(self.attn_layer_norm, embed),
+            layer_norm_from(self.ffn_layer_norm, embed),
             linear_from(self.fc1.weight[:hidden, :embed], self.fc1.bias[:hidden]),
             linear_from(self.fc2.weight[:embed, :hidden], self.fc2.bias[:embed]),
         )
@@ -303,8 +291,8 @@ class PatchEmbed(nn.Module):
 
 def _patch_conv(in_channels: int, weight: Tensor, bias: Tensor, patch: int) -> nn.Conv2d:
     conv = nn.Conv2d(in_channels, weight.shape[0], patch, patch, device="meta")
-    conv.weight = _detached(weight)
-    conv.bias = _detached(bias)
+    conv.weight = parameter_from(weight)
+    conv.bias = parameter_from(bias)
     return conv
 
 
@@ -409,12 +397,12 @@ class ElasticViT(nn.Module):
         conv = self.patch_embed_super.proj
         patch = PatchEmbed(_patch_conv(self.layout.in_channels, conv.weight[:embed],
                                        conv.bias[:embed], self.layout.patch_size))
-        pos_embed = _detached(self.pos_embed[..., :embed]) if self.pos_embed is not None else None
+        pos_embed = parameter_from(self.pos_embed[..., :embed]) if self.pos_embed is not None else None
         blocks = [block.extract(embed, heads, ratio)
                   for block, heads, ratio in zip(self.blocks, arch.kernel, arch.expand)]
         head = linear_from(self.head.weight[:, :embed], self.head.bias)
-        subnet = ViTSubnet(patch, _detached(self.cls_token[..., :embed]), pos_embed, blocks,
-                           _layer_norm_from(self.norm, embed), head, self.layout.global_pool)
+        subnet = ViTSubnet(patch, parameter_from(self.cls_token[..., :embed]), pos_embed, blocks,
+                           layer_norm_from(self.norm, embed), head, self.layout.global_pool)
         return subnet.eval()
 
 
