@@ -20,7 +20,6 @@ no family imports back into a half-initialised package.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +43,6 @@ _BUILDERS: dict[str, Builder] = {}
 _LOCK = threading.Lock()
 _LOAD_LOCK = threading.RLock()
 _loaded = False
-_PLUGIN_MODULES = ("hwsearch.families", "hwsearch.demo.supernet")
 
 
 def register_supernet(name: str, *, overwrite: bool = False) -> Callable[[F], F]:
@@ -80,9 +78,10 @@ def _load_plugins() -> None:
             return
         _loaded = True  # first, so a plug-in that lists supernets while importing does not recurse
         try:
-            importlib.import_module(_PLUGIN_MODULES[0]).load_supernet_modules()
-            for module in _PLUGIN_MODULES[1:]:
-                importlib.import_module(module)
+            import hwsearch.demo.supernet  # noqa: F401  (registers the built-in demos)
+            from hwsearch.families import load_supernet_modules
+
+            load_supernet_modules()
         except BaseException:
             _loaded = False
             raise
