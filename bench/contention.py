@@ -1,28 +1,39 @@
 """Do concurrent measurements still agree with a measurement alone?  The host lock under contention.
 
-Exports ``--subnets`` subnets of the demo supernet (``demo_mbv3_mnist``, its
-trained checkpoint, spread over MACs) once, then measures all of them, each
-run in a process of its own, in these scenarios:
+Every scenario runs real jobs' profiling stage (:func:`hwsearch.jobs.stages.profile_devices`:
+export, measure in chunks, re-measure unstable subnets, store), each job in a
+process of its own with its own store, on the same ``--subnets`` subnets of
+the demo supernet (``demo_mbv3_mnist``, its trained checkpoint, spread over
+MACs), FP32 only:
 
-* (a) alone: the 1-thread demo device, then the 2-thread demo device, then
-  the 1-thread device once more (the session-to-session noise without contention);
-* (b) three processes at once, each measuring all subnets on the 1-thread device;
-* (c) the 1-thread and the 2-thread device at once, from two processes.
+* (a) alone: ``--solo-runs`` jobs (default 3) on the 1-thread demo device
+  and as many on the 2-thread one, alternating, each job alone on the host;
+* (b) three jobs at once, each profiling the 1-thread device;
+* (c) one job profiling the 1-thread and the 2-thread device.
 
-Every local session holds the host lock (:mod:`devices.hostlock`), so in (b)
-and (c) the sessions run one after another however the processes were
-started.  For (b) and (c) it prints, per process and against the same
-device's run in (a), the median and worst ``|latency_ms / alone − 1|``, the
-share of subnets within ±10% and ±5%, the share of stable rows, the session's
-own reference latency (the machine's state), how long the process waited
-for the host and how long its session held it; then each scenario's wall
-time, and the span from its first session's start to its last one's end,
-against the sum of the same runs alone.  Calibrations start fresh (the first run of each device in (a) sets its
-ruler) in a temporary folder; the lock is the host's own, so measurements by
-other people on this machine are waited for too (they show in the lock wait).
+Every local session holds the host lock (:mod:`devices.hostlock`) and every
+export the compute lock, so in (b) and (c) the sessions run one after another
+however the jobs were started.
+
+The yardstick is the host's own noise: each solo run is compared with the
+per-subnet median of the other solo runs of its device, and each run of (b)
+and (c) with every such median in turn (see :class:`Solo`).  Per run it
+prints the median and worst ``|latency_ms / yardstick − 1|`` of the stored
+rows, the share within ±10% and ±5%, the share of stable rows, the median
+session reference latency (the machine's state), how long the job waited for
+the host and how long its sessions held it; per scenario the wall time and
+the span from its first session's start to its last one's end against the
+sum of the same jobs alone (the median solo run); and at the end the same
+statistics pooled over every run and repeat, by scenario and device.  The
+goal: contended rows agree with the yardstick as well as solo rows do.
+Calibrations start fresh in a temporary folder per comparison (the first solo
+job of each device sets its ruler); the lock is the host's own, so
+measurements by other people on this machine are waited for too (they show
+in the lock wait).
 
     python bench/contention.py            # the demo devices' own protocol
-    python bench/contention.py --quick    # shorter sessions (about 2-4 minutes)
+    python bench/contention.py --quick    # shorter sessions
+    python bench/contention.py --repeat 2 # the whole comparison twice, pooled at the end
 """
 
 from __future__ import annotations
@@ -55,132 +66,216 @@ QUICK = {"warmup": {"runs": 5, "seconds": 0.2},
 
 @dataclass(frozen=True)
 class Run:
-    """One process's measurement of every subnet on one device."""
+    """One job's stored rows for one device, by subnet key."""
 
     device: str
-    rows: list[dict[str, Any]]
+    rows: dict[str, dict[str, Any]]
+
+    def latencies(self, keys: list[str]) -> np.ndarray:
+        return np.array([self.rows[k]["latency_ms"] for k in keys])
 
     @property
-    def latencies(self) -> np.ndarray:
-        return np.array([r["latency_ms"] for r in self.rows])
+    def sessions(self) -> dict[tuple[float, float], dict[str, Any]]:
+        """Each distinct session's env (a job measures in chunks and retries), by (start, end)."""
+        return {(r["env"]["session_start"], r["env"]["session_end"]): r["env"] for r in self.rows.values()}
 
     @property
-    def env(self) -> dict[str, Any]:
-        return self.rows[0]["env"]
+    def reference_ms(self) -> float:
+        return float(np.median([env["session_reference_ms"] for env in self.sessions.values()]))
+
+    @property
+    def lock_wait_s(self) -> float:
+        return float(sum(env["lock_wait_s"] for env in self.sessions.values()))
+
+    @property
+    def session_s(self) -> float:
+        return float(sum(end - start for start, end in self.sessions))
 
 
-def export_subnets(n: int, seed: int, folder: Path) -> list[Path]:
-    """``n`` demo subnets spread evenly over log MACs, exported at batch 1."""
-    from devices.hostlock import compute_unit
+def device_data(device: str, quick: bool) -> dict[str, Any]:
+    """The demo device's profile as data, FP32 only, with a shorter protocol under ``--quick``.
+
+    The protocol is not part of a device's identity, so ``--quick`` measures the same device.
+    """
+    data = DeviceProfile.load(DEVICES[device]).to_dict()
+    data["precisions"] = ["fp32"]
+    if quick:
+        data.update(QUICK)
+    return data
+
+
+def scenario(jobs: list[list[str]], args: argparse.Namespace, folder: Path,
+             name: str) -> tuple[list[Run], float]:
+    """Start one process per job (a list of device names) at once; every job's runs and the wall time."""
+    started = time.monotonic()
+    outs = [folder / f"{name}-{i}.json" for i in range(len(jobs))]
+    common = ["--subnets", str(args.subnets), "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
+    processes = [subprocess.Popen([sys.executable, __file__, *common, "--job", str(out), *devices])
+                 for devices, out in zip(jobs, outs)]
+    for process in processes:
+        if process.wait() != 0:
+            raise SystemExit(f"a job of scenario {name} failed")
+    wall = time.monotonic() - started
+    runs = [Run(device, rows) for out in outs for device, rows in json.loads(out.read_text()).items()]
+    return runs, wall
+
+
+def job(devices: list[str], subnets: int, seed: int, quick: bool, out: Path) -> None:
+    """One job's profiling stage on ``devices`` (one process of a scenario); writes its rows by device."""
     from hwsearch.demo import DEMO_CHECKPOINT, DEMO_SUPERNET
-    from hwsearch.export import export_subnet
     from hwsearch.jobs import supernet_builders
+    from hwsearch.jobs.context import JobContext, job_device
+    from hwsearch.jobs.control import start_job
+    from hwsearch.jobs.stages import profile_devices
     from hwsearch.pipeline import select_subnets
+    from hwsearch.store import MemoryStore
     from hwsearch.supernets import create_supernet
 
     supernet_builders()
     net = create_supernet(DEMO_SUPERNET, checkpoint=DEMO_CHECKPOINT)
-    paths = []
-    for index, arch in enumerate(select_subnets(net.space, n, seed=seed)):
-        path = folder / f"subnet{index:02d}.onnx"
-        with compute_unit():
-            export_subnet(net, arch, path, check=False)
-        paths.append(path)
-    return paths
+    job_devices = [job_device(device_data(d, quick), {}) for d in devices]
+    store = MemoryStore()
+    context = JobContext(store=store, job_id=store.create_job({"kind": "search"}), net=net,
+                         devices=job_devices, data=None, dataset_id="unused",
+                         archs=select_subnets(net.space, subnets, seed=seed))
+    profile_devices(start_job(store, context.job_id), context)
+    out.write_text(json.dumps({name: store.get_latencies(d.key, net.space.network_id)
+                               for name, d in zip(devices, job_devices)}))
 
 
-def profile_file(device: str, quick: bool, folder: Path) -> Path:
-    """The demo device's profile, with a shorter protocol under ``--quick`` (same device hash)."""
-    data = DeviceProfile.load(DEVICES[device]).to_dict()
-    if quick:
-        data.update(QUICK)
-    path = folder / f"{device}.json"
-    path.write_text(json.dumps(data))
-    return path
+@dataclass(frozen=True)
+class Solo:
+    """A device's runs alone: the yardstick every other run of that device is held to.
+
+    One solo run can itself land in a bad state of the host, so a run is
+    compared with the per-subnet median of *other* solo runs: each solo run
+    with the median of the remaining ones (the host's own session-to-session
+    noise), and a run under contention with each such leave-one-out median
+    in turn, so both sides are judged against yardsticks of the same size.
+    """
+
+    runs: list[Run]
+    walls: list[float]
+
+    def yardsticks(self) -> list[tuple[Run, dict[str, float]]]:
+        """``(left-out run, per-subnet median latency of the other solo runs)`` for each solo run."""
+        keys = sorted(self.runs[0].rows)
+        return [(left_out, {k: float(np.median([r.rows[k]["latency_ms"] for r in self.runs if r is not left_out]))
+                            for k in keys})
+                for left_out in self.runs]
+
+    @property
+    def wall(self) -> float:
+        return float(np.median(self.walls))
 
 
-def scenario(devices: list[str], paths: list[Path], profiles: dict[str, Path], folder: Path,
-             name: str) -> tuple[list[Run], float]:
-    """Start one measuring process per entry of ``devices`` at once; their runs and the wall time."""
-    started = time.monotonic()
-    outs = [folder / f"{name}-{i}.json" for i in range(len(devices))]
-    processes = [
-        subprocess.Popen([sys.executable, __file__, "--worker", str(profiles[device]), str(out),
-                          *map(str, paths)])
-        for device, out in zip(devices, outs)
-    ]
-    for process in processes:
-        if process.wait() != 0:
-            raise SystemExit(f"a measuring process of scenario {name} failed")
-    wall = time.monotonic() - started
-    return [Run(device, json.loads(out.read_text())) for device, out in zip(devices, outs)], wall
+def deviations(run: Run, yardstick: dict[str, float]) -> np.ndarray:
+    """``|latency / yardstick − 1|`` per subnet."""
+    keys = sorted(yardstick)
+    return np.abs(run.latencies(keys) / np.array([yardstick[k] for k in keys]) - 1.0)
 
 
-def worker(profile_path: Path, out: Path, paths: list[Path]) -> None:
-    """Measure ``paths`` in one session (one process of a scenario) and write the rows."""
-    from devices.local import LocalProfiler
-
-    rows = LocalProfiler(DeviceProfile.load(profile_path)).measure_many(paths)
-    out.write_text(json.dumps([m.to_dict() for m in rows]))
+def solo_noise(solo: Solo) -> list[tuple[Run, np.ndarray]]:
+    """Each solo run with its deviations from the median of the other solo runs."""
+    return [(left_out, deviations(left_out, yardstick)) for left_out, yardstick in solo.yardsticks()]
 
 
-def agreement(run: Run, alone: Run) -> dict[str, float]:
-    """``|latency / alone − 1|`` statistics, stable share and conditions of one run."""
-    deviation = np.abs(run.latencies / alone.latencies - 1.0)
-    return {
-        "median": float(np.nanmedian(deviation)),
-        "worst": float(np.nanmax(deviation)),
-        "within_10": float(np.mean(deviation <= 0.10)),
-        "within_5": float(np.mean(deviation <= 0.05)),
-        "stable": float(np.mean([r["stable"] for r in run.rows])),
-        "session_reference_ms": float(run.env["session_reference_ms"]),
-        "lock_wait_s": float(run.env["lock_wait_s"]),
-    }
+def contended(run: Run, solo: Solo) -> np.ndarray:
+    """A run's deviations from every leave-one-out solo median, pooled."""
+    return np.concatenate([deviations(run, yardstick) for _, yardstick in solo.yardsticks()])
+
+
+def agreement(run: Run, deviation: np.ndarray) -> dict[str, float]:
+    """Statistics of a run's deviations, with its stable share and conditions."""
+    return {**summary(deviation),
+            "stable": float(np.mean([r["stable"] for r in run.rows.values()])),
+            "session_reference_ms": run.reference_ms,
+            "lock_wait_s": run.lock_wait_s}
+
+
+def summary(deviation: np.ndarray) -> dict[str, float]:
+    """Median and worst deviation, shares within ±10% and ±5%."""
+    return {"median": float(np.nanmedian(deviation)), "worst": float(np.nanmax(deviation)),
+            "within_10": float(np.mean(deviation <= 0.10)), "within_5": float(np.mean(deviation <= 0.05)),
+            "n": int(deviation.size)}
 
 
 def overlaps(runs: list[Run]) -> int:
-    """How many pairs of sessions overlapped in time (the lock promises none)."""
-    spans = sorted((r.env["session_start"], r.env["session_end"]) for r in runs)
+    """How many pairs of consecutive sessions overlapped in time (the lock promises none)."""
+    spans = sorted({span for run in runs for span in run.sessions})
     return sum(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
 
 
 def session_span(runs: list[Run]) -> float:
-    """Seconds from the first session's start to the last one's end (process start-up excluded)."""
-    return max(r.env["session_end"] for r in runs) - min(r.env["session_start"] for r in runs)
+    """Seconds from the first session's start to the last one's end (start-up and first export excluded)."""
+    spans = [span for run in runs for span in run.sessions]
+    return max(end for _, end in spans) - min(start for start, _ in spans)
 
 
-def _row(label: str, run: Run, stats: dict[str, float] | None) -> str:
-    stable = float(np.mean([r["stable"] for r in run.rows]))
-    numbers = (f"{stats['median']:7.2%} {stats['worst']:7.2%} {stats['within_10']:6.0%} {stats['within_5']:6.0%}"
-               if stats else f"{'-':>7s} {'-':>7s} {'-':>6s} {'-':>6s}")
-    return (f"{label:13s} {run.device:6s} {numbers} {stable:7.0%} {run.env['session_reference_ms']:7.3f} "
-            f"{run.env['lock_wait_s']:7.1f} {run.env['session_end'] - run.env['session_start']:9.1f}")
+def _row(label: str, run: Run, stats: dict[str, float]) -> str:
+    return (f"{label:13s} {run.device:6s} {stats['median']:7.2%} {stats['worst']:7.2%} {stats['within_10']:6.0%} "
+            f"{stats['within_5']:6.0%} {stats['stable']:7.0%} {run.reference_ms:7.3f} {run.lock_wait_s:7.1f} "
+            f"{run.session_s:9.1f}")
 
 
-def print_table(alone: dict[str, tuple[Run, float]], again: Run,
-                scenarios: dict[str, tuple[list[Run], float]]) -> dict[str, Any]:
-    """The comparison table; returns the same numbers for ``--json``."""
+def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], float]]
+                ) -> tuple[dict[str, Any], dict[str, list[np.ndarray]]]:
+    """The comparison table; returns its numbers and every deviation by group (for pooling over repeats)."""
     print(f"\n{'run':13s} {'device':6s} {'median':>7s} {'worst':>7s} {'±10%':>6s} {'±5%':>6s} "
           f"{'stable':>7s} {'ref ms':>7s} {'wait s':>7s} {'session s':>9s}")
     results: dict[str, Any] = {}
-    for device, (run, wall) in alone.items():
-        print(_row("(a) alone", run, None))
-        results[f"a-{device}"] = {"wall_s": wall, "session_s": session_span([run]),
-                                  "session_reference_ms": run.env["session_reference_ms"]}
-    results["a-1t-again"] = agreement(again, alone["1t"][0])
-    print(_row("(a) again", again, results["a-1t-again"]) + "   <- session-to-session noise, alone")
+    pooled: dict[str, list[np.ndarray]] = {}
+    for device, solo in solos.items():
+        for index, (run, deviation) in enumerate(solo_noise(solo)):
+            results[f"a-{device}-{index}"] = agreement(run, deviation)
+            pooled.setdefault(f"(a) alone {device}", []).append(deviation)
+            print(_row(f"(a) alone #{index + 1}", run, results[f"a-{device}-{index}"])
+                  + "   <- the host's own noise: vs the other solo runs")
     for name, (runs, wall) in scenarios.items():
         for index, run in enumerate(runs):
-            results[f"{name}-{index}"] = agreement(run, alone[run.device][0])
+            deviation = contended(run, solos[run.device])
+            results[f"{name}-{index}"] = agreement(run, deviation)
+            pooled.setdefault(f"{name} {run.device}", []).append(deviation)
             print(_row(f"{name} #{index + 1}", run, results[f"{name}-{index}"]))
-        solo_wall = sum(alone[run.device][1] for run in runs)
-        solo_sessions = sum(session_span([alone[run.device][0]]) for run in runs)
+        solo_wall = sum(solos[run.device].wall for run in runs)
+        solo_sessions = sum(float(np.median([session_span([r]) for r in solos[run.device].runs])) for run in runs)
         results[name] = {"wall_s": wall, "solo_wall_sum_s": solo_wall, "session_span_s": session_span(runs),
                          "solo_session_sum_s": solo_sessions, "overlapping_sessions": overlaps(runs)}
-        print(f"{'':13s} wall {wall:.1f}s vs {solo_wall:.1f}s for these runs alone; sessions from first start "
-              f"to last end {session_span(runs):.1f}s vs {solo_sessions:.1f}s alone; "
+        print(f"{'':13s} wall {wall:.1f}s vs {solo_wall:.1f}s for these runs alone ({wall / solo_wall:.2f}x); "
+              f"sessions from first start to last end {session_span(runs):.1f}s vs {solo_sessions:.1f}s alone; "
               f"overlapping sessions: {overlaps(runs)}")
-    return results
+    return results, pooled
+
+
+def print_pooled(pooled: dict[str, list[np.ndarray]]) -> dict[str, dict[str, float]]:
+    """Every deviation of a group over all repeats: is a contended run as close as a solo one?"""
+    print(f"\npooled over every run and repeat\n{'group':18s} {'median':>7s} {'worst':>7s} {'±10%':>6s} "
+          f"{'±5%':>6s} {'n':>5s}")
+    table = {}
+    for group, parts in pooled.items():
+        table[group] = summary(np.concatenate(parts))
+        row = table[group]
+        print(f"{group:18s} {row['median']:7.2%} {row['worst']:7.2%} {row['within_10']:6.1%} "
+              f"{row['within_5']:6.1%} {row['n']:5d}")
+    return table
+
+
+def compare(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], dict[str, list[np.ndarray]]]:
+    """One full comparison: ``--solo-runs`` jobs alone per device, then (b) and (c); prints the table."""
+    runs: dict[str, list[Run]] = {device: [] for device in DEVICES}
+    walls: dict[str, list[float]] = {device: [] for device in DEVICES}
+    for index in range(args.solo_runs):
+        for device in DEVICES:  # alternating devices, so slow drift reaches both alike
+            [run], wall = scenario([[device]], args, folder, f"a-{device}-{index}")
+            runs[device].append(run)
+            walls[device].append(wall)
+            print(f"(a) {device} alone #{index + 1}: {wall:.1f}s", flush=True)
+    solos = {device: Solo(runs[device], walls[device]) for device in DEVICES}
+    scenarios = {}
+    for name, jobs in (("(b) 3x1t", [["1t"], ["1t"], ["1t"]]), ("(c) 1t+2t", [["1t", "2t"]])):
+        scenarios[name] = scenario(jobs, args, folder, name[1])
+        print(f"{name}: {scenarios[name][1]:.1f}s", flush=True)
+    return print_table(solos, scenarios)
 
 
 def main() -> None:
@@ -188,36 +283,33 @@ def main() -> None:
     parser.add_argument("--subnets", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="shorter sessions (same devices)")
+    parser.add_argument("--repeat", type=int, default=1, help="run the whole comparison this many times")
+    parser.add_argument("--solo-runs", type=int, default=3, help="jobs alone per device (at least 2)")
     parser.add_argument("--json", type=Path, default=None, help="also write all numbers here")
-    parser.add_argument("--worker", nargs="+", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--job", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        profile_path, out, *paths = args.worker
-        worker(profile_path, out, paths)
+    if args.job:
+        out, *devices = args.job
+        job(devices, args.subnets, args.seed, args.quick, Path(out))
         return
 
-    with tempfile.TemporaryDirectory(prefix="contention-") as tmp:
-        folder = Path(tmp)
-        os.environ[CALIBRATION_DIR_ENV] = str(folder / "calibration")  # inherited by the workers
-        started = time.monotonic()
-        paths = export_subnets(args.subnets, args.seed, folder)
-        profiles = {device: profile_file(device, args.quick, folder) for device in DEVICES}
-        print(f"exported {len(paths)} demo subnets in {time.monotonic() - started:.1f}s; load average "
-              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; protocol {'quick' if args.quick else 'demo'}",
-              flush=True)
-        alone = {}
-        for device in DEVICES:
-            [run], wall = scenario([device], paths, profiles, folder, f"a-{device}")
-            alone[device] = (run, wall)
-            print(f"(a) {device} alone: {wall:.1f}s", flush=True)
-        [again], _ = scenario(["1t"], paths, profiles, folder, "a-again")
-        scenarios = {}
-        for name, devices in (("(b) 3x1t", ["1t", "1t", "1t"]), ("(c) 1t+2t", ["1t", "2t"])):
-            scenarios[name] = scenario(devices, paths, profiles, folder, name[1])
-            print(f"{name}: {scenarios[name][1]:.1f}s", flush=True)
-        results = print_table(alone, again, scenarios)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+          f"protocol {'quick' if args.quick else 'demo'}; {args.subnets} subnets", flush=True)
+    if args.solo_runs < 2:
+        parser.error("--solo-runs must be at least 2: a solo run is held to the others")
+    results, pooled = [], {}
+    for repeat in range(args.repeat):
+        with tempfile.TemporaryDirectory(prefix="contention-") as tmp:
+            folder = Path(tmp)
+            os.environ[CALIBRATION_DIR_ENV] = str(folder / "calibration")  # inherited by the jobs
+            print(f"\n== comparison {repeat + 1} of {args.repeat}", flush=True)
+            table, deviations_by_group = compare(args, folder)
+            results.append(table)
+            for group, parts in deviations_by_group.items():
+                pooled.setdefault(group, []).extend(parts)
+    summary_table = print_pooled(pooled)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"comparisons": results, "pooled": summary_table}, indent=2))
 
 
 if __name__ == "__main__":
