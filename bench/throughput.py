@@ -14,8 +14,9 @@ On OFA-MobileNetV3 w1.0 (random weights, no download) at 224 px, prints:
    the evaluation's own, not the supernet constructor's transient.
 3. ``profile``: subnets per minute profiling N subnets on the 1-thread local
    device (``examples/devices/local-1thread.yaml``), with this tree's
-   pipeline and with the pipeline of git ``HEAD`` (imported from its source)
-   in the same run, in the order HEAD, tree, tree, HEAD so that a drift of
+   pipeline and with the pipeline of git ``--before`` (default ``HEAD``,
+   imported from its source; ``--before-timing interleaved`` also measures
+   the way sessions did before hot timing) in the same run, in the order HEAD, tree, tree, HEAD so that a drift of
    the machine's speed cancels.  Host-lock waits (other people's sessions
    on this machine) are shown and subtracted.
 4. ``agents``: wall time of a job's profiling stage with two agent devices
@@ -175,12 +176,12 @@ def bench_memory(workdir: Path, sizes: list[int], legacy: bool) -> list[dict[str
 
 # --- 3. profiling rate ------------------------------------------------------------------------
 
-def head_pipeline() -> types.ModuleType:
-    """The pipeline module as committed at git HEAD, imported from its source (the 'before')."""
-    source = subprocess.run(["git", "show", "HEAD:hwsearch/pipeline.py"], cwd=REPO,
+def head_pipeline(revision: str = "HEAD") -> types.ModuleType:
+    """The pipeline module as committed at ``revision``, imported from its source (the 'before')."""
+    source = subprocess.run(["git", "show", f"{revision}:hwsearch/pipeline.py"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout
-    module = types.ModuleType("hwsearch._pipeline_at_head")
-    module.__file__ = "HEAD:hwsearch/pipeline.py"
+    module = types.ModuleType("hwsearch._pipeline_before")
+    module.__file__ = f"{revision}:hwsearch/pipeline.py"
     sys.modules[module.__name__] = module
     exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102  (our own HEAD)
     return module
@@ -214,21 +215,27 @@ def _profile_once(pipeline: Any, net: Any, archs: list[Any], profiler: Any) -> d
             "stable": sum(bool(r["stable"]) for r in rows)}
 
 
-def bench_profile(n: int, resolution: int) -> dict[str, Any]:
+def bench_profile(n: int, resolution: int, before: str, before_timing: str) -> dict[str, Any]:
+    """Subnets per minute of this tree against ``before`` (a git revision's pipeline, its timing)."""
+    import dataclasses
+
     import hwsearch.pipeline as current
     from devices import open_profiler
     from devices.profile import DeviceProfile
 
     net = _net()
     archs = current.select_subnets(net.space, n, seed=0, resolution=resolution)
-    profiler = open_profiler(DeviceProfile.load(DEVICE))
+    profile = DeviceProfile.load(DEVICE)
+    profilers = {"before": open_profiler(dataclasses.replace(profile, timing=before_timing)),
+                 "this tree": open_profiler(profile)}
     _warm_up_export(net)
-    pipelines = {"git HEAD": head_pipeline(), "this tree": current}
-    runs = [(name, _profile_once(pipelines[name], net, archs, profiler))
-            for name in ("git HEAD", "this tree", "this tree", "git HEAD")]  # ABBA: drift cancels
+    pipelines = {"before": head_pipeline(before), "this tree": current}
+    runs = [(name, _profile_once(pipelines[name], net, archs, profilers[name]))
+            for name in ("before", "this tree", "this tree", "before")]  # ABBA: drift cancels
     totals = {name: sum(r["wall_s"] - r["lock_wait_s"] for n, r in runs if n == name)
               for name in pipelines}
-    return {"subnets": n, "resolution": resolution, "runs (in order)": runs,
+    return {"subnets": n, "resolution": resolution, "before": f"{before} pipeline, timing {before_timing}",
+            "runs (in order)": runs,
             "subnets_per_min_without_waits": {name: round(60 * 2 * n / total, 1)
                                               for name, total in totals.items()}}
 
@@ -358,6 +365,9 @@ def main() -> None:
                         help="skip the in-memory loader's memory figures")
     parser.add_argument("--profile-n", type=int, default=24)
     parser.add_argument("--agent-n", type=int, default=20)
+    parser.add_argument("--before", default="HEAD", help="git revision whose pipeline is the 'before'")
+    parser.add_argument("--before-timing", default="hot", choices=["hot", "interleaved"],
+                        help="the protocol's timing for the 'before' runs (interleaved: before hot timing)")
     parser.add_argument("--resolution", type=int, default=224)
     args = parser.parse_args()
     os.environ.setdefault("DEVICES_CALIBRATION_DIR", tempfile.mkdtemp(prefix="throughput-calib-"))
@@ -366,7 +376,7 @@ def main() -> None:
         parts = {
             "eval": lambda: bench_eval(workdir, args.eval_images),
             "memory": lambda: bench_memory(workdir, args.sizes, not args.no_legacy),
-            "profile": lambda: bench_profile(args.profile_n, args.resolution),
+            "profile": lambda: bench_profile(args.profile_n, args.resolution, args.before, args.before_timing),
             "agents": lambda: bench_agents(workdir, args.agent_n, args.resolution),
         }
         for name in args.only:
