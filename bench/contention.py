@@ -8,6 +8,8 @@ MACs), FP32 only:
 
 * (a) alone: ``--solo-runs`` jobs (default 3) on the 1-thread demo device
   and as many on the 2-thread one, alternating, each job alone on the host;
+  the last pair runs after (b) and (c), so the solo runs bracket the
+  contended ones in time and the host's slow drift reaches both sides;
 * (b) three jobs at once, each profiling the 1-thread device;
 * (c) one job profiling the 1-thread and the 2-thread device.
 
@@ -264,18 +266,22 @@ def compare(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], dic
     """One full comparison: ``--solo-runs`` jobs alone per device, then (b) and (c); prints the table."""
     runs: dict[str, list[Run]] = {device: [] for device in DEVICES}
     walls: dict[str, list[float]] = {device: [] for device in DEVICES}
-    for index in range(args.solo_runs):
+
+    def solo_round(index: int) -> None:
         for device in DEVICES:  # alternating devices, so slow drift reaches both alike
             [run], wall = scenario([[device]], args, folder, f"a-{device}-{index}")
             runs[device].append(run)
             walls[device].append(wall)
             print(f"(a) {device} alone #{index + 1}: {wall:.1f}s", flush=True)
-    solos = {device: Solo(runs[device], walls[device]) for device in DEVICES}
+
+    for index in range(args.solo_runs - 1):
+        solo_round(index)
     scenarios = {}
     for name, jobs in (("(b) 3x1t", [["1t"], ["1t"], ["1t"]]), ("(c) 1t+2t", [["1t", "2t"]])):
         scenarios[name] = scenario(jobs, args, folder, name[1])
         print(f"{name}: {scenarios[name][1]:.1f}s", flush=True)
-    return print_table(solos, scenarios)
+    solo_round(args.solo_runs - 1)  # after the contended runs: the solo runs bracket them in time
+    return print_table({device: Solo(runs[device], walls[device]) for device in DEVICES}, scenarios)
 
 
 def main() -> None:
