@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from devices.calibration import device_reference_ms
+from devices.cpuload import cpu_snapshot, foreign_cores
 from devices.hostlock import Hold, measurement_session
 from devices.measure import Measurement
 from devices.ort import ModelInputError
@@ -104,6 +105,7 @@ class _Session:
     load_before: list[float]
     load_after: list[float]
     hold: Hold
+    foreign_cores: float | None  # other processes' CPU during the protocol (devices.cpuload)
 
 
 def measure_model_bytes(
@@ -162,8 +164,10 @@ def _locked_session(
         runners = [make_runner(model, profile) for model in models]
         shapes = [_input_shapes(runner) for runner in runners]
         _check_batch(shapes, profile.batch)
+        before = cpu_snapshot()
         result = run_protocol(reference_runner, runners, profile, progress=progress)
-        return _Session(result, reference_runner.provider, shapes, load_before, load_average(), hold)
+        foreign = foreign_cores(before, cpu_snapshot())
+        return _Session(result, reference_runner.provider, shapes, load_before, load_average(), hold, foreign)
 
 
 def _as_reference(profile: DeviceProfile) -> DeviceProfile:
@@ -226,6 +230,7 @@ def _environment(
         "hostname": platform.node(),
         "load_average_before": session.load_before,
         "load_average_after": session.load_after,
+        "foreign_cpu_cores": None if session.foreign_cores is None else round(session.foreign_cores, 3),
         "session_start": hold.started_at,
         "session_end": hold.ended_at,
         "lock_wait_s": round(hold.waited_s, 3),
@@ -257,11 +262,21 @@ def _to_measurement(
         ratio=result.ratio,
         ratio_ci=result.ratio_ci,
         n_runs=result.n_runs,
-        stable=result.ratio_ci <= profile.protocol.ci_target,
+        stable=result.ratio_ci <= profile.protocol.ci_target and _quiet_enough(profile, session.foreign_cores),
         device_hash=env["profile_hash"],
         env={**env, **per_model},
         **result.times,
     )
+
+
+def _quiet_enough(profile: DeviceProfile, foreign: float | None) -> bool:
+    """Whether other processes left a wall-clock session alone (:mod:`devices.cpuload`).
+
+    A ``thread_cpu`` session counts only its own thread's CPU time and keeps
+    its ratios under a busy neighbour, so only wall-clock sessions are held
+    to ``protocol.max_foreign_cores``.
+    """
+    return profile.clock != "wall" or foreign is None or foreign <= profile.protocol.max_foreign_cores
 
 
 class LocalProfiler:

@@ -65,7 +65,9 @@ class Protocol:
     slow state and can be dropped; the default 100 keeps them, because ratios
     proved state-invariant here and dropping half the samples cost precision.
     ``low_percentile`` is the session's robust reference latency (and the
-    ``ratio_low`` reported beside the median).
+    ``ratio_low`` reported beside the median).  A wall-clock session during
+    which other processes used more than ``max_foreign_cores`` cores' worth
+    of CPU is not stable, whatever its CI (:mod:`devices.cpuload`).
     """
 
     min_rounds: int = 15
@@ -75,6 +77,7 @@ class Protocol:
     reference_jump_mads: float = 5.0
     reference_ceiling_percentile: float = 100.0
     low_percentile: float = 25.0
+    max_foreign_cores: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -396,6 +399,10 @@ def _validate_protocol(r: Protocol) -> None:
     _require(
         _is_int(r.min_rounds) and _int_in(r.max_rounds, r.min_rounds, MAX_ROUNDS),
         "protocol.max_rounds", f"must be an integer in [protocol.min_rounds, {MAX_ROUNDS}]", r.max_rounds,
+    )
+    _require(
+        _number_in(r.max_foreign_cores, 0.0, MAX_THREADS), "protocol.max_foreign_cores",
+        f"must be a number of cores in [0, {MAX_THREADS}]", r.max_foreign_cores,
     )
     _require(
         _number_in(r.max_seconds, 1e-3, MAX_SESSION_SECONDS), "protocol.max_seconds",

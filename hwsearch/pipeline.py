@@ -487,9 +487,14 @@ class _Session:
     results: list[Any]
 
     @property
-    def spread(self) -> float:
-        """The widest relative CI of the group: a pair is only as good as its worse half."""
-        return max(_spread(r) for r in self.results)
+    def rank(self) -> tuple[int, float]:
+        """Lower is better: fewer unstable results, then the widest relative CI of the group.
+
+        Stability comes first because a result can be unstable with a tight
+        CI (a wall-clock session beside a busy program, :mod:`devices.cpuload`);
+        a group is only as good as its worse half.
+        """
+        return sum(not r.stable for r in self.results), max(_spread(r) for r in self.results)
 
 
 def _measure_until_stable(profiler: Any, groups: Sequence[Sequence[Path]], retries: int,
@@ -498,7 +503,7 @@ def _measure_until_stable(profiler: Any, groups: Sequence[Sequence[Path]], retri
 
     A group (one subnet's files at each precision) is always measured whole,
     in one session, so its results stay comparable; of two measurements of a
-    group the one with the tighter worst CI is kept.
+    group the one with fewer unstable results, then the tighter worst CI, is kept.
     """
     measure = profiler.measure_many if waiting is None else functools.partial(profiler.measure_many,
                                                                                progress=waiting)
@@ -508,7 +513,7 @@ def _measure_until_stable(profiler: Any, groups: Sequence[Sequence[Path]], retri
         if not again:
             break
         for i, retried in zip(again, _session(measure, [groups[i] for i in again])):
-            if retried.spread < sessions[i].spread:
+            if retried.rank < sessions[i].rank:
                 sessions[i] = retried
     return sessions
 

@@ -1,0 +1,53 @@
+"""How much CPU other processes used while a session measured.
+
+The host lock keeps hwsearch's own work off the cores during a session, but
+not other programs.  A wall-clock device with several threads is the one
+that suffers: with a busy loop on the other core of this 2-core machine, the
+demo's 2-thread device read its subnets at 2.3-2.4x their ratios of a quiet
+session, while its reference's robust time moved by only 2-5% (the reference
+itself could not reveal it).  A ``thread_cpu`` device was unaffected (within
+±1.4%), since it counts only its own thread's CPU time.  So a session
+records the cores' worth of CPU that *other* processes took during it, from
+``/proc/stat`` (all CPUs' busy time) less this process's own CPU time, and a
+wall-clock session above ``protocol.max_foreign_cores`` is not stable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_IDLE, _IOWAIT, _STEAL = 3, 4, 7
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """All CPUs' busy seconds since boot, this process's CPU seconds, and a monotonic time."""
+
+    busy_s: float
+    own_s: float
+    at: float
+
+
+def cpu_snapshot() -> CpuSnapshot | None:
+    """The current snapshot; ``None`` where ``/proc/stat`` is unreadable (not Linux)."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(ticks) < 8:
+        return None
+    # Busy is what ran here: not idle, not waiting for I/O, not stolen by the hypervisor.
+    busy = sum(ticks) - ticks[_IDLE] - ticks[_IOWAIT] - ticks[_STEAL]
+    own = os.times()
+    return CpuSnapshot(busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic())
+
+
+def foreign_cores(before: CpuSnapshot | None, after: CpuSnapshot | None) -> float | None:
+    """Cores' worth of CPU other processes used between two snapshots (``None`` if unknown)."""
+    if before is None or after is None or after.at <= before.at:
+        return None
+    others = (after.busy_s - before.busy_s) - (after.own_s - before.own_s)
+    return max(0.0, others) / (after.at - before.at)

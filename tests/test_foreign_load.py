@@ -1,0 +1,78 @@
+"""A wall-clock session shared with another program's busy loop is not stable; a CPU-clock one is.
+
+Measured on this machine (devices/cpuload.py): with a busy loop on the other
+core, the demo's 2-thread wall-clock device read its subnets at 2.3-2.4x
+their quiet ratios while its reference moved by 2-5%; the 1-thread
+``thread_cpu`` device stayed within ±1.4%.  These tests run real sessions
+with a real busy process beside them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devices.cpuload import cpu_snapshot, foreign_cores
+from devices.local import LocalProfiler
+from devices.profile import DeviceProfile
+from devices.reference import mobilenet_like_onnx
+
+QUICK = {"warmup": {"runs": 3, "seconds": 0.2},
+         "protocol": {"min_rounds": 9, "max_rounds": 60, "max_seconds": 3, "ci_target": 0.5}}
+
+
+@pytest.fixture(autouse=True)
+def calibration_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVICES_CALIBRATION_DIR", str(tmp_path / "calibration"))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "m.onnx"
+    path.write_bytes(mobilenet_like_onnx(((32, 16, 3, 1), (48, 24, 3, 2)), seed=3, input_shape=(1, 3, 32, 32)))
+    return path
+
+
+@pytest.fixture
+def busy_neighbour() -> Iterator[None]:
+    """Another program spinning on a core for as long as the test runs."""
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    time.sleep(0.3)  # let it start spinning
+    yield
+    process.kill()
+    process.wait()
+
+
+def test_foreign_cores_counts_other_processes_not_this_one(busy_neighbour: None) -> None:
+    before = cpu_snapshot()
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # this process's own spinning is not foreign
+        pass
+    foreign = foreign_cores(before, cpu_snapshot())
+    assert foreign is not None and 0.6 <= foreign <= 1.4, foreign
+
+
+def test_a_wall_clock_session_beside_a_busy_program_is_not_stable(model: Path, busy_neighbour: None) -> None:
+    profile = DeviceProfile.from_dict({"name": "wall-2t", "intra_op_threads": 2, **QUICK})
+    [row] = LocalProfiler(profile).measure_many([model])
+    assert row.env["foreign_cpu_cores"] > profile.protocol.max_foreign_cores
+    assert not row.stable, "a wide-enough CI must not hide a busy neighbour"
+
+
+def test_a_cpu_clock_session_keeps_its_stability_beside_a_busy_program(model: Path, busy_neighbour: None) -> None:
+    profile = DeviceProfile.from_dict({"name": "cpu-1t", "clock": "thread_cpu", **QUICK})
+    [row] = LocalProfiler(profile).measure_many([model])
+    assert row.env["foreign_cpu_cores"] > profile.protocol.max_foreign_cores
+    assert row.stable, row.ratio_ci
+
+
+def test_the_limit_is_the_profiles(model: Path, busy_neighbour: None) -> None:
+    lenient = DeviceProfile.from_dict({"name": "wall-2t", "intra_op_threads": 2,
+                                       **{**QUICK, "protocol": {**QUICK["protocol"], "max_foreign_cores": 2.0}}})
+    [row] = LocalProfiler(lenient).measure_many([model])
+    assert row.stable and row.env["foreign_cpu_cores"] <= 2.0
