@@ -41,6 +41,7 @@ in the lock wait).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -159,6 +160,7 @@ class Solo:
     runs: list[Run]
     walls: list[float]
 
+    @functools.cached_property
     def yardsticks(self) -> list[tuple[Run, dict[str, float]]]:
         """``(left-out run, per-subnet median latency of the other solo runs)`` for each solo run."""
         keys = sorted(self.runs[0].rows)
@@ -179,12 +181,12 @@ def deviations(run: Run, yardstick: dict[str, float]) -> np.ndarray:
 
 def solo_noise(solo: Solo) -> list[tuple[Run, np.ndarray]]:
     """Each solo run with its deviations from the median of the other solo runs."""
-    return [(left_out, deviations(left_out, yardstick)) for left_out, yardstick in solo.yardsticks()]
+    return [(left_out, deviations(left_out, yardstick)) for left_out, yardstick in solo.yardsticks]
 
 
 def contended(run: Run, solo: Solo) -> np.ndarray:
     """A run's deviations from every leave-one-out solo median, pooled."""
-    return np.concatenate([deviations(run, yardstick) for _, yardstick in solo.yardsticks()])
+    return np.concatenate([deviations(run, yardstick) for _, yardstick in solo.yardsticks])
 
 
 def agreement(run: Run, deviation: np.ndarray) -> dict[str, float]:
@@ -241,11 +243,12 @@ def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], fl
             print(_row(f"{name} #{index + 1}", run, results[f"{name}-{index}"]))
         solo_wall = sum(solos[run.device].wall for run in runs)
         solo_sessions = sum(float(np.median([session_span([r]) for r in solos[run.device].runs])) for run in runs)
-        results[name] = {"wall_s": wall, "solo_wall_sum_s": solo_wall, "session_span_s": session_span(runs),
-                         "solo_session_sum_s": solo_sessions, "overlapping_sessions": overlaps(runs)}
+        span, overlapping = session_span(runs), overlaps(runs)
+        results[name] = {"wall_s": wall, "solo_wall_sum_s": solo_wall, "session_span_s": span,
+                         "solo_session_sum_s": solo_sessions, "overlapping_sessions": overlapping}
         print(f"{'':13s} wall {wall:.1f}s vs {solo_wall:.1f}s for these runs alone ({wall / solo_wall:.2f}x); "
-              f"sessions from first start to last end {session_span(runs):.1f}s vs {solo_sessions:.1f}s alone; "
-              f"overlapping sessions: {overlaps(runs)}")
+              f"sessions from first start to last end {span:.1f}s vs {solo_sessions:.1f}s alone; "
+              f"overlapping sessions: {overlapping}")
     return results, pooled
 
 
@@ -299,10 +302,10 @@ def main() -> None:
         job(devices, args.subnets, args.seed, args.quick, Path(out))
         return
 
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
-          f"protocol {'quick' if args.quick else 'demo'}; {args.subnets} subnets", flush=True)
     if args.solo_runs < 2:
         parser.error("--solo-runs must be at least 2: a solo run is held to the others")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+          f"protocol {'quick' if args.quick else 'demo'}; {args.subnets} subnets", flush=True)
     results, pooled = [], {}
     for repeat in range(args.repeat):
         with tempfile.TemporaryDirectory(prefix="contention-") as tmp:

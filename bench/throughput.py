@@ -16,8 +16,8 @@ On OFA-MobileNetV3 w1.0 (random weights, no download) at 224 px, prints:
    device (``examples/devices/local-1thread.yaml``), with this tree's
    pipeline and with the pipeline of git ``--before`` (default ``HEAD``,
    imported from its source; ``--before-timing interleaved`` also measures
-   the way sessions did before hot timing) in the same run, in the order HEAD, tree, tree, HEAD so that a drift of
-   the machine's speed cancels.  Host-lock waits (other people's sessions
+   the way sessions did before hot timing) in the same run, in the order
+   before, tree, tree, before so that a drift of the machine's speed cancels.  Host-lock waits (other people's sessions
    on this machine) are shown and subtracted.
 4. ``agents``: wall time of a job's profiling stage with two agent devices
    against one agent device alone (goal: at most 1.2x); each agent is a real
@@ -176,14 +176,14 @@ def bench_memory(workdir: Path, sizes: list[int], legacy: bool) -> list[dict[str
 
 # --- 3. profiling rate ------------------------------------------------------------------------
 
-def head_pipeline(revision: str = "HEAD") -> types.ModuleType:
+def pipeline_at(revision: str) -> types.ModuleType:
     """The pipeline module as committed at ``revision``, imported from its source (the 'before')."""
     source = subprocess.run(["git", "show", f"{revision}:hwsearch/pipeline.py"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout
     module = types.ModuleType("hwsearch._pipeline_before")
     module.__file__ = f"{revision}:hwsearch/pipeline.py"
     sys.modules[module.__name__] = module
-    exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102  (our own HEAD)
+    exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102  (this repository's own history)
     return module
 
 
@@ -229,7 +229,7 @@ def bench_profile(n: int, resolution: int, before: str, before_timing: str) -> d
     profilers = {"before": open_profiler(dataclasses.replace(profile, timing=before_timing)),
                  "this tree": open_profiler(profile)}
     _warm_up_export(net)
-    pipelines = {"before": head_pipeline(before), "this tree": current}
+    pipelines = {"before": pipeline_at(before), "this tree": current}
     runs = [(name, _profile_once(pipelines[name], net, archs, profilers[name]))
             for name in ("before", "this tree", "this tree", "before")]  # ABBA: drift cancels
     totals = {name: sum(r["wall_s"] - r["lock_wait_s"] for n, r in runs if n == name)
@@ -275,10 +275,7 @@ def _profiling_stage(net: Any, archs: list[Any], urls: list[str], tag: str) -> d
     from hwsearch.jobs.stages import profile_devices
     from hwsearch.store import MemoryStore
 
-    base = _device_data()
-    devices = [job_device({**base, "name": f"edge-{tag}-{i}",
-                           "where": {"kind": "agent", "url": url, "token_env": "THROUGHPUT_TOKEN"}},
-                          {}) for i, url in enumerate(urls)]
+    devices = [job_device(_agent_device_data(f"edge-{tag}-{i}", url), {}) for i, url in enumerate(urls)]
     store = MemoryStore()
     job_id = store.create_job({"kind": "search"})
     job = JobContext(store=store, job_id=job_id, net=net, devices=devices, data=None,
@@ -293,13 +290,12 @@ def _profiling_stage(net: Any, archs: list[Any], urls: list[str], tag: str) -> d
             "session_s": round(sum(b - a for a, b in sessions), 1)}
 
 
-def _device_data() -> dict[str, Any]:
-    """The 1-thread device's settings as data, without its ``where``."""
+def _agent_device_data(name: str, url: str) -> dict[str, Any]:
+    """The 1-thread device's settings as data, named ``name`` and measured by the agent at ``url``."""
     from devices.profile import DeviceProfile
 
     data = DeviceProfile.load(DEVICE).to_dict()
-    data.pop("where", None)
-    return data
+    return {**data, "name": name, "where": {"kind": "agent", "url": url, "token_env": "THROUGHPUT_TOKEN"}}
 
 
 def _sessions_only(net: Any, archs: list[Any], urls: list[str], folder: Path) -> dict[str, Any]:
@@ -321,10 +317,8 @@ def _sessions_only(net: Any, archs: list[Any], urls: list[str], folder: Path) ->
         export_subnet(net, arch, path, check=False)
 
     def measure_on(urls_now: list[str]) -> float:
-        profilers = [open_profiler(DeviceProfile.from_dict(
-            {**_device_data(), "name": f"edge-sessions-{i}",
-             "where": {"kind": "agent", "url": url, "token_env": "THROUGHPUT_TOKEN"}}))
-            for i, url in enumerate(urls_now)]
+        profilers = [open_profiler(DeviceProfile.from_dict(_agent_device_data(f"edge-sessions-{i}", url)))
+                     for i, url in enumerate(urls_now)]
         start = time.perf_counter()
         with ThreadPoolExecutor(len(profilers)) as pool:
             list(pool.map(lambda profiler: profiler.measure_many(files), profilers))
