@@ -57,6 +57,9 @@ def test_json_profile_file(tmp_path: Path) -> None:
         ({"name": "x", "clock": "tsc"}, "clock"),
         ({"name": "x", "clock": "thread_cpu", "intra_op_threads": 2}, "clock"),
         ({"name": "x", "clock": "thread_cpu", "runtime": "openvino"}, "clock"),
+        ({"name": "x", "protocol": {"max_foreign_cores": -0.5}}, "protocol.max_foreign_cores"),
+        ({"name": "x", "protocol": {"max_foreign_cores": float("inf")}}, "protocol.max_foreign_cores"),
+        ({"name": "x", "protocol": {"max_foreign_cores": "lots"}}, "protocol.max_foreign_cores"),
     ],
 )
 def test_bad_profiles_name_the_field(data: dict, field_name: str) -> None:
