@@ -27,7 +27,10 @@ report what they wait for about once a second.
 
 A thread that already holds the host may run compute inside its hold (it
 is covered) but may not open a session there: it would wait for itself, so
-that raises :class:`HostLockError` instead of hanging.
+that raises :class:`HostLockError` instead of hanging.  A helper process
+whose every task runs while the process that started it holds a compute
+unit for it (:func:`covered_by_caller`, the export pool's workers) is
+covered the same way in all its threads.
 
 The directory is ``$DEVICES_LOCK_DIR`` or ``<tmp>/hwsearch-devices-locks``,
 created owner-only, so by default it orders one user's processes; on a host
@@ -88,6 +91,9 @@ class Hold:
     started_at: float
     ended_at: float | None = None
     nested: bool = False
+
+
+_PROCESS_COVER: Hold | None = None  # a helper process's cover (covered_by_caller)
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,7 @@ class HostLock:
         }
 
     def _held_by_this_thread(self) -> Hold | None:
-        return _held_map().get(str(self.directory))
+        return _held_map().get(str(self.directory)) or _PROCESS_COVER
 
     @staticmethod
     def _nested(mode: Mode, outer: Hold) -> Hold:
@@ -344,6 +350,21 @@ def _held_map() -> dict[str, Hold]:
     if not hasattr(_HELD, "holds"):
         _HELD.holds = {}
     return _HELD.holds
+
+
+def covered_by_caller() -> None:
+    """Declare this process a helper whose work runs only inside its caller's compute units.
+
+    A helper (an export worker) that took compute units of its own could
+    deadlock the host: its caller holds a unit while it waits for the helper,
+    a session queues behind that unit, and the helper's new unit queues
+    behind the session.  So from now on every compute unit of this process
+    is nested in the caller's hold, and a measurement session here raises
+    :class:`HostLockError`.  Whoever starts such a process must hold a
+    compute unit whenever it works, its start-up included.
+    """
+    global _PROCESS_COVER
+    _PROCESS_COVER = Hold(mode="shared", waited_s=0.0, started_at=time.time(), nested=True)
 
 
 def measurement_session(*, on_wait: WaitFn | None = None) -> AbstractContextManager[Hold]:

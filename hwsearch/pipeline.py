@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from hwsearch.export_pool import Exporters, exporters
 from hwsearch.quantize import (
     DEFAULT_PRECISION,
     PRECISIONS,
@@ -140,6 +141,7 @@ def profile_subnets(
     workdir: str | Path | None = None,
     progress: ProgressFn | None = None,
     retries: int = 1,
+    export_workers: int | None = None,
 ) -> ProfileReport:
     """Export and measure every subnet in ``archs`` not yet stored for ``device_hash``, at FP32.
 
@@ -174,10 +176,15 @@ def profile_subnets(
     this host's cores, so they stay one after the other (the host lock
     would serialise them anyway).  Rows record each export's wall-clock
     ``export_start``/``export_end`` beside the session's, which shows it.
+
+    Exports run in worker processes when that pays
+    (:mod:`hwsearch.export_pool`): ``export_workers`` ``None`` decides from
+    the run's first exports, 1 keeps them in this process, a count starts
+    that many workers.
     """
     return profile_precisions(supernet, archs, profiler, {DEFAULT_PRECISION: device_hash}, store,
                               chunk=chunk, workdir=workdir, progress=progress,
-                              retries=retries)[DEFAULT_PRECISION]
+                              retries=retries, export_workers=export_workers)[DEFAULT_PRECISION]
 
 
 def profile_precisions(
@@ -193,6 +200,7 @@ def profile_precisions(
     workdir: str | Path | None = None,
     progress: ProgressFn | None = None,
     retries: int = 1,
+    export_workers: int | None = None,
 ) -> dict[str, ProfileReport]:
     """:func:`profile_subnets` at several precisions of one device: a subnet's files in one session.
 
@@ -239,9 +247,11 @@ def profile_precisions(
     waiting = _relay_waiting(progress, current)
     chunks = [list(todo[i:i + chunk]) for i in range(0, len(todo), chunk)]
     run = object()  # this call's identity as the owner of exports it shares
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp, _SHARED_EXPORTS.owned_by(run):
+    with (tempfile.TemporaryDirectory(dir=workdir) as tmp, _SHARED_EXPORTS.owned_by(run),
+          exporters(supernet, len(todo), workers=export_workers, on_wait=waiting) as exporting):
         export = functools.partial(_export_chunk, supernet, Path(tmp), model_batch, input_dtype,
-                                   waiting, run, _Derivation(tuple(precisions), calibration, quantize))
+                                   waiting, run, _Derivation(tuple(precisions), calibration, quantize),
+                                   exporting)
         for batch, exports in _exported_chunks(chunks, export, _measures_elsewhere(profiler)):
             groups = [[files[p].path for p in precisions] for files in exports]
             sessions = _measure_until_stable(profiler, groups, retries, waiting)
@@ -325,11 +335,14 @@ class _Derivation:
 
 def _export_chunk(supernet: Any, folder: Path, model_batch: int, input_dtype: str,
                   waiting: ProgressFn | None, run: object, derivation: _Derivation,
-                  batch: Sequence[ArchConfig]) -> list[dict[str, _Exported]]:
+                  exporting: Exporters, batch: Sequence[ArchConfig]) -> list[dict[str, _Exported]]:
     """Export ``batch`` to ``folder`` at every precision of ``derivation``, one dict per subnet.
 
     The one place the pipeline exports, whichever thread runs it.  Each
-    export is one compute unit on the host lock (quantization takes its own).
+    export is one compute unit on the host lock, held here whether the
+    export runs in this process or in a worker of ``exporting``'s pool
+    (:mod:`hwsearch.export_pool`), which exports several subnets of the
+    chunk at once; quantization takes its own unit, one file at a time.
     A subnet another run of this process is exporting (or has exported and
     not yet deleted) with the same settings is linked from it instead
     (:class:`_SharedExports`); so is a derived (INT8) file of the same
@@ -338,21 +351,22 @@ def _export_chunk(supernet: Any, folder: Path, model_batch: int, input_dtype: st
     one of the run's precisions.
     """
     from devices.hostlock import compute_unit
-    from hwsearch.export import export_subnet
 
     def export_one(arch: ArchConfig, path: Path) -> _Exported:
-        with compute_unit(on_wait=waiting):  # export_onnx's own hold nests inside it
+        with compute_unit(on_wait=waiting):  # covers a pool worker; export_onnx's own hold nests in it
             started_at = time.time()
-            report = export_subnet(supernet, arch, path, batch=model_batch,
-                                   input_dtype=input_dtype, check=False)
+            report = exporting.export(arch, path, batch=model_batch, input_dtype=input_dtype, check=False)
             return _Exported(path, report, started_at, time.time())
 
-    out = []
-    for arch in batch:
+    def fp32_of(arch: ArchConfig) -> _Exported:
         # The key holds every setting the file depends on; one added to export_subnet goes here too.
         key = (id(supernet), arch.key(), model_batch, input_dtype)
-        fp32 = _SHARED_EXPORTS.export(key, run, folder / f"{arch.digest()}.onnx",
+        return _SHARED_EXPORTS.export(key, run, folder / f"{arch.digest()}.onnx",
                                       functools.partial(export_one, arch))
+
+    out = []
+    for arch, fp32 in zip(batch, exporting.map(fp32_of, batch)):
+        key = (id(supernet), arch.key(), model_batch, input_dtype)
         files = {DEFAULT_PRECISION: fp32}
         for precision in derivation.precisions:
             if precision != DEFAULT_PRECISION:
