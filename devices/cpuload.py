@@ -51,3 +51,8 @@ def foreign_cores(before: CpuSnapshot | None, after: CpuSnapshot | None) -> floa
         return None
     others = (after.busy_s - before.busy_s) - (after.own_s - before.own_s)
     return max(0.0, others) / (after.at - before.at)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

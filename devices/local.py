@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from devices.calibration import device_reference_ms
-from devices.cpuload import cpu_snapshot, foreign_cores
+from devices.cpuload import cpu_snapshot, foreign_cores, usable_cores
 from devices.hostlock import Hold, measurement_session
 from devices.measure import Measurement
 from devices.ort import ModelInputError
@@ -88,7 +88,7 @@ def describe_machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "load_average": load_average(),
         **ort_facts(),
         **openvino_facts(),

@@ -29,7 +29,6 @@ import logging
 import multiprocessing
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -53,11 +52,6 @@ _START_TIMEOUT_S = 120.0
 _worker_supernet: Any = None  # the supernet, in a worker process
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 class ExportPool:
     """``workers`` spawned processes, each holding ``supernet``, exporting one subnet at a time.
 
@@ -74,7 +68,6 @@ class ExportPool:
         self.workers = workers
         context = multiprocessing.get_context("spawn")  # fork would copy a process's threads' locks mid-use
         ready = context.Barrier(workers)
-        started = time.perf_counter()
         with compute_unit(on_wait=on_wait):
             self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                              initargs=(supernet, ready))
@@ -86,7 +79,6 @@ class ExportPool:
             except BaseException:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 raise
-        self.start_seconds = time.perf_counter() - started
 
     def export(self, arch: Any, path: Path, **options: Any) -> ExportReport:
         """``export_subnet(supernet, arch, path, **options)`` in a worker.
@@ -94,7 +86,7 @@ class ExportPool:
         The caller must hold a compute unit for the duration (the worker is
         covered by it); :class:`Exporters` callers in the pipeline do.
         """
-        return self._pool.submit(_export_in_worker, arch, str(path), options).result()
+        return self._pool.submit(_export_in_worker, arch, path, options).result()
 
     def close(self) -> None:
         """Stop the workers (they hold memory: a supernet each)."""
@@ -114,10 +106,10 @@ def _start_worker(supernet: Any, ready: Any) -> None:
     ready.wait(timeout=_START_TIMEOUT_S)
 
 
-def _export_in_worker(arch: Any, path: str, options: dict[str, Any]) -> ExportReport:
+def _export_in_worker(arch: Any, path: Path, options: dict[str, Any]) -> ExportReport:
     from hwsearch.export import export_subnet
 
-    return export_subnet(_worker_supernet, arch, Path(path), **options)
+    return export_subnet(_worker_supernet, arch, path, **options)
 
 
 class _SharedPools:
@@ -218,6 +210,8 @@ class Exporters:
             self._samples.append(seconds)
             if len(self._samples) < _SAMPLES_BEFORE_DECIDING and len(self._samples) < self.pending:
                 return
+        from devices.cpuload import usable_cores
+
         workers = min(usable_cores(), MAX_WORKERS)
         left = self.pending - len(self._samples)
         saved = min(self._samples) * left * (1 - 1 / workers)

@@ -358,20 +358,21 @@ def _export_chunk(supernet: Any, folder: Path, model_batch: int, input_dtype: st
             report = exporting.export(arch, path, batch=model_batch, input_dtype=input_dtype, check=False)
             return _Exported(path, report, started_at, time.time())
 
-    def fp32_of(arch: ArchConfig) -> _Exported:
+    def key_of(arch: ArchConfig) -> tuple[Any, ...]:
         # The key holds every setting the file depends on; one added to export_subnet goes here too.
-        key = (id(supernet), arch.key(), model_batch, input_dtype)
-        return _SHARED_EXPORTS.export(key, run, folder / f"{arch.digest()}.onnx",
+        return id(supernet), arch.key(), model_batch, input_dtype
+
+    def fp32_of(arch: ArchConfig) -> _Exported:
+        return _SHARED_EXPORTS.export(key_of(arch), run, folder / f"{arch.digest()}.onnx",
                                       functools.partial(export_one, arch))
 
     out = []
     for arch, fp32 in zip(batch, exporting.map(fp32_of, batch)):
-        key = (id(supernet), arch.key(), model_batch, input_dtype)
         files = {DEFAULT_PRECISION: fp32}
         for precision in derivation.precisions:
             if precision != DEFAULT_PRECISION:
                 files[precision] = _SHARED_EXPORTS.export(
-                    key + derivation.key(precision), run,
+                    key_of(arch) + derivation.key(precision), run,
                     folder / f"{arch.digest()}.{precision}.onnx",
                     functools.partial(derivation.derive, fp32, precision))
         out.append(files)
