@@ -26,8 +26,11 @@ session reference latency (the machine's state), how long the job waited for
 the host and how long its sessions held it; per scenario the wall time and
 the span from its first session's start to its last one's end against the
 sum of the same jobs alone (the median solo run); and at the end the same
-statistics pooled over every run and repeat, by scenario and device.  The
-goal: contended rows agree with the yardstick as well as solo rows do.
+statistics pooled over every run and repeat, by scenario and device, once
+over all rows and once over stable rows only (held to the median of the
+other solo runs' stable rows): a row the device calls stable is what fronts
+and predictors trust, an unstable one is measured again or shown as such.
+The goal: contended rows agree with the yardstick as well as solo rows do.
 Calibrations start fresh in a temporary folder per comparison (the first solo
 job of each device sets its ruler); the lock is the host's own, so
 measurements by other people on this machine are waited for too (they show
@@ -63,6 +66,7 @@ from devices.profile import DeviceProfile  # noqa: E402
 
 DEVICES = {"1t": REPO / "hwsearch/demo/devices/cpu-1thread.yaml",
            "2t": REPO / "hwsearch/demo/devices/cpu-2threads.yaml"}
+STABLE = "[stable rows]"
 QUICK = {"warmup": {"runs": 5, "seconds": 0.2},
          "protocol": {"min_rounds": 12, "max_rounds": 60, "max_seconds": 30.0, "ci_target": 0.02}}
 
@@ -74,8 +78,10 @@ class Run:
     device: str
     rows: dict[str, dict[str, Any]]
 
-    def latencies(self, keys: list[str]) -> np.ndarray:
-        return np.array([self.rows[k]["latency_ms"] for k in keys])
+    def latencies(self, keys: list[str], *, stable_only: bool = False) -> np.ndarray:
+        """Latency per key; NaN for a row the device left unstable when ``stable_only``."""
+        return np.array([self.rows[k]["latency_ms"] if self.rows[k]["stable"] or not stable_only else np.nan
+                         for k in keys])
 
     @property
     def sessions(self) -> dict[tuple[float, float], dict[str, Any]]:
@@ -163,30 +169,46 @@ class Solo:
     @functools.cached_property
     def yardsticks(self) -> list[tuple[Run, dict[str, float]]]:
         """``(left-out run, per-subnet median latency of the other solo runs)`` for each solo run."""
+        return self._yardsticks(stable_only=False)
+
+    @functools.cached_property
+    def stable_yardsticks(self) -> list[tuple[Run, dict[str, float]]]:
+        """As :attr:`yardsticks`, from the other runs' stable rows only (NaN where none is stable)."""
+        return self._yardsticks(stable_only=True)
+
+    def _yardsticks(self, *, stable_only: bool) -> list[tuple[Run, dict[str, float]]]:
         keys = sorted(self.runs[0].rows)
-        return [(left_out, {k: float(np.median([r.rows[k]["latency_ms"] for r in self.runs if r is not left_out]))
-                            for k in keys})
-                for left_out in self.runs]
+        others = {id(left_out): np.array([r.latencies(keys, stable_only=stable_only)
+                                          for r in self.runs if r is not left_out]) for left_out in self.runs}
+        return [(left_out, dict(zip(keys, _median_of_finite(others[id(left_out)])))) for left_out in self.runs]
 
     @property
     def wall(self) -> float:
         return float(np.median(self.walls))
 
 
-def deviations(run: Run, yardstick: dict[str, float]) -> np.ndarray:
-    """``|latency / yardstick − 1|`` per subnet."""
+def _median_of_finite(columns: np.ndarray) -> list[float]:
+    """Per column, the median of its finite values (NaN for a column with none)."""
+    return [float(np.median(c[np.isfinite(c)])) if np.isfinite(c).any() else np.nan for c in columns.T]
+
+
+def deviations(run: Run, yardstick: dict[str, float], *, stable_only: bool = False) -> np.ndarray:
+    """``|latency / yardstick − 1|`` per subnet (NaN for an unstable row when ``stable_only``)."""
     keys = sorted(yardstick)
-    return np.abs(run.latencies(keys) / np.array([yardstick[k] for k in keys]) - 1.0)
+    return np.abs(run.latencies(keys, stable_only=stable_only) / np.array([yardstick[k] for k in keys]) - 1.0)
 
 
-def solo_noise(solo: Solo) -> list[tuple[Run, np.ndarray]]:
+def solo_noise(solo: Solo, *, stable_only: bool = False) -> list[tuple[Run, np.ndarray]]:
     """Each solo run with its deviations from the median of the other solo runs."""
-    return [(left_out, deviations(left_out, yardstick)) for left_out, yardstick in solo.yardsticks]
+    yardsticks = solo.stable_yardsticks if stable_only else solo.yardsticks
+    return [(left_out, deviations(left_out, yardstick, stable_only=stable_only))
+            for left_out, yardstick in yardsticks]
 
 
-def contended(run: Run, solo: Solo) -> np.ndarray:
+def contended(run: Run, solo: Solo, *, stable_only: bool = False) -> np.ndarray:
     """A run's deviations from every leave-one-out solo median, pooled."""
-    return np.concatenate([deviations(run, yardstick) for _, yardstick in solo.yardsticks])
+    yardsticks = solo.stable_yardsticks if stable_only else solo.yardsticks
+    return np.concatenate([deviations(run, yardstick, stable_only=stable_only) for _, yardstick in yardsticks])
 
 
 def agreement(run: Run, deviation: np.ndarray) -> dict[str, float]:
@@ -198,8 +220,11 @@ def agreement(run: Run, deviation: np.ndarray) -> dict[str, float]:
 
 
 def summary(deviation: np.ndarray) -> dict[str, float]:
-    """Median and worst deviation, shares within ±10% and ±5%."""
-    return {"median": float(np.nanmedian(deviation)), "worst": float(np.nanmax(deviation)),
+    """Median and worst deviation, shares within ±10% and ±5%, over the finite deviations."""
+    deviation = deviation[np.isfinite(deviation)]
+    if not deviation.size:
+        return {"median": np.nan, "worst": np.nan, "within_10": np.nan, "within_5": np.nan, "n": 0}
+    return {"median": float(np.median(deviation)), "worst": float(np.max(deviation)),
             "within_10": float(np.mean(deviation <= 0.10)), "within_5": float(np.mean(deviation <= 0.05)),
             "n": int(deviation.size)}
 
@@ -235,11 +260,15 @@ def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], fl
             pooled.setdefault(f"(a) alone {device}", []).append(deviation)
             print(_row(f"(a) alone #{index + 1}", run, results[f"a-{device}-{index}"])
                   + "   <- the host's own noise: vs the other solo runs")
+        for _, deviation in solo_noise(solo, stable_only=True):
+            pooled.setdefault(f"(a) alone {device} {STABLE}", []).append(deviation)
     for name, (runs, wall) in scenarios.items():
         for index, run in enumerate(runs):
             deviation = contended(run, solos[run.device])
             results[f"{name}-{index}"] = agreement(run, deviation)
             pooled.setdefault(f"{name} {run.device}", []).append(deviation)
+            pooled.setdefault(f"{name} {run.device} {STABLE}", []).append(
+                contended(run, solos[run.device], stable_only=True))
             print(_row(f"{name} #{index + 1}", run, results[f"{name}-{index}"]))
         solo_wall = sum(solos[run.device].wall for run in runs)
         solo_sessions = sum(float(np.median([session_span([r]) for r in solos[run.device].runs])) for run in runs)
@@ -254,13 +283,13 @@ def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], fl
 
 def print_pooled(pooled: dict[str, list[np.ndarray]]) -> dict[str, dict[str, float]]:
     """Every deviation of a group over all repeats: is a contended run as close as a solo one?"""
-    print(f"\npooled over every run and repeat\n{'group':18s} {'median':>7s} {'worst':>7s} {'±10%':>6s} "
-          f"{'±5%':>6s} {'n':>5s}")
+    print(f"\npooled over every run and repeat ({STABLE}: a run's stable rows against the other solo "
+          f"runs' stable rows)\n{'group':27s} {'median':>7s} {'worst':>7s} {'±10%':>6s} {'±5%':>6s} {'n':>5s}")
     table = {}
-    for group, parts in pooled.items():
+    for group, parts in sorted(pooled.items()):
         table[group] = summary(np.concatenate(parts))
         row = table[group]
-        print(f"{group:18s} {row['median']:7.2%} {row['worst']:7.2%} {row['within_10']:6.1%} "
+        print(f"{group:27s} {row['median']:7.2%} {row['worst']:7.2%} {row['within_10']:6.1%} "
               f"{row['within_5']:6.1%} {row['n']:5d}")
     return table
 

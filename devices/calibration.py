@@ -16,6 +16,19 @@ device: the same profile on another machine, or after an onnxruntime
 upgrade, runs the reference at another speed.  So the device's file holds
 one calibration per host fingerprint (``devices.local.host_fingerprint``),
 and a new host starts its own instead of borrowing the old one's.
+
+The ruler assumes ratios do not depend on the host's state.  Within a
+session they hardly do, but across sessions on this machine a whole session
+sometimes shifted.  24 demo subnets on the 2-thread device, in 26 sessions
+(whole and in the pipeline's chunks): in the 20 sessions whose robust
+reference ran at most 3.5% above the fastest session's, every subnet lay
+within 8% of its median over all sessions (the session's median offset
+0.98-1.06); in the 6 whose reference ran 4.7-24% above it, the median offset
+was 1.02-1.31 and the worst subnet 9.5-37% off.  The session's
+reference is thus the witness of the host's state, and
+:attr:`Ruler.host_fastest_ms` (the fastest of the device's recent sessions
+on this host) is what a session's slowdown is taken against
+(``protocol.max_reference_slowdown``).
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,24 +55,39 @@ def calibration_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "hwsearch-devices"
 
 
+@dataclass(frozen=True)
+class Ruler:
+    """The reference latency a session is scaled by, where it came from, and the host's fast state.
+
+    ``source`` is ``"profile"`` (pinned), ``"stored"`` (an earlier session's
+    calibration of this device on this host) or ``"this-session"`` (the
+    first session of this device on this host, now stored for the next
+    ones).  ``host_fastest_ms`` is the lowest robust reference time among the
+    device's recent sessions on this host, this one included.
+    """
+
+    reference_ms: float
+    source: str
+    host_fastest_ms: float
+
+    def slowdown(self, session_reference_ms: float) -> float:
+        """How much slower the session's reference ran than in the host's fastest recent session."""
+        return session_reference_ms / self.host_fastest_ms - 1.0
+
+
 def device_reference_ms(
     profile: DeviceProfile, device_hash: str, host_fingerprint: str, session_reference_ms: float
-) -> tuple[float, str]:
-    """The reference latency to scale this session by, and where it came from.
-
-    Returns ``(ms, source)`` with source ``"profile"`` (pinned), ``"stored"``
-    (an earlier session's calibration of this device on this host) or
-    ``"this-session"`` (first session of this device on this host, now
-    stored for the next ones).
-    """
+) -> Ruler:
+    """Record the session and return the ruler to scale it by (see :class:`Ruler`)."""
     path = calibration_dir() / f"{device_hash}.json"
     ruler = None if profile.reference_ms is not None else {
         "reference_ms": session_reference_ms, "device": profile.name, "created": time.time()}
     entry = _record_session(path, host_fingerprint, session_reference_ms, ruler)
+    fastest = min(float(r["session_ms"]) for r in entry["recent"])
     if profile.reference_ms is not None:
-        return float(profile.reference_ms), "profile"
+        return Ruler(float(profile.reference_ms), "profile", fastest)
     stored = float(entry["reference_ms"])
-    return stored, ("this-session" if stored == session_reference_ms else "stored")
+    return Ruler(stored, "this-session" if stored == session_reference_ms else "stored", fastest)
 
 RECENT_SESSIONS = 20
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devices.calibration import device_reference_ms
+from devices.calibration import Ruler, device_reference_ms
 from devices.cpuload import cpu_snapshot, foreign_cores, usable_cores
 from devices.hostlock import Hold, measurement_session
 from devices.measure import Measurement
@@ -125,8 +125,8 @@ def measure_model_bytes(
     session = _locked_session(profile, models, reference, progress)
     device_hash = profile.hash_with_reference(hashlib.sha256(reference).hexdigest())
     host = profile.host_fingerprint or host_fingerprint()
-    scale = device_reference_ms(profile, device_hash, host, session.result.reference_ms)
-    env = _environment(profile, session, reference, device_hash, host, scale)
+    ruler = device_reference_ms(profile, device_hash, host, session.result.reference_ms)
+    env = _environment(profile, session, reference, device_hash, host, ruler)
     return [
         _to_measurement(hashlib.sha256(model).hexdigest(), index, session, profile, env)
         for index, model in enumerate(models)
@@ -210,7 +210,7 @@ def _environment(
     reference: bytes,
     device_hash: str,
     host: str,
-    scale: tuple[float, str],
+    ruler: Ruler,
 ) -> dict[str, Any]:
     from devices.ort import ort_facts
 
@@ -237,10 +237,12 @@ def _environment(
         "profile_name": profile.name,
         "profile_hash": device_hash,
         "reference_sha256": hashlib.sha256(reference).hexdigest(),
-        "reference_ms": scale[0],
-        "reference_source": scale[1],
+        "reference_ms": ruler.reference_ms,
+        "reference_source": ruler.source,
         "session_reference_ms": result.reference_ms,
-        "reference_drift": result.reference_ms / scale[0] - 1.0,
+        "reference_drift": result.reference_ms / ruler.reference_ms - 1.0,
+        "host_fastest_reference_ms": ruler.host_fastest_ms,
+        "reference_slowdown": ruler.slowdown(result.reference_ms),
         "reference_median_ms": result.reference_summary["median_ms"],
         "reference_runs": result.reference_runs,
         "reference_jumps_dropped": result.dropped_reference_jumps,
@@ -253,6 +255,13 @@ def _environment(
 def _to_measurement(
     sha256: str, index: int, session: _Session, profile: DeviceProfile, env: dict[str, Any]
 ) -> Measurement:
+    """One model's row.  Stable takes a tight CI, a quiet host and a host in its usual speed state.
+
+    The last two are session-wide: a tight CI cannot reveal a busy neighbour
+    (:func:`_quiet_enough`) nor a session whose reference ran slower than the
+    device's fastest recent sessions here (:mod:`devices.calibration`),
+    since both shift every ratio of the session together.
+    """
     result = session.result.models[index]
     per_model = {"ratio_low": result.ratio_low, "ratio_samples_kept": result.n_kept,
                  "input_shape": session.input_shapes[index]}
@@ -262,7 +271,8 @@ def _to_measurement(
         ratio=result.ratio,
         ratio_ci=result.ratio_ci,
         n_runs=result.n_runs,
-        stable=result.ratio_ci <= profile.protocol.ci_target and _quiet_enough(profile, session.foreign_cores),
+        stable=(result.ratio_ci <= profile.protocol.ci_target and _quiet_enough(profile, session.foreign_cores)
+                and env["reference_slowdown"] <= profile.protocol.max_reference_slowdown),
         device_hash=env["profile_hash"],
         env={**env, **per_model},
         **result.times,

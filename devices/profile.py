@@ -67,7 +67,12 @@ class Protocol:
     ``low_percentile`` is the session's robust reference latency (and the
     ``ratio_low`` reported beside the median).  A wall-clock session during
     which other processes used more than ``max_foreign_cores`` cores' worth
-    of CPU is not stable, whatever its CI (:mod:`devices.cpuload`).
+    of CPU is not stable, whatever its CI (:mod:`devices.cpuload`).  A
+    session whose robust reference time ran more than ``max_reference_slowdown``
+    above the fastest of the device's recent sessions on this host is not
+    stable either: the host was in a slow state, and on this machine such
+    sessions shifted all their ratios together, by up to 31% (see
+    :mod:`devices.calibration`).
     """
 
     min_rounds: int = 15
@@ -78,6 +83,7 @@ class Protocol:
     reference_ceiling_percentile: float = 100.0
     low_percentile: float = 25.0
     max_foreign_cores: float = 0.25
+    max_reference_slowdown: float = 0.04
 
 
 @dataclass(frozen=True)
@@ -300,6 +306,7 @@ def _number_in(value: Any, low: float, high: float) -> bool:
 # unbounded warm-up or round cap pins a core for as long as the client likes.
 MAX_NAME_CHARS = 100
 MAX_THREADS = 256
+MAX_REFERENCE_SLOWDOWN = 100.0
 MAX_BATCH = 1024
 MAX_WARMUP_RUNS = 10_000
 MAX_WARMUP_SECONDS = 60.0
@@ -403,6 +410,11 @@ def _validate_protocol(r: Protocol) -> None:
     _require(
         _number_in(r.max_foreign_cores, 0.0, MAX_THREADS), "protocol.max_foreign_cores",
         f"must be a number of cores in [0, {MAX_THREADS}]", r.max_foreign_cores,
+    )
+    _require(
+        _number_in(r.max_reference_slowdown, 0.0, MAX_REFERENCE_SLOWDOWN), "protocol.max_reference_slowdown",
+        f"must be a relative slowdown in [0, {MAX_REFERENCE_SLOWDOWN:g}] (e.g. 0.04 for 4%)",
+        r.max_reference_slowdown,
     )
     _require(
         _number_in(r.max_seconds, 1e-3, MAX_SESSION_SECONDS), "protocol.max_seconds",

@@ -1,8 +1,13 @@
 """ONNX export of subnets, verified before the file is written.
 
 Every export is checked (unless ``check=False``): ``onnx.checker`` must pass
-and onnxruntime's output on a random input must match torch's within
-``tolerance`` (max abs diff, default 1e-4).  A failing model is never
+and onnxruntime's output on a random input must match torch's: the max abs
+diff may be ``tolerance`` (1e-4) plus a share of the outputs' scale (1e-5 of
+the largest |output| at float32, 1e-2 at float16), since two correct float
+computations in different orders differ by rounding that grows with the
+values: a trained demo subnet whose logits reach 2,726 on a random input
+differed by 2.4e-4 (9e-8 of its scale) and failed a bare 1e-4.  A wrong graph
+differs by a sizeable share of the scale.  A failing model is never
 written, so a file at ``path`` is always a verified one.  Graphs have static
 shapes, one input named ``input`` and one output named ``logits``, and carry
 their provenance in ``metadata_props``.
@@ -45,7 +50,7 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 1e-4
-FLOAT16_RELATIVE_TOLERANCE = 1e-2
+RELATIVE_TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float16): 1e-2}
 INPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -235,11 +240,10 @@ def _verify(model: onnx.ModelProto, data: bytes, x: Tensor, expected: Tensor,
         raise ExportCheckError(
             f"onnxruntime output shape {actual.shape} != torch {reference.shape}")
     diff = float(np.max(np.abs(actual.astype(np.float64) - reference.astype(np.float64))))
-    if reference.dtype == np.float16:  # half precision: compare relative to the outputs' scale
-        tolerance = max(tolerance, FLOAT16_RELATIVE_TOLERANCE * float(np.max(np.abs(reference))))
-    if not diff <= tolerance:
+    allowed = tolerance + RELATIVE_TOLERANCE.get(reference.dtype, 0.0) * float(np.max(np.abs(reference)))
+    if not diff <= allowed:
         raise ExportCheckError(f"onnxruntime and torch outputs differ by {diff:.3g} "
-                               f"(max abs), more than the tolerance {tolerance:g}")
+                               f"(max abs), more than the tolerance {allowed:.3g}")
     return diff
 
 

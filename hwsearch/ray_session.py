@@ -3,6 +3,15 @@
 Every part of hwsearch that uses Ray (accuracy evaluation, per-device
 searches, service jobs) calls :func:`init_ray` first: it joins a cluster by
 address or starts a local one, and does nothing when a session exists.
+
+A Ray worker's start-up is heavy compute: importing the libraries hwsearch's
+tasks use (torch, onnxruntime, xgboost, pymoo) takes a core for several
+seconds.  A worker started while a latency session measures on its host
+would disturb it, so every worker of the session runs :func:`prepare_worker`
+before it takes a task (Ray's ``worker_process_setup_hook``): it does those
+imports inside one compute unit of the host lock (:mod:`devices.hostlock`),
+waiting while a session measures.  What runs before the hook (the
+interpreter and Ray's own start-up) is not covered.
 """
 
 from __future__ import annotations
@@ -13,10 +22,47 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
-__all__ = ["init_ray", "kill_leftovers", "private_temp_dir"]
+__all__ = ["WorkerStart", "init_ray", "kill_leftovers", "prepare_worker", "private_temp_dir",
+           "worker_prepared"]
 
 _RAY_START_LOCK = threading.Lock()  # two threads starting Ray at once would start two sessions
+#: The heavy libraries hwsearch's tasks import (accuracy evaluation, exports, predictors, the
+#: search), imported by every worker inside its start-up compute unit: 4.5 s of CPU here.
+_WORKER_MODULES = ("torch", "onnx", "onnxruntime", "xgboost", "sklearn.base", "pymoo.algorithms.moo.nsga2")
+
+
+class WorkerStart(NamedTuple):
+    """A worker's start-up: when Ray called the hook, when its imports ran (wall time), and the CPU before."""
+
+    called: float
+    started: float
+    ended: float
+    cpu_before_s: float  # the interpreter's and Ray's own start-up: not covered by the unit
+
+
+_PREPARED: list[WorkerStart] = []
+
+
+def prepare_worker() -> None:
+    """Ray's setup hook for our workers: import what tasks need inside one compute unit of the host lock."""
+    import importlib
+    import time
+
+    from devices.hostlock import compute_unit
+
+    called, cpu_before = time.time(), time.process_time()
+    with compute_unit():
+        started = time.time()
+        for module in _WORKER_MODULES:
+            importlib.import_module(module)
+        _PREPARED.append(WorkerStart(called, started, time.time(), cpu_before))
+
+
+def worker_prepared() -> WorkerStart | None:
+    """This worker's start-up unit, or ``None`` if it was not prepared (not started by :func:`init_ray`)."""
+    return _PREPARED[-1] if _PREPARED else None
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
@@ -44,11 +90,12 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
 def _start_ray(address: str | None, num_cpus: int | None) -> None:
     import ray
 
+    runtime_env = {"worker_process_setup_hook": f"{__name__}.prepare_worker"}
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                 log_to_driver=False)
+                 log_to_driver=False, runtime_env=runtime_env)
 
 
 def _start_ray_in_keeper_thread(address: str | None, num_cpus: int | None) -> None:

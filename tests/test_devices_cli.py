@@ -81,6 +81,9 @@ def test_the_ruler_is_shown_calibrated_and_reset(tmp_path: Path) -> None:
     after = show()
     assert after["reference_ms"] == ruler and after["reference_source"].startswith("first session")
     assert after["session_drift"]["sessions"] == 1 and after["session_drift"]["median"] == 0.0
+    assert after["session_drift"]["slowed"] == 0 and after["session_drift"]["max_reference_slowdown"] == 0.04
+    text = runner.invoke(app, ["devices", "show", str(profile), "--plain-runs", "5"])
+    assert "0 ran more than 4% slower than the fastest of them" in text.output, text.output
     assert after["device_key"] == before["device_key"] != after["settings_hash"]
     assert after["plain_over_ruler"] == pytest.approx(after["plain_onnxruntime_ms"] / ruler)
     reset = runner.invoke(app, ["devices", "reset", str(profile)])

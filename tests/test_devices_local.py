@@ -72,7 +72,9 @@ def test_measure_many_returns_consistent_measurements(models: list[Path]) -> Non
         assert m.min_ms <= m.p10_ms <= m.median_ms <= m.p90_ms <= m.p99_ms
         assert m.latency_ms == pytest.approx(m.ratio * m.env["reference_ms"])
         assert m.device_hash == profile.hash()
-        assert m.stable == (m.ratio_ci <= profile.protocol.ci_target)
+        assert m.stable == (m.ratio_ci <= profile.protocol.ci_target
+                            and m.env["reference_slowdown"] <= profile.protocol.max_reference_slowdown
+                            and m.env["foreign_cpu_cores"] <= profile.protocol.max_foreign_cores)
         assert profile.protocol.min_rounds <= m.n_runs <= profile.protocol.max_rounds
         assert m.env["onnxruntime"] and m.env["provider"] == "CPUExecutionProvider" and m.env["cpu"]
         assert m.env["intra_op_threads"] == 1 and len(m.env["load_average_before"]) == 3

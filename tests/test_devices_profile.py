@@ -60,6 +60,9 @@ def test_json_profile_file(tmp_path: Path) -> None:
         ({"name": "x", "protocol": {"max_foreign_cores": -0.5}}, "protocol.max_foreign_cores"),
         ({"name": "x", "protocol": {"max_foreign_cores": float("inf")}}, "protocol.max_foreign_cores"),
         ({"name": "x", "protocol": {"max_foreign_cores": "lots"}}, "protocol.max_foreign_cores"),
+        ({"name": "x", "protocol": {"max_reference_slowdown": -0.01}}, "protocol.max_reference_slowdown"),
+        ({"name": "x", "protocol": {"max_reference_slowdown": float("nan")}}, "protocol.max_reference_slowdown"),
+        ({"name": "x", "protocol": {"max_reference_slowdown": True}}, "protocol.max_reference_slowdown"),
     ],
 )
 def test_bad_profiles_name_the_field(data: dict, field_name: str) -> None:

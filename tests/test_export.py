@@ -92,6 +92,30 @@ def test_export_onnx_generic_module_and_failed_check(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
 
+def test_export_check_scales_with_large_outputs(tmp_path: Path) -> None:
+    """Logits in the tens of thousands differ by float rounding alone; a correct graph still passes.
+
+    A trained demo subnet reached logits of 2,726 on the check's random input
+    and differed from onnxruntime by 2.4e-4, over a bare 1e-4.  Here the
+    outputs are about 1e5, whose float32 spacing alone is about 0.008.
+    """
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1),
+                           nn.ReLU(), nn.Flatten(), nn.Linear(64 * 16 * 16, 10))
+    with torch.no_grad():
+        module[-1].weight.mul_(1e5)
+    report = export_onnx(module, tmp_path / "large.onnx", input_shape=(1, 3, 16, 16))
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        scale = float(module(x).abs().max())
+    assert scale > 1e4
+    assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4 + 1e-5 * scale
+    np.testing.assert_allclose(_run_onnx(tmp_path / "large.onnx", x), module(x).detach().numpy(),
+                               rtol=1e-5, atol=1e-5 * scale)
+    with pytest.raises(ExportCheckError, match="more than the tolerance"):
+        export_onnx(module, tmp_path / "bad.onnx", input_shape=(1, 3, 16, 16), tolerance=-scale)
+
+
 # --------------------------------------------------------------------------- CLI
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from devices.calibration import device_reference_ms
+from devices.calibration import RECENT_SESSIONS, Ruler, device_reference_ms
 from devices.hostlock import Hold, HostLock, HostLockError
 from devices.local import LocalProfiler, host_fingerprint
 from devices.ort import ModelInputError
@@ -330,12 +330,24 @@ def test_an_unsafe_lock_directory_is_refused(tmp_path: Path) -> None:
 def test_calibration_is_kept_per_host_fingerprint(tmp_path: Path) -> None:
     profile = DeviceProfile.from_dict(QUICK)
     device = profile.hash()
-    assert device_reference_ms(profile, device, "host-a", 2.0) == (2.0, "this-session")
-    assert device_reference_ms(profile, device, "host-a", 3.0) == (2.0, "stored")
-    assert device_reference_ms(profile, device, "host-b", 3.0) == (3.0, "this-session")
-    assert device_reference_ms(profile, device, "host-a", 5.0) == (2.0, "stored")
+    assert device_reference_ms(profile, device, "host-a", 2.0) == Ruler(2.0, "this-session", 2.0)
+    assert device_reference_ms(profile, device, "host-a", 3.0) == Ruler(2.0, "stored", 2.0)
+    assert device_reference_ms(profile, device, "host-b", 3.0) == Ruler(3.0, "this-session", 3.0)
+    assert device_reference_ms(profile, device, "host-a", 1.5) == Ruler(2.0, "stored", 1.5)
+    slow = device_reference_ms(profile, device, "host-a", 5.0)
+    assert slow == Ruler(2.0, "stored", 1.5) and slow.slowdown(5.0) == pytest.approx(5.0 / 1.5 - 1)
     stored = json.loads((tmp_path / "calibration" / f"{device}.json").read_text())
     assert {h: r["reference_ms"] for h, r in stored["hosts"].items()} == {"host-a": 2.0, "host-b": 3.0}
+
+
+def test_the_host_fastest_state_forgets_sessions_beyond_the_recent_ones(tmp_path: Path) -> None:
+    """A fast session long ago no longer makes every session look slow: only the recent ones count."""
+    profile = DeviceProfile.from_dict({**QUICK, "reference_ms": 2.0})
+    device = profile.hash()
+    assert device_reference_ms(profile, device, "host-a", 1.0) == Ruler(2.0, "profile", 1.0)
+    for _ in range(RECENT_SESSIONS - 1):
+        assert device_reference_ms(profile, device, "host-a", 1.8).host_fastest_ms == 1.0
+    assert device_reference_ms(profile, device, "host-a", 1.9) == Ruler(2.0, "profile", 1.8)
 
 
 def test_a_session_never_borrows_another_hosts_ruler(tmp_path: Path, models: list[Path]) -> None:
@@ -357,7 +369,7 @@ def test_a_session_never_borrows_another_hosts_ruler(tmp_path: Path, models: lis
 def test_racing_first_sessions_agree_on_one_calibration(tmp_path: Path) -> None:
     code = ("import sys; from devices.calibration import device_reference_ms as d; "
             "from devices.profile import DeviceProfile as P; p = P.from_dict({'name': 'race'}); "
-            "print(d(p, p.hash(), 'host-r', float(sys.argv[1]))[0])")
+            "print(d(p, p.hash(), 'host-r', float(sys.argv[1])).reference_ms)")
     racers = [subprocess.Popen([sys.executable, "-c", code, str(1.0 + i)], stdout=subprocess.PIPE, text=True)
               for i in range(4)]
     answers = {float(r.communicate(timeout=DEADLINE_S)[0]) for r in racers}

@@ -212,11 +212,11 @@ def test_loose_types_and_odd_names_are_refused(client: httpx.Client) -> None:
                                                b'{"max_seconds": 1e999}}}',
                            headers={"content-type": "application/json"})
     assert "protocol.max_seconds" in refused(infinite, ["body", "profile"])
-    for limit in (b"-1", b"1e999", b"true"):
-        foreign = client.post("/devices", content=b'{"profile": {"name": "x", "protocol": '
-                                                  b'{"max_foreign_cores": ' + limit + b'}}}',
-                              headers={"content-type": "application/json"})
-        assert "protocol.max_foreign_cores" in refused(foreign, ["body", "profile"])
+    for setting in (b"max_foreign_cores", b"max_reference_slowdown"):
+        for limit in (b"-1", b"1e999", b"true"):
+            bad = client.post("/devices", content=b'{"profile": {"name": "x", "protocol": {"' + setting
+                              + b'": ' + limit + b'}}}', headers={"content-type": "application/json"})
+            assert "protocol." + setting.decode() in refused(bad, ["body", "profile"])
     assert [d["name"] for d in client.get("/devices").json()] == ["cpu-1t"]
     for after in ("-1", "abc", str(2**63)):
         response = client.get("/jobs/none/events", params={"after": after})

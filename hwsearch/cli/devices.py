@@ -105,6 +105,9 @@ def ruler_report(loaded: Any, *, plain_runs: int) -> dict[str, Any]:
     drift = ({"sessions": len(sessions), "median": float(np.median(sessions)) / ruler - 1,
               "min": min(sessions) / ruler - 1, "max": max(sessions) / ruler - 1}
              if ruler and sessions else {"sessions": len(sessions)})
+    limit = loaded.protocol.max_reference_slowdown
+    drift["slowed"] = sum(s / min(sessions) - 1 > limit for s in sessions)
+    drift["max_reference_slowdown"] = limit
     plain = plain_median_ms(loaded, loaded.reference_bytes(), runs=plain_runs)
     return {"device": loaded.name, "settings_hash": loaded.hash(), "host_fingerprint": host,
             "device_key": loaded.identity(host), "clock": loaded.clock, "reference_ms": ruler,
@@ -125,7 +128,9 @@ def _print_ruler(report: dict[str, Any]) -> None:
     drift = report["session_drift"]
     if "median" in drift:
         typer.echo(f"  last {drift['sessions']} sessions' reference vs ruler: median {drift['median']:+.1%}, "
-                   f"range {drift['min']:+.1%} .. {drift['max']:+.1%}")
+                   f"range {drift['min']:+.1%} .. {drift['max']:+.1%}; {drift['slowed']} ran more than "
+                   f"{drift['max_reference_slowdown']:.0%} slower than the fastest of them "
+                   f"(protocol.max_reference_slowdown: a session slower than that is not stable)")
     typer.echo(f"  plain onnxruntime now (median of back-to-back runs, no reference): "
                f"{report['plain_onnxruntime_ms']:.3f} ms"
                + (f" = {report['plain_over_ruler']:.2f} x the ruler" if ruler else ""))

@@ -1,0 +1,78 @@
+"""A session whose reference ran slower than the host's recent fast state is not stable.
+
+On this machine, a session whose reference ran 4.7-24% above the fastest of
+the device's recent sessions shifted all its ratios together, by up to 31%
+(:mod:`devices.calibration`).  These tests run real sessions; the host's
+history is set through the calibration's own recording function, as an
+earlier, faster session would have left it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from devices.calibration import device_reference_ms
+from devices.local import LocalProfiler, host_fingerprint
+from devices.measure import Measurement
+from devices.profile import DeviceProfile
+from devices.reference import mobilenet_like_onnx
+
+# thread_cpu: the busy-neighbour rule (wall clock only) stays out of these tests.
+DEVICE = {"name": "slowdown-1t", "clock": "thread_cpu", "reference_ms": 1.0,
+          "warmup": {"runs": 3, "seconds": 0.1},
+          "protocol": {"min_rounds": 9, "max_rounds": 30, "max_seconds": 3, "ci_target": 0.5}}
+
+
+@pytest.fixture(autouse=True)
+def calibration_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVICES_CALIBRATION_DIR", str(tmp_path / "calibration"))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "m.onnx"
+    path.write_bytes(mobilenet_like_onnx(((16, 8, 3, 1),), seed=5, input_shape=(1, 3, 16, 16)))
+    return path
+
+
+def measure(profile: DeviceProfile, model: Path) -> Measurement:
+    [row] = LocalProfiler(profile).measure_many([model])
+    return row
+
+
+def remember_a_faster_session(profile: DeviceProfile, reference_ms: float) -> None:
+    """Record, as an earlier session on this host would have, a session whose reference took ``reference_ms``."""
+    device = profile.hash_with_reference(hashlib.sha256(profile.reference_bytes()).hexdigest())
+    device_reference_ms(profile, device, host_fingerprint(), reference_ms)
+
+
+def test_the_first_session_sets_the_fast_state_and_is_not_slowed(model: Path) -> None:
+    profile = DeviceProfile.from_dict(DEVICE)
+    row = measure(profile, model)
+    assert row.env["reference_slowdown"] == 0.0
+    assert row.env["host_fastest_reference_ms"] == row.env["session_reference_ms"]
+    assert row.stable, row.ratio_ci
+
+
+def test_a_session_far_slower_than_the_hosts_fast_state_is_not_stable(model: Path) -> None:
+    profile = DeviceProfile.from_dict(DEVICE)
+    first = measure(profile, model)
+    remember_a_faster_session(profile, first.env["session_reference_ms"] / 2)
+    row = measure(profile, model)
+    assert row.env["host_fastest_reference_ms"] == first.env["session_reference_ms"] / 2
+    assert row.env["reference_slowdown"] > profile.protocol.max_reference_slowdown
+    assert row.ratio_ci <= profile.protocol.ci_target, "the CI alone would have called it stable"
+    assert not row.stable
+
+
+def test_the_limit_is_the_profiles(model: Path) -> None:
+    protocol = {**DEVICE["protocol"], "max_reference_slowdown": 10.0}
+    lenient = DeviceProfile.from_dict({**DEVICE, "protocol": protocol})
+    first = measure(lenient, model)
+    remember_a_faster_session(lenient, first.env["session_reference_ms"] / 2)
+    row = measure(lenient, model)
+    assert 0.04 < row.env["reference_slowdown"] <= 10.0
+    assert row.stable, row.ratio_ci
