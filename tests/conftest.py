@@ -38,6 +38,14 @@ def _ray_session_ends_with_its_module() -> Iterator[None]:
 
 
 @pytest.fixture()
+def calibration_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A calibration folder of the test's own: each test starts on uncalibrated devices, with no history."""
+    folder = tmp_path / "calibration"
+    monkeypatch.setenv("DEVICES_CALIBRATION_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture()
 def client(server: Any) -> Iterator[Any]:
     """An authenticated HTTP client of the test module's own ``server`` fixture (a real service)."""
     with server.client() as c:

@@ -16,9 +16,7 @@ from hwsearch.cli.main import app
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "devices"
 
 
-@pytest.fixture(autouse=True)
-def calibration_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEVICES_CALIBRATION_DIR", str(tmp_path / "calibration"))
+pytestmark = pytest.mark.usefixtures("calibration_dir")  # tests/conftest.py
 
 
 def test_devices_check_prints_device_facts() -> None:

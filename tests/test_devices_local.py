@@ -38,12 +38,7 @@ def export_convnet(path: Path, width: int, *, resolution: int = 96, dynamic_batc
     return path
 
 
-@pytest.fixture(autouse=True)
-def calibration_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test starts on an uncalibrated device and never touches ~/.cache."""
-    folder = tmp_path / "calibration"
-    monkeypatch.setenv("DEVICES_CALIBRATION_DIR", str(folder))
-    return folder
+pytestmark = pytest.mark.usefixtures("calibration_dir")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,7 @@ QUICK = {"warmup": {"runs": 3, "seconds": 0.2},
          "protocol": {"min_rounds": 9, "max_rounds": 60, "max_seconds": 3, "ci_target": 0.5}}
 
 
-@pytest.fixture(autouse=True)
-def calibration_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEVICES_CALIBRATION_DIR", str(tmp_path / "calibration"))
+pytestmark = pytest.mark.usefixtures("calibration_dir")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
