@@ -68,6 +68,9 @@ def worker_prepared() -> WorkerStart | None:
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
     """Join ``address`` or start a local Ray, once per process; an existing session is kept.
 
+    The session's workers run :func:`prepare_worker` when they start (see the
+    module docstring); a session someone else started keeps its own settings.
+
     Ray starts its local daemons (GCS, raylet) with ``PR_SET_PDEATHSIG``, which
     kills them when the *thread* that started them exits.  Jobs run in
     threads (the CLI's and demo's job threads, the service's workers), so a session
