@@ -21,8 +21,11 @@ The yardstick is the host's own noise: each solo run is compared with the
 per-subnet median of the other solo runs of its device, and each run of (b)
 and (c) with every such median in turn (see :class:`Solo`).  Per run it
 prints the median and worst ``|latency_ms / yardstick − 1|`` of the stored
-rows, the share within ±10% and ±5%, the share of stable rows, the median
-session reference latency (the machine's state), how long the job waited for
+rows, the share within ±10% and ±5%, the share of stable rows and of rows
+from sessions the run's anchor subnet found shifted (hwsearch/anchor.py:
+only runs of three or more sessions get a verdict, so ``--subnets 40``
+rather than 24 for the pipeline's chunks of 16), the median session
+reference latency (the machine's state), how long the job waited for
 the host and how long its sessions held it; per scenario the wall time and
 the span from its first session's start to its last one's end against the
 sum of the same jobs alone (the median solo run); and at the end the same
@@ -63,6 +66,7 @@ sys.path[0] = str(REPO)
 
 from devices.calibration import CALIBRATION_DIR_ENV  # noqa: E402
 from devices.profile import DeviceProfile  # noqa: E402
+from hwsearch.anchor import DEFAULT_TOLERANCE as ANCHOR_TOLERANCE  # noqa: E402
 
 DEVICES = {"1t": REPO / "hwsearch/demo/devices/cpu-1thread.yaml",
            "2t": REPO / "hwsearch/demo/devices/cpu-2threads.yaml"}
@@ -215,6 +219,8 @@ def agreement(run: Run, deviation: np.ndarray) -> dict[str, float]:
     """Statistics of a run's deviations, with its stable share and conditions."""
     return {**summary(deviation),
             "stable": float(np.mean([r["stable"] for r in run.rows.values()])),
+            "shifted": float(np.mean([abs(r.get("session_offset", 1.0) - 1.0) > ANCHOR_TOLERANCE
+                                      for r in run.rows.values()])),
             "session_reference_ms": run.reference_ms,
             "lock_wait_s": run.lock_wait_s}
 
@@ -243,7 +249,8 @@ def session_span(runs: list[Run]) -> float:
 
 def _row(label: str, run: Run, stats: dict[str, float]) -> str:
     return (f"{label:13s} {run.device:6s} {stats['median']:7.2%} {stats['worst']:7.2%} {stats['within_10']:6.0%} "
-            f"{stats['within_5']:6.0%} {stats['stable']:7.0%} {run.reference_ms:7.3f} {run.lock_wait_s:7.1f} "
+            f"{stats['within_5']:6.0%} {stats['stable']:7.0%} {stats['shifted']:7.0%} {run.reference_ms:7.3f} "
+            f"{run.lock_wait_s:7.1f} "
             f"{run.session_s:9.1f}")
 
 
@@ -251,7 +258,7 @@ def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], fl
                 ) -> tuple[dict[str, Any], dict[str, list[np.ndarray]]]:
     """The comparison table; returns its numbers and every deviation by group (for pooling over repeats)."""
     print(f"\n{'run':13s} {'device':6s} {'median':>7s} {'worst':>7s} {'±10%':>6s} {'±5%':>6s} "
-          f"{'stable':>7s} {'ref ms':>7s} {'wait s':>7s} {'session s':>9s}")
+          f"{'stable':>7s} {'shifted':>7s} {'ref ms':>7s} {'wait s':>7s} {'session s':>9s}")
     results: dict[str, Any] = {}
     pooled: dict[str, list[np.ndarray]] = {}
     for device, solo in solos.items():

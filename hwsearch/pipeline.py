@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from hwsearch.anchor import DEFAULT_TOLERANCE, Anchor
 from hwsearch.export_pool import Exporters, exporters
 from hwsearch.quantize import (
     DEFAULT_PRECISION,
@@ -142,6 +143,7 @@ def profile_subnets(
     progress: ProgressFn | None = None,
     retries: int = 1,
     export_workers: int | None = None,
+    anchor_tolerance: float | None = DEFAULT_TOLERANCE,
 ) -> ProfileReport:
     """Export and measure every subnet in ``archs`` not yet stored for ``device_hash``, at FP32.
 
@@ -181,10 +183,17 @@ def profile_subnets(
     (:mod:`hwsearch.export_pool`): ``export_workers`` ``None`` decides from
     the run's first exports, 1 keeps them in this process, a count starts
     that many workers.
+
+    A run of several chunks measures its first subnet again in every later
+    session (:mod:`hwsearch.anchor`); at the end, rows of a session whose
+    anchor sat more than ``anchor_tolerance`` from its median over the run
+    are relabelled unstable, and every row of such a run records its
+    session's ``session_offset``.  ``None`` turns this off.
     """
     return profile_precisions(supernet, archs, profiler, {DEFAULT_PRECISION: device_hash}, store,
                               chunk=chunk, workdir=workdir, progress=progress,
-                              retries=retries, export_workers=export_workers)[DEFAULT_PRECISION]
+                              retries=retries, export_workers=export_workers,
+                              anchor_tolerance=anchor_tolerance)[DEFAULT_PRECISION]
 
 
 def profile_precisions(
@@ -201,6 +210,7 @@ def profile_precisions(
     progress: ProgressFn | None = None,
     retries: int = 1,
     export_workers: int | None = None,
+    anchor_tolerance: float | None = DEFAULT_TOLERANCE,
 ) -> dict[str, ProfileReport]:
     """:func:`profile_subnets` at several precisions of one device: a subnet's files in one session.
 
@@ -225,6 +235,8 @@ def profile_precisions(
     ``onnx_bytes`` and ``export_seconds`` (INT8: FP32 export plus
     quantization, also given alone as ``quantize_seconds``, with the
     quantized model's agreement with FP32 on the calibration images).
+    The anchor (``anchor_tolerance``) is as in :func:`profile_subnets`; its
+    files, every precision, join each later session beside the chunk's.
     Returns a report per precision.
     """
     if not keys:
@@ -247,6 +259,8 @@ def profile_precisions(
     waiting = _relay_waiting(progress, current)
     chunks = [list(todo[i:i + chunk]) for i in range(0, len(todo), chunk)]
     run = object()  # this call's identity as the owner of exports it shares
+    anchor: Anchor | None = None
+    kept: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}  # session_id -> (precision, key, row)
     with (tempfile.TemporaryDirectory(dir=workdir) as tmp, _SHARED_EXPORTS.owned_by(run),
           exporters(supernet, len(todo), workers=export_workers, on_wait=waiting) as exporting):
         export = functools.partial(_export_chunk, supernet, Path(tmp), model_batch, input_dtype,
@@ -254,18 +268,23 @@ def profile_precisions(
                                    exporting)
         for batch, exports in _exported_chunks(chunks, export, _measures_elsewhere(profiler)):
             groups = [[files[p].path for p in precisions] for files in exports]
-            sessions = _measure_until_stable(profiler, groups, retries, waiting)
+            if anchor is None and anchor_tolerance is not None and len(chunks) > 1:
+                anchor = Anchor.keep(batch[0].key(), groups[0], Path(tmp) / "anchor", anchor_tolerance)
+            sessions = _measure_until_stable(profiler, groups, retries, waiting, anchor)
             for arch, files, measured_group in zip(batch, exports, sessions):
                 for precision, result in zip(precisions, measured_group.results):
                     row = _row(arch, files[precision], result, precision, measured_group.session_id)
                     store.put_latency(keys[precision], space.network_id, arch.key(), row)
                     unstable[precision] += not result.stable
+                    kept.setdefault(measured_group.session_id, []).append((precision, arch.key(), row))
                 for exported in files.values():
                     exported.path.unlink()
             measured += len(batch)
             current["done"] = report["done"] + measured
             if progress:
                 progress(dict(current, stage="measure"))
+    if anchor is not None:
+        _label_shifted_sessions(anchor, kept, store, keys, space.network_id, unstable)
     seconds = time.perf_counter() - start
     return {p: ProfileReport(keys[p], space.network_id, len(archs), len(archs) - len(todo),
                              measured, unstable[p], seconds) for p in precisions}
@@ -513,32 +532,57 @@ class _Session:
 
 
 def _measure_until_stable(profiler: Any, groups: Sequence[Sequence[Path]], retries: int,
-                          waiting: ProgressFn | None) -> list[_Session]:
+                          waiting: ProgressFn | None, anchor: Anchor | None = None) -> list[_Session]:
     """Measure every group's files in one session; re-measure groups holding an unstable result.
 
     A group (one subnet's files at each precision) is always measured whole,
     in one session, so its results stay comparable; of two measurements of a
     group the one with fewer unstable results, then the tighter worst CI, is kept.
+    Every session also measures the ``anchor``'s files, when there is one.
     """
     measure = profiler.measure_many if waiting is None else functools.partial(profiler.measure_many,
                                                                                progress=waiting)
-    sessions = _session(measure, groups)
+    sessions = _session(measure, groups, anchor)
     for _ in range(retries):
         again = [i for i, s in enumerate(sessions) if not all(r.stable for r in s.results)]
         if not again:
             break
-        for i, retried in zip(again, _session(measure, [groups[i] for i in again])):
+        for i, retried in zip(again, _session(measure, [groups[i] for i in again], anchor)):
             if retried.rank < sessions[i].rank:
                 sessions[i] = retried
     return sessions
 
 
 def _session(measure: Callable[[list[Path]], Sequence[Any]],
-             groups: Sequence[Sequence[Path]]) -> list[_Session]:
-    """All files of ``groups`` measured in one session (one ``measure_many`` call), split back by group."""
+             groups: Sequence[Sequence[Path]], anchor: Anchor | None) -> list[_Session]:
+    """All files of ``groups`` (and the anchor's) measured in one session (one ``measure_many`` call).
+
+    Returns the groups' results split back by group; the anchor's first
+    file's result goes to the anchor.
+    """
     session_id = uuid.uuid4().hex
-    results = iter(list(measure([path for group in groups for path in group])))
+    files = [path for group in groups for path in group]
+    measured = list(measure(files + (anchor.files if anchor is not None else [])))
+    if anchor is not None:
+        anchor.observe(session_id, measured[len(files)])
+    results = iter(measured[:len(files)])
     return [_Session(session_id, [next(results) for _ in group]) for group in groups]
+
+
+def _label_shifted_sessions(anchor: Anchor, kept: Mapping[str, list[tuple[str, str, dict[str, Any]]]],
+                            store: Store, keys: Mapping[str, str], network_id: str,
+                            unstable: dict[str, int]) -> None:
+    """Give every kept row its session's anchor offset; rows of a shifted session become unstable."""
+    for session_id, rows in kept.items():
+        offset = anchor.offset(session_id)
+        if offset is None:
+            continue
+        shifted = anchor.shifted(session_id)
+        for precision, key, row in rows:
+            unstable[precision] += shifted and row["stable"]
+            row.update(session_offset=offset, anchor_key=anchor.key,
+                       stable=row["stable"] and not shifted)
+            store.put_latency(keys[precision], network_id, key, row)
 
 
 def _spread(result: Any) -> float:

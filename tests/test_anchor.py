@@ -1,0 +1,110 @@
+"""The anchor: one subnet measured in every session of a run reveals a session that shifted as a whole.
+
+The integration test shifts one session of three for real, and by a known
+factor: its ratios are taken against a far lighter reference model.  The
+device's own CI target is wide, so only the anchor can tell.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devices.measure import Measurement
+from hwsearch.anchor import MIN_SESSIONS, Anchor
+from tests._jobs import SUPERNET, fast_device
+
+
+def measured(ratio: float) -> Measurement:
+    """A measurement row as a session returns it, at ``ratio``."""
+    return Measurement(model_sha256="0" * 64, latency_ms=ratio, ratio=ratio, ratio_ci=0.01, median_ms=ratio,
+                       p10_ms=ratio, p90_ms=ratio, p99_ms=ratio, min_ms=ratio, mad_ms=0.0, n_runs=10,
+                       stable=True, device_hash="d")
+
+
+def test_no_verdict_before_enough_sessions_then_the_median_decides() -> None:
+    anchor = Anchor("k", [], tolerance=0.05)
+    for index, ratio in enumerate([1.00, 1.30][:MIN_SESSIONS - 1]):
+        anchor.observe(f"s{index}", measured(ratio))
+    assert anchor.offset("s0") is None and not anchor.shifted("s1")
+    anchor.observe("s2", measured(1.02))
+    anchor.observe("unusable", measured(math.nan))
+    assert anchor.offset("unusable") is None
+    assert anchor.offset("s1") == pytest.approx(1.30 / 1.02) and anchor.shifted("s1")
+    assert anchor.offset("s0") == pytest.approx(1.00 / 1.02) and not anchor.shifted("s0")
+    assert not anchor.shifted("s2")
+
+
+def test_a_negative_or_infinite_tolerance_is_refused() -> None:
+    for tolerance in (-0.1, math.inf, math.nan):
+        with pytest.raises(ValueError, match="tolerance"):
+            Anchor("k", [], tolerance=tolerance)
+
+
+class _SecondSessionAgainstAnotherReference:
+    """Real profilers of one device; the second session takes its ratios against a far lighter reference.
+
+    Every ratio of that session moves by the same factor, the reference's
+    latency ratio, as when the host's state shifts a whole session: the
+    shift is real measurement, and large enough to stand out of the noise.
+    """
+
+    def __init__(self, usual: Any, lighter: Any) -> None:
+        self.usual, self.lighter, self.sessions = usual, lighter, 0
+
+    @property
+    def profile(self) -> Any:
+        return self.usual.profile
+
+    def measure_many(self, paths: list[Any], **options: Any) -> list[Any]:
+        self.sessions += 1
+        return (self.lighter if self.sessions == 2 else self.usual).measure_many(paths, **options)
+
+
+def test_a_session_whose_ratios_shifted_together_is_labelled_unstable(tmp_path: Path) -> None:
+    from devices import open_profiler
+    from devices.profile import DeviceProfile
+    from devices.reference import mobilenet_like_onnx
+    from hwsearch.jobs.spec import SupernetRef, build_supernet
+    from hwsearch.pipeline import profile_subnets, select_subnets
+    from hwsearch.store import MemoryStore
+
+    net = build_supernet(SupernetRef(**SUPERNET))
+    device = fast_device("cpu-1t") | {"clock": "thread_cpu"}
+    device["protocol"]["ci_target"] = 0.5
+    light = tmp_path / "light-reference.onnx"
+    light.write_bytes(mobilenet_like_onnx(((16, 8, 3, 1),), seed=2, input_shape=(1, 3, 16, 16)))
+    profiler = _SecondSessionAgainstAnotherReference(
+        open_profiler(DeviceProfile.from_dict(device)),
+        open_profiler(DeviceProfile.from_dict(device | {"reference_model": str(light)})))
+    key = profiler.profile.hash()
+    archs = select_subnets(net.space, 6, seed=5)
+    store = MemoryStore()
+    report = profile_subnets(net, archs, profiler, key, store, chunk=2, retries=0, anchor_tolerance=0.25)
+    assert profiler.sessions == 3
+    rows = store.get_latencies(key, net.space.network_id)
+    offsets = [rows[a.key()]["session_offset"] for a in archs]
+    assert all(rows[a.key()]["anchor_key"] == archs[0].key() for a in archs)
+    assert offsets[0] == offsets[1] and offsets[2] == offsets[3] and offsets[4] == offsets[5]
+    assert offsets[2] > 2.0 and all(abs(offsets[i] - 1.0) <= 0.25 for i in (0, 4)), offsets
+    assert [rows[a.key()]["stable"] for a in archs] == [True, True, False, False, True, True], offsets
+    assert report.unstable == 2
+
+
+def test_a_run_of_one_chunk_has_no_anchor(tmp_path: Path) -> None:
+    from devices import open_profiler
+    from devices.profile import DeviceProfile
+    from hwsearch.jobs.spec import SupernetRef, build_supernet
+    from hwsearch.pipeline import profile_subnets, select_subnets
+    from hwsearch.store import MemoryStore
+
+    net = build_supernet(SupernetRef(**SUPERNET))
+    profile = DeviceProfile.from_dict(fast_device("cpu-1t"))
+    archs = select_subnets(net.space, 3, seed=5)
+    store = MemoryStore()
+    profile_subnets(net, archs, open_profiler(profile), profile.hash(), store, chunk=4, retries=0)
+    rows = store.get_latencies(profile.hash(), net.space.network_id)
+    assert len(rows) == 3 and not any("session_offset" in row or "anchor_key" in row for row in rows.values())
