@@ -184,11 +184,13 @@ def profile_subnets(
     the run's first exports, 1 keeps them in this process, a count starts
     that many workers.
 
-    A run of several chunks measures its first subnet again in every later
-    session (:mod:`hwsearch.anchor`); at the end, rows of a session whose
-    anchor sat more than ``anchor_tolerance`` from its median over the run
-    are relabelled unstable, and every row of such a run records its
-    session's ``session_offset``.  ``None`` turns this off.
+    A run of several chunks keeps its first subnet's files and measures them
+    in every session, retries included (:mod:`hwsearch.anchor`).  Once the
+    run has three sessions or more, every row records its session's
+    ``session_offset`` (the anchor's ratio there over its median), and at
+    the end the rows of a session whose offset is more than
+    ``anchor_tolerance`` from 1 are relabelled unstable.  ``None`` turns
+    this off.
     """
     return profile_precisions(supernet, archs, profiler, {DEFAULT_PRECISION: device_hash}, store,
                               chunk=chunk, workdir=workdir, progress=progress,
@@ -236,7 +238,7 @@ def profile_precisions(
     quantization, also given alone as ``quantize_seconds``, with the
     quantized model's agreement with FP32 on the calibration images).
     The anchor (``anchor_tolerance``) is as in :func:`profile_subnets`; its
-    files, every precision, join each later session beside the chunk's.
+    files, every precision, join each session beside the chunk's.
     Returns a report per precision.
     """
     if not keys:
