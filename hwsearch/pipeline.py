@@ -187,10 +187,11 @@ def profile_subnets(
     A run of several chunks keeps its first subnet's files and measures them
     in every session, retries included (:mod:`hwsearch.anchor`).  Once the
     run has three sessions or more, every row records its session's
-    ``session_offset`` (the anchor's ratio there over its median), and at
-    the end the rows of a session whose offset is more than
-    ``anchor_tolerance`` from 1 are relabelled unstable.  ``None`` turns
-    this off.
+    ``session_offset`` (the anchor's ratio there over its median).  A
+    session whose offset is more than ``anchor_tolerance`` from 1 is
+    measured again (within ``retries``) when the verdict comes in time, and
+    at the end the rows of every session still found shifted are relabelled
+    unstable.  ``None`` turns this off.
     """
     return profile_precisions(supernet, archs, profiler, {DEFAULT_PRECISION: device_hash}, store,
                               chunk=chunk, workdir=workdir, progress=progress,
@@ -522,15 +523,23 @@ class _Session:
     session_id: str
     results: list[Any]
 
-    @property
-    def rank(self) -> tuple[int, float]:
-        """Lower is better: fewer unstable results, then the widest relative CI of the group.
+    def rank(self, anchor: Anchor | None) -> tuple[bool, int, float]:
+        """Lower is better: not from a shifted session, fewer unstable results, then the widest relative CI.
 
         Stability comes first because a result can be unstable with a tight
-        CI (a wall-clock session beside a busy program, :mod:`devices.cpuload`);
-        a group is only as good as its worse half.
+        CI (a wall-clock session beside a busy program, :mod:`devices.cpuload`;
+        a session the anchor found shifted, :mod:`hwsearch.anchor`); a group
+        is only as good as its worse half.
         """
-        return sum(not r.stable for r in self.results), max(_spread(r) for r in self.results)
+        return (self._shifted(anchor), sum(not r.stable for r in self.results),
+                max(_spread(r) for r in self.results))
+
+    def trusted(self, anchor: Anchor | None) -> bool:
+        """Every result stable, and the session not found shifted (so far) by the anchor."""
+        return not self._shifted(anchor) and all(r.stable for r in self.results)
+
+    def _shifted(self, anchor: Anchor | None) -> bool:
+        return anchor is not None and anchor.shifted(self.session_id)
 
 
 def _measure_until_stable(profiler: Any, groups: Sequence[Sequence[Path]], retries: int,
@@ -540,17 +549,19 @@ def _measure_until_stable(profiler: Any, groups: Sequence[Sequence[Path]], retri
     A group (one subnet's files at each precision) is always measured whole,
     in one session, so its results stay comparable; of two measurements of a
     group the one with fewer unstable results, then the tighter worst CI, is kept.
-    Every session also measures the ``anchor``'s files, when there is one.
+    Every session also measures the ``anchor``'s files, when there is one;
+    once the anchor has a verdict, a session it finds shifted is re-measured
+    whole, like an unstable one.
     """
     measure = profiler.measure_many if waiting is None else functools.partial(profiler.measure_many,
                                                                                progress=waiting)
     sessions = _session(measure, groups, anchor)
     for _ in range(retries):
-        again = [i for i, s in enumerate(sessions) if not all(r.stable for r in s.results)]
+        again = [i for i, s in enumerate(sessions) if not s.trusted(anchor)]
         if not again:
             break
         for i, retried in zip(again, _session(measure, [groups[i] for i in again], anchor)):
-            if retried.rank < sessions[i].rank:
+            if retried.rank(anchor) < sessions[i].rank(anchor):
                 sessions[i] = retried
     return sessions
 

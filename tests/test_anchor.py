@@ -45,16 +45,16 @@ def test_a_negative_or_infinite_tolerance_is_refused() -> None:
             Anchor("k", [], tolerance=tolerance)
 
 
-class _SecondSessionAgainstAnotherReference:
-    """Real profilers of one device; the second session takes its ratios against a far lighter reference.
+class _OneSessionAgainstAnotherReference:
+    """Real profilers of one device; one session takes its ratios against a far lighter reference.
 
     Every ratio of that session moves by the same factor, the reference's
     latency ratio, as when the host's state shifts a whole session: the
     shift is real measurement, and large enough to stand out of the noise.
     """
 
-    def __init__(self, usual: Any, lighter: Any) -> None:
-        self.usual, self.lighter, self.sessions = usual, lighter, 0
+    def __init__(self, usual: Any, lighter: Any, shifted_session: int = 2) -> None:
+        self.usual, self.lighter, self.sessions, self.shifted_session = usual, lighter, 0, shifted_session
 
     @property
     def profile(self) -> Any:
@@ -62,7 +62,7 @@ class _SecondSessionAgainstAnotherReference:
 
     def measure_many(self, paths: list[Any], **options: Any) -> list[Any]:
         self.sessions += 1
-        return (self.lighter if self.sessions == 2 else self.usual).measure_many(paths, **options)
+        return (self.lighter if self.sessions == self.shifted_session else self.usual).measure_many(paths, **options)
 
 
 def test_a_session_whose_ratios_shifted_together_is_labelled_unstable(tmp_path: Path, calibration_dir: Path) -> None:
@@ -78,7 +78,7 @@ def test_a_session_whose_ratios_shifted_together_is_labelled_unstable(tmp_path: 
     device["protocol"].update(ci_target=0.5, max_reference_slowdown=100.0)  # only the anchor may judge
     light = tmp_path / "light-reference.onnx"
     light.write_bytes(mobilenet_like_onnx(((16, 8, 3, 1),), seed=2, input_shape=(1, 3, 16, 16)))
-    profiler = _SecondSessionAgainstAnotherReference(
+    profiler = _OneSessionAgainstAnotherReference(
         open_profiler(DeviceProfile.from_dict(device)),
         open_profiler(DeviceProfile.from_dict(device | {"reference_model": str(light)})))
     key = profiler.profile.hash()
@@ -93,6 +93,34 @@ def test_a_session_whose_ratios_shifted_together_is_labelled_unstable(tmp_path: 
     assert offsets[2] > 2.0 and all(abs(offsets[i] - 1.0) <= 0.25 for i in (0, 4)), offsets
     assert [rows[a.key()]["stable"] for a in archs] == [True, True, False, False, True, True], offsets
     assert report.unstable == 2
+
+
+def test_a_shifted_session_found_in_time_is_measured_again(tmp_path: Path, calibration_dir: Path) -> None:
+    """The third session is the first with a verdict: found shifted, its chunk is measured again at once."""
+    from devices import open_profiler
+    from devices.profile import DeviceProfile
+    from devices.reference import mobilenet_like_onnx
+    from hwsearch.jobs.spec import SupernetRef, build_supernet
+    from hwsearch.pipeline import profile_subnets, select_subnets
+    from hwsearch.store import MemoryStore
+
+    net = build_supernet(SupernetRef(**SUPERNET))
+    device = fast_device("cpu-1t") | {"clock": "thread_cpu"}
+    device["protocol"].update(ci_target=0.5, max_reference_slowdown=100.0)
+    light = tmp_path / "light-reference.onnx"
+    light.write_bytes(mobilenet_like_onnx(((16, 8, 3, 1),), seed=2, input_shape=(1, 3, 16, 16)))
+    profiler = _OneSessionAgainstAnotherReference(
+        open_profiler(DeviceProfile.from_dict(device)),
+        open_profiler(DeviceProfile.from_dict(device | {"reference_model": str(light)})), shifted_session=3)
+    key = profiler.profile.hash()
+    archs = select_subnets(net.space, 6, seed=5)
+    store = MemoryStore()
+    report = profile_subnets(net, archs, profiler, key, store, chunk=2, retries=1, anchor_tolerance=0.25)
+    assert profiler.sessions == 4
+    rows = store.get_latencies(key, net.space.network_id)
+    assert len({rows[a.key()]["session_id"] for a in archs}) == 3
+    assert all(abs(rows[a.key()]["session_offset"] - 1.0) <= 0.25 and rows[a.key()]["stable"] for a in archs)
+    assert report.unstable == 0
 
 
 def test_a_run_of_one_chunk_has_no_anchor(tmp_path: Path) -> None:
