@@ -279,7 +279,8 @@ def profile_precisions(
                     row = _row(arch, files[precision], result, precision, measured_group.session_id)
                     store.put_latency(keys[precision], space.network_id, arch.key(), row)
                     unstable[precision] += not result.stable
-                    kept.setdefault(measured_group.session_id, []).append((precision, arch.key(), row))
+                    if anchor is not None:  # for its verdict at the end of the run
+                        kept.setdefault(measured_group.session_id, []).append((precision, arch.key(), row))
                 for exported in files.values():
                     exported.path.unlink()
             measured += len(batch)

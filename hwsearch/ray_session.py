@@ -29,7 +29,7 @@ __all__ = ["WorkerStart", "init_ray", "kill_leftovers", "prepare_worker", "priva
 
 _RAY_START_LOCK = threading.Lock()  # two threads starting Ray at once would start two sessions
 #: The heavy libraries hwsearch's tasks import (accuracy evaluation, exports, predictors, the
-#: search), imported by every worker inside its start-up compute unit: 4.5 s of CPU here.
+#: search), imported by every worker inside its start-up compute unit: 2.95 s measured here.
 _WORKER_MODULES = ("torch", "onnx", "onnxruntime", "xgboost", "sklearn.base", "pymoo.algorithms.moo.nsga2")
 
 

@@ -65,38 +65,14 @@ class _OneSessionAgainstAnotherReference:
         return (self.lighter if self.sessions == self.shifted_session else self.usual).measure_many(paths, **options)
 
 
-def test_a_session_whose_ratios_shifted_together_is_labelled_unstable(tmp_path: Path, calibration_dir: Path) -> None:
-    from devices import open_profiler
-    from devices.profile import DeviceProfile
-    from devices.reference import mobilenet_like_onnx
-    from hwsearch.jobs.spec import SupernetRef, build_supernet
-    from hwsearch.pipeline import profile_subnets, select_subnets
-    from hwsearch.store import MemoryStore
+def profile_with_one_shifted_session(tmp_path: Path, shifted_session: int, retries: int
+                                     ) -> tuple[_OneSessionAgainstAnotherReference, dict[str, Any], Any, list[Any]]:
+    """Profile 6 subnets of the tiny supernet in chunks of 2 (three sessions before retries), one session shifted.
 
-    net = build_supernet(SupernetRef(**SUPERNET))
-    device = fast_device("cpu-1t") | {"clock": "thread_cpu"}
-    device["protocol"].update(ci_target=0.5, max_reference_slowdown=100.0)  # only the anchor may judge
-    light = tmp_path / "light-reference.onnx"
-    light.write_bytes(mobilenet_like_onnx(((16, 8, 3, 1),), seed=2, input_shape=(1, 3, 16, 16)))
-    profiler = _OneSessionAgainstAnotherReference(
-        open_profiler(DeviceProfile.from_dict(device)),
-        open_profiler(DeviceProfile.from_dict(device | {"reference_model": str(light)})))
-    key = profiler.profile.hash()
-    archs = select_subnets(net.space, 6, seed=5)
-    store = MemoryStore()
-    report = profile_subnets(net, archs, profiler, key, store, chunk=2, retries=0, anchor_tolerance=0.25)
-    assert profiler.sessions == 3
-    rows = store.get_latencies(key, net.space.network_id)
-    offsets = [rows[a.key()]["session_offset"] for a in archs]
-    assert all(rows[a.key()]["anchor_key"] == archs[0].key() for a in archs)
-    assert offsets[0] == offsets[1] and offsets[2] == offsets[3] and offsets[4] == offsets[5]
-    assert offsets[2] > 2.0 and all(abs(offsets[i] - 1.0) <= 0.25 for i in (0, 4)), offsets
-    assert [rows[a.key()]["stable"] for a in archs] == [True, True, False, False, True, True], offsets
-    assert report.unstable == 2
-
-
-def test_a_shifted_session_found_in_time_is_measured_again(tmp_path: Path, calibration_dir: Path) -> None:
-    """The third session is the first with a verdict: found shifted, its chunk is measured again at once."""
+    The 1-thread device's CI target is wide and its limit on a slowed
+    reference lifted, so only the anchor (tolerance 0.25) may judge.
+    Returns the profiler, the stored rows by arch key, the report and the archs.
+    """
     from devices import open_profiler
     from devices.profile import DeviceProfile
     from devices.reference import mobilenet_like_onnx
@@ -111,13 +87,29 @@ def test_a_shifted_session_found_in_time_is_measured_again(tmp_path: Path, calib
     light.write_bytes(mobilenet_like_onnx(((16, 8, 3, 1),), seed=2, input_shape=(1, 3, 16, 16)))
     profiler = _OneSessionAgainstAnotherReference(
         open_profiler(DeviceProfile.from_dict(device)),
-        open_profiler(DeviceProfile.from_dict(device | {"reference_model": str(light)})), shifted_session=3)
+        open_profiler(DeviceProfile.from_dict(device | {"reference_model": str(light)})), shifted_session)
     key = profiler.profile.hash()
     archs = select_subnets(net.space, 6, seed=5)
     store = MemoryStore()
-    report = profile_subnets(net, archs, profiler, key, store, chunk=2, retries=1, anchor_tolerance=0.25)
+    report = profile_subnets(net, archs, profiler, key, store, chunk=2, retries=retries, anchor_tolerance=0.25)
+    return profiler, store.get_latencies(key, net.space.network_id), report, archs
+
+
+def test_a_session_whose_ratios_shifted_together_is_labelled_unstable(tmp_path: Path, calibration_dir: Path) -> None:
+    profiler, rows, report, archs = profile_with_one_shifted_session(tmp_path, shifted_session=2, retries=0)
+    assert profiler.sessions == 3
+    offsets = [rows[a.key()]["session_offset"] for a in archs]
+    assert all(rows[a.key()]["anchor_key"] == archs[0].key() for a in archs)
+    assert offsets[0] == offsets[1] and offsets[2] == offsets[3] and offsets[4] == offsets[5]
+    assert offsets[2] > 2.0 and all(abs(offsets[i] - 1.0) <= 0.25 for i in (0, 4)), offsets
+    assert [rows[a.key()]["stable"] for a in archs] == [True, True, False, False, True, True], offsets
+    assert report.unstable == 2
+
+
+def test_a_shifted_session_found_in_time_is_measured_again(tmp_path: Path, calibration_dir: Path) -> None:
+    """The third session is the first with a verdict: found shifted, its chunk is measured again at once."""
+    profiler, rows, report, archs = profile_with_one_shifted_session(tmp_path, shifted_session=3, retries=1)
     assert profiler.sessions == 4
-    rows = store.get_latencies(key, net.space.network_id)
     assert len({rows[a.key()]["session_id"] for a in archs}) == 3
     assert all(abs(rows[a.key()]["session_offset"] - 1.0) <= 0.25 and rows[a.key()]["stable"] for a in archs)
     assert report.unstable == 0
