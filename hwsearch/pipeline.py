@@ -24,8 +24,7 @@ import os
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from hwsearch.anchor import DEFAULT_TOLERANCE, Anchor
+from hwsearch.anchor import MIN_SESSIONS as ANCHOR_MIN_SESSIONS
+from hwsearch.anchor import history as anchor_history
 from hwsearch.export_pool import Exporters, exporters
 from hwsearch.quantize import (
     DEFAULT_PRECISION,
@@ -43,6 +44,7 @@ from hwsearch.quantize import (
     QuantizeSettings,
     check_precision,
 )
+from hwsearch.sessions import MeasureFn, Session, measure_until_trusted, retry
 from hwsearch.space import ArchConfig, SearchSpace
 from hwsearch.store import Store
 from predictors.features import ArchFeaturizer
@@ -185,13 +187,16 @@ def profile_subnets(
     that many workers.
 
     A run of several chunks keeps its first subnet's files and measures them
-    in every session, retries included (:mod:`hwsearch.anchor`).  Once the
-    run has three sessions or more, every row records its session's
-    ``session_offset`` (the anchor's ratio there over its median).  A
-    session whose offset is more than ``anchor_tolerance`` from 1 is
-    measured again (within ``retries``) when the verdict comes in time, and
-    at the end the rows of every session still found shifted are relabelled
-    unstable.  ``None`` turns this off.
+    in every session, retries included (:mod:`hwsearch.anchor`); a run on a
+    device whose stored rows name an earlier run's anchor exports that
+    subnet and measures it instead, starting from its earlier sessions'
+    ratios, even in a run of one chunk when those sessions are enough for
+    a verdict.  Every row records its session's ``anchor_ratio``, and once
+    there are three sessions or more its ``session_offset`` (the anchor's
+    ratio there over its median).  A session whose offset is more than
+    ``anchor_tolerance`` from 1 is measured again (within ``retries``) when
+    the verdict comes in time, and at the end the rows of every session
+    still found shifted are relabelled unstable.  ``None`` turns this off.
     """
     return profile_precisions(supernet, archs, profiler, {DEFAULT_PRECISION: device_hash}, store,
                               chunk=chunk, workdir=workdir, progress=progress,
@@ -257,41 +262,126 @@ def profile_precisions(
     report = {"done": len(archs) - len(todo), "total": len(archs)}
     if progress:
         progress(dict(report, stage="start"))
-    measured, unstable = 0, dict.fromkeys(precisions, 0)
+    measured = 0
     current = dict(report)  # what waiting events report, kept up to date as chunks finish
     waiting = _relay_waiting(progress, current)
+    measure = profiler.measure_many if waiting is None else functools.partial(profiler.measure_many,
+                                                                               progress=waiting)
     chunks = [list(todo[i:i + chunk]) for i in range(0, len(todo), chunk)]
     run = object()  # this call's identity as the owner of exports it shares
-    anchor: Anchor | None = None
-    kept: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}  # session_id -> (precision, key, row)
+    rows = _RunRows(store, keys, precisions, space.network_id)
     with (tempfile.TemporaryDirectory(dir=workdir) as tmp, _SHARED_EXPORTS.owned_by(run),
           exporters(supernet, len(todo), workers=export_workers, on_wait=waiting) as exporting):
         export = functools.partial(_export_chunk, supernet, Path(tmp), model_batch, input_dtype,
                                    waiting, run, _Derivation(tuple(precisions), calibration, quantize),
                                    exporting)
+        anchor = None if anchor_tolerance is None or not chunks else _earlier_anchor(
+            space, store.get_latencies(keys[precisions[0]], space.network_id), precisions, len(chunks),
+            export, Path(tmp) / "anchor", anchor_tolerance)
+        awaiting_verdict: list[_Measured] = []
         for batch, exports in _exported_chunks(chunks, export, _measures_elsewhere(profiler)):
             groups = [[files[p].path for p in precisions] for files in exports]
             if anchor is None and anchor_tolerance is not None and len(chunks) > 1:
                 anchor = Anchor.keep(batch[0].key(), groups[0], Path(tmp) / "anchor", anchor_tolerance)
-            sessions = _measure_until_stable(profiler, groups, retries, waiting, anchor)
-            for arch, files, measured_group in zip(batch, exports, sessions):
-                for precision, result in zip(precisions, measured_group.results):
-                    row = _row(arch, files[precision], result, precision, measured_group.session_id)
-                    store.put_latency(keys[precision], space.network_id, arch.key(), row)
-                    unstable[precision] += not result.stable
-                    if anchor is not None:  # for its verdict at the end of the run
-                        kept.setdefault(measured_group.session_id, []).append((precision, arch.key(), row))
-                for exported in files.values():
-                    exported.path.unlink()
+            sessions = measure_until_trusted(measure, groups, retries, anchor)
+            done_chunk = _Measured(batch, exports, groups, sessions,
+                                   judged_in_time=anchor is None or anchor.judged(s.session_id for s in sessions))
+            rows.put(done_chunk, range(len(batch)))
+            awaiting_verdict = [c for c in awaiting_verdict + [done_chunk]
+                                if not _settle(c, anchor, measure, retries, rows)]
             measured += len(batch)
             current["done"] = report["done"] + measured
             if progress:
                 progress(dict(current, stage="measure"))
+        for left in awaiting_verdict:  # the run ended before the anchor could judge them
+            left.delete_files()
     if anchor is not None:
-        _label_shifted_sessions(anchor, kept, store, keys, space.network_id, unstable)
+        rows.label(anchor, precisions[0])
     seconds = time.perf_counter() - start
     return {p: ProfileReport(keys[p], space.network_id, len(archs), len(archs) - len(todo),
-                             measured, unstable[p], seconds) for p in precisions}
+                             measured, rows.unstable(p), seconds) for p in precisions}
+
+
+@dataclass
+class _Measured:
+    """A measured chunk: its subnets, their files (one group per subnet) and each group's kept session."""
+
+    batch: list[ArchConfig]
+    exports: list[dict[str, _Exported]]
+    groups: list[list[Path]]
+    sessions: list[Session]
+    judged_in_time: bool  # the anchor judged every session before its retries were spent
+
+    def delete_files(self) -> None:
+        for files in self.exports:
+            for exported in files.values():
+                exported.path.unlink(missing_ok=True)
+
+
+def _settle(chunk: _Measured, anchor: Anchor | None, measure: MeasureFn, retries: int,
+            rows: _RunRows) -> bool:
+    """Finish a chunk once its sessions are judged: False while the anchor's verdict is still to come.
+
+    A chunk measured before the anchor could judge (a run's first two
+    sessions, when no earlier run left the anchor's history) keeps its
+    files until the verdict; then the groups of a session found shifted are
+    measured again, within ``retries``, as a chunk judged in time would
+    have been, and their rows replaced.
+    """
+    if anchor is not None and not chunk.judged_in_time:
+        if not anchor.judged(s.session_id for s in chunk.sessions):
+            return False
+        shifted = [i for i, s in enumerate(chunk.sessions) if s.shifted(anchor)]
+        again = retry(measure, [chunk.groups[i] for i in shifted], [chunk.sessions[i] for i in shifted],
+                      retries, anchor)
+        replaced = [i for i, session in zip(shifted, again) if session is not chunk.sessions[i]]
+        for i, session in zip(shifted, again):
+            chunk.sessions[i] = session
+        rows.put(chunk, replaced)
+    chunk.delete_files()
+    return True
+
+
+class _RunRows:
+    """The rows a profiling run stored, the latest per (precision, subnet), and how they are stored."""
+
+    def __init__(self, store: Store, keys: Mapping[str, str], precisions: Sequence[str], network_id: str) -> None:
+        self._store, self._keys, self._network_id = store, keys, network_id
+        self._precisions = list(precisions)  # the order of each group's files and results
+        self._latest: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+
+    def put(self, chunk: _Measured, indices: Iterable[int]) -> None:
+        """Store the rows of the chunk's subnets at ``indices``, from their kept sessions."""
+        for i in indices:
+            arch, files, session = chunk.batch[i], chunk.exports[i], chunk.sessions[i]
+            for precision, result in zip(self._precisions, session.results):
+                self._put(precision, arch.key(), session.session_id,
+                          _row(arch, files[precision], result, precision, session.session_id))
+
+    def label(self, anchor: Anchor, anchor_precision: str) -> None:
+        """Give every row its session's anchor ratio and offset; rows of a shifted session become unstable.
+
+        The ratio (``anchor_ratio`` of the anchor's ``anchor_precision``
+        file) is what later runs start their verdicts from
+        (:func:`hwsearch.anchor.history`).
+        """
+        for (precision, key), (session_id, row) in list(self._latest.items()):
+            ratio, offset = anchor.ratio(session_id), anchor.offset(session_id)
+            if ratio is None:
+                continue
+            row.update(anchor_key=anchor.key, anchor_ratio=ratio, anchor_precision=anchor_precision,
+                       stable=row["stable"] and not anchor.shifted(session_id))
+            if offset is not None:
+                row["session_offset"] = offset
+            self._put(precision, key, session_id, row)
+
+    def unstable(self, precision: str) -> int:
+        """How many of the run's rows at ``precision`` are not stable."""
+        return sum(not row["stable"] for (p, _), (_, row) in self._latest.items() if p == precision)
+
+    def _put(self, precision: str, key: str, session_id: str, row: dict[str, Any]) -> None:
+        self._store.put_latency(self._keys[precision], self._network_id, key, row)
+        self._latest[(precision, key)] = (session_id, row)
 
 
 def _row(arch: ArchConfig, exported: _Exported, result: Any, precision: str,
@@ -517,91 +607,27 @@ def _relay_waiting(progress: ProgressFn | None, state: dict[str, Any]) -> Progre
     return relay
 
 
-@dataclass(frozen=True)
-class _Session:
-    """One group's results (a subnet's files, in precision order) and the session they came from."""
+def _earlier_anchor(space: SearchSpace, rows: Mapping[str, Mapping[str, Any]], precisions: Sequence[str],
+                    chunks: int,
+                    export: Callable[[Sequence[ArchConfig]], list[dict[str, _Exported]]], folder: Path,
+                    tolerance: float) -> Anchor | None:
+    """The anchor of the device's earlier runs of this network, exported afresh, when a verdict can come.
 
-    session_id: str
-    results: list[Any]
-
-    def rank(self, anchor: Anchor | None) -> tuple[bool, int, float]:
-        """Lower is better: not from a shifted session, fewer unstable results, then the widest relative CI.
-
-        Stability comes first because a result can be unstable with a tight
-        CI (a wall-clock session beside a busy program, :mod:`devices.cpuload`;
-        a session the anchor found shifted, :mod:`hwsearch.anchor`); a group
-        is only as good as its worse half.
-        """
-        return (self._shifted(anchor), sum(not r.stable for r in self.results),
-                max(_spread(r) for r in self.results))
-
-    def trusted(self, anchor: Anchor | None) -> bool:
-        """Every result stable, and the session not found shifted (so far) by the anchor."""
-        return not self._shifted(anchor) and all(r.stable for r in self.results)
-
-    def _shifted(self, anchor: Anchor | None) -> bool:
-        return anchor is not None and anchor.shifted(self.session_id)
-
-
-def _measure_until_stable(profiler: Any, groups: Sequence[Sequence[Path]], retries: int,
-                          waiting: ProgressFn | None, anchor: Anchor | None = None) -> list[_Session]:
-    """Measure every group's files in one session; re-measure groups holding an unstable result.
-
-    A group (one subnet's files at each precision) is always measured whole,
-    in one session, so its results stay comparable; of two measurements of a
-    group the one with fewer unstable results, then the tighter worst CI, is kept.
-    Every session also measures the ``anchor``'s files, when there is one;
-    once the anchor has a verdict, a session it finds shifted is re-measured
-    whole, like an unstable one.
+    ``rows`` are the device's stored rows at the run's first precision.
+    ``None`` when no earlier run kept an anchor, or when its sessions and
+    this run's ``chunks`` together cannot reach a verdict (the run then
+    keeps its own first subnet as anchor if it has several chunks).
     """
-    measure = profiler.measure_many if waiting is None else functools.partial(profiler.measure_many,
-                                                                               progress=waiting)
-    sessions = _session(measure, groups, anchor)
-    for _ in range(retries):
-        again = [i for i, s in enumerate(sessions) if not s.trusted(anchor)]
-        if not again:
-            break
-        for i, retried in zip(again, _session(measure, [groups[i] for i in again], anchor)):
-            if retried.rank(anchor) < sessions[i].rank(anchor):
-                sessions[i] = retried
-    return sessions
-
-
-def _session(measure: Callable[[list[Path]], Sequence[Any]],
-             groups: Sequence[Sequence[Path]], anchor: Anchor | None) -> list[_Session]:
-    """All files of ``groups`` (and the anchor's) measured in one session (one ``measure_many`` call).
-
-    Returns the groups' results split back by group; the anchor's first
-    file's result goes to the anchor.
-    """
-    session_id = uuid.uuid4().hex
-    files = [path for group in groups for path in group]
-    measured = list(measure(files + (anchor.files if anchor is not None else [])))
-    if anchor is not None:
-        anchor.observe(session_id, measured[len(files)])
-    results = iter(measured[:len(files)])
-    return [_Session(session_id, [next(results) for _ in group]) for group in groups]
-
-
-def _label_shifted_sessions(anchor: Anchor, kept: Mapping[str, list[tuple[str, str, dict[str, Any]]]],
-                            store: Store, keys: Mapping[str, str], network_id: str,
-                            unstable: dict[str, int]) -> None:
-    """Give every kept row its session's anchor offset; rows of a shifted session become unstable."""
-    for session_id, rows in kept.items():
-        offset = anchor.offset(session_id)
-        if offset is None:
-            continue
-        shifted = anchor.shifted(session_id)
-        for precision, key, row in rows:
-            unstable[precision] += shifted and row["stable"]
-            row.update(session_offset=offset, anchor_key=anchor.key,
-                       stable=row["stable"] and not shifted)
-            store.put_latency(keys[precision], network_id, key, row)
-
-
-def _spread(result: Any) -> float:
-    """A measurement's relative CI half-width; unusable (NaN) counts as infinitely wide."""
-    return result.ratio_ci if math.isfinite(result.ratio_ci) else math.inf
+    found = anchor_history(rows, precisions[0])
+    if found is None or len(found[1]) + chunks < ANCHOR_MIN_SESSIONS or found[0] not in rows:
+        return None
+    key, earlier = found
+    files = export([space.arch(**rows[key]["arch"])])[0]
+    try:
+        return Anchor.keep(key, [files[p].path for p in precisions], folder, tolerance, earlier)
+    finally:
+        for exported in files.values():
+            exported.path.unlink()
 
 
 def finite_latencies(store: Store, device_hash: str, space_name: str) -> dict[str, dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from devices.measure import Measurement
-from hwsearch.anchor import MIN_SESSIONS, Anchor
+from hwsearch.anchor import MIN_SESSIONS, RECENT_SESSIONS, Anchor, history
 from tests._jobs import SUPERNET, fast_device
 
 
@@ -65,34 +65,52 @@ class _OneSessionAgainstAnotherReference:
         return (self.lighter if self.sessions == self.shifted_session else self.usual).measure_many(paths, **options)
 
 
-def profile_with_one_shifted_session(tmp_path: Path, shifted_session: int, retries: int
-                                     ) -> tuple[_OneSessionAgainstAnotherReference, dict[str, Any], Any, list[Any]]:
-    """Profile 6 subnets of the tiny supernet in chunks of 2 (three sessions before retries), one session shifted.
+class _Rig:
+    """The tiny supernet, one store, and the real profilers a shifted session is measured with.
 
     The 1-thread device's CI target is wide and its limit on a slowed
     reference lifted, so only the anchor (tolerance 0.25) may judge.
-    Returns the profiler, the stored rows by arch key, the report and the archs.
     """
-    from devices import open_profiler
-    from devices.profile import DeviceProfile
-    from devices.reference import mobilenet_like_onnx
-    from hwsearch.jobs.spec import SupernetRef, build_supernet
-    from hwsearch.pipeline import profile_subnets, select_subnets
-    from hwsearch.store import MemoryStore
 
-    net = build_supernet(SupernetRef(**SUPERNET))
-    device = fast_device("cpu-1t") | {"clock": "thread_cpu"}
-    device["protocol"].update(ci_target=0.5, max_reference_slowdown=100.0)
-    light = tmp_path / "light-reference.onnx"
-    light.write_bytes(mobilenet_like_onnx(((16, 8, 3, 1),), seed=2, input_shape=(1, 3, 16, 16)))
-    profiler = _OneSessionAgainstAnotherReference(
-        open_profiler(DeviceProfile.from_dict(device)),
-        open_profiler(DeviceProfile.from_dict(device | {"reference_model": str(light)})), shifted_session)
-    key = profiler.profile.hash()
-    archs = select_subnets(net.space, 6, seed=5)
-    store = MemoryStore()
-    report = profile_subnets(net, archs, profiler, key, store, chunk=2, retries=retries, anchor_tolerance=0.25)
-    return profiler, store.get_latencies(key, net.space.network_id), report, archs
+    def __init__(self, tmp_path: Path) -> None:
+        from devices import open_profiler
+        from devices.profile import DeviceProfile
+        from devices.reference import mobilenet_like_onnx
+        from hwsearch.jobs.spec import SupernetRef, build_supernet
+        from hwsearch.store import MemoryStore
+
+        self.net = build_supernet(SupernetRef(**SUPERNET))
+        device = fast_device("cpu-1t") | {"clock": "thread_cpu"}
+        device["protocol"].update(ci_target=0.5, max_reference_slowdown=100.0)
+        light = tmp_path / "light-reference.onnx"
+        light.write_bytes(mobilenet_like_onnx(((16, 8, 3, 1),), seed=2, input_shape=(1, 3, 16, 16)))
+        self.usual = open_profiler(DeviceProfile.from_dict(device))
+        self.lighter = open_profiler(DeviceProfile.from_dict(device | {"reference_model": str(light)}))
+        self.key = self.usual.profile.hash()
+        self.store = MemoryStore()
+
+    def profile(self, archs: list[Any], shifted_session: int, retries: int
+                ) -> tuple[_OneSessionAgainstAnotherReference, dict[str, Any], Any]:
+        """Profile ``archs`` in chunks of 2, the ``shifted_session``-th session (from 1) shifted.
+
+        Returns the profiler, the device's stored rows by arch key, and the report.
+        """
+        from hwsearch.pipeline import profile_subnets
+
+        profiler = _OneSessionAgainstAnotherReference(self.usual, self.lighter, shifted_session)
+        report = profile_subnets(self.net, archs, profiler, self.key, self.store, chunk=2, retries=retries,
+                                 anchor_tolerance=0.25)
+        return profiler, self.store.get_latencies(self.key, self.net.space.network_id), report
+
+
+def profile_with_one_shifted_session(tmp_path: Path, shifted_session: int, retries: int
+                                     ) -> tuple[_OneSessionAgainstAnotherReference, dict[str, Any], Any, list[Any]]:
+    """Profile 6 subnets of the tiny supernet in chunks of 2 (three sessions before retries), one session shifted."""
+    from hwsearch.pipeline import select_subnets
+
+    rig = _Rig(tmp_path)
+    archs = select_subnets(rig.net.space, 6, seed=5)
+    return *rig.profile(archs, shifted_session, retries), archs
 
 
 def test_a_session_whose_ratios_shifted_together_is_labelled_unstable(tmp_path: Path, calibration_dir: Path) -> None:
@@ -115,7 +133,18 @@ def test_a_shifted_session_found_in_time_is_measured_again(tmp_path: Path, calib
     assert report.unstable == 0
 
 
-def test_a_run_of_one_chunk_has_no_anchor(tmp_path: Path) -> None:
+def test_a_shifted_session_judged_late_is_measured_again_once_the_verdict_comes(
+        tmp_path: Path, calibration_dir: Path) -> None:
+    """The first session has no verdict when it ends; its files wait for the third session's, then it is re-measured."""
+    profiler, rows, report, archs = profile_with_one_shifted_session(tmp_path, shifted_session=1, retries=1)
+    assert profiler.sessions == 4
+    assert rows[archs[0].key()]["session_id"] == rows[archs[1].key()]["session_id"]
+    assert len({rows[a.key()]["session_id"] for a in archs}) == 3
+    assert all(abs(rows[a.key()]["session_offset"] - 1.0) <= 0.25 and rows[a.key()]["stable"] for a in archs)
+    assert report.unstable == 0
+
+
+def test_a_first_run_of_one_chunk_has_no_anchor(tmp_path: Path) -> None:
     from devices import open_profiler
     from devices.profile import DeviceProfile
     from hwsearch.jobs.spec import SupernetRef, build_supernet
@@ -129,3 +158,45 @@ def test_a_run_of_one_chunk_has_no_anchor(tmp_path: Path) -> None:
     profile_subnets(net, archs, open_profiler(profile), profile.hash(), store, chunk=4, retries=0)
     rows = store.get_latencies(profile.hash(), net.space.network_id)
     assert len(rows) == 3 and not any("session_offset" in row or "anchor_key" in row for row in rows.values())
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_later_run_of_one_session_is_judged_by_the_anchors_earlier_sessions(
+        tmp_path: Path, calibration_dir: Path, retries: int) -> None:
+    """A run of one chunk (a refinement round) reuses the earlier run's anchor and its stored sessions."""
+    from hwsearch.pipeline import select_subnets
+
+    rig = _Rig(tmp_path)
+    archs = select_subnets(rig.net.space, 8, seed=5)
+    first, rows, _ = rig.profile(archs[:6], shifted_session=0, retries=0)
+    assert first.sessions == 3 and all(rows[a.key()]["stable"] for a in archs[:6])
+    later, rows, report = rig.profile(archs[6:], shifted_session=1, retries=retries)
+    assert later.sessions == 1 + retries
+    new = [rows[a.key()] for a in archs[6:]]
+    assert all(row["anchor_key"] == archs[0].key() for row in new)
+    if retries:
+        assert all(row["stable"] and abs(row["session_offset"] - 1.0) <= 0.25 for row in new)
+        assert report.unstable == 0
+    else:
+        assert all(not row["stable"] and row["session_offset"] > 2.0 for row in new)
+        assert report.unstable == 2
+    assert all(rows[a.key()]["stable"] for a in archs[:6])
+
+
+def _row(anchor_key: str, session: str, ratio: float, ended: float, precision: str = "fp32") -> dict[str, Any]:
+    return {"anchor_key": anchor_key, "anchor_ratio": ratio, "anchor_precision": precision,
+            "session_id": session, "env": {"session_end": ended}}
+
+
+def test_the_history_takes_the_most_seen_anchor_at_the_precision_and_its_latest_sessions() -> None:
+    rows = {f"a{i}": _row("big", f"s{i}", 1.0 + i / 100, ended=float(i)) for i in range(RECENT_SESSIONS + 5)}
+    rows |= {"other": _row("small", "t0", 2.0, ended=99.0),
+             "int8": _row("small", "t1", 3.0, ended=99.0, precision="int8"),
+             "unusable": _row("small", "t2", math.nan, ended=99.0),
+             "plain": {"session_id": "u0", "env": {}}}
+    rows |= {f"b{i}": _row("big", "s0", 1.0, ended=0.0) for i in range(3)}  # one session, many rows
+    key, ratios = history(rows, "fp32")
+    assert key == "big" and len(ratios) == RECENT_SESSIONS
+    assert min(ratios.values()) == pytest.approx(1.05) and "s0" not in ratios
+    assert history(rows, "int8") == ("small", {"t1": 3.0})
+    assert history({"plain": rows["plain"]}, "fp32") is None
