@@ -22,7 +22,7 @@ per-subnet median of the other solo runs of its device, and each run of (b)
 and (c) with every such median in turn (see :class:`Solo`).  Per run it
 prints the median and worst ``|latency_ms / yardstick − 1|`` of the stored
 rows, the share within ±10% and ±5%, the share of stable rows and of rows
-from sessions the run's anchor subnet found shifted (hwsearch/anchor.py:
+from sessions the run's anchor subnets found shifted (hwsearch/anchor.py:
 only runs of three or more sessions get a verdict, so ``--subnets 40``
 rather than 24 for the pipeline's chunks of 16), the median session
 reference latency (the machine's state), how long the job waited for

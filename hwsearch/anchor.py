@@ -1,4 +1,4 @@
-"""One subnet measured in every session of a profiling run: the witness of a session-wide shift.
+"""A few subnets measured in every session of a profiling run: the witnesses of a session-wide shift.
 
 A session's ratios cancel the host's speed within the session, and the
 reference's own time reveals some slow states (:mod:`devices.calibration`),
@@ -10,22 +10,33 @@ reached 1.47-1.49x.  Within a session the subnets moved together (two sets of
 onnxruntime sessions of the same models, built apart and measured
 interleaved, agreed within 1.5%), and two small synthetic models measured
 beside them did not move at all (within ±2.4% while the subnets' session
-offsets ranged 0.91-1.05): only a subnet of the same family witnesses it.
+offsets ranged 0.91-1.05): only subnets of the same family witness it.
 
-So a run measures one of its subnets, the anchor, in every session, and
+So a run measures a few of its subnets, the anchor, in every session, and
 once it has at least :data:`MIN_SESSIONS` sessions it takes each session's
-offset: the anchor's ratio there (its FP32 file's, when the run measures
-FP32) over its median over all the run's sessions.  A session whose offset
-is further from 1 than the tolerance shifted, and its rows are not stable
-(the pipeline relabels them at the end of the run; fronts re-measure
-unstable points before they may enter).
+offset: the median over the anchor's subnets of each one's ratio there
+(its first precision's file's) over its median over the sessions.  A
+session whose offset is further from 1 than the tolerance shifted, and its
+rows are not stable (the pipeline measures it again or relabels it;
+fronts re-measure unstable points before they may enter).
+
+Why several subnets: one subnet's ratio also moves on its own.  In six
+recordings of 6-14 sessions of 8-24 demo subnets on both demo devices
+(2026-12-01), a single anchor flagged 0-8.3% of the sessions whose other
+subnets had not moved (by more than 5%, their median) and missed 0-29% of
+those that had, averaged over every choice of anchor; the median of
+:data:`ANCHOR_SUBNETS` = 3 flagged 0-3.2% and missed 0-26% (one recording
+of 8 subnets missed 6% where one anchor missed none); ``bench/anchor_verdicts.py``
+records and scores such sessions (docs/measurement.md).  In one 14-session
+recording the run's own anchor, its largest subnet, ranged 0.92-1.06 while
+the session medians of the 16 others stayed within 0.98-1.02.
 
 A run alone often has too few sessions for a verdict: a refinement round
 measures a few candidates in one session, and a run's first two sessions
 end before a third exists.  But the anchor's earlier sessions on the same
 device (whose identity covers the host) are in the store: every row keeps
-its session's ``anchor_ratio``.  So the next run of the same network on the
-device takes the same anchor subnet, starts from its recent sessions
+its session's ``anchor_ratios``.  So the next run of the same network on
+the device takes the same anchor subnets, starts from their recent sessions
 (:func:`history`, at most :data:`RECENT_SESSIONS`), and judges each of its
 sessions as soon as it ends, the first one included.
 """
@@ -34,7 +45,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,84 +54,111 @@ import numpy as np
 
 #: Sessions a run needs before its anchor's median can tell a shifted session from the rest.
 MIN_SESSIONS = 3
-#: How far a session's anchor may sit from its median and the session still count as unshifted.
+#: How far a session's offset may sit from 1 and the session still count as unshifted.
 DEFAULT_TOLERANCE = 0.05
+#: How many subnets make the anchor (fewer when the run's first chunk holds fewer).
+ANCHOR_SUBNETS = 3
 #: Earlier sessions of the anchor a run starts from: recent enough to share the host's present state.
 RECENT_SESSIONS = 20
 
 
 @dataclass
 class Anchor:
-    """The anchor subnet's files (one per precision, FP32 first) and its first file's ratio per session."""
+    """The anchor subnets' files and, per session, each subnet's ratio.
 
-    key: str
+    ``files`` holds ``files_per_subnet`` files per subnet (its precisions,
+    in the run's order), subnet after subnet in ``keys``' order; a
+    subnet's ratio is its first file's.
+    """
+
+    keys: tuple[str, ...]
     files: list[Path]
     tolerance: float = DEFAULT_TOLERANCE
-    ratios: dict[str, float] = field(default_factory=dict)  # session_id -> the first file's ratio
+    ratios: dict[str, tuple[float, ...]] = field(default_factory=dict)  # session_id -> a ratio per subnet
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
             raise ValueError(f"the anchor's tolerance must be a finite share >= 0, got {self.tolerance!r}")
+        if not self.keys or len(self.files) % len(self.keys):
+            raise ValueError(f"{len(self.files)} anchor files cannot be split over {len(self.keys)} subnets")
 
     @classmethod
-    def keep(cls, key: str, files: list[Path], folder: Path, tolerance: float = DEFAULT_TOLERANCE,
-             earlier: Mapping[str, float] | None = None) -> Anchor:
-        """An anchor from a subnet's exported files, copied to ``folder`` so they outlive their chunk.
+    def keep(cls, keys: Sequence[str], groups: Sequence[Sequence[Path]], folder: Path,
+             tolerance: float = DEFAULT_TOLERANCE,
+             earlier: Mapping[str, Sequence[float]] | None = None) -> Anchor:
+        """An anchor from its subnets' exported files (one group per subnet), copied to ``folder``.
 
-        ``earlier`` holds the anchor's ratios in earlier runs' sessions
-        (:func:`history`), which count towards every verdict.
+        The copies outlive the chunk the files came from.  ``earlier`` holds
+        the subnets' ratios in earlier runs' sessions (:func:`history`),
+        which count towards every verdict.
         """
         folder.mkdir(parents=True, exist_ok=True)
         kept = []
-        for path in files:
-            kept.append(folder / path.name)
-            shutil.copyfile(path, kept[-1])
-        return cls(key, kept, tolerance, dict(earlier or {}))
+        for index, group in enumerate(groups):
+            for path in group:
+                kept.append(folder / f"{index}-{path.name}")
+                shutil.copyfile(path, kept[-1])
+        return cls(tuple(keys), kept, tolerance,
+                   {session: tuple(map(float, ratios)) for session, ratios in (earlier or {}).items()})
 
-    def ratio(self, session_id: str) -> float | None:
-        """The anchor's ratio in the session, if it was measured there and usable."""
+    @property
+    def files_per_subnet(self) -> int:
+        return len(self.files) // len(self.keys)
+
+    def observe(self, session_id: str, results: Sequence[Any]) -> None:
+        """Record each subnet's ratio in one session, from the results of :attr:`files` in order."""
+        self.ratios[session_id] = tuple(float(r.ratio) for r in results[::self.files_per_subnet])
+
+    def ratios_in(self, session_id: str) -> tuple[float, ...] | None:
+        """Each subnet's ratio in the session (NaN where unusable), if the anchor was measured there."""
         return self.ratios.get(session_id)
 
-    def observe(self, session_id: str, result: Any) -> None:
-        """Record the anchor's first file's measurement in one session (an unusable ratio is not recorded)."""
-        if math.isfinite(result.ratio):
-            self.ratios[session_id] = float(result.ratio)
-
     def offset(self, session_id: str) -> float | None:
-        """The session's anchor ratio over its median over the run's sessions; ``None`` before a verdict."""
+        """The median of the subnets' ratios there over their medians; ``None`` before a verdict.
+
+        No verdict before :data:`MIN_SESSIONS` sessions, nor for a session
+        where no subnet's ratio was usable.
+        """
         if len(self.ratios) < MIN_SESSIONS or session_id not in self.ratios:
             return None
-        return self.ratios[session_id] / float(np.median(list(self.ratios.values())))
+        table = np.array(list(self.ratios.values()), dtype=float)  # sessions x subnets
+        with np.errstate(all="ignore"):
+            medians = np.nanmedian(np.where(np.isfinite(table), table, np.nan), axis=0)
+            offsets = np.array(self.ratios[session_id], dtype=float) / medians
+        offsets = offsets[np.isfinite(offsets)]
+        return float(np.median(offsets)) if offsets.size else None
 
     def judged(self, session_ids: Iterable[str]) -> bool:
         """Whether every one of the sessions has the anchor's verdict."""
         return all(self.offset(session_id) is not None for session_id in session_ids)
 
     def shifted(self, session_id: str) -> bool:
-        """Whether the session's anchor sat further from its median than the tolerance."""
+        """Whether the session's offset sat further from 1 than the tolerance."""
         offset = self.offset(session_id)
         return offset is not None and abs(offset - 1.0) > self.tolerance
 
 
-def history(rows: Mapping[str, Mapping[str, Any]], precision: str) -> tuple[str, dict[str, float]] | None:
-    """The anchor of earlier runs and its ratios in their sessions, from a device's stored rows.
+def history(rows: Mapping[str, Mapping[str, Any]], precision: str
+            ) -> tuple[tuple[str, ...], dict[str, tuple[float, ...]]] | None:
+    """The anchor of earlier runs and its subnets' ratios in their sessions, from a device's stored rows.
 
-    Rows name their run's ``anchor_key`` and carry their session's
-    ``anchor_ratio`` (of the anchor's ``anchor_precision`` file).  Of the
-    anchors whose ratio was taken at ``precision`` (a new run's first
+    Rows name their run's ``anchor_keys`` and carry their session's
+    ``anchor_ratios`` (of each subnet's ``anchor_precision`` file).  Of the
+    anchors whose ratios were taken at ``precision`` (a new run's first
     precision, so ratios compare like with like), the one seen in the most
     sessions is returned with its :data:`RECENT_SESSIONS` latest sessions'
     ratios (by the session's end); ``None`` when no row names an anchor.
     """
-    sessions: dict[str, dict[str, tuple[float, float]]] = {}
+    sessions: dict[tuple[str, ...], dict[str, tuple[float, tuple[float, ...]]]] = {}
     for row in rows.values():
-        ratio = row.get("anchor_ratio")
-        if row.get("anchor_precision") != precision or ratio is None or not math.isfinite(ratio):
+        keys, ratios = row.get("anchor_keys"), row.get("anchor_ratios")
+        if row.get("anchor_precision") != precision or not keys or not ratios or len(keys) != len(ratios):
             continue
         ended = float(row.get("env", {}).get("session_end", 0.0))
-        sessions.setdefault(str(row["anchor_key"]), {})[str(row["session_id"])] = (ended, float(ratio))
+        values = tuple(math.nan if r is None else float(r) for r in ratios)
+        sessions.setdefault(tuple(keys), {})[str(row["session_id"])] = (ended, values)
     if not sessions:
         return None
-    key = max(sorted(sessions), key=lambda k: len(sessions[k]))
-    latest = sorted(sessions[key].items(), key=lambda item: item[1][0])[-RECENT_SESSIONS:]
-    return key, {session_id: ratio for session_id, (_, ratio) in latest}
+    keys = max(sorted(sessions), key=lambda k: len(sessions[k]))
+    latest = sorted(sessions[keys].items(), key=lambda item: item[1][0])[-RECENT_SESSIONS:]
+    return keys, {session_id: ratios for session_id, (_, ratios) in latest}

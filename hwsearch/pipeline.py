@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from hwsearch.anchor import DEFAULT_TOLERANCE, Anchor
+from hwsearch.anchor import ANCHOR_SUBNETS, DEFAULT_TOLERANCE, Anchor
 from hwsearch.anchor import MIN_SESSIONS as ANCHOR_MIN_SESSIONS
 from hwsearch.anchor import history as anchor_history
 from hwsearch.export_pool import Exporters, exporters
@@ -186,17 +186,19 @@ def profile_subnets(
     the run's first exports, 1 keeps them in this process, a count starts
     that many workers.
 
-    A run of several chunks keeps its first subnet's files and measures them
-    in every session, retries included (:mod:`hwsearch.anchor`); a run on a
-    device whose stored rows name an earlier run's anchor exports that
-    subnet and measures it instead, starting from its earlier sessions'
-    ratios, even in a run of one chunk when those sessions are enough for
-    a verdict.  Every row records its session's ``anchor_ratio``, and once
-    there are three sessions or more its ``session_offset`` (the anchor's
-    ratio there over its median).  A session whose offset is more than
-    ``anchor_tolerance`` from 1 is measured again (within ``retries``) when
-    the verdict comes in time, and at the end the rows of every session
-    still found shifted are relabelled unstable.  ``None`` turns this off.
+    A run of several chunks keeps its first three subnets' files, the
+    anchor, and measures them in every session, retries included
+    (:mod:`hwsearch.anchor`); a run on a device whose stored rows name an
+    earlier run's anchor exports those subnets and measures them instead,
+    starting from their earlier sessions' ratios, even in a run of one
+    chunk when those sessions are enough for a verdict.  Every row records
+    its session's ``anchor_ratios``, and once there are three sessions or
+    more its ``session_offset`` (the median of the anchor subnets' ratios
+    there over their medians).  A session whose offset is more than
+    ``anchor_tolerance`` from 1 is measured again (within ``retries``) as
+    soon as the verdict comes (a chunk measured before it keeps its files
+    until then), and at the end the rows of every session still found
+    shifted are relabelled unstable.  ``None`` turns this off.
     """
     return profile_precisions(supernet, archs, profiler, {DEFAULT_PRECISION: device_hash}, store,
                               chunk=chunk, workdir=workdir, progress=progress,
@@ -282,7 +284,8 @@ def profile_precisions(
         for batch, exports in _exported_chunks(chunks, export, _measures_elsewhere(profiler)):
             groups = [[files[p].path for p in precisions] for files in exports]
             if anchor is None and anchor_tolerance is not None and len(chunks) > 1:
-                anchor = Anchor.keep(batch[0].key(), groups[0], Path(tmp) / "anchor", anchor_tolerance)
+                anchor = Anchor.keep([a.key() for a in batch[:ANCHOR_SUBNETS]], groups[:ANCHOR_SUBNETS],
+                                     Path(tmp) / "anchor", anchor_tolerance)
             sessions = measure_until_trusted(measure, groups, retries, anchor)
             done_chunk = _Measured(batch, exports, groups, sessions,
                                    judged_in_time=anchor is None or anchor.judged(s.session_id for s in sessions))
@@ -359,17 +362,18 @@ class _RunRows:
                           _row(arch, files[precision], result, precision, session.session_id))
 
     def label(self, anchor: Anchor, anchor_precision: str) -> None:
-        """Give every row its session's anchor ratio and offset; rows of a shifted session become unstable.
+        """Give every row its session's anchor ratios and offset; rows of a shifted session become unstable.
 
-        The ratio (``anchor_ratio`` of the anchor's ``anchor_precision``
-        file) is what later runs start their verdicts from
-        (:func:`hwsearch.anchor.history`).
+        The ratios (``anchor_ratios``, each anchor subnet's
+        ``anchor_precision`` file's, ``None`` where unusable) are what later
+        runs start their verdicts from (:func:`hwsearch.anchor.history`).
         """
         for (precision, key), (session_id, row) in list(self._latest.items()):
-            ratio, offset = anchor.ratio(session_id), anchor.offset(session_id)
-            if ratio is None:
+            ratios, offset = anchor.ratios_in(session_id), anchor.offset(session_id)
+            if ratios is None:
                 continue
-            row.update(anchor_key=anchor.key, anchor_ratio=ratio, anchor_precision=anchor_precision,
+            row.update(anchor_keys=list(anchor.keys), anchor_precision=anchor_precision,
+                       anchor_ratios=[r if math.isfinite(r) else None for r in ratios],
                        stable=row["stable"] and not anchor.shifted(session_id))
             if offset is not None:
                 row["session_offset"] = offset
@@ -608,26 +612,27 @@ def _relay_waiting(progress: ProgressFn | None, state: dict[str, Any]) -> Progre
 
 
 def _earlier_anchor(space: SearchSpace, rows: Mapping[str, Mapping[str, Any]], precisions: Sequence[str],
-                    chunks: int,
-                    export: Callable[[Sequence[ArchConfig]], list[dict[str, _Exported]]], folder: Path,
-                    tolerance: float) -> Anchor | None:
+                    chunks: int, export: Callable[[Sequence[ArchConfig]], list[dict[str, _Exported]]],
+                    folder: Path, tolerance: float) -> Anchor | None:
     """The anchor of the device's earlier runs of this network, exported afresh, when a verdict can come.
 
     ``rows`` are the device's stored rows at the run's first precision.
     ``None`` when no earlier run kept an anchor, or when its sessions and
     this run's ``chunks`` together cannot reach a verdict (the run then
-    keeps its own first subnet as anchor if it has several chunks).
+    keeps its own first subnets as anchor if it has several chunks).
     """
     found = anchor_history(rows, precisions[0])
-    if found is None or len(found[1]) + chunks < ANCHOR_MIN_SESSIONS or found[0] not in rows:
+    if found is None or len(found[1]) + chunks < ANCHOR_MIN_SESSIONS or not all(k in rows for k in found[0]):
         return None
-    key, earlier = found
-    files = export([space.arch(**rows[key]["arch"])])[0]
+    keys, earlier = found
+    exports = export([space.arch(**rows[key]["arch"]) for key in keys])
     try:
-        return Anchor.keep(key, [files[p].path for p in precisions], folder, tolerance, earlier)
+        return Anchor.keep(keys, [[files[p].path for p in precisions] for files in exports], folder, tolerance,
+                           earlier)
     finally:
-        for exported in files.values():
-            exported.path.unlink()
+        for files in exports:
+            for exported in files.values():
+                exported.path.unlink()
 
 
 def finite_latencies(store: Store, device_hash: str, space_name: str) -> dict[str, dict[str, Any]]:

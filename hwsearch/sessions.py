@@ -80,14 +80,13 @@ def measure_session(measure: MeasureFn, groups: Sequence[Sequence[Path]],
                     anchor: Anchor | None) -> list[Session]:
     """All files of ``groups`` (and the anchor's) measured in one session (one ``measure_many`` call).
 
-    Returns the groups' results split back by group; the anchor's first
-    file's result goes to the anchor.
+    Returns the groups' results split back by group; the anchor's results go to the anchor.
     """
     session_id = uuid.uuid4().hex
     files = [path for group in groups for path in group]
     measured = list(measure(files + (anchor.files if anchor is not None else [])))
     if anchor is not None:
-        anchor.observe(session_id, measured[len(files)])
+        anchor.observe(session_id, measured[len(files):])
     results = iter(measured[:len(files)])
     return [Session(session_id, [next(results) for _ in group]) for group in groups]
 

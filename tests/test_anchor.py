@@ -1,4 +1,4 @@
-"""The anchor: one subnet measured in every session of a run reveals a session that shifted as a whole.
+"""The anchor: a few subnets measured in every session of a run reveal a session that shifted as a whole.
 
 The integration test shifts one session of three for real, and by a known
 factor: its ratios are taken against a far lighter reference model.  The
@@ -26,23 +26,43 @@ def measured(ratio: float) -> Measurement:
                        stable=True, device_hash="d")
 
 
+def one_subnet_anchor(tolerance: float = 0.05) -> Anchor:
+    return Anchor(("k",), [Path("k.onnx")], tolerance=tolerance)
+
+
 def test_no_verdict_before_enough_sessions_then_the_median_decides() -> None:
-    anchor = Anchor("k", [], tolerance=0.05)
+    anchor = one_subnet_anchor()
     for index, ratio in enumerate([1.00, 1.30][:MIN_SESSIONS - 1]):
-        anchor.observe(f"s{index}", measured(ratio))
+        anchor.observe(f"s{index}", [measured(ratio)])
     assert anchor.offset("s0") is None and not anchor.shifted("s1")
-    anchor.observe("s2", measured(1.02))
-    anchor.observe("unusable", measured(math.nan))
-    assert anchor.offset("unusable") is None
+    anchor.observe("s2", [measured(1.02)])
+    anchor.observe("unusable", [measured(math.nan)])
+    assert anchor.offset("unusable") is None and not anchor.judged(["s0", "unusable"])
     assert anchor.offset("s1") == pytest.approx(1.30 / 1.02) and anchor.shifted("s1")
     assert anchor.offset("s0") == pytest.approx(1.00 / 1.02) and not anchor.shifted("s0")
-    assert not anchor.shifted("s2")
+    assert not anchor.shifted("s2") and anchor.judged(["s0", "s1", "s2"])
 
 
-def test_a_negative_or_infinite_tolerance_is_refused() -> None:
+def test_one_anchor_subnet_moving_alone_does_not_shift_a_session_but_all_moving_does() -> None:
+    """Each subnet's ratio over its own median, then the median over subnets (each file pair: FP32, INT8)."""
+    anchor = Anchor(("a", "b", "c"), [Path(f"{k}.{p}.onnx") for k in "abc" for p in ("fp32", "int8")])
+    sessions = {"calm": (1.0, 2.0, 3.0), "calm too": (1.01, 2.0, 2.97), "one moved": (1.3, 2.02, 3.0),
+                "all moved": (1.2, 2.4, 3.6), "two unusable": (math.nan, math.nan, 3.9)}
+    for session, ratios in sessions.items():
+        anchor.observe(session, [measured(r) for ratio in ratios for r in (ratio, 99.0)])
+    assert anchor.ratios_in("one moved") == (1.3, 2.02, 3.0)
+    # medians over sessions: a 1.105 (of 1.0, 1.01, 1.3, 1.2), b 2.01, c 3.0
+    assert anchor.offset("one moved") == pytest.approx(2.02 / 2.01) and not anchor.shifted("one moved")
+    assert anchor.offset("all moved") == pytest.approx(2.4 / 2.01) and anchor.shifted("all moved")
+    assert anchor.offset("two unusable") == pytest.approx(3.9 / 3.0) and anchor.shifted("two unusable")
+
+
+def test_a_bad_tolerance_or_files_that_do_not_split_over_the_subnets_are_refused() -> None:
     for tolerance in (-0.1, math.inf, math.nan):
         with pytest.raises(ValueError, match="tolerance"):
-            Anchor("k", [], tolerance=tolerance)
+            one_subnet_anchor(tolerance)
+    with pytest.raises(ValueError, match="3 anchor files cannot be split over 2 subnets"):
+        Anchor(("a", "b"), [Path("1"), Path("2"), Path("3")])
 
 
 class _OneSessionAgainstAnotherReference:
@@ -117,7 +137,7 @@ def test_a_session_whose_ratios_shifted_together_is_labelled_unstable(tmp_path: 
     profiler, rows, report, archs = profile_with_one_shifted_session(tmp_path, shifted_session=2, retries=0)
     assert profiler.sessions == 3
     offsets = [rows[a.key()]["session_offset"] for a in archs]
-    assert all(rows[a.key()]["anchor_key"] == archs[0].key() for a in archs)
+    assert all(rows[a.key()]["anchor_keys"] == [archs[0].key(), archs[1].key()] for a in archs)
     assert offsets[0] == offsets[1] and offsets[2] == offsets[3] and offsets[4] == offsets[5]
     assert offsets[2] > 2.0 and all(abs(offsets[i] - 1.0) <= 0.25 for i in (0, 4)), offsets
     assert [rows[a.key()]["stable"] for a in archs] == [True, True, False, False, True, True], offsets
@@ -157,7 +177,7 @@ def test_a_first_run_of_one_chunk_has_no_anchor(tmp_path: Path) -> None:
     store = MemoryStore()
     profile_subnets(net, archs, open_profiler(profile), profile.hash(), store, chunk=4, retries=0)
     rows = store.get_latencies(profile.hash(), net.space.network_id)
-    assert len(rows) == 3 and not any("session_offset" in row or "anchor_key" in row for row in rows.values())
+    assert len(rows) == 3 and not any("session_offset" in row or "anchor_keys" in row for row in rows.values())
 
 
 @pytest.mark.parametrize("retries", [0, 1])
@@ -173,7 +193,7 @@ def test_a_later_run_of_one_session_is_judged_by_the_anchors_earlier_sessions(
     later, rows, report = rig.profile(archs[6:], shifted_session=1, retries=retries)
     assert later.sessions == 1 + retries
     new = [rows[a.key()] for a in archs[6:]]
-    assert all(row["anchor_key"] == archs[0].key() for row in new)
+    assert all(row["anchor_keys"] == [archs[0].key(), archs[1].key()] for row in new)
     if retries:
         assert all(row["stable"] and abs(row["session_offset"] - 1.0) <= 0.25 for row in new)
         assert report.unstable == 0
@@ -183,20 +203,24 @@ def test_a_later_run_of_one_session_is_judged_by_the_anchors_earlier_sessions(
     assert all(rows[a.key()]["stable"] for a in archs[:6])
 
 
-def _row(anchor_key: str, session: str, ratio: float, ended: float, precision: str = "fp32") -> dict[str, Any]:
-    return {"anchor_key": anchor_key, "anchor_ratio": ratio, "anchor_precision": precision,
+def _row(keys: tuple[str, ...], session: str, ratios: tuple[float | None, ...], ended: float,
+         precision: str = "fp32") -> dict[str, Any]:
+    return {"anchor_keys": list(keys), "anchor_ratios": list(ratios), "anchor_precision": precision,
             "session_id": session, "env": {"session_end": ended}}
 
 
 def test_the_history_takes_the_most_seen_anchor_at_the_precision_and_its_latest_sessions() -> None:
-    rows = {f"a{i}": _row("big", f"s{i}", 1.0 + i / 100, ended=float(i)) for i in range(RECENT_SESSIONS + 5)}
-    rows |= {"other": _row("small", "t0", 2.0, ended=99.0),
-             "int8": _row("small", "t1", 3.0, ended=99.0, precision="int8"),
-             "unusable": _row("small", "t2", math.nan, ended=99.0),
+    big, small = ("a", "b", "c"), ("d",)
+    rows = {f"a{i}": _row(big, f"s{i}", (1.0 + i / 100, 2.0, None), ended=float(i))
+            for i in range(RECENT_SESSIONS + 5)}
+    rows |= {"other": _row(small, "t0", (2.0,), ended=99.0),
+             "int8": _row(small, "t1", (3.0,), ended=99.0, precision="int8"),
+             "mismatched": _row(small, "t2", (3.0, 1.0), ended=99.0),
              "plain": {"session_id": "u0", "env": {}}}
-    rows |= {f"b{i}": _row("big", "s0", 1.0, ended=0.0) for i in range(3)}  # one session, many rows
-    key, ratios = history(rows, "fp32")
-    assert key == "big" and len(ratios) == RECENT_SESSIONS
-    assert min(ratios.values()) == pytest.approx(1.05) and "s0" not in ratios
-    assert history(rows, "int8") == ("small", {"t1": 3.0})
+    rows |= {f"b{i}": _row(big, "s0", (1.0, 2.0, 3.0), ended=0.0) for i in range(3)}  # one session, many rows
+    keys, ratios = history(rows, "fp32")
+    assert keys == big and len(ratios) == RECENT_SESSIONS and "s0" not in ratios
+    assert min(r[0] for r in ratios.values()) == pytest.approx(1.05)
+    assert all(math.isnan(r[2]) for r in ratios.values())
+    assert history(rows, "int8") == (small, {"t1": (3.0,)})
     assert history({"plain": rows["plain"]}, "fp32") is None

@@ -1,0 +1,130 @@
+"""How well does an anchor of k subnets tell a shifted session from a calm one?
+
+A profiling run measures its anchor subnets in every session and calls a
+session shifted when the median of their ratios there, each over its own
+median over the sessions, is more than 5% from 1 (hwsearch/anchor.py).  One
+subnet's ratio also moves on its own, so a small anchor flags calm sessions
+and misses shifted ones.  This bench records ``--sessions`` whole sessions
+of the same ``--subnets`` demo subnets (``demo_mbv3_mnist``, trained
+checkpoint, FP32, spread over MACs) on each demo device, with a fresh
+calibration and nothing else measured in between, and then scores the rule
+for k = 1, 3 and 5 anchor subnets over every choice of anchor (or
+``--choices`` random ones): a session is truly shifted when the median
+offset of the subnets *outside* the anchor is more than 5% from 1.
+
+It prints, per device and k, the share of calm sessions flagged and the
+share of shifted ones missed, plus the sessions' true offsets.  It also
+writes the recorded ratios (``--out``), so the rule can be scored again
+without measuring (``--from``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DEVICES = {"1t": "cpu-1thread.yaml", "2t": "cpu-2threads.yaml"}
+TOLERANCE = 0.05
+
+
+def record(device_file: str, subnets: int, sessions: int, seed: int) -> list[list[float]]:
+    """Each session's ratios of the same exported subnets, one session after another."""
+    from devices.local import measure_model_bytes
+    from devices.profile import DeviceProfile
+    from hwsearch.demo import DEMO_CHECKPOINT, DEMO_SUPERNET
+    from hwsearch.export import export_subnet
+    from hwsearch.jobs import supernet_builders
+    from hwsearch.pipeline import select_subnets
+    from hwsearch.supernets import create_supernet
+
+    supernet_builders()
+    net = create_supernet(DEMO_SUPERNET, checkpoint=DEMO_CHECKPOINT)
+    profile = DeviceProfile.load(Path(__file__).resolve().parents[1] / "hwsearch/demo/devices" / device_file)
+    with tempfile.TemporaryDirectory() as folder:
+        models = []
+        for index, arch in enumerate(select_subnets(net.space, subnets, seed=seed)):
+            path = Path(folder) / f"{index}.onnx"
+            export_subnet(net, arch, path, check=False)
+            models.append(path.read_bytes())
+    ratios = []
+    for index in range(sessions):
+        started = time.perf_counter()
+        measured = measure_model_bytes(profile, models, profile.reference_bytes())
+        ratios.append([m.ratio for m in measured])
+        print(f"  session {index + 1}/{sessions}: {time.perf_counter() - started:.1f} s", flush=True)
+    return ratios
+
+
+def score(ratios: np.ndarray, k: int, choices: int, rng: np.random.Generator) -> dict[str, float]:
+    """Calm sessions flagged and shifted sessions missed by the k-subnet rule, over anchor choices."""
+    ratios = ratios[:, np.all(np.isfinite(ratios), axis=0)]
+    offsets = ratios / np.median(ratios, axis=0)
+    subnets = offsets.shape[1]
+    anchors = [list(c) for c in itertools.combinations(range(subnets), k)]
+    if len(anchors) > choices:
+        anchors = [anchors[i] for i in rng.choice(len(anchors), choices, replace=False)]
+    flagged_calm = calm = missed = shifted = 0
+    for anchor in anchors:
+        others = [j for j in range(subnets) if j not in anchor]
+        truth = np.abs(np.median(offsets[:, others], axis=1) - 1) > TOLERANCE
+        verdict = np.abs(np.median(offsets[:, anchor], axis=1) - 1) > TOLERANCE
+        flagged_calm += int(np.sum(verdict & ~truth))
+        calm += int(np.sum(~truth))
+        missed += int(np.sum(~verdict & truth))
+        shifted += int(np.sum(truth))
+    return {"flagged_calm": flagged_calm / max(calm, 1), "missed": missed / shifted if shifted else float("nan"),
+            "shifted_per_choice": shifted / len(anchors)}
+
+
+def report(recorded: dict[str, list[list[float]]], choices: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    print("\n| device | sessions x subnets | k | calm sessions flagged | shifted sessions missed |")
+    print("|---|---|---:|---:|---:|")
+    for device, table in recorded.items():
+        ratios = np.array(table, dtype=float)
+        for k in (1, 3, 5):
+            found = score(ratios, k, choices, rng)
+            missed = "-" if np.isnan(found["missed"]) else f"{found['missed']:.0%}"
+            print(f"| {device} | {ratios.shape[0]} x {ratios.shape[1]} | {k} | {found['flagged_calm']:.1%} | "
+                  f"{missed} (of {found['shifted_per_choice']:.1f}) |")
+    for device, table in recorded.items():
+        ratios = np.array(table, dtype=float)
+        medians = np.median(ratios / np.nanmedian(ratios, axis=0), axis=1)
+        print(f"{device}: sessions' median offsets {np.round(medians, 3).tolist()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subnets", type=int, default=17)
+    parser.add_argument("--sessions", type=int, default=14)
+    parser.add_argument("--devices", nargs="+", choices=sorted(DEVICES), default=sorted(DEVICES))
+    parser.add_argument("--choices", type=int, default=300, help="anchor choices scored per k (at most)")
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="write the recorded ratios here (JSON)")
+    parser.add_argument("--from", dest="source", type=Path, help="score recorded ratios instead of measuring")
+    args = parser.parse_args()
+    if args.source:
+        recorded = json.loads(args.source.read_text())
+    else:
+        os.environ["DEVICES_CALIBRATION_DIR"] = tempfile.mkdtemp(prefix="anchor-verdicts-")
+        recorded = {}
+        for device in args.devices:
+            print(f"recording {args.sessions} sessions of {args.subnets} subnets on the {device} device")
+            recorded[device] = record(DEVICES[device], args.subnets, args.sessions, args.seed)
+        if args.out:
+            args.out.write_text(json.dumps(recorded))
+    report(recorded, args.choices, args.seed)
+
+
+if __name__ == "__main__":
+    main()
