@@ -75,6 +75,7 @@ class Anchor:
     files: list[Path]
     tolerance: float = DEFAULT_TOLERANCE
     ratios: dict[str, tuple[float, ...]] = field(default_factory=dict)  # session_id -> a ratio per subnet
+    retries: set[str] = field(default_factory=set)  # sessions judged but left out of the medians
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
@@ -105,9 +106,24 @@ class Anchor:
     def files_per_subnet(self) -> int:
         return len(self.files) // len(self.keys)
 
-    def observe(self, session_id: str, results: Sequence[Any]) -> None:
-        """Record each subnet's ratio in one session, from the results of :attr:`files` in order."""
+    def observe(self, session_id: str, results: Sequence[Any], *, retry: bool = False) -> None:
+        """Record each subnet's ratio in one session, from the results of :attr:`files` in order.
+
+        A ``retry`` (a session measuring again what an earlier one left
+        unstable or shifted) is judged but does not count towards the
+        medians: it follows a bad session at once, often in the same bad
+        state of the host, so counting it would pull the medians towards
+        that state.  Seen: a run whose two shifted sessions (1.34x and 1.39x
+        its other runs) were each measured again in that state put the
+        anchor's medians between the states and found every session of the
+        run shifted, the calm ones at 0.89-0.94.
+        """
         self.ratios[session_id] = tuple(float(r.ratio) for r in results[::self.files_per_subnet])
+        if retry:
+            self.retries.add(session_id)
+
+    def is_retry(self, session_id: str) -> bool:
+        return session_id in self.retries
 
     def ratios_in(self, session_id: str) -> tuple[float, ...] | None:
         """Each subnet's ratio in the session (NaN where unusable), if the anchor was measured there."""
@@ -116,12 +132,13 @@ class Anchor:
     def offset(self, session_id: str) -> float | None:
         """The median of the subnets' ratios there over their medians; ``None`` before a verdict.
 
-        No verdict before :data:`MIN_SESSIONS` sessions, nor for a session
-        where no subnet's ratio was usable.
+        No verdict before :data:`MIN_SESSIONS` sessions that are not
+        retries, nor for a session where no subnet's ratio was usable.
         """
-        if len(self.ratios) < MIN_SESSIONS or session_id not in self.ratios:
+        counted = [ratios for session, ratios in self.ratios.items() if session not in self.retries]
+        if len(counted) < MIN_SESSIONS or session_id not in self.ratios:
             return None
-        table = np.array(list(self.ratios.values()), dtype=float)  # sessions x subnets
+        table = np.array(counted, dtype=float)  # sessions x subnets
         with np.errstate(all="ignore"):
             medians = np.nanmedian(np.where(np.isfinite(table), table, np.nan), axis=0)
             offsets = np.array(self.ratios[session_id], dtype=float) / medians
@@ -143,7 +160,8 @@ def history(rows: Mapping[str, Mapping[str, Any]], precision: str
     """The anchor of earlier runs and its subnets' ratios in their sessions, from a device's stored rows.
 
     Rows name their run's ``anchor_keys`` and carry their session's
-    ``anchor_ratios`` (of each subnet's ``anchor_precision`` file).  Of the
+    ``anchor_ratios`` (of each subnet's ``anchor_precision`` file); those
+    of retries (``anchor_retry``) are left out, as in :meth:`Anchor.offset`.  Of the
     anchors whose ratios were taken at ``precision`` (a new run's first
     precision, so ratios compare like with like), the one seen in the most
     sessions is returned with its :data:`RECENT_SESSIONS` latest sessions'
@@ -152,7 +170,8 @@ def history(rows: Mapping[str, Mapping[str, Any]], precision: str
     sessions: dict[tuple[str, ...], dict[str, tuple[float, tuple[float, ...]]]] = {}
     for row in rows.values():
         keys, ratios = row.get("anchor_keys"), row.get("anchor_ratios")
-        if row.get("anchor_precision") != precision or not keys or not ratios or len(keys) != len(ratios):
+        if (row.get("anchor_precision") != precision or row.get("anchor_retry") or not keys or not ratios
+                or len(keys) != len(ratios)):
             continue
         ended = float(row.get("env", {}).get("session_end", 0.0))
         values = tuple(math.nan if r is None else float(r) for r in ratios)

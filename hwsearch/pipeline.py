@@ -387,6 +387,7 @@ class _RunRows:
                 continue
             row.update(anchor_keys=list(anchor.keys), anchor_precision=anchor_precision,
                        anchor_ratios=[r if math.isfinite(r) else None for r in ratios],
+                       anchor_retry=anchor.is_retry(session_id),
                        stable=row["stable"] and not anchor.shifted(session_id))
             if offset is not None:
                 row["session_offset"] = offset

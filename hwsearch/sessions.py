@@ -70,23 +70,25 @@ def retry(measure: MeasureFn, groups: Sequence[Sequence[Path]], sessions: Sequen
         again = [i for i, s in enumerate(sessions) if not s.trusted(anchor)]
         if not again:
             break
-        for i, retried in zip(again, measure_session(measure, [groups[i] for i in again], anchor)):
+        for i, retried in zip(again, measure_session(measure, [groups[i] for i in again], anchor, retry=True)):
             if retried.rank(anchor) < sessions[i].rank(anchor):
                 sessions[i] = retried
     return sessions
 
 
 def measure_session(measure: MeasureFn, groups: Sequence[Sequence[Path]],
-                    anchor: Anchor | None) -> list[Session]:
+                    anchor: Anchor | None, *, retry: bool = False) -> list[Session]:
     """All files of ``groups`` (and the anchor's) measured in one session (one ``measure_many`` call).
 
-    Returns the groups' results split back by group; the anchor's results go to the anchor.
+    Returns the groups' results split back by group; the anchor's results
+    go to the anchor (a ``retry`` is judged but not counted in its medians,
+    :meth:`Anchor.observe`).
     """
     session_id = uuid.uuid4().hex
     files = [path for group in groups for path in group]
     measured = list(measure(files + (anchor.files if anchor is not None else [])))
     if anchor is not None:
-        anchor.observe(session_id, measured[len(files):])
+        anchor.observe(session_id, measured[len(files):], retry=retry)
     results = iter(measured[:len(files)])
     return [Session(session_id, [next(results) for _ in group]) for group in groups]
 

@@ -57,6 +57,19 @@ def test_one_anchor_subnet_moving_alone_does_not_shift_a_session_but_all_moving_
     assert anchor.offset("two unusable") == pytest.approx(3.9 / 3.0) and anchor.shifted("two unusable")
 
 
+def test_retries_are_judged_but_do_not_pull_the_medians_towards_their_state() -> None:
+    """Two calm sessions, one shifted, and its retries in the same state: the calm ones stay calm."""
+    anchor = one_subnet_anchor()
+    for session, ratio in (("calm", 1.0), ("calm too", 1.0)):
+        anchor.observe(session, [measured(ratio)])
+    for retry in ("retry", "retry again"):
+        anchor.observe(retry, [measured(1.3)], retry=True)
+    assert not anchor.judged(["calm"]) and anchor.is_retry("retry") and not anchor.is_retry("calm")
+    anchor.observe("shifted", [measured(1.3)])
+    assert anchor.offset("calm") == pytest.approx(1.0) and not anchor.shifted("calm")
+    assert anchor.shifted("shifted") and anchor.shifted("retry") and anchor.offset("retry") == pytest.approx(1.3)
+
+
 def test_a_bad_tolerance_or_files_that_do_not_split_over_the_subnets_are_refused() -> None:
     for tolerance in (-0.1, math.inf, math.nan):
         with pytest.raises(ValueError, match="tolerance"):
@@ -133,35 +146,41 @@ def profile_with_one_shifted_session(tmp_path: Path, shifted_session: int, retri
     return *rig.profile(archs, shifted_session, retries), archs
 
 
+def measured_well(row: dict[str, Any]) -> bool:
+    """Whether the row's own measurement met the rig's CI target (a noisy host can miss it; NaN misses)."""
+    return row["ratio_ci"] <= 0.5
+
+
 def test_a_session_whose_ratios_shifted_together_is_labelled_unstable(tmp_path: Path, calibration_dir: Path) -> None:
     profiler, rows, report, archs = profile_with_one_shifted_session(tmp_path, shifted_session=2, retries=0)
     assert profiler.sessions == 3
-    offsets = [rows[a.key()]["session_offset"] for a in archs]
-    assert all(sorted(rows[a.key()]["anchor_keys"]) == sorted([archs[0].key(), archs[1].key()]) for a in archs)
+    kept = [rows[a.key()] for a in archs]
+    offsets = [row["session_offset"] for row in kept]
+    assert all(sorted(row["anchor_keys"]) == sorted([archs[0].key(), archs[1].key()]) for row in kept)
     assert offsets[0] == offsets[1] and offsets[2] == offsets[3] and offsets[4] == offsets[5]
     assert offsets[2] > 2.0 and all(abs(offsets[i] - 1.0) <= 0.25 for i in (0, 4)), offsets
-    assert [rows[a.key()]["stable"] for a in archs] == [True, True, False, False, True, True], offsets
-    assert report.unstable == 2
+    assert [row["stable"] for row in kept] == [measured_well(row) and i not in (2, 3) for i, row in enumerate(kept)]
+    assert report.unstable == sum(not row["stable"] for row in kept) >= 2
 
 
 def test_a_shifted_session_found_in_time_is_measured_again(tmp_path: Path, calibration_dir: Path) -> None:
     """The third session is the first with a verdict: found shifted, its chunk is measured again at once."""
     profiler, rows, report, archs = profile_with_one_shifted_session(tmp_path, shifted_session=3, retries=1)
-    assert profiler.sessions == 4
-    assert len({rows[a.key()]["session_id"] for a in archs}) == 3
-    assert all(abs(rows[a.key()]["session_offset"] - 1.0) <= 0.25 and rows[a.key()]["stable"] for a in archs)
-    assert report.unstable == 0
+    kept = [rows[a.key()] for a in archs]
+    assert profiler.sessions >= 4  # more when a row of another chunk also missed its CI target
+    assert all(abs(row["session_offset"] - 1.0) <= 0.25 and row["stable"] == measured_well(row) for row in kept)
+    assert report.unstable == sum(not row["stable"] for row in kept)
 
 
 def test_a_shifted_session_judged_late_is_measured_again_once_the_verdict_comes(
         tmp_path: Path, calibration_dir: Path) -> None:
     """The first session has no verdict when it ends; its files wait for the third session's, then it is re-measured."""
     profiler, rows, report, archs = profile_with_one_shifted_session(tmp_path, shifted_session=1, retries=1)
-    assert profiler.sessions == 4
-    assert rows[archs[0].key()]["session_id"] == rows[archs[1].key()]["session_id"]
-    assert len({rows[a.key()]["session_id"] for a in archs}) == 3
-    assert all(abs(rows[a.key()]["session_offset"] - 1.0) <= 0.25 and rows[a.key()]["stable"] for a in archs)
-    assert report.unstable == 0
+    kept = [rows[a.key()] for a in archs]
+    assert profiler.sessions >= 4
+    assert all(abs(row["session_offset"] - 1.0) <= 0.25 and row["stable"] == measured_well(row) for row in kept)
+    assert all(row["anchor_retry"] for row in kept[:2])  # measured again after the third session's verdict
+    assert report.unstable == sum(not row["stable"] for row in kept)
 
 
 def test_the_anchor_is_the_first_chunks_three_smallest_subnets(tmp_path: Path, calibration_dir: Path) -> None:
@@ -202,18 +221,20 @@ def test_a_later_run_of_one_session_is_judged_by_the_anchors_earlier_sessions(
     rig = _Rig(tmp_path)
     archs = select_subnets(rig.net.space, 8, seed=5)
     first, rows, _ = rig.profile(archs[:6], shifted_session=0, retries=0)
-    assert first.sessions == 3 and all(rows[a.key()]["stable"] for a in archs[:6])
+    assert first.sessions == 3
+    before = {a.key(): dict(rows[a.key()]) for a in archs[:6]}
     later, rows, report = rig.profile(archs[6:], shifted_session=1, retries=retries)
-    assert later.sessions == 1 + retries
     new = [rows[a.key()] for a in archs[6:]]
     assert all(sorted(row["anchor_keys"]) == sorted([archs[0].key(), archs[1].key()]) for row in new)
     if retries:
-        assert all(row["stable"] and abs(row["session_offset"] - 1.0) <= 0.25 for row in new)
-        assert report.unstable == 0
+        assert later.sessions == 2
+        assert all(row["stable"] == measured_well(row) and abs(row["session_offset"] - 1.0) <= 0.25 for row in new)
+        assert all(row["anchor_retry"] for row in new)
     else:
+        assert later.sessions == 1
         assert all(not row["stable"] and row["session_offset"] > 2.0 for row in new)
-        assert report.unstable == 2
-    assert all(rows[a.key()]["stable"] for a in archs[:6])
+    assert report.unstable == sum(not row["stable"] for row in new)
+    assert all(rows[key] == row for key, row in before.items())  # the earlier run's rows are left alone
 
 
 def _row(keys: tuple[str, ...], session: str, ratios: tuple[float | None, ...], ended: float,
@@ -229,6 +250,7 @@ def test_the_history_takes_the_most_seen_anchor_at_the_precision_and_its_latest_
     rows |= {"other": _row(small, "t0", (2.0,), ended=99.0),
              "int8": _row(small, "t1", (3.0,), ended=99.0, precision="int8"),
              "mismatched": _row(small, "t2", (3.0, 1.0), ended=99.0),
+             "retry": _row(small, "t3", (2.5,), ended=99.0) | {"anchor_retry": True},
              "plain": {"session_id": "u0", "env": {}}}
     rows |= {f"b{i}": _row(big, "s0", (1.0, 2.0, 3.0), ended=0.0) for i in range(3)}  # one session, many rows
     keys, ratios = history(rows, "fp32")
