@@ -329,9 +329,7 @@ class _Measured:
     judged_in_time: bool  # the anchor judged every session before its retries were spent
 
     def delete_files(self) -> None:
-        for files in self.exports:
-            for exported in files.values():
-                exported.path.unlink(missing_ok=True)
+        _delete_exports(self.exports)
 
 
 def _settle(chunk: _Measured, anchor: Anchor | None, measure: MeasureFn, retries: int,
@@ -644,9 +642,14 @@ def _earlier_anchor(space: SearchSpace, rows: Mapping[str, Mapping[str, Any]], p
         return Anchor.keep(keys, [[files[p].path for p in precisions] for files in exports], folder, tolerance,
                            earlier)
     finally:
-        for files in exports:
-            for exported in files.values():
-                exported.path.unlink()
+        _delete_exports(exports)
+
+
+def _delete_exports(exports: Iterable[Mapping[str, _Exported]]) -> None:
+    """Delete the files of exported subnets (every precision's); one already gone is no error."""
+    for files in exports:
+        for exported in files.values():
+            exported.path.unlink(missing_ok=True)
 
 
 def finite_latencies(store: Store, device_hash: str, space_name: str) -> dict[str, dict[str, Any]]:

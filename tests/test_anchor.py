@@ -196,19 +196,12 @@ def test_the_anchor_is_the_first_chunks_three_smallest_subnets(tmp_path: Path, c
                and "session_offset" not in row for row in rows.values())
 
 
-def test_a_first_run_of_one_chunk_has_no_anchor(tmp_path: Path) -> None:
-    from devices import open_profiler
-    from devices.profile import DeviceProfile
-    from hwsearch.jobs.spec import SupernetRef, build_supernet
-    from hwsearch.pipeline import profile_subnets, select_subnets
-    from hwsearch.store import MemoryStore
+def test_a_first_run_of_one_chunk_has_no_anchor(tmp_path: Path, calibration_dir: Path) -> None:
+    from hwsearch.pipeline import select_subnets
 
-    net = build_supernet(SupernetRef(**SUPERNET))
-    profile = DeviceProfile.from_dict(fast_device("cpu-1t"))
-    archs = select_subnets(net.space, 3, seed=5)
-    store = MemoryStore()
-    profile_subnets(net, archs, open_profiler(profile), profile.hash(), store, chunk=4, retries=0)
-    rows = store.get_latencies(profile.hash(), net.space.network_id)
+    rig = _Rig(tmp_path)
+    archs = select_subnets(rig.net.space, 3, seed=5)
+    _, rows, _ = rig.profile(archs, shifted_session=0, retries=0, chunk=4)
     assert len(rows) == 3 and not any("session_offset" in row or "anchor_keys" in row for row in rows.values())
 
 
