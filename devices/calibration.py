@@ -38,7 +38,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +114,35 @@ def reset_calibration(device_hash: str, host_fingerprint: str) -> bool:
         if existed:
             _replace(path, data)
     return existed
+
+
+def update_kept_file(name: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Apply ``change`` to a JSON file kept beside the calibrations, under its lock; returns what was written.
+
+    For records that, like the ruler, belong to this host rather than to
+    one run's store (the anchor's sessions, :mod:`hwsearch.anchor`): runs of
+    several processes read and extend them, so every update is one locked
+    read-modify-write and a reader never sees half a file.  ``name`` is a
+    plain file name chosen by the caller's code, never by a client.
+    """
+    path = _kept_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        data = _read(path)
+        change(data)
+        _replace(path, data)
+        return data
+
+
+def read_kept_file(name: str) -> dict[str, Any]:
+    """The content of a file kept by :func:`update_kept_file`; empty when there is none."""
+    return _read(_kept_path(name))
+
+
+def _kept_path(name: str) -> Path:
+    if not name or Path(name).name != name or name.startswith("."):
+        raise ValueError(f"a kept file's name must be a plain file name, got {name!r}")
+    return calibration_dir() / "kept" / name
 
 
 def _record_session(path: Path, host: str, session_ms: float,

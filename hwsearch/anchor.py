@@ -39,18 +39,33 @@ its session's ``anchor_ratios``.  So the next run of the same network on
 the device takes the same anchor subnets, starts from their recent sessions
 (:func:`history`, at most :data:`RECENT_SESSIONS`), and judges each of its
 sessions as soon as it ends, the first one included.
+
+A store belongs to a job or a CLI run, but the host's states belong to the
+host: runs with different stores (separate CLI runs, the jobs of
+``bench/contention.py``) would each start blind, and a run that spends all
+its sessions in one shifted state would find none of them shifted against
+its own medians.  So the anchor's sessions are also kept per host, beside
+the device's ruler (:class:`HostRecord`, in ``$DEVICES_CALIBRATION_DIR``),
+with the arch of each anchor subnet and its file's SHA-256: a later run of
+the network on the device, whatever its store, exports the same subnets
+again and uses those sessions only when its files are byte-identical
+(exports are deterministic; other weights give other files).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from devices.calibration import read_kept_file, update_kept_file
 
 #: Sessions a run needs before its anchor's median can tell a shifted session from the rest.
 MIN_SESSIONS = 3
@@ -60,6 +75,8 @@ DEFAULT_TOLERANCE = 0.05
 ANCHOR_SUBNETS = 3
 #: Earlier sessions of the anchor a run starts from: recent enough to share the host's present state.
 RECENT_SESSIONS = 20
+#: Sessions a host keeps per network and device, over all its anchors (the newest).
+HOST_SESSIONS = 3 * RECENT_SESSIONS
 
 
 @dataclass
@@ -68,7 +85,8 @@ class Anchor:
 
     ``files`` holds ``files_per_subnet`` files per subnet (its precisions,
     in the run's order), subnet after subnet in ``keys``' order; a
-    subnet's ratio is its first file's.
+    subnet's ratio is its first file's.  ``archs`` (each subnet's arch as a
+    dict) lets a later run export the subnets again.
     """
 
     keys: tuple[str, ...]
@@ -76,6 +94,10 @@ class Anchor:
     tolerance: float = DEFAULT_TOLERANCE
     ratios: dict[str, tuple[float, ...]] = field(default_factory=dict)  # session_id -> a ratio per subnet
     retries: set[str] = field(default_factory=set)  # sessions judged but left out of the medians
+    archs: tuple[Mapping[str, Any], ...] = ()
+    shas: tuple[str, ...] = ()  # each subnet's first file's SHA-256: what its ratios were measured on
+    earlier: frozenset[str] = frozenset()  # sessions of earlier runs, given at the start
+    observed_at: dict[str, float] = field(default_factory=dict)  # this run's sessions: when their ratios came
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
@@ -86,7 +108,8 @@ class Anchor:
     @classmethod
     def keep(cls, keys: Sequence[str], groups: Sequence[Sequence[Path]], folder: Path,
              tolerance: float = DEFAULT_TOLERANCE,
-             earlier: Mapping[str, Sequence[float]] | None = None) -> Anchor:
+             earlier: Mapping[str, Sequence[float]] | None = None,
+             archs: Sequence[Mapping[str, Any]] = ()) -> Anchor:
         """An anchor from its subnets' exported files (one group per subnet), copied to ``folder``.
 
         The copies outlive the chunk the files came from.  ``earlier`` holds
@@ -99,8 +122,10 @@ class Anchor:
             for path in group:
                 kept.append(folder / f"{index}-{path.name}")
                 shutil.copyfile(path, kept[-1])
-        return cls(tuple(keys), kept, tolerance,
-                   {session: tuple(map(float, ratios)) for session, ratios in (earlier or {}).items()})
+        earlier = {session: tuple(map(float, ratios)) for session, ratios in (earlier or {}).items()}
+        shas = tuple(file_sha256(folder / f"{index}-{group[0].name}") for index, group in enumerate(groups))
+        return cls(tuple(keys), kept, tolerance, dict(earlier), archs=tuple(dict(a) for a in archs), shas=shas,
+                   earlier=frozenset(earlier))
 
     @property
     def files_per_subnet(self) -> int:
@@ -119,6 +144,7 @@ class Anchor:
         run shifted, the calm ones at 0.89-0.94.
         """
         self.ratios[session_id] = tuple(float(r.ratio) for r in results[::self.files_per_subnet])
+        self.observed_at[session_id] = time.time()
         if retry:
             self.retries.add(session_id)
 
@@ -155,6 +181,14 @@ class Anchor:
         return offset is not None and abs(offset - 1.0) > self.tolerance
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def history(rows: Mapping[str, Mapping[str, Any]], precision: str
             ) -> tuple[tuple[str, ...], dict[str, tuple[float, ...]]] | None:
     """The anchor of earlier runs and its subnets' ratios in their sessions, from a device's stored rows.
@@ -181,3 +215,58 @@ def history(rows: Mapping[str, Mapping[str, Any]], precision: str
     keys = max(sorted(sessions), key=lambda k: len(sessions[k]))
     latest = sorted(sessions[keys].items(), key=lambda item: item[1][0])[-RECENT_SESSIONS:]
     return keys, {session_id: ratios for session_id, (_, ratios) in latest}
+
+
+class HostRecord:
+    """The anchor sessions this host measured of one network on one device, whatever store the runs used.
+
+    One JSON file per (device key, network) beside the device's ruler
+    (:func:`devices.calibration.update_kept_file`, so runs in several
+    processes add to it safely), holding the :data:`HOST_SESSIONS` newest
+    sessions that were not retries.  Each session names its anchor
+    subnets, their files' SHA-256 and ratios; the file also keeps each
+    subnet's arch, so a run that has never seen the subnets can export them.
+    """
+
+    def __init__(self, device_key: str, network_id: str) -> None:
+        self.device_key, self.network_id = device_key, network_id
+        identity = hashlib.sha256(f"{device_key}\0{network_id}".encode()).hexdigest()[:24]
+        self.name = f"anchor-{identity}.json"
+
+    def rows(self) -> dict[str, dict[str, Any]]:
+        """The kept sessions as rows :func:`history` reads (one per session, keyed by its id)."""
+        return {session_id: _as_row(session_id, entry)
+                for session_id, entry in read_kept_file(self.name).get("sessions", {}).items()}
+
+    def arch(self, key: str) -> Mapping[str, Any] | None:
+        """The arch of an anchor subnet the host has kept sessions of."""
+        return read_kept_file(self.name).get("archs", {}).get(key)
+
+    def remember(self, anchor: Anchor, precision: str) -> int:
+        """Keep the anchor's sessions of this run (not earlier runs', not retries); returns how many."""
+        new = {session_id: {"keys": list(anchor.keys), "ratios": [r if math.isfinite(r) else None for r in ratios],
+                            "precision": precision, "ended": anchor.observed_at[session_id]}
+               for session_id, ratios in anchor.ratios.items()
+               if session_id not in anchor.earlier and session_id not in anchor.retries}
+        if not new or len(anchor.archs) != len(anchor.keys) or len(anchor.shas) != len(anchor.keys):
+            return 0
+        for entry in new.values():
+            entry["shas"] = list(anchor.shas)
+
+        def add(data: dict[str, Any]) -> None:
+            data.update(device_key=self.device_key, network_id=self.network_id)
+            sessions = {**data.get("sessions", {}), **new}
+            newest = sorted(sessions, key=lambda s: sessions[s]["ended"])[-HOST_SESSIONS:]
+            data["sessions"] = {s: sessions[s] for s in newest}
+            used = {key for s in newest for key in sessions[s]["keys"]}
+            archs = {**data.get("archs", {}), **dict(zip(anchor.keys, anchor.archs))}
+            data["archs"] = {key: arch for key, arch in archs.items() if key in used}
+
+        update_kept_file(self.name, add)
+        return len(new)
+
+
+def _as_row(session_id: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {"session_id": session_id, "anchor_keys": entry["keys"], "anchor_ratios": entry["ratios"],
+            "anchor_precision": entry["precision"], "anchor_shas": entry["shas"],
+            "env": {"session_end": entry["ended"]}}

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from hwsearch.anchor import ANCHOR_SUBNETS, DEFAULT_TOLERANCE, Anchor
+from hwsearch.anchor import ANCHOR_SUBNETS, DEFAULT_TOLERANCE, Anchor, HostRecord, file_sha256
 from hwsearch.anchor import MIN_SESSIONS as ANCHOR_MIN_SESSIONS
 from hwsearch.anchor import history as anchor_history
 from hwsearch.export_pool import Exporters, exporters
@@ -277,16 +277,18 @@ def profile_precisions(
         export = functools.partial(_export_chunk, supernet, Path(tmp), model_batch, input_dtype,
                                    waiting, run, _Derivation(tuple(precisions), calibration, quantize),
                                    exporting)
+        host_record = HostRecord(keys[precisions[0]], space.network_id)
         anchor = None if anchor_tolerance is None or not chunks else _earlier_anchor(
-            space, store.get_latencies(keys[precisions[0]], space.network_id), precisions, len(chunks),
-            export, Path(tmp) / "anchor", anchor_tolerance)
+            space, store.get_latencies(keys[precisions[0]], space.network_id), host_record, precisions,
+            len(chunks), export, Path(tmp) / "anchor", anchor_tolerance)
         awaiting_verdict: list[_Measured] = []
         for batch, exports in _exported_chunks(chunks, export, _measures_elsewhere(profiler)):
             groups = [[files[p].path for p in precisions] for files in exports]
             if anchor is None and anchor_tolerance is not None and len(chunks) > 1:
                 cheapest = _cheapest(exports, ANCHOR_SUBNETS)
                 anchor = Anchor.keep([batch[i].key() for i in cheapest], [groups[i] for i in cheapest],
-                                     Path(tmp) / "anchor", anchor_tolerance)
+                                     Path(tmp) / "anchor", anchor_tolerance,
+                                     archs=[batch[i].to_dict() for i in cheapest])
             sessions = measure_until_trusted(measure, groups, retries, anchor)
             done_chunk = _Measured(batch, exports, groups, sessions,
                                    judged_in_time=anchor is None or anchor.judged(s.session_id for s in sessions))
@@ -301,6 +303,7 @@ def profile_precisions(
             left.delete_files()
     if anchor is not None:
         rows.label(anchor, precisions[0])
+        host_record.remember(anchor, precisions[0])
     seconds = time.perf_counter() - start
     return {p: ProfileReport(keys[p], space.network_id, len(archs), len(archs) - len(todo),
                              measured, rows.unstable(p), seconds) for p in precisions}
@@ -384,6 +387,7 @@ class _RunRows:
             if ratios is None:
                 continue
             row.update(anchor_keys=list(anchor.keys), anchor_precision=anchor_precision,
+                       anchor_shas=list(anchor.shas),
                        anchor_ratios=[r if math.isfinite(r) else None for r in ratios],
                        anchor_retry=anchor.is_retry(session_id),
                        stable=row["stable"] and not anchor.shifted(session_id))
@@ -623,24 +627,38 @@ def _relay_waiting(progress: ProgressFn | None, state: dict[str, Any]) -> Progre
     return relay
 
 
-def _earlier_anchor(space: SearchSpace, rows: Mapping[str, Mapping[str, Any]], precisions: Sequence[str],
-                    chunks: int, export: Callable[[Sequence[ArchConfig]], list[dict[str, _Exported]]],
+def _earlier_anchor(space: SearchSpace, rows: Mapping[str, Mapping[str, Any]], host: HostRecord,
+                    precisions: Sequence[str], chunks: int,
+                    export: Callable[[Sequence[ArchConfig]], list[dict[str, _Exported]]],
                     folder: Path, tolerance: float) -> Anchor | None:
     """The anchor of the device's earlier runs of this network, exported afresh, when a verdict can come.
 
-    ``rows`` are the device's stored rows at the run's first precision.
+    ``rows`` are the device's stored rows at the run's first precision and
+    ``host`` the anchor sessions this host kept from runs with any store.
+    Sessions count only when they were measured on files byte-identical to
+    the fresh exports (rows from before files were hashed count too).
     ``None`` when no earlier run kept an anchor, or when its sessions and
     this run's ``chunks`` together cannot reach a verdict (the run then
     keeps its own anchor if it has several chunks).
     """
-    found = anchor_history(rows, precisions[0])
-    if found is None or len(found[1]) + chunks < ANCHOR_MIN_SESSIONS or not all(k in rows for k in found[0]):
+    seen = {**rows, **{f"host {session_id}": row for session_id, row in host.rows().items()}}
+    found = anchor_history(seen, precisions[0])
+    if found is None or len(found[1]) + chunks < ANCHOR_MIN_SESSIONS:
         return None
-    keys, earlier = found
-    exports = export([space.arch(**rows[key]["arch"]) for key in keys])
+    keys = found[0]
+    archs = [rows[key]["arch"] if key in rows else host.arch(key) for key in keys]
+    if any(arch is None for arch in archs):
+        return None
+    exports = export([space.arch(**arch) for arch in archs])
     try:
+        shas = [file_sha256(files[precisions[0]].path) for files in exports]
+        same_files = {name: row for name, row in seen.items()
+                      if list(row.get("anchor_keys") or ()) == list(keys) and row.get("anchor_shas", shas) == shas}
+        found = anchor_history(same_files, precisions[0])
+        if found is None or len(found[1]) + chunks < ANCHOR_MIN_SESSIONS:
+            return None
         return Anchor.keep(keys, [[files[p].path for p in precisions] for files in exports], folder, tolerance,
-                           earlier)
+                           found[1], archs=archs)
     finally:
         _delete_exports(exports)
 

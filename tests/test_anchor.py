@@ -252,3 +252,97 @@ def test_the_history_takes_the_most_seen_anchor_at_the_precision_and_its_latest_
     assert all(math.isnan(r[2]) for r in ratios.values())
     assert history(rows, "int8") == (small, {"t1": (3.0,)})
     assert history({"plain": rows["plain"]}, "fp32") is None
+
+
+def test_a_run_with_another_store_is_judged_by_the_sessions_this_host_kept(
+        tmp_path: Path, calibration_dir: Path) -> None:
+    """A one-chunk run in a fresh store (another CLI run, another job) still has the anchor's history."""
+    from hwsearch.pipeline import select_subnets
+    from hwsearch.store import MemoryStore
+
+    rig = _Rig(tmp_path)
+    archs = select_subnets(rig.net.space, 8, seed=5)
+    rig.profile(archs[:6], shifted_session=0, retries=0)
+    rig.store = MemoryStore()
+    later, rows, report = rig.profile(archs[6:], shifted_session=1, retries=0)
+    new = [rows[a.key()] for a in archs[6:]]
+    assert later.sessions == 1 and len(rows) == 2
+    assert all(sorted(row["anchor_keys"]) == sorted([archs[0].key(), archs[1].key()]) for row in new)
+    assert all(not row["stable"] and row["session_offset"] > 2.0 for row in new)
+    assert report.unstable == 2
+
+
+def test_kept_sessions_of_other_files_do_not_judge(tmp_path: Path, calibration_dir: Path) -> None:
+    """Other weights give other files: the host's sessions of the old files are not used for them."""
+    import torch
+
+    from hwsearch.pipeline import select_subnets
+    from hwsearch.store import MemoryStore
+
+    rig = _Rig(tmp_path)
+    archs = select_subnets(rig.net.space, 8, seed=5)
+    rig.profile(archs[:6], shifted_session=0, retries=0)
+    with torch.no_grad():
+        for parameter in rig.net.module.parameters():
+            parameter.mul_(1.5)
+    rig.store = MemoryStore()
+    later, rows, _ = rig.profile(archs[6:], shifted_session=0, retries=0)
+    assert later.sessions == 1 and not any("anchor_keys" in row for row in rows.values())
+
+
+def _anchor_observed(tmp_path: Path, sessions: dict[str, float], *, earlier: dict[str, tuple[float]] | None = None,
+                     retries: tuple[str, ...] = ()) -> Anchor:
+    """A one-subnet anchor over a real file, observed in ``sessions`` (ratio each)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    source = tmp_path / "a.onnx"
+    source.write_bytes(b"an anchor file")
+    anchor = Anchor.keep(["a"], [[source]], tmp_path / "kept", earlier=earlier, archs=[{"resolution": 32}])
+    for session, ratio in sessions.items():
+        anchor.observe(session, [measured(ratio)], retry=session in retries)
+    return anchor
+
+
+def test_the_host_keeps_a_runs_own_sessions_and_its_newest_ones(tmp_path: Path, calibration_dir: Path) -> None:
+    from hwsearch.anchor import HOST_SESSIONS, HostRecord, file_sha256
+
+    record = HostRecord("device", "network")
+    anchor = _anchor_observed(tmp_path, {"s1": 1.0, "s2": math.nan, "again": 1.3}, earlier={"s0": (0.9,)},
+                              retries=("again",))
+    assert record.remember(anchor, "fp32") == 2
+    rows = record.rows()
+    assert sorted(rows) == ["s1", "s2"] and rows["s2"]["anchor_ratios"] == [None]
+    assert rows["s1"]["anchor_shas"] == [file_sha256(tmp_path / "a.onnx")] and record.arch("a") == {"resolution": 32}
+    keys, ratios = history(rows, "fp32")
+    assert keys == ("a",) and ratios["s1"] == (1.0,) and math.isnan(ratios["s2"][0])
+    assert HostRecord("device", "another network").rows() == {}
+    many = _anchor_observed(tmp_path, {f"m{i}": 1.0 for i in range(HOST_SESSIONS)})
+    assert record.remember(many, "fp32") == HOST_SESSIONS
+    assert sorted(record.rows()) == sorted(f"m{i}" for i in range(HOST_SESSIONS))
+
+
+def _remember_in_a_process(folder: str, tmp: str, prefix: str) -> None:
+    import os
+
+    from hwsearch.anchor import HostRecord
+
+    os.environ["DEVICES_CALIBRATION_DIR"] = folder
+    for i in range(10):
+        HostRecord("device", "network").remember(
+            _anchor_observed(Path(tmp) / f"{prefix}{i}", {f"{prefix}{i}": 1.0}), "fp32")
+
+
+def test_runs_in_several_processes_add_to_the_hosts_sessions_without_losing_any(
+        tmp_path: Path, calibration_dir: Path) -> None:
+    import multiprocessing
+
+    from hwsearch.anchor import HostRecord
+
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_remember_in_a_process, args=(str(calibration_dir), str(tmp_path), prefix))
+               for prefix in "xyz"]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0]
+    assert sorted(HostRecord("device", "network").rows()) == sorted(f"{p}{i}" for p in "xyz" for i in range(10))
