@@ -51,8 +51,10 @@ def test_export_subnet_writes_a_verified_model_with_metadata(mbv3: Supernet,
     assert report.seconds > 0 and report.check_seconds > 0
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
+    assert path.read_bytes() == model.SerializeToString()  # the props appended as bytes: a canonical file
     assert {o.domain: o.version for o in model.opset_import}[""] == 17
     props = {p.key: p.value for p in model.metadata_props}
+    assert len(props) == len(model.metadata_props) == 6  # each key once
     assert props["supernet"] == MBV3 and props["arch_key"] == arch.key()
     assert props["hwsearch_version"] == hwsearch.__version__
     assert mbv3.space.from_json(props["arch_json"]) == arch
