@@ -50,6 +50,7 @@ import argparse
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -331,6 +332,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="run the whole comparison this many times")
     parser.add_argument("--solo-runs", type=int, default=3, help="jobs alone per device (at least 2)")
     parser.add_argument("--json", type=Path, default=None, help="also write all numbers here")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="copy every job's stored rows and the host's calibrations here (a folder per comparison)")
     parser.add_argument("--job", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:
@@ -349,6 +352,8 @@ def main() -> None:
             os.environ[CALIBRATION_DIR_ENV] = str(folder / "calibration")  # inherited by the jobs
             print(f"\n== comparison {repeat + 1} of {args.repeat}", flush=True)
             table, deviations_by_group = compare(args, folder)
+            if args.keep:
+                shutil.copytree(folder, args.keep / f"comparison-{repeat + 1}", dirs_exist_ok=True)
             results.append(table)
             for group, parts in deviations_by_group.items():
                 pooled.setdefault(group, []).extend(parts)

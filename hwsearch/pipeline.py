@@ -350,7 +350,7 @@ def _settle(chunk: _Measured, anchor: Anchor | None, measure: MeasureFn, retries
             return False
         shifted = [i for i, s in enumerate(chunk.sessions) if s.shifted(anchor)]
         again = retry(measure, [chunk.groups[i] for i in shifted], [chunk.sessions[i] for i in shifted],
-                      retries, anchor)
+                      retries, anchor, chunk=chunk.groups)
         replaced = [i for i, session in zip(shifted, again) if session is not chunk.sessions[i]]
         for i, session in zip(shifted, again):
             chunk.sessions[i] = session
