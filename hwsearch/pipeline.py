@@ -92,7 +92,7 @@ def select_subnets(
     members = [list(rng.permutation(np.flatnonzero(bins == b))) for b in range(n)]
     picked: list[ArchConfig] = []
     seen: set[str] = set()
-    for arch in extremes:
+    for arch in extremes[:n]:
         _take(arch, picked, seen, excluded)
     while len(picked) < n and any(members):
         for bucket in members:
@@ -158,8 +158,9 @@ def profile_subnets(
 
     A subnet whose measurement the device flags unstable (its ratio's
     confidence interval stayed wide, usually because the machine changed
-    speed mid-session) is measured again in a session of its own, up to
-    ``retries`` times, and the tighter measurement is kept.  Left alone, such
+    speed mid-session) is measured again, up to ``retries`` times, in a
+    session filled up to its chunk's size with the chunk's other subnets
+    (:func:`hwsearch.sessions.retry`), and the tighter measurement is kept.  Left alone, such
     a value is a trap: a front favours whichever subnets were measured too
     fast, so its knee was often an unstable row (seen: 0.58 ms on the front,
     0.67-0.70 ms in three later sessions).

@@ -48,6 +48,7 @@ def test_selection_covers_small_and_large_subnets(space) -> None:
     assert ours.std() > uniform.std()  # more spread than uniform gene sampling
     assert len({a.resolution for a in picked}) > 5
     assert select_subnets(space, 60, seed=3) == picked  # deterministic: runs can resume
+    assert select_subnets(space, 1, seed=3) == [space.smallest()]  # n, even below the two extremes
 
 
 def test_selection_pins_resolution_and_excludes_keys() -> None:
