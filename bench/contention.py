@@ -23,8 +23,9 @@ and (c) with every such median in turn (see :class:`Solo`).  Per run it
 prints the median and worst ``|latency_ms / yardstick − 1|`` of the stored
 rows, the share within ±10% and ±5%, the share of stable rows and of rows
 from sessions the run's anchor subnets found shifted (hwsearch/anchor.py:
-only runs of three or more sessions get a verdict, so ``--subnets 40``
-rather than 24 for the pipeline's chunks of 16), the median session
+the first run of each device gets a verdict only from three sessions on,
+so ``--subnets 40`` rather than 24 for the pipeline's chunks of 16; later
+runs also start from the sessions the host kept), the median session
 reference latency (the machine's state), how long the job waited for
 the host and how long its sessions held it; per scenario the wall time and
 the span from its first session's start to its last one's end against the
