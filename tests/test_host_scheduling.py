@@ -189,8 +189,11 @@ def test_concurrent_measurers_take_turns_in_arrival_order_and_report_waiting(mod
     sessions = [session_of(rows) for _, rows in runs]
     assert all(start < end for start, end in sessions)
     assert ended <= sessions[0][0] and all(a[1] <= b[0] for a, b in zip(sessions, sessions[1:])), sessions
+    # Every row records its wait.  The waits need not grow down the queue: each counts from the moment
+    # its process joined it, and a later process can join as late as an earlier one's session lasts
+    # (seen: 0.201 s and 0.201 s for the first two in line).
     waits = [rows[0]["env"]["lock_wait_s"] for _, rows in runs]
-    assert 0 < waits[0] < waits[1] < waits[2]
+    assert all(wait > 0 for wait in waits)
 
 
 def test_rows_record_host_batch_input_shape_and_session(tmp_path: Path, models: list[Path]) -> None:
