@@ -96,8 +96,7 @@ class Anchor:
     retries: set[str] = field(default_factory=set)  # sessions judged but left out of the medians
     archs: tuple[Mapping[str, Any], ...] = ()
     shas: tuple[str, ...] = ()  # each subnet's first file's SHA-256: what its ratios were measured on
-    earlier: frozenset[str] = frozenset()  # sessions of earlier runs, given at the start
-    observed_at: dict[str, float] = field(default_factory=dict)  # this run's sessions: when their ratios came
+    observed_at: dict[str, float] = field(default_factory=dict)  # this run's sessions (not earlier runs')
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
@@ -122,10 +121,10 @@ class Anchor:
             for path in group:
                 kept.append(folder / f"{index}-{path.name}")
                 shutil.copyfile(path, kept[-1])
-        earlier = {session: tuple(map(float, ratios)) for session, ratios in (earlier or {}).items()}
         shas = tuple(file_sha256(folder / f"{index}-{group[0].name}") for index, group in enumerate(groups))
-        return cls(tuple(keys), kept, tolerance, dict(earlier), archs=tuple(dict(a) for a in archs), shas=shas,
-                   earlier=frozenset(earlier))
+        return cls(tuple(keys), kept, tolerance,
+                   {session: tuple(map(float, ratios)) for session, ratios in (earlier or {}).items()},
+                   archs=tuple(dict(a) for a in archs), shas=shas)
 
     @property
     def files_per_subnet(self) -> int:
@@ -233,21 +232,17 @@ class HostRecord:
         identity = hashlib.sha256(f"{device_key}\0{network_id}".encode()).hexdigest()[:24]
         self.name = f"anchor-{identity}.json"
 
-    def rows(self) -> dict[str, dict[str, Any]]:
-        """The kept sessions as rows :func:`history` reads (one per session, keyed by its id)."""
-        return {session_id: _as_row(session_id, entry)
-                for session_id, entry in read_kept_file(self.name).get("sessions", {}).items()}
-
-    def arch(self, key: str) -> Mapping[str, Any] | None:
-        """The arch of an anchor subnet the host has kept sessions of."""
-        return read_kept_file(self.name).get("archs", {}).get(key)
+    def read(self) -> tuple[dict[str, dict[str, Any]], dict[str, Mapping[str, Any]]]:
+        """The kept sessions as rows :func:`history` reads (keyed by session id), and the anchor subnets' archs."""
+        kept = read_kept_file(self.name)
+        return ({session_id: _as_row(session_id, entry) for session_id, entry in kept.get("sessions", {}).items()},
+                kept.get("archs", {}))
 
     def remember(self, anchor: Anchor, precision: str) -> int:
         """Keep the anchor's sessions of this run (not earlier runs', not retries); returns how many."""
-        new = {session_id: {"keys": list(anchor.keys), "ratios": [r if math.isfinite(r) else None for r in ratios],
-                            "precision": precision, "ended": anchor.observed_at[session_id]}
-               for session_id, ratios in anchor.ratios.items()
-               if session_id not in anchor.earlier and session_id not in anchor.retries}
+        new = {session_id: {"keys": list(anchor.keys), "precision": precision, "ended": observed_at,
+                            "ratios": [r if math.isfinite(r) else None for r in anchor.ratios[session_id]]}
+               for session_id, observed_at in anchor.observed_at.items() if session_id not in anchor.retries}
         if not new or len(anchor.archs) != len(anchor.keys) or len(anchor.shas) != len(anchor.keys):
             return 0
         for entry in new.values():

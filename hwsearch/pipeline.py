@@ -642,12 +642,13 @@ def _earlier_anchor(space: SearchSpace, rows: Mapping[str, Mapping[str, Any]], h
     this run's ``chunks`` together cannot reach a verdict (the run then
     keeps its own anchor if it has several chunks).
     """
-    seen = {**rows, **{f"host {session_id}": row for session_id, row in host.rows().items()}}
+    host_rows, host_archs = host.read()
+    seen = {**rows, **{f"host {session_id}": row for session_id, row in host_rows.items()}}
     found = anchor_history(seen, precisions[0])
     if found is None or len(found[1]) + chunks < ANCHOR_MIN_SESSIONS:
         return None
     keys = found[0]
-    archs = [rows[key]["arch"] if key in rows else host.arch(key) for key in keys]
+    archs = [rows[key]["arch"] if key in rows else host_archs.get(key) for key in keys]
     if any(arch is None for arch in archs):
         return None
     exports = export([space.arch(**arch) for arch in archs])

@@ -309,15 +309,15 @@ def test_the_host_keeps_a_runs_own_sessions_and_its_newest_ones(tmp_path: Path, 
     anchor = _anchor_observed(tmp_path, {"s1": 1.0, "s2": math.nan, "again": 1.3}, earlier={"s0": (0.9,)},
                               retries=("again",))
     assert record.remember(anchor, "fp32") == 2
-    rows = record.rows()
+    rows, archs = record.read()
     assert sorted(rows) == ["s1", "s2"] and rows["s2"]["anchor_ratios"] == [None]
-    assert rows["s1"]["anchor_shas"] == [file_sha256(tmp_path / "a.onnx")] and record.arch("a") == {"resolution": 32}
+    assert rows["s1"]["anchor_shas"] == [file_sha256(tmp_path / "a.onnx")] and archs == {"a": {"resolution": 32}}
     keys, ratios = history(rows, "fp32")
     assert keys == ("a",) and ratios["s1"] == (1.0,) and math.isnan(ratios["s2"][0])
-    assert HostRecord("device", "another network").rows() == {}
+    assert HostRecord("device", "another network").read() == ({}, {})
     many = _anchor_observed(tmp_path, {f"m{i}": 1.0 for i in range(HOST_SESSIONS)})
     assert record.remember(many, "fp32") == HOST_SESSIONS
-    assert sorted(record.rows()) == sorted(f"m{i}" for i in range(HOST_SESSIONS))
+    assert sorted(record.read()[0]) == sorted(f"m{i}" for i in range(HOST_SESSIONS))
 
 
 def _remember_in_a_process(folder: str, tmp: str, prefix: str) -> None:
@@ -345,4 +345,4 @@ def test_runs_in_several_processes_add_to_the_hosts_sessions_without_losing_any(
     for worker in workers:
         worker.join(120)
     assert [worker.exitcode for worker in workers] == [0, 0, 0]
-    assert sorted(HostRecord("device", "network").rows()) == sorted(f"{p}{i}" for p in "xyz" for i in range(10))
+    assert sorted(HostRecord("device", "network").read()[0]) == sorted(f"{p}{i}" for p in "xyz" for i in range(10))
