@@ -13,9 +13,13 @@ for k = 1, 3 and 5 anchor subnets over every choice of anchor (or
 offset of the subnets *outside* the anchor is more than 5% from 1.
 
 It prints, per device and k, the share of calm sessions flagged and the
-share of shifted ones missed, plus the sessions' true offsets.  It also
-writes the recorded ratios (``--out``), so the rule can be scored again
-without measuring (``--from``).
+share of shifted ones missed, plus the sessions' true offsets.  It scores
+the device's own witness the same way: how many shifted sessions (median
+offset of all subnets more than 5% from 1) and calm ones each
+``protocol.max_reference_slowdown`` would have flagged, from each session's
+reference slowdown as the session saw it (against the fastest session so
+far).  It also writes the recordings (``--out``), so the rules can be
+scored again without measuring (``--from``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,10 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEVICES = {"1t": "cpu-1thread.yaml", "2t": "cpu-2threads.yaml"}
 TOLERANCE = 0.05
+SLOWDOWN_LIMITS = (0.04, 0.06, 0.08, 0.10)
 
 
-def record(device_file: str, subnets: int, sessions: int, seed: int) -> list[list[float]]:
-    """Each session's ratios of the same exported subnets, one session after another."""
+def record(device_file: str, subnets: int, sessions: int, seed: int) -> dict[str, list[Any]]:
+    """Each session's ratios of the same exported subnets, one session after another, and its reference slowdown."""
     from devices.local import measure_model_bytes
     from devices.profile import DeviceProfile
     from hwsearch.demo import DEMO_CHECKPOINT, DEMO_SUPERNET
@@ -56,13 +62,14 @@ def record(device_file: str, subnets: int, sessions: int, seed: int) -> list[lis
             path = Path(folder) / f"{index}.onnx"
             export_subnet(net, arch, path, check=False)
             models.append(path.read_bytes())
-    ratios = []
+    recorded: dict[str, list[Any]] = {"ratios": [], "slowdown": []}
     for index in range(sessions):
         started = time.perf_counter()
         measured = measure_model_bytes(profile, models, profile.reference_bytes())
-        ratios.append([m.ratio for m in measured])
+        recorded["ratios"].append([m.ratio for m in measured])
+        recorded["slowdown"].append(measured[0].env["reference_slowdown"])
         print(f"  session {index + 1}/{sessions}: {time.perf_counter() - started:.1f} s", flush=True)
-    return ratios
+    return recorded
 
 
 def score(ratios: np.ndarray, k: int, choices: int, rng: np.random.Generator) -> dict[str, float]:
@@ -86,21 +93,37 @@ def score(ratios: np.ndarray, k: int, choices: int, rng: np.random.Generator) ->
             "shifted_per_choice": shifted / len(anchors)}
 
 
-def report(recorded: dict[str, list[list[float]]], choices: int, seed: int) -> None:
+def score_slowdown_limits(recorded: dict[str, list[Any]]) -> None:
+    """Shifted sessions caught and calm ones flagged by each reference-slowdown limit, as the sessions ran."""
+    print("\n| device | shifted sessions | limit | shifted caught | calm flagged |")
+    print("|---|---:|---:|---:|---:|")
+    for device, recording in recorded.items():
+        ratios = np.array(recording["ratios"], dtype=float)
+        ratios = ratios[:, np.all(np.isfinite(ratios), axis=0)]
+        shifted = np.abs(np.median(ratios / np.median(ratios, axis=0), axis=1) - 1) > TOLERANCE
+        slowdown = np.array(recording["slowdown"])
+        for limit in SLOWDOWN_LIMITS:
+            flagged = slowdown > limit
+            print(f"| {device} | {shifted.sum()} of {shifted.size} | {limit:.2f} | {np.sum(flagged & shifted)} | "
+                  f"{np.sum(flagged & ~shifted)} of {np.sum(~shifted)} |")
+
+
+def report(recorded: dict[str, dict[str, list[Any]]], choices: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     print("\n| device | sessions x subnets | k | calm sessions flagged | shifted sessions missed |")
     print("|---|---|---:|---:|---:|")
-    for device, table in recorded.items():
-        ratios = np.array(table, dtype=float)
+    for device, recording in recorded.items():
+        ratios = np.array(recording["ratios"], dtype=float)
         for k in (1, 3, 5):
             found = score(ratios, k, choices, rng)
             missed = "-" if np.isnan(found["missed"]) else f"{found['missed']:.0%}"
             print(f"| {device} | {ratios.shape[0]} x {ratios.shape[1]} | {k} | {found['flagged_calm']:.1%} | "
                   f"{missed} (of {found['shifted_per_choice']:.1f}) |")
-    for device, table in recorded.items():
-        ratios = np.array(table, dtype=float)
+    for device, recording in recorded.items():
+        ratios = np.array(recording["ratios"], dtype=float)
         medians = np.median(ratios / np.nanmedian(ratios, axis=0), axis=1)
         print(f"{device}: sessions' median offsets {np.round(medians, 3).tolist()}")
+    score_slowdown_limits(recorded)
 
 
 def main() -> None:

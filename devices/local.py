@@ -243,6 +243,7 @@ def _environment(
         "reference_drift": result.reference_ms / ruler.reference_ms - 1.0,
         "host_fastest_reference_ms": ruler.host_fastest_ms,
         "reference_slowdown": ruler.slowdown(result.reference_ms),
+        "max_reference_slowdown": profile.reference_slowdown_limit(),
         "reference_median_ms": result.reference_summary["median_ms"],
         "reference_runs": result.reference_runs,
         "reference_jumps_dropped": result.dropped_reference_jumps,
@@ -272,7 +273,7 @@ def _to_measurement(
         ratio_ci=result.ratio_ci,
         n_runs=result.n_runs,
         stable=(result.ratio_ci <= profile.protocol.ci_target and _quiet_enough(profile, session.foreign_cores)
-                and env["reference_slowdown"] <= profile.protocol.max_reference_slowdown),
+                and env["reference_slowdown"] <= env["max_reference_slowdown"]),
         device_hash=env["profile_hash"],
         env={**env, **per_model},
         **result.times,

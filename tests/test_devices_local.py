@@ -68,8 +68,9 @@ def test_measure_many_returns_consistent_measurements(models: list[Path]) -> Non
         assert m.latency_ms == pytest.approx(m.ratio * m.env["reference_ms"])
         assert m.device_hash == profile.hash()
         assert m.stable == (m.ratio_ci <= profile.protocol.ci_target
-                            and m.env["reference_slowdown"] <= profile.protocol.max_reference_slowdown
+                            and m.env["reference_slowdown"] <= m.env["max_reference_slowdown"]
                             and m.env["foreign_cpu_cores"] <= profile.protocol.max_foreign_cores)
+        assert m.env["max_reference_slowdown"] == profile.reference_slowdown_limit() == 0.04  # wall clock
         assert profile.protocol.min_rounds <= m.n_runs <= profile.protocol.max_rounds
         assert m.env["onnxruntime"] and m.env["provider"] == "CPUExecutionProvider" and m.env["cpu"]
         assert m.env["intra_op_threads"] == 1 and len(m.env["load_average_before"]) == 3

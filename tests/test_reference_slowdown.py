@@ -61,9 +61,30 @@ def test_a_session_far_slower_than_the_hosts_fast_state_is_not_stable(model: Pat
     remember_a_faster_session(profile, first.env["session_reference_ms"] / 2)
     row = measure(profile, model)
     assert row.env["host_fastest_reference_ms"] == first.env["session_reference_ms"] / 2
-    assert row.env["reference_slowdown"] > profile.protocol.max_reference_slowdown
+    assert row.env["reference_slowdown"] > profile.reference_slowdown_limit()
     assert row.ratio_ci <= profile.protocol.ci_target, "the CI alone would have called it stable"
     assert not row.stable
+
+
+def test_the_default_limit_is_the_clocks() -> None:
+    """thread_cpu ratios held through slowdowns up to 8% where wall-clock ones shifted (DEFAULT_REFERENCE_SLOWDOWN)."""
+    thread_cpu, wall = DeviceProfile.from_dict(DEVICE), DeviceProfile.from_dict({**DEVICE, "clock": "wall"})
+    assert thread_cpu.protocol.max_reference_slowdown is None
+    assert (thread_cpu.reference_slowdown_limit(), wall.reference_slowdown_limit()) == (0.08, 0.04)
+    pinned = DeviceProfile.from_dict({**DEVICE, "protocol": {**DEVICE["protocol"], "max_reference_slowdown": 0.02}})
+    assert pinned.reference_slowdown_limit() == 0.02
+    assert DeviceProfile.from_dict(pinned.to_dict()) == pinned
+    assert DeviceProfile.from_dict(thread_cpu.to_dict()).reference_slowdown_limit() == 0.08
+    assert thread_cpu.hash() == pinned.hash(), "the limit judges rows; it does not change what they measure"
+
+
+def test_a_row_records_the_limit_it_was_judged_by(model: Path) -> None:
+    profile = DeviceProfile.from_dict(DEVICE)
+    first = measure(profile, model)
+    remember_a_faster_session(profile, first.env["session_reference_ms"] / 1.2)
+    row = measure(profile, model)
+    assert row.env["max_reference_slowdown"] == 0.08
+    assert row.stable == (row.ratio_ci <= profile.protocol.ci_target and row.env["reference_slowdown"] <= 0.08)
 
 
 def test_the_limit_is_the_profiles(model: Path) -> None:

@@ -105,7 +105,7 @@ def ruler_report(loaded: Any, *, plain_runs: int) -> dict[str, Any]:
     drift = ({"sessions": len(sessions), "median": float(np.median(sessions)) / ruler - 1,
               "min": min(sessions) / ruler - 1, "max": max(sessions) / ruler - 1}
              if ruler and sessions else {"sessions": len(sessions)})
-    limit = loaded.protocol.max_reference_slowdown
+    limit = loaded.reference_slowdown_limit()
     drift["slowed"] = sum(s / min(sessions) - 1 > limit for s in sessions)
     drift["max_reference_slowdown"] = limit
     plain = plain_median_ms(loaded, loaded.reference_bytes(), runs=plain_runs)
