@@ -140,6 +140,23 @@ def test_unstable_measurements_are_retried_and_the_tighter_one_kept(profiled, tm
             assert rows[arch.key()]["ratio_ci"] == min(tried)
 
 
+def test_a_run_is_cut_into_chunks_of_near_equal_size(profiled, tmp_path) -> None:
+    """Five subnets in chunks of at most 4 are measured 3 + 2, not 4 + 1: no session is left with a straggler."""
+    from devices import open_profiler
+    from devices.profile import DeviceProfile, Protocol, Warmup
+
+    net, archs, _, _, _, _, _ = profiled
+    quick = DeviceProfile(name="quick", intra_op_threads=1, warmup=Warmup(runs=1, seconds=0.0),
+                          protocol=Protocol(min_rounds=5, max_rounds=10, ci_target=0.5))
+    spy = _CountingProfiler(open_profiler(quick))
+    store = SQLiteStore(tmp_path / "chunks.db")
+    report = profile_subnets(net, archs[:5], spy, quick.hash(), store, chunk=4, retries=0, anchor_tolerance=None)
+    assert [len(session) for session in spy.sessions] == [3, 2]
+    rows = store.get_latencies(quick.hash(), net.space.network_id)
+    assert report.measured == 5 and set(rows) == {a.key() for a in archs[:5]}
+    assert len({row["session_id"] for row in rows.values()}) == 2
+
+
 def test_predictor_ranks_real_latencies(profiled) -> None:
     net, archs, profile, store, _, _, _ = profiled
     data = MeasurementSet.from_latencies(net.space, store.get_latencies(device_key(profile),
