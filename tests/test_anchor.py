@@ -78,6 +78,12 @@ def test_a_bad_tolerance_or_files_that_do_not_split_over_the_subnets_are_refused
         Anchor(("a", "b"), [Path("1"), Path("2"), Path("3")])
 
 
+#: The rig's anchor tolerance: the designed shift moves a session's ratios more than 2x, while this
+#: host's own bursts moved the demo's 1-thread sessions by up to 1.58x (docs/measurement.md), which a
+#: tolerance of 0.25 could take for the designed one in a retry and fail a test on a noisy hour.
+RIG_TOLERANCE = 0.6
+
+
 class _OneSessionAgainstAnotherReference:
     """Real profilers of one device; one session takes its ratios against a far lighter reference.
 
@@ -102,7 +108,7 @@ class _Rig:
     """The tiny supernet, one store, and the real profilers a shifted session is measured with.
 
     The 1-thread device's CI target is wide and its limit on a slowed
-    reference lifted, so only the anchor (tolerance 0.25) may judge.
+    reference lifted, so only the anchor (tolerance :data:`RIG_TOLERANCE`) may judge.
     """
 
     def __init__(self, tmp_path: Path) -> None:
@@ -132,7 +138,7 @@ class _Rig:
 
         profiler = _OneSessionAgainstAnotherReference(self.usual, self.lighter, shifted_session)
         report = profile_subnets(self.net, archs, profiler, self.key, self.store, chunk=chunk, retries=retries,
-                                 anchor_tolerance=0.25)
+                                 anchor_tolerance=RIG_TOLERANCE)
         return profiler, self.store.get_latencies(self.key, self.net.space.network_id), report
 
 
@@ -158,7 +164,7 @@ def test_a_session_whose_ratios_shifted_together_is_labelled_unstable(tmp_path: 
     offsets = [row["session_offset"] for row in kept]
     assert all(sorted(row["anchor_keys"]) == sorted([archs[0].key(), archs[1].key()]) for row in kept)
     assert offsets[0] == offsets[1] and offsets[2] == offsets[3] and offsets[4] == offsets[5]
-    assert offsets[2] > 2.0 and all(abs(offsets[i] - 1.0) <= 0.25 for i in (0, 4)), offsets
+    assert offsets[2] > 2.0 and all(abs(offsets[i] - 1.0) <= RIG_TOLERANCE for i in (0, 4)), offsets
     assert [row["stable"] for row in kept] == [measured_well(row) and i not in (2, 3) for i, row in enumerate(kept)]
     assert report.unstable == sum(not row["stable"] for row in kept) >= 2
 
@@ -168,7 +174,8 @@ def test_a_shifted_session_found_in_time_is_measured_again(tmp_path: Path, calib
     profiler, rows, report, archs = profile_with_one_shifted_session(tmp_path, shifted_session=3, retries=1)
     kept = [rows[a.key()] for a in archs]
     assert profiler.sessions >= 4  # more when a row of another chunk also missed its CI target
-    assert all(abs(row["session_offset"] - 1.0) <= 0.25 and row["stable"] == measured_well(row) for row in kept)
+    assert all(abs(row["session_offset"] - 1.0) <= RIG_TOLERANCE and row["stable"] == measured_well(row)
+               for row in kept)
     assert report.unstable == sum(not row["stable"] for row in kept)
 
 
@@ -178,7 +185,8 @@ def test_a_shifted_session_judged_late_is_measured_again_once_the_verdict_comes(
     profiler, rows, report, archs = profile_with_one_shifted_session(tmp_path, shifted_session=1, retries=1)
     kept = [rows[a.key()] for a in archs]
     assert profiler.sessions >= 4
-    assert all(abs(row["session_offset"] - 1.0) <= 0.25 and row["stable"] == measured_well(row) for row in kept)
+    assert all(abs(row["session_offset"] - 1.0) <= RIG_TOLERANCE and row["stable"] == measured_well(row)
+               for row in kept)
     assert all(row["anchor_retry"] for row in kept[:2])  # measured again after the third session's verdict
     assert report.unstable == sum(not row["stable"] for row in kept)
 
@@ -221,7 +229,8 @@ def test_a_later_run_of_one_session_is_judged_by_the_anchors_earlier_sessions(
     assert all(sorted(row["anchor_keys"]) == sorted([archs[0].key(), archs[1].key()]) for row in new)
     if retries:
         assert later.sessions == 2
-        assert all(row["stable"] == measured_well(row) and abs(row["session_offset"] - 1.0) <= 0.25 for row in new)
+        assert all(row["stable"] == measured_well(row) and abs(row["session_offset"] - 1.0) <= RIG_TOLERANCE
+                   for row in new)
         assert all(row["anchor_retry"] for row in new)
     else:
         assert later.sessions == 1
