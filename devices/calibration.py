@@ -29,8 +29,8 @@ reference is thus the witness of the host's state, and
 :attr:`Ruler.host_fastest_ms` (the fastest of the device's recent sessions
 on this host) is what a session's slowdown is taken against
 (``protocol.max_reference_slowdown``).  Those 26 sessions were wall-clock
-ones; on the 1-thread ``thread_cpu`` device, sessions only shifted once
-their reference ran 10% or more above the fastest session's, so its limit
+ones; in 40 sessions on the 1-thread ``thread_cpu`` device, sessions only
+shifted once their reference ran 10% or more above the fastest one's, so its limit
 is 0.08 where a wall-clock device's is 0.04
 (:data:`devices.profile.DEFAULT_REFERENCE_SLOWDOWN`).
 """

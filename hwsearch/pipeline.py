@@ -254,6 +254,8 @@ def profile_precisions(
     """
     if not keys:
         raise PrecisionError("profile at least one precision")
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1 subnet per session, got {chunk}")
     for precision in keys:
         check_precision(precision, "keys")
     precisions = [p for p in PRECISIONS if p in keys]

@@ -213,6 +213,15 @@ def test_usage_errors_keep_click_formatting(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_profile_with_sessions_of_no_subnets(tmp_path: Path) -> None:
+    result = run_cli("profile", "--device", str(LOCAL_PROFILE), "--supernet", "demo_mbv3_mnist",
+                     "--checkpoint", str(DEMO_CHECKPOINT), "--n", "2", "--chunk", "0",
+                     "--store", str(tmp_path / "store.db"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--chunk" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "store.db").exists()
+
+
 @pytest.fixture
 def silent_agent() -> Iterator[socket.socket]:
     """A 127.0.0.1 socket that accepts connections and never answers."""

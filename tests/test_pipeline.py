@@ -155,6 +155,9 @@ def test_a_run_is_cut_into_chunks_of_near_equal_size(profiled, tmp_path) -> None
     rows = store.get_latencies(quick.hash(), net.space.network_id)
     assert report.measured == 5 and set(rows) == {a.key() for a in archs[:5]}
     assert len({row["session_id"] for row in rows.values()}) == 2
+    with pytest.raises(ValueError, match="chunk must be at least 1"):
+        profile_subnets(net, archs[5:6], spy, quick.hash(), store, chunk=0)
+    assert len(spy.sessions) == 2 and archs[5].key() not in store.get_latencies(quick.hash(), net.space.network_id)
 
 
 def test_predictor_ranks_real_latencies(profiled) -> None:

@@ -38,7 +38,7 @@ def profile(
         help="Pin the input resolution (default: spread over the space's resolutions).")] = None,
     store: StoreOpt = Path("runs/hwsearch.db"),
     seed: Annotated[int, typer.Option(help="Selection seed; the same seed resumes the same run.")] = 0,
-    chunk: Annotated[int, typer.Option(help="Subnets per interleaved measurement session.")] = 16,
+    chunk: Annotated[int, typer.Option(min=1, help="Most subnets per interleaved measurement session.")] = 16,
     checkpoint: CheckpointOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
 ) -> None:
