@@ -17,8 +17,10 @@ the machine as much as the model.  The protocol defends against that:
   between); optionally also when the reference shows the machine in its slow
   state (above ``reference_ceiling_percentile`` of the model's pair references);
 * rounds repeat until the median ratio's 95% CI is within ``ci_target`` for
-  every model (models that converge leave the rotation) or a cap is hit;
-  whatever stays wider is reported with ``stable=False``.
+  every model or a cap is hit; models that converge leave the rotation, and
+  come back when a later check finds their CI wider again, so what a model
+  is reported with is what let it stop; whatever stays wider is reported
+  with ``stable=False``.
 
 ``latency_ms = ratio × reference_ms``, where ``reference_ms`` is the device's
 calibrated reference latency (:mod:`devices.calibration`); the session's own
@@ -137,13 +139,26 @@ def run_protocol(
         elapsed = time.monotonic() - started
         out_of_budget = rounds >= settings.max_rounds or elapsed >= settings.max_seconds
         if rounds >= settings.min_rounds and (rounds % _CHECK_EVERY_ROUNDS == 0 or out_of_budget):
-            results = _evaluate(references, samples, profile)
-            active = [i for i in active if results[i].ratio_ci > settings.ci_target]
+            active = _unconverged(_evaluate(references, samples, profile), settings.ci_target)
             if progress is not None:
                 progress({"round": rounds, "active": len(active), "models": len(models), "elapsed_s": elapsed})
             if out_of_budget:
                 break
     return _finish(references, samples, profile, rounds, time.monotonic() - started)
+
+
+def _unconverged(results: list[ModelResult], ci_target: float) -> list[int]:
+    """The models whose CI is wider than the target, converged ones included.
+
+    A model that left the rotation is judged again with every check: its
+    samples' filters look at the neighbouring references' rolling median,
+    which the references run after it still move.  Judged only once, 11 of
+    76 rows in four sessions of OFA-MobileNetV3 subnets at 160 px on the
+    1-thread device left with a CI within 1% and ended with 1.02-1.83%: not
+    stable, so each session was measured again whole, where a few more
+    rounds of the one model settle it.
+    """
+    return [i for i, result in enumerate(results) if not result.ratio_ci <= ci_target]
 
 
 def _run_round(
