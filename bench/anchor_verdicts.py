@@ -72,10 +72,15 @@ def record(device_file: str, subnets: int, sessions: int, seed: int) -> dict[str
     return recorded
 
 
+def subnet_offsets(ratios: np.ndarray) -> np.ndarray:
+    """Each session's ratio of each subnet over that subnet's median, for the subnets usable in every session."""
+    ratios = ratios[:, np.all(np.isfinite(ratios), axis=0)]
+    return ratios / np.median(ratios, axis=0)
+
+
 def score(ratios: np.ndarray, k: int, choices: int, rng: np.random.Generator) -> dict[str, float]:
     """Calm sessions flagged and shifted sessions missed by the k-subnet rule, over anchor choices."""
-    ratios = ratios[:, np.all(np.isfinite(ratios), axis=0)]
-    offsets = ratios / np.median(ratios, axis=0)
+    offsets = subnet_offsets(ratios)
     subnets = offsets.shape[1]
     anchors = [list(c) for c in itertools.combinations(range(subnets), k)]
     if len(anchors) > choices:
@@ -98,9 +103,8 @@ def score_slowdown_limits(recorded: dict[str, list[Any]]) -> None:
     print("\n| device | shifted sessions | limit | shifted caught | calm flagged |")
     print("|---|---:|---:|---:|---:|")
     for device, recording in recorded.items():
-        ratios = np.array(recording["ratios"], dtype=float)
-        ratios = ratios[:, np.all(np.isfinite(ratios), axis=0)]
-        shifted = np.abs(np.median(ratios / np.median(ratios, axis=0), axis=1) - 1) > TOLERANCE
+        offsets = subnet_offsets(np.array(recording["ratios"], dtype=float))
+        shifted = np.abs(np.median(offsets, axis=1) - 1) > TOLERANCE
         slowdown = np.array(recording["slowdown"])
         for limit in SLOWDOWN_LIMITS:
             flagged = slowdown > limit

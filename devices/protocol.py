@@ -151,8 +151,10 @@ def _unconverged(results: list[ModelResult], ci_target: float) -> list[int]:
     """The models whose CI is wider than the target, converged ones included.
 
     A model that left the rotation is judged again with every check: its
-    samples' filters look at the neighbouring references' rolling median,
-    which the references run after it still move.  Judged only once, 11 of
+    samples' filters depend on references run after it (the jump filter's
+    scale is the spread of all of the session's references, its rolling
+    median that of the neighbouring ones), so a calmer stretch later in the
+    session can drop some of its samples.  Judged only once, 11 of
     76 rows in four sessions of OFA-MobileNetV3 subnets at 160 px on the
     1-thread device left with a CI within 1% and ended with 1.02-1.83%: not
     stable, so each session was measured again whole, where a few more
