@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import sys
 import tempfile
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEVICES = {"1t": "cpu-1thread.yaml", "2t": "cpu-2threads.yaml"}
 TOLERANCE = 0.05
+ANCHOR_SUBNETS = 3
 SLOWDOWN_LIMITS = (0.04, 0.06, 0.08, 0.10)
 
 
@@ -112,6 +114,34 @@ def score_slowdown_limits(recorded: dict[str, list[Any]]) -> None:
                   f"{np.sum(flagged & ~shifted)} of {np.sum(~shifted)} |")
 
 
+def score_correction(recorded: dict[str, dict[str, list[Any]]]) -> None:
+    """How far the subnets outside the run's anchor sit from their medians, with and without its correction.
+
+    The anchor is the pipeline's: the three smallest subnets (here by
+    median ratio).  A rule keeps the sessions whose anchor offset is within
+    its tolerance (all of them without one), optionally divides each kept
+    session's ratios by its offset, and each subnet is then held to its
+    median over the kept sessions.
+    """
+    rules = [("flag 5%", TOLERANCE, False), ("flag 5%, corrected", TOLERANCE, True),
+             ("flag 15%, corrected", 0.15, True), ("all sessions", math.inf, False),
+             ("all sessions, corrected", math.inf, True)]
+    print("\n| device | rule | sessions kept | median deviation | within ±10% | within ±5% |")
+    print("|---|---|---:|---:|---:|---:|")
+    for device, recording in recorded.items():
+        offsets = subnet_offsets(np.array(recording["ratios"], dtype=float))
+        by_size = np.argsort(np.median(np.array(recording["ratios"], dtype=float)[:, np.all(
+            np.isfinite(recording["ratios"]), axis=0)], axis=0))
+        anchor, others = by_size[:ANCHOR_SUBNETS], by_size[ANCHOR_SUBNETS:]
+        session_offset = np.median(offsets[:, anchor], axis=1)
+        for name, tolerance, corrected in rules:
+            kept = np.abs(session_offset - 1) <= tolerance
+            rows = offsets[kept][:, others] / (session_offset[kept, None] if corrected else 1.0)
+            deviation = np.abs(rows / np.median(rows, axis=0) - 1).ravel()
+            print(f"| {device} | {name} | {kept.sum()} of {kept.size} | {np.median(deviation):.2%} | "
+                  f"{np.mean(deviation <= 0.10):.1%} | {np.mean(deviation <= 0.05):.1%} |")
+
+
 def report(recorded: dict[str, dict[str, list[Any]]], choices: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     print("\n| device | sessions x subnets | k | calm sessions flagged | shifted sessions missed |")
@@ -128,6 +158,7 @@ def report(recorded: dict[str, dict[str, list[Any]]], choices: int, seed: int) -
         medians = np.median(ratios / np.nanmedian(ratios, axis=0), axis=1)
         print(f"{device}: sessions' median offsets {np.round(medians, 3).tolist()}")
     score_slowdown_limits(recorded)
+    score_correction(recorded)
 
 
 def main() -> None:

@@ -33,7 +33,10 @@ sum of the same jobs alone (the median solo run); and at the end the same
 statistics pooled over every run and repeat, by scenario and device, once
 over all rows and once over stable rows only (held to the median of the
 other solo runs' stable rows): a row the device calls stable is what fronts
-and predictors trust, an unstable one is measured again or shown as such.
+and predictors trust, an unstable one is measured again or shown as such;
+and once over all rows as their sessions measured them, before the anchor's
+correction (``uncorrected_latency_ms``), which shows what the correction did
+in the same run.
 The goal: contended rows agree with the yardstick as well as solo rows do.
 Calibrations start fresh in a temporary folder per comparison (the first solo
 job of each device sets its ruler); the lock is the host's own, so
@@ -73,6 +76,7 @@ from hwsearch.anchor import DEFAULT_TOLERANCE as ANCHOR_TOLERANCE  # noqa: E402
 DEVICES = {"1t": REPO / "hwsearch/demo/devices/cpu-1thread.yaml",
            "2t": REPO / "hwsearch/demo/devices/cpu-2threads.yaml"}
 STABLE = "[stable rows]"
+UNCORRECTED = "[uncorrected]"
 QUICK = {"warmup": {"runs": 5, "seconds": 0.2},
          "protocol": {"min_rounds": 12, "max_rounds": 60, "max_seconds": 30.0, "ci_target": 0.02}}
 
@@ -88,6 +92,11 @@ class Run:
         """Latency per key; NaN for a row the device left unstable when ``stable_only``."""
         return np.array([self.rows[k]["latency_ms"] if self.rows[k]["stable"] or not stable_only else np.nan
                          for k in keys])
+
+    def uncorrected(self) -> Run:
+        """The same rows at what their sessions measured, before the anchor's correction (hwsearch/pipeline.py)."""
+        return Run(self.device, {key: row | {"latency_ms": row.get("uncorrected_latency_ms", row["latency_ms"])}
+                                 for key, row in self.rows.items()})
 
     @property
     def sessions(self) -> dict[tuple[float, float], dict[str, Any]]:
@@ -171,6 +180,10 @@ class Solo:
 
     runs: list[Run]
     walls: list[float]
+
+    def uncorrected(self) -> Solo:
+        """The same runs before the anchor's correction."""
+        return Solo([run.uncorrected() for run in self.runs], self.walls)
 
     @functools.cached_property
     def yardsticks(self) -> list[tuple[Run, dict[str, float]]]:
@@ -271,6 +284,8 @@ def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], fl
                   + "   <- the host's own noise: vs the other solo runs")
         for _, deviation in solo_noise(solo, stable_only=True):
             pooled.setdefault(f"(a) alone {device} {STABLE}", []).append(deviation)
+        for _, deviation in solo_noise(solo.uncorrected()):
+            pooled.setdefault(f"(a) alone {device} {UNCORRECTED}", []).append(deviation)
     for name, (runs, wall) in scenarios.items():
         for index, run in enumerate(runs):
             deviation = contended(run, solos[run.device])
@@ -278,6 +293,8 @@ def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], fl
             pooled.setdefault(f"{name} {run.device}", []).append(deviation)
             pooled.setdefault(f"{name} {run.device} {STABLE}", []).append(
                 contended(run, solos[run.device], stable_only=True))
+            pooled.setdefault(f"{name} {run.device} {UNCORRECTED}", []).append(
+                contended(run.uncorrected(), solos[run.device].uncorrected()))
             print(_row(f"{name} #{index + 1}", run, results[f"{name}-{index}"]))
         solo_wall = sum(solos[run.device].wall for run in runs)
         solo_sessions = sum(float(np.median([session_span([r]) for r in solos[run.device].runs])) for run in runs)
@@ -293,12 +310,13 @@ def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], fl
 def print_pooled(pooled: dict[str, list[np.ndarray]]) -> dict[str, dict[str, float]]:
     """Every deviation of a group over all repeats: is a contended run as close as a solo one?"""
     print(f"\npooled over every run and repeat ({STABLE}: a run's stable rows against the other solo "
-          f"runs' stable rows)\n{'group':27s} {'median':>7s} {'worst':>7s} {'±10%':>6s} {'±5%':>6s} {'n':>5s}")
+          f"runs' stable rows; {UNCORRECTED}: all rows at what their sessions measured, before the anchor's "
+          f"correction)\n{'group':32s} {'median':>7s} {'worst':>7s} {'±10%':>6s} {'±5%':>6s} {'n':>5s}")
     table = {}
     for group, parts in sorted(pooled.items()):
         table[group] = summary(np.concatenate(parts))
         row = table[group]
-        print(f"{group:27s} {row['median']:7.2%} {row['worst']:7.2%} {row['within_10']:6.1%} "
+        print(f"{group:32s} {row['median']:7.2%} {row['worst']:7.2%} {row['within_10']:6.1%} "
               f"{row['within_5']:6.1%} {row['n']:5d}")
     return table
 

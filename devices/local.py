@@ -264,20 +264,42 @@ def _to_measurement(
     since both shift every ratio of the session together.
     """
     result = session.result.models[index]
+    reasons = _unstable_reasons(result.ratio_ci, profile, session.foreign_cores, env)
     per_model = {"ratio_low": result.ratio_low, "ratio_samples_kept": result.n_kept,
-                 "input_shape": session.input_shapes[index]}
+                 "input_shape": session.input_shapes[index], "unstable_reasons": reasons}
     return Measurement(
         model_sha256=sha256,
         latency_ms=result.ratio * env["reference_ms"],
         ratio=result.ratio,
         ratio_ci=result.ratio_ci,
         n_runs=result.n_runs,
-        stable=(result.ratio_ci <= profile.protocol.ci_target and _quiet_enough(profile, session.foreign_cores)
-                and env["reference_slowdown"] <= env["max_reference_slowdown"]),
+        stable=not reasons,
         device_hash=env["profile_hash"],
         env={**env, **per_model},
         **result.times,
     )
+
+
+def _unstable_reasons(ratio_ci: float, profile: DeviceProfile, foreign: float | None,
+                      env: dict[str, Any]) -> list[str]:
+    """Why a row is not stable, in a fixed order; empty when it is.
+
+    ``ci``: its ratio's CI is wider than the target (or unusable);
+    ``foreign_load``: other programs kept a wall-clock session's cores busy;
+    ``reference_slowdown``: the reference ran slower than the host's fastest
+    recent sessions.  Named rather than folded into one flag so that a
+    caller who judges the session better can overrule its session-wide
+    reasons (the pipeline's anchor overrules the slowdown,
+    ``hwsearch.anchor.overrules_slowdown``).
+    """
+    reasons = []
+    if not ratio_ci <= profile.protocol.ci_target:
+        reasons.append("ci")
+    if not _quiet_enough(profile, foreign):
+        reasons.append("foreign_load")
+    if not env["reference_slowdown"] <= env["max_reference_slowdown"]:
+        reasons.append("reference_slowdown")
+    return reasons
 
 
 def _quiet_enough(profile: DeviceProfile, foreign: float | None) -> bool:

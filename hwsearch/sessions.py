@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hwsearch.anchor import Anchor
+from hwsearch.anchor import Anchor, overrules_slowdown
 
 #: One interleaved session over the files given, a result per file in order (``measure_many``).
 MeasureFn = Callable[[list[Path]], Sequence[Any]]
@@ -37,12 +37,17 @@ class Session:
         a session the anchor found shifted, :mod:`hwsearch.anchor`); a group
         is only as good as its worse half.
         """
-        return (self.shifted(anchor), sum(not r.stable for r in self.results),
+        return (self.shifted(anchor), sum(not self.stable(r, anchor) for r in self.results),
                 max(_spread(r) for r in self.results))
 
     def trusted(self, anchor: Anchor | None) -> bool:
         """Every result stable, and the session not found shifted (so far) by the anchor."""
-        return not self.shifted(anchor) and all(r.stable for r in self.results)
+        return not self.shifted(anchor) and all(self.stable(r, anchor) for r in self.results)
+
+    def stable(self, result: Any, anchor: Anchor | None) -> bool:
+        """The result's own verdict, unless the anchor's verdict on the session overrules a slowed reference."""
+        return result.stable or (anchor is not None and overrules_slowdown(
+            result.env.get("unstable_reasons"), anchor.offset(self.session_id)))
 
     def shifted(self, anchor: Anchor | None) -> bool:
         """Whether the anchor has found this session shifted (``False`` before its verdict)."""

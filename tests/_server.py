@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from hwsearch.ray_session import private_temp_dir
 
 TOKEN = "test-token-123"
 
@@ -81,6 +84,14 @@ class Server:
                 pass
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
+        shutil.rmtree(private_temp_dir(str(self.data_dir)), ignore_errors=True)
+
+    @property
+    def data_dir(self) -> Path:
+        """The service's data directory, as ``hwsearch serve`` derives it."""
+        if "--data-dir" in self.extra:
+            return Path(self.extra[self.extra.index("--data-dir") + 1])
+        return Path(f"{self.store}.data")
 
 
 class Agent:

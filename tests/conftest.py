@@ -9,6 +9,7 @@ host's measurement lock is the run's own.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -19,10 +20,26 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("DEVICES_CALIBRATION_DIR", tempfile.mkdtemp(prefix="hwsearch-calib-"))
+_RUN_FOLDERS: list[str] = []  # made for this run, removed when it ends
+
+
+def _run_folder(variable: str, prefix: str) -> None:
+    """Point ``variable`` at a fresh folder of this run's own, unless the caller chose one."""
+    if variable not in os.environ:
+        os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+        _RUN_FOLDERS.append(os.environ[variable])
+
+
+_run_folder("DEVICES_CALIBRATION_DIR", "hwsearch-calib-")
 # The run's own host lock: its measurements still never overlap one another, and they do not
 # queue behind a benchmark or a service someone runs on the same machine.
-os.environ.setdefault("DEVICES_LOCK_DIR", tempfile.mkdtemp(prefix="hwsearch-locks-"))
+_run_folder("DEVICES_LOCK_DIR", "hwsearch-locks-")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Leave nothing of the run in the temp folder."""
+    for folder in _RUN_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -16,7 +16,7 @@ import pytest
 
 from devices.measure import Measurement
 from hwsearch.anchor import MIN_SESSIONS, RECENT_SESSIONS, Anchor, history
-from tests._jobs import SUPERNET, fast_device
+from tests._jobs import SUPERNET, fast_device, remember_a_faster_session
 
 
 def measured(ratio: float) -> Measurement:
@@ -111,7 +111,7 @@ class _Rig:
     reference lifted, so only the anchor (tolerance :data:`RIG_TOLERANCE`) may judge.
     """
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, max_reference_slowdown: float = 100.0) -> None:
         from devices import open_profiler
         from devices.profile import DeviceProfile
         from devices.reference import mobilenet_like_onnx
@@ -120,7 +120,7 @@ class _Rig:
 
         self.net = build_supernet(SupernetRef(**SUPERNET))
         device = fast_device("cpu-1t") | {"clock": "thread_cpu"}
-        device["protocol"].update(ci_target=0.5, max_reference_slowdown=100.0)
+        device["protocol"].update(ci_target=0.5, max_reference_slowdown=max_reference_slowdown)
         light = tmp_path / "light-reference.onnx"
         light.write_bytes(mobilenet_like_onnx(((16, 8, 3, 1),), seed=2, input_shape=(1, 3, 16, 16)))
         self.usual = open_profiler(DeviceProfile.from_dict(device))
@@ -167,6 +167,48 @@ def test_a_session_whose_ratios_shifted_together_is_labelled_unstable(tmp_path: 
     assert offsets[2] > 2.0 and all(abs(offsets[i] - 1.0) <= RIG_TOLERANCE for i in (0, 4)), offsets
     assert [row["stable"] for row in kept] == [measured_well(row) and i not in (2, 3) for i, row in enumerate(kept)]
     assert report.unstable == sum(not row["stable"] for row in kept) >= 2
+
+
+def test_every_judged_row_is_divided_by_its_sessions_offset(tmp_path: Path, calibration_dir: Path) -> None:
+    """The shifted session's subnets, corrected, read what a calm run of the same subnets reads.
+
+    The shift (the lighter reference) moves that session's ratios more than
+    twofold; divided by the anchor's offset they come back to the calm run's
+    within the rig's tolerance.
+    """
+    profiler, rows, report, archs = profile_with_one_shifted_session(tmp_path, shifted_session=2, retries=0)
+    calm_rows = _Rig(tmp_path).profile(archs, shifted_session=0, retries=0)[1]
+    kept = [rows[a.key()] for a in archs]
+    for row in kept:
+        assert row["latency_ms"] == pytest.approx(row["uncorrected_latency_ms"] / row["session_offset"])
+        assert row["ratio"] == pytest.approx(row["uncorrected_ratio"] / row["session_offset"])
+    for arch in archs[2:4]:
+        shifted, calm = rows[arch.key()], calm_rows[arch.key()]
+        assert shifted["uncorrected_ratio"] / calm["ratio"] > 1 + 2 * RIG_TOLERANCE, (shifted, calm)
+        assert abs(shifted["ratio"] / calm["ratio"] - 1) <= RIG_TOLERANCE, (shifted, calm)
+
+
+def test_a_judged_session_overrules_its_slowed_reference(tmp_path: Path, calibration_dir: Path) -> None:
+    """Rows unstable only because the reference ran slow are stable once the anchor judged their session.
+
+    A later run of one chunk has its verdict at once, so it does not measure such a session again either.
+    """
+    from hwsearch.pipeline import select_subnets
+
+    rig = _Rig(tmp_path, max_reference_slowdown=0.08)
+    remember_a_faster_session(rig.usual.profile, 1e-6)  # every later session's reference ran slow
+    archs = select_subnets(rig.net.space, 8, seed=5)
+    first, rows, report = rig.profile(archs[:6], shifted_session=0, retries=0)
+    later, rows, _ = rig.profile(archs[6:], shifted_session=0, retries=2)
+    kept = [rows[a.key()] for a in archs]
+    assert all("reference_slowdown" in row["env"]["unstable_reasons"] for row in kept)
+    for row in kept:
+        only_slowed = row["env"]["unstable_reasons"] == ["reference_slowdown"]
+        assert row.get("slowdown_overruled_by_anchor", False) == only_slowed, row
+        assert row["stable"] == (only_slowed and abs(row["session_offset"] - 1.0) <= RIG_TOLERANCE), row
+    assert any(row["stable"] for row in kept)
+    assert report.unstable == sum(not rows[a.key()]["stable"] for a in archs[:6])
+    assert later.sessions == 1  # judged at once, and trusted: its rows' CIs are far within the rig's target
 
 
 def test_a_shifted_session_found_in_time_is_measured_again(tmp_path: Path, calibration_dir: Path) -> None:

@@ -9,16 +9,15 @@ earlier, faster session would have left it.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 
-from devices.calibration import device_reference_ms
-from devices.local import LocalProfiler, host_fingerprint
+from devices.local import LocalProfiler
 from devices.measure import Measurement
 from devices.profile import DeviceProfile
 from devices.reference import mobilenet_like_onnx
+from tests._jobs import remember_a_faster_session
 
 # thread_cpu: the busy-neighbour rule (wall clock only) stays out of these tests.
 DEVICE = {"name": "slowdown-1t", "clock": "thread_cpu", "reference_ms": 1.0,
@@ -41,12 +40,6 @@ def measure(profile: DeviceProfile, model: Path) -> Measurement:
     return row
 
 
-def remember_a_faster_session(profile: DeviceProfile, reference_ms: float) -> None:
-    """Record, as an earlier session on this host would have, a session whose reference took ``reference_ms``."""
-    device = profile.hash_with_reference(hashlib.sha256(profile.reference_bytes()).hexdigest())
-    device_reference_ms(profile, device, host_fingerprint(), reference_ms)
-
-
 def test_the_first_session_sets_the_fast_state_and_is_not_slowed(model: Path) -> None:
     profile = DeviceProfile.from_dict(DEVICE)
     row = measure(profile, model)
@@ -63,7 +56,7 @@ def test_a_session_far_slower_than_the_hosts_fast_state_is_not_stable(model: Pat
     assert row.env["host_fastest_reference_ms"] == first.env["session_reference_ms"] / 2
     assert row.env["reference_slowdown"] > profile.reference_slowdown_limit()
     assert row.ratio_ci <= profile.protocol.ci_target, "the CI alone would have called it stable"
-    assert not row.stable
+    assert not row.stable and row.env["unstable_reasons"] == ["reference_slowdown"]
 
 
 def test_the_default_limit_is_the_clocks() -> None:
@@ -85,6 +78,8 @@ def test_a_row_records_the_limit_it_was_judged_by(model: Path) -> None:
     row = measure(profile, model)
     assert row.env["max_reference_slowdown"] == 0.08
     assert row.stable == (row.ratio_ci <= profile.protocol.ci_target and row.env["reference_slowdown"] <= 0.08)
+    assert row.env["unstable_reasons"] == ([] if row.ratio_ci <= profile.protocol.ci_target else ["ci"]) + (
+        [] if row.env["reference_slowdown"] <= 0.08 else ["reference_slowdown"])
 
 
 def test_the_limit_is_the_profiles(model: Path) -> None:
