@@ -30,7 +30,7 @@ def one_subnet_anchor(tolerance: float = 0.05) -> Anchor:
     return Anchor(("k",), [Path("k.onnx")], tolerance=tolerance)
 
 
-def test_no_verdict_before_enough_sessions_then_the_median_decides() -> None:
+def test_no_verdict_before_enough_sessions_then_the_prevailing_state_decides() -> None:
     anchor = one_subnet_anchor()
     for index, ratio in enumerate([1.00, 1.30][:MIN_SESSIONS - 1]):
         anchor.observe(f"s{index}", [measured(ratio)])
@@ -38,9 +38,24 @@ def test_no_verdict_before_enough_sessions_then_the_median_decides() -> None:
     anchor.observe("s2", [measured(1.02)])
     anchor.observe("unusable", [measured(math.nan)])
     assert anchor.offset("unusable") is None and not anchor.judged(["s0", "unusable"])
-    assert anchor.offset("s1") == pytest.approx(1.30 / 1.02) and anchor.shifted("s1")
-    assert anchor.offset("s0") == pytest.approx(1.00 / 1.02) and not anchor.shifted("s0")
+    # s0 and s2 are alike (within 5%), s1 is not: the medians are s0's and s2's (1.01)
+    assert anchor.offset("s1") == pytest.approx(1.30 / 1.01) and anchor.shifted("s1")
+    assert anchor.offset("s0") == pytest.approx(1.00 / 1.01) and not anchor.shifted("s0")
     assert not anchor.shifted("s2") and anchor.judged(["s0", "s1", "s2"])
+
+
+def test_a_large_minority_in_another_state_does_not_move_the_medians_but_a_majority_does() -> None:
+    """Four calm sessions, then three at 1.45x: the medians stay calm; two more at 1.45x and the host has moved."""
+    anchor = one_subnet_anchor()
+    for index in range(4):
+        anchor.observe(f"calm{index}", [measured(1.0 + 0.01 * index)])
+    for index in range(3):
+        anchor.observe(f"slow{index}", [measured(1.45)])
+    assert anchor.offset("calm0") == pytest.approx(1.0 / 1.015) and not anchor.shifted("calm3")
+    assert all(anchor.shifted(f"slow{index}") for index in range(3))
+    for index in range(3, 5):
+        anchor.observe(f"slow{index}", [measured(1.45)])
+    assert anchor.offset("slow0") == pytest.approx(1.0) and anchor.shifted("calm0")
 
 
 def test_one_anchor_subnet_moving_alone_does_not_shift_a_session_but_all_moving_does() -> None:
@@ -51,9 +66,9 @@ def test_one_anchor_subnet_moving_alone_does_not_shift_a_session_but_all_moving_
     for session, ratios in sessions.items():
         anchor.observe(session, [measured(r) for ratio in ratios for r in (ratio, 99.0)])
     assert anchor.ratios_in("one moved") == (1.3, 2.02, 3.0)
-    # medians over sessions: a 1.105 (of 1.0, 1.01, 1.3, 1.2), b 2.01, c 3.0
-    assert anchor.offset("one moved") == pytest.approx(2.02 / 2.01) and not anchor.shifted("one moved")
-    assert anchor.offset("all moved") == pytest.approx(2.4 / 2.01) and anchor.shifted("all moved")
+    # the prevailing state: calm, calm too and one moved (alike within 5%); their medians a 1.01, b 2.0, c 3.0
+    assert anchor.offset("one moved") == pytest.approx(2.02 / 2.0) and not anchor.shifted("one moved")
+    assert anchor.offset("all moved") == pytest.approx(2.4 / 2.0) and anchor.shifted("all moved")
     assert anchor.offset("two unusable") == pytest.approx(3.9 / 3.0) and anchor.shifted("two unusable")
 
 
