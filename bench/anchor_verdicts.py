@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEVICES = {"1t": "cpu-1thread.yaml", "2t": "cpu-2threads.yaml"}
 TOLERANCE = 0.05
-ANCHOR_SUBNETS = 3
 SLOWDOWN_LIMITS = (0.04, 0.06, 0.08, 0.10)
 
 
@@ -75,9 +74,17 @@ def record(device_file: str, subnets: int, sessions: int, seed: int) -> dict[str
 
 
 def subnet_offsets(ratios: np.ndarray) -> np.ndarray:
-    """Each session's ratio of each subnet over that subnet's median, for the subnets usable in every session."""
+    """Each session's ratio of each subnet over that subnet's median, for the subnets usable in every session.
+
+    The medians are the host's prevailing state's, as the pipeline's anchor
+    takes them (:func:`hwsearch.anchor.prevailing_state`): a host that
+    flips between two states puts a plain median between them, and every
+    session then reads shifted.
+    """
+    from hwsearch.anchor import prevailing_state
+
     ratios = ratios[:, np.all(np.isfinite(ratios), axis=0)]
-    return ratios / np.median(ratios, axis=0)
+    return ratios / np.median(prevailing_state(ratios, TOLERANCE), axis=0)
 
 
 def score(ratios: np.ndarray, k: int, choices: int, rng: np.random.Generator) -> dict[str, float]:
@@ -114,10 +121,15 @@ def score_slowdown_limits(recorded: dict[str, list[Any]]) -> None:
                   f"{np.sum(flagged & ~shifted)} of {np.sum(~shifted)} |")
 
 
-def score_correction(recorded: dict[str, dict[str, list[Any]]]) -> None:
-    """How far the subnets outside the run's anchor sit from their medians, with and without its correction.
+#: Where the anchor's subnets sit among the run's, by size (here by median ratio): (name, indices into by_size).
+PLACEMENTS = (("3 smallest", lambda n: [0, 1, 2]), ("3 middle", lambda n: [(n - 3) // 2 + i for i in range(3)]),
+              ("smallest, middle, largest", lambda n: [0, n // 2, n - 1]))
 
-    The anchor is the pipeline's: the three smallest subnets (here by
+
+def score_correction(recorded: dict[str, dict[str, list[Any]]]) -> None:
+    """How far the subnets outside the anchor sit from their medians, with and without its correction.
+
+    The anchor is the pipeline's: the three middle subnets by size (here by
     median ratio).  A rule keeps the sessions whose anchor offset is within
     its tolerance (all of them without one), optionally divides each kept
     session's ratios by its offset, and each subnet is then held to its
@@ -129,17 +141,53 @@ def score_correction(recorded: dict[str, dict[str, list[Any]]]) -> None:
     print("\n| device | rule | sessions kept | median deviation | within ±10% | within ±5% |")
     print("|---|---|---:|---:|---:|---:|")
     for device, recording in recorded.items():
-        offsets = subnet_offsets(np.array(recording["ratios"], dtype=float))
-        by_size = np.argsort(np.median(np.array(recording["ratios"], dtype=float)[:, np.all(
-            np.isfinite(recording["ratios"]), axis=0)], axis=0))
-        anchor, others = by_size[:ANCHOR_SUBNETS], by_size[ANCHOR_SUBNETS:]
-        session_offset = np.median(offsets[:, anchor], axis=1)
+        offsets, by_size = _offsets_by_size(recording)
         for name, tolerance, corrected in rules:
-            kept = np.abs(session_offset - 1) <= tolerance
-            rows = offsets[kept][:, others] / (session_offset[kept, None] if corrected else 1.0)
-            deviation = np.abs(rows / np.median(rows, axis=0) - 1).ravel()
+            kept, deviation = _corrected_deviation(offsets, by_size, PLACEMENTS[1][1](len(by_size)),
+                                                   tolerance, corrected)
             print(f"| {device} | {name} | {kept.sum()} of {kept.size} | {np.median(deviation):.2%} | "
                   f"{np.mean(deviation <= 0.10):.1%} | {np.mean(deviation <= 0.05):.1%} |")
+
+
+def score_placement(recorded: dict[str, dict[str, list[Any]]]) -> None:
+    """The correction (flag at 5%, corrected) and the verdicts for each placement of the anchor by size.
+
+    Subnets of different sizes shift by different amounts in the same
+    session, so the anchor's offset corrects best the subnets its own size.
+    A session is truly shifted when the median offset of the subnets
+    outside the anchor is more than 5% from 1.
+    """
+    print("\n| device | anchor | sessions kept | median deviation | within ±10% | within ±5% "
+          "| calm flagged | shifted missed |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for device, recording in recorded.items():
+        offsets, by_size = _offsets_by_size(recording)
+        for name, place in PLACEMENTS:
+            anchor = by_size[place(len(by_size))]
+            others = np.setdiff1d(by_size, anchor)
+            truth = np.abs(np.median(offsets[:, others], axis=1) - 1) > TOLERANCE
+            kept, deviation = _corrected_deviation(offsets, by_size, place(len(by_size)), TOLERANCE, True)
+            print(f"| {device} | {name} | {kept.sum()} of {kept.size} | {np.median(deviation):.2%} | "
+                  f"{np.mean(deviation <= 0.10):.1%} | {np.mean(deviation <= 0.05):.1%} | "
+                  f"{np.sum(~kept & ~truth)} of {np.sum(~truth)} | {np.sum(kept & truth)} of {np.sum(truth)} |")
+
+
+def _offsets_by_size(recording: dict[str, list[Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """The subnets' offsets (sessions x usable subnets) and the subnets' indices there from smallest to largest."""
+    offsets = subnet_offsets(np.array(recording["ratios"], dtype=float))
+    ratios = np.array(recording["ratios"], dtype=float)
+    return offsets, np.argsort(np.median(ratios[:, np.all(np.isfinite(ratios), axis=0)], axis=0))
+
+
+def _corrected_deviation(offsets: np.ndarray, by_size: np.ndarray, places: list[int], tolerance: float,
+                         corrected: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Sessions kept by the anchor at ``places`` (in ``by_size``) and the other subnets' deviations from their medians."""
+    anchor = by_size[places]
+    others = np.setdiff1d(by_size, anchor)
+    session_offset = np.median(offsets[:, anchor], axis=1)
+    kept = np.abs(session_offset - 1) <= tolerance
+    rows = offsets[kept][:, others] / (session_offset[kept, None] if corrected else 1.0)
+    return kept, np.abs(rows / np.median(rows, axis=0) - 1).ravel()
 
 
 def report(recorded: dict[str, dict[str, list[Any]]], choices: int, seed: int) -> None:
@@ -154,11 +202,11 @@ def report(recorded: dict[str, dict[str, list[Any]]], choices: int, seed: int) -
             print(f"| {device} | {ratios.shape[0]} x {ratios.shape[1]} | {k} | {found['flagged_calm']:.1%} | "
                   f"{missed} (of {found['shifted_per_choice']:.1f}) |")
     for device, recording in recorded.items():
-        ratios = np.array(recording["ratios"], dtype=float)
-        medians = np.median(ratios / np.nanmedian(ratios, axis=0), axis=1)
+        medians = np.median(subnet_offsets(np.array(recording["ratios"], dtype=float)), axis=1)
         print(f"{device}: sessions' median offsets {np.round(medians, 3).tolist()}")
     score_slowdown_limits(recorded)
     score_correction(recorded)
+    score_placement(recorded)
 
 
 def main() -> None:

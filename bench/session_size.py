@@ -7,7 +7,8 @@ the anchor's subnets sit in it too, so its offset (hwsearch/anchor.py) sees
 the session's size as it sees a shift of the host.
 
 This bench exports ``--subnets`` demo subnets (``demo_mbv3_mnist``, trained
-checkpoint, FP32), takes the three smallest as the anchor, and on each demo
+checkpoint, FP32), takes the three middle ones by MACs as the anchor (as the
+pipeline does), and on each demo
 device alternates ``--pairs`` full sessions (every subnet) with small ones
 (``--small`` random non-anchor subnets and the anchor), one after another
 with nothing else measured.  Each subnet's ratio in a session is held to its
@@ -104,7 +105,8 @@ def main() -> None:
     if not ANCHOR_SUBNETS + args.small <= args.subnets:
         parser.error("--subnets must hold the anchor and a small session's subnets")
     models, macs = exported_subnets(args.subnets, args.seed)
-    anchor = [int(i) for i in np.argsort(macs)[:ANCHOR_SUBNETS]]
+    start = (args.subnets - ANCHOR_SUBNETS) // 2
+    anchor = [int(i) for i in np.argsort(macs)[start:start + ANCHOR_SUBNETS]]
     print(f"{'device':6s} {'sessions':8s} {'figures':12s} {'median':>6s} {'signed':>7s} {'±10%':>6s} {'n':>5s}")
     for device, device_file in DEVICES.items():
         print(f"recording {args.pairs} pairs of sessions on the {device} device", flush=True)
