@@ -73,23 +73,26 @@ def record(device_file: str, subnets: int, sessions: int, seed: int) -> dict[str
     return recorded
 
 
-def subnet_offsets(ratios: np.ndarray) -> np.ndarray:
+def subnet_offsets(recording: dict[str, list[Any]]) -> np.ndarray:
     """Each session's ratio of each subnet over that subnet's median, for the subnets usable in every session.
 
-    The medians are the host's prevailing state's, as the pipeline's anchor
-    takes them (:func:`hwsearch.anchor.prevailing_state`): a host that
-    flips between two states puts a plain median between them, and every
-    session then reads shifted.
+    The medians are the host's undisturbed state's, as the pipeline's
+    anchor takes them (:func:`hwsearch.anchor.prevailing_state`, each
+    session's reference time standing as its slowdown against the fastest
+    session so far): a host that flips between two states puts a plain
+    median between them, and every session then reads shifted.
     """
     from hwsearch.anchor import prevailing_state
 
+    ratios = np.array(recording["ratios"], dtype=float)
     ratios = ratios[:, np.all(np.isfinite(ratios), axis=0)]
-    return ratios / np.median(prevailing_state(ratios, TOLERANCE), axis=0)
+    references = 1.0 + np.array(recording["slowdown"], dtype=float)
+    return ratios / np.median(prevailing_state(ratios, TOLERANCE, references), axis=0)
 
 
-def score(ratios: np.ndarray, k: int, choices: int, rng: np.random.Generator) -> dict[str, float]:
+def score(recording: dict[str, list[Any]], k: int, choices: int, rng: np.random.Generator) -> dict[str, float]:
     """Calm sessions flagged and shifted sessions missed by the k-subnet rule, over anchor choices."""
-    offsets = subnet_offsets(ratios)
+    offsets = subnet_offsets(recording)
     subnets = offsets.shape[1]
     anchors = [list(c) for c in itertools.combinations(range(subnets), k)]
     if len(anchors) > choices:
@@ -112,7 +115,7 @@ def score_slowdown_limits(recorded: dict[str, list[Any]]) -> None:
     print("\n| device | shifted sessions | limit | shifted caught | calm flagged |")
     print("|---|---:|---:|---:|---:|")
     for device, recording in recorded.items():
-        offsets = subnet_offsets(np.array(recording["ratios"], dtype=float))
+        offsets = subnet_offsets(recording)
         shifted = np.abs(np.median(offsets, axis=1) - 1) > TOLERANCE
         slowdown = np.array(recording["slowdown"])
         for limit in SLOWDOWN_LIMITS:
@@ -174,7 +177,7 @@ def score_placement(recorded: dict[str, dict[str, list[Any]]]) -> None:
 
 def _offsets_by_size(recording: dict[str, list[Any]]) -> tuple[np.ndarray, np.ndarray]:
     """The subnets' offsets (sessions x usable subnets) and the subnets' indices there from smallest to largest."""
-    offsets = subnet_offsets(np.array(recording["ratios"], dtype=float))
+    offsets = subnet_offsets(recording)
     ratios = np.array(recording["ratios"], dtype=float)
     return offsets, np.argsort(np.median(ratios[:, np.all(np.isfinite(ratios), axis=0)], axis=0))
 
@@ -197,12 +200,12 @@ def report(recorded: dict[str, dict[str, list[Any]]], choices: int, seed: int) -
     for device, recording in recorded.items():
         ratios = np.array(recording["ratios"], dtype=float)
         for k in (1, 3, 5):
-            found = score(ratios, k, choices, rng)
+            found = score(recording, k, choices, rng)
             missed = "-" if np.isnan(found["missed"]) else f"{found['missed']:.0%}"
             print(f"| {device} | {ratios.shape[0]} x {ratios.shape[1]} | {k} | {found['flagged_calm']:.1%} | "
                   f"{missed} (of {found['shifted_per_choice']:.1f}) |")
     for device, recording in recorded.items():
-        medians = np.median(subnet_offsets(np.array(recording["ratios"], dtype=float)), axis=1)
+        medians = np.median(subnet_offsets(recording), axis=1)
         print(f"{device}: sessions' median offsets {np.round(medians, 3).tolist()}")
     score_slowdown_limits(recorded)
     score_correction(recorded)

@@ -64,7 +64,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -100,6 +100,7 @@ class Anchor:
     archs: tuple[Mapping[str, Any], ...] = ()
     shas: tuple[str, ...] = ()  # each subnet's first file's SHA-256: what its ratios were measured on
     observed_at: dict[str, float] = field(default_factory=dict)  # this run's sessions (not earlier runs')
+    references: dict[str, float] = field(default_factory=dict)  # session_id -> its reference's ms (NaN: unknown)
     _cached_medians: tuple[int, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -111,13 +112,13 @@ class Anchor:
     @classmethod
     def keep(cls, keys: Sequence[str], groups: Sequence[Sequence[Path]], folder: Path,
              tolerance: float = DEFAULT_TOLERANCE,
-             earlier: Mapping[str, Sequence[float]] | None = None,
+             earlier: History | None = None,
              archs: Sequence[Mapping[str, Any]] = ()) -> Anchor:
         """An anchor from its subnets' exported files (one group per subnet), copied to ``folder``.
 
         The copies outlive the chunk the files came from.  ``earlier`` holds
-        the subnets' ratios in earlier runs' sessions (:func:`history`),
-        which count towards every verdict.
+        the subnets' ratios (and each session's reference time) in earlier
+        runs' sessions (:func:`history`), which count towards every verdict.
         """
         folder.mkdir(parents=True, exist_ok=True)
         kept = []
@@ -126,9 +127,9 @@ class Anchor:
                 kept.append(folder / f"{index}-{path.name}")
                 shutil.copyfile(path, kept[-1])
         shas = tuple(file_sha256(folder / f"{index}-{group[0].name}") for index, group in enumerate(groups))
-        return cls(tuple(keys), kept, tolerance,
-                   {session: tuple(map(float, ratios)) for session, ratios in (earlier or {}).items()},
-                   archs=tuple(dict(a) for a in archs), shas=shas)
+        ratios = {session: tuple(map(float, r)) for session, r in (earlier.ratios if earlier else {}).items()}
+        return cls(tuple(keys), kept, tolerance, ratios, archs=tuple(dict(a) for a in archs), shas=shas,
+                   references={session: float(ms) for session, ms in (earlier.references if earlier else {}).items()})
 
     @property
     def files_per_subnet(self) -> int:
@@ -147,6 +148,8 @@ class Anchor:
         run shifted, the calm ones at 0.89-0.94.
         """
         self.ratios[session_id] = tuple(float(r.ratio) for r in results[::self.files_per_subnet])
+        reference = results[0].env.get("session_reference_ms") if results else None
+        self.references[session_id] = math.nan if reference is None else float(reference)
         self.observed_at[session_id] = time.time()
         if retry:
             self.retries.add(session_id)
@@ -176,13 +179,15 @@ class Anchor:
 
     def _medians(self) -> np.ndarray | None:
         """Each subnet's median ratio over the prevailing state's counted sessions, kept until the next session."""
-        counted = [ratios for session, ratios in self.ratios.items() if session not in self.retries]
+        counted = [session for session in self.ratios if session not in self.retries]
         if len(counted) < MIN_SESSIONS:
             return None
         if self._cached_medians is None or self._cached_medians[0] != len(self.ratios):
-            table = np.array(counted, dtype=float)  # sessions x subnets
+            table = np.array([self.ratios[session] for session in counted], dtype=float)  # sessions x subnets
             table = np.where(np.isfinite(table), table, np.nan)
-            self._cached_medians = (len(self.ratios), _nanmedian(prevailing_state(table, self.tolerance), axis=0))
+            references = np.array([self.references.get(session, math.nan) for session in counted], dtype=float)
+            state = prevailing_state(table, self.tolerance, references)
+            self._cached_medians = (len(self.ratios), _nanmedian(state, axis=0))
         return self._cached_medians[1]
 
     def judged(self, session_ids: Iterable[str]) -> bool:
@@ -195,31 +200,72 @@ class Anchor:
         return offset is not None and abs(offset - 1.0) > self.tolerance
 
 
-def prevailing_state(table: np.ndarray, tolerance: float) -> np.ndarray:
-    """The rows (sessions x subnets ratios, NaN where unusable) of the largest group of sessions alike.
+def prevailing_state(table: np.ndarray, tolerance: float, references: np.ndarray | None = None) -> np.ndarray:
+    """The rows (sessions x subnets ratios, NaN where unusable) of the host's undisturbed state.
 
     Two sessions are alike when the median over subnets of one's ratios
-    over the other's is within ``tolerance`` of 1; the group is every
-    session alike to the session with the most such neighbours (ties go to
-    the latest).  A median over all sessions follows a state that filled a
-    large minority of them: in one ``bench/contention.py`` run
+    over the other's is within ``tolerance`` of 1.  The state is at first
+    every session alike to the session with the most such neighbours (ties
+    go to the latest): a median over all sessions follows a state that
+    filled a large minority of them.  In one ``bench/contention.py`` run
     (2026-12-01), three concurrent jobs spent all their 9 sessions at
     1.26-1.61x, which put the medians between the states, and the solo run
     right after read 0.89-0.91 in its calm sessions, so it was found
     shifted and, corrected, read 10% low.  Replaying the verdicts over the
     41 kept sessions of each of six such runs (each session against the 20
-    latest up to it), the prevailing state's medians found 3 sessions of
-    that run calm that all sessions' medians had found shifted, and 0-2 in
-    the other runs; 0-1 went the other way per run, and the offsets of
-    sessions both found calm moved by at most 2.1%.  When the host moves to
-    a new state for good, it becomes the prevailing one once it holds the
-    most sessions.
+    latest up to it), the largest state found 3 sessions of that run calm
+    that all sessions' medians had found shifted, and 0-2 in the other
+    runs; 0-1 went the other way per run, and the offsets of sessions both
+    found calm moved by at most 2.1%.
+
+    But the largest state is not always the right one; see
+    :func:`_undisturbed` for when a faster state with fewer sessions wins
+    (``references``: each session's reference time, NaN where unknown).
+    When the host moves to a new state for good, it becomes the prevailing
+    one once the old state's sessions have left the recent ones.
     """
     with np.errstate(all="ignore"):
         alike = np.abs(_nanmedian(table[:, None, :] / table[None, :, :], axis=2) - 1.0) <= tolerance
     neighbours = alike.sum(axis=1)
     centre = max(range(len(table)), key=lambda i: (neighbours[i], i))
+    if references is not None:
+        centre = _undisturbed(table, alike, centre, references, tolerance)
     return table[alike[centre]] if alike[centre].any() else table
+
+
+def _undisturbed(table: np.ndarray, alike: np.ndarray, centre: int, references: np.ndarray,
+                 tolerance: float) -> int:
+    """The centre of the fastest state that holds enough sessions and was measured with an unslowed reference.
+
+    Interference only slows a model down, so of two states of the host the
+    one where the subnets run faster by the same ruler is the undisturbed
+    one.  On the demo's 1-thread device the host spent stretches of minutes
+    at 1.5-1.7x: in one ``bench/contention.py`` run (2026-12-01), five of a
+    solo run's sessions in a row, then the first sessions of three
+    concurrent jobs, outnumbered the calm sessions in each job's 20 recent
+    ones, so the calm sessions of those jobs read 0.62-0.65 and every row
+    was corrected 1.5-1.6x slow (56-61% from the solo runs, none within
+    ±10%).  So a faster state takes over when it holds at least
+    :data:`MIN_SESSIONS` sessions and half as many as the largest, and its
+    sessions' reference ran no slower (within ``tolerance``) than the
+    largest state's: a state faster only because its reference slowed
+    (the 2-thread device's sessions at 0.81-0.88) is a disturbed one, and
+    so is one whose reference times are unknown.
+    """
+    neighbours = alike.sum(axis=1)
+    while True:
+        with np.errstate(all="ignore"):
+            levels = _nanmedian(table / table[centre], axis=1)
+        faster = [i for i in range(len(table)) if levels[i] < 1.0 - tolerance]
+        if not faster:
+            return centre
+        candidate = max(faster, key=lambda i: (neighbours[i], i))
+        if neighbours[candidate] < max(MIN_SESSIONS, neighbours[centre] / 2):
+            return centre
+        here, there = _nanmedian(references[alike[centre]], 0), _nanmedian(references[alike[candidate]], 0)
+        if not (np.isfinite(here) and np.isfinite(there)) or there > here * (1.0 + tolerance):
+            return centre
+        centre = candidate
 
 
 def _nanmedian(values: np.ndarray, axis: int) -> np.ndarray:
@@ -254,8 +300,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def history(rows: Mapping[str, Mapping[str, Any]], precision: str
-            ) -> tuple[tuple[str, ...], dict[str, tuple[float, ...]]] | None:
+class History(NamedTuple):
+    """An earlier anchor and its recent sessions: each one's ratio per subnet and its reference's ms (NaN: unknown)."""
+
+    keys: tuple[str, ...]
+    ratios: dict[str, tuple[float, ...]]
+    references: dict[str, float]
+
+
+def history(rows: Mapping[str, Mapping[str, Any]], precision: str) -> History | None:
     """The anchor of earlier runs and its subnets' ratios in their sessions, from a device's stored rows.
 
     Rows name their run's ``anchor_keys`` and carry their session's
@@ -264,22 +317,26 @@ def history(rows: Mapping[str, Mapping[str, Any]], precision: str
     anchors whose ratios were taken at ``precision`` (a new run's first
     precision, so ratios compare like with like), the one seen in the most
     sessions is returned with its :data:`RECENT_SESSIONS` latest sessions'
-    ratios (by the session's end); ``None`` when no row names an anchor.
+    ratios (by the session's end) and reference times
+    (``env.session_reference_ms``); ``None`` when no row names an anchor.
     """
-    sessions: dict[tuple[str, ...], dict[str, tuple[float, tuple[float, ...]]]] = {}
+    sessions: dict[tuple[str, ...], dict[str, tuple[float, tuple[float, ...], float]]] = {}
     for row in rows.values():
         keys, ratios = row.get("anchor_keys"), row.get("anchor_ratios")
         if (row.get("anchor_precision") != precision or row.get("anchor_retry") or not keys or not ratios
                 or len(keys) != len(ratios)):
             continue
-        ended = float(row.get("env", {}).get("session_end", 0.0))
+        env = row.get("env", {})
         values = tuple(math.nan if r is None else float(r) for r in ratios)
-        sessions.setdefault(tuple(keys), {})[str(row["session_id"])] = (ended, values)
+        reference = env.get("session_reference_ms")
+        sessions.setdefault(tuple(keys), {})[str(row["session_id"])] = (
+            float(env.get("session_end", 0.0)), values, math.nan if reference is None else float(reference))
     if not sessions:
         return None
     keys = max(sorted(sessions), key=lambda k: len(sessions[k]))
     latest = sorted(sessions[keys].items(), key=lambda item: item[1][0])[-RECENT_SESSIONS:]
-    return keys, {session_id: ratios for session_id, (_, ratios) in latest}
+    return History(keys, {session: ratios for session, (_, ratios, _) in latest},
+                   {session: reference for session, (_, _, reference) in latest})
 
 
 class HostRecord:
@@ -307,7 +364,8 @@ class HostRecord:
     def remember(self, anchor: Anchor, precision: str) -> int:
         """Keep the anchor's sessions of this run (not earlier runs', not retries); returns how many."""
         new = {session_id: {"keys": list(anchor.keys), "precision": precision, "ended": observed_at,
-                            "ratios": [r if math.isfinite(r) else None for r in anchor.ratios[session_id]]}
+                            "ratios": [r if math.isfinite(r) else None for r in anchor.ratios[session_id]],
+                            "reference_ms": _finite_or_none(anchor.references.get(session_id, math.nan))}
                for session_id, observed_at in anchor.observed_at.items() if session_id not in anchor.retries}
         if not new or len(anchor.archs) != len(anchor.keys) or len(anchor.shas) != len(anchor.keys):
             return 0
@@ -330,4 +388,8 @@ class HostRecord:
 def _as_row(session_id: str, entry: Mapping[str, Any]) -> dict[str, Any]:
     return {"session_id": session_id, "anchor_keys": entry["keys"], "anchor_ratios": entry["ratios"],
             "anchor_precision": entry["precision"], "anchor_shas": entry["shas"],
-            "env": {"session_end": entry["ended"]}}
+            "env": {"session_end": entry["ended"], "session_reference_ms": entry.get("reference_ms")}}
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None

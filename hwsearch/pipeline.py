@@ -707,9 +707,9 @@ def _earlier_anchor(space: SearchSpace, rows: Mapping[str, Mapping[str, Any]], h
     host_rows, host_archs = host.read()
     seen = {**rows, **{f"host {session_id}": row for session_id, row in host_rows.items()}}
     found = anchor_history(seen, precisions[0])
-    if found is None or len(found[1]) + chunks < ANCHOR_MIN_SESSIONS:
+    if found is None or len(found.ratios) + chunks < ANCHOR_MIN_SESSIONS:
         return None
-    keys = found[0]
+    keys = found.keys
     archs = [rows[key]["arch"] if key in rows else host_archs.get(key) for key in keys]
     if any(arch is None for arch in archs):
         return None
@@ -719,10 +719,10 @@ def _earlier_anchor(space: SearchSpace, rows: Mapping[str, Mapping[str, Any]], h
         same_files = {name: row for name, row in seen.items()
                       if list(row.get("anchor_keys") or ()) == list(keys) and row.get("anchor_shas", shas) == shas}
         found = anchor_history(same_files, precisions[0])
-        if found is None or len(found[1]) + chunks < ANCHOR_MIN_SESSIONS:
+        if found is None or len(found.ratios) + chunks < ANCHOR_MIN_SESSIONS:
             return None
         return Anchor.keep(keys, [[files[p].path for p in precisions] for files in exports], folder, tolerance,
-                           found[1], archs=archs)
+                           found, archs=archs)
     finally:
         _delete_exports(exports)
 

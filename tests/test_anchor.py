@@ -15,15 +15,16 @@ from typing import Any
 import pytest
 
 from devices.measure import Measurement
-from hwsearch.anchor import MIN_SESSIONS, RECENT_SESSIONS, Anchor, history
+from hwsearch.anchor import MIN_SESSIONS, RECENT_SESSIONS, Anchor, History, history
 from tests._jobs import SUPERNET, fast_device, remember_a_faster_session
 
 
-def measured(ratio: float) -> Measurement:
-    """A measurement row as a session returns it, at ``ratio``."""
+def measured(ratio: float, reference_ms: float | None = None) -> Measurement:
+    """A measurement row as a session returns it, at ``ratio`` (its session's reference at ``reference_ms``)."""
+    env = {} if reference_ms is None else {"session_reference_ms": reference_ms}
     return Measurement(model_sha256="0" * 64, latency_ms=ratio, ratio=ratio, ratio_ci=0.01, median_ms=ratio,
                        p10_ms=ratio, p90_ms=ratio, p99_ms=ratio, min_ms=ratio, mad_ms=0.0, n_runs=10,
-                       stable=True, device_hash="d")
+                       stable=True, device_hash="d", env=env)
 
 
 def one_subnet_anchor(tolerance: float = 0.05) -> Anchor:
@@ -56,6 +57,37 @@ def test_a_large_minority_in_another_state_does_not_move_the_medians_but_a_major
     for index in range(3, 5):
         anchor.observe(f"slow{index}", [measured(1.45)])
     assert anchor.offset("slow0") == pytest.approx(1.0) and anchor.shifted("calm0")
+
+
+def _calm_then_slow(calm: int, slow: int, calm_reference_ms: float | None,
+                    slow_reference_ms: float | None) -> Anchor:
+    """``calm`` sessions at ratio 1.0-1.03, then ``slow`` at 1.6x, each state's reference at the ms given."""
+    anchor = one_subnet_anchor()
+    for index in range(calm):
+        anchor.observe(f"calm{index}", [measured(1.0 + 0.01 * (index % 4), calm_reference_ms)])
+    for index in range(slow):
+        anchor.observe(f"slow{index}", [measured(1.6 + 0.01 * (index % 4), slow_reference_ms)])
+    return anchor
+
+
+def test_a_faster_state_with_half_the_sessions_and_no_slower_reference_is_the_undisturbed_one() -> None:
+    """Four calm sessions and five at 1.6x by the same ruler: the slow ones are the disturbed ones."""
+    anchor = _calm_then_slow(4, 5, calm_reference_ms=1.33, slow_reference_ms=1.40)
+    assert anchor.offset("calm0") == pytest.approx(1.0 / 1.015) and not anchor.shifted("calm3")
+    assert all(anchor.shifted(f"slow{index}") for index in range(5))
+
+
+@pytest.mark.parametrize(("calm", "slow", "calm_reference_ms", "slow_reference_ms"), [
+    (4, 5, None, None),  # reference times unknown: the larger state
+    (4, 5, 1.50, 1.40),  # the calm state's reference ran 7% slower: its ratios are low for that
+    (4, 9, 1.33, 1.40),  # fewer than half as many sessions: the host has moved
+    (2, 2, 1.33, 1.40),  # fewer than three
+])
+def test_a_faster_state_does_not_win_without_the_sessions_or_an_unslowed_reference(
+        calm: int, slow: int, calm_reference_ms: float | None, slow_reference_ms: float | None) -> None:
+    anchor = _calm_then_slow(calm, slow, calm_reference_ms, slow_reference_ms)
+    assert anchor.offset("slow0") == pytest.approx(1.6 / 1.615, rel=0.01) and not anchor.shifted("slow0")
+    assert all(anchor.shifted(f"calm{index}") for index in range(calm))
 
 
 def test_one_anchor_subnet_moving_alone_does_not_shift_a_session_but_all_moving_does() -> None:
@@ -312,11 +344,15 @@ def test_the_history_takes_the_most_seen_anchor_at_the_precision_and_its_latest_
              "retry": _row(small, "t3", (2.5,), ended=99.0) | {"anchor_retry": True},
              "plain": {"session_id": "u0", "env": {}}}
     rows |= {f"b{i}": _row(big, "s0", (1.0, 2.0, 3.0), ended=0.0) for i in range(3)}  # one session, many rows
-    keys, ratios = history(rows, "fp32")
+    rows["a7"]["env"]["session_reference_ms"] = 1.3
+    keys, ratios, references = history(rows, "fp32")
     assert keys == big and len(ratios) == RECENT_SESSIONS and "s0" not in ratios
     assert min(r[0] for r in ratios.values()) == pytest.approx(1.05)
     assert all(math.isnan(r[2]) for r in ratios.values())
-    assert history(rows, "int8") == (small, {"t1": (3.0,)})
+    assert sorted(references) == sorted(ratios) and references.pop("s7") == 1.3
+    assert all(math.isnan(ms) for ms in references.values())
+    int8 = history(rows, "int8")
+    assert int8 is not None and int8.keys == small and int8.ratios == {"t1": (3.0,)}
     assert history({"plain": rows["plain"]}, "fp32") is None
 
 
@@ -356,7 +392,7 @@ def test_kept_sessions_of_other_files_do_not_judge(tmp_path: Path, calibration_d
     assert later.sessions == 1 and not any("anchor_keys" in row for row in rows.values())
 
 
-def _anchor_observed(tmp_path: Path, sessions: dict[str, float], *, earlier: dict[str, tuple[float]] | None = None,
+def _anchor_observed(tmp_path: Path, sessions: dict[str, float], *, earlier: History | None = None,
                      retries: tuple[str, ...] = ()) -> Anchor:
     """A one-subnet anchor over a real file, observed in ``sessions`` (ratio each)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -364,7 +400,7 @@ def _anchor_observed(tmp_path: Path, sessions: dict[str, float], *, earlier: dic
     source.write_bytes(b"an anchor file")
     anchor = Anchor.keep(["a"], [[source]], tmp_path / "kept", earlier=earlier, archs=[{"resolution": 32}])
     for session, ratio in sessions.items():
-        anchor.observe(session, [measured(ratio)], retry=session in retries)
+        anchor.observe(session, [measured(ratio, reference_ms=1.2)], retry=session in retries)
     return anchor
 
 
@@ -372,14 +408,16 @@ def test_the_host_keeps_a_runs_own_sessions_and_its_newest_ones(tmp_path: Path, 
     from hwsearch.anchor import HOST_SESSIONS, HostRecord, file_sha256
 
     record = HostRecord("device", "network")
-    anchor = _anchor_observed(tmp_path, {"s1": 1.0, "s2": math.nan, "again": 1.3}, earlier={"s0": (0.9,)},
+    anchor = _anchor_observed(tmp_path, {"s1": 1.0, "s2": math.nan, "again": 1.3},
+                              earlier=History(("a",), {"s0": (0.9,)}, {"s0": 1.1}),
                               retries=("again",))
     assert record.remember(anchor, "fp32") == 2
     rows, archs = record.read()
     assert sorted(rows) == ["s1", "s2"] and rows["s2"]["anchor_ratios"] == [None]
     assert rows["s1"]["anchor_shas"] == [file_sha256(tmp_path / "a.onnx")] and archs == {"a": {"resolution": 32}}
-    keys, ratios = history(rows, "fp32")
+    keys, ratios, references = history(rows, "fp32")
     assert keys == ("a",) and ratios["s1"] == (1.0,) and math.isnan(ratios["s2"][0])
+    assert references == {"s1": 1.2, "s2": 1.2}
     assert HostRecord("device", "another network").read() == ({}, {})
     many = _anchor_observed(tmp_path, {f"m{i}": 1.0 for i in range(HOST_SESSIONS)})
     assert record.remember(many, "fp32") == HOST_SESSIONS
