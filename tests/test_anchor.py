@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from devices.measure import Measurement
@@ -75,6 +76,14 @@ def test_a_faster_state_with_half_the_sessions_and_no_slower_reference_is_the_un
     anchor = _calm_then_slow(4, 5, calm_reference_ms=1.33, slow_reference_ms=1.40)
     assert anchor.offset("calm0") == pytest.approx(1.0 / 1.015) and not anchor.shifted("calm3")
     assert all(anchor.shifted(f"slow{index}") for index in range(5))
+
+
+def test_one_state_spread_wider_than_the_tolerance_is_not_split_at_its_faster_edge() -> None:
+    """Sessions spread evenly over 0.92-1.04: the faster end is the same state, so the medians stay at its middle."""
+    anchor = one_subnet_anchor()
+    for index, ratio in enumerate(np.linspace(0.92, 1.04, 13)):
+        anchor.observe(f"s{index}", [measured(float(ratio), reference_ms=1.3)])
+    assert anchor.offset("s6") == pytest.approx(0.98 / 0.995) and not anchor.shifted("s7")
 
 
 @pytest.mark.parametrize(("calm", "slow", "calm_reference_ms", "slow_reference_ms"), [
