@@ -58,21 +58,32 @@ def exported_subnets(n: int, seed: int) -> tuple[list[bytes], list[int]]:
 
 
 def record(device_file: str, models: list[bytes], anchor: list[int], pairs: int, small: int,
-           seed: int) -> dict[str, list[dict[int, float]]]:
-    """Each session's ratio per subnet index, full and small sessions alternating (which goes first alternates too)."""
+           seed: int, padded: bool = False) -> dict[str, list[dict[int, float]]]:
+    """Each session's ratio per subnet index, the kinds of session taking turns (which goes first rotates too).
+
+    ``padded`` adds a third kind: a small session's subnets measured again
+    (copies of their files) until it holds as many models as a full one,
+    the copies' results dropped.
+    """
     from devices.local import measure_model_bytes
     from devices.profile import DeviceProfile
 
     profile = DeviceProfile.load(REPO / "hwsearch/demo/devices" / device_file)
     others = [i for i in range(len(models)) if i not in anchor]
     rng = np.random.default_rng(seed)
-    sessions: dict[str, list[dict[int, float]]] = {"full": [], "small": []}
+    kinds = ("full", "small", "padded") if padded else ("full", "small")
+    sessions: dict[str, list[dict[int, float]]] = {kind: [] for kind in kinds}
     for pair in range(pairs):
         picked = [int(i) for i in rng.choice(others, small, replace=False)]
-        for kind in ("full", "small") if pair % 2 == 0 else ("small", "full"):
-            chosen = others + anchor if kind == "full" else picked + anchor
+        sessions_now = {"full": others + anchor, "small": picked + anchor,
+                        "padded": picked + anchor + [picked[j % small] for j in range(len(others) - small)]}
+        for kind in kinds[pair % len(kinds):] + kinds[:pair % len(kinds)]:
+            chosen = sessions_now[kind]
             measured = measure_model_bytes(profile, [models[i] for i in chosen], profile.reference_bytes())
-            sessions[kind].append({i: m.ratio for i, m in zip(chosen, measured)})
+            first: dict[int, float] = {}
+            for i, m in zip(chosen, measured):
+                first.setdefault(i, m.ratio)  # a padded session's repeats are dropped
+            sessions[kind].append(first)
         print(f"  pair {pair + 1}/{pairs}", flush=True)
     return sessions
 
@@ -101,6 +112,8 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=4, help="non-anchor subnets in a small session")
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--padded", action="store_true",
+                        help="also small sessions padded to full size with copies of their own subnets")
     args = parser.parse_args()
     if not ANCHOR_SUBNETS + args.small <= args.subnets:
         parser.error("--subnets must hold the anchor and a small session's subnets")
@@ -110,7 +123,7 @@ def main() -> None:
     print(f"{'device':6s} {'sessions':8s} {'figures':12s} {'median':>6s} {'signed':>7s} {'±10%':>6s} {'n':>5s}")
     for device, device_file in DEVICES.items():
         print(f"recording {args.pairs} pairs of sessions on the {device} device", flush=True)
-        scored = score(record(device_file, models, anchor, args.pairs, args.small, args.seed), anchor)
+        scored = score(record(device_file, models, anchor, args.pairs, args.small, args.seed, args.padded), anchor)
         for kind, found in scored.items():
             for figures in ("uncorrected", "corrected"):
                 print(f"{device:6s} {kind:8s} {figures:12s} {describe(found[figures])}")
