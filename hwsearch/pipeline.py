@@ -346,9 +346,9 @@ def _middle_by_macs(exports: Sequence[Mapping[str, _Exported]], n: int) -> list[
     host had changed state by 1.3-1.6x, the smallest subnet moved 10-16%
     less than the session's median.  The middle three corrected the 21
     other subnets better than the three smallest on both devices of both
-    recordings (kept sessions: 1.12-1.31% median deviation against
-    1.37-1.57%), judged better (4 of 104 calm sessions flagged and 2 of 56
-    shifted ones missed, against 7 of 104 and 6 of 56), and cost no more
+    recordings (kept sessions: 1.05-1.34% median deviation against
+    1.42-1.57%), judged better (3 of 106 calm sessions flagged and 2 of 54
+    shifted ones missed, against 7 of 105 and 8 of 55), and cost no more
     (docs/measurement.md).
     """
     by_macs = sorted(range(len(exports)), key=lambda i: exports[i][DEFAULT_PRECISION].report.macs)
