@@ -15,9 +15,10 @@ offsets ranged 0.91-1.05): only subnets of the same family witness it.
 So a run measures a few of its subnets, the anchor, in every session, and
 once it has at least :data:`MIN_SESSIONS` sessions it takes each session's
 offset: the median over the anchor's subnets of each one's ratio there
-(its first precision's file's) over its median over the sessions.  A
-session whose offset is further from 1 than the tolerance shifted, and its
-rows are not stable (the pipeline measures it again or relabels it;
+(its first precision's file's) over its median over the sessions of the
+host's undisturbed state (:func:`prevailing_state`).  A session whose
+offset is further from 1 than the tolerance shifted, and its rows are not
+stable (the pipeline measures it again or relabels it;
 fronts re-measure unstable points before they may enter).  Since the
 subnets of a session move together, the pipeline also divides every row of
 a judged session by its offset (``hwsearch.pipeline._corrected_by_anchor``).
@@ -164,7 +165,7 @@ class Anchor:
     def offset(self, session_id: str) -> float | None:
         """The median of the subnets' ratios there over their medians; ``None`` before a verdict.
 
-        The medians are taken over the sessions of the host's prevailing
+        The medians are taken over the sessions of the host's undisturbed
         state (:func:`prevailing_state`).  No verdict before
         :data:`MIN_SESSIONS` sessions that are not retries, nor for a
         session where no subnet's ratio was usable.
@@ -178,7 +179,7 @@ class Anchor:
         return float(np.median(offsets)) if offsets.size else None
 
     def _medians(self) -> np.ndarray | None:
-        """Each subnet's median ratio over the prevailing state's counted sessions, kept until the next session."""
+        """Each subnet's median ratio over the undisturbed state's counted sessions, kept until the next session."""
         counted = [session for session in self.ratios if session not in self.retries]
         if len(counted) < MIN_SESSIONS:
             return None
