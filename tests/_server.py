@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from hwsearch.api.catalog import default_data_dir
 from hwsearch.ray_session import private_temp_dir
 
 TOKEN = "test-token-123"
@@ -91,7 +92,7 @@ class Server:
         """The service's data directory, as ``hwsearch serve`` derives it."""
         if "--data-dir" in self.extra:
             return Path(self.extra[self.extra.index("--data-dir") + 1])
-        return Path(f"{self.store}.data")
+        return default_data_dir(self.store)
 
 
 class Agent:

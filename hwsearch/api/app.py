@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 
 import hwsearch
 from hwsearch.agents import AgentEndpoint
-from hwsearch.api.catalog import Catalog
+from hwsearch.api.catalog import Catalog, default_data_dir
 from hwsearch.api.files import DataRoots
 from hwsearch.api.routes import api_router, public_router
 from hwsearch.api.service import Busy, ServiceError, upgrade_catalog
@@ -185,7 +185,7 @@ def create_app_from_env() -> FastAPI:
     return create_app(
         open_store(store_path),
         token=os.environ["HWSEARCH_TOKEN"],
-        data_dir=os.environ.get("HWSEARCH_DATA", f"{store_path}.data"),
+        data_dir=os.environ.get("HWSEARCH_DATA", default_data_dir(store_path)),
         data_roots=[r for r in roots.split(os.pathsep) if r] or None,
         agents=load_agents([a for a in declared.split(",") if a],
                            secrets_file=Path(secrets) if secrets else None),

@@ -20,10 +20,15 @@ from typing import Any
 
 from hwsearch.jobs import SupernetRef
 
-__all__ = ["Catalog", "NAME_PATTERN", "valid_name"]
+__all__ = ["Catalog", "NAME_PATTERN", "default_data_dir", "valid_name"]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 _NAME = re.compile(NAME_PATTERN)
+
+
+def default_data_dir(store: str | os.PathLike[str]) -> Path:
+    """Where a service keeps its catalog, uploads and exports unless told otherwise: ``STORE.data``, beside its store."""
+    return Path(f"{os.fspath(store)}.data")
 
 
 def valid_name(name: object) -> bool:

@@ -54,9 +54,10 @@ def check(
 def _registered(name: str, store: Path):  # -> devices.profile.DeviceProfile
     """The profile the service registered as ``name`` (its catalog is ``STORE.data``)."""
     from devices.profile import DeviceProfile
+    from hwsearch.api.catalog import default_data_dir
     from hwsearch.cli._errors import reading
 
-    devices_dir = Path(f"{store}.data") / "devices"
+    devices_dir = default_data_dir(store) / "devices"
     if not devices_dir.is_dir():
         raise OptionError("--store", f"{store} has no service catalog ({devices_dir} is missing)")
     registered = sorted(p.stem for p in devices_dir.glob("*.json"))

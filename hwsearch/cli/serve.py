@@ -62,6 +62,7 @@ def serve(
 
     from hwsearch.agents import load_agents
     from hwsearch.api.app import MiB, create_app
+    from hwsearch.api.catalog import default_data_dir
     from hwsearch.dispatch import Admission
     from hwsearch.store import open_store
 
@@ -71,7 +72,7 @@ def serve(
         agents = load_agents(agent or [], secrets_file=agent_secrets)
     except (OSError, ValueError) as error:
         raise typer.BadParameter(str(error), param_hint="--agent") from None
-    data_dir = data_dir or Path(f"{store}.data")
+    data_dir = data_dir or default_data_dir(store)
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = _own(data_dir)  # held (open) until the process ends
     _prepare_ray(data_dir, local=ray_address is None)
