@@ -128,9 +128,11 @@ class Anchor:
                 kept.append(folder / f"{index}-{path.name}")
                 shutil.copyfile(path, kept[-1])
         shas = tuple(file_sha256(folder / f"{index}-{group[0].name}") for index, group in enumerate(groups))
-        ratios = {session: tuple(map(float, r)) for session, r in (earlier.ratios if earlier else {}).items()}
-        return cls(tuple(keys), kept, tolerance, ratios, archs=tuple(dict(a) for a in archs), shas=shas,
-                   references={session: float(ms) for session, ms in (earlier.references if earlier else {}).items()})
+        earlier = earlier or History(tuple(keys), {}, {})
+        return cls(tuple(keys), kept, tolerance,
+                   {session: tuple(map(float, ratios)) for session, ratios in earlier.ratios.items()},
+                   archs=tuple(dict(a) for a in archs), shas=shas,
+                   references={session: float(ms) for session, ms in earlier.references.items()})
 
     @property
     def files_per_subnet(self) -> int:
@@ -149,8 +151,7 @@ class Anchor:
         run shifted, the calm ones at 0.89-0.94.
         """
         self.ratios[session_id] = tuple(float(r.ratio) for r in results[::self.files_per_subnet])
-        reference = results[0].env.get("session_reference_ms") if results else None
-        self.references[session_id] = math.nan if reference is None else float(reference)
+        self.references[session_id] = _nan_if_none(results[0].env.get("session_reference_ms") if results else None)
         self.observed_at[session_id] = time.time()
         if retry:
             self.retries.add(session_id)
@@ -333,10 +334,9 @@ def history(rows: Mapping[str, Mapping[str, Any]], precision: str) -> History | 
                 or len(keys) != len(ratios)):
             continue
         env = row.get("env", {})
-        values = tuple(math.nan if r is None else float(r) for r in ratios)
-        reference = env.get("session_reference_ms")
+        values = tuple(_nan_if_none(r) for r in ratios)
         sessions.setdefault(tuple(keys), {})[str(row["session_id"])] = (
-            float(env.get("session_end", 0.0)), values, math.nan if reference is None else float(reference))
+            float(env.get("session_end", 0.0)), values, _nan_if_none(env.get("session_reference_ms")))
     if not sessions:
         return None
     keys = max(sorted(sessions), key=lambda k: len(sessions[k]))
@@ -370,7 +370,7 @@ class HostRecord:
     def remember(self, anchor: Anchor, precision: str) -> int:
         """Keep the anchor's sessions of this run (not earlier runs', not retries); returns how many."""
         new = {session_id: {"keys": list(anchor.keys), "precision": precision, "ended": observed_at,
-                            "ratios": [r if math.isfinite(r) else None for r in anchor.ratios[session_id]],
+                            "ratios": [_finite_or_none(r) for r in anchor.ratios[session_id]],
                             "reference_ms": _finite_or_none(anchor.references.get(session_id, math.nan))}
                for session_id, observed_at in anchor.observed_at.items() if session_id not in anchor.retries}
         if not new or len(anchor.archs) != len(anchor.keys) or len(anchor.shas) != len(anchor.keys):
@@ -398,4 +398,9 @@ def _as_row(session_id: str, entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _finite_or_none(value: float) -> float | None:
+    """NaN (unusable, unknown) as JSON's ``null``; :func:`_nan_if_none` reads it back."""
     return value if math.isfinite(value) else None
+
+
+def _nan_if_none(value: Any) -> float:
+    return math.nan if value is None else float(value)
