@@ -36,7 +36,10 @@ other solo runs' stable rows): a row the device calls stable is what fronts
 and predictors trust, an unstable one is measured again or shown as such;
 and once over all rows as their sessions measured them, before the anchor's
 correction (``uncorrected_latency_ms``), which shows what the correction did
-in the same run.
+in the same run.  A last table asks whether each stable row's stated CI
+covers the other solo runs' median of its subnet: the session's own
+``ratio_ci`` against ``latency_ci``, which adds the spread between sessions
+the anchor sees (:meth:`hwsearch.anchor.Anchor.latency_ci`).
 The goal: contended rows agree with the yardstick as well as solo rows do.
 Calibrations start fresh in a temporary folder per comparison (the first solo
 job of each device sets its ruler); the lock is the host's own, so
@@ -76,6 +79,7 @@ from hwsearch.anchor import DEFAULT_TOLERANCE as ANCHOR_TOLERANCE  # noqa: E402
 DEVICES = {"1t": REPO / "hwsearch/demo/devices/cpu-1thread.yaml",
            "2t": REPO / "hwsearch/demo/devices/cpu-2threads.yaml"}
 STABLE = "[stable rows]"
+COVERAGE = "coverage: "
 UNCORRECTED = "[uncorrected]"
 QUICK = {"warmup": {"runs": 5, "seconds": 0.2},
          "protocol": {"min_rounds": 12, "max_rounds": 60, "max_seconds": 30.0, "ci_target": 0.02}}
@@ -230,6 +234,42 @@ def contended(run: Run, solo: Solo, *, stable_only: bool = False) -> np.ndarray:
     return np.concatenate([deviations(run, yardstick, stable_only=stable_only) for _, yardstick in yardsticks])
 
 
+def coverage(run: Run, yardstick: dict[str, float]) -> np.ndarray:
+    """Per stable row with a finite yardstick: its deviation, its session's ``ratio_ci`` and its ``latency_ci``.
+
+    One row per subnet (columns: deviation, ratio_ci, latency_ci with NaN where unknown); the question is
+    whether a row's stated CI covers where the other solo runs put its subnet.
+    """
+    rows = [(abs(row["latency_ms"] / yardstick[key] - 1.0), row["ratio_ci"],
+             np.nan if row.get("latency_ci") is None else row["latency_ci"])
+            for key, row in run.rows.items() if row["stable"] and np.isfinite(yardstick.get(key, np.nan))]
+    return np.array(rows, dtype=float).reshape(-1, 3)
+
+
+def print_coverage(covered: dict[str, list[np.ndarray]]) -> dict[str, dict[str, float]]:
+    """How often each CI covered the other solo runs' median, pooled by group.
+
+    The yardstick is itself a median of a few noisy runs, so even a true 95%
+    interval covers it less often (about 90% for a median of four runs each
+    as noisy as the row).
+    """
+    print(f"\nstable rows whose CI covers the other solo runs' stable median (ratio_ci: the session's own; "
+          f"latency_ci: with the spread between sessions)\n{'group':24s} {'rows':>5s} {'with latency_ci':>15s} "
+          f"{'ratio_ci covers':>15s} {'latency_ci covers':>17s} {'median latency_ci':>17s}")
+    table = {}
+    for group, parts in sorted(covered.items()):
+        rows = np.concatenate(parts)
+        known = rows[np.isfinite(rows[:, 2])]
+        table[group] = {"n": int(len(rows)), "with_latency_ci": float(len(known) / max(len(rows), 1)),
+                        "ratio_ci_covers": float(np.mean(rows[:, 0] <= rows[:, 1])) if len(rows) else np.nan,
+                        "latency_ci_covers": float(np.mean(known[:, 0] <= known[:, 2])) if len(known) else np.nan,
+                        "median_latency_ci": float(np.median(known[:, 2])) if len(known) else np.nan}
+        row = table[group]
+        print(f"{group:24s} {row['n']:5d} {row['with_latency_ci']:15.0%} {row['ratio_ci_covers']:15.1%} "
+              f"{row['latency_ci_covers']:17.1%} {row['median_latency_ci']:17.2%}")
+    return table
+
+
 def agreement(run: Run, deviation: np.ndarray) -> dict[str, float]:
     """Statistics of a run's deviations, with its stable share and conditions."""
     return {**summary(deviation),
@@ -271,7 +311,10 @@ def _row(label: str, run: Run, stats: dict[str, float]) -> str:
 
 def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], float]]
                 ) -> tuple[dict[str, Any], dict[str, list[np.ndarray]]]:
-    """The comparison table; returns its numbers and every deviation by group (for pooling over repeats)."""
+    """The comparison table; returns its numbers and every deviation by group (for pooling over repeats).
+
+    The groups whose names start with :data:`COVERAGE` hold :func:`coverage` rows instead.
+    """
     print(f"\n{'run':13s} {'device':6s} {'median':>7s} {'worst':>7s} {'±10%':>6s} {'±5%':>6s} "
           f"{'stable':>7s} {'shifted':>7s} {'ref ms':>7s} {'wait s':>7s} {'session s':>9s}")
     results: dict[str, Any] = {}
@@ -284,6 +327,8 @@ def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], fl
                   + "   <- the host's own noise: vs the other solo runs")
         for _, deviation in solo_noise(solo, stable_only=True):
             pooled.setdefault(f"(a) alone {device} {STABLE}", []).append(deviation)
+        for run, yardstick in solo.stable_yardsticks:
+            pooled.setdefault(f"{COVERAGE}(a) alone {device}", []).append(coverage(run, yardstick))
         for _, deviation in solo_noise(solo.uncorrected()):
             pooled.setdefault(f"(a) alone {device} {UNCORRECTED}", []).append(deviation)
     for name, (runs, wall) in scenarios.items():
@@ -295,6 +340,8 @@ def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], fl
                 contended(run, solos[run.device], stable_only=True))
             pooled.setdefault(f"{name} {run.device} {UNCORRECTED}", []).append(
                 contended(run.uncorrected(), solos[run.device].uncorrected()))
+            pooled.setdefault(f"{COVERAGE}{name} {run.device}", []).extend(
+                coverage(run, yardstick) for _, yardstick in solos[run.device].stable_yardsticks)
             print(_row(f"{name} #{index + 1}", run, results[f"{name}-{index}"]))
         solo_wall = sum(solos[run.device].wall for run in runs)
         solo_sessions = sum(float(np.median([session_span([r]) for r in solos[run.device].runs])) for run in runs)
@@ -376,9 +423,12 @@ def main() -> None:
             results.append(table)
             for group, parts in deviations_by_group.items():
                 pooled.setdefault(group, []).extend(parts)
-    summary_table = print_pooled(pooled)
+    summary_table = print_pooled({group: parts for group, parts in pooled.items() if not group.startswith(COVERAGE)})
+    covered = print_coverage({group[len(COVERAGE):]: parts for group, parts in pooled.items()
+                              if group.startswith(COVERAGE)})
     if args.json:
-        args.json.write_text(json.dumps({"comparisons": results, "pooled": summary_table}, indent=2))
+        args.json.write_text(json.dumps({"comparisons": results, "pooled": summary_table, "coverage": covered},
+                                        indent=2))
 
 
 if __name__ == "__main__":

@@ -143,6 +143,12 @@ def read_kept_file(name: str) -> dict[str, Any]:
     return _read(_kept_path(name))
 
 
+def kept_file_names(prefix: str) -> list[str]:
+    """The names of the files kept by :func:`update_kept_file` that start with ``prefix``, sorted."""
+    folder = calibration_dir() / "kept"
+    return sorted(p.name for p in folder.glob(f"{prefix}*.json")) if folder.is_dir() else []
+
+
 def _kept_path(name: str) -> Path:
     if not name or Path(name).name != name or name.startswith("."):
         raise ValueError(f"a kept file's name must be a plain file name, got {name!r}")

@@ -69,7 +69,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from devices.calibration import read_kept_file, update_kept_file
+from devices.calibration import kept_file_names, read_kept_file, update_kept_file
 
 #: Sessions a run needs before its anchor's median can tell a shifted session from the rest.
 MIN_SESSIONS = 3
@@ -81,6 +81,8 @@ ANCHOR_SUBNETS = 3
 RECENT_SESSIONS = 20
 #: Sessions a host keeps per network and device, over all its anchors (the newest).
 HOST_SESSIONS = 3 * RECENT_SESSIONS
+#: A two-sided 95% interval's half-width in standard deviations (:meth:`Anchor.latency_ci`).
+Z95 = 1.959964
 
 
 @dataclass
@@ -102,7 +104,7 @@ class Anchor:
     shas: tuple[str, ...] = ()  # each subnet's first file's SHA-256: what its ratios were measured on
     observed_at: dict[str, float] = field(default_factory=dict)  # this run's sessions (not earlier runs')
     references: dict[str, float] = field(default_factory=dict)  # session_id -> its reference's ms (NaN: unknown)
-    _cached_medians: tuple[int, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    _cached_state: tuple[int, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
@@ -179,18 +181,53 @@ class Anchor:
         offsets = offsets[np.isfinite(offsets)]
         return float(np.median(offsets)) if offsets.size else None
 
+    def session_spread(self) -> float | None:
+        """How far one subnet's corrected ratio strays from session to session (a relative SD); ``None`` unknown.
+
+        A session's ``ratio_ci`` covers only the noise within it, but a
+        subnet also moves on its own from one session to the next, its
+        session's offset divided out.  Over the solo runs of four
+        ``bench/contention.py`` runs (2026-12-01), stable rows sat within
+        their own ``ratio_ci`` of the other runs' median in 56% of cases on
+        both demo devices.  The anchor's subnets, measured in every
+        session, show that movement: see :func:`idiosyncratic_spread`.
+        Known once the undisturbed state holds :data:`MIN_SESSIONS`
+        sessions in which at least two anchor subnets were usable.
+        """
+        state = self._state()
+        return None if state is None else idiosyncratic_spread(state)
+
+    def latency_ci(self, ratio_ci: float) -> float | None:
+        """A corrected row's relative 95% half-width: its session's CI and the spread between sessions.
+
+        The row's error against its subnet's long-run median has two parts
+        beyond the session's own noise: the subnet's own movement
+        (:meth:`session_spread`) and the error of the offset it was divided
+        by, a median of the anchor's subnets (variance about π/2k of one
+        subnet's for k of them).  ``None`` while the spread is unknown or
+        the session's CI is not finite.
+        """
+        spread = self.session_spread()
+        if spread is None or not math.isfinite(ratio_ci):
+            return None
+        return math.hypot(ratio_ci, Z95 * spread * math.sqrt(1.0 + math.pi / (2 * len(self.keys))))
+
     def _medians(self) -> np.ndarray | None:
-        """Each subnet's median ratio over the undisturbed state's counted sessions, kept until the next session."""
+        """Each subnet's median ratio over the undisturbed state's counted sessions."""
+        state = self._state()
+        return None if state is None else _nanmedian(state, axis=0)
+
+    def _state(self) -> np.ndarray | None:
+        """The undisturbed state's counted sessions (sessions x subnets, NaN unusable), kept until the next session."""
         counted = [session for session in self.ratios if session not in self.retries]
         if len(counted) < MIN_SESSIONS:
             return None
-        if self._cached_medians is None or self._cached_medians[0] != len(self.ratios):
+        if self._cached_state is None or self._cached_state[0] != len(self.ratios):
             table = np.array([self.ratios[session] for session in counted], dtype=float)  # sessions x subnets
             table = np.where(np.isfinite(table), table, np.nan)
             references = np.array([self.references.get(session, math.nan) for session in counted], dtype=float)
-            state = prevailing_state(table, self.tolerance, references)
-            self._cached_medians = (len(self.ratios), _nanmedian(state, axis=0))
-        return self._cached_medians[1]
+            self._cached_state = (len(self.ratios), prevailing_state(table, self.tolerance, references))
+        return self._cached_state[1]
 
     def judged(self, session_ids: Iterable[str]) -> bool:
         """Whether every one of the sessions has the anchor's verdict."""
@@ -233,6 +270,37 @@ def prevailing_state(table: np.ndarray, tolerance: float, references: np.ndarray
     if references is not None:
         centre = _undisturbed(table, alike, centre, references, tolerance)
     return table[alike[centre]] if alike[centre].any() else table
+
+
+def idiosyncratic_spread(state: np.ndarray) -> float | None:
+    """The relative SD of one subnet's ratio between sessions of one state, the session's common move divided out.
+
+    ``state`` holds sessions x subnets ratios (NaN unusable); sessions with
+    fewer than two usable subnets are left out.  Each subnet's log offset
+    (ratio over its median) is held to the mean of the session's other
+    subnets' offsets; the robust SD of those differences (1.4826 MAD) is
+    one subnet's spread inflated by the others' mean, which is divided out
+    (``sqrt(1 + 1/(k-1))`` for k subnets).  A move that all subnets share
+    is the offset's, not the spread's.  ``None`` with fewer than
+    :data:`MIN_SESSIONS` such sessions.
+    """
+    with np.errstate(all="ignore"):
+        offsets = np.log(state / _nanmedian(state, axis=0))
+    usable = np.isfinite(offsets)
+    sessions = usable.sum(axis=1) >= 2
+    if sessions.sum() < MIN_SESSIONS:
+        return None
+    offsets, usable = offsets[sessions], usable[sessions]
+    differences, inflation = [], []
+    for i in range(offsets.shape[1]):
+        others = np.delete(offsets, i, axis=1)
+        counts = np.isfinite(others).sum(axis=1)
+        keep = usable[:, i] & (counts >= 1)
+        differences.append(offsets[keep, i] - np.nanmean(others[keep], axis=1))
+        inflation.append(1.0 + 1.0 / counts[keep])
+    differences_all = np.concatenate(differences)
+    mad = np.median(np.abs(differences_all - np.median(differences_all)))
+    return float(1.4826 * mad / math.sqrt(float(np.median(np.concatenate(inflation)))))
 
 
 def _undisturbed(table: np.ndarray, alike: np.ndarray, centre: int, references: np.ndarray,
@@ -356,10 +424,12 @@ class HostRecord:
     subnet's arch, so a run that has never seen the subnets can export them.
     """
 
+    PREFIX = "anchor-"
+
     def __init__(self, device_key: str, network_id: str) -> None:
         self.device_key, self.network_id = device_key, network_id
         identity = hashlib.sha256(f"{device_key}\0{network_id}".encode()).hexdigest()[:24]
-        self.name = f"anchor-{identity}.json"
+        self.name = f"{self.PREFIX}{identity}.json"
 
     def read(self) -> tuple[dict[str, dict[str, Any]], dict[str, Mapping[str, Any]]]:
         """The kept sessions as rows :func:`history` reads (keyed by session id), and the anchor subnets' archs."""
@@ -389,6 +459,33 @@ class HostRecord:
 
         update_kept_file(self.name, add)
         return len(new)
+
+
+def host_spreads(device_key: str) -> list[dict[str, Any]]:
+    """The spread between sessions in each of the host's kept anchor records of the device (``devices show``).
+
+    One entry per network and precision the device measured with an anchor
+    on this host: the sessions considered (the most-seen anchor's recent
+    ones, as a run would start from), how many of them make the undisturbed
+    state, and :func:`idiosyncratic_spread` over those (``None`` while unknown).
+    """
+    spreads = []
+    for name in kept_file_names(HostRecord.PREFIX):
+        data = read_kept_file(name)
+        if str(data.get("device_key", "")).partition("@")[0] != device_key or "network_id" not in data:
+            continue
+        rows, _ = HostRecord(data["device_key"], data["network_id"]).read()
+        for precision in sorted({row["anchor_precision"] for row in rows.values()}):
+            found = history(rows, precision)
+            if found is None:
+                continue
+            table = np.array(list(found.ratios.values()), dtype=float)
+            references = np.array([found.references[s] for s in found.ratios], dtype=float)
+            state = prevailing_state(table, DEFAULT_TOLERANCE, references)
+            spreads.append({"network_id": data["network_id"], "precision": precision,
+                            "anchor_subnets": len(found.keys), "sessions": len(table),
+                            "undisturbed_sessions": len(state), "session_spread": idiosyncratic_spread(state)})
+    return spreads
 
 
 def _as_row(session_id: str, entry: Mapping[str, Any]) -> dict[str, Any]:

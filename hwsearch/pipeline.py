@@ -419,7 +419,10 @@ class _RunRows:
         Rows of a session found shifted become unstable; rows of a judged
         session that only its slowed reference made unstable become stable
         (:func:`hwsearch.anchor.overrules_slowdown`).  Every row of a judged
-        session is divided by its offset (:func:`_corrected_by_anchor`).
+        session is divided by its offset (:func:`_corrected_by_anchor`) and
+        gets a ``latency_ci`` that covers the spread between sessions too
+        (:meth:`hwsearch.anchor.Anchor.latency_ci`), with the anchor's
+        ``session_spread``.
         """
         for (precision, key), (session_id, row) in list(self._latest.items()):
             ratios, offset = anchor.ratios_in(session_id), anchor.offset(session_id)
@@ -435,6 +438,7 @@ class _RunRows:
                 row["slowdown_overruled_by_anchor"] = True
             if offset is not None:
                 _corrected_by_anchor(row, offset)
+                row.update(session_spread=anchor.session_spread(), latency_ci=anchor.latency_ci(row["ratio_ci"]))
             self._put(precision, key, session_id, row)
 
     def unstable(self, precision: str) -> int:

@@ -68,6 +68,7 @@ def _measurements(store: Store, result: Mapping[str, Any]) -> dict[str, list[dic
             for key, m in sorted(store.get_latencies(entry["hash"], network).items()):
                 rows.append({"arch_key": key, "precision": precision,
                              "latency_ms": m.get("latency_ms"), "ratio_ci": m.get("ratio_ci"),
+                             "latency_ci": m.get("latency_ci"),
                              "stable": m.get("stable"), "accuracy": accuracies.get(key)})
         out[device] = rows
     return out
@@ -346,9 +347,11 @@ def _predictor_table(predictors: Mapping[str, Mapping[str, Any]]) -> str:
 def _measurement_tables(measurements: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     parts = []
     for device, rows in sorted(measurements.items()):
-        table = _table(["arch", "precision", "latency_ms", "±CI (ratio)", "stable", "accuracy"],
+        table = _table(["arch", "precision", "latency_ms", "±CI (session)", "±CI (between sessions too)",
+                        "stable", "accuracy"],
                        [[r.get("arch_key"), r.get("precision", "fp32"), r.get("latency_ms"),
-                         r.get("ratio_ci"), r.get("stable"), r.get("accuracy")] for r in rows])
+                         r.get("ratio_ci"), r.get("latency_ci"), r.get("stable"), r.get("accuracy")]
+                        for r in rows])
         parts.append(f"<details><summary>{html.escape(device)}: {len(rows)} measured subnets"
                      f"</summary>{table}</details>")
     return "".join(parts) or "<p>No measurements were recorded with these fronts.</p>"

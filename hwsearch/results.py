@@ -87,20 +87,27 @@ class Candidate:
 
 
 def measurement_label(conditions: Mapping[str, Any]) -> str:
-    """How a point's latency was measured, in a few words: 'stable', 'UNSTABLE ±5.4%', 'raw median'.
+    """How a point's latency was measured, in a few words: 'stable ±3.1%', 'UNSTABLE ±5.4%', 'raw median'.
 
-    'cpu' marks thread-CPU-clock rows (CPU time of the inference thread, not wall time).
+    The ± is ``latency_ci`` (the spread between sessions included) where
+    known, else the session's own ``ratio_ci``, shown for unstable rows
+    only: a stable row's own CI understates how far it may be off.  'cpu'
+    marks thread-CPU-clock rows (CPU time of the inference thread, not wall time).
     """
     if not conditions:
         return ""
+    ci = conditions.get("latency_ci")
     if conditions.get("latency_source") == "median_ms":
         label = "raw median"
     elif conditions.get("stable"):
-        label = "stable"
+        label = "stable" + _plus_minus(ci)
     else:
-        ci = conditions.get("ratio_ci")
-        label = "UNSTABLE" + (f" ±{ci:.1%}" if isinstance(ci, (int, float)) else "")
+        label = "UNSTABLE" + _plus_minus(ci if ci is not None else conditions.get("ratio_ci"))
     return label + (", cpu" if conditions.get("clock") == "thread_cpu" else "")
+
+
+def _plus_minus(ci: Any) -> str:
+    return f" ±{ci:.1%}" if isinstance(ci, (int, float)) else ""
 
 
 def non_dominated(F: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from devices.measure import Measurement
-from hwsearch.anchor import MIN_SESSIONS, RECENT_SESSIONS, Anchor, History, history
+from hwsearch.anchor import MIN_SESSIONS, RECENT_SESSIONS, Z95, Anchor, History, history
 from tests._jobs import SUPERNET, fast_device, remember_a_faster_session
 
 
@@ -124,6 +124,35 @@ def test_retries_are_judged_but_do_not_pull_the_medians_towards_their_state() ->
     anchor.observe("shifted", [measured(1.3)])
     assert anchor.offset("calm") == pytest.approx(1.0) and not anchor.shifted("calm")
     assert anchor.shifted("shifted") and anchor.shifted("retry") and anchor.offset("retry") == pytest.approx(1.3)
+
+
+def _three_subnet_sessions(sessions: int, own_sd: float, seed: int = 3) -> Anchor:
+    """Sessions of three anchor subnets: a move all share (0.97-1.03) and each subnet's own (log SD ``own_sd``)."""
+    rng = np.random.default_rng(seed)
+    anchor = Anchor(("a", "b", "c"), [Path(f"{k}.onnx") for k in "abc"])
+    for index in range(sessions):
+        shared = rng.uniform(0.97, 1.03)
+        ratios = np.array([1.0, 2.0, 3.0]) * shared * np.exp(rng.normal(0.0, own_sd, 3))
+        anchor.observe(f"s{index}", [measured(float(r)) for r in ratios])
+    return anchor
+
+
+@pytest.mark.parametrize("own_sd", [0.0, 0.01, 0.03])
+def test_the_spread_between_sessions_is_each_subnets_own_movement_not_the_one_they_share(own_sd: float) -> None:
+    anchor = _three_subnet_sessions(60, own_sd)
+    assert anchor.session_spread() == pytest.approx(own_sd, rel=0.25, abs=1e-9)
+    expected = math.hypot(0.01, Z95 * anchor.session_spread() * math.sqrt(1 + math.pi / 6))
+    assert anchor.latency_ci(0.01) == pytest.approx(expected) and anchor.latency_ci(0.01) >= 0.01
+    assert anchor.latency_ci(math.inf) is None
+
+
+def test_the_spread_is_unknown_before_enough_sessions_or_with_one_anchor_subnet() -> None:
+    assert _three_subnet_sessions(MIN_SESSIONS - 1, 0.02).session_spread() is None
+    assert _three_subnet_sessions(MIN_SESSIONS, 0.02).session_spread() is not None
+    alone = one_subnet_anchor()
+    for index in range(10):
+        alone.observe(f"s{index}", [measured(1.0 + 0.01 * index)])
+    assert alone.offset("s0") is not None and alone.session_spread() is None and alone.latency_ci(0.01) is None
 
 
 def test_a_bad_tolerance_or_files_that_do_not_split_over_the_subnets_are_refused() -> None:
@@ -238,6 +267,13 @@ def test_every_judged_row_is_divided_by_its_sessions_offset(tmp_path: Path, cali
     for row in kept:
         assert row["latency_ms"] == pytest.approx(row["uncorrected_latency_ms"] / row["session_offset"])
         assert row["ratio"] == pytest.approx(row["uncorrected_ratio"] / row["session_offset"])
+    # The shifted run's undisturbed state holds two sessions, too few to tell the spread between
+    # sessions; the calm run's three do, and widen every row's CI by it.
+    assert all(row["latency_ci"] is None for row in kept)
+    for row in calm_rows.values():
+        if math.isfinite(row["ratio_ci"]):
+            assert row["session_spread"] >= 0 and row["latency_ci"] == pytest.approx(
+                math.hypot(row["ratio_ci"], Z95 * row["session_spread"] * math.sqrt(1 + math.pi / 4)))
     for arch in archs[2:4]:
         shifted, calm = rows[arch.key()], calm_rows[arch.key()]
         assert shifted["uncorrected_ratio"] / calm["ratio"] > 1 + 2 * RIG_TOLERANCE, (shifted, calm)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -87,6 +88,50 @@ def test_the_ruler_is_shown_calibrated_and_reset(tmp_path: Path) -> None:
     reset = runner.invoke(app, ["devices", "reset", str(profile)])
     assert reset.exit_code == 0 and "forgotten" in reset.output
     assert show()["reference_ms"] is None
+
+
+def _anchor_sessions(folder: Path, sessions: int) -> Any:
+    """An anchor of three subnets (real files) seen in ``sessions`` sessions, each subnet moving on its own."""
+    import numpy as np
+
+    from devices.measure import Measurement
+    from hwsearch.anchor import Anchor
+
+    files = []
+    for index in range(3):
+        files.append([folder / f"{index}.onnx"])
+        files[-1][0].write_bytes(b"anchor subnet %d" % index)
+    anchor = Anchor.keep(["a", "b", "c"], files, folder / "kept", archs=[{"resolution": 32}] * 3)
+    rng = np.random.default_rng(0)
+    for session in range(sessions):
+        ratios = np.array([1.0, 2.0, 3.0]) * np.exp(rng.normal(0.0, 0.02, 3))
+        anchor.observe(f"s{session}", [
+            Measurement(model_sha256="0" * 64, latency_ms=r, ratio=r, ratio_ci=0.01, median_ms=r, p10_ms=r,
+                        p90_ms=r, p99_ms=r, min_ms=r, mad_ms=0.0, n_runs=10, stable=True, device_hash="d",
+                        env={"session_reference_ms": 1.2}) for r in ratios])
+    return anchor
+
+
+def test_show_reports_the_spread_between_sessions_the_hosts_anchor_sessions_show(tmp_path: Path) -> None:
+    """What a row's latency_ci adds to its session's CI, per network the device measured on this host."""
+    from hwsearch.anchor import HostRecord
+
+    profile = EXAMPLES / "local-1thread.yaml"
+    runner = CliRunner()
+    shown = runner.invoke(app, ["devices", "show", str(profile), "--json", "--plain-runs", "5"])
+    assert shown.exit_code == 0, shown.output
+    device_key = json.loads(shown.output)["device_key"]
+    assert json.loads(shown.output)["between_sessions"] == []
+    anchor = _anchor_sessions(tmp_path, 12)
+    assert HostRecord(device_key, "net").remember(anchor, "fp32") == 12
+    assert HostRecord("another device", "net").remember(anchor, "fp32") == 12
+    shown = runner.invoke(app, ["devices", "show", str(profile), "--json", "--plain-runs", "5"])
+    [spread] = json.loads(shown.output)["between_sessions"]
+    assert spread == {"network_id": "net", "precision": "fp32", "anchor_subnets": 3, "sessions": 12,
+                      "undisturbed_sessions": 12, "session_spread": pytest.approx(anchor.session_spread())}
+    assert 0.01 < spread["session_spread"] < 0.04
+    text = runner.invoke(app, ["devices", "show", str(profile), "--plain-runs", "5"]).output
+    assert f"network net at fp32: SD {spread['session_spread']:.1%} of one subnet's corrected ratio" in text
 
 
 def test_an_agent_devices_ruler_is_not_managed_here() -> None:

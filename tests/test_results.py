@@ -90,6 +90,8 @@ def test_points_keep_how_their_latency_was_measured() -> None:
     assert again.latency_conditions == shaky
     assert measurement_label(shaky) == "UNSTABLE ±5.4%, cpu"
     assert measurement_label({"stable": True, "clock": "wall"}) == "stable"
+    assert measurement_label({"stable": True, "ratio_ci": 0.012, "latency_ci": 0.031}) == "stable ±3.1%"
+    assert measurement_label(shaky | {"latency_ci": 0.062}) == "UNSTABLE ±6.2%, cpu"
     assert measurement_label({"stable": False, "latency_source": "median_ms"}) == "raw median"
     assert measurement_label({}) == ""
     assert Candidate(arch=arch).to_dict()["latency_conditions"] is None

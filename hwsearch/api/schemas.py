@@ -179,7 +179,9 @@ class PointRead(BaseModel):
     latency_conditions: dict[str, Any] | None = Field(
         default=None, description="how the latency was measured: stable, clock "
                                   "(wall or thread_cpu), latency_source (calibrated or "
-                                  "median_ms), ratio_ci, reference_ms and its source, "
+                                  "median_ms), ratio_ci (the session's own 95% CI), latency_ci "
+                                  "(the 95% CI with the spread between sessions, or null), "
+                                  "reference_ms and its source, "
                                   "session_offset (the anchor's correction, or null)")
     precision: str = Field(default="fp32", description="the precision this point was measured "
                                                        "and evaluated at (fp32 or int8)")

@@ -93,6 +93,7 @@ def ruler_report(loaded: Any, *, plain_runs: int) -> dict[str, Any]:
 
     from devices.calibration import calibration
     from devices.local import host_fingerprint, plain_median_ms
+    from hwsearch.anchor import host_spreads
 
     host = loaded.host_fingerprint or host_fingerprint()
     kept = calibration(loaded.hash(), host)
@@ -113,6 +114,7 @@ def ruler_report(loaded: Any, *, plain_runs: int) -> dict[str, Any]:
     return {"device": loaded.name, "settings_hash": loaded.hash(), "host_fingerprint": host,
             "device_key": loaded.identity(host), "clock": loaded.clock, "reference_ms": ruler,
             "reference_source": source, "reference_age_s": age, "session_drift": drift,
+            "between_sessions": host_spreads(loaded.identity(host)),
             "plain_onnxruntime_ms": plain, "plain_over_ruler": plain / ruler if ruler else None}
 
 
@@ -132,6 +134,12 @@ def _print_ruler(report: dict[str, Any]) -> None:
                    f"range {drift['min']:+.1%} .. {drift['max']:+.1%}; {drift['slowed']} ran more than "
                    f"{drift['max_reference_slowdown']:.0%} slower than the fastest of them "
                    f"(protocol.max_reference_slowdown: a session slower than that is not stable)")
+    for spread in report["between_sessions"]:
+        figure = ("not yet known" if spread["session_spread"] is None
+                  else f"SD {spread['session_spread']:.1%} of one subnet's corrected ratio")
+        typer.echo(f"  between sessions, network {spread['network_id']} at {spread['precision']}: {figure} "
+                   f"({spread['undisturbed_sessions']} of the host's last {spread['sessions']} sessions of "
+                   f"its {spread['anchor_subnets']} anchor subnets; rows' latency_ci includes it)")
     typer.echo(f"  plain onnxruntime now (median of back-to-back runs, no reference): "
                f"{report['plain_onnxruntime_ms']:.3f} ms"
                + (f" = {report['plain_over_ruler']:.2f} x the ruler" if ruler else ""))
@@ -145,7 +153,8 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     store: StoreOption = None,
 ) -> None:
-    """Show the device's ruler on this host: reference ms, its source and age, drift, plain timing."""
+    """Show the device's ruler on this host: reference ms, its source and age, drift, the spread between
+    sessions, plain timing."""
     report = ruler_report(_local(profile, store), plain_runs=plain_runs)
     if as_json:
         typer.echo(json.dumps(report, indent=2))

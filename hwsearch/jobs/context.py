@@ -91,10 +91,14 @@ def latency_conditions(row: Mapping[str, Any]) -> dict[str, Any]:
     means CPU time of the inference thread, not wall time.  A point whose
     latency is not ``stable`` and ``calibrated`` is shown as such rather than
     passed off as precise.  ``session_offset`` is the anchor's offset the
-    latency was divided by (``None`` where the session had no verdict).
+    latency was divided by (``None`` where the session had no verdict);
+    ``latency_ci`` the latency's relative 95% half-width with the spread
+    between sessions in it (``ratio_ci`` is the session's own; ``None``
+    where the anchor could not yet tell the spread).
     """
     env = row.get("env", {})
     return {"stable": bool(row.get("stable", False)), "clock": env.get("clock", "wall"),
             "latency_source": row.get("latency_source", "calibrated"),
-            "ratio_ci": row.get("ratio_ci"), "reference_ms": env.get("reference_ms"),
+            "ratio_ci": row.get("ratio_ci"), "latency_ci": row.get("latency_ci"),
+            "reference_ms": env.get("reference_ms"),
             "reference_source": env.get("reference_source"), "session_offset": row.get("session_offset")}
