@@ -83,7 +83,10 @@ class Protocol:
     sessions shifted all their ratios together, by up to 58% (see
     :mod:`devices.calibration`).  Left out (``None``), the limit is the
     clock's (:data:`DEFAULT_REFERENCE_SLOWDOWN`,
-    :meth:`DeviceProfile.reference_slowdown_limit`).
+    :meth:`DeviceProfile.reference_slowdown_limit`).  ``peer_normalisation``
+    divides each sample by its round's common move over the session's other
+    models (:func:`devices.protocol._peer_normalised`); turn it off for a
+    session whose models should not be assumed to move together.
     """
 
     min_rounds: int = 15
@@ -95,6 +98,7 @@ class Protocol:
     low_percentile: float = 25.0
     max_foreign_cores: float = 0.25
     max_reference_slowdown: float | None = None
+    peer_normalisation: bool = True
 
 
 @dataclass(frozen=True)
@@ -413,7 +417,8 @@ def _validate_precisions(p: DeviceProfile) -> None:
 
 
 def _validate_warmup(w: Warmup) -> None:
-    _require(_int_in(w.runs, 0, MAX_WARMUP_RUNS), "warmup.runs", f"must be an integer in [0, {MAX_WARMUP_RUNS}]", w.runs)
+    _require(_int_in(w.runs, 0, MAX_WARMUP_RUNS), "warmup.runs", f"must be an integer in [0, {MAX_WARMUP_RUNS}]",
+             w.runs)
     _require(
         _number_in(w.seconds, 0, MAX_WARMUP_SECONDS), "warmup.seconds",
         f"must be a number in [0, {MAX_WARMUP_SECONDS:g}]", w.seconds,
@@ -460,6 +465,8 @@ def _validate_protocol(r: Protocol) -> None:
         _is_number(r.low_percentile) and 0 < r.low_percentile <= 50, "protocol.low_percentile",
         "must be a percentile in (0, 50]", r.low_percentile,
     )
+    _require(isinstance(r.peer_normalisation, bool), "protocol.peer_normalisation", "must be true or false",
+             r.peer_normalisation)
 
 
 def _validate_where(w: Where) -> None:
@@ -480,4 +487,5 @@ def _validate_where(w: Where) -> None:
         _number_in(w.timeout_s, 1e-3, MAX_AGENT_TIMEOUT_S), "where.timeout_s",
         f"must be a number in (0, {MAX_AGENT_TIMEOUT_S:g}]", w.timeout_s,
     )
-    _require(_int_in(w.retries, 0, MAX_RETRIES), "where.retries", f"must be an integer in [0, {MAX_RETRIES}]", w.retries)
+    _require(_int_in(w.retries, 0, MAX_RETRIES), "where.retries", f"must be an integer in [0, {MAX_RETRIES}]",
+             w.retries)

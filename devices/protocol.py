@@ -12,6 +12,10 @@ the machine as much as the model.  The protocol defends against that:
   own data in the caches, whatever else the session measures;
 * a sample's ratio is the model time over the geometric mean of its two
   neighbouring references;
+* a sample's ratio is then divided by the round's common move, read from
+  the session's other models in the same round (``protocol.peer_normalisation``,
+  :func:`_peer_normalised`): on this host the subnets' times also flip
+  between states the reference does not see;
 * samples are dropped when a neighbouring reference jumped away from its
   rolling median or when the two neighbours disagree (the state flipped in
   between); optionally also when the reference shows the machine in its slow
@@ -42,6 +46,8 @@ from devices.profile import DeviceProfile
 
 ProgressFn = Callable[[dict[str, Any]], None]
 _CHECK_EVERY_ROUNDS = 3
+#: Other models a round needs before its common move is read from them (:func:`_peer_normalised`).
+MIN_PEERS = 3
 _DISAGREEMENT_MADS = 4.0
 _MAD_TO_SIGMA = 1.4826
 
@@ -55,12 +61,13 @@ class Runner(TypingProtocol):
 
 
 @dataclass
-class _Samples:
-    """Timed runs of one model, each with the indices of its neighbouring references."""
+class ModelSamples:
+    """Timed runs of one model, each with the indices of its neighbouring references and its round."""
 
     model_ms: list[float] = field(default_factory=list)
     ref_before: list[int] = field(default_factory=list)
     ref_after: list[int] = field(default_factory=list)
+    round_index: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,15 @@ class SessionResult:
     reference_runs: int
     dropped_reference_jumps: int
     seconds: float
+    references: list[float] = field(default_factory=list, repr=False)
+    samples: list[ModelSamples] = field(default_factory=list, repr=False)
+
+    def evaluated(self, profile: DeviceProfile) -> list[ModelResult]:
+        """The session's models judged again from its samples under ``profile``'s protocol settings.
+
+        For comparing settings on the same samples (``bench/peer_normalisation.py``).
+        """
+        return _evaluate(self.references, self.samples, profile)
 
 
 def make_runner(model_bytes: bytes, profile: DeviceProfile) -> Runner:
@@ -127,14 +143,14 @@ def run_protocol(
     rng = np.random.default_rng(seed)
     warm_up([reference, *models], profile)
     references: list[float] = []
-    samples = [_Samples() for _ in models]
+    samples = [ModelSamples() for _ in models]
     active = list(range(len(models)))
     started = time.monotonic()
     rounds = 0
     hot = profile.timing == "hot"
     while active:
         _run_round(reference, models, [int(i) for i in rng.permutation(active)], references, samples,
-                   hot=hot)
+                   hot=hot, round_index=rounds)
         rounds += 1
         elapsed = time.monotonic() - started
         out_of_budget = rounds >= settings.max_rounds or elapsed >= settings.max_seconds
@@ -164,8 +180,8 @@ def _unconverged(results: list[ModelResult], ci_target: float) -> list[int]:
 
 
 def _run_round(
-    reference: Runner, models: list[Runner], order: list[int], references: list[float], samples: list[_Samples],
-    *, hot: bool,
+    reference: Runner, models: list[Runner], order: list[int], references: list[float], samples: list[ModelSamples],
+    *, hot: bool, round_index: int,
 ) -> None:
     references.append(reference.run_ms())
     for index in order:
@@ -177,10 +193,12 @@ def _run_round(
         record.model_ms.append(model_ms)
         record.ref_before.append(len(references) - 2)
         record.ref_after.append(len(references) - 1)
+        record.round_index.append(round_index)
 
 
-def _kept_ratios(ref: np.ndarray, usable: np.ndarray, record: _Samples, profile: DeviceProfile) -> np.ndarray:
-    """Ratios of one model's samples that survive the reference filters.
+def _kept_ratios(ref: np.ndarray, usable: np.ndarray, record: ModelSamples,
+                 profile: DeviceProfile) -> tuple[np.ndarray, np.ndarray]:
+    """Ratios of one model's samples that survive the reference filters, and the round of each.
 
     The slow-state ceiling is taken over this model's own pair references:
     a large model slows the reference run right after it a little (caches,
@@ -194,15 +212,53 @@ def _kept_ratios(ref: np.ndarray, usable: np.ndarray, record: _Samples, profile:
     keep = usable[before] & usable[after] & (disagreement <= _DISAGREEMENT_MADS * scale)
     if keep.any():
         keep &= pair_ref <= np.percentile(pair_ref[keep], profile.protocol.reference_ceiling_percentile)
-    return np.asarray(record.model_ms)[keep] / pair_ref[keep]
+    return np.asarray(record.model_ms)[keep] / pair_ref[keep], np.asarray(record.round_index, dtype=int)[keep]
 
 
-def _evaluate(references: list[float], samples: list[_Samples], profile: DeviceProfile) -> list[ModelResult]:
+def _peer_normalised(kept: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """Each model's ratios divided by its round's common move, read from the session's other models.
+
+    Within a round (a few milliseconds per model) the host is in one state,
+    and every model of the session moves with it: a model's ratio over its
+    session median, taken in the same round, is the round's move as that
+    model sees it.  A model's ratio is divided by the median of that over
+    the *other* models measured in the round (at least :data:`MIN_PEERS`;
+    fewer, and the ratio stays as it was), so a model never normalises
+    itself and a session of one model is left alone.  The reference cannot
+    do this: on the demo's 1-thread device (2026-12-01), sixteen sessions of
+    16 demo subnets had rounds whose median move over the subnets ranged
+    0.66-1.47 within a session while the ratios already divided the
+    reference out.  Divided by their rounds' moves, the subnets' CIs went
+    from 3.35% to 1.68% (median; 4.21% to 1.84% on the 2-thread device),
+    and their session medians, each session's common offset divided out,
+    from 1.62% to 1.28% from their medians over the sessions (1.42% to
+    1.21%).  The session's own level is kept: the moves are relative to
+    each model's session median.
+    """
+    rounds = max((int(r.max()) + 1 for _, r in kept if r.size), default=0)
+    table = np.full((rounds, len(kept)), np.nan)
+    for column, (ratios, round_index) in enumerate(kept):
+        if ratios.size:
+            table[round_index, column] = ratios / np.median(ratios)
+    normalised = []
+    for column, (ratios, round_index) in enumerate(kept):
+        peers = np.delete(table[round_index], column, axis=1)
+        enough = np.isfinite(peers).sum(axis=1) >= MIN_PEERS
+        move = np.ones(ratios.size)
+        if enough.any():
+            move[enough] = np.nanmedian(peers[enough], axis=1)
+        normalised.append(ratios / move)
+    return normalised
+
+
+def _evaluate(references: list[float], samples: list[ModelSamples], profile: DeviceProfile) -> list[ModelResult]:
     ref = np.asarray(references)
     usable = ~reference_jumps(ref, profile.protocol.reference_jump_mads)
+    kept = [_kept_ratios(ref, usable, record, profile) for record in samples]
+    all_ratios = (_peer_normalised(kept) if profile.protocol.peer_normalisation
+                  else [ratios for ratios, _ in kept])
     results = []
-    for record in samples:
-        ratios = _kept_ratios(ref, usable, record, profile)
+    for record, ratios in zip(samples, all_ratios):
         enough = ratios.size >= 3
         results.append(
             ModelResult(
@@ -218,7 +274,7 @@ def _evaluate(references: list[float], samples: list[_Samples], profile: DeviceP
 
 
 def _finish(
-    references: list[float], samples: list[_Samples], profile: DeviceProfile, rounds: int, seconds: float
+    references: list[float], samples: list[ModelSamples], profile: DeviceProfile, rounds: int, seconds: float
 ) -> SessionResult:
     ref = np.asarray(references)
     jumps = reference_jumps(ref, profile.protocol.reference_jump_mads)
@@ -230,4 +286,6 @@ def _finish(
         reference_runs=int(ref.size),
         dropped_reference_jumps=int(jumps.sum()),
         seconds=seconds,
+        references=list(references),
+        samples=samples,
     )
