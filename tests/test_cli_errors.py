@@ -234,11 +234,18 @@ def silent_agent() -> Iterator[socket.socket]:
 
 def test_ctrl_c_exits_130_with_one_line(tmp_path: Path, model: Path,
                                         silent_agent: socket.socket) -> None:
+    """A user's Ctrl-C while the CLI waits for an agent.
+
+    The CLI starts with SIGINT at its default, as from a terminal: a suite
+    started in the background by a non-interactive shell inherits SIGINT
+    ignored, and the CLI would then sit out its 60 s upload timeout instead.
+    """
     profile = write_agent_profile(tmp_path / "edge.yaml", silent_agent.getsockname()[1])
     process = subprocess.Popen(
         [sys.executable, "-m", "hwsearch.cli.main", "measure", "--device", str(profile),
          str(model)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=_cli_env(tmp_path, {"HWSEARCH_TEST_TOKEN": "secret"}))
+        env=_cli_env(tmp_path, {"HWSEARCH_TEST_TOKEN": "secret"}),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         connection, _ = silent_agent.accept()  # the CLI is now waiting for the agent's answer
         with connection:
