@@ -36,7 +36,10 @@ other solo runs' stable rows): a row the device calls stable is what fronts
 and predictors trust, an unstable one is measured again or shown as such;
 and once over all rows as their sessions measured them, before the anchor's
 correction (``uncorrected_latency_ms``), which shows what the correction did
-in the same run.  A last table asks whether each stable row's stated CI
+in the same run.  Rows are read as a job would read them at the end of the
+comparison, every run's corrected against the anchor's norm of then
+(:func:`hwsearch.anchor.in_current_norm`); the ``[as run]`` groups hold them
+as each run stored them, corrected against the norm the run saw.  A last table asks whether each stable row's stated CI
 covers the other solo runs' median of its subnet: the session's own
 ``ratio_ci`` against ``latency_ci``, which adds the spread between sessions
 the anchor sees (:meth:`hwsearch.anchor.Anchor.latency_ci`).
@@ -81,16 +84,35 @@ DEVICES = {"1t": REPO / "hwsearch/demo/devices/cpu-1thread.yaml",
 STABLE = "[stable rows]"
 COVERAGE = "coverage: "
 UNCORRECTED = "[uncorrected]"
+AS_RUN = "[as run]"
 QUICK = {"warmup": {"runs": 5, "seconds": 0.2},
          "protocol": {"min_rounds": 12, "max_rounds": 60, "max_seconds": 30.0, "ci_target": 0.02}}
 
 
 @dataclass(frozen=True)
 class Run:
-    """One job's stored rows for one device, by subnet key."""
+    """One job's rows for one device, by subnet key, and what they are filed under (device key, network).
+
+    ``stored`` holds the rows as the run stored them when ``rows`` are read
+    again against a later norm (:meth:`read_now`).
+    """
 
     device: str
     rows: dict[str, dict[str, Any]]
+    key: str = ""
+    network_id: str = ""
+    stored: dict[str, dict[str, Any]] | None = None
+
+    def read_now(self) -> Run:
+        """The rows as a reader now sees them: corrected against the anchor's norm of now on this host."""
+        from hwsearch.anchor import in_current_norm
+
+        return Run(self.device, in_current_norm(self.rows, self.key, self.network_id), self.key, self.network_id,
+                   stored=self.rows)
+
+    def as_run(self) -> Run:
+        """The rows as the run stored them."""
+        return Run(self.device, self.rows if self.stored is None else self.stored, self.key, self.network_id)
 
     def latencies(self, keys: list[str], *, stable_only: bool = False) -> np.ndarray:
         """Latency per key; NaN for a row the device left unstable when ``stable_only``."""
@@ -144,7 +166,8 @@ def scenario(jobs: list[list[str]], args: argparse.Namespace, folder: Path,
         if process.wait() != 0:
             raise SystemExit(f"a job of scenario {name} failed")
     wall = time.monotonic() - started
-    runs = [Run(device, rows) for out in outs for device, rows in json.loads(out.read_text()).items()]
+    runs = [Run(device, run["rows"], run["key"], run["network_id"])
+            for out in outs for device, run in json.loads(out.read_text()).items()]
     return runs, wall
 
 
@@ -167,7 +190,8 @@ def job(devices: list[str], subnets: int, seed: int, quick: bool, out: Path) -> 
                          devices=job_devices, data=None, dataset_id="unused",
                          archs=select_subnets(net.space, subnets, seed=seed))
     profile_devices(start_job(store, context.job_id), context)
-    out.write_text(json.dumps({name: store.get_latencies(d.key, net.space.network_id)
+    out.write_text(json.dumps({name: {"key": d.key, "network_id": net.space.network_id,
+                                      "rows": store.get_latencies(d.key, net.space.network_id)}
                                for name, d in zip(devices, job_devices)}))
 
 
@@ -188,6 +212,10 @@ class Solo:
     def uncorrected(self) -> Solo:
         """The same runs before the anchor's correction."""
         return Solo([run.uncorrected() for run in self.runs], self.walls)
+
+    def as_run(self) -> Solo:
+        """The same runs as they stored their rows."""
+        return Solo([run.as_run() for run in self.runs], self.walls)
 
     @functools.cached_property
     def yardsticks(self) -> list[tuple[Run, dict[str, float]]]:
@@ -331,6 +359,8 @@ def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], fl
             pooled.setdefault(f"{COVERAGE}(a) alone {device}", []).append(coverage(run, yardstick))
         for _, deviation in solo_noise(solo.uncorrected()):
             pooled.setdefault(f"(a) alone {device} {UNCORRECTED}", []).append(deviation)
+        for _, deviation in solo_noise(solo.as_run()):
+            pooled.setdefault(f"(a) alone {device} {AS_RUN}", []).append(deviation)
     for name, (runs, wall) in scenarios.items():
         for index, run in enumerate(runs):
             deviation = contended(run, solos[run.device])
@@ -340,6 +370,8 @@ def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], fl
                 contended(run, solos[run.device], stable_only=True))
             pooled.setdefault(f"{name} {run.device} {UNCORRECTED}", []).append(
                 contended(run.uncorrected(), solos[run.device].uncorrected()))
+            pooled.setdefault(f"{name} {run.device} {AS_RUN}", []).append(
+                contended(run.as_run(), solos[run.device].as_run()))
             pooled.setdefault(f"{COVERAGE}{name} {run.device}", []).extend(
                 coverage(run, yardstick) for _, yardstick in solos[run.device].stable_yardsticks)
             print(_row(f"{name} #{index + 1}", run, results[f"{name}-{index}"]))
@@ -358,7 +390,8 @@ def print_pooled(pooled: dict[str, list[np.ndarray]]) -> dict[str, dict[str, flo
     """Every deviation of a group over all repeats: is a contended run as close as a solo one?"""
     print(f"\npooled over every run and repeat ({STABLE}: a run's stable rows against the other solo "
           f"runs' stable rows; {UNCORRECTED}: all rows at what their sessions measured, before the anchor's "
-          f"correction)\n{'group':32s} {'median':>7s} {'worst':>7s} {'±10%':>6s} {'±5%':>6s} {'n':>5s}")
+          f"correction; {AS_RUN}: all rows as each run stored them, corrected against the norm it saw)\n"
+          f"{'group':32s} {'median':>7s} {'worst':>7s} {'±10%':>6s} {'±5%':>6s} {'n':>5s}")
     table = {}
     for group, parts in sorted(pooled.items()):
         table[group] = summary(np.concatenate(parts))
@@ -387,7 +420,9 @@ def compare(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], dic
         scenarios[name] = scenario(jobs, args, folder, name[1])
         print(f"{name}: {scenarios[name][1]:.1f}s", flush=True)
     solo_round(args.solo_runs - 1)  # after the contended runs: the solo runs bracket them in time
-    return print_table({device: Solo(runs[device], walls[device]) for device in DEVICES}, scenarios)
+    solos = {device: Solo([run.read_now() for run in runs[device]], walls[device]) for device in DEVICES}
+    return print_table(solos, {name: ([run.read_now() for run in contended_runs], wall)
+                               for name, (contended_runs, wall) in scenarios.items()})
 
 
 def main() -> None:

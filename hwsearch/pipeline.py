@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from hwsearch.anchor import (ANCHOR_SUBNETS, DEFAULT_TOLERANCE, Anchor, HostRecord, file_sha256,
-                             overrules_slowdown)
+from hwsearch.anchor import (ANCHOR_SUBNETS, DEFAULT_TOLERANCE, Anchor, HostRecord, correct_row, file_sha256,
+                             in_current_norm, overrules_slowdown)
 from hwsearch.anchor import MIN_SESSIONS as ANCHOR_MIN_SESSIONS
 from hwsearch.anchor import history as anchor_history
 from hwsearch.export_pool import Exporters, exporters
@@ -419,25 +419,29 @@ class _RunRows:
         Rows of a session found shifted become unstable; rows of a judged
         session that only its slowed reference made unstable become stable
         (:func:`hwsearch.anchor.overrules_slowdown`).  Every row of a judged
-        session is divided by its offset (:func:`_corrected_by_anchor`) and
+        session is divided by its offset (:func:`hwsearch.anchor.correct_row`) and
         gets a ``latency_ci`` that covers the spread between sessions too
         (:meth:`hwsearch.anchor.Anchor.latency_ci`), with the anchor's
-        ``session_spread``.
+        ``session_spread``.  ``session_stable`` keeps the session's own
+        verdict and ``anchor_tolerance`` the anchor's, so a reader can judge
+        and correct the row again against a later norm
+        (:func:`hwsearch.anchor.in_current_norm`).
         """
         for (precision, key), (session_id, row) in list(self._latest.items()):
             ratios, offset = anchor.ratios_in(session_id), anchor.offset(session_id)
             if ratios is None:
                 continue
-            overruled = not row["stable"] and overrules_slowdown(row["env"].get("unstable_reasons"), offset)
+            session_stable = row.setdefault("session_stable", row["stable"])
+            overruled = not session_stable and overrules_slowdown(row["env"].get("unstable_reasons"), offset)
             row.update(anchor_keys=list(anchor.keys), anchor_precision=anchor_precision,
-                       anchor_shas=list(anchor.shas),
+                       anchor_shas=list(anchor.shas), anchor_tolerance=anchor.tolerance,
                        anchor_ratios=[r if math.isfinite(r) else None for r in ratios],
                        anchor_retry=anchor.is_retry(session_id),
-                       stable=(row["stable"] or overruled) and not anchor.shifted(session_id))
+                       stable=(session_stable or overruled) and not anchor.shifted(session_id))
             if overruled:
                 row["slowdown_overruled_by_anchor"] = True
             if offset is not None:
-                _corrected_by_anchor(row, offset)
+                correct_row(row, offset)
                 row.update(session_spread=anchor.session_spread(), latency_ci=anchor.latency_ci(row["ratio_ci"]))
             self._put(precision, key, session_id, row)
 
@@ -448,27 +452,6 @@ class _RunRows:
     def _put(self, precision: str, key: str, session_id: str, row: dict[str, Any]) -> None:
         self._store.put_latency(self._keys[precision], self._network_id, key, row)
         self._latest[(precision, key)] = (session_id, row)
-
-
-def _corrected_by_anchor(row: dict[str, Any], offset: float) -> None:
-    """Divide the row's ratio and latency by its session's anchor offset, keeping what the session measured.
-
-    A session's ratios move together when the host shifts under the whole
-    session (:mod:`hwsearch.anchor`), so the anchor's offset is the shift of
-    every subnet there, not only a verdict.  On ``bench/anchor_verdicts.py``'s
-    recordings (40 sessions of 24 demo subnets per device, 2026-12-01), the
-    21 subnets outside the three smallest (the anchor then) read within ±10% of their medians
-    in 93.1% of the rows of the 1-thread device's calm sessions (offset
-    within 5%) and 94.7% once corrected; on the 2-thread device 94.1% and
-    94.9%, the median deviation 1.69% against 1.53%; over all sessions,
-    shifted ones included, 81.9% against 91.2% and 73.6% against 90.5%.
-    ``uncorrected_ratio`` and
-    ``uncorrected_latency_ms`` keep the session's own figures; the
-    correction is applied once, whatever calls it again.
-    """
-    ratio = row.setdefault("uncorrected_ratio", row["ratio"])
-    latency_ms = row.setdefault("uncorrected_latency_ms", row["latency_ms"])
-    row.update(session_offset=offset, ratio=ratio / offset, latency_ms=latency_ms / offset)
 
 
 def _row(arch: ArchConfig, exported: _Exported, result: Any, precision: str,
@@ -748,10 +731,14 @@ def finite_latencies(store: Store, device_hash: str, space_name: str) -> dict[st
     predictors and fronts cannot use NaN, and dropping a subnet that
     refinement asked for is not an option); a training set may instead drop
     such rows, so :func:`profile_subnets` stores them as measured.
+
+    Rows come corrected against the anchor's norm of now, not each run's
+    own (:func:`hwsearch.anchor.in_current_norm`), so rows of every run
+    on the device compare like with like.
     """
     rows = store.get_latencies(device_hash, space_name)
     for key, row in rows.items():
         if not math.isfinite(float(row["latency_ms"])):
             row.update(latency_ms=float(row["median_ms"]), latency_source="median_ms")
             store.put_latency(device_hash, space_name, key, row)
-    return rows
+    return in_current_norm(rows, device_hash, space_name)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from hwsearch.anchor import in_current_norm
 from hwsearch.quantize import precision_key
 from hwsearch.results import Candidate, ParetoFront, measurement_label
 from hwsearch.store import SQLiteStore, Store
@@ -56,6 +57,9 @@ class ReportData:
 def _measurements(store: Store, result: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Every latency measured for the job's devices, at every precision, with the job's accuracies.
 
+    Latencies are corrected against the anchor's norm of now, as the job's
+    fronts are (:func:`hwsearch.anchor.in_current_norm`).
+
     A job from before precisions existed has one (FP32) entry per device.
     """
     network = result.get("network_id", result["space_name"])
@@ -65,7 +69,8 @@ def _measurements(store: Store, result: Mapping[str, Any]) -> dict[str, list[dic
         for precision, entry in info.get("precisions", {"fp32": {"hash": info["hash"]}}).items():
             dataset = precision_key(result["dataset_id"], precision)
             accuracies = store.get_accuracies(result["supernet_id"], dataset)
-            for key, m in sorted(store.get_latencies(entry["hash"], network).items()):
+            stored = store.get_latencies(entry["hash"], network)
+            for key, m in sorted(in_current_norm(stored, entry["hash"], network).items()):
                 rows.append({"arch_key": key, "precision": precision,
                              "latency_ms": m.get("latency_ms"), "ratio_ci": m.get("ratio_ci"),
                              "latency_ci": m.get("latency_ci"),

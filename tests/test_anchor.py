@@ -495,3 +495,113 @@ def test_runs_in_several_processes_add_to_the_hosts_sessions_without_losing_any(
         worker.join(120)
     assert [worker.exitcode for worker in workers] == [0, 0, 0]
     assert sorted(HostRecord("device", "network").read()[0]) == sorted(f"{p}{i}" for p in "xyz" for i in range(10))
+
+
+def _stored_row(session: str, anchor_ratios: tuple[float | None, ...], ended: float, measured_ratio: float,
+                offset_then: float, **extra: Any) -> dict[str, Any]:
+    """A row as a run stores it: its session's anchor ratios, what it measured, and its run's correction."""
+    row = _row(("a", "b", "c"), session, anchor_ratios, ended) | {
+        "ratio": measured_ratio / offset_then, "latency_ms": 2.0 * measured_ratio / offset_then,
+        "uncorrected_ratio": measured_ratio, "uncorrected_latency_ms": 2.0 * measured_ratio,
+        "session_offset": offset_then, "ratio_ci": 0.01, "stable": True, "session_stable": True,
+        "anchor_tolerance": 0.05} | extra
+    row["env"] |= {"session_reference_ms": 1.0, "unstable_reasons": []}
+    return row
+
+
+def _slow_then_calm(slow: int = 3, calm: int = 4) -> dict[str, dict[str, Any]]:
+    """A first run's ``slow`` sessions all 1.5x slow (so its own norm found none shifted), then ``calm`` calm ones."""
+    rows = {}
+    for i in range(slow):
+        rows[f"slow{i}"] = _stored_row(f"s{i}", (1.5, 3.0, 4.5), float(i), 6.0, offset_then=1.0)
+    for i in range(calm):
+        rows[f"calm{i}"] = _stored_row(f"c{i}", (1.0, 2.0, 3.0), float(slow + i), 4.0, offset_then=1.0)
+    return rows
+
+
+def test_rows_of_every_run_are_corrected_against_the_norm_of_now(calibration_dir: Path) -> None:
+    """A run spent in a slow state corrected nothing; against the host's calm norm of now its rows read right.
+
+    They are also unstable now: their session is shifted against that norm, as a run of today would find it.
+    """
+    from hwsearch.anchor import in_current_norm
+
+    rows = _slow_then_calm()
+    now = in_current_norm(rows, "device", "network")
+    for key in ("slow0", "slow1", "slow2", "calm0", "calm3"):
+        assert now[key]["ratio"] == pytest.approx(4.0) and now[key]["latency_ms"] == pytest.approx(8.0)
+        assert now[key]["uncorrected_ratio"] == rows[key]["uncorrected_ratio"]
+    assert [now[f"slow{i}"]["session_offset"] for i in range(3)] == [pytest.approx(1.5)] * 3
+    assert not any(now[f"slow{i}"]["stable"] for i in range(3)) and all(now[f"calm{i}"]["stable"] for i in range(4))
+    assert now["calm0"]["session_spread"] == 0.0 and now["calm0"]["latency_ci"] == pytest.approx(0.01)
+    assert rows["slow0"]["ratio"] == 6.0 and rows["slow0"]["stable"]  # the stored rows are left as they were
+    assert in_current_norm(now, "device", "network") == now  # from what the session measured: never compounded
+
+
+def test_only_the_latest_sessions_set_the_norm_and_retries_do_not(calibration_dir: Path) -> None:
+    """A state the host left for good stops being the norm once its sessions have left the recent ones."""
+    from hwsearch.anchor import in_current_norm
+
+    rows = {f"calm{i}": _stored_row(f"c{i}", (1.0, 2.0, 3.0), float(i), 4.0, offset_then=1.0) for i in range(5)}
+    rows |= {f"slow{i}": _stored_row(f"s{i}", (1.5, 3.0, 4.5), 10.0 + i, 6.0, offset_then=1.0)
+             for i in range(RECENT_SESSIONS)}
+    rows |= {f"retry{i}": _stored_row(f"r{i}", (1.0, 2.0, 3.0), 100.0 + i, 4.0, offset_then=1.0, anchor_retry=True)
+             for i in range(RECENT_SESSIONS)}
+    now = in_current_norm(rows, "device", "network")
+    # Had the calm sessions counted, the calm state (faster, as fast a reference) would be the norm; had the
+    # retries, the latest of all, counted, they would have pushed the slow sessions out.
+    assert now["slow0"]["session_offset"] == pytest.approx(1.0) and now["slow0"]["stable"]
+    assert now["calm0"]["session_offset"] == pytest.approx(1 / 1.5) and not now["calm0"]["stable"]
+    assert now["retry0"]["session_offset"] == pytest.approx(1 / 1.5)  # a retry is corrected all the same
+    fewer = {key: rows[key] for key in ("calm0", "calm1", "retry0")}
+    assert in_current_norm(fewer, "device", "network") == fewer  # two sessions that count: no norm yet
+
+
+def test_rows_the_norm_cannot_speak_for_are_returned_as_stored(calibration_dir: Path) -> None:
+    from hwsearch.anchor import in_current_norm
+
+    rows = _slow_then_calm()
+    rows["raw"] = _stored_row("s0", (1.5, 3.0, 4.5), 0.0, 6.0, offset_then=1.0, latency_source="median_ms")
+    rows["unanchored"] = {"ratio": 1.0, "latency_ms": 2.0, "stable": True, "session_id": "x", "env": {}}
+    rows["other files"] = _stored_row("s0", (1.5, 3.0, 4.5), 0.0, 6.0, offset_then=1.0, anchor_shas=["x"] * 3)
+    rows["old"] = {k: v for k, v in _stored_row("s1", (1.5, 3.0, 4.5), 1.0, 6.0, offset_then=1.0).items()
+                   if k != "session_stable"}  # stored before rows kept their session's own verdict
+    now = in_current_norm(rows, "device", "network")
+    for key in ("raw", "unanchored", "other files"):
+        assert now[key] == rows[key]
+    assert now["old"]["ratio"] == pytest.approx(4.0) and now["old"]["stable"]  # corrected; its verdict kept
+
+
+def test_a_run_in_another_store_reads_an_earlier_runs_rows_in_todays_norm(
+        tmp_path: Path, calibration_dir: Path) -> None:
+    """The host's state moved between two runs with their own stores; reading either gives one norm.
+
+    The first run measures every session against a far lighter reference:
+    its ratios are all more than twice the usual, and its own anchor finds
+    no session shifted.  The second run, in a fresh store, measures the
+    usual way; by its third session the usual state is the host's norm.
+    Read now, the first run's rows are divided by their sessions' offsets
+    against that norm and agree with the second run's, and are unstable,
+    as a run of today would find their sessions.
+    """
+    from hwsearch.anchor import in_current_norm
+    from hwsearch.pipeline import finite_latencies, profile_subnets, select_subnets
+    from hwsearch.store import MemoryStore
+
+    rig = _Rig(tmp_path)
+    archs = select_subnets(rig.net.space, 6, seed=5)
+    network = rig.net.space.network_id
+    profile_subnets(rig.net, archs, rig.lighter, rig.key, rig.store, chunk=2, retries=0,
+                    anchor_tolerance=RIG_TOLERANCE)
+    first = rig.store.get_latencies(rig.key, network)
+    assert all(abs(row["session_offset"] - 1.0) <= RIG_TOLERANCE for row in first.values())
+    earlier_store, rig.store = rig.store, MemoryStore()
+    second = rig.profile(archs, shifted_session=0, retries=0)[1]
+    now = in_current_norm(first, rig.key, network)
+    assert finite_latencies(earlier_store, rig.key, network) == now
+    for arch in archs:
+        before, after, usual = first[arch.key()], now[arch.key()], second[arch.key()]
+        assert before["ratio"] / usual["ratio"] > 1 + 2 * RIG_TOLERANCE, (before, usual)
+        assert after["session_offset"] > 1 + 2 * RIG_TOLERANCE and not after["stable"], after
+        assert abs(after["ratio"] / usual["ratio"] - 1) <= RIG_TOLERANCE, (after, usual)
+        assert after["uncorrected_ratio"] == before["uncorrected_ratio"]

@@ -31,6 +31,7 @@ def train(
     from rich.console import Console
 
     from hwsearch.cli._inputs import load_profile, load_supernet
+    from hwsearch.anchor import in_current_norm
     from hwsearch.store import SQLiteStore
     from predictors.accuracy import AccuracyPredictor
     from predictors.dataset import MeasurementSet
@@ -44,8 +45,8 @@ def train(
         from devices import open_profiler
 
         device_hash = open_profiler(load_profile(device)).device_key()  # the profile on its host
-        data = MeasurementSet.from_latencies(space, rows.get_latencies(device_hash,
-                                                                       space.network_id))
+        stored = rows.get_latencies(device_hash, space.network_id)
+        data = MeasurementSet.from_latencies(space, in_current_norm(stored, device_hash, space.network_id))
         model = LatencyPredictor(space, device_hash=device_hash, seed=seed)
     elif target == "accuracy":
         if dataset_id is None:

@@ -91,7 +91,8 @@ def latency_conditions(row: Mapping[str, Any]) -> dict[str, Any]:
     means CPU time of the inference thread, not wall time.  A point whose
     latency is not ``stable`` and ``calibrated`` is shown as such rather than
     passed off as precise.  ``session_offset`` is the anchor's offset the
-    latency was divided by (``None`` where the session had no verdict);
+    latency was divided by, against the anchor's norm when the rows were
+    read (``None`` where the session had no verdict);
     ``latency_ci`` the latency's relative 95% half-width with the spread
     between sessions in it (``ratio_ci`` is the session's own; ``None``
     where the anchor could not yet tell the spread).
