@@ -628,9 +628,10 @@ def recorrected(row: Mapping[str, Any], norm: Norm) -> dict[str, Any]:
     offset = float(np.median(offsets))
     correct_row(new, offset)
     new.update(session_spread=norm.spread,
-               latency_ci=latency_half_width(float(row["ratio_ci"]), norm.spread, len(norm.medians)))
+               latency_ci=latency_half_width(_nan_if_none(row.get("ratio_ci")), norm.spread, len(norm.medians)))
     if "session_stable" in row:
-        overruled = not row["session_stable"] and overrules_slowdown(row["env"].get("unstable_reasons"), offset)
+        reasons = row.get("env", {}).get("unstable_reasons")
+        overruled = not row["session_stable"] and overrules_slowdown(reasons, offset)
         new["stable"] = (row["session_stable"] or overruled) and abs(offset - 1.0) <= norm.tolerance
         if overruled:
             new["slowdown_overruled_by_anchor"] = True

@@ -566,10 +566,12 @@ def test_rows_the_norm_cannot_speak_for_are_returned_as_stored(calibration_dir: 
     rows["other files"] = _stored_row("s0", (1.5, 3.0, 4.5), 0.0, 6.0, offset_then=1.0, anchor_shas=["x"] * 3)
     rows["old"] = {k: v for k, v in _stored_row("s1", (1.5, 3.0, 4.5), 1.0, 6.0, offset_then=1.0).items()
                    if k != "session_stable"}  # stored before rows kept their session's own verdict
+    rows["no ci"] = _stored_row("s2", (1.5, 3.0, 4.5), 2.0, 6.0, offset_then=1.0, ratio_ci=None)
     now = in_current_norm(rows, "device", "network")
     for key in ("raw", "unanchored", "other files"):
         assert now[key] == rows[key]
     assert now["old"]["ratio"] == pytest.approx(4.0) and now["old"]["stable"]  # corrected; its verdict kept
+    assert now["no ci"]["ratio"] == pytest.approx(4.0) and now["no ci"]["latency_ci"] is None
 
 
 def test_a_run_in_another_store_reads_an_earlier_runs_rows_in_todays_norm(
