@@ -566,8 +566,8 @@ def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
     device's contended rows from 10.6% (median) to 3.4% in the hour the
     norm switched, the 2-thread device's from 4.8% to 0.8% in the calmest,
     and by -0.8 to +0.05 points in the three where the norm held still.  In
-    the next comparison, run live (run 19), the 2-thread device's rows
-    beside the 1-thread one read 1.8% against 7.9% as their runs stored them.
+    the next two comparisons, run live (runs 19-20), the contended rows read
+    1.3-2.4% from the solo runs, against 1.6-19.1% as their runs stored them.
 
     A re-corrected row gets the new ``session_offset``, ``ratio``,
     ``latency_ms``, ``session_spread`` and ``latency_ci``; a row that kept
