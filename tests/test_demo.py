@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hwsearch.demo import DEMO_CHECKPOINT, DEMO_RECIPE, DEMO_SUPERNET, demo_space
+from tests._jobs import demo_devices_with_shorter_sessions
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_recorded_accuracies_reproduce_and_differ(recipe: dict, tmp_path: Path) 
 @pytest.mark.slow
 def test_shortened_demo_runs_end_to_end_with_a_users_checkpoint(tmp_path: Path) -> None:
     """The whole flow, with the shipped weights re-saved the way OFA publishes checkpoints."""
-    from hwsearch.demo.run import DemoSettings, default_devices, run_demo
+    from hwsearch.demo.run import DemoSettings, run_demo
     from hwsearch.results import ParetoFront
 
     user_checkpoint = tmp_path / "my_supernet.pth"
@@ -56,7 +57,7 @@ def test_shortened_demo_runs_end_to_end_with_a_users_checkpoint(tmp_path: Path) 
     steps: list[str] = []
     result = run_demo(
         DemoSettings(out=tmp_path / "demo", checkpoint=user_checkpoint,
-                     devices=tuple(default_devices()), n_profile=12, budget=4, seed=1),
+                     devices=demo_devices_with_shorter_sessions(tmp_path), n_profile=12, budget=4, seed=1),
         progress=lambda step, fraction, message: steps.append(step),
     )
     assert {"profile", "accuracy", "train", "search"} <= set(steps)
@@ -73,7 +74,8 @@ def test_shortened_demo_runs_end_to_end_with_a_users_checkpoint(tmp_path: Path) 
         assert knee.onnx_path.exists() and knee.export_max_abs_diff <= 1e-4
         assert knee.remeasured_latency_ms > 0
     assert result.report["html"].read_text().count("<img") >= 2
-    # Every profiled subnet's measurement is kept in the run's store, for reuse by later runs.
+    # Every profiled subnet's measurement is kept in the run's store, for reuse by later runs, under the
+    # shipped profiles' keys.
     from hwsearch.store import SQLiteStore
 
     store = SQLiteStore(result.store_path)

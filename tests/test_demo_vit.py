@@ -15,6 +15,7 @@ from hwsearch.demo import (
     DEMO_VIT_SUPERNET,
     demo_vit_space,
 )
+from tests._jobs import demo_devices_with_shorter_sessions
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +86,13 @@ def test_cli_rejects_an_unknown_demo_naming_the_choices(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_shortened_vit_demo_runs_end_to_end(tmp_path: Path) -> None:
-    from hwsearch.demo.run import DemoSettings, default_devices, run_demo, summarise
+    from hwsearch.demo.run import DemoSettings, run_demo, summarise
     from hwsearch.results import ParetoFront
 
     steps: list[str] = []
     result = run_demo(
         DemoSettings(out=tmp_path / "demo", supernet=DEMO_VIT_SUPERNET,
-                     devices=tuple(default_devices()), n_profile=10, budget=3, seed=1),
+                     devices=demo_devices_with_shorter_sessions(tmp_path), n_profile=10, budget=3, seed=1),
         progress=lambda step, fraction, message: steps.append(step),
     )
     assert {"profile", "accuracy", "train", "search"} <= set(steps)
