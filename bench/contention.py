@@ -39,7 +39,8 @@ correction (``uncorrected_latency_ms``), which shows what the correction did
 in the same run.  Rows are read as a job would read them at the end of the
 comparison, every run's corrected against the anchor's norm of then
 (:func:`hwsearch.anchor.in_current_norm`); the ``[as run]`` groups hold them
-as each run stored them, corrected against the norm the run saw.  A last table asks whether each stable row's stated CI
+as each run stored them, corrected against the norm the run saw.  A last
+table asks whether each stable row's stated CI
 covers the other solo runs' median of its subnet: the session's own
 ``ratio_ci`` against ``latency_ci``, which adds the spread between sessions
 the anchor sees (:meth:`hwsearch.anchor.Anchor.latency_ci`).

@@ -184,10 +184,7 @@ class Anchor:
         medians = self._medians()
         if medians is None or session_id not in self.ratios:
             return None
-        with np.errstate(all="ignore"):
-            offsets = np.array(self.ratios[session_id], dtype=float) / medians
-        offsets = offsets[np.isfinite(offsets)]
-        return float(np.median(offsets)) if offsets.size else None
+        return session_offset(self.ratios[session_id], medians)
 
     def session_spread(self) -> float | None:
         """How far one subnet's corrected ratio strays from session to session (a relative SD); ``None`` unknown.
@@ -246,8 +243,7 @@ class Anchor:
 
     def shifted(self, session_id: str) -> bool:
         """Whether the session's offset sat further from 1 than the tolerance."""
-        offset = self.offset(session_id)
-        return offset is not None and abs(offset - 1.0) > self.tolerance
+        return _shifted(self.offset(session_id), self.tolerance)
 
 
 def prevailing_state(table: np.ndarray, tolerance: float, references: np.ndarray | None = None) -> np.ndarray:
@@ -312,6 +308,35 @@ def idiosyncratic_spread(state: np.ndarray) -> float | None:
     differences_all = np.concatenate(differences)
     mad = np.median(np.abs(differences_all - np.median(differences_all)))
     return float(1.4826 * mad / math.sqrt(float(np.median(np.concatenate(inflation)))))
+
+
+def session_offset(ratios: Sequence[float | None], medians: np.ndarray) -> float | None:
+    """A session's offset: the median over the anchor's subnets of each one's ratio there over its median.
+
+    ``None`` (unusable ratios) and NaN are left out; ``None`` when no subnet is left.
+    """
+    with np.errstate(all="ignore"):
+        offsets = np.array([_nan_if_none(r) for r in ratios], dtype=float) / medians
+    offsets = offsets[np.isfinite(offsets)]
+    return float(np.median(offsets)) if offsets.size else None
+
+
+def judged_stable(session_stable: bool, unstable_reasons: Sequence[str] | None, offset: float | None,
+                  tolerance: float) -> tuple[bool, bool]:
+    """A row's ``stable`` once its session has the anchor's verdict, and whether the verdict overruled its slowdown.
+
+    The row keeps its session's own verdict (``session_stable``) unless
+    only its slowed reference made it unstable and the session was judged
+    (:func:`overrules_slowdown`); either way it is unstable when its
+    session is shifted.  The pipeline judges a run's rows this way and
+    :func:`in_current_norm` judges them again against a later norm.
+    """
+    overruled = not session_stable and overrules_slowdown(unstable_reasons, offset)
+    return (session_stable or overruled) and not _shifted(offset, tolerance), overruled
+
+
+def _shifted(offset: float | None, tolerance: float) -> bool:
+    return offset is not None and abs(offset - 1.0) > tolerance
 
 
 def latency_half_width(ratio_ci: float, spread: float | None, subnets: int) -> float | None:
@@ -444,13 +469,11 @@ def history(rows: Mapping[str, Mapping[str, Any]], precision: str) -> History | 
     """
     sessions: dict[tuple[str, ...], dict[str, tuple[float, tuple[float, ...], float]]] = {}
     for row in rows.values():
-        keys, ratios = row.get("anchor_keys"), row.get("anchor_ratios")
-        if (row.get("anchor_precision") != precision or row.get("anchor_retry") or not keys or not ratios
-                or len(keys) != len(ratios)):
+        if row.get("anchor_precision") != precision or row.get("anchor_retry") or _anchor_of(row) is None:
             continue
         env = row.get("env", {})
-        values = tuple(_nan_if_none(r) for r in ratios)
-        sessions.setdefault(tuple(keys), {})[str(row["session_id"])] = (
+        values = tuple(_nan_if_none(r) for r in row["anchor_ratios"])
+        sessions.setdefault(tuple(row["anchor_keys"]), {})[str(row["session_id"])] = (
             float(env.get("session_end", 0.0)), values, _nan_if_none(env.get("session_reference_ms")))
     if not sessions:
         return None
@@ -619,20 +642,16 @@ def current_norms(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[Any, ...], No
 
 def recorrected(row: Mapping[str, Any], norm: Norm) -> dict[str, Any]:
     """A copy of the row corrected (and, where it kept its own verdict, judged) against ``norm``."""
-    with np.errstate(all="ignore"):
-        offsets = np.array([_nan_if_none(r) for r in row["anchor_ratios"]], dtype=float) / norm.medians
-    offsets = offsets[np.isfinite(offsets)]
     new = dict(row)
-    if not offsets.size:
+    offset = session_offset(row["anchor_ratios"], norm.medians)
+    if offset is None:
         return new
-    offset = float(np.median(offsets))
     correct_row(new, offset)
     new.update(session_spread=norm.spread,
                latency_ci=latency_half_width(_nan_if_none(row.get("ratio_ci")), norm.spread, len(norm.medians)))
     if "session_stable" in row:
-        reasons = row.get("env", {}).get("unstable_reasons")
-        overruled = not row["session_stable"] and overrules_slowdown(reasons, offset)
-        new["stable"] = (row["session_stable"] or overruled) and abs(offset - 1.0) <= norm.tolerance
+        new["stable"], overruled = judged_stable(row["session_stable"], row.get("env", {}).get("unstable_reasons"),
+                                                 offset, norm.tolerance)
         if overruled:
             new["slowdown_overruled_by_anchor"] = True
         else:

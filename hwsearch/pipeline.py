@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from hwsearch.anchor import (ANCHOR_SUBNETS, DEFAULT_TOLERANCE, Anchor, HostRecord, correct_row, file_sha256,
-                             in_current_norm, overrules_slowdown)
+                             in_current_norm, judged_stable)
 from hwsearch.anchor import MIN_SESSIONS as ANCHOR_MIN_SESSIONS
 from hwsearch.anchor import history as anchor_history
 from hwsearch.export_pool import Exporters, exporters
@@ -432,12 +432,13 @@ class _RunRows:
             if ratios is None:
                 continue
             session_stable = row.setdefault("session_stable", row["stable"])
-            overruled = not session_stable and overrules_slowdown(row["env"].get("unstable_reasons"), offset)
+            stable, overruled = judged_stable(session_stable, row["env"].get("unstable_reasons"), offset,
+                                              anchor.tolerance)
             row.update(anchor_keys=list(anchor.keys), anchor_precision=anchor_precision,
                        anchor_shas=list(anchor.shas), anchor_tolerance=anchor.tolerance,
                        anchor_ratios=[r if math.isfinite(r) else None for r in ratios],
                        anchor_retry=anchor.is_retry(session_id),
-                       stable=(session_stable or overruled) and not anchor.shifted(session_id))
+                       stable=stable)
             if overruled:
                 row["slowdown_overruled_by_anchor"] = True
             if offset is not None:
