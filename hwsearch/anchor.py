@@ -77,6 +77,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from devices.calibration import kept_file_names, read_kept_file, update_kept_file
+from hwsearch.shift_slope import Member, ShiftSlope, fit_shift_slope, size_against
 
 #: Sessions a run needs before its anchor's median can tell a shifted session from the rest.
 MIN_SESSIONS = 3
@@ -111,6 +112,8 @@ class Anchor:
     shas: tuple[str, ...] = ()  # each subnet's first file's SHA-256: what its ratios were measured on
     observed_at: dict[str, float] = field(default_factory=dict)  # this run's sessions (not earlier runs')
     references: dict[str, float] = field(default_factory=dict)  # session_id -> its reference's ms (NaN: unknown)
+    macs: tuple[int, ...] = ()  # each subnet's MACs, when known
+    members: dict[str, dict[Path, float]] = field(default_factory=dict)  # session_id -> its other files' ratios
     _cached_state: tuple[int, np.ndarray, float | None] | None = field(default=None, repr=False,
                                                                         compare=False)
 
@@ -124,7 +127,7 @@ class Anchor:
     def keep(cls, keys: Sequence[str], groups: Sequence[Sequence[Path]], folder: Path,
              tolerance: float = DEFAULT_TOLERANCE,
              earlier: History | None = None,
-             archs: Sequence[Mapping[str, Any]] = ()) -> Anchor:
+             archs: Sequence[Mapping[str, Any]] = (), macs: Sequence[int] = ()) -> Anchor:
         """An anchor from its subnets' exported files (one group per subnet), copied to ``folder``.
 
         The copies outlive the chunk the files came from.  ``earlier`` holds
@@ -141,15 +144,22 @@ class Anchor:
         earlier = earlier or History(tuple(keys), {}, {})
         return cls(tuple(keys), kept, tolerance,
                    {session: tuple(map(float, ratios)) for session, ratios in earlier.ratios.items()},
-                   archs=tuple(dict(a) for a in archs), shas=shas,
+                   archs=tuple(dict(a) for a in archs), shas=shas, macs=tuple(int(m) for m in macs),
                    references={session: float(ms) for session, ms in earlier.references.items()})
 
     @property
     def files_per_subnet(self) -> int:
         return len(self.files) // len(self.keys)
 
-    def observe(self, session_id: str, results: Sequence[Any], *, retry: bool = False) -> None:
+    def observe(self, session_id: str, results: Sequence[Any], *, retry: bool = False,
+                members: Mapping[Path, float] | None = None) -> None:
         """Record each subnet's ratio in one session, from the results of :attr:`files` in order.
+
+        ``members`` are the ratios of the session's other files (its
+        subnets' first files): with the anchor's, they are what the host
+        keeps of the session (:meth:`HostRecord.remember`), so a subnet
+        measured again in another session shows how its shift differed
+        from the anchor's (:mod:`hwsearch.shift_slope`).
 
         A ``retry`` (a session measuring again what an earlier one left
         unstable or shifted) is judged but does not count towards the
@@ -163,6 +173,7 @@ class Anchor:
         self.ratios[session_id] = tuple(float(r.ratio) for r in results[::self.files_per_subnet])
         self.references[session_id] = _nan_if_none(results[0].env.get("session_reference_ms") if results else None)
         self.observed_at[session_id] = time.time()
+        self.members[session_id] = dict(members or {})
         if retry:
             self.retries.add(session_id)
 
@@ -354,7 +365,7 @@ def latency_half_width(ratio_ci: float, spread: float | None, subnets: int) -> f
     return math.hypot(ratio_ci, Z95 * spread * math.sqrt(1.0 + math.pi / (2 * subnets)))
 
 
-def correct_row(row: dict[str, Any], offset: float) -> None:
+def correct_row(row: dict[str, Any], offset: float, lean: float = 0.0) -> None:
     """Divide the row's ratio and latency by its session's anchor offset, keeping what the session measured.
 
     A session's ratios move together when the host shifts under the whole
@@ -369,10 +380,15 @@ def correct_row(row: dict[str, Any], offset: float) -> None:
     90.5%.  ``uncorrected_ratio`` and ``uncorrected_latency_ms`` keep the
     session's own figures, so a later offset replaces an earlier one
     rather than compounding it (:func:`in_current_norm`).
+
+    ``lean`` is how much more than the offset the row's subnet shifted
+    (:mod:`hwsearch.shift_slope`): the row is divided by ``offset ** (1 +
+    lean)``, and ``row_offset`` records that divisor.
     """
     ratio = row.setdefault("uncorrected_ratio", row["ratio"])
     latency_ms = row.setdefault("uncorrected_latency_ms", row["latency_ms"])
-    row.update(session_offset=offset, ratio=ratio / offset, latency_ms=latency_ms / offset)
+    divisor = offset ** (1.0 + lean)
+    row.update(session_offset=offset, row_offset=divisor, ratio=ratio / divisor, latency_ms=latency_ms / divisor)
 
 
 def _undisturbed(table: np.ndarray, alike: np.ndarray, centre: int, references: np.ndarray,
@@ -489,9 +505,11 @@ class HostRecord:
     One JSON file per (device key, network) beside the device's ruler
     (:func:`devices.calibration.update_kept_file`, so runs in several
     processes add to it safely), holding the :data:`HOST_SESSIONS` newest
-    sessions that were not retries.  Each session names its anchor
-    subnets, their files' SHA-256 and ratios; the file also keeps each
-    subnet's arch, so a run that has never seen the subnets can export them.
+    sessions.  Each session names its anchor subnets, their files'
+    SHA-256 and ratios, and keeps every subnet it measured (``subnets``:
+    key to uncorrected ratio and MACs); a retry is marked, judged by the
+    norm but never part of it.  The file also keeps each anchor subnet's
+    arch, so a run that has never seen the subnets can export them.
     """
 
     PREFIX = "anchor-"
@@ -506,13 +524,19 @@ class HostRecord:
         kept = read_kept_file(self.name)
         return _kept_rows(kept), kept.get("archs", {})
 
-    def remember(self, anchor: Anchor, precision: str) -> int:
-        """Keep the anchor's sessions of this run (not earlier runs', not retries); returns how many."""
+    def remember(self, anchor: Anchor, precision: str,
+                 labels: Mapping[Path, tuple[str, int]] | None = None) -> int:
+        """Keep the anchor's sessions of this run (not earlier runs'); returns how many.
+
+        ``labels`` name the run's files (the first of each subnet's group):
+        each one's subnet key and MACs, so the session's ``subnets`` can be kept.
+        """
         new = {session_id: {"keys": list(anchor.keys), "precision": precision, "ended": observed_at,
-                            "tolerance": anchor.tolerance,
+                            "tolerance": anchor.tolerance, "retry": session_id in anchor.retries,
                             "ratios": [_finite_or_none(r) for r in anchor.ratios[session_id]],
-                            "reference_ms": _finite_or_none(anchor.references.get(session_id, math.nan))}
-               for session_id, observed_at in anchor.observed_at.items() if session_id not in anchor.retries}
+                            "reference_ms": _finite_or_none(anchor.references.get(session_id, math.nan)),
+                            "subnets": _session_subnets(anchor, session_id, labels or {})}
+               for session_id, observed_at in anchor.observed_at.items()}
         if not new or len(anchor.archs) != len(anchor.keys) or len(anchor.shas) != len(anchor.keys):
             return 0
         for entry in new.values():
@@ -531,17 +555,31 @@ class HostRecord:
         return len(new)
 
 
+def _session_subnets(anchor: Anchor, session_id: str, labels: Mapping[Path, tuple[str, int]]
+                     ) -> dict[str, list[float | None]]:
+    """Each subnet the session measured whose key and MACs are known: ``{key: [ratio, macs]}``."""
+    subnets = {labels[path][0]: [_finite_or_none(ratio), labels[path][1]]
+               for path, ratio in anchor.members.get(session_id, {}).items() if path in labels}
+    if len(anchor.macs) == len(anchor.keys):
+        subnets.update({key: [_finite_or_none(ratio), macs]
+                        for key, ratio, macs in zip(anchor.keys, anchor.ratios[session_id], anchor.macs)})
+    return subnets
+
+
 def host_spreads(device_key: str) -> list[dict[str, Any]]:
     """The spread between sessions in each of the host's kept anchor records of the device (``devices show``).
 
     One entry per network and precision the device measured with an anchor
     on this host: the sessions considered (the most-seen anchor's recent
     ones, as a run would start from), how many of them make the undisturbed
-    state, and :func:`idiosyncratic_spread` over those (``None`` while unknown).
+    state, and :func:`idiosyncratic_spread` over those (``None`` while
+    unknown); and the slope rows read now are leaned by
+    (:mod:`hwsearch.shift_slope`), with the pairs of sessions it stands on.
     """
     spreads = []
     for data in _host_records(device_key):
         rows = _kept_rows(data)
+        norms = current_norms(rows.values(), _members({}, rows.values()))
         for precision in sorted({row["anchor_precision"] for row in rows.values()}):
             found = history(rows, precision)
             if found is None:
@@ -549,18 +587,29 @@ def host_spreads(device_key: str) -> list[dict[str, Any]]:
             table = np.array(list(found.ratios.values()), dtype=float)
             references = np.array([found.references[s] for s in found.ratios], dtype=float)
             state = prevailing_state(table, DEFAULT_TOLERANCE, references)
+            slope = next((norm.slope for anchor, norm in norms.items()
+                          if anchor[:2] == (found.keys, precision)), ShiftSlope(0.0, 0))
             spreads.append({"network_id": data["network_id"], "precision": precision,
                             "anchor_subnets": len(found.keys), "sessions": len(table),
-                            "undisturbed_sessions": len(state), "session_spread": idiosyncratic_spread(state)})
+                            "undisturbed_sessions": len(state), "session_spread": idiosyncratic_spread(state),
+                            "offset_slope": slope.slope, "slope_pairs": slope.pairs})
     return spreads
 
 
 class Norm(NamedTuple):
-    """An anchor's medians over the host's current undisturbed state, and its spread between sessions."""
+    """An anchor's medians over the host's current undisturbed state, its spread between sessions, and its slope.
+
+    ``slope`` is how a session's shift grows with a subnet's size about the
+    anchor's (:mod:`hwsearch.shift_slope`; 0 while the data cannot say),
+    ``anchor_log_macs`` the anchor subnets' mean log MACs (``None``
+    unknown: rows are then corrected by the session's offset alone).
+    """
 
     medians: np.ndarray
     spread: float | None
     tolerance: float
+    slope: ShiftSlope = ShiftSlope(0.0, 0)
+    anchor_log_macs: float | None = None
 
 
 def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
@@ -596,13 +645,17 @@ def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
     ``latency_ms``, ``session_spread`` and ``latency_ci``; a row that kept
     its session's own verdict (``session_stable``) is judged again too, so
     its ``stable`` says whether its session is shifted against the norm of
-    now.  A row whose anchor has too few sessions, or that names no
-    anchor, is returned as stored; so is one whose latency had to come from
-    its raw median (``latency_source``).  The store is not changed.
+    now.  A row at its anchor's precision is divided by its session's
+    offset raised to ``1 + slope × size`` (:mod:`hwsearch.shift_slope`;
+    ``row_offset`` and ``offset_slope`` say by what), the slope fitted from
+    the subnets this device measured in more than one session.  A row
+    whose anchor has too few sessions, or that names no anchor, is
+    returned as stored; so is one whose latency had to come from its raw
+    median (``latency_source``).  The store is not changed.
     """
-    seen = [*rows.values(), *(row for data in _host_records(device_key) if data["network_id"] == network_id
-                              for row in _kept_rows(data).values())]
-    norms = current_norms(seen)
+    kept = [row for data in _host_records(device_key) if data["network_id"] == network_id
+            for row in _kept_rows(data).values()]
+    norms = current_norms([*rows.values(), *kept], _members(rows, kept))
     out = {}
     for key, row in rows.items():
         norm = norms.get(_anchor_of(row))
@@ -610,34 +663,86 @@ def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
     return out
 
 
-def current_norms(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[Any, ...], Norm]:
+def current_norms(rows: Iterable[Mapping[str, Any]],
+                  members: Mapping[str, Mapping[str, Member]] | None = None) -> dict[tuple[Any, ...], Norm]:
     """Per anchor (its subnets, precision and files), the norm its :data:`RECENT_SESSIONS` latest sessions give.
 
     ``rows`` are stored or kept rows; each session counts once, retries not
     at all (as in :func:`history`).  An anchor with fewer than
     :data:`MIN_SESSIONS` sessions has no norm.  The state is found with the
     tolerance of the anchor's latest session (``anchor_tolerance``).
+    ``members`` (per session id, the subnets it measured at the anchor's
+    precision) fit each norm's slope over the anchor's :data:`HOST_SESSIONS`
+    latest sessions, retries included: a retry measures the same subnets
+    again at another offset, which is what the slope is fitted from.
     """
-    sessions: dict[tuple[Any, ...], dict[str, tuple[float, tuple[float, ...], float, float]]] = {}
+    members = members or {}
+    sessions: dict[tuple[Any, ...], dict[str, _Seen]] = {}
     for row in rows:
         anchor = _anchor_of(row)
-        if anchor is None or row.get("anchor_retry"):
+        if anchor is None:
             continue
         env = row.get("env", {})
-        sessions.setdefault(anchor, {})[str(row["session_id"])] = (
+        sessions.setdefault(anchor, {})[str(row["session_id"])] = _Seen(
             float(env.get("session_end", 0.0)), tuple(_nan_if_none(r) for r in row["anchor_ratios"]),
-            _nan_if_none(env.get("session_reference_ms")), float(row.get("anchor_tolerance", DEFAULT_TOLERANCE)))
+            _nan_if_none(env.get("session_reference_ms")), float(row.get("anchor_tolerance", DEFAULT_TOLERANCE)),
+            bool(row.get("anchor_retry")))
     norms = {}
     for anchor, seen in sessions.items():
-        latest = sorted(seen.values(), key=lambda session: session[0])[-RECENT_SESSIONS:]
+        latest = sorted((s for s in seen.values() if not s.retry), key=lambda session: session.ended)[-RECENT_SESSIONS:]
         if len(latest) < MIN_SESSIONS:
             continue
-        table = np.array([ratios for _, ratios, _, _ in latest], dtype=float)
-        references = np.array([reference for _, _, reference, _ in latest], dtype=float)
-        tolerance = latest[-1][3]
+        table = np.array([session.ratios for session in latest], dtype=float)
+        references = np.array([session.reference_ms for session in latest], dtype=float)
+        tolerance = latest[-1].tolerance
         state = prevailing_state(table, tolerance, references)
-        norms[anchor] = Norm(_nanmedian(state, axis=0), idiosyncratic_spread(state), tolerance)
+        medians = _nanmedian(state, axis=0)
+        anchor_log_macs = _anchor_log_macs(anchor[0], members)
+        slope = ShiftSlope(0.0, 0)
+        if anchor_log_macs is not None:
+            recent = sorted(seen, key=lambda session_id: seen[session_id].ended)[-HOST_SESSIONS:]
+            slope = fit_shift_slope(((_nan_if_none(session_offset(seen[s].ratios, medians)), members.get(s, {}))
+                                     for s in recent), anchor_log_macs)
+        norms[anchor] = Norm(medians, idiosyncratic_spread(state), tolerance, slope, anchor_log_macs)
     return norms
+
+
+class _Seen(NamedTuple):
+    """One anchor session as the norm reads it."""
+
+    ended: float
+    ratios: tuple[float, ...]
+    reference_ms: float
+    tolerance: float
+    retry: bool
+
+
+def _members(rows: Mapping[str, Mapping[str, Any]], kept: Iterable[Mapping[str, Any]]
+             ) -> dict[str, dict[str, Member]]:
+    """Per session id, the subnets it measured at its anchor's precision: ``{key: (uncorrected ratio, MACs)}``.
+
+    From stored rows (keyed by subnet) and the host's kept sessions (their ``subnets``).
+    """
+    members: dict[str, dict[str, Member]] = {}
+    for key, row in rows.items():
+        if _anchor_of(row) is not None and row.get("macs") and row.get("precision") == row.get("anchor_precision"):
+            ratio = row.get("uncorrected_ratio", row.get("ratio"))
+            members.setdefault(str(row["session_id"]), {})[key] = (_nan_if_none(ratio), float(row["macs"]))
+    for row in kept:
+        for key, (ratio, macs) in row.get("subnets", {}).items():
+            if macs:
+                members.setdefault(str(row["session_id"]), {})[key] = (_nan_if_none(ratio), float(macs))
+    return members
+
+
+def _anchor_log_macs(keys: Sequence[str], members: Mapping[str, Mapping[str, Member]]) -> float | None:
+    """The anchor subnets' mean log MACs, when every one of them is among ``members``."""
+    macs = {}
+    for measured in members.values():
+        macs.update({key: measured[key][1] for key in keys if key in measured})
+        if len(macs) == len(keys):
+            return float(np.mean(np.log(list(macs.values()))))
+    return None
 
 
 def recorrected(row: Mapping[str, Any], norm: Norm) -> dict[str, Any]:
@@ -646,7 +751,8 @@ def recorrected(row: Mapping[str, Any], norm: Norm) -> dict[str, Any]:
     offset = session_offset(row["anchor_ratios"], norm.medians)
     if offset is None:
         return new
-    correct_row(new, offset)
+    correct_row(new, offset, _lean(row, norm))
+    new["offset_slope"] = norm.slope.slope
     new.update(session_spread=norm.spread,
                latency_ci=latency_half_width(_nan_if_none(row.get("ratio_ci")), norm.spread, len(norm.medians)))
     if "session_stable" in row:
@@ -657,6 +763,18 @@ def recorrected(row: Mapping[str, Any], norm: Norm) -> dict[str, Any]:
         else:
             new.pop("slowdown_overruled_by_anchor", None)
     return new
+
+
+def _lean(row: Mapping[str, Any], norm: Norm) -> float:
+    """How much more (or less) than its session's offset the row's subnet shifted: slope times its size.
+
+    0 for a row of another precision than its anchor's (the slope was
+    fitted at the anchor's) or whose size is unknown.
+    """
+    if (norm.anchor_log_macs is None or not norm.slope.slope or not row.get("macs")
+            or row.get("precision") != row.get("anchor_precision")):
+        return 0.0
+    return norm.slope.slope * size_against(float(row["macs"]), norm.anchor_log_macs)
 
 
 def _anchor_of(row: Mapping[str, Any]) -> tuple[Any, ...] | None:
@@ -683,7 +801,8 @@ def _kept_rows(kept: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def _as_row(session_id: str, entry: Mapping[str, Any]) -> dict[str, Any]:
     return {"session_id": session_id, "anchor_keys": entry["keys"], "anchor_ratios": entry["ratios"],
             "anchor_precision": entry["precision"], "anchor_shas": entry["shas"],
-            "anchor_tolerance": entry.get("tolerance", DEFAULT_TOLERANCE),
+            "anchor_tolerance": entry.get("tolerance", DEFAULT_TOLERANCE), "anchor_retry": entry.get("retry", False),
+            "subnets": entry.get("subnets", {}),
             "env": {"session_end": entry["ended"], "session_reference_ms": entry.get("reference_ms")}}
 
 

@@ -290,13 +290,17 @@ def profile_precisions(
             space, store.get_latencies(keys[precisions[0]], space.network_id), host_record, precisions,
             len(chunks), export, Path(tmp) / "anchor", anchor_tolerance)
         awaiting_verdict: list[_Measured] = []
+        labels: dict[Path, tuple[str, int]] = {}  # each subnet's first file: its key and MACs (the host keeps them)
         for batch, exports in _exported_chunks(chunks, export, _measures_elsewhere(profiler)):
             groups = [[files[p].path for p in precisions] for files in exports]
+            labels.update({group[0]: (arch.key(), int(files[precisions[0]].report.macs))
+                           for group, arch, files in zip(groups, batch, exports)})
             if anchor is None and anchor_tolerance is not None and len(chunks) > 1:
                 middle = _middle_by_macs(exports, ANCHOR_SUBNETS)
                 anchor = Anchor.keep([batch[i].key() for i in middle], [groups[i] for i in middle],
                                      Path(tmp) / "anchor", anchor_tolerance,
-                                     archs=[batch[i].to_dict() for i in middle])
+                                     archs=[batch[i].to_dict() for i in middle],
+                                     macs=[exports[i][precisions[0]].report.macs for i in middle])
             sessions = measure_until_trusted(measure, groups, retries, anchor)
             done_chunk = _Measured(batch, exports, groups, sessions,
                                    judged_in_time=anchor is None or anchor.judged(s.session_id for s in sessions))
@@ -311,7 +315,7 @@ def profile_precisions(
             left.delete_files()
     if anchor is not None:
         rows.label(anchor, precisions[0])
-        host_record.remember(anchor, precisions[0])
+        host_record.remember(anchor, precisions[0], labels)
     seconds = time.perf_counter() - start
     return {p: ProfileReport(keys[p], space.network_id, len(archs), len(archs) - len(todo),
                              measured, rows.unstable(p), seconds) for p in precisions}
@@ -710,7 +714,7 @@ def _earlier_anchor(space: SearchSpace, rows: Mapping[str, Mapping[str, Any]], h
         if found is None or len(found.ratios) + chunks < ANCHOR_MIN_SESSIONS:
             return None
         return Anchor.keep(keys, [[files[p].path for p in precisions] for files in exports], folder, tolerance,
-                           found, archs=archs)
+                           found, archs=archs, macs=[files[precisions[0]].report.macs for files in exports])
     finally:
         _delete_exports(exports)
 

@@ -103,15 +103,17 @@ def measure_session(measure: MeasureFn, groups: Sequence[Sequence[Path]],
 
     Returns the groups' results split back by group; the anchor's results
     go to the anchor (a ``retry`` is judged but not counted in its medians,
-    :meth:`Anchor.observe`).
+    :meth:`Anchor.observe`), with each group's first ratio as a member of the session.
     """
     session_id = uuid.uuid4().hex
     files = [path for group in groups for path in group]
     measured = list(measure(files + (anchor.files if anchor is not None else [])))
-    if anchor is not None:
-        anchor.observe(session_id, measured[len(files):], retry=retry)
     results = iter(measured[:len(files)])
-    return [Session(session_id, [next(results) for _ in group]) for group in groups]
+    sessions = [Session(session_id, [next(results) for _ in group]) for group in groups]
+    if anchor is not None:
+        anchor.observe(session_id, measured[len(files):], retry=retry,
+                       members={group[0]: float(s.results[0].ratio) for group, s in zip(groups, sessions)})
+    return sessions
 
 
 def _spread(result: Any) -> float:

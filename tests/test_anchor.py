@@ -323,6 +323,30 @@ def test_a_shifted_session_judged_late_is_measured_again_once_the_verdict_comes(
                for row in kept)
     assert all(row["anchor_retry"] for row in kept[:2])  # measured again after the third session's verdict
     assert report.unstable == sum(not row["stable"] for row in kept)
+    _host_kept_every_subnet_of_both_sessions(rows, archs)
+
+
+def _host_kept_every_subnet_of_both_sessions(rows: dict[str, Any], archs: list[Any]) -> None:
+    """The host keeps each session's subnets, the shifted one's too: both measurements of the first chunk.
+
+    The first chunk is the anchor here (chunks of 2), so every session measured it.
+    """
+    from hwsearch.anchor import HostRecord
+    from hwsearch.jobs.spec import SupernetRef, build_supernet
+
+    network = build_supernet(SupernetRef(**SUPERNET)).space.network_id
+    sessions, _ = HostRecord(rows[archs[0].key()]["device_hash"], network).read()
+    for session in sessions.values():
+        assert set(session["anchor_keys"]) <= set(session["subnets"])
+        assert all(macs == rows[key]["macs"] for key, (_, macs) in session["subnets"].items())
+    for arch in archs[2:]:  # each other chunk in the sessions that measured it, retries included
+        assert any(arch.key() in s["subnets"] for s in sessions.values())
+    retried = [s for s in sessions.values() if s["anchor_retry"] and archs[0].key() in s["subnets"]]
+    shifted = max((s for s in sessions.values() if not s["anchor_retry"]),
+                  key=lambda s: s["subnets"][archs[0].key()][0])
+    assert retried
+    for arch in archs[:2]:  # the shifted session's ratios, against the lighter reference, kept beside the retry's
+        assert shifted["subnets"][arch.key()][0] > 2.0 * rows[arch.key()]["uncorrected_ratio"]
 
 
 def test_the_anchor_is_the_first_chunks_three_middle_subnets_by_macs(tmp_path: Path, calibration_dir: Path) -> None:
@@ -456,9 +480,10 @@ def test_the_host_keeps_a_runs_own_sessions_and_its_newest_ones(tmp_path: Path, 
     anchor = _anchor_observed(tmp_path, {"s1": 1.0, "s2": math.nan, "again": 1.3},
                               earlier=History(("a",), {"s0": (0.9,)}, {"s0": 1.1}),
                               retries=("again",))
-    assert record.remember(anchor, "fp32") == 2
+    assert record.remember(anchor, "fp32") == 3
     rows, archs = record.read()
-    assert sorted(rows) == ["s1", "s2"] and rows["s2"]["anchor_ratios"] == [None]
+    assert sorted(rows) == ["again", "s1", "s2"] and rows["s2"]["anchor_ratios"] == [None]
+    assert rows["again"]["anchor_retry"] and not rows["s1"]["anchor_retry"]  # kept, never part of the norm
     assert rows["s1"]["anchor_shas"] == [file_sha256(tmp_path / "a.onnx")] and archs == {"a": {"resolution": 32}}
     keys, ratios, references = history(rows, "fp32")
     assert keys == ("a",) and ratios["s1"] == (1.0,) and math.isnan(ratios["s2"][0])

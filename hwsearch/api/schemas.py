@@ -182,8 +182,10 @@ class PointRead(BaseModel):
                                   "median_ms), ratio_ci (the session's own 95% CI), latency_ci "
                                   "(the 95% CI with the spread between sessions, or null), "
                                   "reference_ms and its source, "
-                                  "session_offset (the anchor's correction against its norm "
-                                  "when the front was made, or null)")
+                                  "session_offset (the anchor's offset of the session against "
+                                  "its norm when the front was made, or null) and row_offset "
+                                  "(what the latency was divided by: that offset leaned by the "
+                                  "subnet's size)")
     precision: str = Field(default="fp32", description="the precision this point was measured "
                                                        "and evaluated at (fp32 or int8)")
 

@@ -90,9 +90,11 @@ def latency_conditions(row: Mapping[str, Any]) -> dict[str, Any]:
     :func:`~hwsearch.pipeline.finite_latencies`); ``clock`` ``thread_cpu``
     means CPU time of the inference thread, not wall time.  A point whose
     latency is not ``stable`` and ``calibrated`` is shown as such rather than
-    passed off as precise.  ``session_offset`` is the anchor's offset the
-    latency was divided by, against the anchor's norm when the rows were
-    read (``None`` where the session had no verdict);
+    passed off as precise.  ``session_offset`` is the anchor's offset of
+    the row's session, against the anchor's norm when the rows were read
+    (``None`` where the session had no verdict), and ``row_offset`` what
+    the latency was divided by: the offset leaned by the subnet's size
+    (:mod:`hwsearch.shift_slope`);
     ``latency_ci`` the latency's relative 95% half-width with the spread
     between sessions in it (``ratio_ci`` is the session's own; ``None``
     where the anchor could not yet tell the spread).
@@ -102,4 +104,5 @@ def latency_conditions(row: Mapping[str, Any]) -> dict[str, Any]:
             "latency_source": row.get("latency_source", "calibrated"),
             "ratio_ci": row.get("ratio_ci"), "latency_ci": row.get("latency_ci"),
             "reference_ms": env.get("reference_ms"),
-            "reference_source": env.get("reference_source"), "session_offset": row.get("session_offset")}
+            "reference_source": env.get("reference_source"), "session_offset": row.get("session_offset"),
+            "row_offset": row.get("row_offset", row.get("session_offset"))}
