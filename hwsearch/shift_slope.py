@@ -26,7 +26,11 @@ average and 18 cells met the goal (median ≤ 2%, ≥ 98% within ±10%)
 against 16.  The gain is uneven: run 19's 1-thread rows beside the
 2-thread device went from 2.39% to 1.50%, while run 17's 2-thread rows
 went from 2.32% to 2.97% (a slope of -0.14 fitted mostly on the solo
-runs, which it brought from 2.16% to 1.85%).  The slopes differ by device
+runs, which it brought from 2.16% to 1.85%).  Live, read as a job
+reads them (the slope from the host's 60 latest sessions), run 22's
+contended cells went from 2.27%, 3.46% and 1.82% to 1.98%, 3.08% and
+1.66%, and run 21's (slopes near 0) from 1.92%, 1.69% and 1.56% to 1.81%,
+1.77% and 1.44%.  The slopes differ by device
 and by hour, so they are fitted from the device's recent sessions, never
 fixed.
 """
