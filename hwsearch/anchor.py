@@ -751,8 +751,9 @@ def recorrected(row: Mapping[str, Any], norm: Norm) -> dict[str, Any]:
     offset = session_offset(row["anchor_ratios"], norm.medians)
     if offset is None:
         return new
-    correct_row(new, offset, _lean(row, norm))
-    new["offset_slope"] = norm.slope.slope
+    slope, lean = _row_lean(row, norm)
+    correct_row(new, offset, lean)
+    new["offset_slope"] = slope
     new.update(session_spread=norm.spread,
                latency_ci=latency_half_width(_nan_if_none(row.get("ratio_ci")), norm.spread, len(norm.medians)))
     if "session_stable" in row:
@@ -765,16 +766,15 @@ def recorrected(row: Mapping[str, Any], norm: Norm) -> dict[str, Any]:
     return new
 
 
-def _lean(row: Mapping[str, Any], norm: Norm) -> float:
-    """How much more (or less) than its session's offset the row's subnet shifted: slope times its size.
+def _row_lean(row: Mapping[str, Any], norm: Norm) -> tuple[float, float]:
+    """``(slope, lean)``: the slope the row is leaned by, and that slope times the subnet's size.
 
-    0 for a row of another precision than its anchor's (the slope was
-    fitted at the anchor's) or whose size is unknown.
+    ``(0, 0)`` for a row of another precision than its anchor's (the slope
+    was fitted at the anchor's) or whose size is unknown.
     """
-    if (norm.anchor_log_macs is None or not norm.slope.slope or not row.get("macs")
-            or row.get("precision") != row.get("anchor_precision")):
-        return 0.0
-    return norm.slope.slope * size_against(float(row["macs"]), norm.anchor_log_macs)
+    if norm.anchor_log_macs is None or not row.get("macs") or row.get("precision") != row.get("anchor_precision"):
+        return 0.0, 0.0
+    return norm.slope.slope, norm.slope.slope * size_against(float(row["macs"]), norm.anchor_log_macs)
 
 
 def _anchor_of(row: Mapping[str, Any]) -> tuple[Any, ...] | None:

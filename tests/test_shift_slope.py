@@ -114,6 +114,7 @@ def test_rows_read_now_are_leaned_by_the_slope_the_hosts_sessions_show(calibrati
     assert np.median(leaned) < 0.02 < np.median(plain)
     assert max(leaned) < 0.05 < max(plain)
     assert now["int8"]["ratio"] == pytest.approx(2.0) and now["int8"]["row_offset"] == pytest.approx(1.5)
+    assert now["int8"]["offset_slope"] == 0.0  # what it was leaned by: nothing
     assert now["calm0"]["ratio"] == pytest.approx(1.0)  # a calm session is not leaned, whatever the slope
 
 
