@@ -20,18 +20,30 @@ offset of all subnets more than 5% from 1) and calm ones each
 reference slowdown as the session saw it (against the fastest session so
 far).  It also writes the recordings (``--out``), so the rules can be
 scored again without measuring (``--from``).
+
+With ``--int8`` every subnet is also quantized (static QDQ, calibrated on
+random images at its input size: latency depends on the quantized graph,
+not on its ranges) and its INT8 file measured in the same sessions; the
+bench then prints how the other subnets' INT8 ratios sit against their
+medians when divided by nothing, by the anchor's FP32 offset and by the
+anchor's own INT8 offset (hwsearch/anchor.py takes the latter).
+``--load-every N`` runs a CPU-bound process beside every Nth session, so
+that the recording holds disturbed sessions whatever the host's hour.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +56,17 @@ TOLERANCE = 0.05
 SLOWDOWN_LIMITS = (0.04, 0.06, 0.08, 0.10)
 
 
-def record(device_file: str, subnets: int, sessions: int, seed: int) -> dict[str, list[Any]]:
-    """Each session's ratios of the same exported subnets, one session after another, and its reference slowdown."""
+def record(device_file: str, subnets: int, sessions: int, seed: int, int8: bool = False,
+           load_every: int = 0) -> dict[str, list[Any]]:
+    """Each session's ratios of the same exported subnets, one session after another, and its reference slowdown.
+
+    With ``int8``, each subnet's INT8 file is measured in the same session
+    (``int8_ratios``); with ``load_every``, every such session runs beside
+    a CPU-bound process (``loaded``).
+    """
     from devices.local import measure_model_bytes
     from devices.profile import DeviceProfile
     from hwsearch.demo import DEMO_CHECKPOINT, DEMO_SUPERNET
-    from hwsearch.export import export_subnet
     from hwsearch.jobs import supernet_builders
     from hwsearch.pipeline import select_subnets
     from hwsearch.supernets import create_supernet
@@ -57,20 +74,60 @@ def record(device_file: str, subnets: int, sessions: int, seed: int) -> dict[str
     supernet_builders()
     net = create_supernet(DEMO_SUPERNET, checkpoint=DEMO_CHECKPOINT)
     profile = DeviceProfile.load(Path(__file__).resolve().parents[1] / "hwsearch/demo/devices" / device_file)
+    models, quantized = _exported(net, select_subnets(net.space, subnets, seed=seed), int8)
+    recorded: dict[str, list[Any]] = {"ratios": [], "slowdown": [], "int8_ratios": [], "loaded": []}
+    for index in range(sessions):
+        started = time.perf_counter()
+        loaded = load_every > 0 and index % load_every == load_every - 1
+        with _cpu_load(loaded):
+            measured = measure_model_bytes(profile, models + quantized, profile.reference_bytes())
+        recorded["ratios"].append([m.ratio for m in measured[:len(models)]])
+        recorded["int8_ratios"].append([m.ratio for m in measured[len(models):]])
+        recorded["slowdown"].append(measured[0].env["reference_slowdown"])
+        recorded["loaded"].append(loaded)
+        print(f"  session {index + 1}/{sessions}{' (loaded)' if loaded else ''}: "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+    return recorded
+
+
+def _exported(net: Any, archs: list[Any], int8: bool) -> tuple[list[bytes], list[bytes]]:
+    """Each subnet's FP32 file and, with ``int8``, its INT8 file (calibrated on random images at its input)."""
+    from hwsearch.export import export_subnet
+    from hwsearch.quantize import model_input_shape, quantize_onnx
+
+    models, quantized = [], []
     with tempfile.TemporaryDirectory() as folder:
-        models = []
-        for index, arch in enumerate(select_subnets(net.space, subnets, seed=seed)):
+        for index, arch in enumerate(archs):
             path = Path(folder) / f"{index}.onnx"
             export_subnet(net, arch, path, check=False)
             models.append(path.read_bytes())
-    recorded: dict[str, list[Any]] = {"ratios": [], "slowdown": []}
-    for index in range(sessions):
-        started = time.perf_counter()
-        measured = measure_model_bytes(profile, models, profile.reference_bytes())
-        recorded["ratios"].append([m.ratio for m in measured])
-        recorded["slowdown"].append(measured[0].env["reference_slowdown"])
-        print(f"  session {index + 1}/{sessions}: {time.perf_counter() - started:.1f} s", flush=True)
-    return recorded
+            if int8:
+                images = np.random.default_rng(index).normal(size=(32, *model_input_shape(path)[1:]))
+                quantize_onnx(path, Path(folder) / f"{index}-int8.onnx", images.astype(np.float32))
+                quantized.append((Path(folder) / f"{index}-int8.onnx").read_bytes())
+    return models, quantized
+
+
+@contextlib.contextmanager
+def _cpu_load(on: bool) -> Iterator[None]:
+    """A CPU-bound process (matrix products) for the duration, when ``on``."""
+    if not on:
+        yield
+        return
+    worker = multiprocessing.get_context("spawn").Process(target=_burn, daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        worker.terminate()
+        worker.join()
+
+
+def _burn() -> None:
+    matrix = np.random.default_rng(0).random((300, 300))
+    while True:
+        matrix = matrix @ matrix
+        matrix /= np.abs(matrix).max()
 
 
 def subnet_offsets(recording: dict[str, list[Any]]) -> np.ndarray:
@@ -193,6 +250,40 @@ def _corrected_deviation(offsets: np.ndarray, by_size: np.ndarray, places: list[
     return kept, np.abs(rows / np.median(rows, axis=0) - 1).ravel()
 
 
+def score_precision_offsets(recorded: dict[str, dict[str, list[Any]]]) -> None:
+    """How the other subnets' INT8 ratios sit against their medians, divided by no offset, FP32's or INT8's.
+
+    The anchor is the pipeline's (the three middle subnets by size); the
+    medians of both precisions are taken over the FP32 files' undisturbed
+    state, as :func:`hwsearch.anchor.current_norms` takes them.
+    """
+    from hwsearch.anchor import undisturbed_sessions
+
+    with_int8 = {device: r for device, r in recorded.items() if any(r.get("int8_ratios") or ())}
+    if not with_int8:
+        return
+    print("\n| device | INT8 rows divided by | median deviation | within ±10% | within ±5% |")
+    print("|---|---|---:|---:|---:|")
+    for device, recording in with_int8.items():
+        fp32, int8 = (np.array(recording[name], dtype=float) for name in ("ratios", "int8_ratios"))
+        usable = np.all(np.isfinite(fp32), axis=0) & np.all(np.isfinite(int8), axis=0)
+        fp32, int8 = fp32[:, usable], int8[:, usable]
+        state = undisturbed_sessions(fp32, TOLERANCE, 1.0 + np.array(recording["slowdown"], dtype=float))
+        fp32, int8 = fp32 / np.median(fp32[state], axis=0), int8 / np.median(int8[state], axis=0)
+        by_size = np.argsort(np.median(fp32, axis=0))
+        anchor = by_size[PLACEMENTS[1][1](len(by_size))]
+        others = np.setdiff1d(by_size, anchor)
+        fp32_offset, int8_offset = np.median(fp32[:, anchor], axis=1), np.median(int8[:, anchor], axis=1)
+        for name, offset in (("nothing", np.ones(len(int8))), ("the FP32 offset", fp32_offset),
+                             ("the INT8 offset", int8_offset)):
+            deviation = np.abs(int8[:, others] / offset[:, None] - 1).ravel()
+            print(f"| {device} | {name} | {np.median(deviation):.2%} | {np.mean(deviation <= 0.10):.1%} | "
+                  f"{np.mean(deviation <= 0.05):.1%} |")
+        between = int8_offset / fp32_offset
+        print(f"{device}: a session's INT8 offset over its FP32 offset ranged {between.min():.2f}-{between.max():.2f} "
+              f"(FP32 offsets {fp32_offset.min():.2f}-{fp32_offset.max():.2f})")
+
+
 def report(recorded: dict[str, dict[str, list[Any]]], choices: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     print("\n| device | sessions x subnets | k | calm sessions flagged | shifted sessions missed |")
@@ -210,6 +301,7 @@ def report(recorded: dict[str, dict[str, list[Any]]], choices: int, seed: int) -
     score_slowdown_limits(recorded)
     score_correction(recorded)
     score_placement(recorded)
+    score_precision_offsets(recorded)
 
 
 def main() -> None:
@@ -221,6 +313,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--out", type=Path, help="write the recorded ratios here (JSON)")
     parser.add_argument("--from", dest="source", type=Path, help="score recorded ratios instead of measuring")
+    parser.add_argument("--int8", action="store_true", help="also measure each subnet's INT8 file")
+    parser.add_argument("--load-every", type=int, default=0, help="a CPU-bound process beside every Nth session")
     args = parser.parse_args()
     if args.source:
         recorded = json.loads(args.source.read_text())
@@ -229,7 +323,8 @@ def main() -> None:
         recorded = {}
         for device in args.devices:
             print(f"recording {args.sessions} sessions of {args.subnets} subnets on the {device} device")
-            recorded[device] = record(DEVICES[device], args.subnets, args.sessions, args.seed)
+            recorded[device] = record(DEVICES[device], args.subnets, args.sessions, args.seed, args.int8,
+                                      args.load_every)
         if args.out:
             args.out.write_text(json.dumps(recorded))
     report(recorded, args.choices, args.seed)

@@ -43,6 +43,20 @@ the device takes the same anchor subnets, starts from their recent sessions
 (:func:`history`, at most :data:`RECENT_SESSIONS`), and judges each of its
 sessions as soon as it ends, the first one included.
 
+A run at several precisions measures each anchor subnet's file at every
+precision, and an INT8 file does not shift by its FP32 file's offset.  In
+``bench/anchor_verdicts.py --subnets 10 --sessions 24 --int8 --load-every 3``
+(2026-12-02), a session's INT8 offset over its FP32 offset ranged
+0.92-1.06 on the 1-thread device and 0.54-1.10 on the 2-thread device,
+whose FP32 files ran 1.70-1.87x their medians beside a CPU-bound process
+while its INT8 files ran 0.92-1.25x.  Divided by the FP32 offset, 87.5% and 60.1% of the
+other subnets' INT8 ratios came within ±10% of their medians (median
+deviation 3.95% and 7.31%); divided by the INT8 files' own offset, 95.8%
+and 94.6% (2.16% and 2.60%).  So a row is divided by the offset of the
+anchor's files at its own precision (:meth:`Anchor.offset_at`), taken
+against their medians over the same undisturbed sessions; the verdict
+(shifted or not) stays the first precision's, the session's.
+
 A store belongs to a job or a CLI run, but the host's states belong to the
 host: runs with different stores (separate CLI runs, the jobs of
 ``bench/contention.py``) would each start blind, and a run that spends all
@@ -98,9 +112,11 @@ class Anchor:
     """The anchor subnets' files and, per session, each subnet's ratio.
 
     ``files`` holds ``files_per_subnet`` files per subnet (its precisions,
-    in the run's order), subnet after subnet in ``keys``' order; a
-    subnet's ratio is its first file's.  ``archs`` (each subnet's arch as a
-    dict) lets a later run export the subnets again.
+    in the run's order, named in ``precisions`` when known), subnet after
+    subnet in ``keys``' order; a subnet's ratio is its first file's, and
+    its other files' ratios are kept per precision (``ratios_at``).
+    ``archs`` (each subnet's arch as a dict) lets a later run export the
+    subnets again.
     """
 
     keys: tuple[str, ...]
@@ -114,25 +130,31 @@ class Anchor:
     references: dict[str, float] = field(default_factory=dict)  # session_id -> its reference's ms (NaN: unknown)
     macs: tuple[int, ...] = ()  # each subnet's MACs, when known
     members: dict[str, dict[Path, float]] = field(default_factory=dict)  # session_id -> its other files' ratios
-    _cached_state: tuple[int, np.ndarray, float | None] | None = field(default=None, repr=False,
-                                                                        compare=False)
+    precisions: tuple[str, ...] = ()  # the precision of each of a subnet's files, in order (empty: unknown)
+    ratios_at: dict[str, dict[str, tuple[float, ...]]] = field(default_factory=dict)  # session -> precision -> ratios
+    _cached_state: tuple[int, list[str], np.ndarray, float | None] | None = field(default=None, repr=False,
+                                                                                   compare=False)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
             raise ValueError(f"the anchor's tolerance must be a finite share >= 0, got {self.tolerance!r}")
         if not self.keys or len(self.files) % len(self.keys):
             raise ValueError(f"{len(self.files)} anchor files cannot be split over {len(self.keys)} subnets")
+        if self.precisions and len(self.precisions) != self.files_per_subnet:
+            raise ValueError(f"{len(self.precisions)} precisions named for {self.files_per_subnet} files per subnet")
 
     @classmethod
     def keep(cls, keys: Sequence[str], groups: Sequence[Sequence[Path]], folder: Path,
              tolerance: float = DEFAULT_TOLERANCE,
              earlier: History | None = None,
-             archs: Sequence[Mapping[str, Any]] = (), macs: Sequence[int] = ()) -> Anchor:
+             archs: Sequence[Mapping[str, Any]] = (), macs: Sequence[int] = (),
+             precisions: Sequence[str] = ()) -> Anchor:
         """An anchor from its subnets' exported files (one group per subnet), copied to ``folder``.
 
         The copies outlive the chunk the files came from.  ``earlier`` holds
         the subnets' ratios (and each session's reference time) in earlier
         runs' sessions (:func:`history`), which count towards every verdict.
+        ``precisions`` names each group's files in order.
         """
         folder.mkdir(parents=True, exist_ok=True)
         kept = []
@@ -145,7 +167,9 @@ class Anchor:
         return cls(tuple(keys), kept, tolerance,
                    {session: tuple(map(float, ratios)) for session, ratios in earlier.ratios.items()},
                    archs=tuple(dict(a) for a in archs), shas=shas, macs=tuple(int(m) for m in macs),
-                   references={session: float(ms) for session, ms in earlier.references.items()})
+                   references={session: float(ms) for session, ms in earlier.references.items()},
+                   precisions=tuple(precisions),
+                   ratios_at={session: dict(at) for session, at in earlier.ratios_at.items()})
 
     @property
     def files_per_subnet(self) -> int:
@@ -171,6 +195,8 @@ class Anchor:
         run shifted, the calm ones at 0.89-0.94.
         """
         self.ratios[session_id] = tuple(float(r.ratio) for r in results[::self.files_per_subnet])
+        self.ratios_at[session_id] = {precision: tuple(float(r.ratio) for r in results[index::self.files_per_subnet])
+                                      for index, precision in enumerate(self.precisions[1:], 1)}
         self.references[session_id] = _nan_if_none(results[0].env.get("session_reference_ms") if results else None)
         self.observed_at[session_id] = time.time()
         self.members[session_id] = dict(members or {})
@@ -197,6 +223,24 @@ class Anchor:
             return None
         return session_offset(self.ratios[session_id], medians)
 
+    def offset_at(self, session_id: str, precision: str) -> tuple[float | None, str | None]:
+        """The session's offset for a row at ``precision``, and the precision it was taken at.
+
+        The anchor files' own offset at ``precision``, against their
+        medians over the same undisturbed sessions as :meth:`offset`'s,
+        where at least :data:`MIN_SESSIONS` of those sessions measured them;
+        otherwise the first precision's offset (:meth:`offset`), which
+        still comes closer than none (module docstring).
+        """
+        first = self.precisions[0] if self.precisions else None
+        cached = self._cached()
+        if precision != first and cached is not None and session_id in self.ratios_at:
+            medians = _medians_at(precision, [self.ratios_at.get(s, {}) for s in cached[1]])
+            ratios = self.ratios_at[session_id].get(precision)
+            if medians is not None and ratios is not None:
+                return session_offset(ratios, medians), precision
+        return self.offset(session_id), first
+
     def session_spread(self) -> float | None:
         """How far one subnet's corrected ratio strays from session to session (a relative SD); ``None`` unknown.
 
@@ -211,7 +255,7 @@ class Anchor:
         sessions in which at least two anchor subnets were usable.
         """
         cached = self._cached()
-        return None if cached is None else cached[2]
+        return None if cached is None else cached[3]
 
     def latency_ci(self, ratio_ci: float) -> float | None:
         """A corrected row's relative 95% half-width: its session's CI and the spread between sessions.
@@ -233,10 +277,10 @@ class Anchor:
     def _state(self) -> np.ndarray | None:
         """The undisturbed state's counted sessions (sessions x subnets, NaN unusable)."""
         cached = self._cached()
-        return None if cached is None else cached[1]
+        return None if cached is None else cached[2]
 
-    def _cached(self) -> tuple[int, np.ndarray, float | None] | None:
-        """The undisturbed state and its spread, computed once per new session (a run labels every row with them)."""
+    def _cached(self) -> tuple[int, list[str], np.ndarray, float | None] | None:
+        """The undisturbed state's sessions, their ratios and spread, once per new session (every row reads them)."""
         counted = [session for session in self.ratios if session not in self.retries]
         if len(counted) < MIN_SESSIONS:
             return None
@@ -244,8 +288,9 @@ class Anchor:
             table = np.array([self.ratios[session] for session in counted], dtype=float)  # sessions x subnets
             table = np.where(np.isfinite(table), table, np.nan)
             references = np.array([self.references.get(session, math.nan) for session in counted], dtype=float)
-            state = prevailing_state(table, self.tolerance, references)
-            self._cached_state = (len(self.ratios), state, idiosyncratic_spread(state))
+            undisturbed = undisturbed_sessions(table, self.tolerance, references)
+            self._cached_state = (len(self.ratios), [s for s, kept in zip(counted, undisturbed) if kept],
+                                  table[undisturbed], idiosyncratic_spread(table[undisturbed]))
         return self._cached_state
 
     def judged(self, session_ids: Iterable[str]) -> bool:
@@ -259,6 +304,14 @@ class Anchor:
 
 def prevailing_state(table: np.ndarray, tolerance: float, references: np.ndarray | None = None) -> np.ndarray:
     """The rows (sessions x subnets ratios, NaN where unusable) of the host's undisturbed state.
+
+    See :func:`undisturbed_sessions`, which says which rows these are.
+    """
+    return table[undisturbed_sessions(table, tolerance, references)]
+
+
+def undisturbed_sessions(table: np.ndarray, tolerance: float, references: np.ndarray | None = None) -> np.ndarray:
+    """Which rows (sessions x subnets ratios, NaN where unusable) make the host's undisturbed state (a mask).
 
     Two sessions are alike when the median over subnets of one's ratios
     over the other's is within ``tolerance`` of 1.  The state is at first
@@ -287,7 +340,7 @@ def prevailing_state(table: np.ndarray, tolerance: float, references: np.ndarray
     centre = max(range(len(table)), key=lambda i: (neighbours[i], i))
     if references is not None:
         centre = _undisturbed(table, alike, centre, references, tolerance)
-    return table[alike[centre]] if alike[centre].any() else table
+    return alike[centre] if alike[centre].any() else np.ones(len(table), dtype=bool)
 
 
 def idiosyncratic_spread(state: np.ndarray) -> float | None:
@@ -431,6 +484,19 @@ def _undisturbed(table: np.ndarray, alike: np.ndarray, centre: int, references: 
         centre = candidate
 
 
+def _medians_at(precision: str, sessions: Iterable[Mapping[str, Sequence[float | None]]]) -> np.ndarray | None:
+    """Each anchor subnet's median ratio at ``precision`` over the sessions that measured it there.
+
+    ``sessions`` are the undisturbed state's, each as its ratios per
+    precision; ``None`` when fewer than :data:`MIN_SESSIONS` of them have
+    ratios at ``precision``.
+    """
+    rows = [[_nan_if_none(r) for r in at[precision]] for at in sessions if at.get(precision)]
+    if len(rows) < MIN_SESSIONS or len({len(row) for row in rows}) != 1:
+        return None
+    return _nanmedian(np.array(rows, dtype=float), axis=0)
+
+
 def _nanmedian(values: np.ndarray, axis: int) -> np.ndarray:
     """``np.nanmedian`` without the warning for an all-NaN slice (NaN is the answer there)."""
     with warnings.catch_warnings():
@@ -469,6 +535,7 @@ class History(NamedTuple):
     keys: tuple[str, ...]
     ratios: dict[str, tuple[float, ...]]
     references: dict[str, float]
+    ratios_at: Mapping[str, Mapping[str, tuple[float, ...]]] = {}  # session -> other precision -> its ratios
 
 
 def history(rows: Mapping[str, Mapping[str, Any]], precision: str) -> History | None:
@@ -484,6 +551,7 @@ def history(rows: Mapping[str, Mapping[str, Any]], precision: str) -> History | 
     (``env.session_reference_ms``); ``None`` when no row names an anchor.
     """
     sessions: dict[tuple[str, ...], dict[str, tuple[float, tuple[float, ...], float]]] = {}
+    ratios_at: dict[str, dict[str, tuple[float, ...]]] = {}
     for row in rows.values():
         if row.get("anchor_precision") != precision or row.get("anchor_retry") or _anchor_of(row) is None:
             continue
@@ -491,12 +559,14 @@ def history(rows: Mapping[str, Mapping[str, Any]], precision: str) -> History | 
         values = tuple(_nan_if_none(r) for r in row["anchor_ratios"])
         sessions.setdefault(tuple(row["anchor_keys"]), {})[str(row["session_id"])] = (
             float(env.get("session_end", 0.0)), values, _nan_if_none(env.get("session_reference_ms")))
+        ratios_at.setdefault(str(row["session_id"]), {}).update(_ratios_at(row))
     if not sessions:
         return None
     keys = max(sorted(sessions), key=lambda k: len(sessions[k]))
     latest = sorted(sessions[keys].items(), key=lambda item: item[1][0])[-RECENT_SESSIONS:]
     return History(keys, {session: ratios for session, (_, ratios, _) in latest},
-                   {session: reference for session, (_, _, reference) in latest})
+                   {session: reference for session, (_, _, reference) in latest},
+                   {session: ratios_at[session] for session, _ in latest if ratios_at.get(session)})
 
 
 class HostRecord:
@@ -506,7 +576,8 @@ class HostRecord:
     (:func:`devices.calibration.update_kept_file`, so runs in several
     processes add to it safely), holding the :data:`HOST_SESSIONS` newest
     sessions.  Each session names its anchor subnets, their files'
-    SHA-256 and ratios, and keeps every subnet it measured (``subnets``:
+    SHA-256 and ratios (and their other precisions' files' ratios,
+    ``ratios_at``), and keeps every subnet it measured (``subnets``:
     key to uncorrected ratio and MACs); a retry is marked, judged by the
     norm but never part of it.  The file also keeps each anchor subnet's
     arch, so a run that has never seen the subnets can export them.
@@ -534,6 +605,8 @@ class HostRecord:
         new = {session_id: {"keys": list(anchor.keys), "precision": precision, "ended": observed_at,
                             "tolerance": anchor.tolerance, "retry": session_id in anchor.retries,
                             "ratios": [_finite_or_none(r) for r in anchor.ratios[session_id]],
+                            "ratios_at": {precision: [_finite_or_none(r) for r in ratios] for precision, ratios
+                                          in anchor.ratios_at.get(session_id, {}).items()},
                             "reference_ms": _finite_or_none(anchor.references.get(session_id, math.nan)),
                             "subnets": _session_subnets(anchor, session_id, labels or {})}
                for session_id, observed_at in anchor.observed_at.items()}
@@ -603,6 +676,8 @@ class Norm(NamedTuple):
     anchor's (:mod:`hwsearch.shift_slope`; 0 while the data cannot say),
     ``anchor_log_macs`` the anchor subnets' mean log MACs (``None``
     unknown: rows are then corrected by the session's offset alone).
+    ``medians_at`` holds the anchor's medians at its other precisions,
+    over the same undisturbed sessions, where enough of them measured there.
     """
 
     medians: np.ndarray
@@ -610,6 +685,7 @@ class Norm(NamedTuple):
     tolerance: float
     slope: ShiftSlope = ShiftSlope(0.0, 0)
     anchor_log_macs: float | None = None
+    medians_at: Mapping[str, np.ndarray] = {}
 
 
 def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
@@ -648,7 +724,12 @@ def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
     now.  A row at its anchor's precision is divided by its session's
     offset raised to ``1 + slope × size`` (:mod:`hwsearch.shift_slope`;
     ``row_offset`` and ``offset_slope`` say by what), the slope fitted from
-    the subnets this device measured in more than one session.  A row
+    the subnets this device measured in more than one session.  A row at
+    another precision is divided by the offset of the anchor's files at
+    its precision (``anchor_ratios_at``) against their medians over the
+    same undisturbed sessions, where at least :data:`MIN_SESSIONS` of them
+    measured those files, and by the anchor's own offset otherwise
+    (``offset_precision`` says which).  A row
     whose anchor has too few sessions, or that names no anchor, is
     returned as stored; so is one whose latency had to come from its raw
     median (``latency_source``).  The store is not changed.
@@ -682,11 +763,12 @@ def current_norms(rows: Iterable[Mapping[str, Any]],
         anchor = _anchor_of(row)
         if anchor is None:
             continue
-        env = row.get("env", {})
-        sessions.setdefault(anchor, {})[str(row["session_id"])] = _Seen(
+        env, session_id = row.get("env", {}), str(row["session_id"])
+        earlier = sessions.setdefault(anchor, {}).get(session_id)
+        sessions[anchor][session_id] = _Seen(
             float(env.get("session_end", 0.0)), tuple(_nan_if_none(r) for r in row["anchor_ratios"]),
             _nan_if_none(env.get("session_reference_ms")), float(row.get("anchor_tolerance", DEFAULT_TOLERANCE)),
-            bool(row.get("anchor_retry")))
+            bool(row.get("anchor_retry")), {**(earlier.ratios_at if earlier else {}), **_ratios_at(row)})
     norms = {}
     for anchor, seen in sessions.items():
         latest = sorted((s for s in seen.values() if not s.retry), key=lambda session: session.ended)[-RECENT_SESSIONS:]
@@ -695,15 +777,19 @@ def current_norms(rows: Iterable[Mapping[str, Any]],
         table = np.array([session.ratios for session in latest], dtype=float)
         references = np.array([session.reference_ms for session in latest], dtype=float)
         tolerance = latest[-1].tolerance
-        state = prevailing_state(table, tolerance, references)
+        undisturbed = undisturbed_sessions(table, tolerance, references)
+        state = table[undisturbed]
         medians = _nanmedian(state, axis=0)
+        in_state = [session.ratios_at for session, kept in zip(latest, undisturbed) if kept]
+        medians_at = {precision: found for precision in sorted({p for at in in_state for p in at})
+                      if (found := _medians_at(precision, in_state)) is not None}
         anchor_log_macs = _anchor_log_macs(anchor[0], members)
         slope = ShiftSlope(0.0, 0)
         if anchor_log_macs is not None:
             recent = sorted(seen, key=lambda session_id: seen[session_id].ended)[-HOST_SESSIONS:]
             slope = fit_shift_slope(((_nan_if_none(session_offset(seen[s].ratios, medians)), members.get(s, {}))
                                      for s in recent), anchor_log_macs)
-        norms[anchor] = Norm(medians, idiosyncratic_spread(state), tolerance, slope, anchor_log_macs)
+        norms[anchor] = Norm(medians, idiosyncratic_spread(state), tolerance, slope, anchor_log_macs, medians_at)
     return norms
 
 
@@ -715,6 +801,13 @@ class _Seen(NamedTuple):
     reference_ms: float
     tolerance: float
     retry: bool
+    ratios_at: dict[str, list[float | None]]
+
+
+def _ratios_at(row: Mapping[str, Any]) -> dict[str, list[float | None]]:
+    """The row's session's anchor ratios at the anchor's other precisions (``anchor_ratios_at``), when kept."""
+    return {str(precision): list(ratios) for precision, ratios in (row.get("anchor_ratios_at") or {}).items()
+            if ratios and len(ratios) == len(row["anchor_ratios"])}
 
 
 def _members(rows: Mapping[str, Mapping[str, Any]], kept: Iterable[Mapping[str, Any]]
@@ -751,9 +844,10 @@ def recorrected(row: Mapping[str, Any], norm: Norm) -> dict[str, Any]:
     offset = session_offset(row["anchor_ratios"], norm.medians)
     if offset is None:
         return new
+    own_offset, offset_precision = _own_offset(row, norm)
     slope, lean = _row_lean(row, norm)
-    correct_row(new, offset, lean)
-    new["offset_slope"] = slope
+    correct_row(new, offset if own_offset is None else own_offset, lean)
+    new.update(offset_slope=slope, offset_precision=offset_precision)
     new.update(session_spread=norm.spread,
                latency_ci=latency_half_width(_nan_if_none(row.get("ratio_ci")), norm.spread, len(norm.medians)))
     if "session_stable" in row:
@@ -764,6 +858,20 @@ def recorrected(row: Mapping[str, Any], norm: Norm) -> dict[str, Any]:
         else:
             new.pop("slowdown_overruled_by_anchor", None)
     return new
+
+
+def _own_offset(row: Mapping[str, Any], norm: Norm) -> tuple[float | None, str | None]:
+    """The offset of the anchor's files at the row's precision, if it is not the anchor's own and is known.
+
+    Returns ``(offset, precision it was taken at)``: ``(None, the anchor's
+    precision)`` where the row is corrected by the anchor's own offset.
+    """
+    precision, anchor_precision = row.get("precision"), row.get("anchor_precision")
+    ratios = _ratios_at(row).get(str(precision))
+    if precision == anchor_precision or ratios is None or precision not in norm.medians_at:
+        return None, anchor_precision
+    own = session_offset(ratios, norm.medians_at[precision])
+    return (own, precision) if own is not None else (None, anchor_precision)
 
 
 def _row_lean(row: Mapping[str, Any], norm: Norm) -> tuple[float, float]:
@@ -802,7 +910,7 @@ def _as_row(session_id: str, entry: Mapping[str, Any]) -> dict[str, Any]:
     return {"session_id": session_id, "anchor_keys": entry["keys"], "anchor_ratios": entry["ratios"],
             "anchor_precision": entry["precision"], "anchor_shas": entry["shas"],
             "anchor_tolerance": entry.get("tolerance", DEFAULT_TOLERANCE), "anchor_retry": entry.get("retry", False),
-            "subnets": entry.get("subnets", {}),
+            "anchor_ratios_at": entry.get("ratios_at", {}), "subnets": entry.get("subnets", {}),
             "env": {"session_end": entry["ended"], "session_reference_ms": entry.get("reference_ms")}}
 
 

@@ -300,7 +300,8 @@ def profile_precisions(
                 anchor = Anchor.keep([batch[i].key() for i in middle], [groups[i] for i in middle],
                                      Path(tmp) / "anchor", anchor_tolerance,
                                      archs=[batch[i].to_dict() for i in middle],
-                                     macs=[exports[i][precisions[0]].report.macs for i in middle])
+                                     macs=[exports[i][precisions[0]].report.macs for i in middle],
+                                     precisions=precisions)
             sessions = measure_until_trusted(measure, groups, retries, anchor)
             done_chunk = _Measured(batch, exports, groups, sessions,
                                    judged_in_time=anchor is None or anchor.judged(s.session_id for s in sessions))
@@ -423,7 +424,10 @@ class _RunRows:
         Rows of a session found shifted become unstable; rows of a judged
         session that only its slowed reference made unstable become stable
         (:func:`hwsearch.anchor.overrules_slowdown`).  Every row of a judged
-        session is divided by its offset (:func:`hwsearch.anchor.correct_row`) and
+        session is divided by its offset (:func:`hwsearch.anchor.correct_row`): that
+        of the anchor's files at the row's own precision where known
+        (:meth:`hwsearch.anchor.Anchor.offset_at`; ``offset_precision`` says
+        which, ``anchor_ratios_at`` keeps those files' ratios), and
         gets a ``latency_ci`` that covers the spread between sessions too
         (:meth:`hwsearch.anchor.Anchor.latency_ci`), with the anchor's
         ``session_spread``.  ``session_stable`` keeps the session's own
@@ -441,12 +445,16 @@ class _RunRows:
             row.update(anchor_keys=list(anchor.keys), anchor_precision=anchor_precision,
                        anchor_shas=list(anchor.shas), anchor_tolerance=anchor.tolerance,
                        anchor_ratios=[r if math.isfinite(r) else None for r in ratios],
+                       anchor_ratios_at={p: [r if math.isfinite(r) else None for r in at]
+                                         for p, at in anchor.ratios_at.get(session_id, {}).items()},
                        anchor_retry=anchor.is_retry(session_id),
                        stable=stable)
             if overruled:
                 row["slowdown_overruled_by_anchor"] = True
-            if offset is not None:
-                correct_row(row, offset)
+            own_offset, offset_precision = anchor.offset_at(session_id, precision)
+            if offset is not None and own_offset is not None:
+                correct_row(row, own_offset)
+                row["offset_precision"] = offset_precision
                 row.update(session_spread=anchor.session_spread(), latency_ci=anchor.latency_ci(row["ratio_ci"]))
             self._put(precision, key, session_id, row)
 
@@ -714,7 +722,8 @@ def _earlier_anchor(space: SearchSpace, rows: Mapping[str, Mapping[str, Any]], h
         if found is None or len(found.ratios) + chunks < ANCHOR_MIN_SESSIONS:
             return None
         return Anchor.keep(keys, [[files[p].path for p in precisions] for files in exports], folder, tolerance,
-                           found, archs=archs, macs=[files[precisions[0]].report.macs for files in exports])
+                           found, archs=archs, macs=[files[precisions[0]].report.macs for files in exports],
+                           precisions=precisions)
     finally:
         _delete_exports(exports)
 

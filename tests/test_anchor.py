@@ -113,6 +113,41 @@ def test_one_anchor_subnet_moving_alone_does_not_shift_a_session_but_all_moving_
     assert anchor.offset("two unusable") == pytest.approx(3.9 / 3.0) and anchor.shifted("two unusable")
 
 
+def _two_precision_anchor(shifts: dict[str, tuple[float, float]], earlier: int = 0) -> Anchor:
+    """Subnets a, b, c at FP32 and INT8, observed in sessions shifted by ``shifts`` (FP32's, INT8's).
+
+    ``earlier`` calm sessions come first, from an earlier run that measured FP32 only.
+    """
+    found = History(("a", "b", "c"), {f"e{i}": (1.0, 2.0, 3.0) for i in range(earlier)},
+                    {f"e{i}": 1.0 for i in range(earlier)})
+    anchor = Anchor(("a", "b", "c"), [Path(f"{k}.{p}.onnx") for k in "abc" for p in ("fp32", "int8")],
+                    precisions=("fp32", "int8"), ratios=dict(found.ratios), references=dict(found.references))
+    for session, (fp32, int8) in shifts.items():
+        anchor.observe(session, [measured(ratio * factor) for ratio in (1.0, 2.0, 3.0)
+                                 for factor in (fp32, 0.5 * int8)])
+    return anchor
+
+
+CALM = (1.0, 1.0)
+
+
+def test_a_row_at_another_precision_is_divided_by_its_own_files_offset() -> None:
+    """An INT8 file shifted by 1.5x in a session where the FP32 files shifted by 1.2x: its rows take 1.5."""
+    anchor = _two_precision_anchor({"calm": CALM, "calm too": CALM, "slow": (1.2, 1.5), "calm again": CALM})
+    assert anchor.ratios_at["slow"] == {"int8": (0.75, 1.5, 2.25)}
+    assert anchor.offset("slow") == pytest.approx(1.2) and anchor.shifted("slow")
+    assert anchor.offset_at("slow", "int8") == (pytest.approx(1.5), "int8")
+    assert anchor.offset_at("slow", "fp32") == (pytest.approx(1.2), "fp32")
+
+
+def test_without_enough_sessions_at_its_precision_a_row_takes_the_first_precisions_offset() -> None:
+    """Three calm FP32-only sessions of an earlier run and two calm ones of this run make the state."""
+    anchor = _two_precision_anchor({"calm": CALM, "calm too": CALM, "slow": (1.2, 1.5)}, earlier=3)
+    assert anchor.offset_at("slow", "int8") == (pytest.approx(1.2), "fp32")
+    with pytest.raises(ValueError, match="precisions named"):
+        Anchor(("a",), [Path("a.fp32.onnx"), Path("a.int8.onnx")], precisions=("fp32",))
+
+
 def test_retries_are_judged_but_do_not_pull_the_medians_towards_their_state() -> None:
     """Two calm sessions, one shifted, and its retries in the same state: the calm ones stay calm."""
     anchor = one_subnet_anchor()
@@ -414,7 +449,10 @@ def test_the_history_takes_the_most_seen_anchor_at_the_precision_and_its_latest_
              "plain": {"session_id": "u0", "env": {}}}
     rows |= {f"b{i}": _row(big, "s0", (1.0, 2.0, 3.0), ended=0.0) for i in range(3)}  # one session, many rows
     rows["a7"]["env"]["session_reference_ms"] = 1.3
-    keys, ratios, references = history(rows, "fp32")
+    rows["a8"]["anchor_ratios_at"] = {"int8": [0.5, 1.0, None]}
+    rows["a9"]["anchor_ratios_at"] = {"int8": [0.5, 1.0]}  # not one ratio per anchor subnet: left out
+    keys, ratios, references, ratios_at = history(rows, "fp32")
+    assert ratios_at == {"s8": {"int8": [0.5, 1.0, None]}}
     assert keys == big and len(ratios) == RECENT_SESSIONS and "s0" not in ratios
     assert min(r[0] for r in ratios.values()) == pytest.approx(1.05)
     assert all(math.isnan(r[2]) for r in ratios.values())
@@ -461,6 +499,41 @@ def test_kept_sessions_of_other_files_do_not_judge(tmp_path: Path, calibration_d
     assert later.sessions == 1 and not any("anchor_keys" in row for row in rows.values())
 
 
+def test_a_run_at_two_precisions_corrects_its_int8_rows_by_the_int8_files_offset(
+        tmp_path: Path, calibration_dir: Path) -> None:
+    """Real FP32 and INT8 files of 3 subnets in three sessions: each row's offset is taken at its own precision.
+
+    Every row keeps the anchor's INT8 files' ratios beside the FP32 ones,
+    an INT8 row's offset is the median of those over their medians, and
+    the host keeps them for later runs.
+    """
+    from hwsearch.anchor import HostRecord, session_offset
+    from hwsearch.data import load_images
+    from hwsearch.pipeline import profile_precisions, select_subnets
+    from tests._jobs import random_dataset
+
+    rig = _Rig(tmp_path)
+    archs = select_subnets(rig.net.space, 3, seed=5)
+    keys = {"fp32": rig.key, "int8": f"{rig.key}@int8"}
+    images = load_images(random_dataset(tmp_path / "d.npz", n=40), size=32)
+    profile_precisions(rig.net, archs, rig.usual, keys, rig.store, calibration=images, chunk=1, retries=0,
+                       anchor_tolerance=RIG_TOLERANCE)
+    fp32, int8 = (rig.store.get_latencies(keys[p], rig.net.space.network_id) for p in ("fp32", "int8"))
+    assert set(fp32) == set(int8) == {a.key() for a in archs}
+    assert {row["offset_precision"] for row in fp32.values()} == {"fp32"}
+    assert {row["offset_precision"] for row in int8.values()} == {"int8"}
+    by_session = {row["session_id"]: row["anchor_ratios_at"]["int8"] for row in int8.values()}
+    assert len(by_session) == 3 and all(len(ratios) == len(fp32[archs[0].key()]["anchor_keys"]) == 1
+                                        for ratios in by_session.values())  # chunks of 1: an anchor of 1
+    # the rig's wide tolerance puts all three sessions in the undisturbed state: the medians are theirs
+    medians = np.median(np.array(list(by_session.values()), dtype=float), axis=0)
+    for key, row in int8.items():
+        assert row["session_offset"] == pytest.approx(session_offset(by_session[row["session_id"]], medians))
+        assert row["anchor_ratios_at"] == fp32[key]["anchor_ratios_at"]
+    kept, _ = HostRecord(rig.key, rig.net.space.network_id).read()
+    assert {s: r["anchor_ratios_at"]["int8"] for s, r in kept.items()} == by_session
+
+
 def _anchor_observed(tmp_path: Path, sessions: dict[str, float], *, earlier: History | None = None,
                      retries: tuple[str, ...] = ()) -> Anchor:
     """A one-subnet anchor over a real file, observed in ``sessions`` (ratio each)."""
@@ -485,7 +558,7 @@ def test_the_host_keeps_a_runs_own_sessions_and_its_newest_ones(tmp_path: Path, 
     assert sorted(rows) == ["again", "s1", "s2"] and rows["s2"]["anchor_ratios"] == [None]
     assert rows["again"]["anchor_retry"] and not rows["s1"]["anchor_retry"]  # kept, never part of the norm
     assert rows["s1"]["anchor_shas"] == [file_sha256(tmp_path / "a.onnx")] and archs == {"a": {"resolution": 32}}
-    keys, ratios, references = history(rows, "fp32")
+    keys, ratios, references, _ = history(rows, "fp32")
     assert keys == ("a",) and ratios["s1"] == (1.0,) and math.isnan(ratios["s2"][0])
     assert references == {"s1": 1.2, "s2": 1.2}
     assert HostRecord("device", "another network").read() == ({}, {})
@@ -580,6 +653,37 @@ def test_only_the_latest_sessions_set_the_norm_and_retries_do_not(calibration_di
     assert now["retry0"]["session_offset"] == pytest.approx(1 / 1.5)  # a retry is corrected all the same
     fewer = {key: rows[key] for key in ("calm0", "calm1", "retry0")}
     assert in_current_norm(fewer, "device", "network") == fewer  # two sessions that count: no norm yet
+
+
+def _int8_rows(slow: int = 3, calm: int = 4) -> dict[str, dict[str, Any]]:
+    """INT8 rows of :func:`_slow_then_calm`'s sessions: in the slow ones the INT8 files ran 1.8x, the FP32 ones 1.5x."""
+    rows = {}
+    for i in range(slow + calm):
+        shift, session = (1.8, f"s{i}") if i < slow else (1.0, f"c{i - slow}")
+        fp32_shift = 1.5 if i < slow else 1.0
+        rows[f"{session}"] = _stored_row(
+            session, tuple(fp32_shift * r for r in (1.0, 2.0, 3.0)), float(i), 2.0 * shift, offset_then=1.0,
+            precision="int8", anchor_ratios_at={"int8": [shift * r for r in (0.5, 1.0, 1.5)]})
+    return rows
+
+
+def test_rows_read_now_at_another_precision_take_their_own_files_offset(calibration_dir: Path) -> None:
+    """INT8 rows of sessions where the INT8 anchor files ran 1.8x and the FP32 ones 1.5x are divided by 1.8.
+
+    Where fewer than three sessions of the norm's state measured the INT8
+    files, INT8 rows take the FP32 offset, and say so.
+    """
+    from hwsearch.anchor import in_current_norm
+
+    rows = _int8_rows()
+    now = in_current_norm(rows, "device", "network")
+    assert all(row["ratio"] == pytest.approx(2.0) and row["offset_precision"] == "int8" for row in now.values())
+    assert now["s0"]["session_offset"] == pytest.approx(1.8) and now["s0"]["offset_slope"] == 0.0
+    assert not now["s0"]["stable"] and now["c0"]["stable"]  # the verdict is the session's: its FP32 files'
+    for session in ("c0", "c1"):
+        del rows[session]["anchor_ratios_at"]
+    now = in_current_norm(rows, "device", "network")
+    assert now["s0"]["ratio"] == pytest.approx(3.6 / 1.5) and now["s0"]["offset_precision"] == "fp32"
 
 
 def test_rows_the_norm_cannot_speak_for_are_returned_as_stored(calibration_dir: Path) -> None:

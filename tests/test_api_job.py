@@ -105,6 +105,7 @@ def test_submit_poll_fronts_export_and_profile(server: Server, agent: Agent,
         assert conditions["reference_ms"] > 0
         assert conditions["session_offset"] is None or conditions["session_offset"] > 0
         assert (conditions["row_offset"] is None) == (conditions["session_offset"] is None)
+        assert conditions["offset_precision"] == ("fp32" if conditions["session_offset"] is not None else None)
         assert conditions["latency_ci"] is None or conditions["latency_ci"] >= conditions["ratio_ci"]
         assert client.get(f"/jobs/{job_id}/fronts/cpu-b").json()["device"] == "cpu-b"
         assert fronts["cpu-a"]["settings"]["targets"]["budgets_ms"] == [1000.0]

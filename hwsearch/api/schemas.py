@@ -185,7 +185,8 @@ class PointRead(BaseModel):
                                   "session_offset (the anchor's offset of the session against "
                                   "its norm when the front was made, or null) and row_offset "
                                   "(what the latency was divided by: that offset leaned by the "
-                                  "subnet's size)")
+                                  "subnet's size) and offset_precision (the precision of the anchor "
+                                  "files the offset was taken on: the point's own where known)")
     precision: str = Field(default="fp32", description="the precision this point was measured "
                                                        "and evaluated at (fp32 or int8)")
 

@@ -94,7 +94,8 @@ def latency_conditions(row: Mapping[str, Any]) -> dict[str, Any]:
     the row's session, against the anchor's norm when the rows were read
     (``None`` where the session had no verdict), and ``row_offset`` what
     the latency was divided by: the offset leaned by the subnet's size
-    (:mod:`hwsearch.shift_slope`);
+    (:mod:`hwsearch.shift_slope`), taken on the anchor's files at
+    ``offset_precision`` (the row's own where known);
     ``latency_ci`` the latency's relative 95% half-width with the spread
     between sessions in it (``ratio_ci`` is the session's own; ``None``
     where the anchor could not yet tell the spread).
@@ -105,4 +106,5 @@ def latency_conditions(row: Mapping[str, Any]) -> dict[str, Any]:
             "ratio_ci": row.get("ratio_ci"), "latency_ci": row.get("latency_ci"),
             "reference_ms": env.get("reference_ms"),
             "reference_source": env.get("reference_source"), "session_offset": row.get("session_offset"),
-            "row_offset": row.get("row_offset", row.get("session_offset"))}
+            "row_offset": row.get("row_offset", row.get("session_offset")),
+            "offset_precision": row.get("offset_precision")}
