@@ -228,9 +228,10 @@ class Anchor:
 
         The anchor files' own offset at ``precision``, against their
         medians over the same undisturbed sessions as :meth:`offset`'s,
-        where at least :data:`MIN_SESSIONS` of those sessions measured them;
-        otherwise the first precision's offset (:meth:`offset`), which
-        still comes closer than none (module docstring).
+        where at least :data:`MIN_SESSIONS` of those sessions (all of a
+        smaller state's) measured them; otherwise the first precision's
+        offset (:meth:`offset`), which still comes closer than none (module
+        docstring).
         """
         first = self.precisions[0] if self.precisions else None
         cached = self._cached()
@@ -488,11 +489,15 @@ def _medians_at(precision: str, sessions: Iterable[Mapping[str, Sequence[float |
     """Each anchor subnet's median ratio at ``precision`` over the sessions that measured it there.
 
     ``sessions`` are the undisturbed state's, each as its ratios per
-    precision; ``None`` when fewer than :data:`MIN_SESSIONS` of them have
-    ratios at ``precision``.
+    precision.  ``None`` when fewer than :data:`MIN_SESSIONS` of them (or,
+    in a smaller state, not all of them) have ratios at ``precision``: the
+    state's first-precision medians stand on all its sessions, and these
+    should not stand on a few (a state of sessions from runs that measured
+    the first precision alone).
     """
+    sessions = list(sessions)
     rows = [[_nan_if_none(r) for r in at[precision]] for at in sessions if at.get(precision)]
-    if len(rows) < MIN_SESSIONS or len({len(row) for row in rows}) != 1:
+    if not rows or len(rows) < min(MIN_SESSIONS, len(sessions)) or len({len(row) for row in rows}) != 1:
         return None
     return _nanmedian(np.array(rows, dtype=float), axis=0)
 
@@ -728,7 +733,8 @@ def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
     another precision is divided by the offset of the anchor's files at
     its precision (``anchor_ratios_at``) against their medians over the
     same undisturbed sessions, where at least :data:`MIN_SESSIONS` of them
-    measured those files, and by the anchor's own offset otherwise
+    (all of a smaller state's) measured those files, and by the anchor's
+    own offset otherwise
     (``offset_precision`` says which).  A row
     whose anchor has too few sessions, or that names no anchor, is
     returned as stored; so is one whose latency had to come from its raw
