@@ -229,17 +229,19 @@ class Anchor:
         The anchor files' own offset at ``precision``, against their
         medians over the same undisturbed sessions as :meth:`offset`'s,
         where at least :data:`MIN_SESSIONS` of those sessions (all of a
-        smaller state's) measured them; otherwise the first precision's
-        offset (:meth:`offset`), which still comes closer than none (module
-        docstring).
+        smaller state's) measured them and the session gave them a ratio;
+        otherwise the first precision's offset (:meth:`offset`), which still
+        comes closer than none (module docstring), as a row read now takes
+        it (:func:`in_current_norm`).
         """
         first = self.precisions[0] if self.precisions else None
         cached = self._cached()
         if precision != first and cached is not None and session_id in self.ratios_at:
             medians = _medians_at(precision, [self.ratios_at.get(s, {}) for s in cached[1]])
             ratios = self.ratios_at[session_id].get(precision)
-            if medians is not None and ratios is not None:
-                return session_offset(ratios, medians), precision
+            own = None if medians is None or ratios is None else session_offset(ratios, medians)
+            if own is not None:
+                return own, precision
         return self.offset(session_id), first
 
     def session_spread(self) -> float | None:
@@ -734,11 +736,10 @@ def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
     its precision (``anchor_ratios_at``) against their medians over the
     same undisturbed sessions, where at least :data:`MIN_SESSIONS` of them
     (all of a smaller state's) measured those files, and by the anchor's
-    own offset otherwise
-    (``offset_precision`` says which).  A row
-    whose anchor has too few sessions, or that names no anchor, is
-    returned as stored; so is one whose latency had to come from its raw
-    median (``latency_source``).  The store is not changed.
+    own offset otherwise (``offset_precision`` says which).  A row whose
+    anchor has too few sessions, or that names no anchor, is returned as
+    stored; so is one whose latency had to come from its raw median
+    (``latency_source``).  The store is not changed.
     """
     kept = [row for data in _host_records(device_key) if data["network_id"] == network_id
             for row in _kept_rows(data).values()]

@@ -138,6 +138,9 @@ def test_a_row_at_another_precision_is_divided_by_its_own_files_offset() -> None
     assert anchor.offset("slow") == pytest.approx(1.2) and anchor.shifted("slow")
     assert anchor.offset_at("slow", "int8") == (pytest.approx(1.5), "int8")
     assert anchor.offset_at("slow", "fp32") == (pytest.approx(1.2), "fp32")
+    # a session whose INT8 anchor files gave no ratio takes the FP32 offset, as a row read now does
+    anchor.observe("no int8", [measured(r) for ratio in (1.2, 2.4, 3.6) for r in (ratio, math.nan)])
+    assert anchor.offset_at("no int8", "int8") == (pytest.approx(1.2), "fp32")
 
 
 def test_without_enough_sessions_at_its_precision_a_row_takes_the_first_precisions_offset() -> None:
