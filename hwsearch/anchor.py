@@ -210,6 +210,12 @@ class Anchor:
         """Each subnet's ratio in the session (NaN where unusable), if the anchor was measured there."""
         return self.ratios.get(session_id)
 
+    def stored_ratios(self, session_id: str) -> tuple[list[float | None], dict[str, list[float | None]]]:
+        """The session's ratios, and its files' at each precision, as rows and host records keep them (NaN as null)."""
+        return ([_finite_or_none(r) for r in self.ratios[session_id]],
+                {precision: [_finite_or_none(r) for r in ratios]
+                 for precision, ratios in self.ratios_at.get(session_id, {}).items()})
+
     def offset(self, session_id: str) -> float | None:
         """The median of the subnets' ratios there over their medians; ``None`` before a verdict.
 
@@ -236,13 +242,11 @@ class Anchor:
         """
         first = self.precisions[0] if self.precisions else None
         cached = self._cached()
-        if precision != first and cached is not None and session_id in self.ratios_at:
-            medians = _medians_at(precision, [self.ratios_at.get(s, {}) for s in cached[1]])
-            ratios = self.ratios_at[session_id].get(precision)
-            own = None if medians is None or ratios is None else session_offset(ratios, medians)
-            if own is not None:
-                return own, precision
-        return self.offset(session_id), first
+        if precision == first or cached is None or session_id not in self.ratios_at:
+            return self.offset(session_id), first
+        own = _own_precision_offset(precision, first, self.ratios_at[session_id].get(precision),
+                                   _medians_at(precision, [self.ratios_at.get(s, {}) for s in cached[1]]))
+        return own if own[0] is not None else (self.offset(session_id), first)
 
     def session_spread(self) -> float | None:
         """How far one subnet's corrected ratio strays from session to session (a relative SD); ``None`` unknown.
@@ -611,9 +615,7 @@ class HostRecord:
         """
         new = {session_id: {"keys": list(anchor.keys), "precision": precision, "ended": observed_at,
                             "tolerance": anchor.tolerance, "retry": session_id in anchor.retries,
-                            "ratios": [_finite_or_none(r) for r in anchor.ratios[session_id]],
-                            "ratios_at": {precision: [_finite_or_none(r) for r in ratios] for precision, ratios
-                                          in anchor.ratios_at.get(session_id, {}).items()},
+                            **dict(zip(("ratios", "ratios_at"), anchor.stored_ratios(session_id))),
                             "reference_ms": _finite_or_none(anchor.references.get(session_id, math.nan)),
                             "subnets": _session_subnets(anchor, session_id, labels or {})}
                for session_id, observed_at in anchor.observed_at.items()}
@@ -868,17 +870,26 @@ def recorrected(row: Mapping[str, Any], norm: Norm) -> dict[str, Any]:
 
 
 def _own_offset(row: Mapping[str, Any], norm: Norm) -> tuple[float | None, str | None]:
-    """The offset of the anchor's files at the row's precision, if it is not the anchor's own and is known.
+    """The offset of the anchor's files at the row's precision (:func:`_own_precision_offset`), against the norm."""
+    precision = row.get("precision")
+    return _own_precision_offset(precision, row.get("anchor_precision"), _ratios_at(row).get(str(precision)),
+                                norm.medians_at.get(str(precision)))
 
-    Returns ``(offset, precision it was taken at)``: ``(None, the anchor's
-    precision)`` where the row is corrected by the anchor's own offset.
+
+def _own_precision_offset(precision: Any, anchor_precision: str | None, ratios: Sequence[float | None] | None,
+                         medians: np.ndarray | None) -> tuple[float | None, str | None]:
+    """``(offset, precision it was taken at)`` of the anchor's files at a row's precision, if that is not the anchor's.
+
+    ``(None, anchor_precision)`` where the row is corrected by the
+    anchor's own (first precision's) offset instead: the row is at that
+    precision, or its files gave no ratio there, or have no medians yet.
+    Both the run (:meth:`Anchor.offset_at`) and a reader of the rows
+    (:func:`in_current_norm`) take this rule.
     """
-    precision, anchor_precision = row.get("precision"), row.get("anchor_precision")
-    ratios = _ratios_at(row).get(str(precision))
-    if precision == anchor_precision or ratios is None or precision not in norm.medians_at:
+    if precision == anchor_precision or ratios is None or medians is None:
         return None, anchor_precision
-    own = session_offset(ratios, norm.medians_at[precision])
-    return (own, precision) if own is not None else (None, anchor_precision)
+    own = session_offset(ratios, medians)
+    return (own, str(precision)) if own is not None else (None, anchor_precision)
 
 
 def _row_lean(row: Mapping[str, Any], norm: Norm) -> tuple[float, float]:

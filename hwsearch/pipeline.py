@@ -442,11 +442,10 @@ class _RunRows:
             session_stable = row.setdefault("session_stable", row["stable"])
             stable, overruled = judged_stable(session_stable, row["env"].get("unstable_reasons"), offset,
                                               anchor.tolerance)
+            stored, stored_at = anchor.stored_ratios(session_id)
             row.update(anchor_keys=list(anchor.keys), anchor_precision=anchor_precision,
                        anchor_shas=list(anchor.shas), anchor_tolerance=anchor.tolerance,
-                       anchor_ratios=[r if math.isfinite(r) else None for r in ratios],
-                       anchor_ratios_at={p: [r if math.isfinite(r) else None for r in at]
-                                         for p, at in anchor.ratios_at.get(session_id, {}).items()},
+                       anchor_ratios=stored, anchor_ratios_at=stored_at,
                        anchor_retry=anchor.is_retry(session_id),
                        stable=stable)
             if overruled:
