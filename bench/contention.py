@@ -44,7 +44,10 @@ table asks whether each stable row's stated CI
 covers the other solo runs' median of its subnet: the session's own
 ``ratio_ci`` against ``latency_ci``, which adds the spread between sessions
 the anchor sees (:meth:`hwsearch.anchor.Anchor.latency_ci`).
-The goal: contended rows agree with the yardstick as well as solo rows do.
+The goal: contended rows agree with the yardstick as well as solo rows do;
+the last lines hold each contended cell to it, both at the issue's fixed
+figures (median ≤ 2%, ≥ 98% within ±10%) and against the solo runs' own
+agreement that hour, with the wall-time ratios (≤ 1.1x).
 Calibrations start fresh in a temporary folder per comparison (the first solo
 job of each device sets its ruler); the lock is the host's own, so
 measurements by other people on this machine are waited for too (they show
@@ -402,6 +405,40 @@ def print_pooled(pooled: dict[str, list[np.ndarray]]) -> dict[str, dict[str, flo
     return table
 
 
+#: The issue's goal for contended rows (all rows, read now): median deviation and share within ±10%.
+GOAL_MEDIAN, GOAL_WITHIN_10, GOAL_WALL = 0.02, 0.98, 1.1
+
+
+def print_goal(table: dict[str, dict[str, float]], comparisons: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each contended cell against the goal, twice: the fixed figures, and the solo runs' own agreement.
+
+    The goal asks contended rows to agree with solo rows as well as solo
+    runs agree with each other, and puts that at a 2% median and 98% within
+    ±10%; in an hour when the solo runs themselves miss those figures, only
+    the comparison with them says whether contention added anything.
+    Wall time: each comparison's scenario against the sum of its jobs alone.
+    """
+    print(f"\ngoal: median <= {GOAL_MEDIAN:.0%} and >= {GOAL_WITHIN_10:.0%} within ±10% (fixed), or no worse "
+          f"than the solo runs of the device (relative); wall <= {GOAL_WALL}x the jobs alone")
+    verdicts = {}
+    for group, cell in sorted(table.items()):
+        if group.startswith("(a)") or "[" in group:
+            continue
+        solo = table[f"(a) alone {group.rsplit(' ', 1)[1]}"]
+        scenario = group.rsplit(" ", 1)[0]
+        walls = [c[scenario]["wall_s"] / c[scenario]["solo_wall_sum_s"] for c in comparisons if scenario in c]
+        verdicts[group] = {
+            "fixed": cell["median"] <= GOAL_MEDIAN and cell["within_10"] >= GOAL_WITHIN_10,
+            "relative": cell["median"] <= solo["median"] and cell["within_10"] >= solo["within_10"],
+            "wall": bool(walls) and max(walls) <= GOAL_WALL, "wall_ratios": walls}
+        verdict = verdicts[group]
+        print(f"{group:20s} {cell['median']:6.2%} {cell['within_10']:6.1%} (solo {solo['median']:.2%} "
+              f"{solo['within_10']:.1%}): fixed {'met' if verdict['fixed'] else 'missed'}, relative "
+              f"{'met' if verdict['relative'] else 'missed'}; wall {', '.join(f'{w:.2f}x' for w in walls)} "
+              f"{'met' if verdict['wall'] else 'missed'}")
+    return verdicts
+
+
 def compare(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], dict[str, list[np.ndarray]]]:
     """One full comparison: ``--solo-runs`` jobs alone per device, then (b) and (c); prints the table."""
     runs: dict[str, list[Run]] = {device: [] for device in DEVICES}
@@ -462,9 +499,10 @@ def main() -> None:
     summary_table = print_pooled({group: parts for group, parts in pooled.items() if not group.startswith(COVERAGE)})
     covered = print_coverage({group[len(COVERAGE):]: parts for group, parts in pooled.items()
                               if group.startswith(COVERAGE)})
+    goal = print_goal(summary_table, results)
     if args.json:
-        args.json.write_text(json.dumps({"comparisons": results, "pooled": summary_table, "coverage": covered},
-                                        indent=2))
+        args.json.write_text(json.dumps({"comparisons": results, "pooled": summary_table, "coverage": covered,
+                                         "goal": goal}, indent=2))
 
 
 if __name__ == "__main__":
