@@ -424,8 +424,8 @@ def print_goal(table: dict[str, dict[str, float]], comparisons: list[dict[str, A
     for group, cell in sorted(table.items()):
         if group.startswith("(a)") or "[" in group:
             continue
-        solo = table[f"(a) alone {group.rsplit(' ', 1)[1]}"]
-        scenario = group.rsplit(" ", 1)[0]
+        scenario, device = group.rsplit(" ", 1)
+        solo = table[f"(a) alone {device}"]
         walls = [c[scenario]["wall_s"] / c[scenario]["solo_wall_sum_s"] for c in comparisons if scenario in c]
         verdicts[group] = {
             "fixed": cell["median"] <= GOAL_MEDIAN and cell["within_10"] >= GOAL_WITHIN_10,

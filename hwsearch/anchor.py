@@ -210,11 +210,11 @@ class Anchor:
         """Each subnet's ratio in the session (NaN where unusable), if the anchor was measured there."""
         return self.ratios.get(session_id)
 
-    def stored_ratios(self, session_id: str) -> tuple[list[float | None], dict[str, list[float | None]]]:
-        """The session's ratios, and its files' at each precision, as rows and host records keep them (NaN as null)."""
-        return ([_finite_or_none(r) for r in self.ratios[session_id]],
-                {precision: [_finite_or_none(r) for r in ratios]
-                 for precision, ratios in self.ratios_at.get(session_id, {}).items()})
+    def stored_ratios(self, session_id: str) -> dict[str, Any]:
+        """The session's ``ratios``, and its files' at each precision (``ratios_at``), as kept in JSON (NaN as null)."""
+        return {"ratios": [_finite_or_none(r) for r in self.ratios[session_id]],
+                "ratios_at": {precision: [_finite_or_none(r) for r in ratios]
+                              for precision, ratios in self.ratios_at.get(session_id, {}).items()}}
 
     def offset(self, session_id: str) -> float | None:
         """The median of the subnets' ratios there over their medians; ``None`` before a verdict.
@@ -242,10 +242,10 @@ class Anchor:
         """
         first = self.precisions[0] if self.precisions else None
         cached = self._cached()
-        if precision == first or cached is None or session_id not in self.ratios_at:
-            return self.offset(session_id), first
-        own = _own_precision_offset(precision, first, self.ratios_at[session_id].get(precision),
-                                   _medians_at(precision, [self.ratios_at.get(s, {}) for s in cached[1]]))
+        own: tuple[float | None, str | None] = (None, first)
+        if precision != first and cached is not None and session_id in self.ratios_at:
+            own = _own_precision_offset(precision, first, self.ratios_at[session_id].get(precision),
+                                        _medians_at(precision, [self.ratios_at.get(s, {}) for s in cached[1]]))
         return own if own[0] is not None else (self.offset(session_id), first)
 
     def session_spread(self) -> float | None:
@@ -615,7 +615,7 @@ class HostRecord:
         """
         new = {session_id: {"keys": list(anchor.keys), "precision": precision, "ended": observed_at,
                             "tolerance": anchor.tolerance, "retry": session_id in anchor.retries,
-                            **dict(zip(("ratios", "ratios_at"), anchor.stored_ratios(session_id))),
+                            **anchor.stored_ratios(session_id),
                             "reference_ms": _finite_or_none(anchor.references.get(session_id, math.nan)),
                             "subnets": _session_subnets(anchor, session_id, labels or {})}
                for session_id, observed_at in anchor.observed_at.items()}

@@ -442,10 +442,10 @@ class _RunRows:
             session_stable = row.setdefault("session_stable", row["stable"])
             stable, overruled = judged_stable(session_stable, row["env"].get("unstable_reasons"), offset,
                                               anchor.tolerance)
-            stored, stored_at = anchor.stored_ratios(session_id)
+            stored = anchor.stored_ratios(session_id)
             row.update(anchor_keys=list(anchor.keys), anchor_precision=anchor_precision,
                        anchor_shas=list(anchor.shas), anchor_tolerance=anchor.tolerance,
-                       anchor_ratios=stored, anchor_ratios_at=stored_at,
+                       anchor_ratios=stored["ratios"], anchor_ratios_at=stored["ratios_at"],
                        anchor_retry=anchor.is_retry(session_id),
                        stable=stable)
             if overruled:
