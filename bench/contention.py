@@ -4,7 +4,10 @@ Every scenario runs real jobs' profiling stage (:func:`hwsearch.jobs.stages.prof
 export, measure in chunks, re-measure unstable subnets, store), each job in a
 process of its own with its own store, on the same ``--subnets`` subnets of
 the demo supernet (``demo_mbv3_mnist``, its trained checkpoint, spread over
-MACs), FP32 only:
+MACs), FP32 only, or with ``--int8`` each subnet's FP32 and INT8 files in the
+same sessions (as a job measures a device's precisions; the INT8 files
+calibrated on the demo's held-out digits, as the demo job calibrates them),
+every precision of a device held to its own solo runs:
 
 * (a) alone: ``--solo-runs`` jobs (default 3) on the 1-thread demo device
   and as many on the 2-thread one, alternating, each job alone on the host;
@@ -56,6 +59,7 @@ in the lock wait).
     python bench/contention.py            # the demo devices' own protocol
     python bench/contention.py --quick    # shorter sessions
     python bench/contention.py --repeat 2 # the whole comparison twice, pooled at the end
+    python bench/contention.py --int8     # FP32 and INT8 files of each subnet in one session
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -85,12 +89,33 @@ from hwsearch.anchor import DEFAULT_TOLERANCE as ANCHOR_TOLERANCE  # noqa: E402
 
 DEVICES = {"1t": REPO / "hwsearch/demo/devices/cpu-1thread.yaml",
            "2t": REPO / "hwsearch/demo/devices/cpu-2threads.yaml"}
+SOLO = "(a) alone"
 STABLE = "[stable rows]"
-COVERAGE = "coverage: "
 UNCORRECTED = "[uncorrected]"
 AS_RUN = "[as run]"
 QUICK = {"warmup": {"runs": 5, "seconds": 0.2},
          "protocol": {"min_rounds": 12, "max_rounds": 60, "max_seconds": 30.0, "ci_target": 0.02}}
+
+
+class Group(NamedTuple):
+    """Where a deviation is pooled: a scenario, a target (device, and precision beyond FP32) and a view of its rows.
+
+    ``view`` is empty for all rows read now, or :data:`STABLE`,
+    :data:`UNCORRECTED` or :data:`AS_RUN`.
+    """
+
+    scenario: str
+    target: str
+    view: str = ""
+
+    @property
+    def label(self) -> str:
+        return " ".join(part for part in self if part)
+
+
+def target_name(device: str, precision: str) -> str:
+    """A device's rows at one precision, as the tables name them: ``1t`` for FP32, ``1t-int8`` for INT8."""
+    return device if precision == "fp32" else f"{device}-{precision}"
 
 
 @dataclass(frozen=True)
@@ -146,13 +171,13 @@ class Run:
         return float(sum(end - start for start, end in self.sessions))
 
 
-def device_data(device: str, quick: bool) -> dict[str, Any]:
-    """The demo device's profile as data, FP32 only, with a shorter protocol under ``--quick``.
+def device_data(device: str, quick: bool, precisions: list[str]) -> dict[str, Any]:
+    """The demo device's profile as data at ``precisions``, with a shorter protocol under ``--quick``.
 
     The protocol is not part of a device's identity, so ``--quick`` measures the same device.
     """
     data = DeviceProfile.load(DEVICES[device]).to_dict()
-    data["precisions"] = ["fp32"]
+    data["precisions"] = precisions
     if quick:
         data.update(QUICK)
     return data
@@ -163,7 +188,8 @@ def scenario(jobs: list[list[str]], args: argparse.Namespace, folder: Path,
     """Start one process per job (a list of device names) at once; every job's runs and the wall time."""
     started = time.monotonic()
     outs = [folder / f"{name}-{i}.json" for i in range(len(jobs))]
-    common = ["--subnets", str(args.subnets), "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
+    common = (["--subnets", str(args.subnets), "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
+              + (["--int8"] if args.int8 else []))
     processes = [subprocess.Popen([sys.executable, __file__, *common, "--job", str(out), *devices])
                  for devices, out in zip(jobs, outs)]
     for process in processes:
@@ -175,12 +201,13 @@ def scenario(jobs: list[list[str]], args: argparse.Namespace, folder: Path,
     return runs, wall
 
 
-def job(devices: list[str], subnets: int, seed: int, quick: bool, out: Path) -> None:
-    """One job's profiling stage on ``devices`` (one process of a scenario); writes its rows by device."""
+def job(devices: list[str], subnets: int, seed: int, quick: bool, precisions: list[str], out: Path) -> None:
+    """One job's profiling stage on ``devices`` (one process of a scenario); writes its rows by target."""
     from hwsearch.demo import DEMO_CHECKPOINT, DEMO_SUPERNET
     from hwsearch.jobs import supernet_builders
     from hwsearch.jobs.context import JobContext, job_device
     from hwsearch.jobs.control import start_job
+    from hwsearch.jobs.precision import device_keys
     from hwsearch.jobs.stages import profile_devices
     from hwsearch.pipeline import select_subnets
     from hwsearch.store import MemoryStore
@@ -188,15 +215,29 @@ def job(devices: list[str], subnets: int, seed: int, quick: bool, out: Path) -> 
 
     supernet_builders()
     net = create_supernet(DEMO_SUPERNET, checkpoint=DEMO_CHECKPOINT)
-    job_devices = [job_device(device_data(d, quick), {}) for d in devices]
+    job_devices = [job_device(device_data(d, quick, precisions), {}) for d in devices]
     store = MemoryStore()
-    context = JobContext(store=store, job_id=store.create_job({"kind": "search"}), net=net,
-                         devices=job_devices, data=None, dataset_id="unused",
-                         archs=select_subnets(net.space, subnets, seed=seed))
-    profile_devices(start_job(store, context.job_id), context)
-    out.write_text(json.dumps({name: {"key": d.key, "network_id": net.space.network_id,
-                                      "rows": store.get_latencies(d.key, net.space.network_id)}
-                               for name, d in zip(devices, job_devices)}))
+    with tempfile.TemporaryDirectory(prefix="contention-data-") as data_folder:
+        context = JobContext(store=store, job_id=store.create_job({"kind": "search"}), net=net,
+                             devices=job_devices, data=_int8_calibration(net, precisions, Path(data_folder)),
+                             dataset_id="unused", archs=select_subnets(net.space, subnets, seed=seed))
+        profile_devices(start_job(store, context.job_id), context)
+    network = net.space.network_id
+    out.write_text(json.dumps({target_name(name, precision): {"key": key, "network_id": network,
+                                                              "rows": store.get_latencies(key, network)}
+                               for name, d in zip(devices, job_devices)
+                               for precision, key in device_keys(d).items()}))
+
+
+def _int8_calibration(net: Any, precisions: list[str], folder: Path) -> Any:
+    """The demo's held-out digits, split as a job splits them, when INT8 files are to be calibrated; else None."""
+    if precisions == ["fp32"]:
+        return None
+    from hwsearch.demo.data import write_digits
+    from hwsearch.evaldata import DataPlan
+
+    _, heldout = write_digits(folder)
+    return DataPlan(str(heldout)).open(size=max(net.space.resolutions))
 
 
 @dataclass(frozen=True)
@@ -278,7 +319,7 @@ def coverage(run: Run, yardstick: dict[str, float]) -> np.ndarray:
     return np.array(rows, dtype=float).reshape(-1, 3)
 
 
-def print_coverage(covered: dict[str, list[np.ndarray]]) -> dict[str, dict[str, float]]:
+def print_coverage(covered: dict[Group, list[np.ndarray]]) -> dict[str, dict[str, float]]:
     """How often each CI covered the other solo runs' median, pooled by group.
 
     The yardstick is itself a median of a few noisy runs, so even a true 95%
@@ -286,18 +327,18 @@ def print_coverage(covered: dict[str, list[np.ndarray]]) -> dict[str, dict[str, 
     as noisy as the row).
     """
     print(f"\nstable rows whose CI covers the other solo runs' stable median (ratio_ci: the session's own; "
-          f"latency_ci: with the spread between sessions)\n{'group':24s} {'rows':>5s} {'with latency_ci':>15s} "
+          f"latency_ci: with the spread between sessions)\n{'group':26s} {'rows':>5s} {'with latency_ci':>15s} "
           f"{'ratio_ci covers':>15s} {'latency_ci covers':>17s} {'median latency_ci':>17s}")
     table = {}
     for group, parts in sorted(covered.items()):
         rows = np.concatenate(parts)
         known = rows[np.isfinite(rows[:, 2])]
-        table[group] = {"n": int(len(rows)), "with_latency_ci": float(len(known) / max(len(rows), 1)),
+        table[group.label] = {"n": int(len(rows)), "with_latency_ci": float(len(known) / max(len(rows), 1)),
                         "ratio_ci_covers": float(np.mean(rows[:, 0] <= rows[:, 1])) if len(rows) else np.nan,
                         "latency_ci_covers": float(np.mean(known[:, 0] <= known[:, 2])) if len(known) else np.nan,
                         "median_latency_ci": float(np.median(known[:, 2])) if len(known) else np.nan}
-        row = table[group]
-        print(f"{group:24s} {row['n']:5d} {row['with_latency_ci']:15.0%} {row['ratio_ci_covers']:15.1%} "
+        row = table[group.label]
+        print(f"{group.label:26s} {row['n']:5d} {row['with_latency_ci']:15.0%} {row['ratio_ci_covers']:15.1%} "
               f"{row['latency_ci_covers']:17.1%} {row['median_latency_ci']:17.2%}")
     return table
 
@@ -335,72 +376,87 @@ def session_span(runs: list[Run]) -> float:
 
 
 def _row(label: str, run: Run, stats: dict[str, float]) -> str:
-    return (f"{label:13s} {run.device:6s} {stats['median']:7.2%} {stats['worst']:7.2%} {stats['within_10']:6.0%} "
+    return (f"{label:13s} {run.device:7s} {stats['median']:7.2%} {stats['worst']:7.2%} {stats['within_10']:6.0%} "
             f"{stats['within_5']:6.0%} {stats['stable']:7.0%} {stats['shifted']:7.0%} {run.reference_ms:7.3f} "
             f"{run.lock_wait_s:7.1f} "
             f"{run.session_s:9.1f}")
 
 
-def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], float]]
-                ) -> tuple[dict[str, Any], dict[str, list[np.ndarray]]]:
-    """The comparison table; returns its numbers and every deviation by group (for pooling over repeats).
+class Pooled(NamedTuple):
+    """Every deviation of a comparison by :class:`Group`, and every :func:`coverage` table by group."""
 
-    The groups whose names start with :data:`COVERAGE` hold :func:`coverage` rows instead.
-    """
-    print(f"\n{'run':13s} {'device':6s} {'median':>7s} {'worst':>7s} {'±10%':>6s} {'±5%':>6s} "
+    deviations: dict[Group, list[np.ndarray]]
+    coverage: dict[Group, list[np.ndarray]]
+
+    def add(self, other: Pooled) -> None:
+        for mine, theirs in ((self.deviations, other.deviations), (self.coverage, other.coverage)):
+            for group, parts in theirs.items():
+                mine.setdefault(group, []).extend(parts)
+
+
+def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], float]]
+                ) -> tuple[dict[str, Any], Pooled]:
+    """The comparison table; returns its numbers and every deviation by group (for pooling over repeats)."""
+    print(f"\n{'run':13s} {'device':7s} {'median':>7s} {'worst':>7s} {'±10%':>6s} {'±5%':>6s} "
           f"{'stable':>7s} {'shifted':>7s} {'ref ms':>7s} {'wait s':>7s} {'session s':>9s}")
     results: dict[str, Any] = {}
-    pooled: dict[str, list[np.ndarray]] = {}
-    for device, solo in solos.items():
+    pooled = Pooled({}, {})
+    for target, solo in solos.items():
         for index, (run, deviation) in enumerate(solo_noise(solo)):
-            results[f"a-{device}-{index}"] = agreement(run, deviation)
-            pooled.setdefault(f"(a) alone {device}", []).append(deviation)
-            print(_row(f"(a) alone #{index + 1}", run, results[f"a-{device}-{index}"])
+            results[f"a-{target}-{index}"] = agreement(run, deviation)
+            pooled.deviations.setdefault(Group(SOLO, target), []).append(deviation)
+            print(_row(f"(a) alone #{index + 1}", run, results[f"a-{target}-{index}"])
                   + "   <- the host's own noise: vs the other solo runs")
-        for _, deviation in solo_noise(solo, stable_only=True):
-            pooled.setdefault(f"(a) alone {device} {STABLE}", []).append(deviation)
-        for run, yardstick in solo.stable_yardsticks:
-            pooled.setdefault(f"{COVERAGE}(a) alone {device}", []).append(coverage(run, yardstick))
-        for _, deviation in solo_noise(solo.uncorrected()):
-            pooled.setdefault(f"(a) alone {device} {UNCORRECTED}", []).append(deviation)
-        for _, deviation in solo_noise(solo.as_run()):
-            pooled.setdefault(f"(a) alone {device} {AS_RUN}", []).append(deviation)
+        for view, views_solo, stable_only in ((STABLE, solo, True), (UNCORRECTED, solo.uncorrected(), False),
+                                              (AS_RUN, solo.as_run(), False)):
+            pooled.deviations.setdefault(Group(SOLO, target, view), []).extend(
+                deviation for _, deviation in solo_noise(views_solo, stable_only=stable_only))
+        pooled.coverage.setdefault(Group(SOLO, target), []).extend(
+            coverage(run, yardstick) for run, yardstick in solo.stable_yardsticks)
     for name, (runs, wall) in scenarios.items():
         for index, run in enumerate(runs):
-            deviation = contended(run, solos[run.device])
+            solo = solos[run.device]
+            deviation = contended(run, solo)
             results[f"{name}-{index}"] = agreement(run, deviation)
-            pooled.setdefault(f"{name} {run.device}", []).append(deviation)
-            pooled.setdefault(f"{name} {run.device} {STABLE}", []).append(
-                contended(run, solos[run.device], stable_only=True))
-            pooled.setdefault(f"{name} {run.device} {UNCORRECTED}", []).append(
-                contended(run.uncorrected(), solos[run.device].uncorrected()))
-            pooled.setdefault(f"{name} {run.device} {AS_RUN}", []).append(
-                contended(run.as_run(), solos[run.device].as_run()))
-            pooled.setdefault(f"{COVERAGE}{name} {run.device}", []).extend(
-                coverage(run, yardstick) for _, yardstick in solos[run.device].stable_yardsticks)
+            for view, part in (("", deviation), (STABLE, contended(run, solo, stable_only=True)),
+                               (UNCORRECTED, contended(run.uncorrected(), solo.uncorrected())),
+                               (AS_RUN, contended(run.as_run(), solo.as_run()))):
+                pooled.deviations.setdefault(Group(name, run.device, view), []).append(part)
+            pooled.coverage.setdefault(Group(name, run.device), []).extend(
+                coverage(run, yardstick) for _, yardstick in solo.stable_yardsticks)
             print(_row(f"{name} #{index + 1}", run, results[f"{name}-{index}"]))
-        solo_wall = sum(solos[run.device].wall for run in runs)
-        solo_sessions = sum(float(np.median([session_span([r]) for r in solos[run.device].runs])) for run in runs)
-        span, overlapping = session_span(runs), overlaps(runs)
-        results[name] = {"wall_s": wall, "solo_wall_sum_s": solo_wall, "session_span_s": span,
-                         "solo_session_sum_s": solo_sessions, "overlapping_sessions": overlapping}
-        print(f"{'':13s} wall {wall:.1f}s vs {solo_wall:.1f}s for these runs alone ({wall / solo_wall:.2f}x); "
-              f"sessions from first start to last end {span:.1f}s vs {solo_sessions:.1f}s alone; "
-              f"overlapping sessions: {overlapping}")
+        results[name] = scenario_walls(runs, wall, solos)
+        print(f"{'':13s} wall {wall:.1f}s vs {results[name]['solo_wall_sum_s']:.1f}s for these runs alone "
+              f"({wall / results[name]['solo_wall_sum_s']:.2f}x); sessions from first start to last end "
+              f"{results[name]['session_span_s']:.1f}s vs {results[name]['solo_session_sum_s']:.1f}s alone; "
+              f"overlapping sessions: {results[name]['overlapping_sessions']}")
     return results, pooled
 
 
-def print_pooled(pooled: dict[str, list[np.ndarray]]) -> dict[str, dict[str, float]]:
+def scenario_walls(runs: list[Run], wall: float, solos: dict[str, Solo]) -> dict[str, float]:
+    """A scenario's wall time and session span against the same jobs alone, and its overlapping sessions.
+
+    A job's precisions share its sessions, so a job counts once per device (by its FP32 run), not once
+    per precision.
+    """
+    jobs = [run for run in runs if run.device in DEVICES]
+    solo_wall = sum(solos[run.device].wall for run in jobs)
+    solo_sessions = sum(float(np.median([session_span([r]) for r in solos[run.device].runs])) for run in jobs)
+    return {"wall_s": wall, "solo_wall_sum_s": solo_wall, "session_span_s": session_span(runs),
+            "solo_session_sum_s": solo_sessions, "overlapping_sessions": overlaps(runs)}
+
+
+def print_pooled(pooled: dict[Group, list[np.ndarray]]) -> dict[Group, dict[str, float]]:
     """Every deviation of a group over all repeats: is a contended run as close as a solo one?"""
     print(f"\npooled over every run and repeat ({STABLE}: a run's stable rows against the other solo "
           f"runs' stable rows; {UNCORRECTED}: all rows at what their sessions measured, before the anchor's "
           f"correction; {AS_RUN}: all rows as each run stored them, corrected against the norm it saw)\n"
-          f"{'group':32s} {'median':>7s} {'worst':>7s} {'±10%':>6s} {'±5%':>6s} {'n':>5s}")
+          f"{'group':34s} {'median':>7s} {'worst':>7s} {'±10%':>6s} {'±5%':>6s} {'n':>5s}")
     table = {}
     for group, parts in sorted(pooled.items()):
         table[group] = summary(np.concatenate(parts))
         row = table[group]
-        print(f"{group:32s} {row['median']:7.2%} {row['worst']:7.2%} {row['within_10']:6.1%} "
+        print(f"{group.label:34s} {row['median']:7.2%} {row['worst']:7.2%} {row['within_10']:6.1%} "
               f"{row['within_5']:6.1%} {row['n']:5d}")
     return table
 
@@ -409,7 +465,7 @@ def print_pooled(pooled: dict[str, list[np.ndarray]]) -> dict[str, dict[str, flo
 GOAL_MEDIAN, GOAL_WITHIN_10, GOAL_WALL = 0.02, 0.98, 1.1
 
 
-def print_goal(table: dict[str, dict[str, float]], comparisons: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def print_goal(table: dict[Group, dict[str, float]], comparisons: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each contended cell against the goal, twice: the fixed figures, and the solo runs' own agreement.
 
     The goal asks contended rows to agree with solo rows as well as solo
@@ -422,33 +478,34 @@ def print_goal(table: dict[str, dict[str, float]], comparisons: list[dict[str, A
           f"than the solo runs of the device (relative); wall <= {GOAL_WALL}x the jobs alone")
     verdicts = {}
     for group, cell in sorted(table.items()):
-        if group.startswith("(a)") or "[" in group:
+        if group.scenario == SOLO or group.view:
             continue
-        scenario, device = group.rsplit(" ", 1)
-        solo = table[f"(a) alone {device}"]
-        walls = [c[scenario]["wall_s"] / c[scenario]["solo_wall_sum_s"] for c in comparisons if scenario in c]
-        verdicts[group] = {
+        solo = table[Group(SOLO, group.target)]
+        walls = [c[group.scenario]["wall_s"] / c[group.scenario]["solo_wall_sum_s"]
+                 for c in comparisons if group.scenario in c]
+        verdicts[group.label] = {
             "fixed": cell["median"] <= GOAL_MEDIAN and cell["within_10"] >= GOAL_WITHIN_10,
             "relative": cell["median"] <= solo["median"] and cell["within_10"] >= solo["within_10"],
             "wall": bool(walls) and max(walls) <= GOAL_WALL, "wall_ratios": walls}
-        verdict = verdicts[group]
-        print(f"{group:20s} {cell['median']:6.2%} {cell['within_10']:6.1%} (solo {solo['median']:.2%} "
+        verdict = verdicts[group.label]
+        print(f"{group.label:22s} {cell['median']:6.2%} {cell['within_10']:6.1%} (solo {solo['median']:.2%} "
               f"{solo['within_10']:.1%}): fixed {'met' if verdict['fixed'] else 'missed'}, relative "
               f"{'met' if verdict['relative'] else 'missed'}; wall {', '.join(f'{w:.2f}x' for w in walls)} "
               f"{'met' if verdict['wall'] else 'missed'}")
     return verdicts
 
 
-def compare(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], dict[str, list[np.ndarray]]]:
+def compare(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], Pooled]:
     """One full comparison: ``--solo-runs`` jobs alone per device, then (b) and (c); prints the table."""
-    runs: dict[str, list[Run]] = {device: [] for device in DEVICES}
-    walls: dict[str, list[float]] = {device: [] for device in DEVICES}
+    runs: dict[str, list[Run]] = {}  # by target: a device's rows at one precision
+    walls: dict[str, list[float]] = {}
 
     def solo_round(index: int) -> None:
         for device in DEVICES:  # alternating devices, so slow drift reaches both alike
-            [run], wall = scenario([[device]], args, folder, f"a-{device}-{index}")
-            runs[device].append(run)
-            walls[device].append(wall)
+            device_runs, wall = scenario([[device]], args, folder, f"a-{device}-{index}")
+            for run in device_runs:
+                runs.setdefault(run.device, []).append(run)
+                walls.setdefault(run.device, []).append(wall)
             print(f"(a) {device} alone #{index + 1}: {wall:.1f}s", flush=True)
 
     for index in range(args.solo_runs - 1):
@@ -458,7 +515,7 @@ def compare(args: argparse.Namespace, folder: Path) -> tuple[dict[str, Any], dic
         scenarios[name] = scenario(jobs, args, folder, name[1])
         print(f"{name}: {scenarios[name][1]:.1f}s", flush=True)
     solo_round(args.solo_runs - 1)  # after the contended runs: the solo runs bracket them in time
-    solos = {device: Solo([run.read_now() for run in runs[device]], walls[device]) for device in DEVICES}
+    solos = {target: Solo([run.read_now() for run in runs[target]], walls[target]) for target in runs}
     return print_table(solos, {name: ([run.read_now() for run in contended_runs], wall)
                                for name, (contended_runs, wall) in scenarios.items()})
 
@@ -470,6 +527,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter sessions (same devices)")
     parser.add_argument("--repeat", type=int, default=1, help="run the whole comparison this many times")
     parser.add_argument("--solo-runs", type=int, default=3, help="jobs alone per device (at least 2)")
+    parser.add_argument("--int8", action="store_true",
+                        help="measure each subnet's INT8 file beside its FP32 file, in the same sessions")
     parser.add_argument("--json", type=Path, default=None, help="also write all numbers here")
     parser.add_argument("--keep", type=Path, default=None,
                         help="copy every job's stored rows and the host's calibrations here (a folder per comparison)")
@@ -477,32 +536,32 @@ def main() -> None:
     args = parser.parse_args()
     if args.job:
         out, *devices = args.job
-        job(devices, args.subnets, args.seed, args.quick, Path(out))
+        job(devices, args.subnets, args.seed, args.quick, ["fp32", "int8"] if args.int8 else ["fp32"], Path(out))
         return
 
     if args.solo_runs < 2:
         parser.error("--solo-runs must be at least 2: a solo run is held to the others")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
-          f"protocol {'quick' if args.quick else 'demo'}; {args.subnets} subnets", flush=True)
-    results, pooled = [], {}
+          f"protocol {'quick' if args.quick else 'demo'}; {args.subnets} subnets"
+          f"{', FP32 and INT8' if args.int8 else ''}", flush=True)
+    results, pooled = [], Pooled({}, {})
     for repeat in range(args.repeat):
         with tempfile.TemporaryDirectory(prefix="contention-") as tmp:
             folder = Path(tmp)
             os.environ[CALIBRATION_DIR_ENV] = str(folder / "calibration")  # inherited by the jobs
             print(f"\n== comparison {repeat + 1} of {args.repeat}", flush=True)
-            table, deviations_by_group = compare(args, folder)
+            table, comparison = compare(args, folder)
             if args.keep:
                 shutil.copytree(folder, args.keep / f"comparison-{repeat + 1}", dirs_exist_ok=True)
             results.append(table)
-            for group, parts in deviations_by_group.items():
-                pooled.setdefault(group, []).extend(parts)
-    summary_table = print_pooled({group: parts for group, parts in pooled.items() if not group.startswith(COVERAGE)})
-    covered = print_coverage({group[len(COVERAGE):]: parts for group, parts in pooled.items()
-                              if group.startswith(COVERAGE)})
+            pooled.add(comparison)
+    summary_table = print_pooled(pooled.deviations)
+    covered = print_coverage(pooled.coverage)
     goal = print_goal(summary_table, results)
     if args.json:
-        args.json.write_text(json.dumps({"comparisons": results, "pooled": summary_table, "coverage": covered,
-                                         "goal": goal}, indent=2))
+        args.json.write_text(json.dumps({"comparisons": results, "coverage": covered, "goal": goal,
+                                         "pooled": {group.label: row for group, row in summary_table.items()}},
+                                        indent=2))
 
 
 if __name__ == "__main__":
