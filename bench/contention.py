@@ -73,7 +73,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -120,10 +120,12 @@ def target_name(device: str, precision: str) -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """One job's rows for one device, by subnet key, and what they are filed under (device key, network).
+    """One job's rows for one target (device, and precision beyond FP32), by subnet key, and where they are filed.
 
-    ``stored`` holds the rows as the run stored them when ``rows`` are read
-    again against a later norm (:meth:`read_now`).
+    ``device`` names the target (:func:`target_name`); ``job`` is the job's
+    index in its scenario (its precisions are runs of one job); ``stored``
+    holds the rows as the run stored them when ``rows`` are read again
+    against a later norm (:meth:`read_now`).
     """
 
     device: str
@@ -131,17 +133,17 @@ class Run:
     key: str = ""
     network_id: str = ""
     stored: dict[str, dict[str, Any]] | None = None
+    job: int = 0
 
     def read_now(self) -> Run:
         """The rows as a reader now sees them: corrected against the anchor's norm of now on this host."""
         from hwsearch.anchor import in_current_norm
 
-        return Run(self.device, in_current_norm(self.rows, self.key, self.network_id), self.key, self.network_id,
-                   stored=self.rows)
+        return replace(self, rows=in_current_norm(self.rows, self.key, self.network_id), stored=self.rows)
 
     def as_run(self) -> Run:
         """The rows as the run stored them."""
-        return Run(self.device, self.rows if self.stored is None else self.stored, self.key, self.network_id)
+        return replace(self, rows=self.rows if self.stored is None else self.stored, stored=None)
 
     def latencies(self, keys: list[str], *, stable_only: bool = False) -> np.ndarray:
         """Latency per key; NaN for a row the device left unstable when ``stable_only``."""
@@ -150,8 +152,8 @@ class Run:
 
     def uncorrected(self) -> Run:
         """The same rows at what their sessions measured, before the anchor's correction (hwsearch/pipeline.py)."""
-        return Run(self.device, {key: row | {"latency_ms": row.get("uncorrected_latency_ms", row["latency_ms"])}
-                                 for key, row in self.rows.items()})
+        return replace(self, rows={key: row | {"latency_ms": row.get("uncorrected_latency_ms", row["latency_ms"])}
+                                   for key, row in self.rows.items()}, stored=None)
 
     @property
     def sessions(self) -> dict[tuple[float, float], dict[str, Any]]:
@@ -196,8 +198,8 @@ def scenario(jobs: list[list[str]], args: argparse.Namespace, folder: Path,
         if process.wait() != 0:
             raise SystemExit(f"a job of scenario {name} failed")
     wall = time.monotonic() - started
-    runs = [Run(device, run["rows"], run["key"], run["network_id"])
-            for out in outs for device, run in json.loads(out.read_text()).items()]
+    runs = [Run(device, run["rows"], run["key"], run["network_id"], job=index)
+            for index, out in enumerate(outs) for device, run in json.loads(out.read_text()).items()]
     return runs, wall
 
 
@@ -414,17 +416,17 @@ def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], fl
         pooled.coverage.setdefault(Group(SOLO, target), []).extend(
             coverage(run, yardstick) for run, yardstick in solo.stable_yardsticks)
     for name, (runs, wall) in scenarios.items():
-        for index, run in enumerate(runs):
+        for run in runs:
             solo = solos[run.device]
             deviation = contended(run, solo)
-            results[f"{name}-{index}"] = agreement(run, deviation)
+            results[f"{name}-{run.device}-{run.job}"] = agreement(run, deviation)
             for view, part in (("", deviation), (STABLE, contended(run, solo, stable_only=True)),
                                (UNCORRECTED, contended(run.uncorrected(), solo.uncorrected())),
                                (AS_RUN, contended(run.as_run(), solo.as_run()))):
                 pooled.deviations.setdefault(Group(name, run.device, view), []).append(part)
             pooled.coverage.setdefault(Group(name, run.device), []).extend(
                 coverage(run, yardstick) for _, yardstick in solo.stable_yardsticks)
-            print(_row(f"{name} #{index + 1}", run, results[f"{name}-{index}"]))
+            print(_row(f"{name} #{run.job + 1}", run, results[f"{name}-{run.device}-{run.job}"]))
         results[name] = scenario_walls(runs, wall, solos)
         print(f"{'':13s} wall {wall:.1f}s vs {results[name]['solo_wall_sum_s']:.1f}s for these runs alone "
               f"({wall / results[name]['solo_wall_sum_s']:.2f}x); sessions from first start to last end "
