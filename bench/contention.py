@@ -86,6 +86,7 @@ sys.path[0] = str(REPO)
 from devices.calibration import CALIBRATION_DIR_ENV  # noqa: E402
 from devices.profile import DeviceProfile  # noqa: E402
 from hwsearch.anchor import DEFAULT_TOLERANCE as ANCHOR_TOLERANCE  # noqa: E402
+from hwsearch.quantize import DEFAULT_PRECISION, PRECISIONS  # noqa: E402
 
 DEVICES = {"1t": REPO / "hwsearch/demo/devices/cpu-1thread.yaml",
            "2t": REPO / "hwsearch/demo/devices/cpu-2threads.yaml"}
@@ -115,7 +116,7 @@ class Group(NamedTuple):
 
 def target_name(device: str, precision: str) -> str:
     """A device's rows at one precision, as the tables name them: ``1t`` for FP32, ``1t-int8`` for INT8."""
-    return device if precision == "fp32" else f"{device}-{precision}"
+    return device if precision == DEFAULT_PRECISION else f"{device}-{precision}"
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,7 @@ def job(devices: list[str], subnets: int, seed: int, quick: bool, precisions: li
 
 def _int8_calibration(net: Any, precisions: list[str], folder: Path) -> Any:
     """The demo's held-out digits, split as a job splits them, when INT8 files are to be calibrated; else None."""
-    if precisions == ["fp32"]:
+    if precisions == [DEFAULT_PRECISION]:
         return None
     from hwsearch.demo.data import write_digits
     from hwsearch.evaldata import DataPlan
@@ -427,11 +428,11 @@ def print_table(solos: dict[str, Solo], scenarios: dict[str, tuple[list[Run], fl
             pooled.coverage.setdefault(Group(name, run.device), []).extend(
                 coverage(run, yardstick) for _, yardstick in solo.stable_yardsticks)
             print(_row(f"{name} #{run.job + 1}", run, results[f"{name}-{run.device}-{run.job}"]))
-        results[name] = scenario_walls(runs, wall, solos)
-        print(f"{'':13s} wall {wall:.1f}s vs {results[name]['solo_wall_sum_s']:.1f}s for these runs alone "
-              f"({wall / results[name]['solo_wall_sum_s']:.2f}x); sessions from first start to last end "
-              f"{results[name]['session_span_s']:.1f}s vs {results[name]['solo_session_sum_s']:.1f}s alone; "
-              f"overlapping sessions: {results[name]['overlapping_sessions']}")
+        walls = results[name] = scenario_walls(runs, wall, solos)
+        print(f"{'':13s} wall {wall:.1f}s vs {walls['solo_wall_sum_s']:.1f}s for these runs alone "
+              f"({wall / walls['solo_wall_sum_s']:.2f}x); sessions from first start to last end "
+              f"{walls['session_span_s']:.1f}s vs {walls['solo_session_sum_s']:.1f}s alone; "
+              f"overlapping sessions: {walls['overlapping_sessions']}")
     return results, pooled
 
 
@@ -538,7 +539,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.job:
         out, *devices = args.job
-        job(devices, args.subnets, args.seed, args.quick, ["fp32", "int8"] if args.int8 else ["fp32"], Path(out))
+        precisions = list(PRECISIONS) if args.int8 else [DEFAULT_PRECISION]
+        job(devices, args.subnets, args.seed, args.quick, precisions, Path(out))
         return
 
     if args.solo_runs < 2:

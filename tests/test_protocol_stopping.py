@@ -76,7 +76,13 @@ def test_a_model_whose_samples_a_later_calm_drops_comes_back_and_converges() -> 
 
 
 def test_real_rows_that_left_the_rotation_are_within_the_ci_target(tmp_path: Path) -> None:
-    """On real models, every row that stopped before the cap stopped with the CI it is reported with."""
+    """On real models, every row that stopped before the cap stopped with the CI it is reported with.
+
+    These models run in about 40 us, where timer noise is large: a 2% target
+    took 279 rounds (9 s) in a calm hour and ran past 30 s in a slow one, so
+    no row stopped and the claim went unchecked.  A 3% target took 84-150
+    rounds (2-5 s) in the calm hour; the 60 s cap leaves over ten times that.
+    """
     paths = []
     for index, width in enumerate((4, 8, 16, 24, 32)):
         path = tmp_path / f"m{index}.onnx"
@@ -84,9 +90,9 @@ def test_real_rows_that_left_the_rotation_are_within_the_ci_target(tmp_path: Pat
         paths.append(path)
     profile = DeviceProfile.from_dict({
         "name": "stopping-1t", "clock": "thread_cpu", "warmup": {"runs": 3, "seconds": 0.1},
-        "protocol": {"min_rounds": 6, "max_rounds": 3000, "max_seconds": 30.0, "ci_target": 0.02}})
+        "protocol": {"min_rounds": 6, "max_rounds": 3000, "max_seconds": 60.0, "ci_target": 0.03}})
     rows = open_profiler(profile).measure_many(paths)
     stopped = [row for row in rows if row.env["rounds"] < profile.protocol.max_rounds
                and row.env["session_seconds"] < profile.protocol.max_seconds]
-    assert stopped, "no row stopped before the caps"
+    assert stopped, ("no row stopped before the caps", [(row.env["rounds"], row.ratio_ci) for row in rows])
     assert all(row.ratio_ci <= profile.protocol.ci_target for row in stopped), [r.ratio_ci for r in stopped]
