@@ -25,7 +25,7 @@ per-subnet median of the other solo runs of its device, and each run of (b)
 and (c) with every such median in turn (see :class:`Solo`).  Per run it
 prints the median and worst ``|latency_ms / yardstick − 1|`` of the stored
 rows, the share within ±10% and ±5%, the share of stable rows and of rows
-from sessions the run's anchor subnets found shifted (hwsearch/anchor.py:
+from sessions the run's anchor subnets found shifted (hwsearch/anchor/:
 the first run of each device gets a verdict only from three sessions on,
 so ``--subnets 40`` rather than 24 for the pipeline's chunks of 16; later
 runs also start from the sessions the host kept), the median session

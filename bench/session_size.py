@@ -3,7 +3,7 @@
 What a subnet reads depends on how many models share its session
 (docs/measurement.md, "Session size").  A refinement round measures a few
 candidates beside the run's three anchor subnets, so its session is small;
-the anchor's subnets sit in it too, so its offset (hwsearch/anchor.py) sees
+the anchor's subnets sit in it too, so its offset (hwsearch/anchor/) sees
 the session's size as it sees a shift of the host.
 
 This bench exports ``--subnets`` demo subnets (``demo_mbv3_mnist``, trained

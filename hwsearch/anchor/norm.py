@@ -1,0 +1,248 @@
+"""Rows read now: each row's session judged and corrected again against its anchor's norm of the present."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from hwsearch.anchor.host import HOST_SESSIONS, host_records
+from hwsearch.anchor.state import (DEFAULT_TOLERANCE, MIN_SESSIONS, correct_row, idiosyncratic_spread, judged_stable,
+                                   latency_half_width, medians_at, nan_if_none, nanmedian, own_precision_offset,
+                                   prevailing_state, session_offset, undisturbed_sessions)
+from hwsearch.anchor.stored import RECENT_SESSIONS, anchor_of, history, kept_rows, row_ratios_at
+from hwsearch.shift_slope import Member, ShiftSlope, fit_shift_slope, size_against
+
+
+class Norm(NamedTuple):
+    """An anchor's medians over the host's current undisturbed state, its spread between sessions, and its slope.
+
+    ``slope`` is how a session's shift grows with a subnet's size about the
+    anchor's (:mod:`hwsearch.shift_slope`; 0 while the data cannot say),
+    ``anchor_log_macs`` the anchor subnets' mean log MACs (``None``
+    unknown: rows are then corrected by the session's offset alone).
+    ``medians_at`` holds the anchor's medians at its other precisions,
+    over the same undisturbed sessions, where enough of them measured there.
+    """
+
+    medians: np.ndarray
+    spread: float | None
+    tolerance: float
+    slope: ShiftSlope = ShiftSlope(0.0, 0)
+    anchor_log_macs: float | None = None
+    medians_at: Mapping[str, np.ndarray] = {}
+
+
+def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
+                    network_id: str) -> dict[str, dict[str, Any]]:
+    """The device's stored rows of the network, each judged and corrected against its anchor's norm of now.
+
+    A run corrects its rows by offsets against the anchor's medians over
+    the undisturbed state as the run saw it (:meth:`Anchor.offset`), and
+    that state moves: within its tolerance from one run to the next, or to
+    another state when the host's recent sessions change their majority.
+    Rows of different runs, each right against its own norm, then disagree
+    by the norms' difference.  In one ``bench/contention.py`` run
+    (2026-12-01) the anchor's medians moved by about 5% between the first
+    solo runs and the later ones, and the 2-thread device's rows beside the
+    1-thread device read 4.5% (median) from the solo runs after the
+    correction against 2.5% before it; in another, the norm switched states
+    mid-comparison and a whole cell read 44% off.
+
+    Every row keeps its session's ``anchor_ratios`` and what the session
+    measured, so its offset can be taken again against one norm: the
+    anchor's medians over the undisturbed state of its :data:`RECENT_SESSIONS`
+    latest sessions (not retries) among ``rows`` and the host's kept ones
+    (:class:`HostRecord`), which is what a run starting now would judge by.
+    Read this way, the kept rows of seven earlier comparisons (runs 12-18
+    of docs/measurement.md) came closer to the solo runs: the 1-thread
+    device's contended rows from 10.6% (median) to 3.4% in the hour the
+    norm switched, the 2-thread device's from 4.8% to 0.8% in the calmest,
+    and by -0.8 to +0.05 points in the three where the norm held still.  In
+    the next two comparisons, run live (runs 19-20), the contended rows read
+    1.3-2.4% from the solo runs, against 1.6-19.1% as their runs stored them.
+
+    A re-corrected row gets the new ``session_offset``, ``ratio``,
+    ``latency_ms``, ``session_spread`` and ``latency_ci``; a row that kept
+    its session's own verdict (``session_stable``) is judged again too, so
+    its ``stable`` says whether its session is shifted against the norm of
+    now.  A row at its anchor's precision is divided by its session's
+    offset raised to ``1 + slope × size`` (:mod:`hwsearch.shift_slope`;
+    ``row_offset`` and ``offset_slope`` say by what), the slope fitted from
+    the subnets this device measured in more than one session.  A row at
+    another precision is divided by the offset of the anchor's files at
+    its precision (``anchor_ratios_at``) against their medians over the
+    same undisturbed sessions, where at least :data:`MIN_SESSIONS` of them
+    (all of a smaller state's) measured those files, and by the anchor's
+    own offset otherwise (``offset_precision`` says which).  A row whose
+    anchor has too few sessions, or that names no anchor, is returned as
+    stored; so is one whose latency had to come from its raw median
+    (``latency_source``).  The store is not changed.
+    """
+    kept = [row for data in host_records(device_key) if data["network_id"] == network_id
+            for row in kept_rows(data).values()]
+    norms = current_norms([*rows.values(), *kept], _members(rows, kept))
+    out = {}
+    for key, row in rows.items():
+        norm = norms.get(anchor_of(row))
+        out[key] = dict(row) if norm is None or row.get("latency_source") == "median_ms" else recorrected(row, norm)
+    return out
+
+
+def current_norms(rows: Iterable[Mapping[str, Any]],
+                  members: Mapping[str, Mapping[str, Member]] | None = None) -> dict[tuple[Any, ...], Norm]:
+    """Per anchor (its subnets, precision and files), the norm its :data:`RECENT_SESSIONS` latest sessions give.
+
+    ``rows`` are stored or kept rows; each session counts once, retries not
+    at all (as in :func:`history`).  An anchor with fewer than
+    :data:`MIN_SESSIONS` sessions has no norm.  The state is found with the
+    tolerance of the anchor's latest session (``anchor_tolerance``).
+    ``members`` (per session id, the subnets it measured at the anchor's
+    precision) fit each norm's slope over the anchor's :data:`HOST_SESSIONS`
+    latest sessions, retries included: a retry measures the same subnets
+    again at another offset, which is what the slope is fitted from.
+    """
+    members = members or {}
+    sessions: dict[tuple[Any, ...], dict[str, _Seen]] = {}
+    for row in rows:
+        anchor = anchor_of(row)
+        if anchor is None:
+            continue
+        env, session_id = row.get("env", {}), str(row["session_id"])
+        earlier = sessions.setdefault(anchor, {}).get(session_id)
+        sessions[anchor][session_id] = _Seen(
+            float(env.get("session_end", 0.0)), tuple(nan_if_none(r) for r in row["anchor_ratios"]),
+            nan_if_none(env.get("session_reference_ms")), float(row.get("anchor_tolerance", DEFAULT_TOLERANCE)),
+            bool(row.get("anchor_retry")), {**(earlier.ratios_at if earlier else {}), **row_ratios_at(row)})
+    norms = {}
+    for anchor, seen in sessions.items():
+        latest = sorted((s for s in seen.values() if not s.retry), key=lambda session: session.ended)[-RECENT_SESSIONS:]
+        if len(latest) < MIN_SESSIONS:
+            continue
+        table = np.array([session.ratios for session in latest], dtype=float)
+        references = np.array([session.reference_ms for session in latest], dtype=float)
+        tolerance = latest[-1].tolerance
+        undisturbed = undisturbed_sessions(table, tolerance, references)
+        state = table[undisturbed]
+        medians = nanmedian(state, axis=0)
+        in_state = [session.ratios_at for session, kept in zip(latest, undisturbed) if kept]
+        other_medians = {precision: found for precision in sorted({p for at in in_state for p in at})
+                         if (found := medians_at(precision, in_state)) is not None}
+        anchor_log_macs = _anchor_log_macs(anchor[0], members)
+        slope = ShiftSlope(0.0, 0)
+        if anchor_log_macs is not None:
+            recent = sorted(seen, key=lambda session_id: seen[session_id].ended)[-HOST_SESSIONS:]
+            slope = fit_shift_slope(((nan_if_none(session_offset(seen[s].ratios, medians)), members.get(s, {}))
+                                     for s in recent), anchor_log_macs)
+        norms[anchor] = Norm(medians, idiosyncratic_spread(state), tolerance, slope, anchor_log_macs, other_medians)
+    return norms
+
+
+class _Seen(NamedTuple):
+    """One anchor session as the norm reads it."""
+
+    ended: float
+    ratios: tuple[float, ...]
+    reference_ms: float
+    tolerance: float
+    retry: bool
+    ratios_at: dict[str, list[float | None]]
+
+
+def recorrected(row: Mapping[str, Any], norm: Norm) -> dict[str, Any]:
+    """A copy of the row corrected (and, where it kept its own verdict, judged) against ``norm``."""
+    new = dict(row)
+    offset = session_offset(row["anchor_ratios"], norm.medians)
+    if offset is None:
+        return new
+    own_offset, offset_precision = _own_offset(row, norm)
+    slope, lean = _row_lean(row, norm)
+    correct_row(new, offset if own_offset is None else own_offset, lean)
+    new.update(offset_slope=slope, offset_precision=offset_precision)
+    new.update(session_spread=norm.spread,
+               latency_ci=latency_half_width(nan_if_none(row.get("ratio_ci")), norm.spread, len(norm.medians)))
+    if "session_stable" in row:
+        new["stable"], overruled = judged_stable(row["session_stable"], row.get("env", {}).get("unstable_reasons"),
+                                                 offset, norm.tolerance)
+        if overruled:
+            new["slowdown_overruled_by_anchor"] = True
+        else:
+            new.pop("slowdown_overruled_by_anchor", None)
+    return new
+
+
+def _own_offset(row: Mapping[str, Any], norm: Norm) -> tuple[float | None, str | None]:
+    """The offset of the anchor's files at the row's precision (:func:`own_precision_offset`), against the norm."""
+    precision = row.get("precision")
+    return own_precision_offset(precision, row.get("anchor_precision"), row_ratios_at(row).get(str(precision)),
+                                norm.medians_at.get(str(precision)))
+
+
+def _row_lean(row: Mapping[str, Any], norm: Norm) -> tuple[float, float]:
+    """``(slope, lean)``: the slope the row is leaned by, and that slope times the subnet's size.
+
+    ``(0, 0)`` for a row of another precision than its anchor's (the slope
+    was fitted at the anchor's) or whose size is unknown.
+    """
+    if norm.anchor_log_macs is None or not row.get("macs") or row.get("precision") != row.get("anchor_precision"):
+        return 0.0, 0.0
+    return norm.slope.slope, norm.slope.slope * size_against(float(row["macs"]), norm.anchor_log_macs)
+
+
+def _members(rows: Mapping[str, Mapping[str, Any]], kept: Iterable[Mapping[str, Any]]
+             ) -> dict[str, dict[str, Member]]:
+    """Per session id, the subnets it measured at its anchor's precision: ``{key: (uncorrected ratio, MACs)}``.
+
+    From stored rows (keyed by subnet) and the host's kept sessions (their ``subnets``).
+    """
+    members: dict[str, dict[str, Member]] = {}
+    for key, row in rows.items():
+        if anchor_of(row) is not None and row.get("macs") and row.get("precision") == row.get("anchor_precision"):
+            ratio = row.get("uncorrected_ratio", row.get("ratio"))
+            members.setdefault(str(row["session_id"]), {})[key] = (nan_if_none(ratio), float(row["macs"]))
+    for row in kept:
+        for key, (ratio, macs) in row.get("subnets", {}).items():
+            if macs:
+                members.setdefault(str(row["session_id"]), {})[key] = (nan_if_none(ratio), float(macs))
+    return members
+
+
+def _anchor_log_macs(keys: Sequence[str], members: Mapping[str, Mapping[str, Member]]) -> float | None:
+    """The anchor subnets' mean log MACs, when every one of them is among ``members``."""
+    macs = {}
+    for measured in members.values():
+        macs.update({key: measured[key][1] for key in keys if key in measured})
+        if len(macs) == len(keys):
+            return float(np.mean(np.log(list(macs.values()))))
+    return None
+
+
+def host_spreads(device_key: str) -> list[dict[str, Any]]:
+    """The spread between sessions in each of the host's kept anchor records of the device (``devices show``).
+
+    One entry per network and precision the device measured with an anchor
+    on this host: the sessions considered (the most-seen anchor's recent
+    ones, as a run would start from), how many of them make the undisturbed
+    state, and :func:`idiosyncratic_spread` over those (``None`` while
+    unknown); and the slope rows read now are leaned by
+    (:mod:`hwsearch.shift_slope`), with the pairs of sessions it stands on.
+    """
+    spreads = []
+    for data in host_records(device_key):
+        rows = kept_rows(data)
+        norms = current_norms(rows.values(), _members({}, rows.values()))
+        for precision in sorted({row["anchor_precision"] for row in rows.values()}):
+            found = history(rows, precision)
+            if found is None:
+                continue
+            table = np.array(list(found.ratios.values()), dtype=float)
+            references = np.array([found.references[s] for s in found.ratios], dtype=float)
+            state = prevailing_state(table, DEFAULT_TOLERANCE, references)
+            slope = next((norm.slope for anchor, norm in norms.items()
+                          if anchor[:2] == (found.keys, precision)), ShiftSlope(0.0, 0))
+            spreads.append({"network_id": data["network_id"], "precision": precision,
+                            "anchor_subnets": len(found.keys), "sessions": len(table),
+                            "undisturbed_sessions": len(state), "session_spread": idiosyncratic_spread(state),
+                            "offset_slope": slope.slope, "slope_pairs": slope.pairs})
+    return spreads
