@@ -17,16 +17,12 @@ compare them share one reference scale and one state of the machine.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import os
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +32,9 @@ from hwsearch.anchor import (ANCHOR_SUBNETS, DEFAULT_TOLERANCE, Anchor, HostReco
                              in_current_norm, judged_stable)
 from hwsearch.anchor import MIN_SESSIONS as ANCHOR_MIN_SESSIONS
 from hwsearch.anchor import history as anchor_history
-from hwsearch.export_pool import Exporters, exporters
+from hwsearch.chunk_exports import (SHARED_EXPORTS, Derivation, Exported, delete_exports, export_chunk,
+                                    exported_chunks)
+from hwsearch.export_pool import exporters
 from hwsearch.quantize import (
     DEFAULT_PRECISION,
     PRECISIONS,
@@ -280,10 +278,10 @@ def profile_precisions(
     chunks = _balanced_chunks(todo, chunk)
     run = object()  # this call's identity as the owner of exports it shares
     rows = _RunRows(store, keys, precisions, space.network_id)
-    with (tempfile.TemporaryDirectory(dir=workdir) as tmp, _SHARED_EXPORTS.owned_by(run),
+    with (tempfile.TemporaryDirectory(dir=workdir) as tmp, SHARED_EXPORTS.owned_by(run),
           exporters(supernet, len(todo), workers=export_workers, on_wait=waiting) as exporting):
-        export = functools.partial(_export_chunk, supernet, Path(tmp), model_batch, input_dtype,
-                                   waiting, run, _Derivation(tuple(precisions), calibration, quantize),
+        export = functools.partial(export_chunk, supernet, Path(tmp), model_batch, input_dtype,
+                                   waiting, run, Derivation(tuple(precisions), calibration, quantize),
                                    exporting)
         host_record = HostRecord(keys[precisions[0]], space.network_id)
         anchor = None if anchor_tolerance is None or not chunks else _earlier_anchor(
@@ -291,7 +289,7 @@ def profile_precisions(
             len(chunks), export, Path(tmp) / "anchor", anchor_tolerance)
         awaiting_verdict: list[_Measured] = []
         labels: dict[Path, tuple[str, int]] = {}  # each subnet's first file: its key and MACs (the host keeps them)
-        for batch, exports in _exported_chunks(chunks, export, _measures_elsewhere(profiler)):
+        for batch, exports in exported_chunks(chunks, export, _measures_elsewhere(profiler)):
             groups = [[files[p].path for p in precisions] for files in exports]
             labels.update({group[0]: (arch.key(), int(files[precisions[0]].report.macs))
                            for group, arch, files in zip(groups, batch, exports)})
@@ -341,7 +339,7 @@ def _balanced_chunks(todo: Sequence[ArchConfig], size: int) -> list[list[ArchCon
     return chunks
 
 
-def _middle_by_macs(exports: Sequence[Mapping[str, _Exported]], n: int) -> list[int]:
+def _middle_by_macs(exports: Sequence[Mapping[str, Exported]], n: int) -> list[int]:
     """The indices of the ``n`` subnets in the middle of the chunk by MACs: the anchor that corrects the rest best.
 
     The anchor's offset divides every row of its session, so it should
@@ -366,13 +364,13 @@ class _Measured:
     """A measured chunk: its subnets, their files (one group per subnet) and each group's kept session."""
 
     batch: list[ArchConfig]
-    exports: list[dict[str, _Exported]]
+    exports: list[dict[str, Exported]]
     groups: list[list[Path]]
     sessions: list[Session]
     judged_in_time: bool  # the anchor judged every session before its retries were spent
 
     def delete_files(self) -> None:
-        _delete_exports(self.exports)
+        delete_exports(self.exports)
 
 
 def _settle(chunk: _Measured, anchor: Anchor | None, measure: MeasureFn, retries: int,
@@ -466,7 +464,7 @@ class _RunRows:
         self._latest[(precision, key)] = (session_id, row)
 
 
-def _row(arch: ArchConfig, exported: _Exported, result: Any, precision: str,
+def _row(arch: ArchConfig, exported: Exported, result: Any, precision: str,
          session_id: str) -> dict[str, Any]:
     """The stored row of one file's measurement: the measurement, the subnet, its file's figures."""
     report = exported.report
@@ -479,179 +477,6 @@ def _row(arch: ArchConfig, exported: _Exported, result: Any, precision: str,
     if report.quantization is not None:
         row["quantization"] = dict(report.quantization)
     return row
-
-
-@dataclass(frozen=True)
-class _Exported:
-    """One subnet's ONNX file, its export report, and when (wall clock) the export ran."""
-
-    path: Path
-    report: Any  # hwsearch.export.ExportReport
-    started_at: float
-    ended_at: float
-
-
-@dataclass(frozen=True)
-class _Derivation:
-    """Which precisions' files a run derives from each FP32 export, and how INT8 is calibrated."""
-
-    precisions: tuple[str, ...]
-    calibration: Any
-    quantize: QuantizeSettings
-
-    def key(self, precision: str) -> tuple[Any, ...]:
-        """What a derived file depends on beyond its FP32 source (for sharing it between runs)."""
-        if precision == DEFAULT_PRECISION:
-            return ()
-        return (precision, id(self.calibration), self.quantize)
-
-    def derive(self, source: _Exported, precision: str, path: Path) -> _Exported:
-        """``source`` at ``precision`` in ``path``; its report holds the new file's own figures.
-
-        INT8's ``seconds`` are the FP32 export's plus the quantization's: what
-        producing the measured file cost.
-        """
-        from hwsearch.quantize import images_at, model_input_shape, quantize_onnx
-
-        batch, *_, resolution = model_input_shape(source.path)
-        n = max(self.quantize.n_images, batch)
-        started_at = time.time()
-        quantized = quantize_onnx(source.path, path, images_at(self.calibration, resolution, n),
-                                  replace(self.quantize, n_images=n))
-        report = replace(source.report, path=path, bytes=quantized.bytes, precision=precision,
-                         seconds=source.report.seconds + quantized.seconds,
-                         quantization={"quantize_seconds": quantized.seconds,
-                                       "fp32_bytes": quantized.fp32_bytes,
-                                       "method": quantized.method, "n_images": quantized.n_images,
-                                       "top1_agreement": quantized.top1_agreement,
-                                       "max_logit_diff": quantized.max_logit_diff})
-        return _Exported(path, report, started_at, time.time())
-
-
-def _export_chunk(supernet: Any, folder: Path, model_batch: int, input_dtype: str,
-                  waiting: ProgressFn | None, run: object, derivation: _Derivation,
-                  exporting: Exporters, batch: Sequence[ArchConfig]) -> list[dict[str, _Exported]]:
-    """Export ``batch`` to ``folder`` at every precision of ``derivation``, one dict per subnet.
-
-    The one place the pipeline exports, whichever thread runs it.  Each
-    export is one compute unit on the host lock, held here whether the
-    export runs in this process or in a worker of ``exporting``'s pool
-    (:mod:`hwsearch.export_pool`), which exports several subnets of the
-    chunk at once; quantization takes its own unit, one file at a time.
-    A subnet another run of this process is exporting (or has exported and
-    not yet deleted) with the same settings is linked from it instead
-    (:class:`_SharedExports`); so is a derived (INT8) file of the same
-    export with the same calibration.  The FP32 file is always made, since
-    every other precision derives from it; it is measured only when FP32 is
-    one of the run's precisions.
-    """
-    from devices.hostlock import compute_unit
-
-    def export_one(arch: ArchConfig, path: Path) -> _Exported:
-        with compute_unit(on_wait=waiting):  # covers a pool worker; export_onnx's own hold nests in it
-            started_at = time.time()
-            report = exporting.export(arch, path, batch=model_batch, input_dtype=input_dtype, check=False)
-            return _Exported(path, report, started_at, time.time())
-
-    def key_of(arch: ArchConfig) -> tuple[Any, ...]:
-        # The key holds every setting the file depends on; one added to export_subnet goes here too.
-        return id(supernet), arch.key(), model_batch, input_dtype
-
-    def fp32_of(arch: ArchConfig) -> _Exported:
-        return _SHARED_EXPORTS.export(key_of(arch), run, folder / f"{arch.digest()}.onnx",
-                                      functools.partial(export_one, arch))
-
-    out = []
-    for arch, fp32 in zip(batch, exporting.map(fp32_of, batch)):
-        files = {DEFAULT_PRECISION: fp32}
-        for precision in derivation.precisions:
-            if precision != DEFAULT_PRECISION:
-                files[precision] = _SHARED_EXPORTS.export(
-                    key_of(arch) + derivation.key(precision), run,
-                    folder / f"{arch.digest()}.{precision}.onnx",
-                    functools.partial(derivation.derive, fp32, precision))
-        out.append(files)
-    return out
-
-
-class _SharedExports:
-    """Exports shared by the profiling runs of one process that need the same file at once.
-
-    A job profiles the same subnets on every device, one thread per device,
-    in the same order (:func:`hwsearch.jobs.stages.profile_devices`), and
-    devices measured at the same batch and input dtype need identical ONNX
-    files.  Exporting each once for all of them halves a two-device job's
-    export work (a process's exports run one at a time under the exporter
-    lock anyway).  A run that finds a subnet exported, or being exported,
-    by another run hard-links the file into its own folder, so each run
-    still deletes only its own files; when the link fails (the owner has
-    already measured and deleted it, or another filesystem) it exports the
-    subnet itself.  An owner's entries end with its run (:meth:`owned_by`),
-    so a key holding ``id(supernet)`` never outlives the supernet it names.
-    Waiting for another run's export happens outside the host lock: a unit
-    of compute waiting on one that cannot start (a session is queued) would
-    deadlock the host.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[tuple[Any, ...], tuple[object, Future[_Exported]]] = {}
-
-    def export(self, key: tuple[Any, ...], run: object, path: Path,
-               export: Callable[[Path], _Exported]) -> _Exported:
-        """``export(path)``, or a link to the same export by another run."""
-        with self._lock:
-            found = self._entries.get(key)
-            if found is None:
-                future: Future[_Exported] = Future()
-                self._entries[key] = (run, future)
-        if found is None:
-            try:
-                exported = export(path)
-            except BaseException as error:
-                future.set_exception(error)
-                raise
-            future.set_result(exported)
-            return exported
-        shared = found[1].result()  # the owner's error, if its export failed
-        try:
-            os.link(shared.path, path)
-        except OSError:
-            return export(path)
-        return replace(shared, path=path)
-
-    @contextlib.contextmanager
-    def owned_by(self, run: object) -> Iterator[None]:
-        """Forget the entries ``run`` owns when it ends, however it ends."""
-        try:
-            yield
-        finally:
-            with self._lock:
-                for key in [k for k, (owner, _) in self._entries.items() if owner is run]:
-                    del self._entries[key]
-
-
-_SHARED_EXPORTS = _SharedExports()
-
-
-def _exported_chunks(chunks: Sequence[list[ArchConfig]],
-                     export: Callable[[Sequence[ArchConfig]], list[_Exported]], overlap: bool
-                     ) -> Iterator[tuple[list[ArchConfig], list[_Exported]]]:
-    """Each chunk with its exports; with ``overlap``, the next chunk exports while this one is used.
-
-    One export thread at most, and at most one chunk exported ahead, so the
-    ONNX files on disk stay within two chunks.
-    """
-    if not overlap:
-        for batch in chunks:
-            yield batch, export(batch)
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hwsearch-export") as pool:
-        ahead = pool.submit(export, chunks[0]) if chunks else None
-        for index, batch in enumerate(chunks):
-            exports = ahead.result()
-            ahead = pool.submit(export, chunks[index + 1]) if index + 1 < len(chunks) else None
-            yield batch, exports
 
 
 def _measures_elsewhere(profiler: Any) -> bool:
@@ -691,7 +516,7 @@ def _relay_waiting(progress: ProgressFn | None, state: dict[str, Any]) -> Progre
 
 def _earlier_anchor(space: SearchSpace, rows: Mapping[str, Mapping[str, Any]], host: HostRecord,
                     precisions: Sequence[str], chunks: int,
-                    export: Callable[[Sequence[ArchConfig]], list[dict[str, _Exported]]],
+                    export: Callable[[Sequence[ArchConfig]], list[dict[str, Exported]]],
                     folder: Path, tolerance: float) -> Anchor | None:
     """The anchor of the device's earlier runs of this network, exported afresh, when a verdict can come.
 
@@ -724,14 +549,7 @@ def _earlier_anchor(space: SearchSpace, rows: Mapping[str, Mapping[str, Any]], h
                            found, archs=archs, macs=[files[precisions[0]].report.macs for files in exports],
                            precisions=precisions)
     finally:
-        _delete_exports(exports)
-
-
-def _delete_exports(exports: Iterable[Mapping[str, _Exported]]) -> None:
-    """Delete the files of exported subnets (every precision's); one already gone is no error."""
-    for files in exports:
-        for exported in files.values():
-            exported.path.unlink(missing_ok=True)
+        delete_exports(exports)
 
 
 def finite_latencies(store: Store, device_hash: str, space_name: str) -> dict[str, dict[str, Any]]:
