@@ -1,9 +1,10 @@
 """The ONNX files a profiling run measures: each subnet's FP32 export and the files derived from it.
 
-One run exports a chunk at a time (:func:`export_chunk`), at most one chunk
-ahead of the one being measured (:func:`exported_chunks`), and deletes each
-chunk's files once its rows are stored (:func:`delete_exports`); runs of one
-process that need the same file at once share it (:class:`SharedExports`).
+One run exports a chunk at a time (:func:`export_chunk`), one chunk ahead
+of the one being measured when the device measures on another host
+(:func:`exported_chunks`), and deletes each chunk's files once its rows are
+stored (:func:`delete_exports`); runs of one process that need the same
+file at once share it (:class:`SharedExports`).
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class Derivation:
 
 
 def export_chunk(supernet: Any, folder: Path, model_batch: int, input_dtype: str,
-                  waiting: WaitFn | None, run: object, derivation: Derivation,
-                  exporting: Exporters, batch: Sequence[ArchConfig]) -> list[dict[str, Exported]]:
+                 waiting: WaitFn | None, run: object, derivation: Derivation,
+                 exporting: Exporters, batch: Sequence[ArchConfig]) -> list[dict[str, Exported]]:
     """Export ``batch`` to ``folder`` at every precision of ``derivation``, one dict per subnet.
 
     The one place the pipeline exports, whichever thread runs it.  Each
@@ -181,8 +182,8 @@ SHARED_EXPORTS = SharedExports()
 
 
 def exported_chunks(chunks: Sequence[list[ArchConfig]],
-                     export: Callable[[Sequence[ArchConfig]], list[Exported]], overlap: bool
-                     ) -> Iterator[tuple[list[ArchConfig], list[Exported]]]:
+                    export: Callable[[Sequence[ArchConfig]], list[dict[str, Exported]]], overlap: bool
+                    ) -> Iterator[tuple[list[ArchConfig], list[dict[str, Exported]]]]:
     """Each chunk with its exports; with ``overlap``, the next chunk exports while this one is used.
 
     One export thread at most, and at most one chunk exported ahead, so the

@@ -160,7 +160,7 @@ class Anchor:
         own: tuple[float | None, str | None] = (None, first)
         if precision != first and cached is not None and session_id in self.ratios_at:
             own = own_precision_offset(precision, first, self.ratios_at[session_id].get(precision),
-                                        medians_at(precision, [self.ratios_at.get(s, {}) for s in cached[1]]))
+                                       medians_at(precision, [self.ratios_at.get(s, {}) for s in cached[1]]))
         return own if own[0] is not None else (self.offset(session_id), first)
 
     def session_spread(self) -> float | None:
