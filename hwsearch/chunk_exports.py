@@ -20,12 +20,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from devices.hostlock import WaitFn, compute_unit
 from hwsearch.export_pool import Exporters
 from hwsearch.quantize import DEFAULT_PRECISION, QuantizeSettings
 from hwsearch.space import ArchConfig
-
-#: What a unit of compute tells while it waits for the host (:func:`devices.hostlock.compute_unit`'s ``on_wait``).
-WaitFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,6 @@ def export_chunk(supernet: Any, folder: Path, model_batch: int, input_dtype: str
     every other precision derives from it; it is measured only when FP32 is
     one of the run's precisions.
     """
-    from devices.hostlock import compute_unit
 
     def export_one(arch: ArchConfig, path: Path) -> Exported:
         with compute_unit(on_wait=waiting):  # covers a pool worker; export_onnx's own hold nests in it
