@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -47,9 +48,15 @@ def test_recorded_accuracies_reproduce_and_differ(recipe: dict, tmp_path: Path) 
 
 @pytest.mark.slow
 def test_shortened_demo_runs_end_to_end_with_a_users_checkpoint(tmp_path: Path) -> None:
-    """The whole flow, with the shipped weights re-saved the way OFA publishes checkpoints."""
+    """The whole flow, with the shipped weights re-saved the way OFA publishes checkpoints.
+
+    The demo searches FP32 and INT8 on both devices, so this is also the
+    test of a whole job at two precisions: rows, accuracies and front points
+    of each precision stay apart (:func:`_assert_precisions_kept_apart`).
+    """
     from hwsearch.demo.run import DemoSettings, run_demo
     from hwsearch.results import ParetoFront
+    from hwsearch.store import SQLiteStore
 
     user_checkpoint = tmp_path / "my_supernet.pth"
     state = torch.load(DEMO_CHECKPOINT, weights_only=True, map_location="cpu")
@@ -57,7 +64,7 @@ def test_shortened_demo_runs_end_to_end_with_a_users_checkpoint(tmp_path: Path) 
     steps: list[str] = []
     result = run_demo(
         DemoSettings(out=tmp_path / "demo", checkpoint=user_checkpoint,
-                     devices=demo_devices_with_shorter_sessions(tmp_path), n_profile=12, budget=4, seed=1),
+                     devices=demo_devices_with_shorter_sessions(tmp_path), n_profile=8, budget=2, seed=1),
         progress=lambda step, fraction, message: steps.append(step),
     )
     assert {"profile", "accuracy", "train", "search"} <= set(steps)
@@ -73,14 +80,53 @@ def test_shortened_demo_runs_end_to_end_with_a_users_checkpoint(tmp_path: Path) 
     for knee in result.knees:
         assert knee.onnx_path.exists() and knee.export_max_abs_diff <= 1e-4
         assert knee.remeasured_latency_ms > 0
-    assert result.report["html"].read_text().count("<img") >= 2
+    html = result.report["html"].read_text()
+    assert html.count("<img") >= 2
+    assert "INT8 against FP32" in html and "points by precision" in html
     # Every profiled subnet's measurement is kept in the run's store, for reuse by later runs, under the
     # shipped profiles' keys.
-    from hwsearch.store import SQLiteStore
-
     store = SQLiteStore(result.store_path)
     stored = {d: len(store.get_latencies(key, space.network_id)) for d, key in _device_keys().items()}
-    assert all(n >= 12 for n in stored.values())
+    assert all(n >= 8 for n in stored.values())
+    job = store.get_job(result.job_id).result
+    assert job["precisions"] == ["fp32", "int8"]
+    for device, front in result.fronts.items():
+        _assert_precisions_kept_apart(store, job, device, front)
+
+
+def _assert_precisions_kept_apart(store: Any, job: dict[str, Any], device: str, front: Any) -> None:
+    """One device of a job at FP32 and INT8: each precision has its own rows, accuracies and predictor.
+
+    Every subnet, initial or refined, is measured at both precisions in one
+    session; a candidate one precision's refinement picked has the other's
+    latency row but only the accuracy of the precision that picked it; each
+    front point carries its own precision's measurements.
+    """
+    entry = job["devices"][device]
+    hashes = {p: entry["precisions"][p]["hash"] for p in ("fp32", "int8")}
+    assert hashes == {"fp32": entry["hash"], "int8": f"{entry['hash']}@int8"}
+    network = job["network_id"]
+    fp32_rows = store.get_latencies(hashes["fp32"], network)
+    int8_rows = store.get_latencies(hashes["int8"], network)
+    assert len(fp32_rows) >= 8 and set(fp32_rows) == set(int8_rows)
+    for key, fp32 in fp32_rows.items():
+        int8 = int8_rows[key]
+        assert fp32["session_id"] == int8["session_id"]
+        assert fp32["env"]["session_start"] == int8["env"]["session_start"]
+        assert int8["quantization"]["fp32_bytes"] == fp32["onnx_bytes"] > int8["onnx_bytes"]
+    fp32_acc = store.get_accuracies(DEMO_SUPERNET, job["dataset_id"])
+    int8_acc = store.get_accuracies(DEMO_SUPERNET, f"{job['dataset_id']}@int8")
+    initial = set(int8_acc) & set(fp32_acc)
+    assert len(initial) >= 8
+    assert set(int8_rows) - set(int8_acc) <= set(fp32_acc) - initial
+    assert set(fp32_rows) - set(fp32_acc) <= set(int8_acc) - initial
+    assert {"accuracy", "accuracy@int8", f"latency@{device}", f"latency@{device}@int8"} <= set(job["predictors"])
+    assert set(front.settings["precisions"]) == {"fp32", "int8"}
+    for point in front.points:
+        assert point.precision in ("fp32", "int8") and point.latency_conditions
+        rows, accuracies = (fp32_rows, fp32_acc) if point.precision == "fp32" else (int8_rows, int8_acc)
+        assert point.measured["latency_ms"] == pytest.approx(rows[point.arch.key()]["latency_ms"])
+        assert point.measured["accuracy"] == pytest.approx(accuracies[point.arch.key()])
 
 
 def _device_keys() -> dict[str, str]:

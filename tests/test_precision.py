@@ -1,4 +1,7 @@
-"""Precision as part of a subnet's identity: profiles, store keys, fronts, the API and a whole job."""
+"""Precision as part of a subnet's identity: profiles, store keys, fronts and the API.
+
+A whole job at both precisions is the demo's (tests/test_demo.py).
+"""
 
 from __future__ import annotations
 
@@ -185,63 +188,3 @@ def test_api_exports_int8_on_request_and_names_the_field_it_refuses(server: Serv
         assert logits.shape == (1, 10) and np.isfinite(logits).all()
         assert len(body) < 0.5 * len(client.get(fp32["download_url"]).content)
         assert client.get("/health").status_code == 200
-
-
-# --------------------------------------------------------------------------- a whole job
-
-
-@pytest.mark.slow
-def test_an_int8_job_on_the_demo_yields_one_front_with_labelled_points(tmp_path: Path) -> None:
-    """A real job on the demo supernet at both precisions: rows, accuracies and points stay apart."""
-    from hwsearch.demo import DEMO_CHECKPOINT, DEMO_SUPERNET
-    from hwsearch.demo.data import write_digits
-    from hwsearch.jobs import JobSpec, SupernetRef, run_job
-    from hwsearch.report import build_report, from_store
-    from hwsearch.store import SQLiteStore
-
-    _, heldout = write_digits(tmp_path / "digits")
-    device = fast_device("demo-q") | {"precisions": ["fp32", "int8"]}
-    spec = JobSpec(supernet=SupernetRef(DEMO_SUPERNET, DEMO_SUPERNET, str(DEMO_CHECKPOINT)),
-                   devices=(device,), dataset=str(heldout), n_profile=4, budget=1, seed=0)
-    store = SQLiteStore(tmp_path / "store.db")
-    job_id = store.create_job(spec.to_dict())
-    result = run_job(spec, store=store, job_id=job_id)
-
-    assert result["precisions"] == ["fp32", "int8"]
-    entry = result["devices"]["demo-q"]
-    hashes = {p: entry["precisions"][p]["hash"] for p in ("fp32", "int8")}
-    assert hashes == {"fp32": entry["hash"], "int8": f"{entry['hash']}@int8"}
-    network = result["network_id"]
-    fp32_rows = store.get_latencies(hashes["fp32"], network)
-    int8_rows = store.get_latencies(hashes["int8"], network)
-    assert len(fp32_rows) >= 4 and len(int8_rows) >= 4
-    # Initial and refined subnets alike: each measured at both precisions, in one session.
-    assert set(fp32_rows) == set(int8_rows)
-    for key, fp32 in fp32_rows.items():
-        int8 = int8_rows[key]
-        assert fp32["session_id"] == int8["session_id"]
-        assert fp32["env"]["session_start"] == int8["env"]["session_start"]
-        assert int8["quantization"]["fp32_bytes"] == fp32["onnx_bytes"] > int8["onnx_bytes"]
-    fp32_acc = store.get_accuracies(DEMO_SUPERNET, result["dataset_id"])
-    int8_acc = store.get_accuracies(DEMO_SUPERNET, f"{result['dataset_id']}@int8")
-    initial = set(int8_acc) & set(fp32_acc)
-    assert len(initial) >= 4
-    # A candidate one precision's refinement picked has the other's latency row (same session)
-    # but only the accuracy of the precision that picked it.
-    assert set(int8_rows) - set(int8_acc) <= set(fp32_acc) - initial
-    assert set(fp32_rows) - set(fp32_acc) <= set(int8_acc) - initial
-    assert {"accuracy", "accuracy@int8", "latency@demo-q", "latency@demo-q@int8"} <= set(
-        result["predictors"])
-
-    front = ParetoFront.from_dict(result["fronts"]["demo-q"])
-    assert front.points and all(p.precision in ("fp32", "int8") for p in front.points)
-    assert set(front.settings["precisions"]) == {"fp32", "int8"}
-    for point in front.points:  # each point carries its own precision's measurements
-        rows, accuracies = ((fp32_rows, fp32_acc) if point.precision == "fp32"
-                            else (int8_rows, int8_acc))
-        key = point.arch.key()
-        assert point.measured["latency_ms"] == pytest.approx(rows[key]["latency_ms"])
-        assert point.measured["accuracy"] == pytest.approx(accuracies[key])
-        assert point.latency_conditions
-    html = build_report(from_store(store, job_id), tmp_path / "report")["html"].read_text()
-    assert "INT8 against FP32" in html and "points by precision" in html
