@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from devices.calibration import device_reference_ms
 from devices.local import host_fingerprint
 from devices.profile import DeviceProfile
 from hwsearch.jobs import JobSpec, SupernetRef
+from hwsearch.store import SQLiteStore
 
 SUPERNET = {"name": "tiny-mbv3", "registry": "ofa_mbv3_d234_e346_k357_w1.0",
             "options": {"n_classes": 10, "resolutions": [32]}}
@@ -75,3 +77,33 @@ def demo_devices_with_shorter_sessions(folder: Path) -> tuple[Path, ...]:
         paths.append(folder / f"{Path(shipped).stem}.json")
         paths[-1].write_text(json.dumps(data))
     return tuple(paths)
+
+
+class FinishedJob(NamedTuple):
+    """A real tiny job that ran to the end: its SQLite store file, its id and its spec."""
+
+    store_path: Path
+    job_id: str
+    spec: JobSpec
+
+
+def run_tiny_job(folder: Path) -> FinishedJob:
+    """One real job (4 subnets profiled, 2 more by refinement, on one 1-thread device) in ``folder``."""
+    from hwsearch.jobs import run_job
+
+    store = SQLiteStore(folder / "jobs.sqlite")
+    spec = tiny_spec(random_dataset(folder / "val.npz"), [fast_device("cpu-1t")], n_profile=4, budget=2)
+    job_id = store.create_job(spec.to_dict())
+    run_job(spec, store=store, job_id=job_id)
+    return FinishedJob(store.path, job_id, spec)
+
+
+def own_copy(job: FinishedJob, folder: Path) -> SQLiteStore:
+    """A store of the caller's own holding everything ``job``'s store holds, so the caller may add to it.
+
+    SQLite's backup API copies the committed pages, WAL included.
+    """
+    path = folder / "jobs.sqlite"
+    with sqlite3.connect(job.store_path) as source, sqlite3.connect(path) as target:
+        source.backup(target)
+    return SQLiteStore(path)

@@ -67,3 +67,14 @@ def client(server: Any) -> Iterator[Any]:
     """An authenticated HTTP client of the test module's own ``server`` fixture (a real service)."""
     with server.client() as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_job(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One real tiny job, run once per test run for every module that reads a finished job.
+
+    Modules take :func:`tests._jobs.own_copy` of its store, so what one adds never reaches another.
+    """
+    from tests._jobs import run_tiny_job
+
+    return run_tiny_job(tmp_path_factory.mktemp("finished-job"))

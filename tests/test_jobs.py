@@ -26,7 +26,7 @@ from hwsearch.jobs import (
     submit_job,
 )
 from hwsearch.store import MemoryStore, SQLiteStore
-from tests._jobs import SUPERNET, fast_device, random_dataset, tiny_spec
+from tests._jobs import SUPERNET, FinishedJob, fast_device, own_copy, random_dataset, tiny_spec
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +47,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Finished:
-    store = SQLiteStore(tmp_path_factory.mktemp("store") / "jobs.sqlite")
-    spec = tiny_spec(dataset, [fast_device("cpu-1t")], n_profile=4, budget=2)
-    job_id = store.create_job(spec.to_dict())
-    run_job(spec, store=store, job_id=job_id)
-    return store, job_id, spec
+def finished(tmp_path_factory: pytest.TempPathFactory, finished_tiny_job: FinishedJob) -> Finished:
+    job = finished_tiny_job
+    return own_copy(job, tmp_path_factory.mktemp("store")), job.job_id, job.spec
 
 
 def test_a_job_ends_with_measured_fronts_in_the_store(finished: Finished) -> None:

@@ -6,14 +6,13 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hwsearch.report import build_report, from_dir, from_store, write_job_dir
 from hwsearch.store import SQLiteStore
-from tests._jobs import fast_device, random_dataset, tiny_spec
+from tests._jobs import FinishedJob, own_copy
 
 pytestmark = pytest.mark.slow
 
@@ -21,19 +20,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SQLiteStore, str]]:
-    import ray
-
-    from hwsearch.jobs import run_job
-
-    root = tmp_path_factory.mktemp("report")
-    store = SQLiteStore(root / "jobs.sqlite")
-    spec = tiny_spec(random_dataset(root / "val.npz"), [fast_device("cpu-a")], n_profile=4,
-                     budget=1)
-    job_id = store.create_job(spec.to_dict())
-    run_job(spec, store=store, job_id=job_id)
-    yield store, job_id
-    ray.shutdown()
+def job(tmp_path_factory: pytest.TempPathFactory, finished_tiny_job: FinishedJob) -> tuple[SQLiteStore, str]:
+    return own_copy(finished_tiny_job, tmp_path_factory.mktemp("report")), finished_tiny_job.job_id
 
 
 def test_report_shows_fronts_predictors_and_measurements(job: tuple[SQLiteStore, str],
@@ -41,18 +29,18 @@ def test_report_shows_fronts_predictors_and_measurements(job: tuple[SQLiteStore,
     store, job_id = job
     data = from_store(store, job_id)
     written = build_report(data, tmp_path)
-    assert written["cpu-a"].read_bytes().startswith(PNG_MAGIC)
+    assert written["cpu-1t"].read_bytes().startswith(PNG_MAGIC)
     page = written["html"].read_text()
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == 2, "one overview plot and one plot per device, inlined"
     assert not re.search(r'(src|href)="(http|file|/)', page), "nothing is loaded from elsewhere"
-    front = store.get_job(job_id).result["fronts"]["cpu-a"]
+    front = store.get_job(job_id).result["fronts"]["cpu-1t"]
     for point in front["points"]:
         assert point["arch_key"] in page
-    assert "latency@cpu-a" in page and "accuracy" in page
-    measured = data.measurements["cpu-a"]
-    assert len(measured) == 5 and all(row["accuracy"] is not None for row in measured)
-    assert f"cpu-a: {len(measured)} measured subnets" in page
+    assert "latency@cpu-1t" in page and "accuracy" in page
+    measured = data.measurements["cpu-1t"]
+    assert len(measured) == 4 + 2 and all(row["accuracy"] is not None for row in measured)  # profiled, refined
+    assert f"cpu-1t: {len(measured)} measured subnets" in page
 
 
 def test_a_job_dir_gives_the_same_report_without_the_store(job: tuple[SQLiteStore, str],
@@ -75,7 +63,7 @@ def test_cli_report_from_a_job_id_and_from_a_directory(job: tuple[SQLiteStore, s
                           str(tmp_path / "a"), "--json"],
                          capture_output=True, text=True, check=True)
     paths = json.loads(out.stdout)
-    assert Path(paths["html"]).is_file() and Path(paths["cpu-a"]).read_bytes().startswith(PNG_MAGIC)
+    assert Path(paths["html"]).is_file() and Path(paths["cpu-1t"]).read_bytes().startswith(PNG_MAGIC)
 
     directory = write_job_dir(tmp_path / "job", store=store, job_id=job_id)
     out = subprocess.run([*command, str(directory), "--out", str(tmp_path / "b"), "--json"],
