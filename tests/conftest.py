@@ -13,9 +13,12 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests._jobs import FinishedJob
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
@@ -70,7 +73,7 @@ def client(server: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def finished_tiny_job(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def finished_tiny_job(tmp_path_factory: pytest.TempPathFactory) -> FinishedJob:
     """One real tiny job, run once per test run for every module that reads a finished job.
 
     Modules take :func:`tests._jobs.own_copy` of its store, so what one adds never reaches another.

@@ -62,9 +62,10 @@ def test_shortened_demo_runs_end_to_end_with_a_users_checkpoint(tmp_path: Path) 
     state = torch.load(DEMO_CHECKPOINT, weights_only=True, map_location="cpu")
     torch.save({"state_dict": state, "epoch": 1}, user_checkpoint)
     steps: list[str] = []
+    n_profile = 8
     result = run_demo(
         DemoSettings(out=tmp_path / "demo", checkpoint=user_checkpoint,
-                     devices=demo_devices_with_shorter_sessions(tmp_path), n_profile=8, budget=2, seed=1),
+                     devices=demo_devices_with_shorter_sessions(tmp_path), n_profile=n_profile, budget=2, seed=1),
         progress=lambda step, fraction, message: steps.append(step),
     )
     assert {"profile", "accuracy", "train", "search"} <= set(steps)
@@ -87,14 +88,15 @@ def test_shortened_demo_runs_end_to_end_with_a_users_checkpoint(tmp_path: Path) 
     # shipped profiles' keys.
     store = SQLiteStore(result.store_path)
     stored = {d: len(store.get_latencies(key, space.network_id)) for d, key in _device_keys().items()}
-    assert all(n >= 8 for n in stored.values())
+    assert all(n >= n_profile for n in stored.values())
     job = store.get_job(result.job_id).result
     assert job["precisions"] == ["fp32", "int8"]
     for device, front in result.fronts.items():
-        _assert_precisions_kept_apart(store, job, device, front)
+        _assert_precisions_kept_apart(store, job, device, front, n_profile)
 
 
-def _assert_precisions_kept_apart(store: Any, job: dict[str, Any], device: str, front: Any) -> None:
+def _assert_precisions_kept_apart(store: Any, job: dict[str, Any], device: str, front: Any,
+                                  n_profile: int) -> None:
     """One device of a job at FP32 and INT8: each precision has its own rows, accuracies and predictor.
 
     Every subnet, initial or refined, is measured at both precisions in one
@@ -108,7 +110,7 @@ def _assert_precisions_kept_apart(store: Any, job: dict[str, Any], device: str, 
     network = job["network_id"]
     fp32_rows = store.get_latencies(hashes["fp32"], network)
     int8_rows = store.get_latencies(hashes["int8"], network)
-    assert len(fp32_rows) >= 8 and set(fp32_rows) == set(int8_rows)
+    assert len(fp32_rows) >= n_profile and set(fp32_rows) == set(int8_rows)
     for key, fp32 in fp32_rows.items():
         int8 = int8_rows[key]
         assert fp32["session_id"] == int8["session_id"]
@@ -117,7 +119,7 @@ def _assert_precisions_kept_apart(store: Any, job: dict[str, Any], device: str, 
     fp32_acc = store.get_accuracies(DEMO_SUPERNET, job["dataset_id"])
     int8_acc = store.get_accuracies(DEMO_SUPERNET, f"{job['dataset_id']}@int8")
     initial = set(int8_acc) & set(fp32_acc)
-    assert len(initial) >= 8
+    assert len(initial) >= n_profile
     assert set(int8_rows) - set(int8_acc) <= set(fp32_acc) - initial
     assert set(fp32_rows) - set(fp32_acc) <= set(int8_acc) - initial
     assert {"accuracy", "accuracy@int8", f"latency@{device}", f"latency@{device}@int8"} <= set(job["predictors"])

@@ -24,8 +24,8 @@ def job(tmp_path_factory: pytest.TempPathFactory, finished_tiny_job: FinishedJob
     return own_copy(finished_tiny_job, tmp_path_factory.mktemp("report")), finished_tiny_job.job_id
 
 
-def test_report_shows_fronts_predictors_and_measurements(job: tuple[SQLiteStore, str],
-                                                         tmp_path: Path) -> None:
+def test_report_shows_fronts_predictors_and_measurements(job: tuple[SQLiteStore, str], tmp_path: Path,
+                                                         finished_tiny_job: FinishedJob) -> None:
     store, job_id = job
     data = from_store(store, job_id)
     written = build_report(data, tmp_path)
@@ -39,7 +39,8 @@ def test_report_shows_fronts_predictors_and_measurements(job: tuple[SQLiteStore,
         assert point["arch_key"] in page
     assert "latency@cpu-1t" in page and "accuracy" in page
     measured = data.measurements["cpu-1t"]
-    assert len(measured) == 4 + 2 and all(row["accuracy"] is not None for row in measured)  # profiled, refined
+    spec = finished_tiny_job.spec  # every subnet it profiled or refined
+    assert len(measured) == spec.n_profile + spec.budget and all(row["accuracy"] is not None for row in measured)
     assert f"cpu-1t: {len(measured)} measured subnets" in page
 
 
