@@ -110,13 +110,22 @@ class JobDispatcher:
         return touched
 
     def stop(self) -> None:
-        """Stop starting jobs and cancel the running ones (their measurements stay stored)."""
+        """Stop starting jobs and end the running ones' tasks, leaving the jobs as they were.
+
+        The service is stopping, nobody cancelled them: their records stay
+        ``running`` or ``queued``, so the next start treats them as it treats
+        a crash's (``interrupted``, or queued again with ``resume``), and they
+        continue from their stored measurements.
+        """
         with self._cond:
             self._stopped = True
-            running = list(self._running)
+            running = list(self._running.values())
             self._cond.notify_all()
-        for job_id in running:
-            self.cancel(job_id)
+        if running:
+            import ray
+
+            for ref in running:
+                ray.cancel(ref, force=True, recursive=True)
 
     # ------------------------------------------------------------------ requests
 
@@ -203,8 +212,9 @@ class JobDispatcher:
             try:
                 ray.get(ref)
             except Exception as error:  # the task logged its own failure; this catches crashes
-                log.warning("job %s ended with %s", job_id, type(error).__name__, exc_info=error)
-                record_failure(self.store, job_id, error)
+                if not self._stopped:  # stop() ended it: the job is left for the next start
+                    log.warning("job %s ended with %s", job_id, type(error).__name__, exc_info=error)
+                    record_failure(self.store, job_id, error)
             with self._cond:
                 self._running.pop(job_id, None)
 

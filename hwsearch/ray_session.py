@@ -121,16 +121,18 @@ def _start_ray_in_keeper_thread(address: str | None, num_cpus: int | None) -> No
         raise failure[0]
 
 
-def private_temp_dir(owner: str) -> Path:
-    """A short Ray temp dir of one owner (a service's data directory), e.g. /tmp/hwsearch-ray-1a2b3c4d.
+def private_temp_dir(owner: str, purpose: str = "ray") -> Path:
+    """A short temp dir of one owner (a service's data directory), e.g. /tmp/hwsearch-ray-1a2b3c4d.
 
-    Every process Ray starts for that owner carries it (command line or
-    ``RAY_TMPDIR`` in its environment), which is how :func:`kill_leftovers`
-    finds them after the owner was killed.  Short, because Ray's socket
-    paths live below it and Unix socket paths are limited to 107 bytes.
+    Every process Ray starts for that owner carries the ``ray`` one (command
+    line or ``RAY_TMPDIR`` in its environment), which is how
+    :func:`kill_leftovers` finds them after the owner was killed.  Short,
+    because Ray's socket paths live below it and Unix socket paths are
+    limited to 107 bytes.  Other purposes (``tmp``: the owner's temp files)
+    sit beside it under the same digest.
     """
     digest = hashlib.sha256(str(Path(owner).resolve()).encode()).hexdigest()[:8]
-    return Path(tempfile.gettempdir()) / f"hwsearch-ray-{digest}"
+    return Path(tempfile.gettempdir()) / f"hwsearch-{purpose}-{digest}"
 
 
 def kill_leftovers(temp_dir: Path) -> list[str]:

@@ -270,3 +270,22 @@ def test_devices_check_with_malformed_yaml(tmp_path: Path) -> None:
     broken.write_text("name: [unclosed\n")
     result = run_cli("devices", "check", str(broken), cwd=tmp_path)
     assert_one_line_error(result, 2, str(broken), "PROFILE", "line 2")
+
+
+def test_serve_never_writes_through_a_temp_folder_another_user_planted(tmp_path: Path) -> None:
+    """The service's temp folder sits in the shared /tmp: a link planted there is refused, not followed."""
+    from hwsearch.ray_session import private_temp_dir
+
+    store = tmp_path / "store.sqlite"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("not the service's")
+    planted = private_temp_dir(str(Path(f"{store}.data")), "tmp")
+    planted.symlink_to(victim)
+    try:
+        result = run_cli("serve", "--store", str(store), "--token", "t", "--port", "0", cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr  # a usage error, as click shows one
+        assert str(planted) in result.stderr and "--data-dir" in result.stderr
+        assert planted.is_symlink() and (victim / "keep.txt").read_text() == "not the service's"
+    finally:
+        planted.unlink()

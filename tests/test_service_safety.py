@@ -334,15 +334,17 @@ def still_running(pids: set[int]) -> set[int]:
 
 
 @pytest.mark.slow
-def test_nothing_the_service_started_outlives_a_kill_9(tmp_path: Path) -> None:
+def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path) -> None:
     import os
     import signal
 
     from hwsearch.ray_session import private_temp_dir
+    from hwsearch.store import SQLiteStore
 
     random_dataset(tmp_path / "val.npz")
     store = tmp_path / "store.sqlite"
     marker = str(private_temp_dir(str(Path(f"{store}.data"))))
+    temp_files = private_temp_dir(str(Path(f"{store}.data")), "tmp")
     first = Server(store).start()
     try:
         with first.client() as c:
@@ -356,6 +358,9 @@ def test_nothing_the_service_started_outlives_a_kill_9(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "Ray never started under the service's temp dir"
             time.sleep(0.5)
         started = processes_marked(marker) - {first.process.pid}
+        while not (exports := set(temp_files.rglob("*.onnx"))):  # the job's exports, in the service's folder
+            assert time.monotonic() < deadline, "the job exported nothing under the service's temp folder"
+            time.sleep(0.1)
         os.kill(first.process.pid, signal.SIGKILL)  # the server alone, as a crash would
         first.process.wait(timeout=30)
         second = Server(store).start()
@@ -366,10 +371,22 @@ def test_nothing_the_service_started_outlives_a_kill_9(tmp_path: Path) -> None:
             while (alive := still_running(started)) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert alive == set(), f"left behind: {alive}"
+            assert not exports & set(temp_files.rglob("*")), "the killed service's exports were kept"
+            assert "of temp files a previous run" in second.log.read_text()
             with second.client() as c:
                 assert c.get(f"/jobs/{job}").json()["state"] == "interrupted"
+                assert c.post(f"/jobs/{job}/resume").status_code == 202
+                deadline = time.monotonic() + 120
+                while not set(temp_files.rglob("*.onnx")):  # running again, on Ray, mid-export
+                    assert time.monotonic() < deadline, c.get(f"/jobs/{job}").json()
+                    time.sleep(0.1)
+                assert processes_marked(marker) - {second.process.pid}
         finally:
-            second.stop()
+            second.stop()  # SIGTERM, as an operator's stop
+        assert "Application shutdown complete" in second.log.read_text(), "the stop was cut short"
+        # Left as a crash leaves it: the next start marks it interrupted, or queues it with --resume.
+        assert SQLiteStore(store).get_job(job).state == "running"
+        assert not temp_files.exists(), "a service that stops removes its temp folder"
     finally:
         first.kill()
 

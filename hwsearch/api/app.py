@@ -117,6 +117,7 @@ def create_app(
     max_upload_bytes: int = 512 * MiB,
     ray_address: str | None = None,
     resume: bool = False,
+    on_stop: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The hwsearch service over ``store``, with registrations and exports under ``data_dir``.
 
@@ -125,7 +126,9 @@ def create_app(
     ``admission`` bounds the jobs it accepts.  On start-up, jobs a previous
     process left ``queued`` or ``running`` are marked ``interrupted`` (or,
     with ``resume``, queued again); their measurements are in the store
-    either way.
+    either way.  ``on_stop`` runs once jobs and Ray have stopped (``hwsearch
+    serve`` removes its temp files there: uvicorn ends the process on SIGTERM
+    by re-raising the signal, so code after ``uvicorn.run`` never runs).
     """
     if not token:
         raise ValueError("the service needs a non-empty token")
@@ -139,6 +142,8 @@ def create_app(
         dispatcher.stop()
         if "ray" in sys.modules and sys.modules["ray"].is_initialized():
             sys.modules["ray"].shutdown()  # Ray was started by a job; leave nothing running
+        if on_stop is not None:
+            on_stop()
 
     app = FastAPI(
         title="hwsearch",

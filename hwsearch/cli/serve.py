@@ -5,13 +5,16 @@ directories they may name files in (``--data-root``), which edge agents exist
 (``--agent NAME=URL``, tokens from a secrets file or the environment), and
 how much work is admitted.  One service owns its data directory (a lock file
 says so); on start it ends whatever Ray processes a killed predecessor on the
-same directory left behind, and says so.
+same directory left behind, and the temp files (exported subnets) it could
+not remove, and says so.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import IO, Annotated, Optional
 
@@ -76,6 +79,7 @@ def serve(
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = _own(data_dir)  # held (open) until the process ends
     _prepare_ray(data_dir, local=ray_address is None)
+    temp_files = _own_temp_files(data_dir)
     app = create_app(
         open_store(store), token=token, data_dir=data_dir, data_roots=data_root or None,
         agents=agents,
@@ -83,6 +87,7 @@ def serve(
                             max_n_profile=max_n_profile, max_budget=max_budget),
         max_body_bytes=int(max_body_mb * MiB), max_upload_bytes=int(max_upload_mb * MiB),
         ray_address=ray_address, resume=resume,
+        on_stop=lambda: shutil.rmtree(temp_files, ignore_errors=True),  # Ray's workers have ended
     )
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
@@ -103,10 +108,16 @@ def _own(data_dir: Path) -> IO[str]:
 
 
 def _prepare_ray(data_dir: Path, *, local: bool) -> None:
-    """Give this service's Ray a temp dir of its own, and clear what a killed predecessor left."""
+    """Give this service's Ray a temp dir of its own, and clear what a killed predecessor left.
+
+    Also keeps Ray from ending this process on SIGTERM before the service has stopped.
+    """
     from hwsearch.ray_session import kill_leftovers, private_temp_dir
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray's failure-signal handler aborts the process 3 s after a SIGTERM: the service's
+    # graceful stop (end the jobs' tasks and Ray, remove temp files) takes longer and would die half-way.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     if not local:
         return
     temp_dir = private_temp_dir(str(data_dir))
@@ -115,6 +126,33 @@ def _prepare_ray(data_dir: Path, *, local: bool) -> None:
         typer.echo(f"hwsearch serve: ended {len(killed)} process(es) a previous run on "
                    f"{data_dir} left behind: {'; '.join(killed)}", err=True)
     os.environ["RAY_TMPDIR"] = str(temp_dir)
+
+
+def _own_temp_files(data_dir: Path) -> Path:
+    """Send this service's temp files, and its local Ray workers', to a folder of its own, emptied first.
+
+    Jobs export subnets into temp folders and remove them when done; a killed
+    service, or a Ray worker ended mid-export, cannot, and five MobileNetV3
+    subnets are about 70 MB.  Under the data directory's lock nothing alive
+    writes there, so what the folder holds was a predecessor's.  Call it after
+    :func:`_prepare_ray` (whose leftover workers might still be writing).
+    """
+    from hwsearch.ray_session import private_temp_dir
+
+    folder = private_temp_dir(str(data_dir), "tmp")
+    left = sum(f.lstat().st_size for f in folder.rglob("*")) if folder.is_dir() and not folder.is_symlink() else 0
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:  # a link or a file another user put there: never write through it
+        raise typer.BadParameter(f"{folder} exists and is not this service's to clear",
+                                 param_hint="--data-dir") from None
+    if left:
+        typer.echo(f"hwsearch serve: removed {left / 1e6:.1f} MB of temp files a previous run on "
+                   f"{data_dir} left behind", err=True)
+    os.environ["TMPDIR"] = str(folder)  # inherited by the Ray workers this service starts
+    tempfile.tempdir = None  # gettempdir() caches its first answer; make it read TMPDIR again
+    return folder
 
 
 def register(app: typer.Typer) -> None:
