@@ -336,16 +336,23 @@ def still_running(pids: set[int]) -> set[int]:
 @pytest.mark.slow
 def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path) -> None:
     import os
+    import shutil
     import signal
+    import tempfile
 
     from hwsearch.ray_session import private_temp_dir
     from hwsearch.store import SQLiteStore
 
     random_dataset(tmp_path / "val.npz")
     store = tmp_path / "store.sqlite"
-    marker = str(private_temp_dir(str(Path(f"{store}.data"))))
-    temp_files = private_temp_dir(str(Path(f"{store}.data")), "tmp")
-    first = Server(store).start()
+    data_dir = str(Path(f"{store}.data"))
+    # A temp dir of the test's own, short (Ray's socket paths live below it), and the host lock at
+    # its default place under it: the service must keep sharing that lock after it moves TMPDIR.
+    host_tmp = Path(tempfile.mkdtemp(prefix="hws-"))
+    env = {"TMPDIR": str(host_tmp), "DEVICES_LOCK_DIR": ""}
+    marker = str(host_tmp / private_temp_dir(data_dir).name)
+    temp_files = host_tmp / private_temp_dir(data_dir, "tmp").name
+    first = Server(store, env=env).start()
     try:
         with first.client() as c:
             c.post("/supernets", json=SUPERNET)
@@ -361,9 +368,11 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path)
         while not (exports := set(temp_files.rglob("*.onnx"))):  # the job's exports, in the service's folder
             assert time.monotonic() < deadline, "the job exported nothing under the service's temp folder"
             time.sleep(0.1)
+        assert (host_tmp / "hwsearch-devices-locks").is_dir(), "the job's exports took no host lock"
+        assert not list(temp_files.rglob("hwsearch-devices-locks")), "the service locked a host of its own"
         os.kill(first.process.pid, signal.SIGKILL)  # the server alone, as a crash would
         first.process.wait(timeout=30)
-        second = Server(store).start()
+        second = Server(store, env=env).start()
         try:
             # SIGKILL is delivered at once but a process exits when the kernel gets to it: on a
             # loaded host a leftover killed at the second start could still be exiting when it answers.
@@ -389,6 +398,7 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path)
         assert not temp_files.exists(), "a service that stops removes its temp folder"
     finally:
         first.kill()
+        shutil.rmtree(host_tmp, ignore_errors=True)
 
 
 def test_registrations_from_an_earlier_version_are_checked_again_at_start(tmp_path: Path) -> None:
