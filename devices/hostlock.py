@@ -32,11 +32,15 @@ whose every task runs while the process that started it holds a compute
 unit for it (:func:`covered_by_caller`, the export pool's workers) is
 covered the same way in all its threads.
 
-The directory is ``$DEVICES_LOCK_DIR`` or ``<tmp>/hwsearch-devices-locks``,
-created owner-only, so by default it orders one user's processes; on a host
-shared by several users, point all of them at one directory (with its
-``queue`` folder) that their group can write (files are created 0660 before
-the umask).
+The directory is ``$DEVICES_LOCK_DIR`` or ``/tmp/hwsearch-devices-locks``,
+created owner-only.  The default is fixed, not ``$TMPDIR``: a process that
+moves its temp files (``hwsearch serve`` does, and its Ray workers inherit
+it) must still queue with every other process on the host.  By default it
+orders one user's processes, and refuses a folder another user owns (it
+could hold the host forever, and its owner's measurements would not take
+turns with ours); on a host shared by several users, point all of them at
+one directory (with its ``queue`` folder) that their group can write (files
+are created 0660 before the umask).
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ import errno
 import fcntl
 import os
 import stat
-import tempfile
 import threading
 import time
 import uuid
@@ -59,6 +62,8 @@ LOCK_DIR_ENV = "DEVICES_LOCK_DIR"
 Mode = Literal["exclusive", "shared"]
 WaitFn = Callable[[dict[str, Any]], None]
 
+# The host's temp folder, not this process's $TMPDIR: every process on the host must find the same lock.
+DEFAULT_LOCK_DIR = Path("/tmp/hwsearch-devices-locks")
 _HOST_FILE = "host.lock"
 _COUNTER_FILE = "tickets.counter"
 _QUEUE_DIR = "queue"
@@ -72,9 +77,9 @@ class HostLockError(RuntimeError):
 
 
 def lock_dir() -> Path:
-    """Where the host's lock files live: ``$DEVICES_LOCK_DIR`` or ``<tmp>/hwsearch-devices-locks``."""
+    """Where the host's lock files live: ``$DEVICES_LOCK_DIR``, else :data:`DEFAULT_LOCK_DIR`."""
     configured = os.environ.get(LOCK_DIR_ENV)
-    return Path(configured) if configured else Path(tempfile.gettempdir()) / "hwsearch-devices-locks"
+    return Path(configured) if configured else DEFAULT_LOCK_DIR
 
 
 @dataclass
@@ -195,9 +200,15 @@ class HostLock:
         return Hold(mode=mode, waited_s=0.0, started_at=time.time(), nested=True)
 
     def _prepare(self) -> Path:
-        """Create the lock directory and its queue owner-only; return the queue."""
-        _safe_directory(self.directory)
-        return _safe_directory(self.directory / _QUEUE_DIR)
+        """Create the lock directory and its queue owner-only; return the queue.
+
+        The default folder sits in the host's shared ``/tmp``, where anyone
+        could have made it first, so it must be ours; a folder the operator
+        named may be a group's.
+        """
+        must_own = self.directory == DEFAULT_LOCK_DIR
+        _safe_directory(self.directory, must_own=must_own)
+        return _safe_directory(self.directory / _QUEUE_DIR, must_own=must_own)
 
     def _enqueue(self, queue: Path, mode: Mode) -> tuple[int, Path, int]:
         """Take the next ticket; its file appears in the queue already flocked, so it is never taken for stale."""
@@ -246,7 +257,7 @@ class HostLock:
             time.sleep(self.poll_s)
 
 
-def _safe_directory(path: Path) -> Path:
+def _safe_directory(path: Path, *, must_own: bool) -> Path:
     """Create ``path`` owner-only if missing, and refuse one an attacker could have planted or can rewrite."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = os.lstat(path)
@@ -254,6 +265,10 @@ def _safe_directory(path: Path) -> Path:
         raise HostLockError(f"{path} must be a directory, not a link or a file (set {LOCK_DIR_ENV})")
     if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
         raise HostLockError(f"{path} is world-writable without the sticky bit (set {LOCK_DIR_ENV})")
+    if must_own and info.st_uid != os.geteuid():
+        raise HostLockError(
+            f"{path} belongs to another user (uid {info.st_uid}), who may measure on this host too: set "
+            f"{LOCK_DIR_ENV} to a folder you both can write, so that your measurements take turns")
     return path
 
 

@@ -327,6 +327,39 @@ def test_an_unsafe_lock_directory_is_refused(tmp_path: Path) -> None:
             pass
 
 
+def test_the_default_lock_folder_is_the_hosts_whatever_tmpdir_says(monkeypatch, tmp_path: Path) -> None:
+    import tempfile
+
+    from devices.hostlock import DEFAULT_LOCK_DIR, LOCK_DIR_ENV, lock_dir
+
+    monkeypatch.delenv(LOCK_DIR_ENV)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches; make it read TMPDIR again
+    assert tempfile.gettempdir() == str(tmp_path)
+    assert lock_dir() == DEFAULT_LOCK_DIR == Path("/tmp/hwsearch-devices-locks")
+    monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path / "chosen"))
+    assert lock_dir() == tmp_path / "chosen"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing a folder to another user needs root")
+def test_a_default_lock_folder_another_user_planted_is_refused(monkeypatch, tmp_path: Path) -> None:
+    import devices.hostlock as hostlock
+
+    planted = tmp_path / "hwsearch-devices-locks"
+    planted.mkdir(mode=0o700)
+    os.chown(planted, 65534, 65534)  # nobody's, as if made first in the shared /tmp
+    monkeypatch.setattr(hostlock, "DEFAULT_LOCK_DIR", planted)
+    with pytest.raises(HostLockError, match=r"belongs to another user \(uid 65534\).*DEVICES_LOCK_DIR"):
+        with HostLock(planted).exclusive():
+            pass
+    assert list(planted.iterdir()) == [], "nothing was written into the other user's folder"
+    group = tmp_path / "group"  # the same ownership in a folder the operator chose is a shared one
+    group.mkdir(mode=0o770)
+    os.chown(group, 65534, 0)
+    with HostLock(group).exclusive() as hold:
+        assert not hold.nested
+
+
 # --------------------------------------------------------------------------- calibration per host
 
 

@@ -340,6 +340,7 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path)
     import signal
     import tempfile
 
+    from devices.hostlock import DEFAULT_LOCK_DIR
     from hwsearch.ray_session import private_temp_dir
     from hwsearch.store import SQLiteStore
 
@@ -347,9 +348,11 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path)
     store = tmp_path / "store.sqlite"
     data_dir = str(Path(f"{store}.data"))
     # A temp dir of the test's own, short (Ray's socket paths live below it), and the host lock at
-    # its default place under it: the service must keep sharing that lock after it moves TMPDIR.
+    # its default place: the service must keep sharing that lock with the host after it moves TMPDIR.
     host_tmp = Path(tempfile.mkdtemp(prefix="hws-"))
     env = {"TMPDIR": str(host_tmp), "DEVICES_LOCK_DIR": ""}
+    host_queue = DEFAULT_LOCK_DIR / "queue"
+    queue_touched = host_queue.stat().st_mtime_ns if host_queue.is_dir() else None
     marker = str(host_tmp / private_temp_dir(data_dir).name)
     temp_files = host_tmp / private_temp_dir(data_dir, "tmp").name
     first = Server(store, env=env).start()
@@ -368,8 +371,10 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path)
         while not (exports := set(temp_files.rglob("*.onnx"))):  # the job's exports, in the service's folder
             assert time.monotonic() < deadline, "the job exported nothing under the service's temp folder"
             time.sleep(0.1)
-        assert (host_tmp / "hwsearch-devices-locks").is_dir(), "the job's exports took no host lock"
-        assert not list(temp_files.rglob("hwsearch-devices-locks")), "the service locked a host of its own"
+        # Each ticket the job's exports queue in the host's lock folder changes that folder's mtime.
+        assert host_queue.is_dir() and host_queue.stat().st_mtime_ns != queue_touched, \
+            "the job's exports took no ticket at the host's lock"
+        assert not list(host_tmp.rglob("hwsearch-devices-locks")), "the service locked a host of its own"
         os.kill(first.process.pid, signal.SIGKILL)  # the server alone, as a crash would
         first.process.wait(timeout=30)
         second = Server(store, env=env).start()

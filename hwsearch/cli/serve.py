@@ -137,13 +137,8 @@ def _own_temp_files(data_dir: Path) -> Path:
     writes there, so what the folder holds was a predecessor's.  Call it after
     :func:`_prepare_ray` (whose leftover workers might still be writing).
     """
-    from devices.hostlock import LOCK_DIR_ENV, lock_dir
     from hwsearch.ray_session import private_temp_dir
 
-    # The host lock's folder defaults to one under the temp dir, and it must stay the one every
-    # process on this host shares: pin it before TMPDIR moves (an operator's own choice stays).
-    if not os.environ.get(LOCK_DIR_ENV):
-        os.environ[LOCK_DIR_ENV] = str(lock_dir())
     folder = private_temp_dir(str(data_dir), "tmp")
     left = sum(f.lstat().st_size for f in folder.rglob("*")) if folder.is_dir() and not folder.is_symlink() else 0
     shutil.rmtree(folder, ignore_errors=True)
