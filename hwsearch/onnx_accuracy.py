@@ -42,14 +42,14 @@ def quantized_accuracy(supernet: Any, arch: ArchConfig, calibration: Any, valida
     ``calibration`` (either kind of :data:`hwsearch.data.Images`) re-estimates
     batch norm and calibrates the quantizer; see the module docstring.
     """
-    import tempfile
     from pathlib import Path
 
     from devices.hostlock import compute_unit
     from hwsearch.export import export_subnet
     from hwsearch.quantize import images_at, session
+    from hwsearch.tempdirs import owned_temp_dir
 
-    with compute_unit(), tempfile.TemporaryDirectory(prefix="hwsearch-int8-eval-") as tmp:
+    with compute_unit(), owned_temp_dir("int8-eval") as tmp:
         report = export_subnet(supernet, arch, Path(tmp) / "int8.onnx", batch=EVAL_BATCH,
                                precision="int8", calibration=calibration, bn_data=calibration,
                                quantize=quantize)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import math
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from hwsearch.quantize import (
 from hwsearch.sessions import MeasureFn, Session, measure_until_trusted, retry
 from hwsearch.space import ArchConfig, SearchSpace
 from hwsearch.store import Store
+from hwsearch.tempdirs import owned_temp_dir
 from predictors.features import ArchFeaturizer
 
 __all__ = ["ProfileReport", "finite_latencies", "profile_precisions", "profile_subnets",
@@ -278,7 +278,7 @@ def profile_precisions(
     chunks = _balanced_chunks(todo, chunk)
     run = object()  # this call's identity as the owner of exports it shares
     rows = _RunRows(store, keys, precisions, space.network_id)
-    with (tempfile.TemporaryDirectory(dir=workdir) as tmp, SHARED_EXPORTS.owned_by(run),
+    with (owned_temp_dir("exports", workdir) as tmp, SHARED_EXPORTS.owned_by(run),
           exporters(supernet, len(todo), workers=export_workers, on_wait=waiting) as exporting):
         export = functools.partial(export_chunk, supernet, Path(tmp), model_batch, input_dtype,
                                    waiting, run, Derivation(tuple(precisions), calibration, quantize),

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -180,6 +179,7 @@ def _quantize_and_verify(fp32_path: Path, out: Path, images: np.ndarray,
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from hwsearch.export import ExportCheckError, write_atomically
+    from hwsearch.tempdirs import owned_temp_dir
 
     batch = model_input_shape(fp32_path)[0]
     if len(images) < batch:
@@ -189,7 +189,7 @@ def _quantize_and_verify(fp32_path: Path, out: Path, images: np.ndarray,
               "percentile": CalibrationMethod.Percentile}[settings.method]
     start = time.perf_counter()
     # onnxruntime's histogram calibrators print progress; stdout may carry a command's JSON.
-    with tempfile.TemporaryDirectory(prefix="hwsearch-quantize-") as tmp, \
+    with owned_temp_dir("quantize") as tmp, \
             contextlib.redirect_stdout(sys.stderr):
         staged, prepared = Path(tmp) / "int8.onnx", Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))

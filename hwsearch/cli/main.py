@@ -66,7 +66,17 @@ def _global_options(
         "--debug", envvar="HWSEARCH_DEBUG",
         help="On an error, show the full traceback instead of one line.")] = False,
 ) -> None:
-    """Options of every command; ``debug`` is read by :class:`_ReportingGroup`."""
+    """Options of every command; ``debug`` is read by :class:`_ReportingGroup`.
+
+    Every command also clears the temp folders of hwsearch runs that died
+    without removing them (:mod:`hwsearch.tempdirs`), so a killed run costs
+    disk space only until the next command.
+    """
+    from hwsearch.tempdirs import remove_dead_owners_folders
+
+    freed = remove_dead_owners_folders()
+    if freed:
+        typer.echo(f"hwsearch: removed {freed / 1e6:.1f} MB of temp files that killed runs left behind", err=True)
 
 
 def _register_commands() -> None:

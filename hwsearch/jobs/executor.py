@@ -14,7 +14,6 @@ the service queues its jobs on Ray through
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +37,7 @@ from hwsearch.jobs.stages import (
     summarize,
 )
 from hwsearch.store import Store
+from hwsearch.tempdirs import owned_temp_dir
 
 __all__ = ["execute", "run_job", "run_job_watched", "run_profile", "submit_job"]
 
@@ -58,7 +58,7 @@ def run_profile(spec: ProfileSpec, *, store: Store, job_id: str,
     device = job_device(spec.device, agents or {})
     profiler, key = _profiler_at(device, spec, net)
     control.step("export", 0.1, arch.key())
-    with tempfile.TemporaryDirectory(prefix="hwsearch-profile-") as tmp:
+    with owned_temp_dir("profile") as tmp:
         report = export_subnet(net, arch, Path(tmp) / f"{arch.digest()}.onnx",
                                batch=device.profile.batch, input_dtype=device.profile.input_dtype)
         control.step("measure", 0.3, f"{device.name} at {spec.precision}")

@@ -1,0 +1,101 @@
+"""Temp folders that any later hwsearch process can clear once their owner is dead.
+
+A job exports its subnets into a temp folder (about 14 MB per MobileNetV3
+subnet) and removes it when done.  A process killed mid-export (``kill -9``,
+an out-of-memory kill, a Ray worker ended with its task) never does, and
+``/tmp`` fills with folders nobody can attribute: seven such folders of 69 MB
+each had piled up on our CI machine in one day.
+
+Each folder made here holds an owner file that its creator keeps flocked for
+the folder's life.  The kernel drops a flock when its holder dies, however it
+dies, so a later process can tell a dead owner's folder (the flock can be
+taken) from a live one's (it cannot), without trusting pids that the system
+reuses.  :func:`remove_dead_owners_folders` is called by every ``hwsearch``
+command as it starts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+PREFIX = "hwsearch-"
+OWNER_FILE = ".hwsearch-owner"
+
+
+@contextmanager
+def owned_temp_dir(purpose: str, parent: str | Path | None = None) -> Iterator[Path]:
+    """A fresh folder ``hwsearch-<purpose>-XXXXXXXX`` in ``parent`` (default: the temp dir), removed on exit.
+
+    If this process dies first, a later run removes it (when it is in the temp dir).
+
+    The owner file is flocked under a private name first and only then renamed
+    to :data:`OWNER_FILE` (a flock follows the file), so no other process ever
+    sees an owner file that is not yet locked and mistakes it for a dead one's.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{purpose}-", dir=parent))
+    staged = folder / f"{OWNER_FILE}.{os.getpid()}"
+    owner = os.open(staged, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(owner, fcntl.LOCK_EX)
+        os.rename(staged, folder / OWNER_FILE)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(owner)
+
+
+def remove_dead_owners_folders(parent: Path | None = None) -> int:
+    """Remove this user's folders of :func:`owned_temp_dir` whose owner has died; return the bytes freed.
+
+    Only real folders (not links) named ``hwsearch-*`` that this user owns and
+    that hold an :data:`OWNER_FILE` are candidates, so other users' files and
+    hwsearch's other temp folders (the service's, Ray's) are never touched.
+    """
+    root = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    freed = 0
+    try:
+        candidates = [entry for entry in root.iterdir() if entry.name.startswith(PREFIX)]
+    except OSError:  # an unreadable temp dir holds nothing we could clear
+        return 0
+    for folder in candidates:
+        if _owned_by_the_dead(folder):
+            freed += _size(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    return freed
+
+
+def _owned_by_the_dead(folder: Path) -> bool:
+    """Whether ``folder`` is this user's owned temp folder and its owner file's flock is free."""
+    try:
+        info = os.lstat(folder)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            return False
+        owner = os.open(folder / OWNER_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:  # gone, not a folder of ours, or no owner file (not ours, or its creator died before it)
+        return False
+    try:
+        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: the owner is alive
+        return False
+    finally:
+        os.close(owner)
+    return True
+
+
+def _size(folder: Path) -> int:
+    """Bytes under ``folder``, counted without following links."""
+    total = 0
+    for directory, _, files in os.walk(folder):  # os.walk never descends into a linked folder
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_size
+            except OSError:
+                continue
+    return total

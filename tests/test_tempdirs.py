@@ -1,0 +1,112 @@
+"""Temp folders of runs that died are cleared by the next hwsearch command, and only those."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hwsearch.tempdirs import OWNER_FILE, owned_temp_dir, remove_dead_owners_folders
+
+REPO = Path(__file__).resolve().parents[1]
+# A run that makes an owned temp folder, writes 1 MB into it, says where, and waits to be killed.
+_RUN = ("import sys, time\n"
+        "from hwsearch.tempdirs import owned_temp_dir\n"
+        "with owned_temp_dir('exports') as folder:\n"
+        "    (folder / 'subnet.onnx').write_bytes(b'x' * 1_000_000)\n"
+        "    print(folder, flush=True)\n"
+        "    time.sleep(600)\n")
+
+
+def _start_run(temp: Path) -> tuple[subprocess.Popen[str], Path]:
+    env = {**os.environ, "TMPDIR": str(temp), "PYTHONPATH": str(REPO)}
+    run = subprocess.Popen([sys.executable, "-c", _RUN], stdout=subprocess.PIPE, text=True, env=env)
+    assert run.stdout is not None
+    return run, Path(run.stdout.readline().strip())
+
+
+def test_only_folders_whose_owner_died_are_removed(tmp_path: Path) -> None:
+    killed, dead_folder = _start_run(tmp_path)
+    alive, live_folder = _start_run(tmp_path)
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        assert (dead_folder / "subnet.onnx").exists(), "a killed run cannot clear its folder"
+        unowned = tmp_path / "hwsearch-tmp-service"  # a service's own folder: no owner file
+        unowned.mkdir()
+        (unowned / "keep.onnx").write_bytes(b"x")
+        elsewhere = tmp_path / "elsewhere"  # a dead owner's folder, reached only through a link
+        elsewhere.mkdir()
+        (elsewhere / OWNER_FILE).touch()
+        (tmp_path / "hwsearch-link").symlink_to(elsewhere)
+
+        freed = remove_dead_owners_folders(tmp_path)
+
+        assert not dead_folder.exists()
+        assert 1_000_000 <= freed < 1_100_000
+        assert (live_folder / "subnet.onnx").exists(), "a live run's folder was removed under it"
+        assert (unowned / "keep.onnx").exists() and (elsewhere / OWNER_FILE).exists()
+        assert remove_dead_owners_folders(tmp_path) == 0
+    finally:
+        alive.kill()
+        alive.wait(timeout=30)
+    assert remove_dead_owners_folders(tmp_path) >= 1_000_000 and not live_folder.exists()
+
+
+def test_a_folder_is_removed_when_its_owner_finishes_and_never_looks_dead_while_it_lives(tmp_path: Path) -> None:
+    with owned_temp_dir("exports", tmp_path) as folder:
+        assert folder.parent == tmp_path and folder.name.startswith("hwsearch-exports-")
+        assert sorted(p.name for p in folder.iterdir()) == [OWNER_FILE]
+        assert remove_dead_owners_folders(tmp_path) == 0 and folder.exists()
+    assert not folder.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing a folder to another user needs root")
+def test_another_users_folder_is_left_alone(tmp_path: Path) -> None:
+    foreign = tmp_path / "hwsearch-exports-theirs"
+    foreign.mkdir()
+    (foreign / OWNER_FILE).touch()
+    os.chown(foreign, 65534, 65534)
+    assert remove_dead_owners_folders(tmp_path) == 0 and foreign.exists()
+
+
+def test_the_next_command_clears_what_a_killed_search_exported(tmp_path: Path) -> None:
+    """A real ``hwsearch search`` (with its Ray) killed mid-export, then any other command on that temp dir."""
+    import shutil
+    import tempfile
+
+    from tests._jobs import random_dataset
+
+    temp = Path(tempfile.mkdtemp(prefix="hws-"))  # short: Ray's socket paths live below it
+    env = {**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"}
+    search = subprocess.Popen(
+        [sys.executable, "-m", "hwsearch.cli.main", "search", "--supernet", "demo_mbv3_mnist",
+         "--checkpoint", str(REPO / "hwsearch/demo/demo_mbv3_mnist.pt"),
+         "--data", str(random_dataset(tmp_path / "val.npz")),
+         "--device", str(REPO / "examples/devices/local-1thread.yaml"), "--n-profile", "6", "--budget", "1",
+         "--out", str(tmp_path / "out")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(temp.glob("hwsearch-exports-*/**/*.onnx")):
+            assert search.poll() is None, search.communicate()[1]
+            assert time.monotonic() < deadline, "the search exported nothing in its temp dir"
+            time.sleep(0.1)
+        os.killpg(search.pid, signal.SIGKILL)  # the run and its Ray, as a crash or an OOM kill ends them
+        search.wait(timeout=30)
+        left = list(temp.glob("hwsearch-exports-*"))
+        assert left, "a killed search leaves its exports behind"
+        listed = subprocess.run([sys.executable, "-m", "hwsearch.cli.main", "supernets", "list"],
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert listed.returncode == 0, listed.stderr
+        assert "MB of temp files that killed runs left behind" in listed.stderr
+        assert not any(folder.exists() for folder in left)
+    finally:
+        if search.poll() is None:
+            os.killpg(search.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
