@@ -66,7 +66,7 @@ def worker_prepared() -> WorkerStart | None:
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Join ``address`` or start a local Ray, once per process; an existing session is kept.
+    """Join ``address`` or start a local Ray of this process's own, once per process; an existing session is kept.
 
     The session's workers run :func:`prepare_worker` when they start (see the
     module docstring); a session someone else started keeps its own settings.
@@ -97,7 +97,9 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+        # "local": without it, ray.init() joins the cluster a `ray start` on this host (or another
+        # program's Ray) recorded in <tmp>/ray/ray_current_cluster, and refuses num_cpus there.
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                  log_to_driver=False, runtime_env=runtime_env)
 
 

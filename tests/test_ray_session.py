@@ -37,3 +37,55 @@ def test_ray_started_from_a_finished_thread_keeps_running() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report == {"dead": [], "answer": 42}
+
+
+JOIN_SCRIPT = """
+import json
+import ray
+from hwsearch.ray_session import init_ray
+
+init_ray(num_cpus=1)
+print(json.dumps({"gcs": ray.get_runtime_context().gcs_address,
+                  "answer": ray.get(ray.remote(lambda: 6 * 7).remote(), timeout=60)}))
+ray.shutdown()
+"""
+
+
+def test_a_local_run_starts_its_own_ray_beside_a_cluster_someone_started_on_the_host() -> None:
+    """``ray start`` records its cluster where a plain ``ray.init()`` looks first, and joins it.
+
+    A job without ``--ray-address`` must start a Ray of its own instead: joining
+    would put its tasks on someone else's cluster, and Ray refuses ``num_cpus``
+    when it joins.  Both live under a temp dir of the test's own (``TMPDIR``), so
+    no other process on the host sees the recorded cluster.
+    """
+    import shutil
+    import signal
+    import tempfile
+    import time
+    from pathlib import Path
+
+    temp = Path(tempfile.mkdtemp(prefix="hws-"))  # short: Ray's socket paths live below it
+    env = {**os.environ, "TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                             "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        recorded = temp / "ray" / "ray_current_cluster"
+        deadline = time.monotonic() + 120
+        while not recorded.exists():
+            assert head.poll() is None, head.communicate()[1]
+            assert time.monotonic() < deadline, "ray start never recorded its cluster"
+            time.sleep(0.2)
+        result = subprocess.run([sys.executable, "-c", JOIN_SCRIPT], capture_output=True, text=True,
+                                timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        started = json.loads(result.stdout.strip().splitlines()[-1])
+        assert started["answer"] == 42
+        assert started["gcs"] != recorded.read_text().strip(), "the run joined the recorded cluster"
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
