@@ -211,31 +211,29 @@ class HostLock:
         return _safe_directory(self.directory / _QUEUE_DIR, must_own=must_own)
 
     def _enqueue(self, queue: Path, mode: Mode) -> tuple[int, Path, int]:
-        """Take the next ticket; its file appears in the queue already flocked, so it is never taken for stale."""
-        seq = self._next_seq(queue)
-        temp = queue / f".{uuid.uuid4().hex}.tmp"
-        fd = os.open(temp, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _FILE_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            return fd, _rename(temp, queue / _ticket_name(seq, mode, "waiting")), seq
-        except BaseException:
-            os.close(fd)
-            _unlink_quietly(temp)
-            raise
+        """Take the next ticket and publish it, both under the counter's flock.
 
-    def _next_seq(self, queue: Path) -> int:
-        """The next ticket number from a counter file guarded by its own flock."""
-        fd = os.open(self.directory / _COUNTER_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
+        A joiner that took its number later therefore always sees this ticket,
+        so its first report counts everyone ahead (taking the number and
+        publishing the file apart once let two joiners both report "1 session
+        ahead" on a loaded host).  The file appears already flocked, so it is
+        never taken for stale.
+        """
+        counter = os.open(self.directory / _COUNTER_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            raw = os.pread(fd, 32, 0).strip()
-            last = int(raw) if raw.isdigit() else max((t.seq for t in _live_tickets(queue)), default=0)
-            encoded = str(last + 1).encode()
-            os.pwrite(fd, encoded, 0)
-            os.ftruncate(fd, len(encoded))
-            return last + 1
+            fcntl.flock(counter, fcntl.LOCK_EX)
+            seq = _next_seq(counter, queue)
+            temp = queue / f".{uuid.uuid4().hex}.tmp"
+            fd = os.open(temp, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _FILE_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                return fd, _rename(temp, queue / _ticket_name(seq, mode, "waiting")), seq
+            except BaseException:
+                os.close(fd)
+                _unlink_quietly(temp)
+                raise
         finally:
-            os.close(fd)
+            os.close(counter)  # releases the counter's flock
 
     def _wait_for_turn(self, queue: Path, host_fd: int, mode: Mode, seq: int, on_wait: WaitFn | None) -> float:
         """Poll until no ticket has precedence and the host flock is ours; return seconds waited."""
@@ -291,6 +289,16 @@ def _waiting_event(mode: Mode, ahead: dict[str, int], waited_s: float) -> dict[s
         message = f"compute waiting for local host: {sessions} running or queued"
     return {"event": "waiting", "mode": mode, "sessions_ahead": ahead["sessions"],
             "compute_running": ahead["compute"], "waited_s": round(waited_s, 3), "message": message}
+
+
+def _next_seq(counter: int, queue: Path) -> int:
+    """The next ticket number, from the counter file whose flock the caller holds."""
+    raw = os.pread(counter, 32, 0).strip()
+    last = int(raw) if raw.isdigit() else max((t.seq for t in _live_tickets(queue)), default=0)
+    encoded = str(last + 1).encode()
+    os.pwrite(counter, encoded, 0)
+    os.ftruncate(counter, len(encoded))
+    return last + 1
 
 
 def _live_tickets(queue: Path) -> list[_Ticket]:
