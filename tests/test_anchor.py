@@ -19,6 +19,10 @@ from devices.measure import Measurement
 from hwsearch.anchor import MIN_SESSIONS, RECENT_SESSIONS, Z95, Anchor, History, history
 from tests._jobs import SUPERNET, fast_device, remember_a_faster_session
 
+# Its integration tests shift one session of three by a known factor and assert that no other
+# session shifted: a test on the other worker could shift one for real.
+pytestmark = pytest.mark.quiet_host
+
 
 def measured(ratio: float, reference_ms: float | None = None) -> Measurement:
     """A measurement row as a session returns it, at ``ratio`` (its session's reference at ``reference_ms``)."""

@@ -26,7 +26,8 @@ QUICK = {"warmup": {"runs": 3, "seconds": 0.2},
          "protocol": {"min_rounds": 9, "max_rounds": 60, "max_seconds": 3, "ci_target": 0.5}}
 
 
-pytestmark = pytest.mark.usefixtures("calibration_dir")  # tests/conftest.py
+# calibration_dir: tests/conftest.py; quiet_host: these sessions must have the host to themselves
+pytestmark = [pytest.mark.usefixtures("calibration_dir"), pytest.mark.quiet_host]
 
 
 @pytest.fixture(scope="module")
