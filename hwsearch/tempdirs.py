@@ -3,8 +3,8 @@
 A job exports its subnets into a temp folder (about 14 MB per MobileNetV3
 subnet) and removes it when done.  A process killed mid-export (``kill -9``,
 an out-of-memory kill, a Ray worker ended with its task) never does, and
-``/tmp`` fills with folders nobody can attribute: seven such folders of 69 MB
-each had piled up on our CI machine in one day.
+``/tmp`` fills with folders nobody can attribute: at least six such folders of
+69 MB each had piled up on our CI machine in one day.
 
 Each folder made here holds an owner file that its creator keeps flocked for
 the folder's life.  The kernel drops a flock when its holder dies, however it
@@ -66,7 +66,7 @@ def remove_dead_owners_folders(parent: Path | None = None) -> int:
         return 0
     for folder in candidates:
         if _owned_by_the_dead(folder):
-            freed += _size(folder)
+            freed += folder_bytes(folder)
             shutil.rmtree(folder, ignore_errors=True)
     return freed
 
@@ -89,8 +89,13 @@ def _owned_by_the_dead(folder: Path) -> bool:
     return True
 
 
-def _size(folder: Path) -> int:
-    """Bytes under ``folder``, counted without following links."""
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder``, counted without following links (0 if it is a link or missing)."""
+    try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return 0
+    except OSError:
+        return 0
     total = 0
     for directory, _, files in os.walk(folder):  # os.walk never descends into a linked folder
         for name in files:

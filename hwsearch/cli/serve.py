@@ -138,9 +138,10 @@ def _own_temp_files(data_dir: Path) -> Path:
     :func:`_prepare_ray` (whose leftover workers might still be writing).
     """
     from hwsearch.ray_session import private_temp_dir
+    from hwsearch.tempdirs import folder_bytes
 
     folder = private_temp_dir(str(data_dir), "tmp")
-    left = sum(f.lstat().st_size for f in folder.rglob("*")) if folder.is_dir() and not folder.is_symlink() else 0
+    left = folder_bytes(folder)
     shutil.rmtree(folder, ignore_errors=True)
     try:
         folder.mkdir(mode=0o700)
