@@ -132,6 +132,18 @@ def calibration_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.fixture()
+def short_temp_dir() -> Iterator[Path]:
+    """A private ``TMPDIR`` for a test's subprocesses, short because Ray's socket paths live below it.
+
+    Unix socket paths are limited to 107 bytes; pytest's ``tmp_path`` (deeper
+    still on an xdist worker) leaves too little room for Ray's session folders.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="hws-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture()
 def client(server: Any) -> Iterator[Any]:
     """An authenticated HTTP client of the test module's own ``server`` fixture (a real service)."""
     with server.client() as c:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 SCRIPT = """
 import json, threading, time
@@ -51,7 +52,7 @@ ray.shutdown()
 """
 
 
-def test_a_local_run_starts_its_own_ray_beside_a_cluster_someone_started_on_the_host() -> None:
+def test_a_local_run_starts_its_own_ray_beside_a_cluster_someone_started_on_the_host(short_temp_dir: Path) -> None:
     """``ray start`` records its cluster where a plain ``ray.init()`` looks first, and joins it.
 
     A job without ``--ray-address`` must start a Ray of its own instead: joining
@@ -59,13 +60,10 @@ def test_a_local_run_starts_its_own_ray_beside_a_cluster_someone_started_on_the_
     when it joins.  Both live under a temp dir of the test's own (``TMPDIR``), so
     no other process on the host sees the recorded cluster.
     """
-    import shutil
     import signal
-    import tempfile
     import time
-    from pathlib import Path
 
-    temp = Path(tempfile.mkdtemp(prefix="hws-"))  # short: Ray's socket paths live below it
+    temp = short_temp_dir
     env = {**os.environ, "TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
@@ -88,4 +86,3 @@ def test_a_local_run_starts_its_own_ray_beside_a_cluster_someone_started_on_the_
     finally:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=30)
-        shutil.rmtree(temp, ignore_errors=True)

@@ -334,11 +334,9 @@ def still_running(pids: set[int]) -> set[int]:
 
 
 @pytest.mark.slow
-def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path) -> None:
+def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path, short_temp_dir: Path) -> None:
     import os
-    import shutil
     import signal
-    import tempfile
 
     from devices.hostlock import DEFAULT_LOCK_DIR
     from hwsearch.ray_session import private_temp_dir
@@ -349,7 +347,7 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path)
     data_dir = str(Path(f"{store}.data"))
     # A temp dir of the test's own, short (Ray's socket paths live below it), and the host lock at
     # its default place: the service must keep sharing that lock with the host after it moves TMPDIR.
-    host_tmp = Path(tempfile.mkdtemp(prefix="hws-"))
+    host_tmp = short_temp_dir
     env = {"TMPDIR": str(host_tmp), "DEVICES_LOCK_DIR": ""}
     host_queue = DEFAULT_LOCK_DIR / "queue"
     queue_touched = host_queue.stat().st_mtime_ns if host_queue.is_dir() else None
@@ -403,7 +401,6 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path)
         assert not temp_files.exists(), "a service that stops removes its temp folder"
     finally:
         first.kill()
-        shutil.rmtree(host_tmp, ignore_errors=True)
 
 
 def test_registrations_from_an_earlier_version_are_checked_again_at_start(tmp_path: Path) -> None:

@@ -75,14 +75,12 @@ def test_another_users_folder_is_left_alone(tmp_path: Path) -> None:
     assert remove_dead_owners_folders(tmp_path) == 0 and foreign.exists()
 
 
-def test_the_next_command_clears_what_a_killed_search_exported(tmp_path: Path) -> None:
+def test_the_next_command_clears_what_a_killed_search_exported(tmp_path: Path, short_temp_dir: Path) -> None:
     """A real ``hwsearch search`` (with its Ray) killed mid-export, then any other command on that temp dir."""
-    import shutil
-    import tempfile
 
     from tests._jobs import random_dataset
 
-    temp = Path(tempfile.mkdtemp(prefix="hws-"))  # short: Ray's socket paths live below it
+    temp = short_temp_dir
     env = {**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"}
     search = subprocess.Popen(
         [sys.executable, "-m", "hwsearch.cli.main", "search", "--supernet", "demo_mbv3_mnist",
@@ -109,4 +107,3 @@ def test_the_next_command_clears_what_a_killed_search_exported(tmp_path: Path) -
     finally:
         if search.poll() is None:
             os.killpg(search.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
