@@ -36,8 +36,6 @@ report gives the file sizes, top-1 agreement and the largest logit difference.
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -124,25 +122,6 @@ class QuantizationReport:
         return asdict(self) | {"path": str(self.path)}
 
 
-def _reader(images: np.ndarray, batch: int) -> Any:
-    """onnxruntime's ``CalibrationDataReader`` over ``images``, ``batch`` images per call.
-
-    The exported graphs have a static batch, so images are fed in exactly
-    that batch size and a remainder that does not fill a batch is left out.
-    """
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = _full_batches(images, batch)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            chunk = next(self.batches, None)
-            return None if chunk is None else {INPUT_NAME: chunk}
-
-    return Reader()
-
-
 def quantize_onnx(fp32_path: str | Path, out: str | Path, images: np.ndarray,
                   settings: QuantizeSettings = QuantizeSettings()) -> QuantizationReport:
     """Quantize the FP32 model at ``fp32_path`` into ``out`` (QDQ, INT8), verified; see the module.
@@ -170,37 +149,22 @@ def _calibration_images(images: np.ndarray, settings: QuantizeSettings) -> np.nd
 def _quantize_and_verify(fp32_path: Path, out: Path, images: np.ndarray,
                          settings: QuantizeSettings) -> QuantizationReport:
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from hwsearch.export import ExportCheckError, write_atomically
-    from hwsearch.tempdirs import owned_temp_dir
+    from hwsearch.quantize_worker import quantize_in_child
 
     batch = model_input_shape(fp32_path)[0]
     if len(images) < batch:
         raise PrecisionError(f"calibration needs at least one batch of {batch} images, "
                              f"got {len(images)}")
-    method = {"minmax": CalibrationMethod.MinMax,
-              "percentile": CalibrationMethod.Percentile}[settings.method]
+    fp32 = fp32_path.read_bytes()
     start = time.perf_counter()
-    # onnxruntime's histogram calibrators print progress; stdout may carry a command's JSON.
-    with owned_temp_dir("quantize") as tmp, \
-            contextlib.redirect_stdout(sys.stderr):
-        staged, prepared = Path(tmp) / "int8.onnx", Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))
-        quantize_static(str(prepared), str(staged), _reader(images, batch),
-                        quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=method,
-                        extra_options={"CalibTensorRangeSymmetric": False})
-        model = onnx.load(str(staged))
+    # In a child process: onnxruntime's temp files then live in a folder hwsearch can clear.
+    model = onnx.load_from_string(quantize_in_child(fp32, images, batch,
+                                                    input_name=INPUT_NAME, method=settings.method,
+                                                    per_channel=settings.per_channel))
     seconds = time.perf_counter() - start
-    props = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+    props = {p.key: p.value for p in onnx.load_from_string(fp32).metadata_props}
     props |= {"precision": "int8", "calibration_method": settings.method,
               "calibration_images": str(len(images))}
     onnx.helper.set_model_props(model, props)
@@ -209,9 +173,9 @@ def _quantize_and_verify(fp32_path: Path, out: Path, images: np.ndarray,
     except onnx.checker.ValidationError as exc:
         raise ExportCheckError(f"onnx.checker rejected the quantized model: {exc}") from exc
     data = model.SerializeToString()
-    agreement, diff = _agreement(fp32_path.read_bytes(), data, images, batch)
+    agreement, diff = _agreement(fp32, data, images, batch)
     write_atomically(out, data)
-    return QuantizationReport(path=out, bytes=len(data), fp32_bytes=fp32_path.stat().st_size,
+    return QuantizationReport(path=out, bytes=len(data), fp32_bytes=len(fp32),
                               seconds=seconds, method=settings.method, n_images=len(images),
                               top1_agreement=agreement, max_logit_diff=diff)
 

@@ -8,8 +8,11 @@ model here is run by onnxruntime, the FP32 one beside the INT8 one.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +140,40 @@ def test_export_subnet_refuses_what_it_cannot_quantize(demo: dict[str, Any], tmp
         export_subnet(demo["net"], demo["arch"], tmp_path / "c.onnx", precision="int8",
                       input_dtype="float16", calibration=demo["split"].calibration)
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def _quantizer_children() -> list[int]:
+    """Pids of this process's quantizer children (see :mod:`hwsearch.quantize_worker`)."""
+    found = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", "hwsearch.quantize_worker"],
+                           capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_the_quantizer_child_reports_onnxruntimes_errors_and_is_started_again_after_it_dies(
+        demo: dict[str, Any], tmp_path: Path) -> None:
+    """One child serves every quantization; a model onnxruntime rejects is an error, a dead child is replaced."""
+    from hwsearch.export import export_subnet
+    from hwsearch.quantize import QuantizeSettings
+    from hwsearch.quantize_worker import QuantizerError, quantize_in_child
+
+    def quantize(name: str) -> float:
+        report = export_subnet(demo["net"], demo["arch"], tmp_path / name, precision="int8",
+                               calibration=demo["split"].calibration, quantize=QuantizeSettings(n_images=32))
+        return report.quantization["top1_agreement"]
+
+    assert quantize("first.onnx") >= 0.9
+    first = _quantizer_children()
+    assert len(first) == 1, first
+    with pytest.raises(QuantizerError, match="^onnxruntime could not quantize the model: .+"):
+        quantize_in_child(b"not an onnx model", np.zeros((2, 3, 8, 8), np.float32), 1,
+                          input_name="input", method="minmax", per_channel=True)
+    assert quantize("same_child.onnx") >= 0.9 and _quantizer_children() == first
+
+    os.kill(first[0], signal.SIGKILL)  # as an out-of-memory kill would, between two calls
+    deadline = time.monotonic() + 30
+    while first[0] in _quantizer_children():
+        assert time.monotonic() < deadline, "SIGKILL did not end the quantizer"
+        time.sleep(0.01)
+    assert quantize("new_child.onnx") >= 0.9
+    second = _quantizer_children()
+    assert len(second) == 1 and second != first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -107,3 +108,84 @@ def test_the_next_command_clears_what_a_killed_search_exported(tmp_path: Path, s
     finally:
         if search.poll() is None:
             os.killpg(search.pid, signal.SIGKILL)
+
+
+# A run that exports a demo subnet and quantizes it to INT8 over and over until it is killed.
+_QUANTIZING_RUN = ("import sys\n"
+                   "from pathlib import Path\n"
+                   "import numpy as np\n"
+                   "from hwsearch.demo import DEMO_CHECKPOINT, DEMO_SUPERNET\n"
+                   "from hwsearch.export import export_onnx\n"
+                   "from hwsearch.quantize import QuantizeSettings, quantize_onnx\n"
+                   "from hwsearch.supernets import create_supernet\n"
+                   "out = Path(sys.argv[1])\n"
+                   "net = create_supernet(DEMO_SUPERNET, checkpoint=DEMO_CHECKPOINT)\n"
+                   "size = max(net.space.resolutions)\n"
+                   "subnet = net.extract(net.space.sample(np.random.default_rng(0), 1)[0])\n"
+                   "export_onnx(subnet, out / 'fp32.onnx', input_shape=(1, 3, size, size))\n"
+                   "images = np.random.default_rng(0).random((256, 3, size, size), dtype=np.float32)\n"
+                   "while True:\n"
+                   "    quantize_onnx(out / 'fp32.onnx', out / 'int8.onnx', images,\n"
+                   "                  QuantizeSettings(method='percentile', n_images=256))\n"
+                   "    print('quantized', flush=True)\n")
+
+
+def _quantizing_run(temp: Path, out: Path) -> tuple[subprocess.Popen[str], list[Path]]:
+    """Start :data:`_QUANTIZING_RUN` with ``TMPDIR=temp``; return it once onnxruntime is staging files.
+
+    Also returns the staging folders seen (onnxruntime's ``ort.quant.*`` and
+    ``pre.quant.*``), which must all lie inside hwsearch's quantizer folder.
+    """
+    env = {**os.environ, "TMPDIR": str(temp), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([sys.executable, "-c", _QUANTIZING_RUN, str(out)], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+    assert run.stdout is not None
+    assert run.stdout.readline() == "quantized\n", "the run never finished a first quantization"
+    deadline = time.monotonic() + 120
+    while not (staging := [*temp.glob("**/ort.quant.*"), *temp.glob("**/pre.quant.*")]):
+        assert time.monotonic() < deadline, "onnxruntime staged no files while quantizing"
+        time.sleep(0.01)
+    return run, staging
+
+
+def _quantizer_files(temp: Path) -> list[Path]:
+    """hwsearch's and onnxruntime's staging folders in ``temp`` (not the ``.ses`` id onnxruntime's import writes)."""
+    return sorted({*temp.glob("hwsearch-*"), *temp.glob("**/ort.quant.*"), *temp.glob("**/pre.quant.*")})
+
+
+def test_a_run_killed_mid_quantization_leaves_onnxruntimes_files_where_the_next_command_clears_them(
+        tmp_path: Path, short_temp_dir: Path) -> None:
+    """``kill -9`` of the run and its quantizer child: onnxruntime's staging folders go with the sweep."""
+    temp, out = short_temp_dir, tmp_path
+    run, staging = _quantizing_run(temp, out)
+    try:
+        assert all(path.parent.name.startswith("hwsearch-quantizer-") and path.parent.parent == temp
+                   for path in staging), staging
+        os.killpg(run.pid, signal.SIGKILL)  # the run and its child, as a crash or an OOM kill ends them
+        run.wait(timeout=30)
+        assert list(temp.glob("hwsearch-quantizer-*")), "a killed quantizer leaves its folder behind"
+
+        freed = remove_dead_owners_folders(temp)
+
+        assert freed > 0 and _quantizer_files(temp) == []
+        assert (out / "int8.onnx").is_file() and not list(out.glob("*.part*"))
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+
+
+def test_a_quantizer_whose_parent_is_killed_finishes_and_removes_its_own_folder(
+        tmp_path: Path, short_temp_dir: Path) -> None:
+    """``kill -9`` of the run alone: its child sees its stdin close and clears up without any sweep."""
+    temp = short_temp_dir
+    run, _ = _quantizing_run(temp, tmp_path)
+    try:
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+        deadline = time.monotonic() + 120
+        while left := _quantizer_files(temp):
+            assert time.monotonic() < deadline, f"the quantizer left {left}"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)

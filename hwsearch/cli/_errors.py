@@ -34,6 +34,7 @@ _KNOWN_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("devices.client", "AgentError", FAILED),
     ("hwsearch.export", "ExportCheckError", FAILED),
     ("hwsearch.quantize", "PrecisionError", BAD_INPUT),
+    ("hwsearch.quantize_worker", "QuantizerError", FAILED),
 )
 
 
