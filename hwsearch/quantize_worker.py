@@ -203,10 +203,11 @@ def _quantize(model: bytes, images: np.ndarray, header: dict[str, Any], scratch:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     source, prepared, quantized = scratch / "fp32.onnx", scratch / "prepared.onnx", scratch / "int8.onnx"
+    reader = _reader(images, int(header["batch"]), str(header["input_name"]))
     source.write_bytes(model)
     try:
         quant_pre_process(str(source), str(prepared))
-        quantize_static(str(prepared), str(quantized), _reader(images, int(header["batch"]), str(header["input_name"])),
+        quantize_static(str(prepared), str(quantized), reader,
                         quant_format=QuantFormat.QDQ, per_channel=bool(header["per_channel"]),
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method={"minmax": CalibrationMethod.MinMax,
