@@ -177,3 +177,49 @@ def test_the_quantizer_child_reports_onnxruntimes_errors_and_is_started_again_af
     assert quantize("new_child.onnx") >= 0.9
     second = _quantizer_children()
     assert len(second) == 1 and second != first
+
+
+def test_a_forked_process_starts_its_own_quantizer_even_when_forked_mid_call(
+        demo: dict[str, Any], tmp_path: Path) -> None:
+    """A fork copies the parent's quantizer handle and lock (held, if a thread was quantizing); it must use neither.
+
+    Holding the lock across ``os.fork`` stands in for another thread being
+    in the middle of a quantization at that moment, which a timed thread
+    could hit only by chance.  Without the fork hook the forked process
+    would wait for a lock no thread of its own will ever release.
+    """
+    from hwsearch.export import export_subnet
+    from hwsearch.quantize_worker import _CHILD, quantize_in_child
+
+    export_subnet(demo["net"], demo["arch"], tmp_path / "fp32.onnx")
+    model = (tmp_path / "fp32.onnx").read_bytes()
+    dims = [d.dim_value for d in onnx.load_from_string(model).graph.input[0].type.tensor_type.shape.dim]
+    images = np.random.default_rng(0).standard_normal((4, *dims[1:])).astype(np.float32)
+
+    def quantize() -> bytes:
+        return quantize_in_child(model, images, 1, input_name="input", method="minmax", per_channel=True)
+
+    in_parent = quantize()
+    parents_quantizer = _quantizer_children()
+    assert len(parents_quantizer) == 1, parents_quantizer
+    read_end, write_end = os.pipe()
+    with _CHILD._lock:
+        pid = os.fork()
+        if pid == 0:  # the forked process: report what it got, never return into pytest
+            try:
+                os.close(read_end)
+                signal.alarm(120)  # a deadlock ends the process, and the parent sees no report
+                same = quantize() == in_parent
+                os.write(write_end, json.dumps({"same": same, "quantizers": _quantizer_children()}).encode())
+            finally:
+                os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reports:
+        report = reports.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"forked process ended with status {status}"
+    assert report, "the forked process could not quantize (it hung on its parent's lock, or failed)"
+    forked = json.loads(report)
+    assert forked["same"], "the forked process's quantizer returned other bytes for the same request"
+    assert len(forked["quantizers"]) == 1 and forked["quantizers"] != parents_quantizer
+    assert quantize() == in_parent and _quantizer_children() == parents_quantizer
