@@ -253,6 +253,45 @@ def profile_precisions(
     files, every precision, join each session beside the chunk's.
     Returns a report per precision.
     """
+    precisions = _checked_precisions(keys, chunk, calibration)
+    start = time.perf_counter()
+    space = supernet.space
+    done = set.intersection(*(store.measured_keys(keys[p], space.network_id) for p in precisions))
+    todo = [a for a in archs if a.key() not in done]
+    chunks = _balanced_chunks(todo, chunk)
+    model_batch, input_dtype = _profile_input(profiler)
+    tally = _Tally(progress, done=len(archs) - len(todo), total=len(archs))
+    measure = profiler.measure_many
+    if tally.waiting is not None:
+        measure = functools.partial(profiler.measure_many, progress=tally.waiting)
+    run = object()  # this call's identity as the owner of exports it shares
+    rows = _RunRows(store, keys, precisions, space.network_id)
+    host_record = HostRecord(keys[precisions[0]], space.network_id)
+    with (owned_temp_dir("exports", workdir) as tmp, SHARED_EXPORTS.owned_by(run),
+          exporters(supernet, len(todo), workers=export_workers, on_wait=tally.waiting) as exporting):
+        export = functools.partial(export_chunk, supernet, Path(tmp), model_batch, input_dtype,
+                                   tally.waiting, run, Derivation(tuple(precisions), calibration, quantize),
+                                   exporting)
+        anchor_folder = Path(tmp) / "anchor"
+        earlier = None if anchor_tolerance is None or not chunks else _earlier_anchor(
+            space, store.get_latencies(keys[precisions[0]], space.network_id), host_record, precisions,
+            len(chunks), export, anchor_folder, anchor_tolerance)
+        own_anchor = (anchor_folder, anchor_tolerance) if anchor_tolerance is not None and len(chunks) > 1 else None
+        loop = _ChunkLoop(precisions, measure, retries, rows, earlier, own_anchor)
+        for batch, exports in exported_chunks(chunks, export, _measures_elsewhere(profiler)):
+            loop.measure_chunk(batch, exports)
+            tally.add(len(batch))
+        loop.drop_unjudged()
+    if loop.anchor is not None:
+        rows.label(loop.anchor, precisions[0])
+        host_record.remember(loop.anchor, precisions[0], loop.labels)
+    seconds = time.perf_counter() - start
+    return {p: ProfileReport(keys[p], space.network_id, len(archs), len(archs) - len(todo),
+                             tally.measured, rows.unstable(p), seconds) for p in precisions}
+
+
+def _checked_precisions(keys: Mapping[str, str], chunk: int, calibration: Any) -> list[str]:
+    """The precisions of ``keys`` in :data:`PRECISIONS` order, once the run's settings are known to be usable."""
     if not keys:
         raise PrecisionError("profile at least one precision")
     if chunk < 1:
@@ -262,62 +301,72 @@ def profile_precisions(
     precisions = [p for p in PRECISIONS if p in keys]
     if any(p != DEFAULT_PRECISION for p in precisions) and calibration is None:
         raise PrecisionError("profiling at int8 calibrates the quantizer: give calibration images")
-    start = time.perf_counter()
-    space = supernet.space
-    done = set.intersection(*(store.measured_keys(keys[p], space.network_id) for p in precisions))
-    todo = [a for a in archs if a.key() not in done]
-    model_batch, input_dtype = _profile_input(profiler)
-    report = {"done": len(archs) - len(todo), "total": len(archs)}
-    if progress:
-        progress(dict(report, stage="start"))
-    measured = 0
-    current = dict(report)  # what waiting events report, kept up to date as chunks finish
-    waiting = _relay_waiting(progress, current)
-    measure = profiler.measure_many if waiting is None else functools.partial(profiler.measure_many,
-                                                                               progress=waiting)
-    chunks = _balanced_chunks(todo, chunk)
-    run = object()  # this call's identity as the owner of exports it shares
-    rows = _RunRows(store, keys, precisions, space.network_id)
-    with (owned_temp_dir("exports", workdir) as tmp, SHARED_EXPORTS.owned_by(run),
-          exporters(supernet, len(todo), workers=export_workers, on_wait=waiting) as exporting):
-        export = functools.partial(export_chunk, supernet, Path(tmp), model_batch, input_dtype,
-                                   waiting, run, Derivation(tuple(precisions), calibration, quantize),
-                                   exporting)
-        host_record = HostRecord(keys[precisions[0]], space.network_id)
-        anchor = None if anchor_tolerance is None or not chunks else _earlier_anchor(
-            space, store.get_latencies(keys[precisions[0]], space.network_id), host_record, precisions,
-            len(chunks), export, Path(tmp) / "anchor", anchor_tolerance)
-        awaiting_verdict: list[_Measured] = []
-        labels: dict[Path, tuple[str, int]] = {}  # each subnet's first file: its key and MACs (the host keeps them)
-        for batch, exports in exported_chunks(chunks, export, _measures_elsewhere(profiler)):
-            groups = [[files[p].path for p in precisions] for files in exports]
-            labels.update({group[0]: (arch.key(), int(files[precisions[0]].report.macs))
-                           for group, arch, files in zip(groups, batch, exports)})
-            if anchor is None and anchor_tolerance is not None and len(chunks) > 1:
-                middle = _middle_by_macs(exports, ANCHOR_SUBNETS)
-                anchor = Anchor.keep([batch[i].key() for i in middle], [groups[i] for i in middle],
-                                     Path(tmp) / "anchor", anchor_tolerance,
-                                     archs=[batch[i].to_dict() for i in middle],
-                                     macs=[exports[i][precisions[0]].report.macs for i in middle],
-                                     precisions=precisions)
-            sessions = measure_until_trusted(measure, groups, retries, anchor)
-            done_chunk = _Measured(batch, exports, groups, sessions,
-                                   judged_in_time=anchor is None or anchor.judged(s.session_id for s in sessions))
-            rows.put(done_chunk, range(len(batch)))
-            awaiting_verdict = [c for c in awaiting_verdict + [done_chunk]
-                                if not _settle(c, anchor, measure, retries, rows)]
-            measured += len(batch)
-            current["done"] = report["done"] + measured
-            if progress:
-                progress(dict(current, stage="measure"))
-        for left in awaiting_verdict:  # the run ended before the anchor could judge them
+    return precisions
+
+
+class _Tally:
+    """A run's count of subnets done, sent to ``progress`` as chunks end and carried by its waiting events."""
+
+    def __init__(self, progress: ProgressFn | None, *, done: int, total: int) -> None:
+        self._progress = progress
+        self._done_before = done
+        self.measured = 0
+        self._current = {"done": done, "total": total}  # shared with the waiting relay, so its events are current
+        self.waiting = _relay_waiting(progress, self._current)
+        if progress:
+            progress(dict(self._current, stage="start"))
+
+    def add(self, measured: int) -> None:
+        self.measured += measured
+        self._current["done"] = self._done_before + self.measured
+        if self._progress:
+            self._progress(dict(self._current, stage="measure"))
+
+
+class _ChunkLoop:
+    """A run's chunks measured one after another: the anchor they share, their retries, the rows they leave.
+
+    The anchor is an earlier run's (given) or, with ``new_anchor`` (its
+    folder and tolerance), the first chunk's middle subnets by MACs.  A
+    chunk whose sessions the anchor could not judge yet waits for the
+    verdict with its files kept (:func:`_settle`).
+    """
+
+    def __init__(self, precisions: Sequence[str], measure: MeasureFn, retries: int, rows: _RunRows,
+                 anchor: Anchor | None, new_anchor: tuple[Path, float] | None) -> None:
+        self._precisions, self._measure, self._retries, self._rows = list(precisions), measure, retries, rows
+        self.anchor = anchor
+        self._new_anchor = new_anchor
+        self.labels: dict[Path, tuple[str, int]] = {}  # each subnet's first file: its key and MACs, for the host
+        self._awaiting_verdict: list[_Measured] = []
+
+    def measure_chunk(self, batch: list[ArchConfig], exports: list[dict[str, Exported]]) -> None:
+        """Measure one chunk's files (each subnet's precisions in one group), store its rows, settle what can be."""
+        first = self._precisions[0]
+        groups = [[files[p].path for p in self._precisions] for files in exports]
+        self.labels.update({group[0]: (arch.key(), int(files[first].report.macs))
+                            for group, arch, files in zip(groups, batch, exports)})
+        if self.anchor is None and self._new_anchor is not None:
+            self.anchor = self._anchor_of(batch, exports, groups, *self._new_anchor)
+        sessions = measure_until_trusted(self._measure, groups, self._retries, self.anchor)
+        chunk = _Measured(batch, exports, groups, sessions,
+                          judged_in_time=self.anchor is None or self.anchor.judged(s.session_id for s in sessions))
+        self._rows.put(chunk, range(len(batch)))
+        self._awaiting_verdict = [c for c in self._awaiting_verdict + [chunk]
+                                  if not _settle(c, self.anchor, self._measure, self._retries, self._rows)]
+
+    def drop_unjudged(self) -> None:
+        """Delete the files of chunks the run ended before the anchor could judge (their rows stay as measured)."""
+        for left in self._awaiting_verdict:
             left.delete_files()
-    if anchor is not None:
-        rows.label(anchor, precisions[0])
-        host_record.remember(anchor, precisions[0], labels)
-    seconds = time.perf_counter() - start
-    return {p: ProfileReport(keys[p], space.network_id, len(archs), len(archs) - len(todo),
-                             measured, rows.unstable(p), seconds) for p in precisions}
+
+    def _anchor_of(self, batch: list[ArchConfig], exports: list[dict[str, Exported]], groups: list[list[Path]],
+                   folder: Path, tolerance: float) -> Anchor:
+        middle = _middle_by_macs(exports, ANCHOR_SUBNETS)
+        return Anchor.keep([batch[i].key() for i in middle], [groups[i] for i in middle], folder, tolerance,
+                           archs=[batch[i].to_dict() for i in middle],
+                           macs=[exports[i][self._precisions[0]].report.macs for i in middle],
+                           precisions=self._precisions)
 
 
 def _balanced_chunks(todo: Sequence[ArchConfig], size: int) -> list[list[ArchConfig]]:
