@@ -156,7 +156,9 @@ def _locked_session(
     """Load the models and run the protocol while holding the host.
 
     Loading is inside the hold: building sessions is heavy compute that would
-    disturb another session's timing just as much as an export.
+    disturb another session's timing just as much as an export.  With
+    ``protocol.load_twice`` the models are loaded again in reverse order,
+    so each model's two copies sit at mirrored places of the load order.
     """
     with measurement_session(on_wait=progress) as hold:
         load_before = load_average()
@@ -164,10 +166,16 @@ def _locked_session(
         runners = [make_runner(model, profile) for model in models]
         shapes = [_input_shapes(runner) for runner in runners]
         _check_batch(shapes, profile.batch)
+        copies = _loaded_again(models, profile) if profile.protocol.load_twice else None
         before = cpu_snapshot()
-        result = run_protocol(reference_runner, runners, profile, progress=progress)
+        result = run_protocol(reference_runner, runners, profile, progress=progress, copies=copies)
         foreign = foreign_cores(before, cpu_snapshot())
         return _Session(result, reference_runner.provider, shapes, load_before, load_average(), hold, foreign)
+
+
+def _loaded_again(models: list[bytes], profile: DeviceProfile) -> list[Runner]:
+    """Every model loaded a second time, the last one first (so copies mirror the first loads); in model order."""
+    return [make_runner(model, profile) for model in reversed(models)][::-1]
 
 
 def _as_reference(profile: DeviceProfile) -> DeviceProfile:

@@ -137,11 +137,20 @@ def run_protocol(
     *,
     progress: ProgressFn | None = None,
     seed: int = 0,
+    copies: list[Runner] | None = None,
 ) -> SessionResult:
-    """Measure all models interleaved with the reference; see the module docstring."""
+    """Measure all models interleaved with the reference; see the module docstring.
+
+    ``copies``, when given, are the same models loaded a second time (in
+    the same order as ``models``): odd rounds run the copies, even rounds
+    the first loads, and both count as the one model's samples, so a
+    model's place in the load order (``protocol.load_twice``) averages out.
+    """
+    if copies is not None and len(copies) != len(models):
+        raise ValueError(f"{len(copies)} copies for {len(models)} models")
     settings = profile.protocol
     rng = np.random.default_rng(seed)
-    warm_up([reference, *models], profile)
+    warm_up([reference, *models, *(copies or [])], profile)
     references: list[float] = []
     samples = [ModelSamples() for _ in models]
     active = list(range(len(models)))
@@ -149,7 +158,8 @@ def run_protocol(
     rounds = 0
     hot = profile.timing == "hot"
     while active:
-        _run_round(reference, models, [int(i) for i in rng.permutation(active)], references, samples,
+        in_turn = copies if copies is not None and rounds % 2 else models
+        _run_round(reference, in_turn, [int(i) for i in rng.permutation(active)], references, samples,
                    hot=hot, round_index=rounds)
         rounds += 1
         elapsed = time.monotonic() - started

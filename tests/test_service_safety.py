@@ -217,10 +217,11 @@ def test_loose_types_and_odd_names_are_refused(client: httpx.Client) -> None:
             bad = client.post("/devices", content=b'{"profile": {"name": "x", "protocol": {"' + setting
                               + b'": ' + limit + b'}}}', headers={"content-type": "application/json"})
             assert "protocol." + setting.decode() in refused(bad, ["body", "profile"])
-    for value in (b"1", b'"yes"', b"null"):
-        bad = client.post("/devices", content=b'{"profile": {"name": "x", "protocol": {"peer_normalisation": '
-                          + value + b"}}}", headers={"content-type": "application/json"})
-        assert "protocol.peer_normalisation" in refused(bad, ["body", "profile"])
+    for switch in (b"peer_normalisation", b"load_twice"):
+        for value in (b"1", b'"yes"', b"null"):
+            bad = client.post("/devices", content=b'{"profile": {"name": "x", "protocol": {"' + switch + b'": '
+                              + value + b"}}}", headers={"content-type": "application/json"})
+            assert "protocol." + switch.decode() in refused(bad, ["body", "profile"])
     assert [d["name"] for d in client.get("/devices").json()] == ["cpu-1t"]
     for after in ("-1", "abc", str(2**63)):
         response = client.get("/jobs/none/events", params={"after": after})
