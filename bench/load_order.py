@@ -154,5 +154,6 @@ def main() -> None:
     for label, (log_ratios, positions) in results.items():
         report(label, log_ratios, positions, args.seed)
 
+
 if __name__ == "__main__":
     main()
