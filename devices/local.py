@@ -20,7 +20,7 @@ import functools
 import hashlib
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,7 @@ class _Session:
     load_after: list[float]
     hold: Hold
     foreign_cores: float | None  # other processes' CPU during the protocol (devices.cpuload)
+    loads_per_model: int  # 2 when every model was loaded again (protocol.load_twice)
 
 
 def measure_model_bytes(
@@ -170,7 +171,8 @@ def _locked_session(
         before = cpu_snapshot()
         result = run_protocol(reference_runner, runners, profile, progress=progress, copies=copies)
         foreign = foreign_cores(before, cpu_snapshot())
-        return _Session(result, reference_runner.provider, shapes, load_before, load_average(), hold, foreign)
+        loads = 1 if copies is None else 2
+        return _Session(result, reference_runner.provider, shapes, load_before, load_average(), hold, foreign, loads)
 
 
 def _loaded_again(models: list[bytes], profile: DeviceProfile) -> list[Runner]:
@@ -186,11 +188,9 @@ def _as_reference(profile: DeviceProfile) -> DeviceProfile:
     float16 device still needs the same float32 ruler.  A reference of the
     profile's own (``reference_model``) is taken to match its input dtype.
     """
-    import dataclasses
-
     if profile.reference_model is not None:
         return profile
-    return dataclasses.replace(profile, input_dtype="float32")
+    return replace(profile, input_dtype="float32")
 
 
 def _input_shapes(runner: Runner) -> dict[str, list[int]]:
@@ -258,6 +258,8 @@ def _environment(
         "rounds": result.rounds,
         "session_models": len(result.models),
         "session_seconds": round(result.seconds, 3),
+        "protocol": asdict(profile.protocol),
+        "loads_per_model": session.loads_per_model,
     }
 
 

@@ -97,12 +97,12 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
-def agent_profile(agent: Agent, **where: object) -> DeviceProfile:
+def agent_profile(agent: Agent, load_twice: bool = False, **where: object) -> DeviceProfile:
     return DeviceProfile.from_dict(
         {
             "name": "edge",
             "warmup": {"runs": 2, "seconds": 0.2},
-            "protocol": {"min_rounds": 9, "max_rounds": 30, "max_seconds": 20},
+            "protocol": {"min_rounds": 9, "max_rounds": 30, "max_seconds": 20, "load_twice": load_twice},
             "where": {"kind": "agent", "url": agent.url, "token_env": "EDGE_TOKEN", "retries": 5, **where},
         }
     )
@@ -121,11 +121,32 @@ def test_agent_measures_and_reports_device_facts(agent: Agent, model_files: list
     assert agent.health()["sessions_run"] == 1
 
 
+def test_an_agent_loads_every_model_twice_when_the_profile_asks_and_its_rows_say_so(
+    agent: Agent, model_files: list[Path], monkeypatch
+) -> None:
+    """The profile travels to the agent whole, so ``protocol.load_twice`` is honoured there too.
+
+    ``loads_per_model`` is what the agent's session did, not an echo of the
+    setting, and the setting does not change the device's identity.
+    """
+    monkeypatch.setenv("EDGE_TOKEN", TOKEN)
+    once, twice = agent_profile(agent), agent_profile(agent, load_twice=True)
+    rows = {name: open_profiler(profile).measure_many(model_files) for name, profile in
+            (("once", once), ("twice", twice))}
+    assert [row.env["loads_per_model"] for row in rows["once"]] == [1, 1]
+    assert [row.env["loads_per_model"] for row in rows["twice"]] == [2, 2]
+    assert [row.env["protocol"]["load_twice"] for row in rows["twice"]] == [True, True]
+    assert rows["twice"][0].env["protocol"]["min_rounds"] == 9
+    assert {row.device_hash for row in rows["once"] + rows["twice"]} == {once.hash()}
+    assert all(row.ratio < other.ratio for row, other in ((rows[name][0], rows[name][1]) for name in rows))
+
+
 def test_wrong_or_missing_token_is_refused(agent: Agent, model_files: list[Path]) -> None:
     assert httpx.get(f"{agent.url}/health", headers=auth("wrong"), timeout=10).status_code == 401
     assert httpx.get(f"{agent.url}/health", timeout=10).status_code == 401
     body = model_files[0].read_bytes()
-    put = httpx.put(f"{agent.url}/models/{hashlib.sha256(body).hexdigest()}", content=body, headers=auth("x"), timeout=10)
+    put = httpx.put(f"{agent.url}/models/{hashlib.sha256(body).hexdigest()}", content=body, headers=auth("x"),
+                    timeout=10)
     assert put.status_code == 401
     client = AgentClient(agent_profile(agent), token="wrong")
     with pytest.raises(AgentError, match="401"):
@@ -134,10 +155,12 @@ def test_wrong_or_missing_token_is_refused(agent: Agent, model_files: list[Path]
 
 def test_uploads_are_checked(agent: Agent) -> None:
     oversize = os.urandom(int(MAX_UPLOAD_MB * 1024 * 1024) + 1)
-    answer = httpx.put(f"{agent.url}/models/{hashlib.sha256(oversize).hexdigest()}", content=oversize, headers=auth(), timeout=60)
+    answer = httpx.put(f"{agent.url}/models/{hashlib.sha256(oversize).hexdigest()}", content=oversize,
+                       headers=auth(), timeout=60)
     assert answer.status_code == 413
     junk = b"PK\x03\x04 this is a zip file, not an ONNX model"
-    answer = httpx.put(f"{agent.url}/models/{hashlib.sha256(junk).hexdigest()}", content=junk, headers=auth(), timeout=10)
+    answer = httpx.put(f"{agent.url}/models/{hashlib.sha256(junk).hexdigest()}", content=junk, headers=auth(),
+                       timeout=10)
     assert answer.status_code == 400 and "not a valid ONNX model" in answer.json()["detail"]
     model = mobilenet_like_onnx(SMALL_BLOCKS, seed=1, input_shape=(1, 3, 64, 64))
     answer = httpx.put(f"{agent.url}/models/{'0' * 64}", content=model, headers=auth(), timeout=10)
@@ -157,7 +180,8 @@ def _measure_request(profile: DeviceProfile, model_files: list[Path], request_id
 
 def _upload_all(agent: Agent, model_files: list[Path]) -> None:
     for body in [reference_model_bytes(), *(p.read_bytes() for p in model_files)]:
-        answer = httpx.put(f"{agent.url}/models/{hashlib.sha256(body).hexdigest()}", content=body, headers=auth(), timeout=60)
+        answer = httpx.put(f"{agent.url}/models/{hashlib.sha256(body).hexdigest()}", content=body, headers=auth(),
+                           timeout=60)
         assert answer.status_code in (200, 201)
 
 
