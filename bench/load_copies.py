@@ -190,6 +190,8 @@ def main() -> None:
     if args.arm is not None:
         child(args)
         return
+    if not 0 <= args.rank < 24 or args.copies < 2 or args.trials < 2:
+        parser.error("--rank must be 0-23, with at least 2 copies and 2 trials")
     with tempfile.TemporaryDirectory() as folder:
         onnx = exported_file(args.precision, args.rank, Path(folder))
         tables: dict[str, list[np.ndarray]] = {arm: [] for arm in args.arms}
