@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from hwsearch.anchor import (ANCHOR_SUBNETS, DEFAULT_TOLERANCE, Anchor, HostRecord, correct_row, file_sha256,
-                             in_current_norm, judged_stable)
+from hwsearch.anchor import (ANCHOR_SUBNETS, DEFAULT_TOLERANCE, Anchor, FileLabel, HostRecord, correct_row,
+                             file_sha256, in_current_norm, judged_stable)
 from hwsearch.anchor import MIN_SESSIONS as ANCHOR_MIN_SESSIONS
 from hwsearch.anchor import history as anchor_history
 from hwsearch.chunk_exports import (SHARED_EXPORTS, Derivation, Exported, delete_exports, export_chunk,
@@ -337,15 +337,16 @@ class _ChunkLoop:
         self._precisions, self._measure, self._retries, self._rows = list(precisions), measure, retries, rows
         self.anchor = anchor
         self._new_anchor = new_anchor
-        self.labels: dict[Path, tuple[str, int]] = {}  # each subnet's first file: its key and MACs, for the host
+        self.labels: dict[Path, FileLabel] = {}  # each file's subnet key, MACs and precision, for the host
         self._awaiting_verdict: list[_Measured] = []
 
     def measure_chunk(self, batch: list[ArchConfig], exports: list[dict[str, Exported]]) -> None:
         """Measure one chunk's files (each subnet's precisions in one group), store its rows, settle what can be."""
         first = self._precisions[0]
         groups = [[files[p].path for p in self._precisions] for files in exports]
-        self.labels.update({group[0]: (arch.key(), int(files[first].report.macs))
-                            for group, arch, files in zip(groups, batch, exports)})
+        self.labels.update({path: FileLabel(arch.key(), int(files[first].report.macs), precision)
+                            for group, arch, files in zip(groups, batch, exports)
+                            for precision, path in zip(self._precisions, group)})
         if self.anchor is None and self._new_anchor is not None:
             self.anchor = self._anchor_of(batch, exports, groups, *self._new_anchor)
         sessions = measure_until_trusted(self._measure, groups, self._retries, self.anchor)

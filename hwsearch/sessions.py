@@ -103,7 +103,7 @@ def measure_session(measure: MeasureFn, groups: Sequence[Sequence[Path]],
 
     Returns the groups' results split back by group; the anchor's results
     go to the anchor (a ``retry`` is judged but not counted in its medians,
-    :meth:`Anchor.observe`), with each group's first ratio as a member of the session.
+    :meth:`Anchor.observe`), with every group's files' ratios as members of the session.
     """
     session_id = uuid.uuid4().hex
     files = [path for group in groups for path in group]
@@ -112,7 +112,8 @@ def measure_session(measure: MeasureFn, groups: Sequence[Sequence[Path]],
     sessions = [Session(session_id, [next(results) for _ in group]) for group in groups]
     if anchor is not None:
         anchor.observe(session_id, measured[len(files):], retry=retry,
-                       members={group[0]: float(s.results[0].ratio) for group, s in zip(groups, sessions)})
+                       members={path: float(result.ratio) for group, s in zip(groups, sessions)
+                                for path, result in zip(group, s.results)})
     return sessions
 
 

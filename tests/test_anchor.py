@@ -541,6 +541,12 @@ def test_a_run_at_two_precisions_corrects_its_int8_rows_by_the_int8_files_offset
         assert row["anchor_ratios_at"] == fp32[key]["anchor_ratios_at"]
     kept, _ = HostRecord(rig.key, rig.net.space.network_id).read()
     assert {s: r["anchor_ratios_at"]["int8"] for s, r in kept.items()} == by_session
+    for session_id, session in kept.items():  # each subnet it measured, at both precisions: what INT8 slopes fit on
+        assert set(session["subnets_at"]["int8"]) == set(session["subnets"])
+        for key, (ratio, macs) in session["subnets_at"]["int8"].items():
+            assert macs == session["subnets"][key][1] == int8[key]["macs"]
+            if key not in session["anchor_keys"] and int8[key]["session_id"] == session_id:
+                assert ratio == pytest.approx(int8[key].get("uncorrected_ratio", int8[key]["ratio"]))
     anchor_ratios = [row["anchor_ratios"][0] for row in int8.values()] + [r[0] for r in by_session.values()]
     if None in anchor_ratios:
         # a session left an anchor file without a ratio (too few clean rounds on a busy host): a row

@@ -129,7 +129,8 @@ def test_show_reports_the_spread_between_sessions_the_hosts_anchor_sessions_show
     [spread] = json.loads(shown.output)["between_sessions"]
     assert spread == {"network_id": "net", "precision": "fp32", "anchor_subnets": 3, "sessions": 12,
                       "undisturbed_sessions": 12, "session_spread": pytest.approx(anchor.session_spread()),
-                      "offset_slope": 0.0, "slope_pairs": 0}  # no subnet kept twice: nothing to lean by
+                      "offset_slope": 0.0, "slope_pairs": 0,  # no subnet kept twice: nothing to lean by
+                      "offset_slopes_at": {}}  # and no other precision
     assert 0.01 < spread["session_spread"] < 0.04
     text = runner.invoke(app, ["devices", "show", str(profile), "--plain-runs", "5"]).output
     assert f"network net at fp32: SD {spread['session_spread']:.1%} of one subnet's corrected ratio" in text

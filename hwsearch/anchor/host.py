@@ -6,7 +6,7 @@ import hashlib
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from devices.calibration import kept_file_names, read_kept_file, update_kept_file
 from hwsearch.anchor.run import Anchor
@@ -15,6 +15,14 @@ from hwsearch.anchor.stored import RECENT_SESSIONS, kept_rows
 
 #: Sessions a host keeps per network and device, over all its anchors (the newest).
 HOST_SESSIONS = 3 * RECENT_SESSIONS
+
+
+class FileLabel(NamedTuple):
+    """One measured file as the host keeps it: its subnet's key and MACs, and the file's precision."""
+
+    key: str
+    macs: int
+    precision: str
 
 
 class HostRecord:
@@ -26,8 +34,9 @@ class HostRecord:
     sessions.  Each session names its anchor subnets, their files'
     SHA-256 and ratios (and their other precisions' files' ratios,
     ``ratios_at``), and keeps every subnet it measured (``subnets``:
-    key to uncorrected ratio and MACs); a retry is marked, judged by the
-    norm but never part of it.  The file also keeps each anchor subnet's
+    key to uncorrected ratio and MACs, at the anchor's precision;
+    ``subnets_at``: the same per other precision); a retry is marked,
+    judged by the norm but never part of it.  The file also keeps each anchor subnet's
     arch, so a run that has never seen the subnets can export them.
     """
 
@@ -43,18 +52,18 @@ class HostRecord:
         kept = read_kept_file(self.name)
         return kept_rows(kept), kept.get("archs", {})
 
-    def remember(self, anchor: Anchor, precision: str,
-                 labels: Mapping[Path, tuple[str, int]] | None = None) -> int:
+    def remember(self, anchor: Anchor, precision: str, labels: Mapping[Path, FileLabel] | None = None) -> int:
         """Keep the anchor's sessions of this run (not earlier runs'); returns how many.
 
-        ``labels`` name the run's files (the first of each subnet's group):
-        each one's subnet key and MACs, so the session's ``subnets`` can be kept.
+        ``labels`` name the run's files: each one's subnet key, MACs and
+        precision, so the session's ``subnets`` (at ``precision``, the
+        anchor's) and ``subnets_at`` (at the others) can be kept.
         """
         new = {session_id: {"keys": list(anchor.keys), "precision": precision, "ended": observed_at,
                             "tolerance": anchor.tolerance, "retry": session_id in anchor.retries,
                             **anchor.stored_ratios(session_id),
                             "reference_ms": finite_or_none(anchor.references.get(session_id, math.nan)),
-                            "subnets": _session_subnets(anchor, session_id, labels or {})}
+                            **_session_subnets(anchor, session_id, labels or {}, precision)}
                for session_id, observed_at in anchor.observed_at.items()}
         if not new or len(anchor.archs) != len(anchor.keys) or len(anchor.shas) != len(anchor.keys):
             return 0
@@ -74,15 +83,27 @@ class HostRecord:
         return len(new)
 
 
-def _session_subnets(anchor: Anchor, session_id: str, labels: Mapping[Path, tuple[str, int]]
-                     ) -> dict[str, list[float | None]]:
-    """Each subnet the session measured whose key and MACs are known: ``{key: [ratio, macs]}``."""
-    subnets = {labels[path][0]: [finite_or_none(ratio), labels[path][1]]
-               for path, ratio in anchor.members.get(session_id, {}).items() if path in labels}
+def _session_subnets(anchor: Anchor, session_id: str, labels: Mapping[Path, FileLabel], precision: str
+                     ) -> dict[str, Any]:
+    """Each file the session measured whose subnet is known: ``subnets`` at ``precision``, ``subnets_at`` per other.
+
+    Both map a subnet's key to ``[ratio, macs]``; the anchor's own subnets
+    are among them at every precision its files were measured at.
+    """
+    subnets: dict[str, list[float | None]] = {}
+    subnets_at: dict[str, dict[str, list[float | None]]] = {}
+    for path, ratio in anchor.members.get(session_id, {}).items():
+        label = labels.get(path)
+        if label is not None:
+            kept = subnets if label.precision == precision else subnets_at.setdefault(label.precision, {})
+            kept[label.key] = [finite_or_none(ratio), label.macs]
     if len(anchor.macs) == len(anchor.keys):
         subnets.update({key: [finite_or_none(ratio), macs]
                         for key, ratio, macs in zip(anchor.keys, anchor.ratios[session_id], anchor.macs)})
-    return subnets
+        for other, ratios in anchor.ratios_at.get(session_id, {}).items():
+            subnets_at.setdefault(other, {}).update(
+                {key: [finite_or_none(ratio), macs] for key, ratio, macs in zip(anchor.keys, ratios, anchor.macs)})
+    return {"subnets": subnets, "subnets_at": subnets_at}
 
 
 def host_records(device_key: str) -> Iterator[dict[str, Any]]:

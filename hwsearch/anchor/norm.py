@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -23,7 +24,9 @@ class Norm(NamedTuple):
     ``anchor_log_macs`` the anchor subnets' mean log MACs (``None``
     unknown: rows are then corrected by the session's offset alone).
     ``medians_at`` holds the anchor's medians at its other precisions,
-    over the same undisturbed sessions, where enough of them measured there.
+    over the same undisturbed sessions, where enough of them measured there,
+    and ``slopes_at`` the slope at each of those precisions, fitted on the
+    sessions' offsets of the anchor's files there.
     """
 
     medians: np.ndarray
@@ -32,6 +35,11 @@ class Norm(NamedTuple):
     slope: ShiftSlope = ShiftSlope(0.0, 0)
     anchor_log_macs: float | None = None
     medians_at: Mapping[str, np.ndarray] = {}
+    slopes_at: Mapping[str, ShiftSlope] = {}
+
+
+#: Per precision, per session id, the subnets it measured there: ``{key: (uncorrected ratio, MACs)}``.
+Members = Mapping[str, Mapping[str, Mapping[str, Member]]]
 
 
 def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
@@ -74,8 +82,9 @@ def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
     another precision is divided by the offset of the anchor's files at
     its precision (``anchor_ratios_at``) against their medians over the
     same undisturbed sessions, where at least :data:`MIN_SESSIONS` of them
-    (all of a smaller state's) measured those files, and by the anchor's
-    own offset otherwise (``offset_precision`` says which).  A row whose
+    (all of a smaller state's) measured those files, leaned by the slope
+    fitted at that precision the same way, and by the anchor's own offset
+    otherwise, unleaned (``offset_precision`` says which).  A row whose
     anchor has too few sessions, or that names no anchor, is returned as
     stored; so is one whose latency had to come from its raw median
     (``latency_source``).  The store is not changed.
@@ -90,18 +99,19 @@ def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
     return out
 
 
-def current_norms(rows: Iterable[Mapping[str, Any]],
-                  members: Mapping[str, Mapping[str, Member]] | None = None) -> dict[tuple[Any, ...], Norm]:
+def current_norms(rows: Iterable[Mapping[str, Any]], members: Members | None = None) -> dict[tuple[Any, ...], Norm]:
     """Per anchor (its subnets, precision and files), the norm its :data:`RECENT_SESSIONS` latest sessions give.
 
     ``rows`` are stored or kept rows; each session counts once, retries not
     at all (as in :func:`history`).  An anchor with fewer than
     :data:`MIN_SESSIONS` sessions has no norm.  The state is found with the
     tolerance of the anchor's latest session (``anchor_tolerance``).
-    ``members`` (per session id, the subnets it measured at the anchor's
-    precision) fit each norm's slope over the anchor's :data:`HOST_SESSIONS`
+    ``members`` (per precision and session id, the subnets it measured
+    there) fit each norm's slopes over the anchor's :data:`HOST_SESSIONS`
     latest sessions, retries included: a retry measures the same subnets
-    again at another offset, which is what the slope is fitted from.
+    again at another offset, which is what a slope is fitted from.  The
+    slope at the anchor's precision takes the sessions' offsets, one at
+    another precision the offsets of the anchor's files there.
     """
     members = members or {}
     sessions: dict[tuple[Any, ...], dict[str, _Seen]] = {}
@@ -129,14 +139,35 @@ def current_norms(rows: Iterable[Mapping[str, Any]],
         in_state = [session.ratios_at for session, kept in zip(latest, undisturbed) if kept]
         other_medians = {precision: found for precision in sorted({p for at in in_state for p in at})
                          if (found := medians_at(precision, in_state)) is not None}
-        anchor_log_macs = _anchor_log_macs(anchor[0], members)
-        slope = ShiftSlope(0.0, 0)
+        anchor_log_macs = _anchor_log_macs(anchor[0], members.get(str(anchor[1]), {}))
+        slope, slopes_at = ShiftSlope(0.0, 0), {}
         if anchor_log_macs is not None:
-            recent = sorted(seen, key=lambda session_id: seen[session_id].ended)[-HOST_SESSIONS:]
-            slope = fit_shift_slope(((nan_if_none(session_offset(seen[s].ratios, medians)), members.get(s, {}))
-                                     for s in recent), anchor_log_macs)
-        norms[anchor] = Norm(medians, idiosyncratic_spread(state), tolerance, slope, anchor_log_macs, other_medians)
+            recent = {s: seen[s] for s in sorted(seen, key=lambda session_id: seen[session_id].ended)[-HOST_SESSIONS:]}
+            slope = fit_shift_slope(((nan_if_none(session_offset(session.ratios, medians)),
+                                      members.get(str(anchor[1]), {}).get(s, {})) for s, session in recent.items()),
+                                    anchor_log_macs)
+            slopes_at = {precision: _slope_at(precision, anchor[1], recent, found, members.get(precision, {}),
+                                              anchor_log_macs)
+                         for precision, found in other_medians.items()}
+        norms[anchor] = Norm(medians, idiosyncratic_spread(state), tolerance, slope, anchor_log_macs, other_medians,
+                             slopes_at)
     return norms
+
+
+def _slope_at(precision: str, anchor_precision: str | None, sessions: Mapping[str, _Seen], medians: np.ndarray,
+              members: Mapping[str, Mapping[str, Member]], anchor_log_macs: float) -> ShiftSlope:
+    """The slope at a precision other than the anchor's, from each session's offset of the anchor's files there.
+
+    A row at that precision is divided by that offset (:func:`own_precision_offset`),
+    so its lean is fitted against it; a session whose files there gave no
+    offset adds nothing.
+    """
+    def offset(session: _Seen) -> float:
+        own, taken_at = own_precision_offset(precision, anchor_precision, session.ratios_at.get(precision), medians)
+        return math.nan if own is None or taken_at != precision else own
+
+    return fit_shift_slope(((offset(session), members.get(s, {})) for s, session in sessions.items()),
+                           anchor_log_macs)
 
 
 class _Seen(NamedTuple):
@@ -157,7 +188,7 @@ def recorrected(row: Mapping[str, Any], norm: Norm) -> dict[str, Any]:
     if offset is None:
         return new
     own_offset, offset_precision = _own_offset(row, norm)
-    slope, lean = _row_lean(row, norm)
+    slope, lean = _row_lean(row, norm, own_offset is not None)
     correct_row(new, offset if own_offset is None else own_offset, lean)
     new.update(offset_slope=slope, offset_precision=offset_precision)
     new.update(session_spread=norm.spread,
@@ -179,32 +210,49 @@ def _own_offset(row: Mapping[str, Any], norm: Norm) -> tuple[float | None, str |
                                 norm.medians_at.get(str(precision)))
 
 
-def _row_lean(row: Mapping[str, Any], norm: Norm) -> tuple[float, float]:
+def _row_lean(row: Mapping[str, Any], norm: Norm, own_offset: bool) -> tuple[float, float]:
     """``(slope, lean)``: the slope the row is leaned by, and that slope times the subnet's size.
 
-    ``(0, 0)`` for a row of another precision than its anchor's (the slope
-    was fitted at the anchor's) or whose size is unknown.
+    A row at its anchor's precision takes the norm's slope; one at another
+    precision divided by its own files' offset (``own_offset``) the slope
+    fitted there.  ``(0, 0)`` for a row of another precision corrected by
+    the anchor's offset (no slope was fitted against that offset for it)
+    or whose size is unknown.
     """
-    if norm.anchor_log_macs is None or not row.get("macs") or row.get("precision") != row.get("anchor_precision"):
+    if norm.anchor_log_macs is None or not row.get("macs"):
         return 0.0, 0.0
-    return norm.slope.slope, norm.slope.slope * size_against(float(row["macs"]), norm.anchor_log_macs)
+    if row.get("precision") == row.get("anchor_precision"):
+        slope = norm.slope.slope
+    elif own_offset:
+        slope = norm.slopes_at.get(str(row.get("precision")), ShiftSlope(0.0, 0)).slope
+    else:
+        return 0.0, 0.0
+    return slope, slope * size_against(float(row["macs"]), norm.anchor_log_macs)
 
 
-def _members(rows: Mapping[str, Mapping[str, Any]], kept: Iterable[Mapping[str, Any]]
-             ) -> dict[str, dict[str, Member]]:
-    """Per session id, the subnets it measured at its anchor's precision: ``{key: (uncorrected ratio, MACs)}``.
+def _members(rows: Mapping[str, Mapping[str, Any]], kept: Iterable[Mapping[str, Any]]) -> Members:
+    """Per precision and session id, the subnets it measured there: ``{key: (uncorrected ratio, MACs)}``.
 
-    From stored rows (keyed by subnet) and the host's kept sessions (their ``subnets``).
+    From stored rows (keyed by subnet, at their own precision) and the
+    host's kept sessions (their ``subnets`` at the anchor's precision,
+    ``subnets_at`` at the others).
     """
-    members: dict[str, dict[str, Member]] = {}
+    members: dict[str, dict[str, dict[str, Member]]] = {}
+
+    def add(precision: Any, session_id: Any, key: str, ratio: Any, macs: Any) -> None:
+        if macs:
+            members.setdefault(str(precision), {}).setdefault(str(session_id), {})[key] = (nan_if_none(ratio),
+                                                                                           float(macs))
+
     for key, row in rows.items():
-        if anchor_of(row) is not None and row.get("macs") and row.get("precision") == row.get("anchor_precision"):
-            ratio = row.get("uncorrected_ratio", row.get("ratio"))
-            members.setdefault(str(row["session_id"]), {})[key] = (nan_if_none(ratio), float(row["macs"]))
+        if anchor_of(row) is not None and row.get("precision") is not None:
+            add(row["precision"], row["session_id"], key, row.get("uncorrected_ratio", row.get("ratio")),
+                row.get("macs"))
     for row in kept:
-        for key, (ratio, macs) in row.get("subnets", {}).items():
-            if macs:
-                members.setdefault(str(row["session_id"]), {})[key] = (nan_if_none(ratio), float(macs))
+        at = [(row["anchor_precision"], row.get("subnets", {})), *row.get("subnets_at", {}).items()]
+        for precision, subnets in at:
+            for key, (ratio, macs) in subnets.items():
+                add(precision, row["session_id"], key, ratio, macs)
     return members
 
 
@@ -226,7 +274,8 @@ def host_spreads(device_key: str) -> list[dict[str, Any]]:
     ones, as a run would start from), how many of them make the undisturbed
     state, and :func:`idiosyncratic_spread` over those (``None`` while
     unknown); and the slope rows read now are leaned by
-    (:mod:`hwsearch.shift_slope`), with the pairs of sessions it stands on.
+    (:mod:`hwsearch.shift_slope`), with the pairs of sessions it stands on,
+    at the anchor's precision and (``offset_slopes_at``) at each other one.
     """
     spreads = []
     for data in host_records(device_key):
@@ -239,10 +288,12 @@ def host_spreads(device_key: str) -> list[dict[str, Any]]:
             table = np.array(list(found.ratios.values()), dtype=float)
             references = np.array([found.references[s] for s in found.ratios], dtype=float)
             state = prevailing_state(table, DEFAULT_TOLERANCE, references)
-            slope = next((norm.slope for anchor, norm in norms.items()
-                          if anchor[:2] == (found.keys, precision)), ShiftSlope(0.0, 0))
+            norm = next((norm for anchor, norm in norms.items() if anchor[:2] == (found.keys, precision)), None)
+            slope = ShiftSlope(0.0, 0) if norm is None else norm.slope
+            slopes_at = {} if norm is None else {other: {"offset_slope": found_at.slope, "slope_pairs": found_at.pairs}
+                                                 for other, found_at in sorted(norm.slopes_at.items())}
             spreads.append({"network_id": data["network_id"], "precision": precision,
                             "anchor_subnets": len(found.keys), "sessions": len(table),
                             "undisturbed_sessions": len(state), "session_spread": idiosyncratic_spread(state),
-                            "offset_slope": slope.slope, "slope_pairs": slope.pairs})
+                            "offset_slope": slope.slope, "slope_pairs": slope.pairs, "offset_slopes_at": slopes_at})
     return spreads

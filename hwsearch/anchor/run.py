@@ -94,11 +94,11 @@ class Anchor:
                 members: Mapping[Path, float] | None = None) -> None:
         """Record each subnet's ratio in one session, from the results of :attr:`files` in order.
 
-        ``members`` are the ratios of the session's other files (its
-        subnets' first files): with the anchor's, they are what the host
-        keeps of the session (:meth:`HostRecord.remember`), so a subnet
-        measured again in another session shows how its shift differed
-        from the anchor's (:mod:`hwsearch.shift_slope`).
+        ``members`` are the ratios of the session's other files (every
+        precision's): with the anchor's, they are what the host keeps of
+        the session (:meth:`HostRecord.remember`), so a subnet measured
+        again in another session shows how its shift differed from the
+        anchor's (:mod:`hwsearch.shift_slope`), at each precision.
 
         A ``retry`` (a session measuring again what an earlier one left
         unstable or shifted) is judged but does not count towards the

@@ -83,4 +83,5 @@ def _as_row(session_id: str, entry: Mapping[str, Any]) -> dict[str, Any]:
             "anchor_precision": entry["precision"], "anchor_shas": entry["shas"],
             "anchor_tolerance": entry.get("tolerance", DEFAULT_TOLERANCE), "anchor_retry": entry.get("retry", False),
             "anchor_ratios_at": entry.get("ratios_at", {}), "subnets": entry.get("subnets", {}),
+            "subnets_at": entry.get("subnets_at", {}),
             "env": {"session_end": entry["ended"], "session_reference_ms": entry.get("reference_ms")}}

@@ -141,7 +141,9 @@ def _print_ruler(report: dict[str, Any]) -> None:
                    f"({spread['undisturbed_sessions']} of the host's last {spread['sessions']} sessions of "
                    f"its {spread['anchor_subnets']} anchor subnets; rows' latency_ci includes it); "
                    f"a session's shift leans by {spread['offset_slope']:+.2f} per unit of log MACs "
-                   f"(from {spread['slope_pairs']} pairs of sessions that measured the same subnet)")
+                   f"(from {spread['slope_pairs']} pairs of sessions that measured the same subnet)"
+                   + "".join(f"; at {other}, against its own files' offsets, by {at['offset_slope']:+.2f} "
+                             f"(from {at['slope_pairs']} pairs)" for other, at in spread["offset_slopes_at"].items()))
     typer.echo(f"  plain onnxruntime now (median of back-to-back runs, no reference): "
                f"{report['plain_onnxruntime_ms']:.3f} ms"
                + (f" = {report['plain_over_ruler']:.2f} x the ruler" if ruler else ""))
