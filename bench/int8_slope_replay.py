@@ -1,20 +1,21 @@
-"""Would a size slope fitted on INT8 rows bring them closer?  A replay of a contention comparison's kept rows.
+"""Does a size slope fitted on INT8 rows bring them closer?  A replay of a contention comparison's kept rows.
 
 FP32 rows read now are divided by their session's offset leaned by the
 subnet's size (:mod:`hwsearch.shift_slope`); INT8 rows by the INT8 files'
-own offset, unleaned, because the host's kept sessions hold only the
-anchor precision's subnets, which a slope is fitted from.  This replay
-asks what an INT8 slope would do.  It reads every job of one
-``bench/contention.py --int8 --keep FOLDER`` comparison as the bench does
-(rows read now, against that comparison's kept calibration), fits per
-INT8 target one slope ``b`` in
+own offset, leaned since 2026-12-04 by a slope fitted at INT8 from the
+host's kept sessions' ``subnets_at``, which comparisons kept before then
+lack.  This replay asks what an INT8 slope does on any kept comparison.
+It reads every job of one ``bench/contention.py --int8 --keep FOLDER``
+comparison as the bench does (rows read now, against that comparison's
+kept calibration), fits per INT8 target one slope ``b`` in
 
     log uncorrected ratio = subnet's level + log own offset × (1 + b × size)
 
 (``size`` = log MACs less the anchor subnets' mean log MACs) from the same
 subnets' rows in different sessions of every run of the comparison, with
 the ridge of :data:`hwsearch.shift_slope.RIDGE`, and prints each cell's
-median deviation and share within ±10% as read now and leaned by ``b``.
+median deviation and share within ±10% with the rows divided by their
+own offset alone (``unleaned``) and leaned by ``b``.
 
     python bench/int8_slope_replay.py KEEP/comparison-1
 """
@@ -110,7 +111,7 @@ def main() -> None:
         anchor_log_macs = float(np.mean(np.log([macs[key] for key in a_row["anchor_keys"]])))
         b, correlation, pairs = fit_slope(every, anchor_log_macs)
         print(f"\n{target}: slope {b:+.3f} (correlation {correlation:+.2f}, {pairs} pairs)")
-        for label, slope in (("read now", 0.0), ("leaned", b)):
+        for label, slope in (("unleaned", 0.0), ("leaned", b)):
             found = cells(runs, target, slope, anchor_log_macs)
             print(f"  {label:9s}" + "  ".join(f"{name}: {cell['median']:.2%} {cell['within_10']:.1%}"
                                               for name, cell in found.items()))
