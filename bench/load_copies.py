@@ -79,8 +79,9 @@ def exported_file(precision: str, rank: int, folder: Path) -> Path:
     return path
 
 
-def onnx_copies(path: Path, copies: int, threads: int, arm: str) -> tuple[list[Callable[[], Any]], Callable[[], None]]:
-    """``copies`` sessions of one file, loaded in order, as run callables; and their warm-up in the arm's order."""
+def onnx_copies(model: bytes, copies: int, threads: int, arm: str
+                ) -> tuple[list[Callable[[], Any]], Callable[[], None]]:
+    """``copies`` sessions of one model, loaded in order, as run callables; and their warm-up in the arm's order."""
     import onnxruntime as ort
 
     def session() -> Any:
@@ -91,16 +92,19 @@ def onnx_copies(path: Path, copies: int, threads: int, arm: str) -> tuple[list[C
             options.add_session_config_entry("session.disable_prepacking", "1")
         if arm == "no-optimisation":
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     probe = session()
     spec = probe.get_inputs()[0]
     del probe
     shape = [d if isinstance(d, int) else 1 for d in spec.shape]
     data = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    inputs = [data.copy() for _ in range(copies)] if arm == "inputs-first" else []
-    sessions = [session() for _ in range(copies)]
-    inputs = inputs or [data.copy() for _ in range(copies)]
+    if arm == "inputs-first":
+        inputs = [data.copy() for _ in range(copies)]
+        sessions = [session() for _ in range(copies)]
+    else:
+        sessions = [session() for _ in range(copies)]
+        inputs = [data.copy() for _ in range(copies)]
     runs = [lambda s=s, x=x: s.run(None, {spec.name: x}) for s, x in zip(sessions, inputs)]
     return runs, lambda: _warm_up(runs[::-1] if arm == "warm-reverse" else runs)
 
@@ -130,11 +134,12 @@ def _warm_up(runs: list[Callable[[], Any]]) -> None:
 def child(args: argparse.Namespace) -> None:
     """One arm in this fresh process: prints each trial's log(copy median / median of copies), in load order."""
     table = []
+    model = None if args.arm == "numpy" else args.onnx.read_bytes()
     for _ in range(args.trials):
-        if args.arm == "numpy":
+        if model is None:
             runs, warm_up = numpy_copies(args.copies)
         else:
-            runs, warm_up = onnx_copies(args.onnx, args.copies, args.threads, args.arm)
+            runs, warm_up = onnx_copies(model, args.copies, args.threads, args.arm)
         warm_up()
         times: list[list[float]] = [[] for _ in runs]
         for _ in range(args.rounds):

@@ -36,8 +36,9 @@ class HostRecord:
     ``ratios_at``), and keeps every subnet it measured (``subnets``:
     key to uncorrected ratio and MACs, at the anchor's precision;
     ``subnets_at``: the same per other precision); a retry is marked,
-    judged by the norm but never part of it.  The file also keeps each anchor subnet's
-    arch, so a run that has never seen the subnets can export them.
+    judged by the norm but never part of it.  The file also keeps each
+    anchor subnet's arch, so a run that has never seen the subnets can
+    export them.
     """
 
     PREFIX = "anchor-"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -139,13 +138,13 @@ def current_norms(rows: Iterable[Mapping[str, Any]], members: Members | None = N
         in_state = [session.ratios_at for session, kept in zip(latest, undisturbed) if kept]
         other_medians = {precision: found for precision in sorted({p for at in in_state for p in at})
                          if (found := medians_at(precision, in_state)) is not None}
-        anchor_log_macs = _anchor_log_macs(anchor[0], members.get(str(anchor[1]), {}))
+        at_anchor = members.get(str(anchor[1]), {})
+        anchor_log_macs = _anchor_log_macs(anchor[0], at_anchor)
         slope, slopes_at = ShiftSlope(0.0, 0), {}
         if anchor_log_macs is not None:
             recent = {s: seen[s] for s in sorted(seen, key=lambda session_id: seen[session_id].ended)[-HOST_SESSIONS:]}
-            slope = fit_shift_slope(((nan_if_none(session_offset(session.ratios, medians)),
-                                      members.get(str(anchor[1]), {}).get(s, {})) for s, session in recent.items()),
-                                    anchor_log_macs)
+            slope = fit_shift_slope(((nan_if_none(session_offset(session.ratios, medians)), at_anchor.get(s, {}))
+                                     for s, session in recent.items()), anchor_log_macs)
             slopes_at = {precision: _slope_at(precision, anchor[1], recent, found, members.get(precision, {}),
                                               anchor_log_macs)
                          for precision, found in other_medians.items()}
@@ -163,8 +162,8 @@ def _slope_at(precision: str, anchor_precision: str | None, sessions: Mapping[st
     offset adds nothing.
     """
     def offset(session: _Seen) -> float:
-        own, taken_at = own_precision_offset(precision, anchor_precision, session.ratios_at.get(precision), medians)
-        return math.nan if own is None or taken_at != precision else own
+        return nan_if_none(own_precision_offset(precision, anchor_precision, session.ratios_at.get(precision),
+                                                medians)[0])
 
     return fit_shift_slope(((offset(session), members.get(s, {})) for s, session in sessions.items()),
                            anchor_log_macs)
