@@ -7,15 +7,11 @@ host's kept sessions' ``subnets_at``, which comparisons kept before then
 lack.  This replay asks what an INT8 slope does on any kept comparison.
 It reads every job of one ``bench/contention.py --int8 --keep FOLDER``
 comparison as the bench does (rows read now, against that comparison's
-kept calibration), fits per INT8 target one slope ``b`` in
-
-    log uncorrected ratio = subnet's level + log own offset × (1 + b × size)
-
-(``size`` = log MACs less the anchor subnets' mean log MACs) from the same
-subnets' rows in different sessions of every run of the comparison, with
-the ridge of :data:`hwsearch.shift_slope.RIDGE`, and prints each cell's
-median deviation and share within ±10% with the rows divided by their
-own offset alone (``unleaned``) and leaned by ``b``.
+kept calibration), fits per INT8 target one slope with the product's own
+:func:`hwsearch.shift_slope.fit_shift_slope`, over every session of every
+run of the comparison (each session's INT8 rows at their own offset), and
+prints each cell's median deviation and share within ±10% with the rows
+divided by their own offset alone (``unleaned``) and leaned by that slope.
 
     python bench/int8_slope_replay.py KEEP/comparison-1
 """
@@ -35,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[0] = str(REPO)  # bench/predictors.py would shadow the predictors package
 
 from bench import contention  # noqa: E402
-from hwsearch.shift_slope import RIDGE  # noqa: E402
+from hwsearch.shift_slope import ShiftSlope, fit_shift_slope  # noqa: E402
 
 Runs = dict[str, list[contention.Run]]  # "scenario|target" -> that target's runs
 
@@ -58,23 +54,14 @@ def _own_offset_rows(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
             and row.get("session_offset") and row.get("macs")}
 
 
-def fit_slope(runs: list[contention.Run], anchor_log_macs: float) -> tuple[float, float, int]:
-    """``(b, correlation, pairs)``: per subnet, deviations from its own mean across sessions against size × offset."""
-    by_key: dict[str, list[tuple[float, float]]] = {}
+def fit_slope(runs: list[contention.Run], anchor_log_macs: float) -> ShiftSlope:
+    """The slope :func:`fit_shift_slope` finds over the runs' sessions, each with its INT8 rows at their own offset."""
+    sessions: dict[str, tuple[float, dict[str, tuple[float, float]]]] = {}
     for run in runs:
         for key, row in _own_offset_rows(run.rows).items():
-            by_key.setdefault(key, []).append((np.log(row["session_offset"]), np.log(row["uncorrected_latency_ms"])))
-    macs = {key: row["macs"] for run in runs for key, row in run.rows.items()}
-    x, y = [], []
-    for key, seen in by_key.items():
-        if len(seen) < 2:
-            continue
-        offsets, measured = np.array(seen).T
-        residual = (measured - offsets) - np.mean(measured - offsets)
-        x.extend((np.log(macs[key]) - anchor_log_macs) * (offsets - offsets.mean()))
-        y.extend(residual)
-    xs, ys = np.array(x), np.array(y)
-    return float(xs @ ys / (xs @ xs + RIDGE)), float(np.corrcoef(xs, ys)[0, 1]), len(xs)
+            _, members = sessions.setdefault(str(row["session_id"]), (row["session_offset"], {}))
+            members[key] = (row["uncorrected_latency_ms"], row["macs"])
+    return fit_shift_slope(sessions.values(), anchor_log_macs)
 
 
 def leaned(run: contention.Run, b: float, anchor_log_macs: float) -> contention.Run:
@@ -109,9 +96,9 @@ def main() -> None:
         a_row = next(iter(every[0].rows.values()))
         macs = {key: row["macs"] for run in every for key, row in run.rows.items()}
         anchor_log_macs = float(np.mean(np.log([macs[key] for key in a_row["anchor_keys"]])))
-        b, correlation, pairs = fit_slope(every, anchor_log_macs)
-        print(f"\n{target}: slope {b:+.3f} (correlation {correlation:+.2f}, {pairs} pairs)")
-        for label, slope in (("unleaned", 0.0), ("leaned", b)):
+        found = fit_slope(every, anchor_log_macs)
+        print(f"\n{target}: slope {found.slope:+.3f} ({found.pairs} pairs)")
+        for label, slope in (("unleaned", 0.0), ("leaned", found.slope)):
             found = cells(runs, target, slope, anchor_log_macs)
             print(f"  {label:9s}" + "  ".join(f"{name}: {cell['median']:.2%} {cell['within_10']:.1%}"
                                               for name, cell in found.items()))
