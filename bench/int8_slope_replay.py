@@ -11,9 +11,11 @@ kept calibration), fits per INT8 target one slope with the product's own
 :func:`hwsearch.shift_slope.fit_shift_slope`, over every session of every
 run of the comparison (each session's INT8 rows at their own offset), and
 prints each cell's median deviation and share within ±10% with the rows
-divided by their own offset alone (``unleaned``) and leaned by that slope.
+divided by their own offset alone (``unleaned``) and leaned by that slope;
+``--slopes`` adds rows leaned by given slopes, to see where the fitted one
+lands among them.
 
-    python bench/int8_slope_replay.py KEEP/comparison-1
+    python bench/int8_slope_replay.py KEEP/comparison-1 [--slopes -0.1,-0.05,0.05]
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def cells(runs: Runs, target: str, b: float, anchor_log_macs: float) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("comparison", type=Path, help="one comparison folder of bench/contention.py --keep")
+    parser.add_argument("--slopes", type=_slopes, default=[], help="also lean by these slopes (comma-separated)")
     args = parser.parse_args()
     if not (args.comparison / "calibration").is_dir():
         parser.error(f"{args.comparison} holds no kept calibration: not a bench/contention.py --keep comparison")
@@ -98,10 +101,17 @@ def main() -> None:
         anchor_log_macs = float(np.mean(np.log([macs[key] for key in a_row["anchor_keys"]])))
         found = fit_slope(every, anchor_log_macs)
         print(f"\n{target}: slope {found.slope:+.3f} ({found.pairs} pairs)")
-        for label, slope in (("unleaned", 0.0), ("leaned", found.slope)):
-            found = cells(runs, target, slope, anchor_log_macs)
+        for label, slope in (("unleaned", 0.0), ("leaned", found.slope), *((f"{b:+.3f}", b) for b in args.slopes)):
+            read = cells(runs, target, slope, anchor_log_macs)
             print(f"  {label:9s}" + "  ".join(f"{name}: {cell['median']:.2%} {cell['within_10']:.1%}"
-                                              for name, cell in found.items()))
+                                              for name, cell in read.items()))
+
+
+def _slopes(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
 
 
 if __name__ == "__main__":
