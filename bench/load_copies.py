@@ -22,6 +22,11 @@ Arms (each one change from ``default``; the arms take turns over
 * ``inputs-first``: the input arrays are allocated before the sessions;
 * ``no-prepack``: ``session.disable_prepacking``;
 * ``no-optimisation``: ``ORT_DISABLE_ALL`` graph optimisation;
+* ``no-arena``: ``enable_cpu_mem_arena`` off, so each buffer is its own
+  allocation rather than a slice of the session's arena;
+* ``hugepages``: glibc asks for transparent huge pages on its heap and
+  mappings (``glibc.malloc.hugetlb=1``), so a copy's place in memory no
+  longer decides how many pages (and TLB entries) its buffers span;
 * ``numpy``: no onnxruntime; copies of eight 256x256 float32 weights, a
   matmul-and-ReLU chain over each (is it the host's memory, whoever uses it?).
 
@@ -47,9 +52,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[0] = str(REPO)  # bench/predictors.py would shadow the predictors package
 
 ARMS = ("default", "malloc-mmap-low", "malloc-mmap-high", "warm-reverse", "inputs-first",
-        "no-prepack", "no-optimisation", "numpy")
+        "no-prepack", "no-optimisation", "no-arena", "hugepages", "numpy")
 MALLOC = {"malloc-mmap-low": {"MALLOC_MMAP_THRESHOLD_": "4096"},
-          "malloc-mmap-high": {"MALLOC_MMAP_THRESHOLD_": str(2 ** 30), "MALLOC_TRIM_THRESHOLD_": str(2 ** 30)}}
+          "malloc-mmap-high": {"MALLOC_MMAP_THRESHOLD_": str(2 ** 30), "MALLOC_TRIM_THRESHOLD_": str(2 ** 30)},
+          "hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
 WARM_UP_RUNS = 20
 BOOTSTRAP = 1000
 
@@ -92,6 +98,8 @@ def onnx_copies(model: bytes, copies: int, threads: int, arm: str
             options.add_session_config_entry("session.disable_prepacking", "1")
         if arm == "no-optimisation":
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if arm == "no-arena":
+            options.enable_cpu_mem_arena = False
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     probe = session()
