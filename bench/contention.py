@@ -50,7 +50,10 @@ the anchor sees (:meth:`hwsearch.anchor.Anchor.latency_ci`).
 The goal: contended rows agree with the yardstick as well as solo rows do;
 the last lines hold each contended cell to it, both at the issue's fixed
 figures (median ≤ 2%, ≥ 98% within ±10%) and against the solo runs' own
-agreement that hour, with the wall-time ratios (≤ 1.1x).
+agreement that hour, with the gap between the two medians and its 90%
+interval over subnets (:func:`median_gap`: a strict comparison of two
+noisy medians misses half the time when both sides are equally good), and
+the wall-time ratios (≤ 1.1x).
 Calibrations start fresh in a temporary folder per comparison (the first solo
 job of each device sets its ruler); the lock is the host's own, so
 measurements by other people on this machine are waited for too (they show
