@@ -211,6 +211,8 @@ class JobDispatcher:
             job_id = by_ref[ref]
             try:
                 ray.get(ref)
+            except ray.exceptions.TaskCancelledError:  # cancel() or stop() ended it, as asked
+                log.info("job %s: its task was cancelled", job_id)
             except Exception as error:  # the task logged its own failure; this catches crashes
                 if not self._stopped:  # stop() ended it: the job is left for the next start
                     log.warning("job %s ended with %s", job_id, type(error).__name__, exc_info=error)

@@ -74,13 +74,17 @@ def native_resolution(r: Any) -> Any:
     return r
 
 
-def native_list(value: Any, name: str, length: int) -> list[Any]:
-    """A per-slot list of a native form; a scalar is broadcast (as OFA's ``val2list`` does)."""
+def native_list(value: Any, name: str, length: int, *, integer: bool = False) -> list[Any]:
+    """A per-slot list of a native form; a scalar is broadcast (as OFA's ``val2list`` does).
+
+    ``integer`` for counts, indices and kernel sizes: a depth is a slice bound
+    before the arch is checked, so ``1.5`` must be refused here by name.
+    """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [value] * length
+        value = [value] * length
     if not isinstance(value, (list, tuple)) or len(value) != length:
         raise ArchValidationError(f"{name} must be a list of {length} values, got {value!r}")
-    return list(_number_tuple(name, value, integer=False))
+    return list(_number_tuple(name, value, integer=integer))
 
 
 # --------------------------------------------------------------------------- layouts
@@ -158,8 +162,14 @@ def _is_integer(value: Any) -> bool:
 
 
 def _is_real(value: Any) -> bool:
-    """A finite int or float; bools, strings, NaN and infinity are not knob values."""
-    return (_is_integer(value) or isinstance(value, (float, np.floating))) and bool(np.isfinite(value))
+    """A finite int or float; bools, strings, NaN and infinity are not knob values.
+
+    An int is finite whatever its size (``np.isfinite`` cannot even take one
+    past 64 bits: a client's ``10**30`` made it raise instead of answer).
+    """
+    if _is_integer(value):
+        return True
+    return isinstance(value, (float, np.floating)) and math.isfinite(value)
 
 
 def _number_tuple(name: str, value: Any, *, integer: bool) -> tuple[Any, ...]:

@@ -79,14 +79,26 @@ class DeviceRead(BaseModel):
 
 
 class LimitCreate(_Strict):
+    """``lower ≤ metric ≤ upper``; every metric here is positive, so bounds no subnet can meet are refused.
+
+    A job with such a limit would profile and search for minutes and then
+    return an empty front; the client hears why at once instead.
+    """
+
     metric: Literal["accuracy", "latency_ms", "params", "macs"]
     upper: float | None = None
     lower: float | None = None
 
     @model_validator(mode="after")
-    def _one_side(self) -> LimitCreate:
+    def _satisfiable(self) -> LimitCreate:
         if self.upper is None and self.lower is None:
             raise ValueError("a limit needs 'upper' or 'lower'")
+        if self.upper is not None and self.upper <= 0:
+            raise ValueError(f"upper={self.upper:g} can never be met: {self.metric} is positive")
+        if self.lower is not None and self.lower < 0:
+            raise ValueError(f"lower={self.lower:g} is below 0, where {self.metric} never is")
+        if self.upper is not None and self.lower is not None and self.lower >= self.upper:
+            raise ValueError(f"lower={self.lower:g} must be below upper={self.upper:g}")
         return self
 
 

@@ -80,7 +80,7 @@ class MBv3Layout(Layout):
         return mbconv_native(space, arch)
 
     def from_native(self, space: SearchSpace, data: Mapping[str, Any]) -> ArchConfig:
-        depths = native_list(data["d"], "d", len(space.stages))
+        depths = native_list(data["d"], "d", len(space.stages), integer=True)
         return read_mbconv_native(space, data, depths)
 
     def native_batch(self, batch: ArchBatch) -> list[dict[str, Any]]:
@@ -118,7 +118,7 @@ def read_mbconv_native(space: SearchSpace, data: Mapping[str, Any],
                        depths: Sequence[Any]) -> ArchConfig:
     """An arch from OFA's ``ks``/``e``/``r`` given the per-stage ``depths`` already read."""
     resolution = native_resolution(data.get("r", max(space.resolutions)))
-    kernel = space.unpad_blocks(native_list(data["ks"], "ks", space.n_blocks), depths)
+    kernel = space.unpad_blocks(native_list(data["ks"], "ks", space.n_blocks, integer=True), depths)
     expand = space.unpad_blocks(native_list(data["e"], "e", space.n_blocks), depths)
     return space.arch(resolution=resolution, depths=depths, kernel=kernel, expand=expand)
 

@@ -76,7 +76,7 @@ class ResNetLayout(Layout):
 
     def from_native(self, space: SearchSpace, data: Mapping[str, Any]) -> ArchConfig:
         resolution = native_resolution(data.get("r", max(space.resolutions)))
-        native_d = native_list(data["d"], "d", len(space.stages))
+        native_d = native_list(data["d"], "d", len(space.stages), integer=True)
         offsets = _depth_offsets(space)
         max_d = max(offsets)
         if native_d[0] not in offsets:

@@ -101,7 +101,7 @@ def _native_depths(space: SearchSpace, value: Any) -> list[Any]:
     are read strictly: there a depth outside the choices is a mistake to
     name, not to clamp.
     """
-    depths = native_list(value, "d", len(space.stages))
+    depths = native_list(value, "d", len(space.stages), integer=True)
     for i, (stage, depth) in enumerate(zip(space.stages, depths)):
         whole = isinstance(depth, (int, np.integer)) and not isinstance(depth, (bool, np.bool_))
         if len(stage.depths) == 1 and whole and depth >= stage.max_depth:
