@@ -103,8 +103,7 @@ def _native_depths(space: SearchSpace, value: Any) -> list[Any]:
     """
     depths = native_list(value, "d", len(space.stages), integer=True)
     for i, (stage, depth) in enumerate(zip(space.stages, depths)):
-        whole = isinstance(depth, (int, np.integer)) and not isinstance(depth, (bool, np.bool_))
-        if len(stage.depths) == 1 and whole and depth >= stage.max_depth:
+        if len(stage.depths) == 1 and depth >= stage.max_depth:
             depths[i] = stage.max_depth
     return depths
 
