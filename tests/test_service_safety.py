@@ -7,6 +7,7 @@ field (never 500), store nothing it refused, and stay healthy afterwards.
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 import threading
@@ -483,15 +484,18 @@ def _field_paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any
         yield from _field_paths(child, prefix + (key,))
 
 
+_LEFT_OUT = object()
+
+
 def _mutations(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """``body`` with each field replaced by each :data:`HOSTILE` value in turn, and with each field left out."""
     for path in _field_paths(body):
-        for value in [*HOSTILE, "left out"]:
-            mutated = json.loads(json.dumps(body))
+        for value in [*HOSTILE, _LEFT_OUT]:
+            mutated = copy.deepcopy(body)
             parent = mutated
             for key in path[:-1]:
                 parent = parent[key]
-            if value == "left out":
+            if value is _LEFT_OUT:
                 del parent[path[-1]]
             else:
                 parent[path[-1]] = value

@@ -93,17 +93,18 @@ def _session_subnets(anchor: Anchor, session_id: str, labels: Mapping[Path, File
     """
     subnets: dict[str, list[float | None]] = {}
     subnets_at: dict[str, dict[str, list[float | None]]] = {}
+
+    def kept_at(at: str) -> dict[str, list[float | None]]:
+        return subnets if at == precision else subnets_at.setdefault(at, {})
+
     for path, ratio in anchor.members.get(session_id, {}).items():
         label = labels.get(path)
         if label is not None:
-            kept = subnets if label.precision == precision else subnets_at.setdefault(label.precision, {})
-            kept[label.key] = [finite_or_none(ratio), label.macs]
+            kept_at(label.precision)[label.key] = [finite_or_none(ratio), label.macs]
     if len(anchor.macs) == len(anchor.keys):
-        subnets.update({key: [finite_or_none(ratio), macs]
-                        for key, ratio, macs in zip(anchor.keys, anchor.ratios[session_id], anchor.macs)})
-        for other, ratios in anchor.ratios_at.get(session_id, {}).items():
-            subnets_at.setdefault(other, {}).update(
-                {key: [finite_or_none(ratio), macs] for key, ratio, macs in zip(anchor.keys, ratios, anchor.macs)})
+        for at, ratios in [(precision, anchor.ratios[session_id]), *anchor.ratios_at.get(session_id, {}).items()]:
+            kept_at(at).update({key: [finite_or_none(ratio), macs]
+                                for key, ratio, macs in zip(anchor.keys, ratios, anchor.macs)})
     return {"subnets": subnets, "subnets_at": subnets_at}
 
 
