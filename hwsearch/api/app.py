@@ -1,4 +1,4 @@
-"""The FastAPI application: routers, auth, request size limits, error shapes, start-up recovery.
+"""The FastAPI application: routers, auth, request size and time limits, error shapes, start-up recovery.
 
 :func:`create_app` is a factory over an already opened store, so the server
 (``hwsearch serve``), ``uvicorn --factory`` and tests build the same app.
@@ -10,18 +10,19 @@ import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import hwsearch
 from hwsearch.agents import AgentEndpoint
 from hwsearch.api.catalog import Catalog, default_data_dir
+from hwsearch.api.connections import BodyBounds
 from hwsearch.api.files import DataRoots
 from hwsearch.api.routes import api_router, public_router
 from hwsearch.api.service import Busy, ServiceError, upgrade_catalog
@@ -34,46 +35,8 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 _UPLOAD_PATHS = ("/supernets/upload",)
-
-
-class BodyLimit:
-    """Refuse request bodies over a size limit with 413, before reading them whole.
-
-    A declared ``Content-Length`` over the limit is refused at once; a body
-    sent without one (chunked) is counted as it streams in.  Checkpoint
-    uploads get their own, larger limit.
-    """
-
-    def __init__(self, app: Any, *, max_body_bytes: int, max_upload_bytes: int) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.max_upload_bytes = max_upload_bytes
-
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict]],
-                       send: Callable[[dict], Awaitable[None]]) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.max_upload_bytes if scope["path"] in _UPLOAD_PATHS else self.max_body_bytes
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(limit)(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> dict:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise HTTPException(413, f"request body is larger than {limit} bytes")
-            return message
-
-        await self.app(scope, counted, send)
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"detail": f"request body is larger than {limit} bytes"}, status_code=413)
+#: How long a client may take over a request's headers, or stall its body or a response read.
+READ_TIMEOUT_S = 30.0
 
 
 async def _service_error(request: Request, error: Exception) -> JSONResponse:
@@ -115,6 +78,7 @@ def create_app(
     admission: Admission = Admission(),
     max_body_bytes: int = 1 * MiB,
     max_upload_bytes: int = 512 * MiB,
+    read_timeout_s: float = READ_TIMEOUT_S,
     ray_address: str | None = None,
     resume: bool = False,
     on_stop: Callable[[], None] | None = None,
@@ -167,7 +131,8 @@ def create_app(
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _unexpected)
-    app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes)
+    app.add_middleware(BodyBounds, max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes,
+                       upload_paths=_UPLOAD_PATHS, read_timeout_s=read_timeout_s)
     return app
 
 
@@ -179,6 +144,7 @@ def create_app_from_env() -> FastAPI:
     (``os.pathsep``-separated), ``HWSEARCH_AGENTS`` (comma-separated
     ``NAME=URL``, tokens as :func:`hwsearch.agents.load_agents` finds them),
     ``HWSEARCH_AGENT_SECRETS``, ``HWSEARCH_MAX_BODY``, ``HWSEARCH_MAX_UPLOAD``,
+    ``HWSEARCH_READ_TIMEOUT_S``,
     ``HWSEARCH_RAY_ADDRESS`` and ``HWSEARCH_RESUME``.
     """
     from hwsearch.agents import load_agents
@@ -196,6 +162,7 @@ def create_app_from_env() -> FastAPI:
                            secrets_file=Path(secrets) if secrets else None),
         max_body_bytes=int(os.environ.get("HWSEARCH_MAX_BODY", 1 * MiB)),
         max_upload_bytes=int(os.environ.get("HWSEARCH_MAX_UPLOAD", 512 * MiB)),
+        read_timeout_s=float(os.environ.get("HWSEARCH_READ_TIMEOUT_S", READ_TIMEOUT_S)),
         ray_address=os.environ.get("HWSEARCH_RAY_ADDRESS") or None,
         resume=json.loads(os.environ.get("HWSEARCH_RESUME", "false")),
     )

@@ -49,6 +49,11 @@ def serve(
     max_body_mb: Annotated[float, typer.Option(help="Largest JSON request body.")] = 1.0,
     max_upload_mb: Annotated[float, typer.Option(
         help="Largest checkpoint upload, and largest checkpoint or dataset file read.")] = 512.0,
+    read_timeout_s: Annotated[float, typer.Option(
+        min=1.0, help="Seconds a client may take over a request's headers, or stall its body (which must "
+                      "also average 64 KiB/s) or reading a response; slower connections are closed.")] = 30.0,
+    max_connections: Annotated[int, typer.Option(
+        min=2, help="Connections at once; requests on more get 503.")] = 128,
     ray_address: Annotated[Optional[str], typer.Option(
         help="Join this Ray cluster instead of starting Ray locally.")] = None,
     resume: Annotated[bool, typer.Option(
@@ -65,6 +70,7 @@ def serve(
 
     from hwsearch.agents import load_agents
     from hwsearch.api.app import MiB, create_app
+    from hwsearch.api.connections import bounded_h11
     from hwsearch.api.catalog import default_data_dir
     from hwsearch.dispatch import Admission
     from hwsearch.store import open_store
@@ -86,11 +92,12 @@ def serve(
         admission=Admission(max_running=max_running_jobs, max_queued=max_queued_jobs,
                             max_n_profile=max_n_profile, max_budget=max_budget),
         max_body_bytes=int(max_body_mb * MiB), max_upload_bytes=int(max_upload_mb * MiB),
-        ray_address=ray_address, resume=resume,
+        read_timeout_s=read_timeout_s, ray_address=ray_address, resume=resume,
         on_stop=lambda: shutil.rmtree(temp_files, ignore_errors=True),  # Ray's workers have ended
     )
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=port, log_level="info", http=bounded_h11(read_timeout_s),
+                    limit_concurrency=max_connections)
     finally:
         lock.close()
 

@@ -1,0 +1,160 @@
+"""Bounds in seconds on what a client's connection may hold: headers, body and unread responses.
+
+Uvicorn bounds a request's header bytes (h11's 16 KiB) and, after a
+response, an idle keep-alive (5 s), but nothing else in time.  Measured
+against a real ``hwsearch serve``: a connection that sent nothing, one that
+never finished its headers, and one that trickled its body a byte every 8 s
+were all still open after 93 s, and 3,000 such connections were accepted.
+Each one holds a file descriptor (and a trickled body also a task and the
+shutdown), so a single client could exhaust the server.
+
+The bounds, one read timeout for all of them:
+
+* :func:`bounded_h11`: a connection must finish each request's headers within
+  the timeout of opening or of its previous response (an idle connection is
+  closed then), and a client that stops reading a response for the timeout
+  (a stalled download) is cut off.  These live in the protocol because the
+  application never sees a request before its headers are complete.
+* :class:`BodyBounds`: the body must arrive within the timeout plus time for
+  its size at :data:`MIN_BODY_BYTES_PER_S`, and within the size limit;
+  otherwise 408 or 413, and the connection closes (the rest is never read).
+* The number of connections is bounded by uvicorn's ``limit_concurrency``
+  (``hwsearch serve --max-connections``): beyond it, requests get 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["MIN_BODY_BYTES_PER_S", "BodyBounds", "bounded_h11"]
+
+#: After the read timeout's grace, a body must keep arriving at this average rate (the edge agent's too).
+MIN_BODY_BYTES_PER_S = 64 * 1024
+
+_CLOSE = {"Connection": "close"}
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def bounded_h11(read_timeout_s: float) -> type[H11Protocol]:
+    """Uvicorn's h11 protocol with a deadline on each request's headers and on each stalled write."""
+
+    class BoundedH11Protocol(H11Protocol):
+        """Closes a connection that is slow to send its headers, or stops reading what it is sent."""
+
+        _headers_deadline: asyncio.TimerHandle | None = None
+        _write_deadline: asyncio.TimerHandle | None = None
+        _waiting_after: Any = None  # the request cycle current when the headers deadline was armed
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._await_headers()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._stop_waiting_if_headers_arrived()
+
+        def on_response_complete(self) -> None:
+            if not self.transport.is_closing():
+                self._await_headers()  # the next request's headers, after an idle keep-alive
+            super().on_response_complete()  # may start a pipelined request at once
+            self._stop_waiting_if_headers_arrived()
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            _cancel(self._write_deadline)
+            self._write_deadline = self.loop.call_later(read_timeout_s, self.transport.abort)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            _cancel(self._write_deadline)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            _cancel(self._headers_deadline)
+            _cancel(self._write_deadline)
+            super().connection_lost(exc)
+
+        def _await_headers(self) -> None:
+            _cancel(self._headers_deadline)
+            self._waiting_after = self.cycle
+            # abort, not close: close would wait to flush, and the point is not to wait on this client
+            self._headers_deadline = self.loop.call_later(read_timeout_s, self.transport.abort)
+
+        def _stop_waiting_if_headers_arrived(self) -> None:
+            if self.cycle is not self._waiting_after:  # h11 parsed a request: a new cycle began
+                _cancel(self._headers_deadline)
+                self._headers_deadline = None
+
+    return BoundedH11Protocol
+
+
+def _cancel(timer: asyncio.TimerHandle | None) -> None:
+    if timer is not None:
+        timer.cancel()
+
+
+class BodyBounds:
+    """Refuse request bodies that are too large (413) or too slow (408), without reading them whole.
+
+    A declared ``Content-Length`` over the limit is refused at once; a body
+    sent without one (chunked) is counted as it streams in.  Checkpoint
+    uploads get their own, larger limit.  Time: the body must arrive within
+    ``read_timeout_s`` plus its size at :data:`MIN_BODY_BYTES_PER_S`, so a
+    trickle is cut off while a slow but steady upload is not.  Once the body
+    is complete, waiting on ``receive`` (for a disconnect) is not bounded.
+    """
+
+    def __init__(self, app: Any, *, max_body_bytes: int, max_upload_bytes: int,
+                 upload_paths: tuple[str, ...], read_timeout_s: float) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
+        self.upload_paths = upload_paths
+        self.read_timeout_s = read_timeout_s
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_upload_bytes if scope["path"] in self.upload_paths else self.max_body_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(limit)(scope, receive, send)
+            return
+        await self.app(scope, self._bounded(receive, limit), send)
+
+    def _bounded(self, receive: Receive, limit: int) -> Receive:
+        """``receive``, raising 413 past ``limit`` bytes and 408 past the body's deadline."""
+        started = time.monotonic()
+        seen = 0
+        complete = False
+
+        async def bounded() -> dict[str, Any]:
+            nonlocal seen, complete
+            if complete:
+                return await receive()
+            deadline = started + self.read_timeout_s + seen / MIN_BODY_BYTES_PER_S
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise HTTPException(408, f"request body did not arrive in time: {seen} bytes in "
+                                         f"{time.monotonic() - started:.0f} s", headers=_CLOSE) from None
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise HTTPException(413, f"request body is larger than {limit} bytes", headers=_CLOSE)
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        return bounded
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse({"detail": f"request body is larger than {limit} bytes"}, status_code=413,
+                        headers=_CLOSE)

@@ -1,0 +1,160 @@
+"""Slow and numerous connections against a real ``hwsearch serve`` on 127.0.0.1.
+
+A client that holds a connection without finishing its request, or without
+reading its answer, must lose it after the read timeout; too many connections
+at once get 503; a slow but steady client is served.  The server runs with a
+2 s read timeout and room for 8 connections, so each case takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests._jobs import SUPERNET, fast_device
+from tests._server import TOKEN, Server
+
+READ_TIMEOUT_S = 2.0
+MAX_CONNECTIONS = 8
+# Every deadline below is the read timeout plus this much room for a busy host.
+SLACK_S = 8.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("connections")
+    srv = Server(root / "store.sqlite", extra=("--read-timeout-s", str(READ_TIMEOUT_S),
+                                               "--max-connections", str(MAX_CONNECTIONS))).start()
+    yield srv
+    srv.stop()
+
+
+def raw_connection(server: Server, *, receive_buffer: int | None = None) -> socket.socket:
+    sock = socket.socket()
+    if receive_buffer is not None:  # before connecting, so the kernel does not grow it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", server.port))
+    return sock
+
+
+def request_head(method: str, path: str, *, length: int | None = None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {TOKEN}"]
+    if length is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {length}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes (or resets) the connection, and when that was."""
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received, time.monotonic()
+
+
+def test_idle_and_unfinished_requests_are_closed_after_the_read_timeout(server: Server) -> None:
+    opened = time.monotonic()
+    idle = raw_connection(server)
+    half_headers = raw_connection(server)
+    half_headers.sendall(b"GET /devices HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    for sock in (idle, half_headers):
+        with sock:
+            received, closed = read_until_closed(sock, READ_TIMEOUT_S + SLACK_S)
+            assert received == b""
+            assert READ_TIMEOUT_S * 0.9 <= closed - opened < READ_TIMEOUT_S + SLACK_S
+
+
+def test_a_trickled_body_gets_408_and_loses_its_connection(server: Server) -> None:
+    with raw_connection(server) as sock:
+        sock.sendall(request_head("POST", "/devices", length=10_000) + b"{")
+        sock.settimeout(0.5)
+        answer = b""
+        deadline = time.monotonic() + READ_TIMEOUT_S + SLACK_S
+        while not answer and time.monotonic() < deadline:  # a byte every half second
+            sock.sendall(b" ")
+            try:
+                answer = sock.recv(65536)
+            except TimeoutError:
+                continue
+        rest, _ = read_until_closed(sock, SLACK_S)
+    head, _, body = (answer + rest).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert b"connection: close" in head.lower()
+    assert "did not arrive in time" in json.loads(body)["detail"]
+    with server.client() as client:
+        assert "x" not in [d["name"] for d in client.get("/devices").json()]
+
+
+def test_a_slow_but_steady_body_is_read_whole(server: Server) -> None:
+    """Twice the read timeout in all, at 128 KiB/s: above the rate a body must keep up."""
+    body = json.dumps({"profile": fast_device("steady")}).encode()
+    padding = 128 * 1024 * 2 * int(READ_TIMEOUT_S)
+    with raw_connection(server) as sock:
+        sock.sendall(request_head("POST", "/devices", length=padding + len(body)))
+        started = time.monotonic()
+        for _ in range(padding // (16 * 1024)):  # leading spaces are valid JSON
+            sock.sendall(b" " * 16 * 1024)
+            time.sleep(1 / 8)
+        sock.sendall(body)
+        assert time.monotonic() - started > READ_TIMEOUT_S
+        sock.settimeout(SLACK_S)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
+    with server.client() as client:
+        assert "steady" in [d["name"] for d in client.get("/devices").json()]
+
+
+def test_a_client_that_stops_reading_a_download_is_cut_off(server: Server) -> None:
+    """The largest subnet's ONNX file is larger than the sockets' buffers, so the server's writes stall."""
+    with server.client() as client:
+        assert client.post("/supernets", json=SUPERNET).status_code in (201, 409)
+        largest = {"ks": [7] * 20, "e": [6] * 20, "d": [4] * 5, "r": [32]}
+        export = client.post("/exports", json={"supernet": SUPERNET["name"], "arch": largest})
+        assert export.status_code == 201, export.text
+        size, url = export.json()["bytes"], httpx.URL(export.json()["download_url"]).path
+    assert size > 8 * 1024 * 1024
+    with raw_connection(server, receive_buffer=4096) as sock:
+        sock.sendall(request_head("GET", url))
+        time.sleep(READ_TIMEOUT_S + SLACK_S)  # read nothing
+        received, _ = read_until_closed(sock, SLACK_S)
+    assert received.startswith(b"HTTP/1.1 200")
+    assert len(received) < size  # cut off, not delivered
+    with server.client() as client:
+        assert len(client.get(url).content) == size  # a reading client still gets it whole
+
+
+def test_connections_beyond_the_bound_get_503_and_the_service_recovers(server: Server) -> None:
+    held = [raw_connection(server) for _ in range(MAX_CONNECTIONS)]
+    try:
+        with server.client() as client:
+            over = client.get("/devices")
+    finally:
+        for sock in held:
+            sock.close()
+    assert over.status_code == 503
+    with server.client() as client:
+        deadline = time.monotonic() + SLACK_S
+        while (status := client.get("/devices").status_code) == 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert status == 200
+
+
+def test_a_keep_alive_client_pausing_under_the_timeout_keeps_its_connection(server: Server) -> None:
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"},
+                      timeout=30.0) as client:
+        ports = set()
+        for _ in range(3):
+            response = client.get("/devices")
+            assert response.status_code == 200
+            ports.add(response.extensions["network_stream"].get_extra_info("client_addr")[1])
+            time.sleep(READ_TIMEOUT_S / 2)
+    assert len(ports) == 1
