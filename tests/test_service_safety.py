@@ -8,10 +8,12 @@ field (never 500), store nothing it refused, and stay healthy afterwards.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import socket
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -175,6 +177,49 @@ def test_bad_checkpoints_get_one_clear_422_and_leave_nothing_behind(client: http
                           files={"checkpoint": ("x.pt", b"x")})
         refused(bad, ["body", "options"])
     assert client.get("/supernets").status_code == 200
+
+
+def deflated(source: bytes) -> bytes:
+    """``source`` (a zip archive) with every member deflated: what a zip bomb of that format looks like."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(source)) as original, \
+            zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as packed:
+        for member in original.infolist():
+            packed.writestr(member.filename, original.read(member))
+    return out.getvalue()
+
+
+def test_files_that_unpack_past_the_limit_are_refused_before_they_are_read(
+        client: httpx.Client, data_root: Path, root: Path) -> None:
+    """The server allows 20 MiB files; each of these is under 100 KiB on disk and 64 MiB unpacked."""
+    import torch
+
+    weights = io.BytesIO()
+    torch.save({"w": torch.zeros(16 * 1024 * 1024)}, weights)
+    bomb = deflated(weights.getvalue())
+    assert len(bomb) < 100 * 1024 and torch.load(io.BytesIO(bomb), weights_only=True)["w"].numel() == 16 << 20
+    (data_root / "bomb.pt").write_bytes(bomb)
+    images = io.BytesIO()
+    np.savez_compressed(images, x=np.zeros((64 * 1024, 32, 32, 1), np.uint8), y=np.zeros(64 * 1024, np.int64))
+    assert len(images.getvalue()) < 100 * 1024
+    (data_root / "bomb.npz").write_bytes(images.getvalue())
+
+    registered = client.post("/supernets", json={**SUPERNET, "name": "bomb", "checkpoint": "bomb.pt"})
+    assert "unpacks to" in refused(registered, ["body", "checkpoint"])
+    form = {"name": "bomb", "registry": SUPERNET["registry"], "options": json.dumps(SUPERNET["options"])}
+    uploaded = client.post("/supernets/upload", data=form, files={"checkpoint": ("bomb.pt", bomb)})
+    assert "unpacks to" in refused(uploaded, ["body", "checkpoint"])
+    assert list((root / "store.sqlite.data" / "checkpoints").iterdir()) == []
+
+    assert client.post("/devices", json={"profile": fast_device("cpu-1t")}).status_code == 201
+    assert client.post("/supernets", json=SUPERNET).status_code == 201
+    job = client.post("/jobs", json={"supernet": "tiny-mbv3", "devices": ["cpu-1t"], "dataset": "bomb.npz"})
+    assert "unpacks to" in refused(job, ["body", "dataset"])
+    arch = {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": [32]}
+    export = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": arch, "precision": "int8",
+                                           "dataset": "bomb.npz"})
+    assert "unpacks to" in refused(export, ["body", "dataset"])
+    assert "bomb" not in [s["name"] for s in client.get("/supernets").json()]
 
 
 def test_loose_types_and_odd_names_are_refused(client: httpx.Client) -> None:

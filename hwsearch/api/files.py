@@ -7,16 +7,22 @@ by a path inside one of the directories the operator declared
 (``hwsearch serve --data-root DIR``), resolved with symlinks followed; every
 refusal before that point reads the same whether or not the path exists, and
 only regular files (or, for datasets, directories) of bounded size pass.
+
+A file's size is its size once unpacked: ``.npz`` files and torch's ``.pt``
+files are zip archives, and both numpy and torch inflate deflated members.
+A 256 KiB ``.pt`` whose records were deflated loaded here as a 256 MiB
+tensor, so the on-disk size alone would let a 512 MiB file become 500 GB.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["DataRoots", "PathRefused"]
+__all__ = ["DataRoots", "PathRefused", "check_unpacked_size"]
 
 MAX_PATH_CHARS = 1024
 DATASET_SUFFIXES = (".npz", ".pt")
@@ -82,6 +88,7 @@ class DataRoots:
             raise PathRefused("must be a regular file (not a device, pipe or folder)")
         if info.st_size > self.max_file_bytes:
             raise PathRefused(f"is {info.st_size} bytes; the limit is {self.max_file_bytes}")
+        check_unpacked_size(path, self.max_file_bytes)
 
     def _check_folder(self, path: Path) -> None:
         """Count the folder's files, stopping at the bound rather than walking a huge tree."""
@@ -92,3 +99,21 @@ class DataRoots:
                 raise PathRefused(f"holds more than {self.max_dataset_files} files")
         if count == 0:
             raise PathRefused("is an empty folder")
+
+
+def check_unpacked_size(path: Path, limit: int) -> None:
+    """Refuse a zip archive (``.npz``, torch's ``.pt``) whose members unpack to more than ``limit`` bytes.
+
+    The central directory's sizes are what the readers inflate to (Python's
+    zipfile stops a member at its declared size, and torch's reader allocates
+    the declared size and checks it), so summing them bounds the memory a
+    load takes without inflating anything.  A file that is not a zip archive
+    is left to its reader.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # not an archive (or a broken one, which its reader will refuse with a reason)
+    if unpacked > limit:
+        raise PathRefused(f"unpacks to {unpacked} bytes; the limit is {limit}")

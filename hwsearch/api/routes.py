@@ -150,6 +150,7 @@ def upload_supernet(
     name: Annotated[str, Form()],
     registry: Annotated[str, Form()],
     checkpoint: Annotated[UploadFile, File(description="a state_dict saved with torch.save")],
+    roots: RootsDep,
     options: Annotated[str, Form(description="SupernetOptions as JSON")] = "{}",
 ) -> SupernetRead:
     """Register a supernet whose checkpoint is uploaded (multipart form)."""
@@ -161,7 +162,7 @@ def upload_supernet(
         raise service.Invalid(f"options: {problems}", field=("body", "options")) from None
     return SupernetRead(**service.upload_supernet(
         catalog=catalog, name=name, registry=registry, options=parsed.model_dump(),
-        content=checkpoint.file))
+        content=checkpoint.file, max_unpacked_bytes=roots.max_file_bytes))
 
 
 @api_router.get("/supernets", response_model=list[SupernetRead], tags=["supernets"])

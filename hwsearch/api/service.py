@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from hwsearch.agents import AgentEndpoint, UnknownAgent, resolve_profile
 from hwsearch.api.catalog import Catalog, valid_name
-from hwsearch.api.files import DataRoots, PathRefused
+from hwsearch.api.files import DataRoots, PathRefused, check_unpacked_size
 from hwsearch.dispatch import JobDispatcher, QueueFull, StillStopping
 from hwsearch.jobs import (
     JobSpec,
@@ -188,11 +188,12 @@ def upload_supernet(
     registry: str,
     options: Mapping[str, Any],
     content: IO[bytes],
+    max_unpacked_bytes: int,
 ) -> dict[str, Any]:
     """Register a supernet whose checkpoint comes in the request; it is kept in the catalog.
 
-    The upload is checked (built once) before it replaces anything, and the
-    temporary file is removed whatever happens.
+    The upload is checked (its unpacked size, then built once) before it
+    replaces anything, and the temporary file is removed whatever happens.
     """
     if not valid_name(name):
         raise Invalid(f"name {name!r} must be letters, digits, '.', '_' or '-'",
@@ -202,6 +203,10 @@ def upload_supernet(
     with tempfile.NamedTemporaryFile(dir=catalog.checkpoints, suffix=".part", delete=False) as tmp:
         shutil.copyfileobj(content, tmp)
     try:
+        try:
+            check_unpacked_size(Path(tmp.name), max_unpacked_bytes)
+        except PathRefused as refused:
+            raise Invalid(f"checkpoint {refused}", field=("body", "checkpoint")) from None
         _build_checked(SupernetRef(name=name, registry=registry, checkpoint=tmp.name,
                                    options=_options(options)), ("body", "checkpoint"))
         os.replace(tmp.name, path)
