@@ -42,10 +42,13 @@ def raw_connection(server: Server, *, receive_buffer: int | None = None) -> sock
     return sock
 
 
-def request_head(method: str, path: str, *, length: int | None = None) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {TOKEN}"]
+def request_head(method: str, path: str, *, length: int | None = None, token: str | None = TOKEN,
+                 content_type: str = "application/json") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    if token is not None:
+        lines.append(f"Authorization: Bearer {token}")
     if length is not None:
-        lines += ["Content-Type: application/json", f"Content-Length: {length}"]
+        lines += [f"Content-Type: {content_type}", f"Content-Length: {length}"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -158,3 +161,22 @@ def test_a_keep_alive_client_pausing_under_the_timeout_keeps_its_connection(serv
             ports.add(response.extensions["network_stream"].get_extra_info("client_addr")[1])
             time.sleep(READ_TIMEOUT_S / 2)
     assert len(ports) == 1
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token", TOKEN.upper()])
+def test_strangers_get_401_before_their_body_is_read(server: Server, token: str | None) -> None:
+    """A 100 MiB upload announced, none of it sent: the answer comes from the headers alone."""
+    for path, content_type in (("/supernets/upload", "multipart/form-data; boundary=b"),
+                               ("/devices", "application/json")):
+        with raw_connection(server) as sock:
+            sock.sendall(request_head("POST", path, length=100 << 20, token=token,
+                                      content_type=content_type) + b"--b\r\n")
+            answer, _ = read_until_closed(sock, SLACK_S)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401"), (path, answer[:200])
+        assert b"www-authenticate: bearer" in head.lower() and b"connection: close" in head.lower()
+        assert json.loads(body) == {"detail": "missing or wrong bearer token"}
+    with httpx.Client(base_url=server.url, timeout=30.0) as anonymous:
+        assert anonymous.get("/health").status_code == 200
+        assert anonymous.get("/docs").status_code == 200
+        assert "/supernets/upload" in anonymous.get("/openapi.json").json()["paths"]

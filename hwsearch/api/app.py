@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 import hwsearch
 from hwsearch.agents import AgentEndpoint
 from hwsearch.api.catalog import Catalog, default_data_dir
-from hwsearch.api.connections import BodyBounds
+from hwsearch.api.connections import BodyBounds, TokenGate
 from hwsearch.api.files import DataRoots
 from hwsearch.api.routes import api_router, public_router
 from hwsearch.api.service import Busy, ServiceError, upgrade_catalog
@@ -133,7 +133,14 @@ def create_app(
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(BodyBounds, max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes,
                        upload_paths=_UPLOAD_PATHS, read_timeout_s=read_timeout_s)
+    app.add_middleware(TokenGate, token=token, public_paths=_public_paths(app))  # outermost: runs first
     return app
+
+
+def _public_paths(app: FastAPI) -> frozenset[str]:
+    """/health and the OpenAPI schema and its pages: what a client without a token may ask for."""
+    pages = (app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url)
+    return frozenset([route.path for route in public_router.routes] + [p for p in pages if p])
 
 
 def create_app_from_env() -> FastAPI:

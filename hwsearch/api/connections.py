@@ -1,4 +1,4 @@
-"""Bounds in seconds on what a client's connection may hold: headers, body and unread responses.
+"""What a client's connection may hold before and while it is served: its token, time, bytes.
 
 Uvicorn bounds a request's header bytes (h11's 16 KiB) and, after a
 response, an idle keep-alive (5 s), but nothing else in time.  Measured
@@ -20,11 +20,17 @@ The bounds, one read timeout for all of them:
   otherwise 408 or 413, and the connection closes (the rest is never read).
 * The number of connections is bounded by uvicorn's ``limit_concurrency``
   (``hwsearch serve --max-connections``): beyond it, requests get 503.
+
+And before any of it, :class:`TokenGate`: FastAPI reads and parses a body
+before it runs the route's token check, so a stranger without a token could
+make the server spool a 512 MiB multipart upload to disk and only then get
+401.  The gate answers 401 from the headers alone, and closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,7 +39,7 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["MIN_BODY_BYTES_PER_S", "BodyBounds", "bounded_h11"]
+__all__ = ["MIN_BODY_BYTES_PER_S", "BodyBounds", "TokenGate", "bounded_h11"]
 
 #: After the read timeout's grace, a body must keep arriving at this average rate (the edge agent's too).
 MIN_BODY_BYTES_PER_S = 64 * 1024
@@ -41,6 +47,28 @@ MIN_BODY_BYTES_PER_S = 64 * 1024
 _CLOSE = {"Connection": "close"}
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class TokenGate:
+    """401 before the body is read, for every request but those to ``public_paths``, unless its token is right."""
+
+    def __init__(self, app: Any, *, token: str, public_paths: frozenset[str]) -> None:
+        self.app = app
+        self.expected = token.encode()
+        self.public_paths = public_paths
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.public_paths or self._carries_token(scope):
+            await self.app(scope, receive, send)
+            return
+        refused = JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401,
+                               headers={"WWW-Authenticate": "Bearer", **_CLOSE})
+        await refused(scope, receive, send)
+
+    def _carries_token(self, scope: dict[str, Any]) -> bool:
+        """``Authorization: Bearer <token>``, the scheme in any case, compared in constant time."""
+        scheme, _, supplied = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+        return scheme.lower() == b"bearer" and secrets.compare_digest(supplied, self.expected)
 
 
 def bounded_h11(read_timeout_s: float) -> type[H11Protocol]:
