@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hwsearch.api.exports import ExportCache
 from hwsearch.jobs import SupernetRef
 
-__all__ = ["Catalog", "NAME_PATTERN", "default_data_dir", "valid_name"]
+__all__ = ["MAX_EXPORT_BYTES", "Catalog", "NAME_PATTERN", "default_data_dir", "valid_name"]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 _NAME = re.compile(NAME_PATTERN)
@@ -39,14 +40,19 @@ def valid_name(name: object) -> bool:
     return isinstance(name, str) and _NAME.fullmatch(name) is not None
 
 
-class Catalog:
-    """Registered supernets and device profiles under one data directory; thread-safe."""
+#: Default bound on the exported ONNX files kept (``hwsearch serve --max-export-mb``).
+MAX_EXPORT_BYTES = 2048 * 1024 * 1024
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+
+class Catalog:
+    """Registered supernets and device profiles under one data directory, and its exports; thread-safe."""
+
+    def __init__(self, root: str | os.PathLike[str], *, max_export_bytes: int = MAX_EXPORT_BYTES) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
         for sub in ("supernets", "devices", "checkpoints", "exports"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.export_cache = ExportCache(self.exports, max_export_bytes)
 
     # ------------------------------------------------------------------ paths
 

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from hwsearch.agents import AgentEndpoint, UnknownAgent, resolve_profile
 from hwsearch.api.catalog import Catalog, valid_name
+from hwsearch.api.exports import MAKING_SUFFIX
 from hwsearch.api.files import DataRoots, PathRefused, check_unpacked_size
 from hwsearch.dispatch import JobDispatcher, QueueFull, StillStopping
 from hwsearch.jobs import (
@@ -597,20 +598,23 @@ def export_subnet(
     export_id = f"{ref.name}-{arch.digest()}-b{batch}"
     if plan is not None:
         export_id += f"-{precision}-{_plan_digest(plan, ref)}"
-    path = catalog.exports / f"{export_id}.onnx"
-    sidecar = path.with_suffix(".json")
-    if not sidecar.is_file():
-        report = _export_file(ref, arch, path, export_id, catalog, batch, precision, plan)
-        info = {
+    cache = catalog.export_cache
+    info = cache.report(export_id)
+    if info is not None:
+        return info
+    made = cache.folder / f"{export_id}.{os.getpid()}.{threading.get_ident()}{MAKING_SUFFIX}"
+    try:
+        report = _export_file(ref, arch, made, batch, precision, plan)
+        return cache.put(export_id, made, {
             "id": export_id, "supernet": ref.name, "arch": arch.to_dict(), "arch_key": arch.key(),
-            "bytes": path.stat().st_size, "macs": report.macs, "params": report.params,
+            "bytes": made.stat().st_size, "macs": report.macs, "params": report.params,
             "input_shape": list(report.input_shape), "max_abs_diff": report.max_abs_diff,
             "precision": precision,
             "quantization": None if report.quantization is None else {
                 k: v for k, v in report.quantization.items() if k != "path"},
-        }
-        sidecar.write_text(json.dumps(info))
-    return json.loads(sidecar.read_text())
+        })
+    finally:
+        made.unlink(missing_ok=True)
 
 
 def _precision_and_data(resolved: _Subnet, roots: DataRoots | None, precision: str | None,
@@ -653,12 +657,11 @@ def _plan_digest(plan: Any, ref: SupernetRef) -> str:
                       extra={"n_calibration": plan.n_calibration, "checkpoint": ref.checkpoint})[:12]
 
 
-def _export_file(ref: SupernetRef, arch: ArchConfig, path: Path, export_id: str, catalog: Catalog,
-                 batch: int, precision: str, plan: Any) -> Any:
-    """Build the file under a bounded number of concurrent exports; returns the export report."""
+def _export_file(ref: SupernetRef, arch: ArchConfig, made: Path, batch: int, precision: str,
+                 plan: Any) -> Any:
+    """Build the file at ``made`` under a bounded number of concurrent exports; returns the export report."""
     from hwsearch.export import export_subnet as export
 
-    tmp = catalog.exports / f"{export_id}.{os.getpid()}.{threading.get_ident()}.part.onnx"
     if not _EXPORT_SLOTS.acquire(timeout=_EXPORT_WAIT_S):
         raise Busy("the service is busy exporting other subnets", retry_after_s=30)
     try:
@@ -669,19 +672,17 @@ def _export_file(ref: SupernetRef, arch: ArchConfig, path: Path, export_id: str,
                 data = plan.open(size=max(net.space.resolutions)).calibration
             except ValueError as error:
                 raise Invalid(f"dataset cannot be read: {error}", field=("body", "dataset")) from None
-        report = export(net, arch, tmp, batch=batch, precision=precision, calibration=data,
-                        bn_data=data)
-        os.replace(tmp, path)
-        return report
+        return export(net, arch, made, batch=batch, precision=precision, calibration=data, bn_data=data)
     finally:
         _EXPORT_SLOTS.release()
-        tmp.unlink(missing_ok=True)
 
 
 def export_file(*, catalog: Catalog, export_id: str) -> Path:
-    path = catalog.exports / f"{export_id}.onnx"
-    if not valid_name(export_id) or not path.is_file():
-        raise NotFound(f"export {export_id!r} does not exist; create it with POST /exports")
+    """The ONNX file of an export, for download (which counts as a use: pruning spares it longest)."""
+    path = catalog.export_cache.file(export_id) if valid_name(export_id) else None
+    if path is None:
+        raise NotFound(f"export {export_id!r} does not exist (or was pruned from the bounded cache); "
+                       "create it with POST /exports")
     return path
 
 

@@ -49,6 +49,8 @@ def serve(
     max_body_mb: Annotated[float, typer.Option(help="Largest JSON request body.")] = 1.0,
     max_upload_mb: Annotated[float, typer.Option(
         help="Largest checkpoint upload, and largest checkpoint or dataset file read.")] = 512.0,
+    max_export_mb: Annotated[float, typer.Option(
+        min=1.0, help="Exported ONNX files kept for download; the least recently used go first.")] = 2048.0,
     read_timeout_s: Annotated[float, typer.Option(
         min=1.0, help="Seconds a client may take over a request's headers, or stall its body (which must "
                       "also average 64 KiB/s) or reading a response; slower connections are closed.")] = 30.0,
@@ -92,7 +94,8 @@ def serve(
         admission=Admission(max_running=max_running_jobs, max_queued=max_queued_jobs,
                             max_n_profile=max_n_profile, max_budget=max_budget),
         max_body_bytes=int(max_body_mb * MiB), max_upload_bytes=int(max_upload_mb * MiB),
-        read_timeout_s=read_timeout_s, ray_address=ray_address, resume=resume,
+        read_timeout_s=read_timeout_s, max_export_bytes=int(max_export_mb * MiB),
+        ray_address=ray_address, resume=resume,
         on_stop=lambda: shutil.rmtree(temp_files, ignore_errors=True),  # Ray's workers have ended
     )
     try:

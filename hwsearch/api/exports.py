@@ -1,0 +1,106 @@
+"""The service's exported ONNX files: a cache bounded in bytes, least recently used pruned first.
+
+``POST /exports`` keeps each file (and a JSON report beside it) so that asking
+again, or downloading, costs nothing.  Unbounded, that cache is a way to fill
+the disk: a tiny-mbv3 subnet exports to 8-25 MB in about half a second, two
+at a time, so a token holder posting random archs writes tens of MB a second.
+Past ``max_bytes`` the exports used least recently (made, asked for again, or
+downloaded) are removed; a pruned export answers 404 and is made again by
+``POST /exports``.  The export just made is never the one removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MAKING_SUFFIX", "ExportCache"]
+
+#: How a file being made ends: it is not in the cache yet.
+MAKING_SUFFIX = ".part.onnx"
+
+
+class ExportCache:
+    """``<id>.onnx`` files with their ``<id>.json`` reports in one folder, at most ``max_bytes`` in all."""
+
+    def __init__(self, folder: Path, max_bytes: int) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self.folder = folder
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def onnx_path(self, export_id: str) -> Path:
+        return self.folder / f"{export_id}.onnx"
+
+    def report(self, export_id: str) -> dict[str, Any] | None:
+        """The stored report, marking the export used; None if it was never made or was pruned."""
+        sidecar = self.folder / f"{export_id}.json"
+        try:
+            info = json.loads(sidecar.read_text())
+            _touch(sidecar)
+        except FileNotFoundError:  # pruned between the listing and here counts as never made
+            return None
+        return info if self.onnx_path(export_id).is_file() else None
+
+    def file(self, export_id: str) -> Path | None:
+        """The ONNX file to send, marking the export used; None if absent."""
+        path = self.onnx_path(export_id)
+        try:
+            _touch(self.folder / f"{export_id}.json")
+        except FileNotFoundError:
+            return None
+        return path if path.is_file() else None
+
+    def put(self, export_id: str, made: Path, info: dict[str, Any]) -> dict[str, Any]:
+        """Move ``made`` in under ``export_id`` with its report, then prune to the bound."""
+        sidecar = self.folder / f"{export_id}.json"
+        tmp = sidecar.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        with self._lock:
+            os.replace(made, self.onnx_path(export_id))
+            tmp.write_text(json.dumps(info))
+            os.replace(tmp, sidecar)  # the report last: a report always has its file
+            self._prune(keep=export_id)
+        return info
+
+    def _prune(self, keep: str) -> None:
+        entries = sorted(self._entries(), key=lambda entry: entry[1])  # least recently used first
+        total = sum(size for _, _, size in entries)
+        for export_id, _, size in entries:
+            if total <= self.max_bytes:
+                break
+            if export_id == keep:
+                continue
+            (self.folder / f"{export_id}.json").unlink(missing_ok=True)  # the report first: no longer cached
+            self.onnx_path(export_id).unlink(missing_ok=True)
+            total -= size
+
+    def _entries(self) -> list[tuple[str, float, int]]:
+        """``(id, last used, bytes of file and report)`` of every export, a report's or not.
+
+        A file without its report (a crash between the two writes) is counted
+        and pruned like the rest, by its own time; files being made are not.
+        """
+        entries = []
+        for onnx in self.folder.glob("*.onnx"):
+            if onnx.name.endswith(MAKING_SUFFIX):
+                continue
+            try:
+                file = onnx.stat()
+            except FileNotFoundError:  # pruned meanwhile
+                continue
+            try:
+                report = onnx.with_suffix(".json").stat()
+                entries.append((onnx.stem, report.st_mtime, file.st_size + report.st_size))
+            except FileNotFoundError:
+                entries.append((onnx.stem, file.st_mtime, file.st_size))
+        return entries
+
+
+def _touch(path: Path) -> None:
+    """Mark ``path`` used now (its mtime orders pruning: atime is not kept on most mounts)."""
+    os.utime(path)

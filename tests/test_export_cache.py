@@ -1,0 +1,84 @@
+"""The service's exported ONNX files stay within ``--max-export-mb``, least recently used pruned first.
+
+A real ``hwsearch serve`` keeping 25 MiB of exports; each tiny-mbv3 subnet
+below exports to 8-12 MB, so two fit and a third prunes one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests._jobs import SUPERNET
+from tests._server import Server
+
+LIMIT = 25 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("export-cache")
+    srv = Server(root / "store.sqlite", extra=("--max-export-mb", str(LIMIT / 2**20))).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        assert c.post("/supernets", json=SUPERNET).status_code == 201
+        yield c
+
+
+def arch(ks: int, e: int) -> dict[str, Any]:
+    return {"ks": [ks] * 20, "e": [e] * 20, "d": [2] * 5, "r": [32]}
+
+
+def export(client: httpx.Client, native: dict[str, Any]) -> dict[str, Any]:
+    made = client.post("/exports", json={"supernet": SUPERNET["name"], "arch": native})
+    assert made.status_code == 201, made.text
+    return made.json()
+
+
+def download(client: httpx.Client, info: dict[str, Any]) -> httpx.Response:
+    return client.get(httpx.URL(info["download_url"]).path)
+
+
+def folder_bytes(server: Server) -> int:
+    exports = Path(f"{server.store}.data") / "exports"
+    return sum(path.stat().st_size for path in exports.iterdir())
+
+
+def test_the_least_recently_used_export_goes_first_and_comes_back_when_asked(
+        server: Server, client: httpx.Client) -> None:
+    first, second = export(client, arch(3, 3)), export(client, arch(3, 4))
+    assert first["bytes"] + second["bytes"] < LIMIT  # both fit
+    assert download(client, first).status_code == 200  # a download is a use: now second is the oldest
+    third = export(client, arch(3, 6))
+    assert first["bytes"] + second["bytes"] + third["bytes"] > LIMIT  # so one had to go
+    assert download(client, second).status_code == 404
+    assert "POST /exports" in download(client, second).json()["detail"]
+    for kept in (first, third):
+        answer = download(client, kept)
+        assert answer.status_code == 200 and len(answer.content) == kept["bytes"]
+    assert folder_bytes(server) <= LIMIT
+
+    again = export(client, arch(3, 4))  # a pruned export is made again on request
+    assert again["id"] == second["id"] and again["bytes"] == second["bytes"]
+    assert len(download(client, again).content) == again["bytes"]
+    assert folder_bytes(server) <= LIMIT
+
+
+def test_the_folder_stays_within_the_bound_and_keeps_the_export_just_made(
+        server: Server, client: httpx.Client) -> None:
+    for ks, e in ((5, 3), (5, 4), (7, 3), (3, 3)):
+        export(client, arch(ks, e))
+        assert folder_bytes(server) <= LIMIT
+    largest = export(client, {"ks": [7] * 20, "e": [6] * 20, "d": [4] * 5, "r": [32]})
+    assert largest["bytes"] <= LIMIT < largest["bytes"] * 2  # it fits, with little beside it
+    assert len(download(client, largest).content) == largest["bytes"]
+    assert folder_bytes(server) <= LIMIT
