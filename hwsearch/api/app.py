@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 
 import hwsearch
 from hwsearch.agents import AgentEndpoint
-from hwsearch.api.catalog import MAX_EXPORT_BYTES, Catalog, default_data_dir
+from hwsearch.api.catalog import MAX_CHECKPOINT_BYTES, MAX_EXPORT_BYTES, Catalog, default_data_dir
 from hwsearch.api.connections import BodyBounds, TokenGate
 from hwsearch.api.files import DataRoots
 from hwsearch.api.routes import api_router, public_router
@@ -80,6 +80,7 @@ def create_app(
     max_upload_bytes: int = 512 * MiB,
     read_timeout_s: float = READ_TIMEOUT_S,
     max_export_bytes: int = MAX_EXPORT_BYTES,
+    max_checkpoint_bytes: int = MAX_CHECKPOINT_BYTES,
     ray_address: str | None = None,
     resume: bool = False,
     on_stop: Callable[[], None] | None = None,
@@ -119,7 +120,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.store = store
-    app.state.catalog = Catalog(data_dir, max_export_bytes=max_export_bytes)
+    app.state.catalog = Catalog(data_dir, max_export_bytes=max_export_bytes,
+                                max_checkpoint_bytes=max_checkpoint_bytes)
     app.state.roots = DataRoots(data_roots or [Path(data_dir) / "files"],
                                 max_file_bytes=max_upload_bytes)
     for change in upgrade_catalog(catalog=app.state.catalog, roots=app.state.roots,
@@ -152,7 +154,8 @@ def create_app_from_env() -> FastAPI:
     (``os.pathsep``-separated), ``HWSEARCH_AGENTS`` (comma-separated
     ``NAME=URL``, tokens as :func:`hwsearch.agents.load_agents` finds them),
     ``HWSEARCH_AGENT_SECRETS``, ``HWSEARCH_MAX_BODY``, ``HWSEARCH_MAX_UPLOAD``,
-    ``HWSEARCH_READ_TIMEOUT_S``, ``HWSEARCH_MAX_EXPORT`` (bytes),
+    ``HWSEARCH_READ_TIMEOUT_S``, ``HWSEARCH_MAX_EXPORT`` and
+    ``HWSEARCH_MAX_CHECKPOINTS`` (bytes),
     ``HWSEARCH_RAY_ADDRESS`` and ``HWSEARCH_RESUME``.
     """
     from hwsearch.agents import load_agents
@@ -172,6 +175,7 @@ def create_app_from_env() -> FastAPI:
         max_upload_bytes=int(os.environ.get("HWSEARCH_MAX_UPLOAD", 512 * MiB)),
         read_timeout_s=float(os.environ.get("HWSEARCH_READ_TIMEOUT_S", READ_TIMEOUT_S)),
         max_export_bytes=int(os.environ.get("HWSEARCH_MAX_EXPORT", MAX_EXPORT_BYTES)),
+        max_checkpoint_bytes=int(os.environ.get("HWSEARCH_MAX_CHECKPOINTS", MAX_CHECKPOINT_BYTES)),
         ray_address=os.environ.get("HWSEARCH_RAY_ADDRESS") or None,
         resume=json.loads(os.environ.get("HWSEARCH_RESUME", "false")),
     )

@@ -15,13 +15,14 @@ import os
 import re
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from hwsearch.api.exports import ExportCache
 from hwsearch.jobs import SupernetRef
 
-__all__ = ["MAX_EXPORT_BYTES", "Catalog", "NAME_PATTERN", "default_data_dir", "valid_name"]
+__all__ = ["MAX_CHECKPOINT_BYTES", "MAX_EXPORT_BYTES", "Catalog", "NAME_PATTERN", "default_data_dir", "valid_name"]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 _NAME = re.compile(NAME_PATTERN)
@@ -42,17 +43,24 @@ def valid_name(name: object) -> bool:
 
 #: Default bound on the exported ONNX files kept (``hwsearch serve --max-export-mb``).
 MAX_EXPORT_BYTES = 2048 * 1024 * 1024
+#: Default bound on the uploaded checkpoints kept (``hwsearch serve --max-checkpoints-mb``).
+MAX_CHECKPOINT_BYTES = 8192 * 1024 * 1024
 
 
 class Catalog:
     """Registered supernets and device profiles under one data directory, and its exports; thread-safe."""
 
-    def __init__(self, root: str | os.PathLike[str], *, max_export_bytes: int = MAX_EXPORT_BYTES) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, max_export_bytes: int = MAX_EXPORT_BYTES,
+                 max_checkpoint_bytes: int = MAX_CHECKPOINT_BYTES) -> None:
         self.root = Path(root)
+        self.max_checkpoint_bytes = max_checkpoint_bytes
         self._lock = threading.Lock()
+        self._uploading = threading.Lock()
         for sub in ("supernets", "devices", "checkpoints", "exports"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.export_cache = ExportCache(self.exports, max_export_bytes)
+        for stale in self.checkpoints.glob("*.part"):  # a killed upload's copy: it would hold room forever
+            stale.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ paths
 
@@ -63,6 +71,17 @@ class Catalog:
     @property
     def exports(self) -> Path:
         return self.root / "exports"
+
+    @contextmanager
+    def checkpoint_room(self, *, replacing: Path) -> Iterator[int]:
+        """Bytes an upload may take (the checkpoint it replaces counts as free); one upload at a time.
+
+        Uploads are stored one after another, so two cannot both see the same
+        room and together pass the bound.
+        """
+        with self._uploading:
+            used = sum(p.stat().st_size for p in self.checkpoints.iterdir() if p != replacing and p.is_file())
+            yield max(0, self.max_checkpoint_bytes - used)
 
     # ------------------------------------------------------------------ supernets
 

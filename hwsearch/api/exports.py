@@ -24,7 +24,11 @@ MAKING_SUFFIX = ".part.onnx"
 
 
 class ExportCache:
-    """``<id>.onnx`` files with their ``<id>.json`` reports in one folder, at most ``max_bytes`` in all."""
+    """``<id>.onnx`` files with their ``<id>.json`` reports in one folder, at most ``max_bytes`` in all.
+
+    Made once per service start (one service owns its data directory), when
+    files left half-made by a killed predecessor are removed.
+    """
 
     def __init__(self, folder: Path, max_bytes: int) -> None:
         if max_bytes <= 0:
@@ -33,6 +37,8 @@ class ExportCache:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(f"*{MAKING_SUFFIX}"):  # made when the service was killed: never finished
+            stale.unlink(missing_ok=True)
 
     def onnx_path(self, export_id: str) -> Path:
         return self.folder / f"{export_id}.onnx"

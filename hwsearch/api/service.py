@@ -94,6 +94,12 @@ class Conflict(ServiceError):
     status = 409
 
 
+class NoRoom(ServiceError):
+    """Storing the request's content would pass a bound on what the service keeps."""
+
+    status = 413
+
+
 class Busy(ServiceError):
     """The service is at a bound it keeps (queued jobs, exports at once); try again later."""
 
@@ -201,6 +207,19 @@ def upload_supernet(
                       field=("body", "name"))
     _check_registry(registry)
     path = catalog.checkpoints / f"{name}.pt"
+    with catalog.checkpoint_room(replacing=path) as room:  # uploads queue here, one at a time
+        size = content.seek(0, os.SEEK_END)
+        content.seek(0)
+        if size > room:
+            raise NoRoom(f"the service keeps at most {catalog.max_checkpoint_bytes} bytes of uploaded "
+                         f"checkpoints and has room for {room} more; this one is {size}. Uploading "
+                         "under a registered name replaces that checkpoint", field=("body", "checkpoint"))
+        return _store_upload(catalog, path, name, registry, options, content, max_unpacked_bytes)
+
+
+def _store_upload(catalog: Catalog, path: Path, name: str, registry: str, options: Mapping[str, Any],
+                  content: IO[bytes], max_unpacked_bytes: int) -> dict[str, Any]:
+    """Copy the upload beside its final place, check it builds, then move it there and register it."""
     with tempfile.NamedTemporaryFile(dir=catalog.checkpoints, suffix=".part", delete=False) as tmp:
         shutil.copyfileobj(content, tmp)
     try:

@@ -1,7 +1,8 @@
-"""The service's exported ONNX files stay within ``--max-export-mb``, least recently used pruned first.
+"""What the service keeps on disk for clients is bounded: exports (a cache) and uploaded checkpoints.
 
-A real ``hwsearch serve`` keeping 25 MiB of exports; each tiny-mbv3 subnet
-below exports to 8-12 MB, so two fit and a third prunes one.
+A real ``hwsearch serve`` keeping 25 MiB of exports, least recently used
+pruned first (each tiny-mbv3 subnet below exports to 8-12 MB, so two fit and
+a third prunes one), and 8 MiB of uploaded checkpoints (the demo's is 3.4 MiB).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from tests._jobs import SUPERNET
 from tests._server import Server
 
 LIMIT = 25 * 1024 * 1024
+CHECKPOINTS_MB = 8
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "hwsearch" / "demo" / "demo_mbv3_mnist.pt"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("export-cache")
-    srv = Server(root / "store.sqlite", extra=("--max-export-mb", str(LIMIT / 2**20))).start()
+    srv = Server(root / "store.sqlite", extra=("--max-export-mb", str(LIMIT / 2**20),
+                                               "--max-checkpoints-mb", str(CHECKPOINTS_MB))).start()
     yield srv
     srv.stop()
 
@@ -82,3 +86,22 @@ def test_the_folder_stays_within_the_bound_and_keeps_the_export_just_made(
     assert largest["bytes"] <= LIMIT < largest["bytes"] * 2  # it fits, with little beside it
     assert len(download(client, largest).content) == largest["bytes"]
     assert folder_bytes(server) <= LIMIT
+
+
+def test_uploads_past_the_checkpoint_bound_get_413_and_replacing_one_still_works(
+        server: Server, client: httpx.Client) -> None:
+    checkpoint = DEMO_CHECKPOINT.read_bytes()
+    assert 2 * len(checkpoint) < CHECKPOINTS_MB * 2**20 < 3 * len(checkpoint)
+
+    def upload(name: str) -> httpx.Response:
+        return client.post("/supernets/upload", data={"name": name, "registry": "demo_mbv3_mnist"},
+                           files={"checkpoint": ("demo.pt", checkpoint)})
+
+    assert upload("first").status_code == 201 and upload("second").status_code == 201
+    third = upload("third")
+    assert third.status_code == 413 and "at most" in third.json()["detail"], third.text
+    assert upload("first").status_code == 201  # under a registered name: it replaces, so it fits
+    names = [s["name"] for s in client.get("/supernets").json()]
+    assert "third" not in names and {"first", "second"} <= set(names)
+    folder = Path(f"{server.store}.data") / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["first.pt", "second.pt"]  # no .part left
