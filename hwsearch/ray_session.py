@@ -12,12 +12,24 @@ before it takes a task (Ray's ``worker_process_setup_hook``): it does those
 imports inside one compute unit of the host lock (:mod:`devices.hostlock`),
 waiting while a session measures.  What runs before the hook (the
 interpreter and Ray's own start-up) is not covered.
+
+A local Ray listens on every interface of the host (GCS, raylet, workers and
+its dashboard agent, on port 52365), and without authentication anyone who
+can reach the host can run code through it: measured here with
+``RAY_AUTH_MODE=disabled``, a POST to the dashboard agent's job API from the
+network ran a shell command as the service's user, and a second driver
+joined the GCS and ran tasks.  So a local session always uses Ray's token
+authentication, with a token this process makes and keeps in its
+environment (where Ray's daemons and workers read it), never in a file:
+the same POST gets 401 and the driver cannot join.  A cluster joined by
+address keeps whatever authentication its operator set.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import signal
 import tempfile
 import threading
@@ -83,11 +95,33 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     with _RAY_START_LOCK:
         if ray.is_initialized():
             return
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        if address:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the cluster's operator says otherwise
+        else:
+            _require_a_token_of_our_own()
         if threading.current_thread() is threading.main_thread():
             _start_ray(address, num_cpus)
         else:
             _start_ray_in_keeper_thread(address, num_cpus)
+
+
+def _require_a_token_of_our_own() -> None:
+    """Token authentication for the local Ray about to start, with a fresh token unless one is configured.
+
+    ``RAY_AUTH_MODE=disabled`` (which the environment may carry for a remote
+    cluster's sake) is overridden: nothing but this process and its Ray
+    workers ever needs to reach a local session.  The token lives in the
+    environment only, so Ray writes nothing to the home directory.
+    """
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and os.environ.get("RAY_AUTH_TOKEN"):
+        return  # the operator's own token
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    # Ray reads its config (the auth mode among it) once, at import: re-read it, as Ray itself does
+    # when it turns token authentication on, or this driver could not talk to its own cluster.
+    from ray._raylet import Config
+
+    Config.initialize("")
 
 
 def _start_ray(address: str | None, num_cpus: int | None) -> None:

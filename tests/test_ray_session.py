@@ -1,4 +1,4 @@
-"""Ray started from a short-lived thread must outlive that thread.
+"""Ray started from a short-lived thread must outlive that thread, and runs nothing for strangers.
 
 Ray's local daemons die with the thread that started them (PR_SET_PDEATHSIG),
 and a driver whose GCS is gone exits a minute later: this once took down the
@@ -86,3 +86,52 @@ def test_a_local_run_starts_its_own_ray_beside_a_cluster_someone_started_on_the_
     finally:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=30)
+
+
+STRANGER_SCRIPT = """
+import json, os, subprocess, sys, time, urllib.error, urllib.request
+import ray  # imported before init_ray turns authentication on, as in the service
+from hwsearch.ray_session import init_ray
+
+init_ray(num_cpus=1)
+answer = ray.get(ray.remote(lambda: 6 * 7).remote(), timeout=60)
+node = ray._private.worker._global_node
+marker = sys.argv[1]
+submit = urllib.request.Request(
+    f"http://{node.node_ip_address}:{node.dashboard_agent_listen_port}/api/job_agent/jobs/",
+    data=json.dumps({"entrypoint": f"touch {marker}"}).encode(), headers={"Content-Type": "application/json"})
+try:
+    job_api = urllib.request.urlopen(submit, timeout=30).status
+except urllib.error.HTTPError as error:
+    job_api = error.code
+join = f"import ray; ray.init(address='{node.gcs_address}'); print(ray.get(ray.remote(lambda: 1).remote()))"
+stranger = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+joined = subprocess.run([sys.executable, "-c", join], capture_output=True, text=True, timeout=120,
+                        env={**stranger, "RAY_AUTH_MODE": "disabled"})
+time.sleep(3)  # a job the agent accepted would have run by now
+print(json.dumps({"answer": answer, "job_api": job_api, "ran": os.path.exists(marker),
+                  "stranger_joined": joined.returncode == 0, "on": node.node_ip_address}))
+ray.shutdown()
+"""
+
+
+def test_a_local_ray_runs_nothing_for_a_stranger_on_the_network(tmp_path: Path) -> None:
+    """Ray listens on the host's address; without a token, its job API ran a shell command from there.
+
+    The stranger knocks on the host's network address (not loopback) with no
+    token: the dashboard agent's job API must answer 401 and run nothing, and
+    a driver must fail to join.  ``RAY_AUTH_MODE=disabled`` in the environment
+    must not open it, and the token must not be written to the home directory.
+    """
+    home = tmp_path / "home"
+    home.mkdir()
+    marker = tmp_path / "ran"
+    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_AUTH_TOKEN", None)
+    done = subprocess.run([sys.executable, "-c", STRANGER_SCRIPT, str(marker)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["answer"] == 42  # the session itself works
+    assert (report["job_api"], report["ran"], report["stranger_joined"]) == (401, False, False), report
+    assert not (home / ".ray").exists()

@@ -127,7 +127,6 @@ def _prepare_ray(data_dir: Path, *, local: bool) -> None:
     """
     from hwsearch.ray_session import kill_leftovers, private_temp_dir
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Ray's failure-signal handler aborts the process 3 s after a SIGTERM: the service's
     # graceful stop (end the jobs' tasks and Ray, remove temp files) takes longer and would die half-way.
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
