@@ -176,7 +176,7 @@ def rows_lost(client: httpx.Client, store_path: Path, accepted: list[str]) -> li
     from hwsearch.store import SQLiteStore
 
     store = SQLiteStore(store_path)
-    listed = {job["id"]: job for job in client.get("/jobs").json()["jobs"]}
+    listed = {job["id"]: job for job in client.get("/jobs", params={"limit": 1000}).json()["jobs"]}
     lost = [f"job {job} not listed" for job in accepted if job not in listed]
     for job in accepted:
         if listed.get(job, {}).get("state") != "succeeded":
@@ -237,10 +237,10 @@ def main() -> None:
             rss_end = rss_mib(server.pid)
             finish = time.monotonic() + 600  # let the accepted jobs finish before counting
             while time.monotonic() < finish and any(
-                    j["state"] in ("queued", "running") for j in client.get("/jobs").json()["jobs"]):
+                    j["state"] in ("queued", "running") for j in client.get("/jobs", params={"limit": 1000}).json()["jobs"]):
                 time.sleep(1)
             lost = rows_lost(client, root / "store.sqlite", tally.accepted)
-            states = collections.Counter(j["state"] for j in client.get("/jobs").json()["jobs"])
+            states = collections.Counter(j["state"] for j in client.get("/jobs", params={"limit": 1000}).json()["jobs"])
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

@@ -114,8 +114,8 @@ class Store(abc.ABC):
         """Change the given fields of a job (see the class docstring)."""
 
     @abc.abstractmethod
-    def job_events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
-        """The job's progress events with ``seq > after``, oldest first, each with its ``seq``."""
+    def job_events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """The job's progress events with ``seq > after``, oldest first, each with its ``seq``; at most ``limit``."""
 
     @abc.abstractmethod
     def get_job(self, job_id: str) -> JobRecord:
@@ -124,6 +124,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_jobs(self) -> list[JobRecord]:
         """Snapshots of all jobs, oldest first."""
+
+    @abc.abstractmethod
+    def recent_jobs(self, limit: int, before: str | None = None) -> list[JobRecord]:
+        """The ``limit`` newest jobs created before job ``before`` (or of all), newest first.
+
+        Pages of a listing that never reads every job; :class:`KeyError` if
+        ``before`` names no job.
+        """
 
     # ------------------------------------------------------------------ derived helpers
 
@@ -217,11 +225,12 @@ class MemoryStore(Store):
                 events = self._events[job_id]
                 events.append({**changes["progress"], "seq": len(events) + 1})
 
-    def job_events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
+    def job_events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         with self._lock:
             if job_id not in self._jobs:
                 raise KeyError(job_id)
-            return copy.deepcopy(self._events[job_id][max(after, 0):])
+            events = self._events[job_id][max(after, 0):]
+            return copy.deepcopy(events if limit is None else events[:limit])
 
     def get_job(self, job_id: str) -> JobRecord:
         with self._lock:
@@ -233,6 +242,14 @@ class MemoryStore(Store):
         with self._lock:
             records = copy.deepcopy(list(self._jobs.values()))
         return sorted(records, key=lambda r: r.created)
+
+    def recent_jobs(self, limit: int, before: str | None = None) -> list[JobRecord]:
+        with self._lock:
+            if before is not None and before not in self._jobs:
+                raise KeyError(before)
+            ids = list(self._jobs)  # insertion order is creation order
+            end = len(ids) if before is None else ids.index(before)
+            return [copy.deepcopy(self._jobs[i]) for i in ids[max(0, end - limit):end][::-1]]
 
 
 # --------------------------------------------------------------------------- sqlite
@@ -366,10 +383,11 @@ class SQLiteStore(Store):
                              "FROM job_events WHERE job_id = ?",
                              (job_id, json.dumps(dict(progress)), job_id))
 
-    def job_events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
+    def job_events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         self.get_job(job_id)  # KeyError for an unknown job, as the contract says
         rows = self._conn().execute("SELECT seq, data FROM job_events WHERE job_id = ? "
-                                    "AND seq > ? ORDER BY seq", (job_id, after)).fetchall()
+                                    "AND seq > ? ORDER BY seq LIMIT ?",
+                                    (job_id, after, -1 if limit is None else limit)).fetchall()
         return [{**json.loads(data), "seq": seq} for seq, data in rows]
 
     def get_job(self, job_id: str) -> JobRecord:
@@ -382,6 +400,19 @@ class SQLiteStore(Store):
     def list_jobs(self) -> list[JobRecord]:
         rows = self._conn().execute(
             f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created, rowid").fetchall()
+        return [_job_from_row(row) for row in rows]
+
+    def recent_jobs(self, limit: int, before: str | None = None) -> list[JobRecord]:
+        conn = self._conn()
+        if before is None:
+            rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created DESC, rowid DESC "
+                                "LIMIT ?", (limit,)).fetchall()
+        else:
+            cursor = conn.execute("SELECT created, rowid FROM jobs WHERE job_id = ?", (before,)).fetchone()
+            if cursor is None:
+                raise KeyError(before)
+            rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE (created, rowid) < (?, ?) "
+                                "ORDER BY created DESC, rowid DESC LIMIT ?", (*cursor, limit)).fetchall()
         return [_job_from_row(row) for row in rows]
 
 

@@ -1,4 +1,5 @@
-"""What the service keeps on disk for clients is bounded: exports (a cache) and uploaded checkpoints.
+"""What the service keeps on disk for clients is bounded (exports, uploaded checkpoints), and so is
+what one listing reads (jobs and events come in pages).
 
 A real ``hwsearch serve`` keeping 25 MiB of exports, least recently used
 pruned first (each tiny-mbv3 subnet below exports to 8-12 MB, so two fit and
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from hwsearch.store import SQLiteStore
 from tests._jobs import SUPERNET
 from tests._server import Server
 
@@ -105,3 +107,33 @@ def test_uploads_past_the_checkpoint_bound_get_413_and_replacing_one_still_works
     assert "third" not in names and {"first", "second"} <= set(names)
     folder = Path(f"{server.store}.data") / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["first.pt", "second.pt"]  # no .part left
+
+
+def test_jobs_and_events_are_listed_in_pages(server: Server, client: httpx.Client) -> None:
+    """Jobs written straight into the service's store (running seven would take minutes)."""
+    store = SQLiteStore(server.store)
+    ids = [store.create_job({"kind": "search", "i": i}) for i in range(7)]
+    for job_id in ids:
+        store.update_job(job_id, state="succeeded", result={"fronts": {}, "n": 1})
+    for step in range(5):
+        store.update_job(ids[0], progress={"step": f"s{step}", "fraction": step / 5})
+
+    seen, before = [], None
+    while True:
+        page = client.get("/jobs", params={"limit": 3, **({"before": before} if before else {})}).json()
+        assert len(page["jobs"]) <= 3
+        seen += [job["id"] for job in page["jobs"]]
+        before = page["next_before"]
+        if before is None:
+            break
+    assert [i for i in seen if i in ids] == ids[::-1]  # newest first, none twice, none missed
+    assert len(seen) == len(set(seen))
+
+    events = client.get(f"/jobs/{ids[0]}/events", params={"limit": 2}).json()["events"]
+    rest = client.get(f"/jobs/{ids[0]}/events", params={"after": events[-1]["seq"]}).json()["events"]
+    assert [e["step"] for e in events + rest] == [f"s{step}" for step in range(5)]
+
+    for params, field in (({"before": "no-such-job"}, "before"), ({"limit": 0}, "limit"),
+                          ({"limit": 1001}, "limit")):
+        refused = client.get("/jobs", params=params)
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", field]

@@ -135,6 +135,27 @@ def test_list_jobs_in_creation_order_and_restart_recovery(store: Store) -> None:
     assert set(JOB_STATES) >= set(states.values())
 
 
+def test_recent_jobs_are_pages_newest_first_and_events_come_in_pages(store: Store) -> None:
+    ids = [store.create_job({"i": i}) for i in range(7)]
+    newest_first = ids[::-1]
+    first = [r.job_id for r in store.recent_jobs(3)]
+    second = [r.job_id for r in store.recent_jobs(3, before=first[-1])]
+    third = [r.job_id for r in store.recent_jobs(3, before=second[-1])]
+    assert (first, second, third) == (newest_first[:3], newest_first[3:6], newest_first[6:])
+    assert store.recent_jobs(3, before=ids[0]) == []
+    assert [r.job_id for r in store.recent_jobs(100)] == newest_first
+    with pytest.raises(KeyError):
+        store.recent_jobs(3, before="no-such-job")
+
+    for step in range(5):
+        store.update_job(ids[0], progress={"step": f"s{step}"})
+    pages = [store.job_events(ids[0], after=0, limit=2)]
+    while pages[-1]:
+        pages.append(store.job_events(ids[0], after=pages[-1][-1]["seq"], limit=2))
+    assert [[e["step"] for e in page] for page in pages] == [["s0", "s1"], ["s2", "s3"], ["s4"], []]
+    assert len(store.job_events(ids[0])) == 5
+
+
 def test_concurrent_writes_from_threads(store: Store) -> None:
     n_threads, per_thread = 8, 40
     job = store.create_job({"kind": "x"})

@@ -29,7 +29,7 @@ _NAME = re.compile(NAME_PATTERN)
 
 
 def default_data_dir(store: str | os.PathLike[str]) -> Path:
-    """Where a service keeps its catalog, uploads and exports unless told otherwise: ``STORE.data``, beside its store."""
+    """Where a service keeps its catalog, uploads and exports unless told otherwise: ``STORE.data``."""
     return Path(f"{os.fspath(store)}.data")
 
 

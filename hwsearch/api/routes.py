@@ -203,8 +203,11 @@ def create_job(body: JobCreate, request: Request, catalog: CatalogDep, roots: Ro
 
 
 @api_router.get("/jobs", response_model=JobList, tags=["jobs"])
-def read_jobs(store: StoreDep) -> JobList:
-    return JobList(jobs=[JobRead(**j) for j in service.list_jobs(store=store)])
+def read_jobs(store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+              before: Annotated[str | None, Query(max_length=100)] = None) -> JobList:
+    """Jobs, newest first, a page at a time: pass ``next_before`` as ``before`` for the next page."""
+    jobs, next_before = service.list_jobs(store=store, limit=limit, before=before)
+    return JobList(jobs=[JobRead(**j) for j in jobs], next_before=next_before)
 
 
 @api_router.get("/jobs/{job_id}", response_model=JobRead, tags=["jobs"])
@@ -214,10 +217,11 @@ def read_job(job_id: str, store: StoreDep) -> JobRead:
 
 @api_router.get("/jobs/{job_id}/events", response_model=JobEvents, tags=["jobs"])
 def read_job_events(job_id: str, store: StoreDep,
-                    after: Annotated[int, Query(ge=0, le=2**62)] = 0) -> JobEvents:
-    """Every progress event after ``after``, in order: poll with the last ``seq`` to miss none."""
+                    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+                    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> JobEvents:
+    """Progress events after ``after``, in order, at most ``limit``: poll with the last ``seq`` to miss none."""
     return JobEvents(job_id=job_id, events=service.job_events(store=store, job_id=job_id,
-                                                               after=after))
+                                                               after=after, limit=limit))
 
 
 @api_router.post("/jobs/{job_id}/cancel", response_model=JobRead, tags=["jobs"])

@@ -173,7 +173,9 @@ class JobAccepted(BaseModel):
 
 
 class JobList(BaseModel):
-    jobs: list[JobRead]
+    jobs: list[JobRead] = Field(description="newest first")
+    next_before: str | None = Field(
+        default=None, description="pass as `before` for the next (older) page; null on the last page")
 
 
 # --------------------------------------------------------------------------- fronts
