@@ -171,12 +171,17 @@ def poller(base: str, deadline: float, tally: Tally) -> None:
             time.sleep(0.1)
 
 
+def listed_jobs(client: httpx.Client) -> list[dict]:
+    """The service's jobs (a soak accepts far fewer than a page of 1,000)."""
+    return client.get("/jobs", params={"limit": 1000}).json()["jobs"]
+
+
 def rows_lost(client: httpx.Client, store_path: Path, accepted: list[str]) -> list[str]:
     """Accepted jobs missing from the listing, or front points without a stored measurement."""
     from hwsearch.store import SQLiteStore
 
     store = SQLiteStore(store_path)
-    listed = {job["id"]: job for job in client.get("/jobs", params={"limit": 1000}).json()["jobs"]}
+    listed = {job["id"]: job for job in listed_jobs(client)}
     lost = [f"job {job} not listed" for job in accepted if job not in listed]
     for job in accepted:
         if listed.get(job, {}).get("state") != "succeeded":
@@ -237,10 +242,10 @@ def main() -> None:
             rss_end = rss_mib(server.pid)
             finish = time.monotonic() + 600  # let the accepted jobs finish before counting
             while time.monotonic() < finish and any(
-                    j["state"] in ("queued", "running") for j in client.get("/jobs", params={"limit": 1000}).json()["jobs"]):
+                    j["state"] in ("queued", "running") for j in listed_jobs(client)):
                 time.sleep(1)
             lost = rows_lost(client, root / "store.sqlite", tally.accepted)
-            states = collections.Counter(j["state"] for j in client.get("/jobs", params={"limit": 1000}).json()["jobs"])
+            states = collections.Counter(j["state"] for j in listed_jobs(client))
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
