@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from hwsearch.store import SQLiteStore
-from tests._jobs import SUPERNET
+from tests._jobs import SUPERNET, fast_device
 from tests._server import Server
 
 LIMIT = 25 * 1024 * 1024
@@ -137,3 +137,27 @@ def test_jobs_and_events_are_listed_in_pages(server: Server, client: httpx.Clien
                           ({"limit": 1001}, "limit")):
         refused = client.get("/jobs", params=params)
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", field]
+
+
+def test_registrations_past_the_bound_get_413_and_store_nothing(tmp_path: Path) -> None:
+    """Two of each kind allowed; a third name is refused, a known name is replaced."""
+    srv = Server(tmp_path / "store.sqlite", extra=("--max-registrations", "2")).start()
+    try:
+        with srv.client() as client:
+            assert all(client.post("/devices", json={"profile": fast_device(name)}).status_code == 201
+                       for name in ("d1", "d2"))
+            third = client.post("/devices", json={"profile": fast_device("d3")})
+            assert third.status_code == 413 and "at most 2 devices" in third.json()["detail"]
+            assert client.post("/devices", json={"profile": fast_device("d1", threads=2)}).status_code == 201
+            assert sorted(d["name"] for d in client.get("/devices").json()) == ["d1", "d2"]
+
+            for name in ("s1", "s2"):
+                assert client.post("/supernets", json={**SUPERNET, "name": name}).status_code == 201
+            assert client.post("/supernets", json={**SUPERNET, "name": "s3"}).status_code == 413
+            upload = client.post("/supernets/upload", data={"name": "s3", "registry": "demo_mbv3_mnist"},
+                                 files={"checkpoint": ("demo.pt", DEMO_CHECKPOINT.read_bytes())})
+            assert upload.status_code == 413 and "at most 2 supernets" in upload.json()["detail"]
+            assert sorted(s["name"] for s in client.get("/supernets").json()) == ["s1", "s2"]
+        assert list((Path(f"{srv.store}.data") / "checkpoints").iterdir()) == []
+    finally:
+        srv.stop()

@@ -21,7 +21,13 @@ from fastapi.responses import JSONResponse
 
 import hwsearch
 from hwsearch.agents import AgentEndpoint
-from hwsearch.api.catalog import MAX_CHECKPOINT_BYTES, MAX_EXPORT_BYTES, Catalog, default_data_dir
+from hwsearch.api.catalog import (
+    MAX_CHECKPOINT_BYTES,
+    MAX_EXPORT_BYTES,
+    MAX_REGISTRATIONS,
+    Catalog,
+    default_data_dir,
+)
 from hwsearch.api.connections import BodyBounds, TokenGate
 from hwsearch.api.files import DataRoots
 from hwsearch.api.routes import api_router, public_router
@@ -81,6 +87,7 @@ def create_app(
     read_timeout_s: float = READ_TIMEOUT_S,
     max_export_bytes: int = MAX_EXPORT_BYTES,
     max_checkpoint_bytes: int = MAX_CHECKPOINT_BYTES,
+    max_registrations: int = MAX_REGISTRATIONS,
     ray_address: str | None = None,
     resume: bool = False,
     on_stop: Callable[[], None] | None = None,
@@ -121,7 +128,7 @@ def create_app(
     )
     app.state.store = store
     app.state.catalog = Catalog(data_dir, max_export_bytes=max_export_bytes,
-                                max_checkpoint_bytes=max_checkpoint_bytes)
+                                max_checkpoint_bytes=max_checkpoint_bytes, max_registrations=max_registrations)
     app.state.roots = DataRoots(data_roots or [Path(data_dir) / "files"],
                                 max_file_bytes=max_upload_bytes)
     for change in upgrade_catalog(catalog=app.state.catalog, roots=app.state.roots,
@@ -155,7 +162,7 @@ def create_app_from_env() -> FastAPI:
     ``NAME=URL``, tokens as :func:`hwsearch.agents.load_agents` finds them),
     ``HWSEARCH_AGENT_SECRETS``, ``HWSEARCH_MAX_BODY``, ``HWSEARCH_MAX_UPLOAD``,
     ``HWSEARCH_READ_TIMEOUT_S``, ``HWSEARCH_MAX_EXPORT`` and
-    ``HWSEARCH_MAX_CHECKPOINTS`` (bytes),
+    ``HWSEARCH_MAX_CHECKPOINTS`` (bytes), ``HWSEARCH_MAX_REGISTRATIONS``,
     ``HWSEARCH_RAY_ADDRESS`` and ``HWSEARCH_RESUME``.
     """
     from hwsearch.agents import load_agents
@@ -176,6 +183,7 @@ def create_app_from_env() -> FastAPI:
         read_timeout_s=float(os.environ.get("HWSEARCH_READ_TIMEOUT_S", READ_TIMEOUT_S)),
         max_export_bytes=int(os.environ.get("HWSEARCH_MAX_EXPORT", MAX_EXPORT_BYTES)),
         max_checkpoint_bytes=int(os.environ.get("HWSEARCH_MAX_CHECKPOINTS", MAX_CHECKPOINT_BYTES)),
+        max_registrations=int(os.environ.get("HWSEARCH_MAX_REGISTRATIONS", MAX_REGISTRATIONS)),
         ray_address=os.environ.get("HWSEARCH_RAY_ADDRESS") or None,
         resume=json.loads(os.environ.get("HWSEARCH_RESUME", "false")),
     )

@@ -22,7 +22,8 @@ from typing import Any
 from hwsearch.api.exports import ExportCache
 from hwsearch.jobs import SupernetRef
 
-__all__ = ["MAX_CHECKPOINT_BYTES", "MAX_EXPORT_BYTES", "Catalog", "NAME_PATTERN", "default_data_dir", "valid_name"]
+__all__ = ["MAX_CHECKPOINT_BYTES", "MAX_EXPORT_BYTES", "MAX_REGISTRATIONS", "NAME_PATTERN", "Catalog", "CatalogFull",
+           "default_data_dir", "valid_name"]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 _NAME = re.compile(NAME_PATTERN)
@@ -45,15 +46,23 @@ def valid_name(name: object) -> bool:
 MAX_EXPORT_BYTES = 2048 * 1024 * 1024
 #: Default bound on the uploaded checkpoints kept (``hwsearch serve --max-checkpoints-mb``).
 MAX_CHECKPOINT_BYTES = 8192 * 1024 * 1024
+#: Default bound on registered supernets, and on registered devices (``--max-registrations``).
+MAX_REGISTRATIONS = 1000
+
+
+class CatalogFull(ValueError):
+    """A new name would pass the bound on registrations of its kind (re-registering a name replaces it)."""
 
 
 class Catalog:
     """Registered supernets and device profiles under one data directory, and its exports; thread-safe."""
 
     def __init__(self, root: str | os.PathLike[str], *, max_export_bytes: int = MAX_EXPORT_BYTES,
-                 max_checkpoint_bytes: int = MAX_CHECKPOINT_BYTES) -> None:
+                 max_checkpoint_bytes: int = MAX_CHECKPOINT_BYTES,
+                 max_registrations: int = MAX_REGISTRATIONS) -> None:
         self.root = Path(root)
         self.max_checkpoint_bytes = max_checkpoint_bytes
+        self.max_registrations = max_registrations
         self._lock = threading.Lock()
         self._uploading = threading.Lock()
         for sub in ("supernets", "devices", "checkpoints", "exports"):
@@ -122,11 +131,23 @@ class Catalog:
             os.replace(path, target)
         return target
 
+    def check_room(self, kind: str, name: str) -> None:
+        """CatalogFull unless ``name`` can be registered as a ``kind`` ("supernets" or "devices") now."""
+        with self._lock:
+            self._check_room(self.root / kind / f"{name}.json")
+
     # ------------------------------------------------------------------ files
 
+    def _check_room(self, path: Path) -> None:
+        if not path.exists() and sum(1 for _ in path.parent.glob("*.json")) >= self.max_registrations:
+            raise CatalogFull(f"the service keeps at most {self.max_registrations} {path.parent.name}; "
+                              "registering an existing name replaces it")
+
     def _write(self, path: Path, data: dict[str, Any]) -> None:
+        """Write atomically; a new name must fit under ``max_registrations`` of its kind (CatalogFull)."""
         tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
         with self._lock:
+            self._check_room(path)
             tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
             os.replace(tmp, path)
 

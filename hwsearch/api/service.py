@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hwsearch.agents import AgentEndpoint, UnknownAgent, resolve_profile
-from hwsearch.api.catalog import Catalog, valid_name
+from hwsearch.api.catalog import Catalog, CatalogFull, valid_name
 from hwsearch.api.exports import MAKING_SUFFIX
 from hwsearch.api.files import DataRoots, PathRefused, check_unpacked_size
 from hwsearch.dispatch import JobDispatcher, QueueFull, StillStopping
@@ -184,7 +184,10 @@ def _options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def _register(catalog: Catalog, ref: SupernetRef) -> dict[str, Any]:
     described = {**_build_checked(ref, ("body", "checkpoint")), **ref.to_dict()}
-    catalog.put_supernet(ref, described)
+    try:
+        catalog.put_supernet(ref, described)
+    except CatalogFull as full:
+        raise NoRoom(str(full), field=("body", "name")) from None
     return described
 
 
@@ -206,6 +209,10 @@ def upload_supernet(
         raise Invalid(f"name {name!r} must be letters, digits, '.', '_' or '-'",
                       field=("body", "name"))
     _check_registry(registry)
+    try:
+        catalog.check_room("supernets", name)  # before the upload is stored, not after
+    except CatalogFull as full:
+        raise NoRoom(str(full), field=("body", "name")) from None
     path = catalog.checkpoints / f"{name}.pt"
     with catalog.checkpoint_room(replacing=path) as room:  # uploads queue here, one at a time
         size = content.seek(0, os.SEEK_END)
@@ -305,7 +312,10 @@ def register_device(*, catalog: Catalog, agents: Mapping[str, AgentEndpoint],
     except ValueError as error:  # ProfileError names the field in its message
         raise Invalid(f"bad device profile: {error}", field=("body", "profile")) from None
     record = {"name": parsed.name, "hash": parsed.hash(), "profile": data}
-    catalog.put_device(parsed.name, record)
+    try:
+        catalog.put_device(parsed.name, record)
+    except CatalogFull as full:
+        raise NoRoom(str(full), field=("body", "profile", "name")) from None
     return record
 
 

@@ -53,6 +53,8 @@ def serve(
         min=1.0, help="Exported ONNX files kept for download; the least recently used go first.")] = 2048.0,
     max_checkpoints_mb: Annotated[float, typer.Option(
         min=1.0, help="Uploaded checkpoints kept in all; an upload past it gets 413.")] = 8192.0,
+    max_registrations: Annotated[int, typer.Option(
+        min=1, help="Registered supernets kept, and registered devices; a new name past it gets 413.")] = 1000,
     read_timeout_s: Annotated[float, typer.Option(
         min=1.0, help="Seconds a client may take over a request's headers, or stall its body (which must "
                       "also average 64 KiB/s) or reading a response; slower connections are closed.")] = 30.0,
@@ -97,7 +99,7 @@ def serve(
                             max_n_profile=max_n_profile, max_budget=max_budget),
         max_body_bytes=int(max_body_mb * MiB), max_upload_bytes=int(max_upload_mb * MiB),
         read_timeout_s=read_timeout_s, max_export_bytes=int(max_export_mb * MiB),
-        max_checkpoint_bytes=int(max_checkpoints_mb * MiB),
+        max_checkpoint_bytes=int(max_checkpoints_mb * MiB), max_registrations=max_registrations,
         ray_address=ray_address, resume=resume,
         on_stop=lambda: shutil.rmtree(temp_files, ignore_errors=True),  # Ray's workers have ended
     )
