@@ -22,9 +22,10 @@ The bounds, one read timeout for all of them:
   (``hwsearch serve --max-connections``): beyond it, requests get 503.
 
 And before any of it, :class:`TokenGate`: FastAPI reads and parses a body
-before it runs the route's token check, so a stranger without a token could
-make the server spool a 512 MiB multipart upload to disk and only then get
-401.  The gate answers 401 from the headers alone, and closes.
+(spooling an upload to disk) before it runs the route's token check, so a
+stranger's request announcing a 100 MiB upload got no answer until its body
+had come, up to the 512 MiB upload limit.  The gate answers 401 from the
+headers alone, and closes.
 """
 
 from __future__ import annotations
