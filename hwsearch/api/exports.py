@@ -17,10 +17,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAKING_SUFFIX", "ExportCache"]
+__all__ = ["ExportCache"]
 
 #: How a file being made ends: it is not in the cache yet.
-MAKING_SUFFIX = ".part.onnx"
+_MAKING_SUFFIX = ".part.onnx"
 
 
 class ExportCache:
@@ -37,11 +37,15 @@ class ExportCache:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob(f"*{MAKING_SUFFIX}"):  # made when the service was killed: never finished
+        for stale in folder.glob(f"*{_MAKING_SUFFIX}"):  # made when the service was killed: never finished
             stale.unlink(missing_ok=True)
 
     def onnx_path(self, export_id: str) -> Path:
         return self.folder / f"{export_id}.onnx"
+
+    def making_path(self, export_id: str) -> Path:
+        """Where this thread builds ``export_id`` before :meth:`put` (unique per process and thread)."""
+        return self.folder / f"{export_id}.{os.getpid()}.{threading.get_ident()}{_MAKING_SUFFIX}"
 
     def report(self, export_id: str) -> dict[str, Any] | None:
         """The stored report, marking the export used; None if it was never made or was pruned."""
@@ -93,7 +97,7 @@ class ExportCache:
         """
         entries = []
         for onnx in self.folder.glob("*.onnx"):
-            if onnx.name.endswith(MAKING_SUFFIX):
+            if onnx.name.endswith(_MAKING_SUFFIX):
                 continue
             try:
                 file = onnx.stat()

@@ -22,7 +22,6 @@ from typing import IO, Any
 
 from hwsearch.agents import AgentEndpoint, UnknownAgent, resolve_profile
 from hwsearch.api.catalog import Catalog, CatalogFull, valid_name
-from hwsearch.api.exports import MAKING_SUFFIX
 from hwsearch.api.files import DataRoots, PathRefused, check_unpacked_size
 from hwsearch.dispatch import JobDispatcher, QueueFull, StillStopping
 from hwsearch.jobs import (
@@ -642,7 +641,7 @@ def export_subnet(
     info = cache.report(export_id)
     if info is not None:
         return info
-    made = cache.folder / f"{export_id}.{os.getpid()}.{threading.get_ident()}{MAKING_SUFFIX}"
+    made = cache.making_path(export_id)
     try:
         report = _export_file(ref, arch, made, batch, precision, plan)
         return cache.put(export_id, made, {
