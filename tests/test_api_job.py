@@ -7,6 +7,7 @@ variant of OFA MobileNetV3 with random weights (see ``tests/_jobs.py``).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,6 +178,16 @@ def test_submit_poll_fronts_export_and_profile(server: Server, agent: Agent,
         jobs = {j["id"] for j in client.get("/jobs").json()["jobs"]}
         assert jobs == {job_id, done["id"], remote["id"], int8["id"]}
         assert client.get(f"/jobs/{done['id']}/fronts").status_code == 409
+
+        # The agent's address stays with the operator: not in what clients read, not even in an error.
+        remote_events = client.get(f"/jobs/{remote['id']}/events").json()
+        assert agent.url not in json.dumps([remote, remote_events, client.get("/devices").json()])
+        agent.stop()
+        unreachable = client.post("/profiles", json={"job_id": job_id, "device": "cpu-a", "point": 0,
+                                                     "on": "edge"})
+        failed = wait_for(client, unreachable.json()["id"], ("succeeded", "failed"))
+        assert failed["state"] == "failed" and failed["error"].startswith("AgentError"), failed
+        assert "<url>" in failed["error"] and agent.url.split("//")[1] not in failed["error"]
 
 
 def local_rows(store: SQLiteStore, profile: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -82,22 +82,24 @@ def finish_job(control: Control, result: dict[str, Any]) -> dict[str, Any]:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^/\s'\":,()\[\]]+){2,}/?|/[^/\s'\":,()\[\]]+/")
 MAX_ERROR_CHARS = 300
 
 
 def describe_error(error: BaseException) -> str:
-    """A failure as one line a client may see: type and first line, no paths, no traceback.
+    """A failure as one line a client may see: type and first line, no paths, URLs or traceback.
 
     A job's error is shown to every client of the service, so it must not
-    leak the server's file layout or a stack; Ray's wrapper errors are
-    unwrapped to the exception the job raised.
+    leak the server's file layout, its agents' addresses (which stay with the
+    operator: an unreachable agent's error named its URL) or a stack; Ray's
+    wrapper errors are unwrapped to the exception the job raised.
     """
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException):
         error = cause
     text = _ANSI.sub("", str(error)).strip().splitlines()
-    first = _PATH.sub("<path>", text[0] if text else "")
+    first = _PATH.sub("<path>", _URL.sub("<url>", text[0] if text else ""))
     line = f"{type(error).__name__}: {first}" if first else type(error).__name__
     return line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS - 3] + "..."
 
