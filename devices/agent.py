@@ -716,7 +716,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m devices.agent", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--token", default=os.environ.get("DEVICES_AGENT_TOKEN", ""), help="shared secret")
+    parser.add_argument("--token", default=os.environ.get("DEVICES_AGENT_TOKEN", ""),
+                        help="shared secret (default: $DEVICES_AGENT_TOKEN, which other users cannot see in ps)")
     parser.add_argument("--state-dir", type=Path, default=None, help="where uploads and results persist")
     parser.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / MiB,
                         help="largest ONNX upload")

@@ -11,7 +11,9 @@ __all__ = ["register"]
 
 
 def agent(
-    token: Annotated[str, typer.Option(help="Shared secret clients send as a Bearer token.", envvar="DEVICES_AGENT_TOKEN")],
+    token: Annotated[str, typer.Option(
+        help="Shared secret clients send as a Bearer token; prefer the variable, which ps does not show.",
+        envvar="DEVICES_AGENT_TOKEN")],
     port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
     host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 to accept remote clients.")] = "127.0.0.1",
     state_dir: Annotated[Optional[Path], typer.Option(help="Where uploads and results persist across restarts.")] = None,
