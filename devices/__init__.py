@@ -7,6 +7,7 @@ Works on ONNX files alone and imports nothing from ``hwsearch`` or
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Union
 
@@ -14,6 +15,10 @@ from devices.measure import Measurement
 from devices.profile import DeviceProfile, ProfileError
 
 __all__ = ["DeviceProfile", "Measurement", "ProfileError", "open_profiler"]
+
+# onnxruntime writes a device id to ~/.cache/Microsoft/DeveloperTools when it is imported unless
+# this is set; the agent on an edge box imports this package before onnxruntime.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 ProfileLike = Union[DeviceProfile, str, Path]
 
