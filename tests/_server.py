@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -39,7 +40,11 @@ class Server:
         self.port = free_port()
         self.extra = extra
         self.env = env or {}
-        self.url = f"http://127.0.0.1:{self.port}"
+        tls = "--ssl-certfile" in extra
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        # a self-signed certificate is its own authority
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=extra[extra.index("--ssl-certfile") + 1]) if tls else True)
         self.log = store.with_suffix(f".{self.port}.log")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -57,7 +62,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.url}/health", timeout=1.0, verify=self.verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.2)
@@ -65,7 +70,7 @@ class Server:
 
     def client(self, token: str | None = TOKEN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=120.0)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120.0, verify=self.verify)
 
     def kill(self) -> None:
         """Kill the server and everything it started (Ray included), as a crash would."""

@@ -9,9 +9,13 @@ at once get 503; a slow but steady client is served.  The server runs with a
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -180,3 +184,63 @@ def test_strangers_get_401_before_their_body_is_read(server: Server, token: str 
         assert anonymous.get("/health").status_code == 200
         assert anonymous.get("/docs").status_code == 200
         assert "/supernets/upload" in anonymous.get("/openapi.json").json()["paths"]
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    cert, private = folder / "cert.pem", folder / "key.pem"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return cert, private
+
+
+def test_https_carries_the_token_and_plain_http_gets_nothing(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    srv = Server(tmp_path / "store.sqlite", extra=("--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+                                                   "--read-timeout-s", str(READ_TIMEOUT_S))).start()
+    try:
+        assert srv.url.startswith("https://")
+        with srv.client() as client:
+            assert client.get("/devices").status_code == 200
+            assert client.post("/devices", json={"profile": fast_device("over-tls")}).status_code == 201
+        with srv.client(token=None) as anonymous:
+            assert anonymous.get("/devices").status_code == 401
+        with pytest.raises(httpx.HTTPError):  # plain HTTP to the TLS port: no answer a client can read
+            httpx.get(srv.url.replace("https://", "http://") + "/health", timeout=5.0)
+    finally:
+        srv.stop()
+
+
+def test_a_bad_certificate_is_a_one_line_error(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    (tmp_path / "other").mkdir()
+    other, _ = self_signed_certificate(tmp_path / "other")  # a certificate of another key
+    for extra, says in ((("--ssl-certfile", str(cert)), "both --ssl-certfile and --ssl-keyfile"),
+                        (("--ssl-certfile", str(tmp_path / "missing.pem"), "--ssl-keyfile", str(key)), "cannot use"),
+                        (("--ssl-certfile", str(other), "--ssl-keyfile", str(key)), "cannot use")):
+        done = subprocess.run([sys.executable, "-m", "hwsearch.cli.main", "serve", "--store",
+                               str(tmp_path / "s.sqlite"), "--port", "1", *extra],
+                              env={**os.environ, "HWSEARCH_TOKEN": TOKEN}, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode != 0 and says in done.stderr, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr

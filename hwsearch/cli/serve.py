@@ -22,6 +22,8 @@ import typer
 
 __all__ = ["register"]
 
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
 
 def serve(
     store: Annotated[Path, typer.Option(help="SQLite file holding jobs and measurements.")] = Path(
@@ -60,6 +62,10 @@ def serve(
                       "also average 64 KiB/s) or reading a response; slower connections are closed.")] = 30.0,
     max_connections: Annotated[int, typer.Option(
         min=2, help="Connections at once; requests on more get 503.")] = 128,
+    ssl_certfile: Annotated[Optional[Path], typer.Option(
+        help="Serve HTTPS with this certificate (PEM), so the token never crosses the network in "
+             "clear; with --ssl-keyfile.")] = None,
+    ssl_keyfile: Annotated[Optional[Path], typer.Option(help="The certificate's private key (PEM).")] = None,
     ray_address: Annotated[Optional[str], typer.Option(
         help="Join this Ray cluster instead of starting Ray locally.")] = None,
     resume: Annotated[bool, typer.Option(
@@ -83,6 +89,14 @@ def serve(
 
     if not token:
         raise typer.BadParameter("give --token or set HWSEARCH_TOKEN", param_hint="--token")
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile, or neither",
+                                 param_hint="--ssl-certfile")
+    if ssl_certfile is not None:
+        _check_certificate(ssl_certfile, ssl_keyfile)
+    elif host not in _LOOPBACK:
+        typer.echo(f"warning: serving plain HTTP on {host}: clients' token crosses the network in clear; "
+                   "give --ssl-certfile and --ssl-keyfile", err=True)
     try:
         agents = load_agents(agent or [], secrets_file=agent_secrets)
     except (OSError, ValueError) as error:
@@ -105,9 +119,22 @@ def serve(
     )
     try:
         uvicorn.run(app, host=host, port=port, log_level="info", http=bounded_h11(read_timeout_s),
-                    limit_concurrency=max_connections)
+                    limit_concurrency=max_connections,
+                    ssl_certfile=None if ssl_certfile is None else str(ssl_certfile),
+                    ssl_keyfile=None if ssl_keyfile is None else str(ssl_keyfile))
     finally:
         lock.close()
+
+
+def _check_certificate(certfile: Path, keyfile: Path) -> None:
+    """Load the pair as the server will, so a bad one is a one-line error, not uvicorn's traceback."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as error:
+        raise typer.BadParameter(f"cannot use {certfile} with {keyfile}: {error}",
+                                 param_hint="--ssl-certfile") from None
 
 
 def _own(data_dir: Path) -> IO[str]:
