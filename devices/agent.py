@@ -54,6 +54,13 @@ bytes and seconds; each has a command-line flag):
   uploaded again by the client on the 404 above; a pruned result means a very
   old request id would be measured again.  A measurement that needs more
   distinct models than ``--max-models`` is refused with 400.
+
+With ``--ssl-certfile`` and ``--ssl-keyfile`` the agent speaks HTTPS, so its
+token and the models never cross the network in clear.  The TLS handshake
+runs in the connection's own thread under the read timeout, never in the
+accepting thread, so a client that stalls its handshake holds one connection
+slot for at most that long; over the connection bound, a TLS client is
+closed without an answer (a plain-text 503 would not reach it).
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import sys
 import tempfile
 import threading
@@ -628,16 +636,19 @@ class AgentServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], state: AgentState) -> None:
+    def __init__(self, address: tuple[str, int], state: AgentState,
+                 tls: ssl.SSLContext | None = None) -> None:
         super().__init__(address, AgentHandler)
         self.state = state
+        self.tls = tls
         self.refused = 0
         self._slots = threading.BoundedSemaphore(state.limits.max_connections)
 
     def process_request(self, request: socket.socket, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             self.refused += 1
-            _answer_busy(request, self.state.limits.max_connections)
+            if self.tls is None:
+                _answer_busy(request, self.state.limits.max_connections)
             self.shutdown_request(request)
             return
         try:
@@ -648,9 +659,31 @@ class AgentServer(ThreadingHTTPServer):
 
     def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
         try:
+            if self.tls is not None:
+                request = self._handshake(request)
+                if request is None:
+                    return
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def _handshake(self, request: socket.socket) -> ssl.SSLSocket | None:
+        """The connection wrapped in TLS, its handshake within the read timeout; None if it failed.
+
+        CPython holds a blocking handshake to the socket's timeout as one
+        deadline across all its reads (measured: a hello sent a byte every
+        0.3 s was cut off at the 1 s timeout), so a trickle cannot stretch it.
+        """
+        assert self.tls is not None
+        request.settimeout(self.state.limits.read_timeout_s)
+        secured = None
+        try:
+            secured = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+            secured.do_handshake()
+        except (OSError, ssl.SSLError):  # stalled, plain text, or a client that rejects our certificate
+            (request if secured is None else secured).close()  # wrapping moved the descriptor over
+            return None
+        return secured
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up or stalls is routine; only real faults get a traceback."""
@@ -687,8 +720,10 @@ def serve(
     max_results: int = AgentLimits.max_results,
     max_connections: int = AgentLimits.max_connections,
     read_timeout_s: float = AgentLimits.read_timeout_s,
+    ssl_certfile: Path | None = None,
+    ssl_keyfile: Path | None = None,
 ) -> None:
-    """Run the agent until interrupted."""
+    """Run the agent until interrupted; over HTTPS when given a certificate and its key."""
     if not token:
         raise SystemExit("an agent needs a token (--token or DEVICES_AGENT_TOKEN)")
     try:
@@ -700,14 +735,31 @@ def serve(
         raise SystemExit(str(error)) from None
     state_path = state_dir or Path(tempfile.mkdtemp(prefix="devices-agent-"))
     state = AgentState(token, state_path, limits)
-    server = AgentServer((host, port), state)
-    print(f"devices agent listening on http://{host}:{server.server_address[1]} (state in {state_path})", flush=True)
+    tls = _tls_context(ssl_certfile, ssl_keyfile)
+    server = AgentServer((host, port), state, tls)
+    scheme = "http" if tls is None else "https"
+    print(f"devices agent listening on {scheme}://{host}:{server.server_address[1]} (state in {state_path})",
+          flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+
+
+def _tls_context(certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext | None:
+    """A server TLS context for the pair, or None for plain HTTP; a bad pair stops the agent with one line."""
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        raise SystemExit("give both --ssl-certfile and --ssl-keyfile, or neither")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as error:
+        raise SystemExit(f"cannot use {certfile} with {keyfile}: {error}") from None
+    return context
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -731,11 +783,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="open connections served at once; more are answered 503")
     parser.add_argument("--read-timeout-s", type=float, default=defaults.read_timeout_s,
                         help="longest wait for a client's request headers, and for each read of its body")
+    parser.add_argument("--ssl-certfile", type=Path, default=None,
+                        help="serve HTTPS with this certificate (PEM); with --ssl-keyfile")
+    parser.add_argument("--ssl-keyfile", type=Path, default=None, help="the certificate's private key (PEM)")
     args = parser.parse_args(argv)
     serve(
         args.host, args.port, args.token, args.state_dir, args.max_upload_mb,
         max_models=args.max_models, max_model_mb=args.max_model_mb, max_results=args.max_results,
         max_connections=args.max_connections, read_timeout_s=args.read_timeout_s,
+        ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
     )
 
 

@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -28,6 +29,7 @@ import pytest
 from devices.client import AgentClient
 from devices.profile import DeviceProfile
 from devices.reference import mobilenet_like_onnx, reference_model_bytes
+from tests._tls import self_signed_certificate
 
 TOKEN = "hardening-token"
 UPLOAD_LIMIT = 1024 * 1024  # --max-upload-mb 1
@@ -44,7 +46,10 @@ class RunningAgent:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        tls = "--ssl-certfile" in flags
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=flags[flags.index("--ssl-certfile") + 1]) if tls else True)
         env = {
             **os.environ,
             "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
@@ -67,7 +72,7 @@ class RunningAgent:
         raise RuntimeError("agent did not start")
 
     def health_answer(self) -> httpx.Response:
-        return httpx.get(f"{self.url}/health", headers=AUTH, timeout=10)
+        return httpx.get(f"{self.url}/health", headers=AUTH, timeout=10, verify=self.verify)
 
     def health(self) -> dict[str, Any]:
         answer = self.health_answer()
@@ -421,3 +426,50 @@ def test_pruning_spares_a_measurement_in_progress_and_keeps_the_newest_results(
     assert health["store"]["results_pruned"] == 1 and health["results_stored"] == 1
     assert health["limits"]["max_results"] == 1 and health["limits"]["max_models"] == 2
     assert health["limits"]["read_timeout_s"] == READ_TIMEOUT_S and health["max_upload_bytes"] == 8 * UPLOAD_LIMIT
+
+
+def test_over_https_the_client_measures_and_stalled_or_plain_handshakes_are_cut_off(
+        start_agent: Callable[..., RunningAgent], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    agent = start_agent(*MEASURING, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    assert agent.url.startswith("https://")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # how an operator trusts a self-signed agent (httpx reads it)
+    model_path = tmp_path / "model.onnx"
+    model_path.write_bytes(tiny_model(seed=31))
+    [measured] = AgentClient(profile_for(agent.url), token=TOKEN).measure_many([model_path])
+    assert measured.latency_ms > 0 and measured.model_sha256 == hashlib.sha256(model_path.read_bytes()).hexdigest()
+
+    with pytest.raises(httpx.HTTPError):  # plain HTTP gets no answer a client can read
+        httpx.get(agent.url.replace("https://", "http://") + "/health", headers=AUTH, timeout=5)
+    # Silence, or a hello a byte every 0.3 s for 7 s: each read is quick, the whole handshake is not.
+    for trickle in (b"", b"\x16\x03\x01\x02\x00" + b"\x01" * 18):
+        with socket.create_connection(("127.0.0.1", agent.port)) as sock:
+            sock.settimeout(0.3)
+            opened, closed = time.monotonic(), None
+            for byte in [trickle[i:i + 1] for i in range(len(trickle))] + [b""] * 30:
+                if byte:
+                    sock.sendall(byte)
+                try:
+                    if sock.recv(1024) == b"":
+                        closed = time.monotonic()
+                        break
+                except TimeoutError:
+                    continue
+                except ConnectionResetError:
+                    closed = time.monotonic()
+                    break
+            assert closed is not None and closed - opened < READ_TIMEOUT_S + 3, trickle
+    assert agent.health()["sessions_run"] >= 1  # and the agent still serves
+
+
+def test_a_certificate_the_agent_cannot_use_stops_it_with_one_line(tmp_path: Path) -> None:
+    cert, _ = self_signed_certificate(tmp_path)
+    (tmp_path / "other").mkdir()
+    _, other_key = self_signed_certificate(tmp_path / "other")
+    for flags, says in ((("--ssl-certfile", str(cert)), "both --ssl-certfile and --ssl-keyfile"),
+                        (("--ssl-certfile", str(cert), "--ssl-keyfile", str(other_key)), "cannot use")):
+        done = subprocess.run([sys.executable, "-m", "devices.agent", "--port", "0", "--token", TOKEN,
+                               "--state-dir", str(tmp_path / "state"), *flags],
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        assert done.returncode != 0 and says in done.stderr and "Traceback" not in done.stderr, done.stderr

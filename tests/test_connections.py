@@ -22,6 +22,7 @@ import pytest
 
 from tests._jobs import SUPERNET, fast_device
 from tests._server import TOKEN, Server
+from tests._tls import self_signed_certificate
 
 READ_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 8
@@ -184,34 +185,6 @@ def test_strangers_get_401_before_their_body_is_read(server: Server, token: str 
         assert anonymous.get("/health").status_code == 200
         assert anonymous.get("/docs").status_code == 200
         assert "/supernets/upload" in anonymous.get("/openapi.json").json()["paths"]
-
-
-def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 signed by its own key, as PEM files."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                                  critical=False)
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                   .sign(key, hashes.SHA256()))
-    cert, private = folder / "cert.pem", folder / "key.pem"
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    return cert, private
 
 
 def test_https_carries_the_token_and_plain_http_gets_nothing(tmp_path: Path) -> None:

@@ -26,6 +26,10 @@ def agent(
         min=1, help="Connections served at once; more get 503 with Retry-After.")] = 16,
     read_timeout_s: Annotated[float, typer.Option(
         help="Seconds a client may take to send a request before it is closed.")] = 30.0,
+    ssl_certfile: Annotated[Optional[Path], typer.Option(
+        help="Serve HTTPS with this certificate (PEM), so the token and models never cross the network "
+             "in clear; with --ssl-keyfile.")] = None,
+    ssl_keyfile: Annotated[Optional[Path], typer.Option(help="The certificate's private key (PEM).")] = None,
 ) -> None:
     """Serve this machine as a measurement device over HTTP.
 
@@ -36,7 +40,7 @@ def agent(
 
     serve(host, port, token, state_dir, max_upload_mb, max_models=max_models,
           max_model_mb=max_model_mb, max_results=max_results, max_connections=max_connections,
-          read_timeout_s=read_timeout_s)
+          read_timeout_s=read_timeout_s, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
 
 
 def register(app: typer.Typer) -> None:
