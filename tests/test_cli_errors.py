@@ -289,3 +289,14 @@ def test_serve_never_writes_through_a_temp_folder_another_user_planted(tmp_path:
         assert planted.is_symlink() and (victim / "keep.txt").read_text() == "not the service's"
     finally:
         planted.unlink()
+
+
+@pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("192.0.2.7", True), ("edge.example", True),
+                                          ("127.0.0.1", False), ("127.0.0.2", False), ("::1", False),
+                                          ("localhost", False)])
+def test_serving_plain_http_beyond_loopback_warns(tmp_path: Path, host: str, warned: bool) -> None:
+    """Stopped by a bad --agent right after the check, so no server binds anything."""
+    result = run_cli("serve", "--store", str(tmp_path / "s.sqlite"), "--host", host, "--agent", "no-equals-sign",
+                     cwd=tmp_path, extra_env={"HWSEARCH_TOKEN": "t"})
+    assert result.returncode == 2 and "--agent" in result.stderr, result.stderr
+    assert ("warning: serving plain HTTP" in result.stderr) == warned, result.stderr

@@ -22,7 +22,6 @@ import typer
 
 __all__ = ["register"]
 
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def serve(
@@ -94,7 +93,7 @@ def serve(
                                  param_hint="--ssl-certfile")
     if ssl_certfile is not None:
         _check_certificate(ssl_certfile, ssl_keyfile)
-    elif host not in _LOOPBACK:
+    elif not _is_loopback(host):
         typer.echo(f"warning: serving plain HTTP on {host}: clients' token crosses the network in clear; "
                    "give --ssl-certfile and --ssl-keyfile", err=True)
     try:
@@ -124,6 +123,18 @@ def serve(
                     ssl_keyfile=None if ssl_keyfile is None else str(ssl_keyfile))
     finally:
         lock.close()
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost may resolve anywhere
+        return False
 
 
 def _check_certificate(certfile: Path, keyfile: Path) -> None:
