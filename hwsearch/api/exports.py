@@ -49,26 +49,31 @@ class ExportCache:
 
     def report(self, export_id: str) -> dict[str, Any] | None:
         """The stored report, marking the export used; None if it was never made or was pruned."""
-        sidecar = self.folder / f"{export_id}.json"
-        try:
-            info = json.loads(sidecar.read_text())
-            _touch(sidecar)
-        except FileNotFoundError:  # pruned between the listing and here counts as never made
+        if not self._use(export_id):
             return None
-        return info if self.onnx_path(export_id).is_file() else None
+        try:
+            return json.loads(self._report_path(export_id).read_text())
+        except FileNotFoundError:  # pruned since: counts as never made
+            return None
 
     def file(self, export_id: str) -> Path | None:
         """The ONNX file to send, marking the export used; None if absent."""
-        path = self.onnx_path(export_id)
+        return self.onnx_path(export_id) if self._use(export_id) else None
+
+    def _use(self, export_id: str) -> bool:
+        """Mark the export used now (its report's mtime orders pruning); whether it is complete."""
         try:
-            _touch(self.folder / f"{export_id}.json")
+            os.utime(self._report_path(export_id))  # atime is not kept on most mounts
         except FileNotFoundError:
-            return None
-        return path if path.is_file() else None
+            return False
+        return self.onnx_path(export_id).is_file()
+
+    def _report_path(self, export_id: str) -> Path:
+        return self.folder / f"{export_id}.json"
 
     def put(self, export_id: str, made: Path, info: dict[str, Any]) -> dict[str, Any]:
         """Move ``made`` in under ``export_id`` with its report, then prune to the bound."""
-        sidecar = self.folder / f"{export_id}.json"
+        sidecar = self._report_path(export_id)
         tmp = sidecar.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         with self._lock:
             os.replace(made, self.onnx_path(export_id))
@@ -85,7 +90,7 @@ class ExportCache:
                 break
             if export_id == keep:
                 continue
-            (self.folder / f"{export_id}.json").unlink(missing_ok=True)  # the report first: no longer cached
+            self._report_path(export_id).unlink(missing_ok=True)  # the report first: no longer cached
             self.onnx_path(export_id).unlink(missing_ok=True)
             total -= size
 
@@ -110,7 +115,3 @@ class ExportCache:
                 entries.append((onnx.stem, file.st_mtime, file.st_size))
         return entries
 
-
-def _touch(path: Path) -> None:
-    """Mark ``path`` used now (its mtime orders pruning: atime is not kept on most mounts)."""
-    os.utime(path)

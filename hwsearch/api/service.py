@@ -15,7 +15,8 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -181,12 +182,19 @@ def _options(options: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
+@contextmanager
+def _full_catalog_is_413(field: Sequence[str]) -> Iterator[None]:
+    """A registration past the catalog's bound, as the client hears it: 413 naming ``field``."""
+    try:
+        yield
+    except CatalogFull as full:
+        raise NoRoom(str(full), field=field) from None
+
+
 def _register(catalog: Catalog, ref: SupernetRef) -> dict[str, Any]:
     described = {**_build_checked(ref, ("body", "checkpoint")), **ref.to_dict()}
-    try:
+    with _full_catalog_is_413(("body", "name")):
         catalog.put_supernet(ref, described)
-    except CatalogFull as full:
-        raise NoRoom(str(full), field=("body", "name")) from None
     return described
 
 
@@ -208,10 +216,8 @@ def upload_supernet(
         raise Invalid(f"name {name!r} must be letters, digits, '.', '_' or '-'",
                       field=("body", "name"))
     _check_registry(registry)
-    try:
+    with _full_catalog_is_413(("body", "name")):
         catalog.check_room("supernets", name)  # before the upload is stored, not after
-    except CatalogFull as full:
-        raise NoRoom(str(full), field=("body", "name")) from None
     path = catalog.checkpoints / f"{name}.pt"
     with catalog.checkpoint_room(replacing=path) as room:  # uploads queue here, one at a time
         size = content.seek(0, os.SEEK_END)
@@ -311,10 +317,8 @@ def register_device(*, catalog: Catalog, agents: Mapping[str, AgentEndpoint],
     except ValueError as error:  # ProfileError names the field in its message
         raise Invalid(f"bad device profile: {error}", field=("body", "profile")) from None
     record = {"name": parsed.name, "hash": parsed.hash(), "profile": data}
-    try:
+    with _full_catalog_is_413(("body", "profile", "name")):
         catalog.put_device(parsed.name, record)
-    except CatalogFull as full:
-        raise NoRoom(str(full), field=("body", "profile", "name")) from None
     return record
 
 
