@@ -137,6 +137,9 @@ def test_jobs_and_events_are_listed_in_pages(server: Server, client: httpx.Clien
                           ({"limit": 1001}, "limit")):
         refused = client.get("/jobs", params=params)
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", field]
+    for limit in (0, 10_001):
+        refused = client.get(f"/jobs/{ids[0]}/events", params={"limit": limit})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", "limit"]
 
 
 def test_registrations_past_the_bound_get_413_and_store_nothing(tmp_path: Path) -> None:
