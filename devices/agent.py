@@ -34,6 +34,9 @@ bytes and seconds; each has a command-line flag):
   and one above the limit (``--max-upload-mb``, 64 MiB; 1 MiB for
   ``/measure``) 413.  A body shorter than its ``Content-Length`` answers 400
   once the read timeout passes.
+* An upload must be a model onnxruntime loads, with its weights inside the
+  file: a tensor naming an external data file is refused with 400, so a
+  model cannot make the agent read a file beside it (``devices/ort.py``).
 * Requests are authenticated from their headers alone; a wrong token answers
   401 without reading the body.  Any answer sent while a body is still unread
   closes the connection after draining at most 256 KiB for at most 1 s, so

@@ -33,8 +33,22 @@ _ORT_DTYPES = {
 }
 
 
+#: Where onnxruntime looks for the files a model's external-data tensors name, for a model given as
+#: bytes: not a directory, so no such file resolves.  Left unset, it is the working directory, and a
+#: model sent to the agent (or named on the command line) could make it read any file there into a
+#: tensor: measured, a 16-byte ``secret.txt`` beside the process loaded as the model's weight.
+_NO_EXTERNAL_DATA_FOLDER = "/dev/null"
+EXTERNAL_DATA_REFUSED = "its weights must be inside the file: tensors in external data files are not read"
+
+
 class ModelInputError(ValueError):
     """The model's inputs cannot be built from the profile (shape or dtype)."""
+
+
+def refuse_external_data(options) -> None:  # options: onnxruntime.SessionOptions
+    """Make ``options`` load no tensor from a file the model names (see :data:`_NO_EXTERNAL_DATA_FOLDER`)."""
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                     _NO_EXTERNAL_DATA_FOLDER)
 
 
 def session_options(profile: DeviceProfile):  # -> onnxruntime.SessionOptions
@@ -51,6 +65,7 @@ def session_options(profile: DeviceProfile):  # -> onnxruntime.SessionOptions
     if profile.thread_affinity:
         options.add_session_config_entry("session.intra_op_thread_affinities", profile.thread_affinity)
     options.log_severity_level = 3
+    refuse_external_data(options)
     return options
 
 
@@ -132,7 +147,11 @@ def validate_onnx_bytes(model_bytes: bytes) -> None:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4
+    refuse_external_data(options)
     try:
         ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises several unrelated exception types
-        raise ValueError(f"not a valid ONNX model: {str(error).splitlines()[0][:300]}") from None
+        message = str(error).splitlines()[0]
+        if "external data" in message.lower():
+            raise ValueError(f"not a model this tool measures: {EXTERNAL_DATA_REFUSED}") from None
+        raise ValueError(f"not a valid ONNX model: {message[:300]}") from None

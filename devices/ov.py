@@ -8,11 +8,11 @@ runner mirrors :class:`devices.ort.OrtRunner` so the protocol treats both alike.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
+from pathlib import Path
 
-from devices.ort import build_inputs
+from devices.ort import EXTERNAL_DATA_REFUSED, build_inputs
 from devices.profile import DeviceProfile
 
 _OV_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "i64": "tensor(int64)", "i32": "tensor(int32)"}
@@ -61,11 +61,20 @@ def openvino_facts() -> dict[str, object]:
 
 
 def _read_onnx(core, model_bytes: bytes):  # -> openvino.Model
-    """OpenVINO's ONNX frontend reads files, so spill the bytes to a temporary one."""
-    handle, path = tempfile.mkstemp(suffix=".onnx")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(model_bytes)
-        return core.read_model(path)
-    finally:
-        os.unlink(path)
+    """OpenVINO's ONNX frontend reads files, so spill the bytes to one, alone in a folder of its own.
+
+    The frontend reads a model's external-data tensors from the files they
+    name, confined to the model's folder.  Spilled straight into the temp
+    folder, a model could name any file there (measured: a ``secret.txt``
+    in it loaded as the model's weight); alone in a fresh folder, it finds
+    none, and the read fails.
+    """
+    with tempfile.TemporaryDirectory(prefix="devices-ov-") as folder:
+        path = Path(folder) / "model.onnx"
+        path.write_bytes(model_bytes)
+        try:
+            return core.read_model(str(path))
+        except Exception as error:  # OpenVINO raises its own RuntimeError subclasses
+            if "external" in str(error).lower():
+                raise ValueError(f"not a model this tool measures: {EXTERNAL_DATA_REFUSED}") from None
+            raise
