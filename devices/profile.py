@@ -346,6 +346,18 @@ MAX_ROUNDS = 100_000
 MAX_SESSION_SECONDS = 3600.0
 MAX_AGENT_TIMEOUT_S = 86_400.0
 MAX_RETRIES = 10
+MAX_LOGICAL_PROCESSOR = 4096
+
+# One thread's logical processors, as onnxruntime reads them: '3', '1,3' or '1-4'.  Checked here,
+# because onnxruntime refuses other forms only when a session starts (a job's first measurement,
+# with a C++ source path for a message), and some ('0-0') at all.
+_AFFINITY_ENTRY = re.compile(r"[1-9][0-9]{0,3}(?:,[1-9][0-9]{0,3})*|[1-9][0-9]{0,3}-[1-9][0-9]{0,3}")
+
+
+def _processors_in_bounds(entry: str) -> bool:
+    """Every processor of the entry at most MAX_LOGICAL_PROCESSOR, and a range's ends in order."""
+    numbers = [int(n) for n in re.split(r"[,-]", entry)]
+    return max(numbers) <= MAX_LOGICAL_PROCESSOR and ("-" not in entry or numbers[0] <= numbers[1])
 
 
 def _validate(p: DeviceProfile) -> None:
@@ -367,10 +379,13 @@ def _validate(p: DeviceProfile) -> None:
     _require(
         p.thread_affinity is None
         or (isinstance(p.thread_affinity, str) and len(p.thread_affinity) <= 16 * MAX_THREADS
-            and len(p.thread_affinity.split(";")) == p.intra_op_threads - 1),
+            and len(p.thread_affinity.split(";")) == p.intra_op_threads - 1
+            and all(_AFFINITY_ENTRY.fullmatch(entry) and _processors_in_bounds(entry)
+                    for entry in p.thread_affinity.split(";"))),
         "thread_affinity",
-        "must be null or an onnxruntime affinity string with one entry per intra-op thread after the first "
-        "(e.g. '2' for 2 threads, '1;2' for 3; onnxruntime does not pin the calling thread)",
+        "must be null or an onnxruntime affinity string with one entry per intra-op thread after the first, "
+        f"each logical processors numbered from 1 to {MAX_LOGICAL_PROCESSOR}, listed ('1,3') or as a range "
+        "('1-4') (e.g. '2' for 2 threads, '1;2' for 3; onnxruntime does not pin the calling thread)",
         p.thread_affinity,
     )
     _require(isinstance(p.allow_spinning, bool), "allow_spinning", "must be true or false", p.allow_spinning)

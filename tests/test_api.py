@@ -59,6 +59,12 @@ def test_device_profiles_are_validated_and_listed(client: httpx.Client) -> None:
     unknown = client.post("/devices", json={"profile": {"name": "x", "threads_please": 2}})
     assert unknown.status_code == 422 and "threads_please" in unknown.text
 
+    # onnxruntime would refuse it only at the job's first session, in C++ words
+    pinned = client.post("/devices", json={"profile": {"name": "pinned", "intra_op_threads": 2,
+                                                       "thread_affinity": "0-0"}})
+    assert pinned.status_code == 422 and "thread_affinity" in pinned.json()["detail"][0]["msg"]
+    assert "pinned" not in [d["name"] for d in client.get("/devices").json()]
+
 
 def test_unknown_references_are_refused_with_the_field(client: httpx.Client) -> None:
     response = client.post("/jobs", json={"supernet": "no-such-net", "devices": ["cpu-1t"]})

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from devices.measure import Measurement, median_ci_halfwidth, reference_jumps, rolling_median, time_summary
+from devices.ort import OrtRunner
 from devices.profile import DeviceProfile, ProfileError
+from devices.reference import reference_model_bytes
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "devices"
 
@@ -144,3 +146,23 @@ def test_measurement_round_trips_through_json() -> None:
         p99_ms=2.5, min_ms=1.3, mad_ms=0.1, n_runs=40, stable=True, device_hash="d" * 16, env={"cpu": "x"},
     )
     assert Measurement.from_dict(json.loads(json.dumps(measurement.to_dict()))) == measurement
+
+
+# onnxruntime 1.32 refuses these only when a session starts; the next ones it takes, as typos
+# (a stray comma, an empty entry) or processors no machine here has.
+REFUSED_BY_ONNXRUNTIME = ["a", "-1", "0", "0-0", "2-1", "1-2-3", " 1", "+1", "2147483648"]
+TAKEN_BY_ONNXRUNTIME = ["1,", ",1", "01", "1;;2", "4097"]
+
+
+@pytest.mark.parametrize("affinity", REFUSED_BY_ONNXRUNTIME + TAKEN_BY_ONNXRUNTIME)
+def test_malformed_affinities_are_refused_when_the_profile_is_read(affinity: str) -> None:
+    threads = affinity.count(";") + 2
+    with pytest.raises(ProfileError, match="'thread_affinity'.*numbered from 1"):
+        DeviceProfile.from_dict({"name": "x", "intra_op_threads": threads, "thread_affinity": affinity})
+
+
+@pytest.mark.parametrize("affinity", ["2", "1,2", "1-2", "1-1", "3", "1;2", "1,2;1-2"])
+def test_affinities_the_profile_takes_start_a_real_session(affinity: str) -> None:
+    threads = affinity.count(";") + 2
+    profile = DeviceProfile.from_dict({"name": "x", "intra_op_threads": threads, "thread_affinity": affinity})
+    assert OrtRunner(reference_model_bytes(), profile).run_ms() > 0
