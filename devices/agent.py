@@ -362,7 +362,7 @@ class AgentState:
             self.results.write(request_id, job.result)
         except ApiError as error:
             job.error = error
-        except ModelInputError as error:  # the client's model does not fit its profile: retrying cannot help
+        except (ModelInputError, ProfileError) as error:  # model or profile unfit for this box: no retry helps
             job.error = ApiError(HTTPStatus.BAD_REQUEST, str(error))
         except Exception as error:  # report any measurement failure to the waiting clients
             job.error = ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, f"measurement failed: {error}")

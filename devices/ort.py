@@ -9,11 +9,12 @@ monotonic high-resolution clock; the protocol decides how often to call it.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import numpy as np
 
-from devices.profile import DeviceProfile
+from devices.profile import DeviceProfile, ProfileError
 
 _GRAPH_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -113,9 +114,12 @@ class OrtRunner:
         self.session = ort.InferenceSession(
             model_bytes, sess_options=session_options(profile), providers=list(profile.providers)
         )
+        self.provider = self.session.get_providers()[0]
+        if self.provider != profile.providers[0]:
+            raise ProfileError(f"field 'providers' starts with {profile.providers[0]!r}, but onnxruntime "
+                               f"ran the model on {self.provider!r}: its rows would time other hardware")
         declared = [(i.name, list(i.shape), i.type) for i in self.session.get_inputs()]
         self.feeds = build_inputs(declared, profile)
-        self.provider = self.session.get_providers()[0]
         self.clock_ns = time.thread_time_ns if profile.clock == "thread_cpu" else time.perf_counter_ns
 
     def run_ms(self) -> float:
@@ -123,6 +127,29 @@ class OrtRunner:
         start = self.clock_ns()
         self.session.run(None, self.feeds)
         return (self.clock_ns() - start) / 1e6
+
+
+def require_runtime_here(profile: DeviceProfile) -> None:
+    """Refuse a profile this process cannot run as written: its runtime, or its first provider, missing.
+
+    onnxruntime only warns when a listed provider is missing, and runs on
+    the next one or the CPU: measured here, a profile asking for
+    ``OpenVINOExecutionProvider`` ran on ``CPUExecutionProvider``, so a GPU
+    device's rows would have been CPU latencies under the GPU's name.
+    :class:`OrtRunner` refuses such a session; this says so before anything
+    is measured (when a local device is registered).
+    """
+    if profile.runtime == "openvino":
+        if importlib.util.find_spec("openvino") is None:
+            raise ProfileError("field 'runtime' is 'openvino', which is not installed here "
+                               "(pip install openvino)")
+        return
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if profile.providers[0] not in available:
+        raise ProfileError(f"field 'providers' starts with {profile.providers[0]!r}, which onnxruntime "
+                           f"{ort.__version__} here does not have (it has {', '.join(available)})")
 
 
 def ort_facts() -> dict[str, object]:

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
-from devices.profile import DeviceProfile
+from devices.profile import KNOWN_ORT_PROVIDERS, DeviceProfile
 from devices.reference import mobilenet_like_onnx
 from hwsearch.cli.main import app
 
@@ -35,6 +36,15 @@ def test_devices_check_names_the_bad_field(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["devices", "check", str(bad)])
     assert result.exit_code == 2
     assert "providers" in result.output and "GPUExecutionProvider" in result.output
+
+
+def test_devices_check_refuses_a_local_profile_whose_provider_this_machine_lacks(tmp_path: Path) -> None:
+    missing = next(p for p in KNOWN_ORT_PROVIDERS if p not in ort.get_available_providers())
+    gpu = tmp_path / "gpu.yaml"
+    gpu.write_text(f"name: gpu\nproviders: [{missing}, CPUExecutionProvider]\n")
+    result = CliRunner().invoke(app, ["devices", "check", str(gpu)])
+    assert result.exit_code == 2, result.output
+    assert "'providers' starts with" in result.output and missing in result.output
 
 
 def test_measure_json(tmp_path: Path) -> None:

@@ -316,10 +316,22 @@ def register_device(*, catalog: Catalog, agents: Mapping[str, AgentEndpoint],
         raise Invalid(str(error), field=("body", "profile", "where", "name")) from None
     except ValueError as error:  # ProfileError names the field in its message
         raise Invalid(f"bad device profile: {error}", field=("body", "profile")) from None
+    if parsed.where.kind == "local":
+        _runs_here(parsed)
     record = {"name": parsed.name, "hash": parsed.hash(), "profile": data}
     with _full_catalog_is_413(("body", "profile", "name")):
         catalog.put_device(parsed.name, record)
     return record
+
+
+def _runs_here(profile: Any) -> None:
+    """A local device's runtime and first provider exist on this host, or its rows would time other hardware."""
+    from devices.ort import require_runtime_here
+
+    try:
+        require_runtime_here(profile)
+    except ValueError as error:
+        raise Invalid(f"this host cannot measure the device: {error}", field=("body", "profile")) from None
 
 
 def list_devices(*, catalog: Catalog) -> list[dict[str, Any]]:

@@ -41,12 +41,16 @@ def check(
     """Validate PROFILE, print its hash and what the device reports (runtimes, providers, CPU, cores).
 
     For an agent profile this contacts the agent, so it also proves the URL
-    and token work.
+    and token work; a local one must name a runtime and first provider this
+    machine has.
     """
     from devices import open_profiler
+    from devices.ort import require_runtime_here
     from hwsearch.cli._inputs import load_profile
 
     loaded = load_profile(profile, "PROFILE")
+    if loaded.where.kind == "local":
+        require_runtime_here(loaded)
     facts = open_profiler(loaded).describe()
     typer.echo(json.dumps({"profile": loaded.to_dict(), "hash": loaded.hash(), "device": facts}, indent=2))
 
