@@ -291,6 +291,51 @@ def test_serve_never_writes_through_a_temp_folder_another_user_planted(tmp_path:
         planted.unlink()
 
 
+@pytest.mark.parametrize("plant", ["a link", "another user's folder"])
+def test_serve_never_gives_its_ray_a_folder_it_does_not_own(tmp_path: Path, plant: str) -> None:
+    """Ray's sockets live under the folder: whoever owns it could swap them and read the Ray token."""
+    from hwsearch.ray_session import private_temp_dir
+
+    store = tmp_path / "store.sqlite"
+    planted = private_temp_dir(str(Path(f"{store}.data")))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    if plant == "a link":
+        planted.symlink_to(victim)
+    elif os.geteuid() == 0:
+        planted.mkdir()
+        os.chown(planted, 65534, 65534)  # nobody
+        planted.chmod(0o777)
+    else:
+        pytest.skip("only root can make a folder another user owns")
+    try:
+        result = run_cli("serve", "--store", str(store), "--token", "t", "--port", "0", cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert str(planted) in result.stderr and "--data-dir" in result.stderr
+        assert not list(victim.iterdir()) and (planted.is_symlink() or not list(planted.iterdir()))
+    finally:
+        planted.unlink() if planted.is_symlink() else planted.rmdir()
+
+
+def test_serve_makes_its_own_ray_folder_private(tmp_path: Path) -> None:
+    """One left open (0755, as Ray makes it) is closed; a planted temp-files link then stops the start."""
+    from hwsearch.ray_session import private_temp_dir
+
+    store = tmp_path / "store.sqlite"
+    ray_folder = private_temp_dir(str(Path(f"{store}.data")))
+    ray_folder.mkdir()
+    ray_folder.chmod(0o755)
+    stop = private_temp_dir(str(Path(f"{store}.data")), "tmp")
+    stop.symlink_to(tmp_path)
+    try:
+        result = run_cli("serve", "--store", str(store), "--token", "t", "--port", "0", cwd=tmp_path)
+        assert result.returncode == 2 and str(stop) in result.stderr, result.stderr
+        assert ray_folder.stat().st_mode & 0o777 == 0o700
+    finally:
+        stop.unlink()
+        ray_folder.rmdir()
+
+
 @pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("192.0.2.7", True), ("edge.example", True),
                                           ("127.0.0.1", False), ("127.0.0.2", False), ("::1", False),
                                           ("localhost", False)])

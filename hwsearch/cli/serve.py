@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Annotated, Optional
@@ -177,7 +178,29 @@ def _prepare_ray(data_dir: Path, *, local: bool) -> None:
     if killed:
         typer.echo(f"hwsearch serve: ended {len(killed)} process(es) a previous run on "
                    f"{data_dir} left behind: {'; '.join(killed)}", err=True)
+    _own_folder(temp_dir)
     os.environ["RAY_TMPDIR"] = str(temp_dir)
+
+
+def _own_folder(folder: Path) -> None:
+    """Make ``folder`` this user's and no one else's, creating it if missing; refuse one that is not ours.
+
+    Ray keeps its sockets and session files under ``RAY_TMPDIR``, a name in
+    the host's shared temp folder that anyone can compute from the data
+    directory's path.  A folder another user made there first, or a link,
+    would let them swap the sockets this service's Ray connects to (and so
+    read its token); Ray itself creates a missing one world-readable (0755).
+    """
+    try:
+        folder.mkdir(mode=0o700)
+        return
+    except FileExistsError:
+        info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise typer.BadParameter(f"{folder} exists and is not this service's (a link, a file or another "
+                                 "user's folder): remove it, or serve another --data-dir",
+                                 param_hint="--data-dir")
+    os.chmod(folder, 0o700)  # ours, from a run before this check, possibly made by Ray itself
 
 
 def _own_temp_files(data_dir: Path) -> Path:
