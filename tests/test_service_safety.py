@@ -10,7 +10,11 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 import zipfile
@@ -457,6 +461,44 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path,
         assert not temp_files.exists(), "a service that stops removes its temp folder"
     finally:
         first.kill()
+
+
+def _readable_by_nobody(path: Path) -> bool:
+    """Whether another account (uid 65534) can read ``path``: a real open in a process of that user."""
+    probe = subprocess.run(["head", "-c", "1", str(path)], user=65534, group=65534, extra_groups=[],
+                           cwd="/", capture_output=True, timeout=60)
+    return probe.returncode == 0
+
+
+def test_what_the_service_keeps_is_closed_to_other_accounts() -> None:
+    """Folders 0700, the store 0600, also where an earlier version left them open (0755, 0644).
+
+    In a folder of the host's /tmp that others may enter (pytest's own are
+    0700), so that only the service's modes stand between them and its files.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="hwsearch-closed-"))
+    folder.chmod(0o755)
+    store = folder / "store.sqlite"
+    data_dir = Path(f"{store}.data")
+    data_dir.mkdir(mode=0o755)
+    store.touch(mode=0o644)
+    open_file = folder / "allowed" / "open.txt"
+    open_file.parent.mkdir()
+    open_file.write_text("anyone may read this\n")
+    srv = Server(store, extra=("--data-root", str(open_file.parent))).start()
+    try:
+        with srv.client() as client:
+            assert client.post("/devices", json={"profile": fast_device("closed")}).status_code == 201
+        kept = [store, *(p for p in (Path(f"{store}-wal"), Path(f"{store}-shm")) if p.exists())]
+        assert data_dir.stat().st_mode & 0o777 == 0o700
+        assert [p.stat().st_mode & 0o777 for p in kept] == [0o600] * len(kept), kept
+        if os.geteuid() == 0:
+            assert _readable_by_nobody(open_file), "the probe reads what is open"
+            assert not _readable_by_nobody(data_dir / "devices" / "closed.json")
+            assert not any(map(_readable_by_nobody, kept))
+    finally:
+        srv.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_registrations_from_an_earlier_version_are_checked_again_at_start(tmp_path: Path) -> None:
