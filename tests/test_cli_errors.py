@@ -345,3 +345,32 @@ def test_serving_plain_http_beyond_loopback_warns(tmp_path: Path, host: str, war
                      cwd=tmp_path, extra_env={"HWSEARCH_TOKEN": "t"})
     assert result.returncode == 2 and "--agent" in result.stderr, result.stderr
     assert ("warning: serving plain HTTP" in result.stderr) == warned, result.stderr
+
+
+@pytest.mark.parametrize("command", [["export", "--supernet", "demo_mbv3_mnist", "--out", "x.onnx"],
+                                     ["train", "--supernet", "demo_mbv3_mnist", "--store", "s.sqlite",
+                                      "--out", "predictor"]])
+@pytest.mark.parametrize("seed", ["-1", str(2**31)])
+def test_seeds_outside_what_the_generators_take_are_usage_errors(tmp_path: Path, command: list[str],
+                                                                  seed: str) -> None:
+    """numpy refused a negative seed with a traceback, after the supernet had loaded."""
+    (tmp_path / "s.sqlite").touch()
+    result = run_cli(*command, "--seed", seed, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "--seed" in result.stderr
+
+
+@pytest.mark.parametrize("option", ["MODELS", "--device", "--arch"])
+def test_a_fifo_named_as_an_input_is_refused_not_waited_on(tmp_path: Path, option: str) -> None:
+    """Reading a FIFO waits for a writer that never comes: measured, the command hung until killed."""
+    fifo = tmp_path / "input"
+    os.mkfifo(fifo)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(mobilenet_like_onnx(((16, 8, 3, 2),), seed=1, input_shape=(1, 3, 32, 32)))
+    device = REPO / "examples" / "devices" / "local-1thread.yaml"
+    args = {
+        "MODELS": ["measure", str(fifo), "--device", str(device)],
+        "--device": ["measure", str(model), "--device", str(fifo)],
+        "--arch": ["export", "--supernet", "demo_mbv3_mnist", "--arch", str(fifo), "--out", "x.onnx"],
+    }[option]
+    assert_one_line_error(run_cli(*args, cwd=tmp_path), 2, option, "not a regular file")

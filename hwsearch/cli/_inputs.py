@@ -12,15 +12,36 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import typer
+
 from hwsearch.cli._errors import OptionError, reading
 
-__all__ = ["check_onnx_files", "load_profile", "load_supernet", "prepare_folder"]
+__all__ = ["MAX_SEED", "check_onnx_files", "load_profile", "load_supernet", "prepare_folder",
+           "require_regular_file", "seed_option"]
+
+#: The largest seed a command takes, as the service's jobs (every RNG seeded from it takes it).
+MAX_SEED = 2**31 - 1
+
+
+def seed_option(help: str) -> Any:  # -> typer's OptionInfo
+    """A ``--seed`` option bounded to 0..MAX_SEED: numpy refuses a negative seed with a traceback."""
+    return typer.Option(min=0, max=MAX_SEED, help=help)
+
+
+def require_regular_file(path: Path, option: str) -> None:
+    """Refuse anything but a regular file: reading a FIFO (``mkfifo``) or ``/dev/zero`` never ends.
+
+    Measured: ``hwsearch measure FIFO`` and ``--device FIFO`` waited until killed.
+    """
+    if not path.is_file():
+        raise OptionError(option, f"{path} is not a regular file")
 
 
 def load_profile(path: Path, option: str = "--device") -> Any:  # -> devices.profile.DeviceProfile
     """The device profile in ``path``; a malformed or unreadable one is ``option``'s error."""
     from devices.profile import DeviceProfile
 
+    require_regular_file(path, option)
     with reading(option):
         return DeviceProfile.load(path)
 
@@ -50,6 +71,7 @@ def check_onnx_files(paths: Sequence[Path], option: str = "MODELS") -> None:
     from devices.ort import validate_onnx_bytes
 
     for path in paths:
+        require_regular_file(path, option)
         with reading(option):
             try:
                 validate_onnx_bytes(path.read_bytes())

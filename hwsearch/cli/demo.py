@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from hwsearch.cli._inputs import seed_option
 from hwsearch.demo import DEMO_SUPERNET, DEMO_SUPERNETS
 
 
@@ -28,7 +29,7 @@ def demo(
         help="Device profile (YAML/JSON); repeat for several. Default: this CPU with 1 and 2 threads.")] = None,
     n_profile: Annotated[int, typer.Option(help="Subnets profiled per device to train predictors.")] = 40,
     budget: Annotated[int, typer.Option(help="Extra real measurements per device for refinement.")] = 20,
-    seed: Annotated[int, typer.Option(help="Seed for sampling and search.")] = 0,
+    seed: Annotated[int, seed_option("Seed for sampling and search.")] = 0,
     ray_address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting one.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of tables.")] = False,
 ) -> None:

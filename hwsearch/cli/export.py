@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from hwsearch.cli._inputs import seed_option
+
 __all__ = ["register"]
 
 
@@ -23,8 +25,7 @@ def export(
         help="Subnet as JSON: hwsearch's form or the family's native form (OFA's {ks, e, d, r} "
              "/ {d, e, w, r}, AutoFormer's {layer_num, embed_dim, num_heads, mlp_ratio}).",
         exists=True, dir_okay=False)] = None,
-    seed: Annotated[int, typer.Option(
-        help="Without --arch: sample the subnet with this seed.")] = 0,
+    seed: Annotated[int, seed_option("Without --arch: sample the subnet with this seed.")] = 0,
     batch: Annotated[int, typer.Option(min=1, help="Batch size of the static input shape.")] = 1,
     precision: Annotated[str, typer.Option(
         help="fp32, or int8: quantized statically by onnxruntime (QDQ, per-channel weights), "
@@ -49,7 +50,7 @@ def export(
     often it agrees with the FP32 model on the calibration images.
     """
     from hwsearch.cli._errors import OptionError, reading
-    from hwsearch.cli._inputs import load_supernet, prepare_folder
+    from hwsearch.cli._inputs import load_supernet, prepare_folder, require_regular_file
     from hwsearch.export import export_subnet
     from hwsearch.quantize import QuantizeSettings, check_precision
 
@@ -64,6 +65,7 @@ def export(
     if arch is None:
         chosen = net.space.sample(seed, 1)[0]
     else:
+        require_regular_file(arch, "--arch")
         with reading("--arch"):
             chosen = net.space.from_json(arch.read_text())
     prepare_folder(out.parent, "--out")

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from hwsearch.cli._inputs import seed_option
+
 __all__ = ["register"]
 
 StoreOpt = Annotated[Path, typer.Option(help="SQLite store the rows go to (created if missing).")]
@@ -37,7 +39,7 @@ def profile(
     resolution: Annotated[Optional[int], typer.Option(
         help="Pin the input resolution (default: spread over the space's resolutions).")] = None,
     store: StoreOpt = Path("runs/hwsearch.db"),
-    seed: Annotated[int, typer.Option(help="Selection seed; the same seed resumes the same run.")] = 0,
+    seed: Annotated[int, seed_option("Selection seed; the same seed resumes the same run.")] = 0,
     chunk: Annotated[int, typer.Option(min=1, help="Most subnets per interleaved measurement session.")] = 16,
     checkpoint: CheckpointOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
@@ -84,7 +86,7 @@ def profile_accuracy(
     device: Annotated[str, typer.Option(
         help="auto: a GPU when the Ray cluster has one; cpu; cuda.")] = "auto",
     store: StoreOpt = Path("runs/hwsearch.db"),
-    seed: Annotated[int, typer.Option(help="Selection seed.")] = 0,
+    seed: Annotated[int, seed_option("Selection seed.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print accuracies as JSON.")] = False,
 ) -> None:
     """Evaluate N subnets on DATA (BN recalibrated first) over Ray workers; store accuracies."""

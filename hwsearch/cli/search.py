@@ -19,6 +19,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from hwsearch.cli._inputs import seed_option
+
 __all__ = ["register"]
 
 
@@ -42,7 +44,7 @@ def search(
         help="Subnets profiled per device (and evaluated once) to train predictors.")] = 40,
     budget: Annotated[int, typer.Option(
         help="Extra real measurements per device that refinement may spend.")] = 20,
-    seed: Annotated[int, typer.Option(help="Seed for selection, predictors and search.")] = 0,
+    seed: Annotated[int, seed_option("Seed for selection, predictors and search.")] = 0,
     targets_ms: Annotated[Optional[list[str]], typer.Option(
         help="Latency budgets in ms, e.g. 15,20,25: refinement spends its measurements on the "
              "best subnet under each, printed first. NAME=15,20 sets one device's; repeat "

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from hwsearch.cli._inputs import seed_option
+
 __all__ = ["register"]
 
 
@@ -24,7 +26,7 @@ def train(
                                         dir_okay=False)] = Path("runs/hwsearch.db"),
     test_fraction: Annotated[float, typer.Option(
         help="Share of subnets held out (by key) and scored after fitting.")] = 0.2,
-    seed: Annotated[int, typer.Option(help="Split and model seed.")] = 0,
+    seed: Annotated[int, seed_option("Split and model seed.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
 ) -> None:
     """Fit a predictor on stored rows; print held-out and cross-validated quality; save it."""
