@@ -374,3 +374,35 @@ def test_a_fifo_named_as_an_input_is_refused_not_waited_on(tmp_path: Path, optio
         "--arch": ["export", "--supernet", "demo_mbv3_mnist", "--arch", str(fifo), "--out", "x.onnx"],
     }[option]
     assert_one_line_error(run_cli(*args, cwd=tmp_path), 2, option, "not a regular file")
+
+
+def _bounds_cases() -> list[tuple[list[str], str]]:
+    """(a command, the option at fault) for values no run can use: each was a traceback or a run."""
+    device = str(REPO / "examples" / "devices" / "local-1thread.yaml")
+    search = ["search", "--supernet", "demo_mbv3_mnist", "--checkpoint", str(DEMO_CHECKPOINT),
+              "--device", device, "--data", "d.npz"]
+    accuracy = ["profile-accuracy", "--supernet", "demo_mbv3_mnist", "--data", "d.npz", "--store", "s.sqlite"]
+    return [
+        ([*search, "--budget-ms", "-1"], "--budget-ms"),  # ran, for a front no subnet could enter
+        ([*search, "--params-limit", "0"], "--params-limit"),
+        ([*search, "--accuracy-floor", "2"], "--accuracy-floor"),
+        ([*search, "--n-profile", "-1"], "--n-profile"),  # a traceback
+        ([*search, "--budget", "-1"], "--budget"),  # ran
+        (["demo", "--n-profile", "-1"], "--n-profile"),
+        (["demo", "--budget", "-1"], "--budget"),
+        ([*accuracy, "--n", "-2"], "--n"),
+        ([*accuracy, "--n-calibration", "-5"], "--n-calibration"),
+        (["profile", "--supernet", "demo_mbv3_mnist", "--device", device, "--n", "-3", "--store", "s.sqlite"], "--n"),
+        (["serve", "--store", "sv.sqlite", "--port", "-1", "--token", "t"], "--port"),  # a traceback
+        (["serve", "--store", "sv.sqlite", "--max-body-mb", "-1", "--token", "t"], "--max-body-mb"),  # served
+        (["agent", "--port", "-5", "--token", "t"], "--port"),
+    ]
+
+
+@pytest.mark.parametrize("args, option", _bounds_cases())
+def test_values_no_run_can_use_are_usage_errors_naming_the_option(tmp_path: Path, args: list[str],
+                                                                   option: str) -> None:
+    np.savez(tmp_path / "d.npz", x=np.zeros((64, 28, 28, 1), np.uint8), y=np.zeros(64, np.int64))
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert option in result.stderr

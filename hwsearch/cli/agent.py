@@ -14,7 +14,7 @@ def agent(
     token: Annotated[str, typer.Option(
         help="Shared secret clients send as a Bearer token; prefer the variable, which ps does not show.",
         envvar="DEVICES_AGENT_TOKEN")],
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8765,
     host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 to accept remote clients.")] = "127.0.0.1",
     state_dir: Annotated[Optional[Path], typer.Option(help="Where uploads and results persist across restarts.")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest ONNX upload.")] = 64.0,

@@ -35,7 +35,7 @@ def profile(
     device: Annotated[Path, typer.Option(help="Device profile (YAML or JSON).", exists=True,
                                          dir_okay=False)],
     supernet: SupernetOpt = "ofa_mbv3_d234_e346_k357_w1.0",
-    n: Annotated[int, typer.Option("--n", help="How many subnets to select.")] = 100,
+    n: Annotated[int, typer.Option("--n", min=1, help="How many subnets to select.")] = 100,
     resolution: Annotated[Optional[int], typer.Option(
         help="Pin the input resolution (default: spread over the space's resolutions).")] = None,
     store: StoreOpt = Path("runs/hwsearch.db"),
@@ -75,8 +75,8 @@ def profile_accuracy(
     dataset_id: Annotated[Optional[str], typer.Option(
         help="Name the accuracies are stored under, before the digest of the data, weights and "
              "choices below (default: the data path's name).")] = None,
-    n: Annotated[int, typer.Option("--n", help="How many subnets to evaluate.")] = 50,
-    n_calibration: Annotated[int, typer.Option(help="Images used only to recalibrate BN.")] = 500,
+    n: Annotated[int, typer.Option("--n", min=1, help="How many subnets to evaluate.")] = 50,
+    n_calibration: Annotated[int, typer.Option(min=1, help="Images used only to recalibrate BN.")] = 500,
     calibration: Annotated[Optional[Path], typer.Option(
         help="Separate images for BN recalibration (e.g. a slice of the training set); "
              "default: split off DATA.", exists=True)] = None,

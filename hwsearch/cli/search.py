@@ -19,6 +19,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from hwsearch.cli._errors import OptionError
 from hwsearch.cli._inputs import seed_option
 
 __all__ = ["register"]
@@ -39,11 +40,11 @@ def search(
         help="Latency limit in ms: every subnet of a front is at most this fast.")] = None,
     params_limit: Annotated[Optional[float], typer.Option(help="Parameter-count limit.")] = None,
     accuracy_floor: Annotated[Optional[float], typer.Option(
-        help="Accuracy floor, a fraction in [0, 1].")] = None,
+        min=0.0, max=1.0, help="Accuracy floor, a fraction in [0, 1].")] = None,
     n_profile: Annotated[int, typer.Option(
-        help="Subnets profiled per device (and evaluated once) to train predictors.")] = 40,
+        min=4, help="Subnets profiled per device (and evaluated once) to train predictors.")] = 40,
     budget: Annotated[int, typer.Option(
-        help="Extra real measurements per device that refinement may spend.")] = 20,
+        min=0, help="Extra real measurements per device that refinement may spend.")] = 20,
     seed: Annotated[int, seed_option("Seed for selection, predictors and search.")] = 0,
     targets_ms: Annotated[Optional[list[str]], typer.Option(
         help="Latency budgets in ms, e.g. 15,20,25: refinement spends its measurements on the "
@@ -71,6 +72,10 @@ def search(
     from hwsearch.results import ParetoFront
     from hwsearch.store import SQLiteStore
 
+    for option, limit in (("--budget-ms", budget_ms), ("--params-limit", params_limit)):
+        if limit is not None and limit <= 0:
+            raise OptionError(option, f"{limit:g} can never be met: a subnet's latency and parameter count "
+                                      "are above 0")
     profiles = _with_precisions(_check_inputs(supernet, checkpoint, device, data), precision)
     aims = _latency_targets([p.name for p in profiles], targets_ms or [], band_ms or [])
     prepare_folder(out, "--out")
@@ -128,7 +133,7 @@ def _latency_targets(devices: list[str], budgets: list[str],
                      bands: list[str]) -> dict[str, dict[str, Any]]:
     """Each device's targets from ``--targets-ms``/``--band-ms`` (``[NAME=]VALUE``), checked."""
     from hwsearch.acquisition import LatencyTargets
-    from hwsearch.cli._errors import OptionError, reading
+    from hwsearch.cli._errors import reading
 
     chosen: dict[str, dict[str, str]] = {name: {} for name in devices}
     for option, kind, values in (("--targets-ms", "budgets", budgets), ("--band-ms", "band", bands)):

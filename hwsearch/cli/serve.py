@@ -29,7 +29,7 @@ def serve(
     store: Annotated[Path, typer.Option(help="SQLite file holding jobs and measurements.")] = Path(
         "hwsearch.sqlite"),
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
     token: Annotated[Optional[str], typer.Option(
         help="Bearer token clients must send; defaults to $HWSEARCH_TOKEN.",
         envvar="HWSEARCH_TOKEN", show_envvar=True)] = None,
@@ -48,9 +48,9 @@ def serve(
         min=1, help="Jobs waiting; beyond it submissions get 429 with Retry-After.")] = 16,
     max_n_profile: Annotated[int, typer.Option(min=4, help="Largest n_profile a job may ask.")] = 500,
     max_budget: Annotated[int, typer.Option(min=1, help="Largest budget a job may ask.")] = 200,
-    max_body_mb: Annotated[float, typer.Option(help="Largest JSON request body.")] = 1.0,
+    max_body_mb: Annotated[float, typer.Option(min=0.01, help="Largest JSON request body.")] = 1.0,
     max_upload_mb: Annotated[float, typer.Option(
-        help="Largest checkpoint upload, and largest checkpoint or dataset file read.")] = 512.0,
+        min=0.01, help="Largest checkpoint upload, and largest checkpoint or dataset file read.")] = 512.0,
     max_export_mb: Annotated[float, typer.Option(
         min=1.0, help="Exported ONNX files kept for download; the least recently used go first.")] = 2048.0,
     max_checkpoints_mb: Annotated[float, typer.Option(
