@@ -396,6 +396,8 @@ def _bounds_cases() -> list[tuple[list[str], str]]:
         (["serve", "--store", "sv.sqlite", "--port", "-1", "--token", "t"], "--port"),  # a traceback
         (["serve", "--store", "sv.sqlite", "--max-body-mb", "-1", "--token", "t"], "--max-body-mb"),  # served
         (["agent", "--port", "-5", "--token", "t"], "--port"),
+        (["agent", "--read-timeout-s", "-1", "--token", "t"], "--read-timeout-s"),  # exit 1 before
+        (["agent", "--max-upload-mb", "-1", "--token", "t"], "--max-upload-mb"),
     ]
 
 

@@ -17,15 +17,15 @@ def agent(
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8765,
     host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 to accept remote clients.")] = "127.0.0.1",
     state_dir: Annotated[Optional[Path], typer.Option(help="Where uploads and results persist across restarts.")] = None,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest ONNX upload.")] = 64.0,
+    max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest ONNX upload.")] = 64.0,
     max_models: Annotated[int, typer.Option(
         min=2, help="Stored models kept; least recently used are pruned first.")] = 256,
-    max_model_mb: Annotated[float, typer.Option(help="Stored models' total size kept.")] = 2048.0,
+    max_model_mb: Annotated[float, typer.Option(min=0.01, help="Stored models' total size kept.")] = 2048.0,
     max_results: Annotated[int, typer.Option(min=1, help="Stored measurement results kept.")] = 1024,
     max_connections: Annotated[int, typer.Option(
         min=1, help="Connections served at once; more get 503 with Retry-After.")] = 16,
     read_timeout_s: Annotated[float, typer.Option(
-        help="Seconds a client may take to send a request before it is closed.")] = 30.0,
+        min=0.1, help="Seconds a client may take to send a request before it is closed.")] = 30.0,
     ssl_certfile: Annotated[Optional[Path], typer.Option(
         help="Serve HTTPS with this certificate (PEM), so the token and models never cross the network "
              "in clear; with --ssl-keyfile.")] = None,
