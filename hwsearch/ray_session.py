@@ -23,10 +23,17 @@ authentication, with a token this process makes and keeps in its
 environment (where Ray's daemons and workers read it), never in a file:
 the same POST gets 401 and the driver cannot join.  A cluster joined by
 address keeps whatever authentication its operator set.
+
+A local session also keeps its files (sockets, logs, session state) in a
+folder only this user can enter (:func:`_private_ray_folder`), not in Ray's
+default ``/tmp/ray``, which Ray makes world-writable without the sticky bit
+along with every session folder in it.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import os
 import secrets
@@ -35,6 +42,8 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import NamedTuple
+
+from hwsearch.tempdirs import owned_temp_dir
 
 __all__ = ["WorkerStart", "init_ray", "kill_leftovers", "prepare_worker", "private_temp_dir",
            "worker_prepared"]
@@ -99,10 +108,11 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the cluster's operator says otherwise
         else:
             _require_a_token_of_our_own()
+            temp_dir = _private_ray_folder()
         if threading.current_thread() is threading.main_thread():
-            _start_ray(address, num_cpus)
+            _start_ray(address, num_cpus, temp_dir)
         else:
-            _start_ray_in_keeper_thread(address, num_cpus)
+            _start_ray_in_keeper_thread(address, num_cpus, temp_dir)
 
 
 def _require_a_token_of_our_own() -> None:
@@ -124,7 +134,52 @@ def _require_a_token_of_our_own() -> None:
     Config.initialize("")
 
 
-def _start_ray(address: str | None, num_cpus: int | None) -> None:
+# A Unix socket path holds at most 107 bytes, and Ray's longest lies this far below its temp folder:
+# "/ray/session_<date>_<time>_<microseconds>_<pid>/sockets/plasma_store".
+_MAX_SOCKET_PATH_CHARS = 107
+_RAY_SOCKET_TAIL_CHARS = len("/ray/session_2026-12-04_23-26-56_107105_4194304/sockets/plasma_store")
+_PRIVATE_FOLDER_CHARS = len("/hwsearch-rs-12345678")
+
+
+def _private_ray_folder() -> str | None:
+    """A folder of this process's own (0700) for a local Ray, or None where ``RAY_TMPDIR`` names one already.
+
+    Ray's default, ``/tmp/ray``, and each session folder Ray makes in it are
+    0777 without the sticky bit (measured: all 35 session folders a day of
+    runs left here), so any account on the host could move a running
+    session's folder aside and put its own sockets in its place.  The folder
+    is an owned temp folder (:mod:`hwsearch.tempdirs`): removed when the
+    process exits, once Ray is shut down, or by the next ``hwsearch``
+    command if the process was killed.  ``hwsearch serve`` sets
+    ``RAY_TMPDIR`` to its own private folder first.  Handed to ``ray.init``,
+    not set in the environment, so other programs this process starts still
+    find Ray where they would.
+    """
+    if os.environ.get("RAY_TMPDIR"):
+        return None
+    parent = tempfile.gettempdir()
+    if len(parent) + _PRIVATE_FOLDER_CHARS + _RAY_SOCKET_TAIL_CHARS > _MAX_SOCKET_PATH_CHARS:
+        parent = "/tmp"  # a deep TMPDIR would leave Ray's socket paths no room
+    kept = contextlib.ExitStack()
+    folder = kept.enter_context(owned_temp_dir("rs", parent))
+    atexit.register(_shut_down_then_remove, kept)
+    return str(folder / "ray")  # Ray makes the folder it is given 0777: this one's parent keeps it closed
+
+
+def _shut_down_then_remove(kept: contextlib.ExitStack) -> None:
+    """At exit: end the local Ray, then remove its folder.
+
+    Ray registers its own shutdown when it is imported, before this, and
+    ``atexit`` runs in reverse order, so this runs first and shuts Ray down
+    itself (Ray's later call is then a no-op).
+    """
+    import ray
+
+    ray.shutdown()
+    kept.close()
+
+
+def _start_ray(address: str | None, num_cpus: int | None, temp_dir: str | None = None) -> None:
     import ray
 
     runtime_env = {"worker_process_setup_hook": f"{__name__}.prepare_worker"}
@@ -134,17 +189,17 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
         # "local": without it, ray.init() joins the cluster a `ray start` on this host (or another
         # program's Ray) recorded in <tmp>/ray/ray_current_cluster, and refuses num_cpus there.
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                 log_to_driver=False, runtime_env=runtime_env)
+                 log_to_driver=False, runtime_env=runtime_env, _temp_dir=temp_dir)
 
 
-def _start_ray_in_keeper_thread(address: str | None, num_cpus: int | None) -> None:
+def _start_ray_in_keeper_thread(address: str | None, num_cpus: int | None, temp_dir: str | None) -> None:
     """Start Ray from a daemon thread that then waits forever; re-raise its start-up error here."""
     started = threading.Event()
     failure: list[BaseException] = []
 
     def keep() -> None:
         try:
-            _start_ray(address, num_cpus)
+            _start_ray(address, num_cpus, temp_dir)
         except BaseException as error:  # handed to the caller below
             failure.append(error)
         started.set()

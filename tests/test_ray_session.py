@@ -135,3 +135,34 @@ def test_a_local_ray_runs_nothing_for_a_stranger_on_the_network(tmp_path: Path) 
     assert report["answer"] == 42  # the session itself works
     assert (report["job_api"], report["ran"], report["stranger_joined"]) == (401, False, False), report
     assert list(home.iterdir()) == []  # no Ray token file, and no onnxruntime device id from the workers
+
+
+PRIVATE_FOLDER_SCRIPT = """
+import json, os, stat, sys
+from pathlib import Path
+import ray
+from hwsearch.ray_session import init_ray
+
+init_ray(num_cpus=1)
+assert ray.get(ray.remote(lambda: 42).remote()) == 42
+[folder] = Path(os.environ["TMPDIR"]).glob("hwsearch-rs-*")
+sessions = [p.name for p in folder.rglob("session_*") if p.is_dir()]
+print(json.dumps({"folder": str(folder), "mode": stat.S_IMODE(folder.stat().st_mode), "sessions": sessions,
+                  "ray_tmpdir": os.environ.get("RAY_TMPDIR")}))
+"""
+
+
+def test_a_local_ray_keeps_its_files_in_a_folder_only_its_user_enters(short_temp_dir: Path) -> None:
+    """Ray's default /tmp/ray and its session folders are 0777 without the sticky bit: anyone could swap them."""
+    env = {**os.environ, "TMPDIR": str(short_temp_dir), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_TMPDIR", None)
+    done = subprocess.run([sys.executable, "-c", PRIVATE_FOLDER_SCRIPT], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    folder = Path(report["folder"])
+    assert folder.parent == short_temp_dir and folder.name.startswith("hwsearch-rs-")
+    assert report["mode"] == 0o700 and report["sessions"], report
+    assert report["ray_tmpdir"] is None, "other programs it starts still find Ray where they would"
+    assert not (short_temp_dir / "ray").exists(), "nothing in Ray's shared default"
+    assert not folder.exists(), "removed when the process ended"
