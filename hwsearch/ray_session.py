@@ -106,6 +106,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
             return
         if address:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the cluster's operator says otherwise
+            temp_dir = None  # the cluster's own
         else:
             _require_a_token_of_our_own()
             temp_dir = _private_ray_folder()

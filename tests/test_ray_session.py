@@ -41,11 +41,11 @@ def test_ray_started_from_a_finished_thread_keeps_running() -> None:
 
 
 JOIN_SCRIPT = """
-import json
+import json, sys
 import ray
 from hwsearch.ray_session import init_ray
 
-init_ray(num_cpus=1)
+init_ray(*sys.argv[1:], num_cpus=1)
 print(json.dumps({"gcs": ray.get_runtime_context().gcs_address,
                   "answer": ray.get(ray.remote(lambda: 6 * 7).remote(), timeout=60)}))
 ray.shutdown()
@@ -83,6 +83,13 @@ def test_a_local_run_starts_its_own_ray_beside_a_cluster_someone_started_on_the_
         started = json.loads(result.stdout.strip().splitlines()[-1])
         assert started["answer"] == 42
         assert started["gcs"] != recorded.read_text().strip(), "the run joined the recorded cluster"
+        # --ray-address: the same cluster, joined on purpose
+        address = recorded.read_text().strip()
+        result = subprocess.run([sys.executable, "-c", JOIN_SCRIPT, address], capture_output=True,
+                                text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        joined = json.loads(result.stdout.strip().splitlines()[-1])
+        assert joined == {"gcs": address, "answer": 42}
     finally:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=30)

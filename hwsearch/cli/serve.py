@@ -24,7 +24,6 @@ import typer
 __all__ = ["register"]
 
 
-
 def serve(
     store: Annotated[Path, typer.Option(help="SQLite file holding jobs and measurements.")] = Path(
         "hwsearch.sqlite"),
