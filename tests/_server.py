@@ -35,8 +35,9 @@ class Server:
     """
 
     def __init__(self, store: Path, *, extra: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, factory: bool = False) -> None:
         self.store = store
+        self.factory = factory  # started as ``uvicorn --factory`` would be, not by ``hwsearch serve``
         self.port = free_port()
         self.extra = extra
         self.env = env or {}
@@ -51,12 +52,9 @@ class Server:
     def start(self, timeout: float = 60.0) -> Server:
         env = {**os.environ, "HWSEARCH_TOKEN": TOKEN, "RAY_AUTH_MODE": "disabled",
                "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", **self.env}
-        roots = () if "--data-root" in self.extra else ("--data-root", str(self.store.parent))
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "hwsearch.cli.main", "serve", "--store", str(self.store),
-                 "--port", str(self.port), *roots, *self.extra],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(self._command(env), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -67,6 +65,16 @@ class Server:
             except httpx.HTTPError:
                 time.sleep(0.2)
         raise TimeoutError(f"server did not start: {self.log.read_text()[-3000:]}")
+
+    def _command(self, env: dict[str, str]) -> list[str]:
+        """``hwsearch serve``'s command line, or uvicorn's (which takes its settings from ``env``)."""
+        if self.factory:
+            env.update(HWSEARCH_STORE=str(self.store), HWSEARCH_DATA_ROOTS=str(self.store.parent))
+            return [sys.executable, "-m", "uvicorn", "--factory", "hwsearch.api.app:create_app_from_env",
+                    "--port", str(self.port), *self.extra]
+        roots = () if "--data-root" in self.extra else ("--data-root", str(self.store.parent))
+        return [sys.executable, "-m", "hwsearch.cli.main", "serve", "--store", str(self.store),
+                "--port", str(self.port), *roots, *self.extra]
 
     def client(self, token: str | None = TOKEN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

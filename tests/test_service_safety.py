@@ -470,11 +470,13 @@ def _readable_by_nobody(path: Path) -> bool:
     return probe.returncode == 0
 
 
-def test_what_the_service_keeps_is_closed_to_other_accounts() -> None:
+@pytest.mark.parametrize("factory", [False, True], ids=["hwsearch-serve", "uvicorn-factory"])
+def test_what_the_service_keeps_is_closed_to_other_accounts(factory: bool) -> None:
     """Folders 0700, the store 0600, also where an earlier version left them open (0755, 0644).
 
     In a folder of the host's /tmp that others may enter (pytest's own are
-    0700), so that only the service's modes stand between them and its files.
+    0700), so that only the service's modes stand between them and its files;
+    both for ``hwsearch serve`` and for the app built by ``uvicorn --factory``.
     """
     folder = Path(tempfile.mkdtemp(prefix="hwsearch-closed-"))
     folder.chmod(0o755)
@@ -485,7 +487,8 @@ def test_what_the_service_keeps_is_closed_to_other_accounts() -> None:
     open_file = folder / "allowed" / "open.txt"
     open_file.parent.mkdir()
     open_file.write_text("anyone may read this\n")
-    srv = Server(store, extra=("--data-root", str(open_file.parent))).start()
+    roots = ("--data-root", str(open_file.parent))
+    srv = Server(store, extra=() if factory else roots, factory=factory).start()
     try:
         with srv.client() as client:
             assert client.post("/devices", json={"profile": fast_device("closed")}).status_code == 201

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -33,9 +34,9 @@ from hwsearch.api.files import DataRoots
 from hwsearch.api.routes import api_router, public_router
 from hwsearch.api.service import Busy, ServiceError, upgrade_catalog
 from hwsearch.dispatch import Admission, JobDispatcher
-from hwsearch.store import Store, open_store
+from hwsearch.store import SQLiteStore, Store, open_store
 
-__all__ = ["create_app", "create_app_from_env"]
+__all__ = ["close_to_other_accounts", "create_app", "create_app_from_env"]
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ def create_app(
     app.state.store = store
     app.state.catalog = Catalog(data_dir, max_export_bytes=max_export_bytes,
                                 max_checkpoint_bytes=max_checkpoint_bytes, max_registrations=max_registrations)
+    close_to_other_accounts(Path(data_dir), *_store_files(store))
     app.state.roots = DataRoots(data_roots or [Path(data_dir) / "files"],
                                 max_file_bytes=max_upload_bytes)
     for change in upgrade_catalog(catalog=app.state.catalog, roots=app.state.roots,
@@ -145,6 +147,34 @@ def create_app(
                        upload_paths=_UPLOAD_PATHS, read_timeout_s=read_timeout_s)
     app.add_middleware(TokenGate, token=token, public_paths=_public_paths(app))  # outermost: runs first
     return app
+
+
+def close_to_other_accounts(*paths: Path) -> None:
+    """Close what the service keeps (users' checkpoints, exported subnets, results) to other accounts.
+
+    Made with the default umask, the data directory was 0755 and the store
+    0644: every account on a shared host could read the weights users
+    uploaded and the subnets exported for them, however the app was started
+    (``hwsearch serve``, ``uvicorn --factory``, a library call).  Folders
+    become 0700 (what lies inside is then out of reach, whatever its own
+    mode) and files 0600; SQLite gives a new ``-wal`` or ``-shm`` file its
+    database's mode.  Paths another user owns are the operator's arrangement
+    and are left alone.
+    """
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            continue
+        if info.st_uid == os.geteuid():
+            os.chmod(path, 0o700 if stat.S_ISDIR(info.st_mode) else 0o600)
+
+
+def _store_files(store: Store) -> list[Path]:
+    """The files an embedded store keeps on this host: SQLite's database and its journal files."""
+    if not isinstance(store, SQLiteStore):
+        return []  # a served backend's access is its own to manage
+    return [store.path, Path(f"{store.path}-wal"), Path(f"{store.path}-shm")]
 
 
 def _public_paths(app: FastAPI) -> frozenset[str]:

@@ -106,7 +106,6 @@ def serve(
     _prepare_ray(data_dir, local=ray_address is None)
     temp_files = _own_temp_files(data_dir)
     opened = open_store(store)
-    _owner_only(data_dir, store, Path(f"{store}-wal"), Path(f"{store}-shm"))
     app = create_app(
         opened, token=token, data_dir=data_dir, data_roots=data_root or None,
         agents=agents,
@@ -148,25 +147,6 @@ def _check_certificate(certfile: Path, keyfile: Path) -> None:
     except (OSError, ssl.SSLError) as error:
         raise typer.BadParameter(f"cannot use {certfile} with {keyfile}: {error}",
                                  param_hint="--ssl-certfile") from None
-
-
-def _owner_only(*paths: Path) -> None:
-    """Close what the service keeps (users' checkpoints, exported subnets, results) to other accounts.
-
-    Made with the default umask, the data directory was 0755 and the store
-    0644: every account on a shared host could read the weights users
-    uploaded and the subnets exported for them.  Folders become 0700 (what
-    lies inside is then out of reach, whatever its own mode) and files 0600;
-    SQLite gives a new ``-wal`` or ``-shm`` file its database's mode.  Paths
-    another user owns are the operator's arrangement and are left alone.
-    """
-    for path in paths:
-        try:
-            info = os.stat(path)
-        except FileNotFoundError:
-            continue
-        if info.st_uid == os.geteuid():
-            os.chmod(path, 0o700 if stat.S_ISDIR(info.st_mode) else 0o600)
 
 
 def _own(data_dir: Path) -> IO[str]:
