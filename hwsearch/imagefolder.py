@@ -20,9 +20,26 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["IMAGE_SUFFIXES", "ImageFolder"]
+__all__ = ["IMAGE_SUFFIXES", "ImageFolder", "class_folders", "images_in"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+def class_folders(root: Path) -> list[Path]:
+    """``root``'s sub-folders (links to folders included), sorted: one class each, numbered in this order."""
+    return sorted(entry for entry in root.iterdir() if entry.is_dir())
+
+
+def images_in(folder: Path, *, ordered: bool = True) -> Iterator[Path]:
+    """The image files of one class folder (links to files included), sorted unless ``ordered`` is False.
+
+    A scan and the service's check of a client's dataset folder
+    (:class:`hwsearch.api.files.DataRoots`) both take their files from here,
+    so they see the same ones; unordered, the listing is lazy, so a check
+    can stop at its bound without listing a huge folder whole.
+    """
+    entries = sorted(folder.iterdir()) if ordered else folder.iterdir()
+    return (entry for entry in entries if entry.suffix.lower() in IMAGE_SUFFIXES and entry.is_file())
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,16 +59,15 @@ class ImageFolder:
     def scan(cls, root: str | Path) -> ImageFolder:
         """List ``root``'s class folders and their images (like torchvision's ``ImageFolder``)."""
         root = Path(root)
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        classes = [folder.name for folder in class_folders(root)]
         if not classes:
             raise ValueError(f"{root} has no class sub-folders")
         files: list[str] = []
         labels: list[int] = []
         for label, name in enumerate(classes):
-            for file in sorted((root / name).iterdir()):
-                if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file():
-                    files.append(f"{name}/{file.name}")
-                    labels.append(label)
+            for file in images_in(root / name):
+                files.append(f"{name}/{file.name}")
+                labels.append(label)
         if not files:
             raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
         return cls(str(root), tuple(files), np.asarray(labels, dtype=np.int64), tuple(classes))

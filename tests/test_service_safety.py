@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -159,6 +160,56 @@ def test_only_paths_inside_a_data_root_are_read_and_outside_looks_like_missing(
     refused(client.post("/jobs", json={"supernet": "probe", "devices": ["x"],
                                        "dataset": "escape/passwd"}), ["body"])
     assert "probe" not in [s["name"] for s in client.get("/supernets").json()]
+
+
+def _png(path: Path, value: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+def test_an_image_folder_dataset_reads_nothing_outside_the_data_roots(
+        client: httpx.Client, data_root: Path, root: Path) -> None:
+    """A class folder or an image linked out of a root is refused; only then were its files uncounted and read.
+
+    The count walked the folder without following links while the scan
+    followed them, so a class folder linked to any folder the server could
+    read passed with its images uncounted, and a job read them.
+    """
+    for value in range(3):
+        _png(root / "private" / "elsewhere" / f"{value}.png", value)
+    assert client.post("/devices", json={"profile": fast_device("cpu-1t")}).status_code == 201
+    assert client.post("/supernets", json=SUPERNET).status_code == 201
+    jobs_before = client.get("/jobs").json()["jobs"]
+    for name, plant in (("linked-class", lambda d: (d / "b").symlink_to(root / "private" / "elsewhere")),
+                        ("linked-image", lambda d: (d / "a" / "z.png").symlink_to(root / "private" / "elsewhere"
+                                                                                  / "0.png"))):
+        dataset = data_root / name
+        _png(dataset / "a" / "x.png", 7)
+        plant(dataset)
+        job = client.post("/jobs", json={"supernet": "tiny-mbv3", "devices": ["cpu-1t"], "dataset": name,
+                                         "n_profile": 4})
+        assert "leads outside the data roots" in refused(job, ["body", "dataset"])
+    assert client.get("/jobs").json()["jobs"] == jobs_before, "nothing was queued"
+
+
+def test_an_image_folders_bound_counts_the_images_a_scan_reads(tmp_path: Path) -> None:
+    """Images reached through a link inside the roots count as the scan reads them, to the bound."""
+    from hwsearch.api.files import DataRoots, PathRefused
+    from hwsearch.imagefolder import ImageFolder
+
+    for value in range(5):
+        _png(tmp_path / "shared" / f"{value}.png", value)
+    _png(tmp_path / "ds" / "a" / "x.png", 9)
+    (tmp_path / "ds" / "b").symlink_to(tmp_path / "shared")
+    assert DataRoots([tmp_path], max_file_bytes=1 << 20, max_dataset_files=6).dataset("ds") == tmp_path / "ds"
+    assert len(ImageFolder.scan(tmp_path / "ds")) == 6
+    with pytest.raises(PathRefused, match="more than 5 images"):
+        DataRoots([tmp_path], max_file_bytes=1 << 20, max_dataset_files=5).dataset("ds")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(PathRefused, match="no images"):
+        DataRoots([tmp_path], max_file_bytes=1 << 20).dataset("empty")
 
 
 def test_bad_checkpoints_get_one_clear_422_and_leave_nothing_behind(client: httpx.Client,
@@ -502,6 +553,27 @@ def test_what_the_service_keeps_is_closed_to_other_accounts(factory: bool) -> No
     finally:
         srv.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("setting", "named"), [
+    ({"HWSEARCH_STORE": ""}, "HWSEARCH_STORE must be set"),
+    ({"HWSEARCH_TOKEN": ""}, "HWSEARCH_TOKEN must be set"),
+    ({"HWSEARCH_MAX_BODY": "-1"}, "HWSEARCH_MAX_BODY='-1' must be a finite number"),
+    ({"HWSEARCH_READ_TIMEOUT_S": "nan"}, "HWSEARCH_READ_TIMEOUT_S='nan' must be a finite number"),
+    ({"HWSEARCH_MAX_REGISTRATIONS": "many"}, "HWSEARCH_MAX_REGISTRATIONS='many' is not a number"),
+    ({"HWSEARCH_RESUME": "maybe"}, "HWSEARCH_RESUME='maybe' must be true or false"),
+    ({"HWSEARCH_AGENTS": "no-url-here"}, "HWSEARCH_AGENTS:"),
+])
+def test_the_factory_stops_on_a_bad_setting_in_one_line_and_leaves_nothing(
+        tmp_path: Path, setting: dict[str, str], named: str) -> None:
+    """``uvicorn --factory``: exit 3 naming the variable, no traceback, no store made."""
+    env = {**os.environ, "HWSEARCH_STORE": str(tmp_path / "store.sqlite"), "HWSEARCH_TOKEN": "t",
+           "RAY_AUTH_MODE": "disabled", **setting}
+    started = subprocess.run([sys.executable, "-m", "uvicorn", "--factory", "hwsearch.api.app:create_app_from_env",
+                              "--port", "0"], env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 3, started.stderr[-2000:]
+    assert named in started.stderr and "Traceback" not in started.stderr, started.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == [], "a refused start leaves no store or data folder"
 
 
 def test_registrations_from_an_earlier_version_are_checked_again_at_start(tmp_path: Path) -> None:

@@ -22,6 +22,8 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from hwsearch.imagefolder import class_folders, images_in
+
 __all__ = ["DataRoots", "PathRefused", "check_unpacked_size"]
 
 MAX_PATH_CHARS = 1024
@@ -91,14 +93,37 @@ class DataRoots:
         check_unpacked_size(path, self.max_file_bytes)
 
     def _check_folder(self, path: Path) -> None:
-        """Count the folder's files, stopping at the bound rather than walking a huge tree."""
+        """The images a scan of the folder would read: each inside a root, and at most ``max_dataset_files``.
+
+        Listed as :meth:`hwsearch.imagefolder.ImageFolder.scan` lists them,
+        links followed, and counted as they are listed, so the count stops
+        at the bound rather than listing a huge folder.  Counting with
+        ``os.walk`` (which does not follow links) while the scan followed
+        them let a class folder linked to a folder outside the roots pass
+        with its images uncounted, and be read.
+        """
         count = 0
-        for _, _, files in os.walk(path):
-            count += len(files)
-            if count > self.max_dataset_files:
-                raise PathRefused(f"holds more than {self.max_dataset_files} files")
+        try:
+            for folder in class_folders(path):
+                self._refuse_outside(folder, path)
+                for image in images_in(folder, ordered=False):
+                    self._refuse_outside(image, path)
+                    count += 1
+                    if count > self.max_dataset_files:
+                        raise PathRefused(f"holds more than {self.max_dataset_files} images")
+        except OSError as error:  # a folder the service may not list
+            raise PathRefused(f"cannot be listed ({error.strerror or type(error).__name__})") from None
         if count == 0:
-            raise PathRefused("is an empty folder")
+            raise PathRefused("holds no images in class sub-folders")
+
+    def _refuse_outside(self, entry: Path, dataset: Path) -> None:
+        """Refuse a dataset whose class folder or image leads (by a link) outside every root."""
+        try:
+            resolved = entry.resolve()
+        except (OSError, RuntimeError):  # a link loop
+            raise PathRefused(f"{entry.relative_to(dataset)} is a broken link") from None
+        if not any(resolved.is_relative_to(root) for root in self.roots):
+            raise PathRefused(f"{entry.relative_to(dataset)} leads outside the data roots")
 
 
 def check_unpacked_size(path: Path, limit: int) -> None:
