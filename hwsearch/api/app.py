@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import stat
@@ -36,7 +35,7 @@ from hwsearch.api.service import Busy, ServiceError, upgrade_catalog
 from hwsearch.dispatch import Admission, JobDispatcher
 from hwsearch.store import SQLiteStore, Store, open_store
 
-__all__ = ["close_to_other_accounts", "create_app", "create_app_from_env"]
+__all__ = ["SettingError", "close_to_other_accounts", "create_app", "create_app_from_env"]
 
 log = logging.getLogger(__name__)
 
@@ -193,27 +192,79 @@ def create_app_from_env() -> FastAPI:
     ``HWSEARCH_AGENT_SECRETS``, ``HWSEARCH_MAX_BODY``, ``HWSEARCH_MAX_UPLOAD``,
     ``HWSEARCH_READ_TIMEOUT_S``, ``HWSEARCH_MAX_EXPORT`` and
     ``HWSEARCH_MAX_CHECKPOINTS`` (bytes), ``HWSEARCH_MAX_REGISTRATIONS``,
-    ``HWSEARCH_RAY_ADDRESS`` and ``HWSEARCH_RESUME``.
+    ``HWSEARCH_RAY_ADDRESS`` and ``HWSEARCH_RESUME`` (``true``/``false``).
+    A missing or malformed setting stops the start (exit 3, uvicorn's code
+    for a failed start) with one line naming the variable, as ``hwsearch
+    serve`` names its option, and not a traceback; the bounds are those of
+    ``hwsearch serve``'s options: a negative body limit would have served,
+    refusing every request.
     """
+    try:
+        return _app_from_env()
+    except SettingError as error:
+        print(f"hwsearch: {error}", file=sys.stderr)
+        raise SystemExit(3) from None
+
+
+def _app_from_env() -> FastAPI:
+    """Every setting read and checked first, so a bad one leaves no store or folder behind."""
     from hwsearch.agents import load_agents
 
-    store_path = Path(os.environ["HWSEARCH_STORE"])
+    store_path = Path(_required_env("HWSEARCH_STORE"))
+    token = _required_env("HWSEARCH_TOKEN")
     roots = os.environ.get("HWSEARCH_DATA_ROOTS", "")
     declared = os.environ.get("HWSEARCH_AGENTS", "")
     secrets = os.environ.get("HWSEARCH_AGENT_SECRETS")
+    try:
+        agents = load_agents([a for a in declared.split(",") if a],
+                             secrets_file=Path(secrets) if secrets else None)
+    except (OSError, ValueError) as error:
+        raise SettingError(f"HWSEARCH_AGENTS: {error}") from None
+    limits = dict(
+        max_body_bytes=int(_env_number("HWSEARCH_MAX_BODY", 1 * MiB, minimum=0.01 * MiB)),
+        max_upload_bytes=int(_env_number("HWSEARCH_MAX_UPLOAD", 512 * MiB, minimum=0.01 * MiB)),
+        read_timeout_s=_env_number("HWSEARCH_READ_TIMEOUT_S", READ_TIMEOUT_S, minimum=1.0),
+        max_export_bytes=int(_env_number("HWSEARCH_MAX_EXPORT", MAX_EXPORT_BYTES, minimum=MiB)),
+        max_checkpoint_bytes=int(_env_number("HWSEARCH_MAX_CHECKPOINTS", MAX_CHECKPOINT_BYTES, minimum=MiB)),
+        max_registrations=int(_env_number("HWSEARCH_MAX_REGISTRATIONS", MAX_REGISTRATIONS, minimum=1)),
+    )
+    resume = _env_flag("HWSEARCH_RESUME")
     return create_app(
-        open_store(store_path),
-        token=os.environ["HWSEARCH_TOKEN"],
+        open_store(store_path), token=token,
         data_dir=os.environ.get("HWSEARCH_DATA", default_data_dir(store_path)),
         data_roots=[r for r in roots.split(os.pathsep) if r] or None,
-        agents=load_agents([a for a in declared.split(",") if a],
-                           secrets_file=Path(secrets) if secrets else None),
-        max_body_bytes=int(os.environ.get("HWSEARCH_MAX_BODY", 1 * MiB)),
-        max_upload_bytes=int(os.environ.get("HWSEARCH_MAX_UPLOAD", 512 * MiB)),
-        read_timeout_s=float(os.environ.get("HWSEARCH_READ_TIMEOUT_S", READ_TIMEOUT_S)),
-        max_export_bytes=int(os.environ.get("HWSEARCH_MAX_EXPORT", MAX_EXPORT_BYTES)),
-        max_checkpoint_bytes=int(os.environ.get("HWSEARCH_MAX_CHECKPOINTS", MAX_CHECKPOINT_BYTES)),
-        max_registrations=int(os.environ.get("HWSEARCH_MAX_REGISTRATIONS", MAX_REGISTRATIONS)),
-        ray_address=os.environ.get("HWSEARCH_RAY_ADDRESS") or None,
-        resume=json.loads(os.environ.get("HWSEARCH_RESUME", "false")),
+        agents=agents, **limits,
+        ray_address=os.environ.get("HWSEARCH_RAY_ADDRESS") or None, resume=resume,
     )
+
+
+class SettingError(ValueError):
+    """An environment setting of :func:`create_app_from_env` is missing or malformed; the message names it."""
+
+
+def _required_env(name: str) -> str:
+    value = os.environ.get(name, "")
+    if not value:
+        raise SettingError(f"{name} must be set (and not empty)")
+    return value
+
+
+def _env_number(name: str, default: float, *, minimum: float) -> float:
+    """A finite number of at least ``minimum``, or ``default`` if unset."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingError(f"{name}={raw!r} is not a number") from None
+    if not minimum <= value < float("inf"):
+        raise SettingError(f"{name}={raw!r} must be a finite number of at least {minimum:g}")
+    return value
+
+
+def _env_flag(name: str) -> bool:
+    raw = os.environ.get(name, "false").strip().lower()
+    if raw not in {"true", "false", "1", "0"}:
+        raise SettingError(f"{name}={raw!r} must be true or false")
+    return raw in {"true", "1"}
