@@ -36,7 +36,9 @@ bytes and seconds; each has a command-line flag):
   once the read timeout passes.
 * An upload must be a model onnxruntime loads, with its weights inside the
   file: a tensor naming an external data file is refused with 400, so a
-  model cannot make the agent read a file beside it (``devices/ort.py``).
+  model cannot make the agent read a file beside it.  The model's bytes are
+  scanned for such tensors (``devices/onnx_scan.py``) before onnxruntime
+  sees them, since onnxruntime before 1.21 cannot be told not to read them.
 * Requests are authenticated from their headers alone; a wrong token answers
   401 without reading the body.  Any answer sent while a body is still unread
   closes the connection after draining at most 256 KiB for at most 1 s, so

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from devices.onnx_scan import MalformedModel, external_tensors
 from devices.profile import DeviceProfile, ProfileError
 
 _GRAPH_LEVELS = {
@@ -44,6 +45,25 @@ EXTERNAL_DATA_REFUSED = "its weights must be inside the file: tensors in externa
 
 class ModelInputError(ValueError):
     """The model's inputs cannot be built from the profile (shape or dtype)."""
+
+
+def refuse_external_tensors(model_bytes: bytes) -> None:
+    """Refuse a model any of whose tensors keeps its data in a file, whatever the runtime's version.
+
+    The session setting below confines onnxruntime 1.21 and later; older
+    builds ignore a setting they do not know, and would read the file.  So
+    the model itself is read first (:mod:`devices.onnx_scan`).  A model the
+    scan cannot read is refused too, not left to the runtime: a protobuf
+    parser may read past what the scan calls malformed, and find an
+    external tensor there.
+    """
+    try:
+        names = external_tensors(model_bytes)
+    except MalformedModel as error:
+        raise ValueError(f"not a valid ONNX model: {error}") from None
+    if names:
+        shown = ", ".join(repr(name[:64]) for name in names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ValueError(f"not a model this tool measures: {EXTERNAL_DATA_REFUSED} (tensor {shown})")
 
 
 def refuse_external_data(options) -> None:  # options: onnxruntime.SessionOptions
@@ -111,6 +131,7 @@ class OrtRunner:
     def __init__(self, model_bytes: bytes, profile: DeviceProfile) -> None:
         import onnxruntime as ort
 
+        refuse_external_tensors(model_bytes)
         self.session = ort.InferenceSession(
             model_bytes, sess_options=session_options(profile), providers=list(profile.providers)
         )
@@ -171,6 +192,7 @@ def validate_onnx_bytes(model_bytes: bytes) -> None:
     """
     import onnxruntime as ort
 
+    refuse_external_tensors(model_bytes)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4

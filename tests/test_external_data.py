@@ -14,11 +14,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from devices.onnx_scan import MAX_FIELDS, MalformedModel, external_tensors
 from devices.ort import OrtRunner, validate_onnx_bytes
 from devices.profile import DeviceProfile
+from devices.reference import reference_model_bytes
 from tests.test_agent_hardening import AUTH, MEASURING, RunningAgent
 
 SECRET = b"agent-token-0123"
@@ -86,3 +89,120 @@ def test_an_agent_refuses_a_model_naming_a_file_beside_it(beside_a_secret: Path)
         assert answer.status_code in (200, 201), answer.text
     finally:
         agent.stop()
+
+
+def external(name: str, location: str = "secret.txt") -> TensorProto:
+    """A 4-float tensor whose bytes ``location`` holds."""
+    tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[VALUES], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", "0"), ("length", str(len(SECRET)))):
+        tensor.external_data.add(key=key, value=value)
+    return tensor
+
+
+def add_graph(name: str, initializers: list[TensorProto] = (), nodes: list = ()) -> onnx.GraphProto:
+    return helper.make_graph([*nodes, helper.make_node("Add", ["x", "x"], ["y"])], name,
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [VALUES])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [VALUES])], list(initializers))
+
+
+def hiding_places() -> dict[str, onnx.ModelProto]:
+    """Every kind of place in ``onnx.proto`` where a tensor can sit, each holding one external tensor."""
+    sparse = onnx.SparseTensorProto(values=external("in-sparse"), dims=[VALUES])
+    sparse.indices.CopyFrom(numpy_helper.from_array(np.arange(VALUES, dtype=np.int64), "indices"))
+    subgraph = add_graph("branch", [external("in-subgraph")])
+    places = {
+        "initializer": add_graph("g", [external("in-initializer")]),
+        "attribute t": add_graph("g", nodes=[helper.make_node("Constant", [], ["c"], value=external("in-t"))]),
+        "attribute tensors": add_graph("g", nodes=[helper.make_node(
+            "Custom", [], ["c"], domain="x", tensors=[numpy_helper.from_array(np.zeros(1, np.float32), "ok"),
+                                                     external("in-tensors")])]),
+        "subgraph of If": add_graph("g", nodes=[helper.make_node(
+            "If", ["cond"], ["c"], then_branch=subgraph, else_branch=add_graph("other"))]),
+        "sparse initializer": add_graph("g"),
+        "attribute sparse_tensor": add_graph("g", nodes=[helper.make_node("Constant", [], ["c"],
+                                                                          sparse_value=sparse)]),
+    }
+    places["sparse initializer"].sparse_initializer.append(sparse)
+    models = {place: helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+              for place, graph in places.items()}
+    in_function = helper.make_model(add_graph("g"), opset_imports=[helper.make_opsetid("", 17),
+                                                                   helper.make_opsetid("f", 1)])
+    in_function.functions.append(helper.make_function(
+        "f", "F", ["a"], ["b"], [helper.make_node("Constant", [], ["b"], value=external("in-function"))],
+        [helper.make_opsetid("", 17)]))
+    models["function body"] = in_function
+    in_training = helper.make_model(add_graph("g"), opset_imports=[helper.make_opsetid("", 17)])
+    in_training.training_info.add().algorithm.CopyFrom(add_graph("train", [external("in-training")]))
+    models["training graph"] = in_training
+    return models
+
+
+@pytest.mark.parametrize("place", list(hiding_places()))
+def test_the_scan_finds_an_external_tensor_wherever_onnx_lets_it_sit(place: str) -> None:
+    """Read from the model's own bytes, so no runtime version (old onnxruntime ignores the folder setting) matters."""
+    model = hiding_places()[place].SerializeToString()
+    [name] = external_tensors(model)
+    assert name.startswith("in-"), name
+    with pytest.raises(ValueError, match="weights must be inside the file"):
+        validate_onnx_bytes(model)
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes([*out, value])
+
+
+def key(field: int, wire_type: int) -> bytes:
+    """A protobuf field key."""
+    return varint((field << 3) | wire_type)
+
+
+def test_the_scan_passes_real_models_and_skips_what_protobuf_parsers_skip() -> None:
+    """Exported-style models pass; a group field (which parsers skip) cannot hide an external tensor."""
+    import onnxruntime as ort
+
+    assert external_tensors(reference_model_bytes()) == []
+    assert external_tensors(model_reading(None)) == []
+    group = key(99, 3) + key(1, 0) + bytes([7]) + key(99, 4)  # field 99: a group holding one varint
+    ort.InferenceSession(group + model_reading(None), providers=["CPUExecutionProvider"])  # still loads
+    assert external_tensors(group + model_reading("secret.txt")) == ["w"]
+
+
+def test_a_model_of_more_fields_than_the_bound_is_refused_not_scanned_for_long() -> None:
+    """One integer per field (legal protobuf, never what an exporter writes) took the scan 22 s for 64 MiB."""
+    tensor = (key(7, 0) + bytes([0])) * (MAX_FIELDS + 1)  # int64_data, one element per field
+    graph = key(5, 2) + varint(len(tensor)) + tensor
+    model = key(7, 2) + varint(len(graph)) + graph
+    with pytest.raises(MalformedModel, match="more than 1,000,000 protobuf fields"):
+        external_tensors(model)
+    with pytest.raises(ValueError, match="not a valid ONNX model"):
+        validate_onnx_bytes(model)
+
+
+def test_damaged_models_are_refused_in_one_line_never_crash_the_scan() -> None:
+    """Random byte flips, cuts and insertions into a real model: an answer or MalformedModel, nothing else."""
+    original = reference_model_bytes()
+    rng = np.random.default_rng(0)
+    outcomes = {"clean": 0, "malformed": 0}
+    for _ in range(1500):
+        damaged = bytearray(original)
+        for _ in range(int(rng.integers(1, 6))):
+            at = int(rng.integers(0, len(damaged)))
+            action = rng.integers(0, 3)
+            if action == 0:
+                damaged[at] = int(rng.integers(0, 256))
+            elif action == 1:
+                del damaged[at:at + int(rng.integers(1, 64))]
+            else:
+                damaged[at:at] = rng.integers(0, 256, int(rng.integers(1, 16)), dtype=np.uint8).tobytes()
+        try:
+            external_tensors(bytes(damaged))
+            outcomes["clean"] += 1
+        except MalformedModel:
+            outcomes["malformed"] += 1
+    assert outcomes["clean"] > 0 and outcomes["malformed"] > 0, outcomes
+    with pytest.raises(ValueError, match="not a valid ONNX model"):
+        validate_onnx_bytes(original[:len(original) // 2])
