@@ -1,4 +1,4 @@
-"""Find tensors that keep their bytes in another file, by reading the model's protobuf directly.
+"""Find what in a model names a file to read (external-data tensors), from the model's protobuf directly.
 
 An ONNX tensor may say its data lives in an external file that the model
 names ("external data").  onnxruntime resolves that name against the
@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
-__all__ = ["MAX_DEPTH", "MAX_FIELDS", "MalformedModel", "external_tensors"]
+__all__ = ["MAX_DEPTH", "MAX_FIELDS", "MalformedModel", "file_references"]
 
 #: How deep subgraphs may nest (an ``If`` inside a ``Loop`` body inside ...); protobuf's own parser allows 100.
 MAX_DEPTH = 100
@@ -51,6 +51,10 @@ _CHILDREN: dict[str, dict[int, str]] = {
     "tensor": {},
 }
 _TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
+_NODE_NAME, _NODE_OP_TYPE = 3, 4
+#: onnxruntime's node for a model precompiled for one execution provider; its ``ep_cache_context``
+#: may name a file (``embed_mode: 0``) that the provider reads.  hwsearch measures ONNX as exported.
+_FILE_NAMING_OPS = frozenset({b"EPContext"})
 
 
 class MalformedModel(ValueError):
@@ -67,8 +71,12 @@ class _Field(NamedTuple):
     end: int = 0
 
 
-def external_tensors(model: bytes) -> list[str]:
-    """Names of the tensors in ``model`` that keep their data in an external file (empty: none)."""
+def file_references(model: bytes) -> list[str]:
+    """What in ``model`` names a file to read (empty: nothing), e.g. ``["tensor 'w'"]``.
+
+    Tensors that keep their data in an external file, and nodes that can
+    name a file for their provider to read (``EPContext``).
+    """
     scan = _Scan(memoryview(model))
     scan.walk(0, len(model), _MODEL, depth=0)
     return scan.found
@@ -92,8 +100,21 @@ class _Scan:
                 continue
             if kind == "tensor":
                 self.check_tensor(field.start, field.end)
-            else:
-                self.walk(field.start, field.end, _CHILDREN[kind], depth=depth + 1)
+                continue
+            if kind == "node":
+                self.check_node(field.start, field.end)
+            self.walk(field.start, field.end, _CHILDREN[kind], depth=depth + 1)
+
+    def check_node(self, start: int, end: int) -> None:
+        """Note the node if its operator can name a file (an ``EPContext`` node)."""
+        name, op_type = "", b""
+        for field in self.fields(start, end):
+            if field.wire_type == _LENGTH and field.number == _NODE_NAME:
+                name = bytes(self.data[field.start:field.end]).decode("utf-8", "replace")
+            elif field.wire_type == _LENGTH and field.number == _NODE_OP_TYPE:
+                op_type = bytes(self.data[field.start:field.end])
+        if op_type in _FILE_NAMING_OPS:
+            self.found.append(f"{op_type.decode()} node {name[:64]!r}")
 
     def check_tensor(self, start: int, end: int) -> None:
         """Note the tensor if it is external (``data_location: EXTERNAL`` or any ``external_data`` entry)."""
@@ -106,7 +127,7 @@ class _Scan:
                     and field.value == _EXTERNAL):
                 external = True
         if external:
-            self.found.append(name or "(unnamed)")
+            self.found.append(f"tensor {name[:64]!r}")
 
     def fields(self, start: int, end: int) -> Iterator[_Field]:
         """The fields of the message at ``data[start:end]``; fixed-width ones and groups are skipped."""

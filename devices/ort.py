@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from devices.onnx_scan import MalformedModel, external_tensors
+from devices.onnx_scan import MalformedModel, file_references
 from devices.profile import DeviceProfile, ProfileError
 
 _GRAPH_LEVELS = {
@@ -40,15 +40,16 @@ _ORT_DTYPES = {
 #: model sent to the agent (or named on the command line) could make it read any file there into a
 #: tensor: measured, a 16-byte ``secret.txt`` beside the process loaded as the model's weight.
 _NO_EXTERNAL_DATA_FOLDER = "/dev/null"
-EXTERNAL_DATA_REFUSED = "its weights must be inside the file: tensors in external data files are not read"
+EXTERNAL_DATA_REFUSED = ("its weights must be inside the file: tensors in external data files, and nodes "
+                         "naming files (EPContext), are not read")
 
 
 class ModelInputError(ValueError):
     """The model's inputs cannot be built from the profile (shape or dtype)."""
 
 
-def refuse_external_tensors(model_bytes: bytes) -> None:
-    """Refuse a model any of whose tensors keeps its data in a file, whatever the runtime's version.
+def refuse_file_references(model_bytes: bytes) -> None:
+    """Refuse a model that names a file to read (an external-data tensor, an EPContext node), whatever the runtime.
 
     The session setting below confines onnxruntime 1.21 and later; older
     builds ignore a setting they do not know, and would read the file.  So
@@ -58,12 +59,12 @@ def refuse_external_tensors(model_bytes: bytes) -> None:
     external tensor there.
     """
     try:
-        names = external_tensors(model_bytes)
+        found = file_references(model_bytes)
     except MalformedModel as error:
         raise ValueError(f"not a valid ONNX model: {error}") from None
-    if names:
-        shown = ", ".join(repr(name[:64]) for name in names[:3]) + (", ..." if len(names) > 3 else "")
-        raise ValueError(f"not a model this tool measures: {EXTERNAL_DATA_REFUSED} (tensor {shown})")
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise ValueError(f"not a model this tool measures: {EXTERNAL_DATA_REFUSED} ({shown})")
 
 
 def refuse_external_data(options) -> None:  # options: onnxruntime.SessionOptions
@@ -131,7 +132,7 @@ class OrtRunner:
     def __init__(self, model_bytes: bytes, profile: DeviceProfile) -> None:
         import onnxruntime as ort
 
-        refuse_external_tensors(model_bytes)
+        refuse_file_references(model_bytes)
         self.session = ort.InferenceSession(
             model_bytes, sess_options=session_options(profile), providers=list(profile.providers)
         )
@@ -192,7 +193,7 @@ def validate_onnx_bytes(model_bytes: bytes) -> None:
     """
     import onnxruntime as ort
 
-    refuse_external_tensors(model_bytes)
+    refuse_file_references(model_bytes)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from devices.ort import EXTERNAL_DATA_REFUSED, build_inputs, refuse_external_tensors
+from devices.ort import EXTERNAL_DATA_REFUSED, build_inputs, refuse_file_references
 from devices.profile import DeviceProfile
 
 _OV_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "i64": "tensor(int64)", "i32": "tensor(int32)"}
@@ -24,7 +24,7 @@ class OpenVinoRunner:
     def __init__(self, model_bytes: bytes, profile: DeviceProfile) -> None:
         import openvino as ov
 
-        refuse_external_tensors(model_bytes)
+        refuse_file_references(model_bytes)
         core = ov.Core()
         model = _read_onnx(core, model_bytes)
         config = {

@@ -18,7 +18,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from devices.onnx_scan import MAX_FIELDS, MalformedModel, external_tensors
+from devices.onnx_scan import MAX_FIELDS, MalformedModel, file_references
 from devices.ort import OrtRunner, validate_onnx_bytes
 from devices.profile import DeviceProfile
 from devices.reference import reference_model_bytes
@@ -141,8 +141,8 @@ def hiding_places() -> dict[str, onnx.ModelProto]:
 def test_the_scan_finds_an_external_tensor_wherever_onnx_lets_it_sit(place: str) -> None:
     """Read from the model's own bytes, so no runtime version (old onnxruntime ignores the folder setting) matters."""
     model = hiding_places()[place].SerializeToString()
-    [name] = external_tensors(model)
-    assert name.startswith("in-"), name
+    [found] = file_references(model)
+    assert found.startswith("tensor 'in-"), found
     with pytest.raises(ValueError, match="weights must be inside the file"):
         validate_onnx_bytes(model)
 
@@ -160,15 +160,25 @@ def key(field: int, wire_type: int) -> bytes:
     return varint((field << 3) | wire_type)
 
 
+def test_a_node_that_can_name_a_file_for_its_provider_is_refused() -> None:
+    """``EPContext`` (a model precompiled for one provider) can name a binary to read (``embed_mode: 0``)."""
+    node = helper.make_node("EPContext", ["x"], ["y"], name="compiled", domain="com.microsoft", embed_mode=0,
+                            ep_cache_context="secret.txt", source="QNN")
+    model = helper.make_model(add_graph("g", nodes=[node]), opset_imports=[helper.make_opsetid("", 17)])
+    assert file_references(model.SerializeToString()) == ["EPContext node 'compiled'"]
+    with pytest.raises(ValueError, match="weights must be inside the file"):
+        validate_onnx_bytes(model.SerializeToString())
+
+
 def test_the_scan_passes_real_models_and_skips_what_protobuf_parsers_skip() -> None:
     """Exported-style models pass; a group field (which parsers skip) cannot hide an external tensor."""
     import onnxruntime as ort
 
-    assert external_tensors(reference_model_bytes()) == []
-    assert external_tensors(model_reading(None)) == []
+    assert file_references(reference_model_bytes()) == []
+    assert file_references(model_reading(None)) == []
     group = key(99, 3) + key(1, 0) + bytes([7]) + key(99, 4)  # field 99: a group holding one varint
     ort.InferenceSession(group + model_reading(None), providers=["CPUExecutionProvider"])  # still loads
-    assert external_tensors(group + model_reading("secret.txt")) == ["w"]
+    assert file_references(group + model_reading("secret.txt")) == ["tensor 'w'"]
 
 
 def test_a_model_of_more_fields_than_the_bound_is_refused_not_scanned_for_long() -> None:
@@ -177,7 +187,7 @@ def test_a_model_of_more_fields_than_the_bound_is_refused_not_scanned_for_long()
     graph = key(5, 2) + varint(len(tensor)) + tensor
     model = key(7, 2) + varint(len(graph)) + graph
     with pytest.raises(MalformedModel, match="more than 1,000,000 protobuf fields"):
-        external_tensors(model)
+        file_references(model)
     with pytest.raises(ValueError, match="not a valid ONNX model"):
         validate_onnx_bytes(model)
 
@@ -199,7 +209,7 @@ def test_damaged_models_are_refused_in_one_line_never_crash_the_scan() -> None:
             else:
                 damaged[at:at] = rng.integers(0, 256, int(rng.integers(1, 16)), dtype=np.uint8).tobytes()
         try:
-            external_tensors(bytes(damaged))
+            file_references(bytes(damaged))
             outcomes["clean"] += 1
         except MalformedModel:
             outcomes["malformed"] += 1
