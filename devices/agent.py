@@ -39,6 +39,9 @@ bytes and seconds; each has a command-line flag):
   model cannot make the agent read a file beside it.  The model's bytes are
   scanned for such tensors (``devices/onnx_scan.py``) before onnxruntime
   sees them, since onnxruntime before 1.21 cannot be told not to read them.
+* A model's inputs, built from the shapes it declares, may take at most
+  1 GiB (``devices.ort.MAX_INPUT_BYTES``); a larger one is refused with 400
+  before they are allocated.
 * Requests are authenticated from their headers alone; a wrong token answers
   401 without reading the body.  Any answer sent while a body is still unread
   closes the connection after draining at most 256 KiB for at most 1 s, so

@@ -10,6 +10,7 @@ monotonic high-resolution clock; the protocol decides how often to call it.
 from __future__ import annotations
 
 import importlib.util
+import math
 import time
 
 import numpy as np
@@ -42,6 +43,12 @@ _ORT_DTYPES = {
 _NO_EXTERNAL_DATA_FOLDER = "/dev/null"
 EXTERNAL_DATA_REFUSED = ("its weights must be inside the file: tensors in external data files, and nodes "
                          "naming files (EPContext), are not read")
+
+
+#: The most bytes a model's inputs may take, all together.  A model declares its input shapes, and
+#: the inputs are built (and filled) before a session runs: an uploaded 1 KB model declaring a
+#: 30000x30000 image would have had an agent fill 21.6 GB.  ImageNet at 224 px and batch 1024 is 588 MiB.
+MAX_INPUT_BYTES = 1 << 30
 
 
 class ModelInputError(ValueError):
@@ -102,6 +109,7 @@ def build_inputs(
     """
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
+    total_bytes = 0
     for name, shape, type_name in inputs:
         dtype = _ORT_DTYPES.get(type_name)
         if dtype is None:
@@ -111,6 +119,10 @@ def build_inputs(
                 f"input '{name}' is {np.dtype(dtype).name} but the profile's input_dtype is {profile.input_dtype}"
             )
         concrete = [_concrete_dim(d, i, name, profile.batch) for i, d in enumerate(shape)]
+        total_bytes += math.prod(concrete) * np.dtype(dtype).itemsize
+        if total_bytes > MAX_INPUT_BYTES:
+            raise ModelInputError(f"the model's inputs take more than {MAX_INPUT_BYTES >> 20} MiB at batch "
+                                  f"{profile.batch} (input '{name}' is {concrete}); not a model this tool measures")
         if np.issubdtype(dtype, np.floating):
             feeds[name] = rng.standard_normal(concrete).astype(dtype)
         else:

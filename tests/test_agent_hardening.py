@@ -473,3 +473,26 @@ def test_a_certificate_the_agent_cannot_use_stops_it_with_one_line(tmp_path: Pat
                               capture_output=True, text=True, timeout=60,
                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
         assert done.returncode != 0 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_model_declaring_giant_inputs_is_refused_before_they_are_built(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    """A 1 KB model may declare a 30000x30000 image: 10.8 GB of float32 that the agent would have filled."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "giant-input",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 30000, 30000])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 30000, 30000])])
+    giant = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    agent = start_agent(*MEASURING)
+    upload(agent, reference_model_bytes())
+    upload(agent, giant)
+    answer = httpx.post(f"{agent.url}/measure", json=_measure_request([giant], warmup_s=0.2), headers=AUTH,
+                        timeout=120)
+    assert answer.status_code == 400 and "more than 1024 MiB" in answer.json()["detail"], answer.text
+    assert agent.proc_status("VmHWM") < 2 * 1024 * 1024, "peak memory stayed far below the declared inputs (KiB)"
+    model = tiny_model(seed=51)
+    upload(agent, model)
+    assert httpx.post(f"{agent.url}/measure", json=_measure_request([model], warmup_s=0.2), headers=AUTH,
+                      timeout=120).status_code == 200
