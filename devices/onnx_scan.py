@@ -10,7 +10,9 @@ it.  onnxruntime 1.21 and later let a session confine that lookup
 ignores the setting it does not know and reads the file.  So a model is
 refused before any session sees it if any tensor in it is external, found
 here with the standard library alone (the agent does not need the ``onnx``
-package).
+package).  So is a model with an ``EPContext`` node (precompiled for one
+execution provider), whose ``ep_cache_context`` may name a binary for that
+provider to read.
 
 The walk follows the ``onnx.proto`` messages that can hold a tensor: the
 graph's initializers and sparse initializers, node attributes (``t``,
