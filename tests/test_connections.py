@@ -30,12 +30,18 @@ MAX_CONNECTIONS = 8
 SLACK_S = 8.0
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=["hwsearch-serve", "uvicorn-factory"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``hwsearch serve``, and the app under ``uvicorn --factory`` with the protocol it documents."""
     root = tmp_path_factory.mktemp("connections")
-    srv = Server(root / "store.sqlite", extra=("--read-timeout-s", str(READ_TIMEOUT_S),
-                                               "--max-connections", str(MAX_CONNECTIONS))).start()
-    yield srv
+    if request.param == "hwsearch-serve":
+        srv = Server(root / "store.sqlite", extra=("--read-timeout-s", str(READ_TIMEOUT_S),
+                                                   "--max-connections", str(MAX_CONNECTIONS)))
+    else:
+        srv = Server(root / "store.sqlite", factory=True, env={"HWSEARCH_READ_TIMEOUT_S": str(READ_TIMEOUT_S)},
+                     extra=("--http", "hwsearch.api.app:BoundedH11Protocol",
+                            "--limit-concurrency", str(MAX_CONNECTIONS)))
+    yield srv.start()
     srv.stop()
 
 

@@ -28,7 +28,7 @@ from hwsearch.api.catalog import (
     Catalog,
     default_data_dir,
 )
-from hwsearch.api.connections import BodyBounds, TokenGate
+from hwsearch.api.connections import BodyBounds, TokenGate, bounded_h11
 from hwsearch.api.files import DataRoots
 from hwsearch.api.routes import api_router, public_router
 from hwsearch.api.service import Busy, ServiceError, upgrade_catalog
@@ -185,6 +185,10 @@ def _public_paths(app: FastAPI) -> frozenset[str]:
 def create_app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory hwsearch.api.app:create_app_from_env``.
 
+    Give uvicorn ``--http hwsearch.api.app:BoundedH11Protocol`` and
+    ``--limit-concurrency`` too, for the connection bounds ``hwsearch serve``
+    keeps (see :func:`__getattr__`).
+
     Reads ``HWSEARCH_STORE`` (SQLite path), ``HWSEARCH_TOKEN``, and optionally
     ``HWSEARCH_DATA`` (defaults to ``<store>.data``), ``HWSEARCH_DATA_ROOTS``
     (``os.pathsep``-separated), ``HWSEARCH_AGENTS`` (comma-separated
@@ -236,6 +240,26 @@ def _app_from_env() -> FastAPI:
         agents=agents, **limits,
         ray_address=os.environ.get("HWSEARCH_RAY_ADDRESS") or None, resume=resume,
     )
+
+
+def __getattr__(name: str) -> Any:
+    """``BoundedH11Protocol``: ``hwsearch serve``'s connection bounds, for uvicorn's ``--http``.
+
+    ``uvicorn --factory hwsearch.api.app:create_app_from_env --http
+    hwsearch.api.app:BoundedH11Protocol --limit-concurrency 128`` serves
+    with every bound ``hwsearch serve`` keeps (headers, idle keep-alive and
+    stalled downloads within the read timeout; connections at once); with
+    uvicorn's own protocol an idle connection stayed open.  The class is
+    built when uvicorn asks for it, with ``HWSEARCH_READ_TIMEOUT_S``, the
+    read timeout the factory gives the body bounds.
+    """
+    if name != "BoundedH11Protocol":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        return bounded_h11(_env_number("HWSEARCH_READ_TIMEOUT_S", READ_TIMEOUT_S, minimum=1.0))
+    except SettingError as error:
+        print(f"hwsearch: {error}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 class SettingError(ValueError):
