@@ -41,7 +41,8 @@ bytes and seconds; each has a command-line flag):
   sees them, since onnxruntime before 1.21 cannot be told not to read them.
 * A model's inputs, built from the shapes it declares, may take at most
   1 GiB (``devices.ort.MAX_INPUT_BYTES``); a larger one is refused with 400
-  before they are allocated.
+  before they are allocated.  A model onnxruntime fails to load or run is
+  a 400 too (it fails the same way on every retry), anything else a 500.
 * Requests are authenticated from their headers alone; a wrong token answers
   401 without reading the body.  Any answer sent while a body is still unread
   closes the connection after draining at most 256 KiB for at most 1 s, so
@@ -370,7 +371,7 @@ class AgentState:
         except (ModelInputError, ProfileError) as error:  # model or profile unfit for this box: no retry helps
             job.error = ApiError(HTTPStatus.BAD_REQUEST, str(error))
         except Exception as error:  # report any measurement failure to the waiting clients
-            job.error = ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, f"measurement failed: {error}")
+            job.error = _measurement_failure(error)
         finally:
             self.models.unpin(shas)
             job.done.set()
@@ -633,6 +634,20 @@ class AgentHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
         if os.environ.get("DEVICES_AGENT_LOG"):
             super().log_message(format, *args)
+
+
+def _measurement_failure(error: Exception) -> ApiError:
+    """400 when onnxruntime refused to load or run a model, 500 for anything else.
+
+    A model whose session cannot start or whose run fails (an operator that
+    asks for more memory than the box has, one the build lacks) fails the
+    same way every time; as a 500 the client retried it, measuring the
+    reference and the other models again each time, before giving up.
+    """
+    if type(error).__module__.startswith("onnxruntime"):
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return ApiError(HTTPStatus.BAD_REQUEST, f"the model failed in onnxruntime on this device: {first_line[:500]}")
+    return ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, f"measurement failed: {error}")
 
 
 class AgentServer(ThreadingHTTPServer):

@@ -496,3 +496,31 @@ def test_a_model_declaring_giant_inputs_is_refused_before_they_are_built(
     upload(agent, model)
     assert httpx.post(f"{agent.url}/measure", json=_measure_request([model], warmup_s=0.2), headers=AUTH,
                       timeout=120).status_code == 200
+
+
+def test_a_model_onnxruntime_cannot_run_is_a_400_that_the_client_does_not_retry(
+    start_agent: Callable[..., RunningAgent], tmp_path: Path,
+) -> None:
+    """Asking for 4 TB fails every time; as a 500 the client measured it again on each of its retries."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from devices.client import AgentError
+
+    shape = numpy_helper.from_array(np.array([10**12], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["shape"], ["c"]), helper.make_node("ReduceSum", ["c"], ["s"], keepdims=0),
+         helper.make_node("Add", ["x", "s"], ["y"])], "asks-for-4-tb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [shape])
+    failing = tmp_path / "asks-for-4-tb.onnx"
+    failing.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    agent = start_agent(*MEASURING)
+    client = AgentClient(profile_for(agent.url), token=TOKEN)
+    with pytest.raises(AgentError, match="answered HTTP 400: the model failed in onnxruntime on this device"):
+        client.measure_many([failing])
+    assert agent.health()["sessions_run"] == 0
+    model = tmp_path / "tiny.onnx"
+    model.write_bytes(tiny_model(seed=61))
+    [row] = client.measure_many([model])
+    assert row.latency_ms > 0 and agent.health()["sessions_run"] == 1
