@@ -641,8 +641,8 @@ def _measurement_failure(error: Exception) -> ApiError:
 
     A model whose session cannot start or whose run fails (an operator that
     asks for more memory than the box has, one the build lacks) fails the
-    same way every time; as a 500 the client retried it, measuring the
-    reference and the other models again each time, before giving up.
+    same way every time; as a 500 the client retried it, starting the
+    measurement over each time, before giving up.
     """
     if type(error).__module__.startswith("onnxruntime"):
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
