@@ -45,7 +45,6 @@ _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 _MODEL = {7: "graph", 20: "training", 25: "function"}
 _CHILDREN: dict[str, dict[int, str]] = {
     "graph": {1: "node", 5: "tensor", 15: "sparse"},
-    "node": {5: "attribute"},
     "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
     "sparse": {1: "tensor", 2: "tensor"},
     "function": {7: "node", 11: "attribute"},
@@ -53,7 +52,7 @@ _CHILDREN: dict[str, dict[int, str]] = {
     "tensor": {},
 }
 _TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
-_NODE_NAME, _NODE_OP_TYPE = 3, 4
+_NODE_NAME, _NODE_OP_TYPE, _NODE_ATTRIBUTE = 3, 4, 5
 #: onnxruntime's node for a model precompiled for one execution provider; its ``ep_cache_context``
 #: may name a file (``embed_mode: 0``) that the provider reads.  hwsearch measures ONNX as exported.
 _FILE_NAMING_OPS = frozenset({b"EPContext"})
@@ -102,19 +101,26 @@ class _Scan:
                 continue
             if kind == "tensor":
                 self.check_tensor(field.start, field.end)
-                continue
-            if kind == "node":
-                self.check_node(field.start, field.end)
-            self.walk(field.start, field.end, _CHILDREN[kind], depth=depth + 1)
+            elif kind == "node":
+                self.walk_node(field.start, field.end, depth=depth + 1)
+            else:
+                self.walk(field.start, field.end, _CHILDREN[kind], depth=depth + 1)
 
-    def check_node(self, start: int, end: int) -> None:
-        """Note the node if its operator can name a file (an ``EPContext`` node)."""
+    def walk_node(self, start: int, end: int, *, depth: int) -> None:
+        """Descend into the node's attributes, and note the node if its operator can name a file (``EPContext``).
+
+        One pass over the node's fields does both, so each is read (and counted) once.
+        """
         name, op_type = "", b""
         for field in self.fields(start, end):
-            if field.wire_type == _LENGTH and field.number == _NODE_NAME:
+            if field.wire_type != _LENGTH:
+                continue
+            if field.number == _NODE_NAME:
                 name = bytes(self.data[field.start:field.end]).decode("utf-8", "replace")
-            elif field.wire_type == _LENGTH and field.number == _NODE_OP_TYPE:
+            elif field.number == _NODE_OP_TYPE:
                 op_type = bytes(self.data[field.start:field.end])
+            elif field.number == _NODE_ATTRIBUTE:
+                self.walk(field.start, field.end, _CHILDREN["attribute"], depth=depth + 1)
         if op_type in _FILE_NAMING_OPS:
             self.found.append(f"{op_type.decode()} node {name[:64]!r}")
 
