@@ -645,7 +645,7 @@ def _measurement_failure(error: Exception) -> ApiError:
     measurement over each time, before giving up.
     """
     if type(error).__module__.startswith("onnxruntime"):
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
         return ApiError(HTTPStatus.BAD_REQUEST, f"the model failed in onnxruntime on this device: {first_line[:500]}")
     return ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, f"measurement failed: {error}")
 

@@ -35,7 +35,7 @@ from hwsearch.api.service import Busy, ServiceError, upgrade_catalog
 from hwsearch.dispatch import Admission, JobDispatcher
 from hwsearch.store import SQLiteStore, Store, open_store
 
-__all__ = ["SettingError", "close_to_other_accounts", "create_app", "create_app_from_env"]
+__all__ = ["SettingError", "create_app", "create_app_from_env"]
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def create_app(
     app.state.store = store
     app.state.catalog = Catalog(data_dir, max_export_bytes=max_export_bytes,
                                 max_checkpoint_bytes=max_checkpoint_bytes, max_registrations=max_registrations)
-    close_to_other_accounts(Path(data_dir), *_store_files(store))
+    _close_to_other_accounts(Path(data_dir), *_store_files(store))
     app.state.roots = DataRoots(data_roots or [Path(data_dir) / "files"],
                                 max_file_bytes=max_upload_bytes)
     for change in upgrade_catalog(catalog=app.state.catalog, roots=app.state.roots,
@@ -148,7 +148,7 @@ def create_app(
     return app
 
 
-def close_to_other_accounts(*paths: Path) -> None:
+def _close_to_other_accounts(*paths: Path) -> None:
     """Close what the service keeps (users' checkpoints, exported subnets, results) to other accounts.
 
     Made with the default umask, the data directory was 0755 and the store

@@ -105,9 +105,8 @@ def serve(
     lock = _own(data_dir)  # held (open) until the process ends
     _prepare_ray(data_dir, local=ray_address is None)
     temp_files = _own_temp_files(data_dir)
-    opened = open_store(store)
     app = create_app(
-        opened, token=token, data_dir=data_dir, data_roots=data_root or None,
+        open_store(store), token=token, data_dir=data_dir, data_roots=data_root or None,
         agents=agents,
         admission=Admission(max_running=max_running_jobs, max_queued=max_queued_jobs,
                             max_n_profile=max_n_profile, max_budget=max_budget),
