@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CROP_FRACTION", "IMAGENET_MEAN", "IMAGENET_STD", "PREPROCESSING_ID",
+__all__ = ["CROP_FRACTION", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_IMAGE_PIXELS", "PREPROCESSING_ID",
            "center_crop_box", "preprocess_file", "preprocess_files", "preprocess_image",
            "resize_shorter_size"]
 
@@ -32,6 +32,12 @@ CROP_FRACTION = 0.875
 #: Names this preprocessing in accuracy store keys; change it whenever the arithmetic changes,
 #: so accuracies computed the old way are never reused for the new one.
 PREPROCESSING_ID = "ofa-eval-v1:short=ceil(r/0.875),bilinear;center-crop=r;imagenet-mean-std"
+
+#: The most pixels an image may declare.  A file's bytes do not bound its pixels: a 20 KB
+#: 13000x13000 PNG decoded at a 853 MiB peak (measured), under PIL's own refusal (179M pixels),
+#: and each decoding thread holds one.  50M pixels is more than a 48-megapixel photo and
+#: peaked at 279 MiB; a larger image is refused from its header, before decoding.
+MAX_IMAGE_PIXELS = 50_000_000
 
 _MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
 _STD = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
@@ -75,11 +81,14 @@ def preprocess_image(img, resolution: int) -> np.ndarray:  # img: PIL.Image.Imag
 
 
 def preprocess_file(path: str | Path, resolution: int) -> np.ndarray:
-    """Decode one image file and preprocess it; a file PIL cannot read is a ValueError naming it."""
+    """Decode one image file and preprocess it; a file PIL cannot read, or too large, is a ValueError naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"{path}: {img.width}x{img.height} is more than the {MAX_IMAGE_PIXELS:,} "
+                                 "pixels an image may have")
             return preprocess_image(img, resolution)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: not a readable image ({type(error).__name__}: {error})") from error

@@ -107,6 +107,22 @@ def test_an_unreadable_image_is_named(tmp_path: Path) -> None:
         next(iter(batches(open_images(tmp_path), 32)))
 
 
+def test_an_image_declaring_too_many_pixels_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    from hwsearch.preprocess import MAX_IMAGE_PIXELS
+
+    (tmp_path / "c").mkdir()
+    side = math.isqrt(MAX_IMAGE_PIXELS)
+    Image.new("1", (side, side)).save(tmp_path / "c" / "fits.png")  # 1-bit: a few KB for 50M pixels
+    Image.new("1", (side + 1, side + 1)).save(tmp_path / "c" / "bomb.png")
+    assert (tmp_path / "c" / "bomb.png").stat().st_size < 100_000
+    data = open_images(tmp_path)
+    assert data.files == ("c/bomb.png", "c/fits.png")
+    with pytest.raises(ValueError, match=rf"bomb.png: {side + 1}x{side + 1} is more than the"):
+        next(iter(batches(data, 32)))
+    fits, _ = next(iter(batches(data.take(np.array([1])), 32)))
+    assert fits.shape == (1, 3, 32, 32) and torch.isfinite(fits).all()
+
+
 def _write_folder(root: Path, n: int) -> Path:
     for i in range(n):
         (root / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
