@@ -8,12 +8,14 @@ a third prunes one), and 8 MiB of uploaded checkpoints (the demo's is 3.4 MiB).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import torch
 
 from hwsearch.store import SQLiteStore
 from tests._jobs import SUPERNET, fast_device
@@ -92,21 +94,33 @@ def test_the_folder_stays_within_the_bound_and_keeps_the_export_just_made(
 
 def test_uploads_past_the_checkpoint_bound_get_413_and_replacing_one_still_works(
         server: Server, client: httpx.Client) -> None:
-    checkpoint = DEMO_CHECKPOINT.read_bytes()
-    assert 2 * len(checkpoint) < CHECKPOINTS_MB * 2**20 < 3 * len(checkpoint)
+    weights = [scaled_demo_weights(scale) for scale in (1.0, 0.9, 0.8, 0.7)]  # four distinct files
+    assert all(2 * len(w) < CHECKPOINTS_MB * 2**20 < 3 * len(w) for w in weights)
 
-    def upload(name: str) -> httpx.Response:
+    def upload(name: str, checkpoint: bytes) -> httpx.Response:
         return client.post("/supernets/upload", data={"name": name, "registry": "demo_mbv3_mnist"},
                            files={"checkpoint": ("demo.pt", checkpoint)})
 
-    assert upload("first").status_code == 201 and upload("second").status_code == 201
-    third = upload("third")
+    first, second = upload("first", weights[0]), upload("second", weights[1])
+    assert first.status_code == 201 and second.status_code == 201
+    third = upload("third", weights[2])
     assert third.status_code == 413 and "at most" in third.json()["detail"], third.text
-    assert upload("first").status_code == 201  # under a registered name: it replaces, so it fits
+    # Under a registered name no job used, the old checkpoint is freed, so other weights fit.
+    again = upload("first", weights[3])
+    assert again.status_code == 201, again.text
     names = [s["name"] for s in client.get("/supernets").json()]
     assert "third" not in names and {"first", "second"} <= set(names)
     folder = Path(f"{server.store}.data") / "checkpoints"
-    assert sorted(p.name for p in folder.iterdir()) == ["first.pt", "second.pt"]  # no .part left
+    kept = sorted(p.name for p in folder.iterdir())  # no .part left, nor the replaced file
+    assert kept == sorted(Path(r.json()["checkpoint"]).name for r in (again, second))
+
+
+def scaled_demo_weights(scale: float) -> bytes:
+    state = torch.load(DEMO_CHECKPOINT, weights_only=True, map_location="cpu")
+    state = state.get("state_dict", state)
+    buffer = io.BytesIO()
+    torch.save({k: v * scale if v.is_floating_point() else v for k, v in state.items()}, buffer)
+    return buffer.getvalue()
 
 
 def test_jobs_and_events_are_listed_in_pages(server: Server, client: httpx.Client) -> None:

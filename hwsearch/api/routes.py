@@ -136,10 +136,11 @@ def read_registry() -> RegistryRead:
 
 
 @api_router.post("/supernets", response_model=SupernetRead, status_code=201, tags=["supernets"])
-def create_supernet(body: SupernetCreate, catalog: CatalogDep, roots: RootsDep) -> SupernetRead:
+def create_supernet(body: SupernetCreate, catalog: CatalogDep, roots: RootsDep,
+                    store: StoreDep) -> SupernetRead:
     """Register a supernet: a builder, a checkpoint inside a data root, and options."""
     return SupernetRead(**service.register_supernet(
-        catalog=catalog, roots=roots, name=body.name, registry=body.registry, checkpoint=body.checkpoint,
+        catalog=catalog, store=store, roots=roots, name=body.name, registry=body.registry, checkpoint=body.checkpoint,
         options=body.options.model_dump()))
 
 
@@ -147,6 +148,7 @@ def create_supernet(body: SupernetCreate, catalog: CatalogDep, roots: RootsDep) 
                  tags=["supernets"])
 def upload_supernet(
     catalog: CatalogDep,
+    store: StoreDep,
     name: Annotated[str, Form()],
     registry: Annotated[str, Form()],
     checkpoint: Annotated[UploadFile, File(description="a state_dict saved with torch.save")],
@@ -161,7 +163,7 @@ def upload_supernet(
                              for e in error.errors())
         raise service.Invalid(f"options: {problems}", field=("body", "options")) from None
     return SupernetRead(**service.upload_supernet(
-        catalog=catalog, name=name, registry=registry, options=parsed.model_dump(),
+        catalog=catalog, store=store, name=name, registry=registry, options=parsed.model_dump(),
         content=checkpoint.file, max_unpacked_bytes=roots.max_file_bytes))
 
 

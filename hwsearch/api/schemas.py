@@ -49,6 +49,8 @@ class SupernetRead(BaseModel):
     name: str
     registry: str
     checkpoint: str | None
+    #: The weights this registration's jobs and exports load; a file changed since is refused (409).
+    checkpoint_sha256: str | None = None
     options: dict[str, Any]
     space_name: str
     n_var: int

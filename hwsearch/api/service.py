@@ -9,10 +9,11 @@ routes translate; tests and scripts can call these functions directly.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
-import shutil
+import re
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +27,7 @@ from hwsearch.api.catalog import Catalog, CatalogFull, valid_name
 from hwsearch.api.files import DataRoots, PathRefused, check_unpacked_size
 from hwsearch.dispatch import JobDispatcher, QueueFull, StillStopping
 from hwsearch.jobs import (
+    CheckpointChanged,
     JobSpec,
     ProfileSpec,
     SupernetRef,
@@ -46,6 +48,7 @@ __all__ = [
     "NotFound",
     "ServiceError",
     "cancel",
+    "drop_unused_checkpoints",
     "export_file",
     "export_subnet",
     "front_view",
@@ -125,13 +128,16 @@ def _load(ref_json: str, checkpoint_version: int) -> Any:
 
 
 def _supernet(ref: SupernetRef) -> Any:
-    """The built supernet; a checkpoint replaced on disk (a new upload) is loaded anew."""
+    """The built supernet; a checkpoint changed on disk is read anew, and refused if it was pinned."""
     try:
         version = Path(ref.checkpoint).stat().st_mtime_ns if ref.checkpoint else 0
     except OSError as error:
         raise Conflict(f"supernet {ref.name!r}: its checkpoint is no longer readable on the "
                        "server; register it again") from error
-    return _load(json.dumps(ref.to_dict(), sort_keys=True), version)
+    try:
+        return _load(json.dumps(ref.to_dict(), sort_keys=True), version)
+    except CheckpointChanged as changed:
+        raise Conflict(str(changed)) from None
 
 
 def _build_checked(ref: SupernetRef, field: Sequence[str]) -> dict[str, Any]:
@@ -160,13 +166,19 @@ def _check_registry(registry: object) -> None:
 def register_supernet(
     *,
     catalog: Catalog,
+    store: Store,
     roots: DataRoots,
     name: str,
     registry: str,
     checkpoint: str | None,
     options: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Register a supernet whose checkpoint is a file inside a data root (or none: random weights)."""
+    """Register a supernet whose checkpoint is a file inside a data root (or none: random weights).
+
+    The reference is pinned to the file's digest: if the file changes later,
+    jobs and exports of this registration refuse it (409) rather than load
+    other weights under the name.
+    """
     _check_registry(registry)
     path = None
     if checkpoint is not None:
@@ -174,8 +186,12 @@ def register_supernet(
             path = str(roots.checkpoint(checkpoint))
         except PathRefused as error:
             raise Invalid(f"checkpoint {error}", field=("body", "checkpoint")) from None
-    return _register(catalog, SupernetRef(name=name, registry=registry, checkpoint=path,
-                                          options=_options(options)))
+    replaced = _uploaded_checkpoint(catalog, catalog.get_supernet(name))
+    described = _register(catalog, SupernetRef(name=name, registry=registry, checkpoint=path,
+                                               options=_options(options)).pinned())
+    if replaced is not None:
+        _drop_if_unused(catalog, store, replaced)
+    return described
 
 
 def _options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,6 +217,7 @@ def _register(catalog: Catalog, ref: SupernetRef) -> dict[str, Any]:
 def upload_supernet(
     *,
     catalog: Catalog,
+    store: Store,
     name: str,
     registry: str,
     options: Mapping[str, Any],
@@ -210,7 +227,12 @@ def upload_supernet(
     """Register a supernet whose checkpoint comes in the request; it is kept in the catalog.
 
     The upload is checked (its unpacked size, then built once) before it
-    replaces anything, and the temporary file is removed whatever happens.
+    is kept, and the temporary file is removed whatever happens.  Checkpoints
+    are kept by content (``checkpoints/<sha256>.pt``) and never overwritten:
+    a job's spec names the file its accuracies were measured with, so
+    uploading other weights under the same name must not change what that
+    job's front exports or what its resume loads.  The name's previous
+    checkpoint is removed only when no registration and no job names it.
     """
     if not valid_name(name):
         raise Invalid(f"name {name!r} must be letters, digits, '.', '_' or '-'",
@@ -218,22 +240,33 @@ def upload_supernet(
     _check_registry(registry)
     with _full_catalog_is_413(("body", "name")):
         catalog.check_room("supernets", name)  # before the upload is stored, not after
-    path = catalog.checkpoints / f"{name}.pt"
-    with catalog.checkpoint_room(replacing=path) as room:  # uploads queue here, one at a time
+    previous = catalog.get_supernet(name)
+    replaced = _uploaded_checkpoint(catalog, previous)
+    with catalog.checkpoint_room() as room:  # uploads queue here, one at a time
+        if replaced is not None and not _checkpoints_in_use(catalog, store, ignoring=name) & {replaced}:
+            room += replaced.stat().st_size if replaced.is_file() else 0
         size = content.seek(0, os.SEEK_END)
         content.seek(0)
         if size > room:
             raise NoRoom(f"the service keeps at most {catalog.max_checkpoint_bytes} bytes of uploaded "
                          f"checkpoints and has room for {room} more; this one is {size}. Uploading "
-                         "under a registered name replaces that checkpoint", field=("body", "checkpoint"))
-        return _store_upload(catalog, path, name, registry, options, content, max_unpacked_bytes)
+                         "under a registered name frees its checkpoint unless a job used it",
+                         field=("body", "checkpoint"))
+        described = _store_upload(catalog, store, name, registry, options, content, max_unpacked_bytes)
+        if replaced is not None:
+            _drop_if_unused(catalog, store, replaced)
+        return described
 
 
-def _store_upload(catalog: Catalog, path: Path, name: str, registry: str, options: Mapping[str, Any],
+def _store_upload(catalog: Catalog, store: Store, name: str, registry: str, options: Mapping[str, Any],
                   content: IO[bytes], max_unpacked_bytes: int) -> dict[str, Any]:
-    """Copy the upload beside its final place, check it builds, then move it there and register it."""
+    """Copy the upload beside its final place, check it builds, then keep it under its digest and register it."""
+    digest = hashlib.sha256()
     with tempfile.NamedTemporaryFile(dir=catalog.checkpoints, suffix=".part", delete=False) as tmp:
-        shutil.copyfileobj(content, tmp)
+        for block in iter(lambda: content.read(1 << 20), b""):
+            digest.update(block)
+            tmp.write(block)
+    path = catalog.checkpoints / f"{digest.hexdigest()}.pt"
     try:
         try:
             check_unpacked_size(Path(tmp.name), max_unpacked_bytes)
@@ -241,12 +274,59 @@ def _store_upload(catalog: Catalog, path: Path, name: str, registry: str, option
             raise Invalid(f"checkpoint {refused}", field=("body", "checkpoint")) from None
         _build_checked(SupernetRef(name=name, registry=registry, checkpoint=tmp.name,
                                    options=_options(options)), ("body", "checkpoint"))
-        os.replace(tmp.name, path)
+        os.replace(tmp.name, path)  # the same bytes if the file exists: nothing a reader sees changes
     finally:
         if os.path.exists(tmp.name):
             os.unlink(tmp.name)
-    return _register(catalog, SupernetRef(name=name, registry=registry, checkpoint=str(path),
-                                          options=_options(options)))
+    ref = SupernetRef(name=name, registry=registry, checkpoint=str(path), options=_options(options),
+                      checkpoint_sha256=digest.hexdigest())
+    try:
+        return _register(catalog, ref)
+    except NoRoom:  # another request took the last registration meanwhile: keep nothing
+        _drop_if_unused(catalog, store, path)
+        raise
+
+
+_KEPT_BY_DIGEST = re.compile(r"[0-9a-f]{64}\.pt")
+
+
+def _uploaded_checkpoint(catalog: Catalog, ref: SupernetRef | None) -> Path | None:
+    """The catalog's own file that ``ref`` loads, if any (a data-root file is the operator's, never removed)."""
+    if ref is None or ref.checkpoint is None:
+        return None
+    path = Path(ref.checkpoint)
+    return path if path.parent == catalog.checkpoints else None
+
+
+def _checkpoints_in_use(catalog: Catalog, store: Store, *, ignoring: str | None = None) -> set[Path]:
+    """Checkpoint files some registration (but ``ignoring``'s) or some job's spec names."""
+    refs = [SupernetRef.from_dict(r) for r in catalog.list_supernets() if r.get("name") != ignoring]
+    paths = {Path(r.checkpoint) for r in refs if r.checkpoint}
+    for record in store.list_jobs():
+        supernet = record.spec.get("supernet")
+        checkpoint = supernet.get("checkpoint") if isinstance(supernet, Mapping) else None
+        if isinstance(checkpoint, str):
+            paths.add(Path(checkpoint))
+    return paths
+
+
+def _drop_if_unused(catalog: Catalog, store: Store, path: Path) -> None:
+    """Remove an uploaded checkpoint nothing names any more, so it stops holding room."""
+    if path.parent == catalog.checkpoints and path not in _checkpoints_in_use(catalog, store):
+        path.unlink(missing_ok=True)
+
+
+def drop_unused_checkpoints(*, catalog: Catalog, store: Store) -> list[str]:
+    """At start-up: remove kept uploads no registration or job names (a crash between keeping and registering).
+
+    Only files kept by digest are candidates; an earlier version's
+    ``<name>.pt`` stays for the operator, as its set-aside registration does.
+    """
+    in_use = _checkpoints_in_use(catalog, store)
+    dropped = [p for p in catalog.checkpoints.glob("*.pt") if _KEPT_BY_DIGEST.fullmatch(p.name) and p not in in_use]
+    for path in dropped:
+        path.unlink(missing_ok=True)
+    return [f"checkpoint {p.name} removed: nothing names it" for p in dropped]
 
 
 def list_supernets(*, catalog: Catalog) -> list[dict[str, Any]]:
@@ -350,7 +430,7 @@ def _device(catalog: Catalog, name: str, field: Sequence[str | int]) -> dict[str
 # --------------------------------------------------------------------------- upgrades
 
 
-def upgrade_catalog(*, catalog: Catalog, roots: DataRoots,
+def upgrade_catalog(*, catalog: Catalog, store: Store, roots: DataRoots,
                     agents: Mapping[str, AgentEndpoint]) -> list[str]:
     """Bring registrations an earlier version wrote to today's checked form, once, at start-up.
 
@@ -359,8 +439,9 @@ def upgrade_catalog(*, catalog: Catalog, roots: DataRoots,
     supernet by building it on every listing.  Each such record is checked
     now as if it were registered today: kept (in the new form) when it
     passes, set aside as ``*.json.rejected`` when it does not, so listing
-    never fails on it and nothing it names is reached.  Returns one line per
-    record touched.
+    never fails on it and nothing it names is reached.  A supernet registered
+    before checkpoints were pinned is pinned to its file as it is now.
+    Returns one line per record touched.
     """
     changes = []
     for record in catalog.list_devices():
@@ -368,8 +449,20 @@ def upgrade_catalog(*, catalog: Catalog, roots: DataRoots,
             changes.append(_upgrade_device(catalog, agents, record))
     for record in catalog.list_supernets():
         if "space_name" not in record:
-            changes.append(_upgrade_supernet(catalog, roots, record))
+            changes.append(_upgrade_supernet(catalog, store, roots, record))
+        elif record.get("checkpoint") and "checkpoint_sha256" not in record:
+            changes.append(_pin_supernet(catalog, record))
     return changes
+
+
+def _pin_supernet(catalog: Catalog, record: Mapping[str, Any]) -> str:
+    ref = SupernetRef.from_dict(record)
+    try:
+        pinned = ref.pinned()
+    except OSError as error:
+        return f"supernet {ref.name!r} left unpinned: its checkpoint cannot be read ({error.strerror})"
+    catalog.put_supernet(pinned, dict(record))
+    return f"supernet {ref.name!r} pinned to its checkpoint's SHA-256 {pinned.checkpoint_sha256}"
 
 
 def _upgrade_device(catalog: Catalog, agents: Mapping[str, AgentEndpoint],
@@ -383,10 +476,10 @@ def _upgrade_device(catalog: Catalog, agents: Mapping[str, AgentEndpoint],
     return f"device {name!r} upgraded"
 
 
-def _upgrade_supernet(catalog: Catalog, roots: DataRoots, record: Mapping[str, Any]) -> str:
+def _upgrade_supernet(catalog: Catalog, store: Store, roots: DataRoots, record: Mapping[str, Any]) -> str:
     ref = SupernetRef.from_dict(record)
     try:
-        register_supernet(catalog=catalog, roots=roots, name=ref.name, registry=ref.registry,
+        register_supernet(catalog=catalog, store=store, roots=roots, name=ref.name, registry=ref.registry,
                           checkpoint=ref.checkpoint, options=ref.options)
     except ServiceError as error:
         catalog.set_aside("supernets", ref.name)
@@ -650,9 +743,7 @@ def export_subnet(
     resolved = _resolve(store=store, catalog=catalog, **subnet)
     ref, arch = resolved.ref, resolved.arch
     precision, plan = _precision_and_data(resolved, roots, precision, dataset, "export")
-    export_id = f"{ref.name}-{arch.digest()}-b{batch}"
-    if plan is not None:
-        export_id += f"-{precision}-{_plan_digest(plan, ref)}"
+    export_id = _export_id(ref, arch, batch, precision, plan)
     cache = catalog.export_cache
     info = cache.report(export_id)
     if info is not None:
@@ -704,6 +795,20 @@ def _data_path(roots: DataRoots | None, dataset: str) -> str:
         return str(roots.dataset(dataset))
     except PathRefused as error:
         raise Invalid(f"dataset {error}", field=("body", "dataset")) from None
+
+
+def _export_id(ref: SupernetRef, arch: ArchConfig, batch: int, precision: str, plan: Any) -> str:
+    """An export's cache name: readable parts, then a digest of all that shapes the file.
+
+    The registration (builder, options, pinned checkpoint) is in the digest:
+    a name registered again with other weights or another head must not be
+    served the file exported for the old one.  At most 100 characters, the
+    longest name a download accepts.
+    """
+    shaped_by = {"supernet": ref.to_dict(), "arch": arch.key(), "batch": batch, "precision": precision,
+                 "data": None if plan is None else _plan_digest(plan, ref)}
+    digest = hashlib.sha256(json.dumps(shaped_by, sort_keys=True).encode()).hexdigest()[:20]
+    return f"{ref.name[:50]}-{arch.digest()}-b{batch}-{precision}-{digest}"
 
 
 def _plan_digest(plan: Any, ref: SupernetRef) -> str:

@@ -27,6 +27,7 @@ from hwsearch.jobs.control import (
 )
 from hwsearch.jobs.executor import execute, run_job, run_job_watched, run_profile, submit_job
 from hwsearch.jobs.spec import (
+    CheckpointChanged,
     JobSpec,
     ProfileSpec,
     SupernetRef,
@@ -38,6 +39,7 @@ from hwsearch.jobs.spec import (
 
 __all__ = [
     "ACTIVE_STATES",
+    "CheckpointChanged",
     "JobCancelled",
     "JobContext",
     "JobDevice",

@@ -14,8 +14,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["JobSpec", "ProfileSpec", "SupernetRef", "build_supernet", "content_id",
-           "spec_from_dict", "supernet_builders"]
+__all__ = ["CheckpointChanged", "JobSpec", "ProfileSpec", "SupernetRef", "build_supernet", "content_id",
+           "file_sha256", "spec_from_dict", "supernet_builders"]
+
+
+class CheckpointChanged(ValueError):
+    """A pinned checkpoint's file no longer holds the weights it held when the reference was made."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -31,15 +44,42 @@ class SupernetRef:
     registry: str
     checkpoint: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: The checkpoint's SHA-256 when the reference was pinned; a build refuses other bytes.
+    checkpoint_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "registry": self.registry, "checkpoint": self.checkpoint,
+        data = {"name": self.name, "registry": self.registry, "checkpoint": self.checkpoint,
                 "options": dict(self.options)}
+        if self.checkpoint_sha256 is not None:
+            data["checkpoint_sha256"] = self.checkpoint_sha256
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SupernetRef:
         return cls(name=data["name"], registry=data["registry"], checkpoint=data.get("checkpoint"),
-                   options=dict(data.get("options") or {}))
+                   options=dict(data.get("options") or {}), checkpoint_sha256=data.get("checkpoint_sha256"))
+
+    def pinned(self) -> SupernetRef:
+        """This reference with its checkpoint's digest now.
+
+        A job's spec keeps the reference, and its accuracies and fronts were
+        measured with those weights: should the file change later (replaced
+        on disk, or a path reused), resuming the job or exporting its front
+        must fail rather than use other weights under the same name.
+        """
+        if self.checkpoint is None:
+            return self
+        return dataclasses.replace(self, checkpoint_sha256=file_sha256(self.checkpoint))
+
+    def check_pinned(self) -> None:
+        """CheckpointChanged if the checkpoint's bytes are not the ones pinned (a missing file is left to the load)."""
+        if self.checkpoint is None or self.checkpoint_sha256 is None or not Path(self.checkpoint).is_file():
+            return
+        if file_sha256(self.checkpoint) != self.checkpoint_sha256:
+            raise CheckpointChanged(
+                f"supernet {self.name!r}: its checkpoint file changed since it was registered "
+                f"(pinned SHA-256 {self.checkpoint_sha256[:12]}...), so its weights are not the ones "
+                "this job or front was measured with; register the weights again under a name")
 
 
 @dataclass(frozen=True)
@@ -153,7 +193,7 @@ def supernet_builders() -> list[str]:
 
 
 def build_supernet(ref: SupernetRef) -> Any:
-    """The :class:`~hwsearch.supernets.Supernet` a reference names, weights loaded.
+    """The :class:`~hwsearch.supernets.Supernet` a reference names, weights loaded (and checked if pinned).
 
     ``options["resolutions"]`` narrows the input sizes of the registered
     space; the weights do not depend on the input size, so the family's
@@ -173,6 +213,7 @@ def build_supernet(ref: SupernetRef) -> Any:
         net = build(dataclasses.replace(net.space, resolutions=tuple(int(r) for r in resolutions)),
                     name=net.name)
     if ref.checkpoint is not None:
+        ref.check_pinned()
         net.load_checkpoint(ref.checkpoint)
     return net
 

@@ -1,0 +1,144 @@
+"""A registration's weights are the ones its jobs and exports use, whatever is uploaded or written later.
+
+A real ``hwsearch serve`` on 127.0.0.1 and the demo supernet's checkpoint
+(3.4 MiB), plus a copy with every weight shifted: two sets of weights whose
+exports give different logits.  Before pinning, an upload was kept at
+``checkpoints/<name>.pt`` and replaced in place, so a second upload under a
+name changed what earlier jobs' fronts exported, and the export cache, keyed
+by name and arch, kept serving the first upload's file for the second.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from hwsearch.jobs import SupernetRef, build_supernet
+from hwsearch.store import SQLiteStore
+from tests._server import Server
+
+DEMO = "demo_mbv3_mnist"
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "hwsearch" / "demo" / "demo_mbv3_mnist.pt"
+
+
+def shifted_weights() -> bytes:
+    """The demo checkpoint with every floating-point tensor scaled by 0.9: other weights, same shapes."""
+    state = torch.load(DEMO_CHECKPOINT, weights_only=True, map_location="cpu")
+    state = state.get("state_dict", state)
+    shifted = {k: v * 0.9 if v.is_floating_point() else v for k, v in state.items()}
+    buffer = io.BytesIO()
+    torch.save(shifted, buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def arch() -> dict[str, Any]:
+    return build_supernet(SupernetRef(name=DEMO, registry=DEMO)).space.largest().to_dict()
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path / "store.sqlite").start()
+    yield srv
+    srv.stop()
+
+
+def upload(client: httpx.Client, name: str, weights: bytes) -> dict[str, Any]:
+    answer = client.post("/supernets/upload", data={"name": name, "registry": DEMO},
+                         files={"checkpoint": ("w.pt", weights)})
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+def exported_logits(client: httpx.Client, name: str, arch: dict[str, Any]) -> tuple[str, np.ndarray]:
+    """The export's id and its logits on a fixed input, run in onnxruntime from the downloaded file."""
+    made = client.post("/exports", json={"supernet": name, "arch": arch})
+    assert made.status_code == 201, made.text
+    info = made.json()
+    session = ort.InferenceSession(client.get(httpx.URL(info["download_url"]).path).content,
+                                   providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal(info["input_shape"]).astype(np.float32)
+    return info["id"], session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_uploading_other_weights_under_a_name_never_serves_the_old_export(
+        server: Server, arch: dict[str, Any]) -> None:
+    other = shifted_weights()
+    with server.client() as client:
+        upload(client, "net", DEMO_CHECKPOINT.read_bytes())
+        first_id, first = exported_logits(client, "net", arch)
+        upload(client, "net", other)
+        second_id, second = exported_logits(client, "net", arch)
+        upload(client, "reference", other)
+        _, reference = exported_logits(client, "reference", arch)
+    assert second_id != first_id
+    assert not np.allclose(first, second, atol=1e-3)  # the weights really differ ...
+    np.testing.assert_allclose(second, reference, atol=1e-5)  # ... and the export has the new ones
+
+
+def test_a_checkpoint_a_job_names_is_kept_when_its_name_is_uploaded_again(server: Server) -> None:
+    other = shifted_weights()
+    kept = Path(f"{server.store}.data") / "checkpoints"
+    with server.client() as client:
+        first = upload(client, "net", DEMO_CHECKPOINT.read_bytes())
+        assert Path(first["checkpoint"]).parent == kept and len(first["checkpoint_sha256"]) == 64
+        # A job that used these weights (written straight into the store: running one takes minutes).
+        SQLiteStore(server.store).create_job({"kind": "search", "supernet": {
+            "name": "net", "registry": DEMO, "checkpoint": first["checkpoint"], "options": {}}})
+        second = upload(client, "net", other)
+        assert Path(first["checkpoint"]).is_file() and Path(second["checkpoint"]).is_file()
+        third = upload(client, "net", DEMO_CHECKPOINT.read_bytes())  # the first bytes again: the same file
+        assert third["checkpoint"] == first["checkpoint"]
+        assert not Path(second["checkpoint"]).exists()  # nothing names the second any more: its room is free
+    assert sorted(p.name for p in kept.iterdir()) == [Path(first["checkpoint"]).name]
+
+
+def test_a_data_root_checkpoint_changed_after_registration_is_refused(
+        server: Server, arch: dict[str, Any]) -> None:
+    named = server.store.parent / "weights.pt"
+    named.write_bytes(DEMO_CHECKPOINT.read_bytes())
+    with server.client() as client:
+        created = client.post("/supernets", json={"name": "named", "registry": DEMO, "checkpoint": "weights.pt"})
+        assert created.status_code == 201, created.text
+        exported_logits(client, "named", arch)
+        named.write_bytes(shifted_weights())
+        refused = client.post("/exports", json={"supernet": "named", "arch": arch, "batch": 2})
+    assert refused.status_code == 409, refused.text
+    assert "checkpoint file changed since it was registered" in refused.json()["detail"]
+
+
+def test_a_kept_upload_nothing_names_is_removed_at_start_up(tmp_path: Path) -> None:
+    """What a crash between keeping an upload and registering it leaves is not kept for ever."""
+    checkpoints = tmp_path / "store.sqlite.data" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    orphan = checkpoints / f"{'ab' * 32}.pt"
+    orphan.write_bytes(DEMO_CHECKPOINT.read_bytes())
+    earlier = checkpoints / "legacy.pt"  # an earlier version's upload: the operator's to remove
+    earlier.write_bytes(b"kept")
+    srv = Server(tmp_path / "store.sqlite").start()
+    try:
+        assert not orphan.exists() and earlier.exists()
+    finally:
+        srv.stop()
+
+
+def test_a_pinned_reference_refuses_other_bytes(tmp_path: Path) -> None:
+    from hwsearch.jobs import CheckpointChanged
+
+    path = tmp_path / "w.pt"
+    path.write_bytes(DEMO_CHECKPOINT.read_bytes())
+    ref = SupernetRef(name="w", registry=DEMO, checkpoint=str(path)).pinned()
+    assert SupernetRef.from_dict(ref.to_dict()) == ref
+    assert build_supernet(ref).space.name
+    path.write_bytes(shifted_weights())
+    with pytest.raises(CheckpointChanged, match="changed since it was registered"):
+        build_supernet(ref)
+    assert build_supernet(SupernetRef(name="w", registry=DEMO, checkpoint=str(path))).space.name
