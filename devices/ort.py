@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from devices.onnx_scan import MalformedModel, file_references
+from devices.onnx_scan import MalformedModel, scan_model
 from devices.profile import DeviceProfile, ProfileError
 
 _GRAPH_LEVELS = {
@@ -45,6 +45,9 @@ EXTERNAL_DATA_REFUSED = ("its weights must be inside the file: tensors in extern
                          "naming files (EPContext), are not read")
 
 
+#: The most bytes a model's sparse tensors may take once onnxruntime makes them dense, all together.
+#: Exported networks have none; a 386-byte upload declaring 3 GiB of them took an agent to 4.1 GiB.
+MAX_SPARSE_DENSE_BYTES = 256 << 20
 #: The most bytes a model's inputs may take, all together.  A model declares its input shapes, and
 #: the inputs are built (and filled) before a session runs: an uploaded 1 KB model declaring a
 #: 30000x30000 image would have had an agent fill 21.6 GB.  ImageNet at 224 px and batch 1024 is 588 MiB.
@@ -55,23 +58,29 @@ class ModelInputError(ValueError):
     """The model's inputs cannot be built from the profile (shape or dtype)."""
 
 
-def refuse_file_references(model_bytes: bytes) -> None:
-    """Refuse a model that names a file to read (an external-data tensor, an EPContext node), whatever the runtime.
+def refuse_unsafe_model(model_bytes: bytes) -> None:
+    """Refuse, whatever the runtime, a model that names a file to read or densifies past a bound.
 
-    The session setting below confines onnxruntime 1.21 and later; older
-    builds ignore a setting they do not know, and would read the file.  So
-    the model itself is read first (:mod:`devices.onnx_scan`).  A model the
-    scan cannot read is refused too, not left to the runtime: a protobuf
-    parser may read past what the scan calls malformed, and find an
+    A file: an external-data tensor or an EPContext node.  The session
+    setting below confines onnxruntime 1.21 and later; older builds ignore a
+    setting they do not know, and would read the file.  So the model itself
+    is read first (:mod:`devices.onnx_scan`), which also sizes its sparse
+    tensors as they will be made dense (:data:`MAX_SPARSE_DENSE_BYTES`).  A
+    model the scan cannot read is refused too, not left to the runtime: a
+    protobuf parser may read past what the scan calls malformed, and find an
     external tensor there.
     """
     try:
-        found = file_references(model_bytes)
+        scan = scan_model(model_bytes)
     except MalformedModel as error:
         raise ValueError(f"not a valid ONNX model: {error}") from None
-    if found:
+    if scan.file_references:
+        found = scan.file_references
         shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
         raise ValueError(f"not a model this tool measures: {EXTERNAL_DATA_REFUSED} ({shown})")
+    if scan.sparse_dense_bytes > MAX_SPARSE_DENSE_BYTES:
+        raise ValueError(f"not a model this tool measures: its sparse tensors take {scan.sparse_dense_bytes:,} "
+                         f"bytes made dense, above {MAX_SPARSE_DENSE_BYTES:,}")
 
 
 def refuse_external_data(options) -> None:  # options: onnxruntime.SessionOptions
@@ -144,7 +153,7 @@ class OrtRunner:
     def __init__(self, model_bytes: bytes, profile: DeviceProfile) -> None:
         import onnxruntime as ort
 
-        refuse_file_references(model_bytes)
+        refuse_unsafe_model(model_bytes)
         self.session = ort.InferenceSession(
             model_bytes, sess_options=session_options(profile), providers=list(profile.providers)
         )
@@ -155,12 +164,17 @@ class OrtRunner:
         declared = [(i.name, list(i.shape), i.type) for i in self.session.get_inputs()]
         self.feeds = build_inputs(declared, profile)
         self.clock_ns = time.thread_time_ns if profile.clock == "thread_cpu" else time.perf_counter_ns
+        self.run_options = ort.RunOptions()  # one for every run: :meth:`stop` sets its terminate flag
 
     def run_ms(self) -> float:
         """Time of one inference in milliseconds on the profile's clock (both are monotonic)."""
         start = self.clock_ns()
-        self.session.run(None, self.feeds)
+        self.session.run(None, self.feeds, self.run_options)
         return (self.clock_ns() - start) / 1e6
+
+    def stop(self) -> None:
+        """onnxruntime checks the flag between operators (a ``Loop`` between iterations) and fails the run."""
+        self.run_options.terminate = True
 
 
 def require_runtime_here(profile: DeviceProfile) -> None:
@@ -205,7 +219,7 @@ def validate_onnx_bytes(model_bytes: bytes) -> None:
     """
     import onnxruntime as ort
 
-    refuse_file_references(model_bytes)
+    refuse_unsafe_model(model_bytes)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4

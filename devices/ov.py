@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from devices.ort import EXTERNAL_DATA_REFUSED, build_inputs, refuse_file_references
+from devices.ort import EXTERNAL_DATA_REFUSED, build_inputs, refuse_unsafe_model
 from devices.profile import DeviceProfile
 
 _OV_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "i64": "tensor(int64)", "i32": "tensor(int32)"}
@@ -24,7 +24,7 @@ class OpenVinoRunner:
     def __init__(self, model_bytes: bytes, profile: DeviceProfile) -> None:
         import openvino as ov
 
-        refuse_file_references(model_bytes)
+        refuse_unsafe_model(model_bytes)
         core = ov.Core()
         model = _read_onnx(core, model_bytes)
         config = {
@@ -43,12 +43,20 @@ class OpenVinoRunner:
         feeds = build_inputs(declared, profile)
         self.inputs = [feeds[name] for name, _, _ in declared]
         self.provider = "OpenVINO-CPU"
+        self.stopped = False
 
     def run_ms(self) -> float:
         """Wall time of one synchronous inference in milliseconds."""
+        if self.stopped:
+            raise RuntimeError("the runner was stopped")
         start = time.perf_counter_ns()
         self.request.infer(self.inputs)
         return (time.perf_counter_ns() - start) / 1e6
+
+    def stop(self) -> None:
+        """Cancel the inference running now, and refuse later ones."""
+        self.stopped = True
+        self.request.cancel()
 
 
 def openvino_facts() -> dict[str, object]:

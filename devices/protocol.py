@@ -35,6 +35,7 @@ the non-jumping reference runs) seeds that calibration and is recorded.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol as TypingProtocol
@@ -58,6 +59,80 @@ class Runner(TypingProtocol):
     provider: str
 
     def run_ms(self) -> float: ...
+
+    def stop(self) -> None:
+        """Make the inference running now, and every later one, fail (called from another thread)."""
+
+
+class SessionOverrun(RuntimeError):
+    """One inference ran longer than the session's whole time budget (``protocol.max_seconds``)."""
+
+
+class _Watchdog:
+    """Stops every runner of a session once one inference has run longer than ``limit_s``.
+
+    A session holds the host, so it must end, and a model can loop: an ONNX
+    ``Loop`` of 10^15 trips ran for as long as it was let while the host's
+    other measurements waited.  An honest inference is shorter than the
+    session's budget (``max_seconds``), so that is the limit; rounds then
+    end as the protocol says, however slow the models.  One thread for the
+    session, waking once a second (a timer per run would start a thread
+    between timed runs).
+    """
+
+    def __init__(self, runners: list[Runner], limit_s: float) -> None:
+        self.runners = runners
+        self.limit_s = limit_s
+        self.fired = threading.Event()
+        self._started: float | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="hwsearch-session-watchdog", daemon=True)
+
+    def watched(self, runner: Runner) -> Runner:
+        """``runner`` with each inference watched."""
+        return _WatchedRunner(runner, self)
+
+    def run_ms(self, runner: Runner) -> float:
+        self._started = time.monotonic()
+        try:
+            return runner.run_ms()
+        finally:
+            self._started = None
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self.limit_s / 4)):
+            started = self._started
+            if started is not None and time.monotonic() - started > self.limit_s:
+                self.fired.set()
+                for runner in self.runners:
+                    runner.stop()
+                return
+
+    def __enter__(self) -> _Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+@dataclass
+class _WatchedRunner:
+    """A runner whose inferences its session's :class:`_Watchdog` times."""
+
+    runner: Runner
+    watchdog: _Watchdog
+
+    @property
+    def provider(self) -> str:
+        return self.runner.provider
+
+    def run_ms(self) -> float:
+        return self.watchdog.run_ms(self.runner)
+
+    def stop(self) -> None:
+        self.runner.stop()
 
 
 @dataclass
@@ -148,6 +223,20 @@ def run_protocol(
     """
     if copies is not None and len(copies) != len(models):
         raise ValueError(f"{len(copies)} copies for {len(models)} models")
+    limit_s = profile.protocol.max_seconds
+    with _Watchdog([reference, *models, *(copies or [])], limit_s) as watchdog:
+        try:
+            return _run_rounds(watchdog.watched(reference), [watchdog.watched(m) for m in models], profile,
+                               progress, seed, None if copies is None else [watchdog.watched(c) for c in copies])
+        except Exception as error:
+            if watchdog.fired.is_set():
+                raise SessionOverrun(f"one inference ran longer than the session's whole budget "
+                                     f"(protocol.max_seconds, {limit_s:g} s), so it was stopped") from error
+            raise
+
+
+def _run_rounds(reference: Runner, models: list[Runner], profile: DeviceProfile, progress: ProgressFn | None,
+                seed: int, copies: list[Runner] | None) -> SessionResult:
     settings = profile.protocol
     rng = np.random.default_rng(seed)
     warm_up([reference, *models, *(copies or [])], profile)

@@ -50,10 +50,14 @@ class Admission:
     max_queued: int = 16
     max_n_profile: int = 500
     max_budget: int = 200
+    #: Pixels one export's input may hold (batch x resolution^2): a largest OFA MobileNetV3 took
+    #: about 240 MiB per million (351 MiB and 4 s at 1024 px, 3.9 GiB and 91 s at 1024 px batch 16).
+    max_input_pixels: int = 4 * 1024 * 1024
     retry_after_s: int = 30
 
     def __post_init__(self) -> None:
-        for name in ("max_running", "max_queued", "max_n_profile", "max_budget", "retry_after_s"):
+        for name in ("max_running", "max_queued", "max_n_profile", "max_budget", "max_input_pixels",
+                     "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 

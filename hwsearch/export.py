@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from hwsearch.data import Images
     from hwsearch.quantize import QuantizeSettings
 
-__all__ = ["ExportCheckError", "ExportReport", "export_onnx", "export_subnet", "write_atomically"]
+__all__ = ["ExportCheckError", "ExportReport", "NonFiniteOutput", "export_onnx", "export_subnet", "write_atomically"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -56,6 +56,10 @@ INPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 class ExportCheckError(RuntimeError):
     """The exported model failed ``onnx.checker`` or disagreed with torch."""
+
+
+class NonFiniteOutput(ExportCheckError):
+    """Torch's own output for the check input is NaN or infinite: the weights give no numbers to compare."""
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,9 @@ def _verify(data: bytes, x: Tensor, expected: Tensor, tolerance: float) -> float
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.cpu().numpy()})
     reference = expected.cpu().numpy()
+    if not np.isfinite(reference).all():
+        raise NonFiniteOutput("torch's output for this subnet is NaN or infinite, so its weights cannot be "
+                              "exported and checked")
     if actual.shape != reference.shape:
         raise ExportCheckError(
             f"onnxruntime output shape {actual.shape} != torch {reference.shape}")

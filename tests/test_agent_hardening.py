@@ -524,3 +524,99 @@ def test_a_model_onnxruntime_cannot_run_is_a_400_that_the_client_does_not_retry(
     model.write_bytes(tiny_model(seed=61))
     [row] = client.measure_many([model])
     assert row.latency_ms > 0 and agent.health()["sessions_run"] == 1
+
+
+def sparse_initializers_model(elements: int, count: int) -> bytes:
+    """``count`` sparse initializers of ``elements`` floats, one stored value each, summed into the output."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    sparse, nodes, previous = [], [], "x"
+    for i in range(count):
+        values = numpy_helper.from_array(np.array([1.0], np.float32), f"w{i}")
+        indices = numpy_helper.from_array(np.array([0], np.int64), f"w{i}_indices")
+        sparse.append(helper.make_sparse_tensor(values, indices, [elements]))
+        nodes += [helper.make_node("ReduceSum", [f"w{i}"], [f"s{i}"], keepdims=0),
+                  helper.make_node("Add", [previous, f"s{i}"], [f"a{i}"])]
+        previous = f"a{i}"
+    nodes.append(helper.make_node("Identity", [previous], ["y"]))
+    graph = helper.make_graph(nodes, "sparse", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], sparse_initializer=sparse)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+def test_sparse_tensors_are_sized_as_they_will_be_made_dense_before_any_session_sees_them(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    """Three sparse initializers of 2^28 floats, one stored value each: 386 bytes that checking took to 4.1 GiB."""
+    bomb = sparse_initializers_model(1 << 28, 3)
+    assert len(bomb) < 1000
+    agent = start_agent(*MEASURING)
+    answer = httpx.put(f"{agent.url}/models/{hashlib.sha256(bomb).hexdigest()}", content=bomb, headers=AUTH,
+                       timeout=60)
+    assert answer.status_code == 400 and "sparse tensors take 3,221,225,472 bytes" in answer.json()["detail"]
+    assert agent.proc_status("VmHWM") < 1024 * 1024, "peak memory stayed far below the dense size (KiB)"
+    small = sparse_initializers_model(1000, 2)  # what a model may have: it loads and measures
+    upload(agent, reference_model_bytes())
+    upload(agent, small)
+    measured = httpx.post(f"{agent.url}/measure", json=_measure_request([small], warmup_s=0.2), headers=AUTH,
+                          timeout=120)
+    assert measured.status_code == 200, measured.text
+
+
+def test_a_model_listed_many_times_is_measured_once_and_the_list_is_bounded(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    """Each listed copy was another session: one 16 MiB model listed 100 times took an agent to 4.9 GiB."""
+    agent = start_agent(*MEASURING, "--max-models", "8")
+    model = tiny_model(seed=71)
+    upload(agent, reference_model_bytes())
+    upload(agent, model)
+    request = _measure_request([model] * 7, warmup_s=0.2)
+    answer = httpx.post(f"{agent.url}/measure", json=request, headers=AUTH, timeout=120)
+    assert answer.status_code == 200, answer.text
+    rows = answer.json()["measurements"]
+    assert len(rows) == 7 and all(row == rows[0] for row in rows)
+    assert rows[0]["model_sha256"] == request["model_sha256s"][0]
+    too_many = httpx.post(f"{agent.url}/measure", json=_measure_request([model] * 8, warmup_s=0.2), headers=AUTH,
+                          timeout=60)
+    assert too_many.status_code == 400 and "lists 9 models" in too_many.json()["detail"], too_many.text
+    assert agent.health()["sessions_run"] == 1
+
+
+def test_a_model_whose_inference_never_ends_is_stopped_and_the_host_is_free_again(
+    start_agent: Callable[..., RunningAgent], tmp_path: Path,
+) -> None:
+    """A ``Loop`` of 10^15 trips held the agent's device lock (and the host's) until the agent was killed."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from devices.client import AgentError
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "go", "x"], ["y"], body=body)], "endless",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [numpy_helper.from_array(np.array(10**15, np.int64), "trips"), numpy_helper.from_array(np.array(True), "go")])
+    endless = tmp_path / "endless.onnx"
+    endless.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    agent = start_agent(*MEASURING)
+    profile = DeviceProfile.from_dict({**profile_for(agent.url).to_dict(),
+                                       "protocol": {"min_rounds": 5, "max_rounds": 10, "max_seconds": 2}})
+    client = AgentClient(profile, token=TOKEN)
+    started = time.monotonic()
+    with pytest.raises(AgentError, match="answered HTTP 400: one inference ran longer than the session's whole"):
+        client.measure_many([endless])
+    assert time.monotonic() - started < 30
+    assert not agent.health()["busy"]
+    model = tmp_path / "tiny.onnx"
+    model.write_bytes(tiny_model(seed=81))
+    [row] = client.measure_many([model])
+    assert row.latency_ms > 0

@@ -216,3 +216,17 @@ def test_damaged_models_are_refused_in_one_line_never_crash_the_scan() -> None:
     assert outcomes["clean"] > 0 and outcomes["malformed"] > 0, outcomes
     with pytest.raises(ValueError, match="not a valid ONNX model"):
         validate_onnx_bytes(original[:len(original) // 2])
+
+
+def test_sparse_tensors_in_attributes_are_sized_too() -> None:
+    """A ``Constant`` node's ``sparse_value`` is made dense when it runs, like a sparse initializer at load."""
+    from devices.onnx_scan import scan_model
+
+    values = numpy_helper.from_array(np.array([1.0], np.float16), "v")
+    indices = numpy_helper.from_array(np.array([0], np.int64), "i")
+    constant = helper.make_node("Constant", [], ["c"],
+                                sparse_value=helper.make_sparse_tensor(values, indices, [1 << 20, 1 << 10]))
+    graph = helper.make_graph([constant], "g", [], [helper.make_tensor_value_info("c", TensorProto.FLOAT16, None)])
+    scan = scan_model(helper.make_model(graph).SerializeToString())
+    assert scan.sparse_dense_bytes == 2 * (1 << 30) and scan.file_references == []
+    assert scan_model(reference_model_bytes()).sparse_dense_bytes == 0

@@ -31,6 +31,7 @@ from tests._jobs import SUPERNET, fast_device, random_dataset
 from tests._server import Server
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "hwsearch" / "demo" / "demo_mbv3_mnist.pt"
+INPUT_PIXELS = 64 * 32 * 32  # the shared server's export bound: batch 64 of tiny-mbv3's 32 px
 
 
 class Listener:
@@ -86,7 +87,7 @@ def server(root: Path, data_root: Path) -> Iterator[Server]:
     srv = Server(root / "store.sqlite",
                  extra=("--data-root", str(data_root), "--max-running-jobs", "1",
                         "--max-queued-jobs", "1", "--max-n-profile", "50", "--max-budget", "5",
-                        "--max-upload-mb", "20")).start()
+                        "--max-upload-mb", "20", "--max-input-pixels", str(INPUT_PIXELS))).start()
     yield srv
     srv.stop()
 
@@ -561,6 +562,7 @@ def test_what_the_service_keeps_is_closed_to_other_accounts(factory: bool) -> No
     ({"HWSEARCH_MAX_BODY": "-1"}, "HWSEARCH_MAX_BODY='-1' must be a finite number"),
     ({"HWSEARCH_READ_TIMEOUT_S": "nan"}, "HWSEARCH_READ_TIMEOUT_S='nan' must be a finite number"),
     ({"HWSEARCH_MAX_REGISTRATIONS": "many"}, "HWSEARCH_MAX_REGISTRATIONS='many' is not a number"),
+    ({"HWSEARCH_MAX_INPUT_PIXELS": "100"}, "HWSEARCH_MAX_INPUT_PIXELS='100'"),
     ({"HWSEARCH_RESUME": "maybe"}, "HWSEARCH_RESUME='maybe' must be true or false"),
     ({"HWSEARCH_AGENTS": "no-url-here"}, "HWSEARCH_AGENTS:"),
 ])
@@ -634,7 +636,7 @@ def test_resume_at_start_queues_what_fits_and_leaves_the_rest_interrupted(tmp_pa
 
 
 #: One value of each kind a JSON client can send where a field expects something else.
-HOSTILE = [None, True, -1, 1.5, 10**30, float("nan"), "", "x" * 300, [], {}, [None]]
+HOSTILE = [None, True, -1, 1.5, 10**30, float("nan"), "", "x" * 300, [], {}, [None], "\ud800", {"\ud800": 1}]
 
 
 def _field_paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
@@ -686,3 +688,96 @@ def test_every_field_replaced_by_hostile_values_never_gets_a_500(client: httpx.C
             answered[response.status_code] = answered.get(response.status_code, 0) + 1
     assert answered[422] > 500, answered
     assert client.get("/health").status_code == 200
+
+
+def test_a_quoted_value_comes_back_bounded_and_a_lone_surrogate_as_sent(client: httpx.Client) -> None:
+    """A message may quote the client's value: a 900 KB one came back whole, a lone surrogate as a 500."""
+    huge = client.post("/devices", json={"profile": {**fast_device("huge"), "warmup": "w" * 900_000}})
+    assert len(refused(huge, ["body", "profile"])) < 2_100 and len(huge.content) < 3_000
+    # ``"\ud800"`` is valid JSON; echoed in an unknown key it could not be encoded as UTF-8.
+    body = '{"profile": {"name": "sur", "\\ud800": 1}}'
+    surrogate = client.post("/devices", content=body, headers={"content-type": "application/json"})
+    assert "'\ud800'" in refused(surrogate, ["body", "profile"])
+    assert client.get("/health").status_code == 200
+
+
+def test_an_export_or_job_input_past_the_pixel_bound_is_refused_by_field(client: httpx.Client) -> None:
+    """batch x resolution^2: at 1024 px, an export took ~240 MiB per sample, and batch 256 was allowed."""
+    client.post("/supernets", json=SUPERNET)
+    assert client.get("/limits").json()["max_input_pixels"] == INPUT_PIXELS
+    native = {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": [32]}
+    at_bound = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": native, "batch": 64})
+    assert at_bound.status_code == 201 and at_bound.json()["input_shape"] == [64, 3, 32, 32], at_bound.text
+    over = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": native, "batch": 65})
+    assert "66,560 input pixels" in refused(over, ["body", "batch"])
+
+    assert client.post("/devices", json={"profile": {**fast_device("wide"), "batch": 65}}).status_code == 201
+    job = client.post("/jobs", json={"supernet": "tiny-mbv3", "devices": ["wide"], "dataset": "val.npz",
+                                     "n_profile": 4})
+    refused(job, ["body", "devices", 0])
+    profile = client.post("/profiles", json={"supernet": "tiny-mbv3", "arch": native, "on": "wide"})
+    refused(profile, ["body", "on"])
+    assert client.get("/limits").json()["queued"] == 0
+
+
+def scaled_demo_checkpoint(scale: float, nan_in: str | None = None) -> bytes:
+    import torch
+
+    state = torch.load(DEMO_CHECKPOINT, weights_only=True, map_location="cpu")
+    state = {k: v * scale if v.is_floating_point() and not k.endswith("running_var") else v
+             for k, v in state.get("state_dict", state).items()}
+    if nan_in is not None:
+        state[nan_in] = torch.full_like(state[nan_in], float("nan"))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def test_weights_that_give_no_numbers_are_refused_at_registration_or_export(
+        client: httpx.Client, root: Path) -> None:
+    """A NaN checkpoint loaded, registered, and then every export of it was a 500."""
+    def upload(name: str, weights: bytes) -> httpx.Response:
+        return client.post("/supernets/upload", data={"name": name, "registry": "demo_mbv3_mnist"},
+                           files={"checkpoint": ("w.pt", weights)})
+
+    import torch
+
+    first_weight = next(k for k, v in torch.load(DEMO_CHECKPOINT, weights_only=True).items()
+                        if v.is_floating_point())
+    assert "NaN or infinite" in refused(upload("nan", scaled_demo_checkpoint(1.0, nan_in=first_weight)),
+                                        ["body", "checkpoint"])
+    assert "nan" not in [s["name"] for s in client.get("/supernets").json()]
+    # Finite, but so large that the activations overflow: registered, and its export is a 422.
+    assert upload("overflowing", scaled_demo_checkpoint(1e30)).status_code == 201
+    arch = client.post("/exports", json={"supernet": "overflowing", "arch": {"ks": [3] * 16, "e": [3] * 16,
+                                                                              "d": [2] * 4, "r": [28]}})
+    assert "NaN or infinite" in refused(arch, ["body"])
+    assert not list((root / "store.sqlite.data" / "exports").glob("overflowing-*"))
+
+
+def test_a_burst_of_exports_waits_in_a_short_queue_and_the_rest_hear_429_at_once(
+        client: httpx.Client) -> None:
+    """Waiting exports held the worker threads every route shares: GET /devices took 57 s."""
+    wide = {**SUPERNET, "name": "wide-mbv3", "options": {"n_classes": 10, "resolutions": [256]}}
+    assert client.post("/supernets", json=wide).status_code == 201
+    archs = [{"ks": [ks] * 20, "e": [e] * 20, "d": [4] * 5, "r": [256]} for ks in (3, 5, 7) for e in (3, 4, 6)]
+    answers: list[tuple[int, float, str | None]] = []
+
+    def export(arch: dict[str, Any]) -> None:
+        start = time.monotonic()
+        answer = client.post("/exports", json={"supernet": "wide-mbv3", "arch": arch}, timeout=120)
+        answers.append((answer.status_code, time.monotonic() - start, answer.headers.get("retry-after")))
+
+    threads = [threading.Thread(target=export, args=(arch,)) for arch in archs]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    start = time.monotonic()
+    assert client.get("/devices").status_code == 200
+    listing_s = time.monotonic() - start
+    for thread in threads:
+        thread.join()
+    busy = [a for a in answers if a[0] == 429]
+    assert len(busy) == len(archs) - 6 and all(seconds < 5 and after for _, seconds, after in busy), answers
+    assert sorted(a[0] for a in answers if a[0] != 429) == [201] * 6
+    assert listing_s < 5, listing_s

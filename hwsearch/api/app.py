@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -45,14 +46,38 @@ _UPLOAD_PATHS = ("/supernets/upload",)
 READ_TIMEOUT_S = 30.0
 
 
+#: The longest error message answered: a message may quote a client's value, and a 1 MB value came back whole.
+MAX_MESSAGE_CHARS = 2000
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped.
+
+    A lone surrogate (``"\\ud800"``) is valid JSON, so a client can send one,
+    but it cannot be encoded as UTF-8: quoted back in a 422 (a profile's
+    unknown key), Starlette's rendering raised and the 422 became a 500.
+    Escaped, it goes back as the client wrote it.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}... ({len(message) - MAX_MESSAGE_CHARS} more characters)"
+
+
 async def _service_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ServiceError)
+    message = _bounded(error.message)
     if error.status == 422:
-        detail: Any = [{"loc": list(error.field), "msg": error.message, "type": "value_error"}]
+        detail: Any = [{"loc": list(error.field), "msg": message, "type": "value_error"}]
     else:
-        detail = error.message
+        detail = message
     headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, Busy) else None
-    return JSONResponse({"detail": detail}, status_code=error.status, headers=headers)
+    return AsciiJSONResponse({"detail": detail}, status_code=error.status, headers=headers)
 
 
 async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
@@ -63,15 +88,15 @@ async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
     written as JSON at all, which turned a bad request into a 500.
     """
     assert isinstance(error, RequestValidationError)
-    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
-    return JSONResponse({"detail": detail}, status_code=422)
+    detail = [{"loc": list(e["loc"]), "msg": _bounded(e["msg"]), "type": e["type"]} for e in error.errors()]
+    return AsciiJSONResponse({"detail": detail}, status_code=422)
 
 
 async def _unexpected(request: Request, error: Exception) -> JSONResponse:
     """A bug, not a bad request: the trace goes to the server log, the client gets one line."""
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
-    return JSONResponse({"detail": "internal error; the operator can find it in the server log"},
-                        status_code=500)
+    return AsciiJSONResponse({"detail": "internal error; the operator can find it in the server log"},
+                             status_code=500)
 
 
 def create_app(
@@ -125,6 +150,7 @@ def create_app(
                     "Every endpoint but /health and the OpenAPI schema needs "
                     "`Authorization: Bearer <token>`.",
         lifespan=lifespan,
+        default_response_class=AsciiJSONResponse,
     )
     app.state.store = store
     app.state.catalog = Catalog(data_dir, max_export_bytes=max_export_bytes,
@@ -198,7 +224,7 @@ def create_app_from_env() -> FastAPI:
     ``HWSEARCH_AGENT_SECRETS``, ``HWSEARCH_MAX_BODY``, ``HWSEARCH_MAX_UPLOAD``,
     ``HWSEARCH_READ_TIMEOUT_S``, ``HWSEARCH_MAX_EXPORT`` and
     ``HWSEARCH_MAX_CHECKPOINTS`` (bytes), ``HWSEARCH_MAX_REGISTRATIONS``,
-    ``HWSEARCH_RAY_ADDRESS`` and ``HWSEARCH_RESUME`` (``true``/``false``).
+    ``HWSEARCH_MAX_INPUT_PIXELS``, ``HWSEARCH_RAY_ADDRESS`` and ``HWSEARCH_RESUME`` (``true``/``false``).
     A missing or malformed setting stops the start (exit 3, uvicorn's code
     for a failed start) with one line naming the variable, as ``hwsearch
     serve`` names its option, and not a traceback; the bounds are those of
@@ -233,6 +259,8 @@ def _app_from_env() -> FastAPI:
         max_export_bytes=int(_env_number("HWSEARCH_MAX_EXPORT", MAX_EXPORT_BYTES, minimum=MiB)),
         max_checkpoint_bytes=int(_env_number("HWSEARCH_MAX_CHECKPOINTS", MAX_CHECKPOINT_BYTES, minimum=MiB)),
         max_registrations=int(_env_number("HWSEARCH_MAX_REGISTRATIONS", MAX_REGISTRATIONS, minimum=1)),
+        admission=Admission(max_input_pixels=int(_env_number(
+            "HWSEARCH_MAX_INPUT_PIXELS", Admission.max_input_pixels, minimum=1024))),
     )
     resume = _env_flag("HWSEARCH_RESUME")
     return create_app(

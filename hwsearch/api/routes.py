@@ -123,7 +123,7 @@ def read_limits(dispatcher: DispatcherDep) -> LimitsRead:
     """Jobs running and queued now, and the bounds the service keeps."""
     admission = dispatcher.admission
     return LimitsRead(**dispatcher.counts(), max_n_profile=admission.max_n_profile,
-                      max_budget=admission.max_budget)
+                      max_budget=admission.max_budget, max_input_pixels=admission.max_input_pixels)
 
 
 # --------------------------------------------------------------------------- supernets
@@ -260,12 +260,13 @@ def read_front(job_id: str, device: str, store: StoreDep) -> FrontRead:
 
 @api_router.post("/exports", response_model=ExportRead, status_code=201, tags=["subnets"])
 def create_export(body: ExportCreate, request: Request, store: StoreDep,
-                  catalog: CatalogDep, roots: RootsDep) -> ExportRead:
+                  catalog: CatalogDep, roots: RootsDep, dispatcher: DispatcherDep) -> ExportRead:
     """Export a subnet (an arch, or a point of a front) to ONNX; fetch it from ``download_url``.
 
     ``precision: int8`` returns the onnxruntime-quantized file, calibrated on the data.
     """
-    info = service.export_subnet(store=store, catalog=catalog, roots=roots, **body.model_dump())
+    info = service.export_subnet(store=store, catalog=catalog, roots=roots,
+                                 max_input_pixels=dispatcher.admission.max_input_pixels, **body.model_dump())
     return ExportRead(**info, download_url=str(request.url_for("download_export",
                                                                export_id=info["id"])))
 

@@ -320,3 +320,5 @@ class LimitsRead(BaseModel):
     max_queued: int
     max_n_profile: int
     max_budget: int
+    #: batch x resolution^2 an export's input may hold (an export, or a job's device batch at its largest size)
+    max_input_pixels: int

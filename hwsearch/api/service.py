@@ -25,7 +25,7 @@ from typing import IO, Any
 from hwsearch.agents import AgentEndpoint, UnknownAgent, resolve_profile
 from hwsearch.api.catalog import Catalog, CatalogFull, valid_name
 from hwsearch.api.files import DataRoots, PathRefused, check_unpacked_size
-from hwsearch.dispatch import JobDispatcher, QueueFull, StillStopping
+from hwsearch.dispatch import Admission, JobDispatcher, QueueFull, StillStopping
 from hwsearch.jobs import (
     CheckpointChanged,
     JobSpec,
@@ -147,14 +147,33 @@ def _build_checked(ref: SupernetRef, field: Sequence[str]) -> dict[str, Any]:
     client's input being wrong: a 422 with one line, the trace in the log.
     """
     try:
-        space = _supernet(ref).space
+        net = _supernet(ref)
     except ServiceError:
         raise
     except Exception as error:
         log.info("supernet %r did not build", ref.name, exc_info=error)
         raise Invalid(f"cannot build {ref.registry!r} from this checkpoint and options: "
                       f"{describe_error(error)}", field=field) from None
+    _numbers_only(net, field)
+    space = net.space
     return {"space_name": space.name, "n_var": space.n_var, "size": space.size()}
+
+
+def _numbers_only(net: Any, field: Sequence[str]) -> None:
+    """422 if a weight is NaN or infinite, or a batch-norm variance negative: no subnet would give numbers.
+
+    Such a checkpoint loads (the shapes fit) and was registered, and then
+    every export of it failed its check against torch, as a 500.
+    """
+    import torch
+
+    for name, tensor in net.module.state_dict().items():
+        if not tensor.is_floating_point():
+            continue
+        if not bool(torch.isfinite(tensor).all()):
+            raise Invalid(f"checkpoint: {name} holds NaN or infinite values", field=field)
+        if name.endswith("running_var") and bool((tensor < 0).any()):
+            raise Invalid(f"checkpoint: {name} holds a negative variance", field=field)
 
 
 def _check_registry(registry: object) -> None:
@@ -507,6 +526,19 @@ def _queue(dispatcher: JobDispatcher, spec: JobSpec | ProfileSpec) -> dict[str, 
     return job_view(dispatcher.store.get_job(job_id))
 
 
+def _input_fits(batch: int, resolution: int, max_pixels: int, field: Sequence[str | int]) -> None:
+    """422 naming ``field`` unless an export's input, ``batch`` x ``resolution``^2 pixels, is within the bound.
+
+    An export holds the input and every activation for it at once (about
+    240 MiB per million input pixels for the largest OFA MobileNetV3), so one
+    in-bounds request at 1024 px and batch 256 would have asked for ~60 GB.
+    """
+    pixels = batch * resolution * resolution
+    if pixels > max_pixels:
+        raise Invalid(f"batch {batch} at {resolution} px is {pixels:,} input pixels, above this service's "
+                      f"limit of {max_pixels:,} (GET /limits)", field=field)
+
+
 def _at_most(value: int, cap: int, name: str) -> None:
     if value > cap:
         raise Invalid(f"{name}={value} is above this service's limit of {cap}",
@@ -535,6 +567,10 @@ def submit_search(
         raise Invalid("a device is listed twice", field=("body", "devices"))
     profiles = tuple(_device(catalog, name, ("body", "devices", i))
                      for i, name in enumerate(devices))
+    largest = max(_supernet(ref).space.resolutions)
+    for i, profile in enumerate(profiles):
+        _input_fits(int(profile.get("batch", 1)), largest, dispatcher.admission.max_input_pixels,
+                    ("body", "devices", i))
     aims = _targets(targets or {}, devices)
     if dataset is None:
         raise Invalid("a search job needs validation data to measure accuracy",
@@ -716,8 +752,11 @@ def _arch(ref: SupernetRef, data: Mapping[str, Any]) -> ArchConfig:
 
 
 # Exports run in the request's thread: bound how many build ONNX files at once, so a burst
-# of export requests cannot occupy every core (and every worker thread) of the service.
+# of export requests cannot occupy every core of the service, and how many may wait for a
+# slot: a waiting export holds one of the worker threads every synchronous route shares
+# (40), and 40 waiting exports held ``GET /devices`` back for 57 s.  Past them, 429 at once.
 _EXPORT_SLOTS = threading.BoundedSemaphore(2)
+_EXPORT_QUEUE = threading.BoundedSemaphore(2 + 4)
 _EXPORT_WAIT_S = 60.0
 
 
@@ -729,6 +768,7 @@ def export_subnet(
     batch: int = 1,
     precision: str | None = None,
     dataset: str | None = None,
+    max_input_pixels: int = Admission.max_input_pixels,
     **subnet: Any,
 ) -> dict[str, Any]:
     """Export a subnet to ONNX (checked against torch) in the catalog; exports are cached.
@@ -742,6 +782,7 @@ def export_subnet(
     """
     resolved = _resolve(store=store, catalog=catalog, **subnet)
     ref, arch = resolved.ref, resolved.arch
+    _input_fits(batch, arch.resolution, max_input_pixels, ("body", "batch"))
     precision, plan = _precision_and_data(resolved, roots, precision, dataset, "export")
     export_id = _export_id(ref, arch, batch, precision, plan)
     cache = catalog.export_cache
@@ -820,21 +861,35 @@ def _plan_digest(plan: Any, ref: SupernetRef) -> str:
 def _export_file(ref: SupernetRef, arch: ArchConfig, made: Path, batch: int, precision: str,
                  plan: Any) -> Any:
     """Build the file at ``made`` under a bounded number of concurrent exports; returns the export report."""
-    from hwsearch.export import export_subnet as export
-
-    if not _EXPORT_SLOTS.acquire(timeout=_EXPORT_WAIT_S):
+    if not _EXPORT_QUEUE.acquire(blocking=False):
         raise Busy("the service is busy exporting other subnets", retry_after_s=30)
     try:
-        net = _supernet(ref)
-        data = None
-        if plan is not None:
-            try:
-                data = plan.open(size=max(net.space.resolutions)).calibration
-            except ValueError as error:
-                raise Invalid(f"dataset cannot be read: {error}", field=("body", "dataset")) from None
-        return export(net, arch, made, batch=batch, precision=precision, calibration=data, bn_data=data)
+        if not _EXPORT_SLOTS.acquire(timeout=_EXPORT_WAIT_S):
+            raise Busy("the service is busy exporting other subnets", retry_after_s=30)
+        try:
+            return _export_now(ref, arch, made, batch, precision, plan)
+        finally:
+            _EXPORT_SLOTS.release()
     finally:
-        _EXPORT_SLOTS.release()
+        _EXPORT_QUEUE.release()
+
+
+def _export_now(ref: SupernetRef, arch: ArchConfig, made: Path, batch: int, precision: str, plan: Any) -> Any:
+    """The export itself; weights whose torch output is not finite are the request's fault (422)."""
+    from hwsearch.export import NonFiniteOutput
+    from hwsearch.export import export_subnet as export
+
+    net = _supernet(ref)
+    data = None
+    if plan is not None:
+        try:
+            data = plan.open(size=max(net.space.resolutions)).calibration
+        except ValueError as error:
+            raise Invalid(f"dataset cannot be read: {error}", field=("body", "dataset")) from None
+    try:
+        return export(net, arch, made, batch=batch, precision=precision, calibration=data, bn_data=data)
+    except NonFiniteOutput as error:
+        raise Invalid(f"supernet {ref.name!r}: {error}", field=("body",)) from None
 
 
 def export_file(*, catalog: Catalog, export_id: str) -> Path:
@@ -863,6 +918,8 @@ def submit_profile(
     """
     profile = _device(catalog, on, ("body", "on"))
     resolved = _resolve(store=dispatcher.store, catalog=catalog, **subnet)
+    _input_fits(int(profile.get("batch", 1)), resolved.arch.resolution, dispatcher.admission.max_input_pixels,
+                ("body", "on"))
     precision, plan = _precision_and_data(resolved, roots, precision, dataset, "profile")
     return _queue(dispatcher, ProfileSpec(
         supernet=resolved.ref, device=profile, arch=resolved.arch.to_dict(), precision=precision,

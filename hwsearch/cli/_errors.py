@@ -32,6 +32,7 @@ _KNOWN_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("hwsearch.space", "ArchValidationError", BAD_INPUT),
     ("hwsearch.supernets.base", "CheckpointError", BAD_INPUT),
     ("devices.client", "AgentError", FAILED),
+    ("devices.protocol", "SessionOverrun", FAILED),
     ("hwsearch.export", "ExportCheckError", FAILED),
     ("hwsearch.quantize", "PrecisionError", BAD_INPUT),
     ("hwsearch.quantize_worker", "QuantizerError", FAILED),

@@ -47,6 +47,9 @@ def serve(
         min=1, help="Jobs waiting; beyond it submissions get 429 with Retry-After.")] = 16,
     max_n_profile: Annotated[int, typer.Option(min=4, help="Largest n_profile a job may ask.")] = 500,
     max_budget: Annotated[int, typer.Option(min=1, help="Largest budget a job may ask.")] = 200,
+    max_input_pixels: Annotated[int, typer.Option(
+        min=1024, help="Largest export input, batch x resolution^2 (a device's batch at a supernet's "
+                       "largest size too).")] = 4 * 1024 * 1024,
     max_body_mb: Annotated[float, typer.Option(min=0.01, help="Largest JSON request body.")] = 1.0,
     max_upload_mb: Annotated[float, typer.Option(
         min=0.01, help="Largest checkpoint upload, and largest checkpoint or dataset file read.")] = 512.0,
@@ -109,7 +112,8 @@ def serve(
         open_store(store), token=token, data_dir=data_dir, data_roots=data_root or None,
         agents=agents,
         admission=Admission(max_running=max_running_jobs, max_queued=max_queued_jobs,
-                            max_n_profile=max_n_profile, max_budget=max_budget),
+                            max_n_profile=max_n_profile, max_budget=max_budget,
+                            max_input_pixels=max_input_pixels),
         max_body_bytes=int(max_body_mb * MiB), max_upload_bytes=int(max_upload_mb * MiB),
         read_timeout_s=read_timeout_s, max_export_bytes=int(max_export_mb * MiB),
         max_checkpoint_bytes=int(max_checkpoints_mb * MiB), max_registrations=max_registrations,
