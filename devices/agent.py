@@ -95,7 +95,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from devices.local import describe_machine, measure_model_bytes
-from devices.ort import ModelInputError, validate_onnx_bytes
+from devices.ort import ModelInputError, bound_session_memory, validate_onnx_bytes
 from devices.profile import DeviceProfile, ProfileError
 from devices.protocol import SessionOverrun
 
@@ -122,6 +122,8 @@ class AgentLimits:
     max_results: int = 1024
     max_connections: int = 16
     read_timeout_s: float = 30.0
+    #: What onnxruntime may allocate for the sessions of a measurement (``devices.ort.bound_session_memory``).
+    max_session_bytes: int = field(default_factory=lambda: _physical_memory_bytes() * 3 // 4)
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -131,6 +133,10 @@ class AgentLimits:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for /health."""
         return asdict(self)
+
+
+def _physical_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class ApiError(Exception):
@@ -749,19 +755,29 @@ def serve(
     max_results: int = AgentLimits.max_results,
     max_connections: int = AgentLimits.max_connections,
     read_timeout_s: float = AgentLimits.read_timeout_s,
+    max_session_mb: float | None = None,
     ssl_certfile: Path | None = None,
     ssl_keyfile: Path | None = None,
 ) -> None:
-    """Run the agent until interrupted; over HTTPS when given a certificate and its key."""
+    """Run the agent until interrupted; over HTTPS when given a certificate and its key.
+
+    ``max_session_mb`` bounds what onnxruntime may allocate for a measurement
+    (default: three quarters of this box's memory).
+    """
     if not token:
         raise SystemExit("an agent needs a token (--token or DEVICES_AGENT_TOKEN)")
     try:
+        session_bytes = {} if max_session_mb is None else {"max_session_bytes": int(max_session_mb * MiB)}
         limits = AgentLimits(
             max_upload_bytes=int(max_upload_mb * MiB), max_models=max_models, max_model_bytes=int(max_model_mb * MiB),
             max_results=max_results, max_connections=max_connections, read_timeout_s=read_timeout_s,
+            **session_bytes,
         )
     except ValueError as error:
         raise SystemExit(str(error)) from None
+    if not bound_session_memory(limits.max_session_bytes):
+        print("this onnxruntime cannot share a bounded allocator: a model may allocate what the box has",
+              file=sys.stderr, flush=True)
     state_path = state_dir or Path(tempfile.mkdtemp(prefix="devices-agent-"))
     state = AgentState(token, state_path, limits)
     tls = _tls_context(ssl_certfile, ssl_keyfile)
@@ -812,6 +828,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="open connections served at once; more are answered 503")
     parser.add_argument("--read-timeout-s", type=float, default=defaults.read_timeout_s,
                         help="longest wait for a client's request headers, and for each read of its body")
+    parser.add_argument("--max-session-mb", type=float, default=None,
+                        help="what onnxruntime may allocate for a measurement (default: 3/4 of memory)")
     parser.add_argument("--ssl-certfile", type=Path, default=None,
                         help="serve HTTPS with this certificate (PEM); with --ssl-keyfile")
     parser.add_argument("--ssl-keyfile", type=Path, default=None, help="the certificate's private key (PEM)")
@@ -820,7 +838,7 @@ def main(argv: list[str] | None = None) -> None:
         args.host, args.port, args.token, args.state_dir, args.max_upload_mb,
         max_models=args.max_models, max_model_mb=args.max_model_mb, max_results=args.max_results,
         max_connections=args.max_connections, read_timeout_s=args.read_timeout_s,
-        ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+        max_session_mb=args.max_session_mb, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
     )
 
 

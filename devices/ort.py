@@ -83,6 +83,40 @@ def refuse_unsafe_model(model_bytes: bytes) -> None:
                          f"bytes made dense, above {MAX_SPARSE_DENSE_BYTES:,}")
 
 
+#: Set by :func:`bound_session_memory`: the bytes all of this process's sessions may allocate, or None.
+_arena_bytes: int | None = None
+
+
+def bound_session_memory(max_bytes: int) -> bool:
+    """Make every later session of this process allocate from one shared arena of at most ``max_bytes``.
+
+    A model's inputs are bounded before a session runs, but not what its
+    operators allocate: a 135-byte model that expands a float to 2^28 of them
+    (``Expand``) took the agent to 1,175 MiB, and one asking for more than the
+    box has ends with the kernel's OOM killer, which takes the agent (and its
+    clients' measurements) with it.  Past the bound the allocation fails,
+    the run fails in onnxruntime, and the request gets a 400.  The arena
+    keeps what it grew to between sessions, as a long-lived server's should.
+    Returns False (and sessions allocate as before) where this onnxruntime
+    cannot share an allocator.
+    """
+    import onnxruntime as ort
+
+    global _arena_bytes
+    if not hasattr(ort, "create_and_register_allocator"):
+        return False
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(max_bytes, -1, -1, -1))  # -1: onnxruntime's defaults
+    _arena_bytes = max_bytes
+    return True
+
+
+def _share_bounded_arena(options) -> None:  # options: onnxruntime.SessionOptions
+    """Allocate from the process's bounded arena, once :func:`bound_session_memory` made one."""
+    if _arena_bytes is not None:
+        options.add_session_config_entry("session.use_env_allocators", "1")
+
+
 def refuse_external_data(options) -> None:  # options: onnxruntime.SessionOptions
     """Make ``options`` load no tensor from a file the model names (see :data:`_NO_EXTERNAL_DATA_FOLDER`)."""
     options.add_session_config_entry("session.model_external_initializers_file_folder_path",
@@ -104,6 +138,7 @@ def session_options(profile: DeviceProfile):  # -> onnxruntime.SessionOptions
         options.add_session_config_entry("session.intra_op_thread_affinities", profile.thread_affinity)
     options.log_severity_level = 3
     refuse_external_data(options)
+    _share_bounded_arena(options)
     return options
 
 
@@ -224,6 +259,7 @@ def validate_onnx_bytes(model_bytes: bytes) -> None:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4
     refuse_external_data(options)
+    _share_bounded_arena(options)
     try:
         ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises several unrelated exception types

@@ -620,3 +620,31 @@ def test_a_model_whose_inference_never_ends_is_stopped_and_the_host_is_free_agai
     model.write_bytes(tiny_model(seed=81))
     [row] = client.measure_many([model])
     assert row.latency_ms > 0
+
+
+def test_what_a_models_operators_allocate_is_bounded_and_the_agent_stays_up(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    """A 135-byte ``Expand`` of one float to 2^28 (1 GiB) took the agent to 1,175 MiB; past the box, the OOM killer."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["big"]),
+         helper.make_node("ReduceSum", ["big"], ["y"], keepdims=0)],
+        "expands", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+        [numpy_helper.from_array(np.array([1 << 28], np.int64), "shape")])
+    expanding = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    agent = start_agent(*MEASURING, "--max-session-mb", "256")
+    assert agent.health()["limits"]["max_session_bytes"] == 256 * 1024 * 1024
+    upload(agent, reference_model_bytes())
+    upload(agent, expanding)
+    answer = httpx.post(f"{agent.url}/measure", json=_measure_request([expanding], warmup_s=0.2), headers=AUTH,
+                        timeout=120)
+    assert answer.status_code == 400 and "failed in onnxruntime" in answer.json()["detail"], answer.text
+    assert agent.proc_status("VmHWM") < 600 * 1024, "peak memory stayed under the bound plus the agent (KiB)"
+    model = tiny_model(seed=91)
+    upload(agent, model)
+    assert httpx.post(f"{agent.url}/measure", json=_measure_request([model], warmup_s=0.2), headers=AUTH,
+                      timeout=120).status_code == 200

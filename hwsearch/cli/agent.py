@@ -26,6 +26,9 @@ def agent(
         min=1, help="Connections served at once; more get 503 with Retry-After.")] = 16,
     read_timeout_s: Annotated[float, typer.Option(
         min=0.1, help="Seconds a client may take to send a request before it is closed.")] = 30.0,
+    max_session_mb: Annotated[Optional[float], typer.Option(
+        min=1.0, help="What onnxruntime may allocate for a measurement; past it the model gets 400 "
+                      "(default: 3/4 of this box's memory).")] = None,
     ssl_certfile: Annotated[Optional[Path], typer.Option(
         help="Serve HTTPS with this certificate (PEM), so the token and models never cross the network "
              "in clear; with --ssl-keyfile.")] = None,
@@ -40,7 +43,8 @@ def agent(
 
     serve(host, port, token, state_dir, max_upload_mb, max_models=max_models,
           max_model_mb=max_model_mb, max_results=max_results, max_connections=max_connections,
-          read_timeout_s=read_timeout_s, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+          read_timeout_s=read_timeout_s, max_session_mb=max_session_mb, ssl_certfile=ssl_certfile,
+          ssl_keyfile=ssl_keyfile)
 
 
 def register(app: typer.Typer) -> None:
