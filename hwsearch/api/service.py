@@ -205,11 +205,12 @@ def register_supernet(
             path = str(roots.checkpoint(checkpoint))
         except PathRefused as error:
             raise Invalid(f"checkpoint {error}", field=("body", "checkpoint")) from None
-    replaced = _uploaded_checkpoint(catalog, catalog.get_supernet(name))
-    described = _register(catalog, SupernetRef(name=name, registry=registry, checkpoint=path,
-                                               options=_options(options)).pinned())
-    if replaced is not None:
-        _drop_if_unused(catalog, store, replaced)
+    ref = SupernetRef(name=name, registry=registry, checkpoint=path, options=_options(options)).pinned()
+    with catalog.checkpoint_room():  # one registration of a name at a time with uploads, so none is lost
+        replaced = _uploaded_checkpoint(catalog, catalog.get_supernet(name))
+        described = _register(catalog, ref)
+        if replaced is not None:
+            _drop_if_unused(catalog, store, replaced)
     return described
 
 
