@@ -11,16 +11,25 @@ do not change what is measured and stay out of the hash.
 Profiles are read from YAML or JSON and validated strictly: an unknown field,
 an impossible value or an unknown execution provider raises
 :class:`ProfileError` naming the offending field, because a typo that silently
-falls back to a default would produce plausible but wrong latencies.
+falls back to a default would produce plausible but wrong latencies.  A
+profile file is small and plain: at most :data:`MAX_PROFILE_BYTES`, no YAML
+aliases (a 298-byte alias bomb expanded to a 4.8 GB error message) and no
+repeated keys (the last would silently win).  A ``reference_model`` must be a
+regular ONNX file of at most :data:`MAX_REFERENCE_MODEL_BYTES` that
+onnxruntime loads, checked when the profile is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import re
+import reprlib
+import stat
+from collections.abc import Hashable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -44,6 +53,16 @@ PRECISIONS = ("fp32", "int8")
 
 class ProfileError(ValueError):
     """A device profile is malformed; the message names the field."""
+
+
+#: The largest profile file read; real ones are well under 1 KB.
+MAX_PROFILE_BYTES = 64 * 1024
+#: The largest ``reference_model`` read; the built-in reference is about 0.1 MB.
+MAX_REFERENCE_MODEL_BYTES = 64 * 2**20
+
+# Values quoted in error messages are shortened: a field's value may be a huge or deep structure.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
 
 
 @dataclass(frozen=True)
@@ -175,9 +194,12 @@ class DeviceProfile:
         if not isinstance(data, dict):
             raise ProfileError(f"{path}: a profile must be a mapping of fields, got {type(data).__name__}")
         try:
-            return cls.from_dict(data)
+            profile = cls.from_dict(data)
+            if profile.reference_model is not None:
+                _check_reference_model(profile.reference_model)
         except ProfileError as error:
             raise ProfileError(f"{path}: {error}") from None
+        return profile
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeviceProfile:
@@ -236,7 +258,7 @@ class DeviceProfile:
             from devices.reference import reference_sha256
 
             return reference_sha256()
-        return hashlib.sha256(Path(self.reference_model).read_bytes()).hexdigest()
+        return hashlib.sha256(_read_reference(self.reference_model)).hexdigest()
 
     def reference_bytes(self) -> bytes:
         """The reference model's serialized bytes."""
@@ -244,7 +266,44 @@ class DeviceProfile:
             from devices.reference import reference_model_bytes
 
             return reference_model_bytes()
-        return Path(self.reference_model).read_bytes()
+        return _read_reference(self.reference_model)
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, refused unread if it is not one or is over ``limit`` bytes.
+
+    ``/dev/zero`` would be read until memory ran out, and a FIFO waited on forever.
+    """
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ProfileError(f"{path} is not a regular file")
+    if info.st_size > limit:
+        raise ProfileError(f"{path} is {info.st_size} bytes; the limit is {limit}")
+    with path.open("rb") as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:  # grew since the stat
+        raise ProfileError(f"{path} is over {limit} bytes")
+    return data
+
+
+def _read_reference(reference_model: str) -> bytes:
+    """The bytes of a profile's own reference model, bounded; unreadable is a :class:`ProfileError`."""
+    try:
+        return _read_bounded(Path(reference_model), MAX_REFERENCE_MODEL_BYTES)
+    except OSError as error:
+        raise ProfileError(f"field 'reference_model' cannot be read ({error.strerror or error})") from None
+
+
+def _check_reference_model(reference_model: str) -> None:
+    """Refuse a reference model that onnxruntime cannot load, when the profile is loaded, not at measure time."""
+    from devices.ort import validate_onnx_bytes
+
+    try:
+        validate_onnx_bytes(_read_reference(reference_model))
+    except ProfileError as error:
+        raise ProfileError(f"field 'reference_model' {reference_model}: {error}") from None
+    except ValueError as error:
+        raise ProfileError(f"field 'reference_model' {reference_model} is {error}") from None
 
 
 def _read_mapping_file(path: Path) -> Any:
@@ -252,10 +311,57 @@ def _read_mapping_file(path: Path) -> Any:
     import yaml
 
     try:
-        text = path.read_text()
-        return yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+        text = _read_bounded(path, MAX_PROFILE_BYTES).decode()
+        if path.suffix.lower() in (".yaml", ".yml"):
+            return yaml.load(text, Loader=_plain_loader())  # noqa: S506 - a SafeLoader without aliases
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ProfileError(f"{path} is not a readable YAML/JSON profile (nested too deeply)") from None
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
         raise ProfileError(f"{path} is not a readable YAML/JSON profile ({_problem(error)})") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's dict, refusing a repeated key (json keeps the last one silently)."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"key {_SHORT.repr(key)} appears twice")
+        data[key] = value
+    return data
+
+
+@functools.cache
+def _plain_loader() -> type:
+    """PyYAML's SafeLoader without aliases and with unique keys, made on first use (yaml loads lazily).
+
+    Profiles need neither anchors nor aliases; aliases let a few hundred
+    bytes stand for billions of nodes, and a repeated key would let its
+    last value win unseen.
+    """
+    import yaml
+
+    class PlainLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a profile",
+                                                  event.start_mark)
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, Hashable):
+                    continue  # SafeLoader's own construct_mapping refuses it below
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {_SHORT.repr(key)} appears twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return PlainLoader
 
 
 def _problem(error: Exception) -> str:
@@ -274,7 +380,7 @@ _SECTIONS = {"warmup": Warmup, "protocol": Protocol, "where": Where}
 
 def _build(cls: type[_Section], data: dict[str, Any], prefix: str) -> _Section:
     if not isinstance(data, dict):
-        raise ProfileError(f"field '{prefix.rstrip('.')}' must be a mapping, got {data!r}")
+        raise ProfileError(f"field '{prefix.rstrip('.')}' must be a mapping, got {_SHORT.repr(data)}")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
@@ -301,20 +407,20 @@ def _as_providers(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ProfileError(f"field 'providers' must be a list of provider names, got {value!r}")
+        raise ProfileError(f"field 'providers' must be a list of provider names, got {_SHORT.repr(value)}")
     return tuple(value)
 
 
 def _as_precisions(value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ProfileError(f"field 'precisions' must be a list of precisions {list(PRECISIONS)}, "
-                           f"got {value!r}")
+                           f"got {_SHORT.repr(value)}")
     return tuple(value)
 
 
 def _require(condition: bool, field_name: str, message: str, value: Any) -> None:
     if not condition:
-        raise ProfileError(f"field '{field_name}' {message}, got {value!r}")
+        raise ProfileError(f"field '{field_name}' {message}, got {_SHORT.repr(value)}")
 
 
 def _is_int(value: Any) -> bool:

@@ -16,12 +16,19 @@ the data (3,000 JPEGs took 6.0 GB at 224 px), so :func:`open_images` instead
 streams a folder (:class:`hwsearch.imagefolder.ImageFolder`: decoded one batch
 at a time at each subnet's own resolution, OFA's preprocessing); array files
 are in memory already and are loaded as before.
+
+An array file is bounded twice before it is read: its members may unpack to
+at most :data:`hwsearch.archives.MAX_UNPACKED_BYTES`, and its images, as the
+float32 tensors they become, to at most :data:`MAX_IMAGE_TENSOR_BYTES`.  A
+2 MB ``.npz`` of deflated zeros otherwise grew to 10.8 GB and ended in the
+allocator's traceback; larger data belongs in a folder, which is streamed.
 """
 
 from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +37,17 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from hwsearch.archives import UnpackedTooLarge, check_unpacked_size
 from hwsearch.imagefolder import IMAGE_SUFFIXES, ImageFolder
 from hwsearch.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_file
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "Images", "LabelledImages",
-           "batches", "load_images", "open_images"]
+           "MAX_IMAGE_TENSOR_BYTES", "batches", "load_images", "open_images"]
+
+#: The most an array file's images may take as float32 (N, 3, S, S) tensors, at their stored size
+#: and at the size asked for: 4 GiB, what 1 GiB of uint8 RGB images becomes.  Loading makes a few
+#: such copies (scaled, resized, normalised), so the peak is a small multiple of it.
+MAX_IMAGE_TENSOR_BYTES = 4 * 2**30
 
 
 @dataclass(frozen=True)
@@ -97,19 +110,56 @@ def load_images(path: str | Path, *, size: int = 224) -> LabelledImages:
         x, y = np.asarray(data["x"]), np.asarray(data["y"])
     else:
         raise ValueError(f"{path}: expected a folder of class sub-folders, a .npz or a .pt file")
-    images = _to_nchw_float(x, path)
-    labels = torch.as_tensor(np.asarray(y).astype(np.int64).ravel())
-    if len(labels) != len(images):
-        raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
-    n_classes = int(labels.max()) + 1 if len(labels) else 0
-    images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
-                           align_corners=False) if images.shape[-1] != size else images
-    return LabelledImages(_normalise(images), labels, tuple(map(str, range(n_classes))), str(path))
+    _check_tensor_budget(x, size, path)
+    with _allocating(path):
+        images = _to_nchw_float(x, path)
+        labels = torch.as_tensor(np.asarray(y).astype(np.int64).ravel())
+        if len(labels) != len(images):
+            raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
+        n_classes = int(labels.max()) + 1 if len(labels) else 0
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
+                               align_corners=False) if images.shape[-1] != size else images
+        return LabelledImages(_normalise(images), labels, tuple(map(str, range(n_classes))), str(path))
+
+
+def _check_tensor_budget(x: np.ndarray, size: int, path: Path) -> None:
+    """Refuse images whose float32 (N, 3, S, S) tensors would exceed :data:`MAX_IMAGE_TENSOR_BYTES`.
+
+    Checked on the array's shape, before any conversion: the float copy is
+    4x the uint8 bytes (12x for one-channel images, expanded to three).
+    """
+    if x.ndim != 4:
+        return  # _to_nchw_float names the wrong shape
+    side = max(x.shape[1:])
+    needed = x.shape[0] * 3 * 4 * max(side * side, size * size)
+    if needed > MAX_IMAGE_TENSOR_BYTES:
+        raise ValueError(f"{path}: its {x.shape[0]} images take {needed} bytes as float32 tensors; "
+                         f"the limit is {MAX_IMAGE_TENSOR_BYTES} (give a folder of images instead, "
+                         "which is streamed)")
+
+
+@contextmanager
+def _allocating(path: Path) -> Iterator[None]:
+    """Report running out of memory while converting ``path``'s images as a ValueError naming it.
+
+    Within the budget the host may still lack the memory; torch's allocator
+    then raises a RuntimeError (``DefaultCPUAllocator: can't allocate
+    memory``) and numpy a MemoryError, both tracebacks before.
+    """
+    try:
+        yield
+    except MemoryError:
+        raise ValueError(f"{path}: not enough memory to hold its images as float32") from None
+    except RuntimeError as error:
+        if "allocate" not in str(error):
+            raise
+        raise ValueError(f"{path}: not enough memory to hold its images as float32") from None
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Arrays ``x`` and ``y`` of an ``.npz`` file; anything else is a ValueError naming the file."""
     problem = "is not a readable .npz of numeric arrays x and y"
+    _check_unpacked(path)
     with path.open("rb") as file:  # opened here so only unreadable *content* is caught below
         if not zipfile.is_zipfile(file):
             raise ValueError(f"{path} {problem} (it is not a zip archive, which an .npz is)")
@@ -128,12 +178,21 @@ def _read_pt(path: Path) -> object:
     """The object in a ``.pt`` file, read weights-only; failing is a ValueError naming the file."""
     from hwsearch.supernets.base import load_failure_reason
 
+    _check_unpacked(path)
     with path.open("rb") as file:
         try:
             return torch.load(file, map_location="cpu", weights_only=True)
         except Exception as error:  # a hostile or corrupt file makes the unpickler raise anything
             raise ValueError(f"{path} is not a loadable weights-only torch file "
                              f"({load_failure_reason(error)})") from error
+
+
+def _check_unpacked(path: Path) -> None:
+    """Refuse an archive that unpacks past the default bound, naming the file."""
+    try:
+        check_unpacked_size(path)
+    except UnpackedTooLarge as error:
+        raise ValueError(f"{path} {error}") from None
 
 
 def _npz_reason(error: Exception) -> str:

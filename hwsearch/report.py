@@ -154,6 +154,8 @@ def write_job_dir(out: str | Path, *, store: Store, job_id: str) -> Path:
 
 # Stores that `hwsearch search` (store.db) and `hwsearch demo` (hwsearch.db) leave in their folders.
 _STORE_FILES = ("store.db", "hwsearch.db")
+#: The largest front or job JSON file a report reads (fronts of this size hold millions of points).
+MAX_JSON_BYTES = 64 * 2**20
 
 
 def from_dir(path: str | Path) -> ReportData:
@@ -173,16 +175,46 @@ def from_dir(path: str | Path) -> ReportData:
                 return from_store(store, done[-1].job_id)
     fronts = {}
     for file in sorted([*path.glob("*.json"), *path.glob("fronts/*.json")]):
-        data = json.loads(file.read_text()) if file.name != _JOB_FILE else None
+        data = _read_json(file) if file.name != _JOB_FILE else None
         if isinstance(data, dict) and {"device", "points", "objectives"} <= set(data):
-            front = ParetoFront.from_dict(data)
+            front = _front(data, file)
             fronts[front.device] = front
     if not fronts:
         raise ValueError(f"{path} holds no job store and no Pareto front JSON files")
-    job = json.loads((path / _JOB_FILE).read_text()) if (path / _JOB_FILE).is_file() else {}
+    job = _read_json(path / _JOB_FILE) if (path / _JOB_FILE).is_file() else {}
+    if not isinstance(job, dict):
+        raise ValueError(f"{path / _JOB_FILE} must hold a JSON object, got {type(job).__name__}")
     return ReportData(title=job.get("title", f"hwsearch fronts in {path.name}"), fronts=fronts,
                       predictors=job.get("predictors", {}),
                       measurements=job.get("measurements", {}), settings=job.get("spec", {}))
+
+
+def _read_json(file: Path) -> Any:
+    """A JSON file's value; one too large, not a regular file, malformed or too deeply nested is a ValueError.
+
+    A folder is whatever the user points at, so a FIFO named ``x.json`` (a read
+    that never ends) or ``[[[...]]]`` nested 100,000 deep (a RecursionError)
+    is reported naming the file, not as a hang or a traceback.
+    """
+    if not file.is_file():
+        raise ValueError(f"{file} is not a regular file")
+    size = file.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{file} is {size} bytes; report files are at most {MAX_JSON_BYTES}")
+    try:
+        return json.loads(file.read_bytes())
+    except RecursionError:
+        raise ValueError(f"{file} is nested too deeply to read") from None
+    except ValueError as error:  # malformed JSON or text that is not UTF-8
+        raise ValueError(f"{file} is not readable JSON ({error})") from None
+
+
+def _front(data: dict[str, Any], file: Path) -> ParetoFront:
+    """The front a file holds; missing or ill-typed fields are a ValueError naming the file."""
+    try:
+        return ParetoFront.from_dict(data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{file} is not a readable Pareto front ({type(error).__name__}: {error})") from None
 
 
 # --------------------------------------------------------------------------- plots

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -24,13 +25,23 @@ __all__ = [
     "JOB_STATES",
     "JobRecord",
     "MemoryStore",
+    "SCHEMA_VERSION",
     "SQLiteStore",
     "Store",
+    "StoreError",
     "open_store",
 ]
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 _UNSET: Any = object()  # "argument not given", so that ``error=None`` can clear an error
+
+
+class StoreError(Exception):
+    """A store that cannot be used as it is: not a store, a newer schema, read-only, locked.
+
+    Raised when the store is opened, so a command fails before it measures
+    anything rather than when it writes the first row.
+    """
 
 
 @dataclass(frozen=True)
@@ -272,6 +283,25 @@ CREATE TABLE IF NOT EXISTS job_events (
 """
 
 _JOB_COLUMNS = "job_id, spec, state, progress, result, error, created, updated, runner"
+_TABLE_COLUMNS = {
+    "latencies": ("device_hash", "space_name", "arch_key", "data", "updated"),
+    "accuracies": ("supernet_id", "dataset_id", "arch_key", "accuracy", "updated"),
+    "jobs": tuple(_JOB_COLUMNS.split(", ")),
+    "job_events": ("job_id", "seq", "data"),
+}
+
+#: The schema this code writes, kept in the file as ``PRAGMA user_version``.  Stores written before
+#: it was set read 0 and are brought up to it; a higher number is a newer hwsearch's store, whose
+#: rows this one might misread or fail to write, so it is refused when opened.
+SCHEMA_VERSION = 1
+
+# sqlite3's messages for the usual ways a store file is unusable, and what to tell the user.
+_OPEN_PROBLEMS = (
+    ("file is not a database", "is not a SQLite database (not an hwsearch store)"),
+    ("readonly database", "is read-only; hwsearch writes to its store"),
+    ("database is locked", "is locked by another process (another hwsearch writing to it?)"),
+    ("unable to open database file", "cannot be opened (is its folder writable?)"),
+)
 
 
 class SQLiteStore(Store):
@@ -287,9 +317,13 @@ class SQLiteStore(Store):
         self.path = Path(path)
         self.timeout = timeout
         self._local = threading.local()
+        if self.path.is_dir():
+            raise StoreError(f"store {self.path} is a folder; give the path of a store file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn().executescript(_SCHEMA)
-        self._add_runner_column()
+        try:
+            self._prepare()
+        except sqlite3.Error as error:
+            raise StoreError(f"store {self.path} {_open_problem(error)}") from None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "timeout": self.timeout}
@@ -311,11 +345,37 @@ class SQLiteStore(Store):
             self._local.conn = conn
         return conn
 
-    def _add_runner_column(self) -> None:
-        """Stores written before runner tokens existed get the column (NULL: no runner)."""
-        columns = {row[1] for row in self._conn().execute("PRAGMA table_info(jobs)")}
-        if "runner" not in columns:
-            self._conn().execute("ALTER TABLE jobs ADD COLUMN runner TEXT")
+    def _prepare(self) -> None:
+        """Check the schema, then take the write lock once, so an unusable store fails now, before any work.
+
+        Without this a locked store, or one with another schema, failed at its
+        first write, after the measurements it was to hold had been taken.
+        """
+        self._check_schema()
+        with self._write() as conn:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            if "runner" not in columns:  # stores from before runner tokens (NULL: no runner)
+                conn.execute("ALTER TABLE jobs ADD COLUMN runner TEXT")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _check_schema(self) -> None:
+        """Refuse a newer schema version or tables whose columns are not ours, reading only.
+
+        Read on a plain connection, before :meth:`_conn` switches the file to
+        WAL, so a store this hwsearch refuses is left byte for byte as it was.
+        """
+        with closing(sqlite3.connect(self.path, timeout=self.timeout)) as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"store {self.path} has schema version {version}, written by a newer "
+                                 f"hwsearch; this one reads versions up to {SCHEMA_VERSION}")
+            for table, expected in _TABLE_COLUMNS.items():
+                columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if columns and columns not in (set(expected), set(expected) - {"runner"}):  # runner: added by _prepare
+                    raise StoreError(f"store {self.path}: table {table} has columns {sorted(columns)}, not "
+                                     f"this hwsearch's {sorted(expected)} (a newer or foreign schema)")
 
     def _write(self) -> "_Transaction":
         return _Transaction(self._conn())
@@ -323,7 +383,8 @@ class SQLiteStore(Store):
     def put_latency(self, device_hash: str, space_name: str, arch_key: str,
                     measurement: Mapping[str, Any]) -> None:
         with self._write() as conn:
-            conn.execute("INSERT OR REPLACE INTO latencies VALUES (?, ?, ?, ?, ?)",
+            conn.execute("INSERT OR REPLACE INTO latencies (device_hash, space_name, arch_key, data, updated) "
+                         "VALUES (?, ?, ?, ?, ?)",
                          (device_hash, space_name, arch_key, json.dumps(dict(measurement)),
                           time.time()))
 
@@ -335,7 +396,8 @@ class SQLiteStore(Store):
     def put_accuracy(self, supernet_id: str, dataset_id: str, arch_key: str,
                      accuracy: float) -> None:
         with self._write() as conn:
-            conn.execute("INSERT OR REPLACE INTO accuracies VALUES (?, ?, ?, ?, ?)",
+            conn.execute("INSERT OR REPLACE INTO accuracies (supernet_id, dataset_id, arch_key, accuracy, updated) "
+                         "VALUES (?, ?, ?, ?, ?)",
                          (supernet_id, dataset_id, arch_key, float(accuracy), time.time()))
 
     def get_accuracies(self, supernet_id: str, dataset_id: str) -> dict[str, float]:
@@ -379,7 +441,7 @@ class SQLiteStore(Store):
             if cursor.rowcount == 0:
                 raise KeyError(job_id)
             if progress is not None:
-                conn.execute("INSERT INTO job_events SELECT ?, COALESCE(MAX(seq), 0) + 1, ? "
+                conn.execute("INSERT INTO job_events (job_id, seq, data) SELECT ?, COALESCE(MAX(seq), 0) + 1, ? "
                              "FROM job_events WHERE job_id = ?",
                              (job_id, json.dumps(dict(progress)), job_id))
 
@@ -414,6 +476,12 @@ class SQLiteStore(Store):
             rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE (created, rowid) < (?, ?) "
                                 "ORDER BY created DESC, rowid DESC LIMIT ?", (*cursor, limit)).fetchall()
         return [_job_from_row(row) for row in rows]
+
+
+def _open_problem(error: sqlite3.Error) -> str:
+    """What made a store unusable, in the user's terms where sqlite3's message is a known one."""
+    text = str(error)
+    return next((problem for marker, problem in _OPEN_PROBLEMS if marker in text), f"cannot be used: {text}")
 
 
 class _Transaction:

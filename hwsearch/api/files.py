@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import os
 import stat
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from hwsearch import archives
 from hwsearch.imagefolder import class_folders, images_in
 
 __all__ = ["DataRoots", "PathRefused", "check_unpacked_size"]
@@ -129,16 +129,11 @@ class DataRoots:
 def check_unpacked_size(path: Path, limit: int) -> None:
     """Refuse a zip archive (``.npz``, torch's ``.pt``) whose members unpack to more than ``limit`` bytes.
 
-    The central directory's sizes are what the readers inflate to (Python's
-    zipfile stops a member at its declared size, and torch's reader allocates
-    the declared size and checks it), so summing them bounds the memory a
-    load takes without inflating anything.  A file that is not a zip archive
-    is left to its reader.
+    The sizes come from the archive's directory (:mod:`hwsearch.archives`,
+    which the readers also apply with their own default bound); a file that
+    is not a zip archive is left to its reader.
     """
     try:
-        with zipfile.ZipFile(path) as archive:
-            unpacked = sum(member.file_size for member in archive.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return  # not an archive (or a broken one, which its reader will refuse with a reason)
-    if unpacked > limit:
-        raise PathRefused(f"unpacks to {unpacked} bytes; the limit is {limit}")
+        archives.check_unpacked_size(path, limit)
+    except archives.UnpackedTooLarge as error:
+        raise PathRefused(str(error)) from None

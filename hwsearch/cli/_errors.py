@@ -36,6 +36,10 @@ _KNOWN_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("hwsearch.export", "ExportCheckError", FAILED),
     ("hwsearch.quantize", "PrecisionError", BAD_INPUT),
     ("hwsearch.quantize_worker", "QuantizerError", FAILED),
+    ("hwsearch.store", "StoreError", BAD_INPUT),
+    # A store that fails while a command writes (disk full, locked past the timeout); opening
+    # checks for the usual problems first (StoreError), so this is the rare case.
+    ("sqlite3", "OperationalError", FAILED),
 )
 
 
@@ -56,7 +60,8 @@ def reading(option: str) -> Iterator[None]:
     """Report ``ValueError`` / ``OSError`` raised while reading ``option``'s input as its error.
 
     Loaders of profiles, checkpoints, datasets and models raise these for
-    malformed or unreadable files; tagging them here, right where the input
+    malformed or unreadable files (and parsers a ``RecursionError`` for
+    absurdly nested JSON, reported the same way); tagging them here, right where the input
     is read, is what lets the single handler name the option.
     """
     try:
@@ -64,6 +69,8 @@ def reading(option: str) -> Iterator[None]:
     except (ValueError, OSError) as error:
         raise OptionError(option, _os_error_text(error) if isinstance(error, OSError)
                           else str(error)) from error
+    except RecursionError:  # json/yaml parsing '[' * 100000: the input, not a bug, is at fault
+        raise OptionError(option, "the input is nested too deeply to read") from None
 
 
 def describe(error: BaseException) -> tuple[str, int] | None:

@@ -10,7 +10,10 @@ import typer
 
 from hwsearch.cli._inputs import seed_option
 
-__all__ = ["register"]
+__all__ = ["MAX_ARCH_BYTES", "register"]
+
+#: The largest ``--arch`` file read: an architecture is a few hundred bytes of JSON.
+MAX_ARCH_BYTES = 2**20
 
 
 def export(
@@ -26,7 +29,8 @@ def export(
              "/ {d, e, w, r}, AutoFormer's {layer_num, embed_dim, num_heads, mlp_ratio}).",
         exists=True, dir_okay=False)] = None,
     seed: Annotated[int, seed_option("Without --arch: sample the subnet with this seed.")] = 0,
-    batch: Annotated[int, typer.Option(min=1, help="Batch size of the static input shape.")] = 1,
+    batch: Annotated[int, typer.Option(
+        min=1, help="Batch size of the static input shape, at most a device profile's (1024).")] = 1,
     precision: Annotated[str, typer.Option(
         help="fp32, or int8: quantized statically by onnxruntime (QDQ, per-channel weights), "
              "calibrated on --data.")] = "fp32",
@@ -50,10 +54,11 @@ def export(
     often it agrees with the FP32 model on the calibration images.
     """
     from hwsearch.cli._errors import OptionError, reading
-    from hwsearch.cli._inputs import load_supernet, prepare_folder, require_regular_file
+    from hwsearch.cli._inputs import load_supernet, prepare_folder
     from hwsearch.export import export_subnet
     from hwsearch.quantize import QuantizeSettings, check_precision
 
+    _check_batch(batch)
     with reading("--precision"):
         check_precision(precision)
     with reading("--calibration-method"):
@@ -65,15 +70,38 @@ def export(
     if arch is None:
         chosen = net.space.sample(seed, 1)[0]
     else:
-        require_regular_file(arch, "--arch")
         with reading("--arch"):
-            chosen = net.space.from_json(arch.read_text())
+            chosen = net.space.from_json(_read_arch(arch))
     prepare_folder(out.parent, "--out")
     report = export_subnet(net, chosen, out, batch=batch, precision=precision,
                            calibration=calibration, bn_data=calibration, quantize=quantize)
     result = {"supernet": net.name, "arch": chosen.to_dict(), "arch_key": chosen.key(),
               **report.to_dict(), "check": "passed"}
     typer.echo(json.dumps(result, indent=2) if as_json else _summary(result))
+
+
+def _read_arch(path: Path) -> str:
+    """The text of an ``--arch`` file, refused unread if it is not a regular file of at most MAX_ARCH_BYTES."""
+    from hwsearch.cli._inputs import require_regular_file
+
+    require_regular_file(path, "--arch")
+    size = path.stat().st_size
+    if size > MAX_ARCH_BYTES:
+        raise ValueError(f"{path} is {size} bytes; an architecture file is at most {MAX_ARCH_BYTES}")
+    return path.read_text()
+
+
+def _check_batch(batch: int) -> None:
+    """Refuse a batch no device profile measures, before the export allocates its input.
+
+    The bound is read here, not in the option, so ``hwsearch --help`` does
+    not import the ``devices`` package.
+    """
+    from devices.profile import MAX_BATCH
+    from hwsearch.cli._errors import OptionError
+
+    if batch > MAX_BATCH:
+        raise OptionError("--batch", f"{batch} is more than a device profile's largest batch, {MAX_BATCH}")
 
 
 def _calibration_part(data: Path, size: int) -> Any:  # -> hwsearch.data.Images

@@ -51,13 +51,14 @@ def profile(
     from hwsearch.store import SQLiteStore
 
     device_profile = load_profile(device)
+    rows = SQLiteStore(store)  # opened (and checked) before anything is measured
     net = load_supernet(supernet, checkpoint)
     archs = select_subnets(net.space, n, seed=seed, resolution=resolution)
     profiler = open_profiler(device_profile)
     with _progress_bar(f"profiling on {device_profile.name}", not as_json) as bar:
         task = bar.add_task(f"profiling on {device_profile.name}", total=len(archs))
         report = profile_subnets(
-            net, archs, profiler, profiler.device_key(), SQLiteStore(store),
+            net, archs, profiler, profiler.device_key(), rows,
             chunk=chunk, progress=lambda event: bar.update(task, completed=event["done"]))
     if as_json:
         typer.echo(json.dumps(report.to_dict() | {"store": str(store)}, indent=2))
@@ -99,6 +100,7 @@ def profile_accuracy(
 
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("expected auto, cpu or cuda", param_hint="--device")
+    rows = SQLiteStore(store)  # opened (and checked) before anything is evaluated
     net = load_supernet(supernet, checkpoint)
     plan = DataPlan(str(data), calibration=None if calibration is None else str(calibration),
                     n_calibration=n_calibration, subset=subset)
@@ -110,7 +112,7 @@ def profile_accuracy(
     with _progress_bar("evaluating subnets", not as_json) as bar:
         task = bar.add_task("evaluating subnets", total=len(archs))
         accuracies = evaluate_subnets(
-            net, archs, split, store=SQLiteStore(store), dataset_id=stored_as,
+            net, archs, split, store=rows, dataset_id=stored_as,
             settings=EvalSettings(device=device),  # type: ignore[arg-type]  (checked above)
             progress=lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:

@@ -27,17 +27,22 @@ def report(
     The page shows the fronts across devices, the predictors' quality on
     held-out subnets and the measurements behind them.
     """
+    from hwsearch.cli._errors import OptionError, reading
     from hwsearch.report import build_report, from_dir, from_store
     from hwsearch.store import open_store
 
     if Path(job).is_dir():
-        data = from_dir(job)
+        with reading("JOB"):
+            data = from_dir(job)
     elif store is None:
         raise typer.BadParameter(f"{job!r} is not a directory; give --store to read a job id",
                                  param_hint="JOB")
+    elif not store.is_file():  # opening would create an empty store (and its folders) to find no job in
+        raise OptionError("--store", f"{store} is not a store file")
     else:
+        opened = open_store(store)
         try:
-            data = from_store(open_store(store), job)
+            data = from_store(opened, job)
         except (KeyError, ValueError) as error:
             raise typer.BadParameter(str(error), param_hint="JOB") from error
     written = build_report(data, out)

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar, Union, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from hwsearch.archives import UnpackedTooLarge, check_unpacked_size
 from hwsearch.space import ArchConfig, SearchSpace
 from hwsearch.supernets.counting import Costs, count_arch
 
@@ -128,12 +129,18 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
     AutoFormer's training checkpoints keep the weights under ``"model"`` beside
     an ``argparse.Namespace`` of the run's arguments; a Namespace is a plain
     attribute bag, so it is the one class allowed through the weights-only
-    unpickler besides tensors and containers.
+    unpickler besides tensors and containers.  A zip checkpoint that unpacks
+    to more than :data:`hwsearch.archives.MAX_UNPACKED_BYTES` is refused
+    before anything is inflated.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist (hwsearch never downloads weights)")
+    try:
+        check_unpacked_size(path)
+    except UnpackedTooLarge as error:
+        raise CheckpointError(f"checkpoint {path} {error}") from None
     with path.open("rb") as file:  # opened here so only unreadable *content* is caught below
         try:
             with torch.serialization.safe_globals([argparse.Namespace]):

@@ -1,0 +1,225 @@
+"""Hostile or broken inputs to the CLI: one ``error:`` line, bounded reads, nothing stored lost.
+
+Each case runs the real ``hwsearch`` command on a real file, as in
+:mod:`tests.test_cli_errors`; the comment on each says what it did before.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from devices.reference import mobilenet_like_onnx
+from hwsearch.archives import MAX_UNPACKED_BYTES
+from tests.test_cli_errors import DEMO_CHECKPOINT, assert_one_line_error, run_cli
+
+EXPORT = ("export", "--supernet", "demo_mbv3_mnist", "--out", "x.onnx")
+FAST_PROFILE = ("name: fast\nclock: thread_cpu\nwarmup: {runs: 2, seconds: 0.0}\n"
+                "protocol: {min_rounds: 5, max_rounds: 10, max_seconds: 5, ci_target: 0.5}\n")
+
+
+def write_deflated_zeros(path: Path, member: str, size: int) -> Path:
+    """A zip archive with one deflated member of ``size`` zero bytes: small on disk, ``size`` once read."""
+    chunk = bytes(2**24)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        with archive.open(member, "w", force_zip64=True) as out:
+            for start in range(0, size, len(chunk)):
+                out.write(chunk[:min(len(chunk), size - start)])
+    return path
+
+
+# --------------------------------------------------------------------------- unpacked sizes
+
+
+def test_a_checkpoint_that_unpacks_past_the_bound_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
+    """The audit's 2 MB bomb.pt was inflated to a 2 GiB tensor (2.37 GB RSS) before any check."""
+    bomb = write_deflated_zeros(tmp_path / "bomb.pt", "bomb/data/0", MAX_UNPACKED_BYTES + 1)
+    assert bomb.stat().st_size < 8 * 2**20
+    started = time.monotonic()
+    result = run_cli(*EXPORT, "--checkpoint", str(bomb), cwd=tmp_path)
+    assert_one_line_error(result, 2, "--checkpoint", str(bomb), f"unpacks to {MAX_UNPACKED_BYTES + 1} bytes")
+    assert time.monotonic() - started < 60
+
+
+def test_images_past_the_float_budget_are_refused_before_conversion(tmp_path: Path) -> None:
+    """The audit's bomb.npz grew to 10.8 GB as float32 and ended in the allocator's traceback."""
+    data = tmp_path / "many.npz"
+    np.savez_compressed(data, x=np.zeros((520_000, 28, 28, 1), np.uint8), y=np.zeros(520_000, np.int64))
+    result = run_cli(*EXPORT, "--checkpoint", str(DEMO_CHECKPOINT), "--data", str(data), cwd=tmp_path)
+    assert_one_line_error(result, 2, "--data", str(data), "as float32 tensors", "folder of images")
+
+
+# --------------------------------------------------------------------------- the store
+
+
+LATENCY_COLUMNS = ("device_hash TEXT NOT NULL, space_name TEXT NOT NULL, arch_key TEXT NOT NULL, "
+                   "data TEXT NOT NULL, updated REAL NOT NULL")
+
+
+def _our_tables(path: Path, *, columns: str = LATENCY_COLUMNS, user_version: int = 0) -> Path:
+    """A store with a latencies table of ``columns`` (this hwsearch's by default) at ``user_version``."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript(f"CREATE TABLE latencies ({columns}, PRIMARY KEY (device_hash, space_name, arch_key));"
+                           f"PRAGMA user_version = {user_version};")
+    return path
+
+
+def _profile(store: Path, cwd: Path, n: int = 1) -> subprocess.CompletedProcess[str]:
+    device = cwd / "fast.yaml"
+    device.write_text(FAST_PROFILE)
+    return run_cli("profile", "--supernet", "demo_mbv3_mnist", "--checkpoint", str(DEMO_CHECKPOINT),
+                   "--device", str(device), "--n", str(n), "--store", str(store), cwd=cwd)
+
+
+@pytest.mark.parametrize("kind, mention", [
+    ("folder", "is a folder"),  # a traceback: unable to open database file
+    ("text", "is not a SQLite database"),  # a traceback: file is not a database
+    ("newer", "schema version 99"),  # measured and stored into a schema it does not know
+    ("extra column", "table latencies has columns"),  # measured, then a traceback at the first insert
+])
+def test_an_unusable_store_is_refused_before_anything_is_measured(tmp_path: Path, kind: str, mention: str) -> None:
+    store = tmp_path / "store.db"
+    if kind == "folder":
+        store.mkdir()
+    elif kind == "text":
+        store.write_text("notes, not a database\n")
+    else:
+        _our_tables(store, user_version=99 if kind == "newer" else 0,
+                    columns=LATENCY_COLUMNS + (", note TEXT NOT NULL" if kind == "extra column" else ""))
+    before = store.read_bytes() if store.is_file() else None
+    result = _profile(store, tmp_path)
+    assert_one_line_error(result, 2, str(store), mention)
+    assert "profiling on" not in result.stdout + result.stderr
+    assert (store.read_bytes() if store.is_file() else None) == before
+
+
+def test_a_locked_store_fails_when_opened_not_after_measuring(tmp_path: Path) -> None:
+    """Measured before: 38 s of profiling, then 'database is locked' as a traceback, the rows lost."""
+    store = _our_tables(tmp_path / "store.db")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time\n"
+        f"c = sqlite3.connect({str(store)!r}, isolation_level=None)\n"
+        "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(90)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        result = _profile(store, tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_one_line_error(result, 2, str(store), "is locked by another process")
+    assert "profiling on" not in result.stdout + result.stderr
+
+
+def test_rows_are_stored_by_column_name(tmp_path: Path) -> None:
+    """A store whose latencies columns are in another order got each value in the wrong column."""
+    store = _our_tables(tmp_path / "store.db", columns=", ".join(reversed(LATENCY_COLUMNS.split(", "))))
+    result = _profile(store, tmp_path)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(store) as conn:
+        (data, updated, space_name), = conn.execute("SELECT data, updated, space_name FROM latencies")
+    assert data.startswith("{") and isinstance(updated, float) and "demo" in space_name
+
+
+def test_reporting_a_job_of_a_missing_store_creates_nothing(tmp_path: Path) -> None:
+    """It created missing-dir/ and an empty new.db, then said the job did not exist."""
+    result = run_cli("report", "abc123", "--store", "missing-dir/new.db", cwd=tmp_path)
+    assert_one_line_error(result, 2, "--store", "missing-dir/new.db")
+    assert not (tmp_path / "missing-dir").exists()
+
+
+# --------------------------------------------------------------------------- device profiles
+
+
+def _alias_bomb(depth: int) -> str:
+    """A profile whose name is a 'billion laughs': 9**depth strings from a few hundred bytes."""
+    parts = ['&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    names = "abcdefghijkl"[:depth]
+    for prev, cur in zip(names, names[1:]):
+        parts.append(f"&{cur} [" + ",".join(["*" + prev] * 9) + "]")
+    return "name: [" + ", ".join(parts) + "]\n"
+
+
+@pytest.mark.parametrize("name, text, mention", [
+    ("laughs.yaml", _alias_bomb(8), "aliases"),  # 4.8 GB for the error message's repr
+    ("dup.yaml", "name: x\nwarmup: {runs: 1, seconds: 1, runs: 2}\n", "'runs' appears twice"),  # runs: 2 won
+    ("dup.json", '{"name": "x", "batch": 1, "batch": 4}', "'batch' appears twice"),  # batch 4 won
+    ("big.yaml", "name: x\n" + "#" * 70_000 + "\n", "the limit is 65536"),  # read whatever its size
+    ("deep.yaml", "[" * 30_000 + "]" * 30_000, "nested too deeply"),  # a RecursionError traceback
+    ("deep.json", "[" * 30_000 + "]" * 30_000, "nested too deeply"),
+])
+def test_profiles_are_plain_small_files(tmp_path: Path, name: str, text: str, mention: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    assert_one_line_error(run_cli("devices", "check", str(path), cwd=tmp_path), 2, "PROFILE", mention)
+
+
+def test_a_long_value_is_quoted_short_in_the_error(tmp_path: Path) -> None:
+    """The whole value was quoted: the line ran past the 1000-character cap, cutting off the option."""
+    path = tmp_path / "long.json"
+    path.write_text('{"name": "' + "x" * 5000 + '"}')
+    line = assert_one_line_error(run_cli("devices", "check", str(path), cwd=tmp_path), 2, "field 'name'")
+    assert line.endswith("(PROFILE)") and len(line) < 400
+
+
+@pytest.mark.parametrize("reference", ["folder", "fifo", "/dev/zero", "text"])
+def test_a_reference_model_that_is_no_onnx_file_is_refused_when_the_profile_loads(
+        tmp_path: Path, reference: str) -> None:
+    """At measure time: /dev/zero ran out of memory, a FIFO hung, a text file was a traceback."""
+    target = {"folder": tmp_path, "fifo": tmp_path / "fifo", "/dev/zero": Path("/dev/zero"),
+              "text": tmp_path / "notes.txt"}[reference]
+    if reference == "fifo":
+        os.mkfifo(target)
+    elif reference == "text":
+        target.write_text("not a model\n")
+    device = tmp_path / "ref.yaml"
+    device.write_text(f"name: r\nreference_model: {target}\n")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(mobilenet_like_onnx(((16, 8, 3, 2),), seed=1, input_shape=(1, 3, 32, 32)))
+    result = run_cli("measure", str(model), "--device", str(device), cwd=tmp_path)
+    assert_one_line_error(result, 2, "--device", "reference_model", str(target))
+
+
+# --------------------------------------------------------------------------- arch files, reports, batch
+
+
+def test_a_deeply_nested_arch_file_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    arch = tmp_path / "deep.json"
+    arch.write_text("[" * 100_000 + "]" * 100_000)
+    assert_one_line_error(run_cli(*EXPORT, "--arch", str(arch), cwd=tmp_path), 2, "--arch", "nested too deeply")
+
+
+def test_an_arch_file_past_its_size_bound_is_not_read(tmp_path: Path) -> None:
+    arch = tmp_path / "big.json"
+    arch.write_text('{"resolution": 28}' + " " * 2**20)
+    assert_one_line_error(run_cli(*EXPORT, "--arch", str(arch), cwd=tmp_path), 2, "--arch", "at most 1048576")
+
+
+@pytest.mark.parametrize("content, mention", [
+    (None, "holds no job store and no Pareto front"),  # an empty folder: a ValueError traceback
+    ("{not json", "is not readable JSON"),  # a JSONDecodeError traceback
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),  # a RecursionError traceback
+    ('{"device": "d", "points": [], "objectives": []}', "is not a readable Pareto front"),  # a KeyError traceback
+])
+def test_reporting_a_folder_without_readable_fronts(tmp_path: Path, content: str | None, mention: str) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    if content is not None:
+        (folder / "a.json").write_text(content)
+    result = run_cli("report", str(folder), "--out", str(tmp_path / "report"), cwd=tmp_path)
+    assert_one_line_error(result, 2, "JOB", mention)
+
+
+def test_export_batch_is_bounded_like_a_profiles(tmp_path: Path) -> None:
+    """--batch 100000 went on to allocate the export's input; a profile's batch stops at 1024."""
+    result = run_cli(*EXPORT, "--batch", "1025", cwd=tmp_path)
+    assert_one_line_error(result, 2, "--batch", "1024")
+    assert not (tmp_path / "x.onnx").exists()
