@@ -15,12 +15,20 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-__all__ = ["MAX_UNPACKED_BYTES", "UnpackedTooLarge", "check_unpacked_size"]
+__all__ = ["MIN_UNPACKED_BYTES", "UNPACKED_RATIO", "UnpackedTooLarge", "check_unpacked_size", "default_bound"]
 
-#: What a checkpoint or an array dataset may unpack to when no tighter bound is given: 1 GiB.
-#: Real supernet checkpoints are well under it (OFA's MobileNetV3 ones are under 100 MB);
-#: datasets larger than this belong in a folder of images, which is streamed, not held in memory.
-MAX_UNPACKED_BYTES = 2**30
+#: Without a bound given, an archive may unpack to this many times its size on disk, and at least
+#: :data:`MIN_UNPACKED_BYTES`.  ``torch.save`` and ``np.savez`` store their members uncompressed,
+#: so a real checkpoint unpacks to about its own size whatever that size is; ``np.savez_compressed``
+#: images shrink a few times; a file of deflated zeros, about a thousand.  A fixed cap would
+#: have refused the large checkpoints a service operator allows (``--max-upload-mb``).
+UNPACKED_RATIO = 16
+MIN_UNPACKED_BYTES = 256 * 2**20
+
+
+def default_bound(path: Path) -> int:
+    """What ``path`` may unpack to when no tighter bound is given (see :data:`UNPACKED_RATIO`)."""
+    return max(MIN_UNPACKED_BYTES, UNPACKED_RATIO * path.stat().st_size)
 
 
 class UnpackedTooLarge(ValueError):
@@ -43,8 +51,13 @@ def _unpacked_size(path: Path) -> int | None:
         return None
 
 
-def check_unpacked_size(path: Path, limit: int = MAX_UNPACKED_BYTES) -> None:
-    """Raise :class:`UnpackedTooLarge` if ``path`` is a zip archive that unpacks to more than ``limit`` bytes."""
+def check_unpacked_size(path: Path, limit: int | None = None) -> None:
+    """Raise :class:`UnpackedTooLarge` if ``path`` is a zip archive that unpacks to more than ``limit`` bytes.
+
+    ``limit`` defaults to :func:`default_bound`.
+    """
     unpacked = _unpacked_size(path)
-    if unpacked is not None and unpacked > limit:
+    if limit is None and unpacked is not None:
+        limit = default_bound(path)
+    if unpacked is not None and limit is not None and unpacked > limit:
         raise UnpackedTooLarge(f"unpacks to {unpacked} bytes; the limit is {limit}")

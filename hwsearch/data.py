@@ -18,7 +18,8 @@ at a time at each subnet's own resolution, OFA's preprocessing); array files
 are in memory already and are loaded as before.
 
 An array file is bounded twice before it is read: its members may unpack to
-at most :data:`hwsearch.archives.MAX_UNPACKED_BYTES`, and its images, as the
+at most :func:`hwsearch.archives.default_bound` (16 times the file's size, at
+least 256 MiB), and its images, as the
 float32 tensors they become, to at most :data:`MAX_IMAGE_TENSOR_BYTES`.  A
 2 MB ``.npz`` of deflated zeros otherwise grew to 10.8 GB and ended in the
 allocator's traceback; larger data belongs in a folder, which is streamed.

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from devices.reference import mobilenet_like_onnx
-from hwsearch.archives import MAX_UNPACKED_BYTES
+from hwsearch.archives import MIN_UNPACKED_BYTES
 from tests.test_cli_errors import DEMO_CHECKPOINT, assert_one_line_error, run_cli
 
 EXPORT = ("export", "--supernet", "demo_mbv3_mnist", "--out", "x.onnx")
@@ -41,18 +41,31 @@ def write_deflated_zeros(path: Path, member: str, size: int) -> Path:
 
 def test_a_checkpoint_that_unpacks_past_the_bound_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
     """The audit's 2 MB bomb.pt was inflated to a 2 GiB tensor (2.37 GB RSS) before any check."""
-    bomb = write_deflated_zeros(tmp_path / "bomb.pt", "bomb/data/0", MAX_UNPACKED_BYTES + 1)
-    assert bomb.stat().st_size < 8 * 2**20
+    size = 4 * MIN_UNPACKED_BYTES  # 1 GiB of zeros: a few MB on disk, so its bound is 256 MiB
+    bomb = write_deflated_zeros(tmp_path / "bomb.pt", "bomb/data/0", size)
+    assert 16 * bomb.stat().st_size < MIN_UNPACKED_BYTES
     started = time.monotonic()
     result = run_cli(*EXPORT, "--checkpoint", str(bomb), cwd=tmp_path)
-    assert_one_line_error(result, 2, "--checkpoint", str(bomb), f"unpacks to {MAX_UNPACKED_BYTES + 1} bytes")
+    assert_one_line_error(result, 2, "--checkpoint", str(bomb), f"unpacks to {size} bytes")
     assert time.monotonic() - started < 60
+
+
+def test_a_large_checkpoint_stored_as_torch_saves_it_unpacks_to_its_own_size_and_is_read(tmp_path: Path) -> None:
+    """The bound follows the file: a fixed 1 GiB cap would refuse real checkpoints an operator allows."""
+    from hwsearch.archives import check_unpacked_size, default_bound
+
+    stored = tmp_path / "stored.pt"
+    with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("w/data/0", bytes(300 * 2**20))  # 300 MiB, stored: past the 256 MiB floor
+    assert default_bound(stored) > stored.stat().st_size > 300 * 2**20
+    check_unpacked_size(stored)  # no error: it unpacks to its own size
 
 
 def test_images_past_the_float_budget_are_refused_before_conversion(tmp_path: Path) -> None:
     """The audit's bomb.npz grew to 10.8 GB as float32 and ended in the allocator's traceback."""
     data = tmp_path / "many.npz"
-    np.savez_compressed(data, x=np.zeros((520_000, 28, 28, 1), np.uint8), y=np.zeros(520_000, np.int64))
+    # Stored, not compressed: 411 MB on disk, so it unpacks within its bound and meets the float budget.
+    np.savez(data, x=np.zeros((520_000, 28, 28, 1), np.uint8), y=np.zeros(520_000, np.int64))
     result = run_cli(*EXPORT, "--checkpoint", str(DEMO_CHECKPOINT), "--data", str(data), cwd=tmp_path)
     assert_one_line_error(result, 2, "--data", str(data), "as float32 tensors", "folder of images")
 

@@ -130,8 +130,8 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
     an ``argparse.Namespace`` of the run's arguments; a Namespace is a plain
     attribute bag, so it is the one class allowed through the weights-only
     unpickler besides tensors and containers.  A zip checkpoint that unpacks
-    to more than :data:`hwsearch.archives.MAX_UNPACKED_BYTES` is refused
-    before anything is inflated.
+    to more than :func:`hwsearch.archives.default_bound` (16 times its size,
+    at least 256 MiB) is refused before anything is inflated.
     """
     path = Path(path)
     if not path.is_file():
