@@ -179,6 +179,9 @@ def _concrete_dim(dim: int | str | None, index: int, input_name: str, batch: int
         return dim
     if index == 0:
         return batch
+    if isinstance(dim, int):
+        raise ModelInputError(f"input '{input_name}' has {dim} elements at axis {index}: an empty input "
+                              "cannot be timed")
     raise ModelInputError(f"input '{input_name}' has a symbolic dimension {dim!r} at axis {index}")
 
 

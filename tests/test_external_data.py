@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from devices.onnx_scan import MAX_FIELDS, MalformedModel, file_references
-from devices.ort import OrtRunner, validate_onnx_bytes
+from devices.ort import ModelInputError, OrtRunner, validate_onnx_bytes
 from devices.profile import DeviceProfile
 from devices.reference import reference_model_bytes
 from tests.test_agent_hardening import AUTH, MEASURING, RunningAgent
@@ -230,3 +231,15 @@ def test_sparse_tensors_in_attributes_are_sized_too() -> None:
     scan = scan_model(helper.make_model(graph).SerializeToString())
     assert scan.sparse_dense_bytes == 2 * (1 << 30) and scan.file_references == []
     assert scan_model(reference_model_bytes()).sparse_dense_bytes == 0
+
+
+@pytest.mark.parametrize(("dims", "said"), [([1, 0], "has 0 elements at axis 1: an empty input cannot be timed"),
+                                            ([1, "width"], "has a symbolic dimension 'width' at axis 1")])
+def test_an_input_that_cannot_be_built_is_named_for_what_it_is(dims: list[Any], said: str) -> None:
+    """A zero-sized axis was reported as a "symbolic dimension 0"."""
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    with pytest.raises(ModelInputError, match=said):
+        OrtRunner(model, DeviceProfile(name="cpu"))
