@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 
 from hwsearch.anchor import (ANCHOR_SUBNETS, DEFAULT_TOLERANCE, Anchor, FileLabel, HostRecord, correct_row,
-                             file_sha256, in_current_norm, judged_stable)
+                             in_current_norm, judged_stable)
 from hwsearch.anchor import MIN_SESSIONS as ANCHOR_MIN_SESSIONS
 from hwsearch.anchor import history as anchor_history
 from hwsearch.chunk_exports import (SHARED_EXPORTS, Derivation, Exported, delete_exports, export_chunk,
                                     exported_chunks)
+from hwsearch.digests import file_sha256
 from hwsearch.export_pool import exporters
 from hwsearch.quantize import (
     DEFAULT_PRECISION,

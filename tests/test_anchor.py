@@ -574,7 +574,8 @@ def _anchor_observed(tmp_path: Path, sessions: dict[str, float], *, earlier: His
 
 
 def test_the_host_keeps_a_runs_own_sessions_and_its_newest_ones(tmp_path: Path, calibration_dir: Path) -> None:
-    from hwsearch.anchor import HOST_SESSIONS, HostRecord, file_sha256
+    from hwsearch.anchor import HOST_SESSIONS, HostRecord
+    from hwsearch.digests import file_sha256
 
     record = HostRecord("device", "network")
     anchor = _anchor_observed(tmp_path, {"s1": 1.0, "s2": math.nan, "again": 1.3},

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,14 @@ DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "hwsearch" / "demo" / "d
 
 def shifted_weights() -> bytes:
     """The demo checkpoint with every floating-point tensor scaled by 0.9: other weights, same shapes."""
+    return torch_scaled(0.9)
+
+
+def torch_scaled(scale: float) -> bytes:
+    """The demo checkpoint with every floating-point tensor times ``scale``, as ``torch.save`` bytes."""
     state = torch.load(DEMO_CHECKPOINT, weights_only=True, map_location="cpu")
     state = state.get("state_dict", state)
-    shifted = {k: v * 0.9 if v.is_floating_point() else v for k, v in state.items()}
+    shifted = {k: v * scale if v.is_floating_point() else v for k, v in state.items()}
     buffer = io.BytesIO()
     torch.save(shifted, buffer)
     return buffer.getvalue()
@@ -99,6 +105,31 @@ def test_a_checkpoint_a_job_names_is_kept_when_its_name_is_uploaded_again(server
         assert third["checkpoint"] == first["checkpoint"]
         assert not Path(second["checkpoint"]).exists()  # nothing names the second any more: its room is free
     assert sorted(p.name for p in kept.iterdir()) == [Path(first["checkpoint"]).name]
+
+
+def test_uploads_racing_under_one_name_leave_only_the_registered_checkpoint(server: Server) -> None:
+    """Each upload reads which file it replaces only once it holds the checkpoint room.
+
+    Before, all three read the first upload's file as the one they replaced
+    while the first of them was still building; the two that lost the race
+    then left their own predecessor's file behind, holding room nothing named.
+    """
+    kept = Path(f"{server.store}.data") / "checkpoints"
+    base = DEMO_CHECKPOINT.read_bytes()
+    with server.client() as client:
+        upload(client, "net", base)
+    variants = [shifted_weights()] + [torch_scaled(scale) for scale in (0.8, 0.7)]
+
+    def send(weights: bytes) -> int:
+        with server.client() as client:
+            return client.post("/supernets/upload", data={"name": "net", "registry": DEMO},
+                               files={"checkpoint": ("w.pt", weights)}).status_code
+
+    with ThreadPoolExecutor(len(variants)) as pool:
+        assert list(pool.map(send, variants)) == [201] * len(variants)
+    with server.client() as client:
+        registered = next(s for s in client.get("/supernets").json() if s["name"] == "net")
+    assert sorted(p.name for p in kept.iterdir()) == [Path(registered["checkpoint"]).name]
 
 
 def test_a_data_root_checkpoint_changed_after_registration_is_refused(

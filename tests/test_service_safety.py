@@ -366,17 +366,28 @@ def wait_state(client: httpx.Client, job_id: str, states: tuple[str, ...],
     raise TimeoutError(job)
 
 
-def busy_ray_workers() -> list[str]:
-    """Ray worker processes now running a job's task (their title is ``ray::execute``)."""
-    titles = []
+def busy_ray_workers(root: int) -> list[str]:
+    """Ray worker processes under process ``root`` now running a job's task (their title is ``ray::execute``).
+
+    Only the server's own descendants count: tests in other files, run at the
+    same time by another pytest worker, have Ray workers of their own.
+    """
+    children: dict[int, list[int]] = {}
+    titles: dict[int, str] = {}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            stat = (proc / "stat").read_text()
+            titles[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
         except OSError:
             continue
-        if title.startswith("ray::execute"):
-            titles.append(title)
-    return titles
+        parent = int(stat[stat.rindex(")") + 2:].split()[1])  # after "pid (comm) state"
+        children.setdefault(parent, []).append(int(proc.name))
+    below, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            below.append(child)
+            todo.append(child)
+    return [titles[pid] for pid in below if titles.get(pid, "").startswith("ray::execute")]
 
 
 @pytest.mark.slow
@@ -398,13 +409,14 @@ def test_admission_queue_cancel_and_one_line_errors(server: Server, client: http
     while client.get(f"/jobs/{running}").json()["progress"].get("step") != "profile":
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert busy_ray_workers(), "the running job has a Ray task"
+    assert server.process is not None
+    assert busy_ray_workers(server.process.pid), "the running job has a Ray task"
     waiting = queued.json()["id"]
     assert client.post(f"/jobs/{waiting}/cancel").json()["state"] == "cancelled"
     assert client.post(f"/jobs/{running}/cancel").json()["state"] == "cancelled"
     deadline = time.monotonic() + 30
-    while busy_ray_workers():
-        assert time.monotonic() < deadline, f"still running after cancel: {busy_ray_workers()}"
+    while busy_ray_workers(server.process.pid):
+        assert time.monotonic() < deadline, f"still running after cancel: {busy_ray_workers(server.process.pid)}"
         time.sleep(0.2)
     time.sleep(1.0)
     assert [client.get(f"/jobs/{j}").json()["state"] for j in (running, waiting)] == [

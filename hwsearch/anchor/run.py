@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import shutil
 import time
@@ -17,6 +16,7 @@ from hwsearch.anchor.state import (DEFAULT_TOLERANCE, MIN_SESSIONS, finite_or_no
                                    latency_half_width, medians_at, nan_if_none, nanmedian, own_precision_offset,
                                    session_offset, undisturbed_sessions)
 from hwsearch.anchor.stored import History
+from hwsearch.digests import file_sha256
 
 #: How many subnets make the anchor (fewer when the run's first chunk holds fewer).
 ANCHOR_SUBNETS = 3
@@ -77,6 +77,7 @@ class Anchor:
             for path in group:
                 kept.append(folder / f"{index}-{path.name}")
                 shutil.copyfile(path, kept[-1])
+        # a later run uses these kept sessions only for byte-identical files
         shas = tuple(file_sha256(folder / f"{index}-{group[0].name}") for index, group in enumerate(groups))
         earlier = earlier or History(tuple(keys), {}, {})
         return cls(tuple(keys), kept, tolerance,
@@ -222,12 +223,3 @@ class Anchor:
     def shifted(self, session_id: str) -> bool:
         """Whether the session's offset sat further from 1 than the tolerance."""
         return is_shifted(self.offset(session_id), self.tolerance)
-
-
-def file_sha256(path: Path) -> str:
-    """The file's SHA-256: a later run uses kept anchor sessions only for byte-identical files."""
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -64,7 +64,7 @@ class Catalog:
         self.max_checkpoint_bytes = max_checkpoint_bytes
         self.max_registrations = max_registrations
         self._lock = threading.Lock()
-        self._uploading = threading.Lock()
+        self._checkpoint_files = threading.Lock()
         for sub in ("supernets", "devices", "checkpoints", "exports"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.export_cache = ExportCache(self.exports, max_export_bytes)
@@ -86,11 +86,26 @@ class Catalog:
         """Bytes the uploaded checkpoints may still take; one upload at a time.
 
         Uploads are stored one after another, so two cannot both see the same
-        room and together pass the bound.
+        room and together pass the bound.  While one is held, no registration
+        or job record that names a checkpoint is written (:meth:`checkpoints_named`),
+        so what an upload finds in use stays in use until it is done.
         """
-        with self._uploading:
+        with self._checkpoint_files:
             used = sum(p.stat().st_size for p in self.checkpoints.iterdir() if p.is_file())
             yield max(0, self.max_checkpoint_bytes - used)
+
+    @contextmanager
+    def checkpoints_named(self) -> Iterator[None]:
+        """Hold off uploads from reading a registration to writing the record that names its checkpoint.
+
+        An upload under a registered name removes the name's previous
+        checkpoint when nothing names it; a job being submitted for that name
+        names it only once its record exists.  Inside this block an upload
+        either finished before the job read the registration (the job gets
+        the new weights) or waits until the job's record keeps the old file.
+        """
+        with self._checkpoint_files:
+            yield
 
     # ------------------------------------------------------------------ supernets
 

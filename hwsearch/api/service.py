@@ -260,11 +260,12 @@ def upload_supernet(
     _check_registry(registry)
     with _full_catalog_is_413(("body", "name")):
         catalog.check_room("supernets", name)  # before the upload is stored, not after
-    previous = catalog.get_supernet(name)
-    replaced = _uploaded_checkpoint(catalog, previous)
-    with catalog.checkpoint_room() as room:  # uploads queue here, one at a time
-        if replaced is not None and not _checkpoints_in_use(catalog, store, ignoring=name) & {replaced}:
-            room += replaced.stat().st_size if replaced.is_file() else 0
+    with catalog.checkpoint_room() as room:  # uploads queue here, one at a time; no job names a file meanwhile
+        replaced = _uploaded_checkpoint(catalog, catalog.get_supernet(name))
+        in_use = _checkpoints_in_use(catalog, store, ignoring=name)
+        freed = replaced if replaced is not None and replaced not in in_use else None
+        if freed is not None:
+            room += freed.stat().st_size if freed.is_file() else 0
         size = content.seek(0, os.SEEK_END)
         content.seek(0)
         if size > room:
@@ -273,8 +274,8 @@ def upload_supernet(
                          "under a registered name frees its checkpoint unless a job used it",
                          field=("body", "checkpoint"))
         described = _store_upload(catalog, store, name, registry, options, content, max_unpacked_bytes)
-        if replaced is not None:
-            _drop_if_unused(catalog, store, replaced)
+        if freed is not None and Path(described["checkpoint"]) != freed:  # the same bytes again: the same file
+            freed.unlink(missing_ok=True)
         return described
 
 
@@ -560,30 +561,35 @@ def submit_search(
     n_profile: int,
     targets: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Check every field and reference of a search job, then queue it (or 429 when full)."""
+    """Check every field and reference of a search job, then queue it (or 429 when full).
+
+    From reading the supernet's registration to writing the job's record,
+    uploads wait (:meth:`Catalog.checkpoints_named`): an upload under the
+    same name would otherwise remove the checkpoint this job is about to name.
+    """
     _at_most(n_profile, dispatcher.admission.max_n_profile, "n_profile")
     _at_most(budget, dispatcher.admission.max_budget, "budget")
-    ref = get_supernet(catalog=catalog, name=supernet, field=("body", "supernet"))
-    if len(set(devices)) != len(devices):
-        raise Invalid("a device is listed twice", field=("body", "devices"))
-    profiles = tuple(_device(catalog, name, ("body", "devices", i))
-                     for i, name in enumerate(devices))
-    largest = max(_supernet(ref).space.resolutions)
-    for i, profile in enumerate(profiles):
-        _input_fits(int(profile.get("batch", 1)), largest, dispatcher.admission.max_input_pixels,
-                    ("body", "devices", i))
-    aims = _targets(targets or {}, devices)
-    if dataset is None:
-        raise Invalid("a search job needs validation data to measure accuracy",
-                      field=("body", "dataset"))
-    try:
-        dataset_path = str(roots.dataset(dataset))
-    except PathRefused as error:
-        raise Invalid(f"dataset {error}", field=("body", "dataset")) from None
-    spec = JobSpec(supernet=ref, devices=profiles, dataset=dataset_path,
-                   limits=tuple(dict(lim) for lim in limits), budget=budget, seed=seed,
-                   n_profile=n_profile, targets=aims)
-    return _queue(dispatcher, spec)
+    with catalog.checkpoints_named():
+        ref = get_supernet(catalog=catalog, name=supernet, field=("body", "supernet"))
+        if len(set(devices)) != len(devices):
+            raise Invalid("a device is listed twice", field=("body", "devices"))
+        profiles = tuple(_device(catalog, name, ("body", "devices", i))
+                         for i, name in enumerate(devices))
+        largest = max(_supernet(ref).space.resolutions)
+        for i, profile in enumerate(profiles):
+            _input_fits(int(profile.get("batch", 1)), largest, dispatcher.admission.max_input_pixels,
+                        ("body", "devices", i))
+        aims = _targets(targets or {}, devices)
+        if dataset is None:
+            raise Invalid("a search job needs validation data to measure accuracy",
+                          field=("body", "dataset"))
+        try:
+            dataset_path = str(roots.dataset(dataset))
+        except PathRefused as error:
+            raise Invalid(f"dataset {error}", field=("body", "dataset")) from None
+        return _queue(dispatcher, JobSpec(supernet=ref, devices=profiles, dataset=dataset_path,
+                                          limits=tuple(dict(lim) for lim in limits), budget=budget, seed=seed,
+                                          n_profile=n_profile, targets=aims))
 
 
 def _targets(targets: Mapping[str, Mapping[str, Any]],
@@ -918,10 +924,11 @@ def submit_profile(
     measurement quantizes the export on ``dataset`` (or the point's job's data).
     """
     profile = _device(catalog, on, ("body", "on"))
-    resolved = _resolve(store=dispatcher.store, catalog=catalog, **subnet)
-    _input_fits(int(profile.get("batch", 1)), resolved.arch.resolution, dispatcher.admission.max_input_pixels,
-                ("body", "on"))
-    precision, plan = _precision_and_data(resolved, roots, precision, dataset, "profile")
-    return _queue(dispatcher, ProfileSpec(
-        supernet=resolved.ref, device=profile, arch=resolved.arch.to_dict(), precision=precision,
-        dataset=None if precision == "fp32" or plan is None else plan.dataset))
+    with catalog.checkpoints_named():  # as in submit_search: the checkpoint stays until the record names it
+        resolved = _resolve(store=dispatcher.store, catalog=catalog, **subnet)
+        _input_fits(int(profile.get("batch", 1)), resolved.arch.resolution, dispatcher.admission.max_input_pixels,
+                    ("body", "on"))
+        precision, plan = _precision_and_data(resolved, roots, precision, dataset, "profile")
+        return _queue(dispatcher, ProfileSpec(
+            supernet=resolved.ref, device=profile, arch=resolved.arch.to_dict(), precision=precision,
+            dataset=None if precision == "fp32" or plan is None else plan.dataset))

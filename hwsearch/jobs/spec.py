@@ -14,21 +14,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hwsearch.digests import feed_file, file_sha256
+
 __all__ = ["CheckpointChanged", "JobSpec", "ProfileSpec", "SupernetRef", "build_supernet", "content_id",
-           "file_sha256", "spec_from_dict", "supernet_builders"]
+           "spec_from_dict", "supernet_builders"]
 
 
 class CheckpointChanged(ValueError):
     """A pinned checkpoint's file no longer holds the weights it held when the reference was made."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -238,7 +231,5 @@ def content_id(*paths: str | None, extra: Mapping[str, Any] | None = None) -> st
                 stat = file.stat()
                 digest.update(f"{file.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
             continue
-        with open(root, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        feed_file(digest, root)
     return digest.hexdigest()[:16]
