@@ -15,9 +15,14 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["recalibrate_bn"]
+__all__ = ["has_batch_norm", "recalibrate_bn"]
 
 M = TypeVar("M", bound=nn.Module)
+
+
+def has_batch_norm(module: nn.Module) -> bool:
+    """Whether ``module`` keeps running statistics that a subnet must re-estimate (ViTs' layer norms do not)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 def recalibrate_bn(module: M, batches: Iterable[Any]) -> M:

@@ -19,6 +19,7 @@ workers in chunks and each subnet is one unit of compute on the host lock.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from hwsearch.quantize import QuantizeSettings, check_precision, precision_key
 from hwsearch.space import ArchConfig
 from hwsearch.store import Store
 
-__all__ = ["EVAL_BATCH", "evaluate_precision", "quantized_accuracy"]
+__all__ = ["EVAL_BATCH", "evaluate_precision", "file_top1", "quantized_accuracy"]
 
 # The evaluated model's static batch.  Accuracy does not depend on it; latency rows come from
 # the device's own batch.  32 keeps onnxruntime's per-call overhead out of evaluation time.
@@ -42,8 +43,6 @@ def quantized_accuracy(supernet: Any, arch: ArchConfig, calibration: Any, valida
     ``calibration`` (either kind of :data:`hwsearch.data.Images`) re-estimates
     batch norm and calibrates the quantizer; see the module docstring.
     """
-    from pathlib import Path
-
     from devices.hostlock import compute_unit
     from hwsearch.export import export_subnet
     from hwsearch.quantize import images_at, session
@@ -53,18 +52,35 @@ def quantized_accuracy(supernet: Any, arch: ArchConfig, calibration: Any, valida
         report = export_subnet(supernet, arch, Path(tmp) / "int8.onnx", batch=EVAL_BATCH,
                                precision="int8", calibration=calibration, bn_data=calibration,
                                quantize=quantize)
-        logits = _all_logits(session(report.path), images_at(validation, arch.resolution))
+        logits = _all_logits(session(report.path), images_at(validation, arch.resolution), EVAL_BATCH)
     labels = np.asarray(validation.y, dtype=np.int64)
     return float((logits.argmax(axis=1) == labels).mean())
 
 
-def _all_logits(sess: Any, images: np.ndarray) -> np.ndarray:
+def file_top1(path: str | Path, data: Any, resolution: int) -> float:
+    """Top-1 of an exported ONNX file on ``data`` (either kind of Images), at the file's own batch and dtype.
+
+    What a user gets from a shipped file, scored as they would score it:
+    the export check compares the file with the torch module it came from,
+    so it cannot see weights or batch-norm statistics that were never the
+    measured network's.
+    """
+    from hwsearch.quantize import images_at, session
+
+    sess = session(path)
+    given = sess.get_inputs()[0]
+    images = images_at(data, resolution).astype(np.float16 if given.type == "tensor(float16)" else np.float32)
+    logits = _all_logits(sess, images, int(given.shape[0]))
+    return float((logits.argmax(axis=1) == np.asarray(data.y, dtype=np.int64)).mean())
+
+
+def _all_logits(sess: Any, images: np.ndarray, batch: int) -> np.ndarray:
     """Logits of every image: the last, partial batch is padded with zeros and the padding dropped."""
     from hwsearch.quantize import run_logits
 
-    pad = (-len(images)) % EVAL_BATCH
+    pad = (-len(images)) % batch
     padded = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-    return run_logits(sess, padded, EVAL_BATCH)[:len(images)]
+    return run_logits(sess, padded, batch)[:len(images)]
 
 
 def _evaluate_chunk(supernet: Any, calibration: Any, validation: Any,

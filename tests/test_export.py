@@ -54,8 +54,9 @@ def test_export_subnet_writes_a_verified_model_with_metadata(mbv3: Supernet,
     assert path.read_bytes() == model.SerializeToString()  # the props appended as bytes: a canonical file
     assert {o.domain: o.version for o in model.opset_import}[""] == 17
     props = {p.key: p.value for p in model.metadata_props}
-    assert len(props) == len(model.metadata_props) == 6  # each key once
+    assert len(props) == len(model.metadata_props) == 7  # each key once
     assert props["supernet"] == MBV3 and props["arch_key"] == arch.key()
+    assert props["bn_statistics"] == report.bn_statistics == "inherited"  # no bn_data: the supernet's
     assert props["hwsearch_version"] == hwsearch.__version__
     assert mbv3.space.from_json(props["arch_json"]) == arch
     x = torch.randn(1, 3, 224, 224)
@@ -133,7 +134,9 @@ def test_cli_export_sampled_and_ofa_native_arch(tmp_path: Path) -> None:
                                  "--arch", str(tmp_path / "arch.json"),
                                  "--out", str(tmp_path / "b.onnx"), "--json"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)  # the warnings below go to stderr, so stdout stays one JSON object
+    assert data["weights"] == "random initialisation" and data["bn_statistics"] == "inherited"
+    assert "no --checkpoint" in result.stderr and "no --data" in result.stderr
     net = create_supernet(MBV3)
     arch = net.space.from_dict(native)
     assert data["arch_key"] == arch.key() and data["check"] == "passed"
@@ -161,6 +164,43 @@ def test_cli_export_uses_the_checkpoint(mbv3: Supernet, tmp_path: Path) -> None:
                                       "--checkpoint", str(tmp_path / "broken.pth"),
                                       "--out", str(tmp_path / "t.onnx")])
     assert result.exit_code == 2 and "missing keys: classifier.linear.bias" in result.output
+
+
+def test_cli_export_with_data_ships_the_accuracy_the_subnet_has(tmp_path: Path) -> None:
+    """A file exported with --data scores what the subnet scores; one without says it is fit for latency only.
+
+    Both files pass the export check (onnxruntime against the same torch
+    module), so only scoring the files tells them apart: before, the one
+    without --data was exported as silently as the other.
+    """
+    from hwsearch.accuracy_eval import EvalSettings, subnet_accuracy
+    from hwsearch.demo import DEMO_CHECKPOINT, DEMO_SUPERNET
+    from hwsearch.demo.data import write_digits
+    from hwsearch.evaldata import DataPlan
+    from hwsearch.onnx_accuracy import file_top1
+
+    _, heldout = write_digits(tmp_path / "data")
+    net = create_supernet(DEMO_SUPERNET, checkpoint=DEMO_CHECKPOINT)
+    arch = net.space.sample(4, 1)[0]
+    split = DataPlan(str(heldout)).open(size=max(net.space.resolutions))
+    expected = subnet_accuracy(net, arch, split.calibration, split.validation, EvalSettings())
+    base = ["export", "--supernet", DEMO_SUPERNET, "--checkpoint", str(DEMO_CHECKPOINT), "--seed", "4", "--json"]
+    scored = {}
+    for name, extra in {"with": ["--data", str(heldout)], "without": []}.items():
+        result = CliRunner().invoke(app, [*base, *extra, "--out", str(tmp_path / f"{name}.onnx")])
+        assert result.exit_code == 0, result.output
+        printed = json.loads(result.stdout)
+        assert printed["arch_key"] == arch.key() and printed["weights"] == str(DEMO_CHECKPOINT)
+        scored[name] = (printed["bn_statistics"], file_top1(tmp_path / f"{name}.onnx", split.validation,
+                                                             arch.resolution), result.stderr)
+        assert onnx.load(tmp_path / f"{name}.onnx").metadata_props  # provenance travels with the file
+    bn, accuracy, warnings = scored["with"]
+    assert bn == "recalibrated" and accuracy == pytest.approx(expected, abs=0.01) and "warning" not in warnings
+    bn, accuracy, warnings = scored["without"]
+    assert bn == "inherited" and "no --data: batch norm keeps the supernet's" in warnings
+    assert accuracy < expected - 0.1  # why the warning: the file is far from the subnet's accuracy
+    metadata = {p.key: p.value for p in onnx.load(tmp_path / "without.onnx").metadata_props}
+    assert metadata["bn_statistics"] == "inherited"
 
 
 def test_cli_export_reports_bad_input(tmp_path: Path) -> None:

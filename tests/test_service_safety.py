@@ -577,6 +577,8 @@ def test_what_the_service_keeps_is_closed_to_other_accounts(factory: bool) -> No
     ({"HWSEARCH_MAX_INPUT_PIXELS": "100"}, "HWSEARCH_MAX_INPUT_PIXELS='100'"),
     ({"HWSEARCH_RESUME": "maybe"}, "HWSEARCH_RESUME='maybe' must be true or false"),
     ({"HWSEARCH_AGENTS": "no-url-here"}, "HWSEARCH_AGENTS:"),
+    ({"HWSEARCH_TOKEN": "p\u00e4ss"}, "HWSEARCH_TOKEN: the token must be printable ASCII"),
+    ({"HWSEARCH_PUBLIC_URL": "ftp://x"}, "HWSEARCH_PUBLIC_URL: the public URL must be http(s)"),
 ])
 def test_the_factory_stops_on_a_bad_setting_in_one_line_and_leaves_nothing(
         tmp_path: Path, setting: dict[str, str], named: str) -> None:
@@ -645,6 +647,87 @@ def test_resume_at_start_queues_what_fits_and_leaves_the_rest_interrupted(tmp_pa
     finally:
         server.stop()
     assert "stays interrupted: the queue is full" in server.log.read_text()
+
+
+def test_a_resume_is_checked_against_the_settings_the_service_has_now(tmp_path: Path) -> None:
+    """A stopped job resumes only if a new submission of it would be admitted today.
+
+    Before, an operator who restarted with tighter limits or other data roots
+    still had any token holder resume an old job past them (a job with
+    n_profile 20 ran under --max-n-profile 4 and read a dataset outside the roots).
+    """
+    from hwsearch.store import SQLiteStore
+    from tests._jobs import tiny_spec
+
+    first_root, second_root = tmp_path / "first", tmp_path / "second"
+    first_root.mkdir()
+    second_root.mkdir()
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    spec = tiny_spec(random_dataset(first_root / "val.npz"), [fast_device("cpu-1t")], n_profile=8)
+    stopped = store.create_job(spec.to_dict())
+    store.update_job(stopped, state="cancelled")
+    tighter = Server(store.path, extra=("--data-root", str(second_root), "--max-n-profile", "4")).start()
+    try:
+        with tighter.client() as c:
+            refused = c.post(f"/jobs/{stopped}/resume")
+            state = c.get(f"/jobs/{stopped}").json()["state"]
+    finally:
+        tighter.stop()
+    assert refused.status_code == 409, refused.text
+    assert "n_profile=8 is above the limit of 4" in refused.json()["detail"]
+    assert "its dataset must name an existing file inside a data root" in refused.json()["detail"]
+    assert state == "cancelled"  # nothing was queued
+
+    within = Server(store.path, extra=("--data-root", str(first_root))).start()
+    try:
+        with within.client() as c:
+            resumed = c.post(f"/jobs/{stopped}/resume")
+            c.post(f"/jobs/{stopped}/cancel")
+    finally:
+        within.stop()
+    assert resumed.status_code == 202, resumed.text  # the same job within the settings runs again
+
+
+def test_links_in_answers_never_follow_the_clients_host_header(server: Server, client: httpx.Client) -> None:
+    """A ``Host`` header of the client's choosing once came back inside ``download_url`` and ``status_url``.
+
+    The next client following such a link would send its token there.  Links
+    start with the address the connection reached, or the operator's --public-url.
+    """
+    arch = {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": [32]}
+    client.post("/supernets", json=SUPERNET)
+    made = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": arch},
+                       headers={"Host": "evil.example:666"})
+    assert made.status_code == 201, made.text
+    assert made.json()["download_url"].startswith(f"{server.url}/exports/")
+    assert client.get(made.json()["download_url"]).status_code == 200
+
+    proxied = Server(server.store.with_name("proxied.sqlite"),
+                     extra=("--public-url", "https://hwsearch.example/api/")).start()
+    try:
+        with proxied.client() as c:
+            c.post("/supernets", json=SUPERNET)
+            link = c.post("/exports", json={"supernet": "tiny-mbv3", "arch": arch},
+                          headers={"Host": "evil.example"}).json()["download_url"]
+    finally:
+        proxied.stop()
+    assert link.startswith("https://hwsearch.example/api/exports/")
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--token", "p\u00e4ss", "the token must be printable ASCII"),
+    ("--public-url", "https://user:pw@host", "the public URL must be http(s)"),
+])
+def test_serve_refuses_a_token_no_client_can_send_and_a_malformed_public_url(
+        tmp_path: Path, option: str, value: str, message: str) -> None:
+    """A non-ASCII token was accepted, then matched no client's header in any encoding: everyone got 401."""
+    env = {**os.environ, "HWSEARCH_TOKEN": "t", "RAY_AUTH_MODE": "disabled"}
+    started = subprocess.run([sys.executable, "-m", "hwsearch.cli.main", "serve", "--store",
+                              str(tmp_path / "s.sqlite"), "--port", "0", option, value],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 2 and message in started.stderr and "Traceback" not in started.stderr, \
+        started.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
 
 
 #: One value of each kind a JSON client can send where a field expects something else.

@@ -92,6 +92,27 @@ def test_the_folder_stays_within_the_bound_and_keeps_the_export_just_made(
     assert folder_bytes(server) <= LIMIT
 
 
+def test_a_download_under_way_arrives_whole_when_its_export_is_pruned(
+        server: Server, client: httpx.Client) -> None:
+    """The file is opened before the answer starts, so pruning it meanwhile cannot cut the body short.
+
+    Before, the route handed Starlette a path that it opened later: an export
+    pruned in between answered 500 (3 of 16,000 downloads while another
+    client exported) or a 200 whose body never came (2).
+    """
+    wanted = export(client, arch(5, 6))
+    whole = download(client, wanted).content
+    with client.stream("GET", httpx.URL(wanted["download_url"]).path) as answer:
+        assert answer.status_code == 200 and int(answer.headers["content-length"]) == wanted["bytes"]
+        blocks = answer.iter_raw(64 * 1024)
+        received = [next(blocks)]
+        for ks, e in ((7, 4), (7, 6), (5, 3)):  # the others fill the bound: the download's export goes
+            export(client, arch(ks, e))
+        assert download(client, wanted).status_code == 404
+        received.extend(blocks)
+    assert b"".join(received) == whole
+
+
 def test_uploads_past_the_checkpoint_bound_get_413_and_replacing_one_still_works(
         server: Server, client: httpx.Client) -> None:
     weights = [scaled_demo_weights(scale) for scale in (1.0, 0.9, 0.8, 0.7)]  # four distinct files

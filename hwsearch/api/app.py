@@ -116,6 +116,7 @@ def create_app(
     ray_address: str | None = None,
     resume: bool = False,
     on_stop: Callable[[], None] | None = None,
+    public_url: str | None = None,
 ) -> FastAPI:
     """The hwsearch service over ``store``, with registrations and exports under ``data_dir``.
 
@@ -127,9 +128,12 @@ def create_app(
     either way.  ``on_stop`` runs once jobs and Ray have stopped (``hwsearch
     serve`` removes its temp files there: uvicorn ends the process on SIGTERM
     by re-raising the signal, so code after ``uvicorn.run`` never runs).
+    ``public_url`` is where clients reach the service (behind a proxy); the
+    links in answers start with it, or else with the address the client's
+    connection reached, never with the client's ``Host`` header.
     """
-    if not token:
-        raise ValueError("the service needs a non-empty token")
+    check_token(token)
+    public_url = None if public_url is None else check_public_url(public_url)
     dispatcher = JobDispatcher(store, admission=admission, agents=agents,
                                ray_address=ray_address)
 
@@ -164,6 +168,7 @@ def create_app(
     for change in drop_unused_checkpoints(catalog=app.state.catalog, store=store):
         log.warning("catalog: %s", change)
     app.state.token = token
+    app.state.public_url = public_url
     app.state.dispatcher = dispatcher
     app.include_router(public_router)
     app.include_router(api_router)
@@ -174,6 +179,31 @@ def create_app(
                        upload_paths=_UPLOAD_PATHS, read_timeout_s=read_timeout_s)
     app.add_middleware(TokenGate, token=token, public_paths=_public_paths(app))  # outermost: runs first
     return app
+
+
+def check_token(token: str) -> str:
+    """``token`` if clients can send it: printable ASCII without spaces.
+
+    A header carries it byte for byte; a non-ASCII token was accepted and
+    then matched no client's header in any encoding, locking everyone out.
+    """
+    if not token:
+        raise ValueError("the service needs a non-empty token")
+    if not (token.isascii() and token.isprintable()) or " " in token:
+        raise ValueError("the token must be printable ASCII without spaces: an HTTP header carries it")
+    return token
+
+
+def check_public_url(url: str) -> str:
+    """``url`` without a trailing slash, if it is an http(s) URL with a host and nothing after its path."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment \
+            or parts.username is not None or parts.password is not None:
+        raise ValueError(f"the public URL must be http(s)://HOST[:PORT][/PATH] (no query, fragment or "
+                         f"user), got {url!r}")
+    return url.rstrip("/")
 
 
 def _close_to_other_accounts(*paths: Path) -> None:
@@ -224,7 +254,8 @@ def create_app_from_env() -> FastAPI:
     ``HWSEARCH_AGENT_SECRETS``, ``HWSEARCH_MAX_BODY``, ``HWSEARCH_MAX_UPLOAD``,
     ``HWSEARCH_READ_TIMEOUT_S``, ``HWSEARCH_MAX_EXPORT`` and
     ``HWSEARCH_MAX_CHECKPOINTS`` (bytes), ``HWSEARCH_MAX_REGISTRATIONS``,
-    ``HWSEARCH_MAX_INPUT_PIXELS``, ``HWSEARCH_RAY_ADDRESS`` and ``HWSEARCH_RESUME`` (``true``/``false``).
+    ``HWSEARCH_MAX_INPUT_PIXELS``, ``HWSEARCH_RAY_ADDRESS``, ``HWSEARCH_PUBLIC_URL`` and
+    ``HWSEARCH_RESUME`` (``true``/``false``).
     A missing or malformed setting stops the start (exit 3, uvicorn's code
     for a failed start) with one line naming the variable, as ``hwsearch
     serve`` names its option, and not a traceback; the bounds are those of
@@ -244,6 +275,14 @@ def _app_from_env() -> FastAPI:
 
     store_path = Path(_required_env("HWSEARCH_STORE"))
     token = _required_env("HWSEARCH_TOKEN")
+    public_url = os.environ.get("HWSEARCH_PUBLIC_URL") or None
+    for name, check, value in (("HWSEARCH_TOKEN", check_token, token),
+                               ("HWSEARCH_PUBLIC_URL", check_public_url, public_url)):
+        try:
+            if value is not None:
+                check(value)
+        except ValueError as error:
+            raise SettingError(f"{name}: {error}") from None
     roots = os.environ.get("HWSEARCH_DATA_ROOTS", "")
     declared = os.environ.get("HWSEARCH_AGENTS", "")
     secrets = os.environ.get("HWSEARCH_AGENT_SECRETS")
@@ -268,7 +307,7 @@ def _app_from_env() -> FastAPI:
         data_dir=os.environ.get("HWSEARCH_DATA", default_data_dir(store_path)),
         data_roots=[r for r in roots.split(os.pathsep) if r] or None,
         agents=agents, **limits,
-        ray_address=os.environ.get("HWSEARCH_RAY_ADDRESS") or None, resume=resume,
+        ray_address=os.environ.get("HWSEARCH_RAY_ADDRESS") or None, resume=resume, public_url=public_url,
     )
 
 

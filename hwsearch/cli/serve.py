@@ -68,6 +68,9 @@ def serve(
         help="Serve HTTPS with this certificate (PEM), so the token never crosses the network in "
              "clear; with --ssl-keyfile.")] = None,
     ssl_keyfile: Annotated[Optional[Path], typer.Option(help="The certificate's private key (PEM).")] = None,
+    public_url: Annotated[Optional[str], typer.Option(
+        help="Where clients reach the service, e.g. behind a proxy: links in answers (status_url, "
+             "download_url) start with it. Default: the address each client's connection reached.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(
         help="Join this Ray cluster instead of starting Ray locally.")] = None,
     resume: Annotated[bool, typer.Option(
@@ -83,7 +86,7 @@ def serve(
     import uvicorn
 
     from hwsearch.agents import load_agents
-    from hwsearch.api.app import MiB, create_app
+    from hwsearch.api.app import MiB, check_public_url, check_token, create_app
     from hwsearch.api.connections import bounded_h11
     from hwsearch.api.catalog import default_data_dir
     from hwsearch.dispatch import Admission
@@ -91,6 +94,12 @@ def serve(
 
     if not token:
         raise typer.BadParameter("give --token or set HWSEARCH_TOKEN", param_hint="--token")
+    for hint, check, value in (("--token", check_token, token), ("--public-url", check_public_url, public_url)):
+        try:
+            if value is not None:
+                check(value)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint=hint) from None
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile, or neither",
                                  param_hint="--ssl-certfile")
@@ -117,7 +126,7 @@ def serve(
         max_body_bytes=int(max_body_mb * MiB), max_upload_bytes=int(max_upload_mb * MiB),
         read_timeout_s=read_timeout_s, max_export_bytes=int(max_export_mb * MiB),
         max_checkpoint_bytes=int(max_checkpoints_mb * MiB), max_registrations=max_registrations,
-        ray_address=ray_address, resume=resume,
+        ray_address=ray_address, resume=resume, public_url=public_url,
         on_stop=lambda: shutil.rmtree(temp_files, ignore_errors=True),  # Ray's workers have ended
     )
     try:

@@ -86,6 +86,8 @@ class KneeCheck:
     remeasured_latency_ms: float
     remeasured_ratio_ci: float
     accuracy: float
+    #: The exported file's own top-1 on the job's validation images: what the user ships.
+    file_accuracy: float
     precision: str = "fp32"
     int8_agreement: float | None = None
 
@@ -119,26 +121,27 @@ def _job_spec(settings: DemoSettings, dataset: Path) -> Any:
     )
 
 
-def _check_knee(net: Any, front: Any, profile_path: Path, out: Path,
-                calibration: Any) -> KneeCheck | None:
-    """Export the knee subnet at its precision, verify the file, and measure it once more.
+def _check_knee(net: Any, front: Any, profile_path: Path, out: Path, split: Any) -> KneeCheck | None:
+    """Export the knee subnet at its precision, score and verify the file, and measure it once more.
 
-    An INT8 knee is quantized on the job's BN-calibration images (``calibration``),
-    which also re-estimate batch norm, as they did when its accuracy was measured.
+    Batch norm is re-estimated on the job's calibration images (``split``),
+    as it was when the knee's accuracy was measured, and an INT8 knee is
+    quantized on the same images; the file is then scored on the job's
+    validation images, so the demo shows the accuracy of what it ships.
     """
     from devices import open_profiler
     from devices.profile import DeviceProfile
     from hwsearch.export import export_subnet
+    from hwsearch.onnx_accuracy import file_top1
 
     knee = front.knee()
     if knee is None:
         return None
     profile = DeviceProfile.load(profile_path)
     path = out / f"knee-{profile.name}.onnx"
-    data = calibration if knee.precision == "int8" else None
-    report = export_subnet(net, knee.arch, path, batch=profile.batch,
-                           input_dtype=profile.input_dtype, precision=knee.precision,
-                           calibration=data, bn_data=data)
+    report = export_subnet(net, knee.arch, path, batch=profile.batch, input_dtype=profile.input_dtype,
+                           precision=knee.precision, bn_data=split.calibration,
+                           calibration=split.calibration if knee.precision == "int8" else None)
     [measurement] = open_profiler(profile).measure_many([report.path])
     return KneeCheck(
         device=profile.name, arch_key=knee.arch.key(), onnx_path=report.path,
@@ -147,6 +150,7 @@ def _check_knee(net: Any, front: Any, profile_path: Path, out: Path,
         front_latency_ms=knee.measured["latency_ms"],
         remeasured_latency_ms=measurement.latency_ms, remeasured_ratio_ci=measurement.ratio_ci,
         accuracy=knee.measured["accuracy"], precision=knee.precision,
+        file_accuracy=file_top1(report.path, split.validation, knee.arch.resolution),
         int8_agreement=None if report.quantization is None
         else report.quantization["top1_agreement"],
     )
@@ -179,20 +183,15 @@ def run_demo(settings: DemoSettings = DemoSettings(), *,
     by_name = {DeviceProfile.load(p).name: p for p in settings.devices}
     if progress is not None:
         progress("knee", 0.97, "exporting and re-measuring each front's knee subnet")
-    calibration = _calibration_images(spec, net)
+    split = spec.data_plan().open(size=max(net.space.resolutions))  # the job's own calibration/validation parts
     knees = [check for name, front in data.fronts.items()
-             if (check := _check_knee(net, front, by_name[name], out, calibration)) is not None]
+             if (check := _check_knee(net, front, by_name[name], out, split)) is not None]
     reporting.write_job_dir(out / "job", store=store, job_id=job_id)
     written = reporting.build_report(data, out / "report")
     return DemoResult(job_id=job_id, store_path=out / "hwsearch.db", fronts=dict(data.fronts),
                       knees=knees, report=written, seconds=time.perf_counter() - started,
                       precisions=reporting.precision_comparison(data.measurements, data.fronts),
                       searched_precisions=settings.forced_precisions())
-
-
-def _calibration_images(spec: Any, net: Any) -> Any:
-    """The job's BN-calibration images (the same part its accuracy evaluation used)."""
-    return spec.data_plan().open(size=max(net.space.resolutions)).calibration
 
 
 def summarise(result: DemoResult) -> list[str]:
@@ -205,7 +204,8 @@ def summarise(result: DemoResult) -> list[str]:
                      else f", agrees with FP32 on {100 * knee.int8_agreement:.1f}% of top-1")
         lines.append(
             f"{knee.device}: knee {knee.arch_key} at {knee.precision}{agreement} -> {knee.onnx_path} "
-            f"(ORT vs torch max |diff| {knee.export_max_abs_diff:.1e}); accuracy {knee.accuracy:.3f}; "
+            f"(ORT vs torch max |diff| {knee.export_max_abs_diff:.1e}); accuracy {knee.accuracy:.3f} "
+            f"(the file scores {knee.file_accuracy:.3f}); "
             f"latency predicted {predicted}, on the front {knee.front_latency_ms:.3f} ms, "
             f"re-measured {knee.remeasured_latency_ms:.3f} ms (±{100 * knee.remeasured_ratio_ci:.1f}%)")
     lines += [_precision_line(device, c) for device, c in sorted(result.precisions.items())]
