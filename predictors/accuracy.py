@@ -230,8 +230,8 @@ class AccuracyPredictor(ResidualPredictor):
         return {"shared": shared, "interaction": interaction,
                 "per_group": _per_group(F, y, groups, self.featurizer, interaction)}
 
-    def _fit_base(self, F: np.ndarray, y: np.ndarray) -> _LinearBase:
-        """The ridges blended with their CV weights, stored as one linear model."""
+    def _fit_base(self, F: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> _LinearBase:
+        """The ridges blended with their CV weights, stored as one linear model (no CV here: ``groups`` unused)."""
         weights = {p: w for p, w in self.weights.items() if p in LINEAR_PARTS and w > 0}
         weights = weights or {"shared": 1.0}
         total = sum(weights.values())

@@ -24,9 +24,8 @@ on new subnets.  Every split here (:func:`group_folds`,
 Groups are numbered by first appearance and dealt exactly as rows were, so
 data without repeats gets the same folds, CV figures and predictions as
 before.  Bootstrap members do see repeats (a resample draws rows again), so
-the base grouping each one picks by CV, and with it the latency spread, moved
-(the members now pick what the full fit would, rather than finer groupings
-that won by recalling repeated rows).
+their base's CV keeps treating each drawn row as its own (a resample's
+copy is not a second measurement), so the spread is what it was.
 """
 
 from __future__ import annotations
@@ -207,7 +206,7 @@ def _nnls_fit(F: np.ndarray, y: np.ndarray, groups: list[list[int]], name: str) 
 
 
 def fit_nnls_base(F: np.ndarray, y: np.ndarray, options: dict[str, list[list[int]]],
-                  folds: int = 5) -> _LinearBase:
+                  folds: int = 5, groups: np.ndarray | None = None) -> _LinearBase:
     """Non-negative additive cost model, fitted for *relative* error, complexity chosen by CV.
 
     Every cost component (MACs of a layer kind, activation bytes, block count)
@@ -224,10 +223,10 @@ def fit_nnls_base(F: np.ndarray, y: np.ndarray, options: dict[str, list[list[int
     subnets the folds become leave-one-subnet-out (a few-shot fit of a new
     device still has to choose between an overhead-bound and a compute-bound
     model); below 4 the first option is taken.  Repeats of a subnet stay in
-    one fold (:func:`arch_groups`).
+    one fold (``groups``, default :func:`arch_groups`).
     """
     names = list(options)
-    groups = arch_groups(F)
+    groups = arch_groups(F) if groups is None else groups
     n_groups = int(groups.max()) + 1
     if n_groups < 4 or len(names) == 1:
         return _nnls_fit(F, y, options[names[0]], names[0])
@@ -299,7 +298,8 @@ class ResidualPredictor:
 
     # ------------------------------------------------------------------ fitting
 
-    def _fit_base(self, F: np.ndarray, y: np.ndarray) -> _LinearBase:
+    def _fit_base(self, F: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> _LinearBase:
+        """The linear base; ``groups`` (default: :func:`arch_groups`) are the rows a CV keeps together."""
         raise NotImplementedError
 
     def _calibrate_link(self, F: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -334,10 +334,10 @@ class ResidualPredictor:
             "seed": seed, "base_score": 0.0,
         }
 
-    def _fit_one(self, F: np.ndarray, y: np.ndarray, seed: int,
-                 rounds: int | None = None) -> tuple[_LinearBase, xgb.Booster]:
+    def _fit_one(self, F: np.ndarray, y: np.ndarray, seed: int, rounds: int | None = None,
+                 groups: np.ndarray | None = None) -> tuple[_LinearBase, xgb.Booster]:
         """Base, then XGBoost on its residual; ``rounds=None`` picks the tree count by CV."""
-        base = self._fit_base(F, y)
+        base = self._fit_base(F, y, groups)
         resid = self._residual(base.predict(F).astype(np.float64), y)
         params = self._tree_params(seed)
         data = xgb.DMatrix(self._tree_features(F), label=resid, nthread=1)
@@ -398,7 +398,9 @@ class ResidualPredictor:
         self._members = []
         for m in range(self.settings["n_members"]):
             idx = rng.integers(0, len(y), len(y))
-            self._members.append(self._fit_one(F[idx], y[idx], seed + 1 + m, rounds))
+            # A row drawn twice is the resample's copy, not a second measurement: members choose
+            # their base row by row, as they always have, so the spread stays as calibrated.
+            self._members.append(self._fit_one(F[idx], y[idx], seed + 1 + m, rounds, groups=np.arange(len(idx))))
         self.calibration |= self._calibrate_spread(F, y, oof)
         if X_test is not None and y_test is not None:
             X_test, y_test = self._check_xy(X_test, y_test)
