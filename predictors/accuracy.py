@@ -59,7 +59,7 @@ import xgboost as xgb
 from sklearn.linear_model import RidgeCV
 
 from hwsearch.space import SearchSpace
-from predictors.base import ResidualPredictor, _LinearBase, fit_ridge_base
+from predictors.base import ResidualPredictor, _LinearBase, arch_groups, fit_ridge_base, group_folds
 from predictors.features import FEATURE_VERSION, ArchFeaturizer
 
 __all__ = ["MARGINS", "MAX_MARGIN", "AccuracyFeaturizer", "AccuracyPredictor",
@@ -230,8 +230,8 @@ class AccuracyPredictor(ResidualPredictor):
         return {"shared": shared, "interaction": interaction,
                 "per_group": _per_group(F, y, groups, self.featurizer, interaction)}
 
-    def _fit_base(self, F: np.ndarray, y: np.ndarray) -> _LinearBase:
-        """The ridges blended with their CV weights, stored as one linear model."""
+    def _fit_base(self, F: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> _LinearBase:
+        """The ridges blended with their CV weights, stored as one linear model (no CV here: ``groups`` unused)."""
         weights = {p: w for p, w in self.weights.items() if p in LINEAR_PARTS and w > 0}
         weights = weights or {"shared": 1.0}
         total = sum(weights.values())
@@ -247,7 +247,8 @@ class AccuracyPredictor(ResidualPredictor):
         """The trees model the labels themselves (about their mean), not the base's residual."""
         return y - float(self.calibration.get("tree_offset", 0.0))
 
-    def _residual_rounds(self, params: dict[str, Any], data: xgb.DMatrix, seed: int) -> int:
+    def _residual_rounds(self, params: dict[str, Any], data: xgb.DMatrix, groups: np.ndarray,
+                         seed: int) -> int:
         """The tree count CV chose on all rows in :meth:`_calibrate_link` (none if unweighted).
 
         Choosing it again inside every fold and member cost ten XGBoost CV
@@ -278,8 +279,8 @@ class AccuracyPredictor(ResidualPredictor):
         calibration: dict[str, Any] = {"best_observed": float(np.max(y)),
                                        "tree_offset": float(np.mean(y)),
                                        "tree_rounds": self._tree_rounds(F, y)}
-        folds = min(self.settings["cv_folds"], len(y))
-        if folds < 2 or len(y) < 10:
+        folds = self._n_folds(F)
+        if not folds:
             weights = dict(DEFAULT_WEIGHTS if calibration["tree_rounds"] else _ONLY_SHARED)
             return calibration | {"weights": weights, "margin": MAX_MARGIN,
                                   "ceiling": _ceiling(y, MAX_MARGIN)}
@@ -298,19 +299,22 @@ class AccuracyPredictor(ResidualPredictor):
         """How many trees the labels deserve: K-fold CV with early stopping on all rows."""
         params = self._tree_params(self.settings["seed"])
         data = xgb.DMatrix(self._tree_features(F), label=y - np.mean(y), nthread=1)
-        return ResidualPredictor._residual_rounds(self, params, data, self.settings["seed"])
+        return ResidualPredictor._residual_rounds(self, params, data, arch_groups(F),
+                                                  self.settings["seed"])
 
     def _oof_parts(self, F: np.ndarray, y: np.ndarray, folds: int, rounds: int
                    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Out-of-fold predictions of each part, and the best label each row's fold model saw."""
+        """Out-of-fold predictions of each part, and the best label each row's fold model saw.
+
+        A subnet's repeats share a fold, as in :meth:`ResidualPredictor._oof_predictions`.
+        """
         seed = self.settings["seed"]
-        order = np.random.default_rng(seed).permutation(len(y))
         oof = {p: np.empty(len(y)) for p in PARTS}
         best = np.empty(len(y))
         offset = float(np.mean(y))
-        for k in range(folds):
-            test = order[k::folds]
-            train = np.setdiff1d(order, test)
+        everything = np.arange(len(y))
+        for test in group_folds(arch_groups(F), folds, seed):
+            train = np.setdiff1d(everything, test)
             for name, (coef, intercept) in self._linear_parts(F[train], y[train]).items():
                 oof[name][test] = F[test].astype(np.float64) @ coef + intercept
             oof["trees"][test] = offset
@@ -340,7 +344,7 @@ class AccuracyPredictor(ResidualPredictor):
         if oof is None:
             return {}
         errors = np.abs(np.asarray(oof) - y)
-        folds = min(self.settings["cv_folds"], len(y))
+        folds = self._n_folds(F)
         shrink = np.sqrt((folds - 1) / folds)
         q68, q95 = np.quantile(errors, [0.68, 0.95])
         return {"noise_sd": float(shrink * max(q68, q95 / 2)),

@@ -45,6 +45,8 @@ class ArchFeaturizer:
         if space.layout is None:
             raise ValueError(f"{space.name} has no layout; the analytic cost model needs one")
         self.space = space
+        self._upper = space.bounds()[1]
+        self.gene_names: list[str] = _gene_names(space)
         probe = self.costs(np.zeros((1, space.n_var), dtype=np.int64))
         self.cost_names: list[str] = list(probe.columns)
         self.names: list[str] = self._code_names() + self.cost_names + ["total_macs",
@@ -71,7 +73,7 @@ class ArchFeaturizer:
         X = self._check(X)
         out = np.empty((len(X), len(self.names)), dtype=np.float32)
         n_codes = self._write_codes(X, out)
-        table = self.costs(X)
+        table = self.space.layout.costs(self.space, X)
         col = n_codes
         for value in table.columns.values():
             out[:, col] = value / 1e6
@@ -113,10 +115,36 @@ class ArchFeaturizer:
         return names + ["res", "res_sq"]
 
     def _check(self, X: np.ndarray) -> np.ndarray:
+        """``X`` as int64 genes, or ``ValueError`` naming the first gene that is not a valid index.
+
+        Genes index choices, and numpy indexing would read a bad one
+        silently: ``-1`` as the last choice, ``2.7`` cast to 2, or fail with a
+        bare ``IndexError``.  One vectorised pass, since search calls this
+        on every batch.
+        """
         X = np.atleast_2d(np.asarray(X))
         if X.ndim != 2 or X.shape[1] != self.space.n_var:
             raise ValueError(
                 f"expected encoded genes of shape (n, {self.space.n_var}) for {self.space.name}, "
                 f"got {X.shape}"
             )
+        if X.dtype.kind not in "biuf":
+            raise ValueError(f"encoded genes must be integers, got dtype {X.dtype}")
+        bad = (X < 0) | (X > self._upper)
+        if X.dtype.kind == "f":
+            bad |= ~np.isfinite(X) | (X != np.floor(X))
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(
+                f"gene {col} ({self.gene_names[col]}) of row {row} is {X[row, col].item()}; "
+                f"{self.space.name} allows the integers 0..{self._upper[col]} there"
+            )
         return X.astype(np.int64, copy=False)
+
+
+def _gene_names(space: SearchSpace) -> list[str]:
+    """A name per gene, in the encoding's order (``SearchSpace``: resolution, depths, knobs, widths)."""
+    names = ["resolution"] + [f"depth of stage {s}" for s in range(len(space.stages))]
+    for knob in space.block_knobs:
+        names += [f"{knob} of block slot {i}" for i in range(space.n_blocks)]
+    return names + [f"width slot {i}" for i in range(space.n_width_slots)]

@@ -11,7 +11,8 @@ grouping is chosen by leave-one-out CV among compute-bound and
 overhead-bound forms) has no such bias but more variance.
 
 So every candidate is fitted and scored by leave-one-out CV on the shots
-(K-fold above :data:`LOO_MAX` shots):
+(K-fold above :data:`LOO_MAX` shots; a subnet shot more than once is left out
+with all its repeats, see :func:`predictors.base.arch_groups`):
 
 * ``rescale:<i>`` - source ``i``'s prediction times a constant (one parameter);
 * ``affine:<i>`` - ``log y = a + b log pred_i`` (the dynamic range may differ);
@@ -47,7 +48,7 @@ import numpy as np
 from scipy import stats
 from sklearn.linear_model import RidgeCV
 
-from predictors.base import fit_nnls_base
+from predictors.base import arch_groups, fit_nnls_base, group_folds, space_identity
 from predictors.latency import LatencyPredictor, latency_groupings
 
 __all__ = ["KEEP_WITHIN_SE", "LOO_MAX", "FewShotChoice", "FewShotLatencyPredictor"]
@@ -114,7 +115,7 @@ class FewShotLatencyPredictor:
                  keep_within_se: float = KEEP_WITHIN_SE) -> None:
         if not sources:
             raise ValueError("few-shot prediction needs at least one source predictor")
-        spaces = {p.space.name for p in sources}
+        spaces = {space_identity(p.space) for p in sources}
         if len(spaces) != 1:
             raise ValueError(f"source predictors cover different spaces: {sorted(spaces)}")
         self.sources = list(sources)
@@ -128,7 +129,7 @@ class FewShotLatencyPredictor:
     # ------------------------------------------------------------------ design
 
     def _design(self, X: np.ndarray) -> _Design:
-        X = np.atleast_2d(np.asarray(X, dtype=np.int64))
+        X = np.atleast_2d(np.asarray(X))  # the featurizer checks the genes; a cast would hide bad ones
         logs = np.column_stack([np.log(p.predict(X)) for p in self.sources])
         columns = self.featurizer.costs(X).columns
         depthwise = sum(v for k, v in columns.items() if "_macs_dw" in k)
@@ -167,7 +168,11 @@ class FewShotLatencyPredictor:
         if not np.all(np.isfinite(y)) or np.any(y <= 0):
             raise ValueError("latencies must be positive and finite")
         design, log_y = self._design(X), np.log(y)
-        folds = _folds(len(y))
+        groups = arch_groups(design.features)
+        if groups.max() + 1 < 3:
+            raise ValueError(f"need at least 3 distinct subnets on the new device, got "
+                             f"{groups.max() + 1} (repeats of one subnet are one subnet in CV)")
+        folds = _folds(groups)
         candidates = self._candidates()
         oof = {name: _out_of_fold(fit, design, log_y, folds) for name, fit in candidates.items()}
         cv = {name: _cv_quality(log_y, pred) for name, pred in oof.items()}
@@ -246,12 +251,14 @@ def _fit_transfer(design: _Design, log_y: np.ndarray) -> Callable[[_Design], np.
 # --------------------------------------------------------------------------- cross-validation
 
 
-def _folds(n: int) -> list[np.ndarray]:
-    """Leave-one-out up to :data:`LOO_MAX` rows, else 10 interleaved folds (deterministic)."""
-    if n <= LOO_MAX:
-        return [np.array([i]) for i in range(n)]
-    order = np.random.default_rng(0).permutation(n)
-    return [order[k::10] for k in range(10)]
+def _folds(groups: np.ndarray) -> list[np.ndarray]:
+    """Leave-one-subnet-out up to :data:`LOO_MAX` subnets, else 10 interleaved folds (deterministic).
+
+    ``groups`` (:func:`predictors.base.arch_groups`) keeps a subnet's repeated
+    shots in one fold, so no candidate is scored on a subnet it was fitted to.
+    """
+    n_groups = int(groups.max()) + 1
+    return group_folds(groups, n_groups if n_groups <= LOO_MAX else 10, 0)
 
 
 def _out_of_fold(fit: Callable[[_Design, np.ndarray], Callable[[_Design], np.ndarray]],

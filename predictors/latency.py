@@ -33,8 +33,8 @@ class LatencyPredictor(ResidualPredictor):
     target: ClassVar[str] = "latency_ms"
     log_link: ClassVar[bool] = True
 
-    def _fit_base(self, F: np.ndarray, y: np.ndarray) -> _LinearBase:
-        return fit_nnls_base(F, y, self._groupings())
+    def _fit_base(self, F: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> _LinearBase:
+        return fit_nnls_base(F, y, self._groupings(), groups=groups)
 
     def _groupings(self) -> dict[str, list[list[int]]]:
         return latency_groupings(self.featurizer)

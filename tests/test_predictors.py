@@ -18,8 +18,8 @@ from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
 from hwsearch.families.ofa_resnet.layout import ofa_resnet50_space
 from hwsearch.space import SearchSpace
 from hwsearch.store import MemoryStore
-from predictors.accuracy import AccuracyPredictor
-from predictors.base import PredictorMismatchError
+from predictors.accuracy import AccuracyPredictor, interval_coverage
+from predictors.base import PredictorMismatchError, arch_groups, group_folds, xgb_cv_folds
 from predictors.dataset import MeasurementSet, parse_key
 from predictors.features import FEATURE_VERSION, ArchFeaturizer
 from predictors.fewshot import FewShotLatencyPredictor
@@ -28,6 +28,8 @@ from predictors.metrics import format_report, regression_report
 
 MBV3 = ofa_mbv3_space()
 RESNET = ofa_resnet50_space()
+SMALL = ofa_mbv3_space(resolutions=(32, 40), n_classes=10)
+"""MBV3's name, other choices and head: a 32/40 px, 10-class supernet."""
 
 
 def _genes(space: SearchSpace, n: int, seed: int) -> np.ndarray:
@@ -205,6 +207,103 @@ def test_fit_rejects_bad_labels() -> None:
         AccuracyPredictor(MBV3).fit(X, [71.0, 72.0, 73.0, 74.0, 75.0])
     with pytest.raises(RuntimeError, match="not fitted"):
         LatencyPredictor(MBV3).predict(X)
+
+
+def _repeated_subnets(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """40 subnets with structureless labels, each measured 4 times (0.2% noise), and 40 new ones.
+
+    Nothing about a subnet predicts its label, so an honest CV scores about
+    as badly as the new subnets do; one that leaves a subnet's repeats on
+    both sides of a fold scores its memory instead.
+    """
+    rng = np.random.default_rng(seed)
+    X = SMALL.encode_many(SMALL.sample(rng, 80))
+    true = 0.7 + rng.normal(0.0, 0.03, 80)
+    y = np.repeat(true[:40], 4) + rng.normal(0.0, 0.002, 160)
+    return np.repeat(X[:40], 4, axis=0), y, X[40:], true[40:]
+
+
+def test_grouped_folds_are_the_row_folds_when_no_subnet_repeats() -> None:
+    """So predictors fitted on distinct subnets keep the figures they had before grouping."""
+    groups = arch_groups(ArchFeaturizer(MBV3).transform(MBV3.canonical_genes(_genes(MBV3, 37, 17))))
+    np.testing.assert_array_equal(groups, np.arange(37))
+    order = np.random.default_rng(4).permutation(37)
+    assert [sorted(f) for f in group_folds(groups, 5, 4)] == [sorted(order[k::5]) for k in range(5)]
+    # xgb.cv's own shuffled split: np.random.seed(seed), a permutation, array_split.
+    chunks = np.array_split(np.random.RandomState(4).permutation(37), 5)
+    for k, (train, test) in enumerate(xgb_cv_folds(groups, 5, 4)):
+        np.testing.assert_array_equal(test, chunks[k])
+        np.testing.assert_array_equal(train, np.concatenate(chunks[:k] + chunks[k + 1:]))
+
+
+def test_cv_keeps_the_repeats_of_a_subnet_in_one_fold() -> None:
+    X, y, X_new, y_new = _repeated_subnets(1)
+    model = LatencyPredictor(SMALL, n_estimators=100, n_members=0).fit(
+        X, y, X_test=X_new, y_test=y_new)
+    cv, test = model.meta.metrics["cv"], model.meta.metrics["test"]
+    # Split row by row: CV tau 0.89, MAPE 0.6% and 100 trees; on new subnets tau 0, MAPE 3.8%.
+    assert cv["tau"] < 0.3 and cv["mape"] > 0.5 * test["mape"]
+    assert model.meta.metrics["residual_trees"] < 20  # the tree count's CV sees no memory either
+
+
+def test_accuracy_sd_from_cv_covers_new_subnets_when_subnets_repeat() -> None:
+    X, y, X_new, y_new = _repeated_subnets(2)
+    model = AccuracyPredictor(SMALL, n_estimators=100, n_members=2).fit(X, y)
+    mean, sd = model.predict_dist(X_new)
+    # Split row by row, the sd was 0.0024 (the repeats' noise) and covered 10% and 12%.
+    assert interval_coverage(y_new, mean, sd, k=1.0) > 0.45
+    assert interval_coverage(y_new, mean, sd, k=2.0) > 0.85
+
+
+def test_few_shot_cv_leaves_out_every_repeat_of_a_subnet(latency_model: LatencyPredictor) -> None:
+    X = MBV3.canonical_genes(_genes(MBV3, 8, 21))
+    y = _device_latency(MBV3, X, dw_rate=8.0, pw_rate=0.6, seed=22)
+    shot = FewShotLatencyPredictor([latency_model]).fit(np.repeat(X, 3, axis=0), np.repeat(y, 3))
+    assert shot.choice is not None and shot.choice.folds == 8 and shot.choice.n_shots == 24
+    with pytest.raises(ValueError, match="3 distinct subnets"):
+        FewShotLatencyPredictor([latency_model]).fit(np.repeat(X[:2], 3, axis=0), np.repeat(y[:2], 3))
+
+
+def test_load_refuses_a_space_of_the_same_name_with_other_choices_or_head(tmp_path: Path) -> None:
+    X = SMALL.encode_many(SMALL.sample(np.random.default_rng(14), 30))
+    y = 1.0 + X[:, 0]
+    LatencyPredictor(SMALL, n_estimators=10, n_members=0, cv_folds=0).fit(X, y).save(tmp_path)
+    same_name = [MBV3, ofa_mbv3_space(resolutions=(32, 40))]  # other head; other choices only
+    assert {s.name for s in same_name} == {SMALL.name}
+    assert same_name[1].network_id == MBV3.network_id != SMALL.network_id
+    for space in same_name:
+        with pytest.raises(PredictorMismatchError, match="same name, other choices or head"):
+            LatencyPredictor.load(tmp_path, space=space)
+    assert LatencyPredictor.load(tmp_path, space=SMALL).meta.space_id is not None
+    # Saved before the identity was recorded: the name is all there is to check.
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    del meta["space_id"]
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    assert LatencyPredictor.load(tmp_path, space=MBV3).meta.space_id is None
+
+
+def test_few_shot_refuses_sources_of_same_named_spaces() -> None:
+    X = SMALL.encode_many(SMALL.sample(np.random.default_rng(15), 30))
+    other = ofa_mbv3_space(resolutions=(32, 48), n_classes=10)
+    fit = {"n_estimators": 10, "n_members": 0, "cv_folds": 0}
+    sources = [LatencyPredictor(s, **fit).fit(X, 1.0 + X[:, 0]) for s in (SMALL, other)]
+    with pytest.raises(ValueError, match="different spaces"):
+        FewShotLatencyPredictor(sources)
+
+
+@pytest.mark.parametrize("change", ["-1", "-4", "+100", "nan", "+0.7"])
+def test_predict_and_fit_refuse_genes_that_index_no_choice(
+    latency_model: LatencyPredictor, change: str
+) -> None:
+    X = MBV3.canonical_genes(_genes(MBV3, 3, 16))
+    bad = X.astype(np.float64)
+    bad[1, 7] = bad[1, 7] + float(change) if change.startswith("+") else float(change)
+    message = r"gene 7 \(kernel of block slot 1\) of row 1 .* 0\.\.2"
+    for call in (latency_model.predict, lambda g: latency_model.predict_dist(g),
+                 lambda g: LatencyPredictor(MBV3).fit(g, np.ones(len(g)))):
+        with pytest.raises(ValueError, match=message):
+            call(bad)
+    np.testing.assert_array_equal(latency_model.predict(X.astype(np.float64)), latency_model.predict(X))
 
 
 # --------------------------------------------------------------------------- accuracy
