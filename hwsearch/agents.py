@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = ["AgentEndpoint", "UnknownAgent", "load_agents", "resolve_profile"]
 
@@ -42,6 +43,9 @@ class AgentEndpoint:
             raise ValueError(f"agent name {self.name!r} must be 1-64 of [A-Za-z0-9._-]")
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"agent {self.name}: url {self.url!r} must be http(s)")
+        if "@" in urlsplit(self.url).netloc:  # the URL is printed in logs and errors; a password must not be
+            raise ValueError(f"agent {self.name}: its url carries a user or password; the agent's token "
+                             "comes from the secrets file or the environment, and the url is printed in logs")
         if not self.token:
             raise ValueError(f"agent {self.name}: no token")
 

@@ -579,6 +579,8 @@ def test_what_the_service_keeps_is_closed_to_other_accounts(factory: bool) -> No
     ({"HWSEARCH_AGENTS": "no-url-here"}, "HWSEARCH_AGENTS:"),
     ({"HWSEARCH_TOKEN": "p\u00e4ss"}, "HWSEARCH_TOKEN: the token must be printable ASCII"),
     ({"HWSEARCH_PUBLIC_URL": "ftp://x"}, "HWSEARCH_PUBLIC_URL: the public URL must be http(s)"),
+    ({"HWSEARCH_AGENTS": "edge=http://user:s3cret@127.0.0.1:9", "HWSEARCH_AGENT_TOKEN_EDGE": "t"},
+     "its url carries a user or password"),
 ])
 def test_the_factory_stops_on_a_bad_setting_in_one_line_and_leaves_nothing(
         tmp_path: Path, setting: dict[str, str], named: str) -> None:
@@ -589,6 +591,7 @@ def test_the_factory_stops_on_a_bad_setting_in_one_line_and_leaves_nothing(
                               "--port", "0"], env=env, capture_output=True, text=True, timeout=120)
     assert started.returncode == 3, started.stderr[-2000:]
     assert named in started.stderr and "Traceback" not in started.stderr, started.stderr[-2000:]
+    assert "s3cret" not in started.stderr
     assert list(tmp_path.iterdir()) == [], "a refused start leaves no store or data folder"
 
 
