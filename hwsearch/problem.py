@@ -24,6 +24,8 @@ A metric is either
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -46,7 +48,10 @@ __all__ = [
     "UncertainPredictor",
     "accuracy_latency",
     "analytic_costs",
+    "finite_number",
 ]
+
+SENSES = ("min", "max")
 
 
 @runtime_checkable
@@ -106,12 +111,37 @@ def analytic_costs(space: SearchSpace) -> dict[str, Cost]:
             for metric in ("macs", "params")}
 
 
+def finite_number(value: object, name: str) -> float:
+    """``value`` as a float, or a ValueError naming ``name`` when it is not a finite real number.
+
+    A NaN compares false with everything, so a NaN bound or setting passes
+    every range check and only fails far downstream (a search that keeps no
+    row); a string or a bool is a typo, not a number.  Both are refused here.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Objective:
-    """One objective: a metric and whether larger is better."""
+    """One objective: a metric and whether larger is better.
+
+    Only ``"min"`` and ``"max"`` are senses: anything else (``"maximize"``)
+    would silently be minimised, so it is refused when the objective is made.
+    """
 
     metric: str
     sense: Literal["min", "max"] = "min"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ValueError(f"Objective metric must be a metric name, got {self.metric!r}")
+        if self.sense not in SENSES:
+            raise ValueError(f"Objective sense of {self.metric!r} must be 'min' or 'max', "
+                             f"got {self.sense!r}")
 
     def to_min(self, values: np.ndarray) -> np.ndarray:
         """pymoo minimises; maximised metrics are negated."""
@@ -123,11 +153,29 @@ class Objective:
 
 @dataclass(frozen=True)
 class Limit:
-    """A constraint ``lower ≤ metric ≤ upper`` (either side optional)."""
+    """A constraint ``lower ≤ metric ≤ upper`` (either side optional, at least one set).
+
+    Bounds are checked when the limit is made: a NaN bound makes every
+    violation NaN, neither feasible nor infeasible, and a string fails only
+    once the first population is scored.
+    """
 
     metric: str
     upper: float | None = None
     lower: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ValueError(f"Limit metric must be a metric name, got {self.metric!r}")
+        if self.upper is None and self.lower is None:
+            raise ValueError(f"Limit on {self.metric!r} needs an upper or a lower bound")
+        for side in ("upper", "lower"):
+            value = getattr(self, side)
+            if value is not None:
+                object.__setattr__(self, side, finite_number(value, f"Limit {side} of {self.metric!r}"))
+        if self.upper is not None and self.lower is not None and self.lower > self.upper:
+            raise ValueError(f"Limit on {self.metric!r}: lower={self.lower:g} is above "
+                             f"upper={self.upper:g}, so no subnet can meet it")
 
     def violations(self, values: np.ndarray) -> list[np.ndarray]:
         """pymoo's ``G ≤ 0`` form, one column per side that is set."""
@@ -265,8 +313,17 @@ def _predictor_space(name: str, metric: Metric, space: SearchSpace) -> SearchSpa
 
 
 def _checked(name: str, out: object, n: int) -> np.ndarray:
-    """A metric's output as ``(n,)`` float64, or an error naming the metric."""
+    """A metric's output as ``(n,)`` finite float64, or an error naming the metric.
+
+    A NaN objective is neither better nor worse than anything, so it slips
+    through non-dominated sorting into the front (and an ``inf`` one
+    dominates every other point); neither is a value a subnet can have.
+    """
     values = np.asarray(out, dtype=np.float64).reshape(-1)
     if values.shape != (n,):
         raise ValueError(f"metric {name!r} returned {values.shape[0]} values for {n} rows")
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        raise ValueError(f"metric {name!r} returned {bad} non-finite value(s) (NaN or inf) for "
+                         f"{n} rows; a metric must return a finite number for every row")
     return values

@@ -58,6 +58,8 @@ __all__ = [
 ]
 
 ACCURACY, LATENCY = "accuracy", "latency_ms"
+# What a limit may bound: the two measured metrics and the analytic counts (see _Loop._with_costs).
+LIMITABLE = (ACCURACY, LATENCY, "params", "macs")
 
 
 class Measurer(Protocol):
@@ -198,6 +200,26 @@ class _Loop:
         self.round = 0
         self.rng = np.random.default_rng(settings.seed)
         self.reference = None if reference_point is None else np.asarray(reference_point, float)
+        self._check_aims()
+
+    def _check_aims(self) -> None:
+        """Refuse unusable limits and targets now, before the initial design spends measurements.
+
+        A limit on a metric refinement does not have (``latncy_ms``) used to
+        fail only when the first round built its problem, after the cold-start
+        subnets were measured: a typo lost them.  Building that problem here
+        also checks what only it knows (counts on a space without a layout).
+        """
+        for lim in self.limits:
+            if not isinstance(lim, Limit):
+                raise TypeError(f"limits must be Limit objects, got {lim!r}")
+        unknown = sorted({lim.metric for lim in self.limits} - set(LIMITABLE))
+        if unknown:
+            raise ValueError(f"limits name metric(s) {unknown} refinement does not have; it "
+                             f"limits {list(LIMITABLE)}")
+        if not isinstance(self.targets, LatencyTargets):
+            raise TypeError(f"targets must be LatencyTargets, got {self.targets!r}")
+        self._problem()
 
     # ------------------------------------------------------------------ budget
 
@@ -273,16 +295,19 @@ class _Loop:
         self.predictors[ACCURACY].fit(X, np.array([o.accuracy for o in self.observations]))
         self.predictors[LATENCY].fit(X, np.array([o.latency_ms for o in self.observations]))
 
-    def _pool(self) -> tuple[np.ndarray, np.ndarray]:
-        """Unmeasured subnets on the optimistic predicted front, with their optimistic ``F``."""
+    def _problem(self) -> SubnetProblem:
+        """The search on optimistic predictions, under the limits and the targets' ceiling."""
         metrics: dict[str, Predictor] = {
             name: Optimistic(pred, self.settings.kappa, _sense(self.objectives, name))
             for name, pred in self.predictors.items()
         }
-        problem = SubnetProblem(self.space, self._with_costs(metrics), self.objectives,
-                                self.limits + self._target_limits())
+        return SubnetProblem(self.space, self._with_costs(metrics), self.objectives,
+                             self.limits + self._target_limits())
+
+    def _pool(self) -> tuple[np.ndarray, np.ndarray]:
+        """Unmeasured subnets on the optimistic predicted front, with their optimistic ``F``."""
         seed = self.settings.seed * 1000 + self.round
-        result = search(problem, replace(self.settings.search, seed=seed))
+        result = search(self._problem(), replace(self.settings.search, seed=seed))
         fresh = [i for i, x in enumerate(result.X) if self.space.decode(x).key() not in self.keys]
         X = result.X[fresh]
         F = np.column_stack([o.to_min(result.values[o.metric][fresh]) for o in self.objectives])

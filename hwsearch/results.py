@@ -10,7 +10,9 @@ cannot be compared with anything.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import math
+import numbers
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +25,7 @@ from hwsearch.problem import Objective
 from hwsearch.space import ArchConfig, SearchSpace
 
 __all__ = ["Candidate", "ParetoFront", "best_under", "fastest_above", "hypervolume", "knee",
-           "non_dominated"]
+           "non_dominated", "query_metrics"]
 
 Source = Literal["measured", "predicted"]
 
@@ -185,15 +187,22 @@ class ParetoFront:
         """The point farthest below the line joining the front's two extremes (see :func:`knee`)."""
         return knee(self.points, self.objectives, source)
 
-    def best_under(self, latency_ms: float, *, latency: str = "latency_ms",
-                   source: Source = "measured") -> Candidate | None:
-        """The most accurate point whose latency is at most ``latency_ms``."""
-        return best_under(self.points, latency_ms, latency, source)
+    def best_under(self, latency_ms: float, *, latency: str | None = None,
+                   accuracy: str | None = None, source: Source = "measured") -> Candidate | None:
+        """The most accurate point whose latency is at most ``latency_ms`` (metrics: :func:`query_metrics`)."""
+        latency, accuracy = query_metrics(self.objectives, self._held(), latency, accuracy)
+        return best_under(self.points, latency_ms, latency, source, accuracy)
 
-    def fastest_above(self, accuracy: float, *, latency: str = "latency_ms",
-                      source: Source = "measured") -> Candidate | None:
-        """The fastest point whose accuracy is at least ``accuracy``."""
-        return fastest_above(self.points, accuracy, latency, source)
+    def fastest_above(self, floor: float, *, latency: str | None = None,
+                      accuracy: str | None = None, source: Source = "measured") -> Candidate | None:
+        """The fastest point whose accuracy is at least ``floor`` (metrics: :func:`query_metrics`)."""
+        latency, accuracy = query_metrics(self.objectives, self._held(), latency, accuracy)
+        return fastest_above(self.points, floor, latency, source, accuracy)
+
+    def _held(self) -> set[str]:
+        """Every metric the front's objectives or points name."""
+        return {o.metric for o in self.objectives}.union(
+            *(p.measured.keys() | p.predicted.keys() for p in self.points))
 
     @property
     def budgets_ms(self) -> tuple[float, ...]:
@@ -240,13 +249,23 @@ class ParetoFront:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], space: SearchSpace | None = None) -> ParetoFront:
+        """Inverse of :meth:`to_dict`; a sense other than min/max or an impossible objective
+        value (see :func:`_check_point`) is a ValueError naming the point and the field.
+
+        Fronts come back from files a user may have edited or written: a NaN
+        latency would otherwise be drawn, ranked and even chosen as the knee.
+        """
         if space is not None and space.name != data["space_name"]:
             raise ValueError(f"front is for space {data['space_name']!r}, not {space.name!r}")
+        objectives = tuple(Objective(o["metric"], o["sense"]) for o in data["objectives"])
+        points = tuple(Candidate.from_dict(p, space) for p in data["points"])
+        for index, point in enumerate(points):
+            _check_point(index, point, objectives)
         return cls(
             device=data["device"],
             space_name=data["space_name"],
-            points=tuple(Candidate.from_dict(p, space) for p in data["points"]),
-            objectives=tuple(Objective(o["metric"], o["sense"]) for o in data["objectives"]),
+            points=points,
+            objectives=objectives,
             reference_point=tuple(data["reference_point"]),
             hypervolume=float(data["hypervolume"]),
             seed=int(data["seed"]),
@@ -260,6 +279,28 @@ class ParetoFront:
     @classmethod
     def load(cls, path: str | Path, space: SearchSpace | None = None) -> ParetoFront:
         return cls.from_json(Path(path).read_text(), space)
+
+
+def _check_point(index: int, point: Candidate, objectives: Sequence[Objective]) -> None:
+    """Refuse objective values no subnet can have: non-finite ones, a measured accuracy outside [0, 1].
+
+    hwsearch measures accuracy as a top-1 fraction (predictors and
+    ``--accuracy-floor`` take it so), so 5.0 is a corrupted file, not a
+    result.  Only objective values are checked: fields that are null by
+    design (``macs``, ``latency_conditions``' unknowns) mean "not known".
+    Predicted accuracy is only checked for finiteness: a model's estimate may
+    stray just outside [0, 1] without anything being wrong with the file.
+    """
+    for objective in objectives:
+        for kind, values in (("measured", point.measured), ("predicted", point.predicted)):
+            if objective.metric not in values:
+                continue
+            value = values[objective.metric]
+            where = f"point {index} ({point.arch.key()}) {kind} {objective.metric!r}"
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"{where} is {value!r}, not a finite number")
+            if kind == "measured" and objective.metric == "accuracy" and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{where} is {value!r}; accuracy is a fraction in [0, 1]")
 
 
 # --------------------------------------------------------------------------- queries
@@ -287,17 +328,63 @@ def knee(points: Sequence[Candidate], objectives: Sequence[Objective],
 
 
 def best_under(points: Sequence[Candidate], latency_ms: float, latency: str = "latency_ms",
-               source: Source = "measured") -> Candidate | None:
-    """The most accurate point whose latency is at most ``latency_ms``."""
+               source: Source = "measured", accuracy: str = "accuracy") -> Candidate | None:
+    """The point with the largest ``accuracy`` metric whose ``latency`` is at most ``latency_ms``."""
+    _query_value(latency_ms, "latency_ms")
     fits = [p for p in points if p.value(latency, source) <= latency_ms]
-    return max(fits, key=lambda p: p.value("accuracy", source), default=None)
+    return max(fits, key=lambda p: p.value(accuracy, source), default=None)
 
 
-def fastest_above(points: Sequence[Candidate], accuracy: float, latency: str = "latency_ms",
-                  source: Source = "measured") -> Candidate | None:
-    """The fastest point whose accuracy is at least ``accuracy``."""
-    fits = [p for p in points if p.value("accuracy", source) >= accuracy]
+def fastest_above(points: Sequence[Candidate], floor: float, latency: str = "latency_ms",
+                  source: Source = "measured", accuracy: str = "accuracy") -> Candidate | None:
+    """The point with the smallest ``latency`` metric whose ``accuracy`` is at least ``floor``."""
+    _query_value(floor, "floor")
+    fits = [p for p in points if p.value(accuracy, source) >= floor]
     return min(fits, key=lambda p: p.value(latency, source), default=None)
+
+
+def _query_value(value: object, name: str) -> None:
+    """Refuse a budget or floor that is no number: NaN would quietly answer None, a string a TypeError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+
+
+_CONVENTIONAL = {"latency": ("latency_ms", "min", "minimised"),
+                 "accuracy": ("accuracy", "max", "maximised")}
+
+
+def query_metrics(objectives: Sequence[Objective], held: Collection[str], latency: str | None = None,
+                  accuracy: str | None = None) -> tuple[str, str]:
+    """The ``(latency, accuracy)`` metrics :func:`best_under` and :func:`fastest_above` compare.
+
+    A metric not named is the conventional one (``latency_ms``, ``accuracy``)
+    when the front holds it, else the front's only minimised (for latency) or
+    maximised (for accuracy) objective: a search of ``top5`` against
+    ``latency_ms@phone`` needs no keyword, and a front with neither name is
+    not answered with a ``KeyError``.  A name the front does not hold, or no
+    such objective (or several), is a ValueError saying which keyword to pass.
+    """
+    return (_query_metric("latency", latency, objectives, held),
+            _query_metric("accuracy", accuracy, objectives, held))
+
+
+def _query_metric(role: str, given: str | None, objectives: Sequence[Objective],
+                  held: Collection[str]) -> str:
+    """One metric of :func:`query_metrics`: the one given, checked, or the default for ``role``."""
+    conventional, sense, adjective = _CONVENTIONAL[role]
+    if given is not None:
+        if given not in held:
+            raise ValueError(f"{role} metric {given!r} is not on this front; it has {sorted(held)}")
+        return given
+    if conventional in held:
+        return conventional
+    matches = [o.metric for o in objectives if o.sense == sense]
+    if len(matches) == 1:
+        return matches[0]
+    listed = ", ".join(f"{o.metric} ({o.sense})" for o in objectives)
+    raise ValueError(f"this front has no {conventional!r} metric and {len(matches) or 'no'} "
+                     f"{adjective} objectives ({listed}) to use instead; name the {role} metric "
+                     f"to compare")
 
 
 def _objective_matrix(candidates: Sequence[Candidate], objectives: Sequence[Objective],

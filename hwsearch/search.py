@@ -29,6 +29,7 @@ object for code that drives pymoo's ``minimize`` itself.
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,7 @@ from pymoo.operators.sampling.rnd import IntegerRandomSampling
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from hwsearch.operators import (
+    CROSSOVERS,
     CrossoverKind,
     GeneCrossover,
     GeneMutation,
@@ -51,7 +53,7 @@ from hwsearch.operators import (
     mutate,
     tournament,
 )
-from hwsearch.problem import Objective, SubnetProblem
+from hwsearch.problem import Objective, SubnetProblem, finite_number
 from hwsearch.results import (
     Candidate,
     ParetoFront,
@@ -59,6 +61,7 @@ from hwsearch.results import (
     fastest_above,
     knee,
     non_dominated,
+    query_metrics,
 )
 from hwsearch.space import ArchConfig, SearchSpace
 
@@ -93,15 +96,50 @@ class SearchSettings:
     max_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        if self.pop_size < 2 or self.n_gen < 1:
-            raise ValueError("pop_size must be ≥ 2 and n_gen ≥ 1")
-        if self.mutation_rate is not None and not 0.0 < self.mutation_rate <= 1.0:
-            raise ValueError(f"mutation_rate must be in (0, 1], got {self.mutation_rate}")
-        if self.max_evals is not None and self.max_evals < 1:
-            raise ValueError(f"max_evals must be ≥ 1, got {self.max_evals}")
+        """Check every field where it is set: a bad value would otherwise fail (or be
+        ignored) generations later, e.g. ``pop_size=10.5`` as a slicing TypeError and
+        ``crossover_prob=5`` as a run that silently always crosses over."""
+        for name, least in (("pop_size", 2), ("n_gen", 1), ("seed", 0)):
+            self._set(name, _whole(getattr(self, name), name, least))
+        if self.crossover not in CROSSOVERS:
+            raise ValueError(f"crossover must be one of {CROSSOVERS}, got {self.crossover!r}")
+        self._set("crossover_prob", _within(self.crossover_prob, "crossover_prob", 0.0, 1.0))
+        self._set("crossover_eta", _within(self.crossover_eta, "crossover_eta", 0.0, None))
+        if self.mutation_rate is not None:
+            rate = finite_number(self.mutation_rate, "mutation_rate")
+            if not 0.0 < rate <= 1.0:
+                raise ValueError(f"mutation_rate must be in (0, 1], got {self.mutation_rate!r}")
+            self._set("mutation_rate", rate)
+        if self.max_evals is not None:
+            self._set("max_evals", _whole(self.max_evals, "max_evals", 1))
+        if self.max_seconds is not None:
+            self._set("max_seconds", _within(self.max_seconds, "max_seconds", 0.0, None))
+
+    def _set(self, name: str, value: object) -> None:
+        """Replace a field of this frozen dataclass by its checked plain ``int``/``float``
+        (a numpy scalar given here would otherwise reach ``to_dict`` and the front's JSON)."""
+        object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _whole(value: object, name: str, least: int) -> int:
+    """``value`` as an ``int`` of at least ``least``, or a ValueError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if value < least:
+        raise ValueError(f"{name} must be ≥ {least}, got {value!r}")
+    return int(value)
+
+
+def _within(value: object, name: str, low: float, high: float | None) -> float:
+    """``value`` as a finite float in ``[low, high]`` (no upper end when ``high`` is None)."""
+    number = finite_number(value, name)
+    if number < low or (high is not None and number > high):
+        span = f"in [{low:g}, {high:g}]" if high is not None else f"≥ {low:g}"
+        raise ValueError(f"{name} must be {span}, got {value!r}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -161,13 +199,22 @@ class SearchResult:
         """The front's knee on the first two objectives (see :meth:`ParetoFront.knee`)."""
         return knee(self.candidates(), self.objectives, "predicted")
 
-    def best_under(self, latency_ms: float, *, latency: str = "latency_ms") -> Candidate | None:
-        """The most accurate point predicted at most ``latency_ms``."""
-        return best_under(self.candidates(), latency_ms, latency, "predicted")
+    def best_under(self, latency_ms: float, *, latency: str | None = None,
+                   accuracy: str | None = None) -> Candidate | None:
+        """The most accurate point predicted at most ``latency_ms``.
 
-    def fastest_above(self, accuracy: float, *, latency: str = "latency_ms") -> Candidate | None:
-        """The fastest point predicted at least ``accuracy``."""
-        return fastest_above(self.candidates(), accuracy, latency, "predicted")
+        ``latency``/``accuracy`` name the metrics compared; by default
+        ``latency_ms``/``accuracy``, else the result's only minimised/maximised
+        objective (see :func:`hwsearch.results.query_metrics`).
+        """
+        latency, accuracy = query_metrics(self.objectives, self.values.keys(), latency, accuracy)
+        return best_under(self.candidates(), latency_ms, latency, "predicted", accuracy)
+
+    def fastest_above(self, floor: float, *, latency: str | None = None,
+                      accuracy: str | None = None) -> Candidate | None:
+        """The fastest point predicted at least ``floor`` accurate (metrics as :meth:`best_under`)."""
+        latency, accuracy = query_metrics(self.objectives, self.values.keys(), latency, accuracy)
+        return fastest_above(self.candidates(), floor, latency, "predicted", accuracy)
 
 
 class CanonicalDuplicates(DuplicateElimination):
@@ -338,9 +385,12 @@ def _rank_and_crowd(F: np.ndarray, CV: np.ndarray, n_survive: int
 
     Feasible rows first, front by front (pymoo's compiled sorting), the split
     front cut by crowding distance; infeasible rows after them by violation.
+    A NaN violation counts as infeasible (sorted last): were it neither, its
+    row would be dropped, and a population of such rows would have no survivor.
     """
-    feasible = np.flatnonzero(CV <= 0)
-    infeasible = np.flatnonzero(CV > 0)
+    is_feasible = CV <= 0
+    feasible = np.flatnonzero(is_feasible)
+    infeasible = np.flatnonzero(~is_feasible)
     parts, ranks, crowds = [], [], []
     n_fronts = 0
     if len(feasible):

@@ -386,6 +386,11 @@ def _bounds_cases() -> list[tuple[list[str], str]]:
         ([*search, "--budget-ms", "-1"], "--budget-ms"),  # ran, for a front no subnet could enter
         ([*search, "--params-limit", "0"], "--params-limit"),
         ([*search, "--accuracy-floor", "2"], "--accuracy-floor"),
+        # NaN passed every check: 35 s of profiling, then a 116-line Ray traceback, exit 1
+        ([*search, "--budget-ms", "nan"], "--budget-ms"),
+        ([*search, "--budget-ms", "inf"], "--budget-ms"),
+        ([*search, "--params-limit", "nan"], "--params-limit"),
+        ([*search, "--accuracy-floor", "nan"], "--accuracy-floor"),  # typer's [0, 1] bound refuses it
         ([*search, "--n-profile", "-1"], "--n-profile"),  # a traceback
         ([*search, "--budget", "-1"], "--budget"),  # ran
         (["demo", "--n-profile", "-1"], "--n-profile"),

@@ -6,6 +6,7 @@ Each case runs the real ``hwsearch`` command on a real file, as in
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -229,6 +231,49 @@ def test_reporting_a_folder_without_readable_fronts(tmp_path: Path, content: str
         (folder / "a.json").write_text(content)
     result = run_cli("report", str(folder), "--out", str(tmp_path / "report"), cwd=tmp_path)
     assert_one_line_error(result, 2, "JOB", mention)
+
+
+def _front_json(**changes: Any) -> dict[str, Any]:
+    """A real measured front of the demo space as JSON, its second point's measured values changed."""
+    from hwsearch.problem import accuracy_latency
+    from hwsearch.results import Candidate, ParetoFront
+    from hwsearch.supernets import create_supernet
+
+    space = create_supernet("demo_mbv3_mnist").space
+    points = [Candidate(arch=arch, measured={"accuracy": acc, "latency_ms": lat})
+              for arch, (acc, lat) in zip(space.sample(0, 3), [(0.80, 0.2), (0.85, 0.3), (0.90, 0.5)])]
+    front = ParetoFront.build(device="x", space_name=space.name, candidates=points,
+                              objectives=accuracy_latency(), reference_point=(-0.5, 1.0), seed=0)
+    data = front.to_dict()
+    data["points"][1]["measured"].update(changes)
+    return data
+
+
+@pytest.mark.parametrize("changes, mention", [
+    ({"latency_ms": float("nan")}, "measured 'latency_ms' is nan, not a finite number"),
+    ({"accuracy": 5.0}, "measured 'accuracy' is 5.0; accuracy is a fraction in [0, 1]"),
+])
+def test_reporting_a_front_with_impossible_values(tmp_path: Path, changes: dict[str, float],
+                                                  mention: str) -> None:
+    """A NaN latency and an accuracy of 5.0 rendered with exit 0, the NaN point as the knee."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "front-x.json").write_text(json.dumps(_front_json(**changes)))
+    result = run_cli("report", str(folder), "--out", str(tmp_path / "report"), cwd=tmp_path)
+    assert_one_line_error(result, 2, "JOB", "front-x.json", "point 1 (", mention)
+    assert not (tmp_path / "report").exists()
+
+
+def test_reporting_a_sound_front_with_unknown_conditions_works(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    data = _front_json()
+    data["points"][0]["latency_conditions"] = {"stable": False, "latency_source": "median_ms",
+                                               "latency_ci": None, "session_offset": None}
+    (folder / "front-x.json").write_text(json.dumps(data))
+    result = run_cli("report", str(folder), "--out", str(tmp_path / "report"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "report" / "report.html").is_file()
 
 
 def test_export_batch_is_bounded_like_a_profiles(tmp_path: Path) -> None:

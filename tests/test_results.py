@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
-from hwsearch.problem import accuracy_latency
+from hwsearch.problem import Objective, accuracy_latency
 from hwsearch.results import Candidate, ParetoFront, hypervolume, measurement_label
 
 SPACE = ofa_mbv3_space()
@@ -95,3 +96,55 @@ def test_points_keep_how_their_latency_was_measured() -> None:
     assert measurement_label({"stable": False, "latency_source": "median_ms"}) == "raw median"
     assert measurement_label({}) == ""
     assert Candidate(arch=arch).to_dict()["latency_conditions"] is None
+
+
+def test_a_front_file_with_an_unknown_sense_is_refused():
+    """'maximize' loaded, and the front's queries and knee then minimised accuracy."""
+    data = json.loads(_front().to_json())
+    data["objectives"][0]["sense"] = "maximize"
+    with pytest.raises(ValueError, match="sense of 'accuracy' must be 'min' or 'max', got 'maximize'"):
+        ParetoFront.from_dict(data)
+
+
+@pytest.mark.parametrize("kind, metric, value, mention", [
+    ("measured", "latency_ms", float("nan"), "measured 'latency_ms' is nan, not a finite number"),
+    ("measured", "latency_ms", float("inf"), "measured 'latency_ms' is inf, not a finite number"),
+    ("measured", "latency_ms", "3 ms", "measured 'latency_ms' is '3 ms', not a finite number"),
+    ("measured", "accuracy", 5.0, "measured 'accuracy' is 5.0; accuracy is a fraction in [0, 1]"),
+    ("measured", "accuracy", -0.1, "measured 'accuracy' is -0.1; accuracy is a fraction in [0, 1]"),
+    ("predicted", "accuracy", float("nan"), "predicted 'accuracy' is nan, not a finite number"),
+])
+def test_a_front_file_with_an_impossible_objective_value_is_refused(kind, metric, value, mention):
+    """A NaN latency or an accuracy of 5.0 used to load, plot, and even be the knee."""
+    front = _front()
+    data = json.loads(front.to_json())
+    data["points"][2][kind][metric] = value
+    point = f"point 2 ({front.points[2].arch.key()}) "
+    with pytest.raises(ValueError, match=re.escape(point + mention)):
+        ParetoFront.from_json(json.dumps(data))
+
+
+def test_fields_that_are_null_by_design_still_load():
+    """Unknown MACs, a missing prediction, unknown measurement conditions and spread are not errors."""
+    data = json.loads(_front().to_json())
+    point = data["points"][0]
+    point.update(macs=None, params=None, predicted={}, spread={},
+                 latency_conditions={"stable": False, "latency_source": "median_ms", "latency_ci": None,
+                                     "session_offset": None})
+    data["points"][1]["predicted"] = {"accuracy": 1.004, "latency_ms": 1.2}  # an estimate may pass 1
+    data["points"][1]["measured"]["params"] = float("nan")  # not an objective
+    front = ParetoFront.from_json(json.dumps(data))
+    assert front.points[0].macs is None and front.points[0].latency_conditions["latency_ci"] is None
+
+
+def test_front_queries_use_the_fronts_own_metric_names():
+    archs = SPACE.sample(0, 3)
+    points = [Candidate(arch=a, measured={"top1": acc, "latency_ms@phone": lat})
+              for a, (acc, lat) in zip(archs, [(0.70, 1.0), (0.74, 1.5), (0.76, 3.0)])]
+    front = ParetoFront.build(device="phone", space_name=SPACE.name, candidates=points,
+                              objectives=(Objective("top1", "max"), Objective("latency_ms@phone")),
+                              reference_point=(-0.6, 10.0), seed=0)
+    assert front.best_under(2.0).measured["top1"] == 0.74
+    assert front.fastest_above(0.72).measured["latency_ms@phone"] == 1.5
+    with pytest.raises(ValueError, match="latency metric 'latency_ms' is not on this front"):
+        front.best_under(2.0, latency="latency_ms")

@@ -8,6 +8,8 @@ about predictors.  Every search here is a real run of the engine.
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 
@@ -21,7 +23,7 @@ from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
 from hwsearch.operators import effective_genes, mutate
 from hwsearch.problem import Cost, Limit, Objective, SubnetProblem
 from hwsearch.results import Candidate, ParetoFront, non_dominated
-from hwsearch.search import SearchSettings, build_nsga2, search
+from hwsearch.search import SearchSettings, _rank_and_crowd, build_nsga2, search
 from predictors.latency import LatencyPredictor
 
 
@@ -97,6 +99,55 @@ def test_a_metric_returning_the_wrong_length_is_named(space):
                                     np.zeros(len(b))})
     with pytest.raises(ValueError, match="'accuracy' returned 1 values"):
         search(problem, SearchSettings(pop_size=10, n_gen=2))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_metric_returning_non_finite_values_is_named(space, bad):
+    """A NaN accuracy reached the front as [nan, 4.4] (unsorted), an inf one made a one-point front."""
+    oracle = AnalyticOracle(space)
+    metrics = {"accuracy": lambda b: np.where(b.resolution == 160, bad, oracle.accuracy(b.genes)),
+               "latency_ms": lambda b: oracle.latency_ms(b.genes)}
+    problem = SubnetProblem(space, metrics, (Objective("accuracy", "max"), Objective("latency_ms")))
+    with pytest.raises(ValueError, match=r"'accuracy' returned \d+ non-finite value\(s\) .* for 20 rows"):
+        search(problem, SearchSettings(pop_size=20, n_gen=3))
+
+
+@pytest.mark.parametrize("sense", ["maximize", "MAX", "", None])
+def test_an_objective_sense_other_than_min_or_max_is_refused(sense):
+    """'maximize' was accepted and silently minimised."""
+    with pytest.raises(ValueError, match=f"sense of 'accuracy' must be 'min' or 'max', got {sense!r}"):
+        Objective("accuracy", sense)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"upper": float("nan")}, "Limit upper of 'latency_ms' must be a finite number, got nan"),
+    ({"lower": float("inf")}, "Limit lower of 'latency_ms' must be a finite number"),
+    ({"upper": "20"}, "Limit upper of 'latency_ms' must be a number, got '20'"),
+    ({"upper": True}, "Limit upper of 'latency_ms' must be a number, got True"),
+    ({}, "needs an upper or a lower bound"),
+    ({"upper": 1.0, "lower": 5.0}, "lower=5 is above upper=1"),
+])
+def test_a_limit_that_no_search_can_use_is_refused_when_made(kwargs, message):
+    """A NaN bound crashed the search in tournament selection; a string failed at the first scoring."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Limit("latency_ms", **kwargs)
+
+
+def test_a_limit_keeps_its_bounds_as_floats():
+    assert Limit("params", upper=np.int64(5), lower=2) == Limit("params", upper=5.0, lower=2.0)
+    assert Limit("latency_ms", upper=3.0, lower=3.0).n_constr == 2
+
+
+def test_survival_ranks_a_nan_violation_as_infeasible_instead_of_dropping_the_row():
+    """A NaN violation is neither <= 0 nor > 0: such rows used to vanish, and a population of
+    them left no parent to select (``high <= 0`` in the tournament)."""
+    F = np.array([[1.0, 2.0], [2.0, 1.0], [0.5, 0.5], [3.0, 3.0]])
+    CV = np.array([0.0, np.nan, np.nan, 0.5])
+    keep, rank, _ = _rank_and_crowd(F, CV, n_survive=4)
+    assert sorted(keep.tolist()) == [0, 1, 2, 3]
+    assert keep[0] == 0 and keep[1] == 3, "feasible first, then by violation, NaN last"
+    keep, _, _ = _rank_and_crowd(F[1:3], CV[1:3], n_survive=2)
+    assert sorted(keep.tolist()) == [0, 1]
 
 
 # --------------------------------------------------------------------------- sub-spaces
@@ -248,9 +299,39 @@ def test_every_crossover_gives_a_valid_front(space, kind):
 
 
 def test_unknown_crossover_is_refused(space):
-    problem, _ = oracle_problem(space)
     with pytest.raises(ValueError, match="crossover"):
-        search(problem, SearchSettings(pop_size=10, n_gen=2, crossover="one_point"))
+        SearchSettings(pop_size=10, n_gen=2, crossover="one_point")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"pop_size": 10.5}, "pop_size must be a whole number, got 10.5"),  # a slicing TypeError mid-run
+    ({"pop_size": True}, "pop_size must be a whole number, got True"),
+    ({"pop_size": 1}, "pop_size must be ≥ 2, got 1"),
+    ({"n_gen": 0}, "n_gen must be ≥ 1, got 0"),
+    ({"n_gen": "5"}, "n_gen must be a whole number, got '5'"),
+    ({"seed": -1}, "seed must be ≥ 0, got -1"),
+    ({"seed": 1.5}, "seed must be a whole number, got 1.5"),
+    ({"crossover_prob": 5}, "crossover_prob must be in [0, 1], got 5"),  # accepted: always crossed
+    ({"crossover_prob": float("nan")}, "crossover_prob must be a finite number, got nan"),
+    ({"crossover_eta": -1.0}, "crossover_eta must be ≥ 0, got -1.0"),
+    ({"mutation_rate": 0.0}, "mutation_rate must be in (0, 1], got 0.0"),
+    ({"mutation_rate": float("nan")}, "mutation_rate must be a finite number, got nan"),
+    ({"max_evals": 2.5}, "max_evals must be a whole number, got 2.5"),
+    ({"max_seconds": -1}, "max_seconds must be ≥ 0, got -1"),
+    ({"max_seconds": float("nan")}, "max_seconds must be a finite number, got nan"),
+])
+def test_search_settings_are_checked_when_made(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SearchSettings(**kwargs)
+
+
+def test_search_settings_take_numpy_numbers_and_record_plain_ones(space):
+    settings = SearchSettings(pop_size=np.int64(12), n_gen=np.int32(2), crossover_prob=np.float32(0.5),
+                              max_seconds=10)
+    assert type(settings.pop_size) is int and type(settings.crossover_prob) is float
+    json.dumps(settings.to_dict())
+    problem, _ = oracle_problem(space)
+    assert len(search(problem, settings)) > 0
 
 
 def test_pymoo_minimize_still_runs_the_same_operators(space):
@@ -275,6 +356,37 @@ def test_predicted_front_answers_like_a_measured_one(space):
     knee = result.knee()
     assert knee.arch in [space.decode(x) for x in result.X]
     assert result.best_under(lat.min() / 2) is None
+
+
+def test_query_helpers_compare_the_results_own_objectives(space):
+    """A result without a metric named 'accuracy' answered best_under with KeyError: 'accuracy'."""
+    oracle = AnalyticOracle(space)
+    problem = SubnetProblem(space, {"top1": lambda b: oracle.accuracy(b.genes),
+                                    "latency_ms@phone": lambda b: oracle.latency_ms(b.genes)},
+                            (Objective("top1", "max"), Objective("latency_ms@phone")))
+    result = search(problem, SearchSettings(pop_size=30, n_gen=5, seed=0))
+    lat, acc = result.values["latency_ms@phone"], result.values["top1"]
+    budget, floor = float(np.median(lat)), float(np.median(acc))
+    assert result.best_under(budget).predicted["top1"] == acc[lat <= budget].max()
+    assert result.fastest_above(floor).predicted["latency_ms@phone"] == lat[acc >= floor].min()
+    named = result.best_under(budget, latency="latency_ms@phone", accuracy="top1")
+    assert named == result.best_under(budget)
+
+
+def test_query_helpers_name_the_metric_they_cannot_choose(space):
+    problem = SubnetProblem(space, {"cost": lambda b: b.resolution * 1.0,
+                                    "blocks": lambda b: b.n_active * 1.0},
+                            (Objective("cost"), Objective("blocks")))
+    result = search(problem, SearchSettings(pop_size=10, n_gen=2, seed=0))
+    with pytest.raises(ValueError, match="no 'latency_ms' metric and 2 minimised objectives"):
+        result.best_under(200.0)
+    with pytest.raises(ValueError, match="no 'accuracy' metric and no maximised objectives"):
+        result.fastest_above(1.0, latency="cost")
+    with pytest.raises(ValueError, match="accuracy metric 'acc' is not on this front"):
+        result.best_under(200.0, latency="cost", accuracy="acc")
+    assert result.best_under(200.0, latency="cost", accuracy="blocks") is not None
+    with pytest.raises(ValueError, match="latency_ms must be a number, got '20'"):
+        result.best_under("20", latency="cost", accuracy="blocks")
 
 
 def test_search_and_space_import_without_torch():

@@ -9,10 +9,13 @@ prove the loop's bookkeeping: budgets, no re-measurement, measured-only fronts.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from _search_oracle import OracleMeasurer, small_space, trained_predictors
 
+from hwsearch.acquisition import LatencyTargets
 from hwsearch.problem import Limit
 from hwsearch.refine import Observation, RefineSettings, refine
 from hwsearch.results import non_dominated
@@ -83,6 +86,22 @@ def test_limits_hold_on_measured_values(space):
     assert result.front.points
     for point in result.front.points:
         assert point.measured["latency_ms"] <= budget and point.params <= 3.0e6
+
+
+@pytest.mark.parametrize("limits, targets, error, message", [
+    ([Limit("latncy_ms", upper=1.0)], LatencyTargets(), ValueError,
+     "limits name metric(s) ['latncy_ms'] refinement does not have"),
+    ([{"metric": "latency_ms", "upper": 1.0}], LatencyTargets(), TypeError,
+     "limits must be Limit objects"),
+    ([], {"budgets_ms": [15.0]}, TypeError, "targets must be LatencyTargets"),
+])
+def test_unusable_limits_and_targets_are_refused_before_anything_is_measured(
+        space, limits, targets, error, message):
+    """A misspelt limit failed only after the initial design had measured 10 subnets, losing them."""
+    measurer = OracleMeasurer(space)
+    with pytest.raises(error, match=re.escape(message)):
+        _run(space, measurer, limits=limits, targets=targets)
+    assert measurer.calls == []
 
 
 def test_time_budget_stops_after_the_cold_start(space):

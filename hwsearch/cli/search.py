@@ -14,6 +14,7 @@ store under ``--out``, so a second run resumes instead of re-measuring.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -72,10 +73,7 @@ def search(
     from hwsearch.results import ParetoFront
     from hwsearch.store import SQLiteStore
 
-    for option, limit in (("--budget-ms", budget_ms), ("--params-limit", params_limit)):
-        if limit is not None and limit <= 0:
-            raise OptionError(option, f"{limit:g} can never be met: a subnet's latency and parameter count "
-                                      "are above 0")
+    _check_limits(budget_ms, params_limit)
     profiles = _with_precisions(_check_inputs(supernet, checkpoint, device, data), precision)
     aims = _latency_targets([p.name for p in profiles], targets_ms or [], band_ms or [])
     prepare_folder(out, "--out")
@@ -109,6 +107,22 @@ def search(
             console.print(picks)
         console.print(front_table(name, front))
         console.print(f"written to {paths[name]}")
+
+
+def _check_limits(budget_ms: float | None, params_limit: float | None) -> None:
+    """Refuse upper limits no subnet can meet, before any work.
+
+    ``nan`` passes every comparison, so a NaN limit used to profile for half
+    a minute and then fail deep in the search with a Ray traceback; ``inf``
+    limits nothing and is a typo for leaving the option out.
+    (``--accuracy-floor`` is bounded to [0, 1] by typer, which refuses NaN.)
+    """
+    for option, limit in (("--budget-ms", budget_ms), ("--params-limit", params_limit)):
+        if limit is not None and not math.isfinite(limit):
+            raise OptionError(option, f"{limit} is not a finite number")
+        if limit is not None and limit <= 0:
+            raise OptionError(option, f"{limit:g} can never be met: a subnet's latency and parameter count "
+                                      "are above 0")
 
 
 def _check_inputs(supernet: str, checkpoint: Path | None, devices: list[Path],
