@@ -26,6 +26,7 @@ from typing import Any
 from hwsearch.agents import AgentEndpoint
 from hwsearch.jobs import (
     ACTIVE_STATES,
+    TERMINAL_STATES,
     JobSpec,
     ProfileSpec,
     cancel_job,
@@ -143,16 +144,20 @@ class JobDispatcher:
         return job_id
 
     def resume(self, job_id: str) -> None:
-        """Queue a stopped job again; it continues from its stored measurements."""
+        """Queue a stopped job again; it continues from its stored measurements.
+
+        The job is queued only if it is still stopped when it is written, so a job that another
+        process resumed or started meanwhile is not queued twice (two runners).
+        """
         with self._cond:
             if job_id in self._running:
                 raise StillStopping(f"job {job_id} is still stopping; resume it in a few seconds")
             if self.store.get_job(job_id).state in ACTIVE_STATES:
                 return
             self._check_room()
-            self.store.update_job(job_id, state="queued", error=None)
-            self._queue.append(job_id)
-            self._cond.notify_all()
+            if self.store.transition_job(job_id, TERMINAL_STATES, "queued", error=None):
+                self._queue.append(job_id)
+                self._cond.notify_all()
 
     def cancel(self, job_id: str) -> None:
         """Mark the job cancelled and stop its task and every task it started, now."""

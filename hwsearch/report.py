@@ -169,8 +169,7 @@ def from_dir(path: str | Path) -> ReportData:
     for name in _STORE_FILES:
         if (path / name).is_file():
             store = SQLiteStore(path / name)
-            done = [r for r in store.list_jobs()
-                    if r.state == "succeeded" and r.spec.get("kind", "search") == "search"]
+            done = [r for r in store.jobs_in_states(("succeeded",)) if r.spec.get("kind", "search") == "search"]
             if done:
                 return from_store(store, done[-1].job_id)
     fronts = {}

@@ -15,13 +15,14 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
 __all__ = [
+    "ACTIVE_STATES",
     "JOB_STATES",
     "JobRecord",
     "MemoryStore",
@@ -29,10 +30,14 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "StoreError",
+    "TERMINAL_STATES",
     "open_store",
 ]
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+#: A job that waits for or has a runner; it may not be deleted (its runner would write to nothing).
+ACTIVE_STATES = ("queued", "running")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
+JOB_STATES = ACTIVE_STATES + TERMINAL_STATES
 _UNSET: Any = object()  # "argument not given", so that ``error=None`` can clear an error
 
 
@@ -64,6 +69,35 @@ def _check_state(state: str) -> None:
         raise ValueError(f"unknown job state {state!r}; expected one of {list(JOB_STATES)}")
 
 
+def _check_states(states: Collection[str]) -> tuple[str, ...]:
+    for state in states:
+        _check_state(state)
+    return tuple(states)
+
+
+def _job_changes(state: str | None, progress: Mapping[str, Any] | None, result: Any, error: Any,
+                 runner: Any) -> dict[str, Any]:
+    """The columns an update writes, by name: both backends build a change the same way, and check its state."""
+    changes: dict[str, Any] = {}
+    if state is not None:
+        _check_state(state)
+        changes["state"] = state
+    if progress is not None:
+        changes["progress"] = dict(progress)
+    optional = {"result": result, "error": error, "runner": runner}
+    return changes | {column: value for column, value in optional.items() if value is not _UNSET}
+
+
+def _refuse_active(job_id: str, state: str) -> None:
+    if state in ACTIVE_STATES:
+        raise ValueError(f"job {job_id} is {state}; cancel it before deleting it")
+
+
+def _checkpoint_of(spec: Mapping[str, Any]) -> Any:
+    supernet = spec.get("supernet")
+    return supernet.get("checkpoint") if isinstance(supernet, Mapping) else None
+
+
 def _json_copy(value: Any) -> Any:
     """A deep, JSON-only copy: what a SQLite round trip would give, so backends agree."""
     return json.loads(json.dumps(value))
@@ -88,6 +122,12 @@ class Store(abc.ABC):
       clears the error; ``progress`` replaces the whole progress dict); an
       unknown id raises :class:`KeyError`; states are :data:`JOB_STATES`.
       ``runner`` is the token of the one runner allowed to work on the job.
+    * **Transitions.** ``transition_job`` is ``update_job`` under a condition on
+      the job's state (and runner), checked and written as one step: of two
+      writers that both saw ``queued``, one starts the job and the other sees
+      that it lost, so a cancel is never overwritten by a writer that read the
+      state before it.
+    * **Deletion.** ``delete_job`` removes a stopped job with its events, at once.
     * **Progress events.** Every ``progress`` given to ``update_job`` is also
       appended to the job's event log with the next sequence number (1, 2, ...),
       in the same write; ``job_events(job_id, after=n)`` returns the events
@@ -125,6 +165,19 @@ class Store(abc.ABC):
         """Change the given fields of a job (see the class docstring)."""
 
     @abc.abstractmethod
+    def transition_job(self, job_id: str, from_states: Collection[str], to_state: str, *,
+                       expect_runner: str | None = _UNSET, progress: Mapping[str, Any] | None = None,
+                       result: Any = _UNSET, error: str | None = _UNSET, runner: str | None = _UNSET) -> bool:
+        """Atomically: if the job is in ``from_states`` (and has runner ``expect_runner``, when given), set its state
+        to ``to_state`` and the given fields as :meth:`update_job` does, and return True; else change nothing and
+        return False.
+
+        Job states are read and then written by different processes (a runner starting or finishing, a client
+        cancelling); only a compare-and-set keeps the later writer from undoing the earlier one.
+        :class:`KeyError` for an unknown job.
+        """
+
+    @abc.abstractmethod
     def job_events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """The job's progress events with ``seq > after``, oldest first, each with its ``seq``; at most ``limit``."""
 
@@ -135,6 +188,33 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_jobs(self) -> list[JobRecord]:
         """Snapshots of all jobs, oldest first."""
+
+    @abc.abstractmethod
+    def jobs_in_states(self, states: Collection[str]) -> list[JobRecord]:
+        """Snapshots of the jobs in ``states``, oldest first, without decoding the other jobs.
+
+        Recovery after a restart looks for the few active jobs among many finished ones.
+        """
+
+    @abc.abstractmethod
+    def job_checkpoints(self) -> set[str]:
+        """Every string some job's spec names as ``spec["supernet"]["checkpoint"]``.
+
+        Whether an uploaded checkpoint file is still needed depends on every job, so this is asked of all jobs
+        without reading their specs one by one.
+        """
+
+    @abc.abstractmethod
+    def count_jobs(self) -> int:
+        """How many jobs the store holds (to bound them without listing them)."""
+
+    @abc.abstractmethod
+    def delete_job(self, job_id: str) -> None:
+        """Remove a stopped job and all its progress events, in one write.
+
+        :class:`ValueError` for a job in :data:`ACTIVE_STATES` (it is queued or has a runner that would write
+        to it: cancel it first); :class:`KeyError` for an unknown job.
+        """
 
     @abc.abstractmethod
     def recent_jobs(self, limit: int, before: str | None = None) -> list[JobRecord]:
@@ -148,12 +228,8 @@ class Store(abc.ABC):
 
     def mark_interrupted_running(self, reason: str = "the service stopped while it ran") -> list[str]:
         """After a restart: mark jobs left ``running`` as ``interrupted``; return their ids."""
-        touched = []
-        for record in self.list_jobs():
-            if record.state == "running":
-                self.update_job(record.job_id, state="interrupted", error=reason)
-                touched.append(record.job_id)
-        return touched
+        return [record.job_id for record in self.jobs_in_states(("running",))
+                if self.transition_job(record.job_id, ("running",), "interrupted", error=reason)]
 
     def measured_keys(self, device_hash: str, space_name: str) -> set[str]:
         """Arch keys already measured for this device and space (what a resumed run skips)."""
@@ -214,27 +290,30 @@ class MemoryStore(Store):
     def update_job(self, job_id: str, *, state: str | None = None,
                    progress: Mapping[str, Any] | None = None, result: Any = _UNSET,
                    error: str | None = _UNSET, runner: str | None = _UNSET) -> None:
-        if state is not None:
-            _check_state(state)
-        changes: dict[str, Any] = {"updated": time.time()}
-        if state is not None:
-            changes["state"] = state
-        if progress is not None:
-            changes["progress"] = _json_copy(dict(progress))
-        if result is not _UNSET:
-            changes["result"] = _json_copy(result)
-        if error is not _UNSET:
-            changes["error"] = error
-        if runner is not _UNSET:
-            changes["runner"] = runner
+        self._change_job(job_id, _job_changes(state, progress, result, error, runner), lambda _: True)
+
+    def transition_job(self, job_id: str, from_states: Collection[str], to_state: str, *,
+                       expect_runner: str | None = _UNSET, progress: Mapping[str, Any] | None = None,
+                       result: Any = _UNSET, error: str | None = _UNSET, runner: str | None = _UNSET) -> bool:
+        states = _check_states(from_states)
+        changes = _job_changes(to_state, progress, result, error, runner)
+        return self._change_job(job_id, changes, lambda old: old.state in states and (
+            expect_runner is _UNSET or old.runner == expect_runner))
+
+    def _change_job(self, job_id: str, changes: dict[str, Any], allowed: Callable[[JobRecord], bool]) -> bool:
+        """Apply ``changes`` if ``allowed(record)``, under the lock, so the check and the write are one step."""
+        changes = {**_json_copy(changes), "updated": time.time()}
         with self._lock:
             if job_id not in self._jobs:
                 raise KeyError(job_id)
             old = self._jobs[job_id]
+            if not allowed(old):
+                return False
             self._jobs[job_id] = JobRecord(**{**old.__dict__, **changes})
-            if progress is not None:
+            if "progress" in changes:
                 events = self._events[job_id]
                 events.append({**changes["progress"], "seq": len(events) + 1})
+            return True
 
     def job_events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         with self._lock:
@@ -253,6 +332,28 @@ class MemoryStore(Store):
         with self._lock:
             records = copy.deepcopy(list(self._jobs.values()))
         return sorted(records, key=lambda r: r.created)
+
+    def jobs_in_states(self, states: Collection[str]) -> list[JobRecord]:
+        wanted = _check_states(states)
+        with self._lock:
+            records = copy.deepcopy([record for record in self._jobs.values() if record.state in wanted])
+        return sorted(records, key=lambda r: r.created)
+
+    def job_checkpoints(self) -> set[str]:
+        with self._lock:
+            return {checkpoint for record in self._jobs.values()
+                    if isinstance(checkpoint := _checkpoint_of(record.spec), str)}
+
+    def count_jobs(self) -> int:
+        with self._lock:
+            return len(self._jobs)
+
+    def delete_job(self, job_id: str) -> None:
+        with self._lock:
+            if job_id not in self._jobs:
+                raise KeyError(job_id)
+            _refuse_active(job_id, self._jobs[job_id].state)
+            del self._jobs[job_id], self._events[job_id]
 
     def recent_jobs(self, limit: int, before: str | None = None) -> list[JobRecord]:
         with self._lock:
@@ -289,6 +390,13 @@ _TABLE_COLUMNS = {
     "jobs": tuple(_JOB_COLUMNS.split(", ")),
     "job_events": ("job_id", "seq", "data"),
 }
+
+_CHECKPOINT = "'$.supernet.checkpoint'"
+#: Each job's checkpoint name, read by SQLite, or its whole spec where SQLite's JSON functions cannot read it: Python's
+#: json writes NaN and Infinity for such floats, which SQLite refuses (before 3.42), and a query that failed on one
+#: such spec, or skipped it, would fail the caller or hide a name still in use.
+_CHECKPOINTS = (f"SELECT DISTINCT json_valid(spec), CASE WHEN NOT json_valid(spec) THEN spec "
+                f"WHEN json_type(spec, {_CHECKPOINT}) = 'text' THEN json_extract(spec, {_CHECKPOINT}) END FROM jobs")
 
 #: The schema this code writes, kept in the file as ``PRAGMA user_version``.  Stores written before
 #: it was set read 0 and are brought up to it; a higher number is a newer hwsearch's store, whose
@@ -418,32 +526,38 @@ class SQLiteStore(Store):
     def update_job(self, job_id: str, *, state: str | None = None,
                    progress: Mapping[str, Any] | None = None, result: Any = _UNSET,
                    error: str | None = _UNSET, runner: str | None = _UNSET) -> None:
-        sets, values = ["updated = ?"], [time.time()]
-        if state is not None:
-            _check_state(state)
-            sets.append("state = ?")
-            values.append(state)
-        if progress is not None:
-            sets.append("progress = ?")
-            values.append(json.dumps(dict(progress)))
-        if result is not _UNSET:
-            sets.append("result = ?")
-            values.append(json.dumps(result))
-        if error is not _UNSET:
-            sets.append("error = ?")
-            values.append(error)
-        if runner is not _UNSET:
-            sets.append("runner = ?")
-            values.append(runner)
+        self._change_job(job_id, _job_changes(state, progress, result, error, runner), "", ())
+
+    def transition_job(self, job_id: str, from_states: Collection[str], to_state: str, *,
+                       expect_runner: str | None = _UNSET, progress: Mapping[str, Any] | None = None,
+                       result: Any = _UNSET, error: str | None = _UNSET, runner: str | None = _UNSET) -> bool:
+        states = _check_states(from_states)
+        changes = _job_changes(to_state, progress, result, error, runner)
+        condition = f" AND state IN ({', '.join('?' * len(states))})"
+        if expect_runner is not _UNSET:
+            condition += " AND runner IS ?"
+            states += (expect_runner,)
+        return self._change_job(job_id, changes, condition, states)
+
+    def _change_job(self, job_id: str, changes: dict[str, Any], condition: str, arguments: tuple[Any, ...]) -> bool:
+        """One ``UPDATE ... WHERE job_id = ? <condition>``: the check and the write are one statement.
+
+        ``rowcount`` 0 means the condition failed, or there is no such job (:class:`KeyError`).
+        """
+        encoded = {column: json.dumps(value) if column in ("progress", "result") else value
+                   for column, value in changes.items()}
+        sets = ", ".join(f"{column} = ?" for column in ("updated", *encoded))
         with self._write() as conn:
-            cursor = conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ?",
-                                  (*values, job_id))
+            cursor = conn.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?{condition}",
+                                  (time.time(), *encoded.values(), job_id, *arguments))
             if cursor.rowcount == 0:
-                raise KeyError(job_id)
-            if progress is not None:
+                if conn.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone() is None:
+                    raise KeyError(job_id)
+                return False
+            if "progress" in encoded:
                 conn.execute("INSERT INTO job_events (job_id, seq, data) SELECT ?, COALESCE(MAX(seq), 0) + 1, ? "
-                             "FROM job_events WHERE job_id = ?",
-                             (job_id, json.dumps(dict(progress)), job_id))
+                             "FROM job_events WHERE job_id = ?", (job_id, encoded["progress"], job_id))
+        return True
 
     def job_events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         self.get_job(job_id)  # KeyError for an unknown job, as the contract says
@@ -463,6 +577,29 @@ class SQLiteStore(Store):
         rows = self._conn().execute(
             f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created, rowid").fetchall()
         return [_job_from_row(row) for row in rows]
+
+    def jobs_in_states(self, states: Collection[str]) -> list[JobRecord]:
+        wanted = _check_states(states)
+        rows = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({', '.join('?' * len(wanted))}) "
+                                    "ORDER BY created, rowid", wanted).fetchall()
+        return [_job_from_row(row) for row in rows]
+
+    def job_checkpoints(self) -> set[str]:
+        rows = self._conn().execute(_CHECKPOINTS).fetchall()
+        names = (value if valid else _checkpoint_of(json.loads(value)) for valid, value in rows)
+        return {name for name in names if isinstance(name, str)}
+
+    def count_jobs(self) -> int:
+        return self._conn().execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+
+    def delete_job(self, job_id: str) -> None:
+        with self._write() as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(job_id)
+            _refuse_active(job_id, row[0])
+            conn.execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))
+            conn.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
     def recent_jobs(self, limit: int, before: str | None = None) -> list[JobRecord]:
         conn = self._conn()

@@ -211,3 +211,113 @@ def test_open_store_normalises_its_argument(tmp_path: Path) -> None:
     assert open_store(same) is same
     with pytest.raises(TypeError):
         open_store(3)  # type: ignore[arg-type]
+
+
+def test_a_transition_writes_only_from_the_expected_states_and_runner(store: Store) -> None:
+    job = store.create_job({"kind": "search"})
+    assert not store.transition_job(job, ("running",), "succeeded", result={"x": 1}, progress={"step": "done"})
+    assert store.get_job(job).state == "queued" and store.get_job(job).result is None
+    assert store.job_events(job) == [], "a lost transition writes no event either"
+    assert store.transition_job(job, ("queued", "running"), "running", runner="a", progress={"step": "go"})
+    assert not store.transition_job(job, ("running",), "succeeded", expect_runner="b")
+    assert not store.transition_job(job, ("running",), "succeeded", expect_runner=None)
+    assert store.transition_job(job, ("running",), "succeeded", expect_runner="a", result={"x": 1}, error=None)
+    record = store.get_job(job)
+    assert (record.state, record.runner, record.result) == ("succeeded", "a", {"x": 1})
+    assert [e["step"] for e in store.job_events(job)] == ["go"]
+    assert not store.transition_job(job, (), "cancelled")
+    with pytest.raises(KeyError):
+        store.transition_job("missing", ("queued",), "running")
+    with pytest.raises(ValueError, match="unknown job state"):
+        store.transition_job(job, ("finished",), "running")
+    with pytest.raises(ValueError, match="unknown job state"):
+        store.transition_job(job, ("succeeded",), "exploded")
+
+
+def test_of_racing_transitions_exactly_one_wins(store: Store) -> None:
+    """Eight threads see a queued job and try to start it at once: one starts it, the others see they lost."""
+    job = store.create_job({"kind": "search"})
+    start = threading.Barrier(8)
+    won: list[str] = []
+
+    def race(token: str) -> None:
+        start.wait()
+        if store.transition_job(job, ("queued",), "running", runner=token):
+            won.append(token)
+
+    threads = [threading.Thread(target=race, args=(f"t{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 1 and store.get_job(job).runner == won[0]
+
+
+def spec_naming(checkpoint: object) -> dict[str, object]:
+    return {"kind": "search", "supernet": {"name": "net", "checkpoint": checkpoint}, "pad": "x" * 100}
+
+
+def test_jobs_in_states_checkpoints_and_count_answer_without_listing(store: Store) -> None:
+    ids = [store.create_job(spec_naming(f"/ckpt/{i % 2}.pt")) for i in range(4)]
+    others = [store.create_job(spec) for spec in (
+        spec_naming(None), spec_naming({"path": "/not/a/name"}), spec_naming(3), {"kind": "search"},
+        {"supernet": "/a/string/not/a/ref"}, {"supernet": {"name": "net"}})]
+    store.update_job(ids[1], state="running")
+    store.update_job(ids[2], state="cancelled")
+    store.update_job(others[0], state="running")
+    assert [r.job_id for r in store.jobs_in_states(("running",))] == [ids[1], others[0]]
+    assert [r.job_id for r in store.jobs_in_states(("queued", "cancelled"))] == [ids[0], ids[2], ids[3],
+                                                                               *others[1:]]
+    assert store.jobs_in_states(("running",))[0].spec == spec_naming("/ckpt/1.pt")
+    assert store.jobs_in_states(()) == [] and store.jobs_in_states(("interrupted",)) == []
+    with pytest.raises(ValueError, match="unknown job state"):
+        store.jobs_in_states(("done",))
+    assert store.job_checkpoints() == {"/ckpt/0.pt", "/ckpt/1.pt"}
+    assert store.count_jobs() == 10
+
+
+def test_a_spec_sqlite_cannot_parse_still_names_its_checkpoint(store: Store) -> None:
+    """Python's json writes NaN and Infinity, which SQLite's JSON functions refuse: neither an error nor a miss."""
+    store.create_job(spec_naming("/ckpt/plain.pt"))
+    store.create_job({**spec_naming("/ckpt/odd.pt"), "options": {"scale": float("nan"), "cap": float("inf")}})
+    assert store.job_checkpoints() == {"/ckpt/plain.pt", "/ckpt/odd.pt"}
+
+
+def test_a_stopped_job_is_deleted_with_its_events_and_an_active_one_is_refused(store: Store) -> None:
+    kept, gone, running = (store.create_job(spec_naming(f"/ckpt/{i}.pt")) for i in range(3))
+    for job in (kept, gone):
+        store.update_job(job, progress={"step": "profile"})
+        store.update_job(job, state="cancelled", progress={"step": "stopped"})
+    store.update_job(running, state="running")
+    with pytest.raises(ValueError, match="is queued; cancel it before deleting it"):
+        store.delete_job(store.create_job({"kind": "search"}))
+    with pytest.raises(ValueError, match="is running; cancel it before deleting it"):
+        store.delete_job(running)
+    assert store.get_job(running).state == "running"
+    store.delete_job(gone)
+    with pytest.raises(KeyError):
+        store.get_job(gone)
+    with pytest.raises(KeyError):
+        store.job_events(gone)
+    with pytest.raises(KeyError):
+        store.delete_job(gone)
+    with pytest.raises(KeyError):
+        store.update_job(gone, progress={"step": "late"})
+    assert [r.job_id for r in store.list_jobs()] == [kept, running, store.recent_jobs(1)[0].job_id]
+    assert store.count_jobs() == 3 and "/ckpt/1.pt" not in store.job_checkpoints()
+    assert [e["seq"] for e in store.job_events(kept)] == [1, 2], "other jobs keep their events"
+
+
+def test_deleting_a_job_leaves_no_rows_behind_in_the_file(tmp_path: Path) -> None:
+    """The point of deleting is room: the job's event rows go too, and a reopened store agrees."""
+    store = SQLiteStore(tmp_path / "s.db")
+    job = store.create_job(spec_naming("/ckpt/a.pt"))
+    for step in range(5):
+        store.update_job(job, progress={"step": step})
+    store.update_job(job, state="failed")
+    store.delete_job(job)
+    reopened = SQLiteStore(tmp_path / "s.db")
+    conn = reopened._conn()
+    assert conn.execute("SELECT COUNT(*) FROM job_events").fetchone() == (0,)
+    assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone() == (0,)
+    assert reopened.count_jobs() == 0 and reopened.job_checkpoints() == set()

@@ -1,8 +1,11 @@
 """A job's life in the store: states, one runner at a time, progress events, failures, stops.
 
-Cancellation is cooperative here: a runner reads the job's state (and its
-runner token) from the store between steps and stops when the job is no
-longer ``running`` by it.  The service adds a hard stop on top
+Cancellation is cooperative here: a runner writes its progress only while
+the job is ``running`` by its runner token, checked in the same write
+(:meth:`~hwsearch.store.Store.transition_job`), and stops when a write is
+refused.  Every state change is such a compare-and-set, so of a cancel and a
+runner's start or finish, whichever lands second sees that it lost instead
+of undoing the first.  The service adds a hard stop on top
 (:mod:`hwsearch.dispatch` cancels the job's Ray task).  A job's ``error`` is
 one line without paths or traceback (:func:`describe_error`); the full trace
 goes to the log of the process that saw it.
@@ -10,13 +13,14 @@ goes to the log of the process that saw it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from hwsearch.store import Store
+from hwsearch.store import ACTIVE_STATES, TERMINAL_STATES, Store
 
 __all__ = ["ACTIVE_STATES", "Control", "JobCancelled", "ProgressFn", "TERMINAL_STATES",
            "cancel_job", "describe_error", "finish_job", "record_failure", "recover_jobs",
@@ -25,12 +29,9 @@ __all__ = ["ACTIVE_STATES", "Control", "JobCancelled", "ProgressFn", "TERMINAL_S
 # How a watched job reports progress: ``progress(step, fraction, message)``.
 ProgressFn = Callable[[str, float, str], None]
 
-ACTIVE_STATES = ("queued", "running")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
-
 
 class JobCancelled(Exception):
-    """The job's state changed under the runner (cancelled, or marked interrupted)."""
+    """The job's state changed under the runner (cancelled, marked interrupted, taken over or deleted)."""
 
 
 class Control:
@@ -49,35 +50,64 @@ class Control:
 
     def check(self) -> None:
         """Stop (raise :class:`JobCancelled`) if the job is no longer ``running`` by this runner."""
-        record = self.store.get_job(self.job_id)
+        reason = self.reason_to_stop()
+        if reason is not None:
+            raise JobCancelled(reason)
+
+    def reason_to_stop(self) -> str | None:
+        """Why this runner must stop now (the job was stopped, taken over or deleted), or None."""
+        try:
+            record = self.store.get_job(self.job_id)
+        except KeyError:  # deleted after a cancel, before this runner noticed the cancel
+            return f"job {self.job_id} was deleted"
         if record.state != "running":
-            raise JobCancelled(f"job {self.job_id} is {record.state}")
+            return f"job {self.job_id} is {record.state}"
         if record.runner != self.runner:
-            raise JobCancelled(f"job {self.job_id} was taken over by another runner")
+            return f"job {self.job_id} was taken over by another runner"
+        return None
 
     def step(self, step: str, fraction: float, message: str = "") -> None:
-        """Record progress, after making sure the job should go on."""
-        self.check()
-        self.store.update_job(self.job_id, progress={
+        """Record progress if the job should go on, else stop (:class:`JobCancelled`)."""
+        self.write_while_running("running", progress={
             "step": step, "fraction": round(min(max(fraction, 0.0), 1.0), 4),
             "message": message, "at": time.time(),
         })
 
+    def write_while_running(self, state: str, **fields: Any) -> None:
+        """Write ``state`` and ``fields`` only if the job is running by this runner, in one step; else stop.
+
+        Checking and then writing would let a cancel or a takeover land in between and be overwritten
+        (a finished job's ``succeeded`` over its cancel) or followed by a stale runner's progress.
+        """
+        try:
+            written = self.store.transition_job(self.job_id, ("running",), state, expect_runner=self.runner,
+                                                **fields)
+        except KeyError:  # deleted after a cancel, before this runner noticed the cancel
+            written = False
+        if not written:
+            raise JobCancelled(self.reason_to_stop() or f"job {self.job_id} changed under its runner")
+
 
 def start_job(store: Store, job_id: str) -> Control:
-    record = store.get_job(job_id)
-    if record.state not in ACTIVE_STATES:
-        raise JobCancelled(f"job {job_id} is {record.state}")
+    """Make this runner the job's one runner; :class:`JobCancelled` if the job was stopped first.
+
+    A ``running`` job may be started again (a retried task takes over from a dead one); the state is
+    checked and written in one step, so a cancel that comes while the runner starts is never undone.
+    """
     runner = uuid.uuid4().hex
-    store.update_job(job_id, state="running", error=None, runner=runner)
+    if not store.transition_job(job_id, ACTIVE_STATES, "running", error=None, runner=runner):
+        raise JobCancelled(f"job {job_id} is {store.get_job(job_id).state}")
     return Control(store, job_id, runner)
 
 
 def finish_job(control: Control, result: dict[str, Any]) -> dict[str, Any]:
-    control.check()
-    control.store.update_job(control.job_id, state="succeeded", result=result,
-                             progress={"step": "done", "fraction": 1.0, "message": "",
-                                       "at": time.time()})
+    """Record the result if the job is still running by this runner, else stop (:class:`JobCancelled`).
+
+    A cancel (or a takeover) that lands while the job finishes wins: the job stays cancelled, so the
+    service's record never says ``succeeded`` for a job its client saw cancelled.
+    """
+    control.write_while_running("succeeded", result=result,
+                                progress={"step": "done", "fraction": 1.0, "message": "", "at": time.time()})
     return result
 
 
@@ -105,16 +135,18 @@ def describe_error(error: BaseException) -> str:
 
 
 def record_failure(store: Store, job_id: str, error: BaseException) -> None:
-    """Mark an active job failed with :func:`describe_error`'s line (a stopped job stays stopped)."""
-    if store.get_job(job_id).state in ACTIVE_STATES:
-        store.update_job(job_id, state="failed", error=describe_error(error))
+    """Mark an active job failed with :func:`describe_error`'s line (a stopped or deleted job stays so).
+
+    A deleted job is no error here: this runs where a job's task ended (the dispatcher's loop, a
+    runner's last handler), and raising there would hide the failure or stop the loop.
+    """
+    with contextlib.suppress(KeyError):
+        store.transition_job(job_id, ACTIVE_STATES, "failed", error=describe_error(error))
 
 
 def cancel_job(*, store: Store, job_id: str) -> Any:
-    """Mark an active job cancelled; its runner stops at its next check."""
-    record = store.get_job(job_id)
-    if record.state in ACTIVE_STATES:
-        store.update_job(job_id, state="cancelled")
+    """Mark an active job cancelled; its runner stops at its next check.  A finished job stays finished."""
+    store.transition_job(job_id, ACTIVE_STATES, "cancelled")
     return store.get_job(job_id)
 
 
@@ -124,12 +156,7 @@ def recover_jobs(*, store: Store) -> list[str]:
     Their measurements are in the store, so a resume continues from them.
     Returns the ids that were touched.
     """
-    touched = []
-    for record in store.list_jobs():
-        if record.state not in ACTIVE_STATES:
-            continue
-        store.update_job(record.job_id, state="interrupted",
-                         error="the service stopped while this job was active; "
-                               "its measurements are kept and a resume continues from them")
-        touched.append(record.job_id)
-    return touched
+    reason = ("the service stopped while this job was active; "
+              "its measurements are kept and a resume continues from them")
+    return [record.job_id for record in store.jobs_in_states(ACTIVE_STATES)
+            if store.transition_job(record.job_id, ACTIVE_STATES, "interrupted", error=reason)]

@@ -1,0 +1,165 @@
+"""A job's state changes when writers interleave: a cancel is never undone, a lost race is seen as lost.
+
+Each test runs one real call of :mod:`hwsearch.jobs.control` (or the dispatcher) in a thread
+and holds it just before its first job write, runs a competing real call on the same store,
+then lets the held write go: the order a slow disk or a descheduled thread gives, made
+deterministic.  Both backends; the SQLite one on a real file.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hwsearch.dispatch import JobDispatcher
+from hwsearch.jobs.control import (
+    JobCancelled,
+    cancel_job,
+    finish_job,
+    record_failure,
+    recover_jobs,
+    start_job,
+)
+from hwsearch.store import MemoryStore, SQLiteStore, Store
+
+
+class HoldsAWrite:
+    """Test seam: the first job write made in the held thread waits, before it starts, until released.
+
+    Only the start of the write is delayed; the write, and any condition it checks, are the
+    store's own, so what a test sees is what the store does when another call lands first.
+    """
+
+    held: tuple[threading.Thread, threading.Event, threading.Event] | None = None
+
+    def _wait_if_held(self) -> None:
+        if self.held is not None and threading.current_thread() is self.held[0]:
+            _, reached, release = self.held
+            self.held = None  # only the first write waits
+            reached.set()
+            assert release.wait(10), "the held write was never released"
+
+    def update_job(self, *args: Any, **kwargs: Any) -> Any:
+        self._wait_if_held()
+        return super().update_job(*args, **kwargs)  # type: ignore[misc]
+
+    def transition_job(self, *args: Any, **kwargs: Any) -> Any:
+        self._wait_if_held()
+        return super().transition_job(*args, **kwargs)  # type: ignore[misc]
+
+
+class HeldMemoryStore(HoldsAWrite, MemoryStore):
+    pass
+
+
+class HeldSQLiteStore(HoldsAWrite, SQLiteStore):
+    pass
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> HoldsAWrite:
+    return HeldMemoryStore() if request.param == "memory" else HeldSQLiteStore(tmp_path / "s.db")
+
+
+def interleave(store: HoldsAWrite, held: Callable[[], Any], meanwhile: Callable[[], Any]) -> Any:
+    """Run ``held`` until its first job write, run ``meanwhile``, let the write go; what ``held`` returned or raised."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(held())
+        except Exception as error:  # noqa: BLE001 - the outcome under test
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
+    reached, release = threading.Event(), threading.Event()
+    store.held = (thread, reached, release)
+    thread.start()
+    assert reached.wait(10), "the held call wrote nothing"
+    meanwhile()
+    release.set()
+    thread.join(10)
+    return outcome[0]
+
+
+def running_job(store: Store) -> tuple[str, Any]:
+    job = store.create_job({"kind": "search"})
+    return job, start_job(store, job)
+
+
+def test_a_cancel_while_a_runner_starts_stops_the_runner(store: HoldsAWrite) -> None:
+    job = store.create_job({"kind": "search"})
+    outcome = interleave(store, lambda: start_job(store, job), lambda: cancel_job(store=store, job_id=job))
+    assert isinstance(outcome, JobCancelled) and "cancelled" in str(outcome)
+    assert store.get_job(job).state == "cancelled" and store.get_job(job).runner is None
+
+
+def test_a_cancel_while_a_runner_finishes_is_kept(store: HoldsAWrite) -> None:
+    job, control = running_job(store)
+    outcome = interleave(store, lambda: finish_job(control, {"fronts": {}}),
+                         lambda: cancel_job(store=store, job_id=job))
+    assert isinstance(outcome, JobCancelled)
+    record = store.get_job(job)
+    assert record.state == "cancelled" and record.result is None
+
+
+def test_a_cancel_that_comes_after_the_finish_keeps_the_result(store: HoldsAWrite) -> None:
+    job, control = running_job(store)
+    outcome = interleave(store, lambda: cancel_job(store=store, job_id=job),
+                         lambda: finish_job(control, {"fronts": {}}))
+    assert outcome.state == "succeeded", "cancel answers with the job as it is"
+    assert store.get_job(job).state == "succeeded" and store.get_job(job).result == {"fronts": {}}
+
+
+def test_a_failure_recorded_after_a_cancel_keeps_the_cancel(store: HoldsAWrite) -> None:
+    job, _ = running_job(store)
+    interleave(store, lambda: record_failure(store, job, RuntimeError("worker died")),
+               lambda: cancel_job(store=store, job_id=job))
+    assert store.get_job(job).state == "cancelled" and store.get_job(job).error is None
+
+
+def test_recovery_leaves_a_job_cancelled_meanwhile_alone(store: HoldsAWrite) -> None:
+    job = store.create_job({"kind": "search"})
+    touched = interleave(store, lambda: recover_jobs(store=store), lambda: cancel_job(store=store, job_id=job))
+    assert touched == [] and store.get_job(job).state == "cancelled"
+
+
+def test_marking_running_jobs_interrupted_leaves_one_finished_meanwhile(store: HoldsAWrite) -> None:
+    job, control = running_job(store)
+    touched = interleave(store, store.mark_interrupted_running, lambda: finish_job(control, {"fronts": {}}))
+    assert touched == [] and store.get_job(job).state == "succeeded"
+
+
+def test_a_runner_taken_over_between_its_check_and_its_progress_writes_nothing(store: HoldsAWrite) -> None:
+    job, first = running_job(store)
+    outcome = interleave(store, lambda: first.step("profile", 0.5), lambda: start_job(store, job))
+    assert isinstance(outcome, JobCancelled) and "taken over" in str(outcome)
+    assert [e["step"] for e in store.job_events(job)] == [], "no progress from the runner that was replaced"
+
+
+def test_two_dispatchers_resuming_one_job_queue_it_once(store: HoldsAWrite) -> None:
+    """Two services on one store: the resume that loses sees the job queued and does not queue it again."""
+    job = store.create_job({"kind": "search"})
+    cancel_job(store=store, job_id=job)
+    first, second = JobDispatcher(store), JobDispatcher(store)
+    interleave(store, lambda: first.resume(job), lambda: second.resume(job))
+    assert store.get_job(job).state == "queued"
+    assert (first.counts()["queued"], second.counts()["queued"]) == (0, 1)
+
+
+def test_a_runner_whose_job_was_deleted_stops_and_its_failure_is_dropped(store: HoldsAWrite) -> None:
+    """Cancel, then delete before the runner noticed: the runner stops as if cancelled, nothing raises KeyError."""
+    job, control = running_job(store)
+    cancel_job(store=store, job_id=job)
+    store.delete_job(job)
+    for late_write in (lambda: control.step("profile", 0.5), lambda: finish_job(control, {"fronts": {}}),
+                       control.check):
+        with pytest.raises(JobCancelled, match="was deleted"):
+            late_write()
+    record_failure(store, job, RuntimeError("the task failed as it was stopped"))
+    with pytest.raises(KeyError):
+        store.get_job(job)
