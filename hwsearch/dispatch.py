@@ -36,7 +36,7 @@ from hwsearch.jobs import (
 )
 from hwsearch.store import Store
 
-__all__ = ["Admission", "JobDispatcher", "QueueFull", "StillStopping"]
+__all__ = ["Admission", "JobDispatcher", "QueueFull", "StillStopping", "StoreFull"]
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,14 @@ class Admission:
     #: Pixels one export's input may hold (batch x resolution^2): a largest OFA MobileNetV3 took
     #: about 240 MiB per million (351 MiB and 4 s at 1024 px, 3.9 GiB and 91 s at 1024 px batch 16).
     max_input_pixels: int = 4 * 1024 * 1024
+    #: Job records the store may hold, finished ones included: a client that submitted and cancelled
+    #: in a loop added 8,400 records (54 MB) a minute.  DELETE /jobs/{id} removes stopped ones.
+    max_jobs: int = 10_000
     retry_after_s: int = 30
 
     def __post_init__(self) -> None:
         for name in ("max_running", "max_queued", "max_n_profile", "max_budget", "max_input_pixels",
-                     "retry_after_s"):
+                     "max_jobs", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 
@@ -70,6 +73,14 @@ class QueueFull(Exception):
         super().__init__(f"the job queue is full ({queued} jobs waiting); "
                          f"try again in {retry_after_s} s")
         self.retry_after_s = retry_after_s
+
+
+class StoreFull(Exception):
+    """The store holds ``max_jobs`` job records; finished ones must be deleted before another is made."""
+
+    def __init__(self, held: int) -> None:
+        super().__init__(f"the service keeps at most {held} jobs and holds that many; delete finished ones "
+                         "(DELETE /jobs/{id}) or ask the operator to raise --max-jobs")
 
 
 class StillStopping(Exception):
@@ -138,6 +149,8 @@ class JobDispatcher:
         """Queue a new job; :class:`QueueFull` when the queue is at its bound."""
         with self._cond:
             self._check_room()
+            if self.store.count_jobs() >= self.admission.max_jobs:
+                raise StoreFull(self.admission.max_jobs)
             job_id = self.store.create_job(spec.to_dict())
             self._queue.append(job_id)
             self._cond.notify_all()
@@ -150,14 +163,25 @@ class JobDispatcher:
         process resumed or started meanwhile is not queued twice (two runners).
         """
         with self._cond:
+            if self.store.get_job(job_id).state in ACTIVE_STATES:
+                return  # queued or running already: nothing to resume
             if job_id in self._running:
                 raise StillStopping(f"job {job_id} is still stopping; resume it in a few seconds")
-            if self.store.get_job(job_id).state in ACTIVE_STATES:
-                return
             self._check_room()
             if self.store.transition_job(job_id, TERMINAL_STATES, "queued", error=None):
                 self._queue.append(job_id)
                 self._cond.notify_all()
+
+    def delete(self, job_id: str) -> None:
+        """Remove a stopped job's record and events (the store keeps its measurements for other jobs).
+
+        :class:`StillStopping` while its runner is still ending, ValueError for
+        a queued or running job, KeyError for none.
+        """
+        with self._cond:
+            if job_id in self._running:
+                raise StillStopping(f"job {job_id} is still stopping; delete it in a few seconds")
+            self.store.delete_job(job_id)
 
     def cancel(self, job_id: str) -> None:
         """Mark the job cancelled and stop its task and every task it started, now."""
@@ -176,7 +200,8 @@ class JobDispatcher:
         with self._cond:
             return {"running": len(self._running), "queued": len(self._queue),
                     "max_running": self.admission.max_running,
-                    "max_queued": self.admission.max_queued}
+                    "max_queued": self.admission.max_queued,
+                    "jobs": self.store.count_jobs(), "max_jobs": self.admission.max_jobs}
 
     def _check_room(self) -> None:
         if len(self._queue) >= self.admission.max_queued:

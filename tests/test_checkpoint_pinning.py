@@ -97,14 +97,22 @@ def test_a_checkpoint_a_job_names_is_kept_when_its_name_is_uploaded_again(server
         first = upload(client, "net", DEMO_CHECKPOINT.read_bytes())
         assert Path(first["checkpoint"]).parent == kept and len(first["checkpoint_sha256"]) == 64
         # A job that used these weights (written straight into the store: running one takes minutes).
-        SQLiteStore(server.store).create_job({"kind": "search", "supernet": {
+        store = SQLiteStore(server.store)
+        job_id = store.create_job({"kind": "search", "supernet": {
             "name": "net", "registry": DEMO, "checkpoint": first["checkpoint"], "options": {}}})
+        store.update_job(job_id, state="succeeded", result={"fronts": {}})
         second = upload(client, "net", other)
         assert Path(first["checkpoint"]).is_file() and Path(second["checkpoint"]).is_file()
         third = upload(client, "net", DEMO_CHECKPOINT.read_bytes())  # the first bytes again: the same file
         assert third["checkpoint"] == first["checkpoint"]
         assert not Path(second["checkpoint"]).exists()  # nothing names the second any more: its room is free
-    assert sorted(p.name for p in kept.iterdir()) == [Path(first["checkpoint"]).name]
+        assert sorted(p.name for p in kept.iterdir()) == [Path(first["checkpoint"]).name]
+
+        # Deleting the last job that names an upload frees its room too.
+        fourth = upload(client, "net", other)
+        assert Path(first["checkpoint"]).is_file()  # the job still names it
+        assert client.delete(f"/jobs/{job_id}").status_code == 204
+    assert sorted(p.name for p in kept.iterdir()) == [Path(fourth["checkpoint"]).name]
 
 
 def test_uploads_racing_under_one_name_leave_only_the_registered_checkpoint(server: Server) -> None:

@@ -177,6 +177,46 @@ def test_jobs_and_events_are_listed_in_pages(server: Server, client: httpx.Clien
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", "limit"]
 
 
+def test_jobs_past_the_bound_get_413_until_stopped_ones_are_deleted(tmp_path: Path) -> None:
+    """Records are bounded: a client submitting and cancelling in a loop added 8,400 (54 MB) a minute.
+
+    Before, nothing bounded them and nothing could remove one.  Two stopped
+    jobs are written straight into the store (running them takes minutes).
+    """
+    from tests._jobs import random_dataset
+
+    random_dataset(tmp_path / "val.npz")
+    server = Server(tmp_path / "store.sqlite", extra=("--max-jobs", "2")).start()
+    store = SQLiteStore(server.store)
+    try:
+        with server.client() as c:
+            assert c.post("/supernets", json=SUPERNET).status_code == 201
+            assert c.post("/devices", json={"profile": fast_device("cpu-1t")}).status_code == 201
+            stopped = [store.create_job({"kind": "search"}) for _ in range(2)]
+            for job_id in stopped:
+                store.update_job(job_id, state="cancelled", progress={"step": "profile", "fraction": 0.1})
+            job = {"supernet": SUPERNET["name"], "devices": ["cpu-1t"], "dataset": "val.npz", "n_profile": 4}
+            full = c.post("/jobs", json=job)
+            assert full.status_code == 413 and "keeps at most 2 jobs" in full.json()["detail"], full.text
+            assert store.count_jobs() == 2  # the refused job was not stored
+            assert c.get("/limits").json()["jobs"] == 2 and c.get("/limits").json()["max_jobs"] == 2
+
+            waiting = store.create_job({"kind": "search"})  # queued: it must be cancelled first
+            assert c.delete(f"/jobs/{waiting}").status_code == 409
+            store.update_job(waiting, state="cancelled")
+            assert c.delete(f"/jobs/{waiting}").status_code == 204
+            assert c.delete(f"/jobs/{stopped[0]}").status_code == 204
+            assert c.get(f"/jobs/{stopped[0]}").status_code == 404
+            assert c.get(f"/jobs/{stopped[0]}/events").status_code == 404
+            assert c.delete(f"/jobs/{stopped[0]}").status_code == 404
+
+            accepted = c.post("/jobs", json=job)  # room again
+            assert accepted.status_code == 202, accepted.text
+            c.post(f"/jobs/{accepted.json()['id']}/cancel")
+    finally:
+        server.stop()
+
+
 def test_registrations_past_the_bound_get_413_and_store_nothing(tmp_path: Path) -> None:
     """Two of each kind allowed; a third name is refused, a known name is replaced."""
     srv = Server(tmp_path / "store.sqlite", extra=("--max-registrations", "2")).start()

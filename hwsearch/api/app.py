@@ -254,7 +254,7 @@ def create_app_from_env() -> FastAPI:
     ``HWSEARCH_AGENT_SECRETS``, ``HWSEARCH_MAX_BODY``, ``HWSEARCH_MAX_UPLOAD``,
     ``HWSEARCH_READ_TIMEOUT_S``, ``HWSEARCH_MAX_EXPORT`` and
     ``HWSEARCH_MAX_CHECKPOINTS`` (bytes), ``HWSEARCH_MAX_REGISTRATIONS``,
-    ``HWSEARCH_MAX_INPUT_PIXELS``, ``HWSEARCH_RAY_ADDRESS``, ``HWSEARCH_PUBLIC_URL`` and
+    ``HWSEARCH_MAX_INPUT_PIXELS``, ``HWSEARCH_MAX_JOBS``, ``HWSEARCH_RAY_ADDRESS``, ``HWSEARCH_PUBLIC_URL`` and
     ``HWSEARCH_RESUME`` (``true``/``false``).
     A missing or malformed setting stops the start (exit 3, uvicorn's code
     for a failed start) with one line naming the variable, as ``hwsearch
@@ -298,8 +298,9 @@ def _app_from_env() -> FastAPI:
         max_export_bytes=int(_env_number("HWSEARCH_MAX_EXPORT", MAX_EXPORT_BYTES, minimum=MiB)),
         max_checkpoint_bytes=int(_env_number("HWSEARCH_MAX_CHECKPOINTS", MAX_CHECKPOINT_BYTES, minimum=MiB)),
         max_registrations=int(_env_number("HWSEARCH_MAX_REGISTRATIONS", MAX_REGISTRATIONS, minimum=1)),
-        admission=Admission(max_input_pixels=int(_env_number(
-            "HWSEARCH_MAX_INPUT_PIXELS", Admission.max_input_pixels, minimum=1024))),
+        admission=Admission(
+            max_input_pixels=int(_env_number("HWSEARCH_MAX_INPUT_PIXELS", Admission.max_input_pixels, minimum=1024)),
+            max_jobs=int(_env_number("HWSEARCH_MAX_JOBS", Admission.max_jobs, minimum=1))),
     )
     resume = _env_flag("HWSEARCH_RESUME")
     return create_app(

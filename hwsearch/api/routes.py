@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Iterator
 from typing import IO, Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
@@ -249,6 +249,16 @@ def read_job_events(job_id: str, store: StoreDep,
 def cancel_job(job_id: str, dispatcher: DispatcherDep) -> JobRead:
     """Stop a job now (its measurement and compute end within seconds); it keeps what it measured."""
     return JobRead(**service.cancel(dispatcher=dispatcher, job_id=job_id))
+
+
+@api_router.delete("/jobs/{job_id}", status_code=204, response_class=Response, tags=["jobs"])
+def delete_job(job_id: str, dispatcher: DispatcherDep, catalog: CatalogDep) -> Response:
+    """Remove a stopped job (its record, events and fronts); 409 for a queued or running one.
+
+    Measurements stay for later jobs.  The service keeps at most ``max_jobs`` jobs (GET /limits).
+    """
+    service.delete_job(dispatcher=dispatcher, catalog=catalog, job_id=job_id)
+    return Response(status_code=204)
 
 
 @api_router.post("/jobs/{job_id}/resume", response_model=JobAccepted, status_code=202,

@@ -326,3 +326,6 @@ class LimitsRead(BaseModel):
     max_budget: int
     #: batch x resolution^2 an export's input may hold (an export, or a job's device batch at its largest size)
     max_input_pixels: int
+    #: job records kept now, finished ones included, and how many may be kept
+    jobs: int
+    max_jobs: int

@@ -25,7 +25,7 @@ from typing import IO, Any
 from hwsearch.agents import AgentEndpoint, UnknownAgent, resolve_profile
 from hwsearch.api.catalog import Catalog, CatalogFull, valid_name
 from hwsearch.api.files import DataRoots, PathRefused, check_unpacked_size
-from hwsearch.dispatch import Admission, JobDispatcher, QueueFull, StillStopping
+from hwsearch.dispatch import Admission, JobDispatcher, QueueFull, StillStopping, StoreFull
 from hwsearch.jobs import (
     CheckpointChanged,
     JobSpec,
@@ -49,6 +49,7 @@ __all__ = [
     "NotFound",
     "ServiceError",
     "cancel",
+    "delete_job",
     "drop_unused_checkpoints",
     "export_subnet",
     "front_view",
@@ -324,12 +325,7 @@ def _checkpoints_in_use(catalog: Catalog, store: Store, *, ignoring: str | None 
     """Checkpoint files some registration (but ``ignoring``'s) or some job's spec names."""
     refs = [SupernetRef.from_dict(r) for r in catalog.list_supernets() if r.get("name") != ignoring]
     paths = {Path(r.checkpoint) for r in refs if r.checkpoint}
-    for record in store.list_jobs():
-        supernet = record.spec.get("supernet")
-        checkpoint = supernet.get("checkpoint") if isinstance(supernet, Mapping) else None
-        if isinstance(checkpoint, str):
-            paths.add(Path(checkpoint))
-    return paths
+    return paths | {Path(checkpoint) for checkpoint in store.job_checkpoints()}
 
 
 def _drop_if_unused(catalog: Catalog, store: Store, path: Path) -> None:
@@ -526,6 +522,8 @@ def _queue(dispatcher: JobDispatcher, spec: JobSpec | ProfileSpec) -> dict[str, 
         job_id = dispatcher.submit(spec)
     except QueueFull as full:
         raise Busy(str(full), retry_after_s=full.retry_after_s) from None
+    except StoreFull as full:
+        raise NoRoom(str(full)) from None
     return job_view(dispatcher.store.get_job(job_id))
 
 
@@ -698,6 +696,26 @@ def _refused_now(spec: JobSpec | ProfileSpec, dispatcher: JobDispatcher, catalog
         except PathRefused as error:
             refused.append(f"its {what} {error}")
     return refused
+
+
+def delete_job(*, dispatcher: JobDispatcher, catalog: Catalog, job_id: str) -> None:
+    """Remove a stopped job: its record, events and fronts; an uploaded checkpoint only it named goes too.
+
+    Measurements stay: they are the device's and the supernet's, and later
+    jobs reuse them.  A queued or running job must be cancelled first (409).
+    """
+    record = get_job(store=dispatcher.store, job_id=job_id)
+    with catalog.checkpoints_named():  # no submission names the checkpoint between the check and the removal
+        try:
+            dispatcher.delete(job_id)
+        except (StillStopping, ValueError) as error:
+            raise Conflict(str(error)) from None
+        except KeyError:
+            raise NotFound(f"job {job_id!r} does not exist") from None
+        supernet = record.spec.get("supernet")
+        checkpoint = supernet.get("checkpoint") if isinstance(supernet, Mapping) else None
+        if isinstance(checkpoint, str):
+            _drop_if_unused(catalog, dispatcher.store, Path(checkpoint))
 
 
 def job_fronts(*, store: Store, job_id: str) -> dict[str, dict[str, Any]]:

@@ -50,6 +50,9 @@ def serve(
     max_input_pixels: Annotated[int, typer.Option(
         min=1024, help="Largest export input, batch x resolution^2 (a device's batch at a supernet's "
                        "largest size too).")] = 4 * 1024 * 1024,
+    max_jobs: Annotated[int, typer.Option(
+        min=1, help="Job records kept, finished ones included; beyond it submissions get 413 until "
+                    "finished jobs are deleted (DELETE /jobs/{id}).")] = 10_000,
     max_body_mb: Annotated[float, typer.Option(min=0.01, help="Largest JSON request body.")] = 1.0,
     max_upload_mb: Annotated[float, typer.Option(
         min=0.01, help="Largest checkpoint upload, and largest checkpoint or dataset file read.")] = 512.0,
@@ -122,7 +125,7 @@ def serve(
         agents=agents,
         admission=Admission(max_running=max_running_jobs, max_queued=max_queued_jobs,
                             max_n_profile=max_n_profile, max_budget=max_budget,
-                            max_input_pixels=max_input_pixels),
+                            max_input_pixels=max_input_pixels, max_jobs=max_jobs),
         max_body_bytes=int(max_body_mb * MiB), max_upload_bytes=int(max_upload_mb * MiB),
         read_timeout_s=read_timeout_s, max_export_bytes=int(max_export_mb * MiB),
         max_checkpoint_bytes=int(max_checkpoints_mb * MiB), max_registrations=max_registrations,
