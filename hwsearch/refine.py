@@ -43,7 +43,7 @@ from hwsearch.problem import (
 )
 from hwsearch.pipeline import select_subnets
 from hwsearch.results import Candidate, ParetoFront, hypervolume, non_dominated
-from hwsearch.search import SearchSettings, search
+from hwsearch.search import SearchSettings, number_within, search, whole_number
 from hwsearch.space import ArchConfig, SearchSpace
 from predictors.features import ArchFeaturizer
 
@@ -105,10 +105,16 @@ class RefineSettings:
     search: SearchSettings = field(default_factory=lambda: SearchSettings(pop_size=64, n_gen=40))
 
     def __post_init__(self) -> None:
-        if self.initial < 2:
-            raise ValueError("initial must be at least 2: predictors need data to fit")
-        if self.per_round < 1 or self.max_measurements < 0:
-            raise ValueError("per_round must be ≥ 1 and max_measurements ≥ 0")
+        """Check every field where it is set, as :class:`SearchSettings` does: ``initial=2.5`` or
+        ``kappa=nan`` would otherwise fail, or steer nothing, rounds after measuring began.
+        ``initial`` is at least 2 because the predictors need data to fit."""
+        for name, least in (("max_measurements", 0), ("per_round", 1), ("initial", 2), ("seed", 0)):
+            object.__setattr__(self, name, whole_number(getattr(self, name), name, least))
+        object.__setattr__(self, "kappa", number_within(self.kappa, "kappa", 0.0, None))
+        if self.max_seconds is not None:
+            object.__setattr__(self, "max_seconds", number_within(self.max_seconds, "max_seconds", 0.0, None))
+        if not isinstance(self.search, SearchSettings):
+            raise TypeError(f"search must be SearchSettings, got {self.search!r}")
 
     def to_dict(self) -> dict[str, object]:
         out = {k: v for k, v in self.__dict__.items() if k != "search"}

@@ -66,7 +66,7 @@ from hwsearch.results import (
 from hwsearch.space import ArchConfig, SearchSpace
 
 __all__ = ["AnchoredSampling", "CanonicalDuplicates", "SearchProgress", "SearchResult",
-           "SearchSettings", "StopReason", "build_nsga2", "search"]
+           "SearchSettings", "StopReason", "build_nsga2", "number_within", "search", "whole_number"]
 
 StopReason = Literal["n_gen", "max_evals", "max_seconds", "callback", "exhausted"]
 _SORTING = NonDominatedSorting()
@@ -100,20 +100,20 @@ class SearchSettings:
         ignored) generations later, e.g. ``pop_size=10.5`` as a slicing TypeError and
         ``crossover_prob=5`` as a run that silently always crosses over."""
         for name, least in (("pop_size", 2), ("n_gen", 1), ("seed", 0)):
-            self._set(name, _whole(getattr(self, name), name, least))
+            self._set(name, whole_number(getattr(self, name), name, least))
         if self.crossover not in CROSSOVERS:
             raise ValueError(f"crossover must be one of {CROSSOVERS}, got {self.crossover!r}")
-        self._set("crossover_prob", _within(self.crossover_prob, "crossover_prob", 0.0, 1.0))
-        self._set("crossover_eta", _within(self.crossover_eta, "crossover_eta", 0.0, None))
+        self._set("crossover_prob", number_within(self.crossover_prob, "crossover_prob", 0.0, 1.0))
+        self._set("crossover_eta", number_within(self.crossover_eta, "crossover_eta", 0.0, None))
         if self.mutation_rate is not None:
             rate = finite_number(self.mutation_rate, "mutation_rate")
             if not 0.0 < rate <= 1.0:
                 raise ValueError(f"mutation_rate must be in (0, 1], got {self.mutation_rate!r}")
             self._set("mutation_rate", rate)
         if self.max_evals is not None:
-            self._set("max_evals", _whole(self.max_evals, "max_evals", 1))
+            self._set("max_evals", whole_number(self.max_evals, "max_evals", 1))
         if self.max_seconds is not None:
-            self._set("max_seconds", _within(self.max_seconds, "max_seconds", 0.0, None))
+            self._set("max_seconds", number_within(self.max_seconds, "max_seconds", 0.0, None))
 
     def _set(self, name: str, value: object) -> None:
         """Replace a field of this frozen dataclass by its checked plain ``int``/``float``
@@ -124,7 +124,7 @@ class SearchSettings:
         return asdict(self)
 
 
-def _whole(value: object, name: str, least: int) -> int:
+def whole_number(value: object, name: str, least: int) -> int:
     """``value`` as an ``int`` of at least ``least``, or a ValueError naming the field."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be a whole number, got {value!r}")
@@ -133,7 +133,7 @@ def _whole(value: object, name: str, least: int) -> int:
     return int(value)
 
 
-def _within(value: object, name: str, low: float, high: float | None) -> float:
+def number_within(value: object, name: str, low: float, high: float | None) -> float:
     """``value`` as a finite float in ``[low, high]`` (no upper end when ``high`` is None)."""
     number = finite_number(value, name)
     if number < low or (high is not None and number > high):
@@ -308,9 +308,23 @@ def _initial_genes(space: SearchSpace, initial: Initial) -> np.ndarray:
     if isinstance(initial, ParetoFront):
         initial = [p.arch for p in initial.points]
     if isinstance(initial, np.ndarray):
-        X = np.asarray(initial, dtype=np.int64).reshape(-1, space.n_var)
-        return space.decode_batch(X).genes
+        return space.decode_batch(_gene_rows(initial, space.n_var)).genes
     return space.encode_many(list(initial))
+
+
+def _gene_rows(initial: np.ndarray, n_var: int) -> np.ndarray:
+    """Warm-start genes as ``(rows, n_var)``: one row, or rows of exactly ``n_var`` genes.
+
+    A reshape would have cut rows of another width into rows of this one
+    (two rows of twice the width became four subnets nobody chose) or failed
+    with numpy's own message.
+    """
+    X = np.asarray(initial)
+    if X.ndim == 1 and X.shape[0] == n_var:
+        X = X[None, :]
+    if X.ndim != 2 or X.shape[1] != n_var:
+        raise ValueError(f"initial genes must be rows of {n_var} genes (this space's n_var), got shape {X.shape}")
+    return X.astype(np.int64)
 
 
 class _Archive:

@@ -273,6 +273,17 @@ def test_warm_start_refuses_subnets_outside_the_space(space):
         search(problem, SearchSettings(pop_size=10, n_gen=2), initial=[space.largest(160)])
 
 
+def test_warm_start_genes_of_another_width_are_refused_not_reshaped(space):
+    """Rows of twice the width were reshaped into twice the rows: subnets nobody chose."""
+    problem, _ = oracle_problem(space)
+    rows = space.encode_many(space.sample(3, 2))
+    doubled = np.concatenate([rows, rows], axis=1)  # 2 rows of 2 * n_var genes
+    for bad in (doubled, np.zeros((3, 5), dtype=np.int64), rows[:, :-1]):
+        with pytest.raises(ValueError, match=f"rows of {space.n_var} genes"):
+            search(problem, SearchSettings(pop_size=10, n_gen=2), initial=bad)
+    search(problem, SearchSettings(pop_size=10, n_gen=2), initial=rows[0])  # one row on its own is a row
+
+
 # --------------------------------------------------------------------------- operators
 
 

@@ -148,3 +148,21 @@ def test_fitting_and_searching_hold_the_compute_lock_and_measuring_does_not(spac
     result = _run(space, measurer, compute=counted_compute_unit)
     assert len(rounds_in_compute) == result.rounds == 2
     assert len(measurer.calls) == 30, "every batch was measured, outside the compute hold"
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("initial", 1, "initial must be ≥ 2, got 1"),
+    ("initial", 2.5, "initial must be a whole number, got 2.5"),
+    ("per_round", 0, "per_round must be ≥ 1, got 0"),
+    ("max_measurements", True, "max_measurements must be a whole number, got True"),
+    ("kappa", float("nan"), "kappa must be a finite number, got nan"),
+    ("kappa", -1.0, "kappa must be ≥ 0, got -1.0"),
+    ("max_seconds", "60", "max_seconds must be a number, got '60'"),
+    ("seed", -3, "seed must be ≥ 0, got -3"),
+])
+def test_refine_settings_refuse_what_no_loop_can_use(field, value, message):
+    """Checked where they are made, as SearchSettings are: ``initial=2.5`` once failed rounds into a run."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RefineSettings(**{field: value})
+    with pytest.raises(TypeError, match="search must be SearchSettings"):
+        RefineSettings(search={"pop_size": 8})
