@@ -154,12 +154,27 @@ def test_connections_beyond_the_bound_get_503_and_the_service_recovers(server: S
     finally:
         for sock in held:
             sock.close()
-    assert over.status_code == 503
+    assert over.status_code == 503 and int(over.headers["retry-after"]) > 0
+    assert "connections" in over.json()["detail"]  # JSON as every refusal; uvicorn's own was plain text
     with server.client() as client:
         deadline = time.monotonic() + SLACK_S
         while (status := client.get("/devices").status_code) == 503 and time.monotonic() < deadline:
             time.sleep(0.2)
     assert status == 200
+
+
+def test_a_request_h11_cannot_parse_gets_a_json_400(server: Server) -> None:
+    """A malformed or doubled Content-Length never reaches the app; uvicorn answered it in plain text."""
+    for lengths in (("abc",), ("5", "6")):
+        with raw_connection(server) as sock:
+            head = request_head("POST", "/devices").replace(
+                b"\r\n\r\n", b"".join(b"\r\nContent-Length: " + n.encode() for n in lengths) + b"\r\n\r\n")
+            sock.sendall(head + b"{}")
+            received, _ = read_until_closed(sock, SLACK_S)
+        status, _, rest = received.partition(b"\r\n")
+        headers, _, body = rest.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in headers.lower()
+        assert "Invalid HTTP request" in json.loads(body)["detail"]
 
 
 def test_a_keep_alive_client_pausing_under_the_timeout_keeps_its_connection(server: Server) -> None:

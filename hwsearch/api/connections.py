@@ -19,7 +19,9 @@ The bounds, one read timeout for all of them:
   its size at :data:`MIN_BODY_BYTES_PER_S`, and within the size limit;
   otherwise 408 or 413, and the connection closes (the rest is never read).
 * The number of connections is bounded by uvicorn's ``limit_concurrency``
-  (``hwsearch serve --max-connections``): beyond it, requests get 503.
+  (``hwsearch serve --max-connections``): beyond it, requests get 503, in
+  JSON with ``Retry-After`` as every other refusal (uvicorn's own is plain
+  text), and so does a request h11 cannot parse (400).
 
 And before any of it, :class:`TokenGate`: FastAPI reads and parses a body
 (spooling an upload to disk) before it runs the route's token check, so a
@@ -31,6 +33,7 @@ headers alone, and closes.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -38,6 +41,7 @@ from typing import Any
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 __all__ = ["MIN_BODY_BYTES_PER_S", "BodyBounds", "TokenGate", "bounded_h11"]
@@ -76,11 +80,36 @@ def bounded_h11(read_timeout_s: float) -> type[H11Protocol]:
     """Uvicorn's h11 protocol with a deadline on each request's headers and on each stalled write."""
 
     class BoundedH11Protocol(H11Protocol):
-        """Closes a connection that is slow to send its headers, or stops reading what it is sent."""
+        """Closes a connection that is slow to send its headers, or stops reading what it is sent.
+
+        It also keeps uvicorn's connection bound itself, to answer past it in
+        JSON: uvicorn's own answer is a plain-text 503 that a client parsing
+        ``detail`` cannot read.
+        """
 
         _headers_deadline: asyncio.TimerHandle | None = None
         _write_deadline: asyncio.TimerHandle | None = None
         _waiting_after: Any = None  # the request cycle current when the headers deadline was armed
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._limit, self.limit_concurrency = self.limit_concurrency, None
+            self.app = _refused_past(self._over_limit, self.app)
+
+        def _over_limit(self) -> bool:
+            """uvicorn's test, as a request starts: its own task is already among the tasks."""
+            return self._limit is not None and (len(self.connections) >= self._limit
+                                                or len(self.tasks) > self._limit)
+
+        def send_400_response(self, msg: str) -> None:
+            """A request h11 cannot parse (a malformed Content-Length, a bad request line), answered in JSON."""
+            body = json.dumps({"detail": msg}).encode("ascii")
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                          h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -122,6 +151,21 @@ def bounded_h11(read_timeout_s: float) -> type[H11Protocol]:
                 self._headers_deadline = None
 
     return BoundedH11Protocol
+
+
+def _refused_past(over_limit: Callable[[], bool], app: Any) -> Any:
+    """``app`` behind the connection bound: past it, a JSON 503 with ``Retry-After``, and the connection closes."""
+
+    async def bounded(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and over_limit():
+            refused = JSONResponse({"detail": "the service holds as many connections as it allows; "
+                                              "try again in a few seconds"},
+                                   status_code=503, headers={"Retry-After": "5", **_CLOSE})
+            await refused(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return bounded
 
 
 def _cancel(timer: asyncio.TimerHandle | None) -> None:
