@@ -134,6 +134,21 @@ def test_a_locked_store_fails_when_opened_not_after_measuring(tmp_path: Path) ->
     assert "profiling on" not in result.stdout + result.stderr
 
 
+def test_a_read_only_store_is_refused_before_anything_is_measured(tmp_path: Path) -> None:
+    """Root writes a ``chmod 444`` file, so the store is made immutable (``chattr +i``), which binds root too."""
+    store = _our_tables(tmp_path / "store.db")
+    if subprocess.run(["chattr", "+i", str(store)], capture_output=True).returncode != 0:
+        pytest.skip("this filesystem has no immutable attribute (chattr +i)")
+    try:
+        before = store.read_bytes()
+        result = _profile(store, tmp_path)
+        assert store.read_bytes() == before
+    finally:
+        subprocess.run(["chattr", "-i", str(store)], check=True)
+    assert_one_line_error(result, 2, str(store), "is read-only; hwsearch writes to its store")
+    assert "profiling on" not in result.stdout + result.stderr
+
+
 def test_rows_are_stored_by_column_name(tmp_path: Path) -> None:
     """A store whose latencies columns are in another order got each value in the wrong column."""
     store = _our_tables(tmp_path / "store.db", columns=", ".join(reversed(LATENCY_COLUMNS.split(", "))))
