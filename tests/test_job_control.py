@@ -35,9 +35,13 @@ class HoldsAWrite:
     """
 
     held: tuple[threading.Thread, threading.Event, threading.Event] | None = None
+    skip = 0  # writes of the held thread to let through before the one held
 
     def _wait_if_held(self) -> None:
         if self.held is not None and threading.current_thread() is self.held[0]:
+            if self.skip:
+                self.skip -= 1
+                return
             _, reached, release = self.held
             self.held = None  # only the first write waits
             reached.set()
@@ -65,8 +69,11 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> HoldsAWrite:
     return HeldMemoryStore() if request.param == "memory" else HeldSQLiteStore(tmp_path / "s.db")
 
 
-def interleave(store: HoldsAWrite, held: Callable[[], Any], meanwhile: Callable[[], Any]) -> Any:
-    """Run ``held`` until its first job write, run ``meanwhile``, let the write go; what ``held`` returned or raised."""
+def interleave(store: HoldsAWrite, held: Callable[[], Any], meanwhile: Callable[[], Any], *, skip: int = 0) -> Any:
+    """Run ``held`` until its first job write (after ``skip`` of them), run ``meanwhile``, let the write go.
+
+    Returns what ``held`` returned or raised.
+    """
     outcome: list[Any] = []
 
     def run() -> None:
@@ -77,7 +84,7 @@ def interleave(store: HoldsAWrite, held: Callable[[], Any], meanwhile: Callable[
 
     thread = threading.Thread(target=run)
     reached, release = threading.Event(), threading.Event()
-    store.held = (thread, reached, release)
+    store.held, store.skip = (thread, reached, release), skip
     thread.start()
     assert reached.wait(10), "the held call wrote nothing"
     meanwhile()
@@ -163,3 +170,27 @@ def test_a_runner_whose_job_was_deleted_stops_and_its_failure_is_dropped(store: 
     record_failure(store, job, RuntimeError("the task failed as it was stopped"))
     with pytest.raises(KeyError):
         store.get_job(job)
+
+
+def test_a_replaced_runner_that_fails_late_leaves_its_successors_job_running(store: HoldsAWrite) -> None:
+    """A resume took the job over while the old task was failing: the old failure must not fail the new run.
+
+    Before, ``execute`` recorded any failure on any active job, so the successor's job ended ``failed``
+    while it ran.  Now the runner records its failure as the job's runner or not at all.
+    """
+    from hwsearch.jobs import ProfileSpec, SupernetRef
+    from hwsearch.jobs.executor import execute
+
+    spec = ProfileSpec(supernet=SupernetRef(name="demo", registry="demo_mbv3_mnist"), device={"name": "cpu"},
+                       arch={"resolution": 28}).to_dict()  # fails after the runner started: no depths
+    job = store.create_job(spec)
+    successor: list[Any] = []
+    outcome = interleave(store, lambda: execute(spec, store, job), lambda: successor.append(start_job(store, job)),
+                         skip=1)  # the start goes through; the failure's write waits for the takeover
+    assert isinstance(outcome, ValueError) and "depths" in str(outcome)  # the caller still hears of it
+    record = store.get_job(job)
+    assert (record.state, record.runner, record.error) == ("running", successor[0].runner, None)
+
+    with pytest.raises(RuntimeError), successor[0].failing():  # the successor's own failure is recorded
+        raise RuntimeError("the new run failed")
+    assert store.get_job(job).state == "failed" and "the new run failed" in str(store.get_job(job).error)

@@ -17,7 +17,7 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from hwsearch.store import ACTIVE_STATES, TERMINAL_STATES, Store
@@ -72,6 +72,26 @@ class Control:
             "step": step, "fraction": round(min(max(fraction, 0.0), 1.0), 4),
             "message": message, "at": time.time(),
         })
+
+    @contextlib.contextmanager
+    def failing(self) -> Iterator[None]:
+        """Run a job's body: a failure in it is recorded as this runner's (:meth:`fail`), then raised."""
+        try:
+            yield
+        except JobCancelled:
+            raise
+        except Exception as error:
+            self.fail(error)
+            raise
+
+    def fail(self, error: BaseException) -> None:
+        """Mark the job failed if it is still running by this runner; a stopped or taken-over job is left as it is.
+
+        A runner replaced by another (a resume after a cancel, before the old task ended) that fails
+        afterwards must not mark its successor's job failed.
+        """
+        with contextlib.suppress(JobCancelled):
+            self.write_while_running("failed", error=describe_error(error))
 
     def write_while_running(self, state: str, **fields: Any) -> None:
         """Write ``state`` and ``fields`` only if the job is running by this runner, in one step; else stop.
@@ -134,14 +154,17 @@ def describe_error(error: BaseException) -> str:
     return line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS - 3] + "..."
 
 
-def record_failure(store: Store, job_id: str, error: BaseException) -> None:
-    """Mark an active job failed with :func:`describe_error`'s line (a stopped or deleted job stays so).
+def record_failure(store: Store, job_id: str, error: BaseException,
+                   only_from: Collection[str] = ACTIVE_STATES) -> None:
+    """Mark a job failed with :func:`describe_error`'s line if its state is in ``only_from``.
 
-    A deleted job is no error here: this runs where a job's task ended (the dispatcher's loop, a
-    runner's last handler), and raising there would hide the failure or stop the loop.
+    A stopped or deleted job stays so, and a deleted one is no error: this runs where a job's task
+    ended (the dispatcher's loop, a runner's last handler), and raising there would hide the failure
+    or stop the loop.  A runner records its own failures (:meth:`Control.failing`); its caller
+    passes ``("queued",)`` for what failed before the runner started.
     """
     with contextlib.suppress(KeyError):
-        store.transition_job(job_id, ACTIVE_STATES, "failed", error=describe_error(error))
+        store.transition_job(job_id, only_from, "failed", error=describe_error(error))
 
 
 def cancel_job(*, store: Store, job_id: str) -> Any:

@@ -53,26 +53,27 @@ def run_profile(spec: ProfileSpec, *, store: Store, job_id: str,
     from hwsearch.export import export_subnet
 
     control = start_job(store, job_id)
-    net = build_supernet(spec.supernet)
-    arch = net.space.from_dict(spec.arch)
-    device = job_device(spec.device, agents or {})
-    profiler, key = _profiler_at(device, spec, net)
-    control.step("export", 0.1, arch.key())
-    with owned_temp_dir("profile") as tmp:
-        report = export_subnet(net, arch, Path(tmp) / f"{arch.digest()}.onnx",
-                               batch=device.profile.batch, input_dtype=device.profile.input_dtype)
-        control.step("measure", 0.3, f"{device.name} at {spec.precision}")
-        [measurement] = profiler.measure_many([report.path])
-    row = measurement.to_dict() | {"arch": arch.to_dict(), "macs": report.macs,
-                                   "params": report.params, "precision": spec.precision}
-    store.put_latency(key, net.space.network_id, arch.key(), row)
-    return finish_job(control, {
-        "device": device.name, "device_hash": key, "precision": spec.precision,
-        "space_name": net.space.name,
-        "network_id": net.space.network_id,
-        "arch": arch.to_dict(), "arch_key": arch.key(), "measurement": measurement.to_dict(),
-        "macs": report.macs, "params": report.params,
-    })
+    with control.failing():
+        net = build_supernet(spec.supernet)
+        arch = net.space.from_dict(spec.arch)
+        device = job_device(spec.device, agents or {})
+        profiler, key = _profiler_at(device, spec, net)
+        control.step("export", 0.1, arch.key())
+        with owned_temp_dir("profile") as tmp:
+            report = export_subnet(net, arch, Path(tmp) / f"{arch.digest()}.onnx",
+                                   batch=device.profile.batch, input_dtype=device.profile.input_dtype)
+            control.step("measure", 0.3, f"{device.name} at {spec.precision}")
+            [measurement] = profiler.measure_many([report.path])
+        row = measurement.to_dict() | {"arch": arch.to_dict(), "macs": report.macs,
+                                       "params": report.params, "precision": spec.precision}
+        store.put_latency(key, net.space.network_id, arch.key(), row)
+        return finish_job(control, {
+            "device": device.name, "device_hash": key, "precision": spec.precision,
+            "space_name": net.space.name,
+            "network_id": net.space.network_id,
+            "arch": arch.to_dict(), "arch_key": arch.key(), "measurement": measurement.to_dict(),
+            "macs": report.macs, "params": report.params,
+        })
 
 
 def _profiler_at(device: Any, spec: ProfileSpec, net: Any) -> tuple[Any, str]:
@@ -109,14 +110,15 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
     from hwsearch.ray_session import init_ray
 
     control = start_job(store, job_id)
-    init_ray(ray_address)  # before any stage that uses Ray, so all of them join ``ray_address``
-    control.step("prepare", 0.0, f"building {spec.supernet.name}")
-    job = _prepare(spec, store=store, job_id=job_id, agents=agents or {})
-    reports = profile_devices(control, job)
-    accuracies = evaluate_accuracy(control, job)
-    accuracy, searches, quality = fit_predictors(control, job, spec, accuracies)
-    runs = refine_fronts(control, job, spec, accuracy, searches, ray_address)
-    return finish_job(control, summarize(job, reports, runs, quality))
+    with control.failing():
+        init_ray(ray_address)  # before any stage that uses Ray, so all of them join ``ray_address``
+        control.step("prepare", 0.0, f"building {spec.supernet.name}")
+        job = _prepare(spec, store=store, job_id=job_id, agents=agents or {})
+        reports = profile_devices(control, job)
+        accuracies = evaluate_accuracy(control, job)
+        accuracy, searches, quality = fit_predictors(control, job, spec, accuracies)
+        runs = refine_fronts(control, job, spec, accuracy, searches, ray_address)
+        return finish_job(control, summarize(job, reports, runs, quality))
 
 
 def _prepare(spec: JobSpec, *, store: Store, job_id: str,
@@ -200,7 +202,7 @@ def execute(spec: Mapping[str, Any], store: Store, job_id: str,
         return None
     except Exception as error:
         log.exception("job %s failed", job_id)
-        record_failure(store, job_id, error)
+        record_failure(store, job_id, error, only_from=("queued",))  # after its start the runner recorded it
         raise
 
 
