@@ -140,6 +140,20 @@ def test_uploads_racing_under_one_name_leave_only_the_registered_checkpoint(serv
     assert sorted(p.name for p in kept.iterdir()) == [Path(registered["checkpoint"]).name]
 
 
+def test_deleting_a_job_leaves_an_earlier_versions_named_upload_for_the_operator(server: Server) -> None:
+    """Only files kept by digest are the service's to remove; a ``<name>.pt`` of an earlier version is the
+    operator's, whose registration start-up may have set aside (a DELETE once removed it)."""
+    legacy = Path(f"{server.store}.data") / "checkpoints" / "legacy.pt"
+    legacy.write_bytes(DEMO_CHECKPOINT.read_bytes())
+    store = SQLiteStore(server.store)
+    job_id = store.create_job({"kind": "search", "supernet": {
+        "name": "legacy", "registry": DEMO, "checkpoint": str(legacy), "options": {}}})
+    store.update_job(job_id, state="succeeded", result={"fronts": {}})
+    with server.client() as client:
+        assert client.delete(f"/jobs/{job_id}").status_code == 204
+    assert legacy.is_file()
+
+
 def test_a_data_root_checkpoint_changed_after_registration_is_refused(
         server: Server, arch: dict[str, Any]) -> None:
     named = server.store.parent / "weights.pt"

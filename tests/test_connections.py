@@ -40,7 +40,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     else:
         srv = Server(root / "store.sqlite", factory=True, env={"HWSEARCH_READ_TIMEOUT_S": str(READ_TIMEOUT_S)},
                      extra=("--http", "hwsearch.api.app:BoundedH11Protocol",
-                            "--limit-concurrency", str(MAX_CONNECTIONS)))
+                            "--limit-concurrency", str(MAX_CONNECTIONS), "--no-proxy-headers"))
     yield srv.start()
     srv.stop()
 
@@ -144,6 +144,30 @@ def test_a_client_that_stops_reading_a_download_is_cut_off(server: Server) -> No
     assert len(received) < size  # cut off, not delivered
     with server.client() as client:
         assert len(client.get(url).content) == size  # a reading client still gets it whole
+
+
+def test_the_last_connection_within_the_bound_is_served(server: Server) -> None:
+    """uvicorn's own test served one connection fewer than --max-connections allows."""
+    held = [raw_connection(server) for _ in range(MAX_CONNECTIONS - 1)]
+    try:
+        with server.client() as client:
+            assert client.get("/devices").status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_bytes_that_break_the_framing_after_an_answer_close_the_connection_quietly(server: Server) -> None:
+    """A bad chunk after the response was sent once made the 400 path raise inside the protocol."""
+    with raw_connection(server) as sock:
+        head = request_head("GET", "/devices").replace(b"\r\n\r\n", b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(head + b"2\r\n{}\r\n")
+        sock.settimeout(SLACK_S)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"zz\r\n")
+        received, _ = read_until_closed(sock, SLACK_S)
+    assert b"HTTP/1.1" not in received  # the rest of the answer, maybe, then closed: no second answer
+    assert "LocalProtocolError" not in server.log.read_text()
 
 
 def test_connections_beyond_the_bound_get_503_and_the_service_recovers(server: Server) -> None:

@@ -700,7 +700,8 @@ def test_links_in_answers_never_follow_the_clients_host_header(server: Server, c
     arch = {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": [32]}
     client.post("/supernets", json=SUPERNET)
     made = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": arch},
-                       headers={"Host": "evil.example:666"})
+                       headers={"Host": "evil.example:666", "X-Forwarded-Proto": "wss",
+                                "X-Forwarded-Host": "evil.example"})
     assert made.status_code == 201, made.text
     assert made.json()["download_url"].startswith(f"{server.url}/exports/")
     assert client.get(made.json()["download_url"]).status_code == 200
@@ -720,6 +721,9 @@ def test_links_in_answers_never_follow_the_clients_host_header(server: Server, c
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--token", "p\u00e4ss", "the token must be printable ASCII"),
     ("--public-url", "https://user:pw@host", "the public URL must be http(s)"),
+    ("--public-url", "http://proxy.example/api?", "the public URL must be http(s)"),  # links went after the '?'
+    ("--public-url", "http://proxy.example:99999", "the public URL must be http(s)"),
+    ("--public-url", "http://proxy.example/a b", "the public URL must be http(s)"),
 ])
 def test_serve_refuses_a_token_no_client_can_send_and_a_malformed_public_url(
         tmp_path: Path, option: str, value: str, message: str) -> None:
@@ -731,6 +735,45 @@ def test_serve_refuses_a_token_no_client_can_send_and_a_malformed_public_url(
     assert started.returncode == 2 and message in started.stderr and "Traceback" not in started.stderr, \
         started.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stored_job_that_can_no_longer_be_read_or_built_is_refused_a_resume_with_409(
+        server: Server, client: httpx.Client) -> None:
+    """Each of these was a 500 once the resume re-checked the job: a spec from an older version,
+    a builder that is gone, a spec field of the wrong type."""
+    from hwsearch.store import SQLiteStore
+    from tests._jobs import tiny_spec
+
+    store = SQLiteStore(server.store)
+    good = tiny_spec(server.store.parent / "val.npz", [fast_device("cpu-1t")]).to_dict()
+    broken = [{k: v for k, v in good.items() if k != "devices"},
+              {**good, "supernet": {**good["supernet"], "registry": "no-such-builder"}},
+              {**good, "n_profile": "abc"},
+              {**good, "supernet": None}]
+    for spec in broken:
+        job = store.create_job(spec)
+        store.update_job(job, state="failed", error="earlier")
+        refused = client.post(f"/jobs/{job}/resume")
+        assert refused.status_code == 409 and "cannot be resumed" in refused.json()["detail"], refused.text
+        assert store.get_job(job).state == "failed"
+
+
+def test_cancels_racing_deletes_of_one_job_never_get_a_500(server: Server, client: httpx.Client) -> None:
+    """A cancel that read the job before a DELETE removed it got a KeyError (16 of 60 were 500s)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hwsearch.store import SQLiteStore
+
+    store = SQLiteStore(server.store)
+    answers = []
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(30):
+            job = store.create_job({"kind": "search"})
+            store.update_job(job, state="failed")
+            cancel = pool.submit(client.post, f"/jobs/{job}/cancel")
+            delete = pool.submit(client.delete, f"/jobs/{job}")
+            answers += [cancel.result().status_code, delete.result().status_code]
+    assert set(answers) <= {200, 204, 404}, answers
 
 
 #: One value of each kind a JSON client can send where a field expects something else.

@@ -198,11 +198,17 @@ def check_public_url(url: str) -> str:
     """``url`` without a trailing slash, if it is an http(s) URL with a host and nothing after its path."""
     from urllib.parse import urlsplit
 
+    refused = ValueError(f"the public URL must be http(s)://HOST[:PORT][/PATH] (no query, fragment, user, "
+                         f"spaces or control characters), got {url!r}")
+    if not url.isascii() or not url.isprintable() or any(c in url for c in " ?#@"):
+        raise refused
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment \
-            or parts.username is not None or parts.password is not None:
-        raise ValueError(f"the public URL must be http(s)://HOST[:PORT][/PATH] (no query, fragment or "
-                         f"user), got {url!r}")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+    except ValueError:
+        raise refused from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise refused
     return url.rstrip("/")
 
 
@@ -245,7 +251,8 @@ def create_app_from_env() -> FastAPI:
 
     Give uvicorn ``--http hwsearch.api.app:BoundedH11Protocol`` and
     ``--limit-concurrency`` too, for the connection bounds ``hwsearch serve``
-    keeps (see :func:`__getattr__`).
+    keeps (see :func:`__getattr__`), and ``--no-proxy-headers``, so that no
+    client chooses the scheme of the links in answers.
 
     Reads ``HWSEARCH_STORE`` (SQLite path), ``HWSEARCH_TOKEN``, and optionally
     ``HWSEARCH_DATA`` (defaults to ``<store>.data``), ``HWSEARCH_DATA_ROOTS``

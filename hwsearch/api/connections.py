@@ -97,12 +97,22 @@ def bounded_h11(read_timeout_s: float) -> type[H11Protocol]:
             self.app = _refused_past(self._over_limit, self.app)
 
         def _over_limit(self) -> bool:
-            """uvicorn's test, as a request starts: its own task is already among the tasks."""
-            return self._limit is not None and (len(self.connections) >= self._limit
+            """Past the bound as a request starts: its own connection and task are already counted.
+
+            (uvicorn's own test, ``>=`` on connections, served one connection fewer than it was given.)
+            """
+            return self._limit is not None and (len(self.connections) > self._limit
                                                 or len(self.tasks) > self._limit)
 
         def send_400_response(self, msg: str) -> None:
-            """A request h11 cannot parse (a malformed Content-Length, a bad request line), answered in JSON."""
+            """A request h11 cannot parse (a malformed Content-Length, a bad request line), answered in JSON.
+
+            Bytes that break the framing after an answer was sent (a bad chunk after the response) get
+            no second answer, which h11 would refuse: the connection just closes.
+            """
+            if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+                self.transport.close()
+                return
             body = json.dumps({"detail": msg}).encode("ascii")
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                        (b"connection", b"close")]

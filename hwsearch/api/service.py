@@ -329,8 +329,13 @@ def _checkpoints_in_use(catalog: Catalog, store: Store, *, ignoring: str | None 
 
 
 def _drop_if_unused(catalog: Catalog, store: Store, path: Path) -> None:
-    """Remove an uploaded checkpoint nothing names any more, so it stops holding room."""
-    if path.parent == catalog.checkpoints and path not in _checkpoints_in_use(catalog, store):
+    """Remove an uploaded checkpoint nothing names any more, so it stops holding room.
+
+    Only files kept by digest: an earlier version's ``<name>.pt`` stays for the operator (its
+    registration may have been set aside at start-up, so "nothing names it" does not mean unwanted).
+    """
+    if path.parent == catalog.checkpoints and _KEPT_BY_DIGEST.fullmatch(path.name) \
+            and path not in _checkpoints_in_use(catalog, store):
         path.unlink(missing_ok=True)
 
 
@@ -638,9 +643,19 @@ def list_jobs(*, store: Store, limit: int,
 
 def cancel(*, dispatcher: JobDispatcher, job_id: str) -> dict[str, Any]:
     """Stop a job now: its task and everything it started end; its measurements stay."""
-    get_job(store=dispatcher.store, job_id=job_id)
-    dispatcher.cancel(job_id)
-    return job_view(dispatcher.store.get_job(job_id))
+    with _gone_is_404(job_id):  # a DELETE may land between any two of these reads
+        get_job(store=dispatcher.store, job_id=job_id)
+        dispatcher.cancel(job_id)
+        return job_view(dispatcher.store.get_job(job_id))
+
+
+@contextmanager
+def _gone_is_404(job_id: str) -> Iterator[None]:
+    """A job deleted while a request about it was being answered is a 404, as if it had never been."""
+    try:
+        yield
+    except KeyError:
+        raise NotFound(f"job {job_id!r} does not exist") from None
 
 
 def resume(*, dispatcher: JobDispatcher, catalog: Catalog, roots: DataRoots, job_id: str) -> dict[str, Any]:
@@ -650,20 +665,37 @@ def resume(*, dispatcher: JobDispatcher, catalog: Catalog, roots: DataRoots, job
     operator who restarted the service with tighter limits, other data roots
     or fewer agents has not agreed to run what those settings refuse.
     """
-    record = get_job(store=dispatcher.store, job_id=job_id)
-    if record.state == "succeeded":
-        raise Conflict(f"job {job_id!r} already succeeded")
-    refused = _refused_now(spec_from_dict(record.spec), dispatcher, catalog, roots)
-    if refused:
-        raise Conflict(f"job {job_id!r} is refused by this service's settings now: {'; '.join(refused)}; "
-                       "submit a new job within them")
+    with _gone_is_404(job_id):
+        record = get_job(store=dispatcher.store, job_id=job_id)
+        if record.state == "succeeded":
+            raise Conflict(f"job {job_id!r} already succeeded")
+        refused = _checked_now(record, dispatcher, catalog, roots)
+        if refused:
+            raise Conflict(f"job {job_id!r} is refused by this service's settings now: {'; '.join(refused)}; "
+                           "submit a new job within them")
+        try:
+            dispatcher.resume(job_id)
+        except StillStopping as error:
+            raise Conflict(str(error)) from None
+        except QueueFull as full:
+            raise Busy(str(full), retry_after_s=full.retry_after_s) from None
+        return job_view(dispatcher.store.get_job(job_id))
+
+
+def _checked_now(record: Any, dispatcher: JobDispatcher, catalog: Catalog, roots: DataRoots) -> list[str]:
+    """:func:`_refused_now` of a stored job; a spec it cannot read or build is refused too (409, not 500).
+
+    A job stored by an earlier version, or whose supernet's builder or weights are gone or changed,
+    cannot be checked, and a job that cannot be checked is not run.
+    """
     try:
-        dispatcher.resume(job_id)
-    except StillStopping as error:
-        raise Conflict(str(error)) from None
-    except QueueFull as full:
-        raise Busy(str(full), retry_after_s=full.retry_after_s) from None
-    return job_view(dispatcher.store.get_job(job_id))
+        return _refused_now(spec_from_dict(record.spec), dispatcher, catalog, roots)
+    except ServiceError:
+        raise
+    except Exception as error:
+        log.info("job %s cannot be checked for a resume", record.job_id, exc_info=error)
+        raise Conflict(f"job {record.job_id!r} cannot be resumed: its stored spec no longer reads or builds "
+                       f"({describe_error(error)}); submit a new job") from None
 
 
 def _refused_now(spec: JobSpec | ProfileSpec, dispatcher: JobDispatcher, catalog: Catalog,

@@ -133,7 +133,8 @@ def serve(
         on_stop=lambda: shutil.rmtree(temp_files, ignore_errors=True),  # Ray's workers have ended
     )
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info", http=bounded_h11(read_timeout_s),
+        # proxy_headers off: a local client's X-Forwarded-Proto would otherwise choose the scheme of the links
+        uvicorn.run(app, host=host, port=port, log_level="info", http=bounded_h11(read_timeout_s), proxy_headers=False,
                     limit_concurrency=max_connections,
                     ssl_certfile=None if ssl_certfile is None else str(ssl_certfile),
                     ssl_keyfile=None if ssl_keyfile is None else str(ssl_keyfile))
