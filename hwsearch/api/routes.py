@@ -9,11 +9,13 @@ are turned into responses in one place (:mod:`hwsearch.api.app`).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from typing import IO, Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, Response, UploadFile, status
+from fastapi import (APIRouter, Depends, File, Form, Header, HTTPException, Query, Request, Response, UploadFile,
+                     status)
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
@@ -305,19 +307,75 @@ def create_export(body: ExportCreate, request: Request, store: StoreDep,
 
 
 @api_router.get("/exports/{export_id}", response_class=StreamingResponse, tags=["subnets"],
-                responses={200: {"content": {"application/octet-stream": {}}}})
-def download_export(export_id: str, catalog: CatalogDep) -> StreamingResponse:
-    """The export's ONNX file, sent from a handle opened before answering (pruning cannot cut it short)."""
+                responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "a range"},
+                           416: {"description": "a range past the file's end"}})
+def download_export(export_id: str, catalog: CatalogDep,
+                    byte_range: Annotated[str | None, Header(alias="Range")] = None) -> Response:
+    """The export's ONNX file, or one ``Range`` of it (a resumed download).
+
+    Sent from a handle opened before answering, so pruning cannot cut it
+    short, and closed when the answer ends, however it ends.
+    """
     handle = service.open_export(catalog=catalog, export_id=export_id)
     size = os.fstat(handle.fileno()).st_size
-    return StreamingResponse(_blocks(handle), media_type="application/octet-stream", headers={
-        "Content-Length": str(size), "Content-Disposition": f'attachment; filename="{export_id}.onnx"'})
+    headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{export_id}.onnx"'}
+    span = _byte_range(byte_range, size)
+    if span is None:
+        return _FileAnswer(handle, 0, size, headers=headers)
+    if span == _UNSATISFIABLE:
+        handle.close()
+        return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+    start, end = span
+    return _FileAnswer(handle, start, end - start + 1, status_code=206,
+                       headers={**headers, "Content-Range": f"bytes {start}-{end}/{size}"})
 
 
-def _blocks(handle: IO[bytes]) -> Iterator[bytes]:
-    with handle:
-        while block := handle.read(1 << 20):
-            yield block
+_UNSATISFIABLE = (-1, -1)
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``(first, last)`` byte of a single ``Range``; None to send it all; :data:`_UNSATISFIABLE` for a 416.
+
+    A header this does not read (several ranges, another unit, garbage) is ignored, as RFC 9110
+    allows: the whole file is sent.
+    """
+    match = _RANGE.fullmatch(header.strip()) if header else None
+    if match is None or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if first == "":  # the last N bytes
+        return (max(0, size - int(last)), size - 1) if int(last) > 0 and size > 0 else _UNSATISFIABLE
+    if int(first) >= size or (last != "" and int(last) < int(first)):
+        return _UNSATISFIABLE
+    return int(first), min(size - 1, int(last)) if last != "" else size - 1
+
+
+class _FileAnswer(StreamingResponse):
+    """``length`` bytes of an open file from ``start``; the file is closed when the answer ends.
+
+    A client that goes away mid-download ends the answer by cancellation or a disconnect error;
+    left to the collector, 60 aborted downloads held 5 handles for about 40 s.
+    """
+
+    def __init__(self, handle: IO[bytes], start: int, length: int, *, status_code: int = 200,
+                 headers: dict[str, str]) -> None:
+        super().__init__(_blocks(handle, start, length), status_code=status_code,
+                         media_type="application/octet-stream", headers={**headers, "Content-Length": str(length)})
+        self.handle = handle
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.handle.close()  # no read is in flight: a cancelled thread read is waited for
+
+
+def _blocks(handle: IO[bytes], start: int, length: int) -> Iterator[bytes]:
+    handle.seek(start)
+    while length > 0 and (block := handle.read(min(1 << 20, length))):
+        length -= len(block)
+        yield block
 
 
 @api_router.post("/profiles", response_model=JobAccepted, status_code=202, tags=["subnets"])
