@@ -179,9 +179,8 @@ class JobDispatcher:
         a queued or running job, KeyError for none.
         """
         with self._cond:
-            if self.store.get_job(job_id).state in ACTIVE_STATES:
-                raise ValueError(f"job {job_id} is {self.store.get_job(job_id).state}; cancel it before deleting it")
-            if job_id in self._running:
+            # a running job is refused by the store itself (cancel it first); a cancelled one may still be ending
+            if job_id in self._running and self.store.get_job(job_id).state in TERMINAL_STATES:
                 raise StillStopping(f"job {job_id} is still stopping; delete it in a few seconds")
             self.store.delete_job(job_id)
 

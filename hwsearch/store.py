@@ -32,6 +32,7 @@ __all__ = [
     "StoreError",
     "TERMINAL_STATES",
     "open_store",
+    "spec_checkpoint",
 ]
 
 #: A job that waits for or has a runner; it may not be deleted (its runner would write to nothing).
@@ -93,9 +94,11 @@ def _refuse_active(job_id: str, state: str) -> None:
         raise ValueError(f"job {job_id} is {state}; cancel it before deleting it")
 
 
-def _checkpoint_of(spec: Mapping[str, Any]) -> Any:
+def spec_checkpoint(spec: Mapping[str, Any]) -> str | None:
+    """The checkpoint a job's spec names (``spec["supernet"]["checkpoint"]``), if it names one as a string."""
     supernet = spec.get("supernet")
-    return supernet.get("checkpoint") if isinstance(supernet, Mapping) else None
+    checkpoint = supernet.get("checkpoint") if isinstance(supernet, Mapping) else None
+    return checkpoint if isinstance(checkpoint, str) else None
 
 
 def _json_copy(value: Any) -> Any:
@@ -342,7 +345,7 @@ class MemoryStore(Store):
     def job_checkpoints(self) -> set[str]:
         with self._lock:
             return {checkpoint for record in self._jobs.values()
-                    if isinstance(checkpoint := _checkpoint_of(record.spec), str)}
+                    if (checkpoint := spec_checkpoint(record.spec)) is not None}
 
     def count_jobs(self) -> int:
         with self._lock:
@@ -586,7 +589,7 @@ class SQLiteStore(Store):
 
     def job_checkpoints(self) -> set[str]:
         rows = self._conn().execute(_CHECKPOINTS).fetchall()
-        names = (value if valid else _checkpoint_of(json.loads(value)) for valid, value in rows)
+        names = (value if valid else spec_checkpoint(json.loads(value)) for valid, value in rows)
         return {name for name in names if isinstance(name, str)}
 
     def count_jobs(self) -> int:

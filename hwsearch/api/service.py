@@ -38,7 +38,7 @@ from hwsearch.jobs import (
     supernet_builders,
 )
 from hwsearch.space import ArchConfig, ArchValidationError
-from hwsearch.store import Store
+from hwsearch.store import Store, spec_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -539,10 +539,17 @@ def _input_fits(batch: int, resolution: int, max_pixels: int, field: Sequence[st
     240 MiB per million input pixels for the largest OFA MobileNetV3), so one
     in-bounds request at 1024 px and batch 256 would have asked for ~60 GB.
     """
+    too_many = _too_many_pixels(batch, resolution, max_pixels)
+    if too_many is not None:
+        raise Invalid(f"{too_many} (GET /limits)", field=field)
+
+
+def _too_many_pixels(batch: int, resolution: int, max_pixels: int) -> str | None:
+    """Why ``batch`` x ``resolution``^2 input pixels are past the bound, or None if they are within it."""
     pixels = batch * resolution * resolution
-    if pixels > max_pixels:
-        raise Invalid(f"batch {batch} at {resolution} px is {pixels:,} input pixels, above this service's "
-                      f"limit of {max_pixels:,} (GET /limits)", field=field)
+    if pixels <= max_pixels:
+        return None
+    return f"batch {batch} at {resolution} px is {pixels:,} input pixels, above this service's limit of {max_pixels:,}"
 
 
 def _at_most(value: int, cap: int, name: str) -> None:
@@ -711,10 +718,9 @@ def _refused_now(spec: JobSpec | ProfileSpec, dispatcher: JobDispatcher, catalog
     else:
         profiles, resolution = [spec.device], int(spec.arch.get("resolution", 0))
     for profile in profiles:
-        pixels = int(profile.get("batch", 1)) * resolution * resolution
-        if pixels > admission.max_input_pixels:
-            refused.append(f"device {profile.get('name')!r} exports {pixels:,} input pixels, above the limit of "
-                           f"{admission.max_input_pixels:,}")
+        too_many = _too_many_pixels(int(profile.get("batch", 1)), resolution, admission.max_input_pixels)
+        if too_many is not None:
+            refused.append(f"device {profile.get('name')!r}: {too_many}")
         where = profile.get("where") or {}
         if where.get("kind") == "agent" and where.get("name") not in dispatcher.agents:
             refused.append(f"device {profile.get('name')!r} measures on agent {where.get('name')!r}, "
@@ -736,17 +742,14 @@ def delete_job(*, dispatcher: JobDispatcher, catalog: Catalog, job_id: str) -> N
     Measurements stay: they are the device's and the supernet's, and later
     jobs reuse them.  A queued or running job must be cancelled first (409).
     """
-    record = get_job(store=dispatcher.store, job_id=job_id)
-    with catalog.checkpoints_named():  # no submission names the checkpoint between the check and the removal
+    # no submission names the checkpoint between the check and the removal
+    with _gone_is_404(job_id), catalog.checkpoints_named():
+        checkpoint = spec_checkpoint(get_job(store=dispatcher.store, job_id=job_id).spec)
         try:
             dispatcher.delete(job_id)
         except (StillStopping, ValueError) as error:
             raise Conflict(str(error)) from None
-        except KeyError:
-            raise NotFound(f"job {job_id!r} does not exist") from None
-        supernet = record.spec.get("supernet")
-        checkpoint = supernet.get("checkpoint") if isinstance(supernet, Mapping) else None
-        if isinstance(checkpoint, str):
+        if checkpoint is not None:
             _drop_if_unused(catalog, dispatcher.store, Path(checkpoint))
 
 
