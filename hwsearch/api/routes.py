@@ -331,7 +331,9 @@ def download_export(export_id: str, catalog: CatalogDep,
 
 
 _UNSATISFIABLE = (-1, -1)
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+#: At most 18 digits a side (past any file's size): Python refuses to read an int of over 4,300 digits,
+#: so an unbounded one would have been a 500 from a 5,000-digit header.
+_RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})")
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
