@@ -56,10 +56,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import xgboost as xgb
-from sklearn.linear_model import RidgeCV
 
 from hwsearch.space import SearchSpace
-from predictors.base import ResidualPredictor, _LinearBase, arch_groups, fit_ridge_base, group_folds
+from predictors.base import (ResidualPredictor, _LinearBase, arch_groups, fit_ridge_base, group_folds,
+                             ridge_by_subnet)
 from predictors.features import FEATURE_VERSION, ArchFeaturizer
 
 __all__ = ["MARGINS", "MAX_MARGIN", "AccuracyFeaturizer", "AccuracyPredictor",
@@ -166,13 +166,14 @@ def _raw(base: _LinearBase, n_columns: int) -> tuple[np.ndarray, float]:
     return coef, float(base.intercept - scaled @ np.asarray(base.mean))
 
 
-def _per_group(F: np.ndarray, y: np.ndarray, groups: np.ndarray, featurizer: AccuracyFeaturizer,
-               fallback: tuple[np.ndarray, float]) -> tuple[np.ndarray, float]:
-    """One ridge per resolution group (own penalty by leave-one-out) as coefficients on ``F``.
+def _per_group(F: np.ndarray, y: np.ndarray, groups: np.ndarray, subnets: np.ndarray,
+               featurizer: AccuracyFeaturizer, fallback: tuple[np.ndarray, float]) -> tuple[np.ndarray, float]:
+    """One ridge per resolution group (own penalty by leave-one-subnet-out) as coefficients on ``F``.
 
     Group ``g``'s model lives on its indicator and product columns, which are
     zero for other groups' rows.  A group with fewer than
-    :data:`MIN_GROUP_ROWS` rows takes the interaction ridge's own coefficients.
+    :data:`MIN_GROUP_ROWS` distinct subnets (``subnets``) takes the
+    interaction ridge's own coefficients.
     """
     n_plain, n_groups = featurizer.n_plain, len(featurizer.groups)
     coef = np.zeros(F.shape[1])
@@ -181,14 +182,14 @@ def _per_group(F: np.ndarray, y: np.ndarray, groups: np.ndarray, featurizer: Acc
         products = slice(featurizer.n_tree + g * n_plain, featurizer.n_tree + (g + 1) * n_plain)
         indicator = n_plain + g
         rows = groups == g
-        if rows.sum() < MIN_GROUP_ROWS:
+        if len(np.unique(subnets[rows])) < MIN_GROUP_ROWS:
             coef[products] = fb_coef[:n_plain] + fb_coef[products]
             coef[indicator] = fb_intercept + fb_coef[indicator]
             continue
         B = F[rows, :n_plain].astype(np.float64)
         mean, scale = B.mean(axis=0), B.std(axis=0)
         scale[scale == 0] = 1.0
-        ridge = RidgeCV(alphas=GROUP_ALPHAS).fit((B - mean) / scale, y[rows])
+        ridge = ridge_by_subnet((B - mean) / scale, y[rows], GROUP_ALPHAS, subnets[rows])
         coef[products] = ridge.coef_ / scale
         coef[indicator] = float(ridge.intercept_ - coef[products] @ mean)
     return coef, 0.0
@@ -220,22 +221,27 @@ class AccuracyPredictor(ResidualPredictor):
     def _tree_features(self, F: np.ndarray) -> np.ndarray:
         return F[:, :self.featurizer.n_tree]
 
-    def _linear_parts(self, F: np.ndarray, y: np.ndarray
+    def _linear_parts(self, F: np.ndarray, y: np.ndarray, subnets: np.ndarray | None = None
                       ) -> dict[str, tuple[np.ndarray, float]]:
-        """Each linear part as plain coefficients on all columns of ``F`` and an intercept."""
+        """Each linear part as plain coefficients on all columns of ``F`` and an intercept.
+
+        ``subnets`` (default :func:`arch_groups`) are the rows each ridge's
+        leave-one-out leaves out together (:func:`ridge_by_subnet`).
+        """
         n_plain, n_tree = self.featurizer.n_plain, self.featurizer.n_tree
-        shared = _raw(fit_ridge_base(F, y, list(range(n_plain))), F.shape[1])
-        interaction = _raw(fit_ridge_base(F, y, list(range(F.shape[1]))), F.shape[1])
-        groups = np.argmax(F[:, n_plain:n_tree], axis=1)
+        subnets = arch_groups(F) if subnets is None else subnets
+        shared = _raw(fit_ridge_base(F, y, list(range(n_plain)), subnets), F.shape[1])
+        interaction = _raw(fit_ridge_base(F, y, list(range(F.shape[1])), subnets), F.shape[1])
+        resolutions = np.argmax(F[:, n_plain:n_tree], axis=1)
         return {"shared": shared, "interaction": interaction,
-                "per_group": _per_group(F, y, groups, self.featurizer, interaction)}
+                "per_group": _per_group(F, y, resolutions, subnets, self.featurizer, interaction)}
 
     def _fit_base(self, F: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> _LinearBase:
-        """The ridges blended with their CV weights, stored as one linear model (no CV here: ``groups`` unused)."""
+        """The ridges blended with their CV weights, stored as one linear model (``groups``: see _linear_parts)."""
         weights = {p: w for p, w in self.weights.items() if p in LINEAR_PARTS and w > 0}
         weights = weights or {"shared": 1.0}
         total = sum(weights.values())
-        parts = self._linear_parts(F, y)
+        parts = self._linear_parts(F, y, groups)
         coef = sum(w / total * parts[p][0] for p, w in weights.items())
         intercept = sum(w / total * parts[p][1] for p, w in weights.items())
         n = F.shape[1]

@@ -47,7 +47,7 @@ from predictors.features import FEATURE_VERSION, ArchFeaturizer
 from predictors.metrics import format_report, regression_report
 
 __all__ = ["PredictorMeta", "PredictorMismatchError", "ResidualPredictor", "arch_groups",
-           "group_folds", "space_identity", "xgb_cv_folds"]
+           "group_folds", "ridge_by_subnet", "space_identity", "xgb_cv_folds"]
 
 META_FILE = "meta.json"
 BASE_FILE = "base.json"
@@ -246,10 +246,34 @@ def fit_nnls_base(F: np.ndarray, y: np.ndarray, options: dict[str, list[list[int
     return _nnls_fit(F, y, options[best], best)
 
 
-def fit_ridge_base(F: np.ndarray, y: np.ndarray, columns: list[int]) -> _LinearBase:
-    """Ridge regression with the penalty chosen by leave-one-out CV (cheap, closed form)."""
+def ridge_by_subnet(X: np.ndarray, y: np.ndarray, alphas: np.ndarray,
+                    groups: np.ndarray | None = None) -> RidgeCV:
+    """``RidgeCV`` whose leave-one-out, which chooses the penalty, leaves out a whole subnet.
+
+    RidgeCV's closed-form leave-one-out treats rows as independent: a subnet
+    measured three times keeps two copies in training when one is left out,
+    so the score rewards recalling labels and picks the weakest penalty.
+    Each group's rows (``groups``, default :func:`arch_groups` of ``X``; they
+    must have equal ``X``) become one row with their mean label and their
+    count as weight.  For every penalty the weighted squared loss differs
+    from the rows' by a constant, so the coefficients are those of a fit on
+    every row; only the choice of penalty changes.  Bootstrap members pass
+    one group per drawn row, as their other CVs do.
+    """
+    _, first, inverse = np.unique(arch_groups(X) if groups is None else groups,
+                                  return_index=True, return_inverse=True)
+    if len(first) == len(y):
+        return RidgeCV(alphas=alphas).fit(X, y)
+    counts = np.bincount(inverse)
+    means = np.bincount(inverse, weights=y) / counts
+    return RidgeCV(alphas=alphas).fit(X[first], means, sample_weight=counts.astype(np.float64))
+
+
+def fit_ridge_base(F: np.ndarray, y: np.ndarray, columns: list[int],
+                   groups: np.ndarray | None = None) -> _LinearBase:
+    """Ridge regression, the penalty chosen by leave-one-subnet-out CV (:func:`ridge_by_subnet`)."""
     Z, mean, scale = _standardise(F[:, columns].astype(np.float64))
-    model = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(Z, y)
+    model = ridge_by_subnet(Z, y, np.logspace(-3, 3, 13), arch_groups(F) if groups is None else groups)
     return _LinearBase([[c] for c in columns], mean.tolist(), scale.tolist(),
                        model.coef_.tolist(), float(model.intercept_), name="ridge")
 

@@ -46,9 +46,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
-from sklearn.linear_model import RidgeCV
 
-from predictors.base import arch_groups, fit_nnls_base, group_folds, space_identity
+from predictors.base import arch_groups, fit_nnls_base, group_folds, ridge_by_subnet, space_identity
 from predictors.latency import LatencyPredictor, latency_groupings
 
 __all__ = ["KEEP_WITHIN_SE", "LOO_MAX", "FewShotChoice", "FewShotLatencyPredictor"]
@@ -242,9 +241,9 @@ def _fit_affine(design: _Design, log_y: np.ndarray, i: int) -> Callable[[_Design
 
 
 def _fit_transfer(design: _Design, log_y: np.ndarray) -> Callable[[_Design], np.ndarray]:
-    """Ridge on all sources' log predictions and the cost groups (penalty by LOO)."""
-    model = RidgeCV(alphas=np.logspace(-4, 2, 13)).fit(
-        np.column_stack([design.source_logs, design.cost_logs]), log_y)
+    """Ridge on all sources' log predictions and the cost groups (penalty by leave-one-subnet-out)."""
+    model = ridge_by_subnet(np.column_stack([design.source_logs, design.cost_logs]), log_y,
+                            np.logspace(-4, 2, 13), arch_groups(design.features))
     return lambda d: model.predict(np.column_stack([d.source_logs, d.cost_logs]))
 
 

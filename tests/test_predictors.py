@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.linear_model import Ridge, RidgeCV
 
 from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
 from hwsearch.families.ofa_resnet.layout import ofa_resnet50_space
 from hwsearch.space import SearchSpace
 from hwsearch.store import MemoryStore
 from predictors.accuracy import AccuracyPredictor, interval_coverage
-from predictors.base import PredictorMismatchError, arch_groups, group_folds, xgb_cv_folds
+from predictors.base import PredictorMismatchError, arch_groups, group_folds, ridge_by_subnet, xgb_cv_folds
 from predictors.dataset import MeasurementSet, parse_key
 from predictors.features import FEATURE_VERSION, ArchFeaturizer
 from predictors.fewshot import FewShotLatencyPredictor
@@ -244,6 +245,35 @@ def test_cv_keeps_the_repeats_of_a_subnet_in_one_fold() -> None:
     # Split row by row: CV tau 0.89, MAPE 0.6% and 100 trees; on new subnets tau 0, MAPE 3.8%.
     assert cv["tau"] < 0.3 and cv["mape"] > 0.5 * test["mape"]
     assert model.meta.metrics["residual_trees"] < 20  # the tree count's CV sees no memory either
+
+
+def test_ridge_penalty_is_the_one_leaving_out_whole_subnets_best() -> None:
+    """Measured three times, a subnet's copies must not score each other when one is left out.
+
+    The penalty is checked against its definition, refitted by brute force:
+    on the old row-wise leave-one-out it differed in every one of these
+    draws, always weaker.
+    """
+    alphas = np.logspace(-3, 3, 13)
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        X_subnets = rng.normal(size=(12, 8))
+        y_subnets = 0.3 * X_subnets @ rng.normal(size=8) + rng.normal(size=12)
+        X, y = np.repeat(X_subnets, 3, axis=0), np.repeat(y_subnets, 3) + 0.2 * rng.normal(size=36)
+        subnet = np.repeat(np.arange(12), 3)
+
+        def left_out_error(alpha: float) -> float:
+            return sum(float(np.sum((Ridge(alpha=alpha).fit(X[subnet != k], y[subnet != k])
+                                     .predict(X[subnet == k]) - y[subnet == k]) ** 2)) for k in range(12))
+
+        model = ridge_by_subnet(X, y, alphas)
+        assert model.alpha_ == alphas[np.argmin([left_out_error(a) for a in alphas])]
+        on_every_row = Ridge(alpha=model.alpha_).fit(X, y)  # the coefficients are a fit on every row
+        np.testing.assert_allclose(model.coef_, on_every_row.coef_, rtol=1e-9, atol=1e-12)
+        assert model.intercept_ == pytest.approx(on_every_row.intercept_)
+        # Rows that are each their own subnet (a bootstrap member's draws) keep RidgeCV's own choice.
+        own = RidgeCV(alphas=alphas).fit(X, y)
+        assert ridge_by_subnet(X, y, alphas, np.arange(36)).alpha_ == own.alpha_
 
 
 def test_accuracy_sd_from_cv_covers_new_subnets_when_subnets_repeat() -> None:
