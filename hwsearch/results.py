@@ -21,7 +21,7 @@ import numpy as np
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from hwsearch.problem import Objective
+from hwsearch.problem import Objective, finite_number
 from hwsearch.space import ArchConfig, SearchSpace
 
 __all__ = ["Candidate", "ParetoFront", "best_under", "fastest_above", "hypervolume", "knee",
@@ -297,8 +297,7 @@ def _check_point(index: int, point: Candidate, objectives: Sequence[Objective]) 
                 continue
             value = values[objective.metric]
             where = f"point {index} ({point.arch.key()}) {kind} {objective.metric!r}"
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise ValueError(f"{where} is {value!r}, not a finite number")
+            value = finite_number(value, where)
             if kind == "measured" and objective.metric == "accuracy" and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{where} is {value!r}; accuracy is a fraction in [0, 1]")
 

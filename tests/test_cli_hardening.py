@@ -265,7 +265,7 @@ def _front_json(**changes: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("changes, mention", [
-    ({"latency_ms": float("nan")}, "measured 'latency_ms' is nan, not a finite number"),
+    ({"latency_ms": float("nan")}, "measured 'latency_ms' must be a finite number, got nan"),
     ({"accuracy": 5.0}, "measured 'accuracy' is 5.0; accuracy is a fraction in [0, 1]"),
 ])
 def test_reporting_a_front_with_impossible_values(tmp_path: Path, changes: dict[str, float],

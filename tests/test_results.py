@@ -107,12 +107,12 @@ def test_a_front_file_with_an_unknown_sense_is_refused():
 
 
 @pytest.mark.parametrize("kind, metric, value, mention", [
-    ("measured", "latency_ms", float("nan"), "measured 'latency_ms' is nan, not a finite number"),
-    ("measured", "latency_ms", float("inf"), "measured 'latency_ms' is inf, not a finite number"),
-    ("measured", "latency_ms", "3 ms", "measured 'latency_ms' is '3 ms', not a finite number"),
+    ("measured", "latency_ms", float("nan"), "measured 'latency_ms' must be a finite number, got nan"),
+    ("measured", "latency_ms", float("inf"), "measured 'latency_ms' must be a finite number, got inf"),
+    ("measured", "latency_ms", "3 ms", "measured 'latency_ms' must be a number, got '3 ms'"),
     ("measured", "accuracy", 5.0, "measured 'accuracy' is 5.0; accuracy is a fraction in [0, 1]"),
     ("measured", "accuracy", -0.1, "measured 'accuracy' is -0.1; accuracy is a fraction in [0, 1]"),
-    ("predicted", "accuracy", float("nan"), "predicted 'accuracy' is nan, not a finite number"),
+    ("predicted", "accuracy", float("nan"), "predicted 'accuracy' must be a finite number, got nan"),
 ])
 def test_a_front_file_with_an_impossible_objective_value_is_refused(kind, metric, value, mention):
     """A NaN latency or an accuracy of 5.0 used to load, plot, and even be the knee."""
