@@ -30,6 +30,7 @@ from typing import Any
 
 from hwsearch.acquisition import LatencyTargets
 from hwsearch.problem import Limit
+from hwsearch.pipeline import finite_latencies
 from hwsearch.ray_session import init_ray
 from hwsearch.refine import (
     Measurer,
@@ -91,7 +92,11 @@ class StoreMeasurer:
     Latencies are looked up by device; accuracies by supernet and dataset, so
     any device's earlier accuracy measurement of a subnet is reused.  A row an
     inner measurer already wrote (the profiling pipeline writes full
-    ``Measurement`` rows) is never overwritten with a thinner one.
+    ``Measurement`` rows) is never overwritten with a thinner one.  Latencies
+    are read as predictors, front labels and reports read them
+    (:func:`~hwsearch.pipeline.finite_latencies`: corrected against the
+    anchor's norm of now, a raw median where no ratio could be made), so a
+    front point's latency is the one its ``stable`` label judged.
     """
 
     def __init__(self, inner: Measurer, store: Store, *, device_hash: str, space_name: str,
@@ -107,8 +112,11 @@ class StoreMeasurer:
             if arch.key() not in self.store.get_latencies(self.device_hash, self.space_name):
                 self.store.put_latency(self.device_hash, self.space_name, arch.key(),
                                        {"latency_ms": float(value), "arch": arch.to_dict()})
-        have = self.store.get_latencies(self.device_hash, self.space_name)
+        have = self._latencies()
         return [float(have[a.key()]["latency_ms"]) for a in archs]
+
+    def _latencies(self) -> dict[str, dict[str, Any]]:
+        return finite_latencies(self.store, self.device_hash, self.space_name)
 
     def measure_accuracy(self, archs: Sequence[ArchConfig]) -> list[float]:
         have = self.store.get_accuracies(self.supernet_id, self.dataset_id)
@@ -122,7 +130,7 @@ class StoreMeasurer:
         """Subnets with both a latency on this device and an accuracy: a retry's head start."""
         accuracies = self.store.get_accuracies(self.supernet_id, self.dataset_id)
         out = []
-        for key, row in sorted(self.store.get_latencies(self.device_hash, self.space_name).items()):
+        for key, row in sorted(self._latencies().items()):
             if key not in accuracies or "arch" not in row:
                 continue
             try:

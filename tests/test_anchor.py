@@ -664,6 +664,34 @@ def test_rows_of_every_run_are_corrected_against_the_norm_of_now(calibration_dir
     assert in_current_norm(now, "device", "network") == now  # from what the session measured: never compounded
 
 
+def test_a_jobs_front_reads_its_rows_in_the_norm_of_now_as_its_labels_do(calibration_dir: Path) -> None:
+    """Refinement's observations (a retry's head start, every measured point) are the rows read now.
+
+    They were the rows as each run stored them: subnets measured in a slow state the run could not see
+    sat on the front at 12 ms, where the predictors, the report and the point's own ``stable`` label
+    read 8 ms.
+    """
+    from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
+    from hwsearch.parallel import StoreMeasurer
+    from hwsearch.pipeline import finite_latencies
+    from hwsearch.store import MemoryStore
+
+    space = ofa_mbv3_space()
+    archs = space.sample(np.random.default_rng(0), 7)
+    store = MemoryStore()
+    for arch, row in zip(archs, _slow_then_calm().values()):
+        store.put_latency("device", space.network_id, arch.key(), row | {"arch": arch.to_dict()})
+        store.put_accuracy("supernet", "data", arch.key(), 0.8)
+    assert sorted(row["latency_ms"] for row in store.get_latencies("device", space.network_id).values()) == \
+        [8.0] * 4 + [12.0] * 3
+    measurer = StoreMeasurer(None, store, device_hash="device", space_name=space.network_id,
+                             supernet_id="supernet", dataset_id="data")  # every row is there: nothing to measure
+    now = finite_latencies(store, "device", space.network_id)
+    assert {o.arch.key(): o.latency_ms for o in measurer.known(space)} == {
+        a.key(): pytest.approx(now[a.key()]["latency_ms"]) for a in archs}
+    assert measurer.measure_latency(archs) == [pytest.approx(8.0)] * 7
+
+
 def test_only_the_latest_sessions_set_the_norm_and_retries_do_not(calibration_dir: Path) -> None:
     """A state the host left for good stops being the norm once its sessions have left the recent ones."""
     from hwsearch.anchor import in_current_norm
