@@ -69,7 +69,8 @@ class Derivation:
                                        "fp32_bytes": quantized.fp32_bytes,
                                        "method": quantized.method, "n_images": quantized.n_images,
                                        "top1_agreement": quantized.top1_agreement,
-                                       "max_logit_diff": quantized.max_logit_diff})
+                                       "max_logit_diff": quantized.max_logit_diff,
+                                       "agreement_on": quantized.agreement_on})
         return Exported(path, report, started_at, time.time())
 
 

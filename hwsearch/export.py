@@ -209,15 +209,17 @@ def _export_int8(module: nn.Module, path: Path, shape: tuple[int, ...],
                  metadata: Mapping[str, str], check: bool, calibration: Images,
                  resolution: int, settings: QuantizeSettings | None) -> ExportReport:
     """Export FP32 beside ``path`` (checked unless ``check=False``), then quantize into ``path``."""
-    from hwsearch.quantize import QuantizeSettings, images_at, quantize_onnx
+    from hwsearch.quantize import AGREEMENT_IMAGES, QuantizeSettings, images_at, quantize_onnx
 
     settings = settings or QuantizeSettings()
     with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None,
                                      prefix=".hwsearch-fp32-") as tmp:
         fp32 = export_onnx(module, Path(tmp) / "fp32.onnx", input_shape=shape, metadata=metadata,
                            check=check)
-        images = images_at(calibration, resolution, settings.n_images)
-        quantized = quantize_onnx(fp32.path, path, images, settings)
+        # The images after the calibration ones check the file on what the quantizer never saw.
+        images = images_at(calibration, resolution, settings.n_images + AGREEMENT_IMAGES)
+        quantized = quantize_onnx(fp32.path, path, images[:settings.n_images], settings,
+                                  held_out=images[settings.n_images:])
     return replace(fp32, path=path, bytes=quantized.bytes, precision="int8",
                    seconds=fp32.seconds + quantized.seconds,
                    quantization=quantized.to_dict() | {"path": str(path)})

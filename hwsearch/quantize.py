@@ -29,9 +29,14 @@ Choices, and why:
   recalibrates batch norm, never the validation part), resized to the
   subnet's resolution.  A few hundred suffice for per-tensor ranges.
 
-Every quantized model passes ``onnx.checker`` and is run by onnxruntime on
-the calibration images next to its FP32 source before it is written: the
-report gives the file sizes, top-1 agreement and the largest logit difference.
+Every quantized model passes ``onnx.checker`` and is run by onnxruntime
+next to its FP32 source before it is written: the report gives the file
+sizes, top-1 agreement and the largest logit difference, on images the
+quantizer did not calibrate on where the caller has them (``held_out``).
+On its own calibration images a model calibrated on one image agreed with
+FP32 on 100% of them and scored 0.170 top-1 on validation images, against
+0.687 for FP32; an agreement measured there says how faithfully the ranges
+fit those images, not how the file predicts.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CALIBRATION_METHODS", "DEFAULT_PRECISION", "PRECISIONS", "PROFILE_CALIBRATION_IMAGES",
+__all__ = ["AGREEMENT_IMAGES", "CALIBRATION_METHODS", "DEFAULT_PRECISION", "HELD_OUT", "IN_SAMPLE",
+           "PRECISIONS", "PROFILE_CALIBRATION_IMAGES",
            "PROFILE_QUANTIZE", "PrecisionError",
            "QuantizationReport", "QuantizeSettings", "check_precision", "images_at",
            "model_input_shape", "precision_key", "quantize_onnx", "run_logits", "session"]
@@ -53,6 +59,9 @@ PRECISIONS = ("fp32", "int8")
 DEFAULT_PRECISION = "fp32"
 CALIBRATION_METHODS = ("minmax", "percentile")
 MAX_CALIBRATION_IMAGES = 4096
+AGREEMENT_IMAGES = 256
+"""Images after the calibration ones that an export checks its INT8 file against FP32 on, at most."""
+HELD_OUT, IN_SAMPLE = "held-out images", "calibration images"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -107,7 +116,12 @@ PROFILE_QUANTIZE = QuantizeSettings(n_images=PROFILE_CALIBRATION_IMAGES)
 
 @dataclass(frozen=True)
 class QuantizationReport:
-    """A quantized model and how far it is from its FP32 source on the calibration images."""
+    """A quantized model and how far it is from its FP32 source on ``agreement_images`` images.
+
+    ``agreement_on`` says which: :data:`HELD_OUT` (the quantizer never saw
+    them) or :data:`IN_SAMPLE` (its own calibration images: an optimistic
+    figure, as the module says).
+    """
 
     path: Path
     bytes: int
@@ -117,25 +131,31 @@ class QuantizationReport:
     n_images: int
     top1_agreement: float
     max_logit_diff: float
+    agreement_images: int
+    agreement_on: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"path": str(self.path)}
 
 
 def quantize_onnx(fp32_path: str | Path, out: str | Path, images: np.ndarray,
-                  settings: QuantizeSettings = QuantizeSettings()) -> QuantizationReport:
+                  settings: QuantizeSettings = QuantizeSettings(),
+                  held_out: np.ndarray | None = None) -> QuantizationReport:
     """Quantize the FP32 model at ``fp32_path`` into ``out`` (QDQ, INT8), verified; see the module.
 
     ``images`` are normalised float32 ``(N, C, H, W)`` at the model's input
     size; at least one full batch of the model's static batch is needed.
-    Runs as one unit of compute on the host lock, like an export.
+    ``held_out`` (same form, never calibrated on) is where the agreement with
+    FP32 is measured when it holds a full batch; else the calibration images
+    are, and the report says so.  Runs as one unit of compute on the host
+    lock, like an export.
     """
     from devices.hostlock import compute_unit
 
     fp32_path, out = Path(fp32_path), Path(out)
     with compute_unit():
         return _quantize_and_verify(fp32_path, out, _calibration_images(images, settings),
-                                    settings)
+                                    settings, held_out)
 
 
 def _calibration_images(images: np.ndarray, settings: QuantizeSettings) -> np.ndarray:
@@ -147,7 +167,7 @@ def _calibration_images(images: np.ndarray, settings: QuantizeSettings) -> np.nd
 
 
 def _quantize_and_verify(fp32_path: Path, out: Path, images: np.ndarray,
-                         settings: QuantizeSettings) -> QuantizationReport:
+                         settings: QuantizeSettings, held_out: np.ndarray | None) -> QuantizationReport:
     import onnx
 
     from hwsearch.export import ExportCheckError, write_atomically
@@ -173,11 +193,23 @@ def _quantize_and_verify(fp32_path: Path, out: Path, images: np.ndarray,
     except onnx.checker.ValidationError as exc:
         raise ExportCheckError(f"onnx.checker rejected the quantized model: {exc}") from exc
     data = model.SerializeToString()
-    agreement, diff = _agreement(fp32, data, images, batch)
+    checked, on = _agreement_images(images, held_out, batch)
+    agreement, diff = _agreement(fp32, data, checked, batch)
     write_atomically(out, data)
     return QuantizationReport(path=out, bytes=len(data), fp32_bytes=len(fp32),
                               seconds=seconds, method=settings.method, n_images=len(images),
-                              top1_agreement=agreement, max_logit_diff=diff)
+                              top1_agreement=agreement, max_logit_diff=diff,
+                              agreement_images=len(checked) // batch * batch, agreement_on=on)
+
+
+def _agreement_images(calibration: np.ndarray, held_out: np.ndarray | None,
+                      batch: int) -> tuple[np.ndarray, str]:
+    """The images the agreement is measured on, and which they are: held out if a full batch is."""
+    if held_out is not None:
+        held_out = np.ascontiguousarray(np.asarray(held_out, dtype=np.float32))
+        if held_out.ndim == 4 and held_out.shape[1:] == calibration.shape[1:] and len(held_out) >= batch:
+            return held_out, HELD_OUT
+    return calibration, IN_SAMPLE
 
 
 def model_input_shape(path: str | Path) -> tuple[int, ...]:

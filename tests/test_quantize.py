@@ -65,6 +65,10 @@ def test_cli_int8_export_runs_in_onnxruntime_and_agrees_with_fp32(demo: dict[str
     printed = json.loads(run.stdout)
     assert printed["precision"] == "int8" and printed["quantization"]["method"] == "minmax"
     assert printed["quantization"]["top1_agreement"] >= 0.95
+    # 256 calibration images of the 500-image calibration part; the other 244 check the file.
+    assert printed["quantization"]["agreement_on"] == "held-out images"
+    assert printed["quantization"]["agreement_images"] == 244
+    assert "warning" not in run.stderr
 
     model = onnx.load(str(out))
     onnx.checker.check_model(model)
@@ -81,6 +85,53 @@ def test_cli_int8_export_runs_in_onnxruntime_and_agrees_with_fp32(demo: dict[str
     assert int8_logits.shape == fp32_logits.shape == (300, 10)
     agreement = float((int8_logits.argmax(1) == fp32_logits.argmax(1)).mean())
     assert agreement >= 0.95, agreement
+
+
+def _cli_int8_export(demo: dict[str, Any], tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(demo["net"].space.smallest().to_json())
+    return subprocess.run(
+        [sys.executable, "-m", "hwsearch.cli.main", "export", "--supernet", DEMO_SUPERNET,
+         "--checkpoint", str(DEMO_CHECKPOINT), "--arch", str(arch_file), "--out", str(tmp_path / "int8.onnx"),
+         "--precision", "int8", "--data", str(demo["heldout"]), "--json", *args],
+        capture_output=True, text=True, timeout=300)
+
+
+def test_int8_agreement_is_measured_on_images_the_quantizer_never_saw(demo: dict[str, Any],
+                                                                      tmp_path: Path) -> None:
+    """Calibrated on one image, the smallest subnet's file was said to agree with FP32 on 100% (of that image).
+
+    It scored 0.170 top-1 against FP32's 0.687.  The figure now comes from the
+    calibration part's next images, agrees with an independent count on
+    validation digits, and is warned about.
+    """
+    from hwsearch.export import export_subnet
+    from hwsearch.quantize import images_at
+
+    run = _cli_int8_export(demo, tmp_path, "--calibration-images", "1")
+    assert run.returncode == 0, run.stderr
+    q = json.loads(run.stdout)["quantization"]
+    assert q["agreement_on"] == "held-out images" and q["agreement_images"] == 256 and q["n_images"] == 1
+    assert q["top1_agreement"] < 0.9
+    assert f"warning: int8: the file agrees with FP32 on only {100 * q['top1_agreement']:.1f}% of 256" in run.stderr
+
+    arch = demo["net"].space.smallest()
+    fp32 = export_subnet(demo["net"], arch, tmp_path / "fp32.onnx", bn_data=demo["split"].calibration)
+    images = images_at(demo["split"].validation, arch.resolution, 300)
+    on_validation = float((_logits(tmp_path / "int8.onnx", images).argmax(1)
+                           == _logits(fp32.path, images).argmax(1)).mean())
+    assert on_validation < 0.9 and abs(on_validation - q["top1_agreement"]) < 0.15, (on_validation, q)
+
+
+def test_int8_agreement_on_the_calibration_images_themselves_is_labelled_and_warned(
+        demo: dict[str, Any], tmp_path: Path) -> None:
+    """With every image of the calibration part calibrating, none is left to check on: the figure says so."""
+    run = _cli_int8_export(demo, tmp_path, "--calibration-images", "500")
+    assert run.returncode == 0, run.stderr
+    q = json.loads(run.stdout)["quantization"]
+    assert q["agreement_on"] == "calibration images" and q["agreement_images"] == q["n_images"] == 500
+    assert "warning: int8: the agreement with FP32 was measured on the 500 images the quantizer calibrated on" \
+        in run.stderr
 
 
 def test_int8_accuracy_is_measured_on_the_quantized_model_after_bn_recalibration(
