@@ -330,6 +330,10 @@ class ResidualPredictor:
         """Parameters of the target's link, fixed from all labels before any model is fitted."""
         return {}
 
+    def _fold_calibration(self, F: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """The link's parameters for a CV fold's model, from the fold's training rows only."""
+        return self._calibrate_link(F, y)
+
     def _calibrate_spread(self, F: np.ndarray, y: np.ndarray,
                           oof: np.ndarray | None) -> dict[str, Any]:
         """Parameters of :meth:`predict_dist`'s spread, once the members are fitted.
@@ -444,12 +448,25 @@ class ResidualPredictor:
         return folds if folds >= 2 and n_groups >= 10 else 0
 
     def _oof_predictions(self, F: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.ndarray:
-        """Each row predicted by a model fitted without it or any repeat of its subnet."""
+        """Each row predicted by a model fitted without it or any repeat of its subnet.
+
+        The fold's model is made from its training rows, the link's
+        calibration included (:meth:`_fold_calibration`: the accuracy blend's
+        weights and ceiling are chosen by a CV of their own).  Calibrated once
+        on every row, the accuracy CV scored those choices on the rows it then
+        reported: MAPE 0.84% and tau 0.87 where fitting each fold afresh gave
+        0.92% and 0.83.
+        """
         out = np.empty(len(y))
         everything = np.arange(len(y))
-        for test in group_folds(arch_groups(F), folds, seed):
-            train = np.setdiff1d(everything, test)
-            out[test] = self._predict_one(self._fit_one(F[train], y[train], seed), F[test])
+        on_every_row = self.calibration
+        try:
+            for test in group_folds(arch_groups(F), folds, seed):
+                train = np.setdiff1d(everything, test)
+                self.calibration = self._fold_calibration(F[train], y[train])
+                out[test] = self._predict_one(self._fit_one(F[train], y[train], seed), F[test])
+        finally:
+            self.calibration = on_every_row
         return out
 
     def _check_xy(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
