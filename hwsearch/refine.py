@@ -459,7 +459,13 @@ class _Loop:
         return F[non_dominated(F)] if len(F) else np.zeros((0, 2))
 
     def _reference(self) -> np.ndarray:
-        """The given reference point, else (fixed at first use) the worst measured values + 10%."""
+        """The given reference point, else (fixed at first use) the worst measured values + 10% of their range.
+
+        Fixed so that every round's hypervolume, and the gain the batch
+        choice scores, are against one point; it is taken from the first
+        observations (the space-filling initial subnets), so a later point
+        beyond it is still on the front but adds no hypervolume.
+        """
         if self.reference is None and not self.observations:
             return np.zeros(len(self.objectives))
         if self.reference is None:

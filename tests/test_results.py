@@ -148,3 +148,16 @@ def test_front_queries_use_the_fronts_own_metric_names():
     assert front.fastest_above(0.72).measured["latency_ms@phone"] == 1.5
     with pytest.raises(ValueError, match="latency metric 'latency_ms' is not on this front"):
         front.best_under(2.0, latency="latency_ms")
+
+
+def test_the_printed_hypervolume_names_the_point_it_was_taken_against():
+    """A hypervolume compares only with one taken against the same point; the CLI's title printed the figure alone."""
+    from rich.console import Console
+
+    from hwsearch.cli._fronts import front_table
+
+    console = Console(width=400, record=True)
+    console.print(front_table("pixel", _front()))
+    title = console.export_text().splitlines()[0].strip()
+    assert title.startswith(f"Pareto front on pixel (hypervolume {_front().hypervolume:.4g} "
+                            "over accuracy ≥ 0.6, latency_ms ≤ 10)")

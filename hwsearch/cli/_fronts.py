@@ -9,14 +9,24 @@ from rich.table import Table
 from hwsearch.results import measurement_label
 
 
+def hypervolume_box(front: Any) -> str:
+    """The reference point as the bounds the hypervolume counts within, e.g. ``accuracy ≥ 0.634, latency_ms ≤ 1.2``.
+
+    A hypervolume is only comparable with one taken against the same point,
+    and a front point beyond it (found after the point was fixed) adds nothing.
+    """
+    return ", ".join(f"{o.metric} {'≥' if o.sense == 'max' else '≤'} {-r if o.sense == 'max' else r:.4g}"
+                     for o, r in zip(front.objectives, front.reference_point))
+
+
 def front_table(device: str, front: Any) -> Table:
     """One row per subnet of ``front`` (a :class:`hwsearch.results.ParetoFront`), fastest first.
 
     Each row names its precision; when the front mixes precisions the title
     counts how many points each holds, i.e. where the quantized subnets win.
     """
-    table = Table(title=f"Pareto front on {device} (hypervolume {front.hypervolume:.4g})"
-                        f"{precision_summary(front)}")
+    table = Table(title=f"Pareto front on {device} (hypervolume {front.hypervolume:.4g} "
+                        f"over {hypervolume_box(front)}){precision_summary(front)}")
     for column in ("latency ms (measured)", "how", "predicted", "accuracy (measured)", "predicted",
                    "precision", "MMACs", "params M", "subnet"):
         table.add_column(column, overflow="fold")

@@ -173,8 +173,10 @@ def merge_fronts(device: str, fronts: Mapping[str, Any],
     ``fronts`` and ``rows`` are by precision.  A point dominated within its
     own precision is dominated in the union too, so merging fronts loses
     nothing.  The reference point is the worst of the precisions' reference
-    points, so the merged hypervolume is comparable with each of theirs.
-    A single precision's front keeps its settings as they were.
+    points, so it bounds every precision's points as each one's own did;
+    each precision's own hypervolume was taken against its own point, so
+    compare hypervolumes only against one point.  A single precision's
+    front keeps its settings as they were.
     """
     from hwsearch.results import ParetoFront
 
