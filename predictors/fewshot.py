@@ -166,6 +166,9 @@ class FewShotLatencyPredictor:
             raise ValueError(f"X has {len(np.atleast_2d(X))} rows but latency_ms has {len(y)}")
         if not np.all(np.isfinite(y)) or np.any(y <= 0):
             raise ValueError("latencies must be positive and finite")
+        if np.ptp(y) == 0:  # every candidate would fit the constant and score a perfect CV
+            raise ValueError(f"all {len(y)} latencies are {y[0]:g} ms: measurements without spread "
+                             "rank no subnet above another, so there is nothing to fit")
         design, log_y = self._design(X), np.log(y)
         groups = arch_groups(design.features)
         if groups.max() + 1 < 3:

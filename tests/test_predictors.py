@@ -298,6 +298,8 @@ def test_few_shot_cv_leaves_out_every_repeat_of_a_subnet(latency_model: LatencyP
     assert shot.choice is not None and shot.choice.folds == 8 and shot.choice.n_shots == 24
     with pytest.raises(ValueError, match="3 distinct subnets"):
         FewShotLatencyPredictor([latency_model]).fit(np.repeat(X[:2], 3, axis=0), np.repeat(y[:2], 3))
+    with pytest.raises(ValueError, match="all 8 latencies are 3 ms: measurements without spread"):
+        FewShotLatencyPredictor([latency_model]).fit(X, np.full(8, 3.0))  # scored CV MAPE 0%, 100% within 10%
 
 
 def test_load_refuses_a_space_of_the_same_name_with_other_choices_or_head(tmp_path: Path) -> None:
