@@ -257,7 +257,7 @@ def profile_precisions(
     precisions = _checked_precisions(keys, chunk, calibration)
     start = time.perf_counter()
     space = supernet.space
-    done = set.intersection(*(store.measured_keys(keys[p], space.network_id) for p in precisions))
+    done = set.intersection(*(_finished_keys(store, keys[p], space.network_id) for p in precisions))
     todo = [a for a in archs if a.key() not in done]
     chunks = _balanced_chunks(todo, chunk)
     model_batch, input_dtype = _profile_input(profiler)
@@ -266,7 +266,6 @@ def profile_precisions(
     if tally.waiting is not None:
         measure = functools.partial(profiler.measure_many, progress=tally.waiting)
     run = object()  # this call's identity as the owner of exports it shares
-    rows = _RunRows(store, keys, precisions, space.network_id)
     host_record = HostRecord(keys[precisions[0]], space.network_id)
     with (owned_temp_dir("exports", workdir) as tmp, SHARED_EXPORTS.owned_by(run),
           exporters(supernet, len(todo), workers=export_workers, on_wait=tally.waiting) as exporting):
@@ -278,6 +277,8 @@ def profile_precisions(
             space, store.get_latencies(keys[precisions[0]], space.network_id), host_record, precisions,
             len(chunks), export, anchor_folder, anchor_tolerance)
         own_anchor = (anchor_folder, anchor_tolerance) if anchor_tolerance is not None and len(chunks) > 1 else None
+        rows = _RunRows(store, keys, precisions, space.network_id,
+                        awaits_anchor=earlier is not None or own_anchor is not None)
         loop = _ChunkLoop(precisions, measure, retries, rows, earlier, own_anchor)
         for batch, exports in exported_chunks(chunks, export, _measures_elsewhere(profiler)):
             loop.measure_chunk(batch, exports)
@@ -286,9 +287,16 @@ def profile_precisions(
     if loop.anchor is not None:
         rows.label(loop.anchor, precisions[0])
         host_record.remember(loop.anchor, precisions[0], loop.labels)
+    rows.end_run()
     seconds = time.perf_counter() - start
     return {p: ProfileReport(keys[p], space.network_id, len(archs), len(archs) - len(todo),
                              tally.measured, rows.unstable(p), seconds) for p in precisions}
+
+
+def _finished_keys(store: Store, device_key: str, network_id: str) -> set[str]:
+    """Subnets whose rows a run finished: a row still ``anchor_pending`` is measured again (see :class:`_RunRows`)."""
+    return {key for key, row in store.get_latencies(device_key, network_id).items()
+            if not row.get("anchor_pending")}
 
 
 def _checked_precisions(keys: Mapping[str, str], chunk: int, calibration: Any) -> list[str]:
@@ -449,20 +457,41 @@ def _settle(chunk: _Measured, anchor: Anchor | None, measure: MeasureFn, retries
 
 
 class _RunRows:
-    """The rows a profiling run stored, the latest per (precision, subnet), and how they are stored."""
+    """The rows a profiling run stored, the latest per (precision, subnet), and how they are stored.
 
-    def __init__(self, store: Store, keys: Mapping[str, str], precisions: Sequence[str], network_id: str) -> None:
+    With an anchor to judge them (``awaits_anchor``), rows are stored as they
+    are measured but ``anchor_pending`` and not stable: the anchor's verdict
+    and correction (:meth:`label`) come when the run ends.  A run that never
+    ends (killed, cancelled, the service stopped) leaves them so, and a
+    resumed run measures them again (:func:`_finished_keys`).  Stored as
+    stable, they had kept their session's own verdict for good: a session
+    in a shifted state the anchor would have caught stayed stable, and the
+    resume counted its rows as done.
+    """
+
+    def __init__(self, store: Store, keys: Mapping[str, str], precisions: Sequence[str], network_id: str,
+                 *, awaits_anchor: bool) -> None:
         self._store, self._keys, self._network_id = store, keys, network_id
         self._precisions = list(precisions)  # the order of each group's files and results
         self._latest: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        self._awaits_anchor = awaits_anchor
 
     def put(self, chunk: _Measured, indices: Iterable[int]) -> None:
         """Store the rows of the chunk's subnets at ``indices``, from their kept sessions."""
         for i in indices:
             arch, files, session = chunk.batch[i], chunk.exports[i], chunk.sessions[i]
             for precision, result in zip(self._precisions, session.results):
-                self._put(precision, arch.key(), session.session_id,
-                          _row(arch, files[precision], result, precision, session.session_id))
+                row = _row(arch, files[precision], result, precision, session.session_id)
+                if self._awaits_anchor:
+                    row.update(session_stable=row["stable"], stable=False, anchor_pending=True)
+                self._put(precision, arch.key(), session.session_id, row)
+
+    def end_run(self) -> None:
+        """The run has ended: rows the anchor could not judge keep their session's own verdict."""
+        for (precision, key), (session_id, row) in list(self._latest.items()):
+            if row.pop("anchor_pending", False):
+                row["stable"] = row.pop("session_stable")
+                self._put(precision, key, session_id, row)
 
     def label(self, anchor: Anchor, anchor_precision: str) -> None:
         """Give every row its session's anchor ratios and offset, and correct it by the offset.
@@ -489,6 +518,7 @@ class _RunRows:
             if ratios is None:
                 continue
             session_stable = row.setdefault("session_stable", row["stable"])
+            row.pop("anchor_pending", None)
             stable, overruled = judged_stable(session_stable, row["env"].get("unstable_reasons"), offset,
                                               anchor.tolerance)
             stored = anchor.stored_ratios(session_id)

@@ -234,10 +234,6 @@ class Store(abc.ABC):
         return [record.job_id for record in self.jobs_in_states(("running",))
                 if self.transition_job(record.job_id, ("running",), "interrupted", error=reason)]
 
-    def measured_keys(self, device_hash: str, space_name: str) -> set[str]:
-        """Arch keys already measured for this device and space (what a resumed run skips)."""
-        return set(self.get_latencies(device_hash, space_name))
-
 
 # --------------------------------------------------------------------------- memory
 

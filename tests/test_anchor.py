@@ -302,6 +302,44 @@ def test_a_session_whose_ratios_shifted_together_is_labelled_unstable(tmp_path: 
     assert report.unstable == sum(not row["stable"] for row in kept) >= 2
 
 
+class _Stopped(Exception):
+    """Raised from a run's progress, as a cancelled job's check raises mid-run."""
+
+
+def test_a_run_that_never_ends_leaves_its_rows_pending_and_a_resume_measures_them_again(
+        tmp_path: Path, calibration_dir: Path) -> None:
+    """Rows wait for the anchor's verdict, which comes when the run ends; a killed run's rows stayed stable.
+
+    They kept their session's own verdict for good, named no anchor, and the
+    resume counted them as done (reproduced with SIGKILL on ``hwsearch profile``).
+    """
+    from hwsearch.pipeline import profile_subnets, select_subnets
+
+    rig = _Rig(tmp_path)
+    archs = select_subnets(rig.net.space, 6, seed=5)
+    profiler = _OneSessionAgainstAnotherReference(rig.usual, rig.lighter, 0)
+
+    def stop_after_two_chunks(event: dict[str, Any]) -> None:
+        if event.get("stage") == "measure" and event["done"] >= 4:
+            raise _Stopped
+
+    with pytest.raises(_Stopped):
+        profile_subnets(rig.net, archs, profiler, rig.key, rig.store, chunk=2, retries=0,
+                        anchor_tolerance=RIG_TOLERANCE, progress=stop_after_two_chunks)
+    left = rig.store.get_latencies(rig.key, rig.net.space.network_id)
+    assert len(left) == 4
+    assert all(row["anchor_pending"] and not row["stable"] and "anchor_keys" not in row for row in left.values())
+    assert all(row["session_stable"] == measured_well(row) for row in left.values())
+
+    report = profile_subnets(rig.net, archs, profiler, rig.key, rig.store, chunk=2, retries=0,
+                             anchor_tolerance=RIG_TOLERANCE)
+    assert (report.skipped, report.measured) == (0, 6)
+    rows = rig.store.get_latencies(rig.key, rig.net.space.network_id)
+    assert all("anchor_pending" not in row and row["anchor_keys"] and row["session_offset"] is not None
+               for row in rows.values())
+    assert [rows[a.key()]["stable"] for a in archs] == [measured_well(rows[a.key()]) for a in archs]
+
+
 def test_every_judged_row_is_divided_by_its_sessions_offset(tmp_path: Path, calibration_dir: Path) -> None:
     """The shifted session's subnets, corrected, read what a calm run of the same subnets reads.
 

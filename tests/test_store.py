@@ -28,7 +28,7 @@ def test_latencies_are_keyed_by_device_space_and_arch(store: Store) -> None:
     assert set(got) == {"a", "b"} and got["a"] == MEAS and got["b"]["latency_ms"] == 3.0
     assert store.get_latencies("dev2", "space")["a"]["latency_ms"] == 99.0
     assert store.get_latencies("nope", "space") == {}
-    assert store.measured_keys("dev1", "other") == {"a"}
+    assert set(store.get_latencies("dev1", "other")) == {"a"}
 
 
 def test_put_replaces_and_results_are_snapshots(store: Store) -> None:
@@ -199,7 +199,7 @@ def test_sqlite_clone_shares_the_file_and_survives_reopen(tmp_path: Path) -> Non
     clone.put_latency("d", "s", "from-clone", MEAS)
     assert "from-clone" in store.get_latencies("d", "s")
     reopened = open_store(tmp_path / "s.db")
-    assert isinstance(reopened, SQLiteStore) and "from-clone" in reopened.measured_keys("d", "s")
+    assert isinstance(reopened, SQLiteStore) and "from-clone" in reopened.get_latencies("d", "s")
     con = reopened._conn()
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
