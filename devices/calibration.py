@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +53,17 @@ from typing import Any
 from devices.profile import DeviceProfile
 
 CALIBRATION_DIR_ENV = "DEVICES_CALIBRATION_DIR"
+MAX_FILE_BYTES = 16 * 2**20
+"""A calibration or kept file is read up to this size: a device's holds a few dozen numbers per host."""
+MAX_REFERENCE_MS = 600_000.0
+"""Ten minutes: no reference run takes longer; a kept 1e300 made a 300-digit latency, reported stable."""
+RULER_KEYS = ("reference_ms", "created", "device", "origin", "provisional")
+
+log = logging.getLogger(__name__)
+
+
+class UnreadableFile(ValueError):
+    """A calibration or kept file that is not a JSON object of at most :data:`MAX_FILE_BYTES`."""
 
 
 def calibration_dir() -> Path:
@@ -80,18 +93,40 @@ class Ruler:
 
 
 def device_reference_ms(
-    profile: DeviceProfile, device_hash: str, host_fingerprint: str, session_reference_ms: float
+    profile: DeviceProfile, device_hash: str, host_fingerprint: str, session_reference_ms: float,
+    *, quiet: bool = True, replace: bool = False,
 ) -> Ruler:
-    """Record the session and return the ruler to scale it by (see :class:`Ruler`)."""
+    """Record the session and return the ruler to scale it by (see :class:`Ruler`).
+
+    The first session of a device on a host sets the ruler; one whose host
+    was not ``quiet`` (other programs kept a wall-clock session's cores
+    busy) sets it only ``provisional``, and the first quiet session after it
+    replaces it: a ruler taken beside four busy loops sat 27.5% above the
+    quiet reference and scaled every later session.  Rows of the busy
+    sessions are unstable anyway (``foreign_load``), so the quiet sessions'
+    rows all share the quiet ruler.  ``replace`` (``hwsearch devices
+    calibrate``) replaces a stored ruler with a quiet session's reference
+    in the same locked write that records the session, so no other
+    session's reference can slip in as it could between a reset and the
+    calibration.  An implausible reference time sets nothing
+    (:func:`_plausible_ms`).
+    """
     path = calibration_dir() / f"{device_hash}.json"
-    ruler = None if profile.reference_ms is not None else {
-        "reference_ms": session_reference_ms, "device": profile.name, "created": time.time()}
-    entry = _record_session(path, host_fingerprint, session_reference_ms, ruler)
-    fastest = min(float(r["session_ms"]) for r in entry["recent"])
+    usable = _plausible_ms(session_reference_ms)
+    ruler = None if profile.reference_ms is not None or not usable else {
+        "reference_ms": session_reference_ms, "device": profile.name, "created": time.time(),
+        "origin": ("calibration" if replace else "first quiet session") if quiet else "busy session",
+        "provisional": not quiet}
+    entry = _record_session(path, host_fingerprint, session_reference_ms if usable else None, ruler,
+                            replace and quiet)
+    fastest = min([float(r["session_ms"]) for r in entry["recent"]] or [session_reference_ms])
     if profile.reference_ms is not None:
         return Ruler(float(profile.reference_ms), "profile", fastest)
+    if "reference_ms" not in entry:  # no ruler, and this session's reference is no number
+        return Ruler(session_reference_ms, "this-session", fastest)
     stored = float(entry["reference_ms"])
-    return Ruler(stored, "this-session" if stored == session_reference_ms else "stored", fastest)
+    return Ruler(stored, "this-session" if ruler is not None and stored == session_reference_ms else "stored",
+                 fastest)
 
 RECENT_SESSIONS = 20
 
@@ -103,20 +138,27 @@ def calibration(device_hash: str, host_fingerprint: str) -> dict[str, Any]:
     ``"recent": [{"at", "session_ms"}, ...]`` (newest last, at most
     :data:`RECENT_SESSIONS`) whenever sessions ran; empty when nothing is kept.
     """
-    return dict(_read(calibration_dir() / f"{device_hash}.json").get("hosts", {})
-                .get(host_fingerprint, {}))
+    return _host_entry(_read_or_empty(calibration_dir() / f"{device_hash}.json"), host_fingerprint)
 
 
 def reset_calibration(device_hash: str, host_fingerprint: str) -> bool:
-    """Forget the device's ruler on this host; the next session sets a new one.  True if one existed."""
+    """Forget the device's ruler on this host; the next quiet session sets a new one.  True if one existed.
+
+    The recent sessions stay: they are the host's record of its fast state,
+    which the next sessions' slowdown is judged against.  An unreadable
+    file is set aside (:func:`_read_for_update`).
+    """
     path = calibration_dir() / f"{device_hash}.json"
     if not path.exists():
         return False
     with _locked(path):
-        data = _read(path)
-        existed = data.get("hosts", {}).pop(host_fingerprint, None) is not None
-        if existed:
-            _replace(path, data)
+        data = _read_for_update(path)
+        entry = _host_entry(data, host_fingerprint)
+        existed = "reference_ms" in entry
+        for key in RULER_KEYS:
+            entry.pop(key, None)
+        _hosts(data)[host_fingerprint] = entry
+        _replace(path, data)
     return existed
 
 
@@ -132,15 +174,15 @@ def update_kept_file(name: str, change: Callable[[dict[str, Any]], None]) -> dic
     path = _kept_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
-        data = _read(path)
+        data = _read_for_update(path)
         change(data)
         _replace(path, data)
         return data
 
 
 def read_kept_file(name: str) -> dict[str, Any]:
-    """The content of a file kept by :func:`update_kept_file`; empty when there is none."""
-    return _read(_kept_path(name))
+    """The content of a file kept by :func:`update_kept_file`; empty when there is none or it is unreadable."""
+    return _read_or_empty(_kept_path(name))
 
 
 def kept_file_names(prefix: str) -> list[str]:
@@ -155,37 +197,123 @@ def _kept_path(name: str) -> Path:
     return calibration_dir() / "kept" / name
 
 
-def _record_session(path: Path, host: str, session_ms: float,
-                    ruler: dict[str, Any] | None) -> dict[str, Any]:
+def _record_session(path: Path, host: str, session_ms: float | None,
+                    ruler: dict[str, Any] | None, replace: bool) -> dict[str, Any]:
     """One locked read-modify-write of the host's entry; returns the entry as stored.
 
-    The session joins the host's recent ones (so drift of the machine against
-    the ruler shows), and ``ruler`` is stored when the host has none yet.
-    When two first sessions race, the first one to take the flock wins.
+    The session (``None``: its reference time is no number) joins the host's
+    recent ones, so drift of the machine against the ruler shows, and
+    ``ruler`` is stored when the host has none yet, over a provisional one
+    when it is not, or over any with ``replace``.  When two first sessions race, the first one to take the
+    flock wins.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
-        data = _read(path)
-        entry = data.setdefault("hosts", {}).setdefault(host, {})
-        recent = entry.get("recent", []) + [{"at": time.time(), "session_ms": session_ms}]
-        entry["recent"] = recent[-RECENT_SESSIONS:]
-        if ruler is not None and "reference_ms" not in entry:
+        data = _read_for_update(path)
+        entry = _host_entry(data, host)
+        if session_ms is not None:
+            entry["recent"] = (entry["recent"] + [{"at": time.time(), "session_ms": session_ms}])[-RECENT_SESSIONS:]
+        if ruler is not None and (replace or "reference_ms" not in entry
+                                  or (entry.get("provisional") and not ruler["provisional"])):
             entry.update(ruler)
+        _hosts(data)[host] = entry
         _replace(path, data)
         return entry
 
 
-def _read(path: Path) -> dict[str, Any]:
-    """The file's calibrations; empty when it is missing or was just created empty.
+def _host_entry(data: dict[str, Any], host: str) -> dict[str, Any]:
+    """The host's entry with only what can be trusted: a plausible ruler and plausible sessions (:func:`_plausible_ms`).
 
+    Anything else in a hand-edited or damaged file (a ruler of 0, -5, NaN,
+    1e300 or "fast"; a session of 0 ms) is dropped with a warning, as if never kept:
+    a ruler of 0 divided by zero, a negative one made negative latencies
+    that were reported stable, and a negative session turned the slowdown
+    check off.
+    """
+    hosts = data.get("hosts")
+    entry = hosts.get(host) if isinstance(hosts, dict) else None
+    entry = dict(entry) if isinstance(entry, dict) else {}
+    if "reference_ms" in entry and not (_plausible_ms(entry["reference_ms"])
+                                        and isinstance(entry.get("created"), (int, float))):
+        log.warning("ignoring the ruler kept for host %s: %r is not a finite positive reference time",
+                    host, entry["reference_ms"])
+        for key in RULER_KEYS:
+            entry.pop(key, None)
+    recent = entry.get("recent")
+    kept = [r for r in recent if isinstance(r, dict) and _plausible_ms(r.get("session_ms"))] \
+        if isinstance(recent, list) else []
+    if recent is not None and (not isinstance(recent, list) or len(kept) != len(recent)):
+        log.warning("ignoring %d unusable recent sessions kept for host %s",
+                    len(recent) - len(kept) if isinstance(recent, list) else 1, host)
+    entry["recent"] = kept
+    return entry
+
+
+def _hosts(data: dict[str, Any]) -> dict[str, Any]:
+    """The file's per-host entries, made a fresh mapping where a damaged file holds anything else."""
+    if not isinstance(data.get("hosts"), dict):
+        data["hosts"] = {}
+    return data["hosts"]
+
+
+def _plausible_ms(value: Any) -> bool:
+    """A time a reference run can take: a finite number above 0 and at most :data:`MAX_REFERENCE_MS`."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= MAX_REFERENCE_MS
+
+
+def _read_or_empty(path: Path) -> dict[str, Any]:
+    """:func:`_read`, or empty with a warning where the file cannot be read (for readers, who change nothing)."""
+    try:
+        return _read(path)
+    except UnreadableFile as unreadable:
+        log.warning("%s; treated as empty", unreadable)
+        return {}
+
+
+def _read_for_update(path: Path) -> dict[str, Any]:
+    """:func:`_read` for a writer holding the file's lock: an unreadable file is set aside and starts empty.
+
+    It moves to ``<name>.unreadable`` (its content kept for a look), so a
+    damaged file costs the device its ruler once, not every session: before,
+    a truncated file failed every session after measuring it, and the
+    commands that would repair it (``devices reset``, ``calibrate``) too.
+    """
+    try:
+        return _read(path)
+    except UnreadableFile as unreadable:
+        aside = path.with_name(path.name + ".unreadable")
+        os.replace(path, aside)
+        log.warning("%s; moved to %s and started afresh", unreadable, aside)
+        return {}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The file's JSON object; empty when it is missing or was just created empty.
+
+    :class:`UnreadableFile` for anything else: not a regular file, over
+    :data:`MAX_FILE_BYTES`, not UTF-8 JSON, or JSON that is not an object.
     A file from before per-host calibrations (a bare ``reference_ms``) keeps
     its content but lends it to no host: nothing records where it was taken.
     """
     try:
-        text = path.read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return {}
-    return json.loads(text) if text.strip() else {}
+    except OSError as error:
+        raise UnreadableFile(f"{path} cannot be opened as a file ({error.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnreadableFile(f"{path} is not a regular file")
+        raw = f.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise UnreadableFile(f"{path} is over {MAX_FILE_BYTES} bytes")
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UnreadableFile(f"{path} is not JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise UnreadableFile(f"{path} holds {type(data).__name__}, not a JSON object")
+    return data
 
 
 @contextmanager
@@ -196,7 +324,13 @@ def _locked(path: Path) -> Iterator[None]:
     it still locks the file the path names, and tries again otherwise.
     """
     while True:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:  # no O_CREAT on a FIFO's open would block; a symlink or other odd file is refused
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as error:
+            raise UnreadableFile(f"{path} cannot be opened as a file ({error.strerror})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnreadableFile(f"{path} is not a regular file")
         if _locks_current_file(fd, path):
             break
         os.close(fd)

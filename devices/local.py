@@ -107,6 +107,7 @@ class _Session:
     hold: Hold
     foreign_cores: float | None  # other processes' CPU during the protocol (devices.cpuload)
     loads_per_model: int  # 2 when every model was loaded again (protocol.load_twice)
+    ruler: Ruler  # what the session is scaled by, read (or set) while it still held the host
 
 
 def measure_model_bytes(
@@ -115,19 +116,21 @@ def measure_model_bytes(
     reference: bytes,
     *,
     progress: ProgressFn | None = None,
+    recalibrate: bool = False,
 ) -> list[Measurement]:
     """Run the interleaved protocol over ``models`` and return one Measurement each.
 
     The session holds the host exclusively (waiting is reported through
     ``progress`` as ``{"event": "waiting", ...}`` about once a second).
+    ``recalibrate`` makes this session's reference the device's new ruler
+    if the host was quiet (``hwsearch devices calibrate``).
     Raises :class:`~devices.ort.ModelInputError` when a model's batch is not
     the profile's: its row would be filed under a batch it was not measured at.
     """
-    session = _locked_session(profile, models, reference, progress)
     device_hash = profile.hash_with_reference(hashlib.sha256(reference).hexdigest())
     host = profile.host_fingerprint or host_fingerprint()
-    ruler = device_reference_ms(profile, device_hash, host, session.result.reference_ms)
-    env = _environment(profile, session, reference, device_hash, host, ruler)
+    session = _locked_session(profile, models, reference, progress, (device_hash, host, recalibrate))
+    env = _environment(profile, session, reference, device_hash, host, session.ruler)
     return [
         _to_measurement(hashlib.sha256(model).hexdigest(), index, session, profile, env)
         for index, model in enumerate(models)
@@ -152,14 +155,19 @@ def plain_median_ms(profile: DeviceProfile, model: bytes, *, runs: int = 50) -> 
 
 
 def _locked_session(
-    profile: DeviceProfile, models: list[bytes], reference: bytes, progress: ProgressFn | None
+    profile: DeviceProfile, models: list[bytes], reference: bytes, progress: ProgressFn | None,
+    calibration: tuple[str, str, bool],
 ) -> _Session:
-    """Load the models and run the protocol while holding the host.
+    """Load the models, run the protocol and read the ruler while holding the host.
 
     Loading is inside the hold: building sessions is heavy compute that would
     disturb another session's timing just as much as an export.  With
     ``protocol.load_twice`` the models are loaded again in reverse order,
     so each model's two copies sit at mirrored places of the load order.
+    The ruler (``calibration``: device hash, host, whether to replace it) is
+    read or set before the host is let go, so sessions take it in the order
+    they ran, and whether the host was quiet decides whether it may keep it
+    (:func:`~devices.calibration.device_reference_ms`).
     """
     with measurement_session(on_wait=progress) as hold:
         load_before = load_average()
@@ -172,7 +180,11 @@ def _locked_session(
         result = run_protocol(reference_runner, runners, profile, progress=progress, copies=copies)
         foreign = foreign_cores(before, cpu_snapshot())
         loads = 1 if copies is None else 2
-        return _Session(result, reference_runner.provider, shapes, load_before, load_average(), hold, foreign, loads)
+        device_hash, host, replace = calibration
+        ruler = device_reference_ms(profile, device_hash, host, result.reference_ms,
+                                    quiet=_quiet_enough(profile, foreign), replace=replace)
+        return _Session(result, reference_runner.provider, shapes, load_before, load_average(), hold, foreign, loads,
+                        ruler)
 
 
 def _loaded_again(models: list[bytes], profile: DeviceProfile) -> list[Runner]:

@@ -88,7 +88,9 @@ def test_same_model_twice_gets_the_same_ratio(models: list[Path], tmp_path: Path
 
 
 def test_sessions_share_the_device_calibration(models: list[Path], calibration_dir: Path) -> None:
-    profile = DeviceProfile.from_dict({"name": "local", **QUICK})
+    # Load from other tests must not make the first session's ruler provisional: the host is not the point here.
+    profile = DeviceProfile.from_dict({"name": "local", **QUICK,
+                                       "protocol": {**QUICK["protocol"], "max_foreign_cores": 4.0}})
     first = LocalProfiler(profile).measure_many(models[:1])[0]
     second = LocalProfiler(profile).measure_many(models[:1])[0]
     assert first.env["reference_source"] == "this-session"

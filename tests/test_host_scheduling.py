@@ -387,7 +387,8 @@ def test_the_host_fastest_state_forgets_sessions_beyond_the_recent_ones(tmp_path
 
 
 def test_a_session_never_borrows_another_hosts_ruler(tmp_path: Path, models: list[Path]) -> None:
-    profile = DeviceProfile.from_dict(QUICK)
+    # Load from other tests must not make the first session's ruler provisional: the host is not the point here.
+    profile = DeviceProfile.from_dict({**QUICK, "protocol": {**QUICK["protocol"], "max_foreign_cores": 4.0}})
     path = tmp_path / "calibration" / f"{profile.hash()}.json"
     path.parent.mkdir()
     # A ruler taken elsewhere, and one from before calibrations named their host.

@@ -104,7 +104,8 @@ def ruler_report(loaded: Any, *, plain_runs: int) -> dict[str, Any]:
     if loaded.reference_ms is not None:
         ruler, source, age = float(loaded.reference_ms), "profile (reference_ms)", None
     elif "reference_ms" in kept:
-        ruler, source, age = float(kept["reference_ms"]), "first session on this host", time.time() - kept["created"]
+        ruler, age = float(kept["reference_ms"]), time.time() - kept["created"]
+        source = f"{kept.get('origin', 'first session')} on this host"
     else:
         ruler, source, age = None, "none yet: the next session sets it", None
     sessions = [r["session_ms"] for r in kept.get("recent", [])]
@@ -176,20 +177,27 @@ def calibrate(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     store: StoreOption = None,
 ) -> None:
-    """Take a new ruler now: forget the old one and run a session that sets it.
+    """Take a new ruler now: a session whose reference replaces the old ruler, if the host was quiet.
 
-    Rows measured under the old ruler keep their numbers; measure again
-    what you want on the new scale.
+    The replacement is written while the session still holds the host, so
+    no other session's reference can become the ruler instead; a session
+    that other programs disturbed leaves the old ruler (exit code 1).  Rows
+    measured under the old ruler keep their numbers; measure again what you
+    want on the new scale.
     """
-    from devices.calibration import reset_calibration
-    from devices.local import host_fingerprint, measure_model_bytes
+    from devices.local import measure_model_bytes
 
     loaded = _local(profile, store)
     if loaded.reference_ms is not None:
         raise OptionError("PROFILE", f"{loaded.name} pins reference_ms; remove it to calibrate")
-    reset_calibration(loaded.hash(), loaded.host_fingerprint or host_fingerprint())
     reference = loaded.reference_bytes()
-    [measurement] = measure_model_bytes(loaded, [reference], reference)
+    [measurement] = measure_model_bytes(loaded, [reference], reference, recalibrate=True)
+    if "foreign_load" in measurement.env["unstable_reasons"]:
+        typer.echo(f"error: other programs kept {measurement.env['foreign_cpu_cores']} cores busy during the "
+                   f"calibration session, so its reference ({measurement.env['session_reference_ms']:.3f} ms) "
+                   "did not replace the ruler (where there was none it is kept as provisional, until a quiet "
+                   "session); calibrate again when the host is quiet", err=True)
+        raise typer.Exit(1)
     report = ruler_report(loaded, plain_runs=20)
     if as_json:
         typer.echo(json.dumps(report | {"session": measurement.to_dict()}, indent=2))
@@ -199,7 +207,7 @@ def calibrate(
 
 @devices_app.command("reset")
 def reset(profile: ProfileArg, store: StoreOption = None) -> None:
-    """Forget the device's ruler on this host; the next session sets a new one."""
+    """Forget the device's ruler on this host; the next session on a quiet host sets a new one."""
     from devices.calibration import reset_calibration
     from devices.local import host_fingerprint
 
