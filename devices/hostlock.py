@@ -39,14 +39,23 @@ it) must still queue with every other process on the host.  By default it
 orders one user's processes, and refuses a folder another user owns (it
 could hold the host forever, and its owner's measurements would not take
 turns with ours); on a host shared by several users, point all of them at
-one directory (with its ``queue`` folder) that their group can write (files
-are created 0660 before the umask).
+one directory (with its ``queue`` folder; setgid) that their group can write (files
+are made 0660 whatever the umask, and a ticket another user's process cannot
+open is counted alive).
+
+Anything in the folder that is not what the lock expects (a directory, FIFO
+or link in place of a file, a file in place of ``queue``) raises
+:class:`HostLockError` naming it, and a queue entry that is not a regular
+file is skipped (logged once), never opened blocking nor removed.  A folder
+deleted while a session holds the host cannot keep the next session out;
+the session's :class:`Hold` then says ``lock_lost``.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import stat
 import threading
@@ -70,6 +79,8 @@ _QUEUE_DIR = "queue"
 _FILE_MODE = 0o660
 _STALE_TEMP_S = 30.0
 _HELD = threading.local()
+_SKIPPED: set[str] = set()  # queue entries already logged as not tickets
+log = logging.getLogger(__name__)
 
 
 class HostLockError(RuntimeError):
@@ -89,6 +100,10 @@ class Hold:
     ``started_at`` and ``ended_at`` are wall-clock epoch seconds, taken right
     after the lock was obtained and right before it is released, so holds of
     the same host never overlap; measurements record them to prove it.
+    ``lock_lost``: at the end of the hold the flocked file was no longer the
+    one at its path (the folder was deleted or the file replaced), so a
+    session that started meanwhile flocked another file and may have run
+    alongside; this hold cannot vouch for a quiet host.
     """
 
     mode: Mode
@@ -96,6 +111,7 @@ class Hold:
     started_at: float
     ended_at: float | None = None
     nested: bool = False
+    lock_lost: bool = False
 
 
 _PROCESS_COVER: Hold | None = None  # a helper process's cover (covered_by_caller)
@@ -152,14 +168,18 @@ class HostLock:
                 nested.ended_at = time.time()
             return
         queue = self._prepare()
-        host_fd = _open_lockable(self.directory / _HOST_FILE)
+        host_path = self.directory / _HOST_FILE
+        host_fd = _open_member(host_path, os.O_RDONLY)  # flock needs no write access
         try:
             ticket_fd, ticket_path, seq = self._enqueue(queue, mode)
             try:
                 waited = self._wait_for_turn(queue, host_fd, mode, seq, on_wait)
                 ticket_path = _rename(ticket_path, queue / _ticket_name(seq, mode, "holding"))
                 with self._registered(Hold(mode=mode, waited_s=waited, started_at=time.time())) as hold:
-                    yield hold
+                    try:
+                        yield hold
+                    finally:
+                        hold.lock_lost = _replaced(host_fd, host_path)
             finally:
                 _unlink_quietly(ticket_path)
                 os.close(ticket_fd)
@@ -219,13 +239,17 @@ class HostLock:
         ahead" on a loaded host).  The file appears already flocked, so it is
         never taken for stale.
         """
-        counter = os.open(self.directory / _COUNTER_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
+        counter = _open_member(self.directory / _COUNTER_FILE, os.O_RDWR)
         try:
             fcntl.flock(counter, fcntl.LOCK_EX)
             seq = _next_seq(counter, queue)
             temp = queue / f".{uuid.uuid4().hex}.tmp"
-            fd = os.open(temp, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _FILE_MODE)
             try:
+                fd = os.open(temp, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _FILE_MODE)
+            except OSError as error:
+                raise HostLockError(f"cannot write to {queue}: {error.strerror} (set {LOCK_DIR_ENV})") from None
+            try:
+                os.fchmod(fd, _FILE_MODE)  # readable by the folder's group whatever our umask
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 return fd, _rename(temp, queue / _ticket_name(seq, mode, "waiting")), seq
             except BaseException:
@@ -257,7 +281,12 @@ class HostLock:
 
 def _safe_directory(path: Path, *, must_own: bool) -> Path:
     """Create ``path`` owner-only if missing, and refuse one an attacker could have planted or can rewrite."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        pass  # a file or a link is there: refused just below
+    except OSError as error:
+        raise HostLockError(f"cannot create {path}: {error.strerror} (set {LOCK_DIR_ENV})") from None
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise HostLockError(f"{path} must be a directory, not a link or a file (set {LOCK_DIR_ENV})")
@@ -315,18 +344,40 @@ def _live_tickets(queue: Path) -> list[_Ticket]:
 
 
 def _owner_alive(path: Path) -> bool:
-    """Whether the ticket's flock is held (its owner lives); a ticket nobody holds is deleted."""
+    """Whether the ticket's flock is held (its owner lives); a ticket nobody holds is deleted.
+
+    Only a regular file is a ticket, opened without blocking: a FIFO named
+    like one hung every session in ``open``, a directory made the unlink
+    raise.  Such an entry is skipped, never removed.  A ticket we may not
+    open is another user's (made under a strict umask by an older version)
+    and counts as alive: counted dead, it let compute run into that user's
+    session.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return False  # released or renamed just now, or not a ticket file (a link, no permission)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except PermissionError:
+        return True
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            _skip(path, "a link")
+        return False  # released or renamed just now
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            _skip(path, "not a regular file")
+            return False
         if not _try_flock(fd, fcntl.LOCK_SH):
             return True
         _unlink_quietly(path)
         return False
     finally:
         os.close(fd)
+
+
+def _skip(path: Path, why: str) -> None:
+    """Log once that a queue entry named like a ticket is ignored (it takes no turn and is left in place)."""
+    if str(path) not in _SKIPPED:
+        _SKIPPED.add(str(path))
+        log.warning("host lock: ignoring %s in the queue: %s", path, why)
 
 
 def _remove_stale_temp(path: Path) -> None:
@@ -348,12 +399,39 @@ def _try_flock(fd: int, flag: int) -> bool:
     return True
 
 
-def _open_lockable(path: Path) -> int:
-    """A read-only descriptor to flock (flock needs no write access, so other users' files work too)."""
+def _open_member(path: Path, flags: int) -> int:
+    """Open (creating it if missing) a regular file of the lock folder, or raise :class:`HostLockError` naming it.
+
+    Never follows a link nor blocks on a FIFO.  A file of ours gains group
+    read and write whatever our umask: in a group-shared folder a 0600 file
+    kept the other users out.
+    """
     try:
-        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, _FILE_MODE)
     except OSError as error:
-        raise HostLockError(f"cannot open {path}: {error.strerror} (set {LOCK_DIR_ENV})") from None
+        reason = "it is a link" if error.errno == errno.ELOOP else error.strerror
+        raise HostLockError(f"cannot open {path}: {reason} (set {LOCK_DIR_ENV})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise HostLockError(f"{path} must be a regular file (set {LOCK_DIR_ENV})")
+    if info.st_uid == os.geteuid() and info.st_mode & _FILE_MODE != _FILE_MODE:
+        os.fchmod(fd, stat.S_IMODE(info.st_mode) | _FILE_MODE)
+    return fd
+
+
+def _replaced(fd: int, path: Path) -> bool:
+    """Whether the flocked file ``fd`` is no longer the one at ``path`` (deleted, or the folder made anew).
+
+    A session arriving then flocks the new file and runs beside us; the lock
+    cannot prevent that, so the hold reports it.
+    """
+    held = os.fstat(fd)
+    try:
+        current = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return True
+    return held.st_nlink == 0 or (held.st_dev, held.st_ino) != (current.st_dev, current.st_ino)
 
 
 def _rename(source: Path, target: Path) -> Path:
@@ -362,9 +440,10 @@ def _rename(source: Path, target: Path) -> Path:
 
 
 def _unlink_quietly(path: Path) -> None:
+    """Remove a ticket; gone already, or another user's in a sticky folder (it stays, counted dead), is fine."""
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         pass
 
 

@@ -254,6 +254,7 @@ def _environment(
         "session_start": hold.started_at,
         "session_end": hold.ended_at,
         "lock_wait_s": round(hold.waited_s, 3),
+        "lock_lost": hold.lock_lost,
         "profile_name": profile.name,
         "profile_hash": device_hash,
         "reference_sha256": hashlib.sha256(reference).hexdigest(),
@@ -309,10 +310,12 @@ def _unstable_reasons(ratio_ci: float, profile: DeviceProfile, foreign: float | 
     ``ci``: its ratio's CI is wider than the target (or unusable);
     ``foreign_load``: other programs kept a wall-clock session's cores busy;
     ``reference_slowdown``: the reference ran slower than the host's fastest
-    recent sessions.  Named rather than folded into one flag so that a
-    caller who judges the session better can overrule its session-wide
-    reasons (the pipeline's anchor overrules the slowdown,
-    ``hwsearch.anchor.overrules_slowdown``).
+    recent sessions; ``lock_lost``: the host lock's file was deleted or
+    replaced during the session (:class:`devices.hostlock.Hold`), so another
+    session may have run alongside.  Named rather than folded into one flag
+    so that a caller who judges the session better can overrule its
+    session-wide reasons (the pipeline's anchor overrules the slowdown alone,
+    ``hwsearch.anchor.overrules_slowdown``; nothing overrules a lost lock).
     """
     reasons = []
     if not ratio_ci <= profile.protocol.ci_target:
@@ -321,6 +324,8 @@ def _unstable_reasons(ratio_ci: float, profile: DeviceProfile, foreign: float | 
         reasons.append("foreign_load")
     if not env["reference_slowdown"] <= env["max_reference_slowdown"]:
         reasons.append("reference_slowdown")
+    if env["lock_lost"]:
+        reasons.append("lock_lost")
     return reasons
 
 

@@ -191,6 +191,15 @@ def test_measure_on_an_unreachable_agent(tmp_path: Path, model: Path) -> None:
     assert "secret" not in line
 
 
+def test_measure_with_a_file_where_the_host_locks_queue_belongs(tmp_path: Path, model: Path) -> None:
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    (locks / "queue").write_text("")  # raised a bare FileExistsError before
+    result = run_cli("measure", "--device", str(LOCAL_PROFILE), str(model), cwd=tmp_path,
+                     extra_env={"DEVICES_LOCK_DIR": str(locks)})
+    assert_one_line_error(result, 1, str(locks / "queue"), "DEVICES_LOCK_DIR")
+
+
 # --------------------------------------------------------------------------- debug, Ctrl-C
 
 

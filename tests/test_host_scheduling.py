@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -94,11 +96,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 class Worker:
     """A worker process and the JSON lines it writes."""
 
-    def __init__(self, tmp_path: Path, name: str, task: dict[str, Any]) -> None:
+    def __init__(self, tmp_path: Path, name: str, task: dict[str, Any], **popen: Any) -> None:
         self.out = tmp_path / f"{name}.jsonl"
         self.release_file = tmp_path / f"{name}.release"
         task = {**task, "out": str(self.out), "release": str(self.release_file)}
-        self.process = subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(task)])
+        self.process = subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(task)], **popen)
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.out.read_text().splitlines()] if self.out.exists() else []
@@ -132,8 +134,8 @@ def workers(tmp_path: Path) -> Iterator[Callable[[str, dict[str, Any]], Worker]]
     """Start workers; whatever is still running at the end is killed."""
     started: list[Worker] = []
 
-    def start(name: str, task: dict[str, Any]) -> Worker:
-        started.append(Worker(tmp_path, name, task))
+    def start(name: str, task: dict[str, Any], **popen: Any) -> Worker:
+        started.append(Worker(tmp_path, name, task, **popen))
         return started[-1]
 
     yield start
@@ -358,6 +360,145 @@ def test_a_default_lock_folder_another_user_planted_is_refused(monkeypatch, tmp_
     os.chown(group, 65534, 0)
     with HostLock(group).exclusive() as hold:
         assert not hold.nested
+
+
+# --------------------------------------------------------------------------- a damaged, shared or deleted lock folder
+
+# One hold in a fresh process, reporting what it saw: a hang there is a timeout, not a hung test run.  The
+# module is loaded from its file alone, so that another user's Python without our packages can run it too.
+HOLD_ONCE = r'''
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("hostlock", sys.argv[2])
+sys.modules["hostlock"] = module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+HostLock, HostLockError = module.HostLock, module.HostLockError
+
+class Blocked(Exception):
+    pass
+
+def refuse(event):
+    raise Blocked()
+
+lock = HostLock()
+try:
+    with (lock.shared if sys.argv[1] == "shared" else lock.exclusive)(on_wait=refuse):
+        result = {"held": True}
+except Blocked:
+    result = {"held": False}
+except HostLockError as error:
+    result = {"error": str(error)}
+print(json.dumps({**result, "status": None if "error" in result else lock.status()}))
+'''
+
+
+def hold_once(mode: str, python: str = sys.executable, **popen: Any) -> tuple[dict[str, Any], str]:
+    """One ``mode`` hold taken in a new process without waiting: what it saw, and what it logged."""
+    import devices.hostlock
+
+    done = subprocess.run([python, "-c", HOLD_ONCE, mode, devices.hostlock.__file__], capture_output=True, text=True,
+                          timeout=30, **popen)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), done.stderr
+
+
+@pytest.mark.parametrize("make", [os.mkfifo, Path.mkdir], ids=["fifo", "folder"])
+def test_a_fifo_or_folder_named_like_a_ticket_is_skipped_and_left_alone(private_host: Path,
+                                                                        make: Callable[[Path], Any]) -> None:
+    """A FIFO once blocked every session and export forever in ``open``; a folder made the stale-ticket cleanup
+    raise IsADirectoryError."""
+    entry = private_host / "queue" / "000000000001-exclusive-waiting-1.ticket"
+    entry.parent.mkdir(parents=True)
+    make(entry)
+    for mode in ("exclusive", "shared"):
+        seen, logged = hold_once(mode)
+        assert seen["held"] and seen["status"]["sessions_waiting"] == seen["status"]["sessions_holding"] == 0
+        assert logged.count(f"ignoring {entry} in the queue") == 1, logged  # once per process, not per look
+    assert entry.is_fifo() if make is os.mkfifo else entry.is_dir()  # skipped, never removed
+
+
+@pytest.mark.parametrize("member, make", [
+    ("tickets.counter", lambda path: path.mkdir()),
+    ("tickets.counter", lambda path: path.symlink_to(path.parent.parent / "elsewhere")),
+    ("tickets.counter", os.mkfifo),
+    ("host.lock", os.mkfifo),
+    ("queue", lambda path: path.write_text("")),
+], ids=["counter-folder", "counter-link", "counter-fifo", "host-lock-fifo", "queue-file"])
+def test_a_lock_folder_member_of_the_wrong_type_is_a_host_lock_error(private_host: Path, member: str,
+                                                                     make: Callable[[Path], Any]) -> None:
+    private_host.mkdir()
+    (private_host.parent / "elsewhere").write_text("untouched")
+    make(private_host / member)
+    seen, _ = hold_once("exclusive")
+    assert f"{private_host / member}" in seen["error"] and "DEVICES_LOCK_DIR" in seen["error"], seen
+    assert (private_host.parent / "elsewhere").read_text() == "untouched"
+
+
+def python_for(user: dict[str, Any]) -> str:
+    """A Python that ``user`` may run (ours may sit in root's home)."""
+    for python in (sys.executable, "/usr/bin/python3"):
+        try:
+            subprocess.run([python, "-c", ""], check=True, capture_output=True, **user)
+            return python
+        except (OSError, subprocess.CalledProcessError):
+            continue
+    pytest.skip("no Python the other user may run")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_another_users_tickets_count_in_a_group_folder_whatever_their_umask(monkeypatch, workers) -> None:
+    nobody = 65534  # the other user, whose group (nogroup, also 65534) shares the folder
+    top = Path(tempfile.mkdtemp(prefix="hostlock-group-", dir="/tmp"))  # pytest's own tmp is closed to others
+    try:
+        top.chmod(0o755)
+        locks = top / "locks"
+        for folder in (locks, locks / "queue"):
+            folder.mkdir()
+            os.chown(folder, 0, nobody)
+            folder.chmod(0o2770)  # setgid: files made inside belong to the group
+        monkeypatch.setenv("DEVICES_LOCK_DIR", str(locks))
+        compute = workers("compute", {"kind": "shared"}, umask=0o077)
+        compute.wait_for(lambda: compute.first("holding"), "the compute unit to start")
+        session = workers("session", {"kind": "exclusive"}, umask=0o077)
+        compute.wait_for(lambda: HostLock().status()["sessions_waiting"] == 1, "the session to queue")
+
+        as_nobody = {"user": nobody, "group": nobody, "extra_groups": [], "cwd": "/tmp"}
+        as_nobody["python"] = python_for(as_nobody)
+        seen, _ = hold_once("shared", **as_nobody)
+        assert seen.get("held") is False, seen  # the other user's waiting session keeps new compute out
+        assert seen["status"] == {"sessions_holding": 0, "sessions_waiting": 1, "compute_holding": 1,
+                                  "compute_waiting": 0}
+        # A ticket it may not open (an older version made them under the umask) is alive, not dead.
+        [ticket] = (locks / "queue").glob("*-exclusive-waiting-*.ticket")
+        ticket.chmod(0o600)
+        assert hold_once("shared", **as_nobody)[0]["held"] is False
+
+        compute.release()
+        session.wait_for(lambda: session.first("holding"), "the session to start")
+        session.release()
+        compute.finish(), session.finish()
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_session_whose_lock_folder_was_deleted_is_not_stable(private_host: Path, models: list[Path],
+                                                               workers) -> None:
+    intruder: list[Worker] = []
+
+    def delete_the_folder_once(event: dict[str, Any]) -> None:
+        if "round" in event and not intruder:
+            shutil.rmtree(private_host)
+            intruder.append(workers("intruder", {"kind": "exclusive"}))
+            intruder[0].wait_for(lambda: intruder[0].first("holding"), "the next session to start")
+
+    rows = LocalProfiler(DeviceProfile.from_dict(QUICK)).measure_many(models, progress=delete_the_folder_once)
+    # The next session ran inside this one (the lock cannot prevent it); the rows say so and are not stable.
+    assert intruder[0].first("holding")["started_at"] < rows[0].env["session_end"]
+    assert all(row.env["lock_lost"] and "lock_lost" in row.env["unstable_reasons"] for row in rows)
+    assert not any(row.stable for row in rows)
+    intruder[0].release()
+    intruder[0].finish()
+    [row] = LocalProfiler(DeviceProfile.from_dict(QUICK)).measure_many(models[:1])
+    assert not row.env["lock_lost"] and "lock_lost" not in row.env["unstable_reasons"]
 
 
 # --------------------------------------------------------------------------- calibration per host

@@ -33,6 +33,8 @@ _KNOWN_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("hwsearch.supernets.base", "CheckpointError", BAD_INPUT),
     ("devices.client", "AgentError", FAILED),
     ("devices.protocol", "SessionOverrun", FAILED),
+    # The host lock's folder is unusable (a file where its queue should be, ...); the message names it.
+    ("devices.hostlock", "HostLockError", FAILED),
     ("hwsearch.export", "ExportCheckError", FAILED),
     ("hwsearch.quantize", "PrecisionError", BAD_INPUT),
     ("hwsearch.quantize_worker", "QuantizerError", FAILED),
