@@ -12,10 +12,11 @@ every later session.  Each Measurement's env still records the session's own
 reference time, so the machine's state stays visible.
 
 A stored ruler belongs to the host it was taken on as well as to the
-device: the same profile on another machine, or after an onnxruntime
-upgrade, runs the reference at another speed.  So the device's file holds
-one calibration per host fingerprint (``devices.local.host_fingerprint``),
-and a new host starts its own instead of borrowing the old one's.
+device: the same profile on another machine, or after an upgrade of its
+runtime, runs the reference at another speed.  So the device's file holds
+one calibration per measuring host (``DeviceProfile.measured_host``: the
+host fingerprint with the profile's runtime and its version), and a new
+host or runtime starts its own instead of borrowing the old one's.
 
 The ruler assumes ratios do not depend on the host's state.  Within a
 session they hardly do, but across sessions on this machine a whole session

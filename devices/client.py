@@ -44,32 +44,38 @@ class AgentClient:
 
     def __init__(self, profile: DeviceProfile, *, token: str | None = None) -> None:
         if profile.where.kind != "agent" or profile.where.url is None:
-            raise ValueError(f"profile '{profile.name}' does not describe an agent (where.kind is {profile.where.kind})")
+            raise ValueError(f"profile '{profile.name}' does not describe an agent "
+                             f"(where.kind is {profile.where.kind})")
         self.profile = profile
         self.base_url = profile.where.url.rstrip("/")
         self.token = token if token is not None else _token_from_env(profile)
-        self._host: str | None = None
+        self._host: tuple[str, str] | None = None
 
     def describe(self) -> dict[str, Any]:
         """The agent's health answer: device facts and counters."""
         return self._request_with_retries("GET", "/health", timeout_s=_CONNECT_TIMEOUT_S * 3)
 
     def device_key(self) -> str:
-        """What this device's measurements are filed under: the profile on the agent's host.
+        """What this device's measurements are filed under: the profile on the agent's host and runtime.
 
         Asks the agent once for its host fingerprint (unless the profile pins
-        one), so a profile pointed at other hardware is another device.
+        one) and the version of the profile's runtime there, so a profile
+        pointed at other hardware, or at an upgraded runtime, is another device.
         """
         if self._host is None:
-            self._host = self.profile.host_fingerprint or self._described_host()
-        return self.profile.identity(self._host)
+            self._host = self._described_host()
+        return self.profile.identity(*self._host)
 
-    def _described_host(self) -> str:
+    def _described_host(self) -> tuple[str, str]:
         device = self.describe().get("device")
-        host = device.get("host_fingerprint") if isinstance(device, dict) else None
+        device = device if isinstance(device, dict) else {}
+        host = self.profile.host_fingerprint or device.get("host_fingerprint")
         if not isinstance(host, str) or not host:
             raise AgentError(f"agent {self.base_url} did not say which host it runs on")
-        return host
+        version = device.get(self.profile.runtime)
+        if not isinstance(version, str) or not version:
+            raise AgentError(f"agent {self.base_url} did not say which {self.profile.runtime} it runs")
+        return host, version
 
     def measure_many(self, onnx_paths: list[Path], *, progress: ProgressFn | None = None) -> list[Measurement]:
         """Upload the models and the reference, measure them in one interleaved session.

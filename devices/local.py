@@ -52,8 +52,13 @@ def load_average() -> list[float]:
         return []
 
 
+@functools.lru_cache(maxsize=None)
 def runtime_version(runtime: str) -> str | None:
-    """The installed version of the profile's runtime (onnxruntime or OpenVINO)."""
+    """The installed version of the profile's runtime (onnxruntime or OpenVINO); None where it is not installed.
+
+    Part of every device's identity (:meth:`DeviceProfile.identity`), so kept
+    once per process: OpenVINO answers by starting a ``Core``.
+    """
     if runtime == "openvino":
         from devices.ov import openvino_facts
 
@@ -68,9 +73,11 @@ def host_fingerprint() -> str:
     """A stable short hash of what makes this host's latencies this host's.
 
     Hostname, CPU model, logical cores, OS and kernel, and the onnxruntime
-    version: a device profile measured on another machine, or after an
-    onnxruntime upgrade, is a different ruler, and calibrations are keyed by
-    this so they never carry over.
+    version: every model and reference a host measures is checked and loaded
+    by onnxruntime first, whatever the profile's runtime, and keeping it here
+    keeps the fingerprints agents report and calibrations name.  A device adds
+    the version of its own runtime (:meth:`DeviceProfile.measured_host`), so an
+    OpenVINO upgrade changes an OpenVINO device as an onnxruntime one changes any.
     """
     facts = [platform.node(), cpu_model(), str(os.cpu_count()), platform.platform(), runtime_version("onnxruntime")]
     return hashlib.sha256("\0".join(str(f) for f in facts).encode()).hexdigest()[:16]
@@ -129,7 +136,8 @@ def measure_model_bytes(
     """
     device_hash = profile.hash_with_reference(hashlib.sha256(reference).hexdigest())
     host = profile.host_fingerprint or host_fingerprint()
-    session = _locked_session(profile, models, reference, progress, (device_hash, host, recalibrate))
+    measured_host = profile.measured_host(host, runtime_version(profile.runtime))
+    session = _locked_session(profile, models, reference, progress, (device_hash, measured_host, recalibrate))
     env = _environment(profile, session, reference, device_hash, host, session.ruler)
     return [
         _to_measurement(hashlib.sha256(model).hexdigest(), index, session, profile, env)
@@ -137,17 +145,19 @@ def measure_model_bytes(
     ]
 
 
-def plain_median_ms(profile: DeviceProfile, model: bytes, *, runs: int = 50) -> float:
+def plain_median_ms(profile: DeviceProfile, model: bytes, *, runs: int = 50,
+                    on_wait: ProgressFn | None = None) -> float:
     """What plain onnxruntime timing says: the median of ``runs`` back-to-back runs after warm-up.
 
     No reference, no interleaving: the number a user would get with a timing
     loop of their own, shown beside the calibrated ruler so they can see how
     reported milliseconds relate to it.  It still takes the host lock, so it
-    is not disturbed by (and does not disturb) another measurement.
+    is not disturbed by (and does not disturb) another measurement;
+    ``on_wait`` hears the waits for it, as :func:`measure_model_bytes`'s ``progress`` does.
     """
     import numpy as np
 
-    with measurement_session():
+    with measurement_session(on_wait=on_wait):
         runner = make_runner(model, profile)
         for _ in range(max(profile.warmup.runs, 5)):
             runner.run_ms()
@@ -360,5 +370,5 @@ class LocalProfiler:
                 "device_key": self.device_key(), **describe_machine()}
 
     def device_key(self) -> str:
-        """What this device's measurements are filed under: the profile on this host."""
-        return self.profile.identity(host_fingerprint())
+        """What this device's measurements are filed under: the profile on this host, with its runtime's version."""
+        return self.profile.identity(host_fingerprint(), runtime_version(self.profile.runtime))

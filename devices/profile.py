@@ -224,15 +224,32 @@ class DeviceProfile:
         configured = self.protocol.max_reference_slowdown
         return DEFAULT_REFERENCE_SLOWDOWN[self.clock] if configured is None else float(configured)
 
-    def identity(self, host_fingerprint: str) -> str:
-        """The device's identity: these settings on one host (its hardware and runtime version).
+    def measured_host(self, host_fingerprint: str, runtime_version: str | None) -> str:
+        """The host as this device's rows and ruler know it: its fingerprint, with the profile's runtime where needed.
+
+        The host fingerprint (``devices.local.host_fingerprint``) already names
+        onnxruntime's version, so an onnxruntime device on it is the
+        fingerprint alone, and its identity and ruler stay what they were.
+        An OpenVINO device's latencies move with OpenVINO's version, which
+        the fingerprint does not name, and a pinned fingerprint names no
+        version at all: those add the profile's runtime and its version, so
+        an upgrade of the runtime that measures is another ruler and another
+        device.  Calibrations are kept under it.
+        """
+        if self.runtime == "onnxruntime" and not self.host_fingerprint:
+            return host_fingerprint
+        return f"{self.host_fingerprint or host_fingerprint} {self.runtime} {runtime_version}"
+
+    def identity(self, host_fingerprint: str, runtime_version: str | None) -> str:
+        """The device's identity: these settings on one host, measured by one version of the profile's runtime.
 
         Stores file latencies under it, so the same profile used on another
-        machine, or after an onnxruntime upgrade, is another device.  An
+        machine, or after an upgrade of its runtime, is another device.  An
         operator who knows two hosts are the same hardware pins
-        ``host_fingerprint`` in the profile, and that value is used instead.
+        ``host_fingerprint`` in the profile, and that value is used instead;
+        the runtime's version still counts (:meth:`measured_host`).
         """
-        host = self.host_fingerprint or host_fingerprint
+        host = self.measured_host(host_fingerprint, runtime_version)
         return hashlib.sha256(f"{self.hash()}:{host}".encode()).hexdigest()[:16]
 
     def hash(self) -> str:

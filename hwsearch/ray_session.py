@@ -90,7 +90,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     """Join ``address`` or start a local Ray of this process's own, once per process; an existing session is kept.
 
     The session's workers run :func:`prepare_worker` when they start (see the
-    module docstring); a session someone else started keeps its own settings.
+    module docstring) and find the host lock and rulers where this process
+    does (:func:`_host_folders`); a session someone else started keeps its
+    other settings.
 
     Ray starts its local daemons (GCS, raylet) with ``PR_SET_PDEATHSIG``, which
     kills them when the *thread* that started them exits.  Jobs run in
@@ -180,10 +182,30 @@ def _shut_down_then_remove(kept: contextlib.ExitStack) -> None:
     kept.close()
 
 
+def _host_folders() -> dict[str, str]:
+    """The host lock's and the rulers' folders as this process has them (absolute), for its workers' environment.
+
+    Workers of a cluster joined by address run with the environment of
+    whoever ran ``ray start``, not this driver's: without these a job's
+    tasks would measure under another lock folder than the CLIs' and
+    services' that name ``DEVICES_LOCK_DIR`` (never taking turns with them)
+    and keep their rulers elsewhere.  Only those set are passed, so a
+    worker's own default stays where the driver has none.  Absolute,
+    because a worker's working folder is not the driver's.
+    """
+    from devices.calibration import CALIBRATION_DIR_ENV
+    from devices.hostlock import LOCK_DIR_ENV
+
+    return {name: os.path.abspath(os.environ[name])
+            for name in (LOCK_DIR_ENV, CALIBRATION_DIR_ENV) if os.environ.get(name)}
+
+
 def _start_ray(address: str | None, num_cpus: int | None, temp_dir: str | None = None) -> None:
     import ray
 
-    runtime_env = {"worker_process_setup_hook": f"{__name__}.prepare_worker"}
+    runtime_env: dict[str, object] = {"worker_process_setup_hook": f"{__name__}.prepare_worker"}
+    if folders := _host_folders():
+        runtime_env["env_vars"] = folders
     if address:
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:

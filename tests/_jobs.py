@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from devices.calibration import device_reference_ms
-from devices.local import host_fingerprint
+from devices.local import host_fingerprint, runtime_version
 from devices.profile import DeviceProfile
 from hwsearch.jobs import JobSpec, SupernetRef
 from hwsearch.store import SQLiteStore
@@ -34,7 +34,8 @@ def remember_a_faster_session(profile: DeviceProfile, reference_ms: float) -> No
     as the host's fast state (:mod:`devices.calibration`).
     """
     device = profile.hash_with_reference(hashlib.sha256(profile.reference_bytes()).hexdigest())
-    device_reference_ms(profile, device, host_fingerprint(), reference_ms)
+    host = profile.measured_host(host_fingerprint(), runtime_version(profile.runtime))
+    device_reference_ms(profile, device, host, reference_ms)
 
 
 def fast_device(name: str, threads: int = 1) -> dict[str, Any]:

@@ -7,10 +7,11 @@ batch, another classifier head.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from devices import open_profiler
-from devices.local import host_fingerprint
+from devices.local import LocalProfiler, host_fingerprint, runtime_version
 from devices.profile import DeviceProfile
 from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
 from hwsearch.jobs import SupernetRef, build_supernet
@@ -18,17 +19,53 @@ from hwsearch.pipeline import profile_subnets
 from hwsearch.store import MemoryStore
 from tests._jobs import SUPERNET, fast_device
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "devices"
+
 
 def test_the_same_profile_on_another_host_is_another_device() -> None:
     profile = DeviceProfile.from_dict(fast_device("box"))
+    version = runtime_version("onnxruntime")
     here = open_profiler(profile).device_key()
-    assert here == profile.identity(host_fingerprint())
-    assert profile.identity("0123456789abcdef") != here, "another host, another device"
-    assert profile.identity(host_fingerprint()) != profile.hash(), "the host is part of it"
+    assert here == profile.identity(host_fingerprint(), version)
+    assert profile.identity("0123456789abcdef", version) != here, "another host, another device"
+    assert profile.identity(host_fingerprint(), version) != profile.hash(), "the host is part of it"
     pinned = DeviceProfile.from_dict({**fast_device("box"), "host_fingerprint": "0123456789abcdef"})
-    assert open_profiler(pinned).device_key() == pinned.identity("fedcba9876543210"), \
+    assert open_profiler(pinned).device_key() == pinned.identity("fedcba9876543210", version), \
         "an operator who pins the host makes the profile one device everywhere"
     assert pinned.hash() == profile.hash(), "pinning does not change the settings"
+
+
+def test_an_upgrade_of_the_profiles_own_runtime_is_another_device_and_another_ruler() -> None:
+    """An OpenVINO device changes with OpenVINO's version, as an onnxruntime device does with onnxruntime's.
+
+    The host fingerprint names only onnxruntime's version, so an OpenVINO
+    upgrade had left an OpenVINO device, and its ruler, as they were.  An
+    onnxruntime device keeps its identity (the fingerprint already changes
+    with onnxruntime), and a pinned host, which names no version, adds it.
+    """
+    host = "0123456789abcdef"
+    openvino = DeviceProfile.load(EXAMPLES / "openvino-1thread.yaml")
+    assert openvino.identity(host, "2025.1.0") != openvino.identity(host, "2025.2.0")
+    assert openvino.measured_host(host, "2025.1.0") != openvino.measured_host(host, "2025.2.0"), \
+        "the ruler is kept per runtime version too"
+    onnxruntime = DeviceProfile.load(EXAMPLES / "local-1thread.yaml")
+    assert onnxruntime.measured_host(host, "1.22.0") == host, "its fingerprint names onnxruntime's version"
+    assert onnxruntime.identity(host, "1.22.0") == DeviceProfile.load(EXAMPLES / "local-1thread.yaml").identity(
+        host, None), "identities of onnxruntime devices on a fingerprint stay what they were"
+    for profile in (openvino, onnxruntime):
+        pinned = DeviceProfile.from_dict({**profile.to_dict(), "host_fingerprint": host})
+        assert pinned.identity("fedcba9876543210", "1.0") != pinned.identity("fedcba9876543210", "1.1"), \
+            f"{profile.name}: a pinned host names the hardware, not the runtime"
+
+
+def test_the_calibration_is_kept_under_the_host_with_the_runtimes_version(tmp_path: Path,
+                                                                           calibration_dir: Path) -> None:
+    profile = DeviceProfile.from_dict(fast_device("box"))
+    model = tmp_path / "reference.onnx"
+    model.write_bytes(profile.reference_bytes())
+    LocalProfiler(profile).measure_many([model])
+    stored = json.loads((calibration_dir / f"{profile.hash()}.json").read_text())
+    assert list(stored["hosts"]) == [profile.measured_host(host_fingerprint(), runtime_version("onnxruntime"))]
 
 
 def test_another_head_is_another_network() -> None:

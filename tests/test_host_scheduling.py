@@ -26,7 +26,7 @@ import pytest
 
 from devices.calibration import RECENT_SESSIONS, Ruler, device_reference_ms
 from devices.hostlock import Hold, HostLock, HostLockError
-from devices.local import LocalProfiler, host_fingerprint
+from devices.local import LocalProfiler, host_fingerprint, runtime_version
 from devices.ort import ModelInputError
 from devices.profile import DeviceProfile
 from devices.reference import mobilenet_like_onnx
@@ -541,7 +541,8 @@ def test_a_session_never_borrows_another_hosts_ruler(tmp_path: Path, models: lis
     assert second.env["reference_source"] == "stored" and second.env["reference_ms"] == first.env["reference_ms"]
     stored = json.loads(path.read_text())
     assert stored["reference_ms"] == 99.0 and stored["hosts"]["another-host"]["reference_ms"] == 77.0
-    assert stored["hosts"][host_fingerprint()]["reference_ms"] == first.env["reference_ms"]
+    here = profile.measured_host(host_fingerprint(), runtime_version(profile.runtime))
+    assert stored["hosts"][here]["reference_ms"] == first.env["reference_ms"]
 
 
 def test_racing_first_sessions_agree_on_one_calibration(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def test_listing_precisions_keeps_the_device_hash_so_fp32_rows_stay_where_they_w
     plain = DeviceProfile(name="d")
     both = DeviceProfile.from_dict({"name": "d", "precisions": ["fp32", "int8"]})
     assert plain.hash() == both.hash()
-    assert plain.identity("0123456789abcdef") == both.identity("0123456789abcdef")
+    assert plain.identity("0123456789abcdef", "1.0") == both.identity("0123456789abcdef", "1.0")
 
 
 def test_precision_changes_the_store_key() -> None:

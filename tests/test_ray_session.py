@@ -173,3 +173,59 @@ def test_a_local_ray_keeps_its_files_in_a_folder_only_its_user_enters(short_temp
     assert report["ray_tmpdir"] is None, "other programs it starts still find Ray where they would"
     assert not (short_temp_dir / "ray").exists(), "nothing in Ray's shared default"
     assert not folder.exists(), "removed when the process ended"
+
+
+FOLDERS_SCRIPT = """
+import json, sys
+import ray
+from hwsearch.ray_session import init_ray
+
+init_ray(sys.argv[1])
+
+@ray.remote
+def folders():
+    from devices.calibration import calibration_dir
+    from devices.hostlock import lock_dir
+    return [str(lock_dir()), str(calibration_dir())]
+
+print(json.dumps(ray.get(folders.remote(), timeout=120)))
+ray.shutdown()
+"""
+
+
+def test_a_joined_clusters_workers_take_the_drivers_lock_and_ruler_folders(short_temp_dir: Path) -> None:
+    """Workers of a cluster started by ``ray start`` without DEVICES_* must use the driver's folders.
+
+    Otherwise a job's tasks measure under the default lock while the CLIs that
+    name ``DEVICES_LOCK_DIR`` take turns under another, and never wait for
+    each other.  The driver gives one folder relative to its working folder,
+    which the workers must see as the same absolute path.
+    """
+    import signal
+    import time
+
+    temp = short_temp_dir
+    env = {**os.environ, "TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    for name in ("RAY_ADDRESS", "DEVICES_LOCK_DIR", "DEVICES_CALIBRATION_DIR"):
+        env.pop(name, None)
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                             "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+                            env=env, cwd=temp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        recorded = temp / "ray" / "ray_current_cluster"
+        deadline = time.monotonic() + 120
+        while not recorded.exists():
+            assert head.poll() is None, head.communicate()[1]
+            assert time.monotonic() < deadline, "ray start never recorded its cluster"
+            time.sleep(0.2)
+        (temp / "driver").mkdir()
+        driver_env = {**env, "DEVICES_LOCK_DIR": "locks", "DEVICES_CALIBRATION_DIR": str(temp / "rulers")}
+        result = subprocess.run([sys.executable, "-c", FOLDERS_SCRIPT, recorded.read_text().strip()],
+                                capture_output=True, text=True, timeout=300, env=driver_env, cwd=temp / "driver")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads(result.stdout.strip().splitlines()[-1]) == [str(temp / "driver" / "locks"),
+                                                                      str(temp / "rulers")]
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)

@@ -89,6 +89,14 @@ def _local(profile: str, store: Path | None = None):  # -> devices.profile.Devic
     return loaded
 
 
+def _hosts(loaded: Any) -> tuple[str, str]:
+    """This host's fingerprint (or the pinned one) and the host as the device's ruler knows it (with its runtime)."""
+    from devices.local import host_fingerprint, runtime_version
+
+    host = loaded.host_fingerprint or host_fingerprint()
+    return host, loaded.measured_host(host, runtime_version(loaded.runtime))
+
+
 def ruler_report(loaded: Any, *, plain_runs: int) -> dict[str, Any]:
     """The device's ruler on this host, its recent drift and plain onnxruntime's figure now."""
     import time
@@ -96,11 +104,13 @@ def ruler_report(loaded: Any, *, plain_runs: int) -> dict[str, Any]:
     import numpy as np
 
     from devices.calibration import calibration
-    from devices.local import host_fingerprint, plain_median_ms
+    from devices.local import plain_median_ms, runtime_version
     from hwsearch.anchor import host_spreads
+    from hwsearch.cli._waiting import waiting_printer
 
-    host = loaded.host_fingerprint or host_fingerprint()
-    kept = calibration(loaded.hash(), host)
+    host, measured_host = _hosts(loaded)
+    device_key = loaded.identity(host, runtime_version(loaded.runtime))
+    kept = calibration(loaded.hash(), measured_host)
     if loaded.reference_ms is not None:
         ruler, source, age = float(loaded.reference_ms), "profile (reference_ms)", None
     elif "reference_ms" in kept:
@@ -115,11 +125,11 @@ def ruler_report(loaded: Any, *, plain_runs: int) -> dict[str, Any]:
     limit = loaded.reference_slowdown_limit()
     drift["slowed"] = sum(s / min(sessions) - 1 > limit for s in sessions)
     drift["max_reference_slowdown"] = limit
-    plain = plain_median_ms(loaded, loaded.reference_bytes(), runs=plain_runs)
+    plain = plain_median_ms(loaded, loaded.reference_bytes(), runs=plain_runs, on_wait=waiting_printer())
     return {"device": loaded.name, "settings_hash": loaded.hash(), "host_fingerprint": host,
-            "device_key": loaded.identity(host), "clock": loaded.clock, "reference_ms": ruler,
+            "device_key": device_key, "clock": loaded.clock, "reference_ms": ruler,
             "reference_source": source, "reference_age_s": age, "session_drift": drift,
-            "between_sessions": host_spreads(loaded.identity(host)),
+            "between_sessions": host_spreads(device_key),
             "plain_onnxruntime_ms": plain, "plain_over_ruler": plain / ruler if ruler else None}
 
 
@@ -186,12 +196,14 @@ def calibrate(
     want on the new scale.
     """
     from devices.local import measure_model_bytes
+    from hwsearch.cli._waiting import waiting_printer
 
     loaded = _local(profile, store)
     if loaded.reference_ms is not None:
         raise OptionError("PROFILE", f"{loaded.name} pins reference_ms; remove it to calibrate")
     reference = loaded.reference_bytes()
-    [measurement] = measure_model_bytes(loaded, [reference], reference, recalibrate=True)
+    [measurement] = measure_model_bytes(loaded, [reference], reference, progress=waiting_printer(),
+                                        recalibrate=True)
     if "foreign_load" in measurement.env["unstable_reasons"]:
         typer.echo(f"error: other programs kept {measurement.env['foreign_cpu_cores']} cores busy during the "
                    f"calibration session, so its reference ({measurement.env['session_reference_ms']:.3f} ms) "
@@ -209,10 +221,9 @@ def calibrate(
 def reset(profile: ProfileArg, store: StoreOption = None) -> None:
     """Forget the device's ruler on this host; the next session on a quiet host sets a new one."""
     from devices.calibration import reset_calibration
-    from devices.local import host_fingerprint
 
     loaded = _local(profile, store)
-    existed = reset_calibration(loaded.hash(), loaded.host_fingerprint or host_fingerprint())
+    existed = reset_calibration(loaded.hash(), _hosts(loaded)[1])
     typer.echo(f"{loaded.name}: ruler {'forgotten' if existed else 'was not set'} on this host")
 
 

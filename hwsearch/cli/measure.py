@@ -12,7 +12,8 @@ __all__ = ["register"]
 
 
 def measure(
-    models: Annotated[list[Path], typer.Argument(help="ONNX files, measured together in one session.", exists=True, dir_okay=False)],
+    models: Annotated[list[Path], typer.Argument(help="ONNX files, measured together in one session.",
+                                                 exists=True, dir_okay=False)],
     device: Annotated[Path, typer.Option(help="Device profile (YAML or JSON).", exists=True, dir_okay=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print the Measurements as JSON.")] = False,
 ) -> None:
@@ -20,13 +21,15 @@ def measure(
 
     All files share one session, so their latencies share one reference scale;
     rows marked unstable did not reach the profile's confidence target.
+    A wait for the host (another session measuring) is said on stderr.
     """
     from devices import open_profiler
     from hwsearch.cli._inputs import check_onnx_files, load_profile
+    from hwsearch.cli._waiting import waiting_printer
 
     profile = load_profile(device)
     check_onnx_files(models)
-    measurements = open_profiler(profile).measure_many(models)
+    measurements = open_profiler(profile).measure_many(models, progress=waiting_printer())
     if as_json:
         typer.echo(json.dumps([m.to_dict() for m in measurements], indent=2))
         return

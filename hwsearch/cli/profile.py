@@ -47,6 +47,7 @@ def profile(
     """Select N subnets spread over MACs, export them to ONNX and measure them on DEVICE."""
     from devices import open_profiler
     from hwsearch.cli._inputs import load_profile, load_supernet
+    from hwsearch.cli._waiting import waiting_printer
     from hwsearch.pipeline import profile_subnets, select_subnets
     from hwsearch.store import SQLiteStore
 
@@ -59,7 +60,7 @@ def profile(
         task = bar.add_task(f"profiling on {device_profile.name}", total=len(archs))
         report = profile_subnets(
             net, archs, profiler, profiler.device_key(), rows,
-            chunk=chunk, progress=lambda event: bar.update(task, completed=event["done"]))
+            chunk=chunk, progress=waiting_printer(lambda event: bar.update(task, completed=event["done"])))
     if as_json:
         typer.echo(json.dumps(report.to_dict() | {"store": str(store)}, indent=2))
         return

@@ -1,0 +1,80 @@
+"""The CLI says when it waits for the host: a session queued behind another looked hung.
+
+Each command runs as a real subprocess while a real holder process keeps the
+host's measurement lock (:mod:`devices.hostlock`) in a lock folder of the
+test's own; the waiting line must reach stderr, once per message rather
+than once a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devices.profile import DeviceProfile
+from tests._jobs import fast_device
+
+HOLDER = """
+import sys, time
+from devices.hostlock import measurement_session
+with measurement_session():
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[1]))
+"""
+HOLD_S = 4.0
+
+
+@pytest.fixture()
+def device(tmp_path: Path) -> Path:
+    path = tmp_path / "device.json"
+    profile = fast_device("waits")
+    profile["protocol"]["max_foreign_cores"] = 4.0  # calibrate is refused on a busy host; other tests load it
+    path.write_text(json.dumps(profile))
+    return path
+
+
+def _while_the_host_is_held(tmp_path: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    """Run ``hwsearch COMMAND`` while another process holds the host for :data:`HOLD_S` seconds."""
+    env = {**os.environ, "DEVICES_LOCK_DIR": str(tmp_path / "locks"),
+           "DEVICES_CALIBRATION_DIR": str(tmp_path / "calibration")}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(HOLD_S)], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        done = subprocess.run([sys.executable, "-m", "hwsearch.cli.main", *command], env=env, text=True,
+                              capture_output=True, timeout=300, cwd=tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.parametrize("command", [["measure", "--json"], ["devices", "show", "--plain-runs", "5"],
+                                     ["devices", "calibrate", "--json"]], ids=" ".join)
+def test_a_command_that_waits_for_the_host_says_so_on_stderr(tmp_path: Path, device: Path,
+                                                             command: list[str]) -> None:
+    model = tmp_path / "reference.onnx"
+    model.write_bytes(DeviceProfile.load(device).reference_bytes())
+    if command[0] == "measure":
+        command = [*command, "--device", str(device), str(model)]
+    else:
+        command = [*command, str(device)]
+    done = _while_the_host_is_held(tmp_path, *command)
+    waits = [line for line in done.stderr.splitlines() if "waiting for local host" in line]
+    assert waits, done.stderr[-3000:]
+    assert len(waits) < HOLD_S, f"one line per change of the message, not one a second: {waits}"
+    if "--json" in command:
+        json.loads(done.stdout)  # stdout stays one JSON document
+
+
+def test_profile_says_it_waits_for_the_host(tmp_path: Path, device: Path) -> None:
+    done = _while_the_host_is_held(tmp_path, "profile", "--device", str(device), "--supernet", "demo_mbv3_mnist",
+                                   "--n", "1", "--store", str(tmp_path / "rows.db"), "--json")
+    assert "waiting for local host" in done.stderr, done.stderr[-3000:]
+    assert json.loads(done.stdout)["measured"] == 1
