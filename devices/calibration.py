@@ -38,6 +38,7 @@ is 0.08 where a wall-clock device's is 0.04
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -158,8 +159,9 @@ def reset_calibration(device_hash: str, host_fingerprint: str) -> bool:
         existed = "reference_ms" in entry
         for key in RULER_KEYS:
             entry.pop(key, None)
-        _hosts(data)[host_fingerprint] = entry
-        _replace(path, data)
+        if host_fingerprint in _hosts(data):  # a host never seen gets no empty entry
+            _hosts(data)[host_fingerprint] = entry
+            _replace(path, data)
     return existed
 
 
@@ -282,10 +284,18 @@ def _read_for_update(path: Path) -> dict[str, Any]:
     try:
         return _read(path)
     except UnreadableFile as unreadable:
-        aside = path.with_name(path.name + ".unreadable")
-        os.replace(path, aside)
-        log.warning("%s; moved to %s and started afresh", unreadable, aside)
+        _set_aside(path, str(unreadable))
         return {}
+
+
+def _set_aside(path: Path, why: str) -> None:
+    """Move whatever is at ``path`` to ``<name>.unreadable``, so the next write starts afresh; say so."""
+    aside = path.with_name(path.name + ".unreadable")
+    try:
+        os.replace(path, aside)
+    except OSError as error:
+        raise UnreadableFile(f"{why}, and it cannot be moved to {aside}: {error.strerror}") from None
+    log.warning("%s; moved to %s and started afresh", why, aside)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -302,9 +312,10 @@ def _read(path: Path) -> dict[str, Any]:
         return {}
     except OSError as error:
         raise UnreadableFile(f"{path} cannot be opened as a file ({error.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnreadableFile(f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnreadableFile(f"{path} is not a regular file")
         raw = f.read(MAX_FILE_BYTES + 1)
     if len(raw) > MAX_FILE_BYTES:
         raise UnreadableFile(f"{path} is over {MAX_FILE_BYTES} bytes")
@@ -322,16 +333,22 @@ def _locked(path: Path) -> Iterator[None]:
     """Hold an flock on ``path`` itself (no extra file beside the calibrations).
 
     Writers replace the file, so after waiting for the lock the holder checks
-    it still locks the file the path names, and tries again otherwise.
+    it still locks the file the path names, and tries again otherwise.  A
+    FIFO, folder or link in the file's place is set aside
+    (:func:`_set_aside`): refused, it failed every session after measuring.
     """
     while True:
-        try:  # no O_CREAT on a FIFO's open would block; a symlink or other odd file is refused
+        try:  # never blocks on a FIFO nor follows a link
             fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as error:
-            raise UnreadableFile(f"{path} cannot be opened as a file ({error.strerror})") from None
+            if error.errno not in (errno.ELOOP, errno.EISDIR):
+                raise UnreadableFile(f"{path} cannot be opened ({error.strerror})") from None
+            _set_aside(path, f"{path} is a link or a folder, not a file")  # then take the new file
+            continue
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise UnreadableFile(f"{path} is not a regular file")
+            _set_aside(path, f"{path} is not a regular file")
+            continue
         if _locks_current_file(fd, path):
             break
         os.close(fd)

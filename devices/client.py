@@ -73,8 +73,11 @@ class AgentClient:
         if not isinstance(host, str) or not host:
             raise AgentError(f"agent {self.base_url} did not say which host it runs on")
         version = device.get(self.profile.runtime)
+        if self.profile.measured_host(host, None) == host:  # the agent's fingerprint names its onnxruntime
+            return host, version if isinstance(version, str) else ""
         if not isinstance(version, str) or not version:
-            raise AgentError(f"agent {self.base_url} did not say which {self.profile.runtime} it runs")
+            raise AgentError(f"agent {self.base_url} did not say which {self.profile.runtime} it runs "
+                             "(is it installed there?)")
         return host, version
 
     def measure_many(self, onnx_paths: list[Path], *, progress: ProgressFn | None = None) -> list[Measurement]:

@@ -350,13 +350,14 @@ def _owner_alive(path: Path) -> bool:
     like one hung every session in ``open``, a directory made the unlink
     raise.  Such an entry is skipped, never removed.  A ticket we may not
     open is another user's (made under a strict umask by an older version)
-    and counts as alive: counted dead, it let compute run into that user's
-    session.
+    and counts as alive while the process its name ends with lives: counted
+    dead, it let compute run into that user's session; counted alive for
+    good, one left by a killed process would hold the host for ever.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except PermissionError:
-        return True
+        return _named_process_lives(path)
     except OSError as error:
         if error.errno == errno.ELOOP:
             _skip(path, "a link")
@@ -371,6 +372,23 @@ def _owner_alive(path: Path) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def _named_process_lives(path: Path) -> bool:
+    """Whether the process whose pid ends the ticket's name (:func:`_ticket_name`) still runs.
+
+    ``kill(pid, 0)`` sends nothing: it fails with "no such process" for a
+    dead one and "not permitted" for another user's live one.
+    """
+    try:
+        os.kill(int(path.name.removesuffix(".ticket").rpartition("-")[2]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except ValueError:
+        return False  # not a ticket's name
+    return True
 
 
 def _skip(path: Path, why: str) -> None:

@@ -70,7 +70,8 @@ class Derivation:
                                        "method": quantized.method, "n_images": quantized.n_images,
                                        "top1_agreement": quantized.top1_agreement,
                                        "max_logit_diff": quantized.max_logit_diff,
-                                       "agreement_on": quantized.agreement_on})
+                                       "agreement_on": quantized.agreement_on,
+                                       "agreement_images": quantized.agreement_images})
         return Exported(path, report, started_at, time.time())
 
 

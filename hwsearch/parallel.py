@@ -106,17 +106,20 @@ class StoreMeasurer:
         self.supernet_id, self.dataset_id = supernet_id, dataset_id
 
     def measure_latency(self, archs: Sequence[ArchConfig]) -> list[float]:
-        have = self.store.get_latencies(self.device_hash, self.space_name)
+        have = self._finished()
         todo = [a for a in archs if a.key() not in have]
         for arch, value in zip(todo, self.inner.measure_latency(todo) if todo else []):
-            if arch.key() not in self.store.get_latencies(self.device_hash, self.space_name):
+            if arch.key() not in self._finished():
                 self.store.put_latency(self.device_hash, self.space_name, arch.key(),
                                        {"latency_ms": float(value), "arch": arch.to_dict()})
-        have = self._latencies()
+        # Every row, as it stands: one that another run is measuring again just now may be pending.
+        have = finite_latencies(self.store, self.device_hash, self.space_name)
         return [float(have[a.key()]["latency_ms"]) for a in archs]
 
-    def _latencies(self) -> dict[str, dict[str, Any]]:
-        return finite_latencies(self.store, self.device_hash, self.space_name)
+    def _finished(self) -> dict[str, dict[str, Any]]:
+        """The finished rows read now: a row a killed run left ``anchor_pending`` is measured again, not reused."""
+        return {key: row for key, row in finite_latencies(self.store, self.device_hash, self.space_name).items()
+                if not row.get("anchor_pending")}
 
     def measure_accuracy(self, archs: Sequence[ArchConfig]) -> list[float]:
         have = self.store.get_accuracies(self.supernet_id, self.dataset_id)
@@ -130,7 +133,7 @@ class StoreMeasurer:
         """Subnets with both a latency on this device and an accuracy: a retry's head start."""
         accuracies = self.store.get_accuracies(self.supernet_id, self.dataset_id)
         out = []
-        for key, row in sorted(self._latencies().items()):
+        for key, row in sorted(self._finished().items()):
             if key not in accuracies or "arch" not in row:
                 continue
             try:

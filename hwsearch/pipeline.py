@@ -7,8 +7,9 @@ latency-constrained search cares about thinly covered.
 :func:`select_subnets` therefore spreads picks evenly over *log MACs*.
 
 Runs are resumable: rows go into the store chunk by chunk, and a second run
-with the same selection skips every arch key already stored for the device,
-so nothing is measured twice.
+with the same selection skips every arch key a finished run stored for the
+device, so nothing is measured twice (rows a run left waiting for its
+anchor's verdict, ``anchor_pending``, are measured again).
 
 A device that runs several precisions (:func:`profile_precisions`) gets
 every precision of a subnet measured in the same session, so the rows that
@@ -243,13 +244,14 @@ def profile_precisions(
     session's ``env.session_start``/``session_end``), an unstable one is
     re-measured with its sibling files, and the pair kept is the tighter one.
 
-    A subnet counts as done only when every precision has its row; one
+    A subnet counts as done only when every precision has its row, not
+    ``anchor_pending`` (:class:`_RunRows`); one
     stored at only some (a store from before, a precision added to the
     profile) is measured again at all of them and its rows replaced, so a
     comparison never spans two sessions.  Each row holds its own file's
     ``onnx_bytes`` and ``export_seconds`` (INT8: FP32 export plus
     quantization, also given alone as ``quantize_seconds``, with the
-    quantized model's agreement with FP32 on the calibration images).
+    quantized model's agreement with FP32 on its calibration images).
     The anchor (``anchor_tolerance``) is as in :func:`profile_subnets`; its
     files, every precision, join each session beside the chunk's.
     Returns a report per precision.
@@ -286,8 +288,9 @@ def profile_precisions(
         loop.drop_unjudged()
     if loop.anchor is not None:
         rows.label(loop.anchor, precisions[0])
+    rows.end_run()  # before the host's record: the run's rows are final whatever keeping the record does
+    if loop.anchor is not None:
         host_record.remember(loop.anchor, precisions[0], loop.labels)
-    rows.end_run()
     seconds = time.perf_counter() - start
     return {p: ProfileReport(keys[p], space.network_id, len(archs), len(archs) - len(todo),
                              tally.measured, rows.unstable(p), seconds) for p in precisions}
@@ -634,7 +637,7 @@ def _earlier_anchor(space: SearchSpace, rows: Mapping[str, Mapping[str, Any]], h
 
 
 def finite_latencies(store: Store, device_hash: str, space_name: str) -> dict[str, dict[str, Any]]:
-    """The device's stored rows, each with a finite ``latency_ms`` (repaired in the store).
+    """The device's stored rows, each with a finite ``latency_ms`` (in the copies returned; the store keeps its rows).
 
     When the device's protocol could not produce a reference-normalised value
     (too few clean rounds: ``latency_ms`` is NaN and the row is marked
@@ -646,11 +649,12 @@ def finite_latencies(store: Store, device_hash: str, space_name: str) -> dict[st
 
     Rows come corrected against the anchor's norm of now, not each run's
     own (:func:`hwsearch.anchor.in_current_norm`), so rows of every run
-    on the device compare like with like.
+    on the device compare like with like.  Nothing is written back: a
+    reader's write could land after a concurrent run labelled the row and
+    undo the label.
     """
     rows = store.get_latencies(device_hash, space_name)
-    for key, row in rows.items():
+    for row in rows.values():
         if not math.isfinite(float(row["latency_ms"])):
             row.update(latency_ms=float(row["median_ms"]), latency_source="median_ms")
-            store.put_latency(device_hash, space_name, key, row)
     return in_current_norm(rows, device_hash, space_name)

@@ -340,6 +340,33 @@ def test_a_run_that_never_ends_leaves_its_rows_pending_and_a_resume_measures_the
     assert [rows[a.key()]["stable"] for a in archs] == [measured_well(rows[a.key()]) for a in archs]
 
 
+def test_a_damaged_host_record_does_not_leave_a_finished_runs_rows_pending(tmp_path: Path,
+                                                                           calibration_dir: Path) -> None:
+    """Keeping the host's record raised on a kept session without ``ended``, after every row was measured.
+
+    The run then failed and its rows the anchor could not judge stayed pending.
+    """
+    import json
+
+    from hwsearch.anchor import HostRecord
+    from hwsearch.pipeline import profile_subnets, select_subnets
+
+    rig = _Rig(tmp_path)
+    archs = select_subnets(rig.net.space, 6, seed=5)
+    record = HostRecord(rig.key, rig.net.space.network_id)
+    (calibration_dir / "kept").mkdir(parents=True)
+    (calibration_dir / "kept" / record.name).write_text(json.dumps(
+        {"device_key": rig.key, "network_id": rig.net.space.network_id, "sessions": {"old": {"keys": ["a"]}}}))
+    profiler = _OneSessionAgainstAnotherReference(rig.usual, rig.lighter, 0)
+    report = profile_subnets(rig.net, archs, profiler, rig.key, rig.store, chunk=2, retries=0,
+                             anchor_tolerance=RIG_TOLERANCE)
+    assert report.measured == 6
+    rows = rig.store.get_latencies(rig.key, rig.net.space.network_id)
+    assert not any(row.get("anchor_pending") for row in rows.values())
+    kept = json.loads((calibration_dir / "kept" / record.name).read_text())
+    assert "old" not in kept["sessions"] and len(kept["sessions"]) == 3
+
+
 def test_every_judged_row_is_divided_by_its_sessions_offset(tmp_path: Path, calibration_dir: Path) -> None:
     """The shifted session's subnets, corrected, read what a calm run of the same subnets reads.
 

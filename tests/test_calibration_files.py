@@ -99,13 +99,21 @@ def test_an_unreadable_kept_file_reads_as_empty_and_is_set_aside_by_the_next_upd
     assert path.with_name("anchor-x.json.unreadable").exists()
 
 
-def test_a_fifo_in_place_of_a_calibration_file_is_an_error_not_a_hang(calibration_dir: Path) -> None:
+@pytest.mark.parametrize("kind", ["fifo", "folder", "link"])
+def test_a_fifo_folder_or_link_in_place_of_a_calibration_file_is_set_aside_not_a_hang(
+        calibration_dir: Path, kind: str) -> None:
+    """A FIFO hung the session's ruler read; refused instead, each failed every session after it had measured."""
     profile = DeviceProfile.from_dict(QUICK)
     calibration_dir.mkdir()
-    os.mkfifo(calibration_dir / f"{profile.hash()}.json")
-    assert calibration(profile.hash(), "h") == {"recent": []}
-    with pytest.raises(ValueError, match="is not a regular file"):
-        device_reference_ms(profile, profile.hash(), "h", 2.5)
+    path = calibration_dir / f"{profile.hash()}.json"
+    target = calibration_dir / "elsewhere.json"
+    target.write_text('{"hosts": {"h": {"reference_ms": 9.0, "created": 1.0}}}')
+    {"fifo": lambda: os.mkfifo(path), "folder": path.mkdir, "link": lambda: path.symlink_to(target)}[kind]()
+    assert calibration(profile.hash(), "h") == {"recent": []}  # a reader neither blocks nor follows
+    assert device_reference_ms(profile, profile.hash(), "h", 2.5) == Ruler(2.5, "this-session", 2.5)
+    assert path.is_file() and not path.is_symlink()
+    assert path.with_name(path.name + ".unreadable").exists()
+    assert json.loads(target.read_text())["hosts"]["h"]["reference_ms"] == 9.0  # a link's target is untouched
 
 
 def _cli(*args: str, calibration_folder: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -132,4 +140,5 @@ def test_measure_reset_and_show_work_on_a_truncated_calibration_file(tmp_path: P
         assert "Traceback" not in result.stderr
         if command[0] != "devices" or command[1] == "reset":  # writers set it aside; show only reads
             assert path.with_name(path.name + ".unreadable").exists()
-            json.loads(path.read_text())
+        if command[0] == "measure":  # and the session kept its ruler in a new file
+            assert json.loads(path.read_text())["hosts"]

@@ -78,3 +78,21 @@ def test_profile_says_it_waits_for_the_host(tmp_path: Path, device: Path) -> Non
                                    "--n", "1", "--store", str(tmp_path / "rows.db"), "--json")
     assert "waiting for local host" in done.stderr, done.stderr[-3000:]
     assert json.loads(done.stdout)["measured"] == 1
+
+
+def test_the_printer_says_each_wait_once_and_hands_every_event_on(capsys: pytest.CaptureFixture[str]) -> None:
+    from hwsearch.cli._waiting import waiting_printer
+
+    seen: list[dict] = []
+    show = waiting_printer(seen.append)
+    events = [{"event": "waiting", "message": "waiting for local host: 2 sessions ahead"}] * 3 + [
+        {"event": "waiting", "message": "waiting for local host: 1 session ahead"},
+        {"stage": "waiting", "message": "waiting for local host: 1 session ahead"},
+        {"stage": "measure", "done": 1},
+        {"event": "waiting", "message": "waiting for local host: 1 session ahead"}]
+    for event in events:
+        show(event)
+    assert capsys.readouterr().err.splitlines() == [
+        "waiting for local host: 2 sessions ahead", "waiting for local host: 1 session ahead",
+        "waiting for local host: 1 session ahead"]
+    assert seen == events

@@ -476,6 +476,13 @@ def test_another_users_tickets_count_in_a_group_folder_whatever_their_umask(monk
         session.wait_for(lambda: session.first("holding"), "the session to start")
         session.release()
         compute.finish(), session.finish()
+        # One left by a process that died is not: counted alive, it would have held the host for ever.
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        stale = locks / "queue" / f"{999_999:012d}-exclusive-waiting-{dead.pid}.ticket"
+        stale.touch(mode=0o600)
+        stale.chmod(0o600)
+        assert hold_once("shared", **as_nobody)[0]["held"] is True
     finally:
         shutil.rmtree(top)
 

@@ -160,3 +160,21 @@ def test_on_a_multi_node_cluster_each_device_task_runs_on_its_devices_node(space
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_row_a_killed_run_left_pending_is_measured_again_not_reused(space, tmp_path):
+    """It waited for an anchor's verdict that never came; refinement took it as measured, uncorrected."""
+    store = SQLiteStore(tmp_path / "store.db")
+    pending, finished = list({a.key(): a for a in space.sample(4, 6)}.values())[:2]
+    for arch, extra in ((pending, {"anchor_pending": True, "stable": False}), (finished, {"stable": True})):
+        store.put_latency("a", space.name, arch.key(),
+                          {"latency_ms": 99.0, "median_ms": 99.0, "arch": arch.to_dict(), **extra})
+        store.put_accuracy("net", "val", arch.key(), 0.5)
+    oracle, measured = OracleMeasurer(space), []
+    truth = oracle.measure_latency
+    oracle.measure_latency = lambda todo: measured.extend(todo) or truth(todo)
+    measurer = StoreMeasurer(oracle, store=store, device_hash="a", space_name=space.name,
+                             supernet_id="net", dataset_id="val")
+    assert [o.arch.key() for o in measurer.known(space)] == [finished.key()]
+    assert measurer.measure_latency([pending, finished]) == [truth([pending])[0], 99.0]
+    assert measured == [pending]

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from devices.calibration import kept_file_names, read_kept_file, update_kept_file
 from hwsearch.anchor.run import Anchor
 from hwsearch.anchor.state import finite_or_none
-from hwsearch.anchor.stored import RECENT_SESSIONS, kept_rows
+from hwsearch.anchor.stored import RECENT_SESSIONS, complete_sessions, kept_rows
 
 #: Sessions a host keeps per network and device, over all its anchors (the newest).
 HOST_SESSIONS = 3 * RECENT_SESSIONS
@@ -73,11 +73,12 @@ class HostRecord:
 
         def add(data: dict[str, Any]) -> None:
             data.update(device_key=self.device_key, network_id=self.network_id)
-            sessions = {**data.get("sessions", {}), **new}
+            sessions = {**complete_sessions(data), **new}  # a damaged file's incomplete sessions are dropped
             newest = sorted(sessions, key=lambda s: sessions[s]["ended"])[-HOST_SESSIONS:]
             data["sessions"] = {s: sessions[s] for s in newest}
             used = {key for s in newest for key in sessions[s]["keys"]}
-            archs = {**data.get("archs", {}), **dict(zip(anchor.keys, anchor.archs))}
+            kept_archs = data.get("archs")
+            archs = {**(kept_archs if isinstance(kept_archs, dict) else {}), **dict(zip(anchor.keys, anchor.archs))}
             data["archs"] = {key: arch for key, arch in archs.items() if key in used}
 
         update_kept_file(self.name, add)

@@ -76,14 +76,20 @@ KEPT_FIELDS = ("keys", "ratios", "precision", "shas", "ended")
 """What a kept session must hold to be read as a row; one without them (a damaged file) is left out."""
 
 
-def kept_rows(kept: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """A kept record's sessions as rows :func:`history` reads, keyed by session id (incomplete ones left out)."""
+def complete_sessions(kept: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """A kept record's sessions that hold :data:`KEPT_FIELDS`, by session id; a damaged file's others are left out."""
     sessions = kept.get("sessions")
     if not isinstance(sessions, Mapping):
         return {}
-    return {str(session_id): _as_row(str(session_id), entry) for session_id, entry in sessions.items()
+    return {str(session_id): entry for session_id, entry in sessions.items()
             if isinstance(entry, Mapping) and all(field in entry for field in KEPT_FIELDS)
-            and isinstance(entry["keys"], list) and isinstance(entry["ratios"], list)}
+            and isinstance(entry["keys"], list) and isinstance(entry["ratios"], list)
+            and isinstance(entry["ended"], (int, float))}
+
+
+def kept_rows(kept: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A kept record's sessions as rows :func:`history` reads, keyed by session id (incomplete ones left out)."""
+    return {session_id: _as_row(session_id, entry) for session_id, entry in complete_sessions(kept).items()}
 
 
 def _as_row(session_id: str, entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,8 @@ _KNOWN_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("devices.protocol", "SessionOverrun", FAILED),
     # The host lock's folder is unusable (a file where its queue should be, ...); the message names it.
     ("devices.hostlock", "HostLockError", FAILED),
+    # A calibration file that could be neither read nor moved aside; the message names it.
+    ("devices.calibration", "UnreadableFile", FAILED),
     ("hwsearch.export", "ExportCheckError", FAILED),
     ("hwsearch.quantize", "PrecisionError", BAD_INPUT),
     ("hwsearch.quantize_worker", "QuantizerError", FAILED),

@@ -16,9 +16,10 @@ def waiting_printer(then: Callable[[dict[str, Any]], None] | None = None) -> Cal
     The host lock (:mod:`devices.hostlock`) reports a wait about once a
     second; the line is printed only when its message changes ("waiting for
     local host: 2 sessions ahead, ..."), or when a wait follows other
-    events, so a long wait is a few lines, not one a second.  It takes the device's events (``event="waiting"``) and the
-    pipeline's relayed ones (``stage="waiting"``) alike.  stderr, so that
-    ``--json`` output stays one JSON document.
+    events, so a long wait is a few lines, not one a second.  It takes the
+    device's events (``event="waiting"``) and the pipeline's relayed ones
+    (``stage="waiting"``) alike.  stderr, so that ``--json`` output stays
+    one JSON document.
     """
     last: list[str] = []
 

@@ -116,8 +116,8 @@ def _int8_doubts(quantization: dict[str, Any] | None) -> list[str]:
     q = quantization
     if q["agreement_on"] == IN_SAMPLE:
         return [f"int8: the agreement with FP32 was measured on the {q['n_images']} images the quantizer "
-                "calibrated on (--data's calibration part has no others), which says little of how the file "
-                "predicts; give --data more images than --calibration-images"]
+                "calibrated on (--data's calibration part has not one batch of others), which says little of "
+                "how the file predicts; give --data more images than --calibration-images"]
     if q["top1_agreement"] < MIN_INT8_AGREEMENT:
         return [f"int8: the file agrees with FP32 on only {100 * q['top1_agreement']:.1f}% of "
                 f"{q['agreement_images']} images it was not calibrated on; calibrate on more images "
