@@ -410,11 +410,11 @@ class ResidualPredictor:
         ``meta.metrics["test"]`` the report on ``(X_test, y_test)``.
         """
         X, y = self._check_xy(X, y)
+        F = self.featurizer.transform(X)  # refuses genes that index no choice, before the labels are judged
         if np.ptp(y) == 0:
             # Fitted, it predicts the constant and scores a perfect CV (MAPE 0%, 100% within 10%).
             raise ValueError(f"all {len(y)} {self.target} labels are {y[0]:g}: labels without spread rank "
                              "no subnet above another, so there is nothing to fit")
-        F = self.featurizer.transform(X)
         seed = self.settings["seed"]
         metrics: dict[str, Any] = {}
         self.calibration = self._calibrate_link(F, y)
