@@ -200,6 +200,7 @@ class AccuracyPredictor(ResidualPredictor):
 
     target: ClassVar[str] = "accuracy"
     log_link: ClassVar[bool] = False
+    ties_are_data: ClassVar[bool] = True  # a few subnets on a small validation set can score the same
     feature_version: ClassVar[str] = f"{FEATURE_VERSION}+acc2"
 
     def __init__(self, space: SearchSpace, **settings: Any) -> None:

@@ -291,6 +291,8 @@ class ResidualPredictor:
 
     target: ClassVar[str] = ""
     log_link: ClassVar[bool] = False
+    ties_are_data: ClassVar[bool] = False
+    """Whether labels without spread are a fact to fit (accuracy on a small set can tie) or broken input."""
     feature_version: ClassVar[str] = FEATURE_VERSION
     """What a saved model's inputs depend on; a subclass with its own features extends it."""
 
@@ -411,14 +413,16 @@ class ResidualPredictor:
         """
         X, y = self._check_xy(X, y)
         F = self.featurizer.transform(X)  # refuses genes that index no choice, before the labels are judged
-        if np.ptp(y) == 0:
-            # Fitted, it predicts the constant and scores a perfect CV (MAPE 0%, 100% within 10%).
+        tied = bool(np.ptp(y) == 0)
+        if tied and not self.ties_are_data:
             raise ValueError(f"all {len(y)} {self.target} labels are {y[0]:g}: labels without spread rank "
                              "no subnet above another, so there is nothing to fit")
         seed = self.settings["seed"]
-        metrics: dict[str, Any] = {}
+        metrics: dict[str, Any] = {"labels_without_spread": True} if tied else {}
         self.calibration = self._calibrate_link(F, y)
-        oof, folds = None, self._n_folds(F)
+        # Labels without spread are predicted exactly and score a perfect CV (MAPE 0%, all within 10%) that
+        # says nothing of ranking: no CV figure is reported for them.
+        oof, folds = None, 0 if tied else self._n_folds(F)
         if folds:
             oof = self._oof_predictions(F, y, folds, seed)
             metrics["cv"] = regression_report(y, oof)

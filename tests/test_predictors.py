@@ -208,12 +208,14 @@ def test_fit_rejects_bad_labels() -> None:
         AccuracyPredictor(MBV3).fit(X, [71.0, 72.0, 73.0, 74.0, 75.0])
     with pytest.raises(RuntimeError, match="not fitted"):
         LatencyPredictor(MBV3).predict(X)
-    # Constant labels fitted, and scored CV MAPE 0% with 100% within 10%.
+    # Constant latencies fitted, and scored CV MAPE 0% with 100% within 10%.
     X30 = _genes(MBV3, 30, 8)
     with pytest.raises(ValueError, match="all 30 latency_ms labels are 5: labels without spread"):
         LatencyPredictor(MBV3).fit(X30, np.full(30, 5.0))
-    with pytest.raises(ValueError, match="all 30 accuracy labels are 0.9: labels without spread"):
-        AccuracyPredictor(MBV3).fit(X30, np.full(30, 0.9))
+    # Accuracies can tie on a small validation set (a job's 3 subnets all at 10/96): fitted, with no CV figure.
+    tied = AccuracyPredictor(MBV3, n_estimators=20, n_members=2).fit(X30, np.full(30, 0.9))
+    assert "cv" not in tied.meta.metrics and tied.meta.metrics["labels_without_spread"]
+    np.testing.assert_allclose(tied.predict(X30), 0.9, atol=1e-3)  # the soft ceiling keeps them just below
 
 
 def _repeated_subnets(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
