@@ -207,8 +207,8 @@ def _record_session(path: Path, host: str, session_ms: float | None,
     The session (``None``: its reference time is no number) joins the host's
     recent ones, so drift of the machine against the ruler shows, and
     ``ruler`` is stored when the host has none yet, over a provisional one
-    when it is not, or over any with ``replace``.  When two first sessions race, the first one to take the
-    flock wins.
+    when it is not, or over any with ``replace``.  When two first sessions
+    race, the first one to take the flock wins.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
@@ -238,7 +238,7 @@ def _host_entry(data: dict[str, Any], host: str) -> dict[str, Any]:
     entry = dict(entry) if isinstance(entry, dict) else {}
     if "reference_ms" in entry and not (_plausible_ms(entry["reference_ms"])
                                         and isinstance(entry.get("created"), (int, float))):
-        log.warning("ignoring the ruler kept for host %s: %r is not a finite positive reference time",
+        log.warning("ignoring the ruler kept for host %s: %r is not a plausible reference time",
                     host, entry["reference_ms"])
         for key in RULER_KEYS:
             entry.pop(key, None)
@@ -307,13 +307,10 @@ def _read(path: Path) -> dict[str, Any]:
     its content but lends it to no host: nothing records where it was taken.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = _open_regular(path, os.O_RDONLY)
     except FileNotFoundError:
         return {}
-    except OSError as error:
-        raise UnreadableFile(f"{path} cannot be opened as a file ({error.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+    if fd is None:
         raise UnreadableFile(f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
         raw = f.read(MAX_FILE_BYTES + 1)
@@ -328,6 +325,26 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
+def _open_regular(path: Path, flags: int) -> int | None:
+    """A descriptor of the regular file at ``path``; None where a FIFO, folder or link stands in its place.
+
+    Never blocks on a FIFO nor follows a link.  :class:`UnreadableFile` for
+    any other failure but a missing file, which stays ``FileNotFoundError``.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.EISDIR):
+            return None
+        raise UnreadableFile(f"{path} cannot be opened ({error.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Hold an flock on ``path`` itself (no extra file beside the calibrations).
@@ -338,16 +355,9 @@ def _locked(path: Path) -> Iterator[None]:
     (:func:`_set_aside`): refused, it failed every session after measuring.
     """
     while True:
-        try:  # never blocks on a FIFO nor follows a link
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-        except OSError as error:
-            if error.errno not in (errno.ELOOP, errno.EISDIR):
-                raise UnreadableFile(f"{path} cannot be opened ({error.strerror})") from None
-            _set_aside(path, f"{path} is a link or a folder, not a file")  # then take the new file
-            continue
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            _set_aside(path, f"{path} is not a regular file")
+        fd = _open_regular(path, os.O_RDONLY | os.O_CREAT)
+        if fd is None:
+            _set_aside(path, f"{path} is not a regular file")  # then take the new file
             continue
         if _locks_current_file(fd, path):
             break

@@ -30,7 +30,7 @@ from typing import Any
 
 from hwsearch.acquisition import LatencyTargets
 from hwsearch.problem import Limit
-from hwsearch.pipeline import finite_latencies
+from hwsearch.pipeline import finished_keys, finite_latencies
 from hwsearch.ray_session import init_ray
 from hwsearch.refine import (
     Measurer,
@@ -106,20 +106,18 @@ class StoreMeasurer:
         self.supernet_id, self.dataset_id = supernet_id, dataset_id
 
     def measure_latency(self, archs: Sequence[ArchConfig]) -> list[float]:
-        have = self._finished()
-        todo = [a for a in archs if a.key() not in have]
-        for arch, value in zip(todo, self.inner.measure_latency(todo) if todo else []):
-            if arch.key() not in self._finished():
+        finished = finished_keys(self.store, self.device_hash, self.space_name)
+        todo = [a for a in archs if a.key() not in finished]
+        measured = self.inner.measure_latency(todo) if todo else []
+        finished = finished_keys(self.store, self.device_hash, self.space_name)  # the rows the inner one wrote
+        for arch, value in zip(todo, measured):
+            if arch.key() not in finished:
                 self.store.put_latency(self.device_hash, self.space_name, arch.key(),
                                        {"latency_ms": float(value), "arch": arch.to_dict()})
+                finished.add(arch.key())
         # Every row, as it stands: one that another run is measuring again just now may be pending.
         have = finite_latencies(self.store, self.device_hash, self.space_name)
         return [float(have[a.key()]["latency_ms"]) for a in archs]
-
-    def _finished(self) -> dict[str, dict[str, Any]]:
-        """The finished rows read now: a row a killed run left ``anchor_pending`` is measured again, not reused."""
-        return {key: row for key, row in finite_latencies(self.store, self.device_hash, self.space_name).items()
-                if not row.get("anchor_pending")}
 
     def measure_accuracy(self, archs: Sequence[ArchConfig]) -> list[float]:
         have = self.store.get_accuracies(self.supernet_id, self.dataset_id)
@@ -133,8 +131,9 @@ class StoreMeasurer:
         """Subnets with both a latency on this device and an accuracy: a retry's head start."""
         accuracies = self.store.get_accuracies(self.supernet_id, self.dataset_id)
         out = []
-        for key, row in sorted(self._finished().items()):
-            if key not in accuracies or "arch" not in row:
+        rows = finite_latencies(self.store, self.device_hash, self.space_name)
+        for key, row in sorted(rows.items()):
+            if key not in accuracies or "arch" not in row or row.get("anchor_pending"):  # pending: measured again
                 continue
             try:
                 arch = space.from_dict(row["arch"])

@@ -50,7 +50,7 @@ from hwsearch.store import Store
 from hwsearch.tempdirs import owned_temp_dir
 from predictors.features import ArchFeaturizer
 
-__all__ = ["ProfileReport", "finite_latencies", "profile_precisions", "profile_subnets",
+__all__ = ["ProfileReport", "finished_keys", "finite_latencies", "profile_precisions", "profile_subnets",
            "select_subnets"]
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -259,7 +259,7 @@ def profile_precisions(
     precisions = _checked_precisions(keys, chunk, calibration)
     start = time.perf_counter()
     space = supernet.space
-    done = set.intersection(*(_finished_keys(store, keys[p], space.network_id) for p in precisions))
+    done = set.intersection(*(finished_keys(store, keys[p], space.network_id) for p in precisions))
     todo = [a for a in archs if a.key() not in done]
     chunks = _balanced_chunks(todo, chunk)
     model_batch, input_dtype = _profile_input(profiler)
@@ -296,7 +296,7 @@ def profile_precisions(
                              tally.measured, rows.unstable(p), seconds) for p in precisions}
 
 
-def _finished_keys(store: Store, device_key: str, network_id: str) -> set[str]:
+def finished_keys(store: Store, device_key: str, network_id: str) -> set[str]:
     """Subnets whose rows a run finished: a row still ``anchor_pending`` is measured again (see :class:`_RunRows`)."""
     return {key for key, row in store.get_latencies(device_key, network_id).items()
             if not row.get("anchor_pending")}
@@ -466,7 +466,7 @@ class _RunRows:
     are measured but ``anchor_pending`` and not stable: the anchor's verdict
     and correction (:meth:`label`) come when the run ends.  A run that never
     ends (killed, cancelled, the service stopped) leaves them so, and a
-    resumed run measures them again (:func:`_finished_keys`).  Stored as
+    resumed run measures them again (:func:`finished_keys`).  Stored as
     stable, they had kept their session's own verdict for good: a session
     in a shifted state the anchor would have caught stayed stable, and the
     resume counted its rows as done.

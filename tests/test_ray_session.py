@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SCRIPT = """
@@ -60,23 +64,10 @@ def test_a_local_run_starts_its_own_ray_beside_a_cluster_someone_started_on_the_
     when it joins.  Both live under a temp dir of the test's own (``TMPDIR``), so
     no other process on the host sees the recorded cluster.
     """
-    import signal
-    import time
-
     temp = short_temp_dir
     env = {**os.environ, "TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-                             "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        recorded = temp / "ray" / "ray_current_cluster"
-        deadline = time.monotonic() + 120
-        while not recorded.exists():
-            assert head.poll() is None, head.communicate()[1]
-            assert time.monotonic() < deadline, "ray start never recorded its cluster"
-            time.sleep(0.2)
+    with _ray_head(env, temp) as recorded:
         result = subprocess.run([sys.executable, "-c", JOIN_SCRIPT], capture_output=True, text=True,
                                 timeout=300, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -90,6 +81,26 @@ def test_a_local_run_starts_its_own_ray_beside_a_cluster_someone_started_on_the_
         assert result.returncode == 0, result.stderr[-3000:]
         joined = json.loads(result.stdout.strip().splitlines()[-1])
         assert joined == {"gcs": address, "answer": 42}
+
+
+@contextmanager
+def _ray_head(env: dict[str, str], cwd: Path) -> Iterator[Path]:
+    """A ``ray start --head`` cluster in its own process group; yields the file it records its address in.
+
+    Stopped by killing that group, never by ``ray stop``, which would stop other sessions' clusters too.
+    """
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                             "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+                            env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        recorded = Path(env["TMPDIR"]) / "ray" / "ray_current_cluster"
+        deadline = time.monotonic() + 120
+        while not recorded.exists():
+            assert head.poll() is None, head.communicate()[1]
+            assert time.monotonic() < deadline, "ray start never recorded its cluster"
+            time.sleep(0.2)
+        yield recorded
     finally:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=30)
@@ -201,24 +212,11 @@ def test_a_joined_clusters_workers_take_the_drivers_lock_and_ruler_folders(short
     each other.  The driver gives one folder relative to its working folder,
     which the workers must see as the same absolute path.
     """
-    import signal
-    import time
-
     temp = short_temp_dir
     env = {**os.environ, "TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     for name in ("RAY_ADDRESS", "DEVICES_LOCK_DIR", "DEVICES_CALIBRATION_DIR"):
         env.pop(name, None)
-    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-                             "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
-                            env=env, cwd=temp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        recorded = temp / "ray" / "ray_current_cluster"
-        deadline = time.monotonic() + 120
-        while not recorded.exists():
-            assert head.poll() is None, head.communicate()[1]
-            assert time.monotonic() < deadline, "ray start never recorded its cluster"
-            time.sleep(0.2)
+    with _ray_head(env, temp) as recorded:
         (temp / "driver").mkdir()
         driver_env = {**env, "DEVICES_LOCK_DIR": "locks", "DEVICES_CALIBRATION_DIR": str(temp / "rulers")}
         result = subprocess.run([sys.executable, "-c", FOLDERS_SCRIPT, recorded.read_text().strip()],
@@ -226,6 +224,3 @@ def test_a_joined_clusters_workers_take_the_drivers_lock_and_ruler_folders(short
         assert result.returncode == 0, result.stderr[-3000:]
         assert json.loads(result.stdout.strip().splitlines()[-1]) == [str(temp / "driver" / "locks"),
                                                                       str(temp / "rulers")]
-    finally:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(timeout=30)

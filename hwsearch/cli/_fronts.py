@@ -15,7 +15,7 @@ def hypervolume_box(front: Any) -> str:
     A hypervolume is only comparable with one taken against the same point,
     and a front point beyond it (found after the point was fixed) adds nothing.
     """
-    return ", ".join(f"{o.metric} {'≥' if o.sense == 'max' else '≤'} {-r if o.sense == 'max' else r:.4g}"
+    return ", ".join(f"{o.metric} {'≥' if o.sense == 'max' else '≤'} {float(o.from_min(r)):.4g}"
                      for o, r in zip(front.objectives, front.reference_point))
 
 
