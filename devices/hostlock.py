@@ -48,7 +48,9 @@ or link in place of a file, a file in place of ``queue``) raises
 :class:`HostLockError` naming it, and a queue entry that is not a regular
 file is skipped (logged once), never opened blocking nor removed.  A folder
 deleted while a session holds the host cannot keep the next session out;
-the session's :class:`Hold` then says ``lock_lost``.
+the session's :class:`Hold` then says ``lock_lost``.  A process waiting
+when the folder goes queues again in the folder made anew, and its hold
+says ``lock_lost`` too (nothing tells it whether the old holder is done).
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ class HostLockError(RuntimeError):
     """The lock directory is unsafe or unusable, or a lock was nested in a way that would deadlock."""
 
 
+class _QueueLost(Exception):
+    """The queue folder vanished while a ticket waited in it."""
+
+
 def lock_dir() -> Path:
     """Where the host's lock files live: ``$DEVICES_LOCK_DIR``, else :data:`DEFAULT_LOCK_DIR`."""
     configured = os.environ.get(LOCK_DIR_ENV)
@@ -103,7 +109,9 @@ class Hold:
     ``lock_lost``: at the end of the hold the flocked file was no longer the
     one at its path (the folder was deleted or the file replaced), so a
     session that started meanwhile flocked another file and may have run
-    alongside; this hold cannot vouch for a quiet host.
+    alongside; this hold cannot vouch for a quiet host.  It is also set when the
+    queue was deleted while this hold waited (it queued again, behind nobody
+    who held the old folder).
     """
 
     mode: Mode
@@ -167,24 +175,53 @@ class HostLock:
             finally:
                 nested.ended_at = time.time()
             return
-        queue = self._prepare()
-        host_path = self.directory / _HOST_FILE
-        host_fd = _open_member(host_path, os.O_RDONLY)  # flock needs no write access
+        host_fd, ticket_fd, ticket_path, waited, requeued = self._take_turn(mode, on_wait)
         try:
-            ticket_fd, ticket_path, seq = self._enqueue(queue, mode)
-            try:
-                waited = self._wait_for_turn(queue, host_fd, mode, seq, on_wait)
-                ticket_path = _rename(ticket_path, queue / _ticket_name(seq, mode, "holding"))
-                with self._registered(Hold(mode=mode, waited_s=waited, started_at=time.time())) as hold:
-                    try:
-                        yield hold
-                    finally:
-                        hold.lock_lost = _replaced(host_fd, host_path)
-            finally:
-                _unlink_quietly(ticket_path)
-                os.close(ticket_fd)
+            hold = Hold(mode=mode, waited_s=waited, started_at=time.time(), lock_lost=requeued)
+            with self._registered(hold):
+                try:
+                    yield hold
+                finally:
+                    hold.lock_lost = hold.lock_lost or _replaced(host_fd, self.directory / _HOST_FILE)
         finally:
+            _unlink_quietly(ticket_path)
+            os.close(ticket_fd)
             os.close(host_fd)  # releases the host flock, after the hold's end time was taken
+
+    def _take_turn(self, mode: Mode, on_wait: WaitFn | None) -> tuple[int, int, Path, float, bool]:
+        """Queue and wait until it is our turn; return the host and ticket fds, the ticket, seconds waited, and
+        whether the queue was lost on the way.
+
+        A folder deleted while we wait (a cleaner of ``/tmp``, an operator)
+        takes our ticket with it: we queue again in the folder made anew
+        rather than fail.  The turn we then get cannot vouch that the
+        session which held the old folder has ended, so the hold says
+        ``lock_lost``.
+        """
+        started, requeued = time.monotonic(), False
+        while True:
+            queue = self._prepare()
+            host_fd = _open_member(self.directory / _HOST_FILE, os.O_RDONLY)  # flock needs no write access
+            try:
+                ticket_fd, ticket_path, seq = self._enqueue(queue, mode)
+                try:
+                    self._wait_for_turn(queue, host_fd, mode, seq, on_wait, started)
+                    try:
+                        holding = _rename(ticket_path, queue / _ticket_name(seq, mode, "holding"))
+                    except FileNotFoundError:
+                        raise _QueueLost from None
+                    return host_fd, ticket_fd, holding, time.monotonic() - started, requeued
+                except BaseException:
+                    _unlink_quietly(ticket_path)
+                    os.close(ticket_fd)
+                    raise
+            except _QueueLost:
+                os.close(host_fd)
+                requeued = True
+                log.warning("host lock: %s was deleted while waiting; queueing again", self.directory)
+            except BaseException:
+                os.close(host_fd)
+                raise
 
     @contextmanager
     def _registered(self, hold: Hold) -> Iterator[Hold]:
@@ -259,19 +296,21 @@ class HostLock:
         finally:
             os.close(counter)  # releases the counter's flock
 
-    def _wait_for_turn(self, queue: Path, host_fd: int, mode: Mode, seq: int, on_wait: WaitFn | None) -> float:
-        """Poll until no ticket has precedence and the host flock is ours; return seconds waited."""
+    def _wait_for_turn(self, queue: Path, host_fd: int, mode: Mode, seq: int, on_wait: WaitFn | None,
+                       started: float) -> None:
+        """Poll until no ticket has precedence and the host flock is ours (:class:`_QueueLost` if the queue goes)."""
         flag = fcntl.LOCK_EX if mode == "exclusive" else fcntl.LOCK_SH
-        started = time.monotonic()
-        next_report = started
+        next_report = time.monotonic()
         reported = False
         while True:
-            ahead = _precedence(mode, seq, _live_tickets(queue))
+            try:
+                ahead = _precedence(mode, seq, _live_tickets(queue))
+            except FileNotFoundError:
+                raise _QueueLost from None
             if ahead["sessions"] == 0 and _try_flock(host_fd, flag):
-                waited = time.monotonic() - started
                 if reported and on_wait is not None:
-                    on_wait({"event": "lock-acquired", "mode": mode, "waited_s": round(waited, 3)})
-                return waited
+                    on_wait({"event": "lock-acquired", "mode": mode, "waited_s": round(time.monotonic() - started, 3)})
+                return
             now = time.monotonic()
             if on_wait is not None and now >= next_report:
                 on_wait(_waiting_event(mode, ahead, now - started))

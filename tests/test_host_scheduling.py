@@ -508,6 +508,24 @@ def test_a_session_whose_lock_folder_was_deleted_is_not_stable(private_host: Pat
     assert not row.env["lock_lost"] and "lock_lost" not in row.env["unstable_reasons"]
 
 
+def test_a_session_waiting_when_the_lock_folder_is_deleted_queues_again_and_is_not_stable(
+        private_host: Path, models: list[Path], workers) -> None:
+    holder = workers("holder", {"kind": "exclusive"})
+    holder.wait_for(lambda: holder.first("holding"), "the first session to start")
+    waiter = workers("waiter", measure_task(models, QUICK))
+    holder.wait_for(lambda: HostLock().status()["sessions_waiting"] == 1, "the session to queue")
+    shutil.rmtree(private_host)
+    # It queued again in the folder made anew (it used to die on the missing queue)...
+    rows = waiter.finish()[-1]["rows"]
+    assert len(rows) == len(models)
+    # ...and ran while the old holder still held the deleted folder, so its rows cannot be stable.
+    assert not holder.first("released")
+    assert all(row["env"]["lock_lost"] and "lock_lost" in row["env"]["unstable_reasons"] for row in rows)
+    assert not any(row["stable"] for row in rows)
+    holder.release()
+    holder.finish()
+
+
 # --------------------------------------------------------------------------- calibration per host
 
 
