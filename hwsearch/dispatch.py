@@ -11,7 +11,10 @@ cooperative check.
 
 There is at most one runner per job: a job is started only from the queue,
 a job whose previous task is still being torn down cannot be resumed
-(:class:`StillStopping`), and the task is not retried after a cancel.
+(:class:`StillStopping`), and the task is not retried after a cancel.  Each
+task is started under a runner token claimed in the store
+(:func:`~hwsearch.jobs.claim_job`), so a task superseded by another
+process's resume neither starts nor records its crash on the new run.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from hwsearch.jobs import (
     JobSpec,
     ProfileSpec,
     cancel_job,
+    claim_job,
     execute,
     record_failure,
     recover_jobs,
@@ -41,6 +45,14 @@ __all__ = ["Admission", "JobDispatcher", "QueueFull", "StillStopping", "StoreFul
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class _Task:
+    """A job's running Ray task and the runner token the job was claimed with for it."""
+
+    ref: Any
+    runner: str
 
 
 @dataclass(frozen=True)
@@ -102,7 +114,7 @@ class JobDispatcher:
         self.agents = dict(agents or {})
         self.ray_address = ray_address
         self._queue: collections.deque[str] = collections.deque()
-        self._running: dict[str, Any] = {}  # job id -> Ray ObjectRef of its task
+        self._running: dict[str, _Task] = {}  # job id -> its Ray task
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="hwsearch-dispatcher", daemon=True)
@@ -135,7 +147,7 @@ class JobDispatcher:
         """
         with self._cond:
             self._stopped = True
-            running = list(self._running.values())
+            running = [task.ref for task in self._running.values()]
             self._cond.notify_all()
         if running:
             import ray
@@ -190,11 +202,11 @@ class JobDispatcher:
             cancel_job(store=self.store, job_id=job_id)
             if job_id in self._queue:
                 self._queue.remove(job_id)
-            ref = self._running.get(job_id)
-        if ref is not None:
+            task = self._running.get(job_id)
+        if task is not None:
             import ray
 
-            ray.cancel(ref, force=True, recursive=True)
+            ray.cancel(task.ref, force=True, recursive=True)
 
     def counts(self) -> dict[str, int]:
         """Jobs running and waiting now, with the bounds (for /health and tests)."""
@@ -216,31 +228,36 @@ class JobDispatcher:
                 if self._stopped:
                     return
                 self._start_queued()
-                refs = dict(self._running)
-                if not refs:
+                tasks = dict(self._running)
+                if not tasks:
                     self._cond.wait(timeout=_POLL_S * 4)
                     continue
-            self._reap(refs)
+            self._reap(tasks)
 
     def _start_queued(self) -> None:
         """Start queued jobs while there is room; called with the lock held."""
         while self._queue and len(self._running) < self.admission.max_running:
             job_id = self._queue.popleft()
-            record = self.store.get_job(job_id)
-            if record.state != "queued":
+            runner = claim_job(self.store, job_id)
+            if runner is None:
                 continue  # cancelled while it waited
             try:
-                self._running[job_id] = self._task().remote(record.spec, self.store, job_id,
-                                                            self.agents)
+                ref = self._task().remote(self.store.get_job(job_id).spec, self.store, job_id, self.agents, runner)
+                self._running[job_id] = _Task(ref, runner)
             except Exception as error:  # Ray itself would not start: the job cannot run
                 log.exception("could not start job %s", job_id)
-                record_failure(self.store, job_id, error)
+                record_failure(self.store, job_id, error, runner=runner)
 
-    def _reap(self, refs: Mapping[str, Any]) -> None:
-        """Wait briefly for running tasks; record how each finished one ended."""
+    def _reap(self, tasks: Mapping[str, _Task]) -> None:
+        """Wait briefly for running tasks; record how each finished one ended.
+
+        A crash is recorded only while the job is still this task's claim:
+        another process may have cancelled and resumed it meanwhile, and its
+        new runner must not be marked failed for our task's end.
+        """
         import ray
 
-        by_ref = {ref: job_id for job_id, ref in refs.items()}
+        by_ref = {task.ref: job_id for job_id, task in tasks.items()}
         done, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=_POLL_S)
         for ref in done:
             job_id = by_ref[ref]
@@ -251,7 +268,7 @@ class JobDispatcher:
             except Exception as error:  # the task logged its own failure; this catches crashes
                 if not self._stopped:  # stop() ended it: the job is left for the next start
                     log.warning("job %s ended with %s", job_id, type(error).__name__, exc_info=error)
-                    record_failure(self.store, job_id, error)
+                    record_failure(self.store, job_id, error, runner=tasks[job_id].runner)
             with self._cond:
                 self._running.pop(job_id, None)
 

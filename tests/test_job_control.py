@@ -19,6 +19,7 @@ from hwsearch.dispatch import JobDispatcher
 from hwsearch.jobs.control import (
     JobCancelled,
     cancel_job,
+    claim_job,
     finish_job,
     record_failure,
     recover_jobs,
@@ -194,3 +195,39 @@ def test_a_replaced_runner_that_fails_late_leaves_its_successors_job_running(sto
     with pytest.raises(RuntimeError), successor[0].failing():  # the successor's own failure is recorded
         raise RuntimeError("the new run failed")
     assert store.get_job(job).state == "failed" and "the new run failed" in str(store.get_job(job).error)
+
+
+def claimed_and_superseded(store: Store) -> tuple[str, str, Any]:
+    """A job a dispatcher claimed for a task, then cancelled and resumed by another process, which started it."""
+    job = store.create_job({"kind": "search"})
+    stale = claim_job(store, job)
+    cancel_job(store=store, job_id=job)
+    assert store.transition_job(job, ("cancelled",), "queued")  # another process's resume
+    successor = start_job(store, job, claim_job(store, job))
+    assert stale is not None and successor.runner != stale
+    return job, stale, successor
+
+
+def test_a_stale_task_cannot_take_over_a_job_claimed_again_by_another_dispatcher(store: HoldsAWrite) -> None:
+    """A task starts only under the claim it was started with: before, any start took over any active job."""
+    job, stale, successor = claimed_and_superseded(store)
+    with pytest.raises(JobCancelled, match="taken over"):
+        start_job(store, job, stale)
+    assert (store.get_job(job).state, store.get_job(job).runner) == ("running", successor.runner)
+
+
+def test_a_dispatchers_crashed_task_leaves_the_job_another_process_resumed_running(store: HoldsAWrite) -> None:
+    """The dispatcher records a crash under its claim: the successor's job is not marked failed for it."""
+    job, stale, successor = claimed_and_superseded(store)
+    record_failure(store, job, RuntimeError("the worker died"), runner=stale)
+    assert (store.get_job(job).state, store.get_job(job).error) == ("running", None)
+    record_failure(store, job, RuntimeError("the worker died"), runner=successor.runner)
+    assert store.get_job(job).state == "failed" and "the worker died" in str(store.get_job(job).error)
+
+
+def test_a_claim_is_refused_for_a_job_cancelled_while_it_waited(store: HoldsAWrite) -> None:
+    job = store.create_job({"kind": "search"})
+    cancel_job(store=store, job_id=job)
+    assert claim_job(store, job) is None and store.get_job(job).state == "cancelled"
+    store.delete_job(job)
+    assert claim_job(store, job) is None

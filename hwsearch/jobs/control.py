@@ -23,7 +23,7 @@ from typing import Any
 from hwsearch.store import ACTIVE_STATES, TERMINAL_STATES, Store
 
 __all__ = ["ACTIVE_STATES", "Control", "JobCancelled", "ProgressFn", "TERMINAL_STATES",
-           "cancel_job", "describe_error", "finish_job", "record_failure", "recover_jobs",
+           "cancel_job", "claim_job", "describe_error", "finish_job", "record_failure", "recover_jobs",
            "start_job"]
 
 # How a watched job reports progress: ``progress(step, fraction, message)``.
@@ -108,16 +108,29 @@ class Control:
             raise JobCancelled(self.reason_to_stop() or f"job {self.job_id} changed under its runner")
 
 
-def start_job(store: Store, job_id: str) -> Control:
+def start_job(store: Store, job_id: str, runner: str | None = None) -> Control:
     """Make this runner the job's one runner; :class:`JobCancelled` if the job was stopped first.
 
     A ``running`` job may be started again (a retried task takes over from a dead one); the state is
     checked and written in one step, so a cancel that comes while the runner starts is never undone.
+    ``runner``: the token the dispatcher claimed the job with for this task (:func:`claim_job`; a
+    retry of the task carries the same one), so the task starts only while the claim is still its
+    own; a stale task never takes over from a newer one.  Without it a fresh token takes over.
     """
-    runner = uuid.uuid4().hex
-    if not store.transition_job(job_id, ACTIVE_STATES, "running", error=None, runner=runner):
-        raise JobCancelled(f"job {job_id} is {store.get_job(job_id).state}")
-    return Control(store, job_id, runner)
+    token = runner or uuid.uuid4().hex
+    expected = {} if runner is None else {"expect_runner": runner}
+    if not store.transition_job(job_id, ACTIVE_STATES, "running", error=None, runner=token, **expected):
+        raise JobCancelled(Control(store, job_id, token).reason_to_stop() or f"job {job_id} changed")
+    return Control(store, job_id, token)
+
+
+def claim_job(store: Store, job_id: str) -> str | None:
+    """Claim a queued job for one task: write a new runner token; None if the job is no longer queued."""
+    token = uuid.uuid4().hex
+    try:
+        return token if store.transition_job(job_id, ("queued",), "queued", runner=token) else None
+    except KeyError:
+        return None
 
 
 def finish_job(control: Control, result: dict[str, Any]) -> dict[str, Any]:
@@ -155,16 +168,20 @@ def describe_error(error: BaseException) -> str:
 
 
 def record_failure(store: Store, job_id: str, error: BaseException,
-                   only_from: Collection[str] = ACTIVE_STATES) -> None:
-    """Mark a job failed with :func:`describe_error`'s line if its state is in ``only_from``.
+                   only_from: Collection[str] = ACTIVE_STATES, runner: str | None = None) -> None:
+    """Mark a job failed with :func:`describe_error`'s line if its state is in ``only_from``
+    (and its runner token is ``runner``, when given).
 
     A stopped or deleted job stays so, and a deleted one is no error: this runs where a job's task
     ended (the dispatcher's loop, a runner's last handler), and raising there would hide the failure
     or stop the loop.  A runner records its own failures (:meth:`Control.failing`); its caller
-    passes ``("queued",)`` for what failed before the runner started.
+    passes ``("queued",)`` for what failed before the runner started.  The dispatcher passes the
+    token it claimed the job with, so a task that crashed after another process resumed the job
+    does not fail its successor.
     """
+    expected = {} if runner is None else {"expect_runner": runner}
     with contextlib.suppress(KeyError):
-        store.transition_job(job_id, only_from, "failed", error=describe_error(error))
+        store.transition_job(job_id, only_from, "failed", error=describe_error(error), **expected)
 
 
 def cancel_job(*, store: Store, job_id: str) -> Any:

@@ -45,14 +45,15 @@ log = logging.getLogger(__name__)
 
 
 def run_profile(spec: ProfileSpec, *, store: Store, job_id: str,
-                agents: Mapping[str, AgentEndpoint] | None = None) -> dict[str, Any]:
+                agents: Mapping[str, AgentEndpoint] | None = None, runner: str | None = None) -> dict[str, Any]:
     """Export one subnet and measure it on one device; the measurement goes into the store.
 
-    ``agents`` are the operator's declared agents, for a device that names one.
+    ``agents`` are the operator's declared agents, for a device that names one; ``runner`` the
+    token a dispatcher claimed the job with (:func:`~hwsearch.jobs.control.start_job`).
     """
     from hwsearch.export import export_subnet
 
-    control = start_job(store, job_id)
+    control = start_job(store, job_id, runner)
     with control.failing():
         net = build_supernet(spec.supernet)
         arch = net.space.from_dict(spec.arch)
@@ -98,18 +99,19 @@ def _profiler_at(device: Any, spec: ProfileSpec, net: Any) -> tuple[Any, str]:
 
 
 def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None = None,
-            agents: Mapping[str, AgentEndpoint] | None = None) -> dict[str, Any]:
+            agents: Mapping[str, AgentEndpoint] | None = None, runner: str | None = None) -> dict[str, Any]:
     """Run a whole search job; its result (fronts per device) goes into the store.
 
     Stages: profile ``n_profile`` space-filling subnets on every device,
     measure their accuracy once for all devices, fit the predictors and
     record their held-out quality, then refine every device's front in
     parallel Ray tasks with up to ``budget`` more real measurements each.
-    ``agents`` are the operator's declared agents, for devices that name one.
+    ``agents`` are the operator's declared agents, for devices that name one; ``runner`` the
+    token a dispatcher claimed the job with (:func:`~hwsearch.jobs.control.start_job`).
     """
     from hwsearch.ray_session import init_ray
 
-    control = start_job(store, job_id)
+    control = start_job(store, job_id, runner)
     with control.failing():
         init_ray(ray_address)  # before any stage that uses Ray, so all of them join ``ray_address``
         control.step("prepare", 0.0, f"building {spec.supernet.name}")
@@ -185,24 +187,26 @@ def run_job_watched(spec: JobSpec, *, store: Store, job_id: str, ray_address: st
 
 
 def execute(spec: Mapping[str, Any], store: Store, job_id: str,
-            agents: Mapping[str, AgentEndpoint] | None = None) -> dict[str, Any] | None:
+            agents: Mapping[str, AgentEndpoint] | None = None, runner: str | None = None) -> dict[str, Any] | None:
     """Run a stored job by its spec's kind; record failures in the store.
 
     Returns the result, or None when the job was cancelled or interrupted
     (its state then already says so).  The failure's trace is logged here,
     in the process that saw it; the store gets :func:`describe_error`'s line.
+    ``runner``: the token the dispatcher claimed the job with for this task.
     """
     parsed = spec_from_dict(spec)
     try:
         if isinstance(parsed, ProfileSpec):
-            return run_profile(parsed, store=store, job_id=job_id, agents=agents)
-        return run_job(parsed, store=store, job_id=job_id, agents=agents)
+            return run_profile(parsed, store=store, job_id=job_id, agents=agents, runner=runner)
+        return run_job(parsed, store=store, job_id=job_id, agents=agents, runner=runner)
     except JobCancelled as stop:
         log.info("%s", stop)
         return None
     except Exception as error:
         log.exception("job %s failed", job_id)
-        record_failure(store, job_id, error, only_from=("queued",))  # after its start the runner recorded it
+        # after its start the runner recorded it; before, the job is still queued under our claim
+        record_failure(store, job_id, error, only_from=("queued",), runner=runner)
         raise
 
 
