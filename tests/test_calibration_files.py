@@ -142,3 +142,32 @@ def test_measure_reset_and_show_work_on_a_truncated_calibration_file(tmp_path: P
             assert path.with_name(path.name + ".unreadable").exists()
         if command[0] == "measure":  # and the session kept its ruler in a new file
             assert json.loads(path.read_text())["hosts"]
+
+
+def test_rows_read_after_a_ruler_reset_share_the_latest_ruler(calibration_dir: Path, tmp_path: Path) -> None:
+    """Rows measured before a reset kept the old ruler and rows after it the new: two scales in one store.
+
+    Two real sessions with a reset between them (the second sets a new ruler from its own reference);
+    read now, the first session's rows are scaled to the second's ruler from their measured ratios.
+    """
+    from devices.local import LocalProfiler, host_fingerprint, runtime_version
+    from devices.reference import mobilenet_like_onnx
+    from hwsearch.anchor import in_current_norm
+
+    models = []
+    for seed in (1, 2):
+        models.append(tmp_path / f"m{seed}.onnx")
+        models[-1].write_bytes(mobilenet_like_onnx(((32, 16, 3, 2),), seed=seed, input_shape=(1, 3, 32, 32)))
+    profile = DeviceProfile.from_dict(QUICK)
+    [before] = LocalProfiler(profile).measure_many(models[:1])
+    host = profile.measured_host(host_fingerprint(), runtime_version(profile.runtime))
+    assert reset_calibration(before.device_hash, host)
+    [after] = LocalProfiler(profile).measure_many(models[1:])
+    old, new = before.env["reference_ms"], after.env["reference_ms"]
+    assert old != new and after.env["reference_source"] == "this-session"
+
+    rows = in_current_norm({"a": before.to_dict(), "b": after.to_dict()}, before.device_hash, "network")
+    assert rows["a"]["latency_ms"] == pytest.approx(before.ratio * new, rel=1e-12)
+    assert rows["a"]["env"]["reference_ms"] == new and rows["a"]["env"]["measured_reference_ms"] == old
+    assert rows["b"] == after.to_dict()  # already on the latest ruler
+    assert before.latency_ms == pytest.approx(before.ratio * old, rel=1e-12)  # the stored row is not changed

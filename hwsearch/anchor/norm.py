@@ -1,4 +1,5 @@
-"""Rows read now: each row's session judged and corrected again against its anchor's norm of the present."""
+"""Rows read now: on the device's latest ruler, each row's session judged and corrected again against its
+anchor's norm of the present."""
 
 from __future__ import annotations
 
@@ -86,8 +87,10 @@ def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
     otherwise, unleaned (``offset_precision`` says which).  A row whose
     anchor has too few sessions, or that names no anchor, is returned as
     stored; so is one whose latency had to come from its raw median
-    (``latency_source``).  The store is not changed.
+    (``latency_source``).  Every row is first put on the device's latest
+    ruler (:func:`on_latest_ruler`).  The store is not changed.
     """
+    rows = on_latest_ruler(rows)
     kept = [row for data in host_records(device_key) if data["network_id"] == network_id
             for row in kept_rows(data).values()]
     norms = current_norms([*rows.values(), *kept], _members(rows, kept))
@@ -96,6 +99,55 @@ def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
         norm = norms.get(anchor_of(row))
         out[key] = dict(row) if norm is None or row.get("latency_source") == "median_ms" else recorrected(row, norm)
     return out
+
+
+def on_latest_ruler(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The rows with every calibrated latency scaled to the ruler of the host's latest session.
+
+    A row's ``latency_ms`` is its ratio times the ruler its session read
+    (``env.reference_ms``), and the ruler changes: ``hwsearch devices
+    calibrate`` or ``reset`` take a new one, and a provisional ruler set on a
+    busy host gives way to the first quiet session's.  Rows measured before
+    and after then sat on two scales, one run's rows included, and
+    predictors learned the step as noise.  The ratios are what was measured,
+    so a row is scaled by the latest ruler over its own; it keeps the one
+    it was measured on as ``env.measured_reference_ms``.  Rows of different
+    hosts keep their own host's latest ruler; a raw median
+    (``latency_source``) has no ruler and is left as it is.
+    """
+    latest: dict[Any, tuple[float, float, Any]] = {}
+    for row in rows.values():
+        env = row.get("env", {})
+        ruler = _ruler_of(row)
+        ended = float(env.get("session_end") or 0.0)
+        host = env.get("host_fingerprint")
+        if ruler is not None and (host not in latest or ended >= latest[host][0]):
+            latest[host] = (ended, ruler, env.get("reference_source"))
+    out: dict[str, Mapping[str, Any]] = {}
+    for key, row in rows.items():
+        ruler, env = _ruler_of(row), row.get("env", {})
+        _, now, source = latest.get(env.get("host_fingerprint"), (0.0, ruler, None))
+        if ruler is None or ruler == now:
+            out[key] = row
+            continue
+        scaled = dict(row, env={**env, "reference_ms": now, "reference_source": source,
+                                "measured_reference_ms": ruler})
+        for field in ("latency_ms", "uncorrected_latency_ms"):
+            if field in row:
+                scaled[field] = float(row[field]) * now / ruler
+        out[key] = scaled
+    return out
+
+
+def _ruler_of(row: Mapping[str, Any]) -> float | None:
+    """The ruler a calibrated row was scaled by, or None (a raw median, or no usable ruler recorded)."""
+    if row.get("latency_source") == "median_ms":
+        return None
+    try:
+        ruler = float(row.get("env", {}).get("reference_ms"))
+    except (TypeError, ValueError):
+        return None
+    return ruler if np.isfinite(ruler) and ruler > 0 else None
 
 
 def current_norms(rows: Iterable[Mapping[str, Any]], members: Members | None = None) -> dict[tuple[Any, ...], Norm]:
