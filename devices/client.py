@@ -13,18 +13,29 @@ The agent is a box at the edge, less trusted than the machine the client
 runs on, so its answers are bounded like a client's requests: each must
 arrive whole, after decompression, within :data:`MAX_ANSWER_BYTES` and
 within the request's timeout (a stalled read is cut off by the same timeout).
+Its rows are stored and reused by every later job, so each is checked
+before it is returned (:func:`_row_problem`): times that a session can
+produce (positive, finite, at most :data:`MAX_ROW_MS`), a latency that is
+a number wherever the row says it is stable, and the device, host and
+runtime the client filed it under.  A fake agent's -5 ms and infinite
+latencies were stored as stable rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
+import socket
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from devices.calibration import MAX_REFERENCE_MS
 from devices.measure import Measurement
 from devices.profile import DeviceProfile
 from devices.protocol import ProgressFn
@@ -33,6 +44,8 @@ _CONNECT_TIMEOUT_S = 10.0
 #: Largest answer read from an agent: a session's rows are a few KiB per model.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 _BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: Longest time a row may report: no inference a session keeps runs ten minutes.
+MAX_ROW_MS = MAX_REFERENCE_MS
 
 
 class AgentError(RuntimeError):
@@ -99,10 +112,11 @@ class AgentClient:
             "reference_sha256": reference_sha,
             "model_sha256s": model_shas,
         }
+        expected = _Expected(self.device_key(), self.profile.hash_with_reference(reference_sha))
         answer = self._measure(request, blobs)
         if progress is not None:
             progress({"round": None, "active": 0, "models": len(model_shas), "elapsed_s": None})
-        return _rows_from(answer, model_shas, self.base_url)
+        return _rows_from(answer, model_shas, self.base_url, self.profile, expected)
 
     def _measure(self, request: dict[str, Any], blobs: dict[str, bytes]) -> dict[str, Any]:
         for _ in range(self.profile.where.retries + 1):
@@ -153,9 +167,18 @@ class AgentClient:
 
 _NUMBER_FIELDS = ("latency_ms", "ratio", "ratio_ci", "median_ms", "p10_ms", "p90_ms", "p99_ms",
                   "min_ms", "mad_ms")
+_RAW_MS_FIELDS = ("median_ms", "p10_ms", "p90_ms", "p99_ms", "min_ms", "mad_ms")
 
 
-def _rows_from(answer: dict[str, Any], model_shas: list[str], url: str) -> list[Measurement]:
+class _Expected(NamedTuple):
+    """What every row of an answer must be filed under: the device identity, and the profile's hash."""
+
+    device_key: str
+    profile_hash: str
+
+
+def _rows_from(answer: dict[str, Any], model_shas: list[str], url: str, profile: DeviceProfile,
+               expected: _Expected) -> list[Measurement]:
     """The answer's rows, one per model in order, or AgentError: a row is stored and reused, so check it."""
     rows = answer.get("measurements")
     if not isinstance(rows, list) or len(rows) != len(model_shas):
@@ -167,6 +190,9 @@ def _rows_from(answer: dict[str, Any], model_shas: list[str], url: str) -> list[
     for sha, m in zip(model_shas, measurements):
         if not _well_formed(m, sha):
             raise AgentError(f"agent {url} answered a malformed measurement for model {sha[:12]}")
+        problem = _row_problem(m, profile, expected)
+        if problem is not None:
+            raise AgentError(f"agent {url} answered an impossible measurement for model {sha[:12]}: {problem}")
     return measurements
 
 
@@ -176,6 +202,40 @@ def _well_formed(m: Measurement, sha: str) -> bool:
     return (m.model_sha256 == sha and isinstance(m.device_hash, str) and isinstance(m.stable, bool)
             and isinstance(m.env, dict) and isinstance(m.n_runs, int) and not isinstance(m.n_runs, bool)
             and all(_is_number(n) for n in numbers))
+
+
+def _row_problem(m: Measurement, profile: DeviceProfile, expected: _Expected) -> str | None:
+    """What makes a well-formed row one no session of this device could have produced, or None.
+
+    Raw times are finite, at least 0 and at most :data:`MAX_ROW_MS` (the
+    median above 0: it stands in where no ratio could be made).  The ratio
+    and latency are positive and finite, or both NaN in a row that is not
+    stable; a stable row's CI meets the profile's target.  The row names
+    the profile the client sent and a host and runtime whose identity is
+    the one the client files it under: an agent replaced or upgraded since
+    it described itself measures as another device.
+    """
+    for name in _RAW_MS_FIELDS:
+        value = float(getattr(m, name))
+        if not 0.0 <= value <= MAX_ROW_MS or (name == "median_ms" and value == 0.0):
+            return f"{name} is {value!r}"
+    if m.n_runs < 1:
+        return f"n_runs is {m.n_runs}"
+    if math.isnan(m.latency_ms) and math.isnan(m.ratio):
+        if m.stable:
+            return "a row without a latency says it is stable"
+    elif not (0.0 < m.ratio < math.inf and 0.0 < m.latency_ms <= MAX_ROW_MS):
+        return f"latency_ms is {m.latency_ms!r} at ratio {m.ratio!r}"
+    if m.ratio_ci < 0 or (m.stable and not m.ratio_ci <= profile.protocol.ci_target):
+        return f"ratio_ci is {m.ratio_ci!r} in a row that says stable={m.stable}"
+    if m.device_hash != expected.profile_hash:
+        return f"it names device {m.device_hash!r}, not the profile sent ({expected.profile_hash})"
+    host, version = m.env.get("host_fingerprint"), m.env.get("runtime_version")
+    if not isinstance(host, str) or not isinstance(version, (str, type(None))) \
+            or profile.identity(host, version) != expected.device_key:
+        return (f"it was measured on host {host!r} with {profile.runtime} {version!r}, not on the host and runtime "
+                "the agent described (it was replaced or upgraded since)")
+    return None
 
 
 def _is_number(value: Any) -> bool:
@@ -189,28 +249,89 @@ class _MissingModels(Exception):
 
 
 def _bounded_exchange(method: str, url: str, *, timeout: Any, **kwargs: Any) -> tuple[int, bytes]:
-    """Send one request; read its answer within ``timeout.read`` seconds and MAX_ANSWER_BYTES in all.
+    """Send one request; have its whole answer within ``timeout.read`` seconds from the start (connecting
+    included) and MAX_ANSWER_BYTES.
 
-    httpx's read timeout bounds each read only, so an agent sending a byte
-    every few seconds would hold the caller forever: the total is checked
-    as the answer streams in.  A too-large answer is the agent's fault and
-    is not retried.
+    httpx's timeouts bound each read only, so an agent sending a byte every
+    few seconds would hold the caller for as long as it liked: in the body,
+    in the headers (a header trickle ran on past 30 s against a 2 s
+    timeout), or with an endless stream of ``100 Continue`` answers.  So a
+    :class:`_Deadline` shuts the connection's socket when the time is up,
+    wherever the exchange waits.  A too-large answer is the agent's fault
+    and is not retried; a late one is a timeout (retried).
     """
     import httpx
 
-    deadline = time.monotonic() + timeout.read
-    with httpx.stream(method, url, timeout=timeout, **kwargs) as response:
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
-            raise AgentError(f"{method} {url} answered {declared} bytes; at most {MAX_ANSWER_BYTES} are read")
-        body = bytearray()
-        for chunk in response.iter_bytes():  # decoded: a compressed answer counts at its real size
-            body += chunk
-            if len(body) > MAX_ANSWER_BYTES:
-                raise AgentError(f"{method} {url} answered more than {MAX_ANSWER_BYTES} bytes")
-            if time.monotonic() > deadline:
-                raise httpx.ReadTimeout(f"the answer took over {timeout.read:g} s to arrive")
-        return response.status_code, bytes(body)
+    deadline = _Deadline(timeout.read)
+    try:
+        with deadline, httpx.Client(timeout=timeout) as client, \
+                client.stream(method, url, extensions={"trace": deadline.trace}, **kwargs) as response:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+                raise AgentError(f"{method} {url} answered {declared} bytes; at most {MAX_ANSWER_BYTES} are read")
+            body = bytearray()
+            for chunk in response.iter_bytes():  # decoded: a compressed answer counts at its real size
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise AgentError(f"{method} {url} answered more than {MAX_ANSWER_BYTES} bytes")
+                deadline.check()
+            deadline.check()
+            return response.status_code, bytes(body)
+    except httpx.TransportError:
+        deadline.check()  # the shut socket's error is the deadline's
+        raise
+
+
+class _Deadline:
+    """Shuts an exchange's socket once ``seconds`` have passed since it began; :meth:`check` raises then.
+
+    httpx's ``trace`` extension hands over the connection as it is made
+    (:meth:`trace`); a timer thread shuts its socket, which wakes a read
+    blocked anywhere in the exchange.  Shutting, not closing: the client
+    still owns the file descriptor and closes it itself.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._socket: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: keep the socket of the connection just made (shut at once if late)."""
+        if event != "connection.connect_tcp.complete" or info.get("return_value") is None:
+            return
+        with self._lock:
+            self._socket = info["return_value"].get_extra_info("socket")
+            if self.expired:
+                _shut(self._socket)
+
+    def check(self) -> None:
+        """Raise httpx's ReadTimeout if the time is up."""
+        import httpx
+
+        if self.expired:
+            raise httpx.ReadTimeout(f"the answer took over {self.seconds:g} s to arrive")
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            _shut(self._socket)
+
+
+def _shut(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _answer(status: int, body: bytes, method: str, path: str) -> dict[str, Any]:

@@ -23,16 +23,20 @@ from devices.client import MAX_ANSWER_BYTES, AgentClient, AgentError
 from devices.profile import DeviceProfile
 
 TIMEOUT_S = 2.0
+HOST = "f" * 16
+HEALTH = {"device": {"host_fingerprint": HOST, "onnxruntime": "1.0"}}
 
 # What the box sends for POST /measure, given the request it got.
 Answer = Callable[[BaseHTTPRequestHandler, dict[str, Any]], None]
 
 
 def well_formed_rows(request: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows shaped as a real agent's, one per model in order."""
+    """Rows shaped as a real agent's, one per model in order, naming the profile sent and the host described."""
+    device_hash = DeviceProfile.from_dict(request["profile"]).hash_with_reference(request["reference_sha256"])
     return [{"model_sha256": sha, "latency_ms": 1.0 + i, "ratio": 0.5, "ratio_ci": 0.01, "median_ms": 1.0,
              "p10_ms": 0.9, "p90_ms": 1.1, "p99_ms": 1.2, "min_ms": 0.8, "mad_ms": 0.05, "n_runs": 20,
-             "stable": True, "device_hash": "d" * 16, "env": {"clock": "wall"}}
+             "stable": True, "device_hash": device_hash,
+             "env": {"clock": "wall", "host_fingerprint": HOST, "runtime_version": "1.0"}}
             for i, sha in enumerate(request["model_sha256s"])]
 
 
@@ -105,7 +109,7 @@ def client_for(box: HostileBox) -> AgentClient:
 
 def measure_against(box: HostileBox, models: list[Path], answer: Answer) -> tuple[Any, float]:
     """What measure_many returns or raises against ``answer``, and how long it took."""
-    box.answer = answer
+    box.answer, box.health = answer, HEALTH
     started = time.monotonic()
     try:
         outcome: Any = client_for(box).measure_many(models)
@@ -196,9 +200,103 @@ def test_malformed_answers_are_refused_not_stored(box: HostileBox, models: list[
     assert isinstance(outcome, AgentError), outcome
 
 
+def corrupt_env(field: str, value: Any) -> Answer:
+    def answer(handler: BaseHTTPRequestHandler, request: dict[str, Any]) -> None:
+        rows = well_formed_rows(request)
+        rows[1]["env"][field] = value
+        send_json(handler, {"measurements": rows})
+    return answer
+
+
+def without_latency(handler: BaseHTTPRequestHandler, request: dict[str, Any]) -> None:
+    rows = well_formed_rows(request)
+    rows[1].update(latency_ms=float("nan"), ratio=float("nan"), ratio_ci=float("inf"))
+    send_json(handler, {"measurements": rows})
+
+
+@pytest.mark.parametrize("answer, says", [
+    (corrupt("latency_ms", -5.0), "latency_ms is -5.0"),
+    (corrupt("latency_ms", float("inf")), "latency_ms is inf"),
+    (corrupt("latency_ms", 1e308), "latency_ms is 1e+308"),
+    (corrupt("ratio", 0.0), "at ratio 0.0"),
+    (corrupt("median_ms", float("nan")), "median_ms is nan"),
+    (corrupt("median_ms", 0.0), "median_ms is 0.0"),
+    (corrupt("min_ms", -1.0), "min_ms is -1.0"),
+    (corrupt("p99_ms", float("inf")), "p99_ms is inf"),
+    (corrupt("n_runs", -7), "n_runs is -7"),
+    (corrupt("n_runs", 0), "n_runs is 0"),
+    (corrupt("ratio_ci", 0.9), "ratio_ci is 0.9"),
+    (corrupt("ratio_ci", -0.1), "ratio_ci is -0.1"),
+    (without_latency, "without a latency says it is stable"),
+    (corrupt("device_hash", "d" * 16), "not the profile sent"),
+    (corrupt_env("host_fingerprint", "0" * 16), "measured on host '0000000000000000'"),
+    (corrupt_env("host_fingerprint", None), "measured on host None"),
+], ids=["negative", "infinite", "absurd", "zero-ratio", "nan-median", "zero-median", "negative-min", "infinite-p99",
+        "negative-runs", "no-runs", "stable-above-target", "negative-ci", "stable-without-latency",
+        "another-profile", "another-host", "no-host"])
+def test_impossible_rows_are_refused_not_stored(box: HostileBox, models: list[Path], answer: Answer,
+                                                says: str) -> None:
+    """A fake agent's -5 ms and infinite latencies, and rows of another host, were taken and stored as stable."""
+    outcome, _ = measure_against(box, models, answer)
+    assert isinstance(outcome, AgentError) and says in str(outcome), outcome
+
+
+def test_a_row_without_a_latency_is_taken_when_it_says_it_is_unstable(box: HostileBox, models: list[Path]) -> None:
+    def answer(handler: BaseHTTPRequestHandler, request: dict[str, Any]) -> None:
+        rows = well_formed_rows(request)
+        rows[1].update(latency_ms=float("nan"), ratio=float("nan"), ratio_ci=float("inf"), stable=False)
+        send_json(handler, {"measurements": rows})
+
+    rows, _ = measure_against(box, models, answer)
+    assert rows[0].stable and not rows[1].stable and rows[1].median_ms == 1.0
+
+
 @pytest.mark.parametrize("health", [[], {"device": ["host"]}, {"device": {"host_fingerprint": 7}},
                                     {"device": {"host_fingerprint": ""}}])
 def test_a_box_that_will_not_say_its_host_gets_no_device_identity(box: HostileBox, health: Any) -> None:
     box.health = health
     with pytest.raises(AgentError, match="JSON object|which host"):
         client_for(box).device_key()
+
+
+def test_a_job_stops_measuring_on_an_agent_replaced_since_it_started(box: HostileBox, models: list[Path]) -> None:
+    """The job filed every row under the identity it fixed at its start, whatever host answered later."""
+    from hwsearch.agents import AgentEndpoint
+    from hwsearch.jobs import job_device
+    from hwsearch.jobs.context import DeviceChanged
+
+    box.health, box.answer = HEALTH, lambda h, r: send_json(h, {"measurements": well_formed_rows(r)})
+    agents = {"edge": AgentEndpoint("edge", box.url, "edge-token")}
+    device = job_device({"name": "edge", "where": {"kind": "agent", "name": "edge", "timeout_s": TIMEOUT_S,
+                                                   "retries": 0}}, agents)
+    assert [m.latency_ms for m in device.profiler().measure_many(models)] == [1.0, 2.0]
+    box.health = {"device": {"host_fingerprint": "e" * 16, "onnxruntime": "1.0"}}  # another box at that address
+    with pytest.raises(DeviceChanged, match="host or runtime changed"):
+        device.profiler()
+    assert job_device(device.profile.to_dict() | {"where": {"kind": "agent", "name": "edge"}},
+                      agents).key != device.key  # a resume measures it as the new device
+
+
+def header_trickle(handler: BaseHTTPRequestHandler, request: dict[str, Any]) -> None:
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+    for _ in range(400):  # a header byte every 0.1 s: each read is quick, the headers never end
+        handler.wfile.write(b"X")
+        handler.wfile.flush()
+        time.sleep(0.1)
+
+
+def endless_continue(handler: BaseHTTPRequestHandler, request: dict[str, Any]) -> None:
+    for _ in range(400):
+        handler.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        handler.wfile.flush()
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("answer", [header_trickle, endless_continue], ids=["header-trickle", "endless-100"])
+def test_an_answer_whose_headers_never_end_is_given_up_within_the_timeout(box: HostileBox, models: list[Path],
+                                                                          answer: Answer) -> None:
+    """Only the body was bounded: both held the client past 30 s against a 2 s timeout."""
+    outcome, took = measure_against(box, models, answer)
+    assert isinstance(outcome, AgentError) and "ReadTimeout" in str(outcome), outcome
+    assert took < TIMEOUT_S + 5
+

@@ -15,7 +15,7 @@ from typing import Any
 from hwsearch.agents import AgentEndpoint, resolve_profile
 from hwsearch.store import Store
 
-__all__ = ["JobContext", "JobDevice", "job_device", "latency_conditions"]
+__all__ = ["DeviceChanged", "JobContext", "JobDevice", "job_device", "latency_conditions"]
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,28 @@ class JobDevice:
         return self.profile.name
 
     def profiler(self) -> Any:
-        """A profiler for this device (local, or a client of its agent)."""
+        """A profiler for this device (local, or a client of its agent) that still measures as ``key``.
+
+        A job fixes its devices' identities when it starts and files every
+        row under them, so an agent replaced or upgraded since (or a local
+        runtime upgraded under a long job) must not measure for it: its rows
+        would be another device's filed under this one.  The job stops with
+        :class:`DeviceChanged` instead.  The agent client also checks every
+        row against the host it described (:mod:`devices.client`).
+        """
         from devices import open_profiler
 
-        return open_profiler(self.profile, token=self.token)
+        profiler = open_profiler(self.profile, token=self.token)
+        now = profiler.device_key()
+        if now != self.key:
+            raise DeviceChanged(f"device '{self.name}' now measures as {now}, not as {self.key} when the job "
+                                "started: its host or runtime changed (an agent replaced or upgraded); resume "
+                                "the job to measure it as the new device")
+        return profiler
+
+
+class DeviceChanged(RuntimeError):
+    """A job's device no longer measures as the identity its rows are filed under."""
 
 
 def job_device(data: Mapping[str, Any], agents: Mapping[str, AgentEndpoint]) -> JobDevice:
