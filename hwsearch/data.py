@@ -23,6 +23,10 @@ least 256 MiB), and its images, as the
 float32 tensors they become, to at most :data:`MAX_IMAGE_TENSOR_BYTES`.  A
 2 MB ``.npz`` of deflated zeros otherwise grew to 10.8 GB and ended in the
 allocator's traceback; larger data belongs in a folder, which is streamed.
+Shapes and kinds are checked before anything is copied (:func:`_check_arrays`):
+``x`` real numbers with no empty dimension, ``y`` one whole-number label per
+image in ``[0, MAX_CLASSES)``, and in a ``.pt`` file both tensors (shared
+nested lists of 10^12 elements fit in 9 KB).
 """
 
 from __future__ import annotations
@@ -104,33 +108,86 @@ def load_images(path: str | Path, *, size: int = 224) -> LabelledImages:
     if path.suffix == ".npz":
         x, y = _read_npz(path)
     elif path.suffix == ".pt":
-        data = _read_pt(path)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a dict with 'x' and 'y', got {type(data).__name__}")
-        _require_keys(path, set(data))
-        x, y = np.asarray(data["x"]), np.asarray(data["y"])
+        x, y = _tensors_of_pt(path)
     else:
         raise ValueError(f"{path}: expected a folder of class sub-folders, a .npz or a .pt file")
+    _check_arrays(x, y, path)
     _check_tensor_budget(x, size, path)
     with _allocating(path):
         images = _to_nchw_float(x, path)
-        labels = torch.as_tensor(np.asarray(y).astype(np.int64).ravel())
-        if len(labels) != len(images):
-            raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
-        n_classes = int(labels.max()) + 1 if len(labels) else 0
+        labels = _labels(y, path)
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
                                align_corners=False) if images.shape[-1] != size else images
-        return LabelledImages(_normalise(images), labels, tuple(map(str, range(n_classes))), str(path))
+        return LabelledImages(_normalise(images), labels, tuple(map(str, range(int(labels.max()) + 1))), str(path))
 
 
-def _check_tensor_budget(x: np.ndarray, size: int, path: Path) -> None:
+#: Most classes a dataset's labels may number (ImageNet-21k has 21,841): a label of 2**40 made
+#: a class-name tuple of that length and ran the service out of memory.
+MAX_CLASSES = 100_000
+
+
+def _tensors_of_pt(path: Path) -> tuple[Tensor, Tensor]:
+    """``x`` and ``y`` of a ``.pt`` dataset, which must be tensors.
+
+    A weights-only file may also hold nested lists, and lists shared a
+    thousand times over cost nothing to store: a 9 KB file of 10^12 list
+    elements held the service's interpreter (and its event loop) in
+    ``np.asarray`` for good.  Tensors have a shape to check before anything
+    is converted.
+    """
+    data = _read_pt(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a dict with 'x' and 'y', got {type(data).__name__}")
+    _require_keys(path, set(data))
+    for key in ("x", "y"):
+        if not isinstance(data[key], Tensor):
+            raise ValueError(f"{path}: '{key}' must be a tensor, got {type(data[key]).__name__}")
+    return data["x"], data["y"]
+
+
+def _check_arrays(x: np.ndarray | Tensor, y: np.ndarray | Tensor, path: Path) -> None:
+    """Shapes and kinds of ``x`` and ``y``, checked before anything is copied.
+
+    ``y`` is checked by its element count, not its memory: a zero-stride
+    (expanded) tensor of 2**28 labels is 26 KB on disk and became 2.2 GB
+    when copied.  Images must be real numbers of a non-empty size.
+    """
+    if x.ndim != 4 or 0 in tuple(x.shape):
+        raise ValueError(f"{path}: x must be 4-D (N,H,W,C or N,C,H,W) with no empty dimension, "
+                         f"got shape {tuple(x.shape)}")
+    if not _real_numbers(x):
+        raise ValueError(f"{path}: x must hold real numbers, got dtype {x.dtype}")
+    n_labels = y.numel() if isinstance(y, Tensor) else y.size
+    if y.ndim > 1 or n_labels != x.shape[0]:
+        raise ValueError(f"{path}: {x.shape[0]} images but labels of shape {tuple(y.shape)}")
+    if not _real_numbers(y):
+        raise ValueError(f"{path}: y must hold integer class labels, got dtype {y.dtype}")
+
+
+def _real_numbers(array: np.ndarray | Tensor) -> bool:
+    if isinstance(array, Tensor):
+        return not (array.dtype.is_complex or array.dtype == torch.bool)
+    return array.dtype.kind in "uif"
+
+
+def _labels(y: np.ndarray | Tensor, path: Path) -> Tensor:
+    """Labels as int64, each a class in ``[0, MAX_CLASSES)`` (float labels must be whole numbers)."""
+    given = (y if isinstance(y, Tensor) else torch.as_tensor(y)).reshape(-1)
+    if given.dtype.is_floating_point and not bool(torch.all(given == torch.round(given))):
+        raise ValueError(f"{path}: y must hold integer class labels; some of its {given.dtype} values are not")
+    labels = given.to(torch.int64).contiguous()
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= MAX_CLASSES:
+        raise ValueError(f"{path}: labels must lie in [0, {MAX_CLASSES}), got {low}..{high}")
+    return labels
+
+
+def _check_tensor_budget(x: np.ndarray | Tensor, size: int, path: Path) -> None:
     """Refuse images whose float32 (N, 3, S, S) tensors would exceed :data:`MAX_IMAGE_TENSOR_BYTES`.
 
     Checked on the array's shape, before any conversion: the float copy is
     4x the uint8 bytes (12x for one-channel images, expanded to three).
     """
-    if x.ndim != 4:
-        return  # _to_nchw_float names the wrong shape
     side = max(x.shape[1:])
     needed = x.shape[0] * 3 * 4 * max(side * side, size * size)
     if needed > MAX_IMAGE_TENSOR_BYTES:
@@ -211,14 +268,14 @@ def _require_keys(path: Path, keys: set[str]) -> None:
         raise ValueError(f"{path} lacks array(s) {sorted(missing)}; found {sorted(keys)}")
 
 
-def _to_nchw_float(x: np.ndarray, path: Path) -> Tensor:
-    """uint8 NHWC / NCHW or float NCHW -> float32 NCHW in [0, 1]."""
-    if x.ndim != 4:
-        raise ValueError(f"{path}: x must be 4-D (N,H,W,C or N,C,H,W), got shape {x.shape}")
-    t = torch.as_tensor(np.ascontiguousarray(x))
+def _to_nchw_float(x: np.ndarray | Tensor, path: Path) -> Tensor:
+    """uint8 NHWC / NCHW or float NCHW (any float torch has, bfloat16 included) -> float32 NCHW in [0, 1]."""
+    if not isinstance(x, Tensor) and x.dtype != np.uint8:
+        x = x.astype(np.float32)  # torch has no arithmetic for every integer numpy has (uint32)
+    t = x if isinstance(x, Tensor) else torch.as_tensor(np.ascontiguousarray(x))
     if t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
         t = t.permute(0, 3, 1, 2)
-    t = t.float() / 255.0 if x.dtype == np.uint8 else t.float()
+    t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
     if t.shape[1] == 1:
         t = t.expand(-1, 3, -1, -1)
     if t.shape[1] != 3:

@@ -25,7 +25,8 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
     from hwsearch.data import Images
     from hwsearch.quantize import QuantizeSettings
 
-__all__ = ["ExportCheckError", "ExportReport", "NonFiniteOutput", "export_onnx", "export_subnet", "write_atomically"]
+__all__ = ["CalibrationDataError", "ExportCheckError", "ExportReport", "NonFiniteOutput", "export_onnx",
+           "export_subnet", "write_atomically"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -60,6 +62,15 @@ class ExportCheckError(RuntimeError):
 
 class NonFiniteOutput(ExportCheckError):
     """Torch's own output for the check input is NaN or infinite: the weights give no numbers to compare."""
+
+
+class CalibrationDataError(ValueError):
+    """The images an export calibrates on could not be read or used: the data's fault, not the export's.
+
+    Folders are streamed, so a file that cannot be decoded (or is too
+    large once resized) surfaces only while the export reads it; the
+    service answers it as a bad ``dataset`` (422), not as its own failure.
+    """
 
 
 @dataclass(frozen=True)
@@ -202,7 +213,23 @@ def _recalibrated(module: nn.Module, data: Images, resolution: int) -> nn.Module
     from hwsearch.bn import recalibrate_bn
     from hwsearch.data import batches
 
-    return recalibrate_bn(module, (x for x, _ in batches(data, resolution)))
+    with _calibration_data():
+        return recalibrate_bn(module, (x for x, _ in batches(data, resolution)))
+
+
+@contextmanager
+def _calibration_data() -> Iterator[None]:
+    """Report a ValueError raised while the calibration images are read or run as :class:`CalibrationDataError`.
+
+    Besides an unreadable file, batch norm raises one for a batch whose
+    channels hold a single value (one image reaching a 1x1 feature map).
+    """
+    try:
+        yield
+    except CalibrationDataError:
+        raise
+    except ValueError as error:
+        raise CalibrationDataError(f"the calibration images cannot be used: {error}") from error
 
 
 def _export_int8(module: nn.Module, path: Path, shape: tuple[int, ...],
@@ -217,7 +244,8 @@ def _export_int8(module: nn.Module, path: Path, shape: tuple[int, ...],
         fp32 = export_onnx(module, Path(tmp) / "fp32.onnx", input_shape=shape, metadata=metadata,
                            check=check)
         # The images after the calibration ones check the file on what the quantizer never saw.
-        images = images_at(calibration, resolution, settings.n_images + AGREEMENT_IMAGES)
+        with _calibration_data():
+            images = images_at(calibration, resolution, settings.n_images + AGREEMENT_IMAGES)
         quantized = quantize_onnx(fp32.path, path, images[:settings.n_images], settings,
                                   held_out=images[settings.n_images:])
     return replace(fp32, path=path, bytes=quantized.bytes, precision="int8",

@@ -86,12 +86,29 @@ def preprocess_file(path: str | Path, resolution: int) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise ValueError(f"{path}: {img.width}x{img.height} is more than the {MAX_IMAGE_PIXELS:,} "
-                                 "pixels an image may have")
+            _check_pixels(path, img.width, img.height, resolution)
             return preprocess_image(img, resolution)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: not a readable image ({type(error).__name__}: {error})") from error
+    except MemoryError:
+        raise ValueError(f"{path}: not enough memory to preprocess it") from None
+
+
+def _check_pixels(path: str | Path, width: int, height: int, resolution: int) -> None:
+    """Refuse an image with more than :data:`MAX_IMAGE_PIXELS` pixels, decoded or resized.
+
+    The shorter side is resized to about ``resolution`` and the longer one
+    in proportion, so a thin image grows: an 855-byte PNG of 1 x 200,000
+    pixels became 37 x 7.4 million at 32 px (1.6 GB) and 256 x 51 million at
+    224 px, where it ran the host out of memory.
+    """
+    limit = f"the {MAX_IMAGE_PIXELS:,} pixels an image may have"
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{path}: {width}x{height} is more than {limit}")
+    w, h = resize_shorter_size(width, height, resolution)
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{path}: {width}x{height} becomes {w}x{h} when resized for {resolution} px, "
+                         f"more than {limit}")
 
 
 def preprocess_files(paths: Sequence[str | Path], resolution: int, *, threads: int = 1

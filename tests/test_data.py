@@ -246,3 +246,66 @@ def test_a_split_reports_its_interval_over_its_validation_images(tmp_path: Path)
     narrower = DataPlan(str(root), n_calibration=5).open(size=32)
     assert narrower.interval(0.76)[1] - narrower.interval(0.76)[0] < \
         split.interval(0.75)[1] - split.interval(0.75)[0]
+
+
+def test_a_thin_image_that_would_grow_past_the_pixel_bound_when_resized_is_refused(tmp_path: Path) -> None:
+    """An 855-byte PNG of 1 x 200,000 pixels passed the decoded bound and took 1.6 GB resized for 32 px."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Image.new("RGB", (1, 200_000)).save(tmp_path / "a" / "thin.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "b" / "small.png")
+    assert (tmp_path / "a" / "thin.png").stat().st_size < 10_000
+    with pytest.raises(ValueError, match=r"thin.png: 1x200000 becomes 37x7400000 when resized for 32 px"):
+        next(iter(batches(open_images(tmp_path), 32)))
+    with pytest.raises(ValueError, match=r"thin.png: 1x200000 becomes 256x51200000"):
+        load_images(tmp_path, size=224)
+
+
+def _nested_lists(levels: int) -> list:
+    """Lists of a thousand references to one list: 1000**levels elements, stored in a few KB."""
+    nested: list = [0] * 1000
+    for _ in range(levels - 1):
+        nested = [nested] * 1000
+    return nested
+
+
+HOSTILE_ARRAYS = {
+    "nested-lists.pt": ({"x": _nested_lists(4), "y": [0]}, "'x' must be a tensor, got list"),
+    "label-list.pt": ({"x": torch.zeros(2, 3, 8, 8), "y": _nested_lists(3)}, "'y' must be a tensor"),
+    "expanded-labels.pt": ({"x": torch.zeros(8, 8, 8, 3, dtype=torch.uint8),
+                            "y": torch.zeros(1, dtype=torch.int64).expand(2**28)},
+                           r"8 images but labels of shape \(268435456,\)"),
+    "huge-label.npz": ({"x": np.zeros((8, 8, 8, 3), np.uint8), "y": np.array([0] * 7 + [2**40])},
+                       r"labels must lie in \[0, 100000\), got 0..1099511627776"),
+    "negative-label.npz": ({"x": np.zeros((2, 8, 8, 3), np.uint8), "y": np.array([0, -1])}, "got -1..0"),
+    "fractional-label.npz": ({"x": np.zeros((2, 8, 8, 3), np.uint8), "y": np.array([0.0, 0.5])},
+                             "some of its torch.float64 values are not"),
+    "string-images.npz": ({"x": np.full((2, 8, 8, 3), "a"), "y": np.array([0, 1])}, "x must hold real numbers"),
+    "empty-images.npz": ({"x": np.zeros((2, 3, 0, 0), np.float32), "y": np.array([0, 1])}, "no empty dimension"),
+    "no-images.npz": ({"x": np.zeros((0, 8, 8, 3), np.uint8), "y": np.zeros(0, np.int64)}, "no empty dimension"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_ARRAYS))
+def test_hostile_array_files_are_refused_by_name_before_anything_is_copied(tmp_path: Path, name: str) -> None:
+    """Each of these froze the service, ran it out of memory or raised a TypeError (a 500) before."""
+    content, says = HOSTILE_ARRAYS[name]
+    path = tmp_path / name
+    if name.endswith(".pt"):
+        torch.save(content, path)
+    else:
+        np.savez(path, **content)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(ValueError, match=says) as refused:
+        load_images(path, size=8)
+    assert name in str(refused.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.uint16, torch.int32])
+def test_every_real_number_tensor_of_images_loads(tmp_path: Path, dtype: torch.dtype) -> None:
+    """bfloat16 images raised numpy's TypeError (a 500 over HTTP)."""
+    x = torch.arange(2 * 3 * 8 * 8).reshape(2, 3, 8, 8).remainder(7).to(dtype)
+    torch.save({"x": x, "y": torch.tensor([1, 0])}, tmp_path / "images.pt")
+    loaded = load_images(tmp_path / "images.pt", size=8)
+    assert loaded.classes == ("0", "1") and torch.isfinite(loaded.x).all()
+    torch.testing.assert_close(loaded.x[:, 0], (x.float()[:, 0] - MEAN[0]) / STD[0])

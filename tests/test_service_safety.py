@@ -922,3 +922,33 @@ def test_a_burst_of_exports_waits_in_a_short_queue_and_the_rest_hear_429_at_once
     assert len(busy) == len(archs) - 6 and all(seconds < 5 and after for _, seconds, after in busy), answers
     assert sorted(a[0] for a in answers if a[0] != 429) == [201] * 6
     assert listing_s < 5, listing_s
+
+
+def test_hostile_dataset_files_are_refused_as_the_dataset_and_the_service_stays_responsive(
+        client: httpx.Client, data_root: Path, server: Server) -> None:
+    """A 9 KB .pt of shared nested lists froze the service (/health included); others answered 500."""
+    import torch
+    from PIL import Image
+
+    nested: list = [0] * 1000
+    for _ in range(3):
+        nested = [nested] * 1000
+    torch.save({"x": nested, "y": [0]}, data_root / "nested.pt")
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    torch.save({"x": images, "y": torch.arange(8)}, data_root / "bf16.pt")
+    np.savez(data_root / "label.npz", x=np.zeros((8, 32, 32, 3), np.uint8), y=np.array([0] * 7 + [2**40]))
+    (data_root / "thin" / "a").mkdir(parents=True)
+    Image.new("RGB", (1, 200_000)).save(data_root / "thin" / "a" / "1.png")
+    _png(data_root / "thin" / "b" / "1.png", 5)
+
+    assert client.post("/supernets", json=SUPERNET).status_code == 201
+    arch = {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": [32]}
+    for name, says in [("nested.pt", "'x' must be a tensor"), ("label.npz", "labels must lie in"),
+                       ("thin", "becomes 37x7400000 when resized for 32 px")]:
+        started = time.monotonic()
+        export = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": arch, "dataset": name})
+        assert says in refused(export, ["body", "dataset"]), name
+        assert time.monotonic() - started < 30
+        assert client.get("/health", timeout=5).status_code == 200
+    made = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": arch, "dataset": "bf16.pt"})
+    assert made.status_code == 201, made.text

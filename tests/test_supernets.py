@@ -349,6 +349,31 @@ def test_recalibrate_bn_sets_statistics_from_the_batches(mbv3: Supernet) -> None
     assert not torch.equal(deeper.running_var, inherited.running_var)
 
 
+def test_a_last_batch_of_one_image_joins_the_batch_before_it() -> None:
+    """At 32 px the smallest subnet's last feature map is 1x1: a lone last image failed batch norm.
+
+    130 images in batches of 64 left a batch of one; now the last two batches are one of 65, so the
+    statistics are the average over two batches, the second taken over all 65 images.
+    """
+    from hwsearch.jobs import SupernetRef, build_supernet
+
+    tiny = build_supernet(SupernetRef(name="tiny", registry="ofa_mbv3_d234_e346_k357_w1.0",
+                                      options={"n_classes": 10, "resolutions": [32]}))
+    subnet = tiny.extract(tiny.space.smallest(32))
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(n, 3, 32, 32, generator=generator) for n in (64, 64, 1)]
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        for batch in batches:
+            subnet.train()(batch)
+    returned = recalibrate_bn(subnet, batches)
+    first_bn = returned.first_conv.bn
+    with torch.no_grad():
+        conv_out = [subnet.first_conv.conv(b) for b in (batches[0], torch.cat(batches[1:]))]
+    expected_mean = torch.stack([c.mean((0, 2, 3)) for c in conv_out]).mean(0)
+    torch.testing.assert_close(first_bn.running_mean, expected_mean, rtol=1e-4, atol=1e-5)
+    assert int(first_bn.num_batches_tracked) == 2
+
+
 def test_recalibrate_bn_refuses_no_batches_and_keeps_stats(mbv3: Supernet) -> None:
     subnet = mbv3.extract(mbv3.space.smallest(128))
     before = _snapshot(subnet)

@@ -978,7 +978,7 @@ def _export_file(ref: SupernetRef, arch: ArchConfig, made: Path, batch: int, pre
 
 def _export_now(ref: SupernetRef, arch: ArchConfig, made: Path, batch: int, precision: str, plan: Any) -> Any:
     """The export itself; weights whose torch output is not finite are the request's fault (422)."""
-    from hwsearch.export import NonFiniteOutput
+    from hwsearch.export import CalibrationDataError, NonFiniteOutput
     from hwsearch.export import export_subnet as export
 
     net = _supernet(ref)
@@ -992,6 +992,8 @@ def _export_now(ref: SupernetRef, arch: ArchConfig, made: Path, batch: int, prec
         return export(net, arch, made, batch=batch, precision=precision, calibration=data, bn_data=data)
     except NonFiniteOutput as error:
         raise Invalid(f"supernet {ref.name!r}: {error}", field=("body",)) from None
+    except CalibrationDataError as error:  # a streamed folder's file, read only now
+        raise Invalid(f"dataset cannot be used: {error}", field=("body", "dataset")) from None
 
 
 def open_export(*, catalog: Catalog, export_id: str) -> IO[bytes]:

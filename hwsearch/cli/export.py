@@ -58,7 +58,7 @@ def export(
     """
     from hwsearch.cli._errors import OptionError, reading
     from hwsearch.cli._inputs import load_supernet, prepare_folder
-    from hwsearch.export import export_subnet
+    from hwsearch.export import CalibrationDataError, export_subnet
     from hwsearch.quantize import QuantizeSettings, check_precision
 
     _check_batch(batch)
@@ -76,8 +76,11 @@ def export(
         with reading("--arch"):
             chosen = net.space.from_json(_read_arch(arch))
     prepare_folder(out.parent, "--out")
-    report = export_subnet(net, chosen, out, batch=batch, precision=precision,
-                           calibration=calibration, bn_data=calibration, quantize=quantize)
+    try:
+        report = export_subnet(net, chosen, out, batch=batch, precision=precision,
+                               calibration=calibration, bn_data=calibration, quantize=quantize)
+    except CalibrationDataError as error:  # a folder's image, read only as the export streams it
+        raise OptionError("--data", str(error)) from None
     result = {"supernet": net.name, "arch": chosen.to_dict(), "arch_key": chosen.key(),
               "weights": "random initialisation" if checkpoint is None else str(checkpoint),
               **report.to_dict(), "check": "passed"}
