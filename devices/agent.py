@@ -100,8 +100,10 @@ from devices.profile import DeviceProfile, ProfileError
 from devices.protocol import SessionOverrun
 
 MiB = 1024 * 1024
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+#: Both are matched whole (``fullmatch``): ``$`` also matches before a trailing newline, and a request id
+#: ``"evil\n"`` passed ``re.match`` and was written as the file ``requests/evil\n.json``.
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _DIGITS = re.compile(r"[0-9]+")
 _MAX_LENGTH_DIGITS = 18  # more digits than this is far beyond any limit (and int() of huge strings is slow)
 _MAX_JSON_BYTES = 1 * MiB
@@ -179,7 +181,7 @@ class ModelStore:
         folder.mkdir(parents=True, exist_ok=True)
         for stray in folder.glob(".tmp-*"):  # left by a crash mid-upload
             stray.unlink(missing_ok=True)
-        stored = [(path.stat(), path.stem) for path in folder.glob("*.onnx") if _SHA256.match(path.stem)]
+        stored = [(path.stat(), path.stem) for path in folder.glob("*.onnx") if _SHA256.fullmatch(path.stem)]
         for stat, sha256 in sorted(stored, key=lambda item: (item[0].st_mtime_ns, item[1])):
             self._sizes[sha256] = stat.st_size
         with self._lock:
@@ -411,13 +413,13 @@ def _parse_measure_request(request: Any) -> tuple[str, DeviceProfile, list[str]]
     if not isinstance(request, dict) or set(request) != expected:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"body must have exactly the fields {sorted(expected)}")
     request_id = request["request_id"]
-    if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
+    if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
         raise ApiError(HTTPStatus.BAD_REQUEST, "request_id must be 1-128 characters of [A-Za-z0-9_.-]")
     model_shas = request["model_sha256s"]
     if not isinstance(model_shas, list) or not model_shas:
         raise ApiError(HTTPStatus.BAD_REQUEST, "model_sha256s must be a non-empty list")
     shas = [request["reference_sha256"], *model_shas]
-    if not all(isinstance(s, str) and _SHA256.match(s) for s in shas):
+    if not all(isinstance(s, str) and _SHA256.fullmatch(s) for s in shas):
         raise ApiError(HTTPStatus.BAD_REQUEST, "reference_sha256 and model_sha256s must be lowercase sha256 hex")
     if not isinstance(request["profile"], dict):
         raise ApiError(HTTPStatus.BAD_REQUEST, "profile must be a JSON object")

@@ -648,3 +648,22 @@ def test_what_a_models_operators_allocate_is_bounded_and_the_agent_stays_up(
     upload(agent, model)
     assert httpx.post(f"{agent.url}/measure", json=_measure_request([model], warmup_s=0.2), headers=AUTH,
                       timeout=120).status_code == 200
+
+
+def test_a_request_id_or_sha256_with_a_trailing_newline_is_refused_and_no_file_is_written(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    """``re.match`` with ``$`` took ``"evil\\n"``: it got 200 and the file ``requests/evil\\n.json``."""
+    agent = start_agent(*MEASURING)
+    model = tiny_model(seed=101)
+    upload(agent, reference_model_bytes())
+    upload(agent, model)
+    request = {**_measure_request([model], warmup_s=0.0), "request_id": "evil\n"}
+    answer = httpx.post(f"{agent.url}/measure", json=request, headers=AUTH, timeout=120)
+    assert answer.status_code == 400 and "request_id" in answer.json()["detail"], answer.text
+    assert list((agent.state_dir / "requests").iterdir()) == []
+    newline_sha = {**_measure_request([model], warmup_s=0.0),
+                   "model_sha256s": [hashlib.sha256(model).hexdigest() + "\n"]}
+    answer = httpx.post(f"{agent.url}/measure", json=newline_sha, headers=AUTH, timeout=120)
+    assert answer.status_code == 400 and "sha256" in answer.json()["detail"], answer.text
+    assert agent.health()["sessions_run"] == 0
