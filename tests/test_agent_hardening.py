@@ -667,3 +667,58 @@ def test_a_request_id_or_sha256_with_a_trailing_newline_is_refused_and_no_file_i
     answer = httpx.post(f"{agent.url}/measure", json=newline_sha, headers=AUTH, timeout=120)
     assert answer.status_code == 400 and "sha256" in answer.json()["detail"], answer.text
     assert agent.health()["sessions_run"] == 0
+
+
+def weighty_model(value: float, floats: int = 1_500_000) -> bytes:
+    """An ``Add`` of a weight of ``floats`` float32s (6 MB at the default): cheap to run, heavy to hold."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])], "weighty",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, floats])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, floats])],
+        [numpy_helper.from_array(np.full((floats,), value, np.float32), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_requests_waiting_for_the_device_read_no_model_bytes_and_a_missing_model_is_still_a_404(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    """Read before the device lock, 8 waiting requests of three 24 MB models took the agent from 147 to 709 MiB."""
+    agent = start_agent(*MEASURING)
+    heavy = [weighty_model(float(i + 1)) for i in range(3)]
+    upload(agent, reference_model_bytes())
+    for model in (tiny_model(seed=111), *heavy):
+        upload(agent, model)
+    holding = _measure_request([tiny_model(seed=111)], warmup_s=8.0)
+    threading.Thread(target=_post_quietly, args=(agent, holding), daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not agent.health()["busy"]:
+        assert time.monotonic() < deadline, "the first measurement never started"
+        time.sleep(0.05)
+    time.sleep(0.3)  # the thread that answered /health has ended
+    threads_before, rss_before = agent.proc_status("Threads"), agent.proc_status("VmRSS")
+    waiting = 6
+    for _ in range(waiting):
+        threading.Thread(target=_post_quietly, args=(agent, _measure_request(heavy, warmup_s=0.0)), daemon=True).start()
+    while agent.proc_status("Threads") < threads_before + waiting:
+        assert time.monotonic() < deadline, "the waiting requests never arrived"
+        time.sleep(0.05)
+    time.sleep(1.0)  # each has parsed its body and reached the device lock (or read its models, before the fix)
+    grown_mib = (agent.proc_status("VmRSS") - rss_before) / 1024
+    assert agent.health()["busy"]
+    assert grown_mib < 40, f"{waiting} waiting requests of 18 MB of models grew the agent by {grown_mib:.0f} MiB"
+    started = time.monotonic()
+    missing = httpx.post(f"{agent.url}/measure", json=_measure_request([tiny_model(seed=112)], warmup_s=0.0),
+                         headers=AUTH, timeout=30)
+    assert missing.status_code == 404 and len(missing.json()["detail"]["missing_models"]) == 1, missing.text
+    assert time.monotonic() - started < 5, "a missing model is answered at once, not after the device lock"
+
+
+def _post_quietly(agent: RunningAgent, request: dict[str, Any]) -> None:
+    """POST a measurement whose answer the test does not need (the agent is killed before some end)."""
+    try:
+        httpx.post(f"{agent.url}/measure", json=request, headers=AUTH, timeout=120)
+    except httpx.HTTPError:
+        pass
