@@ -98,7 +98,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from devices.local import describe_machine, measure_model_bytes
-from devices.ort import ModelInputError, bound_session_memory, validate_onnx_bytes
+from devices.ort import ModelInputError, bound_session_memory, require_threads_here, validate_onnx_bytes
 from devices.profile import DeviceProfile, ProfileError
 from devices.protocol import SessionOverrun
 
@@ -337,6 +337,10 @@ class AgentState:
         either the running job or its result, never neither.
         """
         request_id, profile, shas = _parse_measure_request(request)
+        try:
+            require_threads_here(profile)  # at once, not after waiting for the device
+        except ProfileError as error:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"invalid profile: {error}") from None
         if len(shas) > self.limits.max_models:  # listed, not distinct: each listed model gets a row back
             raise ApiError(
                 HTTPStatus.BAD_REQUEST,

@@ -147,6 +147,10 @@ class Where:
 class DeviceProfile:
     """One device and the exact measurement settings used on it.
 
+    ``intra_op_threads`` and ``inter_op_threads`` are at most :data:`MAX_THREADS`
+    here; the machine that measures refuses more than it runs this process on
+    (:func:`devices.ort.require_threads_here`), which a profile cannot know.
+
     ``clock: thread_cpu`` times each run with the calling thread's CPU clock
     instead of the wall clock.  With one onnxruntime thread the whole
     inference runs on the calling thread, so CPU time is the latency the run

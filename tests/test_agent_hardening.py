@@ -722,3 +722,23 @@ def _post_quietly(agent: RunningAgent, request: dict[str, Any]) -> None:
         httpx.post(f"{agent.url}/measure", json=request, headers=AUTH, timeout=120)
     except httpx.HTTPError:
         pass
+
+
+@pytest.mark.parametrize("field", ["intra_op_threads", "inter_op_threads"])
+def test_a_measurement_with_more_threads_than_the_box_runs_is_a_400_naming_the_field(
+    start_agent: Callable[..., RunningAgent], field: str,
+) -> None:
+    """256 intra-op threads over 8 models loaded twice took an agent to 4,085 threads (a pool per session)."""
+    agent = start_agent(*MEASURING)
+    cores = agent.health()["device"]["usable_cores"]
+    model = tiny_model(seed=121)
+    upload(agent, reference_model_bytes())
+    upload(agent, model)
+    request = _measure_request([model], warmup_s=0.0)
+    request["profile"] = {**request["profile"], field: cores + 1, "allow_spinning": False}
+    answer = httpx.post(f"{agent.url}/measure", json=request, headers=AUTH, timeout=120)
+    assert answer.status_code == 400, answer.text
+    assert f"field '{field}' is {cores + 1}" in answer.json()["detail"], answer.text
+    assert agent.health()["sessions_run"] == 0
+    request["profile"][field] = cores  # as many as the box runs is measured
+    assert httpx.post(f"{agent.url}/measure", json=request, headers=AUTH, timeout=120).status_code == 200
