@@ -742,3 +742,25 @@ def test_a_measurement_with_more_threads_than_the_box_runs_is_a_400_naming_the_f
     assert agent.health()["sessions_run"] == 0
     request["profile"][field] = cores  # as many as the box runs is measured
     assert httpx.post(f"{agent.url}/measure", json=request, headers=AUTH, timeout=120).status_code == 200
+
+
+def test_a_session_is_bounded_as_a_whole_and_the_agent_answers_400_once_it_passes(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    """10,000 warm-up runs of a 0.32 s model held an agent (and the host) 53 minutes with max_seconds 2."""
+    from tests.test_session_bounds import matmul_chain
+
+    agent = start_agent(*MEASURING)
+    slow = matmul_chain(1000, 8)  # about 0.1 s a run here
+    upload(agent, reference_model_bytes())
+    upload(agent, slow)
+    request = _measure_request([slow], warmup_s=0.0)
+    request["profile"] = {**request["profile"], "warmup": {"runs": 10_000, "seconds": 0.0},
+                          "protocol": {"min_rounds": 5, "max_rounds": 10, "max_seconds": 2}}
+    started = time.monotonic()
+    answer = httpx.post(f"{agent.url}/measure", json=request, headers=AUTH, timeout=30)
+    seconds = time.monotonic() - started
+    assert answer.status_code == 400, answer.text
+    assert "did not finish its warm-up" in answer.json()["detail"] and "bound of 2 s" in answer.json()["detail"]
+    assert seconds < 10, f"answered after {seconds:.1f} s; the session's bound is 2 s (plus loading)"
+    assert not agent.health()["busy"]
