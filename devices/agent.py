@@ -53,7 +53,10 @@ bytes and seconds; each has a command-line flag):
 * ``--max-connections`` (16) bounds open connections, each served by one
   thread; beyond it the agent answers 503 with ``Retry-After`` and closes,
   without starting a thread.  A ``/measure`` waiting for its measurement
-  holds its connection, including one whose client already gave up.
+  holds its connection, including one whose client already gave up, so at
+  most that many requests wait for the device lock.  A waiting request pins
+  its models (a missing one is answered 404 at once) but reads their bytes
+  only once it holds the lock.
 * ``--max-models`` (256) and ``--max-model-mb`` (2048) bound the model
   store and ``--max-results`` (1024) the stored results.  Least recently used
   models (uploaded, re-uploaded or measured) and the oldest results are pruned
@@ -95,13 +98,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from devices.local import describe_machine, measure_model_bytes
-from devices.ort import ModelInputError, bound_session_memory, validate_onnx_bytes
+from devices.ort import ModelInputError, bound_session_memory, require_threads_here, validate_onnx_bytes
 from devices.profile import DeviceProfile, ProfileError
 from devices.protocol import SessionOverrun
 
 MiB = 1024 * 1024
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+#: Both are matched whole (``fullmatch``): ``$`` also matches before a trailing newline, and a request id
+#: ``"evil\n"`` passed ``re.match`` and was written as the file ``requests/evil\n.json``.
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _DIGITS = re.compile(r"[0-9]+")
 _MAX_LENGTH_DIGITS = 18  # more digits than this is far beyond any limit (and int() of huge strings is slow)
 _MAX_JSON_BYTES = 1 * MiB
@@ -179,7 +184,7 @@ class ModelStore:
         folder.mkdir(parents=True, exist_ok=True)
         for stray in folder.glob(".tmp-*"):  # left by a crash mid-upload
             stray.unlink(missing_ok=True)
-        stored = [(path.stat(), path.stem) for path in folder.glob("*.onnx") if _SHA256.match(path.stem)]
+        stored = [(path.stat(), path.stem) for path in folder.glob("*.onnx") if _SHA256.fullmatch(path.stem)]
         for stat, sha256 in sorted(stored, key=lambda item: (item[0].st_mtime_ns, item[1])):
             self._sizes[sha256] = stat.st_size
         with self._lock:
@@ -332,6 +337,10 @@ class AgentState:
         either the running job or its result, never neither.
         """
         request_id, profile, shas = _parse_measure_request(request)
+        try:
+            require_threads_here(profile)  # at once, not after waiting for the device
+        except ProfileError as error:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"invalid profile: {error}") from None
         if len(shas) > self.limits.max_models:  # listed, not distinct: each listed model gets a row back
             raise ApiError(
                 HTTPStatus.BAD_REQUEST,
@@ -364,13 +373,18 @@ class AgentState:
 
         A model listed twice is loaded and measured once and its row repeated:
         each copy would have been another session, another input and another
-        thread pool (one 16 MiB model listed 100 times took 4.9 GiB).
+        thread pool (one 16 MiB model listed 100 times took 4.9 GiB).  The
+        models' bytes are read only once the device lock is held: read before
+        it, every request waiting for the lock held its models in memory
+        (8 waiting requests of three 24 MB models took the agent from 147 to
+        709 MiB); their pins already answered a missing model with 404.
         """
         try:
             distinct = list(dict.fromkeys(shas[1:]))
-            models = [self.models.read(sha) for sha in [shas[0], *distinct]]
             with self.device_lock:
+                models = self._read_pinned([shas[0], *distinct])
                 measured = dict(zip(distinct, measure_model_bytes(profile, models[1:], models[0])))
+                del models
                 self.sessions_run += 1
             job.result = {
                 "request_id": request_id,
@@ -389,6 +403,18 @@ class AgentState:
             job.done.set()
             with self.jobs_lock:
                 self.jobs.pop(request_id, None)
+
+    def _read_pinned(self, shas: list[str]) -> list[bytes]:
+        """The bytes of pinned models; 404 naming those whose file an operator deleted meanwhile."""
+        models, missing = [], []
+        for sha in shas:
+            try:
+                models.append(self.models.read(sha))
+            except FileNotFoundError:
+                missing.append(sha)
+        if missing:
+            raise ApiError(HTTPStatus.NOT_FOUND, {"missing_models": missing})
+        return models
 
     def health(self) -> dict[str, Any]:
         """Device facts, counters, limits and store size, for clients, operators and tests."""
@@ -411,13 +437,13 @@ def _parse_measure_request(request: Any) -> tuple[str, DeviceProfile, list[str]]
     if not isinstance(request, dict) or set(request) != expected:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"body must have exactly the fields {sorted(expected)}")
     request_id = request["request_id"]
-    if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
+    if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
         raise ApiError(HTTPStatus.BAD_REQUEST, "request_id must be 1-128 characters of [A-Za-z0-9_.-]")
     model_shas = request["model_sha256s"]
     if not isinstance(model_shas, list) or not model_shas:
         raise ApiError(HTTPStatus.BAD_REQUEST, "model_sha256s must be a non-empty list")
     shas = [request["reference_sha256"], *model_shas]
-    if not all(isinstance(s, str) and _SHA256.match(s) for s in shas):
+    if not all(isinstance(s, str) and _SHA256.fullmatch(s) for s in shas):
         raise ApiError(HTTPStatus.BAD_REQUEST, "reference_sha256 and model_sha256s must be lowercase sha256 hex")
     if not isinstance(request["profile"], dict):
         raise ApiError(HTTPStatus.BAD_REQUEST, "profile must be a JSON object")

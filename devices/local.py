@@ -28,7 +28,7 @@ from devices.calibration import Ruler, device_reference_ms
 from devices.cpuload import cpu_snapshot, foreign_cores, usable_cores
 from devices.hostlock import Hold, measurement_session
 from devices.measure import Measurement
-from devices.ort import ModelInputError
+from devices.ort import ModelInputError, require_threads_here
 from devices.profile import DeviceProfile
 from devices.protocol import ProgressFn, Runner, SessionResult, make_runner, run_protocol
 
@@ -132,8 +132,12 @@ def measure_model_bytes(
     ``recalibrate`` makes this session's reference the device's new ruler
     if the host was quiet (``hwsearch devices calibrate``).
     Raises :class:`~devices.ort.ModelInputError` when a model's batch is not
-    the profile's: its row would be filed under a batch it was not measured at.
+    the profile's: its row would be filed under a batch it was not measured at,
+    and :class:`~devices.profile.ProfileError` when the profile asks for more
+    threads than this machine runs (:func:`~devices.ort.require_threads_here`),
+    before waiting for the host.
     """
+    require_threads_here(profile)
     device_hash = profile.hash_with_reference(hashlib.sha256(reference).hexdigest())
     host = profile.host_fingerprint or host_fingerprint()
     measured_host = profile.measured_host(host, runtime_version(profile.runtime))
@@ -157,6 +161,7 @@ def plain_median_ms(profile: DeviceProfile, model: bytes, *, runs: int = 50,
     """
     import numpy as np
 
+    require_threads_here(profile)
     with measurement_session(on_wait=on_wait):
         runner = make_runner(model, profile)
         for _ in range(max(profile.warmup.runs, 5)):

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from devices.cpuload import usable_cores
 from devices.onnx_scan import MalformedModel, scan_model
 from devices.profile import DeviceProfile, ProfileError
 
@@ -215,6 +216,28 @@ class OrtRunner:
         self.run_options.terminate = True
 
 
+def require_threads_here(profile: DeviceProfile) -> None:
+    """Refuse a profile asking for more threads than this process may run on (its CPU affinity).
+
+    onnxruntime starts a pool of ``intra_op_threads`` for every session, and
+    a session holds one per model (two with ``protocol.load_twice``): one
+    ``/measure`` of 8 models at 256 threads, loaded twice, took an agent to
+    4,085 threads, and at the profile's bounds it would be about 130,000.
+    Threads beyond the cores only take turns on them, so such a device
+    times the scheduler rather than the model; it is refused where it
+    measures (a local session, an agent's ``/measure``, a local device's
+    registration), since the profile alone does not know the machine.
+    ``inter_op_threads`` is held to the same bound (OpenVINO reads the
+    intra-op count as its ``INFERENCE_NUM_THREADS``).
+    """
+    cores = usable_cores()
+    for name in ("intra_op_threads", "inter_op_threads"):
+        threads = getattr(profile, name)
+        if threads > cores:
+            raise ProfileError(f"field '{name}' is {threads}, but this machine runs this process on {cores} "
+                               f"logical processor(s) (its CPU affinity): ask for at most {cores} threads")
+
+
 def require_runtime_here(profile: DeviceProfile) -> None:
     """Refuse a profile this process cannot run as written: its runtime, or its first provider, missing.
 
@@ -223,8 +246,10 @@ def require_runtime_here(profile: DeviceProfile) -> None:
     ``OpenVINOExecutionProvider`` ran on ``CPUExecutionProvider``, so a GPU
     device's rows would have been CPU latencies under the GPU's name.
     :class:`OrtRunner` refuses such a session; this says so before anything
-    is measured (when a local device is registered).
+    is measured (when a local device is registered).  So does a profile
+    with more threads than this machine runs (:func:`require_threads_here`).
     """
+    require_threads_here(profile)
     if profile.runtime == "openvino":
         if importlib.util.find_spec("openvino") is None:
             raise ProfileError("field 'runtime' is 'openvino', which is not installed here "

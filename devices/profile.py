@@ -67,7 +67,12 @@ _SHORT.maxstring = _SHORT.maxother = 80
 
 @dataclass(frozen=True)
 class Warmup:
-    """Warm-up before timing: both limits apply, whichever is reached last."""
+    """Warm-up before timing: both limits apply, whichever is reached last.
+
+    Within the session's bound (:meth:`DeviceProfile.session_limit_s`): a
+    warm-up whose ``runs`` take longer than ``seconds`` plus
+    ``protocol.max_seconds`` fails the session instead of holding the host.
+    """
 
     runs: int = 10
     seconds: float = 0.5
@@ -87,7 +92,12 @@ class Protocol:
     """Stopping rules of the interleaved, reference-normalised protocol.
 
     Rounds continue until every model's ratio CI half-width is at most
-    ``ci_target`` (relative) after at least ``min_rounds``, or a cap is hit.
+    ``ci_target`` (relative) after at least ``min_rounds``, or a cap is hit:
+    ``max_rounds``, ``max_seconds`` after the rounds began, or the whole
+    session's bound, ``warmup.seconds + max_seconds`` from its first warm-up
+    run (:meth:`DeviceProfile.session_limit_s`), which also bounds the
+    warm-up and ``min_rounds``: a session that reaches it before those are
+    done fails with ``SessionOverrun``.
     Samples whose pair reference is above the model's
     ``reference_ceiling_percentile`` were taken while the machine was in its
     slow state and can be dropped; the default 100 keeps them, because ratios
@@ -146,6 +156,10 @@ class Where:
 @dataclass(frozen=True)
 class DeviceProfile:
     """One device and the exact measurement settings used on it.
+
+    ``intra_op_threads`` and ``inter_op_threads`` are at most :data:`MAX_THREADS`
+    here; the machine that measures refuses more than it runs this process on
+    (:func:`devices.ort.require_threads_here`), which a profile cannot know.
 
     ``clock: thread_cpu`` times each run with the calling thread's CPU clock
     instead of the wall clock.  With one onnxruntime thread the whole
@@ -212,6 +226,25 @@ class DeviceProfile:
         data["providers"] = list(self.providers)
         data["precisions"] = list(self.precisions)
         return data
+
+    def session_limit_s(self) -> float:
+        """The longest a measurement session may run, warm-up and rounds: ``warmup.seconds + protocol.max_seconds``.
+
+        A session holds the host (and an agent's device), so it must end
+        within a bound its profile states, whatever its models: 10,000
+        warm-up runs of a 0.32 s model once kept an agent busy for 53
+        minutes of a session whose ``max_seconds`` was 2.  Rounds stop, as
+        ever, at ``max_seconds`` after they began or once the models
+        converge; if that comes after this bound (a long counted warm-up),
+        the round under way ends at the bound and the session is judged from
+        the rounds it ran.  A session that reaches the bound before its
+        warm-up or ``protocol.min_rounds`` are done fails with
+        :class:`devices.protocol.SessionOverrun` (an agent answers 400).
+        The bound is checked after every run, and an inference still running
+        at it is stopped within a second, so a session ends within about a
+        second of it.  Loading the models comes before and is not counted.
+        """
+        return float(self.warmup.seconds) + float(self.protocol.max_seconds)
 
     def reference_slowdown_limit(self) -> float:
         """How much slower than the host's fastest recent session a session's reference may run and stay stable.

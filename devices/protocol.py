@@ -65,25 +65,36 @@ class Runner(TypingProtocol):
 
 
 class SessionOverrun(RuntimeError):
-    """One inference ran longer than the session's whole time budget (``protocol.max_seconds``)."""
+    """A session ran past its bound: one inference longer than ``protocol.max_seconds``, or the whole
+    session (warm-up and rounds) longer than :meth:`DeviceProfile.session_limit_s` before it had
+    finished its warm-up and ``protocol.min_rounds``."""
+
+
+class _DeadlineReached(Exception):
+    """The session's bound passed (:meth:`DeviceProfile.session_limit_s`); raised between or during inferences."""
 
 
 class _Watchdog:
-    """Stops every runner of a session once one inference has run longer than ``limit_s``.
+    """Stops every runner of a session once one inference has run longer than ``limit_s``, or past ``deadline``.
 
     A session holds the host, so it must end, and a model can loop: an ONNX
     ``Loop`` of 10^15 trips ran for as long as it was let while the host's
     other measurements waited.  An honest inference is shorter than the
-    session's budget (``max_seconds``), so that is the limit; rounds then
-    end as the protocol says, however slow the models.  One thread for the
-    session, waking once a second (a timer per run would start a thread
-    between timed runs).
+    session's budget (``max_seconds``), so that is the limit (``fired``).
+    The session itself checks its bound between inferences; an inference
+    still running once the bound has passed is stopped here too
+    (``deadline_passed``), so a slow model cannot carry the session past it
+    by more than this thread's wake-up.  One thread for the session, waking
+    at least once a second (a timer per run would start a thread between
+    timed runs).
     """
 
-    def __init__(self, runners: list[Runner], limit_s: float) -> None:
+    def __init__(self, runners: list[Runner], limit_s: float, deadline: float) -> None:
         self.runners = runners
         self.limit_s = limit_s
+        self.deadline = deadline
         self.fired = threading.Event()
+        self.deadline_passed = threading.Event()
         self._started: float | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="hwsearch-session-watchdog", daemon=True)
@@ -96,17 +107,27 @@ class _Watchdog:
         self._started = time.monotonic()
         try:
             return runner.run_ms()
+        except Exception as error:
+            if self.deadline_passed.is_set() and not self.fired.is_set():
+                raise _DeadlineReached("an inference was stopped at the session's bound") from error
+            raise
         finally:
             self._started = None
 
     def _watch(self) -> None:
         while not self._done.wait(min(1.0, self.limit_s / 4)):
-            started = self._started
-            if started is not None and time.monotonic() - started > self.limit_s:
-                self.fired.set()
-                for runner in self.runners:
-                    runner.stop()
+            started, now = self._started, time.monotonic()
+            if started is not None and now - started > self.limit_s:
+                self._stop_all(self.fired)
                 return
+            if started is not None and now >= self.deadline:
+                self._stop_all(self.deadline_passed)
+                return
+
+    def _stop_all(self, reason: threading.Event) -> None:
+        reason.set()
+        for runner in self.runners:
+            runner.stop()
 
     def __enter__(self) -> _Watchdog:
         self._thread.start()
@@ -190,19 +211,31 @@ def make_runner(model_bytes: bytes, profile: DeviceProfile) -> Runner:
     return OrtRunner(model_bytes, profile)
 
 
-def warm_up(runners: list[Runner], profile: DeviceProfile) -> None:
+def warm_up(runners: list[Runner], profile: DeviceProfile, session_deadline: float = math.inf) -> None:
     """Run each model ``warmup.runs`` times, then all round-robin until ``warmup.seconds``.
 
     The round-robin part warms caches, the allocator and the CPU governor
-    under the same alternating load the timed rounds will produce.
+    under the same alternating load the timed rounds will produce.  Each
+    run is followed by a check of the session's bound (``session_deadline``,
+    a monotonic time; :meth:`DeviceProfile.session_limit_s`): 10,000 runs
+    of a 0.32 s model kept an agent, and the host, busy for 53 minutes of a
+    session whose ``max_seconds`` was 2.
     """
     for runner in runners:
         for _ in range(profile.warmup.runs):
             runner.run_ms()
+            _check_deadline(session_deadline)
     deadline = time.monotonic() + profile.warmup.seconds
     while time.monotonic() < deadline:
         for runner in runners:
             runner.run_ms()
+            _check_deadline(session_deadline)
+
+
+def _check_deadline(deadline: float) -> None:
+    """Raise :class:`_DeadlineReached` once the session's bound has passed: one clock read, between runs."""
+    if time.monotonic() >= deadline:
+        raise _DeadlineReached("the session's bound passed")
 
 
 def run_protocol(
@@ -224,10 +257,17 @@ def run_protocol(
     if copies is not None and len(copies) != len(models):
         raise ValueError(f"{len(copies)} copies for {len(models)} models")
     limit_s = profile.protocol.max_seconds
-    with _Watchdog([reference, *models, *(copies or [])], limit_s) as watchdog:
+    deadline = time.monotonic() + profile.session_limit_s()
+    with _Watchdog([reference, *models, *(copies or [])], limit_s, deadline) as watchdog:
         try:
             return _run_rounds(watchdog.watched(reference), [watchdog.watched(m) for m in models], profile,
-                               progress, seed, None if copies is None else [watchdog.watched(c) for c in copies])
+                               progress, seed, None if copies is None else [watchdog.watched(c) for c in copies],
+                               deadline)
+        except _Unfinished as error:
+            raise SessionOverrun(f"the session did not finish {error} within its bound of "
+                                 f"{profile.session_limit_s():g} s (warmup.seconds + protocol.max_seconds), "
+                                 f"so it was stopped; allow it more protocol.max_seconds, or ask for fewer "
+                                 f"warm-up runs, rounds or models") from None
         except Exception as error:
             if watchdog.fired.is_set():
                 raise SessionOverrun(f"one inference ran longer than the session's whole budget "
@@ -235,11 +275,26 @@ def run_protocol(
             raise
 
 
+class _Unfinished(Exception):
+    """The session's bound passed before the warm-up or ``protocol.min_rounds`` were done; says which."""
+
+
 def _run_rounds(reference: Runner, models: list[Runner], profile: DeviceProfile, progress: ProgressFn | None,
-                seed: int, copies: list[Runner] | None) -> SessionResult:
+                seed: int, copies: list[Runner] | None, deadline: float) -> SessionResult:
+    """Warm up, then run rounds until the models converge, a cap is hit or the session's bound passes.
+
+    At the bound (``deadline``) the round under way ends where it is and
+    the session is judged from the rounds it ran, as at ``max_seconds``; a
+    session that had not finished its warm-up or ``min_rounds`` by then has
+    nothing to report (:class:`_Unfinished`).
+    """
     settings = profile.protocol
     rng = np.random.default_rng(seed)
-    warm_up([reference, *models, *(copies or [])], profile)
+    try:
+        warm_up([reference, *models, *(copies or [])], profile, deadline)
+    except _DeadlineReached:
+        raise _Unfinished(f"its warm-up ({profile.warmup.runs} runs of each of {len(models) + 1 + len(copies or [])} "
+                          f"loaded models, then {profile.warmup.seconds:g} s)") from None
     references: list[float] = []
     samples = [ModelSamples() for _ in models]
     active = list(range(len(models)))
@@ -248,11 +303,19 @@ def _run_rounds(reference: Runner, models: list[Runner], profile: DeviceProfile,
     hot = profile.timing == "hot"
     while active:
         in_turn = copies if copies is not None and rounds % 2 else models
-        _run_round(reference, in_turn, [int(i) for i in rng.permutation(active)], references, samples,
-                   hot=hot, round_index=rounds)
+        try:
+            _run_round(reference, in_turn, [int(i) for i in rng.permutation(active)], references, samples,
+                       hot=hot, round_index=rounds, deadline=deadline)
+        except _DeadlineReached:
+            if rounds < settings.min_rounds:
+                raise _Unfinished(f"protocol.min_rounds ({rounds} of {settings.min_rounds} rounds "
+                                  f"over {len(models)} models)") from None
+            rounds += 1  # the round cut short keeps the samples it took
+            break
         rounds += 1
         elapsed = time.monotonic() - started
-        out_of_budget = rounds >= settings.max_rounds or elapsed >= settings.max_seconds
+        out_of_budget = (rounds >= settings.max_rounds or elapsed >= settings.max_seconds
+                         or time.monotonic() >= deadline)
         if rounds >= settings.min_rounds and (rounds % _CHECK_EVERY_ROUNDS == 0 or out_of_budget):
             active = _unconverged(_evaluate(references, samples, profile), settings.ci_target)
             if progress is not None:
@@ -280,8 +343,13 @@ def _unconverged(results: list[ModelResult], ci_target: float) -> list[int]:
 
 def _run_round(
     reference: Runner, models: list[Runner], order: list[int], references: list[float], samples: list[ModelSamples],
-    *, hot: bool, round_index: int,
+    *, hot: bool, round_index: int, deadline: float = math.inf,
 ) -> None:
+    """One round, ``R M R M R ...``; past ``deadline`` it stops after the sample just taken.
+
+    The bound is read once per sample, outside the timed runs, so a round of
+    many slow models cannot carry the session past it.
+    """
     references.append(reference.run_ms())
     for index in order:
         if hot:
@@ -293,6 +361,7 @@ def _run_round(
         record.ref_before.append(len(references) - 2)
         record.ref_after.append(len(references) - 1)
         record.round_index.append(round_index)
+        _check_deadline(deadline)
 
 
 def _kept_ratios(ref: np.ndarray, usable: np.ndarray, record: ModelSamples,

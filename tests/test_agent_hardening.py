@@ -648,3 +648,119 @@ def test_what_a_models_operators_allocate_is_bounded_and_the_agent_stays_up(
     upload(agent, model)
     assert httpx.post(f"{agent.url}/measure", json=_measure_request([model], warmup_s=0.2), headers=AUTH,
                       timeout=120).status_code == 200
+
+
+def test_a_request_id_or_sha256_with_a_trailing_newline_is_refused_and_no_file_is_written(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    """``re.match`` with ``$`` took ``"evil\\n"``: it got 200 and the file ``requests/evil\\n.json``."""
+    agent = start_agent(*MEASURING)
+    model = tiny_model(seed=101)
+    upload(agent, reference_model_bytes())
+    upload(agent, model)
+    request = {**_measure_request([model], warmup_s=0.0), "request_id": "evil\n"}
+    answer = httpx.post(f"{agent.url}/measure", json=request, headers=AUTH, timeout=120)
+    assert answer.status_code == 400 and "request_id" in answer.json()["detail"], answer.text
+    assert list((agent.state_dir / "requests").iterdir()) == []
+    newline_sha = {**_measure_request([model], warmup_s=0.0),
+                   "model_sha256s": [hashlib.sha256(model).hexdigest() + "\n"]}
+    answer = httpx.post(f"{agent.url}/measure", json=newline_sha, headers=AUTH, timeout=120)
+    assert answer.status_code == 400 and "sha256" in answer.json()["detail"], answer.text
+    assert agent.health()["sessions_run"] == 0
+
+
+def weighty_model(value: float, floats: int = 1_500_000) -> bytes:
+    """An ``Add`` of a weight of ``floats`` float32s (6 MB at the default): cheap to run, heavy to hold."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])], "weighty",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, floats])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, floats])],
+        [numpy_helper.from_array(np.full((floats,), value, np.float32), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_requests_waiting_for_the_device_read_no_model_bytes_and_a_missing_model_is_still_a_404(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    """Read before the device lock, 8 waiting requests of three 24 MB models took the agent from 147 to 709 MiB."""
+    agent = start_agent(*MEASURING)
+    heavy = [weighty_model(float(i + 1)) for i in range(3)]
+    upload(agent, reference_model_bytes())
+    for model in (tiny_model(seed=111), *heavy):
+        upload(agent, model)
+    holding = _measure_request([tiny_model(seed=111)], warmup_s=8.0)
+    threading.Thread(target=_post_quietly, args=(agent, holding), daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not agent.health()["busy"]:
+        assert time.monotonic() < deadline, "the first measurement never started"
+        time.sleep(0.05)
+    time.sleep(0.3)  # the thread that answered /health has ended
+    threads_before, rss_before = agent.proc_status("Threads"), agent.proc_status("VmRSS")
+    waiting = 6
+    for _ in range(waiting):
+        threading.Thread(target=_post_quietly, args=(agent, _measure_request(heavy, warmup_s=0.0)), daemon=True).start()
+    while agent.proc_status("Threads") < threads_before + waiting:
+        assert time.monotonic() < deadline, "the waiting requests never arrived"
+        time.sleep(0.05)
+    time.sleep(1.0)  # each has parsed its body and reached the device lock (or read its models, before the fix)
+    grown_mib = (agent.proc_status("VmRSS") - rss_before) / 1024
+    assert agent.health()["busy"]
+    assert grown_mib < 40, f"{waiting} waiting requests of 18 MB of models grew the agent by {grown_mib:.0f} MiB"
+    started = time.monotonic()
+    missing = httpx.post(f"{agent.url}/measure", json=_measure_request([tiny_model(seed=112)], warmup_s=0.0),
+                         headers=AUTH, timeout=30)
+    assert missing.status_code == 404 and len(missing.json()["detail"]["missing_models"]) == 1, missing.text
+    assert time.monotonic() - started < 5, "a missing model is answered at once, not after the device lock"
+
+
+def _post_quietly(agent: RunningAgent, request: dict[str, Any]) -> None:
+    """POST a measurement whose answer the test does not need (the agent is killed before some end)."""
+    try:
+        httpx.post(f"{agent.url}/measure", json=request, headers=AUTH, timeout=120)
+    except httpx.HTTPError:
+        pass
+
+
+@pytest.mark.parametrize("field", ["intra_op_threads", "inter_op_threads"])
+def test_a_measurement_with_more_threads_than_the_box_runs_is_a_400_naming_the_field(
+    start_agent: Callable[..., RunningAgent], field: str,
+) -> None:
+    """256 intra-op threads over 8 models loaded twice took an agent to 4,085 threads (a pool per session)."""
+    agent = start_agent(*MEASURING)
+    cores = agent.health()["device"]["usable_cores"]
+    model = tiny_model(seed=121)
+    upload(agent, reference_model_bytes())
+    upload(agent, model)
+    request = _measure_request([model], warmup_s=0.0)
+    request["profile"] = {**request["profile"], field: cores + 1, "allow_spinning": False}
+    answer = httpx.post(f"{agent.url}/measure", json=request, headers=AUTH, timeout=120)
+    assert answer.status_code == 400, answer.text
+    assert f"field '{field}' is {cores + 1}" in answer.json()["detail"], answer.text
+    assert agent.health()["sessions_run"] == 0
+    request["profile"][field] = cores  # as many as the box runs is measured
+    assert httpx.post(f"{agent.url}/measure", json=request, headers=AUTH, timeout=120).status_code == 200
+
+
+def test_a_session_is_bounded_as_a_whole_and_the_agent_answers_400_once_it_passes(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    """10,000 warm-up runs of a 0.32 s model held an agent (and the host) 53 minutes with max_seconds 2."""
+    from tests.test_session_bounds import matmul_chain
+
+    agent = start_agent(*MEASURING)
+    slow = matmul_chain(1000, 8)  # about 0.1 s a run here
+    upload(agent, reference_model_bytes())
+    upload(agent, slow)
+    request = _measure_request([slow], warmup_s=0.0)
+    request["profile"] = {**request["profile"], "warmup": {"runs": 10_000, "seconds": 0.0},
+                          "protocol": {"min_rounds": 5, "max_rounds": 10, "max_seconds": 2}}
+    started = time.monotonic()
+    answer = httpx.post(f"{agent.url}/measure", json=request, headers=AUTH, timeout=30)
+    seconds = time.monotonic() - started
+    assert answer.status_code == 400, answer.text
+    assert "did not finish its warm-up" in answer.json()["detail"] and "bound of 2 s" in answer.json()["detail"]
+    assert seconds < 10, f"answered after {seconds:.1f} s; the session's bound is 2 s (plus loading)"
+    assert not agent.health()["busy"]

@@ -6,6 +6,7 @@ OpenAPI schema.  The whole job flow is in ``test_api_job.py``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,3 +200,13 @@ def test_job_references_are_checked_before_anything_runs(client: httpx.Client, r
     profile = client.post("/profiles", json={"supernet": registered, "on": "nope",
                                              "arch": {"resolution": 32, "depths": [2] * 5}})
     assert profile.status_code == 422 and profile.json()["detail"][0]["loc"] == ["body", "on"]
+
+
+def test_a_local_device_with_more_threads_than_this_host_runs_is_refused(client: httpx.Client) -> None:
+    """Its sessions would refuse to run (``devices.ort.require_threads_here``); registering it would store a dud."""
+    threads = len(os.sched_getaffinity(0)) + 1
+    wide = client.post("/devices", json={"profile": {"name": "wide", "intra_op_threads": threads}})
+    assert wide.status_code == 422, wide.text
+    [error] = wide.json()["detail"]
+    assert error["loc"] == ["body", "profile"] and f"field 'intra_op_threads' is {threads}" in error["msg"]
+    assert "wide" not in [d["name"] for d in client.get("/devices").json()]

@@ -422,3 +422,14 @@ def test_values_no_run_can_use_are_usage_errors_naming_the_option(tmp_path: Path
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert option in result.stderr
+
+
+def test_measure_with_more_threads_than_the_machine_runs(tmp_path: Path, model: Path) -> None:
+    """onnxruntime starts a pool per session: 256 threads over 8 models loaded twice took 4,085 threads."""
+    threads = len(os.sched_getaffinity(0)) + 1
+    profile = tmp_path / "wide.yaml"
+    profile.write_text(f"name: wide\nintra_op_threads: {threads}\nwarmup: {{runs: 1, seconds: 0}}\n"
+                       "protocol: {min_rounds: 5, max_rounds: 5, max_seconds: 10}\n")
+    result = run_cli("measure", "--device", str(profile), str(model), cwd=tmp_path,
+                     extra_env={"DEVICES_LOCK_DIR": str(tmp_path / "locks")})
+    assert_one_line_error(result, 2, "intra_op_threads", f"is {threads}")
