@@ -952,3 +952,20 @@ def test_hostile_dataset_files_are_refused_as_the_dataset_and_the_service_stays_
         assert client.get("/health", timeout=5).status_code == 200
     made = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": arch, "dataset": "bf16.pt"})
     assert made.status_code == 201, made.text
+
+
+@pytest.mark.parametrize("body, says", [
+    (b"[" * 200_000, "nested too deeply"),
+    (b'{"supernet": "tiny-mbv3", "seed": ' + b"9" * 5000 + b"}", "a number with too many digits"),
+    (b'{"supernet": "\xff\xfe"}', "not UTF-8"),
+    (b'{"supernet": "tiny-mbv3", "devices": ["cpu-1t"], "supernet": "other"}', "repeats the key 'supernet'"),
+    (b'{"supernet": "x", "limits": [{"metric": "accuracy", "metric": "latency"}]}', "repeats the key 'metric'"),
+], ids=["deep", "long-number", "not-utf8", "repeated-key", "repeated-nested-key"])
+def test_a_body_that_cannot_be_parsed_is_a_400_naming_the_body_and_why(client: httpx.Client, body: bytes,
+                                                                       says: str) -> None:
+    """They answered 'There was an error parsing the body'; a repeated key was taken, the last one winning."""
+    response = client.post("/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body"] and says in error["msg"], error
+    assert client.get("/health").status_code == 200

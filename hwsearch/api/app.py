@@ -16,12 +16,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import hwsearch
 from hwsearch.agents import AgentEndpoint
+from hwsearch.api.bodies import FASTAPI_PARSE_FAILURE, unparsable_body
 from hwsearch.api.catalog import (
     MAX_CHECKPOINT_BYTES,
     MAX_EXPORT_BYTES,
@@ -90,6 +93,15 @@ async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     detail = [{"loc": list(e["loc"]), "msg": _bounded(e["msg"]), "type": e["type"]} for e in error.errors()]
     return AsciiJSONResponse({"detail": detail}, status_code=422)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    """Starlette's answer, except for a body that could not be parsed: a 400 naming ``body`` and why."""
+    assert isinstance(error, StarletteHTTPException)
+    if error.status_code == 400 and error.detail == FASTAPI_PARSE_FAILURE:
+        detail = [{"loc": ["body"], "msg": unparsable_body(error.__cause__), "type": "json_invalid"}]
+        return AsciiJSONResponse({"detail": detail}, status_code=400)
+    return await http_exception_handler(request, error)
 
 
 async def _unexpected(request: Request, error: Exception) -> JSONResponse:
@@ -174,6 +186,7 @@ def create_app(
     app.include_router(api_router)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(BodyBounds, max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes,
                        upload_paths=_UPLOAD_PATHS, read_timeout_s=read_timeout_s)

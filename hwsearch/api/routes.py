@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 import hwsearch
 from hwsearch.api import service
+from hwsearch.api.bodies import StrictJSONRoute
 from hwsearch.api.catalog import Catalog
 from hwsearch.api.files import DataRoots
 from hwsearch.api.schemas import (
@@ -86,8 +87,8 @@ CatalogDep = Annotated[Catalog, Depends(_catalog)]
 DispatcherDep = Annotated[JobDispatcher, Depends(_dispatcher)]
 RootsDep = Annotated[DataRoots, Depends(_roots)]
 
-public_router = APIRouter()
-api_router = APIRouter(dependencies=[Depends(_require_token)])
+public_router = APIRouter(route_class=StrictJSONRoute)
+api_router = APIRouter(dependencies=[Depends(_require_token)], route_class=StrictJSONRoute)
 
 
 def _accepted(request: Request, job: dict[str, Any]) -> JobAccepted:
