@@ -364,19 +364,27 @@ def _read_mapping_file(path: Path) -> Any:
         text = _read_bounded(path, MAX_PROFILE_BYTES).decode()
         if path.suffix.lower() in (".yaml", ".yml"):
             return yaml.load(text, Loader=_plain_loader())  # noqa: S506 - a SafeLoader without aliases
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except RecursionError:
         raise ProfileError(f"{path} is not a readable YAML/JSON profile (nested too deeply)") from None
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
         raise ProfileError(f"{path} is not a readable YAML/JSON profile ({_problem(error)})") from None
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object's dict, refusing a repeated key (json keeps the last one silently)."""
+class RepeatedKey(ValueError):
+    """A JSON object names one key twice."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's dict, refusing a repeated key (json keeps the last one silently).
+
+    ``json.loads(..., object_pairs_hook=unique_keys)``: for profile files here, and for the
+    service's request bodies (:mod:`hwsearch.api.bodies`).
+    """
     data: dict[str, Any] = {}
     for key, value in pairs:
         if key in data:
-            raise ValueError(f"key {_SHORT.repr(key)} appears twice")
+            raise RepeatedKey(f"key {_SHORT.repr(key)} appears twice")
         data[key] = value
     return data
 

@@ -958,8 +958,8 @@ def test_hostile_dataset_files_are_refused_as_the_dataset_and_the_service_stays_
     (b"[" * 200_000, "nested too deeply"),
     (b'{"supernet": "tiny-mbv3", "seed": ' + b"9" * 5000 + b"}", "a number with too many digits"),
     (b'{"supernet": "\xff\xfe"}', "not UTF-8"),
-    (b'{"supernet": "tiny-mbv3", "devices": ["cpu-1t"], "supernet": "other"}', "repeats the key 'supernet'"),
-    (b'{"supernet": "x", "limits": [{"metric": "accuracy", "metric": "latency"}]}', "repeats the key 'metric'"),
+    (b'{"supernet": "tiny-mbv3", "devices": ["cpu-1t"], "supernet": "other"}', "the key 'supernet' appears twice"),
+    (b'{"supernet": "x", "limits": [{"metric": "accuracy", "metric": "latency"}]}', "the key 'metric' appears twice"),
 ], ids=["deep", "long-number", "not-utf8", "repeated-key", "repeated-nested-key"])
 def test_a_body_that_cannot_be_parsed_is_a_400_naming_the_body_and_why(client: httpx.Client, body: bytes,
                                                                        says: str) -> None:

@@ -20,23 +20,12 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-__all__ = ["FASTAPI_PARSE_FAILURE", "RepeatedKey", "StrictJSONRoute", "unparsable_body"]
+from devices.profile import RepeatedKey, unique_keys
+
+__all__ = ["FASTAPI_PARSE_FAILURE", "StrictJSONRoute", "unparsable_body"]
 
 #: FastAPI's detail for a body ``json.loads`` raised on (other than a plain decode error).
 FASTAPI_PARSE_FAILURE = "There was an error parsing the body"
-
-
-class RepeatedKey(ValueError):
-    """A JSON object of the body names one key twice."""
-
-
-def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    parsed: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in parsed:
-            raise RepeatedKey(f"the body repeats the key {key!r} in one object")
-        parsed[key] = value
-    return parsed
 
 
 class _StrictJSONRequest(Request):
@@ -44,7 +33,7 @@ class _StrictJSONRequest(Request):
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = json.loads(await self.body(), object_pairs_hook=_refuse_repeated_keys)
+            self._json = json.loads(await self.body(), object_pairs_hook=unique_keys)
         return self._json
 
 
@@ -63,7 +52,7 @@ class StrictJSONRoute(APIRoute):
 def unparsable_body(cause: BaseException | None) -> str:
     """Why a JSON body could not be parsed, from the error FastAPI's parse failure was raised from."""
     if isinstance(cause, RepeatedKey):
-        return str(cause)
+        return f"in one JSON object of the body the {cause} (give each key once)"
     if isinstance(cause, UnicodeDecodeError):
         return "the body is not UTF-8 text"
     if isinstance(cause, RecursionError):
