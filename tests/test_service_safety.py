@@ -250,6 +250,19 @@ def test_a_checkpoint_whose_keys_are_not_strings_gets_a_checkpoint_error(client:
     assert list((root / "store.sqlite.data" / "checkpoints").iterdir()) == []
 
 
+def test_an_archive_listing_too_many_members_is_refused_before_its_directory_is_read(
+        client: httpx.Client, root: Path, tmp_path: Path) -> None:
+    """200,000 empty members, 9.4 MB: zipfile sized it member by member (a ZipInfo each) and torch
+    parsed the directory again, holding the upload lock; a 512 MB one took about 150 s."""
+    from tests._archives import many_member_zip
+
+    archive = many_member_zip(tmp_path / "many.pt", 200_000, zip64=True).read_bytes()
+    form = {"name": "many", "registry": SUPERNET["registry"], "options": json.dumps(SUPERNET["options"])}
+    uploaded = client.post("/supernets/upload", data=form, files={"checkpoint": ("many.pt", archive)})
+    assert "lists 200000 members; the limit is" in refused(uploaded, ["body", "checkpoint"])
+    assert list((root / "store.sqlite.data" / "checkpoints").iterdir()) == []
+
+
 def deflated(source: bytes) -> bytes:
     """``source`` (a zip archive) with every member deflated: what a zip bomb of that format looks like."""
     out = io.BytesIO()
