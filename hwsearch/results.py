@@ -249,27 +249,32 @@ class ParetoFront:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], space: SearchSpace | None = None) -> ParetoFront:
-        """Inverse of :meth:`to_dict`; a sense other than min/max or an impossible objective
-        value (see :func:`_check_point`) is a ValueError naming the point and the field.
+        """Inverse of :meth:`to_dict`; an ill-typed field, a sense other than min/max or an impossible
+        objective value (see :func:`_check_point`) is a ValueError naming the field (and point).
 
         Fronts come back from files a user may have edited or written: a NaN
-        latency would otherwise be drawn, ranked and even chosen as the knee.
+        latency would otherwise be drawn, ranked and even chosen as the knee,
+        and a ``"device": 7``, ``"objectives": []`` or ``"reference_point": "x"``
+        loaded and then failed deep inside a report, after some of its files were written.
         """
-        if space is not None and space.name != data["space_name"]:
-            raise ValueError(f"front is for space {data['space_name']!r}, not {space.name!r}")
-        objectives = tuple(Objective(o["metric"], o["sense"]) for o in data["objectives"])
-        points = tuple(Candidate.from_dict(p, space) for p in data["points"])
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a front must be a JSON object, got {type(data).__name__}")
+        space_name = _name_field(data, "space_name")
+        if space is not None and space.name != space_name:
+            raise ValueError(f"front is for space {space_name!r}, not {space.name!r}")
+        objectives = _objectives(data["objectives"])
+        points = tuple(Candidate.from_dict(p, space) for p in _list_field(data, "points"))
         for index, point in enumerate(points):
             _check_point(index, point, objectives)
         return cls(
-            device=data["device"],
-            space_name=data["space_name"],
+            device=_name_field(data, "device"),
+            space_name=space_name,
             points=points,
             objectives=objectives,
-            reference_point=tuple(data["reference_point"]),
-            hypervolume=float(data["hypervolume"]),
-            seed=int(data["seed"]),
-            settings=dict(data.get("settings", {})),
+            reference_point=_reference_point(data["reference_point"], objectives),
+            hypervolume=finite_number(data["hypervolume"], "field 'hypervolume'"),
+            seed=_seed(data["seed"]),
+            settings=_settings(data.get("settings", {})),
         )
 
     @classmethod
@@ -279,6 +284,72 @@ class ParetoFront:
     @classmethod
     def load(cls, path: str | Path, space: SearchSpace | None = None) -> ParetoFront:
         return cls.from_json(Path(path).read_text(), space)
+
+
+#: The longest device or space name a front file may hold.  Device names come from profiles,
+#: which allow 100 characters; the device also names the report's PNG file, and a name past
+#: the file system's 255 bytes failed only when that file was written.
+MAX_FRONT_NAME_CHARS = 200
+
+
+def _name_field(data: Mapping[str, Any], name: str) -> str:
+    """``data[name]`` as a non-empty string of at most :data:`MAX_FRONT_NAME_CHARS`.
+
+    The device keys the report's fronts and names its files, and is escaped
+    into HTML: a number, null or list there loaded and failed mid-report.
+    """
+    value = data[name]
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_FRONT_NAME_CHARS:
+        raise ValueError(f"field {name!r} must be a non-empty string of at most {MAX_FRONT_NAME_CHARS} "
+                         f"characters, got {_short(value)}")
+    return value
+
+
+def _list_field(data: Mapping[str, Any], name: str) -> list[Any]:
+    """``data[name]``, which must be a JSON array (a string or object would be iterated as one)."""
+    value = data[name]
+    if not isinstance(value, list):
+        raise ValueError(f"field {name!r} must be a list, got {_short(value)}")
+    return value
+
+
+def _objectives(value: Any) -> tuple[Objective, ...]:
+    """At least one ``{"metric", "sense"}`` object: every plot, query and knee reads the first."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"field 'objectives' must be a non-empty list, got {_short(value)}")
+    for index, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"field 'objectives' item {index} must be an object with 'metric' and 'sense', "
+                             f"got {_short(item)}")
+    return tuple(Objective(o["metric"], o["sense"]) for o in value)
+
+
+def _reference_point(value: Any, objectives: Sequence[Objective]) -> tuple[float, ...]:
+    """One finite number per objective: the hypervolume is meaningless against anything else."""
+    if not isinstance(value, list) or len(value) != len(objectives):
+        raise ValueError(f"field 'reference_point' must be a list of {len(objectives)} numbers "
+                         f"(one per objective), got {_short(value)}")
+    return tuple(finite_number(v, f"field 'reference_point' item {i}") for i, v in enumerate(value))
+
+
+def _seed(value: Any) -> int:
+    """An integer seed; ``int()`` would have taken ``1e308`` and ``"7"`` alike."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"field 'seed' must be an integer, got {_short(value)}")
+    return int(value)
+
+
+def _settings(value: Any) -> dict[str, Any]:
+    """A JSON object (``dict()`` would also have taken a list of pairs)."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"field 'settings' must be an object, got {_short(value)}")
+    return dict(value)
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to 60 characters, so a huge field does not flood the one-line error."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_point(index: int, point: Candidate, objectives: Sequence[Objective]) -> None:

@@ -107,6 +107,16 @@ def test_export_refuses_a_pickled_object_without_advising_unsafe_loading(tmp_pat
     assert "weights_only" not in result.stderr and "False" not in result.stderr
 
 
+def test_export_refuses_a_checkpoint_whose_keys_are_not_strings(tmp_path: Path) -> None:
+    """An int key was an AttributeError traceback from the legacy-key renaming."""
+    odd = tmp_path / "intkey.pt"
+    torch.save({1: torch.zeros(1), "a": torch.zeros(1)}, odd)
+    result = run_cli("export", "--supernet", "demo_mbv3_mnist", "--checkpoint", str(odd),
+                     "--out", str(tmp_path / "x.onnx"), cwd=tmp_path)
+    assert_one_line_error(result, 2, str(odd), "--checkpoint", "state dict keys must be strings", "keys: 1")
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_export_into_a_path_under_a_regular_file(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

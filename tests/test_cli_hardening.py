@@ -279,6 +279,23 @@ def test_reporting_a_front_with_impossible_values(tmp_path: Path, changes: dict[
     assert not (tmp_path / "report").exists()
 
 
+@pytest.mark.parametrize("field, value", [
+    ("device", 7),  # AttributeError in html.escape, after pareto-7.png was written
+    ("device", [1]),  # TypeError: unhashable type: 'list'
+    ("objectives", []),  # IndexError while drawing
+    ("reference_point", "x"),  # ValueError: Unknown format code 'g' for object of type 'str'
+])
+def test_reporting_a_front_with_an_ill_typed_field(tmp_path: Path, field: str, value: Any) -> None:
+    """A sound front next to the hostile one: the report writes nothing rather than half of itself."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "front-a.json").write_text(json.dumps(_front_json() | {"device": "a"}))
+    (folder / "front-z.json").write_text(json.dumps(_front_json() | {field: value}))
+    result = run_cli("report", str(folder), "--out", str(tmp_path / "report"), cwd=tmp_path)
+    assert_one_line_error(result, 2, "JOB", "front-z.json", f"field {field!r}")
+    assert not (tmp_path / "report").exists()
+
+
 def test_reporting_a_sound_front_with_unknown_conditions_works(tmp_path: Path) -> None:
     folder = tmp_path / "run"
     folder.mkdir()

@@ -161,3 +161,37 @@ def test_the_printed_hypervolume_names_the_point_it_was_taken_against():
     title = console.export_text().splitlines()[0].strip()
     assert title.startswith(f"Pareto front on pixel (hypervolume {_front().hypervolume:.4g} "
                             "over accuracy ≥ 0.6, latency_ms ≤ 10)")
+
+
+@pytest.mark.parametrize("field, value, mention", [
+    ("device", 7, "field 'device' must be a non-empty string"),
+    ("device", None, "field 'device' must be a non-empty string"),
+    ("device", [1], "field 'device' must be a non-empty string"),
+    ("device", {"a": 1}, "field 'device' must be a non-empty string"),
+    ("device", "", "field 'device' must be a non-empty string"),
+    ("space_name", 1e308, "field 'space_name' must be a non-empty string"),
+    ("objectives", [], "field 'objectives' must be a non-empty list"),
+    ("objectives", {}, "field 'objectives' must be a non-empty list"),
+    ("objectives", ["accuracy"], "field 'objectives' item 0 must be an object"),
+    ("points", "x", "field 'points' must be a list"),
+    ("reference_point", "x", "field 'reference_point' must be a list of 2 numbers"),
+    ("reference_point", [1.0], "field 'reference_point' must be a list of 2 numbers"),
+    ("reference_point", [0.0, None], "field 'reference_point' item 1 must be a number"),
+    ("reference_point", [0.0, float("inf")], "field 'reference_point' item 1 must be a finite number"),
+    ("hypervolume", "0.5", "field 'hypervolume' must be a number"),
+    ("seed", 1e308, "field 'seed' must be an integer"),
+    ("settings", [["a", 1]], "field 'settings' must be an object"),
+])
+def test_a_front_file_with_an_ill_typed_field_is_refused_naming_the_field(field, value, mention):
+    """Each of these loaded: a numeric device then broke the report's HTML escaping (after its
+    PNG was written), a list device was unhashable, no objectives or a string reference point
+    failed while the report was drawn."""
+    data = json.loads(_front().to_json())
+    data[field] = value
+    with pytest.raises(ValueError, match=re.escape(mention)):
+        ParetoFront.from_dict(data)
+
+
+def test_a_front_that_is_not_an_object_is_refused():
+    with pytest.raises(ValueError, match="a front must be a JSON object, got list"):
+        ParetoFront.from_json("[1, 2]")

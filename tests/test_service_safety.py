@@ -235,6 +235,34 @@ def test_bad_checkpoints_get_one_clear_422_and_leave_nothing_behind(client: http
     assert client.get("/supernets").status_code == 200
 
 
+def test_a_checkpoint_whose_keys_are_not_strings_gets_a_checkpoint_error(client: httpx.Client,
+                                                                          root: Path) -> None:
+    """The 422 said "AttributeError: 'int' object has no attribute 'replace'", an internal error's text."""
+    import torch
+
+    weights = io.BytesIO()
+    torch.save({1: torch.zeros(1), "a": torch.zeros(1)}, weights)
+    form = {"name": "intkey", "registry": SUPERNET["registry"], "options": json.dumps(SUPERNET["options"])}
+    uploaded = client.post("/supernets/upload", data=form, files={"checkpoint": ("intkey.pt", weights.getvalue())})
+    text = refused(uploaded, ["body", "checkpoint"])
+    assert "CheckpointError" in text and "state dict keys must be strings" in text, text
+    assert "AttributeError" not in text
+    assert list((root / "store.sqlite.data" / "checkpoints").iterdir()) == []
+
+
+def test_an_archive_listing_too_many_members_is_refused_before_its_directory_is_read(
+        client: httpx.Client, root: Path, tmp_path: Path) -> None:
+    """200,000 empty members, 9.4 MB: zipfile sized it member by member (a ZipInfo each) and torch
+    parsed the directory again, holding the upload lock; a 512 MB one took about 150 s."""
+    from tests._archives import many_member_zip
+
+    archive = many_member_zip(tmp_path / "many.pt", 200_000, zip64=True).read_bytes()
+    form = {"name": "many", "registry": SUPERNET["registry"], "options": json.dumps(SUPERNET["options"])}
+    uploaded = client.post("/supernets/upload", data=form, files={"checkpoint": ("many.pt", archive)})
+    assert "lists 200000 members; the limit is" in refused(uploaded, ["body", "checkpoint"])
+    assert list((root / "store.sqlite.data" / "checkpoints").iterdir()) == []
+
+
 def deflated(source: bytes) -> bytes:
     """``source`` (a zip archive) with every member deflated: what a zip bomb of that format looks like."""
     out = io.BytesIO()

@@ -33,6 +33,7 @@ from hwsearch.supernets import (
     list_supernets,
     register_supernet,
 )
+from hwsearch.supernets.base import load_state
 from hwsearch.supernets.counting import measure
 
 MBV3 = "ofa_mbv3_d234_e346_k357_w1.0"
@@ -271,6 +272,18 @@ def test_checkpoint_errors_name_the_keys(mbv3: Supernet, tmp_path: Path) -> None
             net.load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="never downloads"):
         net.load_checkpoint(tmp_path / "absent.pth")
+
+
+def test_checkpoint_keys_that_are_not_strings_are_refused(tmp_path: Path) -> None:
+    """``{1: t, "a": t}`` loads weights-only, and its int key broke the legacy-key renaming."""
+    net = create_supernet(MBV3)
+    path = tmp_path / "intkey.pth"
+    torch.save({"state_dict": {1: torch.zeros(1), (2, 3): torch.zeros(1), "a": torch.zeros(1)}}, path)
+    refused = r"intkey\.pth: state dict keys must be strings .* 2 other keys: 1, \(2, 3\)"
+    with pytest.raises(CheckpointError, match=refused):
+        net.load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="given: state dict keys must be strings"):
+        load_state(net.module, {**net.module.state_dict(), 7: torch.zeros(1)}, source="given")
 
 
 def test_checkpoint_with_arbitrary_objects_is_refused(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "CheckpointError",
     "ElasticNetwork",
     "Supernet",
+    "check_keys",
     "load_failure_reason",
     "load_state",
     "read_checkpoint",
@@ -157,6 +158,7 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{path}: expected a state_dict (a mapping of tensors), "
                               f"got {type(data).__name__}")
+    check_keys(data, source=str(path))
     return data
 
 
@@ -178,8 +180,24 @@ def load_failure_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
 
 
+def check_keys(state: Mapping[Any, Any], *, source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` unless every key of ``state`` is a string (a parameter's name).
+
+    ``torch.save({1: t, "a": t})`` is a weights-only file like any other, and
+    its int key failed deep in the key matching (``'int' object has no
+    attribute 'replace'``): a traceback in the CLI, an internal error's text over HTTP.
+    """
+    odd = [key for key in state if not isinstance(key, str)]
+    if odd:
+        listed = ", ".join(repr(key)[:40] for key in odd[:_MAX_LISTED])
+        more = f" and {len(odd) - _MAX_LISTED} more" if len(odd) > _MAX_LISTED else ""
+        raise CheckpointError(f"{source}: state dict keys must be strings (parameter names), "
+                              f"got {len(odd)} other keys: {listed}{more}")
+
+
 def load_state(module: nn.Module, state: Mapping[str, Any], *, source: str = "checkpoint") -> None:
     """Copy ``state`` into ``module`` after checking keys and shapes; raise naming every problem."""
+    check_keys(state, source=source)
     expected = module.state_dict()
     state = _rename_legacy(state, expected)
     problems = []
