@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import html
 import io
 import json
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -431,6 +433,21 @@ def _html(data: ReportData, device_pngs: Mapping[str, bytes], overview: bytes) -
             f"</title><style>{_STYLE}</style></head><body>{body}</body></html>")
 
 
+def _file_stem(device: str) -> str:
+    """A file name for a device's plot that stays in the report's folder whatever the device is called.
+
+    A device name comes from a front file or a profile; used as it is,
+    ``"../x"`` wrote ``pareto-../x.png`` outside ``--out``.  Other characters
+    than letters, digits, ``.``, ``_`` and ``-`` become ``_``, and a name
+    that changed (or starts with a dot) gets its hash, so two devices never
+    share a file.
+    """
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", device)[:80]
+    if stem == device and not stem.startswith("."):
+        return stem
+    return f"{stem.lstrip('.')}-{hashlib.sha256(device.encode()).hexdigest()[:8]}"
+
+
 def build_report(data: ReportData, out: str | Path) -> dict[str, Path]:
     """Write ``<device>.png`` per device and ``report.html``; returns what was written."""
     out = Path(out)
@@ -439,7 +456,7 @@ def build_report(data: ReportData, out: str | Path) -> dict[str, Path]:
     pngs = {}
     for device, front in data.fronts.items():
         pngs[device] = _device_plot(device, front, data.measurements.get(device, ()))
-        path = out / f"pareto-{device}.png"
+        path = out / f"pareto-{_file_stem(device)}.png"
         path.write_bytes(pngs[device])
         written[device] = path
     page = out / "report.html"

@@ -313,3 +313,16 @@ def test_export_batch_is_bounded_like_a_profiles(tmp_path: Path) -> None:
     result = run_cli(*EXPORT, "--batch", "1025", cwd=tmp_path)
     assert_one_line_error(result, 2, "--batch", "1024")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_device_name_with_path_parts_writes_its_plot_inside_the_report_folder(tmp_path: Path) -> None:
+    """``"device": "../x"`` wrote pareto-../x.png, outside --out."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name, device in (("a", "../escaped"), ("b", "..")):
+        (folder / f"front-{name}.json").write_text(json.dumps(_front_json() | {"device": device}))
+    result = run_cli("report", str(folder), "--out", str(tmp_path / "out" / "report"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report"]
+    plots = sorted((tmp_path / "out" / "report").glob("pareto-*.png"))
+    assert len(plots) == 2 and all(p.parent == tmp_path / "out" / "report" for p in plots)
