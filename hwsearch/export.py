@@ -214,7 +214,23 @@ def _recalibrated(module: nn.Module, data: Images, resolution: int) -> nn.Module
     from hwsearch.data import batches
 
     with _calibration_data():
-        return recalibrate_bn(module, (x for x, _ in batches(data, resolution)))
+        return recalibrate_bn(module, _varying(x for x, _ in batches(data, resolution)))
+
+
+def _varying(images: Iterator[Tensor]) -> Iterator[Tensor]:
+    """The batches, refused if each channel of the first one holds a single value (every image all zeros, say).
+
+    Batch norm then takes a zero variance and divides by its epsilon alone:
+    the exported network's outputs reached 1e11, its ONNX and torch outputs
+    parted by more than the check allows, and the service answered 500.
+    """
+    first = next(images, None)
+    if first is not None:
+        if not bool((first.amax(dim=(0, 2, 3)) > first.amin(dim=(0, 2, 3))).any()):
+            raise CalibrationDataError("the calibration images hold one value per channel (all zeros, say): "
+                                       "batch norm cannot take statistics from them")
+        yield first
+    yield from images
 
 
 @contextmanager

@@ -965,6 +965,7 @@ def test_hostile_dataset_files_are_refused_as_the_dataset_and_the_service_stays_
     images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     torch.save({"x": images, "y": torch.arange(8)}, data_root / "bf16.pt")
     np.savez(data_root / "label.npz", x=np.zeros((8, 32, 32, 3), np.uint8), y=np.array([0] * 7 + [2**40]))
+    np.savez(data_root / "constant.npz", x=np.zeros((8, 32, 32, 3), np.uint8), y=np.arange(8))
     (data_root / "thin" / "a").mkdir(parents=True)
     Image.new("RGB", (1, 200_000)).save(data_root / "thin" / "a" / "1.png")
     _png(data_root / "thin" / "b" / "1.png", 5)
@@ -972,6 +973,7 @@ def test_hostile_dataset_files_are_refused_as_the_dataset_and_the_service_stays_
     assert client.post("/supernets", json=SUPERNET).status_code == 201
     arch = {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": [32]}
     for name, says in [("nested.pt", "'x' must be a tensor"), ("label.npz", "labels must lie in"),
+                       ("constant.npz", "hold one value per channel"),
                        ("thin", "becomes 37x7400000 when resized for 32 px")]:
         started = time.monotonic()
         export = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": arch, "dataset": name})
