@@ -104,6 +104,37 @@ def test_a_job_waiting_for_the_host_says_so(tmp_path: Path, dataset: Path) -> No
     assert waiting["step"] == "profile" and waiting["message"].startswith("cpu-1t: ")
 
 
+def test_a_profile_job_waiting_for_the_host_says_so_without_an_event_a_second(tmp_path: Path) -> None:
+    """A profile job waited silently (its progress stayed at ``export`` while its export waited for compute);
+    a search job's waits came once a second.  Now both pass a wait on when its message changes, or every
+    30 s while it stays the same.
+    """
+    from hwsearch.jobs import ProfileSpec, SupernetRef, build_supernet
+    from tests._jobs import SUPERNET
+
+    arch = build_supernet(SupernetRef(**SUPERNET)).space.sample(5, 1)[0]
+    spec = ProfileSpec(supernet=SupernetRef(**SUPERNET), device=fast_device("cpu-1t"), arch=arch.to_dict())
+    store = SQLiteStore(tmp_path / "jobs.sqlite")
+    job_id = store.create_job(spec.to_dict())
+    runner = threading.Thread(target=execute, args=(spec.to_dict(), store, job_id))
+
+    def waits() -> list[dict]:
+        return [e for e in store.job_events(job_id) if "waiting for local host" in e.get("message", "")]
+
+    with HostLock().exclusive():  # someone else is measuring on this host
+        runner.start()
+        deadline = time.monotonic() + 300
+        while not waits():
+            assert time.monotonic() < deadline, store.job_events(job_id)[-3:]
+            time.sleep(0.2)
+        time.sleep(5.0)  # five more of the lock's reports, all saying the same
+    runner.join(timeout=300)
+    assert store.get_job(job_id).state == "succeeded", store.get_job(job_id).error
+    [waiting] = waits()
+    assert waiting["step"] == "export"
+    assert waiting["message"] == "cpu-1t: compute waiting for local host: 1 session running or queued"
+
+
 AGENT_TOKEN = "two-hosts"
 
 

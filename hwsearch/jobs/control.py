@@ -22,9 +22,8 @@ from typing import Any
 
 from hwsearch.store import ACTIVE_STATES, TERMINAL_STATES, Store
 
-__all__ = ["ACTIVE_STATES", "Control", "JobCancelled", "ProgressFn", "TERMINAL_STATES",
-           "cancel_job", "claim_job", "describe_error", "finish_job", "record_failure", "recover_jobs",
-           "start_job"]
+__all__ = ["ACTIVE_STATES", "Control", "JobCancelled", "ProgressFn", "TERMINAL_STATES", "WaitRelay",
+           "cancel_job", "claim_job", "describe_error", "finish_job", "record_failure", "recover_jobs", "start_job"]
 
 # How a watched job reports progress: ``progress(step, fraction, message)``.
 ProgressFn = Callable[[str, float, str], None]
@@ -106,6 +105,27 @@ class Control:
             written = False
         if not written:
             raise JobCancelled(self.reason_to_stop() or f"job {self.job_id} changed under its runner")
+
+
+class WaitRelay:
+    """Passes a wait for the host on as job progress: when its message changes, else every ``every_s`` seconds.
+
+    The host lock reports a wait about once a second (the CLI prints it as
+    it comes); stored as a job's events, every second of a long wait was a
+    row of the job's event log.  A message says who is ahead, so one that
+    repeats adds nothing but the proof that the job is alive.
+    """
+
+    def __init__(self, say: Callable[[str], None], every_s: float = 30.0) -> None:
+        self.say = say
+        self.every_s = every_s
+        self._last: tuple[str, float] | None = None
+
+    def __call__(self, message: str) -> None:
+        now = time.monotonic()
+        if self._last is None or message != self._last[0] or now - self._last[1] >= self.every_s:
+            self._last = (message, now)
+            self.say(message)
 
 
 def start_job(store: Store, job_id: str, runner: str | None = None) -> Control:

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from hwsearch.agents import AgentEndpoint
 from hwsearch.jobs.context import JobContext, job_device
 from hwsearch.jobs.control import (
+    Control,
     JobCancelled,
     ProgressFn,
+    WaitRelay,
     finish_job,
     record_failure,
     start_job,
@@ -49,8 +51,11 @@ def run_profile(spec: ProfileSpec, *, store: Store, job_id: str,
     """Export one subnet and measure it on one device; the measurement goes into the store.
 
     ``agents`` are the operator's declared agents, for a device that names one; ``runner`` the
-    token a dispatcher claimed the job with (:func:`~hwsearch.jobs.control.start_job`).
+    token a dispatcher claimed the job with (:func:`~hwsearch.jobs.control.start_job`).  Waits
+    for the host (the export's compute behind other sessions, then the session's turn) show in
+    the job's progress.
     """
+    from devices.hostlock import compute_unit
     from hwsearch.export import export_subnet
 
     control = start_job(store, job_id, runner)
@@ -61,10 +66,12 @@ def run_profile(spec: ProfileSpec, *, store: Store, job_id: str,
         profiler, key = _profiler_at(device, spec, net)
         control.step("export", 0.1, arch.key())
         with owned_temp_dir("profile") as tmp:
-            report = export_subnet(net, arch, Path(tmp) / f"{arch.digest()}.onnx",
-                                   batch=device.profile.batch, input_dtype=device.profile.input_dtype)
+            with compute_unit(on_wait=_host_waits(control, "export", 0.1, device.name)):
+                report = export_subnet(net, arch, Path(tmp) / f"{arch.digest()}.onnx",
+                                       batch=device.profile.batch, input_dtype=device.profile.input_dtype)
             control.step("measure", 0.3, f"{device.name} at {spec.precision}")
-            [measurement] = profiler.measure_many([report.path])
+            [measurement] = profiler.measure_many([report.path],
+                                                  progress=_host_waits(control, "measure", 0.3, device.name))
         row = measurement.to_dict() | {"arch": arch.to_dict(), "macs": report.macs,
                                        "params": report.params, "precision": spec.precision}
         store.put_latency(key, net.space.network_id, arch.key(), row)
@@ -75,6 +82,17 @@ def run_profile(spec: ProfileSpec, *, store: Store, job_id: str,
             "arch": arch.to_dict(), "arch_key": arch.key(), "measurement": measurement.to_dict(),
             "macs": report.macs, "params": report.params,
         })
+
+
+def _host_waits(control: Control, step: str, fraction: float, device: str) -> Callable[[dict[str, Any]], None]:
+    """A host lock's ``on_wait`` (or a profiler's ``progress``) that relays its waits as ``step`` progress."""
+    relay = WaitRelay(lambda message: control.step(step, fraction, f"{device}: {message}"))
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "waiting":
+            relay(str(event["message"]))
+
+    return on_event
 
 
 def _profiler_at(device: Any, spec: ProfileSpec, net: Any) -> tuple[Any, str]:

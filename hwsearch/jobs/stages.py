@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hwsearch.jobs.context import JobContext, JobDevice
-from hwsearch.jobs.control import Control
+from hwsearch.jobs.control import Control, WaitRelay
 from hwsearch.jobs.precision import (
     Target,
     job_precisions,
@@ -71,8 +71,15 @@ def profile_devices(control: Control, job: JobContext) -> dict[str, dict[str, An
         control.step("profile", fraction, f"{name}: {message}")
 
     def profile_one(device: JobDevice) -> dict[str, dict[str, Any]]:
-        found = profile_device(job.net, job.archs, device, job.data, job.store,
-                               progress=lambda info: report(device.name, info))
+        waits = WaitRelay(lambda message: report(device.name, {"message": message}))
+
+        def progress(info: Mapping[str, Any]) -> None:
+            if info.get("stage") == "waiting":
+                waits(str(info["message"]))
+            else:
+                report(device.name, info)
+
+        found = profile_device(job.net, job.archs, device, job.data, job.store, progress=progress)
         return {Target(device, p).label: r.to_dict() for p, r in found.items()}
 
     with ThreadPoolExecutor(max_workers=len(job.devices),
@@ -281,10 +288,14 @@ class DeviceMeasurer:
         Control(self.store, self.job_id, self.runner).step("search", 0.6,
                                                             f"{self._target.label}: {message}")
 
+    @functools.cached_property
+    def _waits(self) -> WaitRelay:
+        return WaitRelay(self._say)
+
     def _waiting(self, info: Mapping[str, Any]) -> None:
         """Relay the pipeline's waits for the host ("waiting for local host: 2 sessions ahead")."""
         if info.get("stage") == "waiting":
-            self._say(str(info["message"]))
+            self._waits(str(info["message"]))
 
     def measure_latency(self, archs: Sequence[Any]) -> list[float]:
         """``archs``' latencies at this precision, measured with their other precisions' files.
