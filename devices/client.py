@@ -228,6 +228,9 @@ def _row_problem(m: Measurement, profile: DeviceProfile, expected: _Expected) ->
         return f"latency_ms is {m.latency_ms!r} at ratio {m.ratio!r}"
     if m.ratio_ci < 0 or (m.stable and not m.ratio_ci <= profile.protocol.ci_target):
         return f"ratio_ci is {m.ratio_ci!r} in a row that says stable={m.stable}"
+    problem = _session_problem(m)
+    if problem is not None:
+        return problem
     if m.device_hash != expected.profile_hash:
         return f"it names device {m.device_hash!r}, not the profile sent ({expected.profile_hash})"
     host, version = m.env.get("host_fingerprint"), m.env.get("runtime_version")
@@ -235,6 +238,37 @@ def _row_problem(m: Measurement, profile: DeviceProfile, expected: _Expected) ->
             or profile.identity(host, version) != expected.device_key:
         return (f"it was measured on host {host!r} with {profile.runtime} {version!r}, not on the host and runtime "
                 "the agent described (it was replaced or upgraded since)")
+    return None
+
+
+#: A session's wall-clock times lie after 2020 and before this far past the client's clock (the
+#: agent's clock may run ahead of it): a row claiming a session in 2001 or 33 million years on
+#: would stay the device's latest for good, and readers take the latest session's ruler.
+_EARLIEST_SESSION = 1_577_836_800.0  # 2020-01-01
+_CLOCK_SKEW_S = 86_400.0
+
+
+def _session_problem(m: Measurement) -> str | None:
+    """What is impossible in the row's session: its ruler, its times, or a latency that is not ratio x ruler.
+
+    Readers scale every row of a device to the ruler of its latest session
+    (:func:`hwsearch.anchor.on_latest_ruler`), so one row with a ruler of
+    1e300 or a session ending in the far future turned every honest row of
+    the device into 1e300 ms.
+    """
+    env = m.env
+    ruler = env.get("reference_ms")
+    if not _is_number(ruler) or not 0.0 < ruler <= MAX_ROW_MS:
+        return f"env.reference_ms is {ruler!r}"
+    latest = time.time() + _CLOCK_SKEW_S
+    for name in ("session_start", "session_end"):
+        value = env.get(name)
+        if not _is_number(value) or not _EARLIEST_SESSION <= value <= latest:
+            return f"env.{name} is {value!r}"
+    if env["session_end"] < env["session_start"]:
+        return "its session ended before it started"
+    if not math.isnan(m.latency_ms) and not math.isclose(m.latency_ms, m.ratio * ruler, rel_tol=1e-9):
+        return f"latency_ms {m.latency_ms!r} is not its ratio {m.ratio!r} times its ruler {ruler!r}"
     return None
 
 
@@ -282,6 +316,9 @@ def _bounded_exchange(method: str, url: str, *, timeout: Any, **kwargs: Any) -> 
         raise
 
 
+_CONNECTED = ("connection.connect_tcp.complete", "connection.start_tls.complete")
+
+
 class _Deadline:
     """Shuts an exchange's socket once ``seconds`` have passed since it began; :meth:`check` raises then.
 
@@ -307,8 +344,9 @@ class _Deadline:
         self._timer.cancel()
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore's trace hook: keep the socket of the connection just made (shut at once if late)."""
-        if event != "connection.connect_tcp.complete" or info.get("return_value") is None:
+        """httpcore's trace hook: keep the socket of the connection just made, or of its TLS layer once it
+        is wrapped (wrapping detaches the plain one, whose shutdown then woke nothing); shut at once if late."""
+        if event not in _CONNECTED or info.get("return_value") is None:
             return
         with self._lock:
             self._socket = info["return_value"].get_extra_info("socket")

@@ -93,7 +93,9 @@ def _unpacked_size(path: Path) -> int | None:
         with path.open("rb") as file:
             directory = _find_directory(file)
             return None if directory is None else _sum_sizes(file, directory)
-    except (OSError, struct.error):
+    except UnpackedTooLarge:
+        raise
+    except (OSError, struct.error, ValueError, OverflowError):  # an offset no file has: not an archive we read
         return None
 
 
@@ -158,8 +160,9 @@ def _zip64_directory(file: BinaryIO, location: int) -> _Directory | None:
 
 
 def _read_zip64_end(file: BinaryIO, offset: int) -> tuple[int, ...] | None:
-    """The ZIP64 end record's fields at ``offset``, or None where none is."""
-    if offset < 0:
+    """The ZIP64 end record's fields at ``offset``, or None where none is (an offset past the file included:
+    one of 2**63 made ``seek`` raise ValueError, and the upload a 500)."""
+    if not 0 <= offset <= file.seek(0, 2) - _ZIP64_END.size:
         return None
     file.seek(offset)
     raw = file.read(_ZIP64_END.size)

@@ -140,8 +140,12 @@ def _tensors_of_pt(path: Path) -> tuple[Tensor, Tensor]:
         raise ValueError(f"{path} must hold a dict with 'x' and 'y', got {type(data).__name__}")
     _require_keys(path, set(data))
     for key in ("x", "y"):
-        if not isinstance(data[key], Tensor):
-            raise ValueError(f"{path}: '{key}' must be a tensor, got {type(data[key]).__name__}")
+        value = data[key]
+        if not isinstance(value, Tensor):
+            raise ValueError(f"{path}: '{key}' must be a tensor, got {type(value).__name__}")
+        if value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized or value.is_nested:
+            raise ValueError(f"{path}: '{key}' must be a plain dense tensor (not sparse, quantized, nested or "
+                             f"on device {value.device.type!r})")
     return data["x"], data["y"]
 
 
@@ -158,7 +162,7 @@ def _check_arrays(x: np.ndarray | Tensor, y: np.ndarray | Tensor, path: Path) ->
     if not _real_numbers(x):
         raise ValueError(f"{path}: x must hold real numbers, got dtype {x.dtype}")
     n_labels = y.numel() if isinstance(y, Tensor) else y.size
-    if y.ndim > 1 or n_labels != x.shape[0]:
+    if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1) or n_labels != x.shape[0]:  # (N,) or Keras' (N, 1)
         raise ValueError(f"{path}: {x.shape[0]} images but labels of shape {tuple(y.shape)}")
     if not _real_numbers(y):
         raise ValueError(f"{path}: y must hold integer class labels, got dtype {y.dtype}")

@@ -180,7 +180,8 @@ class JobDispatcher:
             if job_id in self._running:
                 raise StillStopping(f"job {job_id} is still stopping; resume it in a few seconds")
             self._check_room()
-            if self.store.transition_job(job_id, TERMINAL_STATES, "queued", error=None):
+            # the old runner's token goes: a task of its that starts late must find no claim of its own
+            if self.store.transition_job(job_id, TERMINAL_STATES, "queued", error=None, runner=None):
                 self._queue.append(job_id)
                 self._cond.notify_all()
 

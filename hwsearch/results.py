@@ -263,7 +263,8 @@ class ParetoFront:
         if space is not None and space.name != space_name:
             raise ValueError(f"front is for space {space_name!r}, not {space.name!r}")
         objectives = _objectives(data["objectives"])
-        points = tuple(Candidate.from_dict(p, space) for p in _list_field(data, "points"))
+        points = tuple(Candidate.from_dict(_point_fields(i, point), space)
+                       for i, point in enumerate(_list_field(data, "points")))
         for index, point in enumerate(points):
             _check_point(index, point, objectives)
         return cls(
@@ -352,8 +353,20 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _point_fields(index: int, value: Any) -> Mapping[str, Any]:
+    """A point as an object whose value tables are objects: ``"measured": []`` loaded and failed in the report."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"point {index} must be an object, got {_short(value)}")
+    if not isinstance(value.get("arch"), Mapping):
+        raise ValueError(f"point {index} field 'arch' must be an object, got {_short(value.get('arch'))}")
+    for name in ("measured", "predicted", "spread", "latency_conditions"):
+        if value.get(name) is not None and not isinstance(value[name], Mapping):
+            raise ValueError(f"point {index} field {name!r} must be an object, got {_short(value[name])}")
+    return value
+
+
 def _check_point(index: int, point: Candidate, objectives: Sequence[Objective]) -> None:
-    """Refuse objective values no subnet can have: non-finite ones, a measured accuracy outside [0, 1].
+    """Refuse objective values no subnet can have: missing, non-finite, a measured accuracy outside [0, 1].
 
     hwsearch measures accuracy as a top-1 fraction (predictors and
     ``--accuracy-floor`` take it so), so 5.0 is a corrupted file, not a
@@ -363,6 +376,9 @@ def _check_point(index: int, point: Candidate, objectives: Sequence[Objective]) 
     stray just outside [0, 1] without anything being wrong with the file.
     """
     for objective in objectives:
+        if objective.metric not in point.measured and objective.metric not in point.predicted:
+            raise ValueError(f"point {index} ({point.arch.key()}) has no value of objective {objective.metric!r}, "
+                             "measured or predicted")
         for kind, values in (("measured", point.measured), ("predicted", point.predicted)):
             if objective.metric not in values:
                 continue

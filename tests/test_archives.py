@@ -68,3 +68,20 @@ def test_checkpoint_and_dataset_readers_refuse_it_naming_the_file(tmp_path: Path
         with zipfile.ZipFile(path) as real:
             assert _unpacked_size(path) == sum(member.file_size for member in real.infolist())
     assert len(load_images(tmp_path / "d.npz", size=8)) == 4
+
+
+@pytest.mark.parametrize("pointed", [2**63 - 1, 2**63, 2**64 - 1])
+def test_a_zip64_locator_pointing_past_any_file_is_no_archive_to_size(tmp_path: Path, pointed: int) -> None:
+    """A locator at 2**63 or more made ``seek`` raise ValueError, and a checkpoint upload answered 500."""
+    import struct
+
+    from hwsearch.supernets import CheckpointError, create_supernet
+
+    torch.save({"w": torch.zeros(4)}, tmp_path / "w.pt")
+    data = (tmp_path / "w.pt").read_bytes()
+    end = data.rindex(b"PK\x05\x06")
+    crafted = tmp_path / "crafted.pt"
+    crafted.write_bytes(data[:end] + struct.pack("<4sLQL", b"PK\x06\x07", 0, pointed, 1) + data[end:])
+    check_unpacked_size(crafted)  # not sized, not raised on: its reader says what is wrong with it
+    with pytest.raises(CheckpointError):
+        create_supernet("demo_mbv3_mnist", checkpoint=crafted)

@@ -171,3 +171,15 @@ def test_rows_read_after_a_ruler_reset_share_the_latest_ruler(calibration_dir: P
     assert rows["a"]["env"]["reference_ms"] == new and rows["a"]["env"]["measured_reference_ms"] == old
     assert rows["b"] == after.to_dict()  # already on the latest ruler
     assert before.latency_ms == pytest.approx(before.ratio * old, rel=1e-12)  # the stored row is not changed
+
+
+@pytest.mark.parametrize("bad_end", ["late", float("nan"), None])
+def test_a_row_whose_session_end_is_no_number_sets_no_ruler_and_breaks_no_reader(bad_end: object) -> None:
+    """A string session_end raised ValueError in every reader; a NaN one first pinned an old ruler."""
+    from hwsearch.anchor.norm import on_latest_ruler
+
+    def row(ruler: float, ended: object) -> dict:
+        return {"latency_ms": 2.0 * ruler, "ratio": 2.0, "env": {"reference_ms": ruler, "session_end": ended}}
+
+    rows = on_latest_ruler({"odd": row(5.0, bad_end), "old": row(10.0, 1.7e9), "new": row(20.0, 1.8e9)})
+    assert [rows[k]["latency_ms"] for k in ("odd", "old", "new")] == [40.0, 40.0, 40.0]

@@ -283,6 +283,14 @@ HOSTILE_ARRAYS = {
     "string-images.npz": ({"x": np.full((2, 8, 8, 3), "a"), "y": np.array([0, 1])}, "x must hold real numbers"),
     "empty-images.npz": ({"x": np.zeros((2, 3, 0, 0), np.float32), "y": np.array([0, 1])}, "no empty dimension"),
     "no-images.npz": ({"x": np.zeros((0, 8, 8, 3), np.uint8), "y": np.zeros(0, np.int64)}, "no empty dimension"),
+    "label-table.npz": ({"x": np.zeros((2, 8, 8, 3), np.uint8), "y": np.zeros((2, 2), np.int64)},
+                        r"labels of shape \(2, 2\)"),
+    "sparse-images.pt": ({"x": torch.zeros(2, 3, 8, 8).to_sparse(), "y": torch.arange(2)}, "plain dense tensor"),
+    "sparse-labels.pt": ({"x": torch.zeros(2, 3, 8, 8), "y": torch.arange(2).to_sparse()}, "plain dense tensor"),
+    "meta-images.pt": ({"x": torch.empty(2, 3, 8, 8, device="meta"), "y": torch.arange(2)}, "on device 'meta'"),
+    "meta-labels.pt": ({"x": torch.zeros(2, 3, 8, 8), "y": torch.empty(2, device="meta")}, "on device 'meta'"),
+    "quantized-images.pt": ({"x": torch.quantize_per_tensor(torch.zeros(2, 3, 8, 8), 0.1, 0, torch.quint8),
+                             "y": torch.arange(2)}, "plain dense tensor"),
 }
 
 
@@ -299,6 +307,11 @@ def test_hostile_array_files_are_refused_by_name_before_anything_is_copied(tmp_p
     with pytest.raises(ValueError, match=says) as refused:
         load_images(path, size=8)
     assert name in str(refused.value)
+
+
+def test_labels_as_a_column_load_as_keras_datasets_store_them(tmp_path: Path) -> None:
+    np.savez(tmp_path / "column.npz", x=np.zeros((4, 8, 8, 3), np.uint8), y=np.array([[0], [2], [1], [2]]))
+    assert load_images(tmp_path / "column.npz", size=8).y.tolist() == [0, 2, 1, 2]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.uint16, torch.int32])

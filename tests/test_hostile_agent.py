@@ -33,10 +33,12 @@ Answer = Callable[[BaseHTTPRequestHandler, dict[str, Any]], None]
 def well_formed_rows(request: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows shaped as a real agent's, one per model in order, naming the profile sent and the host described."""
     device_hash = DeviceProfile.from_dict(request["profile"]).hash_with_reference(request["reference_sha256"])
-    return [{"model_sha256": sha, "latency_ms": 1.0 + i, "ratio": 0.5, "ratio_ci": 0.01, "median_ms": 1.0,
+    now = time.time()
+    return [{"model_sha256": sha, "latency_ms": 1.0 + i, "ratio": (1.0 + i) / 2, "ratio_ci": 0.01, "median_ms": 1.0,
              "p10_ms": 0.9, "p90_ms": 1.1, "p99_ms": 1.2, "min_ms": 0.8, "mad_ms": 0.05, "n_runs": 20,
              "stable": True, "device_hash": device_hash,
-             "env": {"clock": "wall", "host_fingerprint": HOST, "runtime_version": "1.0"}}
+             "env": {"clock": "wall", "host_fingerprint": HOST, "runtime_version": "1.0", "reference_ms": 2.0,
+                     "session_start": now - 1.0, "session_end": now}}
             for i, sha in enumerate(request["model_sha256s"])]
 
 
@@ -231,9 +233,16 @@ def without_latency(handler: BaseHTTPRequestHandler, request: dict[str, Any]) ->
     (corrupt("device_hash", "d" * 16), "not the profile sent"),
     (corrupt_env("host_fingerprint", "0" * 16), "measured on host '0000000000000000'"),
     (corrupt_env("host_fingerprint", None), "measured on host None"),
+    (corrupt_env("reference_ms", 1e300), "env.reference_ms is 1e+300"),
+    (corrupt_env("reference_ms", None), "env.reference_ms is None"),
+    (corrupt_env("session_end", 1e18), "env.session_end is 1e+18"),
+    (corrupt_env("session_end", "late"), "env.session_end is 'late'"),
+    (corrupt_env("session_start", float("nan")), "env.session_start is nan"),
+    (corrupt("latency_ms", 5.0), "is not its ratio 1.0 times its ruler 2.0"),
 ], ids=["negative", "infinite", "absurd", "zero-ratio", "nan-median", "zero-median", "negative-min", "infinite-p99",
         "negative-runs", "no-runs", "stable-above-target", "negative-ci", "stable-without-latency",
-        "another-profile", "another-host", "no-host"])
+        "another-profile", "another-host", "no-host", "huge-ruler", "no-ruler", "future-session", "string-session",
+        "nan-session", "latency-not-ratio-times-ruler"])
 def test_impossible_rows_are_refused_not_stored(box: HostileBox, models: list[Path], answer: Answer,
                                                 says: str) -> None:
     """A fake agent's -5 ms and infinite latencies, and rows of another host, were taken and stored as stable."""
@@ -300,3 +309,38 @@ def test_an_answer_whose_headers_never_end_is_given_up_within_the_timeout(box: H
     assert isinstance(outcome, AgentError) and "ReadTimeout" in str(outcome), outcome
     assert took < TIMEOUT_S + 5
 
+
+
+def test_a_tls_answer_whose_headers_never_end_is_given_up_within_the_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over HTTPS the deadline shut the plain socket the TLS layer had detached: the trickle ran its 15 s."""
+    import socket
+    import ssl
+
+    import httpx
+
+    from devices.client import _bounded_exchange
+    from tests._tls import self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def trickle_headers() -> None:
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(65536)
+            tls.sendall(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(150):
+                tls.sendall(b"X")
+                time.sleep(0.1)
+
+    threading.Thread(target=trickle_headers, daemon=True).start()
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout, match="took over 2 s"):
+        _bounded_exchange("GET", f"https://127.0.0.1:{listener.getsockname()[1]}/health",
+                          timeout=httpx.Timeout(TIMEOUT_S, connect=10.0))
+    assert time.monotonic() - started < TIMEOUT_S + 2
+    listener.close()

@@ -231,3 +231,15 @@ def test_a_claim_is_refused_for_a_job_cancelled_while_it_waited(store: HoldsAWri
     assert claim_job(store, job) is None and store.get_job(job).state == "cancelled"
     store.delete_job(job)
     assert claim_job(store, job) is None
+
+
+def test_a_resume_clears_the_old_runner_so_its_late_task_cannot_start(store: HoldsAWrite) -> None:
+    """A task of the old claim that started after another dispatcher's resume, before its claim, took the job."""
+    job = store.create_job({"kind": "search"})
+    stale = claim_job(store, job)
+    cancel_job(store=store, job_id=job)
+    JobDispatcher(store).resume(job)  # another process's service
+    assert store.get_job(job).runner is None
+    with pytest.raises(JobCancelled):
+        start_job(store, job, stale)
+    assert store.get_job(job).state == "queued" and claim_job(store, job) is not None

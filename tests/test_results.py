@@ -195,3 +195,18 @@ def test_a_front_file_with_an_ill_typed_field_is_refused_naming_the_field(field,
 def test_a_front_that_is_not_an_object_is_refused():
     with pytest.raises(ValueError, match="a front must be a JSON object, got list"):
         ParetoFront.from_json("[1, 2]")
+
+
+@pytest.mark.parametrize("change, mention", [
+    (lambda d: d["objectives"][0].update(metric="x"), "has no value of objective 'x'"),
+    (lambda d: d["points"][0].update(measured=[]), "point 0 field 'measured' must be an object"),
+    (lambda d: d["points"][0].update(predicted=[1]), "point 0 field 'predicted' must be an object"),
+    (lambda d: d["points"][0].update(arch=[]), "point 0 field 'arch' must be an object"),
+    (lambda d: d["points"].__setitem__(0, 7), "point 0 must be an object"),
+])
+def test_a_point_the_report_cannot_read_is_refused_naming_it(change, mention):
+    """A metric no point has, or a point's values as a list, loaded and then raised KeyError in the report."""
+    data = json.loads(_front().to_json())
+    change(data)
+    with pytest.raises(ValueError, match=re.escape(mention)):
+        ParetoFront.from_dict(data)

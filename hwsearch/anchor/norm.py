@@ -113,15 +113,16 @@ def on_latest_ruler(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[
     so a row is scaled by the latest ruler over its own; it keeps the one
     it was measured on as ``env.measured_reference_ms``.  Rows of different
     hosts keep their own host's latest ruler; a raw median
-    (``latency_source``) has no ruler and is left as it is.
+    (``latency_source``) has no ruler and is left as it is, and a row whose
+    session end is no finite number sets no ruler (agents' rows are checked
+    for plausible rulers and times before they are stored, :mod:`devices.client`).
     """
     latest: dict[Any, tuple[float, float, Any]] = {}
     for row in rows.values():
         env = row.get("env", {})
-        ruler = _ruler_of(row)
-        ended = float(env.get("session_end") or 0.0)
+        ruler, ended = _ruler_of(row), _finite(env.get("session_end"))
         host = env.get("host_fingerprint")
-        if ruler is not None and (host not in latest or ended >= latest[host][0]):
+        if ruler is not None and ended is not None and (host not in latest or ended >= latest[host][0]):
             latest[host] = (ended, ruler, env.get("reference_source"))
     out: dict[str, Mapping[str, Any]] = {}
     for key, row in rows.items():
@@ -143,11 +144,15 @@ def _ruler_of(row: Mapping[str, Any]) -> float | None:
     """The ruler a calibrated row was scaled by, or None (a raw median, or no usable ruler recorded)."""
     if row.get("latency_source") == "median_ms":
         return None
-    try:
-        ruler = float(row.get("env", {}).get("reference_ms"))
-    except (TypeError, ValueError):
+    ruler = _finite(row.get("env", {}).get("reference_ms"))
+    return ruler if ruler is not None and ruler > 0 else None
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float, or None (a string, NaN or nothing: a stored row names no such session)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return ruler if np.isfinite(ruler) and ruler > 0 else None
+    return float(value) if np.isfinite(value) else None
 
 
 def current_norms(rows: Iterable[Mapping[str, Any]], members: Members | None = None) -> dict[tuple[Any, ...], Norm]:
