@@ -18,6 +18,7 @@ Standard library only, so every layer may use it.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +55,10 @@ _UNSET16 = 0xFFFF
 _END_SIGNATURE = b"PK\x05\x06"
 
 
-def default_bound(path: Path) -> int:
-    """What ``path`` may unpack to when no tighter bound is given (see :data:`UNPACKED_RATIO`)."""
-    return max(MIN_UNPACKED_BYTES, UNPACKED_RATIO * path.stat().st_size)
+def default_bound(path: Path | BinaryIO) -> int:
+    """What ``path`` (or an open file) may unpack to when no tighter bound is given (see :data:`UNPACKED_RATIO`)."""
+    size = path.stat().st_size if isinstance(path, Path) else os.fstat(path.fileno()).st_size
+    return max(MIN_UNPACKED_BYTES, UNPACKED_RATIO * size)
 
 
 class UnpackedTooLarge(ValueError):
@@ -79,7 +81,7 @@ class _Directory:
     size: int
 
 
-def _unpacked_size(path: Path) -> int | None:
+def _unpacked_size(source: Path | BinaryIO) -> int | None:
     """The sum of the members' declared sizes, or None for a file that is not a zip archive.
 
     The central directory's sizes are what the readers inflate to (Python's
@@ -87,16 +89,24 @@ def _unpacked_size(path: Path) -> int | None:
     the declared size and checks it), so summing them bounds the memory a
     load takes without inflating anything.  A broken archive is None too:
     its reader refuses it with a reason.  More than :data:`MAX_MEMBERS`
-    members, declared or found, is :class:`TooManyMembers`.
+    members, declared or found, is :class:`TooManyMembers`.  ``source`` may
+    be a file its reader already holds open, so the bytes checked are the
+    bytes read.
     """
     try:
-        with path.open("rb") as file:
-            directory = _find_directory(file)
-            return None if directory is None else _sum_sizes(file, directory)
+        if not isinstance(source, Path):
+            return _sized(source)
+        with source.open("rb") as file:
+            return _sized(file)
     except UnpackedTooLarge:
         raise
     except (OSError, struct.error, ValueError, OverflowError):  # an offset no file has: not an archive we read
         return None
+
+
+def _sized(file: BinaryIO) -> int | None:
+    directory = _find_directory(file)
+    return None if directory is None else _sum_sizes(file, directory)
 
 
 def _find_directory(file: BinaryIO) -> _Directory | None:
@@ -218,12 +228,15 @@ def _zip64_size(extra: bytes) -> int | None:
     return None
 
 
-def check_unpacked_size(path: Path, limit: int | None = None) -> None:
-    """Raise :class:`UnpackedTooLarge` if ``path`` is a zip archive that unpacks to more than ``limit`` bytes.
+def check_unpacked_size(path: Path | BinaryIO, limit: int | None = None) -> None:
+    """Raise :class:`UnpackedTooLarge` if ``path`` (or an open file) is a zip archive that unpacks to more
+    than ``limit`` bytes.
 
-    ``limit`` defaults to :func:`default_bound`.
+    ``limit`` defaults to :func:`default_bound`.  An open file is left at its start.
     """
     unpacked = _unpacked_size(path)
+    if not isinstance(path, Path):
+        path.seek(0)
     if limit is None and unpacked is not None:
         limit = default_bound(path)
     if unpacked is not None and limit is not None and unpacked > limit:

@@ -195,3 +195,105 @@ def test_a_pinned_reference_refuses_other_bytes(tmp_path: Path) -> None:
     with pytest.raises(CheckpointChanged, match="changed since it was registered"):
         build_supernet(ref)
     assert build_supernet(SupernetRef(name="w", registry=DEMO, checkpoint=str(path))).space.name
+
+
+def test_the_pin_is_checked_on_the_bytes_loaded_while_the_file_is_being_replaced(tmp_path: Path) -> None:
+    """The pin hashed the path and the load opened it again: 3 of 57 builds loaded other weights under it.
+
+    A thread swaps two checkpoints in place of one path every millisecond; every build either loads the
+    pinned weights or refuses, and every digest read names the bytes read.
+    """
+    import hashlib
+    import itertools
+    import os
+    import threading
+
+    from hwsearch.jobs import CheckpointChanged
+    from hwsearch.supernets.base import read_checkpoint
+
+    pinned, other = DEMO_CHECKPOINT.read_bytes(), shifted_weights()
+    digests = {hashlib.sha256(pinned).hexdigest(): 1.0, hashlib.sha256(other).hexdigest(): 0.9}
+    path = tmp_path / "w.pt"
+    path.write_bytes(pinned)
+    ref = SupernetRef(name="w", registry=DEMO, checkpoint=str(path)).pinned()
+    reference = build_supernet(ref).module.state_dict()
+    name = next(k for k, v in reference.items() if v.is_floating_point() and v.abs().sum() > 0)
+    stop = threading.Event()
+
+    def swap() -> None:
+        for turn in itertools.count():
+            if stop.is_set():
+                return
+            temp = tmp_path / f"w.{turn % 2}.tmp"
+            temp.write_bytes(other if turn % 2 else pinned)
+            os.replace(temp, path)
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    outcomes = {"pinned": 0, "refused": 0}
+    try:
+        for _ in range(40):
+            checkpoint = read_checkpoint(path)
+            torch.testing.assert_close(checkpoint.state[name], reference[name] * digests[checkpoint.sha256])
+            try:
+                net = build_supernet(ref)
+            except CheckpointChanged:
+                outcomes["refused"] += 1
+                continue
+            torch.testing.assert_close(net.module.state_dict()[name], reference[name])
+            outcomes["pinned"] += 1
+    finally:
+        stop.set()
+        swapper.join()
+    assert outcomes["pinned"] and outcomes["refused"], outcomes  # the swaps did land between builds
+
+
+def test_an_export_waiting_for_a_slot_keeps_the_checkpoint_an_upload_replaces(tmp_path: Path,
+                                                                             arch: dict[str, Any]) -> None:
+    """The upload removed the old file while the export waited, and the export answered 409 "no longer
+    readable; register it again" for a name that was registered all along (128 of 278 under load).
+
+    The service's own functions on a real catalog and store: both export slots are held (as two other
+    exports would hold them) while one export of the name waits and the name is uploaded again.
+    """
+    import threading
+    import time
+
+    from hwsearch.api import service
+    from hwsearch.api.catalog import Catalog
+
+    catalog, store = Catalog(tmp_path / "data"), SQLiteStore(tmp_path / "store.sqlite")
+
+    def upload_weights(weights: bytes) -> dict[str, Any]:
+        return service.upload_supernet(catalog=catalog, store=store, name="net", registry=DEMO, options={},
+                                       content=io.BytesIO(weights), max_unpacked_bytes=1 << 30)
+
+    first = Path(upload_weights(DEMO_CHECKPOINT.read_bytes())["checkpoint"])
+    outcome: list[Any] = []
+
+    def export() -> None:
+        try:
+            outcome.append(service.export_subnet(store=store, catalog=catalog, supernet="net", arch=arch,
+                                                 job_id=None, device=None, point=None))
+        except Exception as error:  # noqa: BLE001 - the outcome under test
+            outcome.append(error)
+
+    for _ in range(2):
+        assert service._EXPORT_SLOTS.acquire(timeout=60)
+    waiting = threading.Thread(target=export)
+    try:
+        waiting.start()
+        deadline = time.monotonic() + 60
+        while not catalog.checkpoints_read():  # it reads the registration, then waits for a slot
+            assert time.monotonic() < deadline and waiting.is_alive(), outcome
+            time.sleep(0.05)
+        time.sleep(0.5)
+        second = Path(upload_weights(shifted_weights())["checkpoint"])
+        assert first.exists(), "the file the waiting export reads was removed"
+    finally:
+        service._EXPORT_SLOTS.release()
+        service._EXPORT_SLOTS.release()
+    waiting.join(timeout=120)
+    [made] = outcome
+    assert isinstance(made, dict) and made["supernet"] == "net", made
+    assert not first.exists() and second.exists()  # nothing names the old weights once the export is done

@@ -281,6 +281,7 @@ def test_registrations_past_the_bound_get_413_and_store_nothing(tmp_path: Path) 
             upload = client.post("/supernets/upload", data={"name": "s3", "registry": "demo_mbv3_mnist"},
                                  files={"checkpoint": ("demo.pt", DEMO_CHECKPOINT.read_bytes())})
             assert upload.status_code == 413 and "at most 2 supernets" in upload.json()["detail"]
+            assert upload.json()["loc"] == ["body", "name"]  # a refusal other than 422 names its field too
             assert sorted(s["name"] for s in client.get("/supernets").json()) == ["s1", "s2"]
         assert list((Path(f"{srv.store}.data") / "checkpoints").iterdir()) == []
     finally:

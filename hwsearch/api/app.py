@@ -75,12 +75,13 @@ def _bounded(message: str) -> str:
 async def _service_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ServiceError)
     message = _bounded(error.message)
+    body: dict[str, Any]
     if error.status == 422:
-        detail: Any = [{"loc": list(error.field), "msg": message, "type": "value_error"}]
-    else:
-        detail = message
+        body = {"detail": [{"loc": list(error.field), "msg": message, "type": "value_error"}]}
+    else:  # FastAPI's shape (a string detail), with the field beside it where one is at fault
+        body = {"detail": message, **({"loc": list(error.field)} if error.field else {})}
     headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, Busy) else None
-    return AsciiJSONResponse({"detail": detail}, status_code=error.status, headers=headers)
+    return AsciiJSONResponse(body, status_code=error.status, headers=headers)
 
 
 async def _invalid_request(request: Request, error: Exception) -> JSONResponse:

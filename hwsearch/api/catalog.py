@@ -10,6 +10,7 @@ atomic rename, so a crash never leaves half a registration behind.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -65,6 +66,7 @@ class Catalog:
         self.max_registrations = max_registrations
         self._lock = threading.Lock()
         self._checkpoint_files = threading.Lock()
+        self._reading: collections.Counter[Path] = collections.Counter()  # checkpoints exports are reading
         for sub in ("supernets", "devices", "checkpoints", "exports"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.export_cache = ExportCache(self.exports, max_export_bytes)
@@ -106,6 +108,30 @@ class Catalog:
         """
         with self._checkpoint_files:
             yield
+
+    def reading_checkpoint(self, path: str | None) -> Path | None:
+        """Count ``path`` in use while an export reads it; call inside :meth:`checkpoints_named`.
+
+        An export reads its registration, waits for an export slot (up to a
+        minute) and only then builds; an upload under the name meanwhile
+        removed the old checkpoint, and the export answered 409 "no longer
+        readable" for a name that was registered all along.
+        """
+        if path is None:
+            return None
+        self._reading[Path(path)] += 1
+        return Path(path)
+
+    def done_reading(self, path: Path | None) -> None:
+        """The export that counted ``path`` is done with it; call inside :meth:`checkpoints_named`."""
+        if path is not None:
+            self._reading[path] -= 1
+            if self._reading[path] <= 0:
+                del self._reading[path]
+
+    def checkpoints_read(self) -> set[Path]:
+        """Checkpoints exports are reading now (:meth:`reading_checkpoint`)."""
+        return set(self._reading)
 
     # ------------------------------------------------------------------ supernets
 

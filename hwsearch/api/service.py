@@ -139,7 +139,11 @@ def _supernet(ref: SupernetRef) -> Any:
     try:
         return _load(json.dumps(ref.to_dict(), sort_keys=True), version)
     except CheckpointChanged as changed:
-        raise Conflict(str(changed)) from None
+        raise _ChangedOnDisk(str(changed)) from None
+
+
+class _ChangedOnDisk(Conflict):
+    """A pinned checkpoint's file no longer holds the pinned bytes."""
 
 
 def _build_checked(ref: SupernetRef, field: Sequence[str]) -> dict[str, Any]:
@@ -150,6 +154,9 @@ def _build_checked(ref: SupernetRef, field: Sequence[str]) -> dict[str, Any]:
     """
     try:
         net = _supernet(ref)
+    except _ChangedOnDisk:  # pinned just before this build: the file was replaced while it was read
+        raise Conflict("the checkpoint file changed while it was being registered; register it again once "
+                       "it is written", field=field) from None
     except ServiceError:
         raise
     except Exception as error:
@@ -322,10 +329,10 @@ def _uploaded_checkpoint(catalog: Catalog, ref: SupernetRef | None) -> Path | No
 
 
 def _checkpoints_in_use(catalog: Catalog, store: Store, *, ignoring: str | None = None) -> set[Path]:
-    """Checkpoint files some registration (but ``ignoring``'s) or some job's spec names."""
+    """Checkpoint files some registration (but ``ignoring``'s) or some job's spec names, or an export reads."""
     refs = [SupernetRef.from_dict(r) for r in catalog.list_supernets() if r.get("name") != ignoring]
     paths = {Path(r.checkpoint) for r in refs if r.checkpoint}
-    return paths | {Path(checkpoint) for checkpoint in store.job_checkpoints()}
+    return paths | {Path(checkpoint) for checkpoint in store.job_checkpoints()} | catalog.checkpoints_read()
 
 
 def _drop_if_unused(catalog: Catalog, store: Store, path: Path) -> None:
@@ -882,7 +889,20 @@ def export_subnet(
     INT8 calibrates on the same images; an INT8 export needs data.  The
     file's id covers the precision and the data, so they never share a cache entry.
     """
-    resolved = _resolve(store=store, catalog=catalog, **subnet)
+    with catalog.checkpoints_named():  # the registration read and its checkpoint counted in one step
+        resolved = _resolve(store=store, catalog=catalog, **subnet)
+        reading = catalog.reading_checkpoint(resolved.ref.checkpoint)
+    try:
+        return _export_resolved(catalog, roots, resolved, batch, precision, dataset, max_input_pixels)
+    finally:
+        with catalog.checkpoints_named():
+            catalog.done_reading(reading)
+            if reading is not None:
+                _drop_if_unused(catalog, store, reading)  # replaced by an upload while this export read it
+
+
+def _export_resolved(catalog: Catalog, roots: DataRoots | None, resolved: _Subnet, batch: int,
+                     precision: str | None, dataset: str | None, max_input_pixels: int) -> dict[str, Any]:
     ref, arch = resolved.ref, resolved.arch
     _input_fits(batch, arch.resolution, max_input_pixels, ("body", "batch"))
     precision, plan = _precision_and_data(resolved, roots, precision, dataset, "export")
@@ -964,10 +984,10 @@ def _export_file(ref: SupernetRef, arch: ArchConfig, made: Path, batch: int, pre
                  plan: Any) -> Any:
     """Build the file at ``made`` under a bounded number of concurrent exports; returns the export report."""
     if not _EXPORT_QUEUE.acquire(blocking=False):
-        raise Busy("the service is busy exporting other subnets", retry_after_s=30)
+        raise Busy("the service is busy exporting", retry_after_s=30)
     try:
         if not _EXPORT_SLOTS.acquire(timeout=_EXPORT_WAIT_S):
-            raise Busy("the service is busy exporting other subnets", retry_after_s=30)
+            raise Busy("the service is busy exporting", retry_after_s=30)
         try:
             return _export_now(ref, arch, made, batch, precision, plan)
         finally:

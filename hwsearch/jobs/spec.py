@@ -64,11 +64,13 @@ class SupernetRef:
             return self
         return dataclasses.replace(self, checkpoint_sha256=file_sha256(self.checkpoint))
 
-    def check_pinned(self) -> None:
-        """CheckpointChanged if the checkpoint's bytes are not the ones pinned (a missing file is left to the load)."""
-        if self.checkpoint is None or self.checkpoint_sha256 is None or not Path(self.checkpoint).is_file():
-            return
-        if file_sha256(self.checkpoint) != self.checkpoint_sha256:
+    def check_pinned(self, loaded_sha256: str) -> None:
+        """CheckpointChanged if the bytes loaded (their digest, ``loaded_sha256``) are not the ones pinned.
+
+        The digest is of the bytes the load read (:meth:`Supernet.load_checkpoint`): hashing the path
+        and loading it again let a file replaced in between load other weights under the pin.
+        """
+        if self.checkpoint_sha256 is not None and loaded_sha256 != self.checkpoint_sha256:
             raise CheckpointChanged(
                 f"supernet {self.name!r}: its checkpoint file changed since it was registered "
                 f"(pinned SHA-256 {self.checkpoint_sha256[:12]}...), so its weights are not the ones "
@@ -206,8 +208,8 @@ def build_supernet(ref: SupernetRef) -> Any:
         net = build(dataclasses.replace(net.space, resolutions=tuple(int(r) for r in resolutions)),
                     name=net.name)
     if ref.checkpoint is not None:
-        ref.check_pinned()
-        net.load_checkpoint(ref.checkpoint)
+        loaded = net.load_checkpoint(ref.checkpoint)
+        ref.check_pinned(loaded)
     return net
 
 

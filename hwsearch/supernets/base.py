@@ -11,10 +11,11 @@ strict key and shape checks).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, Union, runtime_checkable
+from typing import Any, NamedTuple, Protocol, TypeVar, Union, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,7 @@ __all__ = [
     "ArchLike",
     "CheckpointError",
     "ElasticNetwork",
+    "LoadedCheckpoint",
     "Supernet",
     "check_keys",
     "load_failure_reason",
@@ -115,34 +117,53 @@ class Supernet:
         resolution = self.arch(arch).resolution
         return (batch, self.space.layout.in_channels, resolution, resolution)
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Load weights from a bare state_dict, OFA's ``{"state_dict": ...}`` or AutoFormer's file.
+    def load_checkpoint(self, path: str | Path) -> str:
+        """Load weights from a bare state_dict, OFA's ``{"state_dict": ...}`` or AutoFormer's file; return
+        the SHA-256 of the bytes loaded.
 
         Only tensors and plain containers are unpickled (``weights_only=True``);
-        nothing is ever downloaded.
+        nothing is ever downloaded.  The digest is of the very bytes loaded
+        (:func:`read_checkpoint`), for a caller that pins the weights.
         """
-        load_state(self.module, read_checkpoint(path), source=str(path))
+        checkpoint = read_checkpoint(path)
+        load_state(self.module, checkpoint.state, source=str(path))
+        return checkpoint.sha256
 
 
-def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
-    """The state dict stored in ``path``: bare, under ``"state_dict"`` (OFA) or ``"model"``.
+class LoadedCheckpoint(NamedTuple):
+    """A checkpoint's state dict and the SHA-256 of the file's bytes it was read from."""
+
+    state: Mapping[str, Any]
+    sha256: str
+
+
+def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """The state dict stored in ``path`` (bare, under ``"state_dict"`` (OFA) or ``"model"``) and its file's digest.
 
     AutoFormer's training checkpoints keep the weights under ``"model"`` beside
     an ``argparse.Namespace`` of the run's arguments; a Namespace is a plain
     attribute bag, so it is the one class allowed through the weights-only
     unpickler besides tensors and containers.  A zip checkpoint that unpacks
     to more than :func:`hwsearch.archives.default_bound` (16 times its size,
-    at least 256 MiB) is refused before anything is inflated.
+    at least 256 MiB) is refused before anything is inflated.  The file is
+    opened once: it is hashed, sized and loaded through one handle, so the
+    digest is of the bytes loaded even while the path is replaced (hashing
+    the path and then loading it again loaded other weights under a pinned
+    digest).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist (hwsearch never downloads weights)")
-    try:
-        check_unpacked_size(path)
-    except UnpackedTooLarge as error:
-        raise CheckpointError(f"checkpoint {path} {error}") from None
     with path.open("rb") as file:  # opened here so only unreadable *content* is caught below
+        digest = hashlib.sha256()
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+        file.seek(0)
+        try:
+            check_unpacked_size(file)
+        except UnpackedTooLarge as error:
+            raise CheckpointError(f"checkpoint {path} {error}") from None
         try:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 data = torch.load(file, weights_only=True, map_location="cpu")
@@ -159,7 +180,7 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
         raise CheckpointError(f"{path}: expected a state_dict (a mapping of tensors), "
                               f"got {type(data).__name__}")
     check_keys(data, source=str(path))
-    return data
+    return LoadedCheckpoint(data, digest.hexdigest())
 
 
 def load_failure_reason(error: BaseException) -> str:
