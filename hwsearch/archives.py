@@ -57,7 +57,11 @@ _END_SIGNATURE = b"PK\x05\x06"
 
 def default_bound(path: Path | BinaryIO) -> int:
     """What ``path`` (or an open file) may unpack to when no tighter bound is given (see :data:`UNPACKED_RATIO`)."""
-    size = path.stat().st_size if isinstance(path, Path) else os.fstat(path.fileno()).st_size
+    if isinstance(path, Path):
+        size = path.stat().st_size
+    else:
+        size = path.seek(0, os.SEEK_END)
+        path.seek(0)
     return max(MIN_UNPACKED_BYTES, UNPACKED_RATIO * size)
 
 

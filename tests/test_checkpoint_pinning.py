@@ -233,7 +233,7 @@ def test_the_pin_is_checked_on_the_bytes_loaded_while_the_file_is_being_replaced
     outcomes = {"pinned": 0, "refused": 0}
     try:
         for _ in range(40):
-            checkpoint = read_checkpoint(path)
+            checkpoint = read_checkpoint(path, digest=True)
             torch.testing.assert_close(checkpoint.state[name], reference[name] * digests[checkpoint.sha256])
             try:
                 net = build_supernet(ref)
@@ -297,3 +297,72 @@ def test_an_export_waiting_for_a_slot_keeps_the_checkpoint_an_upload_replaces(tm
     [made] = outcome
     assert isinstance(made, dict) and made["supernet"] == "net", made
     assert not first.exists() and second.exists()  # nothing names the old weights once the export is done
+
+
+def test_a_checkpoint_rewritten_in_place_while_it_is_read_loads_whole_or_is_refused(tmp_path: Path) -> None:
+    """One handle guards a replaced path, not a file rewritten in place (``cp``, ``open(path, "wb")``).
+
+    Pinned loads hash and load the same bytes in memory; plain loads refuse a file whose size or time
+    moved while it was read.  No load returns one version's weights under the other's digest.
+    """
+    import hashlib
+    import itertools
+    import threading
+
+    from hwsearch.supernets import CheckpointError
+    from hwsearch.supernets.base import read_checkpoint
+
+    versions = [DEMO_CHECKPOINT.read_bytes(), shifted_weights()]
+    states = [read_checkpoint(DEMO_CHECKPOINT).state, None]
+    path = tmp_path / "w.pt"
+    path.write_bytes(versions[1])
+    states[1] = read_checkpoint(path).state
+    name = next(k for k, v in states[0].items() if v.is_floating_point() and v.abs().sum() > 0)
+    by_digest = {hashlib.sha256(v).hexdigest(): i for i, v in enumerate(versions)}
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        for turn in itertools.count():
+            if stop.is_set():
+                return
+            with open(path, "wb") as file:  # the same inode, truncated and written again
+                file.write(versions[turn % 2])
+
+    writer = threading.Thread(target=rewrite, daemon=True)
+    writer.start()
+    outcome = {"whole": 0, "refused": 0}
+    try:
+        for turn in range(60):
+            try:
+                checkpoint = read_checkpoint(path, digest=bool(turn % 2))
+            except CheckpointError:
+                outcome["refused"] += 1
+                continue
+            if checkpoint.sha256 in by_digest:  # else a torn read that loaded: its digest pins nothing
+                torch.testing.assert_close(checkpoint.state[name], states[by_digest[checkpoint.sha256]][name])
+            outcome["whole"] += 1
+    finally:
+        stop.set()
+        writer.join()
+    assert outcome["refused"], outcome  # the rewrites did land while files were read
+
+
+def test_an_export_does_not_wait_for_an_upload_of_any_name(tmp_path: Path, arch: dict[str, Any]) -> None:
+    """Reading the registration under the uploads' lock held every export, cached ones too, for as long as
+    an upload copied and built (and outside the bound on waiting exports)."""
+    import threading
+
+    from hwsearch.api import service
+    from hwsearch.api.catalog import Catalog
+
+    catalog, store = Catalog(tmp_path / "data"), SQLiteStore(tmp_path / "store.sqlite")
+    service.upload_supernet(catalog=catalog, store=store, name="net", registry=DEMO, options={},
+                            content=io.BytesIO(DEMO_CHECKPOINT.read_bytes()), max_unpacked_bytes=1 << 30)
+    request = {"store": store, "catalog": catalog, "supernet": "net", "arch": arch, "job_id": None,
+               "device": None, "point": None}
+    first = service.export_subnet(**request)
+    done = threading.Event()
+    with catalog.checkpoint_room():  # an upload is copying and building
+        threading.Thread(target=lambda: done.set() if service.export_subnet(**request) == first else None,
+                         daemon=True).start()
+        assert done.wait(30), "the cached export waited for the upload"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import re
 import threading
@@ -25,6 +26,8 @@ from hwsearch.jobs import SupernetRef
 
 __all__ = ["MAX_CHECKPOINT_BYTES", "MAX_EXPORT_BYTES", "MAX_REGISTRATIONS", "NAME_PATTERN", "Catalog", "CatalogFull",
            "default_data_dir", "valid_name"]
+
+log = logging.getLogger(__name__)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 _NAME = re.compile(NAME_PATTERN)
@@ -67,6 +70,8 @@ class Catalog:
         self._lock = threading.Lock()
         self._checkpoint_files = threading.Lock()
         self._reading: collections.Counter[Path] = collections.Counter()  # checkpoints exports are reading
+        self._remove_when_read: set[Path] = set()  # unnamed checkpoints to remove once no export reads them
+        self._reading_lock = threading.Lock()
         for sub in ("supernets", "devices", "checkpoints", "exports"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.export_cache = ExportCache(self.exports, max_export_bytes)
@@ -110,28 +115,47 @@ class Catalog:
             yield
 
     def reading_checkpoint(self, path: str | None) -> Path | None:
-        """Count ``path`` in use while an export reads it; call inside :meth:`checkpoints_named`.
+        """Count ``path`` as read by an export until :meth:`done_reading`; it is not removed meanwhile.
 
         An export reads its registration, waits for an export slot (up to a
         minute) and only then builds; an upload under the name meanwhile
         removed the old checkpoint, and the export answered 409 "no longer
-        readable" for a name that was registered all along.
+        readable" for a name that was registered all along.  This takes its
+        own small lock, not :meth:`checkpoints_named`'s, which an upload holds
+        for its whole copy and build.
         """
         if path is None:
             return None
-        self._reading[Path(path)] += 1
+        with self._reading_lock:
+            self._reading[Path(path)] += 1
         return Path(path)
 
     def done_reading(self, path: Path | None) -> None:
-        """The export that counted ``path`` is done with it; call inside :meth:`checkpoints_named`."""
-        if path is not None:
+        """The export that counted ``path`` is done; a removal put off for it (:meth:`remove_unread`) happens now."""
+        if path is None:
+            return
+        with self._reading_lock:
             self._reading[path] -= 1
-            if self._reading[path] <= 0:
-                del self._reading[path]
+            if self._reading[path] > 0:
+                return
+            del self._reading[path]
+            if path in self._remove_when_read:
+                self._remove_when_read.discard(path)
+                _remove_quietly(path)
 
     def checkpoints_read(self) -> set[Path]:
-        """Checkpoints exports are reading now (:meth:`reading_checkpoint`)."""
-        return set(self._reading)
+        """The checkpoints exports are reading now (:meth:`reading_checkpoint`)."""
+        with self._reading_lock:
+            return set(self._reading)
+
+    def remove_unread(self, path: Path) -> None:
+        """Remove a checkpoint nothing names any more, now or once the exports reading it are done."""
+        with self._reading_lock:
+            if self._reading[path] > 0:
+                self._remove_when_read.add(path)
+            else:
+                self._reading.pop(path, None)
+                _remove_quietly(path)
 
     # ------------------------------------------------------------------ supernets
 
@@ -203,3 +227,11 @@ class Catalog:
     def _read_all(folder: Path) -> Iterator[dict[str, Any]]:
         for path in sorted(folder.glob("*.json")):
             yield json.loads(path.read_text())
+
+
+def _remove_quietly(path: Path) -> None:
+    """Remove an unnamed checkpoint; failing to is logged, not raised into the request that ended its use."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as error:
+        log.warning("could not remove the unused checkpoint %s: %s", path, error)

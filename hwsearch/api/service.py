@@ -38,6 +38,7 @@ from hwsearch.jobs import (
     supernet_builders,
 )
 from hwsearch.space import ArchConfig, ArchValidationError
+from hwsearch.supernets import CheckpointError
 from hwsearch.store import Store, spec_checkpoint
 
 log = logging.getLogger(__name__)
@@ -284,7 +285,7 @@ def upload_supernet(
                          field=("body", "checkpoint"))
         described = _store_upload(catalog, store, name, registry, options, content, max_unpacked_bytes)
         if freed is not None and Path(described["checkpoint"]) != freed:  # the same bytes again: the same file
-            freed.unlink(missing_ok=True)
+            catalog.remove_unread(freed)
         return described
 
 
@@ -329,10 +330,10 @@ def _uploaded_checkpoint(catalog: Catalog, ref: SupernetRef | None) -> Path | No
 
 
 def _checkpoints_in_use(catalog: Catalog, store: Store, *, ignoring: str | None = None) -> set[Path]:
-    """Checkpoint files some registration (but ``ignoring``'s) or some job's spec names, or an export reads."""
+    """Checkpoint files some registration (but ``ignoring``'s) or some job's spec names."""
     refs = [SupernetRef.from_dict(r) for r in catalog.list_supernets() if r.get("name") != ignoring]
     paths = {Path(r.checkpoint) for r in refs if r.checkpoint}
-    return paths | {Path(checkpoint) for checkpoint in store.job_checkpoints()} | catalog.checkpoints_read()
+    return paths | {Path(checkpoint) for checkpoint in store.job_checkpoints()}
 
 
 def _drop_if_unused(catalog: Catalog, store: Store, path: Path) -> None:
@@ -343,7 +344,7 @@ def _drop_if_unused(catalog: Catalog, store: Store, path: Path) -> None:
     """
     if path.parent == catalog.checkpoints and _KEPT_BY_DIGEST.fullmatch(path.name) \
             and path not in _checkpoints_in_use(catalog, store):
-        path.unlink(missing_ok=True)
+        catalog.remove_unread(path)
 
 
 def drop_unused_checkpoints(*, catalog: Catalog, store: Store) -> list[str]:
@@ -889,16 +890,40 @@ def export_subnet(
     INT8 calibrates on the same images; an INT8 export needs data.  The
     file's id covers the precision and the data, so they never share a cache entry.
     """
-    with catalog.checkpoints_named():  # the registration read and its checkpoint counted in one step
-        resolved = _resolve(store=store, catalog=catalog, **subnet)
-        reading = catalog.reading_checkpoint(resolved.ref.checkpoint)
+    reading = _count_registered_checkpoint(catalog, subnet)
     try:
+        resolved = _resolve(store=store, catalog=catalog, **subnet)
         return _export_resolved(catalog, roots, resolved, batch, precision, dataset, max_input_pixels)
+    except CheckpointError as error:  # registered and checked once, it no longer loads (written to as read)
+        raise Conflict(f"supernet {subnet.get('supernet')!r}: its checkpoint cannot be loaded now: {error}",
+                       field=("body", "supernet")) from None
     finally:
-        with catalog.checkpoints_named():
+        catalog.done_reading(reading)
+
+
+def _count_registered_checkpoint(catalog: Catalog, subnet: Mapping[str, Any]) -> Path | None:
+    """Count the checkpoint of the supernet an export names as read (a front point's job names its own).
+
+    The registration is read again after counting: an upload registers its
+    new checkpoint before it removes the old one (:meth:`Catalog.remove_unread`),
+    so a registration unchanged after the count was still current when the
+    count was taken, and its file cannot go while the export reads it.
+    """
+    if subnet.get("arch") is None:
+        return None
+    name, field = str(subnet.get("supernet")), ("body", "supernet")
+    ref = get_supernet(catalog=catalog, name=name, field=field)
+    while True:
+        reading = catalog.reading_checkpoint(ref.checkpoint)
+        try:
+            now = get_supernet(catalog=catalog, name=name, field=field)
+        except BaseException:
             catalog.done_reading(reading)
-            if reading is not None:
-                _drop_if_unused(catalog, store, reading)  # replaced by an upload while this export read it
+            raise
+        if now == ref:
+            return reading
+        catalog.done_reading(reading)
+        ref = now
 
 
 def _export_resolved(catalog: Catalog, roots: DataRoots | None, resolved: _Subnet, batch: int,

@@ -64,7 +64,7 @@ class SupernetRef:
             return self
         return dataclasses.replace(self, checkpoint_sha256=file_sha256(self.checkpoint))
 
-    def check_pinned(self, loaded_sha256: str) -> None:
+    def check_pinned(self, loaded_sha256: str | None) -> None:
         """CheckpointChanged if the bytes loaded (their digest, ``loaded_sha256``) are not the ones pinned.
 
         The digest is of the bytes the load read (:meth:`Supernet.load_checkpoint`): hashing the path
@@ -208,7 +208,7 @@ def build_supernet(ref: SupernetRef) -> Any:
         net = build(dataclasses.replace(net.space, resolutions=tuple(int(r) for r in resolutions)),
                     name=net.name)
     if ref.checkpoint is not None:
-        loaded = net.load_checkpoint(ref.checkpoint)
+        loaded = net.load_checkpoint(ref.checkpoint, digest=ref.checkpoint_sha256 is not None)
         ref.check_pinned(loaded)
     return net
 

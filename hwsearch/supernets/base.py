@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar, Union, runtime_checkable
+from typing import Any, BinaryIO, NamedTuple, Protocol, TypeVar, Union, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -117,61 +119,71 @@ class Supernet:
         resolution = self.arch(arch).resolution
         return (batch, self.space.layout.in_channels, resolution, resolution)
 
-    def load_checkpoint(self, path: str | Path) -> str:
-        """Load weights from a bare state_dict, OFA's ``{"state_dict": ...}`` or AutoFormer's file; return
-        the SHA-256 of the bytes loaded.
+    def load_checkpoint(self, path: str | Path, *, digest: bool = False) -> str | None:
+        """Load weights from a bare state_dict, OFA's ``{"state_dict": ...}`` or AutoFormer's file; with
+        ``digest``, return the SHA-256 of the bytes loaded (for a caller that pins the weights).
 
         Only tensors and plain containers are unpickled (``weights_only=True``);
-        nothing is ever downloaded.  The digest is of the very bytes loaded
-        (:func:`read_checkpoint`), for a caller that pins the weights.
+        nothing is ever downloaded.
         """
-        checkpoint = read_checkpoint(path)
+        checkpoint = read_checkpoint(path, digest=digest)
         load_state(self.module, checkpoint.state, source=str(path))
         return checkpoint.sha256
 
 
 class LoadedCheckpoint(NamedTuple):
-    """A checkpoint's state dict and the SHA-256 of the file's bytes it was read from."""
+    """A checkpoint's state dict and, when asked for, the SHA-256 of the bytes it was read from."""
 
     state: Mapping[str, Any]
-    sha256: str
+    sha256: str | None
 
 
-def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """The state dict stored in ``path`` (bare, under ``"state_dict"`` (OFA) or ``"model"``) and its file's digest.
+def read_checkpoint(path: str | Path, *, digest: bool = False) -> LoadedCheckpoint:
+    """The state dict stored in ``path`` (bare, under ``"state_dict"`` (OFA) or ``"model"``), and with
+    ``digest`` the SHA-256 of the bytes it was loaded from.
 
     AutoFormer's training checkpoints keep the weights under ``"model"`` beside
     an ``argparse.Namespace`` of the run's arguments; a Namespace is a plain
     attribute bag, so it is the one class allowed through the weights-only
     unpickler besides tensors and containers.  A zip checkpoint that unpacks
     to more than :func:`hwsearch.archives.default_bound` (16 times its size,
-    at least 256 MiB) is refused before anything is inflated.  The file is
-    opened once: it is hashed, sized and loaded through one handle, so the
-    digest is of the bytes loaded even while the path is replaced (hashing
-    the path and then loading it again loaded other weights under a pinned
-    digest).
+    at least 256 MiB) is refused before anything is inflated.
+
+    With ``digest`` the file is read into memory once, and those bytes are
+    hashed, sized and loaded, so the digest is of the weights loaded
+    whatever happens to the file meanwhile: hashing the path and then
+    loading it again had loaded other weights under a pinned digest (the
+    price is the file's size in memory while it loads).  Without, it is
+    sized and loaded through one handle, and a file written to while it is
+    read (its size or modification time moves) is a :class:`CheckpointError`.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist (hwsearch never downloads weights)")
     with path.open("rb") as file:  # opened here so only unreadable *content* is caught below
-        digest = hashlib.sha256()
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-        file.seek(0)
+        before = _file_version(file)
+        source: BinaryIO = file
+        sha256 = None
+        if digest:
+            content = file.read()
+            sha256, source = hashlib.sha256(content).hexdigest(), io.BytesIO(content)
         try:
-            check_unpacked_size(file)
+            check_unpacked_size(source)
         except UnpackedTooLarge as error:
             raise CheckpointError(f"checkpoint {path} {error}") from None
         try:
             with torch.serialization.safe_globals([argparse.Namespace]):
-                data = torch.load(file, weights_only=True, map_location="cpu")
+                data = torch.load(source, weights_only=True, map_location="cpu")
         except Exception as exc:  # a hostile or corrupt file makes the unpickler raise anything
             raise CheckpointError(
                 f"{path} is not a loadable weights-only checkpoint ({load_failure_reason(exc)}); "
                 "hwsearch reads only tensors and plain containers from checkpoints"
             ) from exc
+        finally:
+            if sha256 is None and _file_version(file) != before:
+                raise CheckpointError(f"checkpoint {path} was written to while it was read; load it again "
+                                      "once it is written")
     for key in _WRAPPER_KEYS:
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]
@@ -180,7 +192,13 @@ def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
         raise CheckpointError(f"{path}: expected a state_dict (a mapping of tensors), "
                               f"got {type(data).__name__}")
     check_keys(data, source=str(path))
-    return LoadedCheckpoint(data, digest.hexdigest())
+    return LoadedCheckpoint(data, sha256)
+
+
+def _file_version(file: BinaryIO) -> tuple[int, int]:
+    """The open file's size and modification time: both move when it is written."""
+    info = os.fstat(file.fileno())
+    return info.st_size, info.st_mtime_ns
 
 
 def load_failure_reason(error: BaseException) -> str:
