@@ -67,6 +67,8 @@ def test_an_agent_refuses_a_profile_it_cannot_run_with_400(tmp_path: Path) -> No
         with pytest.raises(AgentError, match=f"(?s)400.*'providers' starts with '{MISSING}'"):
             AgentClient(profile, token=TOKEN).measure_many([model])
         assert agent.health()["sessions_run"] == 0
-        assert AgentClient(profile_for(agent.url), token=TOKEN).measure_many([model])[0].latency_ms > 0
+        # It still measures what it can run (the raw median: under CI load a session of 5-10 rounds has
+        # kept too few clean ratios for a latency, NaN, and said so).
+        assert AgentClient(profile_for(agent.url), token=TOKEN).measure_many([model])[0].median_ms > 0
     finally:
         agent.stop()
