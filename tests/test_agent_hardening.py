@@ -367,7 +367,7 @@ def test_pruned_models_are_reuploaded_by_the_client(start_agent: Callable[..., R
         proxy.shutdown()
         proxy.server_close()
     assert [m.model_sha256 for m in measurements] == [hashlib.sha256(model_path.read_bytes()).hexdigest()]
-    assert measurements[0].latency_ms > 0
+    assert measurements[0].median_ms > 0  # measured (a latency can be NaN under load, and says so)
     reference_put = f"/models/{hashlib.sha256(reference_model_bytes()).hexdigest()}"
     assert [entry for entry in proxy.log if entry[0] == "POST"] == [("POST", "/measure", 404), ("POST", "/measure", 200)]
     assert [entry[2] for entry in proxy.log if entry[1] == reference_put] == [201, 201]  # uploaded, pruned, re-uploaded
@@ -437,7 +437,7 @@ def test_over_https_the_client_measures_and_stalled_or_plain_handshakes_are_cut_
     model_path = tmp_path / "model.onnx"
     model_path.write_bytes(tiny_model(seed=31))
     [measured] = AgentClient(profile_for(agent.url), token=TOKEN).measure_many([model_path])
-    assert measured.latency_ms > 0 and measured.model_sha256 == hashlib.sha256(model_path.read_bytes()).hexdigest()
+    assert measured.median_ms > 0 and measured.model_sha256 == hashlib.sha256(model_path.read_bytes()).hexdigest()
 
     with pytest.raises(httpx.HTTPError):  # plain HTTP gets no answer a client can read
         httpx.get(agent.url.replace("https://", "http://") + "/health", headers=AUTH, timeout=5)
@@ -523,7 +523,7 @@ def test_a_model_onnxruntime_cannot_run_is_a_400_that_the_client_does_not_retry(
     model = tmp_path / "tiny.onnx"
     model.write_bytes(tiny_model(seed=61))
     [row] = client.measure_many([model])
-    assert row.latency_ms > 0 and agent.health()["sessions_run"] == 1
+    assert row.median_ms > 0 and agent.health()["sessions_run"] == 1
 
 
 def sparse_initializers_model(elements: int, count: int) -> bytes:
@@ -619,7 +619,7 @@ def test_a_model_whose_inference_never_ends_is_stopped_and_the_host_is_free_agai
     model = tmp_path / "tiny.onnx"
     model.write_bytes(tiny_model(seed=81))
     [row] = client.measure_many([model])
-    assert row.latency_ms > 0
+    assert row.median_ms > 0
 
 
 def test_what_a_models_operators_allocate_is_bounded_and_the_agent_stays_up(

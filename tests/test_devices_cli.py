@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("calibration_dir")  # tests/conftest.py
 def test_devices_check_prints_device_facts() -> None:
     result = CliRunner().invoke(app, ["devices", "check", str(EXAMPLES / "local-1thread.yaml")])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["hash"] == DeviceProfile.load(EXAMPLES / "local-1thread.yaml").hash()
     assert report["device"]["onnxruntime"] and report["device"]["logical_cores"] >= 1
     assert "CPUExecutionProvider" in report["device"]["available_providers"]
@@ -56,7 +56,7 @@ def test_measure_json(tmp_path: Path) -> None:
     ))
     result = CliRunner().invoke(app, ["measure", "--device", str(profile), str(model), "--json"])
     assert result.exit_code == 0, result.output
-    (measurement,) = json.loads(result.output)
+    (measurement,) = json.loads(result.stdout)
     assert measurement["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert measurement["latency_ms"] > 0 and measurement["n_runs"] >= 6
 
@@ -80,14 +80,14 @@ def test_the_ruler_is_shown_calibrated_and_reset(tmp_path: Path) -> None:
     def show() -> dict:
         result = runner.invoke(app, ["devices", "show", str(profile), "--json", "--plain-runs", "5"])
         assert result.exit_code == 0, result.output
-        return json.loads(result.output)
+        return json.loads(result.stdout)
 
     before = show()
     assert before["reference_ms"] is None and before["plain_onnxruntime_ms"] > 0
     calibrated = runner.invoke(app, ["devices", "calibrate", str(profile), "--json"])
     assert calibrated.exit_code == 0, calibrated.output
-    ruler = json.loads(calibrated.output)["reference_ms"]
-    assert ruler > 0 and json.loads(calibrated.output)["session"]["env"]["reference_ms"] == ruler
+    ruler = json.loads(calibrated.stdout)["reference_ms"]
+    assert ruler > 0 and json.loads(calibrated.stdout)["session"]["env"]["reference_ms"] == ruler
     after = show()
     assert after["reference_ms"] == ruler and after["reference_source"] == "calibration on this host"
     assert after["session_drift"]["sessions"] == 1 and after["session_drift"]["median"] == 0.0
@@ -131,13 +131,13 @@ def test_show_reports_the_spread_between_sessions_the_hosts_anchor_sessions_show
     runner = CliRunner()
     shown = runner.invoke(app, ["devices", "show", str(profile), "--json", "--plain-runs", "5"])
     assert shown.exit_code == 0, shown.output
-    device_key = json.loads(shown.output)["device_key"]
-    assert json.loads(shown.output)["between_sessions"] == []
+    device_key = json.loads(shown.stdout)["device_key"]
+    assert json.loads(shown.stdout)["between_sessions"] == []
     anchor = _anchor_sessions(tmp_path, 12)
     assert HostRecord(device_key, "net").remember(anchor, "fp32") == 12
     assert HostRecord("another device", "net").remember(anchor, "fp32") == 12
     shown = runner.invoke(app, ["devices", "show", str(profile), "--json", "--plain-runs", "5"])
-    [spread] = json.loads(shown.output)["between_sessions"]
+    [spread] = json.loads(shown.stdout)["between_sessions"]
     assert spread == {"network_id": "net", "precision": "fp32", "anchor_subnets": 3, "sessions": 12,
                       "undisturbed_sessions": 12, "session_spread": pytest.approx(anchor.session_spread()),
                       "offset_slope": 0.0, "slope_pairs": 0,  # no subnet kept twice: nothing to lean by
@@ -177,10 +177,10 @@ def test_a_device_registered_with_the_service_is_named_with_store(tmp_path: Path
     shown = runner.invoke(app, ["devices", "show", "served-1t", "--store", str(store), "--json",
                                 "--plain-runs", "5"])
     assert shown.exit_code == 0, shown.output
-    assert json.loads(shown.output)["settings_hash"] == registered.json()["hash"]
+    assert json.loads(shown.stdout)["settings_hash"] == registered.json()["hash"]
     calibrated = runner.invoke(app, ["devices", "calibrate", "served-1t", "--store", str(store),
                                      "--json"])
-    assert calibrated.exit_code == 0 and json.loads(calibrated.output)["reference_ms"] > 0
+    assert calibrated.exit_code == 0 and json.loads(calibrated.stdout)["reference_ms"] > 0
     unknown = runner.invoke(app, ["devices", "show", "nope", "--store", str(store)])
     assert unknown.exit_code == 2 and "served-1t" in unknown.output
     no_file = runner.invoke(app, ["devices", "reset", "served-1t"])

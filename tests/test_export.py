@@ -215,5 +215,5 @@ def test_cli_export_reports_bad_input(tmp_path: Path) -> None:
 def test_cli_supernets_list() -> None:
     result = CliRunner().invoke(app, ["supernets", "list", "--json"])
     assert result.exit_code == 0, result.output
-    names = [row["name"] for row in json.loads(result.output)]
+    names = [row["name"] for row in json.loads(result.stdout)]
     assert {MBV3, "ofa_mbv3_d234_e346_k357_w1.2", "ofa_resnet50"} <= set(names)
