@@ -111,10 +111,10 @@ def device_reference_ms(
     in the same locked write that records the session, so no other
     session's reference can slip in as it could between a reset and the
     calibration.  An implausible reference time sets nothing
-    (:func:`_plausible_ms`).
+    (:func:`plausible_ms`).
     """
     path = calibration_dir() / f"{device_hash}.json"
-    usable = _plausible_ms(session_reference_ms)
+    usable = plausible_ms(session_reference_ms)
     ruler = None if profile.reference_ms is not None or not usable else {
         "reference_ms": session_reference_ms, "device": profile.name, "created": time.time(),
         "origin": ("calibration" if replace else "first quiet session") if quiet else "busy session",
@@ -225,7 +225,7 @@ def _record_session(path: Path, host: str, session_ms: float | None,
 
 
 def _host_entry(data: dict[str, Any], host: str) -> dict[str, Any]:
-    """The host's entry with only what can be trusted: a plausible ruler and plausible sessions (:func:`_plausible_ms`).
+    """The host's entry with only what can be trusted: a plausible ruler and plausible sessions (:func:`plausible_ms`).
 
     Anything else in a hand-edited or damaged file (a ruler of 0, -5, NaN,
     1e300 or "fast"; a session of 0 ms) is dropped with a warning, as if never kept:
@@ -236,14 +236,14 @@ def _host_entry(data: dict[str, Any], host: str) -> dict[str, Any]:
     hosts = data.get("hosts")
     entry = hosts.get(host) if isinstance(hosts, dict) else None
     entry = dict(entry) if isinstance(entry, dict) else {}
-    if "reference_ms" in entry and not (_plausible_ms(entry["reference_ms"])
+    if "reference_ms" in entry and not (plausible_ms(entry["reference_ms"])
                                         and isinstance(entry.get("created"), (int, float))):
         log.warning("ignoring the ruler kept for host %s: %r is not a plausible reference time",
                     host, entry["reference_ms"])
         for key in RULER_KEYS:
             entry.pop(key, None)
     recent = entry.get("recent")
-    kept = [r for r in recent if isinstance(r, dict) and _plausible_ms(r.get("session_ms"))] \
+    kept = [r for r in recent if isinstance(r, dict) and plausible_ms(r.get("session_ms"))] \
         if isinstance(recent, list) else []
     if recent is not None and (not isinstance(recent, list) or len(kept) != len(recent)):
         log.warning("ignoring %d unusable recent sessions kept for host %s",
@@ -259,8 +259,8 @@ def _hosts(data: dict[str, Any]) -> dict[str, Any]:
     return data["hosts"]
 
 
-def _plausible_ms(value: Any) -> bool:
-    """A time a reference run can take: a finite number above 0 and at most :data:`MAX_REFERENCE_MS`."""
+def plausible_ms(value: Any) -> bool:
+    """A time a run can take (a reference run, a ruler, a row's latency): a number above 0 and at most :data:`MAX_REFERENCE_MS`."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= MAX_REFERENCE_MS
 
 

@@ -35,7 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from devices.calibration import MAX_REFERENCE_MS
+from devices.calibration import MAX_REFERENCE_MS, plausible_ms
 from devices.measure import Measurement
 from devices.profile import DeviceProfile
 from devices.protocol import ProgressFn
@@ -224,7 +224,7 @@ def _row_problem(m: Measurement, profile: DeviceProfile, expected: _Expected) ->
     if math.isnan(m.latency_ms) and math.isnan(m.ratio):
         if m.stable:
             return "a row without a latency says it is stable"
-    elif not (0.0 < m.ratio < math.inf and 0.0 < m.latency_ms <= MAX_ROW_MS):
+    elif not (0.0 < m.ratio < math.inf and plausible_ms(m.latency_ms)):
         return f"latency_ms is {m.latency_ms!r} at ratio {m.ratio!r}"
     if m.ratio_ci < 0 or (m.stable and not m.ratio_ci <= profile.protocol.ci_target):
         return f"ratio_ci is {m.ratio_ci!r} in a row that says stable={m.stable}"
@@ -258,7 +258,7 @@ def _session_problem(m: Measurement) -> str | None:
     """
     env = m.env
     ruler = env.get("reference_ms")
-    if not _is_number(ruler) or not 0.0 < ruler <= MAX_ROW_MS:
+    if not plausible_ms(ruler):
         return f"env.reference_ms is {ruler!r}"
     latest = time.time() + _CLOCK_SKEW_S
     for name in ("session_start", "session_end"):
