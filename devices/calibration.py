@@ -260,7 +260,7 @@ def _hosts(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def plausible_ms(value: Any) -> bool:
-    """A time a run can take (a reference run, a ruler, a row's latency): a number above 0 and at most :data:`MAX_REFERENCE_MS`."""
+    """A time a run can take (a reference run, a ruler, a row's latency): above 0, at most :data:`MAX_REFERENCE_MS`."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= MAX_REFERENCE_MS
 
 
