@@ -11,6 +11,7 @@ by name and arch, kept serving the first upload's file for the second.
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -350,8 +351,6 @@ def test_a_checkpoint_rewritten_in_place_while_it_is_read_loads_whole_or_is_refu
 def test_an_export_does_not_wait_for_an_upload_of_any_name(tmp_path: Path, arch: dict[str, Any]) -> None:
     """Reading the registration under the uploads' lock held every export, cached ones too, for as long as
     an upload copied and built (and outside the bound on waiting exports)."""
-    import threading
-
     from hwsearch.api import service
     from hwsearch.api.catalog import Catalog
 
@@ -366,3 +365,94 @@ def test_an_export_does_not_wait_for_an_upload_of_any_name(tmp_path: Path, arch:
         threading.Thread(target=lambda: done.set() if service.export_subnet(**request) == first else None,
                          daemon=True).start()
         assert done.wait(30), "the cached export waited for the upload"
+
+
+class _HeldUpload(io.BytesIO):
+    """An upload's body whose first read waits until the test lets it go: an upload stuck in its copy."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reading, self.go_on = threading.Event(), threading.Event()
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reading.set()
+        assert self.go_on.wait(60), "the test never let the upload go on"
+        return super().read(size)
+
+
+def _upload_in_background(catalog: Any, store: Any, body: _HeldUpload) -> tuple[Any, dict[str, Any]]:
+    """Start an upload of ``body`` as "net" in a thread; the thread and what it returned or raised."""
+    from hwsearch.api import service
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["described"] = service.upload_supernet(catalog=catalog, store=store, name="net", registry=DEMO,
+                                                           options={}, content=body, max_unpacked_bytes=1 << 30)
+        except Exception as error:  # reported by the test's assertions
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert body.reading.wait(60), "the upload never started copying"
+    return thread, outcome
+
+
+def test_submissions_registrations_and_deletes_do_not_wait_for_an_uploads_copy(tmp_path: Path) -> None:
+    """An upload held the checkpoint lock through its copy and build, so every job submission, profile
+    submission, registration and delete queued behind it (2.9 s behind six 25 MB uploads)."""
+    from hwsearch.api import service
+    from hwsearch.api.catalog import Catalog
+    from hwsearch.api.files import DataRoots
+
+    catalog, store = Catalog(tmp_path / "data"), SQLiteStore(tmp_path / "store.sqlite")
+    roots = DataRoots([tmp_path / "root"], max_file_bytes=1 << 30)
+    (tmp_path / "root" / "w.pt").write_bytes(DEMO_CHECKPOINT.read_bytes())
+    body = _HeldUpload(shifted_weights())
+    thread, outcome = _upload_in_background(catalog, store, body)
+    try:
+        named = threading.Event()
+
+        def submission() -> None:  # what submit_search, submit_profile and delete_job hold
+            with catalog.checkpoints_named():
+                named.set()
+
+        threading.Thread(target=submission, daemon=True).start()
+        assert named.wait(30), "a submission waited for the upload's copy"
+        registered = service.register_supernet(catalog=catalog, store=store, roots=roots, name="other",
+                                               registry=DEMO, checkpoint="w.pt", options={})
+        assert registered["space_name"] and catalog.get_supernet("other") is not None
+    finally:
+        body.go_on.set()
+        thread.join(120)
+    assert "error" not in outcome, outcome
+    kept = Path(outcome["described"]["checkpoint"])
+    assert catalog.get_supernet("net").checkpoint == str(kept) and kept.is_file()
+    assert not list(catalog.checkpoints.glob("*.part"))
+
+
+def test_an_upload_keeps_a_checkpoint_a_job_named_while_it_copied(tmp_path: Path) -> None:
+    """What an upload frees is decided when it is kept, not when it began: a job submitted during the copy
+    names the old file, which must stay; and the room is read again then."""
+    from hwsearch.api import service
+    from hwsearch.api.catalog import Catalog
+
+    catalog, store = Catalog(tmp_path / "data"), SQLiteStore(tmp_path / "store.sqlite")
+    first = service.upload_supernet(catalog=catalog, store=store, name="net", registry=DEMO, options={},
+                                    content=io.BytesIO(DEMO_CHECKPOINT.read_bytes()), max_unpacked_bytes=1 << 30)
+    body = _HeldUpload(shifted_weights())
+    thread, outcome = _upload_in_background(catalog, store, body)
+    try:
+        with catalog.checkpoints_named():  # as submit_search does: read the registration, write the record
+            named = catalog.get_supernet("net").checkpoint
+            store.create_job({"kind": "search", "supernet": {"name": "net", "registry": DEMO,
+                                                             "checkpoint": named, "options": {}}})
+    finally:
+        body.go_on.set()
+        thread.join(120)
+    assert "error" not in outcome, outcome
+    assert named == first["checkpoint"]
+    assert Path(first["checkpoint"]).is_file()  # the job names it
+    assert Path(outcome["described"]["checkpoint"]).is_file()
+    assert catalog.get_supernet("net").checkpoint == outcome["described"]["checkpoint"] != first["checkpoint"]

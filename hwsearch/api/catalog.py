@@ -69,6 +69,7 @@ class Catalog:
         self.max_registrations = max_registrations
         self._lock = threading.Lock()
         self._checkpoint_files = threading.Lock()
+        self._uploads = threading.Lock()
         self._reading: collections.Counter[Path] = collections.Counter()  # checkpoints exports are reading
         self._remove_when_read: set[Path] = set()  # unnamed checkpoints to remove once no export reads them
         self._reading_lock = threading.Lock()
@@ -89,16 +90,29 @@ class Catalog:
         return self.root / "exports"
 
     @contextmanager
-    def checkpoint_room(self) -> Iterator[int]:
-        """Bytes the uploaded checkpoints may still take; one upload at a time.
+    def upload_turn(self) -> Iterator[None]:
+        """One upload at a time, from its room check to its registration.
 
-        Uploads are stored one after another, so two cannot both see the same
-        room and together pass the bound.  While one is held, no registration
-        or job record that names a checkpoint is written (:meth:`checkpoints_named`),
-        so what an upload finds in use stays in use until it is done.
+        Two uploads therefore cannot both see the same room and together pass
+        the bound.  The turn is not :meth:`checkpoints_named`'s lock: an upload
+        copies and builds under its turn alone, so job submissions, profile
+        submissions and deletes do not wait for its bytes.
+        """
+        with self._uploads:
+            yield
+
+    @contextmanager
+    def checkpoint_room(self) -> Iterator[int]:
+        """Bytes the kept checkpoints may still take; meanwhile nothing names or removes one.
+
+        While it is held, no registration or job record that names a
+        checkpoint is written (:meth:`checkpoints_named`), so what an upload
+        finds in use stays in use until it has registered.  ``.part`` files
+        are left out: the only one is the copy of the upload holding
+        :meth:`upload_turn`, which is checked against this room itself.
         """
         with self._checkpoint_files:
-            used = sum(p.stat().st_size for p in self.checkpoints.iterdir() if p.is_file())
+            used = sum(p.stat().st_size for p in self.checkpoints.iterdir() if p.is_file() and p.suffix != ".part")
             yield max(0, self.max_checkpoint_bytes - used)
 
     @contextmanager
@@ -121,8 +135,8 @@ class Catalog:
         minute) and only then builds; an upload under the name meanwhile
         removed the old checkpoint, and the export answered 409 "no longer
         readable" for a name that was registered all along.  This takes its
-        own small lock, not :meth:`checkpoints_named`'s, which an upload holds
-        for its whole copy and build.
+        own small lock, not :meth:`checkpoints_named`'s, so an export never
+        waits for an upload's registration.
         """
         if path is None:
             return None

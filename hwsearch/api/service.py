@@ -216,9 +216,10 @@ def register_supernet(
         except PathRefused as error:
             raise Invalid(f"checkpoint {error}", field=("body", "checkpoint")) from None
     ref = SupernetRef(name=name, registry=registry, checkpoint=path, options=_options(options)).pinned()
+    described = _described(ref)  # built before the lock: submissions do not wait for this build
     with catalog.checkpoint_room():  # one registration of a name at a time with uploads, so none is lost
         replaced = _uploaded_checkpoint(catalog, catalog.get_supernet(name))
-        described = _register(catalog, ref)
+        _register(catalog, ref, described)
         if replaced is not None:
             _drop_if_unused(catalog, store, replaced)
     return described
@@ -237,11 +238,14 @@ def _full_catalog_is_413(field: Sequence[str]) -> Iterator[None]:
         raise NoRoom(str(full), field=field) from None
 
 
-def _register(catalog: Catalog, ref: SupernetRef) -> dict[str, Any]:
-    described = {**_build_checked(ref, ("body", "checkpoint")), **ref.to_dict()}
+def _described(ref: SupernetRef) -> dict[str, Any]:
+    """``ref`` built and checked, and what its registration records: its space and its reference."""
+    return {**_build_checked(ref, ("body", "checkpoint")), **ref.to_dict()}
+
+
+def _register(catalog: Catalog, ref: SupernetRef, described: dict[str, Any]) -> None:
     with _full_catalog_is_413(("body", "name")):
         catalog.put_supernet(ref, described)
-    return described
 
 
 def upload_supernet(
@@ -257,7 +261,10 @@ def upload_supernet(
     """Register a supernet whose checkpoint comes in the request; it is kept in the catalog.
 
     The upload is checked (its unpacked size, then built once) before it
-    is kept, and the temporary file is removed whatever happens.  Checkpoints
+    is kept, and the temporary file is removed whatever happens.  The copy
+    and the build hold only the uploads' turn (:meth:`Catalog.upload_turn`);
+    keeping and registering hold the checkpoint lock, briefly, so job and
+    profile submissions and deletes wait for neither.  Checkpoints
     are kept by content (``checkpoints/<sha256>.pt``) and never overwritten:
     a job's spec names the file its accuracies were measured with, so
     uploading other weights under the same name must not change what that
@@ -270,52 +277,95 @@ def upload_supernet(
     _check_registry(registry)
     with _full_catalog_is_413(("body", "name")):
         catalog.check_room("supernets", name)  # before the upload is stored, not after
-    with catalog.checkpoint_room() as room:  # uploads queue here, one at a time; no job names a file meanwhile
-        replaced = _uploaded_checkpoint(catalog, catalog.get_supernet(name))
-        in_use = _checkpoints_in_use(catalog, store, ignoring=name)
-        freed = replaced if replaced is not None and replaced not in in_use else None
-        if freed is not None:
-            room += freed.stat().st_size if freed.is_file() else 0
-        size = content.seek(0, os.SEEK_END)
-        content.seek(0)
-        if size > room:
-            raise NoRoom(f"the service keeps at most {catalog.max_checkpoint_bytes} bytes of uploaded "
-                         f"checkpoints and has room for {room} more; this one is {size}. Uploading "
-                         "under a registered name frees its checkpoint unless a job used it",
-                         field=("body", "checkpoint"))
-        described = _store_upload(catalog, store, name, registry, options, content, max_unpacked_bytes)
-        if freed is not None and Path(described["checkpoint"]) != freed:  # the same bytes again: the same file
-            catalog.remove_unread(freed)
-        return described
-
-
-def _store_upload(catalog: Catalog, store: Store, name: str, registry: str, options: Mapping[str, Any],
-                  content: IO[bytes], max_unpacked_bytes: int) -> dict[str, Any]:
-    """Copy the upload beside its final place, check it builds, then keep it under its digest and register it."""
-    digest = hashlib.sha256()
-    with tempfile.NamedTemporaryFile(dir=catalog.checkpoints, suffix=".part", delete=False) as tmp:
-        for block in iter(lambda: content.read(1 << 20), b""):
-            digest.update(block)
-            tmp.write(block)
-    path = catalog.checkpoints / f"{digest.hexdigest()}.pt"
-    try:
+    size = content.seek(0, os.SEEK_END)
+    content.seek(0)
+    with catalog.upload_turn():  # uploads one at a time; submissions and deletes do not wait for the copy
+        with catalog.checkpoint_room() as room:
+            _freed_for(catalog, store, name, size, room)  # refused before a byte is copied
+        staged = _stage_upload(catalog, name, registry, options, content, max_unpacked_bytes)
         try:
-            check_unpacked_size(Path(tmp.name), max_unpacked_bytes)
+            return _keep_upload(catalog, store, staged, size)
+        finally:
+            staged.part.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class _StagedUpload:
+    """An upload copied beside its final place and built once: everything but kept and registered."""
+
+    part: Path
+    ref: SupernetRef  # already naming the file it will be kept as
+    described: dict[str, Any]
+
+
+def _freed_for(catalog: Catalog, store: Store, name: str, size: int, room: int) -> Path | None:
+    """The name's current upload, which keeping a new one frees; 413 when ``size`` would pass the bound anyway."""
+    replaced = _uploaded_checkpoint(catalog, catalog.get_supernet(name))
+    in_use = _checkpoints_in_use(catalog, store, ignoring=name)
+    freed = replaced if replaced is not None and replaced not in in_use else None
+    if freed is not None:
+        room += freed.stat().st_size if freed.is_file() else 0
+    if size > room:
+        raise NoRoom(f"the service keeps at most {catalog.max_checkpoint_bytes} bytes of uploaded "
+                     f"checkpoints and has room for {room} more; this one is {size}. Uploading "
+                     "under a registered name frees its checkpoint unless a job used it",
+                     field=("body", "checkpoint"))
+    return freed
+
+
+def _stage_upload(catalog: Catalog, name: str, registry: str, options: Mapping[str, Any],
+                  content: IO[bytes], max_unpacked_bytes: int) -> _StagedUpload:
+    """Copy the upload beside its final place and check that it unpacks within bounds and builds.
+
+    The copy is a ``.part`` file, which :meth:`Catalog.checkpoint_room` does
+    not count and a restart removes; the caller removes it whatever happens.
+    """
+    with tempfile.NamedTemporaryFile(dir=catalog.checkpoints, suffix=".part", delete=False) as tmp:
+        part = Path(tmp.name)
+    try:
+        digest = _copy_hashed(content, part)
+        try:
+            check_unpacked_size(part, max_unpacked_bytes)
         except PathRefused as refused:
             raise Invalid(f"checkpoint {refused}", field=("body", "checkpoint")) from None
-        _build_checked(SupernetRef(name=name, registry=registry, checkpoint=tmp.name,
-                                   options=_options(options)), ("body", "checkpoint"))
-        os.replace(tmp.name, path)  # the same bytes if the file exists: nothing a reader sees changes
-    finally:
-        if os.path.exists(tmp.name):
-            os.unlink(tmp.name)
-    ref = SupernetRef(name=name, registry=registry, checkpoint=str(path), options=_options(options),
-                      checkpoint_sha256=digest.hexdigest())
-    try:
-        return _register(catalog, ref)
-    except NoRoom:  # another request took the last registration meanwhile: keep nothing
-        _drop_if_unused(catalog, store, path)
+        built = _build_checked(SupernetRef(name=name, registry=registry, checkpoint=str(part),
+                                           options=_options(options)), ("body", "checkpoint"))
+    except BaseException:
+        part.unlink(missing_ok=True)
         raise
+    ref = SupernetRef(name=name, registry=registry, checkpoint=str(catalog.checkpoints / f"{digest.hexdigest()}.pt"),
+                      options=_options(options), checkpoint_sha256=digest.hexdigest())
+    return _StagedUpload(part=part, ref=ref, described={**built, **ref.to_dict()})
+
+
+def _copy_hashed(content: IO[bytes], path: Path) -> Any:
+    """Write ``content`` to ``path`` in 1 MiB blocks; its SHA-256 on the way."""
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        for block in iter(lambda: content.read(1 << 20), b""):
+            digest.update(block)
+            out.write(block)
+    return digest
+
+
+def _keep_upload(catalog: Catalog, store: Store, staged: _StagedUpload, size: int) -> dict[str, Any]:
+    """Keep a staged upload under its digest and register it, with the room and what is in use read again now.
+
+    Registrations and jobs changed while the upload copied and built, so the
+    name's previous checkpoint is freed only if nothing names it now.
+    """
+    with catalog.checkpoint_room() as room:
+        freed = _freed_for(catalog, store, staged.ref.name, size, room)
+        path = Path(staged.ref.checkpoint)
+        os.replace(staged.part, path)  # the same bytes if the file exists: nothing a reader sees changes
+        try:
+            _register(catalog, staged.ref, staged.described)
+        except NoRoom:  # another request took the last registration meanwhile: keep nothing
+            _drop_if_unused(catalog, store, path)
+            raise
+        if freed is not None and path != freed:  # the same bytes again: the same file
+            catalog.remove_unread(freed)
+        return staged.described
 
 
 _KEPT_BY_DIGEST = re.compile(r"[0-9a-f]{64}\.pt")
