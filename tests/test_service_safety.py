@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -950,6 +951,20 @@ def test_a_burst_of_exports_waits_in_a_short_queue_and_the_rest_hear_429_at_once
     assert len(busy) == len(archs) - 6 and all(seconds < 5 and after for _, seconds, after in busy), answers
     assert sorted(a[0] for a in answers if a[0] != 429) == [201] * 6
     assert listing_s < 5, listing_s
+
+
+def test_identical_exports_at_once_wait_for_one_build_and_none_hears_429(client: httpx.Client, root: Path) -> None:
+    """Each identical export built the same file and took one of the six export places: 6 of 12 heard 429."""
+    wide = {**SUPERNET, "name": "twin-mbv3", "options": {"n_classes": 10, "resolutions": [256]}}
+    assert client.post("/supernets", json=wide).status_code == 201
+    arch = {"ks": [7] * 20, "e": [6] * 20, "d": [4] * 5, "r": [256]}
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: client.post("/exports", json={"supernet": "twin-mbv3", "arch": arch},
+                                                      timeout=300), range(12)))
+    assert [a.status_code for a in answers] == [201] * 12, [a.text for a in answers if a.status_code != 201]
+    assert len({a.json()["id"] for a in answers}) == 1
+    exports = root / "store.sqlite.data" / "exports"
+    assert [p.name for p in exports.glob("twin-mbv3-*.onnx")] == [f"{answers[0].json()['id']}.onnx"]
 
 
 def test_hostile_dataset_files_are_refused_as_the_dataset_and_the_service_stays_responsive(

@@ -37,6 +37,7 @@ class ExportCache:
         self.folder = folder
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._builds: dict[str, threading.Event] = {}  # export ids being built now, set when the build ends
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob(f"*{_MAKING_SUFFIX}"):  # made when the service was killed: never finished
             stale.unlink(missing_ok=True)
@@ -73,6 +74,25 @@ class ExportCache:
                 return open(self.onnx_path(export_id), "rb")
             except FileNotFoundError:
                 return None
+
+    def claim_build(self, export_id: str) -> threading.Event | None:
+        """None: the caller builds ``export_id`` now, and calls :meth:`build_done` after whatever happens.
+
+        Otherwise another request is building it: the event is set when that
+        build ends, and the caller reads :meth:`report` again.  Identical
+        exports asked at once each built the same file, and each took one of
+        the few export places (6 of 12 refused as busy).
+        """
+        with self._lock:
+            running = self._builds.get(export_id)
+            if running is None:
+                self._builds[export_id] = threading.Event()
+            return running
+
+    def build_done(self, export_id: str) -> None:
+        """The build :meth:`claim_build` gave is over (made or failed): the requests waiting for it go on."""
+        with self._lock:
+            self._builds.pop(export_id).set()
 
     def _use(self, export_id: str) -> bool:
         """Mark the export used now (its report's mtime orders pruning); whether it is complete."""

@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -918,6 +919,10 @@ def _arch(ref: SupernetRef, data: Mapping[str, Any]) -> ArchConfig:
 _EXPORT_SLOTS = threading.BoundedSemaphore(2)
 _EXPORT_QUEUE = threading.BoundedSemaphore(2 + 4)
 _EXPORT_WAIT_S = 60.0
+# A request for an export another request is building waits for that build instead of building it
+# again; such waits hold worker threads too, so they are bounded apart from the exports' queue.
+_DUPLICATES = threading.BoundedSemaphore(16)
+_DUPLICATE_WAIT_S = 2 * _EXPORT_WAIT_S
 
 
 def export_subnet(
@@ -983,9 +988,33 @@ def _export_resolved(catalog: Catalog, roots: DataRoots | None, resolved: _Subne
     precision, plan = _precision_and_data(resolved, roots, precision, dataset, "export")
     export_id = _export_id(ref, arch, batch, precision, plan)
     cache = catalog.export_cache
-    info = cache.report(export_id)
-    if info is not None:
-        return info
+    deadline = time.monotonic() + _DUPLICATE_WAIT_S
+    while (info := cache.report(export_id)) is None:
+        running = cache.claim_build(export_id)
+        if running is None:
+            try:
+                return cache.report(export_id) or _build_export(cache, export_id, ref, arch, batch, precision, plan)
+            finally:
+                cache.build_done(export_id)
+        _wait_for_build(running, deadline)
+    return info
+
+
+def _wait_for_build(running: threading.Event, deadline: float) -> None:
+    """Wait for another request's build of the same export (then read the cache again), within bounds."""
+    if not _DUPLICATES.acquire(blocking=False):
+        raise Busy("the service is busy exporting", retry_after_s=30)
+    try:
+        ended = running.wait(max(0.0, deadline - time.monotonic()))
+    finally:
+        _DUPLICATES.release()
+    if not ended:
+        raise Busy("the service is still exporting this subnet for another request", retry_after_s=30)
+
+
+def _build_export(cache: Any, export_id: str, ref: SupernetRef, arch: ArchConfig, batch: int, precision: str,
+                  plan: Any) -> dict[str, Any]:
+    """Build the export into the cache under ``export_id``; its report."""
     made = cache.making_path(export_id)
     try:
         report = _export_file(ref, arch, made, batch, precision, plan)
