@@ -291,6 +291,19 @@ def test_devices_check_with_malformed_yaml(tmp_path: Path) -> None:
     assert_one_line_error(result, 2, str(broken), "PROFILE", "line 2")
 
 
+@pytest.mark.parametrize("option", ["--max-body-mb", "--max-export-mb", "--max-checkpoints-mb",
+                                    "--max-supernet-mb", "--read-timeout-s"])
+def test_serve_refuses_an_infinite_bound_naming_the_option_before_making_anything(tmp_path: Path,
+                                                                                   option: str) -> None:
+    """`inf` passed `min=` and crashed the start with an OverflowError traceback, after the data folder
+    and its lock were made."""
+    store = tmp_path / "store.sqlite"
+    result = run_cli("serve", "--store", str(store), "--token", "t", "--port", "0", option, "inf", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert option in result.stderr
+    assert not Path(f"{store}.data").exists()
+
+
 def test_serve_never_writes_through_a_temp_folder_another_user_planted(tmp_path: Path) -> None:
     """The service's temp folder sits in the shared /tmp: a link planted there is refused, not followed."""
     from hwsearch.ray_session import private_temp_dir

@@ -286,3 +286,33 @@ def test_registrations_past_the_bound_get_413_and_store_nothing(tmp_path: Path) 
         assert list((Path(f"{srv.store}.data") / "checkpoints").iterdir()) == []
     finally:
         srv.stop()
+
+
+def test_a_supernet_past_the_size_bound_gets_422_naming_its_options_and_stores_nothing(tmp_path: Path) -> None:
+    """`n_classes: 100000` built a 958 MiB OFA ResNet-50 and an AutoFormer at 1024 px took the service to
+    8.9 GB; each registered name kept its own copy in memory.  Here the bound is 2 MiB: the demo MobileNet
+    holds 3.2 MiB, the demo ViT 0.9 MiB."""
+    srv = Server(tmp_path / "store.sqlite", extra=("--max-supernet-mb", "2")).start()
+    try:
+        with srv.client() as client:
+            vit = {"name": "vit", "registry": "demo_vit_mnist"}
+            wide = client.post("/supernets", json={**vit, "options": {"n_classes": 100_000}})
+            assert "above this service's limit of 2 MiB" in refused(wide, ["body", "options"])
+            large = client.post("/supernets", json={"name": "demo", "registry": "demo_mbv3_mnist"})
+            assert "3 MiB of weights" in refused(large, ["body", "registry"])
+            upload = client.post("/supernets/upload", files={"checkpoint": ("demo.pt", DEMO_CHECKPOINT.read_bytes())},
+                                 data={"name": "up", "registry": "demo_mbv3_mnist"})
+            refused(upload, ["body", "registry"])
+            assert client.post("/supernets", json=vit).status_code == 201
+            assert [s["name"] for s in client.get("/supernets").json()] == ["vit"]
+        assert list((Path(f"{srv.store}.data") / "checkpoints").iterdir()) == []
+    finally:
+        srv.stop()
+
+
+def refused(answer: httpx.Response, loc: list[str]) -> str:
+    """The message of a 422 that names ``loc``."""
+    assert answer.status_code == 422, answer.text
+    [problem] = answer.json()["detail"]
+    assert problem["loc"] == loc, problem
+    return problem["msg"]

@@ -29,6 +29,7 @@ from hwsearch.api.catalog import (
     MAX_CHECKPOINT_BYTES,
     MAX_EXPORT_BYTES,
     MAX_REGISTRATIONS,
+    MAX_SUPERNET_BYTES,
     Catalog,
     default_data_dir,
 )
@@ -126,6 +127,7 @@ def create_app(
     max_export_bytes: int = MAX_EXPORT_BYTES,
     max_checkpoint_bytes: int = MAX_CHECKPOINT_BYTES,
     max_registrations: int = MAX_REGISTRATIONS,
+    max_supernet_bytes: int = MAX_SUPERNET_BYTES,
     ray_address: str | None = None,
     resume: bool = False,
     on_stop: Callable[[], None] | None = None,
@@ -171,7 +173,8 @@ def create_app(
     )
     app.state.store = store
     app.state.catalog = Catalog(data_dir, max_export_bytes=max_export_bytes,
-                                max_checkpoint_bytes=max_checkpoint_bytes, max_registrations=max_registrations)
+                                max_checkpoint_bytes=max_checkpoint_bytes, max_registrations=max_registrations,
+                                max_supernet_bytes=max_supernet_bytes)
     _close_to_other_accounts(Path(data_dir), *_store_files(store))
     app.state.roots = DataRoots(data_roots or [Path(data_dir) / "files"],
                                 max_file_bytes=max_upload_bytes)
@@ -273,8 +276,8 @@ def create_app_from_env() -> FastAPI:
     (``os.pathsep``-separated), ``HWSEARCH_AGENTS`` (comma-separated
     ``NAME=URL``, tokens as :func:`hwsearch.agents.load_agents` finds them),
     ``HWSEARCH_AGENT_SECRETS``, ``HWSEARCH_MAX_BODY``, ``HWSEARCH_MAX_UPLOAD``,
-    ``HWSEARCH_READ_TIMEOUT_S``, ``HWSEARCH_MAX_EXPORT`` and
-    ``HWSEARCH_MAX_CHECKPOINTS`` (bytes), ``HWSEARCH_MAX_REGISTRATIONS``,
+    ``HWSEARCH_READ_TIMEOUT_S``, ``HWSEARCH_MAX_EXPORT``, ``HWSEARCH_MAX_CHECKPOINTS`` and
+    ``HWSEARCH_MAX_SUPERNET`` (bytes), ``HWSEARCH_MAX_REGISTRATIONS``,
     ``HWSEARCH_MAX_INPUT_PIXELS``, ``HWSEARCH_MAX_JOBS``, ``HWSEARCH_RAY_ADDRESS``, ``HWSEARCH_PUBLIC_URL`` and
     ``HWSEARCH_RESUME`` (``true``/``false``).
     A missing or malformed setting stops the start (exit 3, uvicorn's code
@@ -319,6 +322,7 @@ def _app_from_env() -> FastAPI:
         max_export_bytes=int(_env_number("HWSEARCH_MAX_EXPORT", MAX_EXPORT_BYTES, minimum=MiB)),
         max_checkpoint_bytes=int(_env_number("HWSEARCH_MAX_CHECKPOINTS", MAX_CHECKPOINT_BYTES, minimum=MiB)),
         max_registrations=int(_env_number("HWSEARCH_MAX_REGISTRATIONS", MAX_REGISTRATIONS, minimum=1)),
+        max_supernet_bytes=int(_env_number("HWSEARCH_MAX_SUPERNET", MAX_SUPERNET_BYTES, minimum=MiB)),
         admission=Admission(
             max_input_pixels=int(_env_number("HWSEARCH_MAX_INPUT_PIXELS", Admission.max_input_pixels, minimum=1024)),
             max_jobs=int(_env_number("HWSEARCH_MAX_JOBS", Admission.max_jobs, minimum=1))),

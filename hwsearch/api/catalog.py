@@ -24,7 +24,8 @@ from typing import Any
 from hwsearch.api.exports import ExportCache
 from hwsearch.jobs import SupernetRef
 
-__all__ = ["MAX_CHECKPOINT_BYTES", "MAX_EXPORT_BYTES", "MAX_REGISTRATIONS", "NAME_PATTERN", "Catalog", "CatalogFull",
+__all__ = ["MAX_CHECKPOINT_BYTES", "MAX_EXPORT_BYTES", "MAX_REGISTRATIONS", "MAX_SUPERNET_BYTES", "NAME_PATTERN",
+           "Catalog", "CatalogFull",
            "default_data_dir", "valid_name"]
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ MAX_EXPORT_BYTES = 2048 * 1024 * 1024
 MAX_CHECKPOINT_BYTES = 8192 * 1024 * 1024
 #: Default bound on registered supernets, and on registered devices (``--max-registrations``).
 MAX_REGISTRATIONS = 1000
+#: Default bound on one registered supernet's weights and buffers (``--max-supernet-mb``).  The
+#: largest built-in, AutoFormer-B, holds 325 MiB; ``n_classes: 100000`` made an OFA ResNet-50 of
+#: 958 MiB, and the service keeps a few built supernets in memory, as does every job's worker.
+MAX_SUPERNET_BYTES = 768 * 1024 * 1024
 
 
 class CatalogFull(ValueError):
@@ -63,10 +68,11 @@ class Catalog:
 
     def __init__(self, root: str | os.PathLike[str], *, max_export_bytes: int = MAX_EXPORT_BYTES,
                  max_checkpoint_bytes: int = MAX_CHECKPOINT_BYTES,
-                 max_registrations: int = MAX_REGISTRATIONS) -> None:
+                 max_registrations: int = MAX_REGISTRATIONS, max_supernet_bytes: int = MAX_SUPERNET_BYTES) -> None:
         self.root = Path(root)
         self.max_checkpoint_bytes = max_checkpoint_bytes
         self.max_registrations = max_registrations
+        self.max_supernet_bytes = max_supernet_bytes
         self._lock = threading.Lock()
         self._checkpoint_files = threading.Lock()
         self._uploads = threading.Lock()

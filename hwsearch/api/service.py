@@ -132,24 +132,57 @@ def _load(ref_json: str, checkpoint_version: int) -> Any:
 
 
 def _supernet(ref: SupernetRef) -> Any:
-    """The built supernet; a checkpoint changed on disk is read anew, and refused if it was pinned."""
+    """The built supernet; a checkpoint changed on disk is read anew, and refused if it was pinned.
+
+    Cached by what is built, not by name: four names registered with the
+    same builder, options and weights were four copies in memory.
+    """
     try:
         version = Path(ref.checkpoint).stat().st_mtime_ns if ref.checkpoint else 0
     except OSError as error:
         raise Conflict(f"supernet {ref.name!r}: its checkpoint is no longer readable on the "
                        "server; register it again") from error
     try:
-        return _load(json.dumps(ref.to_dict(), sort_keys=True), version)
+        return _load(json.dumps({**ref.to_dict(), "name": ""}, sort_keys=True), version)
     except CheckpointChanged as changed:
         raise _ChangedOnDisk(str(changed)) from None
+
+
+_MIB = 1024 * 1024
+
+
+def supernet_bytes(net: Any) -> int:
+    """Bytes the supernet's tensors hold: parameters, buffers and tensors kept as attributes, each storage once."""
+    import torch
+
+    storages: dict[int, int] = {}
+    for module in net.module.modules():
+        tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False),
+                   *(v for v in vars(module).values() if isinstance(v, torch.Tensor))]
+        for tensor in tensors:
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def _within_size(ref: SupernetRef, net: Any, max_bytes: int) -> None:
+    """422 when a registration's supernet holds more than the service keeps; it leaves no copy in memory."""
+    held = supernet_bytes(net)
+    if held <= max_bytes:
+        return
+    _load.cache_clear()  # the refused build must not stay cached (the others are built again when asked)
+    raise Invalid(f"supernet {ref.registry!r} with these options holds {held / _MIB:.0f} MiB of weights and buffers, "
+                  f"above this service's limit of {max_bytes / _MIB:.0f} MiB (--max-supernet-mb); fewer classes "
+                  "or smaller resolutions make it smaller",
+                  field=("body", "options") if ref.options else ("body", "registry"))
 
 
 class _ChangedOnDisk(Conflict):
     """A pinned checkpoint's file no longer holds the pinned bytes."""
 
 
-def _build_checked(ref: SupernetRef, field: Sequence[str]) -> dict[str, Any]:
-    """Build ``ref`` once (so a bad checkpoint fails at registration) and describe its space.
+def _build_checked(ref: SupernetRef, field: Sequence[str], max_bytes: int) -> dict[str, Any]:
+    """Build ``ref`` once (so a bad checkpoint fails at registration), bound its size and describe its space.
 
     Anything that goes wrong while loading client-chosen weights is the
     client's input being wrong: a 422 with one line, the trace in the log.
@@ -165,6 +198,7 @@ def _build_checked(ref: SupernetRef, field: Sequence[str]) -> dict[str, Any]:
         log.info("supernet %r did not build", ref.name, exc_info=error)
         raise Invalid(f"cannot build {ref.registry!r} from this checkpoint and options: "
                       f"{describe_error(error)}", field=field) from None
+    _within_size(ref, net, max_bytes)
     _numbers_only(net, field)
     space = net.space
     return {"space_name": space.name, "n_var": space.n_var, "size": space.size()}
@@ -217,7 +251,7 @@ def register_supernet(
         except PathRefused as error:
             raise Invalid(f"checkpoint {error}", field=("body", "checkpoint")) from None
     ref = SupernetRef(name=name, registry=registry, checkpoint=path, options=_options(options)).pinned()
-    described = _described(ref)  # built before the lock: submissions do not wait for this build
+    described = _described(ref, catalog.max_supernet_bytes)  # built before the lock: submissions do not wait
     with catalog.checkpoint_room():  # one registration of a name at a time with uploads, so none is lost
         replaced = _uploaded_checkpoint(catalog, catalog.get_supernet(name))
         _register(catalog, ref, described)
@@ -239,9 +273,9 @@ def _full_catalog_is_413(field: Sequence[str]) -> Iterator[None]:
         raise NoRoom(str(full), field=field) from None
 
 
-def _described(ref: SupernetRef) -> dict[str, Any]:
+def _described(ref: SupernetRef, max_bytes: int) -> dict[str, Any]:
     """``ref`` built and checked, and what its registration records: its space and its reference."""
-    return {**_build_checked(ref, ("body", "checkpoint")), **ref.to_dict()}
+    return {**_build_checked(ref, ("body", "checkpoint"), max_bytes), **ref.to_dict()}
 
 
 def _register(catalog: Catalog, ref: SupernetRef, described: dict[str, Any]) -> None:
@@ -330,7 +364,8 @@ def _stage_upload(catalog: Catalog, name: str, registry: str, options: Mapping[s
         except PathRefused as refused:
             raise Invalid(f"checkpoint {refused}", field=("body", "checkpoint")) from None
         built = _build_checked(SupernetRef(name=name, registry=registry, checkpoint=str(part),
-                                           options=_options(options)), ("body", "checkpoint"))
+                                           options=_options(options)), ("body", "checkpoint"),
+                               catalog.max_supernet_bytes)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
@@ -636,9 +671,12 @@ def submit_search(
     From reading the supernet's registration to writing the job's record,
     uploads wait (:meth:`Catalog.checkpoints_named`): an upload under the
     same name would otherwise remove the checkpoint this job is about to name.
+    The supernet is built (or found in the cache) before that: a build that
+    had left the cache, 9 s for a ViT, held every other submission and upload.
     """
     _at_most(n_profile, dispatcher.admission.max_n_profile, "n_profile")
     _at_most(budget, dispatcher.admission.max_budget, "budget")
+    _supernet(get_supernet(catalog=catalog, name=supernet, field=("body", "supernet")))  # built before the lock
     with catalog.checkpoints_named():
         ref = get_supernet(catalog=catalog, name=supernet, field=("body", "supernet"))
         if len(set(devices)) != len(devices):
@@ -1145,6 +1183,7 @@ def submit_profile(
     measurement quantizes the export on ``dataset`` (or the point's job's data).
     """
     profile = _device(catalog, on, ("body", "on"))
+    _resolve(store=dispatcher.store, catalog=catalog, **subnet)  # as in submit_search: built before the lock
     with catalog.checkpoints_named():  # as in submit_search: the checkpoint stays until the record names it
         resolved = _resolve(store=dispatcher.store, catalog=catalog, **subnet)
         _input_fits(int(profile.get("batch", 1)), resolved.arch.resolution, dispatcher.admission.max_input_pixels,

@@ -23,6 +23,9 @@ import typer
 
 __all__ = ["register"]
 
+#: Upper bound of the size options (16 TiB): infinity passed ``min=`` and crashed the start with a traceback.
+_MAX_MB = 16.0 * 1024 * 1024
+
 
 def serve(
     store: Annotated[Path, typer.Option(help="SQLite file holding jobs and measurements.")] = Path(
@@ -53,17 +56,21 @@ def serve(
     max_jobs: Annotated[int, typer.Option(
         min=1, help="Job records kept, finished ones included; beyond it submissions get 413 until "
                     "finished jobs are deleted (DELETE /jobs/{id}).")] = 10_000,
-    max_body_mb: Annotated[float, typer.Option(min=0.01, help="Largest JSON request body.")] = 1.0,
+    max_body_mb: Annotated[float, typer.Option(min=0.01, max=1024.0, help="Largest JSON request body.")] = 1.0,
     max_upload_mb: Annotated[float, typer.Option(
-        min=0.01, help="Largest checkpoint upload, and largest checkpoint or dataset file read.")] = 512.0,
+        min=0.01, max=_MAX_MB, help="Largest checkpoint upload, and largest checkpoint or dataset file read.")] = 512.0,
     max_export_mb: Annotated[float, typer.Option(
-        min=1.0, help="Exported ONNX files kept for download; the least recently used go first.")] = 2048.0,
+        min=1.0, max=_MAX_MB,
+        help="Exported ONNX files kept for download; the least recently used go first.")] = 2048.0,
     max_checkpoints_mb: Annotated[float, typer.Option(
-        min=1.0, help="Uploaded checkpoints kept in all; an upload past it gets 413.")] = 8192.0,
+        min=1.0, max=_MAX_MB, help="Uploaded checkpoints kept in all; an upload past it gets 413.")] = 8192.0,
+    max_supernet_mb: Annotated[float, typer.Option(
+        min=1.0, max=_MAX_MB, help="Largest supernet a registration may build (its weights and buffers); "
+                                  "past it the registration gets 422 naming options.")] = 768.0,
     max_registrations: Annotated[int, typer.Option(
         min=1, help="Registered supernets kept, and registered devices; a new name past it gets 413.")] = 1000,
     read_timeout_s: Annotated[float, typer.Option(
-        min=1.0, help="Seconds a client may take over a request's headers, or stall its body (which must "
+        min=1.0, max=3600.0, help="Seconds a client may take over a request's headers, or stall its body (which must "
                       "also average 64 KiB/s) or reading a response; slower connections are closed.")] = 30.0,
     max_connections: Annotated[int, typer.Option(
         min=2, help="Connections at once; requests on more get 503.")] = 128,
@@ -129,6 +136,7 @@ def serve(
         max_body_bytes=int(max_body_mb * MiB), max_upload_bytes=int(max_upload_mb * MiB),
         read_timeout_s=read_timeout_s, max_export_bytes=int(max_export_mb * MiB),
         max_checkpoint_bytes=int(max_checkpoints_mb * MiB), max_registrations=max_registrations,
+        max_supernet_bytes=int(max_supernet_mb * MiB),
         ray_address=ray_address, resume=resume, public_url=public_url,
         on_stop=lambda: shutil.rmtree(temp_files, ignore_errors=True),  # Ray's workers have ended
     )
