@@ -1005,10 +1005,15 @@ def test_hostile_dataset_files_are_refused_as_the_dataset_and_the_service_stays_
     (b'{"supernet": "\xff\xfe"}', "not UTF-8"),
     (b'{"supernet": "tiny-mbv3", "devices": ["cpu-1t"], "supernet": "other"}', "the key 'supernet' appears twice"),
     (b'{"supernet": "x", "limits": [{"metric": "accuracy", "metric": "latency"}]}', "the key 'metric' appears twice"),
-], ids=["deep", "long-number", "not-utf8", "repeated-key", "repeated-nested-key"])
+    (b'{"supernet": ', "the body is not JSON: Expecting value at character 13"),
+    (b"hello", "the body is not JSON: Expecting value at character 0"),
+    (b'{"supernet": "x"} xx', "the body is not JSON: Extra data at character 18"),
+], ids=["deep", "long-number", "not-utf8", "repeated-key", "repeated-nested-key", "cut-short", "not-json",
+        "trailing"])
 def test_a_body_that_cannot_be_parsed_is_a_400_naming_the_body_and_why(client: httpx.Client, body: bytes,
                                                                        says: str) -> None:
-    """They answered 'There was an error parsing the body'; a repeated key was taken, the last one winning."""
+    """They answered 'There was an error parsing the body'; a repeated key was taken, the last one winning;
+    plain syntax errors were a 422 at an offset, unlike the rest."""
     response = client.post("/jobs", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
     [error] = response.json()["detail"]

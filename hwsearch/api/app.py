@@ -11,7 +11,7 @@ import logging
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -93,8 +93,20 @@ async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
     written as JSON at all, which turned a bad request into a 500.
     """
     assert isinstance(error, RequestValidationError)
-    detail = [{"loc": list(e["loc"]), "msg": _bounded(e["msg"]), "type": e["type"]} for e in error.errors()]
+    errors = error.errors()
+    syntax = next((e for e in errors if e["type"] == "json_invalid"), None)
+    if syntax is not None:  # not JSON at all: unparsable, as the cases :func:`_http_error` answers
+        return AsciiJSONResponse({"detail": [_syntax_error(syntax)]}, status_code=400)
+    detail = [{"loc": list(e["loc"]), "msg": _bounded(e["msg"]), "type": e["type"]} for e in errors]
     return AsciiJSONResponse({"detail": detail}, status_code=422)
+
+
+def _syntax_error(error: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON syntax error as a 400 names it: ``body``, and where the parser stopped and why."""
+    where = error["loc"][1] if len(error["loc"]) > 1 else "?"
+    why = str((error.get("ctx") or {}).get("error", "not JSON"))
+    return {"loc": ["body"], "msg": _bounded(f"the body is not JSON: {why} at character {where}"),
+            "type": "json_invalid"}
 
 
 async def _http_error(request: Request, error: Exception) -> Response:
