@@ -315,6 +315,25 @@ def test_export_batch_is_bounded_like_a_profiles(tmp_path: Path) -> None:
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_export_batch_is_bounded_by_input_pixels_before_any_work(tmp_path: Path) -> None:
+    """--batch 1000 of a 224 px subnet asked for 2.9 GB in one tensor and ended in an allocator traceback."""
+    result = run_cli("export", "--supernet", "ofa_mbv3_d234_e346_k357_w1.0", "--out", str(tmp_path / "x.onnx"),
+                     "--batch", "1000", cwd=tmp_path)
+    assert_one_line_error(result, 2, "--batch", "4,194,304")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("command", [("profile", "--n", "1000000"), ("search", "--n-profile", "1000000"),
+                                     ("search", "--budget", str(10**30)), ("demo", "--n-profile", "1000000")])
+def test_subnet_counts_are_bounded_before_any_work(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """`profile --n 1000000` asked numpy for 13.7 GiB; `search --n-profile 10**30` started Ray and then
+    failed with a numpy traceback, leaving a failed job in the store."""
+    result = run_cli(*command, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert command[1] in result.stderr and "10000" in result.stderr
+    assert list(tmp_path.iterdir()) == [] or all(p.name == "calibration" for p in tmp_path.iterdir())
+
+
 def test_a_device_name_with_path_parts_writes_its_plot_inside_the_report_folder(tmp_path: Path) -> None:
     """``"device": "../x"`` wrote pareto-../x.png, outside --out."""
     folder = tmp_path / "run"

@@ -16,11 +16,15 @@ import typer
 
 from hwsearch.cli._errors import OptionError, reading
 
-__all__ = ["MAX_SEED", "check_onnx_files", "load_profile", "load_supernet", "prepare_folder",
+__all__ = ["MAX_SEED", "MAX_SUBNETS", "check_onnx_files", "load_profile", "load_supernet", "prepare_folder",
            "require_regular_file", "seed_option"]
 
 #: The largest seed a command takes, as the service's jobs (every RNG seeded from it takes it).
 MAX_SEED = 2**31 - 1
+#: The most subnets a command selects, profiles, evaluates or adds in refinement, as the service's
+#: schema: selection draws 40 candidates per subnet, so ``--n 1000000`` asked for 13.7 GiB and
+#: ``--n 10**30`` ended in a numpy traceback (after Ray had started, for ``search``).
+MAX_SUBNETS = 10_000
 
 
 def seed_option(help: str) -> Any:  # -> typer's OptionInfo

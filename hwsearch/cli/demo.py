@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hwsearch.cli._inputs import seed_option
+from hwsearch.cli._inputs import MAX_SUBNETS, seed_option
 from hwsearch.demo import DEMO_SUPERNET, DEMO_SUPERNETS
 
 
@@ -27,8 +27,10 @@ def demo(
         help="Your own checkpoint of the chosen demo supernet (default: the shipped one).")] = None,
     device: Annotated[Optional[list[Path]], typer.Option(
         help="Device profile (YAML/JSON); repeat for several. Default: this CPU with 1 and 2 threads.")] = None,
-    n_profile: Annotated[int, typer.Option(min=4, help="Subnets profiled per device to train predictors.")] = 40,
-    budget: Annotated[int, typer.Option(min=0, help="Extra real measurements per device for refinement.")] = 20,
+    n_profile: Annotated[int, typer.Option(
+        min=4, max=MAX_SUBNETS, help="Subnets profiled per device to train predictors.")] = 40,
+    budget: Annotated[int, typer.Option(
+        min=0, max=MAX_SUBNETS, help="Extra real measurements per device for refinement.")] = 20,
     seed: Annotated[int, seed_option("Seed for sampling and search.")] = 0,
     ray_address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting one.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of tables.")] = False,

@@ -75,6 +75,7 @@ def export(
     else:
         with reading("--arch"):
             chosen = net.space.from_json(_read_arch(arch))
+    _check_input_size(batch, chosen.resolution)
     prepare_folder(out.parent, "--out")
     try:
         report = export_subnet(net, chosen, out, batch=batch, precision=precision,
@@ -87,6 +88,21 @@ def export(
     for warning in _not_deployable(result):
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(json.dumps(result, indent=2) if as_json else _summary(result))
+
+
+def _check_input_size(batch: int, resolution: int) -> None:
+    """Refuse an input past the service's default bound on batch x resolution^2, naming ``--batch``.
+
+    An export holds its input and every activation at once: batch 1000 at
+    224 px asked for 2.9 GB in one tensor and ended in an allocator traceback.
+    """
+    from hwsearch.cli._errors import OptionError
+    from hwsearch.dispatch import Admission
+
+    pixels, limit = batch * resolution**2, Admission.max_input_pixels
+    if pixels > limit:
+        raise OptionError("--batch", f"batch {batch} at {resolution} px is {pixels:,} input pixels, above the "
+                                     f"limit of {limit:,} (batch {max(1, limit // resolution**2)} at this size)")
 
 
 def _not_deployable(result: dict[str, Any]) -> list[str]:

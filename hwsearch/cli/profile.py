@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from hwsearch.cli._inputs import seed_option
+from hwsearch.cli._inputs import MAX_SUBNETS, seed_option
 
 __all__ = ["register"]
 
@@ -35,7 +35,7 @@ def profile(
     device: Annotated[Path, typer.Option(help="Device profile (YAML or JSON).", exists=True,
                                          dir_okay=False)],
     supernet: SupernetOpt = "ofa_mbv3_d234_e346_k357_w1.0",
-    n: Annotated[int, typer.Option("--n", min=1, help="How many subnets to select.")] = 100,
+    n: Annotated[int, typer.Option("--n", min=1, max=MAX_SUBNETS, help="How many subnets to select.")] = 100,
     resolution: Annotated[Optional[int], typer.Option(
         help="Pin the input resolution (default: spread over the space's resolutions).")] = None,
     store: StoreOpt = Path("runs/hwsearch.db"),
@@ -77,7 +77,7 @@ def profile_accuracy(
     dataset_id: Annotated[Optional[str], typer.Option(
         help="Name the accuracies are stored under, before the digest of the data, weights and "
              "choices below (default: the data path's name).")] = None,
-    n: Annotated[int, typer.Option("--n", min=1, help="How many subnets to evaluate.")] = 50,
+    n: Annotated[int, typer.Option("--n", min=1, max=MAX_SUBNETS, help="How many subnets to evaluate.")] = 50,
     n_calibration: Annotated[int, typer.Option(min=1, help="Images used only to recalibrate BN.")] = 500,
     calibration: Annotated[Optional[Path], typer.Option(
         help="Separate images for BN recalibration (e.g. a slice of the training set); "

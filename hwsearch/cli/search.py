@@ -21,7 +21,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from hwsearch.cli._errors import OptionError
-from hwsearch.cli._inputs import seed_option
+from hwsearch.cli._inputs import MAX_SUBNETS, seed_option
 
 __all__ = ["register"]
 
@@ -43,9 +43,9 @@ def search(
     accuracy_floor: Annotated[Optional[float], typer.Option(
         min=0.0, max=1.0, help="Accuracy floor, a fraction in [0, 1].")] = None,
     n_profile: Annotated[int, typer.Option(
-        min=4, help="Subnets profiled per device (and evaluated once) to train predictors.")] = 40,
+        min=4, max=MAX_SUBNETS, help="Subnets profiled per device (and evaluated once) to train predictors.")] = 40,
     budget: Annotated[int, typer.Option(
-        min=0, help="Extra real measurements per device that refinement may spend.")] = 20,
+        min=0, max=MAX_SUBNETS, help="Extra real measurements per device that refinement may spend.")] = 20,
     seed: Annotated[int, seed_option("Seed for selection, predictors and search.")] = 0,
     targets_ms: Annotated[Optional[list[str]], typer.Option(
         help="Latency budgets in ms, e.g. 15,20,25: refinement spends its measurements on the "
