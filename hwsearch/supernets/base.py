@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import os
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, Protocol, TypeVar, Union, runtime_checkable
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from hwsearch.archives import UnpackedTooLarge, check_unpacked_size
 from hwsearch.space import ArchConfig, SearchSpace
 from hwsearch.supernets.counting import Costs, count_arch
+from hwsearch.tempdirs import owned_temp_dir
 
 __all__ = [
     "ArchLike",
@@ -149,41 +150,20 @@ def read_checkpoint(path: str | Path, *, digest: bool = False) -> LoadedCheckpoi
     to more than :func:`hwsearch.archives.default_bound` (16 times its size,
     at least 256 MiB) is refused before anything is inflated.
 
-    With ``digest`` the file is read into memory once, and those bytes are
-    hashed, sized and loaded, so the digest is of the weights loaded
-    whatever happens to the file meanwhile: hashing the path and then
-    loading it again had loaded other weights under a pinned digest (the
-    price is the file's size in memory while it loads).  Without, it is
-    sized and loaded through one handle, and a file written to while it is
-    read (its size or modification time moves) is a :class:`CheckpointError`.
+    With ``digest`` the file is copied once into a private temp folder while
+    it is hashed, and that copy is loaded (memory-mapped), so the digest is of
+    the weights loaded whatever happens to the file meanwhile: hashing the
+    path and then loading it again had loaded other weights under a pinned
+    digest.  Reading the file into memory to hash and load it held its bytes
+    twice at the peak (raw and as tensors).  Without, it is sized and loaded
+    through one handle, and a file written to while it is read (its size or
+    modification time moves) is a :class:`CheckpointError`.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist (hwsearch never downloads weights)")
-    with path.open("rb") as file:  # opened here so only unreadable *content* is caught below
-        before = _file_version(file)
-        source: BinaryIO = file
-        sha256 = None
-        if digest:
-            content = file.read()
-            sha256, source = hashlib.sha256(content).hexdigest(), io.BytesIO(content)
-        try:
-            check_unpacked_size(source)
-        except UnpackedTooLarge as error:
-            raise CheckpointError(f"checkpoint {path} {error}") from None
-        try:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                data = torch.load(source, weights_only=True, map_location="cpu")
-        except Exception as exc:  # a hostile or corrupt file makes the unpickler raise anything
-            raise CheckpointError(
-                f"{path} is not a loadable weights-only checkpoint ({load_failure_reason(exc)}); "
-                "hwsearch reads only tensors and plain containers from checkpoints"
-            ) from exc
-        finally:
-            if sha256 is None and _file_version(file) != before:
-                raise CheckpointError(f"checkpoint {path} was written to while it was read; load it again "
-                                      "once it is written")
+    data, sha256 = _read_pinned(path) if digest else (_read_as_it_is(path), None)
     for key in _WRAPPER_KEYS:
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]
@@ -193,6 +173,61 @@ def read_checkpoint(path: str | Path, *, digest: bool = False) -> LoadedCheckpoi
                               f"got {type(data).__name__}")
     check_keys(data, source=str(path))
     return LoadedCheckpoint(data, sha256)
+
+
+def _read_as_it_is(path: Path) -> Any:
+    """Size and load ``path`` through one handle; refused if it was written to meanwhile."""
+    with path.open("rb") as file:  # opened here so only unreadable *content* is caught below
+        before = _file_version(file)
+        try:
+            return _unpickle(file, path, mmap_from=None)
+        finally:
+            if _file_version(file) != before:
+                raise CheckpointError(f"checkpoint {path} was written to while it was read; load it again "
+                                      "once it is written")
+
+
+def _read_pinned(path: Path) -> tuple[Any, str]:
+    """Copy ``path`` to a private file while hashing it, load the copy; the data and the copy's SHA-256.
+
+    Nobody else writes the copy, so what is hashed is what is loaded.  A zip
+    checkpoint (``torch.save``'s format) is memory-mapped, so its bytes are
+    not held in memory beside the tensors; the mapping outlives the copy's
+    removal.  A killed process's copy is cleared by the next run
+    (:func:`~hwsearch.tempdirs.remove_dead_owners_folders`).
+    """
+    with path.open("rb") as file, owned_temp_dir("checkpoint") as folder:
+        private = folder / "weights.pt"
+        digest = hashlib.sha256()
+        with private.open("wb") as out:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+        with private.open("rb") as copy:
+            mappable = zipfile.is_zipfile(copy)
+            copy.seek(0)
+            return _unpickle(copy, path, mmap_from=private if mappable else None), digest.hexdigest()
+
+
+def _unpickle(source: BinaryIO, path: Path, *, mmap_from: Path | None) -> Any:
+    """``torch.load`` of a sized checkpoint, weights only; from ``mmap_from`` memory-mapped when given.
+
+    ``path`` is the name errors give: the file the user named, not a copy.
+    """
+    try:
+        check_unpacked_size(source)
+    except UnpackedTooLarge as error:
+        raise CheckpointError(f"checkpoint {path} {error}") from None
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            if mmap_from is not None:
+                return torch.load(mmap_from, weights_only=True, map_location="cpu", mmap=True)
+            return torch.load(source, weights_only=True, map_location="cpu")
+    except Exception as exc:  # a hostile or corrupt file makes the unpickler raise anything
+        raise CheckpointError(
+            f"{path} is not a loadable weights-only checkpoint ({load_failure_reason(exc)}); "
+            "hwsearch reads only tensors and plain containers from checkpoints"
+        ) from exc
 
 
 def _file_version(file: BinaryIO) -> tuple[int, int]:
