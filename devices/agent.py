@@ -82,6 +82,7 @@ import hashlib
 import hmac
 import io
 import json
+import math
 import os
 import re
 import socket
@@ -793,10 +794,12 @@ def serve(
     if not token:
         raise SystemExit("an agent needs a token (--token or DEVICES_AGENT_TOKEN)")
     try:
-        session_bytes = {} if max_session_mb is None else {"max_session_bytes": int(max_session_mb * MiB)}
+        session_bytes = {} if max_session_mb is None else {
+            "max_session_bytes": _megabytes(max_session_mb, "--max-session-mb")}
         limits = AgentLimits(
-            max_upload_bytes=int(max_upload_mb * MiB), max_models=max_models, max_model_bytes=int(max_model_mb * MiB),
-            max_results=max_results, max_connections=max_connections, read_timeout_s=read_timeout_s,
+            max_upload_bytes=_megabytes(max_upload_mb, "--max-upload-mb"), max_models=max_models,
+            max_model_bytes=_megabytes(max_model_mb, "--max-model-mb"), max_results=max_results,
+            max_connections=max_connections, read_timeout_s=_finite(read_timeout_s, "--read-timeout-s"),
             **session_bytes,
         )
     except ValueError as error:
@@ -817,6 +820,22 @@ def serve(
         pass
     finally:
         server.server_close()
+
+
+def _finite(value: float, option: str) -> float:
+    """``value`` if it is a finite positive number; else the agent stops with one line naming ``option``.
+
+    Infinity passed the options' lower bounds and crashed the start with an
+    ``OverflowError`` traceback (or, for the read timeout, removed the bound).
+    """
+    if not (math.isfinite(value) and value > 0):
+        raise SystemExit(f"{option} must be a finite positive number, got {value}")
+    return value
+
+
+def _megabytes(value: float, option: str) -> int:
+    """A size option given in MiB, in bytes (see :func:`_finite`)."""
+    return int(_finite(value, option) * MiB)
 
 
 def _tls_context(certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext | None:

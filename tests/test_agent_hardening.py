@@ -764,3 +764,15 @@ def test_a_session_is_bounded_as_a_whole_and_the_agent_answers_400_once_it_passe
     assert "did not finish its warm-up" in answer.json()["detail"] and "bound of 2 s" in answer.json()["detail"]
     assert seconds < 10, f"answered after {seconds:.1f} s; the session's bound is 2 s (plus loading)"
     assert not agent.health()["busy"]
+
+
+@pytest.mark.parametrize("option", ["--max-upload-mb", "--max-model-mb", "--read-timeout-s", "--max-session-mb"])
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_an_agent_refuses_an_unbounded_limit_naming_the_option(tmp_path: Path, option: str, value: str) -> None:
+    """`--max-upload-mb inf` crashed the start with an OverflowError traceback; `--read-timeout-s inf`
+    started an agent whose clients could hold their connections for ever."""
+    result = subprocess.run([sys.executable, "-m", "devices.agent", "--port", "0", "--state-dir", str(tmp_path),
+                             option, value], env={**os.environ, "DEVICES_AGENT_TOKEN": "t"},
+                            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == f"{option} must be a finite positive number, got {value}"
