@@ -228,15 +228,48 @@ class JobDispatcher:
             with self._cond:
                 if self._stopped:
                     return
-                self._start_queued()
+                starting = bool(self._queue) and len(self._running) < self.admission.max_running
+            if starting and not self._connect():
+                continue
+            with self._cond:
+                if self._stopped:
+                    return
+                if JobDispatcher._remote is not None:  # else the next turn joins Ray first, outside the lock
+                    self._start_queued()
                 tasks = dict(self._running)
                 if not tasks:
-                    self._cond.wait(timeout=_POLL_S * 4)
+                    if not self._queue:
+                        self._cond.wait(timeout=_POLL_S * 4)
                     continue
             self._reap(tasks)
 
+    def _connect(self) -> bool:
+        """Join (or start) Ray before a job starts, *outside* the lock; on failure fail the queued jobs.
+
+        Joining takes seconds, and up to :data:`~hwsearch.ray_session.RAY_CONNECT_TIMEOUT_S`
+        for an address where nothing answers, after which it raises
+        :class:`~hwsearch.ray_session.RayUnreachable`.  Under the lock,
+        submissions, cancels, ``/limits`` and the service's stop waited for it:
+        with ``ray.init`` unbounded, for ever.  Every job waiting then fails
+        with the same one line, since none of them could run; the next
+        submission tries again, so a cluster that comes back is used.
+        """
+        try:
+            self._task()
+            return True
+        except Exception as error:  # Ray would not start or cannot be reached: no waiting job can run
+            log.error("cannot start jobs: %s", error)
+            with self._cond:
+                waiting = list(self._queue)
+                self._queue.clear()
+            for job_id in waiting:
+                runner = claim_job(self.store, job_id)
+                if runner is not None:
+                    record_failure(self.store, job_id, error, runner=runner)
+            return False
+
     def _start_queued(self) -> None:
-        """Start queued jobs while there is room; called with the lock held."""
+        """Start queued jobs while there is room; called with the lock held, once Ray is up (:meth:`_connect`)."""
         while self._queue and len(self._running) < self.admission.max_running:
             job_id = self._queue.popleft()
             runner = claim_job(self.store, job_id)
@@ -272,6 +305,26 @@ class JobDispatcher:
                     record_failure(self.store, job_id, error, runner=tasks[job_id].runner)
             with self._cond:
                 self._running.pop(job_id, None)
+        if done:
+            self._sweep_temp_files()
+
+    @staticmethod
+    def _sweep_temp_files() -> None:
+        """Remove the temp folders of this host's dead hwsearch processes (:mod:`hwsearch.tempdirs`), as a job ends.
+
+        A Ray worker killed mid-export (out of memory, a crash, a force-cancel)
+        leaves its export folder, 50-110 MB, and Ray retries the task in a new
+        worker.  ``hwsearch`` commands sweep such folders as they start, but a
+        service runs for weeks, and emptied its temp folder only at start-up:
+        each crash cost disk until the next restart.  Workers started here share
+        the service's temp folder (``TMPDIR``), which is what is swept; a
+        listing and a non-blocking ``flock`` per folder, cheap beside a job.
+        """
+        from hwsearch.tempdirs import remove_dead_owners_folders
+
+        freed = remove_dead_owners_folders()
+        if freed:
+            log.info("removed %.1f MB of temp files that dead workers left behind", freed / 1e6)
 
     _remote: Any = None
 

@@ -28,6 +28,13 @@ A local session also keeps its files (sockets, logs, session state) in a
 folder only this user can enter (:func:`_private_ray_folder`), not in Ray's
 default ``/tmp/ray``, which Ray makes world-writable without the sticky bit
 along with every session folder in it.
+
+Joining a cluster by address is bounded: :func:`check_ray_address` first
+checks that something accepts a TCP connection on the address's port within
+:data:`RAY_CONNECT_TIMEOUT_S`.  ``ray.init`` has no time limit of its own:
+measured with Ray 2.60 and ``127.0.0.1:1`` (nothing listening), it logged
+"Failed to connect to GCS ... Timed out" every ~35 s and never returned, which
+froze a service's job queue and left a ``hwsearch search``'s job ``queued``.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import hashlib
 import os
 import secrets
 import signal
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -45,13 +53,54 @@ from typing import NamedTuple
 
 from hwsearch.tempdirs import owned_temp_dir
 
-__all__ = ["WorkerStart", "init_ray", "kill_leftovers", "prepare_worker", "private_temp_dir",
-           "worker_prepared"]
+__all__ = ["RAY_CONNECT_TIMEOUT_S", "RayUnreachable", "WorkerStart", "check_ray_address", "init_ray",
+           "kill_leftovers", "prepare_worker", "private_temp_dir", "worker_prepared"]
 
+#: Seconds a cluster's address has to accept a TCP connection before a join gives up (:func:`check_ray_address`).
+RAY_CONNECT_TIMEOUT_S = 5.0
 _RAY_START_LOCK = threading.Lock()  # two threads starting Ray at once would start two sessions
 #: The heavy libraries hwsearch's tasks import (accuracy evaluation, exports, predictors, the
 #: search), imported by every worker inside its start-up compute unit: 2.95 s measured here.
 _WORKER_MODULES = ("torch", "onnx", "onnxruntime", "xgboost", "sklearn.base", "pymoo.algorithms.moo.nsga2")
+
+
+class RayUnreachable(ConnectionError):
+    """Nothing answers at a Ray cluster's address: the job cannot run (an ``OSError``, so the CLI says it in a line)."""
+
+    def __init__(self, address: str, why: str) -> None:
+        super().__init__(f"cannot reach Ray at {address}: {why}")
+        self.address = address
+
+
+def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Refuse a cluster address whose port does not accept a TCP connection within ``timeout_s``.
+
+    A cheap, bounded test before ``ray.init``, which waits for a GCS without
+    limit (see the module docstring).  It catches what goes wrong in practice
+    (a wrong port, a cluster that is down, a host that drops packets), not a
+    port that accepts connections and then never speaks GCS.  ``auto`` and
+    ``local`` name no port and are left to Ray; ``ray://`` (Ray Client)
+    addresses are checked at their port like any other.
+    """
+    if address in ("auto", "local"):
+        return
+    host, port = _host_and_port(address)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except socket.timeout:
+        raise RayUnreachable(address, f"no answer on port {port} within {timeout_s:g} s") from None
+    except OSError as error:
+        raise RayUnreachable(address, error.strerror or str(error)) from None
+
+
+def _host_and_port(address: str) -> tuple[str, int]:
+    """``(host, port)`` of ``[ray://]HOST:PORT`` (``[::1]:6379`` too); :class:`RayUnreachable` if it has none."""
+    bare = address.removeprefix("ray://")
+    host, _, port = bare.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RayUnreachable(address, "give it as HOST:PORT (the head node's GCS port, 6379 by default)")
+    return host, int(port)
 
 
 class WorkerStart(NamedTuple):
@@ -100,6 +149,10 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     started from such a thread would die with it and take the process down a
     minute later.  Off the main thread, Ray is therefore started from a keeper
     thread that lives as long as the process.
+
+    An ``address`` whose port does not accept a connection within
+    :data:`RAY_CONNECT_TIMEOUT_S` raises :class:`RayUnreachable` instead of
+    waiting in ``ray.init`` for ever (:func:`check_ray_address`).
     """
     import ray
 
@@ -107,6 +160,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         if ray.is_initialized():
             return
         if address:
+            check_ray_address(address)
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the cluster's operator says otherwise
             temp_dir = None  # the cluster's own
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import copy
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -421,7 +422,9 @@ class SQLiteStore(Store):
     """
 
     def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
-        self.path = Path(path)
+        # Absolute: the store travels (pickled) to Ray workers, whose working folder on a cluster
+        # is not this process's; `--out s3` there failed every job with "unable to open database file".
+        self.path = Path(os.path.abspath(path))
         self.timeout = timeout
         self._local = threading.local()
         if self.path.is_dir():

@@ -224,3 +224,53 @@ def test_a_joined_clusters_workers_take_the_drivers_lock_and_ruler_folders(short
         assert result.returncode == 0, result.stderr[-3000:]
         assert json.loads(result.stdout.strip().splitlines()[-1]) == [str(temp / "driver" / "locks"),
                                                                       str(temp / "rulers")]
+
+
+PATHS_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+import ray
+from devices.profile import DeviceProfile
+from devices.reference import reference_model_bytes
+from hwsearch.api.catalog import Catalog
+from hwsearch.cli.search import _absolute_references
+from hwsearch.ray_session import init_ray
+from hwsearch.store import SQLiteStore
+
+init_ray(sys.argv[1])
+store = SQLiteStore("svc/s.sqlite")  # as `hwsearch serve --store svc/s.sqlite` or `search --out svc` open it
+job_id = store.create_job({"kind": "test"})
+catalog = Catalog("svc/s.sqlite.data")  # the service's default data directory, relative as the store
+upload = catalog.checkpoints / "upload.pt"
+upload.write_bytes(b"weights")
+Path("reference.onnx").write_bytes(reference_model_bytes())
+[profile] = _absolute_references([DeviceProfile.from_dict({"name": "cpu", "reference_model": "reference.onnx"})])
+
+@ray.remote
+def read(store, job_id, upload, profile):
+    return [store.get_job(job_id).state, Path(upload).read_bytes().decode(), len(profile.reference_bytes())]
+
+print(json.dumps(ray.get(read.remote(store, job_id, str(upload), profile), timeout=120)))
+ray.shutdown()
+"""
+
+
+def test_a_joined_clusters_workers_find_the_store_uploads_and_references_named_relative(short_temp_dir: Path) -> None:
+    """The store, an uploaded checkpoint's path and a profile's reference model, named relative to the driver.
+
+    They travel to workers (pickled, in job specs) that run in the cluster's
+    working folder, not the driver's: a relative store failed every job on a
+    cluster with "unable to open database file".
+    """
+    from devices.reference import reference_model_bytes
+
+    temp = short_temp_dir
+    env = {**os.environ, "TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    with _ray_head(env, temp) as recorded:
+        (temp / "driver").mkdir()
+        result = subprocess.run([sys.executable, "-c", PATHS_SCRIPT, recorded.read_text().strip()],
+                                capture_output=True, text=True, timeout=300, env=env, cwd=temp / "driver")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads(result.stdout.strip().splitlines()[-1]) == ["queued", "weights",
+                                                                      len(reference_model_bytes())]

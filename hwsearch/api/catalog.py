@@ -69,7 +69,7 @@ class Catalog:
     def __init__(self, root: str | os.PathLike[str], *, max_export_bytes: int = MAX_EXPORT_BYTES,
                  max_checkpoint_bytes: int = MAX_CHECKPOINT_BYTES,
                  max_registrations: int = MAX_REGISTRATIONS, max_supernet_bytes: int = MAX_SUPERNET_BYTES) -> None:
-        self.root = Path(root)
+        self.root = Path(os.path.abspath(root))  # uploads' paths go into job specs, read by Ray workers elsewhere
         self.max_checkpoint_bytes = max_checkpoint_bytes
         self.max_registrations = max_registrations
         self.max_supernet_bytes = max_supernet_bytes
@@ -146,9 +146,10 @@ class Catalog:
         """
         if path is None:
             return None
+        counted = Path(os.path.abspath(path))  # as the catalog's paths are (a registration made before may be relative)
         with self._reading_lock:
-            self._reading[Path(path)] += 1
-        return Path(path)
+            self._reading[counted] += 1
+        return counted
 
     def done_reading(self, path: Path | None) -> None:
         """The export that counted ``path`` is done; a removal put off for it (:meth:`remove_unread`) happens now."""

@@ -411,15 +411,22 @@ def _uploaded_checkpoint(catalog: Catalog, ref: SupernetRef | None) -> Path | No
     """The catalog's own file that ``ref`` loads, if any (a data-root file is the operator's, never removed)."""
     if ref is None or ref.checkpoint is None:
         return None
-    path = Path(ref.checkpoint)
+    path = _absolute(ref.checkpoint)
     return path if path.parent == catalog.checkpoints else None
+
+
+def _absolute(path: str) -> Path:
+    """``path`` made absolute as the catalog's own paths are: registrations and jobs stored before it was
+    absolute name uploads relative to the service's working folder, and compared as such, an upload
+    still in use would look unused and be removed."""
+    return Path(os.path.abspath(path))
 
 
 def _checkpoints_in_use(catalog: Catalog, store: Store, *, ignoring: str | None = None) -> set[Path]:
     """Checkpoint files some registration (but ``ignoring``'s) or some job's spec names."""
     refs = [SupernetRef.from_dict(r) for r in catalog.list_supernets() if r.get("name") != ignoring]
-    paths = {Path(r.checkpoint) for r in refs if r.checkpoint}
-    return paths | {Path(checkpoint) for checkpoint in store.job_checkpoints()}
+    paths = {_absolute(r.checkpoint) for r in refs if r.checkpoint}
+    return paths | {_absolute(checkpoint) for checkpoint in store.job_checkpoints()}
 
 
 def _drop_if_unused(catalog: Catalog, store: Store, path: Path) -> None:

@@ -74,7 +74,8 @@ def search(
     from hwsearch.store import SQLiteStore
 
     _check_limits(budget_ms, params_limit)
-    profiles = _with_precisions(_check_inputs(supernet, checkpoint, device, data), precision)
+    _check_ray_address(ray_address)
+    profiles = _absolute_references(_with_precisions(_check_inputs(supernet, checkpoint, device, data), precision))
     aims = _latency_targets([p.name for p in profiles], targets_ms or [], band_ms or [])
     prepare_folder(out, "--out")
     store = SQLiteStore(out / "store.db")
@@ -92,6 +93,7 @@ def search(
         targets=aims,
     )
     console = Console(stderr=as_json)
+    _exit_on_sigterm()
     job_id = store.create_job(spec.to_dict())
     result = _run_with_progress(spec, store, job_id, ray_address, console)
     fronts = {name: ParetoFront.from_dict(front) for name, front in result["fronts"].items()}
@@ -125,6 +127,35 @@ def _check_limits(budget_ms: float | None, params_limit: float | None) -> None:
                                       "are above 0")
 
 
+def _check_ray_address(address: str | None) -> None:
+    """Refuse a cluster address nothing answers at, before any work and before the job is recorded.
+
+    ``ray.init`` waits for an unreachable cluster without limit: the command
+    hung for minutes and left its job ``queued`` in ``--out``'s store.
+    """
+    from hwsearch.ray_session import RayUnreachable, check_ray_address
+
+    if address is None:
+        return
+    try:
+        check_ray_address(address)
+    except RayUnreachable as error:
+        raise OptionError("--ray-address", str(error)) from None
+
+
+def _exit_on_sigterm() -> None:
+    """Make SIGTERM raise ``SystemExit`` here, as Ray's driver does once it starts, so the job is marked.
+
+    The job's runner marks it ``interrupted`` on the way out
+    (:func:`~hwsearch.jobs.run_job_watched`); with the default action the
+    process died at once and its job stayed ``queued`` or ``running`` in ``--out``'s store.
+    """
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(signum))
+
+
 def _check_inputs(supernet: str, checkpoint: Path | None, devices: list[Path],
                   data: Path) -> list[Any]:  # -> list[devices.profile.DeviceProfile]
     """Read every input once before Ray starts, so a bad one fails in seconds, naming its option.
@@ -141,6 +172,20 @@ def _check_inputs(supernet: str, checkpoint: Path | None, devices: list[Path],
     with reading("--data"):  # a folder is only listed here: memory stays flat in its size
         open_images(data, size=max(net.space.resolutions))
     return profiles
+
+
+def _absolute_references(profiles: list[Any]) -> list[Any]:
+    """The profiles with their ``reference_model`` paths made absolute.
+
+    The profiles travel in the job's spec to Ray workers, which on a cluster
+    run in another working folder: a relative path would name another file or none.
+    (The device's key holds the reference's digest, not its path, so it is unchanged.)
+    """
+    import dataclasses
+    import os
+
+    return [dataclasses.replace(p, reference_model=os.path.abspath(p.reference_model))
+            if p.reference_model is not None else p for p in profiles]
 
 
 def _latency_targets(devices: list[str], budgets: list[str],

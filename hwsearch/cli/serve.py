@@ -110,6 +110,8 @@ def serve(
                 check(value)
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint=hint) from None
+    if ray_address is not None:
+        _check_ray_address(ray_address)
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile, or neither",
                                  param_hint="--ssl-certfile")
@@ -160,6 +162,22 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a name other than localhost may resolve anywhere
         return False
+
+
+def _check_ray_address(address: str) -> None:
+    """Refuse a cluster address nothing answers at, in a line naming ``--ray-address``, before anything starts.
+
+    The service joins Ray only at its first job; with an address nowhere,
+    it served, took jobs and left them ``queued`` while ``ray.init`` waited for
+    ever.  Jobs still check again as they start, bounded, in case the cluster
+    goes away later (they then fail saying so).
+    """
+    from hwsearch.ray_session import RayUnreachable, check_ray_address
+
+    try:
+        check_ray_address(address)
+    except RayUnreachable as error:
+        raise typer.BadParameter(str(error), param_hint="--ray-address") from None
 
 
 def _check_certificate(certfile: Path, keyfile: Path) -> None:

@@ -23,7 +23,8 @@ from typing import Any
 from hwsearch.store import ACTIVE_STATES, TERMINAL_STATES, Store
 
 __all__ = ["ACTIVE_STATES", "Control", "JobCancelled", "ProgressFn", "TERMINAL_STATES", "WaitRelay",
-           "cancel_job", "claim_job", "describe_error", "finish_job", "record_failure", "recover_jobs", "start_job"]
+           "cancel_job", "claim_job", "describe_error", "finish_job", "interrupt_job", "record_failure", "recover_jobs",
+           "start_job"]
 
 # How a watched job reports progress: ``progress(step, fraction, message)``.
 ProgressFn = Callable[[str, float, str], None]
@@ -208,6 +209,17 @@ def cancel_job(*, store: Store, job_id: str) -> Any:
     """Mark an active job cancelled; its runner stops at its next check.  A finished job stays finished."""
     store.transition_job(job_id, ACTIVE_STATES, "cancelled")
     return store.get_job(job_id)
+
+
+def interrupt_job(store: Store, job_id: str, reason: str) -> bool:
+    """Mark an active job ``interrupted`` (its process is stopping); a stopped or deleted job stays so.
+
+    A runner still going meets the new state at its next write and stops.
+    """
+    try:
+        return store.transition_job(job_id, ACTIVE_STATES, "interrupted", error=reason)
+    except KeyError:
+        return False
 
 
 def recover_jobs(*, store: Store) -> list[str]:

@@ -27,6 +27,7 @@ from hwsearch.jobs.control import (
     ProgressFn,
     WaitRelay,
     finish_job,
+    interrupt_job,
     record_failure,
     start_job,
 )
@@ -174,10 +175,33 @@ def run_job_watched(spec: JobSpec, *, store: Store, job_id: str, ray_address: st
     was.  Ray is started here first, on the caller's (main) thread, where it
     can install its signal handlers.  The job's exception, if any, is
     re-raised in the caller's thread.
+
+    The job never stays ``queued`` or ``running`` in the store after this
+    returns: one whose Ray cannot be reached (:func:`~hwsearch.ray_session.init_ray`
+    gives up within seconds) is ``failed``, and one stopped by SIGTERM (Ray's
+    handler raises ``SystemExit`` in this thread) or Ctrl-C is ``interrupted``,
+    as the service marks a job it stopped, so a later run resumes it from the
+    store.  Before, a ``hwsearch search`` killed so left its job ``running`` for ever.
     """
     from hwsearch.ray_session import init_ray
 
-    init_ray(ray_address)
+    try:
+        try:
+            init_ray(ray_address)
+        except Exception as error:
+            record_failure(store, job_id, error, only_from=("queued",))
+            raise
+        return _watch(spec, store=store, job_id=job_id, ray_address=ray_address, progress=progress,
+                      poll_seconds=poll_seconds)
+    except (KeyboardInterrupt, SystemExit):
+        interrupt_job(store, job_id, "its process was stopped (SIGTERM or Ctrl-C) while it ran; "
+                                     "its measurements are kept and a resume continues from them")
+        raise
+
+
+def _watch(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None,
+           progress: ProgressFn | None, poll_seconds: float) -> dict[str, Any]:
+    """:func:`run_job_watched`'s thread and relay, once Ray is up."""
     outcome: dict[str, Any] = {}
 
     def target() -> None:

@@ -1,0 +1,202 @@
+"""A Ray cluster nothing answers at fails fast and alone; a stopped or crashed runner leaves nothing behind.
+
+Measured against Ray 2.60 before these checks: ``ray.init(address=...)`` for
+an address where nothing listens logged "Failed to connect to GCS" every
+~35 s and never returned.  The service called it holding its dispatcher's
+lock, so its job stayed ``queued``, ``/limits``, submissions and cancels hung
+and SIGTERM could not stop it; ``hwsearch search`` hung for minutes.  Each
+test runs the real command (``hwsearch serve``, ``hwsearch search``) in its
+own process, with real files; no test waits on anything shorter than its
+generous bound.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hwsearch.ray_session import private_temp_dir
+from tests._jobs import SUPERNET, fast_device, random_dataset
+from tests._server import Server, free_port
+
+#: The OFA native form of one tiny-mbv3 subnet (docs/service.md).
+ARCH = {"ks": [3, 5, 7, 3, 5, 7, 3, 5, 7, 3, 5, 7, 3, 5, 7, 3, 5, 7, 3, 5], "e": [4] * 20,
+        "d": [2, 3, 4, 2, 3], "r": [32]}
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+
+
+@contextmanager
+def _listening() -> Iterator[tuple[socket.socket, int]]:
+    """A TCP port that accepts connections (its backlog) and never speaks: a cluster that is up, until closed."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    try:
+        yield sock, sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def _wait_state(client: httpx.Client, job_id: str, states: tuple[str, ...], timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in states or time.monotonic() > deadline:
+            return job
+        time.sleep(0.5)
+
+
+def test_serve_refuses_a_ray_address_nothing_answers_at(tmp_path: Path) -> None:
+    """One usage line naming ``--ray-address``, before anything starts (it served and queued jobs for ever)."""
+    port = free_port()  # bound and released: nothing listens there
+    server = Server(tmp_path / "s.sqlite", extra=("--ray-address", f"127.0.0.1:{port}"))
+    try:
+        with pytest.raises(RuntimeError, match="server exited") as exited:
+            server.start(timeout=60)
+    finally:
+        server.stop()
+    log = str(exited.value)
+    assert "--ray-address" in log and f"cannot reach Ray at 127.0.0.1:{port}" in log, log
+    assert server.process is not None and server.process.returncode == 2
+
+
+def test_a_job_whose_ray_went_away_fails_in_seconds_and_the_service_keeps_answering(tmp_path: Path) -> None:
+    """The cluster answered at start-up and is gone by the first job: the job fails with one line.
+
+    Meanwhile ``/limits``, a second submission and a cancel answer, and SIGTERM ends the service.
+    """
+    random_dataset(tmp_path / "val.npz")
+    with _listening() as (cluster, port):
+        server = Server(tmp_path / "s.sqlite", extra=("--ray-address", f"127.0.0.1:{port}")).start()
+    try:
+        with server.client() as client:
+            client.timeout = httpx.Timeout(30.0)  # every answer within 30 s (it hung for ever)
+            assert client.post("/supernets", json=SUPERNET).status_code == 201
+            assert client.post("/devices", json={"profile": fast_device("cpu-1t")}).status_code == 201
+            body = {"supernet": "tiny-mbv3", "devices": ["cpu-1t"], "dataset": "val.npz", "n_profile": 4,
+                    "budget": 0}
+            first = client.post("/jobs", json=body)
+            assert first.status_code == 202, first.text
+            assert client.get("/limits").status_code == 200
+            second = client.post("/jobs", json=body)
+            assert second.status_code == 202, second.text
+            job = _wait_state(client, first.json()["id"], ("failed",), timeout=90)
+            assert job["state"] == "failed", job
+            assert f"cannot reach Ray at 127.0.0.1:{port}" in job["error"], job
+            assert "\n" not in job["error"]
+            cancelled = client.post(f"/jobs/{second.json()['id']}/cancel")
+            assert cancelled.status_code == 200, cancelled.text
+            # every job waiting when Ray could not be reached fails with the same line
+            assert client.get(f"/jobs/{second.json()['id']}").json()["state"] in ("failed", "cancelled")
+        assert server.process is not None
+        os.killpg(server.process.pid, signal.SIGTERM)
+        assert server.process.wait(timeout=60) is not None  # it never ended before
+    finally:
+        server.stop()
+
+
+def _search(tmp_path: Path, *extra: str) -> list[str]:
+    (tmp_path / "cpu.yaml").write_text("name: cpu-1t\nintra_op_threads: 1\n")
+    random_dataset(tmp_path / "val.npz")
+    return [sys.executable, "-m", "hwsearch.cli.main", "search", "--supernet", "demo_mbv3_mnist",
+            "--device", str(tmp_path / "cpu.yaml"), "--data", str(tmp_path / "val.npz"),
+            "--out", str(tmp_path / "out"), *extra]
+
+
+def test_search_refuses_a_ray_address_nothing_answers_at_and_records_no_job(tmp_path: Path) -> None:
+    port = free_port()
+    try:
+        done = subprocess.run(_search(tmp_path, "--ray-address", f"127.0.0.1:{port}"), capture_output=True,
+                              text=True, env=_env(), timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("hwsearch search still waited for Ray after 120 s")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "--ray-address" in done.stderr and f"cannot reach Ray at 127.0.0.1:{port}" in done.stderr
+    assert not (tmp_path / "out" / "store.db").exists(), "nothing recorded for a search that never started"
+
+
+def _job_states(store: Path) -> list[str]:
+    if not store.exists():
+        return []
+    with sqlite3.connect(store, timeout=30) as conn:
+        return [state for (state,) in conn.execute("SELECT state FROM jobs")]
+
+
+def test_a_search_stopped_by_sigterm_leaves_its_job_interrupted(tmp_path: Path, short_temp_dir: Path) -> None:
+    """Killed from outside, it left its job ``running`` in ``--out``'s store for ever; now it says why it stopped."""
+    store = tmp_path / "out" / "store.db"
+    search = subprocess.Popen(_search(tmp_path), env={**_env(), "TMPDIR": str(short_temp_dir)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while _job_states(store) != ["running"]:
+            assert search.poll() is None, search.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the search's job never started"
+            time.sleep(0.5)
+        search.send_signal(signal.SIGTERM)
+        search.wait(timeout=60)
+    finally:
+        if search.poll() is None:
+            os.killpg(search.pid, signal.SIGKILL)
+            search.wait(timeout=30)
+    assert _job_states(store) == ["interrupted"]
+
+
+DEAD_OWNER = """
+import os, sys, time
+from hwsearch.tempdirs import owned_temp_dir
+with owned_temp_dir("exports") as folder:
+    (folder / "subnet.onnx").write_bytes(os.urandom(1 << 20))
+    print(folder, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_service_clears_a_dead_workers_temp_folder_when_a_job_ends(tmp_path: Path) -> None:
+    """A worker killed mid-export left its folder (50-110 MB) until the service restarted.
+
+    The folder is made as a job's export folder is (:func:`hwsearch.tempdirs.owned_temp_dir`) in the
+    service's temp folder, by a process that is then killed with SIGKILL, as the kernel's OOM killer
+    ends a worker; the next job that ends, a profile, must take it away.
+    """
+    server = Server(tmp_path / "s.sqlite").start()
+    owner = None
+    try:
+        temp = private_temp_dir(str(server.data_dir), "tmp")
+        owner = subprocess.Popen([sys.executable, "-c", DEAD_OWNER], env={**_env(), "TMPDIR": str(temp)},
+                                 stdout=subprocess.PIPE, text=True)
+        assert owner.stdout is not None
+        folder = Path(owner.stdout.readline().strip())
+        assert folder.parent == temp and (folder / "subnet.onnx").exists()
+        owner.kill()
+        owner.wait(timeout=30)
+        with server.client() as client:
+            assert client.post("/supernets", json=SUPERNET).status_code == 201
+            assert client.post("/devices", json={"profile": fast_device("cpu-1t")}).status_code == 201
+            profile = client.post("/profiles", json={"supernet": "tiny-mbv3", "arch": ARCH, "on": "cpu-1t"})
+            assert profile.status_code == 202, profile.text
+            job = _wait_state(client, profile.json()["id"], ("succeeded", "failed"), timeout=300)
+            assert job["state"] == "succeeded", job
+            deadline = time.monotonic() + 30
+            while folder.exists() and time.monotonic() < deadline:
+                time.sleep(0.5)
+        assert not folder.exists(), "the dead owner's folder is still there"
+        assert server.process is not None and server.process.poll() is None, "swept while the service runs"
+    finally:
+        if owner is not None and owner.poll() is None:
+            owner.kill()
+        server.stop()
