@@ -6,9 +6,13 @@ OFA's recipe is to re-estimate them on a few thousand training images before
 evaluating.  Here the user's data is split once into a calibration part (BN
 statistics only) and a validation part (accuracy only), so the two never mix.
 
-The supernet and the data are put into Ray's object store once; each task
-evaluates a chunk of subnets and every accuracy is written to the store as
-soon as its chunk returns, so a long evaluation can be resumed.
+The supernet and the data are put into Ray's object store once per call;
+each task evaluates a chunk of subnets and every accuracy is written to the
+store as soon as its chunk returns, so a long evaluation can be resumed.
+A caller that evaluates again and again on the same supernet and data (a
+job's stages and refinement rounds) puts them once with :func:`put_eval`
+and hands the :class:`EvalRefs` to every call: a supernet of tens of MB
+and a whole validation set are then not copied into the store once per call.
 
 Each subnet's evaluation is one unit of compute on the host lock
 (:func:`devices.hostlock.compute_unit`): it waits while a latency
@@ -35,8 +39,8 @@ from typing import Any, Literal
 from hwsearch.space import ArchConfig
 from hwsearch.store import Store
 
-__all__ = ["EvalSettings", "Placement", "choose_placement", "cpu_placement", "evaluate_subnets",
-           "subnet_accuracy", "torch_device"]
+__all__ = ["EvalRefs", "EvalSettings", "Placement", "choose_placement", "cpu_placement", "evaluate_subnets",
+           "put_eval", "refs_for", "subnet_accuracy", "torch_device"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,48 @@ class Placement:
     num_gpus: float
     batch_size: int
     loader_threads: int
+
+
+@dataclass(frozen=True)
+class EvalRefs:
+    """The supernet and the data's two parts, each put into Ray's object store once (:func:`put_eval`).
+
+    Evaluation tasks take these references as they are, so every call that
+    is handed them reuses the same objects instead of putting its own
+    copies.  ``supernet_name`` is what accuracies are filed under: a call
+    refuses references of another supernet rather than file one network's
+    accuracies under another's name.  Picklable: a Ray task that receives
+    them can hand them on to the evaluation tasks it starts.
+    """
+
+    supernet_name: str
+    supernet: Any  # ray.ObjectRef of the Supernet
+    calibration: Any  # ray.ObjectRef of the BN calibration images
+    validation: Any  # ray.ObjectRef of the validation images
+
+    def check(self, supernet: Any) -> None:
+        """Refuse references that were put for another supernet than ``supernet``."""
+        if self.supernet_name != supernet.name:
+            raise ValueError(f"evaluation references were put for supernet '{self.supernet_name}', "
+                             f"not '{supernet.name}'")
+
+
+def put_eval(supernet: Any, data: Any, settings: EvalSettings = EvalSettings()) -> EvalRefs:
+    """Put ``supernet`` and ``data``'s calibration and validation parts into Ray's object store once.
+
+    ``data`` is split as :func:`evaluate_subnets` splits it with the same
+    ``settings`` (an :class:`~hwsearch.evaldata.EvalSplit` comes split), so
+    the references stand for exactly what a call without them would put.
+    Starts a local Ray runtime unless one is already initialised; the objects
+    live as long as the returned references do.
+    """
+    import ray
+
+    from hwsearch.ray_session import init_ray
+
+    init_ray()
+    calibration, validation = _split(data, settings)
+    return EvalRefs(supernet.name, ray.put(supernet), ray.put(calibration), ray.put(validation))
 
 
 def choose_placement(settings: EvalSettings, cluster: Mapping[str, float]) -> Placement:
@@ -168,6 +214,7 @@ def evaluate_subnets(
     settings: EvalSettings = EvalSettings(),
     progress: Callable[[int, int], None] | None = None,
     report: ReportFn | None = None,
+    refs: EvalRefs | None = None,
 ) -> dict[str, float]:
     """Accuracies of ``archs`` (by key) on ``data``; see the module docstring.
 
@@ -177,12 +224,14 @@ def evaluate_subnets(
     :class:`~hwsearch.imagefolder.ImageFolder`), split here by ``settings``.
     Keys already stored for ``(supernet.name, dataset_id)`` are not evaluated
     again.  Starts a local Ray runtime unless one is already initialised.
-    ``report`` gets each chunk's device and images per second.
+    ``report`` gets each chunk's device and images per second.  ``refs``
+    (:func:`put_eval` of this supernet and ``data``) are used instead of
+    putting them into Ray's object store again.
     """
     done = store.get_accuracies(supernet.name, dataset_id)
     todo = [a for a in archs if a.key() not in done]
     if todo:
-        _evaluate_on_ray(supernet, todo, _split(data, settings), store=store,
+        _evaluate_on_ray(supernet, todo, refs_for(supernet, data, settings, refs), store=store,
                          dataset_id=dataset_id, settings=settings, progress=progress,
                          report=report)
     stored = store.get_accuracies(supernet.name, dataset_id)
@@ -198,21 +247,25 @@ def _split(data: Any, settings: EvalSettings) -> tuple[Any, Any]:
     return data.split(min(settings.n_calibration, len(data) // 2), seed=settings.seed)
 
 
-def _evaluate_on_ray(supernet: Any, todo: Sequence[ArchConfig], parts: tuple[Any, Any], *,
+def refs_for(supernet: Any, data: Any, settings: EvalSettings, refs: EvalRefs | None) -> EvalRefs:
+    """``refs`` checked against ``supernet``, or, without them, ``supernet`` and ``data`` put for this call."""
+    if refs is None:
+        return put_eval(supernet, data, settings)
+    refs.check(supernet)
+    return refs
+
+
+def _evaluate_on_ray(supernet: Any, todo: Sequence[ArchConfig], refs: EvalRefs, *,
                      store: Store, dataset_id: str, settings: EvalSettings,
                      progress: Callable[[int, int], None] | None, report: ReportFn | None) -> None:
     """Chunks of ``todo`` as Ray tasks; each chunk's accuracies are stored as it returns."""
     import ray
 
-    from hwsearch.ray_session import init_ray
-
-    init_ray()
     placement = choose_placement(settings, ray.cluster_resources())
     remote = ray.remote(_evaluate_chunk).options(num_cpus=placement.num_cpus,
                                                  num_gpus=placement.num_gpus)
-    net_ref, calib_ref, val_ref = (ray.put(supernet), ray.put(parts[0]), ray.put(parts[1]))
     chunks = [todo[i:i + settings.chunk] for i in range(0, len(todo), settings.chunk)]
-    pending = {remote.remote(net_ref, calib_ref, val_ref, [a.to_dict() for a in chunk],
+    pending = {remote.remote(refs.supernet, refs.calibration, refs.validation, [a.to_dict() for a in chunk],
                              settings, placement): chunk for chunk in chunks}
     finished = 0
     while pending:

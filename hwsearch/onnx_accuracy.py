@@ -13,7 +13,10 @@ ever tunes anything.
 Accuracies go into the store under the dataset id with the precision's
 suffix (:func:`hwsearch.quantize.precision_key`), beside the FP32 ones and
 never mixed with them.  Like FP32 evaluation, subnets are spread over Ray
-workers in chunks and each subnet is one unit of compute on the host lock.
+workers in chunks and each subnet is one unit of compute on the host lock,
+and a caller that evaluates again and again hands every call the same
+:class:`~hwsearch.accuracy_eval.EvalRefs` instead of having each put the
+supernet and the data into Ray's object store anew.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from hwsearch.accuracy_eval import EvalSettings
+from hwsearch.accuracy_eval import EvalRefs, EvalSettings
 from hwsearch.quantize import QuantizeSettings, check_precision, precision_key
 from hwsearch.space import ArchConfig
 from hwsearch.store import Store
@@ -105,6 +108,7 @@ def evaluate_precision(
     settings: EvalSettings = EvalSettings(),
     quantize: QuantizeSettings = QuantizeSettings(),
     progress: Callable[[int, int], None] | None = None,
+    refs: EvalRefs | None = None,
 ) -> dict[str, float]:
     """Accuracies of ``archs`` (by key) at ``precision``; stored ones are not evaluated again.
 
@@ -114,51 +118,41 @@ def evaluate_precision(
     ``fp32`` is :func:`hwsearch.accuracy_eval.evaluate_subnets` (torch,
     filed under ``dataset_id``); ``int8`` evaluates the quantized ONNX model
     (filed under ``dataset_id@int8``).  Starts a local Ray runtime unless one
-    is already initialised.
+    is already initialised.  ``refs`` (:func:`~hwsearch.accuracy_eval.put_eval`
+    of this supernet and ``data``, with ``settings``) are used instead of
+    putting them into Ray's object store again: a job puts them once for all
+    its evaluations.
     """
-    from hwsearch.accuracy_eval import evaluate_subnets
+    from hwsearch.accuracy_eval import evaluate_subnets, refs_for
 
     if check_precision(precision) == "fp32":
         return evaluate_subnets(supernet, archs, data, store=store, dataset_id=dataset_id,
-                                settings=settings, progress=progress)
+                                settings=settings, progress=progress, refs=refs)
     key = precision_key(dataset_id, precision)
     done = store.get_accuracies(supernet.name, key)
     todo = [a for a in archs if a.key() not in done]
     if todo:
-        _evaluate_on_ray(supernet, todo, data, store, key, settings, quantize, progress)
+        _evaluate_on_ray(supernet, todo, refs_for(supernet, data, settings, refs), store, key, settings,
+                         quantize, progress)
     stored = store.get_accuracies(supernet.name, key)
     return {a.key(): stored[a.key()] for a in archs}
 
 
-def _split(data: Any, settings: EvalSettings) -> tuple[Any, Any]:
-    """``(calibration, validation)`` exactly as FP32 evaluation draws them.
-
-    An :class:`~hwsearch.evaldata.EvalSplit` comes split; plain data is split
-    by ``settings`` with the same size and seed as
-    :func:`hwsearch.accuracy_eval.evaluate_subnets` uses.
-    """
-    from hwsearch.evaldata import EvalSplit
-
-    if isinstance(data, EvalSplit):
-        return data.calibration, data.validation
-    return data.split(min(settings.n_calibration, len(data) // 2), seed=settings.seed)
-
-
-def _evaluate_on_ray(supernet: Any, todo: Sequence[ArchConfig], data: Any, store: Store, key: str,
+def _evaluate_on_ray(supernet: Any, todo: Sequence[ArchConfig], refs: EvalRefs, store: Store, key: str,
                      settings: EvalSettings, quantize: QuantizeSettings,
                      progress: Callable[[int, int], None] | None) -> None:
-    """Evaluate ``todo`` in chunks on Ray; each chunk's accuracies are stored as it returns."""
+    """Evaluate ``todo`` in chunks on Ray; each chunk's accuracies are stored as it returns.
+
+    The calibration and validation parts are exactly FP32 evaluation's
+    (:func:`~hwsearch.accuracy_eval.put_eval` splits plain data with the
+    same size and seed), so no validation image ever tunes anything.
+    """
     import ray
 
-    from hwsearch.ray_session import init_ray
-
-    calibration, validation = _split(data, settings)
-    init_ray()
     remote = ray.remote(num_cpus=settings.torch_threads)(_evaluate_chunk)
-    refs = ray.put(supernet), ray.put(calibration), ray.put(validation)
     chunks = [todo[i:i + settings.chunk] for i in range(0, len(todo), settings.chunk)]
-    pending = {remote.remote(*refs, [a.to_dict() for a in chunk], settings, quantize): chunk
-               for chunk in chunks}
+    pending = {remote.remote(refs.supernet, refs.calibration, refs.validation, [a.to_dict() for a in chunk],
+                             settings, quantize): chunk for chunk in chunks}
     finished = 0
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)

@@ -3,19 +3,24 @@
 :class:`JobDevice` is one device as the job measures on it (profile, how to
 reach it, the identity its rows are filed under); :class:`JobContext` holds
 everything the stages share (store, supernet, data, names the rows are filed
-under), so a stage takes one object instead of five fields.
+under), so a stage takes one object instead of five fields.  :class:`SharedJob`
+is the job's supernet and data in Ray's object store, put once per job.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hwsearch.agents import AgentEndpoint, resolve_profile
 from hwsearch.store import Store
 
-__all__ = ["DeviceChanged", "JobContext", "JobDevice", "job_device", "latency_conditions"]
+if TYPE_CHECKING:
+    from hwsearch.accuracy_eval import EvalRefs
+
+__all__ = ["DeviceChanged", "JobContext", "JobDevice", "SharedJob", "job_device", "latency_conditions"]
 
 
 @dataclass(frozen=True)
@@ -77,8 +82,8 @@ class JobContext:
 
     ``dataset_id`` names the data *and* the weights (accuracies depend on
     both); ``network_id`` is what latency rows are filed under with each
-    device's key.  ``data`` and ``net`` are in-process objects; device tasks
-    on Ray get them once through ``ray.put``.
+    device's key.  ``data`` and ``net`` are in-process objects; Ray tasks
+    get them through :attr:`shared`, put once per job.
     """
 
     store: Store
@@ -93,11 +98,49 @@ class JobContext:
     def space(self) -> Any:
         return self.net.space
 
+    @functools.cached_property
+    def shared(self) -> SharedJob:
+        """The supernet and the data in Ray's object store, put on first use and reused by every stage.
+
+        Every accuracy evaluation of the job (each precision's initial
+        subnets, every refinement round on every device) and every device
+        task read these same objects: without them each evaluation put its
+        own copy of the supernet (26 MB for the tiny OFA one) and of the
+        validation set.  They live as long as this context, i.e. the job.
+        """
+        from hwsearch.accuracy_eval import put_eval
+
+        return SharedJob(put_eval(self.net, self.data), self.data.identity)
+
     def latencies(self, device: JobDevice) -> dict[str, dict[str, Any]]:
         """The device's rows for this network, each with a finite ``latency_ms``."""
         from hwsearch.pipeline import finite_latencies
 
         return finite_latencies(self.store, device.key, self.space.network_id)
+
+
+@dataclass(frozen=True)
+class SharedJob:
+    """A job's supernet and :class:`~hwsearch.evaldata.EvalSplit` as Ray references, small enough to travel.
+
+    A device task's measurer carries this instead of the objects: it fetches
+    the supernet and data once in its worker (:meth:`resolve`) for exporting
+    and quantizing, and hands ``refs`` on to the accuracy evaluations it
+    starts, so none of them puts the supernet or the data again.
+    """
+
+    refs: EvalRefs
+    identity: Mapping[str, Any]
+
+    def resolve(self) -> tuple[Any, Any]:
+        """``(supernet, EvalSplit)`` fetched from Ray's object store (the data's two parts rejoined)."""
+        import ray
+
+        from hwsearch.evaldata import EvalSplit
+
+        net, calibration, validation = ray.get([self.refs.supernet, self.refs.calibration,
+                                                self.refs.validation])
+        return net, EvalSplit(calibration, validation, self.identity)
 
 
 def latency_conditions(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hwsearch.jobs.context import JobContext, JobDevice
+from hwsearch.jobs.context import JobContext, JobDevice, SharedJob
 from hwsearch.jobs.control import Control, WaitRelay
 from hwsearch.jobs.precision import (
     Target,
@@ -93,7 +93,8 @@ def evaluate_accuracy(control: Control, job: JobContext) -> dict[str, dict[str, 
 
     FP32 is evaluated in torch, INT8 on the quantized ONNX model in
     onnxruntime (:mod:`hwsearch.onnx_accuracy`), both after BN recalibration;
-    stored accuracies are reused.
+    stored accuracies are reused.  Every precision reads the supernet and the
+    data the job put into Ray's object store once (:attr:`JobContext.shared`).
     """
     from hwsearch.onnx_accuracy import evaluate_precision
 
@@ -104,7 +105,7 @@ def evaluate_accuracy(control: Control, job: JobContext) -> dict[str, dict[str, 
         control.step("accuracy", 0.4 + i * share, f"{len(job.archs)} subnets at {precision}")
         out[precision] = evaluate_precision(
             job.net, job.archs, job.data, store=job.store, dataset_id=job.dataset_id,
-            precision=precision,
+            precision=precision, refs=job.shared.refs,
             progress=lambda done, total, i=i, p=precision: control.step(
                 "accuracy", 0.4 + (i + done / total) * share,
                 f"{done}/{total} subnets evaluated at {p}"))
@@ -121,8 +122,6 @@ def fit_predictors(control: Control, job: JobContext, spec: JobSpec,
     metrics under ``accuracy`` / ``latency@<device>`` (FP32) and
     ``accuracy@int8`` / ``latency@<device>@int8``.
     """
-    import ray
-
     from devices.hostlock import compute_unit
     from hwsearch.acquisition import LatencyTargets
     from hwsearch.parallel import DeviceSearch
@@ -137,7 +136,7 @@ def fit_predictors(control: Control, job: JobContext, spec: JobSpec,
         predictors[precision] = AccuracyPredictor(space, seed=spec.seed).fit(
             *_xy(space, job.archs, found))
         quality[precision_key("accuracy", precision)] = _flat_metrics(predictors[precision])
-    shared = ray.put({"net": job.net, "data": job.data})  # once per job, not once per device task
+    shared = job.shared  # put once per job, not once per device task or refinement round
     searches: dict[str, list[Any]] = {p: [] for p in accuracies}
     for target in targets(job.devices):
         rows = _rows(job, target)
@@ -260,11 +259,13 @@ class DeviceMeasurer:
     quantized model in onnxruntime).  It travels to the device's Ray task,
     where it also checks for cancellation and reports progress before each
     batch.  The supernet and the data are large and the same for every
-    device, so it carries only a reference to them (``ray.put`` once per
-    job) and fetches them in the worker on first use.
+    device and every round, so it carries only references to them
+    (:class:`~hwsearch.jobs.context.SharedJob`, put once per job): it fetches
+    them in the worker on first use, and every round's accuracy evaluation
+    gets the references, not a fresh copy put into the object store.
     """
 
-    def __init__(self, *, shared: Any, device: JobDevice, store: Store, dataset_id: str,
+    def __init__(self, *, shared: SharedJob, device: JobDevice, store: Store, dataset_id: str,
                  job_id: str, runner: str, precision: str = DEFAULT_PRECISION) -> None:
         self.shared, self.device = shared, device
         self.store, self.dataset_id, self.job_id = store, dataset_id, job_id
@@ -272,10 +273,7 @@ class DeviceMeasurer:
 
     @functools.cached_property
     def _net_and_data(self) -> tuple[Any, Any]:
-        import ray
-
-        resolved = ray.get(self.shared)
-        return resolved["net"], resolved["data"]
+        return self.shared.resolve()
 
     @property
     def _target(self) -> Target:
@@ -321,7 +319,7 @@ class DeviceMeasurer:
         net, data = self._net_and_data
         self._before("evaluating", len(archs))
         found = evaluate_precision(net, archs, data, store=self.store, dataset_id=self.dataset_id,
-                                   precision=self.precision)
+                                   precision=self.precision, refs=self.shared.refs)
         return [found[a.key()] for a in archs]
 
 
