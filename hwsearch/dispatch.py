@@ -22,8 +22,9 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hwsearch.agents import AgentEndpoint
@@ -49,10 +50,11 @@ _POLL_S = 0.5
 
 @dataclass(frozen=True)
 class _Task:
-    """A job's running Ray task and the runner token the job was claimed with for it."""
+    """A job's running Ray task, the runner token the job was claimed with for it, and when it started."""
 
     ref: Any
     runner: str
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ class Admission:
     #: Job records the store may hold, finished ones included: a client that submitted and cancelled
     #: in a loop added 8,400 records (54 MB) a minute.  DELETE /jobs/{id} removes stopped ones.
     max_jobs: int = 10_000
+    #: Seconds one job may run (queued time not counted): a profile may hold the host for an hour per
+    #: session, so a few jobs of many sessions held both running places, and every local
+    #: measurement behind the host lock, for days.  Past it the job fails and its task is stopped.
+    max_job_seconds: float = 24 * 3600.0
     retry_after_s: int = 30
 
     def __post_init__(self) -> None:
@@ -76,6 +82,8 @@ class Admission:
                      "max_jobs", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0 < self.max_job_seconds < float("inf"):
+            raise ValueError("max_job_seconds must be a finite number above 0")
 
 
 class QueueFull(Exception):
@@ -291,6 +299,7 @@ class JobDispatcher:
         """
         import ray
 
+        self._stop_overdue(tasks)
         by_ref = {task.ref: job_id for job_id, task in tasks.items()}
         done, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=_POLL_S)
         for ref in done:
@@ -307,6 +316,27 @@ class JobDispatcher:
                 self._running.pop(job_id, None)
         if done:
             self._sweep_temp_files()
+
+    def _stop_overdue(self, tasks: Mapping[str, _Task]) -> None:
+        """Fail every job running past ``admission.max_job_seconds`` and stop its task and what it started.
+
+        The job is marked first, in one step with its runner's claim, so a
+        job that ended (or was cancelled and resumed) meanwhile is left alone;
+        its measurements stay in the store, and a resume continues from them.
+        """
+        import ray
+
+        limit = self.admission.max_job_seconds
+        for job_id, task in tasks.items():
+            if time.monotonic() - task.started <= limit:
+                continue
+            overdue = self.store.transition_job(
+                job_id, ("running",), "failed", expect_runner=task.runner,
+                error=f"it ran past this service's limit of {limit / 3600:g} h per job (--max-job-hours); its "
+                      "measurements are kept and a resume continues from them")
+            if overdue:
+                log.warning("job %s ran past %.0f s: stopped", job_id, limit)
+                ray.cancel(task.ref, force=True, recursive=True)
 
     @staticmethod
     def _sweep_temp_files() -> None:

@@ -462,6 +462,37 @@ def test_admission_queue_cancel_and_one_line_errors(server: Server, client: http
     assert "/" not in error and len(error) <= 300, error
 
 
+def test_a_job_past_the_time_bound_fails_and_its_tasks_stop(tmp_path: Path) -> None:
+    """A job could run as long as its profiles allowed (an hour a session): two such jobs held both running
+    places and the host for days.  Here the bound is 10 s against a job that measures for minutes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    random_dataset(data / "val.npz")
+    srv = Server(tmp_path / "store.sqlite", extra=("--data-root", str(data), "--max-job-hours", str(10 / 3600))).start()
+    try:
+        with srv.client() as client:
+            assert client.get("/limits").json()["max_job_seconds"] == pytest.approx(10)
+            assert client.post("/supernets", json=SUPERNET).status_code == 201
+            slow = {**fast_device("slow"), "protocol": {"min_rounds": 300, "max_rounds": 300,
+                                                        "max_seconds": 600, "ci_target": 0.001}}
+            assert client.post("/devices", json={"profile": slow}).status_code == 201
+            job = client.post("/jobs", json={"supernet": "tiny-mbv3", "devices": ["slow"], "dataset": "val.npz",
+                                             "n_profile": 8}).json()["id"]
+            wait_state(client, job, ("running",))
+            started = time.monotonic()
+            ended = wait_state(client, job, ("failed", "succeeded", "cancelled"), timeout=120)
+            assert ended["state"] == "failed" and "limit of" in ended["error"] and "--max-job-hours" in ended["error"]
+            assert time.monotonic() - started < 60
+            assert srv.process is not None
+            deadline = time.monotonic() + 30
+            while busy_ray_workers(srv.process.pid):
+                assert time.monotonic() < deadline, "the job's task still runs past its bound"
+                time.sleep(0.2)
+            assert client.get(f"/jobs/{job}").json()["state"] == "failed"
+    finally:
+        srv.stop()
+
+
 def processes_marked(marker: str) -> set[int]:
     """Processes whose command line or environment names ``marker`` (a Ray temp dir)."""
     found = set()

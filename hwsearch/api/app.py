@@ -290,7 +290,8 @@ def create_app_from_env() -> FastAPI:
     ``HWSEARCH_AGENT_SECRETS``, ``HWSEARCH_MAX_BODY``, ``HWSEARCH_MAX_UPLOAD``,
     ``HWSEARCH_READ_TIMEOUT_S``, ``HWSEARCH_MAX_EXPORT``, ``HWSEARCH_MAX_CHECKPOINTS`` and
     ``HWSEARCH_MAX_SUPERNET`` (bytes), ``HWSEARCH_MAX_REGISTRATIONS``,
-    ``HWSEARCH_MAX_INPUT_PIXELS``, ``HWSEARCH_MAX_JOBS``, ``HWSEARCH_RAY_ADDRESS``, ``HWSEARCH_PUBLIC_URL`` and
+    ``HWSEARCH_MAX_INPUT_PIXELS``, ``HWSEARCH_MAX_JOBS``, ``HWSEARCH_MAX_JOB_SECONDS``,
+    ``HWSEARCH_RAY_ADDRESS``, ``HWSEARCH_PUBLIC_URL`` and
     ``HWSEARCH_RESUME`` (``true``/``false``).
     A missing or malformed setting stops the start (exit 3, uvicorn's code
     for a failed start) with one line naming the variable, as ``hwsearch
@@ -337,7 +338,8 @@ def _app_from_env() -> FastAPI:
         max_supernet_bytes=int(_env_number("HWSEARCH_MAX_SUPERNET", MAX_SUPERNET_BYTES, minimum=MiB)),
         admission=Admission(
             max_input_pixels=int(_env_number("HWSEARCH_MAX_INPUT_PIXELS", Admission.max_input_pixels, minimum=1024)),
-            max_jobs=int(_env_number("HWSEARCH_MAX_JOBS", Admission.max_jobs, minimum=1))),
+            max_jobs=int(_env_number("HWSEARCH_MAX_JOBS", Admission.max_jobs, minimum=1)),
+            max_job_seconds=_env_number("HWSEARCH_MAX_JOB_SECONDS", Admission.max_job_seconds, minimum=1.0)),
     )
     resume = _env_flag("HWSEARCH_RESUME")
     return create_app(

@@ -145,7 +145,8 @@ def read_limits(dispatcher: DispatcherDep) -> LimitsRead:
     """Jobs running and queued now, and the bounds the service keeps."""
     admission = dispatcher.admission
     return LimitsRead(**dispatcher.counts(), max_n_profile=admission.max_n_profile,
-                      max_budget=admission.max_budget, max_input_pixels=admission.max_input_pixels)
+                      max_budget=admission.max_budget, max_input_pixels=admission.max_input_pixels,
+                      max_job_seconds=admission.max_job_seconds)
 
 
 # --------------------------------------------------------------------------- supernets

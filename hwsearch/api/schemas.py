@@ -329,3 +329,5 @@ class LimitsRead(BaseModel):
     #: job records kept now, finished ones included, and how many may be kept
     jobs: int
     max_jobs: int
+    #: seconds one job may run before it is stopped and failed (its queued time not counted)
+    max_job_seconds: float

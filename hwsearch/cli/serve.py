@@ -53,6 +53,9 @@ def serve(
     max_input_pixels: Annotated[int, typer.Option(
         min=1024, help="Largest export input, batch x resolution^2 (a device's batch at a supernet's "
                        "largest size too).")] = 4 * 1024 * 1024,
+    max_job_hours: Annotated[float, typer.Option(
+        min=0.0003, max=24 * 365.0, help="Hours one job may run (its queued time not counted); past it the job "
+                                         "fails, its tasks stop, and its measurements are kept for a resume.")] = 24.0,
     max_jobs: Annotated[int, typer.Option(
         min=1, help="Job records kept, finished ones included; beyond it submissions get 413 until "
                     "finished jobs are deleted (DELETE /jobs/{id}).")] = 10_000,
@@ -134,7 +137,8 @@ def serve(
         agents=agents,
         admission=Admission(max_running=max_running_jobs, max_queued=max_queued_jobs,
                             max_n_profile=max_n_profile, max_budget=max_budget,
-                            max_input_pixels=max_input_pixels, max_jobs=max_jobs),
+                            max_input_pixels=max_input_pixels, max_jobs=max_jobs,
+                            max_job_seconds=max_job_hours * 3600),
         max_body_bytes=int(max_body_mb * MiB), max_upload_bytes=int(max_upload_mb * MiB),
         read_timeout_s=read_timeout_s, max_export_bytes=int(max_export_mb * MiB),
         max_checkpoint_bytes=int(max_checkpoints_mb * MiB), max_registrations=max_registrations,
