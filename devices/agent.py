@@ -799,7 +799,7 @@ def serve(
         limits = AgentLimits(
             max_upload_bytes=_megabytes(max_upload_mb, "--max-upload-mb"), max_models=max_models,
             max_model_bytes=_megabytes(max_model_mb, "--max-model-mb"), max_results=max_results,
-            max_connections=max_connections, read_timeout_s=_finite(read_timeout_s, "--read-timeout-s"),
+            max_connections=max_connections, read_timeout_s=_bounded(read_timeout_s, "--read-timeout-s", _MAX_READ_TIMEOUT_S),
             **session_bytes,
         )
     except ValueError as error:
@@ -822,20 +822,27 @@ def serve(
         server.server_close()
 
 
-def _finite(value: float, option: str) -> float:
-    """``value`` if it is a finite positive number; else the agent stops with one line naming ``option``.
+#: Upper bounds of the agent's size options (MiB, 16 TiB) and of its read timeout (seconds), as ``hwsearch serve``.
+_MAX_OPTION_MB = 16.0 * 1024 * 1024
+_MAX_READ_TIMEOUT_S = 3600.0
+
+
+def _bounded(value: float, option: str, maximum: float) -> float:
+    """``value`` if it lies in (0, ``maximum``]; else the agent stops with one line naming ``option``.
 
     Infinity passed the options' lower bounds and crashed the start with an
-    ``OverflowError`` traceback (or, for the read timeout, removed the bound).
+    ``OverflowError`` traceback, and so did 1e300 later: a read timeout past
+    the platform's ``time_t`` failed every connection, a session bound past
+    ``size_t`` failed in onnxruntime's allocator settings.
     """
-    if not (math.isfinite(value) and value > 0):
-        raise SystemExit(f"{option} must be a finite positive number, got {value}")
+    if not (math.isfinite(value) and 0 < value <= maximum):
+        raise SystemExit(f"{option} must be a number above 0 and at most {maximum:g}, got {value}")
     return value
 
 
 def _megabytes(value: float, option: str) -> int:
-    """A size option given in MiB, in bytes (see :func:`_finite`)."""
-    return int(_finite(value, option) * MiB)
+    """A size option given in MiB, in bytes (see :func:`_bounded`)."""
+    return int(_bounded(value, option, _MAX_OPTION_MB) * MiB)
 
 
 def _tls_context(certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext | None:

@@ -166,7 +166,7 @@ def test_a_data_root_checkpoint_changed_after_registration_is_refused(
         named.write_bytes(shifted_weights())
         refused = client.post("/exports", json={"supernet": "named", "arch": arch, "batch": 2})
     assert refused.status_code == 409, refused.text
-    assert "checkpoint file changed since it was registered" in refused.json()["detail"]
+    assert "supernet 'named': its checkpoint file changed since it was registered" in refused.json()["detail"]
 
 
 def test_a_kept_upload_nothing_names_is_removed_at_start_up(tmp_path: Path) -> None:
@@ -483,3 +483,58 @@ def test_a_pinned_load_does_not_hold_the_files_bytes_in_memory(tmp_path: Path) -
     grew_mib, digest_matches, read = result.stdout.split()
     assert digest_matches == "True" and read == "True"
     assert int(grew_mib) < 20, f"peak RSS grew by {grew_mib} MiB loading 61 MiB of tensors"
+
+
+def test_supernets_are_built_a_few_at_a_time_and_shared_by_content(tmp_path: Path) -> None:
+    """Built before the checkpoint lock, eight registrations at once built eight supernets side by side
+    (each up to --max-supernet-mb); four names of one supernet were four copies."""
+    from hwsearch.api.built import BuiltSupernets
+
+    at_once = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def build(ref: SupernetRef) -> Any:
+        with lock:
+            at_once["now"] += 1
+            at_once["most"] = max(at_once["most"], at_once["now"])
+        release.wait(30)
+        with lock:
+            at_once["now"] -= 1
+        return build_supernet(ref)
+
+    built = BuiltSupernets(build, keep=4, at_once=2)
+    refs = [SupernetRef(name=f"n{i}", registry=DEMO, options={"n_classes": 10 + i}) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(built.get, ref, 0) for ref in refs]
+        threading.Timer(1.0, release.set).start()
+        nets = [f.result(timeout=120) for f in futures]
+    assert at_once["most"] == 2
+    assert [n.space.layout.n_classes for n in nets] == [10 + i for i in range(8)]
+    same = SupernetRef(name="other-name", registry=DEMO, options={"n_classes": 17})
+    assert built.get(same, 0) is nets[7]  # kept by content, whatever the name
+
+
+def test_a_removal_put_off_for_a_reader_spares_the_file_registered_again_meanwhile(
+        tmp_path: Path, arch: dict[str, Any]) -> None:
+    """x's old upload was to be removed once an export stopped reading it; y uploaded the same bytes, kept at
+    the same path, and the put-off removal then deleted y's checkpoint: y's exports answered 409."""
+    from hwsearch.api import service
+    from hwsearch.api.catalog import Catalog
+
+    catalog, store = Catalog(tmp_path / "data"), SQLiteStore(tmp_path / "store.sqlite")
+
+    def upload(name: str, weights: bytes) -> dict[str, Any]:
+        return service.upload_supernet(catalog=catalog, store=store, name=name, registry=DEMO, options={},
+                                       content=io.BytesIO(weights), max_unpacked_bytes=1 << 30)
+
+    first = upload("x", DEMO_CHECKPOINT.read_bytes())
+    reading = catalog.reading_checkpoint(first["checkpoint"])  # an export of x under way
+    upload("x", shifted_weights())  # frees x's old file, once the export is done with it
+    again = upload("y", DEMO_CHECKPOINT.read_bytes())
+    assert again["checkpoint"] == first["checkpoint"]
+    catalog.done_reading(reading)
+    assert Path(again["checkpoint"]).is_file()
+    made = service.export_subnet(store=store, catalog=catalog, supernet="y", arch=arch, job_id=None, device=None,
+                                 point=None)
+    assert made["supernet"] == "y"

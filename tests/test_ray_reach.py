@@ -154,6 +154,9 @@ def test_a_search_stopped_by_sigterm_leaves_its_job_interrupted(tmp_path: Path, 
             os.killpg(search.pid, signal.SIGKILL)
             search.wait(timeout=30)
     assert _job_states(store) == ["interrupted"]
+    # 128 + SIGTERM, as shells report it: it was 15, or -6 when Ray's failure-signal handler aborted the exit
+    assert search.returncode == 143, (search.returncode, search.stderr.read()[-3000:] if search.stderr else "")
+    assert search.stderr is not None and search.stderr.read().strip().splitlines()[-1] == "terminated"
 
 
 DEAD_OWNER = """

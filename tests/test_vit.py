@@ -462,6 +462,10 @@ def test_a_fresh_supernet_is_fully_initialised() -> None:
     assert all(torch.equal(t.index_v, rows) and torch.equal(t.index_h, cols) for t in tables)
     # One pair for the whole supernet: per table, AutoFormer-B at 1024 px held 8.9 GB of indices.
     assert len({t.index_v.data_ptr() for t in tables}) == len({t.index_h.data_ptr() for t in tables}) == 1
+    # ... and an extracted subnet's tables keep that pair (a deep copy made one per table).
+    extracted = [m for m in net.extract(net.space.largest()).modules() if isinstance(m, RelativePosition2D)]
+    assert extracted and all(t.index_v.data_ptr() == tables[0].index_v.data_ptr() for t in extracted)
+    assert all(t.embeddings_table_v.data_ptr() != tables[0].embeddings_table_v.data_ptr() for t in extracted)
     assert torch.isfinite(net.forward(_images(net), net.space.largest())).all()
 
 

@@ -164,6 +164,16 @@ class Catalog:
                 self._remove_when_read.discard(path)
                 _remove_quietly(path)
 
+    def kept_again(self, path: Path) -> None:
+        """An upload keeps ``path`` (again): a removal put off until exports stop reading it is called off.
+
+        The same bytes uploaded under another name are kept at the same path;
+        the old name's removal, waiting for an export to finish, then deleted
+        the file the new name had just registered (its exports answered 409).
+        """
+        with self._reading_lock:
+            self._remove_when_read.discard(Path(path))
+
     def checkpoints_read(self) -> set[Path]:
         """The checkpoints exports are reading now (:meth:`reading_checkpoint`)."""
         with self._reading_lock:

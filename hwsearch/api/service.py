@@ -8,7 +8,6 @@ routes translate; tests and scripts can call these functions directly.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hwsearch.agents import AgentEndpoint, UnknownAgent, resolve_profile
+from hwsearch.api.built import BuildersBusy, BuiltSupernets
 from hwsearch.api.catalog import Catalog, CatalogFull, valid_name
 from hwsearch.api.files import DataRoots, PathRefused, check_unpacked_size
 from hwsearch.dispatch import Admission, JobDispatcher, QueueFull, StillStopping, StoreFull
@@ -125,25 +125,21 @@ def registry_names() -> list[str]:
     return sorted(supernet_builders())
 
 
-@functools.lru_cache(maxsize=4)
-def _load(ref_json: str, checkpoint_version: int) -> Any:
-    """Supernets are costly to build and pure to use, so each is built once per process."""
-    return build_supernet(SupernetRef.from_dict(json.loads(ref_json)))
+#: Supernets are costly to build and pure to use: the last few built are kept (by content, not name).
+_BUILT = BuiltSupernets(build_supernet)
 
 
 def _supernet(ref: SupernetRef) -> Any:
-    """The built supernet; a checkpoint changed on disk is read anew, and refused if it was pinned.
-
-    Cached by what is built, not by name: four names registered with the
-    same builder, options and weights were four copies in memory.
-    """
+    """The built supernet; a checkpoint changed on disk is read anew, and refused if it was pinned."""
     try:
         version = Path(ref.checkpoint).stat().st_mtime_ns if ref.checkpoint else 0
     except OSError as error:
         raise Conflict(f"supernet {ref.name!r}: its checkpoint is no longer readable on the "
                        "server; register it again") from error
     try:
-        return _load(json.dumps({**ref.to_dict(), "name": ""}, sort_keys=True), version)
+        return _BUILT.get(ref, version)
+    except BuildersBusy as busy:
+        raise Busy(str(busy), retry_after_s=30) from None
     except CheckpointChanged as changed:
         raise _ChangedOnDisk(str(changed)) from None
 
@@ -170,7 +166,7 @@ def _within_size(ref: SupernetRef, net: Any, max_bytes: int) -> None:
     held = supernet_bytes(net)
     if held <= max_bytes:
         return
-    _load.cache_clear()  # the refused build must not stay cached (the others are built again when asked)
+    _BUILT.drop(ref)  # the refused build must not stay in memory
     raise Invalid(f"supernet {ref.registry!r} with these options holds {held / _MIB:.0f} MiB of weights and buffers, "
                   f"above this service's limit of {max_bytes / _MIB:.0f} MiB (--max-supernet-mb); fewer classes "
                   "or smaller resolutions make it smaller",
@@ -394,6 +390,7 @@ def _keep_upload(catalog: Catalog, store: Store, staged: _StagedUpload, size: in
         freed = _freed_for(catalog, store, staged.ref.name, size, room)
         path = Path(staged.ref.checkpoint)
         os.replace(staged.part, path)  # the same bytes if the file exists: nothing a reader sees changes
+        catalog.kept_again(path)
         try:
             _register(catalog, staged.ref, staged.described)
         except NoRoom:  # another request took the last registration meanwhile: keep nothing
@@ -854,7 +851,7 @@ def delete_job(*, dispatcher: JobDispatcher, catalog: Catalog, job_id: str) -> N
         except (StillStopping, ValueError) as error:
             raise Conflict(str(error)) from None
         if checkpoint is not None:
-            _drop_if_unused(catalog, dispatcher.store, Path(checkpoint))
+            _drop_if_unused(catalog, dispatcher.store, _absolute(checkpoint))
 
 
 def job_fronts(*, store: Store, job_id: str) -> dict[str, dict[str, Any]]:

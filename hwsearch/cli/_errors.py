@@ -14,11 +14,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["BAD_INPUT", "FAILED", "INTERRUPTED", "OptionError", "describe", "reading"]
+__all__ = ["BAD_INPUT", "FAILED", "INTERRUPTED", "TERMINATED", "OptionError", "describe", "reading"]
 
 BAD_INPUT = 2  # the user's input is wrong; same code click uses for usage errors
 FAILED = 1  # the input was fine but the work failed (agent unreachable, disk full)
 INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+TERMINATED = 143  # 128 + SIGTERM, what shells report for a process ended by it
 
 _MAX_MESSAGE_CHARS = 1000
 

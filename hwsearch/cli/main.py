@@ -7,7 +7,7 @@ functions, which keeps ``hwsearch --help`` fast.
 
 Errors are reported here, once for all commands: a known error (bad profile,
 unreadable checkpoint, unreachable agent, ...) becomes one ``error: ...`` line
-on stderr and an exit code (2 bad input, 1 failed work, 130 interrupted; see
+on stderr and an exit code (2 bad input, 1 failed work, 130 interrupted, 143 terminated; see
 :mod:`hwsearch.cli._errors`), anything else keeps its traceback because it is a
 bug.  ``--debug`` or ``HWSEARCH_DEBUG=1`` shows the traceback for every error.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import signal
 from typing import Annotated, Any
 
 import click
@@ -23,7 +24,7 @@ import typer
 from typer.core import TyperGroup
 
 import hwsearch.cli as cli_package
-from hwsearch.cli._errors import describe
+from hwsearch.cli._errors import TERMINATED, describe
 
 
 class _ReportingGroup(TyperGroup):
@@ -37,6 +38,13 @@ class _ReportingGroup(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except SystemExit as ended:
+            if ended.code != signal.SIGTERM:
+                raise
+            # Ray's driver (and `hwsearch search` before it starts) turns SIGTERM into sys.exit(15), which
+            # ended the command with code 15 and no word; the job it ran is already marked interrupted.
+            typer.echo("terminated", err=True)
+            raise typer.Exit(TERMINATED) from None
         except (Exception, KeyboardInterrupt) as error:
             report = None if ctx.params.get("debug") else describe(error)
             if report is None:

@@ -123,6 +123,14 @@ class RelativePosition2D(nn.Module):
         self.embeddings_table_h = nn.Parameter(torch.empty(rows, head_dim))
         self.index_v, self.index_h = indices
 
+    def copied(self) -> RelativePosition2D:
+        """A copy with tables of its own and the same indices, which nothing writes.
+
+        A plain deep copy duplicated the indices in every table of an
+        extracted subnet: 56 tensors and 1,095 MiB for an AutoFormer-T at 640 px.
+        """
+        return copy.deepcopy(self, memo={id(self.index_v): self.index_v, id(self.index_h): self.index_h})
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Random tables (truncated normal, as AutoFormer)."""
@@ -217,8 +225,11 @@ class ElasticAttention(nn.Module):
         width = heads * self.head_dim
         qkv = linear_from(*self.qkv_slices(embed, heads))
         proj = linear_from(self.proj.weight[:embed, :width], self.proj.bias[:embed])
-        return Attention(qkv, proj, heads, self.head_dim, copy.deepcopy(self.rel_pos_embed_k),
-                         copy.deepcopy(self.rel_pos_embed_v))
+        return Attention(qkv, proj, heads, self.head_dim, _copied(self.rel_pos_embed_k), _copied(self.rel_pos_embed_v))
+
+
+def _copied(table: RelativePosition2D | None) -> RelativePosition2D | None:
+    return None if table is None else table.copied()
 
 
 # --------------------------------------------------------------------------- layers
