@@ -538,3 +538,31 @@ def test_a_removal_put_off_for_a_reader_spares_the_file_registered_again_meanwhi
     made = service.export_subnet(store=store, catalog=catalog, supernet="y", arch=arch, job_id=None, device=None,
                                  point=None)
     assert made["supernet"] == "y"
+
+
+def test_deleting_a_job_that_names_an_upload_by_a_relative_path_frees_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records written while the store path was relative name uploads relative to the service's folder;
+    deleting the last such job compared that path as given, found the absolute file 'unused' under another
+    name, and left it holding room until the next start."""
+    import os
+
+    from hwsearch.api import service
+    from hwsearch.api.catalog import Catalog
+    from hwsearch.dispatch import JobDispatcher
+
+    monkeypatch.chdir(tmp_path)
+    catalog, store = Catalog("data"), SQLiteStore("store.sqlite")
+
+    def upload(weights: bytes) -> Path:
+        return Path(service.upload_supernet(catalog=catalog, store=store, name="net", registry=DEMO, options={},
+                                            content=io.BytesIO(weights), max_unpacked_bytes=1 << 30)["checkpoint"])
+
+    first = upload(DEMO_CHECKPOINT.read_bytes())
+    job_id = store.create_job({"kind": "search", "supernet": {
+        "name": "net", "registry": DEMO, "checkpoint": os.path.relpath(first), "options": {}}})
+    store.update_job(job_id, state="succeeded", result={"fronts": {}})
+    upload(shifted_weights())
+    assert first.is_file()  # the job names it
+    service.delete_job(dispatcher=JobDispatcher(store), catalog=catalog, job_id=job_id)
+    assert not first.exists()
