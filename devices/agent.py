@@ -799,7 +799,8 @@ def serve(
         limits = AgentLimits(
             max_upload_bytes=_megabytes(max_upload_mb, "--max-upload-mb"), max_models=max_models,
             max_model_bytes=_megabytes(max_model_mb, "--max-model-mb"), max_results=max_results,
-            max_connections=max_connections, read_timeout_s=_bounded(read_timeout_s, "--read-timeout-s", _MAX_READ_TIMEOUT_S),
+            max_connections=max_connections,
+            read_timeout_s=_bounded(read_timeout_s, "--read-timeout-s", _MAX_READ_TIMEOUT_S),
             **session_bytes,
         )
     except ValueError as error:

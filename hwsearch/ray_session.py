@@ -54,7 +54,7 @@ from typing import NamedTuple
 from hwsearch.tempdirs import owned_temp_dir
 
 __all__ = ["RAY_CONNECT_TIMEOUT_S", "RayUnreachable", "WorkerStart", "check_ray_address", "init_ray",
-           "kill_leftovers", "prepare_worker", "private_temp_dir", "worker_prepared"]
+           "kill_leftovers", "no_abort_on_sigterm", "prepare_worker", "private_temp_dir", "worker_prepared"]
 
 #: Seconds a cluster's address has to accept a TCP connection before a join gives up (:func:`check_ray_address`).
 RAY_CONNECT_TIMEOUT_S = 5.0
@@ -91,6 +91,17 @@ def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) ->
         raise RayUnreachable(address, f"no answer on port {port} within {timeout_s:g} s") from None
     except OSError as error:
         raise RayUnreachable(address, error.strerror or str(error)) from None
+
+
+def no_abort_on_sigterm() -> None:
+    """Keep Ray's failure-signal handler from aborting this process after a SIGTERM; call before Ray starts.
+
+    It aborts a few seconds after the signal, whatever the exit under way is
+    doing: a service's graceful stop (end the jobs' tasks and Ray, remove
+    temp files) died half-way, and a ``hwsearch search`` marking its job
+    interrupted exited -6 in 2 of 8 stops.
+    """
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
 
 
 def _host_and_port(address: str) -> tuple[str, int]:

@@ -25,8 +25,7 @@ from hwsearch.api.exports import ExportCache
 from hwsearch.jobs import SupernetRef
 
 __all__ = ["MAX_CHECKPOINT_BYTES", "MAX_EXPORT_BYTES", "MAX_REGISTRATIONS", "MAX_SUPERNET_BYTES", "NAME_PATTERN",
-           "Catalog", "CatalogFull",
-           "default_data_dir", "valid_name"]
+           "Catalog", "CatalogFull", "absolute_path", "default_data_dir", "valid_name"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +36,16 @@ _NAME = re.compile(NAME_PATTERN)
 def default_data_dir(store: str | os.PathLike[str]) -> Path:
     """Where a service keeps its catalog, uploads and exports unless told otherwise: ``STORE.data``."""
     return Path(f"{os.fspath(store)}.data")
+
+
+def absolute_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute as the catalog's own paths are (its root is made so).
+
+    Registrations and jobs stored while the root was relative name uploads
+    relative to the service's working folder; compared as given, an upload
+    still in use looked unused and was removed, and one no longer named stayed.
+    """
+    return Path(os.path.abspath(path))
 
 
 def valid_name(name: object) -> bool:
@@ -69,7 +78,7 @@ class Catalog:
     def __init__(self, root: str | os.PathLike[str], *, max_export_bytes: int = MAX_EXPORT_BYTES,
                  max_checkpoint_bytes: int = MAX_CHECKPOINT_BYTES,
                  max_registrations: int = MAX_REGISTRATIONS, max_supernet_bytes: int = MAX_SUPERNET_BYTES) -> None:
-        self.root = Path(os.path.abspath(root))  # uploads' paths go into job specs, read by Ray workers elsewhere
+        self.root = absolute_path(root)  # uploads' paths go into job specs, read by Ray workers elsewhere
         self.max_checkpoint_bytes = max_checkpoint_bytes
         self.max_registrations = max_registrations
         self.max_supernet_bytes = max_supernet_bytes
@@ -146,7 +155,7 @@ class Catalog:
         """
         if path is None:
             return None
-        counted = Path(os.path.abspath(path))  # as the catalog's paths are (a registration made before may be relative)
+        counted = absolute_path(path)  # a registration made before may name it relatively
         with self._reading_lock:
             self._reading[counted] += 1
         return counted

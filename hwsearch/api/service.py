@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from hwsearch.agents import AgentEndpoint, UnknownAgent, resolve_profile
 from hwsearch.api.built import BuildersBusy, BuiltSupernets
-from hwsearch.api.catalog import Catalog, CatalogFull, valid_name
+from hwsearch.api.catalog import Catalog, CatalogFull, absolute_path, valid_name
 from hwsearch.api.files import DataRoots, PathRefused, check_unpacked_size
 from hwsearch.dispatch import Admission, JobDispatcher, QueueFull, StillStopping, StoreFull
 from hwsearch.jobs import (
@@ -408,22 +408,15 @@ def _uploaded_checkpoint(catalog: Catalog, ref: SupernetRef | None) -> Path | No
     """The catalog's own file that ``ref`` loads, if any (a data-root file is the operator's, never removed)."""
     if ref is None or ref.checkpoint is None:
         return None
-    path = _absolute(ref.checkpoint)
+    path = absolute_path(ref.checkpoint)
     return path if path.parent == catalog.checkpoints else None
-
-
-def _absolute(path: str) -> Path:
-    """``path`` made absolute as the catalog's own paths are: registrations and jobs stored before it was
-    absolute name uploads relative to the service's working folder, and compared as such, an upload
-    still in use would look unused and be removed."""
-    return Path(os.path.abspath(path))
 
 
 def _checkpoints_in_use(catalog: Catalog, store: Store, *, ignoring: str | None = None) -> set[Path]:
     """Checkpoint files some registration (but ``ignoring``'s) or some job's spec names."""
     refs = [SupernetRef.from_dict(r) for r in catalog.list_supernets() if r.get("name") != ignoring]
-    paths = {_absolute(r.checkpoint) for r in refs if r.checkpoint}
-    return paths | {_absolute(checkpoint) for checkpoint in store.job_checkpoints()}
+    paths = {absolute_path(r.checkpoint) for r in refs if r.checkpoint}
+    return paths | {absolute_path(checkpoint) for checkpoint in store.job_checkpoints()}
 
 
 def _drop_if_unused(catalog: Catalog, store: Store, path: Path) -> None:
@@ -851,7 +844,7 @@ def delete_job(*, dispatcher: JobDispatcher, catalog: Catalog, job_id: str) -> N
         except (StillStopping, ValueError) as error:
             raise Conflict(str(error)) from None
         if checkpoint is not None:
-            _drop_if_unused(catalog, dispatcher.store, _absolute(checkpoint))
+            _drop_if_unused(catalog, dispatcher.store, absolute_path(checkpoint))
 
 
 def job_fronts(*, store: Store, job_id: str) -> dict[str, dict[str, Any]]:

@@ -16,7 +16,8 @@ import typer
 
 from hwsearch.cli._errors import OptionError, reading
 
-__all__ = ["MAX_SEED", "MAX_SUBNETS", "check_onnx_files", "load_profile", "load_supernet", "prepare_folder",
+__all__ = ["MAX_SEED", "MAX_SUBNETS", "check_onnx_files", "check_ray_address_option", "load_profile", "load_supernet",
+           "prepare_folder",
            "require_regular_file", "seed_option"]
 
 #: The largest seed a command takes, as the service's jobs (every RNG seeded from it takes it).
@@ -96,3 +97,21 @@ def prepare_folder(folder: Path, option: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OptionError(option, f"cannot write under {folder}: permission denied")
+
+
+def check_ray_address_option(address: str | None) -> None:
+    """Refuse a ``--ray-address`` nothing answers at, naming the option, before anything starts.
+
+    ``ray.init`` waits for an unreachable cluster without limit: ``search``
+    hung for minutes and left its job ``queued``, and ``serve`` took jobs and
+    left them ``queued``.  A service's jobs check again as they start, in
+    case the cluster goes away later.
+    """
+    from hwsearch.ray_session import RayUnreachable, check_ray_address
+
+    if address is None:
+        return
+    try:
+        check_ray_address(address)
+    except RayUnreachable as error:
+        raise OptionError("--ray-address", str(error)) from None

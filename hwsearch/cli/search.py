@@ -21,7 +21,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from hwsearch.cli._errors import OptionError
-from hwsearch.cli._inputs import MAX_SUBNETS, seed_option
+from hwsearch.cli._inputs import MAX_SUBNETS, check_ray_address_option, seed_option
 
 __all__ = ["register"]
 
@@ -74,7 +74,7 @@ def search(
     from hwsearch.store import SQLiteStore
 
     _check_limits(budget_ms, params_limit)
-    _check_ray_address(ray_address)
+    check_ray_address_option(ray_address)  # before any work, and before the job is recorded
     profiles = _absolute_references(_with_precisions(_check_inputs(supernet, checkpoint, device, data), precision))
     aims = _latency_targets([p.name for p in profiles], targets_ms or [], band_ms or [])
     prepare_folder(out, "--out")
@@ -127,22 +127,6 @@ def _check_limits(budget_ms: float | None, params_limit: float | None) -> None:
                                       "are above 0")
 
 
-def _check_ray_address(address: str | None) -> None:
-    """Refuse a cluster address nothing answers at, before any work and before the job is recorded.
-
-    ``ray.init`` waits for an unreachable cluster without limit: the command
-    hung for minutes and left its job ``queued`` in ``--out``'s store.
-    """
-    from hwsearch.ray_session import RayUnreachable, check_ray_address
-
-    if address is None:
-        return
-    try:
-        check_ray_address(address)
-    except RayUnreachable as error:
-        raise OptionError("--ray-address", str(error)) from None
-
-
 def _exit_on_sigterm() -> None:
     """Make SIGTERM raise ``SystemExit`` here, as Ray's driver does once it starts, so the job is marked.
 
@@ -150,14 +134,13 @@ def _exit_on_sigterm() -> None:
     (:func:`~hwsearch.jobs.run_job_watched`); with the default action the
     process died at once and its job stayed ``queued`` or ``running`` in ``--out``'s store.
     """
-    import os
     import signal
     import sys
 
+    from hwsearch.ray_session import no_abort_on_sigterm
+
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(signum))
-    # Ray's failure-signal handler aborts the process a few seconds after a SIGTERM (exit -6 in one
-    # of five stops measured), whatever the exit under way is doing; as `hwsearch serve` does, it is off.
-    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    no_abort_on_sigterm()
 
 
 def _check_inputs(supernet: str, checkpoint: Path | None, devices: list[Path],

@@ -102,6 +102,7 @@ def serve(
     from hwsearch.api.app import MiB, check_public_url, check_token, create_app
     from hwsearch.api.connections import bounded_h11
     from hwsearch.api.catalog import default_data_dir
+    from hwsearch.cli._inputs import check_ray_address_option
     from hwsearch.dispatch import Admission
     from hwsearch.store import open_store
 
@@ -113,8 +114,7 @@ def serve(
                 check(value)
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint=hint) from None
-    if ray_address is not None:
-        _check_ray_address(ray_address)
+    check_ray_address_option(ray_address)
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile, or neither",
                                  param_hint="--ssl-certfile")
@@ -168,22 +168,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _check_ray_address(address: str) -> None:
-    """Refuse a cluster address nothing answers at, in a line naming ``--ray-address``, before anything starts.
-
-    The service joins Ray only at its first job; with an address nowhere,
-    it served, took jobs and left them ``queued`` while ``ray.init`` waited for
-    ever.  Jobs still check again as they start, bounded, in case the cluster
-    goes away later (they then fail saying so).
-    """
-    from hwsearch.ray_session import RayUnreachable, check_ray_address
-
-    try:
-        check_ray_address(address)
-    except RayUnreachable as error:
-        raise typer.BadParameter(str(error), param_hint="--ray-address") from None
-
-
 def _check_certificate(certfile: Path, keyfile: Path) -> None:
     """Load the pair as the server will, so a bad one is a one-line error, not uvicorn's traceback."""
     import ssl
@@ -212,11 +196,9 @@ def _prepare_ray(data_dir: Path, *, local: bool) -> None:
 
     Also keeps Ray from ending this process on SIGTERM before the service has stopped.
     """
-    from hwsearch.ray_session import kill_leftovers, private_temp_dir
+    from hwsearch.ray_session import kill_leftovers, no_abort_on_sigterm, private_temp_dir
 
-    # Ray's failure-signal handler aborts the process 3 s after a SIGTERM: the service's
-    # graceful stop (end the jobs' tasks and Ray, remove temp files) takes longer and would die half-way.
-    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    no_abort_on_sigterm()
     if not local:
         return
     temp_dir = private_temp_dir(str(data_dir))
