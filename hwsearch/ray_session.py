@@ -30,11 +30,13 @@ default ``/tmp/ray``, which Ray makes world-writable without the sticky bit
 along with every session folder in it.
 
 Joining a cluster by address is bounded: :func:`check_ray_address` first
-checks that something accepts a TCP connection on the address's port within
-:data:`RAY_CONNECT_TIMEOUT_S`.  ``ray.init`` has no time limit of its own:
-measured with Ray 2.60 and ``127.0.0.1:1`` (nothing listening), it logged
-"Failed to connect to GCS ... Timed out" every ~35 s and never returned, which
-froze a service's job queue and left a ``hwsearch search``'s job ``queued``.
+checks that the address's port answers as a gRPC server (Ray's GCS and Ray
+Client both are) within :data:`RAY_CONNECT_TIMEOUT_S`.  ``ray.init`` has no
+time limit of its own: measured with Ray 2.60 and ``127.0.0.1:1`` (nothing
+listening), it logged "Failed to connect to GCS ... Timed out" every ~35 s and
+never returned, which froze a service's job queue and left a ``hwsearch
+search``'s job ``queued``; a port that accepts connections and never speaks
+(a wrong service, a half-dead host) held it just the same.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -73,24 +76,54 @@ class RayUnreachable(ConnectionError):
 
 
 def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
-    """Refuse a cluster address whose port does not accept a TCP connection within ``timeout_s``.
+    """Refuse a cluster address whose port does not answer as a gRPC server within ``timeout_s``.
 
     A cheap, bounded test before ``ray.init``, which waits for a GCS without
-    limit (see the module docstring).  It catches what goes wrong in practice
-    (a wrong port, a cluster that is down, a host that drops packets), not a
-    port that accepts connections and then never speaks GCS.  ``auto`` and
-    ``local`` name no port and are left to Ray; ``ray://`` (Ray Client)
-    addresses are checked at their port like any other.
+    limit (see the module docstring).  Ray's GCS and its Ray Client server
+    speak gRPC, that is HTTP/2, whose server must open with a SETTINGS frame
+    once a client has sent its preface (RFC 9113, section 3.4): waiting for
+    that frame catches a wrong port, a cluster that is down, a host that
+    drops packets and a port held by something that is not Ray or never
+    speaks.  Under ``RAY_USE_TLS`` the server expects TLS first, so only the
+    TCP connection is checked.  ``auto`` and ``local`` name no port and are
+    left to Ray.
     """
     if address in ("auto", "local"):
         return
     host, port = _host_and_port(address)
+    deadline = time.monotonic() + timeout_s
     try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
+        with socket.create_connection((host, port), timeout=timeout_s) as connection:
+            if os.environ.get("RAY_USE_TLS", "0").lower() not in ("1", "true"):
+                _expect_http2_settings(connection, deadline)
     except socket.timeout:
         raise RayUnreachable(address, f"no answer on port {port} within {timeout_s:g} s") from None
     except OSError as error:
         raise RayUnreachable(address, error.strerror or str(error)) from None
+
+
+#: An HTTP/2 client's opening (RFC 9113, section 3.4): the fixed preface, then an empty SETTINGS frame.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_FRAME_HEADER_BYTES = 9
+_SETTINGS_FRAME = 4
+
+
+def _expect_http2_settings(connection: socket.socket, deadline: float) -> None:
+    """Send an HTTP/2 preface and read the server's first frame header by ``deadline``; it must be SETTINGS.
+
+    Raises ``socket.timeout`` if the server stays silent and ``OSError`` if it
+    answers with anything else (an HTTP/1 reply, a closed connection).
+    """
+    connection.sendall(_HTTP2_PREFACE)
+    header = b""
+    while len(header) < _FRAME_HEADER_BYTES:
+        connection.settimeout(max(deadline - time.monotonic(), 0.001))
+        chunk = connection.recv(_FRAME_HEADER_BYTES - len(header))
+        if not chunk:
+            raise OSError("the port closed the connection without answering as Ray's GCS (gRPC)")
+        header += chunk
+    if header[3] != _SETTINGS_FRAME:
+        raise OSError("the port answers, but not as Ray's GCS (gRPC)")
 
 
 def no_abort_on_sigterm() -> None:

@@ -12,12 +12,15 @@ generous bound.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,16 +42,79 @@ def _env() -> dict[str, str]:
     return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
 
 
+class _FakeGcs:
+    """A port that opens as a gRPC server would (an HTTP/2 SETTINGS frame), until told to stay silent.
+
+    Enough for the address check before ``ray.init``; ``ray.init`` itself then
+    gets no further, as with a cluster that answered and then went away.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port: int = self.sock.getsockname()[1]
+        self.speaking = threading.Event()
+        self.speaking.set()
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._answer, daemon=True).start()
+
+    def _answer(self) -> None:
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            self.held.append(connection)
+            if self.speaking.is_set():
+                connection.sendall(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # an empty SETTINGS frame
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(), which a close() alone does not
+        self.sock.close()
+        for connection in self.held:
+            connection.close()
+
+
 @contextmanager
-def _listening() -> Iterator[tuple[socket.socket, int]]:
-    """A TCP port that accepts connections (its backlog) and never speaks: a cluster that is up, until closed."""
+def _silent_port() -> Iterator[int]:
+    """A TCP port that accepts connections (its backlog) and never speaks: not Ray, or a host half gone."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(8)
     try:
-        yield sock, sock.getsockname()[1]
+        yield sock.getsockname()[1]
     finally:
         sock.close()
+
+
+@contextmanager
+def _http1_port() -> Iterator[int]:
+    """A port held by a plain HTTP/1 server: something answers, but not Ray."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def _unanswered_address(kind: str) -> Iterator[int]:
+    """A port where Ray is not: nothing listening, a silent listener, or an HTTP/1 server."""
+    if kind == "nothing listens":
+        yield free_port()  # bound and released
+    elif kind == "a silent listener":
+        with _silent_port() as port:
+            yield port
+    else:
+        with _http1_port() as port:
+            yield port
+
+
+_NOT_RAY = ("nothing listens", "a silent listener", "an HTTP/1 server")
 
 
 def _wait_state(client: httpx.Client, job_id: str, states: tuple[str, ...], timeout: float) -> dict:
@@ -60,28 +126,45 @@ def _wait_state(client: httpx.Client, job_id: str, states: tuple[str, ...], time
         time.sleep(0.5)
 
 
-def test_serve_refuses_a_ray_address_nothing_answers_at(tmp_path: Path) -> None:
-    """One usage line naming ``--ray-address``, before anything starts (it served and queued jobs for ever)."""
-    port = free_port()  # bound and released: nothing listens there
-    server = Server(tmp_path / "s.sqlite", extra=("--ray-address", f"127.0.0.1:{port}"))
-    try:
-        with pytest.raises(RuntimeError, match="server exited") as exited:
-            server.start(timeout=60)
-    finally:
-        server.stop()
+@pytest.mark.parametrize("kind", _NOT_RAY)
+def test_serve_refuses_a_ray_address_nothing_answers_at(tmp_path: Path, kind: str) -> None:
+    """One usage line naming ``--ray-address``, before anything starts.
+
+    Nothing listening, it served and queued jobs for ever; a silent listener or
+    another server passed a TCP check and held the dispatcher in ``ray.init``.
+    """
+    with _unanswered_address(kind) as port:
+        server = Server(tmp_path / "s.sqlite", extra=("--ray-address", f"127.0.0.1:{port}"))
+        try:
+            with pytest.raises(RuntimeError, match="server exited") as exited:
+                server.start(timeout=60)
+        finally:
+            server.stop()
     log = str(exited.value)
     assert "--ray-address" in log and f"cannot reach Ray at 127.0.0.1:{port}" in log, log
     assert server.process is not None and server.process.returncode == 2
 
 
-def test_a_job_whose_ray_went_away_fails_in_seconds_and_the_service_keeps_answering(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gone", ["closed", "silent"])
+def test_a_job_whose_ray_went_away_fails_in_seconds_and_the_service_keeps_answering(tmp_path: Path,
+                                                                                    gone: str) -> None:
     """The cluster answered at start-up and is gone by the first job: the job fails with one line.
 
-    Meanwhile ``/limits``, a second submission and a cancel answer, and SIGTERM ends the service.
+    Gone means its port refuses connections, or still accepts them and never
+    speaks (which passed a TCP check and held the dispatcher's thread in
+    ``ray.init`` for ever).  Meanwhile ``/limits``, a second submission and a
+    cancel answer, and SIGTERM ends the service.
     """
     random_dataset(tmp_path / "val.npz")
-    with _listening() as (cluster, port):
+    cluster = _FakeGcs()
+    port = cluster.port
+    try:
         server = Server(tmp_path / "s.sqlite", extra=("--ray-address", f"127.0.0.1:{port}")).start()
+    finally:
+        if gone == "closed":
+            cluster.close()
+        else:
+            cluster.speaking.clear()
     try:
         with server.client() as client:
             client.timeout = httpx.Timeout(30.0)  # every answer within 30 s (it hung for ever)
@@ -107,6 +190,7 @@ def test_a_job_whose_ray_went_away_fails_in_seconds_and_the_service_keeps_answer
         assert server.process.wait(timeout=60) is not None  # it never ended before
     finally:
         server.stop()
+        cluster.close()
 
 
 def _search(tmp_path: Path, *extra: str) -> list[str]:
@@ -117,13 +201,14 @@ def _search(tmp_path: Path, *extra: str) -> list[str]:
             "--out", str(tmp_path / "out"), *extra]
 
 
-def test_search_refuses_a_ray_address_nothing_answers_at_and_records_no_job(tmp_path: Path) -> None:
-    port = free_port()
-    try:
-        done = subprocess.run(_search(tmp_path, "--ray-address", f"127.0.0.1:{port}"), capture_output=True,
-                              text=True, env=_env(), timeout=120)
-    except subprocess.TimeoutExpired:
-        pytest.fail("hwsearch search still waited for Ray after 120 s")
+@pytest.mark.parametrize("kind", _NOT_RAY)
+def test_search_refuses_a_ray_address_nothing_answers_at_and_records_no_job(tmp_path: Path, kind: str) -> None:
+    with _unanswered_address(kind) as port:
+        try:
+            done = subprocess.run(_search(tmp_path, "--ray-address", f"127.0.0.1:{port}"), capture_output=True,
+                                  text=True, env=_env(), timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("hwsearch search still waited for Ray after 120 s")
     assert done.returncode == 2, done.stderr[-3000:]
     assert "--ray-address" in done.stderr and f"cannot reach Ray at 127.0.0.1:{port}" in done.stderr
     assert not (tmp_path / "out" / "store.db").exists(), "nothing recorded for a search that never started"
