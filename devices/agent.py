@@ -51,7 +51,12 @@ bytes and seconds; each has a command-line flag):
   plus headers as a whole, so idle or trickling (slowloris) connections are
   closed; a body may take that long plus 1 s per 64 KiB.
 * ``--max-connections`` (16) bounds open connections, each served by one
-  thread; beyond it the agent answers 503 with ``Retry-After`` and closes,
+  thread.  When every slot is taken, the connection that has waited longest
+  without showing the token (a stranger's, or an idle one that never sent a
+  request) is closed to make room (:class:`_Strangers`): a client without the
+  token who keeps reconnecting idle sockets locked token holders out for as
+  long as it kept at it.  Only when every slot is held by a token holder's
+  connection does the agent answer 503 with ``Retry-After`` and close,
   without starting a thread.  A ``/measure`` waiting for its measurement
   holds its connection, including one whose client already gave up, so at
   most that many requests wait for the device lock.  A waiting request pins
@@ -78,6 +83,7 @@ closed without an answer (a plain-text 503 would not reach it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import io
@@ -601,6 +607,7 @@ class AgentHandler(BaseHTTPRequestHandler):
         supplied = header[len("Bearer "):] if header.startswith("Bearer ") else ""
         if not hmac.compare_digest(supplied.encode(), self.server.state.token.encode()):
             raise ApiError(HTTPStatus.UNAUTHORIZED, "missing or wrong token in the Authorization header")
+        self.server.strangers.trusted(self.connection.fileno())
 
     def _declares_body(self) -> bool:
         """Whether body bytes may follow the headers; until they are read the connection cannot be reused."""
@@ -689,14 +696,55 @@ def _measurement_failure(error: Exception) -> ApiError:
     return ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, f"measurement failed: {error}")
 
 
+class _Strangers:
+    """Open connections that have not yet shown the token, oldest first: the ones to drop when the slots run out.
+
+    Keyed by file descriptor, which stays the same when a connection is
+    wrapped in TLS.  A connection leaves the set once a request on it carries
+    the token, and for good when it closes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._opened: dict[int, float] = {}  # descriptor -> when it was accepted (insertion order: oldest first)
+
+    def arrived(self, descriptor: int) -> None:
+        with self._lock:
+            self._opened[descriptor] = time.monotonic()
+
+    def trusted(self, descriptor: int) -> None:
+        with self._lock:
+            self._opened.pop(descriptor, None)
+
+    def left(self, descriptor: int) -> None:
+        self.trusted(descriptor)
+
+    def drop_oldest(self) -> bool:
+        """Shut the oldest stranger's connection down (its thread then ends and frees its slot); False if none."""
+        with self._lock:
+            if not self._opened:
+                return False
+            descriptor = next(iter(self._opened))
+            del self._opened[descriptor]
+            # shut down through a duplicate: the connection's own socket object (TLS-wrapped perhaps)
+            # belongs to the thread serving it; a shutdown wakes that thread's blocked read with EOF
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(descriptor)) as duplicate:
+                duplicate.shutdown(socket.SHUT_RDWR)
+            return True
+
+
 class AgentServer(ThreadingHTTPServer):
     """Threaded server so health checks and retries are answered during a measurement.
 
-    One thread per connection, at most ``max_connections`` of them: beyond
-    that the accepting thread itself answers 503 (never blocking) and closes.
+    One thread per connection, at most ``max_connections`` of them.  Past
+    that, the connection that has waited longest without showing the token
+    is closed to make room; if every connection has shown it, the accepting
+    thread itself answers 503 (never blocking on a client) and closes.
     """
 
     daemon_threads = True
+    #: How long the accepting thread waits for a dropped stranger's thread to free its slot.
+    _MAKE_ROOM_S = 2.0
 
     def __init__(self, address: tuple[str, int], state: AgentState,
                  tls: ssl.SSLContext | None = None) -> None:
@@ -704,20 +752,34 @@ class AgentServer(ThreadingHTTPServer):
         self.state = state
         self.tls = tls
         self.refused = 0
+        self.strangers = _Strangers()
         self._slots = threading.BoundedSemaphore(state.limits.max_connections)
 
     def process_request(self, request: socket.socket, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        if not self._take_slot():
             self.refused += 1
             if self.tls is None:
                 _answer_busy(request, self.state.limits.max_connections)
             self.shutdown_request(request)
             return
+        self.strangers.arrived(request.fileno())
         try:
             super().process_request(request, client_address)
         except BaseException:
+            self.strangers.left(request.fileno())
             self._slots.release()
             raise
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        """Close a connection, first forgetting it as a stranger: its descriptor may be reused at once."""
+        self.strangers.left(request.fileno())
+        super().shutdown_request(request)
+
+    def _take_slot(self) -> bool:
+        """A free slot, or one freed by dropping the oldest stranger; False if token holders hold them all."""
+        if self._slots.acquire(blocking=False):
+            return True
+        return self.strangers.drop_oldest() and self._slots.acquire(timeout=self._MAKE_ROOM_S)
 
     def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
         try:
@@ -743,6 +805,7 @@ class AgentServer(ThreadingHTTPServer):
             secured = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
             secured.do_handshake()
         except (OSError, ssl.SSLError):  # stalled, plain text, or a client that rejects our certificate
+            self.strangers.left(request.fileno() if secured is None else secured.fileno())
             (request if secured is None else secured).close()  # wrapping moved the descriptor over
             return None
         return secured

@@ -274,11 +274,22 @@ def test_idle_and_trickling_connections_are_closed(start_agent: Callable[..., Ru
         assert closed and time.monotonic() - started < READ_TIMEOUT_S + 2
 
 
+def _token_holders_idle_connection(port: int) -> socket.socket:
+    """A connection that showed the token (one answered /health) and now idles in keep-alive."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(("\r\n".join(head("GET", "/health")) + "\r\n\r\n").encode())
+    answer = http.client.HTTPResponse(sock)
+    answer.begin()
+    answer.read()
+    assert answer.status == 200
+    return sock
+
+
 def test_connections_beyond_the_bound_get_503_without_a_thread(start_agent: Callable[..., RunningAgent]) -> None:
+    """With every slot held by a token holder, more connections are refused by the accepting thread."""
     agent = start_agent("--max-connections", "2")
     time.sleep(0.3)  # let the start-up health check's thread end
-    idle = [socket.create_connection(("127.0.0.1", agent.port), timeout=10) for _ in range(2)]
-    time.sleep(0.3)
+    idle = [_token_holders_idle_connection(agent.port) for _ in range(2)]
     threads_with_idle = agent.proc_status("Threads")
     refusals = [raw_request(agent.port, head("GET", "/health")) for _ in range(10)]
     assert all(r.status == 503 and r.headers["Retry-After"] and r.closed for r in refusals), refusals[0]
@@ -293,6 +304,58 @@ def test_connections_beyond_the_bound_get_503_without_a_thread(start_agent: Call
         time.sleep(0.1)
     health = agent.health()
     assert health["connections_refused"] >= 10 and health["limits"]["max_connections"] == 2
+
+
+def _hold_idle_connections(port: int, count: int, until: threading.Event) -> list[int]:
+    """A stranger's slowloris: keep ``count`` silent connections open, reopening each as the agent drops it.
+
+    Returns how many connections it opened in all.
+    """
+    opened = [0]
+
+    def hold() -> None:
+        while not until.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                    opened[0] += 1
+                    sock.recv(1)  # until the agent closes it (read timeout, or dropped to make room)
+            except OSError:
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=hold, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return opened
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_stranger_holding_every_slot_does_not_lock_out_token_holders(
+        start_agent: Callable[..., RunningAgent], tmp_path: Path, tls: bool) -> None:
+    """Silent connections that never show the token give way, oldest first, to a token holder's.
+
+    Before, 16 reconnecting idle sockets (no token) kept every health check
+    with the token at 503 for as long as they kept at it.
+    """
+    flags: tuple[str, ...] = ("--max-connections", "4", "--read-timeout-s", "10")
+    if tls:
+        cert, key = self_signed_certificate(tmp_path)
+        flags += ("--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    agent = start_agent(*flags)
+    stop = threading.Event()
+    opened = _hold_idle_connections(agent.port, 8, stop)
+    try:
+        time.sleep(1.0)  # every slot taken by the stranger, and more waiting in the backlog
+        answers = []
+        for _ in range(8):
+            try:
+                answers.append(agent.health_answer().status_code)
+            except httpx.TransportError as error:  # a refused TLS connection is closed without an answer
+                answers.append(type(error).__name__)
+            time.sleep(0.2)
+    finally:
+        stop.set()
+    assert answers == [200] * 8, answers
+    assert opened[0] > 8, "the stranger's connections were never dropped to make room"
 
 
 def tiny_model(seed: int) -> bytes:

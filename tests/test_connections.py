@@ -8,11 +8,13 @@ at once get 503; a slow but steady client is served.  The server runs with a
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,8 +172,20 @@ def test_bytes_that_break_the_framing_after_an_answer_close_the_connection_quiet
     assert "LocalProtocolError" not in server.log.read_text()
 
 
+def token_holders_idle_connection(server: Server) -> socket.socket:
+    """A connection whose request carried the token (answered 200), now idle in keep-alive."""
+    sock = raw_connection(server)
+    sock.sendall(request_head("GET", "/devices"))
+    answer = http.client.HTTPResponse(sock)
+    answer.begin()
+    answer.read()
+    assert answer.status == 200
+    return sock
+
+
 def test_connections_beyond_the_bound_get_503_and_the_service_recovers(server: Server) -> None:
-    held = [raw_connection(server) for _ in range(MAX_CONNECTIONS)]
+    """Every connection a token holder's: one more gets 503 (strangers' would be closed to make room)."""
+    held = [token_holders_idle_connection(server) for _ in range(MAX_CONNECTIONS)]
     try:
         with server.client() as client:
             over = client.get("/devices")
@@ -185,6 +199,40 @@ def test_connections_beyond_the_bound_get_503_and_the_service_recovers(server: S
         while (status := client.get("/devices").status_code) == 503 and time.monotonic() < deadline:
             time.sleep(0.2)
     assert status == 200
+
+
+def test_a_stranger_holding_every_connection_does_not_lock_out_token_holders(server: Server) -> None:
+    """Silent connections, reopened as each is closed, give way oldest first to requests with the token.
+
+    Before, 130 such sockets against the default bound kept every request
+    with the token at 503 for as long as they were kept up.
+    """
+    stop = threading.Event()
+    opened = [0]
+
+    def hold() -> None:
+        while not stop.is_set():
+            try:
+                with raw_connection(server) as sock:
+                    opened[0] += 1
+                    sock.settimeout(READ_TIMEOUT_S + SLACK_S)
+                    sock.recv(1)  # until the service closes it
+            except OSError:
+                time.sleep(0.01)
+
+    for _ in range(MAX_CONNECTIONS + 4):
+        threading.Thread(target=hold, daemon=True).start()
+    try:
+        time.sleep(1.0)  # every connection taken by the stranger
+        with server.client() as client:
+            statuses = []
+            for _ in range(8):
+                statuses.append(client.get("/devices", headers={"Connection": "close"}).status_code)
+                time.sleep(0.1)
+    finally:
+        stop.set()
+    assert statuses == [200] * 8, statuses
+    assert opened[0] > MAX_CONNECTIONS + 4, "no stranger's connection was closed to make room"
 
 
 def test_a_request_h11_cannot_parse_gets_a_json_400(server: Server) -> None:
