@@ -53,11 +53,12 @@ bytes and seconds; each has a command-line flag):
 * ``--max-connections`` (16) bounds open connections, each served by one
   thread.  When every slot is taken, the connection that has waited longest
   without showing the token (a stranger's, or an idle one that never sent a
-  request) is closed to make room (:class:`_Strangers`): a client without the
-  token who keeps reconnecting idle sockets locked token holders out for as
-  long as it kept at it.  Only when every slot is held by a token holder's
-  connection does the agent answer 503 with ``Retry-After`` and close,
-  without starting a thread.  A ``/measure`` waiting for its measurement
+  request) is closed to make room (:class:`_Strangers`), and one address's
+  strangers hold at most half the slots: a client without the token who
+  kept reconnecting idle sockets locked token holders out for as long as it
+  kept at it.  Only when every slot is held by a token holder's connection
+  does the agent answer 503 with ``Retry-After`` and close, without starting
+  a thread.  A ``/measure`` waiting for its measurement
   holds its connection, including one whose client already gave up, so at
   most that many requests wait for the device lock.  A waiting request pins
   its models (a missing one is answered 404 at once) but reads their bytes
@@ -697,35 +698,42 @@ def _measurement_failure(error: Exception) -> ApiError:
 
 
 class _Strangers:
-    """Open connections that have not yet shown the token, oldest first: the ones to drop when the slots run out.
+    """Open connections that have not yet shown the token, oldest first: the ones to drop to make room.
 
     Keyed by file descriptor, which stays the same when a connection is
-    wrapped in TLS.  A connection leaves the set once a request on it carries
-    the token, and for good when it closes.
+    wrapped in TLS, with the address it came from.  A connection leaves the
+    set once a request on it carries the token, and for good when it closes.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._opened: dict[int, float] = {}  # descriptor -> when it was accepted (insertion order: oldest first)
+        self._from: dict[int, str] = {}  # descriptor -> client address, in order of arrival (oldest first)
 
-    def arrived(self, descriptor: int) -> None:
+    def arrived(self, descriptor: int, address: str) -> None:
         with self._lock:
-            self._opened[descriptor] = time.monotonic()
+            self._from[descriptor] = address
 
     def trusted(self, descriptor: int) -> None:
         with self._lock:
-            self._opened.pop(descriptor, None)
+            self._from.pop(descriptor, None)
 
     def left(self, descriptor: int) -> None:
         self.trusted(descriptor)
 
-    def drop_oldest(self) -> bool:
-        """Shut the oldest stranger's connection down (its thread then ends and frees its slot); False if none."""
+    def count(self, address: str) -> int:
         with self._lock:
-            if not self._opened:
+            return sum(peer == address for peer in self._from.values())
+
+    def drop_oldest(self, address: str | None = None) -> bool:
+        """Shut the oldest stranger's connection (from ``address``, if given) down; False if there is none.
+
+        Its thread then reads end-of-file, ends, and frees its slot.
+        """
+        with self._lock:
+            descriptor = next((held for held, peer in self._from.items() if address in (None, peer)), None)
+            if descriptor is None:
                 return False
-            descriptor = next(iter(self._opened))
-            del self._opened[descriptor]
+            del self._from[descriptor]
             # shut down through a duplicate: the connection's own socket object (TLS-wrapped perhaps)
             # belongs to the thread serving it; a shutdown wakes that thread's blocked read with EOF
             with contextlib.suppress(OSError), socket.socket(fileno=os.dup(descriptor)) as duplicate:
@@ -739,10 +747,16 @@ class AgentServer(ThreadingHTTPServer):
     One thread per connection, at most ``max_connections`` of them.  Past
     that, the connection that has waited longest without showing the token
     is closed to make room; if every connection has shown it, the accepting
-    thread itself answers 503 (never blocking on a client) and closes.
+    thread itself answers 503 (never blocking on a client) and closes.  One
+    address's strangers hold at most half the slots: past that, it makes room
+    from its own, so a stranger reconnecting as fast as it can never closes
+    another address's connections.
     """
 
     daemon_threads = True
+    #: Connections the kernel queues before they are accepted (the stdlib's 5 dropped a token holder's
+    #: connection attempts, to time out, while a stranger reconnected flat out).
+    request_queue_size = 128
     #: How long the accepting thread waits for a dropped stranger's thread to free its slot.
     _MAKE_ROOM_S = 2.0
 
@@ -754,15 +768,16 @@ class AgentServer(ThreadingHTTPServer):
         self.refused = 0
         self.strangers = _Strangers()
         self._slots = threading.BoundedSemaphore(state.limits.max_connections)
+        self._strangers_per_address = max(1, state.limits.max_connections // 2)
 
     def process_request(self, request: socket.socket, client_address: Any) -> None:
-        if not self._take_slot():
+        if not self._take_slot(client_address[0]):
             self.refused += 1
             if self.tls is None:
                 _answer_busy(request, self.state.limits.max_connections)
             self.shutdown_request(request)
             return
-        self.strangers.arrived(request.fileno())
+        self.strangers.arrived(request.fileno(), client_address[0])
         try:
             super().process_request(request, client_address)
         except BaseException:
@@ -775,11 +790,20 @@ class AgentServer(ThreadingHTTPServer):
         self.strangers.left(request.fileno())
         super().shutdown_request(request)
 
-    def _take_slot(self) -> bool:
-        """A free slot, or one freed by dropping the oldest stranger; False if token holders hold them all."""
-        if self._slots.acquire(blocking=False):
+    def _take_slot(self, address: str) -> bool:
+        """A slot for a connection from ``address``; False if token holders hold them all.
+
+        An address already holding its share of strangers gives up its own
+        oldest; otherwise a free slot, or one freed by dropping the oldest
+        stranger from anywhere.
+        """
+        if self.strangers.count(address) >= self._strangers_per_address:
+            made_room = self.strangers.drop_oldest(address)
+        elif self._slots.acquire(blocking=False):
             return True
-        return self.strangers.drop_oldest() and self._slots.acquire(timeout=self._MAKE_ROOM_S)
+        else:
+            made_room = self.strangers.drop_oldest()
+        return made_room and self._slots.acquire(timeout=self._MAKE_ROOM_S)
 
     def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
         try:

@@ -24,12 +24,15 @@ The bounds, one read timeout for all of them:
   text), and so does a request h11 cannot parse (400).
 * Strangers give way: a connection that arrives past the bound closes the
   one that has waited longest for a request's headers without ever having
-  shown the token.  Measured before: 130 silent connections, reopened as
-  each was closed, kept every request with the token at 503 for as long as
-  they were kept up (the read timeout bounds each connection, not a client
-  that reconnects).  A token holder's connection is trusted once
-  :class:`TokenGate` has passed one of its requests, and only a connection
-  waiting for headers is closed, never one whose request is being served.
+  shown the token, and one address's strangers hold at most half the bound
+  (past it, that address's own oldest is closed), so a stranger reconnecting
+  as fast as it can never closes another address's connections.  Measured
+  before: 130 silent connections, reopened as each was closed, kept every
+  request with the token at 503 for as long as they were kept up (the read
+  timeout bounds each connection, not a client that reconnects).  A token
+  holder's connection is trusted once :class:`TokenGate` has passed one of
+  its requests, and only a connection waiting for headers is closed, never
+  one whose request is being served.
 
 And before any of it, :class:`TokenGate`: FastAPI reads and parses a body
 (spooling an upload to disk) before it runs the route's token check, so a
@@ -151,15 +154,25 @@ def bounded_h11(read_timeout_s: float) -> type[H11Protocol]:
             super().connection_made(transport)
             self._opened_at = self.loop.time()
             self._await_headers()
-            if self._limit is not None and len(self.connections) > self._limit:
-                self._close_oldest_stranger()
+            if self._limit is not None:
+                self._make_room()
 
-        def _close_oldest_stranger(self) -> None:
-            """Make room: abort the connection that has waited longest for headers without ever showing the token."""
+        def _make_room(self) -> None:
+            """Abort the oldest stranger: this address's own past its share, anyone's past the bound.
+
+            A stranger waits for headers and never showed the token; this
+            connection, just opened, counts as one of its address's.
+            """
             strangers = [other for other in self.connections
                          if other is not self and isinstance(other, BoundedH11Protocol) and other._is_stranger()]
-            if strangers:
+            own = [other for other in strangers if other._address() == self._address()]
+            if len(own) + 1 > max(1, self._limit // 2):
+                min(own, key=lambda other: other._opened_at).transport.abort()
+            elif strangers and sum(not other.transport.is_closing() for other in self.connections) > self._limit:
                 min(strangers, key=lambda other: other._opened_at).transport.abort()
+
+        def _address(self) -> str | None:
+            return self.client[0] if self.client else None
 
         def _is_stranger(self) -> bool:
             """Never showed the token, and is waiting for a request's headers (no request of it is being served)."""
