@@ -11,6 +11,9 @@ from __future__ import annotations
 import abc
 import copy
 import json
+import logging
+import math
+import numbers
 import os
 import sqlite3
 import threading
@@ -41,6 +44,7 @@ ACTIVE_STATES = ("queued", "running")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
 JOB_STATES = ACTIVE_STATES + TERMINAL_STATES
 _UNSET: Any = object()  # "argument not given", so that ``error=None`` can clear an error
+log = logging.getLogger(__name__)
 
 
 class StoreError(Exception):
@@ -53,7 +57,13 @@ class StoreError(Exception):
 
 @dataclass(frozen=True)
 class JobRecord:
-    """A snapshot of one job; later updates never change it."""
+    """A snapshot of one job; later updates never change it.
+
+    ``unreadable`` names the fields whose stored value could not be read (a
+    damaged row: text that is not JSON, a spec or progress that is not an
+    object, an error that is not text); each reads as empty (``{}`` or None),
+    so one damaged job does not fail every listing and start-up it is in.
+    """
 
     job_id: str
     spec: dict[str, Any]
@@ -64,6 +74,7 @@ class JobRecord:
     created: float
     updated: float
     runner: str | None = None
+    unreadable: tuple[str, ...] = ()
 
 
 def _check_state(state: str) -> None:
@@ -100,6 +111,37 @@ def spec_checkpoint(spec: Mapping[str, Any]) -> str | None:
     supernet = spec.get("supernet")
     checkpoint = supernet.get("checkpoint") if isinstance(supernet, Mapping) else None
     return checkpoint if isinstance(checkpoint, str) else None
+
+
+def _checked_accuracy(arch_key: str, accuracy: Any) -> float:
+    """``accuracy`` as a float if it is a fraction in ``[0, 1]``; else a ValueError naming the subnet.
+
+    Both backends check alike: SQLite refused NaN as NULL (an IntegrityError)
+    where the memory store kept it, and an accuracy of 57 (a percentage) or
+    infinity, once stored, failed every predictor later trained on the rows.
+    """
+    value = float(accuracy) if _is_real(accuracy) else math.nan
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"accuracy of subnet {arch_key!r} is {accuracy!r}, not a fraction in [0, 1]")
+    return value
+
+
+def _check_latency(arch_key: str, measurement: Mapping[str, Any]) -> None:
+    """A ValueError naming the subnet unless its ``latency_ms`` (where given) is a time or NaN.
+
+    NaN is what a session stores for a subnet it could not measure (too few
+    clean rounds; readers fall back to the raw median), so it stays; an
+    infinite, negative or non-numeric latency is no measurement at all.
+    """
+    latency = measurement.get("latency_ms", 0.0)
+    if not _is_real(latency) or math.isinf(latency) or latency < 0:
+        raise ValueError(f"latency_ms of subnet {arch_key!r} is {latency!r}, not a time in milliseconds "
+                         "(or NaN for a subnet its session could not measure)")
+
+
+def _is_real(value: Any) -> bool:
+    """A real number (numpy's included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _json_copy(value: Any) -> Any:
@@ -143,16 +185,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def put_latency(self, device_hash: str, space_name: str, arch_key: str,
                     measurement: Mapping[str, Any]) -> None:
-        """Store one subnet's measurement (a ``Measurement.to_dict()`` plus context)."""
+        """Store one subnet's measurement (a ``Measurement.to_dict()`` plus context).
+
+        :class:`ValueError` naming the subnet for a ``latency_ms`` that is no time (infinite, negative, not a
+        number); NaN stays, as the mark of a subnet its session could not measure.
+        """
 
     @abc.abstractmethod
     def get_latencies(self, device_hash: str, space_name: str) -> dict[str, dict[str, Any]]:
-        """All measurements of one space on one device, by arch key."""
+        """All measurements of one space on one device, by arch key.
+
+        A stored row that is not a JSON object (a damaged file) is left out with a warning naming it, so a
+        run measures it again and a reader is not failed by it.
+        """
 
     @abc.abstractmethod
     def put_accuracy(self, supernet_id: str, dataset_id: str, arch_key: str,
                      accuracy: float) -> None:
-        """Store one subnet's accuracy (a fraction in ``[0, 1]``)."""
+        """Store one subnet's accuracy: a fraction in ``[0, 1]``, else :class:`ValueError` naming the subnet."""
 
     @abc.abstractmethod
     def get_accuracies(self, supernet_id: str, dataset_id: str) -> dict[str, float]:
@@ -261,6 +311,7 @@ class MemoryStore(Store):
 
     def put_latency(self, device_hash: str, space_name: str, arch_key: str,
                     measurement: Mapping[str, Any]) -> None:
+        _check_latency(arch_key, measurement)
         value = _json_copy(dict(measurement))
         with self._lock:
             self._latencies.setdefault((device_hash, space_name), {})[arch_key] = value
@@ -271,8 +322,9 @@ class MemoryStore(Store):
 
     def put_accuracy(self, supernet_id: str, dataset_id: str, arch_key: str,
                      accuracy: float) -> None:
+        value = _checked_accuracy(arch_key, accuracy)
         with self._lock:
-            self._accuracies.setdefault((supernet_id, dataset_id), {})[arch_key] = float(accuracy)
+            self._accuracies.setdefault((supernet_id, dataset_id), {})[arch_key] = value
 
     def get_accuracies(self, supernet_id: str, dataset_id: str) -> dict[str, float]:
         with self._lock:
@@ -395,8 +447,10 @@ _CHECKPOINT = "'$.supernet.checkpoint'"
 #: Each job's checkpoint name, read by SQLite, or its whole spec where SQLite's JSON functions cannot read it: Python's
 #: json writes NaN and Infinity for such floats, which SQLite refuses (before 3.42), and a query that failed on one
 #: such spec, or skipped it, would fail the caller or hide a name still in use.
+#: The job's id comes only with such a spec, so the readable ones stay one row per name.
 _CHECKPOINTS = (f"SELECT DISTINCT json_valid(spec), CASE WHEN NOT json_valid(spec) THEN spec "
-                f"WHEN json_type(spec, {_CHECKPOINT}) = 'text' THEN json_extract(spec, {_CHECKPOINT}) END FROM jobs")
+                f"WHEN json_type(spec, {_CHECKPOINT}) = 'text' THEN json_extract(spec, {_CHECKPOINT}) END, "
+                f"CASE WHEN NOT json_valid(spec) THEN job_id END FROM jobs")
 
 #: The schema this code writes, kept in the file as ``PRAGMA user_version``.  Stores written before
 #: it was set read 0 and are brought up to it; a higher number is a newer hwsearch's store, whose
@@ -471,13 +525,14 @@ class SQLiteStore(Store):
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _check_schema(self) -> None:
-        """Refuse a newer schema version or tables whose columns are not ours, reading only.
+        """Refuse a newer schema version, another program's database or tables whose columns are not ours, reading only.
 
         Read on a plain connection, before :meth:`_conn` switches the file to
         WAL, so a store this hwsearch refuses is left byte for byte as it was.
         """
         with closing(sqlite3.connect(self.path, timeout=self.timeout)) as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
+            _refuse_foreign(self.path, conn)
             if version > SCHEMA_VERSION:
                 raise StoreError(f"store {self.path} has schema version {version}, written by a newer "
                                  f"hwsearch; this one reads versions up to {SCHEMA_VERSION}")
@@ -492,6 +547,7 @@ class SQLiteStore(Store):
 
     def put_latency(self, device_hash: str, space_name: str, arch_key: str,
                     measurement: Mapping[str, Any]) -> None:
+        _check_latency(arch_key, measurement)
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO latencies (device_hash, space_name, arch_key, data, updated) "
                          "VALUES (?, ?, ?, ?, ?)",
@@ -501,14 +557,21 @@ class SQLiteStore(Store):
     def get_latencies(self, device_hash: str, space_name: str) -> dict[str, dict[str, Any]]:
         rows = self._conn().execute("SELECT arch_key, data FROM latencies WHERE device_hash = ? "
                                     "AND space_name = ?", (device_hash, space_name)).fetchall()
-        return {key: json.loads(data) for key, data in rows}
+        decoded = {key: _json_object(data) for key, data in rows}
+        unreadable = sorted(key for key, row in decoded.items() if row is None)
+        if unreadable:
+            log.warning("store %s: %d latency rows of device %s are not JSON objects and are left out (a run "
+                        "measures them again): %s", self.path, len(unreadable), device_hash,
+                        ", ".join(map(repr, unreadable[:3])) + (", ..." if len(unreadable) > 3 else ""))
+        return {key: row for key, row in decoded.items() if row is not None}
 
     def put_accuracy(self, supernet_id: str, dataset_id: str, arch_key: str,
                      accuracy: float) -> None:
+        value = _checked_accuracy(arch_key, accuracy)
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO accuracies (supernet_id, dataset_id, arch_key, accuracy, updated) "
                          "VALUES (?, ?, ?, ?, ?)",
-                         (supernet_id, dataset_id, arch_key, float(accuracy), time.time()))
+                         (supernet_id, dataset_id, arch_key, value, time.time()))
 
     def get_accuracies(self, supernet_id: str, dataset_id: str) -> dict[str, float]:
         rows = self._conn().execute("SELECT arch_key, accuracy FROM accuracies WHERE "
@@ -566,7 +629,7 @@ class SQLiteStore(Store):
         rows = self._conn().execute("SELECT seq, data FROM job_events WHERE job_id = ? "
                                     "AND seq > ? ORDER BY seq LIMIT ?",
                                     (job_id, after, -1 if limit is None else limit)).fetchall()
-        return [{**json.loads(data), "seq": seq} for seq, data in rows]
+        return [{**(_json_object(data) or {"unreadable": True}), "seq": seq} for seq, data in rows]
 
     def get_job(self, job_id: str) -> JobRecord:
         row = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?",
@@ -588,7 +651,7 @@ class SQLiteStore(Store):
 
     def job_checkpoints(self) -> set[str]:
         rows = self._conn().execute(_CHECKPOINTS).fetchall()
-        names = (value if valid else spec_checkpoint(json.loads(value)) for valid, value in rows)
+        names = (value if valid else _checkpoint_in_text(job_id, value) for valid, value, job_id in rows)
         return {name for name in names if isinstance(name, str)}
 
     def count_jobs(self) -> int:
@@ -617,6 +680,20 @@ class SQLiteStore(Store):
         return [_job_from_row(row) for row in rows]
 
 
+def _refuse_foreign(path: Path, conn: sqlite3.Connection) -> None:
+    """:class:`StoreError` for a database with tables but none of hwsearch's: another program's file.
+
+    ``--store`` pointed at a browser's or another tool's SQLite file added
+    hwsearch's tables to it, switched it to WAL and set its user_version.
+    """
+    tables = sorted(name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                    if not name.startswith("sqlite_"))
+    if tables and not set(tables) & set(_TABLE_COLUMNS):
+        shown = ", ".join(map(repr, tables[:5])) + (", ..." if len(tables) > 5 else "")
+        raise StoreError(f"store {path} is another program's SQLite database (tables {shown}), not an hwsearch "
+                         "store; give an hwsearch store or a new file")
+
+
 def _open_problem(error: sqlite3.Error) -> str:
     """What made a store unusable, in the user's terms where sqlite3's message is a known one."""
     text = str(error)
@@ -638,14 +715,73 @@ class _Transaction:
         return self.conn
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        """Commit, or roll back what SQLite has not rolled back itself.
+
+        On some errors (the disk or ``max_page_count`` full) SQLite ends the
+        transaction on its own; a ROLLBACK then failed with "cannot rollback -
+        no transaction is active", which hid the error that mattered.  A
+        COMMIT that fails leaves the transaction open, and the thread's
+        connection with it, so it is rolled back before the error goes on.
+        """
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error:
+                self._end()
+                raise
+        else:
+            self._end()
+
+    def _end(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+
+_UNREADABLE = object()  # a stored field that is not the JSON its column holds
+
+
+def _decoded(text: Any) -> Any:
+    """A stored JSON field's value, or :data:`_UNREADABLE` (not JSON, not text, or nested past the parser)."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return _UNREADABLE
+
+
+def _json_object(text: Any) -> dict[str, Any] | None:
+    """A stored JSON object, or None for anything else (damaged text, or JSON that is no object)."""
+    value = _decoded(text)
+    return value if isinstance(value, dict) else None
+
+
+def _checkpoint_in_text(job_id: str, spec: Any) -> str | None:
+    """:func:`spec_checkpoint` of a spec SQLite's JSON functions cannot read; None, with a warning, for damaged text.
+
+    A job whose spec cannot be read at all names nothing anyone can use (it
+    can be neither resumed nor shown), so it keeps no checkpoint; before, its
+    JSONDecodeError stopped the service from starting.
+    """
+    value = _decoded(spec)
+    if value is _UNREADABLE:
+        log.warning("job %s: its stored spec is not JSON; it is taken to name no checkpoint", job_id)
+        return None
+    return spec_checkpoint(value) if isinstance(value, Mapping) else None
 
 
 def _job_from_row(row: tuple[Any, ...]) -> JobRecord:
-    job_id, spec, state, progress, result, error, created, updated, runner = row
-    return JobRecord(job_id, json.loads(spec), state, json.loads(progress),
-                     json.loads(result) if result is not None else None, error, created, updated,
-                     runner)
+    """A stored job, with any field that cannot be read empty and named in ``unreadable``.
+
+    One damaged row (hand-edited, or a disk error) turned every listing that
+    reached it into a 500 and stopped the service from starting.
+    """
+    job_id, spec_text, state, progress_text, result_text, error, created, updated, runner = row
+    spec, progress = _json_object(spec_text), _json_object(progress_text)
+    result = None if result_text is None else _decoded(result_text)
+    broken = {"spec": spec is None, "progress": progress is None, "result": result is _UNREADABLE,
+              "error": not (error is None or isinstance(error, str))}
+    return JobRecord(job_id, spec or {}, state, progress or {}, None if broken["result"] else result,
+                     None if broken["error"] else error, created, updated, runner,
+                     tuple(name for name, is_broken in broken.items() if is_broken))
 
 
 StoreLike = Union[Store, str, Path, None]

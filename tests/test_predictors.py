@@ -21,7 +21,7 @@ from hwsearch.space import SearchSpace
 from hwsearch.store import MemoryStore
 from predictors.accuracy import AccuracyPredictor, interval_coverage
 from predictors.base import PredictorMismatchError, arch_groups, group_folds, ridge_by_subnet, xgb_cv_folds
-from predictors.dataset import MeasurementSet, parse_key
+from predictors.dataset import MeasurementSet, calibrated_latencies, parse_key
 from predictors.features import FEATURE_VERSION, ArchFeaturizer
 from predictors.fewshot import FewShotLatencyPredictor
 from predictors.latency import LatencyPredictor
@@ -384,6 +384,17 @@ def test_parse_key_round_trips(space: SearchSpace) -> None:
         assert parse_key(space, arch.key()) == arch
     with pytest.raises(ValueError):
         parse_key(space, "q3-d2")
+
+
+@pytest.mark.parametrize("ruler", [float("nan"), "fast", None])
+def test_one_implausible_ruler_neither_empties_nor_rescales_the_calibrated_latencies(ruler: object) -> None:
+    """The scale is the median of the rows' rulers: one NaN made it NaN and emptied all 40 rows; "fast" raised."""
+    rows = {f"k{i}": {"latency_ms": 0.1 * (i + 1) * 5.0, "ratio": 0.1 * (i + 1), "env": {"reference_ms": 5.0}}
+            for i in range(40)}
+    rows["k0"]["env"]["reference_ms"] = ruler
+    values = calibrated_latencies(rows)
+    assert set(values) == set(rows)
+    assert values["k9"] == pytest.approx(5.0)
 
 
 def test_measurement_set_from_store_and_stable_split() -> None:

@@ -321,3 +321,93 @@ def test_deleting_a_job_leaves_no_rows_behind_in_the_file(tmp_path: Path) -> Non
     assert conn.execute("SELECT COUNT(*) FROM job_events").fetchone() == (0,)
     assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone() == (0,)
     assert reopened.count_jobs() == 0 and reopened.job_checkpoints() == set()
+
+
+@pytest.mark.parametrize("accuracy", [float("nan"), float("inf"), -0.01, 1.5, 57, "0.9", True])
+def test_an_accuracy_that_is_no_fraction_is_refused_by_every_backend(store: Store, accuracy: object) -> None:
+    """SQLite raised IntegrityError (NOT NULL) for NaN where the memory store kept it; 57 and inf were kept by both."""
+    with pytest.raises(ValueError, match="'subnet-7'"):
+        store.put_accuracy("net", "data", "subnet-7", accuracy)  # type: ignore[arg-type]
+    assert store.get_accuracies("net", "data") == {}
+    store.put_accuracy("net", "data", "subnet-7", 1)
+    assert store.get_accuracies("net", "data") == {"subnet-7": 1.0}
+
+
+@pytest.mark.parametrize("latency", [float("inf"), float("-inf"), -1.0, "fast", None])
+def test_a_latency_that_is_no_time_is_refused_by_every_backend(store: Store, latency: object) -> None:
+    with pytest.raises(ValueError, match="'subnet-7'"):
+        store.put_latency("d", "s", "subnet-7", MEAS | {"latency_ms": latency})
+    assert store.get_latencies("d", "s") == {}
+
+
+def test_a_nan_latency_stays_the_mark_of_a_subnet_not_measured(store: Store) -> None:
+    """Sessions store NaN for a subnet with too few clean rounds; readers fall back to its raw median."""
+    store.put_latency("d", "s", "a", MEAS | {"latency_ms": float("nan"), "ratio": float("nan")})
+    assert set(store.get_latencies("d", "s")) == {"a"}
+
+
+def test_a_full_database_reports_that_it_is_full_and_the_store_writes_again_after(tmp_path: Path) -> None:
+    """SQLite rolls back itself when full; the ROLLBACK after it failed and hid 'database or disk is full'."""
+    import sqlite3
+
+    store = SQLiteStore(tmp_path / "s.db")
+    conn = store._conn()  # this thread's connection: max_page_count holds per connection
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages + 1}")
+    with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+        store.put_latency("d", "s", "big", MEAS | {"pad": "x" * 50_000})
+    conn.execute("PRAGMA max_page_count = 1000000")
+    store.put_latency("d", "s", "big", MEAS | {"pad": "x" * 50_000})
+    assert set(store.get_latencies("d", "s")) == {"big"}
+
+
+def _damage(path: Path, statement: str, *arguments: object) -> None:
+    """Change the file behind the store with a plain connection, as a hand edit or a bad disk would."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(statement, arguments)
+
+
+def test_damaged_rows_are_read_as_damaged_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One row of text that is not JSON failed every listing, the service's start and training that read it."""
+    store = SQLiteStore(tmp_path / "s.db")
+    good, bad = store.create_job(spec_naming("good.pt")), store.create_job(spec_naming("bad.pt"))
+    store.update_job(bad, state="failed", progress={"step": "profile"}, result={"fronts": {}})
+    store.put_latency("d", "s", "fine", MEAS)
+    store.put_latency("d", "s", "broken", MEAS)
+    for column in ("spec", "progress", "result"):
+        _damage(store.path, f"UPDATE jobs SET {column} = '{{not json' WHERE job_id = ?", bad)
+    _damage(store.path, "UPDATE job_events SET data = '[1' WHERE job_id = ?", bad)
+    _damage(store.path, "UPDATE latencies SET data = '{bad json' WHERE arch_key = 'broken'")
+
+    record = store.get_job(bad)
+    assert record.unreadable == ("spec", "progress", "result")
+    assert (record.spec, record.progress, record.result, record.state) == ({}, {}, None, "failed")
+    assert store.get_job(good).unreadable == ()
+    assert [r.job_id for r in store.recent_jobs(5)] == [bad, good]
+    assert [r.job_id for r in store.list_jobs()] == [good, bad]
+    assert store.job_events(bad) == [{"unreadable": True, "seq": 1}]
+    with caplog.at_level("WARNING", logger="hwsearch.store"):
+        assert store.job_checkpoints() == {"good.pt"}
+        assert set(store.get_latencies("d", "s")) == {"fine"}
+    assert bad in caplog.text and "'broken'" in caplog.text
+
+
+def test_another_programs_database_is_refused_untouched(tmp_path: Path) -> None:
+    """--store naming a browser's or a tool's SQLite file gained hwsearch's tables, WAL mode and a user_version."""
+    import sqlite3
+    from contextlib import closing
+
+    from hwsearch.store import StoreError
+
+    path = tmp_path / "places.sqlite"
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("CREATE TABLE bookmarks (url TEXT, title TEXT)")
+        conn.execute("INSERT INTO bookmarks VALUES ('https://example.org', 'example')")
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="another program's SQLite database .*'bookmarks'"):
+        SQLiteStore(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["places.sqlite"]

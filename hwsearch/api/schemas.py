@@ -153,6 +153,8 @@ class JobRead(BaseModel):
     error: str | None
     result: dict[str, Any] | None = Field(
         default=None, description="fronts are served separately; this is the summary")
+    unreadable: list[str] = Field(
+        default=[], description="fields of a damaged stored record that could not be read; they read as null")
 
 
 class JobEvent(BaseModel):
@@ -161,6 +163,7 @@ class JobEvent(BaseModel):
     fraction: float = 0.0
     message: str = ""
     at: float | None = None
+    unreadable: bool = Field(default=False, description="true for an event whose stored record is damaged")
 
 
 class JobEvents(BaseModel):

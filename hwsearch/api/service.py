@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -605,12 +606,49 @@ def _upgrade_supernet(catalog: Catalog, store: Store, roots: DataRoots, record: 
 
 
 def job_view(record: Any) -> dict[str, Any]:
-    """A job as the API shows it: the result summary without the (large) fronts."""
+    """A job as the API shows it: the result summary without the (large) fronts.
+
+    A field of a damaged row (one the store could not read, or that does not
+    have the shape the API shows) reads as null and is named in
+    ``unreadable``, its state kept: one such row answered every listing that
+    reached it, and its own reads, with a 500.
+    """
+    unreadable = list(record.unreadable)
+    progress = record.progress if _fits_progress(record.progress) and "progress" not in unreadable else None
     result = record.result
     if isinstance(result, Mapping):
         result = {k: v for k, v in result.items() if k != "fronts"}
-    return {"id": record.job_id, "kind": record.spec.get("kind", "search"), "state": record.state,
-            "progress": record.progress, "error": record.error, "result": result}
+    if not (result is None or isinstance(result, Mapping) and _is_plain_json(result)):
+        result = None
+    unreadable += [name for name, shown in (("progress", progress), ("result", result))
+                   if shown is None and getattr(record, name) is not None and name not in unreadable]
+    kind = record.spec.get("kind", "search")
+    if "spec" in unreadable or not isinstance(kind, str):
+        kind = "unknown"
+    return {"id": record.job_id, "kind": kind, "state": record.state, "progress": progress,
+            "error": record.error, "result": result, "unreadable": unreadable}
+
+
+def _fits_progress(progress: Any) -> bool:
+    """Whether a stored progress dict or event reads as the API shows one (texts, finite numbers)."""
+    if not isinstance(progress, Mapping):
+        return False
+    texts = all(isinstance(progress.get(name, ""), str) for name in ("step", "message"))
+    fraction, at = progress.get("fraction", 0.0), progress.get("at")
+    return texts and _finite(fraction) and (at is None or _finite(at))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_plain_json(value: Any) -> bool:
+    """Whether ``value`` renders as strict JSON (a stored NaN or Infinity would fail the response with a 500)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _queue(dispatcher: JobDispatcher, spec: JobSpec | ProfileSpec) -> dict[str, Any]:
@@ -722,9 +760,13 @@ def get_job(*, store: Store, job_id: str) -> Any:
 
 
 def job_events(*, store: Store, job_id: str, after: int, limit: int) -> list[dict[str, Any]]:
-    """The job's progress events after ``after``, in order (none is ever skipped), at most ``limit``."""
+    """The job's progress events after ``after``, in order (none is ever skipped), at most ``limit``.
+
+    An event whose stored data cannot be shown (damaged) keeps its place as ``{"seq", "unreadable": true}``.
+    """
     get_job(store=store, job_id=job_id)
-    return store.job_events(job_id, after=after, limit=limit)
+    return [event if _fits_progress(event) and not event.get("unreadable") else
+            {"seq": event["seq"], "unreadable": True} for event in store.job_events(job_id, after=after, limit=limit)]
 
 
 def list_jobs(*, store: Store, limit: int,
@@ -859,7 +901,31 @@ def _fronts_of(record: Any) -> dict[str, dict[str, Any]]:
         raise Conflict(f"job {job_id!r} is a {record.spec.get('kind')} job; it has no fronts")
     if record.state != "succeeded":
         raise Conflict(f"job {job_id!r} is {record.state}; fronts exist once it has succeeded")
-    return dict(record.result["fronts"])
+    fronts = record.result.get("fronts") if isinstance(record.result, Mapping) else None
+    if not isinstance(fronts, Mapping):
+        raise Conflict(f"job {job_id!r} has succeeded but its stored result holds no readable fronts (a damaged "
+                       "record); run the search again")
+    for device, front in fronts.items():
+        _check_stored_front(job_id, device, front)
+    return dict(fronts)
+
+
+def _check_stored_front(job_id: str, device: Any, front: Any) -> None:
+    """A 409 naming the job and device unless a stored front reads as a front (as the API shows it).
+
+    A damaged record (fronts of the wrong shape, NaN objectives) failed the
+    request with a 500 deep in the response's validation.
+    """
+    from hwsearch.results import ParetoFront
+
+    try:
+        ParetoFront.from_dict(front)
+        readable = isinstance(device, str) and _is_plain_json(front)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        readable = False
+    if not readable:
+        raise Conflict(f"job {job_id!r}: its stored front for device {device!r} cannot be read (a damaged record); "
+                       "run the search again")
 
 
 def front_view(front: Mapping[str, Any]) -> dict[str, Any]:

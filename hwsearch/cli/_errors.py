@@ -42,9 +42,10 @@ _KNOWN_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("hwsearch.quantize", "PrecisionError", BAD_INPUT),
     ("hwsearch.quantize_worker", "QuantizerError", FAILED),
     ("hwsearch.store", "StoreError", BAD_INPUT),
-    # A store that fails while a command writes (disk full, locked past the timeout); opening
-    # checks for the usual problems first (StoreError), so this is the rare case.
-    ("sqlite3", "OperationalError", FAILED),
+    # A store that fails while a command reads or writes it (disk full, locked past the timeout, or a
+    # damaged file: "database disk image is malformed", a DatabaseError and OperationalError's parent);
+    # opening checks for the usual problems first (StoreError), so this is the rare case.
+    ("sqlite3", "DatabaseError", FAILED),
 )
 
 

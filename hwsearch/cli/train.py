@@ -8,9 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from hwsearch.cli._errors import reading
 from hwsearch.cli._inputs import seed_option
 
 __all__ = ["register"]
+
+MIN_ROWS = 10  # fewer labelled subnets than this give no predictor worth saving
 
 
 def train(
@@ -29,14 +32,18 @@ def train(
     seed: Annotated[int, seed_option("Split and model seed.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
 ) -> None:
-    """Fit a predictor on stored rows; print held-out and cross-validated quality; save it."""
+    """Fit a predictor on stored rows; print held-out and cross-validated quality; save it.
+
+    Rows that cannot be right (see :func:`predictors.dataset.screen_latencies`) are left out and
+    reported on stderr, by reason with a few keys, instead of failing the command or the model.
+    """
     from rich.console import Console
 
     from hwsearch.cli._inputs import load_profile, load_supernet
     from hwsearch.anchor import in_current_norm
     from hwsearch.store import SQLiteStore
     from predictors.accuracy import AccuracyPredictor
-    from predictors.dataset import MeasurementSet
+    from predictors.dataset import MeasurementSet, screen_accuracies, screen_latencies
     from predictors.latency import LatencyPredictor
 
     space = load_supernet(supernet).space
@@ -47,23 +54,27 @@ def train(
         from devices import open_profiler
 
         device_hash = open_profiler(load_profile(device)).device_key()  # the profile on its host
-        stored = rows.get_latencies(device_hash, space.network_id)
-        data = MeasurementSet.from_latencies(space, in_current_norm(stored, device_hash, space.network_id))
+        screened = screen_latencies(space, rows.get_latencies(device_hash, space.network_id))
+        data = MeasurementSet.from_latencies(space, in_current_norm(screened.rows, device_hash, space.network_id))
         model = LatencyPredictor(space, device_hash=device_hash, seed=seed)
     elif target == "accuracy":
         if dataset_id is None:
             raise typer.BadParameter("accuracy predictors need --dataset-id",
                                      param_hint="--dataset-id")
-        data = MeasurementSet.from_accuracies(space, rows.get_accuracies(supernet, dataset_id))
+        screened = screen_accuracies(space, rows.get_accuracies(supernet, dataset_id))
+        data = MeasurementSet.from_accuracies(space, screened.rows)
         model = AccuracyPredictor(space, seed=seed)
     else:
         raise typer.BadParameter("choose 'latency' or 'accuracy'", param_hint="--target")
-    if len(data) < 10:
-        typer.echo(f"only {len(data)} labelled subnets in {store}; profile at least 10 first",
-                   err=True)
+    skipped = screened.summary()
+    if len(data) < MIN_ROWS:
+        typer.echo(f"only {len(data)} labelled subnets in {store}{f' ({skipped})' if skipped else ''}; "
+                   f"profile at least {MIN_ROWS} first", err=True)
         raise typer.Exit(code=1)
+    if skipped:
+        typer.echo(f"warning: {skipped}", err=True)
     train_set, test_set = data.split(test_fraction, seed=seed)
-    with Console(stderr=True).status(f"fitting on {len(train_set)} subnets", spinner="dots"):
+    with Console(stderr=True).status(f"fitting on {len(train_set)} subnets", spinner="dots"), reading("--store"):
         model.fit(train_set.X, train_set.y, X_test=test_set.X if len(test_set) >= 2 else None,
                   y_test=test_set.y if len(test_set) >= 2 else None)
     model.save(out)

@@ -1,0 +1,230 @@
+"""A store holding rows no hwsearch wrote (hand edits, another version's bugs, a damaged disk).
+
+Each case puts such rows into a real SQLite store beside sound ones and runs
+what a user runs on it: ``hwsearch train`` and ``hwsearch report`` in a
+subprocess, ``hwsearch serve`` on 127.0.0.1.  A bad row is set aside and
+named, the sound rows are used, and nothing ends in a traceback or a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import subprocess
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+
+from devices import open_profiler
+from devices.profile import DeviceProfile
+from hwsearch.store import SQLiteStore
+from hwsearch.supernets import create_supernet
+from tests._server import Server
+from tests.test_cli_errors import LOCAL_PROFILE, assert_one_line_error, run_cli
+
+SUPERNET = "demo_mbv3_mnist"
+DATASET = "val"
+N_SOUND = 40
+
+
+def _damage(path: Path, statement: str, *arguments: object) -> None:
+    """Change the store's file on a plain connection, as a hand edit or a bad disk would."""
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(statement, arguments)
+
+
+def _sound_store(path: Path, n: int = N_SOUND) -> tuple[SQLiteStore, str, str, list[str]]:
+    """``n`` sound latency and accuracy rows of the demo supernet (labels that follow MACs); the device's key,
+    the space's network id, and keys of 10 more subnets of the space for hostile rows."""
+    net = create_supernet(SUPERNET)
+    archs = list({a.key(): a for a in net.space.sample(np.random.default_rng(0), 2 * n + 20)}.values())
+    device_key = open_profiler(DeviceProfile.load(LOCAL_PROFILE)).device_key()
+    store = SQLiteStore(path)
+    for i, arch in enumerate(archs[:n]):
+        macs = net.count(arch).macs
+        ratio = 0.02 + macs / 1e8
+        store.put_latency(device_key, net.space.network_id, arch.key(),
+                          {"latency_ms": ratio * 5.0, "ratio": ratio, "env": {"reference_ms": 5.0 + 0.01 * i}})
+        store.put_accuracy(SUPERNET, DATASET, arch.key(), 0.5 + macs / 2e7)
+    return store, device_key, net.space.network_id, [a.key() for a in archs[n:n + 10]]
+
+
+def _insert_latency(path: Path, device_key: str, network_id: str, key: str, data: str) -> None:
+    _damage(path, "INSERT INTO latencies (device_hash, space_name, arch_key, data, updated) VALUES (?, ?, ?, ?, 0)",
+            device_key, network_id, key, data)
+
+
+def _insert_accuracy(path: Path, key: str, accuracy: object) -> None:
+    """Raw, as a store written before accuracies were checked could hold them."""
+    _damage(path, "INSERT INTO accuracies (supernet_id, dataset_id, arch_key, accuracy, updated) "
+            "VALUES (?, ?, ?, ?, 0)", SUPERNET, DATASET, key, accuracy)
+
+
+OTHER_SPACE_KEY = "r224-d2,2,2,2,2-k3,3,3,3,3,3,3,3,3,3-e3,3,3,3,3,3,3,3,3,3"
+
+
+def _train(tmp_path: Path, store: Path, *target: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path / "predictor"
+    return run_cli("train", *target, "--supernet", SUPERNET, "--store", str(store), "--out", str(out),
+                   cwd=tmp_path), out
+
+
+def _assert_trained_on_sound_rows(result: subprocess.CompletedProcess[str], out: Path) -> None:
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    meta_text = (out / "meta.json").read_text()
+    assert "Infinity" not in meta_text and "NaN" not in meta_text, meta_text
+    meta = json.loads(meta_text)
+    assert meta["n_train"] + meta["metrics"]["test"]["n"] == N_SOUND, meta
+    assert math.isfinite(meta["metrics"]["cv"]["rmse"])
+
+
+def _assert_named(stderr: str, hostile: dict[str, str]) -> None:
+    """Every hostile key is on stderr with the reason it was set aside (as ``N reason (e.g. 'key', ...)``)."""
+    for key, reason in hostile.items():
+        assert f"{reason} (e.g. {key!r}" in stderr or f", {key!r}" in stderr, (key, stderr)
+        assert reason in stderr, (reason, stderr)
+
+
+def test_train_sets_aside_latency_rows_that_cannot_be_right_and_names_them(tmp_path: Path) -> None:
+    """Before: a NaN ruler left 'only 0 labelled subnets', a ratio of 1e300 saved a model with RMSE inf, a ruler
+    of "fast", an env of null or a row that is not JSON ended in a traceback, and a ratio of -5 went unsaid."""
+    store, device_key, network_id, spare = _sound_store(tmp_path / "s.db")
+    row = {"latency_ms": 0.5, "ratio": 0.1, "env": {"reference_ms": 5.0}}
+    ruler = "with env.reference_ms not a time in (0, 600000] ms"
+    ratio = "with a ratio that is not a number in [1e-06, 1e+06]"
+    rows = [(row | {"env": {"reference_ms": float("nan")}}, ruler), (row | {"ratio": 1e300}, ratio),
+            (row | {"ratio": -5.0}, ratio), (row | {"env": {"reference_ms": "fast"}}, ruler),
+            (row | {"env": None}, "with env not an object"), (row, "not an arch key"),
+            (row, f"not a subnet of {SUPERNET}")]
+    keys = [*spare[:5], "not-a-key", OTHER_SPACE_KEY]
+    for key, (data, _) in zip(keys, rows):
+        _insert_latency(store.path, device_key, network_id, key, json.dumps(data))
+    _insert_latency(store.path, device_key, network_id, spare[5], "{bad json")
+
+    result, out = _train(tmp_path, store.path, "--target", "latency", "--device", str(LOCAL_PROFILE))
+
+    _assert_trained_on_sound_rows(result, out)
+    assert "warning: skipped 7 of 47 rows that cannot be right" in result.stderr, result.stderr
+    _assert_named(result.stderr, {key: reason for key, (_, reason) in zip(keys, rows)})
+    assert "are not JSON objects" in result.stderr and repr(spare[5]) in result.stderr, result.stderr
+
+
+def test_train_sets_aside_accuracy_rows_that_cannot_be_right_and_names_them(tmp_path: Path) -> None:
+    """Before: inf, -3, 57 and 1e300 ended in tracebacks that named no row, 'not-a-key' in 'cannot parse arch key',
+    and a key of another space in one line that did not say which."""
+    store, _, _, spare = _sound_store(tmp_path / "s.db")
+    outside, not_finite = "with an accuracy outside [0, 1]", "with an accuracy that is not a finite number"
+    hostile = {spare[0]: (float("inf"), not_finite), spare[1]: (-3.0, outside), spare[2]: (57.0, outside),
+               spare[3]: (1e300, outside), spare[4]: ("high", not_finite),
+               "not-a-key": (0.9, "not an arch key"), OTHER_SPACE_KEY: (0.9, f"not a subnet of {SUPERNET}")}
+    for key, (accuracy, _) in hostile.items():
+        _insert_accuracy(store.path, key, accuracy)
+
+    result, out = _train(tmp_path, store.path, "--target", "accuracy", "--dataset-id", DATASET)
+
+    _assert_trained_on_sound_rows(result, out)
+    assert "warning: skipped 7 of 47 rows that cannot be right" in result.stderr, result.stderr
+    _assert_named(result.stderr, {key: reason for key, (_, reason) in hostile.items()})
+
+
+def test_train_fails_in_one_line_when_too_few_sound_rows_remain(tmp_path: Path) -> None:
+    store, _, _, spare = _sound_store(tmp_path / "s.db", n=8)
+    for key, accuracy in zip(spare, (-1.0, 2.0, "n/a")):
+        _insert_accuracy(store.path, key, accuracy)
+
+    result, out = _train(tmp_path, store.path, "--target", "accuracy", "--dataset-id", DATASET)
+
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("only 8 labelled subnets") and "skipped 3 of 11 rows" in lines[0], lines[0]
+    assert not out.exists()
+
+
+def _corrupt_store(tmp_path: Path) -> tuple[Path, str]:
+    """A store of about 900 KB with a finished job, its pages 3-7 overwritten with 0xff; and the job's id."""
+    store, _, _, _ = _sound_store(tmp_path / "corrupt.db", n=10)
+    for i in range(200):
+        store.put_latency("other-device", "space", f"k{i}", {"latency_ms": 1.0, "pad": "x" * 4000})
+    job = store.create_job({"kind": "search"})
+    store.update_job(job, state="succeeded", result={"fronts": {}})
+    store._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file, none in the WAL
+    assert store.path.stat().st_size > 800_000
+    with open(store.path, "r+b") as file:
+        file.seek(2 * 4096)
+        file.write(b"\xff" * 5 * 4096)
+    return store.path, job
+
+
+def test_a_corrupt_store_is_reported_in_one_line(tmp_path: Path) -> None:
+    """Before: a 42-line traceback ending in sqlite3.DatabaseError: database disk image is malformed."""
+    path, job = _corrupt_store(tmp_path)
+    for command in (["report", job, "--store", str(path)],
+                    ["train", "--target", "accuracy", "--dataset-id", DATASET, "--supernet", SUPERNET,
+                     "--store", str(path), "--out", str(tmp_path / "predictor")]):
+        assert_one_line_error(run_cli(*command, cwd=tmp_path), 1, "database disk image is malformed")
+
+
+def test_train_refuses_another_programs_database_and_leaves_it_as_it_was(tmp_path: Path) -> None:
+    """Before: it added hwsearch's tables to the file, switched it to WAL and set its user_version."""
+    foreign = tmp_path / "places.sqlite"
+    with closing(sqlite3.connect(foreign)) as conn, conn:
+        conn.execute("CREATE TABLE bookmarks (url TEXT, title TEXT)")
+        conn.execute("INSERT INTO bookmarks VALUES ('https://example.org', 'example')")
+    before = foreign.read_bytes()
+
+    result, _ = _train(tmp_path, foreign, "--target", "accuracy", "--dataset-id", DATASET)
+
+    assert_one_line_error(result, 2, str(foreign), "another program's SQLite database", "'bookmarks'")
+    assert foreign.read_bytes() == before
+    assert not list(tmp_path.glob("places.sqlite-*"))
+
+
+def test_damaged_job_rows_neither_stop_the_service_nor_fail_its_answers(tmp_path: Path) -> None:
+    """Before: a spec that is not JSON stopped ``hwsearch serve`` from starting (a JSONDecodeError while it looked
+    for unused checkpoints); a progress that is not JSON made /jobs, /jobs/{id} and its events 500s; a result of
+    ``{"fronts": 5}`` made its fronts a 500, and ``[]`` the page of /jobs that held it."""
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    jobs = {}
+    for name in ("oldest", "spec", "list_result", "fronts", "progress", "newest"):
+        jobs[name] = store.create_job({"kind": "search", "supernet": {"name": SUPERNET}})
+        store.update_job(jobs[name], state="succeeded", progress={"step": "done", "fraction": 1.0},
+                         result={"fronts": {}, "hypervolume": 0.5})
+    _damage(store.path, "UPDATE jobs SET spec = '{not json' WHERE job_id = ?", jobs["spec"])
+    _damage(store.path, "UPDATE jobs SET progress = '{not json' WHERE job_id = ?", jobs["progress"])
+    _damage(store.path, "UPDATE job_events SET data = '{not json' WHERE job_id = ?", jobs["progress"])
+    _damage(store.path, "UPDATE jobs SET result = '{\"fronts\": 5}' WHERE job_id = ?", jobs["fronts"])
+    _damage(store.path, "UPDATE jobs SET result = '[]' WHERE job_id = ?", jobs["list_result"])
+
+    server = Server(store.path).start()
+    try:
+        with server.client() as client:
+            page = client.get("/jobs", params={"limit": 5})
+            assert page.status_code == 200, page.text
+            listed = {job["id"]: job for job in page.json()["jobs"]}
+            assert set(listed) == {jobs[name] for name in ("spec", "list_result", "fronts", "progress", "newest")}
+            assert listed[jobs["newest"]]["unreadable"] == [] and listed[jobs["newest"]]["result"]
+            assert listed[jobs["progress"]]["unreadable"] == ["progress"]
+            assert listed[jobs["progress"]]["state"] == "succeeded" and listed[jobs["progress"]]["progress"] is None
+            assert listed[jobs["spec"]]["unreadable"] == ["spec"] and listed[jobs["spec"]]["kind"] == "unknown"
+            assert listed[jobs["list_result"]]["unreadable"] == ["result"]
+
+            older = client.get("/jobs", params={"before": jobs["fronts"], "limit": 5})
+            assert older.status_code == 200, older.text
+            assert [job["id"] for job in older.json()["jobs"]] == [jobs["list_result"], jobs["spec"], jobs["oldest"]]
+
+            one = client.get(f"/jobs/{jobs['progress']}")
+            assert one.status_code == 200 and one.json()["unreadable"] == ["progress"], one.text
+            events = client.get(f"/jobs/{jobs['progress']}/events")
+            assert events.status_code == 200, events.text
+            assert [(e["seq"], e["unreadable"]) for e in events.json()["events"]] == [(1, True)]
+
+            fronts = client.get(f"/jobs/{jobs['fronts']}/fronts")
+            assert fronts.status_code == 409 and jobs["fronts"] in fronts.json()["detail"], fronts.text
+            assert client.get(f"/jobs/{jobs['newest']}/fronts").json()["fronts"] == {}
+            assert client.get("/health").status_code == 200
+    finally:
+        server.stop()
+    assert f"job {jobs['spec']}: its stored spec is not JSON" in server.log.read_text()
