@@ -221,7 +221,7 @@ def job(devices: list[str], subnets: int, seed: int, quick: bool, precisions: li
 
     supernet_builders()
     net = create_supernet(DEMO_SUPERNET, checkpoint=DEMO_CHECKPOINT)
-    job_devices = [job_device(device_data(d, quick, precisions), {}) for d in devices]
+    job_devices = [job_device(device_data(d, quick, precisions), None) for d in devices]
     store = MemoryStore()
     with tempfile.TemporaryDirectory(prefix="contention-data-") as data_folder:
         context = JobContext(store=store, job_id=store.create_job({"kind": "search"}), net=net,

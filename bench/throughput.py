@@ -275,7 +275,7 @@ def _profiling_stage(net: Any, archs: list[Any], urls: list[str], tag: str) -> d
     from hwsearch.jobs.stages import profile_devices
     from hwsearch.store import MemoryStore
 
-    devices = [job_device(_agent_device_data(f"edge-{tag}-{i}", url), {}) for i, url in enumerate(urls)]
+    devices = [job_device(_agent_device_data(f"edge-{tag}-{i}", url), None) for i, url in enumerate(urls)]
     store = MemoryStore()
     job_id = store.create_job({"kind": "search"})
     job = JobContext(store=store, job_id=job_id, net=net, devices=devices, data=None,

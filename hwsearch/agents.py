@@ -21,13 +21,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["AgentEndpoint", "UnknownAgent", "load_agents", "resolve_profile"]
+__all__ = ["AgentEndpoint", "UndeclaredReach", "UnknownAgent", "load_agents", "operator_only_fields", "resolve_profile"]
 
 _AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class UnknownAgent(ValueError):
     """A profile names an agent the operator did not declare."""
+
+
+class UndeclaredReach(ValueError):
+    """A profile from a client or a stored row names a URL, a token variable or a file of its own choosing."""
 
 
 @dataclass(frozen=True)
@@ -86,23 +90,46 @@ def load_agents(declared: list[str], *, secrets_file: Path | None = None,
     return agents
 
 
-def resolve_profile(data: Mapping[str, Any], agents: Mapping[str, AgentEndpoint]
+def operator_only_fields(data: Mapping[str, Any]) -> list[str]:
+    """The fields of profile data that only the operator's own profile file may carry.
+
+    ``where.url`` (whom the measuring process contacts, with a token),
+    ``where.token_env`` (which of its environment variables it sends there)
+    and ``reference_model`` (which file it reads and uploads).
+    """
+    where = data.get("where")
+    where = where if isinstance(where, Mapping) else {}
+    return [name for name, present in (("where.url", "url" in where), ("where.token_env", "token_env" in where),
+                                       ("reference_model", data.get("reference_model") is not None)) if present]
+
+
+def resolve_profile(data: Mapping[str, Any], agents: Mapping[str, AgentEndpoint] | None
                     ) -> tuple[Any, str | None]:
     """A measurable profile and the token to measure with, from stored profile data.
 
     ``where: {kind: agent, name: NAME}`` is replaced by the declared agent's
-    URL; any other profile (a local one, or an operator's own file that
-    carries its URL) is used as it is, with no token handed over.
+    URL.  ``agents`` None means the profile is the operator's own (a file
+    given to ``hwsearch search``): it is used as it is, URL and all, with no
+    token handed over.  A table of agents (the service's, maybe empty) means
+    the profile came from a client or a stored job row: it may reach only
+    those agents, and one carrying :func:`operator_only_fields` is refused
+    (:class:`UndeclaredReach`).  A row an earlier version stored as its client
+    sent it made the service send its own token to the row's URL, and upload
+    a file from outside the data roots there.
     """
     from devices.profile import DeviceProfile
 
+    named = operator_only_fields(data) if agents is not None else []
+    if named:
+        raise UndeclaredReach(f"device {data.get('name')!r} names {', '.join(named)}, which only the operator's "
+                              "own profile files may; a service's devices name an agent it declares (where.name)")
     where = dict(data.get("where") or {})
     if "name" not in where:
         return DeviceProfile.from_dict(dict(data)), None
     name = where.pop("name")
-    agent = agents.get(name) if isinstance(name, str) else None
+    agent = (agents or {}).get(name) if isinstance(name, str) else None
     if agent is None:
         raise UnknownAgent(f"agent {name!r} is not declared by the operator; "
-                           f"declared: {sorted(agents)}")
+                           f"declared: {sorted(agents or {})}")
     resolved = {**data, "where": {**where, "kind": "agent", "url": agent.url}}
     return DeviceProfile.from_dict(resolved), agent.token

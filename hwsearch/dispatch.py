@@ -129,19 +129,15 @@ class JobDispatcher:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, *, resume: bool = False) -> list[str]:
-        """Mark jobs a dead process left active ``interrupted`` (or queue them again); start.
+    def start(self) -> list[str]:
+        """Mark jobs a dead process left active ``interrupted``, start the queue, and return their ids.
 
-        With ``resume``, as many as the queue holds are queued again, oldest
-        first; the rest stay ``interrupted`` for a client to resume later.
+        Queuing them again is the service's decision, job by job
+        (:func:`hwsearch.api.service.resume_at_start`): each must pass what a
+        client's resume must pass, so a job stored by an older version or under
+        looser settings is not run unchecked.
         """
         touched = recover_jobs(store=self.store)
-        if resume:
-            for job_id in touched:
-                try:
-                    self.resume(job_id)
-                except QueueFull:
-                    log.warning("job %s stays interrupted: the queue is full", job_id)
         self._thread.start()
         return touched
 

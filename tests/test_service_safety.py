@@ -709,7 +709,7 @@ def test_resume_at_start_queues_what_fits_and_leaves_the_rest_interrupted(tmp_pa
         assert states[1:] == ["interrupted", "interrupted"], "the queue holds one job"
     finally:
         server.stop()
-    assert "stays interrupted: the queue is full" in server.log.read_text()
+    assert "stays interrupted: the job queue is full" in server.log.read_text()
 
 
 def test_a_resume_is_checked_against_the_settings_the_service_has_now(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from hwsearch.api.catalog import (
 from hwsearch.api.connections import BodyBounds, TokenGate, bounded_h11
 from hwsearch.api.files import DataRoots
 from hwsearch.api.routes import api_router, public_router
-from hwsearch.api.service import Busy, ServiceError, drop_unused_checkpoints, upgrade_catalog
+from hwsearch.api.service import Busy, ServiceError, drop_unused_checkpoints, resume_at_start, upgrade_catalog
 from hwsearch.dispatch import Admission, JobDispatcher
 from hwsearch.store import SQLiteStore, Store, open_store
 
@@ -151,8 +151,10 @@ def create_app(
     (default: ``data_dir/files``) and reach only the operator's ``agents``;
     ``admission`` bounds the jobs it accepts.  On start-up, jobs a previous
     process left ``queued`` or ``running`` are marked ``interrupted`` (or,
-    with ``resume``, queued again); their measurements are in the store
-    either way.  ``on_stop`` runs once jobs and Ray have stopped (``hwsearch
+    with ``resume``, queued again if ``POST /jobs/{id}/resume`` would queue
+    them, else marked failed saying why); their measurements are in the store
+    either way.  Jobs whose runner still lives (a ``hwsearch search`` on the
+    same store) are left to it.  ``on_stop`` runs once jobs and Ray have stopped (``hwsearch
     serve`` removes its temp files there: uvicorn ends the process on SIGTERM
     by re-raising the signal, so code after ``uvicorn.run`` never runs).
     ``public_url`` is where clients reach the service (behind a proxy); the
@@ -166,7 +168,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        dispatcher.start(resume=resume)
+        interrupted = dispatcher.start()
+        if resume:  # each checked as a client's resume is: limits, data roots, declared agents
+            resume_at_start(dispatcher=dispatcher, catalog=app.state.catalog, roots=app.state.roots,
+                            job_ids=interrupted)
         yield
         dispatcher.stop()
         if "ray" in sys.modules and sys.modules["ray"].is_initialized():

@@ -18,12 +18,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from hwsearch.agents import AgentEndpoint, UnknownAgent, resolve_profile
+from hwsearch.agents import AgentEndpoint, UnknownAgent, operator_only_fields, resolve_profile
 from hwsearch.api.built import BuildersBusy, BuiltSupernets
 from hwsearch.api.catalog import Catalog, CatalogFull, absolute_path, valid_name
 from hwsearch.api.files import DataRoots, PathRefused, check_unpacked_size
@@ -68,6 +68,7 @@ __all__ = [
     "register_supernet",
     "registry_names",
     "resume",
+    "resume_at_start",
     "submit_profile",
     "submit_search",
     "upgrade_catalog",
@@ -843,33 +844,84 @@ def _checked_now(record: Any, dispatcher: JobDispatcher, catalog: Catalog, roots
 
 def _refused_now(spec: JobSpec | ProfileSpec, dispatcher: JobDispatcher, catalog: Catalog,
                  roots: DataRoots) -> list[str]:
-    """What in a stored job today's admission refuses: limits, input size, data roots, agents."""
+    """What in a stored job today's admission refuses: data roots, devices' reach, limits, input size.
+
+    Files and reach come first: the supernet is built, its checkpoint read, only for a job whose
+    checkpoint lies inside the data roots (a row an earlier version stored may name any file).
+    """
     admission = dispatcher.admission
-    refused = []
+    profiles = list(spec.devices) if isinstance(spec, JobSpec) else [spec.device]
+    refused = _files_refused(spec, catalog, roots)
+    for profile in profiles:
+        refused += _reach_refused(profile, dispatcher.agents)
     if isinstance(spec, JobSpec):
         refused += [f"{name}={value} is above the limit of {cap}" for name, value, cap in (
             ("n_profile", spec.n_profile, admission.max_n_profile), ("budget", spec.budget, admission.max_budget))
             if value > cap]
-        profiles, resolution = list(spec.devices), max(_supernet(spec.supernet).space.resolutions)
-    else:
-        profiles, resolution = [spec.device], int(spec.arch.get("resolution", 0))
+    if any(reason.startswith("its checkpoint") for reason in refused):
+        return refused
+    resolution = (max(_supernet(spec.supernet).space.resolutions) if isinstance(spec, JobSpec)
+                  else int(spec.arch.get("resolution", 0)))
     for profile in profiles:
         too_many = _too_many_pixels(int(profile.get("batch", 1)), resolution, admission.max_input_pixels)
         if too_many is not None:
             refused.append(f"device {profile.get('name')!r}: {too_many}")
-        where = profile.get("where") or {}
-        if where.get("kind") == "agent" and where.get("name") not in dispatcher.agents:
-            refused.append(f"device {profile.get('name')!r} measures on agent {where.get('name')!r}, "
-                           "which this service no longer declares")
-    for what, path, check in (("dataset", spec.dataset, roots.dataset),
-                              ("checkpoint", spec.supernet.checkpoint, roots.checkpoint)):
-        if path is None or (what == "checkpoint" and Path(path).parent == catalog.checkpoints):
-            continue  # an uploaded checkpoint is the service's own, not a data-root file
-        try:
-            check(path)
-        except PathRefused as error:
-            refused.append(f"its {what} {error}")
     return refused
+
+
+def _files_refused(spec: JobSpec | ProfileSpec, catalog: Catalog, roots: DataRoots | None) -> list[str]:
+    """Why a stored job's dataset and checkpoint may not be read today (outside the data roots); [] if they may."""
+    refused = [_file_refused("dataset", spec.dataset, catalog, roots),
+               _file_refused("checkpoint", spec.supernet.checkpoint, catalog, roots)]
+    return [f"its {reason}" for reason in refused if reason is not None]
+
+
+def _file_refused(what: str, path: str | None, catalog: Catalog, roots: DataRoots | None) -> str | None:
+    """Why a stored job's ``what`` (dataset or checkpoint) at ``path`` may not be read today, or None."""
+    if path is None or (what == "checkpoint" and Path(path).parent == catalog.checkpoints):
+        return None  # an uploaded checkpoint is the service's own, not a data-root file
+    if roots is None:
+        return f"{what} cannot be checked: this service has no data roots"
+    try:
+        (roots.dataset if what == "dataset" else roots.checkpoint)(path)
+    except PathRefused as error:
+        return f"{what} {error}"
+    return None
+
+
+def _reach_refused(profile: Mapping[str, Any], agents: Mapping[str, AgentEndpoint]) -> list[str]:
+    """Why a stored device would reach what the operator did not declare: a URL, token variable or file of
+    its own (a row an earlier version stored as the client sent it), or an agent no longer declared."""
+    name = profile.get("name")
+    named = operator_only_fields(profile)
+    if named:
+        return [f"device {name!r} names {', '.join(named)}, which only the operator's own profile files may"]
+    where = profile.get("where") or {}
+    if where.get("kind") == "agent" and where.get("name") not in agents:
+        return [f"device {name!r} measures on agent {where.get('name')!r}, which this service no longer declares"]
+    return []
+
+
+def resume_at_start(*, dispatcher: JobDispatcher, catalog: Catalog, roots: DataRoots,
+                    job_ids: Sequence[str]) -> None:
+    """``--resume``: queue again the jobs a dead service left, each only if :func:`resume` admits it.
+
+    At start-up they were queued unchecked: a row an earlier version stored
+    (its device's URL, token variable and reference file as the client sent
+    them) sent the service's own token to that URL.  A job refused now is
+    marked failed, saying why, and is not run; one the full queue has no room
+    for stays ``interrupted`` for a client to resume later.
+    """
+    for job_id in job_ids:
+        try:
+            resume(dispatcher=dispatcher, catalog=catalog, roots=roots, job_id=job_id)
+        except Busy as busy:
+            log.warning("job %s stays interrupted: %s", job_id, busy.message)
+        except (Conflict, NotFound) as refused:
+            log.warning("job %s is not resumed: %s", job_id, refused.message)
+            with suppress(KeyError):
+                dispatcher.store.transition_job(job_id, ("interrupted",), "failed",
+                                                error=" ".join(f"not resumed at start-up: {refused.message}".split()))
 
 
 def delete_job(*, dispatcher: JobDispatcher, catalog: Catalog, job_id: str) -> None:
@@ -954,6 +1006,7 @@ def _resolve(
     *,
     store: Store,
     catalog: Catalog,
+    roots: DataRoots | None,
     supernet: str | None,
     arch: Mapping[str, Any] | None,
     job_id: str | None,
@@ -965,7 +1018,9 @@ def _resolve(
 
     The point is named by its index or by a latency budget (``budget_ms``):
     the most accurate *measured* point within it, which for a budget the job
-    was aimed at is its per-target pick.
+    was aimed at is its per-target pick.  A point's supernet is built with the
+    checkpoint its job names, so that checkpoint must lie in today's data roots
+    (or be an upload): a row an earlier version stored may name any file.
     """
     if arch is not None:
         ref = get_supernet(catalog=catalog, name=str(supernet), field=("body", "supernet"))
@@ -979,6 +1034,10 @@ def _resolve(
     index = _point_index(fronts[device], point, budget_ms)
     chosen = points[index]
     job = JobSpec.from_dict(record.spec)
+    refused = _file_refused("checkpoint", job.supernet.checkpoint, catalog, roots)
+    if refused is not None:
+        raise Conflict(f"job {job_id!r}: its supernet.{refused}; its fronts cannot be exported or profiled "
+                       "on this service now", field=("body", "job_id"))
     return _Subnet(job.supernet, _arch(job.supernet, chosen["arch"]),
                    str(chosen.get("precision", "fp32")), job)
 
@@ -1048,7 +1107,7 @@ def export_subnet(
     """
     reading = _count_registered_checkpoint(catalog, subnet)
     try:
-        resolved = _resolve(store=store, catalog=catalog, **subnet)
+        resolved = _resolve(store=store, catalog=catalog, roots=roots, **subnet)
         return _export_resolved(catalog, roots, resolved, batch, precision, dataset, max_input_pixels)
     except CheckpointError as error:  # registered and checked once, it no longer loads (written to as read)
         raise Conflict(f"supernet {subnet.get('supernet')!r}: its checkpoint cannot be loaded now: {error}",
@@ -1246,9 +1305,9 @@ def submit_profile(
     measurement quantizes the export on ``dataset`` (or the point's job's data).
     """
     profile = _device(catalog, on, ("body", "on"))
-    _resolve(store=dispatcher.store, catalog=catalog, **subnet)  # as in submit_search: built before the lock
+    _resolve(store=dispatcher.store, catalog=catalog, roots=roots, **subnet)  # as in submit_search: built first
     with catalog.checkpoints_named():  # as in submit_search: the checkpoint stays until the record names it
-        resolved = _resolve(store=dispatcher.store, catalog=catalog, **subnet)
+        resolved = _resolve(store=dispatcher.store, catalog=catalog, roots=roots, **subnet)
         _input_fits(int(profile.get("batch", 1)), resolved.arch.resolution, dispatcher.admission.max_input_pixels,
                     ("body", "on"))
         precision, plan = _precision_and_data(resolved, roots, precision, dataset, "profile")

@@ -42,6 +42,8 @@ _KNOWN_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("hwsearch.quantize", "PrecisionError", BAD_INPUT),
     ("hwsearch.quantize_worker", "QuantizerError", FAILED),
     ("hwsearch.store", "StoreError", BAD_INPUT),
+    # Another process stopped the job this command ran (a service's cancel); the message says how it ended.
+    ("hwsearch.jobs.control", "JobCancelled", FAILED),
     # A store that fails while a command reads or writes it (disk full, locked past the timeout, or a
     # damaged file: "database disk image is malformed", a DatabaseError and OperationalError's parent);
     # opening checks for the usual problems first (StoreError), so this is the rare case.
@@ -85,6 +87,7 @@ def describe(error: BaseException) -> tuple[str, int] | None:
         return "interrupted", INTERRUPTED
     if isinstance(error, OptionError):
         return _one_line(f"error: {error} ({error.option})"), BAD_INPUT
+    error = _unwrapped(error)
     for module_name, class_name, code in _KNOWN_ERRORS:
         known = getattr(sys.modules.get(module_name), class_name, None)
         if known is not None and isinstance(error, known):
@@ -94,6 +97,13 @@ def describe(error: BaseException) -> tuple[str, int] | None:
     if isinstance(error, OSError):
         return _one_line(f"error: {_os_error_text(error)}"), FAILED
     return None
+
+
+def _unwrapped(error: BaseException) -> BaseException:
+    """The error a Ray task raised, for Ray's wrapper of it (``RayTaskError(JobCancelled)`` is also a
+    ``JobCancelled``, but its text is the task's whole traceback)."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) and isinstance(error, type(cause)) else error
 
 
 def _os_error_text(error: OSError) -> str:

@@ -69,7 +69,7 @@ def search(
 
     from hwsearch.cli._fronts import front_table, target_table
     from hwsearch.cli._inputs import prepare_folder
-    from hwsearch.jobs import JobSpec, SupernetRef
+    from hwsearch.jobs import JobSpec, SupernetRef, claim_job
     from hwsearch.results import ParetoFront
     from hwsearch.store import SQLiteStore
 
@@ -95,7 +95,8 @@ def search(
     console = Console(stderr=as_json)
     _exit_on_sigterm()
     job_id = store.create_job(spec.to_dict())
-    result = _run_with_progress(spec, store, job_id, ray_address, console)
+    runner = claim_job(store, job_id)  # at once: a service starting on the store meanwhile leaves it to us
+    result = _run_with_progress(spec, store, job_id, runner, ray_address, console)
     fronts = {name: ParetoFront.from_dict(front) for name, front in result["fronts"].items()}
     paths = {name: str(front.save(out / "fronts" / f"{name}.json"))
              for name, front in fronts.items()}
@@ -212,9 +213,13 @@ def _with_precisions(profiles: list[Any], precisions: list[str] | None) -> list[
         return [dataclasses.replace(p, precisions=tuple(precisions)) for p in profiles]
 
 
-def _run_with_progress(spec: Any, store: Any, job_id: str, ray_address: str | None,
+def _run_with_progress(spec: Any, store: Any, job_id: str, runner: str | None, ray_address: str | None,
                        console: Any) -> dict[str, Any]:
-    """Run the job; show the progress it records in the store as a bar."""
+    """Run the job under ``runner``'s claim; show the progress it records in the store as a bar.
+
+    A job another process stops (a service's cancel) ends the command with
+    one line (:class:`~hwsearch.jobs.JobCancelled`, in :mod:`hwsearch.cli._errors`).
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hwsearch.jobs import run_job_watched
@@ -224,7 +229,7 @@ def _run_with_progress(spec: Any, store: Any, job_id: str, ray_address: str | No
                   TextColumn("{task.description}"), console=console) as bar:
         task = bar.add_task("starting", total=1.0, step="search")
         return run_job_watched(
-            spec, store=store, job_id=job_id, ray_address=ray_address,
+            spec, store=store, job_id=job_id, ray_address=ray_address, runner=runner,
             progress=lambda step, fraction, message: bar.update(
                 task, completed=fraction, step=step, description=message))
 

@@ -3,8 +3,8 @@
 The operator decides here what clients can make the server do: which
 directories they may name files in (``--data-root``), which edge agents exist
 (``--agent NAME=URL``, tokens from a secrets file or the environment), and
-how much work is admitted.  One service owns its data directory (a lock file
-says so); on start it ends whatever Ray processes a killed predecessor on the
+how much work is admitted.  One service owns its store and its data directory
+(lock files say so); on start it ends whatever Ray processes a killed predecessor on the
 same directory left behind, and the temp files (exported subnets) it could
 not remove, and says so.
 """
@@ -127,9 +127,10 @@ def serve(
         agents = load_agents(agent or [], secrets_file=agent_secrets)
     except (OSError, ValueError) as error:
         raise typer.BadParameter(str(error), param_hint="--agent") from None
+    store_lock = _own_store(store)  # held (open) until the process ends, as is the data directory's
     data_dir = data_dir or default_data_dir(store)
     data_dir.mkdir(parents=True, exist_ok=True)
-    lock = _own(data_dir)  # held (open) until the process ends
+    lock = _own(data_dir)
     _prepare_ray(data_dir, local=ray_address is None)
     temp_files = _own_temp_files(data_dir)
     app = create_app(
@@ -154,6 +155,7 @@ def serve(
                     ssl_keyfile=None if ssl_keyfile is None else str(ssl_keyfile))
     finally:
         lock.close()
+        store_lock.close()
 
 
 def _is_loopback(host: str) -> bool:
@@ -177,6 +179,28 @@ def _check_certificate(certfile: Path, keyfile: Path) -> None:
     except (OSError, ssl.SSLError) as error:
         raise typer.BadParameter(f"cannot use {certfile} with {keyfile}: {error}",
                                  param_hint="--ssl-certfile") from None
+
+
+def _own_store(store: Path) -> IO[str]:
+    """Take the store's service lock, or stop with one line naming ``--store``.
+
+    Two services on one store each run a queue of its jobs (and a second one's
+    ``--data-dir`` lock is another file): only one may serve it.  The lock is
+    ``serve.lock`` among the store's runner locks (:mod:`hwsearch.jobs.runners`).
+    """
+    from hwsearch.cli._errors import OptionError
+    from hwsearch.jobs.runners import runners_folder
+
+    folder = runners_folder(store)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    handle = open(folder / "serve.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise OptionError("--store", f"another hwsearch serve is using {store}; stop it first, or serve "
+                                     "another store") from None
+    return handle
 
 
 def _own(data_dir: Path) -> IO[str]:

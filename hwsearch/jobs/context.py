@@ -67,8 +67,12 @@ class DeviceChanged(RuntimeError):
     """A job's device no longer measures as the identity its rows are filed under."""
 
 
-def job_device(data: Mapping[str, Any], agents: Mapping[str, AgentEndpoint]) -> JobDevice:
-    """Resolve stored profile data (maybe naming a declared agent) into a :class:`JobDevice`."""
+def job_device(data: Mapping[str, Any], agents: Mapping[str, AgentEndpoint] | None) -> JobDevice:
+    """Resolve stored profile data (maybe naming a declared agent) into a :class:`JobDevice`.
+
+    ``agents`` as :func:`~hwsearch.agents.resolve_profile` takes them: None for
+    the operator's own profiles, the service's table for anything it runs.
+    """
     from devices import open_profiler
 
     profile, token = resolve_profile(data, agents)

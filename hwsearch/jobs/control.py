@@ -16,10 +16,10 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-import uuid
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
+from hwsearch.jobs.runners import new_runner_token, remove_dead_leases, runner_alive
 from hwsearch.store import ACTIVE_STATES, TERMINAL_STATES, Store
 
 __all__ = ["ACTIVE_STATES", "Control", "JobCancelled", "ProgressFn", "TERMINAL_STATES", "WaitRelay",
@@ -60,8 +60,8 @@ class Control:
             record = self.store.get_job(self.job_id)
         except KeyError:  # deleted after a cancel, before this runner noticed the cancel
             return f"job {self.job_id} was deleted"
-        if record.state != "running":
-            return f"job {self.job_id} is {record.state}"
+        if record.state != "running":  # the stored error says who stopped it and why, where someone said
+            return f"job {self.job_id} is {record.state}" + (f": {record.error}" if record.error else "")
         if record.runner != self.runner:
             return f"job {self.job_id} was taken over by another runner"
         return None
@@ -136,9 +136,10 @@ def start_job(store: Store, job_id: str, runner: str | None = None) -> Control:
     checked and written in one step, so a cancel that comes while the runner starts is never undone.
     ``runner``: the token the dispatcher claimed the job with for this task (:func:`claim_job`; a
     retry of the task carries the same one), so the task starts only while the claim is still its
-    own; a stale task never takes over from a newer one.  Without it a fresh token takes over.
+    own; a stale task never takes over from a newer one.  Without it a fresh token takes over, naming
+    this process's lease (:mod:`hwsearch.jobs.runners`), so recovery knows the job lives while this process does.
     """
-    token = runner or uuid.uuid4().hex
+    token = runner or new_runner_token(store)
     expected = {} if runner is None else {"expect_runner": runner}
     if not store.transition_job(job_id, ACTIVE_STATES, "running", error=None, runner=token, **expected):
         raise JobCancelled(Control(store, job_id, token).reason_to_stop() or f"job {job_id} changed")
@@ -146,8 +147,11 @@ def start_job(store: Store, job_id: str, runner: str | None = None) -> Control:
 
 
 def claim_job(store: Store, job_id: str) -> str | None:
-    """Claim a queued job for one task: write a new runner token; None if the job is no longer queued."""
-    token = uuid.uuid4().hex
+    """Claim a queued job for one task: write a new runner token; None if the job is no longer queued.
+
+    The token names this process's lease (:mod:`hwsearch.jobs.runners`): the task runs this process's claim.
+    """
+    token = new_runner_token(store)
     try:
         return token if store.transition_job(job_id, ("queued",), "queued", runner=token) else None
     except KeyError:
@@ -225,10 +229,18 @@ def interrupt_job(store: Store, job_id: str, reason: str) -> bool:
 def recover_jobs(*, store: Store) -> list[str]:
     """After a restart: jobs a dead process left active are marked ``interrupted``.
 
-    Their measurements are in the store, so a resume continues from them.
-    Returns the ids that were touched.
+    Only jobs whose runner is gone (:func:`~hwsearch.jobs.runners.runner_alive`):
+    a ``hwsearch search`` running on the store meanwhile keeps its job.  Each
+    job is marked only if its runner is still the one found dead, in the same
+    write, so a job a live process claimed meanwhile is left to it.  Their
+    measurements are in the store, so a resume continues from them.  Returns
+    the ids that were touched.
     """
     reason = ("the service stopped while this job was active; "
               "its measurements are kept and a resume continues from them")
-    return [record.job_id for record in store.jobs_in_states(ACTIVE_STATES)
-            if store.transition_job(record.job_id, ACTIVE_STATES, "interrupted", error=reason)]
+    orphans = [record for record in store.jobs_in_states(ACTIVE_STATES) if not runner_alive(store, record.runner)]
+    touched = [record.job_id for record in orphans
+               if store.transition_job(record.job_id, ACTIVE_STATES, "interrupted", expect_runner=record.runner,
+                                       error=reason)]
+    remove_dead_leases(store)
+    return touched

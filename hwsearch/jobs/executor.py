@@ -51,7 +51,8 @@ def run_profile(spec: ProfileSpec, *, store: Store, job_id: str,
                 agents: Mapping[str, AgentEndpoint] | None = None, runner: str | None = None) -> dict[str, Any]:
     """Export one subnet and measure it on one device; the measurement goes into the store.
 
-    ``agents`` are the operator's declared agents, for a device that names one; ``runner`` the
+    ``agents`` are the service's declared agents, for a device that names one (None: the profile is the
+    operator's own file, used as written; :func:`~hwsearch.agents.resolve_profile`); ``runner`` the
     token a dispatcher claimed the job with (:func:`~hwsearch.jobs.control.start_job`).  Waits
     for the host (the export's compute behind other sessions, then the session's turn) show in
     the job's progress.
@@ -63,7 +64,7 @@ def run_profile(spec: ProfileSpec, *, store: Store, job_id: str,
     with control.failing():
         net = build_supernet(spec.supernet)
         arch = net.space.from_dict(spec.arch)
-        device = job_device(spec.device, agents or {})
+        device = job_device(spec.device, agents)
         profiler, key = _profiler_at(device, spec, net)
         control.step("export", 0.1, arch.key())
         with owned_temp_dir("profile") as tmp:
@@ -125,7 +126,8 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
     measure their accuracy once for all devices, fit the predictors and
     record their held-out quality, then refine every device's front in
     parallel Ray tasks with up to ``budget`` more real measurements each.
-    ``agents`` are the operator's declared agents, for devices that name one; ``runner`` the
+    ``agents`` are the service's declared agents, for devices that name one (None: the profiles are the
+    operator's own files, used as written; :func:`~hwsearch.agents.resolve_profile`); ``runner`` the
     token a dispatcher claimed the job with (:func:`~hwsearch.jobs.control.start_job`).
     """
     from hwsearch.ray_session import init_ray
@@ -134,7 +136,7 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
     with control.failing():
         init_ray(ray_address)  # before any stage that uses Ray, so all of them join ``ray_address``
         control.step("prepare", 0.0, f"building {spec.supernet.name}")
-        job = _prepare(spec, store=store, job_id=job_id, agents=agents or {})
+        job = _prepare(spec, store=store, job_id=job_id, agents=agents)
         reports = profile_devices(control, job)
         accuracies = evaluate_accuracy(control, job)
         accuracy, searches, quality = fit_predictors(control, job, spec, accuracies)
@@ -143,7 +145,7 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
 
 
 def _prepare(spec: JobSpec, *, store: Store, job_id: str,
-             agents: Mapping[str, AgentEndpoint]) -> JobContext:
+             agents: Mapping[str, AgentEndpoint] | None) -> JobContext:
     """Build the supernet, resolve the devices, open the data and pick the initial subnets.
 
     A folder is streamed, not loaded; the accuracy store key covers the
@@ -164,7 +166,7 @@ def _prepare(spec: JobSpec, *, store: Store, job_id: str,
 
 
 def run_job_watched(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None = None,
-                    progress: ProgressFn | None = None, poll_seconds: float = 0.2
+                    progress: ProgressFn | None = None, poll_seconds: float = 0.2, runner: str | None = None
                     ) -> dict[str, Any]:
     """:func:`run_job` in a worker thread, relaying every progress event to ``progress``.
 
@@ -182,6 +184,8 @@ def run_job_watched(spec: JobSpec, *, store: Store, job_id: str, ray_address: st
     handler raises ``SystemExit`` in this thread) or Ctrl-C is ``interrupted``,
     as the service marks a job it stopped, so a later run resumes it from the
     store.  Before, a ``hwsearch search`` killed so left its job ``running`` for ever.
+    ``runner``: the token the caller claimed the job with (:func:`~hwsearch.jobs.control.claim_job`),
+    so that while Ray starts the job is already this live process's, not an orphan's.
     """
     from hwsearch.ray_session import init_ray
 
@@ -192,7 +196,7 @@ def run_job_watched(spec: JobSpec, *, store: Store, job_id: str, ray_address: st
             record_failure(store, job_id, error, only_from=("queued",))
             raise
         return _watch(spec, store=store, job_id=job_id, ray_address=ray_address, progress=progress,
-                      poll_seconds=poll_seconds)
+                      poll_seconds=poll_seconds, runner=runner)
     except (KeyboardInterrupt, SystemExit):
         interrupt_job(store, job_id, "its process was stopped (SIGTERM or Ctrl-C) while it ran; "
                                      "its measurements are kept and a resume continues from them")
@@ -200,13 +204,13 @@ def run_job_watched(spec: JobSpec, *, store: Store, job_id: str, ray_address: st
 
 
 def _watch(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None,
-           progress: ProgressFn | None, poll_seconds: float) -> dict[str, Any]:
+           progress: ProgressFn | None, poll_seconds: float, runner: str | None) -> dict[str, Any]:
     """:func:`run_job_watched`'s thread and relay, once Ray is up."""
     outcome: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            outcome["result"] = run_job(spec, store=store, job_id=job_id, ray_address=ray_address)
+            outcome["result"] = run_job(spec, store=store, job_id=job_id, ray_address=ray_address, runner=runner)
         except BaseException as error:  # re-raised in the caller's thread below
             outcome["error"] = error
 

@@ -1,0 +1,136 @@
+"""A service starting on a store takes over only the jobs whose runner is really gone.
+
+Before, ``hwsearch serve`` marked every active job of its store
+``interrupted`` at start-up: a ``hwsearch search`` running on that store lost
+its job within 3 s, with a false "the service stopped" and an 87-line
+traceback, and a second service on the store did the same to the first one's
+jobs.  Each runner process now holds a lock file beside the store while it
+lives (:mod:`hwsearch.jobs.runners`).  Real processes, real SQLite files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hwsearch.store import SQLiteStore
+from tests._jobs import fast_device, random_dataset
+from tests._server import Server, free_port
+
+RUNNER = """
+import sys, time
+from hwsearch.jobs.control import start_job
+from hwsearch.store import SQLiteStore
+start_job(SQLiteStore(sys.argv[1]), sys.argv[2])
+print("running", flush=True)
+time.sleep(600)
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
+            **extra}
+
+
+def _runner(store: SQLiteStore, job_id: str) -> subprocess.Popen[str]:
+    """Another process that runs ``job_id`` (started as any runner starts) until it is killed."""
+    process = subprocess.Popen([sys.executable, "-c", RUNNER, str(store.path), job_id], env=_env(),
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "running"
+    return process
+
+
+def test_recovery_interrupts_the_job_of_a_killed_runner_and_leaves_a_live_ones(tmp_path: Path) -> None:
+    from hwsearch.jobs import recover_jobs
+    from hwsearch.jobs.runners import runners_folder
+
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    alive_job, dead_job = store.create_job({"kind": "search"}), store.create_job({"kind": "search"})
+    alive, dead = _runner(store, alive_job), _runner(store, dead_job)
+    try:
+        dead.kill()  # SIGKILL: it removes nothing, its lock goes with it
+        dead.wait(timeout=30)
+        assert recover_jobs(store=store) == [dead_job]
+        assert store.get_job(alive_job).state == "running" and store.get_job(alive_job).error is None
+        assert store.get_job(dead_job).state == "interrupted"
+        assert len(list(runners_folder(store.path).glob("*.lock"))) == 1, "the dead runner's lock file was kept"
+    finally:
+        alive.kill()
+        alive.wait(timeout=30)
+    assert recover_jobs(store=store) == [alive_job], "once its runner is gone, its job is an orphan too"
+
+
+def test_a_second_serve_on_a_store_in_use_refuses_in_one_line_naming_store(tmp_path: Path) -> None:
+    """Even with a data directory of its own: before, it started and interrupted the first one's jobs."""
+    store = tmp_path / "store.sqlite"
+    first = Server(store).start()
+    try:
+        second = subprocess.Popen([sys.executable, "-m", "hwsearch.cli.main", "serve", "--store", str(store),
+                                   "--data-dir", str(tmp_path / "other.data"), "--port", str(free_port())],
+                                  env=_env(HWSEARCH_TOKEN="another-token"), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            _, stderr = second.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(second.pid, signal.SIGKILL)
+            second.communicate(timeout=30)
+            pytest.fail("a second hwsearch serve started on a store another one serves")
+    finally:
+        first.stop()
+    assert second.returncode == 2, stderr[-3000:]
+    assert stderr.strip().splitlines() == [f"error: another hwsearch serve is using {store}; stop it first, or "
+                                           "serve another store (--store)"], stderr[-3000:]
+
+
+def _job(store: Path) -> tuple[str, str] | None:
+    """The one job's (id, state) in a search's store, once it has one."""
+    if not store.exists():
+        return None
+    jobs = SQLiteStore(store).list_jobs()
+    return (jobs[0].job_id, jobs[0].state) if jobs else None
+
+
+def test_a_service_started_on_a_searchs_store_leaves_its_job_and_a_cancel_ends_it_in_one_line(
+        tmp_path: Path, short_temp_dir: Path) -> None:
+    """The reported case: ``hwsearch serve`` on a running ``hwsearch search``'s store, then a cancel from it."""
+    device = tmp_path / "fast.json"
+    device.write_text(json.dumps(fast_device("cpu-1t")))
+    out = tmp_path / "out"
+    search = subprocess.Popen(
+        [sys.executable, "-m", "hwsearch.cli.main", "search", "--supernet", "demo_mbv3_mnist", "--device",
+         str(device), "--data", str(random_dataset(tmp_path / "val.npz")), "--n-profile", "24", "--budget", "6",
+         "--out", str(out)], env=_env(TMPDIR=str(short_temp_dir)), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    server = None
+    try:
+        deadline = time.monotonic() + 240
+        while (job := _job(out / "store.db")) is None or job[1] != "running":
+            assert search.poll() is None, search.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the search's job never started"
+            time.sleep(0.5)
+        job_id = job[0]
+        runner = SQLiteStore(out / "store.db").get_job(job_id).runner
+        server = Server(out / "store.db").start()
+        with server.client() as client:
+            time.sleep(5)  # the old start had marked it interrupted within 3 s
+            record = client.get(f"/jobs/{job_id}").json()
+            assert (record["state"], record["error"]) == ("running", None), record
+            assert SQLiteStore(out / "store.db").get_job(job_id).runner == runner, "the search's claim was taken"
+            assert client.post(f"/jobs/{job_id}/cancel").json()["state"] == "cancelled"
+        _, stderr = search.communicate(timeout=180)
+    finally:
+        if search.poll() is None:
+            os.killpg(search.pid, signal.SIGKILL)
+            search.wait(timeout=30)
+        if server is not None:
+            server.stop()
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert search.returncode == 1, (search.returncode, stderr[-3000:])
+    assert stderr.strip().splitlines()[-1] == f"error: job {job_id} is cancelled", stderr[-3000:]
