@@ -106,7 +106,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from devices.local import describe_machine, measure_model_bytes
+from devices.network import is_loopback
 from devices.ort import ModelInputError, bound_session_memory, require_threads_here, validate_onnx_bytes
+from devices.plain import dumps
 from devices.profile import DeviceProfile, ProfileError
 from devices.protocol import SessionOverrun
 
@@ -665,10 +667,14 @@ class AgentHandler(BaseHTTPRequestHandler):
         return body
 
     def _send_json(self, status: HTTPStatus, payload: Any) -> None:
-        """Answer; an unread body means the connection cannot carry another request, so close it."""
+        """Answer; an unread body means the connection cannot carry another request, so close it.
+
+        Standard JSON (:func:`devices.plain.dumps`): a row's ratio_ci of inf (no CI) or latency of NaN
+        goes as null, which the client reads back; ``Infinity`` is refused by other JSON readers.
+        """
         if self._body_unread:
             self.close_connection = True
-        body = json.dumps(payload).encode()
+        body = dumps(payload).encode()
         self.connection.settimeout(self.timeout)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -900,6 +906,9 @@ def serve(
     tls = _tls_context(ssl_certfile, ssl_keyfile)
     server = AgentServer((host, port), state, tls)
     scheme = "http" if tls is None else "https"
+    if tls is None and not is_loopback(host):
+        print(f"warning: serving plain HTTP on {host}: clients' token crosses the network in clear; "
+              "give --ssl-certfile and --ssl-keyfile", file=sys.stderr, flush=True)
     print(f"devices agent listening on {scheme}://{host}:{server.server_address[1]} (state in {state_path})",
           flush=True)
     try:

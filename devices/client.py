@@ -18,7 +18,12 @@ before it is returned (:func:`_row_problem`): times that a session can
 produce (positive, finite, at most :data:`MAX_ROW_MS`), a latency that is
 a number wherever the row says it is stable, and the device, host and
 runtime the client filed it under.  A fake agent's -5 ms and infinite
-latencies were stored as stable rows.
+latencies were stored as stable rows.  A row's ``env`` holds only the
+fields a session records, each of its kind and bounded (:data:`_ENV_FIELDS`):
+a fake agent's terminal codes and ``</script>`` in ``env.note`` were served
+to every client.  Whatever an agent says that ends up in an error is shown
+printable (:class:`AgentError`), and its traffic ignores the environment's
+proxies (:func:`_client_options`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import json
 import math
 import os
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -37,6 +43,7 @@ from typing import Any, NamedTuple
 
 from devices.calibration import MAX_REFERENCE_MS, plausible_ms
 from devices.measure import Measurement
+from devices.plain import is_printable, printable
 from devices.profile import DeviceProfile
 from devices.protocol import ProgressFn
 
@@ -46,10 +53,23 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 _BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: Longest time a row may report: no inference a session keeps runs ten minutes.
 MAX_ROW_MS = MAX_REFERENCE_MS
+#: The longest error message made of what an agent said, and the most of its detail quoted in one.
+MAX_ERROR_CHARS = 2000
+_MAX_DETAIL_CHARS = 500
 
 
 class AgentError(RuntimeError):
-    """The agent refused the request, or stayed unreachable through every retry."""
+    """The agent refused the request, or stayed unreachable through every retry.
+
+    The message often quotes the agent (its error's detail, a row's value),
+    and reaches the user's terminal, a job's record and the server's log: an
+    agent's detail of terminal codes retitled and cleared the terminal and
+    overwrote the error with "all good".  So it is made printable and bounded
+    here, once for every message (:func:`devices.plain.printable`).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(printable(message, MAX_ERROR_CHARS))
 
 
 class AgentClient:
@@ -159,7 +179,7 @@ class AgentClient:
             else:
                 if status < 500:
                     return _answer(status, body, method, path)
-                last_problem = f"HTTP {status}: {body[:300].decode(errors='replace')}"
+                last_problem = f"HTTP {status}: {body[:_MAX_DETAIL_CHARS].decode(errors='replace')}"
             if attempt + 1 < attempts:
                 time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
         raise AgentError(f"{method} {self.base_url}{path} failed after {attempts} attempts; last: {last_problem}")
@@ -184,7 +204,7 @@ def _rows_from(answer: dict[str, Any], model_shas: list[str], url: str, profile:
     if not isinstance(rows, list) or len(rows) != len(model_shas):
         raise AgentError(f"agent {url} answered without one measurement per model ({len(model_shas)})")
     try:
-        measurements = [Measurement.from_dict(row) for row in rows]
+        measurements = [Measurement.from_dict(_from_wire(row)) for row in rows]
     except TypeError as error:  # missing or unknown fields, or a row that is not an object
         raise AgentError(f"agent {url} answered a malformed measurement: {error}") from None
     for sha, m in zip(model_shas, measurements):
@@ -194,6 +214,18 @@ def _rows_from(answer: dict[str, Any], model_shas: list[str], url: str, profile:
         if problem is not None:
             raise AgentError(f"agent {url} answered an impossible measurement for model {sha[:12]}: {problem}")
     return measurements
+
+
+#: What null means in a row on the wire, which is standard JSON (:func:`devices.plain.dumps`): a null
+#: ``latency_ms`` or ``ratio`` is none (NaN here, in a row that is not stable), a null ``ratio_ci`` no CI (inf).
+_NULL_MEANS = {"latency_ms": math.nan, "ratio": math.nan, "ratio_ci": math.inf}
+
+
+def _from_wire(row: Any) -> Any:
+    """A row as the agent sent it, with its nulls read as :data:`_NULL_MEANS` says."""
+    if not isinstance(row, dict):
+        return row
+    return {**row, **{name: meaning for name, meaning in _NULL_MEANS.items() if name in row and row[name] is None}}
 
 
 def _well_formed(m: Measurement, sha: str) -> bool:
@@ -215,6 +247,9 @@ def _row_problem(m: Measurement, profile: DeviceProfile, expected: _Expected) ->
     the one the client files it under: an agent replaced or upgraded since
     it described itself measures as another device.
     """
+    problem = _env_problem(m.env)
+    if problem is not None:
+        return problem
     for name in _RAW_MS_FIELDS:
         value = float(getattr(m, name))
         if not 0.0 <= value <= MAX_ROW_MS or (name == "median_ms" and value == 0.0):
@@ -238,6 +273,80 @@ def _row_problem(m: Measurement, profile: DeviceProfile, expected: _Expected) ->
             or profile.identity(host, version) != expected.device_key:
         return (f"it was measured on host {host!r} with {profile.runtime} {version!r}, not on the host and runtime "
                 "the agent described (it was replaced or upgraded since)")
+    return None
+
+
+#: The most characters of a text in a row's env, and the most items of a list or object there.
+_MAX_ENV_TEXT = 256
+_MAX_ENV_ITEMS = 64
+
+
+def _text(value: Any) -> bool:
+    """A short printable string, or None (unknown)."""
+    return value is None or (isinstance(value, str) and len(value) <= _MAX_ENV_TEXT and is_printable(value))
+
+
+def _number(value: Any) -> bool:
+    """A finite number, or None (unknown, or not finite: the wire has no NaN or infinity)."""
+    return value is None or (_is_number(value) and math.isfinite(value))
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**9
+
+
+def _flag(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _texts(value: Any) -> bool:
+    return isinstance(value, list) and len(value) <= _MAX_ENV_ITEMS and all(v is not None and _text(v) for v in value)
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and len(value) <= _MAX_ENV_ITEMS and all(_number(v) for v in value)
+
+
+def _shapes(value: Any) -> bool:
+    """The model's inputs: name -> list of dimensions."""
+    return isinstance(value, dict) and len(value) <= _MAX_ENV_ITEMS and all(
+        _text(name) and isinstance(dims, list) and len(dims) <= 16 and all(_count(d) for d in dims)
+        for name, dims in value.items())
+
+
+def _settings(value: Any) -> bool:
+    """The profile's protocol: name -> a number, flag, text or null."""
+    return isinstance(value, dict) and len(value) <= _MAX_ENV_ITEMS and all(
+        _text(name) and (_flag(v) or _number(v) or _text(v)) for name, v in value.items())
+
+
+#: The fields of a row's env, as a session records them (``devices.local._environment`` and
+#: ``_to_measurement``), each with the check of its value.  An agent's row is stored and served to
+#: every client, so nothing else is taken from it.
+_ENV_FIELDS: dict[str, Any] = {
+    "host_fingerprint": _text, "runtime": _text, "runtime_version": _text, "onnxruntime": _text,
+    "provider": _text, "providers": _texts, "clock": _text, "intra_op_threads": _count,
+    "inter_op_threads": _count, "batch": _count, "cpu": _text, "hostname": _text,
+    "load_average_before": _numbers, "load_average_after": _numbers, "foreign_cpu_cores": _number,
+    "session_start": _number, "session_end": _number, "lock_wait_s": _number, "lock_lost": _flag,
+    "profile_name": _text, "profile_hash": _text, "reference_sha256": _text, "reference_ms": _number,
+    "reference_source": _text, "session_reference_ms": _number, "reference_drift": _number,
+    "host_fastest_reference_ms": _number, "reference_slowdown": _number, "max_reference_slowdown": _number,
+    "reference_median_ms": _number, "reference_runs": _count, "reference_jumps_dropped": _count,
+    "rounds": _count, "session_models": _count, "session_seconds": _number, "protocol": _settings,
+    "loads_per_model": _count, "ratio_low": _number, "ratio_samples_kept": _count, "input_shape": _shapes,
+    "unstable_reasons": _texts,
+}
+
+
+def _env_problem(env: dict[str, Any]) -> str | None:
+    """The first env field that a session does not record, or records otherwise; None if there is none."""
+    for name, value in env.items():
+        check = _ENV_FIELDS.get(name)
+        if check is None:
+            return f"its env holds {printable(repr(name), 80)}, which no session records"
+        if not check(value):
+            return f"env.{name} is {printable(repr(value), 80)}"
     return None
 
 
@@ -298,7 +407,7 @@ def _bounded_exchange(method: str, url: str, *, timeout: Any, **kwargs: Any) -> 
 
     deadline = _Deadline(timeout.read)
     try:
-        with deadline, httpx.Client(timeout=timeout) as client, \
+        with deadline, httpx.Client(timeout=timeout, trust_env=False, verify=_verification()) as client, \
                 client.stream(method, url, extensions={"trace": deadline.trace}, **kwargs) as response:
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
@@ -314,6 +423,19 @@ def _bounded_exchange(method: str, url: str, *, timeout: Any, **kwargs: Any) -> 
     except httpx.TransportError:
         deadline.check()  # the shut socket's error is the deadline's
         raise
+
+
+def _verification() -> ssl.SSLContext:
+    """What an agent's certificate is checked against: the system's CAs, or those ``SSL_CERT_FILE`` and
+    ``SSL_CERT_DIR`` name.
+
+    Exchanges ignore the environment (``trust_env=False``): a proxy set there
+    for pip received the agent's token and the models.  That also stops
+    httpx reading ``SSL_CERT_FILE``, which is how an operator trusts a
+    self-signed agent (docs/service.md), so the two are read here.
+    """
+    return ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or None,
+                                      capath=os.environ.get("SSL_CERT_DIR") or None)
 
 
 _CONNECTED = ("connection.connect_tcp.complete", "connection.start_tls.complete")
@@ -376,7 +498,7 @@ def _answer(status: int, body: bytes, method: str, path: str) -> dict[str, Any]:
     try:
         payload = json.loads(body)
     except ValueError:
-        payload = {"detail": body[:300].decode(errors="replace")}
+        payload = {"detail": body[:_MAX_DETAIL_CHARS].decode(errors="replace")}
     if status < 400:
         if not isinstance(payload, dict):
             raise AgentError(f"{method} {path} answered something other than a JSON object")
@@ -384,7 +506,7 @@ def _answer(status: int, body: bytes, method: str, path: str) -> dict[str, Any]:
     detail = payload.get("detail") if isinstance(payload, dict) else payload
     if status == 404 and isinstance(detail, dict) and "missing_models" in detail:
         raise _MissingModels(detail["missing_models"])
-    raise AgentError(f"{method} {path} answered HTTP {status}: {detail}")
+    raise AgentError(f"{method} {path} answered HTTP {status}: {printable(str(detail), _MAX_DETAIL_CHARS)}")
 
 
 def _token_from_env(profile: DeviceProfile) -> str:

@@ -13,6 +13,7 @@ the moment of measuring; the token never enters a stored job.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -21,7 +22,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from devices.network import is_loopback
+
 __all__ = ["AgentEndpoint", "UndeclaredReach", "UnknownAgent", "load_agents", "operator_only_fields", "resolve_profile"]
+
+log = logging.getLogger(__name__)
 
 _AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -87,7 +92,20 @@ def load_agents(declared: list[str], *, secrets_file: Path | None = None,
             raise ValueError(f"agent {name!r} has no token: put it in the secrets file or in "
                              f"${token_variable(name)}")
         agents[name] = AgentEndpoint(name=name, url=url.rstrip("/"), token=token)
+        _warn_if_in_clear(agents[name])
     return agents
+
+
+def _warn_if_in_clear(agent: AgentEndpoint) -> None:
+    """Warn when the agent's token would cross the network unencrypted: a plain ``http://`` URL to another machine.
+
+    On the log, which is stderr until a server sets it up.
+    """
+    parts = urlsplit(agent.url)
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        log.warning("warning: agent %s is reached over plain HTTP (%s): its token and the models cross the "
+                    "network in clear; serve the agent with --ssl-certfile and --ssl-keyfile and declare "
+                    "an https:// URL", agent.name, agent.url)
 
 
 def operator_only_fields(data: Mapping[str, Any]) -> list[str]:

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import html
 import io
 import json
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from devices.plain import dumps
 from hwsearch.anchor import in_current_norm
+from hwsearch.filenames import file_stem
 from hwsearch.quantize import precision_key
 from hwsearch.results import Candidate, ParetoFront, measurement_label
 from hwsearch.store import SQLiteStore, Store
@@ -140,17 +140,19 @@ def write_job_dir(out: str | Path, *, store: Store, job_id: str) -> Path:
     """Write a finished job as files: one front JSON per device plus ``job.json``.
 
     ``job.json`` carries the spec, the result summary and the measurements,
-    so :func:`from_dir` rebuilds the full report without the store.
+    so :func:`from_dir` rebuilds the full report without the store.  Both
+    are standard JSON: a value with no finite number, such as a row's
+    ``ratio_ci`` where no CI could be made, is null (readers show it as unknown).
     """
     data = from_store(store, job_id)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for device, front in data.fronts.items():
-        front.save(out / f"front-{device}.json")
-    (out / _JOB_FILE).write_text(json.dumps({
+        front.save(out / f"front-{file_stem(device)}.json")
+    (out / _JOB_FILE).write_text(dumps({
         "title": data.title, "spec": dict(data.settings), "predictors": dict(data.predictors),
         "measurements": {d: list(rows) for d, rows in data.measurements.items()},
-    }, indent=2, default=str))
+    }, indent=2, default=str), encoding="utf-8")
     return out
 
 
@@ -270,6 +272,11 @@ _LABELS = {"latency_ms": "latency (ms)", "accuracy": "top-1 accuracy", "params":
            "macs": "MACs"}
 
 
+def _literal(name: str) -> str:
+    """``name`` as matplotlib should draw it: a ``$`` pair is math text to it, and ``cpu$\\x$`` crashed the report."""
+    return name.replace("$", r"\$")
+
+
 def _figure_png(draw: Any, xlabel: str, ylabel: str, title: str) -> bytes:
     import matplotlib
 
@@ -279,8 +286,8 @@ def _figure_png(draw: Any, xlabel: str, ylabel: str, title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     try:
         draw(ax)
-        ax.set_xlabel(_LABELS.get(xlabel, xlabel))
-        ax.set_ylabel(_LABELS.get(ylabel, ylabel))
+        ax.set_xlabel(_literal(_LABELS.get(xlabel, xlabel)))
+        ax.set_ylabel(_literal(_LABELS.get(ylabel, ylabel)))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
@@ -299,7 +306,7 @@ def _device_plot(device: str, front: ParetoFront, rows: Sequence[Mapping[str, An
     x, y = _axes_metrics(front)
     return _figure_png(lambda ax: _plot_front(ax, front, rows, _COLORS[0], label="Pareto front",
                                               background=True),
-                       x, y, f"{device}: {len(front.points)} Pareto-optimal subnets")
+                       x, y, f"{_literal(device)}: {len(front.points)} Pareto-optimal subnets")
 
 
 def _overview_plot(fronts: Mapping[str, ParetoFront]) -> bytes:
@@ -308,7 +315,7 @@ def _overview_plot(fronts: Mapping[str, ParetoFront]) -> bytes:
 
     def draw(ax: Any) -> None:
         for i, (device, front) in enumerate(sorted(fronts.items())):
-            _plot_front(ax, front, (), _COLORS[i % len(_COLORS)], label=device, background=False)
+            _plot_front(ax, front, (), _COLORS[i % len(_COLORS)], label=_literal(device), background=False)
 
     return _figure_png(draw, x, y, "Pareto fronts across devices")
 
@@ -341,11 +348,16 @@ def _front_table(front: ParetoFront) -> str:
              ["latency measured how"] + [f"{m} predicted ± sd" for m in metrics] + ["MACs", "params"]
     rows = []
     for i, p in enumerate(front.points):
-        predicted = [f"{p.predicted[m]:.4g} ± {p.spread.get(m, 0.0):.2g}" if m in p.predicted
+        predicted = [_predicted(p.predicted[m], p.spread.get(m, 0.0)) if m in p.predicted
                      else None for m in metrics]
         rows.append([i, p.arch.key(), p.precision, *[p.measured.get(m) for m in metrics],
                      measurement_label(p.latency_conditions), *predicted, p.macs, p.params])
     return _table(header, rows)
+
+
+def _predicted(value: float, sd: float | None) -> str:
+    """A prediction with its spread; a spread saved as null (not finite) is left out."""
+    return f"{value:.4g}" if sd is None else f"{value:.4g} ± {sd:.2g}"
 
 
 def _summary_table(fronts: Mapping[str, ParetoFront]) -> str:
@@ -433,21 +445,6 @@ def _html(data: ReportData, device_pngs: Mapping[str, bytes], overview: bytes) -
             f"</title><style>{_STYLE}</style></head><body>{body}</body></html>")
 
 
-def _file_stem(device: str) -> str:
-    """A file name for a device's plot that stays in the report's folder whatever the device is called.
-
-    A device name comes from a front file or a profile; used as it is,
-    ``"../x"`` wrote ``pareto-../x.png`` outside ``--out``.  Other characters
-    than letters, digits, ``.``, ``_`` and ``-`` become ``_``, and a name
-    that changed (or starts with a dot) gets its hash, so two devices never
-    share a file.
-    """
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", device)[:80]
-    if stem == device and not stem.startswith("."):
-        return stem
-    return f"{stem.lstrip('.')}-{hashlib.sha256(device.encode()).hexdigest()[:8]}"
-
-
 def build_report(data: ReportData, out: str | Path) -> dict[str, Path]:
     """Write ``<device>.png`` per device and ``report.html``; returns what was written."""
     out = Path(out)
@@ -456,10 +453,10 @@ def build_report(data: ReportData, out: str | Path) -> dict[str, Path]:
     pngs = {}
     for device, front in data.fronts.items():
         pngs[device] = _device_plot(device, front, data.measurements.get(device, ()))
-        path = out / f"pareto-{_file_stem(device)}.png"
+        path = out / f"pareto-{file_stem(device)}.png"
         path.write_bytes(pngs[device])
         written[device] = path
     page = out / "report.html"
-    page.write_text(_html(data, pngs, _overview_plot(data.fronts)))
+    page.write_text(_html(data, pngs, _overview_plot(data.fronts)), encoding="utf-8")  # as its <meta> says
     written["html"] = page
     return written

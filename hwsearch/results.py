@@ -21,6 +21,7 @@ import numpy as np
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
+from devices.plain import dumps, is_printable
 from hwsearch.problem import Objective, finite_number
 from hwsearch.space import ArchConfig, SearchSpace
 
@@ -239,12 +240,14 @@ class ParetoFront:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        """Standard JSON: a non-finite value (a point's ``ratio_ci`` with no CI, a spread) is null,
+        which :meth:`from_dict` reads as "not known"; ``Infinity`` failed in every JavaScript reader."""
+        return dumps(self.to_dict(), indent=indent)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json())
+        path.write_text(self.to_json(), encoding="utf-8")
         return path
 
     @classmethod
@@ -284,7 +287,7 @@ class ParetoFront:
 
     @classmethod
     def load(cls, path: str | Path, space: SearchSpace | None = None) -> ParetoFront:
-        return cls.from_json(Path(path).read_text(), space)
+        return cls.from_json(Path(path).read_text(encoding="utf-8"), space)
 
 
 #: The longest device or space name a front file may hold.  Device names come from profiles,
@@ -297,12 +300,16 @@ def _name_field(data: Mapping[str, Any], name: str) -> str:
     """``data[name]`` as a non-empty string of at most :data:`MAX_FRONT_NAME_CHARS`.
 
     The device keys the report's fronts and names its files, and is escaped
-    into HTML: a number, null or list there loaded and failed mid-report.
+    into HTML: a number, null or list there loaded and failed mid-report.  It
+    is also printed and drawn, so control and bidi characters and lone
+    surrogates are refused (:func:`devices.plain.is_printable`): a lone
+    surrogate crashed the report's plot with a TypeError.
     """
     value = data[name]
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_FRONT_NAME_CHARS:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_FRONT_NAME_CHARS \
+            or not is_printable(value):
         raise ValueError(f"field {name!r} must be a non-empty string of at most {MAX_FRONT_NAME_CHARS} "
-                         f"characters, got {_short(value)}")
+                         f"characters without control characters, got {_short(value)}")
     return value
 
 

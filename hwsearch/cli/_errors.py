@@ -114,8 +114,9 @@ def _os_error_text(error: OSError) -> str:
 
 
 def _one_line(text: str) -> str:
-    """Collapse line breaks (agents and libraries send multi-line details) and bound the length."""
-    flat = " ".join(text.split())
-    if len(flat) > _MAX_MESSAGE_CHARS:
-        flat = flat[:_MAX_MESSAGE_CHARS - 3] + "..."
-    return flat
+    """Collapse line breaks (agents and libraries send multi-line details), show control and bidi
+    characters escaped (an agent's detail retitled and cleared the terminal; see :mod:`devices.plain`),
+    and bound the length."""
+    from devices.plain import printable  # here, not at the top: only a failing command pays for it
+
+    return printable(" ".join(text.split()), _MAX_MESSAGE_CHARS)

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
+from devices.plain import printable
 from hwsearch.results import measurement_label
+
+
+def shown(name: str) -> str:
+    """``name`` (a device's, a path) as plain text in Rich markup: its brackets are not markup, its controls
+    escaped.
+
+    Rich reads ``[...]`` in a title or printed string as markup: a device named
+    ``cpu[link=https://evil.example]click[/link]`` printed a hyperlink, and one
+    named ``x[/]`` crashed ``hwsearch search`` after its whole run.
+    """
+    return escape(printable(name))
 
 
 def hypervolume_box(front: Any) -> str:
@@ -25,7 +38,7 @@ def front_table(device: str, front: Any) -> Table:
     Each row names its precision; when the front mixes precisions the title
     counts how many points each holds, i.e. where the quantized subnets win.
     """
-    table = Table(title=f"Pareto front on {device} (hypervolume {front.hypervolume:.4g} "
+    table = Table(title=f"Pareto front on {shown(device)} (hypervolume {front.hypervolume:.4g} "
                         f"over {hypervolume_box(front)}){precision_summary(front)}")
     for column in ("latency ms (measured)", "how", "predicted", "accuracy (measured)", "predicted",
                    "precision", "MMACs", "params M", "subnet"):
@@ -40,7 +53,7 @@ def front_table(device: str, front: Any) -> Table:
             "" if predicted_latency is None else f"{predicted_latency:.3f}",
             f"{point.measured['accuracy']:.4f}",
             "" if predicted_accuracy is None else f"{predicted_accuracy:.4f}",
-            point.precision,
+            shown(point.precision),
             "" if point.macs is None else f"{point.macs / 1e6:.2f}",
             "" if point.params is None else f"{point.params / 1e6:.3f}",
             point.arch.key() + ("  ← knee" if knee is not None and point is knee else ""),
@@ -57,7 +70,7 @@ def target_table(device: str, front: Any) -> Table | None:
     picks = front.target_picks()
     if not picks:
         return None
-    table = Table(title=f"Best measured subnet under each budget on {device}")
+    table = Table(title=f"Best measured subnet under each budget on {shown(device)}")
     for column in ("budget ms", "latency ms (measured)", "accuracy (measured)", "predicted",
                    "precision", "subnet"):
         table.add_column(column, overflow="fold")
@@ -69,7 +82,7 @@ def target_table(device: str, front: Any) -> Table | None:
         predicted = point.predicted.get("accuracy")
         table.add_row(f"{pick['budget_ms']:g}", f"{point.measured['latency_ms']:.3f}",
                       f"{point.measured['accuracy']:.4f}",
-                      "" if predicted is None else f"{predicted:.4f}", point.precision,
+                      "" if predicted is None else f"{predicted:.4f}", shown(point.precision),
                       f"{point.arch.key()}  (point {pick['index']})")
     return table
 

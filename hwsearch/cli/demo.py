@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -39,7 +38,8 @@ def demo(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from hwsearch.cli._fronts import front_table
+    from devices.plain import dumps
+    from hwsearch.cli._fronts import front_table, shown
     from hwsearch.demo.run import DemoSettings, run_demo, summarise
 
     defaults = DemoSettings()
@@ -59,7 +59,7 @@ def demo(
         result = run_demo(settings, progress=show)
         bar.update(task, completed=1.0, step="done", description="")
     if as_json:
-        typer.echo(json.dumps({
+        typer.echo(dumps({
             "job_id": result.job_id, "seconds": round(result.seconds, 1),
             "fronts": {d: f.to_dict() for d, f in result.fronts.items()},
             "knees": [{**vars(k), "onnx_path": str(k.onnx_path)} for k in result.knees],
@@ -69,7 +69,7 @@ def demo(
     for device_name, front in result.fronts.items():
         console.print(front_table(device_name, front))
     for line in summarise(result):
-        console.print(line)
+        console.print(shown(line))
 
 
 def register(app: typer.Typer) -> None:

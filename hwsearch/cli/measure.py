@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -24,14 +23,15 @@ def measure(
     A wait for the host (another session measuring) is said on stderr.
     """
     from devices import open_profiler
+    from devices.plain import dumps
     from hwsearch.cli._inputs import check_onnx_files, load_profile
     from hwsearch.cli._waiting import waiting_printer
 
     profile = load_profile(device)
     check_onnx_files(models)
     measurements = open_profiler(profile).measure_many(models, progress=waiting_printer())
-    if as_json:
-        typer.echo(json.dumps([m.to_dict() for m in measurements], indent=2))
+    if as_json:  # standard JSON: a latency or ratio that is null has none, a ratio_ci that is null no CI
+        typer.echo(dumps([m.to_dict() for m in measurements], indent=2))
         return
     typer.echo(f"device {profile.name} ({measurements[0].device_hash})")
     typer.echo(f"{'model':40s} {'latency_ms':>10s} {'ratio':>7s} {'±ci':>6s} {'median_ms':>9s} {'p90_ms':>8s}  stable")

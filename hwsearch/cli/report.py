@@ -27,6 +27,7 @@ def report(
     The page shows the fronts across devices, the predictors' quality on
     held-out subnets and the measurements behind them.
     """
+    from devices.plain import printable
     from hwsearch.cli._errors import OptionError, reading
     from hwsearch.report import build_report, from_dir, from_store
     from hwsearch.store import open_store
@@ -49,8 +50,8 @@ def report(
     if as_json:
         typer.echo(json.dumps({name: str(path) for name, path in written.items()}))
     else:
-        for name, path in written.items():
-            typer.echo(f"{name:>12}  {path}")
+        for name, path in written.items():  # a device's name, from a front file: printed, not obeyed
+            typer.echo(f"{printable(name):>12}  {path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,6 @@ store under ``--out``, so a second run resumes instead of re-measuring.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -67,8 +66,10 @@ def search(
     """Find each device's accuracy/latency Pareto front of measured subnets."""
     from rich.console import Console
 
-    from hwsearch.cli._fronts import front_table, target_table
+    from devices.plain import dumps
+    from hwsearch.cli._fronts import front_table, shown, target_table
     from hwsearch.cli._inputs import prepare_folder
+    from hwsearch.filenames import file_stem
     from hwsearch.jobs import JobSpec, SupernetRef, claim_job
     from hwsearch.results import ParetoFront
     from hwsearch.store import SQLiteStore
@@ -98,18 +99,18 @@ def search(
     runner = claim_job(store, job_id)  # at once: a service starting on the store meanwhile leaves it to us
     result = _run_with_progress(spec, store, job_id, runner, ray_address, console)
     fronts = {name: ParetoFront.from_dict(front) for name, front in result["fronts"].items()}
-    paths = {name: str(front.save(out / "fronts" / f"{name}.json"))
+    paths = {name: str(front.save(out / "fronts" / f"{file_stem(name)}.json"))
              for name, front in fronts.items()}
     if as_json:
-        typer.echo(json.dumps({"job_id": job_id, "store": str(out / "store.db"), "files": paths,
-                               "fronts": {n: f.to_dict() for n, f in fronts.items()}}, indent=2))
+        typer.echo(dumps({"job_id": job_id, "store": str(out / "store.db"), "files": paths,
+                          "fronts": {n: f.to_dict() for n, f in fronts.items()}}, indent=2))
         return
     for name, front in fronts.items():
         picks = target_table(name, front)
         if picks is not None:
             console.print(picks)
         console.print(front_table(name, front))
-        console.print(f"written to {paths[name]}")
+        console.print(f"written to {shown(paths[name])}")
 
 
 def _check_limits(budget_ms: float | None, params_limit: float | None) -> None:

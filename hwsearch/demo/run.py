@@ -132,13 +132,14 @@ def _check_knee(net: Any, front: Any, profile_path: Path, out: Path, split: Any)
     from devices import open_profiler
     from devices.profile import DeviceProfile
     from hwsearch.export import export_subnet
+    from hwsearch.filenames import file_stem
     from hwsearch.onnx_accuracy import file_top1
 
     knee = front.knee()
     if knee is None:
         return None
     profile = DeviceProfile.load(profile_path)
-    path = out / f"knee-{profile.name}.onnx"
+    path = out / f"knee-{file_stem(profile.name)}.onnx"
     report = export_subnet(net, knee.arch, path, batch=profile.batch, input_dtype=profile.input_dtype,
                            precision=knee.precision, bn_data=split.calibration,
                            calibration=split.calibration if knee.precision == "int8" else None)

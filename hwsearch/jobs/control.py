@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
+from devices.plain import printable
 from hwsearch.jobs.runners import new_runner_token, remove_dead_leases, runner_alive
 from hwsearch.store import ACTIVE_STATES, TERMINAL_STATES, Store
 
@@ -181,7 +182,9 @@ def describe_error(error: BaseException) -> str:
     A job's error is shown to every client of the service, so it must not
     leak the server's file layout, its agents' addresses (which stay with the
     operator: an unreachable agent's error named its URL) or a stack; Ray's
-    wrapper errors are unwrapped to the exception the job raised.
+    wrapper errors are unwrapped to the exception the job raised.  Terminal
+    codes (``ESC [``) are dropped and other control and bidi characters shown
+    escaped (:func:`devices.plain.printable`): clients print the line.
     """
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException):
@@ -189,7 +192,7 @@ def describe_error(error: BaseException) -> str:
     text = _ANSI.sub("", str(error)).strip().splitlines()
     first = _PATH.sub("<path>", _URL.sub("<url>", text[0] if text else ""))
     line = f"{type(error).__name__}: {first}" if first else type(error).__name__
-    return line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS - 3] + "..."
+    return printable(line, MAX_ERROR_CHARS)
 
 
 def record_failure(store: Store, job_id: str, error: BaseException,

@@ -1,0 +1,220 @@
+"""What an edge agent says reaches the user as text, not as commands; what the client sends goes only to it.
+
+Review findings: a hostile agent's error detail of terminal codes retitled and
+cleared the user's terminal and overwrote the error with "all good" (the CLI's
+error line, a job's record, the server's log); its rows' ``env`` was stored as
+sent (terminal codes, ``</script>``, ``-Infinity``); a real agent put
+``Infinity`` on the wire; the client sent the agent's token through a proxy set
+in the environment for pip; and nothing warned that a token crossed the
+network in clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devices.client import AgentClient, AgentError
+from devices.profile import DeviceProfile
+from hwsearch.agents import load_agents
+from hwsearch.cli._errors import describe
+from hwsearch.jobs.control import describe_error
+from tests.test_agent_hardening import AUTH, MEASURING, TOKEN, RunningAgent, start_agent, tiny_model  # noqa: F401
+from tests.test_cli_errors import run_cli
+from tests.test_hostile_agent import HEALTH, HostileBox, corrupt_env, measure_against, send_json, well_formed_rows
+from tests.test_untrusted_names import strict_json
+
+HOSTILE_DETAIL = "\x1b]0;owned\x07\x1b[2J\rfake: all good\x08\x08 \u202eevil"
+#: What must never reach a terminal from an agent: ESC, BEL, CR, BS and the right-to-left override.
+RAW_CODES = ("\x1b", "\x07", "\r", "\x08", "\u202e")
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[HostileBox]:
+    running = HostileBox()
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two files the box is sent (it never parses them)."""
+    folder = tmp_path_factory.mktemp("trust")
+    paths = [folder / f"m{i}.onnx" for i in range(2)]
+    for i, path in enumerate(paths):
+        path.write_bytes(bytes([i]) * 1000)
+    return paths
+
+
+def refuse_with_detail(handler: Any, request: dict[str, Any]) -> None:
+    send_json(handler, {"detail": HOSTILE_DETAIL}, status=400)
+
+
+def assert_shown_not_obeyed(text: str) -> None:
+    """No raw control code in ``text``, and the agent's codes visible in it, escaped."""
+    assert not any(code in text for code in RAW_CODES), repr(text)
+    assert "\\x1b]0;owned\\x07" in text and "\\u202eevil" in text, text
+
+
+def test_an_agents_error_detail_is_shown_escaped(box: HostileBox, models: list[Path]) -> None:
+    outcome, _ = measure_against(box, models, refuse_with_detail)
+    assert isinstance(outcome, AgentError) and "answered HTTP 400" in str(outcome), outcome
+    assert_shown_not_obeyed(str(outcome))
+    assert_shown_not_obeyed(describe_error(outcome))  # what a job's record, and every client, shows
+
+
+def test_the_cli_prints_an_agents_error_detail_as_text(box: HostileBox, tmp_path: Path) -> None:
+    """``hwsearch measure`` wrote the agent's OSC, BEL, backspaces and RLO to stderr as they came."""
+    box.answer, box.health = refuse_with_detail, HEALTH
+    profile = tmp_path / "edge.json"
+    profile.write_text(json.dumps({"name": "edge", "where": {
+        "kind": "agent", "url": box.url, "token_env": "EDGE_TOKEN", "retries": 0}}))
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny_model(seed=3))
+    result = run_cli("measure", "--device", str(profile), str(model), cwd=tmp_path,
+                     extra_env={"EDGE_TOKEN": "edge-token"})
+    assert result.returncode == 1 and result.stderr.startswith("error: "), result.stderr
+    assert_shown_not_obeyed(result.stderr.rstrip("\n"))
+
+
+def test_second_guards_escape_what_another_error_carries() -> None:
+    """describe_error stripped only ``ESC [`` sequences and the CLI's line folded only whitespace."""
+    job_line = describe_error(RuntimeError(HOSTILE_DETAIL))
+    described = describe(OSError(HOSTILE_DETAIL))
+    assert described is not None
+    for line in (job_line, described[0]):
+        assert not any(code in line for code in RAW_CODES) and "\\x1b]0;owned\\x07" in line, line
+
+
+@pytest.mark.parametrize("answer, says", [
+    (corrupt_env("note", "\x1b[31mRED</script>"), "its env holds 'note', which no session records"),
+    (corrupt_env("junk", -math.inf), "its env holds 'junk'"),
+    (corrupt_env("cpu", "\x1b[2Jfake cpu"), "env.cpu is"),
+    (corrupt_env("cpu", "x" * 1000), "env.cpu is"),
+    (corrupt_env("providers", "CPUExecutionProvider"), "env.providers is"),
+    (corrupt_env("input_shape", {"input": [1, "3"]}), "env.input_shape is"),
+    (corrupt_env("lock_lost", "no"), "env.lock_lost is"),
+    (corrupt_env("reference_drift", math.inf), "env.reference_drift is inf"),
+], ids=["unknown-text", "unknown-number", "control-codes", "too-long", "not-a-list", "shape-of-text",
+        "flag-not-bool", "infinite-number"])
+def test_a_rows_env_holds_only_what_a_session_records(box: HostileBox, models: list[Path], answer: Any,
+                                                      says: str) -> None:
+    """A fake agent's env.note of terminal codes and </script>, and env.junk of -Infinity, were stored."""
+    outcome, _ = measure_against(box, models, answer)
+    assert isinstance(outcome, AgentError) and says in str(outcome), outcome
+    assert not any(code in str(outcome) for code in RAW_CODES)
+
+
+def test_nulls_on_the_wire_mean_no_latency_and_no_ci(box: HostileBox, models: list[Path]) -> None:
+    """A row that is not stable may have no latency (null) and no CI (null), as NaN and inf were before."""
+    def answer(handler: Any, request: dict[str, Any]) -> None:
+        rows = well_formed_rows(request)
+        rows[1].update(latency_ms=None, ratio=None, ratio_ci=None, stable=False)
+        send_json(handler, {"measurements": rows})
+
+    rows, _ = measure_against(box, models, answer)
+    assert math.isnan(rows[1].latency_ms) and math.isnan(rows[1].ratio) and rows[1].ratio_ci == math.inf
+
+
+class RecordingListener:
+    """A TCP listener that counts the connections made to it (a proxy the client must not use)."""
+
+    def __init__(self) -> None:
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.socket.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+
+def test_agent_traffic_ignores_the_environments_proxy(box: HostileBox, models: list[Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy set for pip received ``Authorization: Bearer <agent token>`` and the models."""
+    proxy = RecordingListener()
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, proxy.url)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    rows, _ = measure_against(box, models, lambda h, r: send_json(h, {"measurements": well_formed_rows(r)}))
+    assert [m.latency_ms for m in rows] == [1.0, 2.0] and proxy.connections == 0
+    proxy.socket.close()
+
+
+def test_a_real_agents_answer_is_standard_json_and_a_missing_ci_reads_back_as_inf(
+        start_agent: Callable[..., RunningAgent], tmp_path: Path) -> None:  # noqa: F811
+    """Five rounds make no CI (ratio_ci inf): the agent answered ``Infinity``, which JSON.parse refuses."""
+    agent = start_agent(*MEASURING)
+    profile = DeviceProfile.from_dict({
+        "name": "edge", "warmup": {"runs": 2, "seconds": 0.2},
+        "protocol": {"min_rounds": 5, "max_rounds": 5, "max_seconds": 10},
+        "where": {"kind": "agent", "url": agent.url, "token_env": "EDGE_TOKEN", "retries": 0}})
+    model, reference = tiny_model(seed=7), profile.reference_bytes()
+    shas = [hashlib.sha256(body).hexdigest() for body in (reference, model)]
+    for sha, body in zip(shas, (reference, model)):
+        assert httpx.put(f"{agent.url}/models/{sha}", content=body, headers=AUTH, timeout=60).status_code < 300
+    answer = httpx.post(f"{agent.url}/measure", headers=AUTH, timeout=120, json={
+        "request_id": uuid.uuid4().hex, "profile": profile.to_dict(), "reference_sha256": shas[0],
+        "model_sha256s": [shas[1]]})
+    assert answer.status_code == 200, answer.text
+    [row] = strict_json(answer.text)["measurements"]
+    assert row["ratio_ci"] is None and row["stable"] is False
+    model_path = tmp_path / "m.onnx"
+    model_path.write_bytes(model)
+    [measured] = AgentClient(profile, token=TOKEN).measure_many([model_path])  # a real env passes the checks
+    assert measured.ratio_ci == math.inf and not measured.stable and measured.median_ms > 0
+
+
+@pytest.mark.parametrize("url, warned", [
+    ("http://10.1.2.3:8765", True), ("http://edge.example:8765", True), ("https://10.1.2.3:8765", False),
+    ("http://127.0.0.1:8765", False), ("http://[::1]:8765", False), ("http://localhost:8765", False)])
+def test_declaring_an_agent_over_plain_http_off_this_machine_warns(caplog: pytest.LogCaptureFixture,
+                                                                   url: str, warned: bool) -> None:
+    with caplog.at_level(logging.WARNING, logger="hwsearch.agents"):
+        load_agents([f"edge={url}"], environ={"HWSEARCH_AGENT_TOKEN_EDGE": "secret"})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert bool(warnings) == warned, warnings
+    assert all("edge" in w and "in clear" in w and "secret" not in w for w in warnings)
+
+
+@pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_an_agent_serving_plain_http_off_loopback_warns(tmp_path: Path, host: str, warned: bool) -> None:
+    """``--host 0.0.0.0`` without TLS printed only "listening on http://0.0.0.0:...", as ``hwsearch serve`` warns."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devices.agent", "--host", host, "--port", "0", "--state-dir", str(tmp_path)],
+        env={**os.environ, "DEVICES_AGENT_TOKEN": "t", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("listening on" in line for line in lines):
+            line = process.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    said = "".join(lines)
+    assert ("warning: serving plain HTTP" in said and "crosses the network in clear" in said) == warned, said
