@@ -108,7 +108,7 @@ from typing import Any, Callable
 from devices.local import describe_machine, measure_model_bytes
 from devices.network import is_loopback
 from devices.ort import ModelInputError, bound_session_memory, require_threads_here, validate_onnx_bytes
-from devices.plain import dumps
+from devices.plain import NONFINITE_HEADER, dumps
 from devices.profile import DeviceProfile, ProfileError
 from devices.protocol import SessionOverrun
 
@@ -669,12 +669,16 @@ class AgentHandler(BaseHTTPRequestHandler):
     def _send_json(self, status: HTTPStatus, payload: Any) -> None:
         """Answer; an unread body means the connection cannot carry another request, so close it.
 
-        Standard JSON (:func:`devices.plain.dumps`): a row's ratio_ci of inf (no CI) or latency of NaN
-        goes as null, which the client reads back; ``Infinity`` is refused by other JSON readers.
+        Standard JSON (:func:`devices.plain.dumps`) for a client that asks for
+        it (:data:`~devices.plain.NONFINITE_HEADER`): a row's ratio_ci of inf
+        (no CI) or latency of NaN goes as null, which the client reads back;
+        ``Infinity`` is refused by other JSON readers.  A client that does not
+        ask (a service from before) gets ``Infinity`` and ``NaN`` as it always
+        did: it refuses a null, and every row without a CI failed its job.
         """
         if self._body_unread:
             self.close_connection = True
-        body = dumps(payload).encode()
+        body = (dumps(payload) if self._reads_null() else json.dumps(payload)).encode()
         self.connection.settimeout(self.timeout)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -683,6 +687,11 @@ class AgentHandler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
+
+    def _reads_null(self) -> bool:
+        """Whether the request asked for standard JSON (no headers yet: a request line refused, say)."""
+        headers = getattr(self, "headers", None)
+        return headers is not None and headers.get(NONFINITE_HEADER, "").lower() == "null"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
         if os.environ.get("DEVICES_AGENT_LOG"):

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 from devices.calibration import MAX_REFERENCE_MS, plausible_ms
 from devices.measure import Measurement
-from devices.plain import is_printable, printable
+from devices.plain import NONFINITE_HEADER, is_printable, printable
 from devices.profile import DeviceProfile
 from devices.protocol import ProgressFn
 
@@ -166,7 +166,7 @@ class AgentClient:
         """
         import httpx
 
-        headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
+        headers = {"Authorization": f"Bearer {self.token}", NONFINITE_HEADER: "null", **kwargs.pop("headers", {})}
         timeout = httpx.Timeout(timeout_s, connect=_CONNECT_TIMEOUT_S)
         last_problem = ""
         attempts = self.profile.where.retries + 1
@@ -222,10 +222,19 @@ _NULL_MEANS = {"latency_ms": math.nan, "ratio": math.nan, "ratio_ci": math.inf}
 
 
 def _from_wire(row: Any) -> Any:
-    """A row as the agent sent it, with its nulls read as :data:`_NULL_MEANS` says."""
+    """A row as the agent sent it, with its nulls read as :data:`_NULL_MEANS` says, and its env cut to known fields.
+
+    A newer agent may record more about a session than this client knows
+    (:data:`_ENV_FIELDS`); those fields are dropped rather than the row
+    refused, so an agent can be upgraded before the services that use it.
+    """
     if not isinstance(row, dict):
         return row
-    return {**row, **{name: meaning for name, meaning in _NULL_MEANS.items() if name in row and row[name] is None}}
+    env = row.get("env")
+    known_env = {"env": {name: value for name, value in env.items() if name in _ENV_FIELDS}} if isinstance(
+        env, dict) else {}
+    return {**row, **known_env,
+            **{name: meaning for name, meaning in _NULL_MEANS.items() if name in row and row[name] is None}}
 
 
 def _well_formed(m: Measurement, sha: str) -> bool:
@@ -322,7 +331,7 @@ def _settings(value: Any) -> bool:
 
 #: The fields of a row's env, as a session records them (``devices.local._environment`` and
 #: ``_to_measurement``), each with the check of its value.  An agent's row is stored and served to
-#: every client, so nothing else is taken from it.
+#: every client, so nothing else is taken from it (other fields are dropped).
 _ENV_FIELDS: dict[str, Any] = {
     "host_fingerprint": _text, "runtime": _text, "runtime_version": _text, "onnxruntime": _text,
     "provider": _text, "providers": _texts, "clock": _text, "intra_op_threads": _count,
@@ -340,12 +349,12 @@ _ENV_FIELDS: dict[str, Any] = {
 
 
 def _env_problem(env: dict[str, Any]) -> str | None:
-    """The first env field that a session does not record, or records otherwise; None if there is none."""
+    """The first env field whose value is not of its kind or out of bounds; None if there is none.
+
+    Unknown fields were dropped as the row was read (:func:`_from_wire`).
+    """
     for name, value in env.items():
-        check = _ENV_FIELDS.get(name)
-        if check is None:
-            return f"its env holds {printable(repr(name), 80)}, which no session records"
-        if not check(value):
+        if not _ENV_FIELDS[name](value):
             return f"env.{name} is {printable(repr(value), 80)}"
     return None
 
@@ -426,16 +435,22 @@ def _bounded_exchange(method: str, url: str, *, timeout: Any, **kwargs: Any) -> 
 
 
 def _verification() -> ssl.SSLContext:
-    """What an agent's certificate is checked against: the system's CAs, or those ``SSL_CERT_FILE`` and
-    ``SSL_CERT_DIR`` name.
+    """What an agent's certificate is checked against: the CAs ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` name,
+    or else certifi's bundle, as httpx checks by default.
 
     Exchanges ignore the environment (``trust_env=False``): a proxy set there
     for pip received the agent's token and the models.  That also stops
     httpx reading ``SSL_CERT_FILE``, which is how an operator trusts a
-    self-signed agent (docs/service.md), so the two are read here.
+    self-signed agent (docs/service.md), so the two are read here.  Without
+    them, certifi's bundle, not the system's: some Pythons (python.org's on
+    macOS, standalone builds) find no system CAs at all.
     """
-    return ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE") or None,
-                                      capath=os.environ.get("SSL_CERT_DIR") or None)
+    cafile, capath = os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None
+    if cafile is None and capath is None:
+        import certifi
+
+        cafile = certifi.where()
+    return ssl.create_default_context(cafile=cafile, capath=capath)
 
 
 _CONNECTED = ("connection.connect_tcp.complete", "connection.start_tls.complete")

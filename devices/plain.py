@@ -13,7 +13,9 @@ which is not JSON: JavaScript's ``JSON.parse`` and most other parsers refuse
 the whole document.  :func:`dumps` writes them as ``null`` and refuses any
 that slip past (``allow_nan=False``), so a regression fails where it is made.
 Each reader says what ``null`` means for its fields (a ratio CI that is
-``null`` is "no CI", as ``inf`` was).
+``null`` is "no CI", as ``inf`` was).  On the agent's wire, standard JSON
+is asked for with :data:`NONFINITE_HEADER`: a service from before it reads
+``Infinity`` and refuses ``null``, and agents are upgraded on their own.
 
 Standard library only: ``devices`` runs on an edge box without ``hwsearch``,
 and ``hwsearch`` uses the same rules.
@@ -26,7 +28,10 @@ import math
 import re
 from typing import Any
 
-__all__ = ["MAX_TEXT_CHARS", "dumps", "finite_or_null", "is_printable", "printable"]
+__all__ = ["MAX_TEXT_CHARS", "NONFINITE_HEADER", "dumps", "finite_or_null", "is_printable", "printable"]
+
+#: A request header saying its sender reads non-finite numbers as null (``Hwsearch-Nonfinite: null``).
+NONFINITE_HEADER = "Hwsearch-Nonfinite"
 
 #: The longest text :func:`printable` returns by default: enough for any error worth reading.
 MAX_TEXT_CHARS = 1000

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from devices.plain import is_printable
+
 RUNTIMES = ("onnxruntime", "openvino")
 KNOWN_ORT_PROVIDERS = (
     "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
@@ -512,11 +514,6 @@ MAX_AGENT_TIMEOUT_S = 86_400.0
 MAX_RETRIES = 10
 MAX_LOGICAL_PROCESSOR = 4096
 
-# A device's name: it names files (fronts, plots, exported models) and is printed in tables and
-# pages, so only characters that are safe in all of them; the service's rule for names.  A
-# profile named "../../x" wrote its front outside --out, and "[/]" crashed a table's markup.
-_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME_CHARS - 1}}}")
-
 # One thread's logical processors, as onnxruntime reads them: '3', '1,3' or '1-4'.  Checked here,
 # because onnxruntime refuses other forms only when a session starts (a job's first measurement,
 # with a C++ source path for a message), and some ('0-0') at all.
@@ -530,10 +527,16 @@ def _processors_in_bounds(entry: str) -> bool:
 
 
 def _validate(p: DeviceProfile) -> None:
+    # A name is printed (tables, pages, logs), so no control, bidi or surrogate characters; it may
+    # hold spaces, brackets or slashes ("Pixel 7 (CPU)"): it is part of the profile's hash, under
+    # which its measurements are stored, so narrowing it would orphan them.  Whoever makes a file
+    # name or markup of it makes it safe there (a profile named "../../x" once wrote its front
+    # outside --out, and "[/]" crashed a table's markup).  The service's names are narrower still.
     _require(
-        isinstance(p.name, str) and _NAME.fullmatch(p.name) is not None, "name",
-        f"must be 1 to {MAX_NAME_CHARS} letters, digits, '.', '_' or '-', starting with a letter or digit "
-        "(it names files and is printed)", p.name,
+        isinstance(p.name, str) and p.name.strip() != "" and len(p.name) <= MAX_NAME_CHARS
+        and is_printable(p.name), "name",
+        f"must be a non-empty string of at most {MAX_NAME_CHARS} characters, none of them control, "
+        "bidi or surrogate characters (it is printed)", p.name,
     )
     _require(p.runtime in RUNTIMES, "runtime", f"must be one of {RUNTIMES}", p.runtime)
     _require(len(p.providers) > 0, "providers", "must name at least one execution provider", p.providers)

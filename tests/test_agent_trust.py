@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from devices.client import AgentClient, AgentError
+from devices.plain import NONFINITE_HEADER
 from devices.profile import DeviceProfile
 from hwsearch.agents import load_agents
 from hwsearch.cli._errors import describe
@@ -37,6 +38,7 @@ from hwsearch.jobs.control import describe_error
 from tests.test_agent_hardening import AUTH, MEASURING, TOKEN, RunningAgent, start_agent, tiny_model  # noqa: F401
 from tests.test_cli_errors import run_cli
 from tests.test_hostile_agent import HEALTH, HostileBox, corrupt_env, measure_against, send_json, well_formed_rows
+from tests._tls import self_signed_certificate
 from tests.test_untrusted_names import strict_json
 
 HOSTILE_DETAIL = "\x1b]0;owned\x07\x1b[2J\rfake: all good\x08\x08 \u202eevil"
@@ -101,20 +103,30 @@ def test_second_guards_escape_what_another_error_carries() -> None:
         assert not any(code in line for code in RAW_CODES) and "\\x1b]0;owned\\x07" in line, line
 
 
+@pytest.mark.parametrize("field, value", [("note", "\x1b[31mRED</script>"), ("junk", -math.inf)],
+                         ids=["unknown-text", "unknown-number"])
+def test_env_fields_no_session_records_are_dropped_not_stored(box: HostileBox, models: list[Path], field: str,
+                                                             value: Any) -> None:
+    """A fake agent's env.note of terminal codes and </script>, and env.junk of -Infinity, were stored.
+
+    Dropped rather than the row refused: a newer agent may record more than this client knows.
+    """
+    rows, _ = measure_against(box, models, corrupt_env(field, value))
+    assert [m.latency_ms for m in rows] == [1.0, 2.0]
+    assert all(field not in m.env for m in rows) and all("host_fingerprint" in m.env for m in rows)
+
+
 @pytest.mark.parametrize("answer, says", [
-    (corrupt_env("note", "\x1b[31mRED</script>"), "its env holds 'note', which no session records"),
-    (corrupt_env("junk", -math.inf), "its env holds 'junk'"),
     (corrupt_env("cpu", "\x1b[2Jfake cpu"), "env.cpu is"),
     (corrupt_env("cpu", "x" * 1000), "env.cpu is"),
     (corrupt_env("providers", "CPUExecutionProvider"), "env.providers is"),
     (corrupt_env("input_shape", {"input": [1, "3"]}), "env.input_shape is"),
     (corrupt_env("lock_lost", "no"), "env.lock_lost is"),
     (corrupt_env("reference_drift", math.inf), "env.reference_drift is inf"),
-], ids=["unknown-text", "unknown-number", "control-codes", "too-long", "not-a-list", "shape-of-text",
-        "flag-not-bool", "infinite-number"])
-def test_a_rows_env_holds_only_what_a_session_records(box: HostileBox, models: list[Path], answer: Any,
-                                                      says: str) -> None:
-    """A fake agent's env.note of terminal codes and </script>, and env.junk of -Infinity, were stored."""
+], ids=["control-codes", "too-long", "not-a-list", "shape-of-text", "flag-not-bool", "infinite-number"])
+def test_a_rows_env_holds_its_fields_only_as_a_session_records_them(box: HostileBox, models: list[Path],
+                                                                    answer: Any, says: str) -> None:
+    """Terminal codes, overlong text, wrong kinds and infinities in known env fields refuse the row."""
     outcome, _ = measure_against(box, models, answer)
     assert isinstance(outcome, AgentError) and says in str(outcome), outcome
     assert not any(code in str(outcome) for code in RAW_CODES)
@@ -165,7 +177,11 @@ def test_agent_traffic_ignores_the_environments_proxy(box: HostileBox, models: l
 
 def test_a_real_agents_answer_is_standard_json_and_a_missing_ci_reads_back_as_inf(
         start_agent: Callable[..., RunningAgent], tmp_path: Path) -> None:  # noqa: F811
-    """Five rounds make no CI (ratio_ci inf): the agent answered ``Infinity``, which JSON.parse refuses."""
+    """Five rounds make no CI (ratio_ci inf): the agent answered ``Infinity``, which JSON.parse refuses.
+
+    Only to a client that asks for standard JSON: a service from before reads ``Infinity`` and
+    refuses a null, so without the header the answer stays as it was.
+    """
     agent = start_agent(*MEASURING)
     profile = DeviceProfile.from_dict({
         "name": "edge", "warmup": {"runs": 2, "seconds": 0.2},
@@ -175,12 +191,14 @@ def test_a_real_agents_answer_is_standard_json_and_a_missing_ci_reads_back_as_in
     shas = [hashlib.sha256(body).hexdigest() for body in (reference, model)]
     for sha, body in zip(shas, (reference, model)):
         assert httpx.put(f"{agent.url}/models/{sha}", content=body, headers=AUTH, timeout=60).status_code < 300
-    answer = httpx.post(f"{agent.url}/measure", headers=AUTH, timeout=120, json={
+    answers = [httpx.post(f"{agent.url}/measure", headers=headers, timeout=120, json={
         "request_id": uuid.uuid4().hex, "profile": profile.to_dict(), "reference_sha256": shas[0],
-        "model_sha256s": [shas[1]]})
-    assert answer.status_code == 200, answer.text
-    [row] = strict_json(answer.text)["measurements"]
+        "model_sha256s": [shas[1]]}) for headers in ({**AUTH, NONFINITE_HEADER: "null"}, AUTH)]
+    assert [answer.status_code for answer in answers] == [200, 200], answers[-1].text
+    [row] = strict_json(answers[0].text)["measurements"]
     assert row["ratio_ci"] is None and row["stable"] is False
+    [old_clients_row] = json.loads(answers[1].text)["measurements"]  # Python's reader, as a service from before
+    assert old_clients_row["ratio_ci"] == math.inf and '"ratio_ci": Infinity' in answers[1].text
     model_path = tmp_path / "m.onnx"
     model_path.write_bytes(model)
     [measured] = AgentClient(profile, token=TOKEN).measure_many([model_path])  # a real env passes the checks
@@ -218,3 +236,22 @@ def test_an_agent_serving_plain_http_off_loopback_warns(tmp_path: Path, host: st
         process.wait(timeout=30)
     said = "".join(lines)
     assert ("warning: serving plain HTTP" in said and "crosses the network in clear" in said) == warned, said
+
+
+def test_without_ssl_cert_settings_agents_are_checked_against_certifis_bundle(monkeypatch: pytest.MonkeyPatch,
+                                                                              tmp_path: Path) -> None:
+    """httpx's own default, kept when the client stopped reading the environment (some Pythons have no system CAs).
+
+    ``SSL_CERT_FILE`` still names a self-signed agent's certificate instead.
+    """
+    import certifi
+
+    from devices.client import _verification
+
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    bundle = certifi.where()
+    assert len(_verification().get_ca_certs()) == Path(bundle).read_text().count("BEGIN CERTIFICATE") > 100
+    cert, _ = self_signed_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    assert len(_verification().get_ca_certs()) == 1

@@ -24,6 +24,7 @@ from hwsearch.cli._fronts import front_table, target_table
 from hwsearch.report import build_report, from_dir, write_job_dir
 from hwsearch.results import ParetoFront
 from hwsearch.store import MemoryStore
+from tests._jobs import fast_device, random_dataset
 from tests.test_cli_errors import assert_one_line_error, closed_port, run_cli
 from tests.test_cli_hardening import _front_json
 
@@ -37,16 +38,42 @@ def strict_json(text: str) -> Any:
     return json.loads(text, parse_constant=refuse)
 
 
-@pytest.mark.parametrize("name", HOSTILE_NAMES + ["cpu\u202eevil", "a" * 101, "-leading-dash"])
-def test_a_profile_name_outside_the_safe_alphabet_is_refused_naming_the_field(tmp_path: Path, name: str) -> None:
-    """The same rule as the service's names: the profile loaded, and its name became a path."""
+@pytest.mark.parametrize("name", ["cpu\u202eevil", "cpu\x1b]0;owned\x07", "two\nlines", "a" * 101, " "])
+def test_a_profile_name_that_cannot_be_printed_is_refused_naming_the_field(tmp_path: Path, name: str) -> None:
+    """Control, bidi or surrogate characters (and an empty or overlong name) are refused before any work."""
     profile = tmp_path / "dev.json"
     profile.write_text(json.dumps({"name": name, "where": {
         "kind": "agent", "url": f"http://127.0.0.1:{closed_port()}", "token_env": "T", "retries": 0}}))
     model = tmp_path / "m.onnx"
     model.write_bytes(mobilenet_like_onnx(((8, 8, 3, 2),), seed=1, input_shape=(1, 3, 32, 32)))
     result = run_cli("measure", "--device", str(profile), str(model), cwd=tmp_path, extra_env={"T": "token"})
-    assert_one_line_error(result, 2, "field 'name'", "letters, digits")
+    assert_one_line_error(result, 2, "field 'name'", "control")
+
+
+def test_a_search_keeps_a_device_named_like_a_path_and_markup_inside_out_and_prints_it(tmp_path: Path) -> None:
+    """``../../escaped[/] (CPU)`` is a legal name (names like "Pixel 7 (CPU)" are, and name stored rows).
+
+    Its front once went two folders above ``--out`` and then crashed the
+    table as Rich markup after the whole search; now the file name is made
+    safe, the table shows the name as it is, and nothing lands outside.
+    """
+    name = "../../escaped[/] (CPU)"
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    profile = work / "dev.json"
+    profile.write_text(json.dumps(fast_device(name)))
+    data = random_dataset(work / "val.npz")
+    out = work / "out"
+    result = run_cli("search", "--supernet", "demo_mbv3_mnist", "--device", str(profile), "--data", str(data),
+                     "--n-profile", "4", "--budget", "1", "--out", str(out), cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [front_file] = (out / "fronts").glob("*.json")
+    assert strict_json(front_file.read_text())["device"] == name
+    ours = (out, work / "calibration")  # the run's folder, and the rulers' (run_cli puts them there)
+    outside = [path for path in tmp_path.rglob("*.json")
+               if not any(folder in path.parents for folder in ours) and path != profile]
+    assert outside == [], outside
+    assert name in result.stdout and "Traceback" not in result.stderr
 
 
 def _store_with_job(front: ParetoFront) -> tuple[MemoryStore, str]:

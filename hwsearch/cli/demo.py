@@ -50,7 +50,7 @@ def demo(
     )
     console = Console(stderr=as_json)
     with Progress(TextColumn("[bold]{task.fields[step]}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), TextColumn("{task.description}"), console=console) as bar:
+                  TimeElapsedColumn(), TextColumn("{task.description}", markup=False), console=console) as bar:
         task = bar.add_task("starting", total=1.0, step="demo")
 
         def show(step: str, fraction: float, message: str) -> None:

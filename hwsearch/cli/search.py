@@ -227,7 +227,8 @@ def _run_with_progress(spec: Any, store: Any, job_id: str, runner: str | None, r
 
     with Progress(TextColumn("[bold]{task.fields[step]}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=console) as bar:
+                  TextColumn("{task.description}", markup=False),  # messages name devices: text, not markup
+                  console=console) as bar:
         task = bar.add_task("starting", total=1.0, step="search")
         return run_job_watched(
             spec, store=store, job_id=job_id, ray_address=ray_address, runner=runner,
