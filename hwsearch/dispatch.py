@@ -111,7 +111,11 @@ class JobDispatcher:
     """Runs the service's jobs on Ray, ``max_running`` at a time, from a bounded queue.
 
     Thread-safe.  ``agents`` (the operator's declared agents, tokens included)
-    travel to each job's task as an argument and are never stored.
+    travel to each job's task as an argument and are never stored.  They are
+    what :func:`~hwsearch.agents.resolve_profile` takes: the default, None,
+    runs the operator's own profiles as written (``where.url`` included), a
+    library caller's queue of its own jobs; the service always passes its
+    declared table (maybe empty), so a client's profile reaches only those.
     """
 
     def __init__(self, store: Store, *, admission: Admission = Admission(),
@@ -119,7 +123,7 @@ class JobDispatcher:
                  ray_address: str | None = None) -> None:
         self.store = store
         self.admission = admission
-        self.agents = dict(agents or {})
+        self.agents = None if agents is None else dict(agents)
         self.ray_address = ray_address
         self._queue: collections.deque[str] = collections.deque()
         self._running: dict[str, _Task] = {}  # job id -> its Ray task

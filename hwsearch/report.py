@@ -122,18 +122,36 @@ def _spread3(values: Any) -> dict[str, float] | None:
 
 
 def from_store(store: Store, job_id: str) -> ReportData:
-    """The report data of a finished search job."""
+    """The report data of a finished search job; :class:`ValueError` saying why for any other job."""
     record = store.get_job(job_id)
-    if record.state != "succeeded" or not record.result:
-        raise ValueError(f"job {job_id} is {record.state}; a report needs a succeeded search job")
-    result = record.result
+    result = _readable_result(job_id, record)
     return ReportData(
         title=f"hwsearch job {job_id}",
-        fronts={d: ParetoFront.from_dict(f) for d, f in result["fronts"].items()},
+        fronts={d: _front(f, f"job {job_id}'s stored front of device {d!r}") for d, f in result["fronts"].items()},
         predictors=result.get("predictors", {}),
         measurements=_measurements(store, result),
         settings=record.spec,
     )
+
+
+def _readable_result(job_id: str, record: Any) -> Mapping[str, Any]:
+    """A succeeded search job's result, holding its fronts by device; :class:`ValueError` saying why not.
+
+    A damaged record (its result or state unreadable, fronts of another shape)
+    read "job ... is succeeded; a report needs a succeeded search job", or
+    ended in a traceback; the service answers such a job's fronts with a 409.
+    """
+    damaged = [name for name in ("state", "result") if name in record.unreadable]
+    if damaged:
+        raise ValueError(f"job {job_id}'s stored {' and '.join(damaged)} cannot be read (a damaged record); "
+                         "no report can be made from it")
+    if record.state != "succeeded":
+        raise ValueError(f"job {job_id} is {record.state}; a report needs a succeeded search job")
+    fronts = record.result.get("fronts") if isinstance(record.result, Mapping) else None
+    if not isinstance(fronts, Mapping):
+        raise ValueError(f"job {job_id} has succeeded but its stored result holds no fronts by device "
+                         "(not a search job, or a damaged record)")
+    return record.result
 
 
 def write_job_dir(out: str | Path, *, store: Store, job_id: str) -> Path:
@@ -212,12 +230,12 @@ def _read_json(file: Path) -> Any:
         raise ValueError(f"{file} is not readable JSON ({error})") from None
 
 
-def _front(data: dict[str, Any], file: Path) -> ParetoFront:
-    """The front a file holds; missing or ill-typed fields are a ValueError naming the file."""
+def _front(data: Any, source: str | Path) -> ParetoFront:
+    """The front a file or a job's record holds; missing or ill-typed fields are a ValueError naming ``source``."""
     try:
         return ParetoFront.from_dict(data)
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{file} is not a readable Pareto front ({type(error).__name__}: {error})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"{source} is not a readable Pareto front ({type(error).__name__}: {error})") from None
 
 
 # --------------------------------------------------------------------------- plots

@@ -35,6 +35,7 @@ __all__ = [
     "Store",
     "StoreError",
     "TERMINAL_STATES",
+    "UNREADABLE_STATE",
     "open_store",
     "spec_checkpoint",
 ]
@@ -43,6 +44,11 @@ __all__ = [
 ACTIVE_STATES = ("queued", "running")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
 JOB_STATES = ACTIVE_STATES + TERMINAL_STATES
+#: How a job whose stored state is none of :data:`JOB_STATES` reads (a hand edit, a damaged disk): ``bogus`` made
+#: every listing that reached it a 500.  A terminal state, so nothing waits for it, recovers it or counts it as
+#: running; and it never runs by accident: every transition tests the *stored* text, which is in none of the
+#: states a runner, a claim, a resume or recovery moves a job from, so only deleting it changes it.
+UNREADABLE_STATE = "failed"
 _UNSET: Any = object()  # "argument not given", so that ``error=None`` can clear an error
 log = logging.getLogger(__name__)
 
@@ -61,7 +67,8 @@ class JobRecord:
 
     ``unreadable`` names the fields whose stored value could not be read (a
     damaged row: text that is not JSON, a spec or progress that is not an
-    object, an error that is not text); each reads as empty (``{}`` or None),
+    object, an error that is not text, a state none of :data:`JOB_STATES`);
+    each reads as empty (``{}`` or None; the state as :data:`UNREADABLE_STATE`),
     so one damaged job does not fail every listing and start-up it is in.
     """
 
@@ -209,8 +216,12 @@ class Store(abc.ABC):
         """All accuracies of one supernet on one dataset, by arch key."""
 
     @abc.abstractmethod
-    def create_job(self, spec: Mapping[str, Any]) -> str:
-        """Record a new ``queued`` job; return its id."""
+    def create_job(self, spec: Mapping[str, Any], *, runner: str | None = None) -> str:
+        """Record a new ``queued`` job; return its id.
+
+        ``runner``: the token of the process that will run it here (a job made to be run in-process,
+        :func:`hwsearch.jobs.new_job`), written with it, so that it is never without a live runner.
+        """
 
     @abc.abstractmethod
     def update_job(self, job_id: str, *, state: str | None = None,
@@ -330,10 +341,10 @@ class MemoryStore(Store):
         with self._lock:
             return dict(self._accuracies.get((supernet_id, dataset_id), {}))
 
-    def create_job(self, spec: Mapping[str, Any]) -> str:
+    def create_job(self, spec: Mapping[str, Any], *, runner: str | None = None) -> str:
         job_id = uuid.uuid4().hex
         now = time.time()
-        record = JobRecord(job_id, _json_copy(dict(spec)), "queued", {}, None, None, now, now)
+        record = JobRecord(job_id, _json_copy(dict(spec)), "queued", {}, None, None, now, now, runner)
         with self._lock:
             self._jobs[job_id] = record
             self._events[job_id] = []
@@ -579,13 +590,13 @@ class SQLiteStore(Store):
                                     (supernet_id, dataset_id)).fetchall()
         return dict(rows)
 
-    def create_job(self, spec: Mapping[str, Any]) -> str:
+    def create_job(self, spec: Mapping[str, Any], *, runner: str | None = None) -> str:
         job_id = uuid.uuid4().hex
         now = time.time()
         with self._write() as conn:
             conn.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (job_id, json.dumps(dict(spec)), "queued", "{}", "null", None, now, now,
-                          None))
+                          runner))
         return job_id
 
     def update_job(self, job_id: str, *, state: str | None = None,
@@ -777,11 +788,11 @@ def _job_from_row(row: tuple[Any, ...]) -> JobRecord:
     job_id, spec_text, state, progress_text, result_text, error, created, updated, runner = row
     spec, progress = _json_object(spec_text), _json_object(progress_text)
     result = None if result_text is None else _decoded(result_text)
-    broken = {"spec": spec is None, "progress": progress is None, "result": result is _UNREADABLE,
-              "error": not (error is None or isinstance(error, str))}
-    return JobRecord(job_id, spec or {}, state, progress or {}, None if broken["result"] else result,
-                     None if broken["error"] else error, created, updated, runner,
-                     tuple(name for name, is_broken in broken.items() if is_broken))
+    broken = {"spec": spec is None, "state": state not in JOB_STATES, "progress": progress is None,
+              "result": result is _UNREADABLE, "error": not (error is None or isinstance(error, str))}
+    return JobRecord(job_id, spec or {}, UNREADABLE_STATE if broken["state"] else state, progress or {},
+                     None if broken["result"] else result, None if broken["error"] else error, created, updated,
+                     runner, tuple(name for name, is_broken in broken.items() if is_broken))
 
 
 StoreLike = Union[Store, str, Path, None]

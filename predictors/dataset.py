@@ -173,7 +173,8 @@ class Screened:
         return f"skipped {self.n_skipped} of {total} rows that cannot be right: {'; '.join(parts)}"
 
 
-def screen_latencies(space: SearchSpace, rows: Mapping[str, Any]) -> Screened:
+def screen_latencies(space: SearchSpace, rows: Mapping[str, Any],
+                     also: Callable[[Mapping[str, Any]], str | None] | None = None) -> Screened:
     """The latency rows (``Store.get_latencies``) :meth:`MeasurementSet.from_latencies` can use, and the others.
 
     Set aside: keys that are no subnet of ``space``; rows that are not
@@ -181,8 +182,14 @@ def screen_latencies(space: SearchSpace, rows: Mapping[str, Any]) -> Screened:
     that is no time (NaN, 0, negative, text, past :data:`MAX_LATENCY_MS`); a
     ratio that is NaN (its session could not measure the subnet) or outside
     [:data:`MIN_RATIO`, :data:`MAX_RATIO`]; a ``latency_ms`` that is no time.
+    ``also``: why a row that passed these checks still cannot be read, or
+    None, for what reads the rows before they are fitted and that predictors
+    do not know (``hwsearch train`` passes :func:`hwsearch.anchor.norm_problem`).
     """
-    return _screen(space, rows, _latency_problem)
+    def problem(row: Any) -> str | None:
+        return _latency_problem(row) or (also(row) if also is not None else None)
+
+    return _screen(space, rows, problem)
 
 
 def screen_accuracies(space: SearchSpace, rows: Mapping[str, Any]) -> Screened:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from devices.measure import Measurement
-from hwsearch.anchor import MIN_SESSIONS, RECENT_SESSIONS, Z95, Anchor, History, history
+from hwsearch.anchor import MIN_SESSIONS, RECENT_SESSIONS, Z95, Anchor, History, history, norm_problem
 from tests._jobs import SUPERNET, fast_device, remember_a_faster_session
 
 # Its integration tests shift one session of three by a known factor and assert that no other
@@ -337,6 +337,7 @@ def test_a_run_that_never_ends_leaves_its_rows_pending_and_a_resume_measures_the
     rows = rig.store.get_latencies(rig.key, rig.net.space.network_id)
     assert all("anchor_pending" not in row and row["anchor_keys"] and row["session_offset"] is not None
                for row in rows.values())
+    assert {key: norm_problem(row) for key, row in rows.items()} == dict.fromkeys(rows), "hwsearch train skips them"
     assert [rows[a.key()]["stable"] for a in archs] == [measured_well(rows[a.key()]) for a in archs]
 
 
@@ -473,6 +474,7 @@ def test_the_anchor_is_the_first_chunks_three_middle_subnets_by_macs(tmp_path: P
     assert len({rows[a.key()]["macs"] for a in archs[:5]}) == 5
     assert all(row["anchor_keys"] == [a.key() for a in by_macs[1:4]] and len(row["anchor_ratios"]) == 3
                and "session_offset" not in row for row in rows.values())
+    assert {key: norm_problem(row) for key, row in rows.items()} == dict.fromkeys(rows), "hwsearch train skips them"
 
 
 def test_a_first_run_of_one_chunk_has_no_anchor(tmp_path: Path, calibration_dir: Path) -> None:

@@ -112,6 +112,27 @@ def test_train_sets_aside_latency_rows_that_cannot_be_right_and_names_them(tmp_p
     assert "are not JSON objects" in result.stderr and repr(spare[5]) in result.stderr, result.stderr
 
 
+def test_train_sets_aside_latency_rows_the_anchor_code_cannot_read_and_names_them(tmp_path: Path) -> None:
+    """Rows that passed the screen but not what reads them next (:func:`hwsearch.anchor.in_current_norm`): before,
+    a host fingerprint that was a list ended in "TypeError: unhashable type: 'list'", anchor ratios of text and an
+    anchored session's end of text in "ValueError: could not convert string to float"."""
+    store, device_key, network_id, spare = _sound_store(tmp_path / "s.db")
+    row = {"latency_ms": 0.5, "ratio": 0.1, "env": {"reference_ms": 5.0, "session_end": 1.0}}
+    anchored = row | {"anchor_keys": [spare[9]], "anchor_ratios": [1.0], "session_id": "s", "anchor_precision": "fp32"}
+    rows = [(row | {"env": row["env"] | {"host_fingerprint": ["a", "b"]}}, "with env.host_fingerprint not text"),
+            (anchored | {"anchor_ratios": ["x"]}, "with anchor_ratios not a list of numbers"),
+            (anchored | {"env": row["env"] | {"session_end": "yesterday"}}, "with env.session_end not a number"),
+            (anchored | {"anchor_keys": 7}, "with anchor_keys not a list of arch keys")]
+    for key, (data, _) in zip(spare, rows):
+        _insert_latency(store.path, device_key, network_id, key, json.dumps(data))
+
+    result, out = _train(tmp_path, store.path, "--target", "latency", "--device", str(LOCAL_PROFILE))
+
+    _assert_trained_on_sound_rows(result, out)
+    assert "warning: skipped 4 of 44 rows that cannot be right" in result.stderr, result.stderr
+    _assert_named(result.stderr, {key: reason for key, (_, reason) in zip(spare, rows)})
+
+
 def test_train_sets_aside_accuracy_rows_that_cannot_be_right_and_names_them(tmp_path: Path) -> None:
     """Before: inf, -3, 57 and 1e300 ended in tracebacks that named no row, 'not-a-key' in 'cannot parse arch key',
     and a key of another space in one line that did not say which."""
@@ -228,3 +249,53 @@ def test_damaged_job_rows_neither_stop_the_service_nor_fail_its_answers(tmp_path
     finally:
         server.stop()
     assert f"job {jobs['spec']}: its stored spec is not JSON" in server.log.read_text()
+
+
+def test_a_job_whose_stored_state_is_unknown_reads_as_failed_and_is_never_run(tmp_path: Path) -> None:
+    """Before: a state of ``bogus`` made every /jobs page that held it, and /jobs/{id}, a 500 (JobRead's state
+    allows only the six).  Now it reads as failed with ``unreadable: ["state"]``; a resume is a 409 that says why
+    and changes nothing, and the job can be deleted."""
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    sound, bogus = (store.create_job({"kind": "search", "supernet": {"name": SUPERNET}}) for _ in range(2))
+    store.update_job(sound, state="succeeded", result={"fronts": {}})
+    store.update_job(bogus, state="interrupted", error="the service stopped")
+    _damage(store.path, "UPDATE jobs SET state = 'bogus' WHERE job_id = ?", bogus)
+
+    server = Server(store.path).start()
+    try:
+        with server.client() as client:
+            page = client.get("/jobs")
+            one = client.get(f"/jobs/{bogus}")
+            resumed = client.post(f"/jobs/{bogus}/resume")
+            stored_after_resume = store.get_job(bogus)
+            deleted = client.delete(f"/jobs/{bogus}")
+            gone = client.get(f"/jobs/{bogus}")
+    finally:
+        server.stop()
+    assert page.status_code == 200, page.text
+    listed = {job["id"]: job for job in page.json()["jobs"]}
+    assert (listed[bogus]["state"], listed[bogus]["unreadable"]) == ("failed", ["state"]), listed[bogus]
+    assert (listed[sound]["state"], listed[sound]["unreadable"]) == ("succeeded", []), listed[sound]
+    assert one.status_code == 200 and one.json()["state"] == "failed", one.text
+    assert resumed.status_code == 409 and "stored state cannot be read" in resumed.json()["detail"], resumed.text
+    assert (stored_after_resume.state, stored_after_resume.unreadable) == ("failed", ("state",)), \
+        "the resume moved a job whose state could not be read"
+    assert deleted.status_code == 204 and gone.status_code == 404, (deleted.text, gone.text)
+
+
+def test_report_of_a_succeeded_job_with_a_damaged_result_says_so_in_one_line(tmp_path: Path) -> None:
+    """Before: a result that was not JSON read "job ... is succeeded; a report needs a succeeded search job", and
+    fronts that were a list, or a front that was a number, ended in a traceback (the API answers them with 409)."""
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    damaged = {"{broken": "stored result cannot be read", '{"fronts": [1, 2]}': "holds no fronts by device",
+               '{"fronts": {"cpu": 5}}': "stored front of device 'cpu' is not a readable Pareto front"}
+    jobs = {}
+    for text in damaged:
+        jobs[text] = store.create_job({"kind": "search"})
+        store.update_job(jobs[text], state="succeeded", result={"fronts": {}})
+        _damage(store.path, "UPDATE jobs SET result = ? WHERE job_id = ?", text, jobs[text])
+    for text, said in damaged.items():
+        result = run_cli("report", jobs[text], "--store", str(store.path), "--out", str(tmp_path / "r"),
+                         cwd=tmp_path)
+        line = assert_one_line_error(result, 2, jobs[text], said, "(JOB)")
+        assert "is succeeded" not in line, line

@@ -67,28 +67,86 @@ def test_recovery_interrupts_the_job_of_a_killed_runner_and_leaves_a_live_ones(t
     assert recover_jobs(store=store) == [alive_job], "once its runner is gone, its job is an orphan too"
 
 
+def _second_serve(store: Path, data_dir: Path) -> tuple[int, str]:
+    """Start another ``hwsearch serve`` on ``store`` with a data directory of its own; its exit code and stderr."""
+    second = subprocess.Popen([sys.executable, "-m", "hwsearch.cli.main", "serve", "--store", str(store),
+                               "--data-dir", str(data_dir), "--port", str(free_port())],
+                              env=_env(HWSEARCH_TOKEN="another-token"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = second.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(second.pid, signal.SIGKILL)
+        second.communicate(timeout=30)
+        pytest.fail(f"a second hwsearch serve started on a store another one serves, named {store}")
+    return second.returncode, stderr
+
+
 def test_a_second_serve_on_a_store_in_use_refuses_in_one_line_naming_store(tmp_path: Path) -> None:
-    """Even with a data directory of its own: before, it started and interrupted the first one's jobs."""
-    store = tmp_path / "store.sqlite"
+    """Even with a data directory of its own, or naming the store through a symlink (its runner locks then sat
+    in another folder): before, it started and interrupted the first one's jobs."""
+    from hwsearch.jobs.runners import runners_folder
+
+    store, link = tmp_path / "store.sqlite", tmp_path / "link" / "store.sqlite"
+    link.parent.mkdir()
+    link.symlink_to(store)
     first = Server(store).start()
     try:
-        second = subprocess.Popen([sys.executable, "-m", "hwsearch.cli.main", "serve", "--store", str(store),
-                                   "--data-dir", str(tmp_path / "other.data"), "--port", str(free_port())],
-                                  env=_env(HWSEARCH_TOKEN="another-token"), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
-        try:
-            _, stderr = second.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(second.pid, signal.SIGKILL)
-            second.communicate(timeout=30)
-            pytest.fail("a second hwsearch serve started on a store another one serves")
+        refusals = [(path, *_second_serve(path, tmp_path / f"other{i}.data")) for i, path in enumerate((store, link))]
     finally:
         first.stop()
-    assert second.returncode == 2, stderr[-3000:]
-    assert stderr.strip().splitlines() == [f"error: another hwsearch serve is using {store}; stop it first, or "
-                                           "serve another store (--store)"], stderr[-3000:]
+    for path, code, stderr in refusals:
+        assert code == 2, stderr[-3000:]
+        assert stderr.strip().splitlines() == [f"error: another hwsearch serve is using {path}; stop it first, "
+                                               "or serve another store (--store)"], stderr[-3000:]
+    assert runners_folder(link) == runners_folder(store), "a runner's leases would not be where the service looks"
 
 
+OWNER = """
+import sys
+from hwsearch.jobs import new_job
+from hwsearch.jobs.control import JobCancelled, start_job
+from hwsearch.store import SQLiteStore
+store = SQLiteStore(sys.argv[1])
+job_id, runner = new_job(store, {"kind": "search"})
+print(job_id, flush=True)
+sys.stdin.readline()  # stands in for init_ray, the seconds before the job starts
+try:
+    start_job(store, job_id, runner)
+    print("started", flush=True)
+except JobCancelled as stop:
+    print(f"JobCancelled: {stop}", flush=True)
+"""
+
+
+def test_a_job_is_its_makers_from_its_first_write_so_a_service_starting_before_it_runs_leaves_it(
+        tmp_path: Path) -> None:
+    """``hwsearch demo`` (and ``submit_job``, and library callers) created the job and claimed it only as it
+    started, after ``init_ray``: a service starting on the store meanwhile marked it ``interrupted`` and the
+    runner died with JobCancelled.  :func:`hwsearch.jobs.new_job`, which they use now, writes the claim with
+    the job."""
+    store = tmp_path / "store.sqlite"
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(store)], env=_env(), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    server = None
+    try:
+        assert owner.stdout is not None and owner.stdin is not None
+        job_id = owner.stdout.readline().strip()
+        server = Server(store).start()
+        with server.client() as client:
+            before = client.get(f"/jobs/{job_id}").json()
+            owner.stdin.write("go\n")
+            owner.stdin.flush()
+            said = owner.stdout.readline().strip()
+            after = client.get(f"/jobs/{job_id}").json()
+    finally:
+        if server is not None:
+            server.stop()
+        owner.kill()
+        owner.wait(timeout=30)
+    assert (before["state"], before["error"]) == ("queued", None), before
+    assert said == "started", said
+    assert after["state"] == "running", after
 def _job(store: Path) -> tuple[str, str] | None:
     """The one job's (id, state) in a search's store, once it has one."""
     if not store.exists():

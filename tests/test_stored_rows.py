@@ -159,3 +159,34 @@ def test_the_services_runner_refuses_a_stored_profile_that_names_a_url(
     assert record.state == "failed" and record.error is not None
     assert record.error.startswith("UndeclaredReach") and all(field in record.error for field in NAMED)
     assert listener.contacts == []
+
+
+def test_a_library_dispatcher_runs_the_operators_own_profile_as_written_and_a_service_only_declared_agents(
+        tmp_path: Path, listener: Listener, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``JobDispatcher(store)`` without agents ran the operator's own ``where.url`` profile as a client's: it failed
+    with UndeclaredReach before contacting the URL.  The service's dispatcher, built without agents, keeps the
+    empty table, so the same profile is refused there and its URL never contacted."""
+    from devices.client import AgentError
+    from hwsearch.agents import UndeclaredReach
+    from hwsearch.api.app import create_app
+    from hwsearch.dispatch import JobDispatcher
+    from hwsearch.jobs import ProfileSpec, SupernetRef, execute
+
+    monkeypatch.setenv("EDGE_AGENT_TOKEN", "the-operators-agent-token")
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    own = fast_device("edge") | {"where": {"kind": "agent", "url": listener.url, "token_env": "EDGE_AGENT_TOKEN",
+                                           "timeout_s": 2, "retries": 0}}  # examples/devices/agent-edge.yaml
+    spec = ProfileSpec(supernet=SupernetRef(**SUPERNET), device=own, arch=ARCH).to_dict()
+    service = create_app(store, token="a-token-of-16-chars", data_dir=tmp_path / "data", agents=None)
+    assert service.state.dispatcher.agents == {}
+    with pytest.raises(UndeclaredReach):
+        execute(spec, store, store.create_job(spec), service.state.dispatcher.agents)
+    assert listener.contacts == []
+
+    library = JobDispatcher(store)
+    assert library.agents is None
+    job_id = store.create_job(spec)
+    with pytest.raises(AgentError):  # the listener never answers: the profile reached it as written
+        execute(spec, store, job_id, library.agents)
+    assert any(b"the-operators-agent-token" in sent for sent in listener.contacts), listener.contacts
+    assert store.get_job(job_id).state == "failed"

@@ -3,7 +3,7 @@ anchor's norm of the present."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -99,6 +99,69 @@ def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
         norm = norms.get(anchor_of(row))
         out[key] = dict(row) if norm is None or row.get("latency_source") == "median_ms" else recorrected(row, norm)
     return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_numbers(value: Any) -> bool:
+    """A list of numbers and nulls (ratios a session could not take)."""
+    return isinstance(value, list) and all(v is None or _is_number(v) for v in value)
+
+
+def _is_ratios_at(value: Any) -> bool:
+    """Nothing, or per precision a list of numbers and nulls (or nothing)."""
+    return not value or isinstance(value, Mapping) and all(not v or _is_numbers(v) for v in value.values())
+
+
+#: ``(field, check of a value that is there, what it must be)``: a field of ``env`` is ``env.<name>``.
+_Check = tuple[str, Callable[[Any], bool], str]
+#: What :func:`in_current_norm` reads of every row.
+_EVERY_ROW: tuple[_Check, ...] = (
+    ("env.host_fingerprint", lambda v: v is None or isinstance(v, str), "text"),
+    ("uncorrected_latency_ms", _is_number, "a number"),
+)
+#: What it reads of a row that names an anchor (:func:`~hwsearch.anchor.stored.anchor_of`).
+_ANCHORED_ROW: tuple[_Check, ...] = (
+    ("anchor_keys", lambda v: isinstance(v, list) and all(isinstance(k, str) for k in v), "a list of arch keys"),
+    ("anchor_ratios", _is_numbers, "a list of numbers"),
+    ("anchor_precision", lambda v: v is None or isinstance(v, str), "text"),
+    ("anchor_shas", lambda v: not v or isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of text"),
+    ("anchor_ratios_at", _is_ratios_at, "lists of numbers by precision"),
+    ("anchor_tolerance", _is_number, "a number"),
+    ("uncorrected_ratio", _is_number, "a number"),
+    ("ratio_ci", lambda v: v is None or _is_number(v), "a number"),
+    ("macs", lambda v: not v or _is_number(v) and v > 0, "a positive number"),
+    ("env.session_end", _is_number, "a number"),
+    ("env.session_reference_ms", lambda v: v is None or _is_number(v), "a number"),
+    ("env.unstable_reasons", lambda v: v is None or isinstance(v, list), "a list"),
+)
+
+
+def norm_problem(row: Mapping[str, Any]) -> str | None:
+    """Why :func:`in_current_norm` cannot read a stored row, or None: the first field it reads that is not of its kind.
+
+    For a row whose ``env`` is an object (:func:`predictors.dataset.screen_latencies`
+    checks that, and its ratio and latency); the others are what this module
+    reads.  A hand-edited or damaged row (``env.host_fingerprint`` a list,
+    ``anchor_ratios`` text) ended ``hwsearch train`` in a traceback; it is
+    now set aside by reason like the screen's other rows.  A row that names
+    an anchor needs its ``session_id`` too.
+    """
+    sized = all(isinstance(row.get(name), list) or not row.get(name) for name in ("anchor_keys", "anchor_ratios"))
+    anchored = not sized or anchor_of(row) is not None
+    checks = _EVERY_ROW + (_ANCHORED_ROW if anchored else ())
+    for field, fits, kind in checks:
+        where, _, name = field.rpartition(".")
+        holder = row.get(where, {}) if where else row
+        if not isinstance(holder, Mapping):
+            return f"with {where} not an object"
+        if name in holder and not fits(holder[name]):
+            return f"with {field} not {kind}"
+    if anchored and "session_id" not in row:
+        return "with an anchor but no session_id"
+    return None
 
 
 def on_latest_ruler(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:

@@ -163,7 +163,8 @@ def create_app(
     """
     check_token(token)
     public_url = None if public_url is None else check_public_url(public_url)
-    dispatcher = JobDispatcher(store, admission=admission, agents=agents,
+    # a table, never None: None would run a client's or stored profile as the operator's own (where.url included)
+    dispatcher = JobDispatcher(store, admission=admission, agents=dict(agents or {}),
                                ray_address=ray_address)
 
     @asynccontextmanager

@@ -610,9 +610,10 @@ def job_view(record: Any) -> dict[str, Any]:
     """A job as the API shows it: the result summary without the (large) fronts.
 
     A field of a damaged row (one the store could not read, or that does not
-    have the shape the API shows) reads as null and is named in
-    ``unreadable``, its state kept: one such row answered every listing that
-    reached it, and its own reads, with a 500.
+    have the shape the API shows) reads as null (``kind`` as ``unknown``, a
+    state as :data:`~hwsearch.store.UNREADABLE_STATE`) and is named in
+    ``unreadable``: one such row answered every listing that reached it, and
+    its own reads, with a 500.
     """
     unreadable = list(record.unreadable)
     progress = record.progress if _fits_progress(record.progress) and "progress" not in unreadable else None
@@ -813,6 +814,9 @@ def resume(*, dispatcher: JobDispatcher, catalog: Catalog, roots: DataRoots, job
         record = get_job(store=dispatcher.store, job_id=job_id)
         if record.state == "succeeded":
             raise Conflict(f"job {job_id!r} already succeeded")
+        if "state" in record.unreadable:  # the store would not move it anyway: say why instead of doing nothing
+            raise Conflict(f"job {job_id!r} cannot be resumed: its stored state cannot be read (a damaged record); "
+                           "delete it and submit a new job")
         refused = _checked_now(record, dispatcher, catalog, roots)
         if refused:
             raise Conflict(f"job {job_id!r} is refused by this service's settings now: {'; '.join(refused)}; "

@@ -44,8 +44,10 @@ def report(
         opened = open_store(store)
         try:
             data = from_store(opened, job)
-        except (KeyError, ValueError) as error:
-            raise typer.BadParameter(str(error), param_hint="JOB") from error
+        except KeyError:
+            raise OptionError("JOB", f"no job {job!r} in {store}") from None
+        except ValueError as error:  # not a succeeded search job, or a damaged record: one line, no usage box
+            raise OptionError("JOB", str(error)) from None
     written = build_report(data, out)
     if as_json:
         typer.echo(json.dumps({name: str(path) for name, path in written.items()}))

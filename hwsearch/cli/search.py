@@ -70,7 +70,7 @@ def search(
     from hwsearch.cli._fronts import front_table, shown, target_table
     from hwsearch.cli._inputs import prepare_folder
     from hwsearch.filenames import file_stem
-    from hwsearch.jobs import JobSpec, SupernetRef, claim_job
+    from hwsearch.jobs import JobSpec, SupernetRef, new_job
     from hwsearch.results import ParetoFront
     from hwsearch.store import SQLiteStore
 
@@ -95,8 +95,7 @@ def search(
     )
     console = Console(stderr=as_json)
     _exit_on_sigterm()
-    job_id = store.create_job(spec.to_dict())
-    runner = claim_job(store, job_id)  # at once: a service starting on the store meanwhile leaves it to us
+    job_id, runner = new_job(store, spec.to_dict())  # ours from its first write: a service starting leaves it to us
     result = _run_with_progress(spec, store, job_id, runner, ray_address, console)
     fronts = {name: ParetoFront.from_dict(front) for name, front in result["fronts"].items()}
     paths = {name: str(front.save(out / "fronts" / f"{file_stem(name)}.json"))

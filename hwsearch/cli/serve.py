@@ -98,6 +98,7 @@ def serve(
     """
     import uvicorn
 
+    from devices.network import is_loopback
     from hwsearch.agents import load_agents
     from hwsearch.api.app import MiB, check_public_url, check_token, create_app
     from hwsearch.api.connections import bounded_h11
@@ -120,7 +121,7 @@ def serve(
                                  param_hint="--ssl-certfile")
     if ssl_certfile is not None:
         _check_certificate(ssl_certfile, ssl_keyfile)
-    elif not _is_loopback(host):
+    elif not is_loopback(host):
         typer.echo(f"warning: serving plain HTTP on {host}: clients' token crosses the network in clear; "
                    "give --ssl-certfile and --ssl-keyfile", err=True)
     try:
@@ -156,18 +157,6 @@ def serve(
     finally:
         lock.close()
         store_lock.close()
-
-
-def _is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable from this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a name other than localhost may resolve anywhere
-        return False
 
 
 def _check_certificate(certfile: Path, keyfile: Path) -> None:

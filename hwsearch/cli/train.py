@@ -40,7 +40,7 @@ def train(
     from rich.console import Console
 
     from hwsearch.cli._inputs import load_profile, load_supernet
-    from hwsearch.anchor import in_current_norm
+    from hwsearch.anchor import in_current_norm, norm_problem
     from hwsearch.store import SQLiteStore
     from predictors.accuracy import AccuracyPredictor
     from predictors.dataset import MeasurementSet, screen_accuracies, screen_latencies
@@ -54,7 +54,7 @@ def train(
         from devices import open_profiler
 
         device_hash = open_profiler(load_profile(device)).device_key()  # the profile on its host
-        screened = screen_latencies(space, rows.get_latencies(device_hash, space.network_id))
+        screened = screen_latencies(space, rows.get_latencies(device_hash, space.network_id), also=norm_problem)
         data = MeasurementSet.from_latencies(space, in_current_norm(screened.rows, device_hash, space.network_id))
         model = LatencyPredictor(space, device_hash=device_hash, seed=seed)
     elif target == "accuracy":

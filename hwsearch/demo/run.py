@@ -163,7 +163,7 @@ def run_demo(settings: DemoSettings = DemoSettings(), *,
     from devices.profile import DeviceProfile
     from hwsearch import report as reporting
     from hwsearch.demo.data import write_digits
-    from hwsearch.jobs import build_supernet, run_job_watched
+    from hwsearch.jobs import build_supernet, new_job, run_job_watched
     from hwsearch.store import SQLiteStore
 
     started = time.perf_counter()
@@ -172,9 +172,9 @@ def run_demo(settings: DemoSettings = DemoSettings(), *,
     _, heldout = write_digits(out / "data")
     spec = _job_spec(settings, heldout)
     store = SQLiteStore(out / "hwsearch.db")
-    job_id = store.create_job(spec.to_dict())
+    job_id, runner = new_job(store, spec.to_dict())  # ours from its first write: a service starting leaves it to us
     run_job_watched(spec, store=store, job_id=job_id, ray_address=settings.ray_address,
-                    progress=progress)
+                    progress=progress, runner=runner)
 
     record = store.get_job(job_id)
     if record.state != "succeeded":

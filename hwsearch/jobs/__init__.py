@@ -23,6 +23,7 @@ from hwsearch.jobs.control import (
     cancel_job,
     claim_job,
     describe_error,
+    new_job,
     record_failure,
     recover_jobs,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "execute",
     "job_device",
     "latency_conditions",
+    "new_job",
     "record_failure",
     "recover_jobs",
     "run_job",

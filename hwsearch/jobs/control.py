@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from devices.plain import printable
@@ -24,8 +24,8 @@ from hwsearch.jobs.runners import new_runner_token, remove_dead_leases, runner_a
 from hwsearch.store import ACTIVE_STATES, TERMINAL_STATES, Store
 
 __all__ = ["ACTIVE_STATES", "Control", "JobCancelled", "ProgressFn", "TERMINAL_STATES", "WaitRelay",
-           "cancel_job", "claim_job", "describe_error", "finish_job", "interrupt_job", "record_failure", "recover_jobs",
-           "start_job"]
+           "cancel_job", "claim_job", "describe_error", "finish_job", "interrupt_job", "new_job", "record_failure",
+           "recover_jobs", "start_job"]
 
 # How a watched job reports progress: ``progress(step, fraction, message)``.
 ProgressFn = Callable[[str, float, str], None]
@@ -145,6 +145,19 @@ def start_job(store: Store, job_id: str, runner: str | None = None) -> Control:
     if not store.transition_job(job_id, ACTIVE_STATES, "running", error=None, runner=token, **expected):
         raise JobCancelled(Control(store, job_id, token).reason_to_stop() or f"job {job_id} changed")
     return Control(store, job_id, token)
+
+
+def new_job(store: Store, spec: Mapping[str, Any]) -> tuple[str, str]:
+    """Record a job this process runs itself, claimed in the same write; its id and this runner's token.
+
+    A job created first and claimed or started later had no runner between
+    the two (``init_ray`` alone takes seconds), and a ``hwsearch serve``
+    starting on the store then took it for a dead process's job: it was
+    marked ``interrupted`` and its runner stopped with :class:`JobCancelled`.
+    Pass the token on as ``runner`` (:func:`~hwsearch.jobs.run_job_watched`).
+    """
+    token = new_runner_token(store)
+    return store.create_job(spec, runner=token), token
 
 
 def claim_job(store: Store, job_id: str) -> str | None:

@@ -26,8 +26,10 @@ from hwsearch.jobs.control import (
     JobCancelled,
     ProgressFn,
     WaitRelay,
+    claim_job,
     finish_job,
     interrupt_job,
+    new_job,
     record_failure,
     start_job,
 )
@@ -184,11 +186,13 @@ def run_job_watched(spec: JobSpec, *, store: Store, job_id: str, ray_address: st
     handler raises ``SystemExit`` in this thread) or Ctrl-C is ``interrupted``,
     as the service marks a job it stopped, so a later run resumes it from the
     store.  Before, a ``hwsearch search`` killed so left its job ``running`` for ever.
-    ``runner``: the token the caller claimed the job with (:func:`~hwsearch.jobs.control.claim_job`),
-    so that while Ray starts the job is already this live process's, not an orphan's.
+    ``runner``: the token the caller made or claimed the job with (:func:`~hwsearch.jobs.control.new_job`,
+    :func:`~hwsearch.jobs.control.claim_job`); without one the job is claimed here, before Ray
+    starts, so that meanwhile it is this live process's job, not an orphan a starting service interrupts.
     """
     from hwsearch.ray_session import init_ray
 
+    runner = runner or claim_job(store, job_id)
     try:
         try:
             init_ray(ray_address)
@@ -263,14 +267,14 @@ def submit_job(spec: JobSpec | ProfileSpec, *, store: Store, job_id: str | None 
     service queues jobs through :class:`hwsearch.dispatch.JobDispatcher`,
     which bounds how many run and can stop one at once.
     """
-    job_id = job_id or store.create_job(spec.to_dict())
-    threading.Thread(target=_run_in_thread, args=(spec.to_dict(), store, job_id),
+    job_id, runner = new_job(store, spec.to_dict()) if job_id is None else (job_id, claim_job(store, job_id))
+    threading.Thread(target=_run_in_thread, args=(spec.to_dict(), store, job_id, runner),
                      name=f"hwsearch-job-{job_id}", daemon=True).start()
     return job_id
 
 
-def _run_in_thread(spec: Mapping[str, Any], store: Store, job_id: str) -> None:
+def _run_in_thread(spec: Mapping[str, Any], store: Store, job_id: str, runner: str | None) -> None:
     try:
-        execute(spec, store, job_id)
+        execute(spec, store, job_id, runner=runner)
     except Exception:
         pass  # execute logged it and recorded it in the store

@@ -46,8 +46,13 @@ _LEASES_LOCK = threading.Lock()
 
 
 def runners_folder(store_path: str | os.PathLike[str]) -> Path:
-    """The folder of a store file's runner lock files: ``<store>.runners`` (the ``hwsearch serve`` lock too)."""
-    return Path(f"{os.path.abspath(store_path)}.runners")
+    """The folder of a store file's runner lock files: ``<store>.runners`` (the ``hwsearch serve`` lock too).
+
+    Beside the store's real file, links resolved: a store named through a
+    symlink gave a second folder, so a second ``hwsearch serve`` started on
+    the same store and a runner's lease was not where the service looked.
+    """
+    return Path(f"{os.path.realpath(store_path)}.runners")
 
 
 def new_runner_token(store: Store) -> str:
