@@ -115,14 +115,28 @@ def test_a_warm_up_longer_than_the_sessions_bound_ends_it_with_an_overrun() -> N
     assert seconds < bound_s(profile) + 2 * per_run + 0.5, (seconds, per_run)
 
 
+def _six_models_whose_round_outlasts(seconds: float, profile: DeviceProfile) -> tuple[list[OrtRunner], float, float]:
+    """Six matmul chains, deepened until one round of them (two runs each) takes over ``seconds`` here and now.
+
+    Sized on the spot: with a fixed depth, a round took 0.87 s when the host
+    was in a fast state, too short for the bound this test needs it to outlast.
+    Returns the models, one run of the largest, and a round, in seconds.
+    """
+    depth = 8
+    while True:
+        models = [OrtRunner(matmul_chain(1000 + index, depth), profile) for index in range(6)]
+        per_run = run_ms(models[-1]) / 1000  # the largest; they differ by a few rows
+        round_s = 2 * per_run * len(models)  # timing: hot runs each model twice a round
+        if round_s > seconds:
+            return models, per_run, round_s
+        depth = math.ceil(depth * 1.5 * seconds / round_s)
+
+
 def test_a_round_of_slow_models_is_stopped_within_the_bound_not_after_it() -> None:
     """Checked only between rounds, one round of these six models ran longer than the whole bound."""
     quick = slow_profile(0.5, 0)
     reference = OrtRunner(matmul_chain(64, 1), quick)
-    models = [OrtRunner(matmul_chain(1000 + index, 8), quick) for index in range(6)]
-    per_run = run_ms(models[-1]) / 1000  # the largest; they differ by a few rows
-    round_s = 2 * per_run * len(models)  # timing: hot runs each model twice a round
-    assert round_s > 2 * bound_s(quick), f"a round ({round_s:.2f} s) must outlast the bound here"
+    models, per_run, round_s = _six_models_whose_round_outlasts(3 * bound_s(quick), quick)
     outcome, seconds = run_bounded(reference, models, quick, wait_s=round_s * quick.protocol.min_rounds / 2)
     assert isinstance(outcome, SessionOverrun), outcome
     assert "protocol.min_rounds (0 of 5 rounds over 6 models)" in str(outcome)

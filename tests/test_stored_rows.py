@@ -106,6 +106,16 @@ def test_a_resume_at_start_fails_an_old_row_that_names_a_url_and_contacts_nothin
     assert f"job {job_id} is not resumed" in server.log.read_text()
 
 
+def readable_front(space: Any) -> dict[str, Any]:
+    """A front of one measured subnet of ``space`` as a search stores it: only its job's checkpoint is wrong."""
+    from hwsearch.problem import accuracy_latency
+    from hwsearch.results import Candidate, ParetoFront
+
+    point = Candidate(arch=space.sample(0, 1)[0], measured={"accuracy": 0.5, "latency_ms": 1.0})
+    return ParetoFront.build(device="cpu-1t", space_name=space.name, candidates=[point],
+                             objectives=accuracy_latency(), reference_point=(-0.5, 10.0), seed=0).to_dict()
+
+
 def test_a_resume_request_and_an_export_refuse_an_old_row_by_the_fields_it_names(
         tmp_path: Path, listener: Listener) -> None:
     """``POST /jobs/{id}/resume`` names the fields; a front point's export does not read its job's checkpoint.
@@ -120,11 +130,12 @@ def test_a_resume_request_and_an_export_refuse_an_old_row_by_the_fields_it_names
 
     store = SQLiteStore(tmp_path / "served" / "store.sqlite")
     stopped = old_row(store, listener, tmp_path, "interrupted")
+    supernet = build_supernet(SupernetRef(**SUPERNET))
     outside = tmp_path / "outside" / "weights.pt"  # real weights, so only the data roots can refuse them
-    torch.save(build_supernet(SupernetRef(**SUPERNET)).module.state_dict(), outside)
+    torch.save(supernet.module.state_dict(), outside)
     spec = tiny_spec(store.path.parent / "val.npz", [fast_device("cpu-1t")]).to_dict()
     finished = store.create_job(spec | {"supernet": {**SUPERNET, "checkpoint": str(outside)}})
-    store.update_job(finished, state="succeeded", result={"fronts": {"cpu-1t": {"points": [{"arch": ARCH}]}}})
+    store.update_job(finished, state="succeeded", result={"fronts": {"cpu-1t": readable_front(supernet.space)}})
     server = Server(store.path).start()
     try:
         with server.client() as client:

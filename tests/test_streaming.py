@@ -107,7 +107,7 @@ def test_two_agent_devices_measure_at_the_same_time_in_one_job(net: Any, agents:
     monkeypatch.setenv("STREAMING_TOKEN", TOKEN)
     store = MemoryStore()
     job_id = store.create_job({"kind": "search"})
-    devices = [job_device(agent_device(f"edge-{i}", agent, LONG), {})
+    devices = [job_device(agent_device(f"edge-{i}", agent, LONG), None)  # the operator's own profiles
                for i, agent in enumerate(agents)]
     job = JobContext(store=store, job_id=job_id, net=net, devices=devices, data=None,
                      dataset_id="unused", archs=select_subnets(net.space, 2, seed=7))
