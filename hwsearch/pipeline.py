@@ -19,6 +19,7 @@ compare them share one reference scale and one state of the machine.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from hwsearch.anchor import (ANCHOR_SUBNETS, DEFAULT_TOLERANCE, Anchor, FileLabel, HostRecord, correct_row,
-                             in_current_norm, judged_stable)
+                             in_current_norm, judged_stable, norm_problem)
 from hwsearch.anchor import MIN_SESSIONS as ANCHOR_MIN_SESSIONS
 from hwsearch.anchor import history as anchor_history
 from hwsearch.chunk_exports import (SHARED_EXPORTS, Derivation, Exported, delete_exports, export_chunk,
@@ -51,8 +52,9 @@ from hwsearch.tempdirs import owned_temp_dir
 from predictors.features import ArchFeaturizer
 
 __all__ = ["ProfileReport", "finished_keys", "finite_latencies", "profile_precisions", "profile_subnets",
-           "select_subnets"]
+           "readable_latencies", "select_subnets"]
 
+log = logging.getLogger(__name__)
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
@@ -276,7 +278,7 @@ def profile_precisions(
                                    exporting)
         anchor_folder = Path(tmp) / "anchor"
         earlier = None if anchor_tolerance is None or not chunks else _earlier_anchor(
-            space, store.get_latencies(keys[precisions[0]], space.network_id), host_record, precisions,
+            space, readable_latencies(store, keys[precisions[0]], space.network_id), host_record, precisions,
             len(chunks), export, anchor_folder, anchor_tolerance)
         own_anchor = (anchor_folder, anchor_tolerance) if anchor_tolerance is not None and len(chunks) > 1 else None
         rows = _RunRows(store, keys, precisions, space.network_id,
@@ -296,9 +298,38 @@ def profile_precisions(
                              tally.measured, rows.unstable(p), seconds) for p in precisions}
 
 
+def readable_latencies(store: Store, device_key: str, network_id: str) -> dict[str, dict[str, Any]]:
+    """The device's stored rows a job can read; a damaged one is left out (and logged), so it is measured again.
+
+    Damaged: not an object, no numeric ``latency_ms`` and ``median_ms``, an
+    ``env`` that is not an object, or a field the anchor's norm reads that is
+    not of its kind (:func:`hwsearch.anchor.norm_problem`).  Rows this code
+    writes are never so; a hand-edited or damaged one ended every job on the
+    device with ``TypeError: unhashable type: 'list'`` or the like.
+    """
+    rows = store.get_latencies(device_key, network_id)
+    damaged = {key: problem for key, row in rows.items() if (problem := _row_damage(row)) is not None}
+    for key, problem in damaged.items():
+        log.warning("latency row %s of device %s is damaged (%s): it is left out and measured again",
+                    key, device_key, problem)
+    return {key: row for key, row in rows.items() if key not in damaged}
+
+
+def _row_damage(row: Any) -> str | None:
+    if not isinstance(row, dict):
+        return "not an object"
+    for name in ("latency_ms", "median_ms"):
+        if not isinstance(row.get(name), (int, float)) or isinstance(row.get(name), bool):
+            return f"{name} is no number"
+    if not isinstance(row.get("env"), dict):
+        return "env is not an object"
+    return norm_problem(row)
+
+
 def finished_keys(store: Store, device_key: str, network_id: str) -> set[str]:
-    """Subnets whose rows a run finished: a row still ``anchor_pending`` is measured again (see :class:`_RunRows`)."""
-    return {key for key, row in store.get_latencies(device_key, network_id).items()
+    """Subnets whose rows a run finished: a row still ``anchor_pending`` is measured again (see :class:`_RunRows`),
+    as is a damaged one (:func:`readable_latencies`)."""
+    return {key for key, row in readable_latencies(store, device_key, network_id).items()
             if not row.get("anchor_pending")}
 
 
@@ -653,7 +684,7 @@ def finite_latencies(store: Store, device_hash: str, space_name: str) -> dict[st
     reader's write could land after a concurrent run labelled the row and
     undo the label.
     """
-    rows = store.get_latencies(device_hash, space_name)
+    rows = readable_latencies(store, device_hash, space_name)
     for row in rows.values():
         if not math.isfinite(float(row["latency_ms"])):
             row.update(latency_ms=float(row["median_ms"]), latency_source="median_ms")

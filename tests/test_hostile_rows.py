@@ -21,6 +21,7 @@ from devices import open_profiler
 from devices.profile import DeviceProfile
 from hwsearch.store import SQLiteStore
 from hwsearch.supernets import create_supernet
+from tests._jobs import fast_device
 from tests._server import Server
 from tests.test_cli_errors import LOCAL_PROFILE, assert_one_line_error, run_cli
 
@@ -299,3 +300,33 @@ def test_report_of_a_succeeded_job_with_a_damaged_result_says_so_in_one_line(tmp
                          cwd=tmp_path)
         line = assert_one_line_error(result, 2, jobs[text], said, "(JOB)")
         assert "is succeeded" not in line, line
+
+
+def test_a_damaged_latency_row_is_measured_again_not_read(tmp_path: Path) -> None:
+    """A job read a hand-damaged row as measured, and the first reader of its norm failed with a traceback
+    (``TypeError: unhashable type: 'list'``); it is now left out, so the next run measures the subnet again."""
+    profile = tmp_path / "fast.json"
+    profile.write_text(json.dumps(fast_device("cpu-1t")))
+    store_path = tmp_path / "s.db"
+    profile_run = ("profile", "--supernet", SUPERNET, "--device", str(profile), "--n", "3", "--seed", "5",
+                   "--store", str(store_path), "--json")
+    first = run_cli(*profile_run, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    store = SQLiteStore(store_path)
+    [(device_key, network_id)] = {(row[0], row[1]) for row in _latency_rows(store_path)}
+    rows = store.get_latencies(device_key, network_id)
+    damaged_key = sorted(rows)[0]
+    damaged = rows[damaged_key] | {"env": rows[damaged_key]["env"] | {"host_fingerprint": ["a", "b"]}}
+    _damage(store_path, "UPDATE latencies SET data = ? WHERE arch_key = ?", json.dumps(damaged), damaged_key)
+
+    second = run_cli(*profile_run, cwd=tmp_path)
+
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert json.loads(second.stdout)["measured"] == 1, second.stdout
+    assert isinstance(store.get_latencies(device_key, network_id)[damaged_key]["env"]["host_fingerprint"], str)
+    assert f"latency row {damaged_key}" in second.stderr and "measured again" in second.stderr
+
+
+def _latency_rows(path: Path) -> list[tuple[str, str, str]]:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute("SELECT device_hash, space_name, arch_key FROM latencies").fetchall()
