@@ -29,6 +29,7 @@ proxies (:func:`_client_options`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -222,19 +223,24 @@ _NULL_MEANS = {"latency_ms": math.nan, "ratio": math.nan, "ratio_ci": math.inf}
 
 
 def _from_wire(row: Any) -> Any:
-    """A row as the agent sent it, with its nulls read as :data:`_NULL_MEANS` says, and its env cut to known fields.
+    """A row as the agent sent it, with its nulls read as :data:`_NULL_MEANS` says, cut to the fields this client knows.
 
-    A newer agent may record more about a session than this client knows
-    (:data:`_ENV_FIELDS`); those fields are dropped rather than the row
-    refused, so an agent can be upgraded before the services that use it.
+    A newer agent may record more than this client knows, in the row
+    (another percentile) or its env (:data:`_ENV_FIELDS`); those fields are
+    dropped rather than the row refused, so an agent can be upgraded before
+    the services that use it.  A field this client needs and the row lacks
+    still refuses it.
     """
     if not isinstance(row, dict):
         return row
-    env = row.get("env")
-    known_env = {"env": {name: value for name, value in env.items() if name in _ENV_FIELDS}} if isinstance(
-        env, dict) else {}
-    return {**row, **known_env,
-            **{name: meaning for name, meaning in _NULL_MEANS.items() if name in row and row[name] is None}}
+    known = {name: value for name, value in row.items() if name in _MEASUREMENT_FIELDS}
+    env = known.get("env")
+    if isinstance(env, dict):
+        known["env"] = {name: value for name, value in env.items() if name in _ENV_FIELDS}
+    return {**known, **{name: meaning for name, meaning in _NULL_MEANS.items() if known.get(name, 0) is None}}
+
+
+_MEASUREMENT_FIELDS = frozenset(field.name for field in dataclasses.fields(Measurement))
 
 
 def _well_formed(m: Measurement, sha: str) -> bool:

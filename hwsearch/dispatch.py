@@ -36,9 +36,11 @@ from hwsearch.jobs import (
     cancel_job,
     claim_job,
     execute,
+    new_job,
     record_failure,
     recover_jobs,
 )
+from hwsearch.jobs.runners import new_runner_token
 from hwsearch.store import Store
 
 __all__ = ["Admission", "JobDispatcher", "QueueFull", "StillStopping", "StoreFull"]
@@ -112,15 +114,15 @@ class JobDispatcher:
 
     Thread-safe.  ``agents`` (the operator's declared agents, tokens included)
     travel to each job's task as an argument and are never stored.  They are
-    what :func:`~hwsearch.agents.resolve_profile` takes: the default, None,
-    runs the operator's own profiles as written (``where.url`` included), a
-    library caller's queue of its own jobs; the service always passes its
-    declared table (maybe empty), so a client's profile reaches only those.
+    what :func:`~hwsearch.agents.resolve_profile` takes, and have no default,
+    since the choice decides whom a job may contact with a token: None runs
+    the jobs' profiles as written (``where.url`` included), for a caller
+    whose profiles are all its own; a table (the service's, maybe empty)
+    lets a profile reach only those agents, for profiles from anyone else.
     """
 
-    def __init__(self, store: Store, *, admission: Admission = Admission(),
-                 agents: Mapping[str, AgentEndpoint] | None = None,
-                 ray_address: str | None = None) -> None:
+    def __init__(self, store: Store, *, agents: Mapping[str, AgentEndpoint] | None,
+                 admission: Admission = Admission(), ray_address: str | None = None) -> None:
         self.store = store
         self.admission = admission
         self.agents = None if agents is None else dict(agents)
@@ -171,7 +173,8 @@ class JobDispatcher:
             self._check_room()
             if self.store.count_jobs() >= self.admission.max_jobs:
                 raise StoreFull(self.admission.max_jobs)
-            job_id = self.store.create_job(spec.to_dict())
+            # this process's from the first write: a service starting on the store must not take it for an orphan
+            job_id, _ = new_job(self.store, spec.to_dict())
             self._queue.append(job_id)
             self._cond.notify_all()
         return job_id
@@ -188,8 +191,10 @@ class JobDispatcher:
             if job_id in self._running:
                 raise StillStopping(f"job {job_id} is still stopping; resume it in a few seconds")
             self._check_room()
-            # the old runner's token goes: a task of its that starts late must find no claim of its own
-            if self.store.transition_job(job_id, TERMINAL_STATES, "queued", error=None, runner=None):
+            # the old runner's token goes (a task of its that starts late must find no claim of its own) for
+            # one of this process's, so the queued job is not taken for an orphan meanwhile
+            if self.store.transition_job(job_id, TERMINAL_STATES, "queued", error=None,
+                                         runner=new_runner_token(self.store)):
                 self._queue.append(job_id)
                 self._cond.notify_all()
 

@@ -19,7 +19,6 @@ compare them share one reference scale and one state of the machine.
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from hwsearch.anchor import (ANCHOR_SUBNETS, DEFAULT_TOLERANCE, Anchor, FileLabel, HostRecord, correct_row,
-                             in_current_norm, judged_stable, norm_problem)
+                             in_current_norm, judged_stable, readable_rows)
 from hwsearch.anchor import MIN_SESSIONS as ANCHOR_MIN_SESSIONS
 from hwsearch.anchor import history as anchor_history
 from hwsearch.chunk_exports import (SHARED_EXPORTS, Derivation, Exported, delete_exports, export_chunk,
@@ -54,7 +53,6 @@ from predictors.features import ArchFeaturizer
 __all__ = ["ProfileReport", "finished_keys", "finite_latencies", "profile_precisions", "profile_subnets",
            "readable_latencies", "select_subnets"]
 
-log = logging.getLogger(__name__)
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
@@ -299,31 +297,9 @@ def profile_precisions(
 
 
 def readable_latencies(store: Store, device_key: str, network_id: str) -> dict[str, dict[str, Any]]:
-    """The device's stored rows a job can read; a damaged one is left out (and logged), so it is measured again.
-
-    Damaged: not an object, no numeric ``latency_ms`` and ``median_ms``, an
-    ``env`` that is not an object, or a field the anchor's norm reads that is
-    not of its kind (:func:`hwsearch.anchor.norm_problem`).  Rows this code
-    writes are never so; a hand-edited or damaged one ended every job on the
-    device with ``TypeError: unhashable type: 'list'`` or the like.
-    """
-    rows = store.get_latencies(device_key, network_id)
-    damaged = {key: problem for key, row in rows.items() if (problem := _row_damage(row)) is not None}
-    for key, problem in damaged.items():
-        log.warning("latency row %s of device %s is damaged (%s): it is left out and measured again",
-                    key, device_key, problem)
-    return {key: row for key, row in rows.items() if key not in damaged}
-
-
-def _row_damage(row: Any) -> str | None:
-    if not isinstance(row, dict):
-        return "not an object"
-    for name in ("latency_ms", "median_ms"):
-        if not isinstance(row.get(name), (int, float)) or isinstance(row.get(name), bool):
-            return f"{name} is no number"
-    if not isinstance(row.get("env"), dict):
-        return "env is not an object"
-    return norm_problem(row)
+    """The device's stored rows a job can read (:func:`hwsearch.anchor.readable_rows`): a damaged one is measured
+    again."""
+    return readable_rows(store.get_latencies(device_key, network_id), device_key)
 
 
 def finished_keys(store: Store, device_key: str, network_id: str) -> set[str]:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from devices.plain import dumps
-from hwsearch.anchor import in_current_norm
+from hwsearch.anchor import in_current_norm, readable_rows
 from hwsearch.filenames import file_stem
 from hwsearch.quantize import precision_key
 from hwsearch.results import Candidate, ParetoFront, measurement_label
@@ -71,7 +71,7 @@ def _measurements(store: Store, result: Mapping[str, Any]) -> dict[str, list[dic
         for precision, entry in info.get("precisions", {"fp32": {"hash": info["hash"]}}).items():
             dataset = precision_key(result["dataset_id"], precision)
             accuracies = store.get_accuracies(result["supernet_id"], dataset)
-            stored = store.get_latencies(entry["hash"], network)
+            stored = readable_rows(store.get_latencies(entry["hash"], network), entry["hash"])
             for key, m in sorted(in_current_norm(stored, entry["hash"], network).items()):
                 rows.append({"arch_key": key, "precision": precision,
                              "latency_ms": m.get("latency_ms"), "ratio_ci": m.get("ratio_ci"),
@@ -122,16 +122,21 @@ def _spread3(values: Any) -> dict[str, float] | None:
 
 
 def from_store(store: Store, job_id: str) -> ReportData:
-    """The report data of a finished search job; :class:`ValueError` saying why for any other job."""
+    """The report data of a finished search job; KeyError for no such job, :class:`ValueError` saying why for any
+    other that cannot be reported (one whose result lacks a field read "no job" before)."""
     record = store.get_job(job_id)
     result = _readable_result(job_id, record)
-    return ReportData(
-        title=f"hwsearch job {job_id}",
-        fronts={d: _front(f, f"job {job_id}'s stored front of device {d!r}") for d, f in result["fronts"].items()},
-        predictors=result.get("predictors", {}),
-        measurements=_measurements(store, result),
-        settings=record.spec,
-    )
+    try:
+        return ReportData(
+            title=f"hwsearch job {job_id}",
+            fronts={d: _front(f, f"job {job_id}'s stored front of device {d!r}") for d, f in result["fronts"].items()},
+            predictors=result.get("predictors", {}),
+            measurements=_measurements(store, result),
+            settings=record.spec,
+        )
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"job {job_id}'s stored result cannot be read (a damaged record: "
+                         f"{type(error).__name__} {error}); no report can be made from it") from None
 
 
 def _readable_result(job_id: str, record: Any) -> Mapping[str, Any]:

@@ -116,6 +116,17 @@ def test_env_fields_no_session_records_are_dropped_not_stored(box: HostileBox, m
     assert all(field not in m.env for m in rows) and all("host_fingerprint" in m.env for m in rows)
 
 
+def test_row_fields_no_session_records_are_dropped_not_stored(box: HostileBox, models: list[Path]) -> None:
+    """A newer agent's extra percentile refused the whole measurement (``unexpected keyword argument``)."""
+    def answer(handler: Any, request: dict[str, Any]) -> None:
+        send_json(handler, {"measurements": [{**row, "p95_ms": 1.5, "extra": "\x1b[2J"}
+                                             for row in well_formed_rows(request)]})
+
+    rows, _ = measure_against(box, models, answer)
+    assert [m.latency_ms for m in rows] == [1.0, 2.0]
+    assert all(not hasattr(m, "p95_ms") and "extra" not in m.to_dict() for m in rows)
+
+
 @pytest.mark.parametrize("answer, says", [
     (corrupt_env("cpu", "\x1b[2Jfake cpu"), "env.cpu is"),
     (corrupt_env("cpu", "x" * 1000), "env.cpu is"),

@@ -564,5 +564,5 @@ def test_deleting_a_job_that_names_an_upload_by_a_relative_path_frees_it(
     store.update_job(job_id, state="succeeded", result={"fronts": {}})
     upload(shifted_weights())
     assert first.is_file()  # the job names it
-    service.delete_job(dispatcher=JobDispatcher(store), catalog=catalog, job_id=job_id)
+    service.delete_job(dispatcher=JobDispatcher(store, agents={}), catalog=catalog, job_id=job_id)
     assert not first.exists()

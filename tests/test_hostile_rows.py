@@ -16,6 +16,7 @@ from contextlib import closing
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from devices import open_profiler
 from devices.profile import DeviceProfile
@@ -24,6 +25,7 @@ from hwsearch.supernets import create_supernet
 from tests._jobs import fast_device
 from tests._server import Server
 from tests.test_cli_errors import LOCAL_PROFILE, assert_one_line_error, run_cli
+from tests.test_cli_hardening import _front_json
 
 SUPERNET = "demo_mbv3_mnist"
 DATASET = "val"
@@ -302,29 +304,72 @@ def test_report_of_a_succeeded_job_with_a_damaged_result_says_so_in_one_line(tmp
         assert "is succeeded" not in line, line
 
 
-def test_a_damaged_latency_row_is_measured_again_not_read(tmp_path: Path) -> None:
-    """A job read a hand-damaged row as measured, and the first reader of its norm failed with a traceback
-    (``TypeError: unhashable type: 'list'``); it is now left out, so the next run measures the subnet again."""
+def _profiled(tmp_path: Path) -> tuple[tuple[str, ...], Path, str, str]:
+    """``hwsearch profile`` of three subnets into a new store: the command, the store, the device key, the network."""
     profile = tmp_path / "fast.json"
     profile.write_text(json.dumps(fast_device("cpu-1t")))
     store_path = tmp_path / "s.db"
-    profile_run = ("profile", "--supernet", SUPERNET, "--device", str(profile), "--n", "3", "--seed", "5",
-                   "--store", str(store_path), "--json")
-    first = run_cli(*profile_run, cwd=tmp_path)
+    command = ("profile", "--supernet", SUPERNET, "--device", str(profile), "--n", "3", "--seed", "5",
+               "--store", str(store_path), "--json")
+    first = run_cli(*command, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
-    store = SQLiteStore(store_path)
     [(device_key, network_id)] = {(row[0], row[1]) for row in _latency_rows(store_path)}
-    rows = store.get_latencies(device_key, network_id)
-    damaged_key = sorted(rows)[0]
-    damaged = rows[damaged_key] | {"env": rows[damaged_key]["env"] | {"host_fingerprint": ["a", "b"]}}
-    _damage(store_path, "UPDATE latencies SET data = ? WHERE arch_key = ?", json.dumps(damaged), damaged_key)
+    return command, store_path, device_key, network_id
 
-    second = run_cli(*profile_run, cwd=tmp_path)
+
+#: Damage a reader of a row's norm could not survive: each ended a job (and ``hwsearch report``) in a traceback.
+ROW_DAMAGE = {
+    "fingerprint-a-list": lambda row: row | {"env": row["env"] | {"host_fingerprint": ["a", "b"]}},
+    "ratio-a-list": lambda row: row | {"ratio": ["x"]},
+    "anchor-shas-a-number": lambda row: row | {"anchor_keys": ["k"], "anchor_ratios": [1.0], "anchor_shas": 5,
+                                               "session_id": "s"},
+}
+
+
+def _damage_one_row(store_path: Path, device_key: str, network_id: str, damage: str) -> str:
+    rows = SQLiteStore(store_path).get_latencies(device_key, network_id)
+    key = sorted(rows)[0]
+    _damage(store_path, "UPDATE latencies SET data = ? WHERE arch_key = ?", json.dumps(ROW_DAMAGE[damage](rows[key])),
+            key)
+    return key
+
+
+@pytest.mark.parametrize("damage", ROW_DAMAGE)
+def test_a_damaged_latency_row_is_measured_again_not_read(tmp_path: Path, damage: str) -> None:
+    """A job read a hand-damaged row as measured, and the first reader of its norm failed with a traceback
+    (``TypeError: unhashable type: 'list'``); it is now left out, so the next run measures the subnet again."""
+    command, store_path, device_key, network_id = _profiled(tmp_path)
+    key = _damage_one_row(store_path, device_key, network_id, damage)
+
+    second = run_cli(*command, cwd=tmp_path)
 
     assert second.returncode == 0, second.stderr[-2000:]
     assert json.loads(second.stdout)["measured"] == 1, second.stdout
-    assert isinstance(store.get_latencies(device_key, network_id)[damaged_key]["env"]["host_fingerprint"], str)
-    assert f"latency row {damaged_key}" in second.stderr and "measured again" in second.stderr
+    again = SQLiteStore(store_path).get_latencies(device_key, network_id)[key]
+    assert isinstance(again["env"]["host_fingerprint"], str) and isinstance(again["ratio"], float), again
+    assert f"latency row {key}" in second.stderr and "measured again" in second.stderr
+
+
+def test_a_report_leaves_a_damaged_latency_row_out_and_a_damaged_result_is_no_missing_job(tmp_path: Path) -> None:
+    """``hwsearch report`` read every stored row of a job's devices: one damaged row ended it in a traceback.  And a
+    result lacking a field it reads said "no job ... in STORE" of a job that was there."""
+    _, store_path, device_key, network_id = _profiled(tmp_path)
+    key = _damage_one_row(store_path, device_key, network_id, "fingerprint-a-list")
+    store = SQLiteStore(store_path)
+    result = {"fronts": {"cpu-1t": _front_json() | {"device": "cpu-1t"}}, "devices": {"cpu-1t": {"hash": device_key}},
+              "space_name": network_id, "dataset_id": "digits", "supernet_id": SUPERNET}
+    jobs = []
+    for stored in (result, {key: value for key, value in result.items() if key != "devices"}):
+        jobs.append(store.create_job({"kind": "search"}))
+        store.update_job(jobs[-1], state="succeeded", result=stored)
+
+    whole = run_cli("report", jobs[0], "--store", str(store_path), "--out", str(tmp_path / "r0"), cwd=tmp_path)
+    lacking = run_cli("report", jobs[1], "--store", str(store_path), "--out", str(tmp_path / "r1"), cwd=tmp_path)
+
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert f"latency row {key}" in whole.stderr and (tmp_path / "r0" / "report.html").is_file()
+    line = assert_one_line_error(lacking, 2, jobs[1], "stored result cannot be read", "(JOB)")
+    assert "no job" not in line, line
 
 
 def _latency_rows(path: Path) -> list[tuple[str, str, str]]:

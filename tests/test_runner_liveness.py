@@ -16,13 +16,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
+from hwsearch.api.catalog import default_data_dir
 from hwsearch.store import SQLiteStore
 from tests._jobs import fast_device, random_dataset
 from tests._server import Server, free_port
+
+REPO = Path(__file__).resolve().parents[1]
 
 RUNNER = """
 import sys, time
@@ -100,6 +106,7 @@ def test_a_second_serve_on_a_store_in_use_refuses_in_one_line_naming_store(tmp_p
         assert stderr.strip().splitlines() == [f"error: another hwsearch serve is using {path}; stop it first, "
                                                "or serve another store (--store)"], stderr[-3000:]
     assert runners_folder(link) == runners_folder(store), "a runner's leases would not be where the service looks"
+    assert default_data_dir(link) == default_data_dir(store), "served through the link, the store had another catalog"
 
 
 OWNER = """
@@ -119,6 +126,30 @@ except JobCancelled as stop:
 """
 
 
+@contextmanager
+def _job_owner(script: str, store: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A process running ``script``, which makes a job in ``store``, prints its id and waits; killed on leaving."""
+    owner = subprocess.Popen([sys.executable, "-c", script, str(store)], env=_env(), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert owner.stdout is not None and owner.stdin is not None
+        yield owner, owner.stdout.readline().strip()
+    finally:
+        owner.kill()
+        owner.wait(timeout=30)
+
+
+@contextmanager
+def _serving(store: Path) -> Iterator[httpx.Client]:
+    """A ``hwsearch serve`` started on ``store`` (it recovers the store's orphaned jobs as it starts)."""
+    server = Server(store).start()
+    try:
+        with server.client() as client:
+            yield client
+    finally:
+        server.stop()
+
+
 def test_a_job_is_its_makers_from_its_first_write_so_a_service_starting_before_it_runs_leaves_it(
         tmp_path: Path) -> None:
     """``hwsearch demo`` (and ``submit_job``, and library callers) created the job and claimed it only as it
@@ -126,27 +157,43 @@ def test_a_job_is_its_makers_from_its_first_write_so_a_service_starting_before_i
     runner died with JobCancelled.  :func:`hwsearch.jobs.new_job`, which they use now, writes the claim with
     the job."""
     store = tmp_path / "store.sqlite"
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(store)], env=_env(), stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    server = None
-    try:
+    with _job_owner(OWNER, store) as (owner, job_id), _serving(store) as client:
         assert owner.stdout is not None and owner.stdin is not None
-        job_id = owner.stdout.readline().strip()
-        server = Server(store).start()
-        with server.client() as client:
-            before = client.get(f"/jobs/{job_id}").json()
-            owner.stdin.write("go\n")
-            owner.stdin.flush()
-            said = owner.stdout.readline().strip()
-            after = client.get(f"/jobs/{job_id}").json()
-    finally:
-        if server is not None:
-            server.stop()
-        owner.kill()
-        owner.wait(timeout=30)
+        before = client.get(f"/jobs/{job_id}").json()
+        owner.stdin.write("go\n")
+        owner.stdin.flush()
+        said = owner.stdout.readline().strip()
+        after = client.get(f"/jobs/{job_id}").json()
     assert (before["state"], before["error"]) == ("queued", None), before
     assert said == "started", said
     assert after["state"] == "running", after
+
+
+DISPATCHER = """
+import sys
+from hwsearch.dispatch import JobDispatcher
+from hwsearch.jobs import ProfileSpec, SupernetRef
+from hwsearch.store import SQLiteStore
+from tests._jobs import SUPERNET, fast_device
+store = SQLiteStore(sys.argv[1])
+dispatcher = JobDispatcher(store, agents=None)  # not started: its jobs wait in its queue
+arch = {"ks": [3] * 20, "e": [4] * 20, "d": [2] * 5, "r": [32]}
+print(dispatcher.submit(ProfileSpec(supernet=SupernetRef(**SUPERNET), device=fast_device("cpu-1t"), arch=arch)),
+      flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_library_dispatchers_queued_job_is_its_own_so_a_service_starting_on_the_store_leaves_it(
+        tmp_path: Path) -> None:
+    """A ``JobDispatcher``'s queued jobs had no runner until claimed: a service starting on the store marked
+    them ``interrupted`` while their dispatcher lived, and they were dropped from its queue."""
+    store = tmp_path / "store.sqlite"
+    with _job_owner(DISPATCHER, store) as (_, job_id), _serving(store) as client:
+        job = client.get(f"/jobs/{job_id}").json()
+    assert (job["state"], job["error"]) == ("queued", None), job
+
+
 def _job(store: Path) -> tuple[str, str] | None:
     """The one job's (id, state) in a search's store, once it has one."""
     if not store.exists():

@@ -174,9 +174,9 @@ def test_the_services_runner_refuses_a_stored_profile_that_names_a_url(
 
 def test_a_library_dispatcher_runs_the_operators_own_profile_as_written_and_a_service_only_declared_agents(
         tmp_path: Path, listener: Listener, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``JobDispatcher(store)`` without agents ran the operator's own ``where.url`` profile as a client's: it failed
-    with UndeclaredReach before contacting the URL.  The service's dispatcher, built without agents, keeps the
-    empty table, so the same profile is refused there and its URL never contacted."""
+    """A dispatcher told its profiles are the operator's own (``agents=None``) runs a ``where.url`` profile as
+    written; one defaulting to ``{}`` had failed it with UndeclaredReach.  The service's dispatcher, built without
+    agents, keeps the empty table, so the same profile is refused there and its URL never contacted."""
     from devices.client import AgentError
     from hwsearch.agents import UndeclaredReach
     from hwsearch.api.app import create_app
@@ -194,7 +194,7 @@ def test_a_library_dispatcher_runs_the_operators_own_profile_as_written_and_a_se
         execute(spec, store, store.create_job(spec), service.state.dispatcher.agents)
     assert listener.contacts == []
 
-    library = JobDispatcher(store)
+    library = JobDispatcher(store, agents=None)  # said explicitly: there is no default
     assert library.agents is None
     job_id = store.create_job(spec)
     with pytest.raises(AgentError):  # the listener never answers: the profile reached it as written

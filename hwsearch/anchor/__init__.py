@@ -84,7 +84,8 @@ and :func:`history`), :mod:`~hwsearch.anchor.run` (one run's
 """
 
 from hwsearch.anchor.host import HOST_SESSIONS, FileLabel, HostRecord
-from hwsearch.anchor.norm import Norm, current_norms, host_spreads, in_current_norm, norm_problem, recorrected
+from hwsearch.anchor.norm import (Norm, current_norms, host_spreads, in_current_norm, norm_problem, readable_rows,
+                                  recorrected)
 from hwsearch.anchor.run import ANCHOR_SUBNETS, Anchor
 from hwsearch.anchor.state import (DEFAULT_TOLERANCE, MIN_SESSIONS, Z95, correct_row, idiosyncratic_spread,
                                    judged_stable, latency_half_width, overrules_slowdown, prevailing_state,
@@ -94,5 +95,5 @@ from hwsearch.anchor.stored import RECENT_SESSIONS, History, history
 __all__ = ["ANCHOR_SUBNETS", "DEFAULT_TOLERANCE", "HOST_SESSIONS", "MIN_SESSIONS", "RECENT_SESSIONS", "Z95",
            "Anchor", "FileLabel", "History", "HostRecord", "Norm", "correct_row", "current_norms",
            "history", "host_spreads", "idiosyncratic_spread", "in_current_norm", "judged_stable",
-           "latency_half_width", "norm_problem", "overrules_slowdown", "prevailing_state", "recorrected",
-           "session_offset", "undisturbed_sessions"]
+           "latency_half_width", "norm_problem", "overrules_slowdown", "prevailing_state", "readable_rows",
+           "recorrected", "session_offset", "undisturbed_sessions"]

@@ -3,6 +3,7 @@ anchor's norm of the present."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -14,6 +15,8 @@ from hwsearch.anchor.state import (DEFAULT_TOLERANCE, MIN_SESSIONS, correct_row,
                                    prevailing_state, session_offset, undisturbed_sessions)
 from hwsearch.anchor.stored import RECENT_SESSIONS, anchor_of, history, kept_rows, row_ratios_at
 from hwsearch.shift_slope import Member, ShiftSlope, fit_shift_slope, size_against
+
+log = logging.getLogger(__name__)
 
 
 class Norm(NamedTuple):
@@ -121,6 +124,7 @@ _Check = tuple[str, Callable[[Any], bool], str]
 _EVERY_ROW: tuple[_Check, ...] = (
     ("env.host_fingerprint", lambda v: v is None or isinstance(v, str), "text"),
     ("uncorrected_latency_ms", _is_number, "a number"),
+    ("ratio", lambda v: v is None or _is_number(v), "a number"),
 )
 #: What it reads of a row that names an anchor (:func:`~hwsearch.anchor.stored.anchor_of`).
 _ANCHORED_ROW: tuple[_Check, ...] = (
@@ -139,6 +143,37 @@ _ANCHORED_ROW: tuple[_Check, ...] = (
 )
 
 
+def readable_rows(rows: Mapping[str, Any], device: str) -> dict[str, dict[str, Any]]:
+    """The stored latency rows (``Store.get_latencies``) this module and a job can read; the others left out, logged.
+
+    Damaged: not an object, no numeric ``latency_ms`` (a ``median_ms`` that is
+    no number), an ``env`` that is not an object, or what :func:`norm_problem`
+    names.  Rows
+    this code writes are never so; a hand-edited or damaged one ended every
+    job on the device, and ``hwsearch report``, with ``TypeError: unhashable
+    type: 'list'`` or the like.  A job measures a left-out subnet again.
+    """
+    damaged = {key: problem for key, row in rows.items() if (problem := _row_damage(row)) is not None}
+    for key, problem in damaged.items():
+        log.warning("latency row %s of device %s is damaged (%s): it is left out and measured again",
+                    key, device, problem)
+    return {key: row for key, row in rows.items() if key not in damaged}
+
+
+def _row_damage(row: Any) -> str | None:
+    if not isinstance(row, dict):
+        return "not an object"
+    if not _is_number(row.get("latency_ms")):
+        return "latency_ms is no number"
+    if "median_ms" in row and not _is_number(row["median_ms"]):
+        return "median_ms is no number"
+    if "median_ms" not in row and not np.isfinite(row["latency_ms"]):
+        return "no latency_ms and no median_ms to stand in"  # what a job reads for a subnet not measured
+    if not isinstance(row.get("env"), dict):
+        return "env is not an object"
+    return norm_problem(row)
+
+
 def norm_problem(row: Mapping[str, Any]) -> str | None:
     """Why :func:`in_current_norm` cannot read a stored row, or None: the first field it reads that is not of its kind.
 
@@ -149,8 +184,10 @@ def norm_problem(row: Mapping[str, Any]) -> str | None:
     now set aside by reason like the screen's other rows.  A row that names
     an anchor needs its ``session_id`` too.
     """
-    sized = all(isinstance(row.get(name), list) or not row.get(name) for name in ("anchor_keys", "anchor_ratios"))
-    anchored = not sized or anchor_of(row) is not None
+    keys, ratios = row.get("anchor_keys"), row.get("anchor_ratios")
+    sized = all(isinstance(value, list) or not value for value in (keys, ratios))
+    # anchor_of's test, without its reading of the other fields (anchor_shas of 5 raised in it)
+    anchored = not sized or bool(keys and ratios and len(keys) == len(ratios))
     checks = _EVERY_ROW + (_ANCHORED_ROW if anchored else ())
     for field, fits, kind in checks:
         where, _, name = field.rpartition(".")

@@ -34,8 +34,12 @@ _NAME = re.compile(NAME_PATTERN)
 
 
 def default_data_dir(store: str | os.PathLike[str]) -> Path:
-    """Where a service keeps its catalog, uploads and exports unless told otherwise: ``STORE.data``."""
-    return Path(f"{os.fspath(store)}.data")
+    """Where a service keeps its catalog, uploads and exports unless told otherwise: ``STORE.data``.
+
+    Beside the store's real file, as its runner locks are (:func:`hwsearch.jobs.runners.runners_folder`):
+    served through a symbolic link, the same store had a second, empty catalog beside the link.
+    """
+    return Path(f"{os.path.realpath(store)}.data")
 
 
 def absolute_path(path: str | os.PathLike[str]) -> Path:
