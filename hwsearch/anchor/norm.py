@@ -147,8 +147,8 @@ def readable_rows(rows: Mapping[str, Any], device: str) -> dict[str, dict[str, A
     """The stored latency rows (``Store.get_latencies``) this module and a job can read; the others left out, logged.
 
     Damaged: not an object, no numeric ``latency_ms`` (a ``median_ms`` that is
-    no number), an ``env`` that is not an object, or what :func:`norm_problem`
-    names.  Rows
+    no number), an ``env`` that is there but not an object, or what
+    :func:`norm_problem` names.  Rows
     this code writes are never so; a hand-edited or damaged one ended every
     job on the device, and ``hwsearch report``, with ``TypeError: unhashable
     type: 'list'`` or the like.  A job measures a left-out subnet again.
@@ -169,7 +169,7 @@ def _row_damage(row: Any) -> str | None:
         return "median_ms is no number"
     if "median_ms" not in row and not np.isfinite(row["latency_ms"]):
         return "no latency_ms and no median_ms to stand in"  # what a job reads for a subnet not measured
-    if not isinstance(row.get("env"), dict):
+    if not isinstance(row.get("env", {}), dict):  # a row written without one (a simulated measurer's) has none
         return "env is not an object"
     return norm_problem(row)
 
