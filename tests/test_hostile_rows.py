@@ -375,3 +375,28 @@ def test_a_report_leaves_a_damaged_latency_row_out_and_a_damaged_result_is_no_mi
 def _latency_rows(path: Path) -> list[tuple[str, str, str]]:
     with closing(sqlite3.connect(path)) as conn:
         return conn.execute("SELECT device_hash, space_name, arch_key FROM latencies").fetchall()
+
+
+def test_a_result_or_front_holding_no_latency_or_no_ci_is_shown_with_nulls_not_called_damaged(tmp_path: Path) -> None:
+    """A profile measured in an unsettled state has a NaN latency and an infinite CI, and a front's point may have
+    no CI: sound records, yet the damaged-row checks showed such a result as null (``unreadable``) and answered
+    such a front with a 409."""
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    profile = store.create_job({"kind": "profile"})
+    store.update_job(profile, state="succeeded", result={"measurement": {
+        "median_ms": 1.5, "latency_ms": math.nan, "ratio_ci": math.inf, "stable": False}})
+    front = _front_json() | {"device": "cpu-1t"}
+    front["points"][0]["latency_conditions"] = {"stable": False, "ratio_ci": math.inf}
+    search = store.create_job({"kind": "search"})
+    store.update_job(search, state="succeeded", result={"fronts": {"cpu-1t": front}})
+    server = Server(store.path).start()
+    try:
+        with server.client() as client:
+            shown = client.get(f"/jobs/{profile}").json()
+            fronts = client.get(f"/jobs/{search}/fronts")
+    finally:
+        server.stop()
+    assert shown["unreadable"] == [] and shown["result"]["measurement"] == {
+        "median_ms": 1.5, "latency_ms": None, "ratio_ci": None, "stable": False}, shown
+    assert fronts.status_code == 200, fronts.text
+    assert fronts.json()["fronts"]["cpu-1t"]["points"][0]["latency_conditions"]["ratio_ci"] is None

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
+from devices.plain import finite_or_null
 from hwsearch.agents import AgentEndpoint, UnknownAgent, operator_only_fields, resolve_profile
 from hwsearch.api.built import BuildersBusy, BuiltSupernets
 from hwsearch.api.catalog import Catalog, CatalogFull, absolute_path, valid_name
@@ -618,8 +619,8 @@ def job_view(record: Any) -> dict[str, Any]:
     unreadable = list(record.unreadable)
     progress = record.progress if _fits_progress(record.progress) and "progress" not in unreadable else None
     result = record.result
-    if isinstance(result, Mapping):
-        result = {k: v for k, v in result.items() if k != "fronts"}
+    if isinstance(result, Mapping):  # a NaN or inf (a measurement with no latency or CI) is null, as documented
+        result = finite_or_null({k: v for k, v in result.items() if k != "fronts"})
     if not (result is None or isinstance(result, Mapping) and _is_plain_json(result)):
         result = None
     unreadable += [name for name, shown in (("progress", progress), ("result", result))
@@ -970,13 +971,15 @@ def _check_stored_front(job_id: str, device: Any, front: Any) -> None:
     """A 409 naming the job and device unless a stored front reads as a front (as the API shows it).
 
     A damaged record (fronts of the wrong shape, NaN objectives) failed the
-    request with a 500 deep in the response's validation.
+    request with a 500 deep in the response's validation.  A point's
+    non-finite condition (``ratio_ci`` inf: its session made no CI) is no
+    damage: it is shown as null.
     """
     from hwsearch.results import ParetoFront
 
     try:
         ParetoFront.from_dict(front)
-        readable = isinstance(device, str) and _is_plain_json(front)
+        readable = isinstance(device, str) and _is_plain_json(finite_or_null(front))
     except (ValueError, TypeError, KeyError, AttributeError):
         readable = False
     if not readable:
@@ -985,8 +988,8 @@ def _check_stored_front(job_id: str, device: Any, front: Any) -> None:
 
 
 def front_view(front: Mapping[str, Any]) -> dict[str, Any]:
-    """A front in JSON form with each point's index, which exports and profiles refer to."""
-    return {**front, "points": [{**p, "index": i} for i, p in enumerate(front["points"])]}
+    """A front in JSON form with each point's index, which exports and profiles refer to (non-finite numbers null)."""
+    return finite_or_null({**front, "points": [{**p, "index": i} for i, p in enumerate(front["points"])]})
 
 
 # --------------------------------------------------------------------------- subnets
