@@ -7,11 +7,13 @@ field (never 500), store nothing it refused, and stay healthy afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -517,11 +519,30 @@ def still_running(pids: set[int]) -> set[int]:
     return alive
 
 
+def freeze_holding(marker: str, server: int, folder: Path, deadline: float) -> tuple[set[int], set[Path]]:
+    """SIGSTOP the processes marked ``marker`` (but ``server``) at a moment ``folder`` holds ONNX files.
+
+    Returns the stopped processes and those files.  A worker may delete its
+    exports between a look and the stop, so each try looks again once all are
+    stopped, and lets them go on if the files were gone.
+    """
+    while True:
+        assert time.monotonic() < deadline, "the job exported nothing under the service's temp folder"
+        if set(folder.rglob("*.onnx")):
+            stopped = processes_marked(marker) - {server}
+            for pid in stopped:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGSTOP)
+            if exports := set(folder.rglob("*.onnx")):
+                return stopped, exports
+            for pid in stopped:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGCONT)
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path, short_temp_dir: Path) -> None:
-    import os
-    import signal
-
     from devices.hostlock import DEFAULT_LOCK_DIR
     from hwsearch.ray_session import private_temp_dir
     from hwsearch.store import SQLiteStore
@@ -538,6 +559,7 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path,
     marker = str(host_tmp / private_temp_dir(data_dir).name)
     temp_files = host_tmp / private_temp_dir(data_dir, "tmp").name
     first = Server(store, env=env).start()
+    frozen: set[int] = set()
     try:
         with first.client() as c:
             c.post("/supernets", json=SUPERNET)
@@ -549,10 +571,10 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path,
         while not processes_marked(marker) - {first.process.pid}:
             assert time.monotonic() < deadline, "Ray never started under the service's temp dir"
             time.sleep(0.5)
-        started = processes_marked(marker) - {first.process.pid}
-        while not (exports := set(temp_files.rglob("*.onnx"))):  # the job's exports, in the service's folder
-            assert time.monotonic() < deadline, "the job exported nothing under the service's temp folder"
-            time.sleep(0.1)
+        # Ray's processes are frozen while the job's exports are on disk: a kill -9 of the server
+        # leaves its workers running, and one that finished measuring would delete them before the
+        # second start could show it clears what a crash left.
+        frozen, exports = freeze_holding(marker, first.process.pid, temp_files, deadline)
         # Each ticket the job's exports queue in the host's lock folder changes that folder's mtime.
         assert host_queue.is_dir() and host_queue.stat().st_mtime_ns != queue_touched, \
             "the job's exports took no ticket at the host's lock"
@@ -564,7 +586,7 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path,
             # SIGKILL is delivered at once but a process exits when the kernel gets to it: on a
             # loaded host a leftover killed at the second start could still be exiting when it answers.
             deadline = time.monotonic() + 10
-            while (alive := still_running(started)) and time.monotonic() < deadline:
+            while (alive := still_running(frozen)) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert alive == set(), f"left behind: {alive}"
             assert not exports & set(temp_files.rglob("*")), "the killed service's exports were kept"
@@ -585,6 +607,9 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path,
         assert not temp_files.exists(), "a service that stops removes its temp folder"
     finally:
         first.kill()
+        for pid in frozen:  # ended by the second start; never left stopped if the test failed before it
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _readable_by_nobody(path: Path) -> bool:
