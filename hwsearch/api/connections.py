@@ -130,8 +130,11 @@ def bounded_h11(read_timeout_s: float) -> type[H11Protocol]:
             """
             if self._limit is None:
                 return False
-            open_connections = sum(not other.transport.is_closing() for other in self.connections)
-            return open_connections > self._limit or len(self.tasks) > self._limit
+            return self._open_connections() > self._limit or len(self.tasks) > self._limit
+
+        def _open_connections(self) -> int:
+            """Connections not already closing (strangers closed to make room among those that are)."""
+            return sum(not other.transport.is_closing() for other in self.connections)
 
         def send_400_response(self, msg: str) -> None:
             """A request h11 cannot parse (a malformed Content-Length, a bad request line), answered in JSON.
@@ -168,7 +171,7 @@ def bounded_h11(read_timeout_s: float) -> type[H11Protocol]:
             own = [other for other in strangers if other._address() == self._address()]
             if len(own) + 1 > max(1, self._limit // 2):
                 min(own, key=lambda other: other._opened_at).transport.abort()
-            elif strangers and sum(not other.transport.is_closing() for other in self.connections) > self._limit:
+            elif strangers and self._open_connections() > self._limit:
                 min(strangers, key=lambda other: other._opened_at).transport.abort()
 
         def _address(self) -> str | None:

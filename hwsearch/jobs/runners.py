@@ -30,6 +30,7 @@ import os
 import re
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -128,30 +129,37 @@ def _release(lock_file: Path, handle: IO[str]) -> None:
 
 def _held(lock_file: Path) -> bool:
     """Whether a live process holds ``lock_file``'s lock (a missing file is held by no one)."""
-    try:
-        fd = os.open(lock_file, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    with _lock_if_free(lock_file, fcntl.LOCK_SH) as taken:
+        return taken is False
 
 
 def _remove_if_dead(lock_file: Path) -> bool:
     """Remove ``lock_file`` if no live process holds it; whether it was removed."""
+    with _lock_if_free(lock_file, fcntl.LOCK_EX) as taken:
+        if not taken:
+            return False
+        try:
+            lock_file.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _lock_if_free(lock_file: Path, operation: int) -> Iterator[bool | None]:
+    """Try ``flock(operation)`` on ``lock_file`` without waiting: True while taken here, False if another process
+    holds it, None if there is no such file; the lock is let go on leaving."""
     try:
         fd = os.open(lock_file, os.O_RDONLY)
     except FileNotFoundError:
-        return False
+        yield None
+        return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        lock_file.unlink()
-        return True
-    except (BlockingIOError, FileNotFoundError):
-        return False
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
     finally:
         os.close(fd)
