@@ -109,6 +109,39 @@ def test_a_second_serve_on_a_store_in_use_refuses_in_one_line_naming_store(tmp_p
     assert default_data_dir(link) == default_data_dir(store), "served through the link, the store had another catalog"
 
 
+
+def _factory(store: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """``uvicorn --factory`` on ``store`` with a data directory of its own, expected to refuse at once."""
+    env = _env(HWSEARCH_STORE=str(store), HWSEARCH_DATA=str(data_dir), HWSEARCH_TOKEN="another-token")
+    try:
+        return subprocess.run([sys.executable, "-m", "uvicorn", "--factory", "hwsearch.api.app:create_app_from_env",
+                               "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a uvicorn --factory service started on a store another one serves, {store}")
+
+
+@pytest.mark.parametrize("first_factory", [True, False], ids=["factory-first", "serve-first"])
+def test_a_factory_service_and_a_serve_never_share_a_store(tmp_path: Path, first_factory: bool) -> None:
+    """The app ``uvicorn --factory`` builds takes the store's lock too; before, two served one store at once."""
+    store = tmp_path / "store.sqlite"
+    first = Server(store, factory=first_factory).start()
+    try:
+        factory = _factory(store, tmp_path / "factory.data")
+        its_folder = _factory(tmp_path / "other.sqlite", first.data_dir)
+        code, stderr = _second_serve(store, tmp_path / "serve.data")
+        with first.client() as c:
+            assert c.get("/health").status_code == 200, "the first service was disturbed"
+    finally:
+        first.stop()
+    for refused, named in ((factory, f"HWSEARCH_STORE: another hwsearch service is using {store}"),
+                           (its_folder, f"HWSEARCH_DATA: another hwsearch service is using {first.data_dir}")):
+        assert refused.returncode == 3, refused.stderr[-3000:]
+        assert f"hwsearch: {named}; stop it first" in refused.stderr.splitlines(), refused.stderr[-3000:]
+        assert "Traceback" not in refused.stderr
+    assert code == 2 and "another hwsearch serve is using" in stderr, stderr[-3000:]
+    Server(store, factory=True).start().stop()  # the stopped service's locks went with it
+
+
 OWNER = """
 import sys
 from hwsearch.jobs import new_job

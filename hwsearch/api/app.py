@@ -14,7 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
@@ -348,13 +348,35 @@ def _app_from_env() -> FastAPI:
             max_job_seconds=_env_number("HWSEARCH_MAX_JOB_SECONDS", Admission.max_job_seconds, minimum=1.0)),
     )
     resume = _env_flag("HWSEARCH_RESUME")
-    return create_app(
-        open_store(store_path), token=token,
-        data_dir=os.environ.get("HWSEARCH_DATA", default_data_dir(store_path)),
+    data_dir = Path(os.environ.get("HWSEARCH_DATA") or default_data_dir(store_path))
+    locks = _claim_service(store_path, data_dir)
+    app = create_app(
+        open_store(store_path), token=token, data_dir=data_dir,
         data_roots=[r for r in roots.split(os.pathsep) if r] or None,
         agents=agents, **limits,
         ray_address=os.environ.get("HWSEARCH_RAY_ADDRESS") or None, resume=resume, public_url=public_url,
     )
+    app.state.service_locks = locks  # held as long as the app is
+    return app
+
+
+def _claim_service(store_path: Path, data_dir: Path) -> list[IO[str]]:
+    """The store's and the data directory's service locks, as ``hwsearch serve`` takes them.
+
+    Without them two factory services (or one beside a ``hwsearch serve``)
+    served one store at once: each queued and recovered jobs of the other.
+    """
+    from hwsearch.jobs.runners import claim, claim_store
+
+    store_lock = claim_store(store_path)
+    if store_lock is None:
+        raise SettingError(f"HWSEARCH_STORE: another hwsearch service is using {store_path}; stop it first")
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_lock = claim(data_dir / "serve.lock")
+    if data_lock is None:
+        store_lock.close()
+        raise SettingError(f"HWSEARCH_DATA: another hwsearch service is using {data_dir}; stop it first")
+    return [store_lock, data_lock]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,6 @@ not remove, and says so.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import stat
@@ -41,7 +40,8 @@ def serve(
         help="A directory clients may name checkpoints and datasets in (repeatable; "
              "default: DATA_DIR/files). Nothing outside these is ever read for a client.")] = None,
     agent: Annotated[Optional[list[str]], typer.Option(
-        help="An edge agent clients may measure on, as NAME=URL (repeatable). Its token comes "
+        help="An edge agent clients may measure on, as NAME=URL (repeatable); NAME=URL#sha256=HEX "
+             "trusts only the certificate the agent prints. Its token comes "
              "from --agent-secrets or $HWSEARCH_AGENT_TOKEN_<NAME>.")] = None,
     agent_secrets: Annotated[Optional[Path], typer.Option(
         help="JSON file {\"NAME\": \"TOKEN\"} with the agents' tokens.")] = None,
@@ -171,36 +171,25 @@ def _check_certificate(certfile: Path, keyfile: Path) -> None:
 
 
 def _own_store(store: Path) -> IO[str]:
-    """Take the store's service lock, or stop with one line naming ``--store``.
-
-    Two services on one store each run a queue of its jobs (and a second one's
-    ``--data-dir`` lock is another file): only one may serve it.  The lock is
-    ``serve.lock`` among the store's runner locks (:mod:`hwsearch.jobs.runners`).
-    """
+    """Take the store's service lock (:func:`~hwsearch.jobs.runners.claim_store`), or stop with one line naming
+    ``--store``: a second service's ``--data-dir`` lock is another file."""
     from hwsearch.cli._errors import OptionError
-    from hwsearch.jobs.runners import runners_folder
+    from hwsearch.jobs.runners import claim_store
 
-    folder = runners_folder(store)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    handle = open(folder / "serve.lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
+    handle = claim_store(store)
+    if handle is None:
         raise OptionError("--store", f"another hwsearch serve is using {store}; stop it first, or serve "
-                                     "another store") from None
+                                     "another store")
     return handle
 
 
 def _own(data_dir: Path) -> IO[str]:
     """Take the data directory's lock, or stop: two services on one directory would clash."""
-    handle = open(data_dir / "serve.lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise typer.BadParameter(f"another hwsearch serve is using {data_dir}",
-                                 param_hint="--data-dir") from None
+    from hwsearch.jobs.runners import claim
+
+    handle = claim(data_dir / "serve.lock")
+    if handle is None:
+        raise typer.BadParameter(f"another hwsearch serve is using {data_dir}", param_hint="--data-dir")
     return handle
 
 

@@ -36,7 +36,7 @@ from typing import IO
 
 from hwsearch.store import SQLiteStore, Store
 
-__all__ = ["new_runner_token", "remove_dead_leases", "runner_alive", "runners_folder"]
+__all__ = ["claim", "claim_store", "new_runner_token", "remove_dead_leases", "runner_alive", "runners_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,30 @@ def runners_folder(store_path: str | os.PathLike[str]) -> Path:
     the same store and a runner's lease was not where the service looked.
     """
     return Path(f"{os.path.realpath(store_path)}.runners")
+
+
+def claim_store(store_path: str | os.PathLike[str]) -> IO[str] | None:
+    """The store's service lock (``serve.lock`` among its runner locks), or None if a live service holds it.
+
+    Two services on one store each run a queue of its jobs and each recover
+    the other's: only one may serve it, however it was started (``hwsearch
+    serve`` or ``uvicorn --factory``).  Held until the handle is closed or the
+    process ends.
+    """
+    folder = runners_folder(store_path)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return claim(folder / "serve.lock")
+
+
+def claim(lock_file: Path) -> IO[str] | None:
+    """An exclusive ``flock`` on ``lock_file`` (made if missing) held by the returned handle; None if taken."""
+    handle = open(lock_file, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 def new_runner_token(store: Store) -> str:
