@@ -918,8 +918,12 @@ def serve(
     if tls is None and not is_loopback(host):
         print(f"warning: serving plain HTTP on {host}: clients' token crosses the network in clear; "
               "give --ssl-certfile and --ssl-keyfile", file=sys.stderr, flush=True)
-    print(f"devices agent listening on {scheme}://{host}:{server.server_address[1]} (state in {state_path})",
-          flush=True)
+    url = f"{scheme}://{host}:{server.server_address[1]}"
+    print(f"devices agent listening on {url} (state in {state_path})", flush=True)
+    if ssl_certfile is not None:
+        pin = certificate_sha256(ssl_certfile)
+        print(f"certificate sha256 {pin}: pin it with hwsearch serve --agent NAME={url}#sha256={pin}, "
+              "or where.cert_sha256 in a device profile", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -963,6 +967,14 @@ def _tls_context(certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext 
     except (OSError, ssl.SSLError) as error:
         raise SystemExit(f"cannot use {certfile} with {keyfile}: {error}") from None
     return context
+
+
+def certificate_sha256(certfile: Path) -> str:
+    """The SHA-256 of the first certificate in a PEM file (the one served), as a client pins it."""
+    pem = certfile.read_text(encoding="ascii", errors="replace")
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    first = pem[pem.index(begin):pem.index(end) + len(end)]
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(first)).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> None:

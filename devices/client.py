@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -174,7 +175,7 @@ class AgentClient:
         for attempt in range(attempts):
             try:
                 status, body = _bounded_exchange(method, self.base_url + path, headers=headers,
-                                                 timeout=timeout, **kwargs)
+                                                 timeout=timeout, pin=self.profile.where.cert_sha256, **kwargs)
             except httpx.TransportError as error:
                 last_problem = f"{type(error).__name__}: {error}"
             else:
@@ -406,7 +407,8 @@ class _MissingModels(Exception):
         self.shas = shas
 
 
-def _bounded_exchange(method: str, url: str, *, timeout: Any, **kwargs: Any) -> tuple[int, bytes]:
+def _bounded_exchange(method: str, url: str, *, timeout: Any, pin: str | None = None,
+                      **kwargs: Any) -> tuple[int, bytes]:
     """Send one request; have its whole answer within ``timeout.read`` seconds from the start (connecting
     included) and MAX_ANSWER_BYTES.
 
@@ -416,14 +418,27 @@ def _bounded_exchange(method: str, url: str, *, timeout: Any, **kwargs: Any) -> 
     timeout), or with an endless stream of ``100 Continue`` answers.  So a
     :class:`_Deadline` shuts the connection's socket when the time is up,
     wherever the exchange waits.  A too-large answer is the agent's fault
-    and is not retried; a late one is a timeout (retried).
+    and is not retried; a late one is a timeout (retried).  With a ``pin``
+    (:attr:`devices.profile.Where.cert_sha256`) the agent's certificate must be
+    that one (:func:`_check_pin`), checked before a byte of the request is sent.
     """
     import httpx
 
     deadline = _Deadline(timeout.read)
+
+    def trace(event: str, info: dict[str, Any]) -> None:
+        deadline.trace(event, info)
+        if pin is not None and event == "connection.start_tls.complete" and info.get("return_value") is not None:
+            stream = info["return_value"]
+            try:
+                _check_pin(stream.get_extra_info("ssl_object"), pin, url)
+            except AgentError:
+                stream.close()  # httpcore drops a connection that failed as it was made, but does not close it
+                raise
+
     try:
-        with deadline, httpx.Client(timeout=timeout, trust_env=False, verify=_verification()) as client, \
-                client.stream(method, url, extensions={"trace": deadline.trace}, **kwargs) as response:
+        with deadline, httpx.Client(timeout=timeout, trust_env=False, verify=_verification(pin)) as client, \
+                client.stream(method, url, extensions={"trace": trace}, **kwargs) as response:
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
                 raise AgentError(f"{method} {url} answered {declared} bytes; at most {MAX_ANSWER_BYTES} are read")
@@ -440,9 +455,26 @@ def _bounded_exchange(method: str, url: str, *, timeout: Any, **kwargs: Any) -> 
         raise
 
 
-def _verification() -> ssl.SSLContext:
+def _check_pin(connection: ssl.SSLObject | None, pin: str, url: str) -> None:
+    """Raise :class:`AgentError` unless the TLS peer's certificate has SHA-256 ``pin``.
+
+    Called as the handshake completes, before the request (and its token)
+    is written.  Not retried: another try would meet the same certificate.
+    """
+    der = connection.getpeercert(True) if connection is not None else None  # DER; positional for _ssl's object
+    seen = hashlib.sha256(der).hexdigest() if der else "none"
+    if not hmac.compare_digest(seen, pin):
+        raise AgentError(f"{url}: the agent's certificate has SHA-256 {seen}, not the pinned {pin}; "
+                         "nothing was sent to it")
+
+
+def _verification(pin: str | None = None) -> ssl.SSLContext:
     """What an agent's certificate is checked against: the CAs ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` name,
-    or else certifi's bundle, as httpx checks by default.
+    or else certifi's bundle, as httpx checks by default; with a ``pin``, nothing but the pin.
+
+    A pinned certificate is the whole check (:func:`_check_pin`), as SSH's
+    known hosts are: the handshake takes any certificate and the pin
+    rejects all but one, whatever authority signed it and whatever name it has.
 
     Exchanges ignore the environment (``trust_env=False``): a proxy set there
     for pip received the agent's token and the models.  That also stops
@@ -451,6 +483,11 @@ def _verification() -> ssl.SSLContext:
     them, certifi's bundle, not the system's: some Pythons (python.org's on
     macOS, standalone builds) find no system CAs at all.
     """
+    if pin is not None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
     cafile, capath = os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None
     if cafile is None and capath is None:
         import certifi

@@ -146,11 +146,19 @@ class Where:
     a profile file never contains a secret.  It may be left out when whoever
     opens the profiler hands the token over directly (the service does: its
     operator declares agents and their tokens, clients only name them).
+
+    ``cert_sha256`` pins an ``https://`` agent to the one certificate whose
+    SHA-256 it is (the agent prints it when it starts): that certificate is
+    then the whole check, with no authority and no host name.  Without a pin
+    the agent's certificate must chain to a trusted authority; where that
+    authority is an agent's own self-signed certificate (``SSL_CERT_FILE``),
+    whoever holds that agent's key could issue a certificate for any other.
     """
 
     kind: Literal["local", "agent"] = "local"
     url: str | None = None
     token_env: str | None = None
+    cert_sha256: str | None = None
     timeout_s: float = 900.0
     retries: int = 3
 
@@ -664,6 +672,11 @@ def _validate_protocol(r: Protocol) -> None:
     _require(isinstance(r.load_twice, bool), "protocol.load_twice", "must be true or false", r.load_twice)
 
 
+def is_certificate_digest(value: Any) -> bool:
+    """Whether ``value`` is a certificate's SHA-256 as :attr:`Where.cert_sha256` takes it: 64 lowercase hex."""
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
+
+
 def _validate_where(w: Where) -> None:
     _require(w.kind in ("local", "agent"), "where.kind", "must be 'local' or 'agent'", w.kind)
     if w.kind == "agent":
@@ -675,9 +688,16 @@ def _validate_where(w: Where) -> None:
             w.token_env is None or (isinstance(w.token_env, str) and w.token_env != ""), "where.token_env",
             "must name the environment variable holding the agent token", w.token_env,
         )
+        _require(
+            w.cert_sha256 is None or (is_certificate_digest(w.cert_sha256) and w.url.startswith("https://")),
+            "where.cert_sha256", "must be 64 lowercase hex digits (a certificate's SHA-256), for an https:// url",
+            w.cert_sha256,
+        )
     else:
         _require(w.url is None, "where.url", "must be empty when where.kind is 'local'", w.url)
         _require(w.token_env is None, "where.token_env", "must be empty when where.kind is 'local'", w.token_env)
+        _require(w.cert_sha256 is None, "where.cert_sha256", "must be empty when where.kind is 'local'",
+                 w.cert_sha256)
     _require(
         _number_in(w.timeout_s, 1e-3, MAX_AGENT_TIMEOUT_S), "where.timeout_s",
         f"must be a number in (0, {MAX_AGENT_TIMEOUT_S:g}]", w.timeout_s,

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from devices.network import is_loopback
+from devices.profile import is_certificate_digest
 
 __all__ = ["AgentEndpoint", "UndeclaredReach", "UnknownAgent", "load_agents", "operator_only_fields", "resolve_profile"]
 
@@ -41,11 +42,17 @@ class UndeclaredReach(ValueError):
 
 @dataclass(frozen=True)
 class AgentEndpoint:
-    """One declared agent: where it listens and the token it expects (never printed)."""
+    """One declared agent: where it listens, the token it expects (never printed), and maybe its certificate.
+
+    ``cert_sha256`` pins an ``https://`` agent to one certificate
+    (:attr:`devices.profile.Where.cert_sha256`), declared as
+    ``NAME=URL#sha256=HEX``.
+    """
 
     name: str
     url: str
     token: str = field(repr=False)
+    cert_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if not _AGENT_NAME.fullmatch(self.name):
@@ -57,6 +64,10 @@ class AgentEndpoint:
                              "comes from the secrets file or the environment, and the url is printed in logs")
         if not self.token:
             raise ValueError(f"agent {self.name}: no token")
+        if self.cert_sha256 is not None and not (is_certificate_digest(self.cert_sha256)
+                                                 and self.url.startswith("https://")):
+            raise ValueError(f"agent {self.name}: #sha256= takes the 64 lowercase hex digits the agent prints "
+                             "for its certificate, after an https:// url")
 
 
 def token_variable(name: str) -> str:
@@ -66,7 +77,8 @@ def token_variable(name: str) -> str:
 
 def load_agents(declared: list[str], *, secrets_file: Path | None = None,
                 environ: Mapping[str, str] = os.environ) -> dict[str, AgentEndpoint]:
-    """Agents from ``NAME=URL`` declarations; tokens from a secrets file or the environment.
+    """Agents from ``NAME=URL`` (or ``NAME=URL#sha256=HEX``) declarations; tokens from a secrets file or the
+    environment.
 
     The secrets file is JSON ``{"NAME": "TOKEN", ...}`` (readable by the
     operator only, ideally); a name missing there is looked up in
@@ -91,7 +103,9 @@ def load_agents(declared: list[str], *, secrets_file: Path | None = None,
         if not token:
             raise ValueError(f"agent {name!r} has no token: put it in the secrets file or in "
                              f"${token_variable(name)}")
-        agents[name] = AgentEndpoint(name=name, url=url.rstrip("/"), token=token)
+        url, pinned, pin = url.partition("#sha256=")
+        agents[name] = AgentEndpoint(name=name, url=url.rstrip("/"), token=token,
+                                     cert_sha256=pin if pinned else None)
         _warn_if_in_clear(agents[name])
     return agents
 
@@ -112,12 +126,14 @@ def operator_only_fields(data: Mapping[str, Any]) -> list[str]:
     """The fields of profile data that only the operator's own profile file may carry.
 
     ``where.url`` (whom the measuring process contacts, with a token),
-    ``where.token_env`` (which of its environment variables it sends there)
-    and ``reference_model`` (which file it reads and uploads).
+    ``where.token_env`` (which of its environment variables it sends there),
+    ``where.cert_sha256`` (which certificate it trusts there) and
+    ``reference_model`` (which file it reads and uploads).
     """
     where = data.get("where")
     where = where if isinstance(where, Mapping) else {}
     return [name for name, present in (("where.url", "url" in where), ("where.token_env", "token_env" in where),
+                                       ("where.cert_sha256", "cert_sha256" in where),
                                        ("reference_model", data.get("reference_model") is not None)) if present]
 
 
@@ -149,5 +165,6 @@ def resolve_profile(data: Mapping[str, Any], agents: Mapping[str, AgentEndpoint]
     if agent is None:
         raise UnknownAgent(f"agent {name!r} is not declared by the operator; "
                            f"declared: {sorted(agents or {})}")
-    resolved = {**data, "where": {**where, "kind": "agent", "url": agent.url}}
+    pin = {} if agent.cert_sha256 is None else {"cert_sha256": agent.cert_sha256}
+    resolved = {**data, "where": {**where, "kind": "agent", "url": agent.url, **pin}}
     return DeviceProfile.from_dict(resolved), agent.token

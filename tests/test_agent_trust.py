@@ -16,10 +16,8 @@ import json
 import logging
 import math
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,6 +33,7 @@ from devices.profile import DeviceProfile
 from hwsearch.agents import load_agents
 from hwsearch.cli._errors import describe
 from hwsearch.jobs.control import describe_error
+from tests._listeners import Listener
 from tests.test_agent_hardening import AUTH, MEASURING, TOKEN, RunningAgent, start_agent, tiny_model  # noqa: F401
 from tests.test_cli_errors import run_cli
 from tests.test_hostile_agent import HEALTH, HostileBox, corrupt_env, measure_against, send_json, well_formed_rows
@@ -154,36 +153,17 @@ def test_nulls_on_the_wire_mean_no_latency_and_no_ci(box: HostileBox, models: li
     assert math.isnan(rows[1].latency_ms) and math.isnan(rows[1].ratio) and rows[1].ratio_ci == math.inf
 
 
-class RecordingListener:
-    """A TCP listener that counts the connections made to it (a proxy the client must not use)."""
-
-    def __init__(self) -> None:
-        self.socket = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.socket.accept()
-            except OSError:
-                return
-            self.connections += 1
-            conn.close()
-
-
 def test_agent_traffic_ignores_the_environments_proxy(box: HostileBox, models: list[Path],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A proxy set for pip received ``Authorization: Bearer <agent token>`` and the models."""
-    proxy = RecordingListener()
+    proxy = Listener()  # a proxy the client must not use
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.setenv(name, proxy.url)
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     rows, _ = measure_against(box, models, lambda h, r: send_json(h, {"measurements": well_formed_rows(r)}))
-    assert [m.latency_ms for m in rows] == [1.0, 2.0] and proxy.connections == 0
-    proxy.socket.close()
+    assert [m.latency_ms for m in rows] == [1.0, 2.0] and proxy.received == []
+    proxy.close()
 
 
 def test_a_real_agents_answer_is_standard_json_and_a_missing_ci_reads_back_as_inf(

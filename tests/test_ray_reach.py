@@ -12,7 +12,6 @@ generous bound.
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import os
 import signal
@@ -30,6 +29,7 @@ import httpx
 import pytest
 
 from hwsearch.ray_session import private_temp_dir
+from tests._listeners import Listener
 from tests._jobs import SUPERNET, fast_device, random_dataset
 from tests._server import Server, free_port
 
@@ -42,7 +42,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
 
 
-class _FakeGcs:
+class _FakeGcs(Listener):
     """A port that opens as a gRPC server would (an HTTP/2 SETTINGS frame), until told to stay silent.
 
     Enough for the address check before ``ray.init``; ``ray.init`` itself then
@@ -50,29 +50,18 @@ class _FakeGcs:
     """
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port: int = self.sock.getsockname()[1]
         self.speaking = threading.Event()
         self.speaking.set()
         self.held: list[socket.socket] = []
-        threading.Thread(target=self._answer, daemon=True).start()
+        super().__init__()
 
-    def _answer(self) -> None:
-        while True:
-            try:
-                connection, _ = self.sock.accept()
-            except OSError:
-                return  # closed
-            self.held.append(connection)
-            if self.speaking.is_set():
-                connection.sendall(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # an empty SETTINGS frame
+    def serve(self, connection: socket.socket) -> None:
+        self.held.append(connection)
+        if self.speaking.is_set():
+            connection.sendall(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # an empty SETTINGS frame
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(), which a close() alone does not
-        self.sock.close()
+        super().close()
         for connection in self.held:
             connection.close()
 

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,44 +29,12 @@ import httpx
 import numpy as np
 import pytest
 
+from tests._listeners import Listener
 from tests._jobs import SUPERNET, fast_device, random_dataset
 from tests._server import Server
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "hwsearch" / "demo" / "demo_mbv3_mnist.pt"
 INPUT_PIXELS = 64 * 32 * 32  # the shared server's export bound: batch 64 of tiny-mbv3's 32 px
-
-
-class Listener:
-    """A TCP listener on 127.0.0.1 that records every connection: it must receive nothing."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.received: list[bytes] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(1.0)
-                try:
-                    self.received.append(conn.recv(65536))
-                except OSError:
-                    self.received.append(b"")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +86,8 @@ def test_profiles_cannot_make_the_server_send_files_or_secrets(server: Server,
              ["body", "profile", "where", "url"]),
             ({"where": {"kind": "agent", "name": "edge", "token_env": "HOME"}},
              ["body", "profile", "where", "token_env"]),
+            ({"where": {"kind": "agent", "name": "edge", "cert_sha256": "ab" * 32}},  # whom the server trusts
+             ["body", "profile", "where", "cert_sha256"]),
             ({"where": {"kind": "agent", "name": "not-declared"}},
              ["body", "profile", "where", "name"]),
             ({"reference_model": "/etc/passwd"}, ["body", "profile", "reference_model"]),

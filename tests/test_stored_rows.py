@@ -12,8 +12,6 @@ its own at the row's URL to prove that nothing contacts it.
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import pytest
 
 from hwsearch.store import SQLiteStore
+from tests._listeners import Listener
 from tests._jobs import SUPERNET, fast_device, random_dataset, tiny_spec
 from tests._server import Server
 
@@ -29,35 +28,6 @@ from tests._server import Server
 ARCH = {"ks": [3, 5, 7, 3, 5, 7, 3, 5, 7, 3, 5, 7, 3, 5, 7, 3, 5, 7, 3, 5], "e": [4] * 20,
         "d": [2, 3, 4, 2, 3], "r": [32]}
 NAMED = ("where.url", "where.token_env", "reference_model")
-
-
-class Listener:
-    """A TCP port of the test's own that records every connection made to it (and never answers)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.contacts: list[bytes] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.sock.accept()
-            except OSError:
-                return  # closed
-            connection.settimeout(2.0)
-            try:
-                self.contacts.append(connection.recv(4096) or b"(connected)")
-            except OSError:
-                self.contacts.append(b"(connected)")
-            connection.close()
-
-    def close(self) -> None:
-        self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
 
 
 @pytest.fixture()
@@ -102,7 +72,7 @@ def test_a_resume_at_start_fails_an_old_row_that_names_a_url_and_contacts_nothin
     assert job["state"] == "failed", job
     assert job["error"].startswith("not resumed at start-up:") and "\n" not in job["error"], job["error"]
     assert all(field in job["error"] for field in NAMED), job["error"]
-    assert listener.contacts == [], "the service contacted the URL a stored row named"
+    assert listener.received == [], "the service contacted the URL a stored row named"
     assert f"job {job_id} is not resumed" in server.log.read_text()
 
 
@@ -146,7 +116,7 @@ def test_a_resume_request_and_an_export_refuse_an_old_row_by_the_fields_it_names
         server.stop()
     assert resumed.status_code == 409, resumed.text
     assert all(field in resumed.json()["detail"] for field in NAMED), resumed.text
-    assert state == "interrupted" and listener.contacts == []
+    assert state == "interrupted" and listener.received == []
     assert exported.status_code == 409, exported.text
     assert exported.json()["loc"] == ["body", "job_id"] and "supernet.checkpoint" in exported.json()["detail"]
 
@@ -169,7 +139,7 @@ def test_the_services_runner_refuses_a_stored_profile_that_names_a_url(
     record = store.get_job(job_id)
     assert record.state == "failed" and record.error is not None
     assert record.error.startswith("UndeclaredReach") and all(field in record.error for field in NAMED)
-    assert listener.contacts == []
+    assert listener.received == []
 
 
 def test_a_library_dispatcher_runs_the_operators_own_profile_as_written_and_a_service_only_declared_agents(
@@ -192,12 +162,12 @@ def test_a_library_dispatcher_runs_the_operators_own_profile_as_written_and_a_se
     assert service.state.dispatcher.agents == {}
     with pytest.raises(UndeclaredReach):
         execute(spec, store, store.create_job(spec), service.state.dispatcher.agents)
-    assert listener.contacts == []
+    assert listener.received == []
 
     library = JobDispatcher(store, agents=None)  # said explicitly: there is no default
     assert library.agents is None
     job_id = store.create_job(spec)
     with pytest.raises(AgentError):  # the listener never answers: the profile reached it as written
         execute(spec, store, job_id, library.agents)
-    assert any(b"the-operators-agent-token" in sent for sent in listener.contacts), listener.contacts
+    assert any(b"the-operators-agent-token" in sent for sent in listener.received), listener.received
     assert store.get_job(job_id).state == "failed"

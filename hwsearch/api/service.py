@@ -473,7 +473,7 @@ def _client_where(where: object) -> dict[str, Any]:
         return {}
     if not isinstance(where, dict):
         raise Invalid("where must be an object", field=field)
-    for forbidden in ("url", "token_env"):
+    for forbidden in ("url", "token_env", "cert_sha256"):
         if forbidden in where:
             raise Invalid(f"where.{forbidden} is not accepted over the API: name an agent the "
                           "operator declared with where.name (GET /agents)",
