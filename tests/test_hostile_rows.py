@@ -348,6 +348,7 @@ def test_a_damaged_latency_row_is_measured_again_not_read(tmp_path: Path, damage
     again = SQLiteStore(store_path).get_latencies(device_key, network_id)[key]
     assert isinstance(again["env"]["host_fingerprint"], str) and isinstance(again["ratio"], float), again
     assert f"latency row {key}" in second.stderr and "measured again" in second.stderr
+    assert second.stderr.count(f"latency row {key}") == 1, "said again at every read of the device's rows"
 
 
 def test_a_report_leaves_a_damaged_latency_row_out_and_a_damaged_result_is_no_missing_job(tmp_path: Path) -> None:

@@ -155,9 +155,15 @@ def readable_rows(rows: Mapping[str, Any], device: str) -> dict[str, dict[str, A
     """
     damaged = {key: problem for key, row in rows.items() if (problem := _row_damage(row)) is not None}
     for key, problem in damaged.items():
-        log.warning("latency row %s of device %s is damaged (%s): it is left out and measured again",
-                    key, device, problem)
+        if (device, key, problem) not in _SAID_DAMAGED:  # a job reads its rows several times a round
+            _SAID_DAMAGED.add((device, key, problem))
+            log.warning("latency row %s of device %s is damaged (%s): it is left out and measured again",
+                        key, device, problem)
     return {key: row for key, row in rows.items() if key not in damaged}
+
+
+#: The damaged rows :func:`readable_rows` has warned of in this process: each is said once.
+_SAID_DAMAGED: set[tuple[str, str, str]] = set()
 
 
 def _row_damage(row: Any) -> str | None:
