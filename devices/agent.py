@@ -84,6 +84,7 @@ closed without an answer (a plain-text 503 would not reach it).
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -922,8 +923,12 @@ def serve(
     print(f"devices agent listening on {url} (state in {state_path})", flush=True)
     if ssl_certfile is not None:
         pin = certificate_sha256(ssl_certfile)
-        print(f"certificate sha256 {pin}: pin it with hwsearch serve --agent NAME={url}#sha256={pin}, "
-              "or where.cert_sha256 in a device profile", flush=True)
+        if pin is None:
+            print(f"the certificate's SHA-256 could not be read from {ssl_certfile}; `openssl x509 -noout "
+                  "-fingerprint -sha256` prints it, for hwsearch serve --agent NAME=URL#sha256=...", flush=True)
+        else:
+            print(f"certificate sha256 {pin}: pin it with hwsearch serve --agent NAME={url}#sha256={pin}, "
+                  "or where.cert_sha256 in a device profile", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -969,12 +974,36 @@ def _tls_context(certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext 
     return context
 
 
-def certificate_sha256(certfile: Path) -> str:
-    """The SHA-256 of the first certificate in a PEM file (the one served), as a client pins it."""
-    pem = certfile.read_text(encoding="ascii", errors="replace")
-    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
-    first = pem[pem.index(begin):pem.index(end) + len(end)]
-    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(first)).hexdigest()
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN ((?:TRUSTED |X509 )?CERTIFICATE)-----(.*?)-----END \1-----", re.DOTALL)
+
+
+def certificate_sha256(certfile: Path) -> str | None:
+    """The SHA-256 of the first certificate in a PEM file (the one served), as a client pins it; None if unread.
+
+    OpenSSL serves a ``TRUSTED CERTIFICATE`` or ``X509 CERTIFICATE`` block
+    too; the first holds trust settings after the certificate, which the
+    digest leaves out (the first DER element is the certificate).
+    """
+    found = _PEM_CERTIFICATE.search(certfile.read_text(encoding="ascii", errors="replace"))
+    try:
+        der = base64.b64decode("".join(found.group(2).split()), validate=True) if found else b""
+        return hashlib.sha256(_first_der_element(der)).hexdigest()
+    except ValueError:  # binascii.Error included
+        return None
+
+
+def _first_der_element(der: bytes) -> bytes:
+    """The leading DER SEQUENCE of ``der`` (tag, length and content)."""
+    if len(der) < 2 or der[0] != 0x30:
+        raise ValueError("not a DER sequence")
+    if der[1] < 0x80:
+        end = 2 + der[1]
+    else:
+        count = der[1] & 0x7F
+        end = 2 + count + int.from_bytes(der[2:2 + count], "big")
+    if not 0 < end <= len(der):
+        raise ValueError("a DER length past the end")
+    return der[:end]
 
 
 def main(argv: list[str] | None = None) -> None:

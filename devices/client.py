@@ -425,16 +425,23 @@ def _bounded_exchange(method: str, url: str, *, timeout: Any, pin: str | None = 
     import httpx
 
     deadline = _Deadline(timeout.read)
+    pinned = False
 
     def trace(event: str, info: dict[str, Any]) -> None:
+        nonlocal pinned
         deadline.trace(event, info)
-        if pin is not None and event == "connection.start_tls.complete" and info.get("return_value") is not None:
+        if pin is None:
+            return
+        if event == "connection.start_tls.complete" and info.get("return_value") is not None:
             stream = info["return_value"]
             try:
                 _check_pin(stream.get_extra_info("ssl_object"), pin, url)
             except AgentError:
                 stream.close()  # httpcore drops a connection that failed as it was made, but does not close it
                 raise
+            pinned = True
+        elif event.endswith("send_request_headers.started") and not pinned:  # fail closed if the hook moved
+            raise AgentError(f"{url}: the agent's certificate was not checked against its pin; nothing was sent")
 
     try:
         with deadline, httpx.Client(timeout=timeout, trust_env=False, verify=_verification(pin)) as client, \

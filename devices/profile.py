@@ -463,6 +463,8 @@ def _build(cls: type[_Section], data: dict[str, Any], prefix: str) -> _Section:
             values[name] = _as_providers(value)
         elif name == "precisions":
             values[name] = _as_precisions(value)
+        elif cls is Where and name == "cert_sha256":
+            values[name] = certificate_digest(value)
         else:
             values[name] = value
     try:
@@ -673,8 +675,21 @@ def _validate_protocol(r: Protocol) -> None:
 
 
 def is_certificate_digest(value: Any) -> bool:
-    """Whether ``value`` is a certificate's SHA-256 as :attr:`Where.cert_sha256` takes it: 64 lowercase hex."""
+    """Whether ``value`` is a certificate's SHA-256 as :attr:`Where.cert_sha256` holds it: 64 lowercase hex."""
     return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
+
+
+def certificate_digest(value: Any) -> Any:
+    """A SHA-256 as the agent prints it (64 hex) or as ``openssl x509 -fingerprint -sha256`` does
+    (``AB:CD:...``), in the form :attr:`Where.cert_sha256` holds; anything else as it came, to be refused."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){31}", value):
+        return value.replace(":", "").lower()
+    return value
+
+
+def _has_query_or_fragment(url: str) -> bool:
+    """Whether an agent URL has a query or fragment: requests append their path to it, which then went astray."""
+    return "#" in url or "?" in url
 
 
 def _validate_where(w: Where) -> None:
@@ -684,13 +699,16 @@ def _validate_where(w: Where) -> None:
             isinstance(w.url, str) and w.url.startswith(("http://", "https://")), "where.url",
             "must be an http(s) URL when where.kind is 'agent'", w.url,
         )
+        _require(not _has_query_or_fragment(w.url), "where.url", "must have no query or fragment (a pin goes in "
+                 "where.cert_sha256)", w.url)
         _require(
             w.token_env is None or (isinstance(w.token_env, str) and w.token_env != ""), "where.token_env",
             "must name the environment variable holding the agent token", w.token_env,
         )
         _require(
             w.cert_sha256 is None or (is_certificate_digest(w.cert_sha256) and w.url.startswith("https://")),
-            "where.cert_sha256", "must be 64 lowercase hex digits (a certificate's SHA-256), for an https:// url",
+            "where.cert_sha256", "must be a certificate's SHA-256 (64 hex digits, or openssl's AB:CD:... form), "
+            "for an https:// url",
             w.cert_sha256,
         )
     else:

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from devices.network import is_loopback
-from devices.profile import is_certificate_digest
+from devices.profile import certificate_digest, is_certificate_digest
 
 __all__ = ["AgentEndpoint", "UndeclaredReach", "UnknownAgent", "load_agents", "operator_only_fields", "resolve_profile"]
 
@@ -64,10 +64,13 @@ class AgentEndpoint:
                              "comes from the secrets file or the environment, and the url is printed in logs")
         if not self.token:
             raise ValueError(f"agent {self.name}: no token")
+        if "#" in self.url or "?" in self.url:  # a mistyped pin was a fragment, and the agent unpinned
+            raise ValueError(f"agent {self.name}: url {self.url!r} may have no query and no fragment but "
+                             "#sha256=HEX, its certificate's pin")
         if self.cert_sha256 is not None and not (is_certificate_digest(self.cert_sha256)
                                                  and self.url.startswith("https://")):
-            raise ValueError(f"agent {self.name}: #sha256= takes the 64 lowercase hex digits the agent prints "
-                             "for its certificate, after an https:// url")
+            raise ValueError(f"agent {self.name}: #sha256= takes the SHA-256 the agent prints for its certificate "
+                             "(64 hex digits, or openssl's AB:CD:... form), after an https:// url")
 
 
 def token_variable(name: str) -> str:
@@ -103,11 +106,18 @@ def load_agents(declared: list[str], *, secrets_file: Path | None = None,
         if not token:
             raise ValueError(f"agent {name!r} has no token: put it in the secrets file or in "
                              f"${token_variable(name)}")
-        url, pinned, pin = url.partition("#sha256=")
-        agents[name] = AgentEndpoint(name=name, url=url.rstrip("/"), token=token,
-                                     cert_sha256=pin if pinned else None)
+        url, pin = _split_pin(url)
+        agents[name] = AgentEndpoint(name=name, url=url.rstrip("/"), token=token, cert_sha256=pin)
         _warn_if_in_clear(agents[name])
     return agents
+
+
+def _split_pin(url: str) -> tuple[str, str | None]:
+    """``URL#sha256=HEX`` as the URL and the pin in :attr:`~devices.profile.Where.cert_sha256`'s form."""
+    found = re.search(r"#sha256=", url, flags=re.IGNORECASE)
+    if found is None:
+        return url, None
+    return url[:found.start()], certificate_digest(url[found.end():])
 
 
 def _warn_if_in_clear(agent: AgentEndpoint) -> None:

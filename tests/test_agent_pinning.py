@@ -49,15 +49,15 @@ class TlsListener(Listener):
     def __init__(self, cert: Path, key: Path) -> None:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.load_cert_chain(cert, key)
-        self.handshakes = 0
+        self.connections = 0
         super().__init__()
         self.url = f"https://127.0.0.1:{self.port}"
 
     def serve(self, connection: socket.socket) -> None:
+        self.connections += 1
         connection.settimeout(2.0)
         try:
             with self.context.wrap_socket(connection, server_side=True) as tls:
-                self.handshakes += 1
                 super().serve(tls)
         except (OSError, ssl.SSLError):
             connection.close()
@@ -118,26 +118,27 @@ def test_a_certificate_the_trusted_agents_key_issued_gets_no_byte_of_a_pinned_re
         with pytest.raises(AgentError):  # closed unanswered; what matters is what it read
             AgentClient(unpinned, token=TOKEN).describe()
         assert f"Bearer {TOKEN}".encode() in b"".join(impostor.received), "the impostor's chain was not trusted"
-        impostor.received, impostor.handshakes = [], 0
+        impostor.received, impostor.connections = [], 0
 
         pin = hashlib.sha256(ssl.PEM_cert_to_DER_cert(trusted[0].read_text())).hexdigest()
         with pytest.raises(AgentError) as refused:
             AgentClient(pinned_profile(impostor.url, pin), token=TOKEN).describe()
         time.sleep(0.5)  # anything sent would have arrived
+        assert impostor.connections == 1, "a certificate mismatch was retried"
+        assert b"".join(impostor.received) == b"", "a pinned client sent the impostor its request"
         assert f"not the pinned {pin}" in str(refused.value) and "nothing was sent" in str(refused.value)
         assert served_sha256(impostor.port) in str(refused.value)
-        assert b"".join(impostor.received) == b"", "a pinned client sent the impostor its request"
-        assert impostor.handshakes == 2, "a certificate mismatch was retried (the served_sha256 probe is one)"
     finally:
         impostor.close()
 
 
 @pytest.mark.parametrize("where, says", [
-    ({"url": "https://127.0.0.1:1", "cert_sha256": "AB" * 32}, "64 lowercase hex"),
-    ({"url": "https://127.0.0.1:1", "cert_sha256": "ab" * 31}, "64 lowercase hex"),
-    ({"url": "https://127.0.0.1:1", "cert_sha256": 7}, "64 lowercase hex"),
+    ({"url": "https://127.0.0.1:1", "cert_sha256": "AB:" * 31 + "A"}, "64 hex digits"),
+    ({"url": "https://127.0.0.1:1", "cert_sha256": "ab" * 31}, "64 hex digits"),
+    ({"url": "https://127.0.0.1:1", "cert_sha256": "g" * 64}, "64 hex digits"),
+    ({"url": "https://127.0.0.1:1", "cert_sha256": 7}, "64 hex digits"),
     ({"url": "http://127.0.0.1:1", "cert_sha256": "ab" * 32}, "for an https:// url"),
-], ids=["upper-case", "short", "a-number", "plain-http"])
+], ids=["broken-colons", "short", "not-hex", "a-number", "plain-http"])
 def test_a_malformed_pin_is_refused_naming_the_field(where: dict[str, object], says: str) -> None:
     with pytest.raises(ProfileError, match="where.cert_sha256") as refused:
         DeviceProfile.from_dict({"name": "edge", "where": {"kind": "agent", **where}})
@@ -160,5 +161,49 @@ def test_a_declared_pin_reaches_the_profile_and_a_clients_own_pin_is_refused() -
         resolve_profile({"name": "e", "where": {"kind": "agent", "name": "other", "cert_sha256": pin}}, agents)
     for bad in (f"edge=http://10.0.0.5:8765#sha256={pin}", "edge=https://10.0.0.5:8765#sha256=",
                 "edge=https://10.0.0.5:8765#sha256=xyz"):
-        with pytest.raises(ValueError, match="#sha256= takes the 64 lowercase hex digits"):
+        with pytest.raises(ValueError, match="#sha256= takes the SHA-256 the agent prints"):
             load_agents([bad], environ={"HWSEARCH_AGENT_TOKEN_EDGE": "t1"})
+
+
+def test_a_mistyped_pin_is_refused_not_taken_for_a_fragment_and_openssls_form_is_read() -> None:
+    """``#SHA256=`` and ``#sha256:`` stayed in the URL as a fragment: the agent ran unpinned, and requests went to
+    ``GET /`` (the path after the fragment is dropped) with the token."""
+    pin = "cd" * 32
+    colons = ":".join(["CD"] * 32)  # as `openssl x509 -noout -fingerprint -sha256` prints it
+    tokens = {"HWSEARCH_AGENT_TOKEN_EDGE": "t1"}
+    for declared in (f"edge=https://10.0.0.5:8765#SHA256={pin.upper()}", f"edge=https://10.0.0.5:8765#sha256={colons}"):
+        agent = load_agents([declared], environ=tokens)["edge"]
+        assert (agent.url, agent.cert_sha256) == ("https://10.0.0.5:8765", pin), declared
+    for declared in (f"edge=https://10.0.0.5:8765#sha256:{pin}", "edge=https://10.0.0.5:8765#frag",
+                     "edge=https://10.0.0.5:8765/?x=1", f"edge=https://10.0.0.5:8765#sha256={pin}#x"):
+        with pytest.raises(ValueError, match="no query and no fragment|#sha256= takes"):
+            load_agents([declared], environ=tokens)
+    profile = DeviceProfile.from_dict({"name": "e", "where": {"kind": "agent", "url": "https://h:1",
+                                                              "cert_sha256": colons}})
+    assert profile.where.cert_sha256 == pin
+    for url in ("https://h:1#sha256=" + pin, "https://h:1/?a=b"):
+        with pytest.raises(ProfileError, match="where.url.*no query or fragment"):
+            DeviceProfile.from_dict({"name": "e", "where": {"kind": "agent", "url": url}})
+
+
+#: The trust settings ``openssl x509 -trustout -addtrust serverAuth`` appends to a certificate's DER.
+SERVER_AUTH_TRUST = bytes.fromhex("300c300a06082b06010505070301")
+
+
+def test_the_printed_pin_is_the_served_certificates_in_a_trusted_certificate_file(tmp_path: Path) -> None:
+    """A ``TRUSTED CERTIFICATE`` block, which OpenSSL serves, stopped the agent with a traceback after it listened."""
+    import base64
+
+    from devices.agent import certificate_sha256
+
+    cert, key = self_signed_certificate(tmp_path)
+    der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+    body = base64.encodebytes(der + SERVER_AUTH_TRUST).decode()
+    trusted = tmp_path / "trusted.pem"
+    trusted.write_text(f"-----BEGIN TRUSTED CERTIFICATE-----\n{body}-----END TRUSTED CERTIFICATE-----\n")
+    served = TlsListener(trusted, key)  # loads as the agent's context does
+    try:
+        assert certificate_sha256(trusted) == served_sha256(served.port) == hashlib.sha256(der).hexdigest()
+    finally:
+        served.close()
+    assert certificate_sha256(key) is None, "a file without a certificate is no pin"

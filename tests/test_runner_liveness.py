@@ -139,6 +139,7 @@ def test_a_factory_service_and_a_serve_never_share_a_store(tmp_path: Path, first
         assert f"hwsearch: {named}; stop it first" in refused.stderr.splitlines(), refused.stderr[-3000:]
         assert "Traceback" not in refused.stderr
     assert code == 2 and "another hwsearch serve is using" in stderr, stderr[-3000:]
+    assert not Path(f"{tmp_path / 'other.sqlite'}.runners").exists(), "a refused start left its runners folder"
     Server(store, factory=True).start().stop()  # the stopped service's locks went with it
 
 

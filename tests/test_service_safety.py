@@ -488,23 +488,24 @@ def still_running(pids: set[int]) -> set[int]:
     return alive
 
 
-def freeze_holding(marker: str, server: int, folder: Path, deadline: float) -> tuple[set[int], set[Path]]:
-    """SIGSTOP the processes marked ``marker`` (but ``server``) at a moment ``folder`` holds ONNX files.
+def freeze_holding(marker: str, server: int, folder: Path, deadline: float, frozen: set[int]) -> set[Path]:
+    """SIGSTOP the processes marked ``marker`` (but ``server``) at a moment ``folder`` holds ONNX files; those files.
 
-    Returns the stopped processes and those files.  A worker may delete its
-    exports between a look and the stop, so each try looks again once all are
-    stopped, and lets them go on if the files were gone.
+    Each is added to ``frozen`` before it is stopped, so the caller can end
+    them whatever happens here.  A worker may delete its exports between a
+    look and the stop, so each try looks again once all are stopped, and
+    lets them go on if the files were gone.
     """
     while True:
         assert time.monotonic() < deadline, "the job exported nothing under the service's temp folder"
         if set(folder.rglob("*.onnx")):
-            stopped = processes_marked(marker) - {server}
-            for pid in stopped:
+            for pid in processes_marked(marker) - {server}:
+                frozen.add(pid)
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGSTOP)
             if exports := set(folder.rglob("*.onnx")):
-                return stopped, exports
-            for pid in stopped:
+                return exports
+            for pid in frozen:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGCONT)
         time.sleep(0.05)
@@ -543,7 +544,7 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path,
         # Ray's processes are frozen while the job's exports are on disk: a kill -9 of the server
         # leaves its workers running, and one that finished measuring would delete them before the
         # second start could show it clears what a crash left.
-        frozen, exports = freeze_holding(marker, first.process.pid, temp_files, deadline)
+        exports = freeze_holding(marker, first.process.pid, temp_files, deadline, frozen)
         # Each ticket the job's exports queue in the host's lock folder changes that folder's mtime.
         assert host_queue.is_dir() and host_queue.stat().st_mtime_ns != queue_touched, \
             "the job's exports took no ticket at the host's lock"
@@ -558,6 +559,7 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path,
             while (alive := still_running(frozen)) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert alive == set(), f"left behind: {alive}"
+            frozen.clear()  # ended: their numbers may be another process's from now on
             assert not exports & set(temp_files.rglob("*")), "the killed service's exports were kept"
             assert "of temp files a previous run" in second.log.read_text()
             with second.client() as c:
@@ -576,7 +578,7 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path,
         assert not temp_files.exists(), "a service that stops removes its temp folder"
     finally:
         first.kill()
-        for pid in frozen:  # ended by the second start; never left stopped if the test failed before it
+        for pid in frozen & processes_marked(marker):  # never left stopped if the test failed before the restart
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -635,6 +637,9 @@ def test_what_the_service_keeps_is_closed_to_other_accounts(factory: bool) -> No
     ({"HWSEARCH_PUBLIC_URL": "ftp://x"}, "HWSEARCH_PUBLIC_URL: the public URL must be http(s)"),
     ({"HWSEARCH_AGENTS": "edge=http://user:s3cret@127.0.0.1:9", "HWSEARCH_AGENT_TOKEN_EDGE": "t"},
      "its url carries a user or password"),
+    # Paths that cannot hold the service's locks: tracebacks before, and a runners folder left behind.
+    ({"HWSEARCH_DATA": "/etc/passwd"}, "HWSEARCH_DATA: no service lock in /etc/passwd"),
+    ({"HWSEARCH_STORE": "/proc/no-store.sqlite"}, "HWSEARCH_STORE: no service lock beside /proc/no-store.sqlite"),
 ])
 def test_the_factory_stops_on_a_bad_setting_in_one_line_and_leaves_nothing(
         tmp_path: Path, setting: dict[str, str], named: str) -> None:

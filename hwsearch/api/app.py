@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from hwsearch.api.files import DataRoots
 from hwsearch.api.routes import api_router, public_router
 from hwsearch.api.service import Busy, ServiceError, drop_unused_checkpoints, resume_at_start, upgrade_catalog
 from hwsearch.dispatch import Admission, JobDispatcher
-from hwsearch.store import SQLiteStore, Store, open_store
+from hwsearch.store import SQLiteStore, Store, StoreError, open_store
 
 __all__ = ["SettingError", "create_app", "create_app_from_env"]
 
@@ -350,8 +351,12 @@ def _app_from_env() -> FastAPI:
     resume = _env_flag("HWSEARCH_RESUME")
     data_dir = Path(os.environ.get("HWSEARCH_DATA") or default_data_dir(store_path))
     locks = _claim_service(store_path, data_dir)
+    try:
+        store = open_store(store_path)
+    except StoreError as error:  # a foreign, newer or unreadable file: its one line, not a traceback
+        raise SettingError(f"HWSEARCH_STORE: {error}") from None
     app = create_app(
-        open_store(store_path), token=token, data_dir=data_dir,
+        store, token=token, data_dir=data_dir,
         data_roots=[r for r in roots.split(os.pathsep) if r] or None,
         agents=agents, **limits,
         ray_address=os.environ.get("HWSEARCH_RAY_ADDRESS") or None, resume=resume, public_url=public_url,
@@ -365,18 +370,37 @@ def _claim_service(store_path: Path, data_dir: Path) -> list[IO[str]]:
 
     Without them two factory services (or one beside a ``hwsearch serve``)
     served one store at once: each queued and recovered jobs of the other.
+    A refusal leaves no runners folder it made, and a path that cannot hold
+    a lock is one line naming its variable.
     """
-    from hwsearch.jobs.runners import claim, claim_store
+    from hwsearch.jobs.runners import claim, claim_store, runners_folder
 
-    store_lock = claim_store(store_path)
+    made = not runners_folder(store_path).exists()
+    try:
+        store_lock = claim_store(store_path)
+    except OSError as error:
+        raise SettingError(f"HWSEARCH_STORE: no service lock beside {store_path}: {error.strerror}") from None
     if store_lock is None:
         raise SettingError(f"HWSEARCH_STORE: another hwsearch service is using {store_path}; stop it first")
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data_lock = claim(data_dir / "serve.lock")
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data_lock = claim(data_dir / "serve.lock")
+        problem = f"another hwsearch service is using {data_dir}; stop it first"
+    except OSError as error:
+        data_lock, problem = None, f"no service lock in {data_dir}: {error.strerror}"
     if data_lock is None:
-        store_lock.close()
-        raise SettingError(f"HWSEARCH_DATA: another hwsearch service is using {data_dir}; stop it first")
+        _let_go(store_lock, runners_folder(store_path) if made else None)
+        raise SettingError(f"HWSEARCH_DATA: {problem}")
     return [store_lock, data_lock]
+
+
+def _let_go(lock: IO[str], made: Path | None) -> None:
+    """Release a refused start's store lock, and remove the runners folder it made (if nothing else came since)."""
+    if made is not None:
+        with contextlib.suppress(OSError):
+            (made / "serve.lock").unlink()
+            made.rmdir()
+    lock.close()
 
 
 def __getattr__(name: str) -> Any:
