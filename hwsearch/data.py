@@ -233,6 +233,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         except Exception as error:  # corrupt members raise BadZipFile, EOFError, ValueError, ...
             raise ValueError(f"{path} {problem} ({_npz_reason(error)})") from error
     _require_keys(path, keys)
+    for key, array in arrays.items():  # numpy hands over a member without the .npy header as its raw bytes
+        if not isinstance(array, np.ndarray):
+            raise ValueError(f"{path} {problem} (its member {key} is not a .npy array)")
     return arrays["x"], arrays["y"]
 
 

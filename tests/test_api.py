@@ -149,6 +149,16 @@ def test_checkpoint_uploads_are_loaded_and_limited(client: httpx.Client, tmp_pat
                           files={"checkpoint": ("big.pt", bytes(6 * 1024 * 1024))})
     assert too_big.status_code == 413
 
+    # Options are parsed as JSON bodies are: a repeated key was taken, the last one winning.
+    for options, says in (('{"n_classes": 1, "n_classes": 10}', "key 'n_classes' appears twice"),
+                          ('{"n_classes": ' + "9" * 5000 + "}", "not JSON without repeated keys"),
+                          ('{"n_classes": 10.5}', "options: n_classes")):
+        refused = client.post("/supernets/upload", data={**form, "name": "twice", "options": options},
+                              files={"checkpoint": ("demo.pt", buffer.getvalue())})
+        assert refused.status_code == 422, refused.text
+        [error] = refused.json()["detail"]
+        assert error["loc"] == ["body", "options"] and says in error["msg"], error
+
 
 def test_archs_outside_the_space_are_refused_naming_the_field(client: httpx.Client,
                                                               registered: str) -> None:
@@ -210,3 +220,13 @@ def test_a_local_device_with_more_threads_than_this_host_runs_is_refused(client:
     [error] = wide.json()["detail"]
     assert error["loc"] == ["body", "profile"] and f"field 'intra_op_threads' is {threads}" in error["msg"]
     assert "wide" not in [d["name"] for d in client.get("/devices").json()]
+
+
+@pytest.mark.parametrize("point, budget_ms, field", [(0, None, "point"), (None, 5.0, "budget_ms")])
+def test_a_front_without_points_says_so(point: int | None, budget_ms: float | None, field: str) -> None:
+    """It said "point 0 is outside the front (0..-1)" and "the fastest takes nan ms"."""
+    from hwsearch.api.service import Invalid, _point_index
+
+    with pytest.raises(Invalid) as refused:
+        _point_index({"points": []}, point, budget_ms)
+    assert (refused.value.message, refused.value.field) == ("this front has no points", ("body", field))

@@ -1011,17 +1011,26 @@ def test_hostile_dataset_files_are_refused_as_the_dataset_and_the_service_stays_
     torch.save({"x": images, "y": torch.arange(8)}, data_root / "bf16.pt")
     np.savez(data_root / "label.npz", x=np.zeros((8, 32, 32, 3), np.uint8), y=np.array([0] * 7 + [2**40]))
     np.savez(data_root / "constant.npz", x=np.zeros((8, 32, 32, 3), np.uint8), y=np.arange(8))
+    with zipfile.ZipFile(data_root / "not-npy.npz", "w") as archive:  # numpy hands such members over as bytes
+        archive.writestr("x.npy", b"not npy")
+        archive.writestr("y.npy", b"xx")
+    pixels = np.random.default_rng(0)  # one pixel per image: batch norms recalibrated on them blow up
+    np.savez(data_root / "one-pixel.npz", x=pixels.integers(0, 256, (20, 1, 1, 3), dtype=np.uint8),
+             y=pixels.integers(0, 10, 20))
     (data_root / "thin" / "a").mkdir(parents=True)
     Image.new("RGB", (1, 200_000)).save(data_root / "thin" / "a" / "1.png")
     _png(data_root / "thin" / "b" / "1.png", 5)
 
     assert client.post("/supernets", json=SUPERNET).status_code == 201
     arch = {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": [32]}
-    for name, says in [("nested.pt", "'x' must be a tensor"), ("label.npz", "labels must lie in"),
-                       ("constant.npz", "hold one value per channel"),
-                       ("thin", "becomes 37x7400000 when resized for 32 px")]:
+    largest = {"ks": [7] * 20, "e": [6] * 20, "d": [4] * 5, "r": [32]}
+    for name, says, chosen in [("nested.pt", "'x' must be a tensor", arch), ("label.npz", "labels must lie in", arch),
+                               ("constant.npz", "hold one value per channel", arch),
+                               ("thin", "becomes 37x7400000 when resized for 32 px", arch),
+                               ("not-npy.npz", "its member x is not a .npy array", arch),  # a 500 before
+                               ("one-pixel.npz", "cannot be exported faithfully on this dataset", largest)]:  # 500
         started = time.monotonic()
-        export = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": arch, "dataset": name})
+        export = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": chosen, "dataset": name})
         assert says in refused(export, ["body", "dataset"]), name
         assert time.monotonic() - started < 30
         assert client.get("/health", timeout=5).status_code == 200

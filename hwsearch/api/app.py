@@ -122,8 +122,10 @@ async def _http_error(request: Request, error: Exception) -> Response:
 async def _unexpected(request: Request, error: Exception) -> JSONResponse:
     """A bug, not a bad request: the trace goes to the server log, the client gets one line."""
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    # Closed: Starlette re-raises the error after this answer and uvicorn drops the connection, so a client
+    # reusing it for its next request met a reset instead of an answer.
     return AsciiJSONResponse({"detail": "internal error; the operator can find it in the server log"},
-                             status_code=500)
+                             status_code=500, headers={"Connection": "close"})
 
 
 def create_app(
@@ -189,6 +191,7 @@ def create_app(
                     "`Authorization: Bearer <token>`.",
         lifespan=lifespan,
         default_response_class=AsciiJSONResponse,
+        redirect_slashes=False,  # its 307 named the client's own Host header; the service's links never do
     )
     app.state.store = store
     app.state.catalog = Catalog(data_dir, max_export_bytes=max_export_bytes,

@@ -8,6 +8,7 @@ are turned into responses in one place (:mod:`hwsearch.api.app`).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 
 import hwsearch
 from hwsearch.api import service
+from devices.profile import unique_keys
 from hwsearch.api.bodies import StrictJSONRoute
 from hwsearch.api.catalog import Catalog
 from hwsearch.api.files import DataRoots
@@ -179,8 +181,13 @@ def upload_supernet(
     options: Annotated[str, Form(description="SupernetOptions as JSON")] = "{}",
 ) -> SupernetRead:
     """Register a supernet whose checkpoint is uploaded (multipart form)."""
+    try:  # parsed as JSON bodies are: a repeated key is refused, not its last value taken
+        raw = json.loads(options, object_pairs_hook=unique_keys)
+    except (ValueError, RecursionError) as error:  # RepeatedKey, a decode error, a 5,000-digit number
+        raise service.Invalid(f"options is not JSON without repeated keys: {str(error)[:200]}",
+                              field=("body", "options")) from None
     try:
-        parsed = SupernetOptions.model_validate_json(options)
+        parsed = SupernetOptions.model_validate(raw)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}"
                              for e in error.errors())

@@ -1056,8 +1056,10 @@ def _point_index(front: Mapping[str, Any], point: int | None, budget_ms: float |
     """
     from hwsearch.results import ParetoFront
 
+    n = len(front["points"])
+    if n == 0:  # said as such: "outside the front (0..-1)" and "the fastest takes nan ms" before
+        raise Invalid("this front has no points", field=("body", "budget_ms" if budget_ms is not None else "point"))
     if budget_ms is None:
-        n = len(front["points"])
         if not 0 <= int(point or 0) < n:
             raise Invalid(f"point {point} is outside the front (0..{n - 1})",
                           field=("body", "point"))
@@ -1268,8 +1270,9 @@ def _export_file(ref: SupernetRef, arch: ArchConfig, made: Path, batch: int, pre
 
 
 def _export_now(ref: SupernetRef, arch: ArchConfig, made: Path, batch: int, precision: str, plan: Any) -> Any:
-    """The export itself; weights whose torch output is not finite are the request's fault (422)."""
-    from hwsearch.export import CalibrationDataError, NonFiniteOutput
+    """The export itself; weights whose torch output is not finite are the request's fault (422), and so is an
+    export onnxruntime does not run as torch does on the request's data (a 500 before)."""
+    from hwsearch.export import CalibrationDataError, ExportCheckError, NonFiniteOutput
     from hwsearch.export import export_subnet as export
 
     net = _supernet(ref)
@@ -1285,6 +1288,10 @@ def _export_now(ref: SupernetRef, arch: ArchConfig, made: Path, batch: int, prec
         raise Invalid(f"supernet {ref.name!r}: {error}", field=("body",)) from None
     except CalibrationDataError as error:  # a streamed folder's file, read only now
         raise Invalid(f"dataset cannot be used: {error}", field=("body", "dataset")) from None
+    except ExportCheckError as error:  # e.g. near-constant images: batch norms recalibrated on them blow up
+        field = ("body",) if plan is None else ("body", "dataset")
+        raise Invalid(f"this subnet cannot be exported faithfully{' on this dataset' if plan else ''}: {error}",
+                      field=field) from None
 
 
 def open_export(*, catalog: Catalog, export_id: str) -> IO[bytes]:
