@@ -287,6 +287,8 @@ def _to_nchw_float(x: np.ndarray | Tensor, path: Path) -> Tensor:
         t = t.expand(-1, 3, -1, -1)
     if t.shape[1] != 3:
         raise ValueError(f"{path}: images need 1 or 3 channels, got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(t).all()):  # every accuracy on them is a guess; a job on them succeeded
+        raise ValueError(f"{path}: x holds NaN or infinite pixels")
     return t.contiguous()
 
 

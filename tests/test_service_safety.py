@@ -1014,6 +1014,7 @@ def test_hostile_dataset_files_are_refused_as_the_dataset_and_the_service_stays_
     with zipfile.ZipFile(data_root / "not-npy.npz", "w") as archive:  # numpy hands such members over as bytes
         archive.writestr("x.npy", b"not npy")
         archive.writestr("y.npy", b"xx")
+    np.savez(data_root / "nan.npz", x=np.full((8, 32, 32, 3), np.nan, np.float32), y=np.arange(8))
     pixels = np.random.default_rng(0)  # one pixel per image: batch norms recalibrated on them blow up
     np.savez(data_root / "one-pixel.npz", x=pixels.integers(0, 256, (20, 1, 1, 3), dtype=np.uint8),
              y=pixels.integers(0, 10, 20))
@@ -1028,6 +1029,7 @@ def test_hostile_dataset_files_are_refused_as_the_dataset_and_the_service_stays_
                                ("constant.npz", "hold one value per channel", arch),
                                ("thin", "becomes 37x7400000 when resized for 32 px", arch),
                                ("not-npy.npz", "its member x is not a .npy array", arch),  # a 500 before
+                               ("nan.npz", "x holds NaN or infinite pixels", arch),  # a job on it succeeded
                                ("one-pixel.npz", "cannot be exported faithfully on this dataset", largest)]:  # 500
         started = time.monotonic()
         export = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": chosen, "dataset": name})
