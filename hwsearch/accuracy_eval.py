@@ -117,9 +117,25 @@ def put_eval(supernet: Any, data: Any, settings: EvalSettings = EvalSettings()) 
 
     from hwsearch.ray_session import init_ray
 
-    init_ray()
     calibration, validation = _split(data, settings)
+    _check_classes(supernet, validation)
+    init_ray()
     return EvalRefs(supernet.name, ray.put(supernet), ray.put(calibration), ray.put(validation))
+
+
+def _check_classes(supernet: Any, validation: Any) -> None:
+    """Refuse data whose labels name more classes than the supernet's head predicts.
+
+    A label the head has no output for is never predicted, so every accuracy
+    on such data understates the subnet: a job on labels up to 999 for a
+    10-class head succeeded.
+    """
+    predicted = getattr(supernet.space.layout, "n_classes", None)  # a space without a layout states none
+    labelled = len(validation.classes)
+    if predicted is not None and labelled > predicted:
+        raise ValueError(f"the dataset's labels name {labelled} classes but supernet "
+                         f"{supernet.name!r} predicts {predicted}: register it with options.n_classes "
+                         f"{labelled}, or give data of its classes")
 
 
 def choose_placement(settings: EvalSettings, cluster: Mapping[str, float]) -> Placement:

@@ -87,3 +87,16 @@ def test_streamed_evaluation_on_a_gpu_declaring_cluster_and_reuse_by_key(folder:
     assert evaluate_subnets(net, archs, split, store=store, dataset_id=dataset_id,
                             report=reports.append) == found
     assert len(reports) == 2
+
+
+def test_labels_past_the_supernets_head_are_refused_before_any_evaluation(tmp_path: Path) -> None:
+    """Labels up to 999 for a 10-class head: no subnet can predict them, and the job succeeded with low accuracies."""
+    from hwsearch.accuracy_eval import put_eval
+    from hwsearch.data import load_images
+
+    supernet = build_supernet(SupernetRef(**SUPERNET))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "wide.npz", x=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
+             y=np.r_[np.arange(39) % 10, 999])
+    with pytest.raises(ValueError, match="labels name 1000 classes but supernet '.*' predicts 10: register it"):
+        put_eval(supernet, load_images(tmp_path / "wide.npz", size=32))
