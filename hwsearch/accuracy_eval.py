@@ -119,8 +119,24 @@ def put_eval(supernet: Any, data: Any, settings: EvalSettings = EvalSettings()) 
 
     calibration, validation = _split(data, settings)
     _check_classes(supernet, validation)
+    _check_varying(calibration)
     init_ray()
     return EvalRefs(supernet.name, ray.put(supernet), ray.put(calibration), ray.put(validation))
+
+
+def _check_varying(calibration: Any) -> None:
+    """Refuse in-memory calibration images that hold one value per channel (every image all zeros, say).
+
+    Batch norm recalibrated on them divides by its epsilon alone, and every
+    accuracy is then the same guess: a job on all-zero images succeeded.
+    (A streamed folder is read only as it is evaluated: its images are files
+    that decoded, which this does not check.)
+    """
+    from hwsearch.bn import ONE_VALUE_PER_CHANNEL, one_value_per_channel
+    from hwsearch.data import LabelledImages
+
+    if isinstance(calibration, LabelledImages) and len(calibration) and one_value_per_channel(calibration.x):
+        raise ValueError(ONE_VALUE_PER_CHANNEL)
 
 
 def _check_classes(supernet: Any, validation: Any) -> None:

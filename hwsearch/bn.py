@@ -15,9 +15,24 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["has_batch_norm", "recalibrate_bn"]
+__all__ = ["ONE_VALUE_PER_CHANNEL", "has_batch_norm", "one_value_per_channel", "recalibrate_bn"]
 
 M = TypeVar("M", bound=nn.Module)
+
+
+#: Why images that :func:`one_value_per_channel` finds are refused for recalibration.
+ONE_VALUE_PER_CHANNEL = ("the calibration images hold one value per channel (all zeros, say): batch norm cannot "
+                         "take statistics from them")
+
+
+def one_value_per_channel(images: Tensor) -> bool:
+    """Whether each channel of ``images`` (N, C, H, W) holds a single value across the whole batch.
+
+    Batch norm recalibrated on such images takes a zero variance and divides
+    by its epsilon alone: an exported network's outputs reached 1e11, and a
+    job's accuracies were all the same guess.
+    """
+    return not bool((images.amax(dim=(0, 2, 3)) > images.amin(dim=(0, 2, 3))).any())
 
 
 def has_batch_norm(module: nn.Module) -> bool:

@@ -224,11 +224,12 @@ def _varying(images: Iterator[Tensor]) -> Iterator[Tensor]:
     the exported network's outputs reached 1e11, its ONNX and torch outputs
     parted by more than the check allows, and the service answered 500.
     """
+    from hwsearch.bn import ONE_VALUE_PER_CHANNEL, one_value_per_channel
+
     first = next(images, None)
     if first is not None:
-        if not bool((first.amax(dim=(0, 2, 3)) > first.amin(dim=(0, 2, 3))).any()):
-            raise CalibrationDataError("the calibration images hold one value per channel (all zeros, say): "
-                                       "batch norm cannot take statistics from them")
+        if one_value_per_channel(first):
+            raise CalibrationDataError(ONE_VALUE_PER_CHANNEL)
         yield first
     yield from images
 

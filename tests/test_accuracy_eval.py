@@ -100,3 +100,13 @@ def test_labels_past_the_supernets_head_are_refused_before_any_evaluation(tmp_pa
              y=np.r_[np.arange(39) % 10, 999])
     with pytest.raises(ValueError, match="labels name 1000 classes but supernet '.*' predicts 10: register it"):
         put_eval(supernet, load_images(tmp_path / "wide.npz", size=32))
+
+
+def test_calibration_images_of_one_value_per_channel_are_refused_before_any_evaluation(tmp_path: Path) -> None:
+    """All-zero images: batch norm divides by its epsilon alone, and a job on them succeeded."""
+    from hwsearch.accuracy_eval import put_eval
+    from hwsearch.data import load_images
+
+    np.savez(tmp_path / "zeros.npz", x=np.zeros((40, 32, 32, 3), np.uint8), y=np.arange(40) % 10)
+    with pytest.raises(ValueError, match="hold one value per channel"):
+        put_eval(build_supernet(SupernetRef(**SUPERNET)), load_images(tmp_path / "zeros.npz", size=32))
