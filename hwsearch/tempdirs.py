@@ -91,16 +91,26 @@ def _owned_by_the_dead(folder: Path) -> bool:
 
 def folder_bytes(folder: Path) -> int:
     """Bytes of the files under ``folder``, counted without following links (0 if it is a link or missing)."""
+    return folder_usage(folder)[1]
+
+
+def folder_usage(folder: Path) -> tuple[int, int]:
+    """Files under ``folder`` and their bytes, counted without following links ((0, 0) if a link or missing).
+
+    Files, not only bytes: a killed export leaves its file empty, and "nothing
+    left" then hid that something was.
+    """
     try:
         if not stat.S_ISDIR(os.lstat(folder).st_mode):
-            return 0
+            return 0, 0
     except OSError:
-        return 0
-    total = 0
+        return 0, 0
+    count = total = 0
     for directory, _, files in os.walk(folder):  # os.walk never descends into a linked folder
         for name in files:
             try:
                 total += os.lstat(os.path.join(directory, name)).st_size
             except OSError:
                 continue
-    return total
+            count += 1
+    return count, total

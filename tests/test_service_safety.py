@@ -489,17 +489,17 @@ def still_running(pids: set[int]) -> set[int]:
 
 
 def freeze_holding(marker: str, server: int, folder: Path, deadline: float, frozen: set[int]) -> set[Path]:
-    """SIGSTOP the processes marked ``marker`` (but ``server``) at a moment ``folder`` holds ONNX files; those files.
+    """SIGSTOP ``server`` and the processes marked ``marker`` at a moment ``folder`` holds ONNX files; those files.
 
     Each is added to ``frozen`` before it is stopped, so the caller can end
-    them whatever happens here.  A worker may delete its exports between a
-    look and the stop, so each try looks again once all are stopped, and
-    lets them go on if the files were gone.
+    them whatever happens here.  A worker (or the server's own threads) may
+    delete its exports between a look and the stop, so each try looks again
+    once all are stopped, and lets them go on if the files were gone.
     """
     while True:
         assert time.monotonic() < deadline, "the job exported nothing under the service's temp folder"
         if set(folder.rglob("*.onnx")):
-            for pid in processes_marked(marker) - {server}:
+            for pid in processes_marked(marker) | {server}:
                 frozen.add(pid)
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGSTOP)
@@ -541,9 +541,9 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path,
         while not processes_marked(marker) - {first.process.pid}:
             assert time.monotonic() < deadline, "Ray never started under the service's temp dir"
             time.sleep(0.5)
-        # Ray's processes are frozen while the job's exports are on disk: a kill -9 of the server
-        # leaves its workers running, and one that finished measuring would delete them before the
-        # second start could show it clears what a crash left.
+        # The service and its Ray are frozen while the job's exports are on disk: a kill -9 of the
+        # server leaves its workers running, and one that finished measuring would delete them before
+        # the second start could show it clears what a crash left.
         exports = freeze_holding(marker, first.process.pid, temp_files, deadline, frozen)
         # Each ticket the job's exports queue in the host's lock folder changes that folder's mtime.
         assert host_queue.is_dir() and host_queue.stat().st_mtime_ns != queue_touched, \
@@ -561,7 +561,7 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path,
             assert alive == set(), f"left behind: {alive}"
             frozen.clear()  # ended: their numbers may be another process's from now on
             assert not exports & set(temp_files.rglob("*")), "the killed service's exports were kept"
-            assert "of temp files a previous run" in second.log.read_text()
+            assert "temp file(s) (" in second.log.read_text() and "a previous run on" in second.log.read_text()
             with second.client() as c:
                 assert c.get(f"/jobs/{job}").json()["state"] == "interrupted"
                 assert c.post(f"/jobs/{job}/resume").status_code == 202

@@ -243,18 +243,18 @@ def _own_temp_files(data_dir: Path) -> Path:
     :func:`_prepare_ray` (whose leftover workers might still be writing).
     """
     from hwsearch.ray_session import private_temp_dir
-    from hwsearch.tempdirs import folder_bytes
+    from hwsearch.tempdirs import folder_usage
 
     folder = private_temp_dir(str(data_dir), "tmp")
-    left = folder_bytes(folder)
+    files, left = folder_usage(folder)
     shutil.rmtree(folder, ignore_errors=True)
     try:
         folder.mkdir(mode=0o700)
     except FileExistsError:  # a link or a file another user put there: never write through it
         raise typer.BadParameter(f"{folder} exists and is not this service's to clear",
                                  param_hint="--data-dir") from None
-    if left:
-        typer.echo(f"hwsearch serve: removed {left / 1e6:.1f} MB of temp files a previous run on "
+    if files:
+        typer.echo(f"hwsearch serve: removed {files} temp file(s) ({left / 1e6:.1f} MB) a previous run on "
                    f"{data_dir} left behind", err=True)
     os.environ["TMPDIR"] = str(folder)  # inherited by the Ray workers this service starts
     tempfile.tempdir = None  # gettempdir() caches its first answer; make it read TMPDIR again
