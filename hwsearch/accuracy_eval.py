@@ -36,13 +36,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from hwsearch.space import ArchConfig
 from hwsearch.store import Store
 
-__all__ = ["EvalRefs", "EvalSettings", "Placement", "choose_placement", "cpu_placement", "evaluate_subnets",
-           "put_eval", "refs_for", "subnet_accuracy", "torch_device"]
+__all__ = ["EvalRefs", "EvalSettings", "NonFiniteLogits", "Placement", "check_eval_data", "choose_placement",
+           "cpu_placement", "evaluate_subnets", "put_eval", "refs_for", "subnet_accuracy", "torch_device"]
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteLogits(ValueError):
+    """A subnet's outputs on the validation images are NaN or infinite: no accuracy can be read from them."""
 
 ReportFn = Callable[[Mapping[str, Any]], None]
 
@@ -117,41 +123,36 @@ def put_eval(supernet: Any, data: Any, settings: EvalSettings = EvalSettings()) 
 
     from hwsearch.ray_session import init_ray
 
+    check_eval_data(supernet, data)
     calibration, validation = _split(data, settings)
-    _check_classes(supernet, validation)
-    _check_varying(calibration)
     init_ray()
     return EvalRefs(supernet.name, ray.put(supernet), ray.put(calibration), ray.put(validation))
 
 
-def _check_varying(calibration: Any) -> None:
-    """Refuse in-memory calibration images that hold one value per channel (every image all zeros, say).
+def check_eval_data(supernet: Any, data: Any) -> None:
+    """Refuse data no accuracy of ``supernet`` can be read from; call it before any work, as jobs and the CLI do.
 
-    Batch norm recalibrated on them divides by its epsilon alone, and every
-    accuracy is then the same guess: a job on all-zero images succeeded.
-    (A streamed folder is read only as it is evaluated: its images are files
-    that decoded, which this does not check.)
+    ``data`` is what :func:`evaluate_subnets` takes.  Refused: labels that
+    reach past the classes the supernet's head predicts (a label it has no
+    output for is never predicted: a job on labels up to 999 for a 10-class
+    head succeeded), and in-memory images of one value per channel (all
+    zeros, say: batch norm recalibrated on them divides by its epsilon alone,
+    and every subnet scored the same guess).  A streamed folder's images are
+    read only as they are evaluated; its labels are checked here.
     """
     from hwsearch.bn import ONE_VALUE_PER_CHANNEL, one_value_per_channel
     from hwsearch.data import LabelledImages
+    from hwsearch.evaldata import EvalSplit
 
-    if isinstance(calibration, LabelledImages) and len(calibration) and one_value_per_channel(calibration.x):
-        raise ValueError(ONE_VALUE_PER_CHANNEL)
-
-
-def _check_classes(supernet: Any, validation: Any) -> None:
-    """Refuse data whose labels name more classes than the supernet's head predicts.
-
-    A label the head has no output for is never predicted, so every accuracy
-    on such data understates the subnet: a job on labels up to 999 for a
-    10-class head succeeded.
-    """
+    parts = (data.calibration, data.validation) if isinstance(data, EvalSplit) else (data,)
     predicted = getattr(supernet.space.layout, "n_classes", None)  # a space without a layout states none
-    labelled = len(validation.classes)
+    labelled = max(int(np.max(np.asarray(part.y))) + 1 for part in parts if len(part))
     if predicted is not None and labelled > predicted:
-        raise ValueError(f"the dataset's labels name {labelled} classes but supernet "
-                         f"{supernet.name!r} predicts {predicted}: register it with options.n_classes "
-                         f"{labelled}, or give data of its classes")
+        raise ValueError(f"the dataset's labels reach class {labelled - 1} but supernet {supernet.name!r} "
+                         f"predicts {predicted} classes: give data of its classes, or a supernet whose head "
+                         f"has {labelled} (a service registers one with options.n_classes)")
+    if isinstance(parts[0], LabelledImages) and len(parts[0]) and one_value_per_channel(parts[0].x):
+        raise ValueError(ONE_VALUE_PER_CHANNEL)
 
 
 def choose_placement(settings: EvalSettings, cluster: Mapping[str, float]) -> Placement:
@@ -213,8 +214,12 @@ def _accuracy(supernet: Any, arch: ArchConfig, calibration: Any, validation: Any
     correct = 0
     with torch.inference_mode():
         for x, y in batches(validation, arch.resolution, placement.batch_size, threads=threads):
-            predicted = module(x.to(device, non_blocking=True)).argmax(dim=1)
-            correct += int((predicted.cpu() == y).sum())
+            logits = module(x.to(device, non_blocking=True))
+            if not bool(torch.isfinite(logits).all()):  # argmax of NaN is class 0: a score, but a guess
+                raise NonFiniteLogits(f"subnet {arch.key()} gives NaN or infinite outputs on the validation "
+                                      "images: the supernet's weights (its checkpoint) are not finite, or the data "
+                                      "overflows them")
+            correct += int((logits.argmax(dim=1).cpu() == y).sum())
     return correct / len(validation)
 
 
@@ -260,6 +265,7 @@ def evaluate_subnets(
     (:func:`put_eval` of this supernet and ``data``) are used instead of
     putting them into Ray's object store again.
     """
+    check_eval_data(supernet, data)  # stored accuracies of such data are no better than new ones
     done = store.get_accuracies(supernet.name, dataset_id)
     todo = [a for a in archs if a.key() not in done]
     if todo:

@@ -118,7 +118,11 @@ def load_images(path: str | Path, *, size: int = 224) -> LabelledImages:
         labels = _labels(y, path)
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
                                align_corners=False) if images.shape[-1] != size else images
-        return LabelledImages(_normalise(images), labels, tuple(map(str, range(int(labels.max()) + 1))), str(path))
+        images = _normalise(images)
+        if not bool(torch.isfinite(images).all()):  # every accuracy on them is a guess; a job on them succeeded
+            raise ValueError(f"{path}: x holds NaN or infinite pixels, or pixels too large for float32 once "
+                             "normalised")
+        return LabelledImages(images, labels, tuple(map(str, range(int(labels.max()) + 1))), str(path))
 
 
 #: Most classes a dataset's labels may number (ImageNet-21k has 21,841): a label of 2**40 made
@@ -287,8 +291,6 @@ def _to_nchw_float(x: np.ndarray | Tensor, path: Path) -> Tensor:
         t = t.expand(-1, 3, -1, -1)
     if t.shape[1] != 3:
         raise ValueError(f"{path}: images need 1 or 3 channels, got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(t).all()):  # every accuracy on them is a guess; a job on them succeeded
-        raise ValueError(f"{path}: x holds NaN or infinite pixels")
     return t.contiguous()
 
 

@@ -98,7 +98,7 @@ def test_labels_past_the_supernets_head_are_refused_before_any_evaluation(tmp_pa
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "wide.npz", x=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
              y=np.r_[np.arange(39) % 10, 999])
-    with pytest.raises(ValueError, match="labels name 1000 classes but supernet '.*' predicts 10: register it"):
+    with pytest.raises(ValueError, match="labels reach class 999 but supernet '.*' predicts 10 classes"):
         put_eval(supernet, load_images(tmp_path / "wide.npz", size=32))
 
 
@@ -110,3 +110,15 @@ def test_calibration_images_of_one_value_per_channel_are_refused_before_any_eval
     np.savez(tmp_path / "zeros.npz", x=np.zeros((40, 32, 32, 3), np.uint8), y=np.arange(40) % 10)
     with pytest.raises(ValueError, match="hold one value per channel"):
         put_eval(build_supernet(SupernetRef(**SUPERNET)), load_images(tmp_path / "zeros.npz", size=32))
+
+
+def test_an_empty_class_folder_is_no_class_of_the_data(tmp_path: Path) -> None:
+    """Ten class folders of images and an empty eleventh were refused as 11 classes for a 10-class head."""
+    from hwsearch.accuracy_eval import check_eval_data
+    from hwsearch.imagefolder import ImageFolder
+
+    for label in range(10):
+        (tmp_path / f"c{label}").mkdir()
+        Image.new("RGB", (8, 8), (25 * label, 0, 0)).save(tmp_path / f"c{label}" / "0.png")
+    (tmp_path / "zz-empty").mkdir()
+    check_eval_data(build_supernet(SupernetRef(**SUPERNET)), ImageFolder.scan(tmp_path))

@@ -173,8 +173,8 @@ def test_search_with_a_bad_device_field(tmp_path: Path) -> None:
 ])
 def test_search_with_bad_latency_targets(tmp_path: Path, option: str, value: str,
                                          says: str) -> None:
-    data = tmp_path / "digits.npz"
-    np.savez(data, x=np.zeros((4, 28, 28, 1), np.uint8), y=np.arange(4))
+    data = tmp_path / "digits.npz"  # images that vary: all zeros are refused as data first
+    np.savez(data, x=np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), np.uint8), y=np.arange(4))
     out = tmp_path / "run"
     result = run_cli(*search_args(out, data=data), option, value, cwd=tmp_path)
     assert_one_line_error(result, 2, option, says)

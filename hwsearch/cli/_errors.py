@@ -14,7 +14,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["BAD_INPUT", "FAILED", "INTERRUPTED", "TERMINATED", "OptionError", "describe", "reading"]
+__all__ = ["BAD_INPUT", "FAILED", "INTERRUPTED", "TERMINATED", "OptionError", "describe", "exit_on_sigterm",
+           "reading"]
 
 BAD_INPUT = 2  # the user's input is wrong; same code click uses for usage errors
 FAILED = 1  # the input was fine but the work failed (agent unreachable, disk full)
@@ -39,6 +40,7 @@ _KNOWN_ERRORS: tuple[tuple[str, str, int], ...] = (
     # A calibration file that could be neither read nor moved aside; the message names it.
     ("devices.calibration", "UnreadableFile", FAILED),
     ("hwsearch.export", "ExportCheckError", FAILED),
+    ("hwsearch.accuracy_eval", "NonFiniteLogits", FAILED),
     ("hwsearch.quantize", "PrecisionError", BAD_INPUT),
     ("hwsearch.quantize_worker", "QuantizerError", FAILED),
     ("hwsearch.store", "StoreError", BAD_INPUT),
@@ -120,3 +122,20 @@ def _one_line(text: str) -> str:
     from devices.plain import printable  # here, not at the top: only a failing command pays for it
 
     return printable(" ".join(text.split()), _MAX_MESSAGE_CHARS)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise ``SystemExit`` here, as Ray's driver does once it starts, for a command about to start Ray.
+
+    A ``search``'s runner then marks its job ``interrupted`` on the way out
+    (:func:`~hwsearch.jobs.run_job_watched`); with the default action the
+    process died at once and its job stayed ``queued`` or ``running`` in
+    ``--out``'s store.  Ray's own handler would abort the process instead
+    (``profile-accuracy`` ended in a stack dump, or "Aborted", rc 134).
+    """
+    import signal
+
+    from hwsearch.ray_session import no_abort_on_sigterm
+
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(signum))
+    no_abort_on_sigterm()

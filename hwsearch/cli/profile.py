@@ -92,8 +92,8 @@ def profile_accuracy(
     as_json: Annotated[bool, typer.Option("--json", help="Print accuracies as JSON.")] = False,
 ) -> None:
     """Evaluate N subnets on DATA (BN recalibrated first) over Ray workers; store accuracies."""
-    from hwsearch.accuracy_eval import EvalSettings, evaluate_subnets
-    from hwsearch.cli._errors import reading
+    from hwsearch.accuracy_eval import EvalSettings, check_eval_data, evaluate_subnets
+    from hwsearch.cli._errors import exit_on_sigterm, reading
     from hwsearch.cli._inputs import load_supernet
     from hwsearch.evaldata import DataPlan
     from hwsearch.pipeline import select_subnets
@@ -102,11 +102,13 @@ def profile_accuracy(
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("expected auto, cpu or cuda", param_hint="--device")
     rows = SQLiteStore(store)  # opened (and checked) before anything is evaluated
+    exit_on_sigterm()  # before Ray starts
     net = load_supernet(supernet, checkpoint)
     plan = DataPlan(str(data), calibration=None if calibration is None else str(calibration),
                     n_calibration=n_calibration, subset=subset)
     with reading("--data"):
         split = plan.open(size=max(net.space.resolutions))
+        check_eval_data(net, split)
     stored_as = f"{dataset_id or data.name}-" + plan.dataset_id(
         split, checkpoint=None if checkpoint is None else str(checkpoint))
     archs = select_subnets(net.space, n, seed=seed)

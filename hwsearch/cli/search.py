@@ -19,7 +19,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from hwsearch.cli._errors import OptionError
+from hwsearch.cli._errors import OptionError, exit_on_sigterm
 from hwsearch.cli._inputs import MAX_SUBNETS, check_ray_address_option, seed_option
 
 __all__ = ["register"]
@@ -94,7 +94,7 @@ def search(
         targets=aims,
     )
     console = Console(stderr=as_json)
-    _exit_on_sigterm()
+    exit_on_sigterm()
     job_id, runner = new_job(store, spec.to_dict())  # ours from its first write: a service starting leaves it to us
     result = _run_with_progress(spec, store, job_id, runner, ray_address, console)
     fronts = {name: ParetoFront.from_dict(front) for name, front in result["fronts"].items()}
@@ -128,22 +128,6 @@ def _check_limits(budget_ms: float | None, params_limit: float | None) -> None:
                                       "are above 0")
 
 
-def _exit_on_sigterm() -> None:
-    """Make SIGTERM raise ``SystemExit`` here, as Ray's driver does once it starts, so the job is marked.
-
-    The job's runner marks it ``interrupted`` on the way out
-    (:func:`~hwsearch.jobs.run_job_watched`); with the default action the
-    process died at once and its job stayed ``queued`` or ``running`` in ``--out``'s store.
-    """
-    import signal
-    import sys
-
-    from hwsearch.ray_session import no_abort_on_sigterm
-
-    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(signum))
-    no_abort_on_sigterm()
-
-
 def _check_inputs(supernet: str, checkpoint: Path | None, devices: list[Path],
                   data: Path) -> list[Any]:  # -> list[devices.profile.DeviceProfile]
     """Read every input once before Ray starts, so a bad one fails in seconds, naming its option.
@@ -151,14 +135,18 @@ def _check_inputs(supernet: str, checkpoint: Path | None, devices: list[Path],
     The job reads them again in its worker; loading the supernet and the
     data here costs seconds, a search minutes.
     """
-    from hwsearch.cli._errors import reading
+    from hwsearch.accuracy_eval import check_eval_data
+    from hwsearch.cli._errors import OptionError, reading
     from hwsearch.cli._inputs import load_profile, load_supernet
     from hwsearch.data import open_images
 
     profiles = [load_profile(path) for path in devices]
+    names = [p.name for p in profiles]
+    if len(set(names)) < len(names):  # found after profiling and accuracy before, at refinement
+        raise OptionError("--device", f"device names must be unique, got {names}")
     net = load_supernet(supernet, checkpoint)
     with reading("--data"):  # a folder is only listed here: memory stays flat in its size
-        open_images(data, size=max(net.space.resolutions))
+        check_eval_data(net, open_images(data, size=max(net.space.resolutions)))
     return profiles
 
 

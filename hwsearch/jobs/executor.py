@@ -153,11 +153,13 @@ def _prepare(spec: JobSpec, *, store: Store, job_id: str,
     A folder is streamed, not loaded; the accuracy store key covers the
     files, the weights, the preprocessing and the calibration/subset choice.
     """
+    from hwsearch.accuracy_eval import check_eval_data
     from hwsearch.pipeline import select_subnets
 
     plan = spec.data_plan()
     net = build_supernet(spec.supernet)
     data = plan.open(size=max(net.space.resolutions))
+    check_eval_data(net, data)  # before any device is measured: found at the accuracy stage, after them all
     return JobContext(
         store=store, job_id=job_id, net=net,
         devices=[job_device(d, agents) for d in spec.devices],

@@ -1,0 +1,95 @@
+"""Data or weights no accuracy can be read from fail, naming the cause, before any work; they never succeed.
+
+Review W ran real CLI commands: a checkpoint of NaN weights and pixels near 3e38 (finite, but not once
+normalised) gave ``exit 0`` and one accuracy for every subnet (argmax of NaN is class 0); labels past
+the supernet's head ended ``profile-accuracy`` in a traceback and ``search`` only after every device
+was measured; two devices of one name failed at refinement; SIGTERM in ``profile-accuracy`` ended in
+Ray's stack dump.  Real CLI runs, real files, the demo supernet and its checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_cli_errors import DEMO_CHECKPOINT, LOCAL_PROFILE, _cli_env, assert_one_line_error, run_cli, search_args
+
+
+def digits(path: Path, *, labels: np.ndarray | None = None, pixels: np.ndarray | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (48, 28, 28, 1), dtype=np.uint8) if pixels is None else pixels
+    np.savez(path, x=x, y=rng.integers(0, 10, len(x)) if labels is None else labels)
+    return path
+
+
+def profile_accuracy(data: Path, tmp_path: Path, checkpoint: Path = DEMO_CHECKPOINT, n: int = 2) -> list[str]:
+    return ["profile-accuracy", "--supernet", "demo_mbv3_mnist", "--checkpoint", str(checkpoint), "--data",
+            str(data), "--store", str(tmp_path / "store.sqlite"), "--n", str(n), "--device", "cpu"]
+
+
+def test_labels_past_the_head_are_a_usage_error_naming_data(tmp_path: Path) -> None:
+    """A traceback in profile-accuracy; in search, after the devices were measured (17 s in)."""
+    data = digits(tmp_path / "wide.npz", labels=np.arange(48))
+    result = run_cli(*profile_accuracy(data, tmp_path), cwd=tmp_path)
+    assert_one_line_error(result, 2, "labels reach class 47", "predicts 10 classes", "--data")
+    started = time.monotonic()
+    result = run_cli(*search_args(tmp_path / "run", data=data), cwd=tmp_path)
+    assert_one_line_error(result, 2, "labels reach class 47", "--data")
+    assert time.monotonic() - started < 60 and not (tmp_path / "run").exists(), "it measured before refusing"
+
+
+def test_two_devices_of_one_name_are_refused_before_any_work(tmp_path: Path) -> None:
+    result = run_cli(*search_args(tmp_path / "run", data=digits(tmp_path / "d.npz")), "--device",
+                     str(LOCAL_PROFILE), cwd=tmp_path)
+    assert_one_line_error(result, 2, "device names must be unique", "--device")
+    assert not (tmp_path / "run").exists()
+
+
+def test_pixels_too_large_once_normalised_are_refused_naming_the_file(tmp_path: Path) -> None:
+    data = digits(tmp_path / "huge.npz", pixels=np.full((48, 28, 28, 1), 3e38, np.float32))
+    result = run_cli(*profile_accuracy(data, tmp_path), cwd=tmp_path)
+    assert_one_line_error(result, 2, "huge.npz", "too large for float32 once normalised", "--data")
+
+
+def test_weights_that_give_no_numbers_fail_the_run_not_score_it(tmp_path: Path) -> None:
+    import torch
+
+    weights = torch.load(DEMO_CHECKPOINT, map_location="cpu", weights_only=True)
+    state = weights.get("state_dict", weights) if isinstance(weights, dict) else weights
+    head = [name for name in state if "classifier" in name and name.endswith("weight")]
+    assert head, sorted(state)[-5:]
+    for name in head:
+        state[name] = torch.full_like(state[name], float("nan"))
+    torch.save(weights, tmp_path / "nan.pt")
+    result = run_cli(*profile_accuracy(digits(tmp_path / "d.npz"), tmp_path, checkpoint=tmp_path / "nan.pt"),
+                     cwd=tmp_path)
+    assert result.returncode not in (0, 2) and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "gives NaN or infinite outputs" in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_sigterm_ends_profile_accuracy_without_rays_stack_dump(tmp_path: Path) -> None:
+    """Rc 143 after three lines of Ray's stack dump, once "Aborted" (rc 134); now SystemExit, as in search."""
+    command = [sys.executable, "-m", "hwsearch.cli.main", *profile_accuracy(digits(tmp_path / "d.npz"), tmp_path,
+                                                                             n=1000)]
+    process = subprocess.Popen(command, cwd=tmp_path, env=_cli_env(tmp_path, None), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(15)  # Ray started and evaluating
+        assert process.poll() is None, process.stdout.read()
+        os.kill(process.pid, signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM, (process.returncode, output[-2000:])
+    assert output.rstrip().endswith("terminated"), output[-2000:]
+    assert "SIGTERM received" not in output and "Aborted" not in output, output[-2000:]
