@@ -104,6 +104,7 @@ from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Callable
 
 from devices.local import describe_machine, measure_model_bytes
@@ -966,6 +967,13 @@ def _tls_context(certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext 
         return None
     if certfile is None or keyfile is None:
         raise SystemExit("give both --ssl-certfile and --ssl-keyfile, or neither")
+    for path, option in ((certfile, "--ssl-certfile"), (keyfile, "--ssl-keyfile")):
+        try:  # loading a FIFO (mkfifo) waited forever
+            regular = S_ISREG(os.stat(path).st_mode)
+        except OSError as error:
+            raise SystemExit(f"{option}: cannot use {path}: {error.strerror or error}") from None
+        if not regular:
+            raise SystemExit(f"{option}: {path} is not a regular file")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(certfile, keyfile)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ from urllib.parse import urlsplit
 from devices.network import is_loopback
 from devices.profile import certificate_digest, is_certificate_digest
 
-__all__ = ["AgentEndpoint", "UndeclaredReach", "UnknownAgent", "load_agents", "operator_only_fields", "resolve_profile"]
+__all__ = ["MAX_SECRETS_BYTES", "AgentEndpoint", "UndeclaredReach",
+           "UnknownAgent", "load_agents", "operator_only_fields", "resolve_profile"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,28 @@ def token_variable(name: str) -> str:
     return "HWSEARCH_AGENT_TOKEN_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
 
 
+#: The largest agent secrets file read (``hwsearch serve --agent-secrets``): tokens of a few agents take bytes.
+MAX_SECRETS_BYTES = 1 << 20
+
+
+def _read_secrets(path: Path) -> str:
+    """The secrets file's text; refused unread if it is not a regular file of at most MAX_SECRETS_BYTES.
+
+    Measured: a FIFO blocked the service's start forever, and a 50 GB sparse
+    file ended it in a ``MemoryError``.
+    """
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path} is not a regular file")
+    if info.st_size > MAX_SECRETS_BYTES:
+        raise ValueError(f"{path} is {info.st_size:,} bytes; a secrets file is at most {MAX_SECRETS_BYTES:,}")
+    with path.open("rb") as file:  # bounded again: the file may have grown since
+        data = file.read(MAX_SECRETS_BYTES + 1)
+    if len(data) > MAX_SECRETS_BYTES:
+        raise ValueError(f"{path} is over {MAX_SECRETS_BYTES:,} bytes; a secrets file is at most that")
+    return data.decode()
+
+
 def load_agents(declared: list[str], *, secrets_file: Path | None = None,
                 environ: Mapping[str, str] = os.environ) -> dict[str, AgentEndpoint]:
     """Agents from ``NAME=URL`` (or ``NAME=URL#sha256=HEX``) declarations; tokens from a secrets file or the
@@ -92,7 +116,7 @@ def load_agents(declared: list[str], *, secrets_file: Path | None = None,
 
     secrets: dict[str, Any] = {}
     if secrets_file is not None:
-        secrets = json.loads(Path(secrets_file).read_text())
+        secrets = json.loads(_read_secrets(Path(secrets_file)))
         if not isinstance(secrets, dict) or not all(isinstance(v, str) for v in secrets.values()):
             raise ValueError(f"{secrets_file}: expected a JSON object of agent name -> token")
     agents: dict[str, AgentEndpoint] = {}

@@ -18,7 +18,7 @@ from hwsearch.cli._errors import OptionError, reading
 
 __all__ = ["MAX_SEED", "MAX_SUBNETS", "check_onnx_files", "check_ray_address_option", "load_profile", "load_supernet",
            "prepare_folder",
-           "require_regular_file", "seed_option"]
+           "require_regular_file", "require_size_at_most", "seed_option"]
 
 #: The largest seed a command takes, as the service's jobs (every RNG seeded from it takes it).
 MAX_SEED = 2**31 - 1
@@ -40,6 +40,18 @@ def require_regular_file(path: Path, option: str) -> None:
     """
     if not path.is_file():
         raise OptionError(option, f"{path} is not a regular file")
+
+
+def require_size_at_most(path: Path, limit: int, option: str, what: str) -> None:
+    """Refuse a file larger than ``limit`` bytes before reading it, naming ``option``.
+
+    Measured: a 50 GB sparse file (``truncate -s 50G``) given to ``measure``
+    or ``serve --agent-secrets`` ended in a ``MemoryError`` traceback.
+    """
+    with reading(option):
+        size = path.stat().st_size
+    if size > limit:
+        raise OptionError(option, f"{path} is {size:,} bytes; {what} is at most {limit:,}")
 
 
 def load_profile(path: Path, option: str = "--device") -> Any:  # -> devices.profile.DeviceProfile
@@ -73,10 +85,12 @@ def check_onnx_files(paths: Sequence[Path], option: str = "MODELS") -> None:
     The profiler would fail on it too, but only after measuring the others
     (or uploading them to an agent) and without saying which file it was.
     """
+    from devices.agent import AgentLimits
     from devices.ort import validate_onnx_bytes
 
     for path in paths:
         require_regular_file(path, option)
+        require_size_at_most(path, AgentLimits.max_model_bytes, option, "an ONNX model")
         with reading(option):
             try:
                 validate_onnx_bytes(path.read_bytes())

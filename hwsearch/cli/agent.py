@@ -16,7 +16,8 @@ def agent(
         envvar="DEVICES_AGENT_TOKEN")],
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8765,
     host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 to accept remote clients.")] = "127.0.0.1",
-    state_dir: Annotated[Optional[Path], typer.Option(help="Where uploads and results persist across restarts.")] = None,
+    state_dir: Annotated[Optional[Path], typer.Option(
+        help="Where uploads and results persist across restarts.")] = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest ONNX upload.")] = 64.0,
     max_models: Annotated[int, typer.Option(
         min=2, help="Stored models kept; least recently used are pruned first.")] = 256,
@@ -40,7 +41,15 @@ def agent(
     `python -m devices.agent` with the same options.
     """
     from devices.agent import serve
+    from hwsearch.cli._inputs import prepare_folder, require_regular_file
 
+    # Up front, naming the option: a FIFO as certificate or key waited forever, and a file as --state-dir
+    # failed as "afile/models: Not a directory".
+    for path, option in ((ssl_certfile, "--ssl-certfile"), (ssl_keyfile, "--ssl-keyfile")):
+        if path is not None:
+            require_regular_file(path, option)
+    if state_dir is not None:
+        prepare_folder(state_dir, "--state-dir")
     serve(host, port, token, state_dir, max_upload_mb, max_models=max_models,
           max_model_mb=max_model_mb, max_results=max_results, max_connections=max_connections,
           read_timeout_s=read_timeout_s, max_session_mb=max_session_mb, ssl_certfile=ssl_certfile,

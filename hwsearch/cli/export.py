@@ -146,13 +146,21 @@ def _int8_doubts(quantization: dict[str, Any] | None) -> list[str]:
 
 def _read_arch(path: Path) -> str:
     """The text of an ``--arch`` file, refused unread if it is not a regular file of at most MAX_ARCH_BYTES."""
+    from devices.profile import RepeatedKey, unique_keys
     from hwsearch.cli._inputs import require_regular_file
 
     require_regular_file(path, "--arch")
     size = path.stat().st_size
     if size > MAX_ARCH_BYTES:
         raise ValueError(f"{path} is {size} bytes; an architecture file is at most {MAX_ARCH_BYTES}")
-    return path.read_text()
+    text = path.read_text()
+    try:  # json keeps the last of a repeated key silently: {"resolution": 16, "resolution": 32} exported 32
+        json.loads(text, object_pairs_hook=unique_keys)
+    except RepeatedKey as error:
+        raise ValueError(f"{path}: {error}") from None
+    except ValueError:
+        pass  # not JSON: the space's reader says where
+    return text
 
 
 def _check_batch(batch: int) -> None:

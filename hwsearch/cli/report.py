@@ -30,8 +30,10 @@ def report(
     from devices.plain import printable
     from hwsearch.cli._errors import OptionError, reading
     from hwsearch.report import build_report, from_dir, from_store
+    from hwsearch.cli._inputs import prepare_folder
     from hwsearch.store import open_store
 
+    prepare_folder(out, "--out")  # a file there failed only once the plots were drawn, as "File exists"
     if Path(job).is_dir():
         with reading("JOB"):
             data = from_dir(job)

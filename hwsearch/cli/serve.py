@@ -99,11 +99,12 @@ def serve(
     import uvicorn
 
     from devices.network import is_loopback
-    from hwsearch.agents import load_agents
+    from hwsearch.agents import MAX_SECRETS_BYTES, load_agents
     from hwsearch.api.app import MiB, check_public_url, check_token, create_app
     from hwsearch.api.connections import bounded_h11
     from hwsearch.api.catalog import default_data_dir
-    from hwsearch.cli._inputs import check_ray_address_option
+    from hwsearch.cli._inputs import (check_ray_address_option, prepare_folder, require_regular_file,
+                                      require_size_at_most)
     from hwsearch.dispatch import Admission
     from hwsearch.store import open_store
 
@@ -115,6 +116,11 @@ def serve(
                 check(value)
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint=hint) from None
+    if agent_secrets is not None:  # a FIFO blocked the start forever, a 50 GB sparse file ended it in MemoryError
+        require_regular_file(agent_secrets, "--agent-secrets")
+        require_size_at_most(agent_secrets, MAX_SECRETS_BYTES, "--agent-secrets", "a secrets file")
+    for root in data_root or []:  # a file there failed only once the app was built, as "File exists"
+        prepare_folder(root, "--data-root")
     check_ray_address_option(ray_address)
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile, or neither",
@@ -163,6 +169,10 @@ def _check_certificate(certfile: Path, keyfile: Path) -> None:
     """Load the pair as the server will, so a bad one is a one-line error, not uvicorn's traceback."""
     import ssl
 
+    from hwsearch.cli._inputs import require_regular_file
+
+    require_regular_file(certfile, "--ssl-certfile")  # loading a FIFO waited forever
+    require_regular_file(keyfile, "--ssl-keyfile")
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
     except (OSError, ssl.SSLError) as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -39,7 +40,13 @@ def train(
     """
     from rich.console import Console
 
-    from hwsearch.cli._inputs import load_profile, load_supernet
+    from hwsearch.cli._errors import OptionError
+    from hwsearch.cli._inputs import load_profile, load_supernet, prepare_folder
+
+    # Before any work: a bad fraction ended in a traceback, and a file as --out failed only after fitting.
+    if not (math.isfinite(test_fraction) and 0 < test_fraction < 1):
+        raise OptionError("--test-fraction", f"must lie strictly between 0 and 1, got {test_fraction}")
+    prepare_folder(out, "--out")
     from hwsearch.anchor import in_current_norm, norm_problem
     from hwsearch.store import SQLiteStore
     from predictors.accuracy import AccuracyPredictor

@@ -160,9 +160,11 @@ def read_checkpoint(path: str | Path, *, digest: bool = False) -> LoadedCheckpoi
     modification time moves) is a :class:`CheckpointError`.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist (hwsearch never downloads weights)")
+    if not path.is_file():  # a FIFO or a folder: "does not exist" had sent the user looking for a missing file
+        raise CheckpointError(f"checkpoint {path} is not a regular file")
     data, sha256 = _read_pinned(path) if digest else (_read_as_it_is(path), None)
     for key in _WRAPPER_KEYS:
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
