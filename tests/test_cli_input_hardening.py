@@ -7,6 +7,7 @@ naming the option, exit code 2, and no traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_cli_hardening import _front_json
 from tests.test_cli_errors import LOCAL_PROFILE, _cli_env, assert_one_line_error, run_cli
 
 TOKEN = "a-token-long-enough-for-the-service"
@@ -153,6 +155,7 @@ def _folder_cases(tmp_path: Path, afile: Path) -> dict[str, list[str]]:
     (tmp_path / "s.sqlite").touch()
     fronts = tmp_path / "fronts"
     fronts.mkdir()
+    (fronts / "x.json").write_text(json.dumps(_front_json()))  # a readable front: the job is read first
     return {
         "train": ["train", "--supernet", "demo_mbv3_mnist", "--store", "s.sqlite", "--out", str(afile)],
         "report": ["report", str(fronts), "--out", str(afile)],

@@ -33,7 +33,6 @@ def report(
     from hwsearch.cli._inputs import prepare_folder
     from hwsearch.store import open_store
 
-    prepare_folder(out, "--out")  # a file there failed only once the plots were drawn, as "File exists"
     if Path(job).is_dir():
         with reading("JOB"):
             data = from_dir(job)
@@ -50,6 +49,7 @@ def report(
             raise OptionError("JOB", f"no job {job!r} in {store}") from None
         except ValueError as error:  # not a succeeded search job, or a damaged record: one line, no usage box
             raise OptionError("JOB", str(error)) from None
+    prepare_folder(out, "--out")  # after the job is read (nothing is made for a bad one), before any plot
     written = build_report(data, out)
     if as_json:
         typer.echo(json.dumps({name: str(path) for name, path in written.items()}))
