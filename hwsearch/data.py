@@ -31,6 +31,7 @@ nested lists of 10^12 elements fit in 9 KB).
 
 from __future__ import annotations
 
+import stat
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,6 +106,8 @@ def load_images(path: str | Path, *, size: int = 224) -> LabelledImages:
     path = Path(path)
     if path.is_dir():
         return _load_folder(path, size)
+    if not stat.S_ISREG(path.stat().st_mode):  # a FIFO (mkfifo) held the reading command for ever
+        raise ValueError(f"{path} is not a regular file")
     if path.suffix == ".npz":
         x, y = _read_npz(path)
     elif path.suffix == ".pt":

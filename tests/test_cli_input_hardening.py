@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_cli_hardening import _front_json
@@ -173,3 +174,17 @@ def test_a_file_where_an_output_folder_belongs_is_a_usage_error(tmp_path: Path, 
     result = run_cli(*_folder_cases(tmp_path, afile)[command], cwd=tmp_path)
     assert_one_line_error(result, 2, option, str(afile), "not a folder")
     assert afile.read_text() == "not a folder\n"
+
+
+@pytest.mark.parametrize("option", ["--data", "--calibration"])
+def test_a_fifo_as_a_dataset_is_refused_unread(tmp_path: Path, option: str) -> None:
+    """``mkfifo d.npz`` given as data or calibration held profile-accuracy for ever (killed at 120 s)."""
+    fifo = tmp_path / "fifo.npz"
+    os.mkfifo(fifo)
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.random.default_rng(0).integers(0, 256, (48, 28, 28, 1), np.uint8), y=np.arange(48) % 10)
+    data, calibration = (fifo, good) if option == "--data" else (good, fifo)
+    result = run_cli("profile-accuracy", "--supernet", "demo_mbv3_mnist", "--data", str(data), "--calibration",
+                     str(calibration), "--store", str(tmp_path / "s.sqlite"), "--n", "1", "--device", "cpu",
+                     cwd=tmp_path)
+    assert_one_line_error(result, 2, str(fifo), "is not a regular file", "--data")
