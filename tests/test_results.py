@@ -163,6 +163,19 @@ def test_the_printed_hypervolume_names_the_point_it_was_taken_against():
                             "over accuracy ≥ 0.6, latency_ms ≤ 10)")
 
 
+def test_a_front_no_subnet_entered_says_why_it_is_empty():
+    """``search --budget-ms 1e-300`` printed an empty table and exited 0, saying nothing."""
+    from rich.console import Console
+
+    from hwsearch.cli._fronts import front_table
+
+    console = Console(width=400, record=True)
+    console.print(front_table("pixel", _front(points=[])))
+    assert "no subnet met the run's limits (--budget-ms" in console.export_text()
+    console.print(front_table("pixel", _front()))
+    assert console.export_text().count("no subnet met") == 0
+
+
 @pytest.mark.parametrize("field, value, mention", [
     ("device", 7, "field 'device' must be a non-empty string"),
     ("device", None, "field 'device' must be a non-empty string"),

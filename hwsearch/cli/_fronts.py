@@ -58,6 +58,8 @@ def front_table(device: str, front: Any) -> Table:
             "" if point.params is None else f"{point.params / 1e6:.3f}",
             point.arch.key() + ("  ← knee" if knee is not None and point is knee else ""),
         )
+    if not front.points:  # an empty table and exit 0 said nothing of why
+        table.caption = "no subnet met the run's limits (--budget-ms, --params-limit, --accuracy-floor)"
     return table
 
 
