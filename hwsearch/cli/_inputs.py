@@ -18,7 +18,7 @@ from hwsearch.cli._errors import OptionError, reading
 
 __all__ = ["MAX_SEED", "MAX_SUBNETS", "check_onnx_files", "check_ray_address_option", "load_profile", "load_supernet",
            "prepare_folder",
-           "require_regular_file", "require_size_at_most", "seed_option"]
+           "refuse_file_in_the_way", "require_regular_file", "require_size_at_most", "seed_option"]
 
 #: The largest seed a command takes, as the service's jobs (every RNG seeded from it takes it).
 MAX_SEED = 2**31 - 1
@@ -104,13 +104,22 @@ def prepare_folder(folder: Path, option: str) -> None:
     A parent that is a file (``/etc/passwd/x``) and a folder without write
     permission are reported as such rather than as a bare ``FileExistsError``.
     """
-    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise OptionError(option, f"cannot write under {folder}: {blocker} is a file, not a folder")
+    refuse_file_in_the_way(folder, option)
     with reading(option):
         folder.mkdir(parents=True, exist_ok=True)
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OptionError(option, f"cannot write under {folder}: permission denied")
+
+
+def refuse_file_in_the_way(folder: Path, option: str) -> None:
+    """Refuse an output ``folder`` that is a file, or lies under one, without making anything.
+
+    For commands that make their folder only once they have something to
+    write, so a run that fails first leaves nothing behind.
+    """
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise OptionError(option, f"cannot write under {folder}: {blocker} is a file, not a folder")
 
 
 def check_ray_address_option(address: str | None) -> None:

@@ -46,7 +46,7 @@ def agent(
     # Up front, naming the option: a FIFO as certificate or key waited forever, and a file as --state-dir
     # failed as "afile/models: Not a directory".
     for path, option in ((ssl_certfile, "--ssl-certfile"), (ssl_keyfile, "--ssl-keyfile")):
-        if path is not None:
+        if path is not None and path.exists():  # a missing file is the agent's to name, as "cannot use"
             require_regular_file(path, option)
     if state_dir is not None:
         prepare_folder(state_dir, "--state-dir")

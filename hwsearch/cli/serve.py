@@ -171,8 +171,9 @@ def _check_certificate(certfile: Path, keyfile: Path) -> None:
 
     from hwsearch.cli._inputs import require_regular_file
 
-    require_regular_file(certfile, "--ssl-certfile")  # loading a FIFO waited forever
-    require_regular_file(keyfile, "--ssl-keyfile")
+    for path, option in ((certfile, "--ssl-certfile"), (keyfile, "--ssl-keyfile")):
+        if path.exists():  # loading a FIFO waited forever; a missing file is load_cert_chain's to name
+            require_regular_file(path, option)
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
     except (OSError, ssl.SSLError) as error:

@@ -41,12 +41,12 @@ def train(
     from rich.console import Console
 
     from hwsearch.cli._errors import OptionError
-    from hwsearch.cli._inputs import load_profile, load_supernet, prepare_folder
+    from hwsearch.cli._inputs import load_profile, load_supernet, refuse_file_in_the_way
 
     # Before any work: a bad fraction ended in a traceback, and a file as --out failed only after fitting.
     if not (math.isfinite(test_fraction) and 0 < test_fraction < 1):
         raise OptionError("--test-fraction", f"must lie strictly between 0 and 1, got {test_fraction}")
-    prepare_folder(out, "--out")
+    refuse_file_in_the_way(out, "--out")  # made only once there is a predictor to save
     from hwsearch.anchor import in_current_norm, norm_problem
     from hwsearch.store import SQLiteStore
     from predictors.accuracy import AccuracyPredictor
