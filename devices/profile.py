@@ -687,8 +687,9 @@ def certificate_digest(value: Any) -> Any:
     return value
 
 
-def _has_query_or_fragment(url: str) -> bool:
-    """Whether an agent URL has a query or fragment: requests append their path to it, which then went astray."""
+def has_query_or_fragment(url: str) -> bool:
+    """Whether an agent URL has a query or fragment: requests append their path to it, which then went astray
+    (a mistyped ``#sha256:`` pin left the agent unpinned and sent ``GET /``)."""
     return "#" in url or "?" in url
 
 
@@ -699,7 +700,7 @@ def _validate_where(w: Where) -> None:
             isinstance(w.url, str) and w.url.startswith(("http://", "https://")), "where.url",
             "must be an http(s) URL when where.kind is 'agent'", w.url,
         )
-        _require(not _has_query_or_fragment(w.url), "where.url", "must have no query or fragment (a pin goes in "
+        _require(not has_query_or_fragment(w.url), "where.url", "must have no query or fragment (a pin goes in "
                  "where.cert_sha256)", w.url)
         _require(
             w.token_env is None or (isinstance(w.token_env, str) and w.token_env != ""), "where.token_env",

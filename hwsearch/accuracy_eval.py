@@ -123,7 +123,6 @@ def put_eval(supernet: Any, data: Any, settings: EvalSettings = EvalSettings()) 
 
     from hwsearch.ray_session import init_ray
 
-    check_eval_data(supernet, data)
     calibration, validation = _split(data, settings)
     init_ray()
     return EvalRefs(supernet.name, ray.put(supernet), ray.put(calibration), ray.put(validation))
@@ -131,6 +130,9 @@ def put_eval(supernet: Any, data: Any, settings: EvalSettings = EvalSettings()) 
 
 def check_eval_data(supernet: Any, data: Any) -> None:
     """Refuse data no accuracy of ``supernet`` can be read from; call it before any work, as jobs and the CLI do.
+
+    :func:`evaluate_subnets` calls it too (stored accuracies of such data are
+    no better than new ones); :func:`put_eval` only puts what it is given.
 
     ``data`` is what :func:`evaluate_subnets` takes.  Refused: labels that
     reach past the classes the supernet's head predicts (a label it has no

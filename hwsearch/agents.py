@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from devices.network import is_loopback
-from devices.profile import certificate_digest, is_certificate_digest
+from devices.profile import certificate_digest, has_query_or_fragment, is_certificate_digest
 
 __all__ = ["MAX_SECRETS_BYTES", "AgentEndpoint", "UndeclaredReach",
            "UnknownAgent", "load_agents", "operator_only_fields", "resolve_profile"]
@@ -66,7 +66,7 @@ class AgentEndpoint:
                              "comes from the secrets file or the environment, and the url is printed in logs")
         if not self.token:
             raise ValueError(f"agent {self.name}: no token")
-        if "#" in self.url or "?" in self.url:  # a mistyped pin was a fragment, and the agent unpinned
+        if has_query_or_fragment(self.url):
             raise ValueError(f"agent {self.name}: url {self.url!r} may have no query and no fragment but "
                              "#sha256=HEX, its certificate's pin")
         if self.cert_sha256 is not None and not (is_certificate_digest(self.cert_sha256)

@@ -91,7 +91,6 @@ def test_streamed_evaluation_on_a_gpu_declaring_cluster_and_reuse_by_key(folder:
 
 def test_labels_past_the_supernets_head_are_refused_before_any_evaluation(tmp_path: Path) -> None:
     """Labels up to 999 for a 10-class head: no subnet can predict them, and the job succeeded with low accuracies."""
-    from hwsearch.accuracy_eval import put_eval
     from hwsearch.data import load_images
 
     supernet = build_supernet(SupernetRef(**SUPERNET))
@@ -99,17 +98,19 @@ def test_labels_past_the_supernets_head_are_refused_before_any_evaluation(tmp_pa
     np.savez(tmp_path / "wide.npz", x=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
              y=np.r_[np.arange(39) % 10, 999])
     with pytest.raises(ValueError, match="labels reach class 999 but supernet '.*' predicts 10 classes"):
-        put_eval(supernet, load_images(tmp_path / "wide.npz", size=32))
+        evaluate_subnets(supernet, supernet.space.sample(0, 1), load_images(tmp_path / "wide.npz", size=32),
+                         store=MemoryStore(), dataset_id="wide")
 
 
 def test_calibration_images_of_one_value_per_channel_are_refused_before_any_evaluation(tmp_path: Path) -> None:
     """All-zero images: batch norm divides by its epsilon alone, and a job on them succeeded."""
-    from hwsearch.accuracy_eval import put_eval
     from hwsearch.data import load_images
 
     np.savez(tmp_path / "zeros.npz", x=np.zeros((40, 32, 32, 3), np.uint8), y=np.arange(40) % 10)
     with pytest.raises(ValueError, match="hold one value per channel"):
-        put_eval(build_supernet(SupernetRef(**SUPERNET)), load_images(tmp_path / "zeros.npz", size=32))
+        supernet = build_supernet(SupernetRef(**SUPERNET))
+        evaluate_subnets(supernet, supernet.space.sample(0, 1), load_images(tmp_path / "zeros.npz", size=32),
+                         store=MemoryStore(), dataset_id="zeros")
 
 
 def test_an_empty_class_folder_is_no_class_of_the_data(tmp_path: Path) -> None:

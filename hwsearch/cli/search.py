@@ -136,7 +136,7 @@ def _check_inputs(supernet: str, checkpoint: Path | None, devices: list[Path],
     data here costs seconds, a search minutes.
     """
     from hwsearch.accuracy_eval import check_eval_data
-    from hwsearch.cli._errors import OptionError, reading
+    from hwsearch.cli._errors import reading
     from hwsearch.cli._inputs import load_profile, load_supernet
     from hwsearch.data import open_images
 
