@@ -139,12 +139,16 @@ def check_eval_data(supernet: Any, data: Any) -> None:
     output for is never predicted: a job on labels up to 999 for a 10-class
     head succeeded), and in-memory images of one value per channel (all
     zeros, say: batch norm recalibrated on them divides by its epsilon alone,
-    and every subnet scored the same guess).  A streamed folder's images are
-    read only as they are evaluated; its labels are checked here.
+    and every subnet scored the same guess), and folders of fewer ImageNet
+    WordNet ids than the head has classes (sorted, they are not the head's
+    indices; :func:`hwsearch.imagefolder.is_wordnet_subset`).  A streamed
+    folder's images are read only as they are evaluated; its labels are
+    checked here.
     """
     from hwsearch.bn import ONE_VALUE_PER_CHANNEL, one_value_per_channel
     from hwsearch.data import LabelledImages
     from hwsearch.evaldata import EvalSplit
+    from hwsearch.imagefolder import is_wordnet_subset
 
     parts = (data.calibration, data.validation) if isinstance(data, EvalSplit) else (data,)
     predicted = getattr(supernet.space.layout, "n_classes", None)  # a space without a layout states none
@@ -153,6 +157,12 @@ def check_eval_data(supernet: Any, data: Any) -> None:
         raise ValueError(f"the dataset's labels reach class {labelled - 1} but supernet {supernet.name!r} "
                          f"predicts {predicted} classes: give data of its classes, or a supernet whose head "
                          f"has {labelled} (a service registers one with options.n_classes)")
+    for part in parts:
+        if predicted is not None and is_wordnet_subset(part.classes, predicted):
+            raise ValueError(f"{part.source}: its {len(part.classes)} class folders are ImageNet WordNet ids, "
+                             f"numbered 0..{len(part.classes) - 1} in sorted order, which are not their indices "
+                             f"among the {predicted} classes supernet {supernet.name!r} predicts: name each "
+                             "folder by its class index (e.g. 0, 17, 999), or give all of its classes")
     if isinstance(parts[0], LabelledImages) and len(parts[0]) and one_value_per_channel(parts[0].x):
         raise ValueError(ONE_VALUE_PER_CHANNEL)
 

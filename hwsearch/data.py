@@ -3,10 +3,11 @@
 Accepted forms:
 
 * a folder of class sub-folders of images (``root/<class>/<image>``), classes
-  numbered in sorted order of their folder names, like torchvision's
-  ``ImageFolder``;
-* a ``.npz`` or ``.pt`` file holding arrays ``x`` (``N,H,W,C`` uint8 images or
-  ``N,C,H,W`` floats) and ``y`` (``N`` integer labels).
+  numbered by their folder names when all are numbers (``0``..``999``), else
+  in sorted order of the names, like torchvision's ``ImageFolder``;
+* a ``.npz`` or ``.pt`` file holding arrays ``x`` (``N,H,W,C`` or ``N,C,H,W``
+  images: 8-bit pixel values of any integer type, or floats in [0, 1]) and
+  ``y`` (``N`` integer labels).
 
 Images are normalised with ImageNet statistics (what OFA supernets were
 trained with).  :func:`load_images` keeps them in memory at one stored size and
@@ -44,7 +45,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from hwsearch.archives import UnpackedTooLarge, check_unpacked_size
-from hwsearch.imagefolder import IMAGE_SUFFIXES, ImageFolder
+from hwsearch.imagefolder import IMAGE_SUFFIXES, MAX_CLASSES, ImageFolder
 from hwsearch.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_file
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "Images", "LabelledImages",
@@ -122,15 +123,7 @@ def load_images(path: str | Path, *, size: int = 224) -> LabelledImages:
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
                                align_corners=False) if images.shape[-1] != size else images
         images = _normalise(images)
-        if not bool(torch.isfinite(images).all()):  # every accuracy on them is a guess; a job on them succeeded
-            raise ValueError(f"{path}: x holds NaN or infinite pixels, or pixels too large for float32 once "
-                             "normalised")
         return LabelledImages(images, labels, tuple(map(str, range(int(labels.max()) + 1))), str(path))
-
-
-#: Most classes a dataset's labels may number (ImageNet-21k has 21,841): a label of 2**40 made
-#: a class-name tuple of that length and ran the service out of memory.
-MAX_CLASSES = 100_000
 
 
 def _tensors_of_pt(path: Path) -> tuple[Tensor, Tensor]:
@@ -283,18 +276,44 @@ def _require_keys(path: Path, keys: set[str]) -> None:
 
 
 def _to_nchw_float(x: np.ndarray | Tensor, path: Path) -> Tensor:
-    """uint8 NHWC / NCHW or float NCHW (any float torch has, bfloat16 included) -> float32 NCHW in [0, 1]."""
+    """8-bit integer or [0, 1] float pixels, NHWC or NCHW -> float32 NCHW in [0, 1]."""
+    integer = not x.dtype.is_floating_point if isinstance(x, Tensor) else x.dtype.kind in "ui"
     if not isinstance(x, Tensor) and x.dtype != np.uint8:
         x = x.astype(np.float32)  # torch has no arithmetic for every integer numpy has (uint32)
     t = x if isinstance(x, Tensor) else torch.as_tensor(np.ascontiguousarray(x))
     if t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
         t = t.permute(0, 3, 1, 2)
-    t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+    t = _pixels_in_range(t.float(), integer, path)
     if t.shape[1] == 1:
         t = t.expand(-1, 3, -1, -1)
     if t.shape[1] != 3:
         raise ValueError(f"{path}: images need 1 or 3 channels, got shape {tuple(x.shape)}")
     return t.contiguous()
+
+
+def _pixels_in_range(pixels: Tensor, integer: bool, path: Path) -> Tensor:
+    """``pixels`` scaled to [0, 1], refused unless they are 8-bit values or already in [0, 1].
+
+    Images are normalised here with ImageNet's statistics, so any other
+    range scores every subnet on inputs it never saw, and the job still
+    succeeded: int32 digits (not divided by 255) scored 0.640-0.897 against
+    0.670-0.900 as uint8; floats of 0..255 and images normalised already
+    were taken as they were, and pixels near 3e38 overflowed to infinity.
+    Float pixels may stray by one grey level past either end (rounding in
+    the user's conversion).
+    """
+    if not bool(torch.isfinite(pixels).all()):
+        raise ValueError(f"{path}: x holds NaN or infinite pixels")
+    low, high = float(pixels.min()), float(pixels.max())
+    if integer:
+        if low < 0 or high > 255:
+            raise ValueError(f"{path}: integer pixels must be 8-bit values in 0..255; x holds {low:.0f}..{high:.0f} "
+                             "(give floats in [0, 1] for other ranges)")
+        return pixels / 255.0
+    if low < -1 / 255 or high > 1 + 1 / 255:
+        raise ValueError(f"{path}: float pixels must lie in [0, 1], since hwsearch normalises them with ImageNet's "
+                         f"mean and std itself; x holds {low:.4g}..{high:.4g}")
+    return pixels
 
 
 def _normalise(x: Tensor) -> Tensor:

@@ -103,10 +103,12 @@ class DataPlan:
         from hwsearch.preprocess import PREPROCESSING_ID
 
         streamed = isinstance(data, ImageFolder)
+        # Folders named by class index were numbered in sorted order before: their accuracies differ.
+        numbered = {"labels": "folder numbers"} if streamed and data.numbered_by_name else {}
         return {"preprocessing": PREPROCESSING_ID if streamed else
                 _ARRAY_PREPROCESSING.format(size=size),
                 "calibration": "split" if self.calibration is None else "separate",
-                "n_calibration": n_calibration, "n_validation": n_validation, "seed": self.seed}
+                "n_calibration": n_calibration, "n_validation": n_validation, "seed": self.seed, **numbered}
 
     def dataset_id(self, split: EvalSplit, *, checkpoint: str | None = None,
                    extra: Mapping[str, Any] | None = None) -> str:

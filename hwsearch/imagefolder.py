@@ -12,6 +12,7 @@ names (the workers read the files from the same filesystem).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +21,50 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["IMAGE_SUFFIXES", "ImageFolder", "class_folders", "images_in"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_CLASSES", "ImageFolder", "class_folders", "images_in", "is_wordnet_subset"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+#: Most classes a dataset's labels may number (ImageNet-21k has 21,841): a label of 2**40 made
+#: a class-name tuple of that length and ran the service out of memory.
+MAX_CLASSES = 100_000
+
+_WORDNET_ID = re.compile(r"n\d{8}")
 
 
 def class_folders(root: Path) -> list[Path]:
     """``root``'s sub-folders (links to folders included), sorted: one class each, numbered in this order."""
     return sorted(entry for entry in root.iterdir() if entry.is_dir())
+
+
+def folder_labels(root: Path, names: list[str]) -> list[int] | None:
+    """Each class folder's label when every folder is named by its class index (``0``, ``17``, ``999``), else None.
+
+    Sorted order, the rule otherwise (torchvision's), numbers folders ``0``
+    to ``10`` as 0, 1, 10, 2, ... and a subset of classes (``3``, ``7``) as
+    0 and 1, whatever outputs of the head they are; a folder named by a
+    number is taken to mean that class.
+    """
+    if not all(name.isascii() and name.isdecimal() for name in names):
+        return None
+    labels = [int(name) for name in names]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{root}: class folders {', '.join(names)} name one class index twice (as 1 and 01, say)")
+    if max(labels) >= MAX_CLASSES:
+        raise ValueError(f"{root}: class folder {names[labels.index(max(labels))]} is past the {MAX_CLASSES} "
+                         "classes a dataset may have")
+    return labels
+
+
+def is_wordnet_subset(classes: tuple[str, ...], n_outputs: int) -> bool:
+    """Whether ``classes`` are fewer ImageNet WordNet ids (``n01440764``) than a head's ``n_outputs``.
+
+    ImageNet's class indices are its 1,000 WordNet ids in sorted order, so
+    sorted folder names give the head's indices only when every class is
+    there: with a subset, each folder after the first gap takes another
+    class's index, and every accuracy is measured against wrong labels.
+    """
+    return 0 < len(classes) < n_outputs and all(_WORDNET_ID.fullmatch(name) for name in classes)
 
 
 def images_in(folder: Path, *, ordered: bool = True) -> Iterator[Path]:
@@ -44,33 +81,38 @@ def images_in(folder: Path, *, ordered: bool = True) -> Iterator[Path]:
 
 @dataclass(frozen=True, eq=False)
 class ImageFolder:
-    """Images under ``root/<class>/<file>``: classes numbered in sorted folder-name order.
+    """Images under ``root/<class>/<file>``: classes numbered by name or in sorted order (:func:`folder_labels`).
 
     ``files`` are relative to ``root``; ``labels`` is an int64 array of the
-    same length.  Subsets (:meth:`take`, :meth:`split`) share the root.
+    same length; ``classes[label]`` names each label's folder.
+    ``numbered_by_name`` says the folders were named by class index.
+    Subsets (:meth:`take`, :meth:`split`) share the root.
     """
 
     root: str
     files: tuple[str, ...]
     labels: np.ndarray
     classes: tuple[str, ...]
+    numbered_by_name: bool = False
 
     @classmethod
     def scan(cls, root: str | Path) -> ImageFolder:
         """List ``root``'s class folders and their images (like torchvision's ``ImageFolder``)."""
         root = Path(root)
-        classes = [folder.name for folder in class_folders(root)]
-        if not classes:
+        names = [folder.name for folder in class_folders(root)]
+        if not names:
             raise ValueError(f"{root} has no class sub-folders")
+        numbers = folder_labels(root, names)
         files: list[str] = []
         labels: list[int] = []
-        for label, name in enumerate(classes):
+        for label, name in zip(numbers or range(len(names)), names):
             for file in images_in(root / name):
                 files.append(f"{name}/{file.name}")
                 labels.append(label)
         if not files:
             raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
-        return cls(str(root), tuple(files), np.asarray(labels, dtype=np.int64), tuple(classes))
+        classes = tuple(names) if numbers is None else tuple(map(str, range(max(numbers) + 1)))
+        return cls(str(root), tuple(files), np.asarray(labels, dtype=np.int64), classes, numbers is not None)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -88,7 +130,7 @@ class ImageFolder:
         """The images at ``indices``, in that order."""
         indices = np.asarray(indices, dtype=np.int64)
         return ImageFolder(self.root, tuple(self.files[i] for i in indices), self.labels[indices],
-                           self.classes)
+                           self.classes, self.numbered_by_name)
 
     def split(self, n_first: int, seed: int = 0) -> tuple[ImageFolder, ImageFolder]:
         """A fixed random split, drawn as :meth:`hwsearch.data.LabelledImages.split` draws it."""

@@ -123,3 +123,24 @@ def test_an_empty_class_folder_is_no_class_of_the_data(tmp_path: Path) -> None:
         Image.new("RGB", (8, 8), (25 * label, 0, 0)).save(tmp_path / f"c{label}" / "0.png")
     (tmp_path / "zz-empty").mkdir()
     check_eval_data(build_supernet(SupernetRef(**SUPERNET)), ImageFolder.scan(tmp_path))
+
+
+@pytest.mark.parametrize("n_folders, refused", [(3, True), (10, False)], ids=["subset", "all"])
+def test_a_subset_of_imagenet_class_folders_is_refused_as_not_the_heads_indices(
+        tmp_path: Path, n_folders: int, refused: bool) -> None:
+    """Sorted WordNet ids are ImageNet's indices only when every class is there; a subset scored near zero."""
+    from hwsearch.accuracy_eval import check_eval_data
+    from hwsearch.data import load_images
+    from hwsearch.imagefolder import ImageFolder
+
+    for label in range(n_folders):
+        (tmp_path / f"n0{label * 7:07d}").mkdir()
+        Image.new("RGB", (8, 8), (25 * label, 0, 0)).save(tmp_path / f"n0{label * 7:07d}" / "0.png")
+    supernet = build_supernet(SupernetRef(**SUPERNET))  # a head of 10 classes
+    for data in (ImageFolder.scan(tmp_path), load_images(tmp_path, size=8)):
+        if refused:
+            with pytest.raises(ValueError, match=r"3 class folders are ImageNet WordNet ids, numbered 0\.\.2 .* "
+                                                 r"among the 10 classes .* name each folder by its class index"):
+                check_eval_data(supernet, data)
+        else:
+            check_eval_data(supernet, data)

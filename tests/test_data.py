@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -317,8 +318,89 @@ def test_labels_as_a_column_load_as_keras_datasets_store_them(tmp_path: Path) ->
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.uint16, torch.int32])
 def test_every_real_number_tensor_of_images_loads(tmp_path: Path, dtype: torch.dtype) -> None:
     """bfloat16 images raised numpy's TypeError (a 500 over HTTP)."""
-    x = torch.arange(2 * 3 * 8 * 8).reshape(2, 3, 8, 8).remainder(7).to(dtype)
+    levels = torch.arange(2 * 3 * 8 * 8).reshape(2, 3, 8, 8).remainder(7)
+    x = (levels / 8 if dtype.is_floating_point else levels).to(dtype)  # floats in [0, 1], integers 8-bit values
     torch.save({"x": x, "y": torch.tensor([1, 0])}, tmp_path / "images.pt")
     loaded = load_images(tmp_path / "images.pt", size=8)
     assert loaded.classes == ("0", "1") and torch.isfinite(loaded.x).all()
-    torch.testing.assert_close(loaded.x[:, 0], (x.float()[:, 0] - MEAN[0]) / STD[0])
+    scale = 1.0 if dtype.is_floating_point else 255.0
+    torch.testing.assert_close(loaded.x[:, 0], (x.float()[:, 0] / scale - MEAN[0]) / STD[0])
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.int64, np.uint16, np.uint32])
+def test_integer_pixels_of_any_width_are_read_as_8_bit_values(tmp_path: Path, dtype: type) -> None:
+    """Only uint8 was divided by 255: int32 digits scored 0.640-0.897 against 0.670-0.900 as uint8."""
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 12, 12, 3), dtype=np.uint8)
+    y = np.arange(6) % 2
+    np.savez(tmp_path / "u8.npz", x=pixels, y=y)
+    np.savez(tmp_path / "wide.npz", x=pixels.astype(dtype), y=y)
+    torch.testing.assert_close(load_images(tmp_path / "wide.npz", size=12).x,
+                               load_images(tmp_path / "u8.npz", size=12).x)
+
+
+@pytest.mark.parametrize("x, says", [
+    (np.full((4, 8, 8, 3), 256, np.int32), "integer pixels must be 8-bit values in 0..255; x holds 256..256"),
+    (np.full((4, 8, 8, 3), -1, np.int64), "x holds -1..-1"),
+    (np.arange(4 * 8 * 8 * 3, dtype=np.float32).reshape(4, 8, 8, 3) % 256, "float pixels must lie in [0, 1]"),
+    (np.full((4, 3, 8, 8), -2.1, np.float32), "x holds -2.1..-2.1"),  # normalised already: it would be twice
+    (np.full((4, 8, 8, 3), 3e38, np.float32), "float pixels must lie in [0, 1]"),
+    (np.full((4, 8, 8, 3), np.inf, np.float32), "x holds NaN or infinite pixels"),
+], ids=["int-256", "int-negative", "float-0-255", "normalised", "float-3e38", "inf"])
+def test_pixels_outside_their_range_are_refused_naming_it(tmp_path: Path, x: np.ndarray, says: str) -> None:
+    """Each of these was normalised as if in range and scored, and a job on them succeeded."""
+    np.savez(tmp_path / "odd.npz", x=x, y=np.arange(4) % 2)
+    with pytest.raises(ValueError, match=re.escape(says)):
+        load_images(tmp_path / "odd.npz", size=8)
+
+
+def test_float_pixels_one_grey_level_past_the_ends_are_rounding_and_load(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).uniform(0, 1, (4, 3, 8, 8)).astype(np.float32)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = -0.5 / 255, 1 + 0.5 / 255
+    np.savez(tmp_path / "rounded.npz", x=x, y=np.arange(4) % 2)
+    loaded = load_images(tmp_path / "rounded.npz", size=8)
+    torch.testing.assert_close(loaded.x[:, 0], (torch.from_numpy(x[:, 0]) - MEAN[0]) / STD[0])
+
+
+def _class_folders(root: Path, names: list[str]) -> Path:
+    """One 8-pixel image per class folder, its red channel telling the folders apart."""
+    for value, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (10 * value, 0, 0)).save(root / name / "0.png")
+    return root
+
+
+@pytest.mark.parametrize("names", [[str(i) for i in range(12)], ["3", "7"], ["007", "10", "999"]],
+                         ids=["0-to-11", "subset", "padded"])
+def test_folders_named_by_class_index_are_labelled_with_it(tmp_path: Path, names: list[str]) -> None:
+    """Sorted order labelled 0..11 as 0, 1, 10, 11, 2, ... and a subset 3, 7 as 0, 1: every accuracy wrong."""
+    folder = ImageFolder.scan(_class_folders(tmp_path / "data", names))
+    by_folder = {file.split("/")[0]: int(label) for file, label in zip(folder.files, folder.labels)}
+    assert by_folder == {name: int(name) for name in names}
+    assert folder.numbered_by_name and folder.classes[int(names[-1])] == str(int(names[-1]))
+    in_memory = load_images(tmp_path / "data", size=8)
+    assert sorted(in_memory.y.tolist()) == sorted(int(name) for name in names)
+    assert sorted(folder.take(np.arange(len(folder))[::-1]).labels.tolist()) == sorted(map(int, names))
+
+
+def test_folders_not_all_numbers_keep_sorted_order(tmp_path: Path) -> None:
+    folder = ImageFolder.scan(_class_folders(tmp_path, ["7", "cat", "3"]))
+    assert dict(zip(folder.files, folder.labels.tolist())) == {"3/0.png": 0, "7/0.png": 1, "cat/0.png": 2}
+    assert not folder.numbered_by_name and folder.classes == ("3", "7", "cat")
+
+
+@pytest.mark.parametrize("names, says", [(["1", "01"], "name one class index twice"),
+                                         (["0", "100000"], "class folder 100000 is past the 100000 classes"),
+                                         (["0", "9" * 30], "is past the 100000 classes")],
+                         ids=["twice", "past", "past-int64"])
+def test_folder_numbers_that_cannot_be_labels_are_refused_naming_the_folder(
+        tmp_path: Path, names: list[str], says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        ImageFolder.scan(_class_folders(tmp_path, names))
+
+
+def test_a_folder_plan_numbered_by_name_is_not_the_same_dataset_as_before(tmp_path: Path) -> None:
+    """Stored accuracies of these folders were measured with sorted labels; they must not be reused."""
+    numbered = DataPlan(str(_class_folders(tmp_path / "n", [str(i) for i in range(12)])), n_calibration=4)
+    named = DataPlan(str(_class_folders(tmp_path / "s", [f"c{i:02d}" for i in range(12)])), n_calibration=4)
+    assert numbered.open(size=8).identity["labels"] == "folder numbers"
+    assert "labels" not in named.open(size=8).identity
