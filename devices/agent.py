@@ -874,6 +874,14 @@ def _answer_busy(sock: socket.socket, max_connections: int) -> None:
         pass
 
 
+class AgentSettingError(ValueError):
+    """An option or setting the agent cannot start with; the message names it.
+
+    ``python -m devices.agent`` and ``hwsearch agent`` both print it as one
+    ``error: ...`` line and exit 2, as every other usage error of hwsearch.
+    """
+
+
 def serve(
     host: str,
     port: int,
@@ -896,7 +904,7 @@ def serve(
     (default: three quarters of this box's memory).
     """
     if not token:
-        raise SystemExit("an agent needs a token (--token or DEVICES_AGENT_TOKEN)")
+        raise AgentSettingError("an agent needs a token (--token or DEVICES_AGENT_TOKEN)")
     try:
         session_bytes = {} if max_session_mb is None else {
             "max_session_bytes": _megabytes(max_session_mb, "--max-session-mb")}
@@ -907,8 +915,8 @@ def serve(
             read_timeout_s=_bounded(read_timeout_s, "--read-timeout-s", _MAX_READ_TIMEOUT_S),
             **session_bytes,
         )
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
+    except ValueError as error:  # AgentLimits' own checks
+        raise AgentSettingError(str(error)) from None
     if not bound_session_memory(limits.max_session_bytes):
         print("this onnxruntime cannot share a bounded allocator: a model may allocate what the box has",
               file=sys.stderr, flush=True)
@@ -952,7 +960,7 @@ def _bounded(value: float, option: str, maximum: float) -> float:
     ``size_t`` failed in onnxruntime's allocator settings.
     """
     if not (math.isfinite(value) and 0 < value <= maximum):
-        raise SystemExit(f"{option} must be a number above 0 and at most {maximum:g}, got {value}")
+        raise AgentSettingError(f"{option} must be a number above 0 and at most {maximum:g}, got {value}")
     return value
 
 
@@ -966,19 +974,19 @@ def _tls_context(certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext 
     if certfile is None and keyfile is None:
         return None
     if certfile is None or keyfile is None:
-        raise SystemExit("give both --ssl-certfile and --ssl-keyfile, or neither")
+        raise AgentSettingError("give both --ssl-certfile and --ssl-keyfile, or neither")
     for path, option in ((certfile, "--ssl-certfile"), (keyfile, "--ssl-keyfile")):
         try:  # loading a FIFO (mkfifo) waited forever
             regular = S_ISREG(os.stat(path).st_mode)
         except OSError as error:
-            raise SystemExit(f"{option}: cannot use {path}: {error.strerror or error}") from None
+            raise AgentSettingError(f"{option}: cannot use {path}: {error.strerror or error}") from None
         if not regular:
-            raise SystemExit(f"{option}: {path} is not a regular file")
+            raise AgentSettingError(f"{option}: {path} is not a regular file")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(certfile, keyfile)
     except (OSError, ssl.SSLError) as error:
-        raise SystemExit(f"cannot use {certfile} with {keyfile}: {error}") from None
+        raise AgentSettingError(f"cannot use {certfile} with {keyfile}: {error}") from None
     return context
 
 
@@ -1041,12 +1049,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="serve HTTPS with this certificate (PEM); with --ssl-keyfile")
     parser.add_argument("--ssl-keyfile", type=Path, default=None, help="the certificate's private key (PEM)")
     args = parser.parse_args(argv)
-    serve(
-        args.host, args.port, args.token, args.state_dir, args.max_upload_mb,
-        max_models=args.max_models, max_model_mb=args.max_model_mb, max_results=args.max_results,
-        max_connections=args.max_connections, read_timeout_s=args.read_timeout_s,
-        max_session_mb=args.max_session_mb, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
-    )
+    try:
+        serve(
+            args.host, args.port, args.token, args.state_dir, args.max_upload_mb,
+            max_models=args.max_models, max_model_mb=args.max_model_mb, max_results=args.max_results,
+            max_connections=args.max_connections, read_timeout_s=args.read_timeout_s,
+            max_session_mb=args.max_session_mb, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+        )
+    except AgentSettingError as error:
+        parser.exit(2, f"error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -84,22 +84,38 @@ def token_variable(name: str) -> str:
 MAX_SECRETS_BYTES = 1 << 20
 
 
-def _read_secrets(path: Path) -> str:
-    """The secrets file's text; refused unread if it is not a regular file of at most MAX_SECRETS_BYTES.
+class SecretsFileError(ValueError):
+    """The agent secrets file cannot be used; the CLI names ``--agent-secrets`` for it, not ``--agent``."""
+
+
+def _read_secrets(path: Path) -> dict[str, str]:
+    """The secrets file's ``{name: token}``; refused unread if it is not a regular file of at most MAX_SECRETS_BYTES.
 
     Measured: a FIFO blocked the service's start forever, and a 50 GB sparse
-    file ended it in a ``MemoryError``.
+    file ended it in a ``MemoryError``.  No message quotes the file's text.
     """
-    info = path.stat()
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{path} is not a regular file")
-    if info.st_size > MAX_SECRETS_BYTES:
-        raise ValueError(f"{path} is {info.st_size:,} bytes; a secrets file is at most {MAX_SECRETS_BYTES:,}")
-    with path.open("rb") as file:  # bounded again: the file may have grown since
-        data = file.read(MAX_SECRETS_BYTES + 1)
+    import json
+
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise SecretsFileError(f"{path} is not a regular file")
+        if info.st_size > MAX_SECRETS_BYTES:
+            raise SecretsFileError(f"{path} is {info.st_size:,} bytes; a secrets file is at most "
+                                   f"{MAX_SECRETS_BYTES:,}")
+        with path.open("rb") as file:  # bounded again: the file may have grown since
+            data = file.read(MAX_SECRETS_BYTES + 1)
+    except OSError as error:
+        raise SecretsFileError(f"{path} cannot be read ({error.strerror or type(error).__name__})") from None
     if len(data) > MAX_SECRETS_BYTES:
-        raise ValueError(f"{path} is over {MAX_SECRETS_BYTES:,} bytes; a secrets file is at most that")
-    return data.decode()
+        raise SecretsFileError(f"{path} is over {MAX_SECRETS_BYTES:,} bytes; a secrets file is at most that")
+    try:
+        secrets = json.loads(data)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError; neither message quotes the text
+        raise SecretsFileError(f"{path} is not JSON ({error})") from None
+    if not isinstance(secrets, dict) or not all(isinstance(v, str) for v in secrets.values()):
+        raise SecretsFileError(f"{path}: expected a JSON object of agent name -> token")
+    return secrets
 
 
 def load_agents(declared: list[str], *, secrets_file: Path | None = None,
@@ -112,13 +128,7 @@ def load_agents(declared: list[str], *, secrets_file: Path | None = None,
     :func:`token_variable`.  Every declared agent must have a token, so a
     typo fails at start-up rather than at the first measurement.
     """
-    import json
-
-    secrets: dict[str, Any] = {}
-    if secrets_file is not None:
-        secrets = json.loads(_read_secrets(Path(secrets_file)))
-        if not isinstance(secrets, dict) or not all(isinstance(v, str) for v in secrets.values()):
-            raise ValueError(f"{secrets_file}: expected a JSON object of agent name -> token")
+    secrets = {} if secrets_file is None else _read_secrets(Path(secrets_file))
     agents: dict[str, AgentEndpoint] = {}
     for item in declared:
         name, sep, url = item.partition("=")

@@ -856,4 +856,4 @@ def test_an_agent_refuses_an_unbounded_limit_naming_the_option(tmp_path: Path, o
                              option, value], env={**os.environ, "DEVICES_AGENT_TOKEN": "t"},
                             capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.strip().startswith(f"{option} must be a number above 0 and at most "), result.stderr
+    assert result.stderr.strip().startswith(f"error: {option} must be a number above 0 and at most "), result.stderr

@@ -76,12 +76,28 @@ def test_a_fifo_as_key_is_refused_not_waited_on(tmp_path: Path, fifo: Path) -> N
 
 
 def test_the_bare_agent_refuses_a_fifo_as_certificate(tmp_path: Path, fifo: Path) -> None:
-    """``python -m devices.agent`` (no hwsearch on the box) checks too, in its own words."""
+    """``python -m devices.agent`` (no hwsearch on the box) checks too, in hwsearch's one-line form."""
     result = subprocess.run([sys.executable, "-m", "devices.agent", "--token", "t", "--port", "0",
                              "--ssl-certfile", str(fifo), "--ssl-keyfile", str(fifo)], cwd=tmp_path,
                             env=_cli_env(tmp_path, None), capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-    assert "--ssl-certfile" in result.stderr and "not a regular file" in result.stderr, result.stderr
+    assert_one_line_error(result, 2, "--ssl-certfile", str(fifo), "not a regular file")
+
+
+@pytest.mark.parametrize("runner", ["hwsearch agent", "python -m devices.agent"])
+def test_both_agents_stop_on_a_certificate_and_key_that_do_not_match_in_one_line(tmp_path: Path, runner: str) -> None:
+    """The bare agent printed a plain message and ended 1; ``hwsearch agent`` the same, unlike its other errors."""
+    from tests._tls import self_signed_certificate
+
+    certfile, _ = self_signed_certificate(tmp_path)
+    (tmp_path / "other").mkdir()
+    _, other_key = self_signed_certificate(tmp_path / "other")
+    args = ["--token", "t", "--port", "0", "--ssl-certfile", str(certfile), "--ssl-keyfile", str(other_key)]
+    if runner == "hwsearch agent":
+        result = run_cli("agent", *args, cwd=tmp_path)
+    else:
+        result = subprocess.run([sys.executable, "-m", "devices.agent", *args], cwd=tmp_path,
+                                env=_cli_env(tmp_path, None), capture_output=True, text=True, timeout=60)
+    assert_one_line_error(result, 2, f"cannot use {certfile} with {other_key}")
 
 
 def test_a_fifo_as_agent_secrets_is_refused_not_waited_on(tmp_path: Path, fifo: Path) -> None:
@@ -105,6 +121,20 @@ def test_agent_secrets_are_still_read(tmp_path: Path) -> None:
                                  "--agent", "other=http://127.0.0.1:1"), cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "'other' has no token" in result.stderr and "'edge'" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("content, says", [(b'{"edge": ', "is not JSON"), (b"\xff\xfe", "is not JSON"),
+                                           (b'["edge"]', "expected a JSON object of agent name -> token")],
+                         ids=["cut-short", "not-utf8", "a-list"])
+def test_a_secrets_file_that_is_not_a_json_object_is_named_as_agent_secrets(
+        tmp_path: Path, content: bytes, says: str) -> None:
+    """It was reported under --agent, an option the operator had given right."""
+    secrets = tmp_path / "secrets.json"
+    secrets.write_bytes(content)
+    result = run_cli(*serve_args(tmp_path, "--agent-secrets", str(secrets), "--agent", "edge=http://127.0.0.1:1"),
+                     cwd=tmp_path)
+    line = assert_one_line_error(result, 2, "--agent-secrets", str(secrets), says)
+    assert "(--agent)" not in line
 
 
 # --------------------------------------------------------------------------- unbounded reads

@@ -633,6 +633,7 @@ def test_what_the_service_keeps_is_closed_to_other_accounts(factory: bool) -> No
     ({"HWSEARCH_MAX_INPUT_PIXELS": "100"}, "HWSEARCH_MAX_INPUT_PIXELS='100'"),
     ({"HWSEARCH_RESUME": "maybe"}, "HWSEARCH_RESUME='maybe' must be true or false"),
     ({"HWSEARCH_AGENTS": "no-url-here"}, "HWSEARCH_AGENTS:"),
+    ({"HWSEARCH_AGENT_SECRETS": "/etc/passwd"}, "HWSEARCH_AGENT_SECRETS: /etc/passwd is not JSON"),  # was AGENTS
     ({"HWSEARCH_TOKEN": "p\u00e4ss"}, "HWSEARCH_TOKEN: the token must be printable ASCII"),
     ({"HWSEARCH_PUBLIC_URL": "ftp://x"}, "HWSEARCH_PUBLIC_URL: the public URL must be http(s)"),
     ({"HWSEARCH_AGENTS": "edge=http://user:s3cret@127.0.0.1:9", "HWSEARCH_AGENT_TOKEN_EDGE": "t"},

@@ -318,7 +318,7 @@ def create_app_from_env() -> FastAPI:
 
 def _app_from_env() -> FastAPI:
     """Every setting read and checked first, so a bad one leaves no store or folder behind."""
-    from hwsearch.agents import load_agents
+    from hwsearch.agents import SecretsFileError, load_agents
 
     store_path = Path(_required_env("HWSEARCH_STORE"))
     token = _required_env("HWSEARCH_TOKEN")
@@ -336,6 +336,8 @@ def _app_from_env() -> FastAPI:
     try:
         agents = load_agents([a for a in declared.split(",") if a],
                              secrets_file=Path(secrets) if secrets else None)
+    except SecretsFileError as error:
+        raise SettingError(f"HWSEARCH_AGENT_SECRETS: {error}") from None
     except (OSError, ValueError) as error:
         raise SettingError(f"HWSEARCH_AGENTS: {error}") from None
     limits = dict(

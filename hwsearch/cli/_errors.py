@@ -31,6 +31,7 @@ _MAX_MESSAGE_CHARS = 1000
 _KNOWN_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("devices.profile", "ProfileError", BAD_INPUT),
     ("devices.ort", "ModelInputError", BAD_INPUT),
+    ("devices.agent", "AgentSettingError", BAD_INPUT),
     ("hwsearch.space", "ArchValidationError", BAD_INPUT),
     ("hwsearch.supernets.base", "CheckpointError", BAD_INPUT),
     ("devices.client", "AgentError", FAILED),

@@ -99,10 +99,11 @@ def serve(
     import uvicorn
 
     from devices.network import is_loopback
-    from hwsearch.agents import MAX_SECRETS_BYTES, load_agents
+    from hwsearch.agents import MAX_SECRETS_BYTES, SecretsFileError, load_agents
     from hwsearch.api.app import MiB, check_public_url, check_token, create_app
     from hwsearch.api.connections import bounded_h11
     from hwsearch.api.catalog import default_data_dir
+    from hwsearch.cli._errors import OptionError
     from hwsearch.cli._inputs import (check_ray_address_option, prepare_folder, require_regular_file,
                                       require_size_at_most)
     from hwsearch.dispatch import Admission
@@ -132,8 +133,10 @@ def serve(
                    "give --ssl-certfile and --ssl-keyfile", err=True)
     try:
         agents = load_agents(agent or [], secrets_file=agent_secrets)
+    except SecretsFileError as error:
+        raise OptionError("--agent-secrets", str(error)) from None
     except (OSError, ValueError) as error:
-        raise typer.BadParameter(str(error), param_hint="--agent") from None
+        raise OptionError("--agent", str(error)) from None
     store_lock = _own_store(store)  # held (open) until the process ends, as is the data directory's
     data_dir = data_dir or default_data_dir(store)
     data_dir.mkdir(parents=True, exist_ok=True)
