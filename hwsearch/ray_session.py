@@ -51,6 +51,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -211,9 +212,27 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
             _require_a_token_of_our_own()
             temp_dir = _private_ray_folder()
         if threading.current_thread() is threading.main_thread():
-            _start_ray(address, num_cpus, temp_dir)
+            with _sigterm_handler_kept():
+                _start_ray(address, num_cpus, temp_dir)
         else:
             _start_ray_in_keeper_thread(address, num_cpus, temp_dir)
+
+
+@contextlib.contextmanager
+def _sigterm_handler_kept() -> Iterator[None]:
+    """Put back the Python SIGTERM handler the process had before ``ray.init``, which installs its own.
+
+    Ray's driver handler is a bare ``sys.exit(15)``; a command's own (the
+    CLI's :func:`hwsearch.cli._errors.exit_on_sigterm`) also records that
+    SIGTERM came, which is all that tells its exit from a failure once
+    ``ray.wait`` has turned the exit into ``SystemExit(1)``.
+    """
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(before):
+            signal.signal(signal.SIGTERM, before)
 
 
 def _require_a_token_of_our_own() -> None:

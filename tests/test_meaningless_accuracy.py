@@ -10,9 +10,11 @@ Ray's stack dump.  Real CLI runs, real files, the demo supernet and its checkpoi
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,11 +84,15 @@ def test_weights_that_give_no_numbers_fail_the_run_not_score_it(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_sigterm_ends_profile_accuracy_without_rays_stack_dump(tmp_path: Path) -> None:
-    """Rc 143 after three lines of Ray's stack dump, once "Aborted" (rc 134); now SystemExit, as in search."""
+    """Rc 143 after three lines of Ray's stack dump, once "Aborted" (rc 134); now SystemExit, as in search.
+
+    It leaves through the exit handlers, not the interpreter's teardown: Ray's private folder is gone.
+    """
     command = [sys.executable, "-m", "hwsearch.cli.main", *profile_accuracy(digits(tmp_path / "d.npz"), tmp_path,
                                                                              n=1000)]
-    process = subprocess.Popen(command, cwd=tmp_path, env=_cli_env(tmp_path, None), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    temp = Path(tempfile.mkdtemp(prefix="sig", dir="/tmp"))  # short: Ray's socket paths must fit under it
+    process = subprocess.Popen(command, cwd=tmp_path, env={**_cli_env(tmp_path, None), "TMPDIR": str(temp)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(15)  # Ray started and evaluating
         assert process.poll() is None, process.stdout.read()
@@ -96,31 +102,62 @@ def test_sigterm_ends_profile_accuracy_without_rays_stack_dump(tmp_path: Path) -
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)
+        left = sorted(path.name for path in temp.iterdir())
+        shutil.rmtree(temp, ignore_errors=True)
     assert process.returncode == 128 + signal.SIGTERM, (process.returncode, output[-2000:])
     assert output.rstrip().endswith("terminated"), output[-2000:]
     assert "SIGTERM received" not in output and "Aborted" not in output, output[-2000:]
+    assert not [name for name in left if name.startswith("hwsearch-rs-")], left
 
 
-def test_sigterm_inside_ray_wait_still_ends_as_terminated() -> None:
-    """Ray's ``ray.wait`` raises SystemExit(1) over SIGTERM's SystemExit(15): 5 of 108 stops ended 1, silent."""
-    import typer
-    from typer.testing import CliRunner
+#: A command whose SIGTERM exit is swallowed and replaced by SystemExit(1), as Ray's ``ray.wait`` does.
+_SWALLOWED_SIGTERM = """
+import os, signal, sys, time
+import typer
+from hwsearch.cli._errors import exit_on_sigterm
+from hwsearch.cli.main import _ReportingGroup
 
-    from hwsearch.cli.main import _ReportingGroup
+app = typer.Typer(cls=_ReportingGroup)
 
-    app = typer.Typer(cls=_ReportingGroup)
+@app.command()
+def waits() -> None:
+    exit_on_sigterm()
+    swallowed = False
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    except SystemExit:
+        swallowed = True
+    if swallowed:
+        raise SystemExit(1)  # outside the except: Ray's carries no trace of the first exit
 
-    @app.command()
-    def waits() -> None:
-        try:
-            sys.exit(signal.SIGTERM)  # what the handler raises inside the wait
-        except SystemExit:
-            raise SystemExit(1)  # what Ray's check of the interrupted call raises over it
+@app.command()
+def fails() -> None:
+    raise SystemExit(1)
 
-    @app.command()
-    def fails() -> None:
-        raise SystemExit(1)
+app()
+"""
 
-    ended = CliRunner().invoke(app, ["waits"])
-    assert ended.exit_code == 128 + signal.SIGTERM and ended.output.strip() == "terminated", ended.output
-    assert CliRunner().invoke(app, ["fails"]).exit_code == 1
+
+@pytest.mark.parametrize("args, code, said", [(["waits"], 128 + signal.SIGTERM, "terminated"), (["fails"], 1, "")])
+def test_an_exit_after_sigterm_ends_as_terminated_whatever_its_code(tmp_path: Path, args: list[str], code: int,
+                                                                    said: str) -> None:
+    """Ray's ``ray.wait`` raises SystemExit(1) in place of SIGTERM's SystemExit(15): 5 of 108 stops of
+    profile-accuracy ended 1, without a word."""
+    result = subprocess.run([sys.executable, "-c", _SWALLOWED_SIGTERM, *args], cwd=tmp_path,
+                            env=_cli_env(tmp_path, None), capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr.strip()) == (code, said), result.stderr[-2000:]
+
+
+def test_starting_ray_keeps_the_commands_sigterm_handler(tmp_path: Path) -> None:
+    """ray.init in the main thread put its own bare sys.exit(15) in place of the CLI's, which records SIGTERM."""
+    script = ("import signal\n"
+              "from hwsearch.cli._errors import exit_on_sigterm\n"
+              "from hwsearch.ray_session import init_ray\n"
+              "exit_on_sigterm()\n"
+              "ours = signal.getsignal(signal.SIGTERM)\n"
+              "init_ray(num_cpus=1)\n"
+              "print(signal.getsignal(signal.SIGTERM) is ours, ours.__qualname__)\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_cli_env(tmp_path, None),
+                            capture_output=True, text=True, timeout=180)
+    assert result.stdout.split() == ["True", "_exit_for_sigterm"], (result.stdout, result.stderr[-2000:])

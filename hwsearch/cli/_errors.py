@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = ["BAD_INPUT", "FAILED", "INTERRUPTED", "TERMINATED", "OptionError", "describe", "exit_on_sigterm",
-           "reading"]
+           "reading", "sigterm_came"]
 
 BAD_INPUT = 2  # the user's input is wrong; same code click uses for usage errors
 FAILED = 1  # the input was fine but the work failed (agent unreachable, disk full)
@@ -138,5 +138,23 @@ def exit_on_sigterm() -> None:
 
     from hwsearch.ray_session import no_abort_on_sigterm
 
-    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(signum))
+    signal.signal(signal.SIGTERM, _exit_for_sigterm)
     no_abort_on_sigterm()
+
+
+_sigterm_came = False
+
+
+def _exit_for_sigterm(signum: int, _frame: object) -> None:
+    global _sigterm_came
+    _sigterm_came = True
+    sys.exit(signum)
+
+
+def sigterm_came() -> bool:
+    """Whether SIGTERM reached :func:`exit_on_sigterm`'s handler: the exit under way is its, whatever its code.
+
+    Raised inside ``ray.wait``, the handler's ``sys.exit(15)`` comes out as
+    Ray's own ``SystemExit(1)``, with no trace of the first.
+    """
+    return _sigterm_came
