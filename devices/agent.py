@@ -920,9 +920,9 @@ def serve(
     if not bound_session_memory(limits.max_session_bytes):
         print("this onnxruntime cannot share a bounded allocator: a model may allocate what the box has",
               file=sys.stderr, flush=True)
+    tls = _tls_context(ssl_certfile, ssl_keyfile)  # first: a refused start leaves no state folder behind
     state_path = state_dir or Path(tempfile.mkdtemp(prefix="devices-agent-"))
     state = AgentState(token, state_path, limits)
-    tls = _tls_context(ssl_certfile, ssl_keyfile)
     server = AgentServer((host, port), state, tls)
     scheme = "http" if tls is None else "https"
     if tls is None and not is_loopback(host):

@@ -111,7 +111,9 @@ def _read_secrets(path: Path) -> dict[str, str]:
         raise SecretsFileError(f"{path} is over {MAX_SECRETS_BYTES:,} bytes; a secrets file is at most that")
     try:
         secrets = json.loads(data)
-    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError; neither message quotes the text
+    except UnicodeDecodeError:  # its message names the byte, which may be one of a token's
+        raise SecretsFileError(f"{path} is not JSON (not UTF-8 text)") from None
+    except ValueError as error:  # JSONDecodeError, whose message names a place, not the text
         raise SecretsFileError(f"{path} is not JSON ({error})") from None
     if not isinstance(secrets, dict) or not all(isinstance(v, str) for v in secrets.values()):
         raise SecretsFileError(f"{path}: expected a JSON object of agent name -> token")

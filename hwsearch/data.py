@@ -2,9 +2,10 @@
 
 Accepted forms:
 
-* a folder of class sub-folders of images (``root/<class>/<image>``), classes
-  numbered by their folder names when all are numbers (``0``..``999``), else
-  in sorted order of the names, like torchvision's ``ImageFolder``;
+* a folder of class sub-folders of images (``root/<class>/<image>``), each
+  class the number its folder is named by (``0``, ``17``, ``999``), or, for
+  folders named otherwise, numbered in sorted order of the names, as
+  torchvision's ``ImageFolder`` numbers them;
 * a ``.npz`` or ``.pt`` file holding arrays ``x`` (``N,H,W,C`` or ``N,C,H,W``
   images: 8-bit pixel values of any integer type, or floats in [0, 1]) and
   ``y`` (``N`` integer labels).
@@ -279,7 +280,8 @@ def _to_nchw_float(x: np.ndarray | Tensor, path: Path) -> Tensor:
     """8-bit integer or [0, 1] float pixels, NHWC or NCHW -> float32 NCHW in [0, 1]."""
     integer = not x.dtype.is_floating_point if isinstance(x, Tensor) else x.dtype.kind in "ui"
     if not isinstance(x, Tensor) and x.dtype != np.uint8:
-        x = x.astype(np.float32)  # torch has no arithmetic for every integer numpy has (uint32)
+        with np.errstate(over="ignore"):  # float64 past float32's range becomes inf, refused below
+            x = x.astype(np.float32)  # torch has no arithmetic for every integer numpy has (uint32)
     t = x if isinstance(x, Tensor) else torch.as_tensor(np.ascontiguousarray(x))
     if t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
         t = t.permute(0, 3, 1, 2)
@@ -303,7 +305,7 @@ def _pixels_in_range(pixels: Tensor, integer: bool, path: Path) -> Tensor:
     the user's conversion).
     """
     if not bool(torch.isfinite(pixels).all()):
-        raise ValueError(f"{path}: x holds NaN or infinite pixels")
+        raise ValueError(f"{path}: x holds NaN or infinite pixels (or pixels past float32's range)")
     low, high = float(pixels.min()), float(pixels.max())
     if integer:
         if low < 0 or high > 255:

@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataPlan", "EvalSplit", "wilson_interval"]
+__all__ = ["ARRAY_PREPROCESSING", "DataPlan", "EvalSplit", "wilson_interval"]
 
-_ARRAY_PREPROCESSING = "arrays-v1:stored={size},bilinear-antialias-to-r;imagenet-mean-std"
+#: How array files become images, part of every key of what was computed from them.  v2: integer
+#: pixels of any width are 8-bit values (v1 divided only uint8 by 255).
+ARRAY_PREPROCESSING = "arrays-v2:stored={size},bilinear-antialias-to-r;imagenet-mean-std"
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class DataPlan:
         # Folders named by class index were numbered in sorted order before: their accuracies differ.
         numbered = {"labels": "folder numbers"} if streamed and data.numbered_by_name else {}
         return {"preprocessing": PREPROCESSING_ID if streamed else
-                _ARRAY_PREPROCESSING.format(size=size),
+                ARRAY_PREPROCESSING.format(size=size),
                 "calibration": "split" if self.calibration is None else "separate",
                 "n_calibration": n_calibration, "n_validation": n_validation, "seed": self.seed, **numbered}
 

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_CLASSES", "ImageFolder", "class_folders", "images_in", "is_wordnet_subset"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_CLASSES", "ImageFolder", "class_folders", "folder_labels", "images_in",
+           "is_wordnet_subset"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -33,8 +34,12 @@ _WORDNET_ID = re.compile(r"n\d{8}")
 
 
 def class_folders(root: Path) -> list[Path]:
-    """``root``'s sub-folders (links to folders included), sorted: one class each, numbered in this order."""
-    return sorted(entry for entry in root.iterdir() if entry.is_dir())
+    """``root``'s sub-folders (links to folders included), sorted: one class each (:func:`folder_labels`).
+
+    Hidden folders (``.ipynb_checkpoints``, ``.git``) are no classes: one
+    beside folders ``0`` to ``11`` made them all numbered in sorted order.
+    """
+    return sorted(entry for entry in root.iterdir() if not entry.name.startswith(".") and entry.is_dir())
 
 
 def folder_labels(root: Path, names: list[str]) -> list[int] | None:
@@ -45,11 +50,18 @@ def folder_labels(root: Path, names: list[str]) -> list[int] | None:
     0 and 1, whatever outputs of the head they are; a folder named by a
     number is taken to mean that class.
     """
-    if not all(name.isascii() and name.isdecimal() for name in names):
+    numbered = [name for name in names if name.isascii() and name.isdecimal()]
+    if not numbered:
         return None
+    if len(numbered) < len(names):  # either numbering would be a guess: 0, 1, 10, 11, 2, ..., extra
+        other = next(name for name in names if name not in numbered)
+        raise ValueError(f"{root}: class folders {numbered[0]!r} and {other!r} mix class indices and names: "
+                         "name every class folder by its class index, or none")
     labels = [int(name) for name in names]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"{root}: class folders {', '.join(names)} name one class index twice (as 1 and 01, say)")
+    first = {label: name for name, label in reversed(list(zip(names, labels)))}
+    twice = next((name for name, label in zip(names, labels) if first[label] != name), None)
+    if twice is not None:
+        raise ValueError(f"{root}: class folders {first[int(twice)]!r} and {twice!r} name one class index")
     if max(labels) >= MAX_CLASSES:
         raise ValueError(f"{root}: class folder {names[labels.index(max(labels))]} is past the {MAX_CLASSES} "
                          "classes a dataset may have")
@@ -84,9 +96,10 @@ class ImageFolder:
     """Images under ``root/<class>/<file>``: classes numbered by name or in sorted order (:func:`folder_labels`).
 
     ``files`` are relative to ``root``; ``labels`` is an int64 array of the
-    same length; ``classes[label]`` names each label's folder.
-    ``numbered_by_name`` says the folders were named by class index.
-    Subsets (:meth:`take`, :meth:`split`) share the root.
+    same length; ``classes[label]`` is each label's folder name, or for
+    folders named by class index (``numbered_by_name``) the index itself
+    (``"7"`` for ``007``).  Subsets (:meth:`take`, :meth:`split`) share the
+    root.
     """
 
     root: str
@@ -97,7 +110,7 @@ class ImageFolder:
 
     @classmethod
     def scan(cls, root: str | Path) -> ImageFolder:
-        """List ``root``'s class folders and their images (like torchvision's ``ImageFolder``)."""
+        """List ``root``'s class folders and their images (as torchvision's ``ImageFolder`` does, but for names)."""
         root = Path(root)
         names = [folder.name for folder in class_folders(root)]
         if not names:

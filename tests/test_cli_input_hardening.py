@@ -92,12 +92,16 @@ def test_both_agents_stop_on_a_certificate_and_key_that_do_not_match_in_one_line
     (tmp_path / "other").mkdir()
     _, other_key = self_signed_certificate(tmp_path / "other")
     args = ["--token", "t", "--port", "0", "--ssl-certfile", str(certfile), "--ssl-keyfile", str(other_key)]
+    temp = tmp_path / "temp"  # where the agent makes its state folder when given none
+    temp.mkdir()
     if runner == "hwsearch agent":
-        result = run_cli("agent", *args, cwd=tmp_path)
+        result = run_cli("agent", *args, cwd=tmp_path, extra_env={"TMPDIR": str(temp)})
     else:
         result = subprocess.run([sys.executable, "-m", "devices.agent", *args], cwd=tmp_path,
-                                env=_cli_env(tmp_path, None), capture_output=True, text=True, timeout=60)
+                                env=_cli_env(tmp_path, {"TMPDIR": str(temp)}), capture_output=True, text=True,
+                                timeout=60)
     assert_one_line_error(result, 2, f"cannot use {certfile} with {other_key}")
+    assert not list(temp.glob("devices-agent-*")), "a refused start left a state folder"
 
 
 def test_a_fifo_as_agent_secrets_is_refused_not_waited_on(tmp_path: Path, fifo: Path) -> None:
@@ -123,7 +127,7 @@ def test_agent_secrets_are_still_read(tmp_path: Path) -> None:
     assert "'other' has no token" in result.stderr and "'edge'" not in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("content, says", [(b'{"edge": ', "is not JSON"), (b"\xff\xfe", "is not JSON"),
+@pytest.mark.parametrize("content, says", [(b'{"edge": ', "is not JSON"), (b'{"a": "SECRET\xfftoken"}', "not UTF-8"),
                                            (b'["edge"]', "expected a JSON object of agent name -> token")],
                          ids=["cut-short", "not-utf8", "a-list"])
 def test_a_secrets_file_that_is_not_a_json_object_is_named_as_agent_secrets(
@@ -134,7 +138,7 @@ def test_a_secrets_file_that_is_not_a_json_object_is_named_as_agent_secrets(
     result = run_cli(*serve_args(tmp_path, "--agent-secrets", str(secrets), "--agent", "edge=http://127.0.0.1:1"),
                      cwd=tmp_path)
     line = assert_one_line_error(result, 2, "--agent-secrets", str(secrets), says)
-    assert "(--agent)" not in line
+    assert "(--agent)" not in line and "0xff" not in line and "position" not in line
 
 
 # --------------------------------------------------------------------------- unbounded reads

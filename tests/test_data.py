@@ -11,6 +11,7 @@ import math
 import pickle
 import re
 import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -382,20 +383,54 @@ def test_folders_named_by_class_index_are_labelled_with_it(tmp_path: Path, names
     assert sorted(folder.take(np.arange(len(folder))[::-1]).labels.tolist()) == sorted(map(int, names))
 
 
-def test_folders_not_all_numbers_keep_sorted_order(tmp_path: Path) -> None:
-    folder = ImageFolder.scan(_class_folders(tmp_path, ["7", "cat", "3"]))
-    assert dict(zip(folder.files, folder.labels.tolist())) == {"3/0.png": 0, "7/0.png": 1, "cat/0.png": 2}
-    assert not folder.numbered_by_name and folder.classes == ("3", "7", "cat")
+def test_folders_named_otherwise_keep_sorted_order(tmp_path: Path) -> None:
+    folder = ImageFolder.scan(_class_folders(tmp_path, ["class2", "cat", "class10", "\u0663"]))  # an Arabic 3
+    assert dict(zip(folder.files, folder.labels.tolist())) == {
+        "cat/0.png": 0, "class10/0.png": 1, "class2/0.png": 2, "\u0663/0.png": 3}
+    assert not folder.numbered_by_name and folder.classes == ("cat", "class10", "class2", "\u0663")
 
 
-@pytest.mark.parametrize("names, says", [(["1", "01"], "name one class index twice"),
+@pytest.mark.parametrize("names, says", [(["1", "01"], "class folders '01' and '1' name one class index"),
+                                         ([*map(str, range(12)), "extra"], "'0' and 'extra' mix class indices"),
                                          (["0", "100000"], "class folder 100000 is past the 100000 classes"),
                                          (["0", "9" * 30], "is past the 100000 classes")],
-                         ids=["twice", "past", "past-int64"])
+                         ids=["twice", "mixed", "past", "past-int64"])
 def test_folder_numbers_that_cannot_be_labels_are_refused_naming_the_folder(
         tmp_path: Path, names: list[str], says: str) -> None:
     with pytest.raises(ValueError, match=says):
         ImageFolder.scan(_class_folders(tmp_path, names))
+
+
+def test_hidden_folders_are_no_classes(tmp_path: Path) -> None:
+    """A .ipynb_checkpoints beside folders 0..11 made them all numbered in sorted order, as a class of its own."""
+    root = _class_folders(tmp_path, [*map(str, range(12)), ".ipynb_checkpoints"])
+    folder = ImageFolder.scan(root)
+    assert folder.numbered_by_name and not any(name.startswith(".") for name in folder.files)
+    assert dict(zip(folder.files, folder.labels.tolist()))["10/0.png"] == 10
+
+
+def test_pixels_past_float32_are_refused_without_a_numpy_warning(tmp_path: Path) -> None:
+    np.savez(tmp_path / "huge.npz", x=np.full((4, 8, 8, 3), 1e300), y=np.arange(4) % 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=re.escape("NaN or infinite pixels (or pixels past float32's range)")):
+            load_images(tmp_path / "huge.npz", size=8)
+
+
+def test_reading_is_part_of_every_key_of_what_data_computed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """int16 pixels are divided by 255 now: accuracies and exports calibrated on the old reading must not be reused."""
+    import hwsearch.evaldata
+    from hwsearch.api.service import _plan_digest
+    from hwsearch.jobs.spec import SupernetRef
+    from tests._jobs import SUPERNET
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((8, 8, 8, 3), np.int16) + np.arange(8).reshape(8, 1, 1, 1),
+             y=np.arange(8) % 2)
+    plan, ref = DataPlan(str(tmp_path / "d.npz"), n_calibration=4), SupernetRef(**SUPERNET)
+    now = (plan.dataset_id(plan.open(size=8)), _plan_digest(plan, ref))
+    monkeypatch.setattr(hwsearch.evaldata, "ARRAY_PREPROCESSING", "arrays-v1:stored={size}")
+    before = (plan.dataset_id(plan.open(size=8)), _plan_digest(plan, ref))
+    assert now[0] != before[0] and now[1] != before[1]
 
 
 def test_a_folder_plan_numbered_by_name_is_not_the_same_dataset_as_before(tmp_path: Path) -> None:

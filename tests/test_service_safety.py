@@ -167,6 +167,23 @@ def test_an_image_folder_dataset_reads_nothing_outside_the_data_roots(
     assert client.get("/jobs").json()["jobs"] == jobs_before, "nothing was queued"
 
 
+def test_class_folders_no_labels_can_be_read_from_are_refused_before_a_job_is_queued(
+        client: httpx.Client, data_root: Path) -> None:
+    """Folders 0..11 beside 'extra', or 1 beside 01: the job was queued, and failed once it opened the data."""
+    assert client.post("/devices", json={"profile": fast_device("cpu-1t")}).status_code == 201
+    assert client.post("/supernets", json=SUPERNET).status_code == 201
+    jobs_before = client.get("/jobs").json()["jobs"]
+    for name, folders, says in (("mixed", [*map(str, range(12)), "extra"], "'0' and 'extra' mix class indices"),
+                                ("doubled", ["01", "1"], "class folders '01' and '1' name one class index")):
+        for value, folder in enumerate(folders):
+            _png(data_root / name / folder / "x.png", value)
+        job = client.post("/jobs", json={"supernet": "tiny-mbv3", "devices": ["cpu-1t"], "dataset": name,
+                                         "n_profile": 4})
+        message = refused(job, ["body", "dataset"])
+        assert says in message and str(data_root) not in message, message
+    assert client.get("/jobs").json()["jobs"] == jobs_before, "nothing was queued"
+
+
 def test_an_image_folders_bound_counts_the_images_a_scan_reads(tmp_path: Path) -> None:
     """Images reached through a link inside the roots count as the scan reads them, to the bound."""
     from hwsearch.api.files import DataRoots, PathRefused

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hwsearch import archives
-from hwsearch.imagefolder import class_folders, images_in
+from hwsearch.imagefolder import class_folders, folder_labels, images_in
 
 __all__ = ["DataRoots", "PathRefused", "check_unpacked_size"]
 
@@ -104,7 +104,9 @@ class DataRoots:
         """
         count = 0
         try:
-            for folder in class_folders(path):
+            folders = class_folders(path)
+            _check_numbering(path, folders)
+            for folder in folders:
                 self._refuse_outside(folder, path)
                 for image in images_in(folder, ordered=False):
                     self._refuse_outside(image, path)
@@ -124,6 +126,14 @@ class DataRoots:
             raise PathRefused(f"{entry.relative_to(dataset)} is a broken link") from None
         if not any(resolved.is_relative_to(root) for root in self.roots):
             raise PathRefused(f"{entry.relative_to(dataset)} leads outside the data roots")
+
+
+def _check_numbering(dataset: Path, folders: list[Path]) -> None:
+    """Refuse class folders the scan cannot number (a mix of indices and names, one index twice) now, not in the job."""
+    try:
+        folder_labels(dataset, [folder.name for folder in folders])
+    except ValueError as error:
+        raise PathRefused(str(error).removeprefix(f"{dataset}: ")) from None
 
 
 def check_unpacked_size(path: Path, limit: int) -> None:

@@ -1248,9 +1248,17 @@ def _export_id(ref: SupernetRef, arch: ArchConfig, batch: int, precision: str, p
 
 
 def _plan_digest(plan: Any, ref: SupernetRef) -> str:
-    """A short id of the data an export calibrates on (files and choices), for its cache key."""
+    """A short id of the data an export calibrates on (files, how they are read, choices), for its cache key.
+
+    How files are read is in it because a new reading of the same files
+    calibrates differently (int16 pixels were not divided by 255 before).
+    """
+    from hwsearch.evaldata import ARRAY_PREPROCESSING
+    from hwsearch.preprocess import PREPROCESSING_ID
+
     return content_id(plan.dataset, plan.calibration,
-                      extra={"n_calibration": plan.n_calibration, "checkpoint": ref.checkpoint})[:12]
+                      extra={"n_calibration": plan.n_calibration, "checkpoint": ref.checkpoint,
+                             "reading": [ARRAY_PREPROCESSING, PREPROCESSING_ID]})[:12]
 
 
 def _export_file(ref: SupernetRef, arch: ArchConfig, made: Path, batch: int, precision: str,
