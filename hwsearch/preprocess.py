@@ -31,7 +31,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_FRACTION = 0.875
 #: Names this preprocessing in accuracy store keys; change it whenever the arithmetic changes,
 #: so accuracies computed the old way are never reused for the new one.
-PREPROCESSING_ID = "ofa-eval-v1:short=ceil(r/0.875),bilinear;center-crop=r;imagenet-mean-std"
+#: v2: 16-bit grayscale images are scaled to 8 bits, not clipped (:func:`_eight_bit`).
+PREPROCESSING_ID = "ofa-eval-v2:short=ceil(r/0.875),bilinear;center-crop=r;imagenet-mean-std"
 
 #: The most pixels an image may declare.  A file's bytes do not bound its pixels: a 20 KB
 #: 13000x13000 PNG decoded at a 853 MiB peak (measured), under PIL's own refusal (179M pixels),
@@ -68,7 +69,7 @@ def preprocess_image(img, resolution: int) -> np.ndarray:  # img: PIL.Image.Imag
     """One decoded image as a normalised ``(3, r, r)`` float32 array."""
     from PIL import Image
 
-    rgb = img.convert("RGB")
+    rgb = _eight_bit(img).convert("RGB")
     size = resize_shorter_size(*rgb.size, resolution)
     if size != rgb.size:
         rgb = rgb.resize(size, Image.Resampling.BILINEAR)
@@ -80,6 +81,25 @@ def preprocess_image(img, resolution: int) -> np.ndarray:  # img: PIL.Image.Imag
     return chw
 
 
+def _eight_bit(img):  # img: PIL.Image.Image
+    """``img``, a 16-bit grayscale image (``I;16``, as 16-bit PNGs and TIFFs open) scaled to 8 bits.
+
+    PIL's ``convert("RGB")`` clips such an image at 255 instead of scaling
+    it (torchvision's loader too): a 0..65520 ramp came out 99.6% white,
+    and every accuracy on such images was read off near-blank inputs.
+    """
+    from PIL import Image
+
+    if not img.mode.startswith("I;16"):
+        return img
+    values = np.asarray(img, dtype=np.float32)
+    return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
+
+
+#: Modes whose pixels have no fixed range (32-bit integers, floats): no 8-bit reading of them is right.
+_RANGELESS_MODES = {"I": "32-bit integer", "F": "32-bit float"}
+
+
 def preprocess_file(path: str | Path, resolution: int) -> np.ndarray:
     """Decode one image file and preprocess it; a file PIL cannot read, or too large, is a ValueError naming it."""
     from PIL import Image, UnidentifiedImageError
@@ -87,6 +107,9 @@ def preprocess_file(path: str | Path, resolution: int) -> np.ndarray:
     try:
         with Image.open(path) as img:
             _check_pixels(path, img.width, img.height, resolution)
+            if img.mode in _RANGELESS_MODES:  # clipped at 255 before, as 16-bit images were
+                raise ValueError(f"{path}: its pixels are {_RANGELESS_MODES[img.mode]}s, which have no fixed "
+                                 "range to read as 8-bit images; save it with 8- or 16-bit pixels")
             return preprocess_image(img, resolution)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: not a readable image ({type(error).__name__}: {error})") from error

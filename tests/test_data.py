@@ -439,3 +439,24 @@ def test_a_folder_plan_numbered_by_name_is_not_the_same_dataset_as_before(tmp_pa
     named = DataPlan(str(_class_folders(tmp_path / "s", [f"c{i:02d}" for i in range(12)])), n_calibration=4)
     assert numbered.open(size=8).identity["labels"] == "folder numbers"
     assert "labels" not in named.open(size=8).identity
+
+
+def test_a_16_bit_grayscale_image_reads_as_its_8_bit_self(tmp_path: Path) -> None:
+    """PIL's convert("RGB") clipped I;16 at 255: a 0..65520 ramp came out 99.6% white, every accuracy on blanks."""
+    ramp = (np.arange(48 * 40).reshape(48, 40) * 34).astype(np.uint16)
+    for name, pixels in (("sixteen", ramp), ("eight", np.rint(ramp / 257).astype(np.uint8))):
+        (tmp_path / name / "c").mkdir(parents=True)
+        Image.fromarray(pixels).save(tmp_path / name / "c" / "x.png")
+    assert Image.open(tmp_path / "sixteen" / "c" / "x.png").mode == "I;16"
+    sixteen, eight = ImageFolder.scan(tmp_path / "sixteen"), ImageFolder.scan(tmp_path / "eight")
+    torch.testing.assert_close(next(iter(batches(sixteen, 32)))[0], next(iter(batches(eight, 32)))[0])
+    torch.testing.assert_close(load_images(tmp_path / "sixteen", size=32).x, load_images(tmp_path / "eight", size=32).x)
+
+
+@pytest.mark.parametrize("dtype, says", [(np.int32, "32-bit integers"), (np.float32, "32-bit floats")])
+def test_images_of_pixels_with_no_fixed_range_are_refused_naming_the_file(tmp_path: Path, dtype: type,
+                                                                          says: str) -> None:
+    (tmp_path / "c").mkdir()
+    Image.fromarray(np.full((16, 16), 70000, dtype)).save(tmp_path / "c" / "x.tif")
+    with pytest.raises(ValueError, match=rf"x\.tif: its pixels are {says}, which have no fixed range"):
+        next(iter(batches(ImageFolder.scan(tmp_path), 16)))
