@@ -66,6 +66,20 @@ def test_pixels_outside_their_range_are_refused_naming_the_file(tmp_path: Path) 
     assert_one_line_error(result, 2, "grey-float.npz", "x holds 0..255", "--data")
 
 
+@pytest.mark.parametrize("supernet, says_bn", [("demo_mbv3_mnist", True), ("demo_vit_mnist", False)])
+def test_the_summary_claims_batch_norm_recalibration_only_for_a_supernet_with_batch_norm(
+        tmp_path: Path, supernet: str, says_bn: bool) -> None:
+    """A ViT's summary said "(BN on 24)": it has layer norms only, and nothing was recalibrated."""
+    from hwsearch.demo import DEMO_CHECKPOINT as MBV3, DEMO_VIT_CHECKPOINT as VIT
+
+    args = profile_accuracy(digits(tmp_path / "d.npz"), tmp_path, checkpoint=VIT if "vit" in supernet else MBV3)
+    args[args.index("demo_mbv3_mnist")] = supernet
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ("(BN on 24)" in result.stdout) == says_bn and "2 subnets on 24 validation images" in result.stdout, \
+        result.stdout
+
+
 def test_weights_that_give_no_numbers_fail_the_run_not_score_it(tmp_path: Path) -> None:
     import torch
 

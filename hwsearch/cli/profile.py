@@ -93,6 +93,7 @@ def profile_accuracy(
 ) -> None:
     """Evaluate N subnets on DATA (BN recalibrated first) over Ray workers; store accuracies."""
     from hwsearch.accuracy_eval import EvalSettings, check_eval_data, evaluate_subnets
+    from hwsearch.bn import has_batch_norm
     from hwsearch.cli._errors import exit_on_sigterm, reading
     from hwsearch.cli._inputs import load_supernet
     from hwsearch.evaldata import DataPlan
@@ -126,8 +127,9 @@ def profile_accuracy(
         return
     values = list(accuracies.values())
     low, high = split.interval(min(values))[0], split.interval(max(values))[1]
-    typer.echo(f"{len(values)} subnets on {len(split.validation)} validation images "
-               f"(BN on {len(split.calibration)}): accuracy {min(values):.3f}..{max(values):.3f}, "
+    recalibrated = f" (BN on {len(split.calibration)})" if has_batch_norm(net.module) else ""  # a ViT has none
+    typer.echo(f"{len(values)} subnets on {len(split.validation)} validation images"
+               f"{recalibrated}: accuracy {min(values):.3f}..{max(values):.3f}, "
                f"95% Wilson bounds {low:.3f}..{high:.3f}; stored in {store} as dataset id "
                f"{stored_as}")
 
