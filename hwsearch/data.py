@@ -110,9 +110,10 @@ def load_images(path: str | Path, *, size: int = 224) -> LabelledImages:
         return _load_folder(path, size)
     if not stat.S_ISREG(path.stat().st_mode):  # a FIFO (mkfifo) held the reading command for ever
         raise ValueError(f"{path} is not a regular file")
-    if path.suffix == ".npz":
+    suffix = path.suffix.lower()  # the service's data roots accept .NPZ, as a file system may name it
+    if suffix == ".npz":
         x, y = _read_npz(path)
-    elif path.suffix == ".pt":
+    elif suffix == ".pt":
         x, y = _tensors_of_pt(path)
     else:
         raise ValueError(f"{path}: expected a folder of class sub-folders, a .npz or a .pt file")
@@ -180,11 +181,11 @@ def _labels(y: np.ndarray | Tensor, path: Path) -> Tensor:
     given = (y if isinstance(y, Tensor) else torch.as_tensor(y)).reshape(-1)
     if given.dtype.is_floating_point and not bool(torch.all(given == torch.round(given))):
         raise ValueError(f"{path}: y must hold integer class labels; some of its {given.dtype} values are not")
-    labels = given.to(torch.int64).contiguous()
-    low, high = int(labels.min()), int(labels.max())
+    values = given.double()  # torch has no min of uint64; and int64 would wrap 2**64 - 5 to -5
+    low, high = float(values.min()), float(values.max())
     if low < 0 or high >= MAX_CLASSES:
-        raise ValueError(f"{path}: labels must lie in [0, {MAX_CLASSES}), got {low}..{high}")
-    return labels
+        raise ValueError(f"{path}: labels must lie in [0, {MAX_CLASSES}), got {low:.0f}..{high:.0f}")
+    return given.to(torch.int64).contiguous()
 
 
 def _check_tensor_budget(x: np.ndarray | Tensor, size: int, path: Path) -> None:

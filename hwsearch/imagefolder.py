@@ -33,13 +33,24 @@ MAX_CLASSES = 100_000
 _WORDNET_ID = re.compile(r"n\d{8}")
 
 
+#: Folders that archivers and tools leave beside the classes: never a class.  macOS zips carry a
+#: ``__MACOSX`` tree, which sorted first and shifted every label by one.
+_NOT_CLASSES = frozenset({"__MACOSX"})
+
+
+def _hidden(entry: Path) -> bool:
+    """Hidden files and folders (``.ipynb_checkpoints``, macOS's ``._x.png``) hold no classes or images."""
+    return entry.name.startswith(".")
+
+
 def class_folders(root: Path) -> list[Path]:
     """``root``'s sub-folders (links to folders included), sorted: one class each (:func:`folder_labels`).
 
-    Hidden folders (``.ipynb_checkpoints``, ``.git``) are no classes: one
+    Hidden folders and ``__MACOSX`` are no classes: a ``.ipynb_checkpoints``
     beside folders ``0`` to ``11`` made them all numbered in sorted order.
     """
-    return sorted(entry for entry in root.iterdir() if not entry.name.startswith(".") and entry.is_dir())
+    return sorted(entry for entry in root.iterdir()
+                  if not _hidden(entry) and entry.name not in _NOT_CLASSES and entry.is_dir())
 
 
 def folder_labels(root: Path, names: list[str]) -> list[int] | None:
@@ -88,7 +99,8 @@ def images_in(folder: Path, *, ordered: bool = True) -> Iterator[Path]:
     can stop at its bound without listing a huge folder whole.
     """
     entries = sorted(folder.iterdir()) if ordered else folder.iterdir()
-    return (entry for entry in entries if entry.suffix.lower() in IMAGE_SUFFIXES and entry.is_file())
+    return (entry for entry in entries
+            if not _hidden(entry) and entry.suffix.lower() in IMAGE_SUFFIXES and entry.is_file())
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,9 +131,12 @@ class ImageFolder:
         files: list[str] = []
         labels: list[int] = []
         for label, name in zip(numbers or range(len(names)), names):
-            for file in images_in(root / name):
-                files.append(f"{name}/{file.name}")
-                labels.append(label)
+            found = [f"{name}/{file.name}" for file in images_in(root / name)]
+            if not found and numbers is None:  # numbered in sorted order, it shifts every label after it
+                raise ValueError(f"{root}: class folder {name!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}"
+                                 "); remove it, or name the class folders by class index")
+            files += found
+            labels += [label] * len(found)
         if not files:
             raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
         classes = tuple(names) if numbers is None else tuple(map(str, range(max(numbers) + 1)))
@@ -159,11 +174,20 @@ class ImageFolder:
         Each batch is built when asked for and not referenced here once
         yielded, so only the batch the caller holds stays in memory.
         """
-        from hwsearch.preprocess import preprocess_files
+        for start in range(0, len(self), batch_size):
+            yield (torch.from_numpy(self._decoded(self.files[start:start + batch_size], resolution, threads)),
+                   torch.from_numpy(self.labels[start:start + batch_size]))
+
+    def _decoded(self, names: tuple[str, ...], resolution: int, threads: int) -> np.ndarray:
+        """One batch, decoded; an unreadable file is named inside the folder too (a job's error hides paths).
+
+        Not a local of :meth:`iter_batches`, which would hold each batch
+        while the caller uses it, and so two at once.
+        """
+        from hwsearch.preprocess import UnreadableImage, preprocess_files
 
         root = Path(self.root)
-        for start in range(0, len(self), batch_size):
-            yield (torch.from_numpy(preprocess_files(
-                       [root / name for name in self.files[start:start + batch_size]],
-                       resolution, threads=threads)),
-                   torch.from_numpy(self.labels[start:start + batch_size]))
+        try:
+            return preprocess_files([root / name for name in names], resolution, threads=threads)
+        except UnreadableImage as error:
+            raise UnreadableImage(f"{root}: {str(error).removeprefix(f'{root}/')}") from None

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["CROP_FRACTION", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_IMAGE_PIXELS", "PREPROCESSING_ID",
-           "center_crop_box", "preprocess_file", "preprocess_files", "preprocess_image",
+           "UnreadableImage", "center_crop_box", "preprocess_file", "preprocess_files", "preprocess_image",
            "resize_shorter_size"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,6 +42,10 @@ MAX_IMAGE_PIXELS = 50_000_000
 
 _MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
 _STD = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
+
+
+class UnreadableImage(ValueError):
+    """An image file that cannot be decoded or used; the message starts with its path."""
 
 
 def resize_shorter_size(width: int, height: int, resolution: int) -> tuple[int, int]:
@@ -108,13 +112,13 @@ def preprocess_file(path: str | Path, resolution: int) -> np.ndarray:
         with Image.open(path) as img:
             _check_pixels(path, img.width, img.height, resolution)
             if img.mode in _RANGELESS_MODES:  # clipped at 255 before, as 16-bit images were
-                raise ValueError(f"{path}: its pixels are {_RANGELESS_MODES[img.mode]}s, which have no fixed "
-                                 "range to read as 8-bit images; save it with 8- or 16-bit pixels")
+                raise UnreadableImage(f"{path}: its pixels are {_RANGELESS_MODES[img.mode]}s, which have no "
+                                      "fixed range to read as 8-bit images; save it with 8- or 16-bit pixels")
             return preprocess_image(img, resolution)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-        raise ValueError(f"{path}: not a readable image ({type(error).__name__}: {error})") from error
+        raise UnreadableImage(f"{path}: not a readable image ({type(error).__name__}: {error})") from error
     except MemoryError:
-        raise ValueError(f"{path}: not enough memory to preprocess it") from None
+        raise UnreadableImage(f"{path}: not enough memory to preprocess it") from None
 
 
 def _check_pixels(path: str | Path, width: int, height: int, resolution: int) -> None:
@@ -127,10 +131,10 @@ def _check_pixels(path: str | Path, width: int, height: int, resolution: int) ->
     """
     limit = f"the {MAX_IMAGE_PIXELS:,} pixels an image may have"
     if width * height > MAX_IMAGE_PIXELS:
-        raise ValueError(f"{path}: {width}x{height} is more than {limit}")
+        raise UnreadableImage(f"{path}: {width}x{height} is more than {limit}")
     w, h = resize_shorter_size(width, height, resolution)
     if w * h > MAX_IMAGE_PIXELS:
-        raise ValueError(f"{path}: {width}x{height} becomes {w}x{h} when resized for {resolution} px, "
+        raise UnreadableImage(f"{path}: {width}x{height} becomes {w}x{h} when resized for {resolution} px, "
                          f"more than {limit}")
 
 

@@ -8,6 +8,7 @@ intervals are checked against textbook values and by simulation.
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import re
 import tracemalloc
@@ -460,3 +461,83 @@ def test_images_of_pixels_with_no_fixed_range_are_refused_naming_the_file(tmp_pa
     Image.fromarray(np.full((16, 16), 70000, dtype)).save(tmp_path / "c" / "x.tif")
     with pytest.raises(ValueError, match=rf"x\.tif: its pixels are {says}, which have no fixed range"):
         next(iter(batches(ImageFolder.scan(tmp_path), 16)))
+
+
+def _digit_pool(root: Path, shift: int) -> Path:
+    """Ten class folders of distinct images; ``shift`` moves each image to another class."""
+    rng = np.random.default_rng(0)
+    for label in range(10):
+        (root / str((label + shift) % 10)).mkdir(parents=True, exist_ok=True)
+        for index in range(3):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                root / str((label + shift) % 10) / f"{label}-{index}.png")
+    return root
+
+
+def test_datasets_of_linked_class_folders_are_told_apart(tmp_path: Path) -> None:
+    """The key's walk did not follow links: two such datasets were their folder names alone, and the second
+    reused the first one's accuracies (0.663..0.863 where it scores 0.007..0.023 on its own)."""
+    pools = {name: _digit_pool(tmp_path / f"pool-{name}", shift) for name, shift in (("a", 0), ("b", 3))}
+    for name, pool in pools.items():
+        (tmp_path / name).mkdir()
+        for label in range(10):
+            (tmp_path / name / str(label)).symlink_to(pool / str(label), target_is_directory=True)
+    ids = {name: DataPlan(str(tmp_path / name), n_calibration=4) for name in pools}
+    keys = {name: plan.dataset_id(plan.open(size=8)) for name, plan in ids.items()}
+    assert keys["a"] != keys["b"]
+    assert ImageFolder.scan(tmp_path / "a").files == ImageFolder.scan(pools["a"]).files
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_keyed(tmp_path: Path) -> None:
+    """A Latin-1 name (zips made on Windows) ended the dataset's key in a UnicodeEncodeError traceback."""
+    root = _class_folders(tmp_path / "d", ["0", "1"])
+    os.rename(root / "1" / "0.png", os.fsdecode(bytes(root / "1") + b"/caf\xe9.png"))
+    plan = DataPlan(str(root), n_calibration=1)
+    split = plan.open(size=8)
+    assert len(plan.dataset_id(split)) == 16 and sorted(ImageFolder.scan(root).labels.tolist()) == [0, 1]
+
+
+def test_macos_leftovers_are_no_classes_and_no_images(tmp_path: Path) -> None:
+    """A macOS zip's __MACOSX tree sorted first and shifted every label; its ._x.png files failed to decode."""
+    root = _class_folders(tmp_path, ["airplane", "bird"])
+    (root / "__MACOSX" / "airplane").mkdir(parents=True)
+    (root / "__MACOSX" / "airplane" / "._0.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    (root / "bird" / "._0.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    folder = ImageFolder.scan(root)
+    assert dict(zip(folder.files, folder.labels.tolist())) == {"airplane/0.png": 0, "bird/0.png": 1}
+    assert next(iter(batches(folder, 8)))[0].shape == (2, 3, 8, 8)
+
+
+def test_an_unreadable_image_is_named_inside_its_folder(tmp_path: Path) -> None:
+    """A service job's error hides paths: 'ValueError: <path>: not a readable image' left 50,000 to search."""
+    from hwsearch.jobs.control import describe_error
+    from hwsearch.preprocess import UnreadableImage
+
+    root = _class_folders(tmp_path / "d", ["0", "1"])
+    (root / "1" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(UnreadableImage) as raised:
+        list(batches(ImageFolder.scan(root), 8))
+    assert str(raised.value).startswith(f"{root}: 1/broken.png: not a readable image"), raised.value
+    assert describe_error(raised.value).startswith("UnreadableImage: <path>: 1/broken.png: not a readable image")
+
+
+def test_an_upper_case_suffix_is_read(tmp_path: Path) -> None:
+    """The service's data roots accepted d.NPZ, and the job then failed: 'expected ... a .npz or a .pt file'."""
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 8, 8, 3), np.uint8), y=np.arange(4))
+    os.rename(tmp_path / "d.npz", tmp_path / "d.NPZ")
+    assert load_images(tmp_path / "d.NPZ", size=8).y.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("y, says", [(np.full(4, 2**64 - 5, np.uint64), "got 18446744073709551616..1844"),
+                                     (torch.tensor([0, 1, 2, 3], dtype=torch.uint64), None),
+                                     (np.array([np.inf, 0, 1, 2]), "got 0..inf")], ids=["uint64-huge", "torch-uint64",
+                                                                                        "inf"])
+def test_labels_of_every_integer_width_are_read_or_refused_with_their_values(tmp_path: Path, y: object,
+                                                                             says: str | None) -> None:
+    """uint64 labels near 2**64 were reported as -8..-5; a torch uint64 tensor of labels crashed in min()."""
+    torch.save({"x": torch.zeros(4, 8, 8, 3, dtype=torch.uint8), "y": torch.as_tensor(y)}, tmp_path / "d.pt")
+    if says is None:
+        assert load_images(tmp_path / "d.pt", size=8).y.tolist() == [0, 1, 2, 3]
+    else:
+        with pytest.raises(ValueError, match=re.escape(says)):
+            load_images(tmp_path / "d.pt", size=8)

@@ -80,6 +80,27 @@ def test_the_summary_claims_batch_norm_recalibration_only_for_a_supernet_with_ba
         result.stdout
 
 
+def test_an_unreadable_image_in_a_folder_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A macOS ._x.png is hidden and skipped; a truncated image ended profile-accuracy in a 95-line Ray traceback."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in range(10):
+        (tmp_path / "val" / str(label)).mkdir(parents=True)
+        for index in range(3):
+            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(
+                tmp_path / "val" / str(label) / f"{index}.png")
+    (tmp_path / "val" / "4" / "._0.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")  # skipped
+    (tmp_path / "val" / "7" / "cut.png").write_bytes((tmp_path / "val" / "7" / "0.png").read_bytes()[:60])
+    args = profile_accuracy(tmp_path / "val", tmp_path)
+    args[args.index("--n") + 1] = "1"
+    result = run_cli(*args, "--n-calibration", "4", cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()  # Ray's "Started a local Ray instance" comes first
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert lines[-1].startswith("error: ") and "7/cut.png: not a readable image" in lines[-1], lines[-1]
+    assert "._0.png" not in result.stderr
+
+
 def test_weights_that_give_no_numbers_fail_the_run_not_score_it(tmp_path: Path) -> None:
     import torch
 

@@ -1047,13 +1047,18 @@ def test_hostile_dataset_files_are_refused_as_the_dataset_and_the_service_stays_
                                ("constant.npz", "hold one value per channel", arch),
                                ("thin", "becomes 37x7400000 when resized for 32 px", arch),
                                ("not-npy.npz", "its member x is not a .npy array", arch),  # a 500 before
-                               ("nan.npz", "x holds NaN or infinite pixels", arch),  # a job on it succeeded
-                               ("one-pixel.npz", "cannot be exported faithfully on this dataset", largest)]:  # 500
+                               ("nan.npz", "x holds NaN or infinite pixels", arch)]:  # a job on it succeeded
         started = time.monotonic()
         export = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": chosen, "dataset": name})
         assert says in refused(export, ["body", "dataset"]), name
         assert time.monotonic() - started < 30
         assert client.get("/health", timeout=5).status_code == 200
+    # Batch norms recalibrated on one-pixel images: with the untrained weights of this supernet the export
+    # check fails or passes by chance (both seen; a trained checkpoint passes); failing, it was a 500.
+    export = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": largest, "dataset": "one-pixel.npz"})
+    assert export.status_code in (201, 422), export.text
+    if export.status_code == 422:
+        assert "cannot be exported faithfully on this dataset" in refused(export, ["body", "dataset"])
     made = client.post("/exports", json={"supernet": "tiny-mbv3", "arch": arch, "dataset": "bf16.pt"})
     assert made.status_code == 201, made.text
 

@@ -32,6 +32,8 @@ _KNOWN_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("devices.profile", "ProfileError", BAD_INPUT),
     ("devices.ort", "ModelInputError", BAD_INPUT),
     ("devices.agent", "AgentSettingError", BAD_INPUT),
+    # An image of a dataset folder, read only as it is evaluated (in a Ray task); the message names it.
+    ("hwsearch.preprocess", "UnreadableImage", BAD_INPUT),
     ("hwsearch.space", "ArchValidationError", BAD_INPUT),
     ("hwsearch.supernets.base", "CheckpointError", BAD_INPUT),
     ("devices.client", "AgentError", FAILED),

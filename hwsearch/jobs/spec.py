@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -220,8 +221,15 @@ def content_id(*paths: str | None, extra: Mapping[str, Any] | None = None) -> st
     an id of both: re-registering other weights under the same supernet name
     never reuses accuracies measured with the old ones.  An image folder is
     identified by its listing rather than its bytes, which keeps this fast
-    on large validation sets.
+    on large validation sets: the images a scan reads
+    (:meth:`hwsearch.imagefolder.ImageFolder.scan`), links followed.  A walk
+    that did not follow them saw a folder of linked class folders as its
+    folder names alone, and a second such dataset reused the first one's
+    accuracies.  Names are digested as the file system's bytes (a Latin-1
+    name ended the digest in a ``UnicodeEncodeError``).
     """
+    from hwsearch.imagefolder import class_folders, images_in
+
     digest = hashlib.sha256(json.dumps(dict(extra or {}), sort_keys=True).encode())
     for path in paths:
         digest.update(b"\0")
@@ -229,9 +237,10 @@ def content_id(*paths: str | None, extra: Mapping[str, Any] | None = None) -> st
             continue
         root = Path(path)
         if root.is_dir():
-            for file in sorted(p for p in root.rglob("*") if p.is_file()):
-                stat = file.stat()
-                digest.update(f"{file.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            for folder in class_folders(root):
+                for file in images_in(folder):
+                    stat = file.stat()
+                    digest.update(os.fsencode(f"{file.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}\n"))
             continue
         feed_file(digest, root)
     return digest.hexdigest()[:16]
