@@ -186,8 +186,11 @@ def _serve() -> None:
                 images = np.frombuffer(_read_exactly(requests, int(header["images"])), dtype=np.float32)
             except EOFError:
                 return
-            replies.write(_answer(header, model, images.reshape(header["shape"]), scratch))
-            replies.flush()
+            try:
+                replies.write(_answer(header, model, images.reshape(header["shape"]), scratch))
+                replies.flush()
+            except BrokenPipeError:  # the parent is gone (stopped by SIGTERM): no one to answer
+                return
 
 
 def _answer(header: dict[str, Any], model: bytes, images: np.ndarray, scratch: Path) -> bytes:

@@ -281,7 +281,7 @@ def _private_ray_folder() -> str | None:
     if len(parent) + _PRIVATE_FOLDER_CHARS + _RAY_SOCKET_TAIL_CHARS > _MAX_SOCKET_PATH_CHARS:
         parent = "/tmp"  # a deep TMPDIR would leave Ray's socket paths no room
     kept = contextlib.ExitStack()
-    folder = kept.enter_context(owned_temp_dir("rs", parent))
+    folder = kept.enter_context(owned_temp_dir("rs", parent, swept=False))  # removed once Ray has stopped
     atexit.register(_shut_down_then_remove, kept)
     return str(folder / "ray")  # Ray makes the folder it is given 0777: this one's parent keeps it closed
 

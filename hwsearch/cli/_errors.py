@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = ["BAD_INPUT", "FAILED", "INTERRUPTED", "TERMINATED", "OptionError", "describe", "exit_on_sigterm",
-           "reading", "sigterm_came"]
+           "reading", "sigterm_came", "signals_held"]
 
 BAD_INPUT = 2  # the user's input is wrong; same code click uses for usage errors
 FAILED = 1  # the input was fine but the work failed (agent unreachable, disk full)
@@ -160,3 +160,27 @@ def sigterm_came() -> bool:
     Ray's own ``SystemExit(1)``, with no trace of the first.
     """
     return _sigterm_came
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGTERM and Ctrl-C while the block runs, then deliver the first that came, so none cuts it half-way.
+
+    ``search`` makes its job's row and the guard that marks it interrupted
+    in one such block: stopped between the two, the job stayed ``queued``
+    for ever (5 of 5 stops timed just after the row was written).  Python
+    handlers are swapped, not the thread's signal mask, which other threads
+    (torch's) would receive in its place.
+    """
+    import signal
+
+    came: list[int] = []
+    held = (signal.SIGTERM, signal.SIGINT)
+    previous = {number: signal.signal(number, lambda signum, _frame: came.append(signum)) for number in held}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if came:
+            signal.raise_signal(came[0])

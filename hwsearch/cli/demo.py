@@ -39,8 +39,11 @@ def demo(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from devices.plain import dumps
+    from hwsearch.cli._errors import exit_on_sigterm
     from hwsearch.cli._fronts import front_table, shown
     from hwsearch.demo.run import DemoSettings, run_demo, summarise
+
+    exit_on_sigterm()  # before Ray starts: its own handler printed a native stack dump on SIGTERM
 
     defaults = DemoSettings()
     settings = DemoSettings(

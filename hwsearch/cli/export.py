@@ -56,11 +56,12 @@ def export(
     often it agrees with the FP32 model on up to 256 images of ``--data``'s
     calibration part after the ones the quantizer calibrated on.
     """
-    from hwsearch.cli._errors import OptionError, reading
+    from hwsearch.cli._errors import OptionError, exit_on_sigterm, reading
     from hwsearch.cli._inputs import load_supernet, prepare_folder
     from hwsearch.export import CalibrationDataError, export_subnet
     from hwsearch.quantize import QuantizeSettings, check_precision
 
+    exit_on_sigterm()  # the default action ended it at -15 with no word, its temp files left behind
     _check_batch(batch)
     with reading("--precision"):
         check_precision(precision)

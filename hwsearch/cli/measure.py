@@ -24,9 +24,11 @@ def measure(
     """
     from devices import open_profiler
     from devices.plain import dumps
+    from hwsearch.cli._errors import exit_on_sigterm
     from hwsearch.cli._inputs import check_onnx_files, load_profile
     from hwsearch.cli._waiting import waiting_printer
 
+    exit_on_sigterm()  # the default action ended it at -15 with no word, its temp files left behind
     profile = load_profile(device)
     check_onnx_files(models)
     measurements = open_profiler(profile).measure_many(models, progress=waiting_printer())

@@ -46,11 +46,13 @@ def profile(
 ) -> None:
     """Select N subnets spread over MACs, export them to ONNX and measure them on DEVICE."""
     from devices import open_profiler
+    from hwsearch.cli._errors import exit_on_sigterm
     from hwsearch.cli._inputs import load_profile, load_supernet
     from hwsearch.cli._waiting import waiting_printer
     from hwsearch.pipeline import profile_subnets, select_subnets
     from hwsearch.store import SQLiteStore
 
+    exit_on_sigterm()  # the default action ended it at -15 with no word, its temp files left behind
     device_profile = load_profile(device)
     rows = SQLiteStore(store)  # opened (and checked) before anything is measured
     net = load_supernet(supernet, checkpoint)

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from hwsearch.cli._errors import OptionError, exit_on_sigterm
+from hwsearch.cli._errors import OptionError, exit_on_sigterm, signals_held
 from hwsearch.cli._inputs import MAX_SUBNETS, check_ray_address_option, seed_option
 
 __all__ = ["register"]
@@ -71,6 +71,8 @@ def search(
     from hwsearch.cli._inputs import prepare_folder
     from hwsearch.filenames import file_stem
     from hwsearch.jobs import JobSpec, SupernetRef, new_job
+    from hwsearch.jobs.control import interrupt_job
+    from hwsearch.jobs.executor import STOPPED_WHILE_RUNNING
     from hwsearch.results import ParetoFront
     from hwsearch.store import SQLiteStore
 
@@ -95,8 +97,15 @@ def search(
     )
     console = Console(stderr=as_json)
     exit_on_sigterm()
-    job_id, runner = new_job(store, spec.to_dict())  # ours from its first write: a service starting leaves it to us
-    result = _run_with_progress(spec, store, job_id, runner, ray_address, console)
+    job_id = None
+    try:
+        with signals_held():  # the job's row and this guard come together
+            job_id, runner = new_job(store, spec.to_dict())  # ours from its first write: a service leaves it to us
+        result = _run_with_progress(spec, store, job_id, runner, ray_address, console)
+    except (KeyboardInterrupt, SystemExit):
+        if job_id is not None:  # run_job_watched marks it too, once it runs; marking twice changes nothing
+            interrupt_job(store, job_id, STOPPED_WHILE_RUNNING)
+        raise
     fronts = {name: ParetoFront.from_dict(front) for name, front in result["fronts"].items()}
     paths = {name: str(front.save(out / "fronts" / f"{file_stem(name)}.json"))
              for name, front in fronts.items()}

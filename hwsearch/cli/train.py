@@ -40,8 +40,10 @@ def train(
     """
     from rich.console import Console
 
-    from hwsearch.cli._errors import OptionError
+    from hwsearch.cli._errors import OptionError, exit_on_sigterm
     from hwsearch.cli._inputs import load_profile, load_supernet, refuse_file_in_the_way
+
+    exit_on_sigterm()  # the default action ended it at -15 with no word
 
     # Before any work: a bad fraction ended in a traceback, and a file as --out failed only after fitting.
     if not (math.isfinite(test_fraction) and 0 < test_fraction < 1):

@@ -169,6 +169,11 @@ def _prepare(spec: JobSpec, *, store: Store, job_id: str,
         archs=select_subnets(net.space, spec.n_profile, seed=spec.seed))
 
 
+#: Why a job whose process was stopped is ``interrupted``.
+STOPPED_WHILE_RUNNING = ("its process was stopped (SIGTERM or Ctrl-C) while it ran; its measurements are kept and "
+                         "a resume continues from them")
+
+
 def run_job_watched(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None = None,
                     progress: ProgressFn | None = None, poll_seconds: float = 0.2, runner: str | None = None
                     ) -> dict[str, Any]:
@@ -204,8 +209,7 @@ def run_job_watched(spec: JobSpec, *, store: Store, job_id: str, ray_address: st
         return _watch(spec, store=store, job_id=job_id, ray_address=ray_address, progress=progress,
                       poll_seconds=poll_seconds, runner=runner)
     except (KeyboardInterrupt, SystemExit):
-        interrupt_job(store, job_id, "its process was stopped (SIGTERM or Ctrl-C) while it ran; "
-                                     "its measurements are kept and a resume continues from them")
+        interrupt_job(store, job_id, STOPPED_WHILE_RUNNING)
         raise
 
 

@@ -1,0 +1,125 @@
+"""Stopping a command (SIGTERM, Ctrl-C) at any moment ends it in one line and leaves nothing behind.
+
+Probe Z2 stopped every long-running command at many moments: a ``search``
+stopped just after its job's row was written left the job ``queued`` for
+ever (5 of 5); a stop during the exit cut ``ray.shutdown()`` off with a
+traceback and the command ended 0 (6 of 7); ``demo`` printed Ray's native
+stack dump (5 of 5); ``profile``, ``measure``, ``export`` and ``train`` died
+at -15 without a word; and a job thread's exports folder outlived the
+command (6 of 10).  Real processes, real signals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli_errors import LOCAL_PROFILE, _cli_env
+
+
+def _python(script: str, tmp_path: Path, *args: str, temp: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = _cli_env(tmp_path, {"TMPDIR": str(temp)} if temp else None)
+    return subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_stop_inside_a_held_block_is_delivered_once_the_block_has_run(tmp_path: Path) -> None:
+    """What keeps a search's job row and the guard that marks it interrupted together."""
+    script = """
+import os, signal, time
+from hwsearch.cli._errors import exit_on_sigterm, signals_held
+exit_on_sigterm()
+done = []
+try:
+    with signals_held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)
+        done.append("block")
+    time.sleep(30)
+except SystemExit as ended:
+    print(done, ended.code)
+"""
+    result = _python(script, tmp_path)
+    assert result.stdout.split() == ["['block']", "15"], (result.stdout, result.stderr[-2000:])
+
+
+def test_a_stop_during_the_exit_lets_the_exit_handlers_finish_and_ends_as_that_stop(tmp_path: Path) -> None:
+    """ray.shutdown() cut off by SIGTERM printed "Exception ignored in atexit callback", and the run ended 0."""
+    script = """
+import atexit, os, signal, sys, time
+import hwsearch.cli.main as cli
+from hwsearch.cli._errors import exit_on_sigterm
+
+@cli.app.command("slow-exit")
+def slow_exit() -> None:
+    exit_on_sigterm()
+
+    def handler() -> None:  # as ray.shutdown() at exit, when the stop comes
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)
+        print("handler finished", flush=True)
+
+    atexit.register(handler)
+
+sys.argv = ["hwsearch", "slow-exit"]
+cli.main()
+"""
+    result = _python(script, tmp_path)
+    assert (result.returncode, result.stdout.strip(), result.stderr.strip()) == (
+        128 + signal.SIGTERM, "handler finished", "terminated"), result.stderr[-2000:]
+
+
+def test_a_folder_whose_thread_the_exit_cut_off_is_removed_at_exit(tmp_path: Path) -> None:
+    """A job's daemon thread never reaches its finally: its exports folder (7.4 MB) outlived the command."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    script = """
+import threading, time
+from hwsearch.tempdirs import owned_temp_dir
+
+def exports() -> None:
+    with owned_temp_dir("exports") as folder:
+        (folder / "subnet.onnx").write_bytes(b"x" * 1000)
+        time.sleep(60)
+
+threading.Thread(target=exports, daemon=True).start()
+time.sleep(1)
+"""
+    result = _python(script, tmp_path, temp=temp)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(temp.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["profile", "demo"])
+def test_sigterm_mid_work_ends_in_one_line_and_leaves_no_temp_folder(tmp_path: Path, command: str) -> None:
+    """profile died at -15 without a word, its exports folder left; demo printed Ray's native stack dump."""
+    temp = Path(tempfile.mkdtemp(prefix="stop", dir="/tmp"))  # short: Ray's socket paths must fit under it
+    args = {"profile": ["profile", "--supernet", "demo_mbv3_mnist", "--device", str(LOCAL_PROFILE), "--n", "40",
+                        "--store", str(tmp_path / "s.sqlite")],
+            "demo": ["demo", "--out", str(tmp_path / "demo")]}[command]
+    process = subprocess.Popen([sys.executable, "-m", "hwsearch.cli.main", *args], cwd=tmp_path,
+                               env=_cli_env(tmp_path, {"TMPDIR": str(temp)}), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(14)  # exporting and measuring (profile), Ray up and the job running (demo)
+        assert process.poll() is None, process.communicate()
+        os.kill(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        left = sorted(path.name for path in temp.iterdir())
+        subprocess.run(["rm", "-rf", str(temp)], check=False)
+    assert process.returncode == 128 + signal.SIGTERM, (process.returncode, stderr[-3000:])
+    assert stderr.rstrip().endswith("terminated"), stderr[-3000:]
+    assert "Traceback" not in stderr and "SIGTERM received" not in stderr, stderr[-3000:]
+    assert not [name for name in left if name.startswith("hwsearch-")], left
