@@ -77,6 +77,31 @@ cli.main()
         128 + signal.SIGTERM, "handler finished", "terminated"), result.stderr[-2000:]
 
 
+def test_a_second_stop_ends_an_exit_that_is_stuck(tmp_path: Path) -> None:
+    """Held stops must not make a stuck exit (a thread it waits for) impossible to end from the keyboard."""
+    script = """
+import atexit, os, signal, sys, time
+import hwsearch.cli.main as cli
+
+@cli.app.command("stuck-exit")
+def stuck_exit() -> None:
+    def handler() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(60)
+
+    atexit.register(handler)
+
+sys.argv = ["hwsearch", "stuck-exit"]
+cli.main()
+"""
+    started = time.monotonic()
+    result = _python(script, tmp_path)
+    assert (result.returncode, result.stderr.strip()) == (128 + signal.SIGINT, "interrupted"), result.stderr[-2000:]
+    assert time.monotonic() - started < 30
+
+
 def test_a_folder_whose_thread_the_exit_cut_off_is_removed_at_exit(tmp_path: Path) -> None:
     """A job's daemon thread never reaches its finally: its exports folder (7.4 MB) outlived the command."""
     temp = tmp_path / "temp"

@@ -139,7 +139,14 @@ def _hold_stops() -> None:
     ``search`` finished).
     """
     for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda signum, _frame: _stops_while_exiting.append(signum))
+        signal.signal(number, _stop_while_exiting)
+
+
+def _stop_while_exiting(signum: int, _frame: object) -> None:
+    """Record a stop; a second one means the exit itself is stuck (a thread it waits for), so end now."""
+    _stops_while_exiting.append(signum)
+    if len(_stops_while_exiting) > 1:
+        _end_as_stopped()
 
 
 def _end_as_stopped() -> None:
