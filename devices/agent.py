@@ -920,7 +920,7 @@ def serve(
     if not bound_session_memory(limits.max_session_bytes):
         print("this onnxruntime cannot share a bounded allocator: a model may allocate what the box has",
               file=sys.stderr, flush=True)
-    tls = _tls_context(ssl_certfile, ssl_keyfile)  # first: a refused start leaves no state folder behind
+    tls = server_tls_context(ssl_certfile, ssl_keyfile)  # first: a refused start leaves no state folder behind
     state_path = state_dir or Path(tempfile.mkdtemp(prefix="devices-agent-"))
     state = AgentState(token, state_path, limits)
     server = AgentServer((host, port), state, tls)
@@ -969,8 +969,13 @@ def _megabytes(value: float, option: str) -> int:
     return int(_bounded(value, option, _MAX_OPTION_MB) * MiB)
 
 
-def _tls_context(certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext | None:
-    """A server TLS context for the pair, or None for plain HTTP; a bad pair stops the agent with one line."""
+def server_tls_context(certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext | None:
+    """A server TLS context for the pair, or None for plain HTTP; a bad pair is an :class:`AgentSettingError`.
+
+    ``hwsearch serve`` loads its own pair with it too, so both servers refuse
+    the same files in the same words (a FIFO, one of the two alone, a key
+    that is not the certificate's).
+    """
     if certfile is None and keyfile is None:
         return None
     if certfile is None or keyfile is None:

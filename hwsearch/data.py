@@ -124,8 +124,7 @@ def load_images(path: str | Path, *, size: int = 224) -> LabelledImages:
         labels = _labels(y, path)
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
                                align_corners=False) if images.shape[-1] != size else images
-        images = _normalise(images)
-        return LabelledImages(images, labels, tuple(map(str, range(int(labels.max()) + 1))), str(path))
+        return LabelledImages(_normalise(images), labels, tuple(map(str, range(int(labels.max()) + 1))), str(path))
 
 
 def _tensors_of_pt(path: Path) -> tuple[Tensor, Tensor]:

@@ -60,7 +60,7 @@ def owned_temp_dir(purpose: str, parent: str | Path | None = None, *, swept: boo
 
 _LIVE_FOLDERS: set[Path] = set()
 _LIVE_LOCK = threading.Lock()
-_SWEEP_ARMED: list[bool] = []
+_sweep_armed = False
 
 
 def _live(folder: Path, made: bool) -> None:
@@ -70,10 +70,11 @@ def _live(folder: Path, made: bool) -> None:
     last exit handler (registered as the command starts), which may end
     the process.
     """
+    global _sweep_armed
     with _LIVE_LOCK:
-        if made and not _SWEEP_ARMED:
+        if made and not _sweep_armed:
             atexit.register(_remove_live_folders)
-            _SWEEP_ARMED.append(True)
+            _sweep_armed = True
         (_LIVE_FOLDERS.add if made else _LIVE_FOLDERS.discard)(folder)
 
 

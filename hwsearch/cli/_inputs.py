@@ -46,7 +46,7 @@ def require_size_at_most(path: Path, limit: int, option: str, what: str) -> None
     """Refuse a file larger than ``limit`` bytes before reading it, naming ``option``.
 
     Measured: a 50 GB sparse file (``truncate -s 50G``) given to ``measure``
-    or ``serve --agent-secrets`` ended in a ``MemoryError`` traceback.
+    ended in a ``MemoryError`` traceback.
     """
     with reading(option):
         size = path.stat().st_size

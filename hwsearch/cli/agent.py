@@ -41,13 +41,10 @@ def agent(
     `python -m devices.agent` with the same options.
     """
     from devices.agent import serve
-    from hwsearch.cli._inputs import prepare_folder, require_regular_file
+    from hwsearch.cli._inputs import prepare_folder
 
-    # Up front, naming the option: a FIFO as certificate or key waited forever, and a file as --state-dir
-    # failed as "afile/models: Not a directory".
-    for path, option in ((ssl_certfile, "--ssl-certfile"), (ssl_keyfile, "--ssl-keyfile")):
-        if path is not None and path.exists():  # a missing file is the agent's to name, as "cannot use"
-            require_regular_file(path, option)
+    # Up front, naming the option: a file as --state-dir failed as "afile/models: Not a directory".  The agent
+    # checks its certificate and key itself (a FIFO waited forever), in one line (AgentSettingError).
     if state_dir is not None:
         prepare_folder(state_dir, "--state-dir")
     serve(host, port, token, state_dir, max_upload_mb, max_models=max_models,

@@ -99,13 +99,13 @@ def serve(
     import uvicorn
 
     from devices.network import is_loopback
-    from hwsearch.agents import MAX_SECRETS_BYTES, SecretsFileError, load_agents
+    from devices.agent import server_tls_context
+    from hwsearch.agents import SecretsFileError, load_agents
     from hwsearch.api.app import MiB, check_public_url, check_token, create_app
     from hwsearch.api.connections import bounded_h11
     from hwsearch.api.catalog import default_data_dir
     from hwsearch.cli._errors import OptionError
-    from hwsearch.cli._inputs import (check_ray_address_option, prepare_folder, require_regular_file,
-                                      require_size_at_most)
+    from hwsearch.cli._inputs import check_ray_address_option, prepare_folder
     from hwsearch.dispatch import Admission
     from hwsearch.store import open_store
 
@@ -117,23 +117,17 @@ def serve(
                 check(value)
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint=hint) from None
-    if agent_secrets is not None:  # a FIFO blocked the start forever, a 50 GB sparse file ended it in MemoryError
-        require_regular_file(agent_secrets, "--agent-secrets")
-        require_size_at_most(agent_secrets, MAX_SECRETS_BYTES, "--agent-secrets", "a secrets file")
     for root in data_root or []:  # a file there failed only once the app was built, as "File exists"
         prepare_folder(root, "--data-root")
     check_ray_address_option(ray_address)
-    if (ssl_certfile is None) != (ssl_keyfile is None):
-        raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile, or neither",
-                                 param_hint="--ssl-certfile")
-    if ssl_certfile is not None:
-        _check_certificate(ssl_certfile, ssl_keyfile)
+    if ssl_certfile is not None or ssl_keyfile is not None:  # loaded as uvicorn will: one line, not its traceback
+        server_tls_context(ssl_certfile, ssl_keyfile)
     elif not is_loopback(host):
         typer.echo(f"warning: serving plain HTTP on {host}: clients' token crosses the network in clear; "
                    "give --ssl-certfile and --ssl-keyfile", err=True)
     try:
         agents = load_agents(agent or [], secrets_file=agent_secrets)
-    except SecretsFileError as error:
+    except SecretsFileError as error:  # not a regular file (a FIFO held the start), too large, not JSON
         raise OptionError("--agent-secrets", str(error)) from None
     except (OSError, ValueError) as error:
         raise OptionError("--agent", str(error)) from None
@@ -166,22 +160,6 @@ def serve(
     finally:
         lock.close()
         store_lock.close()
-
-
-def _check_certificate(certfile: Path, keyfile: Path) -> None:
-    """Load the pair as the server will, so a bad one is a one-line error, not uvicorn's traceback."""
-    import ssl
-
-    from hwsearch.cli._inputs import require_regular_file
-
-    for path, option in ((certfile, "--ssl-certfile"), (keyfile, "--ssl-keyfile")):
-        if path.exists():  # loading a FIFO waited forever; a missing file is load_cert_chain's to name
-            require_regular_file(path, option)
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
-    except (OSError, ssl.SSLError) as error:
-        raise typer.BadParameter(f"cannot use {certfile} with {keyfile}: {error}",
-                                 param_hint="--ssl-certfile") from None
 
 
 def _own_store(store: Path) -> IO[str]:
