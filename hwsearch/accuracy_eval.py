@@ -141,7 +141,9 @@ def check_eval_data(supernet: Any, data: Any) -> None:
     zeros, say: batch norm recalibrated on them divides by its epsilon alone,
     and every subnet scored the same guess), and folders of fewer ImageNet
     WordNet ids than the head has classes (sorted, they are not the head's
-    indices; :func:`hwsearch.imagefolder.is_wordnet_subset`).  A streamed
+    indices; :func:`hwsearch.imagefolder.is_wordnet_subset`), and a folder
+    of one named class folder (a root holding one ``images/`` folder
+    labelled every image 0, whatever its class).  A streamed
     folder's images are read only as they are evaluated; its labels are
     checked here.
     """
@@ -163,6 +165,10 @@ def check_eval_data(supernet: Any, data: Any) -> None:
                              f"numbered 0..{len(part.classes) - 1} in sorted order, which are not their indices "
                              f"among the {predicted} classes supernet {supernet.name!r} predicts: name each "
                              "folder by its class index (e.g. 0, 17, 999), or give all of its classes")
+        if predicted is not None and predicted > 1 and len(part.classes) == 1 and not part.classes[0].isdecimal():
+            raise ValueError(f"{part.source}: its one class folder {part.classes[0]!r} labels every image class 0 of "
+                             f"the {predicted} supernet {supernet.name!r} predicts: give the images of each class in "
+                             "a folder of its own, or name the folder by its class index (e.g. 17)")
     if isinstance(parts[0], LabelledImages) and len(parts[0]) and one_value_per_channel(parts[0].x):
         raise ValueError(ONE_VALUE_PER_CHANNEL)
 

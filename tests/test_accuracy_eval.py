@@ -127,22 +127,46 @@ def test_an_empty_class_folder_is_refused_naming_it_not_counted_as_a_class(tmp_p
         ImageFolder.scan(tmp_path)
 
 
-@pytest.mark.parametrize("n_folders, refused", [(3, True), (10, False)], ids=["subset", "all"])
-def test_a_subset_of_imagenet_class_folders_is_refused_as_not_the_heads_indices(
-        tmp_path: Path, n_folders: int, refused: bool) -> None:
-    """Sorted WordNet ids are ImageNet's indices only when every class is there; a subset scored near zero."""
+def _check_folder_both_ways(root: Path, refused: str | None) -> None:
+    """``check_eval_data`` on ``root`` streamed and in memory: refused with ``refused`` (a pattern), or passed."""
     from hwsearch.accuracy_eval import check_eval_data
     from hwsearch.data import load_images
     from hwsearch.imagefolder import ImageFolder
 
+    supernet = build_supernet(SupernetRef(**SUPERNET))  # a head of 10 classes
+    for data in (ImageFolder.scan(root), load_images(root, size=8)):
+        if refused is None:
+            check_eval_data(supernet, data)
+        else:
+            with pytest.raises(ValueError, match=refused):
+                check_eval_data(supernet, data)
+
+
+@pytest.mark.parametrize("n_folders, refused", [(3, True), (10, False)], ids=["subset", "all"])
+def test_a_subset_of_imagenet_class_folders_is_refused_as_not_the_heads_indices(
+        tmp_path: Path, n_folders: int, refused: bool) -> None:
+    """Sorted WordNet ids are ImageNet's indices only when every class is there; a subset scored near zero."""
     for label in range(n_folders):
         (tmp_path / f"n0{label * 7:07d}").mkdir()
         Image.new("RGB", (8, 8), (25 * label, 0, 0)).save(tmp_path / f"n0{label * 7:07d}" / "0.png")
-    supernet = build_supernet(SupernetRef(**SUPERNET))  # a head of 10 classes
-    for data in (ImageFolder.scan(tmp_path), load_images(tmp_path, size=8)):
-        if refused:
-            with pytest.raises(ValueError, match=r"3 class folders are ImageNet WordNet ids, numbered 0\.\.2 .* "
-                                                 r"among the 10 classes .* name each folder by its class index"):
-                check_eval_data(supernet, data)
-        else:
-            check_eval_data(supernet, data)
+    _check_folder_both_ways(tmp_path, r"3 class folders are ImageNet WordNet ids, numbered 0\.\.2 .* among the 10 "
+                                      r"classes .* name each folder by its class index" if refused else None)
+
+
+@pytest.mark.parametrize("folder, refused", [("images", True), ("7", False)], ids=["named", "numbered"])
+def test_one_named_class_folder_is_refused_as_labelling_every_image_0(
+        tmp_path: Path, folder: str, refused: bool) -> None:
+    """A root holding one ``images/`` folder labelled all its images 0, whatever their classes; ``7/`` means class 7."""
+    from hwsearch.accuracy_eval import check_eval_data
+    from hwsearch.data import load_images
+
+    (tmp_path / "data" / folder).mkdir(parents=True)
+    for value in range(3):
+        Image.new("RGB", (8, 8), (25 * value, 0, 0)).save(tmp_path / "data" / folder / f"{value}.png")
+    _check_folder_both_ways(tmp_path / "data", r"its one class folder 'images' labels every image class 0 of the 10 "
+                                               r".* a folder of its own, or name the folder by its class index"
+                            if refused else None)
+    np.savez(tmp_path / "zeros.npz", x=np.arange(3 * 8 * 8 * 3, dtype=np.uint8).reshape(3, 8, 8, 3) % 251,
+             y=np.zeros(3, np.int64))
+    check_eval_data(build_supernet(SupernetRef(**SUPERNET)),  # labels the user gave, all of class 0
+                    load_images(tmp_path / "zeros.npz", size=8))

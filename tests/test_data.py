@@ -541,3 +541,42 @@ def test_labels_of_every_integer_width_are_read_or_refused_with_their_values(tmp
     else:
         with pytest.raises(ValueError, match=re.escape(says)):
             load_images(tmp_path / "d.pt", size=8)
+
+
+def test_images_below_a_class_folder_are_read_with_its_label(tmp_path: Path) -> None:
+    """Images a level or more below their class folder (``cat/2019/x.png``) were skipped, as torchvision does not."""
+    root = _class_folders(tmp_path / "d", ["bird", "cat"])
+    for depth, sub in enumerate(["2019", "2019/june", "2020"], start=1):
+        (root / "cat" / sub).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (0, 30 * depth, 0)).save(root / "cat" / sub / "x.png")
+    (root / "cat" / ".thumbs").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "cat" / ".thumbs" / "x.png")
+    (root / "bird" / "linked").symlink_to(root / "cat" / "2020", target_is_directory=True)
+    folder = ImageFolder.scan(root)
+    assert dict(zip(folder.files, folder.labels.tolist())) == {
+        "bird/0.png": 0, "bird/linked/x.png": 0,
+        "cat/0.png": 1, "cat/2019/june/x.png": 1, "cat/2019/x.png": 1, "cat/2020/x.png": 1}
+    assert len(load_images(root, size=8)) == 6 and next(iter(batches(folder, 8)))[0].shape == (6, 3, 8, 8)
+    plan = DataPlan(str(root), n_calibration=2)
+    key = plan.dataset_id(plan.open(size=8))
+    (root / "cat" / "2019" / "june" / "x.png").unlink()
+    assert plan.dataset_id(plan.open(size=8)) != key, "a nested image is part of the dataset's key"
+
+
+def test_a_link_back_up_and_folders_nested_past_the_bound_are_refused(tmp_path: Path) -> None:
+    """A walk that followed a link to a folder it was in would never end; a deep tree hit the recursion limit."""
+    from hwsearch.imagefolder import MAX_NESTING
+
+    loop = _class_folders(tmp_path / "loop", ["a", "b"])
+    (loop / "a" / "sub").mkdir()
+    (loop / "a" / "sub" / "up").symlink_to(loop / "a", target_is_directory=True)
+    with pytest.raises(ValueError, match=r"a/sub/up links back to a folder it is inside"):
+        ImageFolder.scan(loop)
+    deep = _class_folders(tmp_path / "deep", ["a", "b"])
+    bottom = deep / "a" / Path(*["n"] * MAX_NESTING)
+    bottom.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(bottom / "x.png")
+    assert len(ImageFolder.scan(deep)) == 3
+    (bottom / "n").mkdir()
+    with pytest.raises(ValueError, match=rf"is nested more than {MAX_NESTING} folders below its class folder"):
+        ImageFolder.scan(deep)

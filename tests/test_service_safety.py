@@ -1083,3 +1083,19 @@ def test_a_body_that_cannot_be_parsed_is_a_400_naming_the_body_and_why(client: h
     [error] = response.json()["detail"]
     assert error["loc"] == ["body"] and says in error["msg"], error
     assert client.get("/health").status_code == 200
+
+
+def test_a_dataset_whose_walk_would_not_end_is_refused_naming_the_link(client: httpx.Client,
+                                                                       data_root: Path) -> None:
+    """A link back up inside a class folder: the service's count of the images would walk it forever."""
+    assert client.post("/devices", json={"profile": fast_device("cpu-1t")}).status_code == 201
+    assert client.post("/supernets", json=SUPERNET).status_code == 201
+    _png(data_root / "loop" / "a" / "x.png", 1)
+    _png(data_root / "loop" / "b" / "nested" / "y.png", 2)
+    (data_root / "loop" / "b" / "nested" / "up").symlink_to(data_root / "loop" / "b", target_is_directory=True)
+    jobs_before = client.get("/jobs").json()["jobs"]
+    job = client.post("/jobs", json={"supernet": "tiny-mbv3", "devices": ["cpu-1t"], "dataset": "loop",
+                                     "n_profile": 4})
+    message = refused(job, ["body", "dataset"])
+    assert "b/nested/up links back to a folder it is inside" in message and str(data_root) not in message, message
+    assert client.get("/jobs").json()["jobs"] == jobs_before, "nothing was queued"

@@ -115,6 +115,10 @@ class DataRoots:
                         raise PathRefused(f"holds more than {self.max_dataset_files} images")
         except OSError as error:  # a folder the service may not list
             raise PathRefused(f"cannot be listed ({error.strerror or type(error).__name__})") from None
+        except PathRefused:
+            raise
+        except ValueError as error:  # a link loop, or folders nested past the scan's bound
+            raise PathRefused(str(error).removeprefix(f"{path}/")) from None
         if count == 0:
             raise PathRefused("holds no images in class sub-folders")
 
