@@ -158,11 +158,18 @@ def search_devices(
 ) -> dict[str, DeviceRun]:
     """Run every device's refinement as one Ray task and wait for all; runs by device name.
 
-    ``store`` must be shareable between processes (``SQLiteStore``) when tasks
-    run outside this process, which they do on Ray.
+    The tasks write their measurements into ``store`` from Ray's workers, so
+    it must be one that processes share (``SQLiteStore``): a
+    :class:`~hwsearch.store.MemoryStore` was copied into each worker, and
+    every measurement was lost with the copy.
     """
     import ray
 
+    if not store.shared_across_processes:
+        raise ValueError(f"store: a {type(store).__name__} is copied into each Ray worker, so what they measure "
+                         "would be lost; give a store that processes share (SQLiteStore)")
+    if not devices:
+        raise ValueError("devices: give at least one device to search for")
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
         raise ValueError(f"device names must be unique, got {names}")

@@ -213,6 +213,7 @@ class SubnetProblem(Problem):
         objectives: Sequence[Objective] = accuracy_latency(),
         limits: Sequence[Limit] = (),
     ) -> None:
+        _check_arguments(space, metrics, objectives, limits)
         names = [o.metric for o in objectives] + [lim.metric for lim in limits]
         missing = sorted(set(names) - set(metrics))
         if missing:
@@ -240,9 +241,14 @@ class SubnetProblem(Problem):
         )
 
     def predict(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        """Every metric an objective or limit needs, for every row, one batched call each."""
-        X = np.rint(np.asarray(X, dtype=np.float64).reshape(-1, self.n_var)).astype(np.int64)
-        return self._predict_canonical(self.space.canonical_genes(X))
+        """Every metric an objective or limit needs, for every row, one batched call each.
+
+        ``X`` is ``(n, n_var)`` whole-number genes in bounds (one row may be
+        given flat); pymoo's own rows are rounded in :meth:`_evaluate` instead.
+        """
+        X = np.asarray(X)
+        return self._predict_canonical(self.space.canonical_genes(self.space.checked_genes(
+            X[None, :] if X.ndim == 1 else X)))
 
     def _predict_canonical(self, Xc: np.ndarray) -> dict[str, np.ndarray]:
         if len(Xc) == 0:
@@ -292,6 +298,21 @@ class SubnetProblem(Problem):
             out["G"] = G
 
 
+def _check_arguments(space: object, metrics: object, objectives: object, limits: object) -> None:
+    """Refuse arguments of the wrong kind by name: ``("latency",)`` for objectives raised an AttributeError."""
+    if not isinstance(space, SearchSpace):
+        raise TypeError(f"space must be a SearchSpace, got {type(space).__name__}")
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must map names to predictors or functions, got {type(metrics).__name__}")
+    for argument, items, kind in (("objectives", objectives, Objective), ("limits", limits, Limit)):
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+            raise TypeError(f"{argument} must be a sequence of {kind.__name__}, got {type(items).__name__}")
+        wrong = next((item for item in items if not isinstance(item, kind)), None)
+        if wrong is not None:
+            raise TypeError(f"{argument} must hold {kind.__name__} objects (e.g. {kind.__name__}('latency_ms', "
+                            f"...)), got {wrong!r}")
+
+
 def _predictor_space(name: str, metric: Metric, space: SearchSpace) -> SearchSpace | None:
     """The space whose genes a predictor reads, when it is not ``space`` itself.
 
@@ -300,15 +321,14 @@ def _predictor_space(name: str, metric: Metric, space: SearchSpace) -> SearchSpa
     is refused here, before any search, instead of reading genes wrongly.
     """
     own = getattr(metric, "space", None) if hasattr(metric, "predict") else None
-    if not isinstance(own, SearchSpace) or own == space:
+    if not isinstance(own, SearchSpace) or (own == space and own.same_layout(space)):
         return None
     xu = space.bounds()[1]
     probe = np.minimum(np.arange(int(xu.max()) + 1)[:, None], xu[None, :])
     try:
         space.genes_in(own, probe)
     except ValueError as exc:
-        raise ValueError(f"metric {name!r} was made for space {own.name!r}, which cannot score "
-                         f"{space.name!r}: {exc}") from exc
+        raise ValueError(f"metric {name!r} was made for another space, which cannot score this one: {exc}") from exc
     return own
 
 
@@ -319,9 +339,13 @@ def _checked(name: str, out: object, n: int) -> np.ndarray:
     through non-dominated sorting into the front (and an ``inf`` one
     dominates every other point); neither is a value a subnet can have.
     """
-    values = np.asarray(out, dtype=np.float64).reshape(-1)
-    if values.shape != (n,):
-        raise ValueError(f"metric {name!r} returned {values.shape[0]} values for {n} rows")
+    try:
+        values = np.asarray(out, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"metric {name!r} returned something other than numbers: {error}") from None
+    if values.shape not in ((n,), (n, 1)):  # flattened first, an (n/2, 2) array passed as n values
+        raise ValueError(f"metric {name!r} returned shape {values.shape} for {n} rows; expected ({n},) or ({n}, 1)")
+    values = values.reshape(-1)
     bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
         raise ValueError(f"metric {name!r} returned {bad} non-finite value(s) (NaN or inf) for "

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numbers
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -293,7 +293,7 @@ def _keys(Xc: np.ndarray, dtype: type[np.integer]) -> list[bytes]:
     return rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel().tolist()
 
 
-Initial = np.ndarray | Sequence[ArchConfig] | SearchResult | ParetoFront | None
+Initial = np.ndarray | Sequence[ArchConfig | Mapping[str, Any]] | SearchResult | ParetoFront | None
 
 
 def _initial_genes(space: SearchSpace, initial: Initial) -> np.ndarray:
@@ -302,14 +302,14 @@ def _initial_genes(space: SearchSpace, initial: Initial) -> np.ndarray:
         return np.zeros((0, space.n_var), dtype=np.int64)
     if isinstance(initial, SearchResult):
         X = np.asarray(initial.X, dtype=np.int64)
-        if initial.space is not None and initial.space != space:
-            return initial.space.genes_in(space, X)  # e.g. a sub-space's front, in full
+        if initial.space is not None:  # a sub-space's front, in full; another network's front refused
+            X = initial.space.genes_in(space, X)
         return X.reshape(-1, space.n_var)
     if isinstance(initial, ParetoFront):
         initial = [p.arch for p in initial.points]
     if isinstance(initial, np.ndarray):
         return space.decode_batch(_gene_rows(initial, space.n_var)).genes
-    return space.encode_many(list(initial))
+    return space.encode_many([space.from_dict(arch) if isinstance(arch, Mapping) else arch for arch in initial])
 
 
 def _gene_rows(initial: np.ndarray, n_var: int) -> np.ndarray:
@@ -324,7 +324,7 @@ def _gene_rows(initial: np.ndarray, n_var: int) -> np.ndarray:
         X = X[None, :]
     if X.ndim != 2 or X.shape[1] != n_var:
         raise ValueError(f"initial genes must be rows of {n_var} genes (this space's n_var), got shape {X.shape}")
-    return X.astype(np.int64)
+    return X
 
 
 class _Archive:
@@ -545,7 +545,8 @@ def search(problem: SubnetProblem, settings: SearchSettings = SearchSettings(), 
            initial: Initial = None, callback: Callback | None = None) -> SearchResult:
     """Run NSGA-II and return the predicted non-dominated set; same seed, same result.
 
-    ``initial`` warm-starts the run: subnets (:class:`ArchConfig`), gene rows,
+    ``initial`` warm-starts the run: subnets (:class:`ArchConfig`, or the
+    dicts :meth:`SearchSpace.from_dict` reads, native forms too), gene rows,
     a previous :class:`SearchResult` (also of a sub-space of this space) or a
     measured :class:`ParetoFront`; every one of them is evaluated (duplicates
     once) and competes for the first population, which random and extreme
@@ -556,6 +557,11 @@ def search(problem: SubnetProblem, settings: SearchSettings = SearchSettings(), 
 
     When no evaluated subnet satisfies the limits, the result is empty.
     """
+    if not isinstance(problem, SubnetProblem):
+        raise TypeError(f"problem must be a SubnetProblem, got {type(problem).__name__}")
+    if not isinstance(settings, SearchSettings):
+        raise TypeError(f"settings must be SearchSettings (e.g. SearchSettings(pop_size=4)), got "
+                        f"{type(settings).__name__}")
     run = _Run(problem, settings, callback)
     run.first_population(_initial_genes(problem.space, initial))
     while (reason := run.stop_reason()) is None:

@@ -329,6 +329,13 @@ class SearchSpace:
         digest = hashlib.sha256(self.layout.fingerprint().encode()).hexdigest()[:8]
         return f"{self.name}@{digest}"
 
+    def same_layout(self, other: SearchSpace) -> bool:
+        """Whether both spaces have the same fixed layout around their knobs (or neither has one)."""
+        mine, theirs = self.layout, other.layout
+        if mine is None or theirs is None:
+            return mine is theirs
+        return mine.fingerprint() == theirs.fingerprint()
+
     @property
     def n_var(self) -> int:
         return len(self._gene_choices())
@@ -489,12 +496,9 @@ class SearchSpace:
         x = np.asarray(genes)
         if x.shape != (self.n_var,):
             raise ArchValidationError(f"gene vector has shape {x.shape}; expected ({self.n_var},)")
-        xl, xu = self.bounds()
-        bad = np.flatnonzero((x < xl) | (x > xu))
-        if bad.size:
-            raise ArchValidationError(
-                f"gene {int(bad[0])}={int(x[bad[0]])} is outside 0..{int(xu[bad[0]])}"
-            )
+        bad = self._first_bad_gene(x[None, :])
+        if bad is not None:
+            raise ArchValidationError(bad.removeprefix("row 0: "))
         x = x.astype(np.int64)
         pos = 0
         resolution = self.resolutions[x[pos]]
@@ -548,16 +552,38 @@ class SearchSpace:
         of one :meth:`decode` per row and per objective.  Genes are checked
         against the bounds and canonicalised (inactive block genes zeroed).
         """
+        return ArchBatch.decode(self, self.canonical_genes(self.checked_genes(X)))
+
+    def checked_genes(self, X: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
+        """``X`` as ``(n, n_var)`` int64 genes, or :class:`ArchValidationError` naming the first bad gene.
+
+        Genes are indices into the choices, so each must be a whole number
+        within its bounds.  A fractional gene was truncated by :meth:`decode`
+        and rounded by a problem's ``predict``: one row meant two subnets.
+        """
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_var:
             raise ArchValidationError(f"genes have shape {X.shape}; expected (n, {self.n_var})")
+        bad = self._first_bad_gene(X)
+        if bad is not None:
+            raise ArchValidationError(bad)
+        return X.astype(np.int64)
+
+    def _first_bad_gene(self, X: np.ndarray) -> str | None:
+        """What is wrong with the first gene of ``(n, n_var)`` ``X`` that is not a whole number in bounds."""
+        if not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating)):
+            return f"genes must be whole numbers (indices into the choices), not {X.dtype}"
         xl, xu = self.bounds()
-        bad = np.argwhere((X < xl) | (X > xu))
-        if bad.size:
-            row, col = (int(v) for v in bad[0])
-            raise ArchValidationError(f"row {row}: gene {col}={X[row, col]} is outside "
-                                      f"0..{int(xu[col])}")
-        return ArchBatch.decode(self, self.canonical_genes(X))
+        wrong = (X < xl) | (X > xu)
+        if X.dtype.kind == "f":
+            wrong |= ~np.isfinite(X) | (X != np.round(X))
+        if not wrong.any():
+            return None
+        row, col = (int(v) for v in np.argwhere(wrong)[0])
+        value = X[row, col].item()
+        if xl[col] <= value <= xu[col]:
+            return f"row {row}: gene {col}={value!r} is not a whole number (an index into the choices)"
+        return f"row {row}: gene {col}={value!r} is outside 0..{int(xu[col])}"
 
     # ------------------------------------------------------------------ sub-spaces
 
@@ -640,15 +666,22 @@ class SearchSpace:
         """Genes of ``self`` re-encoded for ``other`` (e.g. the space a sub-space came from).
 
         Every choice the rows use must exist in ``other`` with the same stage
-        structure; raises ``ValueError`` otherwise.  Vectorised, for scoring
-        a sub-space's population with predictors fitted on the full space.
+        structure and the same fixed layout around the knobs; raises
+        ``ValueError`` otherwise.  Vectorised, for scoring a sub-space's
+        population with predictors fitted on the full space.  Spaces equal in
+        their choices but not in their layout (a 10-class head against
+        1,000, OFA's w1.0 against w1.2) are other networks: genes that map
+        by structure alone were scored with the other network's predictor.
         """
-        if other == self:
-            return np.asarray(X, dtype=np.int64)
         if (len(other.stages) != len(self.stages) or other.block_knobs != self.block_knobs
                 or other.n_width_slots != self.n_width_slots
                 or any(a.max_depth != b.max_depth for a, b in zip(self.stages, other.stages))):
             raise ValueError(f"{self.name} and {other.name} differ in structure; genes do not map")
+        if not self.same_layout(other):
+            raise ValueError(f"{self.network_id} and {other.network_id} are other networks (their fixed layouts, "
+                             "head and widths included, differ); genes do not map")
+        if other == self:
+            return np.asarray(X, dtype=np.int64)
         X = self.canonical_genes(np.asarray(X, dtype=np.int64))
         out = np.zeros((len(X), other.n_var), dtype=np.int64)
         columns = [(self.resolutions, other.resolutions, 0, 0, 1)]

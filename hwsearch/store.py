@@ -23,7 +23,9 @@ from collections.abc import Callable, Collection, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Union
+
+import numpy as np
 
 __all__ = [
     "ACTIVE_STATES",
@@ -153,7 +155,24 @@ def _is_real(value: Any) -> bool:
 
 def _json_copy(value: Any) -> Any:
     """A deep, JSON-only copy: what a SQLite round trip would give, so backends agree."""
-    return json.loads(json.dumps(value))
+    return json.loads(_dumps(value))
+
+
+def _dumps(value: Any) -> str:
+    """A store value as JSON text, numpy's numbers and arrays as the numbers they hold.
+
+    A measurement holding ``np.float32(1.5)`` was refused with json's
+    "Object of type float32 is not JSON serializable".
+    """
+    return json.dumps(value, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"store values must be JSON (numbers, strings, lists, dicts), got a {type(value).__name__}")
 
 
 class Store(abc.ABC):
@@ -186,8 +205,14 @@ class Store(abc.ABC):
       in the same write; ``job_events(job_id, after=n)`` returns the events
       after ``n`` in order, so a listener that polls misses none.
     * **Picklable.** A pickled store reopens its backing storage in the new
-      process, so it can be handed to Ray workers.
+      process, so it can be handed to Ray workers.  A backend whose copies do
+      not share it (:class:`MemoryStore`) says so with
+      ``shared_across_processes = False``, and work that writes from workers
+      refuses it.
     """
+
+    #: Whether a copy unpickled in another process writes to the same storage.
+    shared_across_processes: ClassVar[bool] = True
 
     @abc.abstractmethod
     def put_latency(self, device_hash: str, space_name: str, arch_key: str,
@@ -302,6 +327,8 @@ class Store(abc.ABC):
 
 class MemoryStore(Store):
     """Dicts behind one lock.  Pickling copies the contents (there is no shared file)."""
+
+    shared_across_processes: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -562,7 +589,7 @@ class SQLiteStore(Store):
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO latencies (device_hash, space_name, arch_key, data, updated) "
                          "VALUES (?, ?, ?, ?, ?)",
-                         (device_hash, space_name, arch_key, json.dumps(dict(measurement)),
+                         (device_hash, space_name, arch_key, _dumps(dict(measurement)),
                           time.time()))
 
     def get_latencies(self, device_hash: str, space_name: str) -> dict[str, dict[str, Any]]:
@@ -595,7 +622,7 @@ class SQLiteStore(Store):
         now = time.time()
         with self._write() as conn:
             conn.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (job_id, json.dumps(dict(spec)), "queued", "{}", "null", None, now, now,
+                         (job_id, _dumps(dict(spec)), "queued", "{}", "null", None, now, now,
                           runner))
         return job_id
 
@@ -620,7 +647,7 @@ class SQLiteStore(Store):
 
         ``rowcount`` 0 means the condition failed, or there is no such job (:class:`KeyError`).
         """
-        encoded = {column: json.dumps(value) if column in ("progress", "result") else value
+        encoded = {column: _dumps(value) if column in ("progress", "result") else value
                    for column, value in changes.items()}
         sets = ", ".join(f"{column} = ?" for column in ("updated", *encoded))
         with self._write() as conn:

@@ -379,11 +379,15 @@ class AccuracyPredictor(ResidualPredictor):
         exploring pays) gets a wider sd, a typical one the calibrated sd.
         Without CV (too few rows) the members' spread is all there is.
         """
-        mean, spread = super().predict_dist(X)
+        mean, spread = super().predict_dist(X)  # without members, the calibrated sd alone
         if "noise_sd" not in self.calibration:
             return mean, spread
         extra = np.maximum(spread - self.calibration["typical_spread"], 0.0)
         return mean, np.sqrt(self.calibration["noise_sd"] ** 2 + extra**2)
+
+    def _has_spread(self) -> bool:
+        """The CV-calibrated error is a spread even without members."""
+        return super()._has_spread() or "noise_sd" in self.calibration
 
     def _check_xy(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         X, y = super()._check_xy(X, y)

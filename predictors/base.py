@@ -102,6 +102,28 @@ class PredictorMeta:
 # --------------------------------------------------------------------------- folds
 
 
+def _whole_setting(value: object, name: str, least: int) -> int:
+    """A model setting as an ``int`` of at least ``least``, or a ValueError naming it.
+
+    XGBoost took ``n_estimators=-1`` and ``max_depth=0`` without a word, and
+    the fit succeeded with no trees.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if value < least:
+        raise ValueError(f"{name} must be >= {least}, got {value!r}")
+    return int(value)
+
+
+def _rate_setting(value: object) -> float:
+    """``learning_rate`` as a float in (0, 1]: at 0 no tree learns anything."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"learning_rate must be a number, got {value!r}")
+    if not 0 < float(value) <= 1:
+        raise ValueError(f"learning_rate must be in (0, 1], got {value!r}")
+    return float(value)
+
+
 def arch_groups(F: np.ndarray) -> np.ndarray:
     """One group id per row, shared by identical feature rows (one subnet measured again).
 
@@ -312,9 +334,10 @@ class ResidualPredictor:
         self.device_hash = device_hash
         self.featurizer = ArchFeaturizer(space)
         self.settings = {
-            "n_estimators": n_estimators, "max_depth": max_depth,
-            "learning_rate": learning_rate, "n_members": n_members, "cv_folds": cv_folds,
-            "seed": seed,
+            "n_estimators": _whole_setting(n_estimators, "n_estimators", 0),
+            "max_depth": _whole_setting(max_depth, "max_depth", 1),
+            "learning_rate": _rate_setting(learning_rate), "n_members": _whole_setting(n_members, "n_members", 0),
+            "cv_folds": _whole_setting(cv_folds, "cv_folds", 0), "seed": _whole_setting(seed, "seed", 0),
         }
         self._base: _LinearBase | None = None
         self._booster: xgb.Booster | None = None
@@ -413,6 +436,9 @@ class ResidualPredictor:
         """
         X, y = self._check_xy(X, y)
         F = self.featurizer.transform(X)  # refuses genes that index no choice, before the labels are judged
+        if len(np.unique(F, axis=0)) < 2:  # 20 repeats of one subnet fitted, then predicted others at 0.7-1.2% sd
+            raise ValueError(f"all {len(y)} labelled rows are one subnet: a model of one subnet says nothing of "
+                             "another; fit on at least 2 different subnets")
         tied = bool(np.ptp(y) == 0)
         if tied and not self.ties_are_data:
             raise ValueError(f"all {len(y)} {self.target} labels are {y[0]:g}: labels without spread rank "
@@ -504,10 +530,21 @@ class ResidualPredictor:
         return self._predict_one((self._base, self._booster), F)
 
     def predict_dist(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(mean, std)``: the full-data model's prediction and the bootstrap members' spread."""
+        """``(mean, std)``: the full-data model's prediction and the bootstrap members' spread.
+
+        A model of fewer than 2 members has no spread to give: it answered
+        zero, which refinement's optimistic bounds read as certainty.
+        """
         self._require_fitted()
+        if not self._has_spread():
+            raise ValueError(f"this {type(self).__name__} was fitted with n_members={len(self._members)}, so it "
+                             "has no spread: fit it with n_members >= 2 to call predict_dist")
         F = self.featurizer.transform(X)
         return self._predict_one((self._base, self._booster), F), self._member_spread(F)
+
+    def _has_spread(self) -> bool:
+        """Whether :meth:`predict_dist` has a spread to give: the members' needs 2 of them."""
+        return len(self._members) >= 2
 
     def _member_spread(self, F: np.ndarray) -> np.ndarray:
         """Standard deviation of the bootstrap members' predictions (zeros with fewer than 2)."""

@@ -111,6 +111,22 @@ def test_each_device_gets_a_measured_front_from_its_own_task(space, predictors, 
     assert runs["a"].attempt_pid != os.getpid()
 
 
+def test_a_store_the_workers_cannot_share_is_refused_before_ray_starts(space, predictors, tmp_path):
+    """A MemoryStore was copied into each worker: the run 'succeeded' and the caller's store stayed empty."""
+    import ray
+
+    from hwsearch.store import MemoryStore
+
+    assert not ray.is_initialized()
+    with pytest.raises(ValueError, match=r"store: a MemoryStore is copied into each Ray worker"):
+        search_devices(space, predictors[0], _devices(space, predictors, tmp_path, ["a"]), store=MemoryStore(),
+                       supernet_id="net", dataset_id="val", settings=SETTINGS)
+    with pytest.raises(ValueError, match="devices: give at least one device"):
+        search_devices(space, predictors[0], [], store=SQLiteStore(tmp_path / "store.db"), supernet_id="net",
+                       dataset_id="val", settings=SETTINGS)
+    assert not ray.is_initialized() and not (tmp_path / "a.log").exists()
+
+
 def test_a_dead_worker_is_retried_and_keeps_what_it_measured(space, predictors, tmp_path,
                                                              local_ray):
     store = SQLiteStore(tmp_path / "store.db")

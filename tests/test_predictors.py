@@ -218,6 +218,39 @@ def test_fit_rejects_bad_labels() -> None:
     np.testing.assert_allclose(tied.predict(X30), 0.9, atol=1e-3)  # the soft ceiling keeps them just below
 
 
+def test_one_subnet_measured_again_and_again_is_not_a_training_set() -> None:
+    """20 repeats of one subnet fitted, then predicted other subnets at 0.77-1.31 with a 0.7-1.2% sd."""
+    X = _genes(MBV3, 20, 9)
+    for model in (LatencyPredictor(MBV3), AccuracyPredictor(MBV3)):
+        with pytest.raises(ValueError, match="all 20 labelled rows are one subnet"):
+            model.fit(np.repeat(X[:1], 20, axis=0), 0.5 + 0.01 * np.arange(20))
+    assert LatencyPredictor(MBV3, n_members=2).fit(np.repeat(X[:2], 10, axis=0), 1 + 0.01 * np.arange(20))
+
+
+@pytest.mark.parametrize("setting, value, says", [
+    ("n_estimators", -1, "n_estimators must be >= 0"), ("max_depth", 0, "max_depth must be >= 1"),
+    ("learning_rate", 0, r"learning_rate must be in \(0, 1\]"), ("learning_rate", float("nan"), "learning_rate"),
+    ("n_members", 2.5, "n_members must be a whole number"), ("cv_folds", True, "cv_folds must be a whole number"),
+    ("seed", -3, "seed must be >= 0")])
+def test_model_settings_that_fit_nothing_are_refused_by_name(setting: str, value: object, says: str) -> None:
+    """n_estimators=-1, learning_rate=0 and max_depth=0 fitted without a word, with no trees."""
+    for kind in (LatencyPredictor, AccuracyPredictor):
+        with pytest.raises(ValueError, match=says):
+            kind(MBV3, **{setting: value})
+    assert LatencyPredictor(MBV3, n_estimators=np.int64(3), learning_rate=1).settings["n_estimators"] == 3
+
+
+def test_a_model_without_members_has_no_spread_to_give() -> None:
+    """n_members=0 answered sd 0 for every subnet, which refinement's optimistic bounds read as certainty."""
+    X, y = _genes(MBV3, 40, 10), 1 + np.arange(40) / 40
+    bare = LatencyPredictor(MBV3, n_members=0, n_estimators=5).fit(X, y)
+    assert bare.predict(X[:2]).shape == (2,)
+    with pytest.raises(ValueError, match=r"fitted with n_members=0, so it has no spread: fit it with n_members >= 2"):
+        bare.predict_dist(X[:2])
+    calibrated = AccuracyPredictor(MBV3, n_members=0, n_estimators=5).fit(X, 0.5 + 0.4 * np.arange(40) / 40)
+    assert (calibrated.predict_dist(X[:2])[1] > 0).all()  # its CV error is a spread without members
+
+
 def _repeated_subnets(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """40 subnets with structureless labels, each measured 4 times (0.2% noise), and 40 new ones.
 

@@ -94,11 +94,24 @@ def test_a_predictor_needs_only_predict(space):
     np.testing.assert_allclose(result.values["latency_ms"], oracle.latency_ms(result.X))
 
 
-def test_a_metric_returning_the_wrong_length_is_named(space):
-    problem = SubnetProblem(space, {"accuracy": lambda b: np.zeros(1), "latency_ms": lambda b:
+@pytest.mark.parametrize("shape", [lambda n: 1, lambda n: (n // 2, 2), lambda n: (1, n), lambda n: (n, 2)],
+                         ids=["one", "half-rows-of-two", "one-row", "two-columns"])
+def test_a_metric_returning_another_shape_is_named(space, shape):
+    """Flattened first, an (n/2, 2) array passed as n values, each row scored with another row's."""
+    problem = SubnetProblem(space, {"accuracy": lambda b: np.zeros(shape(len(b))), "latency_ms": lambda b:
                                     np.zeros(len(b))})
-    with pytest.raises(ValueError, match="'accuracy' returned 1 values"):
+    says = r"'accuracy' returned shape \(.*\) for 10 rows; expected \(10,\) or \(10, 1\)"
+    with pytest.raises(ValueError, match=says):
         search(problem, SearchSettings(pop_size=10, n_gen=2))
+    column = SubnetProblem(space, {"accuracy": lambda b: np.zeros((len(b), 1)), "latency_ms": lambda b:
+                                   np.zeros(len(b))})
+    assert column.predict(space.encode_many(space.sample(0, 3)))["accuracy"].shape == (3,)
+
+
+def test_a_metric_returning_words_is_named(space):
+    problem = SubnetProblem(space, {"accuracy": lambda b: ["a"] * len(b), "latency_ms": lambda b: np.zeros(len(b))})
+    with pytest.raises(ValueError, match="metric 'accuracy' returned something other than numbers"):
+        problem.predict(space.encode_many(space.sample(0, 3)))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -265,6 +278,77 @@ def test_a_sub_space_front_warm_starts_the_full_space(space):
     search(wide, SearchSettings(pop_size=20, n_gen=2, seed=0), initial=first)
     batch = [space.decode(x) for x in metrics["latency_ms"].batches[0].genes]
     assert {a.key() for a in batch} >= {sub.decode(x).key() for x in first.X}
+
+
+def test_warm_start_takes_subnets_as_dicts_native_forms_included(space):
+    """The docs say from_dict's forms are read everywhere; a dict in initial raised an AttributeError."""
+    mbv3 = ofa_mbv3_space()
+    problem = SubnetProblem(mbv3, {"macs": Cost(lambda X: X.sum(axis=1).astype(float)),
+                                   "res": lambda b: -b.resolution.astype(float)},
+                            (Objective("macs"), Objective("res")))
+    chosen = [mbv3.largest(160), mbv3.smallest(192)]
+    result = search(problem, SearchSettings(pop_size=4, n_gen=1, max_evals=2),
+                    initial=[mbv3.to_native(chosen[0]), chosen[1].to_dict()])
+    assert {mbv3.decode(x).key() for x in result.X} <= {a.key() for a in chosen} and result.n_evals == 2
+
+
+def test_fractional_genes_are_refused_not_truncated_or_rounded(space):
+    """decode truncated gene 0.6 to 0 while a problem's predict rounded it to 1: one row, two subnets."""
+    problem, _ = oracle_problem(space)
+    genes = space.encode(space.smallest(160)).astype(float)
+    genes[0] = 0.6
+    says = r"gene 0=0.6 is not a whole number \(an index into the choices\)"
+    for call in (lambda: space.decode(genes), lambda: space.decode_batch(genes[None]),
+                 lambda: problem.predict(genes[None]),
+                 lambda: search(problem, SearchSettings(pop_size=4, n_gen=1), initial=genes[None])):
+        with pytest.raises(ValueError, match=says):
+            call()
+    top = space.encode(space.largest(224)).astype(float) + 0.4
+    with pytest.raises(ValueError, match=rf"gene 0={float(top[0])!r} is outside 0..{top[0]:.0f}"):
+        space.decode(top)
+    for bad, says in ((np.full(space.n_var, np.nan), "gene 0=nan is outside"),
+                      (np.array(["0"] * space.n_var), "genes must be whole numbers")):
+        with pytest.raises(ValueError, match=says):
+            space.decode(bad)
+    assert space.decode(genes.round()) == space.decode(genes.round().astype(int))  # whole floats are genes
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda s, m: SubnetProblem(s, m, ("accuracy",)), "objectives must hold Objective objects"),
+    (lambda s, m: SubnetProblem(s, m, Objective("accuracy")), "objectives must be a sequence of Objective"),
+    (lambda s, m: SubnetProblem(s, m, limits=[("latency_ms", 3)]), "limits must hold Limit objects"),
+    (lambda s, m: SubnetProblem(None, m), "space must be a SearchSpace, got NoneType"),
+    (lambda s, m: SubnetProblem(s, [m]), "metrics must map names"),
+    (lambda s, m: search(None), "problem must be a SubnetProblem, got NoneType"),
+    (lambda s, m: search(SubnetProblem(s, m), {"pop_size": 4}), r"settings must be SearchSettings"),
+], ids=["objective-names", "one-objective", "limit-tuples", "no-space", "metric-list", "no-problem",
+        "settings-dict"])
+def test_arguments_of_the_wrong_kind_are_named(space, call, says):
+    """Each raised an AttributeError from inside ('str' object has no attribute 'metric')."""
+    oracle = AnalyticOracle(space)
+    metrics = {"accuracy": lambda b: oracle.accuracy(b.genes), "latency_ms": lambda b: oracle.latency_ms(b.genes)}
+    with pytest.raises(TypeError, match=says):
+        call(space, metrics)
+
+
+def test_a_cost_made_for_another_network_with_the_same_genes_is_refused():
+    """MACs of w1.0 scored w1.2's largest subnet at 566 M (it has 843 M), and a 10-class head's at 1,000 classes'."""
+    from hwsearch.problem import analytic_costs
+
+    full = ofa_mbv3_space(1.0)
+    macs = analytic_costs(full)["macs"]
+    for other in (ofa_mbv3_space(1.2), ofa_mbv3_space(1.0, n_classes=10)):
+        assert other.encode(other.largest(224)).shape == full.encode(full.largest(224)).shape
+        with pytest.raises(ValueError, match=r"metric 'm' .* are other networks \(their fixed layouts"):
+            SubnetProblem(other, {"m": macs}, (Objective("m"),))
+        result = search(SubnetProblem(other, {"m": analytic_costs(other)["macs"]}, (Objective("m"),)),
+                        SearchSettings(pop_size=4, n_gen=1, max_evals=4))
+        with pytest.raises(ValueError, match="are other networks"):
+            search(SubnetProblem(full, {"m": macs}, (Objective("m"),)), SearchSettings(pop_size=4, n_gen=1),
+                   initial=result)
+    sub = full.restrict(resolutions=(160, 176))
+    mapped = SubnetProblem(sub, {"m": macs}, (Objective("m"),)).predict(sub.encode_many([sub.largest(176)]))["m"]
+    np.testing.assert_array_equal(mapped, macs.predict(full.encode_many([full.largest(176)])))
 
 
 def test_warm_start_refuses_subnets_outside_the_space(space):

@@ -340,6 +340,20 @@ def test_a_latency_that_is_no_time_is_refused_by_every_backend(store: Store, lat
     assert store.get_latencies("d", "s") == {}
 
 
+def test_numpy_numbers_are_stored_as_the_numbers_they_hold(store: Store) -> None:
+    """np.float32(1.5) passed the latency check and then failed in json: 'float32 is not JSON serializable'."""
+    import numpy as np
+
+    store.put_latency("d", "s", "a", MEAS | {"latency_ms": np.float32(1.5), "rounds": np.int64(7),
+                                             "ratios": np.array([1.0, 1.25])})
+    row = store.get_latencies("d", "s")["a"]
+    assert row["latency_ms"] == 1.5 and row["rounds"] == 7 and row["ratios"] == [1.0, 1.25]
+    assert type(row["rounds"]) is int
+    with pytest.raises(TypeError, match="store values must be JSON .* got a object"):
+        store.put_latency("d", "s", "b", MEAS | {"env": object()})
+    assert set(store.get_latencies("d", "s")) == {"a"}
+
+
 def test_a_nan_latency_stays_the_mark_of_a_subnet_not_measured(store: Store) -> None:
     """Sessions store NaN for a subnet with too few clean rounds; readers fall back to its raw median."""
     store.put_latency("d", "s", "a", MEAS | {"latency_ms": float("nan"), "ratio": float("nan")})
