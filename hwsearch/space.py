@@ -294,6 +294,9 @@ class SearchSpace:
         for values in (self.resolutions, self.kernels, self.expands, self.widths):
             if len(set(values)) != len(values):
                 raise ValueError(f"duplicate choices in {values}")
+            if len({_format_number(v) for v in values}) != len(values):  # keys print 6 significant digits
+                raise ValueError(f"choices {values} are alike in their first 6 significant digits, so subnets "
+                                 "of either would share one key(); make them differ sooner")
         if self.layout is not None:
             self.layout.check_space(self)
 

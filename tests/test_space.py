@@ -236,3 +236,14 @@ def test_restricted_depths_and_widths_keep_native_forms_working() -> None:
             sub.genes_in(resnet, sub.encode(arch)[None])[0])
     with pytest.raises(ValueError, match="ResNet"):
         resnet.restrict(depths=[(0, 1), (4,), (4,), (6,), (4,)])
+
+
+def test_choices_that_would_print_alike_in_keys_are_refused() -> None:
+    """Keys print 6 significant digits: expand choices 0.1234567 and 0.12345671 gave two subnets one key."""
+    stages = (StageSpec(depths=(1, 2)),)
+    with pytest.raises(ValueError, match=r"alike in their first 6 significant digits"):
+        SearchSpace("near", (32,), stages, kernels=(3,), expands=(0.1234567, 0.12345671))
+    with pytest.raises(ValueError, match="duplicate choices"):
+        SearchSpace("twice", (32, 32), stages, kernels=(3,), expands=(1,))
+    space = SearchSpace("apart", (32,), stages, kernels=(3,), expands=(0.12345, 0.12346))
+    assert len({arch.key() for arch in space.enumerate()}) == len(list(space.enumerate()))
