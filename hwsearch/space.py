@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 import numpy as np
 
 from hwsearch.batch import ArchBatch
+from hwsearch.checks import positive_int
 
 if TYPE_CHECKING:
     from hwsearch.costs import CostTable
@@ -294,8 +295,20 @@ class SearchSpace:
         for values in (self.resolutions, self.kernels, self.expands, self.widths):
             if len(set(values)) != len(values):
                 raise ValueError(f"duplicate choices in {values}")
+        self._check_sizes()
         if self.layout is not None:
             self.layout.check_space(self)
+
+    def _check_sizes(self) -> None:
+        """Refuse a resolution or a head size below 1, naming it, for every family at once.
+
+        Each family's factory passes these through unchecked: resolution 0
+        ran, and ``n_classes=0`` built a network whose output had no column.
+        """
+        for i, resolution in enumerate(self.resolutions):
+            positive_int(resolution, f"resolutions[{i}]")
+        if self.layout is not None:
+            positive_int(self.layout.n_classes, "n_classes")
 
     # ------------------------------------------------------------------ shape
 

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from hwsearch.checks import positive_int
 from hwsearch.costs import CostAccumulator, CostTable
 from hwsearch.space import (
     ArchConfig,
@@ -312,6 +313,7 @@ def vit_space(
     ``super_mlp_ratio = max(mlp_ratios)``, which reproduces AutoFormer's
     published supernets.
     """
+    positive_int(resolution, "resolution")  # the space would name it resolutions[0], which is not ours
     head_dim = layout_options.get("head_dim", ViTLayout.head_dim)
     layout_options.setdefault("super_embed_dim", max(max(embed_dims), max(heads) * head_dim))
     layout_options.setdefault("super_mlp_ratio", max(mlp_ratios))
