@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["positive_int", "positive_number"]
+__all__ = ["non_negative_int", "positive_int", "positive_number"]
 
 
 def positive_int(value: object, name: str) -> int:
@@ -22,10 +22,19 @@ def positive_int(value: object, name: str) -> int:
     count is a mistake, not 1.  numpy integers are accepted (a count read out
     of an array is still a count) and returned as ``int``.
     """
+    return _int_at_least(value, name, 1)
+
+
+def non_negative_int(value: object, name: str) -> int:
+    """``value`` as a plain ``int`` ≥ 0 (how many of something, where none is a fair answer)."""
+    return _int_at_least(value, name, 0)
+
+
+def _int_at_least(value: object, name: str, least: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be a whole number, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be ≥ 1, got {value!r}")
+    if value < least:
+        raise ValueError(f"{name} must be ≥ {least}, got {value!r}")
     return int(value)
 
 

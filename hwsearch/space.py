@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 import numpy as np
 
 from hwsearch.batch import ArchBatch
-from hwsearch.checks import positive_int
+from hwsearch.checks import non_negative_int, positive_int
 
 if TYPE_CHECKING:
     from hwsearch.costs import CostTable
@@ -445,7 +445,10 @@ class SearchSpace:
 
         Depth is drawn per stage first, so small and large subnets are both common
         (the canonical distribution, not uniform over distinct subnets).
+        ``n`` is checked here: -1 and 2.5 otherwise failed inside numpy's
+        ``integers`` with a message about negative dimensions or float sizes.
         """
+        n = non_negative_int(n, "n")
         rng = np.random.default_rng(rng)
         xl, xu = self.bounds()
         genes = rng.integers(xl, xu + 1, size=(n, self.n_var))

@@ -137,6 +137,19 @@ def test_sampling_is_seeded_and_covers_depths(space: SearchSpace) -> None:
     assert depths == {d for stage in space.stages for d in stage.depths}
 
 
+@pytest.mark.parametrize("n", [-1, 2.5, "3", True, None])
+def test_sample_refuses_a_count_that_is_not_a_whole_number_from_zero(n: object) -> None:
+    """-1 and 2.5 failed inside numpy's ``integers``; each is now refused naming ``n``."""
+    with pytest.raises(ValueError, match="^n must be"):
+        ofa_mbv3_space().sample(0, n)  # type: ignore[arg-type]
+
+
+def test_sample_takes_zero_and_numpy_counts() -> None:
+    space = ofa_mbv3_space()
+    assert space.sample(0, 0) == []
+    assert space.sample(0, np.int64(2)) == space.sample(0, 2)
+
+
 def test_extremes_and_space_sizes() -> None:
     mbv3 = ofa_mbv3_space()
     assert mbv3.largest().kernel == (7,) * 20 and mbv3.smallest().depths == (2,) * 5
