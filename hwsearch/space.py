@@ -186,7 +186,22 @@ def _number_tuple(name: str, value: Any, *, integer: bool) -> tuple[Any, ...]:
         if not check(item):
             kind = "an int" if integer else "a number"
             raise ArchValidationError(f"{name}[{i}]={item!r} must be {kind}")
-    return tuple(int(v) for v in value) if integer else tuple(value)
+    return tuple(int(v) for v in value) if integer else tuple(_plain_number(v) for v in value)
+
+
+def _plain_number(value: Number) -> Number:
+    """A knob value as a plain Python ``int`` when whole, else a ``float``.
+
+    numpy scalars kept as given made ``to_json`` raise (``int32`` is not JSON
+    serialisable), and ``3`` and ``3.0``, equal and with one :meth:`ArchConfig.key`
+    (which prints both as ``3``), serialised as different JSON.  The whole
+    form is the one the key prints and the convolution spaces' choices are.
+    An int stays one without passing through ``float`` (which overflows past 1e308).
+    """
+    if _is_integer(value):
+        return int(value)
+    number = float(value)
+    return int(number) if number.is_integer() else number
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,25 @@ def test_arch_config_rejects_non_integer_resolution() -> None:
         ArchConfig(resolution="224", depths=(2,))  # type: ignore[arg-type]
 
 
+def test_arch_config_from_numpy_values_serialises_as_plain_json() -> None:
+    """An unvalidated numpy ``expand`` kept its int32s, and ``to_json`` raised TypeError."""
+    arch = ArchConfig(224, (2,) * 5, (3,) * 10, np.full(10, 3, np.int32), (np.float64(0.65),))
+
+    assert json.loads(arch.to_json()) == {"resolution": 224, "depths": [2] * 5, "kernel": [3] * 10,
+                                          "expand": [3] * 10, "width": [0.65]}
+    assert all(type(v) is int for v in arch.expand) and type(arch.width[0]) is float
+
+
+def test_equal_arch_configs_serialise_equally() -> None:
+    """``3`` and ``3.0`` are equal and share a key; their JSON was "3" and "3.0"."""
+    whole = ArchConfig(224, (2,) * 5, (3,) * 10, (3,) * 10, (1,))
+    as_floats = ArchConfig(224, (2,) * 5, (3,) * 10, (3.0,) * 10, (np.float32(1.0),))
+
+    assert as_floats == whole and as_floats.key() == whole.key()
+    assert as_floats.to_json() == whole.to_json()
+    assert as_floats.to_dict()["expand"] == [3] * 10  # the whole form, as the key prints it
+
+
 # --------------------------------------------------------------------------- batch decode
 
 
