@@ -67,7 +67,9 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 
 def native_resolution(r: Any) -> Any:
-    """A resolution given as ``224`` or ``[224]`` (OFA writes a one-element list)."""
+    """A resolution given as ``224`` or ``[224]`` (OFA writes a one-element list, or array)."""
+    if isinstance(r, np.ndarray) and r.ndim == 1:
+        r = list(r)
     if isinstance(r, (list, tuple)):
         if len(r) != 1:
             raise ArchValidationError(f"r must hold one resolution, got {r!r}")
@@ -80,9 +82,13 @@ def native_list(value: Any, name: str, length: int, *, integer: bool = False) ->
 
     ``integer`` for counts, indices and kernel sizes: a depth is a slice bound
     before the arch is checked, so ``1.5`` must be refused here by name.
+    A 1-D numpy array is read as the list it holds (and a numpy scalar as a
+    scalar), as a config built with numpy arrives; a 2-D one is still refused.
     """
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if _is_integer(value) or isinstance(value, (float, np.floating)):
         value = [value] * length
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = list(value)
     if not isinstance(value, (list, tuple)) or len(value) != length:
         raise ArchValidationError(f"{name} must be a list of {length} values, got {value!r}")
     return list(_number_tuple(name, value, integer=integer))

@@ -66,6 +66,21 @@ def test_resnet_stem_depth_values_that_build_the_same_network_are_equal() -> Non
     assert space.from_native(base) != space.from_native(dict(base, d=[2, 2, 2, 2, 2]))
 
 
+def test_resnet_native_form_reads_numpy_integers_and_arrays() -> None:
+    """``w=[np.int64(2), ...]`` was refused as "must be an index 0..2"; other families took numpy ints."""
+    space = ofa_resnet50_space()
+    arch = space.sample(1, 1)[0]
+    native = space.to_native(arch)
+
+    assert space.from_native({**native, "w": [np.int64(w) for w in native["w"]]}) == arch
+    as_arrays = {key: np.asarray(value) for key, value in native.items()}
+    assert space.from_native(as_arrays) == arch
+    with pytest.raises(ArchValidationError, match=r"w\[0\]=1.5"):
+        space.from_native({**native, "w": [1.5] * len(native["w"])})
+    with pytest.raises(ArchValidationError, match=r"w\[0\]=3 must be an index 0..2"):
+        space.from_native({**native, "w": [3] * len(native["w"])})
+
+
 def test_key_is_stable_and_readable() -> None:
     space = ofa_mbv3_space()
     arch = space.arch(resolution=160, depths=[2] * 5, kernel=[3, 5] * 5, expand=[3, 6] * 5)

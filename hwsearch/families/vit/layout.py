@@ -284,7 +284,13 @@ def mlp_hidden(embed: float, ratio: float) -> int:
 
 
 def _per_layer(value: Any, name: str, depth: int, max_depth: int) -> list[Any]:
-    """A per-layer list of AutoFormer's config cut to ``depth``; a scalar is broadcast."""
+    """A per-layer list of AutoFormer's config cut to ``depth``; a scalar is broadcast.
+
+    A 1-D numpy array counts as a list (AutoFormer's own sampler builds them
+    with numpy); it was refused as "must be a list" while the same list passed.
+    """
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = list(value)
     if isinstance(value, (list, tuple)) and len(value) == max_depth != depth:
         value = list(value)[:depth]
     return native_list(value, name, depth)
