@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 import hwsearch
+from hwsearch.checks import positive_int
 from hwsearch.supernets import ArchLike, Supernet
 from hwsearch.supernets.counting import measure
 
@@ -188,6 +189,7 @@ def export_subnet(
     if input_dtype not in INPUT_DTYPES:
         raise ValueError(f"input_dtype {input_dtype!r} is not one of {sorted(INPUT_DTYPES)}")
     check_precision(precision)
+    batch = positive_int(batch, "batch")  # 0 divided by zero, -1 and 2.5 failed inside torch
     if precision == "int8" and (input_dtype != "float32" or calibration is None):
         raise ValueError("an int8 export needs input_dtype float32 and calibration images "
                          "(a few hundred of the user's data)")

@@ -43,7 +43,8 @@ from hwsearch.problem import (
 )
 from hwsearch.pipeline import select_subnets
 from hwsearch.results import Candidate, ParetoFront, hypervolume, non_dominated
-from hwsearch.search import SearchSettings, number_within, search, whole_number
+from hwsearch.checks import whole_number
+from hwsearch.search import SearchSettings, number_within, search
 from hwsearch.space import ArchConfig, SearchSpace
 from predictors.features import ArchFeaturizer
 

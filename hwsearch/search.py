@@ -29,7 +29,6 @@ object for code that drives pymoo's ``minimize`` itself.
 
 from __future__ import annotations
 
-import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,6 +52,7 @@ from hwsearch.operators import (
     mutate,
     tournament,
 )
+from hwsearch.checks import whole_number
 from hwsearch.problem import Objective, SubnetProblem, finite_number
 from hwsearch.results import (
     Candidate,
@@ -66,7 +66,7 @@ from hwsearch.results import (
 from hwsearch.space import ArchConfig, SearchSpace
 
 __all__ = ["AnchoredSampling", "CanonicalDuplicates", "SearchProgress", "SearchResult",
-           "SearchSettings", "StopReason", "build_nsga2", "number_within", "search", "whole_number"]
+           "SearchSettings", "StopReason", "build_nsga2", "number_within", "search"]
 
 StopReason = Literal["n_gen", "max_evals", "max_seconds", "callback", "exhausted"]
 _SORTING = NonDominatedSorting()
@@ -122,15 +122,6 @@ class SearchSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def whole_number(value: object, name: str, least: int) -> int:
-    """``value`` as an ``int`` of at least ``least``, or a ValueError naming the field."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    if value < least:
-        raise ValueError(f"{name} must be ≥ {least}, got {value!r}")
-    return int(value)
 
 
 def number_within(value: object, name: str, low: float, high: float | None) -> float:

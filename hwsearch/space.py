@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 import numpy as np
 
 from hwsearch.batch import ArchBatch
+from hwsearch.checks import non_negative_int, positive_int
 
 if TYPE_CHECKING:
     from hwsearch.costs import CostTable
@@ -66,7 +67,9 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 
 def native_resolution(r: Any) -> Any:
-    """A resolution given as ``224`` or ``[224]`` (OFA writes a one-element list)."""
+    """A resolution given as ``224`` or ``[224]`` (OFA writes a one-element list, or array)."""
+    if isinstance(r, np.ndarray) and r.ndim == 1:
+        r = list(r)
     if isinstance(r, (list, tuple)):
         if len(r) != 1:
             raise ArchValidationError(f"r must hold one resolution, got {r!r}")
@@ -79,9 +82,13 @@ def native_list(value: Any, name: str, length: int, *, integer: bool = False) ->
 
     ``integer`` for counts, indices and kernel sizes: a depth is a slice bound
     before the arch is checked, so ``1.5`` must be refused here by name.
+    A 1-D numpy array is read as the list it holds (and a numpy scalar as a
+    scalar), as a config built with numpy arrives; a 2-D one is still refused.
     """
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if _is_integer(value) or isinstance(value, (float, np.floating)):
         value = [value] * length
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = list(value)
     if not isinstance(value, (list, tuple)) or len(value) != length:
         raise ArchValidationError(f"{name} must be a list of {length} values, got {value!r}")
     return list(_number_tuple(name, value, integer=integer))
@@ -185,7 +192,22 @@ def _number_tuple(name: str, value: Any, *, integer: bool) -> tuple[Any, ...]:
         if not check(item):
             kind = "an int" if integer else "a number"
             raise ArchValidationError(f"{name}[{i}]={item!r} must be {kind}")
-    return tuple(int(v) for v in value) if integer else tuple(value)
+    return tuple(int(v) for v in value) if integer else tuple(_plain_number(v) for v in value)
+
+
+def _plain_number(value: Number) -> Number:
+    """A knob value as a plain Python ``int`` when whole, else a ``float``.
+
+    numpy scalars kept as given made ``to_json`` raise (``int32`` is not JSON
+    serialisable), and ``3`` and ``3.0``, equal and with one :meth:`ArchConfig.key`
+    (which prints both as ``3``), serialised as different JSON.  The whole
+    form is the one the key prints and the convolution spaces' choices are.
+    An int stays one without passing through ``float`` (which overflows past 1e308).
+    """
+    if _is_integer(value):
+        return int(value)
+    number = float(value)
+    return int(number) if number.is_integer() else number
 
 
 @dataclass(frozen=True)
@@ -297,8 +319,20 @@ class SearchSpace:
             if len({_format_number(v) for v in values}) != len(values):  # keys print 6 significant digits
                 raise ValueError(f"choices {values} are alike in their first 6 significant digits, so subnets "
                                  "of either would share one key(); make them differ sooner")
+        self._check_sizes()
         if self.layout is not None:
             self.layout.check_space(self)
+
+    def _check_sizes(self) -> None:
+        """Refuse a resolution or a head size below 1, naming it, for every family at once.
+
+        Each family's factory passes these through unchecked: resolution 0
+        ran, and ``n_classes=0`` built a network whose output had no column.
+        """
+        for i, resolution in enumerate(self.resolutions):
+            positive_int(resolution, f"resolutions[{i}]")
+        if self.layout is not None:
+            positive_int(self.layout.n_classes, "n_classes")
 
     # ------------------------------------------------------------------ shape
 
@@ -442,7 +476,10 @@ class SearchSpace:
 
         Depth is drawn per stage first, so small and large subnets are both common
         (the canonical distribution, not uniform over distinct subnets).
+        ``n`` is checked here: -1 and 2.5 otherwise failed inside numpy's
+        ``integers`` with a message about negative dimensions or float sizes.
         """
+        n = non_negative_int(n, "n")
         rng = np.random.default_rng(rng)
         xl, xu = self.bounds()
         genes = rng.integers(xl, xu + 1, size=(n, self.n_var))

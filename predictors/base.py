@@ -42,6 +42,7 @@ import xgboost as xgb
 from scipy.optimize import nnls
 from sklearn.linear_model import RidgeCV
 
+from hwsearch.checks import whole_number
 from hwsearch.space import SearchSpace
 from predictors.features import FEATURE_VERSION, ArchFeaturizer
 from predictors.metrics import format_report, regression_report
@@ -100,19 +101,6 @@ class PredictorMeta:
 
 
 # --------------------------------------------------------------------------- folds
-
-
-def _whole_setting(value: object, name: str, least: int) -> int:
-    """A model setting as an ``int`` of at least ``least``, or a ValueError naming it.
-
-    XGBoost took ``n_estimators=-1`` and ``max_depth=0`` without a word, and
-    the fit succeeded with no trees.
-    """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    if value < least:
-        raise ValueError(f"{name} must be >= {least}, got {value!r}")
-    return int(value)
 
 
 def _rate_setting(value: object) -> float:
@@ -334,10 +322,10 @@ class ResidualPredictor:
         self.device_hash = device_hash
         self.featurizer = ArchFeaturizer(space)
         self.settings = {
-            "n_estimators": _whole_setting(n_estimators, "n_estimators", 0),
-            "max_depth": _whole_setting(max_depth, "max_depth", 1),
-            "learning_rate": _rate_setting(learning_rate), "n_members": _whole_setting(n_members, "n_members", 0),
-            "cv_folds": _whole_setting(cv_folds, "cv_folds", 0), "seed": _whole_setting(seed, "seed", 0),
+            "n_estimators": whole_number(n_estimators, "n_estimators", 0),
+            "max_depth": whole_number(max_depth, "max_depth", 1),
+            "learning_rate": _rate_setting(learning_rate), "n_members": whole_number(n_members, "n_members", 0),
+            "cv_folds": whole_number(cv_folds, "cv_folds", 0), "seed": whole_number(seed, "seed", 0),
         }
         self._base: _LinearBase | None = None
         self._booster: xgb.Booster | None = None

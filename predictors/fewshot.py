@@ -43,6 +43,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -145,15 +147,14 @@ class FewShotLatencyPredictor:
         """name -> fit(design, log y) returning predict(design) of log latency."""
         out: dict[str, Callable[[_Design, np.ndarray], Callable[[_Design], np.ndarray]]] = {}
         for i in range(len(self.sources)):
-            out[f"rescale:{i}"] = lambda d, t, i=i: _fit_rescale(d, t, i)
-            out[f"affine:{i}"] = lambda d, t, i=i: _fit_affine(d, t, i)
+            out[f"rescale:{i}"] = partial(_fit_rescale, i=i)
+            out[f"affine:{i}"] = partial(_fit_affine, i=i)
         out["transfer"] = _fit_transfer
         out["scratch"] = self._fit_scratch
         return out
 
     def _fit_scratch(self, design: _Design, log_y: np.ndarray) -> Callable[[_Design], np.ndarray]:
-        base = fit_nnls_base(design.features, np.exp(log_y), self._groupings)
-        return lambda d: np.log(np.maximum(base.predict(d.features).astype(np.float64), 1e-12))
+        return _Scratch(fit_nnls_base(design.features, np.exp(log_y), self._groupings))
 
     # ------------------------------------------------------------------ fitting
 
@@ -189,8 +190,7 @@ class FewShotLatencyPredictor:
         self._fitted = {name: candidates[name](design, log_y)
                         for name in set(weights) | {"transfer", "scratch", best_transfer}}
         self._fitted["best_transfer"] = self._fitted[best_transfer]
-        parts = [(w, self._fitted[n]) for n, w in weights.items()]
-        self._fitted["chosen"] = lambda d: sum(w * part(d) for w, part in parts)
+        self._fitted["chosen"] = _Weighted(tuple((w, self._fitted[n]) for n, w in weights.items()))
         return self
 
     # ------------------------------------------------------------------ prediction
@@ -225,12 +225,62 @@ class FewShotLatencyPredictor:
         return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- fitted candidates
+#
+# Each fit returns one of these small module-level callables rather than a
+# closure, so a fitted FewShotLatencyPredictor pickles with the standard
+# library (a lambda cannot: "Can't pickle local object") and can be saved or
+# sent to another process like the other predictors.
+
+
+@dataclass(frozen=True)
+class _Affine:
+    """``shift + slope * log pred_i``: the source's log prediction, shifted and scaled."""
+
+    source: int
+    shift: float
+    slope: float = 1.0
+
+    def __call__(self, design: _Design) -> np.ndarray:
+        return self.shift + self.slope * design.source_logs[:, self.source]
+
+
+@dataclass(frozen=True)
+class _Transfer:
+    """The ridge model on the sources' log predictions and the log cost groups."""
+
+    model: Any
+
+    def __call__(self, design: _Design) -> np.ndarray:
+        return self.model.predict(np.column_stack([design.source_logs, design.cost_logs]))
+
+
+@dataclass(frozen=True)
+class _Scratch:
+    """The NNLS model fitted on the shots alone, as log latency (floored above 0)."""
+
+    base: Any
+
+    def __call__(self, design: _Design) -> np.ndarray:
+        return np.log(np.maximum(self.base.predict(design.features).astype(np.float64), 1e-12))
+
+
+@dataclass(frozen=True)
+class _Weighted:
+    """The kept candidates' log predictions, averaged with their CV weights."""
+
+    parts: tuple[tuple[float, Callable[[_Design], np.ndarray]], ...]
+
+    def __call__(self, design: _Design) -> np.ndarray:
+        return sum(w * part(design) for w, part in self.parts)
+
+
 # --------------------------------------------------------------------------- candidate fits
 
 
 def _fit_rescale(design: _Design, log_y: np.ndarray, i: int) -> Callable[[_Design], np.ndarray]:
     shift = float(np.mean(log_y - design.source_logs[:, i]))
-    return lambda d: d.source_logs[:, i] + shift
+    return _Affine(i, shift)
 
 
 def _fit_affine(design: _Design, log_y: np.ndarray, i: int) -> Callable[[_Design], np.ndarray]:
@@ -240,14 +290,14 @@ def _fit_affine(design: _Design, log_y: np.ndarray, i: int) -> Callable[[_Design
     slope = float(np.cov(x, log_y, bias=True)[0, 1] / spread) if spread > 0 else 1.0
     slope = min(max(slope, 0.0), 2.0)
     shift = float(np.mean(log_y) - slope * np.mean(x))
-    return lambda d: shift + slope * d.source_logs[:, i]
+    return _Affine(i, shift, slope)
 
 
 def _fit_transfer(design: _Design, log_y: np.ndarray) -> Callable[[_Design], np.ndarray]:
     """Ridge on all sources' log predictions and the cost groups (penalty by leave-one-subnet-out)."""
     model = ridge_by_subnet(np.column_stack([design.source_logs, design.cost_logs]), log_y,
                             np.logspace(-4, 2, 13), arch_groups(design.features))
-    return lambda d: model.predict(np.column_stack([d.source_logs, d.cost_logs]))
+    return _Transfer(model)
 
 
 # --------------------------------------------------------------------------- cross-validation

@@ -66,6 +66,19 @@ def test_export_subnet_writes_a_verified_model_with_metadata(mbv3: Supernet,
     np.testing.assert_allclose(_run_onnx(path, x), expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("batch", [0, -1, 2.5, True, "2"])
+def test_export_subnet_refuses_a_batch_that_is_not_a_positive_whole_number(batch: object,
+                                                                           tmp_path: Path) -> None:
+    """0 once divided by zero, -1 and 2.5 failed inside torch; each is now refused by name."""
+    net = create_supernet("demo_mbv3_mnist")
+    path = tmp_path / "demo.onnx"
+
+    with pytest.raises(ValueError, match="batch"):
+        export_subnet(net, net.space.sample(0, 1)[0], path, batch=batch)
+
+    assert not path.exists()
+
+
 def test_export_resnet50_with_odd_feature_maps(tmp_path: Path) -> None:
     """132 px gives 33x33 and 17x17 maps: ceil-mode average pooling must survive the export."""
     net = create_supernet("ofa_resnet50")

@@ -21,6 +21,8 @@ import pytest
 from hwsearch.families import family_packages
 from hwsearch.families.ofa_mbv3.layout import ofa_mbv3_space
 from hwsearch.families.ofa_resnet.layout import ofa_resnet50_space
+from hwsearch.families.proxyless.layout import ofa_proxyless_space
+from hwsearch.families.vit.layout import autoformer_space, vit_space
 from hwsearch.space import ArchValidationError, SearchSpace, StageSpec
 from hwsearch.supernets import build_supernet, create_supernet, list_supernets
 from tests._server import Server
@@ -145,3 +147,31 @@ def test_network_ids_are_those_stores_already_hold() -> None:
     assert ofa_mbv3_space().network_id == "ofa_mbv3_d234_e346_k357_w1.0@f20ed1e6"
     assert ofa_mbv3_space(1.2).network_id == "ofa_mbv3_d234_e346_k357_w1.2@e73070c2"
     assert ofa_resnet50_space().network_id == "ofa_resnet50@9bce4e7b"
+
+
+@pytest.mark.parametrize(("factory", "arguments", "named"), [
+    (ofa_mbv3_space, {"n_classes": 0}, "n_classes"),
+    (ofa_mbv3_space, {"n_classes": -5}, "n_classes"),
+    (ofa_mbv3_space, {"n_classes": 2.5}, "n_classes"),
+    (ofa_mbv3_space, {"resolutions": (0,)}, "resolutions"),
+    (ofa_mbv3_space, {"resolutions": (224, 160.0)}, "resolutions"),
+    (ofa_mbv3_space, {"width_mult": 0}, "width_mult"),
+    (ofa_mbv3_space, {"width_mult": -1}, "width_mult"),
+    (ofa_mbv3_space, {"width_mult": float("inf")}, "width_mult"),
+    (ofa_mbv3_space, {"width_mult": "1.0"}, "width_mult"),
+    (ofa_proxyless_space, {"width_mult": 0}, "width_mult"),
+    (ofa_proxyless_space, {"n_classes": 0}, "n_classes"),
+    (ofa_resnet50_space, {"resolutions": (-224,)}, "resolutions"),
+    (ofa_resnet50_space, {"n_classes": -1}, "n_classes"),
+    (autoformer_space, {"size": "tiny", "n_classes": 0}, "n_classes"),
+])
+def test_space_factories_refuse_sizes_below_one_by_name(factory: Any, arguments: dict[str, Any],
+                                                        named: str) -> None:
+    """Width 0 built stage widths of 8 named "w0", resolution 0 ran and 0 classes an empty head."""
+    with pytest.raises(ValueError, match=named):
+        factory(**arguments)
+
+
+def test_vit_space_names_its_resolution() -> None:
+    with pytest.raises(ValueError, match="resolution must be"):
+        vit_space("v", resolution=0, patch_size=4, depths=(1,), embed_dims=(8,), heads=(1,), mlp_ratios=(2.0,))

@@ -10,6 +10,8 @@ to the other goes wrong.
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -190,6 +192,20 @@ def test_the_report_names_the_choice_and_every_candidates_cv_quality(
     assert choice.quality == choice.cv[choice.method]
     text = few.report()
     assert f"chose {choice.method}" in text and all(name in text for name in candidates)
+
+
+def test_a_fitted_few_shot_predictor_pickles_and_predicts_the_same(
+        compute_source: LatencyPredictor, overhead_source: LatencyPredictor, test_rows: np.ndarray) -> None:
+    """Its fitted candidates were lambdas: pickle refused "Can't pickle local object"."""
+    shots = _genes(SPACE, 10, 14)
+    few = FewShotLatencyPredictor([compute_source, overhead_source]).fit(shots, 0.6 * overhead_bound(shots, 14))
+
+    loaded = pickle.loads(pickle.dumps(few))
+
+    assert loaded.choice == few.choice
+    assert {"chosen", "transfer", "scratch", "best_transfer"} <= set(few._fitted)
+    for method in few._fitted:
+        np.testing.assert_array_equal(loaded.predict(test_rows, method=method), few.predict(test_rows, method=method))
 
 
 def test_few_shot_rejects_bad_input(compute_source: LatencyPredictor) -> None:

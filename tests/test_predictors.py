@@ -228,10 +228,10 @@ def test_one_subnet_measured_again_and_again_is_not_a_training_set() -> None:
 
 
 @pytest.mark.parametrize("setting, value, says", [
-    ("n_estimators", -1, "n_estimators must be >= 0"), ("max_depth", 0, "max_depth must be >= 1"),
+    ("n_estimators", -1, "n_estimators must be ≥ 0"), ("max_depth", 0, "max_depth must be ≥ 1"),
     ("learning_rate", 0, r"learning_rate must be in \(0, 1\]"), ("learning_rate", float("nan"), "learning_rate"),
     ("n_members", 2.5, "n_members must be a whole number"), ("cv_folds", True, "cv_folds must be a whole number"),
-    ("seed", -3, "seed must be >= 0")])
+    ("seed", -3, "seed must be ≥ 0")])
 def test_model_settings_that_fit_nothing_are_refused_by_name(setting: str, value: object, says: str) -> None:
     """n_estimators=-1, learning_rate=0 and max_depth=0 fitted without a word, with no trees."""
     for kind in (LatencyPredictor, AccuracyPredictor):

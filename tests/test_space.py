@@ -66,6 +66,21 @@ def test_resnet_stem_depth_values_that_build_the_same_network_are_equal() -> Non
     assert space.from_native(base) != space.from_native(dict(base, d=[2, 2, 2, 2, 2]))
 
 
+def test_resnet_native_form_reads_numpy_integers_and_arrays() -> None:
+    """``w=[np.int64(2), ...]`` was refused as "must be an index 0..2"; other families took numpy ints."""
+    space = ofa_resnet50_space()
+    arch = space.sample(1, 1)[0]
+    native = space.to_native(arch)
+
+    assert space.from_native({**native, "w": [np.int64(w) for w in native["w"]]}) == arch
+    as_arrays = {key: np.asarray(value) for key, value in native.items()}
+    assert space.from_native(as_arrays) == arch
+    with pytest.raises(ArchValidationError, match=r"w\[0\]=1.5"):
+        space.from_native({**native, "w": [1.5] * len(native["w"])})
+    with pytest.raises(ArchValidationError, match=r"w\[0\]=3 must be an index 0..2"):
+        space.from_native({**native, "w": [3] * len(native["w"])})
+
+
 def test_key_is_stable_and_readable() -> None:
     space = ofa_mbv3_space()
     arch = space.arch(resolution=160, depths=[2] * 5, kernel=[3, 5] * 5, expand=[3, 6] * 5)
@@ -137,6 +152,19 @@ def test_sampling_is_seeded_and_covers_depths(space: SearchSpace) -> None:
     assert depths == {d for stage in space.stages for d in stage.depths}
 
 
+@pytest.mark.parametrize("n", [-1, 2.5, "3", True, None])
+def test_sample_refuses_a_count_that_is_not_a_whole_number_from_zero(n: object) -> None:
+    """-1 and 2.5 failed inside numpy's ``integers``; each is now refused naming ``n``."""
+    with pytest.raises(ValueError, match="^n must be"):
+        ofa_mbv3_space().sample(0, n)  # type: ignore[arg-type]
+
+
+def test_sample_takes_zero_and_numpy_counts() -> None:
+    space = ofa_mbv3_space()
+    assert space.sample(0, 0) == []
+    assert space.sample(0, np.int64(2)) == space.sample(0, 2)
+
+
 def test_extremes_and_space_sizes() -> None:
     mbv3 = ofa_mbv3_space()
     assert mbv3.largest().kernel == (7,) * 20 and mbv3.smallest().depths == (2,) * 5
@@ -149,6 +177,25 @@ def test_extremes_and_space_sizes() -> None:
 def test_arch_config_rejects_non_integer_resolution() -> None:
     with pytest.raises(ArchValidationError, match="resolution"):
         ArchConfig(resolution="224", depths=(2,))  # type: ignore[arg-type]
+
+
+def test_arch_config_from_numpy_values_serialises_as_plain_json() -> None:
+    """An unvalidated numpy ``expand`` kept its int32s, and ``to_json`` raised TypeError."""
+    arch = ArchConfig(224, (2,) * 5, (3,) * 10, np.full(10, 3, np.int32), (np.float64(0.65),))
+
+    assert json.loads(arch.to_json()) == {"resolution": 224, "depths": [2] * 5, "kernel": [3] * 10,
+                                          "expand": [3] * 10, "width": [0.65]}
+    assert all(type(v) is int for v in arch.expand) and type(arch.width[0]) is float
+
+
+def test_equal_arch_configs_serialise_equally() -> None:
+    """``3`` and ``3.0`` are equal and share a key; their JSON was "3" and "3.0"."""
+    whole = ArchConfig(224, (2,) * 5, (3,) * 10, (3,) * 10, (1,))
+    as_floats = ArchConfig(224, (2,) * 5, (3,) * 10, (3.0,) * 10, (np.float32(1.0),))
+
+    assert as_floats == whole and as_floats.key() == whole.key()
+    assert as_floats.to_json() == whole.to_json()
+    assert as_floats.to_dict()["expand"] == [3] * 10  # the whole form, as the key prints it
 
 
 # --------------------------------------------------------------------------- batch decode

@@ -112,6 +112,20 @@ def test_n_classes_changes_only_the_head() -> None:
     assert net.extract(net.space.smallest())(torch.zeros(1, 3, 128, 128)).shape == (1, 10)
 
 
+@pytest.mark.parametrize("name", ["demo_mbv3_mnist", "demo_vit_mnist"])
+@pytest.mark.parametrize("n_classes", [0, -1, 2.5, "10", True])
+def test_create_supernet_refuses_a_head_size_that_is_not_a_positive_whole_number(name: str,
+                                                                                 n_classes: object) -> None:
+    """-1, 2.5 and "10" failed inside torch; 0 built a network whose output had no column."""
+    with pytest.raises(ValueError, match="n_classes"):
+        create_supernet(name, n_classes=n_classes)
+
+
+def test_create_supernet_takes_a_numpy_head_size_as_an_int() -> None:
+    net = create_supernet("demo_mbv3_mnist", n_classes=np.int64(3))
+    assert net.space.layout.n_classes == 3 and type(net.space.layout.n_classes) is int
+
+
 # --------------------------------------------------------------------------- extraction
 
 

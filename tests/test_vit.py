@@ -403,6 +403,19 @@ def test_native_form_reads_autoformer_configs(small: Supernet) -> None:
             space.from_native(data)
 
 
+def test_native_form_reads_numpy_arrays_as_lists(small: Supernet) -> None:
+    """A per-layer numpy array was refused as "must be a list" while the same list passed."""
+    space = small.space
+    arch = space.arch(resolution=32, depths=[2], kernel=[3, 2], expand=[2.0, 3.0], width=[48])
+    padded = {"layer_num": np.int64(2), "embed_dim": np.full(4, 48), "num_heads": np.array([3, 2, 2, 2]),
+              "mlp_ratio": np.array([2.0, 3.0, 2.0, 2.0])}
+
+    assert space.from_native(padded) == arch
+    assert space.from_native({**padded, "num_heads": np.array([3, 2])}) == arch
+    with pytest.raises(ArchValidationError, match="num_heads must be a list"):
+        space.from_native({**padded, "num_heads": np.array([[3, 2], [2, 2]])})
+
+
 @pytest.mark.parametrize("change, message", [
     ({"resolution": 30}, "not a multiple of the patch size 8"),
     ({"super_embed_dim": 40}, "smaller than the largest embedding dimension, 48"),

@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from torch import nn
 
+from hwsearch.checks import positive_int
 from hwsearch.space import SearchSpace
 from hwsearch.supernets.base import Supernet
 
@@ -126,7 +127,14 @@ def describe_supernet(name: str) -> str:
 def create_supernet(
     name: str, checkpoint: str | Path | None = None, n_classes: int | None = None
 ) -> Supernet:
-    """Build the named supernet; load ``checkpoint`` (a local file) if given."""
+    """Build the named supernet; load ``checkpoint`` (a local file) if given.
+
+    ``n_classes`` is checked here, before any factory runs, because a plug-in's
+    factory may hand it straight to torch (which failed on -1 and 2.5 with
+    errors about tensor sizes, and built an empty head for 0).
+    """
+    if n_classes is not None:
+        n_classes = positive_int(n_classes, "n_classes")
     supernet = _factory(name)(n_classes=n_classes)
     if checkpoint is not None:
         supernet.load_checkpoint(checkpoint)

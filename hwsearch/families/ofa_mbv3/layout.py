@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hwsearch.batch import ArchBatch
+from hwsearch.checks import positive_number
 from hwsearch.costs import CostAccumulator, CostTable, ceil_div, overhead_names
 from hwsearch.space import (
     ArchConfig,
@@ -232,6 +233,7 @@ def ofa_mbv3_space(
     Resolutions default to 128..224 in steps of 4, the sizes OFA trains with.
     """
     base = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
+    positive_number(width_mult, "width_mult")  # 0 and -1 rounded up to 8 channels everywhere
     widths = [make_divisible(w * width_mult, 8) for w in base]
     layout = MBv3Layout(
         stem=widths[0],

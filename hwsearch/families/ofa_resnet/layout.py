@@ -87,9 +87,9 @@ class ResNetLayout(Layout):
                 raise ArchValidationError(f"d[{i}]={d} is not allowed; choose from {offsets}")
             depths.append(stage.max_depth - max_d + d)
         expand = space.unpad_blocks(native_list(data["e"], "e", space.n_blocks), depths)
-        w_idx = native_list(data["w"], "w", space.n_width_slots)
+        w_idx = native_list(data["w"], "w", space.n_width_slots, integer=True)  # numpy ints as ints
         for i, w in enumerate(w_idx):
-            if not isinstance(w, int) or not 0 <= w < len(space.widths):
+            if not 0 <= w < len(space.widths):
                 raise ArchValidationError(f"w[{i}]={w!r} must be an index "
                                           f"0..{len(space.widths) - 1} into {list(space.widths)}")
         return space.arch(resolution=resolution, depths=depths, expand=expand,

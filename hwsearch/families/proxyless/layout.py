@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hwsearch.batch import ArchBatch
+from hwsearch.checks import positive_number
 from hwsearch.costs import CostAccumulator, CostTable
 from hwsearch.families.ofa_mbv3.layout import (
     add_mbconv_stages,
@@ -120,6 +121,7 @@ def ofa_proxyless_space(
     128..224 in steps of 4, the sizes OFA trains with.
     """
     base = (32, 16, 24, 40, 80, 96, 192, 320, 1280)
+    positive_number(width_mult, "width_mult")  # 0 and -1 rounded up to 8 channels everywhere
     widths = [make_divisible(w * width_mult, 8) for w in base]
     layout = ProxylessLayout(
         stem=widths[0],

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from hwsearch.checks import positive_int
 from hwsearch.costs import CostAccumulator, CostTable
 from hwsearch.space import (
     ArchConfig,
@@ -283,7 +284,13 @@ def mlp_hidden(embed: float, ratio: float) -> int:
 
 
 def _per_layer(value: Any, name: str, depth: int, max_depth: int) -> list[Any]:
-    """A per-layer list of AutoFormer's config cut to ``depth``; a scalar is broadcast."""
+    """A per-layer list of AutoFormer's config cut to ``depth``; a scalar is broadcast.
+
+    A 1-D numpy array counts as a list (AutoFormer's own sampler builds them
+    with numpy); it was refused as "must be a list" while the same list passed.
+    """
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = list(value)
     if isinstance(value, (list, tuple)) and len(value) == max_depth != depth:
         value = list(value)[:depth]
     return native_list(value, name, depth)
@@ -312,6 +319,7 @@ def vit_space(
     ``super_mlp_ratio = max(mlp_ratios)``, which reproduces AutoFormer's
     published supernets.
     """
+    positive_int(resolution, "resolution")  # the space would name it resolutions[0], which is not ours
     head_dim = layout_options.get("head_dim", ViTLayout.head_dim)
     layout_options.setdefault("super_embed_dim", max(max(embed_dims), max(heads) * head_dim))
     layout_options.setdefault("super_mlp_ratio", max(mlp_ratios))

@@ -1,0 +1,55 @@
+"""Checks of a caller's counts and sizes at the API boundary, naming the argument.
+
+A count of 0, -1 or 2.5 that reaches torch or numpy fails there with an
+error about tensor shapes (or worse, builds a network with an empty head);
+these helpers refuse it where it is given, with the argument's name.  They
+are a leaf (no torch, no hwsearch imports) so that the numpy-only layouts
+and the torch-side export can both use them.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+__all__ = ["non_negative_int", "positive_int", "positive_number", "whole_number"]
+
+
+def positive_int(value: object, name: str) -> int:
+    """``value`` as a plain ``int`` ≥ 1, or a ValueError naming ``name``.
+
+    A bool is refused although Python counts it an int: ``True`` given as a
+    count is a mistake, not 1.  numpy integers are accepted (a count read out
+    of an array is still a count) and returned as ``int``.
+    """
+    return whole_number(value, name, 1)
+
+
+def non_negative_int(value: object, name: str) -> int:
+    """``value`` as a plain ``int`` ≥ 0 (how many of something, where none is a fair answer)."""
+    return whole_number(value, name, 0)
+
+
+def whole_number(value: object, name: str, least: int) -> int:
+    """``value`` as a plain ``int`` of at least ``least``, or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if value < least:
+        raise ValueError(f"{name} must be ≥ {least}, got {value!r}")
+    return int(value)
+
+
+def positive_number(value: object, name: str) -> float:
+    """``value`` as a finite ``float`` > 0, or a ValueError naming ``name``.
+
+    NaN compares false with everything and so passes range checks further
+    on; infinity and 0 make no sense as a multiplier or a size.  A string
+    is refused with a ValueError too (not a TypeError), as
+    :func:`whole_number` does, so the service's handlers
+    answer it as a bad input rather than a server error.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
