@@ -372,7 +372,11 @@ def kill_leftovers(temp_dir: Path) -> list[str]:
     Call it only while holding the owner's lock (no live process can be using
     that session).  Ray's GCS and raylet die with the process that started
     them, but its agents and workers can outlive a ``kill -9`` and ignore
-    SIGTERM, holding hundreds of MB.
+    SIGTERM, holding hundreds of MB.  A process is Ray's when its command
+    line or ``RAY_TMPDIR`` names ``temp_dir``, or when it holds a file open
+    below it: Ray's agents rewrite their process title over both, and
+    ``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent`` (210 MB together)
+    outlived three restarts unseen, holding only their logs there.
     """
     marker = str(temp_dir).encode()
     killed = []
@@ -385,7 +389,8 @@ def kill_leftovers(temp_dir: Path) -> list[str]:
             environ = (proc / "environ").read_bytes()
         except OSError:  # gone already, or not ours to read
             continue
-        if marker in cmdline or b"RAY_TMPDIR=" + marker + b"\0" in environ + b"\0":
+        if (marker in cmdline or b"RAY_TMPDIR=" + marker + b"\0" in environ + b"\0"
+                or _holds_a_file_below(proc, marker)):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -393,3 +398,18 @@ def kill_leftovers(temp_dir: Path) -> list[str]:
             program = cmdline.split(b"\0")[0].decode(errors="replace")[:80]
             killed.append(f"{pid} {program}")
     return killed
+
+
+def _holds_a_file_below(proc: Path, folder: bytes) -> bool:
+    """Whether the process ``proc`` (a ``/proc/PID`` folder) has a file open below ``folder``."""
+    try:
+        descriptors = list((proc / "fd").iterdir())
+    except OSError:  # gone, or not ours to look into
+        return False
+    for descriptor in descriptors:
+        try:
+            if os.readlink(os.fsencode(descriptor)).startswith(folder + b"/"):
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False

@@ -274,3 +274,26 @@ def test_a_joined_clusters_workers_find_the_store_uploads_and_references_named_r
         assert result.returncode == 0, result.stderr[-3000:]
         assert json.loads(result.stdout.strip().splitlines()[-1]) == ["queued", "weights",
                                                                       len(reference_model_bytes())]
+
+
+def test_a_leftover_whose_title_hides_its_session_is_found_by_the_files_it_holds(tmp_path: Path) -> None:
+    """Ray's agents rewrite their title over their command line and environment: after a kill -9 of the service,
+    ray::DashboardAgent and ray::RuntimeEnvAgent (210 MB) outlived three restarts unseen, holding their logs."""
+    from hwsearch.ray_session import kill_leftovers
+
+    temp_dir = tmp_path / "hwsearch-ray-1a2b3c4d"
+    (temp_dir / "ray" / "logs").mkdir(parents=True)
+    elsewhere = tmp_path / "hwsearch-ray-1a2b3c4dx"  # a name that starts alike is another owner's
+    elsewhere.mkdir()
+    clean_env = {"PATH": os.environ["PATH"]}
+    with open(temp_dir / "ray" / "logs" / "agent.log", "w") as log, open(elsewhere / "x.log", "w") as other:
+        agent = subprocess.Popen(["sleep", "60"], pass_fds=[log.fileno()], env=clean_env)
+        stranger = subprocess.Popen(["sleep", "60"], pass_fds=[other.fileno()], env=clean_env)
+    try:
+        killed = kill_leftovers(temp_dir)
+        assert agent.wait(timeout=10) == -signal.SIGKILL and killed == [f"{agent.pid} sleep"]
+        assert stranger.poll() is None
+    finally:
+        for process in (agent, stranger):
+            process.kill()
+            process.wait()
