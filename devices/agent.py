@@ -1045,7 +1045,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-results", type=int, default=defaults.max_results,
                         help="measurement results kept; oldest are pruned")
     parser.add_argument("--max-connections", type=int, default=defaults.max_connections,
-                        help="open connections served at once; more are answered 503")
+                        help="open connections served at once; past it the oldest that never showed the token "
+                             "is closed first, and only when token holders hold them all are more answered 503")
     parser.add_argument("--read-timeout-s", type=float, default=defaults.read_timeout_s,
                         help="longest wait for a client's request headers, and for each read of its body")
     parser.add_argument("--max-session-mb", type=float, default=None,

@@ -155,6 +155,22 @@ def test_search_with_an_npz_that_is_not_an_archive(tmp_path: Path) -> None:
     assert "allow_pickle" not in line
 
 
+def test_a_search_without_a_checkpoint_says_its_accuracies_are_of_random_weights(tmp_path: Path) -> None:
+    """The help said "default: the registry's"; no registered supernet ships weights, so a search without
+    --checkpoint ranked subnets by accuracies near chance without a word."""
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1), np.uint8),
+             y=np.arange(16) % 10)
+    (tmp_path / "out").write_text("a file where --out's folder goes: the run stops once the inputs are read")
+    args = search_args(tmp_path / "out", data=tmp_path / "d.npz")
+    untrained = args[:args.index("--checkpoint")] + args[args.index("--checkpoint") + 2:]
+    runs = {name: run_cli(*command, cwd=tmp_path) for name, command in (("trained", args), ("untrained", untrained))}
+    assert_one_line_error(runs["trained"], 2, "--out")
+    warning, error = runs["untrained"].stderr.strip().splitlines()
+    assert warning == (f"warning: no --checkpoint: demo_mbv3_mnist's weights are a random initialisation, so every "
+                       f"accuracy is near chance; hwsearch ships this one's trained weights: --checkpoint "
+                       f"{DEMO_CHECKPOINT}") and "--out" in error
+
+
 def test_search_with_a_bad_device_field(tmp_path: Path) -> None:
     profile = tmp_path / "bad.yaml"
     profile.write_text("name: x\nintra_op_threads: many\n")

@@ -661,6 +661,9 @@ def test_what_the_service_keeps_is_closed_to_other_accounts(factory: bool) -> No
     ({"HWSEARCH_READ_TIMEOUT_S": "nan"}, "HWSEARCH_READ_TIMEOUT_S='nan' must be a finite number"),
     ({"HWSEARCH_MAX_REGISTRATIONS": "many"}, "HWSEARCH_MAX_REGISTRATIONS='many' is not a number"),
     ({"HWSEARCH_MAX_INPUT_PIXELS": "100"}, "HWSEARCH_MAX_INPUT_PIXELS='100'"),
+    ({"HWSEARCH_MAX_RUNNING_JOBS": "0"}, "HWSEARCH_MAX_RUNNING_JOBS='0' must be a finite number of at least 1"),
+    ({"HWSEARCH_MAX_BUDGET": "2.5"}, "HWSEARCH_MAX_BUDGET='2.5' must be a whole number"),  # ran as 2
+    ({"HWSEARCH_MAX_UPLOAD": "0"}, "HWSEARCH_MAX_UPLOAD='0' must be a finite number of at least 10485.76"),
     ({"HWSEARCH_RESUME": "maybe"}, "HWSEARCH_RESUME='maybe' must be true or false"),
     ({"HWSEARCH_AGENTS": "no-url-here"}, "HWSEARCH_AGENTS:"),
     ({"HWSEARCH_AGENT_SECRETS": "/etc/passwd"}, "HWSEARCH_AGENT_SECRETS: /etc/passwd is not JSON"),  # was AGENTS
@@ -683,6 +686,20 @@ def test_the_factory_stops_on_a_bad_setting_in_one_line_and_leaves_nothing(
     assert named in started.stderr and "Traceback" not in started.stderr, started.stderr[-2000:]
     assert "s3cret" not in started.stderr
     assert list(tmp_path.iterdir()) == [], "a refused start leaves no store or data folder"
+
+
+def test_the_factory_takes_the_job_limits_hwsearch_serve_takes_as_options(tmp_path: Path) -> None:
+    """--max-running-jobs, --max-queued-jobs, --max-n-profile and --max-budget had no setting under the factory."""
+    settings = {"HWSEARCH_MAX_RUNNING_JOBS": "1", "HWSEARCH_MAX_QUEUED_JOBS": "3", "HWSEARCH_MAX_N_PROFILE": "40",
+                "HWSEARCH_MAX_BUDGET": "7"}
+    srv = Server(tmp_path / "store.sqlite", factory=True, env=settings).start()
+    try:
+        with srv.client() as c:
+            limits = c.get("/limits").json()
+        assert {name: limits[name] for name in ("max_running", "max_queued", "max_n_profile", "max_budget")} == {
+            "max_running": 1, "max_queued": 3, "max_n_profile": 40, "max_budget": 7}
+    finally:
+        srv.stop()
 
 
 def test_registrations_from_an_earlier_version_are_checked_again_at_start(tmp_path: Path) -> None:

@@ -300,7 +300,8 @@ def create_app_from_env() -> FastAPI:
     ``HWSEARCH_AGENT_SECRETS``, ``HWSEARCH_MAX_BODY``, ``HWSEARCH_MAX_UPLOAD``,
     ``HWSEARCH_READ_TIMEOUT_S``, ``HWSEARCH_MAX_EXPORT``, ``HWSEARCH_MAX_CHECKPOINTS`` and
     ``HWSEARCH_MAX_SUPERNET`` (bytes), ``HWSEARCH_MAX_REGISTRATIONS``,
-    ``HWSEARCH_MAX_INPUT_PIXELS``, ``HWSEARCH_MAX_JOBS``, ``HWSEARCH_MAX_JOB_SECONDS``,
+    ``HWSEARCH_MAX_RUNNING_JOBS``, ``HWSEARCH_MAX_QUEUED_JOBS``, ``HWSEARCH_MAX_N_PROFILE``,
+    ``HWSEARCH_MAX_BUDGET``, ``HWSEARCH_MAX_INPUT_PIXELS``, ``HWSEARCH_MAX_JOBS``, ``HWSEARCH_MAX_JOB_SECONDS``,
     ``HWSEARCH_RAY_ADDRESS``, ``HWSEARCH_PUBLIC_URL`` and
     ``HWSEARCH_RESUME`` (``true``/``false``).
     A missing or malformed setting stops the start (exit 3, uvicorn's code
@@ -346,11 +347,15 @@ def _app_from_env() -> FastAPI:
         read_timeout_s=_env_number("HWSEARCH_READ_TIMEOUT_S", READ_TIMEOUT_S, minimum=1.0),
         max_export_bytes=int(_env_number("HWSEARCH_MAX_EXPORT", MAX_EXPORT_BYTES, minimum=MiB)),
         max_checkpoint_bytes=int(_env_number("HWSEARCH_MAX_CHECKPOINTS", MAX_CHECKPOINT_BYTES, minimum=MiB)),
-        max_registrations=int(_env_number("HWSEARCH_MAX_REGISTRATIONS", MAX_REGISTRATIONS, minimum=1)),
+        max_registrations=_env_count("HWSEARCH_MAX_REGISTRATIONS", MAX_REGISTRATIONS, minimum=1),
         max_supernet_bytes=int(_env_number("HWSEARCH_MAX_SUPERNET", MAX_SUPERNET_BYTES, minimum=MiB)),
         admission=Admission(
-            max_input_pixels=int(_env_number("HWSEARCH_MAX_INPUT_PIXELS", Admission.max_input_pixels, minimum=1024)),
-            max_jobs=int(_env_number("HWSEARCH_MAX_JOBS", Admission.max_jobs, minimum=1)),
+            max_running=_env_count("HWSEARCH_MAX_RUNNING_JOBS", Admission.max_running, minimum=1),
+            max_queued=_env_count("HWSEARCH_MAX_QUEUED_JOBS", Admission.max_queued, minimum=1),
+            max_n_profile=_env_count("HWSEARCH_MAX_N_PROFILE", Admission.max_n_profile, minimum=4),
+            max_budget=_env_count("HWSEARCH_MAX_BUDGET", Admission.max_budget, minimum=1),
+            max_input_pixels=_env_count("HWSEARCH_MAX_INPUT_PIXELS", Admission.max_input_pixels, minimum=1024),
+            max_jobs=_env_count("HWSEARCH_MAX_JOBS", Admission.max_jobs, minimum=1),
             max_job_seconds=_env_number("HWSEARCH_MAX_JOB_SECONDS", Admission.max_job_seconds, minimum=1.0)),
     )
     resume = _env_flag("HWSEARCH_RESUME")
@@ -449,8 +454,16 @@ def _env_number(name: str, default: float, *, minimum: float) -> float:
     except ValueError:
         raise SettingError(f"{name}={raw!r} is not a number") from None
     if not minimum <= value < float("inf"):
-        raise SettingError(f"{name}={raw!r} must be a finite number of at least {minimum:g}")
+        raise SettingError(f"{name}={raw!r} must be a finite number of at least {minimum:.10g}")
     return value
+
+
+def _env_count(name: str, default: int, *, minimum: int) -> int:
+    """A whole number of at least ``minimum``, or ``default`` if unset: ``2.5`` jobs ran as 2."""
+    value = _env_number(name, default, minimum=minimum)
+    if value != int(value):
+        raise SettingError(f"{name}={os.environ[name]!r} must be a whole number")
+    return int(value)
 
 
 def _env_flag(name: str) -> bool:

@@ -17,8 +17,8 @@ import typer
 from hwsearch.cli._errors import OptionError, reading
 
 __all__ = ["MAX_SEED", "MAX_SUBNETS", "check_onnx_files", "check_ray_address_option", "load_profile", "load_supernet",
-           "prepare_folder",
-           "refuse_file_in_the_way", "require_regular_file", "require_size_at_most", "seed_option"]
+           "prepare_folder", "refuse_file_in_the_way", "require_regular_file", "require_size_at_most", "seed_option",
+           "warn_if_untrained"]
 
 #: The largest seed a command takes, as the service's jobs (every RNG seeded from it takes it).
 MAX_SEED = 2**31 - 1
@@ -77,6 +77,23 @@ def load_supernet(name: str, checkpoint: Path | None = None) -> Any:  # -> super
         with reading("--checkpoint"):
             net.load_checkpoint(checkpoint)
     return net
+
+
+def warn_if_untrained(supernet: str, checkpoint: Path | None) -> None:
+    """Say so when accuracies will be measured on a random initialisation.
+
+    No registered supernet ships weights (``create_supernet`` builds a fresh
+    network, as timm does without ``pretrained``), so a search without
+    ``--checkpoint`` ranked subnets by accuracies near chance without a word.
+    """
+    if checkpoint is not None:
+        return
+    import hwsearch.demo
+
+    shipped = Path(hwsearch.demo.__file__).parent / f"{supernet}.pt"
+    hint = f"; hwsearch ships this one's trained weights: --checkpoint {shipped}" if shipped.is_file() else ""
+    typer.echo(f"warning: no --checkpoint: {supernet}'s weights are a random initialisation, so every accuracy "
+               f"is near chance{hint}", err=True)
 
 
 def check_onnx_files(paths: Sequence[Path], option: str = "MODELS") -> None:

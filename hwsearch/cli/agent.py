@@ -24,7 +24,8 @@ def agent(
     max_model_mb: Annotated[float, typer.Option(min=0.01, help="Stored models' total size kept.")] = 2048.0,
     max_results: Annotated[int, typer.Option(min=1, help="Stored measurement results kept.")] = 1024,
     max_connections: Annotated[int, typer.Option(
-        min=1, help="Connections served at once; more get 503 with Retry-After.")] = 16,
+        min=1, help="Connections served at once; past it the oldest that never showed the token is closed "
+                    "first, and only when token holders hold them all do more get 503 with Retry-After.")] = 16,
     read_timeout_s: Annotated[float, typer.Option(
         min=0.1, help="Seconds a client may take to send a request before it is closed.")] = 30.0,
     max_session_mb: Annotated[Optional[float], typer.Option(
@@ -37,8 +38,9 @@ def agent(
 ) -> None:
     """Serve this machine as a measurement device over HTTP.
 
-    Needs only onnxruntime and numpy; on a box without hwsearch run
-    `python -m devices.agent` with the same options.
+    Needs only onnxruntime and numpy; on a box without hwsearch, copy the
+    devices/ folder there and run `python -m devices.agent` from the folder
+    that holds it, with the same options.
     """
     from devices.agent import serve
     from hwsearch.cli._inputs import prepare_folder

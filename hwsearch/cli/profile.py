@@ -19,9 +19,10 @@ from hwsearch.cli._inputs import MAX_SUBNETS, seed_option
 __all__ = ["register"]
 
 StoreOpt = Annotated[Path, typer.Option(help="SQLite store the rows go to (created if missing).")]
-SupernetOpt = Annotated[str, typer.Option(help="Supernet name (see `hwsearch supernets`).")]
+SupernetOpt = Annotated[str, typer.Option(help="Supernet name (see `hwsearch supernets list`).")]
 CheckpointOpt = Annotated[Optional[Path], typer.Option(
-    help="Supernet weights (a local state_dict file).", exists=True, dir_okay=False)]
+    help="Supernet weights (a local state_dict file); without it, a random initialisation.", exists=True,
+    dir_okay=False)]
 
 
 def _progress_bar(description: str, enabled: bool) -> Any:
@@ -54,9 +55,10 @@ def profile(
 
     exit_on_sigterm()  # the default action ended it at -15 with no word, its temp files left behind
     device_profile = load_profile(device)
-    rows = SQLiteStore(store)  # opened (and checked) before anything is measured
     net = load_supernet(supernet, checkpoint)
     archs = select_subnets(net.space, n, seed=seed, resolution=resolution)
+    rows = SQLiteStore(store)  # opened (and checked) before anything is measured; after the inputs, not to
+    # leave a new store behind for a misspelt supernet
     profiler = open_profiler(device_profile)
     with _progress_bar(f"profiling on {device_profile.name}", not as_json) as bar:
         task = bar.add_task(f"profiling on {device_profile.name}", total=len(archs))
@@ -97,14 +99,13 @@ def profile_accuracy(
     from hwsearch.accuracy_eval import EvalSettings, check_eval_data, evaluate_subnets
     from hwsearch.bn import has_batch_norm
     from hwsearch.cli._errors import exit_on_sigterm, reading
-    from hwsearch.cli._inputs import load_supernet
+    from hwsearch.cli._inputs import load_supernet, warn_if_untrained
     from hwsearch.evaldata import DataPlan
     from hwsearch.pipeline import select_subnets
     from hwsearch.store import SQLiteStore
 
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("expected auto, cpu or cuda", param_hint="--device")
-    rows = SQLiteStore(store)  # opened (and checked) before anything is evaluated
     exit_on_sigterm()  # before Ray starts
     net = load_supernet(supernet, checkpoint)
     plan = DataPlan(str(data), calibration=None if calibration is None else str(calibration),
@@ -112,6 +113,8 @@ def profile_accuracy(
     with reading("--data"):
         split = plan.open(size=max(net.space.resolutions))
         check_eval_data(net, split)
+    rows = SQLiteStore(store)  # opened (and checked) before anything is evaluated, once the inputs are
+    warn_if_untrained(supernet, checkpoint)
     stored_as = f"{dataset_id or data.name}-" + plan.dataset_id(
         split, checkpoint=None if checkpoint is None else str(checkpoint))
     archs = select_subnets(net.space, n, seed=seed)

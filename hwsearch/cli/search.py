@@ -34,7 +34,8 @@ def search(
         help="Validation data for accuracy: a folder of class sub-folders of images, "
              "or an array/tensor file.", exists=True)],
     checkpoint: Annotated[Optional[Path], typer.Option(
-        help="Supernet weights (state_dict); default: the registry's.", exists=True,
+        help="Supernet weights (state_dict); without it, a random initialisation (the demos' trained weights are "
+             "hwsearch/demo/NAME.pt).", exists=True,
         dir_okay=False)] = None,
     budget_ms: Annotated[Optional[float], typer.Option(
         help="Latency limit in ms: every subnet of a front is at most this fast.")] = None,
@@ -146,7 +147,7 @@ def _check_inputs(supernet: str, checkpoint: Path | None, devices: list[Path],
     """
     from hwsearch.accuracy_eval import check_eval_data
     from hwsearch.cli._errors import reading
-    from hwsearch.cli._inputs import load_profile, load_supernet
+    from hwsearch.cli._inputs import load_profile, load_supernet, warn_if_untrained
     from hwsearch.data import open_images
 
     profiles = [load_profile(path) for path in devices]
@@ -156,6 +157,7 @@ def _check_inputs(supernet: str, checkpoint: Path | None, devices: list[Path],
     net = load_supernet(supernet, checkpoint)
     with reading("--data"):  # a folder is only listed here: memory stays flat in its size
         check_eval_data(net, open_images(data, size=max(net.space.resolutions)))
+    warn_if_untrained(supernet, checkpoint)
     return profiles
 
 

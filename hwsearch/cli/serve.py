@@ -76,7 +76,8 @@ def serve(
         min=1.0, max=3600.0, help="Seconds a client may take over a request's headers, or stall its body (which must "
                       "also average 64 KiB/s) or reading a response; slower connections are closed.")] = 30.0,
     max_connections: Annotated[int, typer.Option(
-        min=2, help="Connections at once; requests on more get 503.")] = 128,
+        min=2, help="Connections at once; past it the oldest that never showed the token is closed first, and "
+                    "requests get 503 only when token holders hold them all.")] = 128,
     ssl_certfile: Annotated[Optional[Path], typer.Option(
         help="Serve HTTPS with this certificate (PEM), so the token never crosses the network in "
              "clear; with --ssl-keyfile.")] = None,

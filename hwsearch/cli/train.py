@@ -35,8 +35,9 @@ def train(
 ) -> None:
     """Fit a predictor on stored rows; print held-out and cross-validated quality; save it.
 
-    Rows that cannot be right (see :func:`predictors.dataset.screen_latencies`) are left out and
-    reported on stderr, by reason with a few keys, instead of failing the command or the model.
+    Rows that cannot be right (keys of no subnet of the space, a latency,
+    ratio or reference that is no time) are left out and reported on stderr,
+    by reason with a few keys, instead of failing the command or the model.
     """
     from rich.console import Console
 

