@@ -472,3 +472,13 @@ def test_measure_with_more_threads_than_the_machine_runs(tmp_path: Path, model: 
     result = run_cli("measure", "--device", str(profile), str(model), cwd=tmp_path,
                      extra_env={"DEVICES_LOCK_DIR": str(tmp_path / "locks")})
     assert_one_line_error(result, 2, "intra_op_threads", f"is {threads}")
+
+
+@pytest.mark.parametrize("command", [["profile", "--device", str(LOCAL_PROFILE)],
+                                     ["profile-accuracy", "--data", "d.npz", "--device", "cpu"]])
+def test_a_misspelt_supernet_leaves_no_store_behind(tmp_path: Path, command: list[str]) -> None:
+    """The store was opened first: the one-line error came with a new 36 KB SQLite file."""
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 8, 8, 3), np.uint8), y=np.arange(4))
+    result = run_cli(*command, "--supernet", "demo_mbv3_mnistt", "--store", "new.sqlite", cwd=tmp_path)
+    assert_one_line_error(result, 2, "--supernet", "demo_mbv3_mnistt")
+    assert not (tmp_path / "new.sqlite").exists()
