@@ -93,7 +93,31 @@ def test_profiling_one_subnet_stores_its_measurement(finished: Finished) -> None
     stored = store.get_latencies(result["device_hash"], result["network_id"])[result["arch_key"]]
     assert stored == result["measurement"] | {"arch": arch, "macs": result["macs"],
                                               "params": result["params"], "precision": "fp32"}
-    assert store.get_job(job_id).state == "succeeded"
+    assert store.get_job(job_id).state == "succeeded" and result["stored"]
+
+
+def test_profiling_a_front_point_keeps_the_row_the_front_shows(finished: Finished) -> None:
+    """A profile replaced the search's stable, anchor-judged row: no stored row matched the front any more.
+
+    Whether a tiny device's row came out stable depends on the host's noise, so the test files the
+    search's first front point's row as stable, and its second's as unstable, itself.
+    """
+    store, search_id, _ = finished
+    searched = store.get_job(search_id).result
+    hash_, network = searched["devices"]["cpu-1t"]["hash"], searched["network_id"]
+    rows = store.get_latencies(hash_, network)
+    points = [point["arch"] for point in searched["fronts"]["cpu-1t"]["points"][:2]]
+    assert len(points) == 2, "a front of two points or more"
+    for arch, stable in zip(points, (True, False)):
+        key = next(key for key, row in rows.items() if row["arch"] == arch)
+        filed = rows[key] | {"stable": stable}
+        store.put_latency(hash_, network, key, filed)
+        spec = ProfileSpec(supernet=SupernetRef(**SUPERNET), device=fast_device("cpu-1t"), arch=arch)
+        result = run_profile(spec, store=store, job_id=store.create_job(spec.to_dict()))
+        assert result["arch_key"] == key and result["stored"] is not stable
+        now = store.get_latencies(hash_, network)[key]
+        assert now == (filed if stable else result["measurement"] | {
+            "arch": arch, "macs": result["macs"], "params": result["params"], "precision": "fp32"})
 
 
 def test_an_in_memory_store_runs_its_jobs_in_this_process() -> None:

@@ -78,14 +78,32 @@ def run_profile(spec: ProfileSpec, *, store: Store, job_id: str,
                                                   progress=_host_waits(control, "measure", 0.3, device.name))
         row = measurement.to_dict() | {"arch": arch.to_dict(), "macs": report.macs,
                                        "params": report.params, "precision": spec.precision}
-        store.put_latency(key, net.space.network_id, arch.key(), row)
+        stored = _replaces(store.get_latencies(key, net.space.network_id).get(arch.key()))
+        if stored:
+            store.put_latency(key, net.space.network_id, arch.key(), row)
         return finish_job(control, {
+            "stored": stored,
             "device": device.name, "device_hash": key, "precision": spec.precision,
             "space_name": net.space.name,
             "network_id": net.space.network_id,
             "arch": arch.to_dict(), "arch_key": arch.key(), "measurement": measurement.to_dict(),
             "macs": report.macs, "params": report.params,
         })
+
+
+def _replaces(row: Mapping[str, Any] | None) -> bool:
+    """Whether a single-subnet profile's row should take the place of ``row``, the one stored for its subnet.
+
+    Only a missing or unstable row is replaced.  A stable one came from a
+    search's interleaved, anchor-judged sessions and is what a finished
+    job's front shows: a profile of a front point replaced it, and no
+    stored row matched the front any more.  The profile's measurement is
+    in its job's result either way.
+    """
+    if row is None or row.get("stable") is not True:
+        return True
+    latency = row.get("latency_ms")
+    return not (isinstance(latency, (int, float)) and 0 < latency < float("inf"))
 
 
 def _host_waits(control: Control, step: str, fraction: float, device: str) -> Callable[[dict[str, Any]], None]:
