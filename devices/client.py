@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 
 from devices.calibration import MAX_REFERENCE_MS, plausible_ms
 from devices.measure import Measurement
+from devices.network import token_problem
 from devices.plain import NONFINITE_HEADER, is_printable, printable
 from devices.profile import DeviceProfile
 from devices.protocol import ProgressFn
@@ -84,6 +85,10 @@ class AgentClient:
         self.profile = profile
         self.base_url = profile.where.url.rstrip("/")
         self.token = token if token is not None else _token_from_env(profile)
+        problem = token_problem(self.token)
+        if problem is not None:
+            source = "given" if token is not None else f"in {profile.where.token_env} (where.token_env)"
+            raise AgentError(f"profile '{profile.name}': the agent token {source} {problem}")
         self._host: tuple[str, str] | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -176,8 +181,8 @@ class AgentClient:
             try:
                 status, body = _bounded_exchange(method, self.base_url + path, headers=headers,
                                                  timeout=timeout, pin=self.profile.where.cert_sha256, **kwargs)
-            except httpx.TransportError as error:
-                last_problem = f"{type(error).__name__}: {error}"
+            except httpx.TransportError as error:  # its text may quote a header: the token never goes further
+                last_problem = f"{type(error).__name__}: {error}".replace(f"Bearer {self.token}", "Bearer <token>")
             else:
                 if status < 500:
                     return _answer(status, body, method, path)

@@ -1,14 +1,14 @@
-"""Where an address reaches: the warnings about tokens sent in clear need to know.
+"""Where an address reaches, and which tokens can travel in a header: what agents and their clients check.
 
-Standard library only, shared by the agent (its own address) and
-``hwsearch.agents`` (the agents an operator declares).
+Standard library only, shared by the agent (its own address and token), its
+client, and ``hwsearch.agents`` (the agents an operator declares).
 """
 
 from __future__ import annotations
 
 import ipaddress
 
-__all__ = ["is_loopback"]
+__all__ = ["is_loopback", "token_problem"]
 
 
 def is_loopback(host: str) -> bool:
@@ -22,3 +22,18 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be sent as a Bearer token, or None; the reason never quotes it.
+
+    A header carries the token byte for byte: one with a trailing newline
+    (a secrets file written with ``echo``) was refused by httpx, whose
+    message, with the token in it, became a job's error for every client
+    of the service to read; a non-ASCII one ended in a traceback.
+    """
+    if not token:
+        return "is empty"
+    if not (token.isascii() and token.isprintable()) or any(character.isspace() for character in token):
+        return "must be printable ASCII without spaces or line breaks (an HTTP header carries it as it is)"
+    return None

@@ -134,43 +134,57 @@ def check_eval_data(supernet: Any, data: Any) -> None:
     :func:`evaluate_subnets` calls it too (stored accuracies of such data are
     no better than new ones); :func:`put_eval` only puts what it is given.
 
-    ``data`` is what :func:`evaluate_subnets` takes.  Refused: labels that
+    ``data`` is what :func:`evaluate_subnets` takes.  Refused, of the
+    validation images (calibration's labels are never read): labels that
     reach past the classes the supernet's head predicts (a label it has no
     output for is never predicted: a job on labels up to 999 for a 10-class
-    head succeeded), and in-memory images of one value per channel (all
-    zeros, say: batch norm recalibrated on them divides by its epsilon alone,
-    and every subnet scored the same guess), and folders of fewer ImageNet
+    head succeeded), folders of fewer ImageNet
     WordNet ids than the head has classes (sorted, they are not the head's
     indices; :func:`hwsearch.imagefolder.is_wordnet_subset`), and a folder
     of one named class folder (a root holding one ``images/`` folder
-    labelled every image 0, whatever its class).  A streamed
+    labelled every image 0, whatever its class); of the calibration images,
+    in-memory ones of one value per channel (all zeros, say: batch norm
+    recalibrated on them divides by its epsilon alone, and every subnet
+    scored the same guess).  A streamed
     folder's images are read only as they are evaluated; its labels are
     checked here.
     """
     from hwsearch.bn import ONE_VALUE_PER_CHANNEL, one_value_per_channel
     from hwsearch.data import LabelledImages
     from hwsearch.evaldata import EvalSplit
+
+    calibration, validation = (data.calibration, data.validation) if isinstance(data, EvalSplit) else (data, data)
+    predicted = getattr(supernet.space.layout, "n_classes", None)  # a space without a layout states none
+    if predicted is not None and len(validation):  # calibration's labels are never read: only its images
+        _check_labels(supernet.name, validation, predicted)
+    if isinstance(calibration, LabelledImages) and len(calibration) and one_value_per_channel(calibration.x):
+        raise ValueError(ONE_VALUE_PER_CHANNEL)
+
+
+def _check_labels(supernet: str, validation: Any, predicted: int) -> None:
+    """Refuse validation labels no accuracy can be read from: past the head, or numbered by a guess.
+
+    Only validation's: a calibration folder of one named sub-folder (a slice
+    of the training set) re-estimates batch norm whatever its labels, and was
+    refused as labelling every image 0.
+    """
     from hwsearch.imagefolder import is_wordnet_subset
 
-    parts = (data.calibration, data.validation) if isinstance(data, EvalSplit) else (data,)
-    predicted = getattr(supernet.space.layout, "n_classes", None)  # a space without a layout states none
-    labelled = max(int(np.max(np.asarray(part.y))) + 1 for part in parts if len(part))
-    if predicted is not None and labelled > predicted:
-        raise ValueError(f"the dataset's labels reach class {labelled - 1} but supernet {supernet.name!r} "
+    labelled = int(np.max(np.asarray(validation.y))) + 1
+    if labelled > predicted:
+        raise ValueError(f"the dataset's labels reach class {labelled - 1} but supernet {supernet!r} "
                          f"predicts {predicted} classes: give data of its classes, or a supernet whose head "
                          f"has {labelled} (a service registers one with options.n_classes)")
-    for part in parts:
-        if predicted is not None and is_wordnet_subset(part.classes, predicted):
-            raise ValueError(f"{part.source}: its {len(part.classes)} class folders are ImageNet WordNet ids, "
-                             f"numbered 0..{len(part.classes) - 1} in sorted order, which are not their indices "
-                             f"among the {predicted} classes supernet {supernet.name!r} predicts: name each "
-                             "folder by its class index (e.g. 0, 17, 999), or give all of its classes")
-        if predicted is not None and predicted > 1 and len(part.classes) == 1 and not part.classes[0].isdecimal():
-            raise ValueError(f"{part.source}: its one class folder {part.classes[0]!r} labels every image class 0 of "
-                             f"the {predicted} supernet {supernet.name!r} predicts: give the images of each class in "
-                             "a folder of its own, or name the folder by its class index (e.g. 17)")
-    if isinstance(parts[0], LabelledImages) and len(parts[0]) and one_value_per_channel(parts[0].x):
-        raise ValueError(ONE_VALUE_PER_CHANNEL)
+    classes = validation.classes
+    if is_wordnet_subset(classes, predicted):
+        raise ValueError(f"{validation.source}: its {len(classes)} class folders are ImageNet WordNet ids, "
+                         f"numbered 0..{len(classes) - 1} in sorted order, which are not their indices "
+                         f"among the {predicted} classes supernet {supernet!r} predicts: name each "
+                         "folder by its class index (e.g. 0, 17, 999), or give all of its classes")
+    if predicted > 1 and len(classes) == 1 and not classes[0].isdecimal():
+        raise ValueError(f"{validation.source}: its one class folder {classes[0]!r} labels every image class 0 of "
+                         f"the {predicted} supernet {supernet!r} predicts: give the images of each class in "
+                         "a folder of its own, or name the folder by its class index (e.g. 17)")
 
 
 def choose_placement(settings: EvalSettings, cluster: Mapping[str, float]) -> Placement:

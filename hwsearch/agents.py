@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from devices.network import is_loopback
+from devices.network import is_loopback, token_problem
 from devices.profile import certificate_digest, has_query_or_fragment, is_certificate_digest
 
 __all__ = ["MAX_SECRETS_BYTES", "AgentEndpoint", "UndeclaredReach",
@@ -142,6 +142,10 @@ def load_agents(declared: list[str], *, secrets_file: Path | None = None,
         if not token:
             raise ValueError(f"agent {name!r} has no token: put it in the secrets file or in "
                              f"${token_variable(name)}")
+        problem = token_problem(token)
+        if problem is not None:  # one ending in a newline went into every job's error, for clients to read
+            source = "in the secrets file" if secrets.get(name) else f"in ${token_variable(name)}"
+            raise ValueError(f"agent {name!r}: its token {source} {problem}")
         url, pin = _split_pin(url)
         agents[name] = AgentEndpoint(name=name, url=url.rstrip("/"), token=token, cert_sha256=pin)
         _warn_if_in_clear(agents[name])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +96,8 @@ def is_wordnet_subset(classes: tuple[str, ...], n_outputs: int) -> bool:
 MAX_NESTING = 16
 
 
-def images_in(folder: Path, *, ordered: bool = True) -> Iterator[Path]:
+def images_in(folder: Path, *, ordered: bool = True,
+              entering: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """The image files under one class folder, sub-folders included, links followed; sorted unless ``ordered`` is False.
 
     Sub-folders are read as torchvision's ``ImageFolder`` reads them: images
@@ -107,20 +108,26 @@ def images_in(folder: Path, *, ordered: bool = True) -> Iterator[Path]:
     (:class:`hwsearch.api.files.DataRoots`) both take their files from here,
     so they see the same ones; unordered, the listing is lazy, so a check
     can stop at its bound without listing a huge folder whole.
+    ``entering`` is called with each sub-folder before it is listed (the
+    service refuses one that leads outside its roots there).
 
-    Raises ValueError for a link back to a folder it is inside (a walk that
-    followed it would never end) and for folders nested past
-    :data:`MAX_NESTING`.
+    Each folder is read once, however many links lead to it: 52 links, four
+    in each of 13 folders to the next, made a walk of 4**13 folders that no
+    depth bound stopped.  Raises ValueError for a link back to a folder it
+    is inside (a walk that followed it would never end) and for folders
+    nested past :data:`MAX_NESTING`.
     """
-    return _images_below(folder, ordered, inside=(_folder_identity(folder),))
+    return _images_below(folder, ordered, (_folder_identity(folder),), set(), entering)
 
 
-def _images_below(folder: Path, ordered: bool, inside: tuple[tuple[int, int], ...]) -> Iterator[Path]:
+def _images_below(folder: Path, ordered: bool, inside: tuple[tuple[int, int], ...], seen: set[tuple[int, int]],
+                  entering: Callable[[Path], None] | None) -> Iterator[Path]:
     """:func:`images_in` for ``folder``, whose own folder and those it lies in are ``inside``.
 
-    Listed with :func:`os.scandir`, whose entries know their type without a
-    ``stat`` (but for links): a scan of 1,000 folders of 50 images took a
-    median 0.74 s, against 0.88 s with a ``stat`` per image.
+    ``seen`` holds every folder this walk has entered.  Listed with
+    :func:`os.scandir`, whose entries know their type without a ``stat``
+    (but for links): a scan of 1,000 folders of 50 images took a median
+    0.74 s, against 0.88 s with a ``stat`` per image.
     """
     with os.scandir(folder) as listing:
         for entry in sorted(listing, key=_name) if ordered else listing:
@@ -133,9 +140,14 @@ def _images_below(folder: Path, ordered: bool, inside: tuple[tuple[int, int], ..
                 identity = _folder_identity(path)
                 if identity in inside:
                     raise ValueError(f"{path} links back to a folder it is inside")
+                if identity in seen:  # reached again through another link: read once
+                    continue
                 if len(inside) > MAX_NESTING:
                     raise ValueError(f"{path} is nested more than {MAX_NESTING} folders below its class folder")
-                yield from _images_below(path, ordered, (*inside, identity))
+                seen.add(identity)
+                if entering is not None:
+                    entering(path)
+                yield from _images_below(path, ordered, (*inside, identity), seen, entering)
 
 
 def _name(entry: os.DirEntry[str]) -> str:

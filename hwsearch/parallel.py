@@ -43,7 +43,7 @@ from hwsearch.refine import (
 from hwsearch.space import ArchConfig, ArchValidationError, SearchSpace
 from hwsearch.store import Store
 
-__all__ = ["DeviceRun", "DeviceSearch", "StoreMeasurer", "device_resource", "init_ray",
+__all__ = ["DeviceRun", "DeviceSearch", "StoreMeasurer", "check_store_for_refinement", "device_resource", "init_ray",
            "search_devices"]
 
 
@@ -143,6 +143,19 @@ class StoreMeasurer:
         return out
 
 
+def check_store_for_refinement(store: Store, budget: int) -> None:
+    """Refuse a store Ray's workers cannot write into when refinement will measure (``budget`` > 0).
+
+    A :class:`~hwsearch.store.MemoryStore` is copied into each worker, and
+    every measurement refinement made was lost with the copy; with no budget
+    the workers write nothing, and such a store serves.
+    """
+    if budget > 0 and not store.shared_across_processes:
+        raise ValueError(f"store: a {type(store).__name__} is copied into each Ray worker, so what refinement "
+                         f"measures (budget {budget}) would be lost; give a store that processes share "
+                         "(SQLiteStore), or budget 0")
+
+
 def search_devices(
     space: SearchSpace,
     accuracy: TrainablePredictor,
@@ -159,15 +172,12 @@ def search_devices(
     """Run every device's refinement as one Ray task and wait for all; runs by device name.
 
     The tasks write their measurements into ``store`` from Ray's workers, so
-    it must be one that processes share (``SQLiteStore``): a
-    :class:`~hwsearch.store.MemoryStore` was copied into each worker, and
-    every measurement was lost with the copy.
+    it must be one that processes share (``SQLiteStore``) unless ``settings``
+    allow no measurement (:func:`check_store_for_refinement`).
     """
     import ray
 
-    if not store.shared_across_processes:
-        raise ValueError(f"store: a {type(store).__name__} is copied into each Ray worker, so what they measure "
-                         "would be lost; give a store that processes share (SQLiteStore)")
+    check_store_for_refinement(store, settings.max_measurements)
     if not devices:
         raise ValueError("devices: give at least one device to search for")
     names = [d.name for d in devices]

@@ -254,15 +254,14 @@ class SubnetProblem(Problem):
         if len(Xc) == 0:
             return {name: np.zeros(0) for name in self.metric_names}
         batch: ArchBatch | None = None
-        genes_for: dict[str, np.ndarray] = {}
+        genes_for: dict[SearchSpace | None, np.ndarray] = {}  # by space, not name: a name may keep other choices
         values = {}
         for name in self.metric_names:
             metric, target = self.metrics[name], self._metric_spaces[name]
             if hasattr(metric, "predict"):
-                key = target.name if target is not None else ""
-                if key not in genes_for:
-                    genes_for[key] = Xc if target is None else self.space.genes_in(target, Xc)
-                out = metric.predict(genes_for[key])
+                if target not in genes_for:
+                    genes_for[target] = Xc if target is None else self.space.genes_in(target, Xc)
+                out = metric.predict(genes_for[target])
             else:
                 batch = batch if batch is not None else ArchBatch.decode(self.space, Xc)
                 out = metric(batch)

@@ -373,12 +373,17 @@ def kill_leftovers(temp_dir: Path) -> list[str]:
     that session).  Ray's GCS and raylet die with the process that started
     them, but its agents and workers can outlive a ``kill -9`` and ignore
     SIGTERM, holding hundreds of MB.  A process is Ray's when its command
-    line or ``RAY_TMPDIR`` names ``temp_dir``, or when it holds a file open
-    below it: Ray's agents rewrite their process title over both, and
-    ``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent`` (210 MB together)
-    outlived three restarts unseen, holding only their logs there.
+    line or ``RAY_TMPDIR`` names ``temp_dir``, or when its title is Ray's
+    (``ray::...``) and it holds a file open below it: Ray's agents rewrite
+    their title over both, and ``ray::DashboardAgent`` and
+    ``ray::RuntimeEnvAgent`` (210 MB together) outlived three restarts
+    unseen, holding only their logs there.  An operator's ``tail -f`` of
+    those logs is no Ray process and is left alone.  Open files are shown
+    by their real path, so the folder's is looked for too (``/tmp`` may be
+    a link).
     """
     marker = str(temp_dir).encode()
+    real = os.fsencode(os.path.realpath(temp_dir))
     killed = []
     for proc in Path("/proc").glob("[0-9]*"):
         pid = int(proc.name)
@@ -390,7 +395,7 @@ def kill_leftovers(temp_dir: Path) -> list[str]:
         except OSError:  # gone already, or not ours to read
             continue
         if (marker in cmdline or b"RAY_TMPDIR=" + marker + b"\0" in environ + b"\0"
-                or _holds_a_file_below(proc, marker)):
+                or (cmdline.startswith(b"ray::") and _holds_a_file_below(proc, (marker, real)))):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -400,15 +405,15 @@ def kill_leftovers(temp_dir: Path) -> list[str]:
     return killed
 
 
-def _holds_a_file_below(proc: Path, folder: bytes) -> bool:
-    """Whether the process ``proc`` (a ``/proc/PID`` folder) has a file open below ``folder``."""
+def _holds_a_file_below(proc: Path, folders: tuple[bytes, ...]) -> bool:
+    """Whether the process ``proc`` (a ``/proc/PID`` folder) has a file open below one of ``folders``."""
     try:
         descriptors = list((proc / "fd").iterdir())
     except OSError:  # gone, or not ours to look into
         return False
     for descriptor in descriptors:
         try:
-            if os.readlink(os.fsencode(descriptor)).startswith(folder + b"/"):
+            if os.readlink(os.fsencode(descriptor)).startswith(tuple(folder + b"/" for folder in folders)):
                 return True
         except OSError:  # closed meanwhile
             continue

@@ -292,10 +292,11 @@ def _initial_genes(space: SearchSpace, initial: Initial) -> np.ndarray:
     if initial is None:
         return np.zeros((0, space.n_var), dtype=np.int64)
     if isinstance(initial, SearchResult):
-        X = np.asarray(initial.X, dtype=np.int64)
-        if initial.space is not None:  # a sub-space's front, in full; another network's front refused
-            X = initial.space.genes_in(space, X)
-        return X.reshape(-1, space.n_var)
+        if initial.space is None:
+            return space.checked_genes(np.asarray(initial.X).reshape(-1, space.n_var))
+        # As subnets, not genes: a sub-space's front seeds the full space, and another network's front
+        # (whose genes have the same shape) seeds this one, each row scored again by this problem.
+        return space.encode_many([initial.space.decode(x) for x in initial.space.checked_genes(initial.X)])
     if isinstance(initial, ParetoFront):
         initial = [p.arch for p in initial.points]
     if isinstance(initial, np.ndarray):

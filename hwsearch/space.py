@@ -721,8 +721,8 @@ class SearchSpace:
             raise ValueError(f"{self.network_id} and {other.network_id} are other networks (their fixed layouts, "
                              "head and widths included, differ); genes do not map")
         if other == self:
-            return np.asarray(X, dtype=np.int64)
-        X = self.canonical_genes(np.asarray(X, dtype=np.int64))
+            return self.checked_genes(X)
+        X = self.canonical_genes(self.checked_genes(X))
         out = np.zeros((len(X), other.n_var), dtype=np.int64)
         columns = [(self.resolutions, other.resolutions, 0, 0, 1)]
         columns += [(a.depths, b.depths, 1 + i, 1 + i, 1)

@@ -170,3 +170,29 @@ def test_one_named_class_folder_is_refused_as_labelling_every_image_0(
              y=np.zeros(3, np.int64))
     check_eval_data(build_supernet(SupernetRef(**SUPERNET)),  # labels the user gave, all of class 0
                     load_images(tmp_path / "zeros.npz", size=8))
+
+
+def test_a_calibration_folder_is_judged_by_its_images_not_its_labels(tmp_path: Path) -> None:
+    """Calibration only re-estimates batch norm: a slice of training images in one named folder, or 100 ImageNet
+    class folders, were refused as labels no accuracy could be read from."""
+    from hwsearch.accuracy_eval import check_eval_data
+
+    rng = np.random.default_rng(0)
+    for label in range(10):
+        (tmp_path / "val" / str(label)).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "val" / str(label) / "0.png")
+    for folder in ("train_slice", *(f"n0{i * 7:07d}" for i in range(3))):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / folder / "0.png")
+    (tmp_path / "one-folder").mkdir()
+    (tmp_path / "train_slice").rename(tmp_path / "one-folder" / "train_slice")
+    (tmp_path / "wordnet").mkdir()
+    for folder in (f"n0{i * 7:07d}" for i in range(3)):
+        (tmp_path / folder).rename(tmp_path / "wordnet" / folder)
+    supernet = build_supernet(SupernetRef(**SUPERNET))  # a head of 10 classes
+    for calibration in ("one-folder", "wordnet"):
+        plan = DataPlan(str(tmp_path / "val"), calibration=str(tmp_path / calibration), n_calibration=1)
+        check_eval_data(supernet, plan.open(size=8))
+    with pytest.raises(ValueError, match="its one class folder 'train_slice' labels every image class 0"):
+        check_eval_data(supernet, DataPlan(str(tmp_path / "one-folder"), calibration=str(tmp_path / "val"),
+                                           n_calibration=1).open(size=8))

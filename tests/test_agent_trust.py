@@ -246,3 +246,29 @@ def test_without_ssl_cert_settings_agents_are_checked_against_certifis_bundle(mo
     cert, _ = self_signed_certificate(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     assert len(_verification().get_ca_certs()) == 1
+
+
+SECRET = "tok-AAA-secret-123"
+
+
+@pytest.mark.parametrize("token", [SECRET + "\n", SECRET + " ", "tok\u00f8" + SECRET, " "],
+                         ids=["newline", "trailing-space", "non-ascii", "blank"])
+def test_an_agent_token_no_header_can_carry_is_refused_without_quoting_it(tmp_path: Path, token: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token ending in a newline (a secrets file written with echo) was sent, refused by httpx, and its message,
+    token included, became the job's error that every client of the service reads; the agent served " "."""
+    profile = DeviceProfile.from_dict({"name": "edge", "where": {"kind": "agent", "url": "http://127.0.0.1:9",
+                                                                  "token_env": "EDGE_TOKEN"}})
+    monkeypatch.setenv("EDGE_TOKEN", token)
+    with pytest.raises(AgentError, match="the agent token in EDGE_TOKEN .* must be printable ASCII") as raised:
+        AgentClient(profile)
+    (tmp_path / "secrets.json").write_text(json.dumps({"edge": token}))
+    with pytest.raises(ValueError, match="agent 'edge': its token in the secrets file must be printable") as declared:
+        load_agents(["edge=http://127.0.0.1:9"], secrets_file=tmp_path / "secrets.json")
+    agent = subprocess.run([sys.executable, "-m", "devices.agent", "--port", "0", "--state-dir", str(tmp_path)],
+                           env={**os.environ, "DEVICES_AGENT_TOKEN": token,
+                                "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                           capture_output=True, text=True, timeout=60)
+    assert agent.returncode == 2 and "the agent's token (--token or DEVICES_AGENT_TOKEN) must be" in agent.stderr
+    for said in (str(raised.value), str(declared.value), agent.stderr):
+        assert token.strip() not in said or not token.strip(), said

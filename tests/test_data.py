@@ -580,3 +580,18 @@ def test_a_link_back_up_and_folders_nested_past_the_bound_are_refused(tmp_path: 
     (bottom / "n").mkdir()
     with pytest.raises(ValueError, match=rf"is nested more than {MAX_NESTING} folders below its class folder"):
         ImageFolder.scan(deep)
+
+
+def test_a_folder_reached_by_many_links_is_read_once(tmp_path: Path) -> None:
+    """Four links in each of 13 folders to the next made a walk of 4**13 folders (killed at 60 s); the depth
+    bound did not stop it, since no path was deeper than 14."""
+    root = _class_folders(tmp_path / "d", ["a", "b"])
+    chain = [root / "b" / f"L{i}" for i in range(14)]
+    for folder in chain:
+        folder.mkdir()
+    Image.new("RGB", (8, 8)).save(chain[-1] / "deep.png")
+    for here, below in zip(chain, chain[1:]):
+        for name in "wxyz":
+            (here / name).symlink_to(below, target_is_directory=True)
+    folder = ImageFolder.scan(root)
+    assert sorted(folder.files) == ["a/0.png", "b/0.png", "b/L0/w/w/w/w/w/w/w/w/w/w/w/w/w/deep.png"]

@@ -133,6 +133,18 @@ def test_an_in_memory_store_runs_its_jobs_in_this_process() -> None:
     assert record.result["arch"] == arch and record.result["measurement"]["n_runs"] > 0
 
 
+def test_a_search_job_on_an_in_memory_store_with_a_budget_fails_before_measuring(dataset: Path) -> None:
+    """Refinement refused the store once every device had been profiled (33 s, four rows measured for nothing)."""
+    store = MemoryStore()
+    spec = tiny_spec(dataset, [fast_device("cpu-1t")], budget=2)
+    job_id = store.create_job(spec.to_dict())
+    with pytest.raises(ValueError, match="MemoryStore is copied into each Ray worker"):
+        execute(spec.to_dict(), store, job_id)
+    record = store.get_job(job_id)
+    assert record.state == "failed" and "budget 2" in record.error
+    assert [event.get("step") for event in store.job_events(job_id)] == [], "it failed before its first step"
+
+
 def test_cancel_stops_a_running_job_between_steps(tmp_path: Path, dataset: Path) -> None:
     store = SQLiteStore(tmp_path / "jobs.sqlite")
     spec = tiny_spec(dataset, [fast_device("cpu-a"), fast_device("cpu-b", 2)], n_profile=3, seed=7)

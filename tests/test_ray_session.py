@@ -278,22 +278,36 @@ def test_a_joined_clusters_workers_find_the_store_uploads_and_references_named_r
 
 def test_a_leftover_whose_title_hides_its_session_is_found_by_the_files_it_holds(tmp_path: Path) -> None:
     """Ray's agents rewrite their title over their command line and environment: after a kill -9 of the service,
-    ray::DashboardAgent and ray::RuntimeEnvAgent (210 MB) outlived three restarts unseen, holding their logs."""
+    ray::DashboardAgent and ray::RuntimeEnvAgent (210 MB) outlived three restarts unseen, holding their logs.
+
+    Found by a Ray title and a file open below the folder, reached here through a link (open files show the
+    real path); an operator's ``tail`` of the same logs and another owner's agent are left alone.
+    """
     from hwsearch.ray_session import kill_leftovers
 
-    temp_dir = tmp_path / "hwsearch-ray-1a2b3c4d"
-    (temp_dir / "ray" / "logs").mkdir(parents=True)
-    elsewhere = tmp_path / "hwsearch-ray-1a2b3c4dx"  # a name that starts alike is another owner's
-    elsewhere.mkdir()
+    (tmp_path / "real" / "hwsearch-ray-1a2b3c4d" / "logs").mkdir(parents=True)
+    (tmp_path / "real" / "hwsearch-ray-1a2b3c4dx").mkdir()  # a name that starts alike is another owner's
+    (tmp_path / "tmp").symlink_to(tmp_path / "real", target_is_directory=True)
+    temp_dir = tmp_path / "tmp" / "hwsearch-ray-1a2b3c4d"
     clean_env = {"PATH": os.environ["PATH"]}
-    with open(temp_dir / "ray" / "logs" / "agent.log", "w") as log, open(elsewhere / "x.log", "w") as other:
-        agent = subprocess.Popen(["sleep", "60"], pass_fds=[log.fileno()], env=clean_env)
-        stranger = subprocess.Popen(["sleep", "60"], pass_fds=[other.fileno()], env=clean_env)
+
+    def holding(path: Path, title: str | None) -> subprocess.Popen[bytes]:
+        command = ["bash", "-c", f"exec -a '{title}' sleep 60"] if title else ["sleep", "60"]
+        with open(path, "w") as held:
+            return subprocess.Popen(command, pass_fds=[held.fileno()], env=clean_env)
+
+    agent = holding(temp_dir / "logs" / "dashboard_agent.log", "ray::DashboardAgent")
+    tail = holding(temp_dir / "logs" / "raylet.out", None)
+    stranger = holding(tmp_path / "real" / "hwsearch-ray-1a2b3c4dx" / "x.log", "ray::DashboardAgent")
     try:
+        deadline = time.monotonic() + 10
+        while b"ray::" not in Path(f"/proc/{agent.pid}/cmdline").read_bytes():  # exec has not happened yet
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         killed = kill_leftovers(temp_dir)
-        assert agent.wait(timeout=10) == -signal.SIGKILL and killed == [f"{agent.pid} sleep"]
-        assert stranger.poll() is None
+        assert agent.wait(timeout=10) == -signal.SIGKILL and killed == [f"{agent.pid} ray::DashboardAgent"]
+        assert tail.poll() is None and stranger.poll() is None
     finally:
-        for process in (agent, stranger):
+        for process in (agent, tail, stranger):
             process.kill()
             process.wait()

@@ -202,6 +202,19 @@ def test_an_image_folders_bound_counts_the_images_a_scan_reads(tmp_path: Path) -
         DataRoots([tmp_path], max_file_bytes=1 << 20).dataset("empty")
 
 
+def test_a_sub_folder_leading_outside_the_roots_is_refused_before_it_is_listed(tmp_path: Path) -> None:
+    """A link inside a class folder to a large tree outside the roots was walked whole; only its images were
+    refused.  Now the walk stops at the folder."""
+    from hwsearch.api.files import DataRoots, PathRefused
+
+    _png(tmp_path / "root" / "ds" / "a" / "x.png", 1)
+    _png(tmp_path / "root" / "ds" / "b" / "y.png", 2)
+    (tmp_path / "outside" / "deep").mkdir(parents=True)
+    (tmp_path / "root" / "ds" / "b" / "more").symlink_to(tmp_path / "outside", target_is_directory=True)
+    with pytest.raises(PathRefused, match=r"^b/more leads outside the data roots$"):  # not b/more/deep: unlisted
+        DataRoots([tmp_path / "root"], max_file_bytes=1 << 20).dataset("ds")
+
+
 def test_bad_checkpoints_get_one_clear_422_and_leave_nothing_behind(client: httpx.Client,
                                                                      root: Path) -> None:
     text = refused(client.post("/supernets", json={**SUPERNET, "name": "notes",

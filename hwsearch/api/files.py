@@ -16,6 +16,7 @@ tensor, so the on-disk size alone would let a 512 MiB file become 500 GB.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from collections.abc import Sequence
@@ -106,9 +107,10 @@ class DataRoots:
         try:
             folders = class_folders(path)
             _check_numbering(path, folders)
+            entering = functools.partial(self._refuse_outside, dataset=path)  # a sub-folder outside is not listed
             for folder in folders:
                 self._refuse_outside(folder, path)
-                for image in images_in(folder, ordered=False):
+                for image in images_in(folder, ordered=False, entering=entering):
                     self._refuse_outside(image, path)
                     count += 1
                     if count > self.max_dataset_files:

@@ -150,10 +150,12 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
     operator's own files, used as written; :func:`~hwsearch.agents.resolve_profile`); ``runner`` the
     token a dispatcher claimed the job with (:func:`~hwsearch.jobs.control.start_job`).
     """
+    from hwsearch.parallel import check_store_for_refinement
     from hwsearch.ray_session import init_ray
 
     control = start_job(store, job_id, runner)
     with control.failing():
+        check_store_for_refinement(store, spec.budget)  # refinement refused it after every device was measured
         init_ray(ray_address)  # before any stage that uses Ray, so all of them join ``ray_address``
         control.step("prepare", 0.0, f"building {spec.supernet.name}")
         job = _prepare(spec, store=store, job_id=job_id, agents=agents)
