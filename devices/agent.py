@@ -925,8 +925,15 @@ def serve(
               file=sys.stderr, flush=True)
     tls = server_tls_context(ssl_certfile, ssl_keyfile)  # first: a refused start leaves no state folder behind
     state_path = state_dir or Path(tempfile.mkdtemp(prefix="devices-agent-"))
-    state = AgentState(token, state_path, limits)
-    server = AgentServer((host, port), state, tls)
+    try:
+        state = AgentState(token, state_path, limits)
+    except OSError as error:  # /etc/passwd, a folder in /proc: a traceback, on the box a user set up by hand
+        raise AgentSettingError(f"--state-dir {state_path}: {error.strerror or error}") from None
+    try:
+        server = AgentServer((host, port), state, tls)
+    except (OSError, OverflowError) as error:  # a port in use or out of range, an address not this box's
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise AgentSettingError(f"cannot listen on {host}:{port} (--host, --port): {reason}") from None
     scheme = "http" if tls is None else "https"
     if tls is None and not is_loopback(host):
         print(f"warning: serving plain HTTP on {host}: clients' token crosses the network in clear; "

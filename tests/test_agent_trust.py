@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -100,6 +101,25 @@ def test_second_guards_escape_what_another_error_carries() -> None:
     assert described is not None
     for line in (job_line, described[0]):
         assert not any(code in line for code in RAW_CODES) and "\\x1b]0;owned\\x07" in line, line
+
+
+@pytest.mark.parametrize("said, shown", [
+    ("GET https://10.0.0.5:8765/health failed after 4 attempts; last: ConnectError: [SSL: CERTIFICATE_VERIFY_FAILED] "
+     "certificate verify failed: IP address mismatch, certificate is not valid for '10.0.0.5'. (_ssl.c:1006)",
+     "GET <url> failed after 4 attempts; last: ConnectError: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+     "failed: IP address mismatch, certificate is not valid for <host>. (_ssl.c:1006)"),
+    ("Hostname mismatch, certificate is not valid for 'edge.lab.internal'.",
+     "Hostname mismatch, certificate is not valid for <host>."),
+    ("https://10.0.0.5:8765/: the agent's certificate has SHA-256 ab12",
+     "<url>: the agent's certificate has SHA-256 ab12"),
+    ("connect to 192.168.7.20:8765 and [fe80::1]:8765 refused", "connect to <address> and <address> refused"),
+    ("3 of 8 rounds at 12:30:01 within 5.5 s, onnxruntime 1.23.2",
+     "3 of 8 rounds at 12:30:01 within 5.5 s, onnxruntime 1.23.2"),
+], ids=["openssl-ip", "openssl-name", "url-then-colon", "bare-addresses", "no-address"])
+def test_a_jobs_error_names_no_agent_address(said: str, shown: str) -> None:
+    """The URL was replaced, but OpenSSL's message named an unpinned agent's host, and the URL's pattern swallowed
+    the colon after it; job errors are read by every client of the service."""
+    assert describe_error(AgentError(said)) == f"AgentError: {shown}"
 
 
 @pytest.mark.parametrize("field, value", [("note", "\x1b[31mRED</script>"), ("junk", -math.inf)],
@@ -272,3 +292,26 @@ def test_an_agent_token_no_header_can_carry_is_refused_without_quoting_it(tmp_pa
     assert agent.returncode == 2 and "the agent's token (--token or DEVICES_AGENT_TOKEN) must be" in agent.stderr
     for said in (str(raised.value), str(declared.value), agent.stderr):
         assert token.strip() not in said or not token.strip(), said
+
+
+@pytest.mark.parametrize("options, says", [
+    (["--state-dir", "/etc/passwd"], "error: --state-dir /etc/passwd: Not a directory"),
+    (["--port", "70000"], "error: cannot listen on 127.0.0.1:70000 (--host, --port): "),
+    (["--host", "192.0.2.1", "--port", "8765"],
+     "error: cannot listen on 192.0.2.1:8765 (--host, --port): Cannot assign"),
+    (["--port", "in-use"], "error: cannot listen on 127.0.0.1:"),
+], ids=["state-dir-a-file", "port-out-of-range", "not-this-boxs-address", "port-in-use"])
+def test_the_agent_on_an_edge_box_refuses_a_start_in_one_line(tmp_path: Path, options: list[str], says: str) -> None:
+    """python -m devices.agent, as an edge box runs it, printed a 19-line traceback for a port in use."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        options = [str(busy.getsockname()[1]) if option == "in-use" else option for option in options]
+        if "--state-dir" not in options:
+            options += ["--state-dir", str(tmp_path / "state")]
+        agent = subprocess.run([sys.executable, "-m", "devices.agent", *options],
+                               env={**os.environ, "DEVICES_AGENT_TOKEN": TOKEN,
+                                    "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                               capture_output=True, text=True, timeout=60)
+    lines = agent.stderr.strip().splitlines()
+    assert agent.returncode == 2 and len(lines) == 1 and lines[0].startswith(says), agent.stderr[-2000:]

@@ -184,7 +184,11 @@ def finish_job(control: Control, result: dict[str, Any]) -> dict[str, Any]:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*[^\s'\".,:;)]")  # not the sentence's own colon
+#: An address outside a URL: OpenSSL's "certificate is not valid for '10.0.0.5'" named an unpinned agent's.
+_ADDRESS = re.compile(r"(?<![\w.:])(?:\d{1,3}(?:\.\d{1,3}){3}|\[?[0-9A-Fa-f:]*::[0-9A-Fa-f:]*\]?"
+                      r"|\[?(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\]?)(?::\d+)?(?![\w.]|:\d)"
+                      r"|not valid for '[^']*'")
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^/\s'\":,()\[\]]+){2,}/?|/[^/\s'\":,()\[\]]+/")
 MAX_ERROR_CHARS = 300
 
@@ -194,7 +198,8 @@ def describe_error(error: BaseException) -> str:
 
     A job's error is shown to every client of the service, so it must not
     leak the server's file layout, its agents' addresses (which stay with the
-    operator: an unreachable agent's error named its URL) or a stack; Ray's
+    operator: an unreachable agent's error named its URL, and OpenSSL's its
+    host) or a stack; Ray's
     wrapper errors are unwrapped to the exception the job raised.  Terminal
     codes (``ESC [``) are dropped and other control and bidi characters shown
     escaped (:func:`devices.plain.printable`): clients print the line.
@@ -203,9 +208,13 @@ def describe_error(error: BaseException) -> str:
     if isinstance(cause, BaseException):
         error = cause
     text = _ANSI.sub("", str(error)).strip().splitlines()
-    first = _PATH.sub("<path>", _URL.sub("<url>", text[0] if text else ""))
+    first = _ADDRESS.sub(_address, _PATH.sub("<path>", _URL.sub("<url>", text[0] if text else "")))
     line = f"{type(error).__name__}: {first}" if first else type(error).__name__
     return printable(line, MAX_ERROR_CHARS)
+
+
+def _address(match: re.Match[str]) -> str:
+    return "not valid for <host>" if match.group().startswith("not valid") else "<address>"
 
 
 def record_failure(store: Store, job_id: str, error: BaseException,
