@@ -237,8 +237,19 @@ class ModelStore:
             self._prune(keep=None)
 
     def read(self, sha256: str) -> bytes:
-        """The bytes of a stored (pinned) model."""
-        return self._path(sha256).read_bytes()
+        """The bytes of a stored (pinned) model; FileNotFoundError, and the file gone, if they are not that model.
+
+        A stored file overwritten (by hand, or a failing disk) was measured as
+        its name said and refused by the client as a malformed measurement,
+        forever; reported missing, it is uploaded again.
+        """
+        data = self._path(sha256).read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            with self._lock:
+                self._path(sha256).unlink(missing_ok=True)
+                self._sizes.pop(sha256, None)
+            raise FileNotFoundError(f"stored model {sha256[:12]} no longer holds its bytes")
+        return data
 
     def stats(self) -> dict[str, int]:
         """Store size for /health."""

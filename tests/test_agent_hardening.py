@@ -456,6 +456,22 @@ def test_pruned_models_are_reuploaded_by_the_client(start_agent: Callable[..., R
     assert len(list((agent.state_dir / "models").glob("*.onnx"))) == 2
 
 
+def test_a_stored_model_whose_file_changed_is_uploaded_again(start_agent: Callable[..., RunningAgent],
+                                                              tmp_path: Path) -> None:
+    """Overwritten on the agent's disk, it was measured as its name said and refused by the client as a malformed
+    measurement on every try; now the agent reports it missing and the client uploads it again."""
+    agent = start_agent(*MEASURING)
+    model_path = tmp_path / "model.onnx"
+    model_path.write_bytes(tiny_model(seed=11))
+    client = AgentClient(profile_for(agent.url), token=TOKEN)
+    client.measure_many([model_path])
+    sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    (agent.state_dir / "models" / f"{sha}.onnx").write_bytes(tiny_model(seed=12))
+    [measured] = client.measure_many([model_path])
+    assert measured.model_sha256 == sha and measured.median_ms > 0
+    assert hashlib.sha256((agent.state_dir / "models" / f"{sha}.onnx").read_bytes()).hexdigest() == sha
+
+
 def _measure_request(models: list[bytes], warmup_s: float) -> dict[str, Any]:
     return {
         "request_id": uuid.uuid4().hex,
