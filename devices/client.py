@@ -183,9 +183,12 @@ class AgentClient:
                                                  timeout=timeout, pin=self.profile.where.cert_sha256, **kwargs)
             except httpx.TransportError as error:  # its text may quote a header: the token never goes further
                 last_problem = f"{type(error).__name__}: {error}".replace(f"Bearer {self.token}", "Bearer <token>")
+                hint = _final_transport_problem(str(error))
+                if hint is not None:  # no retry can pass a certificate check or change the agent's scheme
+                    raise AgentError(f"{method} {self.base_url}{path} failed: {last_problem}{hint}") from None
             else:
                 if status < 500:
-                    return _answer(status, body, method, path)
+                    return _answer(status, body, method, f"{path} (agent of profile '{self.profile.name}')")
                 last_problem = f"HTTP {status}: {body[:_MAX_DETAIL_CHARS].decode(errors='replace')}"
             if attempt + 1 < attempts:
                 time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
@@ -562,6 +565,19 @@ def _shut(sock: socket.socket | None) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+def _final_transport_problem(text: str) -> str | None:
+    """A hint for a transport failure no retry can mend (None for those worth retrying).
+
+    A certificate that failed verification, or an https:// URL for an agent
+    serving plain http, was retried four times (4 s) to the same end.
+    """
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return " (pin the agent's certificate with where.cert_sha256, or trust its authority with SSL_CERT_FILE)"
+    if "WRONG_VERSION_NUMBER" in text:
+        return " (an https:// URL for an agent that serves plain http?)"
+    return None
 
 
 def _answer(status: int, body: bytes, method: str, path: str) -> dict[str, Any]:

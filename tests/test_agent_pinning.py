@@ -95,9 +95,10 @@ def test_the_agent_prints_its_pin_and_a_pinned_client_measures_with_no_authority
         model = tmp_path / "m.onnx"
         model.write_bytes(tiny_model(seed=41))
         url = f"https://127.0.0.1:{port}"
-        unpinned = DeviceProfile.from_dict({"name": "edge", "where": {"kind": "agent", "url": url, "retries": 0}})
-        with pytest.raises(AgentError, match="CERTIFICATE_VERIFY_FAILED"):  # no authority vouches for it
-            AgentClient(unpinned, token=TOKEN).describe()
+        unpinned = DeviceProfile.from_dict({"name": "edge", "where": {"kind": "agent", "url": url, "retries": 3}})
+        with pytest.raises(AgentError, match="CERTIFICATE_VERIFY_FAILED.*pin the agent's certificate") as refused:
+            AgentClient(unpinned, token=TOKEN).describe()  # no authority vouches for it, however often asked
+        assert "attempts" not in str(refused.value), "a certificate check was retried"
         [row] = AgentClient(pinned_profile(url, pin), token=TOKEN).measure_many([model])
         assert row.median_ms > 0 and row.model_sha256 == hashlib.sha256(model.read_bytes()).hexdigest()
     finally:

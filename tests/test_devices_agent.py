@@ -149,7 +149,8 @@ def test_wrong_or_missing_token_is_refused(agent: Agent, model_files: list[Path]
                     timeout=10)
     assert put.status_code == 401
     client = AgentClient(agent_profile(agent), token="wrong")
-    with pytest.raises(AgentError, match="401"):
+    # naming the device: in a job of several agents, "GET /health answered HTTP 401" left the wrong token unknown
+    with pytest.raises(AgentError, match=rf"\(agent of profile '{agent_profile(agent).name}'\) answered HTTP 401"):
         client.measure_many(model_files)
 
 
