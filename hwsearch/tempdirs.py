@@ -110,6 +110,46 @@ def remove_dead_owners_folders(parent: Path | None = None) -> int:
     return freed
 
 
+def remove_folders_of_ended_workers(since: float, wait_s: float = 3.0) -> int:
+    """After a stopped command's exit handlers: remove the folders its Ray workers made, once their owners die.
+
+    ``ray.shutdown`` ends a local Ray's workers a moment after it returns,
+    and a worker stopped mid-export leaves its folder: a ``demo`` stopped by
+    SIGTERM left two ``hwsearch-exports-*`` folders for the next command.
+    Folders made since ``since`` (a time of :func:`time.time`) whose owner is
+    still alive are waited for, up to ``wait_s`` (they may be another live
+    command's); dead owners' folders are removed as at every start.
+    Returns the bytes freed.
+    """
+    import time
+
+    root = Path(tempfile.gettempdir())
+    deadline = time.monotonic() + wait_s
+    freed = remove_dead_owners_folders(root)
+    while time.monotonic() < deadline and _recent_owned_folders(root, since):
+        time.sleep(0.1)
+        freed += remove_dead_owners_folders(root)
+    return freed
+
+
+def _recent_owned_folders(root: Path, since: float) -> list[Path]:
+    """This process's kind of folder under ``root``, made at or after ``since``, not this process's own."""
+    try:
+        entries = [entry for entry in root.iterdir() if entry.name.startswith(PREFIX)]
+    except OSError:
+        return []
+    with _LIVE_LOCK:
+        own = set(_LIVE_FOLDERS)
+    recent = []
+    for entry in entries:
+        try:
+            if entry not in own and (entry / OWNER_FILE).is_file() and entry.stat().st_mtime >= since:
+                recent.append(entry)
+        except OSError:
+            continue
+    return recent
+
+
 def _owned_by_the_dead(folder: Path) -> bool:
     """Whether ``folder`` is this user's owned temp folder and its owner file's flock is free."""
     try:

@@ -516,6 +516,14 @@ def processes_in_group(group: int) -> set[int]:
     return found
 
 
+def command_line(pid: int) -> bytes:
+    """``pid``'s command line, empty once it has gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def still_running(pids: set[int]) -> set[int]:
     """Those of ``pids`` that exist and are not zombies (an exited child its parent has not reaped)."""
     alive = set()
@@ -529,17 +537,22 @@ def still_running(pids: set[int]) -> set[int]:
 
 
 def freeze_holding(marker: str, server: int, folder: Path, deadline: float, frozen: set[int]) -> set[Path]:
-    """SIGSTOP ``server`` and the processes marked ``marker`` at a moment ``folder`` holds ONNX files; those files.
+    """SIGSTOP ``server`` and its Ray processes at a moment ``folder`` holds ONNX files; those files.
 
-    Each is added to ``frozen`` before it is stopped, so the caller can end
-    them whatever happens here.  A worker (or the server's own threads) may
-    delete its exports between a look and the stop, so each try looks again
-    once all are stopped, and lets them go on if the files were gone.
+    Ray's processes are those marked ``marker`` and those of the server's
+    process group titled ``ray::`` (a worker that rewrote its title over the
+    mark finished its export unfrozen, and deleted it before the second start
+    could show it clears what a crash left).  Each is added to ``frozen``
+    before it is stopped, so the caller can end them whatever happens here.
+    A worker (or the server's own threads) may delete its exports between a
+    look and the stop, so each try looks again once all are stopped, and
+    lets them go on if the files were gone.
     """
     while True:
         assert time.monotonic() < deadline, "the job exported nothing under the service's temp folder"
         if set(folder.rglob("*.onnx")):
-            for pid in processes_marked(marker) | {server}:
+            titled = {pid for pid in processes_in_group(server) if command_line(pid).startswith(b"ray::")}
+            for pid in processes_marked(marker) | titled | {server}:
                 frozen.add(pid)
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGSTOP)

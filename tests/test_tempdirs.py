@@ -59,6 +59,30 @@ def test_only_folders_whose_owner_died_are_removed(tmp_path: Path) -> None:
     assert remove_dead_owners_folders(tmp_path) >= 1_000_000 and not live_folder.exists()
 
 
+def test_a_stopped_commands_exit_removes_its_ended_workers_folders(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's shutdown ends a stopped demo's workers a moment after it returns: two hwsearch-exports folders were
+    left for the next command.  A folder made before the command started, its owner alive, is not waited for."""
+    import threading
+
+    from hwsearch.tempdirs import remove_folders_of_ended_workers
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    older, older_folder = _start_run(tmp_path)
+    since = time.time()
+    time.sleep(0.05)
+    worker, worker_folder = _start_run(tmp_path)
+    try:
+        threading.Timer(0.5, worker.kill).start()  # as Ray ends a worker after ray.shutdown returned
+        freed = remove_folders_of_ended_workers(since=since, wait_s=20)
+        assert not worker_folder.exists() and freed >= 1_000_000
+        assert (older_folder / "subnet.onnx").exists()
+    finally:
+        for run in (older, worker):
+            run.kill()
+            run.wait(timeout=30)
+
+
 def test_a_folder_is_removed_when_its_owner_finishes_and_never_looks_dead_while_it_lives(tmp_path: Path) -> None:
     with owned_temp_dir("exports", tmp_path) as folder:
         assert folder.parent == tmp_path and folder.name.startswith("hwsearch-exports-")

@@ -19,6 +19,7 @@ import os
 import pkgutil
 import signal
 import sys
+import time
 from typing import Annotated, Any, NoReturn
 
 import click
@@ -128,6 +129,8 @@ def main() -> None:
 
 #: Stops (SIGTERM, SIGINT) that came while the process was already exiting.
 _stops_while_exiting: list[int] = []
+#: When this command started: the temp folders a stopped one's Ray workers made are no older.
+_STARTED_AT = time.time()
 
 
 def _hold_stops() -> None:
@@ -169,10 +172,23 @@ def _leave_terminated() -> NoReturn:
     """
     import atexit
 
+    from hwsearch.tempdirs import remove_folders_of_ended_workers
+
     sys.stdout.flush()
     sys.stderr.flush()
     atexit._run_exitfuncs()  # what a normal exit runs, and each handler only once
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _say_nothing_more()  # Ray's native threads printed "Failed to push error to driver" after "terminated"
+    remove_folders_of_ended_workers(since=_STARTED_AT)  # Ray's shutdown ended its workers mid-export
     os._exit(TERMINATED)
+
+
+def _say_nothing_more() -> None:
+    """Point stdout and stderr at /dev/null: the command has said its last line."""
+    with open(os.devnull, "wb") as nothing:
+        for stream in (1, 2):
+            os.dup2(nothing.fileno(), stream)
 
 
 if __name__ == "__main__":
