@@ -1,8 +1,10 @@
 """Edge agent: a small HTTP server that profiles ONNX models on the box it runs on.
 
 It needs only onnxruntime, numpy and the standard library (``http.server``),
-so it installs on an edge device without torch, ray or hwsearch.  Start it
-with ``python -m devices.agent --port 8765 --token SECRET``.
+so it installs on an edge device without torch, ray or hwsearch (copy the
+``devices/`` folder there).  Start it with
+``DEVICES_AGENT_TOKEN=... python -m devices.agent --port 8765``: the token
+from the environment, since a ``--token`` value shows in ``ps``.
 
 API (every endpoint needs ``Authorization: Bearer <token>``; every answer,
 errors included, is JSON, errors as ``{"detail": ...}``):
@@ -1049,7 +1051,7 @@ def _first_der_element(der: bytes) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m devices.agent --port 8765 --token SECRET``."""
+    """``DEVICES_AGENT_TOKEN=... python -m devices.agent --port 8765`` (``--token`` too, but it shows in ``ps``)."""
     defaults = AgentLimits()
     parser = argparse.ArgumentParser(prog="python -m devices.agent", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
