@@ -99,11 +99,7 @@ def remove_dead_owners_folders(parent: Path | None = None) -> int:
     """
     root = Path(parent) if parent is not None else Path(tempfile.gettempdir())
     freed = 0
-    try:
-        candidates = [entry for entry in root.iterdir() if entry.name.startswith(PREFIX)]
-    except OSError:  # an unreadable temp dir holds nothing we could clear
-        return 0
-    for folder in candidates:
+    for folder in _named_ours(root):
         if _owned_by_the_dead(folder):
             freed += folder_bytes(folder)
             shutil.rmtree(folder, ignore_errors=True)
@@ -134,20 +130,24 @@ def remove_folders_of_ended_workers(since: float, wait_s: float = 3.0) -> int:
 
 def _recent_owned_folders(root: Path, since: float) -> list[Path]:
     """This process's kind of folder under ``root``, made at or after ``since``, not this process's own."""
-    try:
-        entries = [entry for entry in root.iterdir() if entry.name.startswith(PREFIX)]
-    except OSError:
-        return []
     with _LIVE_LOCK:
         own = set(_LIVE_FOLDERS)
     recent = []
-    for entry in entries:
+    for entry in _named_ours(root):
         try:
             if entry not in own and (entry / OWNER_FILE).is_file() and entry.stat().st_mtime >= since:
                 recent.append(entry)
         except OSError:
             continue
     return recent
+
+
+def _named_ours(root: Path) -> list[Path]:
+    """The entries of ``root`` named as this module names its folders; none from an unreadable temp dir."""
+    try:
+        return [entry for entry in root.iterdir() if entry.name.startswith(PREFIX)]
+    except OSError:  # an unreadable temp dir holds nothing we could clear
+        return []
 
 
 def _owned_by_the_dead(folder: Path) -> bool:
