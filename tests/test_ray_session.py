@@ -301,7 +301,7 @@ def test_a_leftover_whose_title_hides_its_session_is_found_by_the_files_it_holds
     stranger = holding(tmp_path / "real" / "hwsearch-ray-1a2b3c4dx" / "x.log", "ray::DashboardAgent")
     try:
         deadline = time.monotonic() + 10
-        while b"ray::" not in Path(f"/proc/{agent.pid}/cmdline").read_bytes():  # exec has not happened yet
+        while not Path(f"/proc/{agent.pid}/cmdline").read_bytes().startswith(b"ray::"):  # bash, before its exec
             assert time.monotonic() < deadline
             time.sleep(0.05)
         killed = kill_leftovers(temp_dir)
