@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-TOKEN = "bench-token"
+TOKEN = "bench-token-of-16-chars"
 SUPERNET = {"name": "tiny-mbv3", "registry": "ofa_mbv3_d234_e346_k357_w1.0",
             "options": {"n_classes": 10, "resolutions": [32]}}
 DEVICE = {"name": "cpu-1t", "intra_op_threads": 1, "clock": "thread_cpu",

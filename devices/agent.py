@@ -110,7 +110,7 @@ from stat import S_ISREG
 from typing import Any, Callable
 
 from devices.local import describe_machine, measure_model_bytes
-from devices.network import is_loopback, token_problem
+from devices.network import is_loopback, served_token_problem
 from devices.ort import ModelInputError, bound_session_memory, require_threads_here, validate_onnx_bytes
 from devices.plain import NONFINITE_HEADER, dumps
 from devices.profile import DeviceProfile, ProfileError
@@ -918,8 +918,8 @@ def serve(
     """
     if not token:
         raise AgentSettingError("an agent needs a token (--token or DEVICES_AGENT_TOKEN)")
-    problem = token_problem(token)
-    if problem is not None:  # " " was served, and matched no client's header
+    problem = served_token_problem(token)
+    if problem is not None:  # " " was served, and matched no client's header; so was "t"
         raise AgentSettingError(f"the agent's token (--token or DEVICES_AGENT_TOKEN) {problem}")
     try:
         session_bytes = {} if max_session_mb is None else {

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 
-__all__ = ["is_loopback", "token_problem"]
+__all__ = ["MIN_SERVED_TOKEN_CHARS", "is_loopback", "served_token_problem", "token_problem"]
+
+#: The fewest characters a server (the service, an agent) accepts as its token.  Every request is
+#: answered, wrong token or not, so a short token falls to guessing: ``--token t`` was served.
+#: 16 characters of ``secrets.token_urlsafe`` hold 96 bits.
+MIN_SERVED_TOKEN_CHARS = 16
 
 
 def is_loopback(host: str) -> bool:
@@ -37,3 +42,16 @@ def token_problem(token: str) -> str | None:
     if not (token.isascii() and token.isprintable()) or any(character.isspace() for character in token):
         return "must be printable ASCII without spaces or line breaks (an HTTP header carries it as it is)"
     return None
+
+
+def served_token_problem(token: str) -> str | None:
+    """Why a server cannot take ``token`` as the one its clients must send, or None; never quotes it.
+
+    :func:`token_problem`, and long enough not to be guessed (:data:`MIN_SERVED_TOKEN_CHARS`).
+    Clients are not held to the length: a short token matches no server that checks it.
+    """
+    problem = token_problem(token)
+    if problem is None and len(token) < MIN_SERVED_TOKEN_CHARS:
+        problem = (f"is shorter than the {MIN_SERVED_TOKEN_CHARS} characters a server's needs, so that it cannot be "
+                   "guessed (make one with: python -c \"import secrets; print(secrets.token_urlsafe(24))\")")
+    return problem

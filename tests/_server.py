@@ -18,7 +18,7 @@ import httpx
 from hwsearch.api.catalog import default_data_dir
 from hwsearch.ray_session import private_temp_dir
 
-TOKEN = "test-token-123"
+TOKEN = "test-token-123-of-20c"
 
 
 def free_port() -> int:

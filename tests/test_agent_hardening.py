@@ -31,7 +31,7 @@ from devices.profile import DeviceProfile
 from devices.reference import mobilenet_like_onnx, reference_model_bytes
 from tests._tls import self_signed_certificate
 
-TOKEN = "hardening-token"
+TOKEN = "hardening-token-of-24-chars"
 UPLOAD_LIMIT = 1024 * 1024  # --max-upload-mb 1
 MEASURING = ("--max-upload-mb", "8")  # room for the 5.7 MB reference model
 READ_TIMEOUT_S = 1.0
@@ -869,7 +869,7 @@ def test_an_agent_refuses_an_unbounded_limit_naming_the_option(tmp_path: Path, o
     started an agent whose clients could hold their connections for ever, and 1e300 one whose every
     connection failed (past time_t)."""
     result = subprocess.run([sys.executable, "-m", "devices.agent", "--port", "0", "--state-dir", str(tmp_path),
-                             option, value], env={**os.environ, "DEVICES_AGENT_TOKEN": "t"},
+                             option, value], env={**os.environ, "DEVICES_AGENT_TOKEN": "a-token-of-16-chars"},
                             capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().startswith(f"error: {option} must be a number above 0 and at most "), result.stderr

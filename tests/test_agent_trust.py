@@ -89,7 +89,7 @@ def test_the_cli_prints_an_agents_error_detail_as_text(box: HostileBox, tmp_path
     model = tmp_path / "m.onnx"
     model.write_bytes(tiny_model(seed=3))
     result = run_cli("measure", "--device", str(profile), str(model), cwd=tmp_path,
-                     extra_env={"EDGE_TOKEN": "edge-token"})
+                     extra_env={"EDGE_TOKEN": "edge-token-of-16-chars"})
     assert result.returncode == 1 and result.stderr.startswith("error: "), result.stderr
     assert_shown_not_obeyed(result.stderr.rstrip("\n"))
 
@@ -233,7 +233,8 @@ def test_an_agent_serving_plain_http_off_loopback_warns(tmp_path: Path, host: st
     """``--host 0.0.0.0`` without TLS printed only "listening on http://0.0.0.0:...", as ``hwsearch serve`` warns."""
     process = subprocess.Popen(
         [sys.executable, "-m", "devices.agent", "--host", host, "--port", "0", "--state-dir", str(tmp_path)],
-        env={**os.environ, "DEVICES_AGENT_TOKEN": "t", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={**os.environ, "DEVICES_AGENT_TOKEN": "a-token-of-16-chars",
+             "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
@@ -292,6 +293,34 @@ def test_an_agent_token_no_header_can_carry_is_refused_without_quoting_it(tmp_pa
     assert agent.returncode == 2 and "the agent's token (--token or DEVICES_AGENT_TOKEN) must be" in agent.stderr
     for said in (str(raised.value), str(declared.value), agent.stderr):
         assert token.strip() not in said or not token.strip(), said
+
+
+def test_an_agent_refuses_a_token_short_enough_to_guess(tmp_path: Path) -> None:
+    """``DEVICES_AGENT_TOKEN=t`` was served: every request is answered, so one character falls to a few guesses.
+
+    Fifteen characters are refused at start without being quoted; sixteen are served.
+    """
+    def start(token: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "devices.agent", "--port", "0", "--state-dir", str(tmp_path)],
+                                env={**os.environ, "DEVICES_AGENT_TOKEN": token,
+                                     "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    refused = start("s3cret-15-chars")
+    said, _ = refused.communicate(timeout=60)
+    assert refused.returncode == 2, said
+    assert "the agent's token (--token or DEVICES_AGENT_TOKEN) is shorter than the 16 characters" in said, said
+    assert "s3cret" not in said
+    served = start("s3cret-16-chars!")
+    try:
+        line = served.stdout.readline()
+        assert "listening on http://127.0.0.1:" in line, line
+        url = line.split("listening on ", 1)[1].split()[0].rstrip("/")
+        assert httpx.get(f"{url}/health", headers={"Authorization": "Bearer s3cret-16-chars!"},
+                         timeout=10).status_code == 200
+    finally:
+        served.kill()
+        served.wait(timeout=30)
 
 
 @pytest.mark.parametrize("options, says", [

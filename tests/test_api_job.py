@@ -50,7 +50,7 @@ def register(client: httpx.Client, devices: list[dict[str, Any]]) -> dict[str, s
     return hashes
 
 
-AGENT_TOKEN = "agent-secret"
+AGENT_TOKEN = "agent-secret-of-16-chars"
 
 
 @pytest.fixture()

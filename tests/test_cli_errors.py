@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = REPO / "hwsearch" / "demo" / "demo_mbv3_mnist.pt"
 LOCAL_PROFILE = REPO / "examples" / "devices" / "local-1thread.yaml"
 TIMEOUT_S = 120
+TOKEN = "a-token-of-16-chars"  # a server refuses a shorter one
 
 
 def run_cli(*args: str, cwd: Path, extra_env: dict[str, str] | None = None
@@ -314,7 +315,7 @@ def test_serve_refuses_an_infinite_bound_naming_the_option_before_making_anythin
     """`inf` passed `min=` and crashed the start with an OverflowError traceback, after the data folder
     and its lock were made."""
     store = tmp_path / "store.sqlite"
-    result = run_cli("serve", "--store", str(store), "--token", "t", "--port", "0", option, "inf", cwd=tmp_path)
+    result = run_cli("serve", "--store", str(store), "--token", TOKEN, "--port", "0", option, "inf", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert option in result.stderr
     assert not Path(f"{store}.data").exists()
@@ -331,7 +332,7 @@ def test_serve_never_writes_through_a_temp_folder_another_user_planted(tmp_path:
     planted = private_temp_dir(str(Path(f"{store}.data")), "tmp")
     planted.symlink_to(victim)
     try:
-        result = run_cli("serve", "--store", str(store), "--token", "t", "--port", "0", cwd=tmp_path)
+        result = run_cli("serve", "--store", str(store), "--token", TOKEN, "--port", "0", cwd=tmp_path)
         assert result.returncode == 2 and "Traceback" not in result.stderr  # a usage error, as click shows one
         assert str(planted) in result.stderr and "--data-dir" in result.stderr
         assert planted.is_symlink() and (victim / "keep.txt").read_text() == "not the service's"
@@ -357,7 +358,7 @@ def test_serve_never_gives_its_ray_a_folder_it_does_not_own(tmp_path: Path, plan
     else:
         pytest.skip("only root can make a folder another user owns")
     try:
-        result = run_cli("serve", "--store", str(store), "--token", "t", "--port", "0", cwd=tmp_path)
+        result = run_cli("serve", "--store", str(store), "--token", TOKEN, "--port", "0", cwd=tmp_path)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert str(planted) in result.stderr and "--data-dir" in result.stderr
         assert not list(victim.iterdir()) and (planted.is_symlink() or not list(planted.iterdir()))
@@ -376,7 +377,7 @@ def test_serve_makes_its_own_ray_folder_private(tmp_path: Path) -> None:
     stop = private_temp_dir(str(Path(f"{store}.data")), "tmp")
     stop.symlink_to(tmp_path)
     try:
-        result = run_cli("serve", "--store", str(store), "--token", "t", "--port", "0", cwd=tmp_path)
+        result = run_cli("serve", "--store", str(store), "--token", TOKEN, "--port", "0", cwd=tmp_path)
         assert result.returncode == 2 and str(stop) in result.stderr, result.stderr
         assert ray_folder.stat().st_mode & 0o777 == 0o700
     finally:
@@ -390,7 +391,7 @@ def test_serve_makes_its_own_ray_folder_private(tmp_path: Path) -> None:
 def test_serving_plain_http_beyond_loopback_warns(tmp_path: Path, host: str, warned: bool) -> None:
     """Stopped by a bad --agent right after the check, so no server binds anything."""
     result = run_cli("serve", "--store", str(tmp_path / "s.sqlite"), "--host", host, "--agent", "no-equals-sign",
-                     cwd=tmp_path, extra_env={"HWSEARCH_TOKEN": "t"})
+                     cwd=tmp_path, extra_env={"HWSEARCH_TOKEN": TOKEN})
     assert result.returncode == 2 and "--agent" in result.stderr, result.stderr
     assert ("warning: serving plain HTTP" in result.stderr) == warned, result.stderr
 
@@ -446,11 +447,11 @@ def _bounds_cases() -> list[tuple[list[str], str]]:
         ([*accuracy, "--n", "-2"], "--n"),
         ([*accuracy, "--n-calibration", "-5"], "--n-calibration"),
         (["profile", "--supernet", "demo_mbv3_mnist", "--device", device, "--n", "-3", "--store", "s.sqlite"], "--n"),
-        (["serve", "--store", "sv.sqlite", "--port", "-1", "--token", "t"], "--port"),  # a traceback
-        (["serve", "--store", "sv.sqlite", "--max-body-mb", "-1", "--token", "t"], "--max-body-mb"),  # served
-        (["agent", "--port", "-5", "--token", "t"], "--port"),
-        (["agent", "--read-timeout-s", "-1", "--token", "t"], "--read-timeout-s"),  # exit 1 before
-        (["agent", "--max-upload-mb", "-1", "--token", "t"], "--max-upload-mb"),
+        (["serve", "--store", "sv.sqlite", "--port", "-1", "--token", TOKEN], "--port"),  # a traceback
+        (["serve", "--store", "sv.sqlite", "--max-body-mb", "-1", "--token", TOKEN], "--max-body-mb"),  # served
+        (["agent", "--port", "-5", "--token", TOKEN], "--port"),
+        (["agent", "--read-timeout-s", "-1", "--token", TOKEN], "--read-timeout-s"),  # exit 1 before
+        (["agent", "--max-upload-mb", "-1", "--token", TOKEN], "--max-upload-mb"),
     ]
 
 

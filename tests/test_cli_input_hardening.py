@@ -61,7 +61,7 @@ def serve_args(tmp_path: Path, *more: str) -> list[str]:
 def test_a_fifo_as_certificate_is_refused_not_waited_on(tmp_path: Path, fifo: Path, command: str) -> None:
     """Loading the pair from a FIFO blocked the start forever."""
     tls = ["--ssl-certfile", str(fifo), "--ssl-keyfile", str(fifo)]
-    args = serve_args(tmp_path, *tls) if command == "serve" else ["agent", "--token", "t", "--port", "0", *tls]
+    args = serve_args(tmp_path, *tls) if command == "serve" else ["agent", "--token", TOKEN, "--port", "0", *tls]
     assert_one_line_error(run_cli(*args, cwd=tmp_path), 2, "--ssl-certfile", str(fifo), "not a regular file")
     assert not (tmp_path / "s.sqlite").exists()
 
@@ -77,7 +77,7 @@ def test_a_fifo_as_key_is_refused_not_waited_on(tmp_path: Path, fifo: Path) -> N
 
 def test_the_bare_agent_refuses_a_fifo_as_certificate(tmp_path: Path, fifo: Path) -> None:
     """``python -m devices.agent`` (no hwsearch on the box) checks too, in hwsearch's one-line form."""
-    result = subprocess.run([sys.executable, "-m", "devices.agent", "--token", "t", "--port", "0",
+    result = subprocess.run([sys.executable, "-m", "devices.agent", "--token", TOKEN, "--port", "0",
                              "--ssl-certfile", str(fifo), "--ssl-keyfile", str(fifo)], cwd=tmp_path,
                             env=_cli_env(tmp_path, None), capture_output=True, text=True, timeout=60)
     assert_one_line_error(result, 2, "--ssl-certfile", str(fifo), "not a regular file")
@@ -91,7 +91,7 @@ def test_both_agents_stop_on_a_certificate_and_key_that_do_not_match_in_one_line
     certfile, _ = self_signed_certificate(tmp_path)
     (tmp_path / "other").mkdir()
     _, other_key = self_signed_certificate(tmp_path / "other")
-    args = ["--token", "t", "--port", "0", "--ssl-certfile", str(certfile), "--ssl-keyfile", str(other_key)]
+    args = ["--token", TOKEN, "--port", "0", "--ssl-certfile", str(certfile), "--ssl-keyfile", str(other_key)]
     temp = tmp_path / "temp"  # where the agent makes its state folder when given none
     temp.mkdir()
     if runner == "hwsearch agent":
@@ -194,7 +194,7 @@ def _folder_cases(tmp_path: Path, afile: Path) -> dict[str, list[str]]:
     return {
         "train": ["train", "--supernet", "demo_mbv3_mnist", "--store", "s.sqlite", "--out", str(afile)],
         "report": ["report", str(fronts), "--out", str(afile)],
-        "agent": ["agent", "--token", "t", "--port", "0", "--state-dir", str(afile)],
+        "agent": ["agent", "--token", TOKEN, "--port", "0", "--state-dir", str(afile)],
         "serve": serve_args(tmp_path, "--data-root", str(afile)),
     }
 

@@ -23,7 +23,7 @@ from devices.client import AgentClient, AgentError
 from devices.profile import DeviceProfile
 from devices.reference import mobilenet_like_onnx, reference_model_bytes
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-of-16-chars"
 MAX_UPLOAD_MB = 8.0
 SMALL_BLOCKS = ((32, 16, 3, 2), (48, 24, 5, 2))
 LARGE_BLOCKS = ((64, 32, 3, 2), (128, 48, 5, 1), (192, 64, 7, 2))

@@ -106,7 +106,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def client_for(box: HostileBox) -> AgentClient:
     profile = DeviceProfile.from_dict({"name": "edge", "where": {
         "kind": "agent", "url": box.url, "timeout_s": TIMEOUT_S, "retries": 0}})
-    return AgentClient(profile, token="edge-token")
+    return AgentClient(profile, token="edge-token-of-16-chars")
 
 
 def measure_against(box: HostileBox, models: list[Path], answer: Answer) -> tuple[Any, float]:
@@ -274,7 +274,7 @@ def test_a_job_stops_measuring_on_an_agent_replaced_since_it_started(box: Hostil
     from hwsearch.jobs.context import DeviceChanged
 
     box.health, box.answer = HEALTH, lambda h, r: send_json(h, {"measurements": well_formed_rows(r)})
-    agents = {"edge": AgentEndpoint("edge", box.url, "edge-token")}
+    agents = {"edge": AgentEndpoint("edge", box.url, "edge-token-of-16-chars")}
     device = job_device({"name": "edge", "where": {"kind": "agent", "name": "edge", "timeout_s": TIMEOUT_S,
                                                    "retries": 0}}, agents)
     assert [m.latency_ms for m in device.profiler().measure_many(models)] == [1.0, 2.0]

@@ -142,7 +142,7 @@ def test_a_profile_job_waiting_for_the_host_says_so_without_an_event_a_second(tm
         assert later["message"] != earlier["message"] or later["at"] - earlier["at"] >= 29.0, (earlier, later)
 
 
-AGENT_TOKEN = "two-hosts"
+AGENT_TOKEN = "two-hosts-one-token-each"
 
 
 @pytest.fixture()

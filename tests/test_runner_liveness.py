@@ -77,7 +77,7 @@ def _second_serve(store: Path, data_dir: Path) -> tuple[int, str]:
     """Start another ``hwsearch serve`` on ``store`` with a data directory of its own; its exit code and stderr."""
     second = subprocess.Popen([sys.executable, "-m", "hwsearch.cli.main", "serve", "--store", str(store),
                                "--data-dir", str(data_dir), "--port", str(free_port())],
-                              env=_env(HWSEARCH_TOKEN="another-token"), stdout=subprocess.PIPE,
+                              env=_env(HWSEARCH_TOKEN="another-token-of-16-chars"), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _, stderr = second.communicate(timeout=60)
@@ -112,7 +112,7 @@ def test_a_second_serve_on_a_store_in_use_refuses_in_one_line_naming_store(tmp_p
 
 def _factory(store: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
     """``uvicorn --factory`` on ``store`` with a data directory of its own, expected to refuse at once."""
-    env = _env(HWSEARCH_STORE=str(store), HWSEARCH_DATA=str(data_dir), HWSEARCH_TOKEN="another-token")
+    env = _env(HWSEARCH_STORE=str(store), HWSEARCH_DATA=str(data_dir), HWSEARCH_TOKEN="another-token-of-16-chars")
     try:
         return subprocess.run([sys.executable, "-m", "uvicorn", "--factory", "hwsearch.api.app:create_app_from_env",
                                "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)

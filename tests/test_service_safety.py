@@ -694,6 +694,7 @@ def test_what_the_service_keeps_is_closed_to_other_accounts(factory: bool) -> No
     ({"HWSEARCH_AGENTS": "no-url-here"}, "HWSEARCH_AGENTS:"),
     ({"HWSEARCH_AGENT_SECRETS": "/etc/passwd"}, "HWSEARCH_AGENT_SECRETS: /etc/passwd is not JSON"),  # was AGENTS
     ({"HWSEARCH_TOKEN": "p\u00e4ss"}, "HWSEARCH_TOKEN: the token must be printable ASCII"),
+    ({"HWSEARCH_TOKEN": "s3cret-15-chars"}, "HWSEARCH_TOKEN: the token is shorter than the 16 characters"),  # served
     ({"HWSEARCH_PUBLIC_URL": "ftp://x"}, "HWSEARCH_PUBLIC_URL: the public URL must be http(s)"),
     ({"HWSEARCH_AGENTS": "edge=http://user:s3cret@127.0.0.1:9", "HWSEARCH_AGENT_TOKEN_EDGE": "t"},
      "its url carries a user or password"),
@@ -704,7 +705,7 @@ def test_what_the_service_keeps_is_closed_to_other_accounts(factory: bool) -> No
 def test_the_factory_stops_on_a_bad_setting_in_one_line_and_leaves_nothing(
         tmp_path: Path, setting: dict[str, str], named: str) -> None:
     """``uvicorn --factory``: exit 3 naming the variable, no traceback, no store made."""
-    env = {**os.environ, "HWSEARCH_STORE": str(tmp_path / "store.sqlite"), "HWSEARCH_TOKEN": "t",
+    env = {**os.environ, "HWSEARCH_STORE": str(tmp_path / "store.sqlite"), "HWSEARCH_TOKEN": "a-token-of-16-chars",
            "RAY_AUTH_MODE": "disabled", **setting}
     started = subprocess.run([sys.executable, "-m", "uvicorn", "--factory", "hwsearch.api.app:create_app_from_env",
                               "--port", "0"], env=env, capture_output=True, text=True, timeout=120)
@@ -853,6 +854,7 @@ def test_links_in_answers_never_follow_the_clients_host_header(server: Server, c
 
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--token", "p\u00e4ss", "the token must be printable ASCII"),
+    ("--token", "a-token-15-char", "the token is shorter than the 16 characters"),  # "--token t" was served
     ("--public-url", "https://user:pw@host", "the public URL must be http(s)"),
     ("--public-url", "http://proxy.example/api?", "the public URL must be http(s)"),  # links went after the '?'
     ("--public-url", "http://proxy.example:99999", "the public URL must be http(s)"),
@@ -861,7 +863,7 @@ def test_links_in_answers_never_follow_the_clients_host_header(server: Server, c
 def test_serve_refuses_a_token_no_client_can_send_and_a_malformed_public_url(
         tmp_path: Path, option: str, value: str, message: str) -> None:
     """A non-ASCII token was accepted, then matched no client's header in any encoding: everyone got 401."""
-    env = {**os.environ, "HWSEARCH_TOKEN": "t", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "HWSEARCH_TOKEN": "a-token-of-16-chars", "RAY_AUTH_MODE": "disabled"}
     started = subprocess.run([sys.executable, "-m", "hwsearch.cli.main", "serve", "--store",
                               str(tmp_path / "s.sqlite"), "--port", "0", option, value],
                              env=env, capture_output=True, text=True, timeout=120)

@@ -26,7 +26,7 @@ from hwsearch.store import MemoryStore
 from tests._jobs import SUPERNET, fast_device
 from tests._server import Agent
 
-TOKEN = "streaming-hosts"
+TOKEN = "streaming-hosts-token"
 #: Sessions of a second or more (these 32 px subnets run in well under a millisecond), so that
 #: sessions meant to run at once overlap even on a loaded host; a wide CI target, so that rows
 #: are rarely measured again (a row keeps the better of its measurements, so a retry can hide

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import hwsearch
+from devices.network import served_token_problem
 from hwsearch.agents import AgentEndpoint
 from hwsearch.api.bodies import FASTAPI_PARSE_FAILURE, unparsable_body
 from hwsearch.api.catalog import (
@@ -221,15 +222,15 @@ def create_app(
 
 
 def check_token(token: str) -> str:
-    """``token`` if clients can send it: printable ASCII without spaces.
+    """``token`` if clients can send it and strangers cannot guess it (:func:`~devices.network.served_token_problem`).
 
-    A header carries it byte for byte; a non-ASCII token was accepted and
-    then matched no client's header in any encoding, locking everyone out.
+    A header carries it byte for byte: a non-ASCII token was accepted and
+    then matched no client's header in any encoding, locking everyone out;
+    a one-character token was served.
     """
-    if not token:
-        raise ValueError("the service needs a non-empty token")
-    if not (token.isascii() and token.isprintable()) or " " in token:
-        raise ValueError("the token must be printable ASCII without spaces: an HTTP header carries it")
+    problem = served_token_problem(token)
+    if problem is not None:
+        raise ValueError(f"the token {problem}")
     return token
 
 
