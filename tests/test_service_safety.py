@@ -639,6 +639,43 @@ def test_nothing_the_service_started_outlives_a_kill_9_or_a_stop(tmp_path: Path,
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("factory", [False, True], ids=["serve", "factory"])
+def test_a_start_ends_a_killed_services_ray_agent_and_empties_its_temp_files(
+        tmp_path: Path, short_temp_dir: Path, factory: bool) -> None:
+    """Under ``uvicorn --factory`` a killed service's ``ray::DashboardAgent`` and exports were left for ever:
+    only ``hwsearch serve`` cleared them.  Both now end the agent, empty the temp files and say so; a stop
+    removes the temp-files folder."""
+    from hwsearch.ray_session import private_temp_dir
+
+    store = tmp_path / "store.sqlite"
+    data_dir = str(Path(f"{store}.data"))
+    ray_dir = short_temp_dir / private_temp_dir(data_dir).name
+    temp_files = short_temp_dir / private_temp_dir(data_dir, "tmp").name
+    (ray_dir / "logs").mkdir(parents=True)
+    temp_files.mkdir()
+    (temp_files / "subnet-3.onnx").write_bytes(b"\0" * 4096)  # an export the killed service left
+    with open(ray_dir / "logs" / "dashboard_agent.log", "w") as held:
+        agent = subprocess.Popen(["bash", "-c", "exec -a 'ray::DashboardAgent' sleep 600"], pass_fds=[held.fileno()])
+    server = Server(store, env={"TMPDIR": str(short_temp_dir)}, factory=factory)
+    try:
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{agent.pid}/cmdline").read_bytes().startswith(b"ray::"):  # bash, before its exec
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.start()
+        assert agent.wait(timeout=10) == -signal.SIGKILL
+        said = server.log.read_text()
+        assert f"ended 1 process(es) a previous run on {data_dir} left behind: {agent.pid} ray::DashboardAgent" \
+            in said and "removed 1 temp file(s) (0.0 MB)" in said, said
+        assert list(temp_files.iterdir()) == []
+    finally:
+        server.stop()
+        agent.kill()
+        agent.wait()
+    assert "Application shutdown complete" in server.log.read_text()
+    assert not temp_files.exists(), "a service that stops removes its temp folder"
+
+
 def _readable_by_nobody(path: Path) -> bool:
     """Whether another account (uid 65534) can read ``path``: a real open in a process of that user."""
     probe = subprocess.run(["head", "-c", "1", str(path)], user=65534, group=65534, extra_groups=[],

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import stat
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -27,6 +28,7 @@ import hwsearch
 from devices.network import served_token_problem
 from hwsearch.agents import AgentEndpoint
 from hwsearch.api.bodies import FASTAPI_PARSE_FAILURE, unparsable_body
+from hwsearch.api.host_folders import FolderNotOurs, prepare_host_folders
 from hwsearch.api.catalog import (
     MAX_CHECKPOINT_BYTES,
     MAX_EXPORT_BYTES,
@@ -366,11 +368,18 @@ def _app_from_env() -> FastAPI:
         store = open_store(store_path)
     except StoreError as error:  # a foreign, newer or unreadable file: its one line, not a traceback
         raise SettingError(f"HWSEARCH_STORE: {error}") from None
+    ray_address = os.environ.get("HWSEARCH_RAY_ADDRESS") or None
+    try:
+        folders = prepare_host_folders(data_dir, local_ray=ray_address is None)
+    except FolderNotOurs as error:
+        raise SettingError(f"HWSEARCH_DATA: {error}") from None
+    for notice in folders.notices:
+        print(f"hwsearch: {notice}", file=sys.stderr)
     app = create_app(
         store, token=token, data_dir=data_dir,
         data_roots=[r for r in roots.split(os.pathsep) if r] or None,
-        agents=agents, **limits,
-        ray_address=os.environ.get("HWSEARCH_RAY_ADDRESS") or None, resume=resume, public_url=public_url,
+        agents=agents, **limits, ray_address=ray_address, resume=resume, public_url=public_url,
+        on_stop=lambda: shutil.rmtree(folders.temp_files, ignore_errors=True),  # Ray's workers have ended
     )
     app.state.service_locks = locks  # held as long as the app is
     return app

@@ -11,10 +11,7 @@ not remove, and says so.
 
 from __future__ import annotations
 
-import os
 import shutil
-import stat
-import tempfile
 from pathlib import Path
 from typing import IO, Annotated, Optional
 
@@ -136,8 +133,7 @@ def serve(
     data_dir = data_dir or default_data_dir(store)
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = _own(data_dir)
-    _prepare_ray(data_dir, local=ray_address is None)
-    temp_files = _own_temp_files(data_dir)
+    temp_files = _prepare_host(data_dir, local_ray=ray_address is None)
     app = create_app(
         open_store(store), token=token, data_dir=data_dir, data_roots=data_root or None,
         agents=agents,
@@ -186,72 +182,23 @@ def _own(data_dir: Path) -> IO[str]:
     return handle
 
 
-def _prepare_ray(data_dir: Path, *, local: bool) -> None:
-    """Give this service's Ray a temp dir of its own, and clear what a killed predecessor left.
+def _prepare_host(data_dir: Path, *, local_ray: bool) -> Path:
+    """Clear what a killed predecessor left in the host's temp folder, or stop naming ``--data-dir``;
+    this service's temp-files folder.
 
     Also keeps Ray from ending this process on SIGTERM before the service has stopped.
     """
-    from hwsearch.ray_session import kill_leftovers, no_abort_on_sigterm, private_temp_dir
+    from hwsearch.api.host_folders import FolderNotOurs, prepare_host_folders
+    from hwsearch.ray_session import no_abort_on_sigterm
 
     no_abort_on_sigterm()
-    if not local:
-        return
-    temp_dir = private_temp_dir(str(data_dir))
-    killed = kill_leftovers(temp_dir)
-    if killed:
-        typer.echo(f"hwsearch serve: ended {len(killed)} process(es) a previous run on "
-                   f"{data_dir} left behind: {'; '.join(killed)}", err=True)
-    _own_folder(temp_dir)
-    os.environ["RAY_TMPDIR"] = str(temp_dir)
-
-
-def _own_folder(folder: Path) -> None:
-    """Make ``folder`` this user's and no one else's, creating it if missing; refuse one that is not ours.
-
-    Ray keeps its sockets and session files under ``RAY_TMPDIR``, a name in
-    the host's shared temp folder that anyone can compute from the data
-    directory's path.  A folder another user made there first, or a link,
-    would let them swap the sockets this service's Ray connects to (and so
-    read its token); Ray itself creates a missing one world-readable (0755).
-    """
     try:
-        folder.mkdir(mode=0o700)
-        return
-    except FileExistsError:
-        info = os.lstat(folder)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-        raise typer.BadParameter(f"{folder} exists and is not this service's (a link, a file or another "
-                                 "user's folder): remove it, or serve another --data-dir",
-                                 param_hint="--data-dir")
-    os.chmod(folder, 0o700)  # ours, from a run before this check, possibly made by Ray itself
-
-
-def _own_temp_files(data_dir: Path) -> Path:
-    """Send this service's temp files, and its local Ray workers', to a folder of its own, emptied first.
-
-    Jobs export subnets into temp folders and remove them when done; a killed
-    service, or a Ray worker ended mid-export, cannot, and five MobileNetV3
-    subnets are about 70 MB.  Under the data directory's lock nothing alive
-    writes there, so what the folder holds was a predecessor's.  Call it after
-    :func:`_prepare_ray` (whose leftover workers might still be writing).
-    """
-    from hwsearch.ray_session import private_temp_dir
-    from hwsearch.tempdirs import folder_usage
-
-    folder = private_temp_dir(str(data_dir), "tmp")
-    files, left = folder_usage(folder)
-    shutil.rmtree(folder, ignore_errors=True)
-    try:
-        folder.mkdir(mode=0o700)
-    except FileExistsError:  # a link or a file another user put there: never write through it
-        raise typer.BadParameter(f"{folder} exists and is not this service's to clear",
-                                 param_hint="--data-dir") from None
-    if files:
-        typer.echo(f"hwsearch serve: removed {files} temp file(s) ({left / 1e6:.1f} MB) a previous run on "
-                   f"{data_dir} left behind", err=True)
-    os.environ["TMPDIR"] = str(folder)  # inherited by the Ray workers this service starts
-    tempfile.tempdir = None  # gettempdir() caches its first answer; make it read TMPDIR again
-    return folder
+        folders = prepare_host_folders(data_dir, local_ray=local_ray)
+    except FolderNotOurs as error:
+        raise typer.BadParameter(str(error), param_hint="--data-dir") from None
+    for notice in folders.notices:
+        typer.echo(f"hwsearch serve: {notice}", err=True)
+    return folders.temp_files
 
 
 def register(app: typer.Typer) -> None:
