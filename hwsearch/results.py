@@ -173,6 +173,8 @@ class ParetoFront:
     ) -> ParetoFront:
         """Keep the non-dominated candidates (by ``source`` values) and compute the hypervolume."""
         objectives = tuple(objectives)
+        if source == "measured":
+            _check_alike(candidates, objectives)
         F = _objective_matrix(candidates, objectives, source)
         keep = non_dominated(F)
         keep = keep[np.lexsort(F[keep].T[::-1])] if len(keep) else keep
@@ -270,6 +272,7 @@ class ParetoFront:
                        for i, point in enumerate(_list_field(data, "points")))
         for index, point in enumerate(points):
             _check_point(index, point, objectives)
+        _check_alike(points, objectives)
         return cls(
             device=_name_field(data, "device"),
             space_name=space_name,
@@ -394,6 +397,23 @@ def _check_point(index: int, point: Candidate, objectives: Sequence[Objective]) 
             value = finite_number(value, where)
             if kind == "measured" and objective.metric == "accuracy" and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{where} is {value!r}; accuracy is a fraction in [0, 1]")
+
+
+def _check_alike(points: Sequence[Candidate], objectives: Sequence[Objective]) -> None:
+    """Refuse points measured in an objective beside points only predicted in it.
+
+    Measured queries fall back to a point's prediction (a front of predicted
+    points is queried so); mixed, a point with a predicted latency of 0.001 ms
+    beside measured ones dominated all of them and was the pick under every
+    budget.  hwsearch's own fronts are measured throughout.
+    """
+    for objective in objectives:
+        measured = [objective.metric in point.measured for point in points]
+        if any(measured) and not all(measured):
+            index = measured.index(False)
+            raise ValueError(f"point {index} ({points[index].arch.key()}) has only a predicted "
+                             f"{objective.metric!r} while other points were measured: a front compares "
+                             "measurements with measurements")
 
 
 # --------------------------------------------------------------------------- queries

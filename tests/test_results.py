@@ -223,3 +223,23 @@ def test_a_point_the_report_cannot_read_is_refused_naming_it(change, mention):
     change(data)
     with pytest.raises(ValueError, match=re.escape(mention)):
         ParetoFront.from_dict(data)
+
+
+def test_a_front_mixing_predicted_only_points_with_measured_ones_is_refused():
+    """A point added to a front file with a predicted latency of 0.001 ms and no measured one dominated every
+    measured point and was the pick under every budget: measured queries fall back to predictions."""
+    data = json.loads(_front().to_json())
+    sneaked = {**data["points"][0], "measured": {"accuracy": 0.99},
+               "predicted": {"accuracy": 0.99, "latency_ms": 0.001}}
+    data["points"].append(sneaked)
+    with pytest.raises(ValueError, match=r"point 4 \(.*\) has only a predicted 'latency_ms' while other points "
+                                         "were measured"):
+        ParetoFront.from_dict(data, SPACE)
+    candidates = [Candidate.from_dict(point, SPACE) for point in data["points"]]
+    with pytest.raises(ValueError, match="has only a predicted 'latency_ms'"):
+        ParetoFront.build(device="pixel", space_name=SPACE.name, candidates=candidates,
+                          objectives=accuracy_latency(), reference_point=(-0.6, 10.0), seed=7)
+    predicted_only = [Candidate(arch=c.arch, predicted=dict(c.predicted)) for c in candidates]
+    front = ParetoFront.build(device="pixel", space_name=SPACE.name, candidates=predicted_only,
+                              objectives=accuracy_latency(), reference_point=(-0.6, 10.0), seed=7)
+    assert front.best_under(0.01).arch == candidates[-1].arch, "a front of predictions alone is queried by them"
