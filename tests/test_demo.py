@@ -80,7 +80,7 @@ def test_shortened_demo_runs_end_to_end_with_a_users_checkpoint(tmp_path: Path) 
     assert len(result.knees) == 2
     for knee in result.knees:
         assert knee.onnx_path.exists() and knee.export_max_abs_diff <= 1e-4
-        assert knee.remeasured_latency_ms > 0
+        assert knee.remeasured_latency_ms > 0 and knee.front_latency_ci is not None
         # The shipped file scores what the front says; its batch norm was once left as the supernet's.
         assert knee.file_accuracy == pytest.approx(knee.accuracy, abs=0.01), knee
     html = result.report["html"].read_text()
@@ -140,3 +140,23 @@ def _device_keys() -> dict[str, str]:
     from hwsearch.demo.run import default_devices
 
     return {DeviceProfile.load(p).name: open_profiler(p).device_key() for p in default_devices()}
+
+
+def test_a_knee_remeasured_apart_from_its_front_point_beyond_both_intervals_says_why(tmp_path: Path) -> None:
+    """A knee re-measured 18% below its "stable ±1.6%" front point (a one-file session of a 0.07 ms subnet)
+    was printed without a word; within the intervals nothing is added."""
+    from hwsearch.demo.run import DemoResult, KneeCheck, summarise
+
+    def line(front_ms: float, remeasured_ms: float, front_ci: float | None) -> str:
+        knee = KneeCheck(device="d", arch_key="k", onnx_path=tmp_path / "k.onnx", export_max_abs_diff=1e-6,
+                         predicted_latency_ms=None, front_latency_ms=front_ms, remeasured_latency_ms=remeasured_ms,
+                         remeasured_ratio_ci=0.009, accuracy=0.9, file_accuracy=0.9, front_latency_ci=front_ci)
+        result = DemoResult(job_id="j", store_path=tmp_path / "s.db", fronts={}, knees=[knee],
+                            report={"html": tmp_path / "r.html"}, seconds=1.0, precisions={})
+        return summarise(result)[1]
+
+    assert line(0.0856, 0.0697, 0.016).endswith("19% below the front, beyond both intervals: a session of this "
+                                                 "one file reads apart from the front's full sessions for a "
+                                                 "subnet this small (docs/measurement.md, \"Session size\")")
+    assert line(0.0856, 0.0877, 0.016).endswith("re-measured 0.088 ms (±0.9%)"), "2.5% apart: within 0.9% + 1.6%"
+    assert line(0.0856, 0.0697, None).endswith("(±0.9%)"), "no interval known for the front: no claim made"
