@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -116,23 +117,25 @@ class Agent:
     """A real edge agent (``python -m devices.agent``) on 127.0.0.1."""
 
     def __init__(self, state_dir: Path, token: str, *, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        """Started on a port the agent picks itself and prints: a port picked here and bound seconds later
+        (after the agent's imports) could be taken meanwhile by another test's Ray or server."""
         self.log = state_dir / "agent.log"
         state_dir.mkdir(parents=True, exist_ok=True)
+        earlier = self.log.stat().st_size if self.log.exists() else 0  # a restarted agent appends
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "devices.agent", "--port", str(self.port), "--token", token,
+                [sys.executable, "-m", "devices.agent", "--port", "0", "--token", token,
                  "--state-dir", str(state_dir)], stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{self.url}/health", timeout=1.0)
+            said = self.log.read_bytes()[earlier:].decode(errors="replace")
+            if found := re.search(r"listening on http://127\.0\.0\.1:(\d+)", said):
+                self.port = int(found.group(1))
+                self.url = f"http://127.0.0.1:{self.port}"
                 return
-            except httpx.HTTPError:
-                assert self.process.poll() is None, self.log.read_text()
-                time.sleep(0.2)
+            assert self.process.poll() is None, said
+            time.sleep(0.2)
         raise TimeoutError(self.log.read_text())
 
     def stop(self) -> None:

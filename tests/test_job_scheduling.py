@@ -163,8 +163,10 @@ def test_devices_on_different_hosts_profile_at_the_same_time(tmp_path: Path, dat
     # The two "hosts" share this machine's cores, so each agent sees the other's session as foreign load;
     # a profile that minds it would retry its rows alone, and a retry can replace the stored rows of the
     # concurrent session (that was the cause of this test's rare failures). Sessions of ~9 s, against a
-    # stagger of 0.1-3 s between the devices' starts.
-    slow = {"min_rounds": 500, "max_rounds": 500, "max_seconds": 30, "ci_target": 0.1, "max_foreign_cores": 2.0}
+    # stagger of 0.1-3 s between the devices' starts. Lenient in all else: under load a CI of 10% left rows
+    # unstable, and their retry ran past a 30 s session bound (2 runs of 7); neither is what this test checks.
+    slow = {"min_rounds": 500, "max_rounds": 500, "max_seconds": 120, "ci_target": 0.5, "max_foreign_cores": 4.0,
+            "max_reference_slowdown": 100.0}
     devices = [{**fast_device(f"edge-{i}"), "protocol": fast_device("any")["protocol"] | slow,
                 "where": {"kind": "agent", "url": agent.url, "token_env": "TWO_HOSTS_TOKEN"}}
                for i, agent in enumerate(agents)]
