@@ -52,6 +52,6 @@ def served_token_problem(token: str) -> str | None:
     """
     problem = token_problem(token)
     if problem is None and len(token) < MIN_SERVED_TOKEN_CHARS:
-        problem = (f"is shorter than the {MIN_SERVED_TOKEN_CHARS} characters a server's needs, so that it cannot be "
-                   "guessed (make one with: python -c \"import secrets; print(secrets.token_urlsafe(24))\")")
+        problem = (f"is shorter than the {MIN_SERVED_TOKEN_CHARS} characters a server needs, so that it cannot be "
+                   "guessed (make one with: python3 -c \"import secrets; print(secrets.token_urlsafe(24))\")")
     return problem

@@ -359,11 +359,16 @@ def private_temp_dir(owner: str, purpose: str = "ray") -> Path:
     line or ``RAY_TMPDIR`` in its environment), which is how
     :func:`kill_leftovers` finds them after the owner was killed.  Short,
     because Ray's socket paths live below it and Unix socket paths are
-    limited to 107 bytes.  Other purposes (``tmp``: the owner's temp files)
-    sit beside it under the same digest.
+    limited to 107 bytes: below a temp folder too deep for them (a ``TMPDIR``
+    of 34 characters failed every job of a service), the ``ray`` one is in
+    ``/tmp``.  Other purposes (``tmp``: the owner's temp files) sit beside it
+    under the same digest, in the temp folder.
     """
     digest = hashlib.sha256(str(Path(owner).resolve()).encode()).hexdigest()[:8]
-    return Path(tempfile.gettempdir()) / f"hwsearch-{purpose}-{digest}"
+    name, parent = f"hwsearch-{purpose}-{digest}", tempfile.gettempdir()
+    if purpose == "ray" and len(parent) + 1 + len(name) + _RAY_SOCKET_TAIL_CHARS > _MAX_SOCKET_PATH_CHARS:
+        parent = "/tmp"
+    return Path(parent) / name
 
 
 def kill_leftovers(temp_dir: Path) -> list[str]:

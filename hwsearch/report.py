@@ -300,6 +300,18 @@ def _literal(name: str) -> str:
     return name.replace("$", r"\$")
 
 
+def _axis_label(metric: str, fronts: Sequence[ParetoFront]) -> str:
+    """A metric's axis label; latency's says what one latency times when that is not one float32 image
+    (:meth:`~hwsearch.results.ParetoFront.latency_timed`), alike for all ``fronts``, or that it differs."""
+    label = _LABELS.get(metric, metric)
+    if metric != "latency_ms":
+        return label
+    timed = {front.latency_timed() for front in fronts}
+    if len(timed) > 1:
+        return "latency (ms, one inference of each device's batch)"
+    return f"latency (ms {timed.pop()})" if timed and "" not in timed else label
+
+
 def _figure_png(draw: Any, xlabel: str, ylabel: str, title: str) -> bytes:
     import matplotlib
 
@@ -309,8 +321,8 @@ def _figure_png(draw: Any, xlabel: str, ylabel: str, title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     try:
         draw(ax)
-        ax.set_xlabel(_literal(_LABELS.get(xlabel, xlabel)))
-        ax.set_ylabel(_literal(_LABELS.get(ylabel, ylabel)))
+        ax.set_xlabel(_literal(xlabel))
+        ax.set_ylabel(_literal(ylabel))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
@@ -329,7 +341,8 @@ def _device_plot(device: str, front: ParetoFront, rows: Sequence[Mapping[str, An
     x, y = _axes_metrics(front)
     return _figure_png(lambda ax: _plot_front(ax, front, rows, _COLORS[0], label="Pareto front",
                                               background=True),
-                       x, y, f"{_literal(device)}: {len(front.points)} Pareto-optimal subnets")
+                       _axis_label(x, [front]), _axis_label(y, [front]),
+                       f"{_literal(device)}: {len(front.points)} Pareto-optimal subnets")
 
 
 def _overview_plot(fronts: Mapping[str, ParetoFront]) -> bytes:
@@ -340,7 +353,8 @@ def _overview_plot(fronts: Mapping[str, ParetoFront]) -> bytes:
         for i, (device, front) in enumerate(sorted(fronts.items())):
             _plot_front(ax, front, (), _COLORS[i % len(_COLORS)], label=_literal(device), background=False)
 
-    return _figure_png(draw, x, y, "Pareto fronts across devices")
+    every = list(fronts.values())
+    return _figure_png(draw, _axis_label(x, every), _axis_label(y, every), "Pareto fronts across devices")
 
 
 # --------------------------------------------------------------------------- HTML
@@ -367,7 +381,9 @@ def _img(png: bytes, alt: str) -> str:
 
 def _front_table(front: ParetoFront) -> str:
     metrics = [o.metric for o in front.objectives]
-    header = ["#", "arch", "precision"] + [f"{m} measured" for m in metrics] + \
+    timed = f" ({front.latency_timed()})" if front.latency_timed() else ""
+    header = ["#", "arch", "precision"] + [f"{m} measured" + (timed if m == "latency_ms" else "")
+                                           for m in metrics] + \
              ["latency measured how"] + [f"{m} predicted ± sd" for m in metrics] + ["MACs", "params"]
     rows = []
     for i, p in enumerate(front.points):

@@ -146,7 +146,10 @@ class ParetoFront:
     """The non-dominated subnets found for one device, sorted by the first objective.
 
     ``reference_point`` is in pymoo's minimisation form (maximised metrics
-    negated), the form ``hypervolume`` was computed in.
+    negated), the form ``hypervolume`` was computed in.  ``source`` says
+    which values the points were kept by, and are queried by unless a query
+    says otherwise: hwsearch's jobs keep measured points; a library user may
+    keep predicted ones.
     """
 
     device: str
@@ -157,6 +160,7 @@ class ParetoFront:
     hypervolume: float
     seed: int
     settings: dict[str, Any] = field(default_factory=dict)
+    source: Source = "measured"
 
     @classmethod
     def build(
@@ -182,30 +186,43 @@ class ParetoFront:
         return cls(device=device, space_name=space_name, points=points, objectives=objectives,
                    reference_point=tuple(float(r) for r in reference_point),
                    hypervolume=hypervolume(F[keep], reference_point), seed=seed,
-                   settings=dict(settings or {}))
+                   settings=dict(settings or {}), source=source)
 
     # ------------------------------------------------------------------ queries
 
-    def knee(self, source: Source = "measured") -> Candidate | None:
+    def knee(self, source: Source | None = None) -> Candidate | None:
         """The point farthest below the line joining the front's two extremes (see :func:`knee`)."""
-        return knee(self.points, self.objectives, source)
+        return knee(self.points, self.objectives, source or self.source)
 
     def best_under(self, latency_ms: float, *, latency: str | None = None,
-                   accuracy: str | None = None, source: Source = "measured") -> Candidate | None:
+                   accuracy: str | None = None, source: Source | None = None) -> Candidate | None:
         """The most accurate point whose latency is at most ``latency_ms`` (metrics: :func:`query_metrics`)."""
         latency, accuracy = query_metrics(self.objectives, self._held(), latency, accuracy)
-        return best_under(self.points, latency_ms, latency, source, accuracy)
+        return best_under(self.points, latency_ms, latency, source or self.source, accuracy)
 
     def fastest_above(self, floor: float, *, latency: str | None = None,
-                      accuracy: str | None = None, source: Source = "measured") -> Candidate | None:
+                      accuracy: str | None = None, source: Source | None = None) -> Candidate | None:
         """The fastest point whose accuracy is at least ``floor`` (metrics: :func:`query_metrics`)."""
         latency, accuracy = query_metrics(self.objectives, self._held(), latency, accuracy)
-        return fastest_above(self.points, floor, latency, source, accuracy)
+        return fastest_above(self.points, floor, latency, source or self.source, accuracy)
 
     def _held(self) -> set[str]:
         """Every metric the front's objectives or points name."""
         return {o.metric for o in self.objectives}.union(
             *(p.measured.keys() | p.predicted.keys() for p in self.points))
+
+    def latency_timed(self) -> str:
+        """What one latency of this front times, in words, where that is not one float32 image.
+
+        ``per batch of 4``, ``on float16 inputs``, both, or empty: a job's
+        front says (``settings["timed_input"]``), a batch-4 front's 0.075 ms
+        beside 0.050 at batch 1 said nothing; a front saved before that says
+        nothing it does not know.
+        """
+        timed = self.settings.get("timed_input") or {}
+        batch, dtype = timed.get("batch", 1), timed.get("input_dtype", "float32")
+        return ", ".join(([f"per batch of {batch}"] if batch != 1 else [])
+                         + ([f"on {dtype} inputs"] if dtype != "float32" else []))
 
     @property
     def budgets_ms(self) -> tuple[float, ...]:
@@ -213,7 +230,7 @@ class ParetoFront:
         targets = self.settings.get("targets") or {}
         return tuple(float(b) for b in targets.get("budgets_ms") or ())
 
-    def target_picks(self, source: Source = "measured") -> list[dict[str, Any]]:
+    def target_picks(self, source: Source | None = None) -> list[dict[str, Any]]:
         """For each budget the run was aimed at: the index of the best point under it.
 
         ``index`` is ``None`` when no point fits the budget.  This is the
@@ -238,6 +255,7 @@ class ParetoFront:
             "hypervolume": self.hypervolume,
             "seed": self.seed,
             "settings": self.settings,
+            "source": self.source,
             "points": [p.to_dict() for p in self.points],
         }
 
@@ -272,7 +290,9 @@ class ParetoFront:
                        for i, point in enumerate(_list_field(data, "points")))
         for index, point in enumerate(points):
             _check_point(index, point, objectives)
-        _check_alike(points, objectives)
+        source = _source(data.get("source", "measured"))  # a file from before the field: a job's, measured
+        if source == "measured":
+            _check_alike(points, objectives)
         return cls(
             device=_name_field(data, "device"),
             space_name=space_name,
@@ -282,6 +302,7 @@ class ParetoFront:
             hypervolume=finite_number(data["hypervolume"], "field 'hypervolume'"),
             seed=_seed(data["seed"]),
             settings=_settings(data.get("settings", {})),
+            source=source,
         )
 
     @classmethod
@@ -399,13 +420,21 @@ def _check_point(index: int, point: Candidate, objectives: Sequence[Objective]) 
                 raise ValueError(f"{where} is {value!r}; accuracy is a fraction in [0, 1]")
 
 
+def _source(value: object) -> Source:
+    """A front's ``source`` field: ``measured`` or ``predicted``."""
+    if value not in ("measured", "predicted"):
+        raise ValueError(f"field 'source' must be 'measured' or 'predicted', got {value!r}")
+    return value  # type: ignore[return-value]
+
+
 def _check_alike(points: Sequence[Candidate], objectives: Sequence[Objective]) -> None:
     """Refuse points measured in an objective beside points only predicted in it.
 
-    Measured queries fall back to a point's prediction (a front of predicted
-    points is queried so); mixed, a point with a predicted latency of 0.001 ms
-    beside measured ones dominated all of them and was the pick under every
-    budget.  hwsearch's own fronts are measured throughout.
+    Measured queries fall back to a point's prediction; mixed, a point with a
+    predicted latency of 0.001 ms beside measured ones dominated all of them
+    and was the pick under every budget.  Only measured fronts are held to
+    it: hwsearch's own are measured throughout, and a front kept by
+    predictions (``source="predicted"``) is queried by them.
     """
     for objective in objectives:
         measured = [objective.metric in point.measured for point in points]
@@ -413,7 +442,8 @@ def _check_alike(points: Sequence[Candidate], objectives: Sequence[Objective]) -
             index = measured.index(False)
             raise ValueError(f"point {index} ({points[index].arch.key()}) has only a predicted "
                              f"{objective.metric!r} while other points were measured: a front compares "
-                             "measurements with measurements")
+                             "measurements with measurements (one kept by predictions says \"source\": "
+                             "\"predicted\")")
 
 
 # --------------------------------------------------------------------------- queries

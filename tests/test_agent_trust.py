@@ -313,9 +313,13 @@ def test_an_agent_refuses_a_token_short_enough_to_guess(tmp_path: Path) -> None:
     assert "s3cret" not in said
     served = start("s3cret-16-chars!")
     try:
-        line = served.stdout.readline()
-        assert "listening on http://127.0.0.1:" in line, line
-        url = line.split("listening on ", 1)[1].split()[0].rstrip("/")
+        lines: list[str] = []
+        while not any("listening on" in line for line in lines):  # a warning may come first
+            line = served.stdout.readline()
+            assert line, "".join(lines)  # the agent ended
+            lines.append(line)
+        url = next(line for line in lines if "listening on" in line).split("listening on ", 1)[1].split()[0]
+        url = url.rstrip("/")
         assert httpx.get(f"{url}/health", headers={"Authorization": "Bearer s3cret-16-chars!"},
                          timeout=10).status_code == 200
     finally:

@@ -155,8 +155,13 @@ def test_a_knee_remeasured_apart_from_its_front_point_beyond_both_intervals_says
                             report={"html": tmp_path / "r.html"}, seconds=1.0, precisions={})
         return summarise(result)[1]
 
-    assert line(0.0856, 0.0697, 0.016).endswith("19% below the front, beyond both intervals: a session of this "
-                                                 "one file reads apart from the front's full sessions for a "
-                                                 "subnet this small (docs/measurement.md, \"Session size\")")
+    assert line(0.0856, 0.0697, 0.016).endswith(
+        "19% below the front, beyond both intervals: the front's latency comes from sessions of many files and "
+        "this from a session of one, which moves what a subnet much faster than the reference reads "
+        "(docs/measurement.md, \"Session size\")")
+    from hwsearch.demo.run import _front_ci
+
+    assert _front_ci({"latency_ci": 0.0, "ratio_ci": 0.5}) == 0.0, "a latency_ci of 0 is known, not missing"
+    assert _front_ci({"latency_ci": None, "ratio_ci": 0.02}) == 0.02 and _front_ci({}) is None
     assert line(0.0856, 0.0877, 0.016).endswith("re-measured 0.088 ms (±0.9%)"), "2.5% apart: within 0.9% + 1.6%"
     assert line(0.0856, 0.0697, None).endswith("(±0.9%)"), "no interval known for the front: no claim made"

@@ -107,16 +107,16 @@ def test_profiling_a_front_point_keeps_the_row_the_front_shows(finished: Finishe
     """A profile replaced the search's stable, anchor-judged row: no stored row matched the front any more.
 
     Whether a tiny device's row came out stable depends on the host's noise, so the test files the
-    search's first front point's row as stable, and another measured subnet's as unstable, itself (a
-    noisy host can leave a front of one point).
+    search's first front point's row as stable, and its second's as unstable, itself (a noisy host can
+    leave a front of one point: then another measured subnet's).
     """
     store, search_id, _ = finished
     searched = store.get_job(search_id).result
     hash_, network = searched["devices"]["cpu-1t"]["hash"], searched["network_id"]
     rows = store.get_latencies(hash_, network)
-    front_point = searched["fronts"]["cpu-1t"]["points"][0]["arch"]
-    another = next(row["arch"] for row in rows.values() if row["arch"] != front_point)
-    points = [front_point, another]
+    front = [point["arch"] for point in searched["fronts"]["cpu-1t"]["points"]]
+    others = [row["arch"] for row in rows.values() if row["arch"] not in front]
+    points = (front + others)[:2]
     for arch, stable in zip(points, (True, False)):
         key = next(key for key, row in rows.items() if row["arch"] == arch)
         filed = rows[key] | {"stable": stable}
@@ -136,17 +136,21 @@ def test_a_front_says_its_latencies_time_the_profiles_batch_and_input_type(tmp_p
 
     from rich.console import Console
 
+    from hwsearch import report
     from hwsearch.cli._fronts import front_table, target_table
     from hwsearch.results import ParetoFront
 
     store = SQLiteStore(tmp_path / "jobs.sqlite")
     spec = tiny_spec(dataset, [{**fast_device("b2"), "batch": 2, "input_dtype": "float16"}])
-    result = execute(spec.to_dict(), store, store.create_job(spec.to_dict()))
+    job_id = store.create_job(spec.to_dict())
+    result = execute(spec.to_dict(), store, job_id)
     front = ParetoFront.from_dict(result["fronts"]["b2"])
     assert front.settings["timed_input"] == {"batch": 2, "input_dtype": "float16"} and front.points
     console = Console(file=StringIO(), width=400)
     console.print(front_table("b2", front))
-    assert "latency ms per batch of 2, float16 inputs (measured)" in console.file.getvalue()
+    assert "latency ms per batch of 2, on float16 inputs (measured)" in console.file.getvalue()
+    written = report.build_report(report.from_store(store, job_id), tmp_path / "report")
+    assert "latency_ms measured (per batch of 2, on float16 inputs)" in written["html"].read_text()
     assert front_table("b2", ParetoFront.from_dict({**result["fronts"]["b2"], "settings": {}})).columns[0].header \
         == "latency ms (measured)", "a front saved before timed_input says nothing it does not know"
     assert target_table("b2", front) is None

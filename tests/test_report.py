@@ -74,3 +74,19 @@ def test_cli_report_from_a_job_id_and_from_a_directory(job: tuple[SQLiteStore, s
     missing = subprocess.run([*command, "no-such-job", "--store", str(store.path)],
                              capture_output=True, text=True)
     assert missing.returncode != 0 and "no-such-job" in missing.stderr
+
+
+def test_the_latency_axis_says_what_one_latency_times() -> None:
+    """A batch-4 front's plot read "latency (ms)" for four images' time."""
+    from dataclasses import replace
+
+    from hwsearch.report import _axis_label
+    from tests.test_results import _front
+
+    plain = _front()
+    batch4 = replace(plain, settings={"timed_input": {"batch": 4, "input_dtype": "float32"}})
+    fp16 = replace(plain, settings={"timed_input": {"batch": 1, "input_dtype": "float16"}})
+    assert [_axis_label("latency_ms", fronts) for fronts in ([plain], [batch4], [fp16], [batch4, fp16])] == [
+        "latency (ms)", "latency (ms per batch of 4)", "latency (ms on float16 inputs)",
+        "latency (ms, one inference of each device's batch)"]
+    assert _axis_label("accuracy", [batch4]) == "top-1 accuracy"

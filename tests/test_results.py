@@ -243,3 +243,21 @@ def test_a_front_mixing_predicted_only_points_with_measured_ones_is_refused():
     front = ParetoFront.build(device="pixel", space_name=SPACE.name, candidates=predicted_only,
                               objectives=accuracy_latency(), reference_point=(-0.6, 10.0), seed=7)
     assert front.best_under(0.01).arch == candidates[-1].arch, "a front of predictions alone is queried by them"
+
+
+def test_a_front_kept_by_predictions_saves_loads_and_answers_by_them(tmp_path):
+    """A library user's front kept by predictions, some of its points measured in one metric, was refused on
+    load (a file build and save had made), and its queries compared measured values where there were some."""
+    candidates = [Candidate(arch=arch, measured={"accuracy": 0.5} if i % 2 else {},
+                            predicted={"accuracy": 0.70 + 0.02 * i, "latency_ms": 1.0 + i})
+                  for i, arch in enumerate(SPACE.sample(3, 4))]
+    front = ParetoFront.build(device="pixel", space_name=SPACE.name, candidates=candidates,
+                              objectives=accuracy_latency(), reference_point=(-0.6, 10.0), seed=7, source="predicted")
+    again = ParetoFront.load(front.save(tmp_path / "predicted.json"), SPACE)
+    assert again == front and again.source == "predicted" and len(again.points) == 4
+    assert again.fastest_above(0.72).arch == candidates[1].arch, "by its prediction (0.72), not its measured 0.5"
+    data = json.loads(front.to_json())
+    with pytest.raises(ValueError, match="field 'source' must be 'measured' or 'predicted', got 'guessed'"):
+        ParetoFront.from_dict({**data, "source": "guessed"})
+    with pytest.raises(ValueError, match="one kept by predictions says"):
+        ParetoFront.from_dict({key: value for key, value in data.items() if key != "source"})

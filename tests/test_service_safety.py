@@ -676,6 +676,38 @@ def test_a_start_ends_a_killed_services_ray_agent_and_empties_its_temp_files(
     assert not temp_files.exists(), "a service that stops removes its temp folder"
 
 
+@pytest.mark.parametrize("factory", [False, True], ids=["serve", "factory"])
+def test_a_service_under_a_deep_temp_folder_starts_its_ray_where_socket_paths_fit(
+        tmp_path: Path, short_temp_dir: Path, factory: bool) -> None:
+    """Under a ``TMPDIR`` of 34 characters every job failed: "AF_UNIX path length cannot exceed 107 bytes",
+    Ray's sockets lying below the service's Ray folder there (the factory did so once it cleared leftovers as
+    ``hwsearch serve`` does). Temp files stay in the deep folder; Ray's folder moves to /tmp."""
+    from hwsearch.ray_session import private_temp_dir
+
+    deep = short_temp_dir / "a-temp-folder-as-deep-as-an-operator-may-set-it"
+    deep.mkdir()
+    random_dataset(tmp_path / "val.npz")
+    server = Server(tmp_path / "store.sqlite", env={"TMPDIR": str(deep)}, factory=factory).start()
+    try:
+        with server.client() as c:
+            c.post("/supernets", json=SUPERNET)
+            c.post("/devices", json={"profile": fast_device("a")})
+            job = c.post("/jobs", json={"supernet": "tiny-mbv3", "devices": ["a"], "dataset": "val.npz",
+                                        "n_profile": 4}).json()["id"]
+            deadline = time.monotonic() + 300
+            while (read := c.get(f"/jobs/{job}").json())["state"] in ("queued", "running") and \
+                    (read["progress"] or {}).get("step") in (None, "", "prepare"):
+                assert time.monotonic() < deadline, read
+                time.sleep(0.2)
+            assert read["state"] in ("running", "succeeded") and read["progress"]["step"] != "prepare", read
+        ray_folder = Path("/tmp") / private_temp_dir(str(server.data_dir)).name
+        assert ray_folder.is_dir() and list(ray_folder.iterdir()), "Ray ran in the service's folder under /tmp"
+        assert (deep / private_temp_dir(str(server.data_dir), "tmp").name).is_dir()
+    finally:
+        server.stop()
+        shutil.rmtree(Path("/tmp") / private_temp_dir(str(server.data_dir)).name, ignore_errors=True)
+
+
 def _readable_by_nobody(path: Path) -> bool:
     """Whether another account (uid 65534) can read ``path``: a real open in a process of that user."""
     probe = subprocess.run(["head", "-c", "1", str(path)], user=65534, group=65534, extra_groups=[],

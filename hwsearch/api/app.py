@@ -364,17 +364,17 @@ def _app_from_env() -> FastAPI:
     resume = _env_flag("HWSEARCH_RESUME")
     data_dir = Path(os.environ.get("HWSEARCH_DATA") or default_data_dir(store_path))
     locks = _claim_service(store_path, data_dir)
+    ray_address = os.environ.get("HWSEARCH_RAY_ADDRESS") or None
+    try:
+        folders = prepare_host_folders(data_dir, local_ray=ray_address is None)
+    except FolderNotOurs as error:  # named by the data directory's path, whether set or the store's default
+        raise SettingError(f"HWSEARCH_DATA ({data_dir}): {error}") from None
+    for notice in folders.notices:
+        print(f"hwsearch: {notice}", file=sys.stderr)
     try:
         store = open_store(store_path)
     except StoreError as error:  # a foreign, newer or unreadable file: its one line, not a traceback
         raise SettingError(f"HWSEARCH_STORE: {error}") from None
-    ray_address = os.environ.get("HWSEARCH_RAY_ADDRESS") or None
-    try:
-        folders = prepare_host_folders(data_dir, local_ray=ray_address is None)
-    except FolderNotOurs as error:
-        raise SettingError(f"HWSEARCH_DATA: {error}") from None
-    for notice in folders.notices:
-        print(f"hwsearch: {notice}", file=sys.stderr)
     app = create_app(
         store, token=token, data_dir=data_dir,
         data_roots=[r for r in roots.split(os.pathsep) if r] or None,

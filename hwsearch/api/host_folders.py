@@ -51,6 +51,9 @@ def prepare_host_folders(data_dir: Path, *, local_ray: bool) -> HostFolders:
             notices.append(f"ended {len(killed)} process(es) a previous run on {data_dir} left behind: "
                            f"{'; '.join(killed)}")
         _own_folder(temp_dir)
+        if os.environ.get("RAY_TMPDIR", str(temp_dir)) != str(temp_dir):
+            notices.append(f"Ray runs under {temp_dir}, not RAY_TMPDIR={os.environ['RAY_TMPDIR']}: there a "
+                           "later start finds what a killed service left")
         os.environ["RAY_TMPDIR"] = str(temp_dir)
     folder = private_temp_dir(str(data_dir), "tmp")  # after the leftovers, which might still be writing there
     files, left = folder_usage(folder)

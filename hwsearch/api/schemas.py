@@ -223,6 +223,8 @@ class FrontRead(BaseModel):
     hypervolume: float
     seed: int
     settings: dict[str, Any]
+    source: Literal["measured", "predicted"] = Field(
+        default="measured", description="which values the points were kept by (a job's: measured)")
     points: list[PointRead]
 
 

@@ -33,16 +33,9 @@ def hypervolume_box(front: Any) -> str:
 
 
 def latency_ms(front: Any) -> str:
-    """The latency column's name: ``latency ms``, and what one latency times when that is not one float32 image.
-
-    A latency is one inference of the device profile's batch (the front's
-    ``timed_input``); a batch-4 front's smallest subnet read 0.075 ms beside
-    0.050 at batch 1, with nothing saying those were four images' time.
-    """
-    timed = front.settings.get("timed_input") or {}
-    batch, dtype = timed.get("batch", 1), timed.get("input_dtype", "float32")
-    said = ([f"per batch of {batch}"] if batch != 1 else []) + ([f"{dtype} inputs"] if dtype != "float32" else [])
-    return " ".join(["latency ms", ", ".join(said)]).strip()
+    """The latency column's name: ``latency ms``, and what one latency times when that is not one float32 image
+    (:meth:`~hwsearch.results.ParetoFront.latency_timed`)."""
+    return " ".join(["latency ms", front.latency_timed()]).strip()
 
 
 def front_table(device: str, front: Any) -> Table:
