@@ -895,6 +895,19 @@ class AgentSettingError(ValueError):
     """
 
 
+def check_agent_token(token: str | None) -> None:
+    """Refuse a token the agent cannot serve (:class:`AgentSettingError`), never quoting it.
+
+    Missing; one no HTTP header can carry (" " was served, and matched no
+    client's header); one short enough to guess ("t" was served).
+    """
+    if not token:
+        raise AgentSettingError("an agent needs a token (--token or DEVICES_AGENT_TOKEN)")
+    problem = served_token_problem(token)
+    if problem is not None:
+        raise AgentSettingError(f"the agent's token (--token or DEVICES_AGENT_TOKEN) {problem}")
+
+
 def serve(
     host: str,
     port: int,
@@ -916,11 +929,7 @@ def serve(
     ``max_session_mb`` bounds what onnxruntime may allocate for a measurement
     (default: three quarters of this box's memory).
     """
-    if not token:
-        raise AgentSettingError("an agent needs a token (--token or DEVICES_AGENT_TOKEN)")
-    problem = served_token_problem(token)
-    if problem is not None:  # " " was served, and matched no client's header; so was "t"
-        raise AgentSettingError(f"the agent's token (--token or DEVICES_AGENT_TOKEN) {problem}")
+    check_agent_token(token)
     try:
         session_bytes = {} if max_session_mb is None else {
             "max_session_bytes": _megabytes(max_session_mb, "--max-session-mb")}

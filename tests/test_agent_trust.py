@@ -311,6 +311,12 @@ def test_an_agent_refuses_a_token_short_enough_to_guess(tmp_path: Path) -> None:
     assert refused.returncode == 2, said
     assert "the agent's token (--token or DEVICES_AGENT_TOKEN) is shorter than the 16 characters" in said, said
     assert "s3cret" not in said
+    state = tmp_path / "new-state"  # hwsearch agent made its --state-dir before refusing the token
+    cli = subprocess.run([sys.executable, "-m", "hwsearch.cli.main", "agent", "--port", "0", "--state-dir",
+                          str(state)], env={**os.environ, "DEVICES_AGENT_TOKEN": "s3cret-15-chars"},
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and "is shorter than the 16 characters" in cli.stderr, cli.stderr[-2000:]
+    assert not state.exists() and "s3cret" not in cli.stderr
     served = start("s3cret-16-chars!")
     try:
         lines: list[str] = []

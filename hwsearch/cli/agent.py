@@ -42,11 +42,13 @@ def agent(
     devices/ folder there and run `python -m devices.agent` from the folder
     that holds it, with the same options.
     """
-    from devices.agent import serve
+    from devices.agent import check_agent_token, serve
     from hwsearch.cli._inputs import prepare_folder
 
     # Up front, naming the option: a file as --state-dir failed as "afile/models: Not a directory".  The agent
-    # checks its certificate and key itself (a FIFO waited forever), in one line (AgentSettingError).
+    # checks its certificate and key itself (a FIFO waited forever), in one line (AgentSettingError).  The
+    # token first: a refused one left a new --state-dir folder behind.
+    check_agent_token(token)
     if state_dir is not None:
         prepare_folder(state_dir, "--state-dir")
     serve(host, port, token, state_dir, max_upload_mb, max_models=max_models,
