@@ -219,7 +219,9 @@ class ParetoFront:
         beside 0.050 at batch 1 said nothing; a front saved before that says
         nothing it does not know.
         """
-        timed = self.settings.get("timed_input") or {}
+        timed = self.settings.get("timed_input")
+        if not isinstance(timed, Mapping):  # absent, or an edited file's junk: nothing known
+            return ""
         batch, dtype = timed.get("batch", 1), timed.get("input_dtype", "float32")
         return ", ".join(([f"per batch of {batch}"] if batch != 1 else [])
                          + ([f"on {dtype} inputs"] if dtype != "float32" else []))

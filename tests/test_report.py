@@ -90,3 +90,4 @@ def test_the_latency_axis_says_what_one_latency_times() -> None:
         "latency (ms)", "latency (ms per batch of 4)", "latency (ms on float16 inputs)",
         "latency (ms, one inference of each device's batch)"]
     assert _axis_label("accuracy", [batch4]) == "top-1 accuracy"
+    assert _axis_label("latency_ms", [replace(plain, settings={"timed_input": "edited"})]) == "latency (ms)"

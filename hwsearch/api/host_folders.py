@@ -41,7 +41,10 @@ def prepare_host_folders(data_dir: Path, *, local_ray: bool) -> HostFolders:
     service starts its own Ray (no ``--ray-address``), under a temp dir of
     its own (``RAY_TMPDIR``).  Temp files, the service's and its local Ray
     workers', go to a folder of its own (``TMPDIR``), which the caller
-    removes when the service stops (``temp_files``).
+    removes when the service stops (``temp_files``).  Jobs remove their
+    exports when done; a killed service, or a Ray worker ended mid-export,
+    cannot (five MobileNetV3 subnets are about 70 MB), and under the lock
+    nothing alive writes there, so what the folder holds was a predecessor's.
     """
     notices = []
     if local_ray:
