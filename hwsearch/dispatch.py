@@ -20,6 +20,7 @@ process's resume neither starts nor records its crash on the new run.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import threading
 import time
@@ -43,7 +44,7 @@ from hwsearch.jobs import (
 from hwsearch.jobs.runners import new_runner_token
 from hwsearch.store import Store
 
-__all__ = ["Admission", "JobDispatcher", "QueueFull", "StillStopping", "StoreFull"]
+__all__ = ["Admission", "JobDispatcher", "QueueFull", "StillStopping", "StoreFull", "first_measured"]
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,29 @@ _POLL_S = 0.5
 
 @dataclass(frozen=True)
 class _Task:
-    """A job's running Ray task, the runner token the job was claimed with for it, and when it started."""
+    """A job's running Ray task, the runner token the job was claimed with for it, when it started, and
+    what it measures first (:func:`first_measured`)."""
 
     ref: Any
     runner: str
     started: float = field(default_factory=time.monotonic)
+    measures: str = ""
+
+
+#: The fields of a job's spec that decide the subnets it measures first: a search's initial subnets come
+#: from its supernet, devices, ``n_profile`` and ``seed``; a profile measures its one ``arch`` on its ``device``.
+_FIRST_MEASURED = ("kind", "supernet", "devices", "device", "arch", "n_profile", "seed")
+
+
+def first_measured(spec: Mapping[str, Any]) -> str:
+    """What a job (its stored spec) measures first, as a key: two jobs of one key measure the same subnets.
+
+    Run together, two such jobs measured each subnet twice, one after the
+    other at the host's lock: each skips only what was stored when its
+    profiling began.  A job waits for its running twin instead, and then
+    reuses every row the twin stored.
+    """
+    return json.dumps({name: spec.get(name) for name in _FIRST_MEASURED}, sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
@@ -129,6 +148,7 @@ class JobDispatcher:
         self.ray_address = ray_address
         self._queue: collections.deque[str] = collections.deque()
         self._running: dict[str, _Task] = {}  # job id -> its Ray task
+        self._told: dict[str, str] = {}  # queued job id -> the running twin it was told it waits for
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="hwsearch-dispatcher", daemon=True)
@@ -282,18 +302,39 @@ class JobDispatcher:
             return False
 
     def _start_queued(self) -> None:
-        """Start queued jobs while there is room; called with the lock held, once Ray is up (:meth:`_connect`)."""
+        """Start queued jobs while there is room; called with the lock held, once Ray is up (:meth:`_connect`).
+
+        A job that would first measure what a running job measures (:func:`first_measured`) stays queued,
+        in its place, until that job ends; the jobs behind it may start meanwhile.
+        """
+        measuring = {task.measures: job_id for job_id, task in self._running.items()}
+        waiting: list[str] = []
         while self._queue and len(self._running) < self.admission.max_running:
             job_id = self._queue.popleft()
+            spec = self.store.get_job(job_id).spec
+            if (twin := measuring.get(first_measured(spec))) is not None:
+                waiting.append(job_id)
+                self._say_it_waits(job_id, twin)
+                continue
+            self._told.pop(job_id, None)
             runner = claim_job(self.store, job_id)
             if runner is None:
                 continue  # cancelled while it waited
             try:
-                ref = self._task().remote(self.store.get_job(job_id).spec, self.store, job_id, self.agents, runner)
-                self._running[job_id] = _Task(ref, runner)
+                ref = self._task().remote(spec, self.store, job_id, self.agents, runner)
+                self._running[job_id] = _Task(ref, runner, measures=first_measured(spec))
+                measuring[first_measured(spec)] = job_id
             except Exception as error:  # Ray itself would not start: the job cannot run
                 log.exception("could not start job %s", job_id)
                 record_failure(self.store, job_id, error, runner=runner)
+        self._queue.extendleft(reversed(waiting))
+
+    def _say_it_waits(self, job_id: str, twin: str) -> None:
+        """Tell a queued job's readers, once per twin, why it waits though there is room to run it."""
+        message = f"waiting for job {twin}, which measures the same subnets first; then reusing its measurements"
+        if self._told.get(job_id) != twin and self.store.transition_job(
+                job_id, ("queued",), "queued", progress={"step": "queued", "fraction": 0.0, "message": message}):
+            self._told[job_id] = twin
 
     def _reap(self, tasks: Mapping[str, _Task]) -> None:
         """Wait briefly for running tasks; record how each finished one ended.

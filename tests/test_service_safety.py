@@ -463,6 +463,37 @@ def test_admission_queue_cancel_and_one_line_errors(server: Server, client: http
     assert "/" not in error and len(error) <= 300, error
 
 
+def test_a_job_that_would_measure_what_a_running_job_measures_waits_and_reuses_its_rows(tmp_path: Path) -> None:
+    """Two identical jobs submitted together measured every subnet twice, one after the other at the host's
+    lock: each skipped only what was stored when its profiling began. The second now waits for the first,
+    says so, and measures nothing; a different job behind it is not held up."""
+    random_dataset(tmp_path / "val.npz")
+    job = {"supernet": "tiny-mbv3", "devices": ["a"], "dataset": "val.npz", "n_profile": 4}
+    server = Server(tmp_path / "store.sqlite", extra=("--max-running-jobs", "2")).start()
+    try:
+        with server.client() as c:
+            c.post("/supernets", json=SUPERNET)
+            c.post("/devices", json={"profile": fast_device("a")})
+            first, twin, other = (c.post("/jobs", json=body).json()["id"]
+                                  for body in (job, job, {**job, "seed": 7}))
+            ended = {j: wait_state(c, j, ("succeeded", "failed")) for j in (first, twin, other)}
+            assert all(record["state"] == "succeeded" for record in ended.values()), ended
+            events = {j: c.get(f"/jobs/{j}/events").json()["events"] for j in (first, twin, other)}
+    finally:
+        server.stop()
+    said = [e["message"] for e in events[twin] if e["step"] == "queued"]
+    assert said == [f"waiting for job {first}, which measures the same subnets first; then reusing its "
+                    "measurements"], events[twin][:3]
+    assert ended[twin]["result"]["devices"]["a"]["profiling"] | {"seconds": 0} == {
+        **ended[first]["result"]["devices"]["a"]["profiling"], "skipped": 4, "measured": 0, "unstable": 0,
+        "seconds": 0}, "the twin reused all four of the first job's rows"
+    timed = {j: [e for e in events[j] if e["at"] is not None] for j in events}
+    started = {j: min(e["at"] for e in timed[j] if e["step"] not in ("", "queued")) for j in events}
+    finished = {j: max(e["at"] for e in timed[j]) for j in events}
+    assert started[twin] >= finished[first], "the twin ran after the first job"
+    assert started[other] < finished[first], "another seed's job ran beside the first"
+
+
 def test_a_job_past_the_time_bound_fails_and_its_tasks_stop(tmp_path: Path) -> None:
     """A job could run as long as its profiles allowed (an hour a session): two such jobs held both running
     places and the host for days.  Here the bound is 10 s against a job that measures for minutes."""
