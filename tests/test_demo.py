@@ -95,6 +95,20 @@ def test_shortened_demo_runs_end_to_end_with_a_users_checkpoint(tmp_path: Path) 
     assert job["precisions"] == ["fp32", "int8"]
     for device, front in result.fronts.items():
         _assert_precisions_kept_apart(store, job, device, front, n_profile)
+    _assert_points_show_their_rows(store, job, result.fronts)
+
+
+def _assert_points_show_their_rows(store: Any, job: dict[str, Any], fronts: dict[str, Any]) -> None:
+    """Each point's latency is its row's as the row reads now, beside that row's conditions: the anchor corrects
+    rows as later sessions move its norm, and a point showed the value refinement had read (0.15% apart)."""
+    from hwsearch.pipeline import finite_latencies
+
+    for device, front in fronts.items():
+        precisions = job["devices"][device]["precisions"]
+        for point in front.points:
+            row = finite_latencies(store, precisions[point.precision]["hash"], job["network_id"])[point.arch.key()]
+            assert point.measured["latency_ms"] == row["latency_ms"], (device, point.arch.key())
+            assert point.latency_conditions["row_offset"] == row.get("row_offset", row.get("session_offset"))
 
 
 def _assert_precisions_kept_apart(store: Any, job: dict[str, Any], device: str, front: Any,

@@ -137,6 +137,25 @@ def test_a_device_front_merges_its_precisions_and_labels_every_point() -> None:
     assert [p.precision for p in again.points] == [p.precision for p in merged.points]
 
 
+def test_a_labelled_point_shows_its_rows_latency_as_the_row_reads_now() -> None:
+    """A point showed the 0.112887 ms refinement had read, beside the conditions of its row's 0.113053:
+    the anchor had corrected the row since, against a moved norm."""
+    from hwsearch.demo import demo_space
+    from hwsearch.jobs.precision import label_front
+
+    space = demo_space()
+    point = _candidate(space, 1, 0.95, 0.112887, "fp32")
+    front = ParetoFront.build(device="d", space_name=space.name, candidates=[point],
+                              objectives=accuracy_latency("latency_ms"), reference_point=(-0.8, 3.0), seed=0)
+    row = {"arch": point.arch.to_dict(), "latency_ms": 0.113053, "stable": True, "row_offset": 1.0015,
+           "session_offset": 1.002, "ratio_ci": 0.014, "latency_ci": 0.016, "env": {"clock": "thread_cpu"}}
+    [labelled] = label_front(front, "int8", {point.arch.key(): row})
+    assert labelled.measured == {**point.measured, "latency_ms": 0.113053} and labelled.precision == "int8"
+    assert labelled.latency_conditions["row_offset"] == 1.0015 and labelled.latency_conditions["stable"]
+    [unknown] = label_front(front, "fp32", {})
+    assert unknown.measured == point.measured and unknown.latency_conditions == {}
+
+
 # --------------------------------------------------------------------------- the API
 
 

@@ -159,11 +159,26 @@ class QuantizingProfiler:
 
 
 def label_front(front: Any, precision: str, rows: Mapping[str, Mapping[str, Any]]) -> list[Any]:
-    """The points of one target's front, labelled with ``precision`` and their latency conditions."""
-    return [replace(p, precision=precision,
-                    latency_conditions=latency_conditions(rows[p.arch.key()])
-                    if p.arch.key() in rows else {})
-            for p in front.points]
+    """The points of one target's front, labelled with ``precision`` and their latency conditions, each
+    measured latency as its row (``rows``: :func:`~hwsearch.pipeline.finite_latencies`) reads now.
+
+    The anchor corrects a row against its norm as later sessions move it:
+    a point showed the 0.112887 ms refinement had read, beside the
+    conditions of its row's 0.113053 (``row_offset`` 1.0, where the value
+    shown had been divided by 1.0015).
+    """
+    labelled = []
+    for point in front.points:
+        row = rows.get(point.arch.key())
+        if row is None:
+            labelled.append(replace(point, precision=precision, latency_conditions={}))
+            continue
+        measured = dict(point.measured)
+        if "latency_ms" in measured:
+            measured["latency_ms"] = float(row["latency_ms"])
+        labelled.append(replace(point, precision=precision, measured=measured,
+                                latency_conditions=latency_conditions(row)))
+    return labelled
 
 
 def merge_fronts(device: str, fronts: Mapping[str, Any],
