@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -22,6 +23,10 @@ from hwsearch.ray_session import private_temp_dir
 TOKEN = "test-token-123-of-20c"
 
 
+#: Each server's log is a file of its own beside its store (a store may be served twice, one after the other).
+_LOG_NUMBERS = itertools.count()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -39,15 +44,16 @@ class Server:
                  env: dict[str, str] | None = None, factory: bool = False) -> None:
         self.store = store
         self.factory = factory  # started as ``uvicorn --factory`` would be, not by ``hwsearch serve``
-        self.port = free_port()
+        self.port = 0  # the service binds a port of its own choosing, read from its log by start()
         self.extra = extra
         self.env = env or {}
-        tls = "--ssl-certfile" in extra
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.scheme = "https" if "--ssl-certfile" in extra else "http"
+        self.url = ""
         # a self-signed certificate is its own authority
         self.verify: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=extra[extra.index("--ssl-certfile") + 1]) if tls else True)
-        self.log = store.with_suffix(f".{self.port}.log")
+            ssl.create_default_context(cafile=extra[extra.index("--ssl-certfile") + 1]) if self.scheme == "https"
+            else True)
+        self.log = store.with_suffix(f".{next(_LOG_NUMBERS)}.log")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> Server:
@@ -60,11 +66,16 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
+            if not self.url and (found := re.search(rf"running on {self.scheme}://127\.0\.0\.1:(\d+)",
+                                                    self.log.read_text(errors="replace"))):
+                self.port = int(found.group(1))
+                self.url = f"{self.scheme}://127.0.0.1:{self.port}"
             try:
-                if httpx.get(f"{self.url}/health", timeout=1.0, verify=self.verify).status_code == 200:
+                if self.url and httpx.get(f"{self.url}/health", timeout=1.0, verify=self.verify).status_code == 200:
                     return self
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         raise TimeoutError(f"server did not start: {self.log.read_text()[-3000:]}")
 
     def _command(self, env: dict[str, str]) -> list[str]:
@@ -72,10 +83,10 @@ class Server:
         if self.factory:
             env.update(HWSEARCH_STORE=str(self.store), HWSEARCH_DATA_ROOTS=str(self.store.parent))
             return [sys.executable, "-m", "uvicorn", "--factory", "hwsearch.api.app:create_app_from_env",
-                    "--port", str(self.port), *self.extra]
+                    "--port", "0", *self.extra]
         roots = () if "--data-root" in self.extra else ("--data-root", str(self.store.parent))
         return [sys.executable, "-m", "hwsearch.cli.main", "serve", "--store", str(self.store),
-                "--port", str(self.port), *roots, *self.extra]
+                "--port", "0", *roots, *self.extra]
 
     def client(self, token: str | None = TOKEN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
