@@ -20,6 +20,7 @@ This module depends on numpy only.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,18 +35,29 @@ class CostTable:
 
     ``columns`` maps a component name (e.g. ``s2_macs_dw_k5``) to an ``(n,)``
     float64 array; ``macs``/``params`` are the totals, equal to the sums of the
-    ``*_macs*``/``*_params`` components.
+    ``*_macs*``/``*_params`` components.  The names are the contract: a
+    column named ``stem_flops`` counts in neither total, so a family checks
+    its model against the network it builds
+    (:func:`hwsearch.supernets.counting.check_cost_model`).
     """
 
     columns: dict[str, np.ndarray]
 
     @property
     def macs(self) -> np.ndarray:
-        return sum(v for k, v in self.columns.items() if "_macs" in k)
+        return self._total(lambda name: "_macs" in name, "*_macs*")
 
     @property
     def params(self) -> np.ndarray:
-        return sum(v for k, v in self.columns.items() if k.endswith("_params"))
+        return self._total(lambda name: name.endswith("_params"), "*_params")
+
+    def _total(self, counts: Callable[[str], bool], pattern: str) -> np.ndarray:
+        """The sum of the columns ``counts`` picks; a table with none names the pattern (``sum`` of nothing was
+        the integer 0, and a caller indexing it failed with ``'int' object is not subscriptable``)."""
+        picked = [values for name, values in self.columns.items() if counts(name)]
+        if not picked:
+            raise ValueError(f"the cost table has no {pattern} column (columns: {sorted(self.columns)[:8]}...)")
+        return sum(picked[1:], picked[0])  # in column order, as the totals always were
 
 
 class CostAccumulator:

@@ -25,6 +25,7 @@ from hwsearch.families.proxyless.layout import ofa_proxyless_space
 from hwsearch.families.vit.layout import autoformer_space, vit_space
 from hwsearch.space import ArchValidationError, SearchSpace, StageSpec
 from hwsearch.supernets import build_supernet, create_supernet, list_supernets
+from hwsearch.supernets.counting import check_cost_model
 from tests._server import Server
 
 
@@ -175,3 +176,37 @@ def test_space_factories_refuse_sizes_below_one_by_name(factory: Any, arguments:
 def test_vit_space_names_its_resolution() -> None:
     with pytest.raises(ValueError, match="resolution must be"):
         vit_space("v", resolution=0, patch_size=4, depths=(1,), embed_dims=(8,), heads=(1,), mlp_ratios=(2.0,))
+
+
+@pytest.mark.parametrize("name", list_supernets())
+def test_every_registered_family_counts_the_networks_it_builds(name: str) -> None:
+    """Searches rank by the cost model and predictors read its columns; a family whose columns were named
+    ``stem_flops`` left its stem out of every total, silently. New families are checked here too."""
+    net = create_supernet(name)
+    space = net.space
+    low = min(space.resolutions)
+    check_cost_model(net, [space.smallest(low), space.largest(low), *space.sample(5, 2)])
+
+
+def test_a_cost_model_that_leaves_a_layer_out_is_named() -> None:
+    """A family whose stem column is named ``stem_flops`` (no ``_macs``): the check names the difference, and a
+    table with no MACs column at all says so."""
+    import dataclasses
+
+    from hwsearch.costs import CostTable
+    from hwsearch.families.ofa_mbv3.layout import MBv3Layout
+
+    @dataclasses.dataclass(frozen=True)
+    class StemAsFlops(MBv3Layout):
+        def costs(self, space: SearchSpace, X: np.ndarray) -> CostTable:
+            table = super().costs(space, X)
+            return CostTable({name.replace("stem_macs", "stem_flops"): v for name, v in table.columns.items()})
+
+    demo = create_supernet("demo_mbv3_mnist").space
+    layout = StemAsFlops(**{f.name: getattr(demo.layout, f.name) for f in dataclasses.fields(demo.layout)})
+    net = build_supernet(dataclasses.replace(demo, layout=layout), name="stem-as-flops")
+    with pytest.raises(ValueError, match=r"stem-as-flops: its family's cost model counts [\d,]+ MACs .* the "
+                                         r"network it builds [\d,]+"):
+        check_cost_model(net, [net.space.smallest()])
+    with pytest.raises(ValueError, match=r"the cost table has no \*_macs\* column"):
+        CostTable({"stem_flops": np.zeros(2)}).macs

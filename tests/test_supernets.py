@@ -106,6 +106,28 @@ def test_register_supernet_from_another_module() -> None:
         register_supernet("test_tiny_mbv3")(lambda n_classes=None: build_supernet(space))
 
 
+def test_a_second_builder_for_a_family_is_refused_not_put_in_the_first_ones_place() -> None:
+    """A layout subclass inherits its parent's ``family``: its builder, registered for it, silently replaced
+    MobileNetV3's, and the service's tiny-mbv3 was built as another network."""
+    from dataclasses import dataclass
+
+    from hwsearch.families.ofa_mbv3.layout import MBv3Layout
+    from hwsearch.supernets import register_builder
+
+    @dataclass(frozen=True)
+    class MyMBv3Layout(MBv3Layout):
+        pass
+
+    def my_builder(space, dropout_rate=0.0):  # never called: refused
+        raise AssertionError("built by the second builder")
+
+    with pytest.raises(ValueError, match=r"layout family 'mbv3' is built by hwsearch\.families\.ofa_mbv3\.supernet\."
+                                         r".* already: give your layout a family of its own"):
+        register_builder(MyMBv3Layout.family)(my_builder)
+    net = create_supernet(MBV3, n_classes=10)
+    assert net.extract(net.space.smallest())(torch.zeros(1, 3, 128, 128)).shape == (1, 10)
+
+
 def test_n_classes_changes_only_the_head() -> None:
     net = create_supernet(MBV3, n_classes=10)
     assert net.module.classifier.linear.out_features == 10

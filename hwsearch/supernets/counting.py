@@ -15,14 +15,16 @@ tests compare the cost models against and what export reports.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from hwsearch.space import ArchConfig, SearchSpace
 
-__all__ = ["Costs", "count_arch", "measure"]
+__all__ = ["Costs", "check_cost_model", "count_arch", "measure"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,28 @@ def count_arch(space: SearchSpace, arch: ArchConfig) -> Costs:
     """Exact MACs (batch 1) and parameters of ``arch`` from the family's cost model."""
     table = space.layout.costs(space, space.encode(arch)[None, :])
     return Costs(int(round(float(table.macs[0]))), int(round(float(table.params[0]))))
+
+
+def check_cost_model(supernet: Any, archs: Sequence[ArchConfig]) -> None:
+    """Refuse a family's cost model that does not count the networks its supernet builds.
+
+    Searches rank subnets by the model's MACs and parameters and predictors
+    read its columns, so a model that is off is silently wrong everywhere
+    downstream: columns named ``stem_flops`` instead of ``stem_macs`` left
+    a family's stem out of every total (:class:`hwsearch.costs.CostTable`).
+    Each of ``archs`` is extracted and counted with hooks (:func:`measure`);
+    a ValueError names the first whose counts differ.  Every registered
+    supernet passes it in the tests; a family kept outside hwsearch calls it
+    in its own.
+    """
+    for arch in archs:
+        subnet = supernet.extract(arch)
+        _, hooked = measure(subnet, torch.zeros(supernet.input_shape(arch)))
+        modelled = supernet.count(arch)
+        if modelled != hooked:
+            raise ValueError(f"{supernet.name}: its family's cost model counts {modelled.macs:,} MACs and "
+                             f"{modelled.params:,} parameters for {arch.key()}, the network it builds "
+                             f"{hooked.macs:,} and {hooked.params:,} (docs/families.md, cost columns)")
 
 
 def measure(module: nn.Module, x: Tensor) -> tuple[Tensor, Costs]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -60,15 +60,31 @@ def register_supernet(name: str, *, overwrite: bool = False) -> Callable[[F], F]
     return decorate
 
 
-def register_builder(family: str) -> Callable[[B], B]:
-    """Register the decorated ``(space, dropout_rate) -> elastic module`` for a layout family."""
+def register_builder(family: str, *, overwrite: bool = False) -> Callable[[B], B]:
+    """Register the decorated ``(space, dropout_rate) -> elastic module`` for a layout family.
+
+    A second builder for a family is an error, as a second supernet of one
+    name is: a layout subclass inherits its parent's ``family``, and a
+    builder registered for it silently built every MobileNetV3 supernet of
+    the service.  The same function imported again is not a second one.
+    """
 
     def decorate(builder: B) -> B:
         with _LOCK:
+            held = _BUILDERS.get(family)
+            if held is not None and not overwrite and _origin(held) != _origin(builder):
+                raise ValueError(f"layout family {family!r} is built by {'.'.join(_origin(held))} already: give "
+                                 "your layout a family of its own (a subclass inherits its parent's), or pass "
+                                 "overwrite=True to replace it")
             _BUILDERS[family] = builder
         return builder
 
     return decorate
+
+
+def _origin(function: Callable[..., Any]) -> tuple[str, str]:
+    """Where a function was defined: the same code imported twice is one builder."""
+    return (getattr(function, "__module__", "?"), getattr(function, "__qualname__", repr(function)))
 
 
 def _load_plugins() -> None:
