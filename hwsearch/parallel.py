@@ -144,12 +144,22 @@ class StoreMeasurer:
 
 
 def check_store_for_refinement(store: Store, budget: int) -> None:
-    """Refuse a store Ray's workers cannot write into when refinement will measure (``budget`` > 0).
+    """Refuse a store Ray's workers cannot reach, or cannot write into when refinement will measure (``budget`` > 0).
 
     A :class:`~hwsearch.store.MemoryStore` is copied into each worker, and
     every measurement refinement made was lost with the copy; with no budget
-    the workers write nothing, and such a store serves.
+    the workers write nothing, and such a store serves.  A store that cannot
+    be pickled cannot reach the workers at all: it failed after profiling
+    and accuracy, in an error that named a ``DeviceSearch``, not the store.
     """
+    from ray import cloudpickle
+
+    try:
+        cloudpickle.dumps(store)
+    except Exception as error:  # whatever the store's own pickling raises
+        raise ValueError(f"store: a {type(store).__name__} cannot be sent to Ray's workers, which search and "
+                         f"measure with it ({type(error).__name__}: {error}); give a store that pickles "
+                         "(SQLiteStore pickles as its path)") from None
     if budget > 0 and not store.shared_across_processes:
         raise ValueError(f"store: a {type(store).__name__} is copied into each Ray worker, so what refinement "
                          f"measures (budget {budget}) would be lost; give a store that processes share "

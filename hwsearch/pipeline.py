@@ -660,7 +660,8 @@ def finite_latencies(store: Store, device_hash: str, space_name: str) -> dict[st
     reader's write could land after a concurrent run labelled the row and
     undo the label.
     """
-    rows = readable_latencies(store, device_hash, space_name)
+    rows = {key: dict(row) for key, row in readable_latencies(store, device_hash, space_name).items()}  # copies:
+    # a store may hand out its own dicts (the contract asks for snapshots); one that did lost its NaN marks here
     for row in rows.values():
         if not math.isfinite(float(row["latency_ms"])):
             row.update(latency_ms=float(row["median_ms"]), latency_source="median_ms")

@@ -181,6 +181,28 @@ def test_a_search_job_on_an_in_memory_store_with_a_budget_fails_before_measuring
     assert [event.get("step") for event in store.job_events(job_id)] == [], "it failed before its first step"
 
 
+def test_a_store_that_cannot_reach_rays_workers_is_refused_before_measuring(tmp_path: Path, dataset: Path) -> None:
+    """A store holding an open file profiled and evaluated every subnet, then failed at the search with an error
+    naming a ``DeviceSearch`` that could not be serialised, not the store."""
+
+    class AuditedStore(MemoryStore):  # a user's backend that keeps a log open
+        def __init__(self, log: Path) -> None:
+            super().__init__()
+            self.audit = open(log, "a")  # noqa: SIM115 - held for the store's life
+
+    store = AuditedStore(tmp_path / "audit.log")
+    try:
+        spec = tiny_spec(dataset, [fast_device("cpu-1t")])
+        job_id = store.create_job(spec.to_dict())
+        with pytest.raises(ValueError, match=r"store: a AuditedStore cannot be sent to Ray's workers, which search "
+                                             r"and measure with it \(TypeError: cannot pickle"):
+            execute(spec.to_dict(), store, job_id)
+        assert store.get_job(job_id).state == "failed"
+        assert [event.get("step") for event in store.job_events(job_id)] == [], "it failed before its first step"
+    finally:
+        store.audit.close()
+
+
 def test_cancel_stops_a_running_job_between_steps(tmp_path: Path, dataset: Path) -> None:
     store = SQLiteStore(tmp_path / "jobs.sqlite")
     spec = tiny_spec(dataset, [fast_device("cpu-a"), fast_device("cpu-b", 2)], n_profile=3, seed=7)

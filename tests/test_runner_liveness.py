@@ -66,11 +66,26 @@ def test_recovery_interrupts_the_job_of_a_killed_runner_and_leaves_a_live_ones(t
         assert recover_jobs(store=store) == [dead_job]
         assert store.get_job(alive_job).state == "running" and store.get_job(alive_job).error is None
         assert store.get_job(dead_job).state == "interrupted"
+        assert store.get_job(dead_job).error.startswith("its process was gone when a service started on the store")
         assert len(list(runners_folder(store.path).glob("*.lock"))) == 1, "the dead runner's lock file was kept"
     finally:
         alive.kill()
         alive.wait(timeout=30)
     assert recover_jobs(store=store) == [alive_job], "once its runner is gone, its job is an orphan too"
+
+
+def test_recovery_on_a_store_without_leases_says_it_could_not_tell() -> None:
+    """A store that is no local SQLite file keeps no leases, so every active job is taken for orphaned; its
+    error said "the service stopped while this job was active" when a service had just started."""
+    from hwsearch.jobs import claim_job, recover_jobs
+    from hwsearch.store import MemoryStore
+
+    store = MemoryStore()
+    job = store.create_job({"kind": "search"})
+    assert claim_job(store, job) is not None
+    assert recover_jobs(store=store) == [job]
+    assert store.get_job(job).state == "interrupted"
+    assert store.get_job(job).error.startswith("a service started on the store, which keeps no runner leases")
 
 
 def _second_serve(store: Path, data_dir: Path) -> tuple[int, str]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from devices.plain import printable
-from hwsearch.jobs.runners import new_runner_token, remove_dead_leases, runner_alive
+from hwsearch.jobs.runners import has_leases, new_runner_token, remove_dead_leases, runner_alive
 from hwsearch.store import ACTIVE_STATES, TERMINAL_STATES, Store
 
 __all__ = ["ACTIVE_STATES", "Control", "JobCancelled", "ProgressFn", "TERMINAL_STATES", "WaitRelay",
@@ -261,8 +261,10 @@ def recover_jobs(*, store: Store) -> list[str]:
     measurements are in the store, so a resume continues from them.  Returns
     the ids that were touched.
     """
-    reason = ("the service stopped while this job was active; "
-              "its measurements are kept and a resume continues from them")
+    kept = "its measurements are kept and a resume continues from them"
+    reason = (f"its process was gone when a service started on the store; {kept}" if has_leases(store) else
+              f"a service started on the store, which keeps no runner leases (it is no local SQLite file), so "
+              f"it could not tell whether this job's process lived; {kept}")
     orphans = [record for record in store.jobs_in_states(ACTIVE_STATES) if not runner_alive(store, record.runner)]
     touched = [record.job_id for record in orphans
                if store.transition_job(record.job_id, ACTIVE_STATES, "interrupted", expect_runner=record.runner,

@@ -36,7 +36,8 @@ from typing import IO
 
 from hwsearch.store import SQLiteStore, Store
 
-__all__ = ["claim", "claim_store", "new_runner_token", "remove_dead_leases", "runner_alive", "runners_folder"]
+__all__ = ["claim", "claim_store", "has_leases", "new_runner_token", "remove_dead_leases", "runner_alive",
+           "runners_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,11 @@ def remove_dead_leases(store: Store) -> int:
     if folder is None or not folder.is_dir():
         return 0
     return sum(_remove_if_dead(lock_file) for lock_file in folder.glob("*.lock") if _LEASE_ID.fullmatch(lock_file.stem))
+
+
+def has_leases(store: Store) -> bool:
+    """Whether ``store`` keeps runner leases (a local SQLite file): without them no runner can be told alive."""
+    return _local_file(store) is not None
 
 
 def _local_file(store: Store) -> Path | None:
