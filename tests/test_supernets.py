@@ -128,6 +128,32 @@ def test_a_second_builder_for_a_family_is_refused_not_put_in_the_first_ones_plac
     assert net.extract(net.space.smallest())(torch.zeros(1, 3, 128, 128)).shape == (1, 10)
 
 
+def test_a_supernet_without_a_checkpoint_is_the_same_network_in_every_process() -> None:
+    """Random initial weights differed per process: two exports of one subnet wrote different files, and a
+    second search reused accuracies of another random network. The caller's random stream is left alone."""
+    import hashlib
+    import subprocess
+    import sys
+
+    digest = ("import hashlib, torch\n"
+              "from hwsearch.supernets import create_supernet\n"
+              "net = create_supernet('ofa_mbv3_d234_e346_k357_w1.0', n_classes=10)\n"
+              "print(hashlib.sha256(b''.join(t.numpy().tobytes() for t in net.module.state_dict().values()))"
+              ".hexdigest())")
+    elsewhere = subprocess.run([sys.executable, "-c", digest], capture_output=True, text=True, timeout=300)
+    assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
+    torch.manual_seed(7)
+    expected_next = torch.rand(3)
+    torch.manual_seed(7)
+    net = create_supernet(MBV3, n_classes=10)
+    assert torch.equal(torch.rand(3), expected_next), "building drew nothing from the caller's stream"
+    here = hashlib.sha256(b"".join(t.numpy().tobytes() for t in net.module.state_dict().values())).hexdigest()
+    assert here == elsewhere.stdout.strip()
+    other = create_supernet(MBV3, n_classes=100).module.state_dict()
+    assert not torch.equal(other["first_conv.conv.weight"], net.module.state_dict()["first_conv.conv.weight"]), \
+        "another network draws from another seed"
+
+
 def test_n_classes_changes_only_the_head() -> None:
     net = create_supernet(MBV3, n_classes=10)
     assert net.module.classifier.linear.out_features == 10

@@ -20,11 +20,14 @@ no family imports back into a half-initialised package.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 from hwsearch.checks import positive_int
@@ -115,7 +118,25 @@ def build_supernet(space: SearchSpace, *, name: str | None = None,
     if builder is None:
         raise ValueError(f"{space.name}: no supernet family builds layout "
                          f"{type(space.layout).__name__}; families: {', '.join(known)}")
-    return Supernet(name or space.name, builder(space, dropout_rate))
+    with _initial_weights(space.network_id):
+        return Supernet(name or space.name, builder(space, dropout_rate))
+
+
+@contextlib.contextmanager
+def _initial_weights(network: str) -> Iterator[None]:
+    """Draw the initial weights built inside from a seed of ``network``; the caller's random stream goes on as
+    if nothing was drawn.
+
+    Without a checkpoint those weights are what is searched, and every
+    process built others: two ``hwsearch export`` runs of one subnet wrote
+    different files (151 of 151 initializers apart), a service's export was
+    not the network its job's Ray worker had scored, and a second search
+    reused accuracies measured on another random network, all stored under
+    one key.  A checkpoint, when loaded, replaces them.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(hashlib.sha256(network.encode()).hexdigest()[:8], 16))
+        yield
 
 
 def list_supernets() -> list[str]:
@@ -151,7 +172,8 @@ def create_supernet(
     """
     if n_classes is not None:
         n_classes = positive_int(n_classes, "n_classes")
-    supernet = _factory(name)(n_classes=n_classes)
+    with _initial_weights(f"{name}:{n_classes}"):  # a factory may build its network without build_supernet
+        supernet = _factory(name)(n_classes=n_classes)
     if checkpoint is not None:
         supernet.load_checkpoint(checkpoint)
     return supernet
