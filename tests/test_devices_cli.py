@@ -64,6 +64,19 @@ def test_measure_json(tmp_path: Path) -> None:
     assert table.exit_code == 0 and "m.onnx" in table.output
 
 
+def test_measure_says_why_a_row_is_unstable(tmp_path: Path) -> None:
+    """``stable NO`` left the reason to ``--json``: a 1e-9 CI target no session reaches is named ``ci``."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(mobilenet_like_onnx(((32, 16, 3, 2),), seed=3, input_shape=(1, 3, 64, 64)))
+    profile = tmp_path / "p.json"
+    profile.write_text(json.dumps({"name": "cli", "warmup": {"runs": 2, "seconds": 0.1},
+                                   "protocol": {"min_rounds": 6, "max_rounds": 8, "ci_target": 1e-9}}))
+    table = CliRunner().invoke(app, ["measure", "--device", str(profile), str(model)])
+    assert table.exit_code == 0, table.output
+    [row] = [line for line in table.stdout.splitlines() if line.startswith("m.onnx")]
+    assert row.endswith("  NO (ci)") or row.split("  NO (")[1].startswith("ci, "), row
+
+
 def test_agent_command_is_registered() -> None:
     result = CliRunner().invoke(app, ["agent", "--help"])
     assert result.exit_code == 0 and "--token" in result.output and "--port" in result.output

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,7 +19,10 @@ def measure(
     """Measure MODELS interleaved with the device's reference model.
 
     All files share one session, so their latencies share one reference scale;
-    rows marked unstable did not reach the profile's confidence target.
+    a row marked unstable says why: its CI missed the profile's target (ci),
+    other programs loaded the host (foreign_load), the reference ran slower
+    than the host's fastest recent sessions (reference_slowdown), or the host
+    lock was lost (lock_lost).
     A wait for the host (another session measuring) is said on stderr.
     """
     from devices import open_profiler
@@ -40,8 +43,19 @@ def measure(
     for path, m in zip(models, measurements):
         typer.echo(
             f"{path.name[:40]:40s} {m.latency_ms:10.3f} {m.ratio:7.3f} {m.ratio_ci:6.1%} "
-            f"{m.median_ms:9.3f} {m.p90_ms:8.3f}  {'yes' if m.stable else 'NO'}"
+            f"{m.median_ms:9.3f} {m.p90_ms:8.3f}  {_stability(m)}"
         )
+
+
+def _stability(measurement: Any) -> str:
+    """``yes``, or ``NO`` and why (``env.unstable_reasons``; an agent's, made printable): a bare ``NO`` left the
+    reason to ``--json``."""
+    from devices.plain import printable
+
+    if measurement.stable:
+        return "yes"
+    reasons = measurement.env.get("unstable_reasons") or []
+    return "NO" + (f" ({', '.join(printable(str(reason)) for reason in reasons)})" if reasons else "")
 
 
 def register(app: typer.Typer) -> None:
