@@ -89,6 +89,31 @@ def test_streamed_evaluation_on_a_gpu_declaring_cluster_and_reuse_by_key(folder:
     assert len(reports) == 2
 
 
+def test_a_few_subnets_are_spread_over_the_clusters_cores(folder: Path) -> None:
+    """A refinement round's 4 subnets went to one task (chunks of 4) while the other core sat idle: 33 s of one
+    round's 54 at full scale. Chunks stay at most ``chunk`` and are cut so that each core gets one."""
+    import ray
+
+    from hwsearch.accuracy_eval import eval_chunks
+
+    assert [len(c) for c in eval_chunks(list(range(4)), 4, 2)] == [2, 2]
+    assert [len(c) for c in eval_chunks(list(range(9)), 4, 2)] == [4, 4, 1]
+    assert [len(c) for c in eval_chunks(list(range(3)), 4, 8)] == [1, 1, 1]
+    assert eval_chunks([], 4, 2) == []
+    net = build_supernet(SupernetRef(**SUPERNET))
+    archs = net.space.sample(1, 4)
+    plan = DataPlan(str(folder), n_calibration=8, subset=24)
+    split = plan.open(size=32)
+    reports: list[dict] = []
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        found = evaluate_subnets(net, archs, split, store=MemoryStore(), dataset_id=plan.dataset_id(split),
+                                 settings=EvalSettings(batch_size=8), report=reports.append)
+    finally:
+        ray.shutdown()
+    assert len(reports) == 2 and sorted(found) == sorted(a.key() for a in archs)
+
+
 def test_labels_past_the_supernets_head_are_refused_before_any_evaluation(tmp_path: Path) -> None:
     """Labels up to 999 for a 10-class head: no subnet can predict them, and the job succeeded with low accuracies."""
     from hwsearch.data import load_images
