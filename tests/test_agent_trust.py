@@ -307,7 +307,11 @@ def test_an_agent_refuses_a_token_short_enough_to_guess(tmp_path: Path) -> None:
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     refused = start("s3cret-15-chars")
-    said, _ = refused.communicate(timeout=60)
+    try:
+        said, _ = refused.communicate(timeout=60)
+    finally:  # an agent that served the short token would run on after the test
+        refused.kill()
+        refused.wait(timeout=30)
     assert refused.returncode == 2, said
     assert "the agent's token (--token or DEVICES_AGENT_TOKEN) is shorter than the 16 characters" in said, said
     assert "s3cret" not in said
