@@ -350,10 +350,11 @@ def _evaluate_on_ray(supernet: Any, todo: Sequence[ArchConfig], refs: EvalRefs, 
     """Chunks of ``todo`` as Ray tasks; each chunk's accuracies are stored as it returns."""
     import ray
 
-    placement = choose_placement(settings, ray.cluster_resources())
+    cluster = ray.cluster_resources()
+    placement = choose_placement(settings, cluster)
     remote = ray.remote(_evaluate_chunk).options(num_cpus=placement.num_cpus,
                                                  num_gpus=placement.num_gpus)
-    chunks = eval_chunks(todo, settings.chunk, _slots(placement, ray.cluster_resources()))
+    chunks = eval_chunks(todo, settings.chunk, _slots(placement, cluster))
     pending = {remote.remote(refs.supernet, refs.calibration, refs.validation, [a.to_dict() for a in chunk],
                              settings, placement): chunk for chunk in chunks}
     finished = 0

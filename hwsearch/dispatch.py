@@ -312,7 +312,8 @@ class JobDispatcher:
         while self._queue and len(self._running) < self.admission.max_running:
             job_id = self._queue.popleft()
             spec = self.store.get_job(job_id).spec
-            if (twin := measuring.get(first_measured(spec))) is not None:
+            measures = first_measured(spec)
+            if (twin := measuring.get(measures)) is not None:
                 waiting.append(job_id)
                 self._say_it_waits(job_id, twin)
                 continue
@@ -322,8 +323,8 @@ class JobDispatcher:
                 continue  # cancelled while it waited
             try:
                 ref = self._task().remote(spec, self.store, job_id, self.agents, runner)
-                self._running[job_id] = _Task(ref, runner, measures=first_measured(spec))
-                measuring[first_measured(spec)] = job_id
+                self._running[job_id] = _Task(ref, runner, measures=measures)
+                measuring[measures] = job_id
             except Exception as error:  # Ray itself would not start: the job cannot run
                 log.exception("could not start job %s", job_id)
                 record_failure(self.store, job_id, error, runner=runner)

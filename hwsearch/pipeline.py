@@ -660,9 +660,8 @@ def finite_latencies(store: Store, device_hash: str, space_name: str) -> dict[st
     reader's write could land after a concurrent run labelled the row and
     undo the label.
     """
-    rows = {key: dict(row) for key, row in readable_latencies(store, device_hash, space_name).items()}  # copies:
-    # a store may hand out its own dicts (the contract asks for snapshots); one that did lost its NaN marks here
-    for row in rows.values():
-        if not math.isfinite(float(row["latency_ms"])):
-            row.update(latency_ms=float(row["median_ms"]), latency_source="median_ms")
+    rows = readable_latencies(store, device_hash, space_name)
+    for key, row in rows.items():
+        if not math.isfinite(float(row["latency_ms"])):  # a copy: a store handing out its own rows lost its NaN marks
+            rows[key] = {**row, "latency_ms": float(row["median_ms"]), "latency_source": "median_ms"}
     return in_current_norm(rows, device_hash, space_name)

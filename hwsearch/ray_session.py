@@ -277,13 +277,18 @@ def _private_ray_folder() -> str | None:
     """
     if os.environ.get("RAY_TMPDIR"):
         return None
-    parent = tempfile.gettempdir()
-    if len(parent) + _PRIVATE_FOLDER_CHARS + _RAY_SOCKET_TAIL_CHARS > _MAX_SOCKET_PATH_CHARS:
-        parent = "/tmp"  # a deep TMPDIR would leave Ray's socket paths no room
+    parent = _parent_with_room_for_ray(_PRIVATE_FOLDER_CHARS)
     kept = contextlib.ExitStack()
     folder = kept.enter_context(owned_temp_dir("rs", parent, swept=False))  # removed once Ray has stopped
     atexit.register(_shut_down_then_remove, kept)
     return str(folder / "ray")  # Ray makes the folder it is given 0777: this one's parent keeps it closed
+
+
+def _parent_with_room_for_ray(folder_chars: int) -> str:
+    """The temp folder, or ``/tmp`` where a folder of ``folder_chars`` (its ``/`` included) below it would leave
+    Ray's socket paths no room (a deep ``TMPDIR``)."""
+    parent = tempfile.gettempdir()
+    return "/tmp" if len(parent) + folder_chars + _RAY_SOCKET_TAIL_CHARS > _MAX_SOCKET_PATH_CHARS else parent
 
 
 def _shut_down_then_remove(kept: contextlib.ExitStack) -> None:
@@ -365,10 +370,8 @@ def private_temp_dir(owner: str, purpose: str = "ray") -> Path:
     under the same digest, in the temp folder.
     """
     digest = hashlib.sha256(str(Path(owner).resolve()).encode()).hexdigest()[:8]
-    name, parent = f"hwsearch-{purpose}-{digest}", tempfile.gettempdir()
-    if purpose == "ray" and len(parent) + 1 + len(name) + _RAY_SOCKET_TAIL_CHARS > _MAX_SOCKET_PATH_CHARS:
-        parent = "/tmp"
-    return Path(parent) / name
+    name = f"hwsearch-{purpose}-{digest}"
+    return Path(_parent_with_room_for_ray(1 + len(name)) if purpose == "ray" else tempfile.gettempdir()) / name
 
 
 def kill_leftovers(temp_dir: Path) -> list[str]:

@@ -309,7 +309,8 @@ def _axis_label(metric: str, fronts: Sequence[ParetoFront]) -> str:
     timed = {front.latency_timed() for front in fronts}
     if len(timed) > 1:
         return "latency (ms, one inference of each device's batch)"
-    return f"latency (ms {timed.pop()})" if timed and "" not in timed else label
+    words = next(iter(timed), "")
+    return f"latency (ms {words})" if words else label
 
 
 def _figure_png(draw: Any, xlabel: str, ylabel: str, title: str) -> bytes:
@@ -381,7 +382,8 @@ def _img(png: bytes, alt: str) -> str:
 
 def _front_table(front: ParetoFront) -> str:
     metrics = [o.metric for o in front.objectives]
-    timed = f" ({front.latency_timed()})" if front.latency_timed() else ""
+    words = front.latency_timed()
+    timed = f" ({words})" if words else ""
     header = ["#", "arch", "precision"] + [f"{m} measured" + (timed if m == "latency_ms" else "")
                                            for m in metrics] + \
              ["latency measured how"] + [f"{m} predicted ± sd" for m in metrics] + ["MACs", "params"]

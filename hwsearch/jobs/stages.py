@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import replace
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from hwsearch.jobs.context import JobContext, JobDevice, SharedJob
