@@ -16,12 +16,24 @@ layout's family registered a builder with :func:`register_builder`.
 The families and the built-in demo register themselves when first needed
 (:func:`_load_plugins`), so importing this package loads none of them and
 no family imports back into a half-initialised package.
+
+A family kept in a package of its own names its registering module as an
+entry point of the group ``hwsearch.supernets`` in its ``pyproject.toml``::
+
+    [project.entry-points."hwsearch.supernets"]
+    my_family = "my_package.supernet"
+
+Every process that builds supernets by name (the CLI, the service, each of
+their Ray workers) then loads it when the registry is first used, with no
+import of the user's own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,8 +46,10 @@ from hwsearch.checks import positive_int
 from hwsearch.space import SearchSpace
 from hwsearch.supernets.base import Supernet
 
-__all__ = ["build_supernet", "create_supernet", "describe_supernet", "list_supernets",
-           "register_builder", "register_supernet"]
+__all__ = ["ENTRY_POINT_GROUP", "build_supernet", "create_supernet", "describe_supernet", "failed_plugins",
+           "list_supernets", "register_builder", "register_supernet"]
+
+ENTRY_POINT_GROUP = "hwsearch.supernets"
 
 Factory = Callable[..., Supernet]
 Builder = Callable[[SearchSpace, float], nn.Module]
@@ -47,6 +61,8 @@ _BUILDERS: dict[str, Builder] = {}
 _LOCK = threading.Lock()
 _LOAD_LOCK = threading.RLock()
 _loaded = False
+_FAILED_PLUGINS: dict[str, str] = {}
+_LOG = logging.getLogger(__name__)
 
 
 def register_supernet(name: str, *, overwrite: bool = False) -> Callable[[F], F]:
@@ -105,6 +121,34 @@ def _load_plugins() -> None:
         except BaseException:
             _loaded = False
             raise
+        _load_entry_points()
+
+
+def _load_entry_points() -> None:
+    """Import every installed package's ``hwsearch.supernets`` entry point, so its decorators run.
+
+    One broken plug-in does not take the built-in families down with it: its
+    error is kept (:func:`failed_plugins`), logged once, and named when a
+    supernet it might have registered is asked for.
+    """
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        label = f"{entry.name} = {entry.value}"
+        try:
+            entry.load()
+        except Exception as error:  # a plug-in's own failure, of any kind, is reported, not raised
+            _FAILED_PLUGINS[label] = f"{type(error).__name__}: {error}"
+            _LOG.warning("hwsearch supernet plug-in %r failed to load: %s", label, _FAILED_PLUGINS[label])
+
+
+def _broken_plugins() -> str:
+    """What a "not found" error adds: each plug-in that might have registered the name but failed to load."""
+    return "".join(f"; plug-in {label!r} failed to load ({error})" for label, error in _FAILED_PLUGINS.items())
+
+
+def failed_plugins() -> dict[str, str]:
+    """The ``hwsearch.supernets`` entry points that failed to load, each with its error."""
+    _load_plugins()
+    return dict(_FAILED_PLUGINS)
 
 
 def build_supernet(space: SearchSpace, *, name: str | None = None,
@@ -117,7 +161,7 @@ def build_supernet(space: SearchSpace, *, name: str | None = None,
         known = sorted(_BUILDERS)
     if builder is None:
         raise ValueError(f"{space.name}: no supernet family builds layout "
-                         f"{type(space.layout).__name__}; families: {', '.join(known)}")
+                         f"{type(space.layout).__name__}; families: {', '.join(known)}{_broken_plugins()}")
     with _initial_weights(space.network_id):
         return Supernet(name or space.name, builder(space, dropout_rate))
 
@@ -151,7 +195,7 @@ def _factory(name: str) -> Factory:
     with _LOCK:
         factory = _REGISTRY.get(name)
     if factory is None:
-        raise ValueError(f"unknown supernet {name!r}; available: {', '.join(list_supernets())}")
+        raise ValueError(f"unknown supernet {name!r}; available: {', '.join(list_supernets())}{_broken_plugins()}")
     return factory
 
 
