@@ -3,7 +3,8 @@
 :class:`Store` states the contract; :class:`MemoryStore` (tests, one-off CLI
 runs) and :class:`SQLiteStore` (the service, Ray workers, resumable
 profiling) implement it, and one test suite covers both.  Use
-:func:`open_store` to turn ``None``, a path or a store into a store.
+:func:`open_store` to turn ``None``, a path, a plug-in's URL
+(:mod:`hwsearch.store_urls`) or a store into a store.
 """
 
 from __future__ import annotations
@@ -826,11 +827,20 @@ StoreLike = Union[Store, str, Path, None]
 
 
 def open_store(store: StoreLike = None) -> Store:
-    """``None`` -> a new :class:`MemoryStore`; a path -> :class:`SQLiteStore`; a store -> itself."""
+    """``None`` -> a new :class:`MemoryStore`; a path -> :class:`SQLiteStore`; a store -> itself.
+
+    A ``scheme://...`` string is opened by the installed package that
+    registered the scheme (:mod:`hwsearch.store_urls`).
+    """
     if store is None:
         return MemoryStore()
     if isinstance(store, Store):
         return store
+    if isinstance(store, str):
+        from hwsearch.store_urls import is_store_url, open_store_url
+
+        if is_store_url(store):
+            return open_store_url(store)
     if isinstance(store, (str, Path)):
         return SQLiteStore(store)
     raise TypeError(f"expected None, a path or a Store, got {type(store).__name__}")

@@ -37,12 +37,14 @@ class Server:
     """``hwsearch serve`` in its own process group, so a test can kill it (and its Ray) at once.
 
     Unless ``extra`` says otherwise, the store's folder is the service's data root, so
-    files a test writes beside the store can be named in requests.
+    files a test writes beside the store can be named in requests.  ``store_url``, when
+    given, is what the service is told to open instead of the file (a store plug-in's URL).
     """
 
     def __init__(self, store: Path, *, extra: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None, factory: bool = False) -> None:
+                 env: dict[str, str] | None = None, factory: bool = False, store_url: str | None = None) -> None:
         self.store = store
+        self.store_arg = store_url or str(store)
         self.factory = factory  # started as ``uvicorn --factory`` would be, not by ``hwsearch serve``
         self.port = 0  # the service binds a port of its own choosing, read from its log by start()
         self.extra = extra
@@ -81,11 +83,11 @@ class Server:
     def _command(self, env: dict[str, str]) -> list[str]:
         """``hwsearch serve``'s command line, or uvicorn's (which takes its settings from ``env``)."""
         if self.factory:
-            env.update(HWSEARCH_STORE=str(self.store), HWSEARCH_DATA_ROOTS=str(self.store.parent))
+            env.update(HWSEARCH_STORE=self.store_arg, HWSEARCH_DATA_ROOTS=str(self.store.parent))
             return [sys.executable, "-m", "uvicorn", "--factory", "hwsearch.api.app:create_app_from_env",
                     "--port", "0", *self.extra]
         roots = () if "--data-root" in self.extra else ("--data-root", str(self.store.parent))
-        return [sys.executable, "-m", "hwsearch.cli.main", "serve", "--store", str(self.store),
+        return [sys.executable, "-m", "hwsearch.cli.main", "serve", "--store", self.store_arg,
                 "--port", "0", *roots, *self.extra]
 
     def client(self, token: str | None = TOKEN) -> httpx.Client:
@@ -121,6 +123,8 @@ class Server:
         """The service's data directory, as ``hwsearch serve`` derives it."""
         if "--data-dir" in self.extra:
             return Path(self.extra[self.extra.index("--data-dir") + 1])
+        if self.factory and "HWSEARCH_DATA" in self.env:
+            return Path(self.env["HWSEARCH_DATA"])
         return default_data_dir(self.store)
 
 

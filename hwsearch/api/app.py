@@ -43,6 +43,7 @@ from hwsearch.api.routes import api_router, public_router
 from hwsearch.api.service import Busy, ServiceError, drop_unused_checkpoints, resume_at_start, upgrade_catalog
 from hwsearch.dispatch import Admission, JobDispatcher
 from hwsearch.store import SQLiteStore, Store, StoreError, open_store
+from hwsearch.store_urls import is_store_url, open_store_url
 
 __all__ = ["SettingError", "create_app", "create_app_from_env"]
 
@@ -296,7 +297,8 @@ def create_app_from_env() -> FastAPI:
     keeps (see :func:`__getattr__`), and ``--no-proxy-headers``, so that no
     client chooses the scheme of the links in answers.
 
-    Reads ``HWSEARCH_STORE`` (SQLite path), ``HWSEARCH_TOKEN``, and optionally
+    Reads ``HWSEARCH_STORE`` (a SQLite path, or a store plug-in's ``scheme://``
+    URL, which needs ``HWSEARCH_DATA``), ``HWSEARCH_TOKEN``, and optionally
     ``HWSEARCH_DATA`` (defaults to ``<store>.data``), ``HWSEARCH_DATA_ROOTS``
     (``os.pathsep``-separated), ``HWSEARCH_AGENTS`` (comma-separated
     ``NAME=URL``, tokens as :func:`hwsearch.agents.load_agents` finds them),
@@ -324,7 +326,8 @@ def _app_from_env() -> FastAPI:
     """Every setting read and checked first, so a bad one leaves no store or folder behind."""
     from hwsearch.agents import SecretsFileError, load_agents
 
-    store_path = Path(_required_env("HWSEARCH_STORE"))
+    store_setting = _required_env("HWSEARCH_STORE")
+    store_path = None if is_store_url(store_setting) else Path(store_setting)
     token = _required_env("HWSEARCH_TOKEN")
     public_url = os.environ.get("HWSEARCH_PUBLIC_URL") or None
     for name, check, value in (("HWSEARCH_TOKEN", check_token, token),
@@ -362,6 +365,10 @@ def _app_from_env() -> FastAPI:
             max_job_seconds=_env_number("HWSEARCH_MAX_JOB_SECONDS", Admission.max_job_seconds, minimum=1.0)),
     )
     resume = _env_flag("HWSEARCH_RESUME")
+    if store_path is None and not os.environ.get("HWSEARCH_DATA"):
+        raise SettingError("HWSEARCH_DATA: a store given by URL (HWSEARCH_STORE) has no file to keep the data "
+                           "directory beside: set it")
+    url_store = None if store_path is not None else _opened_by_plugin(store_setting)  # before any folder is made
     data_dir = Path(os.environ.get("HWSEARCH_DATA") or default_data_dir(store_path))
     locks = _claim_service(store_path, data_dir)
     ray_address = os.environ.get("HWSEARCH_RAY_ADDRESS") or None
@@ -372,7 +379,7 @@ def _app_from_env() -> FastAPI:
     for notice in folders.notices:
         print(f"hwsearch: {notice}", file=sys.stderr)
     try:
-        store = open_store(store_path)
+        store = url_store or open_store(store_path)
     except StoreError as error:  # a foreign, newer or unreadable file: its one line, not a traceback
         raise SettingError(f"HWSEARCH_STORE: {error}") from None
     app = create_app(
@@ -385,16 +392,28 @@ def _app_from_env() -> FastAPI:
     return app
 
 
-def _claim_service(store_path: Path, data_dir: Path) -> list[IO[str]]:
+def _opened_by_plugin(url: str) -> Store:
+    """The store an installed plug-in opens for ``url`` (:mod:`hwsearch.store_urls`), or a line naming the variable."""
+    try:
+        return open_store_url(url)
+    except StoreError as error:
+        raise SettingError(f"HWSEARCH_STORE: {error}") from None
+
+
+def _claim_service(store_path: Path | None, data_dir: Path) -> list[IO[str]]:
     """The store's and the data directory's service locks, as ``hwsearch serve`` takes them.
 
     Without them two factory services (or one beside a ``hwsearch serve``)
     served one store at once: each queued and recovered jobs of the other.
     A refusal leaves no runners folder it made, and a path that cannot hold
-    a lock is one line naming its variable.
+    a lock is one line naming its variable.  A plug-in's store (no
+    ``store_path``) has no file to keep a lock beside: only the data
+    directory's is taken.
     """
-    from hwsearch.jobs.runners import claim, claim_store, runners_folder
+    from hwsearch.jobs.runners import claim_store, runners_folder
 
+    if store_path is None:
+        return [_claim_data_dir(data_dir)]
     made = not runners_folder(store_path).exists()
     try:
         store_lock = claim_store(store_path)
@@ -403,15 +422,25 @@ def _claim_service(store_path: Path, data_dir: Path) -> list[IO[str]]:
     if store_lock is None:
         raise SettingError(f"HWSEARCH_STORE: another hwsearch service is using {store_path}; stop it first")
     try:
+        return [store_lock, _claim_data_dir(data_dir)]
+    except SettingError:
+        _let_go(store_lock, runners_folder(store_path) if made else None)
+        raise
+
+
+def _claim_data_dir(data_dir: Path) -> IO[str]:
+    """The data directory's service lock, or one line naming ``HWSEARCH_DATA``."""
+    from hwsearch.jobs.runners import claim
+
+    try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         data_lock = claim(data_dir / "serve.lock")
         problem = f"another hwsearch service is using {data_dir}; stop it first"
     except OSError as error:
         data_lock, problem = None, f"no service lock in {data_dir}: {error.strerror}"
     if data_lock is None:
-        _let_go(store_lock, runners_folder(store_path) if made else None)
         raise SettingError(f"HWSEARCH_DATA: {problem}")
-    return [store_lock, data_lock]
+    return data_lock
 
 
 def _let_go(lock: IO[str], made: Path | None) -> None:

@@ -16,9 +16,9 @@ import typer
 
 from hwsearch.cli._errors import OptionError, reading
 
-__all__ = ["MAX_SEED", "MAX_SUBNETS", "check_onnx_files", "check_ray_address_option", "load_profile", "load_supernet",
-           "prepare_folder", "refuse_file_in_the_way", "require_regular_file", "require_size_at_most", "seed_option",
-           "warn_if_untrained"]
+__all__ = ["MAX_SEED", "MAX_SUBNETS", "STORE_HELP", "check_onnx_files", "check_ray_address_option", "load_profile",
+           "load_supernet", "open_store_option", "prepare_folder", "refuse_file_in_the_way", "require_regular_file",
+           "require_size_at_most", "seed_option", "warn_if_untrained"]
 
 #: The largest seed a command takes, as the service's jobs (every RNG seeded from it takes it).
 MAX_SEED = 2**31 - 1
@@ -26,6 +26,8 @@ MAX_SEED = 2**31 - 1
 #: schema: selection draws 40 candidates per subnet, so ``--n 1000000`` asked for 13.7 GiB and
 #: ``--n 10**30`` ended in a numpy traceback (after Ray had started, for ``search``).
 MAX_SUBNETS = 10_000
+#: What ``--store`` takes, for every command's help.
+STORE_HELP = "a SQLite file, or a scheme://... URL that an installed store plug-in opens (hwsearch.stores)"
 
 
 def seed_option(help: str) -> Any:  # -> typer's OptionInfo
@@ -61,6 +63,27 @@ def load_profile(path: Path, option: str = "--device") -> Any:  # -> devices.pro
     require_regular_file(path, option)
     with reading(option):
         return DeviceProfile.load(path)
+
+
+def open_store_option(value: str, *, must_exist: bool = False, option: str = "--store") -> Any:  # -> store.Store
+    """The store ``value`` names (:data:`STORE_HELP`), opened and checked; one line naming ``option`` if it cannot be.
+
+    ``must_exist``: a command that only reads rows refuses a SQLite path
+    with no file there, rather than creating an empty store and finding
+    nothing in it.
+    """
+    from hwsearch.store import StoreError, open_store
+    from hwsearch.store_urls import is_store_url
+
+    if not is_store_url(value):
+        path = Path(value)
+        if must_exist and not path.is_file():
+            raise OptionError(option, f"{value} is not a store file")
+        value = path  # type: ignore[assignment]  (a path, even one that reads like a URL's remainder)
+    try:
+        return open_store(value)
+    except StoreError as error:
+        raise OptionError(option, str(error)) from None
 
 
 def load_supernet(name: str, checkpoint: Path | None = None) -> Any:  # -> supernets.Supernet

@@ -14,11 +14,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from hwsearch.cli._inputs import MAX_SUBNETS, seed_option
+from hwsearch.cli._inputs import MAX_SUBNETS, STORE_HELP, seed_option
 
 __all__ = ["register"]
 
-StoreOpt = Annotated[Path, typer.Option(help="SQLite store the rows go to (created if missing).")]
+StoreOpt = Annotated[str, typer.Option(help=f"Where the rows go: {STORE_HELP} (a file is created if missing).")]
 SupernetOpt = Annotated[str, typer.Option(help="Supernet name (see `hwsearch supernets list`).")]
 CheckpointOpt = Annotated[Optional[Path], typer.Option(
     help="Supernet weights (a local state_dict file); without it, a random initialisation.", exists=True,
@@ -39,7 +39,7 @@ def profile(
     n: Annotated[int, typer.Option("--n", min=1, max=MAX_SUBNETS, help="How many subnets to select.")] = 100,
     resolution: Annotated[Optional[int], typer.Option(
         help="Pin the input resolution (default: spread over the space's resolutions).")] = None,
-    store: StoreOpt = Path("runs/hwsearch.db"),
+    store: StoreOpt = "runs/hwsearch.db",
     seed: Annotated[int, seed_option("Selection seed; the same seed resumes the same run.")] = 0,
     chunk: Annotated[int, typer.Option(min=1, help="Most subnets per interleaved measurement session.")] = 16,
     checkpoint: CheckpointOpt = None,
@@ -48,16 +48,16 @@ def profile(
     """Select N subnets spread over MACs, export them to ONNX and measure them on DEVICE."""
     from devices import open_profiler
     from hwsearch.cli._errors import exit_on_sigterm
-    from hwsearch.cli._inputs import load_profile, load_supernet
+    from hwsearch.cli._inputs import load_profile, load_supernet, open_store_option
     from hwsearch.cli._waiting import waiting_printer
     from hwsearch.pipeline import profile_subnets, select_subnets
-    from hwsearch.store import SQLiteStore
+    from hwsearch.store_urls import shown_store
 
     exit_on_sigterm()  # the default action ended it at -15 with no word, its temp files left behind
     device_profile = load_profile(device)
     net = load_supernet(supernet, checkpoint)
     archs = select_subnets(net.space, n, seed=seed, resolution=resolution)
-    rows = SQLiteStore(store)  # opened (and checked) before anything is measured; after the inputs, not to
+    rows = open_store_option(store)  # opened (and checked) before anything is measured; after the inputs, not to
     # leave a new store behind for a misspelt supernet
     profiler = open_profiler(device_profile)
     with _progress_bar(f"profiling on {device_profile.name}", not as_json) as bar:
@@ -66,9 +66,9 @@ def profile(
             net, archs, profiler, profiler.device_key(), rows,
             chunk=chunk, progress=waiting_printer(lambda event: bar.update(task, completed=event["done"])))
     if as_json:
-        typer.echo(json.dumps(report.to_dict() | {"store": str(store)}, indent=2))
+        typer.echo(json.dumps(report.to_dict() | {"store": shown_store(store)}, indent=2))
         return
-    typer.echo(f"{report.measured} measured, {report.skipped} already in {store}, "
+    typer.echo(f"{report.measured} measured, {report.skipped} already in {shown_store(store)}, "
                f"{report.unstable} above the confidence target, {report.seconds:.0f} s "
                f"(device {device_profile.name} {report.device_hash})")
 
@@ -91,7 +91,7 @@ def profile_accuracy(
         min=1)] = None,
     device: Annotated[str, typer.Option(
         help="auto: a GPU when the Ray cluster has one; cpu; cuda.")] = "auto",
-    store: StoreOpt = Path("runs/hwsearch.db"),
+    store: StoreOpt = "runs/hwsearch.db",
     seed: Annotated[int, seed_option("Selection seed.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print accuracies as JSON.")] = False,
 ) -> None:
@@ -99,10 +99,10 @@ def profile_accuracy(
     from hwsearch.accuracy_eval import EvalSettings, check_eval_data, evaluate_subnets
     from hwsearch.bn import has_batch_norm
     from hwsearch.cli._errors import exit_on_sigterm, reading
-    from hwsearch.cli._inputs import load_supernet, warn_if_untrained
+    from hwsearch.cli._inputs import load_supernet, open_store_option, warn_if_untrained
     from hwsearch.evaldata import DataPlan
     from hwsearch.pipeline import select_subnets
-    from hwsearch.store import SQLiteStore
+    from hwsearch.store_urls import shown_store
 
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("expected auto, cpu or cuda", param_hint="--device")
@@ -113,7 +113,7 @@ def profile_accuracy(
     with reading("--data"):
         split = plan.open(size=max(net.space.resolutions))
         check_eval_data(net, split)
-    rows = SQLiteStore(store)  # opened (and checked) before anything is evaluated, once the inputs are
+    rows = open_store_option(store)  # opened (and checked) before anything is evaluated, once the inputs are
     warn_if_untrained(supernet, checkpoint)
     stored_as = f"{dataset_id or data.name}-" + plan.dataset_id(
         split, checkpoint=None if checkpoint is None else str(checkpoint))
@@ -135,7 +135,7 @@ def profile_accuracy(
     recalibrated = f" (BN on {len(split.calibration)})" if has_batch_norm(net.module) else ""  # a ViT has none
     typer.echo(f"{len(values)} subnets on {len(split.validation)} validation images"
                f"{recalibrated}: accuracy {min(values):.3f}..{max(values):.3f}, "
-               f"95% Wilson bounds {low:.3f}..{high:.3f}; stored in {store} as dataset id "
+               f"95% Wilson bounds {low:.3f}..{high:.3f}; stored in {shown_store(store)} as dataset id "
                f"{stored_as}")
 
 

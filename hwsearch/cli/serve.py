@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import IO, Annotated, Optional
+from typing import IO, Annotated, Any, Optional
 
 import typer
 
@@ -24,8 +24,9 @@ _MAX_MB = 16.0 * 1024 * 1024
 
 
 def serve(
-    store: Annotated[Path, typer.Option(help="SQLite file holding jobs and measurements.")] = Path(
-        "hwsearch.sqlite"),
+    store: Annotated[str, typer.Option(
+        help="Jobs and measurements: a SQLite file, or a scheme://... URL that an installed store plug-in "
+             "opens (hwsearch.stores; then give --data-dir).")] = "hwsearch.sqlite",
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
     token: Annotated[Optional[str], typer.Option(
@@ -129,13 +130,13 @@ def serve(
         raise OptionError("--agent-secrets", str(error)) from None
     except (OSError, ValueError) as error:
         raise OptionError("--agent", str(error)) from None
-    store_lock = _own_store(store)  # held (open) until the process ends, as is the data directory's
-    data_dir = data_dir or default_data_dir(store)
+    rows, store_lock = _open_store(store, data_dir)  # both held until the process ends, as is the data directory's
+    data_dir = data_dir or default_data_dir(Path(store))
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = _own(data_dir)
     temp_files = _prepare_host(data_dir, local_ray=ray_address is None)
     app = create_app(
-        open_store(store), token=token, data_dir=data_dir, data_roots=data_root or None,
+        rows or open_store(Path(store)), token=token, data_dir=data_dir, data_roots=data_root or None,
         agents=agents,
         admission=Admission(max_running=max_running_jobs, max_queued=max_queued_jobs,
                             max_n_profile=max_n_profile, max_budget=max_budget,
@@ -156,7 +157,28 @@ def serve(
                     ssl_keyfile=None if ssl_keyfile is None else str(ssl_keyfile))
     finally:
         lock.close()
-        store_lock.close()
+        if store_lock is not None:
+            store_lock.close()
+
+
+def _open_store(store: str, data_dir: Path | None) -> tuple[Any, IO[str] | None]:
+    """A plug-in's store, opened now; or, for a SQLite file, ``None`` and its service lock.
+
+    A store given by URL is opened before any folder is made, so a wrong
+    one leaves nothing behind.  It has no file beside which to keep the
+    data directory (``--data-dir``, required) or a service lock: keeping two
+    services off one such store is the operator's, or the plug-in's, care.
+    """
+    from hwsearch.cli._errors import OptionError
+    from hwsearch.cli._inputs import open_store_option
+    from hwsearch.store_urls import is_store_url
+
+    if not is_store_url(store):
+        return None, _own_store(Path(store))
+    if data_dir is None:
+        raise OptionError("--data-dir", "a store given by URL has no file to keep the data directory beside: "
+                                        "give --data-dir")
+    return open_store_option(store), None
 
 
 def _own_store(store: Path) -> IO[str]:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from hwsearch.cli._errors import reading
-from hwsearch.cli._inputs import seed_option
+from hwsearch.cli._inputs import STORE_HELP, seed_option
 
 __all__ = ["register"]
 
@@ -26,8 +26,7 @@ def train(
         help="Device profile (latency): selects the rows by its hash.", exists=True,
         dir_okay=False)] = None,
     dataset_id: Annotated[Optional[str], typer.Option(help="Dataset id (accuracy).")] = None,
-    store: Annotated[Path, typer.Option(help="SQLite store with the rows.", exists=True,
-                                        dir_okay=False)] = Path("runs/hwsearch.db"),
+    store: Annotated[str, typer.Option(help=f"The store with the rows: {STORE_HELP}.")] = "runs/hwsearch.db",
     test_fraction: Annotated[float, typer.Option(
         help="Share of subnets held out (by key) and scored after fitting.")] = 0.2,
     seed: Annotated[int, seed_option("Split and model seed.")] = 0,
@@ -42,7 +41,7 @@ def train(
     from rich.console import Console
 
     from hwsearch.cli._errors import OptionError, exit_on_sigterm
-    from hwsearch.cli._inputs import load_profile, load_supernet, refuse_file_in_the_way
+    from hwsearch.cli._inputs import load_profile, load_supernet, open_store_option, refuse_file_in_the_way
 
     exit_on_sigterm()  # the default action ended it at -15 with no word
 
@@ -51,13 +50,13 @@ def train(
         raise OptionError("--test-fraction", f"must lie strictly between 0 and 1, got {test_fraction}")
     refuse_file_in_the_way(out, "--out")  # made only once there is a predictor to save
     from hwsearch.anchor import in_current_norm, norm_problem
-    from hwsearch.store import SQLiteStore
+    from hwsearch.store_urls import shown_store
     from predictors.accuracy import AccuracyPredictor
     from predictors.dataset import MeasurementSet, screen_accuracies, screen_latencies
     from predictors.latency import LatencyPredictor
 
     space = load_supernet(supernet).space
-    rows = SQLiteStore(store)
+    rows = open_store_option(store, must_exist=True)
     if target == "latency":
         if device is None:
             raise typer.BadParameter("latency predictors need --device", param_hint="--device")
@@ -78,7 +77,7 @@ def train(
         raise typer.BadParameter("choose 'latency' or 'accuracy'", param_hint="--target")
     skipped = screened.summary()
     if len(data) < MIN_ROWS:
-        typer.echo(f"only {len(data)} labelled subnets in {store}{f' ({skipped})' if skipped else ''}; "
+        typer.echo(f"only {len(data)} labelled subnets in {shown_store(store)}{f' ({skipped})' if skipped else ''}; "
                    f"profile at least {MIN_ROWS} first", err=True)
         raise typer.Exit(code=1)
     if skipped:

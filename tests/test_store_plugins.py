@@ -1,0 +1,143 @@
+"""Another store backend for the CLI and the service: a package's ``hwsearch.stores`` entry point, named by URL.
+
+Probe Z9 found the library and ``create_app`` took any store, but the CLI
+and ``hwsearch serve`` only a SQLite path.  A store URL (``scheme://...``)
+is now opened by the installed package that registered its scheme.  The
+package here is real (its ``.dist-info`` as pip writes it, on PYTHONPATH);
+its backend keeps rows in a SQLite file named by the URL's path and checks
+a password, so a test can see that the URL reached it and that no message
+shows the password.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests._jobs import fast_device, random_dataset
+from tests._server import Server
+from tests.test_api_job import wait_for
+from tests.test_cli_errors import TOKEN, assert_one_line_error, run_cli
+
+PASSWORD = "pw-that-must-not-leak"
+
+PLUGIN_STORE = textwrap.dedent(f'''
+    """A backend of its own for the tests: a SQLite file named by a URL that carries a password."""
+    from urllib.parse import urlsplit
+
+    from hwsearch.store import SQLiteStore
+
+
+    class URLFileStore(SQLiteStore):
+        """Rows in the file the URL's path names."""
+
+
+    def open_url(url):
+        parts = urlsplit(url)
+        if parts.password != {PASSWORD!r}:
+            raise PermissionError(f"login refused for {{url}}")
+        return URLFileStore(parts.path)
+''')
+
+
+@pytest.fixture()
+def site(tmp_path: Path) -> Path:
+    """The plug-in, installed as pip would: its package and its ``.dist-info`` with the entry point."""
+    root = tmp_path / "site"
+    (root / "urlstore").mkdir(parents=True)
+    (root / "urlstore" / "__init__.py").write_text(PLUGIN_STORE)
+    info = root / "urlstore-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: urlstore\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[hwsearch.stores]\nurlfile = urlstore:open_url\n")
+    return root
+
+
+def url(path: Path, password: str = PASSWORD) -> str:
+    return f"urlfile://me:{password}@localhost{path}"
+
+
+def latency_rows(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT COUNT(*) FROM latencies").fetchone()[0])
+
+
+def test_profile_writes_its_rows_to_a_plugin_store_named_by_url(site: Path, tmp_path: Path) -> None:
+    profile = tmp_path / "dev.json"
+    profile.write_text(json.dumps(fast_device("cpu")))
+    rows = tmp_path / "rows.db"
+    result = run_cli("profile", "--device", str(profile), "--supernet", "demo_mbv3_mnist", "--n", "4",
+                     "--store", url(rows), "--json", cwd=tmp_path, extra_env={"PYTHONPATH": str(site)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["measured"] == 4 and latency_rows(rows) == 4
+    assert report["store"] == url(rows, "***")
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_a_store_url_that_cannot_be_opened_is_one_line_without_its_password(site: Path, tmp_path: Path) -> None:
+    profile = tmp_path / "dev.json"
+    profile.write_text(json.dumps(fast_device("cpu")))
+    env = {"PYTHONPATH": str(site)}
+    common = ("profile", "--device", str(profile), "--supernet", "demo_mbv3_mnist", "--n", "4")
+
+    refused = run_cli(*common, "--store", url(tmp_path / "rows.db", "wrong-" + PASSWORD), cwd=tmp_path,
+                      extra_env=env)
+    line = assert_one_line_error(refused, 2, "--store", "urlfile://", "PermissionError", "login refused")
+    assert PASSWORD not in line and "***" in line
+    unknown = run_cli(*common, "--store", f"nosuch://me:{PASSWORD}@host/db", cwd=tmp_path, extra_env=env)
+    line = assert_one_line_error(unknown, 2, "--store", "nosuch://", "urlfile")
+    assert PASSWORD not in line
+    assert not (tmp_path / "rows.db").exists() and not (tmp_path / "nosuch:").exists()
+
+
+def test_train_refuses_a_store_file_that_is_not_there(tmp_path: Path) -> None:
+    result = run_cli("train", "--out", str(tmp_path / "model"), "--target", "accuracy", "--dataset-id", "x",
+                     "--store", str(tmp_path / "missing.db"), cwd=tmp_path)
+    assert_one_line_error(result, 2, "--store", "missing.db", "not a store file")
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_serve_needs_a_data_dir_for_a_store_given_by_url(site: Path, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "hwsearch.cli.main", "serve", "--store", url(tmp_path / "s.db"),
+                             "--token", TOKEN], env={**_env(site), "RAY_AUTH_MODE": "disabled"},
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert_one_line_error(result, 2, "--data-dir")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["site"]  # no store, no data directory
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("factory", [False, True], ids=["serve", "factory"])
+def test_a_service_runs_a_job_on_a_plugin_store(site: Path, tmp_path: Path, factory: bool) -> None:
+    rows = tmp_path / "rows.db"
+    data_dir = tmp_path / "service-data"
+    env = {"PYTHONPATH": str(site), **({"HWSEARCH_DATA": str(data_dir)} if factory else {})}
+    extra = () if factory else ("--data-dir", str(data_dir))
+    server = Server(tmp_path / "store.sqlite", store_url=url(rows), env=env, extra=extra, factory=factory).start()
+    try:
+        dataset = random_dataset(tmp_path / "val.npz")
+        with server.client() as client:
+            assert client.post("/supernets", json={"name": "demo", "registry": "demo_mbv3_mnist"}).status_code == 201
+            assert client.post("/devices", json={"profile": fast_device("cpu")}).status_code == 201
+            accepted = client.post("/jobs", json={"supernet": "demo", "devices": ["cpu"], "dataset": str(dataset),
+                                                  "n_profile": 4, "budget": 0})
+            assert accepted.status_code == 202, accepted.text
+            job = wait_for(client, accepted.json()["id"], ("succeeded", "failed"))
+            assert job["state"] == "succeeded", job
+    finally:
+        server.stop()
+    assert latency_rows(rows) >= 4 and (data_dir / "serve.lock").exists()
+    assert not (tmp_path / "store.sqlite").exists()  # the file the test names is only where its logs go
+    assert PASSWORD not in server.log.read_text()
+
+
+def _env(site: Path) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(site)}
