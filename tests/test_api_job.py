@@ -38,6 +38,17 @@ def wait_for(client: httpx.Client, job_id: str, states: tuple[str, ...], timeout
     raise TimeoutError(f"job {job_id} still {job['state']}: {job}")
 
 
+def run_one_device_job(client: httpx.Client, registry: str, dataset: Path, *, budget: int = 0) -> dict[str, Any]:
+    """Register ``registry`` as supernet ``net`` and a fast device ``cpu``, run a 4-subnet job to its end, return it."""
+    created = client.post("/supernets", json={"name": "net", "registry": registry})
+    assert created.status_code == 201, created.text
+    assert client.post("/devices", json={"profile": fast_device("cpu")}).status_code == 201
+    accepted = client.post("/jobs", json={"supernet": "net", "devices": ["cpu"], "dataset": str(dataset),
+                                          "n_profile": 4, "budget": budget})
+    assert accepted.status_code == 202, accepted.text
+    return wait_for(client, accepted.json()["id"], ("succeeded", "failed"))
+
+
 def register(client: httpx.Client, devices: list[dict[str, Any]]) -> dict[str, str]:
     """Register the test supernet and devices; return the devices' hashes by name."""
     created = client.post("/supernets", json=SUPERNET)

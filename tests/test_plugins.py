@@ -19,7 +19,7 @@ import pytest
 
 from tests._jobs import fast_device, random_dataset
 from tests._server import Server
-from tests.test_api_job import wait_for
+from tests.test_api_job import run_one_device_job
 from tests.test_cli_errors import run_cli
 
 PLUGIN_SUPERNET = textwrap.dedent('''
@@ -116,16 +116,10 @@ def test_a_plugin_family_searches_in_the_cli_and_the_services_ray_workers(plugin
     server = Server(tmp_path / "store.sqlite", env={"PYTHONPATH": str(plugin)}).start()
     try:
         with server.client() as client:
-            created = client.post("/supernets", json={"name": "mine", "registry": "outside_tiny"})
-            assert created.status_code == 201, created.text
-            assert client.post("/devices", json={"profile": fast_device("cpu")}).status_code == 201
-            accepted = client.post("/jobs", json={"supernet": "mine", "devices": ["cpu"], "dataset": str(dataset),
-                                                  "n_profile": 4, "budget": 1})
-            assert accepted.status_code == 202, accepted.text
-            job = wait_for(client, accepted.json()["id"], ("succeeded", "failed"))
+            job = run_one_device_job(client, "outside_tiny", dataset, budget=1)
             assert job["state"] == "succeeded", job
             assert job["result"]["space_name"] == "outside_tiny"
-            assert _front_points(client, accepted.json()["id"]) >= 1
+            assert _front_points(client, job["id"]) >= 1
     finally:
         server.stop()
 

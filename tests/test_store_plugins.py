@@ -22,7 +22,7 @@ import pytest
 
 from tests._jobs import fast_device, random_dataset
 from tests._server import Server
-from tests.test_api_job import wait_for
+from tests.test_api_job import run_one_device_job
 from tests.test_cli_errors import TOKEN, assert_one_line_error, run_cli
 
 PASSWORD = "pw-that-must-not-leak"
@@ -123,12 +123,7 @@ def test_a_service_runs_a_job_on_a_plugin_store(site: Path, tmp_path: Path, fact
     try:
         dataset = random_dataset(tmp_path / "val.npz")
         with server.client() as client:
-            assert client.post("/supernets", json={"name": "demo", "registry": "demo_mbv3_mnist"}).status_code == 201
-            assert client.post("/devices", json={"profile": fast_device("cpu")}).status_code == 201
-            accepted = client.post("/jobs", json={"supernet": "demo", "devices": ["cpu"], "dataset": str(dataset),
-                                                  "n_profile": 4, "budget": 0})
-            assert accepted.status_code == 202, accepted.text
-            job = wait_for(client, accepted.json()["id"], ("succeeded", "failed"))
+            job = run_one_device_job(client, "demo_mbv3_mnist", dataset)
             assert job["state"] == "succeeded", job
     finally:
         server.stop()
