@@ -19,10 +19,12 @@ This module depends on the standard library and numpy only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Union
@@ -44,6 +46,7 @@ __all__ = [
     "SearchSpace",
     "StageSpec",
     "make_divisible",
+    "native_errors",
     "native_list",
     "native_resolution",
 ]
@@ -92,6 +95,38 @@ def native_list(value: Any, name: str, length: int, *, integer: bool = False) ->
     if not isinstance(value, (list, tuple)) or len(value) != length:
         raise ArchValidationError(f"{name} must be a list of {length} values, got {value!r}")
     return list(_number_tuple(name, value, integer=integer))
+
+
+@contextlib.contextmanager
+def native_errors(names: Mapping[str, str], slots: Sequence[int] | None = None) -> Iterator[None]:
+    """Say an :class:`ArchValidationError` raised inside in the native form's words: its field names and indices.
+
+    A native form is read into the generic knobs and then checked there, so
+    AutoFormer's ``num_heads: [2, 3]`` was refused as ``kernel[1]=3``, and
+    OFA's ``ks[4]=4`` (with depths of 2) as ``kernel[2]=4`` (probe Z11).
+    ``names`` maps a knob to its native field (``{"kernel": "ks"}``);
+    ``slots[i]`` is the native index of active block ``i``
+    (:meth:`SearchSpace.block_slots`), where the native lists pad every stage.
+    """
+    try:
+        yield
+    except ArchValidationError as error:
+        raise ArchValidationError(_in_native_words(str(error), names, slots)) from None
+
+
+def _in_native_words(message: str, names: Mapping[str, str], slots: Sequence[int] | None) -> str:
+    """``message`` with its first knob (``kernel[2]``, ``width``) named as the native form names it."""
+    def rename(match: re.Match[str]) -> str:
+        knob, index = match.group(1), match.group(2)
+        if knob not in names:
+            return match.group(0)
+        if index is None:
+            return names[knob]
+        i = int(index)
+        per_block = slots is not None and knob in ("kernel", "expand") and i < len(slots)
+        return f"{names[knob]}[{slots[i] if per_block else i}]"  # type: ignore[index]  (per_block: slots given)
+
+    return re.sub(r"\b(kernel|expand|width|depths)(?:\[(\d+)\])?", rename, message, count=1)
 
 
 # --------------------------------------------------------------------------- layouts
@@ -802,6 +837,15 @@ class SearchSpace:
         if unknown:
             raise ArchValidationError(f"unknown field(s) {unknown} in {self.name}'s native form")
         return self.layout.from_native(self, data)
+
+    def block_slots(self, depths: Sequence[int]) -> list[int]:
+        """The slot (index in a native per-slot list) of each active block of an arch with ``depths``."""
+        out, slot = [], 0
+        for stage, depth in zip(self.stages, depths):
+            if stage.elastic:
+                out += range(slot, slot + depth)
+                slot += stage.max_depth
+        return out
 
     def unpad_blocks(self, values: Sequence[Any], depths: Sequence[int]) -> list[Any]:
         """Per-slot values (``max(depth)`` per elastic stage) cut to the active blocks."""

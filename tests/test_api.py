@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests._jobs import SUPERNET
+from tests._jobs import SUPERNET, random_dataset
 from tests._server import Server
 
 GOOD_PROFILE = {"name": "cpu-1t", "intra_op_threads": 1}
@@ -125,6 +125,27 @@ def test_supernets_are_registered_listed_and_checked(client: httpx.Client, regis
     assert bad_name.status_code == 422
 
 
+def test_supernet_options_are_the_familys_to_judge_and_blamed_on_options(client: httpx.Client) -> None:
+    """The schema refused the demos' own input sizes below 32 px, and a size a family cannot take was blamed on
+    ``checkpoint`` when none was given (Z11)."""
+    small = client.post("/supernets", json={"name": "vit28", "registry": "demo_vit_mnist",
+                                            "options": {"resolutions": [28]}})
+    assert small.status_code == 201, small.text
+    narrowed = client.post("/supernets", json={"name": "mbv3-16", "registry": "demo_mbv3_mnist",
+                                               "options": {"resolutions": [16, 24]}})
+    assert narrowed.status_code == 201, narrowed.text
+    for registry, sizes, loc in (("demo_vit_mnist", [32], ["body", "options"]),
+                                 ("demo_mbv3_mnist", [4], ["body", "options", "resolutions", 0])):
+        refused = client.post("/supernets", json={"name": "odd", "registry": registry,
+                                                  "options": {"resolutions": sizes}})
+        assert refused.status_code == 422, refused.text
+        [error] = refused.json()["detail"]
+        assert error["loc"] == loc, error
+    assert "resolutions" in client.post("/supernets", json={
+        "name": "odd", "registry": "demo_vit_mnist", "options": {"resolutions": [32]}}).json()["detail"][0]["msg"]
+    assert "odd" not in [s["name"] for s in client.get("/supernets").json()]
+
+
 def test_checkpoint_uploads_are_loaded_and_limited(client: httpx.Client, tmp_path: Path) -> None:
     import io
 
@@ -210,6 +231,21 @@ def test_job_references_are_checked_before_anything_runs(client: httpx.Client, r
     profile = client.post("/profiles", json={"supernet": registered, "on": "nope",
                                              "arch": {"resolution": 32, "depths": [2] * 5}})
     assert profile.status_code == 422 and profile.json()["detail"][0]["loc"] == ["body", "on"]
+
+
+def test_an_int8_profile_on_a_float16_device_is_refused_before_it_is_queued(client: httpx.Client, registered: str,
+                                                                            server: Server) -> None:
+    """It was queued (202), then failed in its job with the quantizer's "expected: (tensor(float16))" (Z11)."""
+    dataset = random_dataset(server.store.parent / "int8-calibration.npz")
+    assert client.post("/devices", json={"profile": {"name": "half", "input_dtype": "float16"}}).status_code == 201
+    before = client.get("/jobs").json()["jobs"]
+    arch = {"resolution": 32, "depths": [2] * 5, "kernel": [3] * 10, "expand": [3] * 10}
+    refused = client.post("/profiles", json={"supernet": registered, "arch": arch, "on": "half",
+                                             "precision": "int8", "dataset": str(dataset)})
+    assert refused.status_code == 422, refused.text
+    [error] = refused.json()["detail"]
+    assert error["loc"] == ["body", "precision"] and "float16" in error["msg"], error
+    assert client.get("/jobs").json()["jobs"] == before
 
 
 def test_a_local_device_with_more_threads_than_this_host_runs_is_refused(client: httpx.Client) -> None:

@@ -258,6 +258,19 @@ def test_profile_with_sessions_of_no_subnets(tmp_path: Path) -> None:
     assert not (tmp_path / "store.db").exists()
 
 
+def test_profile_says_it_measures_fp32_only_on_a_device_that_lists_int8(tmp_path: Path) -> None:
+    """It stored FP32 rows for an FP32+INT8 device and said nothing of INT8 (probe Z11)."""
+    from tests._jobs import fast_device
+
+    device = tmp_path / "both.json"
+    device.write_text(json.dumps({**fast_device("both"), "precisions": ["fp32", "int8"]}))
+    result = run_cli("profile", "--device", str(device), "--supernet", "demo_mbv3_mnist", "--n", "2",
+                     "--store", str(tmp_path / "store.db"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "note: this command measures FP32 exports only; both.json lists int8" in result.stderr
+    assert "hwsearch search" in result.stderr
+
+
 @pytest.fixture
 def silent_agent() -> Iterator[socket.socket]:
     """A 127.0.0.1 socket that accepts connections and never answers."""

@@ -66,6 +66,30 @@ def test_resnet_stem_depth_values_that_build_the_same_network_are_equal() -> Non
     assert space.from_native(base) != space.from_native(dict(base, d=[2, 2, 2, 2, 2]))
 
 
+def test_a_native_form_is_refused_in_its_own_words() -> None:
+    """Refused as ``kernel[1]=3`` for AutoFormer's ``num_heads``, and as ``kernel[2]`` for OFA's ``ks[4]`` (Z11)."""
+    from hwsearch.demo import demo_vit_space
+
+    vit = demo_vit_space()
+    native = {"layer_num": 3, "embed_dim": [64] * 3, "num_heads": [2, 3, 2], "mlp_ratio": [2, 2, 2]}
+    for change, says in (({}, "num_heads[1]=3 is not allowed"),
+                         ({"num_heads": [2] * 3, "mlp_ratio": [2, 2, 4]}, "mlp_ratio[2]=4 is not allowed"),
+                         ({"num_heads": [2] * 3, "embed_dim": [56] * 3}, "embed_dim[0]=56 is not allowed"),
+                         ({"num_heads": [2.5, 2, 2]}, "num_heads[0]=2.5 must be an int")):
+        with pytest.raises(ArchValidationError, match=re.escape(says)):
+            vit.from_native({**native, **change})
+    mbv3 = ofa_mbv3_space()
+    ks = [3] * mbv3.n_blocks
+    ks[4] = 4  # the first block of the second stage: active block 2 with depths of 2
+    with pytest.raises(ArchValidationError, match=re.escape("ks[4]=4 is not allowed")):
+        mbv3.from_native({"ks": ks, "e": [3] * mbv3.n_blocks, "d": [2] * len(mbv3.stages)})
+    resnet = ofa_resnet50_space()
+    arch = resnet.to_native(resnet.sample(0, 1)[0])
+    slot = resnet.block_slots(resnet.from_native(arch).depths)[-1]
+    with pytest.raises(ArchValidationError, match=re.escape(f"e[{slot}]=0.3 is not allowed")):
+        resnet.from_native({**arch, "e": [0.3 if i == slot else e for i, e in enumerate(arch["e"])]})
+
+
 def test_resnet_native_form_reads_numpy_integers_and_arrays() -> None:
     """``w=[np.int64(2), ...]`` was refused as "must be an index 0..2"; other families took numpy ints."""
     space = ofa_resnet50_space()

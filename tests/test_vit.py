@@ -395,7 +395,7 @@ def test_native_form_reads_autoformer_configs(small: Supernet) -> None:
         r"layer_num=5 is not allowed": {**padded, "layer_num": 5},
         "layer_num must be an int": {**padded, "layer_num": "2"},
         "num_heads must be a list of 2": {**padded, "num_heads": [3, 2, 2]},
-        r"kernel\[1\]=5 is not allowed": {**padded, "num_heads": [3, 5]},
+        r"num_heads\[1\]=5 is not allowed": {**padded, "num_heads": [3, 5]},
         r"unknown field\(s\) \['depth'\]": {**padded, "depth": 2},
     }
     for message, data in bad.items():

@@ -34,8 +34,9 @@ class SupernetOptions(_Strict):
     """Builder options beyond the checkpoint: a reduced variant of a registered family."""
 
     n_classes: int | None = Field(default=None, ge=1, le=100_000)
-    resolutions: list[Annotated[int, Field(ge=32, le=1024)]] | None = Field(
-        default=None, min_length=1, max_length=64, description="narrow the space's input sizes")
+    resolutions: list[Annotated[int, Field(ge=8, le=1024)]] | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="narrow the space's input sizes (the family says which it can take; at least 8 px)")
 
 
 class SupernetCreate(_Strict):

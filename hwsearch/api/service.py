@@ -33,6 +33,7 @@ from hwsearch.jobs import (
     CheckpointChanged,
     JobSpec,
     ProfileSpec,
+    SupernetOptionError,
     SupernetRef,
     build_supernet,
     content_id,
@@ -193,6 +194,8 @@ def _build_checked(ref: SupernetRef, field: Sequence[str], max_bytes: int) -> di
                        "it is written", field=field) from None
     except ServiceError:
         raise
+    except SupernetOptionError as error:  # blamed on the checkpoint before, even when none was given
+        raise Invalid(f"cannot build {ref.registry!r} with these options: {error}", field=("body", "options")) from None
     except Exception as error:
         log.info("supernet %r did not build", ref.name, exc_info=error)
         raise Invalid(f"cannot build {ref.registry!r} from this checkpoint and options: "
@@ -1333,6 +1336,10 @@ def submit_profile(
         _input_fits(int(profile.get("batch", 1)), resolved.arch.resolution, dispatcher.admission.max_input_pixels,
                     ("body", "on"))
         precision, plan = _precision_and_data(resolved, roots, precision, dataset, "profile")
+        if precision == "int8" and profile.get("input_dtype", "float32") != "float32":
+            raise Invalid(f"device {on!r} takes {profile['input_dtype']} inputs, and int8 models are quantized "
+                          "from FP32 ones, which take float32: measure fp32 on it, or int8 on a float32 device",
+                          field=("body", "precision"))
         return _queue(dispatcher, ProfileSpec(
             supernet=resolved.ref, device=profile, arch=resolved.arch.to_dict(), precision=precision,
             dataset=None if precision == "fp32" or plan is None else plan.dataset))

@@ -77,6 +77,8 @@ def export(
         with reading("--arch"):
             chosen = net.space.from_json(_read_arch(arch))
     _check_input_size(batch, chosen.resolution)
+    if precision == "int8":
+        _check_calibration_batches(batch, min(calibration_images, len(calibration)))
     prepare_folder(out.parent, "--out")
     try:
         report = export_subnet(net, chosen, out, batch=batch, precision=precision,
@@ -175,6 +177,21 @@ def _check_batch(batch: int) -> None:
 
     if batch > MAX_BATCH:
         raise OptionError("--batch", f"{batch} is more than a device profile's largest batch, {MAX_BATCH}")
+
+
+def _check_calibration_batches(batch: int, images: int) -> None:
+    """Refuse, before the export, an int8 export whose calibration has not one whole batch of the file's input.
+
+    The quantizer calibrates on whole batches of the static input shape; it
+    said "calibration needs at least one batch of 300 images, got 256"
+    after the export, naming no option.
+    """
+    from hwsearch.cli._errors import OptionError
+
+    if images < batch:
+        raise OptionError("--batch", f"an int8 export calibrates on whole batches of the input, and --batch {batch} "
+                                     f"is more than the {images} calibration images it has (--calibration-images, "
+                                     "and --data's calibration part): give a smaller --batch or more images")
 
 
 def _calibration_part(data: Path, size: int) -> Any:  # -> hwsearch.data.Images

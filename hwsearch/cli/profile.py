@@ -55,6 +55,11 @@ def profile(
 
     exit_on_sigterm()  # the default action ended it at -15 with no word, its temp files left behind
     device_profile = load_profile(device)
+    if set(device_profile.precisions) != {"fp32"}:  # it said nothing, and stored FP32 rows only (probe Z11)
+        typer.echo(f"note: this command measures FP32 exports only; {device.name} lists "
+                   f"{', '.join(p for p in device_profile.precisions if p != 'fp32')}, which `hwsearch search` "
+                   "measures (it quantizes on --data), as does `hwsearch measure` of a file from "
+                   "`hwsearch export --precision int8`", err=True)
     net = load_supernet(supernet, checkpoint)
     archs = select_subnets(net.space, n, seed=seed, resolution=resolution)
     rows = open_store_option(store)  # opened (and checked) before anything is measured; after the inputs, not to

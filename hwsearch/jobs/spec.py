@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from hwsearch.digests import feed_file, file_sha256
 
-__all__ = ["CheckpointChanged", "JobSpec", "ProfileSpec", "SupernetRef", "build_supernet", "content_id",
-           "spec_from_dict", "supernet_builders"]
+__all__ = ["CheckpointChanged", "JobSpec", "ProfileSpec", "SupernetOptionError", "SupernetRef", "build_supernet",
+           "content_id", "spec_from_dict", "supernet_builders"]
 
 
 class CheckpointChanged(ValueError):
@@ -188,6 +188,10 @@ def supernet_builders() -> list[str]:
     return list_supernets()
 
 
+class SupernetOptionError(ValueError):
+    """Supernet options its family cannot build (unknown ones, input sizes it cannot take); no checkpoint was read."""
+
+
 def build_supernet(ref: SupernetRef) -> Any:
     """The :class:`~hwsearch.supernets.Supernet` a reference names, weights loaded (and checked if pinned).
 
@@ -202,12 +206,15 @@ def build_supernet(ref: SupernetRef) -> Any:
     resolutions = options.pop("resolutions", None)
     n_classes = options.pop("n_classes", None)
     if options:
-        raise ValueError(f"unknown supernet option(s) {sorted(options)}; "
-                         "allowed: n_classes, resolutions")
+        raise SupernetOptionError(f"unknown supernet option(s) {sorted(options)}; "
+                                  "allowed: n_classes, resolutions")
     net = create_supernet(ref.registry, n_classes=n_classes)
     if resolutions is not None:
-        net = build(dataclasses.replace(net.space, resolutions=tuple(int(r) for r in resolutions)),
-                    name=net.name)
+        try:
+            net = build(dataclasses.replace(net.space, resolutions=tuple(int(r) for r in resolutions)),
+                        name=net.name)
+        except ValueError as error:  # the family cannot take these input sizes; no weight was read yet
+            raise SupernetOptionError(f"resolutions: {error}") from None
     if ref.checkpoint is not None:
         loaded = net.load_checkpoint(ref.checkpoint, digest=ref.checkpoint_sha256 is not None)
         ref.check_pinned(loaded)

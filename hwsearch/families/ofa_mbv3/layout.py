@@ -22,6 +22,7 @@ from hwsearch.space import (
     SearchSpace,
     StageSpec,
     make_divisible,
+    native_errors,
     native_list,
     native_resolution,
 )
@@ -121,7 +122,8 @@ def read_mbconv_native(space: SearchSpace, data: Mapping[str, Any],
     resolution = native_resolution(data.get("r", max(space.resolutions)))
     kernel = space.unpad_blocks(native_list(data["ks"], "ks", space.n_blocks, integer=True), depths)
     expand = space.unpad_blocks(native_list(data["e"], "e", space.n_blocks), depths)
-    return space.arch(resolution=resolution, depths=depths, kernel=kernel, expand=expand)
+    with native_errors({"kernel": "ks", "expand": "e"}, space.block_slots(depths)):
+        return space.arch(resolution=resolution, depths=depths, kernel=kernel, expand=expand)
 
 
 def add_mobilenet_stem(acc: CostAccumulator, space: SearchSpace, X: np.ndarray,

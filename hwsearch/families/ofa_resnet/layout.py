@@ -16,6 +16,7 @@ from hwsearch.space import (
     SearchSpace,
     StageSpec,
     make_divisible,
+    native_errors,
     native_list,
     native_resolution,
 )
@@ -92,8 +93,9 @@ class ResNetLayout(Layout):
             if not 0 <= w < len(space.widths):
                 raise ArchValidationError(f"w[{i}]={w!r} must be an index "
                                           f"0..{len(space.widths) - 1} into {list(space.widths)}")
-        return space.arch(resolution=resolution, depths=depths, expand=expand,
-                          width=[space.widths[i] for i in w_idx])
+        with native_errors({"expand": "e"}, space.block_slots(depths)):
+            return space.arch(resolution=resolution, depths=depths, expand=expand,
+                              width=[space.widths[i] for i in w_idx])
 
 
 def _depth_offsets(space: SearchSpace) -> list[int]:

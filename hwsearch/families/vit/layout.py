@@ -35,6 +35,7 @@ from hwsearch.space import (
     Layout,
     SearchSpace,
     StageSpec,
+    native_errors,
     native_list,
 )
 
@@ -154,9 +155,10 @@ class ViTLayout(Layout):
         if len(set(lists["embed_dim"])) != 1:
             raise ArchValidationError(f"embed_dim must be the same for every layer in "
                                       f"{space.name}, got {lists['embed_dim']}")
-        return space.arch(resolution=space.resolutions[0], depths=[depth],
-                          kernel=lists["num_heads"], expand=lists["mlp_ratio"],
-                          width=lists["embed_dim"][:1])
+        with native_errors({"kernel": "num_heads", "expand": "mlp_ratio", "width": "embed_dim"}):
+            return space.arch(resolution=space.resolutions[0], depths=[depth],
+                              kernel=lists["num_heads"], expand=lists["mlp_ratio"],
+                              width=lists["embed_dim"][:1])
 
     # ------------------------------------------------------------------ cost model
 
