@@ -103,6 +103,7 @@ class EvalRefs:
     supernet: Any  # ray.ObjectRef of the Supernet
     calibration: Any  # ray.ObjectRef of the BN calibration images
     validation: Any  # ray.ObjectRef of the validation images
+    n_images: int = 0  # calibration and validation images together: each subnet's forward passes
 
     def check(self, supernet: Any) -> None:
         """Refuse references that were put for another supernet than ``supernet``."""
@@ -126,7 +127,8 @@ def put_eval(supernet: Any, data: Any, settings: EvalSettings = EvalSettings()) 
 
     calibration, validation = _split(data, settings)
     init_ray()
-    return EvalRefs(supernet.name, ray.put(supernet), ray.put(calibration), ray.put(validation))
+    return EvalRefs(supernet.name, ray.put(supernet), ray.put(calibration), ray.put(validation),
+                    len(calibration) + len(validation))
 
 
 def check_eval_data(supernet: Any, data: Any) -> None:
@@ -326,14 +328,25 @@ def refs_for(supernet: Any, data: Any, settings: EvalSettings, refs: EvalRefs | 
     return refs
 
 
-def eval_chunks(todo: Sequence[Any], chunk: int, slots: int) -> list[Sequence[Any]]:
-    """``todo`` cut into chunks of at most ``chunk``, and into at least ``slots`` where it has as many subnets.
+#: The most multiply-accumulates (MACs per image x images) one evaluation task is given when it holds several
+#: subnets: about 10 s on one core of this machine (8.5 images/s for a 251 MMAC subnet, docs/accuracy.md).
+CHUNK_MACS = 2e10
+
+
+def eval_chunks(todo: Sequence[Any], chunk: int, slots: int, work: Sequence[float] = ()) -> list[Sequence[Any]]:
+    """``todo`` cut into chunks of at most ``chunk``, into at least ``slots`` where it has as many subnets, and
+    of at most :data:`CHUNK_MACS` of ``work`` (each subnet's MACs times its images) unless a subnet alone has more.
 
     Chunks of 4 left a refinement round's 4 subnets (and any evaluation of
     4 or fewer) to one task on one core while the other sat idle: 33 s of
-    one round's 54 at full scale.
+    one round's 54 at full scale.  A chunk's accuracies arrive, and the job's
+    progress moves, only when the whole chunk is done: 4 full-size subnets
+    on 200 images kept a job silent for 71 s (probe Z8), where the demo's
+    take a second.
     """
     size = max(1, min(chunk, math.ceil(len(todo) / max(slots, 1))))
+    if work:
+        size = max(1, min(size, int(CHUNK_MACS // max(max(work), 1.0))))
     return [todo[i:i + size] for i in range(0, len(todo), size)]
 
 
@@ -354,7 +367,8 @@ def _evaluate_on_ray(supernet: Any, todo: Sequence[ArchConfig], refs: EvalRefs, 
     placement = choose_placement(settings, cluster)
     remote = ray.remote(_evaluate_chunk).options(num_cpus=placement.num_cpus,
                                                  num_gpus=placement.num_gpus)
-    chunks = eval_chunks(todo, settings.chunk, _slots(placement, cluster))
+    work = [float(supernet.count(arch).macs) * refs.n_images for arch in todo]
+    chunks = eval_chunks(todo, settings.chunk, _slots(placement, cluster), work)
     pending = {remote.remote(refs.supernet, refs.calibration, refs.validation, [a.to_dict() for a in chunk],
                              settings, placement): chunk for chunk in chunks}
     finished = 0

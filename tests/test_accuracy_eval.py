@@ -114,6 +114,32 @@ def test_a_few_subnets_are_spread_over_the_clusters_cores(folder: Path) -> None:
     assert len(reports) == 2 and sorted(found) == sorted(a.key() for a in archs)
 
 
+def test_heavy_subnets_are_evaluated_one_per_task(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk reports when it is done: 4 full-size subnets on 200 images kept a job's progress still for 71 s."""
+    import ray
+
+    from hwsearch import accuracy_eval
+    from hwsearch.accuracy_eval import CHUNK_MACS, eval_chunks
+
+    assert [len(c) for c in eval_chunks(list(range(9)), 4, 2, [CHUNK_MACS / 2] * 9)] == [2, 2, 2, 2, 1]
+    assert [len(c) for c in eval_chunks(list(range(3)), 4, 1, [CHUNK_MACS * 3] * 3)] == [1, 1, 1]
+    assert [len(c) for c in eval_chunks(list(range(5)), 4, 1, [1.0] * 5)] == [4, 1]
+    net = build_supernet(SupernetRef(**SUPERNET))
+    archs = net.space.sample(1, 4)
+    plan = DataPlan(str(folder), n_calibration=8, subset=24)
+    split = plan.open(size=32)
+    # As if these tiny subnets were full-size: each one's MACs on a single image already exceed a task's share.
+    monkeypatch.setattr(accuracy_eval, "CHUNK_MACS", min(float(net.count(a).macs) for a in archs) / 2)
+    reports: list[dict] = []
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        found = evaluate_subnets(net, archs, split, store=MemoryStore(), dataset_id=plan.dataset_id(split),
+                                 settings=EvalSettings(batch_size=8), report=reports.append)
+    finally:
+        ray.shutdown()
+    assert len(reports) == 4 and sorted(found) == sorted(a.key() for a in archs)
+
+
 def test_labels_past_the_supernets_head_are_refused_before_any_evaluation(tmp_path: Path) -> None:
     """Labels up to 999 for a 10-class head: no subnet can predict them, and the job succeeded with low accuracies."""
     from hwsearch.data import load_images
