@@ -10,6 +10,7 @@ with CUDA the same test checks that the GPU result matches the CPU one.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -89,35 +90,40 @@ def test_streamed_evaluation_on_a_gpu_declaring_cluster_and_reuse_by_key(folder:
     assert len(reports) == 2
 
 
+def _four_subnets_on_a_cluster(folder: Path, cpus: int, net: Any = None) -> tuple[list[Any], dict[str, float],
+                                                                                   list[dict]]:
+    """Four subnets evaluated on a real Ray of ``cpus`` CPUs: the archs, their accuracies, each task's report."""
+    import ray
+
+    net = net or build_supernet(SupernetRef(**SUPERNET))
+    archs = net.space.sample(1, 4)
+    plan = DataPlan(str(folder), n_calibration=8, subset=24)
+    split = plan.open(size=32)
+    reports: list[dict] = []
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        found = evaluate_subnets(net, archs, split, store=MemoryStore(), dataset_id=plan.dataset_id(split),
+                                 settings=EvalSettings(batch_size=8), report=reports.append)
+    finally:
+        ray.shutdown()
+    return archs, found, reports
+
+
 def test_a_few_subnets_are_spread_over_the_clusters_cores(folder: Path) -> None:
     """A refinement round's 4 subnets went to one task (chunks of 4) while the other core sat idle: 33 s of one
     round's 54 at full scale. Chunks stay at most ``chunk`` and are cut so that each core gets one."""
-    import ray
-
     from hwsearch.accuracy_eval import eval_chunks
 
     assert [len(c) for c in eval_chunks(list(range(4)), 4, 2)] == [2, 2]
     assert [len(c) for c in eval_chunks(list(range(9)), 4, 2)] == [4, 4, 1]
     assert [len(c) for c in eval_chunks(list(range(3)), 4, 8)] == [1, 1, 1]
     assert eval_chunks([], 4, 2) == []
-    net = build_supernet(SupernetRef(**SUPERNET))
-    archs = net.space.sample(1, 4)
-    plan = DataPlan(str(folder), n_calibration=8, subset=24)
-    split = plan.open(size=32)
-    reports: list[dict] = []
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        found = evaluate_subnets(net, archs, split, store=MemoryStore(), dataset_id=plan.dataset_id(split),
-                                 settings=EvalSettings(batch_size=8), report=reports.append)
-    finally:
-        ray.shutdown()
+    archs, found, reports = _four_subnets_on_a_cluster(folder, cpus=2)
     assert len(reports) == 2 and sorted(found) == sorted(a.key() for a in archs)
 
 
 def test_heavy_subnets_are_evaluated_one_per_task(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A chunk reports when it is done: 4 full-size subnets on 200 images kept a job's progress still for 71 s."""
-    import ray
-
     from hwsearch import accuracy_eval
     from hwsearch.accuracy_eval import CHUNK_MACS, eval_chunks
 
@@ -125,18 +131,9 @@ def test_heavy_subnets_are_evaluated_one_per_task(folder: Path, monkeypatch: pyt
     assert [len(c) for c in eval_chunks(list(range(3)), 4, 1, [CHUNK_MACS * 3] * 3)] == [1, 1, 1]
     assert [len(c) for c in eval_chunks(list(range(5)), 4, 1, [1.0] * 5)] == [4, 1]
     net = build_supernet(SupernetRef(**SUPERNET))
-    archs = net.space.sample(1, 4)
-    plan = DataPlan(str(folder), n_calibration=8, subset=24)
-    split = plan.open(size=32)
     # As if these tiny subnets were full-size: each one's MACs on a single image already exceed a task's share.
-    monkeypatch.setattr(accuracy_eval, "CHUNK_MACS", min(float(net.count(a).macs) for a in archs) / 2)
-    reports: list[dict] = []
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        found = evaluate_subnets(net, archs, split, store=MemoryStore(), dataset_id=plan.dataset_id(split),
-                                 settings=EvalSettings(batch_size=8), report=reports.append)
-    finally:
-        ray.shutdown()
+    monkeypatch.setattr(accuracy_eval, "CHUNK_MACS", min(float(net.count(a).macs) for a in net.space.sample(1, 4)) / 2)
+    archs, found, reports = _four_subnets_on_a_cluster(folder, cpus=1, net=net)
     assert len(reports) == 4 and sorted(found) == sorted(a.key() for a in archs)
 
 
