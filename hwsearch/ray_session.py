@@ -57,8 +57,9 @@ from typing import NamedTuple
 
 from hwsearch.tempdirs import owned_temp_dir
 
-__all__ = ["RAY_CONNECT_TIMEOUT_S", "RayUnreachable", "WorkerStart", "check_ray_address", "init_ray",
-           "kill_leftovers", "no_abort_on_sigterm", "prepare_worker", "private_temp_dir", "worker_prepared"]
+__all__ = ["CLUSTER_CHECK_TIMEOUT_S", "ClusterUnfit", "RAY_CONNECT_TIMEOUT_S", "RayUnreachable", "WorkerStart",
+           "check_ray_address", "code_digest", "init_ray", "kill_leftovers", "no_abort_on_sigterm", "prepare_worker",
+           "private_temp_dir", "worker_prepared"]
 
 #: Seconds a cluster's address has to accept a TCP connection before a join gives up (:func:`check_ray_address`).
 RAY_CONNECT_TIMEOUT_S = 5.0
@@ -180,6 +181,14 @@ def worker_prepared() -> WorkerStart | None:
     return _PREPARED[-1] if _PREPARED else None
 
 
+class ClusterUnfit(RayUnreachable):
+    """A cluster answered, but its workers cannot run this hwsearch (:func:`_check_cluster_code`)."""
+
+    def __init__(self, address: str, why: str) -> None:
+        ConnectionError.__init__(self, f"the Ray cluster at {address} cannot run this job: {why}")
+        self.address = address
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
     """Join ``address`` or start a local Ray of this process's own, once per process; an existing session is kept.
 
@@ -216,6 +225,56 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
                 _start_ray(address, num_cpus, temp_dir)
         else:
             _start_ray_in_keeper_thread(address, num_cpus, temp_dir)
+        if address:
+            _check_cluster_code(address)
+
+
+#: How long a joined cluster has to run one small task that reports its hwsearch code (:func:`_check_cluster_code`).
+CLUSTER_CHECK_TIMEOUT_S = 120.0
+#: The packages a job's workers run: their sources must be this driver's.
+_CODE_PACKAGES = ("hwsearch", "devices", "predictors")
+
+
+def code_digest() -> dict[str, str]:
+    """A digest of this process's hwsearch, devices and predictors sources, and where hwsearch is imported from."""
+    import importlib
+
+    digest = hashlib.sha256()
+    for name in _CODE_PACKAGES:
+        root = Path(importlib.import_module(name).__file__).parent  # type: ignore[arg-type]  (a package)
+        for source in sorted(root.rglob("*.py")):
+            digest.update(f"{name}/{source.relative_to(root).as_posix()}\0".encode())
+            digest.update(source.read_bytes())
+    return {"digest": digest.hexdigest(), "hwsearch": str(Path(__file__).resolve().parent)}
+
+
+def _check_cluster_code(address: str) -> None:
+    """Refuse a joined cluster whose workers cannot import hwsearch, or import other code than this driver's.
+
+    A cluster's workers import the hwsearch installed where the cluster was
+    started, not this driver's: probe Z10's driver ran one tree and the
+    cluster's workers another (accuracy, refinement and the workers' setup
+    on one, profiling on the other) without a word, and a cluster that could
+    not import hwsearch failed the job after its profiling with a 77-line
+    ``WorkerCrashedError``.  One small task on the cluster (no CPU asked)
+    compares its digest of the sources with this process's.  It runs on one
+    node: every node of a cluster should have the same installation.  The
+    session is shut down first, so a later call can join again.
+    """
+    import ray
+
+    mine = code_digest()
+    try:
+        theirs = ray.get(ray.remote(code_digest).options(num_cpus=0).remote(), timeout=CLUSTER_CHECK_TIMEOUT_S)
+    except Exception as error:  # the worker could not import or run hwsearch, or never started: Ray's own types
+        ray.shutdown()
+        raise ClusterUnfit(address, f"its workers cannot run hwsearch ({type(error).__name__}); install this "
+                                    "hwsearch where the cluster runs, the same version as here") from None
+    if theirs["digest"] != mine["digest"]:
+        ray.shutdown()
+        raise ClusterUnfit(address, f"its workers run hwsearch from {theirs['hwsearch']}, whose sources differ "
+                                    f"from this one's ({mine['hwsearch']}); install the same hwsearch on both, "
+                                    "or start the cluster from this installation")
 
 
 @contextlib.contextmanager
@@ -311,15 +370,20 @@ def _host_folders() -> dict[str, str]:
     whoever ran ``ray start``, not this driver's: without these a job's
     tasks would measure under another lock folder than the CLIs' and
     services' that name ``DEVICES_LOCK_DIR`` (never taking turns with them)
-    and keep their rulers elsewhere.  Only those set are passed, so a
-    worker's own default stays where the driver has none.  Absolute,
-    because a worker's working folder is not the driver's.
+    and keep their rulers elsewhere.  The lock folder is passed always, the
+    default included: a cluster started with its own ``DEVICES_LOCK_DIR``
+    measured beside a CLI run on the same host that had none, their
+    sessions overlapping (probe Z10).  The rulers' folder only when set,
+    since its default lies in the home folder of whoever runs the worker.
+    Absolute, because a worker's working folder is not the driver's.
     """
     from devices.calibration import CALIBRATION_DIR_ENV
-    from devices.hostlock import LOCK_DIR_ENV
+    from devices.hostlock import LOCK_DIR_ENV, lock_dir
 
-    return {name: os.path.abspath(os.environ[name])
-            for name in (LOCK_DIR_ENV, CALIBRATION_DIR_ENV) if os.environ.get(name)}
+    folders = {LOCK_DIR_ENV: os.path.abspath(lock_dir())}
+    if os.environ.get(CALIBRATION_DIR_ENV):
+        folders[CALIBRATION_DIR_ENV] = os.path.abspath(os.environ[CALIBRATION_DIR_ENV])
+    return folders
 
 
 def _start_ray(address: str | None, num_cpus: int | None, temp_dir: str | None = None) -> None:

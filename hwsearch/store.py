@@ -16,6 +16,7 @@ import logging
 import math
 import numbers
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -542,11 +543,29 @@ class SQLiteStore(Store):
         """This thread's connection (autocommit mode; writes go through :meth:`_write`)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            conn = self._connect_to_the_file()
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn
+
+    def _connect_to_the_file(self) -> sqlite3.Connection:
+        """A connection to the store's file, which :meth:`__init__` made: never a new, empty one.
+
+        A store travels to Ray workers by its path.  On a cluster node that
+        did not see the path, sqlite made an empty file there (or failed
+        with "unable to open database file" where the folder was missing),
+        and the job failed with "no such table: accuracies" (probe Z10).
+        """
+        try:
+            return sqlite3.connect(self.path.as_uri() + "?mode=rw", uri=True, timeout=self.timeout,
+                                   isolation_level=None)
+        except sqlite3.OperationalError:
+            if self.path.exists():
+                raise
+            raise StoreError(f"store {self.path} does not exist on {socket.gethostname()}: it was removed, or "
+                             "this is a Ray worker on a node that does not see it (keep the store where every "
+                             "node of the cluster sees it at the same path)") from None
 
     def _prepare(self) -> None:
         """Check the schema, then take the write lock once, so an unusable store fails now, before any work.

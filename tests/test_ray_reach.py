@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -191,17 +192,25 @@ def _search(tmp_path: Path, *extra: str) -> list[str]:
             "--out", str(tmp_path / "out"), *extra]
 
 
+def _demo(tmp_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "hwsearch.cli.main", "demo", "--n-profile", "4", "--budget", "0",
+            "--out", str(tmp_path / "out"), *extra]
+
+
+@pytest.mark.parametrize("command", [_search, _demo], ids=["search", "demo"])
 @pytest.mark.parametrize("kind", _NOT_RAY)
-def test_search_refuses_a_ray_address_nothing_answers_at_and_records_no_job(tmp_path: Path, kind: str) -> None:
+def test_a_ray_address_nothing_answers_at_is_refused_before_a_job_is_recorded(tmp_path: Path, kind: str,
+                                                                               command: Any) -> None:
+    """The demo recorded a failed job, its runners folder and its data, naming no option, in 3-5 s (Z10)."""
     with _unanswered_address(kind) as port:
         try:
-            done = subprocess.run(_search(tmp_path, "--ray-address", f"127.0.0.1:{port}"), capture_output=True,
+            done = subprocess.run(command(tmp_path, "--ray-address", f"127.0.0.1:{port}"), capture_output=True,
                                   text=True, env=_env(), timeout=120)
         except subprocess.TimeoutExpired:
-            pytest.fail("hwsearch search still waited for Ray after 120 s")
+            pytest.fail("hwsearch still waited for Ray after 120 s")
     assert done.returncode == 2, done.stderr[-3000:]
     assert "--ray-address" in done.stderr and f"cannot reach Ray at 127.0.0.1:{port}" in done.stderr
-    assert not (tmp_path / "out" / "store.db").exists(), "nothing recorded for a search that never started"
+    assert not (tmp_path / "out").exists(), "nothing recorded for a run that never started"
 
 
 def _job_states(store: Path) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
 import json, threading, time
@@ -224,6 +227,39 @@ def test_a_joined_clusters_workers_take_the_drivers_lock_and_ruler_folders(short
         assert result.returncode == 0, result.stderr[-3000:]
         assert json.loads(result.stdout.strip().splitlines()[-1]) == [str(temp / "driver" / "locks"),
                                                                       str(temp / "rulers")]
+
+
+MISMATCH_SCRIPT = """
+import json, sys
+import ray
+from hwsearch.ray_session import ClusterUnfit, init_ray
+
+try:
+    init_ray(sys.argv[1])
+    print(json.dumps({"joined": True}))
+except ClusterUnfit as error:
+    print(json.dumps({"joined": False, "error": str(error), "still_initialized": ray.is_initialized()}))
+"""
+
+
+def test_a_cluster_whose_workers_run_other_hwsearch_code_is_refused_when_joined(short_temp_dir: Path) -> None:
+    """The cluster's workers import the hwsearch of whoever started it: probe Z10's driver ran one tree and the
+    cluster another (profiling on one, accuracy and refinement on the other) without a word."""
+    temp = short_temp_dir
+    other = temp / "other-install"
+    for package in ("hwsearch", "devices", "predictors"):
+        shutil.copytree(REPO / package, other / package, ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
+    with open(other / "devices" / "protocol.py", "a") as changed:
+        changed.write("\n# another version of the protocol\n")
+    env = {**os.environ, "TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    with _ray_head({**env, "PYTHONPATH": str(other)}, temp) as recorded:
+        result = subprocess.run([sys.executable, "-c", MISMATCH_SCRIPT, recorded.read_text().strip()],
+                                capture_output=True, text=True, timeout=300, env=env, cwd=temp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["joined"] is False and not answer["still_initialized"], answer
+    assert f"its workers run hwsearch from {other / 'hwsearch'}, whose sources differ" in answer["error"], answer
 
 
 PATHS_SCRIPT = """

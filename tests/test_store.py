@@ -204,6 +204,21 @@ def test_sqlite_clone_shares_the_file_and_survives_reopen(tmp_path: Path) -> Non
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_a_store_whose_file_is_gone_where_it_travelled_is_not_made_anew(tmp_path: Path) -> None:
+    """A cluster node that did not see the store's path made an empty store there (probe Z10): the job then
+    failed with "no such table: accuracies", and the node kept a stray store."""
+    from hwsearch.store import StoreError
+
+    store = SQLiteStore(tmp_path / "jobs" / "s.db")
+    travelled = pickle.dumps(store)
+    for leftover in (tmp_path / "jobs").iterdir():
+        leftover.unlink()
+    elsewhere = pickle.loads(travelled)
+    with pytest.raises(StoreError, match=r"s\.db does not exist on .*every node of the cluster sees it"):
+        elsewhere.get_job("x")
+    assert list((tmp_path / "jobs").iterdir()) == []
+
+
 def test_open_store_normalises_its_argument(tmp_path: Path) -> None:
     assert isinstance(open_store(None), MemoryStore)
     assert isinstance(open_store(str(tmp_path / "x.db")), SQLiteStore)

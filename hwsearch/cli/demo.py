@@ -41,9 +41,11 @@ def demo(
     from devices.plain import dumps
     from hwsearch.cli._errors import exit_on_sigterm
     from hwsearch.cli._fronts import front_table, shown
+    from hwsearch.cli._inputs import check_ray_address_option
     from hwsearch.demo.run import DemoSettings, run_demo, summarise
 
     exit_on_sigterm()  # before Ray starts: its own handler printed a native stack dump on SIGTERM
+    check_ray_address_option(ray_address)  # as `search` does: before the demo's store records a job (probe Z10)
 
     defaults = DemoSettings()
     settings = DemoSettings(

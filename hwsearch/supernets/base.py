@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import os
 import re
+import socket
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -160,9 +161,9 @@ def read_checkpoint(path: str | Path, *, digest: bool = False) -> LoadedCheckpoi
     modification time moves) is a :class:`CheckpointError`.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist (hwsearch never downloads weights)")
+    if not path.exists():  # the host named: a Ray worker on another node of a cluster may not see the file
+        raise FileNotFoundError(f"checkpoint {path} does not exist on {socket.gethostname()} (hwsearch never "
+                                "downloads weights; a cluster's nodes must see it at the same path)")
     if not path.is_file():  # a FIFO or a folder: "does not exist" had sent the user looking for a missing file
         raise CheckpointError(f"checkpoint {path} is not a regular file")
     data, sha256 = _read_pinned(path) if digest else (_read_as_it_is(path), None)
