@@ -126,7 +126,7 @@ def _in_native_words(message: str, names: Mapping[str, str], slots: Sequence[int
         per_block = slots is not None and knob in ("kernel", "expand") and i < len(slots)
         return f"{names[knob]}[{slots[i] if per_block else i}]"  # type: ignore[index]  (per_block: slots given)
 
-    return re.sub(r"\b(kernel|expand|width|depths)(?:\[(\d+)\])?", rename, message, count=1)
+    return re.sub(r"\b(kernel|expand|width|depths|resolution)(?:\[(\d+)\])?", rename, message, count=1)
 
 
 # --------------------------------------------------------------------------- layouts

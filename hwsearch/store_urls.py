@@ -9,9 +9,14 @@ package of its own names a factory under the entry point group
     [project.entry-points."hwsearch.stores"]
     postgresql = "my_package.store:open_postgres"   # (url: str) -> Store
 
-and ``--store postgresql://host/db`` (or ``HWSEARCH_STORE``) opens it.  A
-URL may carry credentials, so no message here quotes more of it than its
-scheme.
+and ``--store postgresql://host/db`` (or ``HWSEARCH_STORE``) opens it.
+
+A URL may carry credentials anywhere: a password in its user part, a token
+as its user, ``?password=`` in its query, a password whose ``/`` or ``#``
+leaves it unparsable.  So no message or output here quotes a URL that has a
+user part, a query or a fragment: it is shown as ``scheme://...``, and a
+plug-in's error about it by its type only (probe Y4 found each of these
+forms printed by the first version, which hid only a parsed password).
 """
 
 from __future__ import annotations
@@ -23,10 +28,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from hwsearch.store import Store
 
-__all__ = ["ENTRY_POINT_GROUP", "is_store_url", "open_store_url", "shown_store", "store_schemes"]
+__all__ = ["ENTRY_POINT_GROUP", "is_store_url", "looks_like_a_store_url", "open_store_url", "shown_store",
+           "store_schemes"]
 
 ENTRY_POINT_GROUP = "hwsearch.stores"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+#: A scheme and a colon, perhaps after spaces: a URL mistyped (``pg:/u:pw@h/db``) that must not become a file name.
+_SCHEME_LIKE = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*:")
+#: Where a URL can carry a secret: a user part, a query, a fragment (or a password holding ``/``, ``?`` or ``#``).
+_MAY_HOLD_SECRETS = re.compile(r"[@?#]")
 
 
 def is_store_url(text: str) -> bool:
@@ -34,9 +44,20 @@ def is_store_url(text: str) -> bool:
     return _SCHEME.match(text) is not None
 
 
+def looks_like_a_store_url(text: str) -> bool:
+    """Whether ``text``, not a store URL, begins as one does (``scheme:``): a mistyped URL, not a file to make.
+
+    ``urlfile:/me:pw@host/x.db`` (one ``/`` short) made folders named after
+    the URL, password and all, as the first CLI did with every URL.
+    """
+    return not is_store_url(text) and _SCHEME_LIKE.match(text) is not None
+
+
 def shown_store(text: str) -> str:
-    """``text`` as a message may show it: a path as it is, a URL with its password hidden."""
-    return _without_secrets(text, None) if is_store_url(text) else text
+    """``text`` as a message may show it: a path as it is; a URL as it is only where it cannot hold a secret."""
+    if not is_store_url(text) or _MAY_HOLD_SECRETS.search(text) is None:
+        return text
+    return f"{_SCHEME.match(text).group(1)}://..."  # type: ignore[union-attr]  (is_store_url)
 
 
 def store_schemes() -> list[str]:
@@ -47,9 +68,10 @@ def store_schemes() -> list[str]:
 def open_store_url(url: str) -> Store:
     """The store an installed plug-in opens for ``url``, or :class:`~hwsearch.store.StoreError` in one line.
 
-    The plug-in's factory is called with the whole URL; whatever it raises,
-    or a result that is no store, is one line that quotes neither the URL
-    nor its password.
+    The plug-in's factory is called with the whole URL.  What it raises is
+    told by its type, and by its message only where the URL cannot hold a
+    secret (the message may quote the URL, decoded or not); a result that
+    is no store is refused.
     """
     from hwsearch.store import Store, StoreError
 
@@ -66,21 +88,12 @@ def open_store_url(url: str) -> Store:
     entry = entries[0]
     try:
         store = entry.load()(url)
-    except Exception as error:  # the plug-in's own failure, of any kind: one line, its credentials hidden
+    except Exception as error:  # the plug-in's own failure, of any kind: one line, no secret
+        said = (f": {str(error).replace(url, shown_store(url))}" if _MAY_HOLD_SECRETS.search(url) is None
+                else " (its message is not shown: the URL may carry credentials)")
         raise StoreError(f"the {scheme}:// store plug-in ({entry.value}) could not open the store: "
-                         f"{type(error).__name__}: {_without_secrets(str(error), url)}") from None
+                         f"{type(error).__name__}{said}") from None
     if not isinstance(store, Store):
         raise StoreError(f"the {scheme}:// store plug-in ({entry.value}) returned a {type(store).__name__}, "
                          "not a hwsearch.store.Store")
     return store
-
-
-def _without_secrets(text: str, url: str | None) -> str:
-    """``text`` with the password of ``url`` (default: ``text`` itself) hidden wherever it appears."""
-    from urllib.parse import urlsplit
-
-    try:
-        password = urlsplit(text if url is None else url).password
-    except ValueError:  # a malformed port: nothing to find
-        password = None
-    return text.replace(password, "***") if password else text

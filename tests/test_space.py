@@ -83,6 +83,11 @@ def test_a_native_form_is_refused_in_its_own_words() -> None:
     ks[4] = 4  # the first block of the second stage: active block 2 with depths of 2
     with pytest.raises(ArchValidationError, match=re.escape("ks[4]=4 is not allowed")):
         mbv3.from_native({"ks": ks, "e": [3] * mbv3.n_blocks, "d": [2] * len(mbv3.stages)})
+    native = {"ks": [3] * mbv3.n_blocks, "e": [3] * mbv3.n_blocks, "d": [2] * len(mbv3.stages)}
+    with pytest.raises(ArchValidationError, match=re.escape("d[4]=5 is not allowed")):
+        mbv3.from_native({**native, "d": [2, 2, 2, 2, 5]})
+    with pytest.raises(ArchValidationError, match=re.escape("r=300 is not allowed")):
+        mbv3.from_native({**native, "r": 300})
     resnet = ofa_resnet50_space()
     arch = resnet.to_native(resnet.sample(0, 1)[0])
     slot = resnet.block_slots(resnet.from_native(arch).depths)[-1]

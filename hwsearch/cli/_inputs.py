@@ -17,8 +17,9 @@ import typer
 from hwsearch.cli._errors import OptionError, reading
 
 __all__ = ["MAX_SEED", "MAX_SUBNETS", "STORE_HELP", "check_onnx_files", "check_ray_address_option", "load_profile",
-           "load_supernet", "open_store_option", "prepare_folder", "refuse_file_in_the_way", "require_regular_file",
-           "require_size_at_most", "seed_option", "warn_if_untrained"]
+           "load_supernet", "open_store_option", "prepare_folder", "refuse_a_mistyped_store_url",
+           "refuse_file_in_the_way", "require_regular_file", "require_size_at_most", "seed_option",
+           "warn_if_untrained"]
 
 #: The largest seed a command takes, as the service's jobs (every RNG seeded from it takes it).
 MAX_SEED = 2**31 - 1
@@ -27,7 +28,8 @@ MAX_SEED = 2**31 - 1
 #: ``--n 10**30`` ended in a numpy traceback (after Ray had started, for ``search``).
 MAX_SUBNETS = 10_000
 #: What ``--store`` takes, for every command's help.
-STORE_HELP = "a SQLite file, or a scheme://... URL that an installed store plug-in opens (hwsearch.stores)"
+STORE_HELP = ("a SQLite file, or a scheme://... URL that an installed store plug-in opens (hwsearch.stores; "
+              "give one that holds a password in $HWSEARCH_STORE, not on the command line)")
 
 
 def seed_option(help: str) -> Any:  # -> typer's OptionInfo
@@ -65,6 +67,19 @@ def load_profile(path: Path, option: str = "--device") -> Any:  # -> devices.pro
         return DeviceProfile.load(path)
 
 
+def refuse_a_mistyped_store_url(value: str, option: str = "--store") -> None:
+    """Refuse, without quoting it, a store that begins as a URL does (``scheme:``) but is not one.
+
+    Read as a path, ``urlfile:/me:pw@host/x.db`` (one ``/`` short) made
+    folders named after it, password and all.
+    """
+    from hwsearch.store_urls import looks_like_a_store_url
+
+    if looks_like_a_store_url(value):
+        raise OptionError(option, "this begins as a store URL does (scheme:) but is not one (scheme://...); "
+                                  "to name a SQLite file whose name begins so, write ./ before it")
+
+
 def open_store_option(value: str, *, must_exist: bool = False, option: str = "--store") -> Any:  # -> store.Store
     """The store ``value`` names (:data:`STORE_HELP`), opened and checked; one line naming ``option`` if it cannot be.
 
@@ -75,6 +90,7 @@ def open_store_option(value: str, *, must_exist: bool = False, option: str = "--
     from hwsearch.store import StoreError, open_store
     from hwsearch.store_urls import is_store_url
 
+    refuse_a_mistyped_store_url(value, option)
     if not is_store_url(value):
         path = Path(value)
         if must_exist and not path.is_file():

@@ -18,7 +18,8 @@ from hwsearch.cli._inputs import MAX_SUBNETS, STORE_HELP, seed_option
 
 __all__ = ["register"]
 
-StoreOpt = Annotated[str, typer.Option(help=f"Where the rows go: {STORE_HELP} (a file is created if missing).")]
+StoreOpt = Annotated[str, typer.Option(help=f"Where the rows go: {STORE_HELP} (a file is created if missing).",
+                                       envvar="HWSEARCH_STORE", show_envvar=True)]
 SupernetOpt = Annotated[str, typer.Option(help="Supernet name (see `hwsearch supernets list`).")]
 CheckpointOpt = Annotated[Optional[Path], typer.Option(
     help="Supernet weights (a local state_dict file); without it, a random initialisation.", exists=True,

@@ -26,7 +26,9 @@ _MAX_MB = 16.0 * 1024 * 1024
 def serve(
     store: Annotated[str, typer.Option(
         help="Jobs and measurements: a SQLite file, or a scheme://... URL that an installed store plug-in "
-             "opens (hwsearch.stores; then give --data-dir).")] = "hwsearch.sqlite",
+             "opens (hwsearch.stores; then give --data-dir; one that holds a password in the environment, "
+             "not on the command line, where every user's ps shows it).",
+        envvar="HWSEARCH_STORE", show_envvar=True)] = "hwsearch.sqlite",
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
     token: Annotated[Optional[str], typer.Option(
@@ -170,9 +172,10 @@ def _open_store(store: str, data_dir: Path | None) -> tuple[Any, IO[str] | None]
     services off one such store is the operator's, or the plug-in's, care.
     """
     from hwsearch.cli._errors import OptionError
-    from hwsearch.cli._inputs import open_store_option
+    from hwsearch.cli._inputs import open_store_option, refuse_a_mistyped_store_url
     from hwsearch.store_urls import is_store_url
 
+    refuse_a_mistyped_store_url(store)
     if not is_store_url(store):
         return None, _own_store(Path(store))
     if data_dir is None:

@@ -26,7 +26,8 @@ def train(
         help="Device profile (latency): selects the rows by its hash.", exists=True,
         dir_okay=False)] = None,
     dataset_id: Annotated[Optional[str], typer.Option(help="Dataset id (accuracy).")] = None,
-    store: Annotated[str, typer.Option(help=f"The store with the rows: {STORE_HELP}.")] = "runs/hwsearch.db",
+    store: Annotated[str, typer.Option(help=f"The store with the rows: {STORE_HELP}.", envvar="HWSEARCH_STORE",
+                                       show_envvar=True)] = "runs/hwsearch.db",
     test_fraction: Annotated[float, typer.Option(
         help="Share of subnets held out (by key) and scored after fitting.")] = 0.2,
     seed: Annotated[int, seed_option("Split and model seed.")] = 0,

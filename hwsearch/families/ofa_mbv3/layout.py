@@ -83,7 +83,7 @@ class MBv3Layout(Layout):
 
     def from_native(self, space: SearchSpace, data: Mapping[str, Any]) -> ArchConfig:
         depths = native_list(data["d"], "d", len(space.stages), integer=True)
-        return read_mbconv_native(space, data, depths)
+        return read_mbconv_native(space, data, depths, depths_are_d=True)
 
     def native_batch(self, batch: ArchBatch) -> list[dict[str, Any]]:
         return mbconv_native_batch(batch)
@@ -117,12 +117,18 @@ def mbconv_native_batch(batch: ArchBatch) -> list[dict[str, Any]]:
 
 
 def read_mbconv_native(space: SearchSpace, data: Mapping[str, Any],
-                       depths: Sequence[Any]) -> ArchConfig:
-    """An arch from OFA's ``ks``/``e``/``r`` given the per-stage ``depths`` already read."""
+                       depths: Sequence[Any], *, depths_are_d: bool = False) -> ArchConfig:
+    """An arch from OFA's ``ks``/``e``/``r`` given the per-stage ``depths`` already read.
+
+    ``depths_are_d``: ``depths`` are the native ``d`` as given (MobileNetV3's),
+    so an error about them names ``d``; ProxylessNAS's are read from its
+    ``d`` by an offset, and named as depths.
+    """
     resolution = native_resolution(data.get("r", max(space.resolutions)))
     kernel = space.unpad_blocks(native_list(data["ks"], "ks", space.n_blocks, integer=True), depths)
     expand = space.unpad_blocks(native_list(data["e"], "e", space.n_blocks), depths)
-    with native_errors({"kernel": "ks", "expand": "e"}, space.block_slots(depths)):
+    names = {"kernel": "ks", "expand": "e", "resolution": "r", **({"depths": "d"} if depths_are_d else {})}
+    with native_errors(names, space.block_slots(depths)):
         return space.arch(resolution=resolution, depths=depths, kernel=kernel, expand=expand)
 
 

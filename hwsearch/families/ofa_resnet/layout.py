@@ -93,7 +93,7 @@ class ResNetLayout(Layout):
             if not 0 <= w < len(space.widths):
                 raise ArchValidationError(f"w[{i}]={w!r} must be an index "
                                           f"0..{len(space.widths) - 1} into {list(space.widths)}")
-        with native_errors({"expand": "e"}, space.block_slots(depths)):
+        with native_errors({"expand": "e", "resolution": "r"}, space.block_slots(depths)):
             return space.arch(resolution=resolution, depths=depths, expand=expand,
                               width=[space.widths[i] for i in w_idx])
 
