@@ -839,11 +839,16 @@ class SearchSpace:
         return self.layout.from_native(self, data)
 
     def block_slots(self, depths: Sequence[int]) -> list[int]:
-        """The slot (index in a native per-slot list) of each active block of an arch with ``depths``."""
+        """The slot (index in a native per-slot list) of each active block of an arch with ``depths``.
+
+        Depths are read before they are checked, so each is held to its
+        stage's range here: a native ``d`` of 10**30 asked for a list that
+        long (a 500 in the service).
+        """
         out, slot = [], 0
         for stage, depth in zip(self.stages, depths):
             if stage.elastic:
-                out += range(slot, slot + depth)
+                out += range(slot, slot + min(max(int(depth), 0), stage.max_depth))
                 slot += stage.max_depth
         return out
 

@@ -88,6 +88,8 @@ def test_a_native_form_is_refused_in_its_own_words() -> None:
         mbv3.from_native({**native, "d": [2, 2, 2, 2, 5]})
     with pytest.raises(ArchValidationError, match=re.escape("r=300 is not allowed")):
         mbv3.from_native({**native, "r": 300})
+    with pytest.raises(ArchValidationError, match="is not allowed"):  # not a list of 10**30 slots (a 500)
+        mbv3.from_native({**native, "d": 10**30})
     resnet = ofa_resnet50_space()
     arch = resnet.to_native(resnet.sample(0, 1)[0])
     slot = resnet.block_slots(resnet.from_native(arch).depths)[-1]
