@@ -592,7 +592,21 @@ def _answer(status: int, body: bytes, method: str, path: str) -> dict[str, Any]:
     detail = payload.get("detail") if isinstance(payload, dict) else payload
     if status == 404 and isinstance(detail, dict) and "missing_models" in detail:
         raise _MissingModels(detail["missing_models"])
-    raise AgentError(f"{method} {path} answered HTTP {status}: {printable(str(detail), _MAX_DETAIL_CHARS)}")
+    hint = _older_agent_hint(str(detail)) if status == 400 else ""
+    raise AgentError(f"{method} {path} answered HTTP {status}: {printable(str(detail), _MAX_DETAIL_CHARS)}{hint}")
+
+
+def _older_agent_hint(detail: str) -> str:
+    """What to do when an agent older than the client refuses a setting it does not know yet ("" otherwise).
+
+    ``timing: warm`` became the default after agents that know only ``hot``
+    and ``interleaved`` were deployed: each refused every profile that named
+    no timing, and said nothing of why.
+    """
+    if "field 'timing' must be one of" in detail and "'warm'" in detail:
+        return (" (the agent is older than this client, whose default timing is 'warm': upgrade the agent, or "
+                "name 'timing: hot' in the profile, which keeps the device as it was measured before)")
+    return ""
 
 
 def _token_from_env(profile: DeviceProfile) -> str:

@@ -7,9 +7,11 @@ the machine as much as the model.  The protocol defends against that:
 * every round runs each still-active model once, in a fresh random order,
   with the reference model run before and after it (``R M R M R ...``), so a
   model's time is always compared with references taken milliseconds away;
-  with ``timing: hot`` each timed model run follows an untimed run of the
-  same model (``R m M R m M R ...``), so what is timed is the model with its
-  own data in the caches, whatever else the session measures;
+  with ``timing: warm`` each timed run, of a model or of the reference,
+  follows untimed runs of the same model for :data:`WARM_MS` (``R m.. M
+  r.. R m.. M r.. R ...``), so what is timed is each model with its own
+  data in the caches, as a loop of it finds them, whatever else the
+  session measures (``hot`` runs each model once untimed: ``R m M R``);
 * a sample's ratio is the model time over the geometric mean of its two
   neighbouring references;
 * a sample's ratio is then divided by the round's common move, read from
@@ -300,12 +302,12 @@ def _run_rounds(reference: Runner, models: list[Runner], profile: DeviceProfile,
     active = list(range(len(models)))
     started = time.monotonic()
     rounds = 0
-    hot = profile.timing == "hot"
+    warming = Warming.of(profile.timing)
     while active:
         in_turn = copies if copies is not None and rounds % 2 else models
         try:
             _run_round(reference, in_turn, [int(i) for i in rng.permutation(active)], references, samples,
-                       hot=hot, round_index=rounds, deadline=deadline)
+                       warming=warming, round_index=rounds, deadline=deadline)
         except _DeadlineReached:
             if rounds < settings.min_rounds:
                 raise _Unfinished(f"protocol.min_rounds ({rounds} of {settings.min_rounds} rounds "
@@ -341,20 +343,58 @@ def _unconverged(results: list[ModelResult], ci_target: float) -> list[int]:
     return [i for i, result in enumerate(results) if not result.ratio_ci <= ci_target]
 
 
+@dataclass(frozen=True)
+class Warming:
+    """What runs untimed before each timed run, by the profile's ``timing``.
+
+    ``model_ms``: each model runs untimed until this much time has passed
+    (at least once; ``None``: not at all).  ``reference_ms``: the same for
+    the reference (``None``: it is timed as it comes).
+    """
+
+    model_ms: float | None
+    reference_ms: float | None
+
+    @classmethod
+    def of(cls, timing: str) -> Warming:
+        return {"warm": cls(WARM_MS, WARM_MS), "hot": cls(0.0, None), "interleaved": cls(None, None)}[timing]
+
+
+#: ``timing: warm``: untimed runs of a model (or the reference) before each timed run of it, in milliseconds.
+#: On this host a mid-size model (0.6 ms) timed after one untimed run of itself read 1.12-1.36x what a loop of it
+#: reads (the more so after a large model), after runs for 5 ms 1.01x; the reference after a large model 1.31x,
+#: warmed for 5 ms 1.01x (docs/measurement.md).
+WARM_MS = 5.0
+
+
+def _warm(runner: Runner, for_ms: float | None) -> None:
+    """Run ``runner`` untimed until ``for_ms`` have passed on its clock, at least once; ``None``: not at all."""
+    if for_ms is None:
+        return
+    spent = runner.run_ms()
+    while spent < for_ms:
+        spent += runner.run_ms()
+
+
 def _run_round(
     reference: Runner, models: list[Runner], order: list[int], references: list[float], samples: list[ModelSamples],
-    *, hot: bool, round_index: int, deadline: float = math.inf,
+    *, warming: Warming, round_index: int, deadline: float = math.inf,
 ) -> None:
-    """One round, ``R M R M R ...``; past ``deadline`` it stops after the sample just taken.
+    """One round, ``R M R M R ...``, each timed run warmed as ``warming`` says; past ``deadline`` it stops after the
+    sample just taken.
 
     The bound is read once per sample, outside the timed runs, so a round of
-    many slow models cannot carry the session past it.
+    many slow models cannot carry the session past it.  The round's first
+    reference is warmed too: between rounds the session checks its models
+    and reports, and a sample dropped for a reference jump costs more than
+    one warming.
     """
+    _warm(reference, warming.reference_ms)
     references.append(reference.run_ms())
     for index in order:
-        if hot:
-            models[index].run_ms()  # untimed: the timed run below finds this model's data cached
+        _warm(models[index], warming.model_ms)  # the timed run below finds this model's data cached
         model_ms = models[index].run_ms()
+        _warm(reference, warming.reference_ms)  # the model just run evicted the reference's data
         references.append(reference.run_ms())
         record = samples[index]
         record.model_ms.append(model_ms)
@@ -369,9 +409,10 @@ def _kept_ratios(ref: np.ndarray, usable: np.ndarray, record: ModelSamples,
     """Ratios of one model's samples that survive the reference filters, and the round of each.
 
     The slow-state ceiling is taken over this model's own pair references:
-    a large model slows the reference run right after it a little (caches,
-    clocks), so a session-wide ceiling would drop its samples more often
-    than a small model's.
+    under ``timing: hot`` a large model slows the reference run right after
+    it (caches), so a session-wide ceiling would drop its samples more often
+    than a small model's (``warm`` warms the reference, but ``hot`` and
+    ``interleaved`` profiles still measure so).
     """
     before, after = np.asarray(record.ref_before), np.asarray(record.ref_after)
     pair_ref = np.sqrt(ref[before] * ref[after])

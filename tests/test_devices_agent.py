@@ -255,3 +255,15 @@ def test_agent_imports_no_heavy_dependencies() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_agent_older_than_the_warm_timing_is_answered_with_what_to_do() -> None:
+    """An agent that knows only ``hot`` and ``interleaved`` refuses every profile naming no timing (Y4)."""
+    from devices.client import AgentError, _answer
+
+    older = b'{"detail": "invalid profile: field \'timing\' must be one of (\'hot\', \'interleaved\'), got \'warm\'"}'
+    with pytest.raises(AgentError, match="upgrade the agent, or name 'timing: hot' in the profile"):
+        _answer(400, older, "POST", "/measure")
+    with pytest.raises(AgentError) as other:
+        _answer(400, b'{"detail": "invalid profile: field \'batch\' must be at most 1024"}', "POST", "/measure")
+    assert "upgrade" not in str(other.value)

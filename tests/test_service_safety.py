@@ -832,12 +832,17 @@ def test_the_factory_takes_the_job_limits_hwsearch_serve_takes_as_options(tmp_pa
 def test_registrations_from_an_earlier_version_are_checked_again_at_start(tmp_path: Path) -> None:
     import json
 
+    from devices.profile import DeviceProfile
+
     store = tmp_path / "store.sqlite"
     catalog = Path(f"{store}.data")
     for kind in ("devices", "supernets"):
         (catalog / kind).mkdir(parents=True)
     legacy = {  # what v0.1 stored: profiles as sent, supernets without a description
         "devices/plain.json": {"name": "plain", "intra_op_threads": 1},
+        # registered today, before a default of the measurement changed (its hash was another then)
+        "devices/stale.json": {"name": "stale", "hash": "0123456789abcdef",
+                               "profile": {"name": "stale", "where": {"kind": "local"}}},
         "devices/leaky.json": {"name": "leaky", "where": {"kind": "agent",
                                                           "url": "http://127.0.0.1:9",
                                                           "token_env": "HWSEARCH_TOKEN"}},
@@ -853,7 +858,8 @@ def test_registrations_from_an_earlier_version_are_checked_again_at_start(tmp_pa
             devices = c.get("/devices")
             supernets = c.get("/supernets")
         assert devices.status_code == 200 and supernets.status_code == 200
-        assert [d["name"] for d in devices.json()] == ["plain"] and devices.json()[0]["hash"]
+        assert [d["name"] for d in devices.json()] == ["plain", "stale"] and devices.json()[0]["hash"]
+        assert devices.json()[1]["hash"] == DeviceProfile(name="stale").hash() != "0123456789abcdef"
         assert [s["name"] for s in supernets.json()] == ["tiny-mbv3"]
         assert supernets.json()[0]["space_name"] == "ofa_mbv3_d234_e346_k357_w1.0"
     finally:
@@ -862,6 +868,7 @@ def test_registrations_from_an_earlier_version_are_checked_again_at_start(tmp_pa
         "leaky.json.rejected", "passwd.json.rejected", "zero.json.rejected"]
     log = server.log.read_text()
     assert "device 'leaky' set aside" in log and "supernet 'tiny-mbv3' upgraded" in log
+    assert "device 'stale' is measured under" in log and "not 0123456789abcdef" in log
 
 
 def test_resume_at_start_queues_what_fits_and_leaves_the_rest_interrupted(tmp_path: Path

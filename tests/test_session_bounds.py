@@ -126,7 +126,7 @@ def _six_models_whose_round_outlasts(seconds: float, profile: DeviceProfile) -> 
     while True:
         models = [OrtRunner(matmul_chain(1000 + index, depth), profile) for index in range(6)]
         per_run = run_ms(models[-1]) / 1000  # the largest; they differ by a few rows
-        round_s = 2 * per_run * len(models)  # timing: hot runs each model twice a round
+        round_s = 2 * per_run * len(models)  # at least: timing: warm runs each model twice or more a round
         if round_s > seconds:
             return models, per_run, round_s
         depth = math.ceil(depth * 1.5 * seconds / round_s)
