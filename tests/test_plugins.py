@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests._jobs import fast_device, random_dataset
+from tests._jobs import random_dataset
 from tests._server import Server
 from tests.test_api_job import run_one_device_job
 from tests.test_cli_errors import run_cli
@@ -101,18 +101,12 @@ def test_a_broken_plugin_is_named_and_leaves_the_built_in_families_working(tmp_p
 
 
 @pytest.mark.slow
-def test_a_plugin_family_searches_in_the_cli_and_the_services_ray_workers(plugin: Path, tmp_path: Path) -> None:
-    """The whole job runs in Ray workers that import nothing of the user's: the entry point is all they have."""
-    dataset = random_dataset(tmp_path / "val.npz")
-    profile = tmp_path / "dev.json"
-    profile.write_text(json.dumps(fast_device("cpu")))
-    searched = run_cli("search", "--supernet", "outside_tiny", "--device", str(profile), "--data", str(dataset),
-                       "--n-profile", "4", "--budget", "1", "--out", str(tmp_path / "out"), cwd=tmp_path,
-                       extra_env={"PYTHONPATH": str(plugin)})
-    assert searched.returncode == 0, searched.stderr[-3000:]
-    [front] = (tmp_path / "out" / "fronts").glob("*.json")
-    assert json.loads(front.read_text())["space_name"] == "outside_tiny"
+def test_a_plugin_family_searches_in_the_services_ray_workers(plugin: Path, tmp_path: Path) -> None:
+    """The whole job runs in Ray workers that import nothing of the user's: the entry point is all they have.
 
+    (``hwsearch search``'s workers rebuild the supernet by name the same way; one service job keeps the suite short.)
+    """
+    dataset = random_dataset(tmp_path / "val.npz")
     server = Server(tmp_path / "store.sqlite", env={"PYTHONPATH": str(plugin)}).start()
     try:
         with server.client() as client:
