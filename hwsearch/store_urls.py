@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from hwsearch.store import Store
 
-__all__ = ["ENTRY_POINT_GROUP", "is_store_url", "looks_like_a_store_url", "open_store_url", "shown_store",
+__all__ = ["ENTRY_POINT_GROUP", "is_store_url", "mistyped_url_problem", "open_store_url", "shown_store",
            "store_schemes"]
 
 ENTRY_POINT_GROUP = "hwsearch.stores"
@@ -44,13 +44,17 @@ def is_store_url(text: str) -> bool:
     return _SCHEME.match(text) is not None
 
 
-def looks_like_a_store_url(text: str) -> bool:
-    """Whether ``text``, not a store URL, begins as one does (``scheme:``): a mistyped URL, not a file to make.
+def mistyped_url_problem(text: str) -> str | None:
+    """What is wrong with ``text`` if, not a store URL, it begins as one does (``scheme:``); else ``None``.
 
-    ``urlfile:/me:pw@host/x.db`` (one ``/`` short) made folders named after
-    the URL, password and all, as the first CLI did with every URL.
+    Such a value is a mistyped URL, not a file to make: ``urlfile:/me:pw@host/x.db``
+    (one ``/`` short) made folders named after it, password and all, as the
+    first CLI did with every URL.  The answer never quotes it.
     """
-    return not is_store_url(text) and _SCHEME_LIKE.match(text) is not None
+    if is_store_url(text) or _SCHEME_LIKE.match(text) is None:
+        return None
+    return ("this begins as a store URL does (scheme:) but is not one (scheme://...); to name a SQLite file "
+            "whose name begins so, write ./ before it")
 
 
 def shown_store(text: str) -> str:

@@ -43,7 +43,7 @@ from hwsearch.api.routes import api_router, public_router
 from hwsearch.api.service import Busy, ServiceError, drop_unused_checkpoints, resume_at_start, upgrade_catalog
 from hwsearch.dispatch import Admission, JobDispatcher
 from hwsearch.store import SQLiteStore, Store, StoreError, open_store
-from hwsearch.store_urls import is_store_url, looks_like_a_store_url, open_store_url
+from hwsearch.store_urls import is_store_url, mistyped_url_problem, open_store_url
 
 __all__ = ["SettingError", "create_app", "create_app_from_env"]
 
@@ -327,9 +327,8 @@ def _app_from_env() -> FastAPI:
     from hwsearch.agents import SecretsFileError, load_agents
 
     store_setting = _required_env("HWSEARCH_STORE")
-    if looks_like_a_store_url(store_setting):  # not quoted: a mistyped URL may hold a password
-        raise SettingError("HWSEARCH_STORE: this begins as a store URL does (scheme:) but is not one "
-                           "(scheme://...); to name a SQLite file whose name begins so, write ./ before it")
+    if (problem := mistyped_url_problem(store_setting)) is not None:  # not quoted: it may hold a password
+        raise SettingError(f"HWSEARCH_STORE: {problem}")
     store_path = None if is_store_url(store_setting) else Path(store_setting)
     token = _required_env("HWSEARCH_TOKEN")
     public_url = os.environ.get("HWSEARCH_PUBLIC_URL") or None

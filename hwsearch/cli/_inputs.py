@@ -73,11 +73,10 @@ def refuse_a_mistyped_store_url(value: str, option: str = "--store") -> None:
     Read as a path, ``urlfile:/me:pw@host/x.db`` (one ``/`` short) made
     folders named after it, password and all.
     """
-    from hwsearch.store_urls import looks_like_a_store_url
+    from hwsearch.store_urls import mistyped_url_problem
 
-    if looks_like_a_store_url(value):
-        raise OptionError(option, "this begins as a store URL does (scheme:) but is not one (scheme://...); "
-                                  "to name a SQLite file whose name begins so, write ./ before it")
+    if (problem := mistyped_url_problem(value)) is not None:
+        raise OptionError(option, problem)
 
 
 def open_store_option(value: str, *, must_exist: bool = False, option: str = "--store") -> Any:  # -> store.Store
