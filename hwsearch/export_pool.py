@@ -21,6 +21,13 @@ when the faster of those exports, times the exports left, saves more than
 start-up costs.  A pool is shared by every run of the process that exports
 from the same supernet object (a job's devices, profiled in threads), and
 closes with the last of them.
+
+**However the process ends.**  Pool workers are not daemons, and
+multiprocessing's exit handler joins every such child: a ``demo`` stopped
+by SIGTERM while its pool was up never ended (3 of 4 stops on a loaded
+host).  A pool still open at exit is ended first (:class:`~hwsearch.at_exit.OpenUntilExit`),
+and a worker whose parent has died ends itself (:func:`_leave_when_orphaned`)
+rather than wait on its task queue for ever.
 """
 
 from __future__ import annotations
@@ -28,12 +35,16 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from hwsearch.at_exit import OpenUntilExit
 
 if TYPE_CHECKING:  # torch loads only when something is exported
     from hwsearch.export import ExportReport
@@ -48,8 +59,10 @@ START_SECONDS = 3.3  # a pool's start-up on this machine (module docstring)
 MAX_WORKERS = 8  # each worker holds torch and a copy of the supernet (~0.3 GB with OFA-MobileNetV3)
 _SAMPLES_BEFORE_DECIDING = 2  # the first export of a process also pays torch's one-off costs
 _START_TIMEOUT_S = 120.0
+_ORPHAN_CHECK_S = 1.0  # how often a worker looks for its parent
 
 _worker_supernet: Any = None  # the supernet, in a worker process
+_worker_start_barrier: Any = None  # passed by every worker's start-up task, in a worker process
 
 
 class ExportPool:
@@ -67,18 +80,24 @@ class ExportPool:
             raise ValueError(f"an export pool needs at least one worker, got {workers}")
         self.workers = workers
         context = multiprocessing.get_context("spawn")  # fork would copy a process's threads' locks mid-use
-        ready = context.Barrier(workers)
+        started = context.Barrier(workers)
         with compute_unit(on_wait=on_wait):
             self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                             initargs=(supernet, ready))
+                                             initargs=(supernet, started))
             try:
-                # One task per worker: with spawn, each submit finding no idle worker starts one,
-                # and no task can finish before every worker has passed the barrier.
-                for future in [self._pool.submit(os.getpid) for _ in range(workers)]:
-                    future.result(timeout=_START_TIMEOUT_S)
+                # One start-up task per worker: with spawn, each submit finding no idle worker starts one,
+                # and no task passes the barrier until each worker holds one, so each reports its own pid.
+                checked_in = [self._pool.submit(_check_in) for _ in range(workers)]
+                self._pids = {future.result(timeout=_START_TIMEOUT_S) for future in checked_in}
             except BaseException:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 raise
+        _OPEN_POOLS.opened(self)
+
+    @property
+    def worker_pids(self) -> frozenset[int]:
+        """The workers' process ids."""
+        return frozenset(self._pids)
 
     def export(self, arch: Any, path: Path, **options: Any) -> ExportReport:
         """``export_subnet(supernet, arch, path, **options)`` in a worker.
@@ -91,19 +110,52 @@ class ExportPool:
     def close(self) -> None:
         """Stop the workers (they hold memory: a supernet each)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        _OPEN_POOLS.closed(self)
+
+    def end_now(self) -> None:
+        """Kill the workers, mid-export or idle: the process is leaving, and nothing will wait for their work."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pid in self._pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:  # already gone
+                continue
 
 
-def _start_worker(supernet: Any, ready: Any) -> None:
+#: Pools not yet closed; a stop that cut their runs off leaves them to the exit, which kills their workers.
+_OPEN_POOLS: OpenUntilExit[ExportPool] = OpenUntilExit(ExportPool.end_now)
+
+
+def _start_worker(supernet: Any, started: Any) -> None:
     """A worker's start: covered by its caller's holds, one torch thread, the supernet kept."""
     import torch
 
     from devices.hostlock import covered_by_caller
 
-    global _worker_supernet
+    global _worker_supernet, _worker_start_barrier
     covered_by_caller()
+    threading.Thread(target=_leave_when_orphaned, args=(os.getppid(),), daemon=True,
+                     name="hwsearch-export-orphan-watch").start()
     torch.set_num_threads(1)  # one export per worker; the pool is the parallelism
     _worker_supernet = supernet
-    ready.wait(timeout=_START_TIMEOUT_S)
+    _worker_start_barrier = started  # a barrier reaches a spawned process only through its start
+
+
+def _check_in() -> int:
+    """A worker's start-up task: wait until every worker holds one, then say which process this is."""
+    _worker_start_barrier.wait(timeout=_START_TIMEOUT_S)
+    return os.getpid()
+
+
+def _leave_when_orphaned(parent: int) -> None:
+    """End this worker once ``parent`` has died (a SIGKILLed parent never tells its pool to stop).
+
+    Workers of a killed ``demo`` waited on their task queue for ever,
+    holding torch and a supernet each (ten workers of five killed runs were found).
+    """
+    while os.getppid() == parent:
+        time.sleep(_ORPHAN_CHECK_S)
+    os._exit(1)
 
 
 def _export_in_worker(arch: Any, path: Path, options: dict[str, Any]) -> ExportReport:

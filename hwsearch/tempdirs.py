@@ -16,19 +16,25 @@ command as it starts.
 
 from __future__ import annotations
 
-import atexit
 import fcntl
 import os
+import secrets
 import shutil
+import signal
 import stat
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from hwsearch.at_exit import OpenUntilExit
+
 PREFIX = "hwsearch-"
 OWNER_FILE = ".hwsearch-owner"
+#: Names the command whose processes (its Ray workers and their subprocesses included) made a folder.
+COMMAND_TAG_ENV = "HWSEARCH_COMMAND_TAG"
+#: The bytes of an owner file read: a pid and a tag.
+_OWNER_LINE_BYTES = 128
 
 
 @contextmanager
@@ -45,49 +51,31 @@ def owned_temp_dir(purpose: str, parent: str | Path | None = None, *, swept: boo
     """
     folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{purpose}-", dir=parent))
     staged = folder / f"{OWNER_FILE}.{os.getpid()}"
-    owner = os.open(staged, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    owner = os.open(staged, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.write(owner, f"{os.getpid()} {os.environ.get(COMMAND_TAG_ENV, '-')}\n".encode())
     if swept:
-        _live(folder, True)
+        _LIVE_FOLDERS.opened(folder)
     try:
         fcntl.flock(owner, fcntl.LOCK_EX)
         os.rename(staged, folder / OWNER_FILE)
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-        _live(folder, False)
+        _LIVE_FOLDERS.closed(folder)
         os.close(owner)
 
 
-_LIVE_FOLDERS: set[Path] = set()
-_LIVE_LOCK = threading.Lock()
-_sweep_armed = False
-
-
-def _live(folder: Path, made: bool) -> None:
-    """Keep the set of this process's folders whose ``with`` has not ended; the first one arms the exit's sweep.
-
-    Armed at first use, not at import, so that it runs before the CLI's
-    last exit handler (registered as the command starts), which may end
-    the process.
-    """
-    global _sweep_armed
-    with _LIVE_LOCK:
-        if made and not _sweep_armed:
-            atexit.register(_remove_live_folders)
-            _sweep_armed = True
-        (_LIVE_FOLDERS.add if made else _LIVE_FOLDERS.discard)(folder)
-
-
-def _remove_live_folders() -> None:
-    """At exit: remove the folders of work the exit cut off (a job's daemon thread never reaches its ``finally``).
+def _remove_folder(folder: Path) -> None:
+    """At exit: remove a folder of work the exit cut off.
 
     A ``search`` stopped by SIGTERM left its exports folder (7.4 MB) in 6 of
     10 stops, for the next command to find.
     """
-    with _LIVE_LOCK:
-        folders = list(_LIVE_FOLDERS)
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+#: Folders whose ``with`` has not ended, removed at exit (a job's daemon thread never reaches its ``finally``).
+_LIVE_FOLDERS: OpenUntilExit[Path] = OpenUntilExit(_remove_folder)
 
 
 def remove_dead_owners_folders(parent: Path | None = None) -> int:
@@ -106,40 +94,85 @@ def remove_dead_owners_folders(parent: Path | None = None) -> int:
     return freed
 
 
-def remove_folders_of_ended_workers(since: float, wait_s: float = 3.0) -> int:
-    """After a stopped command's exit handlers: remove the folders its Ray workers made, once their owners die.
+def tag_this_command() -> str:
+    """Give this command a fresh tag that its folders, and those of every process it starts, record.
+
+    Ray's local workers inherit the command's environment, so after a stop the
+    command can tell its own workers' folders from another live command's.
+    """
+    tag = secrets.token_hex(8)
+    os.environ[COMMAND_TAG_ENV] = tag
+    return tag
+
+
+def remove_folders_of_ended_workers(wait_s: float = 20.0) -> int:
+    """After a stopped command's exit handlers: end its Ray workers still running, and remove their folders.
 
     ``ray.shutdown`` ends a local Ray's workers a moment after it returns,
     and a worker stopped mid-export leaves its folder: a ``demo`` stopped by
     SIGTERM left two ``hwsearch-exports-*`` folders for the next command.
-    Folders made since ``since`` (a time of :func:`time.time`) whose owner is
-    still alive are waited for, up to ``wait_s`` (they may be another live
-    command's); dead owners' folders are removed as at every start.
-    Returns the bytes freed.
+    Waiting a fixed 3 s for them was too short on a busy host (one CI run
+    in the last two).  A folder tagged with this command (see
+    :func:`tag_this_command`) whose owner still runs belongs to stopped work:
+    its owner is killed, once it is shown to carry this command's tag, and
+    the folder removed when the kernel drops its flock, within ``wait_s``.
+    Folders of other commands are only removed once their owners are dead,
+    as at every start.  Returns the bytes freed.
     """
     import time
 
     root = Path(tempfile.gettempdir())
+    tag = os.environ.get(COMMAND_TAG_ENV, "")
     deadline = time.monotonic() + wait_s
     freed = remove_dead_owners_folders(root)
-    while time.monotonic() < deadline and _recent_owned_folders(root, since):
-        time.sleep(0.1)
+    for pid in {pid for _, pid in _tagged_folders(root, tag)}:
+        _kill_if_tagged(pid, tag)
+    while time.monotonic() < deadline and _tagged_folders(root, tag):
+        time.sleep(0.05)
         freed += remove_dead_owners_folders(root)
     return freed
 
 
-def _recent_owned_folders(root: Path, since: float) -> list[Path]:
-    """This process's kind of folder under ``root``, made at or after ``since``, not this process's own."""
-    with _LIVE_LOCK:
-        own = set(_LIVE_FOLDERS)
-    recent = []
+def _tagged_folders(root: Path, tag: str) -> list[tuple[Path, int]]:
+    """Folders under ``root`` whose owner file names ``tag``, with their owner's pid; never this process's own."""
+    if not tag:
+        return []
+    found = []
     for entry in _named_ours(root):
+        owner = _read_owner(entry)
+        if owner is not None and owner[1] == tag and owner[0] != os.getpid():
+            found.append((entry, owner[0]))
+    return found
+
+
+def _read_owner(folder: Path) -> tuple[int, str] | None:
+    """The pid and tag an owner file records; None for a folder without one or an unreadable one."""
+    try:
+        descriptor = os.open(folder / OWNER_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fields = os.read(descriptor, _OWNER_LINE_BYTES).decode("ascii", "replace").split()
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
+    if len(fields) != 2 or not fields[0].isdigit():
+        return None
+    return int(fields[0]), fields[1]
+
+
+def _kill_if_tagged(pid: int, tag: str) -> None:
+    """SIGKILL ``pid`` if its environment carries ``tag``: a reused pid belongs to someone else and is left alone."""
+    try:
+        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # gone already, or not ours to read
+        return
+    if f"{COMMAND_TAG_ENV}={tag}".encode() in environment:
         try:
-            if entry not in own and (entry / OWNER_FILE).is_file() and entry.stat().st_mtime >= since:
-                recent.append(entry)
+            os.kill(pid, signal.SIGKILL)
         except OSError:
-            continue
-    return recent
+            return
 
 
 def _named_ours(root: Path) -> list[Path]:

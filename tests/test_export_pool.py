@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,46 @@ def test_a_covered_process_refuses_a_measurement_session() -> None:
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("refused:") and "wait for itself" in done.stdout
+
+
+# Opens a pool of two workers on the demo supernet, says their pids, then leaves as argv[1] says: through the
+# exit handlers and os._exit, as the CLI leaves when stopped, or by waiting to be killed.
+_OPEN_A_POOL = ("import atexit, os, sys, time\n"
+                "from hwsearch.export_pool import ExportPool\n"
+                "from hwsearch.supernets import create_supernet\n"
+                "pool = ExportPool(create_supernet('demo_mbv3_mnist'), 2)\n"
+                "print(*pool.worker_pids, flush=True)\n"
+                "if sys.argv[1] == 'exit':\n"
+                "    atexit._run_exitfuncs()\n"
+                "    os._exit(0)\n"
+                "time.sleep(600)\n")
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("leaving", ["exit", "killed"])
+def test_a_pool_left_open_never_outlives_its_process(leaving: str) -> None:
+    """A demo stopped by SIGTERM with its pool up never ended: multiprocessing's exit joins non-daemon workers,
+    which wait for tasks for ever.  A SIGKILLed parent's workers stayed too, holding torch and a supernet each."""
+    run = subprocess.Popen([sys.executable, "-c", _OPEN_A_POOL, leaving], stdout=subprocess.PIPE, text=True,
+                           cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert run.stdout is not None
+        pids = [int(word) for word in run.stdout.readline().split()]
+        assert len(pids) == 2 and all(not _gone(pid, 0.0) for pid in pids)
+        if leaving == "killed":
+            run.kill()
+        assert run.wait(timeout=60) == (0 if leaving == "exit" else -signal.SIGKILL)
+        assert all(_gone(pid, 30) for pid in pids), "a pool worker outlived its process"
+    finally:
+        run.kill()
+        run.wait(timeout=30)

@@ -59,26 +59,33 @@ def test_only_folders_whose_owner_died_are_removed(tmp_path: Path) -> None:
     assert remove_dead_owners_folders(tmp_path) >= 1_000_000 and not live_folder.exists()
 
 
-def test_a_stopped_commands_exit_removes_its_ended_workers_folders(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stopped_commands_exit_ends_its_own_workers_and_removes_their_folders(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray's shutdown ends a stopped demo's workers a moment after it returns: two hwsearch-exports folders were
-    left for the next command.  A folder made before the command started, its owner alive, is not waited for."""
-    import threading
-
-    from hwsearch.tempdirs import remove_folders_of_ended_workers
+    left for the next command when it waited a fixed 3 s.  A worker of this command that is still running is
+    ended; another command's live worker, and a process whose pid a folder names without its tag, are not."""
+    from hwsearch.tempdirs import COMMAND_TAG_ENV, remove_folders_of_ended_workers, tag_this_command
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    older, older_folder = _start_run(tmp_path)
-    since = time.time()
-    time.sleep(0.05)
-    worker, worker_folder = _start_run(tmp_path)
+    monkeypatch.setenv(COMMAND_TAG_ENV, "another-command")
+    other, other_folder = _start_run(tmp_path)
+    tag = tag_this_command()
+    worker, worker_folder = _start_run(tmp_path)  # never ends by itself, as a worker stuck mid-export
+    untagged_env = {key: value for key, value in os.environ.items() if key != COMMAND_TAG_ENV}
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], env=untagged_env)
+    claimed = tmp_path / "hwsearch-exports-claimed"  # an owner file naming the bystander's pid with our tag
+    claimed.mkdir()
+    (claimed / OWNER_FILE).write_text(f"{bystander.pid} {tag}\n")
     try:
-        threading.Timer(0.5, worker.kill).start()  # as Ray ends a worker after ray.shutdown returned
-        freed = remove_folders_of_ended_workers(since=since, wait_s=20)
-        assert not worker_folder.exists() and freed >= 1_000_000
-        assert (older_folder / "subnet.onnx").exists()
+        started = time.monotonic()
+        freed = remove_folders_of_ended_workers(wait_s=60)
+        assert time.monotonic() - started < 30
+        assert worker.wait(timeout=30) == -signal.SIGKILL
+        assert not worker_folder.exists() and not claimed.exists() and freed >= 1_000_000
+        assert (other_folder / "subnet.onnx").exists() and other.poll() is None
+        assert bystander.poll() is None, "a process was killed on a folder's word alone"
     finally:
-        for run in (older, worker):
+        for run in (other, worker, bystander):
             run.kill()
             run.wait(timeout=30)
 

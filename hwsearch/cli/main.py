@@ -19,7 +19,6 @@ import os
 import pkgutil
 import signal
 import sys
-import time
 from typing import Annotated, Any, NoReturn
 
 import click
@@ -117,6 +116,9 @@ def main() -> None:
     """Run the command line; a run ended by SIGTERM leaves through :func:`_leave_terminated`."""
     import atexit
 
+    from hwsearch.tempdirs import tag_this_command
+
+    tag_this_command()  # before Ray starts, so its workers' folders carry it
     atexit.register(_end_as_stopped)  # first registered, so it runs after every other exit handler
     try:
         app()
@@ -129,8 +131,6 @@ def main() -> None:
 
 #: Stops (SIGTERM, SIGINT) that came while the process was already exiting.
 _stops_while_exiting: list[int] = []
-#: When this command started: the temp folders a stopped one's Ray workers made are no older.
-_STARTED_AT = time.time()
 
 
 def _hold_stops() -> None:
@@ -180,7 +180,7 @@ def _leave_terminated() -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     _say_nothing_more()  # Ray's native threads printed "Failed to push error to driver" after "terminated"
-    remove_folders_of_ended_workers(since=_STARTED_AT)  # Ray's shutdown ended its workers mid-export
+    remove_folders_of_ended_workers()  # Ray's shutdown leaves its workers a moment, mid-export
     os._exit(TERMINATED)
 
 
