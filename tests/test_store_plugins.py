@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from hwsearch.store import Store
+from hwsearch.store_urls import open_store_url
+from hwsearch.testing import StoreContract
 from tests._jobs import fast_device, random_dataset
 from tests._server import Server
 from tests.test_api_job import run_one_device_job
@@ -66,6 +69,15 @@ def url(path: Path, password: str = PASSWORD) -> str:
 def latency_rows(path: Path) -> int:
     with sqlite3.connect(path) as db:
         return int(db.execute("SELECT COUNT(*) FROM latencies").fetchone()[0])
+
+
+class TestThePluginStoreKeepsTheContract(StoreContract):
+    """The kit a backend's author runs (:mod:`hwsearch.testing.store_contract`), on a store opened by its URL."""
+
+    @pytest.fixture()
+    def store(self, site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+        monkeypatch.syspath_prepend(str(site))
+        return open_store_url(url(tmp_path / "contract.db"))
 
 
 def test_profile_writes_its_rows_to_a_plugin_store_named_in_the_environment(site: Path, tmp_path: Path) -> None:
