@@ -168,6 +168,25 @@ def test_a_service_runs_a_job_on_a_plugin_store(site: Path, tmp_path: Path, fact
     assert latency_rows(rows) >= 4 and (data_dir / "serve.lock").exists()
     assert not (tmp_path / "store.sqlite").exists()  # the file the test names is only where its logs go
     assert PASSWORD not in server.log.read_text()
+    _read_back_from_the_command_line(site, tmp_path, rows, data_dir, job["id"])
+
+
+def _read_back_from_the_command_line(site: Path, tmp_path: Path, rows: Path, data_dir: Path, job_id: str) -> None:
+    """`report` reads the job from the plug-in store by its URL; `devices show` finds the service's device in its
+    --data-dir (both took only a SQLite path), and `--store URL` alone says to give --data-dir, secret unshown."""
+    plugin = {"PYTHONPATH": str(site)}
+    report = run_cli("report", job_id, "--store", url(rows), "--out", str(tmp_path / "report"), cwd=tmp_path,
+                     extra_env=plugin)
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "report" / "report.html").is_file() and PASSWORD not in report.stdout + report.stderr
+    missing = run_cli("report", "no-such-job", "--store", url(rows), cwd=tmp_path, extra_env=plugin)
+    assert PASSWORD not in assert_one_line_error(missing, 2, "no-such-job", "urlfile://...")
+    shown = run_cli("devices", "show", "cpu", "--data-dir", str(data_dir), "--json", "--plain-runs", "5",
+                    cwd=tmp_path, extra_env=plugin)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["device"] == "cpu"
+    by_url = run_cli("devices", "show", "cpu", "--store", url(rows), cwd=tmp_path, extra_env=plugin)
+    assert PASSWORD not in assert_one_line_error(by_url, 2, "--store", "--data-dir")
 
 
 def _env(site: Path) -> dict[str, str]:

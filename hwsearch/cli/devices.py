@@ -1,8 +1,9 @@
 """``hwsearch devices check|show|calibrate|reset PROFILE``: a device profile and its ruler.
 
-PROFILE is a profile file, or, with ``--store``, the name of a device
-registered with ``hwsearch serve`` on that store (the service's catalog is
-read, never written).
+PROFILE is a profile file, or, with ``--store`` (a SQLite store, its
+catalog beside it) or ``--data-dir`` (the service's data folder, whatever
+its store), the name of a device registered with ``hwsearch serve`` (the
+service's catalog is read, never written).
 
 Every latency hwsearch reports is a ratio to a reference model times the
 device's *ruler*, the reference's latency kept from the device's first
@@ -29,9 +30,12 @@ devices_app = typer.Typer(help="Device profiles: validate them, see what a devic
                           no_args_is_help=True)
 
 ProfileArg = Annotated[str, typer.Argument(
-    help="Device profile file (YAML or JSON), or with --store a device registered with the service.")]
-StoreOption = Annotated[Optional[Path], typer.Option(
-    help="The store of a `hwsearch serve`: PROFILE names one of its registered devices.")]
+    help="Device profile file (YAML or JSON), or with --store or --data-dir a device registered with the service.")]
+StoreOption = Annotated[Optional[str], typer.Option(
+    help="The SQLite store of a `hwsearch serve`: PROFILE names one of its registered devices.")]
+DataDirOption = Annotated[Optional[Path], typer.Option(
+    "--data-dir", help="The data folder of a `hwsearch serve` (its --data-dir, as for a store given by URL): "
+                       "PROFILE names one of its registered devices.")]
 
 
 @devices_app.command("check")
@@ -55,32 +59,49 @@ def check(
     typer.echo(json.dumps({"profile": loaded.to_dict(), "hash": loaded.hash(), "device": facts}, indent=2))
 
 
-def _registered(name: str, store: Path):  # -> devices.profile.DeviceProfile
-    """The profile the service registered as ``name`` (its catalog is ``STORE.data``)."""
-    from devices.profile import DeviceProfile
+def _catalog_devices(store: str | None, data_dir: Path | None) -> tuple[Path, str] | None:
+    """The service's folder of registered devices, and how to name the option that led to it; None for neither."""
     from hwsearch.api.catalog import default_data_dir
+    from hwsearch.cli._inputs import refuse_a_mistyped_store_url
+    from hwsearch.store_urls import is_store_url
+
+    if data_dir is not None:
+        return data_dir / "devices", "--data-dir"
+    if store is None:
+        return None
+    refuse_a_mistyped_store_url(store)
+    if is_store_url(store):
+        raise OptionError("--store", "a service on a store given by URL keeps its devices in its --data-dir: "
+                                     "give that folder as --data-dir")
+    return default_data_dir(store) / "devices", "--store"
+
+
+def _registered(name: str, devices_dir: Path, option: str):  # -> devices.profile.DeviceProfile
+    """The profile the service registered as ``name`` in its catalog's ``devices_dir``."""
+    from devices.profile import DeviceProfile
     from hwsearch.cli._errors import reading
 
-    devices_dir = default_data_dir(store) / "devices"
     if not devices_dir.is_dir():
-        raise OptionError("--store", f"{store} has no service catalog ({devices_dir} is missing)")
+        raise OptionError(option, f"no service catalog there ({devices_dir} is missing)")
     registered = sorted(p.stem for p in devices_dir.glob("*.json"))
     if name not in registered:
         raise OptionError("PROFILE", f"no device {name!r} is registered with the service at "
-                                     f"{store}; registered: {', '.join(registered) or 'none'}")
+                                     f"{devices_dir.parent}; registered: {', '.join(registered) or 'none'}")
     with reading("PROFILE"):
         record = json.loads((devices_dir / f"{name}.json").read_text())
         return DeviceProfile.from_dict(record["profile"])
 
 
-def _local(profile: str, store: Path | None = None):  # -> devices.profile.DeviceProfile
+def _local(profile: str, store: str | None = None,
+           data_dir: Path | None = None):  # -> devices.profile.DeviceProfile
     from hwsearch.cli._inputs import load_profile
 
-    if store is not None:
-        loaded = _registered(profile, store)
+    catalog = _catalog_devices(store, data_dir)
+    if catalog is not None:
+        loaded = _registered(profile, *catalog)
     elif not Path(profile).is_file():
         raise OptionError("PROFILE", f"{profile} is not a file (to name a device registered "
-                                     "with the service, also give --store)")
+                                     "with the service, also give --store or --data-dir)")
     else:
         loaded = load_profile(Path(profile), "PROFILE")
     if loaded.where.kind != "local":
@@ -171,10 +192,11 @@ def show(
     plain_runs: Annotated[int, typer.Option(min=5, max=10_000, help="Runs of the plain timing.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     store: StoreOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Show the device's ruler on this host: reference ms, its source and age, drift, the spread between
     sessions, plain timing."""
-    report = ruler_report(_local(profile, store), plain_runs=plain_runs)
+    report = ruler_report(_local(profile, store, data_dir), plain_runs=plain_runs)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -186,6 +208,7 @@ def calibrate(
     profile: ProfileArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     store: StoreOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Take a new ruler now: a session whose reference replaces the old ruler, if the host was quiet.
 
@@ -198,7 +221,7 @@ def calibrate(
     from devices.local import measure_model_bytes
     from hwsearch.cli._waiting import waiting_printer
 
-    loaded = _local(profile, store)
+    loaded = _local(profile, store, data_dir)
     if loaded.reference_ms is not None:
         raise OptionError("PROFILE", f"{loaded.name} pins reference_ms; remove it to calibrate")
     reference = loaded.reference_bytes()
@@ -218,11 +241,11 @@ def calibrate(
 
 
 @devices_app.command("reset")
-def reset(profile: ProfileArg, store: StoreOption = None) -> None:
+def reset(profile: ProfileArg, store: StoreOption = None, data_dir: DataDirOption = None) -> None:
     """Forget the device's ruler on this host; the next session on a quiet host sets a new one."""
     from devices.calibration import reset_calibration
 
-    loaded = _local(profile, store)
+    loaded = _local(profile, store, data_dir)
     existed = reset_calibration(loaded.hash(), _hosts(loaded)[1])
     typer.echo(f"{loaded.name}: ruler {'forgotten' if existed else 'was not set'} on this host")
 

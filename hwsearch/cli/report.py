@@ -17,8 +17,9 @@ def report(
              "(or any folder of front JSON files).")],
     out: Annotated[Path, typer.Option(help="Directory for the PNGs and report.html.")] = Path(
         "hwsearch-report"),
-    store: Annotated[Optional[Path], typer.Option(
-        help="SQLite store holding the job (needed for a job id).")] = None,
+    store: Annotated[Optional[str], typer.Option(
+        help="The store holding the job (needed for a job id): a SQLite file, or scheme://... for a store "
+             "package's backend.")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the written paths as JSON.")] = False,
 ) -> None:
@@ -29,9 +30,9 @@ def report(
     """
     from devices.plain import printable
     from hwsearch.cli._errors import OptionError, reading
+    from hwsearch.cli._inputs import open_store_option, prepare_folder
     from hwsearch.report import build_report, from_dir, from_store
-    from hwsearch.cli._inputs import prepare_folder
-    from hwsearch.store import open_store
+    from hwsearch.store_urls import shown_store
 
     if Path(job).is_dir():
         with reading("JOB"):
@@ -39,14 +40,12 @@ def report(
     elif store is None:
         raise typer.BadParameter(f"{job!r} is not a directory; give --store to read a job id",
                                  param_hint="JOB")
-    elif not store.is_file():  # opening would create an empty store (and its folders) to find no job in
-        raise OptionError("--store", f"{store} is not a store file")
     else:
-        opened = open_store(store)
+        opened = open_store_option(store, must_exist=True)  # no empty store made to find no job in
         try:
             data = from_store(opened, job)
         except KeyError:
-            raise OptionError("JOB", f"no job {job!r} in {store}") from None
+            raise OptionError("JOB", f"no job {job!r} in {shown_store(store)}") from None
         except ValueError as error:  # not a succeeded search job, or a damaged record: one line, no usage box
             raise OptionError("JOB", str(error)) from None
     prepare_folder(out, "--out")  # after the job is read (nothing is made for a bad one), before any plot
