@@ -94,14 +94,45 @@ def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) ->
         return
     host, port = _host_and_port(address)
     deadline = time.monotonic() + timeout_s
+    plain = os.environ.get("RAY_USE_TLS", "0").lower() not in ("1", "true")
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as connection:
-            if os.environ.get("RAY_USE_TLS", "0").lower() not in ("1", "true"):
+            if plain:
                 _expect_http2_settings(connection, deadline)
     except socket.timeout:
         raise RayUnreachable(address, f"no answer on port {port} within {timeout_s:g} s") from None
     except OSError as error:
         raise RayUnreachable(address, error.strerror or str(error)) from None
+    if plain and not address.startswith("ray://"):
+        _expect_ray_gcs(address, port, deadline)
+
+
+#: The first call Ray's own clients make to a GCS: any gRPC server that is not one answers UNIMPLEMENTED.
+_GCS_PROBE_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"
+
+
+def _expect_ray_gcs(address: str, port: int, deadline: float) -> None:
+    """Ask the gRPC server at ``address`` for its Ray cluster id by ``deadline``; refuse one that is not a GCS.
+
+    Another gRPC (or HTTP/2) server passes the SETTINGS check, and
+    ``ray.init`` then logged about 20 s of Ray's C++ errors before it gave up
+    (probe Z10).  An empty request is a valid one (every field at its
+    default).  A GCS that wants a token answers UNAUTHENTICATED: that is Ray,
+    and Ray's own join reports the token.
+    """
+    import grpc
+
+    with grpc.insecure_channel(address) as channel:
+        probe = channel.unary_unary(_GCS_PROBE_METHOD, request_serializer=None, response_deserializer=None)
+        try:
+            probe(b"", timeout=max(deadline - time.monotonic(), 0.001))
+        except grpc.RpcError as error:
+            code = error.code() if callable(getattr(error, "code", None)) else None
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise RayUnreachable(address, f"no answer from Ray's GCS on port {port} in time") from None
+            if code not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise RayUnreachable(address, f"port {port} speaks gRPC, but not as Ray's GCS "
+                                              f"({code.name if code else 'no status'})") from None
 
 
 #: An HTTP/2 client's opening (RFC 9113, section 3.4): the fixed preface, then an empty SETTINGS frame.

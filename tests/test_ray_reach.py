@@ -22,15 +22,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from hwsearch.ray_session import private_temp_dir
-from tests._listeners import Listener
 from tests._jobs import SUPERNET, fast_device, random_dataset
 from tests._server import Server, free_port
 
@@ -43,28 +43,50 @@ def _env() -> dict[str, str]:
     return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
 
 
-class _FakeGcs(Listener):
-    """A port that opens as a gRPC server would (an HTTP/2 SETTINGS frame), until told to stay silent.
+class _FakeGcs:
+    """A gRPC server that answers the first call Ray's clients make to a GCS, until closed or silenced.
 
     Enough for the address check before ``ray.init``; ``ray.init`` itself then
     gets no further, as with a cluster that answered and then went away.
+    Silenced, its port accepts connections and never speaks.
     """
 
     def __init__(self) -> None:
-        self.speaking = threading.Event()
-        self.speaking.set()
-        self.held: list[socket.socket] = []
-        super().__init__()
+        import grpc
 
-    def serve(self, connection: socket.socket) -> None:
-        self.held.append(connection)
-        if self.speaking.is_set():
-            connection.sendall(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # an empty SETTINGS frame
+        self._server = grpc.server(ThreadPoolExecutor(2))
+        answers = {"GetClusterId": grpc.unary_unary_rpc_method_handler(lambda request, context: b"")}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "ray.rpc.NodeInfoGcsService", answers),))
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+        self._silent: socket.socket | None = None
+
+    def silence(self) -> None:
+        self._server.stop(None).wait()
+        self._silent = socket.socket()
+        self._silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._silent.bind(("127.0.0.1", self.port))
+        self._silent.listen(8)
 
     def close(self) -> None:
-        super().close()
-        for connection in self.held:
-            connection.close()
+        self._server.stop(None).wait()
+        if self._silent is not None:
+            self._silent.close()
+
+
+@contextmanager
+def _grpc_port() -> Iterator[int]:
+    """A port held by a gRPC server that serves nothing of Ray's: it passes an HTTP/2 check, and is not Ray."""
+    import grpc
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(None).wait()
 
 
 @contextmanager
@@ -105,6 +127,22 @@ def _unanswered_address(kind: str) -> Iterator[int]:
 
 
 _NOT_RAY = ("nothing listens", "a silent listener", "an HTTP/1 server")
+
+
+def test_a_grpc_server_that_is_not_ray_is_refused_before_ray_init() -> None:
+    """It passed the HTTP/2 check, and ``ray.init`` then logged about 20 s of Ray's C++ errors (probe Z10)."""
+    from hwsearch.ray_session import RayUnreachable, check_ray_address
+
+    with _grpc_port() as port:
+        started = time.monotonic()
+        with pytest.raises(RayUnreachable, match=f"port {port} speaks gRPC, but not as Ray's GCS .UNIMPLEMENTED."):
+            check_ray_address(f"127.0.0.1:{port}")
+        assert time.monotonic() - started < 5
+    cluster = _FakeGcs()
+    try:
+        check_ray_address(f"127.0.0.1:{cluster.port}")  # what answers as a GCS passes
+    finally:
+        cluster.close()
 
 
 def _wait_state(client: httpx.Client, job_id: str, states: tuple[str, ...], timeout: float) -> dict:
@@ -154,7 +192,7 @@ def test_a_job_whose_ray_went_away_fails_in_seconds_and_the_service_keeps_answer
         if gone == "closed":
             cluster.close()
         else:
-            cluster.speaking.clear()
+            cluster.silence()
     try:
         with server.client() as client:
             client.timeout = httpx.Timeout(30.0)  # every answer within 30 s (it hung for ever)
