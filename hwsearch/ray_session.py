@@ -280,32 +280,40 @@ def code_digest() -> dict[str, str]:
 
 
 def _check_cluster_code(address: str) -> None:
-    """Refuse a joined cluster whose workers cannot import hwsearch, or import other code than this driver's.
+    """Refuse a joined cluster any of whose nodes' workers cannot import hwsearch, or import other code than ours.
 
-    A cluster's workers import the hwsearch installed where the cluster was
+    A cluster's workers import the hwsearch installed where each node was
     started, not this driver's: probe Z10's driver ran one tree and the
     cluster's workers another (accuracy, refinement and the workers' setup
     on one, profiling on the other) without a word, and a cluster that could
     not import hwsearch failed the job after its profiling with a 77-line
-    ``WorkerCrashedError``.  One small task on the cluster (no CPU asked)
-    compares its digest of the sources with this process's.  It runs on one
-    node: every node of a cluster should have the same installation.  The
-    session is shut down first, so a later call can join again.
+    ``WorkerCrashedError``.  One small task per live node (no CPU asked,
+    pinned there) compares its digest of the sources with this process's.
+    A node that joins the cluster later is not checked.  The session is
+    shut down first, so a later call can join again.
     """
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     mine = code_digest()
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    digest = ray.remote(code_digest)
+    tasks = [digest.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"],
+                                                                                           soft=False)).remote()
+             for node in nodes]
     try:
-        theirs = ray.get(ray.remote(code_digest).options(num_cpus=0).remote(), timeout=CLUSTER_CHECK_TIMEOUT_S)
-    except Exception as error:  # the worker could not import or run hwsearch, or never started: Ray's own types
+        found = ray.get(tasks, timeout=CLUSTER_CHECK_TIMEOUT_S)
+    except Exception as error:  # a worker could not import or run hwsearch, or never started: Ray's own types
         ray.shutdown()
         raise ClusterUnfit(address, f"its workers cannot run hwsearch ({type(error).__name__}); install this "
                                     "hwsearch where the cluster runs, the same version as here") from None
-    if theirs["digest"] != mine["digest"]:
-        ray.shutdown()
-        raise ClusterUnfit(address, f"its workers run hwsearch from {theirs['hwsearch']}, whose sources differ "
-                                    f"from this one's ({mine['hwsearch']}); install the same hwsearch on both, "
-                                    "or start the cluster from this installation")
+    for node, theirs in zip(nodes, found):
+        if theirs["digest"] != mine["digest"]:
+            ray.shutdown()
+            raise ClusterUnfit(address, f"its workers run hwsearch from {theirs['hwsearch']} (node "
+                                        f"{node.get('NodeManagerAddress', '?')}), whose sources differ from this "
+                                        f"one's ({mine['hwsearch']}); install the same hwsearch on every node, "
+                                        "or start the cluster from this installation")
 
 
 @contextlib.contextmanager

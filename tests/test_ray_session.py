@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
@@ -242,9 +244,12 @@ except ClusterUnfit as error:
 """
 
 
-def test_a_cluster_whose_workers_run_other_hwsearch_code_is_refused_when_joined(short_temp_dir: Path) -> None:
-    """The cluster's workers import the hwsearch of whoever started it: probe Z10's driver ran one tree and the
-    cluster another (profiling on one, accuracy and refinement on the other) without a word."""
+@pytest.mark.parametrize("where", ["head", "second node"])
+def test_a_cluster_whose_workers_run_other_hwsearch_code_is_refused_when_joined(short_temp_dir: Path,
+                                                                                where: str) -> None:
+    """The cluster's workers import the hwsearch of whoever started their node: probe Z10's driver ran one tree and
+    the cluster another (profiling on one, accuracy and refinement on the other) without a word.  Every node is
+    checked: a second node started from another installation was missed when one task checked one node."""
     temp = short_temp_dir
     other = temp / "other-install"
     for package in ("hwsearch", "devices", "predictors"):
@@ -253,13 +258,35 @@ def test_a_cluster_whose_workers_run_other_hwsearch_code_is_refused_when_joined(
         changed.write("\n# another version of the protocol\n")
     env = {**os.environ, "TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    with _ray_head({**env, "PYTHONPATH": str(other)}, temp) as recorded:
-        result = subprocess.run([sys.executable, "-c", MISMATCH_SCRIPT, recorded.read_text().strip()],
-                                capture_output=True, text=True, timeout=300, env=env, cwd=temp)
+    head_code, node_code = (other, REPO) if where == "head" else (REPO, other)
+    with _ray_head({**env, "PYTHONPATH": str(head_code)}, temp) as recorded:
+        address = recorded.read_text().strip()
+        with _ray_node({**env, "PYTHONPATH": str(node_code)}, temp, address):
+            result = subprocess.run([sys.executable, "-c", MISMATCH_SCRIPT, address],
+                                    capture_output=True, text=True, timeout=300, env=env, cwd=temp)
     assert result.returncode == 0, result.stderr[-3000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert answer["joined"] is False and not answer["still_initialized"], answer
-    assert f"its workers run hwsearch from {other / 'hwsearch'}, whose sources differ" in answer["error"], answer
+    assert f"its workers run hwsearch from {other / 'hwsearch'} (node " in answer["error"], answer
+
+
+@contextmanager
+def _ray_node(env: dict[str, str], cwd: Path, address: str) -> Iterator[None]:
+    """A second node joining the cluster at ``address``, in its own process group, once it has started."""
+    node = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", f"--address={address}", "--block",
+                             "--num-cpus=1", "--disable-usage-stats"], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        assert node.stdout is not None
+        for line in node.stdout:  # --block prints that the node started, then waits
+            if "Ray runtime started" in line:
+                break
+        else:
+            raise AssertionError("the second node never started")
+        yield
+    finally:
+        os.killpg(node.pid, signal.SIGKILL)
+        node.wait(timeout=30)
 
 
 PATHS_SCRIPT = """
