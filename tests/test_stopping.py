@@ -26,7 +26,12 @@ from tests.test_meaningless_accuracy import digits, profile_accuracy
 
 
 def _python(script: str, tmp_path: Path, *args: str, temp: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = _cli_env(tmp_path, {"TMPDIR": str(temp)} if temp else None)
+    """Run ``script`` as a command would run, with a temp folder of its own: the command's start-up sweep of dead
+    runs' folders said so on stderr when it found another run's in the shared one."""
+    if temp is None:
+        temp = tmp_path / "t"
+        temp.mkdir(exist_ok=True)
+    env = _cli_env(tmp_path, {"TMPDIR": str(temp)})
     return subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hwsearch.tempdirs import OWNER_FILE, owned_temp_dir, remove_dead_owners_folders
+from hwsearch.tempdirs import OWNER_FILE, folder_bytes, owned_temp_dir, remove_dead_owners_folders
 
 REPO = Path(__file__).resolve().parents[1]
 # A run that makes an owned temp folder, writes 1 MB into it, says where, and waits to be killed.
@@ -131,10 +131,12 @@ def test_the_next_command_clears_what_a_killed_search_exported(tmp_path: Path, s
         search.wait(timeout=30)
         left = list(temp.glob("hwsearch-exports-*"))
         assert left, "a killed search leaves its exports behind"
+        left_bytes = sum(folder_bytes(folder) for folder in left)
         listed = subprocess.run([sys.executable, "-m", "hwsearch.cli.main", "supernets", "list"],
                                 env=env, capture_output=True, text=True, timeout=120)
         assert listed.returncode == 0, listed.stderr
-        assert "MB of temp files that killed runs left behind" in listed.stderr
+        said = "MB of temp files that killed runs left behind" in listed.stderr
+        assert said == (left_bytes >= 50_000), (left_bytes, listed.stderr)  # "removed 0.0 MB" is not said
         assert not any(folder.exists() for folder in left)
     finally:
         if search.poll() is None:

@@ -95,8 +95,13 @@ def _global_options(
     from hwsearch.tempdirs import remove_dead_owners_folders
 
     freed = remove_dead_owners_folders()
-    if freed:
+    if freed >= _FREED_WORTH_SAYING:
         typer.echo(f"hwsearch: removed {freed / 1e6:.1f} MB of temp files that killed runs left behind", err=True)
+
+
+#: Bytes of dead runs' temp files worth a line on stderr: "removed 0.0 MB" told a user nothing, and broke the one
+#: line a command's own error is.
+_FREED_WORTH_SAYING = 50_000
 
 
 def _register_commands() -> None:
