@@ -8,6 +8,7 @@ regression fails this test instead of killing pytest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -258,10 +259,11 @@ def test_a_cluster_whose_workers_run_other_hwsearch_code_is_refused_when_joined(
         changed.write("\n# another version of the protocol\n")
     env = {**os.environ, "TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    head_code, node_code = (other, REPO) if where == "head" else (REPO, other)
-    with _ray_head({**env, "PYTHONPATH": str(head_code)}, temp) as recorded:
+    with _ray_head({**env, "PYTHONPATH": str(other if where == "head" else REPO)}, temp) as recorded:
         address = recorded.read_text().strip()
-        with _ray_node({**env, "PYTHONPATH": str(node_code)}, temp, address):
+        with contextlib.ExitStack() as nodes:
+            if where == "second node":
+                nodes.enter_context(_ray_node({**env, "PYTHONPATH": str(other)}, temp, address))
             result = subprocess.run([sys.executable, "-c", MISMATCH_SCRIPT, address],
                                     capture_output=True, text=True, timeout=300, env=env, cwd=temp)
     assert result.returncode == 0, result.stderr[-3000:]
