@@ -44,6 +44,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import logging
 import os
 import secrets
 import signal
@@ -56,6 +57,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hwsearch.tempdirs import owned_temp_dir
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CLUSTER_CHECK_TIMEOUT_S", "ClusterUnfit", "RAY_CONNECT_TIMEOUT_S", "RayUnreachable", "WorkerStart",
            "check_ray_address", "code_digest", "init_ray", "kill_leftovers", "no_abort_on_sigterm", "prepare_worker",
@@ -122,7 +125,8 @@ def _expect_ray_gcs(address: str, port: int, deadline: float) -> None:
     """
     import grpc
 
-    with grpc.insecure_channel(address) as channel:
+    # As Ray's own channels: a proxy in the environment (http_proxy, grpc_proxy) is not the way to a GCS.
+    with grpc.insecure_channel(address, options=(("grpc.enable_http_proxy", 0),)) as channel:
         probe = channel.unary_unary(_GCS_PROBE_METHOD, request_serializer=None, response_deserializer=None)
         try:
             probe(b"", timeout=max(deadline - time.monotonic(), 0.001))
@@ -130,6 +134,8 @@ def _expect_ray_gcs(address: str, port: int, deadline: float) -> None:
             code = error.code() if callable(getattr(error, "code", None)) else None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise RayUnreachable(address, f"no answer from Ray's GCS on port {port} in time") from None
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise RayUnreachable(address, f"no gRPC connection to port {port} (UNAVAILABLE)") from None
             if code not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 raise RayUnreachable(address, f"port {port} speaks gRPC, but not as Ray's GCS "
                                               f"({code.name if code else 'no status'})") from None
@@ -174,6 +180,8 @@ def _host_and_port(address: str) -> tuple[str, int]:
     """``(host, port)`` of ``[ray://]HOST:PORT`` (``[::1]:6379`` too); :class:`RayUnreachable` if it has none."""
     bare = address.removeprefix("ray://")
     host, _, port = bare.rpartition(":")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise RayUnreachable(address, "give an IPv6 host in brackets, as [HOST]:PORT")
     host = host.removeprefix("[").removesuffix("]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise RayUnreachable(address, "give it as HOST:PORT (the head node's GCS port, 6379 by default)")
@@ -293,27 +301,63 @@ def _check_cluster_code(address: str) -> None:
     shut down first, so a later call can join again.
     """
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     mine = code_digest()
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
-    digest = ray.remote(code_digest)
-    tasks = [digest.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"],
-                                                                                           soft=False)).remote()
-             for node in nodes]
     try:
-        found = ray.get(tasks, timeout=CLUSTER_CHECK_TIMEOUT_S)
+        found = _digests_of_live_nodes()
     except Exception as error:  # a worker could not import or run hwsearch, or never started: Ray's own types
         ray.shutdown()
-        raise ClusterUnfit(address, f"its workers cannot run hwsearch ({type(error).__name__}); install this "
-                                    "hwsearch where the cluster runs, the same version as here") from None
-    for node, theirs in zip(nodes, found):
+        where, cause = ((f" (node {error.node})", error.cause) if isinstance(error, _NodeCannotRun)
+                        else ("", type(error).__name__))
+        raise ClusterUnfit(address, f"its workers{where} cannot run hwsearch ({cause}); install "
+                                    "this hwsearch where the cluster runs, the same version as here") from None
+    for node, theirs in found:
         if theirs["digest"] != mine["digest"]:
             ray.shutdown()
-            raise ClusterUnfit(address, f"its workers run hwsearch from {theirs['hwsearch']} (node "
-                                        f"{node.get('NodeManagerAddress', '?')}), whose sources differ from this "
-                                        f"one's ({mine['hwsearch']}); install the same hwsearch on every node, "
-                                        "or start the cluster from this installation")
+            raise ClusterUnfit(address, f"its workers run hwsearch from {theirs['hwsearch']} (node {node}), whose "
+                                        f"sources differ from this one's ({mine['hwsearch']}); install the same "
+                                        "hwsearch on every node, or start the cluster from this installation")
+
+
+def _digests_of_live_nodes() -> list[tuple[str, dict[str, str]]]:
+    """``(node address, code_digest())`` from each live node, by one task pinned to it (no CPU asked).
+
+    A node listed alive that cannot take the task (it died or is draining,
+    and the GCS has not yet marked it dead: about 30 s) is skipped, not
+    blamed on the installation: Y5 saw such a node refuse a whole working
+    cluster with "cannot run hwsearch".  Any other failure of a node's task
+    is :class:`_NodeCannotRun`, naming the node.
+    """
+    import ray
+    from ray.exceptions import NodeDiedError, TaskUnschedulableError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    digest = ray.remote(code_digest)
+    deadline = time.monotonic() + CLUSTER_CHECK_TIMEOUT_S
+    pending = []
+    for node in ray.nodes():
+        if node.get("Alive"):
+            pinned = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            pending.append((node.get("NodeManagerAddress", "?"),
+                            digest.options(num_cpus=0, scheduling_strategy=pinned).remote()))
+    found = []
+    for node, task in pending:
+        try:
+            found.append((node, ray.get(task, timeout=max(deadline - time.monotonic(), 0.001))))
+        except (NodeDiedError, TaskUnschedulableError):
+            log.warning("Ray node %s is listed alive but took no task; its code was not checked", node)
+        except Exception as error:
+            raise _NodeCannotRun(node, type(error).__name__) from error
+    return found
+
+
+class _NodeCannotRun(Exception):
+    """A node's code check failed: its worker could not import or run hwsearch, or never answered."""
+
+    def __init__(self, node: str, cause: str) -> None:
+        super().__init__(f"node {node}: {cause}")
+        self.node = node
+        self.cause = cause
 
 
 @contextlib.contextmanager

@@ -145,6 +145,21 @@ def test_a_grpc_server_that_is_not_ray_is_refused_before_ray_init() -> None:
         cluster.close()
 
 
+def test_a_proxy_in_the_environment_does_not_turn_a_gcs_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's channels ignore http_proxy and grpc_proxy; the probe's did not, and refused a working cluster (Y5)."""
+    from hwsearch.ray_session import RayUnreachable, check_ray_address
+
+    for variable in ("http_proxy", "https_proxy", "grpc_proxy"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    cluster = _FakeGcs()
+    try:
+        check_ray_address(f"127.0.0.1:{cluster.port}")
+        with pytest.raises(RayUnreachable, match=r"in brackets, as \[HOST\]:PORT"):
+            check_ray_address(f"::1:{cluster.port}")
+    finally:
+        cluster.close()
+
+
 def _wait_state(client: httpx.Client, job_id: str, states: tuple[str, ...], timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while True:

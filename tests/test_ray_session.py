@@ -272,6 +272,33 @@ def test_a_cluster_whose_workers_run_other_hwsearch_code_is_refused_when_joined(
     assert f"its workers run hwsearch from {other / 'hwsearch'} (node " in answer["error"], answer
 
 
+PHANTOM_SCRIPT = """
+import json, logging, secrets
+import ray
+from hwsearch import ray_session
+
+ray.init(num_cpus=1, include_dashboard=False)
+real_nodes = ray.nodes
+phantom = {**real_nodes()[0], "NodeID": secrets.token_hex(28)}  # listed alive, gone: no task reaches it
+ray.nodes = lambda: [*real_nodes(), phantom]
+logging.basicConfig()
+found = ray_session._digests_of_live_nodes()
+print(json.dumps({"checked": len(found), "same": found[0][1] == ray_session.code_digest()}))
+"""
+
+
+def test_a_node_listed_alive_that_takes_no_task_is_skipped_not_blamed(short_temp_dir: Path) -> None:
+    """A node dying or draining stays listed alive for about 30 s: its pinned task is unschedulable, and one such
+    node refused a whole working cluster with "cannot run hwsearch" (Y5)."""
+    env = {**os.environ, "TMPDIR": str(short_temp_dir), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run([sys.executable, "-c", PHANTOM_SCRIPT], capture_output=True, text=True, timeout=300,
+                            env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"checked": 1, "same": True}
+    assert "is listed alive but took no task" in result.stderr
+
+
 @contextmanager
 def _ray_node(env: dict[str, str], cwd: Path, address: str) -> Iterator[None]:
     """A second node joining the cluster at ``address``, in its own process group, once it has started."""
