@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from hwsearch.store import Store
 
-__all__ = ["ENTRY_POINT_GROUP", "is_store_url", "mistyped_url_problem", "open_store_url", "shown_store",
-           "store_schemes"]
+__all__ = ["ENTRY_POINT_GROUP", "is_store_url", "mistyped_url_problem", "open_store_url", "quotes_a_secret_of",
+           "shown_store", "store_schemes"]
 
 ENTRY_POINT_GROUP = "hwsearch.stores"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -62,6 +62,26 @@ def shown_store(text: str) -> str:
     if not is_store_url(text) or _MAY_HOLD_SECRETS.search(text) is None:
         return text
     return f"{_SCHEME.match(text).group(1)}://..."  # type: ignore[union-attr]  (is_store_url)
+
+
+def quotes_a_secret_of(message: str, url: str) -> bool:
+    """Whether ``message`` (a plug-in's error, say) quotes ``url`` or any part of it that may be secret.
+
+    Read from the text, not parsed: the user part (and each name and password
+    in it), the query (and each of its values) and the fragment.  A plug-in
+    that quoted only the password, or one query value, would otherwise pass.
+    """
+    rest = url.split("://", 1)[-1]
+    parts = [url, rest]
+    if "@" in rest:
+        user_part = rest.rsplit("@", 1)[0]
+        parts += [user_part, *user_part.split(":")]
+    if "?" in rest:
+        query = rest.split("?", 1)[1].split("#", 1)[0]
+        parts += [query, *(pair.split("=", 1)[-1] for pair in query.split("&"))]
+    if "#" in rest:
+        parts.append(rest.split("#", 1)[1])
+    return any(part and part in message for part in parts)
 
 
 def store_schemes() -> list[str]:

@@ -38,14 +38,22 @@ PLUGIN_STORE = textwrap.dedent(f'''
 
 
     class URLFileStore(SQLiteStore):
-        """Rows in the file the URL's path names."""
+        """Rows in the file the URL's path names; job ``lost-<kind>`` fails as a careless driver would."""
+
+        def get_job(self, job_id):
+            if job_id.startswith("lost-"):
+                quoted = {{"url": self.url, "password": urlsplit(self.url).password}}[job_id.removeprefix("lost-")]
+                raise ConnectionError(f"connection lost: {{quoted}}")
+            return super().get_job(job_id)
 
 
     def open_url(url):
         parts = urlsplit(url)
         if parts.password != {PASSWORD!r}:
             raise PermissionError(f"login refused for {{url}}")
-        return URLFileStore(parts.path)
+        store = URLFileStore(parts.path)
+        store.url = url
+        return store
 ''')
 
 
@@ -180,14 +188,24 @@ def _read_back_from_the_command_line(site: Path, tmp_path: Path, rows: Path, dat
                      extra_env=plugin)
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "report" / "report.html").is_file() and PASSWORD not in report.stdout + report.stderr
-    missing = run_cli("report", "no-such-job", "--store", url(rows), cwd=tmp_path, extra_env=plugin)
+    missing = run_cli("report", "no-such-job", cwd=tmp_path, extra_env={**plugin, "HWSEARCH_STORE": url(rows)})
     assert PASSWORD not in assert_one_line_error(missing, 2, "no-such-job", "urlfile://...")
+    for quoted in ("url", "password"):  # a driver's error quoting the URL, or only its password (Y5)
+        lost = run_cli("report", f"lost-{quoted}", "--store", url(rows), cwd=tmp_path, extra_env=plugin)
+        line = assert_one_line_error(lost, 2, "--store", "ConnectionError", "urlfile://...")
+        assert PASSWORD not in lost.stdout + lost.stderr, line
     shown = run_cli("devices", "show", "cpu", "--data-dir", str(data_dir), "--json", "--plain-runs", "5",
                     cwd=tmp_path, extra_env=plugin)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["device"] == "cpu"
     by_url = run_cli("devices", "show", "cpu", "--store", url(rows), cwd=tmp_path, extra_env=plugin)
     assert PASSWORD not in assert_one_line_error(by_url, 2, "--store", "--data-dir")
+    both = run_cli("devices", "show", "cpu", "--store", url(rows), "--data-dir", str(data_dir), cwd=tmp_path,
+                   extra_env=plugin)
+    assert PASSWORD not in assert_one_line_error(both, 2, "not both")
+    (data_dir / "devices" / "hollow.json").write_text("{}")  # a record the service never wrote
+    hollow = run_cli("devices", "reset", "hollow", "--data-dir", str(data_dir), cwd=tmp_path)
+    assert_one_line_error(hollow, 2, "hollow", "holds no profile", "PROFILE")
 
 
 def _env(site: Path) -> dict[str, str]:

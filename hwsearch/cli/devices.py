@@ -65,6 +65,8 @@ def _catalog_devices(store: str | None, data_dir: Path | None) -> tuple[Path, st
     from hwsearch.cli._inputs import refuse_a_mistyped_store_url
     from hwsearch.store_urls import is_store_url
 
+    if data_dir is not None and store is not None:
+        raise OptionError("--data-dir", "give --store or --data-dir, not both: either finds the service's catalog")
     if data_dir is not None:
         return data_dir / "devices", "--data-dir"
     if store is None:
@@ -89,6 +91,9 @@ def _registered(name: str, devices_dir: Path, option: str):  # -> devices.profil
                                      f"{devices_dir.parent}; registered: {', '.join(registered) or 'none'}")
     with reading("PROFILE"):
         record = json.loads((devices_dir / f"{name}.json").read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("profile"), dict):
+            raise OptionError("PROFILE", f"the service's record of {name!r} ({devices_dir / name}.json) holds no "
+                                         "profile: not a catalog the service wrote, or a damaged one")
         return DeviceProfile.from_dict(record["profile"])
 
 

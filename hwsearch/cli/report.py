@@ -18,8 +18,9 @@ def report(
     out: Annotated[Path, typer.Option(help="Directory for the PNGs and report.html.")] = Path(
         "hwsearch-report"),
     store: Annotated[Optional[str], typer.Option(
+        envvar="HWSEARCH_STORE",
         help="The store holding the job (needed for a job id): a SQLite file, or scheme://... for a store "
-             "package's backend.")] = None,
+             "package's backend (one holding a password in $HWSEARCH_STORE, not on the command line).")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the written paths as JSON.")] = False,
 ) -> None:
@@ -46,8 +47,8 @@ def report(
             data = from_store(opened, job)
         except KeyError:
             raise OptionError("JOB", f"no job {job!r} in {shown_store(store)}") from None
-        except ValueError as error:  # not a succeeded search job, or a damaged record: one line, no usage box
-            raise OptionError("JOB", str(error)) from None
+        except Exception as error:
+            raise _reading_failed(error, store) from None
     prepare_folder(out, "--out")  # after the job is read (nothing is made for a bad one), before any plot
     written = build_report(data, out)
     if as_json:
@@ -55,6 +56,30 @@ def report(
     else:
         for name, path in written.items():  # a device's name, from a front file: printed, not obeyed
             typer.echo(f"{printable(name):>12}  {path}")
+
+
+def _reading_failed(error: Exception, store: str) -> Exception:
+    """What to say when reading the job failed: its own message, unless a store plug-in's might hold a secret.
+
+    A job that is no succeeded search job, or a damaged record, is a
+    ``ValueError`` of ours, said in one line.  A plug-in store's error that
+    quotes its URL (or any secret part of it) is said by its type only, as
+    when the store is opened (:mod:`hwsearch.store_urls`): Y5's plug-in
+    printed its password in a ``ValueError``, a ``ConnectionError`` and a
+    traceback.
+    """
+    from hwsearch.cli._errors import OptionError
+    from hwsearch.store_urls import is_store_url, quotes_a_secret_of, shown_store
+
+    if not is_store_url(store):
+        return OptionError("JOB", str(error)) if isinstance(error, ValueError) else error
+    if quotes_a_secret_of(str(error), store):
+        return OptionError("--store", f"reading the job from {shown_store(store)} failed "
+                                      f"({type(error).__name__}; its message is not shown, as it quotes the URL)")
+    if isinstance(error, ValueError):
+        return OptionError("JOB", str(error))
+    return OptionError("--store", f"reading the job from {shown_store(store)} failed: {type(error).__name__}: "
+                                  f"{error}")
 
 
 def register(app: typer.Typer) -> None:

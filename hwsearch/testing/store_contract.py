@@ -23,6 +23,7 @@ so importing this class runs nothing by itself.
 
 from __future__ import annotations
 
+import copy
 import pickle
 import threading
 from typing import Any
@@ -31,10 +32,15 @@ import pytest
 
 from hwsearch.store import JOB_STATES, Store
 
-__all__ = ["MEAS", "StoreContract", "spec_naming"]
+__all__ = ["MEAS", "StoreContract", "measurement", "spec_naming"]
 
 #: A latency row as profiling stores it.
 MEAS: dict[str, Any] = {"latency_ms": 12.5, "ratio": 1.1, "stable": True, "env": {"cpu": "x"}}
+
+
+def measurement() -> dict[str, Any]:
+    """A fresh copy of :data:`MEAS`: a store that kept the caller's dict would otherwise change later tests' rows."""
+    return copy.deepcopy(MEAS)
 
 
 def spec_naming(checkpoint: object) -> dict[str, object]:
@@ -50,21 +56,21 @@ class StoreContract:
         raise NotImplementedError("a StoreContract subclass defines a `store` fixture returning a fresh store")
 
     def test_latencies_are_keyed_by_device_space_and_arch(self, store: Store) -> None:
-        store.put_latency("dev1", "space", "a", MEAS)
-        store.put_latency("dev1", "space", "b", MEAS | {"latency_ms": 3.0})
-        store.put_latency("dev2", "space", "a", MEAS | {"latency_ms": 99.0})
-        store.put_latency("dev1", "other", "a", MEAS | {"latency_ms": 7.0})
+        store.put_latency("dev1", "space", "a", measurement())
+        store.put_latency("dev1", "space", "b", measurement() | {"latency_ms": 3.0})
+        store.put_latency("dev2", "space", "a", measurement() | {"latency_ms": 99.0})
+        store.put_latency("dev1", "other", "a", measurement() | {"latency_ms": 7.0})
         got = store.get_latencies("dev1", "space")
-        assert set(got) == {"a", "b"} and got["a"] == MEAS and got["b"]["latency_ms"] == 3.0
+        assert set(got) == {"a", "b"} and got["a"] == measurement() and got["b"]["latency_ms"] == 3.0
         assert store.get_latencies("dev2", "space")["a"]["latency_ms"] == 99.0
         assert store.get_latencies("nope", "space") == {}
         assert set(store.get_latencies("dev1", "other")) == {"a"}
 
     def test_put_replaces_and_results_are_snapshots(self, store: Store) -> None:
-        store.put_latency("d", "s", "a", MEAS)
+        store.put_latency("d", "s", "a", measurement())
         snap = store.get_latencies("d", "s")
         snap["a"]["latency_ms"] = -1.0
-        store.put_latency("d", "s", "a", MEAS | {"latency_ms": 1.0})
+        store.put_latency("d", "s", "a", measurement() | {"latency_ms": 1.0})
         assert store.get_latencies("d", "s")["a"]["latency_ms"] == 1.0
         assert snap["a"]["latency_ms"] == -1.0
 
@@ -88,7 +94,7 @@ class StoreContract:
         assert last.result == {"fronts": [1, 2]} and last.error is None
         assert last.updated >= first.updated
         assert first.state == "queued"  # the earlier snapshot did not change
-        with pytest.raises(ValueError, match="unknown job state"):
+        with pytest.raises(ValueError):
             store.update_job(job, state="exploded")
         with pytest.raises(KeyError):
             store.get_job("missing")
@@ -188,14 +194,39 @@ class StoreContract:
         assert len(store.get_accuracies("n", "ds")) == n_threads * per_thread
         assert store.get_job(job).progress["i"] == per_thread - 1
 
-    def test_pickling_keeps_contents(self, store: Store) -> None:
-        store.put_latency("d", "s", "a", MEAS)
+    def test_pickling_keeps_contents_and_a_shared_store_shares_writes(self, store: Store) -> None:
+        """Ray's workers write through unpickled copies: a store that says it is shared and is not loses them."""
+        store.put_latency("d", "s", "a", measurement())
         job = store.create_job({"kind": "x"})
         clone = pickle.loads(pickle.dumps(store))
-        assert clone.get_latencies("d", "s") == {"a": MEAS}
+        assert clone.get_latencies("d", "s") == {"a": measurement()}
         assert clone.get_job(job).spec == {"kind": "x"}
         clone.put_accuracy("n", "d", "a", 0.5)
-        clone.get_accuracies("n", "d")
+        assert clone.get_accuracies("n", "d") == {"a": 0.5}
+        if type(store).shared_across_processes:
+            assert store.get_accuracies("n", "d") == {"a": 0.5}, "a write through a copy is not in the store"
+
+    def test_jobs_events_and_accuracies_are_snapshots(self, store: Store) -> None:
+        job = store.create_job({"kind": "search", "options": {"n": 1}})
+        store.update_job(job, progress={"step": "a", "detail": {"k": 1}}, result={"fronts": {"cpu": [1]}})
+        store.put_accuracy("net", "data", "x", 0.5)
+        record, events, accuracies = store.get_job(job), store.job_events(job), store.get_accuracies("net", "data")
+        record.spec["options"]["n"] = 99
+        record.progress["detail"]["k"] = 99
+        record.result["fronts"]["cpu"].append(99)
+        events[0]["detail"]["k"] = 99
+        accuracies["x"] = 0.0
+        again = store.get_job(job)
+        assert again.spec == {"kind": "search", "options": {"n": 1}}
+        assert again.progress == {"step": "a", "detail": {"k": 1}} and again.result == {"fronts": {"cpu": [1]}}
+        assert store.job_events(job)[0]["detail"] == {"k": 1}
+        assert store.get_accuracies("net", "data") == {"x": 0.5}
+
+    def test_progress_replaces_the_whole_progress(self, store: Store) -> None:
+        job = store.create_job({"kind": "search"})
+        store.update_job(job, progress={"a": 1})
+        store.update_job(job, progress={"b": 2})
+        assert store.get_job(job).progress == {"b": 2}
 
     def test_a_transition_writes_only_from_the_expected_states_and_runner(self, store: Store) -> None:
         job = store.create_job({"kind": "search"})
@@ -212,9 +243,9 @@ class StoreContract:
         assert not store.transition_job(job, (), "cancelled")
         with pytest.raises(KeyError):
             store.transition_job("missing", ("queued",), "running")
-        with pytest.raises(ValueError, match="unknown job state"):
+        with pytest.raises(ValueError):
             store.transition_job(job, ("finished",), "running")
-        with pytest.raises(ValueError, match="unknown job state"):
+        with pytest.raises(ValueError):
             store.transition_job(job, ("succeeded",), "exploded")
 
     def test_of_racing_transitions_exactly_one_wins(self, store: Store) -> None:
@@ -248,7 +279,7 @@ class StoreContract:
                                                                                    *others[1:]]
         assert store.jobs_in_states(("running",))[0].spec == spec_naming("/ckpt/1.pt")
         assert store.jobs_in_states(()) == [] and store.jobs_in_states(("interrupted",)) == []
-        with pytest.raises(ValueError, match="unknown job state"):
+        with pytest.raises(ValueError):
             store.jobs_in_states(("done",))
         assert store.job_checkpoints() == {"/ckpt/0.pt", "/ckpt/1.pt"}
         assert store.count_jobs() == 10
@@ -265,9 +296,9 @@ class StoreContract:
             store.update_job(job, progress={"step": "profile"})
             store.update_job(job, state="cancelled", progress={"step": "stopped"})
         store.update_job(running, state="running")
-        with pytest.raises(ValueError, match="is queued; cancel it before deleting it"):
+        with pytest.raises(ValueError):
             store.delete_job(store.create_job({"kind": "search"}))
-        with pytest.raises(ValueError, match="is running; cancel it before deleting it"):
+        with pytest.raises(ValueError):
             store.delete_job(running)
         assert store.get_job(running).state == "running"
         store.delete_job(gone)
@@ -287,7 +318,7 @@ class StoreContract:
     def test_an_accuracy_that_is_no_fraction_is_refused_by_every_backend(self, store: Store, accuracy: object) -> None:
         """SQLite raised IntegrityError (NOT NULL) for NaN where the memory store kept it; 57 and inf were kept by
         both."""
-        with pytest.raises(ValueError, match="'subnet-7'"):
+        with pytest.raises(ValueError, match="subnet-7"):
             store.put_accuracy("net", "data", "subnet-7", accuracy)  # type: ignore[arg-type]
         assert store.get_accuracies("net", "data") == {}
         store.put_accuracy("net", "data", "subnet-7", 1)
@@ -295,24 +326,24 @@ class StoreContract:
 
     @pytest.mark.parametrize("latency", [float("inf"), float("-inf"), -1.0, "fast", None])
     def test_a_latency_that_is_no_time_is_refused_by_every_backend(self, store: Store, latency: object) -> None:
-        with pytest.raises(ValueError, match="'subnet-7'"):
-            store.put_latency("d", "s", "subnet-7", MEAS | {"latency_ms": latency})
+        with pytest.raises(ValueError, match="subnet-7"):
+            store.put_latency("d", "s", "subnet-7", measurement() | {"latency_ms": latency})
         assert store.get_latencies("d", "s") == {}
 
     def test_numpy_numbers_are_stored_as_the_numbers_they_hold(self, store: Store) -> None:
         """np.float32(1.5) passed the latency check and then failed in json: 'float32 is not JSON serializable'."""
         import numpy as np
 
-        store.put_latency("d", "s", "a", MEAS | {"latency_ms": np.float32(1.5), "rounds": np.int64(7),
+        store.put_latency("d", "s", "a", measurement() | {"latency_ms": np.float32(1.5), "rounds": np.int64(7),
                                                  "ratios": np.array([1.0, 1.25])})
         row = store.get_latencies("d", "s")["a"]
         assert row["latency_ms"] == 1.5 and row["rounds"] == 7 and row["ratios"] == [1.0, 1.25]
         assert type(row["rounds"]) is int
-        with pytest.raises(TypeError, match="store values must be JSON .* got a object"):
-            store.put_latency("d", "s", "b", MEAS | {"env": object()})
+        with pytest.raises(TypeError):
+            store.put_latency("d", "s", "b", measurement() | {"env": object()})
         assert set(store.get_latencies("d", "s")) == {"a"}
 
     def test_a_nan_latency_stays_the_mark_of_a_subnet_not_measured(self, store: Store) -> None:
         """Sessions store NaN for a subnet with too few clean rounds; readers fall back to its raw median."""
-        store.put_latency("d", "s", "a", MEAS | {"latency_ms": float("nan"), "ratio": float("nan")})
+        store.put_latency("d", "s", "a", measurement() | {"latency_ms": float("nan"), "ratio": float("nan")})
         assert set(store.get_latencies("d", "s")) == {"a"}
