@@ -113,13 +113,29 @@ class ExportPool:
         _OPEN_POOLS.closed(self)
 
     def end_now(self) -> None:
-        """Kill the workers, mid-export or idle: the process is leaving, and nothing will wait for their work."""
+        """Kill the workers, mid-export or idle: the process is leaving, and nothing will wait for their work.
+
+        Only a pid that is still this process's child is killed: a worker
+        that died earlier (a broken pool) was reaped, and its pid may now be
+        another program's.
+        """
         self._pool.shutdown(wait=False, cancel_futures=True)
         for pid in self._pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:  # already gone
-                continue
+            if _parent_of(pid) == os.getpid():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:  # ended since
+                    continue
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of process ``pid`` (from ``/proc``); None when it is gone or cannot be read."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat_line.rsplit(")", 1)[-1].split()  # after "(comm)", which may hold spaces
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
 
 
 #: Pools not yet closed; a stop that cut their runs off leaves them to the exit, which kills their workers.

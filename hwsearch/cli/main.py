@@ -118,7 +118,7 @@ _register_commands()
 
 
 def main() -> None:
-    """Run the command line; a run ended by SIGTERM leaves through :func:`_leave_terminated`."""
+    """Run the command line; a run ended by SIGTERM or Ctrl-C leaves through :func:`_leave_stopped`."""
     import atexit
 
     from hwsearch.tempdirs import tag_this_command
@@ -129,8 +129,8 @@ def main() -> None:
         app()
     except SystemExit as ended:
         _hold_stops()
-        if ended.code == TERMINATED:
-            _leave_terminated()
+        if ended.code in (TERMINATED, INTERRUPTED):
+            _leave_stopped(ended.code)
         raise
 
 
@@ -167,13 +167,16 @@ def _end_as_stopped() -> None:
         os._exit(TERMINATED if stopped else INTERRUPTED)
 
 
-def _leave_terminated() -> NoReturn:
-    """Run the exit handlers (Ray's shutdown, temp folders, locks), then end 143 without the interpreter's teardown.
+def _leave_stopped(code: int) -> NoReturn:
+    """Run the exit handlers (Ray's shutdown, temp folders, locks), end the command's Ray workers still running,
+    then end with ``code`` (143 or 130) without the interpreter's teardown.
 
     After "terminated" and every exit handler, the teardown itself crashed
     the process in 2 of 178 stops timed around ``profile-accuracy``'s first
     batch (exit -11, past faulthandler, so in native code Ray leaves behind).
-    Nothing of this process is needed once the handlers have run.
+    Nothing of this process is needed once the handlers have run.  A Ctrl-C
+    leaves the same way: it had left its workers' folders to the next
+    command (Y5).
     """
     import atexit
 
@@ -186,7 +189,7 @@ def _leave_terminated() -> NoReturn:
     sys.stderr.flush()
     _say_nothing_more()  # Ray's native threads printed "Failed to push error to driver" after "terminated"
     remove_folders_of_ended_workers()  # Ray's shutdown leaves its workers a moment, mid-export
-    os._exit(TERMINATED)
+    os._exit(code)
 
 
 def _say_nothing_more() -> None:
