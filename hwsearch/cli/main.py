@@ -182,32 +182,21 @@ def _leave_stopped(code: int) -> NoReturn:
 
     from hwsearch.tempdirs import remove_folders_of_ended_workers
 
-    _mute_native_output()  # Ray's native threads printed "Failed to push error to driver" after "terminated"
+    sys.stdout.flush()
+    sys.stderr.flush()
     atexit._run_exitfuncs()  # what a normal exit runs, and each handler only once
     sys.stdout.flush()
     sys.stderr.flush()
+    _say_nothing_more()  # Ray's native threads printed "Failed to push error to driver" after "terminated"
     remove_folders_of_ended_workers()  # Ray's shutdown leaves its workers a moment, mid-export
     os._exit(code)
 
 
-def _mute_native_output() -> None:
-    """Point file descriptors 1 and 2 at /dev/null, and Python's ``sys.stdout``/``sys.stderr`` at copies of them.
-
-    The command has said its last line ("terminated"), but Ray's C++
-    threads write straight to descriptor 2 while ``ray.shutdown()`` runs in
-    the exit handlers: a ``profile-accuracy`` stopped mid-evaluation printed
-    "Failed to push error to driver" after it (once, in this stop's final CI
-    run; muting only after the handlers was too late).  What the exit
-    handlers print through Python still reaches the terminal.
-    """
-    for number, name in ((1, "stdout"), (2, "stderr")):
-        stream = getattr(sys, name)
-        stream.flush()
-        kept = os.dup(number)
-        with open(os.devnull, "wb") as nothing:
-            os.dup2(nothing.fileno(), number)
-        setattr(sys, name, open(kept, "w", buffering=1, encoding=getattr(stream, "encoding", None) or "utf-8",
-                                errors=getattr(stream, "errors", None) or "strict"))
+def _say_nothing_more() -> None:
+    """Point stdout and stderr at /dev/null: the command has said its last line."""
+    with open(os.devnull, "wb") as nothing:
+        for stream in (1, 2):
+            os.dup2(nothing.fileno(), stream)
 
 
 if __name__ == "__main__":
