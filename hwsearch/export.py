@@ -331,13 +331,21 @@ def _verify(data: bytes, x: Tensor, expected: Tensor, tolerance: float) -> float
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write via a temporary file so readers never see a partial model."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write via a temporary file so readers never see a partial model; never once the process is exiting.
+
+    A job's thread goes on exporting while a stopped command's exit handlers
+    run, and its folder, made again here after the exit had removed it, was
+    left behind (:mod:`hwsearch.at_exit`).
+    """
+    from hwsearch.at_exit import unless_exiting
+
+    with unless_exiting(f"writing {path.name}"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -44,7 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from hwsearch.at_exit import OpenUntilExit
+from hwsearch.at_exit import ENDS_PROCESSES, OpenUntilExit
 
 if TYPE_CHECKING:  # torch loads only when something is exported
     from hwsearch.export import ExportReport
@@ -79,20 +78,22 @@ class ExportPool:
         if workers < 1:
             raise ValueError(f"an export pool needs at least one worker, got {workers}")
         self.workers = workers
-        context = multiprocessing.get_context("spawn")  # fork would copy a process's threads' locks mid-use
-        started = context.Barrier(workers)
+        self._context = _RecordingContext(multiprocessing.get_context("spawn"))  # fork would copy locks mid-use
+        started = self._context.Barrier(workers)
         with compute_unit(on_wait=on_wait):
-            self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                             initargs=(supernet, started))
+            self._pool = ProcessPoolExecutor(workers, mp_context=self._context,  # type: ignore[arg-type]
+                                             initializer=_start_worker, initargs=(supernet, started))
+            # Open before any worker starts (ExitBegun if the process is exiting): a stop during the start-up
+            # ends the workers started so far, rather than leave one half-started for the exit to wait on.
+            _OPEN_POOLS.opened(self)
             try:
                 # One start-up task per worker: with spawn, each submit finding no idle worker starts one,
                 # and no task passes the barrier until each worker holds one, so each reports its own pid.
                 checked_in = [self._pool.submit(_check_in) for _ in range(workers)]
                 self._pids = {future.result(timeout=_START_TIMEOUT_S) for future in checked_in}
             except BaseException:
-                self._pool.shutdown(wait=False, cancel_futures=True)
+                self.close(wait=False)
                 raise
-        _OPEN_POOLS.opened(self)
 
     @property
     def worker_pids(self) -> frozenset[int]:
@@ -107,39 +108,48 @@ class ExportPool:
         """
         return self._pool.submit(_export_in_worker, arch, path, options).result()
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
         """Stop the workers (they hold memory: a supernet each)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=wait, cancel_futures=True)
         _OPEN_POOLS.closed(self)
 
     def end_now(self) -> None:
-        """Kill the workers, mid-export or idle: the process is leaving, and nothing will wait for their work.
+        """Kill the workers, mid-export, idle or starting: the process is leaving, and nothing will wait for them.
 
-        Only a pid that is still this process's child is killed: a worker
-        that died earlier (a broken pool) was reaped, and its pid may now be
-        another program's.
+        The shutdown comes first: it waits for a worker being started (the
+        pool hands it the supernet through a pipe, and a worker cut off
+        there printed a traceback after the command's last line), and no
+        worker starts after it.  ``Process.kill`` never signals a worker
+        already reaped, whose pid may be another program's by now.
         """
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for pid in self._pids:
-            if _parent_of(pid) == os.getpid():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:  # ended since
-                    continue
+        for process in self._context.processes:
+            if process.pid is not None:  # a start that failed made no process
+                process.kill()
 
 
-def _parent_of(pid: int) -> int | None:
-    """The parent pid of process ``pid`` (from ``/proc``); None when it is gone or cannot be read."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat_line.rsplit(")", 1)[-1].split()  # after "(comm)", which may hold spaces
-    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+class _RecordingContext:
+    """A multiprocessing context that records every process it makes, for :meth:`ExportPool.end_now`.
+
+    ``ProcessPoolExecutor`` keeps its workers to itself; this is the
+    public door through which each of them is made.
+    """
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self.processes: list[Any] = []
+
+    def Process(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802  (the context's own name)
+        process = self._context.Process(*args, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 #: Pools not yet closed; a stop that cut their runs off leaves them to the exit, which kills their workers.
-_OPEN_POOLS: OpenUntilExit[ExportPool] = OpenUntilExit(ExportPool.end_now)
+_OPEN_POOLS: OpenUntilExit[ExportPool] = OpenUntilExit(ExportPool.end_now, order=ENDS_PROCESSES)
 
 
 def _start_worker(supernet: Any, started: Any) -> None:

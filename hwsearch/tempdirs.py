@@ -23,18 +23,17 @@ import shutil
 import signal
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hwsearch.at_exit import OpenUntilExit
+from hwsearch.at_exit import ENDS_FOLDERS, OpenUntilExit
 
 PREFIX = "hwsearch-"
 OWNER_FILE = ".hwsearch-owner"
-#: Names the command whose processes (its Ray workers and their subprocesses included) made a folder.
+#: Names the command that started a process (its Ray workers and their subprocesses included).
 COMMAND_TAG_ENV = "HWSEARCH_COMMAND_TAG"
-#: The bytes of an owner file read: a pid and a tag.
-_OWNER_LINE_BYTES = 128
 
 
 @contextmanager
@@ -52,10 +51,10 @@ def owned_temp_dir(purpose: str, parent: str | Path | None = None, *, swept: boo
     folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{purpose}-", dir=parent))
     staged = folder / f"{OWNER_FILE}.{os.getpid()}"
     owner = os.open(staged, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    os.write(owner, f"{os.getpid()} {os.environ.get(COMMAND_TAG_ENV, '-')}\n".encode())
-    if swept:
-        _LIVE_FOLDERS.opened(folder)
+    os.write(owner, f"{os.getpid()} {os.environ.get(COMMAND_TAG_ENV, '-')}\n".encode())  # for people to read
     try:
+        if swept:
+            _LIVE_FOLDERS.opened(folder)  # ExitBegun once the exit has begun: the folder goes at once
         fcntl.flock(owner, fcntl.LOCK_EX)
         os.rename(staged, folder / OWNER_FILE)
         yield folder
@@ -66,16 +65,25 @@ def owned_temp_dir(purpose: str, parent: str | Path | None = None, *, swept: boo
 
 
 def _remove_folder(folder: Path) -> None:
-    """At exit: remove a folder of work the exit cut off.
+    """At exit: remove a folder of work the exit cut off, again while a file written into it as it went kept it.
 
     A ``search`` stopped by SIGTERM left its exports folder (7.4 MB) in 6 of
-    10 stops, for the next command to find.
+    10 stops, for the next command to find.  The exit waits for a write
+    already under way (:func:`~hwsearch.at_exit.unless_exiting`), but not
+    for one outside it.
     """
-    shutil.rmtree(folder, ignore_errors=True)
+    for _ in range(_REMOVE_TRIES):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not os.path.lexists(folder):
+            return
+        time.sleep(0.05)
 
 
-#: Folders whose ``with`` has not ended, removed at exit (a job's daemon thread never reaches its ``finally``).
-_LIVE_FOLDERS: OpenUntilExit[Path] = OpenUntilExit(_remove_folder)
+_REMOVE_TRIES = 20
+
+#: Folders whose ``with`` has not ended, removed at exit (a job's daemon thread never reaches its ``finally``),
+#: once the processes writing into them are ended.
+_LIVE_FOLDERS: OpenUntilExit[Path] = OpenUntilExit(_remove_folder, order=ENDS_FOLDERS)
 
 
 def remove_dead_owners_folders(parent: Path | None = None) -> int:
@@ -95,10 +103,10 @@ def remove_dead_owners_folders(parent: Path | None = None) -> int:
 
 
 def tag_this_command() -> str:
-    """Give this command a fresh tag that its folders, and those of every process it starts, record.
+    """Give this command a fresh tag that every process it starts carries in its environment.
 
     Ray's local workers inherit the command's environment, so after a stop the
-    command can tell its own workers' folders from another live command's.
+    command can tell its own workers from another live command's.
     """
     tag = secrets.token_hex(8)
     os.environ[COMMAND_TAG_ENV] = tag
@@ -106,73 +114,67 @@ def tag_this_command() -> str:
 
 
 def remove_folders_of_ended_workers(wait_s: float = 20.0) -> int:
-    """After a stopped command's exit handlers: end its Ray workers still running, and remove their folders.
+    """After a stopped command's exit handlers: end its processes still running, and remove their folders.
 
     ``ray.shutdown`` ends a local Ray's workers a moment after it returns,
     and a worker stopped mid-export leaves its folder: a ``demo`` stopped by
     SIGTERM left two ``hwsearch-exports-*`` folders for the next command.
     Waiting a fixed 3 s for them was too short on a busy host (one CI run
-    in the last two).  A folder tagged with this command (see
-    :func:`tag_this_command`) whose owner still runs belongs to stopped work:
-    its owner is killed, once it is shown to carry this command's tag, and
-    the folder removed when the kernel drops its flock, within ``wait_s``.
-    Folders of other commands are only removed once their owners are dead,
-    as at every start.  Returns the bytes freed.
+    in the last two), and killing only the owners of the folders seen at
+    first missed a worker that made its folder a moment later.  So every
+    process that carries this command's tag (:func:`tag_this_command`: its
+    Ray workers and what they started) is killed, and once they are gone
+    (within ``wait_s``) the folders of dead owners are removed, as at every
+    start.  Other commands' processes and folders are left alone.  Returns
+    the bytes freed.
     """
-    import time
-
-    root = Path(tempfile.gettempdir())
     tag = os.environ.get(COMMAND_TAG_ENV, "")
+    killed = [pid for pid in _processes_tagged(tag) if _kill(pid)]
     deadline = time.monotonic() + wait_s
-    freed = remove_dead_owners_folders(root)
-    for pid in {pid for _, pid in _tagged_folders(root, tag)}:
-        _kill_if_tagged(pid, tag)
-    while time.monotonic() < deadline and _tagged_folders(root, tag):
+    while any(_running(pid) for pid in killed) and time.monotonic() < deadline:
         time.sleep(0.05)
-        freed += remove_dead_owners_folders(root)
-    return freed
+    return remove_dead_owners_folders(Path(tempfile.gettempdir()))
 
 
-def _tagged_folders(root: Path, tag: str) -> list[tuple[Path, int]]:
-    """Folders under ``root`` whose owner file names ``tag``, with their owner's pid; never this process's own."""
+def _processes_tagged(tag: str) -> list[int]:
+    """This user's processes, other than this one, whose environment carries ``tag``; not resource trackers.
+
+    A resource tracker (multiprocessing's) removes its process's semaphores
+    once that process is gone; killed, it leaves them in ``/dev/shm``.
+    """
     if not tag:
         return []
+    marker = f"{COMMAND_TAG_ENV}={tag}".encode()
     found = []
-    for entry in _named_ours(root):
-        owner = _read_owner(entry)
-        if owner is not None and owner[1] == tag and owner[0] != os.getpid():
-            found.append((entry, owner[0]))
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes().split(b"\0")
+            command = (entry / "cmdline").read_bytes()
+        except OSError:  # gone already, or not ours to read
+            continue
+        if marker in environment and b"multiprocessing.resource_tracker" not in command:
+            found.append(int(entry.name))
     return found
 
 
-def _read_owner(folder: Path) -> tuple[int, str] | None:
-    """The pid and tag an owner file records; None for a folder without one or an unreadable one."""
+def _kill(pid: int) -> bool:
+    """SIGKILL ``pid``; whether the signal was sent."""
     try:
-        descriptor = os.open(folder / OWNER_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fields = os.read(descriptor, _OWNER_LINE_BYTES).decode("ascii", "replace").split()
-    except OSError:
-        return None
-    finally:
-        os.close(descriptor)
-    if len(fields) != 2 or not fields[0].isdigit():
-        return None
-    return int(fields[0]), fields[1]
+        os.kill(pid, signal.SIGKILL)
+    except OSError:  # ended since
+        return False
+    return True
 
 
-def _kill_if_tagged(pid: int, tag: str) -> None:
-    """SIGKILL ``pid`` if its environment carries ``tag``: a reused pid belongs to someone else and is left alone."""
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs: a zombie (killed, not yet reaped by its parent) has dropped its flocks."""
     try:
-        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:  # gone already, or not ours to read
-        return
-    if f"{COMMAND_TAG_ENV}={tag}".encode() in environment:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            return
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return status.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
 def _named_ours(root: Path) -> list[Path]:

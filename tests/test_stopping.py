@@ -11,6 +11,7 @@ command (6 of 10).  Real processes, real signals.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -126,6 +127,107 @@ time.sleep(1)
     result = _python(script, tmp_path, temp=temp)
     assert result.returncode == 0, result.stderr[-2000:]
     assert list(temp.iterdir()) == []
+
+
+# A job's thread that goes on working while a stopped command's exit handlers run (as during ray.shutdown):
+# it opens an export pool and an exports folder, and writes an export, once the exit has begun.
+_WORK_DURING_THE_EXIT = """
+import atexit, json, sys, threading
+from pathlib import Path
+from hwsearch.cli.main import _leave_stopped
+from hwsearch.export import write_atomically
+from hwsearch.export_pool import ExportPool
+from hwsearch.supernets import create_supernet
+from hwsearch.tempdirs import owned_temp_dir
+
+net = create_supernet("demo_mbv3_mnist")
+exiting, outcome = threading.Event(), {}
+
+def attempt(name, opening):
+    try:
+        opening()
+        outcome[name] = "done"
+    except RuntimeError as error:
+        outcome[name] = type(error).__name__
+
+def job():
+    exiting.wait()
+    attempt("pool", lambda: ExportPool(net, 1))
+    attempt("folder", lambda: owned_temp_dir("exports").__enter__())
+    attempt("export", lambda: write_atomically(Path(sys.argv[1]) / "late" / "subnet.onnx", b"onnx"))
+
+def ray_shutdown_like():
+    exiting.set()
+    worker.join(timeout=60)
+    (Path(sys.argv[1]) / "outcome.json").write_text(json.dumps(outcome))
+
+worker = threading.Thread(target=job, daemon=True)
+worker.start()
+atexit.register(ray_shutdown_like)
+_leave_stopped(143)
+"""
+
+
+def test_work_a_thread_starts_during_a_stopped_commands_exit_is_refused(tmp_path: Path) -> None:
+    """A demo stopped just before it exported started its pool during Ray's shutdown, and its exit then waited on
+    the pool's workers for ever (1 of 2 Ctrl-Cs at 12 s beside two busy loops); its folders stayed behind."""
+    temp = tmp_path / "t"
+    temp.mkdir()
+    started = time.monotonic()
+    result = _python(_WORK_DURING_THE_EXIT, tmp_path, str(tmp_path), temp=temp)
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert time.monotonic() - started < 60
+    outcome = json.loads((tmp_path / "outcome.json").read_text())
+    assert outcome == {"pool": "ExitBegun", "folder": "ExitBegun", "export": "ExitBegun"}, outcome
+    assert list(temp.iterdir()) == [] and not (tmp_path / "late").exists()
+
+
+# A pool starting in a job's thread when the exit begins: the main thread waits until the first worker exists
+# (the pool is then writing the supernet into its pipe, which lasts as long as the worker's import of torch),
+# then leaves as a stopped command does.  Prints the worker's pid first.
+_STOP_A_STARTING_POOL = """
+import os, sys, threading, time
+from pathlib import Path
+from hwsearch.at_exit import begin_exit
+from hwsearch.export_pool import ExportPool
+from hwsearch.supernets import create_supernet
+
+def workers():  # this process's children that run multiprocessing's spawn (not its resource tracker)
+    found = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.add(int(pid))
+    return found
+
+def start_a_pool():
+    try:
+        ExportPool(net, 2)
+    except Exception:  # the exit ended its start-up: the thread's own failure is no one's to see
+        pass
+
+net = create_supernet("demo_mbv3_mnist")
+threading.Thread(target=start_a_pool, daemon=True).start()
+while not workers():
+    time.sleep(0.005)
+print(*workers(), flush=True)
+import atexit
+begin_exit()
+atexit._run_exitfuncs()
+os._exit(143)
+"""
+
+
+def test_a_pool_starting_when_the_exit_begins_leaves_no_worker_and_says_nothing(tmp_path: Path) -> None:
+    """A demo's SIGTERM came as its pool started: the half-started worker, cut off mid-way through receiving the
+    supernet, printed "pickle data was truncated" with its traceback after "terminated" (a CI run)."""
+    result = _python(_STOP_A_STARTING_POOL, tmp_path)
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    workers = [int(pid) for pid in result.stdout.split()]
+    assert workers
+    time.sleep(1.0)  # a killed worker is gone at once; one left to end itself as an orphan takes a second
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], workers
 
 
 @pytest.mark.slow

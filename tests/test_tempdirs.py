@@ -63,7 +63,8 @@ def test_a_stopped_commands_exit_ends_its_own_workers_and_removes_their_folders(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray's shutdown ends a stopped demo's workers a moment after it returns: two hwsearch-exports folders were
     left for the next command when it waited a fixed 3 s.  A worker of this command that is still running is
-    ended; another command's live worker, and a process whose pid a folder names without its tag, are not."""
+    ended, one that has not made its folder yet too; another command's live worker, and a process whose pid a
+    folder names without carrying the tag, are not."""
     from hwsearch.tempdirs import COMMAND_TAG_ENV, remove_folders_of_ended_workers, tag_this_command
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
@@ -71,6 +72,8 @@ def test_a_stopped_commands_exit_ends_its_own_workers_and_removes_their_folders(
     other, other_folder = _start_run(tmp_path)
     tag = tag_this_command()
     worker, worker_folder = _start_run(tmp_path)  # never ends by itself, as a worker stuck mid-export
+    late = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)\n" + _RUN], stdout=subprocess.PIPE,
+                            env={**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO)})
     untagged_env = {key: value for key, value in os.environ.items() if key != COMMAND_TAG_ENV}
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], env=untagged_env)
     claimed = tmp_path / "hwsearch-exports-claimed"  # an owner file naming the bystander's pid with our tag
@@ -80,12 +83,13 @@ def test_a_stopped_commands_exit_ends_its_own_workers_and_removes_their_folders(
         started = time.monotonic()
         freed = remove_folders_of_ended_workers(wait_s=60)
         assert time.monotonic() - started < 30
-        assert worker.wait(timeout=30) == -signal.SIGKILL
+        assert worker.wait(timeout=30) == -signal.SIGKILL and late.wait(timeout=30) == -signal.SIGKILL
         assert not worker_folder.exists() and not claimed.exists() and freed >= 1_000_000
         assert (other_folder / "subnet.onnx").exists() and other.poll() is None
         assert bystander.poll() is None, "a process was killed on a folder's word alone"
+        assert sorted(entry.name for entry in tmp_path.iterdir()) == [other_folder.name]
     finally:
-        for run in (other, worker, bystander):
+        for run in (other, worker, late, bystander):
             run.kill()
             run.wait(timeout=30)
 

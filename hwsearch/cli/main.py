@@ -168,8 +168,16 @@ def _end_as_stopped() -> None:
 
 
 def _leave_stopped(code: int) -> NoReturn:
-    """Run the exit handlers (Ray's shutdown, temp folders, locks), end the command's Ray workers still running,
-    then end with ``code`` (143 or 130) without the interpreter's teardown.
+    """End the work the stop cut off, run the exit handlers (Ray's shutdown, locks), end the command's Ray workers
+    still running, then end with ``code`` (143 or 130) without the interpreter's teardown.
+
+    The job's thread works on while this runs, so the work is ended first
+    (:func:`~hwsearch.at_exit.begin_exit`: export pools, temp folders, and
+    no new ones): a ``demo`` stopped just before it exported started its
+    pool during Ray's shutdown, and its exit waited on the pool for ever (1
+    of 2 Ctrl-Cs at 12 s, beside two busy loops).  Whatever that thread or
+    Ray's native threads print after the stop's line is dropped: it printed
+    Ray's "Failed to push error to driver" after "terminated".
 
     After "terminated" and every exit handler, the teardown itself crashed
     the process in 2 of 178 stops timed around ``profile-accuracy``'s first
@@ -180,14 +188,14 @@ def _leave_stopped(code: int) -> NoReturn:
     """
     import atexit
 
+    from hwsearch.at_exit import begin_exit
     from hwsearch.tempdirs import remove_folders_of_ended_workers
 
     sys.stdout.flush()
     sys.stderr.flush()
+    _say_nothing_more()
+    begin_exit()
     atexit._run_exitfuncs()  # what a normal exit runs, and each handler only once
-    sys.stdout.flush()
-    sys.stderr.flush()
-    _say_nothing_more()  # Ray's native threads printed "Failed to push error to driver" after "terminated"
     remove_folders_of_ended_workers()  # Ray's shutdown leaves its workers a moment, mid-export
     os._exit(code)
 
