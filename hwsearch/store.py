@@ -61,7 +61,9 @@ class StoreError(Exception):
     """A store that cannot be used as it is: not a store, a newer schema, read-only, locked.
 
     Raised when the store is opened, so a command fails before it measures
-    anything rather than when it writes the first row.
+    anything rather than when it writes the first row; and in place of a
+    plug-in store's error that quoted its URL's credentials
+    (:class:`~hwsearch.store_urls.ScreenedStore`), whenever it came.
     """
 
 

@@ -17,19 +17,27 @@ leaves it unparsable.  So no message or output here quotes a URL that has a
 user part, a query or a fragment: it is shown as ``scheme://...``, and a
 plug-in's error about it by its type only (probe Y4 found each of these
 forms printed by the first version, which hid only a parsed password).
+
+The store a plug-in opens is handed out as a :class:`ScreenedStore`: a
+database driver's error quoting its connection string can come from any
+call, long after the store opened, and a job's failure line reaches every
+client of the service.  ``report`` screened such errors itself, and
+``profile``, ``train`` and the service did not.
 """
 
 from __future__ import annotations
 
+import abc
 import importlib.metadata
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import unquote, unquote_plus
 
-if TYPE_CHECKING:
-    from hwsearch.store import Store
+from hwsearch.store import Store, StoreError
 
-__all__ = ["ENTRY_POINT_GROUP", "is_store_url", "mistyped_url_problem", "open_store_url", "quotes_a_secret_of",
-           "shown_store", "store_schemes"]
+__all__ = ["ENTRY_POINT_GROUP", "ScreenedStore", "is_store_url", "mistyped_url_problem", "open_store_url",
+           "quotes_a_secret_of", "shown_store", "store_schemes"]
 
 ENTRY_POINT_GROUP = "hwsearch.stores"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -68,8 +76,10 @@ def quotes_a_secret_of(message: str, url: str) -> bool:
     """Whether ``message`` (a plug-in's error, say) quotes ``url`` or any part of it that may be secret.
 
     Read from the text, not parsed: the user part (and each name and password
-    in it), the query (and each of its values) and the fragment.  A plug-in
-    that quoted only the password, or one query value, would otherwise pass.
+    in it), the query (and each of its values) and the fragment, each as
+    written and percent-decoded (as a driver quotes what it was given).  A
+    plug-in that quoted only the password, or one query value, would
+    otherwise pass.
     """
     rest = url.split("://", 1)[-1]
     parts = [url, rest]
@@ -81,7 +91,12 @@ def quotes_a_secret_of(message: str, url: str) -> bool:
         parts += [query, *(pair.split("=", 1)[-1] for pair in query.split("&"))]
     if "#" in rest:
         parts.append(rest.split("#", 1)[1])
-    return any(part and part in message for part in parts)
+    forms = {form for part in parts for form in (part, unquote(part), unquote_plus(part))}
+    return any(len(form) >= _SHORTEST_SECRET and form in message for form in forms)
+
+
+#: Parts of a URL shorter than this are words of any message (a user ``me`` is in "time"), not secrets to look for.
+_SHORTEST_SECRET = 4
 
 
 def store_schemes() -> list[str]:
@@ -97,8 +112,6 @@ def open_store_url(url: str) -> Store:
     secret (the message may quote the URL, decoded or not); a result that
     is no store is refused.
     """
-    from hwsearch.store import Store, StoreError
-
     match = _SCHEME.match(url)
     if match is None:
         raise StoreError("a store URL reads scheme://...")
@@ -120,4 +133,76 @@ def open_store_url(url: str) -> Store:
     if not isinstance(store, Store):
         raise StoreError(f"the {scheme}:// store plug-in ({entry.value}) returned a {type(store).__name__}, "
                          "not a hwsearch.store.Store")
-    return store
+    return ScreenedStore(store, url)
+
+
+S = TypeVar("S", bound=type)
+
+
+def _each_store_method_screened(cls: S) -> S:
+    """Give ``cls`` every public method of :class:`~hwsearch.store.Store`, each calling the plug-in's own."""
+    for name, value in vars(Store).items():
+        if callable(value) and not name.startswith("_"):
+            setattr(cls, name, _screened_method(name))
+    abc.update_abstractmethods(cls)
+    return cls
+
+
+#: Errors the store contract names (``KeyError`` for an unknown job, ``ValueError`` for a value it refuses), or a
+#: caller's mistake: they pass through the screen as the plug-in raised them, or, quoting a secret, as their kind.
+_CONTRACT_ERRORS = (KeyError, ValueError, TypeError)
+
+
+def _screened_method(name: str) -> Callable[..., Any]:
+    def method(self: ScreenedStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.plugin_store, name)(*args, **kwargs)
+        except Exception as error:
+            secret = self.error_quotes_a_secret(error)
+            kind = next((kind for kind in _CONTRACT_ERRORS if isinstance(error, kind)), StoreError)
+            if kind is not StoreError and not secret:
+                raise
+            said = ("its message is not shown: it quotes the store URL's credentials" if secret else str(error))
+            raise kind(f"the {self.scheme}:// store failed in {name}: {type(error).__name__}: {said}"
+                       ) from (None if secret else error)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = getattr(Store, name).__doc__
+    return method
+
+
+@_each_store_method_screened
+class ScreenedStore(Store):
+    """A plug-in's store whose failures are :class:`StoreError`, never quoting its URL's secrets.
+
+    A driver's error (a lost connection, say) becomes a ``StoreError``
+    naming the call, which the service answers with 503; its message is
+    shown only when it quotes nothing secret.  The errors the store
+    contract names pass as the plug-in raised them (one quoting a secret,
+    as a new error of its kind without the message).  Pickles as the
+    plug-in's store does, for Ray's workers.
+    """
+
+    def __init__(self, plugin_store: Store, url: str) -> None:
+        self.plugin_store = plugin_store
+        self.scheme = url.split("://", 1)[0]
+        self._url = url
+
+    @property  # type: ignore[misc]  (a class attribute of Store, a property here: the plug-in's own answer)
+    def shared_across_processes(self) -> bool:
+        return self.plugin_store.shared_across_processes
+
+    def error_quotes_a_secret(self, error: BaseException) -> bool:
+        """Whether ``error``, or an error it was raised from or during, quotes the URL or a secret part of it."""
+        seen: set[int] = set()
+        current: BaseException | None = error
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            said = [str(current), *map(str, getattr(current, "__notes__", ()))]
+            if any(quotes_a_secret_of(text, self._url) for text in said):
+                return True
+            current = current.__cause__ or current.__context__
+        return False
+
+    def __repr__(self) -> str:
+        return f"ScreenedStore({type(self.plugin_store).__name__}, {shown_store(self._url)})"

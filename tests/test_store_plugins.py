@@ -12,15 +12,17 @@ shows the password.
 from __future__ import annotations
 
 import json
+import pickle
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import traceback
 from pathlib import Path
 
 import pytest
 
-from hwsearch.store import Store
+from hwsearch.store import Store, StoreError
 from hwsearch.store_urls import open_store_url
 from hwsearch.testing import StoreContract
 from tests._jobs import fast_device, random_dataset
@@ -32,24 +34,43 @@ PASSWORD = "pw-that-must-not-leak"
 
 PLUGIN_STORE = textwrap.dedent(f'''
     """A backend of its own for the tests: a SQLite file named by a URL that carries a password."""
-    from urllib.parse import urlsplit
+    import os
+    from urllib.parse import unquote, urlsplit
 
     from hwsearch.store import SQLiteStore
 
 
     class URLFileStore(SQLiteStore):
-        """Rows in the file the URL's path names; job ``lost-<kind>`` fails as a careless driver would."""
+        """Rows in the file the URL's path names; job ``lost-<kind>`` fails as a careless driver would, and
+        every latency written while ``URLSTORE_LOSE_WRITES`` is set."""
+
+        def __reduce__(self):  # a copy opens the same URL, as a driver's store would
+            return open_url, (self.url,)
 
         def get_job(self, job_id):
+            password = urlsplit(self.url).password
+            if job_id == "lost-key":
+                raise KeyError(f"no job here for {{unquote(password)}}")
+            if job_id == "lost-chained":
+                try:
+                    raise OSError(f"authentication failed for {{unquote(password)}}")
+                except OSError:
+                    raise ConnectionError("connection lost")
             if job_id.startswith("lost-"):
-                quoted = {{"url": self.url, "password": urlsplit(self.url).password}}[job_id.removeprefix("lost-")]
+                quoted = {{"url": self.url, "password": password, "decoded": unquote(password),
+                           "nothing": "peer reset"}}[job_id.removeprefix("lost-")]
                 raise ConnectionError(f"connection lost: {{quoted}}")
             return super().get_job(job_id)
+
+        def put_latency(self, *args, **kwargs):
+            if os.environ.get("URLSTORE_LOSE_WRITES"):
+                raise ConnectionError(f"write lost on {{self.url}}")
+            return super().put_latency(*args, **kwargs)
 
 
     def open_url(url):
         parts = urlsplit(url)
-        if parts.password != {PASSWORD!r}:
+        if unquote(parts.password or "") != {PASSWORD!r}:
             raise PermissionError(f"login refused for {{url}}")
         store = URLFileStore(parts.path)
         store.url = url
@@ -88,6 +109,33 @@ class TestThePluginStoreKeepsTheContract(StoreContract):
         return open_store_url(url(tmp_path / "contract.db"))
 
 
+def test_a_plugin_stores_failures_are_store_errors_that_never_quote_its_urls_secrets(
+        site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver's error can quote its connection string in any call, long after the store opened: report screened
+    it, profile, train and the service did not.  A password written percent-encoded in the URL is quoted decoded
+    by the driver; one error raised during another carries the first along."""
+    monkeypatch.syspath_prepend(str(site))
+    encoded = PASSWORD.replace("-", "%2D", 1)
+    store = open_store_url(url(tmp_path / "s.db", encoded))
+    for quoted in ("url", "password", "decoded", "chained"):
+        with pytest.raises(StoreError) as caught:
+            store.get_job(f"lost-{quoted}")
+        told = "".join(traceback.format_exception(caught.value))
+        assert "get_job: ConnectionError" in str(caught.value) and "not shown" in str(caught.value), quoted
+        assert PASSWORD not in told and encoded not in told, told
+    with pytest.raises(StoreError, match="get_job: ConnectionError: connection lost: peer reset"):
+        store.get_job("lost-nothing")  # nothing secret: the driver's own words
+    with pytest.raises(KeyError):
+        store.get_job("no-such-job")  # the store contract's own error passes as it is
+    with pytest.raises(KeyError) as caught:
+        store.get_job("lost-key")  # and keeps its kind when it quotes a secret, which it then does not
+    assert PASSWORD not in "".join(traceback.format_exception(caught.value))
+    copy = pickle.loads(pickle.dumps(store))  # as Ray's workers receive it
+    with pytest.raises(StoreError):
+        copy.get_job("lost-password")
+    assert PASSWORD not in repr(store) + repr(copy)
+
+
 def test_profile_writes_its_rows_to_a_plugin_store_named_in_the_environment(site: Path, tmp_path: Path) -> None:
     """``HWSEARCH_STORE`` keeps the password off the command line, where every user's ``ps`` shows it."""
     profile = tmp_path / "dev.json"
@@ -100,6 +148,13 @@ def test_profile_writes_its_rows_to_a_plugin_store_named_in_the_environment(site
     assert report["measured"] == 4 and latency_rows(rows) == 4
     assert report["store"] == "urlfile://..."
     assert PASSWORD not in result.stdout + result.stderr
+    lost = run_cli("profile", "--device", str(profile), "--supernet", "demo_mbv3_mnist", "--n", "4", cwd=tmp_path,
+                   extra_env={"PYTHONPATH": str(site), "HWSEARCH_STORE": url(tmp_path / "lost.db"),
+                              "URLSTORE_LOSE_WRITES": "1"})
+    last = lost.stderr.strip().splitlines()[-1]  # after any "waiting for local host" line of a busy host
+    assert lost.returncode == 2 and "Traceback" not in lost.stderr, lost.stderr
+    assert last.startswith("error: the urlfile:// store failed in put_latency: ConnectionError") and "not shown" in last
+    assert PASSWORD not in lost.stdout + lost.stderr, last
 
 
 # Where a URL carries a secret (probe Y4 found each printed by the first version, which hid a parsed password only).
@@ -171,9 +226,13 @@ def test_a_service_runs_a_job_on_a_plugin_store(site: Path, tmp_path: Path, fact
         with server.client() as client:
             job = run_one_device_job(client, "demo_mbv3_mnist", dataset)
             assert job["state"] == "succeeded", job
+            answers = [client.get(f"/jobs/lost-{quoted}") for quoted in ("url", "password")]  # the driver failing
     finally:
         server.stop()
+    lost, said = [answer.status_code for answer in answers], " ".join(answer.text for answer in answers)
+    assert PASSWORD not in said, said
     assert latency_rows(rows) >= 4 and (data_dir / "serve.lock").exists()
+    assert lost == [503, 503] and "get_job: ConnectionError" in said, said
     assert not (tmp_path / "store.sqlite").exists()  # the file the test names is only where its logs go
     assert PASSWORD not in server.log.read_text()
     if not factory:  # the commands read the store and the folder alone: one service is enough

@@ -123,6 +123,17 @@ async def _http_error(request: Request, error: Exception) -> Response:
     return await http_exception_handler(request, error)
 
 
+async def _store_failed(request: Request, error: Exception) -> JSONResponse:
+    """The store failed (a plug-in's lost connection, say): the service cannot answer now, through no fault of the
+    request.  The line is the store's screened one (:class:`~hwsearch.store_urls.ScreenedStore`), never its URL,
+    with any other URL, path or address in it masked as in a job's error line."""
+    from hwsearch.jobs.control import describe_error
+
+    log.warning("the store failed on %s %s", request.method, request.url.path, exc_info=error)
+    return AsciiJSONResponse({"detail": f"the store failed; try again later ({describe_error(error)})"},
+                             status_code=503, headers={"Retry-After": "5"})
+
+
 async def _unexpected(request: Request, error: Exception) -> JSONResponse:
     """A bug, not a bad request: the trace goes to the server log, the client gets one line."""
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
@@ -215,6 +226,7 @@ def create_app(
     app.include_router(public_router)
     app.include_router(api_router)
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(StoreError, _store_failed)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

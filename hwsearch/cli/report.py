@@ -59,25 +59,21 @@ def report(
 
 
 def _reading_failed(error: Exception, store: str) -> Exception:
-    """What to say when reading the job failed: its own message, unless a store plug-in's might hold a secret.
+    """What to say when reading the job failed: a ``ValueError`` of ours (no such job, not a succeeded search
+    job, a damaged record) names JOB; a plug-in store's own failure names ``--store``.
 
-    A job that is no succeeded search job, or a damaged record, is a
-    ``ValueError`` of ours, said in one line.  A plug-in store's error that
-    quotes its URL (or any secret part of it) is said by its type only, as
-    when the store is opened (:mod:`hwsearch.store_urls`): Y5's plug-in
-    printed its password in a ``ValueError``, a ``ConnectionError`` and a
-    traceback.
+    A plug-in's error that quoted its URL's credentials has already become a
+    ``StoreError`` that does not (:class:`~hwsearch.store_urls.ScreenedStore`):
+    Y5's plug-in printed its password in a ``ValueError``, a
+    ``ConnectionError`` and a traceback.
     """
     from hwsearch.cli._errors import OptionError
-    from hwsearch.store_urls import is_store_url, quotes_a_secret_of, shown_store
+    from hwsearch.store_urls import is_store_url, shown_store
 
-    if not is_store_url(store):
-        return OptionError("JOB", str(error)) if isinstance(error, ValueError) else error
-    if quotes_a_secret_of(str(error), store):
-        return OptionError("--store", f"reading the job from {shown_store(store)} failed "
-                                      f"({type(error).__name__}; its message is not shown, as it quotes the URL)")
     if isinstance(error, ValueError):
         return OptionError("JOB", str(error))
+    if not is_store_url(store):
+        return error
     return OptionError("--store", f"reading the job from {shown_store(store)} failed: {type(error).__name__}: "
                                   f"{error}")
 

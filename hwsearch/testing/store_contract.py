@@ -203,7 +203,7 @@ class StoreContract:
         assert clone.get_job(job).spec == {"kind": "x"}
         clone.put_accuracy("n", "d", "a", 0.5)
         assert clone.get_accuracies("n", "d") == {"a": 0.5}
-        if type(store).shared_across_processes:
+        if store.shared_across_processes:
             assert store.get_accuracies("n", "d") == {"a": 0.5}, "a write through a copy is not in the store"
 
     def test_jobs_events_and_accuracies_are_snapshots(self, store: Store) -> None:
