@@ -227,7 +227,16 @@ def test_a_pool_starting_when_the_exit_begins_leaves_no_worker_and_says_nothing(
     workers = [int(pid) for pid in result.stdout.split()]
     assert workers
     time.sleep(1.0)  # a killed worker is gone at once; one left to end itself as an orphan takes a second
-    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], workers
+    left = {pid: _state(pid) for pid in workers}
+    assert not [pid for pid, state in left.items() if state not in ("gone", "Z")], left
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from ``/proc`` (``Z``: ended, not yet reaped), or "gone"."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return "gone"
 
 
 @pytest.mark.slow
