@@ -38,6 +38,7 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "StoreError",
+    "StoreFailed",
     "TERMINAL_STATES",
     "UNREADABLE_STATE",
     "open_store",
@@ -61,9 +62,15 @@ class StoreError(Exception):
     """A store that cannot be used as it is: not a store, a newer schema, read-only, locked.
 
     Raised when the store is opened, so a command fails before it measures
-    anything rather than when it writes the first row; and in place of a
-    plug-in store's error that quoted its URL's credentials
-    (:class:`~hwsearch.store_urls.ScreenedStore`), whenever it came.
+    anything rather than when it writes the first row.
+    """
+
+
+class StoreFailed(StoreError):
+    """A store that opened failed in a call later: a plug-in's lost connection, say
+    (:class:`~hwsearch.store_urls.ScreenedStore`, whose line never quotes the URL's credentials).
+
+    The work failed, not the user's input: the CLI ends 1, the service answers 503.
     """
 
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import unquote, unquote_plus
 
-from hwsearch.store import Store, StoreError
+from hwsearch.store import Store, StoreError, StoreFailed
 
 __all__ = ["ENTRY_POINT_GROUP", "ScreenedStore", "is_store_url", "mistyped_url_problem", "open_store_url",
            "quotes_a_secret_of", "shown_store", "store_schemes"]
@@ -159,8 +159,8 @@ def _screened_method(name: str) -> Callable[..., Any]:
             return getattr(self.plugin_store, name)(*args, **kwargs)
         except Exception as error:
             secret = self.error_quotes_a_secret(error)
-            kind = next((kind for kind in _CONTRACT_ERRORS if isinstance(error, kind)), StoreError)
-            if kind is not StoreError and not secret:
+            kind = next((kind for kind in _CONTRACT_ERRORS if isinstance(error, kind)), StoreFailed)
+            if kind is not StoreFailed and not secret:
                 raise
             said = ("its message is not shown: it quotes the store URL's credentials" if secret else str(error))
             raise kind(f"the {self.scheme}:// store failed in {name}: {type(error).__name__}: {said}"
@@ -173,9 +173,9 @@ def _screened_method(name: str) -> Callable[..., Any]:
 
 @_each_store_method_screened
 class ScreenedStore(Store):
-    """A plug-in's store whose failures are :class:`StoreError`, never quoting its URL's secrets.
+    """A plug-in's store whose failures are :class:`~hwsearch.store.StoreFailed`, never quoting its URL's secrets.
 
-    A driver's error (a lost connection, say) becomes a ``StoreError``
+    A driver's error (a lost connection, say) becomes a ``StoreFailed``
     naming the call, which the service answers with 503; its message is
     shown only when it quotes nothing secret.  The errors the store
     contract names pass as the plug-in raised them (one quoting a secret,

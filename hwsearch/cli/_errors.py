@@ -46,6 +46,8 @@ _KNOWN_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("hwsearch.accuracy_eval", "NonFiniteLogits", FAILED),
     ("hwsearch.quantize", "PrecisionError", BAD_INPUT),
     ("hwsearch.quantize_worker", "QuantizerError", FAILED),
+    # A store that opened and then failed (a plug-in's lost connection): before StoreError, its parent.
+    ("hwsearch.store", "StoreFailed", FAILED),
     ("hwsearch.store", "StoreError", BAD_INPUT),
     # Another process stopped the job this command ran (a service's cancel); the message says how it ended.
     ("hwsearch.jobs.control", "JobCancelled", FAILED),

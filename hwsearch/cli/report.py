@@ -48,7 +48,7 @@ def report(
         except KeyError:
             raise OptionError("JOB", f"no job {job!r} in {shown_store(store)}") from None
         except Exception as error:
-            raise _reading_failed(error, store) from None
+            raise _reading_failed(error) from None
     prepare_folder(out, "--out")  # after the job is read (nothing is made for a bad one), before any plot
     written = build_report(data, out)
     if as_json:
@@ -58,24 +58,20 @@ def report(
             typer.echo(f"{printable(name):>12}  {path}")
 
 
-def _reading_failed(error: Exception, store: str) -> Exception:
+def _reading_failed(error: Exception) -> Exception:
     """What to say when reading the job failed: a ``ValueError`` of ours (no such job, not a succeeded search
-    job, a damaged record) names JOB; a plug-in store's own failure names ``--store``.
+    job, a damaged record) names JOB; a plug-in store's own failure is said as it is.
 
-    A plug-in's error that quoted its URL's credentials has already become a
-    ``StoreError`` that does not (:class:`~hwsearch.store_urls.ScreenedStore`):
-    Y5's plug-in printed its password in a ``ValueError``, a
-    ``ConnectionError`` and a traceback.
+    A plug-in's failure has already become a :class:`~hwsearch.store.StoreFailed`
+    that never quotes its URL's credentials (:class:`~hwsearch.store_urls.ScreenedStore`):
+    Y5's plug-in printed its password in a ``ValueError``, a ``ConnectionError``
+    and a traceback.
     """
     from hwsearch.cli._errors import OptionError
-    from hwsearch.store_urls import is_store_url, shown_store
 
     if isinstance(error, ValueError):
         return OptionError("JOB", str(error))
-    if not is_store_url(store):
-        return error
-    return OptionError("--store", f"reading the job from {shown_store(store)} failed: {type(error).__name__}: "
-                                  f"{error}")
+    return error
 
 
 def register(app: typer.Typer) -> None:
