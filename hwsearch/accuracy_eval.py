@@ -264,6 +264,9 @@ def _evaluate_chunk(supernet: Any, calibration: Any, validation: Any,
     """One Ray task: the chunk's accuracies, and where and how fast they were computed."""
     import torch
 
+    from hwsearch.ray_session import refuse_foreign_code
+
+    refuse_foreign_code()
     torch.set_num_threads(settings.torch_threads)
     device = torch_device(placement)
     space = supernet.space

@@ -89,8 +89,12 @@ def _all_logits(sess: Any, images: np.ndarray, batch: int) -> np.ndarray:
 def _evaluate_chunk(supernet: Any, calibration: Any, validation: Any,
                     arch_dicts: list[dict[str, Any]], settings: EvalSettings,
                     quantize: QuantizeSettings) -> list[float]:
+    """One Ray task: the INT8 files' accuracies of a chunk of subnets."""
     import torch
 
+    from hwsearch.ray_session import refuse_foreign_code
+
+    refuse_foreign_code()
     torch.set_num_threads(settings.torch_threads)
     space = supernet.space
     return [quantized_accuracy(supernet, space.from_dict(d), calibration, validation, quantize)

@@ -31,7 +31,7 @@ from typing import Any
 from hwsearch.acquisition import LatencyTargets
 from hwsearch.problem import Limit
 from hwsearch.pipeline import finished_keys, finite_latencies
-from hwsearch.ray_session import init_ray
+from hwsearch.ray_session import init_ray, refuse_foreign_code
 from hwsearch.refine import (
     Measurer,
     Observation,
@@ -233,6 +233,7 @@ def _device_task(shared: Mapping[str, Any], device: DeviceSearch, store: Store,
     """
     import ray
 
+    refuse_foreign_code()
     start = time.perf_counter()
     space: SearchSpace = shared["space"]
     measurer = _store_measurer(device, store, space, supernet_id, dataset_id)

@@ -201,7 +201,8 @@ _PREPARED: list[WorkerStart] = []
 
 
 def prepare_worker() -> None:
-    """Ray's setup hook for our workers: import what tasks need inside one compute unit of the host lock."""
+    """Ray's setup hook for our workers: import what tasks need inside one compute unit of the host lock, and
+    note whether this worker runs the driver's hwsearch code (:func:`refuse_foreign_code`)."""
     import importlib
     import time
 
@@ -213,6 +214,35 @@ def prepare_worker() -> None:
         for module in _WORKER_MODULES:
             importlib.import_module(module)
         _PREPARED.append(WorkerStart(called, started, time.time(), cpu_before))
+    drivers = os.environ.get(DRIVER_CODE_ENV)
+    if drivers and drivers != code_digest()["digest"]:
+        _FOREIGN_CODE.append(code_digest()["hwsearch"])
+
+
+#: The driver's :func:`code_digest`, in a joined cluster's workers' environment.
+DRIVER_CODE_ENV = "HWSEARCH_DRIVER_CODE"
+#: Where this worker's hwsearch lies, when its sources are not the driver's.
+_FOREIGN_CODE: list[str] = []
+
+
+class ForeignCode(RuntimeError):
+    """A task reached a Ray worker whose hwsearch sources are not the driver's (a node that joined late)."""
+
+
+def refuse_foreign_code() -> None:
+    """:class:`ForeignCode` in a worker that runs other hwsearch code than its driver; called first by every task.
+
+    :func:`_check_cluster_code` checks the nodes alive when the driver joins;
+    a node started later from another installation ran the job's tasks with
+    its own code (probe Z10's item, left open by stops 61 and 62).  A task is
+    refused there before it reads or writes anything.
+    """
+    if _FOREIGN_CODE:
+        import socket
+
+        raise ForeignCode(f"this Ray worker (on {socket.gethostname()}) runs hwsearch from {_FOREIGN_CODE[-1]}, "
+                          "whose sources differ from the driver's; install the same hwsearch on every node of "
+                          "the cluster")
 
 
 def worker_prepared() -> WorkerStart | None:
@@ -297,8 +327,8 @@ def _check_cluster_code(address: str) -> None:
     not import hwsearch failed the job after its profiling with a 77-line
     ``WorkerCrashedError``.  One small task per live node (no CPU asked,
     pinned there) compares its digest of the sources with this process's.
-    A node that joins the cluster later is not checked.  The session is
-    shut down first, so a later call can join again.
+    A node that joins later is refused task by task (:func:`refuse_foreign_code`).
+    The session is shut down first, so a later call can join again.
     """
     import ray
 
@@ -473,11 +503,12 @@ def _start_ray(address: str | None, num_cpus: int | None, temp_dir: str | None =
     import ray
 
     runtime_env: dict[str, object] = {"worker_process_setup_hook": f"{__name__}.prepare_worker"}
-    if folders := _host_folders():
-        runtime_env["env_vars"] = folders
     if address:
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+        workers_env = {**_host_folders(), DRIVER_CODE_ENV: code_digest()["digest"]}
+        ray.init(address=address, log_to_driver=False, runtime_env={**runtime_env, "env_vars": workers_env})
     else:
+        if folders := _host_folders():
+            runtime_env["env_vars"] = folders
         # "local": without it, ray.init() joins the cluster a `ray start` on this host (or another
         # program's Ray) recorded in <tmp>/ray/ray_current_cluster, and refuses num_cpus there.
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,

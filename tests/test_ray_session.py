@@ -245,6 +245,16 @@ except ClusterUnfit as error:
 """
 
 
+def _other_installation(folder: Path) -> Path:
+    """A copy of hwsearch's packages whose sources differ from these by one comment, as another version's would."""
+    other = folder / "other-install"
+    for package in ("hwsearch", "devices", "predictors"):
+        shutil.copytree(REPO / package, other / package, ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
+    with open(other / "devices" / "protocol.py", "a") as changed:
+        changed.write("\n# another version of the protocol\n")
+    return other
+
+
 @pytest.mark.parametrize("where", ["head", "second node"])
 def test_a_cluster_whose_workers_run_other_hwsearch_code_is_refused_when_joined(short_temp_dir: Path,
                                                                                 where: str) -> None:
@@ -252,11 +262,7 @@ def test_a_cluster_whose_workers_run_other_hwsearch_code_is_refused_when_joined(
     the cluster another (profiling on one, accuracy and refinement on the other) without a word.  Every node is
     checked: a second node started from another installation was missed when one task checked one node."""
     temp = short_temp_dir
-    other = temp / "other-install"
-    for package in ("hwsearch", "devices", "predictors"):
-        shutil.copytree(REPO / package, other / package, ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
-    with open(other / "devices" / "protocol.py", "a") as changed:
-        changed.write("\n# another version of the protocol\n")
+    other = _other_installation(temp)
     env = {**os.environ, "TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     with _ray_head({**env, "PYTHONPATH": str(other if where == "head" else REPO)}, temp) as recorded:
@@ -270,6 +276,59 @@ def test_a_cluster_whose_workers_run_other_hwsearch_code_is_refused_when_joined(
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert answer["joined"] is False and not answer["still_initialized"], answer
     assert f"its workers run hwsearch from {other / 'hwsearch'} (node " in answer["error"], answer
+
+
+# Joins the cluster (one node, this code: the check passes), waits for a word on stdin while a node of other code
+# joins, then runs a job's search task, with arguments it never reaches, on each node.
+LATE_NODE_SCRIPT = """
+import json, sys
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from hwsearch.parallel import _device_task
+from hwsearch.ray_session import init_ray
+
+init_ray(sys.argv[1])
+print("joined", flush=True)
+sys.stdin.readline()
+mine = ray.get_runtime_context().get_node_id()
+late = [node["NodeID"] for node in ray.nodes() if node["Alive"] and node["NodeID"] != mine]
+outcome = {}
+for where, node in (("head", mine), ("late", late[0])):
+    pinned = NodeAffinitySchedulingStrategy(node, soft=False)
+    try:
+        ray.get(ray.remote(_device_task).options(num_cpus=0, max_retries=0, scheduling_strategy=pinned)
+                .remote(None, None, None, "", "", None, 0), timeout=120)
+    except Exception as error:
+        cause = getattr(error, "cause", error)
+        outcome[where] = f"{type(cause).__name__}: {cause}"
+print(json.dumps(outcome))
+"""
+
+
+def test_a_node_that_joins_after_the_check_runs_no_task_with_other_code(short_temp_dir: Path) -> None:
+    """The check at joining sees the nodes alive then: a node started later from another installation ran the job's
+    tasks with its own code (left open by stop 61).  Each task now refuses such a worker before it does anything."""
+    temp = short_temp_dir
+    other = _other_installation(temp)
+    env = {**os.environ, "TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    with _ray_head({**env, "PYTHONPATH": str(REPO)}, temp) as recorded:
+        address = recorded.read_text().strip()
+        driver = subprocess.Popen([sys.executable, "-c", LATE_NODE_SCRIPT, address], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=temp)
+        try:
+            assert driver.stdout is not None and driver.stdin is not None
+            assert driver.stdout.readline().strip() == "joined", driver.communicate(timeout=60)
+            with _ray_node({**env, "PYTHONPATH": str(other)}, temp, address):
+                out, err = driver.communicate("go\n", timeout=300)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait(timeout=30)
+    assert driver.returncode == 0, err[-3000:]
+    outcome = json.loads(out.strip().splitlines()[-1])
+    assert outcome["late"].startswith("ForeignCode: this Ray worker") and str(other / "hwsearch") in outcome["late"]
+    assert not outcome["head"].startswith("ForeignCode"), outcome  # this code: the task ran (and met its junk)
 
 
 PHANTOM_SCRIPT = """

@@ -51,6 +51,8 @@ _KNOWN_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("hwsearch.store", "StoreError", BAD_INPUT),
     # Another process stopped the job this command ran (a service's cancel); the message says how it ended.
     ("hwsearch.jobs.control", "JobCancelled", FAILED),
+    # A task reached a cluster node that joined with other hwsearch code; the message names its installation.
+    ("hwsearch.ray_session", "ForeignCode", FAILED),
     # A store that fails while a command reads or writes it (disk full, locked past the timeout, or a
     # damaged file: "database disk image is malformed", a DatabaseError and OperationalError's parent);
     # opening checks for the usual problems first (StoreError), so this is the rare case.

@@ -271,6 +271,9 @@ def execute(spec: Mapping[str, Any], store: Store, job_id: str,
     in the process that saw it; the store gets :func:`describe_error`'s line.
     ``runner``: the token the dispatcher claimed the job with for this task.
     """
+    from hwsearch.ray_session import refuse_foreign_code
+
+    refuse_foreign_code()  # the service's job task, on whichever node Ray placed it
     parsed = spec_from_dict(spec)
     try:
         if isinstance(parsed, ProfileSpec):
