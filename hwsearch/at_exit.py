@@ -2,118 +2,145 @@
 
 A job's daemon thread never reaches its ``finally`` when the process exits
 under it, so what it opened (a temp folder, a pool of worker processes) is
-ended here instead.  The daemon thread also goes on working while the exit
-handlers run (``ray.shutdown`` alone takes seconds): a ``demo`` stopped
-just before it exported started its export pool then, after the pools had
-been ended, and its exit waited on the new workers for ever; folders it made
-then were left behind.  So once the exit has begun, nothing new is opened
-(:class:`ExitBegun`), and no exported file is written (:func:`unless_exiting`).
+ended here instead, worker processes before the folders they write into.
 
-:func:`begin_exit` ends what is open, worker processes before the folders
-they write into.  A stopped CLI command calls it first; for any other exit
-it is the exit handler, registered at the first opening rather than at
-import, so it runs before handlers registered earlier: the CLI's last one
-(which may end the process) and multiprocessing's (which joins every worker
-process, and waits for ever on a pool's idle workers).
+**A stopped command** (:func:`stop_work`) also refuses new work: the job's
+daemon thread goes on working while the exit handlers run (``ray.shutdown``
+alone takes seconds), and a ``demo`` stopped just before it exported
+started its export pool then, after the pools had been ended, and its exit
+waited on the new workers for ever; folders it made then were left behind.
+So from then on, nothing new is opened (:class:`ExitBegun`), and no exported
+file is written (:func:`unless_stopping`).
+
+**Any other exit** only ends what is still open: the exit handler, registered
+at the first opening rather than at import, so it runs before handlers
+registered earlier (multiprocessing's, which joins every worker process and
+waits for ever on a pool's idle workers).  It refuses nothing, so a library
+user's own exit handler may still export (Y6: refusing there lost such a
+file without a word).
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
-__all__ = ["ENDS_FOLDERS", "ENDS_PROCESSES", "ExitBegun", "OpenUntilExit", "begin_exit", "exit_begun",
-           "unless_exiting"]
+__all__ = ["ENDS_FOLDERS", "ENDS_PROCESSES", "ExitBegun", "OpenUntilExit", "end_open_work", "stop_work",
+           "unless_stopping"]
 
 T = TypeVar("T")
 
-#: The order in which :func:`begin_exit` ends each kind of open thing: a process still writing into a folder
-#: put files back while the folder was being removed, and the folder stayed, without its owner file.
+#: The order in which each kind of open thing is ended: a process still writing into a folder put files back
+#: while the folder was being removed, and the folder stayed, without its owner file.
 ENDS_PROCESSES = 0
 ENDS_FOLDERS = 1
+#: How long a stop waits for exported files being written to finish (a hung file system must not hold it).
+WRITES_WAIT_S = 10.0
 
 
 class ExitBegun(RuntimeError):
-    """The process is exiting: what a thread asks to open or start now would outlive the exit's clean-up."""
+    """The command was stopped: what a thread asks to open or write now would outlive the exit's clean-up."""
 
 
-_state_lock = threading.Lock()
-#: Held by a write that must not overlap the exit's clean-up (:func:`unless_exiting`), and by the exit as it begins.
-_writing = threading.Lock()
-_begun = False
-_armed = False
-_registries: list[OpenUntilExit[object]] = []
+class _State:
+    """The process's open registries, whether a stop has begun, and the exported files being written."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.writes_done = threading.Condition(self.lock)
+        self.stopping = False
+        self.armed = False
+        self.writes = 0
+        self.registries: list[OpenUntilExit[object]] = []
+
+    def forked(self) -> None:
+        """In a forked child: fresh locks, no writes of the parent's threads, which do not run here."""
+        self.lock = threading.Lock()
+        self.writes_done = threading.Condition(self.lock)
+        self.writes = 0
+
+
+_state = _State()
+os.register_at_fork(after_in_child=_state.forked)  # a lock held by another thread at the fork stays held
 
 
 class OpenUntilExit(Generic[T]):
     """A thread-safe set of open things; at exit, ``end`` is called on each one still open.
 
-    ``order``: :data:`ENDS_PROCESSES` or :data:`ENDS_FOLDERS`, when :func:`begin_exit` ends these.
+    ``order``: :data:`ENDS_PROCESSES` or :data:`ENDS_FOLDERS`, when :func:`end_open_work` ends these.
     """
 
     def __init__(self, end: Callable[[T], None], *, order: int) -> None:
         self._end = end
         self.order = order
         self._open: set[T] = set()
-        with _state_lock:
-            _registries.append(self)  # type: ignore[arg-type]  (each registry ends its own kind)
+        with _state.lock:
+            _state.registries.append(self)  # type: ignore[arg-type]  (each registry ends its own kind)
 
     def opened(self, thing: T) -> None:
-        """Record ``thing`` as open; :class:`ExitBegun` once the exit has begun (``thing`` is then the caller's
-        to close, and nothing will end it)."""
-        global _armed
-        with _state_lock:
-            if _begun:
-                raise ExitBegun("the process is exiting")
-            if not _armed:
-                atexit.register(begin_exit)
-                _armed = True
+        """Record ``thing`` as open; :class:`ExitBegun` once a stop has begun (``thing`` is then the caller's to
+        close, and nothing will end it)."""
+        with _state.lock:
+            if _state.stopping:
+                raise ExitBegun("the command was stopped")
+            if not _state.armed:
+                atexit.register(end_open_work)
+                _state.armed = True
             self._open.add(thing)
 
     def closed(self, thing: T) -> None:
         """Record that ``thing`` was closed by its owner (nothing is left for the exit to do)."""
-        with _state_lock:
+        with _state.lock:
             self._open.discard(thing)
 
     def _end_all(self) -> None:
-        with _state_lock:
+        with _state.lock:
             left, self._open = self._open, set()
         for thing in left:
             self._end(thing)
 
 
-def begin_exit() -> None:
-    """Refuse every later opening, then end everything still open: processes first, then folders.
-
-    Called again (the exit handler after a stopped command's own call), it
-    ends nothing twice.
-    """
-    global _begun
-    with _writing, _state_lock:
-        _begun = True
-        registries = sorted(_registries, key=lambda registry: registry.order)
+def end_open_work() -> None:
+    """End everything still open, processes first, then folders (the exit handler); each thing only once."""
+    with _state.lock:
+        registries = sorted(_state.registries, key=lambda registry: registry.order)
     for registry in registries:
         registry._end_all()
 
 
-def exit_begun() -> bool:
-    """Whether :func:`begin_exit` has run in this process."""
-    with _state_lock:
-        return _begun
+def stop_work() -> None:
+    """A stopped command's first step: refuse every later opening and export write, let the writes under way
+    finish (at most :data:`WRITES_WAIT_S`), then end everything still open."""
+    deadline = time.monotonic() + WRITES_WAIT_S
+    with _state.lock:
+        _state.stopping = True
+        while _state.writes and time.monotonic() < deadline:
+            _state.writes_done.wait(timeout=max(deadline - time.monotonic(), 0.0))
+    end_open_work()
 
 
 @contextmanager
-def unless_exiting(what: str) -> Iterator[None]:
-    """Run the body unless the exit has begun (:class:`ExitBegun` naming ``what``); the exit waits for a body running.
+def unless_stopping(what: str) -> Iterator[None]:
+    """Run the body unless the command was stopped (:class:`ExitBegun` naming ``what``); a stop waits for it.
 
     For a file written into a folder that the exit clears: an export
     written as its folder was removed made the folder again (``mkdir``),
-    without its owner file, for no later run to remove.
+    without its owner file, for no later run to remove.  No lock is held
+    while the body runs: writes go on side by side, and a child forked
+    meanwhile does not inherit a held lock (Y6: one hung for ever).
     """
-    with _writing:
-        if exit_begun():
-            raise ExitBegun(f"the process is exiting: {what} is not done")
+    with _state.lock:
+        if _state.stopping:
+            raise ExitBegun(f"the command was stopped: {what} is not done")
+        _state.writes += 1
+    try:
         yield
+    finally:
+        with _state.lock:
+            _state.writes -= 1
+            _state.writes_done.notify_all()

@@ -331,15 +331,15 @@ def _verify(data: bytes, x: Tensor, expected: Tensor, tolerance: float) -> float
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write via a temporary file so readers never see a partial model; never once the process is exiting.
+    """Write via a temporary file so readers never see a partial model; never once a stopped command exits.
 
     A job's thread goes on exporting while a stopped command's exit handlers
     run, and its folder, made again here after the exit had removed it, was
     left behind (:mod:`hwsearch.at_exit`).
     """
-    from hwsearch.at_exit import unless_exiting
+    from hwsearch.at_exit import unless_stopping
 
-    with unless_exiting(f"writing {path.name}"):
+    with unless_stopping(f"writing {path.name}"):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:

@@ -79,10 +79,11 @@ class ExportPool:
             raise ValueError(f"an export pool needs at least one worker, got {workers}")
         self.workers = workers
         self._context = _RecordingContext(multiprocessing.get_context("spawn"))  # fork would copy locks mid-use
-        started = self._context.Barrier(workers)
+        # Kept as long as the pool: collected, its semaphore went while a starting worker still unpickled it.
+        self._started = self._context.Barrier(workers)
         with compute_unit(on_wait=on_wait):
             self._pool = ProcessPoolExecutor(workers, mp_context=self._context,  # type: ignore[arg-type]
-                                             initializer=_start_worker, initargs=(supernet, started))
+                                             initializer=_start_worker, initargs=(supernet, self._started))
             # Open before any worker starts (ExitBegun if the process is exiting): a stop during the start-up
             # ends the workers started so far, rather than leave one half-started for the exit to wait on.
             _OPEN_POOLS.opened(self)
@@ -91,8 +92,9 @@ class ExportPool:
                 # and no task passes the barrier until each worker holds one, so each reports its own pid.
                 checked_in = [self._pool.submit(_check_in) for _ in range(workers)]
                 self._pids = {future.result(timeout=_START_TIMEOUT_S) for future in checked_in}
-            except BaseException:
-                self.close(wait=False)
+            except BaseException:  # a stop in this thread too (Y6: the exit then waited on a worker for ever)
+                self.end_now()
+                _OPEN_POOLS.closed(self)
                 raise
 
     @property
@@ -108,9 +110,9 @@ class ExportPool:
         """
         return self._pool.submit(_export_in_worker, arch, path, options).result()
 
-    def close(self, *, wait: bool = True) -> None:
+    def close(self) -> None:
         """Stop the workers (they hold memory: a supernet each)."""
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
         _OPEN_POOLS.closed(self)
 
     def end_now(self) -> None:

@@ -28,9 +28,12 @@ client of the service.  ``report`` screened such errors itself, and
 from __future__ import annotations
 
 import abc
+import base64
 import importlib.metadata
+import pickle
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import unquote, unquote_plus
 
@@ -92,6 +95,9 @@ def quotes_a_secret_of(message: str, url: str) -> bool:
     if "#" in rest:
         parts.append(rest.split("#", 1)[1])
     forms = {form for part in parts for form in (part, unquote(part), unquote_plus(part))}
+    forms |= {repr(form.encode())[2:-1] for form in forms}  # as a bytes repr shows it: b'S3cr\xc3\xa9t'
+    if "@" in rest:  # the user part as HTTP Basic authentication carries it
+        forms.add(base64.b64encode(unquote(rest.rsplit("@", 1)[0]).encode()).decode())
     return any(len(form) >= _SHORTEST_SECRET and form in message for form in forms)
 
 
@@ -155,20 +161,59 @@ _CONTRACT_ERRORS = (KeyError, ValueError, TypeError)
 
 def _screened_method(name: str) -> Callable[..., Any]:
     def method(self: ScreenedStore, *args: Any, **kwargs: Any) -> Any:
-        try:
+        with _screened(self._url, name):
             return getattr(self.plugin_store, name)(*args, **kwargs)
-        except Exception as error:
-            secret = self.error_quotes_a_secret(error)
-            kind = next((kind for kind in _CONTRACT_ERRORS if isinstance(error, kind)), StoreFailed)
-            if kind is not StoreFailed and not secret:
-                raise
-            said = ("its message is not shown: it quotes the store URL's credentials" if secret else str(error))
-            raise kind(f"the {self.scheme}:// store failed in {name}: {type(error).__name__}: {said}"
-                       ) from (None if secret else error)
 
     method.__name__ = method.__qualname__ = name
     method.__doc__ = getattr(Store, name).__doc__
     return method
+
+
+@contextmanager
+def _screened(url: str, call: str) -> Iterator[None]:
+    """Turn a plug-in's failure in ``call`` into a :class:`~hwsearch.store.StoreFailed` (or its contract kind)
+    that never quotes ``url``'s secrets; a stop (Ctrl-C, ``sys.exit``) passes as it is."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as error:  # asyncio's CancelledError is no Exception, and quoted the URL too (Y6)
+        secret = _quotes_a_secret(error, url)
+        kind = next((kind for kind in _CONTRACT_ERRORS if isinstance(error, kind)), StoreFailed)
+        if kind is not StoreFailed and not secret:
+            raise
+        said = "its message is not shown: it quotes the store URL's credentials" if secret else str(error)
+        raise kind(f"the {url.split('://', 1)[0]}:// store failed in {call}: {type(error).__name__}: {said}"
+                   ) from (None if secret else error)
+
+
+def _quotes_a_secret(error: BaseException, url: str) -> bool:
+    """Whether ``error``, an error it was raised from or during, or one it groups, quotes a secret of ``url``.
+
+    Read as ``str`` and ``repr`` (a custom ``__str__`` may hide what ``args``
+    hold), with their notes.  An ``ExceptionGroup``'s own message named none
+    of its members' secrets, which its traceback then printed (Y6).
+    """
+    seen: set[int] = set()
+    waiting: list[BaseException] = [error]
+    while waiting:
+        current = waiting.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        said = [str(current), repr(current), *map(str, getattr(current, "__notes__", ()))]
+        if any(quotes_a_secret_of(text, url) for text in said):
+            return True
+        waiting += [linked for linked in (current.__cause__, current.__context__) if linked is not None]
+        waiting += getattr(current, "exceptions", ())
+    return False
+
+
+def _unpickled(plugin_store: bytes, url: str) -> ScreenedStore:
+    """A :class:`ScreenedStore` copied into another process: the plug-in's store reopens (its own ``__reduce__``)
+    behind the screen, since reopening may fail quoting the URL (a Ray worker unpickles the store so)."""
+    with _screened(url, "reopening a copy"):
+        return ScreenedStore(pickle.loads(plugin_store), url)
 
 
 @_each_store_method_screened
@@ -179,30 +224,20 @@ class ScreenedStore(Store):
     naming the call, which the service answers with 503; its message is
     shown only when it quotes nothing secret.  The errors the store
     contract names pass as the plug-in raised them (one quoting a secret,
-    as a new error of its kind without the message).  Pickles as the
-    plug-in's store does, for Ray's workers.
+    as a new error of its kind without the message).  A pickled copy (for
+    Ray's workers) reopens the plug-in's store behind the same screen.
     """
 
     def __init__(self, plugin_store: Store, url: str) -> None:
         self.plugin_store = plugin_store
-        self.scheme = url.split("://", 1)[0]
         self._url = url
 
     @property  # type: ignore[misc]  (a class attribute of Store, a property here: the plug-in's own answer)
     def shared_across_processes(self) -> bool:
         return self.plugin_store.shared_across_processes
 
-    def error_quotes_a_secret(self, error: BaseException) -> bool:
-        """Whether ``error``, or an error it was raised from or during, quotes the URL or a secret part of it."""
-        seen: set[int] = set()
-        current: BaseException | None = error
-        while current is not None and id(current) not in seen:
-            seen.add(id(current))
-            said = [str(current), *map(str, getattr(current, "__notes__", ()))]
-            if any(quotes_a_secret_of(text, self._url) for text in said):
-                return True
-            current = current.__cause__ or current.__context__
-        return False
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _unpickled, (pickle.dumps(self.plugin_store), self._url)
 
     def __repr__(self) -> str:
         return f"ScreenedStore({type(self.plugin_store).__name__}, {shown_store(self._url)})"

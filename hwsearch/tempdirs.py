@@ -54,7 +54,7 @@ def owned_temp_dir(purpose: str, parent: str | Path | None = None, *, swept: boo
     os.write(owner, f"{os.getpid()} {os.environ.get(COMMAND_TAG_ENV, '-')}\n".encode())  # for people to read
     try:
         if swept:
-            _LIVE_FOLDERS.opened(folder)  # ExitBegun once the exit has begun: the folder goes at once
+            _LIVE_FOLDERS.opened(folder)  # ExitBegun once a stop began: the folder goes at once
         fcntl.flock(owner, fcntl.LOCK_EX)
         os.rename(staged, folder / OWNER_FILE)
         yield folder
@@ -69,7 +69,7 @@ def _remove_folder(folder: Path) -> None:
 
     A ``search`` stopped by SIGTERM left its exports folder (7.4 MB) in 6 of
     10 stops, for the next command to find.  The exit waits for a write
-    already under way (:func:`~hwsearch.at_exit.unless_exiting`), but not
+    already under way (:func:`~hwsearch.at_exit.unless_stopping`), but not
     for one outside it.
     """
     for _ in range(_REMOVE_TRIES):

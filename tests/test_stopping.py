@@ -185,20 +185,25 @@ def test_work_a_thread_starts_during_a_stopped_commands_exit_is_refused(tmp_path
 # A pool starting in a job's thread when the exit begins: the main thread waits until the first worker exists
 # (the pool is then writing the supernet into its pipe, which lasts as long as the worker's import of torch),
 # then leaves as a stopped command does.  Prints the worker's pid first.
-_STOP_A_STARTING_POOL = """
-import os, sys, threading, time
+# This process's children that run multiprocessing's spawn (an export pool's workers, not its resource tracker).
+_SPAWNED_WORKERS = """
+import os
 from pathlib import Path
-from hwsearch.at_exit import begin_exit
-from hwsearch.export_pool import ExportPool
-from hwsearch.supernets import create_supernet
 
-def workers():  # this process's children that run multiprocessing's spawn (not its resource tracker)
+def workers():
     found = set()
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
         for pid in (task / "children").read_text().split():
             if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 found.add(int(pid))
     return found
+"""
+
+_STOP_A_STARTING_POOL = _SPAWNED_WORKERS + """
+import sys, threading, time
+from hwsearch.at_exit import stop_work
+from hwsearch.export_pool import ExportPool
+from hwsearch.supernets import create_supernet
 
 def start_a_pool():
     try:
@@ -212,7 +217,7 @@ while not workers():
     time.sleep(0.005)
 print(*workers(), flush=True)
 import atexit
-begin_exit()
+stop_work()
 atexit._run_exitfuncs()
 os._exit(143)
 """
@@ -237,6 +242,104 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
     except OSError:
         return "gone"
+
+
+# The CLI's stop, during a pool's start-up in the main thread: a signal argv[1] s after the first worker exists.
+_STOP_THE_MAIN_THREADS_POOL = _SPAWNED_WORKERS + """
+import signal, sys, threading, time
+from hwsearch.cli._errors import exit_on_sigterm
+from hwsearch.cli.main import _hold_stops, _leave_stopped
+from hwsearch.export_pool import ExportPool
+from hwsearch.supernets import create_supernet
+from hwsearch.tempdirs import tag_this_command
+
+def stop_soon():
+    while not workers():
+        time.sleep(0.005)
+    time.sleep(float(sys.argv[1]))
+    os.kill(os.getpid(), signal.SIGTERM)
+
+tag_this_command()
+exit_on_sigterm()
+net = create_supernet("demo_mbv3_mnist")
+threading.Thread(target=stop_soon, daemon=True).start()
+try:
+    ExportPool(net, 2)
+    time.sleep(60)
+except SystemExit:
+    _hold_stops()
+    _leave_stopped(143)
+"""
+
+
+@pytest.mark.parametrize("after_s", [0.3, 1.0])
+def test_a_stop_during_the_main_threads_pool_start_up_ends_it(tmp_path: Path, after_s: float) -> None:
+    """A pool whose start-up the stop cut off closed itself without ending its workers: the exit then waited on one
+    for ever, and a worker printed a traceback after "terminated" (Y6: 3 of 3 stops at 1.0-1.5 s)."""
+    started = time.monotonic()
+    result = _python(_STOP_THE_MAIN_THREADS_POOL, tmp_path, str(after_s))
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert time.monotonic() - started < 60
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_a_library_users_own_exit_handler_may_still_export(tmp_path: Path) -> None:
+    """Only a stopped command refuses new work at its exit: a user's exit handler that wrote a file after hwsearch
+    had opened a folder was refused (ExitBegun), and the file lost without a word (Y6)."""
+    script = """
+import atexit, sys
+from pathlib import Path
+from hwsearch.export import write_atomically
+from hwsearch.tempdirs import owned_temp_dir
+
+atexit.register(lambda: write_atomically(Path(sys.argv[1]) / "final.bin", b"results"))
+with owned_temp_dir("work"):
+    pass
+"""
+    result = _python(script, tmp_path, str(tmp_path))
+    assert result.returncode == 0 and not result.stderr, result.stderr[-2000:]
+    assert (tmp_path / "final.bin").read_bytes() == b"results"
+
+
+def test_a_child_forked_during_an_export_write_can_write_too(tmp_path: Path) -> None:
+    """A lock held across every export write was inherited held by a child forked meanwhile, which hung (Y6)."""
+    script = """
+import multiprocessing, sys, threading, time
+from pathlib import Path
+from hwsearch.export import write_atomically
+
+out = Path(sys.argv[1])
+threading.Thread(target=write_atomically, args=(out / "big.bin", b"x" * 200_000_000)).start()
+time.sleep(0.05)
+child = multiprocessing.get_context("fork").Process(target=write_atomically, args=(out / "small.bin", b"hi"))
+child.start()
+child.join(30)
+print(child.exitcode)
+"""
+    result = _python(script, tmp_path, str(tmp_path))
+    assert result.stdout.split() == ["0"], result.stderr[-2000:]
+    assert (tmp_path / "small.bin").read_bytes() == b"hi"
+
+
+def test_a_stop_in_the_teardown_of_a_finished_command_is_ignored(tmp_path: Path) -> None:
+    """The interpreter's teardown puts the default handlers back: a Ctrl-C 1.5-2 s after a search had printed its
+    result ended it -2, without a word (Y6).  The work was done: its own exit code stands."""
+    script = """
+import os, signal, sys, time
+
+class StopInTheTeardown:
+    def __del__(self):  # a global of __main__: deleted in the teardown, after the exit handlers
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)
+
+stop = StopInTheTeardown()
+from hwsearch.cli import main as cli
+sys.argv = ["hwsearch", "--help"]
+cli.main()
+"""
+    result = _python(script, tmp_path)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert "Usage" in result.stdout
 
 
 @pytest.mark.slow

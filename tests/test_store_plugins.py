@@ -51,6 +51,18 @@ PLUGIN_STORE = textwrap.dedent(f'''
             password = urlsplit(self.url).password
             if job_id == "lost-key":
                 raise KeyError(f"no job here for {{unquote(password)}}")
+            if job_id == "lost-group":
+                raise ExceptionGroup("several hosts failed", [ConnectionError(f"auth failed for {{password}}")])
+            if job_id == "lost-bytes":
+                raise ConnectionError(f"auth failed: {{unquote(password).encode('latin-1')!r}}")
+            if job_id == "lost-basic":
+                import base64
+                raise ConnectionError("sent Authorization: Basic "
+                                      + base64.b64encode(unquote(urlsplit(self.url).netloc.rsplit("@", 1)[0]).encode())
+                                      .decode())
+            if job_id == "lost-cancelled":
+                import asyncio
+                raise asyncio.CancelledError(f"cancelled talking to {{self.url}}")
             if job_id == "lost-chained":
                 try:
                     raise OSError(f"authentication failed for {{unquote(password)}}")
@@ -69,6 +81,8 @@ PLUGIN_STORE = textwrap.dedent(f'''
 
 
     def open_url(url):
+        if os.environ.get("URLSTORE_LOSE_COPIES"):
+            raise ConnectionError(f"could not reconnect to {{url}}")
         parts = urlsplit(url)
         if unquote(parts.password or "") != {PASSWORD!r}:
             raise PermissionError(f"login refused for {{url}}")
@@ -117,11 +131,12 @@ def test_a_plugin_stores_failures_are_store_errors_that_never_quote_its_urls_sec
     monkeypatch.syspath_prepend(str(site))
     encoded = PASSWORD.replace("-", "%2D", 1)
     store = open_store_url(url(tmp_path / "s.db", encoded))
-    for quoted in ("url", "password", "decoded", "chained"):
+    raised = {"group": "ExceptionGroup", "cancelled": "CancelledError"}  # the rest: ConnectionError
+    for quoted in ("url", "password", "decoded", "chained", "group", "bytes", "basic", "cancelled"):
         with pytest.raises(StoreFailed) as caught:
             store.get_job(f"lost-{quoted}")
         told = "".join(traceback.format_exception(caught.value))
-        assert "get_job: ConnectionError" in str(caught.value) and "not shown" in str(caught.value), quoted
+        assert f"get_job: {raised.get(quoted, 'ConnectionError')}: its message is not shown" in str(caught.value)
         assert PASSWORD not in told and encoded not in told, told
     with pytest.raises(StoreFailed, match="get_job: ConnectionError: connection lost: peer reset"):
         store.get_job("lost-nothing")  # nothing secret: the driver's own words
@@ -134,6 +149,10 @@ def test_a_plugin_stores_failures_are_store_errors_that_never_quote_its_urls_sec
     with pytest.raises(StoreFailed):
         copy.get_job("lost-password")
     assert PASSWORD not in repr(store) + repr(copy)
+    monkeypatch.setenv("URLSTORE_LOSE_COPIES", "1")  # the copy's reopening fails, quoting the URL (Y6)
+    with pytest.raises(StoreFailed, match="reopening a copy: ConnectionError") as caught:
+        pickle.loads(pickle.dumps(store))
+    assert PASSWORD not in "".join(traceback.format_exception(caught.value))
 
 
 def test_profile_writes_its_rows_to_a_plugin_store_named_in_the_environment(site: Path, tmp_path: Path) -> None:

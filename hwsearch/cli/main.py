@@ -158,13 +158,22 @@ def _stop_while_exiting(signum: int, _frame: object) -> None:
 
 
 def _end_as_stopped() -> None:
-    """The last exit handler: a stop that came during the exit ends the process as that stop would have."""
+    """The last exit handler: a stop that came during the exit ends the process as that stop would have.
+
+    With none, later stops are ignored for the rest of the exit: the
+    interpreter's teardown puts the default handlers back (not an ignored
+    one's), and a Ctrl-C 1.5-2 s after a finished ``search`` printed its
+    result ended it -2, without a word (Y6).  Its work was done, so its own
+    exit code stands.
+    """
     if _stops_while_exiting:
         stopped = _stops_while_exiting[0] == signal.SIGTERM
         print("terminated" if stopped else "interrupted", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(TERMINATED if stopped else INTERRUPTED)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_IGN)
 
 
 def _leave_stopped(code: int) -> NoReturn:
@@ -172,7 +181,7 @@ def _leave_stopped(code: int) -> NoReturn:
     still running, then end with ``code`` (143 or 130) without the interpreter's teardown.
 
     The job's thread works on while this runs, so the work is ended first
-    (:func:`~hwsearch.at_exit.begin_exit`: export pools, temp folders, and
+    (:func:`~hwsearch.at_exit.stop_work`: export pools, temp folders, and
     no new ones): a ``demo`` stopped just before it exported started its
     pool during Ray's shutdown, and its exit waited on the pool for ever (1
     of 2 Ctrl-Cs at 12 s, beside two busy loops).  Whatever that thread or
@@ -188,13 +197,13 @@ def _leave_stopped(code: int) -> NoReturn:
     """
     import atexit
 
-    from hwsearch.at_exit import begin_exit
+    from hwsearch.at_exit import stop_work
     from hwsearch.tempdirs import remove_folders_of_ended_workers
 
     sys.stdout.flush()
     sys.stderr.flush()
     _say_nothing_more()
-    begin_exit()
+    stop_work()
     atexit._run_exitfuncs()  # what a normal exit runs, and each handler only once
     remove_folders_of_ended_workers()  # Ray's shutdown leaves its workers a moment, mid-export
     os._exit(code)
