@@ -58,6 +58,8 @@ START_SECONDS = 3.3  # a pool's start-up on this machine (module docstring)
 MAX_WORKERS = 8  # each worker holds torch and a copy of the supernet (~0.3 GB with OFA-MobileNetV3)
 _SAMPLES_BEFORE_DECIDING = 2  # the first export of a process also pays torch's one-off costs
 _START_TIMEOUT_S = 120.0
+#: How long ending a pool waits for a worker being started to take its data (a start takes 3.3 s here).
+STARTING_WORKER_WAIT_S = 20.0
 _ORPHAN_CHECK_S = 1.0  # how often a worker looks for its parent
 
 _worker_supernet: Any = None  # the supernet, in a worker process
@@ -121,10 +123,19 @@ class ExportPool:
         The shutdown comes first: it waits for a worker being started (the
         pool hands it the supernet through a pipe, and a worker cut off
         there printed a traceback after the command's last line), and no
-        worker starts after it.  ``Process.kill`` never signals a worker
-        already reaped, whose pid may be another program's by now.
+        worker starts after it.  A start that hangs is waited on for
+        :data:`STARTING_WORKER_WAIT_S` only: the exit then goes on, and
+        that worker, whose pid the pool has not learnt yet, ends when its
+        pipe closes with this process, or by its command's tag
+        (:func:`~hwsearch.tempdirs.remove_folders_of_ended_workers`).
+        ``Process.kill`` never signals a worker already reaped, whose pid
+        may be another program's by now.
         """
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # The shutdown waits for the pool's lock, which a start under way holds while the worker takes its data.
+        ender = threading.Thread(target=self._pool.shutdown, kwargs={"wait": False, "cancel_futures": True},
+                                 name="hwsearch-export-pool-end", daemon=True)
+        ender.start()
+        ender.join(STARTING_WORKER_WAIT_S)
         for process in self._context.processes:
             if process.pid is not None:  # a start that failed made no process
                 process.kill()

@@ -215,8 +215,10 @@ def prepare_worker() -> None:
             importlib.import_module(module)
         _PREPARED.append(WorkerStart(called, started, time.time(), cpu_before))
     drivers = os.environ.get(DRIVER_CODE_ENV)
-    if drivers and drivers != code_digest()["digest"]:
-        _FOREIGN_CODE.append(code_digest()["hwsearch"])
+    if drivers:
+        mine = code_digest()
+        if drivers != mine["digest"]:
+            _FOREIGN_CODE.append(mine["hwsearch"])
 
 
 #: The driver's :func:`code_digest`, in a joined cluster's workers' environment.

@@ -150,11 +150,12 @@ def _processes_tagged(tag: str) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            environment = (entry / "environ").read_bytes().split(b"\0")
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
             command = (entry / "cmdline").read_bytes()
         except OSError:  # gone already, or not ours to read
             continue
-        if marker in environment and b"multiprocessing.resource_tracker" not in command:
+        if b"multiprocessing.resource_tracker" not in command:
             found.append(int(entry.name))
     return found
 

@@ -229,10 +229,17 @@ def test_a_pool_starting_when_the_exit_begins_leaves_no_worker_and_says_nothing(
     result = _python(_STOP_A_STARTING_POOL, tmp_path)
     assert result.returncode == 143, result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    workers = [int(pid) for pid in result.stdout.split()]
+    _assert_ended([int(pid) for pid in result.stdout.split()])
+
+
+def _assert_ended(workers: list[int]) -> None:
+    """Each of ``workers`` (at least one) ends within 10 s.
+
+    A killed worker ends once it leaves the kernel (a worker reading torch
+    from a busy disk sits in "D" a while); one left to end itself as an
+    orphan takes a second: a worker running after 10 s was left.
+    """
     assert workers
-    # A killed worker ends once it leaves the kernel (a worker reading torch from a busy disk sits in "D" a while);
-    # one left to end itself as an orphan takes a second: a worker running after 10 s was left.
     deadline = time.monotonic() + 10
     while (left := {pid: _state(pid) for pid in workers if _state(pid) not in ("gone", "Z")}) and \
             time.monotonic() < deadline:
@@ -285,6 +292,46 @@ def test_a_stop_during_the_main_threads_pool_start_up_ends_it(tmp_path: Path, af
     assert result.returncode == 143, result.stderr[-2000:]
     assert time.monotonic() - started < 60
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+# A worker whose start hangs (its supernet's unpickling sleeps, with megabytes still in the pipe behind it), and
+# the CLI's stop once it is asleep.  Prints the worker's pid first.
+_STOP_A_HUNG_POOL_START = _SPAWNED_WORKERS + """
+import threading, time
+from hwsearch import export_pool
+from hwsearch.cli.main import _hold_stops, _leave_stopped
+from hwsearch.tempdirs import tag_this_command
+
+class HangsInItsWorker:
+    def __reduce__(self):
+        return (time.sleep, (600,))
+
+def start_a_pool():
+    try:
+        export_pool.ExportPool([HangsInItsWorker(), bytes(8 << 20)], 1)
+    except Exception:  # ended by the exit
+        pass
+
+export_pool.STARTING_WORKER_WAIT_S = 2.0
+tag_this_command()
+threading.Thread(target=start_a_pool, daemon=True).start()
+while not workers():
+    time.sleep(0.005)
+print(*workers(), flush=True)
+time.sleep(3)  # the worker has imported what it needs and sleeps
+_hold_stops()
+_leave_stopped(143)
+"""
+
+
+def test_a_stop_does_not_wait_for_ever_on_a_pool_worker_whose_start_hangs(tmp_path: Path) -> None:
+    """Ending a pool waited for its lock, which a worker's start holds until the worker has taken its data: a start
+    that hung held the stopped command for ever."""
+    started = time.monotonic()
+    result = _python(_STOP_A_HUNG_POOL_START, tmp_path)
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert time.monotonic() - started < 60
+    _assert_ended([int(pid) for pid in result.stdout.split()])
 
 
 def test_a_library_users_own_exit_handler_may_still_export(tmp_path: Path) -> None:
