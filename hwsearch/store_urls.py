@@ -37,10 +37,11 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import unquote, unquote_plus
 
+from hwsearch.log_screen import keep_out_of_logs
 from hwsearch.store import Store, StoreError, StoreFailed
 
 __all__ = ["ENTRY_POINT_GROUP", "ScreenedStore", "is_store_url", "mistyped_url_problem", "open_store_url",
-           "quotes_a_secret_of", "shown_store", "store_schemes"]
+           "quotes_a_secret_of", "secret_forms", "shown_store", "store_schemes"]
 
 ENTRY_POINT_GROUP = "hwsearch.stores"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -84,6 +85,12 @@ def quotes_a_secret_of(message: str, url: str) -> bool:
     plug-in that quoted only the password, or one query value, would
     otherwise pass.
     """
+    return any(form in message for form in secret_forms(url))
+
+
+def secret_forms(url: str) -> set[str]:
+    """Every part of ``url`` that may be secret, in every form a message may quote it (:func:`quotes_a_secret_of`);
+    parts shorter than :data:`_SHORTEST_SECRET` left out."""
     rest = url.split("://", 1)[-1]
     parts = [url, rest]
     if "@" in rest:
@@ -98,7 +105,7 @@ def quotes_a_secret_of(message: str, url: str) -> bool:
     forms |= {repr(form.encode())[2:-1] for form in forms}  # as a bytes repr shows it: b'S3cr\xc3\xa9t'
     if "@" in rest:  # the user part as HTTP Basic authentication carries it
         forms.add(base64.b64encode(unquote(rest.rsplit("@", 1)[0]).encode()).decode())
-    return any(len(form) >= _SHORTEST_SECRET and form in message for form in forms)
+    return {form for form in forms if len(form) >= _SHORTEST_SECRET}
 
 
 #: Parts of a URL shorter than this are words of any message (a user ``me`` is in "time"), not secrets to look for.
@@ -129,6 +136,7 @@ def open_store_url(url: str) -> Store:
                          "give a SQLite file's path, or install the package whose hwsearch.stores entry point "
                          f"is named {scheme!r}")
     entry = entries[0]
+    keep_out_of_logs(secret_forms(url))  # the plug-in may log or warn with its URL from now on
     try:
         store = entry.load()(url)
     except Exception as error:  # the plug-in's own failure, of any kind: one line, no secret
@@ -212,6 +220,7 @@ def _quotes_a_secret(error: BaseException, url: str) -> bool:
 def _unpickled(plugin_store: bytes, url: str) -> ScreenedStore:
     """A :class:`ScreenedStore` copied into another process: the plug-in's store reopens (its own ``__reduce__``)
     behind the screen, since reopening may fail quoting the URL (a Ray worker unpickles the store so)."""
+    keep_out_of_logs(secret_forms(url))
     with _screened(url, "reopening a copy"):
         return ScreenedStore(pickle.loads(plugin_store), url)
 

@@ -84,6 +84,16 @@ PLUGIN_STORE = textwrap.dedent(f'''
         if os.environ.get("URLSTORE_LOSE_COPIES"):
             raise ConnectionError(f"could not reconnect to {{url}}")
         parts = urlsplit(url)
+        if os.environ.get("URLSTORE_CHATTY"):  # a driver that logs and warns with its connection string
+            import logging
+            import warnings
+            log = logging.getLogger("urlstore")
+            log.warning("connecting to %s", url)
+            warnings.warn(f"{{url}} is not encrypted")
+            try:
+                raise OSError(f"first try refused for {{unquote(parts.password)}}")
+            except OSError:
+                log.exception("retrying once")
         if unquote(parts.password or "") != {PASSWORD!r}:
             raise PermissionError(f"login refused for {{url}}")
         store = URLFileStore(parts.path)
@@ -161,12 +171,16 @@ def test_profile_writes_its_rows_to_a_plugin_store_named_in_the_environment(site
     profile.write_text(json.dumps(fast_device("cpu")))
     rows = tmp_path / "rows.db"
     result = run_cli("profile", "--device", str(profile), "--supernet", "demo_mbv3_mnist", "--n", "4", "--json",
-                     cwd=tmp_path, extra_env={"PYTHONPATH": str(site), "HWSEARCH_STORE": url(rows)})
+                     cwd=tmp_path, extra_env={"PYTHONPATH": str(site), "HWSEARCH_STORE": url(rows),
+                                              "URLSTORE_CHATTY": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["measured"] == 4 and latency_rows(rows) == 4
     assert report["store"] == "urlfile://..."
-    assert PASSWORD not in result.stdout + result.stderr
+    assert PASSWORD not in result.stdout + result.stderr, result.stderr
+    # The plug-in's own log lines, warning and logged traceback are shown, screened (they printed the password).
+    for said in ("connecting to <hidden>", "<hidden> is not encrypted", "OSError: first try refused for <hidden>"):
+        assert said in result.stderr, result.stderr
     lost = run_cli("profile", "--device", str(profile), "--supernet", "demo_mbv3_mnist", "--n", "4", cwd=tmp_path,
                    extra_env={"PYTHONPATH": str(site), "HWSEARCH_STORE": url(tmp_path / "lost.db"),
                               "URLSTORE_LOSE_WRITES": "1"})
@@ -237,7 +251,7 @@ def test_serve_needs_a_data_dir_for_a_store_given_by_url(site: Path, tmp_path: P
 def test_a_service_runs_a_job_on_a_plugin_store(site: Path, tmp_path: Path, factory: bool) -> None:
     rows = tmp_path / "rows.db"
     data_dir = tmp_path / "service-data"
-    env = {"PYTHONPATH": str(site), **({"HWSEARCH_DATA": str(data_dir)} if factory else {})}
+    env = {"PYTHONPATH": str(site), "URLSTORE_CHATTY": "1", **({"HWSEARCH_DATA": str(data_dir)} if factory else {})}
     extra = () if factory else ("--data-dir", str(data_dir))
     server = Server(tmp_path / "store.sqlite", store_url=url(rows), env=env, extra=extra, factory=factory).start()
     try:
@@ -253,7 +267,8 @@ def test_a_service_runs_a_job_on_a_plugin_store(site: Path, tmp_path: Path, fact
     assert latency_rows(rows) >= 4 and (data_dir / "serve.lock").exists()
     assert lost == [503, 503] and "get_job: ConnectionError" in said, said
     assert not (tmp_path / "store.sqlite").exists()  # the file the test names is only where its logs go
-    assert PASSWORD not in server.log.read_text()
+    log = server.log.read_text()
+    assert PASSWORD not in log and "connecting to <hidden>" in log, log[-3000:]
     if not factory:  # the commands read the store and the folder alone: one service is enough
         _read_back_from_the_command_line(site, tmp_path, rows, data_dir, job["id"])
 

@@ -1,0 +1,89 @@
+"""Secrets kept out of this process's log records and warnings, whoever writes them.
+
+A store plug-in is someone else's code: a database driver logs its
+connection string when it connects, warns about it, or logs a failure with
+its traceback, and all of that went to the service's log as written (stop
+62 screened only what the plug-in raised through the store).  Once a
+secret is registered here, every log record the process makes is screened
+as it is made, for every logger and handler (a record factory, not a
+filter on some handlers), and so is every warning shown.  Screened means
+each registered form of a secret, longest first, is replaced by
+:data:`HIDDEN`.
+
+Only what goes through :mod:`logging` and :mod:`warnings` is screened: a
+plug-in that prints to stderr itself is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["HIDDEN", "keep_out_of_logs", "screened"]
+
+HIDDEN = "<hidden>"
+
+_lock = threading.Lock()
+_secrets: list[str] = []  # longest first, so a URL is hidden whole rather than around its password
+_installed: list[bool] = []
+
+
+def keep_out_of_logs(secrets: Iterable[str]) -> None:
+    """Hide each of ``secrets`` (every form in which it may be written) in this process's later log records and
+    warnings."""
+    with _lock:
+        known = set(_secrets) | {secret for secret in secrets if secret}
+        _secrets[:] = sorted(known, key=len, reverse=True)
+        if not _installed:
+            _install()
+            _installed.append(True)
+
+
+def screened(text: str) -> str:
+    """``text`` with every registered secret replaced by :data:`HIDDEN`."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, HIDDEN)
+    return text
+
+
+def _install() -> None:
+    """Wrap the process's record factory and the warnings display, each once."""
+    make_record = logging.getLogRecordFactory()
+
+    def screened_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        _screen(record)
+        return record
+
+    logging.setLogRecordFactory(screened_record)
+    show = warnings.showwarning
+
+    def show_screened(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+        show(screened(str(message)), category, filename, lineno, file, line)
+
+    warnings.showwarning = show_screened
+
+
+def _screen(record: logging.LogRecord) -> None:
+    """Hide secrets in ``record``'s message, its traceback and its stack, formatted now (a handler formats later,
+    from the arguments, which would still hold them)."""
+    try:
+        message = record.getMessage()
+    except Exception:  # arguments that do not fit the message: logging reports that, quoting both, when it formats
+        record.msg = screened(str(record.msg))
+        if screened(repr(record.args)) != repr(record.args):
+            record.args = (screened(repr(record.args)),)
+        return
+    if screened(message) != message:
+        record.msg, record.args = screened(message), None
+    if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+        traceback_text = logging.Formatter().formatException(record.exc_info)
+        if screened(traceback_text) != traceback_text:
+            record.exc_text = screened(traceback_text)  # what every Formatter prints when it is set
+    if record.stack_info:
+        record.stack_info = screened(record.stack_info)
