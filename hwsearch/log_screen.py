@@ -6,20 +6,25 @@ its traceback, and all of that went to the service's log as written (stop
 62 screened only what the plug-in raised through the store).  Once a
 secret is registered here, every log record the process makes is screened
 as it is made, for every logger and handler (a record factory, not a
-filter on some handlers), and so is every warning shown.  Screened means
+filter on some handlers), and so is every warning shown and every
+traceback of an error no one caught.  Screened means
 each registered form of a secret, longest first, is replaced by
 :data:`HIDDEN`.
 
-Only what goes through :mod:`logging` and :mod:`warnings` is screened: a
-plug-in that prints to stderr itself is not.
+Only what goes through :mod:`logging`, :mod:`warnings` and Python's own
+report of an uncaught error is screened: a plug-in that prints to stderr
+itself is not.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
+import traceback
 import warnings
 from collections.abc import Iterable
+from types import TracebackType
 from typing import Any
 
 __all__ = ["HIDDEN", "keep_out_of_logs", "screened"]
@@ -51,7 +56,7 @@ def screened(text: str) -> str:
 
 
 def _install() -> None:
-    """Wrap the process's record factory and the warnings display, each once."""
+    """Wrap the process's record factory, the warnings display and the uncaught-error hooks, each once."""
     make_record = logging.getLogRecordFactory()
 
     def screened_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
@@ -67,6 +72,30 @@ def _install() -> None:
         show(screened(str(message)), category, filename, lineno, file, line)
 
     warnings.showwarning = show_screened
+    _screen_uncaught_errors()
+
+
+def _screen_uncaught_errors() -> None:
+    """Screen the tracebacks Python prints itself: an error no one caught, in the main thread or another one (a
+    driver's reconnecting thread, say).  A traceback with no secret is left to the hook that was there."""
+    show_uncaught, show_uncaught_in_thread = sys.excepthook, threading.excepthook
+
+    def uncaught(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+        text = "".join(traceback.format_exception(kind, error, trace))
+        if screened(text) == text:
+            show_uncaught(kind, error, trace)
+        else:
+            sys.stderr.write(screened(text))
+
+    def uncaught_in_thread(args: Any) -> None:
+        text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+        if args.exc_type is SystemExit or screened(text) == text:
+            show_uncaught_in_thread(args)
+        else:
+            name = args.thread.name if args.thread is not None else threading.get_ident()
+            sys.stderr.write(f"Exception in thread {name}:\n{screened(text)}")
+
+    sys.excepthook, threading.excepthook = uncaught, uncaught_in_thread
 
 
 def _screen(record: logging.LogRecord) -> None:

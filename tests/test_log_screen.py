@@ -32,19 +32,30 @@ except OSError:
 log.warning("careless %s %s", {SECRET!r})  # arguments that do not fit: logging quotes them
 log.warning("stack", stack_info=True, extra={{"note": 1}})
 warnings.warn("unencrypted " + {URL!r})
+
+def reconnect():
+    raise ConnectionError("reconnect failed for " + {URL!r})
+
+import threading
+worker = threading.Thread(target=reconnect, name="driver-keepalive")
+worker.start()
+worker.join()
+raise RuntimeError("gave up on " + {SECRET!r})
 """
 
 
 def test_every_log_record_and_warning_of_the_process_is_screened() -> None:
     result = subprocess.run([sys.executable, "-c", _LOGS_EVERY_WAY], capture_output=True, text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin"})
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # the last error, raised on purpose, was not caught
     said = result.stderr
     for secret in (SECRET, "tok-98765", URL):
         assert secret not in said, said
     for line in ("driver.pool WARNING connecting to <hidden>", "driver.pool INFO token <hidden>",
                  "early ERROR password <hidden>", "OSError: refused for <hidden>",
-                 "Arguments: (\"('<hidden>',)\",)", "UserWarning: unencrypted <hidden>"):
+                 "Arguments: (\"('<hidden>',)\",)", "UserWarning: unencrypted <hidden>",
+                 "Exception in thread driver-keepalive:", "ConnectionError: reconnect failed for <hidden>",
+                 "RuntimeError: gave up on <hidden>"):
         assert line in said, said
 
 
