@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
-__all__ = ["ENDS_FOLDERS", "ENDS_PROCESSES", "ExitBegun", "OpenUntilExit", "end_open_work", "stop_work",
-           "unless_stopping"]
+__all__ = ["ENDS_FOLDERS", "ENDS_PROCESSES", "ExitBegun", "OpenUntilExit", "command_stopped", "end_open_work",
+           "stop_work", "unless_stopping"]
 
 T = TypeVar("T")
 
@@ -122,6 +122,12 @@ def stop_work() -> None:
         while _state.writes and time.monotonic() < deadline:
             _state.writes_done.wait(timeout=max(deadline - time.monotonic(), 0.0))
     end_open_work()
+
+
+def command_stopped() -> bool:
+    """Whether :func:`stop_work` has run: the command was stopped, and it kills what carries its tag once its exit
+    handlers have run (:func:`hwsearch.tempdirs.remove_folders_of_ended_workers`)."""
+    return _state.stopping
 
 
 @contextmanager

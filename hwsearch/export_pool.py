@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from hwsearch.at_exit import ENDS_PROCESSES, OpenUntilExit
+from hwsearch.at_exit import ENDS_PROCESSES, OpenUntilExit, command_stopped
 
 if TYPE_CHECKING:  # torch loads only when something is exported
     from hwsearch.export import ExportReport
@@ -58,7 +58,7 @@ START_SECONDS = 3.3  # a pool's start-up on this machine (module docstring)
 MAX_WORKERS = 8  # each worker holds torch and a copy of the supernet (~0.3 GB with OFA-MobileNetV3)
 _SAMPLES_BEFORE_DECIDING = 2  # the first export of a process also pays torch's one-off costs
 _START_TIMEOUT_S = 120.0
-#: How long ending a pool waits for a worker being started to take its data (a start takes 3.3 s here).
+#: How long a stopped command's exit waits for a pool's worker being started to take its data (3.3 s here).
 STARTING_WORKER_WAIT_S = 20.0
 _ORPHAN_CHECK_S = 1.0  # how often a worker looks for its parent
 
@@ -123,11 +123,14 @@ class ExportPool:
         The shutdown comes first: it waits for a worker being started (the
         pool hands it the supernet through a pipe, and a worker cut off
         there printed a traceback after the command's last line), and no
-        worker starts after it.  A start that hangs is waited on for
-        :data:`STARTING_WORKER_WAIT_S` only: the exit then goes on, and
-        that worker, whose pid the pool has not learnt yet, ends when its
-        pipe closes with this process, or by its command's tag
-        (:func:`~hwsearch.tempdirs.remove_folders_of_ended_workers`).
+        worker starts after it.  The pool has not learnt a starting
+        worker's pid, so only a stopped command, which kills every process
+        carrying its tag after its exit handlers
+        (:func:`~hwsearch.tempdirs.remove_folders_of_ended_workers`), gives
+        up on a start after :data:`STARTING_WORKER_WAIT_S` (one that hung
+        held the stop for ever).  Any other exit waits as long as a start
+        may take: given up on, a slow start's worker outlived the process
+        and printed "pickle data was truncated" after it had ended (Y7).
         ``Process.kill`` never signals a worker already reaped, whose pid
         may be another program's by now.
         """
@@ -135,7 +138,7 @@ class ExportPool:
         ender = threading.Thread(target=self._pool.shutdown, kwargs={"wait": False, "cancel_futures": True},
                                  name="hwsearch-export-pool-end", daemon=True)
         ender.start()
-        ender.join(STARTING_WORKER_WAIT_S)
+        ender.join(STARTING_WORKER_WAIT_S if command_stopped() else _START_TIMEOUT_S)
         for process in self._context.processes:
             if process.pid is not None:  # a start that failed made no process
                 process.kill()

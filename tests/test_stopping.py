@@ -334,6 +334,38 @@ def test_a_stop_does_not_wait_for_ever_on_a_pool_worker_whose_start_hangs(tmp_pa
     _assert_ended([int(pid) for pid in result.stdout.split()])
 
 
+# A normal exit (no stop) while a job's thread starts a pool whose worker takes 4 s to take its data.
+_LEAVE_DURING_A_SLOW_POOL_START = _SPAWNED_WORKERS + """
+import threading, time
+from hwsearch import export_pool
+
+class SlowInItsWorker:
+    def __reduce__(self):
+        return (time.sleep, (4.0,))
+
+def start_a_pool():
+    try:
+        export_pool.ExportPool([SlowInItsWorker(), bytes(8 << 20)], 1)
+    except Exception:  # ended by the exit
+        pass
+
+export_pool.STARTING_WORKER_WAIT_S = 1.0  # a stopped command's bound, not this exit's
+threading.Thread(target=start_a_pool, daemon=True).start()
+while not workers():
+    time.sleep(0.005)
+print(*workers(), flush=True)
+"""
+
+
+def test_a_normal_exit_waits_for_a_slow_pool_start_and_leaves_no_worker(tmp_path: Path) -> None:
+    """Given up on after the stop's bound, a worker still starting outlived the process and printed "pickle data was
+    truncated" after it had ended (Y7; no tag sweep follows a normal exit)."""
+    result = _python(_LEAVE_DURING_A_SLOW_POOL_START, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    _assert_ended([int(pid) for pid in result.stdout.split()])
+    assert result.stderr == ""  # read to its end: a worker left behind holds it open until it has printed
+
+
 def test_a_library_users_own_exit_handler_may_still_export(tmp_path: Path) -> None:
     """Only a stopped command refuses new work at its exit: a user's exit handler that wrote a file after hwsearch
     had opened a folder was refused (ExitBegun), and the file lost without a word (Y6)."""
