@@ -294,31 +294,35 @@ def test_a_stop_during_the_main_threads_pool_start_up_ends_it(tmp_path: Path, af
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
 
 
-# A worker whose start hangs (its supernet's unpickling sleeps, with megabytes still in the pipe behind it), and
-# the CLI's stop once it is asleep.  Prints the worker's pid first.
-_STOP_A_HUNG_POOL_START = _SPAWNED_WORKERS + """
-import threading, time
+# A job's thread starting a pool whose worker takes argv[1] s to take its data (its supernet's unpickling sleeps,
+# with megabytes still in the pipe behind it), a stopped command's bound on that wait at 1 s; once the worker
+# exists, its pid is printed.
+_POOL_WITH_A_SLOW_START = _SPAWNED_WORKERS + """
+import sys, threading, time
 from hwsearch import export_pool
 from hwsearch.cli.main import _hold_stops, _leave_stopped
 from hwsearch.tempdirs import tag_this_command
 
-class HangsInItsWorker:
+class SlowInItsWorker:
     def __reduce__(self):
-        return (time.sleep, (600,))
+        return (time.sleep, (float(sys.argv[1]),))
 
 def start_a_pool():
     try:
-        export_pool.ExportPool([HangsInItsWorker(), bytes(8 << 20)], 1)
+        export_pool.ExportPool([SlowInItsWorker(), bytes(8 << 20)], 1)
     except Exception:  # ended by the exit
         pass
 
-export_pool.STARTING_WORKER_WAIT_S = 2.0
+export_pool.STARTING_WORKER_WAIT_S = 1.0
 tag_this_command()
 threading.Thread(target=start_a_pool, daemon=True).start()
 while not workers():
     time.sleep(0.005)
 print(*workers(), flush=True)
-time.sleep(3)  # the worker has imported what it needs and sleeps
+"""
+# The CLI's stop once the worker sleeps.
+_STOP_A_HUNG_POOL_START = _POOL_WITH_A_SLOW_START + """
+time.sleep(3)
 _hold_stops()
 _leave_stopped(143)
 """
@@ -328,39 +332,16 @@ def test_a_stop_does_not_wait_for_ever_on_a_pool_worker_whose_start_hangs(tmp_pa
     """Ending a pool waited for its lock, which a worker's start holds until the worker has taken its data: a start
     that hung held the stopped command for ever."""
     started = time.monotonic()
-    result = _python(_STOP_A_HUNG_POOL_START, tmp_path)
+    result = _python(_STOP_A_HUNG_POOL_START, tmp_path, "600")
     assert result.returncode == 143, result.stderr[-2000:]
     assert time.monotonic() - started < 60
     _assert_ended([int(pid) for pid in result.stdout.split()])
 
 
-# A normal exit (no stop) while a job's thread starts a pool whose worker takes 4 s to take its data.
-_LEAVE_DURING_A_SLOW_POOL_START = _SPAWNED_WORKERS + """
-import threading, time
-from hwsearch import export_pool
-
-class SlowInItsWorker:
-    def __reduce__(self):
-        return (time.sleep, (4.0,))
-
-def start_a_pool():
-    try:
-        export_pool.ExportPool([SlowInItsWorker(), bytes(8 << 20)], 1)
-    except Exception:  # ended by the exit
-        pass
-
-export_pool.STARTING_WORKER_WAIT_S = 1.0  # a stopped command's bound, not this exit's
-threading.Thread(target=start_a_pool, daemon=True).start()
-while not workers():
-    time.sleep(0.005)
-print(*workers(), flush=True)
-"""
-
-
 def test_a_normal_exit_waits_for_a_slow_pool_start_and_leaves_no_worker(tmp_path: Path) -> None:
     """Given up on after the stop's bound, a worker still starting outlived the process and printed "pickle data was
     truncated" after it had ended (Y7; no tag sweep follows a normal exit)."""
-    result = _python(_LEAVE_DURING_A_SLOW_POOL_START, tmp_path)
+    result = _python(_POOL_WITH_A_SLOW_START, tmp_path, "4")  # then leaves normally, past the stop's bound
     assert result.returncode == 0, result.stderr[-2000:]
     _assert_ended([int(pid) for pid in result.stdout.split()])
     assert result.stderr == ""  # read to its end: a worker left behind holds it open until it has printed
