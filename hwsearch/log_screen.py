@@ -6,8 +6,8 @@ its traceback, and all of that went to the service's log as written (stop
 62 screened only what the plug-in raised through the store).  Once a
 secret is registered here, every log record the process makes is screened
 as it is made, for every logger and handler (a record factory, not a
-filter on some handlers), and so is every warning shown and every
-traceback of an error no one caught.  Screened means
+filter on some handlers) and again as each handler formats it, and so
+is every warning shown and every traceback of an error no one caught.  Screened means
 each registered form of a secret, longest first, is replaced by
 :data:`HIDDEN`.
 
@@ -18,6 +18,8 @@ itself is not.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import sys
 import threading
@@ -56,7 +58,40 @@ def screened(text: str) -> str:
 
 
 def _install() -> None:
-    """Wrap the process's record factory, the warnings display and the uncaught-error hooks, each once."""
+    """Screen what handlers write, the records themselves, warnings and uncaught errors' tracebacks; each once."""
+    _screen_what_handlers_write()
+    _screen_records_as_they_are_made()
+    _screen_warnings()
+    _screen_uncaught_errors()
+
+
+def _screen_what_handlers_write() -> None:
+    """Screen every handler's formatted text, and what a handler prints when it fails itself.
+
+    Screening the record alone let through what a formatter reads beyond
+    its message: ``extra`` fields (applied after the record factory), a
+    traceback the formatter builds itself (with its locals, as rich does),
+    a record rebuilt by ``makeLogRecord``; and a handler that failed while
+    an error was being handled printed that error with its own (Y7).
+    """
+    format_record, report_failure = logging.Handler.format, logging.Handler.handleError
+
+    def format_screened(self: logging.Handler, record: logging.LogRecord) -> str:
+        return screened(format_record(self, record))
+
+    def report_failure_screened(self: logging.Handler, record: logging.LogRecord) -> None:
+        said = io.StringIO()
+        with contextlib.redirect_stderr(said):
+            report_failure(self, record)
+        sys.stderr.write(screened(said.getvalue()))
+
+    logging.Handler.format = format_screened  # type: ignore[method-assign]
+    logging.Handler.handleError = report_failure_screened  # type: ignore[method-assign]
+
+
+def _screen_records_as_they_are_made() -> None:
+    """Screen each record's message and traceback when it is made, for what reads records without a handler's
+    formatting (a socket handler's pickled fields, ``caplog.records``)."""
     make_record = logging.getLogRecordFactory()
 
     def screened_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
@@ -65,14 +100,18 @@ def _install() -> None:
         return record
 
     logging.setLogRecordFactory(screened_record)
-    show = warnings.showwarning
 
-    def show_screened(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                      file: Any = None, line: str | None = None) -> None:
-        show(screened(str(message)), category, filename, lineno, file, line)
 
-    warnings.showwarning = show_screened
-    _screen_uncaught_errors()
+def _screen_warnings() -> None:
+    """Screen a warning's text where every display of it is made: ``formatwarning``, which ``catch_warnings`` does
+    not put back as it does ``showwarning`` (a screen installed inside one was gone after it: Y7)."""
+    format_warning = warnings.formatwarning
+
+    def format_screened(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                        line: str | None = None) -> str:
+        return screened(format_warning(message, category, filename, lineno, line))
+
+    warnings.formatwarning = format_screened
 
 
 def _screen_uncaught_errors() -> None:

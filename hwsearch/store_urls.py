@@ -35,13 +35,13 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import unquote, unquote_plus
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from hwsearch.log_screen import keep_out_of_logs
 from hwsearch.store import Store, StoreError, StoreFailed
 
-__all__ = ["ENTRY_POINT_GROUP", "ScreenedStore", "is_store_url", "mistyped_url_problem", "open_store_url",
-           "quotes_a_secret_of", "secret_forms", "shown_store", "store_schemes"]
+__all__ = ["ENTRY_POINT_GROUP", "ScreenedStore", "credential_forms", "is_store_url", "mistyped_url_problem",
+           "open_store_url", "quotes_a_secret_of", "secret_forms", "shown_store", "store_schemes"]
 
 ENTRY_POINT_GROUP = "hwsearch.stores"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -89,21 +89,65 @@ def quotes_a_secret_of(message: str, url: str) -> bool:
 
 
 def secret_forms(url: str) -> set[str]:
-    """Every part of ``url`` that may be secret, in every form a message may quote it (:func:`quotes_a_secret_of`);
-    parts shorter than :data:`_SHORTEST_SECRET` left out."""
+    """Every part of ``url`` that may be secret, in every form a message may quote it (:func:`quotes_a_secret_of`):
+    the URL, its user part (each name and password in it), its query (each value) and its fragment."""
     rest = url.split("://", 1)[-1]
     parts = [url, rest]
     if "@" in rest:
         user_part = rest.rsplit("@", 1)[0]
         parts += [user_part, *user_part.split(":")]
     if "?" in rest:
-        query = rest.split("?", 1)[1].split("#", 1)[0]
+        query = _query(rest)
         parts += [query, *(pair.split("=", 1)[-1] for pair in query.split("&"))]
     if "#" in rest:
         parts.append(rest.split("#", 1)[1])
-    forms = {form for part in parts for form in (part, unquote(part), unquote_plus(part))}
-    forms |= {repr(form.encode())[2:-1] for form in forms}  # as a bytes repr shows it: b'S3cr\xc3\xa9t'
-    if "@" in rest:  # the user part as HTTP Basic authentication carries it
+    return _as_written(parts, rest)
+
+
+def credential_forms(url: str) -> set[str]:
+    """The forms of ``url`` and of its credentials alone, for the log screen (:mod:`hwsearch.log_screen`).
+
+    An error that quotes any part of a URL loses only its message; a log
+    record screened for every part lost every word that was also a user
+    name or a query value (``root``, ``require``, ``hwsearch``) in every
+    later line of the process (Y7).  So: the password, or the user part
+    when it is one name (a token as the user); query values whose name says
+    credential (``password=``, ``token=``, ``sslkey=``); the fragment.
+    """
+    rest = url.split("://", 1)[-1]
+    parts = [url, rest]
+    if "@" in rest:
+        user_part = rest.rsplit("@", 1)[0]
+        parts += [user_part, user_part.split(":", 1)[-1]]
+    if "?" in rest:
+        pairs = [pair.split("=", 1) for pair in _query(rest).split("&")]
+        parts += [pair[1] for pair in pairs if len(pair) == 2 and _CREDENTIAL_NAME.search(unquote(pair[0]))]
+    if "#" in rest:
+        parts.append(rest.split("#", 1)[1])
+    return _as_written(parts, rest)
+
+
+#: A query parameter's name that says its value is a credential.
+_CREDENTIAL_NAME = re.compile(r"pass|pwd|secret|token|key|auth|cred|sig", re.IGNORECASE)
+
+
+def _query(rest: str) -> str:
+    """The query of a URL without its scheme, read from the text."""
+    return rest.split("?", 1)[1].split("#", 1)[0]
+
+
+def _as_written(parts: list[str], rest: str) -> set[str]:
+    """``parts`` in every form a message may quote them, those shorter than :data:`_SHORTEST_SECRET` left out.
+
+    As written, percent-decoded (a driver quotes what it decoded), encoded
+    again as a driver encodes (``%2F`` for a written ``%2f``, ``%C3%A9``
+    for a written ``é``: Y7), as a bytes repr shows them
+    (``b'S3cr\\xc3\\xa9t'``), and the user part as HTTP Basic authentication carries it.
+    """
+    decoded = {form for part in parts for form in (part, unquote(part), unquote_plus(part))}
+    forms = decoded | {encoded for form in decoded for encoded in (quote(form, safe=""), quote_plus(form, safe=""))}
+    forms |= {repr(form.encode())[2:-1] for form in forms}
+    if "@" in rest:
         forms.add(base64.b64encode(unquote(rest.rsplit("@", 1)[0]).encode()).decode())
     return {form for form in forms if len(form) >= _SHORTEST_SECRET}
 
@@ -136,7 +180,7 @@ def open_store_url(url: str) -> Store:
                          "give a SQLite file's path, or install the package whose hwsearch.stores entry point "
                          f"is named {scheme!r}")
     entry = entries[0]
-    keep_out_of_logs(secret_forms(url))  # the plug-in may log or warn with its URL from now on
+    keep_out_of_logs(credential_forms(url))  # the plug-in may log or warn with its URL from now on
     try:
         store = entry.load()(url)
     except Exception as error:  # the plug-in's own failure, of any kind: one line, no secret
@@ -220,7 +264,7 @@ def _quotes_a_secret(error: BaseException, url: str) -> bool:
 def _unpickled(plugin_store: bytes, url: str) -> ScreenedStore:
     """A :class:`ScreenedStore` copied into another process: the plug-in's store reopens (its own ``__reduce__``)
     behind the screen, since reopening may fail quoting the URL (a Ray worker unpickles the store so)."""
-    keep_out_of_logs(secret_forms(url))
+    keep_out_of_logs(credential_forms(url))
     with _screened(url, "reopening a copy"):
         return ScreenedStore(pickle.loads(plugin_store), url)
 

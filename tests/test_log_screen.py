@@ -2,7 +2,8 @@
 
 The plug-in's own path through a real CLI and a real service is in
 ``tests/test_store_plugins.py``; here, each way a record can carry a secret,
-in a fresh process (the screen is process-wide once installed).
+in a fresh process (the screen is process-wide once installed).  Y7 found
+the ways marked so past the first version.
 """
 
 from __future__ import annotations
@@ -10,37 +11,64 @@ from __future__ import annotations
 import subprocess
 import sys
 
-SECRET = "S3cret-pw-x"
-URL = f"pg://me:{SECRET}@db.example/x?token=tok-98765"
+SECRET = "S3cr%2fet-pw"  # written percent-encoded: a driver logs it decoded, or encoded again its own way
+SECRETS = (SECRET, "S3cr/et-pw", "S3cr%2Fet-pw", "tok-98765")
+URL = f"pg://root:{SECRET}@db.example/x?sslmode=require&application_name=hwsearch&token=tok-98765"
 
 _LOGS_EVERY_WAY = f"""
-import logging, sys, warnings
+import json, logging, sys, threading, traceback, warnings
+from urllib.parse import quote
 from hwsearch.log_screen import keep_out_of_logs
-from hwsearch.store_urls import secret_forms
+from hwsearch.store_urls import credential_forms
 
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
 before = logging.getLogger("early")  # a logger made before the screen screens too
-keep_out_of_logs(secret_forms({URL!r}))
+with warnings.catch_warnings():  # Y7: the first opening inside one, as in a job's export
+    keep_out_of_logs(credential_forms({URL!r}))
 log = logging.getLogger("driver.pool")
 log.warning("connecting to %s", {URL!r})
 log.info("token %(token)s", {{"token": "tok-98765"}})
-before.error("password " + {SECRET!r})
+before.error("password " + {SECRETS[1]!r})
+log.warning("encoded again %s", quote({SECRETS[1]!r}, safe=""))  # Y7
 try:
     raise OSError("refused for " + {URL!r})
 except OSError:
     log.exception("first try failed")
-log.warning("careless %s %s", {SECRET!r})  # arguments that do not fit: logging quotes them
-log.warning("stack", stack_info=True, extra={{"note": 1}})
+    log.error("careless %s %s", "x")  # Y7: the handler's own failure printed the error being handled
+log.warning("careless %s %s", {SECRETS[1]!r})  # arguments that do not fit: logging quotes them
+log.warning("stack", stack_info=True)
+
+class Everything(logging.Formatter):  # Y7: reads extra fields, builds the traceback itself, with its locals
+    def format(self, record):
+        said = f"{{record.getMessage()}} dsn={{getattr(record, 'dsn', '')}}"
+        if record.exc_info:
+            said += "".join(traceback.TracebackException(*record.exc_info, capture_locals=True).format())
+        return "json " + said
+
+handler = logging.StreamHandler(sys.stderr)
+handler.setFormatter(Everything())
+structured = logging.getLogger("structured")
+structured.addHandler(handler)
+structured.propagate = False
+structured.warning("connected", extra={{"dsn": {URL!r}}})
+def connect(dsn):
+    raise ConnectionError("reset")
+try:
+    connect({URL!r})
+except ConnectionError:
+    structured.exception("lost")
+handler.handle(logging.makeLogRecord({{"msg": "from a queue " + {URL!r}, "levelno": 30}}))  # Y7
+log.warning("harmless words stay: root, require, hwsearch")
+
 warnings.warn("unencrypted " + {URL!r})
 
 def reconnect():
     raise ConnectionError("reconnect failed for " + {URL!r})
 
-import threading
 worker = threading.Thread(target=reconnect, name="driver-keepalive")
 worker.start()
 worker.join()
-raise RuntimeError("gave up on " + {SECRET!r})
+raise RuntimeError("gave up on " + {SECRETS[1]!r})
 """
 
 
@@ -49,13 +77,14 @@ def test_every_log_record_and_warning_of_the_process_is_screened() -> None:
                             env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 1, result.stderr  # the last error, raised on purpose, was not caught
     said = result.stderr
-    for secret in (SECRET, "tok-98765", URL):
+    for secret in (*SECRETS, URL):
         assert secret not in said, said
     for line in ("driver.pool WARNING connecting to <hidden>", "driver.pool INFO token <hidden>",
-                 "early ERROR password <hidden>", "OSError: refused for <hidden>",
-                 "Arguments: (\"('<hidden>',)\",)", "UserWarning: unencrypted <hidden>",
-                 "Exception in thread driver-keepalive:", "ConnectionError: reconnect failed for <hidden>",
-                 "RuntimeError: gave up on <hidden>"):
+                 "early ERROR password <hidden>", "encoded again <hidden>", "OSError: refused for <hidden>",
+                 "--- Logging error ---", "Arguments: (\"('<hidden>',)\",)", "json connected dsn=<hidden>",
+                 "dsn = '<hidden>'", "json from a queue <hidden>", "harmless words stay: root, require, hwsearch",
+                 "UserWarning: unencrypted <hidden>", "Exception in thread driver-keepalive:",
+                 "ConnectionError: reconnect failed for <hidden>", "RuntimeError: gave up on <hidden>"):
         assert line in said, said
 
 
