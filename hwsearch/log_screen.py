@@ -36,6 +36,7 @@ HIDDEN = "<hidden>"
 _lock = threading.Lock()
 _secrets: list[str] = []  # longest first, so a URL is hidden whole rather than around its password
 _installed: list[bool] = []
+_stderr_taken = threading.RLock()  # while a handler's failure report is written to a buffer in place of stderr
 
 
 def keep_out_of_logs(secrets: Iterable[str]) -> None:
@@ -81,7 +82,7 @@ def _screen_what_handlers_write() -> None:
 
     def report_failure_screened(self: logging.Handler, record: logging.LogRecord) -> None:
         said = io.StringIO()
-        with contextlib.redirect_stderr(said):
+        with _stderr_taken, contextlib.redirect_stderr(said):  # one at a time: two interleaved left it swapped
             report_failure(self, record)
         sys.stderr.write(screened(said.getvalue()))
 

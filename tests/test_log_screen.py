@@ -88,6 +88,39 @@ def test_every_log_record_and_warning_of_the_process_is_screened() -> None:
         assert line in said, said
 
 
+# Eight threads, each with a handler of its own, whose records' arguments do not fit: each failure report is
+# written to a buffer in place of stderr for a moment.
+_FAILING_HANDLERS_IN_THREADS = """
+import logging, sys, threading
+from hwsearch.log_screen import keep_out_of_logs
+
+keep_out_of_logs(["S3cret-pw-x"])
+
+def fail_often(i):
+    log = logging.getLogger(f"worker{i}")
+    log.propagate = False
+    log.addHandler(logging.StreamHandler(sys.__stderr__))
+    for _ in range(300):
+        log.error("careless %s %s", "x")
+
+threads = [threading.Thread(target=fail_often, args=(i,)) for i in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print("stderr still reaches the terminal", file=sys.stderr)
+"""
+
+
+def test_handlers_failing_at_once_in_threads_leave_stderr_as_it_was() -> None:
+    """Two failure reports interleaved, each putting back the stderr it found, left a buffer in its place: every
+    later line the process wrote to stderr was lost (3 of 3 runs)."""
+    result = subprocess.run([sys.executable, "-c", _FAILING_HANDLERS_IN_THREADS], capture_output=True, text=True,
+                            timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.rstrip().endswith("stderr still reaches the terminal"), result.stderr[-2000:]
+
+
 def test_text_without_a_secret_is_left_as_it_was() -> None:
     from hwsearch.log_screen import screened
 
