@@ -26,7 +26,7 @@ import atexit
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
@@ -101,16 +101,27 @@ class OpenUntilExit(Generic[T]):
     def _end_all(self) -> None:
         with _state.lock:
             left, self._open = self._open, set()
-        for thing in left:
-            self._end(thing)
+        _each_ended(self._end, left)
 
 
 def end_open_work() -> None:
     """End everything still open, processes first, then folders (the exit handler); each thing only once."""
     with _state.lock:
         registries = sorted(_state.registries, key=lambda registry: registry.order)
-    for registry in registries:
-        registry._end_all()
+    _each_ended(OpenUntilExit._end_all, registries)
+
+
+def _each_ended(end: Callable[[T], None], things: Iterable[T]) -> None:
+    """``end(thing)`` for each of ``things``, even after one raised (a Ctrl-C during one, say); then the first
+    error is raised again."""
+    first: BaseException | None = None
+    for thing in things:
+        try:
+            end(thing)
+        except BaseException as error:  # noqa: BLE001  (raised again below, once the rest are ended)
+            first = first or error
+    if first is not None:
+        raise first
 
 
 def stop_work() -> None:

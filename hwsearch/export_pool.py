@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -123,25 +124,59 @@ class ExportPool:
         The shutdown comes first: it waits for a worker being started (the
         pool hands it the supernet through a pipe, and a worker cut off
         there printed a traceback after the command's last line), and no
-        worker starts after it.  The pool has not learnt a starting
-        worker's pid, so only a stopped command, which kills every process
-        carrying its tag after its exit handlers
-        (:func:`~hwsearch.tempdirs.remove_folders_of_ended_workers`), gives
-        up on a start after :data:`STARTING_WORKER_WAIT_S` (one that hung
-        held the stop for ever).  Any other exit waits as long as a start
-        may take: given up on, a slow start's worker outlived the process
-        and printed "pickle data was truncated" after it had ended (Y7).
+        worker starts after it.  A stopped command gives up on such a start
+        after :data:`STARTING_WORKER_WAIT_S` (one that hung held the stop
+        for ever); any other exit waits as long as a start may take.  A
+        start given up on, or whose wait a Ctrl-C cut short, has its worker
+        killed (:func:`_kill_children_still_starting`; the pool has not
+        learnt its pid): left, it outlived the process and printed "pickle
+        data was truncated" after it had ended (Y7, Y8).
         ``Process.kill`` never signals a worker already reaped, whose pid
         may be another program's by now.
         """
         # The shutdown waits for the pool's lock, which a start under way holds while the worker takes its data.
-        ender = threading.Thread(target=self._pool.shutdown, kwargs={"wait": False, "cancel_futures": True},
-                                 name="hwsearch-export-pool-end", daemon=True)
-        ender.start()
-        ender.join(STARTING_WORKER_WAIT_S if command_stopped() else _START_TIMEOUT_S)
-        for process in self._context.processes:
-            if process.pid is not None:  # a start that failed made no process
-                process.kill()
+        shut = threading.Event()
+        threading.Thread(target=self._shut_down, args=(shut,), name="hwsearch-export-pool-end", daemon=True).start()
+        try:
+            shut.wait(STARTING_WORKER_WAIT_S if command_stopped() else _START_TIMEOUT_S)
+        finally:  # a Ctrl-C during the wait cut the kills off, and the worker outlived the process (Y8)
+            if not shut.is_set():  # a start is still under way: its worker has no pid the pool knows
+                _kill_children_still_starting()
+            for process in self._context.processes:
+                if process.pid is not None:  # a start that failed made no process
+                    process.kill()
+
+    def _shut_down(self, done: threading.Event) -> None:
+        """Shut the pool down without waiting for its workers, then set ``done`` (an Event, not ``join``: a join
+        that a Ctrl-C interrupts marks the thread ended while it still runs)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        done.set()
+
+
+def _kill_children_still_starting() -> None:
+    """Kill this process's spawned children that multiprocessing does not yet count as started.
+
+    Such a child is still reading what its start needs from a pipe that
+    this process is writing; left, it printed "pickle data was truncated"
+    once this process had gone.  Each is pinned by a pidfd before it is
+    checked, so a pid reused meanwhile is never signalled.
+    """
+    started = {child.pid for child in multiprocessing.active_children()}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in started:
+            continue
+        try:
+            pinned = os.pidfd_open(int(entry.name))
+        except OSError:  # gone already
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[-1].split()[1])
+            if parent == os.getpid() and b"spawn_main" in (entry / "cmdline").read_bytes():
+                signal.pidfd_send_signal(pinned, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):  # ended while it was read
+            pass
+        finally:
+            os.close(pinned)
 
 
 class _RecordingContext:

@@ -347,6 +347,26 @@ def test_a_normal_exit_waits_for_a_slow_pool_start_and_leaves_no_worker(tmp_path
     assert result.stderr == ""  # read to its end: a worker left behind holds it open until it has printed
 
 
+# A Ctrl-C 1 s into the exit's wait for the starting worker.
+_CTRL_C_DURING_THE_EXITS_WAIT = _POOL_WITH_A_SLOW_START + """
+import atexit, os, signal
+
+def interrupt_soon():
+    threading.Thread(target=lambda: (time.sleep(1), os.kill(os.getpid(), signal.SIGINT)), daemon=True).start()
+
+atexit.register(interrupt_soon)  # run first: handlers run last registered first
+"""
+
+
+def test_a_ctrl_c_while_a_normal_exit_waits_for_a_pool_start_still_ends_the_worker(tmp_path: Path) -> None:
+    """The Ctrl-C ended the wait and the kills after it: the worker outlived the process and printed its
+    traceback after it had ended (Y8, 3 of 3 runs)."""
+    result = _python(_CTRL_C_DURING_THE_EXITS_WAIT, tmp_path, "6")
+    assert "KeyboardInterrupt" in result.stderr, result.stderr[-2000:]  # the exit handler says it was cut short
+    _assert_ended([int(pid) for pid in result.stdout.split()])
+    assert "Unpickling" not in result.stderr, result.stderr[-2000:]
+
+
 def test_a_library_users_own_exit_handler_may_still_export(tmp_path: Path) -> None:
     """Only a stopped command refuses new work at its exit: a user's exit handler that wrote a file after hwsearch
     had opened a folder was refused (ExitBegun), and the file lost without a word (Y6)."""
