@@ -13,7 +13,8 @@ each registered form of a secret, longest first, is replaced by
 
 Only what goes through :mod:`logging`, :mod:`warnings` and Python's own
 report of an uncaught error is screened: a plug-in that prints to stderr
-itself is not.
+itself is not, nor a handler that renders a record's exception itself
+(rich's tracebacks), nor a secret shorter than four characters.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ def _screen_what_handlers_write() -> None:
         return screened(format_record(self, record))
 
     def report_failure_screened(self: logging.Handler, record: logging.LogRecord) -> None:
+        if sys.stderr is None:  # no stderr (pythonw, a daemon): logging says nothing, and the write failed (Y8)
+            report_failure(self, record)
+            return
         said = io.StringIO()
         with _stderr_taken, contextlib.redirect_stderr(said):  # one at a time: two interleaved left it swapped
             report_failure(self, record)
@@ -91,16 +95,29 @@ def _screen_what_handlers_write() -> None:
 
 
 def _screen_records_as_they_are_made() -> None:
-    """Screen each record's message and traceback when it is made, for what reads records without a handler's
-    formatting (a socket handler's pickled fields, ``caplog.records``)."""
-    make_record = logging.getLogRecordFactory()
+    """Screen each record's message, traceback and ``extra`` text fields when it is made, for what reads records
+    without a handler's formatting (a socket handler's pickled fields, a handler's own ``emit``, ``caplog``).
+
+    ``extra`` is applied after the record factory, so ``Logger.makeRecord``
+    is wrapped too (Y8: a handler writing its own fields printed them).
+    """
+    make_record, make_logger_record = logging.getLogRecordFactory(), logging.Logger.makeRecord
 
     def screened_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make_record(*args, **kwargs)
         _screen(record)
         return record
 
+    def screened_logger_record(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_logger_record(self, *args, **kwargs)
+        extra = kwargs.get("extra", args[8] if len(args) > 8 else None)
+        for name, value in (extra or {}).items():
+            if isinstance(value, str) and screened(value) != value:
+                setattr(record, name, screened(value))
+        return record
+
     logging.setLogRecordFactory(screened_record)
+    logging.Logger.makeRecord = screened_logger_record  # type: ignore[method-assign]
 
 
 def _screen_warnings() -> None:
@@ -117,8 +134,9 @@ def _screen_warnings() -> None:
 
 def _screen_uncaught_errors() -> None:
     """Screen the tracebacks Python prints itself: an error no one caught, in the main thread or another one (a
-    driver's reconnecting thread, say).  A traceback with no secret is left to the hook that was there."""
-    show_uncaught, show_uncaught_in_thread = sys.excepthook, threading.excepthook
+    driver's reconnecting thread, say), or raised where no one can catch it (``__del__``).  A traceback with no
+    secret is left to the hook that was there."""
+    show_uncaught, show_uncaught_in_thread, show_unraisable = sys.excepthook, threading.excepthook, sys.unraisablehook
 
     def uncaught(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
         text = "".join(traceback.format_exception(kind, error, trace))
@@ -135,7 +153,15 @@ def _screen_uncaught_errors() -> None:
             name = args.thread.name if args.thread is not None else threading.get_ident()
             sys.stderr.write(f"Exception in thread {name}:\n{screened(text)}")
 
-    sys.excepthook, threading.excepthook = uncaught, uncaught_in_thread
+    def unraisable(hooked: Any) -> None:  # an error in __del__ or a finaliser (Y8: a driver's close)
+        trace = "".join(traceback.format_exception(hooked.exc_type, hooked.exc_value, hooked.exc_traceback))
+        said = f"{hooked.err_msg or 'Exception ignored in'}: {hooked.object!r}\n{trace}"
+        if screened(said) == said:
+            show_unraisable(hooked)
+        else:
+            sys.stderr.write(screened(said))
+
+    sys.excepthook, threading.excepthook, sys.unraisablehook = uncaught, uncaught_in_thread, unraisable
 
 
 def _screen(record: logging.LogRecord) -> None:

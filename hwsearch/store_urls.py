@@ -30,6 +30,7 @@ from __future__ import annotations
 import abc
 import base64
 import importlib.metadata
+import json
 import pickle
 import re
 from collections.abc import Callable, Iterator
@@ -93,8 +94,7 @@ def secret_forms(url: str) -> set[str]:
     the URL, its user part (each name and password in it), its query (each value) and its fragment."""
     rest = url.split("://", 1)[-1]
     parts = [url, rest]
-    if "@" in rest:
-        user_part = rest.rsplit("@", 1)[0]
+    for user_part in _user_parts(rest):
         parts += [user_part, *user_part.split(":")]
     if "?" in rest:
         query = _query(rest)
@@ -116,19 +116,36 @@ def credential_forms(url: str) -> set[str]:
     """
     rest = url.split("://", 1)[-1]
     parts = [url, rest]
-    if "@" in rest:
-        user_part = rest.rsplit("@", 1)[0]
+    for user_part in _user_parts(rest):
         parts += [user_part, user_part.split(":", 1)[-1]]
     if "?" in rest:
         pairs = [pair.split("=", 1) for pair in _query(rest).split("&")]
-        parts += [pair[1] for pair in pairs if len(pair) == 2 and _CREDENTIAL_NAME.search(unquote(pair[0]))]
+        parts += [pair[1] for pair in pairs if len(pair) == 2 and _is_credential_name(unquote(pair[0]))]
     if "#" in rest:
         parts.append(rest.split("#", 1)[1])
     return _as_written(parts, rest)
 
 
-#: A query parameter's name that says its value is a credential.
+#: A query parameter's name that says its value is a credential, and names that match it but say no such thing.
 _CREDENTIAL_NAME = re.compile(r"pass|pwd|secret|token|key|auth|cred|sig", re.IGNORECASE)
+_NOT_CREDENTIALS = {"authsource", "authmechanism"}  # MongoDB's: a database's name, a method's name (Y8)
+
+
+def _is_credential_name(name: str) -> bool:
+    return _CREDENTIAL_NAME.search(name) is not None and name.lower() not in _NOT_CREDENTIALS
+
+
+def _user_parts(rest: str) -> set[str]:
+    """The user part of a URL without its scheme, as read both ways it may be meant.
+
+    Up to the last ``@`` of the whole: a password holding ``/``, ``?`` or
+    ``#`` leaves the URL unparsable, and is still found.  Up to the last
+    ``@`` before the path: an ``@`` in the query or fragment
+    (``?notify=ops@example.com``) made the first reading's password run
+    into the query, and the password alone went unscreened (Y8).
+    """
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    return {text.rsplit("@", 1)[0] for text in (rest, authority) if "@" in text}
 
 
 def _query(rest: str) -> str:
@@ -141,14 +158,14 @@ def _as_written(parts: list[str], rest: str) -> set[str]:
 
     As written, percent-decoded (a driver quotes what it decoded), encoded
     again as a driver encodes (``%2F`` for a written ``%2f``, ``%C3%A9``
-    for a written ``é``: Y7), as a bytes repr shows them
+    for a written ``é``: Y7), inside a JSON string, as a bytes repr shows them
     (``b'S3cr\\xc3\\xa9t'``), and the user part as HTTP Basic authentication carries it.
     """
     decoded = {form for part in parts for form in (part, unquote(part), unquote_plus(part))}
     forms = decoded | {encoded for form in decoded for encoded in (quote(form, safe=""), quote_plus(form, safe=""))}
     forms |= {repr(form.encode())[2:-1] for form in forms}
-    if "@" in rest:
-        forms.add(base64.b64encode(unquote(rest.rsplit("@", 1)[0]).encode()).decode())
+    forms |= {json.dumps(form)[1:-1] for form in forms}  # inside a JSON string: \u00e9, \" (Y8)
+    forms |= {base64.b64encode(unquote(user_part).encode()).decode() for user_part in _user_parts(rest)}
     return {form for form in forms if len(form) >= _SHORTEST_SECRET}
 
 

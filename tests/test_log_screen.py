@@ -12,8 +12,10 @@ import subprocess
 import sys
 
 SECRET = "S3cr%2fet-pw"  # written percent-encoded: a driver logs it decoded, or encoded again its own way
-SECRETS = (SECRET, "S3cr/et-pw", "S3cr%2Fet-pw", "tok-98765")
-URL = f"pg://root:{SECRET}@db.example/x?sslmode=require&application_name=hwsearch&token=tok-98765"
+SECRETS = (SECRET, "S3cr/et-pw", "S3cr%2Fet-pw", "t\u00f6k-98765", "tök-98765")
+# An @ in the query too (Y8: the password then ran into the query, and went unscreened alone)
+URL = (f"pg://root:{SECRET}@db.example/x?sslmode=require&application_name=hwsearch&authSource=admin&token=tök-98765"
+       "&notify=ops@example.com")
 
 _LOGS_EVERY_WAY = f"""
 import json, logging, sys, threading, traceback, warnings
@@ -27,7 +29,8 @@ with warnings.catch_warnings():  # Y7: the first opening inside one, as in a job
     keep_out_of_logs(credential_forms({URL!r}))
 log = logging.getLogger("driver.pool")
 log.warning("connecting to %s", {URL!r})
-log.info("token %(token)s", {{"token": "tok-98765"}})
+log.info("token %(token)s", {{"token": "tök-98765"}})
+log.info("json %s", json.dumps({{"token": "tök-98765"}}))  # Y8: t\\u00f6k
 before.error("password " + {SECRETS[1]!r})
 log.warning("encoded again %s", quote({SECRETS[1]!r}, safe=""))  # Y7
 try:
@@ -58,7 +61,22 @@ try:
 except ConnectionError:
     structured.exception("lost")
 handler.handle(logging.makeLogRecord({{"msg": "from a queue " + {URL!r}, "levelno": 30}}))  # Y7
-log.warning("harmless words stay: root, require, hwsearch")
+log.warning("harmless words stay: root, require, hwsearch, admin")
+
+class OwnFields(logging.Handler):  # Y8: writes its record's extra fields itself, never formatting
+    def emit(self, record):
+        sys.stderr.write(f"own fields dsn={{record.dsn}}\\n")
+
+own = logging.getLogger("own")
+own.addHandler(OwnFields())
+own.propagate = False
+own.warning("x", extra={{"dsn": {URL!r}}})
+
+class Connection:  # Y8: an error in __del__ is reported by Python itself
+    def __del__(self):
+        raise ConnectionError("could not close " + {URL!r})
+
+Connection()
 
 warnings.warn("unencrypted " + {URL!r})
 
@@ -82,7 +100,9 @@ def test_every_log_record_and_warning_of_the_process_is_screened() -> None:
     for line in ("driver.pool WARNING connecting to <hidden>", "driver.pool INFO token <hidden>",
                  "early ERROR password <hidden>", "encoded again <hidden>", "OSError: refused for <hidden>",
                  "--- Logging error ---", "Arguments: (\"('<hidden>',)\",)", "json connected dsn=<hidden>",
-                 "dsn = '<hidden>'", "json from a queue <hidden>", "harmless words stay: root, require, hwsearch",
+                 "dsn = '<hidden>'", "json from a queue <hidden>", "driver.pool INFO json {\"token\": \"<hidden>\"}",
+                 "harmless words stay: root, require, hwsearch, admin", "own fields dsn=<hidden>",
+                 "ConnectionError: could not close <hidden>",
                  "UserWarning: unencrypted <hidden>", "Exception in thread driver-keepalive:",
                  "ConnectionError: reconnect failed for <hidden>", "RuntimeError: gave up on <hidden>"):
         assert line in said, said
@@ -121,7 +141,27 @@ def test_handlers_failing_at_once_in_threads_leave_stderr_as_it_was() -> None:
     assert result.stderr.rstrip().endswith("stderr still reaches the terminal"), result.stderr[-2000:]
 
 
+def test_a_failing_handler_in_a_process_without_stderr_says_nothing_and_fails_nothing() -> None:
+    """Without stderr (pythonw, a daemon), a handler's failure raised from the logging call (Y8)."""
+    script = ("import logging, sys\nfrom hwsearch.log_screen import keep_out_of_logs\n"
+              "keep_out_of_logs(['S3cret-pw-x'])\nlog = logging.getLogger('x')\n"
+              "log.addHandler(logging.StreamHandler(sys.stdout))\nsys.stderr = None\n"
+              "log.error('careless %s %s', 'x')\nprint('the call returned')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0 and "the call returned" in result.stdout, result.stdout + result.stderr
+
+
 def test_text_without_a_secret_is_left_as_it_was() -> None:
     from hwsearch.log_screen import screened
 
     assert screened("connecting to db.example as me") == "connecting to db.example as me"
+
+
+def test_an_error_quoting_the_password_of_a_url_with_an_at_sign_in_its_query_is_known_as_such() -> None:
+    """Read up to the last @ of the whole URL, the password ran into the query: a store error quoting it alone was
+    shown, in a 503's answer too (Y8)."""
+    from hwsearch.store_urls import quotes_a_secret_of
+
+    assert quotes_a_secret_of("server closed for password pw-Secret9", "pg://me:pw-Secret9@db/x?notify=ops@e.com")
+    assert quotes_a_secret_of("auth failed for pw/x#y", "urlfile://me:pw/x#y@localhost/rows.db")  # unparsable
