@@ -55,35 +55,14 @@ _run_folder("DEVICES_LOCK_DIR", "hwsearch-locks-")
 _run_folder("HWSEARCH_TEST_GATE_DIR", "hwsearch-gate-")
 
 
-#: The room, held alone, kept by this process from its last ``quiet_host`` module until its next module begins.
-_KEPT_ROOM: list[int] = []
-
-
 @contextmanager
 def _gate(exclusive: bool) -> Iterator[None]:
     """Pass the run's gate: shared by ordinary modules, alone by a ``quiet_host`` one.
 
     A quiet module takes the turnstile and keeps it until every ordinary
     module already running has ended, so a stream of ordinary modules on the
-    other worker cannot starve it (flock itself promises no order).  A
-    worker keeps the room after a quiet module, until its next module
-    begins: let go in between, the other worker's next module took it, and
-    the worker's second quiet module waited 108 s for that module to end
-    while this worker ran nothing.
+    other worker cannot starve it (flock itself promises no order).
     """
-    room = _KEPT_ROOM.pop() if exclusive and _KEPT_ROOM else _enter_room(exclusive)
-    try:
-        yield
-    finally:
-        if exclusive:
-            _KEPT_ROOM.append(room)
-        else:
-            os.close(room)
-
-
-def _enter_room(exclusive: bool) -> int:
-    """The room's descriptor, locked shared or alone, entered through the turnstile; a room kept is let go first."""
-    _leave_kept_room()
     folder = Path(os.environ["HWSEARCH_TEST_GATE_DIR"])
     turnstile = os.open(folder / "turnstile", os.O_RDONLY | os.O_CREAT, 0o600)
     room = os.open(folder / "room", os.O_RDONLY | os.O_CREAT, 0o600)
@@ -91,18 +70,10 @@ def _enter_room(exclusive: bool) -> int:
         fcntl.flock(turnstile, fcntl.LOCK_EX)
         fcntl.flock(room, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         fcntl.flock(turnstile, fcntl.LOCK_UN)
-    except BaseException:
-        os.close(room)
-        raise
+        yield
     finally:
+        os.close(room)
         os.close(turnstile)
-    return room
-
-
-def _leave_kept_room() -> None:
-    """Let the room kept after a quiet module go."""
-    while _KEPT_ROOM:
-        os.close(_KEPT_ROOM.pop())
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -124,8 +95,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Let the room go; leave nothing of the run in the temp folder."""
-    _leave_kept_room()
+    """Leave nothing of the run in the temp folder."""
     for folder in _RUN_FOLDERS:
         shutil.rmtree(folder, ignore_errors=True)
 
