@@ -136,8 +136,14 @@ def stop_work() -> None:
 
 
 def command_stopped() -> bool:
-    """Whether :func:`stop_work` has run: the command was stopped, and it kills what carries its tag once its exit
-    handlers have run (:func:`hwsearch.tempdirs.remove_folders_of_ended_workers`)."""
+    """Whether :func:`stop_work` has run: the command was stopped.
+
+    A stopped command kills what carries its tag once its exit handlers
+    have run (:func:`hwsearch.tempdirs.remove_folders_of_ended_workers`),
+    and its export pools give up sooner on a worker still starting
+    (:meth:`hwsearch.export_pool.ExportPool.end_now`): nothing of the
+    command is to outlive it, so neither waits for work to end by itself.
+    """
     return _state.stopping
 
 

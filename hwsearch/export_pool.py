@@ -158,25 +158,38 @@ def _kill_children_still_starting() -> None:
 
     Such a child is still reading what its start needs from a pipe that
     this process is writing; left, it printed "pickle data was truncated"
-    once this process had gone.  Each is pinned by a pidfd before it is
-    checked, so a pid reused meanwhile is never signalled.
+    once this process had gone.  Only a process whose parent is this one
+    is pinned by a pidfd, and it is checked again once pinned, so a pid
+    reused meanwhile is never signalled.
     """
     started = {child.pid for child in multiprocessing.active_children()}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in started:
-            continue
-        try:
-            pinned = os.pidfd_open(int(entry.name))
-        except OSError:  # gone already
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[-1].split()[1])
-            if parent == os.getpid() and b"spawn_main" in (entry / "cmdline").read_bytes():
-                signal.pidfd_send_signal(pinned, signal.SIGKILL)
-        except (OSError, ValueError, IndexError):  # ended while it was read
-            pass
-        finally:
-            os.close(pinned)
+        if entry.name.isdigit() and int(entry.name) not in started and _is_spawned_child(entry):
+            _kill_if_still_spawned_child(entry)
+
+
+def _kill_if_still_spawned_child(entry: Path) -> None:
+    """SIGKILL the process behind ``/proc/PID`` through a pidfd, if once pinned it is still a spawned child of ours."""
+    try:
+        pinned = os.pidfd_open(int(entry.name))
+    except OSError:  # gone already
+        return
+    try:
+        if _is_spawned_child(entry):  # the pid still names the child read before it was pinned
+            signal.pidfd_send_signal(pinned, signal.SIGKILL)
+    except OSError:  # ended between the check and the signal
+        pass
+    finally:
+        os.close(pinned)
+
+
+def _is_spawned_child(entry: Path) -> bool:
+    """Whether ``/proc/PID`` is a child of this process started by multiprocessing's spawn (False once it is gone)."""
+    try:
+        parent = int((entry / "stat").read_text().rsplit(")", 1)[-1].split()[1])
+        return parent == os.getpid() and b"spawn_main" in (entry / "cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):  # ended while it was read
+        return False
 
 
 class _RecordingContext:
