@@ -81,7 +81,12 @@ def test_real_rows_that_left_the_rotation_are_within_the_ci_target(tmp_path: Pat
     These models run in about 40 us, where timer noise is large: a 2% target
     took 279 rounds (9 s) in a calm hour and ran past 30 s in a slow one, so
     no row stopped and the claim went unchecked.  A 3% target took 84-150
-    rounds (2-5 s) in the calm hour; the 60 s cap leaves over ten times that.
+    rounds (2-5 s) in a calm hour, but in a clean-clone CI on a slow host all
+    five rows were still at 2.8-3.8% after 914 rounds, when the 60 s cap
+    ended the session, and the test failed for want of a stopped row.  The
+    claim holds at any target, so the target is 5%: that host's rows would
+    have met it by about 530 rounds, and the 120 s cap leaves twice that
+    time again.
     """
     paths = []
     for index, width in enumerate((4, 8, 16, 24, 32)):
@@ -90,7 +95,7 @@ def test_real_rows_that_left_the_rotation_are_within_the_ci_target(tmp_path: Pat
         paths.append(path)
     profile = DeviceProfile.from_dict({
         "name": "stopping-1t", "clock": "thread_cpu", "warmup": {"runs": 3, "seconds": 0.1},
-        "protocol": {"min_rounds": 6, "max_rounds": 3000, "max_seconds": 60.0, "ci_target": 0.03}})
+        "protocol": {"min_rounds": 6, "max_rounds": 3000, "max_seconds": 120.0, "ci_target": 0.05}})
     rows = open_profiler(profile).measure_many(paths)
     stopped = [row for row in rows if row.env["rounds"] < profile.protocol.max_rounds
                and row.env["session_seconds"] < profile.protocol.max_seconds]
