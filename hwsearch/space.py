@@ -853,13 +853,8 @@ class SearchSpace:
         return out
 
     def unpad_blocks(self, values: Sequence[Any], depths: Sequence[int]) -> list[Any]:
-        """Per-slot values (``max(depth)`` per elastic stage) cut to the active blocks."""
-        out, slot = [], 0
-        for stage, depth in zip(self.stages, depths):
-            if stage.elastic:
-                out += values[slot:slot + depth]
-                slot += stage.max_depth
-        return out
+        """Per-slot values (``max(depth)`` per elastic stage) cut to the active blocks (:meth:`block_slots`)."""
+        return [values[slot] for slot in self.block_slots(depths)]
 
     def pad_blocks(self, arch: ArchConfig, knob: str) -> list[Any]:
         """``arch``'s per-active-block values of ``knob`` padded with the smallest choice per slot.
