@@ -34,13 +34,15 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.context
 import os
-import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
+from multiprocessing import popen_spawn_posix
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -81,7 +83,7 @@ class ExportPool:
         if workers < 1:
             raise ValueError(f"an export pool needs at least one worker, got {workers}")
         self.workers = workers
-        self._context = _RecordingContext(multiprocessing.get_context("spawn"))  # fork would copy locks mid-use
+        self._context = _RecordingContext()  # spawn: fork would copy locks mid-use
         # Kept as long as the pool: collected, its semaphore went while a starting worker still unpickled it.
         self._started = self._context.Barrier(workers)
         with compute_unit(on_wait=on_wait):
@@ -126,13 +128,13 @@ class ExportPool:
         there printed a traceback after the command's last line), and no
         worker starts after it.  A stopped command gives up on such a start
         after :data:`STARTING_WORKER_WAIT_S` (one that hung held the stop
-        for ever); any other exit waits as long as a start may take.  A
-        start given up on, or whose wait a Ctrl-C cut short, has its worker
-        killed (:func:`_kill_children_still_starting`; the pool has not
-        learnt its pid): left, it outlived the process and printed "pickle
-        data was truncated" after it had ended (Y7, Y8).
-        ``Process.kill`` never signals a worker already reaped, whose pid
-        may be another program's by now.
+        for ever); any other exit waits as long as a start may take.  Then
+        every worker launched is killed, by the pid its launch recorded
+        (:class:`_RecordedPopen`): a worker still starting has no pid its
+        ``Process`` shows, and left, it outlived the process and printed
+        "pickle data was truncated" after it had ended (Y7, Y8, and Y9 for a
+        Ctrl-C that cut a start in the main thread short).  A worker already
+        reaped is never signalled: its pid may be another program's by now.
         """
         # The shutdown waits for the pool's lock, which a start under way holds while the worker takes its data.
         shut = threading.Event()
@@ -140,11 +142,7 @@ class ExportPool:
         try:
             shut.wait(STARTING_WORKER_WAIT_S if command_stopped() else _START_TIMEOUT_S)
         finally:  # a Ctrl-C during the wait cut the kills off, and the worker outlived the process (Y8)
-            if not shut.is_set():  # a start is still under way: its worker has no pid the pool knows
-                _kill_children_still_starting()
-            for process in self._context.processes:
-                if process.pid is not None:  # a start that failed made no process
-                    process.kill()
+            self._context.kill_launched()
 
     def _shut_down(self, done: threading.Event) -> None:
         """Shut the pool down without waiting for its workers, then set ``done`` (an Event, not ``join``: a join
@@ -153,63 +151,57 @@ class ExportPool:
         done.set()
 
 
-def _kill_children_still_starting() -> None:
-    """Kill this process's spawned children that multiprocessing does not yet count as started.
-
-    Such a child is still reading what its start needs from a pipe that
-    this process is writing; left, it printed "pickle data was truncated"
-    once this process had gone.  Only a process whose parent is this one
-    is pinned by a pidfd, and it is checked again once pinned, so a pid
-    reused meanwhile is never signalled.
-    """
-    started = {child.pid for child in multiprocessing.active_children()}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) not in started and _is_spawned_child(entry):
-            _kill_if_still_spawned_child(entry)
-
-
-def _kill_if_still_spawned_child(entry: Path) -> None:
-    """SIGKILL the process behind ``/proc/PID`` through a pidfd, if once pinned it is still a spawned child of ours."""
-    try:
-        pinned = os.pidfd_open(int(entry.name))
-    except OSError:  # gone already
-        return
-    try:
-        if _is_spawned_child(entry):  # the pid still names the child read before it was pinned
-            signal.pidfd_send_signal(pinned, signal.SIGKILL)
-    except OSError:  # ended between the check and the signal
-        pass
-    finally:
-        os.close(pinned)
-
-
-def _is_spawned_child(entry: Path) -> bool:
-    """Whether ``/proc/PID`` is a child of this process started by multiprocessing's spawn (False once it is gone)."""
-    try:
-        parent = int((entry / "stat").read_text().rsplit(")", 1)[-1].split()[1])
-        return parent == os.getpid() and b"spawn_main" in (entry / "cmdline").read_bytes()
-    except (OSError, ValueError, IndexError):  # ended while it was read
-        return False
-
-
 class _RecordingContext:
-    """A multiprocessing context that records every process it makes, for :meth:`ExportPool.end_now`.
+    """A spawn context that records every worker it launches, for :meth:`ExportPool.end_now`.
 
     ``ProcessPoolExecutor`` keeps its workers to itself; this is the
     public door through which each of them is made.
     """
 
-    def __init__(self, context: Any) -> None:
-        self._context = context
-        self.processes: list[Any] = []
+    def __init__(self) -> None:
+        self._context = multiprocessing.get_context("spawn")
+        self._processes: list[_RecordedSpawnProcess] = []
 
     def Process(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802  (the context's own name)
-        process = self._context.Process(*args, **kwargs)
-        self.processes.append(process)
+        process = _RecordedSpawnProcess(*args, **kwargs)
+        self._processes.append(process)
         return process
+
+    def kill_launched(self) -> None:
+        """SIGKILL every worker launched and not yet reaped, started or still taking its data."""
+        for process in list(self._processes):
+            launch = _LAUNCHES.get(process)
+            if launch is not None and getattr(launch, "pid", None) is not None:  # no pid: the spawn itself failed
+                launch.kill()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
+
+
+class _RecordedPopen(popen_spawn_posix.Popen):
+    """A spawn launch that records itself before it begins.
+
+    Its pid is set as soon as the child exists, before the child's data
+    (the supernet, megabytes) is written to its pipe, while ``Process.pid``
+    stays ``None`` until that write has ended: a launch that a stop or a
+    Ctrl-C cuts off mid-write is still found here, and only here.
+    """
+
+    def __init__(self, process_obj: Any) -> None:
+        _LAUNCHES[process_obj] = self
+        super().__init__(process_obj)
+
+
+class _RecordedSpawnProcess(multiprocessing.context.SpawnProcess):
+    """A spawn process launched by :class:`_RecordedPopen`."""
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> _RecordedPopen:  # noqa: N802  (multiprocessing's own name)
+        return _RecordedPopen(process_obj)
+
+
+#: Each worker's launch, by its process: a process's own ``_popen`` is set only once its launch has returned.
+_LAUNCHES: weakref.WeakKeyDictionary[Any, _RecordedPopen] = weakref.WeakKeyDictionary()
 
 
 #: Pools not yet closed; a stop that cut their runs off leaves them to the exit, which kills their workers.

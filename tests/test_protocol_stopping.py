@@ -97,7 +97,9 @@ def test_real_rows_that_left_the_rotation_are_within_the_ci_target(tmp_path: Pat
         "name": "stopping-1t", "clock": "thread_cpu", "warmup": {"runs": 3, "seconds": 0.1},
         "protocol": {"min_rounds": 6, "max_rounds": 3000, "max_seconds": 120.0, "ci_target": 0.05}})
     rows = open_profiler(profile).measure_many(paths)
+    # A session that the time cap ended reports a little less than max_seconds (Y9: 2.989-2.999 s of a 3 s cap):
+    # its deadline counts from before the warm-up, which overruns warmup.seconds.  A converged one ends far sooner.
     stopped = [row for row in rows if row.env["rounds"] < profile.protocol.max_rounds
-               and row.env["session_seconds"] < profile.protocol.max_seconds]
+               and row.env["session_seconds"] < 0.9 * profile.protocol.max_seconds]
     assert stopped, ("no row stopped before the caps", [(row.env["rounds"], row.ratio_ci) for row in rows])
     assert all(row.ratio_ci <= profile.protocol.ci_target for row in stopped), [r.ratio_ci for r in stopped]
