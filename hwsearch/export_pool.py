@@ -32,6 +32,7 @@ rather than wait on its task queue for ever.
 
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing
 import multiprocessing.context
@@ -42,8 +43,10 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
-from multiprocessing import popen_spawn_posix
+from multiprocessing import popen_spawn_posix, spawn
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hwsearch.at_exit import ENDS_PROCESSES, OpenUntilExit, command_stopped
@@ -51,7 +54,7 @@ from hwsearch.at_exit import ENDS_PROCESSES, OpenUntilExit, command_stopped
 if TYPE_CHECKING:  # torch loads only when something is exported
     from hwsearch.export import ExportReport
 
-__all__ = ["ExportPool", "Exporters", "exporters"]
+__all__ = ["ExportPool", "Exporters", "WorkersCannotImport", "exporters"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,6 +67,7 @@ _START_TIMEOUT_S = 120.0
 #: How long a stopped command's exit waits for a pool's worker being started to take its data (3.3 s here).
 STARTING_WORKER_WAIT_S = 20.0
 _ORPHAN_CHECK_S = 1.0  # how often a worker looks for its parent
+_REAP_WAIT_S = 1.0  # how long a killed worker whose launch was cut off may take to end (one in "D" takes a while)
 
 _worker_supernet: Any = None  # the supernet, in a worker process
 _worker_start_barrier: Any = None  # passed by every worker's start-up task, in a worker process
@@ -87,6 +91,7 @@ class ExportPool:
         # Kept as long as the pool: collected, its semaphore went while a starting worker still unpickled it.
         self._started = self._context.Barrier(workers)
         with compute_unit(on_wait=on_wait):
+            _refuse_what_workers_cannot_import(supernet)
             self._pool = ProcessPoolExecutor(workers, mp_context=self._context,  # type: ignore[arg-type]
                                              initializer=_start_worker, initargs=(supernet, self._started))
             # Open before any worker starts (ExitBegun if the process is exiting): a stop during the start-up
@@ -151,6 +156,45 @@ class ExportPool:
         done.set()
 
 
+class WorkersCannotImport(RuntimeError):
+    """The supernet names code in ``__main__`` that a spawned worker cannot import."""
+
+
+class _MainFinder(ForkingPickler):
+    """Pickles as a worker's start does, refusing each class or function that lives in ``__main__``."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, FunctionType)) and getattr(obj, "__module__", None) == "__main__":
+            raise WorkersCannotImport(f"{obj.__qualname__} is defined in __main__ of a session run without a file "
+                                      "(a notebook, a REPL, python -c), which a spawned worker cannot import")
+        return NotImplemented
+
+
+def _refuse_what_workers_cannot_import(supernet: Any) -> None:
+    """:class:`WorkersCannotImport` if ``supernet`` names ``__main__`` code and workers will not run ``__main__``.
+
+    A spawned worker imports the parent's main module again only when it
+    ran from a file or with ``-m``.  Otherwise a supernet class defined
+    there is not found, the worker dies while the pool still writes its
+    data, and with more data than a pipe holds (64 KiB) the write never
+    ends, since the parent keeps the pipe's read end open until it has: the
+    pool's start hung for ever, and :class:`Exporters` never fell back (Y10).
+    """
+    prepared = spawn.get_preparation_data("hwsearch-export-worker")
+    if "init_main_from_path" not in prepared and "init_main_from_name" not in prepared:
+        _MainFinder(_Discarded()).dump(supernet)
+
+
+class _Discarded(io.RawIOBase):
+    """A sink that keeps nothing: the check needs the pickling, not its bytes."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
 class _RecordingContext:
     """A spawn context that records every worker it launches, for :meth:`ExportPool.end_now`.
 
@@ -168,11 +212,20 @@ class _RecordingContext:
         return process
 
     def kill_launched(self) -> None:
-        """SIGKILL every worker launched and not yet reaped, started or still taking its data."""
+        """SIGKILL every worker this process launched and has not reaped, started or still taking its data.
+
+        A child forked from this process inherits the records, and its exit
+        killed its parent's workers (Y10): only the launching process kills.
+        A launch cut off mid-way is in no one's list of children, so it is
+        reaped here; left, it stayed a zombie for the life of the process.
+        """
         for process in list(self._processes):
             launch = _LAUNCHES.get(process)
-            if launch is not None and getattr(launch, "pid", None) is not None:  # no pid: the spawn itself failed
-                launch.kill()
+            if launch is None or launch.launcher != os.getpid() or getattr(launch, "pid", None) is None:
+                continue  # not ours to end, or the spawn itself failed
+            launch.kill()
+            if process.pid is None:
+                launch.reap(_REAP_WAIT_S)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
@@ -188,8 +241,15 @@ class _RecordedPopen(popen_spawn_posix.Popen):
     """
 
     def __init__(self, process_obj: Any) -> None:
+        self.launcher = os.getpid()
         _LAUNCHES[process_obj] = self
         super().__init__(process_obj)
+
+    def reap(self, wait_s: float) -> None:
+        """Collect the ended child's exit status, waiting at most ``wait_s`` for a killed one to end."""
+        deadline = time.monotonic() + wait_s
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 class _RecordedSpawnProcess(multiprocessing.context.SpawnProcess):

@@ -503,3 +503,70 @@ def test_a_stop_mid_work_ends_in_one_line_and_leaves_no_temp_folder(tmp_path: Pa
     assert stderr.rstrip().endswith("terminated" if stop == signal.SIGTERM else "interrupted"), stderr[-3000:]
     assert not any(word in stderr for word in ("Traceback", "SIGTERM received", "Aborted")), stderr[-3000:]
     assert not [name for name in left if name.startswith("hwsearch-")], left
+
+
+def test_a_supernet_class_a_worker_cannot_import_is_refused_before_the_pool_starts(tmp_path: Path) -> None:
+    """A class defined in ``python -c`` (or a notebook) is not found in a spawned worker, which died while the pool
+    still wrote it megabytes: the write never ended, and the pool's start hung for ever (Y10)."""
+    script = """
+from hwsearch.export_pool import ExportPool, WorkersCannotImport
+
+class MySupernet:
+    def __init__(self):
+        self.weights = bytes(1_000_000)
+
+try:
+    ExportPool(MySupernet(), 1)
+except WorkersCannotImport as error:
+    print(error)
+"""
+    result = _python(script, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("MySupernet is defined in __main__"), result.stdout
+
+
+def test_a_forked_childs_exit_leaves_its_parents_pool_workers_alone(tmp_path: Path) -> None:
+    """A child forked while a pool was open inherited its launch records, and its exit killed the parent's workers,
+    breaking the parent's pool (Y10, 2 of 2 runs)."""
+    script = """
+import os
+from hwsearch.export_pool import ExportPool
+
+pool = ExportPool([1], 2)
+child = os.fork()
+if child == 0:
+    raise SystemExit(0)
+os.waitpid(child, 0)
+print(pool._pool.submit(os.getpid).result(timeout=60) in pool.worker_pids, flush=True)  # a worker still answers
+pool.close()
+"""
+    result = _python(script, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[0] == "True", result.stdout
+
+
+def test_a_start_cut_short_by_a_caught_ctrl_c_leaves_no_zombie(tmp_path: Path) -> None:
+    """The worker of a launch that a Ctrl-C cut off was killed but never reaped (it is in no one's list of
+    children): a notebook that caught the Ctrl-C kept a zombie per interrupted start (Y10, 3 of 3 runs)."""
+    script = _CTRL_C_DURING_A_MAIN_THREAD_POOL_START.replace(
+        "export_pool.ExportPool([SlowInItsWorker(), bytes(8 << 20)], 1)", """
+try:
+    export_pool.ExportPool([SlowInItsWorker(), bytes(8 << 20)], 1)
+except KeyboardInterrupt:
+    pass
+
+def state(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return "gone"
+
+worker = max(known)
+deadline = time.monotonic() + 10
+while state(worker) not in ("Z", "gone") and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("state", state(worker), flush=True)
+""").replace("print(*workers(), flush=True)", "known.update(workers())\n    print(*known, flush=True)").replace(
+        "threading.Thread(target=ctrl_c_soon", "known = set()\nthreading.Thread(target=ctrl_c_soon")
+    result = _python(script, tmp_path, "4")
+    assert result.stdout.splitlines()[-1:] == ["state gone"], (result.stdout, result.stderr[-2000:])
