@@ -37,6 +37,7 @@ import logging
 import multiprocessing
 import multiprocessing.context
 import os
+import pickle
 import threading
 import time
 import weakref
@@ -44,7 +45,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from multiprocessing import popen_spawn_posix, spawn
-from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -160,8 +160,13 @@ class WorkersCannotImport(RuntimeError):
     """The supernet names code in ``__main__`` that a spawned worker cannot import."""
 
 
-class _MainFinder(ForkingPickler):
-    """Pickles as a worker's start does, refusing each class or function that lives in ``__main__``."""
+class _MainFinder(pickle.Pickler):
+    """Pickles, refusing each class or function that lives in ``__main__``.
+
+    Not multiprocessing's own pickler: torch registers its tensors there to
+    pass them as shared-memory file descriptors, which outside a launch
+    are handed to a background sharer that keeps each descriptor open.
+    """
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, (type, FunctionType)) and getattr(obj, "__module__", None) == "__main__":
@@ -181,8 +186,14 @@ def _refuse_what_workers_cannot_import(supernet: Any) -> None:
     pool's start hung for ever, and :class:`Exporters` never fell back (Y10).
     """
     prepared = spawn.get_preparation_data("hwsearch-export-worker")
-    if "init_main_from_path" not in prepared and "init_main_from_name" not in prepared:
-        _MainFinder(_Discarded()).dump(supernet)
+    if "init_main_from_path" in prepared or "init_main_from_name" in prepared:
+        return
+    try:
+        _MainFinder(_Discarded(), protocol=pickle.HIGHEST_PROTOCOL).dump(supernet)
+    except WorkersCannotImport:
+        raise
+    except Exception:  # noqa: BLE001  (not picklable at all: the launch says so, as it does for any session)
+        return
 
 
 class _Discarded(io.RawIOBase):
