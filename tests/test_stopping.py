@@ -374,9 +374,9 @@ def test_a_ctrl_c_while_a_normal_exit_waits_for_a_pool_start_still_ends_the_work
     assert "Unpickling" not in result.stderr, result.stderr[-2000:]
 
 
-# A library user's pool started in the main thread, its worker's start taking argv[1] s; a Ctrl-C 1 s after the
-# worker exists, so while the pool still writes the worker its data.
-_CTRL_C_DURING_A_MAIN_THREAD_POOL_START = _SPAWNED_WORKERS + """
+# A library user's pool about to start in the main thread, its worker's start taking argv[1] s; a Ctrl-C 1 s after
+# the worker exists (its pid printed and kept in ``known``), so while the pool still writes the worker its data.
+_CTRL_C_SOON_AFTER_A_WORKER_EXISTS = _SPAWNED_WORKERS + """
 import signal, sys, threading, time
 from hwsearch import export_pool
 
@@ -384,14 +384,19 @@ class SlowInItsWorker:
     def __reduce__(self):
         return (time.sleep, (float(sys.argv[1]),))
 
+known = set()
+
 def ctrl_c_soon():
     while not workers():
         time.sleep(0.005)
-    print(*workers(), flush=True)
+    known.update(workers())
+    print(*known, flush=True)
     time.sleep(1.0)
     os.kill(os.getpid(), signal.SIGINT)
 
 threading.Thread(target=ctrl_c_soon, daemon=True).start()
+"""
+_CTRL_C_DURING_A_MAIN_THREAD_POOL_START = _CTRL_C_SOON_AFTER_A_WORKER_EXISTS + """
 export_pool.ExportPool([SlowInItsWorker(), bytes(8 << 20)], 1)
 """
 
@@ -548,8 +553,7 @@ pool.close()
 def test_a_start_cut_short_by_a_caught_ctrl_c_leaves_no_zombie(tmp_path: Path) -> None:
     """The worker of a launch that a Ctrl-C cut off was killed but never reaped (it is in no one's list of
     children): a notebook that caught the Ctrl-C kept a zombie per interrupted start (Y10, 3 of 3 runs)."""
-    script = _CTRL_C_DURING_A_MAIN_THREAD_POOL_START.replace(
-        "export_pool.ExportPool([SlowInItsWorker(), bytes(8 << 20)], 1)", """
+    script = _CTRL_C_SOON_AFTER_A_WORKER_EXISTS + """
 try:
     export_pool.ExportPool([SlowInItsWorker(), bytes(8 << 20)], 1)
 except KeyboardInterrupt:
@@ -566,7 +570,6 @@ deadline = time.monotonic() + 10
 while state(worker) not in ("Z", "gone") and time.monotonic() < deadline:
     time.sleep(0.05)
 print("state", state(worker), flush=True)
-""").replace("print(*workers(), flush=True)", "known.update(workers())\n    print(*known, flush=True)").replace(
-        "threading.Thread(target=ctrl_c_soon", "known = set()\nthreading.Thread(target=ctrl_c_soon")
+"""
     result = _python(script, tmp_path, "4")
     assert result.stdout.splitlines()[-1:] == ["state gone"], (result.stdout, result.stderr[-2000:])
