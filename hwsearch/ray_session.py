@@ -337,6 +337,9 @@ def _check_cluster_code(address: str) -> None:
     mine = code_digest()
     try:
         found = _digests_of_live_nodes()
+    except _NoNodeAnswered as error:
+        ray.shutdown()
+        raise ClusterUnfit(address, str(error)) from None
     except Exception as error:  # a worker could not import or run hwsearch, or never started: Ray's own types
         ray.shutdown()
         where, cause = ((f" (node {error.node})", error.cause) if isinstance(error, _NodeCannotRun)
@@ -351,36 +354,57 @@ def _check_cluster_code(address: str) -> None:
                                         "hwsearch on every node, or start the cluster from this installation")
 
 
+#: How long to wait before asking again when no node of a joined cluster has answered the code check yet.
+_NO_ANSWER_RETRY_S = 1.0
+
+
 def _digests_of_live_nodes() -> list[tuple[str, dict[str, str]]]:
     """``(node address, code_digest())`` from each live node, by one task pinned to it (no CPU asked).
 
     A node listed alive that cannot take the task (it died or is draining,
     and the GCS has not yet marked it dead: about 30 s) is skipped, not
     blamed on the installation: Y5 saw such a node refuse a whole working
-    cluster with "cannot run hwsearch".  Any other failure of a node's task
-    is :class:`_NodeCannotRun`, naming the node.
+    cluster with "cannot run hwsearch".  Skipping is safe only while another
+    node answered: a clean clone's CI joined a one-node cluster of other
+    code, checked nothing and called it fit.  So until some node answers,
+    the check asks again, and :class:`_NoNodeAnswered` ends it at the
+    deadline.  Any other failure of a node's task is :class:`_NodeCannotRun`,
+    naming the node.
     """
+    deadline = time.monotonic() + CLUSTER_CHECK_TIMEOUT_S
+    while True:
+        found, unanswered = _ask_each_live_node(deadline)
+        if found:
+            for node in unanswered:
+                log.warning("Ray node %s is listed alive but took no task; its code was not checked", node)
+            return found
+        if time.monotonic() + _NO_ANSWER_RETRY_S >= deadline:
+            raise _NoNodeAnswered(unanswered)
+        time.sleep(_NO_ANSWER_RETRY_S)
+
+
+def _ask_each_live_node(deadline: float) -> tuple[list[tuple[str, dict[str, str]]], list[str]]:
+    """One round of the code check: the digests of the nodes listed alive that answered, and those that took no task."""
     import ray
     from ray.exceptions import NodeDiedError, TaskUnschedulableError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     digest = ray.remote(code_digest)
-    deadline = time.monotonic() + CLUSTER_CHECK_TIMEOUT_S
     pending = []
     for node in ray.nodes():
         if node.get("Alive"):
             pinned = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
             pending.append((node.get("NodeManagerAddress", "?"),
                             digest.options(num_cpus=0, scheduling_strategy=pinned).remote()))
-    found = []
+    found, unanswered = [], []
     for node, task in pending:
         try:
             found.append((node, ray.get(task, timeout=max(deadline - time.monotonic(), 0.001))))
         except (NodeDiedError, TaskUnschedulableError):
-            log.warning("Ray node %s is listed alive but took no task; its code was not checked", node)
+            unanswered.append(node)
         except Exception as error:
             raise _NodeCannotRun(node, type(error).__name__) from error
-    return found
+    return found, unanswered
 
 
 class _NodeCannotRun(Exception):
@@ -390,6 +414,16 @@ class _NodeCannotRun(Exception):
         super().__init__(f"node {node}: {cause}")
         self.node = node
         self.cause = cause
+
+
+class _NoNodeAnswered(Exception):
+    """No node of the cluster took the code check's task before its deadline, so nothing was checked."""
+
+    def __init__(self, unanswered: list[str]) -> None:
+        listed = (f"none of the nodes listed alive ({', '.join(unanswered)}) took a task" if unanswered
+                  else "no node was listed alive")
+        super().__init__(f"{listed} within {CLUSTER_CHECK_TIMEOUT_S:g} s, so its hwsearch code could not be "
+                         "checked; try again once its nodes have started")
 
 
 @contextlib.contextmanager

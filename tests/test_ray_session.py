@@ -274,7 +274,7 @@ def test_a_cluster_whose_workers_run_other_hwsearch_code_is_refused_when_joined(
                                     capture_output=True, text=True, timeout=300, env=env, cwd=temp)
     assert result.returncode == 0, result.stderr[-3000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
-    assert answer["joined"] is False and not answer["still_initialized"], answer
+    assert answer["joined"] is False and not answer["still_initialized"], (answer, result.stderr[-4000:])
     assert f"its workers run hwsearch from {other / 'hwsearch'} (node " in answer["error"], answer
 
 
@@ -356,6 +356,43 @@ def test_a_node_listed_alive_that_takes_no_task_is_skipped_not_blamed(short_temp
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"checked": 1, "same": True}
     assert "is listed alive but took no task" in result.stderr
+
+
+
+# A cluster whose only node is listed alive but takes no task (as a node starting, or the CI's one-node cluster
+# whose check came back empty): nothing is checked, so the cluster is not called fit.
+UNCHECKED_SCRIPT = """
+import json, secrets, time
+import ray
+from hwsearch import ray_session
+
+ray.init(num_cpus=1, include_dashboard=False)
+phantom = {**ray.nodes()[0], "NodeID": secrets.token_hex(28)}
+ray.nodes = lambda: [phantom]
+ray_session.CLUSTER_CHECK_TIMEOUT_S = 3.0
+started = time.monotonic()
+try:
+    ray_session._check_cluster_code("the-cluster:6379")
+    print(json.dumps({"joined": True}))
+except ray_session.ClusterUnfit as error:
+    print(json.dumps({"joined": False, "error": str(error), "waited": time.monotonic() - started,
+                      "still_initialized": ray.is_initialized()}))
+"""
+
+
+def test_a_cluster_none_of_whose_nodes_took_the_check_is_not_called_fit(short_temp_dir: Path) -> None:
+    """Nodes that take no task are skipped only beside one that answered: with every node skipped, the check found
+    no digest to compare and a clean clone's CI joined a one-node cluster of other code.  It asks again until its
+    deadline, then refuses the cluster, saying why."""
+    env = {**os.environ, "TMPDIR": str(short_temp_dir), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run([sys.executable, "-c", UNCHECKED_SCRIPT], capture_output=True, text=True, timeout=300,
+                            env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["joined"] is False and not answer["still_initialized"], (answer, result.stderr[-3000:])
+    assert "none of the nodes listed alive" in answer["error"] and "could not be checked" in answer["error"], answer
+    assert answer["waited"] >= 2.0, answer  # it asked again, not once
 
 
 @contextmanager
