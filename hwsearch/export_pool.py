@@ -38,6 +38,7 @@ import multiprocessing
 import multiprocessing.context
 import os
 import pickle
+import select
 import threading
 import time
 import weakref
@@ -67,6 +68,7 @@ _START_TIMEOUT_S = 120.0
 #: How long a stopped command's exit waits for a pool's worker being started to take its data (3.3 s here).
 STARTING_WORKER_WAIT_S = 20.0
 _ORPHAN_CHECK_S = 1.0  # how often a worker looks for its parent
+_LAUNCH_WATCH_S = 0.05  # how often a launch's watcher looks at its child
 _REAP_WAIT_S = 1.0  # how long a killed worker whose launch was cut off may take to end (one in "D" takes a while)
 
 _worker_supernet: Any = None  # the supernet, in a worker process
@@ -180,10 +182,10 @@ def _refuse_what_workers_cannot_import(supernet: Any) -> None:
 
     A spawned worker imports the parent's main module again only when it
     ran from a file or with ``-m``.  Otherwise a supernet class defined
-    there is not found, the worker dies while the pool still writes its
-    data, and with more data than a pipe holds (64 KiB) the write never
-    ends, since the parent keeps the pipe's read end open until it has: the
-    pool's start hung for ever, and :class:`Exporters` never fell back (Y10).
+    there is not found, and the worker dies while the pool still writes its
+    data.  That start hung for ever (Y10) until the launch's watcher
+    (:class:`_RecordedPopen`); it now fails with a dead worker, which says
+    nothing of why.  This check names the class, before any worker starts.
     """
     prepared = spawn.get_preparation_data("hwsearch-export-worker")
     if "init_main_from_path" in prepared or "init_main_from_name" in prepared:
@@ -243,24 +245,94 @@ class _RecordingContext:
 
 
 class _RecordedPopen(popen_spawn_posix.Popen):
-    """A spawn launch that records itself before it begins.
+    """A spawn launch that records itself before it begins, and whose data write ends if the child dies.
 
     Its pid is set as soon as the child exists, before the child's data
     (the supernet, megabytes) is written to its pipe, while ``Process.pid``
     stays ``None`` until that write has ended: a launch that a stop or a
     Ctrl-C cuts off mid-write is still found here, and only here.
+
+    The launch keeps the pipe's read end open until its write has ended, so
+    a child that died while taking its data (killed for memory, say) left
+    the write blocked for ever once the pipe was full (64 KiB): the pool's
+    start hung, and no timeout or fallback ever ran (Y10).  A watcher takes
+    what is left, once the child has died, so the write ends and the pool
+    sees a dead worker.
     """
 
     def __init__(self, process_obj: Any) -> None:
         self.launcher = os.getpid()
+        self._launched = threading.Event()
         _LAUNCHES[process_obj] = self
         super().__init__(process_obj)
+
+    def _launch(self, process_obj: Any) -> None:
+        self._fds = _DataPipeCatcher(self._fds, self._watch_data_pipe)
+        try:
+            super()._launch(process_obj)
+        finally:
+            self._launched.set()
+
+    def _watch_data_pipe(self, reader: int) -> None:
+        """Drain ``reader`` (a copy of the data pipe's read end) in a thread, if the child dies mid-launch."""
+        threading.Thread(target=self._drain_if_the_child_dies, args=(reader,), daemon=True,
+                         name="hwsearch-export-launch-watch").start()
+
+    def _drain_if_the_child_dies(self, reader: int) -> None:
+        try:
+            pid = self._pid_once_spawned()
+            if pid is None:
+                return  # the launch ended before a child existed
+            try:
+                child = os.pidfd_open(pid)
+            except OSError:  # no pidfd (Linux before 5.3): such a launch still hangs
+                return
+            try:
+                while not self._launched.is_set():
+                    if select.select([child], [], [], _LAUNCH_WATCH_S)[0]:
+                        _discard_until(reader, self._launched)
+                        return
+            finally:
+                os.close(child)
+        finally:
+            os.close(reader)
+
+    def _pid_once_spawned(self) -> int | None:
+        """The child's pid as soon as the launch has set it, or ``None`` if the launch ended first."""
+        while getattr(self, "pid", None) is None:
+            if self._launched.wait(_LAUNCH_WATCH_S):
+                return None
+        return self.pid
 
     def reap(self, wait_s: float) -> None:
         """Collect the ended child's exit status, waiting at most ``wait_s`` for a killed one to end."""
         deadline = time.monotonic() + wait_s
         while self.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
+
+
+class _DataPipeCatcher(list):
+    """The fds a spawn launch passes its child; catches a copy of the data pipe's read end as the launch adds it.
+
+    CPython's launch adds ``[child_r, child_w]`` in one ``extend`` just
+    before it spawns (every version from 3.6 to 3.13).
+    """
+
+    def __init__(self, fds: list[int], on_data_pipe: Callable[[int], None]) -> None:
+        super().__init__(fds)
+        self._on_data_pipe = on_data_pipe
+
+    def extend(self, fds: Iterable[int]) -> None:
+        fds = list(fds)
+        super().extend(fds)
+        self._on_data_pipe(os.dup(fds[0]))
+
+
+def _discard_until(reader: int, done: threading.Event) -> None:
+    """Read and drop what ``reader`` receives until ``done`` is set: the writer's reader has died."""
+    while not done.is_set():
+        if select.select([reader], [], [], _LAUNCH_WATCH_S)[0] and not os.read(reader, 1 << 16):
+            return  # every write end closed
 
 
 class _RecordedSpawnProcess(multiprocessing.context.SpawnProcess):

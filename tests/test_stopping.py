@@ -530,6 +530,33 @@ except WorkersCannotImport as error:
     assert result.stdout.startswith("MySupernet is defined in __main__"), result.stdout
 
 
+
+def test_a_worker_that_dies_while_taking_its_data_breaks_the_start_instead_of_hanging_it(tmp_path: Path) -> None:
+    """The launch keeps the data pipe's read end open until its write ends, so a worker that died mid-read (killed
+    for memory, say) with more than a pipe holds still to come left the write, and the pool's start, blocked for ever;
+    no timeout or fallback ran (Y10's finding, left open by stop 64).  The start now fails at once, as a pool does
+    whose worker died."""
+    script = """
+import os, time
+from concurrent.futures.process import BrokenProcessPool
+from hwsearch.export_pool import ExportPool
+
+class EndsTheWorker:
+    def __reduce__(self):  # unpickled in the worker, before the megabyte behind it is read
+        return (os._exit, (3,))
+
+started = time.monotonic()
+try:
+    ExportPool([EndsTheWorker(), bytes(1_000_000)], 1)
+except BrokenProcessPool:
+    print(f"broken after {time.monotonic() - started:.1f} s")
+"""
+    result = _python(script, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("broken after "), (result.stdout, result.stderr[-2000:])
+    assert float(result.stdout.split()[2]) < 60, result.stdout  # before, it hung until the test's timeout
+
+
 def test_a_forked_childs_exit_leaves_its_parents_pool_workers_alone(tmp_path: Path) -> None:
     """A child forked while a pool was open inherited its launch records, and its exit killed the parent's workers,
     breaking the parent's pool (Y10, 2 of 2 runs)."""
