@@ -289,7 +289,7 @@ class _RecordedPopen(popen_spawn_posix.Popen):
                 return
             try:
                 while not self._launched.is_set():
-                    if select.select([child], [], [], _LAUNCH_WATCH_S)[0]:
+                    if _ready(child, _LAUNCH_WATCH_S):
                         _discard_until(reader, self._launched)
                         return
             finally:
@@ -328,10 +328,18 @@ class _DataPipeCatcher(list):
         self._on_data_pipe(os.dup(fds[0]))
 
 
+def _ready(fd: int, timeout_s: float) -> bool:
+    """Whether ``fd`` is readable (or hung up) within ``timeout_s``; by ``poll``, since ``select`` refuses
+    descriptors past 1023, which a service holding Ray's and its clients' sockets reaches."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout_s * 1000))
+
+
 def _discard_until(reader: int, done: threading.Event) -> None:
     """Read and drop what ``reader`` receives until ``done`` is set: the writer's reader has died."""
     while not done.is_set():
-        if select.select([reader], [], [], _LAUNCH_WATCH_S)[0] and not os.read(reader, 1 << 16):
+        if _ready(reader, _LAUNCH_WATCH_S) and not os.read(reader, 1 << 16):
             return  # every write end closed
 
 
