@@ -39,11 +39,13 @@ import multiprocessing.context
 import os
 import pickle
 import select
+import signal
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from multiprocessing import popen_spawn_posix, spawn
 from pathlib import Path
@@ -69,6 +71,7 @@ _START_TIMEOUT_S = 120.0
 STARTING_WORKER_WAIT_S = 20.0
 _ORPHAN_CHECK_S = 1.0  # how often a worker looks for its parent
 _LAUNCH_WATCH_S = 0.05  # how often a launch's watcher looks at its child
+_DEATH_WAIT_S = 1.0  # how long a broken start waits to see which of its workers died
 _REAP_WAIT_S = 1.0  # how long a killed worker whose launch was cut off may take to end (one in "D" takes a while)
 
 _worker_supernet: Any = None  # the supernet, in a worker process
@@ -104,9 +107,12 @@ class ExportPool:
                 # and no task passes the barrier until each worker holds one, so each reports its own pid.
                 checked_in = [self._pool.submit(_check_in) for _ in range(workers)]
                 self._pids = {future.result(timeout=_START_TIMEOUT_S) for future in checked_in}
-            except BaseException:  # a stop in this thread too (Y6: the exit then waited on a worker for ever)
+            except BaseException as error:  # a stop in this thread too (Y6: the exit then waited on a worker for ever)
+                died = self._context.died_launching(_DEATH_WAIT_S) if isinstance(error, Exception) else None
                 self.end_now()
                 _OPEN_POOLS.closed(self)
+                if died:
+                    raise BrokenProcessPool(died) from error
                 raise
 
     @property
@@ -240,6 +246,32 @@ class _RecordingContext:
             if process.pid is None:
                 launch.reap(_REAP_WAIT_S)
 
+    def died_launching(self, wait_s: float) -> str | None:
+        """What ended a worker launched by this process that has already exited, if one has; ``None`` otherwise.
+
+        With two workers or more, a start whose first worker died went on
+        to launch the next against a pool already shutting down, and failed
+        with whatever that race raised (``OSError: handle is closed``,
+        ``ValueError: bad value(s) in fds_to_keep``: Y11, 3 to 5 starts in 10).
+        A broken pool sends its other workers SIGTERM, so a worker that
+        ended otherwise is named first.  A dying worker's pipes close before
+        it can be waited for, so the pool may be broken a moment before any
+        worker shows an exit: this waits up to ``wait_s`` for one.
+        """
+        launches = [launch for launch in map(_LAUNCHES.get, self._processes)
+                    if launch is not None and launch.launcher == os.getpid() and getattr(launch, "pid", None)]
+        deadline = time.monotonic() + wait_s
+        ended = [launch for launch in launches if launch.poll() is not None]
+        while not ended and time.monotonic() < deadline:
+            time.sleep(0.01)
+            ended = [launch for launch in launches if launch.poll() is not None]
+        if not ended:
+            return None
+        first = min(ended, key=lambda launch: launch.returncode == -signal.SIGTERM)
+        pid, code = first.pid, first.returncode
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        return f"export worker {pid} died while it started ({how}; out of memory?)"
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
 
@@ -272,6 +304,9 @@ class _RecordedPopen(popen_spawn_posix.Popen):
             super()._launch(process_obj)
         finally:
             self._launched.set()
+            # The catcher holds this launch: kept, the cycle left the pipes its finalizer closes open until a
+            # full collection (Y11: 58 pipes after 40 pool starts).
+            self._fds = list(self._fds)
 
     def _watch_data_pipe(self, reader: int) -> None:
         """Drain ``reader`` (a copy of the data pipe's read end) in a thread, if the child dies mid-launch."""
@@ -285,7 +320,9 @@ class _RecordedPopen(popen_spawn_posix.Popen):
                 return  # the launch ended before a child existed
             try:
                 child = os.pidfd_open(pid)
-            except OSError:  # no pidfd (Linux before 5.3): such a launch still hangs
+            except OSError as error:  # no pidfd (Linux before 5.3, a sandbox, no descriptors left)
+                log.debug("export worker %s is launched unwatched (%s): a death while it starts hangs the start",
+                          pid, error)
                 return
             try:
                 while not self._launched.is_set():

@@ -330,28 +330,40 @@ def _check_cluster_code(address: str) -> None:
     ``WorkerCrashedError``.  One small task per live node (no CPU asked,
     pinned there) compares its digest of the sources with this process's.
     A node that joins later is refused task by task (:func:`refuse_foreign_code`).
-    The session is shut down first, so a later call can join again.
+    The session is shut down unless the check passed, so a later call can
+    join again: a Ctrl-C that cut the check short left Ray up, and the next
+    call took the cluster unchecked (Y11).
     """
     import ray
 
-    mine = code_digest()
+    checked = False
     try:
-        found = _digests_of_live_nodes()
-    except _NoNodeAnswered as error:
-        ray.shutdown()
-        raise ClusterUnfit(address, str(error)) from None
-    except Exception as error:  # a worker could not import or run hwsearch, or never started: Ray's own types
-        ray.shutdown()
-        where, cause = ((f" (node {error.node})", error.cause) if isinstance(error, _NodeCannotRun)
-                        else ("", type(error).__name__))
-        raise ClusterUnfit(address, f"its workers{where} cannot run hwsearch ({cause}); install "
-                                    "this hwsearch where the cluster runs, the same version as here") from None
-    for node, theirs in found:
-        if theirs["digest"] != mine["digest"]:
+        mine = code_digest()
+        try:
+            found = _digests_of_live_nodes()
+        except Exception as error:
+            raise _unchecked(address, error) from None
+        for node, theirs in found:
+            if theirs["digest"] != mine["digest"]:
+                raise ClusterUnfit(address, f"its workers run hwsearch from {theirs['hwsearch']} (node {node}), "
+                                            f"whose sources differ from this one's ({mine['hwsearch']}); install "
+                                            "the same hwsearch on every node, or start the cluster from this "
+                                            "installation")
+        checked = True
+    finally:
+        if not checked:
             ray.shutdown()
-            raise ClusterUnfit(address, f"its workers run hwsearch from {theirs['hwsearch']} (node {node}), whose "
-                                        f"sources differ from this one's ({mine['hwsearch']}); install the same "
-                                        "hwsearch on every node, or start the cluster from this installation")
+
+
+def _unchecked(address: str, error: Exception) -> ClusterUnfit:
+    """The refusal of a cluster whose code check failed with ``error``."""
+    if isinstance(error, _NoNodeAnswered):
+        return ClusterUnfit(address, str(error))
+    # A worker could not import or run hwsearch, or never started: Ray's own types.
+    where, cause = ((f" (node {error.node})", error.cause) if isinstance(error, _NodeCannotRun)
+                    else ("", type(error).__name__))
+    return ClusterUnfit(address, f"its workers{where} cannot run hwsearch ({cause}); install "
+                                 "this hwsearch where the cluster runs, the same version as here")
 
 
 #: How long to wait before asking again when no node of a joined cluster has answered the code check yet.
@@ -372,6 +384,7 @@ def _digests_of_live_nodes() -> list[tuple[str, dict[str, str]]]:
     naming the node.
     """
     deadline = time.monotonic() + CLUSTER_CHECK_TIMEOUT_S
+    asked_again = False
     while True:
         found, unanswered = _ask_each_live_node(deadline)
         if found:
@@ -380,6 +393,10 @@ def _digests_of_live_nodes() -> list[tuple[str, dict[str, str]]]:
             return found
         if time.monotonic() + _NO_ANSWER_RETRY_S >= deadline:
             raise _NoNodeAnswered(unanswered)
+        if not asked_again:
+            log.warning("no node of the Ray cluster has taken the code check yet; asking again for up to %.0f s",
+                        deadline - time.monotonic())
+            asked_again = True
         time.sleep(_NO_ANSWER_RETRY_S)
 
 

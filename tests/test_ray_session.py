@@ -395,6 +395,39 @@ def test_a_cluster_none_of_whose_nodes_took_the_check_is_not_called_fit(short_te
     assert answer["waited"] >= 2.0, answer  # it asked again, not once
 
 
+
+# The same cluster, with a Ctrl-C two seconds into the check's asking again.
+CUT_SHORT_SCRIPT = """
+import json, os, secrets, signal, threading
+import ray
+from hwsearch import ray_session
+
+ray.init(num_cpus=1, include_dashboard=False)
+phantom = {**ray.nodes()[0], "NodeID": secrets.token_hex(28)}
+ray.nodes = lambda: [phantom]
+ray_session.CLUSTER_CHECK_TIMEOUT_S = 60.0
+threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    ray_session._check_cluster_code("the-cluster:6379")
+    print(json.dumps({"interrupted": False}))
+except KeyboardInterrupt:
+    print(json.dumps({"interrupted": True, "still_initialized": ray.is_initialized()}))
+"""
+
+
+def test_a_check_cut_short_leaves_no_session_that_a_later_join_would_take_unchecked(short_temp_dir: Path) -> None:
+    """``init_ray`` keeps a session already up, so a Ctrl-C during the check that left Ray joined made the next call
+    take the cluster with nothing checked (Y11)."""
+    env = {**os.environ, "TMPDIR": str(short_temp_dir), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run([sys.executable, "-c", CUT_SHORT_SCRIPT], capture_output=True, text=True, timeout=300,
+                            env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer == {"interrupted": True, "still_initialized": False}, (answer, result.stderr[-3000:])
+    assert "asking again for up to" in result.stderr, result.stderr[-3000:]
+
+
 @contextmanager
 def _ray_node(env: dict[str, str], cwd: Path, address: str) -> Iterator[None]:
     """A second node joining the cluster at ``address``, in its own process group, once it has started."""
