@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -164,6 +165,7 @@ def test_a_local_ray_runs_nothing_for_a_stranger_on_the_network(tmp_path: Path) 
 PRIVATE_FOLDER_SCRIPT = """
 import json, os, stat, sys
 from pathlib import Path
+from typing import Any
 import ray
 from hwsearch.ray_session import init_ray
 
@@ -331,43 +333,47 @@ def test_a_node_that_joins_after_the_check_runs_no_task_with_other_code(short_te
     assert not outcome["head"].startswith("ForeignCode"), outcome  # this code: the task ran (and met its junk)
 
 
-PHANTOM_SCRIPT = """
-import json, logging, secrets
+# A local Ray of its own, and a node listed alive that is gone: no task pinned to it is ever placed.
+_PHANTOM_HEAD = """
+import json, logging, os, secrets, signal, threading, time
 import ray
 from hwsearch import ray_session
 
 ray.init(num_cpus=1, include_dashboard=False)
-real_nodes = ray.nodes
-phantom = {**real_nodes()[0], "NodeID": secrets.token_hex(28)}  # listed alive, gone: no task reaches it
-ray.nodes = lambda: [*real_nodes(), phantom]
 logging.basicConfig()
-found = ray_session._digests_of_live_nodes()
-print(json.dumps({"checked": len(found), "same": found[0][1] == ray_session.code_digest()}))
+real_nodes = ray.nodes
+phantom = {**real_nodes()[0], "NodeID": secrets.token_hex(28)}
 """
+
+
+def _beside_a_phantom(script: str, temp: Path) -> tuple[Any, str]:
+    """Run ``_PHANTOM_HEAD`` then ``script``; the JSON of its last line of output, and its stderr."""
+    env = {**os.environ, "TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run([sys.executable, "-c", _PHANTOM_HEAD + script], capture_output=True, text=True,
+                            timeout=300, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
 
 
 def test_a_node_listed_alive_that_takes_no_task_is_skipped_not_blamed(short_temp_dir: Path) -> None:
     """A node dying or draining stays listed alive for about 30 s: its pinned task is unschedulable, and one such
     node refused a whole working cluster with "cannot run hwsearch" (Y5)."""
-    env = {**os.environ, "TMPDIR": str(short_temp_dir), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    result = subprocess.run([sys.executable, "-c", PHANTOM_SCRIPT], capture_output=True, text=True, timeout=300,
-                            env=env, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"checked": 1, "same": True}
-    assert "is listed alive but took no task" in result.stderr
+    answer, stderr = _beside_a_phantom("""
+ray.nodes = lambda: [*real_nodes(), phantom]
+found = ray_session._digests_of_live_nodes()
+print(json.dumps({"checked": len(found), "same": found[0][1] == ray_session.code_digest()}))
+""", short_temp_dir)
+    assert answer == {"checked": 1, "same": True}
+    assert "is listed alive but took no task" in stderr
 
 
-
-# A cluster whose only node is listed alive but takes no task (as a node starting, or the CI's one-node cluster
-# whose check came back empty): nothing is checked, so the cluster is not called fit.
-UNCHECKED_SCRIPT = """
-import json, secrets, time
-import ray
-from hwsearch import ray_session
-
-ray.init(num_cpus=1, include_dashboard=False)
-phantom = {**ray.nodes()[0], "NodeID": secrets.token_hex(28)}
+def test_a_cluster_none_of_whose_nodes_took_the_check_is_not_called_fit(short_temp_dir: Path) -> None:
+    """Nodes that take no task are skipped only beside one that answered: with every node skipped (a node starting,
+    or the CI's one-node cluster whose check came back empty), the check found no digest to compare, and a clean
+    clone's CI joined a one-node cluster of other code.  It asks again until its deadline, then refuses the cluster,
+    saying why."""
+    answer, stderr = _beside_a_phantom("""
 ray.nodes = lambda: [phantom]
 ray_session.CLUSTER_CHECK_TIMEOUT_S = 3.0
 started = time.monotonic()
@@ -377,33 +383,16 @@ try:
 except ray_session.ClusterUnfit as error:
     print(json.dumps({"joined": False, "error": str(error), "waited": time.monotonic() - started,
                       "still_initialized": ray.is_initialized()}))
-"""
-
-
-def test_a_cluster_none_of_whose_nodes_took_the_check_is_not_called_fit(short_temp_dir: Path) -> None:
-    """Nodes that take no task are skipped only beside one that answered: with every node skipped, the check found
-    no digest to compare and a clean clone's CI joined a one-node cluster of other code.  It asks again until its
-    deadline, then refuses the cluster, saying why."""
-    env = {**os.environ, "TMPDIR": str(short_temp_dir), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    result = subprocess.run([sys.executable, "-c", UNCHECKED_SCRIPT], capture_output=True, text=True, timeout=300,
-                            env=env, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    answer = json.loads(result.stdout.strip().splitlines()[-1])
-    assert answer["joined"] is False and not answer["still_initialized"], (answer, result.stderr[-3000:])
+""", short_temp_dir)
+    assert answer["joined"] is False and not answer["still_initialized"], (answer, stderr[-3000:])
     assert "none of the nodes listed alive" in answer["error"] and "could not be checked" in answer["error"], answer
     assert answer["waited"] >= 2.0, answer  # it asked again, not once
 
 
-
-# The same cluster, with a Ctrl-C two seconds into the check's asking again.
-CUT_SHORT_SCRIPT = """
-import json, os, secrets, signal, threading
-import ray
-from hwsearch import ray_session
-
-ray.init(num_cpus=1, include_dashboard=False)
-phantom = {**ray.nodes()[0], "NodeID": secrets.token_hex(28)}
+def test_a_check_cut_short_leaves_no_session_that_a_later_join_would_take_unchecked(short_temp_dir: Path) -> None:
+    """``init_ray`` keeps a session already up, so a Ctrl-C during the check that left Ray joined made the next call
+    take the cluster with nothing checked (Y11)."""
+    answer, stderr = _beside_a_phantom("""
 ray.nodes = lambda: [phantom]
 ray_session.CLUSTER_CHECK_TIMEOUT_S = 60.0
 threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT)).start()
@@ -412,21 +401,9 @@ try:
     print(json.dumps({"interrupted": False}))
 except KeyboardInterrupt:
     print(json.dumps({"interrupted": True, "still_initialized": ray.is_initialized()}))
-"""
-
-
-def test_a_check_cut_short_leaves_no_session_that_a_later_join_would_take_unchecked(short_temp_dir: Path) -> None:
-    """``init_ray`` keeps a session already up, so a Ctrl-C during the check that left Ray joined made the next call
-    take the cluster with nothing checked (Y11)."""
-    env = {**os.environ, "TMPDIR": str(short_temp_dir), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    result = subprocess.run([sys.executable, "-c", CUT_SHORT_SCRIPT], capture_output=True, text=True, timeout=300,
-                            env=env, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    answer = json.loads(result.stdout.strip().splitlines()[-1])
-    assert answer == {"interrupted": True, "still_initialized": False}, (answer, result.stderr[-3000:])
-    assert "asking again for up to" in result.stderr, result.stderr[-3000:]
-
+""", short_temp_dir)
+    assert answer == {"interrupted": True, "still_initialized": False}, (answer, stderr[-3000:])
+    assert "asking again for up to" in stderr, stderr[-3000:]
 
 @contextmanager
 def _ray_node(env: dict[str, str], cwd: Path, address: str) -> Iterator[None]:
@@ -450,6 +427,7 @@ def _ray_node(env: dict[str, str], cwd: Path, address: str) -> Iterator[None]:
 PATHS_SCRIPT = """
 import json, os, sys
 from pathlib import Path
+from typing import Any
 import ray
 from devices.profile import DeviceProfile
 from devices.reference import reference_model_bytes
