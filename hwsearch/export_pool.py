@@ -44,7 +44,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from multiprocessing import popen_spawn_posix, spawn
@@ -57,7 +57,7 @@ from hwsearch.at_exit import ENDS_PROCESSES, OpenUntilExit, command_stopped
 if TYPE_CHECKING:  # torch loads only when something is exported
     from hwsearch.export import ExportReport
 
-__all__ = ["ExportPool", "Exporters", "WorkersCannotImport", "exporters"]
+__all__ = ["ExportPool", "Exporters", "WorkerDiedStarting", "WorkersCannotImport", "exporters"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,15 +105,39 @@ class ExportPool:
             try:
                 # One start-up task per worker: with spawn, each submit finding no idle worker starts one,
                 # and no task passes the barrier until each worker holds one, so each reports its own pid.
-                checked_in = [self._pool.submit(_check_in) for _ in range(workers)]
-                self._pids = {future.result(timeout=_START_TIMEOUT_S) for future in checked_in}
+                self._pids = self._checked_in([self._pool.submit(_check_in) for _ in range(workers)])
             except BaseException as error:  # a stop in this thread too (Y6: the exit then waited on a worker for ever)
-                died = self._context.died_launching(_DEATH_WAIT_S) if isinstance(error, Exception) else None
-                self.end_now()
-                _OPEN_POOLS.closed(self)
+                died = None
+                try:
+                    if isinstance(error, Exception) and not isinstance(error, WorkerDiedStarting):
+                        died = self._context.died_launching(_DEATH_WAIT_S)
+                finally:  # a Ctrl-C during that wait too (Y12: it left the worker, and the exit waited 120 s)
+                    self.end_now()
+                    self._context.forget_launched()
+                    _OPEN_POOLS.closed(self)
                 if died:
-                    raise BrokenProcessPool(died) from error
+                    raise WorkerDiedStarting(died) from error
                 raise
+
+    def _checked_in(self, checked_in: list[Future[int]]) -> set[int]:
+        """The workers' pids once every one has started; a worker that dies meanwhile fails the start at once.
+
+        The pool's own watch sees only the workers it knew when it last
+        woke, and the last launch comes after that: its death went unseen
+        until the other workers' barrier gave up, 120 s later (Y12).
+        """
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while True:
+            done, pending = wait(checked_in, timeout=_LAUNCH_WATCH_S, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # a failed one raises its error
+            if not pending:
+                return {future.result() for future in checked_in}
+            died = self._context.died_launching(0.0)
+            if died:
+                raise WorkerDiedStarting(died)
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"the export pool's workers did not start within {_START_TIMEOUT_S:g} s")
 
     @property
     def worker_pids(self) -> frozenset[int]:
@@ -162,6 +186,10 @@ class ExportPool:
         that a Ctrl-C interrupts marks the thread ended while it still runs)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         done.set()
+
+
+class WorkerDiedStarting(BrokenProcessPool):
+    """A pool worker died while it started; says which and how."""
 
 
 class WorkersCannotImport(RuntimeError):
@@ -262,15 +290,21 @@ class _RecordingContext:
                     if launch is not None and launch.launcher == os.getpid() and getattr(launch, "pid", None)]
         deadline = time.monotonic() + wait_s
         ended = [launch for launch in launches if launch.poll() is not None]
-        while not ended and time.monotonic() < deadline:
+        while launches and not ended and time.monotonic() < deadline:  # no child: nothing to wait for
             time.sleep(0.01)
             ended = [launch for launch in launches if launch.poll() is not None]
         if not ended:
             return None
         first = min(ended, key=lambda launch: launch.returncode == -signal.SIGTERM)
-        pid, code = first.pid, first.returncode
-        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        return f"export worker {pid} died while it started ({how}; out of memory?)"
+        code = first.returncode
+        how = (f"exit code {code}" if code >= 0 else "killed by SIGKILL; out of memory?" if code == -signal.SIGKILL
+               else f"killed by signal {-code}")
+        return f"export worker {first.pid} died while it started ({how})"
+
+    def forget_launched(self) -> None:
+        """Drop this context's hold on its launches, once they are killed: a failed start's error holds the pool
+        through its traceback, and with it every launch's pipes until a full collection (Y12: 2 per failed start)."""
+        self._processes.clear()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
