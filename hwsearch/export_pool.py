@@ -266,13 +266,23 @@ class _RecordingContext:
         A launch cut off mid-way is in no one's list of children, so it is
         reaped here; left, it stayed a zombie for the life of the process.
         """
-        for process in list(self._processes):
-            launch = _LAUNCHES.get(process)
-            if launch is None or launch.launcher != os.getpid() or getattr(launch, "pid", None) is None:
-                continue  # not ours to end, or the spawn itself failed
+        for process, launch in self._own_launches():
             launch.kill()
             if process.pid is None:
                 launch.reap(_REAP_WAIT_S)
+
+    def _own_launches(self) -> list[tuple[Any, _RecordedPopen]]:
+        """``(process, launch)`` for each launch that this process made and that spawned a child.
+
+        A forked child's records are its parent's, and a launch whose spawn
+        failed has no pid: neither is this process's to end or to blame.
+        """
+        own = []
+        for process in list(self._processes):
+            launch = _LAUNCHES.get(process)
+            if launch is not None and launch.launcher == os.getpid() and getattr(launch, "pid", None) is not None:
+                own.append((process, launch))
+        return own
 
     def died_launching(self, wait_s: float) -> str | None:
         """What ended a worker launched by this process that has already exited, if one has; ``None`` otherwise.
@@ -286,8 +296,7 @@ class _RecordingContext:
         it can be waited for, so the pool may be broken a moment before any
         worker shows an exit: this waits up to ``wait_s`` for one.
         """
-        launches = [launch for launch in map(_LAUNCHES.get, self._processes)
-                    if launch is not None and launch.launcher == os.getpid() and getattr(launch, "pid", None)]
+        launches = [launch for _, launch in self._own_launches()]
         deadline = time.monotonic() + wait_s
         ended = [launch for launch in launches if launch.poll() is not None]
         while launches and not ended and time.monotonic() < deadline:  # no child: nothing to wait for
