@@ -59,10 +59,15 @@ class _State:
         self.registries: list[OpenUntilExit[object]] = []
 
     def forked(self) -> None:
-        """In a forked child: fresh locks, no writes of the parent's threads, which do not run here."""
+        """In a forked child: fresh locks, no writes of the parent's threads, which do not run here, and nothing
+        open: what the parent opened is the parent's to end.  A child forked while another thread started an
+        export pool ended the pool's copy at its exit, and waited 120 s on the copy's lock, held by a thread
+        that does not run here (Y12)."""
         self.lock = threading.Lock()
         self.writes_done = threading.Condition(self.lock)
         self.writes = 0
+        for registry in self.registries:
+            registry.forget_inherited()
 
 
 _state = _State()
@@ -97,6 +102,10 @@ class OpenUntilExit(Generic[T]):
         """Record that ``thing`` was closed by its owner (nothing is left for the exit to do)."""
         with _state.lock:
             self._open.discard(thing)
+
+    def forget_inherited(self) -> None:
+        """Drop every record (in a forked child, whose records are its parent's; :meth:`_State.forked`)."""
+        self._open = set()
 
     def _end_all(self) -> None:
         with _state.lock:

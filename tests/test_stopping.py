@@ -682,3 +682,45 @@ print("state", state(worker), flush=True)
 """
     result = _python(script, tmp_path, "4")
     assert result.stdout.splitlines()[-1:] == ["state gone"], (result.stdout, result.stderr[-2000:])
+
+
+def test_a_child_forked_while_another_thread_starts_a_pool_exits_at_once(tmp_path: Path) -> None:
+    """The child's exit ended its copy of the pool being started, and waited 120 s on the copy's lock, held by the
+    starting thread, which does not run in the child (Y12, 1 of 1 run).  The parent's start must still succeed."""
+    script = """
+import json, os, threading, time
+from multiprocessing.context import get_spawning_popen
+from hwsearch.export_pool import ExportPool
+
+handing_over = threading.Event()
+started = []
+
+class SlowToHandOver:
+    def __reduce__(self):
+        if get_spawning_popen() is not None:  # a launch (holding the pool's lock), not the check for __main__ classes
+            handing_over.set()
+            time.sleep(3)
+        return (int, (0,))
+
+def start():
+    pool = ExportPool([SlowToHandOver()], 1)
+    started.append(len(pool.worker_pids))
+    pool.close()
+
+starting = threading.Thread(target=start)
+starting.start()
+assert handing_over.wait(60)
+began = time.monotonic()
+child = os.fork()
+if child == 0:
+    raise SystemExit(0)
+_, status = os.waitpid(child, 0)
+child_s = time.monotonic() - began
+starting.join(60)
+print(json.dumps([child_s, os.waitstatus_to_exitcode(status), started]))
+"""
+    result = _python(script, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    child_s, child_code, started = json.loads(result.stdout.splitlines()[-1])
+    assert child_code == 0 and child_s < 10, (child_s, child_code)  # before: 120 s
+    assert started == [1], (started, result.stderr[-2000:])

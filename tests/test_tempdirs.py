@@ -102,6 +102,44 @@ def test_a_folder_is_removed_when_its_owner_finishes_and_never_looks_dead_while_
     assert not folder.exists()
 
 
+# A folder held open by another thread, and a child forked meanwhile that exits as a Python program does.
+_FORKED_WHILE_HELD = """
+import json, os, threading
+from hwsearch.tempdirs import owned_temp_dir
+
+opened, done = threading.Event(), threading.Event()
+held = []
+
+def hold():
+    with owned_temp_dir("exports") as folder:
+        held.append(folder)
+        opened.set()
+        done.wait(60)
+
+holder = threading.Thread(target=hold)
+holder.start()
+assert opened.wait(60)
+child = os.fork()
+if child == 0:
+    raise SystemExit(0)
+os.waitpid(child, 0)
+kept = held[0].exists()
+done.set()
+holder.join(60)
+print(json.dumps([kept, held[0].exists()]))
+"""
+
+
+def test_a_forked_childs_exit_leaves_its_parents_folders_alone(tmp_path: Path) -> None:
+    """The child inherited the parent's records of open folders, and its exit removed a folder another thread of the
+    parent was still working in."""
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", _FORKED_WHILE_HELD], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "[true, false]", result.stdout  # kept while held, removed by its owner
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="handing a folder to another user needs root")
 def test_another_users_folder_is_left_alone(tmp_path: Path) -> None:
     foreign = tmp_path / "hwsearch-exports-theirs"
