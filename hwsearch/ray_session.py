@@ -357,7 +357,7 @@ def _check_cluster_code(address: str) -> None:
 
 def _unchecked(address: str, error: Exception) -> ClusterUnfit:
     """The refusal of a cluster whose code check failed with ``error``."""
-    if isinstance(error, _NoNodeAnswered):
+    if isinstance(error, (_NoNodeAnswered, _NodeTooSlow)):
         return ClusterUnfit(address, str(error))
     # A worker could not import or run hwsearch, or never started: Ray's own types.
     where, cause = ((f" (node {error.node})", error.cause) if isinstance(error, _NodeCannotRun)
@@ -380,8 +380,9 @@ def _digests_of_live_nodes() -> list[tuple[str, dict[str, str]]]:
     node answered: a clean clone's CI joined a one-node cluster of other
     code, checked nothing and called it fit.  So until some node answers,
     the check asks again, and :class:`_NoNodeAnswered` ends it at the
-    deadline.  Any other failure of a node's task is :class:`_NodeCannotRun`,
-    naming the node.
+    deadline.  A node whose task is still pending at the deadline is
+    :class:`_NodeTooSlow`, and any other failure of a node's task
+    :class:`_NodeCannotRun`, each naming the node.
     """
     deadline = time.monotonic() + CLUSTER_CHECK_TIMEOUT_S
     asked_again = False
@@ -403,7 +404,7 @@ def _digests_of_live_nodes() -> list[tuple[str, dict[str, str]]]:
 def _ask_each_live_node(deadline: float) -> tuple[list[tuple[str, dict[str, str]]], list[str]]:
     """One round of the code check: the digests of the nodes listed alive that answered, and those that took no task."""
     import ray
-    from ray.exceptions import NodeDiedError, TaskUnschedulableError
+    from ray.exceptions import GetTimeoutError, NodeDiedError, TaskUnschedulableError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     digest = ray.remote(code_digest)
@@ -419,18 +420,34 @@ def _ask_each_live_node(deadline: float) -> tuple[list[tuple[str, dict[str, str]
             found.append((node, ray.get(task, timeout=max(deadline - time.monotonic(), 0.001))))
         except (NodeDiedError, TaskUnschedulableError):
             unanswered.append(node)
+        except GetTimeoutError:
+            raise _NodeTooSlow(node) from None
         except Exception as error:
             raise _NodeCannotRun(node, type(error).__name__) from error
     return found, unanswered
 
 
 class _NodeCannotRun(Exception):
-    """A node's code check failed: its worker could not import or run hwsearch, or never answered."""
+    """A node's code check failed: its worker could not import or run hwsearch."""
 
     def __init__(self, node: str, cause: str) -> None:
         super().__init__(f"node {node}: {cause}")
         self.node = node
         self.cause = cause
+
+
+class _NodeTooSlow(Exception):
+    """A node took the code check's task but had not answered it by the deadline.
+
+    It was reported as "cannot run hwsearch (GetTimeoutError)" (Y12), a
+    verdict on its installation that nothing had shown: the task may still
+    be waiting for a worker to start there, whether slowly or never.
+    """
+
+    def __init__(self, node: str) -> None:
+        super().__init__(f"node {node} did not answer the code check within {CLUSTER_CHECK_TIMEOUT_S:g} s, so its "
+                         "hwsearch code could not be checked: it may be too busy to start a worker, or its workers "
+                         "may fail to start (see the Ray logs on that node); try again once it answers")
 
 
 class _NoNodeAnswered(Exception):
