@@ -137,8 +137,12 @@ def short_temp_dir() -> Iterator[Path]:
 
     Unix socket paths are limited to 107 bytes; pytest's ``tmp_path`` (deeper
     still on an xdist worker) leaves too little room for Ray's session folders.
+    It lies in the shorter of the temp folder and ``/tmp``, with a one-letter
+    prefix: Ray's socket paths then stay within the limit below it wherever a
+    run's ``TMPDIR`` points (under ``/tmp``, 4 bytes spare).
     """
-    folder = Path(tempfile.mkdtemp(prefix="hws-"))
+    parent = min(tempfile.gettempdir(), "/tmp", key=len)
+    folder = Path(tempfile.mkdtemp(prefix="h", dir=parent))
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
 
