@@ -12,6 +12,10 @@ waited on the new workers for ever; folders it made then were left behind.
 So from then on, nothing new is opened (:class:`ExitBegun`), and no exported
 file is written (:func:`unless_stopping`).
 
+**A forked child** inherits none of it: what the parent opened is the
+parent's to end (a child's exit had removed a folder the parent still
+worked in; :meth:`_State.forked`).
+
 **Any other exit** only ends what is still open: the exit handler, registered
 at the first opening rather than at import, so it runs before handlers
 registered earlier (multiprocessing's, which joins every worker process and

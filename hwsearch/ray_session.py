@@ -437,7 +437,7 @@ class _NodeCannotRun(Exception):
 
 
 class _NodeTooSlow(Exception):
-    """A node took the code check's task but had not answered it by the deadline.
+    """A node's code check task, pinned to it, was still pending at the deadline.
 
     It was reported as "cannot run hwsearch (GetTimeoutError)" (Y12), a
     verdict on its installation that nothing had shown: the task may still
