@@ -73,6 +73,8 @@ _ORPHAN_CHECK_S = 1.0  # how often a worker looks for its parent
 _LAUNCH_WATCH_S = 0.05  # how often a launch's watcher looks at its child
 _DEATH_WAIT_S = 1.0  # how long a broken start waits to see which of its workers died
 _REAP_WAIT_S = 1.0  # how long a killed worker whose launch was cut off may take to end (one in "D" takes a while)
+#: How long an ended pool waits for its manager thread to finish with the killed workers.
+_MANAGER_END_WAIT_S = 5.0
 
 _worker_supernet: Any = None  # the supernet, in a worker process
 _worker_start_barrier: Any = None  # passed by every worker's start-up task, in a worker process
@@ -180,12 +182,32 @@ class ExportPool:
             shut.wait(STARTING_WORKER_WAIT_S if command_stopped() else _START_TIMEOUT_S)
         finally:  # a Ctrl-C during the wait cut the kills off, and the worker outlived the process (Y8)
             self._context.kill_launched()
+        _let_managers_finish(self._pool)
 
     def _shut_down(self, done: threading.Event) -> None:
         """Shut the pool down without waiting for its workers, then set ``done`` (an Event, not ``join``: a join
         that a Ctrl-C interrupts marks the thread ended while it still runs)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         done.set()
+
+
+def _let_managers_finish(pool: ProcessPoolExecutor) -> None:
+    """Wait (at most :data:`_MANAGER_END_WAIT_S`) for ``pool``'s manager thread to finish with its killed workers.
+
+    It closes the pool's call queue as it ends, and so does multiprocessing's
+    exit handler, from the queue's feeder thread: at a stopped command's exit
+    the two raced, and the loser printed ``OSError: [Errno 9] Bad file
+    descriptor`` with a traceback after "terminated" (a clean clone's CI;
+    3 runs in 25 of that test's script with a second before its exit).
+    Found by its reference to the pool, not the pool's own attribute: a
+    start may begin the thread after a stop has begun ending the pool, and
+    the pool's shutdown forgets it.
+    """
+    deadline = time.monotonic() + _MANAGER_END_WAIT_S
+    for thread in threading.enumerate():
+        owner = getattr(thread, "executor_reference", None)
+        if thread is not threading.current_thread() and callable(owner) and owner() is pool:
+            thread.join(max(deadline - time.monotonic(), 0.0))
 
 
 class WorkerDiedStarting(BrokenProcessPool):

@@ -226,6 +226,7 @@ print(*workers(), flush=True)
 import atexit
 stop_work()
 atexit._run_exitfuncs()
+time.sleep(1.0)  # a thread's late traceback (the pool's manager thread, Errno 9) has time to show
 os._exit(143)
 """
 
