@@ -75,7 +75,19 @@ class DataPlan:
             raise ValueError(f"subset must be at least 1 image, got {self.subset}")
 
     def open(self, *, size: int) -> EvalSplit:
-        """Open the data (folders streamed, arrays loaded at ``size``) and draw the two parts."""
+        """Open the data (folders streamed, arrays loaded at ``size``) and draw the two parts.
+
+        Loading resizes every image of an array file, so it is a unit of the
+        host's compute (:func:`devices.hostlock.compute_unit`) that waits
+        while a local measurement session runs.
+        """
+        from devices.hostlock import compute_unit
+
+        with compute_unit():
+            return self._opened(size)
+
+    def _opened(self, size: int) -> EvalSplit:
+        """:meth:`open`'s work."""
         from hwsearch.data import open_images
 
         data = open_images(self.dataset, size=size)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from devices.calibration import RECENT_SESSIONS, Ruler, device_reference_ms
@@ -685,3 +686,50 @@ def test_accuracy_evaluation_waits_for_a_session(tmp_path: Path, tiny_supernet: 
     assert finished["at"] >= ended and 0.0 <= finished["accuracy"] <= 1.0
     assert HostLock().status() == {"sessions_holding": 0, "sessions_waiting": 0,
                                    "compute_holding": 0, "compute_waiting": 0}
+
+
+def _build(tmp_path: Path, supernet: Any) -> Any:
+    from hwsearch.jobs import SupernetRef, build_supernet
+    from tests._jobs import SUPERNET
+
+    return build_supernet(SupernetRef(**SUPERNET))
+
+
+def _open_data(tmp_path: Path, supernet: Any) -> Any:
+    from hwsearch.evaldata import DataPlan
+    from tests._jobs import random_dataset
+
+    return DataPlan(str(random_dataset(tmp_path / "data.npz", n=24))).open(size=32)
+
+
+def _export_recalibrated_on_blank_images(tmp_path: Path, supernet: Any) -> Any:
+    """Blank images: the recalibration refuses its first batch, so the error says when the images were read."""
+    from hwsearch.data import load_images
+    from hwsearch.export import CalibrationDataError, export_subnet
+
+    np.savez(tmp_path / "blank.npz", x=np.zeros((8, 32, 32, 3), np.uint8), y=np.zeros(8, np.int64))
+    try:
+        export_subnet(supernet, supernet.space.sample(3, 1)[0], tmp_path / "s.onnx",
+                      bn_data=load_images(tmp_path / "blank.npz", size=32))
+    except CalibrationDataError as error:
+        return error
+    raise AssertionError("blank calibration images were accepted")
+
+
+@pytest.mark.parametrize("work", [_build, _open_data, _export_recalibrated_on_blank_images],
+                         ids=["supernet build", "data opening", "export's batch-norm recalibration"])
+def test_building_loading_and_recalibrating_wait_for_a_session(tmp_path: Path, tiny_supernet: Any, workers,
+                                                               work: Callable[[Path, Any], Any]) -> None:
+    """Each is seconds of CPU at real sizes (recalibrating 400 images at 224 px: 22.7 s) and ran during sessions."""
+    session = workers("session", {"kind": "exclusive"})
+    session.wait_for(lambda: session.first("holding"), "the session to start")
+    finished: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: finished.update(result=work(tmp_path, tiny_supernet), at=time.time()))
+    thread.start()
+    wait_until(lambda: HostLock().status()["compute_waiting"] == 1 or not thread.is_alive(),
+               "the work to queue for the host")
+    assert thread.is_alive() and not finished, "it ran while the session held the host"
+    session.release()
+    ended = session.finish()[-1]["ended_at"]
+    thread.join(timeout=DEADLINE_S)
+    assert finished["result"] is not None and finished["at"] >= ended
