@@ -56,3 +56,10 @@ def foreign_cores(before: CpuSnapshot | None, after: CpuSnapshot | None) -> floa
 def usable_cores() -> int:
     """Cores this process may run on (its affinity where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def allowed_processors() -> set[int]:
+    """The logical processors this process may run on, numbered from 1 as onnxruntime's affinities are."""
+    if hasattr(os, "sched_getaffinity"):
+        return {cpu + 1 for cpu in os.sched_getaffinity(0)}
+    return set(range(1, (os.cpu_count() or 1) + 1))

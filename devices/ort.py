@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
-from devices.cpuload import usable_cores
+from devices.cpuload import allowed_processors, usable_cores
 from devices.onnx_scan import MalformedModel, scan_model
-from devices.profile import DeviceProfile, ProfileError
+from devices.profile import DeviceProfile, ProfileError, affinity_processors
 
 _GRAPH_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -236,6 +236,36 @@ def require_threads_here(profile: DeviceProfile) -> None:
         if threads > cores:
             raise ProfileError(f"field '{name}' is {threads}, but this machine runs this process on {cores} "
                                f"logical processor(s) (its CPU affinity): ask for at most {cores} threads")
+    require_affinity_here(profile)
+
+
+def require_affinity_here(profile: DeviceProfile) -> None:
+    """Refuse a ``thread_affinity`` naming a logical processor this process may not run on.
+
+    onnxruntime only logs that it cannot pin a thread there (``pthread_setaffinity_np failed``)
+    and runs it unpinned: a profile pinning to processor 4000 of a 2-core host measured
+    unpinned, and its rows were filed under a device that claims pinning.
+    """
+    if profile.thread_affinity is None:
+        return
+    here = allowed_processors()
+    missing = sorted(affinity_processors(profile.thread_affinity) - here)
+    if missing:
+        shown = ", ".join(str(n) for n in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise ProfileError(f"field 'thread_affinity' names logical processor(s) {shown}, which this process "
+                           f"may not run on: numbered from 1 as onnxruntime counts them, it may use "
+                           f"{_ranges(sorted(here))} (its CPU affinity)")
+
+
+def _ranges(numbers: list[int]) -> str:
+    """Sorted numbers as '1-4, 7' (a large machine's affinity, readable in one line)."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def require_runtime_here(profile: DeviceProfile) -> None:

@@ -541,6 +541,18 @@ def _processors_in_bounds(entry: str) -> bool:
     return max(numbers) <= MAX_LOGICAL_PROCESSOR and ("-" not in entry or numbers[0] <= numbers[1])
 
 
+def affinity_processors(thread_affinity: str) -> set[int]:
+    """The logical processors a (validated) ``thread_affinity`` names, numbered from 1 as onnxruntime does."""
+    named: set[int] = set()
+    for entry in thread_affinity.split(";"):
+        if "-" in entry:
+            first, last = (int(n) for n in entry.split("-"))
+            named.update(range(first, last + 1))
+        else:
+            named.update(int(n) for n in entry.split(","))
+    return named
+
+
 def _validate(p: DeviceProfile) -> None:
     # A name is printed (tables, pages, logs), so no control, bidi or surrogate characters; it may
     # hold spaces, brackets or slashes ("Pixel 7 (CPU)"): it is part of the profile's hash, under

@@ -840,6 +840,23 @@ def test_a_measurement_with_more_threads_than_the_box_runs_is_a_400_naming_the_f
     assert httpx.post(f"{agent.url}/measure", json=request, headers=AUTH, timeout=120).status_code == 200
 
 
+def test_a_measurement_pinned_to_a_processor_the_box_lacks_is_a_400_naming_the_field(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    agent = start_agent(*MEASURING)
+    lacking = max(os.sched_getaffinity(0)) + 2  # the agent runs here; onnxruntime numbers processors from 1
+    model = tiny_model(seed=122)
+    upload(agent, reference_model_bytes())
+    upload(agent, model)
+    request = _measure_request([model], warmup_s=0.0)
+    request["profile"] = {**request["profile"], "intra_op_threads": 2, "thread_affinity": str(lacking),
+                          "allow_spinning": False}
+    answer = httpx.post(f"{agent.url}/measure", json=request, headers=AUTH, timeout=120)
+    assert answer.status_code == 400, answer.text
+    assert f"field 'thread_affinity' names logical processor(s) {lacking}" in answer.json()["detail"], answer.text
+    assert agent.health()["sessions_run"] == 0
+
+
 def test_a_session_is_bounded_as_a_whole_and_the_agent_answers_400_once_it_passes(
     start_agent: Callable[..., RunningAgent],
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from devices import open_profiler
 from devices.local import LocalProfiler
 from devices.ort import ModelInputError, OrtRunner, session_options, validate_onnx_bytes
-from devices.profile import DeviceProfile
+from devices.profile import DeviceProfile, ProfileError
 from devices.reference import REFERENCE_INPUT_SHAPE, reference_model_bytes
 
 torch = pytest.importorskip("torch")
@@ -138,6 +139,17 @@ def test_session_options_follow_the_profile() -> None:
     assert options.get_session_config_entry("session.intra_op_thread_affinities") == "2"
     runner = OrtRunner(reference_model_bytes(), profile)
     assert runner.run_ms() > 0
+
+
+@pytest.mark.parametrize("entry", ["{lacking}", "1,{lacking}", "1-{lacking}"])
+def test_a_local_session_refuses_an_affinity_naming_a_processor_this_host_lacks(models: list[Path],
+                                                                                 entry: str) -> None:
+    """onnxruntime logs 'pthread_setaffinity_np failed' and runs the thread unpinned, under the pinned name."""
+    lacking = max(os.sched_getaffinity(0)) + 2  # onnxruntime numbers processors from 1
+    profile = DeviceProfile.from_dict({"name": "away", "intra_op_threads": 2,
+                                       "thread_affinity": entry.format(lacking=lacking)})
+    with pytest.raises(ProfileError, match=rf"field 'thread_affinity' names logical processor\(s\) {lacking}"):
+        LocalProfiler(profile).measure_many(models)
 
 
 def test_batch_from_profile_fills_a_symbolic_batch(tmp_path: Path) -> None:
