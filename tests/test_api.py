@@ -180,6 +180,21 @@ def test_checkpoint_uploads_are_loaded_and_limited(client: httpx.Client, tmp_pat
         [error] = refused.json()["detail"]
         assert error["loc"] == ["body", "options"] and says in error["msg"], error
 
+    # A form's fields too: FastAPI took a repeated field's last value and dropped unknown ones.
+    for fields, loc, says in (({"name": ["first", "second"]}, "name", "field 'name' is given 2 times"),
+                              ({"options": ["{}", '{"n_classes": 5}']}, "options", "given 2 times"),
+                              ({"resoltions": "[32]"}, "resoltions", "no field 'resoltions'"),
+                              ({"x" * 300: "1"}, "x" * 100, "no field 'xxx")):
+        data = {**form, **fields}
+        refused = client.post("/supernets/upload", data=data, files={"checkpoint": ("demo.pt", buffer.getvalue())})
+        assert refused.status_code == 422, refused.text
+        [error] = refused.json()["detail"]
+        assert error["loc"] == ["body", loc] and says in error["msg"], error
+        assert len(refused.text) < 1000
+    assert {s["name"] for s in client.get("/supernets").json()} & {"first", "second", "twice"} == set()
+    again = client.post("/supernets/upload", data=form, files={"checkpoint": ("demo.pt", buffer.getvalue())})
+    assert again.status_code == 201, again.text
+
 
 def test_archs_outside_the_space_are_refused_naming_the_field(client: httpx.Client,
                                                               registered: str) -> None:
@@ -212,6 +227,8 @@ def test_job_references_are_checked_before_anything_runs(client: httpx.Client, r
         ({**base, "limits": [{"metric": "latency_ms", "upper": 0.0}]}, ["body", "limits", 0]),
         ({**base, "limits": [{"metric": "macs", "lower": -1.0}]}, ["body", "limits", 0]),
         ({**base, "limits": [{"metric": "params", "lower": 5e6, "upper": 2e6}]}, ["body", "limits", 0]),
+        ({**base, "limits": [{"metric": "latency_ms", "upper": 9.0}, {"metric": "accuracy", "lower": 1.5}]},
+         ["body", "limits", 1]),
         ({**base, "budget": -1}, ["body", "budget"]),
         ({**base, "targets": {"nope": {"budgets_ms": [5.0]}}}, ["body", "targets", "nope"]),
         ({**base, "targets": {"cpu-1t": {"band_ms": [9.0, 3.0]}}}, ["body", "targets", "cpu-1t"]),
@@ -256,6 +273,21 @@ def test_a_local_device_with_more_threads_than_this_host_runs_is_refused(client:
     [error] = wide.json()["detail"]
     assert error["loc"] == ["body", "profile"] and f"field 'intra_op_threads' is {threads}" in error["msg"]
     assert "wide" not in [d["name"] for d in client.get("/devices").json()]
+
+
+def test_a_local_device_pinned_to_a_processor_this_host_lacks_is_refused(client: httpx.Client) -> None:
+    """onnxruntime only logs that it cannot pin there, and measured unpinned rows under a pinned device's name."""
+    lacking = max(os.sched_getaffinity(0)) + 2  # onnxruntime numbers processors from 1
+    pinned = client.post("/devices", json={"profile": {"name": "pinned-away", "intra_op_threads": 2,
+                                                       "thread_affinity": str(lacking)}})
+    assert pinned.status_code == 422, pinned.text
+    [error] = pinned.json()["detail"]
+    assert error["loc"] == ["body", "profile"], error
+    assert f"field 'thread_affinity' names logical processor(s) {lacking}, which this process" in error["msg"]
+    assert "pinned-away" not in [d["name"] for d in client.get("/devices").json()]
+    here = client.post("/devices", json={"profile": {"name": "pinned-here", "intra_op_threads": 2,
+                                                     "thread_affinity": str(lacking - 1)}})
+    assert here.status_code == 201, here.text
 
 
 @pytest.mark.parametrize("point, budget_ms, field", [(0, None, "point"), (None, 5.0, "budget_ms")])

@@ -189,6 +189,14 @@ def test_submit_poll_fronts_export_and_profile(server: Server, agent: Agent,
         jobs = {j["id"] for j in client.get("/jobs").json()["jobs"]}
         assert jobs == {job_id, done["id"], remote["id"], int8["id"]}
         assert client.get(f"/jobs/{done['id']}/fronts").status_code == 409
+        # A body's job_id is named when it is at fault, as a body's supernet or device is.
+        for path, extra in (("/exports", {}), ("/profiles", {"on": "cpu-b"})):
+            for named, status, says in ((done["id"], 409, "is a profile job"), ("nope", 422, "does not exist")):
+                refused = client.post(path, json={"job_id": named, "device": "cpu-a", "point": 0, **extra})
+                assert refused.status_code == status and says in refused.text, refused.text
+                answer = refused.json()
+                loc = answer["loc"] if status == 409 else answer["detail"][0]["loc"]
+                assert loc == ["body", "job_id"], answer
 
         # The agent's address stays with the operator: not in what clients read, not even in an error.
         remote_events = client.get(f"/jobs/{remote['id']}/events").json()

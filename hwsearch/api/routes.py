@@ -169,8 +169,33 @@ def create_supernet(body: SupernetCreate, catalog: CatalogDep, roots: RootsDep,
         options=body.options.model_dump()))
 
 
+#: The fields of ``POST /supernets/upload``'s form, each given once.
+_UPLOAD_FIELDS = ("name", "registry", "checkpoint", "options")
+
+
+async def _each_upload_field_once(request: Request) -> None:
+    """Refuse a form that repeats a field or gives one the upload does not take, as a JSON body is refused.
+
+    FastAPI takes a repeated form field's last value and ignores unknown ones:
+    ``name`` given twice registered the second name (over a registration the
+    client did not mean to replace), and a misspelt field was dropped without
+    a word.  The form is parsed once, before dependencies run; this reads it.
+    """
+    form = await request.form()
+    given: dict[str, int] = {}
+    for key, _ in form.multi_items():
+        given[key] = given.get(key, 0) + 1
+    for key, count in given.items():
+        shown = key[:100]  # a client's name, bounded where it is echoed
+        if key not in _UPLOAD_FIELDS:
+            raise service.Invalid(f"the upload form has no field {shown!r}; it takes {', '.join(_UPLOAD_FIELDS)}",
+                                  field=("body", shown))
+        if count > 1:
+            raise service.Invalid(f"field {key!r} is given {count} times; give it once", field=("body", key))
+
+
 @api_router.post("/supernets/upload", response_model=SupernetRead, status_code=201,
-                 tags=["supernets"])
+                 tags=["supernets"], dependencies=[Depends(_each_upload_field_once)])
 def upload_supernet(
     catalog: CatalogDep,
     store: StoreDep,

@@ -82,7 +82,7 @@ class DeviceRead(BaseModel):
 
 
 class LimitCreate(_Strict):
-    """``lower ≤ metric ≤ upper``; every metric here is positive, so bounds no subnet can meet are refused.
+    """``lower ≤ metric ≤ upper``, refused if no subnet can meet it: every metric is positive, accuracy at most 1.
 
     A job with such a limit would profile and search for minutes and then
     return an empty front; the client hears why at once instead.
@@ -100,6 +100,9 @@ class LimitCreate(_Strict):
             raise ValueError(f"upper={self.upper:g} can never be met: {self.metric} is positive")
         if self.lower is not None and self.lower < 0:
             raise ValueError(f"lower={self.lower:g} is below 0, where {self.metric} never is")
+        if self.metric == "accuracy" and self.lower is not None and self.lower > 1:
+            raise ValueError(f"lower={self.lower:g} can never be met: accuracy is the fraction of images "
+                             "classified right, at most 1")
         if self.upper is not None and self.lower is not None and self.lower >= self.upper:
             raise ValueError(f"lower={self.lower:g} must be below upper={self.upper:g}")
         return self

@@ -975,17 +975,17 @@ def job_fronts(*, store: Store, job_id: str) -> dict[str, dict[str, Any]]:
     return _fronts_of(get_job(store=store, job_id=job_id))
 
 
-def _fronts_of(record: Any) -> dict[str, dict[str, Any]]:
-    """A job record's fronts; a 409 for a job that has none (yet)."""
+def _fronts_of(record: Any, field: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """A job record's fronts; a 409 for a job that has none (yet), naming ``field`` (a body's ``job_id``)."""
     job_id = record.job_id
     if record.spec.get("kind", "search") != "search":
-        raise Conflict(f"job {job_id!r} is a {record.spec.get('kind')} job; it has no fronts")
+        raise Conflict(f"job {job_id!r} is a {record.spec.get('kind')} job; it has no fronts", field=field)
     if record.state != "succeeded":
-        raise Conflict(f"job {job_id!r} is {record.state}; fronts exist once it has succeeded")
+        raise Conflict(f"job {job_id!r} is {record.state}; fronts exist once it has succeeded", field=field)
     fronts = record.result.get("fronts") if isinstance(record.result, Mapping) else None
     if not isinstance(fronts, Mapping):
         raise Conflict(f"job {job_id!r} has succeeded but its stored result holds no readable fronts (a damaged "
-                       "record); run the search again")
+                       "record); run the search again", field=field)
     for device, front in fronts.items():
         _check_stored_front(job_id, device, front)
     return dict(fronts)
@@ -1056,8 +1056,11 @@ def _resolve(
     if arch is not None:
         ref = get_supernet(catalog=catalog, name=str(supernet), field=("body", "supernet"))
         return _Subnet(ref, _arch(ref, arch))
-    record = get_job(store=store, job_id=str(job_id))
-    fronts = _fronts_of(record)
+    try:  # named in the body, like the supernet and device it could have named: a 422 naming the field
+        record = get_job(store=store, job_id=str(job_id))
+    except NotFound as error:
+        raise Invalid(error.message, field=("body", "job_id")) from None
+    fronts = _fronts_of(record, ("body", "job_id"))
     if device not in fronts:
         raise Invalid(f"job {job_id!r} has no front for device {device!r}; it has {sorted(fronts)}",
                       field=("body", "device"))
