@@ -30,7 +30,7 @@ object for code that drives pymoo's ``minimize`` itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -301,7 +301,26 @@ def _initial_genes(space: SearchSpace, initial: Initial) -> np.ndarray:
         initial = [p.arch for p in initial.points]
     if isinstance(initial, np.ndarray):
         return space.decode_batch(_gene_rows(initial, space.n_var)).genes
-    return space.encode_many([space.from_dict(arch) if isinstance(arch, Mapping) else arch for arch in initial])
+    return space.encode_many([_initial_arch(space, arch, i) for i, arch in enumerate(_initial_list(initial))])
+
+
+def _initial_list(initial: object) -> list[Any]:
+    """Warm-start subnets as a list; one subnet, a string or a scalar is refused naming ``initial``."""
+    if isinstance(initial, Mapping | ArchConfig):
+        raise TypeError("initial must be a list of subnets, got a single one: wrap it in a list")
+    if isinstance(initial, (str, bytes)) or not isinstance(initial, Iterable):
+        raise TypeError(f"initial must be a list of subnets (ArchConfig or dicts), gene rows, a SearchResult or "
+                        f"a ParetoFront; got {type(initial).__name__}")
+    return list(initial)
+
+
+def _initial_arch(space: SearchSpace, arch: object, index: int) -> ArchConfig:
+    """One warm-start subnet as this space's :class:`ArchConfig`."""
+    if isinstance(arch, Mapping):
+        return space.from_dict(arch)
+    if not isinstance(arch, ArchConfig):
+        raise TypeError(f"initial[{index}] must be an ArchConfig or a dict, got {type(arch).__name__}")
+    return arch
 
 
 def _gene_rows(initial: np.ndarray, n_var: int) -> np.ndarray:

@@ -25,7 +25,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Union
 
@@ -453,6 +453,8 @@ class SearchSpace:
 
     def validate(self, arch: ArchConfig) -> ArchConfig:
         """Check ``arch`` against this space; return it with values in the space's types."""
+        if not isinstance(arch, ArchConfig):  # else an AttributeError on 'resolution', far from the call
+            raise TypeError(f"expected an ArchConfig, got {type(arch).__name__}; make one with from_dict()")
         if arch.resolution not in self.resolutions:
             raise ArchValidationError(
                 f"resolution={arch.resolution} is not allowed; choose from {list(self.resolutions)}"
@@ -708,6 +710,8 @@ class SearchSpace:
     @staticmethod
     def _subset(knob: str, values: Sequence[Any], choices: tuple[Any, ...]) -> tuple[Any, ...]:
         """``values`` as a non-empty subset of ``choices``, kept in the choices' order."""
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):  # "160" read as 1, 6, 0
+            raise TypeError(f"{knob} must be a list of choices, got {values!r}")
         values = list(values)
         if not values:
             raise ValueError(f"{knob}: a sub-space needs at least one choice")

@@ -366,6 +366,22 @@ def test_warm_start_refuses_subnets_outside_the_space(space):
         search(problem, SearchSettings(pop_size=10, n_gen=2), initial=[space.largest(160)])
 
 
+@pytest.mark.parametrize("initial, message", [
+    ("abc", r"initial must be a list of subnets \(ArchConfig or dicts\).*got str"),
+    (7, "initial must be a list of subnets.*got int"),
+    ({"r": 160}, "got a single one: wrap it in a list"),
+    ([1, 2, 3], r"initial\[0\] must be an ArchConfig or a dict, got int"),
+    ([None], r"initial\[0\] must be an ArchConfig or a dict, got NoneType"),
+])
+def test_a_warm_start_of_the_wrong_type_is_refused_naming_initial(space, initial, message):
+    """Each failed with AttributeError: '<type>' object has no attribute 'resolution', deep in space.py."""
+    problem, _ = oracle_problem(space)
+    with pytest.raises(TypeError, match=message):
+        search(problem, SearchSettings(pop_size=10, n_gen=2), initial=initial)
+    with pytest.raises(TypeError, match="expected an ArchConfig, got str"):
+        space.encode("x")
+
+
 def test_warm_start_genes_of_another_width_are_refused_not_reshaped(space):
     """Rows of twice the width were reshaped into twice the rows: subnets nobody chose."""
     problem, _ = oracle_problem(space)

@@ -301,6 +301,13 @@ def test_restrict_refuses_what_is_not_a_sub_space(kwargs: dict, message: str) ->
         ofa_mbv3_space().restrict(**kwargs)
 
 
+@pytest.mark.parametrize("resolutions", ["160", 160])
+def test_restrict_refuses_choices_that_are_not_a_list(resolutions: object) -> None:
+    """"160" was read as the choices '1', '6' and '0'."""
+    with pytest.raises(TypeError, match=f"resolutions must be a list of choices, got {resolutions!r}"):
+        ofa_mbv3_space().restrict(resolutions=resolutions)
+
+
 def test_restricted_depths_and_widths_keep_native_forms_working() -> None:
     mbv3 = ofa_mbv3_space().restrict(depths=(3, 4))
     assert all(s.depths == (3, 4) for s in mbv3.stages)
