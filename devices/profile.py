@@ -455,10 +455,10 @@ def _build(cls: type[_Section], data: dict[str, Any], prefix: str) -> _Section:
     if not isinstance(data, dict):
         raise ProfileError(f"field '{prefix.rstrip('.')}' must be a mapping, got {_SHORT.repr(data)}")
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
+    unknown = sorted(set(data) - set(known), key=str)  # YAML keys may be numbers beside text
     if unknown:
         raise ProfileError(
-            f"unknown field '{prefix}{unknown[0]}' (known fields: {', '.join(sorted(known))})"
+            f"unknown field '{prefix}{str(unknown[0])[:100]}' (known fields: {', '.join(sorted(known))})"
         )
     values: dict[str, Any] = {}
     for name, value in data.items():
@@ -503,8 +503,15 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    """A finite int or float: NaN and infinity would defeat every bound below."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float: NaN and infinity would defeat every bound below.
+
+    An int is finite and compares exactly with the bounds; ``math.isfinite``
+    of a 400-digit one raised OverflowError (a traceback, an agent that hung
+    up, a service's 500) instead of a refusal naming the field.
+    """
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or isinstance(value, float) and math.isfinite(value)
 
 
 def _int_in(value: Any, low: int, high: int) -> bool:

@@ -857,6 +857,16 @@ def test_a_measurement_pinned_to_a_processor_the_box_lacks_is_a_400_naming_the_f
     assert agent.health()["sessions_run"] == 0
 
 
+def test_a_profile_number_of_400_digits_is_a_400_naming_the_field(start_agent: Callable[..., RunningAgent]) -> None:
+    """It raised OverflowError in the handler: the agent hung up, and hwsearch's client retried it as lost."""
+    agent = start_agent(*MEASURING)
+    request = _measure_request([tiny_model(seed=123)], warmup_s=0.0)
+    request["profile"]["warmup"]["seconds"] = 10**400
+    answer = httpx.post(f"{agent.url}/measure", content=json.dumps(request), headers=AUTH, timeout=120)
+    assert answer.status_code == 400, answer.text
+    assert "invalid profile: field 'warmup.seconds' must be a number" in answer.json()["detail"], answer.text
+
+
 def test_a_session_is_bounded_as_a_whole_and_the_agent_answers_400_once_it_passes(
     start_agent: Callable[..., RunningAgent],
 ) -> None:

@@ -275,6 +275,16 @@ def test_a_local_device_with_more_threads_than_this_host_runs_is_refused(client:
     assert "wide" not in [d["name"] for d in client.get("/devices").json()]
 
 
+def test_a_profile_number_of_400_digits_is_a_422_naming_it(client: httpx.Client) -> None:
+    """math.isfinite of such an int raised OverflowError: the service answered 500."""
+    body = '{"profile": {"name": "huge", "warmup": {"seconds": 1' + "0" * 400 + "}}}"
+    huge = client.post("/devices", content=body, headers={"Content-Type": "application/json"})
+    assert huge.status_code == 422, huge.text
+    [error] = huge.json()["detail"]
+    assert error["loc"] == ["body", "profile"] and "field 'warmup.seconds' must be a number" in error["msg"], error
+    assert "huge" not in [d["name"] for d in client.get("/devices").json()]
+
+
 def test_a_local_device_pinned_to_a_processor_this_host_lacks_is_refused(client: httpx.Client) -> None:
     """onnxruntime only logs that it cannot pin there, and measured unpinned rows under a pinned device's name."""
     lacking = max(os.sched_getaffinity(0)) + 2  # onnxruntime numbers processors from 1

@@ -65,6 +65,13 @@ def test_json_profile_file(tmp_path: Path) -> None:
         ({"name": "x", "protocol": {"max_reference_slowdown": -0.01}}, "protocol.max_reference_slowdown"),
         ({"name": "x", "protocol": {"max_reference_slowdown": float("nan")}}, "protocol.max_reference_slowdown"),
         ({"name": "x", "protocol": {"max_reference_slowdown": True}}, "protocol.max_reference_slowdown"),
+        # A 400-digit integer raised OverflowError in math.isfinite: a traceback, not a refusal.
+        ({"name": "x", "warmup": {"seconds": 10**400}}, "warmup.seconds"),
+        ({"name": "x", "reference_ms": 10**400}, "reference_ms"),
+        ({"name": "x", "protocol": {"max_seconds": -10**400}}, "protocol.max_seconds"),
+        # YAML keys of mixed types: sorting them raised TypeError.
+        ({"name": "x", 1: "a", "foo": "b"}, "1"),
+        ({"name": "x", "warmup": {2: "a", "runs_": 1}}, "warmup.2"),
     ],
 )
 def test_bad_profiles_name_the_field(data: dict, field_name: str) -> None:
