@@ -152,9 +152,13 @@ class AgentClient:
                     "POST", "/measure", json=request, timeout_s=self.profile.where.timeout_s
                 )
             except _MissingModels as missing:
+                # Each model at most once: an agent listing one model 200,000 times had it uploaded
+                # 200,000 times (about 85 minutes of a 1 MB model, on this host's loopback).
                 if not isinstance(missing.shas, list) or not all(isinstance(sha, str) and sha in blobs
                                                                  for sha in missing.shas):
                     raise AgentError(f"agent {self.base_url} asked for models it was never sent") from None
+                if len(set(missing.shas)) != len(missing.shas):
+                    raise AgentError(f"agent {self.base_url} asked for a model more than once") from None
                 for sha in missing.shas:
                     self._upload(sha, blobs[sha])
         raise AgentError(f"agent {self.base_url} kept losing uploaded models")
@@ -256,8 +260,7 @@ def _well_formed(m: Measurement, sha: str) -> bool:
     """Fields of the types a stored row has (NaN is a number: a session may report one)."""
     numbers = [getattr(m, name) for name in _NUMBER_FIELDS]
     return (m.model_sha256 == sha and isinstance(m.device_hash, str) and isinstance(m.stable, bool)
-            and isinstance(m.env, dict) and isinstance(m.n_runs, int) and not isinstance(m.n_runs, bool)
-            and all(_is_number(n) for n in numbers))
+            and isinstance(m.env, dict) and _is_int(m.n_runs) and all(_is_number(n) for n in numbers))
 
 
 def _row_problem(m: Measurement, profile: DeviceProfile, expected: _Expected) -> str | None:
@@ -278,14 +281,14 @@ def _row_problem(m: Measurement, profile: DeviceProfile, expected: _Expected) ->
         value = float(getattr(m, name))
         if not 0.0 <= value <= MAX_ROW_MS or (name == "median_ms" and value == 0.0):
             return f"{name} is {value!r}"
-    if m.n_runs < 1:
+    if not 1 <= m.n_runs <= _MAX_RUNS:
         return f"n_runs is {m.n_runs}"
     if math.isnan(m.latency_ms) and math.isnan(m.ratio):
         if m.stable:
             return "a row without a latency says it is stable"
     elif not (0.0 < m.ratio < math.inf and plausible_ms(m.latency_ms)):
         return f"latency_ms is {m.latency_ms!r} at ratio {m.ratio!r}"
-    if m.ratio_ci < 0 or (m.stable and not m.ratio_ci <= profile.protocol.ci_target):
+    if not m.ratio_ci >= 0 or (m.stable and not m.ratio_ci <= profile.protocol.ci_target):  # NaN too
         return f"ratio_ci is {m.ratio_ci!r} in a row that says stable={m.stable}"
     problem = _session_problem(m)
     if problem is not None:
@@ -313,6 +316,11 @@ def _text(value: Any) -> bool:
 def _number(value: Any) -> bool:
     """A finite number, or None (unknown, or not finite: the wire has no NaN or infinity)."""
     return value is None or (_is_number(value) and math.isfinite(value))
+
+
+def _is_int(value: Any) -> bool:
+    """An int a float holds (bounds are judged later, naming the field)."""
+    return isinstance(value, int) and _is_number(value)
 
 
 def _count(value: Any) -> bool:
@@ -405,8 +413,22 @@ def _session_problem(m: Measurement) -> str | None:
     return None
 
 
+#: The most timed runs a row can hold: a session's rounds are bounded far below it (devices.profile.MAX_ROUNDS).
+_MAX_RUNS = 10**9
+#: The largest integer a row's number may be: a float holds every integer up to it exactly.
+_MAX_WIRE_INT = 2**53
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A float (NaN and infinity included: a session may report them), or an int a float holds.
+
+    A 400-digit integer raised OverflowError in every ``float()`` and
+    ``math.isfinite`` a row's checks and readers make: a traceback, or a
+    stored row no reader could use.
+    """
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, float) or isinstance(value, int) and abs(value) <= _MAX_WIRE_INT
 
 
 class _MissingModels(Exception):
@@ -583,8 +605,8 @@ def _final_transport_problem(text: str) -> str | None:
 def _answer(status: int, body: bytes, method: str, path: str) -> dict[str, Any]:
     try:
         payload = json.loads(body)
-    except ValueError:
-        payload = {"detail": body[:_MAX_DETAIL_CHARS].decode(errors="replace")}
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth ("[" * 200000)
+        payload = None if status < 400 else {"detail": body[:_MAX_DETAIL_CHARS].decode(errors="replace")}
     if status < 400:
         if not isinstance(payload, dict):
             raise AgentError(f"{method} {path} answered something other than a JSON object")

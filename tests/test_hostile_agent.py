@@ -57,6 +57,7 @@ class HostileBox:
     def __init__(self) -> None:
         self.answer: Answer = lambda handler, request: send_json(handler, {})
         self.health: Any = {}
+        self.uploads = 0
         box = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,6 +69,7 @@ class HostileBox:
 
             def do_PUT(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
+                box.uploads += 1
                 send_json(self, {"stored": True})
 
             def do_POST(self) -> None:
@@ -180,6 +182,30 @@ def corrupt(field: str, value: Any, index: int = 1) -> Answer:
     return answer
 
 
+def corrupt_unstable(field: str, value: Any) -> Answer:
+    """A row that says it is not stable, with ``field`` set to ``value``: the checks a stable row meets are not all."""
+    def answer(handler: BaseHTTPRequestHandler, request: dict[str, Any]) -> None:
+        rows = well_formed_rows(request)
+        rows[1].update({"stable": False, field: value})
+        send_json(handler, {"measurements": rows})
+    return answer
+
+
+def corrupt_env(field: str, value: Any) -> Answer:
+    def answer(handler: BaseHTTPRequestHandler, request: dict[str, Any]) -> None:
+        rows = well_formed_rows(request)
+        rows[1]["env"][field] = value
+        send_json(handler, {"measurements": rows})
+    return answer
+
+
+def send_raw(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 @pytest.mark.parametrize("answer", [
     lambda h, r: send_json(h, [1, 2]),
     lambda h, r: send_json(h, {"measurements": "many"}),
@@ -193,20 +219,20 @@ def corrupt(field: str, value: Any, index: int = 1) -> Answer:
     corrupt("env", ["wall"]),
     lambda h, r: send_json(h, {"detail": {"missing_models": ["f" * 64]}}, status=404),
     lambda h, r: send_json(h, {"detail": {"missing_models": [{"sha": 1}]}}, status=404),
+    # Integers no float holds raised OverflowError in the row's checks (a traceback), or were stored.
+    corrupt("median_ms", 10**400),
+    corrupt("latency_ms", 10**400),
+    corrupt("n_runs", 10**4000),
+    corrupt_env("session_start", 10**400),
+    corrupt_env("lock_wait_s", 10**400),
+    lambda h, r: send_raw(h, b"[" * 200_000),
 ], ids=["a-list", "rows-not-a-list", "too-few-rows", "rows-not-objects", "another-model",
         "string-latency", "null-ratio", "string-stable", "fractional-runs", "env-a-list",
-        "asks-for-a-model-never-sent", "asks-for-an-object"])
+        "asks-for-a-model-never-sent", "asks-for-an-object", "huge-int-median", "huge-int-latency",
+        "huge-int-runs", "huge-int-session", "huge-int-lock-wait", "nested-past-the-parser"])
 def test_malformed_answers_are_refused_not_stored(box: HostileBox, models: list[Path], answer: Answer) -> None:
     outcome, _ = measure_against(box, models, answer)
     assert isinstance(outcome, AgentError), outcome
-
-
-def corrupt_env(field: str, value: Any) -> Answer:
-    def answer(handler: BaseHTTPRequestHandler, request: dict[str, Any]) -> None:
-        rows = well_formed_rows(request)
-        rows[1]["env"][field] = value
-        send_json(handler, {"measurements": rows})
-    return answer
 
 
 def without_latency(handler: BaseHTTPRequestHandler, request: dict[str, Any]) -> None:
@@ -226,8 +252,10 @@ def without_latency(handler: BaseHTTPRequestHandler, request: dict[str, Any]) ->
     (corrupt("p99_ms", float("inf")), "p99_ms is inf"),
     (corrupt("n_runs", -7), "n_runs is -7"),
     (corrupt("n_runs", 0), "n_runs is 0"),
+    (corrupt("n_runs", 2 * 10**9), "n_runs is 2000000000"),
     (corrupt("ratio_ci", 0.9), "ratio_ci is 0.9"),
     (corrupt("ratio_ci", -0.1), "ratio_ci is -0.1"),
+    (corrupt_unstable("ratio_ci", float("nan")), "ratio_ci is nan"),
     (without_latency, "without a latency says it is stable"),
     (corrupt("device_hash", "d" * 16), "not the profile sent"),
     (corrupt_env("host_fingerprint", "0" * 16), "measured on host '0000000000000000'"),
@@ -239,14 +267,27 @@ def without_latency(handler: BaseHTTPRequestHandler, request: dict[str, Any]) ->
     (corrupt_env("session_start", float("nan")), "env.session_start is nan"),
     (corrupt("latency_ms", 5.0), "is not its ratio 1.0 times its ruler 2.0"),
 ], ids=["negative", "infinite", "absurd", "zero-ratio", "nan-median", "zero-median", "negative-min", "infinite-p99",
-        "negative-runs", "no-runs", "stable-above-target", "negative-ci", "stable-without-latency",
-        "another-profile", "another-host", "no-host", "huge-ruler", "no-ruler", "future-session", "string-session",
-        "nan-session", "latency-not-ratio-times-ruler"])
+        "negative-runs", "no-runs", "too-many-runs", "stable-above-target", "negative-ci", "nan-ci",
+        "stable-without-latency", "another-profile", "another-host", "no-host", "huge-ruler", "no-ruler",
+        "future-session", "string-session", "nan-session", "latency-not-ratio-times-ruler"])
 def test_impossible_rows_are_refused_not_stored(box: HostileBox, models: list[Path], answer: Answer,
                                                 says: str) -> None:
     """A fake agent's -5 ms and infinite latencies, and rows of another host, were taken and stored as stable."""
     outcome, _ = measure_against(box, models, answer)
     assert isinstance(outcome, AgentError) and says in str(outcome), outcome
+
+
+def test_an_agent_asking_for_one_model_over_and_over_gets_no_upload_loop(box: HostileBox,
+                                                                         models: list[Path]) -> None:
+    """A 404 listing one model 200,000 times had it uploaded 200,000 times (1,168 uploads in the first 30 s)."""
+    uploads_before = box.uploads
+
+    def answer(handler: BaseHTTPRequestHandler, request: dict[str, Any]) -> None:
+        send_json(handler, {"detail": {"missing_models": [request["model_sha256s"][0]] * 200_000}}, status=404)
+
+    outcome, seconds = measure_against(box, models, answer)
+    assert isinstance(outcome, AgentError) and "asked for a model more than once" in str(outcome), outcome
+    assert box.uploads - uploads_before <= len(models) + 1 and seconds < 30  # each model and the reference once
 
 
 def test_a_row_without_a_latency_is_taken_when_it_says_it_is_unstable(box: HostileBox, models: list[Path]) -> None:
