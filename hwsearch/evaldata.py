@@ -23,9 +23,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from devices.hostlock import WaitFn
 
 __all__ = ["ARRAY_PREPROCESSING", "DataPlan", "EvalSplit", "wilson_interval"]
 
@@ -74,16 +77,16 @@ class DataPlan:
         if self.subset is not None and self.subset < 1:
             raise ValueError(f"subset must be at least 1 image, got {self.subset}")
 
-    def open(self, *, size: int) -> EvalSplit:
+    def open(self, *, size: int, on_wait: WaitFn | None = None) -> EvalSplit:
         """Open the data (folders streamed, arrays loaded at ``size``) and draw the two parts.
 
         Loading resizes every image of an array file, so it is a unit of the
         host's compute (:func:`devices.hostlock.compute_unit`) that waits
-        while a local measurement session runs.
+        while a local measurement session runs; ``on_wait`` hears that wait.
         """
         from devices.hostlock import compute_unit
 
-        with compute_unit():
+        with compute_unit(on_wait=on_wait):
             return self._opened(size)
 
     def _opened(self, size: int) -> EvalSplit:

@@ -64,7 +64,8 @@ def run_profile(spec: ProfileSpec, *, store: Store, job_id: str,
 
     control = start_job(store, job_id, runner)
     with control.failing():
-        net = build_supernet(spec.supernet)
+        net = build_supernet(spec.supernet, on_wait=_host_waits(control, "prepare", 0.0,
+                                                                f"building {spec.supernet.name}"))
         arch = net.space.from_dict(spec.arch)
         device = job_device(spec.device, agents)
         profiler, key = _profiler_at(device, spec, net)
@@ -106,9 +107,13 @@ def _replaces(row: Mapping[str, Any] | None) -> bool:
     return not (isinstance(latency, (int, float)) and 0 < latency < float("inf"))
 
 
-def _host_waits(control: Control, step: str, fraction: float, device: str) -> Callable[[dict[str, Any]], None]:
-    """A host lock's ``on_wait`` (or a profiler's ``progress``) that relays its waits as ``step`` progress."""
-    relay = WaitRelay(lambda message: control.step(step, fraction, f"{device}: {message}"))
+def _host_waits(control: Control, step: str, fraction: float, who: str) -> Callable[[dict[str, Any]], None]:
+    """A host lock's ``on_wait`` (or a profiler's ``progress``) that relays its waits as ``step`` progress.
+
+    ``who`` begins each message: the device whose export or session waits, or the work that does
+    (``building <supernet>``).
+    """
+    relay = WaitRelay(lambda message: control.step(step, fraction, f"{who}: {message}"))
 
     def on_event(event: dict[str, Any]) -> None:
         if event.get("event") == "waiting":
@@ -158,7 +163,7 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
         check_store_for_refinement(store, spec.budget)  # refinement refused it after every device was measured
         init_ray(ray_address)  # before any stage that uses Ray, so all of them join ``ray_address``
         control.step("prepare", 0.0, f"building {spec.supernet.name}")
-        job = _prepare(spec, store=store, job_id=job_id, agents=agents)
+        job = _prepare(spec, control, store=store, job_id=job_id, agents=agents)
         reports = profile_devices(control, job)
         accuracies = evaluate_accuracy(control, job)
         accuracy, searches, quality = fit_predictors(control, job, spec, accuracies)
@@ -166,19 +171,23 @@ def run_job(spec: JobSpec, *, store: Store, job_id: str, ray_address: str | None
         return finish_job(control, summarize(job, reports, runs, quality))
 
 
-def _prepare(spec: JobSpec, *, store: Store, job_id: str,
+def _prepare(spec: JobSpec, control: Control, *, store: Store, job_id: str,
              agents: Mapping[str, AgentEndpoint] | None) -> JobContext:
     """Build the supernet, resolve the devices, open the data and pick the initial subnets.
 
     A folder is streamed, not loaded; the accuracy store key covers the
     files, the weights, the preprocessing and the calibration/subset choice.
+    Building and opening wait while a local session measures, and the job's
+    progress says so.
     """
     from hwsearch.accuracy_eval import check_eval_data
     from hwsearch.pipeline import select_subnets
 
     plan = spec.data_plan()
-    net = build_supernet(spec.supernet)
-    data = plan.open(size=max(net.space.resolutions))
+    net = build_supernet(spec.supernet, on_wait=_host_waits(control, "prepare", 0.0,
+                                                            f"building {spec.supernet.name}"))
+    data = plan.open(size=max(net.space.resolutions),
+                     on_wait=_host_waits(control, "prepare", 0.0, "opening the data"))
     check_eval_data(net, data)  # before any device is measured: found at the accuracy stage, after them all
     return JobContext(
         store=store, job_id=job_id, net=net,

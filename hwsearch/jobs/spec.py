@@ -13,9 +13,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hwsearch.digests import feed_file, file_sha256
+
+if TYPE_CHECKING:
+    from devices.hostlock import WaitFn
 
 __all__ = ["CheckpointChanged", "JobSpec", "ProfileSpec", "SupernetOptionError", "SupernetRef", "build_supernet",
            "content_id", "spec_from_dict", "supernet_builders"]
@@ -192,7 +195,7 @@ class SupernetOptionError(ValueError):
     """Supernet options its family cannot build (unknown ones, input sizes it cannot take); no checkpoint was read."""
 
 
-def build_supernet(ref: SupernetRef) -> Any:
+def build_supernet(ref: SupernetRef, *, on_wait: WaitFn | None = None) -> Any:
     """The :class:`~hwsearch.supernets.Supernet` a reference names, weights loaded (and checked if pinned).
 
     ``options["resolutions"]`` narrows the input sizes of the registered
@@ -201,7 +204,8 @@ def build_supernet(ref: SupernetRef) -> Any:
 
     Building is one unit of the host's compute
     (:func:`devices.hostlock.compute_unit`): it waits while a local
-    measurement session runs (a ViT supernet at 512 px takes 9 s to build).
+    measurement session runs (a ViT supernet at 512 px takes 9 s to build);
+    ``on_wait`` hears that wait, as :func:`devices.hostlock.compute_unit`'s does.
     """
     from devices.hostlock import compute_unit
 
@@ -212,7 +216,7 @@ def build_supernet(ref: SupernetRef) -> Any:
     if options:
         raise SupernetOptionError(f"unknown supernet option(s) {sorted(options)}; "
                                   "allowed: n_classes, resolutions")
-    with compute_unit():
+    with compute_unit(on_wait=on_wait):
         return _built(ref, n_classes, resolutions)
 
 
