@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devices.cpuload import cpu_snapshot, foreign_cores
+from devices.cpuload import beside_sessions, cpu_snapshot, foreign_cores
 from devices.local import LocalProfiler
 from devices.profile import DeviceProfile
 from devices.reference import mobilenet_like_onnx
@@ -54,6 +55,28 @@ def test_foreign_cores_counts_other_processes_not_this_one(busy_neighbour: None)
         pass
     foreign = foreign_cores(before, cpu_snapshot())
     assert foreign is not None and 0.6 <= foreign <= 1.4, foreign
+
+
+def test_this_processs_work_beside_sessions_counts_as_foreign() -> None:
+    """An agent's upload check (9.9 s of CPU for one 230,000-node graph) ran beside another client's session as
+    the agent's own CPU, which a session does not count: it slowed the session without a word (Y14)."""
+
+    def burn(seconds: float) -> None:
+        with beside_sessions():
+            start = time.thread_time()
+            while time.thread_time() - start < seconds:
+                pass
+
+    before = cpu_snapshot()
+    worker = threading.Thread(target=burn, args=(1.0,))
+    worker.start()
+    time.sleep(0.5)
+    during = cpu_snapshot()  # the work is still running: its CPU so far is already another program's
+    worker.join()
+    after = cpu_snapshot()
+    assert before is not None and during is not None and after is not None
+    assert during.own_s - before.own_s < 0.15 and after.own_s - before.own_s < 0.15, (before, during, after)
+    assert foreign_cores(before, after) * (after.at - before.at) >= 0.9
 
 
 def test_a_wall_clock_session_beside_a_busy_program_is_not_stable(model: Path, busy_neighbour: None) -> None:
