@@ -133,18 +133,24 @@ class JobSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
+        """The spec ``data`` describes, every field checked (:class:`~hwsearch.jobs.reading.SpecError` names one)."""
+        from hwsearch.jobs import reading as read
+
+        data = read.known_fields(data, [f.name for f in dataclasses.fields(cls)], "job spec")
+        if data.get("kind", "search") != "search":
+            raise read.SpecError(f"kind must be 'search' for a search job, got {data.get('kind')!r}")
         return cls(
-            supernet=SupernetRef.from_dict(data["supernet"]),
-            devices=tuple(dict(d) for d in data["devices"]),
-            dataset=data.get("dataset"),
-            calibration=data.get("calibration"),
-            n_calibration=int(data.get("n_calibration", 500)),
-            subset=None if data.get("subset") is None else int(data["subset"]),
-            limits=tuple(dict(lim) for lim in data.get("limits", ())),
-            budget=int(data.get("budget", 0)),
-            seed=int(data.get("seed", 0)),
-            n_profile=int(data.get("n_profile", 40)),
-            targets={str(k): dict(v) for k, v in (data.get("targets") or {}).items()},
+            supernet=_supernet_of(data),
+            devices=read.mappings(data.get("devices"), "devices", least=1),
+            dataset=read.optional_text(data.get("dataset"), "dataset"),
+            calibration=read.optional_text(data.get("calibration"), "calibration"),
+            n_calibration=read.checked_count(data.get("n_calibration", 500), "n_calibration", 1),
+            subset=None if data.get("subset") is None else read.checked_count(data["subset"], "subset", 1),
+            limits=read.checked_limits(data.get("limits", ())),
+            budget=read.checked_count(data.get("budget", 0), "budget", 0),
+            seed=read.checked_count(data.get("seed", 0), "seed", 0),
+            n_profile=read.checked_count(data.get("n_profile", 40), "n_profile", 1),
+            targets=read.checked_targets(data.get("targets") or {}),
         )
 
 
@@ -170,9 +176,29 @@ class ProfileSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProfileSpec:
-        return cls(supernet=SupernetRef.from_dict(data["supernet"]), device=dict(data["device"]),
-                   arch=dict(data["arch"]), precision=str(data.get("precision", "fp32")),
-                   dataset=data.get("dataset"))
+        """The spec ``data`` describes, every field checked (:class:`~hwsearch.jobs.reading.SpecError` names one)."""
+        from hwsearch.jobs import reading as read
+        from hwsearch.quantize import check_precision
+
+        data = read.known_fields(data, [f.name for f in dataclasses.fields(cls)], "profile spec")
+        return cls(supernet=_supernet_of(data), device=dict(read.mapping(data.get("device"), "device")),
+                   arch=dict(read.mapping(data.get("arch"), "arch")),
+                   precision=check_precision(data.get("precision", "fp32")),
+                   dataset=read.optional_text(data.get("dataset"), "dataset"))
+
+
+def _supernet_of(data: Mapping[str, Any]) -> SupernetRef:
+    """A spec's ``supernet``, its keys and types checked: a misspelt ``checkpoint`` would build random weights."""
+    from hwsearch.jobs import reading as read
+
+    ref = read.known_fields(data.get("supernet"), [f.name for f in dataclasses.fields(SupernetRef)], "supernet")
+    for name in ("name", "registry"):
+        if not isinstance(ref.get(name), str):
+            raise read.SpecError(f"supernet.{name} must be text, got {type(ref.get(name)).__name__}")
+    for name in ("checkpoint", "checkpoint_sha256"):
+        read.optional_text(ref.get(name), f"supernet.{name}")
+    read.mapping(ref.get("options") or {}, "supernet.options")
+    return SupernetRef.from_dict(ref)
 
 
 def spec_from_dict(data: Mapping[str, Any]) -> JobSpec | ProfileSpec:
