@@ -343,17 +343,21 @@ def create_export(body: ExportCreate, request: Request, store: StoreDep,
 @api_router.get("/exports/{export_id}", response_class=StreamingResponse, tags=["subnets"],
                 responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "a range"},
                            416: {"description": "a range past the file's end"}})
-def download_export(export_id: str, catalog: CatalogDep,
-                    byte_range: Annotated[str | None, Header(alias="Range")] = None) -> Response:
+def download_export(export_id: str, catalog: CatalogDep, request: Request,
+                    if_range: Annotated[str | None, Header(alias="If-Range")] = None) -> Response:
     """The export's ONNX file, or one ``Range`` of it (a resumed download).
 
     Sent from a handle opened before answering, so pruning cannot cut it
-    short, and closed when the answer ends, however it ends.
+    short, and closed when the answer ends, however it ends.  The answer
+    carries no validator (ETag, Last-Modified), so an ``If-Range`` never
+    matches one and, as RFC 9110 says, its request gets the whole file; so
+    does a request with two ``Range`` headers.
     """
     handle = service.open_export(catalog=catalog, export_id=export_id)
     size = os.fstat(handle.fileno()).st_size
     headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{export_id}.onnx"'}
-    span = _byte_range(byte_range, size)
+    ranges = request.headers.getlist("range")
+    span = _byte_range(ranges[0] if len(ranges) == 1 and if_range is None else None, size)
     if span is None:
         return _FileAnswer(handle, 0, size, headers=headers)
     if span == _UNSATISFIABLE:
@@ -374,7 +378,8 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """``(first, last)`` byte of a single ``Range``; None to send it all; :data:`_UNSATISFIABLE` for a 416.
 
     A header this does not read (several ranges, another unit, garbage) is ignored, as RFC 9110
-    allows: the whole file is sent.
+    allows: the whole file is sent.  So is an invalid range (``bytes=5-2``), as RFC 9110 requires:
+    it was a 416.
     """
     match = _RANGE.fullmatch(header.strip()) if header else None
     if match is None or match.groups() == ("", ""):
@@ -382,7 +387,9 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     first, last = match.groups()
     if first == "":  # the last N bytes
         return (max(0, size - int(last)), size - 1) if int(last) > 0 and size > 0 else _UNSATISFIABLE
-    if int(first) >= size or (last != "" and int(last) < int(first)):
+    if last != "" and int(last) < int(first):
+        return None
+    if int(first) >= size:
         return _UNSATISFIABLE
     return int(first), min(size - 1, int(last)) if last != "" else size - 1
 

@@ -791,9 +791,11 @@ def job_events(*, store: Store, job_id: str, after: int, limit: int) -> list[dic
 
     An event whose stored data cannot be shown (damaged) keeps its place as ``{"seq", "unreadable": true}``.
     """
-    get_job(store=store, job_id=job_id)
+    with _gone_is_404(job_id):  # a DELETE may land between the two reads
+        get_job(store=store, job_id=job_id)
+        events = store.job_events(job_id, after=after, limit=limit)
     return [event if _fits_progress(event) and not event.get("unreadable") else
-            {"seq": event["seq"], "unreadable": True} for event in store.job_events(job_id, after=after, limit=limit)]
+            {"seq": event["seq"], "unreadable": True} for event in events]
 
 
 def list_jobs(*, store: Store, limit: int,
@@ -1067,7 +1069,11 @@ def _resolve(
     points = fronts[device]["points"]
     index = _point_index(fronts[device], point, budget_ms)
     chosen = points[index]
-    job = JobSpec.from_dict(record.spec)
+    try:
+        job = JobSpec.from_dict(record.spec)
+    except ValueError as error:  # a record an earlier version stored, or a damaged one
+        raise Conflict(f"job {job_id!r}: its stored spec no longer reads ({describe_error(error)}); its fronts "
+                       "cannot be exported or profiled", field=("body", "job_id")) from None
     refused = _file_refused("checkpoint", job.supernet.checkpoint, catalog, roots)
     if refused is not None:
         raise Conflict(f"job {job_id!r}: its supernet.{refused}; its fronts cannot be exported or profiled "
