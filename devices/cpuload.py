@@ -99,7 +99,7 @@ def foreign_cores(before: CpuSnapshot | None, after: CpuSnapshot | None) -> floa
 
 def usable_cores() -> int:
     """Cores this process may run on (its affinity where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return len(allowed_processors())
 
 
 def allowed_processors() -> set[int]:

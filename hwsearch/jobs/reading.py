@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hwsearch.checks import non_negative_int, positive_int
+from hwsearch.checks import whole_number
 
 __all__ = ["JOB_METRICS", "SpecError", "checked_count", "checked_limits", "checked_targets", "known_fields", "mapping",
            "mappings", "optional_text"]
@@ -85,6 +85,6 @@ def checked_targets(value: object) -> dict[str, dict[str, Any]]:
 def checked_count(value: object, what: str, least: int) -> int:
     """A whole number of at least ``least`` (``True`` or 2.9 are refused, not read as 1 or 2)."""
     try:
-        return positive_int(value, what) if least == 1 else non_negative_int(value, what)
+        return whole_number(value, what, least)
     except ValueError as error:
         raise SpecError(str(error)) from None
