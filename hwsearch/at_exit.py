@@ -22,6 +22,16 @@ registered earlier (multiprocessing's, which joins every worker process and
 waits for ever on a pool's idle workers).  It refuses nothing, so a library
 user's own exit handler may still export (Y6: refusing there lost such a
 file without a word).
+
+**What the exit ends, and what a thread closes once it has begun,** is
+kept until the process ends (:meth:`OpenUntilExit.closed`).  An export pool
+dropped then was collected by whichever thread dropped it or ran the next
+garbage collection, and its multiprocessing semaphores were finalized
+there: a daemon thread stopped by the interpreter's shutdown between taking
+a semaphore's finalizer and telling the resource tracker left the tracker
+to warn of a "leaked semaphore" after the process had ended (a clean
+clone's CI twice, and 3 of 402 exits here under load).  Kept, they are
+finalized by multiprocessing's own exit handler, in the main thread.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 __all__ = ["ENDS_FOLDERS", "ENDS_PROCESSES", "ExitBegun", "OpenUntilExit", "command_stopped", "end_open_work",
-           "stop_work", "unless_stopping"]
+           "kept_if_exiting", "stop_work", "unless_stopping"]
 
 T = TypeVar("T")
 
@@ -58,6 +68,8 @@ class _State:
         self.lock = threading.Lock()
         self.writes_done = threading.Condition(self.lock)
         self.stopping = False
+        self.exiting = False
+        self.kept: list[object] = []  # what the exit ended, and what threads closed once it had begun
         self.armed = False
         self.writes = 0
         self.registries: list[OpenUntilExit[object]] = []
@@ -96,6 +108,7 @@ class OpenUntilExit(Generic[T]):
         close, and nothing will end it)."""
         with _state.lock:
             if _state.stopping:
+                _state.kept.append(thing)  # its owner drops it as the exit runs
                 raise ExitBegun("the command was stopped")
             if not _state.armed:
                 atexit.register(end_open_work)
@@ -103,9 +116,11 @@ class OpenUntilExit(Generic[T]):
             self._open.add(thing)
 
     def closed(self, thing: T) -> None:
-        """Record that ``thing`` was closed by its owner (nothing is left for the exit to do)."""
+        """Record that ``thing`` was closed by its owner (nothing is left for the exit to do); once the exit has
+        begun, keep ``thing`` until the process ends (the module's docstring says why)."""
         with _state.lock:
             self._open.discard(thing)
+        kept_if_exiting(thing)
 
     def forget_inherited(self) -> None:
         """Drop every record (in a forked child, whose records are its parent's; :meth:`_State.forked`)."""
@@ -114,12 +129,21 @@ class OpenUntilExit(Generic[T]):
     def _end_all(self) -> None:
         with _state.lock:
             left, self._open = self._open, set()
+            _state.kept.extend(left)
         _each_ended(self._end, left)
+
+
+def kept_if_exiting(*things: object) -> None:
+    """Keep ``things`` until the process ends if its exit has begun (the module's docstring says why)."""
+    with _state.lock:
+        if _state.exiting:
+            _state.kept.extend(things)
 
 
 def end_open_work() -> None:
     """End everything still open, processes first, then folders (the exit handler); each thing only once."""
     with _state.lock:
+        _state.exiting = True
         registries = sorted(_state.registries, key=lambda registry: registry.order)
     _each_ended(OpenUntilExit._end_all, registries)
 

@@ -52,7 +52,7 @@ from pathlib import Path
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from hwsearch.at_exit import ENDS_PROCESSES, OpenUntilExit, command_stopped
+from hwsearch.at_exit import ENDS_PROCESSES, OpenUntilExit, command_stopped, kept_if_exiting
 
 if TYPE_CHECKING:  # torch loads only when something is exported
     from hwsearch.export import ExportReport
@@ -156,7 +156,9 @@ class ExportPool:
 
     def close(self) -> None:
         """Stop the workers (they hold memory: a supernet each)."""
+        queues = self._queues()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        kept_if_exiting(queues)
         _OPEN_POOLS.closed(self)
 
     def end_now(self) -> None:
@@ -175,6 +177,7 @@ class ExportPool:
         Ctrl-C that cut a start in the main thread short).  A worker already
         reaped is never signalled: its pid may be another program's by now.
         """
+        queues = self._queues()
         # The shutdown waits for the pool's lock, which a start under way holds while the worker takes its data.
         shut = threading.Event()
         threading.Thread(target=self._shut_down, args=(shut,), name="hwsearch-export-pool-end", daemon=True).start()
@@ -183,6 +186,18 @@ class ExportPool:
         finally:  # a Ctrl-C during the wait cut the kills off, and the worker outlived the process (Y8)
             self._context.kill_launched()
         _let_managers_finish(self._pool)
+        kept_if_exiting(queues)
+
+    def _queues(self) -> tuple[Any, ...]:
+        """The pool's queues, which its shutdown drops.
+
+        Kept through an exit (:func:`hwsearch.at_exit.kept_if_exiting`):
+        otherwise whichever thread dropped them last (the call queue's own
+        feeder, say, which multiprocessing's exit handler closes) finalized
+        their semaphores, racing the interpreter's shutdown.
+        """
+        return tuple(queue for queue in (getattr(self._pool, "_call_queue", None),
+                                         getattr(self._pool, "_result_queue", None)) if queue is not None)
 
     def _shut_down(self, done: threading.Event) -> None:
         """Shut the pool down without waiting for its workers, then set ``done`` (an Event, not ``join``: a join
