@@ -25,13 +25,14 @@ from collections.abc import Callable, Collection, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, NamedTuple, Union
 
 import numpy as np
 
 __all__ = [
     "ACTIVE_STATES",
     "JOB_STATES",
+    "JobPlace",
     "JobRecord",
     "MemoryStore",
     "SCHEMA_VERSION",
@@ -95,6 +96,19 @@ class JobRecord:
     updated: float
     runner: str | None = None
     unreadable: tuple[str, ...] = ()
+
+
+class JobPlace(NamedTuple):
+    """Where a job comes in the listing of :meth:`Store.recent_jobs`: its creation time, then its id (for jobs
+    created at the same instant)."""
+
+    created: float
+    job_id: str
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobPlace:
+        """The place of the job ``record`` holds."""
+        return cls(record.created, record.job_id)
 
 
 def _check_state(state: str) -> None:
@@ -318,11 +332,13 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def recent_jobs(self, limit: int, before: str | None = None) -> list[JobRecord]:
-        """The ``limit`` newest jobs created before job ``before`` (or of all), newest first.
+    def recent_jobs(self, limit: int, before: JobPlace | None = None) -> list[JobRecord]:
+        """The ``limit`` newest jobs that come before place ``before`` (or of all), newest first.
 
-        Pages of a listing that never reads every job; :class:`KeyError` if
-        ``before`` names no job.
+        Pages of a listing that never reads every job.  Jobs are ordered by
+        :class:`JobPlace`: by ``created``, then by ``job_id``.  A place
+        outlives its job: paging on from a job deleted meanwhile neither
+        fails nor skips a job (Y15: paging by the job's id answered 422).
         """
 
     # ------------------------------------------------------------------ derived helpers
@@ -456,13 +472,10 @@ class MemoryStore(Store):
             _refuse_active(job_id, self._jobs[job_id].state)
             del self._jobs[job_id], self._events[job_id]
 
-    def recent_jobs(self, limit: int, before: str | None = None) -> list[JobRecord]:
+    def recent_jobs(self, limit: int, before: JobPlace | None = None) -> list[JobRecord]:
         with self._lock:
-            if before is not None and before not in self._jobs:
-                raise KeyError(before)
-            ids = list(self._jobs)  # insertion order is creation order
-            end = len(ids) if before is None else ids.index(before)
-            return [copy.deepcopy(self._jobs[i]) for i in ids[max(0, end - limit):end][::-1]]
+            records = [record for record in self._jobs.values() if before is None or JobPlace.of(record) < before]
+            return copy.deepcopy(sorted(records, key=JobPlace.of, reverse=True)[:limit])
 
 
 # --------------------------------------------------------------------------- sqlite
@@ -733,17 +746,15 @@ class SQLiteStore(Store):
             conn.execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))
             conn.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
-    def recent_jobs(self, limit: int, before: str | None = None) -> list[JobRecord]:
+    def recent_jobs(self, limit: int, before: JobPlace | None = None) -> list[JobRecord]:
         conn = self._conn()
         if before is None:
-            rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created DESC, rowid DESC "
+            rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created DESC, job_id DESC "
                                 "LIMIT ?", (limit,)).fetchall()
         else:
-            cursor = conn.execute("SELECT created, rowid FROM jobs WHERE job_id = ?", (before,)).fetchone()
-            if cursor is None:
-                raise KeyError(before)
-            rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE (created, rowid) < (?, ?) "
-                                "ORDER BY created DESC, rowid DESC LIMIT ?", (*cursor, limit)).fetchall()
+            rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE (created, job_id) < (?, ?) "
+                                "ORDER BY created DESC, job_id DESC LIMIT ?",
+                                (before.created, before.job_id, limit)).fetchall()
         return [_job_from_row(row) for row in rows]
 
 

@@ -262,7 +262,8 @@ def create_job(body: JobCreate, request: Request, catalog: CatalogDep, roots: Ro
 @api_router.get("/jobs", response_model=JobList, tags=["jobs"])
 def read_jobs(store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
               before: Annotated[str | None, Query(max_length=100)] = None) -> JobList:
-    """Jobs, newest first, a page at a time: pass ``next_before`` as ``before`` for the next page."""
+    """Jobs, newest first, a page at a time: pass ``next_before`` as ``before`` for the next page (or a job's id,
+    for the jobs created before it)."""
     jobs, next_before = service.list_jobs(store=store, limit=limit, before=before)
     return JobList(jobs=[JobRead(**j) for j in jobs], next_before=next_before)
 

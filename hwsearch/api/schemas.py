@@ -184,7 +184,8 @@ class JobAccepted(BaseModel):
 class JobList(BaseModel):
     jobs: list[JobRead] = Field(description="newest first")
     next_before: str | None = Field(
-        default=None, description="pass as `before` for the next (older) page; null on the last page")
+        default=None, description="pass as `before` for the next (older) page; null on the last page; the last "
+        "job's place, so a page still follows when that job is deleted")
 
 
 # --------------------------------------------------------------------------- fronts

@@ -43,7 +43,7 @@ from hwsearch.jobs import (
 )
 from hwsearch.space import ArchConfig, ArchValidationError
 from hwsearch.supernets import CheckpointError
-from hwsearch.store import Store, spec_checkpoint
+from hwsearch.store import JobPlace, JobRecord, Store, spec_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -803,14 +803,38 @@ def list_jobs(*, store: Store, limit: int,
     """A page of jobs, newest first, and the ``before`` of the next page (None on the last).
 
     Paged in the store, so a listing reads ``limit`` jobs however many the
-    store holds (all 3,000 of a store took 2.4 s to read and shape).
+    store holds (all 3,000 of a store took 2.4 s to read and shape).  The
+    next page's ``before`` is the last job's place, not its id: a job
+    deleted meanwhile does not end the paging (Y15: a 422).
     """
+    place = None if before is None else _job_place(store, before)
+    records = store.recent_jobs(limit + 1, before=place)  # one more tells whether a next page exists
+    page = records[:limit]
+    return [job_view(record) for record in page], _place_text(page[-1]) if len(records) > limit else None
+
+
+def _place_text(record: JobRecord) -> str:
+    """A job's place as a listing's ``before``: its id, ``~``, and its creation time as Python writes it
+    (which reads back to the same float)."""
+    return f"{record.job_id}~{record.created!r}"
+
+
+def _job_place(store: Store, before: str) -> JobPlace:
+    """The place ``before`` names: a listing's ``next_before`` (:func:`_place_text`) or a job's id."""
+    job_id, marked, created = before.rpartition("~")
+    if marked:
+        try:
+            instant = float(created)
+        except ValueError:
+            instant = math.nan
+        if not job_id or not math.isfinite(instant):
+            raise Invalid(f"before={before!r} is neither a job's id nor a listing's next_before",
+                          field=("query", "before"))
+        return JobPlace(instant, job_id)
     try:
-        records = store.recent_jobs(limit + 1, before=before)  # one more tells whether a next page exists
+        return JobPlace.of(store.get_job(before))
     except KeyError:
         raise Invalid(f"before={before!r} names no job", field=("query", "before")) from None
-    page = records[:limit]
-    return [job_view(record) for record in page], page[-1].job_id if len(records) > limit else None
 
 
 def cancel(*, dispatcher: JobDispatcher, job_id: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from hwsearch.store import JOB_STATES, Store
+from hwsearch.store import JOB_STATES, JobPlace, Store
 
 __all__ = ["MEAS", "StoreContract", "measurement", "spec_naming"]
 
@@ -152,14 +152,19 @@ class StoreContract:
     def test_recent_jobs_are_pages_newest_first_and_events_come_in_pages(self, store: Store) -> None:
         ids = [store.create_job({"i": i}) for i in range(7)]
         newest_first = ids[::-1]
-        first = [r.job_id for r in store.recent_jobs(3)]
-        second = [r.job_id for r in store.recent_jobs(3, before=first[-1])]
-        third = [r.job_id for r in store.recent_jobs(3, before=second[-1])]
-        assert (first, second, third) == (newest_first[:3], newest_first[3:6], newest_first[6:])
-        assert store.recent_jobs(3, before=ids[0]) == []
-        assert [r.job_id for r in store.recent_jobs(100)] == newest_first
-        with pytest.raises(KeyError):
-            store.recent_jobs(3, before="no-such-job")
+        first = store.recent_jobs(3)
+        second = store.recent_jobs(3, before=JobPlace.of(first[-1]))
+        store.update_job(second[-1].job_id, state="succeeded")
+        store.delete_job(second[-1].job_id)  # a place outlives its job
+        third = store.recent_jobs(3, before=JobPlace.of(second[-1]))
+        assert [[r.job_id for r in page] for page in (first, second, third)] == [
+            newest_first[:3], newest_first[3:6], newest_first[6:]]
+        assert store.recent_jobs(3, before=JobPlace.of(third[-1])) == []
+        assert [r.job_id for r in store.recent_jobs(100)] == newest_first[:5] + newest_first[6:]
+        twins = [store.create_job({"twin": i}) for i in range(2)]  # placed apart by id however close in time
+        newest = store.recent_jobs(2)
+        assert JobPlace.of(newest[0]) > JobPlace.of(newest[1]) and {r.job_id for r in newest} == set(twins)
+        assert store.recent_jobs(1, before=JobPlace.of(newest[0])) == newest[1:]
 
         for step in range(5):
             store.update_job(ids[0], progress={"step": f"s{step}"})
