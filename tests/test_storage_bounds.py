@@ -140,6 +140,14 @@ def test_a_download_resumes_from_a_range_and_a_range_past_the_end_gets_416(
                   [("Range", "bytes=0-9"), ("Range", "bytes=10-19")]):
         answer = client.get(path, headers=asked)
         assert answer.status_code == 200 and answer.content == whole, (asked, answer.status_code)
+    # HEAD: the GET's status and headers, no body (it was a 405).
+    for asked, status, length in (({}, 200, size), ({"Range": "bytes=100-199"}, 206, 100)):
+        head, got = client.head(path, headers=asked), client.get(path, headers=asked)
+        assert (head.status_code, head.content, int(head.headers["content-length"])) == (status, b"", length)
+        assert {k: v for k, v in head.headers.items() if k != "date"} == {
+            k: v for k, v in got.headers.items() if k != "date"}
+    assert client.head(path, headers={"Range": f"bytes={size}-"}).status_code == 416
+    assert client.head(path.rsplit("/", 1)[0] + "/" + "0" * 32).status_code == 404
 
 
 def test_a_download_the_client_abandons_closes_its_file_at_once(server: Server, client: httpx.Client) -> None:

@@ -341,12 +341,13 @@ def create_export(body: ExportCreate, request: Request, store: StoreDep,
     return ExportRead(**info, download_url=_link(request, "download_export", export_id=info["id"]))
 
 
-@api_router.get("/exports/{export_id}", response_class=StreamingResponse, tags=["subnets"],
-                responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "a range"},
-                           416: {"description": "a range past the file's end"}})
+@api_router.api_route("/exports/{export_id}", methods=["GET", "HEAD"], response_class=StreamingResponse,
+                      tags=["subnets"], responses={200: {"content": {"application/octet-stream": {}}},
+                                                   206: {"description": "a range"},
+                                                   416: {"description": "a range past the file's end"}})
 def download_export(export_id: str, catalog: CatalogDep, request: Request,
                     if_range: Annotated[str | None, Header(alias="If-Range")] = None) -> Response:
-    """The export's ONNX file, or one ``Range`` of it (a resumed download).
+    """The export's ONNX file, or one ``Range`` of it (a resumed download); ``HEAD``: the same headers alone.
 
     Sent from a handle opened before answering, so pruning cannot cut it
     short, and closed when the answer ends, however it ends.  The answer
@@ -359,14 +360,18 @@ def download_export(export_id: str, catalog: CatalogDep, request: Request,
     headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{export_id}.onnx"'}
     ranges = request.headers.getlist("range")
     span = _byte_range(ranges[0] if len(ranges) == 1 and if_range is None else None, size)
-    if span is None:
-        return _FileAnswer(handle, 0, size, headers=headers)
     if span == _UNSATISFIABLE:
         handle.close()
         return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
-    start, end = span
-    return _FileAnswer(handle, start, end - start + 1, status_code=206,
-                       headers={**headers, "Content-Range": f"bytes {start}-{end}/{size}"})
+    start, end = (0, size - 1) if span is None else span
+    status = 200 if span is None else 206
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    if request.method == "HEAD":  # what a download manager asks first (it was a 405)
+        handle.close()
+        return Response(status_code=status, media_type="application/octet-stream",
+                        headers={**headers, "Content-Length": str(end - start + 1)})
+    return _FileAnswer(handle, start, end - start + 1, status_code=status, headers=headers)
 
 
 _UNSATISFIABLE = (-1, -1)
