@@ -82,6 +82,7 @@ class _State:
         self.lock = threading.Lock()
         self.writes_done = threading.Condition(self.lock)
         self.writes = 0
+        self.exiting, self.kept = False, []  # the parent's exit, not this child's (Y16)
         for registry in self.registries:
             registry.forget_inherited()
 
@@ -141,7 +142,11 @@ def kept_if_exiting(*things: object) -> None:
 
 
 def end_open_work() -> None:
-    """End everything still open, processes first, then folders (the exit handler); each thing only once."""
+    """End everything still open, processes first, then folders; each thing only once.
+
+    The exit handler, and a stopped command's first step: from then on, what
+    is closed is kept until the process ends, so nothing else may call it.
+    """
     with _state.lock:
         _state.exiting = True
         registries = sorted(_state.registries, key=lambda registry: registry.order)

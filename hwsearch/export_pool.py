@@ -157,8 +157,10 @@ class ExportPool:
     def close(self) -> None:
         """Stop the workers (they hold memory: a supernet each)."""
         queues = self._queues()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        kept_if_exiting(queues)
+        try:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        finally:  # a Ctrl-C during the wait too (Y16)
+            kept_if_exiting(queues)
         _OPEN_POOLS.closed(self)
 
     def end_now(self) -> None:
@@ -182,11 +184,13 @@ class ExportPool:
         shut = threading.Event()
         threading.Thread(target=self._shut_down, args=(shut,), name="hwsearch-export-pool-end", daemon=True).start()
         try:
-            shut.wait(STARTING_WORKER_WAIT_S if command_stopped() else _START_TIMEOUT_S)
-        finally:  # a Ctrl-C during the wait cut the kills off, and the worker outlived the process (Y8)
-            self._context.kill_launched()
-        _let_managers_finish(self._pool)
-        kept_if_exiting(queues)
+            try:
+                shut.wait(STARTING_WORKER_WAIT_S if command_stopped() else _START_TIMEOUT_S)
+            finally:  # a Ctrl-C during the wait cut the kills off, and the worker outlived the process (Y8)
+                self._context.kill_launched()
+            _let_managers_finish(self._pool)
+        finally:  # a Ctrl-C during either wait too (Y16)
+            kept_if_exiting(queues)
 
     def _queues(self) -> tuple[Any, ...]:
         """The pool's queues, which its shutdown drops.

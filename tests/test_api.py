@@ -34,6 +34,10 @@ def test_health_and_openapi_need_no_token(server: Server) -> None:
         schema = anonymous.get("/openapi.json").json()
     paths = {"/jobs", "/jobs/{job_id}/fronts", "/exports", "/profiles", "/devices"}
     assert paths <= set(schema["paths"])
+    # Unique, as OpenAPI requires and generated clients need (Y16: a download's GET and HEAD shared one).
+    operations = [operation["operationId"] for path in schema["paths"].values() for operation in path.values()]
+    assert len(operations) == len(set(operations))
+    assert set(schema["paths"]["/exports/{export_id}"]) == {"get", "head"}
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token"])

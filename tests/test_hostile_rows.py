@@ -254,6 +254,33 @@ def test_damaged_job_rows_neither_stop_the_service_nor_fail_its_answers(tmp_path
     assert f"job {jobs['spec']}: its stored spec is not JSON" in server.log.read_text()
 
 
+def test_jobs_whose_creation_time_is_damaged_are_still_paged_through(tmp_path: Path) -> None:
+    """A listing's ``next_before`` holds its last job's creation time; a damaged one (text, or a number past a
+    float's range, which reads as inf) made that ``next_before`` a 422 when it came back (Y16)."""
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    ids = [store.create_job({"kind": "search", "supernet": {"name": SUPERNET}}) for _ in range(4)]
+    for job_id in ids:
+        store.update_job(job_id, state="succeeded", result={"fronts": {}})
+    _damage(store.path, "UPDATE jobs SET created = 'when?' WHERE job_id = ?", ids[1])
+    _damage(store.path, "UPDATE jobs SET created = 9e999 WHERE job_id = ?", ids[2])
+
+    server = Server(store.path).start()
+    seen, before, answers = [], None, []
+    try:
+        with server.client() as client:
+            while len(answers) < 10:
+                answers.append(client.get("/jobs", params={"limit": 1, **({"before": before} if before else {})}))
+                if answers[-1].status_code != 200:
+                    break
+                seen += [job["id"] for job in answers[-1].json()["jobs"]]
+                if (before := answers[-1].json()["next_before"]) is None:
+                    break
+    finally:
+        server.stop()
+    assert all(answer.status_code == 200 for answer in answers), answers[-1].text
+    assert sorted(seen) == sorted(ids) and len(seen) == len(ids), seen
+
+
 def test_a_job_whose_stored_state_is_unknown_reads_as_failed_and_is_never_run(tmp_path: Path) -> None:
     """Before: a state of ``bogus`` made every /jobs page that held it, and /jobs/{id}, a 500 (JobRead's state
     allows only the six).  Now it reads as failed with ``unreadable: ["state"]``; a resume is a 409 that says why

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from hwsearch.store import Store, StoreFailed
+from hwsearch.store import SQLiteStore, Store, StoreFailed
 from hwsearch.store_urls import open_store_url
 from hwsearch.testing import StoreContract
 from tests._jobs import fast_device, random_dataset
@@ -73,6 +73,11 @@ PLUGIN_STORE = textwrap.dedent(f'''
                            "nothing": "peer reset"}}[job_id.removeprefix("lost-")]
                 raise ConnectionError(f"connection lost: {{quoted}}")
             return super().get_job(job_id)
+
+        def recent_jobs(self, limit, before=None):
+            if os.environ.get("URLSTORE_OLD_PAGING") and before is not None:  # looks ``before`` up as a job's id
+                raise KeyError(before)
+            return super().recent_jobs(limit, before)
 
         def put_latency(self, *args, **kwargs):
             if os.environ.get("URLSTORE_LOSE_WRITES"):
@@ -244,6 +249,25 @@ def test_serve_needs_a_data_dir_for_a_store_given_by_url(site: Path, tmp_path: P
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert_one_line_error(result, 2, "--data-dir")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["site"]  # no store, no data directory
+
+
+def test_a_plugin_store_written_for_paging_by_job_id_is_a_503_that_says_so(site: Path, tmp_path: Path) -> None:
+    """``recent_jobs`` took a job's id before it took a :class:`~hwsearch.store.JobPlace`; such a plug-in looking
+    a place up raised KeyError, which the service answered with a 500 (Y16)."""
+    rows = tmp_path / "rows.db"
+    for _ in range(2):
+        SQLiteStore(rows).create_job({"kind": "search"})
+    env = {"PYTHONPATH": str(site), "URLSTORE_OLD_PAGING": "1"}
+    server = Server(tmp_path / "store.sqlite", store_url=url(rows), env=env,
+                    extra=("--data-dir", str(tmp_path / "service-data"))).start()
+    try:
+        with server.client() as client:
+            first = client.get("/jobs", params={"limit": 1})
+            second = client.get("/jobs", params={"limit": 1, "before": first.json()["next_before"]})
+    finally:
+        server.stop()
+    assert first.status_code == 200 and len(first.json()["jobs"]) == 1, first.text
+    assert second.status_code == 503 and "recent_jobs refused a JobPlace" in second.text, second.text
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import tempfile
@@ -43,7 +44,7 @@ from hwsearch.jobs import (
 )
 from hwsearch.space import ArchConfig, ArchValidationError
 from hwsearch.supernets import CheckpointError
-from hwsearch.store import JobPlace, JobRecord, Store, spec_checkpoint
+from hwsearch.store import JobPlace, JobRecord, Store, StoreFailed, spec_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -808,33 +809,40 @@ def list_jobs(*, store: Store, limit: int,
     deleted meanwhile does not end the paging (Y15: a 422).
     """
     place = None if before is None else _job_place(store, before)
-    records = store.recent_jobs(limit + 1, before=place)  # one more tells whether a next page exists
+    try:
+        records = store.recent_jobs(limit + 1, before=place)  # one more tells whether a next page exists
+    except KeyError:  # a plug-in store that looks the place up as a job's id (Y16: a 500)
+        raise StoreFailed("the store's recent_jobs refused a JobPlace: a plug-in store written for an earlier "
+                          "hwsearch, whose recent_jobs took a job's id") from None
     page = records[:limit]
     return [job_view(record) for record in page], _place_text(page[-1]) if len(records) > limit else None
 
 
 def _place_text(record: JobRecord) -> str:
-    """A job's place as a listing's ``before``: its id, ``~``, and its creation time as Python writes it
-    (which reads back to the same float)."""
-    return f"{record.job_id}~{record.created!r}"
+    """A job's place as a listing's ``before``: its id, ``~``, and its creation time as Python writes a float
+    (which reads back to the same float); the id alone where the time is no number (a damaged row, Y16: its
+    place read back as a 422), to be looked up again."""
+    created = record.created
+    if isinstance(created, numbers.Real) and not isinstance(created, bool) and not math.isnan(created):
+        return f"{record.job_id}~{float(created)!r}"
+    return record.job_id
 
 
 def _job_place(store: Store, before: str) -> JobPlace:
-    """The place ``before`` names: a listing's ``next_before`` (:func:`_place_text`) or a job's id."""
-    job_id, marked, created = before.rpartition("~")
-    if marked:
-        try:
-            instant = float(created)
-        except ValueError:
-            instant = math.nan
-        if not job_id or not math.isfinite(instant):
-            raise Invalid(f"before={before!r} is neither a job's id nor a listing's next_before",
-                          field=("query", "before"))
-        return JobPlace(instant, job_id)
+    """The place ``before`` names: a job's id (the jobs created before it), else a listing's ``next_before``
+    (:func:`_place_text`; a plug-in store's id may hold a ``~`` too)."""
     try:
         return JobPlace.of(store.get_job(before))
     except KeyError:
-        raise Invalid(f"before={before!r} names no job", field=("query", "before")) from None
+        pass
+    job_id, marked, created = before.rpartition("~")
+    try:
+        instant = float(created) if marked and job_id else math.nan
+    except ValueError:
+        instant = math.nan
+    if math.isnan(instant):
+        raise Invalid(f"before={before!r} names no job, and is no listing's next_before", field=("query", "before"))
+    return JobPlace(instant, job_id)
 
 
 def cancel(*, dispatcher: JobDispatcher, job_id: str) -> dict[str, Any]:
