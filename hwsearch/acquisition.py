@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr
 
+from hwsearch.checks import is_real
 from hwsearch.results import hypervolume, non_dominated
 
 __all__ = [
@@ -48,7 +49,7 @@ _STD_FLOOR = 1e-6
 
 
 def _finite_positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise ValueError(f"{name} must be a number of milliseconds, got {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number of milliseconds above 0, got {value!r}")

@@ -12,7 +12,21 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["non_negative_int", "positive_int", "positive_number", "whole_number"]
+__all__ = ["is_integer", "is_real", "non_negative_int", "positive_int", "positive_number", "whole_number"]
+
+
+def is_real(value: object) -> bool:
+    """Whether ``value`` is a real number (numpy's included) and not a bool.
+
+    Python counts ``True`` as the number 1, so a bare ``isinstance`` lets a
+    JSON ``true`` through as a latency, a seed or a creation time.
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_integer(value: object) -> bool:
+    """Whether ``value`` is an integer (numpy's included) and not a bool (see :func:`is_real`)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def positive_int(value: object, name: str) -> int:
@@ -32,7 +46,7 @@ def non_negative_int(value: object, name: str) -> int:
 
 def whole_number(value: object, name: str, least: int) -> int:
     """``value`` as a plain ``int`` of at least ``least``, or a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_integer(value):
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     if value < least:
         raise ValueError(f"{name} must be ≥ {least}, got {value!r}")
@@ -48,7 +62,7 @@ def positive_number(value: object, name: str) -> float:
     :func:`whole_number` does, so the service's handlers
     answer it as a bad input rather than a server error.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_real(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

@@ -25,7 +25,6 @@ A metric is either
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +34,7 @@ import numpy as np
 from pymoo.core.problem import Problem
 
 from hwsearch.batch import ArchBatch
+from hwsearch.checks import is_real
 from hwsearch.space import SearchSpace
 from predictors.features import ArchFeaturizer
 
@@ -118,7 +118,7 @@ def finite_number(value: object, name: str) -> float:
     every range check and only fails far downstream (a search that keeps no
     row); a string or a bool is a typo, not a number.  Both are refused here.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_real(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")

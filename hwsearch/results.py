@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from devices.plain import dumps, is_printable
+from hwsearch.checks import is_integer, is_real
 from hwsearch.problem import Objective, finite_number
 from hwsearch.space import ArchConfig, SearchSpace
 
@@ -368,7 +368,7 @@ def _reference_point(value: Any, objectives: Sequence[Objective]) -> tuple[float
 
 def _seed(value: Any) -> int:
     """An integer seed; ``int()`` would have taken ``1e308`` and ``"7"`` alike."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_integer(value):
         raise ValueError(f"field 'seed' must be an integer, got {_short(value)}")
     return int(value)
 
@@ -490,7 +490,7 @@ def fastest_above(points: Sequence[Candidate], floor: float, latency: str = "lat
 
 def _query_value(value: object, name: str) -> None:
     """Refuse a budget or floor that is no number: NaN would quietly answer None, a string a TypeError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+    if not is_real(value) or math.isnan(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
 
 

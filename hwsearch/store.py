@@ -14,7 +14,6 @@ import copy
 import json
 import logging
 import math
-import numbers
 import os
 import socket
 import sqlite3
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, Union
 
 import numpy as np
+
+from hwsearch.checks import is_real
 
 __all__ = [
     "ACTIVE_STATES",
@@ -154,7 +155,7 @@ def _checked_accuracy(arch_key: str, accuracy: Any) -> float:
     where the memory store kept it, and an accuracy of 57 (a percentage) or
     infinity, once stored, failed every predictor later trained on the rows.
     """
-    value = float(accuracy) if _is_real(accuracy) else math.nan
+    value = float(accuracy) if is_real(accuracy) else math.nan
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"accuracy of subnet {arch_key!r} is {accuracy!r}, not a fraction in [0, 1]")
     return value
@@ -168,14 +169,9 @@ def _check_latency(arch_key: str, measurement: Mapping[str, Any]) -> None:
     infinite, negative or non-numeric latency is no measurement at all.
     """
     latency = measurement.get("latency_ms", 0.0)
-    if not _is_real(latency) or math.isinf(latency) or latency < 0:
+    if not is_real(latency) or math.isinf(latency) or latency < 0:
         raise ValueError(f"latency_ms of subnet {arch_key!r} is {latency!r}, not a time in milliseconds "
                          "(or NaN for a subnet its session could not measure)")
-
-
-def _is_real(value: Any) -> bool:
-    """A real number (numpy's included), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _json_copy(value: Any) -> Any:
@@ -302,11 +298,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_jobs(self) -> list[JobRecord]:
-        """Snapshots of all jobs, oldest first."""
+        """Snapshots of all jobs, oldest first: in :class:`JobPlace` order, as :meth:`recent_jobs` lists them newest
+        first (jobs created in the same instant do not swap places between the two)."""
 
     @abc.abstractmethod
     def jobs_in_states(self, states: Collection[str]) -> list[JobRecord]:
-        """Snapshots of the jobs in ``states``, oldest first, without decoding the other jobs.
+        """Snapshots of the jobs in ``states``, oldest first (as :meth:`list_jobs`), without decoding the other jobs.
 
         Recovery after a restart looks for the few active jobs among many finished ones.
         """
@@ -448,13 +445,13 @@ class MemoryStore(Store):
     def list_jobs(self) -> list[JobRecord]:
         with self._lock:
             records = copy.deepcopy(list(self._jobs.values()))
-        return sorted(records, key=lambda r: r.created)
+        return sorted(records, key=JobPlace.of)
 
     def jobs_in_states(self, states: Collection[str]) -> list[JobRecord]:
         wanted = _check_states(states)
         with self._lock:
             records = copy.deepcopy([record for record in self._jobs.values() if record.state in wanted])
-        return sorted(records, key=lambda r: r.created)
+        return sorted(records, key=JobPlace.of)
 
     def job_checkpoints(self) -> set[str]:
         with self._lock:
@@ -720,13 +717,13 @@ class SQLiteStore(Store):
 
     def list_jobs(self) -> list[JobRecord]:
         rows = self._conn().execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created, rowid").fetchall()
+            f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created, job_id").fetchall()
         return [_job_from_row(row) for row in rows]
 
     def jobs_in_states(self, states: Collection[str]) -> list[JobRecord]:
         wanted = _check_states(states)
         rows = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({', '.join('?' * len(wanted))}) "
-                                    "ORDER BY created, rowid", wanted).fetchall()
+                                    "ORDER BY created, job_id", wanted).fetchall()
         return [_job_from_row(row) for row in rows]
 
     def job_checkpoints(self) -> set[str]:

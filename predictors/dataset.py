@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from hwsearch.checks import is_real
 from hwsearch.space import ArchConfig, ArchValidationError, SearchSpace
 
 __all__ = ["MAX_LATENCY_MS", "MAX_RATIO", "MIN_RATIO", "MeasurementSet", "Screened", "calibrated_latencies",
@@ -67,13 +67,9 @@ def _ruler(row: Mapping[str, Any]) -> float | None:
     return float(ruler) if _within(ruler, 0.0, MAX_LATENCY_MS) else None
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _within(value: Any, low: float, high: float) -> bool:
     """``value`` is a real number with ``low < value <= high`` (NaN and infinity never are)."""
-    return _is_real(value) and low < value <= high
+    return is_real(value) and low < value <= high
 
 
 def _number(text: str) -> int | float:
@@ -228,9 +224,9 @@ def _latency_problem(row: Any) -> str | None:
     if "reference_ms" in env and _ruler(row) is None:
         return f"with env.reference_ms not a time in (0, {MAX_LATENCY_MS:.0f}] ms"
     ratio = row.get("ratio", 1.0)
-    if _is_real(ratio) and math.isnan(ratio):
+    if is_real(ratio) and math.isnan(ratio):
         return "with no ratio (NaN: its session could not measure it)"
-    if not (_is_real(ratio) and MIN_RATIO <= ratio <= MAX_RATIO):
+    if not (is_real(ratio) and MIN_RATIO <= ratio <= MAX_RATIO):
         return f"with a ratio that is not a number in [{MIN_RATIO:g}, {MAX_RATIO:g}]"
     if not _within(row.get("latency_ms"), 0.0, MAX_LATENCY_MS):
         return f"with latency_ms not a time in (0, {MAX_LATENCY_MS:.0f}] ms"
@@ -238,7 +234,7 @@ def _latency_problem(row: Any) -> str | None:
 
 
 def _accuracy_problem(accuracy: Any) -> str | None:
-    if not (_is_real(accuracy) and math.isfinite(accuracy)):
+    if not (is_real(accuracy) and math.isfinite(accuracy)):
         return "with an accuracy that is not a finite number"
     if not 0.0 <= accuracy <= 1.0:
         return "with an accuracy outside [0, 1]"

@@ -32,6 +32,17 @@ def test_bad_targets_are_refused_with_the_field_named(budgets, band, fragment):
         LatencyTargets(budgets, band)
 
 
+def test_targets_read_out_of_numpy_arrays_are_numbers():
+    """Budgets picked from a predictor's output are numpy float32s (XGBoost predicts float32); they were
+    refused as no number."""
+    latencies = np.array([12.5, 30.0, 18.0], dtype=np.float32)
+    targets = LatencyTargets(tuple(latencies[:2]), (latencies[2], latencies[1]))
+    assert targets.budgets_ms == (12.5, 30.0) and targets.band_ms == (18.0, 30.0)
+    assert all(type(v) is float for v in targets.budgets_ms + targets.band_ms)
+    with pytest.raises(ValueError, match="number"):
+        LatencyTargets((np.bool_(True),), None)
+
+
 def test_targets_parse_the_cli_forms_and_round_trip():
     targets = LatencyTargets.parse("30,15,20,20", "10:40")
     assert targets.budgets_ms == (15.0, 20.0, 30.0)

@@ -14,6 +14,7 @@ from hwsearch.anchor.state import (DEFAULT_TOLERANCE, MIN_SESSIONS, correct_row,
                                    latency_half_width, medians_at, nan_if_none, nanmedian, own_precision_offset,
                                    prevailing_state, session_offset, undisturbed_sessions)
 from hwsearch.anchor.stored import RECENT_SESSIONS, anchor_of, history, kept_rows, row_ratios_at
+from hwsearch.checks import is_real
 from hwsearch.shift_slope import Member, ShiftSlope, fit_shift_slope, size_against
 
 log = logging.getLogger(__name__)
@@ -104,13 +105,9 @@ def in_current_norm(rows: Mapping[str, Mapping[str, Any]], device_key: str,
     return out
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _is_numbers(value: Any) -> bool:
     """A list of numbers and nulls (ratios a session could not take)."""
-    return isinstance(value, list) and all(v is None or _is_number(v) for v in value)
+    return isinstance(value, list) and all(v is None or is_real(v) for v in value)
 
 
 def _is_ratios_at(value: Any) -> bool:
@@ -123,8 +120,8 @@ _Check = tuple[str, Callable[[Any], bool], str]
 #: What :func:`in_current_norm` reads of every row.
 _EVERY_ROW: tuple[_Check, ...] = (
     ("env.host_fingerprint", lambda v: v is None or isinstance(v, str), "text"),
-    ("uncorrected_latency_ms", _is_number, "a number"),
-    ("ratio", lambda v: v is None or _is_number(v), "a number"),
+    ("uncorrected_latency_ms", is_real, "a number"),
+    ("ratio", lambda v: v is None or is_real(v), "a number"),
 )
 #: What it reads of a row that names an anchor (:func:`~hwsearch.anchor.stored.anchor_of`).
 _ANCHORED_ROW: tuple[_Check, ...] = (
@@ -133,12 +130,12 @@ _ANCHORED_ROW: tuple[_Check, ...] = (
     ("anchor_precision", lambda v: v is None or isinstance(v, str), "text"),
     ("anchor_shas", lambda v: not v or isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of text"),
     ("anchor_ratios_at", _is_ratios_at, "lists of numbers by precision"),
-    ("anchor_tolerance", _is_number, "a number"),
-    ("uncorrected_ratio", _is_number, "a number"),
-    ("ratio_ci", lambda v: v is None or _is_number(v), "a number"),
-    ("macs", lambda v: not v or _is_number(v) and v > 0, "a positive number"),
-    ("env.session_end", _is_number, "a number"),
-    ("env.session_reference_ms", lambda v: v is None or _is_number(v), "a number"),
+    ("anchor_tolerance", is_real, "a number"),
+    ("uncorrected_ratio", is_real, "a number"),
+    ("ratio_ci", lambda v: v is None or is_real(v), "a number"),
+    ("macs", lambda v: not v or is_real(v) and v > 0, "a positive number"),
+    ("env.session_end", is_real, "a number"),
+    ("env.session_reference_ms", lambda v: v is None or is_real(v), "a number"),
     ("env.unstable_reasons", lambda v: v is None or isinstance(v, list), "a list"),
 )
 
@@ -169,9 +166,9 @@ _SAID_DAMAGED: set[tuple[str, str, str]] = set()
 def _row_damage(row: Any) -> str | None:
     if not isinstance(row, dict):
         return "not an object"
-    if not _is_number(row.get("latency_ms")):
+    if not is_real(row.get("latency_ms")):
         return "latency_ms is no number"
-    if "median_ms" in row and not _is_number(row["median_ms"]):
+    if "median_ms" in row and not is_real(row["median_ms"]):
         return "median_ms is no number"
     if "median_ms" not in row and not np.isfinite(row["latency_ms"]):
         return "no latency_ms and no median_ms to stand in"  # what a job reads for a subnet not measured
@@ -256,7 +253,7 @@ def _ruler_of(row: Mapping[str, Any]) -> float | None:
 
 def _finite(value: Any) -> float | None:
     """``value`` as a finite float, or None (a string, NaN or nothing: a stored row names no such session)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         return None
     return float(value) if np.isfinite(value) else None
 

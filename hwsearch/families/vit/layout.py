@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hwsearch.checks import positive_int
+from hwsearch.checks import is_integer, positive_int
 from hwsearch.costs import CostAccumulator, CostTable
 from hwsearch.space import (
     ArchConfig,
@@ -143,7 +143,7 @@ class ViTLayout(Layout):
         which is the only form this space has, so the entries must agree.
         """
         depth = data["layer_num"]
-        if not isinstance(depth, (int, np.integer)) or isinstance(depth, bool):
+        if not is_integer(depth):
             raise ArchValidationError(f"layer_num must be an int, got {depth!r}")
         depth = int(depth)
         stage = space.stages[0]
