@@ -12,11 +12,13 @@ package of its own names a factory under the entry point group
 and ``--store postgresql://host/db`` (or ``HWSEARCH_STORE``) opens it.
 
 A URL may carry credentials anywhere: a password in its user part, a token
-as its user, ``?password=`` in its query, a password whose ``/`` or ``#``
-leaves it unparsable.  So no message or output here quotes a URL that has a
-user part, a query or a fragment: it is shown as ``scheme://...``, and a
-plug-in's error about it by its type only (probe Y4 found each of these
-forms printed by the first version, which hid only a parsed password).
+as its user, ``?password=`` in its query, ``;password=`` as a parameter
+(SQL Server's and JDBC's form), a password whose ``/`` or ``#`` leaves it
+unparsable.  So no message or output here quotes a URL that has a user
+part, a query, a fragment or a ``name=value`` parameter: it is shown as
+``scheme://...``, and a plug-in's error about it by its type only (probe Y4
+found each of these forms printed by the first version, which hid only a
+parsed password; Y17 the ``;`` parameters, which passed as secret-free).
 
 The store a plug-in opens is handed out as a :class:`ScreenedStore`: a
 database driver's error quoting its connection string can come from any
@@ -48,8 +50,11 @@ ENTRY_POINT_GROUP = "hwsearch.stores"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 #: A scheme and a colon, perhaps after spaces: a URL mistyped (``pg:/u:pw@h/db``) that must not become a file name.
 _SCHEME_LIKE = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*:")
-#: Where a URL can carry a secret: a user part, a query, a fragment (or a password holding ``/``, ``?`` or ``#``).
-_MAY_HOLD_SECRETS = re.compile(r"[@?#]")
+#: Where a URL can carry a secret: a user part, a query, a fragment (or a password holding ``/``, ``?`` or ``#``),
+#: a ``;`` parameter or any other ``name=value``.
+_MAY_HOLD_SECRETS = re.compile(r"[@?#;=]")
+#: A ``name=value`` parameter of a URL without its scheme: in its query (after ``?`` or ``&``) or after ``;``.
+_PARAMETER = re.compile(r"(?:^|[;&?])([^;&?#=/]+)=([^;&#]*)")
 
 
 def is_store_url(text: str) -> bool:
@@ -91,7 +96,8 @@ def quotes_a_secret_of(message: str, url: str) -> bool:
 
 def secret_forms(url: str) -> set[str]:
     """Every part of ``url`` that may be secret, in every form a message may quote it (:func:`quotes_a_secret_of`):
-    the URL, its user part (each name and password in it), its query (each value) and its fragment."""
+    the URL, its user part (each name and password in it), its query (each value), each ``;`` parameter's value
+    and its fragment."""
     rest = url.split("://", 1)[-1]
     parts = [url, rest]
     for user_part in _user_parts(rest):
@@ -99,6 +105,7 @@ def secret_forms(url: str) -> set[str]:
     if "?" in rest:
         query = _query(rest)
         parts += [query, *(pair.split("=", 1)[-1] for pair in query.split("&"))]
+    parts += [value for _, value in _PARAMETER.findall(rest)]
     if "#" in rest:
         parts.append(rest.split("#", 1)[1])
     return _as_written(parts, rest)
@@ -111,16 +118,15 @@ def credential_forms(url: str) -> set[str]:
     record screened for every part lost every word that was also a user
     name or a query value (``root``, ``require``, ``hwsearch``) in every
     later line of the process (Y7).  So: the password, or the user part
-    when it is one name (a token as the user); query values whose name says
-    credential (``password=``, ``token=``, ``sslkey=``); the fragment.
+    when it is one name (a token as the user); values of query or ``;``
+    parameters whose name says credential (``password=``, ``token=``,
+    ``sslkey=``); the fragment.
     """
     rest = url.split("://", 1)[-1]
     parts = [url, rest]
     for user_part in _user_parts(rest):
         parts += [user_part, user_part.split(":", 1)[-1]]
-    if "?" in rest:
-        pairs = [pair.split("=", 1) for pair in _query(rest).split("&")]
-        parts += [pair[1] for pair in pairs if len(pair) == 2 and _is_credential_name(unquote(pair[0]))]
+    parts += [value for name, value in _PARAMETER.findall(rest) if _is_credential_name(unquote(name))]
     if "#" in rest:
         parts.append(rest.split("#", 1)[1])
     return _as_written(parts, rest)

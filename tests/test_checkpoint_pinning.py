@@ -169,6 +169,40 @@ def test_a_data_root_checkpoint_changed_after_registration_is_refused(
     assert "supernet 'named': its checkpoint file changed since it was registered" in refused.json()["detail"]
 
 
+@pytest.mark.parametrize("damage", ["a folder", "truncated"])
+def test_a_registered_checkpoint_that_no_longer_loads_is_a_409_naming_the_supernet(
+        server: Server, arch: dict[str, Any], damage: str) -> None:
+    """Y17: replaced by a folder or cut short after registration, it made ``POST /jobs`` and ``POST /profiles``
+    500s (``POST /exports`` answered 409 for the same state)."""
+    named = server.store.parent / "weights.pt"
+    named.write_bytes(DEMO_CHECKPOINT.read_bytes())
+    rng = np.random.default_rng(0)
+    np.savez(server.store.parent / "val.npz", x=rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8),
+             y=rng.integers(0, 10, 16))
+    with server.client() as client:
+        created = client.post("/supernets", json={"name": "named", "registry": DEMO, "checkpoint": "weights.pt"})
+        assert created.status_code == 201, created.text
+        device = client.post("/devices", json={"profile": {"name": "cpu1", "intra_op_threads": 1}})
+        assert device.status_code == 201, device.text
+        named.unlink()
+        if damage == "a folder":
+            named.mkdir()
+        else:
+            named.write_bytes(DEMO_CHECKPOINT.read_bytes()[:1000])
+        answers = {
+            "jobs": client.post("/jobs", json={"supernet": "named", "devices": ["cpu1"], "dataset": "val.npz",
+                                               "n_profile": 4}),
+            "profiles": client.post("/profiles", json={"supernet": "named", "arch": arch, "on": "cpu1"}),
+            "exports": client.post("/exports", json={"supernet": "named", "arch": arch}),
+        }
+        listed = client.get("/jobs").json()["jobs"]
+    for route, answer in answers.items():
+        assert answer.status_code == 409, (route, answer.text)
+        detail = answer.json()["detail"]
+        assert "supernet 'named': its checkpoint cannot be loaded now" in detail, (route, detail)
+    assert listed == []  # nothing was stored for the refused submissions
+
+
 def test_a_kept_upload_nothing_names_is_removed_at_start_up(tmp_path: Path) -> None:
     """What a crash between keeping an upload and registering it leaves is not kept for ever."""
     checkpoints = tmp_path / "store.sqlite.data" / "checkpoints"

@@ -165,3 +165,16 @@ def test_an_error_quoting_the_password_of_a_url_with_an_at_sign_in_its_query_is_
 
     assert quotes_a_secret_of("server closed for password pw-Secret9", "pg://me:pw-Secret9@db/x?notify=ops@e.com")
     assert quotes_a_secret_of("auth failed for pw/x#y", "urlfile://me:pw/x#y@localhost/rows.db")  # unparsable
+
+
+def test_the_values_of_a_urls_semicolon_parameters_are_secrets_and_the_url_is_not_shown() -> None:
+    """SQL Server's and JDBC's form, ``host;user=sa;password=...``, holds no ``@``, ``?`` or ``#``: it was shown
+    whole in messages and 503 answers, and an error quoting its password alone passed the screen (Y17)."""
+    from hwsearch.store_urls import credential_forms, quotes_a_secret_of, shown_store
+
+    url = "mssql://db.example:1433;databaseName=jobs;user=sa;password=Sup3r-Secret"
+    assert shown_store(url) == "mssql://..."
+    assert quotes_a_secret_of("Login failed for user 'sa' with password 'Sup3r-Secret'", url)
+    assert "Sup3r-Secret" in credential_forms(url)  # kept out of logs; the database's name is a word of any line
+    assert "jobs" not in credential_forms(url)
+    assert shown_store("mssql://db.example:1433/jobs") == "mssql://db.example:1433/jobs"

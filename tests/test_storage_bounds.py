@@ -301,6 +301,11 @@ def test_registrations_past_the_bound_get_413_and_store_nothing(tmp_path: Path) 
             for name in ("s1", "s2"):
                 assert client.post("/supernets", json={**SUPERNET, "name": name}).status_code == 201
             assert client.post("/supernets", json={**SUPERNET, "name": "s3"}).status_code == 413
+            # Refused before it is built (Y17: seconds of CPU per refused call): a checkpoint that could not
+            # load is not even read.
+            (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+            unbuilt = client.post("/supernets", json={**SUPERNET, "name": "s3", "checkpoint": "garbage.pt"})
+            assert unbuilt.status_code == 413 and unbuilt.json()["loc"] == ["body", "name"], unbuilt.text
             upload = client.post("/supernets/upload", data={"name": "s3", "registry": "demo_mbv3_mnist"},
                                  files={"checkpoint": ("demo.pt", DEMO_CHECKPOINT.read_bytes())})
             assert upload.status_code == 413 and "at most 2 supernets" in upload.json()["detail"]

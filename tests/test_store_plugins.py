@@ -202,6 +202,7 @@ SECRET_FORMS = {
     "token as user": "urlfile://{pw}@localhost/{path}",
     "password with / and #": "urlfile://me:{pw}/x#y@localhost/{path}",
     "unparsable": "urlfile://me:{pw}@[localhost/{path}",
+    "; parameter": "urlfile://localhost/{path};password={pw}",  # SQL Server's form (Y17: shown whole)
 }
 
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import math
-import numbers
 import os
 import re
 import tempfile
@@ -29,6 +28,7 @@ from hwsearch.agents import AgentEndpoint, UnknownAgent, operator_only_fields, r
 from hwsearch.api.built import BuildersBusy, BuiltSupernets
 from hwsearch.api.catalog import Catalog, CatalogFull, absolute_path, valid_name
 from hwsearch.api.files import DataRoots, PathRefused, check_unpacked_size
+from hwsearch.checks import is_real
 from hwsearch.dispatch import Admission, JobDispatcher, QueueFull, StillStopping, StoreFull
 from hwsearch.jobs import (
     CheckpointChanged,
@@ -135,6 +135,21 @@ _BUILT = BuiltSupernets(build_supernet)
 
 
 def _supernet(ref: SupernetRef) -> Any:
+    """The registered supernet ``ref``, built (see :func:`_built`).
+
+    A checkpoint that loaded when it was registered and no longer does (replaced on disk by a folder, a
+    truncated file or another network's weights) is the registration's state, not a server fault: a 409
+    naming the supernet (Y17: a 500 from ``POST /jobs`` and ``POST /profiles``, where ``POST /exports``
+    already answered 409).
+    """
+    try:
+        return _built(ref)
+    except (CheckpointError, FileNotFoundError) as error:  # not found: removed since :func:`_built` looked
+        raise Conflict(f"supernet {ref.name!r}: its checkpoint cannot be loaded now: {error}",
+                       field=("body", "supernet")) from None
+
+
+def _built(ref: SupernetRef) -> Any:
     """The built supernet; a checkpoint changed on disk is read anew, and refused if it was pinned."""
     try:
         version = Path(ref.checkpoint).stat().st_mtime_ns if ref.checkpoint else 0
@@ -189,7 +204,7 @@ def _build_checked(ref: SupernetRef, field: Sequence[str], max_bytes: int) -> di
     client's input being wrong: a 422 with one line, the trace in the log.
     """
     try:
-        net = _supernet(ref)
+        net = _built(ref)
     except _ChangedOnDisk:  # pinned just before this build: the file was replaced while it was read
         raise Conflict("the checkpoint file changed while it was being registered; register it again once "
                        "it is written", field=field) from None
@@ -247,6 +262,8 @@ def register_supernet(
     other weights under the name.
     """
     _check_registry(registry)
+    with _full_catalog_is_413(("body", "name")):  # before the build's seconds of CPU, as an upload checks (Y17)
+        catalog.check_room("supernets", name)
     path = None
     if checkpoint is not None:
         try:
@@ -667,7 +684,7 @@ def _fits_progress(progress: Any) -> bool:
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return is_real(value) and math.isfinite(value)
 
 
 def _is_plain_json(value: Any) -> bool:
@@ -823,7 +840,7 @@ def _place_text(record: JobRecord) -> str:
     (which reads back to the same float); the id alone where the time is no number (a damaged row, Y16: its
     place read back as a 422), to be looked up again."""
     created = record.created
-    if isinstance(created, numbers.Real) and not isinstance(created, bool) and not math.isnan(created):
+    if is_real(created) and not math.isnan(created):
         return f"{record.job_id}~{float(created)!r}"
     return record.job_id
 
