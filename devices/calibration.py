@@ -302,7 +302,9 @@ def _read(path: Path) -> dict[str, Any]:
     """The file's JSON object; empty when it is missing or was just created empty.
 
     :class:`UnreadableFile` for anything else: not a regular file, over
-    :data:`MAX_FILE_BYTES`, not UTF-8 JSON, or JSON that is not an object.
+    :data:`MAX_FILE_BYTES`, not UTF-8 JSON, JSON that Python's reader
+    refuses (nested deeper than its stack, an integer of over 4,300 digits:
+    a traceback in every later session, Y18), or JSON that is not an object.
     A file from before per-host calibrations (a bare ``reference_ms``) keeps
     its content but lends it to no host: nothing records where it was taken.
     """
@@ -318,8 +320,8 @@ def _read(path: Path) -> dict[str, Any]:
         raise UnreadableFile(f"{path} is over {MAX_FILE_BYTES} bytes")
     try:
         data = json.loads(raw) if raw.strip() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UnreadableFile(f"{path} is not JSON ({error})") from None
+    except (ValueError, RecursionError) as error:  # not UTF-8, not JSON, nested past the stack, a 5,000-digit number
+        raise UnreadableFile(f"{path} is not JSON that can be read ({type(error).__name__})") from None
     if not isinstance(data, dict):
         raise UnreadableFile(f"{path} holds {type(data).__name__}, not a JSON object")
     return data

@@ -185,8 +185,8 @@ class HostLock:
                     hold.lock_lost = hold.lock_lost or _replaced(host_fd, self.directory / _HOST_FILE)
         finally:
             _unlink_quietly(ticket_path)
-            os.close(ticket_fd)
-            os.close(host_fd)  # releases the host flock, after the hold's end time was taken
+            _close(ticket_fd)
+            _close(host_fd)  # releases the host flock, after the hold's end time was taken
 
     def _take_turn(self, mode: Mode, on_wait: WaitFn | None) -> tuple[int, int, Path, float, bool]:
         """Queue and wait until it is our turn; return the host and ticket fds, the ticket, seconds waited, and
@@ -213,14 +213,14 @@ class HostLock:
                     return host_fd, ticket_fd, holding, time.monotonic() - started, requeued
                 except BaseException:
                     _unlink_quietly(ticket_path)
-                    os.close(ticket_fd)
+                    _close(ticket_fd)
                     raise
             except _QueueLost:
-                os.close(host_fd)
+                _close(host_fd)
                 requeued = True
                 log.warning("host lock: %s was deleted while waiting; queueing again", self.directory)
             except BaseException:
-                os.close(host_fd)
+                _close(host_fd)
                 raise
 
     @contextmanager
@@ -282,7 +282,7 @@ class HostLock:
             seq = _next_seq(counter, queue)
             temp = queue / f".{uuid.uuid4().hex}.tmp"
             try:
-                fd = os.open(temp, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _FILE_MODE)
+                fd = _opened(os.open(temp, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _FILE_MODE))
             except OSError as error:
                 raise HostLockError(f"cannot write to {queue}: {error.strerror} (set {LOCK_DIR_ENV})") from None
             try:
@@ -290,15 +290,21 @@ class HostLock:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 return fd, _rename(temp, queue / _ticket_name(seq, mode, "waiting")), seq
             except BaseException:
-                os.close(fd)
+                _close(fd)
                 _unlink_quietly(temp)
                 raise
         finally:
-            os.close(counter)  # releases the counter's flock
+            _close(counter)  # releases the counter's flock
 
     def _wait_for_turn(self, queue: Path, host_fd: int, mode: Mode, seq: int, on_wait: WaitFn | None,
                        started: float) -> None:
-        """Poll until no ticket has precedence and the host flock is ours (:class:`_QueueLost` if the queue goes)."""
+        """Poll until no ticket has precedence and the host flock is ours (:class:`_QueueLost` if the queue goes).
+
+        A session also waits while a compute unit's ticket says it holds the host, whatever the flock says:
+        ``host.lock`` is never written, so a cleaner of ``/tmp`` that removes old files can unlink it under a
+        compute unit's flock, and the session then flocked a new file and ran beside the compute, its rows
+        stable (Y18).
+        """
         flag = fcntl.LOCK_EX if mode == "exclusive" else fcntl.LOCK_SH
         next_report = time.monotonic()
         reported = False
@@ -307,7 +313,8 @@ class HostLock:
                 ahead = _precedence(mode, seq, _live_tickets(queue))
             except FileNotFoundError:
                 raise _QueueLost from None
-            if ahead["sessions"] == 0 and _try_flock(host_fd, flag):
+            clear = ahead["sessions"] == 0 and (mode == "shared" or ahead["compute"] == 0)
+            if clear and _try_flock(host_fd, flag):
                 if reported and on_wait is not None:
                     on_wait({"event": "lock-acquired", "mode": mode, "waited_s": round(time.monotonic() - started, 3)})
                 return
@@ -394,7 +401,7 @@ def _owner_alive(path: Path) -> bool:
     good, one left by a killed process would hold the host for ever.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = _opened(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK))
     except PermissionError:
         return _named_process_lives(path)
     except OSError as error:
@@ -410,7 +417,7 @@ def _owner_alive(path: Path) -> bool:
         _unlink_quietly(path)
         return False
     finally:
-        os.close(fd)
+        _close(fd)
 
 
 def _named_process_lives(path: Path) -> bool:
@@ -456,6 +463,42 @@ def _try_flock(fd: int, flag: int) -> bool:
     return True
 
 
+#: This process's descriptors of the lock folder's files: a forked child closes its copies (:func:`_forget_in_child`).
+_LOCK_FDS: set[int] = set()
+
+
+def _opened(fd: int) -> int:
+    _LOCK_FDS.add(fd)
+    return fd
+
+
+def _close(fd: int) -> None:
+    _LOCK_FDS.discard(fd)
+    os.close(fd)
+
+
+def _forget_in_child() -> None:
+    """In a child made by ``fork()``, close the copies of the parent's lock descriptors.
+
+    A flock belongs to the open file, which a child's copy of the descriptor
+    keeps open: a child forked during a hold (a data loader's workers, a
+    fork-based pool) kept the host locked after the parent's hold ended,
+    with no ticket to say so, and every waiter waited for it, told "0
+    sessions running or queued" (Y18).  The child's thread still counts as
+    inside the parent's hold (:func:`_held_map`): its compute is the work
+    that hold covers, as an export pool's worker's is.
+    """
+    for fd in list(_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def _open_member(path: Path, flags: int) -> int:
     """Open (creating it if missing) a regular file of the lock folder, or raise :class:`HostLockError` naming it.
 
@@ -464,13 +507,13 @@ def _open_member(path: Path, flags: int) -> int:
     kept the other users out.
     """
     try:
-        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, _FILE_MODE)
+        fd = _opened(os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, _FILE_MODE))
     except OSError as error:
         reason = "it is a link" if error.errno == errno.ELOOP else error.strerror
         raise HostLockError(f"cannot open {path}: {reason} (set {LOCK_DIR_ENV})") from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
+        _close(fd)
         raise HostLockError(f"{path} must be a regular file (set {LOCK_DIR_ENV})")
     if info.st_uid == os.geteuid() and info.st_mode & _FILE_MODE != _FILE_MODE:
         os.fchmod(fd, stat.S_IMODE(info.st_mode) | _FILE_MODE)

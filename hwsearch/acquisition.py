@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr
 
-from hwsearch.checks import is_real
+from hwsearch.checks import is_finite_real, is_real
 from hwsearch.results import hypervolume, non_dominated
 
 __all__ = [
@@ -51,7 +51,7 @@ _STD_FLOOR = 1e-6
 def _finite_positive(value: Any, name: str) -> float:
     if not is_real(value):
         raise ValueError(f"{name} must be a number of milliseconds, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
+    if not is_finite_real(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number of milliseconds above 0, got {value!r}")
     return float(value)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["is_integer", "is_real", "non_negative_int", "positive_int", "positive_number", "whole_number"]
+__all__ = ["is_finite_real", "is_integer", "is_real", "non_negative_int", "positive_int", "positive_number",
+           "whole_number"]
 
 
 def is_real(value: object) -> bool:
@@ -22,6 +23,20 @@ def is_real(value: object) -> bool:
     JSON ``true`` through as a latency, a seed or a creation time.
     """
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_finite_real(value: object) -> bool:
+    """Whether ``value`` is a real number (see :func:`is_real`) that is neither NaN nor infinite.
+
+    An integer beyond a float's range (``10**400`` read from JSON) counts as
+    infinite: ``math.isfinite`` raised OverflowError for it (Y18).
+    """
+    if not is_real(value):
+        return False
+    try:
+        return math.isfinite(value)  # type: ignore[arg-type]  (is_real)
+    except OverflowError:
+        return False
 
 
 def is_integer(value: object) -> bool:
@@ -64,6 +79,6 @@ def positive_number(value: object, name: str) -> float:
     """
     if not is_real(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
+    if not is_finite_real(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)

@@ -24,7 +24,6 @@ A metric is either
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -34,7 +33,7 @@ import numpy as np
 from pymoo.core.problem import Problem
 
 from hwsearch.batch import ArchBatch
-from hwsearch.checks import is_real
+from hwsearch.checks import is_finite_real, is_real
 from hwsearch.space import SearchSpace
 from predictors.features import ArchFeaturizer
 
@@ -120,7 +119,7 @@ def finite_number(value: object, name: str) -> float:
     """
     if not is_real(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
+    if not is_finite_real(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 

@@ -303,7 +303,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def jobs_in_states(self, states: Collection[str]) -> list[JobRecord]:
-        """Snapshots of the jobs in ``states``, oldest first (as :meth:`list_jobs`), without decoding the other jobs.
+        """Snapshots of the jobs in ``states``, oldest first, without decoding the other jobs; jobs created in the
+        same instant in the order they were stored (recovery requeues them in the order they were submitted, Y18).
 
         Recovery after a restart looks for the few active jobs among many finished ones.
         """
@@ -451,7 +452,7 @@ class MemoryStore(Store):
         wanted = _check_states(states)
         with self._lock:
             records = copy.deepcopy([record for record in self._jobs.values() if record.state in wanted])
-        return sorted(records, key=JobPlace.of)
+        return sorted(records, key=lambda r: r.created)  # stable: ties keep the order they were stored in
 
     def job_checkpoints(self) -> set[str]:
         with self._lock:
@@ -723,7 +724,7 @@ class SQLiteStore(Store):
     def jobs_in_states(self, states: Collection[str]) -> list[JobRecord]:
         wanted = _check_states(states)
         rows = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({', '.join('?' * len(wanted))}) "
-                                    "ORDER BY created, job_id", wanted).fetchall()
+                                    "ORDER BY created, rowid", wanted).fetchall()
         return [_job_from_row(row) for row in rows]
 
     def job_checkpoints(self) -> set[str]:

@@ -51,10 +51,12 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 #: A scheme and a colon, perhaps after spaces: a URL mistyped (``pg:/u:pw@h/db``) that must not become a file name.
 _SCHEME_LIKE = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*:")
 #: Where a URL can carry a secret: a user part, a query, a fragment (or a password holding ``/``, ``?`` or ``#``),
-#: a ``;`` parameter or any other ``name=value``.
+#: a ``;`` parameter or any other ``name=value``; looked for in the URL as written and percent-decoded.
 _MAY_HOLD_SECRETS = re.compile(r"[@?#;=]")
-#: A ``name=value`` parameter of a URL without its scheme: in its query (after ``?`` or ``&``) or after ``;``.
-_PARAMETER = re.compile(r"(?:^|[;&?])([^;&?#=/]+)=([^;&#]*)")
+#: A ``name=value`` parameter of a URL without its scheme, wherever it stands: in the query (after ``?`` or ``&``),
+#: after ``;`` (SQL Server, JDBC), ``:`` (DB2) or ``/`` or ``,``; spaces around the ``=`` allowed, and a value in
+#: braces (ODBC's ``PWD={a;b}``) read whole.
+_PARAMETER = re.compile(r"(?:^|[;&?:/,])\s*([^;&?#=/:,{}\s]+)\s*=\s*(\{[^}]*\}|[^;&#,]*)")
 
 
 def is_store_url(text: str) -> bool:
@@ -77,7 +79,7 @@ def mistyped_url_problem(text: str) -> str | None:
 
 def shown_store(text: str) -> str:
     """``text`` as a message may show it: a path as it is; a URL as it is only where it cannot hold a secret."""
-    if not is_store_url(text) or _MAY_HOLD_SECRETS.search(text) is None:
+    if not is_store_url(text) or not _may_hold_secrets(text):
         return text
     return f"{_SCHEME.match(text).group(1)}://..."  # type: ignore[union-attr]  (is_store_url)
 
@@ -105,7 +107,7 @@ def secret_forms(url: str) -> set[str]:
     if "?" in rest:
         query = _query(rest)
         parts += [query, *(pair.split("=", 1)[-1] for pair in query.split("&"))]
-    parts += [value for _, value in _PARAMETER.findall(rest)]
+    parts += _parameter_values(rest, lambda name: True)
     if "#" in rest:
         parts.append(rest.split("#", 1)[1])
     return _as_written(parts, rest)
@@ -126,7 +128,7 @@ def credential_forms(url: str) -> set[str]:
     parts = [url, rest]
     for user_part in _user_parts(rest):
         parts += [user_part, user_part.split(":", 1)[-1]]
-    parts += [value for name, value in _PARAMETER.findall(rest) if _is_credential_name(unquote(name))]
+    parts += _parameter_values(rest, _is_credential_name)
     if "#" in rest:
         parts.append(rest.split("#", 1)[1])
     return _as_written(parts, rest)
@@ -135,6 +137,27 @@ def credential_forms(url: str) -> set[str]:
 #: A query parameter's name that says its value is a credential, and names that match it but say no such thing.
 _CREDENTIAL_NAME = re.compile(r"pass|pwd|secret|token|key|auth|cred|sig", re.IGNORECASE)
 _NOT_CREDENTIALS = {"authsource", "authmechanism"}  # MongoDB's: a database's name, a method's name (Y8)
+
+
+def _may_hold_secrets(url: str) -> bool:
+    """Whether ``url``, as written or percent-decoded (``%3Bpassword%3D``: Y18), may carry a secret anywhere.
+
+    Any ``;`` or ``=`` counts, whatever the parameter's name: ``mystore://host/db=1`` is hidden with the
+    rest, since a driver's ``;p=...`` says nothing of being a password.
+    """
+    return any(_MAY_HOLD_SECRETS.search(form) is not None for form in (url, unquote(url)))
+
+
+def _parameter_values(rest: str, wanted: Callable[[str], bool]) -> list[str]:
+    """The values of ``rest``'s ``name=value`` parameters (:data:`_PARAMETER`) whose name is ``wanted``, read as
+    written and percent-decoded; a braced value also without its braces, a value also up to its first ``/``."""
+    values = []
+    for form in {rest, unquote(rest)}:
+        for name, value in _PARAMETER.findall(form):
+            if wanted(unquote(name)):
+                value = value.strip()
+                values += [value, value.strip("{}"), value.split("/", 1)[0]]
+    return values
 
 
 def _is_credential_name(name: str) -> bool:
@@ -207,7 +230,7 @@ def open_store_url(url: str) -> Store:
     try:
         store = entry.load()(url)
     except Exception as error:  # the plug-in's own failure, of any kind: one line, no secret
-        said = (f": {str(error).replace(url, shown_store(url))}" if _MAY_HOLD_SECRETS.search(url) is None
+        said = (f": {str(error).replace(url, shown_store(url))}" if not _may_hold_secrets(url)
                 else " (its message is not shown: the URL may carry credentials)")
         raise StoreError(f"the {scheme}:// store plug-in ({entry.value}) could not open the store: "
                          f"{type(error).__name__}{said}") from None

@@ -22,6 +22,7 @@ from hwsearch.acquisition import (
     ((-1.0,), None, "above 0"),
     ((float("nan"),), None, "finite"),
     ((True,), None, "number"),
+    ((10**400,), None, "finite"),  # past a float's range: an OverflowError before (Y18)
     (("20",), None, "number"),
     ((), (40.0, 15.0), "below high"),
     ((), (15.0, float("inf")), "finite"),

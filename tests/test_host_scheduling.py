@@ -275,6 +275,25 @@ def test_compute_blocks_a_session_until_it_ends(models: list[Path], workers) -> 
     assert rows[0]["env"]["lock_wait_s"] >= 1.5
 
 
+def test_a_session_waits_for_compute_whose_lock_file_a_cleaner_removed(private_host: Path, models: list[Path],
+                                                                      workers) -> None:
+    """``host.lock`` is never written, so a ``/tmp`` cleaner's age rule can remove it while a compute unit holds
+    its flock; the next session flocked a file made anew at once and ran beside the compute, its rows stable
+    (Y18).  The compute unit's ticket still says it holds the host."""
+    compute = workers("compute", {"kind": "shared"})
+    compute.wait_for(lambda: compute.first("holding"), "the compute unit to start")
+    (private_host / "host.lock").unlink()
+    session = workers("session", measure_task(models, QUICK))
+    [first_wait] = session.wait_for(lambda: session.waiting_events()[:1], "the session to wait")
+    assert first_wait["compute_running"] == 1
+    time.sleep(1.0)
+    assert not session.first("rows")
+    compute.release()
+    ended = compute.finish()[-1]["ended_at"]
+    start, _ = session_of(session.finish()[-1]["rows"])
+    assert start >= ended
+
+
 def test_a_waiting_session_keeps_new_compute_out(models: list[Path], workers) -> None:
     running = workers("running", {"kind": "shared"})
     running.wait_for(lambda: running.first("holding"), "the first compute unit to start")
@@ -733,3 +752,104 @@ def test_building_loading_and_recalibrating_wait_for_a_session(tmp_path: Path, t
     ended = session.finish()[-1]["ended_at"]
     thread.join(timeout=DEADLINE_S)
     assert finished["result"] is not None and finished["at"] >= ended
+
+
+def test_fitting_a_jobs_predictors_waits_for_a_session(tmp_path: Path, tiny_supernet: Any, workers) -> None:
+    """A search job's first fits (XGBoost, cross-validated) ran outside the host lock, beside other jobs'
+    sessions (Y18); every refinement round's fit already waited."""
+    from hwsearch.evaldata import DataPlan
+    from hwsearch.jobs import SupernetRef
+    from hwsearch.jobs.context import JobContext, job_device
+    from hwsearch.jobs.control import start_job
+    from hwsearch.jobs.spec import JobSpec
+    from hwsearch.jobs.stages import fit_predictors
+    from hwsearch.pipeline import select_subnets
+    from hwsearch.store import MemoryStore
+    from tests._jobs import SUPERNET, fast_device, random_dataset
+
+    store = MemoryStore()
+    job_id = store.create_job({"kind": "search"})
+    device = fast_device("cpu-1t")
+    archs = select_subnets(tiny_supernet.space, 8, seed=3)
+    job = JobContext(store=store, job_id=job_id, net=tiny_supernet, devices=[job_device(device, None)],
+                     data=DataPlan(str(random_dataset(tmp_path / "data.npz", n=24))).open(size=32),
+                     dataset_id="random", archs=archs)
+    job.shared  # noqa: B018  (put in Ray's object store before the clock starts: not what is timed here)
+    for arch in archs:  # rows as a session stores them, so no measurement is needed
+        store.put_latency(job.devices[0].key, tiny_supernet.space.network_id, arch.key(),
+                          {"latency_ms": 1.0 + tiny_supernet.count(arch).macs / 1e7, "stable": True})
+    accuracies = {"fp32": {arch.key(): 0.5 + 0.01 * i for i, arch in enumerate(archs)}}
+    spec = JobSpec(supernet=SupernetRef(**SUPERNET), devices=(device,))
+    session = workers("session", {"kind": "exclusive"})
+    session.wait_for(lambda: session.first("holding"), "the session to start")
+    finished: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: finished.update(
+        fitted=fit_predictors(start_job(store, job_id), job, spec, accuracies), at=time.time()))
+    thread.start()
+    wait_until(lambda: HostLock().status()["compute_waiting"] == 1 or not thread.is_alive(),
+               "the fit to queue for the host")
+    assert thread.is_alive() and not finished, "it fitted while the session held the host"
+    session.release()
+    ended = session.finish()[-1]["ended_at"]
+    thread.join(timeout=DEADLINE_S)
+    predictors, searches, quality = finished["fitted"]
+    assert finished["at"] >= ended and set(predictors) == {"fp32"} and len(searches["fp32"]) == 1
+    assert "fitting predictors: compute waiting for local host: 1 session running or queued" in [
+        event["message"] for event in store.job_events(job_id)]
+
+
+def test_the_measure_command_checks_its_models_only_between_sessions(models: list[Path], workers,
+                                                                     tmp_path: Path) -> None:
+    """``hwsearch measure`` built an onnxruntime session per model to check it (9.9 s of CPU for a large graph)
+    while another process's session held the host (Y18)."""
+    profile = tmp_path / "dev.json"
+    profile.write_text(json.dumps(QUICK))
+    session = workers("session", {"kind": "exclusive"})
+    session.wait_for(lambda: session.first("holding"), "the session to start")
+    command = subprocess.Popen([sys.executable, "-m", "hwsearch.cli.main", "measure", "--device", str(profile),
+                                *map(str, models), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        wait_until(lambda: HostLock().status()["compute_waiting"] == 1 or command.poll() is not None,
+                   "the command's check to queue for the host")
+        assert command.poll() is None
+        session.release()
+        ended = session.finish()[-1]["ended_at"]
+        stdout, stderr = command.communicate(timeout=DEADLINE_S)
+    finally:
+        command.kill()
+    assert command.returncode == 0, stderr
+    assert "compute waiting for local host" in stderr
+    start, _ = session_of(json.loads(stdout))
+    assert start >= ended
+
+
+FORK_DURING_A_HOLD = """
+import os, sys, time
+from devices.hostlock import HostLock
+with HostLock().shared():
+    child = os.fork()
+    if child == 0:  # a data loader's worker, say: it outlives the hold
+        print("child", flush=True)  # fork's handlers have run in this process by now
+        time.sleep(30)
+        os._exit(0)
+print(child, flush=True)
+sys.stdin.read()  # the parent lives on, its hold over, until the test is done
+os.kill(child, 9)
+"""
+
+
+def test_a_child_forked_during_a_hold_does_not_keep_the_host(private_host: Path) -> None:
+    """A flock belongs to the open file, which a forked child's copy of the descriptor kept open: the host stayed
+    locked while the child lived, with no ticket to say who held it (Y18)."""
+    parent = subprocess.Popen([sys.executable, "-c", FORK_DURING_A_HOLD], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        said = {parent.stdout.readline().strip() for _ in range(2)}  # the parent's hold over, the child running
+        child = int(next(line for line in said if line != "child"))
+        os.kill(child, 0)  # alive, holding its copies of the parent's descriptors until it exits
+        assert HostLock().status() == {"sessions_holding": 0, "sessions_waiting": 0,
+                                       "compute_holding": 0, "compute_waiting": 0}
+        assert not blocked("exclusive")
+    finally:
+        parent.communicate("", timeout=DEADLINE_S)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 SECRET = "S3cr%2fet-pw"  # written percent-encoded: a driver logs it decoded, or encoded again its own way
 SECRETS = (SECRET, "S3cr/et-pw", "S3cr%2Fet-pw", "t\u00f6k-98765", "tök-98765")
 # An @ in the query too (Y8: the password then ran into the query, and went unscreened alone)
@@ -178,3 +180,20 @@ def test_the_values_of_a_urls_semicolon_parameters_are_secrets_and_the_url_is_no
     assert "Sup3r-Secret" in credential_forms(url)  # kept out of logs; the database's name is a word of any line
     assert "jobs" not in credential_forms(url)
     assert shown_store("mssql://db.example:1433/jobs") == "mssql://db.example:1433/jobs"
+
+
+@pytest.mark.parametrize("url, password", [
+    ("sqlserver://h:1433;databaseName=d; Password = S3cretPW", "S3cretPW"),  # spaces around the =
+    ("db2://h:50000/db:password=S3cretPW;user=u;", "S3cretPW"),  # DB2's first parameter follows a colon
+    ("odbc://h;UID=u;PWD={S3c;retPW}", "S3c;retPW"),  # ODBC's braces hold a ; of the password
+    ("pg://h/db%3Bpassword%3DS3cretPW", "S3cretPW"),  # percent-encoded: shown whole before
+    ("pg://h/db/password=S3cretPW", "S3cretPW"),  # a parameter in the path
+])
+def test_a_password_in_any_parameter_form_is_a_secret_and_hides_the_url(url: str, password: str) -> None:
+    """Forms the first reading of ``;`` parameters missed: a driver's error quoting the password alone passed the
+    screen into 503 answers and logs (Y18)."""
+    from hwsearch.store_urls import credential_forms, quotes_a_secret_of, shown_store
+
+    assert shown_store(url) == url.split("://")[0] + "://..."
+    assert quotes_a_secret_of(f"login failed with password {password}", url)
+    assert password in credential_forms(url)

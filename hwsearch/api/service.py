@@ -684,7 +684,8 @@ def _fits_progress(progress: Any) -> bool:
 
 
 def _finite(value: Any) -> bool:
-    return is_real(value) and math.isfinite(value)
+    """A finite Python number, as the response's JSON encoder takes it (a plug-in store's numpy float32 is not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_plain_json(value: Any) -> bool:

@@ -23,9 +23,11 @@ def measure(
     other programs loaded the host (foreign_load), the reference ran slower
     than the host's fastest recent sessions (reference_slowdown), or the host
     lock was lost (lock_lost).
-    A wait for the host (another session measuring) is said on stderr.
+    A wait for the host (another session measuring) is said on stderr.  Loading the models to check them
+    is compute on this host, so it waits for a local session too, whatever device measures.
     """
     from devices import open_profiler
+    from devices.hostlock import compute_unit
     from devices.plain import dumps
     from hwsearch.cli._errors import exit_on_sigterm
     from hwsearch.cli._inputs import check_onnx_files, load_profile
@@ -33,7 +35,8 @@ def measure(
 
     exit_on_sigterm()  # the default action ended it at -15 with no word, its temp files left behind
     profile = load_profile(device)
-    check_onnx_files(models)
+    with compute_unit(on_wait=waiting_printer()):  # onnxruntime builds each model: seconds of CPU (Y18)
+        check_onnx_files(models)
     measurements = open_profiler(profile).measure_many(models, progress=waiting_printer())
     if as_json:  # standard JSON: a latency or ratio that is null has none, a ratio_ci that is null no CI
         typer.echo(dumps([m.to_dict() for m in measurements], indent=2))

@@ -24,8 +24,8 @@ from hwsearch.jobs.runners import has_leases, new_runner_token, remove_dead_leas
 from hwsearch.store import ACTIVE_STATES, TERMINAL_STATES, Store
 
 __all__ = ["ACTIVE_STATES", "Control", "JobCancelled", "ProgressFn", "TERMINAL_STATES", "WaitRelay",
-           "cancel_job", "claim_job", "describe_error", "finish_job", "interrupt_job", "new_job", "record_failure",
-           "recover_jobs", "start_job"]
+           "cancel_job", "claim_job", "describe_error", "finish_job", "host_waits", "interrupt_job", "new_job",
+           "record_failure", "recover_jobs", "start_job"]
 
 # How a watched job reports progress: ``progress(step, fraction, message)``.
 ProgressFn = Callable[[str, float, str], None]
@@ -128,6 +128,21 @@ class WaitRelay:
         if self._last is None or message != self._last[0] or now - self._last[1] >= self.every_s:
             self._last = (message, now)
             self.say(message)
+
+
+def host_waits(control: Control, step: str, fraction: float, who: str) -> Callable[[dict[str, Any]], None]:
+    """A host lock's ``on_wait`` (or a profiler's ``progress``) that relays its waits as ``step`` progress.
+
+    ``who`` begins each message: the device whose export or session waits, or the work that does
+    (``building <supernet>``).
+    """
+    relay = WaitRelay(lambda message: control.step(step, fraction, f"{who}: {message}"))
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "waiting":
+            relay(str(event["message"]))
+
+    return on_event
 
 
 def start_job(store: Store, job_id: str, runner: str | None = None) -> Control:

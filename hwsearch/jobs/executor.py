@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,9 @@ from hwsearch.jobs.control import (
     Control,
     JobCancelled,
     ProgressFn,
-    WaitRelay,
     claim_job,
     finish_job,
+    host_waits,
     interrupt_job,
     new_job,
     record_failure,
@@ -64,19 +64,19 @@ def run_profile(spec: ProfileSpec, *, store: Store, job_id: str,
 
     control = start_job(store, job_id, runner)
     with control.failing():
-        net = build_supernet(spec.supernet, on_wait=_host_waits(control, "prepare", 0.0,
+        net = build_supernet(spec.supernet, on_wait=host_waits(control, "prepare", 0.0,
                                                                 f"building {spec.supernet.name}"))
         arch = net.space.from_dict(spec.arch)
         device = job_device(spec.device, agents)
         profiler, key = _profiler_at(device, spec, net)
         control.step("export", 0.1, arch.key())
         with owned_temp_dir("profile") as tmp:
-            with compute_unit(on_wait=_host_waits(control, "export", 0.1, device.name)):
+            with compute_unit(on_wait=host_waits(control, "export", 0.1, device.name)):
                 report = export_subnet(net, arch, Path(tmp) / f"{arch.digest()}.onnx",
                                        batch=device.profile.batch, input_dtype=device.profile.input_dtype)
             control.step("measure", 0.3, f"{device.name} at {spec.precision}")
             [measurement] = profiler.measure_many([report.path],
-                                                  progress=_host_waits(control, "measure", 0.3, device.name))
+                                                  progress=host_waits(control, "measure", 0.3, device.name))
         row = measurement.to_dict() | {"arch": arch.to_dict(), "macs": report.macs,
                                        "params": report.params, "precision": spec.precision}
         stored = _replaces(store.get_latencies(key, net.space.network_id).get(arch.key()))
@@ -105,21 +105,6 @@ def _replaces(row: Mapping[str, Any] | None) -> bool:
         return True
     latency = row.get("latency_ms")
     return not (isinstance(latency, (int, float)) and 0 < latency < float("inf"))
-
-
-def _host_waits(control: Control, step: str, fraction: float, who: str) -> Callable[[dict[str, Any]], None]:
-    """A host lock's ``on_wait`` (or a profiler's ``progress``) that relays its waits as ``step`` progress.
-
-    ``who`` begins each message: the device whose export or session waits, or the work that does
-    (``building <supernet>``).
-    """
-    relay = WaitRelay(lambda message: control.step(step, fraction, f"{who}: {message}"))
-
-    def on_event(event: dict[str, Any]) -> None:
-        if event.get("event") == "waiting":
-            relay(str(event["message"]))
-
-    return on_event
 
 
 def _profiler_at(device: Any, spec: ProfileSpec, net: Any) -> tuple[Any, str]:
@@ -184,10 +169,10 @@ def _prepare(spec: JobSpec, control: Control, *, store: Store, job_id: str,
     from hwsearch.pipeline import select_subnets
 
     plan = spec.data_plan()
-    net = build_supernet(spec.supernet, on_wait=_host_waits(control, "prepare", 0.0,
+    net = build_supernet(spec.supernet, on_wait=host_waits(control, "prepare", 0.0,
                                                             f"building {spec.supernet.name}"))
     data = plan.open(size=max(net.space.resolutions),
-                     on_wait=_host_waits(control, "prepare", 0.0, "opening the data"))
+                     on_wait=host_waits(control, "prepare", 0.0, "opening the data"))
     check_eval_data(net, data)  # before any device is measured: found at the accuracy stage, after them all
     return JobContext(
         store=store, job_id=job_id, net=net,

@@ -30,7 +30,7 @@ from dataclasses import replace
 from typing import Any
 
 from hwsearch.jobs.context import JobContext, JobDevice, SharedJob
-from hwsearch.jobs.control import Control, WaitRelay
+from hwsearch.jobs.control import Control, WaitRelay, host_waits
 from hwsearch.jobs.precision import (
     Target,
     job_precisions,
@@ -133,16 +133,20 @@ def fit_predictors(control: Control, job: JobContext, spec: JobSpec,
     control.step("train", 0.55, "fitting predictors")
     space = job.space
     predictors, quality = {}, {}
+    # Each fit (XGBoost, cross-validated) is a unit of compute: it waits while a local session measures, as
+    # every refinement round's fit does; fitted outside the lock, it shared the cores with sessions (Y18).
+    fitting = functools.partial(compute_unit, on_wait=host_waits(control, "train", 0.55, "fitting predictors"))
     for precision, found in accuracies.items():
-        predictors[precision] = AccuracyPredictor(space, seed=spec.seed).fit(
-            *_xy(space, job.archs, found))
+        with fitting():
+            predictors[precision] = AccuracyPredictor(space, seed=spec.seed).fit(*_xy(space, job.archs, found))
         quality[precision_key("accuracy", precision)] = _flat_metrics(predictors[precision])
     shared = job.shared  # put once per job, not once per device task or refinement round
     searches: dict[str, list[Any]] = {p: [] for p in accuracies}
     for target in targets(job.devices):
         rows = _rows(job, target)
-        latency = LatencyPredictor(space, device_hash=target.key, seed=spec.seed).fit(
-            *_xy(space, job.archs, {a.key(): rows[a.key()]["latency_ms"] for a in job.archs}))
+        with fitting():
+            latency = LatencyPredictor(space, device_hash=target.key, seed=spec.seed).fit(
+                *_xy(space, job.archs, {a.key(): rows[a.key()]["latency_ms"] for a in job.archs}))
         quality[f"latency@{target.label}"] = _flat_metrics(latency)
         searches[target.precision].append(DeviceSearch(
             name=target.device.name, device_hash=target.key, latency=latency,
