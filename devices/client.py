@@ -367,7 +367,7 @@ _ENV_FIELDS: dict[str, Any] = {
     "reference_median_ms": _number, "reference_runs": _count, "reference_jumps_dropped": _count,
     "rounds": _count, "session_models": _count, "session_seconds": _number, "protocol": _settings,
     "loads_per_model": _count, "ratio_low": _number, "ratio_samples_kept": _count, "input_shape": _shapes,
-    "unstable_reasons": _texts,
+    "unstable_reasons": _texts, "runs_per_sample": _count, "reference_runs_per_sample": _count,
 }
 
 

@@ -282,6 +282,7 @@ def _environment(
         "max_reference_slowdown": profile.reference_slowdown_limit(),
         "reference_median_ms": result.reference_summary["median_ms"],
         "reference_runs": result.reference_runs,
+        "reference_runs_per_sample": result.reference_runs_per_sample,
         "reference_jumps_dropped": result.dropped_reference_jumps,
         "rounds": result.rounds,
         "session_models": len(result.models),
@@ -304,6 +305,7 @@ def _to_measurement(
     result = session.result.models[index]
     reasons = _unstable_reasons(result.ratio_ci, profile, session.foreign_cores, env)
     per_model = {"ratio_low": result.ratio_low, "ratio_samples_kept": result.n_kept,
+                 "runs_per_sample": result.runs_per_sample,
                  "input_shape": session.input_shapes[index], "unstable_reasons": reasons}
     return Measurement(
         model_sha256=sha256,

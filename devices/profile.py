@@ -47,7 +47,7 @@ KNOWN_ORT_PROVIDERS = (
 )
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 CLOCKS = ("wall", "thread_cpu")
-TIMINGS = ("warm", "hot", "interleaved")
+TIMINGS = ("warm", "loop", "hot", "interleaved")
 INPUT_DTYPES = ("float32", "float16")
 # Model precisions a device can run; hwsearch.quantize.PRECISIONS names the same ones.
 PRECISIONS = ("fp32", "int8")
@@ -181,7 +181,12 @@ class DeviceProfile:
     ``timing: warm`` (the default) runs each model, and the reference, untimed
     for 5 ms (at least once) right before every timed run of it, so the
     timed run finds its own weights and buffers in the caches, as a deployed
-    model run in a loop does.  ``hot`` (the default before) ran each model
+    model run in a loop does.  ``loop`` warms so too, and then times a
+    sample of back-to-back runs lasting about 1 ms (a count fixed per model
+    after the warm-up, at most 64) as their mean, where ``warm`` times one
+    run: a model much shorter than the reference is then not timed by one
+    inference's jitter (:data:`devices.protocol.SAMPLE_MS`).  Models of 1 ms
+    and more are timed as under ``warm``.  ``hot`` (the default before) ran each model
     once and the reference not at all: a 0.6 ms model then read 1.12-1.36x
     what a loop reads, the more so after a large model, and the reference
     timed after a large model 1.31x, so large models' ratios came out low

@@ -12,6 +12,10 @@ the machine as much as the model.  The protocol defends against that:
   r.. R m.. M r.. R ...``), so what is timed is each model with its own
   data in the caches, as a loop of it finds them, whatever else the
   session measures (``hot`` runs each model once untimed: ``R m M R``);
+  with ``timing: loop`` a timed run is a sample of back-to-back runs lasting
+  about :data:`SAMPLE_MS` (a count fixed per model after the warm-up), and
+  its time is their mean, so a model far shorter than the reference is not
+  timed by one inference's jitter;
 * a sample's ratio is the model time over the geometric mean of its two
   neighbouring references;
 * a sample's ratio is then divided by the round's common move, read from
@@ -160,12 +164,14 @@ class _WatchedRunner:
 
 @dataclass
 class ModelSamples:
-    """Timed runs of one model, each with the indices of its neighbouring references and its round."""
+    """Timed samples of one model, each with the indices of its neighbouring references and its round; each sample
+    is the mean of ``runs_per_sample`` back-to-back runs (``timing: loop``; one run otherwise)."""
 
     model_ms: list[float] = field(default_factory=list)
     ref_before: list[int] = field(default_factory=list)
     ref_after: list[int] = field(default_factory=list)
     round_index: list[int] = field(default_factory=list)
+    runs_per_sample: int = 1
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,7 @@ class ModelResult:
     n_kept: int
     times: dict[str, float]
     n_runs: int
+    runs_per_sample: int = 1
 
 
 @dataclass(frozen=True)
@@ -191,6 +198,7 @@ class SessionResult:
     reference_runs: int
     dropped_reference_jumps: int
     seconds: float
+    reference_runs_per_sample: int = 1
     references: list[float] = field(default_factory=list, repr=False)
     samples: list[ModelSamples] = field(default_factory=list, repr=False)
 
@@ -297,17 +305,18 @@ def _run_rounds(reference: Runner, models: list[Runner], profile: DeviceProfile,
     except _DeadlineReached:
         raise _Unfinished(f"its warm-up ({profile.warmup.runs} runs of each of {len(models) + 1 + len(copies or [])} "
                           f"loaded models, then {profile.warmup.seconds:g} s)") from None
+    warming = Warming.of(profile.timing)
+    reference_runs = runs_per_sample(reference, warming.sample_ms)
     references: list[float] = []
-    samples = [ModelSamples() for _ in models]
+    samples = [ModelSamples(runs_per_sample=runs_per_sample(model, warming.sample_ms)) for model in models]
     active = list(range(len(models)))
     started = time.monotonic()
     rounds = 0
-    warming = Warming.of(profile.timing)
     while active:
         in_turn = copies if copies is not None and rounds % 2 else models
         try:
             _run_round(reference, in_turn, [int(i) for i in rng.permutation(active)], references, samples,
-                       warming=warming, round_index=rounds, deadline=deadline)
+                       warming=warming, reference_runs=reference_runs, round_index=rounds, deadline=deadline)
         except _DeadlineReached:
             if rounds < settings.min_rounds:
                 raise _Unfinished(f"protocol.min_rounds ({rounds} of {settings.min_rounds} rounds "
@@ -324,7 +333,7 @@ def _run_rounds(reference: Runner, models: list[Runner], profile: DeviceProfile,
                 progress({"round": rounds, "active": len(active), "models": len(models), "elapsed_s": elapsed})
             if out_of_budget:
                 break
-    return _finish(references, samples, profile, rounds, time.monotonic() - started)
+    return _finish(references, samples, profile, rounds, time.monotonic() - started, reference_runs)
 
 
 def _unconverged(results: list[ModelResult], ci_target: float) -> list[int]:
@@ -349,15 +358,19 @@ class Warming:
 
     ``model_ms``: each model runs untimed until this much time has passed
     (at least once; ``None``: not at all).  ``reference_ms``: the same for
-    the reference (``None``: it is timed as it comes).
+    the reference (``None``: it is timed as it comes).  ``sample_ms``: a
+    timed sample runs each model back to back about this long, and is their
+    mean (:func:`runs_per_sample`; ``None``: one run).
     """
 
     model_ms: float | None
     reference_ms: float | None
+    sample_ms: float | None = None
 
     @classmethod
     def of(cls, timing: str) -> Warming:
-        return {"warm": cls(WARM_MS, WARM_MS), "hot": cls(0.0, None), "interleaved": cls(None, None)}[timing]
+        return {"warm": cls(WARM_MS, WARM_MS), "loop": cls(WARM_MS, WARM_MS, SAMPLE_MS), "hot": cls(0.0, None),
+                "interleaved": cls(None, None)}[timing]
 
 
 #: ``timing: warm``: untimed runs of a model (or the reference) before each timed run of it, in milliseconds.
@@ -365,6 +378,35 @@ class Warming:
 #: reads (the more so after a large model), after runs for 5 ms 1.01x; the reference after a large model 1.31x,
 #: warmed for 5 ms 1.01x (docs/measurement.md).
 WARM_MS = 5.0
+#: ``timing: loop``: how long one timed sample runs a model back to back, in milliseconds.  On this host a
+#: 0.06-0.42 ms demo subnet's single warm runs spread 7.6-31% (1.4826 MAD over median, per model; 20% median)
+#: and its 1 ms samples 7.0-15.6% (11%); the median ratio's CI over 150 rounds went from 5.8% to 2.4%
+#: (median of 8 models, before peer normalisation; docs/measurement.md).
+SAMPLE_MS = 1.0
+#: The most runs one sample takes, so that a model of a few microseconds does not hold a round for ever.
+MAX_RUNS_PER_SAMPLE = 64
+
+
+def runs_per_sample(runner: Runner, sample_ms: float | None) -> int:
+    """How many back-to-back runs make one timed sample of ``runner``: enough to fill ``sample_ms`` at its
+    median of three runs, at least one, at most :data:`MAX_RUNS_PER_SAMPLE`; one where ``sample_ms`` is None.
+
+    Fixed for the session, after the warm-up: a count that stopped once the
+    runs' sum passed ``sample_ms`` would end slow samples sooner than fast
+    ones, and their mean would lean towards the slow runs.
+    """
+    if sample_ms is None:
+        return 1
+    typical = float(np.median([runner.run_ms() for _ in range(3)]))
+    wanted = math.ceil(sample_ms / typical) if typical > 0 else MAX_RUNS_PER_SAMPLE
+    return int(min(MAX_RUNS_PER_SAMPLE, max(1, wanted)))
+
+
+def _sample_ms(runner: Runner, runs: int) -> float:
+    """One timed sample: the mean of ``runs`` back-to-back runs of ``runner``."""
+    if runs == 1:
+        return runner.run_ms()
+    return sum(runner.run_ms() for _ in range(runs)) / runs
 
 
 def _warm(runner: Runner, for_ms: float | None) -> None:
@@ -378,7 +420,7 @@ def _warm(runner: Runner, for_ms: float | None) -> None:
 
 def _run_round(
     reference: Runner, models: list[Runner], order: list[int], references: list[float], samples: list[ModelSamples],
-    *, warming: Warming, round_index: int, deadline: float = math.inf,
+    *, warming: Warming, round_index: int, deadline: float = math.inf, reference_runs: int = 1,
 ) -> None:
     """One round, ``R M R M R ...``, each timed run warmed as ``warming`` says; past ``deadline`` it stops after the
     sample just taken.
@@ -390,13 +432,13 @@ def _run_round(
     one warming.
     """
     _warm(reference, warming.reference_ms)
-    references.append(reference.run_ms())
+    references.append(_sample_ms(reference, reference_runs))
     for index in order:
-        _warm(models[index], warming.model_ms)  # the timed run below finds this model's data cached
-        model_ms = models[index].run_ms()
-        _warm(reference, warming.reference_ms)  # the model just run evicted the reference's data
-        references.append(reference.run_ms())
         record = samples[index]
+        _warm(models[index], warming.model_ms)  # the timed run below finds this model's data cached
+        model_ms = _sample_ms(models[index], record.runs_per_sample)
+        _warm(reference, warming.reference_ms)  # the model just run evicted the reference's data
+        references.append(_sample_ms(reference, reference_runs))
         record.model_ms.append(model_ms)
         record.ref_before.append(len(references) - 2)
         record.ref_after.append(len(references) - 1)
@@ -476,14 +518,16 @@ def _evaluate(references: list[float], samples: list[ModelSamples], profile: Dev
                 ratio_ci=median_ci_halfwidth(ratios),
                 n_kept=int(ratios.size),
                 times=time_summary(np.asarray(record.model_ms)),
-                n_runs=len(record.model_ms),
+                n_runs=len(record.model_ms) * record.runs_per_sample,
+                runs_per_sample=record.runs_per_sample,
             )
         )
     return results
 
 
 def _finish(
-    references: list[float], samples: list[ModelSamples], profile: DeviceProfile, rounds: int, seconds: float
+    references: list[float], samples: list[ModelSamples], profile: DeviceProfile, rounds: int, seconds: float,
+    reference_runs: int = 1,
 ) -> SessionResult:
     ref = np.asarray(references)
     jumps = reference_jumps(ref, profile.protocol.reference_jump_mads)
@@ -492,9 +536,10 @@ def _finish(
         reference_ms=float(np.percentile(ref[~jumps], profile.protocol.low_percentile)),
         reference_summary=time_summary(ref),
         rounds=rounds,
-        reference_runs=int(ref.size),
+        reference_runs=int(ref.size) * reference_runs,
         dropped_reference_jumps=int(jumps.sum()),
         seconds=seconds,
+        reference_runs_per_sample=reference_runs,
         references=list(references),
         samples=samples,
     )

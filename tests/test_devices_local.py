@@ -125,6 +125,24 @@ def test_caps_stop_rounds_and_flag_instability(models: list[Path]) -> None:
     assert all(m.n_runs == 6 and not m.stable for m in measurements)
 
 
+def test_loop_timing_rows_say_how_many_runs_each_sample_took(models: list[Path]) -> None:
+    """``timing: loop`` on real onnxruntime sessions: a model far under ``SAMPLE_MS`` is timed by samples of several
+    runs, the reference (about 2 ms here) by single runs, and each row says so."""
+    from devices.protocol import SAMPLE_MS
+
+    profile = DeviceProfile.from_dict({"name": "loop", "timing": "loop", "warmup": {"runs": 1, "seconds": 0},
+                                       "protocol": {"min_rounds": 6, "max_rounds": 6, "ci_target": 1e-9}})
+    small, large = LocalProfiler(profile).measure_many(models)
+    for row in (small, large):
+        runs = row.env["runs_per_sample"]
+        assert row.n_runs == 6 * runs, row.env
+        if row.median_ms < SAMPLE_MS / 2:
+            assert runs >= 2
+        assert runs * row.median_ms == pytest.approx(SAMPLE_MS, rel=1.0) or runs == 1
+    assert small.env["runs_per_sample"] >= large.env["runs_per_sample"]
+    assert small.env["reference_runs_per_sample"] * small.env["reference_median_ms"] >= SAMPLE_MS / 2
+
+
 def test_session_options_follow_the_profile() -> None:
     import onnxruntime as ort
 

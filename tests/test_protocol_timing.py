@@ -20,8 +20,10 @@ import math
 
 import pytest
 
+import numpy as np
+
 from devices.profile import DeviceProfile, ProfileError
-from devices.protocol import run_protocol
+from devices.protocol import MAX_RUNS_PER_SAMPLE, SAMPLE_MS, SessionResult, run_protocol
 
 
 class _Machine:
@@ -140,7 +142,47 @@ def test_interleaved_timing_measures_whatever_the_previous_run_left() -> None:
 
 def test_timing_is_part_of_the_device_identity() -> None:
     default = DeviceProfile(name="d")
-    hashes = {default.hash(), *(dataclasses.replace(default, timing=t).hash() for t in ("hot", "interleaved"))}
-    assert default.timing == "warm" and len(hashes) == 3
+    hashes = {default.hash(), *(dataclasses.replace(default, timing=t).hash() for t in ("loop", "hot", "interleaved"))}
+    assert default.timing == "warm" and len(hashes) == 4
     with pytest.raises(ProfileError, match="timing"):
         DeviceProfile.from_dict({"name": "d", "timing": "lukewarm"})
+
+
+class _Jittery:
+    """A runner whose runs scatter around ``typical_ms`` (log-normal, seeded): one inference's own jitter."""
+
+    provider = "CPUExecutionProvider"
+
+    def __init__(self, typical_ms: float, sigma: float, seed: int) -> None:
+        self.typical_ms, self.sigma = typical_ms, sigma
+        self.rng = np.random.default_rng(seed)
+
+    def run_ms(self) -> float:
+        return float(self.typical_ms * self.rng.lognormal(0.0, self.sigma))
+
+
+def _jittery_session(timing: str, typical_ms: float = 0.06) -> SessionResult:
+    profile = DeviceProfile.from_dict({
+        "name": "jittery", "timing": timing, "warmup": {"runs": 1, "seconds": 0.0},
+        "protocol": {"min_rounds": 40, "max_rounds": 40, "ci_target": 1e-6, "peer_normalisation": False}})
+    return run_protocol(_Jittery(2.0, sigma=0.0, seed=0), [_Jittery(typical_ms, sigma=0.3, seed=1)], profile)
+
+
+def test_loop_timing_times_a_tiny_model_by_a_sample_of_runs_and_narrows_its_ci() -> None:
+    """A 0.06 ms model whose single runs scatter by 30%: one run per sample (``warm``) against a loop of runs
+    lasting ``SAMPLE_MS`` (``loop``), over the same 40 rounds."""
+    warm, loop = _jittery_session("warm"), _jittery_session("loop")
+    runs = loop.models[0].runs_per_sample
+    assert runs > 1 and runs * 0.06 == pytest.approx(SAMPLE_MS, rel=0.5)
+    assert warm.models[0].runs_per_sample == 1 and loop.reference_runs_per_sample == 1  # the 2 ms reference
+    assert loop.models[0].n_runs == 40 * runs
+    assert loop.models[0].ratio_ci < warm.models[0].ratio_ci / 2
+    mean_ms = 0.06 * math.exp(0.3 ** 2 / 2)  # a loop's mean of a log-normal run time, above its median
+    assert loop.models[0].ratio == pytest.approx(mean_ms / 2.0, rel=0.03)
+    assert warm.models[0].ratio == pytest.approx(0.06 / 2.0, rel=0.1)
+
+
+def test_loop_timing_caps_the_runs_of_a_sample() -> None:
+    loop = _jittery_session("loop", typical_ms=0.001)
+    assert loop.models[0].runs_per_sample == MAX_RUNS_PER_SAMPLE
+    assert loop.models[0].n_runs == 40 * MAX_RUNS_PER_SAMPLE
