@@ -35,6 +35,7 @@ import hmac
 import json
 import math
 import os
+import re
 import socket
 import ssl
 import threading
@@ -367,7 +368,7 @@ _ENV_FIELDS: dict[str, Any] = {
     "reference_median_ms": _number, "reference_runs": _count, "reference_jumps_dropped": _count,
     "rounds": _count, "session_models": _count, "session_seconds": _number, "protocol": _settings,
     "loads_per_model": _count, "ratio_low": _number, "ratio_samples_kept": _count, "input_shape": _shapes,
-    "unstable_reasons": _texts, "runs_per_sample": _count, "reference_runs_per_sample": _count,
+    "unstable_reasons": _texts, "runs_per_sample": _count,
 }
 
 
@@ -623,12 +624,16 @@ def _older_agent_hint(detail: str) -> str:
 
     ``timing: warm`` became the default after agents that know only ``hot``
     and ``interleaved`` were deployed: each refused every profile that named
-    no timing, and said nothing of why.
+    no timing, and said nothing of why.  ``loop`` came later still: an agent
+    that knows ``warm`` refuses it, and naming ``hot`` would not help (Y19).
     """
-    if "field 'timing' must be one of" in detail and "'warm'" in detail:
+    refused = re.search(r"field 'timing' must be one of .*, got '(\w+)'", detail)
+    if refused is None:
+        return ""
+    if refused.group(1) == "warm":
         return (" (the agent is older than this client, whose default timing is 'warm': upgrade the agent, or "
                 "name 'timing: hot' in the profile, which keeps the device as it was measured before)")
-    return ""
+    return f" (the agent is older than this client and does not know timing '{refused.group(1)}': upgrade it)"
 
 
 def _token_from_env(profile: DeviceProfile) -> str:

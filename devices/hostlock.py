@@ -176,17 +176,23 @@ class HostLock:
                 nested.ended_at = time.time()
             return
         host_fd, ticket_fd, ticket_path, waited, requeued = self._take_turn(mode, on_wait)
+        owner = os.getpid()
         try:
             hold = Hold(mode=mode, waited_s=waited, started_at=time.time(), lock_lost=requeued)
             with self._registered(hold):
                 try:
                     yield hold
                 finally:
-                    hold.lock_lost = hold.lock_lost or _replaced(host_fd, self.directory / _HOST_FILE)
+                    if os.getpid() == owner:
+                        hold.lock_lost = hold.lock_lost or _replaced(host_fd, self.directory / _HOST_FILE)
         finally:
-            _unlink_quietly(ticket_path)
-            _close(ticket_fd)
-            _close(host_fd)  # releases the host flock, after the hold's end time was taken
+            # A child forked inside the hold that leaves it (sys.exit, an exception) owns none of it: its
+            # copies of the descriptors were closed at the fork, their numbers may name its own files now,
+            # and the ticket is its parent's (Y19: it unlinked the parent's ticket, and closed a pipe).
+            if os.getpid() == owner:
+                _unlink_quietly(ticket_path)
+                _close(ticket_fd)
+                _close(host_fd)  # releases the host flock, after the hold's end time was taken
 
     def _take_turn(self, mode: Mode, on_wait: WaitFn | None) -> tuple[int, int, Path, float, bool]:
         """Queue and wait until it is our turn; return the host and ticket fds, the ticket, seconds waited, and
@@ -282,7 +288,7 @@ class HostLock:
             seq = _next_seq(counter, queue)
             temp = queue / f".{uuid.uuid4().hex}.tmp"
             try:
-                fd = _opened(os.open(temp, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _FILE_MODE))
+                fd = _open_tracked(temp, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _FILE_MODE)
             except OSError as error:
                 raise HostLockError(f"cannot write to {queue}: {error.strerror} (set {LOCK_DIR_ENV})") from None
             try:
@@ -401,7 +407,7 @@ def _owner_alive(path: Path) -> bool:
     good, one left by a killed process would hold the host for ever.
     """
     try:
-        fd = _opened(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK))
+        fd = _open_tracked(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except PermissionError:
         return _named_process_lives(path)
     except OSError as error:
@@ -465,16 +471,23 @@ def _try_flock(fd: int, flag: int) -> bool:
 
 #: This process's descriptors of the lock folder's files: a forked child closes its copies (:func:`_forget_in_child`).
 _LOCK_FDS: set[int] = set()
+#: Held from before a descriptor is opened until it is in :data:`_LOCK_FDS` (and from its removal until it is
+#: closed), and across every fork: a fork from another thread in between left the child an untracked copy (Y19).
+_FDS_LOCK = threading.Lock()
 
 
-def _opened(fd: int) -> int:
-    _LOCK_FDS.add(fd)
-    return fd
+def _open_tracked(path: Path | str, flags: int, mode: int = 0o777) -> int:
+    """``os.open``, the descriptor tracked in :data:`_LOCK_FDS` before any fork can copy it."""
+    with _FDS_LOCK:
+        fd = os.open(path, flags, mode)
+        _LOCK_FDS.add(fd)
+        return fd
 
 
 def _close(fd: int) -> None:
-    _LOCK_FDS.discard(fd)
-    os.close(fd)
+    with _FDS_LOCK:
+        _LOCK_FDS.discard(fd)
+        os.close(fd)
 
 
 def _forget_in_child() -> None:
@@ -494,9 +507,10 @@ def _forget_in_child() -> None:
         except OSError:
             pass
     _LOCK_FDS.clear()
+    _FDS_LOCK.release()
 
 
-os.register_at_fork(after_in_child=_forget_in_child)
+os.register_at_fork(before=_FDS_LOCK.acquire, after_in_parent=_FDS_LOCK.release, after_in_child=_forget_in_child)
 
 
 def _open_member(path: Path, flags: int) -> int:
@@ -507,16 +521,19 @@ def _open_member(path: Path, flags: int) -> int:
     kept the other users out.
     """
     try:
-        fd = _opened(os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, _FILE_MODE))
+        fd = _open_tracked(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, _FILE_MODE)
     except OSError as error:
         reason = "it is a link" if error.errno == errno.ELOOP else error.strerror
         raise HostLockError(f"cannot open {path}: {reason} (set {LOCK_DIR_ENV})") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise HostLockError(f"{path} must be a regular file (set {LOCK_DIR_ENV})")
+        if info.st_uid == os.geteuid() and info.st_mode & _FILE_MODE != _FILE_MODE:
+            os.fchmod(fd, stat.S_IMODE(info.st_mode) | _FILE_MODE)
+    except BaseException:
         _close(fd)
-        raise HostLockError(f"{path} must be a regular file (set {LOCK_DIR_ENV})")
-    if info.st_uid == os.geteuid() and info.st_mode & _FILE_MODE != _FILE_MODE:
-        os.fchmod(fd, stat.S_IMODE(info.st_mode) | _FILE_MODE)
+        raise
     return fd
 
 

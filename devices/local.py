@@ -282,7 +282,6 @@ def _environment(
         "max_reference_slowdown": profile.reference_slowdown_limit(),
         "reference_median_ms": result.reference_summary["median_ms"],
         "reference_runs": result.reference_runs,
-        "reference_runs_per_sample": result.reference_runs_per_sample,
         "reference_jumps_dropped": result.dropped_reference_jumps,
         "rounds": result.rounds,
         "session_models": len(result.models),

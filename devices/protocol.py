@@ -12,10 +12,11 @@ the machine as much as the model.  The protocol defends against that:
   r.. R m.. M r.. R ...``), so what is timed is each model with its own
   data in the caches, as a loop of it finds them, whatever else the
   session measures (``hot`` runs each model once untimed: ``R m M R``);
-  with ``timing: loop`` a timed run is a sample of back-to-back runs lasting
-  about :data:`SAMPLE_MS` (a count fixed per model after the warm-up), and
-  its time is their mean, so a model far shorter than the reference is not
-  timed by one inference's jitter;
+  with ``timing: loop`` a model's timed run is a sample of back-to-back runs
+  lasting about :data:`SAMPLE_MS` (a count fixed per model after the
+  warm-up), and its time is their mean, so a model far shorter than the
+  reference is not timed by one inference's jitter (the reference is timed
+  by one run);
 * a sample's ratio is the model time over the geometric mean of its two
   neighbouring references;
 * a sample's ratio is then divided by the round's common move, read from
@@ -198,7 +199,6 @@ class SessionResult:
     reference_runs: int
     dropped_reference_jumps: int
     seconds: float
-    reference_runs_per_sample: int = 1
     references: list[float] = field(default_factory=list, repr=False)
     samples: list[ModelSamples] = field(default_factory=list, repr=False)
 
@@ -300,15 +300,14 @@ def _run_rounds(reference: Runner, models: list[Runner], profile: DeviceProfile,
     """
     settings = profile.protocol
     rng = np.random.default_rng(seed)
+    warming = Warming.of(profile.timing)
     try:
         warm_up([reference, *models, *(copies or [])], profile, deadline)
+        samples = [ModelSamples(runs_per_sample=runs_per_sample(model, warming.sample_ms)) for model in models]
     except _DeadlineReached:
         raise _Unfinished(f"its warm-up ({profile.warmup.runs} runs of each of {len(models) + 1 + len(copies or [])} "
                           f"loaded models, then {profile.warmup.seconds:g} s)") from None
-    warming = Warming.of(profile.timing)
-    reference_runs = runs_per_sample(reference, warming.sample_ms)
     references: list[float] = []
-    samples = [ModelSamples(runs_per_sample=runs_per_sample(model, warming.sample_ms)) for model in models]
     active = list(range(len(models)))
     started = time.monotonic()
     rounds = 0
@@ -316,7 +315,7 @@ def _run_rounds(reference: Runner, models: list[Runner], profile: DeviceProfile,
         in_turn = copies if copies is not None and rounds % 2 else models
         try:
             _run_round(reference, in_turn, [int(i) for i in rng.permutation(active)], references, samples,
-                       warming=warming, reference_runs=reference_runs, round_index=rounds, deadline=deadline)
+                       warming=warming, round_index=rounds, deadline=deadline)
         except _DeadlineReached:
             if rounds < settings.min_rounds:
                 raise _Unfinished(f"protocol.min_rounds ({rounds} of {settings.min_rounds} rounds "
@@ -333,7 +332,7 @@ def _run_rounds(reference: Runner, models: list[Runner], profile: DeviceProfile,
                 progress({"round": rounds, "active": len(active), "models": len(models), "elapsed_s": elapsed})
             if out_of_budget:
                 break
-    return _finish(references, samples, profile, rounds, time.monotonic() - started, reference_runs)
+    return _finish(references, samples, profile, rounds, time.monotonic() - started)
 
 
 def _unconverged(results: list[ModelResult], ci_target: float) -> list[int]:
@@ -389,15 +388,22 @@ MAX_RUNS_PER_SAMPLE = 64
 
 def runs_per_sample(runner: Runner, sample_ms: float | None) -> int:
     """How many back-to-back runs make one timed sample of ``runner``: enough to fill ``sample_ms`` at its
-    median of three runs, at least one, at most :data:`MAX_RUNS_PER_SAMPLE`; one where ``sample_ms`` is None.
+    median of three runs, at least one, at most :data:`MAX_RUNS_PER_SAMPLE`; one where ``sample_ms`` is None,
+    or where one run already takes ``sample_ms`` (a large model is timed as under ``warm``, one run more).
 
     Fixed for the session, after the warm-up: a count that stopped once the
     runs' sum passed ``sample_ms`` would end slow samples sooner than fast
-    ones, and their mean would lean towards the slow runs.
+    ones, and their mean would lean towards the slow runs.  Only models are
+    timed so; the reference is always one run, so that the ruler it sets is
+    the same quantity in every session whatever the host's speed (a 1 ms
+    reference would have flipped between one and two runs, Y19).
     """
     if sample_ms is None:
         return 1
-    typical = float(np.median([runner.run_ms() for _ in range(3)]))
+    first = runner.run_ms()
+    if not first < sample_ms:
+        return 1
+    typical = float(np.median([first, runner.run_ms(), runner.run_ms()]))
     wanted = math.ceil(sample_ms / typical) if typical > 0 else MAX_RUNS_PER_SAMPLE
     return int(min(MAX_RUNS_PER_SAMPLE, max(1, wanted)))
 
@@ -420,7 +426,7 @@ def _warm(runner: Runner, for_ms: float | None) -> None:
 
 def _run_round(
     reference: Runner, models: list[Runner], order: list[int], references: list[float], samples: list[ModelSamples],
-    *, warming: Warming, round_index: int, deadline: float = math.inf, reference_runs: int = 1,
+    *, warming: Warming, round_index: int, deadline: float = math.inf,
 ) -> None:
     """One round, ``R M R M R ...``, each timed run warmed as ``warming`` says; past ``deadline`` it stops after the
     sample just taken.
@@ -432,13 +438,13 @@ def _run_round(
     one warming.
     """
     _warm(reference, warming.reference_ms)
-    references.append(_sample_ms(reference, reference_runs))
+    references.append(reference.run_ms())
     for index in order:
         record = samples[index]
         _warm(models[index], warming.model_ms)  # the timed run below finds this model's data cached
         model_ms = _sample_ms(models[index], record.runs_per_sample)
         _warm(reference, warming.reference_ms)  # the model just run evicted the reference's data
-        references.append(_sample_ms(reference, reference_runs))
+        references.append(reference.run_ms())
         record.model_ms.append(model_ms)
         record.ref_before.append(len(references) - 2)
         record.ref_after.append(len(references) - 1)
@@ -526,8 +532,7 @@ def _evaluate(references: list[float], samples: list[ModelSamples], profile: Dev
 
 
 def _finish(
-    references: list[float], samples: list[ModelSamples], profile: DeviceProfile, rounds: int, seconds: float,
-    reference_runs: int = 1,
+    references: list[float], samples: list[ModelSamples], profile: DeviceProfile, rounds: int, seconds: float
 ) -> SessionResult:
     ref = np.asarray(references)
     jumps = reference_jumps(ref, profile.protocol.reference_jump_mads)
@@ -536,10 +541,9 @@ def _finish(
         reference_ms=float(np.percentile(ref[~jumps], profile.protocol.low_percentile)),
         reference_summary=time_summary(ref),
         rounds=rounds,
-        reference_runs=int(ref.size) * reference_runs,
+        reference_runs=int(ref.size),
         dropped_reference_jumps=int(jumps.sum()),
         seconds=seconds,
-        reference_runs_per_sample=reference_runs,
         references=list(references),
         samples=samples,
     )

@@ -55,8 +55,10 @@ _SCHEME_LIKE = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*:")
 _MAY_HOLD_SECRETS = re.compile(r"[@?#;=]")
 #: A ``name=value`` parameter of a URL without its scheme, wherever it stands: in the query (after ``?`` or ``&``),
 #: after ``;`` (SQL Server, JDBC), ``:`` (DB2) or ``/`` or ``,``; spaces around the ``=`` allowed, and a value in
-#: braces (ODBC's ``PWD={a;b}``) read whole.
-_PARAMETER = re.compile(r"(?:^|[;&?:/,])\s*([^;&?#=/:,{}\s]+)\s*=\s*(\{[^}]*\}|[^;&#,]*)")
+#: braces (ODBC's ``PWD={a;b}``) read whole.  A value runs on through a ``,`` that does not begin another
+#: ``name=`` (a password ``ab,cdef`` was cut to ``ab``, too short to screen: Y19); a brace is looked for within
+#: 256 characters (scanning to the end from every ``{`` took quadratic time: Y19).
+_PARAMETER = re.compile(r"(?:^|[;&?:/,])\s*([^;&?#=/:,{}\s]+)\s*=\s*(\{[^}]{0,256}\}|(?:[^;&#,]|,(?![^;&#,=]*=))*)")
 
 
 def is_store_url(text: str) -> bool:

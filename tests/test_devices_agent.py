@@ -267,3 +267,9 @@ def test_an_agent_older_than_the_warm_timing_is_answered_with_what_to_do() -> No
     with pytest.raises(AgentError) as other:
         _answer(400, b'{"detail": "invalid profile: field \'batch\' must be at most 1024"}', "POST", "/measure")
     assert "upgrade" not in str(other.value)
+    # One that knows warm but not loop: naming hot would change the device and not help (Y19).
+    knows_warm = (b'{"detail": "invalid profile: field \'timing\' must be one of (\'warm\', \'hot\', '
+                  b'\'interleaved\'), got \'loop\'"}')
+    with pytest.raises(AgentError, match="does not know timing 'loop': upgrade it") as loop:
+        _answer(400, knows_warm, "POST", "/measure")
+    assert "timing: hot" not in str(loop.value)

@@ -127,7 +127,7 @@ def test_caps_stop_rounds_and_flag_instability(models: list[Path]) -> None:
 
 def test_loop_timing_rows_say_how_many_runs_each_sample_took(models: list[Path]) -> None:
     """``timing: loop`` on real onnxruntime sessions: a model far under ``SAMPLE_MS`` is timed by samples of several
-    runs, the reference (about 2 ms here) by single runs, and each row says so."""
+    runs, and each row says so; the reference is timed by single runs whatever it takes."""
     from devices.protocol import SAMPLE_MS
 
     profile = DeviceProfile.from_dict({"name": "loop", "timing": "loop", "warmup": {"runs": 1, "seconds": 0},
@@ -140,7 +140,7 @@ def test_loop_timing_rows_say_how_many_runs_each_sample_took(models: list[Path])
             assert runs >= 2
         assert runs * row.median_ms == pytest.approx(SAMPLE_MS, rel=1.0) or runs == 1
     assert small.env["runs_per_sample"] >= large.env["runs_per_sample"]
-    assert small.env["reference_runs_per_sample"] * small.env["reference_median_ms"] >= SAMPLE_MS / 2
+    assert small.env["reference_runs"] == small.env["rounds"] * 3  # one run per reference sample, three per round
 
 
 def test_session_options_follow_the_profile() -> None:

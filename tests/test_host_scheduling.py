@@ -853,3 +853,30 @@ def test_a_child_forked_during_a_hold_does_not_keep_the_host(private_host: Path)
         assert not blocked("exclusive")
     finally:
         parent.communicate("", timeout=DEADLINE_S)
+
+
+LEAVING_CHILD = """
+import os, sys
+from devices.hostlock import HostLock
+with HostLock().shared():
+    child = os.fork()
+    if child == 0:
+        sys.exit(0)  # leaves the hold's block in the child, as an exception would
+    os.waitpid(child, 0)
+    print("the child is gone", flush=True)
+    sys.stdin.read()  # the parent still holds its compute unit until the test is done
+"""
+
+
+def test_a_forked_child_leaving_the_hold_leaves_the_parents_ticket_and_descriptors(private_host: Path) -> None:
+    """The child ran the hold's cleanup as its own: it unlinked the parent's ticket, so sessions no longer waited
+    for the parent's compute, and closed descriptor numbers that may name its own files by then (Y19)."""
+    parent = subprocess.Popen([sys.executable, "-c", LEAVING_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert parent.stdout.readline().strip() == "the child is gone"
+        assert HostLock().status()["compute_holding"] == 1
+        assert blocked("exclusive")
+    finally:
+        parent.communicate("", timeout=DEADLINE_S)
+    assert parent.returncode == 0

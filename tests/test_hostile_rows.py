@@ -254,6 +254,24 @@ def test_damaged_job_rows_neither_stop_the_service_nor_fail_its_answers(tmp_path
     assert f"job {jobs['spec']}: its stored spec is not JSON" in server.log.read_text()
 
 
+def test_a_progress_holding_a_number_past_a_floats_range_is_shown_as_none(tmp_path: Path) -> None:
+    """A stored ``fraction`` of 10**400 (an integer JSON reads back whole) made the check of what the API can show
+    raise OverflowError: a 500 from ``GET /jobs`` and the job's own page (Y19)."""
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    job = store.create_job({"kind": "search", "supernet": {"name": SUPERNET}})
+    store.update_job(job, state="succeeded", progress={"step": "done", "fraction": 1.0}, result={"fronts": {}})
+    huge = '{"step": "done", "fraction": 1' + "0" * 400 + "}"
+    _damage(store.path, "UPDATE jobs SET progress = ? WHERE job_id = ?", huge, job)
+    server = Server(store.path).start()
+    try:
+        with server.client() as client:
+            listed, one = client.get("/jobs"), client.get(f"/jobs/{job}")
+    finally:
+        server.stop()
+    assert listed.status_code == 200 and one.status_code == 200, (listed.text, one.text)
+    assert one.json()["progress"] is None and listed.json()["jobs"][0]["progress"] is None
+
+
 def test_jobs_whose_creation_time_is_damaged_are_still_paged_through(tmp_path: Path) -> None:
     """A listing's ``next_before`` holds its last job's creation time; a damaged one (text, or a number past a
     float's range, which reads as inf) made that ``next_before`` a 422 when it came back (Y16)."""

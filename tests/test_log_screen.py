@@ -188,6 +188,7 @@ def test_the_values_of_a_urls_semicolon_parameters_are_secrets_and_the_url_is_no
     ("odbc://h;UID=u;PWD={S3c;retPW}", "S3c;retPW"),  # ODBC's braces hold a ; of the password
     ("pg://h/db%3Bpassword%3DS3cretPW", "S3cretPW"),  # percent-encoded: shown whole before
     ("pg://h/db/password=S3cretPW", "S3cretPW"),  # a parameter in the path
+    ("mssql://h;user=x;password=ab,cdefghij", "ab,cdefghij"),  # a comma inside the value: cut to "ab" (Y19)
 ])
 def test_a_password_in_any_parameter_form_is_a_secret_and_hides_the_url(url: str, password: str) -> None:
     """Forms the first reading of ``;`` parameters missed: a driver's error quoting the password alone passed the

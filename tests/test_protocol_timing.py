@@ -174,7 +174,7 @@ def test_loop_timing_times_a_tiny_model_by_a_sample_of_runs_and_narrows_its_ci()
     warm, loop = _jittery_session("warm"), _jittery_session("loop")
     runs = loop.models[0].runs_per_sample
     assert runs > 1 and runs * 0.06 == pytest.approx(SAMPLE_MS, rel=0.5)
-    assert warm.models[0].runs_per_sample == 1 and loop.reference_runs_per_sample == 1  # the 2 ms reference
+    assert warm.models[0].runs_per_sample == 1 and loop.reference_runs == 40 * 2  # one run per reference sample
     assert loop.models[0].n_runs == 40 * runs
     assert loop.models[0].ratio_ci < warm.models[0].ratio_ci / 2
     mean_ms = 0.06 * math.exp(0.3 ** 2 / 2)  # a loop's mean of a log-normal run time, above its median
@@ -182,7 +182,8 @@ def test_loop_timing_times_a_tiny_model_by_a_sample_of_runs_and_narrows_its_ci()
     assert warm.models[0].ratio == pytest.approx(0.06 / 2.0, rel=0.1)
 
 
-def test_loop_timing_caps_the_runs_of_a_sample() -> None:
-    loop = _jittery_session("loop", typical_ms=0.001)
-    assert loop.models[0].runs_per_sample == MAX_RUNS_PER_SAMPLE
-    assert loop.models[0].n_runs == 40 * MAX_RUNS_PER_SAMPLE
+def test_loop_timing_caps_the_runs_of_a_sample_and_times_a_large_model_by_single_runs() -> None:
+    tiny, large = _jittery_session("loop", typical_ms=0.001), _jittery_session("loop", typical_ms=2 * SAMPLE_MS)
+    assert tiny.models[0].runs_per_sample == MAX_RUNS_PER_SAMPLE
+    assert tiny.models[0].n_runs == 40 * MAX_RUNS_PER_SAMPLE
+    assert large.models[0].runs_per_sample == 1 and large.models[0].n_runs == 40

@@ -28,7 +28,7 @@ from hwsearch.agents import AgentEndpoint, UnknownAgent, operator_only_fields, r
 from hwsearch.api.built import BuildersBusy, BuiltSupernets
 from hwsearch.api.catalog import Catalog, CatalogFull, absolute_path, valid_name
 from hwsearch.api.files import DataRoots, PathRefused, check_unpacked_size
-from hwsearch.checks import is_real
+from hwsearch.checks import is_finite_real, is_real
 from hwsearch.dispatch import Admission, JobDispatcher, QueueFull, StillStopping, StoreFull
 from hwsearch.jobs import (
     CheckpointChanged,
@@ -685,7 +685,7 @@ def _fits_progress(progress: Any) -> bool:
 
 def _finite(value: Any) -> bool:
     """A finite Python number, as the response's JSON encoder takes it (a plug-in store's numpy float32 is not)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, (int, float)) and is_finite_real(value)  # 10**400: an OverflowError before (Y19)
 
 
 def _is_plain_json(value: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,8 +24,8 @@ def measure(
     other programs loaded the host (foreign_load), the reference ran slower
     than the host's fastest recent sessions (reference_slowdown), or the host
     lock was lost (lock_lost).
-    A wait for the host (another session measuring) is said on stderr.  Loading the models to check them
-    is compute on this host, so it waits for a local session too, whatever device measures.
+    A wait for the host (another session measuring) is said on stderr.  For a local device, loading the
+    models to check them waits for another process's session too.
     """
     from devices import open_profiler
     from devices.hostlock import compute_unit
@@ -35,7 +36,10 @@ def measure(
 
     exit_on_sigterm()  # the default action ended it at -15 with no word, its temp files left behind
     profile = load_profile(device)
-    with compute_unit(on_wait=waiting_printer()):  # onnxruntime builds each model: seconds of CPU (Y18)
+    # Checking builds each model in onnxruntime (9.9 s of CPU for a large graph): beside a local session, it
+    # waits for the host (Y18).  For an agent's device this host's lock is left alone: a host whose lock folder
+    # belongs to another user refused a measurement that never touches this host's cores (Y19).
+    with compute_unit(on_wait=waiting_printer()) if profile.where.kind == "local" else contextlib.nullcontext():
         check_onnx_files(models)
     measurements = open_profiler(profile).measure_many(models, progress=waiting_printer())
     if as_json:  # standard JSON: a latency or ratio that is null has none, a ratio_ci that is null no CI
