@@ -63,6 +63,7 @@ in the lock wait).
     python bench/contention.py --quick    # shorter sessions
     python bench/contention.py --repeat 2 # the whole comparison twice, pooled at the end
     python bench/contention.py --int8     # FP32 and INT8 files of each subnet in one session
+    python bench/contention.py --timing loop  # the demo devices timed by samples of back-to-back runs
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[0] = str(REPO)
 
 from devices.calibration import CALIBRATION_DIR_ENV  # noqa: E402
-from devices.profile import DeviceProfile  # noqa: E402
+from devices.profile import TIMINGS, DeviceProfile  # noqa: E402
 from hwsearch.anchor import DEFAULT_TOLERANCE as ANCHOR_TOLERANCE  # noqa: E402
 from hwsearch.quantize import DEFAULT_PRECISION, PRECISIONS  # noqa: E402
 
@@ -177,13 +178,17 @@ class Run:
         return float(sum(end - start for start, end in self.sessions))
 
 
-def device_data(device: str, quick: bool, precisions: list[str]) -> dict[str, Any]:
-    """The demo device's profile as data at ``precisions``, with a shorter protocol under ``--quick``.
+def device_data(device: str, quick: bool, precisions: list[str], timing: str | None = None) -> dict[str, Any]:
+    """The demo device's profile as data at ``precisions``, with a shorter protocol under ``--quick``, and
+    ``timing`` (``devices.profile.TIMINGS``) for the profile's own when given.
 
-    The protocol is not part of a device's identity, so ``--quick`` measures the same device.
+    The protocol is not part of a device's identity, so ``--quick`` measures the same device; another timing
+    is another device.
     """
     data = DeviceProfile.load(DEVICES[device]).to_dict()
     data["precisions"] = precisions
+    if timing is not None:
+        data["timing"] = timing
     if quick:
         data.update(QUICK)
     return data
@@ -195,7 +200,7 @@ def scenario(jobs: list[list[str]], args: argparse.Namespace, folder: Path,
     started = time.monotonic()
     outs = [folder / f"{name}-{i}.json" for i in range(len(jobs))]
     common = (["--subnets", str(args.subnets), "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
-              + (["--int8"] if args.int8 else []))
+              + (["--int8"] if args.int8 else []) + (["--timing", args.timing] if args.timing else []))
     processes = [subprocess.Popen([sys.executable, __file__, *common, "--job", str(out), *devices])
                  for devices, out in zip(jobs, outs)]
     for process in processes:
@@ -207,7 +212,8 @@ def scenario(jobs: list[list[str]], args: argparse.Namespace, folder: Path,
     return runs, wall
 
 
-def job(devices: list[str], subnets: int, seed: int, quick: bool, precisions: list[str], out: Path) -> None:
+def job(devices: list[str], subnets: int, seed: int, quick: bool, precisions: list[str], out: Path,
+        timing: str | None = None) -> None:
     """One job's profiling stage on ``devices`` (one process of a scenario); writes its rows by target."""
     from hwsearch.demo import DEMO_CHECKPOINT, DEMO_SUPERNET
     from hwsearch.jobs import supernet_builders
@@ -221,7 +227,7 @@ def job(devices: list[str], subnets: int, seed: int, quick: bool, precisions: li
 
     supernet_builders()
     net = create_supernet(DEMO_SUPERNET, checkpoint=DEMO_CHECKPOINT)
-    job_devices = [job_device(device_data(d, quick, precisions), None) for d in devices]
+    job_devices = [job_device(device_data(d, quick, precisions, timing), None) for d in devices]
     store = MemoryStore()
     with tempfile.TemporaryDirectory(prefix="contention-data-") as data_folder:
         context = JobContext(store=store, job_id=store.create_job({"kind": "search"}), net=net,
@@ -571,6 +577,7 @@ def main() -> None:
     parser.add_argument("--solo-runs", type=int, default=3, help="jobs alone per device (at least 2)")
     parser.add_argument("--int8", action="store_true",
                         help="measure each subnet's INT8 file beside its FP32 file, in the same sessions")
+    parser.add_argument("--timing", choices=TIMINGS, default=None, help="the demo devices' timing instead of theirs")
     parser.add_argument("--json", type=Path, default=None, help="also write all numbers here")
     parser.add_argument("--keep", type=Path, default=None,
                         help="copy every job's stored rows and the host's calibrations here (a folder per comparison)")
@@ -579,13 +586,14 @@ def main() -> None:
     if args.job:
         out, *devices = args.job
         precisions = list(PRECISIONS) if args.int8 else [DEFAULT_PRECISION]
-        job(devices, args.subnets, args.seed, args.quick, precisions, Path(out))
+        job(devices, args.subnets, args.seed, args.quick, precisions, Path(out), args.timing)
         return
 
     if args.solo_runs < 2:
         parser.error("--solo-runs must be at least 2: a solo run is held to the others")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
-          f"protocol {'quick' if args.quick else 'demo'}; {args.subnets} subnets"
+          f"protocol {'quick' if args.quick else 'demo'}{f', timing {args.timing}' if args.timing else ''}; "
+          f"{args.subnets} subnets"
           f"{', FP32 and INT8' if args.int8 else ''}", flush=True)
     results, pooled = [], Pooled({}, {})
     for repeat in range(args.repeat):
