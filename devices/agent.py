@@ -55,7 +55,8 @@ bytes and seconds; each has a command-line flag):
 * ``--max-connections`` (16) bounds open connections, each served by one
   thread.  When every slot is taken, the connection that has waited longest
   without showing the token (a stranger's, or an idle one that never sent a
-  request) is closed to make room (:class:`_Strangers`), and one address's
+  request), one that never sent a byte before one that did, is closed to
+  make room (:class:`_Strangers`), and one address's
   strangers hold at most half the slots: a client without the token who
   kept reconnecting idle sockets locked token holders out for as long as it
   kept at it.  Only when every slot is held by a token holder's connection
@@ -560,10 +561,12 @@ class AgentHandler(BaseHTTPRequestHandler):
         self._reader = _DeadlineReader(self.connection, self.timeout)
         self.rfile = io.BufferedReader(self._reader, _READ_BUFFER_BYTES)
         self._body_unread = False
+        self._first_deadline = self.server.first_deadline(self.connection)
 
     def handle_one_request(self) -> None:
         """Give each request line plus headers ``read_timeout_s`` in total (idle keep-alive included)."""
-        self._reader.deadline = time.monotonic() + self.timeout
+        first, self._first_deadline = self._first_deadline, None
+        self._reader.deadline = first if first is not None else time.monotonic() + self.timeout
         self._body_unread = False
         super().handle_one_request()
 
@@ -739,24 +742,41 @@ def _measurement_failure(error: Exception) -> ApiError:
 
 
 class _Strangers:
-    """Open connections that have not yet shown the token, oldest first: the ones to drop to make room.
+    """Open connections that have not yet shown the token: the ones to drop to make room.
 
     Keyed by file descriptor, which stays the same when a connection is
-    wrapped in TLS, with the address it came from.  A connection leaves the
-    set once a request on it carries the token, and for good when it closes.
+    wrapped in TLS, with the address it came from and whether it has sent
+    anything.  A connection leaves the set once a request on it carries the
+    token, and for good when it closes.
+
+    The silent go first, oldest first; then those that spoke.  A token
+    holder speaks at once, but over TLS shows its token only after a
+    handshake of several round trips: dropped by plain age, it was the
+    oldest stranger within a few arrivals of a stranger reconnecting silent
+    sockets from several addresses, and one health check in 8-30 failed on a
+    busy host.  A stranger must now at least start a handshake to compete.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._from: dict[int, str] = {}  # descriptor -> client address, in order of arrival (oldest first)
+        self._spoke: set[int] = set()
 
     def arrived(self, descriptor: int, address: str) -> None:
         with self._lock:
             self._from[descriptor] = address
+            self._spoke.discard(descriptor)
+
+    def spoke(self, descriptor: int) -> None:
+        """The connection has sent its first bytes (its thread saw them before reading them)."""
+        with self._lock:
+            if descriptor in self._from:
+                self._spoke.add(descriptor)
 
     def trusted(self, descriptor: int) -> None:
         with self._lock:
             self._from.pop(descriptor, None)
+            self._spoke.discard(descriptor)
 
     def left(self, descriptor: int) -> None:
         self.trusted(descriptor)
@@ -766,20 +786,34 @@ class _Strangers:
             return sum(peer == address for peer in self._from.values())
 
     def drop_oldest(self, address: str | None = None) -> bool:
-        """Shut the oldest stranger's connection (from ``address``, if given) down; False if there is none.
+        """Shut the oldest silent stranger's connection (from ``address``, if given) down, else the oldest
+        one that spoke; False if there is none.
 
         Its thread then reads end-of-file, ends, and frees its slot.
         """
         with self._lock:
-            descriptor = next((held for held, peer in self._from.items() if address in (None, peer)), None)
-            if descriptor is None:
+            candidates = [held for held, peer in self._from.items() if address in (None, peer)]
+            if not candidates:
                 return False
+            descriptor = next((held for held in candidates if not self._has_spoken(held)), candidates[0])
             del self._from[descriptor]
+            self._spoke.discard(descriptor)
             # shut down through a duplicate: the connection's own socket object (TLS-wrapped perhaps)
             # belongs to the thread serving it; a shutdown wakes that thread's blocked read with EOF
             with contextlib.suppress(OSError), socket.socket(fileno=os.dup(descriptor)) as duplicate:
                 duplicate.shutdown(socket.SHUT_RDWR)
             return True
+
+    def _has_spoken(self, descriptor: int) -> bool:
+        """Marked by its thread, or bytes (or its end) already waiting unread: a thread not yet scheduled
+        must not cost a client that spoke its slot."""
+        if descriptor in self._spoke:
+            return True
+        try:
+            with socket.socket(fileno=os.dup(descriptor)) as duplicate:
+                return bool(duplicate.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))  # b"": it hung up
+        except OSError:  # nothing sent yet (BlockingIOError), or gone already: as good to drop as a silent one
+            return False
 
 
 class AgentServer(ThreadingHTTPServer):
@@ -808,6 +842,7 @@ class AgentServer(ThreadingHTTPServer):
         self.tls = tls
         self.refused = 0
         self.strangers = _Strangers()
+        self._first_deadlines: dict[socket.socket, float] = {}  # a plain connection's, until its handler takes it
         self._slots = threading.BoundedSemaphore(state.limits.max_connections)
         self._strangers_per_address = max(1, state.limits.max_connections // 2)
 
@@ -848,23 +883,53 @@ class AgentServer(ThreadingHTTPServer):
 
     def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
         try:
+            deadline = time.monotonic() + self.state.limits.read_timeout_s
+            if not self._first_bytes(request, deadline):
+                self.shutdown_request(request)
+                return
             if self.tls is not None:
-                request = self._handshake(request)
+                request = self._handshake(request, deadline)
                 if request is None:
                     return
-            super().process_request_thread(request, client_address)
+            else:
+                self._first_deadlines[request] = deadline
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self._first_deadlines.pop(request, None)
         finally:
             self._slots.release()
 
-    def _handshake(self, request: socket.socket) -> ssl.SSLSocket | None:
-        """The connection wrapped in TLS, its handshake within the read timeout; None if it failed.
+    def first_deadline(self, connection: socket.socket) -> float | None:
+        """When a plain connection's first request line and headers are due: its read timeout counts from
+        the accept, the wait for its first bytes included; None over TLS (its handshake had that time)."""
+        return self._first_deadlines.pop(connection, None)
+
+    def _first_bytes(self, request: socket.socket, deadline: float) -> bool:
+        """Wait until the client sends something, then mark it as having spoken (see :class:`_Strangers`);
+        False if it stayed silent until ``deadline``, hung up, or was dropped."""
+        try:
+            request.settimeout(max(deadline - time.monotonic(), 0.0))
+            if not request.recv(1, socket.MSG_PEEK):
+                return False
+        except OSError:
+            return False
+        self.strangers.spoke(request.fileno())
+        return True
+
+    def _handshake(self, request: socket.socket, deadline: float) -> ssl.SSLSocket | None:
+        """The connection wrapped in TLS, its handshake done by ``deadline``; None if it failed.
 
         CPython holds a blocking handshake to the socket's timeout as one
         deadline across all its reads (measured: a hello sent a byte every
         0.3 s was cut off at the 1 s timeout), so a trickle cannot stretch it.
         """
         assert self.tls is not None
-        request.settimeout(self.state.limits.read_timeout_s)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            self.shutdown_request(request)
+            return None
+        request.settimeout(remaining)
         secured = None
         try:
             secured = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)

@@ -244,6 +244,27 @@ def test_a_stranger_holding_every_connection_does_not_lock_out_token_holders(ser
     assert opened[0] > len(STRANGERS[stranger]), "no stranger's connection was closed to make room"
 
 
+def test_a_connection_mid_request_outlasts_silent_strangers(server: Server) -> None:
+    """Room is made from connections that never sent a byte first, then by age (as in the edge agent)."""
+    speaker = raw_connection(server)
+    speaker.sendall(b"GET /devices HTTP/1.1\r\n")
+    time.sleep(0.3)
+    silent = [socket.create_connection(("127.0.0.1", server.port), timeout=SLACK_S,
+                                       source_address=(f"127.0.0.{2 + i % 6}", 0))
+              for i in range(MAX_CONNECTIONS + 2)]  # past the bound: the oldest silent ones make room
+    try:
+        time.sleep(0.5)
+        speaker.sendall(request_head("GET", "/devices").removeprefix(b"GET /devices HTTP/1.1\r\n"))
+        speaker.settimeout(SLACK_S)
+        answer = http.client.HTTPResponse(speaker)
+        answer.begin()
+        assert answer.status == 200
+    finally:
+        speaker.close()
+        for sock in silent:
+            sock.close()
+
+
 def test_a_request_h11_cannot_parse_gets_a_json_400(server: Server) -> None:
     """A malformed or doubled Content-Length never reaches the app; uvicorn answered it in plain text."""
     for lengths in (("abc",), ("5", "6")):

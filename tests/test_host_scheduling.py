@@ -827,13 +827,15 @@ def test_the_measure_command_checks_its_models_only_between_sessions(models: lis
 FORK_DURING_A_HOLD = """
 import os, sys, time
 from devices.hostlock import HostLock
+started_r, started_w = os.pipe()
 with HostLock().shared():
     child = os.fork()
     if child == 0:  # a data loader's worker, say: it outlives the hold
-        print("child", flush=True)  # fork's handlers have run in this process by now
+        os.write(started_w, b"1")  # fork's handlers have run in this process by now
         time.sleep(30)
         os._exit(0)
-print(child, flush=True)
+os.read(started_r, 1)
+print(child, flush=True)  # the only line: the child's own print once landed inside this one
 sys.stdin.read()  # the parent lives on, its hold over, until the test is done
 os.kill(child, 9)
 """
@@ -845,8 +847,7 @@ def test_a_child_forked_during_a_hold_does_not_keep_the_host(private_host: Path)
     parent = subprocess.Popen([sys.executable, "-c", FORK_DURING_A_HOLD], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
     try:
-        said = {parent.stdout.readline().strip() for _ in range(2)}  # the parent's hold over, the child running
-        child = int(next(line for line in said if line != "child"))
+        child = int(parent.stdout.readline())  # the parent's hold over, the child running
         os.kill(child, 0)  # alive, holding its copies of the parent's descriptors until it exits
         assert HostLock().status() == {"sessions_holding": 0, "sessions_waiting": 0,
                                        "compute_holding": 0, "compute_waiting": 0}

@@ -24,9 +24,10 @@ The bounds, one read timeout for all of them:
   text), and so does a request h11 cannot parse (400).
 * Strangers give way: a connection that arrives past the bound closes the
   one that has waited longest for a request's headers without ever having
-  shown the token, and one address's strangers hold at most half the bound
-  (past it, that address's own oldest is closed), so a stranger reconnecting
-  as fast as it can never closes another address's connections.  Measured
+  shown the token (one that never sent a byte before one that did), and one
+  address's strangers hold at most half the bound (past it, that address's
+  own oldest is closed), so a stranger reconnecting as fast as it can never
+  closes another address's connections.  Measured
   before: 130 silent connections, reopened as each was closed, kept every
   request with the token at 503 for as long as they were kept up (the read
   timeout bounds each connection, not a client that reconnects).  A token
@@ -112,6 +113,7 @@ def bounded_h11(read_timeout_s: float) -> type[H11Protocol]:
         _write_deadline: asyncio.TimerHandle | None = None
         _waiting_after: Any = None  # the request cycle current when the headers deadline was armed
         _trusted = False  # a request on it carried the token
+        _spoke = False  # it has sent bytes: strangers that never did are closed first
         _opened_at = 0.0
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -161,18 +163,22 @@ def bounded_h11(read_timeout_s: float) -> type[H11Protocol]:
                 self._make_room()
 
         def _make_room(self) -> None:
-            """Abort the oldest stranger: this address's own past its share, anyone's past the bound.
+            """Abort a stranger, the silent before those that spoke, oldest first: this address's own past its
+            share, anyone's past the bound.
 
             A stranger waits for headers and never showed the token; this
-            connection, just opened, counts as one of its address's.
+            connection, just opened, counts as one of its address's.  One that
+            has sent part of a request is more likely a client than one that
+            sent nothing (as in the edge agent, where age alone dropped a TLS
+            token holder mid-handshake).
             """
             strangers = [other for other in self.connections
                          if other is not self and isinstance(other, BoundedH11Protocol) and other._is_stranger()]
             own = [other for other in strangers if other._address() == self._address()]
             if len(own) + 1 > max(1, self._limit // 2):
-                min(own, key=lambda other: other._opened_at).transport.abort()
+                min(own, key=_give_way_order).transport.abort()
             elif strangers and self._open_connections() > self._limit:
-                min(strangers, key=lambda other: other._opened_at).transport.abort()
+                min(strangers, key=_give_way_order).transport.abort()
 
         def _address(self) -> str | None:
             return self.client[0] if self.client else None
@@ -182,6 +188,7 @@ def bounded_h11(read_timeout_s: float) -> type[H11Protocol]:
             return not self._trusted and self._headers_deadline is not None and not self.transport.is_closing()
 
         def data_received(self, data: bytes) -> None:
+            self._spoke = True
             super().data_received(data)
             self._stop_waiting_if_headers_arrived()
 
@@ -215,6 +222,10 @@ def bounded_h11(read_timeout_s: float) -> type[H11Protocol]:
             if self.cycle is not self._waiting_after:  # h11 parsed a request: a new cycle began
                 _cancel(self._headers_deadline)
                 self._headers_deadline = None
+
+    def _give_way_order(connection: BoundedH11Protocol) -> tuple[bool, float]:
+        """Which stranger is closed first: the silent, then the oldest."""
+        return connection._spoke, connection._opened_at
 
     return BoundedH11Protocol
 
