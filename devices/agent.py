@@ -112,7 +112,7 @@ from typing import Any, Callable
 
 from devices.cpuload import beside_sessions
 from devices.local import describe_machine, measure_model_bytes
-from devices.network import is_loopback, served_token_problem
+from devices.network import has_unread_bytes, is_loopback, served_token_problem
 from devices.ort import ModelInputError, bound_session_memory, require_threads_here, validate_onnx_bytes
 from devices.plain import NONFINITE_HEADER, dumps
 from devices.profile import DeviceProfile, ProfileError
@@ -754,7 +754,12 @@ class _Strangers:
     handshake of several round trips: dropped by plain age, it was the
     oldest stranger within a few arrivals of a stranger reconnecting silent
     sockets from several addresses, and one health check in 8-30 failed on a
-    busy host.  A stranger must now at least start a handshake to compete.
+    busy host.  What this does not stop (Y20): a stranger that sends one
+    byte on each connection is back to plain age; and a client whose first
+    bytes are not in yet when the next stranger arrives is the silent one,
+    dropped before older strangers that sent a byte (by age it would have
+    lasted ``--max-connections`` arrivals).  On a network its first bytes
+    follow the accept within a packet's time; its retries cover the rest.
     """
 
     def __init__(self) -> None:
@@ -807,13 +812,7 @@ class _Strangers:
     def _has_spoken(self, descriptor: int) -> bool:
         """Marked by its thread, or bytes (or its end) already waiting unread: a thread not yet scheduled
         must not cost a client that spoke its slot."""
-        if descriptor in self._spoke:
-            return True
-        try:
-            with socket.socket(fileno=os.dup(descriptor)) as duplicate:
-                return bool(duplicate.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))  # b"": it hung up
-        except OSError:  # nothing sent yet (BlockingIOError), or gone already: as good to drop as a silent one
-            return False
+        return descriptor in self._spoke or has_unread_bytes(descriptor)
 
 
 class AgentServer(ThreadingHTTPServer):

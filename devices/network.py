@@ -1,14 +1,18 @@
 """Where an address reaches, and which tokens can travel in a header: what agents and their clients check.
 
 Standard library only, shared by the agent (its own address and token), its
-client, and ``hwsearch.agents`` (the agents an operator declares).
+client, and ``hwsearch.agents`` (the agents an operator declares); and which
+connection has begun to speak, for the agent's and the service's connection
+bounds.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
 
-__all__ = ["MIN_SERVED_TOKEN_CHARS", "is_loopback", "served_token_problem", "token_problem"]
+__all__ = ["MIN_SERVED_TOKEN_CHARS", "has_unread_bytes", "is_loopback", "served_token_problem", "token_problem"]
 
 #: The fewest characters a server (the service, an agent) accepts as its token.  Every request is
 #: answered, wrong token or not, so a short token falls to guessing: ``--token t`` was served.
@@ -55,3 +59,17 @@ def served_token_problem(token: str) -> str | None:
         problem = (f"is shorter than the {MIN_SERVED_TOKEN_CHARS} characters a server needs, so that it cannot be "
                    "guessed (make one with: python3 -c \"import secrets; print(secrets.token_urlsafe(24))\")")
     return problem
+
+
+def has_unread_bytes(descriptor: int) -> bool:
+    """Whether the connection on ``descriptor`` has bytes waiting that its server has not read yet.
+
+    Peeks through a duplicate, without blocking and without taking them: the
+    connection's own socket belongs to whoever serves it.  A hang-up or a
+    descriptor already closed counts as nothing waiting.
+    """
+    try:
+        with socket.socket(fileno=os.dup(descriptor)) as duplicate:
+            return bool(duplicate.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))  # b"": the client hung up
+    except OSError:  # nothing sent yet (BlockingIOError), or gone already
+        return False

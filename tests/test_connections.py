@@ -265,6 +265,37 @@ def test_a_connection_mid_request_outlasts_silent_strangers(server: Server) -> N
             sock.close()
 
 
+def test_a_request_sent_whole_outlasts_a_stranger_arriving_right_after_it(server: Server) -> None:
+    """Bytes the event loop has not handed over yet count as spoken.
+
+    The loop hands a connection's first bytes over turns after accepting it;
+    ranked by that alone, a whole request with the token was the one silent
+    stranger when a stranger that had sent one byte arrived next, and it was
+    aborted (Y20: 20 of 20).
+    """
+    strangers = [socket.create_connection(("127.0.0.1", server.port), timeout=SLACK_S,
+                                          source_address=(f"127.0.0.{2 + i % 4}", 0))
+                 for i in range(MAX_CONNECTIONS - 1)]
+    try:
+        for sock in strangers:
+            sock.sendall(b"G")
+        time.sleep(0.3)
+        for _ in range(3):
+            with raw_connection(server) as victim:
+                victim.sendall(request_head("GET", "/devices"))
+                late = socket.create_connection(("127.0.0.1", server.port), timeout=SLACK_S,
+                                                source_address=("127.0.0.6", 0))
+                late.sendall(b"G")
+                strangers.append(late)
+                victim.settimeout(SLACK_S)
+                answer = http.client.HTTPResponse(victim)
+                answer.begin()
+                assert answer.status == 200
+    finally:
+        for sock in strangers:
+            sock.close()
+
+
 def test_a_request_h11_cannot_parse_gets_a_json_400(server: Server) -> None:
     """A malformed or doubled Content-Length never reaches the app; uvicorn answered it in plain text."""
     for lengths in (("abc",), ("5", "6")):

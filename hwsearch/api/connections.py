@@ -56,6 +56,8 @@ from fastapi.responses import JSONResponse
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from devices.network import has_unread_bytes
+
 __all__ = ["MIN_BODY_BYTES_PER_S", "BodyBounds", "TokenGate", "bounded_h11"]
 
 #: The ASGI scope extension through which :class:`TokenGate` tells a connection it carried the token.
@@ -224,10 +226,21 @@ def bounded_h11(read_timeout_s: float) -> type[H11Protocol]:
                 self._headers_deadline = None
 
     def _give_way_order(connection: BoundedH11Protocol) -> tuple[bool, float]:
-        """Which stranger is closed first: the silent, then the oldest."""
-        return connection._spoke, connection._opened_at
+        """Which stranger is closed first: the silent, then the oldest.
+
+        Bytes still in the kernel count as spoken: the event loop hands a new
+        connection's first bytes over turns after it accepted it, and the
+        connections accepted in between saw it as silent (Y20: a request sent
+        whole, then one stranger's byte, and the request was aborted).
+        """
+        return connection._spoke or _has_unread_bytes(connection.transport), connection._opened_at
 
     return BoundedH11Protocol
+
+
+def _has_unread_bytes(transport: asyncio.BaseTransport) -> bool:
+    sock = transport.get_extra_info("socket")
+    return sock is not None and has_unread_bytes(sock.fileno())
 
 
 def _refused_past(over_limit: Callable[[], bool], app: Any) -> Any:
