@@ -226,7 +226,27 @@ def _let_managers_finish(pool: ProcessPoolExecutor) -> None:
     for thread in threading.enumerate():
         owner = getattr(thread, "executor_reference", None)
         if thread is not threading.current_thread() and callable(owner) and owner() is pool:
+            _join_once_started(thread, deadline)
+
+
+def _join_once_started(thread: threading.Thread, deadline: float) -> None:
+    """Join ``thread`` until ``deadline`` (monotonic), waiting first for a thread being started to have started.
+
+    ``threading.enumerate`` lists a thread from the moment its ``start``
+    begins, and joining it before the new thread runs raises "cannot join
+    thread before it is started": a stopped command whose pool's manager
+    thread was starting ended 1 instead of 143, its error unseen past its
+    last line (the project's CI; 3 of 12 runs of that test's script beside
+    two busy loops).
+    """
+    while True:
+        try:
             thread.join(max(deadline - time.monotonic(), 0.0))
+            return
+        except RuntimeError:  # not started yet: its start is under way in another thread
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.005)
 
 
 class WorkerDiedStarting(BrokenProcessPool):

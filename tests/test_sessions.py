@@ -14,11 +14,12 @@ class _Recorded:
     """A real profiler's ``measure_many`` that also keeps the files of every session."""
 
     def __init__(self, profiler: Any) -> None:
-        self.profiler, self.sessions = profiler, []
+        self.profiler, self.sessions, self.results = profiler, [], []
 
     def __call__(self, paths: list[Path]) -> list[Any]:
         self.sessions.append(list(paths))
-        return self.profiler.measure_many(paths)
+        self.results.append(self.profiler.measure_many(paths))
+        return self.results[-1]
 
 
 def _chunk(tmp_path: Path, n: int) -> list[list[Path]]:
@@ -51,7 +52,7 @@ def test_a_retry_session_is_filled_up_to_its_chunks_size_and_only_the_retried_re
 
     assert len(measure.sessions) == 2
     assert measure.sessions[1][0] == chunk[2][0] and sorted(measure.sessions[1]) == sorted(measure.sessions[0])
-    assert kept[2].session_id != first[2].session_id  # a measured result beats the unstable one
+    assert kept[2].results[0] is _better(sessions[2], measure.results[1][0]).results[0]
     assert [kept[i] for i in (0, 1, 3)] == [sessions[i] for i in (0, 1, 3)]
 
 
@@ -75,4 +76,13 @@ def test_a_late_retry_of_part_of_a_chunk_is_filled_from_the_whole_chunk(tmp_path
     kept = retry(measure, chunk[:1], [unstable], retries=1, anchor=None, chunk=chunk)
 
     assert len(measure.sessions) == 2 and sorted(measure.sessions[1]) == sorted(p for g in chunk for p in g)
-    assert measure.sessions[1][0] == chunk[0][0] and len(kept) == 1 and kept[0] is not unstable
+    assert measure.sessions[1][0] == chunk[0][0] and len(kept) == 1
+    assert kept[0].results[0] is _better(unstable, measure.results[1][0]).results[0]
+
+
+def _better(unstable: Session, retried: Any) -> Session:
+    """Of a group's unstable session and its retried result, the one :meth:`Session.rank` prefers (the first on a
+    tie).  Which one that is depends on the host: the project's CI once found the retried result unstable too, and
+    wider, and kept the first."""
+    again = Session("retried", [retried])
+    return again if again.rank(None) < unstable.rank(None) else unstable
