@@ -929,13 +929,14 @@ class AgentServer(ThreadingHTTPServer):
             self.shutdown_request(request)
             return None
         request.settimeout(remaining)
+        descriptor = request.fileno()  # read first: wrapping moves it over, and may fail after that
         secured = None
         try:
             secured = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
             secured.do_handshake()
         except (OSError, ssl.SSLError):  # stalled, plain text, or a client that rejects our certificate
-            self.strangers.left(request.fileno() if secured is None else secured.fileno())
-            (request if secured is None else secured).close()  # wrapping moved the descriptor over
+            self.strangers.left(descriptor)
+            (request if secured is None else secured).close()
             return None
         return secured
 

@@ -49,7 +49,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def test_reference_is_deterministic_across_processes_and_loads() -> None:
-    code = "import hashlib; from devices.reference import reference_model_bytes as r; print(hashlib.sha256(r()).hexdigest())"
+    code = ("import hashlib; from devices.reference import reference_model_bytes as r; "
+            "print(hashlib.sha256(r()).hexdigest())")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert other == hashlib.sha256(reference_model_bytes()).hexdigest()
     onnx.checker.check_model(onnx.load_from_string(reference_model_bytes()))
@@ -119,7 +120,8 @@ def test_thread_cpu_clock_measures_the_same_models(models: list[Path]) -> None:
 
 def test_caps_stop_rounds_and_flag_instability(models: list[Path]) -> None:
     profile = DeviceProfile.from_dict(
-        {"name": "strict", "warmup": {"runs": 1, "seconds": 0}, "protocol": {"min_rounds": 6, "max_rounds": 6, "ci_target": 1e-9}}
+        {"name": "strict", "warmup": {"runs": 1, "seconds": 0},
+         "protocol": {"min_rounds": 6, "max_rounds": 6, "ci_target": 1e-9}}
     )
     measurements = LocalProfiler(profile).measure_many(models)
     assert all(m.n_runs == 6 and not m.stable for m in measurements)

@@ -104,7 +104,9 @@ class Worker:
         self.process = subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(task)], **popen)
 
     def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.out.read_text().splitlines()] if self.out.exists() else []
+        """The lines written whole so far: a reader may see part of a long line (a ``rows`` record) mid-write."""
+        text = self.out.read_text() if self.out.exists() else ""
+        return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
 
     def first(self, key: str) -> dict[str, Any] | None:
         return next((r for r in self.records() if key in r), None)
@@ -264,8 +266,9 @@ def test_compute_blocks_a_session_until_it_ends(models: list[Path], workers) -> 
     session = workers("session", measure_task(models, QUICK))
     [first_wait] = session.wait_for(lambda: session.waiting_events()[:1], "the session to wait")
     assert first_wait["compute_running"] == 1 and first_wait["sessions_ahead"] == 0
-    time.sleep(1.5)  # the session keeps waiting (and saying so) while compute runs
-    assert len(session.waiting_events()) >= 2 and not session.first("rows")
+    session.wait_for(lambda: len(session.waiting_events()) >= 2, "the session to say again that it waits")
+    time.sleep(1.5)  # the session keeps waiting while compute runs
+    assert not session.first("rows")
 
     compute.release()
     ended = compute.finish()[-1]["ended_at"]
@@ -834,7 +837,9 @@ with HostLock().shared():
         os.write(started_w, b"1")  # fork's handlers have run in this process by now
         time.sleep(30)
         os._exit(0)
-os.read(started_r, 1)
+    os.close(started_w)  # the child's copy alone: a child that died before writing ends the read
+if os.read(started_r, 1) != b"1":
+    sys.exit("the child ended before it wrote")
 print(child, flush=True)  # the only line: the child's own print once landed inside this one
 sys.stdin.read()  # the parent lives on, its hold over, until the test is done
 os.kill(child, 9)

@@ -52,9 +52,10 @@ def test_the_first_session_sets_the_fast_state_and_is_not_slowed(model: Path) ->
 def test_a_session_far_slower_than_the_hosts_fast_state_is_not_stable(model: Path) -> None:
     profile = DeviceProfile.from_dict(DEVICE)
     first = measure(profile, model)
-    remember_a_faster_session(profile, first.env["session_reference_ms"] / 2)
+    # A quarter, not a half: the host's speed states are up to 1.6x apart, and a half came within their reach.
+    remember_a_faster_session(profile, first.env["session_reference_ms"] / 4)
     row = measure(profile, model)
-    assert row.env["host_fastest_reference_ms"] == first.env["session_reference_ms"] / 2
+    assert row.env["host_fastest_reference_ms"] == first.env["session_reference_ms"] / 4
     assert row.env["reference_slowdown"] > profile.reference_slowdown_limit()
     assert row.ratio_ci <= profile.protocol.ci_target, "the CI alone would have called it stable"
     assert not row.stable and row.env["unstable_reasons"] == ["reference_slowdown"]
@@ -87,7 +88,7 @@ def test_the_limit_is_the_profiles(model: Path) -> None:
     protocol = {**DEVICE["protocol"], "max_reference_slowdown": 10.0}
     lenient = DeviceProfile.from_dict({**DEVICE, "protocol": protocol})
     first = measure(lenient, model)
-    remember_a_faster_session(lenient, first.env["session_reference_ms"] / 2)
+    remember_a_faster_session(lenient, first.env["session_reference_ms"] / 4)
     row = measure(lenient, model)
     assert 0.04 < row.env["reference_slowdown"] <= 10.0
     assert row.stable, row.ratio_ci

@@ -112,7 +112,7 @@ def test_a_warm_up_longer_than_the_sessions_bound_ends_it_with_an_overrun() -> N
     outcome, seconds = run_bounded(reference, [model], profile, wait_s=bound_s(profile) + 10)
     assert isinstance(outcome, SessionOverrun), outcome
     assert "did not finish its warm-up (10000 runs" in str(outcome) and "bound of 1 s" in str(outcome)
-    assert seconds < bound_s(profile) + 2 * per_run + 0.5, (seconds, per_run)
+    assert seconds < bound_s(profile) + 2 * per_run + 1.5, (seconds, per_run)  # unbounded, it ran 53 minutes
 
 
 def _six_models_whose_round_outlasts(seconds: float, profile: DeviceProfile) -> tuple[list[OrtRunner], float, float]:
@@ -136,23 +136,28 @@ def test_a_round_of_slow_models_is_stopped_within_the_bound_not_after_it() -> No
     """Checked only between rounds, one round of these six models ran longer than the whole bound."""
     quick = slow_profile(0.5, 0)
     reference = OrtRunner(matmul_chain(64, 1), quick)
-    models, per_run, round_s = _six_models_whose_round_outlasts(3 * bound_s(quick), quick)
+    models, per_run, round_s = _six_models_whose_round_outlasts(4 * bound_s(quick), quick)
     outcome, seconds = run_bounded(reference, models, quick, wait_s=round_s * quick.protocol.min_rounds / 2)
     assert isinstance(outcome, SessionOverrun), outcome
     assert "protocol.min_rounds (0 of 5 rounds over 6 models)" in str(outcome)
-    assert seconds < bound_s(quick) + 3 * per_run + 0.3 < round_s, (seconds, per_run, round_s)
+    assert seconds < bound_s(quick) + 3 * per_run + 0.6 < round_s, (seconds, per_run, round_s)
 
 
 def test_rounds_cut_at_the_bound_after_a_long_warm_up_are_judged_from_the_rounds_they_ran() -> None:
-    """The rounds' own max_seconds starts after the warm-up; the session's bound is what ends them here."""
-    max_seconds = 2.0
+    """The rounds' own max_seconds starts after the warm-up; the session's bound is what ends them here.
+
+    The warm-up is sized to a quarter of the bound from one timing: at 40% of a 2 s bound, a host 1.7 times
+    slower than at that timing left too little of the bound for five rounds.  A quarter of 4 s still puts the
+    old end (the rounds' own 4 s after the warm-up) a second past the bound.
+    """
+    max_seconds = 4.0
     reference = OrtRunner(matmul_chain(64, 1), slow_profile(max_seconds, 0))
     models = [OrtRunner(matmul_chain(300 + index, 4), slow_profile(max_seconds, 0)) for index in range(3)]
     per_run = max(run_ms(model) for model in models) / 1000
-    runs = math.ceil(0.4 * max_seconds / (per_run * len(models)))  # the warm-up takes about 40% of the bound
+    runs = math.ceil(0.25 * max_seconds / (per_run * len(models)))  # the warm-up takes about 25% of the bound
     profile = slow_profile(max_seconds, runs)
     outcome, seconds = run_bounded(reference, models, profile, wait_s=3 * max_seconds + 10)
     assert isinstance(outcome, SessionResult), outcome
     assert outcome.rounds >= profile.protocol.min_rounds
     assert all(model.n_runs >= profile.protocol.min_rounds for model in outcome.models)
-    assert seconds < bound_s(profile) + 3 * per_run + 0.3, (seconds, per_run, runs)
+    assert seconds < bound_s(profile) + 3 * per_run + 0.6, (seconds, per_run, runs)
