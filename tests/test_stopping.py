@@ -347,7 +347,6 @@ def test_a_stop_does_not_wait_for_ever_on_a_pool_worker_whose_start_hangs(tmp_pa
     _assert_ended([int(pid) for pid in result.stdout.split()])
 
 
-
 def test_a_pool_thread_whose_start_is_under_way_is_waited_for() -> None:
     """``threading.enumerate`` lists a thread from the moment its start begins, and joining it before it ran raised
     "cannot join thread before it is started": the stop above ended 1, not 143 (the project's CI; 3 of 12 runs of
@@ -358,6 +357,7 @@ def test_a_pool_thread_whose_start_is_under_way_is_waited_for() -> None:
     threading.Timer(0.3, thread.start).start()
     _join_once_started(thread, time.monotonic() + 30)
     assert thread.ident is not None and not thread.is_alive()
+
 
 def test_a_normal_exit_waits_for_a_slow_pool_start_and_leaves_no_worker(tmp_path: Path) -> None:
     """Given up on after the stop's bound, a worker still starting outlived the process and printed "pickle data was
